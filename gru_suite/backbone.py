@@ -1,0 +1,91 @@
+"""The shared recurrent backbone: a stacked, optionally bidirectional GRU (or LSTM)."""
+
+from __future__ import annotations
+
+from typing import Literal, Union
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+State = Union[Tensor, tuple[Tensor, Tensor]]
+"""GRU state `h` (layers*dirs, B, H); LSTM state `(h, c)` of the same shape."""
+
+_CELLS = {"gru": nn.GRU, "lstm": nn.LSTM}
+
+
+class GRUBackbone(nn.Module):
+    """Stacked recurrent encoder over the fused `nn.GRU` (cuDNN on GPU).
+
+    `forward(x, lengths, h0)` runs whole batch-first sequences, packing them when
+    `lengths` is given; `step(x_t, h)` advances one time step for streaming and
+    generation and gives the same outputs as `forward`. `cell="lstm"` swaps in
+    `nn.LSTM` behind the same interface.
+    """
+
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int = 64,
+        num_layers: int = 1,
+        bidirectional: bool = False,
+        dropout: float = 0.0,
+        cell: Literal["gru", "lstm"] = "gru",
+    ) -> None:
+        super().__init__()
+        if cell not in _CELLS:
+            raise ValueError(f"backbone.cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        self.cell = cell
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.bidirectional = bidirectional
+        self.rnn = _CELLS[cell](
+            input_size,
+            hidden_size,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
+
+    @property
+    def input_size(self) -> int:
+        return self.rnn.input_size
+
+    @property
+    def output_size(self) -> int:
+        """Features per time step of `forward`'s output."""
+        return self.hidden_size * (2 if self.bidirectional else 1)
+
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, h0: State | None = None
+    ) -> tuple[Tensor, State]:
+        """Encode `x` (B, T, input_size); padded steps past `lengths` output zeros.
+
+        Returns the outputs (B, T, output_size) and the final state, which for
+        packed input is taken at each sequence's own last step.
+        """
+        if lengths is None:
+            return self.rnn(x, h0)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, h_n = self.rnn(packed, h0)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        return out, h_n
+
+    def step(self, x_t: Tensor, h: State | None = None) -> tuple[Tensor, State]:
+        """Advance one step: `x_t` (B, input_size) -> output (B, output_size), new state.
+
+        Only unidirectional backbones can stream; a bidirectional one needs the
+        whole sequence.
+        """
+        if self.bidirectional:
+            raise RuntimeError("step() needs a unidirectional backbone; bidirectional=True sees the future")
+        out, h = self.rnn(x_t.unsqueeze(1), h)
+        return out.squeeze(1), h
+
+    def last_hidden(self, h_n: State) -> Tensor:
+        """Top layer's final hidden state (B, output_size), both directions joined."""
+        h = h_n[0] if isinstance(h_n, tuple) else h_n
+        if self.bidirectional:
+            return torch.cat([h[-2], h[-1]], dim=-1)
+        return h[-1]

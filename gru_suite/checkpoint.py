@@ -1,0 +1,57 @@
+"""Rebuild a task and its trained model from a checkpoint alone."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from gru_suite.errors import UserError
+from gru_suite.module import CHECKPOINT_KEY, TaskModule
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not."""
+    ckpt_path = Path(path)
+    if not ckpt_path.is_file():
+        raise UserError(f"checkpoint not found: {ckpt_path}")
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise UserError(f"cannot read checkpoint {ckpt_path}: {err}") from err
+    if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
+        raise UserError(f"{ckpt_path} is not a GRU Suite checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    return checkpoint
+
+
+def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
+    """The model-defining config (task, backbone, optimizer, scheduler) of a read checkpoint."""
+    return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+
+
+def restore(checkpoint: dict[str, Any], task_cfg: DictConfig | None = None) -> TaskModule:
+    """The trained `TaskModule` in a read checkpoint, in eval mode.
+
+    `task_cfg`, if given, replaces the stored task config (for instance to point
+    the task at new data); it must name the same task.
+    """
+    from gru_suite.run import build_module, build_task
+
+    cfg = stored_config(checkpoint)
+    if task_cfg is not None:
+        if task_cfg.name != cfg.task.name:
+            raise UserError(f"the checkpoint holds a {cfg.task.name!r} model, not {task_cfg.name!r}")
+        cfg.task = task_cfg
+    task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
+    module = build_module(cfg, task)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module.eval()
+
+
+def load_checkpoint(path: str | Path, task_cfg: DictConfig | None = None) -> TaskModule:
+    """Read and restore the checkpoint at `path` (see `restore`)."""
+    return restore(read_checkpoint(path), task_cfg)

@@ -1,0 +1,120 @@
+"""Command-line entry points. Each is a Hydra app; torch loads only once a command runs."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from gru_suite.errors import UserError
+
+SEARCHPATH_KEY = "hydra.searchpath="
+
+
+def _add_task_configs_to_searchpath() -> None:
+    """Let Hydra see every installed task's config folder (found via entry points)."""
+    from gru_suite.registry import config_search_path
+
+    if not any(arg.startswith(SEARCHPATH_KEY) for arg in sys.argv[1:]):
+        sys.argv.insert(1, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
+
+
+def _no_task_message() -> str:
+    from gru_suite.registry import format_task_list
+
+    return (
+        "error: no task selected. Choose one with task=NAME, e.g. `gru-suite task=forecasting`.\n"
+        f"Installed tasks:\n{format_task_list()}"
+    )
+
+
+def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
+    import hydra
+
+    from gru_suite.config import CONF_DIR, register_resolvers
+
+    register_resolvers()
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def app(cfg: Any) -> Any:
+        try:
+            return body(cfg)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    _add_task_configs_to_searchpath()
+    app()
+
+
+def _restore(cfg: Any) -> Any:
+    """The TaskModule in `cfg.ckpt_path`, with the user's `task.*` overrides applied."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from gru_suite.checkpoint import read_checkpoint, restore, stored_config
+    from gru_suite.config import apply_overrides
+
+    if not cfg.get("ckpt_path"):
+        raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
+    checkpoint = read_checkpoint(cfg.ckpt_path)
+    stored = stored_config(checkpoint)
+    if cfg.get("task") is not None and cfg.task.name != stored.task.name:
+        raise UserError(f"{cfg.ckpt_path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
+    task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
+    return restore(checkpoint, task_cfg)
+
+
+def _train_body(cfg: Any) -> Any:
+    if cfg.get("task") is None:
+        print(_no_task_message(), file=sys.stderr)
+        sys.exit(2)
+    from gru_suite.run import train as run_train
+
+    metrics = run_train(cfg)
+    return metrics.get(cfg.get("optimized_metric") or "")
+
+
+def _eval_body(cfg: Any) -> None:
+    from gru_suite.run import evaluate as run_evaluate
+
+    module = _restore(cfg)
+    run_evaluate(cfg, module.task, module)
+
+
+def _predict_body(cfg: Any) -> None:
+    from gru_suite.run import predict as run_predict
+
+    module = _restore(cfg)
+    for path in run_predict(cfg, module.task, module):
+        print(path)
+
+
+def _gates_body(cfg: Any) -> None:
+    from gru_suite.gates import plot_model_gates
+
+    module = _restore(cfg)
+    for path in plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample):
+        print(path)
+
+
+def train() -> None:
+    """`gru-suite`: train a task. Bare, it lists the installed tasks and exits non-zero."""
+    if len(sys.argv) == 1:
+        print(_no_task_message(), file=sys.stderr)
+        sys.exit(2)
+    _run_app("train", _train_body)
+
+
+def evaluate() -> None:
+    """`gru-suite-eval ckpt_path=...`: test metrics of a checkpoint."""
+    _run_app("eval", _eval_body)
+
+
+def predict() -> None:
+    """`gru-suite-predict ckpt_path=...`: write a checkpoint's artifacts."""
+    _run_app("predict", _predict_body)
+
+
+def gates() -> None:
+    """`gru-suite-gates ckpt_path=...`: heat maps of a trained GRU's gates on one input."""
+    _run_app("gates", _gates_body)

@@ -1,0 +1,62 @@
+"""Config helpers: resolvers, `instantiate` with real error causes, override merging."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from gru_suite.errors import UserError
+
+CONF_DIR = Path(__file__).parent / "conf"
+
+
+def default_data_dir() -> str:
+    """`$GRU_SUITE_DATA_DIR`, else the project's bundled `data/`, else `./data`."""
+    if env := os.environ.get("GRU_SUITE_DATA_DIR"):
+        return env
+    bundled = Path(__file__).resolve().parent.parent / "data"
+    return str(bundled if bundled.is_dir() else Path.cwd() / "data")
+
+
+def register_resolvers() -> None:
+    """Register the `${gru_suite.data_dir:}` resolver used by the configs."""
+    if not OmegaConf.has_resolver("gru_suite.data_dir"):
+        OmegaConf.register_new_resolver("gru_suite.data_dir", default_data_dir)
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
+def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate`, but a failure names the config field and its real cause."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    try:
+        return hydra_instantiate(cfg, **kwargs)
+    except InstantiationException as err:
+        target = cfg.get("_target_", "?") if isinstance(cfg, DictConfig) else "?"
+        cause = _root_cause(err)
+        detail = f"{type(cause).__name__}: {cause}" if cause is not err else str(err).splitlines()[0]
+        raise UserError(f"cannot build {what} (_target_={target}): {detail}") from err
+
+
+def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str], prefix: str) -> DictConfig:
+    """Copy onto `base` the keys under `prefix.` that the user set on the command line.
+
+    `composed` is the Hydra-composed config holding the typed override values;
+    `base` is usually the config stored in a checkpoint.
+    """
+    merged = base.copy()
+    OmegaConf.set_struct(merged, False)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.startswith(prefix + "."):
+            OmegaConf.update(merged, key[len(prefix) + 1 :], OmegaConf.select(composed, key), merge=False)
+    return merged

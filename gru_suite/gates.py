@@ -1,0 +1,164 @@
+"""Gate introspection: replay a GRU backbone step by step and plot its gates.
+
+`trace_gates` re-runs the backbone's own `nn.GRU` weights through an explicit
+cell in a Python loop over time, exposing the update gate z, the reset gate r,
+the candidate state n and the hidden state h that the fused kernel hides.
+`plot_gates` draws them as heat maps, one PNG per layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+
+from gru_suite.atomic import save_figure
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+
+if TYPE_CHECKING:
+    from gru_suite.module import TaskModule
+
+_Gates = tuple[Tensor, ...]
+"""One direction's (z, r, n, h), each (B, T, H), in time order."""
+
+
+@dataclass
+class GateTrace:
+    """One layer's gate activations, each (B, T, H * directions).
+
+    A bidirectional layer joins forward and backward units on the last dim,
+    forward first, in time order: the layout of `nn.GRU`'s output.
+    """
+
+    layer: int
+    update: Tensor
+    reset: Tensor
+    candidate: Tensor
+    hidden: Tensor
+    directions: int = 1
+
+    def final_hidden(self) -> Tensor:
+        """Final state (directions, B, H), laid out like this layer's slice of `h_n`."""
+        forward, *backward = self.hidden.chunk(self.directions, dim=-1)
+        return torch.stack([forward[:, -1], *(h[:, 0] for h in backward)])
+
+
+def _trace_direction(rnn: nn.GRU, suffix: str, x: Tensor, h: Tensor) -> _Gates:
+    """Run one layer-direction over `x` (B, T, in) from `h` (B, H); PyTorch gate order r, z, n."""
+    w_ih, w_hh = getattr(rnn, f"weight_ih_{suffix}"), getattr(rnn, f"weight_hh_{suffix}")
+    b_ih, b_hh = getattr(rnn, f"bias_ih_{suffix}"), getattr(rnn, f"bias_hh_{suffix}")
+    gi = F.linear(x, w_ih, b_ih)
+    steps = []
+    for t in range(x.size(1)):
+        i_r, i_z, i_n = gi[:, t].chunk(3, dim=-1)
+        h_r, h_z, h_n = F.linear(h, w_hh, b_hh).chunk(3, dim=-1)
+        r = torch.sigmoid(i_r + h_r)
+        z = torch.sigmoid(i_z + h_z)
+        n = torch.tanh(i_n + r * h_n)
+        h = (1 - z) * n + z * h
+        steps.append((z, r, n, h))
+    return tuple(torch.stack(gate, dim=1) for gate in zip(*steps))
+
+
+def _trace_layer(rnn: nn.GRU, layer: int, x: Tensor, h0: Tensor) -> GateTrace:
+    """Trace both directions of `layer`; `h0` is (directions, B, H)."""
+    parts = [_trace_direction(rnn, f"l{layer}", x, h0[0])]
+    if rnn.bidirectional:
+        backward = _trace_direction(rnn, f"l{layer}_reverse", x.flip(1), h0[1])
+        parts.append(tuple(g.flip(1) for g in backward))
+    z, r, n, h = (torch.cat(gate, dim=-1) for gate in zip(*parts))
+    return GateTrace(layer=layer, update=z, reset=r, candidate=n, hidden=h, directions=len(parts))
+
+
+def trace_gates(backbone: GRUBackbone, x: Tensor, h0: Tensor | None = None) -> list[GateTrace]:
+    """Replay `backbone` on `x` (B, T, input_size) and record every layer's gates.
+
+    `h0` is `nn.GRU`'s initial state (layers * directions, B, H), zeros if None.
+    Sequences must be unpadded (no `lengths`); dropout between layers is
+    skipped, as in eval mode. The last layer's `hidden` equals `backbone(x)[0]`.
+    """
+    if backbone.cell != "gru":
+        raise ValueError(f"trace_gates needs a GRU backbone, got cell={backbone.cell!r}")
+    rnn = backbone.rnn
+    dirs = 2 if rnn.bidirectional else 1
+    shape = (rnn.num_layers * dirs, x.size(0), rnn.hidden_size)
+    if h0 is None:
+        h0 = x.new_zeros(shape)
+    elif tuple(h0.shape) != shape:
+        raise ValueError(f"h0 must have shape {shape}, got {tuple(h0.shape)}")
+    traces = []
+    with torch.no_grad():
+        for layer in range(rnn.num_layers):
+            traces.append(_trace_layer(rnn, layer, x, h0[layer * dirs : (layer + 1) * dirs]))
+            x = traces[-1].hidden
+    return traces
+
+
+_PANELS = (
+    ("update", "update gate z", "viridis", 0.0),
+    ("reset", "reset gate r", "viridis", 0.0),
+    ("candidate", "candidate state (current memory content)", "RdBu_r", -1.0),
+    ("hidden", "hidden state (final memory)", "RdBu_r", -1.0),
+)
+"""(GateTrace field, panel title, colormap, colour floor); every panel tops out at 1."""
+
+
+def _layer_figure(trace: GateTrace, sample: int) -> Figure:
+    """Four stacked heat maps (units x time) of one layer for batch item `sample`."""
+    fig = Figure(figsize=(10, 11), layout="constrained")
+    axes = fig.subplots(len(_PANELS), 1, sharex=True)
+    for ax, (field, title, cmap, vmin) in zip(axes, _PANELS):
+        values = getattr(trace, field)[sample].float().cpu().numpy().T
+        image = ax.imshow(
+            values, aspect="auto", origin="lower", interpolation="nearest", cmap=cmap, vmin=vmin, vmax=1.0
+        )
+        fig.colorbar(image, ax=ax)
+        ax.set_title(title)
+        ax.set_ylabel("unit")
+    axes[-1].set_xlabel("time step")
+    fig.suptitle(f"GRU gates: layer {trace.layer}, sample {sample}")
+    return fig
+
+
+def plot_gates(trace: list[GateTrace], out_dir: Path, sample: int = 0, prefix: str = "gates") -> list[Path]:
+    """Write one heat-map PNG per layer, `{prefix}_layer{k}.png` in `out_dir`; return the paths."""
+    return [
+        save_figure(_layer_figure(layer, sample), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")
+        for layer in trace
+    ]
+
+
+def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Tensor:
+    """The input sequence that `model.backbone` receives while `run()` executes."""
+    captured: list[Tensor] = []
+    handle = model.backbone.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    if not captured:
+        raise RuntimeError("the model's backbone was not called")
+    return captured[0]
+
+
+def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -> list[Path]:
+    """Plot a trained task model's gates on one sequence of its prediction data.
+
+    The first prediction batch runs through the task as usual; the backbone's
+    input for sequence `sample` is captured and replayed through `trace_gates`.
+    """
+    datamodule = module.task.datamodule()
+    datamodule.setup("predict")
+    batch = next(iter(datamodule.predict_dataloader()))
+    with torch.no_grad():
+        x = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    if not 0 <= sample < x.size(0):
+        raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
+    return plot_gates(trace_gates(module.model.backbone, x[sample : sample + 1]), Path(out_dir))

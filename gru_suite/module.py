@@ -1,0 +1,78 @@
+"""The one LightningModule that trains every task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from gru_suite.task import Stage, StepOutput, TaskPlugin
+
+CHECKPOINT_KEY = "gru_suite"
+
+
+class TaskModule(pl.LightningModule):
+    """Drives a `TaskPlugin`: steps, logging, optimisation and checkpoint metadata.
+
+    `config` is the run's model-defining config (task, backbone, optimizer,
+    scheduler); it is stored in every checkpoint with the task's state, which is
+    all `gru_suite.checkpoint.load_checkpoint` needs to rebuild the model.
+    """
+
+    def __init__(
+        self,
+        task: TaskPlugin,
+        model: nn.Module,
+        config: DictConfig,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.task = task
+        self.model = model
+        self.config = config
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.samples_seen = 0
+
+    def _run(self, batch: Any, stage: Stage) -> StepOutput:
+        out = self.task.step(self.model, batch, stage)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", out.loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=out.batch_size)
+        for name, value in out.metrics.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size)
+        return out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        out = self._run(batch, "train")
+        self.samples_seen += out.batch_size
+        return out.loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._run(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._run(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
+        return self.task.predict_step(self.model, batch)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.monitor, "interval": "epoch"},
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "config": OmegaConf.to_container(self.config),
+            "task_state": self.task.state_dict(),
+        }

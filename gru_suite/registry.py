@@ -1,0 +1,114 @@
+"""Task discovery through the `gru_suite.tasks` entry-point group.
+
+Each entry point names a task class (`package.module:Class`). The task's Hydra
+config entries live in a `conf/` folder beside that module and are found without
+importing the module, so listing tasks and composing configs stay fast and a
+task that fails to import breaks nobody else.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from functools import cache
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from gru_suite.errors import UserError
+
+if TYPE_CHECKING:
+    from gru_suite.task import TaskPlugin
+
+ENTRY_POINT_GROUP = "gru_suite.tasks"
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One installed task, known by its entry point; nothing imported yet."""
+
+    name: str
+    target: str
+    distribution: str
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def package(self) -> str:
+        return self.module.rpartition(".")[0] or self.module
+
+    def config_dir(self) -> Path | None:
+        """The task's `conf/` folder (found beside its module), or None."""
+        try:
+            spec = importlib.util.find_spec(self.package)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        conf = Path(next(iter(spec.submodule_search_locations))) / "conf"
+        return conf if conf.is_dir() else None
+
+    def description(self) -> str:
+        """The `description` line of the task's config, read without importing it."""
+        conf = self.config_dir()
+        path = conf / "task" / f"{self.name}.yaml" if conf else None
+        if path is None or not path.is_file():
+            return "(no config found)"
+        try:
+            return str((yaml.safe_load(path.read_text()) or {}).get("description", "")).strip()
+        except yaml.YAMLError as err:
+            return f"(unreadable config {path}: {err})"
+
+    def load(self) -> type[TaskPlugin]:
+        """Import the task class; any failure becomes one line naming task and package."""
+        module_name, _, attr = self.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as err:  # a broken plugin must not take the others down
+            raise UserError(
+                f"task {self.name!r} from package {self.distribution!r} failed to load "
+                f"({self.target}): {type(err).__name__}: {err}"
+            ) from err
+        return obj  # type: ignore[return-value]
+
+
+@cache
+def installed_tasks() -> dict[str, TaskEntry]:
+    """All tasks declared by installed distributions, by name."""
+    tasks: dict[str, TaskEntry] = {}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        tasks.setdefault(ep.name, TaskEntry(ep.name, ep.value, dist))
+    return dict(sorted(tasks.items()))
+
+
+def get_task(name: str) -> TaskEntry:
+    """The entry for `name`, or a UserError listing the installed tasks."""
+    tasks = installed_tasks()
+    if name not in tasks:
+        raise UserError(f"unknown task {name!r}; installed tasks: {', '.join(tasks) or 'none'}")
+    return tasks[name]
+
+
+def config_search_path() -> list[str]:
+    """Hydra search-path entries for every installed task's config folder."""
+    dirs = (entry.config_dir() for entry in installed_tasks().values())
+    return sorted({f"file://{d}" for d in dirs if d is not None})
+
+
+def format_task_list() -> str:
+    """One line per installed task: name, description, package."""
+    tasks = installed_tasks()
+    if not tasks:
+        return "  (no tasks installed)"
+    width = max(map(len, tasks))
+    return "\n".join(
+        f"  {name:<{width}}  {entry.description()}  [{entry.distribution}]" for name, entry in tasks.items()
+    )

@@ -1,0 +1,109 @@
+"""Build a task, its model and a Lightning Trainer from a composed config, and run them."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from gru_suite import registry
+from gru_suite.atomic import write_text
+from gru_suite.config import instantiate
+from gru_suite.errors import UserError
+from gru_suite.module import TaskModule
+from gru_suite.task import TaskPlugin
+
+log = logging.getLogger(__name__)
+
+MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
+
+
+def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
+    """Import only the selected task and construct it."""
+    task_cls = registry.get_task(task_cfg.name).load()
+    return task_cls(task_cfg, state)
+
+
+def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
+    """The task's model around the configured backbone, with its optimiser settings."""
+    backbone = instantiate(cfg.backbone, "backbone", _partial_=True)
+    model = task.build_model(backbone)
+    optimizer = instantiate(cfg.optimizer, "optimizer", _partial_=True)
+    scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
+    model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_CONFIG_KEYS if k in cfg})
+    return TaskModule(task, model, model_cfg, optimizer, scheduler)
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
+    """The configured Trainer with its callbacks and loggers."""
+    callbacks = [
+        instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
+    ]
+    loggers = [instantiate(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
+    kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    kwargs.update(overrides)
+    return instantiate(cfg.trainer, "trainer", **kwargs)
+
+
+def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
+    clean = {k: float(v) for k, v in metrics.items()}
+    write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    log.info("metrics written to %s", path)
+
+
+def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, out_dir: Path) -> list[Path]:
+    """Run prediction and let the task write its artifacts into `out_dir`."""
+    predictions = trainer.predict(module, datamodule=datamodule) or []
+    paths = module.task.write_predictions(predictions, datamodule, out_dir)
+    for path in paths:
+        log.info("wrote %s", path)
+    return paths
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
+    pl.seed_everything(cfg.seed, workers=True)
+    out_dir = Path(cfg.paths.output_dir)
+    task = build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = build_module(cfg, task)
+    trainer = build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.get("test_after_training"):
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(results[0] if results else {})
+    if trainer.is_global_zero:
+        _write_metrics(metrics, out_dir / "metrics.json")
+        if best:
+            log.info("best checkpoint: %s", best)
+    if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
+        write_artifacts(trainer, module, datamodule, out_dir / "predictions")
+    elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
+        log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
+    return metrics
+
+
+def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str, float]:
+    """Test a restored model on its task's test split."""
+    datamodule = task.datamodule()
+    trainer = build_trainer(cfg)
+    results = trainer.test(module, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    _write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
+    return metrics
+
+
+def predict(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> list[Path]:
+    """Write a restored model's artifacts into the run folder."""
+    datamodule = task.datamodule()
+    trainer = build_trainer(cfg)
+    paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir))
+    if not paths:
+        raise UserError("prediction wrote no artifacts: the prediction split is empty")
+    return paths

@@ -1,0 +1,74 @@
+"""The task-plugin contract: what a task provides to the shared core."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+from torch import Tensor, nn
+
+from gru_suite.backbone import GRUBackbone
+
+Stage = Literal["train", "val", "test"]
+BackboneFactory = Callable[..., GRUBackbone]
+"""Builds the configured backbone; the task passes `input_size=`."""
+
+
+@dataclass
+class StepOutput:
+    """What a task returns for one batch: the loss and metrics to log (epoch means)."""
+
+    loss: Tensor
+    batch_size: int
+    metrics: Mapping[str, Tensor | float] = field(default_factory=dict)
+
+
+class TaskPlugin(ABC):
+    """A task: its data, the model's input adapter and output head, loss, metrics and artifacts.
+
+    A plain object, not a LightningModule: the core's `TaskModule` drives it. The
+    lifecycle is `datamodule()` first (which fits data-dependent state such as
+    scalers or vocabularies, unless `state` was restored from a checkpoint), then
+    `build_model()`, then `step()` per batch. `state_dict()` must hold everything
+    that `build_model()` and the writers need, as plain picklable data, so that a
+    checkpoint alone rebuilds the task.
+    """
+
+    monitor: ClassVar[str] = "val/loss"
+    """Metric that picks the best checkpoint."""
+    monitor_mode: ClassVar[Literal["min", "max"]] = "min"
+
+    def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.state: dict[str, Any] = dict(state or {})
+
+    @abstractmethod
+    def datamodule(self) -> pl.LightningDataModule:
+        """Build the data; fit data-dependent state into `self.state` if not restored."""
+
+    @abstractmethod
+    def build_model(self, backbone: BackboneFactory) -> nn.Module:
+        """Input adapter + `backbone(input_size=...)` + output head, as one module."""
+
+    @abstractmethod
+    def step(self, model: nn.Module, batch: Any, stage: Stage) -> StepOutput:
+        """Loss and metrics for one batch."""
+
+    @abstractmethod
+    def predict_step(self, model: nn.Module, batch: Any) -> Any:
+        """Predictions for one batch, in whatever form `write_predictions` takes."""
+
+    @abstractmethod
+    def write_predictions(
+        self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path
+    ) -> list[Path]:
+        """Write the task's artifacts (atomically) and return their paths."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Data-dependent state saved in checkpoints (scalers, vocabularies)."""
+        return dict(self.state)

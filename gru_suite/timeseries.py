@@ -1,0 +1,224 @@
+"""Time-series plumbing shared by tasks: CSV reading, chronological splits, scaling, lazy windows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from gru_suite.errors import UserError
+
+MissingPolicy = Literal["error", "interpolate"]
+
+
+@dataclass
+class Series:
+    """A table read from CSV: timestamps (or row numbers) and float32 values (T, F)."""
+
+    path: Path
+    timestamps: pd.Index
+    columns: list[str]
+    values: np.ndarray
+
+    def column_indices(self, names: Sequence[str]) -> list[int]:
+        return [self.columns.index(name) for name in names]
+
+
+def read_series_csv(
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    time_column: str | None = None,
+    missing: MissingPolicy = "error",
+) -> Series:
+    """Read numeric `columns` (default: every column but the time column) from a CSV.
+
+    Every problem is a `UserError` naming the file, the column and the line:
+    a missing file or column, a non-numeric value, an unparseable timestamp, and
+    (with `missing="error"`) an empty cell; `missing="interpolate"` fills gaps
+    linearly in time order instead.
+    """
+    csv_path = Path(path)
+    if not csv_path.is_file():
+        raise UserError(f"data file not found: {csv_path}")
+    try:
+        frame = pd.read_csv(csv_path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{csv_path}: not a readable CSV ({err})") from err
+    available = list(frame.columns)
+    wanted = list(columns) if columns else [c for c in available if c != time_column]
+    for name in [*wanted, *([time_column] if time_column else [])]:
+        if name not in available:
+            raise UserError(f"{csv_path}: no column {name!r}; columns are {available}")
+    if frame.empty:
+        raise UserError(f"{csv_path}: no data rows")
+    values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
+    values = _handle_missing(values, wanted, csv_path, missing)
+    return Series(csv_path, _timestamps(frame, time_column, csv_path), wanted, values.astype(np.float32))
+
+
+def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
+    numbers = pd.to_numeric(column, errors="coerce")
+    bad = numbers.isna() & column.notna()
+    if bad.any():
+        row = int(np.argmax(bad.to_numpy()))
+        raise UserError(
+            f"{path}, line {row + 2}, column {column.name!r}: expected a number, got {column.iloc[row]!r}"
+        )
+    return numbers.to_numpy(dtype=np.float64)
+
+
+def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: MissingPolicy) -> np.ndarray:
+    gaps = np.isnan(values)
+    if not gaps.any():
+        return values
+    if policy == "error":
+        row, col = map(int, np.argwhere(gaps)[0])
+        raise UserError(
+            f"{path}, line {row + 2}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
+            "set missing=interpolate to fill gaps"
+        )
+    if policy != "interpolate":
+        raise UserError(f"missing must be 'error' or 'interpolate', got {policy!r}")
+    filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
+    if np.isnan(filled).any():
+        raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
+    return filled
+
+
+def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.Index:
+    if time_column is None:
+        return pd.RangeIndex(len(frame))
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
+    except (ValueError, TypeError) as err:
+        parsed = pd.to_datetime(frame[time_column], errors="coerce")
+        row = int(np.argmax(parsed.isna().to_numpy()))
+        raise UserError(
+            f"{path}, line {row + 2}, column {time_column!r}: unparseable timestamp {frame[time_column].iloc[row]!r}"
+        ) from err
+
+
+def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) for consecutive parts of `n` rows.
+
+    `split` holds fractions summing to at most 1 (e.g. [0.7, 0.1, 0.2]) or row
+    counts (e.g. [8640, 2880, 2880]); the parts follow each other in time.
+    """
+    if not split or any(part < 0 for part in split):
+        raise UserError(f"split must be non-negative fractions or row counts, got {list(split)}")
+    as_fractions = all(isinstance(p, float) for p in split) and sum(split) <= 1.0 + 1e-9
+    sizes = [int(round(p * n)) for p in split] if as_fractions else [int(p) for p in split]
+    if sum(sizes) > n:
+        raise UserError(f"split {list(split)} asks for {sum(sizes)} rows but the series has {n}")
+    bounds, start = [], 0
+    for size in sizes:
+        bounds.append((start, start + size))
+        start += size
+    return bounds
+
+
+@dataclass
+class StandardScaler:
+    """Per-column z-scoring with statistics from the training part only."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray) -> StandardScaler:
+        std = values.std(axis=0)
+        return cls(values.mean(axis=0), np.where(std > 1e-12, std, 1.0))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def inverse(self, values: Tensor, columns: Sequence[int]) -> Tensor:
+        """Undo the scaling of `values` whose last dimension holds `columns`."""
+        mean = torch.as_tensor(self.mean[list(columns)], dtype=values.dtype, device=values.device)
+        std = torch.as_tensor(self.std[list(columns)], dtype=values.dtype, device=values.device)
+        return values * std + mean
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean.tolist(), "std": self.std.tolist()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> StandardScaler:
+        return cls(np.asarray(state["mean"]), np.asarray(state["std"]))
+
+
+class WindowDataset(Dataset):
+    """Sliding windows over one series, sliced lazily (memory grows with the series, not the windows).
+
+    Window `i` takes inputs `values[o - lookback : o]` and targets
+    `values[o : o + horizon, target_columns]` with origin `o = first_origin + i * stride`.
+    Fetching a list of indices (`__getitems__`) gathers the whole batch in one
+    indexing op, so loaders need no per-item collation.
+    """
+
+    def __init__(
+        self,
+        values: Tensor,
+        lookback: int,
+        horizon: int,
+        target_columns: Sequence[int],
+        origins: range,
+    ) -> None:
+        self.values = values
+        self.lookback = lookback
+        self.horizon = horizon
+        self.target_columns = list(target_columns)
+        self.origins = origins
+        self._inputs = values.unfold(0, lookback, 1)  # view: (T - lookback + 1, F, lookback)
+        targets = values[:, self.target_columns]
+        self._targets = targets.unfold(0, horizon, 1) if len(targets) >= horizon else None
+
+    def __len__(self) -> int:
+        return len(self.origins)
+
+    def origin_tensor(self, indices: Sequence[int]) -> Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.origins.start + idx * self.origins.step
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        origins = self.origin_tensor(indices)
+        x = self._inputs[origins - self.lookback].transpose(1, 2)
+        known = origins + self.horizon <= len(self.values)
+        if self._targets is None or not bool(known.all()):
+            y = torch.full((len(origins), self.horizon, len(self.target_columns)), float("nan"))
+            if self._targets is not None and bool(known.any()):
+                y[known] = self._targets[origins[known]].transpose(1, 2)
+        else:
+            y = self._targets[origins].transpose(1, 2)
+        return x, y
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, y = self.__getitems__([index])
+        return x[0], y[0]
+
+
+def window_origins(start: int, stop: int, lookback: int, horizon: int, stride: int = 1) -> range:
+    """Origins whose targets fall in rows [start, stop); inputs may reach back before `start`."""
+    return range(max(start, lookback), stop - horizon + 1, stride)
+
+
+def _batch_as_is(batch: Any) -> Any:
+    return batch
+
+
+def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=_batch_as_is,
+        persistent_workers=num_workers > 0,
+    )

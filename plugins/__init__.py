@@ -1,0 +1,1 @@
+"""Built-in GRU Suite tasks; each registers through the `gru_suite.tasks` entry point."""

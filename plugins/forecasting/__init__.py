@@ -1,0 +1,1 @@
+"""Time-series forecasting task."""

@@ -1,0 +1,117 @@
+"""Time-series forecasting: a GRU reads a lookback window and predicts the next `horizon` steps."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gru_suite.errors import UserError
+from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.timeseries import StandardScaler, chronological_split, read_series_csv
+from gru_suite_plugins.forecasting.data import ForecastingData, WindowSpec
+from gru_suite_plugins.forecasting.model import Forecaster
+from gru_suite_plugins.forecasting.writer import write_forecasts
+
+
+class ForecastingTask(TaskPlugin):
+    """Forecast one or more columns of a CSV from a window of past values.
+
+    Logs MSE/MAE on scaled values and in original units, beside a naive (last
+    value) and a seasonal-naive baseline computed on the same windows.
+    """
+
+    def datamodule(self) -> ForecastingData:
+        data = self.cfg.data
+        targets = list(data.targets)
+        features = list(data.features) if data.get("features") else targets
+        missing_targets = [t for t in targets if t not in features]
+        if missing_targets:
+            raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
+        series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"))
+        bounds = chronological_split(len(series.values), list(data.split))
+        need = data.lookback + data.horizon
+        for stage, (start, stop) in zip(("train", "val", "test"), bounds):
+            if stop - max(start, data.lookback) < data.horizon or stop - start < 1:
+                raise UserError(
+                    f"{series.path}: the {stage} split (rows {start}-{stop}) is too short for "
+                    f"lookback {data.lookback} + horizon {data.horizon} = {need} rows"
+                )
+        if "scaler" not in self.state:
+            train_start, train_stop = bounds[0]
+            self.state.update(
+                scaler=StandardScaler.fit(series.values[train_start:train_stop]).state_dict(),
+                features=features,
+                targets=targets,
+            )
+        elif self.state["features"] != features:
+            raise UserError(f"the model was trained on columns {self.state['features']}, not {features}")
+        self.scaler = StandardScaler.from_state(self.state["scaler"])
+        self.target_columns = series.column_indices(targets)
+        spec = WindowSpec(data.lookback, data.horizon, self.target_columns)
+        return ForecastingData(
+            series, self.scaler, bounds, spec, data.batch_size,
+            data.get("predict_stride") or data.horizon, data.get("num_workers", 0),
+        )
+
+    def build_model(self, backbone: BackboneFactory) -> Forecaster:
+        features, targets = self.state["features"], self.state["targets"]
+        model_cfg = self.cfg.model
+        return Forecaster(
+            backbone,
+            n_features=len(features),
+            target_columns=[features.index(t) for t in targets],
+            lookback=self.cfg.data.lookback,
+            horizon=self.cfg.data.horizon,
+            segment_length=model_cfg.segment_length,
+            embed_size=model_cfg.get("embed_size"),
+            channel_independent=model_cfg.channel_independent,
+            normalize=model_cfg.normalize,
+            head_dropout=model_cfg.head_dropout,
+        )
+
+    def step(self, model: Forecaster, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
+        x, y = batch
+        forecast = model(x)
+        loss = F.mse_loss(forecast, y)
+        if stage == "train":
+            return StepOutput(loss, len(x))
+        metrics: dict[str, Tensor] = {}
+        for name, pred in (("", forecast), ("naive_", self._naive(x)), ("seasonal_naive_", self._seasonal_naive(x))):
+            if pred is None:
+                continue
+            metrics |= _errors(pred, y, name)
+            original = self.scaler.inverse(pred, self.target_columns)
+            metrics |= _errors(original, self.scaler.inverse(y, self.target_columns), name, "_original")
+        return StepOutput(loss, len(x), metrics)
+
+    def _naive(self, x: Tensor) -> Tensor:
+        return x[:, -1:, self.target_columns].expand(-1, self.cfg.data.horizon, -1)
+
+    def _seasonal_naive(self, x: Tensor) -> Tensor | None:
+        season, lookback = self.cfg.data.get("season"), self.cfg.data.lookback
+        if not season or season > lookback:
+            return None
+        steps = torch.arange(self.cfg.data.horizon, device=x.device)
+        index = lookback - season + steps % season
+        return x[:, index][:, :, self.target_columns]
+
+    def predict_step(self, model: Forecaster, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+        x, y = batch
+        return {
+            "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
+            "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
+        }
+
+    def write_predictions(self, predictions: list[Any], datamodule: ForecastingData, out_dir: Path) -> list[Path]:
+        return write_forecasts(predictions, datamodule, self.state["targets"], out_dir)
+
+
+def _errors(pred: Tensor, target: Tensor, prefix: str, suffix: str = "") -> dict[str, Tensor]:
+    return {
+        f"{prefix}mse{suffix}": F.mse_loss(pred, target),
+        f"{prefix}mae{suffix}": F.l1_loss(pred, target),
+    }

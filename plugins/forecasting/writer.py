@@ -1,0 +1,78 @@
+"""Forecast artifacts: a tidy CSV and a plot of history, truth and forecasts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+
+from gru_suite.atomic import atomic_path, save_figure
+from gru_suite.timeseries import Series
+
+MAX_PLOTTED_TARGETS = 4
+
+
+def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
+    """Timestamps for row numbers, extrapolating past the end at the series' own frequency."""
+    stamps, n = series.timestamps, len(series.timestamps)
+    if not isinstance(stamps, pd.DatetimeIndex):
+        return pd.Index(rows)
+    freq = pd.infer_freq(stamps[-min(n, 50):]) if n >= 3 else None
+    step = pd.tseries.frequencies.to_offset(freq) if freq else stamps[-1] - stamps[-2]
+    extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
+    return stamps.append(extra)[rows]
+
+
+def forecast_frame(predictions: list[dict], datamodule, targets: list[str]) -> pd.DataFrame:
+    """One row per (forecast origin, step, target): origin, timestamp, step, target, actual, forecast."""
+    forecast = torch.cat([p["forecast"] for p in predictions]).numpy()
+    actual = torch.cat([p["actual"] for p in predictions]).numpy()
+    origins = np.asarray(datamodule.sets["predict"].origins)
+    horizon = forecast.shape[1]
+    o, h, t = np.meshgrid(origins, np.arange(horizon), np.arange(len(targets)), indexing="ij")
+    rows = (o + h).ravel()
+    series = datamodule.series
+    return pd.DataFrame({
+        "origin": future_timestamps(series, o.ravel() - 1),
+        "timestamp": future_timestamps(series, rows),
+        "step": h.ravel() + 1,
+        "target": np.asarray(targets)[t.ravel()],
+        "actual": actual.ravel(),
+        "forecast": forecast.ravel(),
+    })
+
+
+def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figure:
+    shown = targets[:MAX_PLOTTED_TARGETS]
+    fig = Figure(figsize=(11, 3.2 * len(shown)), layout="constrained")
+    axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
+    series = datamodule.series
+    first_origin = int(datamodule.sets["predict"].origins[0])
+    history_start = max(0, first_origin - 3 * int(frame["step"].max()))
+    stamps = future_timestamps(series, np.arange(history_start, len(series.values)))
+    last_origin = frame["origin"].iloc[-1]
+    for ax, target in zip(axes, shown):
+        column = series.columns.index(target)
+        ax.plot(stamps, series.values[history_start:, column], color="0.35", lw=1, label="history / truth")
+        rows = frame[frame["target"] == target]
+        for origin, window in rows.groupby("origin", sort=True):
+            future = origin == last_origin
+            ax.plot(window["timestamp"], window["forecast"], lw=1.6 if future else 1,
+                    color="C3" if future else "C0", label="forecast" if future else None)
+        ax.set_title(target)
+        ax.legend(loc="upper left")
+    fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)")
+    return fig
+
+
+def write_forecasts(predictions: list[dict], datamodule, targets: list[str], out_dir: Path) -> list[Path]:
+    """Write `forecast.csv` and `forecast.png` into `out_dir`."""
+    frame = forecast_frame(predictions, datamodule, targets)
+    csv_path = Path(out_dir) / "forecast.csv"
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    png_path = save_figure(plot_forecasts(frame, datamodule, targets), Path(out_dir) / "forecast.png", dpi=110)
+    return [csv_path, png_path]

@@ -1,0 +1,79 @@
+"""Gate introspection matches the fused nn.GRU and plots one PNG per layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gru_suite.backbone import GRUBackbone
+from gru_suite.gates import plot_gates, trace_gates
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CASES = {
+    "1-layer": dict(num_layers=1, bidirectional=False),
+    "3-layer": dict(num_layers=3, bidirectional=False),
+    "bidir-2-layer": dict(num_layers=2, bidirectional=True),
+}
+
+
+def _backbone(seed: int = 0, **kwargs) -> GRUBackbone:
+    torch.manual_seed(seed)
+    backbone = GRUBackbone(input_size=3, hidden_size=5, **kwargs).eval()
+    with torch.no_grad():
+        for param in backbone.parameters():
+            param.uniform_(-1.0, 1.0)
+    return backbone
+
+
+def _input(seed: int = 1) -> torch.Tensor:
+    return torch.randn(4, 7, 3, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "random-h0"])
+@pytest.mark.parametrize("config", CASES.values(), ids=CASES.keys())
+def test_trace_matches_nn_gru(config: dict, with_h0: bool) -> None:
+    backbone = _backbone(**config)
+    x = _input()
+    dirs = 2 if backbone.bidirectional else 1
+    h0 = torch.randn(backbone.num_layers * dirs, x.size(0), backbone.hidden_size) * 0.5 if with_h0 else None
+    out, h_n = backbone(x, h0=h0)
+    trace = trace_gates(backbone, x, h0)
+
+    assert [t.layer for t in trace] == list(range(backbone.num_layers))
+    torch.testing.assert_close(trace[-1].hidden, out, atol=1e-5, rtol=0)
+    for t in trace:
+        torch.testing.assert_close(t.final_hidden(), h_n[t.layer * dirs : (t.layer + 1) * dirs], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("config", CASES.values(), ids=CASES.keys())
+def test_gate_ranges_and_shapes(config: dict) -> None:
+    backbone = _backbone(**config)
+    x = _input()
+    for t in trace_gates(backbone, x):
+        for gate in (t.update, t.reset, t.candidate, t.hidden):
+            assert gate.shape == (x.size(0), x.size(1), backbone.output_size)
+            assert not gate.requires_grad
+        assert t.update.min() >= 0 and t.update.max() <= 1
+        assert t.reset.min() >= 0 and t.reset.max() <= 1
+        assert t.candidate.min() >= -1 and t.candidate.max() <= 1
+
+
+def test_lstm_backbone_rejected() -> None:
+    with pytest.raises(ValueError, match="GRU"):
+        trace_gates(GRUBackbone(input_size=3, hidden_size=5, cell="lstm"), _input())
+
+
+def test_bad_h0_shape_rejected() -> None:
+    backbone = _backbone(num_layers=2)
+    with pytest.raises(ValueError, match="h0"):
+        trace_gates(backbone, _input(), torch.zeros(1, 4, 5))
+
+
+def test_plot_gates_writes_one_png_per_layer(tmp_path) -> None:
+    backbone = _backbone(num_layers=2, bidirectional=True)
+    paths = plot_gates(trace_gates(backbone, _input()), tmp_path / "plots", sample=1, prefix="demo")
+
+    assert paths == [tmp_path / "plots" / f"demo_layer{k}.png" for k in range(2)]
+    for path in paths:
+        assert path.read_bytes().startswith(PNG_MAGIC)
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["demo_layer0.png", "demo_layer1.png"]
