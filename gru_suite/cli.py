@@ -15,8 +15,12 @@ def _add_task_configs_to_searchpath() -> None:
     """Let Hydra see every installed task's config folder (found via entry points)."""
     from gru_suite.registry import config_search_path
 
-    if not any(arg.startswith(SEARCHPATH_KEY) for arg in sys.argv[1:]):
-        sys.argv.insert(1, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
+    args = sys.argv[1:]
+    if any(arg.startswith(SEARCHPATH_KEY) for arg in args):
+        return
+    # beside the other overrides: argparse rejects positionals split by options
+    first_override = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
+    sys.argv.insert(1 + first_override, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
 
 
 def _no_task_message() -> str:
@@ -26,6 +30,14 @@ def _no_task_message() -> str:
         "error: no task selected. Choose one with task=NAME, e.g. `gru-suite task=forecasting`.\n"
         f"Installed tasks:\n{format_task_list()}"
     )
+
+
+def _require_task_for_task_overrides() -> None:
+    """`task.*` overrides need the task's config group selected (`task=NAME`)."""
+    args = sys.argv[1:]
+    if any(a.lstrip("+~").startswith("task.") for a in args) and not any(a.startswith("task=") for a in args):
+        print("error: task.* overrides need the task named too, e.g. task=forecasting task.data.path=...", file=sys.stderr)
+        sys.exit(2)
 
 
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
@@ -43,6 +55,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
 
+    _require_task_for_task_overrides()
     _add_task_configs_to_searchpath()
     app()
 

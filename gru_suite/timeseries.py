@@ -113,8 +113,14 @@ def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int,
     """
     if not split or any(part < 0 for part in split):
         raise UserError(f"split must be non-negative fractions or row counts, got {list(split)}")
-    as_fractions = all(isinstance(p, float) for p in split) and sum(split) <= 1.0 + 1e-9
-    sizes = [int(round(p * n)) for p in split] if as_fractions else [int(p) for p in split]
+    if all(isinstance(p, float) and p <= 1.0 for p in split):
+        if sum(split) > 1.0 + 1e-9:
+            raise UserError(f"split fractions {list(split)} sum to {sum(split):g}, more than 1")
+        sizes = [int(round(p * n)) for p in split]
+    elif all(float(p).is_integer() for p in split):
+        sizes = [int(p) for p in split]
+    else:
+        raise UserError(f"split must be all fractions (<= 1) or all whole row counts, got {list(split)}")
     if sum(sizes) > n:
         raise UserError(f"split {list(split)} asks for {sum(sizes)} rows but the series has {n}")
     bounds, start = [], 0

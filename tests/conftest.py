@@ -1,0 +1,36 @@
+"""Shared fixtures: CLI runner and a tiny trained forecasting checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [
+    "backbone.hidden_size=16",
+    "task.data.lookback=24",
+    "task.data.horizon=6",
+    "task.data.batch_size=128",
+]
+
+
+def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a gru-suite console script and capture its output."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "HYDRA_FULL_ERROR": "0"}
+    exe = Path(sys.executable).parent / command
+    return subprocess.run(
+        [str(exe), *args], capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A forecasting run folder trained for two epochs through the real CLI."""
+    run_dir = tmp_path_factory.mktemp("forecasting_run")
+    result = run_cli("gru-suite", "task=forecasting", "trainer.max_epochs=2", *TINY, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir

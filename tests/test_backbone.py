@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from gru_suite.backbone import GRUBackbone
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, False), (2, True)])
+def test_shapes(cell, layers, bidirectional):
+    net = GRUBackbone(5, hidden_size=8, num_layers=layers, bidirectional=bidirectional, cell=cell)
+    out, h = net(torch.randn(3, 7, 5))
+    dirs = 2 if bidirectional else 1
+    assert out.shape == (3, 7, 8 * dirs) == (3, 7, net.output_size)
+    h_n = h[0] if cell == "lstm" else h
+    assert h_n.shape == (layers * dirs, 3, 8)
+    assert net.last_hidden(h).shape == (3, net.output_size)
+
+
+def test_bidirectional_last_hidden_joins_both_directions():
+    net = GRUBackbone(4, hidden_size=6, bidirectional=True)
+    x = torch.randn(2, 5, 4)
+    out, h = net(x)
+    last = net.last_hidden(h)
+    torch.testing.assert_close(last[:, :6], out[:, -1, :6])  # forward direction ends at t = T-1
+    torch.testing.assert_close(last[:, 6:], out[:, 0, 6:])  # backward direction ends at t = 0
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_packed_batch_matches_each_sequence_alone(cell):
+    net = GRUBackbone(3, hidden_size=5, num_layers=2, cell=cell).eval()
+    lengths = torch.tensor([6, 2, 4])
+    x = torch.randn(3, 6, 3)
+    out, h = net(x, lengths)
+    h_n = h[0] if cell == "lstm" else h
+    for i, n in enumerate(lengths.tolist()):
+        alone, h_alone = net(x[i : i + 1, :n])
+        h_alone = h_alone[0] if cell == "lstm" else h_alone
+        torch.testing.assert_close(out[i, :n], alone[0])
+        torch.testing.assert_close(h_n[:, i], h_alone[:, 0])
+        assert torch.all(out[i, n:] == 0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_step_equals_forward(cell):
+    net = GRUBackbone(4, hidden_size=7, num_layers=3, dropout=0.2, cell=cell).eval()
+    x = torch.randn(2, 9, 4)
+    full, h_full = net(x)
+    h = None
+    for t in range(x.size(1)):
+        y, h = net.step(x[:, t], h)
+        torch.testing.assert_close(y, full[:, t], atol=1e-6, rtol=1e-5)
+    if cell == "lstm":
+        torch.testing.assert_close(h[0], h_full[0], atol=1e-6, rtol=1e-5)
+    else:
+        torch.testing.assert_close(h, h_full, atol=1e-6, rtol=1e-5)
+
+
+def test_initial_state_is_used():
+    net = GRUBackbone(2, hidden_size=3)
+    x = torch.randn(1, 4, 2)
+    h0 = torch.ones(1, 1, 3)
+    assert not torch.allclose(net(x)[0], net(x, h0=h0)[0])
+
+
+def test_step_rejects_bidirectional():
+    with pytest.raises(RuntimeError, match="unidirectional"):
+        GRUBackbone(2, hidden_size=3, bidirectional=True).step(torch.randn(1, 2))
+
+
+def test_unknown_cell():
+    with pytest.raises(ValueError, match="backbone.cell"):
+        GRUBackbone(2, cell="rnn")
+
+
+def test_gru_has_three_quarters_of_lstm_parameters():
+    gru, lstm = GRUBackbone(10, 32), GRUBackbone(10, 32, cell="lstm")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(gru) * 4 == count(lstm) * 3

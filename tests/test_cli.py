@@ -1,0 +1,130 @@
+"""The three commands end to end, through real subprocesses."""
+
+import csv
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import TINY, run_cli
+
+from gru_suite.config import default_data_dir
+
+
+def test_bare_command_lists_tasks_and_fails():
+    result = run_cli("gru-suite")
+    assert result.returncode != 0
+    assert "no task selected" in result.stderr
+    assert "forecasting" in result.stderr and "Forecast numeric time series" in result.stderr
+
+
+def test_help_is_fast_and_imports_no_torch():
+    start = time.perf_counter()
+    result = run_cli("gru-suite", "--help")
+    assert result.returncode == 0
+    assert "Configuration groups" in result.stdout
+    assert time.perf_counter() - start < 3.0
+
+
+def test_cli_module_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gru_suite.cli, gru_suite.registry; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    assert (trained_run / ".hydra" / "config.yaml").is_file()
+    assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((trained_run / "checkpoints").glob("best-*.ckpt"))
+    metrics = pd.read_csv(trained_run / "metrics.csv")
+    for column in ["train/loss_epoch", "val/loss", "val/naive_mse", "val/seasonal_naive_mae_original",
+                   "train/epoch_time_s", "train/samples_per_s", "test/mse_original"]:
+        assert column in metrics.columns, column
+    per_epoch = metrics.dropna(subset=["train/loss_epoch"])
+    assert len(per_epoch) == 2 and (per_epoch["train/samples_per_s"] > 0).all()
+    assert per_epoch["train/loss_epoch"].iloc[-1] < per_epoch["train/loss_epoch"].iloc[0]
+    summary = json.loads((trained_run / "metrics.json").read_text())
+    assert summary["test/mse"] > 0
+    forecast = pd.read_csv(trained_run / "predictions" / "forecast.csv")
+    assert list(forecast.columns) == ["origin", "timestamp", "step", "target", "actual", "forecast"]
+    assert (trained_run / "predictions" / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_eval_reports_test_metrics(trained_run, tmp_path):
+    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert {"test/mse", "test/mae", "test/naive_mse", "test/seasonal_naive_mse"} <= set(metrics)
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["test/naive_mse"] == pytest.approx(trained["test/naive_mse"], rel=1e-5)
+
+
+def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
+    data = pd.read_csv(f"{default_data_dir()}/forecasting/demo_load.csv")
+    new = tmp_path / "new.csv"
+    data.iloc[:600].to_csv(new, index=False)
+    out = tmp_path / "pred"
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     f"task.data.path={new}", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(out / "forecast.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    future = [r for r in rows if r["actual"] == ""]
+    assert len(future) == 6  # one forecast of horizon 6 past the end of the data
+    assert future[0]["timestamp"] == "2024-01-26 00:00:00"  # 600 hourly rows from 2024-01-01
+    assert all(r["forecast"] for r in rows)
+
+
+def test_gates_command_plots_trained_model(trained_run, tmp_path):
+    result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_resume_continues_from_checkpoint(trained_run, tmp_path):
+    result = run_cli("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=3", "test_after_training=false",
+                     "predict_after_training=false", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    epochs = pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique()
+    assert list(epochs) == [2]  # only the third epoch ran
+
+
+def test_multirun_sweeps(tmp_path):
+    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["task=nope"], "Could not find 'task/nope'"),
+        (["task=forecasting", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),
+        (["task=forecasting", "task.data.features=[load,price]"], "no column 'price'"),
+        (["task=forecasting", "task.data.lookback=5000"], "too short for lookback 5000"),
+        (["task=forecasting", "backbone._target_=gru_suite.nope.Backbone"], "cannot build backbone"),
+        (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
+        (["task=forecasting", "task.data.split=[0.9,0.9]"], "sum to 1.8, more than 1"),
+    ],
+)
+def test_bad_input_gives_one_clear_line(tmp_path, args, message):
+    result = run_cli("gru-suite", *args, "debug=fdr", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreadable_checkpoint(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'o'}")
+    assert result.returncode == 2
+    assert f"cannot read checkpoint {bad}" in result.stderr
+    assert not (tmp_path / "o" / "forecast.csv").exists()

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import torch
+
+from gru_suite.errors import UserError
+from gru_suite.timeseries import (
+    StandardScaler,
+    WindowDataset,
+    batch_loader,
+    chronological_split,
+    read_series_csv,
+    window_origins,
+)
+
+
+def write(tmp_path, text, name="s.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_read_series(tmp_path):
+    path = write(tmp_path, "t,a,b\n2024-01-01,1,2\n2024-01-02,3,4\n")
+    series = read_series_csv(path, ["b", "a"], "t")
+    assert series.columns == ["b", "a"]
+    np.testing.assert_array_equal(series.values, [[2, 1], [4, 3]])
+    assert series.values.dtype == np.float32
+    assert str(series.timestamps[1].date()) == "2024-01-02"
+
+
+@pytest.mark.parametrize(
+    "text,columns,message",
+    [
+        ("t,a\n1,2\n", ["zz"], r"no column 'zz'; columns are \['t', 'a'\]"),
+        ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a number, got 'x'"),
+        ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),
+        ("t,a\n", ["a"], "no data rows"),
+    ],
+)
+def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, message):
+    path = write(tmp_path, text)
+    with pytest.raises(UserError, match=message) as err:
+        read_series_csv(path, columns, "t")
+    assert str(path) in str(err.value)
+
+
+def test_bad_timestamp_named(tmp_path):
+    path = write(tmp_path, "t,a\n2024-01-01,1\nnot a date,2\n")
+    with pytest.raises(UserError, match=r"line 3, column 't': unparseable timestamp 'not a date'"):
+        read_series_csv(path, ["a"], "t")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(UserError, match="data file not found"):
+        read_series_csv(tmp_path / "nope.csv")
+
+
+def test_interpolate_fills_gaps(tmp_path):
+    path = write(tmp_path, "t,a\n1,1\n2,\n3,3\n")
+    np.testing.assert_allclose(read_series_csv(path, ["a"], missing="interpolate").values[:, 0], [1, 2, 3])
+
+
+def test_chronological_split_fractions_and_counts():
+    assert chronological_split(100, [0.7, 0.1, 0.2]) == [(0, 70), (70, 80), (80, 100)]
+    assert chronological_split(100, [50, 20, 20]) == [(0, 50), (50, 70), (70, 90)]
+    with pytest.raises(UserError, match="asks for 120 rows"):
+        chronological_split(100, [60, 60])
+
+
+def test_scaler_fits_train_only_and_inverts():
+    train = np.array([[0.0, 10.0], [2.0, 30.0]])
+    scaler = StandardScaler.fit(train)
+    z = scaler.transform(np.array([[1.0, 20.0], [4.0, 50.0]]))
+    np.testing.assert_allclose(z, [[0, 0], [3, 3]])
+    back = scaler.inverse(torch.tensor(z[:, 1:]), [1])
+    np.testing.assert_allclose(back.numpy()[:, 0], [20, 50])
+    restored = StandardScaler.from_state(scaler.state_dict())
+    np.testing.assert_allclose(restored.mean, scaler.mean)
+
+
+def test_windows_are_lazy_views_with_correct_content():
+    values = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    ds = WindowDataset(values, lookback=4, horizon=3, target_columns=[1], origins=window_origins(0, 20, 4, 3))
+    assert len(ds) == 14
+    assert ds._inputs.untyped_storage().data_ptr() == values.untyped_storage().data_ptr()
+    x, y = ds.__getitems__([0, 13])
+    torch.testing.assert_close(x[0], values[0:4])
+    torch.testing.assert_close(y[0], values[4:7, 1:])
+    torch.testing.assert_close(x[1], values[13:17])
+    torch.testing.assert_close(y[1], values[17:20, 1:])
+
+
+def test_future_window_has_unknown_targets():
+    values = torch.arange(10, dtype=torch.float32).unsqueeze(1)
+    ds = WindowDataset(values, 3, 2, [0], range(8, 11, 2))
+    x, y = ds.__getitems__([0, 1])
+    torch.testing.assert_close(y[0], values[8:10])
+    assert torch.isnan(y[1]).all()
+    torch.testing.assert_close(x[1], values[7:10])
+
+
+def test_val_windows_reach_back_into_train_for_inputs_only():
+    origins = window_origins(50, 70, lookback=10, horizon=5)
+    assert origins.start == 50 and origins[-1] + 5 == 70
+
+
+def test_batch_loader_yields_whole_batches():
+    values = torch.randn(50, 1)
+    ds = WindowDataset(values, 5, 1, [0], window_origins(0, 50, 5, 1))
+    batches = list(batch_loader(ds, batch_size=16))
+    assert [b[0].shape[0] for b in batches] == [16, 16, 13]
+    assert batches[0][0].shape == (16, 5, 1) and batches[0][1].shape == (16, 1, 1)
