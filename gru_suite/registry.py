@@ -46,7 +46,7 @@ class TaskEntry:
         """The task's `conf/` folder (found beside its module), or None."""
         try:
             spec = importlib.util.find_spec(self.package)
-        except (ImportError, ValueError):
+        except Exception:  # a broken parent package: reported when the task is loaded
             return None
         if spec is None or not spec.submodule_search_locations:
             return None
