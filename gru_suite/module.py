@@ -68,7 +68,7 @@ class TaskModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.monitor, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.cfg.monitor, "interval": "epoch"},
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
@@ -38,10 +38,6 @@ class TaskPlugin(ABC):
     that `build_model()` and the writers need, as plain picklable data, so that a
     checkpoint alone rebuilds the task.
     """
-
-    monitor: ClassVar[str] = "val/loss"
-    """Metric that picks the best checkpoint."""
-    monitor_mode: ClassVar[Literal["min", "max"]] = "min"
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         self.cfg = cfg

@@ -1,0 +1,562 @@
+#!/usr/bin/env python
+"""Forecasting benchmarks for GRU Suite (CPU).
+
+Sections (``--sections``, comma-separated):
+
+speed   Training seconds per epoch of the suite (``experiment=seed_keras_example``
+        built through ``gru_suite.run``; logger, checkpointing, validation and
+        progress bar off) against a hand-written PyTorch loop over the identical
+        pre-windowed train split, the identical model (``nn.GRU(1, 50)`` +
+        ``nn.Linear(50, 1)``, lookback 10), Adam 1e-3, MSE, batch 32.
+cells   GRU vs LSTM backbones at the same hidden size: parameter counts and
+        training seconds per epoch, on the seed_keras_example work and on a
+        larger one (hidden 128, lookback 96).
+etth1   ``experiment=etth1`` on ETTh1 (only with ``--etth1 PATH``): fit, test the
+        best checkpoint (by val/loss), report scaled test MSE/MAE beside the
+        naive and seasonal-naive baselines of the same test run.
+
+Every section prints a table; the last line of stdout is one JSON object with
+all figures, so ``python benchmarks/forecasting.py | tail -1 | python -m json.tool``
+works. Lightning's chatter goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_SERIES = REPO / "data" / "forecasting" / "demo_load.csv"
+SECTIONS = ("speed", "cells", "etth1")
+
+# Tuned on the validation split within a ~10-15 min CPU budget (2 cores); see README.md.
+DEFAULT_ETTH1_OVERRIDES = "trainer.max_epochs=10"
+
+# Work sizes of the cells section: (name, overrides on top of experiment=seed_keras_example).
+CELL_WORKLOADS: list[tuple[str, list[str]]] = [
+    ("seed_keras (h50, L10)", []),
+    ("large (h128, L96)", ["backbone.hidden_size=128", "task.data.lookback=96"]),
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quiet() -> None:
+    """Keep stdout for tables and the JSON line; silence Lightning's info chatter."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _quote(value: str | Path) -> str:
+    """A Hydra override value that survives spaces and brackets in paths."""
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def compose_config(overrides: Sequence[str], out_dir: str | Path) -> Any:
+    """The `gru-suite` train config composed exactly as the CLI does (task configs on the search path)."""
+    from hydra import compose, initialize_config_dir
+
+    from gru_suite.config import CONF_DIR, register_resolvers
+    from gru_suite.registry import config_search_path
+
+    register_resolvers()
+    search = f"hydra.searchpath=[{','.join(config_search_path())}]"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="benchmark"):
+        return compose("train", overrides=[search, *overrides, f"paths.output_dir={_quote(out_dir)}"])
+
+
+def _time_column(path: Path, wanted: str | None, column: str) -> str | None:
+    """`wanted`, else the CSV's first column when it is not numeric (a date), else None."""
+    import pandas as pd
+
+    head = pd.read_csv(path, nrows=20)
+    if column not in head.columns:
+        raise SystemExit(f"error: {path} has no column {column!r}; columns are {list(head.columns)}")
+    if wanted:
+        return wanted
+    first = head.columns[0]
+    if first != column and not pd.api.types.is_numeric_dtype(head[first]):
+        return str(first)
+    return None
+
+
+def _med(values: Sequence[float]) -> float:
+    return float(statistics.median(values)) if values else float("nan")
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    line = "  ".join("-" * w for w in widths)
+    print(f"\n== {title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    print(line)
+    for row in cells:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    sys.stdout.flush()
+
+
+def _make_clock():  # the class needs pytorch_lightning, imported lazily
+    import pytorch_lightning as pl
+
+    class EpochClock(pl.Callback):
+        """Wall and process-CPU seconds of each training epoch.
+
+        An epoch runs from `on_train_epoch_start` to whichever comes first: the
+        start of validation (so, like the suite's EpochThroughput, validation is
+        not counted), the next epoch's start, or the end of training. Without
+        validation that span holds every batch plus Lightning's per-epoch
+        bookkeeping (epoch-end hooks, metric reduction, loader restart).
+        Also collects the suite's own `train/epoch_time_s` and each validation's `val/loss`.
+        """
+
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+            self.throughput: list[float] = []
+            self.val_loss: list[float] = []
+            self._t: tuple[float, float] | None = None
+
+        def _stop(self) -> None:
+            if self._t is not None:
+                wall, cpu = self._t
+                self.wall.append(time.perf_counter() - wall)
+                self.cpu.append(time.process_time() - cpu)
+                self._t = None
+
+        def _grab_throughput(self, trainer: pl.Trainer) -> None:
+            value = trainer.callback_metrics.get("train/epoch_time_s")
+            if value is not None and len(self.throughput) < len(self.wall):
+                self.throughput.append(float(value))
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._stop()
+            self._grab_throughput(trainer)
+            self._t = (time.perf_counter(), time.process_time())
+
+        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.state.fn == "fit":
+                self._stop()
+
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            value = trainer.callback_metrics.get("val/loss")
+            if trainer.state.fn == "fit" and not trainer.sanity_checking and value is not None:
+                self.val_loss.append(float(value))
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._stop()
+
+        def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._grab_throughput(trainer)
+
+    return EpochClock()
+
+
+def _count(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- suite / plain runs
+
+
+def suite_fit(cfg: Any, epochs: int, seed: int) -> dict[str, Any]:
+    """Train the suite for 1 warm-up + `epochs` epochs, training only; per-epoch times."""
+    import pytorch_lightning as pl
+
+    from gru_suite import run
+    from gru_suite.callbacks import EpochThroughput
+
+    pl.seed_everything(seed, verbose=False)
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = run.build_module(cfg, task)
+    clock = _make_clock()
+    trainer = run.build_trainer(
+        cfg,
+        callbacks=[EpochThroughput(), clock],  # the suite's own default throughput callback stays on
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        max_epochs=epochs + 1,
+        min_epochs=epochs + 1,
+    )
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_wall = time.perf_counter() - start
+    loss = trainer.callback_metrics.get("train/loss_epoch", trainer.callback_metrics.get("train/loss"))
+    return {
+        "wall": clock.wall[1:],
+        "cpu": clock.cpu[1:],
+        "throughput": clock.throughput[1:],
+        "fit_wall": fit_wall,
+        "train_loss": float(loss) if loss is not None else float("nan"),
+        "params": _count(module.model),
+        "backbone_params": _count(module.model.backbone),
+        "windows": len(datamodule.sets["train"]),
+        "batches": len(datamodule.train_dataloader()),
+    }
+
+
+def train_windows(cfg: Any) -> tuple[Any, Any]:
+    """The suite's own train windows, materialised: X (N, lookback, F), Y (N, horizon * targets)."""
+    from gru_suite import run
+
+    task = run.build_task(cfg.task)
+    train = task.datamodule().sets["train"]
+    x, y = train.__getitems__(list(range(len(train))))
+    return x.contiguous(), y.reshape(len(y), -1).contiguous()
+
+
+def plain_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
+    """The hand-written loop: GRU + Linear, Adam, MSE, TensorDataset + shuffling DataLoader."""
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, TensorDataset
+
+    class PlainGRU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gru = nn.GRU(x.size(-1), hidden, batch_first=True)
+            self.fc = nn.Linear(hidden, y.size(-1))
+
+        def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+            _, h_n = self.gru(inputs)
+            return self.fc(h_n[-1])
+
+    torch.manual_seed(seed)
+    model = PlainGRU()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = nn.MSELoss()
+    loader = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    wall, cpu, loss_sum, seen = [], [], torch.zeros(()), 0
+    start = time.perf_counter()
+    for _ in range(epochs + 1):
+        w0, c0 = time.perf_counter(), time.process_time()
+        loss_sum, seen = torch.zeros(()), 0
+        model.train()
+        for xb, yb in loader:
+            optimizer.zero_grad()
+            loss = loss_fn(model(xb), yb)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(xb)
+            seen += len(xb)
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return {
+        "wall": wall[1:],
+        "cpu": cpu[1:],
+        "fit_wall": time.perf_counter() - start,
+        "train_loss": float(loss_sum / max(seen, 1)),
+        "params": _count(model),
+    }
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _series_overrides(args: argparse.Namespace) -> list[str]:
+    series = Path(args.series).resolve()
+    time_col = _time_column(series, args.time_column, args.column)
+    return [
+        f"task.data.path={_quote(series)}",
+        f"task.data.targets=[{_quote(args.column)}]",
+        f"task.data.time_column={_quote(time_col) if time_col else 'null'}",
+        "trainer.accelerator=cpu",
+        "logger=none",
+        "callbacks=none",
+    ]
+
+
+def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    cfg = compose_config(["experiment=seed_keras_example", *_series_overrides(args)], tmp / "speed")
+    x, y = train_windows(cfg)
+    hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
+    suite_runs, plain_runs = [], []
+    for rep in range(args.repeats):  # alternate the order so drift and neighbours hit both alike
+        order: list[tuple[list, Callable[[], dict]]] = [
+            (suite_runs, lambda: suite_fit(cfg, args.epochs, args.seed + rep)),
+            (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
+        ]
+        for store, fn in order if rep % 2 == 0 else order[::-1]:
+            store.append(fn())
+    flat = lambda runs, key: [v for r in runs for v in r[key]]  # noqa: E731
+    s_wall, p_wall = flat(suite_runs, "wall"), flat(plain_runs, "wall")
+    s_cpu, p_cpu = flat(suite_runs, "cpu"), flat(plain_runs, "cpu")
+    result = {
+        "series": str(Path(args.series).resolve()),
+        "column": args.column,
+        "train_windows": int(x.size(0)),
+        "lookback": int(x.size(1)),
+        "batches_per_epoch": suite_runs[0]["batches"],
+        "epochs_timed": args.epochs,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "suite_s_per_epoch": _med(s_wall),
+        "plain_s_per_epoch": _med(p_wall),
+        "ratio_suite_over_plain": _med(s_wall) / _med(p_wall),
+        "suite_s_per_epoch_min": min(s_wall),
+        "plain_s_per_epoch_min": min(p_wall),
+        "ratio_min": min(s_wall) / min(p_wall),
+        "suite_cpu_s_per_epoch": _med(s_cpu),
+        "plain_cpu_s_per_epoch": _med(p_cpu),
+        "ratio_cpu": _med(s_cpu) / _med(p_cpu),
+        "suite_epoch_time_s_logged": _med(flat(suite_runs, "throughput")),
+        "suite_fit_s_per_epoch_all_in": _med([r["fit_wall"] / (args.epochs + 1) for r in suite_runs]),
+        "plain_fit_s_per_epoch_all_in": _med([r["fit_wall"] / (args.epochs + 1) for r in plain_runs]),
+        "suite_ms_per_step": 1e3 * _med(s_wall) / suite_runs[0]["batches"],
+        "plain_ms_per_step": 1e3 * _med(p_wall) / suite_runs[0]["batches"],
+        "suite_params": suite_runs[0]["params"],
+        "plain_params": plain_runs[0]["params"],
+        "suite_final_train_loss": _med([r["train_loss"] for r in suite_runs]),
+        "plain_final_train_loss": _med([r["train_loss"] for r in plain_runs]),
+    }
+    _table(
+        f"speed: seed_keras_example on {Path(args.series).name}[{args.column}] - {result['train_windows']} windows, "
+        f"{result['batches_per_epoch']} batches/epoch, {args.epochs} timed epochs x {args.repeats} repeats, "
+        f"{args.threads} thread(s)",
+        ["loop", "s/epoch (median)", "s/epoch (min)", "CPU s/epoch", "ms/step", "params", "final train MSE"],
+        [
+            ["suite (Lightning)", result["suite_s_per_epoch"], result["suite_s_per_epoch_min"],
+             result["suite_cpu_s_per_epoch"], result["suite_ms_per_step"], result["suite_params"],
+             result["suite_final_train_loss"]],
+            ["plain PyTorch", result["plain_s_per_epoch"], result["plain_s_per_epoch_min"],
+             result["plain_cpu_s_per_epoch"], result["plain_ms_per_step"], result["plain_params"],
+             result["plain_final_train_loss"]],
+            ["ratio suite/plain", result["ratio_suite_over_plain"], result["ratio_min"], result["ratio_cpu"],
+             "", "", ""],
+        ],
+    )
+    print(
+        f"suite train/epoch_time_s (EpochThroughput, median) {result['suite_epoch_time_s_logged']:.4g} s; "
+        f"whole fit / epochs incl. setup: suite {result['suite_fit_s_per_epoch_all_in']:.4g} s, "
+        f"plain {result['plain_fit_s_per_epoch_all_in']:.4g} s"
+    )
+    return result
+
+
+def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    base = ["experiment=seed_keras_example", *_series_overrides(args)]
+    rows, out = [], {}
+    for name, extra in CELL_WORKLOADS:
+        runs: dict[str, list[dict]] = {"gru": [], "lstm": []}
+        cfgs = {cell: compose_config([*base, f"backbone={cell}", *extra], tmp / f"cells_{cell}") for cell in runs}
+        for rep in range(args.repeats):
+            for cell in ("gru", "lstm") if rep % 2 == 0 else ("lstm", "gru"):
+                runs[cell].append(suite_fit(cfgs[cell], args.epochs, args.seed + rep))
+        entry = {}
+        for cell, cell_runs in runs.items():
+            wall = [v for r in cell_runs for v in r["wall"]]
+            entry[cell] = {
+                "hidden_size": int(cfgs[cell].backbone.hidden_size),
+                "lookback": int(cfgs[cell].task.data.lookback),
+                "backbone_params": cell_runs[0]["backbone_params"],
+                "params": cell_runs[0]["params"],
+                "s_per_epoch": _med(wall),
+                "s_per_epoch_min": min(wall),
+                "final_train_loss": _med([r["train_loss"] for r in cell_runs]),
+            }
+        entry["lstm_over_gru_time"] = entry["lstm"]["s_per_epoch"] / entry["gru"]["s_per_epoch"]
+        entry["lstm_over_gru_params"] = entry["lstm"]["backbone_params"] / entry["gru"]["backbone_params"]
+        out[name] = entry
+        for cell in ("gru", "lstm"):
+            e = entry[cell]
+            rows.append([name, cell, e["hidden_size"], e["lookback"], e["backbone_params"], e["params"],
+                         e["s_per_epoch"], e["s_per_epoch_min"], e["final_train_loss"]])
+        rows.append([name, "lstm/gru", "", "", entry["lstm_over_gru_params"], "", entry["lstm_over_gru_time"], "", ""])
+    _table(
+        f"cells: GRU vs LSTM backbone, CPU, {args.epochs} timed epochs x {args.repeats} repeats, {args.threads} thread(s)",
+        ["work", "cell", "hidden", "lookback", "backbone params", "model params", "s/epoch (median)",
+         "s/epoch (min)", "final train MSE"],
+        rows,
+    )
+    return out
+
+
+def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    from gru_suite import run
+
+    extra = shlex.split(args.etth1_overrides)
+    path = Path(args.etth1).resolve()
+    cfg = compose_config(
+        [
+            "experiment=etth1",
+            f"task.data.path={_quote(path)}",
+            "logger=none",
+            "callbacks.progress_bar=null",
+            "predict_after_training=false",
+            *extra,
+        ],
+        tmp / "etth1",
+    )
+    if args.etth1_threads:
+        torch.set_num_threads(args.etth1_threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = run.build_module(cfg, task)
+    trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
+    clock = _make_clock()
+    trainer.callbacks.append(clock)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule)
+    fit_wall = time.perf_counter() - start
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt else ""
+    start = time.perf_counter()
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    test_wall = time.perf_counter() - start
+    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+    best_epoch = int(Path(best).stem.split("-")[-1]) if best and Path(best).stem.split("-")[-1].isdigit() else None
+    result = {
+        "path": str(path),
+        "overrides": extra,
+        "threads": torch.get_num_threads(),
+        "accelerator": type(trainer.accelerator).__name__,
+        "epochs_run": int(trainer.current_epoch),
+        "best_epoch": best_epoch,
+        "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
+        "val_loss_per_epoch": clock.val_loss,
+        "train_s_per_epoch": _med(clock.wall),
+        "train_s_total": float(sum(clock.wall)),
+        "fit_wall_s": fit_wall,
+        "test_wall_s": test_wall,
+        "params": _count(module.model),
+        "train_windows": len(datamodule.sets["train"]),
+        "val_windows": len(datamodule.sets["val"]),
+        "test_windows": len(datamodule.sets["test"]),
+        "test_mse": metrics.get("test/mse"),
+        "test_mae": metrics.get("test/mae"),
+        "naive_mse": metrics.get("test/naive_mse"),
+        "naive_mae": metrics.get("test/naive_mae"),
+        "seasonal_naive_mse": metrics.get("test/seasonal_naive_mse"),
+        "seasonal_naive_mae": metrics.get("test/seasonal_naive_mae"),
+        "test_mse_original": metrics.get("test/mse_original"),
+        "test_mae_original": metrics.get("test/mae_original"),
+        "reference_segrnn_mse": 0.368,
+        "reference_segrnn_mae": 0.395,
+        "test_metrics": metrics,
+    }
+    d = cfg.task.data
+    m = cfg.task.model
+    _table(
+        f"etth1: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, segment {m.segment_length}, "
+        f"embed {m.embed_size}, hidden {cfg.backbone.hidden_size}, {result['epochs_run']} epochs "
+        f"(best {best_epoch}), {result['threads']} thread(s); test windows {result['test_windows']}",
+        ["model (test, scaled)", "MSE", "MAE"],
+        [
+            ["GRU suite (best val ckpt)", result["test_mse"], result["test_mae"]],
+            ["naive (last value)", result["naive_mse"], result["naive_mae"]],
+            [f"seasonal naive ({d.season})", result["seasonal_naive_mse"], result["seasonal_naive_mae"]],
+            ["SegRNN reference (L=96)", 0.368, 0.395],
+        ],
+    )
+    print(
+        f"training {result['train_s_per_epoch']:.4g} s/epoch (median, validation excluded), "
+        f"fit {fit_wall:.1f} s wall, test {test_wall:.1f} s; best val/loss {result['best_val_loss']}; "
+        f"params {result['params']:,}; overrides: {' '.join(extra) or '(none)'}"
+    )
+    return result
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--series", default=str(DEFAULT_SERIES),
+                        help="univariate CSV for the speed and cells sections (default: bundled demo_load.csv)")
+    parser.add_argument("--column", default="load", help="column of --series to forecast (default: load)")
+    parser.add_argument("--time-column", default=None,
+                        help="time column of --series (default: its first column when that is not numeric)")
+    parser.add_argument("--etth1", default=None, help="path to ETTh1.csv; the etth1 section runs only when given")
+    parser.add_argument("--etth1-overrides", default=DEFAULT_ETTH1_OVERRIDES,
+                        help=f"Hydra overrides on top of experiment=etth1, one string (default: {DEFAULT_ETTH1_OVERRIDES!r};"
+                             " pass '' for the yaml as it is)")
+    parser.add_argument("--etth1-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads for the etth1 section (default: all cores)")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per run, after one untimed warm-up epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per loop in speed/cells, alternating order")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for speed and cells (default 1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out-dir", default=None,
+                        help="keep run folders (etth1 checkpoints) here; default: a temporary folder, removed")
+    args = parser.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = sorted(set(args.sections) - set(SECTIONS))
+    if unknown:
+        parser.error(f"unknown sections {unknown}; choose from {list(SECTIONS)}")
+    if args.epochs < 1 or args.repeats < 1:
+        parser.error("--epochs and --repeats must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import pytorch_lightning as pl  # its import sets its loggers to INFO: quieten afterwards
+    import torch
+
+    _quiet()
+
+    torch.set_num_threads(args.threads)
+    report: dict[str, Any] = {
+        "meta": {
+            "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__,
+            "python": platform.python_version(),
+            "cpu_count": os.cpu_count(),
+            "threads": args.threads,
+            "argv": sys.argv[1:] if argv is None else list(argv),
+        }
+    }
+    walls: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="gru_suite_bench_") as scratch:
+        tmp = Path(args.out_dir).resolve() if args.out_dir else Path(scratch)
+        for section in args.sections:
+            if section == "etth1" and not args.etth1:
+                print("\n== etth1: skipped (give --etth1 PATH/TO/ETTh1.csv)")
+                continue
+            torch.set_num_threads(args.threads)
+            start = time.perf_counter()
+            report[section] = {"speed": section_speed, "cells": section_cells, "etth1": section_etth1}[section](args, tmp)
+            walls[section] = time.perf_counter() - start
+            print(f"[{section} section: {walls[section]:.1f} s wall]")
+    report["meta"]["section_wall_s"] = walls
+    print(json.dumps(report, sort_keys=True, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

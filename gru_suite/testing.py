@@ -1,0 +1,343 @@
+"""Contract checks for task plugins, in the spirit of scikit-learn's `check_estimator`.
+
+`check_task_plugin("my_task")` walks an installed task through everything the
+core asks of it and raises an `AssertionError` at the first broken point:
+
+1. installation: the entry point loads a `TaskPlugin` subclass, and its
+   `conf/task/<name>.yaml` declares `name`, `description`, `monitor` and
+   `monitor_mode`;
+2. composition: the `train` config composes with the task selected and every
+   part instantiates (task, data, model with the shared backbone, optimiser,
+   callbacks, loggers, trainer);
+3. a `fast_dev_run` trains, validates and tests, and logs the task's monitor;
+4. the training loss falls well below its start when overfitting one batch;
+5. a short real run writes `last.ckpt`, and `load_checkpoint` rebuilds a model
+   whose predictions equal the trained one's;
+6. predicting from the restored model writes non-empty, parseable artifacts.
+
+Everything runs on the CPU, in one intra-op thread (fastest for the tiny models
+a check trains, and immune to oversubscription when test processes run in
+parallel), in a temporary folder; `overrides` (Hydra syntax) shrink the model
+and data so that a small task is checked in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from gru_suite import registry, run
+from gru_suite.backbone import GRUBackbone
+from gru_suite.checkpoint import load_checkpoint
+from gru_suite.config import CONF_DIR, register_resolvers
+from gru_suite.module import TaskModule
+from gru_suite.task import StepOutput, TaskPlugin
+
+OVERFIT_STEPS = 200
+"""Most optimiser steps spent on the one batch."""
+OVERFIT_LR = 1e-2
+OVERFIT_RATIO = 0.5
+"""The one-batch loss must fall below this fraction of its starting value."""
+
+TASK_CONFIG_KEYS = ("name", "description", "monitor", "monitor_mode")
+MAGIC_BYTES = {
+    ".png": b"\x89PNG\r\n\x1a\n",
+    ".jpg": b"\xff\xd8\xff",
+    ".jpeg": b"\xff\xd8\xff",
+    ".pdf": b"%PDF",
+    ".mid": b"MThd",
+    ".midi": b"MThd",
+    ".npy": b"\x93NUMPY",
+}
+
+BASE_OVERRIDES = ("trainer.accelerator=cpu", "trainer.devices=1")
+FAST_DEV_RUN_OVERRIDES = ("++trainer.fast_dev_run=true",)
+SHORT_RUN_OVERRIDES = ("trainer.max_epochs=1", "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=2")
+
+
+def check_task_plugin(task: str, overrides: Sequence[str] = (), tmp_path: Path | None = None) -> None:
+    """Check that the installed task `task` honours the task-plugin contract.
+
+    `overrides` are Hydra overrides applied to every run (e.g.
+    `backbone.hidden_size=16`); they follow the check's own CPU settings, so
+    they may change those too. Runs write into `tmp_path` (kept) or into a
+    temporary folder (removed). Raises `AssertionError` naming the task, the
+    contract point and what went wrong.
+    """
+    with _single_thread():
+        if tmp_path is not None:
+            _check(task, list(overrides), Path(tmp_path))
+            return
+        with tempfile.TemporaryDirectory(prefix=f"check_{task}_") as tmp:
+            _check(task, list(overrides), Path(tmp))
+
+
+@contextmanager
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check(task: str, overrides: list[str], root: Path) -> None:
+    with _contract(task, "installation"):
+        _installed_class(task)
+        _check_task_config_file(task)
+    with _contract(task, "config composition"):
+        cfg = compose_train_config(task, overrides, root / "instantiate")
+    with _contract(task, "instantiation"):
+        module, datamodule = _instantiate(cfg)
+    with _contract(task, "fast_dev_run training"):
+        _check_fast_dev_run(compose_train_config(task, [*overrides, *FAST_DEV_RUN_OVERRIDES], root / "fast_dev_run"))
+    with _contract(task, "overfitting one batch"):
+        _check_overfit(module, datamodule, cfg.seed)
+    with _contract(task, "checkpoint round trip"):
+        short_run = compose_train_config(task, [*overrides, *SHORT_RUN_OVERRIDES], root / "short_run")
+        restored = _check_checkpoint_round_trip(short_run)
+    with _contract(task, "prediction artifacts"):
+        predict_cfg = short_run.copy()
+        predict_cfg.paths.output_dir = str(root / "predict")
+        _check_artifacts(run.predict(predict_cfg, restored.task, restored), root / "predict")
+
+
+@contextmanager
+def _contract(task: str, point: str) -> Iterator[None]:
+    """Turn any failure inside into one AssertionError naming the task and contract point."""
+    try:
+        yield
+    except AssertionError as err:
+        raise AssertionError(f"task {task!r}, {point}: {err}") from err
+    except Exception as err:
+        raise AssertionError(f"task {task!r}, {point}: {type(err).__name__}: {err}") from err
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _installed_class(task: str) -> type[TaskPlugin]:
+    task_cls = registry.get_task(task).load()
+    _require(
+        isinstance(task_cls, type) and issubclass(task_cls, TaskPlugin),
+        f"the entry point names {task_cls!r}, which is not a subclass of gru_suite.task.TaskPlugin",
+    )
+    return task_cls
+
+
+def _check_task_config_file(task: str) -> None:
+    """`conf/task/<name>.yaml` beside the task's module declares the keys the core reads."""
+    conf = registry.get_task(task).config_dir()
+    _require(conf is not None, f"no conf/ folder beside the package of {registry.get_task(task).target}")
+    path = conf / "task" / f"{task}.yaml"
+    _require(path.is_file(), f"no task config {path}")
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    missing = [key for key in TASK_CONFIG_KEYS if key not in data]
+    _require(not missing, f"{path} lacks {missing}")
+    _require(data["name"] == task, f"{path}: name is {data['name']!r}, but the entry point is {task!r}")
+    _require(bool(str(data["description"]).strip()), f"{path}: description is empty")
+    _require(data["monitor_mode"] in ("min", "max"), f"{path}: monitor_mode must be min or max")
+
+
+def compose_train_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The `train` config as the CLI composes it, writing into `output_dir`.
+
+    `${hydra:runtime.output_dir}` exists only inside a Hydra run, so
+    `paths.output_dir` is set directly; everything else must resolve.
+    """
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    searchpath = f"hydra.searchpath=[{','.join(registry.config_search_path())}]"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"task={task}", searchpath, *BASE_OVERRIDES, *overrides])
+    cfg.paths.output_dir = str(output_dir)
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every value must resolve
+    return cfg
+
+
+def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
+    """Build every configured part once; return the module and data for the overfitting check."""
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    _require(
+        isinstance(datamodule, pl.LightningDataModule),
+        f"datamodule() returned {type(datamodule).__name__}, not a LightningDataModule",
+    )
+    try:
+        pickle.dumps(task.state_dict())
+    except Exception as err:
+        raise AssertionError(f"state_dict() is not picklable ({type(err).__name__}: {err})") from err
+    module = run.build_module(cfg, task)
+    _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
+    _require(
+        any(isinstance(m, GRUBackbone) for m in module.model.modules()),
+        "build_model() must build its backbone with the factory it is given",
+    )
+    module.configure_optimizers()
+    run.build_trainer(cfg)
+    return module, datamodule
+
+
+def _check_fast_dev_run(cfg: DictConfig) -> None:
+    metrics = run.train(cfg)
+    monitor = cfg.task.monitor
+    _require(monitor in metrics, f"the monitor {monitor!r} was never logged; logged: {sorted(metrics)}")
+    _require(math.isfinite(metrics[monitor]), f"the monitor {monitor!r} is {metrics[monitor]}")
+
+
+def _step_loss(task: TaskPlugin, model: nn.Module, batch: Any) -> Tensor:
+    out = task.step(model, batch, "train")
+    _require(isinstance(out, StepOutput), f"step() returned {type(out).__name__}, not a StepOutput")
+    _require(
+        isinstance(out.loss, Tensor) and out.loss.numel() == 1,
+        f"step() loss must be a one-element tensor, got {out.loss!r}",
+    )
+    _require(bool(torch.isfinite(out.loss)), f"step() loss is {out.loss.item()}")
+    return out.loss
+
+
+def _eval_loss(task: TaskPlugin, model: nn.Module, batch: Any) -> float:
+    model.eval()
+    with torch.no_grad():
+        return _step_loss(task, model, batch).item()
+
+
+def _check_overfit(module: TaskModule, datamodule: pl.LightningDataModule, seed: int) -> None:
+    """Adam on one training batch must cut its loss to OVERFIT_RATIO of the start."""
+    pl.seed_everything(seed, verbose=False)
+    task, model = module.task, module.model
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    batch = next(iter(datamodule.train_dataloader()))
+    optimizer = torch.optim.Adam(model.parameters(), lr=OVERFIT_LR)
+    first = last = _eval_loss(task, model, batch)
+    for step in range(OVERFIT_STEPS):
+        model.train()
+        optimizer.zero_grad()
+        _step_loss(task, model, batch).backward()
+        if step == 0:
+            _check_gradients(model)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        last = _eval_loss(task, model, batch)
+        if last < OVERFIT_RATIO * first:
+            return
+    raise AssertionError(
+        f"the loss on one batch went from {first:.4g} to {last:.4g} in {OVERFIT_STEPS} Adam steps "
+        f"(lr {OVERFIT_LR}); expected below {OVERFIT_RATIO} x {first:.4g}"
+    )
+
+
+def _check_gradients(model: nn.Module) -> None:
+    def flows(params: Iterator[nn.Parameter]) -> bool:
+        return any(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params)
+
+    _require(flows(model.parameters()), "the training loss does not depend on the model's parameters")
+    backbones = [m for m in model.modules() if isinstance(m, GRUBackbone)]
+    _require(
+        any(flows(b.parameters()) for b in backbones),
+        "the training loss does not depend on the backbone's parameters",
+    )
+
+
+def _check_checkpoint_round_trip(cfg: DictConfig) -> TaskModule:
+    """Train briefly, reload `last.ckpt`, and compare predictions on one batch."""
+    pl.seed_everything(cfg.seed, verbose=False)
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = run.build_module(cfg, task)
+    trainer = run.build_trainer(cfg)
+    trainer.fit(module, datamodule=datamodule)
+    callback = trainer.checkpoint_callback
+    _require(callback is not None, "the run has no ModelCheckpoint callback (keep callbacks=default)")
+    last = Path(callback.last_model_path) if callback.last_model_path else None
+    _require(last is not None and last.is_file(), f"training wrote no last.ckpt in {callback.dirpath}")
+    _require(bool(callback.best_model_path), f"no best checkpoint: the monitor {callback.monitor!r} was not logged")
+    try:
+        restored = load_checkpoint(last)
+        restored.task.datamodule()  # rebuilds data-dependent objects (scalers...) as the CLI does
+    except Exception as err:
+        raise AssertionError(
+            f"cannot rebuild the task from {last.name} ({type(err).__name__}: {err}); "
+            "state_dict() must hold everything build_model() and the writers need"
+        ) from err
+    datamodule.setup("predict")
+    batch = next(iter(datamodule.predict_dataloader()))
+    module.eval()
+    with torch.no_grad():
+        expected, got = module.predict_step(batch, 0), restored.predict_step(batch, 0)
+    _require(_same(expected, got), f"predictions of the model reloaded from {last} differ from the trained model's")
+    return restored
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal nested predictions: tensors and arrays up to float tolerance."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (
+            isinstance(a, Tensor) and isinstance(b, Tensor) and a.shape == b.shape
+            and torch.allclose(a.float(), b.float(), equal_nan=True)
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.shape(a) == np.shape(b) and bool(np.allclose(a, b, equal_nan=True))
+    if isinstance(a, Mapping):
+        return isinstance(b, Mapping) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same, a, b))
+    return bool(a == b)
+
+
+def _check_artifacts(paths: list[Path], out_dir: Path) -> None:
+    _require(bool(paths), "write_predictions returned no paths")
+    for path in map(Path, paths):
+        _require(path.is_file(), f"artifact {path} does not exist")
+        _require(path.resolve().is_relative_to(out_dir.resolve()), f"artifact {path} is outside {out_dir}")
+        _require(path.stat().st_size > 0, f"artifact {path} is empty")
+        try:
+            _check_artifact_content(path)
+        except AssertionError as err:
+            raise AssertionError(f"artifact {path}: {err}") from err
+        except (ValueError, csv.Error) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise AssertionError(f"artifact {path} does not parse as {path.suffix}: {err}") from err
+
+
+def _check_artifact_content(path: Path) -> None:
+    """Parse `path` according to its suffix; unknown suffixes only need to be non-empty."""
+    suffix = path.suffix.lower()
+    if suffix in MAGIC_BYTES:
+        magic = MAGIC_BYTES[suffix]
+        with path.open("rb") as f:
+            _require(f.read(len(magic)) == magic, f"does not start with the {suffix} signature {magic!r}")
+    elif suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, strict=True))
+        _require(len(rows) >= 2, "a CSV artifact needs a header and at least one row")
+        widths = {len(row) for row in rows}
+        _require(len(widths) == 1, f"rows have different numbers of fields: {sorted(widths)}")
+    elif suffix == ".json":
+        json.loads(path.read_text(encoding="utf-8"))
+    elif suffix == ".jsonl":
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                json.loads(line)
+    elif suffix in (".html", ".htm", ".svg"):
+        _require("<" in path.read_text(encoding="utf-8"), "no markup in it")
+    elif suffix == ".txt":
+        path.read_text(encoding="utf-8")

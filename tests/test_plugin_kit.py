@@ -1,0 +1,101 @@
+"""The plugin kit: `check_task_plugin` passes on real tasks and catches broken ones;
+the example third-party plugin trains through the real CLI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gru_suite import registry
+from gru_suite.task import StepOutput
+from gru_suite.testing import check_task_plugin
+from gru_suite_plugins.forecasting.task import ForecastingTask
+
+TINY_FORECASTING = [
+    "backbone.hidden_size=16",
+    "task.data.batch_size=32",
+    "task.data.lookback=24",
+    "task.data.horizon=6",
+    "task.data.season=6",
+]
+TINY_EXAMPLE = ["backbone.hidden_size=16"]
+
+
+def test_forecasting_honours_the_contract(tmp_path: Path) -> None:
+    check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
+
+
+def test_example_plugin_honours_the_contract(tmp_path: Path) -> None:
+    pytest.importorskip("gru_suite_example")
+    check_task_plugin("running_mean", TINY_EXAMPLE, tmp_path)
+
+
+def test_example_plugin_trains_from_the_cli(tmp_path: Path) -> None:
+    pytest.importorskip("gru_suite_example")
+    exe = shutil.which("gru-suite", path=str(Path(sys.executable).parent)) or shutil.which("gru-suite")
+    assert exe is not None, "the gru-suite console script is not installed"
+    result = subprocess.run(
+        [exe, "task=running_mean", "trainer.max_epochs=2", "trainer.accelerator=cpu", *TINY_EXAMPLE,
+         f"hydra.run.dir={tmp_path}"],
+        cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    with (tmp_path / "metrics.csv").open(newline="") as f:
+        epochs = {row["epoch"] for row in csv.DictReader(f) if row.get("val/loss")}
+    assert epochs == {"0", "1"}
+    assert (tmp_path / "predictions" / "running_mean.csv").is_file()
+
+
+class ConstantLossTask(ForecastingTask):
+    """Its training loss ignores the model's output: nothing can be learnt."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        _, y = batch
+        frozen = F.mse_loss(torch.zeros_like(y), y) + 0.0 * sum(p.sum() for p in model.parameters())
+        return StepOutput(frozen, out.batch_size, out.metrics)
+
+
+class ForgetfulTask(ForecastingTask):
+    """Leaves its scaler and columns out of checkpoints: a checkpoint cannot rebuild it."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+
+class CorruptPlotTask(ForecastingTask):
+    """Writes a `.png` that is not a PNG."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        paths = super().write_predictions(predictions, datamodule, out_dir)
+        for path in paths:
+            if path.suffix == ".png":
+                path.write_bytes(b"not a png")
+        return paths
+
+
+BROKEN = {
+    "not-a-task": (object, "installation: .* not a subclass of gru_suite.task.TaskPlugin"),
+    "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
+    "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
+    "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
+}
+
+
+@pytest.mark.parametrize(("task_cls", "message"), BROKEN.values(), ids=BROKEN.keys())
+def test_broken_plugin_is_caught(
+    task_cls: type, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: task_cls)
+    with pytest.raises(AssertionError, match=message):
+        check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
