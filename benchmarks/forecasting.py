@@ -42,8 +42,8 @@ DEFAULT_SERIES = REPO / "data" / "forecasting" / "demo_load.csv"
 SECTIONS = ("speed", "cells", "etth1")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
-# Tuned on the validation split within a ~10-15 min CPU budget (2 cores); see README.md.
-DEFAULT_ETTH1_OVERRIDES = "trainer.max_epochs=10"
+# Chosen on the validation split (val/loss) within the CPU budget: batch 128 beat the yaml's 256 by more than seed noise.
+DEFAULT_ETTH1_OVERRIDES = "task.data.batch_size=128 trainer.max_epochs=10"
 
 # Work sizes of the cells section: (name, overrides on top of experiment=seed_keras_example).
 CELL_WORKLOADS: list[tuple[str, list[str]]] = [

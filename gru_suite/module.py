@@ -58,6 +58,16 @@ class TaskModule(pl.LightningModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._run(batch, "test")
 
+    def _log_epoch_metrics(self, stage: Stage) -> None:
+        for name, value in self.task.epoch_end(stage).items():
+            self.log(f"{stage}/{name}", value, sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
+
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Any:
         return self.task.predict_step(self.model, batch)
 

@@ -65,6 +65,10 @@ class TaskPlugin(ABC):
     ) -> list[Path]:
         """Write the task's artifacts (atomically) and return their paths."""
 
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        """Metrics that need a whole pass (e.g. over complete series), logged once per epoch."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         """Data-dependent state saved in checkpoints (scalers, vocabularies)."""
         return dict(self.state)

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -41,7 +42,54 @@ def demo_load(hours: int = 2400, seed: int = 7) -> pd.DataFrame:
     })
 
 
-GENERATORS = {"forecasting": lambda: {"demo_load.csv": demo_load()}}
+def _seasonal_series(rng: np.random.Generator, n: int, period: int) -> np.ndarray:
+    t = np.arange(n)
+    return 10 + 3 * np.sin(2 * np.pi * t / period) + np.sin(2 * np.pi * t / (period / 4)) + rng.normal(0, 0.3, n)
+
+
+def anomaly_series(n: int = 2000, seed: int = 11) -> tuple[dict[str, pd.DataFrame], dict[str, list[list[str]]]]:
+    """Four hourly series, each with anomalies of one kind injected after the first 20%:
+    spikes, a level shift, a change of seasonality, and a flat-lined sensor.
+    Returns the frames and their anomaly windows in NAB's combined_windows.json layout."""
+    rng = np.random.default_rng(seed)
+    stamps = pd.date_range("2024-03-01", periods=n, freq="h")
+    frames, windows = {}, {}
+    for kind in ("spikes", "level_shift", "seasonality_change", "flatline"):
+        values = _seasonal_series(rng, n, period=24)
+        events = []
+        if kind == "spikes":
+            for at in (700, 1150, 1600):
+                values[at] += rng.choice([-1, 1]) * rng.uniform(5, 7)
+                events.append((at, at))
+        elif kind == "level_shift":
+            values[1100:1300] += 4.0
+            events += [(1100, 1100), (1300, 1300)]
+        elif kind == "seasonality_change":
+            t = np.arange(900, 1100)
+            values[900:1100] = 10 + 3 * np.sin(2 * np.pi * t / 8) + rng.normal(0, 0.3, len(t))
+            events.append((900, 1099))
+        else:
+            values[1200:1320] = values[1200]
+            events.append((1200, 1319))
+        name = f"{kind}.csv"
+        frames[name] = pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%d %H:%M:%S"), "value": values.round(4)})
+        half = 10  # NAB-style windows centred on each event
+        windows[name] = [
+            [str(stamps[max(a - half, 0)]) + ".000000", str(stamps[min(b + half, n - 1)]) + ".000000"]
+            for a, b in events
+        ]
+    return frames, windows
+
+
+def anomaly_files() -> dict[str, object]:
+    frames, windows = anomaly_series()
+    return {**frames, "windows.json": json.dumps(windows, indent=2) + "\n"}
+
+
+GENERATORS = {
+    "forecasting": lambda: {"demo_load.csv": demo_load()},
+    "anomaly": anomaly_files,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks or GENERATORS:
         folder = args.out / task
         folder.mkdir(parents=True, exist_ok=True)
-        for name, frame in GENERATORS[task]().items():
+        for name, content in GENERATORS[task]().items():
             tmp = folder / f".{name}.tmp"
-            frame.to_csv(tmp, index=False)
+            if isinstance(content, pd.DataFrame):
+                content.to_csv(tmp, index=False)
+            else:
+                tmp.write_text(content)
             tmp.replace(folder / name)
             print(folder / name)
     return 0

@@ -1,0 +1,1 @@
+"""Anomaly detection task: GRU detectors that score streams online."""

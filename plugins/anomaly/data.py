@@ -1,0 +1,219 @@
+"""Anomaly data: one CSV or a folder of CSVs, optional labels, per-series probationary scaling."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from gru_suite.errors import UserError
+from gru_suite.timeseries import Series, StandardScaler, batch_loader, read_series_csv
+
+log = logging.getLogger(__name__)
+
+Window = tuple[int, int]
+"""An anomaly window as inclusive row indices."""
+
+
+@dataclass
+class StreamData:
+    """One series to score: raw values, its scaler (fitted on its probationary part) and labels."""
+
+    name: str
+    series: Series
+    probation: int
+    scaler: StandardScaler
+    windows: list[Window] | None
+
+    @property
+    def scaled(self) -> Tensor:
+        return torch.from_numpy(self.scaler.transform(self.series.values))
+
+    def labels(self) -> np.ndarray | None:
+        """Per-row booleans: inside an anomaly window."""
+        if self.windows is None:
+            return None
+        flags = np.zeros(len(self.series.values), dtype=bool)
+        for start, end in self.windows:
+            flags[start : end + 1] = True
+        return flags
+
+
+def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
+    """The data root and its CSV files (a single file, or every *.csv below a folder)."""
+    root = Path(path)
+    if root.is_file():
+        return root.parent, [root]
+    if not root.is_dir():
+        raise UserError(f"data path not found: {root}")
+    files = sorted(root.rglob("*.csv"))
+    if not files:
+        raise UserError(f"{root}: no .csv files found")
+    return root, files
+
+
+def windows_from_label_column(labels: np.ndarray) -> list[Window]:
+    """Maximal runs of non-zero labels as inclusive index windows."""
+    flags = np.concatenate([[0], (labels != 0).astype(int), [0]])
+    edges = np.flatnonzero(np.diff(flags))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def read_window_file(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
+    """NAB `combined_windows.json`: {"group/file.csv": [[start, end], ...]}."""
+    file = Path(path)
+    try:
+        raw = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"cannot read anomaly windows {file}: {err}") from err
+    if not isinstance(raw, dict):
+        raise UserError(f"{file}: expected an object mapping file names to [[start, end], ...]")
+    windows = {}
+    for key, spans in raw.items():
+        try:
+            windows[key] = [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in spans]
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{file}, key {key!r}: expected a list of [start, end] timestamps ({err})") from err
+    return windows
+
+
+def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timestamp]]) -> list[Window]:
+    stamps = series.timestamps
+    if not isinstance(stamps, pd.DatetimeIndex):
+        raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
+    out = []
+    for start, end in spans:
+        a, b = int(stamps.searchsorted(start, "left")), int(stamps.searchsorted(end, "right")) - 1
+        if a <= b:
+            out.append((a, b))
+    return out
+
+
+def _match_windows(
+    root: Path, files: list[Path], windows: dict[str, list], source: Path
+) -> dict[Path, list]:
+    """Window lists by file: keys are paths relative to the data root, or to one of its parents."""
+    matched: dict[Path, list] = {}
+    for file in files:
+        parts = file.relative_to(root.parent if root.parent != root else root).parts
+        for depth in range(len(parts)):
+            key = "/".join(parts[depth:])
+            if key in windows:
+                matched[file] = windows[key]
+                break
+    unknown = len(windows) - len(matched)
+    if not matched:
+        raise UserError(f"{source}: names none of the {len(files)} series under {root}")
+    if unknown:
+        log.warning("%s: %d labelled series are not in %s and are ignored", source, unknown, root)
+    return matched
+
+
+def load_streams(
+    path: str | Path,
+    time_column: str | None,
+    value_columns: Sequence[str] | None,
+    label_column: str | None,
+    windows_path: str | Path | None,
+    probation: float,
+    probation_max: int,
+    missing: str,
+    min_probation: int,
+) -> list[StreamData]:
+    """Every series under `path`, scaled on its own probationary part, with its labels if any."""
+    root, files = csv_files(path)
+    windows = read_window_file(windows_path) if windows_path else {}
+    matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
+    streams = []
+    for file in files:
+        columns = list(value_columns) if value_columns else _value_columns(file, time_column, label_column)
+        series = read_series_csv(file, columns, time_column, missing)
+        n_probation = min(int(probation * len(series.values)), probation_max)
+        if n_probation < min_probation:
+            raise UserError(
+                f"{file}: {len(series.values)} rows give a probationary period of {n_probation} rows "
+                f"(task.data.probation={probation}); at least {min_probation} are needed to train and calibrate"
+            )
+        spans: list[Window] | None = None
+        if label_column:
+            spans = windows_from_label_column(read_series_csv(file, [label_column], time_column, "error").values[:, 0])
+        elif file in matched:
+            spans = _index_windows(series, matched[file])
+        scaler = StandardScaler.fit(series.values[:n_probation])
+        streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans))
+    widths = {len(s.series.columns) for s in streams}
+    if len(widths) > 1:
+        raise UserError(f"{root}: the series have different numbers of value columns {sorted(widths)}")
+    return streams
+
+
+def _value_columns(file: Path, time_column: str | None, label_column: str | None) -> list[str]:
+    header = pd.read_csv(file, nrows=0).columns
+    return [c for c in header if c not in (time_column, label_column)]
+
+
+class CropDataset(Dataset):
+    """Fixed-length crops from the training (or validation) rows of every series, batched by `__getitems__`."""
+
+    def __init__(self, sequences: list[Tensor], ranges: list[tuple[int, int]], length: int) -> None:
+        self.sequences = sequences
+        self.length = length
+        self.index = [(s, start) for s, (lo, hi) in enumerate(ranges) for start in range(lo, hi - length + 1)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitems__(self, indices: Sequence[int]) -> Tensor:
+        picks = [self.index[i] for i in indices]
+        return torch.stack([self.sequences[s][start : start + self.length] for s, start in picks])
+
+
+class SeriesDataset(Dataset):
+    """Whole series, one per batch, for scoring."""
+
+    def __init__(self, sequences: list[Tensor]) -> None:
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[int, Tensor]:
+        (i,) = indices
+        return i, self.sequences[i].unsqueeze(0)
+
+
+class AnomalyData(pl.LightningDataModule):
+    """Train on crops of each series' early probationary rows, validate on its late ones,
+    and score whole series in test and predict."""
+
+    def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int) -> None:
+        super().__init__()
+        self.streams = streams
+        self.batch_size = batch_size
+        sequences = [s.scaled for s in streams]
+        cut = [int(s.probation * (1 - validation)) for s in streams]
+        self.train = CropDataset(sequences, [(0, c) for c in cut], crop_length)
+        self.val = CropDataset(sequences, [(c, s.probation) for c, s in zip(cut, streams)], min(crop_length, min(
+            s.probation - c for c, s in zip(cut, streams))))
+        self.whole = SeriesDataset(sequences)
+
+    def train_dataloader(self) -> DataLoader:
+        return batch_loader(self.train, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return batch_loader(self.val, self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return batch_loader(self.whole, 1)
+
+    def predict_dataloader(self) -> DataLoader:
+        return batch_loader(self.whole, 1)

@@ -1,0 +1,127 @@
+"""From raw detector scores to anomaly scores and flags, without labels.
+
+The online protocol follows NAB: the first `probation` observations of a series
+are learned from (scaler, threshold calibration) and never flagged; every later
+observation is scored and flagged as it arrives. `Flagger.run` (a whole series)
+and `AnomalyStream.update` (one observation at a time) give the same results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gru_suite.timeseries import StandardScaler
+from gru_suite_plugins.anomaly.detectors import StreamingScorer
+from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, Spot, quantile_threshold
+
+THRESHOLDS = ("fixed", "quantile", "spot")
+
+
+@dataclass
+class ScoredSeries:
+    raw: np.ndarray
+    score: np.ndarray
+    flags: np.ndarray
+    threshold: float
+
+
+@dataclass
+class Flagger:
+    """Normalises raw scores (`score: likelihood | raw`) and flags them by a label-free threshold.
+
+    `threshold`: `fixed` (the value `fixed`), `quantile` (the `quantile` of the probationary
+    scores) or `spot` (peaks-over-threshold at risk `spot_q`, calibrated on the probationary
+    scores and updated as the stream goes on).
+    """
+
+    score: str = "likelihood"
+    threshold: str = "fixed"
+    fixed: float = 0.999
+    quantile: float = 0.99
+    spot_q: float = 1e-3
+    spot_level: float = 0.98
+    likelihood: Mapping[str, Any] = field(default_factory=dict)
+    skip: int = 0
+    """Probationary scores left out of calibration (the detector's burn-in)."""
+
+    def __post_init__(self) -> None:
+        if self.score not in ("likelihood", "raw"):
+            raise ValueError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
+        self._spot: Spot | None = None
+        self.value = self.fixed
+
+    def normalise(self, raw: float) -> float:
+        return self._likelihood.update(raw) if self._likelihood else raw
+
+    def calibrate(self, probationary_scores: np.ndarray) -> None:
+        calibration = probationary_scores[self.skip :]
+        if self.threshold == "quantile":
+            self.value = quantile_threshold(calibration, self.quantile)
+        elif self.threshold == "spot":
+            self._spot = Spot(q=self.spot_q, level=self.spot_level).fit(calibration)
+            self.value = self._spot.threshold
+
+    def flag(self, score: float) -> bool:
+        if self._spot is not None:
+            flagged = self._spot.step(score)
+            self.value = self._spot.threshold
+            return flagged
+        return score > self.value
+
+    def run(self, raw: np.ndarray, probation: int) -> ScoredSeries:
+        """Scores and flags for a whole series (equal to streaming it)."""
+        score = self._likelihood.transform(raw) if self._likelihood else raw.copy()
+        self.calibrate(score[:probation])
+        flags = np.zeros(len(raw), dtype=bool)
+        if self._spot is not None:
+            flags[probation:] = self._spot.run(score[probation:])
+            self.value = self._spot.threshold
+        else:
+            flags[probation:] = score[probation:] > self.value
+        return ScoredSeries(raw, score, flags, float(self.value))
+
+
+class AnomalyStream:
+    """Score a live stream one observation at a time, with constant memory and time per point
+    once the probationary period is over (during it, its observations are kept to fit the
+    scaler and calibrate the threshold)."""
+
+    def __init__(self, model: nn.Module, flagger: Flagger, probation: int) -> None:
+        self.scorer = StreamingScorer(model)
+        self.flagger = flagger
+        self.probation = probation
+        self._warmup: list[np.ndarray] | None = []
+        self.scaler: StandardScaler | None = None
+
+    def update(self, values: np.ndarray | list[float]) -> tuple[float, bool]:
+        """Add one observation (one value per column); returns (score, flag)."""
+        x = np.asarray(values, dtype=np.float32).reshape(-1)
+        if self._warmup is not None:
+            self._warmup.append(x)
+            if len(self._warmup) < self.probation:
+                return 0.5 if self.flagger.score == "likelihood" else 0.0, False
+            return self._end_probation()
+        return self._score(x)
+
+    def _score(self, x: np.ndarray) -> tuple[float, bool]:
+        scaled = torch.from_numpy(self.scaler.transform(x[None])[0])
+        score = self.flagger.normalise(self.scorer.update(scaled))
+        return score, self.flagger.flag(score)
+
+    def _end_probation(self) -> tuple[float, bool]:
+        history = np.stack(self._warmup)
+        self._warmup = None
+        self.scaler = StandardScaler.fit(history)
+        scores = [self.flagger.normalise(self.scorer.update(torch.from_numpy(row))) for row in
+                  self.scaler.transform(history)]
+        self.flagger.calibrate(np.asarray(scores))
+        return scores[-1], False

@@ -1,0 +1,89 @@
+"""Anomaly detection: a GRU detector scores streams online; flags come from label-free thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
+from gru_suite_plugins.anomaly.detectors import build_detector
+from gru_suite_plugins.anomaly.flagging import Flagger, ScoredSeries
+from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
+from gru_suite_plugins.anomaly.writer import write_series_report
+
+
+class AnomalyTask(TaskPlugin):
+    """Learn normal behaviour from each series' probationary period, then score the rest.
+
+    Test metrics (when labels are given): point, event and point-adjusted F1 averaged
+    over series, and the NAB score of every profile over the whole corpus.
+    """
+
+    def datamodule(self) -> AnomalyData:
+        data = self.cfg.data
+        self.streams: list[StreamData] = load_streams(
+            data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
+            data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
+            min_probation=2 * data.crop_length,
+        )
+        self.state.setdefault("n_features", len(self.streams[0].series.columns))
+        self._raw: dict[int, np.ndarray] = {}
+        return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
+
+    def build_model(self, backbone: BackboneFactory) -> nn.Module:
+        detector = self.cfg.detector
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window)
+
+    def flagger(self) -> Flagger:
+        scoring = self.cfg.scoring
+        return Flagger(
+            score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
+            spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
+            skip=self.cfg.detector.burn_in,
+        )
+
+    def step(self, model: nn.Module, batch: Any, stage: Stage) -> StepOutput:
+        if stage in ("train", "val"):
+            return StepOutput(model.loss(batch, self.cfg.detector.burn_in), len(batch))
+        index, x = batch
+        raw = model.raw_scores(x)[0]
+        self._raw[index] = raw.float().cpu().numpy()
+        probation = self.streams[index].probation
+        return StepOutput(raw[probation:].mean(), 1)
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        if stage != "test" or not self._raw:
+            return {}
+        scored = {i: self.flagger().run(raw, self.streams[i].probation) for i, raw in sorted(self._raw.items())}
+        self._raw = {}
+        return self._metrics(scored)
+
+    def _metrics(self, scored: dict[int, ScoredSeries]) -> dict[str, float]:
+        labelled = [i for i in scored if self.streams[i].windows is not None]
+        if not labelled:
+            return {}
+        per_series = [evaluate_flags(scored[i].flags, self.streams[i].labels()) for i in labelled]
+        metrics = {k: float(np.mean([m[k] for m in per_series])) for k in ("point_f1", "event_f1", "pa_f1")}
+        flags = {self.streams[i].name: scored[i].flags for i in labelled}
+        windows = {self.streams[i].name: self.streams[i].windows for i in labelled}
+        for profile in NAB_PROFILES:
+            metrics[f"nab_{profile}"] = nab_score(flags, None, windows, profile).normalized
+        return metrics
+
+    @torch.no_grad()
+    def predict_step(self, model: nn.Module, batch: Any) -> tuple[int, np.ndarray]:
+        index, x = batch
+        return index, model.raw_scores(x)[0].float().cpu().numpy()
+
+    def write_predictions(self, predictions: list[Any], datamodule: AnomalyData, out_dir: Path) -> list[Path]:
+        paths = []
+        for index, raw in predictions:
+            stream = self.streams[index]
+            scored = self.flagger().run(raw, stream.probation)
+            paths += write_series_report(stream, scored, Path(out_dir))
+        return paths

@@ -1,0 +1,67 @@
+"""Per-series anomaly artifacts: a CSV of scores and flags and a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from gru_suite.atomic import atomic_path, save_figure
+from gru_suite_plugins.anomaly.data import StreamData
+from gru_suite_plugins.anomaly.flagging import ScoredSeries
+
+
+def report_frame(stream: StreamData, scored: ScoredSeries) -> pd.DataFrame:
+    """timestamp, one column per value, raw_score, score, flag (and label when labels are known)."""
+    series = stream.series
+    frame = pd.DataFrame({"timestamp": series.timestamps})
+    for i, column in enumerate(series.columns):
+        frame[column] = series.values[:, i]
+    frame["raw_score"] = scored.raw
+    frame["score"] = scored.score
+    frame["flag"] = scored.flags.astype(int)
+    labels = stream.labels()
+    if labels is not None:
+        frame["label"] = labels.astype(int)
+    return frame
+
+
+def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
+    return list(zip(edges[::2], edges[1::2] - 1))
+
+
+def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Figure:
+    """The series with labelled windows (green) and flags (red); below, the score and threshold."""
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
+    x = frame["timestamp"]
+    for column in stream.series.columns:
+        top.plot(x, frame[column], lw=0.8, label=column)
+    for start, end in stream.windows or []:
+        top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2)
+    flagged = frame["flag"].to_numpy() == 1
+    for start, end in _spans(flagged):
+        top.axvspan(x.iloc[start], x.iloc[end], color="tab:red", alpha=0.35, lw=0)
+    top.scatter(x[flagged], frame.loc[flagged, stream.series.columns[0]], color="tab:red", s=12, zorder=3,
+                label="flagged")
+    top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
+    top.legend(loc="upper left", fontsize=8)
+    top.set_title(f"{stream.name}: labelled windows in green, flags in red")
+    bottom.plot(x, frame["score"], color="tab:purple", lw=0.8, label="anomaly score")
+    bottom.axhline(threshold, color="tab:red", ls=":", lw=1, label="threshold")
+    bottom.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path) -> list[Path]:
+    """Write `<series>.csv` and `<series>.png` (keeping the series' sub-folders) into `out_dir`."""
+    stem = out_dir / Path(stream.name).with_suffix("")
+    frame = report_frame(stream, scored)
+    csv_path = stem.with_suffix(".csv")
+    with atomic_path(csv_path) as tmp:
+        frame.to_csv(tmp, index=False)
+    png_path = save_figure(plot_report(stream, frame, scored.threshold), stem.with_suffix(".png"), dpi=100)
+    return [csv_path, png_path]
