@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.timeseries import Series, StandardScaler, batch_loader, read_series_csv
+from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,7 @@ class StreamData:
 
     def labels(self) -> np.ndarray | None:
         """Per-row booleans: inside an anomaly window."""
-        if self.windows is None:
-            return None
-        flags = np.zeros(len(self.series.values), dtype=bool)
-        for start, end in self.windows:
-            flags[start : end + 1] = True
-        return flags
+        return None if self.windows is None else labels_from_windows(self.windows, len(self.series.values))
 
 
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
@@ -61,29 +56,12 @@ def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
     return root, files
 
 
-def windows_from_label_column(labels: np.ndarray) -> list[Window]:
-    """Maximal runs of non-zero labels as inclusive index windows."""
-    flags = np.concatenate([[0], (labels != 0).astype(int), [0]])
-    edges = np.flatnonzero(np.diff(flags))
-    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2])]
-
-
 def read_window_file(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
-    """NAB `combined_windows.json`: {"group/file.csv": [[start, end], ...]}."""
-    file = Path(path)
+    """NAB `combined_windows.json`, as a UserError when unreadable."""
     try:
-        raw = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"cannot read anomaly windows {file}: {err}") from err
-    if not isinstance(raw, dict):
-        raise UserError(f"{file}: expected an object mapping file names to [[start, end], ...]")
-    windows = {}
-    for key, spans in raw.items():
-        try:
-            windows[key] = [(pd.Timestamp(a), pd.Timestamp(b)) for a, b in spans]
-        except (TypeError, ValueError) as err:
-            raise UserError(f"{file}, key {key!r}: expected a list of [start, end] timestamps ({err})") from err
-    return windows
+        return load_nab_windows(path)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read anomaly windows: {err}") from err
 
 
 def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timestamp]]) -> list[Window]:
@@ -92,10 +70,18 @@ def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timest
         raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
     out = []
     for start, end in spans:
-        a, b = int(stamps.searchsorted(start, "left")), int(stamps.searchsorted(end, "right")) - 1
+        a, b = _position(stamps, start, "left"), _position(stamps, end, "right") - 1
         if a <= b:
             out.append((a, b))
     return out
+
+
+def _position(stamps: pd.DatetimeIndex, stamp: pd.Timestamp, side: str) -> int:
+    """The row of `stamp` (exact match first: NAB files repeat clock hours at DST changes)."""
+    exact = np.flatnonzero(stamps == stamp)
+    if len(exact):
+        return int(exact[0]) + (side == "right")
+    return int(stamps.searchsorted(stamp, side))
 
 
 def _match_windows(
@@ -145,7 +131,7 @@ def load_streams(
             )
         spans: list[Window] | None = None
         if label_column:
-            spans = windows_from_label_column(read_series_csv(file, [label_column], time_column, "error").values[:, 0])
+            spans = windows_from_labels(read_series_csv(file, [label_column], time_column, "error").values[:, 0] != 0)
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])

@@ -45,7 +45,7 @@ class Flagger:
     fixed: float = 0.999
     quantile: float = 0.99
     spot_q: float = 1e-3
-    spot_level: float = 0.98
+    spot_level: float = 0.95
     likelihood: Mapping[str, Any] = field(default_factory=dict)
     skip: int = 0
     """Probationary scores left out of calibration (the detector's burn-in)."""
@@ -55,6 +55,8 @@ class Flagger:
             raise ValueError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        if self.threshold == "spot" and self.score != "raw":
+            raise ValueError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
         self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
         self._spot: Spot | None = None
         self.value = self.fixed

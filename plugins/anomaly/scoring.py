@@ -268,9 +268,9 @@ def _nab_file(flags: np.ndarray, windows: np.ndarray, cost: NabProfile) -> NabFi
     previous = np.searchsorted(ends, false) - 1
     position = np.full(false.size, np.inf)
     after = previous >= 0
-    distance, width = false[after] - ends[previous[after]], widths[previous[after]]
+    distance, prev_width = false[after] - ends[previous[after]], widths[previous[after]]
     # A one-row window would divide by zero in NAB; its limit (an infinite position) is S = -1.
-    position[after] = np.divide(distance, width - 1, out=np.full(distance.shape, np.inf), where=width > 1)
+    position[after] = np.divide(distance, prev_width - 1, out=np.full(distance.shape, np.inf), where=prev_width > 1)
     raw += cost.fp * float(np.sum(nab_scaled_sigmoid(position)))
 
     return NabFileScore(
@@ -290,8 +290,8 @@ def nab_score(
 ) -> NabResult:
     """NAB score of boolean detections over a corpus of files.
 
-    Windows are (start, end) pairs of timestamps that must match the file's timestamps exactly,
-    or inclusive row indices when `timestamps_per_file` is None. Files are those of
+    Windows are (start, end) pairs of timestamps, each occurring exactly once in the file's
+    timestamps, or inclusive row indices when `timestamps_per_file` is None. Files are those of
     `flags_per_file`. NAB's runner flags with the one threshold per detector and profile that
     maximises the labelled corpus score (nab/optimizer.py optimizeThreshold); here the flags are
     given as they are, so no label-tuned threshold is implied.

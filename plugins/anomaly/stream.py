@@ -1,0 +1,57 @@
+"""`gru-suite-anomaly-stream CKPT`: score observations read from stdin, one per line, as they arrive.
+
+Each input line holds the values of one observation, comma-separated (a leading
+timestamp is allowed with --timestamp); each output line is `score,flag`, flushed
+at once. The first --probation observations fit the scaler and calibrate the threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterable, Iterator
+
+from gru_suite.errors import UserError
+
+
+def parse_line(line: str, number: int, has_timestamp: bool) -> tuple[str | None, list[float]]:
+    fields = [f.strip() for f in line.split(",")]
+    stamp = fields.pop(0) if has_timestamp else None
+    try:
+        return stamp, [float(f) for f in fields]
+    except ValueError as err:
+        raise UserError(f"stdin, line {number}: expected comma-separated numbers, got {line.strip()!r}") from err
+
+
+def score_lines(stream, lines: Iterable[str], has_timestamp: bool) -> Iterator[str]:
+    """`score,flag` (prefixed by the timestamp when given) for each non-empty line."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        stamp, values = parse_line(line, number, has_timestamp)
+        score, flag = stream.update(values)
+        yield f"{stamp + ',' if stamp else ''}{score:.6g},{int(flag)}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt_path", help="an anomaly checkpoint written by `gru-suite task=anomaly`")
+    parser.add_argument("--probation", type=int, default=300, help="observations learned from before flagging")
+    parser.add_argument("--timestamp", action="store_true", help="each line starts with a timestamp")
+    args = parser.parse_args(argv)
+    try:
+        from gru_suite.checkpoint import load_checkpoint
+        from gru_suite_plugins.anomaly.flagging import AnomalyStream
+
+        module = load_checkpoint(args.ckpt_path)
+        stream = AnomalyStream(module.model, module.task.flagger(), args.probation)
+        for out in score_lines(stream, sys.stdin, args.timestamp):
+            print(out, flush=True)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

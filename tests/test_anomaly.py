@@ -1,0 +1,155 @@
+"""The anomaly task: detectors, streaming == batch, flags on injected anomalies, CLI, bad input."""
+
+import json
+import subprocess
+import sys
+from functools import partial
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import run_cli
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+from gru_suite.testing import check_task_plugin
+from gru_suite_plugins.anomaly.data import load_streams
+from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
+from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
+
+TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
+SPIKES = (500, 700, 900)
+
+
+@pytest.fixture
+def spiky_csv(tmp_path):
+    rng = np.random.default_rng(0)
+    t = np.arange(1100)
+    values = np.sin(2 * np.pi * t / 20) + rng.normal(0, 0.05, len(t))
+    for at in SPIKES:
+        values[at] += 4
+    path = tmp_path / "spiky.csv"
+    pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=len(t), freq="min"), "value": values,
+                  "label": np.isin(t, SPIKES).astype(int)}).to_csv(path, index=False)
+    return path
+
+
+def detectors():
+    factory = partial(GRUBackbone, hidden_size=8, num_layers=2)
+    torch.manual_seed(0)
+    return [NextStepForecaster(factory, 2).eval(), WindowAutoencoder(factory, 2, window=5).eval()]
+
+
+@pytest.mark.parametrize("model", detectors(), ids=["forecaster", "autoencoder"])
+def test_streaming_raw_scores_equal_batch(model):
+    x = torch.randn(1, 40, 2)
+    with torch.no_grad():
+        batch = model.raw_scores(x)[0]
+    scorer = StreamingScorer(model)
+    stream = torch.tensor([scorer.update(x[0, t]) for t in range(40)])
+    torch.testing.assert_close(stream, batch, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
+                                      dict(score="raw", threshold="spot", spot_q=1e-2, spot_level=0.9),
+                                      dict(score="raw", threshold="quantile", quantile=0.95)])
+def test_anomaly_stream_equals_batch_flagging(settings):
+    model = detectors()[0]
+    rng = np.random.default_rng(1)
+    values = np.stack([np.sin(np.arange(400) / 5), rng.normal(0, 0.1, 400)], 1).astype(np.float32)
+    values[300] += 5
+    probation = 150
+    likelihood = dict(learning_period=20, estimation_samples=20, historic_window=200)
+    stream = AnomalyStream(model, Flagger(**settings, likelihood=likelihood), probation)
+    online = [stream.update(row) for row in values]
+    from gru_suite.timeseries import StandardScaler
+    scaler = StandardScaler.fit(values[:probation])
+    with torch.no_grad():
+        raw = model.raw_scores(torch.from_numpy(scaler.transform(values))[None])[0].numpy()
+    batch = Flagger(**settings, likelihood=likelihood).run(raw, probation)
+    np.testing.assert_allclose([s for s, _ in online][probation - 1:], batch.score[probation - 1:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal([f for _, f in online], batch.flags)
+    assert not batch.flags[:probation].any() and batch.flags[300]
+
+
+def test_spot_needs_raw_scores():
+    with pytest.raises(ValueError, match="set task.scoring.score=raw"):
+        Flagger(score="likelihood", threshold="spot")
+
+
+def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path):
+    run = tmp_path / "run"
+    result = run_cli("gru-suite", "task=anomaly", f"task.data.path={spiky_csv}", "task.data.windows_path=null",
+                     "task.data.label_column=label", "task.data.probation=0.4", "trainer.max_epochs=12", *TINY,
+                     f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = pd.read_csv(run / "predictions" / "spiky.csv")
+    assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "flag", "label"]
+    flagged = set(np.flatnonzero(report["flag"].to_numpy()))
+    assert all(any(abs(f - s) <= 1 for f in flagged) for s in SPIKES), sorted(flagged)
+    assert len(flagged) <= 12  # few false alarms on 660 scored points
+    assert (run / "predictions" / "spiky.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test/event_f1"] > 0.5 and metrics["test/nab_standard"] > 50
+
+    ckpt = run / "checkpoints" / "last.ckpt"
+    lines = "\n".join(str(v) for v in report["value"]) + "\n"
+    exe = f"{sys.prefix}/bin/gru-suite-anomaly-stream"
+    out = subprocess.run([exe, str(ckpt), "--probation", "440"], input=lines, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    streamed = np.array([int(line.split(",")[1]) for line in out.stdout.splitlines()])
+    assert set(np.flatnonzero(streamed)) == flagged
+
+
+def test_anomaly_honours_the_plugin_contract(tmp_path):
+    check_task_plugin("anomaly", overrides=TINY, tmp_path=tmp_path)
+
+
+def test_autoencoder_detector_trains(tmp_path):
+    check_task_plugin("anomaly", overrides=[*TINY, "task.detector.kind=autoencoder", "task.detector.window=16"],
+                      tmp_path=tmp_path)
+
+
+def load(path, **kwargs):
+    args = dict(time_column="timestamp", value_columns=None, label_column=None, windows_path=None,
+                probation=0.15, probation_max=750, missing="error", min_probation=10)
+    return load_streams(path, **{**args, **kwargs})
+
+
+def test_bad_inputs_are_named(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,value\n2024-01-01 00:00,1\n2024-01-01 01:00,oops\n")
+    with pytest.raises(UserError, match=r"bad.csv, line 3, column 'value': expected a number, got 'oops'"):
+        load(bad)
+    bad.write_text("timestamp,value\nyesterday,1\n")
+    with pytest.raises(UserError, match="unparseable timestamp 'yesterday'"):
+        load(bad)
+    short = tmp_path / "short.csv"
+    pd.DataFrame({"timestamp": pd.date_range("2024", periods=30, freq="h"), "value": range(30)}).to_csv(short)
+    with pytest.raises(UserError, match="probationary period of 4 rows"):
+        load(short, value_columns=["value"])
+    with pytest.raises(UserError, match="data path not found"):
+        load(tmp_path / "missing")
+
+
+def test_labels_file_naming_no_series_fails_and_unknown_ones_are_ignored(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    stamps = pd.date_range("2024-01-01", periods=200, freq="h")
+    pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(200))}).to_csv(data / "a.csv", index=False)
+    windows = tmp_path / "windows.json"
+    windows.write_text(json.dumps({"other.csv": [[str(stamps[100]), str(stamps[110])]]}))
+    with pytest.raises(UserError, match="names none of the 1 series"):
+        load(data, windows_path=windows)
+    windows.write_text(json.dumps({"a.csv": [[str(stamps[100]), str(stamps[110])]], "b.csv": []}))
+    (stream,) = load(data, windows_path=windows)
+    assert stream.windows == [(100, 110)] and "are ignored" in caplog.text
+
+
+def test_constant_series_scores_without_error(tmp_path):
+    flat = tmp_path / "flat.csv"
+    pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
+    (stream,) = load(flat)
+    assert torch.isfinite(stream.scaled).all() and float(stream.scaled.abs().max()) == 0.0
