@@ -12,8 +12,12 @@ from gru_suite.testing import compose_train_config
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "plugins").glob("*/conf/experiment/*.yaml"))
-ETTH1_STAND_IN = ["task.data.path=${paths.data_dir}/forecasting/demo_load.csv", "task.data.time_column=timestamp",
-                  "task.data.targets=[load,temperature]", "task.data.split=[0.7,0.15,0.15]"]
+STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the presets point at
+    "etth1": ["task.data.path=${paths.data_dir}/forecasting/demo_load.csv", "task.data.time_column=timestamp",
+              "task.data.targets=[load,temperature]", "task.data.split=[0.7,0.15,0.15]"],
+    "nab": ["task.data.path=${paths.data_dir}/anomaly", "task.data.windows_path=${paths.data_dir}/anomaly/windows.json"],
+}
+TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
@@ -28,8 +32,8 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(experiment, tmp_path):
-    extra = ETTH1_STAND_IN if experiment == "etth1" else []
-    cfg = compose_train_config("forecasting", [f"experiment={experiment}", *extra], tmp_path)
+    extra = STAND_IN_DATA.get(experiment, [])
+    cfg = compose_train_config(TASK_OF[experiment], [f"experiment={experiment}", *extra], tmp_path)
     task = run.build_task(cfg.task)
     next(iter(task.datamodule().train_dataloader()))
     run.build_module(cfg, task)
