@@ -38,19 +38,38 @@ class TaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.samples_seen = 0
+        self._train_samples_at_start = 0
+        self._train_loss_sum = torch.zeros(())
+
+    def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
+        for name, value in out.metrics.items():
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
         out = self.task.step(self.model, batch, stage)
-        on_step = stage == "train"
-        self.log(f"{stage}/loss", out.loss, on_step=on_step, on_epoch=True, prog_bar=True, batch_size=out.batch_size)
-        for name, value in out.metrics.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size)
+        self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size)
+        self._log_metrics(out, stage)
         return out
 
+    def on_train_epoch_start(self) -> None:
+        self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_samples_at_start = self.samples_seen
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        out = self._run(batch, "train")
+        # `self.log` costs far more than a tiny model's step, so the epoch mean is summed here
+        # and the step loss is logged only as often as the logger writes.
+        out = self.task.step(self.model, batch, "train")
+        self._train_loss_sum += out.loss.detach() * out.batch_size
         self.samples_seen += out.batch_size
+        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", out.loss, prog_bar=True)
+        self._log_metrics(out, "train")
         return out.loss
+
+    def on_train_epoch_end(self) -> None:
+        samples = self.samples_seen - self._train_samples_at_start
+        if samples:
+            self.log("train/loss", self._train_loss_sum / samples, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._run(batch, "val")

@@ -41,12 +41,12 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert list((trained_run / "checkpoints").glob("best-*.ckpt"))
     metrics = pd.read_csv(trained_run / "metrics.csv")
-    for column in ["train/loss_epoch", "val/loss", "val/naive_mse", "val/seasonal_naive_mae_original",
+    for column in ["train/loss", "val/loss", "val/naive_mse", "val/seasonal_naive_mae_original",
                    "train/epoch_time_s", "train/samples_per_s", "test/mse_original"]:
         assert column in metrics.columns, column
-    per_epoch = metrics.dropna(subset=["train/loss_epoch"])
+    per_epoch = metrics.dropna(subset=["train/loss"])
     assert len(per_epoch) == 2 and (per_epoch["train/samples_per_s"] > 0).all()
-    assert per_epoch["train/loss_epoch"].iloc[-1] < per_epoch["train/loss_epoch"].iloc[0]
+    assert per_epoch["train/loss"].iloc[-1] < per_epoch["train/loss"].iloc[0]
     summary = json.loads((trained_run / "metrics.json").read_text())
     assert summary["test/mse"] > 0
     forecast = pd.read_csv(trained_run / "predictions" / "forecast.csv")

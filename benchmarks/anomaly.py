@@ -1,0 +1,622 @@
+#!/usr/bin/env python
+"""Anomaly-detection benchmark for GRU Suite on the Numenta Anomaly Benchmark (CPU).
+
+``python benchmarks/anomaly.py --nab PATH/TO/NAB`` trains the anomaly task exactly as
+
+    gru-suite task=anomaly experiment=nab task.data.path=<nab>/data \\
+        task.data.windows_path=<nab>/labels/combined_windows.json <overrides>
+
+does (composed config, ``gru_suite.run.build_task/build_module/build_trainer``, fit, then
+the best checkpoint by ``val/loss``; logger and progress bar off), scores every series and
+prints, one table per section:
+
+training     epochs, seconds, val/loss of the best checkpoint.
+label-free   NAB score (normalised, 0 = null detector, 100 = perfect) of each profile,
+             overall and per group, and point / event / point-adjusted F1, from the flags
+             the task itself produces with its label-free threshold (``task.scoring``).
+             They are checked against the task's own test stage (``trainer.test``).
+per-series   rows, probation, windows, flags, windows hit, F1s and raw NAB score.
+label-tuned  "label-tuned threshold (NAB leaderboard protocol)": one global threshold on
+             the anomaly score per profile, chosen on the labels to maximise the corpus
+             score (exact sweep over every distinct score, as NAB's optimizer does).
+             This, not the label-free figure, is what NAB's leaderboard reports.
+speed        scoring seconds per series (model forward + likelihood/threshold) and the
+             streaming throughput of ``AnomalyStream.update`` after the probationary period.
+
+The label-free figures are NOT the leaderboard protocol. Even the label-tuned ones are
+comparable with the leaderboard (Numenta HTM 70.5, ARTime 74.9, standard profile) only on
+the full 58-file corpus; the groups scored here are printed with every figure.
+
+``--groups`` trains and scores only some groups (through a temporary folder of symbolic
+links; the data are never copied). The last line of stdout is one JSON object with all
+figures; Lightning's chatter goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Chosen on artificialWithAnomaly + realAdExchange (see benchmarks/README.md); '' = the yaml as it is.
+DEFAULT_OVERRIDES = ""
+
+PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
+PROFILE_SHORT = {"standard": "std", "reward_low_FP_rate": "lowFP", "reward_low_FN_rate": "lowFN"}
+LEADERBOARD = {"Numenta HTM": 70.5, "ARTime": 74.9}  # NAB scoreboard, standard profile, 58 files
+DEFAULT_STREAM_SERIES = "realKnownCause/nyc_taxi.csv"
+PROTOCOL_NOTE = (
+    "Label-free thresholds (task.scoring): NAB's official leaderboard instead tunes one threshold per profile "
+    "on the labels, so the label-free figures are not the leaderboard protocol."
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _quiet() -> None:
+    """Keep stdout for tables and the JSON line; silence Lightning's info chatter."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _quote(value: str | Path) -> str:
+    """A Hydra override value that survives spaces and brackets in paths."""
+    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            if math.isnan(v):
+                return "n/a"
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [[fmt(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    print(f"\n== {title}")
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    sys.stdout.flush()
+
+
+def _group(name: str) -> str:
+    parts = Path(name).parts
+    return parts[0] if len(parts) > 1 else "(root)"
+
+
+def _make_clock():  # needs pytorch_lightning, imported lazily
+    import pytorch_lightning as pl
+
+    class EpochClock(pl.Callback):
+        """Wall and process-CPU seconds of each training epoch (validation excluded) and val/loss."""
+
+        def __init__(self) -> None:
+            self.wall: list[float] = []
+            self.cpu: list[float] = []
+            self.val_loss: list[float] = []
+            self._t: tuple[float, float] | None = None
+
+        def _stop(self) -> None:
+            if self._t is not None:
+                self.wall.append(time.perf_counter() - self._t[0])
+                self.cpu.append(time.process_time() - self._t[1])
+                self._t = None
+
+        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._stop()
+            self._t = (time.perf_counter(), time.process_time())
+
+        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.state.fn == "fit":
+                self._stop()
+
+        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            value = trainer.callback_metrics.get("val/loss")
+            if trainer.state.fn == "fit" and not trainer.sanity_checking and value is not None:
+                self.val_loss.append(float(value))
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self._stop()
+
+    return EpochClock()
+
+
+# --------------------------------------------------------------------------- data and config
+
+
+def nab_groups(nab: Path) -> list[str]:
+    from gru_suite.errors import UserError
+
+    data = nab / "data"
+    if not data.is_dir():
+        raise UserError(f"{data}: not a folder (give --nab the NAB root holding data/ and labels/)")
+    groups = sorted(p.name for p in data.iterdir() if p.is_dir() and any(p.glob("*.csv")))
+    if not groups:
+        raise UserError(f"{data}: no group folders with .csv files")
+    return groups
+
+
+def data_root(nab: Path, groups: list[str], all_groups: list[str], tmp: Path) -> Path:
+    """`<nab>/data`, or a temporary folder of symbolic links to the chosen groups' files."""
+    if groups == all_groups:
+        return nab / "data"
+    root = tmp / "data"
+    for group in groups:
+        (root / group).mkdir(parents=True, exist_ok=True)
+        for csv in sorted((nab / "data" / group).glob("*.csv")):
+            (root / group / csv.name).symlink_to(csv.resolve())
+    return root
+
+
+def compose(nab: Path, data: Path, overrides: list[str], out_dir: Path) -> Any:
+    """The CLI's train config for `task=anomaly experiment=nab` (gru_suite.testing.compose_train_config)."""
+    from gru_suite.testing import compose_train_config
+
+    base = [
+        "experiment=nab",
+        f"task.data.path={_quote(data)}",
+        f"task.data.windows_path={_quote(nab / 'labels' / 'combined_windows.json')}",
+        "logger=none",
+        "callbacks.progress_bar=null",
+        "predict_after_training=false",
+    ]
+    return compose_train_config("anomaly", [*base, *overrides], out_dir)
+
+
+# --------------------------------------------------------------------------- NAB helpers
+
+
+def nab_by_group(flags: dict[str, np.ndarray], windows: dict[str, list], profile: str) -> dict[str, Any]:
+    """Normalised NAB score over all files and per group, plus raw score and FP count per group."""
+    from gru_suite_plugins.anomaly.scoring import nab_score
+
+    out: dict[str, Any] = {}
+    groups = sorted({_group(n) for n in flags})
+    for key, names in [("all", list(flags)), *[(g, [n for n in flags if _group(n) == g]) for g in groups]]:
+        result = nab_score({n: flags[n] for n in names}, None, {n: windows[n] for n in names}, profile)
+        out[key] = {
+            "normalized": result.normalized,
+            "raw": result.raw,
+            "null": result.null,
+            "perfect": result.perfect,
+            "fp": sum(s.fp for s in result.per_file.values()),
+        }
+    return out
+
+
+def _point_weights(length: int, windows: list[tuple[int, int]], profile: str):
+    """Per row: the NAB sweep score it adds when detected (nab/sweeper.py calcSweepScore), its
+    window (-1 outside) and whether it is scored, following scoring._nab_file row by row."""
+    from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, nab_probationary_length, nab_scaled_sigmoid
+
+    cost = NAB_PROFILES[profile]
+    rows = np.arange(length)
+    scored = rows >= nab_probationary_length(length)
+    win = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+    window_id = np.full(length, -1)
+    weight = np.zeros(length)
+    for k, (start, end) in enumerate(win):
+        i = rows[start : end + 1]
+        window_id[start : end + 1] = k
+        weight[start : end + 1] = cost.tp * nab_scaled_sigmoid(-(end - i + 1) / (end - start + 1)) / nab_scaled_sigmoid(-1.0)
+    outside = np.flatnonzero(window_id < 0)
+    previous = np.searchsorted(win[:, 1], outside) - 1
+    position = np.full(outside.size, np.inf)
+    after = previous >= 0
+    distance = outside[after] - win[previous[after], 1]
+    prev_width = win[previous[after], 1] - win[previous[after], 0] + 1
+    position[after] = np.divide(distance, prev_width - 1, out=np.full(distance.shape, np.inf), where=prev_width > 1)
+    weight[outside] = cost.fp * nab_scaled_sigmoid(position)
+    live_windows = [k for k, (_, end) in enumerate(win) if scored[end]]
+    return weight, window_id, scored, live_windows
+
+
+def tune_threshold(scores: dict[str, np.ndarray], windows: dict[str, list], profile: str) -> dict[str, Any]:
+    """The one global threshold t (flags = score >= t) maximising the corpus NAB score of `profile`.
+
+    Exact sweep over every distinct post-probation score: sorting all scored rows by score,
+    each row adds its false-positive weight, or raises its window's part to the running max of
+    its true-positive weights (the earliest detection wins; NAB's calcScoreByThreshold)."""
+    from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, nab_score
+
+    cost = NAB_PROFILES[profile]
+    values, gains, wid = [], [], []
+    n_live, offset = 0, 0
+    for name, score in scores.items():
+        weight, window_id, scored, live = _point_weights(len(score), windows[name], profile)
+        n_live += len(live)
+        keep = scored & ((window_id < 0) | np.isin(window_id, live))
+        values.append(score[keep])
+        gains.append(weight[keep])
+        wid.append(np.where(window_id[keep] >= 0, window_id[keep] + offset, -1))
+        offset += len(windows[name])
+    values, gains, wid = np.concatenate(values), np.concatenate(gains), np.concatenate(wid)
+    order = np.argsort(-values, kind="stable")
+    values, gains, wid = values[order], gains[order], wid[order]
+    increment = np.where(wid < 0, gains, 0.0)
+    best_part: dict[int, float] = {}
+    for j in np.flatnonzero(wid >= 0):  # running max of each window's part, starting at -fn
+        w = int(wid[j])
+        old = best_part.get(w, -cost.fn)
+        if gains[j] > old:
+            increment[j] = gains[j] - old
+            best_part[w] = float(gains[j])
+    total = -cost.fn * n_live + np.cumsum(increment)
+    last_of_tie = np.flatnonzero(np.r_[values[1:] != values[:-1], True])  # flags = score >= values[j]
+    candidates = np.r_[-cost.fn * n_live, total[last_of_tie]]
+    thresholds = np.r_[np.inf, values[last_of_tie]]
+    k = int(np.argmax(candidates))
+    threshold = float(thresholds[k])
+    flags = {n: s >= threshold for n, s in scores.items()}
+    check = nab_score(flags, None, windows, profile)
+    raw_sweep = float(candidates[k])
+    if not math.isclose(check.raw, raw_sweep, rel_tol=1e-9, abs_tol=1e-9):
+        raise AssertionError(f"threshold sweep {raw_sweep} != nab_score {check.raw} at {threshold} ({profile})")
+    return {"threshold": threshold, "raw": check.raw, "normalized": check.normalized,
+            "candidates": int(len(thresholds)), "flags": flags}
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def train(cfg: Any, seed: int) -> dict[str, Any]:
+    import pytorch_lightning as pl
+    import torch
+
+    from gru_suite import run
+
+    pl.seed_everything(seed, workers=True, verbose=False)
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = run.build_module(cfg, task)
+    trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
+    clock = _make_clock()
+    trainer.callbacks.append(clock)
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(module, datamodule=datamodule)
+    fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
+    ckpt = trainer.checkpoint_callback
+    best = ckpt.best_model_path if ckpt else ""
+    # The task's own test stage on the best checkpoint, as `gru-suite` runs it (also loads those weights).
+    wall = time.perf_counter()
+    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    test_wall = time.perf_counter() - wall
+    stem = Path(best).stem.split("-")[-1] if best else ""
+    return {
+        "task": task,
+        "module": module,
+        "datamodule": datamodule,
+        "result": {
+            "epochs_run": int(trainer.current_epoch),
+            "best_epoch": int(stem) if stem.isdigit() else None,
+            "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
+            "val_loss_per_epoch": clock.val_loss,
+            "train_s_per_epoch": float(np.median(clock.wall)) if clock.wall else None,
+            "train_cpu_s_per_epoch": float(np.median(clock.cpu)) if clock.cpu else None,
+            "fit_wall_s": fit_wall,
+            "fit_cpu_s": fit_cpu,
+            "task_test_wall_s": test_wall,
+            "params": sum(p.numel() for p in module.model.parameters()),
+            "train_crops": len(datamodule.train),
+            "val_crops": len(datamodule.val),
+            "batches_per_epoch": len(datamodule.train_dataloader()),
+            "threads": torch.get_num_threads(),
+        },
+        "task_test_metrics": {k: float(v) for k, v in (tested[0] if tested else {}).items()},
+    }
+
+
+def score_all(task: Any, model: Any) -> tuple[dict[str, Any], dict[str, float]]:
+    """Raw scores (model forward) and the task's flagger on every series; timed per series."""
+    import torch
+
+    model.eval()
+    scored, model_s, flag_s = {}, [], []
+    for stream in task.streams:
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            raw = model.raw_scores(stream.scaled.unsqueeze(0))[0].float().numpy()
+        t1 = time.perf_counter()
+        scored[stream.name] = task.flagger().run(raw, stream.probation)
+        t2 = time.perf_counter()
+        model_s.append(t1 - t0)
+        flag_s.append(t2 - t1)
+    rows = sum(len(s.series.values) for s in task.streams)
+    total = sum(model_s) + sum(flag_s)
+    return scored, {
+        "series": len(task.streams),
+        "rows": rows,
+        "s_per_series": total / len(task.streams),
+        "model_s_per_series": float(np.mean(model_s)),
+        "flagger_s_per_series": float(np.mean(flag_s)),
+        "total_s": total,
+        "points_per_s": rows / total,
+    }
+
+
+def label_free(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
+    from gru_suite_plugins.anomaly.scoring import evaluate_flags, nab_score
+
+    streams = {s.name: s for s in task.streams if s.windows is not None}
+    flags = {n: scored[n].flags for n in streams}
+    windows = {n: streams[n].windows for n in streams}
+    nab = {p: nab_by_group(flags, windows, p) for p in PROFILES}
+    per_series: dict[str, dict[str, Any]] = {}
+    std = nab_score(flags, None, windows, "standard").per_file
+    for name, stream in streams.items():
+        m = evaluate_flags(flags[name], stream.labels())
+        hit = sum(bool(flags[name][a : b + 1].any()) for a, b in stream.windows)
+        per_series[name] = {
+            "rows": len(stream.series.values), "probation": stream.probation, "windows": len(stream.windows),
+            "flags": int(flags[name].sum()), "windows_hit": hit, "point_f1": m["point_f1"],
+            "event_f1": m["event_f1"], "pa_f1": m["pa_f1"], "nab_standard_raw": std[name].raw,
+            "threshold": scored[name].threshold,
+        }
+    f1: dict[str, dict[str, float]] = {}
+    groups = sorted({_group(n) for n in streams})
+    for key, names in [("all", list(streams)), *[(g, [n for n in streams if _group(n) == g]) for g in groups]]:
+        with_anomalies = [n for n in names if streams[n].windows]
+        entry = {k: float(np.mean([per_series[n][k] for n in with_anomalies])) if with_anomalies else math.nan
+                 for k in ("point_f1", "event_f1", "pa_f1")}
+        entry["series_with_anomalies"] = len(with_anomalies)
+        # the task's test metric averages over every labelled series, those without windows (F1 = 0) included
+        entry.update({f"{k}_task_def": float(np.mean([per_series[n][k] for n in names]))
+                      for k in ("point_f1", "event_f1", "pa_f1")})
+        f1[key] = entry
+    return {"nab": nab, "f1": f1, "per_series": per_series}
+
+
+def label_tuned(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
+    streams = {s.name: s for s in task.streams if s.windows is not None}
+    scores = {n: scored[n].score for n in streams}
+    windows = {n: streams[n].windows for n in streams}
+    out = {}
+    for profile in PROFILES:
+        tuned = tune_threshold(scores, windows, profile)
+        out[profile] = {
+            "threshold": tuned["threshold"],
+            "candidates": tuned["candidates"],
+            "nab": nab_by_group(tuned["flags"], windows, profile),
+        }
+    return out
+
+
+def streaming(task: Any, model: Any, nab: Path, name: str, cfg: Any, scored: dict[str, Any]) -> dict[str, Any]:
+    """Throughput of AnomalyStream.update over one series, timed after its probationary period."""
+    from gru_suite.timeseries import read_series_csv
+    from gru_suite_plugins.anomaly.flagging import AnomalyStream
+
+    known = {s.name: s for s in task.streams}
+    if name in known:
+        values, probation = known[name].series.values, known[name].probation
+    else:
+        d = cfg.task.data
+        values = read_series_csv(nab / "data" / name, None, d.time_column, d.get("missing", "interpolate")).values
+        probation = min(int(d.probation * len(values)), d.probation_max)
+    stream = AnomalyStream(model, task.flagger(), probation)
+    out = [stream.update(row) for row in values[:probation]]
+    rest = values[probation:]
+    wall, cpu = time.perf_counter(), time.process_time()
+    for row in rest:
+        out.append(stream.update(row))
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    result = {
+        "series": name, "rows": len(values), "probation": probation, "timed_points": len(rest),
+        "wall_s": wall, "points_per_s": len(rest) / wall, "us_per_point": 1e6 * wall / len(rest),
+        "cpu_us_per_point": 1e6 * cpu / len(rest),
+    }
+    if name in scored:  # streaming must equal batch scoring (the task's promise)
+        batch = scored[name]
+        result["flags_equal_batch"] = bool(np.array_equal(np.array([f for _, f in out]), batch.flags))
+        result["max_abs_score_diff_vs_batch"] = float(np.max(np.abs(np.array([s for s, _ in out])[probation:]
+                                                                     - batch.score[probation:])))
+    return result
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def print_report(report: dict[str, Any], groups: list[str]) -> None:
+    tr, cfg = report["training"], report["config"]
+    _table(
+        f"training: {cfg['detector']} detector, hidden {cfg['hidden_size']}, crop {cfg['crop_length']}, "
+        f"batch {cfg['batch_size']}, {tr['threads']} thread(s); overrides: {' '.join(cfg['overrides']) or '(none)'}",
+        ["epochs", "best epoch", "best val/loss", "train s/epoch", "train CPU s/epoch", "fit s (wall)",
+         "fit CPU s", "params", "crops", "batches/epoch"],
+        [[tr["epochs_run"], tr["best_epoch"], tr["best_val_loss"], tr["train_s_per_epoch"],
+          tr["train_cpu_s_per_epoch"], tr["fit_wall_s"], tr["fit_cpu_s"], tr["params"], tr["train_crops"],
+          tr["batches_per_epoch"]]],
+    )
+    lf = report["label_free"]
+    cols = ["all", *groups]
+    scoring = cfg["scoring"]
+    _table(
+        f"label-free NAB score (normalised; threshold {scoring}) - NOT the leaderboard protocol",
+        ["profile", *cols],
+        [[p, *[lf["nab"][p][c]["normalized"] for c in cols]] for p in PROFILES]
+        + [["FP (standard)", *[lf["nab"]["standard"][c]["fp"] for c in cols]],
+           ["raw (standard)", *[lf["nab"]["standard"][c]["raw"] for c in cols]]],
+    )
+    _table(
+        "label-free F1: mean over series with anomaly windows (task's test metric, which also averages "
+        "in the windowless series at F1 = 0, in brackets)",
+        ["metric", *cols],
+        [[k, *[f"{lf['f1'][c][k]:.3f} [{lf['f1'][c][k + '_task_def']:.3f}]" if c in lf["f1"] else "-"
+               for c in cols]] for k in ("point_f1", "event_f1", "pa_f1")]
+        + [["series with windows", *[lf["f1"].get(c, {}).get("series_with_anomalies", 0) for c in cols]]],
+    )
+    ps = lf["per_series"]
+    _table(
+        "per series (label-free flags)",
+        ["series", "rows", "probation", "windows", "hit", "flags", "point F1", "event F1", "PA F1", "NAB std raw"],
+        [[n, v["rows"], v["probation"], v["windows"], v["windows_hit"], v["flags"], v["point_f1"], v["event_f1"],
+          v["pa_f1"], v["nab_standard_raw"]] for n, v in ps.items()],
+    )
+    check = report["task_test_check"]
+    print(f"task test stage (trainer.test on the best checkpoint) agrees with this scoring: {check['agrees']} "
+          f"(max |diff| {check['max_abs_diff']:.2g}); {PROTOCOL_NOTE}")
+    if "label_tuned" in report:
+        lt = report["label_tuned"]
+        rows = []
+        for p in PROFILES:
+            t = lt[p]["threshold"]
+            shown = f"{t:.6g}" if cfg["score"] != "likelihood" or t >= 1 else f"1-{1 - t:.3g}"
+            rows.append([p, shown, *[lt[p]["nab"][c]["normalized"] for c in cols]])
+        _table(
+            f"label-tuned threshold (NAB leaderboard protocol): one global threshold on the {cfg['score']} score "
+            "per profile, chosen on these labels",
+            ["profile", "threshold", *cols],
+            rows,
+        )
+        board = ", ".join(f"{k} {v}" for k, v in LEADERBOARD.items())
+        print(f"leaderboard (standard, full 58-file NAB): {board}; this corpus: {report['corpus']['files']} files in "
+              f"{len(groups)} groups ({', '.join(groups)}), so only indicative.")
+    sc, st = report["scoring"], report.get("streaming")
+    rows = [["batch scoring (model + flagger)", sc["s_per_series"], sc["model_s_per_series"],
+             sc["flagger_s_per_series"], sc["points_per_s"], f"{sc['series']} series, {sc['rows']:,} rows"]]
+    if st:
+        same = st.get("flags_equal_batch")
+        rows.append([f"AnomalyStream.update ({st['series']})", "", "", "", st["points_per_s"],
+                     f"{st['us_per_point']:.1f} us/pt, {st['cpu_us_per_point']:.1f} CPU us/pt, {st['timed_points']:,} pts"
+                     + ("" if same is None else f", == batch: {same}")])
+    _table("speed", ["what", "s/series", "model s/series", "flagger s/series", "points/s", "notes"], rows)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nab", required=True, help="NAB root holding data/<group>/*.csv and labels/combined_windows.json")
+    parser.add_argument("--overrides", default=DEFAULT_OVERRIDES,
+                        help=f"Hydra overrides on top of experiment=nab, one string (default: {DEFAULT_OVERRIDES!r}; "
+                             "pass '' for the yaml as it is)")
+    parser.add_argument("--groups", default="", help="comma-separated NAB groups to train and score (default: all)")
+    parser.add_argument("--stream-series", default=DEFAULT_STREAM_SERIES,
+                        help=f"series for the streaming throughput, relative to data/ (default {DEFAULT_STREAM_SERIES}; "
+                             "'' skips it)")
+    parser.add_argument("--no-tuned", action="store_true", help="skip the label-tuned (leaderboard protocol) section")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed)")
+    parser.add_argument("--out-dir", default=None, help="keep the run folder (checkpoints) here; default: temporary")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    import pytorch_lightning as pl  # its import sets its loggers to INFO: quieten afterwards
+    import torch
+
+    from omegaconf import OmegaConf
+
+    from gru_suite.errors import UserError
+
+    _quiet()
+    torch.set_num_threads(args.threads)
+    overrides = shlex.split(args.overrides)
+    nab = Path(args.nab).resolve()
+    start = time.perf_counter()
+    try:
+        all_groups = nab_groups(nab)
+        groups = [g.strip() for g in args.groups.split(",") if g.strip()] or all_groups
+        unknown = sorted(set(groups) - set(all_groups))
+        if unknown:
+            raise UserError(f"unknown groups {unknown}; {nab / 'data'} holds {all_groups}")
+        groups = sorted(groups)
+        with tempfile.TemporaryDirectory(prefix="gru_suite_anomaly_bench_") as scratch:
+            tmp = Path(scratch)
+            out_dir = Path(args.out_dir).resolve() if args.out_dir else tmp / "run"
+            cfg = compose(nab, data_root(nab, groups, all_groups, tmp), overrides, out_dir)
+            seed = cfg.seed if args.seed is None else args.seed
+            trained = train(cfg, seed)
+            task, model = trained["task"], trained["module"].model
+            scored, scoring = score_all(task, model)
+            report: dict[str, Any] = {
+                "meta": {"torch": torch.__version__, "pytorch_lightning": pl.__version__,
+                         "python": platform.python_version(), "cpu_count": os.cpu_count(), "threads": args.threads,
+                         "argv": sys.argv[1:] if argv is None else list(argv), "seed": seed,
+                         "protocol_note": PROTOCOL_NOTE},
+                "config": {
+                    "overrides": overrides, "groups": groups, "detector": cfg.task.detector.kind,
+                    "hidden_size": int(cfg.backbone.hidden_size), "crop_length": int(cfg.task.data.crop_length),
+                    "batch_size": int(cfg.task.data.batch_size), "max_epochs": int(cfg.trainer.max_epochs),
+                    "score": cfg.task.scoring.score,
+                    "scoring": (f"{cfg.task.scoring.score}/{cfg.task.scoring.threshold}"
+                                + (f" {cfg.task.scoring.fixed}" if cfg.task.scoring.threshold == "fixed" else "")),
+                    "task_scoring": OmegaConf.to_container(cfg.task.scoring),
+                },
+                "corpus": {"files": len(task.streams),
+                           "labelled_files": sum(s.windows is not None for s in task.streams),
+                           "windows": sum(len(s.windows or []) for s in task.streams)},
+                "training": trained["result"],
+                "task_test_metrics": trained["task_test_metrics"],
+                "scoring": scoring,
+            }
+            report["label_free"] = label_free(task, scored)
+            mine = {f"test/nab_{p}": report["label_free"]["nab"][p]["all"]["normalized"] for p in PROFILES}
+            mine.update({f"test/{k}": report["label_free"]["f1"]["all"][f"{k}_task_def"]
+                         for k in ("point_f1", "event_f1", "pa_f1")})
+            diffs = [abs(v - trained["task_test_metrics"][k]) for k, v in mine.items()
+                     if k in trained["task_test_metrics"] and math.isfinite(v)]
+            report["task_test_check"] = {"agrees": bool(diffs) and max(diffs) < 1e-4,
+                                         "max_abs_diff": max(diffs) if diffs else math.nan}
+            if not args.no_tuned:
+                report["label_tuned"] = label_tuned(task, scored)
+            if args.stream_series:
+                report["streaming"] = streaming(task, model, nab, args.stream_series, cfg, scored)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report["meta"]["wall_s"] = time.perf_counter() - start
+    report["meta"]["cpu_s"] = time.process_time()
+    print_report(report, groups)
+    print(f"[total {report['meta']['wall_s']:.1f} s wall, {report['meta']['cpu_s']:.1f} s CPU]")
+    print(json.dumps(_clean(report), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
