@@ -107,8 +107,9 @@ def test_anomaly_honours_the_plugin_contract(tmp_path):
     check_task_plugin("anomaly", overrides=TINY, tmp_path=tmp_path)
 
 
-def test_autoencoder_detector_trains(tmp_path):
-    check_task_plugin("anomaly", overrides=[*TINY, "task.detector.kind=autoencoder", "task.detector.window=16"],
+def test_autoencoder_detector_with_periodic_retraining_honours_the_contract(tmp_path):
+    check_task_plugin("anomaly", overrides=[*TINY, "task.detector.kind=autoencoder", "task.detector.window=16",
+                                            "task.detector.retrain.every=400", "task.detector.retrain.steps=2"],
                       tmp_path=tmp_path)
 
 
@@ -153,3 +154,24 @@ def test_constant_series_scores_without_error(tmp_path):
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
     (stream,) = load(flat)
     assert torch.isfinite(stream.scaled).all() and float(stream.scaled.abs().max()) == 0.0
+
+
+def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():
+    from gru_suite.timeseries import StandardScaler
+    from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
+
+    model = detectors()[0]
+    before = [p.detach().clone() for p in model.parameters()]
+    values = np.stack([np.sin(np.arange(300) / 4), np.cos(np.arange(300) / 7)], 1).astype(np.float32)
+    retraining = Retraining(every=50, window=100, steps=3, crop_length=32, batch_size=4)
+    settings = dict(score="raw", threshold="quantile", quantile=0.9)
+    stream = AnomalyStream(model, Flagger(**settings), 100, retraining)
+    online = np.array([stream.update(row)[0] for row in values])
+    scaled = torch.from_numpy(StandardScaler.fit(values[:100]).transform(values))
+    batch = OnlineScorer(model, retraining, 100).run(scaled)
+    np.testing.assert_allclose(online[99:], batch[99:], rtol=1e-4, atol=1e-6)
+    with torch.no_grad():
+        plain = model.raw_scores(scaled[None])[0].numpy()
+    np.testing.assert_allclose(batch[:151], plain[:151], rtol=1e-4, atol=1e-6)  # first fine-tune after row 149
+    assert not np.allclose(batch[151:], plain[151:], rtol=1e-3)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

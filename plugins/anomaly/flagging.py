@@ -18,6 +18,7 @@ from torch import nn
 
 from gru_suite.timeseries import StandardScaler
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
+from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, Spot, quantile_threshold
 
 THRESHOLDS = ("fixed", "quantile", "spot")
@@ -97,8 +98,8 @@ class AnomalyStream:
     once the probationary period is over (during it, its observations are kept to fit the
     scaler and calibrate the threshold)."""
 
-    def __init__(self, model: nn.Module, flagger: Flagger, probation: int) -> None:
-        self.scorer = StreamingScorer(model)
+    def __init__(self, model: nn.Module, flagger: Flagger, probation: int, retraining: Retraining | None = None) -> None:
+        self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.flagger = flagger
         self.probation = probation
         self._warmup: list[np.ndarray] | None = []

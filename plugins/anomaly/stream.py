@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         from gru_suite_plugins.anomaly.flagging import AnomalyStream
 
         module = load_checkpoint(args.ckpt_path)
-        stream = AnomalyStream(module.model, module.task.flagger(), args.probation)
+        stream = AnomalyStream(module.model, module.task.flagger(), args.probation, module.task.retraining())
         for out in score_lines(stream, sys.stdin, args.timestamp):
             print(out, flush=True)
     except UserError as err:

@@ -13,6 +13,7 @@ from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import build_detector
 from gru_suite_plugins.anomaly.flagging import Flagger, ScoredSeries
+from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
 from gru_suite_plugins.anomaly.writer import write_series_report
 
@@ -47,11 +48,26 @@ class AnomalyTask(TaskPlugin):
             skip=self.cfg.detector.burn_in,
         )
 
+    def retraining(self) -> Retraining | None:
+        retrain, detector = self.cfg.detector.get("retrain") or {}, self.cfg.detector
+        if not retrain.get("every"):
+            return None
+        return Retraining(every=retrain.every, window=retrain.window, steps=retrain.steps, lr=retrain.lr,
+                          crop_length=self.cfg.data.crop_length, burn_in=detector.burn_in)
+
+    def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
+        """Raw scores of one whole series (1, T, F), with periodic retraining when configured."""
+        retraining = self.retraining()
+        if retraining is None:
+            return model.raw_scores(x)[0]
+        online = OnlineScorer(model, retraining, self.streams[index].probation)
+        return torch.from_numpy(online.run(x[0]))
+
     def step(self, model: nn.Module, batch: Any, stage: Stage) -> StepOutput:
         if stage in ("train", "val"):
             return StepOutput(model.loss(batch, self.cfg.detector.burn_in), len(batch))
         index, x = batch
-        raw = model.raw_scores(x)[0]
+        raw = self.raw_scores(model, index, x)
         self._raw[index] = raw.float().cpu().numpy()
         probation = self.streams[index].probation
         return StepOutput(raw[probation:].mean(), 1)
@@ -78,7 +94,7 @@ class AnomalyTask(TaskPlugin):
     @torch.no_grad()
     def predict_step(self, model: nn.Module, batch: Any) -> tuple[int, np.ndarray]:
         index, x = batch
-        return index, model.raw_scores(x)[0].float().cpu().numpy()
+        return index, self.raw_scores(model, index, x).float().cpu().numpy()
 
     def write_predictions(self, predictions: list[Any], datamodule: AnomalyData, out_dir: Path) -> list[Path]:
         paths = []

@@ -1,0 +1,84 @@
+"""Optional periodic retraining: fine-tune the detector on the most recent observations as a stream goes on.
+
+`OnlineScorer` scores one observation at a time and, every `every` observations after
+the probationary period, fine-tunes its own copy of the detector on the last `window`
+observations it has seen. Batch scoring with retraining runs the same scorer over the
+series, so streaming and batch results stay equal; memory stays constant (a ring buffer).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from gru_suite_plugins.anomaly.detectors import StreamingScorer
+
+
+@dataclass(frozen=True)
+class Retraining:
+    every: int
+    """Observations between fine-tunes."""
+    window: int
+    """Most recent observations learned from."""
+    steps: int = 20
+    lr: float = 1e-3
+    crop_length: int = 64
+    batch_size: int = 16
+    burn_in: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or self.window < self.crop_length + 1:
+            raise ValueError(
+                f"task.detector.retrain needs every >= 1 and window > crop_length ({self.crop_length}), "
+                f"got every={self.every}, window={self.window}"
+            )
+
+
+def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
+    """A few seeded Adam steps on random crops of `recent` (T, F); deterministic for equal input."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    model.train()
+    # scoring may run under Lightning's inference mode; learning needs autograd and normal tensors
+    with torch.inference_mode(False), torch.enable_grad():
+        recent = recent.clone()
+        for _ in range(settings.steps):
+            starts = torch.randint(0, len(recent) - settings.crop_length + 1, (settings.batch_size,), generator=generator)
+            crops = torch.stack([recent[s : s + settings.crop_length] for s in starts.tolist()])
+            loss = model.loss(crops, settings.burn_in)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+class OnlineScorer:
+    """Raw scores one observation at a time, fine-tuning a private copy of the model on schedule."""
+
+    def __init__(self, model: nn.Module, retraining: Retraining, probation: int) -> None:
+        with torch.inference_mode(False):
+            self.model = copy.deepcopy(model)
+        self.scorer = StreamingScorer(self.model)
+        self.retraining = retraining
+        self.probation = probation
+        self.recent: deque[Tensor] = deque(maxlen=retraining.window)
+        self.seen = 0
+
+    def update(self, x_t: Tensor) -> float:
+        score = self.scorer.update(x_t)
+        self.recent.append(x_t)
+        self.seen += 1
+        scored = self.seen - self.probation
+        if scored > 0 and scored % self.retraining.every == 0 and len(self.recent) > self.retraining.crop_length:
+            fine_tune(self.model, torch.stack(list(self.recent)), self.retraining)
+        return score
+
+    def run(self, x: Tensor) -> np.ndarray:
+        """Scores for a whole scaled series (T, F), exactly as streaming it would give."""
+        return np.array([self.update(row) for row in x], dtype=np.float32)
