@@ -42,12 +42,13 @@ class TaskModule(pl.LightningModule):
         self._train_loss_sum = torch.zeros(())
 
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
+        sync = stage != "train"  # epoch means over every DDP process; per-step train metrics stay local
         for name, value in out.metrics.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size)
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
         out = self.task.step(self.model, batch, stage)
-        self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size)
+        self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size, sync_dist=True)
         self._log_metrics(out, stage)
         return out
 
