@@ -43,7 +43,7 @@ class Flagger:
 
     score: str = "likelihood"
     threshold: str = "fixed"
-    fixed: float = 0.999
+    fixed: float = 0.99999
     quantile: float = 0.99
     spot_q: float = 1e-3
     spot_level: float = 0.95

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -9,12 +10,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import build_detector
 from gru_suite_plugins.anomaly.flagging import Flagger, ScoredSeries
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
+from gru_suite_plugins.anomaly.thresholds import MIN_PEAKS
 from gru_suite_plugins.anomaly.writer import write_series_report
 
 
@@ -32,9 +35,24 @@ class AnomalyTask(TaskPlugin):
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 * data.crop_length,
         )
+        self._check_spot_calibration()
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
+
+    def _check_spot_calibration(self) -> None:
+        """SPOT needs enough probationary scores above its initial level: fail before training, not after."""
+        scoring = self.cfg.scoring
+        if scoring.threshold != "spot":
+            return
+        needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + self.cfg.detector.burn_in
+        short = [s.name for s in self.streams if s.probation < needed]
+        if short:
+            raise UserError(
+                f"task.scoring.threshold=spot at spot_level={scoring.spot_level} needs probationary periods of "
+                f">= {needed} rows; too short: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''} "
+                "(lower task.scoring.spot_level or use another threshold)"
+            )
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
@@ -81,10 +99,13 @@ class AnomalyTask(TaskPlugin):
 
     def _metrics(self, scored: dict[int, ScoredSeries]) -> dict[str, float]:
         labelled = [i for i in scored if self.streams[i].windows is not None]
+        with_anomalies = [i for i in labelled if self.streams[i].windows]
+        metrics: dict[str, float] = {}
+        if with_anomalies:  # F1 is undefined on a series without anomalies
+            per_series = [evaluate_flags(scored[i].flags, self.streams[i].labels()) for i in with_anomalies]
+            metrics = {k: float(np.mean([m[k] for m in per_series])) for k in ("point_f1", "event_f1", "pa_f1")}
         if not labelled:
-            return {}
-        per_series = [evaluate_flags(scored[i].flags, self.streams[i].labels()) for i in labelled]
-        metrics = {k: float(np.mean([m[k] for m in per_series])) for k in ("point_f1", "event_f1", "pa_f1")}
+            return metrics
         flags = {self.streams[i].name: scored[i].flags for i in labelled}
         windows = {self.streams[i].name: self.streams[i].windows for i in labelled}
         for profile in NAB_PROFILES:
