@@ -173,7 +173,7 @@ class RollDataset(Dataset):
         self.pieces = pieces
         self.crop_steps = crop_steps
         self.transpose = transpose
-        used = [torch.flatnonzero(p.any(0)) for p in pieces]
+        used = [p.any(0).nonzero().flatten() for p in pieces]
         self.room = [(int(u[0]), p.size(1) - 1 - int(u[-1])) if len(u) else (0, 0) for u, p in zip(used, pieces)]
 
     def __len__(self) -> int:

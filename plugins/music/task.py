@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ class MusicTask(TaskPlugin):
         ranged = self._ranged(corpus, str(data.path))
         return self._data(lambda: ranged)
 
-    def _data(self, load: Any) -> MusicData:
+    def _data(self, load: Callable[[], dict[str, list[Tensor]]]) -> MusicData:
         data = self.cfg.data
         self.primer = self._primer()
         return MusicData(load, self.cfg.generate.pieces, data.batch_size, data.get("crop_steps"),
@@ -61,8 +62,7 @@ class MusicTask(TaskPlugin):
             for i, roll in enumerate(pieces):
                 ranged, outside = to_range(roll, low, high)
                 if outside and source.endswith(".json"):
-                    t, pitch = map(int, np.argwhere(np.delete(roll, np.s_[low:high + 1], axis=1))[0])
-                    pitch += 0 if pitch < low else high - low + 1
+                    t, pitch = map(int, np.argwhere(_outside(roll, low, high))[0])
                     raise UserError(f"{source}: {split} piece {i}, step {t}: pitch {pitch} is out of range "
                                     f"({low}-{high}, task.data.pitch_range={self.cfg.data.pitch_range})")
                 dropped += outside
@@ -129,3 +129,9 @@ class MusicTask(TaskPlugin):
                 paths += write_piece(roll, Path(out_dir) / f"piece_{index:03d}", self.state["low"],
                                      self.state["steps_per_beat"], gen.tempo, gen.program, gen.velocity)
         return paths
+
+
+def _outside(roll: np.ndarray, low: int, high: int) -> np.ndarray:
+    mask = roll.copy()
+    mask[:, low:high + 1] = False
+    return mask
