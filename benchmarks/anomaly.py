@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import os
 import platform
@@ -44,12 +43,17 @@ import shlex
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script, the folder is sys.path[0] already; imported otherwise, it is not
+    sys.path.insert(0, str(HERE))
+
+from _common import clean, fit_and_test, quiet, quote, table  # noqa: E402
 
 # The task's yaml defaults were chosen on artificialWithAnomaly + realAdExchange, 3 seeds
 # (see benchmarks/README.md); extra Hydra overrides go on top.
@@ -67,101 +71,9 @@ PROTOCOL_NOTE = (
 # --------------------------------------------------------------------------- helpers
 
 
-def _quiet() -> None:
-    """Keep stdout for tables and the JSON line; silence Lightning's info chatter."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def _quote(value: str | Path) -> str:
-    """A Hydra override value that survives spaces and brackets in paths."""
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf -> None, numpy scalars -> Python."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, (np.floating, float)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            if math.isnan(v):
-                return "n/a"
-            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-
-    cells = [[fmt(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    print(f"\n== {title}")
-    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
-    print("  ".join("-" * w for w in widths))
-    for row in cells:
-        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    sys.stdout.flush()
-
-
 def _group(name: str) -> str:
     parts = Path(name).parts
     return parts[0] if len(parts) > 1 else "(root)"
-
-
-def _make_clock():  # needs pytorch_lightning, imported lazily
-    import pytorch_lightning as pl
-
-    class EpochClock(pl.Callback):
-        """Wall and process-CPU seconds of each training epoch (validation excluded) and val/loss."""
-
-        def __init__(self) -> None:
-            self.wall: list[float] = []
-            self.cpu: list[float] = []
-            self.val_loss: list[float] = []
-            self._t: tuple[float, float] | None = None
-
-        def _stop(self) -> None:
-            if self._t is not None:
-                self.wall.append(time.perf_counter() - self._t[0])
-                self.cpu.append(time.process_time() - self._t[1])
-                self._t = None
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self._stop()
-            self._t = (time.perf_counter(), time.process_time())
-
-        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.state.fn == "fit":
-                self._stop()
-
-        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            value = trainer.callback_metrics.get("val/loss")
-            if trainer.state.fn == "fit" and not trainer.sanity_checking and value is not None:
-                self.val_loss.append(float(value))
-
-        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self._stop()
-
-    return EpochClock()
 
 
 # --------------------------------------------------------------------------- data and config
@@ -197,8 +109,8 @@ def compose(nab: Path, data: Path, overrides: list[str], out_dir: Path) -> Any:
 
     base = [
         "experiment=nab",
-        f"task.data.path={_quote(data)}",
-        f"task.data.windows_path={_quote(nab / 'labels' / 'combined_windows.json')}",
+        f"task.data.path={quote(data)}",
+        f"task.data.windows_path={quote(nab / 'labels' / 'combined_windows.json')}",
         "logger=none",
         "callbacks.progress_bar=null",
         "predict_after_training=false",
@@ -303,49 +215,31 @@ def tune_threshold(scores: dict[str, np.ndarray], windows: dict[str, list], prof
 
 
 def train(cfg: Any, seed: int) -> dict[str, Any]:
-    import pytorch_lightning as pl
     import torch
 
-    from gru_suite import run
-
-    pl.seed_everything(seed, workers=True, verbose=False)
-    task = run.build_task(cfg.task)
-    datamodule = task.datamodule()
-    module = run.build_module(cfg, task)
-    trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
-    clock = _make_clock()
-    trainer.callbacks.append(clock)
-    wall, cpu = time.perf_counter(), time.process_time()
-    trainer.fit(module, datamodule=datamodule)
-    fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
-    ckpt = trainer.checkpoint_callback
-    best = ckpt.best_model_path if ckpt else ""
-    # The task's own test stage on the best checkpoint, as `gru-suite` runs it (also loads those weights).
-    wall = time.perf_counter()
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    test_wall = time.perf_counter() - wall
-    stem = Path(best).stem.split("-")[-1] if best else ""
+    fitted = fit_and_test(cfg, seed)
+    clock, datamodule, module = fitted.clock, fitted.datamodule, fitted.module
     return {
-        "task": task,
+        "task": fitted.task,
         "module": module,
         "datamodule": datamodule,
         "result": {
-            "epochs_run": int(trainer.current_epoch),
-            "best_epoch": int(stem) if stem.isdigit() else None,
-            "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
+            "epochs_run": int(fitted.trainer.current_epoch),
+            "best_epoch": fitted.best_epoch,
+            "best_val_loss": fitted.best_val_loss,
             "val_loss_per_epoch": clock.val_loss,
             "train_s_per_epoch": float(np.median(clock.wall)) if clock.wall else None,
             "train_cpu_s_per_epoch": float(np.median(clock.cpu)) if clock.cpu else None,
-            "fit_wall_s": fit_wall,
-            "fit_cpu_s": fit_cpu,
-            "task_test_wall_s": test_wall,
+            "fit_wall_s": fitted.fit_wall_s,
+            "fit_cpu_s": fitted.fit_cpu_s,
+            "task_test_wall_s": fitted.test_wall_s,
             "params": sum(p.numel() for p in module.model.parameters()),
             "train_crops": len(datamodule.train),
             "val_crops": len(datamodule.val),
             "batches_per_epoch": len(datamodule.train_dataloader()),
             "threads": torch.get_num_threads(),
         },
-        "task_test_metrics": {k: float(v) for k, v in (tested[0] if tested else {}).items()},
+        "task_test_metrics": fitted.test_metrics,
     }
 
 
@@ -469,7 +363,7 @@ def _f1_cell(entry: dict[str, float] | None, key: str) -> str:
 
 def print_report(report: dict[str, Any], groups: list[str]) -> None:
     tr, cfg = report["training"], report["config"]
-    _table(
+    table(
         f"training: {cfg['detector']} detector, hidden {cfg['hidden_size']}, crop {cfg['crop_length']}, "
         f"batch {cfg['batch_size']}, {tr['threads']} thread(s); overrides: {' '.join(cfg['overrides']) or '(none)'}",
         ["epochs", "best epoch", "best val/loss", "train s/epoch", "train CPU s/epoch", "fit s (wall)",
@@ -481,21 +375,21 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
     lf = report["label_free"]
     cols = ["all", *groups]
     scoring = cfg["scoring"]
-    _table(
+    table(
         f"label-free NAB score (normalised; threshold {scoring}) - NOT the leaderboard protocol",
         ["profile", *cols],
         [[p, *[lf["nab"][p][c]["normalized"] for c in cols]] for p in PROFILES]
         + [["FP (standard)", *[lf["nab"]["standard"][c]["fp"] for c in cols]],
            ["raw (standard)", *[lf["nab"]["standard"][c]["raw"] for c in cols]]],
     )
-    _table(
+    table(
         "label-free F1: mean over series with anomaly windows (the task's test metric)",
         ["metric", *cols],
         [[k, *[_f1_cell(lf["f1"].get(c), k) for c in cols]] for k in ("point_f1", "event_f1", "pa_f1")]
         + [["series with windows", *[lf["f1"].get(c, {}).get("series_with_anomalies", 0) for c in cols]]],
     )
     ps = lf["per_series"]
-    _table(
+    table(
         "per series (label-free flags)",
         ["series", "rows", "probation", "windows", "hit", "flags", "point F1", "event F1", "PA F1", "NAB std raw"],
         [[n, v["rows"], v["probation"], v["windows"], v["windows_hit"], v["flags"], v["point_f1"], v["event_f1"],
@@ -511,7 +405,7 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
             t = lt[p]["threshold"]
             shown = f"{t:.6g}" if cfg["score"] != "likelihood" or t >= 1 else f"1-{1 - t:.3g}"
             rows.append([p, shown, *[lt[p]["nab"][c]["normalized"] for c in cols]])
-        _table(
+        table(
             f"label-tuned threshold (NAB leaderboard protocol): one global threshold on the {cfg['score']} score "
             "per profile, chosen on these labels",
             ["profile", "threshold", *cols],
@@ -528,7 +422,7 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
         rows.append([f"AnomalyStream.update ({st['series']})", "", "", "", st["points_per_s"],
                      f"{st['us_per_point']:.1f} us/pt, {st['cpu_us_per_point']:.1f} CPU us/pt, {st['timed_points']:,} pts"
                      + ("" if same is None else f", == batch: {same}")])
-    _table("speed", ["what", "s/series", "model s/series", "flagger s/series", "points/s", "notes"], rows)
+    table("speed", ["what", "s/series", "model s/series", "flagger s/series", "points/s", "notes"], rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -560,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gru_suite.errors import UserError
 
-    _quiet()
+    quiet()
     torch.set_num_threads(args.threads)
     overrides = shlex.split(args.overrides)
     nab = Path(args.nab).resolve()
@@ -620,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report["meta"]["cpu_s"] = time.process_time()
     print_report(report, groups)
     print(f"[total {report['meta']['wall_s']:.1f} s wall, {report['meta']['cpu_s']:.1f} s CPU]")
-    print(json.dumps(_clean(report), sort_keys=True))
+    print(json.dumps(clean(report), sort_keys=True))
     return 0
 
 

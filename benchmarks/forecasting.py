@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import shlex
@@ -32,12 +31,17 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:  # run as a script, the folder is sys.path[0] already; imported otherwise, it is not
+    sys.path.insert(0, str(HERE))
+
+from _common import fit_and_test, make_clock, quiet, quote, table  # noqa: E402
+
+REPO = HERE.parent
 DEFAULT_SERIES = REPO / "data" / "forecasting" / "demo_load.csv"
 SECTIONS = ("speed", "cells", "etth1")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
@@ -53,35 +57,6 @@ CELL_WORKLOADS: list[tuple[str, list[str]]] = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _quiet() -> None:
-    """Keep stdout for tables and the JSON line; silence Lightning's info chatter."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-
-
-def _quote(value: str | Path) -> str:
-    """A Hydra override value that survives spaces and brackets in paths."""
-    text = str(value).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def compose_config(overrides: Sequence[str], out_dir: str | Path) -> Any:
-    """The `gru-suite` train config composed exactly as the CLI does (task configs on the search path)."""
-    from hydra import compose, initialize_config_dir
-
-    from gru_suite.config import CONF_DIR, register_resolvers
-    from gru_suite.registry import config_search_path
-
-    register_resolvers()
-    search = f"hydra.searchpath=[{','.join(config_search_path())}]"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="benchmark"):
-        return compose("train", overrides=[search, *overrides, f"paths.output_dir={_quote(out_dir)}"])
 
 
 def _time_column(path: Path, wanted: str | None, column: str) -> str | None:
@@ -107,81 +82,6 @@ def _med(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
-def _table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-
-    cells = [[fmt(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
-    line = "  ".join("-" * w for w in widths)
-    print(f"\n== {title}")
-    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
-    print(line)
-    for row in cells:
-        print("  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    sys.stdout.flush()
-
-
-def _make_clock():  # the class needs pytorch_lightning, imported lazily
-    import pytorch_lightning as pl
-
-    class EpochClock(pl.Callback):
-        """Wall and process-CPU seconds of each training epoch.
-
-        An epoch runs from `on_train_epoch_start` to whichever comes first: the
-        start of validation (so, like the suite's EpochThroughput, validation is
-        not counted), the next epoch's start, or the end of training. Without
-        validation that span holds every batch plus Lightning's per-epoch
-        bookkeeping (epoch-end hooks, metric reduction, loader restart).
-        Also collects the suite's own `train/epoch_time_s` and each validation's `val/loss`.
-        """
-
-        def __init__(self) -> None:
-            self.wall: list[float] = []
-            self.cpu: list[float] = []
-            self.throughput: list[float] = []
-            self.val_loss: list[float] = []
-            self._t: tuple[float, float] | None = None
-
-        def _stop(self) -> None:
-            if self._t is not None:
-                wall, cpu = self._t
-                self.wall.append(time.perf_counter() - wall)
-                self.cpu.append(time.process_time() - cpu)
-                self._t = None
-
-        def _grab_throughput(self, trainer: pl.Trainer) -> None:
-            value = trainer.callback_metrics.get("train/epoch_time_s")
-            if value is not None and len(self.throughput) < len(self.wall):
-                self.throughput.append(float(value))
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self._stop()
-            self._grab_throughput(trainer)
-            self._t = (time.perf_counter(), time.process_time())
-
-        def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.state.fn == "fit":
-                self._stop()
-
-        def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            value = trainer.callback_metrics.get("val/loss")
-            if trainer.state.fn == "fit" and not trainer.sanity_checking and value is not None:
-                self.val_loss.append(float(value))
-
-        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self._stop()
-
-        def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self._grab_throughput(trainer)
-
-    return EpochClock()
-
-
 def _count(module: Any) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
@@ -200,7 +100,7 @@ def suite_fit(cfg: Any, epochs: int, seed: int) -> dict[str, Any]:
     task = run.build_task(cfg.task)
     datamodule = task.datamodule()
     module = run.build_module(cfg, task)
-    clock = _make_clock()
+    clock = make_clock()
     trainer = run.build_trainer(
         cfg,
         callbacks=[EpochThroughput(), clock],  # the suite's own default throughput callback stays on
@@ -307,9 +207,9 @@ def _series_overrides(args: argparse.Namespace) -> list[str]:
     series = Path(args.series).resolve()
     time_col = _time_column(series, args.time_column, args.column)
     return [
-        f"task.data.path={_quote(series)}",
-        f"task.data.targets=[{_quote(args.column)}]",
-        f"task.data.time_column={_quote(time_col) if time_col else 'null'}",
+        f"task.data.path={quote(series)}",
+        f"task.data.targets=[{quote(args.column)}]",
+        f"task.data.time_column={quote(time_col) if time_col else 'null'}",
         "trainer.accelerator=cpu",
         "logger=none",
         "callbacks=none",
@@ -317,8 +217,12 @@ def _series_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from gru_suite.testing import compose_train_config
+
     extra = shlex.split(args.speed_overrides)
-    cfg = compose_config(["experiment=seed_keras_example", *_series_overrides(args), *extra], tmp / "speed")
+    cfg = compose_train_config(
+        "forecasting", ["experiment=seed_keras_example", *_series_overrides(args), *extra], tmp / "speed"
+    )
     x, y = train_windows(cfg)
     hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
     suite_runs, plain_runs = [], []
@@ -362,7 +266,7 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "suite_final_train_loss": _med([r["train_loss"] for r in suite_runs]),
         "plain_final_train_loss": _med([r["train_loss"] for r in plain_runs]),
     }
-    _table(
+    table(
         f"speed: seed_keras_example{' ' + ' '.join(extra) if extra else ''} on {Path(args.series).name}[{args.column}]"
         f" - hidden {hidden}, lookback {result['lookback']}, {result['train_windows']} windows, "
         f"{result['batches_per_epoch']} batches/epoch, {args.epochs} timed epochs x {args.repeats} repeats, "
@@ -390,11 +294,16 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from gru_suite.testing import compose_train_config
+
     base = ["experiment=seed_keras_example", *_series_overrides(args)]
     rows, out = [], {}
     for name, extra in CELL_WORKLOADS:
         runs: dict[str, list[dict]] = {"gru": [], "lstm": []}
-        cfgs = {cell: compose_config([*base, f"backbone={cell}", *extra], tmp / f"cells_{cell}") for cell in runs}
+        cfgs = {
+            cell: compose_train_config("forecasting", [*base, f"backbone={cell}", *extra], tmp / f"cells_{cell}")
+            for cell in runs
+        }
         for rep in range(args.repeats):
             for cell in ("gru", "lstm") if rep % 2 == 0 else ("lstm", "gru"):
                 runs[cell].append(suite_fit(cfgs[cell], args.epochs, args.seed + rep))
@@ -418,7 +327,7 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             rows.append([name, cell, e["hidden_size"], e["lookback"], e["backbone_params"], e["params"],
                          e["s_per_epoch"], e["s_per_epoch_min"], e["final_train_loss"]])
         rows.append([name, "lstm/gru", "", "", entry["lstm_over_gru_params"], "", entry["lstm_over_gru_time"], "", ""])
-    _table(
+    table(
         f"cells: GRU vs LSTM backbone, CPU, {args.epochs} timed epochs x {args.repeats} repeats, {args.threads} thread(s)",
         ["work", "cell", "hidden", "lookback", "backbone params", "model params", "s/epoch (median)",
          "s/epoch (min)", "final train MSE"],
@@ -428,17 +337,18 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 
 def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    import pytorch_lightning as pl
     import torch
 
-    from gru_suite import run
+    from gru_suite.testing import compose_train_config
 
     extra = shlex.split(args.etth1_overrides)
     path = Path(args.etth1).resolve()
-    cfg = compose_config(
+    cfg = compose_train_config(
+        "forecasting",
         [
             "experiment=etth1",
-            f"task.data.path={_quote(path)}",
+            "trainer.accelerator=auto",  # compose_train_config pins the CPU; this section keeps the yaml's device
+            f"task.data.path={quote(path)}",
             "logger=none",
             "callbacks.progress_bar=null",
             "predict_after_training=false",
@@ -448,23 +358,10 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     )
     if args.etth1_threads:
         torch.set_num_threads(args.etth1_threads)
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    task = run.build_task(cfg.task)
-    datamodule = task.datamodule()
-    module = run.build_module(cfg, task)
-    trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
-    clock = _make_clock()
-    trainer.callbacks.append(clock)
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
-    fit_wall = time.perf_counter() - start
-    ckpt = trainer.checkpoint_callback
-    best = ckpt.best_model_path if ckpt else ""
-    start = time.perf_counter()
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    test_wall = time.perf_counter() - start
-    metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
-    best_epoch = int(Path(best).stem.split("-")[-1]) if best and Path(best).stem.split("-")[-1].isdigit() else None
+    fitted = fit_and_test(cfg, cfg.seed)
+    trainer, module, datamodule, clock = fitted.trainer, fitted.module, fitted.datamodule, fitted.clock
+    metrics, best_epoch = fitted.test_metrics, fitted.best_epoch
+    fit_wall, test_wall = fitted.fit_wall_s, fitted.test_wall_s
     result = {
         "path": str(path),
         "overrides": extra,
@@ -472,7 +369,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "accelerator": type(trainer.accelerator).__name__,
         "epochs_run": int(trainer.current_epoch),
         "best_epoch": best_epoch,
-        "best_val_loss": float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
+        "best_val_loss": fitted.best_val_loss,
         "val_loss_per_epoch": clock.val_loss,
         "train_s_per_epoch": _med(clock.wall),
         "train_s_total": float(sum(clock.wall)),
@@ -496,7 +393,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     }
     d = cfg.task.data
     m = cfg.task.model
-    _table(
+    table(
         f"etth1: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, segment {m.segment_length}, "
         f"embed {m.embed_size}, hidden {cfg.backbone.hidden_size}, {result['epochs_run']} epochs "
         f"(best {best_epoch}), {result['threads']} thread(s); test windows {result['test_windows']}",
@@ -560,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from gru_suite.errors import UserError
 
-    _quiet()
+    quiet()
 
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {
