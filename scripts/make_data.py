@@ -86,9 +86,17 @@ def anomaly_files() -> dict[str, object]:
     return {**frames, "windows.json": json.dumps(windows, indent=2) + "\n"}
 
 
+def music_files() -> dict[str, object]:
+    """48 four-voice chorale-like pieces in six keys (plugins/music/synth.py)."""
+    from gru_suite_plugins.music.synth import corpus_files
+
+    return corpus_files()
+
+
 GENERATORS = {
     "forecasting": lambda: {"demo_load.csv": demo_load()},
     "anomaly": anomaly_files,
+    "music": music_files,
 }
 
 
@@ -104,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
             tmp = folder / f".{name}.tmp"
             if isinstance(content, pd.DataFrame):
                 content.to_csv(tmp, index=False)
+            elif isinstance(content, bytes):
+                tmp.write_bytes(content)
             else:
                 tmp.write_text(content)
             tmp.replace(folder / name)

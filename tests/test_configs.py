@@ -16,8 +16,9 @@ STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the preset
     "etth1": ["task.data.path=${paths.data_dir}/forecasting/demo_load.csv", "task.data.time_column=timestamp",
               "task.data.targets=[load,temperature]", "task.data.split=[0.7,0.15,0.15]"],
     "nab": ["task.data.path=${paths.data_dir}/anomaly", "task.data.windows_path=${paths.data_dir}/anomaly/windows.json"],
+    "jsb_chorales": ["task.data.path=${paths.data_dir}/music"],
 }
-TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly"}
+TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly", "jsb_chorales": "music"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -1,0 +1,261 @@
+"""Music data: MIDI files or JSON piano rolls -> binary rolls on a beat grid, padded batches for the GRU."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from gru_suite.errors import UserError
+from gru_suite.timeseries import batch_loader
+
+log = logging.getLogger(__name__)
+
+MIDI_PITCHES = 128
+PIANO_RANGE = (21, 108)
+SPLITS = ("train", "valid", "test")
+MIDI_SUFFIXES = (".mid", ".midi")
+Corpus = dict[str, list[np.ndarray]]
+"""Pieces per split, each a boolean roll (steps, 128) over all MIDI pitches."""
+
+
+def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = False) -> np.ndarray:
+    """A boolean roll (steps, 128) on a grid of `steps_per_beat` steps per beat, following the file's tempo map.
+
+    Onsets and offsets snap to the nearest step; every note lasts at least one step.
+    The roll ends at the file's end time, so trailing silence is kept.
+    """
+    beats = pm.get_beats()
+    period = beats[-1] - beats[-2] if len(beats) > 1 else 0.5
+
+    def steps_at(times: np.ndarray) -> np.ndarray:
+        position = np.interp(times, beats, np.arange(len(beats)), left=0.0)
+        beyond = times > beats[-1]
+        position[beyond] = len(beats) - 1 + (times[beyond] - beats[-1]) / period
+        return np.rint(position * steps_per_beat).astype(int)
+
+    notes = [n for inst in pm.instruments if drums or not inst.is_drum for n in inst.notes]
+    if not notes:
+        return np.zeros((0, MIDI_PITCHES), dtype=bool)
+    on = steps_at(np.array([n.start for n in notes]))
+    off = np.maximum(steps_at(np.array([n.end for n in notes])), on + 1)
+    roll = np.zeros((max(int(off.max()), int(steps_at(np.array([pm.get_end_time()]))[0])), MIDI_PITCHES), bool)
+    for note, start, stop in zip(notes, on, off):
+        roll[start:stop, note.pitch] = True
+    return roll
+
+
+def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.ndarray:
+    """The roll of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
+    try:
+        pm = pretty_midi.PrettyMIDI(str(path))
+    except Exception as err:  # mido and pretty_midi raise many types for malformed files
+        raise UserError(f"{path}: not a readable MIDI file ({type(err).__name__}: {err})") from err
+    roll = midi_to_roll(pm, steps_per_beat, drums)
+    if not roll.any():
+        raise UserError(f"{path}: no notes{'' if drums else ' (drum tracks are ignored)'}")
+    return roll
+
+
+def read_midi_folder(folder: Path, steps_per_beat: int, drums: bool = False) -> list[np.ndarray]:
+    """Rolls of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    rolls, skipped = [], []
+    for path in files:
+        try:
+            rolls.append(read_midi(path, steps_per_beat, drums))
+        except UserError as err:
+            log.warning("skipping %s", err)
+            skipped.append(path.name)
+    if skipped:
+        log.warning("skipped %d of %d MIDI files in %s", len(skipped), len(files), folder)
+    if not rolls:
+        detail = f"{len(skipped)} unusable: {', '.join(skipped)}" if skipped else "no .mid or .midi files"
+        raise UserError(f"{folder}: no usable MIDI files ({detail})")
+    return rolls
+
+
+def read_json_rolls(path: Path) -> Corpus:
+    """Piano rolls in the JSB Chorales layout: `{"train": [...], "valid": [...], "test": [...]}`,
+    each piece a list of steps, each step a list of MIDI pitches."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: not a readable JSON file ({err})") from err
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), list) or not raw["train"]:
+        raise UserError(f'{path}: expected {{"train": [...], "valid": [...], "test": [...]}} with training pieces')
+    corpus: Corpus = {}
+    for split in SPLITS:
+        pieces = raw.get(split) or []
+        corpus[split] = [_json_piece(piece, f"{path}: {split} piece {i}") for i, piece in enumerate(pieces)]
+    return corpus
+
+
+def _json_piece(piece: object, where: str) -> np.ndarray:
+    if not isinstance(piece, list) or not piece:
+        raise UserError(f"{where}: expected a non-empty list of time steps")
+    roll = np.zeros((len(piece), MIDI_PITCHES), dtype=bool)
+    for t, step in enumerate(piece):
+        if not isinstance(step, list):
+            raise UserError(f"{where}, step {t}: expected a list of MIDI pitches, got {step!r}")
+        for pitch in step:
+            if isinstance(pitch, bool) or not isinstance(pitch, int) or not 0 <= pitch < MIDI_PITCHES:
+                raise UserError(f"{where}, step {t}: pitch {pitch!r} is out of range (MIDI pitches are 0-127)")
+            roll[t, pitch] = True
+    return roll
+
+
+def load_corpus(path: str | Path, steps_per_beat: int, drums: bool, split: Sequence[float]) -> Corpus:
+    """A JSON file of rolls (its own splits), or one MIDI file / a folder of them split by `split` shares."""
+    source = Path(path)
+    if source.suffix.lower() == ".json" and source.is_file():
+        corpus = read_json_rolls(source)
+        if not corpus["valid"]:
+            raise UserError(f"{source}: no 'valid' pieces to choose the model on")
+        if not corpus["test"]:
+            log.info("%s has no test split: testing on the valid split", source)
+            corpus["test"] = corpus["valid"]
+        return corpus
+    if source.is_file():
+        pieces = [read_midi(source, steps_per_beat, drums)]
+    elif source.is_dir():
+        pieces = read_midi_folder(source, steps_per_beat, drums)
+    else:
+        raise UserError(f"music data not found: {source} (expected a folder of MIDI files, a .mid or a .json)")
+    return split_pieces(pieces, split, source)
+
+
+def split_pieces(pieces: list[np.ndarray], split: Sequence[float], source: Path) -> Corpus:
+    """Train/valid/test by `split` shares of the pieces (a fixed shuffle), at least one piece each."""
+    if len(split) != 3 or any(s < 0 for s in split) or sum(split) > 1 + 1e-9:
+        raise UserError(f"task.data.split must be three shares summing to at most 1, got {list(split)}")
+    n = len(pieces)
+    if n < 3:
+        log.warning("%s: only %d piece(s), so training, validation and test all use them", source, n)
+        return {s: pieces for s in SPLITS}
+    order = np.random.default_rng(0).permutation(n)
+    n_valid, n_test = (max(1, round(share * n)) for share in split[1:])
+    n_train = n - n_valid - n_test
+    if n_train < 1:
+        raise UserError(f"{source}: {n} pieces leave none for training with split {list(split)}")
+    chosen = [pieces[i] for i in order]
+    return {"train": chosen[:n_train], "valid": chosen[n_train:n_train + n_valid], "test": chosen[n_train + n_valid:]}
+
+
+def pitch_bounds(corpus: Corpus) -> tuple[int, int]:
+    """Lowest and highest pitch sounding anywhere in the corpus."""
+    used = np.flatnonzero(np.any([roll.any(0) for pieces in corpus.values() for roll in pieces], axis=0))
+    return int(used[0]), int(used[-1])
+
+
+def to_range(roll: np.ndarray, low: int, high: int) -> tuple[np.ndarray, int]:
+    """The roll's pitches `low..high` (steps, high - low + 1) and how many note-steps fell outside."""
+    outside = int(roll[:, :low].sum() + roll[:, high + 1:].sum())
+    return roll[:, low:high + 1], outside
+
+
+class RollDataset(Dataset):
+    """Pieces as padded batches `(roll (B, T, P) float, lengths (B,))` with `__getitems__`.
+
+    Training batches take random crops of `crop_steps` (a piece of n steps gives
+    ceil(n / crop_steps) of them per epoch) and transpose each by a random shift of
+    up to `transpose` semitones that keeps its notes in range.
+    """
+
+    def __init__(self, pieces: list[Tensor], crop_steps: int | None = None, transpose: int = 0) -> None:
+        self.pieces = pieces
+        self.crop_steps = crop_steps
+        self.transpose = transpose
+        used = [p.any(0).nonzero().flatten() for p in pieces]
+        self.room = [(int(u[0]), p.size(1) - 1 - int(u[-1])) if len(u) else (0, 0) for u, p in zip(used, pieces)]
+        crops = [-(-len(p) // crop_steps) if crop_steps else 1 for p in pieces]
+        self.owner = [i for i, n in enumerate(crops) for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def _sample(self, index: int) -> Tensor:
+        index = self.owner[index]
+        roll = self.pieces[index]
+        if self.crop_steps and len(roll) > self.crop_steps:
+            start = int(torch.randint(len(roll) - self.crop_steps + 1, ()))
+            roll = roll[start:start + self.crop_steps]
+        if self.transpose:
+            below, above = self.room[index]
+            low, high = -min(self.transpose, below), min(self.transpose, above)
+            roll = torch.roll(roll, int(torch.randint(low, high + 1, ())), dims=1)
+        return roll
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        rolls = [self._sample(i) for i in indices]
+        lengths = torch.tensor([len(r) for r in rolls])
+        batch = torch.zeros(len(rolls), int(lengths.max()), rolls[0].size(1))
+        for b, roll in enumerate(rolls):
+            batch[b, : len(roll)] = roll
+        return batch, lengths
+
+
+class PieceIndices(Dataset):
+    """Indices of the pieces to generate: a predict batch is a tensor of them."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitems__(self, indices: Sequence[int]) -> Tensor:
+        return torch.as_tensor(list(indices))
+
+
+class MusicData(pl.LightningDataModule):
+    """Train/valid/test rolls (read on first `setup`, so generating needs no data) and generation indices."""
+
+    def __init__(
+        self,
+        load: Callable[[], dict[str, list[Tensor]]],
+        pieces: int,
+        batch_size: int,
+        crop_steps: int | None,
+        transpose: int,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.load = load
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.crop_steps = crop_steps
+        self.transpose = transpose
+        self.sets: dict[str, Dataset] = {"predict": PieceIndices(pieces)}
+
+    def setup(self, stage: str) -> None:
+        if stage == "predict" or "train" in self.sets:
+            return
+        corpus = self.load()
+        self.sets["train"] = RollDataset(corpus["train"], self.crop_steps, self.transpose)
+        self.sets["val"] = RollDataset(corpus["valid"])
+        self.sets["test"] = RollDataset(corpus["test"])
+
+    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+        self.setup(stage)
+        return batch_loader(self.sets[stage], self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

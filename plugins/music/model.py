@@ -1,0 +1,167 @@
+"""The music network: roll adapter, shared backbone, and a note head (independent or autoregressive).
+
+Sampling controls, the same for both heads:
+
+- `temperature` divides every note's logit (below 1: safer, above 1: wilder);
+- `top_p` is nucleus sampling of each note's on/off decision: an outcome less likely
+  than `1 - top_p` is never drawn, so a note is decided by its likelier outcome;
+- `top_k` caps polyphony at k notes: the independent head only lets its k likeliest
+  pitches sound; the autoregressive head (low to high) keeps the rest off once k sound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gru_suite.backbone import GRUBackbone
+from gru_suite.task import BackboneFactory
+
+HeadKind = Literal["independent", "autoregressive"]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+
+
+def _draw(prob: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
+    """Bernoulli draws from `prob` after the nucleus cut, with uniforms from a CPU generator
+    (the same seed gives the same notes on any device)."""
+    if sampling.top_p is not None:
+        prob = torch.where(prob < 1 - sampling.top_p, 0.0, torch.where(prob > sampling.top_p, 1.0, prob))
+    uniform = torch.rand(prob.shape, generator=generator).to(prob.device)
+    return (uniform < prob).float()
+
+
+class IndependentHead(nn.Module):
+    """Each pitch sounds independently given the GRU output (Boulanger-Lewandowski 2012's baseline)."""
+
+    def __init__(self, hidden: int, pitches: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(hidden, pitches)
+
+    def nll(self, h: Tensor, notes: Tensor) -> Tensor:
+        """Negative log-likelihood of each step's notes (..., P) -> (...)."""
+        return F.binary_cross_entropy_with_logits(self.linear(h), notes, reduction="none").sum(-1)
+
+    def sample(self, h: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
+        prob = torch.sigmoid(self.linear(h) / sampling.temperature)
+        if sampling.top_k is not None and sampling.top_k < prob.size(-1):
+            keep = torch.zeros_like(prob).scatter_(-1, prob.topk(sampling.top_k, dim=-1).indices, 1.0)
+            prob = prob * keep
+        return _draw(prob, sampling, generator)
+
+
+class AutoregressiveHead(nn.Module):
+    """The joint distribution of a step's notes, p(y_i | h, y_<i) from low to high pitch.
+
+    A MADE (masked one-hidden-layer MLP with direct masked connections) conditioned
+    on the GRU output, as NADE is in the RNN-NADE: exact likelihood in one pass for
+    training, one pass per pitch for sampling.
+    """
+
+    def __init__(self, hidden: int, pitches: int, units: int = 128) -> None:
+        super().__init__()
+        degree = torch.arange(units) % max(pitches - 1, 1)  # hidden unit k sees pitches 0..degree[k]
+        pitch = torch.arange(pitches)
+        self.register_buffer("mask_in", (pitch[None, :] <= degree[:, None]).float(), persistent=False)
+        self.register_buffer("mask_out", (degree[None, :] < pitch[:, None]).float(), persistent=False)
+        self.register_buffer("mask_direct", (pitch[None, :] < pitch[:, None]).float(), persistent=False)
+        self.notes_in = nn.Linear(pitches, units, bias=False)
+        self.context_in = nn.Linear(hidden, units)
+        self.notes_out = nn.Linear(units, pitches, bias=False)
+        self.direct = nn.Linear(pitches, pitches, bias=False)
+        self.context_out = nn.Linear(hidden, pitches)
+
+    def logits(self, h: Tensor, notes: Tensor) -> Tensor:
+        """Logit of each pitch given `h` and the notes below it (the rest of `notes` is ignored)."""
+        hidden = torch.relu(F.linear(notes, self.notes_in.weight * self.mask_in) + self.context_in(h))
+        return (
+            F.linear(hidden, self.notes_out.weight * self.mask_out)
+            + F.linear(notes, self.direct.weight * self.mask_direct)
+            + self.context_out(h)
+        )
+
+    def nll(self, h: Tensor, notes: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(self.logits(h, notes), notes, reduction="none").sum(-1)
+
+    def sample(self, h: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
+        notes = torch.zeros(*h.shape[:-1], self.direct.in_features, device=h.device)
+        for i in range(notes.size(-1)):
+            prob = torch.sigmoid(self.logits(h, notes)[..., i] / sampling.temperature)
+            if sampling.top_k is not None:
+                prob = torch.where(notes.sum(-1) >= sampling.top_k, 0.0, prob)
+            notes[..., i] = _draw(prob, sampling, generator)
+        return notes
+
+
+class MusicModel(nn.Module):
+    """Predicts each step's notes from the steps before: previous notes (B, T, P) -> Linear
+    adapter -> backbone -> note head. Step 0 is predicted from an all-silent step."""
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        pitches: int,
+        head: HeadKind = "independent",
+        embed_size: int = 64,
+        head_units: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if head not in ("independent", "autoregressive"):
+            raise ValueError(f"task.model.head must be 'independent' or 'autoregressive', got {head!r}")
+        self.pitches = pitches
+        self.adapter = nn.Linear(pitches, embed_size)
+        self.backbone: GRUBackbone = backbone(input_size=embed_size)
+        self.dropout = nn.Dropout(dropout)
+        size = self.backbone.output_size
+        self.head: IndependentHead | AutoregressiveHead = (
+            IndependentHead(size, pitches) if head == "independent" else AutoregressiveHead(size, pitches, head_units)
+        )
+
+    def hidden(self, roll: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The backbone output that predicts each step of `roll` (B, T, P) -> (B, T, H)."""
+        previous = F.pad(roll[:, :-1], (0, 0, 1, 0))
+        out, _ = self.backbone(self.adapter(previous), lengths)
+        return self.dropout(out)
+
+    def nll(self, roll: Tensor, lengths: Tensor) -> Tensor:
+        """Negative log-likelihood (nats) of each step (B, T); zero past each piece's length."""
+        nll = self.head.nll(self.hidden(roll, lengths), roll)
+        valid = torch.arange(roll.size(1), device=roll.device)[None, :] < lengths.to(roll.device)[:, None]
+        return nll * valid
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pieces: int,
+        steps: int,
+        sampling: Sampling,
+        generator: torch.Generator,
+        primer: Tensor | None = None,
+    ) -> Tensor:
+        """Sample `pieces` rolls of `steps` steps (B, steps, P), continuing `primer` (T0, P) if given.
+
+        The primer is read in one pass; after it, each step feeds the sampled notes to
+        `backbone.step` with the carried state, so a step costs the same at any length.
+        """
+        device = self.adapter.weight.device
+        silence = torch.zeros(pieces, 1, self.pitches, device=device)
+        prefix = primer.to(device).float().expand(pieces, -1, -1) if primer is not None else silence[:, :0]
+        out, state = self.backbone(self.adapter(torch.cat([silence, prefix], 1)))
+        out = out[:, -1]
+        rolls = list(prefix.unbind(1))
+        while len(rolls) < steps:
+            notes = self.head.sample(out, sampling, generator)
+            rolls.append(notes)
+            if len(rolls) < steps:
+                out, state = self.backbone.step(self.adapter(notes), state)
+        return torch.stack(rolls, 1)

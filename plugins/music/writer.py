@@ -1,0 +1,62 @@
+"""Music artifacts: playable MIDI files and piano-roll pictures, written atomically."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+from matplotlib.figure import Figure
+
+from gru_suite.atomic import atomic_path, save_figure
+
+SUSTAIN_PEDAL = 64
+
+
+def roll_to_midi(
+    roll: np.ndarray, low: int, steps_per_beat: int, tempo: float, program: int = 0, velocity: int = 80
+) -> pretty_midi.PrettyMIDI:
+    """One instrument playing `roll` (steps, P) with pitch `low + p`; held steps join into one note.
+
+    A sustain-off event at the end makes the file last exactly `steps` steps.
+    """
+    step = 60.0 / tempo / steps_per_beat
+    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    instrument = pretty_midi.Instrument(program=program, name=pretty_midi.program_to_instrument_name(program))
+    padded = np.pad(roll.astype(np.int8), ((1, 1), (0, 0)))
+    for p in range(roll.shape[1]):
+        edges = np.flatnonzero(np.diff(padded[:, p]))
+        for on, off in zip(edges[::2], edges[1::2]):
+            instrument.notes.append(pretty_midi.Note(velocity, low + p, on * step, off * step))
+    instrument.notes.sort(key=lambda n: (n.start, n.pitch))
+    instrument.control_changes.append(pretty_midi.ControlChange(SUSTAIN_PEDAL, 0, len(roll) * step))
+    pm.instruments.append(instrument)
+    return pm
+
+
+def write_midi(pm: pretty_midi.PrettyMIDI, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        pm.write(str(tmp))
+    return path
+
+
+def plot_roll(roll: np.ndarray, low: int, steps_per_beat: int, title: str) -> Figure:
+    """The roll as a picture: time in beats across, MIDI pitch up."""
+    steps, pitches = roll.shape
+    fig = Figure(figsize=(min(4 + steps / (4 * steps_per_beat), 16), 4), layout="constrained")
+    ax = fig.subplots()
+    extent = (0, steps / steps_per_beat, low - 0.5, low + pitches - 0.5)
+    ax.imshow(roll.T, origin="lower", aspect="auto", cmap="Greys", interpolation="nearest", extent=extent)
+    ax.set_xlabel("beat")
+    ax.set_ylabel("MIDI pitch")
+    ax.set_title(title)
+    return fig
+
+
+def write_piece(
+    roll: np.ndarray, stem: Path, low: int, steps_per_beat: int, tempo: float, program: int, velocity: int
+) -> list[Path]:
+    """Write `<stem>.mid` and `<stem>.png`."""
+    midi = write_midi(roll_to_midi(roll, low, steps_per_beat, tempo, program, velocity), stem.with_suffix(".mid"))
+    png = save_figure(plot_roll(roll, low, steps_per_beat, stem.name), stem.with_suffix(".png"), dpi=100)
+    return [midi, png]

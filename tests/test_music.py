@@ -1,0 +1,202 @@
+"""The music task: MIDI <-> roll, heads that learn, seeded and stateful generation, MIDI artifacts, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+
+from gru_suite import registry, run
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+from gru_suite.testing import check_task_plugin, compose_train_config
+from gru_suite_plugins.music.data import load_corpus, midi_to_roll, read_midi, to_range
+from gru_suite_plugins.music.model import AutoregressiveHead, MusicModel, Sampling
+from gru_suite_plugins.music.synth import chorale, write_corpus
+from gru_suite_plugins.music.writer import roll_to_midi
+
+HEADS = ["independent", "autoregressive"]
+TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.model.head_units=32",
+        "task.data.steps_per_beat=2", "task.generate.length=8"]
+
+
+@pytest.fixture
+def music_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register the task as its entry point will, for checkouts where it is not installed yet."""
+    installed = registry.installed_tasks()
+    entry = registry.TaskEntry("music", "gru_suite_plugins.music.task:MusicTask", "gru-suite")
+    monkeypatch.setattr(registry, "installed_tasks", lambda: {**installed, "music": installed.get("music", entry)})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    write_corpus(folder, pieces=6)
+    return folder
+
+
+def tiny_model(head: str, pitches: int, hidden: int = 32) -> MusicModel:
+    torch.manual_seed(0)
+    return MusicModel(partial(GRUBackbone, hidden_size=hidden), pitches, head, embed_size=16, head_units=32)
+
+
+def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=90)
+    piano, drums = pretty_midi.Instrument(0), pretty_midi.Instrument(0, is_drum=True)
+    sixteenth = 60 / 90 / 4
+    for pitch, on, steps in [(60, 0, 4), (64, 0, 2), (67, 2, 6), (48, 5, 11), (72, 9, 1), (60, 12, 4)]:
+        piano.notes.append(pretty_midi.Note(80, pitch, on * sixteenth, (on + steps) * sixteenth))
+    drums.notes.append(pretty_midi.Note(80, 36, 0, sixteenth))
+    pm.instruments += [piano, drums]
+    path = tmp_path / "in.mid"
+    pm.write(str(path))
+
+    roll = read_midi(path, steps_per_beat=4)
+    assert roll.shape == (16, 128) and not roll[:, 36].any()
+    assert roll[12:16, 60].all() and roll[:4, 60].all() and not roll[4:12, 60].any()
+    back = roll_to_midi(roll[:, 40:80], low=40, steps_per_beat=4, tempo=90)
+    expected = sorted((n.pitch, round(n.start, 4), round(n.end, 4)) for n in piano.notes)
+    assert sorted((n.pitch, round(n.start, 4), round(n.end, 4)) for n in back.instruments[0].notes) == expected
+    assert back.get_end_time() == pytest.approx(16 * sixteenth)
+    np.testing.assert_array_equal(midi_to_roll(back, 4)[:, 40:80], roll[:, 40:80])
+
+
+def test_bundled_corpus_is_deterministic_chorales(tmp_path: Path) -> None:
+    first, second = write_corpus(tmp_path / "a", 2), write_corpus(tmp_path / "b", 2)
+    assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
+    roll = read_midi(first[0], steps_per_beat=2)
+    assert len(roll) == 96 and set(roll.sum(1)) == {4}  # four voices throughout, passing tones in eighths
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_model_overfits_a_tiny_piece(head: str) -> None:
+    roll, _ = to_range(midi_to_roll(chorale(seed=1, key=60, beats=16), steps_per_beat=1), 40, 79)
+    x, lengths = torch.from_numpy(roll).float()[None], torch.tensor([len(roll)])
+    model = tiny_model(head, x.size(-1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.nll(x, lengths).mean().item()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = model.nll(x, lengths).mean()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 * first
+
+
+def test_autoregressive_head_sees_only_lower_pitches() -> None:
+    head = AutoregressiveHead(hidden=8, pitches=10, units=16)
+    notes = torch.rand(1, 10, requires_grad=True)
+    for i in range(10):
+        (grad,) = torch.autograd.grad(head.logits(torch.randn(1, 8), notes)[0, i], notes)
+        assert not grad[0, i:].any() and (i == 0 or grad[0, :i].abs().sum() > 0)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_sampling_with_a_seed_is_reproducible(head: str) -> None:
+    model = tiny_model(head, 12).eval()
+    sampling = Sampling(temperature=1.5, top_k=3, top_p=0.95)
+
+    def sample(seed: int) -> torch.Tensor:
+        return model.generate(3, 20, sampling, torch.Generator().manual_seed(seed))
+
+    a, b, c = sample(7), sample(7), sample(8)
+    assert a.shape == (3, 20, 12) and torch.equal(a, b) and not torch.equal(a, c)
+    assert a.sum(-1).max() <= 3 and a.sum() > 0
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model(head, 12).eval()
+    outputs, step = [], model.backbone.step
+
+    def spy(x_t: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert x_t.shape == (2, 16) and h is not None  # one step in, the carried state, never the past
+        out, h = step(x_t, h)
+        outputs.append(out)
+        return out, h
+
+    monkeypatch.setattr(model.backbone, "step", spy)
+    primer = torch.zeros(5, 12)
+    primer[:, 3] = 1
+    roll = model.generate(2, 30, Sampling(), torch.Generator().manual_seed(0), primer=primer)
+    assert len(outputs) == 30 - 5 - 1 and torch.equal(roll[:, :5], primer.expand(2, -1, -1))
+    with torch.no_grad():
+        expected = model.hidden(roll)[:, 6:]  # outputs predicting steps 6..29
+    torch.testing.assert_close(torch.stack(outputs, 1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_task_trains_and_predict_writes_midi_like_the_data(
+    music_installed: None, corpus: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train_config("music", [*TINY, f"task.data.path={corpus}", "backbone.hidden_size=32",
+                                         "trainer.max_epochs=25", "optimizer.lr=1e-2", "logger=none",
+                                         "callbacks.progress_bar=null", "task.generate.tempo=120",
+                                         "task.generate.pieces=3"], tmp_path / "run")
+    run.train(cfg)
+    pieces = sorted((tmp_path / "run" / "predictions").glob("piece_*.mid"))
+    assert [p.name for p in pieces] == ["piece_000.mid", "piece_001.mid", "piece_002.mid"]
+    assert all(p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" for p in pieces)
+    data = np.concatenate([read_midi(p, 2) for p in sorted(corpus.glob("*.mid"))])
+    pitches = np.flatnonzero(data.any(0))
+    for path in pieces:
+        pm = pretty_midi.PrettyMIDI(str(path))
+        assert pm.get_end_time() == pytest.approx(8 * 0.5)  # 8 beats at 120 bpm
+        roll = midi_to_roll(pm, 2)
+        assert roll.shape[0] == 16
+        used = np.flatnonzero(roll.any(0))
+        assert pitches[0] <= used[0] and used[-1] <= pitches[-1]
+        assert 0.25 < roll.sum(1).mean() / data.sum(1).mean() < 4
+
+
+def test_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+    primer = sorted(corpus.glob("*.mid"))[0]
+    overrides = [*TINY, f"task.data.path={corpus}", f"task.generate.primer={primer}"]
+    task = run.build_task(compose_train_config("music", [*overrides, "task.generate.length=64"], tmp_path).task)
+    task.datamodule()
+    model = run.build_module(compose_train_config("music", overrides, tmp_path), task).model.eval()
+    rolls = task.predict_step(model, torch.tensor([0, 1]))["roll"]
+    assert rolls.shape[1] == 128 and torch.equal(rolls[:, :96], task.primer.bool().expand(2, -1, -1))
+    cfg = compose_train_config("music", [*overrides, "task.generate.length=30"], tmp_path)
+    with pytest.raises(UserError, match=r"primer .*chorale_00.mid is 96 steps long, longer than .* 60 steps"):
+        run.build_task(cfg.task).datamodule()
+
+
+def test_corrupt_and_empty_midi_files_are_skipped_by_name(
+    corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for path in sorted(corpus.glob("*.mid"))[:3]:
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.mid").write_bytes(b"MThd\x00\x00\x00\x06garbage")
+    pretty_midi.PrettyMIDI().write(str(folder / "silent.midi"))
+    with caplog.at_level(logging.WARNING):
+        splits = load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
+    assert sum(map(len, splits.values())) == 3
+    assert "broken.mid: not a readable MIDI file" in caplog.text and "silent.midi: no notes" in caplog.text
+    assert "skipped 2 of 5 MIDI files" in caplog.text
+    for path in sorted(corpus.glob("*.mid"))[:3]:
+        (folder / path.name).unlink()
+    with pytest.raises(UserError, match=r"no usable MIDI files \(2 unusable: broken.mid, silent.midi\)"):
+        load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
+
+
+def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_path: Path) -> None:
+    path = tmp_path / "rolls.json"
+    path.write_text(json.dumps({"train": [[[60, 64], [130]]], "valid": [[[60]]]}))
+    with pytest.raises(UserError, match=r"rolls.json: train piece 0, step 1: pitch 130 is out of range"):
+        load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
+    path.write_text(json.dumps({"train": [[[60, 64], [62]]], "valid": [[[10]]]}))
+    cfg = compose_train_config("music", [*TINY, f"task.data.path={path}", "task.data.pitch_range=piano"], tmp_path)
+    with pytest.raises(UserError, match=r"valid piece 0, step 0: pitch 10 is out of range \(21-108"):
+        run.build_task(cfg.task).datamodule()
+
+
+def test_music_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+    check_task_plugin("music", [*TINY, f"task.data.path={corpus}"], tmp_path)
