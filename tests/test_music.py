@@ -1,4 +1,4 @@
-"""The music task: MIDI <-> roll, heads that learn, seeded and stateful generation, MIDI artifacts, bad input."""
+"""The music task: MIDI <-> roll or events, models that learn, seeded and stateful generation, artifacts, bad input."""
 
 from __future__ import annotations
 
@@ -14,10 +14,30 @@ import torch
 
 from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite_plugins.music.data import load_corpus, midi_to_roll, read_midi, to_range
-from gru_suite_plugins.music.model import AutoregressiveHead, MusicModel, Sampling
+from gru_suite_plugins.music.data import EventDataset, load_corpus, midi_to_roll, read_events, read_midi, to_range
+from gru_suite_plugins.music.events import (
+    NOTE_OFF,
+    NOTE_ON,
+    SET_VELOCITY,
+    TIME_SHIFT,
+    VOCAB,
+    decode,
+    duration,
+    encode,
+    transpose,
+    velocity_bin,
+)
+from gru_suite_plugins.music.model import (
+    AutoregressiveHead,
+    EventModel,
+    MusicModel,
+    Sampling,
+    filter_logits,
+    sample_events,
+)
 from gru_suite_plugins.music.synth import chorale, write_corpus
 from gru_suite_plugins.music.writer import roll_to_midi
 
@@ -200,3 +220,171 @@ def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_p
 
 def test_music_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
     check_task_plugin("music", [*TINY, f"task.data.path={corpus}"], tmp_path)
+
+
+# --- the event representation (Performance RNN) ---------------------------------------------------------------
+
+EVENTS = ["task.model.representation=events", "backbone.hidden_size=32", "task.model.embed_size=16",
+          "task.data.crop_steps=64", "task.generate.unit=seconds", "task.generate.length=2"]
+
+
+def tiny_event_model(hidden: int = 32) -> EventModel:
+    torch.manual_seed(0)
+    return EventModel(partial(GRUBackbone, hidden_size=hidden), embed_size=16)
+
+
+def performance() -> pretty_midi.PrettyMIDI:
+    """Two overlapping instruments, velocities in several bins, a gap over a second, and drums."""
+    pm = pretty_midi.PrettyMIDI()
+    piano, strings, drums = (pretty_midi.Instrument(0), pretty_midi.Instrument(48),
+                             pretty_midi.Instrument(0, is_drum=True))
+    piano.notes += [pretty_midi.Note(100, 60, 0.0, 0.5), pretty_midi.Note(30, 64, 0.123, 0.456),
+                    pretty_midi.Note(127, 67, 0.5, 3.2), pretty_midi.Note(1, 60, 2.0, 2.004)]
+    strings.notes += [pretty_midi.Note(70, 48, 0.25, 1.75), pretty_midi.Note(71, 72, 1.75, 4.0)]
+    drums.notes.append(pretty_midi.Note(90, 36, 0.0, 0.1))
+    pm.instruments += [piano, strings, drums]
+    return pm
+
+
+def note_tuples(pm: pretty_midi.PrettyMIDI, drums: bool = False) -> list[tuple[int, int, float, float]]:
+    return sorted((n.pitch, velocity_bin(n.velocity), n.start, n.end)
+                  for inst in pm.instruments if drums or not inst.is_drum for n in inst.notes)
+
+
+def test_events_round_trip_keeps_the_notes() -> None:
+    pm = performance()
+    events = encode(pm)
+    assert all(0 <= e < VOCAB for e in events) and VOCAB == 388
+    back = decode(events, program=19)
+    assert back.instruments[0].program == 19 and len(back.instruments) == 1
+    got, expected = note_tuples(back), note_tuples(pm)
+    assert [g[:2] for g in got] == [e[:2] for e in expected]  # pitch and velocity bin
+    for (_, _, start, end), (_, _, want_start, want_end) in zip(got, expected):
+        assert abs(start - want_start) <= 0.01 and abs(end - want_end) <= 0.011  # the 4 ms note lasts 10 ms
+    assert back.get_end_time() == pytest.approx(4.0)
+    assert duration(events) == pytest.approx(4.0)
+    assert encode(back) == events  # a decoded performance encodes to the same events
+    assert [n.pitch for n in decode(encode(pm, drums=True)).instruments[0].notes].count(36) == 1
+
+
+def test_decode_closes_dangling_notes_and_transposition_shifts_pitches() -> None:
+    events = [SET_VELOCITY + 20, NOTE_ON + 60, NOTE_ON + 125, TIME_SHIFT + 49, NOTE_OFF + 60, NOTE_ON + 3,
+              TIME_SHIFT + 99]
+    notes = decode(events).instruments[0].notes
+    assert [(n.pitch, n.start, n.end, velocity_bin(n.velocity)) for n in notes] == [
+        (60, 0.0, 0.5, 20), (125, 0.0, 1.5, 20), (3, 0.5, 1.5, 20)]  # 125 and 3 closed at the end
+    up = transpose(events, 5)
+    assert up.tolist() == [SET_VELOCITY + 20, NOTE_ON + 65, TIME_SHIFT + 49, NOTE_OFF + 65, NOTE_ON + 8,
+                           TIME_SHIFT + 99]  # 125 + 5 is no MIDI pitch: dropped
+    assert transpose(events, -4).tolist() == [SET_VELOCITY + 20, NOTE_ON + 56, NOTE_ON + 121, TIME_SHIFT + 49,
+                                              NOTE_OFF + 56, TIME_SHIFT + 99]
+    piece = torch.from_numpy(transpose(encode(performance()), 0))
+    torch.manual_seed(0)
+    batch, lengths = EventDataset([piece], crop_steps=None, transpose=3).__getitems__([0])
+    shift = {int(a) - int(b) for a, b in zip(batch[0], piece) if a < TIME_SHIFT}
+    assert len(shift) == 1 and abs(shift.pop()) <= 3 and lengths.tolist() == [len(piece)]
+
+
+def test_event_model_overfits_a_tiny_piece() -> None:
+    events = torch.tensor(encode(chorale(seed=1, key=60, beats=8)))[None]
+    lengths = torch.tensor([events.size(1)])
+    model = tiny_event_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    first = model.nll(events, lengths).mean().item()
+    for _ in range(150):
+        optimizer.zero_grad()
+        loss = model.nll(events, lengths).mean()
+        loss.backward()
+        optimizer.step()
+    assert first > 5 and loss.item() < 0.1 * first
+
+
+def test_event_sampling_is_seeded_and_top_k_top_p_restrict_the_choice() -> None:
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.15, 0.3]]))
+    assert torch.isfinite(filter_logits(logits, top_k=2)).tolist() == [[False, True, False, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.75)).tolist() == [[False, True, False, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.85)).tolist() == [[False, True, True, True]]
+    assert torch.isfinite(filter_logits(logits, top_k=3, top_p=1.0)).sum() == 3
+    generator = torch.Generator().manual_seed(0)
+    draws = sample_events(logits.expand(500, -1), Sampling(top_p=0.75), generator)
+    assert set(draws.tolist()) == {1, 3}
+    draws = sample_events(logits.expand(500, -1), Sampling(temperature=0.5, top_k=3), generator)
+    assert set(draws.tolist()) == {1, 2, 3}
+
+    model = tiny_event_model().eval()
+
+    def sample(seed: int, sampling: Sampling = Sampling(temperature=1.5)) -> list[list[int]]:
+        return model.generate(3, sampling, torch.Generator().manual_seed(seed), max_events=40)
+
+    a, b, c = sample(7), sample(7), sample(8)
+    assert a == b and a != c and [len(s) for s in a] == [40] * 3
+    greedy = sample(7, Sampling(top_k=1))
+    assert greedy == sample(8, Sampling(top_k=1)) == sample(9, Sampling(top_p=1e-6))  # only the likeliest event
+
+
+def test_event_generation_steps_equal_the_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_event_model().eval()
+    outputs, step = [], model.backbone.step
+
+    def spy(x_t: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        assert x_t.shape == (2, 16) and h is not None  # one event in, the carried state, never the past
+        out, h = step(x_t, h)
+        outputs.append(out)
+        return out, h
+
+    monkeypatch.setattr(model.backbone, "step", spy)
+    primer = [SET_VELOCITY + 10, NOTE_ON + 60, TIME_SHIFT + 9, NOTE_OFF + 60]
+    pieces = model.generate(2, Sampling(), torch.Generator().manual_seed(0), primer, max_events=30)
+    assert [p[:4] for p in pieces] == [primer, primer] and len(outputs) == 30 - 4 - 1
+    with torch.no_grad():
+        expected = model.hidden(torch.tensor(pieces))[:, 5:]  # outputs predicting events 5..29
+    torch.testing.assert_close(torch.stack(outputs, 1), expected, atol=1e-5, rtol=1e-4)
+
+    timed = model.generate(2, Sampling(), torch.Generator().manual_seed(0), primer, seconds=1.5)
+    assert [duration(p) for p in timed] == [1.5, 1.5]
+
+
+def test_event_task_trains_and_predict_writes_midi_of_the_requested_seconds(
+    music_installed: None, corpus: Path, tmp_path: Path
+) -> None:
+    cfg = compose_train_config("music", [*EVENTS, f"task.data.path={corpus}", "trainer.max_epochs=3",
+                                         "optimizer.lr=1e-2", "logger=none", "callbacks.progress_bar=null",
+                                         "task.generate.length=3", "task.generate.pieces=2",
+                                         "task.generate.program=19"], tmp_path / "run")
+    metrics = run.train(cfg)
+    assert metrics["test/perplexity"] == pytest.approx(np.exp(metrics["test/loss"]), rel=1e-4)
+    assert metrics["val/loss"] < np.log(388)
+    pieces = sorted((tmp_path / "run" / "predictions").glob("piece_*.mid"))
+    assert [p.name for p in pieces] == ["piece_000.mid", "piece_001.mid"]
+    assert all(p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" for p in pieces)
+    for path in pieces:
+        pm = pretty_midi.PrettyMIDI(str(path))
+        assert pm.get_end_time() == pytest.approx(3.0, abs=0.011)
+        assert pm.instruments[0].program == 19 and pm.instruments[0].notes
+    restored = load_checkpoint(next((tmp_path / "run").rglob("last.ckpt")))
+    assert restored.task.state["representation"] == "events" and restored.task.state["vocab_size"] == 388
+    assert isinstance(restored.model, EventModel)
+
+
+def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+    primer = sorted(corpus.glob("*.mid"))[0]  # 48 beats at 96 bpm: 30 s
+    overrides = [*EVENTS, f"task.data.path={corpus}", f"task.generate.primer={primer}", "task.generate.length=31"]
+    cfg = compose_train_config("music", overrides, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    model = run.build_module(cfg, task).model.eval()
+    out = task.predict_step(model, torch.tensor([0, 1]))
+    expected = read_events(primer).tolist()
+    assert task.primer == expected
+    for events, n in zip(out["events"], out["lengths"].tolist()):
+        assert events[:len(expected)].tolist() == expected and duration(events[:n].tolist()) == pytest.approx(31)
+    short = compose_train_config("music", [*overrides, "task.generate.length=20"], tmp_path)
+    with pytest.raises(UserError, match=r"primer .*chorale_00.mid lasts 30.00 s, longer than .* 20.00 s"):
+        run.build_task(short.task).datamodule()
+    json_data = compose_train_config("music", [*EVENTS, f"task.data.path={tmp_path / 'rolls.json'}"], tmp_path)
+    with pytest.raises(UserError, match=r"rolls.json: task.model.representation=events reads MIDI files"):
+        run.build_task(json_data.task).datamodule()
+
+
+def test_music_events_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+    check_task_plugin("music", [*EVENTS, f"task.data.path={corpus}"], tmp_path)

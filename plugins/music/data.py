@@ -1,11 +1,13 @@
-"""Music data: MIDI files or JSON piano rolls -> binary rolls on a beat grid, padded batches for the GRU."""
+"""Music data: MIDI files or JSON piano rolls -> binary rolls on a beat grid (or event sequences), padded batches."""
 
 from __future__ import annotations
 
 import json
 import logging
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pretty_midi
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.timeseries import batch_loader
+from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +27,8 @@ PIANO_RANGE = (21, 108)
 SPLITS = ("train", "valid", "test")
 MIDI_SUFFIXES = (".mid", ".midi")
 Corpus = dict[str, list[np.ndarray]]
-"""Pieces per split, each a boolean roll (steps, 128) over all MIDI pitches."""
+"""Pieces per split, each a boolean roll (steps, 128) over all MIDI pitches (or, for events, an int64 array)."""
+Piece = TypeVar("Piece")
 
 
 def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = False) -> np.ndarray:
@@ -53,34 +57,54 @@ def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = 
     return roll
 
 
-def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.ndarray:
-    """The roll of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
+def _read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
     try:
-        pm = pretty_midi.PrettyMIDI(str(path))
+        return pretty_midi.PrettyMIDI(str(path))
     except Exception as err:  # mido and pretty_midi raise many types for malformed files
         raise UserError(f"{path}: not a readable MIDI file ({type(err).__name__}: {err})") from err
-    roll = midi_to_roll(pm, steps_per_beat, drums)
+
+
+def _no_notes(path: str | Path, drums: bool) -> UserError:
+    return UserError(f"{path}: no notes{'' if drums else ' (drum tracks are ignored)'}")
+
+
+def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.ndarray:
+    """The roll of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
+    roll = midi_to_roll(_read_pm(path), steps_per_beat, drums)
     if not roll.any():
-        raise UserError(f"{path}: no notes{'' if drums else ' (drum tracks are ignored)'}")
+        raise _no_notes(path, drums)
     return roll
+
+
+def read_events(path: str | Path, drums: bool = False) -> np.ndarray:
+    """The events (int64) of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
+    events = np.asarray(encode(_read_pm(path), drums), dtype=np.int64)
+    if not (events < NOTE_OFF).any():
+        raise _no_notes(path, drums)
+    return events
 
 
 def read_midi_folder(folder: Path, steps_per_beat: int, drums: bool = False) -> list[np.ndarray]:
     """Rolls of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
+    return read_folder(folder, partial(read_midi, steps_per_beat=steps_per_beat, drums=drums))
+
+
+def read_folder(folder: Path, read: Callable[[Path], Piece]) -> list[Piece]:
+    """`read` of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
-    rolls, skipped = [], []
+    pieces, skipped = [], []
     for path in files:
         try:
-            rolls.append(read_midi(path, steps_per_beat, drums))
+            pieces.append(read(path))
         except UserError as err:
             log.warning("skipping %s", err)
             skipped.append(path.name)
     if skipped:
         log.warning("skipped %d of %d MIDI files in %s", len(skipped), len(files), folder)
-    if not rolls:
+    if not pieces:
         detail = f"{len(skipped)} unusable: {', '.join(skipped)}" if skipped else "no .mid or .midi files"
         raise UserError(f"{folder}: no usable MIDI files ({detail})")
-    return rolls
+    return pieces
 
 
 def read_json_rolls(path: Path) -> Corpus:
@@ -124,10 +148,23 @@ def load_corpus(path: str | Path, steps_per_beat: int, drums: bool, split: Seque
             log.info("%s has no test split: testing on the valid split", source)
             corpus["test"] = corpus["valid"]
         return corpus
+    return _load_midi(source, partial(read_midi, steps_per_beat=steps_per_beat, drums=drums), split)
+
+
+def load_event_corpus(path: str | Path, drums: bool, split: Sequence[float]) -> Corpus:
+    """The events of one MIDI file or a folder of them, split by `split` shares."""
+    source = Path(path)
+    if source.suffix.lower() == ".json":
+        raise UserError(f"{source}: task.model.representation=events reads MIDI files (a .mid or a folder), "
+                        "not JSON piano rolls (use task.model.representation=roll)")
+    return _load_midi(source, partial(read_events, drums=drums), split)
+
+
+def _load_midi(source: Path, read: Callable[[Path], np.ndarray], split: Sequence[float]) -> Corpus:
     if source.is_file():
-        pieces = [read_midi(source, steps_per_beat, drums)]
+        pieces = [read(source)]
     elif source.is_dir():
-        pieces = read_midi_folder(source, steps_per_beat, drums)
+        pieces = read_folder(source, read)
     else:
         raise UserError(f"music data not found: {source} (expected a folder of MIDI files, a .mid or a .json)")
     return split_pieces(pieces, split, source)
@@ -203,6 +240,45 @@ class RollDataset(Dataset):
         return batch, lengths
 
 
+class EventDataset(Dataset):
+    """Event sequences as padded batches `(events (B, T) int64, lengths (B,))` with `__getitems__`.
+
+    Padding is event 0 past each length. Training batches take random crops of
+    `crop_steps` events (a piece of n events gives ceil(n / crop_steps) of them per
+    epoch) and transpose each by a random shift of up to `transpose` semitones,
+    dropping the note events that leave 0..127.
+    """
+
+    def __init__(self, pieces: list[Tensor], crop_steps: int | None = None, transpose: int = 0) -> None:
+        self.pieces = pieces
+        self.crop_steps = crop_steps
+        self.transpose = transpose
+        crops = [-(-len(p) // crop_steps) if crop_steps else 1 for p in pieces]
+        self.owner = [i for i, n in enumerate(crops) for _ in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def _sample(self, index: int) -> Tensor:
+        events = self.pieces[self.owner[index]]
+        if self.crop_steps and len(events) > self.crop_steps:
+            start = int(torch.randint(len(events) - self.crop_steps + 1, ()))
+            events = events[start:start + self.crop_steps]
+        if self.transpose:
+            shifted = transpose(events.numpy(), int(torch.randint(-self.transpose, self.transpose + 1, ())))
+            if len(shifted):
+                events = torch.from_numpy(shifted)
+        return events
+
+    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+        pieces = [self._sample(i) for i in indices]
+        lengths = torch.tensor([len(p) for p in pieces])
+        batch = torch.zeros(len(pieces), int(lengths.max()), dtype=torch.long)
+        for b, events in enumerate(pieces):
+            batch[b, : len(events)] = events
+        return batch, lengths
+
+
 class PieceIndices(Dataset):
     """Indices of the pieces to generate: a predict batch is a tensor of them."""
 
@@ -217,7 +293,10 @@ class PieceIndices(Dataset):
 
 
 class MusicData(pl.LightningDataModule):
-    """Train/valid/test rolls (read on first `setup`, so generating needs no data) and generation indices."""
+    """Train/valid/test pieces (read on first `setup`, so generating needs no data) and generation indices.
+
+    `dataset` (RollDataset or EventDataset) batches the pieces of one split.
+    """
 
     def __init__(
         self,
@@ -227,9 +306,11 @@ class MusicData(pl.LightningDataModule):
         crop_steps: int | None,
         transpose: int,
         num_workers: int = 0,
+        dataset: Callable[..., Dataset] = RollDataset,
     ) -> None:
         super().__init__()
         self.load = load
+        self.dataset = dataset
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.crop_steps = crop_steps
@@ -240,9 +321,9 @@ class MusicData(pl.LightningDataModule):
         if stage == "predict" or "train" in self.sets:
             return
         corpus = self.load()
-        self.sets["train"] = RollDataset(corpus["train"], self.crop_steps, self.transpose)
-        self.sets["val"] = RollDataset(corpus["valid"])
-        self.sets["test"] = RollDataset(corpus["test"])
+        self.sets["train"] = self.dataset(corpus["train"], self.crop_steps, self.transpose)
+        self.sets["val"] = self.dataset(corpus["valid"])
+        self.sets["test"] = self.dataset(corpus["test"])
 
     def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
         self.setup(stage)

@@ -1,16 +1,22 @@
-"""The music network: roll adapter, shared backbone, and a note head (independent or autoregressive).
+"""The music networks: roll adapter, shared backbone and a note head (independent or autoregressive);
+or, for the event representation, event embedding, shared backbone and a softmax over events.
 
-Sampling controls, the same for both heads:
+Sampling controls of the roll heads, the same for both:
 
 - `temperature` divides every note's logit (below 1: safer, above 1: wilder);
 - `top_p` is nucleus sampling of each note's on/off decision: an outcome less likely
   than `1 - top_p` is never drawn, so a note is decided by its likelier outcome;
 - `top_k` caps polyphony at k notes: the independent head only lets its k likeliest
   pitches sound; the autoregressive head (low to high) keeps the rest off once k sound.
+
+For events, they are the usual ones over the softmax: `temperature` divides the logits,
+`top_k` keeps the k likeliest events, `top_p` the smallest set of likeliest events whose
+probability reaches p (nucleus sampling).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.task import BackboneFactory
+from gru_suite_plugins.music.events import STEPS_PER_SECOND, TIME_SHIFT, VOCAB, shift_steps
 
 HeadKind = Literal["independent", "autoregressive"]
 
@@ -165,3 +172,92 @@ class MusicModel(nn.Module):
             if len(rolls) < steps:
                 out, state = self.backbone.step(self.adapter(notes), state)
         return torch.stack(rolls, 1)
+
+
+def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
+    """`logits` (..., V) with the events outside the top k and outside the nucleus of mass `top_p` at -inf."""
+    if top_k is not None and top_k < logits.size(-1):
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        prob = ordered.softmax(-1)
+        beyond = prob.cumsum(-1) - prob >= top_p  # the likelier events already reach top_p
+        logits = logits.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), float("-inf"))
+    return logits
+
+
+def sample_events(logits: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
+    """One event per row of `logits` (B, V), drawn on the CPU with `generator` (same seed, same events)."""
+    logits = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    prob = logits.float().softmax(-1).cpu()
+    return torch.multinomial(prob, 1, generator=generator).squeeze(-1)
+
+
+class EventModel(nn.Module):
+    """Predicts each event from the events before (Performance RNN): event embedding -> backbone ->
+    linear softmax over the `vocab` events. Event 0 is predicted from a start token (index `vocab`)."""
+
+    def __init__(self, backbone: BackboneFactory, vocab: int = VOCAB, embed_size: int = 64, dropout: float = 0.0):
+        super().__init__()
+        self.vocab = vocab
+        self.embed = nn.Embedding(vocab + 1, embed_size)
+        self.backbone: GRUBackbone = backbone(input_size=embed_size)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.backbone.output_size, vocab)
+
+    def hidden(self, events: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """The backbone output that predicts each event of `events` (B, T) -> (B, T, H)."""
+        previous = F.pad(events[:, :-1], (1, 0), value=self.vocab)
+        out, _ = self.backbone(self.embed(previous), lengths)
+        return self.dropout(out)
+
+    def nll(self, events: Tensor, lengths: Tensor) -> Tensor:
+        """Negative log-likelihood (nats) of each event (B, T); zero past each piece's length."""
+        logits = self.head(self.hidden(events, lengths))
+        nll = F.cross_entropy(logits.transpose(1, 2), events, reduction="none")
+        valid = torch.arange(events.size(1), device=events.device)[None, :] < lengths.to(events.device)[:, None]
+        return nll * valid
+
+    @torch.no_grad()
+    def generate(
+        self,
+        pieces: int,
+        sampling: Sampling,
+        generator: torch.Generator,
+        primer: Sequence[int] = (),
+        max_events: int = 1000,
+        seconds: float | None = None,
+    ) -> list[list[int]]:
+        """Sample `pieces` event sequences continuing `primer`: `max_events` events in all (primer
+        included), or fewer where the time shifts reach `seconds` first (the last shift is cut to
+        end there exactly).
+
+        The start token and the primer are read in one pass; after them each event is fed to
+        `backbone.step` with the carried state, so an event costs the same at any length.
+        """
+        device = self.head.weight.device
+        prefix = torch.tensor([self.vocab, *primer], device=device).expand(pieces, -1)
+        out, state = self.backbone(self.embed(prefix))
+        out = out[:, -1]
+        target = None if seconds is None else round(seconds * STEPS_PER_SECOND)
+        elapsed = [sum(map(shift_steps, primer))] * pieces
+        sequences = [list(primer) for _ in range(pieces)]
+
+        def finished(b: int) -> bool:
+            return len(sequences[b]) >= max_events or (target is not None and elapsed[b] >= target)
+
+        while not all(map(finished, range(pieces))):
+            events = sample_events(self.head(out), sampling, generator)
+            for b in range(pieces):
+                if finished(b):
+                    continue
+                shift = shift_steps(int(events[b]))
+                if target is not None and elapsed[b] + shift > target:
+                    shift = target - elapsed[b]
+                    events[b] = TIME_SHIFT + shift - 1
+                elapsed[b] += shift
+                sequences[b].append(int(events[b]))
+            if not all(map(finished, range(pieces))):
+                out, state = self.backbone.step(self.embed(events.to(device)), state)
+        return sequences

@@ -1,33 +1,142 @@
-"""Music generation: a GRU learns polyphonic piano rolls and writes new pieces as MIDI."""
+"""Music generation: a GRU learns polyphonic piano rolls or performance events and writes new pieces as MIDI."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from omegaconf import DictConfig
+from torch import Tensor, nn
 
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite_plugins.music.data import PIANO_RANGE, MusicData, load_corpus, pitch_bounds, read_midi, to_range
-from gru_suite_plugins.music.model import MusicModel, Sampling
-from gru_suite_plugins.music.writer import write_piece
+from gru_suite_plugins.music import events as codec
+from gru_suite_plugins.music.data import (
+    PIANO_RANGE,
+    EventDataset,
+    MusicData,
+    load_corpus,
+    load_event_corpus,
+    pitch_bounds,
+    read_events,
+    read_midi,
+    to_range,
+)
+from gru_suite_plugins.music.model import EventModel, MusicModel, Sampling
+from gru_suite_plugins.music.writer import write_performance, write_piece
 
 log = logging.getLogger(__name__)
 
 UNITS = ("steps", "beats", "seconds")
+DEFAULT_MAX_EVENTS = 20000
 
 
 class MusicTask(TaskPlugin):
-    """Model the notes of each time step given the steps before; generate by sampling step by step.
+    """Model music as a sequence and generate by sampling it one step at a time.
 
-    `loss` (logged as `val/loss`, `test/loss`) is the negative log-likelihood in nats
-    per time step, every time step of every piece weighted equally.
+    `task.model.representation` picks what a step is (kept in the task state, so a
+    checkpoint rebuilds the same model):
+
+    - `roll`: a time step of a piano roll on the beat grid (the notes sounding);
+      `loss` is the negative log-likelihood in nats per time step;
+    - `events`: a performance event (Performance RNN: note-on, note-off, 10 ms time
+      shift, velocity); `loss` is the NLL in nats per event, `perplexity` its exp.
+
+    Every step of every piece weighs the same. The task delegates to the
+    representation's strategy object.
     """
+
+    def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg, state)
+        asked = cfg.model.get("representation", "roll")
+        name = self.state.setdefault("representation", asked)
+        if name != asked:
+            raise UserError(f"the checkpoint's model uses representation {name!r}; "
+                            f"task.model.representation={asked} cannot change it")
+        if name not in REPRESENTATIONS:
+            raise UserError(f"task.model.representation must be one of {list(REPRESENTATIONS)}, got {name!r}")
+        self.representation: Representation = REPRESENTATIONS[name](cfg, self.state)
+
+    @property
+    def primer(self) -> Any:
+        return self.representation.primer
+
+    def datamodule(self) -> MusicData:
+        return self.representation.datamodule()
+
+    def build_model(self, backbone: BackboneFactory) -> nn.Module:
+        return self.representation.build_model(backbone)
+
+    def step(self, model: nn.Module, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
+        return self.representation.step(model, batch, stage)
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        return self.representation.epoch_end(stage)
+
+    def predict_step(self, model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
+        return self.representation.predict_step(model, batch)
+
+    def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
+        return self.representation.write_predictions(predictions, datamodule, out_dir)
+
+
+class Representation(ABC):
+    """What a step of a piece is, with its data, model, loss, generation and writers.
+
+    Shares the task's config and its state dict (what is fitted to the data goes there).
+    """
+
+    def __init__(self, cfg: DictConfig, state: dict[str, Any]) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.primer: Any = None
+
+    @abstractmethod
+    def datamodule(self) -> MusicData: ...
+
+    @abstractmethod
+    def build_model(self, backbone: BackboneFactory) -> nn.Module: ...
+
+    @abstractmethod
+    def step(self, model: Any, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput: ...
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        return {}
+
+    @abstractmethod
+    def predict_step(self, model: Any, batch: Tensor) -> dict[str, Tensor]: ...
+
+    @abstractmethod
+    def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]: ...
+
+    def unit(self) -> str:
+        unit = self.cfg.generate.unit
+        if unit not in UNITS:
+            raise UserError(f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}")
+        return unit
+
+    def sampling(self) -> Sampling:
+        gen = self.cfg.generate
+        if gen.temperature <= 0:
+            raise UserError(f"task.generate.temperature must be positive, got {gen.temperature}")
+        if gen.top_k is not None and gen.top_k < 1:
+            raise UserError(f"task.generate.top_k must be at least 1 (or null), got {gen.top_k}")
+        if gen.top_p is not None and not 0 < gen.top_p <= 1:
+            raise UserError(f"task.generate.top_p must be in (0, 1] (or null), got {gen.top_p}")
+        return Sampling(float(gen.temperature), gen.top_k, gen.top_p)
+
+    def generator(self, batch: Tensor) -> torch.Generator:
+        """A CPU generator seeded by `generate.seed` and the first piece index of `batch`."""
+        return torch.Generator().manual_seed(int(self.cfg.generate.seed) * 1_000_003 + int(batch[0]))
+
+
+class RollRepresentation(Representation):
+    """Binary piano rolls on a beat grid, cut to the model's pitch range (`low..high` in the state)."""
 
     def datamodule(self) -> MusicData:
         data = self.cfg.data
@@ -85,23 +194,11 @@ class MusicTask(TaskPlugin):
     def generate_steps(self) -> int:
         """`generate.length` in steps (its `unit` is steps, beats or seconds at `generate.tempo`)."""
         gen, spb = self.cfg.generate, self.state["steps_per_beat"]
-        if gen.unit not in UNITS:
-            raise UserError(f"task.generate.unit must be one of {list(UNITS)}, got {gen.unit!r}")
-        beats = {"steps": gen.length / spb, "beats": gen.length, "seconds": gen.length * gen.tempo / 60}[gen.unit]
+        beats = {"steps": gen.length / spb, "beats": gen.length, "seconds": gen.length * gen.tempo / 60}[self.unit()]
         steps = round(beats * spb)
         if steps < 1:
             raise UserError(f"task.generate.length={gen.length} {gen.unit} is less than one step")
         return steps
-
-    def sampling(self) -> Sampling:
-        gen = self.cfg.generate
-        if gen.temperature <= 0:
-            raise UserError(f"task.generate.temperature must be positive, got {gen.temperature}")
-        if gen.top_k is not None and gen.top_k < 1:
-            raise UserError(f"task.generate.top_k must be at least 1 (or null), got {gen.top_k}")
-        if gen.top_p is not None and not 0 < gen.top_p <= 1:
-            raise UserError(f"task.generate.top_p must be in (0, 1] (or null), got {gen.top_p}")
-        return Sampling(float(gen.temperature), gen.top_k, gen.top_p)
 
     def build_model(self, backbone: BackboneFactory) -> MusicModel:
         model = self.cfg.model
@@ -115,8 +212,7 @@ class MusicTask(TaskPlugin):
 
     def predict_step(self, model: MusicModel, batch: Tensor) -> dict[str, Tensor]:
         """Pieces `batch` (indices), sampled with a generator seeded by `generate.seed` and the first index."""
-        generator = torch.Generator().manual_seed(int(self.cfg.generate.seed) * 1_000_003 + int(batch[0]))
-        rolls = model.generate(len(batch), self.generate_steps(), self.sampling(), generator, self.primer)
+        rolls = model.generate(len(batch), self.generate_steps(), self.sampling(), self.generator(batch), self.primer)
         return {"index": batch.cpu(), "roll": rolls.bool().cpu()}
 
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
@@ -126,6 +222,107 @@ class MusicTask(TaskPlugin):
                 paths += write_piece(roll, Path(out_dir) / f"piece_{index:03d}", self.state["low"],
                                      self.state["steps_per_beat"], gen.tempo, gen.program, gen.velocity)
         return paths
+
+
+class EventRepresentation(Representation):
+    """Performance events (see `events.py`) over all 128 pitches, in real time; the state holds `vocab_size`."""
+
+    def __init__(self, cfg: DictConfig, state: dict[str, Any]) -> None:
+        super().__init__(cfg, state)
+        self.restored = "vocab_size" in self.state
+        vocab = self.state.setdefault("vocab_size", codec.VOCAB)
+        if vocab != codec.VOCAB:
+            raise UserError(f"the checkpoint's model has {vocab} events, this event codec {codec.VOCAB}")
+        self._sums: dict[str, tuple[Tensor, int]] = {}
+
+    def datamodule(self) -> MusicData:
+        data = self.cfg.data
+        self.state.setdefault("steps_per_beat", int(data.steps_per_beat))  # the pictures' beat grid
+        load: Callable[[], dict[str, list[Tensor]]] = self._read
+        if not self.restored:  # a new model: read (and check) the data now
+            corpus = self._read()
+            load = lambda: corpus  # noqa: E731
+        self.primer = self._primer()
+        return MusicData(load, self.cfg.generate.pieces, data.batch_size, data.get("crop_steps"),
+                         data.transpose, data.get("num_workers", 0), dataset=EventDataset)
+
+    def _read(self) -> dict[str, list[Tensor]]:
+        data = self.cfg.data
+        corpus = load_event_corpus(data.path, data.drums, list(data.split))
+        return {split: [torch.from_numpy(events) for events in pieces] for split, pieces in corpus.items()}
+
+    def length(self) -> dict[str, Any]:
+        """`generate.length` as `generate`'s stopping rule: events (unit steps) or seconds (beats at `tempo`)."""
+        gen = self.cfg.generate
+        unit = self.unit()
+        if gen.length <= 0:
+            raise UserError(f"task.generate.length must be positive, got {gen.length}")
+        if unit == "steps":
+            return {"max_events": int(gen.length), "seconds": None}
+        seconds = float(gen.length) * (60 / gen.tempo if unit == "beats" else 1)
+        max_events = int(gen.get("max_events") or DEFAULT_MAX_EVENTS)
+        if max_events < 1:
+            raise UserError(f"task.generate.max_events must be at least 1, got {max_events}")
+        return {"max_events": max_events, "seconds": seconds}
+
+    def _primer(self) -> list[int]:
+        """The primer's events, checked against the requested length."""
+        path = self.cfg.generate.get("primer")
+        length = self.length()
+        if not path:
+            return []
+        events = read_events(path, self.cfg.data.drums).tolist()
+        if length["seconds"] is None and len(events) > length["max_events"]:
+            raise UserError(f"primer {path} is {len(events)} events long, longer than the requested length of "
+                            f"{length['max_events']} events (raise task.generate.length)")
+        if length["seconds"] is not None and codec.duration(events) > length["seconds"]:
+            raise UserError(f"primer {path} lasts {codec.duration(events):.2f} s, longer than the requested length "
+                            f"of {length['seconds']:.2f} s (raise task.generate.length)")
+        return events
+
+    def build_model(self, backbone: BackboneFactory) -> EventModel:
+        model = self.cfg.model
+        return EventModel(backbone, self.state["vocab_size"], model.embed_size, model.dropout)
+
+    def step(self, model: EventModel, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
+        events, lengths = batch
+        count = int(lengths.sum())
+        total = model.nll(events, lengths).sum()
+        if stage != "train":  # for the epoch's perplexity
+            nll, seen = self._sums.get(stage, (torch.zeros(()), 0))
+            self._sums[stage] = (nll.to(total.device) + total.detach(), seen + count)
+        return StepOutput(total / count, count)
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        """`perplexity`: exp of the mean NLL per event over the epoch."""
+        if stage not in self._sums:
+            return {}
+        nll, seen = self._sums.pop(stage)
+        return {"perplexity": float(torch.exp(nll / seen))}
+
+    def predict_step(self, model: EventModel, batch: Tensor) -> dict[str, Tensor]:
+        """Pieces `batch` (indices): events (B, T) padded with -1, and their lengths."""
+        sequences = model.generate(len(batch), self.sampling(), self.generator(batch), self.primer, **self.length())
+        lengths = torch.tensor([len(s) for s in sequences])
+        events = torch.full((len(sequences), int(lengths.max())), -1, dtype=torch.long)
+        for b, sequence in enumerate(sequences):
+            events[b, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        return {"index": batch.cpu(), "events": events, "lengths": lengths}
+
+    def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
+        gen, seconds, paths = self.cfg.generate, self.length()["seconds"], []
+        for batch in predictions:
+            for index, events, n in zip(batch["index"].tolist(), batch["events"], batch["lengths"].tolist()):
+                events = events[:n].tolist()
+                if seconds is not None and codec.duration(events) < seconds:
+                    log.warning("piece %d: stopped at task.generate.max_events=%d events after %.2f of %.2f s; "
+                                "the rest is silence", index, n, codec.duration(events), seconds)
+                pm = codec.decode(events, gen.program, gen.tempo, end=seconds)
+                paths += write_performance(pm, Path(out_dir) / f"piece_{index:03d}", self.state["steps_per_beat"])
+        return paths
+
+
+REPRESENTATIONS: dict[str, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
 
 
 def _outside(roll: np.ndarray, low: int, high: int) -> np.ndarray:

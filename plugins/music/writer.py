@@ -9,6 +9,7 @@ import pretty_midi
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
+from gru_suite_plugins.music.data import midi_to_roll
 
 SUSTAIN_PEDAL = 64
 
@@ -58,5 +59,16 @@ def write_piece(
 ) -> list[Path]:
     """Write `<stem>.mid` and `<stem>.png`."""
     midi = write_midi(roll_to_midi(roll, low, steps_per_beat, tempo, program, velocity), stem.with_suffix(".mid"))
+    png = save_figure(plot_roll(roll, low, steps_per_beat, stem.name), stem.with_suffix(".png"), dpi=100)
+    return [midi, png]
+
+
+def write_performance(pm: pretty_midi.PrettyMIDI, stem: Path, steps_per_beat: int) -> list[Path]:
+    """Write `<stem>.mid` and `<stem>.png`, the piano roll of `pm` on its beat grid over the pitches it plays."""
+    midi = write_midi(pm, stem.with_suffix(".mid"))
+    roll = midi_to_roll(pm, steps_per_beat)
+    used = np.flatnonzero(roll.any(0))
+    low, high = (int(used[0]), int(used[-1])) if len(used) else (60, 60)
+    roll = roll[:, low:high + 1] if len(roll) else np.zeros((1, 1), dtype=bool)
     png = save_figure(plot_roll(roll, low, steps_per_beat, stem.name), stem.with_suffix(".png"), dpi=100)
     return [midi, png]
