@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import Series, StandardScaler, batch_loader, read_series_csv
+from gru_suite.data import SplitDataModule
+from gru_suite.timeseries import Series, StandardScaler, read_series_csv
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -177,29 +177,20 @@ class SeriesDataset(Dataset):
         return i, self.sequences[i].unsqueeze(0)
 
 
-class AnomalyData(pl.LightningDataModule):
+class AnomalyData(SplitDataModule):
     """Train on crops of each series' early probationary rows, validate on its late ones,
-    and score whole series in test and predict."""
+    and score whole series, one per batch, in test and predict."""
 
     def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int) -> None:
-        super().__init__()
+        super().__init__(batch_size, batch_sizes={"test": 1, "predict": 1})
         self.streams = streams
-        self.batch_size = batch_size
         sequences = [s.scaled for s in streams]
         cut = [int(s.probation * (1 - validation)) for s in streams]
-        self.train = CropDataset(sequences, [(0, c) for c in cut], crop_length)
-        self.val = CropDataset(sequences, [(c, s.probation) for c, s in zip(cut, streams)], min(crop_length, min(
-            s.probation - c for c, s in zip(cut, streams))))
-        self.whole = SeriesDataset(sequences)
-
-    def train_dataloader(self) -> DataLoader:
-        return batch_loader(self.train, self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return batch_loader(self.val, self.batch_size)
-
-    def test_dataloader(self) -> DataLoader:
-        return batch_loader(self.whole, 1)
-
-    def predict_dataloader(self) -> DataLoader:
-        return batch_loader(self.whole, 1)
+        shortest_val = min(s.probation - c for c, s in zip(cut, streams))
+        whole = SeriesDataset(sequences)
+        self.sets.update(
+            train=CropDataset(sequences, [(0, c) for c in cut], crop_length),
+            val=CropDataset(sequences, [(c, s.probation) for c, s in zip(cut, streams)], min(crop_length, shortest_val)),
+            test=whole,
+            predict=whole,
+        )

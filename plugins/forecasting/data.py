@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
 
-from gru_suite.timeseries import Series, StandardScaler, WindowDataset, batch_loader, window_origins
+from gru_suite.data import SplitDataModule
+from gru_suite.timeseries import Series, StandardScaler, WindowDataset, window_origins
 
 
 @dataclass
@@ -18,7 +17,7 @@ class WindowSpec:
     target_columns: list[int]
 
 
-class ForecastingData(pl.LightningDataModule):
+class ForecastingData(SplitDataModule):
     """Train/val/test windows whose targets fall in each split; predict tiles the test
     split with forecasts `predict_stride` apart, ending with one from the last row into the future."""
 
@@ -32,18 +31,16 @@ class ForecastingData(pl.LightningDataModule):
         predict_stride: int,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.series = series
         self.scaler = scaler
         self.spec = spec
-        self.batch_size = batch_size
-        self.num_workers = num_workers
         values = torch.from_numpy(scaler.transform(series.values))
-        self.sets = {
+        self.sets.update({
             stage: WindowDataset(values, spec.lookback, spec.horizon, spec.target_columns,
                                  window_origins(start, stop, spec.lookback, spec.horizon))
             for stage, (start, stop) in zip(("train", "val", "test"), bounds)
-        }
+        })
         end = len(values)
         first = max(bounds[-1][0], spec.lookback)
         count = (end - first) // predict_stride
@@ -51,18 +48,3 @@ class ForecastingData(pl.LightningDataModule):
             values, spec.lookback, spec.horizon, spec.target_columns,
             range(end - count * predict_stride, end + 1, predict_stride),
         )
-
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
-        return batch_loader(self.sets[stage], self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")

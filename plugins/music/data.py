@@ -11,13 +11,12 @@ from typing import TypeVar
 
 import numpy as np
 import pretty_midi
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import batch_loader
+from gru_suite.data import SplitDataModule
 from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
@@ -292,7 +291,7 @@ class PieceIndices(Dataset):
         return torch.as_tensor(list(indices))
 
 
-class MusicData(pl.LightningDataModule):
+class MusicData(SplitDataModule):
     """Train/valid/test pieces (read on first `setup`, so generating needs no data) and generation indices.
 
     `dataset` (RollDataset or EventDataset) batches the pieces of one split.
@@ -308,35 +307,21 @@ class MusicData(pl.LightningDataModule):
         num_workers: int = 0,
         dataset: Callable[..., Dataset] = RollDataset,
     ) -> None:
-        super().__init__()
+        super().__init__(batch_size, num_workers)
         self.load = load
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.make_dataset = dataset
         self.crop_steps = crop_steps
         self.transpose = transpose
-        self.sets: dict[str, Dataset] = {"predict": PieceIndices(pieces)}
+        self.sets["predict"] = PieceIndices(pieces)
 
     def setup(self, stage: str) -> None:
         if stage == "predict" or "train" in self.sets:
             return
         corpus = self.load()
-        self.sets["train"] = self.dataset(corpus["train"], self.crop_steps, self.transpose)
-        self.sets["val"] = self.dataset(corpus["valid"])
-        self.sets["test"] = self.dataset(corpus["test"])
+        self.sets["train"] = self.make_dataset(corpus["train"], self.crop_steps, self.transpose)
+        self.sets["val"] = self.make_dataset(corpus["valid"])
+        self.sets["test"] = self.make_dataset(corpus["test"])
 
-    def _loader(self, stage: str, shuffle: bool = False) -> DataLoader:
+    def dataset(self, stage: str) -> Dataset:
         self.setup(stage)
-        return batch_loader(self.sets[stage], self.batch_size, shuffle=shuffle, num_workers=self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+        return self.sets[stage]
