@@ -18,7 +18,7 @@ STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the preset
     "nab": ["task.data.path=${paths.data_dir}/anomaly", "task.data.windows_path=${paths.data_dir}/anomaly/windows.json"],
     "jsb_chorales": ["task.data.path=${paths.data_dir}/music"],
 }
-TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly", "jsb_chorales": "music"}
+TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly", "jsb_chorales": "music", "music_events": "music"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
