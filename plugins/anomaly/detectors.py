@@ -13,6 +13,7 @@ Both cost constant time and memory per observation.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -37,6 +38,13 @@ class NextStepForecaster(nn.Module):
         """Next-step MSE over each crop, after `burn_in` steps of context."""
         pred = self(crops[:, :-1])
         return (pred[:, burn_in:] - crops[:, 1 + burn_in :]).pow(2).mean()
+
+    def score_next(self, x_t: Tensor, memory: tuple[State, Tensor] | None) -> tuple[float, tuple[State, Tensor]]:
+        """Score `x_t` (F,) against the last prediction, then predict the next one, carrying the state."""
+        state, prediction = memory if memory is not None else (None, None)
+        score = 0.0 if prediction is None else float((x_t - prediction).pow(2).mean())
+        out, state = self.backbone.step(x_t.unsqueeze(0), state)
+        return score, (state, self.head(out)[0])
 
     def raw_scores(self, x: Tensor) -> Tensor:
         """Squared error of each observation's prediction (B, T); the first scores 0."""
@@ -68,6 +76,14 @@ class WindowAutoencoder(nn.Module):
     def window_errors(self, windows: Tensor) -> Tensor:
         return (self(windows) - windows).pow(2).mean(dim=(1, 2))
 
+    def score_next(self, x_t: Tensor, memory: deque[Tensor] | None) -> tuple[float, deque[Tensor]]:
+        """Reconstruction error of the window ending at `x_t` (F,); 0 until the window is full."""
+        window = memory if memory is not None else deque(maxlen=self.window)
+        window.append(x_t)
+        if len(window) < self.window:
+            return 0.0, window
+        return float(self.window_errors(torch.stack(list(window)).unsqueeze(0))[0]), window
+
     def raw_scores(self, x: Tensor) -> Tensor:
         """Reconstruction error of the window ending at each observation (B, T); 0 until one is full."""
         batch, steps, features = x.shape
@@ -80,25 +96,20 @@ class WindowAutoencoder(nn.Module):
 
 
 class StreamingScorer:
-    """Raw scores one observation at a time, equal to the detector's batch `raw_scores`."""
+    """Raw scores one observation at a time, equal to the detector's batch `raw_scores`.
+
+    The detector's `score_next(x_t, memory) -> (score, memory)` does the work; the
+    memory (GRU state or window buffer) has a fixed size.
+    """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval()
-        self._state: State | None = None
-        self._prediction: Tensor | None = None
-        self._buffer: deque[Tensor] = deque(maxlen=getattr(model, "window", 1))
+        self._memory: Any = None
 
     @torch.no_grad()
     def update(self, x_t: Tensor) -> float:
         """Score observation `x_t` (already scaled, shape (F,))."""
-        if isinstance(self.model, WindowAutoencoder):
-            self._buffer.append(x_t)
-            if len(self._buffer) < self.model.window:
-                return 0.0
-            return float(self.model.window_errors(torch.stack(list(self._buffer)).unsqueeze(0))[0])
-        score = 0.0 if self._prediction is None else float((x_t - self._prediction).pow(2).mean())
-        out, self._state = self.model.backbone.step(x_t.unsqueeze(0), self._state)
-        self._prediction = self.model.head(out)[0]
+        score, self._memory = self.model.score_next(x_t, self._memory)
         return score
 
 
