@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone, State
+from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
 
@@ -119,4 +120,4 @@ def build_detector(kind: str, backbone: BackboneFactory, n_features: int, window
         return NextStepForecaster(backbone, n_features)
     if kind == "autoencoder":
         return WindowAutoencoder(backbone, n_features, window)
-    raise ValueError(f"task.detector.kind must be 'forecaster' or 'autoencoder', got {kind!r}")
+    raise UserError(f"task.detector.kind must be 'forecaster' or 'autoencoder', got {kind!r}")

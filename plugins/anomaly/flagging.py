@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gru_suite.errors import UserError
 from gru_suite.timeseries import StandardScaler
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
@@ -53,11 +54,11 @@ class Flagger:
 
     def __post_init__(self) -> None:
         if self.score not in ("likelihood", "raw"):
-            raise ValueError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
+            raise UserError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
         if self.threshold not in THRESHOLDS:
-            raise ValueError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+            raise UserError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
         if self.threshold == "spot" and self.score != "raw":
-            raise ValueError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
+            raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
         self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
         self._spot: Spot | None = None
         self.value = self.fixed

@@ -35,6 +35,7 @@ class AnomalyTask(TaskPlugin):
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 * data.crop_length,
         )
+        self.flagger()  # a bad scoring config fails now, not after training
         self._check_spot_calibration()
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}

@@ -8,6 +8,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
 
@@ -36,9 +37,9 @@ class Forecaster(nn.Module):
     ) -> None:
         super().__init__()
         if lookback % segment_length:
-            raise ValueError(f"task.model.segment_length={segment_length} must divide task.data.lookback={lookback}")
+            raise UserError(f"task.model.segment_length={segment_length} must divide task.data.lookback={lookback}")
         if normalize not in ("none", "last"):
-            raise ValueError(f"task.model.normalize must be 'none' or 'last', got {normalize!r}")
+            raise UserError(f"task.model.normalize must be 'none' or 'last', got {normalize!r}")
         self.target_columns = list(target_columns)
         self.horizon = horizon
         self.segment_length = segment_length
