@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from importlib import import_module
 from pathlib import Path
 
 import numpy as np
@@ -86,17 +88,15 @@ def anomaly_files() -> dict[str, object]:
     return {**frames, "windows.json": json.dumps(windows, indent=2) + "\n"}
 
 
-def music_files() -> dict[str, object]:
-    """48 four-voice chorale-like pieces in six keys (plugins/music/synth.py)."""
-    from gru_suite_plugins.music.synth import corpus_files
-
-    return corpus_files()
+def plugin_files(task: str) -> Callable[[], dict[str, object]]:
+    """The generator a task plugin ships beside its code: `gru_suite_plugins.<task>.synth.corpus_files`."""
+    return lambda: import_module(f"gru_suite_plugins.{task}.synth").corpus_files()
 
 
 GENERATORS = {
     "forecasting": lambda: {"demo_load.csv": demo_load()},
     "anomaly": anomaly_files,
-    "music": music_files,
+    **{task: plugin_files(task) for task in ("music", "speech", "translation", "sentiment")},
 }
 
 

@@ -11,14 +11,15 @@ from gru_suite.testing import compose_train_config
 
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[1] / "plugins").glob("*/conf/experiment/*.yaml"))
+PRESETS = sorted((Path(__file__).parents[1] / "plugins").glob("*/conf/experiment/*.yaml"))
+TASK_OF = {path.stem: path.parents[2].name for path in PRESETS}  # plugins/<task>/conf/experiment/<name>.yaml
+EXPERIMENTS = sorted(TASK_OF)
 STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the presets point at
     "etth1": ["task.data.path=${paths.data_dir}/forecasting/demo_load.csv", "task.data.time_column=timestamp",
               "task.data.targets=[load,temperature]", "task.data.split=[0.7,0.15,0.15]"],
     "nab": ["task.data.path=${paths.data_dir}/anomaly", "task.data.windows_path=${paths.data_dir}/anomaly/windows.json"],
     "jsb_chorales": ["task.data.path=${paths.data_dir}/music"],
 }
-TASK_OF = {"etth1": "forecasting", "seed_keras_example": "forecasting", "nab": "anomaly", "jsb_chorales": "music", "music_events": "music"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

@@ -1,0 +1,167 @@
+"""Text tooling shared by the text tasks: reading corpora, subword tokenizers, length-bucketed batches.
+
+Tokenizers are trained locally with `tokenizers` and wrapped as
+`transformers.PreTrainedTokenizerFast`, so they `save_pretrained`/`from_pretrained`
+the standard way; `tokenizer_state`/`tokenizer_from_state` carry them inside a
+checkpoint as plain data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import random
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.utils.data import Sampler
+
+from gru_suite.errors import UserError
+
+TokenizerKind = Literal["bpe", "unigram", "word"]
+SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+"""Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
+
+
+def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = "error") -> list[str]:
+    """The lines of a plain or gzip (`.gz`) UTF-8 text file, without line ends.
+
+    A line that is not valid UTF-8 raises a `UserError` naming the file and line
+    (`encoding_errors="error"`), or is decoded with U+FFFD in place of the bad
+    bytes and reported in a warning (`"replace"`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    opener = gzip.open if path.suffix == ".gz" else open
+    lines = []
+    try:
+        with opener(path, "rb") as handle:
+            raw_lines = handle.read().splitlines()
+    except (OSError, EOFError) as err:
+        raise UserError(f"{path}: cannot read ({err})") from err
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            where = f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
+            if encoding_errors == "error":
+                raise UserError(f"{where}; fix the file or set encoding_errors=replace") from err
+            warnings.warn(f"{where}; bad bytes replaced with U+FFFD", stacklevel=2)
+            lines.append(raw.decode("utf-8", errors="replace"))
+    return lines
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    kind: TokenizerKind = "bpe",
+    vocab_size: int = 8000,
+    lowercase: bool = False,
+    min_frequency: int = 2,
+):
+    """Train a tokenizer on `texts` and return it as a `PreTrainedTokenizerFast`.
+
+    `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
+    `decode(encode(text))` gives back the (NFKC-normalised) text; `word` keeps
+    whole words (split at whitespace and punctuation) seen `min_frequency` times.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = list(SPECIAL_TOKENS.values())
+    unk = SPECIAL_TOKENS["unk_token"]
+    if kind == "bpe":
+        tokenizer = Tokenizer(models.BPE(unk_token=unk))
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
+        )
+    elif kind == "unigram":
+        tokenizer = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False
+        )
+    elif kind == "word":
+        tokenizer = Tokenizer(models.WordLevel(unk_token=unk))
+        trainer = trainers.WordLevelTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials, show_progress=False
+        )
+    else:
+        raise UserError(f"tokenizer kind must be bpe, unigram or word, not {kind!r}")
+    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    if kind == "word":
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+        tokenizer.decoder = decoders.Metaspace()
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
+
+
+def tokenizer_state(tokenizer) -> dict[str, str]:
+    """A tokenizer as plain data for a checkpoint (its `tokenizer.json` text)."""
+    return {"tokenizer_json": tokenizer.backend_tokenizer.to_str()}
+
+
+def tokenizer_from_state(state: dict[str, str]):
+    """Rebuild a `PreTrainedTokenizerFast` saved with `tokenizer_state`."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer.from_str(state["tokenizer_json"])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
+
+
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Right-pad token id lists into a `(batch, longest)` tensor; also return the lengths."""
+    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+    padded = torch.full((len(sequences), max(map(len, sequences), default=1)), pad_id, dtype=torch.long)
+    for row, ids in enumerate(sequences):
+        padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+    return padded, lengths
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batches of similar-length items, for packed sequences with little padding.
+
+    With `shuffle`, items are shuffled, sorted by length inside pools of
+    `pool_batches` batches, cut into batches, and the batches shuffled again
+    (the fairseq/OpenNMT recipe); without it, batches follow length order.
+    """
+
+    def __init__(
+        self, lengths: Sequence[int], batch_size: int, shuffle: bool, pool_batches: int = 50, seed: int = 0
+    ) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.pool_size = batch_size * pool_batches
+        self.seed = seed
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        if self.shuffle:
+            rng.shuffle(order)
+            pools = [order[i : i + self.pool_size] for i in range(0, len(order), self.pool_size)]
+        else:
+            pools = [order]
+        batches = []
+        for pool in pools:
+            pool.sort(key=self.lengths.__getitem__)
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.shuffle:
+            rng.shuffle(batches)
+        return iter(batches)
+
+    def __len__(self) -> int:
+        if not self.shuffle:
+            return -(-len(self.lengths) // self.batch_size)
+        pools = range(0, len(self.lengths), self.pool_size)
+        return sum(-(-min(self.pool_size, len(self.lengths) - start) // self.batch_size) for start in pools)
