@@ -22,9 +22,13 @@ def default_data_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the `${gru_suite.data_dir:}` resolver used by the configs."""
+    """Register the resolvers the configs use: `${gru_suite.data_dir:}` and `${gru_suite.task_groups:}` (help)."""
+    from gru_suite.registry import format_task_config_groups
+
     if not OmegaConf.has_resolver("gru_suite.data_dir"):
         OmegaConf.register_new_resolver("gru_suite.data_dir", default_data_dir)
+    if not OmegaConf.has_resolver("gru_suite.task_groups"):
+        OmegaConf.register_new_resolver("gru_suite.task_groups", format_task_config_groups)
 
 
 def _root_cause(err: BaseException) -> BaseException:

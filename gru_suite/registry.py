@@ -103,6 +103,16 @@ def config_search_path() -> list[str]:
     return sorted({f"file://{d}" for d in dirs if d is not None})
 
 
+def format_task_config_groups() -> str:
+    """One line per config group that installed tasks add (`task`, `experiment`, ...), with its options."""
+    options: dict[str, set[str]] = {}
+    for entry in installed_tasks().values():
+        conf = entry.config_dir()
+        for path in conf.glob("*/*.yaml") if conf else ():
+            options.setdefault(path.parent.name, set()).add(path.stem)
+    return "\n".join(f"{group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+
+
 def format_task_list() -> str:
     """One line per installed task: name, description, package."""
     tasks = installed_tasks()

@@ -25,6 +25,9 @@ def test_help_is_fast_and_imports_no_torch():
     assert result.returncode == 0
     assert "Configuration groups" in result.stdout
     assert time.perf_counter() - start < 3.0
+    task_line = next(line for line in result.stdout.splitlines() if line.startswith("task: "))
+    assert {"forecasting", "anomaly", "music", "running_mean"} <= set(task_line[6:].split(", "))
+    assert "seed_keras_example" in next(line for line in result.stdout.splitlines() if line.startswith("experiment: "))
 
 
 def test_cli_module_does_not_import_torch():
