@@ -1,0 +1,228 @@
+"""Reading labelled and unlabelled texts (CSV/TSV columns, `label sentence` lines, stdin) and batching them.
+
+Rules for bad input, each reported with file and line:
+
+- a text that is empty (or only whitespace) is skipped with a warning;
+- a labelled row whose label is missing is skipped with a warning;
+- a validation or test label that training never saw is a `UserError`;
+- a missing column is a `UserError` listing the columns that exist;
+- bytes that are not UTF-8 are a `UserError` (`encoding_errors=replace` decodes them as U+FFFD, with a warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from gru_suite.errors import UserError
+from gru_suite.text import LengthBucketSampler, decode_lines, pad_ids, read_lines, read_table
+
+log = logging.getLogger(__name__)
+
+Format = Literal["auto", "csv", "tsv", "lines"]
+EncodingErrors = Literal["error", "replace"]
+STDIN = "-"
+WARNINGS_PER_FILE = 5
+"""Skipped rows named one by one in the log; the rest are counted."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """A text, its label (None when unlabelled) and where it came from (`file:line`)."""
+
+    text: str
+    label: str | None
+    where: str
+
+
+def table_format(path: str | Path, fmt: Format) -> Format:
+    """`fmt`, with `auto` resolved from the suffix: `.csv` / `.tsv` (also gzipped) are tables, the rest lines."""
+    if fmt != "auto":
+        if fmt not in ("csv", "tsv", "lines"):
+            raise UserError(f"task data format must be auto, csv, tsv or lines, got {fmt!r}")
+        return fmt
+    suffixes = Path(path).suffixes
+    return "tsv" if ".tsv" in suffixes else "csv" if ".csv" in suffixes else "lines"
+
+
+class _Skips:
+    """Collects skipped rows of one file and logs them as warnings (the first few by line, then a count)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.count = 0
+
+    def add(self, where: str, why: str) -> None:
+        self.count += 1
+        if self.count <= WARNINGS_PER_FILE:
+            log.warning("%s: %s; skipped", where, why)
+
+    def report(self, kept: int) -> None:
+        if self.count > WARNINGS_PER_FILE:
+            log.warning("%s: skipped %d rows in all (%d kept)", self.source, self.count, kept)
+
+
+def read_labelled(
+    path: str | Path,
+    fmt: Format = "auto",
+    text_column: str = "text",
+    label_column: str = "label",
+    encoding_errors: EncodingErrors = "error",
+) -> list[Example]:
+    """Labelled examples from a CSV/TSV with a header (text and label columns) or `label sentence` lines."""
+    fmt = table_format(path, fmt)
+    if fmt == "lines":
+        rows = [(n, _label_sentence(line)) for n, line in enumerate(read_lines(path, encoding_errors), 1)]
+    else:
+        rows = read_table(path, [text_column, label_column], "\t" if fmt == "tsv" else ",", encoding_errors)
+    skips, examples = _Skips(str(path)), []
+    for number, (text, label) in rows:
+        where = f"{path}:{number}"
+        if not text.strip():
+            skips.add(where, "empty text")
+        elif not label.strip():
+            skips.add(where, f"no label for {text.strip()[:40]!r}")
+        else:
+            examples.append(Example(text.strip(), label.strip(), where))
+    skips.report(len(examples))
+    if not examples:
+        raise UserError(f"{path}: no labelled texts (expected {_expected(fmt, text_column, label_column)})")
+    return examples
+
+
+def _label_sentence(line: str) -> list[str]:
+    """`[sentence, label]` of a `label sentence` line (empty strings where missing)."""
+    parts = line.split(maxsplit=1)
+    return [parts[1] if len(parts) > 1 else "", parts[0] if parts else ""]
+
+
+def _expected(fmt: Format, text_column: str, label_column: str) -> str:
+    if fmt == "lines":
+        return "one `label sentence` per line"
+    return f"a header with columns {text_column!r} and {label_column!r}"
+
+
+def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
+               encoding_errors: EncodingErrors = "error") -> list[Example]:
+    """Unlabelled texts: a CSV/TSV column, one text per line of a file, or stdin lines (`source="-"`)."""
+    if str(source) == STDIN:
+        lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)
+        rows = list(enumerate(lines, 1))
+        source = "<stdin>"
+    elif (fmt := table_format(source, fmt)) == "lines":
+        rows = list(enumerate(read_lines(source, encoding_errors), 1))
+    else:
+        rows = [(n, values[0]) for n, values in read_table(source, [column], "\t" if fmt == "tsv" else ",",
+                                                           encoding_errors)]
+    skips, examples = _Skips(str(source)), []
+    for number, text in rows:
+        if text.strip():
+            examples.append(Example(text.strip(), None, f"{source}:{number}"))
+        else:
+            skips.add(f"{source}:{number}", "empty text")
+    skips.report(len(examples))
+    if not examples:
+        raise UserError(f"{source}: no texts to label")
+    return examples
+
+
+def label_order(labels: Sequence[str]) -> list[str]:
+    """The distinct labels, numerically if they are all integers, else alphabetically."""
+    distinct = set(labels)
+    if all(label.lstrip("-").isdigit() for label in distinct):
+        return sorted(distinct, key=int)
+    return sorted(distinct)
+
+
+def label_ids(examples: Sequence[Example], labels: Sequence[str]) -> list[int]:
+    """Each example's label as an index into `labels`; an unseen label is a `UserError` naming its line."""
+    index = {label: i for i, label in enumerate(labels)}
+    ids = []
+    for example in examples:
+        if example.label not in index:
+            raise UserError(f"{example.where}: label {example.label!r} was not seen in training "
+                            f"(the model knows {list(labels)})")
+        ids.append(index[example.label])
+    return ids
+
+
+class Batch(NamedTuple):
+    """Token ids (B, T) padded with 0, their lengths (B,), labels (B,) (-1 when unlabelled), example indices (B,)."""
+
+    ids: Tensor
+    lengths: Tensor
+    labels: Tensor
+    index: Tensor
+
+
+class EncodedTexts(Dataset):
+    """Token id sequences with labels; `__getitems__` gives a padded `Batch`."""
+
+    def __init__(self, examples: Sequence[Example], ids: Sequence[Sequence[int]], labels: Sequence[int] | None) -> None:
+        self.examples = list(examples)
+        self.ids = list(ids)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.ids]
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        ids, lengths = pad_ids([self.ids[i] for i in indices])
+        labels = torch.tensor([self.labels[i] for i in indices], dtype=torch.long)
+        return Batch(ids, lengths, labels, torch.as_tensor(list(indices), dtype=torch.long))
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+class SentimentData(pl.LightningDataModule):
+    """Loaders over `EncodedTexts` built lazily by `load(stage)`, in batches of similar length.
+
+    Training batches are shuffled within length pools (`LengthBucketSampler`); the other
+    stages run in length order (predictions carry their example indices).
+    """
+
+    def __init__(self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+        super().__init__()
+        self.load = load
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.sets: dict[str, EncodedTexts] = {}
+
+    def dataset(self, stage: str) -> EncodedTexts:
+        if stage not in self.sets:
+            self.sets[stage] = self.load(stage)
+        return self.sets[stage]
+
+    def _loader(self, stage: str) -> DataLoader:
+        data = self.dataset(stage)
+        sampler = LengthBucketSampler(data.lengths, self.batch_size, shuffle=stage == "train", seed=self.seed)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=_as_is, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict")

@@ -1,0 +1,90 @@
+"""Why a prediction: token importance gathered into words, shown as highlighted HTML or terminal text."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+HIGHLIGHT = "255, 170, 0"
+"""RGB of the highlight; its opacity is the word's weight relative to the text's heaviest word."""
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word of the original text (`text[start:end]`) and the importance of its tokens, summed."""
+
+    start: int
+    end: int
+    weight: float
+
+
+def word_weights(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None], weights: Tensor) -> list[Word]:
+    """Sum the token `weights` of each word (tokenizer `word_ids`), spanning its tokens' character `offsets`."""
+    spans: dict[int, list[float]] = {}
+    for (start, end), word, weight in zip(offsets, word_ids, weights.tolist()):
+        if word is None:
+            continue
+        span = spans.setdefault(word, [start, end, 0.0])
+        span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + weight
+    return [Word(int(s), int(e), w) for s, e, w in (spans[k] for k in sorted(spans))]
+
+
+def top_words(text: str, words: Sequence[Word], k: int) -> list[str]:
+    """The `k` heaviest words, heaviest first."""
+    return [text[w.start:w.end] for w in sorted(words, key=lambda w: -w.weight)[:k]]
+
+
+def highlight_html(text: str, words: Sequence[Word]) -> str:
+    """`text`, escaped, with each word in a span shaded by its weight (title: the weight)."""
+    heaviest = max((w.weight for w in words), default=0.0) or 1.0
+    parts, cursor = [], 0
+    for word in sorted(words, key=lambda w: w.start):
+        if word.start < cursor:
+            continue
+        parts.append(html.escape(text[cursor:word.start]))
+        alpha = max(word.weight, 0.0) / heaviest
+        parts.append(f'<span style="background: rgba({HIGHLIGHT}, {alpha:.2f})" title="{word.weight:.3f}">'
+                     f"{html.escape(text[word.start:word.end])}</span>")
+        cursor = word.end
+    parts.append(html.escape(text[cursor:]))
+    return "".join(parts)
+
+
+def highlight_terminal(text: str, words: Sequence[Word], k: int) -> str:
+    """`text` with its `k` heaviest words in [brackets]."""
+    marked = {(w.start, w.end) for w in sorted(words, key=lambda w: -w.weight)[:k]}
+    parts, cursor = [], 0
+    for word in sorted(words, key=lambda w: w.start):
+        if (word.start, word.end) in marked and word.start >= cursor:
+            parts += [text[cursor:word.start], f"[{text[word.start:word.end]}]"]
+            cursor = word.end
+    return "".join(parts) + text[cursor:]
+
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 60em; margin: 2em auto; }}
+table {{ border-collapse: collapse; width: 100%; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 0.4em; text-align: left; vertical-align: top; }}
+td.text {{ line-height: 1.6; }}
+</style></head>
+<body><h1>{title}</h1>
+<p>Each word is shaded by the weight the model gave it (hover for the value).</p>
+<table><tr><th>line</th><th>label</th><th>probability</th><th class="text">text</th></tr>
+{rows}
+</table></body></html>
+"""
+
+
+def html_page(title: str, rows: Sequence[tuple[str, str, float, str]]) -> str:
+    """A page of `(where, label, probability, highlighted text HTML)` rows; `where` and `label` are escaped here."""
+    body = "\n".join(
+        f"<tr><td>{html.escape(where)}</td><td>{html.escape(label)}</td><td>{prob:.3f}</td>"
+        f'<td class="text">{text}</td></tr>'
+        for where, label, prob, text in rows
+    )
+    return PAGE.format(title=html.escape(title), rows=body)

@@ -1,0 +1,107 @@
+"""The classifier: token embedding -> shared (bidirectional) GRU over packed sequences -> pooling -> dropout
+-> linear head, with a temperature that calibrates its probabilities."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gru_suite.backbone import GRUBackbone
+from gru_suite.task import BackboneFactory
+
+Pooling = Literal["attention", "max_mean"]
+POOLINGS = ("attention", "max_mean")
+
+
+def valid_mask(lengths: Tensor, steps: int) -> Tensor:
+    """(B, T) True at each sequence's real tokens."""
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+class AttentionPool(nn.Module):
+    """Additive attention over the valid steps; the weights are the tokens' importance."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.project = nn.Linear(size, size)
+        self.score = nn.Linear(size, 1, bias=False)
+        self.output_size = size
+
+    def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        scores = self.score(torch.tanh(self.project(h))).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(-1)
+        return torch.einsum("bt,bth->bh", weights, h), weights
+
+
+class MaxMeanPool(nn.Module):
+    """Max and mean over the valid steps, joined; a token's importance is its share of the max-pooled
+    features it supplies (as in InferSent's visualisation)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.output_size = 2 * size
+
+    def forward(self, h: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        top, winner = h.masked_fill(~mask[..., None], float("-inf")).max(1)
+        mean = (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+        weights = F.one_hot(winner, h.size(1)).float().mean(1)
+        return torch.cat([top, mean], -1), weights
+
+
+class SentimentModel(nn.Module):
+    """Token ids (B, T) with lengths -> class logits (B, C) and token importance (B, T) (zero at padding).
+
+    `temperature` (a buffer, saved with the weights) divides the logits in `probabilities`;
+    it is fitted on validation data (`fit_temperature`).
+    """
+
+    def __init__(
+        self,
+        backbone: BackboneFactory,
+        vocab_size: int,
+        classes: int,
+        embed_size: int = 128,
+        pooling: Pooling = "attention",
+        dropout: float = 0.3,
+        bidirectional: bool = True,
+    ) -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=0)
+        self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
+        self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(
+            self.backbone.output_size)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(self.pool.output_size, classes)
+        self.register_buffer("temperature", torch.ones(()))
+
+    def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        h, _ = self.backbone(self.dropout(self.embedding(ids)), lengths)
+        pooled, weights = self.pool(h, valid_mask(lengths.to(ids.device), ids.size(1)))
+        return self.head(self.dropout(pooled)), weights
+
+    def probabilities(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Calibrated class probabilities (B, C) and token importance (B, T)."""
+        logits, weights = self(ids, lengths)
+        return (logits / self.temperature).softmax(-1), weights
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """The temperature T minimising the NLL of softmax(logits / T) on held-out `labels` (Guo et al. 2017)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, labels = logits.detach().float().cpu().clone(), labels.detach().cpu().clone()
+        log_t = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+        def closure() -> Tensor:
+            optimizer.zero_grad()
+            loss = F.cross_entropy(logits / log_t.exp(), labels)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return float(log_t.detach().exp().clamp(*bounds))

@@ -1,0 +1,207 @@
+"""Sentiment analysis: label texts with a bidirectional GRU, calibrated probabilities and the words that weighed most."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from gru_suite.atomic import write_text
+from gru_suite.errors import UserError
+from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite_plugins.sentiment import explain
+from gru_suite_plugins.sentiment.data import (
+    Batch,
+    EncodedTexts,
+    Example,
+    SentimentData,
+    label_ids,
+    label_order,
+    read_labelled,
+    read_texts,
+)
+from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
+from gru_suite_plugins.sentiment.scores import classification_scores, confusion
+from gru_suite_plugins.sentiment.writer import plot_confusion, write_predictions_csv
+
+log = logging.getLogger(__name__)
+
+CLASS_WEIGHTS = ("balanced", "none")
+
+
+class SentimentTask(TaskPlugin):
+    """Classify texts; the state holds the tokenizer (`tokenizer.json` text), the labels and the class weights.
+
+    Validation fits the model's temperature (its probabilities' calibration) and logs `acc`,
+    macro `f1`, `ece` (calibrated) and `ece_raw`; testing logs the same and draws the
+    confusion matrix into `task.report_dir` (default: the Hydra run folder).
+    """
+
+    def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg, state)
+        self.tokenizer = tokenizer_from_state(self.state["tokenizer"]) if "tokenizer" in self.state else None
+        self.model: SentimentModel | None = None
+        self._outputs: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self._files: dict[str, list[Example]] = {}
+
+    @property
+    def labels(self) -> list[str]:
+        return self.state["labels"]
+
+    # --- data ---------------------------------------------------------------------------------------------
+
+    def datamodule(self) -> SentimentData:
+        if self.tokenizer is None:
+            self._fit(self._examples("train"))
+        data = self.cfg.data
+        return SentimentData(self._encoded, int(data.batch_size), int(data.get("num_workers", 0)),
+                             int(data.get("split_seed", 0)))
+
+    def _fit(self, train: list[Example]) -> None:
+        """Tokenizer, label set and class weights from the training examples."""
+        tok, weighting = self.cfg.tokenizer, self.cfg.model.class_weights
+        if weighting not in CLASS_WEIGHTS:
+            raise UserError(f"task.model.class_weights must be one of {list(CLASS_WEIGHTS)}, got {weighting!r}")
+        labels = label_order([e.label for e in train])
+        if len(labels) < 2:
+            raise UserError(f"{self.cfg.data.train}: every training text has the label {labels[0]!r}; "
+                            "a classifier needs at least two labels")
+        counts = torch.bincount(torch.tensor(label_ids(train, labels)), minlength=len(labels)).float()
+        weights = counts.sum() / (len(labels) * counts) if weighting == "balanced" else torch.ones(len(labels))
+        self.tokenizer = train_tokenizer((e.text for e in train), tok.kind, int(tok.vocab_size), bool(tok.lowercase),
+                                         int(tok.min_frequency))
+        self.state.update(tokenizer=tokenizer_state(self.tokenizer), labels=labels, class_weights=weights.tolist())
+        log.info("%d training texts, labels %s (counts %s), vocabulary %d", len(train), labels,
+                 counts.int().tolist(), len(self.tokenizer))
+
+    def _read(self, path: str) -> list[Example]:
+        if path not in self._files:
+            data = self.cfg.data
+            self._files[path] = read_labelled(path, data.format, data.text_column, data.label_column,
+                                              data.encoding_errors)
+        return self._files[path]
+
+    def _examples(self, stage: str) -> list[Example]:
+        """A split's examples: its own file, else a held-out share of train (val), else val (test)."""
+        data = self.cfg.data
+        if stage == "predict":
+            return self._predict_examples()
+        if stage == "test" and data.get("test"):
+            return self._read(data.test)
+        if data.get("val"):
+            return self._read(data.train if stage == "train" else data.val)
+        if stage == "test":
+            log.warning("no task.data.test or task.data.val: testing on the validation share of %s", data.train)
+        train = self._read(data.train)
+        if not 0 < data.val_fraction < 1:
+            raise UserError(f"task.data.val_fraction must be between 0 and 1, got {data.val_fraction}")
+        held = set(random.Random(data.get("split_seed", 0)).sample(range(len(train)),
+                                                                    max(1, round(data.val_fraction * len(train)))))
+        return [e for i, e in enumerate(train) if (i in held) == (stage != "train")]
+
+    def _predict_examples(self) -> list[Example]:
+        predict, data = self.cfg.predict, self.cfg.data
+        if not predict.get("input"):
+            return self._examples("test")
+        return read_texts(predict.input, predict.format, predict.get("column") or data.text_column,
+                          data.encoding_errors)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids of each text, cut at `data.max_tokens` (a text of no tokens becomes one unknown token)."""
+        assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
+        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+                             max_length=int(self.cfg.data.max_tokens))["input_ids"]
+        return [row or [self.tokenizer.unk_token_id] for row in ids]
+
+    def _encoded(self, stage: str) -> EncodedTexts:
+        examples = self._examples(stage)
+        labels = None if stage == "predict" else label_ids(examples, self.labels)
+        return EncodedTexts(examples, self.encode([e.text for e in examples]), labels)
+
+    # --- model, loss and scores ---------------------------------------------------------------------------
+
+    def build_model(self, backbone: BackboneFactory) -> SentimentModel:
+        assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
+        model = self.cfg.model
+        self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
+                                    model.pooling, float(model.dropout), bool(model.bidirectional))
+        return self.model
+
+    def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
+        logits, _ = model(batch.ids, batch.lengths)
+        weights = torch.tensor(self.state["class_weights"], device=logits.device)
+        loss = F.cross_entropy(logits, batch.labels, weight=weights)
+        if stage != "train":
+            self._outputs.setdefault(stage, []).append((logits.detach().cpu(), batch.labels.cpu()))
+        return StepOutput(loss, len(batch.labels))
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        """Scores over the whole pass; validation first refits the temperature, testing draws the confusion matrix."""
+        outputs = self._outputs.pop(stage, None)
+        if not outputs or self.model is None:
+            return {}
+        logits, labels = (torch.cat(parts) for parts in zip(*outputs))
+        if stage == "val":
+            with torch.inference_mode(False):
+                self.model.temperature.fill_(fit_temperature(logits, labels))
+        scores = classification_scores(logits, labels, float(self.model.temperature))
+        if stage == "test" and (folder := self.report_dir()) is not None:
+            path = plot_confusion(confusion(logits, labels).numpy(), self.labels, folder / "confusion_matrix.png",
+                                  f"test: accuracy {scores['acc']:.3f}, macro F1 {scores['f1']:.3f}")
+            log.info("wrote %s", path)
+        return scores
+
+    def report_dir(self) -> Path | None:
+        """`task.report_dir`, else the Hydra run folder; None outside a Hydra run."""
+        if self.cfg.get("report_dir"):
+            return Path(self.cfg.report_dir)
+        from hydra.core.hydra_config import HydraConfig
+
+        return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+    # --- predictions ----------------------------------------------------------------------------------------
+
+    def predict_step(self, model: SentimentModel, batch: Batch) -> dict[str, Tensor]:
+        """Calibrated probabilities (B, C), token importance (B, T) and lengths of the examples `index`."""
+        probs, weights = model.probabilities(batch.ids, batch.lengths)
+        return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
+                "lengths": batch.lengths.cpu()}
+
+    def write_predictions(self, predictions: list[Any], datamodule: SentimentData, out_dir: Path) -> list[Path]:
+        """`predictions.csv` (every text) and `explanations.html` (the first `predict.html_rows`), in input order."""
+        if not predictions:
+            return []
+        examples = datamodule.dataset("predict").examples
+        found = {int(i): (p, w[:n]) for batch in predictions
+                 for i, p, w, n in zip(batch["index"], batch["probs"], batch["weights"], batch["lengths"].tolist())}
+        order = sorted(found)
+        texts = [examples[i].text for i in order]
+        encoding = self.tokenizer(texts, add_special_tokens=False, truncation=True,
+                                  max_length=int(self.cfg.data.max_tokens), return_offsets_mapping=True)
+        predict, rows, page = self.cfg.predict, [], []
+        for row, i in enumerate(order):
+            probs, weights = found[i]
+            words = explain.word_weights(encoding["offset_mapping"][row], encoding.word_ids(row), weights)
+            best = int(probs.argmax())
+            text, label = texts[row], self.labels[best]
+            rows.append({"line": examples[i].where, "text": text, "label": label,
+                         **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(self.labels, probs)},
+                         "top_words": " ".join(explain.top_words(text, words, int(predict.top_words)))})
+            if row < int(predict.html_rows):
+                page.append((examples[i].where, label, float(probs[best]), explain.highlight_html(text, words)))
+            if row < int(predict.show):
+                log.info("%s  %s %.2f  %s", examples[i].where, label, float(probs[best]),
+                         explain.highlight_terminal(text, words, int(predict.top_words)))
+        out_dir = Path(out_dir)
+        return [
+            write_predictions_csv(out_dir / "predictions.csv", rows, self.labels),
+            write_text(out_dir / "explanations.html", explain.html_page("Sentiment predictions", page)),
+        ]

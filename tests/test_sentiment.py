@@ -1,0 +1,233 @@
+"""The sentiment task: tokenizer, padding-invariant model, learning, calibration, artifacts, CLI and bad input."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import random
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from gru_suite import run
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+from gru_suite.testing import check_task_plugin, compose_train_config
+from gru_suite.text import train_tokenizer
+from gru_suite_plugins.sentiment.data import read_labelled, read_texts
+from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, word_weights
+from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
+from gru_suite_plugins.sentiment.synth import corpus_files
+from conftest import run_cli
+
+TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",
+        "callbacks.progress_bar=null"]
+GOOD = ("good", "great", "lovely", "superb", "fine")
+BAD = ("bad", "awful", "dull", "poor", "weak")
+
+
+def separable(rows: int, seed: int) -> list[tuple[str, str]]:
+    """`label sentence` pairs whose label is decided by one polar word among neutral filler."""
+    rng = random.Random(seed)
+    filler = ("the", "film", "was", "really", "plot", "and", "very", "a")
+    out = []
+    for _ in range(rows):
+        label = rng.choice(("pos", "neg"))
+        words = rng.sample(filler, rng.randint(1, 6))
+        words.insert(rng.randint(0, len(words)), rng.choice(GOOD if label == "pos" else BAD))
+        out.append((" ".join(words), label))
+    return out
+
+
+def run_with_stdin(command: str, *args: str, text: str) -> subprocess.CompletedProcess:
+    """Run a gru-suite console script with `text` on its stdin."""
+    exe = Path(sys.executable).parent / command
+    return subprocess.run([str(exe), *args], input=text, capture_output=True, text=True,
+                          env={**os.environ, "HYDRA_FULL_ERROR": "0"}, timeout=300)
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] = ("text", "label")) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("separable")
+    return {split: write_csv(folder / f"{split}.csv", separable(n, seed))
+            for split, n, seed in (("train", 400, 0), ("val", 80, 1), ("test", 80, 2))}
+
+
+def data_overrides(corpus: dict[str, Path]) -> list[str]:
+    return [f"task.data.{split}={path}" for split, path in corpus.items()]
+
+
+@pytest.fixture(scope="module")
+def trained(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """A run folder (checkpoints, predictions, confusion matrix) trained on the separable corpus, and its metrics."""
+    folder = tmp_path_factory.mktemp("trained")
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=8",
+                                             "optimizer.lr=1e-2", f"task.report_dir={folder}"], folder)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return folder, run.train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def tiny_model(pooling: str) -> SentimentModel:
+    torch.manual_seed(0)
+    return SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 3, 8, pooling, dropout=0.0).eval()
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "word"])
+def test_tokenizer_round_trips(kind: str) -> None:
+    texts = ["the film was not good , but the ending is great .", "a dull , lifeless sequel"] * 20
+    tokenizer = train_tokenizer(texts, kind=kind, vocab_size=60, lowercase=True, min_frequency=1)
+    text = "The ending is not dull , but great ."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.unk_token_id not in ids
+    if kind == "word":
+        assert tokenizer.convert_ids_to_tokens(ids) == text.lower().split()
+    else:
+        assert tokenizer.decode(ids) == text.lower()
+
+
+@pytest.mark.parametrize("pooling", ["attention", "max_mean"])
+def test_padding_does_not_change_a_prediction(pooling: str) -> None:
+    model = tiny_model(pooling)
+    short, long = torch.tensor([4, 9, 2, 7]), torch.tensor([5, 3, 8, 8, 1, 6, 2, 9, 4])
+    alone, alone_weights = model.probabilities(short[None], torch.tensor([4]))
+    batch = torch.zeros(2, 9, dtype=torch.long)
+    batch[0, :9], batch[1, :4] = long, short
+    padded, padded_weights = model.probabilities(batch, torch.tensor([9, 4]))
+    torch.testing.assert_close(padded[1], alone[0])
+    torch.testing.assert_close(padded_weights[1, :4], alone_weights[0])
+    assert not padded_weights[1, 4:].any() and padded_weights.sum(-1).allclose(torch.ones(2))
+    torch.testing.assert_close(padded.sum(-1), torch.ones(2))
+
+
+def test_temperature_scaling_recovers_a_known_temperature() -> None:
+    torch.manual_seed(0)
+    logits = 4 * torch.randn(4000, 3)
+    labels = torch.multinomial((logits / 2.5).softmax(-1), 1).squeeze(-1)
+    assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.1)
+
+
+def test_model_learns_a_separable_corpus_to_full_accuracy(trained: tuple[Path, dict[str, float]]) -> None:
+    folder, metrics = trained
+    assert metrics["test/acc"] == 1.0 and metrics["test/f1"] == 1.0
+    assert 0 <= metrics["test/ece"] < 0.1 and metrics["test/temperature"] > 0
+    assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predictions_carry_probabilities_and_the_deciding_word(trained: tuple[Path, dict[str, float]],
+                                                               corpus: dict[str, Path]) -> None:
+    folder, _ = trained
+    with (folder / "predictions" / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == ["line", "text", "label", "prob_neg", "prob_pos", "top_words"]
+    truth = {text: label for text, label in separable(80, 2)}
+    assert [row["text"] for row in rows] == list(truth)  # input order
+    assert rows[0]["line"] == f"{corpus['test']}:2"
+    for row in rows:
+        assert float(row["prob_neg"]) + float(row["prob_pos"]) == pytest.approx(1, abs=1e-5)
+        assert row["label"] == truth[row["text"]]
+    deciding = [bool(set(row["top_words"].split()) & {*GOOD, *BAD}) for row in rows]
+    assert sum(deciding) >= 0.8 * len(rows)
+    page = (folder / "predictions" / "explanations.html").read_text(encoding="utf-8")
+    assert page.count("<tr>") == 81 and "rgba(" in page
+
+
+def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
+    ckpt = trained[0] / "checkpoints" / "last.ckpt"
+    reviews = write_csv(tmp_path / "reviews.csv", [("x", "a superb film"), ("y", ""), ("z", "the plot was awful")],
+                        header=("id", "review"))
+    result = run_cli("gru-suite-predict", "task=sentiment", f"ckpt_path={ckpt}", f"task.predict.input={reviews}",
+                     "task.predict.column=review", f"hydra.run.dir={tmp_path / 'csv'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"{reviews}:3: empty text; skipped" in result.stderr + result.stdout
+    with (tmp_path / "csv" / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["line"], r["label"]) for r in rows] == [(f"{reviews}:2", "pos"), (f"{reviews}:4", "neg")]
+
+    stdin = run_with_stdin("gru-suite-predict", "task=sentiment", f"ckpt_path={ckpt}", "task.predict.input=-",
+                             f"hydra.run.dir={tmp_path / 'stdin'}", text="so dull\n<b>lovely</b> & fine\n")
+    assert stdin.returncode == 0, stdin.stderr[-3000:]
+    page = (tmp_path / "stdin" / "explanations.html").read_text(encoding="utf-8")
+    assert "<b>" not in page and "&lt;" in page and "&amp;" in page
+
+
+def test_eval_cli_writes_metrics_and_the_confusion_matrix(trained: tuple[Path, dict[str, float]],
+                                                          tmp_path: Path) -> None:
+    result = run_cli("gru-suite-eval", "task=sentiment", f"ckpt_path={trained[0] / 'checkpoints' / 'last.ckpt'}",
+                     f"hydra.run.dir={tmp_path}", "task.report_dir=null")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert '"test/acc": 1.0' in (tmp_path / "test_metrics.json").read_text()
+
+
+def test_highlighting_marks_the_heaviest_words_and_escapes() -> None:
+    text = "<i>not</i> good"
+    words = word_weights([(0, 3), (3, 6), (6, 10), (11, 15)], [0, 0, 0, 1], torch.tensor([0.1, 0.1, 0.1, 0.7]))
+    assert words == [Word(0, 10, pytest.approx(0.3)), Word(11, 15, pytest.approx(0.7))]
+    assert highlight_terminal(text, words, 1) == "<i>not</i> [good]"
+    page = highlight_html(text, words)
+    assert "&lt;i&gt;not&lt;/i&gt;" in page and "rgba(255, 170, 0, 1.00)" in page and "<i>" not in page
+
+
+def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "stsa.train"
+    path.write_text("1 a fine film\n0 a weak plot\n\n10\n2 more\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING):
+        examples = read_labelled(path)
+    assert [(e.label, e.text) for e in examples] == [("1", "a fine film"), ("0", "a weak plot"), ("2", "more")]
+    assert f"{path}:3: empty text; skipped" in caplog.text and f"{path}:4: empty text; skipped" in caplog.text
+    path.write_text("".join(f"{label} text number {i}\n" for i in range(10) for label in (10, 2, 0)))
+    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={path}", "task.data.val=null",
+                                             "task.data.test=null", "task.data.val_fraction=0.2"], tmp_path)
+    task = run.build_task(cfg.task)
+    data = task.datamodule()
+    assert task.labels == ["0", "2", "10"]  # integer labels in numeric order
+    assert len(data.dataset("train")) == 24 and len(data.dataset("val")) == len(data.dataset("test")) == 6
+
+
+def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    table = write_csv(tmp_path / "t.csv", [("good", "pos"), ("", "neg"), ("dull", ""), ("bad", "neg")])
+    with caplog.at_level(logging.WARNING):
+        assert [e.text for e in read_labelled(table)] == ["good", "bad"]
+    assert f"{table}:3: empty text; skipped" in caplog.text and f"{table}:4: no label for 'dull'" in caplog.text
+    with pytest.raises(UserError, match=r"t.csv:1: no column 'sentence'; the columns are \['text', 'label'\]"):
+        read_labelled(table, text_column="sentence")
+    with pytest.raises(UserError, match=r"t.csv:1: no column 'review'"):
+        read_texts(table, column="review")
+    broken = tmp_path / "broken.tsv"
+    broken.write_bytes(b"sentence\tlabel\nfine\t1\nbad \xff byte\t0\n")
+    with pytest.raises(UserError, match=r"broken.tsv:3: not UTF-8"):
+        read_labelled(broken, text_column="sentence")
+
+    unseen = write_csv(tmp_path / "val.csv", [("good", "pos"), ("meh", "neutral")])
+    train = write_csv(tmp_path / "train.csv", separable(40, 3))
+    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", f"task.data.val={unseen}",
+                                             f"task.data.test={unseen}"], tmp_path)
+    data = run.build_task(cfg.task).datamodule()
+    with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training \(the model knows"):
+        data.val_dataloader()
+
+
+def test_bundled_corpus_is_deterministic_with_three_labels() -> None:
+    first, second = corpus_files(), corpus_files()
+    assert list(first) == ["train.csv", "val.csv", "test.csv"]
+    assert all(first[name].equals(second[name]) for name in first)
+    assert set(first["train.csv"]["label"]) == {"negative", "neutral", "positive"}
+
+
+def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path: Path) -> None:
+    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus)], tmp_path)
