@@ -8,6 +8,7 @@ checkpoint as plain data.
 
 from __future__ import annotations
 
+import csv
 import gzip
 import random
 import warnings
@@ -37,22 +38,68 @@ def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = 
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     opener = gzip.open if path.suffix == ".gz" else open
-    lines = []
     try:
         with opener(path, "rb") as handle:
             raw_lines = handle.read().splitlines()
     except (OSError, EOFError) as err:
         raise UserError(f"{path}: cannot read ({err})") from err
+    return decode_lines(raw_lines, str(path), encoding_errors)
+
+
+def decode_lines(
+    raw_lines: Iterable[bytes], source: str, encoding_errors: Literal["error", "replace"] = "error"
+) -> list[str]:
+    """UTF-8 `raw_lines` (from a file or stdin named `source`) as text, with `read_lines`'s error rule."""
+    lines = []
     for number, raw in enumerate(raw_lines, start=1):
         try:
             lines.append(raw.decode("utf-8"))
         except UnicodeDecodeError as err:
-            where = f"{path}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
+            where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
             if encoding_errors == "error":
                 raise UserError(f"{where}; fix the file or set encoding_errors=replace") from err
-            warnings.warn(f"{where}; bad bytes replaced with U+FFFD", stacklevel=2)
+            warnings.warn(f"{where}; bad bytes replaced with U+FFFD", stacklevel=3)
             lines.append(raw.decode("utf-8", errors="replace"))
     return lines
+
+
+def read_table(
+    path: str | Path,
+    columns: Sequence[str],
+    delimiter: str | None = None,
+    encoding_errors: Literal["error", "replace"] = "error",
+) -> list[tuple[int, list[str]]]:
+    """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row.
+
+    The delimiter is a tab for `.tsv`/`.tsv.gz` (no quoting, as in GLUE) and a comma
+    otherwise (standard CSV quoting). A missing column raises a `UserError` listing
+    the columns that exist; a row with too few fields one naming its line.
+    """
+    path = Path(path)
+    tab = delimiter == "\t" or (delimiter is None and ".tsv" in path.suffixes)
+    lines = read_lines(path, encoding_errors)
+    quoting = csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL
+    reader = csv.reader(lines, delimiter="\t" if tab else (delimiter or ","), quoting=quoting, strict=not tab)
+    try:
+        header = next(reader, None)
+        if not header:
+            raise UserError(f"{path}:1: expected a header row naming the columns, found an empty line")
+        header = [name.strip() for name in header]
+        missing = [name for name in columns if name not in header]
+        if missing:
+            raise UserError(f"{path}:1: no column {', '.join(map(repr, missing))}; the columns are {header}")
+        where = [header.index(name) for name in columns]
+        rows = []
+        start = reader.line_num + 1
+        for row in reader:
+            if row:
+                if len(row) <= max(where):
+                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header})")
+                rows.append((start, [row[i] for i in where]))
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise UserError(f"{path}:{reader.line_num}: not valid CSV ({err})") from err
+    return rows
 
 
 def train_tokenizer(
