@@ -1,0 +1,1 @@
+"""Translation: a bidirectional GRU encoder and an attention GRU decoder with beam search, scored with sacreBLEU."""

@@ -1,0 +1,146 @@
+"""Greedy and batched beam-search decoding that carry the decoder state from step to step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gru_suite_plugins.translation.model import Seq2Seq, select_state
+
+BOS, EOS = 2, 3
+"""Ids of `<s>` and `</s>` in every suite tokenizer (see `gru_suite.text.SPECIAL_TOKENS`)."""
+
+
+@dataclass
+class Hypothesis:
+    """A decoded sentence: token ids (no BOS/EOS), its attention (tokens, source length) and score.
+
+    `score` is the summed log-probability (EOS included when emitted), divided by
+    `length ** length_penalty` in beam search.
+    """
+
+    tokens: list[int]
+    attention: Tensor
+    score: float
+
+
+def max_lengths(source_lengths: Tensor, ratio: float, extra: int, cap: int) -> Tensor:
+    """Most tokens to emit per sentence: `ratio * source length + extra`, at most `cap`."""
+    return (source_lengths.float() * ratio + extra).long().clamp(1, cap)
+
+
+@torch.no_grad()
+def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> list[Hypothesis]:
+    """The most likely next token at each step, until EOS or `max_len` (B,) tokens."""
+    memory = model.encode(source, lengths)
+    state, feed = model.initial_state(memory), model.initial_feed(memory)
+    batch = source.size(0)
+    tokens = source.new_full((batch,), BOS)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    attention: list[list[Tensor]] = [[] for _ in range(batch)]
+    scores = [0.0] * batch
+    active = set(range(batch))
+    limits = list(zip(lengths.tolist(), max_len.tolist()))
+    for t in range(int(max_len.max())):
+        logits, state, feed, weights = model.decode_step(tokens, state, feed, memory)
+        logp, tokens = logits.log_softmax(-1).max(-1)
+        step_logp, step_tokens = logp.tolist(), tokens.tolist()
+        for b in sorted(active):
+            scores[b] += step_logp[b]
+            if step_tokens[b] == EOS:
+                active.discard(b)
+                continue
+            out[b].append(step_tokens[b])
+            attention[b].append(weights[b, : limits[b][0]])
+            if t + 1 >= limits[b][1]:
+                active.discard(b)
+        if not active:
+            break
+    return [Hypothesis(o, _stack(a, int(n)), s) for o, a, n, s in zip(out, attention, lengths, scores)]
+
+
+@torch.no_grad()
+def beam_search(
+    model: Seq2Seq,
+    source: Tensor,
+    lengths: Tensor,
+    max_len: Tensor,
+    beam: int,
+    length_penalty: float = 1.0,
+    early_stopping: bool = True,
+) -> list[Hypothesis]:
+    """Batched beam search: the batch runs as B x `beam` rows, reordered by back-pointers each step.
+
+    At each step the best 2 x `beam` extensions of a sentence's beams are ranked;
+    those among the first `beam` that end in EOS are finished (so `beam=1` is
+    exactly greedy), the best `beam` others continue. A sentence stops when it has
+    `beam` finished hypotheses (`early_stopping`), or, without early stopping,
+    when no live beam can beat the worst of them any more; at `max_len` its live
+    beams are finished as they are. The best by `score / length ** length_penalty`
+    wins (length counts EOS).
+    """
+    batch, k = source.size(0), beam
+    rows = torch.arange(batch, device=source.device).repeat_interleave(k)
+    memory = model.encode(source, lengths).select(rows)
+    state, feed = model.initial_state(memory), model.initial_feed(memory)
+    tokens = source.new_full((batch * k,), BOS)
+    scores = torch.full((batch, k), float("-inf"), device=source.device)
+    scores[:, 0] = 0.0  # all beams start as the same empty hypothesis
+    history = source.new_zeros((batch * k, 0))
+    attention = memory.outputs.new_zeros((batch * k, 0, source.size(1)))
+    finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    limits = list(zip(lengths.tolist(), max_len.tolist()))
+    for t in range(int(max_len.max())):
+        logits, state, feed, weights = model.decode_step(tokens, state, feed, memory)
+        vocab = logits.size(-1)
+        candidates = (scores.unsqueeze(-1) + logits.log_softmax(-1).view(batch, k, vocab)).view(batch, -1)
+        top_scores, top_ids = candidates.topk(2 * k, dim=1)
+        origin, word = top_ids // vocab, top_ids % vocab
+        steps = t + 1
+        ranked = zip(top_scores[:, :k].tolist(), word[:, :k].tolist(), origin[:, :k].tolist())
+        for b, (b_scores, b_words, b_origins) in enumerate(ranked):
+            if done[b]:
+                continue
+            last = steps >= limits[b][1]
+            for score, token, beam_of in zip(b_scores, b_words, b_origins):
+                is_eos = token == EOS
+                if score == float("-inf") or not (is_eos or last):
+                    continue
+                row = b * k + beam_of
+                ids = history[row].tolist() + ([] if is_eos else [token])
+                rows_attention = attention[row] if is_eos else torch.cat([attention[row], weights[row : row + 1]])
+                finished[b].append(Hypothesis(ids, rows_attention[:, : limits[b][0]], score / steps**length_penalty))
+            finished[b] = sorted(finished[b], key=lambda h: -h.score)[:k]
+            if last or _complete(finished[b], k, early_stopping, top_scores[b], word[b], steps, length_penalty):
+                done[b] = True
+        if all(done):
+            break
+        live = top_scores.masked_fill(word == EOS, float("-inf"))
+        live[torch.tensor(done, device=live.device)] = float("-inf")
+        scores, pick = live.topk(k, dim=1)
+        beams = (torch.arange(batch, device=source.device).unsqueeze(1) * k + origin.gather(1, pick)).view(-1)
+        tokens = word.gather(1, pick).view(-1)
+        state, feed = select_state(state, beams), feed[beams]
+        history = torch.cat([history[beams], tokens.unsqueeze(1)], 1)
+        attention = torch.cat([attention[beams], weights[beams].unsqueeze(1)], 1)
+    return [max(f, key=lambda h: h.score) for f in finished]
+
+
+def _complete(
+    finished: list[Hypothesis], k: int, early_stopping: bool, top_scores: Tensor, words: Tensor, steps: int,
+    length_penalty: float,
+) -> bool:
+    """Whether a sentence with `finished` hypotheses needs no more steps."""
+    if len(finished) < k:
+        return False
+    if early_stopping:
+        return True
+    live = top_scores.masked_fill(words == EOS, float("-inf")).max()
+    return float(live) / steps**length_penalty <= finished[-1].score
+
+
+def _stack(rows: list[Tensor], source_length: int) -> Tensor:
+    return torch.stack(rows) if rows else torch.zeros(0, source_length)

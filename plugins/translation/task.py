@@ -1,0 +1,218 @@
+"""Translation: subword tokenizers fitted on the training pairs, a GRU encoder-decoder with attention,
+greedy or beam-search decoding, sacreBLEU scores, aligned output text and attention pictures."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+
+from gru_suite.errors import UserError
+from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite_plugins.translation.data import (
+    Corpus,
+    Encoder,
+    PairSet,
+    TranslationData,
+    read_parallel,
+    read_source_text,
+    warn_lines,
+)
+from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
+from gru_suite_plugins.translation.model import Seq2Seq
+from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer, write_attention, write_lines
+
+log = logging.getLogger(__name__)
+
+SPLIT_STAGES = ("train", "val", "test")
+
+
+class TranslationTask(TaskPlugin):
+    """Translate `task.data.source` sentences into `task.data.target`.
+
+    The state holds both tokenizers (`tokenizer.json` text; one shared vocabulary when
+    `task.tokenizer.joint`), so a checkpoint translates on its own. `loss` is the
+    label-smoothed cross-entropy per target token; validation and test also log the
+    unsmoothed `perplexity` and sacreBLEU `bleu` and `chrf` of the decoded, detokenised
+    output against the raw references (validation decodes with
+    `decode.val_beam_size`, test with `decode.beam_size`).
+    """
+
+    def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg, state)
+        self._corpora: dict[str, Corpus] = {}
+        self._scores: dict[str, dict[str, Any]] = {}
+        self.blank: set[int] = set()
+        """Predict lines written empty: empty input, or skipped as too long."""
+        self.predict_corpus: Corpus | None = None
+
+    # data -----------------------------------------------------------------------------------
+    def datamodule(self) -> TranslationData:
+        data = self.cfg.data
+        if "source_tokenizer" not in self.state:
+            self._fit_tokenizers(self._corpus("train"))
+        self.source_tokenizer = tokenizer_from_state(self.state["source_tokenizer"])
+        self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
+        return TranslationData(self._build, data.batch_size, data.eval_batch_size, data.get("num_workers", 0))
+
+    def _corpus(self, stage: str) -> Corpus:
+        if stage not in self._corpora:
+            data = self.cfg.data
+            corpus = read_parallel(data.path, data.splits[stage], data.source, data.target, data.encoding_errors)
+            if corpus is None and stage == "test":
+                log.info("%s has no %s split: testing on the validation split", data.path, data.splits.test)
+                corpus = self._corpus("val")
+            if corpus is None or not corpus.source:
+                raise UserError(f"{data.path}: no {data.splits[stage]} pairs (expected {data.splits[stage]}."
+                                f"{data.source} + {data.splits[stage]}.{data.target}, optionally .gz, or "
+                                f"{data.splits[stage]}.tsv with columns {data.source} and {data.target})")
+            self._corpora[stage] = corpus
+        return self._corpora[stage]
+
+    def _fit_tokenizers(self, train: Corpus) -> None:
+        tok = self.cfg.tokenizer
+        settings = dict(kind=tok.kind, vocab_size=tok.vocab_size, lowercase=tok.lowercase, min_frequency=tok.min_frequency)
+        if tok.joint:
+            source = target = train_tokenizer(train.source + train.target, **settings)
+        else:
+            source, target = (train_tokenizer(texts, **settings) for texts in (train.source, train.target))
+        self.state.update(source_tokenizer=tokenizer_state(source), target_tokenizer=tokenizer_state(target),
+                          joint=bool(tok.joint))
+
+    def _encoder(self, tokenizer: Any) -> Encoder:
+        return Encoder(tokenizer, int(self.cfg.data.max_tokens), self.cfg.data.too_long)
+
+    def _build(self, stage: str) -> PairSet:
+        if stage == "predict":
+            return self._predict_set()
+        corpus = self._corpus(stage)
+        sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
+        targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.where, "target")
+        keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if s is not None and t is not None]
+        return PairSet([sources[i] for i in keep], [targets[i] for i in keep],  # type: ignore[misc]
+                       [corpus.target[i] for i in keep], BOS)
+
+    def _predict_set(self) -> PairSet:
+        """The lines of `predict.input` (default: the test split's source side), every line kept."""
+        path = self.cfg.predict.get("input")
+        corpus = read_source_text(str(path), self.cfg.data.encoding_errors) if path else self._corpus("test")
+        self.predict_corpus = corpus
+        ids = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
+        empty = [i for i, text in enumerate(corpus.source) if not text.strip()]
+        warn_lines(corpus.where, [corpus.lines[i] for i in empty], "empty line, written as an empty line")
+        self.blank = set(empty) | {i for i, x in enumerate(ids) if x is None}
+        eos = self.source_tokenizer.eos_token_id
+        return PairSet([x if x is not None else [eos] for x in ids], None, None, BOS)
+
+    # model and training ---------------------------------------------------------------------
+    def build_model(self, backbone: BackboneFactory) -> Seq2Seq:
+        model = self.cfg.model
+        return Seq2Seq(
+            backbone,
+            len(tokenizer_from_state(self.state["source_tokenizer"])),
+            len(tokenizer_from_state(self.state["target_tokenizer"])),
+            model.embed_size,
+            attention=model.attention,
+            input_feeding=model.input_feeding,
+            dropout=model.dropout,
+            tie_embeddings=model.tie_embeddings,
+            share_embeddings=self.state["joint"],
+            bidirectional_encoder=model.bidirectional_encoder,
+        )
+
+    def step(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage) -> StepOutput:
+        logits = model(batch["source"], batch["source_lengths"], batch["target_in"], batch["target_lengths"])
+        flat, gold = logits.flatten(0, 1), batch["target_out"].flatten()
+        loss = F.cross_entropy(flat, gold, ignore_index=0, label_smoothing=float(self.cfg.model.label_smoothing))
+        if stage != "train":
+            self._collect(model, batch, stage, F.cross_entropy(flat, gold, ignore_index=0, reduction="sum"))
+        return StepOutput(loss, len(batch["source"]))
+
+    def _collect(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage, nll: Tensor) -> None:
+        decode = self.cfg.decode
+        beam = decode.val_beam_size if stage == "val" else decode.beam_size
+        scores = self._scores.setdefault(stage, {"nll": 0.0, "tokens": 0, "hypotheses": [], "references": []})
+        scores["nll"] += float(nll)
+        scores["tokens"] += int(batch["target_lengths"].sum())
+        scores["hypotheses"] += [self.detokenize(h.tokens) for h in self.translate(model, batch, beam)]
+        scores["references"] += batch["references"]
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        """sacreBLEU `bleu` and `chrf` of the epoch's translations, and `perplexity` per target token."""
+        if stage not in self._scores:
+            return {}
+        scores = self._scores.pop(stage)
+        result = corpus_scores(scores["hypotheses"], scores["references"])
+        log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
+                 result["chrf"], result.pop("chrf_signature"))
+        return {**result, "perplexity": math.exp(scores["nll"] / max(scores["tokens"], 1))}
+
+    # decoding and artifacts -----------------------------------------------------------------
+    def translate(self, model: Seq2Seq, batch: dict[str, Any], beam: int) -> list[Hypothesis]:
+        """Decode a batch: greedy for `beam` 1, else beam search, under the `decode` length rules."""
+        decode = self.cfg.decode
+        if beam < 1:
+            raise UserError(f"task.decode beam sizes must be at least 1, got {beam}")
+        source, lengths = batch["source"], batch["source_lengths"]
+        limit = max_lengths(lengths, decode.max_length_ratio, decode.max_length_extra, decode.max_length)
+        was_training = model.training
+        model.eval()
+        try:
+            if beam == 1:
+                return greedy(model, source, lengths, limit)
+            return beam_search(model, source, lengths, limit, beam, decode.length_penalty, decode.early_stopping)
+        finally:
+            model.train(was_training)
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.target_tokenizer.decode(ids, skip_special_tokens=True)
+
+    def predict_step(self, model: Seq2Seq, batch: dict[str, Any]) -> dict[str, Any]:
+        hypotheses = self.translate(model, batch, int(self.cfg.decode.beam_size))
+        return {"index": batch["index"].cpu(), "tokens": [h.tokens for h in hypotheses],
+                "attention": [h.attention.cpu() for h in hypotheses],
+                "score": torch.tensor([h.score for h in hypotheses])}
+
+    def write_predictions(self, predictions: list[Any], datamodule: TranslationData, out_dir: Path) -> list[Path]:
+        """`predict.output` (one translation per input line), `attention.jsonl` and the first `predict.plots`
+        alignment PNGs when `predict.attention`, and both tokenizers (`save_pretrained` folders)."""
+        out_dir, settings = Path(out_dir), self.cfg.predict
+        dataset: PairSet = datamodule.dataset("predict")  # type: ignore[assignment]
+        corpus = self.predict_corpus
+        assert corpus is not None
+        by_index = {int(i): (t, a) for p in predictions for i, t, a in zip(p["index"], p["tokens"], p["attention"])}
+        lines = ["" if i in self.blank else self.detokenize(by_index[i][0]) for i in range(len(corpus.source))]
+        paths = [write_lines(lines, out_dir / settings.output)]
+        if settings.attention:
+            records, shown = [], 0
+            for i in sorted(set(by_index) - self.blank):
+                tokens, weights = by_index[i]
+                source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
+                target = self.target_tokenizer.convert_ids_to_tokens(tokens)
+                records.append({"line": corpus.lines[i], "source": source, "target": target,
+                                "weights": [[round(float(w), 4) for w in row] for row in weights]})
+                if shown < settings.plots and len(target):
+                    paths.append(save_alignment(source, target, weights.numpy(), out_dir / f"attention_{corpus.lines[i]:05d}.png"))
+                    shown += 1
+            paths.append(write_attention(records, out_dir / "attention.jsonl"))
+        paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer" / "source")
+        if not self.state["joint"]:
+            paths += save_tokenizer(self.target_tokenizer, out_dir / "tokenizer" / "target")
+        return paths
+
+
+def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU and chrF (0-100) with their signatures."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    return {"bleu": bleu.corpus_score(hypotheses, [references]).score, "bleu_signature": str(bleu.get_signature()),
+            "chrf": chrf.corpus_score(hypotheses, [references]).score, "chrf_signature": str(chrf.get_signature())}

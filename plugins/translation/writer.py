@@ -1,0 +1,54 @@
+"""Translation artifacts: the aligned output text, attention weights as JSON lines, alignment pictures."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gru_suite.atomic import save_figure, write_text
+
+
+def write_lines(lines: Sequence[str], path: Path) -> Path:
+    """One output line per input line (line breaks inside a translation become spaces)."""
+    return write_text(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
+
+
+def write_attention(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """One JSON object per translated line: `line`, `source` and `target` tokens, `weights` (target x source)."""
+    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def plot_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, title: str) -> Figure:
+    """The attention matrix: source tokens across, output tokens down, darker = more weight."""
+    fig = Figure(figsize=(2 + 0.35 * len(source), 1.5 + 0.35 * len(target)), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(source)), source, rotation=90)
+    ax.set_yticks(range(len(target)), target)
+    ax.set_xlabel("source")
+    ax.set_ylabel("output")
+    ax.set_title(title)
+    return fig
+
+
+def save_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, path: Path) -> Path:
+    return save_figure(plot_alignment(source, target, weights, path.stem), path, dpi=100)
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
+    """`tokenizer.save_pretrained(folder)`, each file moved into place atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
+        paths = []
+        for name in tokenizer.save_pretrained(tmp):
+            if Path(name).is_file():
+                os.replace(name, folder / Path(name).name)
+                paths.append(folder / Path(name).name)
+    return paths

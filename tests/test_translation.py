@@ -1,0 +1,236 @@
+"""The translation task: tokenizers, attention masking, decoding, learning, bad input, CLI and the plugin contract."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import logging
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cli
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+from gru_suite.testing import check_task_plugin, compose_train_config
+from gru_suite.text import pad_ids
+from gru_suite_plugins.translation.data import Encoder, read_parallel, read_source_text
+from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
+from gru_suite_plugins.translation.model import Seq2Seq
+from gru_suite_plugins.translation.synth import corpus_files
+from gru_suite_plugins.translation.task import TranslationTask
+
+TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
+        "task.decode.beam_size=2", "task.decode.max_length=20", "task.data.batch_size=32"]
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled corpus, cut to 400 training pairs and 40 for val/test."""
+    folder = tmp_path_factory.mktemp("toy")
+    for name, text in corpus_files().items():
+        keep = 400 if name.startswith("train") else 40
+        (folder / name).write_text("".join(text.splitlines(keepends=True)[:keep]), encoding="utf-8")
+    return folder
+
+
+def tiny_model(vocab: int, seed: int = 0, **kwargs) -> Seq2Seq:
+    torch.manual_seed(seed)
+    return Seq2Seq(partial(GRUBackbone, hidden_size=24), vocab, vocab, 16, **kwargs).eval()
+
+
+def test_tokenizers_round_trip_the_text_and_ride_in_the_state(bundled: Path, tmp_path: Path) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
+    task = TranslationTask(cfg.task)
+    task.datamodule()
+    restored = TranslationTask(cfg.task, state=task.state_dict())
+    restored.datamodule()
+    for text in ["Some green old women know a green farmer.", "Kelka donas virdas vetas konant."]:
+        ids = restored.source_tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert restored.source_tokenizer.unk_token_id not in ids
+        assert restored.source_tokenizer.decode(ids) == text
+    assert task.state["source_tokenizer"] == task.state["target_tokenizer"]  # joint vocabulary by default
+
+
+@pytest.mark.parametrize("attention", ["luong", "bahdanau"])
+def test_attention_gives_padding_no_weight_and_padding_changes_nothing(attention: str) -> None:
+    model = tiny_model(30, attention=attention)
+    short, long = [5, 6, 7, EOS], [8, 9, 10, 11, 12, 13, EOS]
+    source, lengths = pad_ids([short, long])
+    target_in, target_lengths = pad_ids([[BOS, 5, 6], [BOS, 5, 6]])
+    with torch.no_grad():
+        memory = model.encode(source, lengths)
+        decoded = torch.randn(2, 3, model.decoder.hidden_size)
+        _, weights = model.attention(decoded, memory.keys, memory.outputs, memory.mask)
+        assert torch.all(weights[0, :, len(short):] == 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3))
+        batched = model(source, lengths, target_in, target_lengths)[0]
+        alone = model(torch.tensor([short]), torch.tensor([len(short)]), target_in[:1], target_lengths[:1])[0]
+    torch.testing.assert_close(batched, alone)
+
+
+@pytest.mark.parametrize("input_feeding", [False, True])
+def test_carried_decoder_state_gives_the_teacher_forced_logits(input_feeding: bool) -> None:
+    model = tiny_model(30, input_feeding=input_feeding)
+    source, lengths = pad_ids([[5, 6, 7, EOS], [8, 9, EOS]])
+    target = torch.tensor([[BOS, 11, 12, 13], [BOS, 14, 15, 16]])
+    with torch.no_grad():
+        forced = model(source, lengths, target, torch.tensor([4, 4]))
+        memory = model.encode(source, lengths)
+        state, feed, steps = model.initial_state(memory), model.initial_feed(memory), []
+        for t in range(target.size(1)):
+            logits, state, feed, _ = model.decode_step(target[:, t], state, feed, memory)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), forced)
+
+
+def test_beam_search_with_one_beam_is_greedy() -> None:
+    model = tiny_model(40, seed=3)
+    source, lengths = pad_ids([[5, 6, 7, 8, EOS], [9, EOS], [10, 11, 12, EOS]])
+    limit = max_lengths(lengths, 1.5, 3, 50)
+    expected, got = greedy(model, source, lengths, limit), beam_search(model, source, lengths, limit, beam=1)
+    assert [h.tokens for h in got] == [h.tokens for h in expected]
+    assert all(len(h.tokens) <= n for h, n in zip(got, limit.tolist()))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g.attention, e.attention)
+
+
+def test_beam_search_finds_a_likelier_translation_than_greedy_or_the_same() -> None:
+    model = tiny_model(40, seed=4)
+    source, lengths = pad_ids([[5, 6, 7, 8, EOS], [9, 10, EOS]])
+    limit = torch.tensor([6, 6])
+    wide = beam_search(model, source, lengths, limit, beam=8, length_penalty=0.0)
+    narrow = greedy(model, source, lengths, limit)
+    for w, n, length in zip(wide, narrow, lengths.tolist()):
+        assert w.score >= n.score - 1e-5  # length_penalty 0: both scores are summed log-probabilities
+        assert w.attention.shape == (len(w.tokens), length)
+
+
+def test_the_model_learns_to_reverse_tokens_exactly() -> None:
+    generator = torch.Generator().manual_seed(0)
+    def sample(n: int) -> list[list[int]]:
+        return [(torch.randint(4, 12, (int(torch.randint(2, 6, (), generator=generator)),), generator=generator)
+                 .tolist()) for _ in range(n)]
+    model = tiny_model(12, seed=1).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        words = sample(64)
+        source, lengths = pad_ids([[*w, EOS] for w in words])
+        target_in, target_lengths = pad_ids([[BOS, *w[::-1]] for w in words])
+        target_out, _ = pad_ids([[*w[::-1], EOS] for w in words])
+        logits = model(source, lengths, target_in, target_lengths)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), target_out.flatten(), ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    words = sample(200)
+    source, lengths = pad_ids([[*w, EOS] for w in words])
+    hypotheses = greedy(model.eval(), source, lengths, max_lengths(lengths, 1.0, 2, 20))
+    exact = sum(h.tokens == w[::-1] for h, w in zip(hypotheses, words)) / len(words)
+    assert exact >= 0.95, exact
+
+
+def test_misaligned_files_name_both_files(tmp_path: Path) -> None:
+    (tmp_path / "train.en").write_text("a\nb\nc\n")
+    (tmp_path / "train.toy").write_text("x\ny\n")
+    with pytest.raises(UserError, match=r"train\.en has 3 lines but .*train\.toy has 2"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+
+
+def test_non_utf8_names_file_and_line_or_is_replaced(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    (tmp_path / "train.en").write_bytes(b"good\nbad \xff here\n")
+    with gzip.open(tmp_path / "train.toy.gz", "wt") as f:
+        f.write("gut\nschlecht\n")
+    with pytest.raises(UserError, match=r"train\.en:2: not UTF-8"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+    corpus = read_parallel(tmp_path, "train", "en", "toy", "replace")
+    assert corpus is not None and corpus.source[1] == "bad \ufffd here" and corpus.target[1] == "schlecht"
+
+
+def test_empty_lines_are_skipped_with_their_line_named(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "val.en").write_text("one\n\nthree\nfour\n")
+    (tmp_path / "val.toy").write_text("uno\ndos\n \nkvar\n")
+    with caplog.at_level(logging.WARNING):
+        corpus = read_parallel(tmp_path, "val", "en", "toy", "error")
+    assert corpus is not None and corpus.source == ["one", "four"] and corpus.lines == [1, 4]
+    assert "val.en" in caplog.text and "line(s) 2, 3" in caplog.text
+
+
+def test_stdin_lines_are_read_with_their_line_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Ein Hund.\n\nbad \xff\n")))
+    with pytest.raises(UserError, match=r"<stdin>:3: not UTF-8"):
+        read_source_text("-", "error")
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"Ein Hund.\n\nZwei.\n")))
+    corpus = read_source_text("-", "error")
+    assert corpus.source == ["Ein Hund.", "", "Zwei."] and corpus.lines == [1, 2, 3]
+
+
+def test_tsv_pairs_pick_columns_by_language(tmp_path: Path) -> None:
+    (tmp_path / "train.tsv").write_text("de\ten\nein Hund\ta dog\nzwei\ttwo\n")
+    corpus = read_parallel(tmp_path, "train", "en", "de", "error")
+    assert corpus is not None and corpus.source == ["a dog", "two"] and corpus.target == ["ein Hund", "zwei"]
+    assert corpus.lines == [2, 3]
+    with pytest.raises(UserError, match=r"train\.tsv:1: no column 'fr'"):
+        read_parallel(tmp_path, "train", "fr", "de", "error")
+
+
+def test_over_long_sentences_follow_the_configured_rule(bundled: Path, tmp_path: Path,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
+    task = TranslationTask(cfg.task)
+    task.datamodule()
+    sentences, lines = ["Some dogs see a cat.", "A dog."], [7, 8]
+    with caplog.at_level(logging.WARNING):
+        truncated = Encoder(task.source_tokenizer, 4, "truncate")(sentences, lines, "f.en", "source")
+    assert [len(ids) for ids in truncated] == [4, 4] and truncated[0][-1] == EOS  # type: ignore[index]
+    assert "f.en: source sentence over task.data.max_tokens=4 tokens, truncated on line(s) 7" in caplog.text
+    assert Encoder(task.source_tokenizer, 4, "skip")(sentences, lines, "f.en", "source")[0] is None
+    with pytest.raises(UserError, match=r"f\.en:7: source sentence has \d+ tokens"):
+        Encoder(task.source_tokenizer, 4, "error")(sentences, lines, "f.en", "source")
+
+
+def test_unknown_characters_become_unk_with_a_warning(bundled: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
+    task = TranslationTask(cfg.task)
+    task.datamodule()
+    with caplog.at_level(logging.WARNING):
+        ids = Encoder(task.source_tokenizer, 100, "truncate")(["A dog.", "A 狗 dog."], [1, 2], "in.txt", "source")
+    assert task.source_tokenizer.unk_token_id in ids[1]  # type: ignore[operator]
+    assert "in.txt: source characters unknown to the tokenizer, kept as <unk> on line(s) 2" in caplog.text
+
+
+def test_plugin_contract(bundled: Path, tmp_path: Path) -> None:
+    check_task_plugin("translation", overrides=[f"task.data.path={bundled}", *TINY], tmp_path=tmp_path)
+
+
+def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    trained = run_cli("gru-suite", "task=translation", f"task.data.path={bundled}", *TINY, "trainer.max_epochs=2",
+                      "predict_after_training=false", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert {"val/bleu", "test/bleu", "test/chrf", "test/perplexity"} <= set(metrics)
+    assert "BLEU" in trained.stdout and "tok:13a" in trained.stdout  # the sacreBLEU signature is logged
+    source = tmp_path / "input.txt"
+    source.write_text("A dog sees the cat.\n\nSome 狗 watch the river.\n" + "The big dog " * 60 + "\n")
+    out_dir = tmp_path / "predicted"
+    predicted = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                        f"task.predict.input={source}", "task.data.path=/nonexistent", "task.data.max_tokens=30",
+                        f"hydra.run.dir={out_dir}")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = (out_dir / "translations.txt").read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 5 and lines[-1] == "" and lines[1] == ""  # four lines, the empty one kept empty
+    logged = predicted.stdout + predicted.stderr
+    assert "input.txt: empty line, written as an empty line on line(s) 2" in logged
+    assert "unknown to the tokenizer" in logged and "truncated on line(s) 4" in logged
+    records = [json.loads(r) for r in (out_dir / "attention.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in records] == [1, 3, 4]
+    assert all(len(r["weights"]) == len(r["target"]) and len(r["weights"][0]) == len(r["source"])
+               for r in records if r["target"])
+    assert (out_dir / "attention_00001.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out_dir / "tokenizer" / "source" / "tokenizer.json").is_file()
