@@ -16,3 +16,20 @@ def test_ddp_sim_trains_into_one_run_folder(tmp_path):
     metrics = pd.read_csv(tmp_path / "metrics.csv")
     assert metrics["train/samples_per_s"].dropna().gt(0).all()
     assert "gru-suite-predict" in result.stderr + result.stdout  # artifacts are left to predict
+
+
+def test_ddp_sim_scores_whole_pass_metrics_over_every_process_share(tmp_path):
+    """NAB needs all series at once: two processes must report what one process reports."""
+    tiny = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
+    result = run_cli("gru-suite", "task=anomaly", "trainer=cpu", "trainer.max_epochs=1", *tiny,
+                     "test_after_training=false", "predict_after_training=false", f"hydra.run.dir={tmp_path / 'train'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    scores = {}
+    for trainer in ("cpu", "ddp_sim"):
+        out = tmp_path / trainer
+        result = run_cli("gru-suite-eval", f"ckpt_path={ckpt}", f"trainer={trainer}", f"hydra.run.dir={out}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        scores[trainer] = json.loads((out / "test_metrics.json").read_text())
+    for name in ("nab_standard", "nab_reward_low_FP_rate", "nab_reward_low_FN_rate", "event_f1", "point_f1"):
+        assert abs(scores["ddp_sim"][f"test/{name}"] - scores["cpu"][f"test/{name}"]) < 1e-6, name

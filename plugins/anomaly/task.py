@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
@@ -92,9 +93,12 @@ class AnomalyTask(TaskPlugin):
         return StepOutput(raw[probation:].mean(), 1)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
-        if stage != "test" or not self._raw:
+        if stage != "test":
             return {}
-        scored = {i: self.flagger().run(raw, self.streams[i].probation) for i, raw in sorted(self._raw.items())}
+        raw_scores = gather_dict(self._raw)  # a NAB score needs every series, not one process's share
+        if not raw_scores:
+            return {}
+        scored = {i: self.flagger().run(raw, self.streams[i].probation) for i, raw in sorted(raw_scores.items())}
         self._raw = {}
         return self._metrics(scored)
 

@@ -1,0 +1,25 @@
+"""Helpers for task state that must see every DDP process's share of the data."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import torch.distributed as dist
+
+Key = TypeVar("Key")
+
+
+def gather_dict(items: dict[Key, Any]) -> dict[Key, Any]:
+    """Merge the dict each DDP process built over its share of the data, on every process.
+
+    Keys that several processes hold (a sampler pads shares to equal length by
+    repeating items) keep one value. Outside a multi-process run, `items` is returned.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return items
+    shares: list[dict[Key, Any] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, items)
+    merged: dict[Key, Any] = {}
+    for share in shares:
+        merged.update(share or {})
+    return merged
