@@ -112,6 +112,10 @@ def test_padding_does_not_change_a_prediction(pooling: str) -> None:
     torch.testing.assert_close(padded_weights[1, :4], alone_weights[0])
     assert not padded_weights[1, 4:].any() and padded_weights.sum(-1).allclose(torch.ones(2))
     torch.testing.assert_close(padded.sum(-1), torch.ones(2))
+    with torch.no_grad():  # the packed backbone over the padded batch agrees with an unpacked pass
+        unpacked, _ = model.backbone(model.embedding(short[None]))
+        packed, _ = model.backbone(model.embedding(batch), torch.tensor([9, 4]))
+    torch.testing.assert_close(packed[1, :4], unpacked[0])
 
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:

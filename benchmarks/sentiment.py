@@ -1,0 +1,149 @@
+"""Sentiment benchmark: SST-2 sentence-level accuracy, macro F1 and calibration, and prediction speed.
+
+    python benchmarks/sentiment.py --train ../shared/data/sentiment/sst2_kim2014/stsa.binary.train \
+        --dev ../shared/data/sentiment/sst2_kim2014/stsa.binary.dev \
+        --phrases ../shared/data/sentiment/sst2/train.tsv --minutes 12
+
+Trains `experiment=sst2` from scratch (no downloaded embeddings) on the training sentences, plus, with
+`--phrases`, the labelled phrases of GLUE's SST-2 `train.tsv`. A fixed 10% of the training sentences is
+held out for validation (early stopping, checkpoint choice and the temperature); phrases that equal a
+dev or held-out sentence, or are spans of at least `--leak-tokens` words of one, are dropped. The best
+checkpoint is then scored once on `--dev`: accuracy, macro F1, expected calibration error (15 bins)
+before and after temperature scaling. Prediction speed is sentences per second through tokenizer and
+model (batches of 256, in length order) on the CPU. Prints the tables, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import fit_and_test, quiet, quote, table  # noqa: E402
+
+REFERENCES = {"Tree-LSTM (Tai et al. 2015, test)": 0.880, "BiLSTM from scratch (test, typical)": 0.85,
+              "goal of issue 7": 0.87}
+VAL_FRACTION = 0.1
+
+
+def _spans(sentence: str, min_tokens: int) -> set[str]:
+    words = sentence.split()
+    return {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + min_tokens, len(words) + 1)}
+
+
+def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_tokens: int, seed: int,
+                         folder: Path) -> dict[str, Any]:
+    """`train.txt` and `val.txt` (`label sentence` lines): held-out sentences, and the rest plus clean phrases."""
+    from gru_suite_plugins.sentiment.data import read_labelled
+
+    sentences = read_labelled(train)
+    held = set(random.Random(seed).sample(range(len(sentences)), round(VAL_FRACTION * len(sentences))))
+    val = [e for i, e in enumerate(sentences) if i in held]
+    rows = [e for i, e in enumerate(sentences) if i not in held]
+    stats: dict[str, Any] = {"train_sentences": len(rows), "val_sentences": len(val), "phrases_added": 0}
+    if phrases is not None:
+        protected = [e.text for e in val] + [e.text for e in read_labelled(dev)]
+        whole = set(protected)
+        leaks = set().union(*(_spans(text, leak_tokens) for text in protected)) | whole
+        seen = {e.text for e in rows}
+        candidates = read_labelled(phrases, text_column="sentence", label_column="label")
+        clean = [e for e in candidates if e.text not in leaks and e.text not in seen]
+        stats.update(phrases_read=len(candidates), phrases_equal_to_protected=sum(e.text in whole for e in candidates),
+                     phrases_dropped_as_leaks=sum(e.text in leaks for e in candidates), phrases_added=len(clean))
+        rows += clean
+    for name, examples in (("train.txt", rows), ("val.txt", val)):
+        (folder / name).write_text("".join(f"{e.label} {e.text}\n" for e in examples), encoding="utf-8")
+    return stats
+
+
+def prediction_speed(task: Any, model: Any, texts: Sequence[str], batch_size: int = 256) -> float:
+    """Sentences per second: tokenize, pad in length-sorted batches, calibrated probabilities and importance."""
+    import torch
+
+    from gru_suite.text import pad_ids
+
+    model.eval()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        ids = task.encode(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        for first in range(0, len(order), batch_size):
+            batch, lengths = pad_ids([ids[i] for i in order[first:first + batch_size]])
+            model.probabilities(batch, lengths)
+    return len(texts) / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=Path, required=True, help="stsa.binary.train (`label sentence` lines)")
+    parser.add_argument("--dev", type=Path, required=True, help="stsa.binary.dev, the reported split")
+    parser.add_argument("--phrases", type=Path, help="GLUE SST-2 train.tsv (sentence<TAB>label phrases), optional")
+    parser.add_argument("--leak-tokens", type=int, default=4,
+                        help="drop phrases that are spans of this many words or more of a dev/held-out sentence")
+    parser.add_argument("--minutes", type=float, default=12.0, help="wall-time budget for training (default 12)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: fastest on a shared CPU)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=256")
+    args = parser.parse_args(argv)
+    for path in (args.train, args.dev, args.phrases):
+        if path is not None and not path.is_file():
+            print(f"error: {path} not found", file=sys.stderr)
+            return 2
+    quiet()
+    import torch
+
+    from gru_suite.testing import compose_train_config
+
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        data = build_training_files(args.train, args.dev, args.phrases, args.leak_tokens, args.seed, folder)
+        seconds = int(args.minutes * 60)
+        overrides = [
+            "experiment=sst2", f"task.data.train={quote(folder / 'train.txt')}",
+            f"task.data.val={quote(folder / 'val.txt')}", f"task.data.test={quote(args.dev)}",
+            f"++trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}",
+            "trainer.accelerator=cpu", "logger=none", "callbacks.progress_bar=null", "predict_after_training=false",
+            f"task.report_dir={quote(folder)}", *args.overrides,
+        ]
+        run = fit_and_test(compose_train_config("sentiment", overrides, folder / "run"), args.seed)
+        dev_texts = [line.split(maxsplit=1)[1] for line in args.dev.read_text(encoding="utf-8").splitlines()
+                     if len(line.split(maxsplit=1)) == 2]
+        speed = prediction_speed(run.task, run.module.model, dev_texts)
+    metrics = run.test_metrics
+    epochs = len(run.clock.wall)
+    result = {
+        "data": {"train": str(args.train), "dev": str(args.dev), "phrases": str(args.phrases) if args.phrases else None,
+                 **data},
+        "overrides": args.overrides, "threads": args.threads, "seed": args.seed,
+        "dev": {k.removeprefix("test/"): v for k, v in metrics.items()},
+        "best_epoch": run.best_epoch, "epochs_run": epochs, "best_val_f1": run.best_val_loss,
+        "train_s_per_epoch": sum(run.clock.wall) / max(epochs, 1), "fit_wall_s": run.fit_wall_s,
+        "predict_sentences_per_s": speed, "parameters": sum(p.numel() for p in run.module.model.parameters()),
+    }
+    table(
+        "SST-2 sentence level, stsa.binary.dev (best checkpoint by held-out macro F1)",
+        ["model", "accuracy", "macro F1", "ECE", "ECE raw", "T", "epochs", "s/epoch", "fit s"],
+        [["bi-GRU (this run)", metrics.get("test/acc"), metrics.get("test/f1"), metrics.get("test/ece"),
+          metrics.get("test/ece_raw"), metrics.get("test/temperature"), epochs, result["train_s_per_epoch"],
+          run.fit_wall_s]]
+        + [[name, value, "", "", "", "", "", "", ""] for name, value in REFERENCES.items()],
+    )
+    table("training data", ["item", "count"], [[k, v] for k, v in data.items()])
+    table(f"prediction on CPU ({args.threads} threads)", ["sentences/s"], [[speed]])
+    print(json.dumps(result, default=float, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
