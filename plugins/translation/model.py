@@ -90,7 +90,9 @@ class Seq2Seq(nn.Module):
     ) -> None:
         super().__init__()
         self.source_embed = nn.Embedding(source_vocab, embed_size, padding_idx=0)
-        self.target_embed = self.source_embed if share_embeddings else nn.Embedding(target_vocab, embed_size, padding_idx=0)
+        self.target_embed = (
+            self.source_embed if share_embeddings else nn.Embedding(target_vocab, embed_size, padding_idx=0)
+        )
         self.encoder: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional_encoder)
         self.input_feeding = input_feeding
         self.decoder: GRUBackbone = backbone(input_size=embed_size * (2 if input_feeding else 1), bidirectional=False)
@@ -140,13 +142,17 @@ class Seq2Seq(nn.Module):
             logits.append(step_logits)
         return torch.stack(logits, 1)
 
-    def _step(self, embedded: Tensor, state: State, feed: Tensor, memory: Memory) -> tuple[Tensor, State, Tensor, Tensor]:
+    def _step(
+        self, embedded: Tensor, state: State, feed: Tensor, memory: Memory
+    ) -> tuple[Tensor, State, Tensor, Tensor]:
         x = torch.cat([embedded, feed], -1) if self.input_feeding else embedded
         decoded, state = self.decoder.step(x, state)
         logits, attentional, weights = self._predict(decoded.unsqueeze(1), memory)
         return logits.squeeze(1), state, attentional.squeeze(1), weights.squeeze(1)
 
-    def decode_step(self, tokens: Tensor, state: State, feed: Tensor, memory: Memory) -> tuple[Tensor, State, Tensor, Tensor]:
+    def decode_step(
+        self, tokens: Tensor, state: State, feed: Tensor, memory: Memory
+    ) -> tuple[Tensor, State, Tensor, Tensor]:
         """One decoding step from the previous tokens (B,) and the carried state:
         logits (B, V), the new state, the attentional vector to feed, attention weights (B, S)."""
         return self._step(self.dropout(self.target_embed(tokens)), state, feed, memory)

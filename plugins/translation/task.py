@@ -79,7 +79,8 @@ class TranslationTask(TaskPlugin):
 
     def _fit_tokenizers(self, train: Corpus) -> None:
         tok = self.cfg.tokenizer
-        settings = dict(kind=tok.kind, vocab_size=tok.vocab_size, lowercase=tok.lowercase, min_frequency=tok.min_frequency)
+        settings = dict(kind=tok.kind, vocab_size=tok.vocab_size, lowercase=tok.lowercase,
+                        min_frequency=tok.min_frequency)
         if tok.joint:
             source = target = train_tokenizer(train.source + train.target, **settings)
         else:
@@ -182,29 +183,34 @@ class TranslationTask(TaskPlugin):
                 "score": torch.tensor([h.score for h in hypotheses])}
 
     def write_predictions(self, predictions: list[Any], datamodule: TranslationData, out_dir: Path) -> list[Path]:
-        """`predict.output` (one translation per input line), `attention.jsonl` and the first `predict.plots`
-        alignment PNGs when `predict.attention`, and both tokenizers (`save_pretrained` folders)."""
+        """`predict.output` (one translation per input line), `attention.jsonl` (tokens, score, weights per
+        line) and the first `predict.plots` alignment PNGs when `predict.attention`, and the tokenizers
+        (`save_pretrained` into `tokenizer/`, or `tokenizer/source` and `tokenizer/target` if separate)."""
         out_dir, settings = Path(out_dir), self.cfg.predict
         dataset: PairSet = datamodule.dataset("predict")  # type: ignore[assignment]
         corpus = self.predict_corpus
         assert corpus is not None
-        by_index = {int(i): (t, a) for p in predictions for i, t, a in zip(p["index"], p["tokens"], p["attention"])}
+        by_index = {int(i): (t, a, float(s)) for p in predictions
+                    for i, t, a, s in zip(p["index"], p["tokens"], p["attention"], p["score"])}
         lines = ["" if i in self.blank else self.detokenize(by_index[i][0]) for i in range(len(corpus.source))]
         paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
             records, shown = [], 0
             for i in sorted(set(by_index) - self.blank):
-                tokens, weights = by_index[i]
+                tokens, weights, score = by_index[i]
                 source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
                 target = self.target_tokenizer.convert_ids_to_tokens(tokens)
-                records.append({"line": corpus.lines[i], "source": source, "target": target,
+                records.append({"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
                                 "weights": [[round(float(w), 4) for w in row] for row in weights]})
                 if shown < settings.plots and len(target):
-                    paths.append(save_alignment(source, target, weights.numpy(), out_dir / f"attention_{corpus.lines[i]:05d}.png"))
+                    png = out_dir / f"attention_{corpus.lines[i]:05d}.png"
+                    paths.append(save_alignment(source, target, weights.numpy(), png))
                     shown += 1
             paths.append(write_attention(records, out_dir / "attention.jsonl"))
-        paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer" / "source")
-        if not self.state["joint"]:
+        if self.state["joint"]:
+            paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer")
+        else:
+            paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer" / "source")
             paths += save_tokenizer(self.target_tokenizer, out_dir / "tokenizer" / "target")
         return paths
 

@@ -1,0 +1,106 @@
+"""Translation benchmark: Multi30k German -> English BLEU/chrF (sacreBLEU), training time per epoch,
+and decoding speed (sentences per second) for greedy and beam search on the CPU.
+
+    python benchmarks/translation.py --data ../shared/data/translation/multi30k --minutes 80
+    python benchmarks/translation.py --data ... --minutes 5 --threads 1     # a quick look
+
+Trains `experiment=multi30k` on `train` for at most `--minutes` of wall time (or its
+`trainer.max_epochs`), keeps the checkpoint with the best greedy BLEU on `val`, and reports `val`
+(the Multi30k test sets are held back) decoded greedily and with beam search: detokenised
+output against the raw references, with sacreBLEU's signatures. Prints tables, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import fit_and_test, quiet, quote, table  # noqa: E402
+
+REFERENCES = {"GRU + Bahdanau attention (bentrevett/pytorch-seq2seq)": 28.3, "attention + SentencePiece": 33.5}
+
+
+def decode_split(task: Any, model: Any, dataset: Any, beam: int, batch_size: int) -> dict[str, Any]:
+    """Translate a scored split with `beam` (1 = greedy): sacreBLEU scores and sentences per second."""
+    import torch
+
+    from gru_suite_plugins.translation.task import corpus_scores
+
+    model.eval()
+    order = sorted(range(len(dataset)), key=lambda i: len(dataset.source[i]))
+    hypotheses, references = [], []
+    start = time.perf_counter()
+    with torch.no_grad():
+        for begin in range(0, len(order), batch_size):
+            batch = dataset.__getitems__(order[begin:begin + batch_size])
+            hypotheses += [task.detokenize(h.tokens) for h in task.translate(model, batch, beam)]
+            references += batch["references"]
+    seconds = time.perf_counter() - start
+    return {"beam": beam, **corpus_scores(hypotheses, references), "sentences": len(order), "seconds": seconds,
+            "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True, help="folder with {train,val}.{de,en}[.gz]")
+    parser.add_argument("--source", default="de")
+    parser.add_argument("--target", default="en")
+    parser.add_argument("--minutes", type=float, default=80.0, help="training wall-time budget (default 80)")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=512")
+    args = parser.parse_args(argv)
+    if not args.data.is_dir():
+        print(f"error: {args.data} not found", file=sys.stderr)
+        return 2
+    quiet()
+    import torch
+
+    from gru_suite.testing import compose_train_config
+
+    torch.set_num_threads(args.threads)
+    hours, rest = divmod(int(args.minutes * 60), 3600)
+    overrides = [
+        "experiment=multi30k", f"task.data.path={quote(args.data)}", f"task.data.source={args.source}",
+        f"task.data.target={args.target}", f"task.decode.beam_size={args.beam}",
+        f"++trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", "trainer.accelerator=cpu",
+        "logger=none", "callbacks.progress_bar=null", "predict_after_training=false", *args.overrides,
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose_train_config("translation", overrides, Path(tmp))
+        run = fit_and_test(cfg, args.seed)
+    task, model = run.task, run.module.model  # the best checkpoint's weights (loaded by the test stage)
+    val = run.datamodule.dataset("val")
+    decoded = [decode_split(task, model, val, beam, cfg.task.data.eval_batch_size) for beam in (1, args.beam)]
+    epochs = len(run.clock.wall)
+    results = {
+        "data": str(args.data), "direction": f"{args.source}->{args.target}", "split": "val",
+        "overrides": overrides, "threads": args.threads, "parameters": sum(p.numel() for p in model.parameters()),
+        "epochs_run": epochs, "best_epoch": run.best_epoch, "best_val_bleu_greedy": run.best_val_loss,
+        "train_s_per_epoch": sum(run.clock.wall) / max(epochs, 1), "fit_wall_s": run.fit_wall_s,
+        "val_perplexity": run.test_metrics.get("test/perplexity"),
+        "decoding": {f"beam{d['beam']}": d for d in decoded},
+    }
+    table(
+        f"Multi30k {args.source}->{args.target}, val ({len(val)} pairs), best checkpoint by greedy val BLEU",
+        ["decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
+        [[("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"], d["sentences_per_s"], epochs,
+          results["train_s_per_epoch"], results["val_perplexity"]] for d in decoded]
+        + [[f"{name} (test 2016, reference)", value, "", "", "", "", ""] for name, value in REFERENCES.items()],
+    )
+    print(f"sacreBLEU: {decoded[-1]['bleu_signature']} | {decoded[-1]['chrf_signature']}")
+    print(json.dumps(results, default=float, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
