@@ -1,0 +1,151 @@
+"""Speech benchmark on the Free Spoken Digit Dataset: isolated digits, an unseen speaker, connected strings, speed.
+
+    python benchmarks/speech.py --fsdd ../shared/data/speech/fsdd
+    python benchmarks/speech.py --fsdd ... --settings seen --minutes 3   # a quick look
+
+Two trainings with `experiment=fsdd` (a unidirectional GRU-CTC over characters), each
+choosing its checkpoint on validation takes 10-12 (character error rate):
+
+- `seen`: takes 5-9 of every speaker are held out of training (the test set); reports
+  (a) isolated-digit accuracy on them and (c) WER on connected digit strings (2-5 digits,
+  random pauses and levels) built from those held-out takes only;
+- `unseen`: every recording of `--speaker` is held out; reports (b) its isolated-digit
+  accuracy (and WER on strings built from its recordings).
+
+Speed: real-time factor (processing seconds per audio second, one utterance at a time,
+one CPU thread) of offline transcription (features, network, greedy decoding, word
+timestamps) and of streaming in `--chunk-ms` chunks (partial transcript after every chunk),
+with a check that every streamed transcript equals the offline one.
+Prints a table per section, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import fit_and_test, quiet, quote, table  # noqa: E402
+
+GOALS = {"seen_accuracy": 0.99, "unseen_accuracy": 0.95, "connected_wer": 0.03, "rtf": 0.05}
+
+
+def settings(speaker: str) -> dict[str, list[str]]:
+    return {
+        "seen": ["task.data.fsdd_split.test_takes=[5,9]", "task.data.fsdd_split.test_speakers=[]"],
+        "unseen": ["task.data.fsdd_split.test_takes=null", f"task.data.fsdd_split.test_speakers=[{speaker}]"],
+    }
+
+
+def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) -> dict[str, Any]:
+    """Offline and streamed transcripts of `utterances`, one at a time, with their processing times."""
+    import torch
+
+    from gru_suite_plugins.speech.decode import align_words, decode
+    from gru_suite_plugins.speech.stream import StreamingRecognizer
+
+    featurizer = task.featurizer()
+    chunk = round(chunk_ms * task.features.sample_rate / 1000)
+    offline, streamed, offline_s, stream_s = [], [], 0.0, 0.0
+    with torch.inference_mode():
+        for u in utterances:
+            start = time.perf_counter()
+            log_probs = model(featurizer(u.samples)[None])[0][0]
+            tokens = decode(log_probs)
+            words = align_words(log_probs, tokens, task.alphabet, task.frame_seconds, u.seconds)
+            offline.append(" ".join(w.word for w in words))
+            offline_s += time.perf_counter() - start
+            start = time.perf_counter()
+            stream = StreamingRecognizer(model, featurizer, task.alphabet)
+            for i in range(0, len(u.samples), chunk):
+                stream.accept(u.samples[i:i + chunk])
+            streamed.append(stream.text())
+            stream_s += time.perf_counter() - start
+    audio_s = sum(u.seconds for u in utterances)
+    return {"offline": offline, "streamed": streamed, "audio_s": audio_s, "rtf_offline": offline_s / audio_s,
+            "rtf_streaming": stream_s / audio_s}
+
+
+def scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    import jiwer
+
+    return {"n": len(references), "accuracy": sum(h == r for h, r in zip(hypotheses, references)) / len(references),
+            "wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
+
+
+def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import torch
+
+    from gru_suite.testing import compose_train_config
+
+    hours, rest = divmod(int(args.minutes * 60), 3600)
+    cfg = compose_train_config("speech", [
+        "experiment=fsdd", f"task.data.fsdd={quote(fsdd)}", *overrides, "logger=none",
+        "callbacks.progress_bar=null", "predict_after_training=false",
+        f"++trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", *args.override,
+    ], out / name)
+    torch.set_num_threads(args.train_threads)
+    run = fit_and_test(cfg, args.seed)
+    torch.set_num_threads(1)
+    model = run.module.model.eval()
+    test = run.task.utterances()["test"]
+    result: dict[str, Any] = {"fit_wall_s": run.fit_wall_s, "epochs_run": len(run.clock.wall),
+                              "best_epoch": run.best_epoch, "best_val_cer": run.best_val_loss,
+                              "test_metrics": run.test_metrics, "train_utterances": len(run.task.utterances()["train"])}
+    for kind, items in [("isolated", [u for u in test if " " not in u.text]),
+                        ("connected", [u for u in test if " " in u.text])]:
+        out_ = transcribe(run.task, model, items, args.chunk_ms)
+        result[kind] = {**scores([u.text for u in items], out_["offline"]),
+                        "rtf_offline": out_["rtf_offline"], "rtf_streaming": out_["rtf_streaming"],
+                        "audio_s": out_["audio_s"],
+                        "streaming_equals_offline": sum(a == b for a, b in zip(out_["offline"], out_["streamed"]))}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fsdd", type=Path, required=True, help="FSDD folder (holding recordings/)")
+    parser.add_argument("--settings", default="seen,unseen", help="comma-separated subset of seen,unseen")
+    parser.add_argument("--speaker", default="george", help="the speaker held out in the unseen setting")
+    parser.add_argument("--minutes", type=float, default=12.0, help="wall-time budget per training (default 12)")
+    parser.add_argument("--chunk-ms", type=float, default=100.0)
+    parser.add_argument("--train-threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    args = parser.parse_args(argv)
+    if not args.fsdd.is_dir():
+        print(f"error: {args.fsdd} not found", file=sys.stderr)
+        return 2
+    quiet()
+    chosen = settings(args.speaker)
+    results: dict[str, Any] = {"fsdd": str(args.fsdd), "minutes_per_training": args.minutes,
+                               "speaker_held_out": args.speaker, "chunk_ms": args.chunk_ms, "settings": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.settings.split(","):
+            results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, Path(tmp))
+    rows = []
+    for name, r in results["settings"].items():
+        for kind in ("isolated", "connected"):
+            s = r[kind]
+            rows.append([f"{name} / {kind}", s["n"], s["accuracy"], s["wer"], s["cer"], s["rtf_offline"],
+                         s["rtf_streaming"], f"{s['streaming_equals_offline']}/{s['n']}"])
+    table("FSDD test: seen = takes 5-9 held out, unseen = speaker held out; connected = 2-5 digit strings",
+          ["setting / utterances", "n", "accuracy", "WER", "CER", "RTF offline", "RTF streaming", "stream = offline"],
+          rows)
+    table("training (1 run per setting, CPU)", ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
+          [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
+           for n, r in results["settings"].items()])
+    results["goals"] = GOALS
+    print(json.dumps(results, default=float, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

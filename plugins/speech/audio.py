@@ -1,0 +1,99 @@
+"""Audio in: reading files with soundfile (mono, resampled) and log-mel features with torchaudio."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio
+from torch import Tensor
+
+from gru_suite.errors import UserError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
+SILENCE_PEAK = 1e-4
+"""Audio whose absolute peak stays below this (about -80 dBFS) is silent."""
+LOG_FLOOR = 1e-6
+
+
+def read_audio(path: str | Path, sample_rate: int) -> Tensor:
+    """The samples of `path` as float32 (N,), downmixed to mono and resampled to `sample_rate`.
+
+    An unreadable, truncated, empty or silent file raises a `UserError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such audio file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as err:
+        raise UserError(f"{path}: not a readable audio file ({err})") from err
+    if data.size == 0:
+        raise UserError(f"{path}: the audio is empty (no samples)")
+    if not np.isfinite(data).all():
+        raise UserError(f"{path}: the audio holds NaN or infinite samples")
+    samples = torch.from_numpy(data.mean(axis=1))
+    if float(samples.abs().max()) < SILENCE_PEAK:
+        raise UserError(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})")
+    if rate != sample_rate:
+        samples = torchaudio.functional.resample(samples, rate, sample_rate)
+    return samples.contiguous()
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Log-mel filterbank settings; frames are `hop_ms` apart and never padded across the edges."""
+
+    sample_rate: int = 8000
+    n_mels: int = 40
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+
+    @property
+    def win_length(self) -> int:
+        return round(self.sample_rate * self.win_ms / 1000)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.sample_rate * self.hop_ms / 1000)
+
+    @property
+    def n_fft(self) -> int:
+        """FFT size: the window length rounded up to a power of two; a frame spans this many samples."""
+        return 1 << (self.win_length - 1).bit_length()
+
+    def frames(self, samples: int) -> int:
+        """Whole frames in `samples` samples (a partial last frame is dropped)."""
+        return 0 if samples < self.n_fft else 1 + (samples - self.n_fft) // self.hop_length
+
+
+class LogMel:
+    """Waveform (N,) -> log-mel frames (T, n_mels), frame t from samples [t*hop, t*hop + n_fft).
+
+    `center=False`, so a frame depends only on its own samples: features computed
+    chunk by chunk equal those of the whole signal (streaming needs this).
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=config.sample_rate, n_fft=config.n_fft, win_length=config.win_length,
+            hop_length=config.hop_length, n_mels=config.n_mels, center=False, power=2.0,
+        )
+
+    def __call__(self, samples: Tensor) -> Tensor:
+        if self.config.frames(len(samples)) == 0:
+            return torch.zeros(0, self.config.n_mels)
+        with torch.no_grad():
+            return torch.log(self.mel(samples) + LOG_FLOOR).T.contiguous()
+
+
+def normalize(features: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
+    """Per-mel-bin standardisation: with the given (global, training-set) `mean`/`std`, frame by frame
+    (streamable); with `None`, over this utterance's own frames (needs the whole utterance)."""
+    if mean is None or std is None:
+        mean, std = features.mean(0), features.std(0, unbiased=False)
+    return (features - mean) / (std + 1e-5)

@@ -1,0 +1,136 @@
+"""Batches of features for training and transcription, and the task's DataModule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torchaudio
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from gru_suite.data import SplitDataModule
+from gru_suite.text import pad_ids
+from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, normalize
+from gru_suite_plugins.speech.sources import Utterance
+
+
+class Featurizer:
+    """Samples -> log-mel frames -> standardised frames (global `mean`/`std`, or per utterance when None)."""
+
+    def __init__(self, config: FeatureConfig, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        self.config = config
+        self.log_mel = LogMel(config)
+        self.mean = mean
+        self.std = std
+
+    def raw(self, samples: Tensor) -> Tensor:
+        return self.log_mel(samples)
+
+    def normalize(self, raw: Tensor) -> Tensor:
+        return normalize(raw, self.mean, self.std)
+
+    def __call__(self, samples: Tensor) -> Tensor:
+        return self.normalize(self.raw(samples))
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation: a random level change within +-`gain_db`, then SpecAugment masks
+    (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width` frames)."""
+
+    gain_db: float = 0.0
+    freq_masks: int = 0
+    freq_width: int = 0
+    time_masks: int = 0
+    time_width: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_freq", torchaudio.transforms.FrequencyMasking(self.freq_width))
+        object.__setattr__(self, "_time", torchaudio.transforms.TimeMasking(self.time_width))
+
+    def level(self, raw: Tensor) -> Tensor:
+        """A gain of g dB adds g * ln(10) / 10 to every log-power bin."""
+        if not self.gain_db:
+            return raw
+        db = (torch.rand(()) * 2 - 1) * self.gain_db
+        return raw + db * math.log(10) / 10
+
+    def mask(self, features: Tensor) -> Tensor:
+        spec = features.T  # (n_mels, T), as torchaudio's masks expect
+        for _ in range(self.freq_masks if self.freq_width else 0):
+            spec = self._freq(spec)
+        for _ in range(self.time_masks if self.time_width else 0):
+            spec = self._time(spec)
+        return spec.T
+
+
+def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Frames (T_i, F) right-padded with zeros into (B, T, F), and the lengths."""
+    lengths = torch.tensor([len(f) for f in features])
+    batch = torch.zeros(len(features), int(lengths.max()), features[0].size(1))
+    for b, f in enumerate(features):
+        batch[b, : len(f)] = f
+    return batch, lengths
+
+
+class TranscribedSet(Dataset):
+    """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
+    `target_lengths`, `texts`. Log-mels are computed once; `augment` applies per draw."""
+
+    def __init__(self, raw: list[Tensor], targets: list[list[int]], texts: list[str], featurizer: Featurizer,
+                 augment: Augment | None = None) -> None:
+        self.raw = raw
+        self.targets = targets
+        self.texts = texts
+        self.featurizer = featurizer
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def _features(self, index: int) -> Tensor:
+        if self.augment is None:
+            return self.featurizer.normalize(self.raw[index])
+        return self.augment.mask(self.featurizer.normalize(self.augment.level(self.raw[index])))
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        features, lengths = pad_frames([self._features(i) for i in indices])
+        targets, target_lengths = pad_ids([self.targets[i] for i in indices])
+        return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": target_lengths,
+                "texts": [self.texts[i] for i in indices]}
+
+
+class AudioSet(Dataset):
+    """Utterances to transcribe, as batch dicts: `features`, `lengths`, `samples` (list of (N,)),
+    `paths`, `durations` (s) and `references` (transcripts, None where unknown)."""
+
+    def __init__(self, utterances: list[Utterance], featurizer: Featurizer) -> None:
+        self.utterances = utterances
+        self.featurizer = featurizer
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitems__(self, indices: Sequence[int]) -> dict:
+        items = [self.utterances[i] for i in indices]
+        features, lengths = pad_frames([self.featurizer(u.samples) for u in items])
+        return {"features": features, "lengths": lengths, "samples": [u.samples for u in items],
+                "paths": [str(u.path) for u in items], "durations": [u.seconds for u in items],
+                "references": [u.text for u in items]}
+
+
+class SpeechData(SplitDataModule):
+    """Datasets built on first use by `builders[stage]()`, so prediction reads no training data."""
+
+    def __init__(self, builders: dict[str, Callable[[], Dataset]], batch_size: int, num_workers: int = 0,
+                 batch_sizes: dict[str, int] | None = None) -> None:
+        super().__init__(batch_size, num_workers, batch_sizes)
+        self.builders = builders
+
+    def dataset(self, stage: str) -> Dataset:
+        if stage not in self.sets:
+            self.sets[stage] = self.builders[stage]()
+        return self.sets[stage]

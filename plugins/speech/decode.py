@@ -1,0 +1,107 @@
+"""CTC decoding of per-frame log-probabilities (T, V): greedy, prefix beam search, and word timings.
+
+torchaudio's lexicon-free `ctc_decoder` needs flashlight-text (not installed), so the
+prefix beam search (Hannun et al. 2014, without a language model) is written out here;
+word timings come from `torchaudio.functional.forced_align` of the decoded tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import torch
+import torchaudio
+from torch import Tensor
+
+from gru_suite_plugins.speech.vocab import BLANK, Alphabet
+
+
+def greedy(log_probs: Tensor) -> list[int]:
+    """Best token per frame, repeats merged, blanks dropped."""
+    best = log_probs.argmax(-1)
+    tokens = torch.unique_consecutive(best)
+    return [int(t) for t in tokens if t != BLANK]
+
+
+def _logsumexp(a: float, b: float) -> float:
+    if a == -math.inf:
+        return b
+    if b == -math.inf:
+        return a
+    hi, lo = max(a, b), min(a, b)
+    return hi + math.log1p(math.exp(lo - hi))
+
+
+def prefix_beam_search(log_probs: Tensor, beam_size: int) -> list[int]:
+    """The most probable label sequence found keeping `beam_size` prefixes per frame.
+
+    Each prefix carries the log-probability of its paths ending in blank and in its
+    last token, so paths that collapse to the same labels are summed.
+    """
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}
+    for frame in log_probs.tolist():
+        candidates = sorted(range(len(frame)), key=frame.__getitem__, reverse=True)[:beam_size + 1]
+        grown: dict[tuple[int, ...], list[float]] = defaultdict(lambda: [-math.inf, -math.inf])
+        for prefix, (p_blank, p_token) in beams.items():
+            total = _logsumexp(p_blank, p_token)
+            for c in candidates:
+                p = frame[c]
+                if c == BLANK:
+                    grown[prefix][0] = _logsumexp(grown[prefix][0], total + p)
+                elif prefix and prefix[-1] == c:
+                    grown[prefix][1] = _logsumexp(grown[prefix][1], p_token + p)  # the token held
+                    grown[prefix + (c,)][1] = _logsumexp(grown[prefix + (c,)][1], p_blank + p)  # repeated after a blank
+                else:
+                    grown[prefix + (c,)][1] = _logsumexp(grown[prefix + (c,)][1], total + p)
+        ranked = sorted(grown.items(), key=lambda kv: _logsumexp(*kv[1]), reverse=True)[:beam_size]
+        beams = {prefix: (pb, pt) for prefix, (pb, pt) in ranked}
+    return list(max(beams.items(), key=lambda kv: _logsumexp(*kv[1]))[0])
+
+
+def decode(log_probs: Tensor, beam_size: int = 1) -> list[int]:
+    """Greedy for `beam_size` 1, prefix beam search above."""
+    return greedy(log_probs) if beam_size <= 1 else prefix_beam_search(log_probs, beam_size)
+
+
+@dataclass(frozen=True)
+class Word:
+    """A recognised word, its start and end in seconds, and its mean per-frame probability."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float
+
+    def as_dict(self) -> dict[str, float | str]:
+        return asdict(self)
+
+
+def align_words(log_probs: Tensor, tokens: list[int], alphabet: Alphabet, frame_s: float, duration: float) -> list[Word]:
+    """Words of `tokens` timed by the CTC forced alignment of `tokens` to `log_probs` (T, V).
+
+    A word spans its first character's first frame to its last character's last frame,
+    clipped to `duration`; its confidence is the mean probability of those characters' frames.
+    """
+    space = alphabet.ids.get(" ")
+    if not tokens or len(log_probs) == 0:
+        return []
+    targets = torch.tensor([tokens], dtype=torch.int32)
+    path, scores = torchaudio.functional.forced_align(log_probs[None].float().cpu(), targets, blank=BLANK)
+    spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=BLANK)
+    words: list[Word] = []
+    chars: list = []
+    for span in [*spans, None]:
+        if span is not None and span.token != space:
+            chars.append(span)
+            continue
+        if chars:
+            frames = sum(s.end - s.start for s in chars)
+            confidence = sum(s.score * (s.end - s.start) for s in chars) / frames
+            start = min(chars[0].start * frame_s, duration)
+            end = min(chars[-1].end * frame_s, duration)
+            words.append(Word(alphabet.decode([s.token for s in chars]), round(start, 3), round(end, 3),
+                              round(float(confidence), 4)))
+            chars = []
+    return words

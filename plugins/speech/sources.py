@@ -1,0 +1,206 @@
+"""Where utterances come from: NeMo-style JSONL manifests, folders of audio with transcripts, the FSDD layout.
+
+Bad input follows one rule. A manifest that is not UTF-8 JSON lines, or a line
+without a string `audio_filepath` (or `text`, when transcripts are needed) or with
+a non-numeric `duration`, is the user's file to fix: a `UserError` names the file
+and line. An audio file that is missing, unreadable, empty, silent or shorter than
+its manifest `duration` (truncated) is skipped with a warning naming the manifest
+line (or the file); a source left with no usable audio is a `UserError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from gru_suite.errors import UserError
+from gru_suite.text import read_lines
+from gru_suite_plugins.speech.audio import AUDIO_SUFFIXES, read_audio
+
+log = logging.getLogger(__name__)
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)$")
+PAUSE_NOISE = 1e-4
+"""Standard deviation of the faint noise filling the pauses of connected utterances."""
+
+
+@dataclass
+class Utterance:
+    """Audio at the task's sample rate, its transcript (None when unknown) and where it came from."""
+
+    samples: Tensor
+    sample_rate: int
+    text: str | None
+    path: Path
+    where: str
+    """`manifest:line` or the audio path, for messages."""
+    speaker: str | None = None
+    take: int | None = None
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def _read_or_skip(path: Path, sample_rate: int, where: str) -> Tensor | None:
+    try:
+        return read_audio(path, sample_rate)
+    except UserError as err:
+        log.warning("skipping %s: %s", where, err)
+        return None
+
+
+def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
+    if key not in record:
+        raise UserError(f"{where}: missing field {key!r} (a manifest line needs audio_filepath, duration, text)")
+    value = record[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UserError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")
+    return value
+
+
+def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
+    """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`."""
+    path = Path(path)
+    utterances = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except ValueError as err:
+            raise UserError(f"{where}: not a JSON object ({err})") from err
+        if not isinstance(record, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        audio = path.parent / str(_field(record, "audio_filepath", str, where))
+        text = _field(record, "text", str, where) if need_text else record.get("text")
+        duration = record.get("duration")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
+            raise UserError(f"{where}: field 'duration' must be a number of seconds, got {duration!r}")
+        samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})")
+        if samples is None:
+            continue
+        seconds = len(samples) / sample_rate
+        if duration is not None and seconds < duration - max(0.05, 0.02 * duration):
+            log.warning("skipping %s (%s): %.3f s of audio, but the manifest says %.3f s (truncated file?)",
+                        where, audio, seconds, duration)
+            continue
+        utterances.append(Utterance(samples, sample_rate, text if isinstance(text, str) else None, audio, where))
+    return utterances
+
+
+def _audio_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
+    """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` beside it.
+
+    Training skips (with a warning) audio without a transcript; prediction needs none.
+    """
+    utterances = []
+    for audio in _audio_files(Path(folder)):
+        transcript = audio.with_suffix(".txt")
+        text = " ".join(read_lines(transcript)) if transcript.is_file() else None
+        if need_text and text is None:
+            log.warning("skipping %s: no transcript %s beside it", audio, transcript.name)
+            continue
+        samples = _read_or_skip(audio, sample_rate, str(audio))
+        if samples is not None:
+            utterances.append(Utterance(samples, sample_rate, text, audio, str(audio)))
+    return utterances
+
+
+def read_fsdd(folder: str | Path, sample_rate: int) -> list[Utterance]:
+    """The Free Spoken Digit Dataset: `recordings/{digit}_{speaker}_{take}.wav`, transcripts the digit words."""
+    folder = Path(folder)
+    recordings = folder / "recordings" if (folder / "recordings").is_dir() else folder
+    if not recordings.is_dir():
+        raise UserError(f"FSDD folder not found: {folder}")
+    utterances = []
+    for audio in sorted(recordings.glob("*.wav")):
+        match = FSDD_NAME.match(audio.stem)
+        if match is None:
+            log.warning("skipping %s: not named {digit}_{speaker}_{take}.wav", audio)
+            continue
+        samples = _read_or_skip(audio, sample_rate, str(audio))
+        if samples is not None:
+            digit, speaker, take = match.groups()
+            utterances.append(
+                Utterance(samples, sample_rate, DIGIT_WORDS[int(digit)], audio, str(audio), speaker, int(take)))
+    if not utterances:
+        raise UserError(f"{recordings}: no usable {{digit}}_{{speaker}}_{{take}}.wav recordings")
+    return utterances
+
+
+def read_source(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
+    """A manifest (.jsonl/.json), a folder of audio, or (for prediction) one audio file."""
+    source = Path(path)
+    if source.is_dir():
+        utterances = read_folder(source, sample_rate, need_text)
+    elif source.suffix.lower() in (".jsonl", ".json"):
+        utterances = read_manifest(source, sample_rate, need_text)
+    elif source.suffix.lower() in AUDIO_SUFFIXES and not need_text:
+        samples = read_audio(source, sample_rate)
+        utterances = [Utterance(samples, sample_rate, None, source, str(source))]
+    elif not source.exists():
+        raise UserError(f"speech data not found: {source}")
+    else:
+        raise UserError(f"{source}: expected a JSONL manifest or a folder of audio files")
+    if not utterances:
+        raise UserError(f"{source}: no usable utterances (see the warnings above)")
+    return utterances
+
+
+def in_range(value: int, bounds: list[int] | None) -> bool:
+    """`value` within the inclusive `[low, high]` (never, for None or [])."""
+    return bool(bounds) and bounds[0] <= value <= bounds[1]
+
+
+def split_fsdd(utterances: list[Utterance], test_takes: list[int] | None, val_takes: list[int] | None,
+               test_speakers: list[str]) -> dict[str, list[Utterance]]:
+    """Test: the `test_speakers` and takes in `test_takes`; validation: other takes in `val_takes`; train: the rest."""
+    split: dict[str, list[Utterance]] = {"train": [], "val": [], "test": []}
+    for u in utterances:
+        if u.speaker in test_speakers or in_range(u.take, test_takes):
+            split["test"].append(u)
+        elif in_range(u.take, val_takes):
+            split["val"].append(u)
+        else:
+            split["train"].append(u)
+    for name, items in split.items():
+        if not items:
+            raise UserError(f"the FSDD split leaves no {name} recordings (check task.data.fsdd_split)")
+    return split
+
+
+def connect(pool: list[Utterance], count: int, words: tuple[int, int], pause_s: tuple[float, float],
+            gain_db: float, seed: int, sample_rate: int) -> Iterator[Utterance]:
+    """`count` connected utterances, each `words[0]..words[1]` utterances of `pool` drawn at random,
+    each at a random level within +-`gain_db`, joined (and framed) by faint-noise pauses of `pause_s` seconds."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        picks = rng.choice(len(pool), size=int(rng.integers(words[0], words[1] + 1)))
+        pieces = []
+        for idx in picks:
+            pieces.append(_pause(rng, pause_s, sample_rate))
+            pieces.append(pool[idx].samples * 10 ** (rng.uniform(-gain_db, gain_db) / 20))
+        pieces.append(_pause(rng, pause_s, sample_rate))
+        text = " ".join(pool[idx].text or "" for idx in picks)
+        path = Path(f"connected_{seed}_{i:05d}.wav")
+        yield Utterance(torch.cat(pieces).float(), sample_rate, text, path, f"connected utterance {i} (seed {seed})")
+
+
+def _pause(rng: np.random.Generator, pause_s: tuple[float, float], sample_rate: int) -> Tensor:
+    n = int(rng.uniform(*pause_s) * sample_rate)
+    return torch.from_numpy(rng.normal(0.0, PAUSE_NOISE, n).astype(np.float32))

@@ -1,0 +1,64 @@
+"""Streaming recognition: audio in chunks, the GRU state carried from chunk to chunk, partial transcripts out."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from gru_suite.backbone import State
+from gru_suite.errors import UserError
+from gru_suite_plugins.speech.data import Featurizer
+from gru_suite_plugins.speech.decode import greedy
+from gru_suite_plugins.speech.model import SpeechModel
+from gru_suite_plugins.speech.vocab import Alphabet
+
+
+class StreamingRecognizer:
+    """Feeds a unidirectional model chunk by chunk; its emissions equal the offline model's.
+
+    Samples wait until they fill a whole feature frame, frames until they fill a
+    front-end group of `subsample`, so each network input is what the offline pass
+    sees; only the GRU state crosses chunk boundaries. Call under `torch.no_grad()`
+    with the model in eval mode.
+    """
+
+    def __init__(self, model: SpeechModel, featurizer: Featurizer, alphabet: Alphabet) -> None:
+        if model.backbone.bidirectional:
+            raise UserError("streaming needs a unidirectional model (backbone.bidirectional=false)")
+        if featurizer.mean is None:
+            raise UserError("streaming needs task.features.normalize=global (per-utterance statistics see the future)")
+        self.model = model
+        self.featurizer = featurizer
+        self.alphabet = alphabet
+        config = featurizer.config
+        self.pending = torch.zeros(0)
+        self.frames = torch.zeros(0, config.n_mels)
+        self.state: State | None = None
+        self.emitted: list[Tensor] = []
+
+    def accept(self, samples: Tensor) -> str:
+        """Take the next chunk of samples (N,); return the partial transcript so far."""
+        config = self.featurizer.config
+        audio = torch.cat([self.pending, samples.float()])
+        whole = config.frames(len(audio))
+        if whole:
+            raw = self.featurizer.raw(audio[: (whole - 1) * config.hop_length + config.n_fft])
+            self.frames = torch.cat([self.frames, self.featurizer.normalize(raw)])
+            audio = audio[whole * config.hop_length:]
+        self.pending = audio
+        ready = len(self.frames) // self.model.subsample * self.model.subsample
+        if ready:
+            log_probs, _, self.state = self.model(self.frames[None, :ready], None, self.state)
+            self.emitted.append(log_probs[0])
+            self.frames = self.frames[ready:]
+        return self.text()
+
+    def emissions(self) -> Tensor:
+        """Log-probabilities (T, classes) of every output frame so far."""
+        if not self.emitted:
+            return torch.zeros(0, len(self.alphabet))
+        return torch.cat(self.emitted)
+
+    def text(self) -> str:
+        """Greedy transcript of the emissions so far."""
+        return self.alphabet.decode(greedy(self.emissions()))

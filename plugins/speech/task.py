@@ -1,0 +1,244 @@
+"""Speech recognition: log-mel features, a GRU encoder and a CTC head over characters; timed transcripts out."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import Tensor
+from torchmetrics.text import CharErrorRate, WordErrorRate
+
+from gru_suite.errors import UserError
+from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite_plugins.speech.audio import FeatureConfig
+from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
+from gru_suite_plugins.speech.decode import align_words, decode
+from gru_suite_plugins.speech.model import SpeechModel
+from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, split_fsdd
+from gru_suite_plugins.speech.stream import StreamingRecognizer
+from gru_suite_plugins.speech.vocab import Alphabet, normalize_text
+from gru_suite_plugins.speech.writer import write_transcripts
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+NORMALIZE = ("global", "utterance")
+
+
+class Scores:
+    """WER and CER over a pass, and exact-match accuracy over its single-word references."""
+
+    def __init__(self) -> None:
+        self.wer = WordErrorRate()
+        self.cer = CharErrorRate()
+        self.words_right = 0
+        self.words = 0
+
+    def update(self, hypotheses: list[str], references: list[str]) -> None:
+        self.wer.update(hypotheses, references)
+        self.cer.update(hypotheses, references)
+        for hyp, ref in zip(hypotheses, references):
+            if " " not in ref:
+                self.words += 1
+                self.words_right += hyp == ref
+
+    def compute(self) -> dict[str, float]:
+        scores = {"wer": float(self.wer.compute()), "cer": float(self.cer.compute())}
+        if self.words:
+            scores["accuracy"] = self.words_right / self.words
+        return scores
+
+
+class SpeechTask(TaskPlugin):
+    """A GRU-CTC recogniser of characters.
+
+    The state holds the alphabet, the feature settings and (with
+    `features.normalize=global`) the training set's per-bin log-mel mean and
+    standard deviation, so a checkpoint transcribes without the training data.
+    Logs `loss` (CTC, per target character, averaged over utterances) and, for
+    validation and test, `wer`, `cer` and `accuracy` (isolated words only).
+    """
+
+    def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        super().__init__(cfg, state)
+        self.restored = "alphabet" in self.state
+        feats = cfg.features
+        if feats.normalize not in NORMALIZE:
+            raise UserError(f"task.features.normalize must be one of {list(NORMALIZE)}, got {feats.normalize!r}")
+        self.state.setdefault("alphabet", normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " ")
+        self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
+                                           "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms)})
+        self.state.setdefault("normalize", str(feats.normalize))
+        self.alphabet = Alphabet(self.state["alphabet"])
+        self.features = FeatureConfig(**self.state["features"])
+        if int(cfg.decode.beam_size) < 1:
+            raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
+        self.scores: dict[str, Scores] = {}
+        self._utterances: dict[str, list[Utterance]] | None = None
+
+    # data
+
+    def featurizer(self) -> Featurizer:
+        if self.state["normalize"] == "utterance":
+            return Featurizer(self.features)
+        return Featurizer(self.features, torch.tensor(self.state["mean"]), torch.tensor(self.state["std"]))
+
+    def utterances(self) -> dict[str, list[Utterance]]:
+        """Train/val/test utterances (FSDD split or the manifests), plus connected ones per `data.connected`;
+        read on first use."""
+        if self._utterances is None:
+            self._utterances = self._read_utterances()
+        return self._utterances
+
+    def _read_utterances(self) -> dict[str, list[Utterance]]:
+        data, rate = self.cfg.data, self.features.sample_rate
+        if data.get("fsdd"):
+            split = data.fsdd_split
+            splits = split_fsdd(read_fsdd(Path(data.fsdd), rate), split.get("test_takes"), split.get("val_takes"),
+                                list(split.get("test_speakers") or []))
+        else:
+            splits = {name: read_source(data[name], rate) for name in SPLITS}
+        joined = data.connected
+        for number, name in enumerate(SPLITS):
+            count = int(joined.get(name) or 0)
+            if count:
+                pool = [u for u in splits[name] if u.text]
+                splits[name] = splits[name] + list(connect(pool, count, tuple(joined.words), tuple(joined.pause_s),
+                                                           float(joined.gain_db), int(joined.seed) + number, rate))
+        return splits
+
+    def _transcribed(self, name: str, augment: Augment | None = None,
+                     featurizer: Featurizer | None = None) -> TranscribedSet:
+        """A split's utterances whose transcripts the model can write, featurised (by default with the state's
+        normalisation)."""
+        featurizer = featurizer or self.featurizer()
+        raw, targets, texts = [], [], []
+        for u in self.utterances()[name]:
+            text = normalize_text(u.text or "")
+            if not text:
+                log.warning("skipping %s: empty transcript", u.where)
+                continue
+            unknown = self.alphabet.unknown(text)
+            if unknown:
+                log.warning("skipping %s: transcript %r has characters outside the alphabet %s "
+                            "(task.text.alphabet)", u.where, text, unknown)
+                continue
+            frames = featurizer.raw(u.samples)
+            ids = self.alphabet.encode(text)
+            needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
+            if len(frames) // int(self.cfg.model.subsample) < needed:
+                log.warning("skipping %s: %.2f s of audio is too short for the %d characters of %r",
+                            u.where, u.seconds, len(ids), text)
+                continue
+            raw.append(frames)
+            targets.append(ids)
+            texts.append(text)
+        if not raw:
+            raise UserError(f"no usable {name} utterances (see the warnings above)")
+        return TranscribedSet(raw, targets, texts, featurizer, augment)
+
+    def _fit_normalizer(self, train: TranscribedSet) -> None:
+        frames = torch.cat(train.raw)
+        self.state["mean"] = frames.mean(0).tolist()
+        self.state["std"] = frames.std(0, unbiased=False).tolist()
+        train.featurizer = self.featurizer()
+
+    def _predict_set(self) -> AudioSet:
+        """`predict.input` (a folder, a manifest or an audio file), or else the test split."""
+        source = self.cfg.predict.get("input")
+        rate = self.features.sample_rate
+        utterances = read_source(source, rate, need_text=False) if source else self.utterances()["test"]
+        usable = []
+        for u in utterances:
+            if self.features.frames(len(u.samples)) < int(self.cfg.model.subsample):
+                log.warning("skipping %s: %.3f s is too short to transcribe", u.where, u.seconds)
+            else:
+                usable.append(u)
+        if not usable:
+            raise UserError(f"nothing to transcribe in {source or 'the test split'} (see the warnings above)")
+        return AudioSet(usable, self.featurizer())
+
+    def datamodule(self) -> SpeechData:
+        aug = self.cfg.augment
+        augment = Augment(float(aug.gain_db), int(aug.freq_masks), int(aug.freq_width), int(aug.time_masks),
+                          int(aug.time_width))
+        builders = {
+            "train": lambda: self._transcribed("train", augment),
+            "val": lambda: self._transcribed("val"),
+            "test": lambda: self._transcribed("test"),
+            "predict": self._predict_set,
+        }
+        if not self.restored:  # a new model: read the data and fit the normaliser now
+            train = self._transcribed("train", augment, Featurizer(self.features))
+            if self.state["normalize"] == "global":
+                self._fit_normalizer(train)
+            builders["train"] = lambda: train
+        data = self.cfg.data
+        return SpeechData(builders, int(data.batch_size), int(data.get("num_workers", 0)))
+
+    # model
+
+    def build_model(self, backbone: BackboneFactory) -> SpeechModel:
+        model = self.cfg.model
+        return SpeechModel(backbone, self.features.n_mels, len(self.alphabet), int(model.subsample),
+                           int(model.frontend_size), float(model.dropout))
+
+    @property
+    def frame_seconds(self) -> float:
+        """Seconds between the model's output frames."""
+        return self.features.hop_length * int(self.cfg.model.subsample) / self.features.sample_rate
+
+    def step(self, model: SpeechModel, batch: dict, stage: Stage) -> StepOutput:
+        log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
+        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
+                          blank=0, zero_infinity=True)
+        if stage != "train":
+            beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
+            hypotheses = [self.alphabet.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
+            self.scores.setdefault(stage, Scores()).update(hypotheses, batch["texts"])
+        return StepOutput(loss, len(batch["texts"]))
+
+    def epoch_end(self, stage: Stage) -> dict[str, float]:
+        scores = self.scores.pop(stage, None)
+        return scores.compute() if scores else {}
+
+    # transcription
+
+    def emissions(self, model: SpeechModel, batch: dict) -> list[Tensor]:
+        """Per-utterance log-probabilities (T_i, classes): in one pass, or streamed in `predict.chunk_ms` chunks."""
+        if not self.cfg.predict.get("streaming"):
+            log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
+            return [lp[:n].cpu() for lp, n in zip(log_probs, out_lengths)]
+        chunk = max(1, round(float(self.cfg.predict.chunk_ms) * self.features.sample_rate / 1000))
+        emitted = []
+        for samples in batch["samples"]:
+            stream = StreamingRecognizer(model, self.featurizer(), self.alphabet)
+            for start in range(0, len(samples), chunk):
+                stream.accept(samples[start:start + chunk].cpu())
+            emitted.append(stream.emissions())
+        return emitted
+
+    def transcript(self, log_probs: Tensor, path: str, duration: float, reference: str | None) -> dict[str, Any]:
+        """Text and timed words of one utterance's emissions."""
+        tokens = decode(log_probs, int(self.cfg.decode.beam_size))
+        words = align_words(log_probs, tokens, self.alphabet, self.frame_seconds, duration)
+        result: dict[str, Any] = {"path": path, "text": " ".join(w.word for w in words),
+                                  "duration": round(duration, 3), "words": [w.as_dict() for w in words]}
+        if reference is not None:
+            result["reference"] = normalize_text(reference)
+        return result
+
+    def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
+        emissions = self.emissions(model, batch)
+        return [self.transcript(e, p, d, r)
+                for e, p, d, r in zip(emissions, batch["paths"], batch["durations"], batch["references"])]
+
+    def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
+        transcripts = [t for batch in predictions for t in batch]
+        out = self.cfg.predict
+        return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words))

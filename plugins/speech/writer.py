@@ -1,0 +1,75 @@
+"""Transcript artifacts: one JSONL for all files, and per file plain text, SRT and WebVTT subtitles."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gru_suite.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+
+def cues(words: Sequence[dict[str, Any]], max_gap_s: float, max_words: int) -> list[tuple[float, float, str]]:
+    """Words grouped into subtitle phrases `(start, end, text)`: a phrase ends at a pause longer
+    than `max_gap_s` or after `max_words` words."""
+    phrases: list[list[dict[str, Any]]] = []
+    for word in words:
+        if phrases and len(phrases[-1]) < max_words and word["start"] - phrases[-1][-1]["end"] <= max_gap_s:
+            phrases[-1].append(word)
+        else:
+            phrases.append([word])
+    return [(p[0]["start"], p[-1]["end"], " ".join(w["word"] for w in p)) for p in phrases]
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = round(seconds * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
+
+
+def to_srt(phrases: Sequence[tuple[float, float, str]]) -> str:
+    blocks = [f"{i}\n{_clock(a, ',')} --> {_clock(b, ',')}\n{text}\n" for i, (a, b, text) in enumerate(phrases, 1)]
+    return "\n".join(blocks)
+
+
+def to_vtt(phrases: Sequence[tuple[float, float, str]]) -> str:
+    blocks = [f"{_clock(a, '.')} --> {_clock(b, '.')}\n{text}\n" for a, b, text in phrases]
+    return "WEBVTT\n\n" + "\n".join(blocks)
+
+
+def _stems(paths: Sequence[str]) -> list[str]:
+    """A distinct file stem per input (`name`, `name_2`, ... when names repeat)."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+    return stems
+
+
+def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_gap_s: float,
+                      max_words: int) -> list[Path]:
+    """`transcripts.jsonl` (one object per input) and `<stem>.txt`, `.srt`, `.vtt` per input.
+
+    An input with an empty transcript gets only its JSONL line (with a `warning`), and a logged warning.
+    """
+    out_dir = Path(out_dir)
+    lines, paths = [], []
+    for stem, transcript in zip(_stems([t["path"] for t in transcripts]), transcripts):
+        if not transcript["text"]:
+            transcript = {**transcript, "warning": "no speech recognised"}
+            log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
+        else:
+            phrases = cues(transcript["words"], max_gap_s, max_words)
+            paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n"))
+            paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
+            paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
+        lines.append(json.dumps(transcript, ensure_ascii=False))
+    return [write_text(out_dir / "transcripts.jsonl", "\n".join(lines) + "\n"), *paths]

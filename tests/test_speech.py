@@ -1,0 +1,316 @@
+"""The speech task: audio and features, CTC decoding and timing, learning, streaming, artifacts, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
+from gru_suite.testing import check_task_plugin
+from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
+from gru_suite_plugins.speech.data import Featurizer, pad_frames
+from gru_suite_plugins.speech.decode import align_words, greedy, prefix_beam_search
+from gru_suite_plugins.speech.model import SpeechModel
+from gru_suite_plugins.speech.sources import connect, read_fsdd, read_manifest, read_source, split_fsdd
+from gru_suite_plugins.speech.stream import StreamingRecognizer
+from gru_suite_plugins.speech.synth import speak
+from gru_suite_plugins.speech.vocab import Alphabet
+from gru_suite_plugins.speech.writer import cues, write_transcripts
+
+from conftest import REPO, run_cli
+
+BUNDLED = REPO / "data" / "speech"
+RATE = 8000
+ALPHABET = Alphabet("abcdefghijklmnopqrstuvwxyz' ")
+TINY = ["backbone.hidden_size=32", "task.model.frontend_size=32", "task.data.batch_size=8"]
+SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)"
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
+    sf.write(path, samples, rate, subtype="PCM_16")
+    return path
+
+
+def probs(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows).log()
+
+
+# audio and features
+
+
+def test_stereo_44k_audio_is_downmixed_and_resampled(tmp_path: Path) -> None:
+    t = np.arange(44100) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([tone, -tone * 0 + tone], axis=1), 44100)
+    samples = read_audio(path, RATE)
+    assert samples.shape == (8000,) and samples.dtype == torch.float32
+    spectrum = np.abs(np.fft.rfft(samples.numpy()))
+    assert abs(int(spectrum.argmax()) - 440) <= 1  # one second at 8 kHz: bin = Hz
+
+
+def test_log_mel_frames_and_chunked_features_equal_the_whole() -> None:
+    config = FeatureConfig(sample_rate=RATE, n_mels=40, win_ms=25, hop_ms=10)
+    samples = torch.from_numpy(speak(["seven", "two"], seed=3))
+    features = LogMel(config)(samples)
+    assert features.shape == (config.frames(len(samples)), 40)
+    assert config.frames(config.n_fft - 1) == 0 and config.frames(config.n_fft) == 1
+    first = LogMel(config)(samples[: 30 * config.hop_length + config.n_fft])
+    assert torch.allclose(first, features[:31], atol=1e-5)
+
+
+# decoding and timing
+
+
+def test_greedy_merges_repeats_and_keeps_letters_split_by_blank() -> None:
+    # blank, a, b: "a a _ a b b" -> "aab"
+    frames = [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.1, 0.7]]
+    assert greedy(probs(frames)) == [1, 1, 2]
+
+
+def test_prefix_beam_search_sums_paths_that_greedy_misses() -> None:
+    # per frame blank 0.6, a 0.4: greedy says "", but P("a") = 0.16 + 0.24 + 0.24 = 0.64 > P("") = 0.36
+    frames = probs([[0.6, 0.4], [0.6, 0.4]])
+    assert greedy(frames) == []
+    assert prefix_beam_search(frames, beam_size=4) == [1]
+    assert prefix_beam_search(frames, beam_size=1) == []  # a one-prefix beam keeps the likelier first frame
+
+
+def test_beam_search_equals_greedy_on_confident_frames() -> None:
+    frames = [[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
+    assert prefix_beam_search(probs(frames), beam_size=8) == greedy(probs(frames)) == [1, 1, 2]
+
+
+def test_word_times_follow_the_alignment_and_stay_inside_the_audio() -> None:
+    alphabet = Alphabet("ab ")  # ids: a 1, b 2, space 3
+    rows = {0: [0.97, 0.01, 0.01, 0.01], 1: [0.01, 0.97, 0.01, 0.01], 2: [0.01, 0.01, 0.97, 0.01],
+            3: [0.01, 0.01, 0.01, 0.97]}
+    path = [0, 1, 1, 2, 0, 3, 3, 0, 0, 2, 2, 0]  # _ a a b _ ␣ ␣ _ _ b b _  ->  "ab b"
+    log_probs = probs([rows[i] for i in path])
+    tokens = greedy(log_probs)
+    words = align_words(log_probs, tokens, alphabet, frame_s=0.1, duration=1.15)
+    assert [w.word for w in words] == ["ab", "b"]
+    assert (words[0].start, words[0].end) == (0.1, 0.4)
+    assert (words[1].start, words[1].end) == (0.9, 1.1)
+    assert all(0.9 < w.confidence <= 1 for w in words)
+    clipped = align_words(log_probs, tokens, alphabet, frame_s=0.1, duration=1.0)
+    assert clipped[-1].end == 1.0
+
+
+# learning and streaming
+
+
+@pytest.fixture(scope="module")
+def overfit() -> tuple[SpeechModel, Featurizer, list, list[str]]:
+    """A tiny unidirectional model trained until it transcribes four bundled utterances right."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fastest for a tiny model, and immune to oversubscription
+    yield train_until_right()
+    torch.set_num_threads(threads)
+
+
+def train_until_right() -> tuple[SpeechModel, Featurizer, list, list[str]]:
+    torch.manual_seed(0)
+    utterances = [u for u in read_manifest(BUNDLED / "train.jsonl", RATE) if u.text in ("two", "six", "nine")][:3]
+    utterances.append(next(u for u in read_manifest(BUNDLED / "train.jsonl", RATE) if len(u.text.split()) == 2))
+    config = FeatureConfig()
+    raw = [LogMel(config)(u.samples) for u in utterances]
+    frames = torch.cat(raw)
+    featurizer = Featurizer(config, frames.mean(0), frames.std(0))
+    features, lengths = pad_frames([featurizer.normalize(r) for r in raw])
+    texts = [u.text for u in utterances]
+    targets = torch.tensor([i for t in texts for i in ALPHABET.encode(t)])
+    target_lengths = torch.tensor([len(t) for t in texts])
+    model = SpeechModel(partial(GRUBackbone, hidden_size=64), config.n_mels, len(ALPHABET), subsample=2,
+                        frontend_size=64, dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(400):
+        log_probs, out_lengths, _ = model(features, lengths)
+        loss = torch.nn.functional.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        if step % 20 == 19:
+            with torch.no_grad():
+                hyps = [ALPHABET.decode(greedy(lp[:n])) for lp, n in zip(model(features, lengths)[0], out_lengths)]
+            if hyps == texts:
+                break
+    return model.eval(), featurizer, utterances, texts
+
+
+def test_model_overfits_a_few_utterances_and_transcribes_them(overfit) -> None:
+    model, featurizer, utterances, texts = overfit
+    with torch.no_grad():
+        for u, text in zip(utterances, texts):
+            log_probs = model(featurizer(u.samples)[None])[0][0]
+            tokens = greedy(log_probs)
+            assert ALPHABET.decode(tokens) == text
+            words = align_words(log_probs, tokens, ALPHABET, 0.02, u.seconds)
+            assert [w.word for w in words] == text.split()
+            times = [t for w in words for t in (w.start, w.end)]
+            assert times == sorted(times) and 0 <= times[0] and times[-1] <= u.seconds
+            assert all(w.start < w.end for w in words)
+
+
+@pytest.mark.parametrize("chunk", [37, 800, 100_000])
+def test_streaming_equals_offline(overfit, chunk: int) -> None:
+    model, featurizer, utterances, texts = overfit
+    with torch.no_grad():
+        for u, text in zip(utterances, texts):
+            offline = model(featurizer(u.samples)[None])[0][0]
+            stream = StreamingRecognizer(model, featurizer, ALPHABET)
+            partials = [stream.accept(u.samples[i:i + chunk]) for i in range(0, len(u.samples), chunk)]
+            assert torch.allclose(stream.emissions(), offline, atol=1e-4)
+            assert partials[-1] == stream.text() == ALPHABET.decode(greedy(offline)) == text
+            assert all(text.startswith(p.rstrip()) or len(partials) == 1 for p in partials[:-1])
+
+
+def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
+    config = FeatureConfig()
+    bi = SpeechModel(partial(GRUBackbone, hidden_size=8, bidirectional=True), config.n_mels, len(ALPHABET))
+    uni = SpeechModel(partial(GRUBackbone, hidden_size=8), config.n_mels, len(ALPHABET))
+    with pytest.raises(UserError, match="unidirectional"):
+        StreamingRecognizer(bi, Featurizer(config, torch.zeros(40), torch.ones(40)), ALPHABET)
+    with pytest.raises(UserError, match="normalize=global"):
+        StreamingRecognizer(uni, Featurizer(config), ALPHABET)
+
+
+# artifacts
+
+
+def test_transcript_files_parse(tmp_path: Path) -> None:
+    words = [{"word": w, "start": s, "end": e, "confidence": 0.9}
+             for w, s, e in [("one", 0.1, 0.4), ("two", 0.5, 0.8), ("nine", 2.0, 2.5)]]
+    transcripts = [{"path": "a/call.wav", "text": "one two nine", "duration": 3.0, "words": words},
+                   {"path": "b/call.wav", "text": "", "duration": 1.0, "words": []}]
+    paths = write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
+    assert sorted(p.name for p in paths) == ["call.srt", "call.txt", "call.vtt", "transcripts.jsonl"]
+    lines = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
+    assert lines[0]["words"] == words and lines[1]["warning"] == "no speech recognised"
+    srt = (tmp_path / "call.srt").read_text()
+    blocks = [b.splitlines() for b in srt.strip().split("\n\n")]
+    assert [b[0] for b in blocks] == ["1", "2"] and [b[2] for b in blocks] == ["one two", "nine"]
+    assert re.fullmatch(SRT_TIME, blocks[1][1]).groups() == ("00", "00", "02", "000", "00", "00", "02", "500")
+    vtt = (tmp_path / "call.vtt").read_text()
+    assert vtt.startswith("WEBVTT\n\n00:00:00.100 --> 00:00:00.800\none two\n")
+    assert (tmp_path / "call.txt").read_text() == "one two nine\n"
+
+
+def test_cues_split_at_pauses_and_word_limits() -> None:
+    words = [{"word": str(i), "start": i * 0.3, "end": i * 0.3 + 0.2} for i in range(5)]
+    assert [c[2] for c in cues(words, max_gap_s=0.5, max_words=2)] == ["0 1", "2 3", "4"]
+
+
+# data sources and bad input
+
+
+def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> None:
+    write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav", "duration": 0.5, "text": "one"}\n{"audio_filepath": "a.wav"}\n')
+    with pytest.raises(UserError, match=r"m\.jsonl:2: missing field 'text'"):
+        read_manifest(manifest, RATE)
+    manifest.write_text('{"audio_filepath": "a.wav", "text": "one"}\nnot json\n')
+    with pytest.raises(UserError, match=r"m\.jsonl:2: not a JSON object"):
+        read_manifest(manifest, RATE)
+    manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "duration": "long"}\n')
+    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'duration' must be a number"):
+        read_manifest(manifest, RATE)
+
+
+def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, caplog) -> None:
+    one = speak(["one"], seed=1)
+    write_wav(tmp_path / "good.wav", one)
+    write_wav(tmp_path / "silent.wav", np.zeros(4000))
+    write_wav(tmp_path / "empty.wav", np.zeros(0))
+    (tmp_path / "garbage.wav").write_bytes(b"RIFF\x00\x00garbage")
+    write_wav(tmp_path / "short.wav", one[:1000])
+    lines = [{"audio_filepath": name, "duration": 0.5, "text": "one"}
+             for name in ("good.wav", "missing.wav", "silent.wav", "empty.wav", "garbage.wav")]
+    lines.append({"audio_filepath": "short.wav", "duration": len(one) / RATE, "text": "one"})
+    lines[0]["duration"] = len(one) / RATE
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        utterances = read_manifest(manifest, RATE)
+    assert [u.path.name for u in utterances] == ["good.wav"]
+    messages = [r.getMessage() for r in caplog.records]
+    for line, reason in [(2, "no such audio file"), (3, "silent"), (4, "empty"), (5, "not a readable audio file"),
+                         (6, "truncated")]:
+        assert any(f"m.jsonl:{line}" in m and reason in m for m in messages), (line, reason, messages)
+    manifest.write_text(json.dumps(lines[1]) + "\n")
+    with pytest.raises(UserError, match="no usable utterances"):
+        read_source(manifest, RATE)
+
+
+def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    for speaker in ("ann", "bob"):
+        for take in (5, 10, 20):
+            write_wav(recordings / f"3_{speaker}_{take}.wav", speak(["three"], seed=take))
+    write_wav(recordings / "notes.wav", speak(["one"], seed=0))
+    with caplog.at_level(logging.WARNING):
+        utterances = read_fsdd(tmp_path, RATE)
+    assert len(utterances) == 6 and {u.text for u in utterances} == {"three"}
+    assert any("notes.wav" in r.getMessage() for r in caplog.records)
+    seen = split_fsdd(utterances, [5, 9], [10, 12], [])
+    assert {(u.speaker, u.take) for u in seen["test"]} == {("ann", 5), ("bob", 5)}
+    assert {u.take for u in seen["val"]} == {10} and {u.take for u in seen["train"]} == {20}
+    unseen = split_fsdd(utterances, None, [10, 12], ["bob"])
+    assert {u.speaker for u in unseen["test"]} == {"bob"} and {u.speaker for u in unseen["train"]} == {"ann"}
+
+
+def test_connected_utterances_join_words_with_pauses() -> None:
+    pool = read_manifest(BUNDLED / "val.jsonl", RATE)[:10]
+    made = list(connect(pool, 5, (2, 4), (0.1, 0.2), 6.0, seed=1, sample_rate=RATE))
+    assert len(made) == 5
+    for u in made:
+        words = u.text.split()
+        assert 2 <= len(words) <= 4 and set(words) <= {p.text for p in pool}
+        assert len(u.samples) > sum(0.1 * RATE for _ in range(len(words) + 1))
+    assert [u.text for u in made] == [u.text for u in connect(pool, 5, (2, 4), (0.1, 0.2), 6.0, 1, RATE)]
+
+
+# the plugin through the core
+
+
+@pytest.fixture(scope="module")
+def checked(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder of a passed contract check (its short run leaves a checkpoint)."""
+    root = tmp_path_factory.mktemp("speech_check")
+    check_task_plugin("speech", overrides=TINY, tmp_path=root)
+    return root
+
+
+def test_speech_plugin_passes_the_contract_check(checked: Path) -> None:
+    assert (checked / "short_run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, tmp_path: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    call = speak(["four", "two"], seed=5)
+    write_wav(inbox / "call.wav", np.stack([call, call], axis=1), 16000)
+    write_wav(inbox / "quiet.wav", np.zeros(8000))
+    (inbox / "broken.flac").write_bytes(b"fLaC broken")
+    out = tmp_path / "predict"
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
+    result = run_cli("gru-suite-predict", "task=speech", f"ckpt_path={ckpt}", f"task.predict.input={inbox}",
+                     "task.predict.streaming=true", f"hydra.run.dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr + (out / "predict.log").read_text()
+    assert "quiet.wav" in log and "silent" in log and "broken.flac" in log
+    (line,) = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
+    assert line["text"] or line["warning"]
+    assert all(0 <= w["start"] < w["end"] <= line["duration"] for w in line["words"])
