@@ -95,10 +95,10 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
     run = fit_and_test(cfg, args.seed)
     torch.set_num_threads(1)
     model = run.module.model.eval()
-    test = run.task.utterances()["test"]
+    test = run.task.split("test")
     result: dict[str, Any] = {"fit_wall_s": run.fit_wall_s, "epochs_run": len(run.clock.wall),
                               "best_epoch": run.best_epoch, "best_val_cer": run.best_val_loss,
-                              "test_metrics": run.test_metrics, "train_utterances": len(run.task.utterances()["train"])}
+                              "test_metrics": run.test_metrics, "train_utterances": len(run.task.split("train"))}
     for kind, items in [("isolated", [u for u in test if " " not in u.text]),
                         ("connected", [u for u in test if " " in u.text])]:
         out_ = transcribe(run.task, model, items, args.chunk_ms)

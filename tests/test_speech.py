@@ -14,6 +14,7 @@ import soundfile as sf
 import torch
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
@@ -314,3 +315,25 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
     assert line["text"] or line["warning"]
     assert all(0 <= w["start"] < w["end"] <= line["duration"] for w in line["words"])
+    if line["text"]:  # streamed: the last partial is the final transcript
+        assert line["partials"][-1]["text"].split() == line["text"].split()
+
+
+def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:
+    module = load_checkpoint(checked / "short_run" / "checkpoints" / "last.ckpt")
+    task = module.task
+    batch = next(iter(task.datamodule().predict_dataloader()))
+    with torch.no_grad():
+        offline = task.predict_step(module.model, batch)
+        task.cfg.predict.streaming = True
+        streamed = task.predict_step(module.model, batch)
+        task.cfg.predict.streaming = False
+        task.cfg.decode.beam_size = 4
+        beamed = task.predict_step(module.model, batch)
+    assert [t["text"] for t in streamed] == [t["text"] for t in offline]
+    assert [[w["word"] for w in t["words"]] for t in streamed] == [[w["word"] for w in t["words"]] for t in offline]
+    assert all("partials" in t for t in streamed) and not any("partials" in t for t in offline)
+    for t in [*offline, *beamed]:
+        assert t["reference"] and 0 <= t["duration"]
+        times = [x for w in t["words"] for x in (w["start"], w["end"])]
+        assert times == sorted(times) and all(0 <= x <= t["duration"] for x in times)

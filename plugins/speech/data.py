@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 import torchaudio
@@ -36,20 +35,17 @@ class Featurizer:
         return self.normalize(self.raw(samples))
 
 
-@dataclass(frozen=True)
 class Augment:
     """Training augmentation: a random level change within +-`gain_db`, then SpecAugment masks
     (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width` frames)."""
 
-    gain_db: float = 0.0
-    freq_masks: int = 0
-    freq_width: int = 0
-    time_masks: int = 0
-    time_width: int = 0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_freq", torchaudio.transforms.FrequencyMasking(self.freq_width))
-        object.__setattr__(self, "_time", torchaudio.transforms.TimeMasking(self.time_width))
+    def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
+                 time_width: int = 0) -> None:
+        self.gain_db = gain_db
+        self.freq_masks = freq_masks if freq_width else 0
+        self.time_masks = time_masks if time_width else 0
+        self._freq = torchaudio.transforms.FrequencyMasking(freq_width)
+        self._time = torchaudio.transforms.TimeMasking(time_width)
 
     def level(self, raw: Tensor) -> Tensor:
         """A gain of g dB adds g * ln(10) / 10 to every log-power bin."""
@@ -60,9 +56,9 @@ class Augment:
 
     def mask(self, features: Tensor) -> Tensor:
         spec = features.T  # (n_mels, T), as torchaudio's masks expect
-        for _ in range(self.freq_masks if self.freq_width else 0):
+        for _ in range(self.freq_masks):
             spec = self._freq(spec)
-        for _ in range(self.time_masks if self.time_width else 0):
+        for _ in range(self.time_masks):
             spec = self._time(spec)
         return spec.T
 

@@ -79,7 +79,7 @@ class SpeechTask(TaskPlugin):
         if int(cfg.decode.beam_size) < 1:
             raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
         self.scores: dict[str, Scores] = {}
-        self._utterances: dict[str, list[Utterance]] | None = None
+        self._splits: dict[str, list[Utterance]] = {}
 
     # data
 
@@ -88,29 +88,29 @@ class SpeechTask(TaskPlugin):
             return Featurizer(self.features)
         return Featurizer(self.features, torch.tensor(self.state["mean"]), torch.tensor(self.state["std"]))
 
-    def utterances(self) -> dict[str, list[Utterance]]:
-        """Train/val/test utterances (FSDD split or the manifests), plus connected ones per `data.connected`;
-        read on first use."""
-        if self._utterances is None:
-            self._utterances = self._read_utterances()
-        return self._utterances
+    def split(self, name: str) -> list[Utterance]:
+        """The `train`, `val` or `test` utterances (FSDD split or that split's manifest/folder), plus the
+        connected ones `data.connected` asks for; read on first use."""
+        if name not in self._splits:
+            data, rate = self.cfg.data, self.features.sample_rate
+            if data.get("fsdd"):
+                split = data.fsdd_split
+                read = split_fsdd(read_fsdd(data.fsdd, rate), split.get("test_takes"), split.get("val_takes"),
+                                  list(split.get("test_speakers") or []))
+            else:
+                read = {name: read_source(data[name], rate)}
+            for key, utterances in read.items():
+                self._splits[key] = utterances + self._connected(key, utterances)
+        return self._splits[name]
 
-    def _read_utterances(self) -> dict[str, list[Utterance]]:
-        data, rate = self.cfg.data, self.features.sample_rate
-        if data.get("fsdd"):
-            split = data.fsdd_split
-            splits = split_fsdd(read_fsdd(Path(data.fsdd), rate), split.get("test_takes"), split.get("val_takes"),
-                                list(split.get("test_speakers") or []))
-        else:
-            splits = {name: read_source(data[name], rate) for name in SPLITS}
-        joined = data.connected
-        for number, name in enumerate(SPLITS):
-            count = int(joined.get(name) or 0)
-            if count:
-                pool = [u for u in splits[name] if u.text]
-                splits[name] = splits[name] + list(connect(pool, count, tuple(joined.words), tuple(joined.pause_s),
-                                                           float(joined.gain_db), int(joined.seed) + number, rate))
-        return splits
+    def _connected(self, name: str, pool: list[Utterance]) -> list[Utterance]:
+        joined = self.cfg.data.connected
+        count = int(joined.get(name) or 0)
+        if not count:
+            return []
+        seed = int(joined.seed) + SPLITS.index(name)
+        return list(connect([u for u in pool if u.text], count, tuple(joined.words), tuple(joined.pause_s),
+                            float(joined.gain_db), seed, self.features.sample_rate))
 
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
@@ -118,7 +118,7 @@ class SpeechTask(TaskPlugin):
         normalisation)."""
         featurizer = featurizer or self.featurizer()
         raw, targets, texts = [], [], []
-        for u in self.utterances()[name]:
+        for u in self.split(name):
             text = normalize_text(u.text or "")
             if not text:
                 log.warning("skipping %s: empty transcript", u.where)
@@ -152,7 +152,7 @@ class SpeechTask(TaskPlugin):
         """`predict.input` (a folder, a manifest or an audio file), or else the test split."""
         source = self.cfg.predict.get("input")
         rate = self.features.sample_rate
-        utterances = read_source(source, rate, need_text=False) if source else self.utterances()["test"]
+        utterances = read_source(source, rate, need_text=False) if source else self.split("test")
         usable = []
         for u in utterances:
             if self.features.frames(len(u.samples)) < int(self.cfg.model.subsample):
@@ -209,34 +209,41 @@ class SpeechTask(TaskPlugin):
 
     # transcription
 
-    def emissions(self, model: SpeechModel, batch: dict) -> list[Tensor]:
-        """Per-utterance log-probabilities (T_i, classes): in one pass, or streamed in `predict.chunk_ms` chunks."""
+    def emissions(self, model: SpeechModel, batch: dict) -> list[tuple[Tensor, list[dict[str, Any]] | None]]:
+        """Per-utterance log-probabilities (T_i, classes) in one pass; or, with `predict.streaming`, streamed in
+        `predict.chunk_ms` chunks, with the partial transcripts (`time` at the chunk's end, `text`) as they changed."""
         if not self.cfg.predict.get("streaming"):
             log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
-            return [lp[:n].cpu() for lp, n in zip(log_probs, out_lengths)]
-        chunk = max(1, round(float(self.cfg.predict.chunk_ms) * self.features.sample_rate / 1000))
-        emitted = []
+            return [(lp[:n].cpu(), None) for lp, n in zip(log_probs, out_lengths)]
+        rate = self.features.sample_rate
+        chunk = max(1, round(float(self.cfg.predict.chunk_ms) * rate / 1000))
+        results = []
         for samples in batch["samples"]:
             stream = StreamingRecognizer(model, self.featurizer(), self.alphabet)
+            partials: list[dict[str, Any]] = []
             for start in range(0, len(samples), chunk):
-                stream.accept(samples[start:start + chunk].cpu())
-            emitted.append(stream.emissions())
-        return emitted
+                text = stream.accept(samples[start:start + chunk].cpu())
+                if text and (not partials or text != partials[-1]["text"]):
+                    partials.append({"time": round(min(start + chunk, len(samples)) / rate, 3), "text": text})
+            results.append((stream.emissions(), partials))
+        return results
 
-    def transcript(self, log_probs: Tensor, path: str, duration: float, reference: str | None) -> dict[str, Any]:
-        """Text and timed words of one utterance's emissions."""
+    def transcript(self, log_probs: Tensor, path: str, duration: float, reference: str | None = None,
+                   partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Text and timed words of one utterance's emissions, with its reference and partials when known."""
         tokens = decode(log_probs, int(self.cfg.decode.beam_size))
         words = align_words(log_probs, tokens, self.alphabet, self.frame_seconds, duration)
         result: dict[str, Any] = {"path": path, "text": " ".join(w.word for w in words),
                                   "duration": round(duration, 3), "words": [w.as_dict() for w in words]}
         if reference is not None:
             result["reference"] = normalize_text(reference)
+        if partials is not None:
+            result["partials"] = partials
         return result
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
-        emissions = self.emissions(model, batch)
-        return [self.transcript(e, p, d, r)
-                for e, p, d, r in zip(emissions, batch["paths"], batch["durations"], batch["references"])]
+        return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r
+                in zip(self.emissions(model, batch), batch["paths"], batch["durations"], batch["references"])]
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
         transcripts = [t for batch in predictions for t in batch]
