@@ -73,7 +73,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.4em; text-align: left; verti
 td.text {{ line-height: 1.6; }}
 </style></head>
 <body><h1>{title}</h1>
-<p>Each word is shaded by the weight the model gave it (hover for the value).</p>
+<p>Each word is shaded by how much it weighed toward the predicted label (hover for the value).</p>
 <table><tr><th>line</th><th>label</th><th>probability</th><th class="text">text</th></tr>
 {rows}
 </table></body></html>

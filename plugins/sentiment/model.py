@@ -80,14 +80,31 @@ class SentimentModel(nn.Module):
         self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        h, _ = self.backbone(self.dropout(self.embedding(ids)), lengths)
-        pooled, weights = self.pool(h, valid_mask(lengths.to(ids.device), ids.size(1)))
+        return self.classify(self.embedding(ids), lengths)
+
+    def classify(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits (B, C) and the pooling's token weights (B, T) from token embeddings (B, T, E)."""
+        h, _ = self.backbone(self.dropout(embedded), lengths)
+        pooled, weights = self.pool(h, valid_mask(lengths.to(embedded.device), embedded.size(1)))
         return self.head(self.dropout(pooled)), weights
 
     def probabilities(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Calibrated class probabilities (B, C) and token importance (B, T)."""
+        """Calibrated class probabilities (B, C) and the pooling's token weights (B, T)."""
         logits, weights = self(ids, lengths)
         return (logits / self.temperature).softmax(-1), weights
+
+    def saliency(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Calibrated class probabilities (B, C) and each token's gradient x input toward the predicted label
+        (B, T): positive where the token pushes toward the label, zero at padding.
+
+        Runs with gradients even inside `torch.inference_mode` (Lightning's prediction loop).
+        """
+        with torch.inference_mode(False), torch.enable_grad():
+            embedded = self.embedding(ids.clone()).detach().requires_grad_()
+            logits, _ = self.classify(embedded, lengths.clone())
+            (grad,) = torch.autograd.grad(logits.max(-1).values.sum(), embedded)
+        importance = (grad * embedded).sum(-1).detach() * valid_mask(lengths.to(ids.device), ids.size(1))
+        return (logits.detach() / self.temperature).softmax(-1), importance
 
 
 def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = (0.05, 20.0)) -> float:

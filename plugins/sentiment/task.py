@@ -35,6 +35,7 @@ from gru_suite_plugins.sentiment.writer import plot_confusion, write_predictions
 log = logging.getLogger(__name__)
 
 CLASS_WEIGHTS = ("balanced", "none")
+IMPORTANCE = ("gradient", "pooling")
 
 
 class SentimentTask(TaskPlugin):
@@ -170,8 +171,16 @@ class SentimentTask(TaskPlugin):
     # --- predictions ----------------------------------------------------------------------------------------
 
     def predict_step(self, model: SentimentModel, batch: Batch) -> dict[str, Tensor]:
-        """Calibrated probabilities (B, C), token importance (B, T) and lengths of the examples `index`."""
-        probs, weights = model.probabilities(batch.ids, batch.lengths)
+        """Calibrated probabilities (B, C), token importance (B, T) and lengths of the examples `index`.
+
+        `predict.importance`: `gradient` (gradient x input toward the predicted label) or `pooling`
+        (the attention weights, or each token's share of the max-pooled features).
+        """
+        importance = self.cfg.predict.importance
+        if importance not in IMPORTANCE:
+            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
+        explain_with = model.saliency if importance == "gradient" else model.probabilities
+        probs, weights = explain_with(batch.ids, batch.lengths)
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
                 "lengths": batch.lengths.cpu()}
 
