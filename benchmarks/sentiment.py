@@ -10,7 +10,8 @@ held out for validation (early stopping, checkpoint choice and the temperature);
 dev or held-out sentence, or are spans of at least `--leak-tokens` words of one, are dropped. The best
 checkpoint is then scored once on `--dev`: accuracy, macro F1, expected calibration error (15 bins)
 before and after temperature scaling. Prediction speed is sentences per second through tokenizer and
-model (batches of 256, in length order) on the CPU. Prints the tables, then one JSON line.
+model (batches of 256, in length order) on the CPU, with each kind of word importance. Prints the
+tables, then one JSON line.
 """
 
 from __future__ import annotations
@@ -65,20 +66,22 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
     return stats
 
 
-def prediction_speed(task: Any, model: Any, texts: Sequence[str], batch_size: int = 256) -> float:
-    """Sentences per second: tokenize, pad in length-sorted batches, calibrated probabilities and importance."""
+def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: str, batch_size: int = 256) -> float:
+    """Sentences per second: tokenize, pad in length-sorted batches, calibrated probabilities and word
+    importance (`gradient`: gradient x input, one backward pass; `pooling`: the pooling's weights)."""
     import torch
 
     from gru_suite.text import pad_ids
 
     model.eval()
+    explain = model.saliency if importance == "gradient" else model.probabilities
     start = time.perf_counter()
     with torch.inference_mode():
         ids = task.encode(texts)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         for first in range(0, len(order), batch_size):
             batch, lengths = pad_ids([ids[i] for i in order[first:first + batch_size]])
-            model.probabilities(batch, lengths)
+            explain(batch, lengths)
     return len(texts) / (time.perf_counter() - start)
 
 
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         run = fit_and_test(compose_train_config("sentiment", overrides, folder / "run"), args.seed)
         dev_texts = [line.split(maxsplit=1)[1] for line in args.dev.read_text(encoding="utf-8").splitlines()
                      if len(line.split(maxsplit=1)) == 2]
-        speed = prediction_speed(run.task, run.module.model, dev_texts)
+        speed = {importance: prediction_speed(run.task, run.module.model, dev_texts, importance)
+                 for importance in ("pooling", "gradient")}
     metrics = run.test_metrics
     epochs = len(run.clock.wall)
     result = {
@@ -140,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         + [[name, value, "", "", "", "", "", "", ""] for name, value in REFERENCES.items()],
     )
     table("training data", ["item", "count"], [[k, v] for k, v in data.items()])
-    table(f"prediction on CPU ({args.threads} threads)", ["sentences/s"], [[speed]])
+    table(f"prediction on CPU ({args.threads} thread(s)), {len(dev_texts)} dev sentences",
+          ["word importance", "sentences/s"], [[name, value] for name, value in speed.items()])
     print(json.dumps(result, default=float, sort_keys=True))
     return 0
 

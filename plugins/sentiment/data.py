@@ -196,7 +196,9 @@ class SentimentData(pl.LightningDataModule):
     stages run in length order (predictions carry their example indices).
     """
 
-    def __init__(self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0
+    ) -> None:
         super().__init__()
         self.load = load
         self.batch_size = batch_size

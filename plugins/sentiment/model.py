@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
 Pooling = Literal["attention", "max_mean"]
@@ -70,7 +71,7 @@ class SentimentModel(nn.Module):
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
+            raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=0)
         self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
         self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(

@@ -1,4 +1,5 @@
-"""Sentiment analysis: label texts with a bidirectional GRU, calibrated probabilities and the words that weighed most."""
+"""Sentiment analysis: label texts with a bidirectional GRU, with calibrated probabilities and the words
+that weighed most."""
 
 from __future__ import annotations
 
@@ -98,6 +99,8 @@ class SentimentTask(TaskPlugin):
         if stage == "test" and data.get("test"):
             return self._read(data.test)
         if data.get("val"):
+            if stage == "test":
+                log.warning("no task.data.test: testing on the validation texts %s", data.val)
             return self._read(data.train if stage == "train" else data.val)
         if stage == "test":
             log.warning("no task.data.test or task.data.val: testing on the validation share of %s", data.train)
