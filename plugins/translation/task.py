@@ -32,9 +32,6 @@ from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer,
 
 log = logging.getLogger(__name__)
 
-SPLIT_STAGES = ("train", "val", "test")
-
-
 class TranslationTask(TaskPlugin):
     """Translate `task.data.source` sentences into `task.data.target`.
 
