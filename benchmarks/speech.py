@@ -3,7 +3,8 @@
     python benchmarks/speech.py --fsdd ../shared/data/speech/fsdd
     python benchmarks/speech.py --fsdd ... --settings seen --minutes 3   # a quick look
 
-Two trainings with `experiment=fsdd` (a unidirectional GRU-CTC over characters), each
+Two trainings with `experiment=fsdd` (a unidirectional GRU-CTC over word tokens; add
+`--override task.text.tokens=chars` for characters), each
 choosing its checkpoint on validation takes 10-12 (character error rate):
 
 - `seen`: takes 5-9 of every speaker are held out of training (the test set); reports
@@ -59,11 +60,11 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
             start = time.perf_counter()
             log_probs = model(featurizer(u.samples)[None])[0][0]
             tokens = decode(log_probs)
-            words = align_words(log_probs, tokens, task.alphabet, task.frame_seconds, u.seconds)
+            words = align_words(log_probs, tokens, task.vocab, task.frame_seconds, u.seconds)
             offline.append(" ".join(w.word for w in words))
             offline_s += time.perf_counter() - start
             start = time.perf_counter()
-            stream = StreamingRecognizer(model, featurizer, task.alphabet)
+            stream = StreamingRecognizer(model, featurizer, task.vocab)
             for i in range(0, len(u.samples), chunk):
                 stream.accept(u.samples[i:i + chunk])
             streamed.append(stream.text())

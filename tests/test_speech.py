@@ -16,7 +16,8 @@ import torch
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
-from gru_suite.testing import check_task_plugin
+from gru_suite import run
+from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Featurizer, pad_frames
 from gru_suite_plugins.speech.decode import align_words, greedy, prefix_beam_search
@@ -337,3 +338,18 @@ def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:
         assert t["reference"] and 0 <= t["duration"]
         times = [x for w in t["words"] for x in (w["start"], w["end"])]
         assert times == sorted(times) and all(0 <= x <= t["duration"] for x in times)
+
+
+def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: Path, caplog) -> None:
+    for name, words in [("a.wav", ["one"]), ("b.wav", ["two"]), ("c.wav", ["nine"])]:
+        write_wav(tmp_path / name, speak(words, seed=len(name)))
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("\n".join(json.dumps({"audio_filepath": n, "duration": 0.1, "text": t})
+                                  for n, t in [("a.wav", "One"), ("b.wav", "twö 2"), ("c.wav", "  ")]) + "\n")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}"], tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        data = run.build_task(cfg.task).datamodule()
+    assert data.dataset("train").texts == ["one"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("train.jsonl:2" in m and "outside the vocabulary" in m and "'ö', '2'" in m for m in messages)
+    assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)

@@ -15,7 +15,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from gru_suite_plugins.speech.vocab import BLANK, Alphabet
+from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 
 
 def greedy(log_probs: Tensor) -> list[int]:
@@ -78,30 +78,25 @@ class Word:
         return asdict(self)
 
 
-def align_words(log_probs: Tensor, tokens: list[int], alphabet: Alphabet, frame_s: float, duration: float) -> list[Word]:
+def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s: float, duration: float) -> list[Word]:
     """Words of `tokens` timed by the CTC forced alignment of `tokens` to `log_probs` (T, V).
 
-    A word spans its first character's first frame to its last character's last frame,
-    clipped to `duration`; its confidence is the mean probability of those characters' frames.
+    A word spans its first token's first frame to its last token's last frame, clipped
+    to `duration`; its confidence is the mean probability of those tokens' frames.
     """
-    space = alphabet.ids.get(" ")
     if not tokens or len(log_probs) == 0:
         return []
     targets = torch.tensor([tokens], dtype=torch.int32)
     path, scores = torchaudio.functional.forced_align(log_probs[None].float().cpu(), targets, blank=BLANK)
     spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=BLANK)
-    words: list[Word] = []
-    chars: list = []
-    for span in [*spans, None]:
-        if span is not None and span.token != space:
-            chars.append(span)
+    words = []
+    for first, end in vocab.word_ranges([s.token for s in spans]):
+        pieces = spans[first:end]
+        text = vocab.decode([s.token for s in pieces])
+        if not text:
             continue
-        if chars:
-            frames = sum(s.end - s.start for s in chars)
-            confidence = sum(s.score * (s.end - s.start) for s in chars) / frames
-            start = min(chars[0].start * frame_s, duration)
-            end = min(chars[-1].end * frame_s, duration)
-            words.append(Word(alphabet.decode([s.token for s in chars]), round(start, 3), round(end, 3),
-                              round(float(confidence), 4)))
-            chars = []
+        frames = sum(s.end - s.start for s in pieces)
+        confidence = sum(s.score * (s.end - s.start) for s in pieces) / frames
+        start, stop = min(pieces[0].start * frame_s, duration), min(pieces[-1].end * frame_s, duration)
+        words.append(Word(text, round(start, 3), round(stop, 3), round(float(confidence), 4)))
     return words

@@ -10,7 +10,7 @@ from gru_suite.errors import UserError
 from gru_suite_plugins.speech.data import Featurizer
 from gru_suite_plugins.speech.decode import greedy
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.vocab import Alphabet
+from gru_suite_plugins.speech.vocab import Vocabulary
 
 
 class StreamingRecognizer:
@@ -22,14 +22,14 @@ class StreamingRecognizer:
     with the model in eval mode.
     """
 
-    def __init__(self, model: SpeechModel, featurizer: Featurizer, alphabet: Alphabet) -> None:
+    def __init__(self, model: SpeechModel, featurizer: Featurizer, vocab: Vocabulary) -> None:
         if model.backbone.bidirectional:
             raise UserError("streaming needs a unidirectional model (backbone.bidirectional=false)")
         if featurizer.mean is None:
             raise UserError("streaming needs task.features.normalize=global (per-utterance statistics see the future)")
         self.model = model
         self.featurizer = featurizer
-        self.alphabet = alphabet
+        self.vocab = vocab
         config = featurizer.config
         self.pending = torch.zeros(0)
         self.frames = torch.zeros(0, config.n_mels)
@@ -56,9 +56,9 @@ class StreamingRecognizer:
     def emissions(self) -> Tensor:
         """Log-probabilities (T, classes) of every output frame so far."""
         if not self.emitted:
-            return torch.zeros(0, len(self.alphabet))
+            return torch.zeros(0, len(self.vocab))
         return torch.cat(self.emitted)
 
     def text(self) -> str:
         """Greedy transcript of the emissions so far."""
-        return self.alphabet.decode(greedy(self.emissions()))
+        return self.vocab.decode(greedy(self.emissions()))

@@ -21,7 +21,7 @@ from gru_suite_plugins.speech.decode import align_words, decode
 from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer
-from gru_suite_plugins.speech.vocab import Alphabet, normalize_text
+from gru_suite_plugins.speech.vocab import TOKENIZER_KINDS, Alphabet, Tokens, Vocabulary, normalize_text
 from gru_suite_plugins.speech.writer import write_transcripts
 
 log = logging.getLogger(__name__)
@@ -55,9 +55,9 @@ class Scores:
 
 
 class SpeechTask(TaskPlugin):
-    """A GRU-CTC recogniser of characters.
+    """A GRU-CTC recogniser of characters (or of words or subwords, `text.tokens`).
 
-    The state holds the alphabet, the feature settings and (with
+    The state holds the vocabulary (alphabet or tokenizer), the feature settings and (with
     `features.normalize=global`) the training set's per-bin log-mel mean and
     standard deviation, so a checkpoint transcribes without the training data.
     Logs `loss` (CTC, per target character, averaged over utterances) and, for
@@ -66,20 +66,36 @@ class SpeechTask(TaskPlugin):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
-        self.restored = "alphabet" in self.state
+        self.restored = "vocab" in self.state
         feats = cfg.features
         if feats.normalize not in NORMALIZE:
             raise UserError(f"task.features.normalize must be one of {list(NORMALIZE)}, got {feats.normalize!r}")
-        self.state.setdefault("alphabet", normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " ")
+        if cfg.text.tokens not in ("chars", *TOKENIZER_KINDS):
+            raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {cfg.text.tokens!r}")
+        if not self.restored and cfg.text.tokens == "chars":
+            self.state["vocab"] = {"kind": "chars",
+                                   "alphabet": normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " "}
         self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
                                            "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms)})
         self.state.setdefault("normalize", str(feats.normalize))
-        self.alphabet = Alphabet(self.state["alphabet"])
+        self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         if int(cfg.decode.beam_size) < 1:
             raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
+
+    def _vocabulary(self) -> Vocabulary:
+        vocab = self.state["vocab"]
+        return Alphabet(vocab["alphabet"]) if vocab["kind"] == "chars" else Tokens.from_state(vocab)
+
+    def _fit_tokens(self) -> None:
+        """Train the word or subword tokenizer on the training transcripts."""
+        text = self.cfg.text
+        texts = [normalize_text(u.text or "") for u in self.split("train")]
+        tokens = Tokens.train([t for t in texts if t], str(text.tokens), int(text.vocab_size))
+        self.state["vocab"] = tokens.state()
+        self.vocab = tokens
 
     # data
 
@@ -123,13 +139,13 @@ class SpeechTask(TaskPlugin):
             if not text:
                 log.warning("skipping %s: empty transcript", u.where)
                 continue
-            unknown = self.alphabet.unknown(text)
+            unknown = self.vocab.unknown(text)
             if unknown:
-                log.warning("skipping %s: transcript %r has characters outside the alphabet %s "
-                            "(task.text.alphabet)", u.where, text, unknown)
+                log.warning("skipping %s: transcript %r has %s outside the vocabulary: %s", u.where, text,
+                            "characters" if isinstance(self.vocab, Alphabet) else "words", unknown)
                 continue
             frames = featurizer.raw(u.samples)
-            ids = self.alphabet.encode(text)
+            ids = self.vocab.encode(text)
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
                 log.warning("skipping %s: %.2f s of audio is too short for the %d characters of %r",
@@ -173,7 +189,9 @@ class SpeechTask(TaskPlugin):
             "test": lambda: self._transcribed("test"),
             "predict": self._predict_set,
         }
-        if not self.restored:  # a new model: read the data and fit the normaliser now
+        if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
+            if self.vocab is None:
+                self._fit_tokens()
             train = self._transcribed("train", augment, Featurizer(self.features))
             if self.state["normalize"] == "global":
                 self._fit_normalizer(train)
@@ -185,7 +203,7 @@ class SpeechTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
-        return SpeechModel(backbone, self.features.n_mels, len(self.alphabet), int(model.subsample),
+        return SpeechModel(backbone, self.features.n_mels, len(self.vocab), int(model.subsample),
                            int(model.frontend_size), float(model.dropout))
 
     @property
@@ -199,7 +217,7 @@ class SpeechTask(TaskPlugin):
                           blank=0, zero_infinity=True)
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
-            hypotheses = [self.alphabet.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
+            hypotheses = [self.vocab.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
             self.scores.setdefault(stage, Scores()).update(hypotheses, batch["texts"])
         return StepOutput(loss, len(batch["texts"]))
 
@@ -219,7 +237,7 @@ class SpeechTask(TaskPlugin):
         chunk = max(1, round(float(self.cfg.predict.chunk_ms) * rate / 1000))
         results = []
         for samples in batch["samples"]:
-            stream = StreamingRecognizer(model, self.featurizer(), self.alphabet)
+            stream = StreamingRecognizer(model, self.featurizer(), self.vocab)
             partials: list[dict[str, Any]] = []
             for start in range(0, len(samples), chunk):
                 text = stream.accept(samples[start:start + chunk].cpu())
@@ -232,7 +250,7 @@ class SpeechTask(TaskPlugin):
                    partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Text and timed words of one utterance's emissions, with its reference and partials when known."""
         tokens = decode(log_probs, int(self.cfg.decode.beam_size))
-        words = align_words(log_probs, tokens, self.alphabet, self.frame_seconds, duration)
+        words = align_words(log_probs, tokens, self.vocab, self.frame_seconds, duration)
         result: dict[str, Any] = {"path": path, "text": " ".join(w.word for w in words),
                                   "duration": round(duration, 3), "words": [w.as_dict() for w in words]}
         if reference is not None:

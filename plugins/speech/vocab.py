@@ -1,10 +1,19 @@
-"""Characters <-> CTC token ids: id 0 is the CTC blank, the alphabet's characters follow in order."""
+"""What the CTC head writes: characters of an alphabet, or tokens of a `tokenizers` tokenizer (words or subwords).
+
+Both map text to ids with id 0 the CTC blank, say which characters or words they
+cannot write, and group a token sequence into words (for word timings).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+from gru_suite.errors import UserError
+from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
 
 BLANK = 0
+TOKENIZER_KINDS = ("word", "bpe", "unigram")
 
 
 def normalize_text(text: str) -> str:
@@ -12,12 +21,20 @@ def normalize_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+class Vocabulary(Protocol):
+    def __len__(self) -> int: ...
+    def unknown(self, text: str) -> list[str]: ...
+    def encode(self, text: str) -> list[int]: ...
+    def decode(self, ids: Sequence[int]) -> str: ...
+    def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]: ...
+
+
 class Alphabet:
-    """The characters a model can write; `encode` maps text to ids 1..len(chars)."""
+    """Characters: `encode` maps text to ids 1..len(chars); words are split at the space."""
 
     def __init__(self, chars: str) -> None:
         if len(set(chars)) != len(chars) or not chars:
-            raise ValueError(f"an alphabet needs distinct characters, got {chars!r}")
+            raise UserError(f"task.text.alphabet needs distinct characters, got {chars!r}")
         self.chars = chars
         self.ids = {c: i + 1 for i, c in enumerate(chars)}
 
@@ -34,3 +51,58 @@ class Alphabet:
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i - 1] for i in ids if i != BLANK)
+
+    def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """`(first, end)` index ranges of the words in `ids`, the spaces left out."""
+        space = self.ids.get(" ")
+        ranges, start = [], None
+        for i, token in enumerate([*ids, space]):
+            if token == space and start is not None:
+                ranges.append((start, i))
+                start = None
+            elif token != space and start is None:
+                start = i
+        return ranges
+
+
+class Tokens:
+    """Words or subwords of a `PreTrainedTokenizerFast` (gru_suite.text); its pad id 0 is the CTC blank."""
+
+    def __init__(self, tokenizer: Any, kind: str) -> None:
+        self.tokenizer = tokenizer
+        self.kind = kind
+
+    @classmethod
+    def train(cls, texts: Iterable[str], kind: str, vocab_size: int) -> Tokens:
+        if kind not in TOKENIZER_KINDS:
+            raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {kind!r}")
+        return cls(train_tokenizer(texts, kind, vocab_size, min_frequency=1), kind)  # type: ignore[arg-type]
+
+    def state(self) -> dict[str, str]:
+        return {"kind": self.kind, **tokenizer_state(self.tokenizer)}
+
+    @classmethod
+    def from_state(cls, state: dict[str, str]) -> Tokens:
+        return cls(tokenizer_from_state(state), state["kind"])
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    def unknown(self, text: str) -> list[str]:
+        """The words of `text` the tokenizer can only write as `<unk>`."""
+        unk = self.tokenizer.unk_token_id
+        return [w for w in dict.fromkeys(text.split()) if unk in self.encode(w)]
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([i for i in ids if i != BLANK], skip_special_tokens=True).strip()
+
+    def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]:
+        """One word per token (`word`), or a word from each token starting with "▁" (subwords)."""
+        if self.kind == "word":
+            return [(i, i + 1) for i in range(len(ids))]
+        pieces = self.tokenizer.convert_ids_to_tokens(list(ids))
+        starts = [i for i, piece in enumerate(pieces) if i == 0 or piece.startswith("▁")]
+        return list(zip(starts, [*starts[1:], len(ids)]))
