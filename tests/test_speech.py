@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.sources import connect, read_fsdd, read_manifest, read_source, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.synth import speak
-from gru_suite_plugins.speech.vocab import Alphabet
+from gru_suite_plugins.speech.vocab import Alphabet, Tokens
 from gru_suite_plugins.speech.writer import cues, write_transcripts
 
 from conftest import REPO, run_cli
@@ -105,6 +106,30 @@ def test_word_times_follow_the_alignment_and_stay_inside_the_audio() -> None:
     assert all(0.9 < w.confidence <= 1 for w in words)
     clipped = align_words(log_probs, tokens, alphabet, frame_s=0.1, duration=1.0)
     assert clipped[-1].end == 1.0
+
+
+def test_word_and_subword_tokens_group_into_words() -> None:
+    texts = ["one two", "three one", "nine", "two nine"]
+    words = Tokens.train(texts, "word", 100)
+    ids = words.encode("two one nine")
+    assert len(ids) == 3 and 0 not in ids
+    assert words.decode(ids) == "two one nine" and words.word_ranges(ids) == [(0, 1), (1, 2), (2, 3)]
+    assert words.unknown("one eleven one") == ["eleven"]
+    assert Tokens.from_state(words.state()).encode("two one nine") == ids
+    bpe = Tokens.train(texts * 5, "bpe", 30)
+    ids = bpe.encode("one two nine")
+    assert [bpe.decode(ids[a:b]) for a, b in bpe.word_ranges(ids)] == ["one", "two", "nine"]
+
+
+def test_word_tokens_are_timed_one_word_per_token() -> None:
+    words = Tokens.train(["one two"], "word", 100)
+    one, two = words.encode("one two")
+    path = [0, one, one, 0, 0, two, 0]
+    log_probs = torch.full((len(path), len(words)), 0.01 / (len(words) - 1)).log()
+    for t, token in enumerate(path):
+        log_probs[t, token] = math.log(0.99)
+    timed = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.35)
+    assert [(w.word, w.start, w.end) for w in timed] == [("one", 0.05, 0.15), ("two", 0.25, 0.3)]
 
 
 # learning and streaming
@@ -353,3 +378,10 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     messages = [r.getMessage() for r in caplog.records]
     assert any("train.jsonl:2" in m and "outside the vocabulary" in m and "'ö', '2'" in m for m in messages)
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
+
+
+def test_per_utterance_normalisation_standardises_each_bin() -> None:
+    samples = torch.from_numpy(speak(["five", "eight"], seed=9))
+    features = Featurizer(FeatureConfig())(samples)
+    assert torch.allclose(features.mean(0), torch.zeros(40), atol=1e-4)
+    assert torch.allclose(features.std(0, unbiased=False), torch.ones(40), atol=1e-2)
