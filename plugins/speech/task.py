@@ -148,7 +148,7 @@ class SpeechTask(TaskPlugin):
             ids = self.vocab.encode(text)
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
-                log.warning("skipping %s: %.2f s of audio is too short for the %d characters of %r",
+                log.warning("skipping %s: %.2f s of audio is too short for the %d CTC tokens of %r",
                             u.where, u.seconds, len(ids), text)
                 continue
             raw.append(frames)
