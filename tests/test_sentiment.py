@@ -57,6 +57,12 @@ def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] =
     return path
 
 
+@pytest.fixture
+def one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CLI subprocesses in one intra-op thread: tiny models run fastest so, above all on a shared CPU."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("separable")
@@ -123,6 +129,27 @@ def test_padding_does_not_change_a_prediction(pooling: str) -> None:
     torch.testing.assert_close(packed[1, :4], unpacked[0])
 
 
+def test_language_model_heads_predict_from_the_right_side_only() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, dropout=0.0, lm_words=20).eval()
+    ids, lengths = torch.tensor([[4, 25, 9, 2, 7, 3]]), torch.tensor([6])
+    embedded = model.embedding(ids).detach().requires_grad_()
+    h = model.states(embedded, lengths)
+    forward, backward = model.lm_heads[0](h[0, 2, :8]), model.lm_heads[1](h[0, 2, 8:])
+    (seen_forward,) = torch.autograd.grad(forward.sum(), embedded, retain_graph=True)
+    (seen_backward,) = torch.autograd.grad(backward.sum(), embedded)
+    assert seen_forward[0, :3].abs().sum() > 0 and not seen_forward[0, 3:].any()  # the next word stays unseen
+    assert seen_backward[0, 2:].abs().sum() > 0 and not seen_backward[0, :2].any()  # and the previous one
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    first = model.lm_loss(model.states(model.embedding(ids), lengths), ids, lengths).item()
+    for _ in range(60):
+        optimizer.zero_grad()
+        loss = model.lm_loss(model.states(model.embedding(ids), lengths), ids, lengths)
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.1 * first
+
+
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     torch.manual_seed(0)
     logits = 4 * torch.randn(4000, 3)
@@ -155,7 +182,8 @@ def test_predictions_carry_probabilities_and_the_deciding_word(trained: tuple[Pa
     assert page.count("<tr>") == 81 and "rgba(" in page
 
 
-def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
+def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str, float]], tmp_path: Path,
+                                                    one_thread: None) -> None:
     ckpt = trained[0] / "checkpoints" / "last.ckpt"
     reviews = write_csv(tmp_path / "reviews.csv", [("x", "a superb film"), ("y", ""), ("z", "the plot was awful")],
                         header=("id", "review"))
@@ -175,7 +203,7 @@ def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str
 
 
 def test_eval_cli_writes_metrics_and_the_confusion_matrix(trained: tuple[Path, dict[str, float]],
-                                                          tmp_path: Path) -> None:
+                                                          tmp_path: Path, one_thread: None) -> None:
     result = run_cli("gru-suite-eval", "task=sentiment", f"ckpt_path={trained[0] / 'checkpoints' / 'last.ckpt'}",
                      f"hydra.run.dir={tmp_path}", "task.report_dir=null")
     assert result.returncode == 0, result.stderr[-3000:]

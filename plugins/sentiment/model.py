@@ -56,7 +56,9 @@ class SentimentModel(nn.Module):
     """Token ids (B, T) with lengths -> class logits (B, C) and token importance (B, T) (zero at padding).
 
     `temperature` (a buffer, saved with the weights) divides the logits in `probabilities`;
-    it is fitted on validation data (`fit_temperature`).
+    it is fitted on validation data (`fit_temperature`). With `lm_words`, language-model heads
+    over the most frequent words let training add `lm_loss` (the token ids must rank words by
+    frequency, as the suite's word tokenizer does).
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class SentimentModel(nn.Module):
         pooling: Pooling = "attention",
         dropout: float = 0.3,
         bidirectional: bool = True,
+        lm_words: int = 0,
     ) -> None:
         super().__init__()
         if pooling not in POOLINGS:
@@ -79,15 +82,41 @@ class SentimentModel(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.pool.output_size, classes)
         self.register_buffer("temperature", torch.ones(()))
+        self.lm_words = lm_words
+        directions = 2 if bidirectional else 1
+        self.lm_heads = nn.ModuleList(nn.Linear(self.backbone.hidden_size, lm_words) for _ in range(directions)
+                                      ) if lm_words else None
 
     def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         return self.classify(self.embedding(ids), lengths)
 
-    def classify(self, embedded: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Logits (B, C) and the pooling's token weights (B, T) from token embeddings (B, T, E)."""
+    def states(self, embedded: Tensor, lengths: Tensor) -> Tensor:
+        """Backbone outputs (B, T, output_size) for token embeddings (B, T, E)."""
         h, _ = self.backbone(self.dropout(embedded), lengths)
+        return h
+
+    def classify(self, embedded: Tensor, lengths: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Logits (B, C) and the pooling's token weights (B, T) from token embeddings (B, T, E)
+        (or from their backbone outputs `h`, when already computed)."""
+        h = self.states(embedded, lengths) if h is None else h
         pooled, weights = self.pool(h, valid_mask(lengths.to(embedded.device), embedded.size(1)))
         return self.head(self.dropout(pooled)), weights
+
+    def lm_loss(self, h: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
+        """Mean cross-entropy of predicting each next token from the forward outputs and each previous
+        token from the backward ones (a bidirectional language model on the same pass); tokens outside the
+        `lm_words` most frequent count as unknown."""
+        assert self.lm_heads is not None, "lm_words=0: the model has no language-model heads"
+        size, pad, unk = self.backbone.hidden_size, 0, 1
+        targets = torch.where(ids < self.lm_words, ids, torch.full_like(ids, unk))
+        follows = valid_mask(lengths.to(ids.device), ids.size(1))[:, 1:]  # steps t >= 1 of each text
+        h = self.dropout(h)
+        pairs = [(h[:, :-1, :size], targets[:, 1:])]  # forward state at t -> token t + 1
+        if len(self.lm_heads) == 2:
+            pairs.append((h[:, 1:, size:], targets[:, :-1]))  # backward state at t -> token t - 1
+        losses = [F.cross_entropy(head(states[follows]), target[follows], ignore_index=pad)
+                  for head, (states, target) in zip(self.lm_heads, pairs)]
+        return torch.stack(losses).mean()
 
     def probabilities(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Calibrated class probabilities (B, C) and the pooling's token weights (B, T)."""

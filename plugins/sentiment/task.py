@@ -42,7 +42,7 @@ IMPORTANCE = ("gradient", "pooling")
 class SentimentTask(TaskPlugin):
     """Classify texts; the state holds the tokenizer (`tokenizer.json` text), the labels and the class weights.
 
-    Validation fits the model's temperature (its probabilities' calibration) and logs `acc`,
+    Validation fits the model's temperature (its probabilities' calibration, within 0.05..20) and logs `acc`,
     macro `f1`, `ece` (calibrated) and `ece_raw`; testing logs the same and draws the
     confusion matrix into `task.report_dir` (default: the Hydra run folder).
     """
@@ -135,17 +135,25 @@ class SentimentTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SentimentModel:
         assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
         model = self.cfg.model
+        lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if model.get("lm_weight") else 0
         self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
-                                    model.pooling, float(model.dropout), bool(model.bidirectional))
+                                    model.pooling, float(model.dropout), bool(model.bidirectional), lm_words)
         return self.model
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
-        logits, _ = model(batch.ids, batch.lengths)
+        """Class-weighted cross-entropy; in training plus `lm_weight` x the language-model loss, if enabled."""
+        embedded = model.embedding(batch.ids)
+        h = model.states(embedded, batch.lengths)
+        logits, _ = model.classify(embedded, batch.lengths, h)
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
+        metrics = {}
+        if stage == "train" and model.lm_heads is not None:
+            metrics["lm_loss"] = model.lm_loss(h, batch.ids, batch.lengths)
+            loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
         if stage != "train":
             self._outputs.setdefault(stage, []).append((logits.detach().cpu(), batch.labels.cpu()))
-        return StepOutput(loss, len(batch.labels))
+        return StepOutput(loss, len(batch.labels), metrics)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """Scores over the whole pass; validation first refits the temperature, testing draws the confusion matrix."""
