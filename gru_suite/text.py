@@ -14,14 +14,15 @@ import random
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
-from torch.utils.data import Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from gru_suite.errors import UserError
 
+T = TypeVar("T")
 TokenizerKind = Literal["bpe", "unigram", "word"]
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 """Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
@@ -172,43 +173,72 @@ def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor
     return padded, lengths
 
 
-class LengthBucketSampler(Sampler[list[int]]):
+class LengthBucketSampler(BatchSampler):
     """Batches of similar-length items, for packed sequences with little padding.
 
-    With `shuffle`, items are shuffled, sorted by length inside pools of
-    `pool_batches` batches, cut into batches, and the batches shuffled again
-    (the fairseq/OpenNMT recipe); without it, batches follow length order.
+    Takes item indices in `sampler`'s order (shuffled or not), sorts them by
+    length inside pools of `pool_batches` batches, and cuts the pools into
+    batches; with `shuffle_batches` the batches are shuffled again (the
+    fairseq/OpenNMT recipe). Without shuffling, one pool: batches in length order.
+    It follows `BatchSampler`'s signature so that Lightning can swap in a
+    `DistributedSampler` under DDP, each process bucketing its own share.
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, shuffle: bool, pool_batches: int = 50, seed: int = 0
+        self,
+        sampler: Sampler[int] | Iterable[int],
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        lengths: Sequence[int],
+        shuffle_batches: bool = False,
+        pool_batches: int = 50,
+        seed: int = 0,
     ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
         self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.pool_size = batch_size * pool_batches
+        self.shuffle_batches = shuffle_batches
+        self.pool_size = batch_size * pool_batches if shuffle_batches else None
         self.seed = seed
         self.epoch = 0
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
-        self.epoch += 1
-        order = list(range(len(self.lengths)))
-        if self.shuffle:
-            rng.shuffle(order)
-            pools = [order[i : i + self.pool_size] for i in range(0, len(order), self.pool_size)]
-        else:
-            pools = [order]
+        order = list(self.sampler)
+        size = self.pool_size or max(len(order), 1)
         batches = []
-        for pool in pools:
-            pool.sort(key=self.lengths.__getitem__)
+        for start in range(0, len(order), size):
+            pool = sorted(order[start : start + size], key=self.lengths.__getitem__)
             batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        if self.shuffle:
-            rng.shuffle(batches)
+        if self.drop_last:
+            batches = [batch for batch in batches if len(batch) == self.batch_size]
+        if self.shuffle_batches:
+            random.Random(self.seed + self.epoch).shuffle(batches)
+            self.epoch += 1
         return iter(batches)
 
     def __len__(self) -> int:
-        if not self.shuffle:
-            return -(-len(self.lengths) // self.batch_size)
-        pools = range(0, len(self.lengths), self.pool_size)
-        return sum(-(-min(self.pool_size, len(self.lengths) - start) // self.batch_size) for start in pools)
+        items = len(self.sampler)  # type: ignore[arg-type]
+        size = self.pool_size or max(items, 1)
+        pools = [min(size, items - start) for start in range(0, items, size)]
+        if self.drop_last:
+            return sum(pool // self.batch_size for pool in pools)
+        return sum(-(-pool // self.batch_size) for pool in pools)
+
+
+def length_bucket_loader(
+    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
+
+    `shuffle` draws a new item order and batch order every epoch (seeded).
+    """
+    order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
+    sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _whole_batch(batch: T) -> T:
+    return batch

@@ -6,9 +6,21 @@ import gzip
 import pickle
 
 import pytest
+import torch
+from torch.utils.data import RandomSampler
 
 from gru_suite.errors import UserError
-from gru_suite.text import LengthBucketSampler, pad_ids, read_lines, tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import (
+    LengthBucketSampler,
+    decode_lines,
+    length_bucket_loader,
+    pad_ids,
+    read_lines,
+    read_table,
+    tokenizer_from_state,
+    tokenizer_state,
+    train_tokenizer,
+)
 
 CORPUS = [
     "Two young men are playing frisbee in the park.",
@@ -73,7 +85,8 @@ def test_pad_ids():
 @pytest.mark.parametrize("shuffle", [True, False])
 def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
     lengths = [(i * 37) % 101 for i in range(1000)]
-    sampler = LengthBucketSampler(lengths, batch_size=16, shuffle=shuffle, pool_batches=8)
+    order = RandomSampler(lengths, generator=torch.Generator().manual_seed(0)) if shuffle else range(1000)
+    sampler = LengthBucketSampler(order, 16, lengths=lengths, shuffle_batches=shuffle, pool_batches=8)
     batches = list(sampler)
     assert len(batches) == len(sampler)
     assert sorted(i for batch in batches for i in batch) == list(range(1000))
@@ -81,3 +94,47 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
     assert spread < 15  # random batches of 16 would spread over ~90
     if shuffle:
         assert list(sampler) != batches  # a new order each epoch
+
+
+def test_length_buckets_shard_under_a_distributed_sampler():
+    from torch.utils.data import DistributedSampler
+
+    lengths = [i % 23 for i in range(101)]
+    seen = []
+    for rank in (0, 1):
+        shard = DistributedSampler(lengths, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        seen += [i for batch in LengthBucketSampler(shard, 8, lengths=lengths, shuffle_batches=True) for i in batch]
+    assert set(seen) == set(range(101)) and len(seen) == 102  # one item repeated to even the shares
+
+
+def test_length_bucket_loader_builds_whole_batches():
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return 10
+
+        def __getitems__(self, indices):
+            return pad_ids([[7] * (i + 1) for i in indices])
+
+    loader = length_bucket_loader(Items(), [i + 1 for i in range(10)], batch_size=4, shuffle=False)
+    assert [lengths.tolist() for _, lengths in loader] == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10]]
+
+
+def test_decode_lines_names_the_source():
+    assert decode_lines([b"ok", b"fine"], "<stdin>") == ["ok", "fine"]
+    with pytest.raises(UserError, match=r"<stdin>:2: not UTF-8"):
+        decode_lines([b"ok", b"\xc3("], "<stdin>")
+
+
+def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
+    csv_path = tmp_path / "reviews.csv"
+    csv_path.write_text('id,text,label\n1,"good, really",pos\n\n2,bad,neg\n', encoding="utf-8")
+    assert read_table(csv_path, ["text", "label"]) == [(2, ["good, really", "pos"]), (4, ["bad", "neg"])]
+    tsv_path = tmp_path / "glue.tsv"
+    tsv_path.write_text('sentence\tlabel\nit "works\t1\n', encoding="utf-8")
+    assert read_table(tsv_path, ["sentence", "label"]) == [(2, ['it "works', "1"])]
+    with pytest.raises(UserError, match=r"reviews\.csv:1: no column 'review'; the columns are \['id', 'text', 'label'\]"):
+        read_table(csv_path, ["review"])
+    short = tmp_path / "short.csv"
+    short.write_text("text,label\nonly text\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"short\.csv:2: 1 field"):
+        read_table(short, ["text", "label"])

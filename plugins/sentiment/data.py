@@ -24,7 +24,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.errors import UserError
-from gru_suite.text import LengthBucketSampler, decode_lines, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, length_bucket_loader, pad_ids, read_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -185,10 +185,6 @@ class EncodedTexts(Dataset):
         return Batch(ids, lengths, labels, torch.as_tensor(list(indices), dtype=torch.long))
 
 
-def _as_is(batch: Batch) -> Batch:
-    return batch
-
-
 class SentimentData(pl.LightningDataModule):
     """Loaders over `EncodedTexts` built lazily by `load(stage)`, in batches of similar length.
 
@@ -213,9 +209,7 @@ class SentimentData(pl.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         data = self.dataset(stage)
-        sampler = LengthBucketSampler(data.lengths, self.batch_size, shuffle=stage == "train", seed=self.seed)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=_as_is, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return length_bucket_loader(data, data.lengths, self.batch_size, stage == "train", self.seed, self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

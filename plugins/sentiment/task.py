@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.atomic import write_text
+from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
@@ -51,7 +52,7 @@ class SentimentTask(TaskPlugin):
         super().__init__(cfg, state)
         self.tokenizer = tokenizer_from_state(self.state["tokenizer"]) if "tokenizer" in self.state else None
         self.model: SentimentModel | None = None
-        self._outputs: dict[str, list[tuple[Tensor, Tensor]]] = {}
+        self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
 
     @property
@@ -152,15 +153,18 @@ class SentimentTask(TaskPlugin):
             metrics["lm_loss"] = model.lm_loss(h, batch.ids, batch.lengths)
             loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
         if stage != "train":
-            self._outputs.setdefault(stage, []).append((logits.detach().cpu(), batch.labels.cpu()))
+            rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
+            self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
         return StepOutput(loss, len(batch.labels), metrics)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """Scores over the whole pass; validation first refits the temperature, testing draws the confusion matrix."""
-        outputs = self._outputs.pop(stage, None)
-        if not outputs or self.model is None:
+        if stage == "train" or self.model is None:
             return {}
-        logits, labels = (torch.cat(parts) for parts in zip(*outputs))
+        outputs = gather_dict(self._outputs.pop(stage, {}))  # every DDP process's share of the texts
+        if not outputs:
+            return {}
+        logits, labels = (torch.stack(parts) for parts in zip(*(outputs[i] for i in sorted(outputs))))
         if stage == "val":
             with torch.inference_mode(False):
                 self.model.temperature.fill_(fit_temperature(logits, labels))

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError
-from gru_suite.text import LengthBucketSampler, decode_lines, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, length_bucket_loader, pad_ids, read_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -160,10 +160,6 @@ class PairSet(Dataset):
         return batch
 
 
-def _as_is(batch: Any) -> Any:
-    return batch
-
-
 class TranslationData(SplitDataModule):
     """Train/val/test pair sets and the predict set, each built on first use by `build(stage)`.
 
@@ -184,7 +180,6 @@ class TranslationData(SplitDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         dataset = self.dataset(stage)
-        sampler = LengthBucketSampler([len(s) for s in dataset.source], self.batch_sizes.get(stage, self.batch_size),
-                                      shuffle=stage == "train", seed=self.seed)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_is, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        lengths = [len(s) for s in dataset.source]
+        size = self.batch_sizes.get(stage, self.batch_size)
+        return length_bucket_loader(dataset, lengths, size, stage == "train", self.seed, self.num_workers)
