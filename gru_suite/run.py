@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
 
@@ -41,7 +42,9 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
-    """The configured Trainer with its callbacks and loggers."""
+    """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     callbacks = [
         instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]

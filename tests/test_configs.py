@@ -63,3 +63,15 @@ def test_experiments_hold_only_differences():
     for path in (Path(__file__).parents[1] / "plugins").glob("*/conf/experiment/*.yaml"):
         text = path.read_text()
         assert "# @package _global_" in text and "override /task" in text, path
+
+
+def test_threads_sets_torch_cpu_threads(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run.build_trainer(compose_train_config("forecasting", ["threads=1", "trainer.accelerator=cpu"], tmp_path))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
