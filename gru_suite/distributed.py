@@ -23,3 +23,12 @@ def gather_dict(items: dict[Key, Any]) -> dict[Key, Any]:
     for share in shares:
         merged.update(share or {})
     return merged
+
+
+def gather_sums(*values: float) -> tuple[float, ...]:
+    """Each value summed over every DDP process (the values themselves outside a multi-process run)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    shares: list[tuple[float, ...] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(shares, values)
+    return tuple(sum(column) for column in zip(*(share or () for share in shares)))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from gru_suite.distributed import gather_dict, gather_sums
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
@@ -137,21 +138,26 @@ class TranslationTask(TaskPlugin):
     def _collect(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage, nll: Tensor) -> None:
         decode = self.cfg.decode
         beam = decode.val_beam_size if stage == "val" else decode.beam_size
-        scores = self._scores.setdefault(stage, {"nll": 0.0, "tokens": 0, "hypotheses": [], "references": []})
+        scores = self._scores.setdefault(stage, {"nll": 0.0, "tokens": 0, "pairs": {}})
         scores["nll"] += float(nll)
         scores["tokens"] += int(batch["target_lengths"].sum())
-        scores["hypotheses"] += [self.detokenize(h.tokens) for h in self.translate(model, batch, beam)]
-        scores["references"] += batch["references"]
+        hypotheses = [self.detokenize(h.tokens) for h in self.translate(model, batch, beam)]
+        scores["pairs"].update(zip(batch["index"].tolist(), zip(hypotheses, batch["references"])))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """sacreBLEU `bleu` and `chrf` of the epoch's translations, and `perplexity` per target token."""
-        if stage not in self._scores:
+        if stage == "train":
             return {}
-        scores = self._scores.pop(stage)
-        result = corpus_scores(scores["hypotheses"], scores["references"])
+        scores = self._scores.pop(stage, {"nll": 0.0, "tokens": 0, "pairs": {}})
+        pairs = gather_dict(scores["pairs"])  # corpus scores over every DDP process's sentences
+        nll, tokens = gather_sums(scores["nll"], scores["tokens"])
+        if not pairs:
+            return {}
+        hypotheses, references = zip(*(pairs[i] for i in sorted(pairs)))
+        result = corpus_scores(list(hypotheses), list(references))
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
-        return {**result, "perplexity": math.exp(scores["nll"] / max(scores["tokens"], 1))}
+        return {**result, "perplexity": math.exp(nll / max(tokens, 1))}
 
     # decoding and artifacts -----------------------------------------------------------------
     def translate(self, model: Seq2Seq, batch: dict[str, Any], beam: int) -> list[Hypothesis]:
