@@ -25,6 +25,8 @@ WHOLE_PASS = {  # task: (tiny overrides, metrics computed over the whole test pa
                 ["nab_standard", "nab_reward_low_FP_rate", "nab_reward_low_FN_rate", "event_f1", "point_f1"]),
     "sentiment": (["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16"],
                   ["acc", "f1", "ece", "temperature"]),
+    "speech": (["backbone.hidden_size=32", "task.model.frontend_size=32", "task.data.batch_size=8"],
+               ["wer", "cer", "accuracy"]),
     "translation": (["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
                      "task.decode.beam_size=2", "task.decode.max_length=20"], ["bleu", "chrf", "perplexity"]),
 }

@@ -96,7 +96,7 @@ class TranscribedSet(Dataset):
         features, lengths = pad_frames([self._features(i) for i in indices])
         targets, target_lengths = pad_ids([self.targets[i] for i in indices])
         return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": target_lengths,
-                "texts": [self.texts[i] for i in indices]}
+                "texts": [self.texts[i] for i in indices], "index": list(indices)}
 
 
 class AudioSet(Dataset):

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
-from torchmetrics.text import CharErrorRate, WordErrorRate
+from torchmetrics.functional.text import char_error_rate, word_error_rate
 
+from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig
@@ -31,26 +32,28 @@ NORMALIZE = ("global", "utterance")
 
 
 class Scores:
-    """WER and CER over a pass, and exact-match accuracy over its single-word references."""
+    """WER and CER over a pass, and exact-match accuracy over its single-word references.
+
+    Transcripts are kept by utterance, so that under DDP the scores cover every
+    process's share once (a distributed sampler repeats utterances to even the shares).
+    """
 
     def __init__(self) -> None:
-        self.wer = WordErrorRate()
-        self.cer = CharErrorRate()
-        self.words_right = 0
-        self.words = 0
+        self.pairs: dict[int, tuple[str, str]] = {}
 
-    def update(self, hypotheses: list[str], references: list[str]) -> None:
-        self.wer.update(hypotheses, references)
-        self.cer.update(hypotheses, references)
-        for hyp, ref in zip(hypotheses, references):
-            if " " not in ref:
-                self.words += 1
-                self.words_right += hyp == ref
+    def update(self, indices: list[int], hypotheses: list[str], references: list[str]) -> None:
+        self.pairs.update(zip(indices, zip(hypotheses, references)))
 
     def compute(self) -> dict[str, float]:
-        scores = {"wer": float(self.wer.compute()), "cer": float(self.cer.compute())}
-        if self.words:
-            scores["accuracy"] = self.words_right / self.words
+        pairs = gather_dict(self.pairs)
+        if not pairs:
+            return {}
+        hypotheses, references = (list(side) for side in zip(*pairs.values()))
+        scores = {"wer": float(word_error_rate(hypotheses, references)),
+                  "cer": float(char_error_rate(hypotheses, references))}
+        words = [hyp == ref for hyp, ref in zip(hypotheses, references) if " " not in ref]
+        if words:
+            scores["accuracy"] = sum(words) / len(words)
         return scores
 
 
@@ -218,12 +221,11 @@ class SpeechTask(TaskPlugin):
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
             hypotheses = [self.vocab.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
-            self.scores.setdefault(stage, Scores()).update(hypotheses, batch["texts"])
+            self.scores.setdefault(stage, Scores()).update(batch["index"], hypotheses, batch["texts"])
         return StepOutput(loss, len(batch["texts"]))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
-        scores = self.scores.pop(stage, None)
-        return scores.compute() if scores else {}
+        return self.scores.pop(stage, Scores()).compute() if stage != "train" else {}
 
     # transcription
 
