@@ -1,38 +1,62 @@
-"""Data plumbing shared by tasks: a DataModule over named datasets loaded in whole batches."""
+"""Data plumbing shared by tasks: a DataModule over named datasets loaded in whole batches,
+optionally in batches of similar length."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import random
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import TypeVar
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from gru_suite.timeseries import batch_loader
 
 STAGES = ("train", "val", "test", "predict")
 
 
+T = TypeVar("T")
+
+
 class SplitDataModule(pl.LightningDataModule):
     """Loaders for the datasets in `self.sets` ("train", "val", "test", "predict").
 
-    Each loader gathers whole batches (`batch_loader`, no per-item collation);
-    training batches are shuffled. `batch_sizes` overrides `batch_size` per stage.
-    Subclasses fill `self.sets`, or override `dataset(stage)` to build sets lazily.
+    Each loader gathers whole batches (the dataset's `__getitems__`, no per-item
+    collation); training batches are shuffled. `batch_sizes` overrides `batch_size`
+    per stage. A set missing from `self.sets` is made on first use by `build(stage)`,
+    so prediction reads no training data. With `lengths` (item lengths of a set),
+    batches hold items of similar length (`length_bucket_loader`, seeded by `seed`).
     """
 
-    def __init__(self, batch_size: int, num_workers: int = 0, batch_sizes: Mapping[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        batch_size: int,
+        num_workers: int = 0,
+        batch_sizes: Mapping[str, int] | None = None,
+        build: Callable[[str], Dataset] | None = None,
+        lengths: Callable[[Dataset], Sequence[int]] | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.batch_sizes = dict(batch_sizes or {})
+        self.build = build
+        self.lengths = lengths
+        self.seed = seed
         self.sets: dict[str, Dataset] = {}
 
     def dataset(self, stage: str) -> Dataset:
+        if stage not in self.sets and self.build is not None:
+            self.sets[stage] = self.build(stage)
         return self.sets[stage]
 
     def _loader(self, stage: str) -> DataLoader:
-        size = self.batch_sizes.get(stage, self.batch_size)
-        return batch_loader(self.dataset(stage), size, shuffle=stage == "train", num_workers=self.num_workers)
+        dataset, size, shuffle = self.dataset(stage), self.batch_sizes.get(stage, self.batch_size), stage == "train"
+        if self.lengths is not None:
+            return length_bucket_loader(dataset, self.lengths(dataset), size, shuffle, self.seed, self.num_workers)
+        return batch_loader(dataset, size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")
@@ -45,3 +69,74 @@ class SplitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict")
+
+
+class LengthBucketSampler(BatchSampler):
+    """Batches of similar-length items, for packed sequences with little padding.
+
+    Takes item indices in `sampler`'s order (shuffled or not), sorts them by
+    length inside pools of `pool_batches` batches, and cuts the pools into
+    batches; with `shuffle_batches` the batches are shuffled again (the
+    fairseq/OpenNMT recipe). Without shuffling, one pool: batches in length order.
+    It follows `BatchSampler`'s signature so that Lightning can swap in a
+    `DistributedSampler` under DDP, each process bucketing its own share.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler[int] | Iterable[int],
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        lengths: Sequence[int],
+        shuffle_batches: bool = False,
+        pool_batches: int = 50,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(sampler, batch_size, drop_last)
+        self.lengths = list(lengths)
+        self.shuffle_batches = shuffle_batches
+        self.pool_size = batch_size * pool_batches if shuffle_batches else None
+        self.seed = seed
+        self.epoch = 0
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)
+        size = self.pool_size or max(len(order), 1)
+        batches = []
+        for start in range(0, len(order), size):
+            pool = sorted(order[start : start + size], key=self.lengths.__getitem__)
+            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        if self.drop_last:
+            batches = [batch for batch in batches if len(batch) == self.batch_size]
+        if self.shuffle_batches:
+            random.Random(self.seed + self.epoch).shuffle(batches)
+            self.epoch += 1
+        return iter(batches)
+
+    def __len__(self) -> int:
+        items = len(self.sampler)  # type: ignore[arg-type]
+        size = self.pool_size or max(items, 1)
+        pools = [min(size, items - start) for start in range(0, items, size)]
+        if self.drop_last:
+            return sum(pool // self.batch_size for pool in pools)
+        return sum(-(-pool // self.batch_size) for pool in pools)
+
+
+def length_bucket_loader(
+    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
+) -> DataLoader:
+    """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
+
+    `shuffle` draws a new item order and batch order every epoch (seeded).
+    """
+    order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
+    sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
+    return DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def _whole_batch(batch: T) -> T:
+    return batch

@@ -1,4 +1,4 @@
-"""Text tooling shared by the text tasks: reading corpora, subword tokenizers, length-bucketed batches.
+"""Text tooling shared by the text tasks: reading corpora, subword tokenizers, padding token ids.
 
 Tokenizers are trained locally with `tokenizers` and wrapped as
 `transformers.PreTrainedTokenizerFast`, so they `save_pretrained`/`from_pretrained`
@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import csv
 import gzip
-import random
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from gru_suite.errors import UserError
 
-T = TypeVar("T")
 TokenizerKind = Literal["bpe", "unigram", "word"]
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 """Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
@@ -171,74 +168,3 @@ def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor
     for row, ids in enumerate(sequences):
         padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
     return padded, lengths
-
-
-class LengthBucketSampler(BatchSampler):
-    """Batches of similar-length items, for packed sequences with little padding.
-
-    Takes item indices in `sampler`'s order (shuffled or not), sorts them by
-    length inside pools of `pool_batches` batches, and cuts the pools into
-    batches; with `shuffle_batches` the batches are shuffled again (the
-    fairseq/OpenNMT recipe). Without shuffling, one pool: batches in length order.
-    It follows `BatchSampler`'s signature so that Lightning can swap in a
-    `DistributedSampler` under DDP, each process bucketing its own share.
-    """
-
-    def __init__(
-        self,
-        sampler: Sampler[int] | Iterable[int],
-        batch_size: int,
-        drop_last: bool = False,
-        *,
-        lengths: Sequence[int],
-        shuffle_batches: bool = False,
-        pool_batches: int = 50,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(sampler, batch_size, drop_last)
-        self.lengths = list(lengths)
-        self.shuffle_batches = shuffle_batches
-        self.pool_size = batch_size * pool_batches if shuffle_batches else None
-        self.seed = seed
-        self.epoch = 0
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(self.sampler)
-        size = self.pool_size or max(len(order), 1)
-        batches = []
-        for start in range(0, len(order), size):
-            pool = sorted(order[start : start + size], key=self.lengths.__getitem__)
-            batches += [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-        if self.drop_last:
-            batches = [batch for batch in batches if len(batch) == self.batch_size]
-        if self.shuffle_batches:
-            random.Random(self.seed + self.epoch).shuffle(batches)
-            self.epoch += 1
-        return iter(batches)
-
-    def __len__(self) -> int:
-        items = len(self.sampler)  # type: ignore[arg-type]
-        size = self.pool_size or max(items, 1)
-        pools = [min(size, items - start) for start in range(0, items, size)]
-        if self.drop_last:
-            return sum(pool // self.batch_size for pool in pools)
-        return sum(-(-pool // self.batch_size) for pool in pools)
-
-
-def length_bucket_loader(
-    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
-) -> DataLoader:
-    """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
-
-    `shuffle` draws a new item order and batch order every epoch (seeded).
-    """
-    order = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)) if shuffle else SequentialSampler(dataset)
-    sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
-    return DataLoader(
-        dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-    )
-
-
-def _whole_batch(batch: T) -> T:
-    return batch

@@ -1,4 +1,4 @@
-"""Shared text tooling: corpus reading, tokenizers that round-trip and travel in checkpoints, length buckets."""
+"""Shared text tooling (corpus reading, tokenizers that round-trip and travel in checkpoints) and length buckets."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import torch
 from torch.utils.data import RandomSampler
 
 from gru_suite.errors import UserError
+from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.text import (
-    LengthBucketSampler,
     decode_lines,
-    length_bucket_loader,
     pad_ids,
     read_lines,
     read_table,

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
+from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError
-from gru_suite.text import decode_lines, length_bucket_loader, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, pad_ids, read_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -185,40 +185,18 @@ class EncodedTexts(Dataset):
         return Batch(ids, lengths, labels, torch.as_tensor(list(indices), dtype=torch.long))
 
 
-class SentimentData(pl.LightningDataModule):
+class SentimentData(SplitDataModule):
     """Loaders over `EncodedTexts` built lazily by `load(stage)`, in batches of similar length.
 
-    Training batches are shuffled within length pools (`LengthBucketSampler`); the other
-    stages run in length order (predictions carry their example indices).
+    Training batches are shuffled within length pools; the other stages run in
+    length order (predictions carry their example indices).
     """
 
     def __init__(
         self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0
     ) -> None:
-        super().__init__()
-        self.load = load
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.seed = seed
-        self.sets: dict[str, EncodedTexts] = {}
+        super().__init__(batch_size, num_workers, build=load, lengths=_text_lengths, seed=seed)
 
-    def dataset(self, stage: str) -> EncodedTexts:
-        if stage not in self.sets:
-            self.sets[stage] = self.load(stage)
-        return self.sets[stage]
 
-    def _loader(self, stage: str) -> DataLoader:
-        data = self.dataset(stage)
-        return length_bucket_loader(data, data.lengths, self.batch_size, stage == "train", self.seed, self.num_workers)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict")
+def _text_lengths(texts: EncodedTexts) -> list[int]:
+    return texts.lengths

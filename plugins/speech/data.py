@@ -123,10 +123,4 @@ class SpeechData(SplitDataModule):
 
     def __init__(self, builders: dict[str, Callable[[], Dataset]], batch_size: int, num_workers: int = 0,
                  batch_sizes: dict[str, int] | None = None) -> None:
-        super().__init__(batch_size, num_workers, batch_sizes)
-        self.builders = builders
-
-    def dataset(self, stage: str) -> Dataset:
-        if stage not in self.sets:
-            self.sets[stage] = self.builders[stage]()
-        return self.sets[stage]
+        super().__init__(batch_size, num_workers, batch_sizes, build=lambda stage: builders[stage]())

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError
-from gru_suite.text import decode_lines, length_bucket_loader, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, pad_ids, read_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -168,18 +168,9 @@ class TranslationData(SplitDataModule):
     """
 
     def __init__(self, build: Any, batch_size: int, eval_batch_size: int, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(batch_size, num_workers, {"val": eval_batch_size, "test": eval_batch_size,
-                                                   "predict": eval_batch_size})
-        self.build = build
-        self.seed = seed
+        eval_sizes = {"val": eval_batch_size, "test": eval_batch_size, "predict": eval_batch_size}
+        super().__init__(batch_size, num_workers, eval_sizes, build=build, lengths=_source_lengths, seed=seed)
 
-    def dataset(self, stage: str) -> Dataset:
-        if stage not in self.sets:
-            self.sets[stage] = self.build(stage)
-        return self.sets[stage]
 
-    def _loader(self, stage: str) -> DataLoader:
-        dataset = self.dataset(stage)
-        lengths = [len(s) for s in dataset.source]
-        size = self.batch_sizes.get(stage, self.batch_size)
-        return length_bucket_loader(dataset, lengths, size, stage == "train", self.seed, self.num_workers)
+def _source_lengths(pairs: PairSet) -> list[int]:
+    return [len(ids) for ids in pairs.source]
