@@ -41,6 +41,15 @@ class TaskModule(pl.LightningModule):
         self._train_samples_at_start = 0
         self._train_loss_sum = torch.zeros(())
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets `_current_fx_name` (a string) around every hook call, about 40 times per
+        # training step; nn.Module's checks for parameters and submodules on each cost ~0.2 ms per
+        # step, more than a small model's whole forward pass, so that one attribute skips them.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
         sync = stage != "train"  # epoch means over every DDP process; per-step train metrics stay local
         for name, value in out.metrics.items():
