@@ -23,6 +23,13 @@ def _add_task_configs_to_searchpath() -> None:
     sys.argv.insert(1 + first_override, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
 
 
+def _user_error_in(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`, also when OmegaConf wrapped one raised by a resolver."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def _no_task_message() -> str:
     from gru_suite.registry import format_task_list
 
@@ -51,8 +58,11 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     def app(cfg: Any) -> Any:
         try:
             return body(cfg)
-        except UserError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:
+            user_error = _user_error_in(err)
+            if user_error is None:
+                raise
+            print(f"error: {user_error}", file=sys.stderr)
             sys.exit(2)
 
     _require_task_for_task_overrides()

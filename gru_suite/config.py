@@ -22,13 +22,25 @@ def default_data_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers the configs use: `${gru_suite.data_dir:}` and `${gru_suite.task_groups:}` (help)."""
+    """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`
+    and `${gru_suite.task_groups:}` (help)."""
     from gru_suite.registry import format_task_config_groups
 
     if not OmegaConf.has_resolver("gru_suite.data_dir"):
         OmegaConf.register_new_resolver("gru_suite.data_dir", default_data_dir)
     if not OmegaConf.has_resolver("gru_suite.task_groups"):
         OmegaConf.register_new_resolver("gru_suite.task_groups", format_task_config_groups)
+    if not OmegaConf.has_resolver("gru_suite.required"):
+        OmegaConf.register_new_resolver("gru_suite.required", required)
+
+
+def required(what: str) -> Any:
+    """`${gru_suite.required:"task.data.path (the ETTh1 CSV)"}`: a value the user must set.
+
+    Unlike `???`, it also overrides a value the task's own config holds, so an
+    experiment preset can demand its data set instead of falling back to the bundled data.
+    """
+    raise UserError(f"{what} is required: set it on the command line")
 
 
 def _root_cause(err: BaseException) -> BaseException:

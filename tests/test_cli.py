@@ -115,6 +115,7 @@ def test_multirun_sweeps(tmp_path):
         (["task=forecasting", "backbone._target_=gru_suite.nope.Backbone"], "cannot build backbone"),
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "task.data.split=[0.9,0.9]"], "sum to 1.8, more than 1"),
+        (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
