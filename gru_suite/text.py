@@ -17,6 +17,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from gru_suite.errors import UserError
 
@@ -163,8 +164,6 @@ def tokenizer_from_state(state: dict[str, str]):
 
 def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
     """Right-pad token id lists into a `(batch, longest)` tensor; also return the lengths."""
-    lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
-    padded = torch.full((len(sequences), max(map(len, sequences), default=1)), pad_id, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        padded[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-    return padded, lengths
+    rows = [torch.as_tensor(ids, dtype=torch.long) for ids in sequences]
+    lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
+    return pad_sequence(rows, batch_first=True, padding_value=pad_id), lengths

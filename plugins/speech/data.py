@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torchaudio
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
@@ -65,11 +66,7 @@ class Augment:
 
 def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     """Frames (T_i, F) right-padded with zeros into (B, T, F), and the lengths."""
-    lengths = torch.tensor([len(f) for f in features])
-    batch = torch.zeros(len(features), int(lengths.max()), features[0].size(1))
-    for b, f in enumerate(features):
-        batch[b, : len(f)] = f
-    return batch, lengths
+    return pad_sequence(list(features), batch_first=True), torch.tensor([len(f) for f in features])
 
 
 class TranscribedSet(Dataset):
