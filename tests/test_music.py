@@ -130,9 +130,8 @@ def test_sampling_with_a_seed_is_reproducible(head: str) -> None:
     assert a.sum(-1).max() <= 3 and a.sum() > 0
 
 
-@pytest.mark.parametrize("head", HEADS)
-def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_model(head, 12).eval()
+def record_steps(model: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """The outputs of each `backbone.step` call, checking each gets one step of a batch of 2 and a carried state."""
     outputs, step = [], model.backbone.step
 
     def spy(x_t: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,6 +141,13 @@ def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch:
         return out, h
 
     monkeypatch.setattr(model.backbone, "step", spy)
+    return outputs
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_model(head, 12).eval()
+    outputs = record_steps(model, monkeypatch)
     primer = torch.zeros(5, 12)
     primer[:, 3] = 1
     roll = model.generate(2, 30, Sampling(), torch.Generator().manual_seed(0), primer=primer)
@@ -324,15 +330,7 @@ def test_event_sampling_is_seeded_and_top_k_top_p_restrict_the_choice() -> None:
 
 def test_event_generation_steps_equal_the_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     model = tiny_event_model().eval()
-    outputs, step = [], model.backbone.step
-
-    def spy(x_t: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        assert x_t.shape == (2, 16) and h is not None  # one event in, the carried state, never the past
-        out, h = step(x_t, h)
-        outputs.append(out)
-        return out, h
-
-    monkeypatch.setattr(model.backbone, "step", spy)
+    outputs = record_steps(model, monkeypatch)
     primer = [SET_VELOCITY + 10, NOTE_ON + 60, TIME_SHIFT + 9, NOTE_OFF + 60]
     pieces = model.generate(2, Sampling(), torch.Generator().manual_seed(0), primer, max_events=30)
     assert [p[:4] for p in pieces] == [primer, primer] and len(outputs) == 30 - 4 - 1
