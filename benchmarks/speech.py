@@ -67,7 +67,7 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
             stream = StreamingRecognizer(model, featurizer, task.vocab)
             for i in range(0, len(u.samples), chunk):
                 stream.accept(u.samples[i:i + chunk])
-            streamed.append(stream.text())
+            streamed.append(stream.finish())
             stream_s += time.perf_counter() - start
     audio_s = sum(u.seconds for u in utterances)
     return {"offline": offline, "streamed": streamed, "audio_s": audio_s, "rtf_offline": offline_s / audio_s,

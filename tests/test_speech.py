@@ -157,7 +157,7 @@ def train_until_right() -> tuple[SpeechModel, Featurizer, list, list[str]]:
     targets = torch.tensor([i for t in texts for i in ALPHABET.encode(t)])
     target_lengths = torch.tensor([len(t) for t in texts])
     model = SpeechModel(partial(GRUBackbone, hidden_size=64), config.n_mels, len(ALPHABET), subsample=2,
-                        frontend_size=64, dropout=0.0)
+                        frontend_size=64, dropout=0.0, lookahead=2)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     for step in range(400):
         log_probs, out_lengths, _ = model(features, lengths)
@@ -196,9 +196,33 @@ def test_streaming_equals_offline(overfit, chunk: int) -> None:
             offline = model(featurizer(u.samples)[None])[0][0]
             stream = StreamingRecognizer(model, featurizer, ALPHABET)
             partials = [stream.accept(u.samples[i:i + chunk]) for i in range(0, len(u.samples), chunk)]
+            partials.append(stream.finish())
             assert torch.allclose(stream.emissions(), offline, atol=1e-4)
             assert partials[-1] == stream.text() == ALPHABET.decode(greedy(offline)) == text
             assert all(text.startswith(p.rstrip()) or len(partials) == 1 for p in partials[:-1])
+
+
+@pytest.mark.parametrize("lookahead", [0, 3])
+def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead: int) -> None:
+    torch.manual_seed(0)
+    config = FeatureConfig()
+    model = SpeechModel(partial(GRUBackbone, hidden_size=16), config.n_mels, len(ALPHABET), lookahead=lookahead).eval()
+    featurizer = Featurizer(config, torch.zeros(config.n_mels), torch.ones(config.n_mels))
+    samples = [torch.randn(4000) * 0.1, torch.randn(2500) * 0.1]
+    with torch.no_grad():
+        if lookahead:
+            model.lookahead.conv.weight.normal_()
+        alone = [model(featurizer(s)[None])[0][0] for s in samples]
+        features, lengths = pad_frames([featurizer(s) for s in samples])
+        batched, out_lengths, _ = model(features, lengths)
+        for one, row, n in zip(alone, batched, out_lengths):
+            assert torch.allclose(row[:n], one, atol=1e-5)  # padding frames never leak into the lookahead
+        stream = StreamingRecognizer(model, featurizer, ALPHABET)
+        for i in range(0, len(samples[0]), 333):
+            stream.accept(samples[0][i:i + 333])
+        assert len(stream.emissions()) == len(alone[0]) - lookahead
+        stream.finish()
+        assert torch.allclose(stream.emissions(), alone[0], atol=1e-5)
 
 
 def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
@@ -378,6 +402,22 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     messages = [r.getMessage() for r in caplog.records]
     assert any("train.jsonl:2" in m and "outside the vocabulary" in m and "'ö', '2'" in m for m in messages)
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
+
+
+def test_online_normalisation_streams_and_forgets_a_level_change() -> None:
+    torch.manual_seed(0)
+    raw, mean, std = torch.randn(60, 40), torch.randn(40), torch.rand(40) + 0.5
+    featurizer = Featurizer(FeatureConfig(), mean, std, online_prior=30)
+    whole = featurizer.normalize(raw)
+    chunks, carry = [], None
+    for i in range(0, len(raw), 7):
+        out, carry = featurizer.normalize_chunk(raw[i:i + 7], carry)
+        chunks.append(out)
+    assert torch.allclose(torch.cat(chunks), whole, atol=1e-5)
+    # 3 log-units louder: frame t keeps only the part of the offset the prior still weighs, 3 * 30 / (30 + t + 1)
+    shift = (featurizer.normalize(raw + 3.0) - whole) * (std + 1e-5)
+    expected = 3.0 * 30 / (30 + torch.arange(1, 61.0))
+    assert torch.allclose(shift, expected[:, None].expand(60, 40), atol=1e-4)
 
 
 def test_per_utterance_normalisation_standardises_each_bin() -> None:

@@ -43,6 +43,14 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     return samples.contiguous()
 
 
+def change_speed(samples: Tensor, factor: float, sample_rate: int) -> Tensor:
+    """`samples` played `factor` times as fast, tempo and pitch together (sox's `speed`, as in Kaldi's speed
+    perturbation): resampled as if they had been recorded at `factor` x `sample_rate`."""
+    if factor <= 0:
+        raise UserError(f"a speed factor must be positive, got {factor}")
+    return torchaudio.functional.resample(samples, round(sample_rate * factor), sample_rate)
+
+
 @dataclass(frozen=True)
 class FeatureConfig:
     """Log-mel filterbank settings; frames are `hop_ms` apart and never padded across the edges."""
@@ -91,9 +99,25 @@ class LogMel:
             return torch.log(self.mel(samples) + LOG_FLOOR).T.contiguous()
 
 
+RunningSum = tuple[Tensor, Tensor]
+"""Per-bin sum of the frames seen so far (n_mels,) and how many frames it counts (1,)."""
+
+
 def normalize(features: Tensor, mean: Tensor | None, std: Tensor | None) -> Tensor:
     """Per-mel-bin standardisation: with the given (global, training-set) `mean`/`std`, frame by frame
     (streamable); with `None`, over this utterance's own frames (needs the whole utterance)."""
     if mean is None or std is None:
         mean, std = features.mean(0), features.std(0, unbiased=False)
     return (features - mean) / (std + 1e-5)
+
+
+def normalize_online(features: Tensor, mean: Tensor, std: Tensor, prior_frames: int,
+                     carry: RunningSum | None = None) -> tuple[Tensor, RunningSum]:
+    """Online mean normalisation (Kaldi's apply-cmvn-online): frame t minus the running per-bin mean of
+    frames 0..t, that mean starting from `mean` as if it had been seen for `prior_frames` frames, over the
+    global `std`. Fed chunk by chunk with the returned `carry` it gives the same frames as the whole."""
+    total, count = carry if carry is not None else (mean * prior_frames, torch.tensor([float(prior_frames)]))
+    sums = total + features.cumsum(0)
+    counts = count + torch.arange(1, len(features) + 1, dtype=features.dtype)[:, None]
+    out = (features - sums / counts) / (std + 1e-5)
+    return out, ((sums[-1], counts[-1]) if len(features) else (total, count))

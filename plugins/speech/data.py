@@ -13,24 +13,40 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.text import pad_ids
-from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, normalize
+from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, normalize, normalize_online
 from gru_suite_plugins.speech.sources import Utterance
 
 
 class Featurizer:
-    """Samples -> log-mel frames -> standardised frames (global `mean`/`std`, or per utterance when None)."""
+    """Samples -> log-mel frames -> standardised frames: by the global `mean`/`std`; with `online_prior`
+    frames, by a running mean of the utterance so far that starts from `mean` (`normalize_online`); or,
+    without `mean`/`std`, by the utterance's own statistics (offline only)."""
 
-    def __init__(self, config: FeatureConfig, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+    def __init__(self, config: FeatureConfig, mean: Tensor | None = None, std: Tensor | None = None,
+                 online_prior: int | None = None) -> None:
         self.config = config
         self.log_mel = LogMel(config)
         self.mean = mean
         self.std = std
+        self.online_prior = online_prior
+
+    @property
+    def streamable(self) -> bool:
+        """Whether frames can be normalised without the rest of the utterance."""
+        return self.mean is not None and self.std is not None
 
     def raw(self, samples: Tensor) -> Tensor:
         return self.log_mel(samples)
 
     def normalize(self, raw: Tensor) -> Tensor:
-        return normalize(raw, self.mean, self.std)
+        """A whole utterance's raw frames, normalised."""
+        return self.normalize_chunk(raw, None)[0]
+
+    def normalize_chunk(self, raw: Tensor, carry: RunningSum | None) -> tuple[Tensor, RunningSum | None]:
+        """The next raw frames of a stream, normalised, and the running sum to carry to the next chunk."""
+        if self.online_prior is None:
+            return normalize(raw, self.mean, self.std), None
+        return normalize_online(raw, self.mean, self.std, self.online_prior, carry)
 
     def __call__(self, samples: Tensor) -> Tensor:
         return self.normalize(self.raw(samples))

@@ -1,4 +1,5 @@
-"""The recogniser: a convolutional subsampling front-end, the shared GRU encoder and a CTC head."""
+"""The recogniser: a convolutional subsampling front-end, the shared GRU encoder, an optional lookahead and a
+CTC head."""
 
 from __future__ import annotations
 
@@ -9,12 +10,39 @@ from gru_suite.backbone import State
 from gru_suite.task import BackboneFactory
 
 
+class Lookahead(nn.Module):
+    """DeepSpeech 2's row convolution (Amodei et al. 2016): output t mixes, feature by feature, the encoder
+    outputs t .. t + `context`, so a unidirectional model sees a little of the future (and where the
+    utterance ends: past the end it sees zeros) at a latency of `context` frames."""
+
+    def __init__(self, size: int, context: int) -> None:
+        super().__init__()
+        if context < 0:
+            raise ValueError(f"lookahead context must be at least 0, got {context}")
+        self.context = context
+        self.conv = nn.Conv1d(size, size, context + 1, groups=size, bias=False) if context else None
+        if self.conv is not None:  # start as the identity: all weight on the current frame
+            nn.init.zeros_(self.conv.weight)
+            nn.init.ones_(self.conv.weight[:, :, 0])
+
+    def forward(self, hidden: Tensor, complete: bool = True) -> Tensor:
+        """(B, T, F) -> (B, T, F) when `complete` (the sequences end at T; zeros past their ends), else
+        (B, T - context, F): only the frames whose whole lookahead is in `hidden`."""
+        if self.conv is None:
+            return hidden
+        x = hidden.transpose(1, 2)
+        if complete:
+            x = F.pad(x, (0, self.context))
+        return self.conv(x).transpose(1, 2)
+
+
 class SpeechModel(nn.Module):
-    """Log-mel frames (B, T, n_mels) -> per-output-frame log-probabilities over blank + characters.
+    """Log-mel frames (B, T, n_mels) -> per-output-frame log-probabilities over blank + tokens.
 
     The front-end is a convolution whose kernel equals its stride (`subsample`
     frames in, one out), so it never looks across a group of frames: fed group by
-    group it gives the same outputs, which lets a unidirectional model stream.
+    group it gives the same outputs, which lets a unidirectional model stream. With
+    `lookahead` > 0 each output also sees that many later encoder frames.
     """
 
     def __init__(
@@ -25,6 +53,7 @@ class SpeechModel(nn.Module):
         subsample: int = 2,
         frontend_size: int = 128,
         dropout: float = 0.1,
+        lookahead: int = 0,
     ) -> None:
         super().__init__()
         if subsample < 1:
@@ -32,6 +61,7 @@ class SpeechModel(nn.Module):
         self.subsample = subsample
         self.frontend = nn.Conv1d(n_mels, frontend_size, kernel_size=subsample, stride=subsample)
         self.backbone = backbone(input_size=frontend_size)
+        self.lookahead = Lookahead(self.backbone.output_size, lookahead)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, classes)
 
@@ -39,12 +69,22 @@ class SpeechModel(nn.Module):
         """Output frames for `lengths` input frames (a partial last group is dropped)."""
         return lengths // self.subsample
 
-    def forward(self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None) -> tuple[Tensor, Tensor | None, State]:
-        """Log-probabilities (B, T // subsample, classes), their lengths, and the encoder's final state.
-
-        Without `lengths` every sequence is taken as complete (streaming chunks).
-        """
+    def encode(self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None) -> tuple[Tensor, Tensor | None, State]:
+        """Encoder outputs (B, T // subsample, H) (zeros past each length), their lengths and the final state."""
         x = F.gelu(self.frontend(frames.transpose(1, 2))).transpose(1, 2)
         out_lengths = None if lengths is None else self.output_lengths(lengths)
         out, h = self.backbone(x, out_lengths, h0)
-        return self.head(self.dropout(out)).log_softmax(-1), out_lengths, h
+        return out, out_lengths, h
+
+    def emit(self, hidden: Tensor, complete: bool = True) -> Tensor:
+        """Log-probabilities of encoder outputs; `complete=False` drops the last `lookahead` frames, which
+        wait for later audio (see `Lookahead`)."""
+        return self.head(self.dropout(self.lookahead(hidden, complete))).log_softmax(-1)
+
+    def forward(self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None) -> tuple[Tensor, Tensor | None, State]:
+        """Log-probabilities (B, T // subsample, classes), their lengths, and the encoder's final state.
+
+        Without `lengths` every sequence is taken as complete.
+        """
+        hidden, out_lengths, h = self.encode(frames, lengths, h0)
+        return self.emit(hidden), out_lengths, h

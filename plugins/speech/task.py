@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from torchmetrics.functional.text import char_error_rate, word_error_rate
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite_plugins.speech.audio import FeatureConfig
+from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
 from gru_suite_plugins.speech.decode import align_words, decode
 from gru_suite_plugins.speech.model import SpeechModel
@@ -28,7 +29,7 @@ from gru_suite_plugins.speech.writer import write_transcripts
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-NORMALIZE = ("global", "utterance")
+NORMALIZE = ("global", "online", "utterance")
 
 
 class Scores:
@@ -81,6 +82,8 @@ class SpeechTask(TaskPlugin):
         self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
                                            "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms)})
         self.state.setdefault("normalize", str(feats.normalize))
+        if self.state["normalize"] == "online":
+            self.state.setdefault("online_prior", int(feats.online_prior_frames))
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         if int(cfg.decode.beam_size) < 1:
@@ -105,7 +108,8 @@ class SpeechTask(TaskPlugin):
     def featurizer(self) -> Featurizer:
         if self.state["normalize"] == "utterance":
             return Featurizer(self.features)
-        return Featurizer(self.features, torch.tensor(self.state["mean"]), torch.tensor(self.state["std"]))
+        return Featurizer(self.features, torch.tensor(self.state["mean"]), torch.tensor(self.state["std"]),
+                          self.state.get("online_prior"))
 
     def split(self, name: str) -> list[Utterance]:
         """The `train`, `val` or `test` utterances (FSDD split or that split's manifest/folder), plus the
@@ -131,13 +135,20 @@ class SpeechTask(TaskPlugin):
         return list(connect([u for u in pool if u.text], count, tuple(joined.words), tuple(joined.pause_s),
                             float(joined.gain_db), seed, self.features.sample_rate))
 
+    def _speed_copies(self, utterances: list[Utterance]) -> list[Utterance]:
+        """A copy of every utterance at each speed factor of `augment.speeds` (Kaldi's speed perturbation)."""
+        rate = self.features.sample_rate
+        return [replace(u, samples=change_speed(u.samples, float(factor), rate), where=f"{u.where} at speed {factor}")
+                for factor in self.cfg.augment.speeds for u in utterances]
+
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
         """A split's utterances whose transcripts the model can write, featurised (by default with the state's
-        normalisation)."""
+        normalisation); with `augment` (training), plus their speed-perturbed copies."""
         featurizer = featurizer or self.featurizer()
         raw, targets, texts = [], [], []
-        for u in self.split(name):
+        utterances = self.split(name)
+        for u in utterances + (self._speed_copies(utterances) if augment else []):
             text = normalize_text(u.text or "")
             if not text:
                 log.warning("skipping %s: empty transcript", u.where)
@@ -196,7 +207,7 @@ class SpeechTask(TaskPlugin):
             if self.vocab is None:
                 self._fit_tokens()
             train = self._transcribed("train", augment, Featurizer(self.features))
-            if self.state["normalize"] == "global":
+            if self.state["normalize"] != "utterance":
                 self._fit_normalizer(train)
             builders["train"] = lambda: train
         data = self.cfg.data
@@ -207,7 +218,7 @@ class SpeechTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
         return SpeechModel(backbone, self.features.n_mels, len(self.vocab), int(model.subsample),
-                           int(model.frontend_size), float(model.dropout))
+                           int(model.frontend_size), float(model.dropout), int(model.lookahead))
 
     @property
     def frame_seconds(self) -> float:
@@ -245,6 +256,9 @@ class SpeechTask(TaskPlugin):
                 text = stream.accept(samples[start:start + chunk].cpu())
                 if text and (not partials or text != partials[-1]["text"]):
                     partials.append({"time": round(min(start + chunk, len(samples)) / rate, 3), "text": text})
+            text = stream.finish()
+            if text and (not partials or text != partials[-1]["text"]):
+                partials.append({"time": round(len(samples) / rate, 3), "text": text})
             results.append((stream.emissions(), partials))
         return results
 
