@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsdd", type=Path, required=True, help="FSDD folder (holding recordings/)")
     parser.add_argument("--settings", default="seen,unseen", help="comma-separated subset of seen,unseen")
     parser.add_argument("--speaker", default="george", help="the speaker held out in the unseen setting")
-    parser.add_argument("--minutes", type=float, default=15.0, help="wall-time budget per training (default 15)")
+    parser.add_argument("--minutes", type=float, default=20.0, help="wall-time budget per training (default 20)")
     parser.add_argument("--chunk-ms", type=float, default=100.0)
     parser.add_argument("--train-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
