@@ -404,6 +404,18 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
 
 
+@pytest.mark.parametrize("override, message", [
+    ("task.model.lookahead=-1", "task.model.lookahead must be at least 0"),
+    ("task.model.subsample=0", "task.model.subsample must be at least 1"),
+    ("task.features.online_prior_frames=-5", "task.features.online_prior_frames must be at least 0"),
+    ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
+])
+def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
+    cfg = compose_train_config("speech", [override], tmp_path / "run")
+    with pytest.raises(UserError, match=re.escape(message)):
+        run.build_task(cfg.task)
+
+
 def test_online_normalisation_streams_and_forgets_a_level_change() -> None:
     torch.manual_seed(0)
     raw, mean, std = torch.randn(60, 40), torch.randn(40), torch.rand(40) + 0.5

@@ -88,6 +88,13 @@ class SpeechTask(TaskPlugin):
         self.features = FeatureConfig(**self.state["features"])
         if int(cfg.decode.beam_size) < 1:
             raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
+        for key, least in (("subsample", 1), ("lookahead", 0)):
+            if int(cfg.model[key]) < least:
+                raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
+        if int(feats.online_prior_frames) < 0:
+            raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
+        if any(float(f) <= 0 for f in cfg.augment.speeds):
+            raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
 
