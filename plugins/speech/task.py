@@ -260,12 +260,12 @@ class SpeechTask(TaskPlugin):
             stream = StreamingRecognizer(model, self.featurizer(), self.vocab)
             partials: list[dict[str, Any]] = []
             for start in range(0, len(samples), chunk):
-                text = stream.accept(samples[start:start + chunk].cpu())
+                end = min(start + chunk, len(samples))
+                text = stream.accept(samples[start:end].cpu())
+                if end == len(samples):  # the last chunk: emit the frames that waited for lookahead
+                    text = stream.finish()
                 if text and (not partials or text != partials[-1]["text"]):
-                    partials.append({"time": round(min(start + chunk, len(samples)) / rate, 3), "text": text})
-            text = stream.finish()
-            if text and (not partials or text != partials[-1]["text"]):
-                partials.append({"time": round(len(samples) / rate, 3), "text": text})
+                    partials.append({"time": round(end / rate, 3), "text": text})
             results.append((stream.emissions(), partials))
         return results
 
