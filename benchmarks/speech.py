@@ -51,11 +51,16 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
     processing times; `streamed` and `rtf_streaming` are None for an offline-only model."""
     import torch
 
+    from gru_suite.errors import UserError
     from gru_suite_plugins.speech.decode import align_words, decode
     from gru_suite_plugins.speech.stream import StreamingRecognizer
 
     featurizer = task.featurizer()
-    streams = featurizer.streamable and not model.backbone.bidirectional
+    try:  # the recogniser itself says whether this model can stream
+        StreamingRecognizer(model, featurizer, task.vocab)
+        streams = True
+    except UserError:
+        streams = False
     chunk = round(chunk_ms * task.features.sample_rate / 1000)
     offline, streamed, offline_s, stream_s = [], [], 0.0, 0.0
     with torch.inference_mode():
