@@ -8,6 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
 from gru_suite.task import Stage, StepOutput, TaskPlugin
@@ -101,7 +102,7 @@ class TaskModule(pl.LightningModule):
         return self.task.predict_step(self.model, batch)
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(params=self.parameters())
+        optimizer = self.optimizer_factory(params=self.parameters(), **self._unfused_if_clipped_amp())
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
@@ -109,6 +110,20 @@ class TaskModule(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.cfg.monitor, "interval": "epoch"},
         }
+
+    def _unfused_if_clipped_amp(self) -> dict[str, Any]:
+        """`fused=False` where Lightning must clip gradients under mixed precision.
+
+        A fused optimizer unscales gradients inside its own step, so Lightning refuses
+        to clip them first (`bf16-mixed` or `16-mixed` with `gradient_clip_val`); the
+        unfused update is the same arithmetic.
+        """
+        trainer = self._trainer
+        fused = getattr(self.optimizer_factory, "keywords", {}).get("fused", False)
+        clips_under_amp = (
+            trainer is not None and bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+        )
+        return {"fused": False} if fused and clips_under_amp else {}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {

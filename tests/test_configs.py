@@ -77,3 +77,16 @@ def test_threads_sets_torch_cpu_threads(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
+    cfg = compose_train_config("forecasting", ["trainer.precision=bf16-mixed", "+trainer.max_steps=3", "threads=1",
+                                               "backbone.hidden_size=8", "logger=none", "callbacks=none"], tmp_path)
+    assert cfg.optimizer.fused and cfg.trainer.gradient_clip_val > 0
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    module = run.build_module(cfg, task)
+    trainer = run.build_trainer(cfg, limit_val_batches=0)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 3
+    assert trainer.optimizers[0].defaults["fused"] is False  # Lightning cannot clip before a fused step
