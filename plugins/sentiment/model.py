@@ -127,9 +127,10 @@ class SentimentModel(nn.Module):
         """Calibrated class probabilities (B, C) and each token's gradient x input toward the predicted label
         (B, T): positive where the token pushes toward the label, zero at padding.
 
-        Runs with gradients even inside `torch.inference_mode` (Lightning's prediction loop).
+        Runs with gradients even inside `torch.inference_mode` (Lightning's prediction loop), and
+        without cuDNN, whose RNN backward exists only in training mode (this runs in eval mode).
         """
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(False), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
             embedded = self.embedding(ids.clone()).detach().requires_grad_()
             logits, _ = self.classify(embedded, lengths.clone())
             (grad,) = torch.autograd.grad(logits.max(-1).values.sum(), embedded)
