@@ -90,3 +90,10 @@ def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
     trainer.fit(module, datamodule=datamodule)
     assert trainer.global_step == 3
     assert trainer.optimizers[0].defaults["fused"] is False  # Lightning cannot clip before a fused step
+
+
+@pytest.mark.parametrize("overrides,epochs", [([], 100), (["trainer=ddp_sim"], 100), (["trainer.max_epochs=3"], 3),
+                                              (["experiment=fsdd"], 50)])
+def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs, tmp_path):
+    assert compose_train_config("speech", overrides, tmp_path).trainer.max_epochs == epochs
+    assert compose_train_config("forecasting", [], tmp_path).trainer.max_epochs == 10  # ships none
