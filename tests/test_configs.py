@@ -19,6 +19,7 @@ STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the preset
               "task.data.targets=[load,temperature]", "task.data.split=[0.7,0.15,0.15]"],
     "nab": ["task.data.path=${paths.data_dir}/anomaly", "task.data.windows_path=${paths.data_dir}/anomaly/windows.json"],
     "jsb_chorales": ["task.data.path=${paths.data_dir}/music"],
+    "jsb_chorales_independent": ["task.data.path=${paths.data_dir}/music"],
     "multi30k": ["task.data.path=${paths.data_dir}/translation", "task.data.source=en", "task.data.target=toy"],
     "fsdd": ["task.data.connected.train=20"],  # bundled manifests; fewer connected utterances to build
 }
