@@ -53,16 +53,20 @@ class Featurizer:
 
 
 class Augment:
-    """Training augmentation: a random level change within +-`gain_db`, then SpecAugment masks
-    (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width` frames)."""
+    """Training augmentation: a random level change within +-`gain_db`, a random vocal tract length
+    warp of the spectrum by a factor within 1 +- `warp` (VTLP, Jaitly & Hinton 2013), then SpecAugment
+    masks (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width`
+    frames). `sample_rate` and `n_mels` place the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
-                 time_width: int = 0) -> None:
+                 time_width: int = 0, warp: float = 0.0, sample_rate: int = 8000, n_mels: int = 40) -> None:
         self.gain_db = gain_db
         self.freq_masks = freq_masks if freq_width else 0
         self.time_masks = time_masks if time_width else 0
+        self.warp = warp
         self._freq = torchaudio.transforms.FrequencyMasking(freq_width)
         self._time = torchaudio.transforms.TimeMasking(time_width)
+        self._centres_hz = mel_centres_hz(sample_rate, n_mels)
 
     def level(self, raw: Tensor) -> Tensor:
         """A gain of g dB adds g * ln(10) / 10 to every log-power bin."""
@@ -71,6 +75,20 @@ class Augment:
         db = (torch.rand(()) * 2 - 1) * self.gain_db
         return raw + db * math.log(10) / 10
 
+    def stretch(self, raw: Tensor, factor: float | None = None) -> Tensor:
+        """Log-mel frames (T, n_mels) of the same voice with its spectrum stretched by `factor` (drawn
+        within 1 +- `warp` when None): bin i takes the value at frequency f_i / factor, interpolated
+        linearly between the two bins around it (and held beyond the first and last bin)."""
+        if factor is None:
+            if not self.warp:
+                return raw
+            factor = 1.0 + (torch.rand(()).item() * 2 - 1) * self.warp
+        centres = self._centres_hz
+        source = centres / factor
+        below = (torch.searchsorted(centres, source) - 1).clamp(0, len(centres) - 2)
+        weight = ((source - centres[below]) / (centres[below + 1] - centres[below])).clamp(0.0, 1.0)
+        return raw[:, below] * (1 - weight) + raw[:, below + 1] * weight
+
     def mask(self, features: Tensor) -> Tensor:
         spec = features.T  # (n_mels, T), as torchaudio's masks expect
         for _ in range(self.freq_masks):
@@ -78,6 +96,13 @@ class Augment:
         for _ in range(self.time_masks):
             spec = self._time(spec)
         return spec.T
+
+
+def mel_centres_hz(sample_rate: int, n_mels: int) -> Tensor:
+    """Centre frequency (Hz) of each triangular filter of torchaudio's (htk) mel filterbank."""
+    top = 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0)
+    mels = torch.linspace(0.0, top, n_mels + 2)[1:-1]
+    return 700.0 * (10 ** (mels / 2595.0) - 1.0)
 
 
 def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
@@ -103,7 +128,8 @@ class TranscribedSet(Dataset):
     def _features(self, index: int) -> Tensor:
         if self.augment is None:
             return self.featurizer.normalize(self.raw[index])
-        return self.augment.mask(self.featurizer.normalize(self.augment.level(self.raw[index])))
+        raw = self.augment.stretch(self.augment.level(self.raw[index]))
+        return self.augment.mask(self.featurizer.normalize(raw))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         features, lengths = pad_frames([self._features(i) for i in indices])

@@ -93,6 +93,8 @@ class SpeechTask(TaskPlugin):
                 raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
         if int(feats.online_prior_frames) < 0:
             raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
+        if not 0 <= float(cfg.augment.get("warp", 0.0)) < 1:
+            raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
         if any(float(f) <= 0 for f in cfg.augment.speeds):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
@@ -203,7 +205,8 @@ class SpeechTask(TaskPlugin):
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
         augment = Augment(float(aug.gain_db), int(aug.freq_masks), int(aug.freq_width), int(aug.time_masks),
-                          int(aug.time_width))
+                          int(aug.time_width), float(aug.get("warp", 0.0)), self.features.sample_rate,
+                          self.features.n_mels)
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
