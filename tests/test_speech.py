@@ -20,7 +20,7 @@ from gru_suite.errors import UserError
 from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
-from gru_suite_plugins.speech.data import Featurizer, pad_frames
+from gru_suite_plugins.speech.data import Augment, Featurizer, pad_frames
 from gru_suite_plugins.speech.decode import align_words, greedy, prefix_beam_search
 from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.sources import connect, read_fsdd, read_manifest, read_source, split_fsdd
@@ -409,11 +409,27 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.model.subsample=0", "task.model.subsample must be at least 1"),
     ("task.features.online_prior_frames=-5", "task.features.online_prior_frames must be at least 0"),
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
+    ("task.augment.warp=1.5", "task.augment.warp must be in [0, 1)"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train_config("speech", [override], tmp_path / "run")
     with pytest.raises(UserError, match=re.escape(message)):
         run.build_task(cfg.task)
+
+
+def test_vocal_tract_warp_moves_a_tone_to_the_stretched_frequency() -> None:
+    log_mel, augment = LogMel(FeatureConfig()), Augment(warp=0.2)
+    tone = lambda hz: torch.sin(2 * math.pi * hz * torch.arange(4000) / 8000)  # noqa: E731
+    peak = lambda frames: frames.mean(0).argmax().item()  # noqa: E731
+    for hz, factor in ((600, 1.2), (1500, 0.85), (2500, 1.1)):
+        stretched = augment.stretch(log_mel(tone(hz)), factor)
+        assert abs(peak(stretched) - peak(log_mel(tone(hz * factor)))) <= 1, (hz, factor)
+    raw = log_mel(tone(1000))
+    assert torch.allclose(augment.stretch(raw, 1.0), raw, atol=1e-5)
+    torch.manual_seed(0)
+    draws = [augment.stretch(raw) for _ in range(8)]
+    assert all(d.shape == raw.shape for d in draws) and len({peak(d) for d in draws}) > 1
+    assert Augment(warp=0.0).stretch(raw) is raw
 
 
 def test_online_normalisation_streams_and_forgets_a_level_change() -> None:
