@@ -121,7 +121,9 @@ class TaskModule(pl.LightningModule):
         trainer = self._trainer
         fused = getattr(self.optimizer_factory, "keywords", {}).get("fused", False)
         clips_under_amp = (
-            trainer is not None and bool(trainer.gradient_clip_val) and isinstance(trainer.precision_plugin, MixedPrecision)
+            trainer is not None
+            and bool(trainer.gradient_clip_val)
+            and isinstance(trainer.precision_plugin, MixedPrecision)
         )
         return {"fused": False} if fused and clips_under_amp else {}
 
