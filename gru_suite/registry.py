@@ -103,13 +103,18 @@ def config_search_path() -> list[str]:
     return sorted({f"file://{d}" for d in dirs if d is not None})
 
 
+# config groups a task's own config pulls in; nobody selects them on the command line
+TASK_INTERNAL_GROUPS = frozenset({"task_trainer"})
+
+
 def format_task_config_groups() -> str:
-    """One line per config group that installed tasks add (`task`, `experiment`, ...), with its options."""
+    """One line per selectable config group that installed tasks add (`task`, `experiment`, ...), with its options."""
     options: dict[str, set[str]] = {}
     for entry in installed_tasks().values():
         conf = entry.config_dir()
         for path in conf.glob("*/*.yaml") if conf else ():
-            options.setdefault(path.parent.name, set()).add(path.stem)
+            if path.parent.name not in TASK_INTERNAL_GROUPS:
+                options.setdefault(path.parent.name, set()).add(path.stem)
     return "\n".join(f"{group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
 
 

@@ -28,6 +28,7 @@ def test_help_is_fast_and_imports_no_torch():
     task_line = next(line for line in result.stdout.splitlines() if line.startswith("task: "))
     assert {"forecasting", "anomaly", "music", "running_mean"} <= set(task_line[6:].split(", "))
     assert "seed_keras_example" in next(line for line in result.stdout.splitlines() if line.startswith("experiment: "))
+    assert "task_trainer" not in result.stdout  # pulled in by a task's own config, not chosen by users
 
 
 def test_cli_module_does_not_import_torch():
