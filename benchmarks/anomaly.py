@@ -257,7 +257,7 @@ def score_all(task: Any, model: Any) -> tuple[dict[str, Any], dict[str, float]]:
             raw = task.raw_scores(model, index, x) if hasattr(task, "raw_scores") else model.raw_scores(x)[0]
             raw = raw.float().numpy()
         t1 = time.perf_counter()
-        scored[stream.name] = task.flagger().run(raw, stream.probation)
+        scored[stream.name] = task.flagger().run(raw, stream.probation, stream.series.values)
         t2 = time.perf_counter()
         model_s.append(t1 - t0)
         flag_s.append(t2 - t1)

@@ -53,7 +53,8 @@ def test_streaming_raw_scores_equal_batch(model):
 
 @pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
                                       dict(score="raw", threshold="spot", spot_q=1e-2, spot_level=0.9),
-                                      dict(score="raw", threshold="quantile", quantile=0.95)])
+                                      dict(score="raw", threshold="quantile", quantile=0.95),
+                                      dict(score="likelihood", threshold="fixed", range_tolerance=0.05)])
 def test_anomaly_stream_equals_batch_flagging(settings):
     model = detectors()[0]
     rng = np.random.default_rng(1)
@@ -67,7 +68,7 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     scaler = StandardScaler.fit(values[:probation])
     with torch.no_grad():
         raw = model.raw_scores(torch.from_numpy(scaler.transform(values))[None])[0].numpy()
-    batch = Flagger(**settings, likelihood=likelihood).run(raw, probation)
+    batch = Flagger(**settings, likelihood=likelihood).run(raw, probation, values)
     np.testing.assert_allclose([s for s, _ in online][probation - 1:], batch.score[probation - 1:], rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal([f for _, f in online], batch.flags)
     assert not batch.flags[:probation].any() and batch.flags[300]

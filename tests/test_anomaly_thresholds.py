@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gru_suite_plugins.anomaly.thresholds import (
+    RangeCheck,
     AnomalyLikelihood,
     Spot,
     fit_gpd,
@@ -230,3 +231,28 @@ def test_spot_bad_input():
     assert spot.state_dict() == before
     with pytest.raises(ValueError, match="excesses"):
         fit_gpd([1.0, 0.0, 2.0])
+
+
+def test_range_check_flags_values_beyond_the_range_seen_so_far():
+    # probation [0, 10]: range 10, tolerance 0.1 -> flags above 11 or below -1, and the range widens
+    values = [0, 10, 5, 10.5, 11.6, 12.0, 13.5, -1.5, 6]  # 11.6 > 10.5 + 0.1 * 10.5
+    flags = RangeCheck(0.1).run(values, probation=2)
+    assert flags.tolist() == [False, False, False, False, True, False, True, True, False]
+    stepped = RangeCheck(0.1).fit(values[:2])
+    assert [stepped.step(v) for v in values[2:]] == flags[2:].tolist()
+
+
+def test_range_check_multivariate_run_equals_step_and_ignores_flat_columns():
+    rng = np.random.default_rng(3)
+    values = np.stack([rng.normal(size=500).cumsum(), np.ones(500)], 1)
+    values[400, 1] = 2.0  # a flat column has no range to leave: never flagged by it
+    batch = RangeCheck(0.05).run(values, 100)
+    check = RangeCheck(0.05).fit(values[:100])
+    assert [check.step(row) for row in values[100:]] == batch[100:].tolist()
+    assert not batch[:100].any() and batch.any()
+    assert not RangeCheck(0.05).run(np.stack([np.zeros(50), np.ones(50)], 1), 10).any()
+
+
+def test_range_check_bad_tolerance():
+    with pytest.raises(ValueError, match="tolerance"):
+        RangeCheck(-0.1)

@@ -20,7 +20,7 @@ from gru_suite.errors import UserError
 from gru_suite.timeseries import StandardScaler
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
-from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, Spot, quantile_threshold
+from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, RangeCheck, Spot, quantile_threshold
 
 THRESHOLDS = ("fixed", "quantile", "spot")
 
@@ -39,7 +39,8 @@ class Flagger:
 
     `threshold`: `fixed` (the value `fixed`), `quantile` (the `quantile` of the probationary
     scores) or `spot` (peaks-over-threshold at risk `spot_q`, calibrated on the probationary
-    scores and updated as the stream goes on).
+    scores and updated as the stream goes on). With `range_tolerance`, a value that leaves the
+    range seen so far by more than that share of it is flagged too (`RangeCheck`).
     """
 
     score: str = "likelihood"
@@ -51,6 +52,7 @@ class Flagger:
     likelihood: Mapping[str, Any] = field(default_factory=dict)
     skip: int = 0
     """Probationary scores left out of calibration (the detector's burn-in)."""
+    range_tolerance: float | None = None
 
     def __post_init__(self) -> None:
         if self.score not in ("likelihood", "raw"):
@@ -62,6 +64,9 @@ class Flagger:
         self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
         self._spot: Spot | None = None
         self.value = self.fixed
+        if self.range_tolerance is not None and self.range_tolerance < 0:
+            raise UserError(f"task.scoring.range_tolerance must be at least 0 or null, got {self.range_tolerance}")
+        self._range = RangeCheck(self.range_tolerance) if self.range_tolerance is not None else None
 
     def normalise(self, raw: float) -> float:
         return self._likelihood.update(raw) if self._likelihood else raw
@@ -74,6 +79,14 @@ class Flagger:
             self._spot = Spot(q=self.spot_q, level=self.spot_level).fit(calibration)
             self.value = self._spot.threshold
 
+    def fit_range(self, probationary_values: np.ndarray) -> None:
+        if self._range is not None:
+            self._range.fit(probationary_values)
+
+    def beyond_range(self, values: np.ndarray) -> bool:
+        """Whether this observation leaves the range seen so far (False without `range_tolerance`)."""
+        return self._range.step(values) if self._range is not None else False
+
     def flag(self, score: float) -> bool:
         if self._spot is not None:
             flagged = self._spot.step(score)
@@ -81,8 +94,9 @@ class Flagger:
             return flagged
         return score > self.value
 
-    def run(self, raw: np.ndarray, probation: int) -> ScoredSeries:
-        """Scores and flags for a whole series (equal to streaming it)."""
+    def run(self, raw: np.ndarray, probation: int, values: np.ndarray | None = None) -> ScoredSeries:
+        """Scores and flags for a whole series (equal to streaming it); `values` (T, F), the series
+        itself, are needed with `range_tolerance`."""
         score = self._likelihood.transform(raw) if self._likelihood else raw.copy()
         self.calibrate(score[:probation])
         flags = np.zeros(len(raw), dtype=bool)
@@ -91,6 +105,10 @@ class Flagger:
             self.value = self._spot.threshold
         else:
             flags[probation:] = score[probation:] > self.value
+        if self._range is not None:
+            if values is None:
+                raise ValueError("Flagger.run needs the series values when range_tolerance is set")
+            flags |= self._range.run(values, probation)
         return ScoredSeries(raw, score, flags, float(self.value))
 
 
@@ -119,12 +137,14 @@ class AnomalyStream:
     def _score(self, x: np.ndarray) -> tuple[float, bool]:
         scaled = torch.from_numpy(self.scaler.transform(x[None])[0])
         score = self.flagger.normalise(self.scorer.update(scaled))
-        return score, self.flagger.flag(score)
+        flagged = self.flagger.flag(score)
+        return score, self.flagger.beyond_range(x) or flagged
 
     def _end_probation(self) -> tuple[float, bool]:
         history = np.stack(self._warmup)
         self._warmup = None
         self.scaler = StandardScaler.fit(history)
+        self.flagger.fit_range(history)
         scores = [self.flagger.normalise(self.scorer.update(torch.from_numpy(row))) for row in
                   self.scaler.transform(history)]
         self.flagger.calibrate(np.asarray(scores))

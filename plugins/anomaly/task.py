@@ -65,7 +65,7 @@ class AnomalyTask(TaskPlugin):
         return Flagger(
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
-            skip=self.cfg.detector.burn_in,
+            skip=self.cfg.detector.burn_in, range_tolerance=scoring.get("range_tolerance"),
         )
 
     def retraining(self) -> Retraining | None:
@@ -98,7 +98,8 @@ class AnomalyTask(TaskPlugin):
         raw_scores = gather_dict(self._raw)  # a NAB score needs every series, not one process's share
         if not raw_scores:
             return {}
-        scored = {i: self.flagger().run(raw, self.streams[i].probation) for i, raw in sorted(raw_scores.items())}
+        scored = {i: self.flagger().run(raw, self.streams[i].probation, self.streams[i].series.values)
+                  for i, raw in sorted(raw_scores.items())}
         self._raw = {}
         return self._metrics(scored)
 
@@ -126,6 +127,6 @@ class AnomalyTask(TaskPlugin):
         paths = []
         for index, raw in predictions:
             stream = self.streams[index]
-            scored = self.flagger().run(raw, stream.probation)
+            scored = self.flagger().run(raw, stream.probation, stream.series.values)
             paths += write_series_report(stream, scored, Path(out_dir))
         return paths

@@ -9,6 +9,8 @@ memory and amortised O(1) time per point) with identical results in both modes:
 - `quantile_threshold`: the q-quantile of validation scores.
 - `Spot`: Streaming Peaks-Over-Threshold (Siffer et al., KDD 2017) with a Generalised
   Pareto tail fitted by Grimshaw's method (numpy only).
+- `RangeCheck`: the spatial anomaly of NAB's Numenta detector: a value beyond the range
+  seen so far by more than a share of that range (a flag of its own, from the values).
 
 Every stateful object has `state_dict()` (plain JSON-able data) and `from_state()`.
 """
@@ -405,3 +407,54 @@ class Spot:
         spot._n_peaks = int(state["n_peaks"])
         spot._pending = int(state["pending"])
         return spot
+
+
+class RangeCheck:
+    """Flags an observation that leaves the range of all earlier ones (per column) by more than
+    `tolerance` times that range, as NAB's Numenta detector does (`spatialTolerance`, 0.05).
+
+    `fit` takes the probationary rows; `step` checks one row and widens the range; `run` does
+    the same for a whole series at once, with equal results.
+    """
+
+    def __init__(self, tolerance: float) -> None:
+        _finite_scalar("tolerance", tolerance)
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be at least 0, got {tolerance}")
+        self.tolerance = float(tolerance)
+        self.low: np.ndarray | None = None
+        self.high: np.ndarray | None = None
+
+    def fit(self, history: ArrayLike) -> RangeCheck:
+        rows = _rows(history)
+        self.low, self.high = rows.min(0), rows.max(0)
+        return self
+
+    def step(self, row: ArrayLike) -> bool:
+        if self.low is None or self.high is None:
+            raise RuntimeError("RangeCheck.step before fit")
+        x = np.asarray(row, dtype=np.float64).reshape(-1)
+        flagged = bool(self._beyond(x, self.low, self.high).any())
+        self.low, self.high = np.minimum(self.low, x), np.maximum(self.high, x)
+        return flagged
+
+    def run(self, values: ArrayLike, probation: int) -> np.ndarray:
+        """Flags (T,) for a series whose first `probation` rows fit the range (never flagged)."""
+        rows = _rows(values)
+        flags = np.zeros(len(rows), dtype=bool)
+        if probation < 1 or probation >= len(rows):
+            return flags
+        low = np.minimum.accumulate(rows, 0)[probation - 1 : -1]  # range of the rows before each one
+        high = np.maximum.accumulate(rows, 0)[probation - 1 : -1]
+        flags[probation:] = self._beyond(rows[probation:], low, high).any(-1)
+        self.low, self.high = np.minimum(low[-1], rows[-1]), np.maximum(high[-1], rows[-1])
+        return flags
+
+    def _beyond(self, x: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        margin = self.tolerance * (high - low)
+        return (high > low) & ((x > high + margin) | (x < low - margin))
+
+
+def _rows(values: ArrayLike) -> np.ndarray:
+    rows = np.asarray(values, dtype=np.float64)
+    return rows.reshape(len(rows), -1)
