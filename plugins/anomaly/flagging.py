@@ -31,6 +31,8 @@ class ScoredSeries:
     score: np.ndarray
     flags: np.ndarray
     threshold: float
+    beyond_range: np.ndarray | None = None
+    """The rows flagged by the range check alone (None without `range_tolerance`)."""
 
 
 @dataclass
@@ -105,11 +107,13 @@ class Flagger:
             self.value = self._spot.threshold
         else:
             flags[probation:] = score[probation:] > self.value
+        beyond = None
         if self._range is not None:
             if values is None:
                 raise ValueError("Flagger.run needs the series values when range_tolerance is set")
-            flags |= self._range.run(values, probation)
-        return ScoredSeries(raw, score, flags, float(self.value))
+            beyond = self._range.run(values, probation)
+            flags |= beyond
+        return ScoredSeries(raw, score, flags, float(self.value), beyond)
 
 
 class AnomalyStream:
