@@ -74,9 +74,13 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     assert not batch.flags[:probation].any() and batch.flags[300]
 
 
-def test_spot_needs_raw_scores():
+def test_flagger_rejects_bad_settings():
     with pytest.raises(ValueError, match="set task.scoring.score=raw"):
         Flagger(score="likelihood", threshold="spot")
+    with pytest.raises(ValueError, match="task.scoring.range_tolerance must be at least 0"):
+        Flagger(range_tolerance=-0.1)
+    with pytest.raises(ValueError, match="needs the series values"):
+        Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
 
 
 def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path):
