@@ -43,6 +43,17 @@ def required(what: str) -> Any:
     raise UserError(f"{what} is required: set it on the command line")
 
 
+def config_number(value: Any, field: str, kind: type[int] | type[float] = float) -> Any:
+    """`value` as `kind` (int or float); a one-line error naming `field` when it is not one."""
+    try:
+        if isinstance(value, (bool, str)) and kind is int:
+            raise ValueError
+        return kind(value)
+    except (TypeError, ValueError):
+        expected = "an integer" if kind is int else "a number"
+        raise UserError(f"{field} must be {expected}, got {value!r}") from None
+
+
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__

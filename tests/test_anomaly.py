@@ -13,7 +13,8 @@ import torch
 from conftest import run_cli
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
-from gru_suite.testing import check_task_plugin
+from gru_suite import run
+from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
@@ -81,6 +82,12 @@ def test_flagger_rejects_bad_settings():
         Flagger(range_tolerance=-0.1)
     with pytest.raises(ValueError, match="needs the series values"):
         Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
+
+
+def test_a_non_numeric_range_tolerance_names_the_field(tmp_path):
+    cfg = compose_train_config("anomaly", ["task.scoring.range_tolerance=abc"], tmp_path)
+    with pytest.raises(UserError, match="task.scoring.range_tolerance must be a number, got 'abc'"):
+        run.build_task(cfg.task).datamodule()  # before any training
 
 
 def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path):

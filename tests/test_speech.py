@@ -410,6 +410,8 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.features.online_prior_frames=-5", "task.features.online_prior_frames must be at least 0"),
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
     ("task.augment.warp=1.5", "task.augment.warp must be in [0, 1)"),
+    ("task.augment.warp=abc", "task.augment.warp must be a number, got 'abc'"),
+    ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train_config("speech", [override], tmp_path / "run")

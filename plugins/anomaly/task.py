@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from gru_suite.distributed import gather_dict
+from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
@@ -62,10 +63,13 @@ class AnomalyTask(TaskPlugin):
 
     def flagger(self) -> Flagger:
         scoring = self.cfg.scoring
+        tolerance = scoring.get("range_tolerance")
+        if tolerance is not None:
+            tolerance = config_number(tolerance, "task.scoring.range_tolerance")
         return Flagger(
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
-            skip=self.cfg.detector.burn_in, range_tolerance=scoring.get("range_tolerance"),
+            skip=self.cfg.detector.burn_in, range_tolerance=tolerance,
         )
 
     def retraining(self) -> Retraining | None:

@@ -15,6 +15,7 @@ from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
+from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
@@ -89,13 +90,13 @@ class SpeechTask(TaskPlugin):
         if int(cfg.decode.beam_size) < 1:
             raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
         for key, least in (("subsample", 1), ("lookahead", 0)):
-            if int(cfg.model[key]) < least:
+            if config_number(cfg.model[key], f"task.model.{key}", int) < least:
                 raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
-        if int(feats.online_prior_frames) < 0:
+        if config_number(feats.online_prior_frames, "task.features.online_prior_frames", int) < 0:
             raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
-        if not 0 <= float(cfg.augment.get("warp", 0.0)) < 1:
+        if not 0 <= config_number(cfg.augment.get("warp", 0.0), "task.augment.warp") < 1:
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
-        if any(float(f) <= 0 for f in cfg.augment.speeds):
+        if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.speeds):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
