@@ -306,8 +306,11 @@ def label_free(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
 def label_tuned(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
     """One threshold per profile tuned on the labels; rows the range check flags stay flagged."""
     streams = {s.name: s for s in task.streams if s.windows is not None}
-    scores = {n: scored[n].score if scored[n].beyond_range is None else np.where(scored[n].beyond_range, np.inf,
-                                                                                 scored[n].score) for n in streams}
+    scores = {}
+    for name in streams:
+        series = scored[name]
+        beyond = series.beyond_range
+        scores[name] = series.score if beyond is None else np.where(beyond, np.inf, series.score)
     windows = {n: streams[n].windows for n in streams}
     out = {}
     for profile in PROFILES:
