@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 State = Union[Tensor, tuple[Tensor, Tensor]]
 """GRU state `h` (layers*dirs, B, H); LSTM state `(h, c)` of the same shape."""
@@ -20,7 +21,9 @@ class GRUBackbone(nn.Module):
     `forward(x, lengths, h0)` runs whole batch-first sequences, packing them when
     `lengths` is given; `step(x_t, h)` advances one time step for streaming and
     generation and gives the same outputs as `forward`. `cell="lstm"` swaps in
-    `nn.LSTM` behind the same interface.
+    `nn.LSTM` behind the same interface. `weight_dropout` drops hidden-to-hidden
+    weights while training (DropConnect, as AWD-LSTM does: one mask per batch,
+    shared over time steps), still through the fused kernel.
     """
 
     def __init__(
@@ -31,10 +34,14 @@ class GRUBackbone(nn.Module):
         bidirectional: bool = False,
         dropout: float = 0.0,
         cell: Literal["gru", "lstm"] = "gru",
+        weight_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if cell not in _CELLS:
             raise ValueError(f"backbone.cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        if not 0.0 <= weight_dropout < 1.0:
+            raise ValueError(f"backbone.weight_dropout must be in [0, 1), got {weight_dropout!r}")
+        self.weight_dropout = weight_dropout
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -66,11 +73,21 @@ class GRUBackbone(nn.Module):
         packed input is taken at each sequence's own last step.
         """
         if lengths is None:
-            return self.rnn(x, h0)
+            return self._run(x, h0)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, h_n = self.rnn(packed, h0)
+        out, h_n = self._run(packed, h0)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         return out, h_n
+
+    def _run(self, x: Tensor | PackedSequence, h0: State | None) -> tuple[Any, State]:
+        if not (self.training and self.weight_dropout):
+            return self.rnn(x, h0)
+        dropped = {
+            name: F.dropout(weight, self.weight_dropout)
+            for name, weight in self.rnn.named_parameters()
+            if name.startswith("weight_hh")
+        }
+        return torch.func.functional_call(self.rnn, dropped, (x, h0))
 
     def step(self, x_t: Tensor, h: State | None = None) -> tuple[Tensor, State]:
         """Advance one step: `x_t` (B, input_size) -> output (B, output_size), new state.

@@ -81,3 +81,30 @@ def test_gru_has_three_quarters_of_lstm_parameters():
     gru, lstm = GRUBackbone(10, 32), GRUBackbone(10, 32, cell="lstm")
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(gru) * 4 == count(lstm) * 3
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_weight_dropout_masks_recurrent_weights_once_per_batch(cell):
+    net = GRUBackbone(3, hidden_size=6, num_layers=2, cell=cell, weight_dropout=0.5).train()
+    lengths = torch.tensor([5, 3])
+    x = torch.randn(2, 5, 3)
+    masked = GRUBackbone(3, hidden_size=6, num_layers=2, cell=cell).eval()
+    torch.manual_seed(7)
+    out, _ = net(x, lengths)
+    torch.manual_seed(7)  # the same draws, applied by hand: one mask per weight matrix, kept over every step
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    for name, weight in net.rnn.named_parameters():
+        if name.startswith("weight_hh"):
+            state[f"rnn.{name}"] = torch.nn.functional.dropout(weight.detach(), 0.5)
+    masked.load_state_dict(state)
+    torch.testing.assert_close(out, masked(x, lengths)[0])
+    out.sum().backward()
+    grad = net.rnn.weight_hh_l0.grad
+    assert grad.abs().sum() > 0 and (grad == 0).float().mean() > 0.3  # dropped weights get no gradient
+    net.eval()  # no dropout outside training: the plain fused pass
+    torch.testing.assert_close(net(x)[0], net.rnn(x)[0])
+
+
+def test_weight_dropout_out_of_range():
+    with pytest.raises(ValueError, match=r"backbone.weight_dropout must be in \[0, 1\), got 1.0"):
+        GRUBackbone(3, weight_dropout=1.0)

@@ -61,9 +61,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def tiny_model(head: str, pitches: int, hidden: int = 32) -> MusicModel:
+def tiny_model(head: str, pitches: int, hidden: int = 32, **options: float | bool) -> MusicModel:
     torch.manual_seed(0)
-    return MusicModel(partial(GRUBackbone, hidden_size=hidden), pitches, head, embed_size=16, head_units=32)
+    return MusicModel(partial(GRUBackbone, hidden_size=hidden), pitches, head, embed_size=16, head_units=32, **options)
 
 
 def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
@@ -155,6 +155,28 @@ def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch:
     with torch.no_grad():
         expected = model.hidden(roll)[:, 6:]  # outputs predicting steps 6..29
     torch.testing.assert_close(torch.stack(outputs, 1), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_generation_with_the_input_skip_feeds_the_head_what_training_does(
+    head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = tiny_model(head, 12, input_skip=True, input_dropout=0.3).eval()
+    assert model.hidden(torch.zeros(1, 4, 12)).shape == (1, 4, 32 + 12)
+    head_inputs, sample = [], model.head.sample
+
+    def spy(h: torch.Tensor, *args: object) -> torch.Tensor:
+        head_inputs.append(h)
+        return sample(h, *args)
+
+    monkeypatch.setattr(model.head, "sample", spy)
+    primer = torch.zeros(5, 12)
+    primer[:, 3] = 1
+    roll = model.generate(2, 30, Sampling(), torch.Generator().manual_seed(0), primer=primer)
+    with torch.no_grad():
+        expected = model.hidden(roll)[:, 5:]  # head inputs predicting steps 5..29
+    assert torch.equal(expected[:, 0, 32:], primer[-1].expand(2, -1))  # the primer's last step, skipped past the GRU
+    torch.testing.assert_close(torch.stack(head_inputs, 1), expected, atol=1e-5, rtol=1e-4)
 
 
 def test_task_trains_and_predict_writes_midi_like_the_data(

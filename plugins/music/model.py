@@ -111,7 +111,12 @@ class AutoregressiveHead(nn.Module):
 
 class MusicModel(nn.Module):
     """Predicts each step's notes from the steps before: previous notes (B, T, P) -> Linear
-    adapter -> backbone -> note head. Step 0 is predicted from an all-silent step."""
+    adapter -> backbone -> note head. Step 0 is predicted from an all-silent step.
+
+    `input_dropout` drops adapter features before the backbone; `input_skip` also feeds the
+    previous step's notes straight to the head beside the backbone output (Graves 2013's
+    skip connection), so holding a note needs no detour through the GRU state.
+    """
 
     def __init__(
         self,
@@ -121,6 +126,8 @@ class MusicModel(nn.Module):
         embed_size: int = 64,
         head_units: int = 128,
         dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        input_skip: bool = False,
     ) -> None:
         super().__init__()
         if head not in ("independent", "autoregressive"):
@@ -129,16 +136,22 @@ class MusicModel(nn.Module):
         self.adapter = nn.Linear(pitches, embed_size)
         self.backbone: GRUBackbone = backbone(input_size=embed_size)
         self.dropout = nn.Dropout(dropout)
-        size = self.backbone.output_size
+        self.input_dropout = nn.Dropout(input_dropout)
+        self.input_skip = input_skip
+        size = self.backbone.output_size + (pitches if input_skip else 0)
         self.head: IndependentHead | AutoregressiveHead = (
             IndependentHead(size, pitches) if head == "independent" else AutoregressiveHead(size, pitches, head_units)
         )
 
     def hidden(self, roll: Tensor, lengths: Tensor | None = None) -> Tensor:
-        """The backbone output that predicts each step of `roll` (B, T, P) -> (B, T, H)."""
+        """The head's input that predicts each step of `roll` (B, T, P) -> (B, T, H)."""
         previous = F.pad(roll[:, :-1], (0, 0, 1, 0))
-        out, _ = self.backbone(self.adapter(previous), lengths)
-        return self.dropout(out)
+        out, _ = self.backbone(self.input_dropout(self.adapter(previous)), lengths)
+        return self._head_input(out, previous)
+
+    def _head_input(self, out: Tensor, previous: Tensor) -> Tensor:
+        out = self.dropout(out)
+        return torch.cat([out, previous], -1) if self.input_skip else out
 
     def nll(self, roll: Tensor, lengths: Tensor) -> Tensor:
         """Negative log-likelihood (nats) of each step (B, T); zero past each piece's length."""
@@ -163,14 +176,16 @@ class MusicModel(nn.Module):
         device = self.adapter.weight.device
         silence = torch.zeros(pieces, 1, self.pitches, device=device)
         prefix = primer.to(device).float().expand(pieces, -1, -1) if primer is not None else silence[:, :0]
-        out, state = self.backbone(self.adapter(torch.cat([silence, prefix], 1)))
-        out = out[:, -1]
+        inputs = torch.cat([silence, prefix], 1)
+        out, state = self.backbone(self.adapter(inputs))
+        head_input = self._head_input(out[:, -1], inputs[:, -1])
         rolls = list(prefix.unbind(1))
         while len(rolls) < steps:
-            notes = self.head.sample(out, sampling, generator)
+            notes = self.head.sample(head_input, sampling, generator)
             rolls.append(notes)
             if len(rolls) < steps:
                 out, state = self.backbone.step(self.adapter(notes), state)
+                head_input = self._head_input(out, notes)
         return torch.stack(rolls, 1)
 
 

@@ -203,7 +203,8 @@ class RollRepresentation(Representation):
     def build_model(self, backbone: BackboneFactory) -> MusicModel:
         model = self.cfg.model
         return MusicModel(backbone, self.state["high"] - self.state["low"] + 1, model.head, model.embed_size,
-                          model.head_units, model.dropout)
+                          model.head_units, model.dropout, model.get("input_dropout", 0.0),
+                          model.get("input_skip", False))
 
     def step(self, model: MusicModel, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
         roll, lengths = batch
