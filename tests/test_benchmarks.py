@@ -1,10 +1,16 @@
-"""The device-check benchmark runs end to end (on the CPU here)."""
+"""The device-check benchmark runs end to end (on the CPU here); the music benchmark's generation timing."""
 
 import json
 import subprocess
 import sys
+from functools import partial
+from types import SimpleNamespace
+
+import pytest
 
 from conftest import REPO
+from gru_suite.backbone import GRUBackbone
+from gru_suite_plugins.music.model import MusicModel
 
 
 def test_accelerators_benchmark_trains_restores_and_reports(tmp_path):
@@ -20,3 +26,13 @@ def test_accelerators_benchmark_trains_restores_and_reports(tmp_path):
     assert first["eval_exit"] == 0 and first["predict_exit"] == 0 and first["restored_artifacts"] == 2
     assert "eval_exit" not in second and second["artifacts"] == 2  # only the first setup restores
     assert all(r["test/loss"] > 0 for r in report["runs"])
+
+
+@pytest.mark.parametrize("head", ["independent", "autoregressive"])
+def test_music_generation_timing_recomputes_what_generate_carries(head):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import music
+
+    model = MusicModel(partial(GRUBackbone, hidden_size=16), 12, head, embed_size=8, head_units=16, input_skip=True)
+    speed = music.generation_speed(SimpleNamespace(model=model), 12, seed=0)
+    assert speed["steps"] == 12 and speed["carried_steps_per_s"] > 0 and speed["recomputed_steps_per_s"] > 0
