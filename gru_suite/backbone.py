@@ -9,6 +9,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from gru_suite.config import config_number
+from gru_suite.errors import UserError
+
 State = Union[Tensor, tuple[Tensor, Tensor]]
 """GRU state `h` (layers*dirs, B, H); LSTM state `(h, c)` of the same shape."""
 
@@ -38,9 +41,9 @@ class GRUBackbone(nn.Module):
     ) -> None:
         super().__init__()
         if cell not in _CELLS:
-            raise ValueError(f"backbone.cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        if not 0.0 <= weight_dropout < 1.0:
-            raise ValueError(f"backbone.weight_dropout must be in [0, 1), got {weight_dropout!r}")
+            raise UserError(f"backbone.cell must be one of {sorted(_CELLS)}, got {cell!r}")
+        if not 0.0 <= config_number(weight_dropout, "backbone.weight_dropout") < 1.0:
+            raise UserError(f"backbone.weight_dropout must be in [0, 1), got {weight_dropout!r}")
         self.weight_dropout = weight_dropout
         self.cell = cell
         self.hidden_size = hidden_size

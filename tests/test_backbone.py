@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
 
 
 @pytest.fixture(autouse=True)
@@ -105,6 +106,8 @@ def test_weight_dropout_masks_recurrent_weights_once_per_batch(cell):
     torch.testing.assert_close(net(x)[0], net.rnn(x)[0])
 
 
-def test_weight_dropout_out_of_range():
-    with pytest.raises(ValueError, match=r"backbone.weight_dropout must be in \[0, 1\), got 1.0"):
+def test_weight_dropout_out_of_range_or_not_a_number_is_a_user_error():
+    with pytest.raises(UserError, match=r"backbone.weight_dropout must be in \[0, 1\), got 1.0"):
         GRUBackbone(3, weight_dropout=1.0)
+    with pytest.raises(UserError, match=r"backbone.weight_dropout must be a number, got 'abc'"):
+        GRUBackbone(3, weight_dropout="abc")

@@ -157,6 +157,12 @@ def test_generation_carries_the_state_one_step_at_a_time(head: str, monkeypatch:
     torch.testing.assert_close(torch.stack(outputs, 1), expected, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("field", ["dropout", "input_dropout"])
+def test_a_dropout_outside_zero_to_one_is_a_user_error(field: str) -> None:
+    with pytest.raises(UserError, match=rf"task.model.{field} must be in \[0, 1\), got 2"):
+        tiny_model("independent", 12, **{field: 2})
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_generation_with_the_input_skip_feeds_the_head_what_training_does(
     head: str, monkeypatch: pytest.MonkeyPatch

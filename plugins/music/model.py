@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.config import config_number
+from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 from gru_suite_plugins.music.events import STEPS_PER_SECOND, TIME_SHIFT, VOCAB, shift_steps
 
@@ -131,7 +133,10 @@ class MusicModel(nn.Module):
     ) -> None:
         super().__init__()
         if head not in ("independent", "autoregressive"):
-            raise ValueError(f"task.model.head must be 'independent' or 'autoregressive', got {head!r}")
+            raise UserError(f"task.model.head must be 'independent' or 'autoregressive', got {head!r}")
+        for field, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+            if not 0.0 <= config_number(p, f"task.model.{field}") < 1.0:
+                raise UserError(f"task.model.{field} must be in [0, 1), got {p!r}")
         self.pitches = pitches
         self.adapter = nn.Linear(pitches, embed_size)
         self.backbone: GRUBackbone = backbone(input_size=embed_size)
