@@ -195,13 +195,12 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         origins = self.origin_tensor(indices)
         x = self._inputs[origins - self.lookback].transpose(1, 2)
+        if self._targets is not None and len(indices) and self.origins[max(indices)] + self.horizon <= len(self.values):
+            return x, self._targets[origins].transpose(1, 2)  # every target known (origins grow with the index)
+        y = torch.full((len(origins), self.horizon, len(self.target_columns)), float("nan"))
         known = origins + self.horizon <= len(self.values)
-        if self._targets is None or not bool(known.all()):
-            y = torch.full((len(origins), self.horizon, len(self.target_columns)), float("nan"))
-            if self._targets is not None and bool(known.any()):
-                y[known] = self._targets[origins[known]].transpose(1, 2)
-        else:
-            y = self._targets[origins].transpose(1, 2)
+        if self._targets is not None and bool(known.any()):
+            y[known] = self._targets[origins[known]].transpose(1, 2)
         return x, y
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
