@@ -113,7 +113,9 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
     for kind, items in [("isolated", [u for u in test if " " not in u.text]),
                         ("connected", [u for u in test if " " in u.text])]:
         out_ = transcribe(run.task, model, items, args.chunk_ms)
-        result[kind] = {**scores([u.text for u in items], out_["offline"]),
+        wrong = [{"where": u.where, "reference": u.text, "hypothesis": h}
+                 for u, h in zip(items, out_["offline"]) if h != u.text]
+        result[kind] = {**scores([u.text for u in items], out_["offline"]), "errors": wrong[: args.show_errors],
                         "rtf_offline": out_["rtf_offline"], "rtf_streaming": out_["rtf_streaming"],
                         "audio_s": out_["audio_s"],
                         "streaming_equals_offline": None if out_["streamed"] is None
@@ -131,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    parser.add_argument("--show-errors", type=int, default=20,
+                        help="misrecognised test utterances listed per setting and kind (default 20)")
     args = parser.parse_args(argv)
     if not args.fsdd.is_dir():
         print(f"error: {args.fsdd} not found", file=sys.stderr)
@@ -155,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     table("training (1 run per setting, CPU)", ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
           [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
            for n, r in results["settings"].items()])
+    errors = [[f"{n} / {kind}", e["where"], e["reference"], e["hypothesis"]]
+              for n, r in results["settings"].items() for kind in ("isolated", "connected") for e in r[kind]["errors"]]
+    if errors:
+        table(f"misrecognised test utterances (at most {args.show_errors} per row of the first table)",
+              ["setting / utterances", "recording", "reference", "offline transcript"], errors)
     results["goals"] = GOALS
     print(json.dumps(results, default=float, sort_keys=True))
     return 0

@@ -198,7 +198,9 @@ def connect(pool: list[Utterance], count: int, words: tuple[int, int], pause_s: 
         pieces.append(_pause(rng, pause_s, sample_rate))
         text = " ".join(pool[idx].text or "" for idx in picks)
         path = Path(f"connected_{seed}_{i:05d}.wav")
-        yield Utterance(torch.cat(pieces).float(), sample_rate, text, path, f"connected utterance {i} (seed {seed})")
+        parts = " + ".join(pool[idx].path.name for idx in picks)
+        where = f"connected utterance {i} (seed {seed}: {parts})"
+        yield Utterance(torch.cat(pieces).float(), sample_rate, text, path, where)
 
 
 def _pause(rng: np.random.Generator, pause_s: tuple[float, float], sample_rate: int) -> Tensor:
