@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-errors", type=int, default=20,
                         help="misrecognised test utterances listed per setting and kind (default 20)")
     args = parser.parse_args(argv)
+    if args.show_errors < 0:
+        parser.error(f"--show-errors must be at least 0, got {args.show_errors}")
     if not args.fsdd.is_dir():
         print(f"error: {args.fsdd} not found", file=sys.stderr)
         return 2
