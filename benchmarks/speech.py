@@ -9,8 +9,9 @@ lookahead; add `--override task.text.tokens=chars` for characters, or
 choosing its checkpoint on validation takes 10-12 (character error rate):
 
 - `seen`: takes 5-9 of every speaker are held out of training (the test set); reports
-  (a) isolated-digit accuracy on them and (c) WER on connected digit strings (2-5 digits,
-  random pauses and levels) built from those held-out takes only;
+  (a) isolated-digit accuracy on them, the same after 1 s of room tone (noise at each
+  recording's quietest level: speech that does not start with the audio), and (c) WER on
+  connected digit strings (2-5 digits, random pauses and levels) built from those held-out takes only;
 - `unseen`: every recording of `--speaker` is held out; reports (b) its isolated-digit
   accuracy (and WER on strings built from its recordings).
 
@@ -91,10 +92,15 @@ def scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
             "wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
 
 
+KINDS = {"isolated": "isolated", "after_silence": "isolated after 1 s of silence", "connected": "connected"}
+
+
 def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    import numpy as np
     import torch
 
     from gru_suite.testing import compose_train_config
+    from gru_suite_plugins.speech.sources import after_silence
 
     hours, rest = divmod(int(args.minutes * 60), 3600)
     cfg = compose_train_config("speech", [
@@ -110,7 +116,9 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
     result: dict[str, Any] = {"fit_wall_s": run.fit_wall_s, "epochs_run": len(run.clock.wall),
                               "best_epoch": run.best_epoch, "best_val_cer": run.best_val_loss,
                               "test_metrics": run.test_metrics, "train_utterances": len(run.task.split("train"))}
-    for kind, items in [("isolated", [u for u in test if " " not in u.text]),
+    isolated = [u for u in test if " " not in u.text]
+    rng = np.random.default_rng(args.seed)
+    for kind, items in [("isolated", isolated), ("after_silence", [after_silence(u, 1.0, rng) for u in isolated]),
                         ("connected", [u for u in test if " " in u.text])]:
         out_ = transcribe(run.task, model, items, args.chunk_ms)
         wrong = [{"where": u.where, "reference": u.text, "hypothesis": h}
@@ -150,10 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, Path(tmp))
     rows = []
     for name, r in results["settings"].items():
-        for kind in ("isolated", "connected"):
+        for kind, label in KINDS.items():
             s = r[kind]
             same = s["streaming_equals_offline"]
-            rows.append([f"{name} / {kind}", s["n"], s["accuracy"], s["wer"], s["cer"], s["rtf_offline"],
+            rows.append([f"{name} / {label}", s["n"], s["accuracy"], s["wer"], s["cer"], s["rtf_offline"],
                          "n/a" if same is None else s["rtf_streaming"], "n/a" if same is None else f"{same}/{s['n']}"])
     table("FSDD test: seen = takes 5-9 held out, unseen = speaker held out; connected = 2-5 digit strings",
           ["setting / utterances", "n", "accuracy", "WER", "CER", "RTF offline", "RTF streaming", "stream = offline"],
@@ -161,8 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     table("training (1 run per setting, CPU)", ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
           [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
            for n, r in results["settings"].items()])
-    errors = [[f"{n} / {kind}", e["where"], e["reference"], e["hypothesis"]]
-              for n, r in results["settings"].items() for kind in ("isolated", "connected") for e in r[kind]["errors"]]
+    errors = [[f"{n} / {label}", e["where"], e["reference"], e["hypothesis"]]
+              for n, r in results["settings"].items() for kind, label in KINDS.items() for e in r[kind]["errors"]]
     if errors:
         table(f"misrecognised test utterances (at most {args.show_errors} per row of the first table)",
               ["setting / utterances", "recording", "reference", "offline transcript"], errors)

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -204,5 +204,23 @@ def connect(pool: list[Utterance], count: int, words: tuple[int, int], pause_s: 
 
 
 def _pause(rng: np.random.Generator, pause_s: tuple[float, float], sample_rate: int) -> Tensor:
-    n = int(rng.uniform(*pause_s) * sample_rate)
-    return torch.from_numpy(rng.normal(0.0, PAUSE_NOISE, n).astype(np.float32))
+    return _noise(rng, int(rng.uniform(*pause_s) * sample_rate), PAUSE_NOISE)
+
+
+def _noise(rng: np.random.Generator, n: int, level: float) -> Tensor:
+    return torch.from_numpy(rng.normal(0.0, level, n).astype(np.float32))
+
+
+def noise_floor(samples: Tensor, sample_rate: int, frame_s: float = 0.01) -> float:
+    """The recording's background level: the RMS of its quietest `frame_s` frame (at least `PAUSE_NOISE`)."""
+    n = min(len(samples), max(1, int(frame_s * sample_rate)))
+    frames = samples[: len(samples) // n * n].reshape(-1, n)
+    return max(float(frames.pow(2).mean(1).sqrt().min()), PAUSE_NOISE)
+
+
+def after_silence(utterance: Utterance, seconds: float, rng: np.random.Generator) -> Utterance:
+    """`utterance` preceded by `seconds` of room tone: noise at its own background level (`noise_floor`)."""
+    level = noise_floor(utterance.samples, utterance.sample_rate)
+    pause = _noise(rng, int(seconds * utterance.sample_rate), level)
+    return replace(utterance, samples=torch.cat([pause, utterance.samples]),
+                   where=f"{utterance.where} after {seconds:.2f} s of silence")
