@@ -92,7 +92,10 @@ def scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
             "wer": jiwer.wer(references, hypotheses), "cer": jiwer.cer(references, hypotheses)}
 
 
-KINDS = {"isolated": "isolated", "after_silence": "isolated after 1 s of silence", "connected": "connected"}
+SILENCE_S = 1.0
+"""Seconds of room tone before each isolated test digit in the `after_silence` row."""
+KINDS = {"isolated": "isolated", "after_silence": f"isolated after {SILENCE_S:g} s of silence",
+         "connected": "connected"}
 
 
 def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -118,7 +121,7 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
                               "test_metrics": run.test_metrics, "train_utterances": len(run.task.split("train"))}
     isolated = [u for u in test if " " not in u.text]
     rng = np.random.default_rng(args.seed)
-    for kind, items in [("isolated", isolated), ("after_silence", [after_silence(u, 1.0, rng) for u in isolated]),
+    for kind, items in [("isolated", isolated), ("after_silence", [after_silence(u, SILENCE_S, rng) for u in isolated]),
                         ("connected", [u for u in test if " " in u.text])]:
         out_ = transcribe(run.task, model, items, args.chunk_ms)
         wrong = [{"where": u.where, "reference": u.text, "hypothesis": h}
