@@ -23,8 +23,8 @@ from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Augment, Featurizer, pad_frames
 from gru_suite_plugins.speech.decode import align_words, greedy, prefix_beam_search
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.sources import (after_silence, connect, noise_floor, read_fsdd, read_manifest,
-                                              read_source, split_fsdd)
+from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
+                                              read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
@@ -337,8 +337,7 @@ def test_leading_silence_is_room_tone_at_the_recordings_own_level() -> None:
     rng = np.random.default_rng(0)
     quiet = torch.from_numpy(rng.normal(0.0, 0.003, RATE // 2).astype(np.float32))
     word = torch.from_numpy(speak(["six"], seed=2))
-    recording = next(iter(read_manifest(BUNDLED / "val.jsonl", RATE)))
-    recording.samples = torch.cat([quiet, word, quiet])
+    recording = Utterance(torch.cat([quiet, word, quiet]), RATE, "six", Path("six.wav"), "six.wav")
     assert noise_floor(recording.samples, RATE) == pytest.approx(0.003, rel=0.3)
     assert noise_floor(torch.zeros(RATE), RATE) == 1e-4  # digital silence: the faint pause noise
     moved = after_silence(recording, 0.75, rng)
