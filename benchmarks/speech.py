@@ -53,6 +53,7 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
     import torch
 
     from gru_suite.errors import UserError
+    from gru_suite_plugins.speech.data import AudioSet
     from gru_suite_plugins.speech.decode import align_words, decode
     from gru_suite_plugins.speech.stream import StreamingRecognizer
 
@@ -67,7 +68,7 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
     with torch.inference_mode():
         for u in utterances:
             start = time.perf_counter()
-            log_probs = model(featurizer(u.samples)[None])[0][0]
+            log_probs = task.emissions(model, AudioSet([u], featurizer).__getitems__([0]))[0][0]
             tokens = decode(log_probs)
             words = align_words(log_probs, tokens, task.vocab, task.frame_seconds, u.seconds)
             offline.append(" ".join(w.word for w in words))

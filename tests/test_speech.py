@@ -21,7 +21,8 @@ from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Augment, Featurizer, pad_frames
-from gru_suite_plugins.speech.decode import align_words, greedy, prefix_beam_search
+from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, prefix_beam_search
+from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
@@ -201,6 +202,59 @@ def test_streaming_equals_offline(overfit, chunk: int) -> None:
             assert torch.allclose(stream.emissions(), offline, atol=1e-4)
             assert partials[-1] == stream.text() == ALPHABET.decode(greedy(offline)) == text
             assert all(text.startswith(p.rstrip()) or len(partials) == 1 for p in partials[:-1])
+
+
+def room_tone_before(samples: torch.Tensor, seconds: float, level: float = 0.001) -> torch.Tensor:
+    noise = np.random.default_rng(0).normal(0.0, level, int(seconds * RATE)).astype(np.float32)
+    return torch.cat([torch.from_numpy(noise), samples])
+
+
+def test_endpointer_skips_the_quiet_start_up_to_a_preroll_before_the_onset() -> None:
+    config = FeatureConfig()
+    log_mel, endpointer = LogMel(config), Endpointer(config, preroll=10, multiple=3)
+    word = log_mel(torch.from_numpy(speak(["six"], seed=2)))
+    word_onset = endpointer.onset(word)[0]
+    assert word_onset is not None and endpointer.skipped(word_onset) == 0  # speech from the start: nothing skipped
+    raw = log_mel(room_tone_before(torch.from_numpy(speak(["six"], seed=2)), 1.0))
+    onset = endpointer.onset(raw)[0]
+    assert 97 <= onset <= 100 + word_onset  # after 1 s of 10 ms frames (3 of them reach into the word)
+    trimmed, skipped = endpointer.trim(raw)
+    assert skipped == (onset - 10) // 3 * 3 and torch.equal(trimmed, raw[skipped:])
+    carried, found = math.inf, None  # frame by frame, carrying the quietest energy, the same onset
+    for t in range(len(raw)):
+        hit, carried = endpointer.onset(raw[t:t + 1], carried)
+        if hit is not None:
+            found = t
+            break
+    assert found == onset
+    quiet = log_mel(room_tone_before(torch.zeros(0), 1.0))
+    assert endpointer.onset(quiet)[0] is None and endpointer.trim(quiet)[1] == 0  # no speech: all kept
+    loud = log_mel(room_tone_before(torch.zeros(0), 0.5, level=0.1))  # -20 dBFS noise: above level_dbfs
+    assert endpointer.onset(loud)[0] == 0
+
+
+@pytest.mark.parametrize("chunk", [37, 800, 100_000])
+def test_streaming_equals_offline_after_a_skipped_quiet_start(overfit, chunk: int) -> None:
+    model, featurizer, utterances, _ = overfit
+    featurizer.endpointer = Endpointer(featurizer.config, multiple=model.subsample)
+    try:
+        with torch.no_grad():
+            for u in utterances:
+                samples = room_tone_before(u.samples, 0.8)
+                speech, skipped = featurizer.speech(samples)
+                assert skipped >= 60
+                offline = torch.cat([blank_frames(skipped // model.subsample, len(ALPHABET)),
+                                     model(featurizer.normalize(speech)[None])[0][0]])
+                stream = StreamingRecognizer(model, featurizer, ALPHABET)
+                for i in range(0, len(samples), chunk):
+                    stream.accept(samples[i:i + chunk])
+                assert stream.finish() == ALPHABET.decode(greedy(offline))
+                assert torch.allclose(stream.emissions(), offline, atol=1e-4)
+                assert len(offline) == featurizer.config.frames(len(samples)) // model.subsample
+                words = align_words(offline, greedy(offline), ALPHABET, 0.02, len(samples) / RATE)
+                assert words and words[0].start >= skipped * 0.01  # times count from the start of the audio
+    finally:
+        featurizer.endpointer = None
 
 
 @pytest.mark.parametrize("lookahead", [0, 3])
@@ -427,6 +481,8 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
     ("task.augment.warp=1.5", "task.augment.warp must be in [0, 1)"),
     ("task.augment.warp=abc", "task.augment.warp must be a number, got 'abc'"),
+    ("task.features.endpoint.preroll_ms=-5", "task.features.endpoint.preroll_ms must be at least 0"),
+    ("task.features.endpoint.margin_db=loud", "task.features.endpoint.margin_db must be a number, got 'loud'"),
     ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:

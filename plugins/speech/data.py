@@ -14,21 +14,24 @@ from torch.utils.data import Dataset
 from gru_suite.data import SplitDataModule
 from gru_suite.text import pad_ids
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, normalize, normalize_online
+from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.sources import Utterance
 
 
 class Featurizer:
-    """Samples -> log-mel frames -> standardised frames: by the global `mean`/`std`; with `online_prior`
-    frames, by a running mean of the utterance so far that starts from `mean` (`normalize_online`); or,
-    without `mean`/`std`, by the utterance's own statistics (offline only)."""
+    """Samples -> log-mel frames -> (with an `endpointer`, from just before the speech onset) -> standardised
+    frames: by the global `mean`/`std`; with `online_prior` frames, by a running mean of the utterance so far
+    that starts from `mean` (`normalize_online`); or, without `mean`/`std`, by the utterance's own statistics
+    (offline only)."""
 
     def __init__(self, config: FeatureConfig, mean: Tensor | None = None, std: Tensor | None = None,
-                 online_prior: int | None = None) -> None:
+                 online_prior: int | None = None, endpointer: Endpointer | None = None) -> None:
         self.config = config
         self.log_mel = LogMel(config)
         self.mean = mean
         self.std = std
         self.online_prior = online_prior
+        self.endpointer = endpointer
 
     @property
     def streamable(self) -> bool:
@@ -37,6 +40,11 @@ class Featurizer:
 
     def raw(self, samples: Tensor) -> Tensor:
         return self.log_mel(samples)
+
+    def speech(self, samples: Tensor) -> tuple[Tensor, int]:
+        """An utterance's log-mel frames from just before its speech onset, and how many frames were skipped."""
+        raw = self.raw(samples)
+        return self.endpointer.trim(raw) if self.endpointer else (raw, 0)
 
     def normalize(self, raw: Tensor) -> Tensor:
         """A whole utterance's raw frames, normalised."""
@@ -49,7 +57,7 @@ class Featurizer:
         return normalize_online(raw, self.mean, self.std, self.online_prior, carry)
 
     def __call__(self, samples: Tensor) -> Tensor:
-        return self.normalize(self.raw(samples))
+        return self.normalize(self.speech(samples)[0])
 
 
 class Augment:
@@ -139,8 +147,9 @@ class TranscribedSet(Dataset):
 
 
 class AudioSet(Dataset):
-    """Utterances to transcribe, as batch dicts: `features`, `lengths`, `samples` (list of (N,)),
-    `paths`, `durations` (s) and `references` (transcripts, None where unknown)."""
+    """Utterances to transcribe, as batch dicts: `features` (from just before the speech onset), `lengths`,
+    `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s) and `references`
+    (transcripts, None where unknown)."""
 
     def __init__(self, utterances: list[Utterance], featurizer: Featurizer) -> None:
         self.utterances = utterances
@@ -151,8 +160,10 @@ class AudioSet(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         items = [self.utterances[i] for i in indices]
-        features, lengths = pad_frames([self.featurizer(u.samples) for u in items])
-        return {"features": features, "lengths": lengths, "samples": [u.samples for u in items],
+        speech = [self.featurizer.speech(u.samples) for u in items]
+        features, lengths = pad_frames([self.featurizer.normalize(raw) for raw, _ in speech])
+        return {"features": features, "lengths": lengths, "skipped": [skip for _, skip in speech],
+                "samples": [u.samples for u in items],
                 "paths": [str(u.path) for u in items], "durations": [u.seconds for u in items],
                 "references": [u.text for u in items]}
 

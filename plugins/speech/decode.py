@@ -18,6 +18,13 @@ from torch import Tensor
 from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 
 
+def blank_frames(frames: int, classes: int) -> Tensor:
+    """Log-probabilities (frames, classes) of output frames that are certainly blank (audio before speech)."""
+    rows = torch.full((frames, classes), -math.inf)
+    rows[:, BLANK] = 0.0
+    return rows
+
+
 def greedy(log_probs: Tensor) -> list[int]:
     """Best token per frame, repeats merged, blanks dropped."""
     best = log_probs.argmax(-1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -9,7 +11,7 @@ from gru_suite.backbone import State
 from gru_suite.errors import UserError
 from gru_suite_plugins.speech.audio import RunningSum
 from gru_suite_plugins.speech.data import Featurizer
-from gru_suite_plugins.speech.decode import greedy
+from gru_suite_plugins.speech.decode import blank_frames, greedy
 from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.vocab import Vocabulary
 
@@ -17,7 +19,8 @@ from gru_suite_plugins.speech.vocab import Vocabulary
 class StreamingRecognizer:
     """Feeds a unidirectional model chunk by chunk; after `finish()` its emissions equal the offline model's.
 
-    Samples wait until they fill a whole feature frame, frames until they fill a
+    Samples wait until they fill a whole feature frame, frames until the featurizer's
+    endpointer finds the speech onset (or the stream ends) and then until they fill a
     front-end group of `subsample`, encoder outputs until the model's lookahead has
     arrived, so each network input is what the offline pass sees; only the GRU state
     crosses chunk boundaries. Call under `torch.no_grad()` with the model in eval mode.
@@ -34,6 +37,8 @@ class StreamingRecognizer:
         self.vocab = vocab
         config = featurizer.config
         self.pending = torch.zeros(0)
+        self.leading: Tensor | None = torch.zeros(0, config.n_mels) if featurizer.endpointer else None
+        self.quietest = math.inf
         self.frames = torch.zeros(0, config.n_mels)
         self.running: RunningSum | None = None
         self.state: State | None = None
@@ -47,10 +52,30 @@ class StreamingRecognizer:
         whole = config.frames(len(audio))
         if whole:
             raw = self.featurizer.raw(audio[: (whole - 1) * config.hop_length + config.n_fft])
-            normalized, self.running = self.featurizer.normalize_chunk(raw, self.running)
-            self.frames = torch.cat([self.frames, normalized])
             audio = audio[whole * config.hop_length:]
+            self._feed(self._speech(raw))
         self.pending = audio
+        return self.text()
+
+    def _speech(self, raw: Tensor) -> Tensor:
+        """The frames of `raw` to feed on: all once speech has started; before that none (they wait in
+        `leading`) until the onset, when those before the endpointer's preroll become blank output frames."""
+        if self.leading is None:
+            return raw
+        onset, self.quietest = self.featurizer.endpointer.onset(raw, self.quietest)
+        held = torch.cat([self.leading, raw])
+        if onset is None:
+            self.leading = held
+            return raw[:0]
+        skip = self.featurizer.endpointer.skipped(len(self.leading) + onset)
+        self.emitted.append(blank_frames(skip // self.model.subsample, len(self.vocab)))
+        self.leading = None
+        return held[skip:]
+
+    def _feed(self, raw: Tensor) -> None:
+        """Normalise raw frames and run the model over every whole front-end group that has arrived."""
+        normalized, self.running = self.featurizer.normalize_chunk(raw, self.running)
+        self.frames = torch.cat([self.frames, normalized])
         ready = len(self.frames) // self.model.subsample * self.model.subsample
         if ready:
             hidden, _, self.state = self.model.encode(self.frames[None, :ready], None, self.state)
@@ -60,10 +85,13 @@ class StreamingRecognizer:
             if len(self.waiting) > context:
                 self.emitted.append(self.model.emit(self.waiting[None], complete=False)[0])
                 self.waiting = self.waiting[len(self.waiting) - context:]
-        return self.text()
 
     def finish(self) -> str:
-        """End the stream: emit the frames that waited for lookahead; return the final transcript."""
+        """End the stream: feed the frames still waiting for a speech onset (none came: all of them are
+        transcribed), emit those that waited for lookahead; return the final transcript."""
+        if self.leading is not None:
+            held, self.leading = self.leading, None
+            self._feed(held)
         if len(self.waiting):
             self.emitted.append(self.model.emit(self.waiting[None])[0])
             self.waiting = self.waiting[:0]

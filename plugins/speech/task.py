@@ -20,7 +20,8 @@ from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
-from gru_suite_plugins.speech.decode import align_words, decode
+from gru_suite_plugins.speech.decode import align_words, blank_frames, decode
+from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer
@@ -85,6 +86,8 @@ class SpeechTask(TaskPlugin):
         self.state.setdefault("normalize", str(feats.normalize))
         if self.state["normalize"] == "online":
             self.state.setdefault("online_prior", int(feats.online_prior_frames))
+        if not self.restored:
+            self.state["endpoint"] = self._endpoint_settings(feats.get("endpoint"))
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         if int(cfg.decode.beam_size) < 1:
@@ -101,6 +104,17 @@ class SpeechTask(TaskPlugin):
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
 
+    @staticmethod
+    def _endpoint_settings(endpoint: DictConfig | None) -> dict[str, float] | None:
+        if endpoint is None:
+            return None
+        settings = {key: config_number(endpoint.get(key), f"task.features.endpoint.{key}")
+                    for key in ("margin_db", "level_dbfs", "preroll_ms")}
+        for key in ("margin_db", "preroll_ms"):
+            if settings[key] < 0:
+                raise UserError(f"task.features.endpoint.{key} must be at least 0, got {settings[key]:g}")
+        return settings
+
     def _vocabulary(self) -> Vocabulary:
         vocab = self.state["vocab"]
         return Alphabet(vocab["alphabet"]) if vocab["kind"] == "chars" else Tokens.from_state(vocab)
@@ -115,11 +129,20 @@ class SpeechTask(TaskPlugin):
 
     # data
 
+    def endpointer(self) -> Endpointer | None:
+        """The onset detector of `features.endpoint` (None when off, as in checkpoints made before it)."""
+        settings = self.state.get("endpoint")
+        if settings is None:
+            return None
+        preroll = round(settings["preroll_ms"] / self.features.hop_ms)
+        return Endpointer(self.features, settings["margin_db"], settings["level_dbfs"], preroll,
+                          int(self.cfg.model.subsample))
+
     def featurizer(self) -> Featurizer:
         if self.state["normalize"] == "utterance":
-            return Featurizer(self.features)
+            return Featurizer(self.features, endpointer=self.endpointer())
         return Featurizer(self.features, torch.tensor(self.state["mean"]), torch.tensor(self.state["std"]),
-                          self.state.get("online_prior"))
+                          self.state.get("online_prior"), self.endpointer())
 
     def split(self, name: str) -> list[Utterance]:
         """The `train`, `val` or `test` utterances (FSDD split or that split's manifest/folder), plus the
@@ -168,7 +191,7 @@ class SpeechTask(TaskPlugin):
                 log.warning("skipping %s: transcript %r has %s outside the vocabulary: %s", u.where, text,
                             "characters" if isinstance(self.vocab, Alphabet) else "words", unknown)
                 continue
-            frames = featurizer.raw(u.samples)
+            frames = featurizer.speech(u.samples)[0]
             ids = self.vocab.encode(text)
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
@@ -217,7 +240,7 @@ class SpeechTask(TaskPlugin):
         if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
             if self.vocab is None:
                 self._fit_tokens()
-            train = self._transcribed("train", augment, Featurizer(self.features))
+            train = self._transcribed("train", augment, Featurizer(self.features, endpointer=self.endpointer()))
             if self.state["normalize"] != "utterance":
                 self._fit_normalizer(train)
             builders["train"] = lambda: train
@@ -256,7 +279,8 @@ class SpeechTask(TaskPlugin):
         `predict.chunk_ms` chunks, with the partial transcripts (`time` at the chunk's end, `text`) as they changed."""
         if not self.cfg.predict.get("streaming"):
             log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
-            return [(lp[:n].cpu(), None) for lp, n in zip(log_probs, out_lengths)]
+            return [(torch.cat([blank_frames(skip // model.subsample, len(self.vocab)), lp[:n].cpu()]), None)
+                    for lp, n, skip in zip(log_probs, out_lengths, batch["skipped"])]
         rate = self.features.sample_rate
         chunk = max(1, round(float(self.cfg.predict.chunk_ms) * rate / 1000))
         results = []
