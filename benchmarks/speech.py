@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep each setting's run folder (checkpoints) under this folder (default: a temporary one)")
     parser.add_argument("--show-errors", type=int, default=20,
                         help="misrecognised test utterances listed per setting and kind (default 20)")
     args = parser.parse_args(argv)
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                "speaker_held_out": args.speaker, "chunk_ms": args.chunk_ms, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings.split(","):
-            results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, Path(tmp))
+            results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, args.keep or Path(tmp))
     rows = []
     for name, r in results["settings"].items():
         for kind, label in KINDS.items():

@@ -459,6 +459,21 @@ def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:
         assert times == sorted(times) and all(0 <= x <= t["duration"] for x in times)
 
 
+def test_audio_whose_speech_starts_in_its_last_frame_is_skipped_not_crashed_on(tmp_path: Path, caplog) -> None:
+    click = torch.zeros(8100)
+    click[8020:] = 0.5  # only the last 32 ms frame (samples 7840-8095) hears it
+    write_wav(tmp_path / "click.wav", room_tone_before(click[8000:], 8000 / RATE).numpy())
+    write_wav(tmp_path / "six.wav", speak(["six"], seed=2))
+    cfg = compose_train_config("speech", [f"task.predict.input={tmp_path}", "task.features.endpoint.preroll_ms=0"],
+                               tmp_path / "run")
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    with caplog.at_level(logging.WARNING):
+        usable = task._predict_set().utterances
+    assert [u.path.name for u in usable] == ["six.wav"]
+    assert any("click.wav" in m and "too short to transcribe" in m for m in caplog.messages)
+
+
 def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: Path, caplog) -> None:
     for name, words in [("a.wav", ["one"]), ("b.wav", ["two"]), ("c.wav", ["nine"])]:
         write_wav(tmp_path / name, speak(words, seed=len(name)))

@@ -216,15 +216,16 @@ class SpeechTask(TaskPlugin):
         source = self.cfg.predict.get("input")
         rate = self.features.sample_rate
         utterances = read_source(source, rate, need_text=False) if source else self.split("test")
-        usable = []
+        featurizer, usable = self.featurizer(), []
         for u in utterances:
-            if self.features.frames(len(u.samples)) < int(self.cfg.model.subsample):
-                log.warning("skipping %s: %.3f s is too short to transcribe", u.where, u.seconds)
+            if len(featurizer.speech(u.samples)[0]) < int(self.cfg.model.subsample):
+                log.warning("skipping %s: %.3f s is too short to transcribe (from the speech onset on)", u.where,
+                            u.seconds)
             else:
                 usable.append(u)
         if not usable:
             raise UserError(f"nothing to transcribe in {source or 'the test split'} (see the warnings above)")
-        return AudioSet(usable, self.featurizer())
+        return AudioSet(usable, featurizer)
 
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
