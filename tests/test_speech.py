@@ -496,6 +496,8 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
     ("task.augment.warp=1.5", "task.augment.warp must be in [0, 1)"),
     ("task.augment.warp=abc", "task.augment.warp must be a number, got 'abc'"),
+    ("task.augment.leading_silence_s=-1", "task.augment.leading_silence_s must be at least 0"),
+    ("task.augment.leading_silence_fraction=1.5", "task.augment.leading_silence_fraction must be in [0, 1]"),
     ("task.features.endpoint.preroll_ms=-5", "task.features.endpoint.preroll_ms must be at least 0"),
     ("task.features.endpoint.margin_db=loud", "task.features.endpoint.margin_db must be a number, got 'loud'"),
     ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
@@ -519,6 +521,33 @@ def test_vocal_tract_warp_moves_a_tone_to_the_stretched_frequency() -> None:
     draws = [augment.stretch(raw) for _ in range(8)]
     assert all(d.shape == raw.shape for d in draws) and len({peak(d) for d in draws}) > 1
     assert Augment(warp=0.0).stretch(raw) is raw
+
+
+def test_leading_silence_puts_a_random_stretch_of_room_tone_before_a_share_of_draws() -> None:
+    raw, tone = torch.randn(30, 40), torch.randn(50, 40) - 5
+    torch.manual_seed(0)
+    leads = [Augment(silence_fraction=1.0).lead(raw, tone) for _ in range(200)]
+    for led in leads:
+        k = len(led) - len(raw)
+        assert 0 <= k <= len(tone) and torch.equal(led[k:], raw) and torch.equal(led[:k], tone[:k])
+    assert len({len(led) for led in leads}) > 30
+    assert max(len(led) for led in leads) - len(raw) > 45 and min(len(led) for led in leads) - len(raw) < 5
+    changed = sum(Augment(silence_fraction=0.5).lead(raw, tone) is not raw for _ in range(400))
+    assert 160 < changed < 240
+    assert Augment().lead(raw, tone) is raw
+
+
+def test_training_set_holds_each_utterances_room_tone_when_leading_silence_is_on(tmp_path: Path) -> None:
+    cfg = compose_train_config("speech", ["task.augment.leading_silence_s=0.5"], tmp_path / "run")
+    task = run.build_task(cfg.task)
+    data = task.datamodule()
+    train, val = data.dataset("train"), data.dataset("val")
+    assert val.tones is None and len(train.tones) == len(train.raw)
+    frames = task.features.frames(int(0.5 * RATE))
+    assert all(t.shape == (frames, 40) for t in train.tones)
+    torch.manual_seed(0)
+    lengths = [train.__getitems__([0])["lengths"].item() for _ in range(40)]
+    assert min(lengths) == len(train.raw[0]) and max(lengths) > len(train.raw[0]) + frames // 2
 
 
 def test_online_normalisation_streams_and_forgets_a_level_change() -> None:

@@ -61,13 +61,16 @@ class Featurizer:
 
 
 class Augment:
-    """Training augmentation: a random level change within +-`gain_db`, a random vocal tract length
+    """Training augmentation: at a `silence_fraction` of draws, a random stretch of the utterance's room
+    tone before it (`lead`); a random level change within +-`gain_db`, a random vocal tract length
     warp of the spectrum by a factor within 1 +- `warp` (VTLP, Jaitly & Hinton 2013), then SpecAugment
     masks (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width`
     frames). `sample_rate` and `n_mels` place the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
-                 time_width: int = 0, warp: float = 0.0, sample_rate: int = 8000, n_mels: int = 40) -> None:
+                 time_width: int = 0, warp: float = 0.0, sample_rate: int = 8000, n_mels: int = 40,
+                 silence_fraction: float = 0.0) -> None:
+        self.silence_fraction = silence_fraction
         self.gain_db = gain_db
         self.freq_masks = freq_masks if freq_width else 0
         self.time_masks = time_masks if time_width else 0
@@ -75,6 +78,13 @@ class Augment:
         self._freq = torchaudio.transforms.FrequencyMasking(freq_width)
         self._time = torchaudio.transforms.TimeMasking(time_width)
         self._centres_hz = mel_centres_hz(sample_rate, n_mels)
+
+    def lead(self, raw: Tensor, tone: Tensor) -> Tensor:
+        """Log-mel frames `raw` after the first k frames of `tone` (its room tone's frames), k uniform in
+        0..len(tone), at a `silence_fraction` of draws; else `raw` itself."""
+        if torch.rand(()) >= self.silence_fraction:
+            return raw
+        return torch.cat([tone[: int(torch.randint(len(tone) + 1, ()))], raw])
 
     def level(self, raw: Tensor) -> Tensor:
         """A gain of g dB adds g * ln(10) / 10 to every log-power bin."""
@@ -120,11 +130,13 @@ def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 class TranscribedSet(Dataset):
     """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
-    `target_lengths`, `texts`. Log-mels are computed once; `augment` applies per draw."""
+    `target_lengths`, `texts`. Log-mels are computed once; `augment` applies per draw, with each
+    utterance's room-tone frames `tones` (for `Augment.lead`) when given."""
 
     def __init__(self, raw: list[Tensor], targets: list[list[int]], texts: list[str], featurizer: Featurizer,
-                 augment: Augment | None = None) -> None:
+                 augment: Augment | None = None, tones: list[Tensor] | None = None) -> None:
         self.raw = raw
+        self.tones = tones
         self.targets = targets
         self.texts = texts
         self.featurizer = featurizer
@@ -136,7 +148,8 @@ class TranscribedSet(Dataset):
     def _features(self, index: int) -> Tensor:
         if self.augment is None:
             return self.featurizer.normalize(self.raw[index])
-        raw = self.augment.stretch(self.augment.level(self.raw[index]))
+        raw = self.raw[index] if self.tones is None else self.augment.lead(self.raw[index], self.tones[index])
+        raw = self.augment.stretch(self.augment.level(raw))
         return self.augment.mask(self.featurizer.normalize(raw))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:

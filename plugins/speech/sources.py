@@ -218,9 +218,14 @@ def noise_floor(samples: Tensor, sample_rate: int, frame_s: float = 0.01) -> flo
     return max(float(frames.pow(2).mean(1).sqrt().min()), PAUSE_NOISE)
 
 
-def after_silence(utterance: Utterance, seconds: float, rng: np.random.Generator) -> Utterance:
-    """`utterance` preceded by `seconds` of room tone: noise at its own background level (`noise_floor`)."""
+def room_tone(utterance: Utterance, seconds: float, rng: np.random.Generator) -> Tensor:
+    """`seconds` of the utterance's room tone: noise at its own background level (`noise_floor`)."""
     level = noise_floor(utterance.samples, utterance.sample_rate)
-    pause = _noise(rng, int(seconds * utterance.sample_rate), level)
+    return _noise(rng, int(seconds * utterance.sample_rate), level)
+
+
+def after_silence(utterance: Utterance, seconds: float, rng: np.random.Generator) -> Utterance:
+    """`utterance` preceded by `seconds` of its room tone (`room_tone`)."""
+    pause = room_tone(utterance, seconds, rng)
     return replace(utterance, samples=torch.cat([pause, utterance.samples]),
                    where=f"{utterance.where} after {seconds:.2f} s of silence")

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
@@ -23,7 +24,7 @@ from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechD
 from gru_suite_plugins.speech.decode import align_words, blank_frames, decode
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, split_fsdd
+from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.vocab import TOKENIZER_KINDS, Alphabet, Tokens, Vocabulary, normalize_text
 from gru_suite_plugins.speech.writer import write_transcripts
@@ -99,6 +100,12 @@ class SpeechTask(TaskPlugin):
             raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
         if not 0 <= config_number(cfg.augment.get("warp", 0.0), "task.augment.warp") < 1:
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
+        if config_number(cfg.augment.get("leading_silence_s", 0.0), "task.augment.leading_silence_s") < 0:
+            raise UserError(f"task.augment.leading_silence_s must be at least 0, got {cfg.augment.leading_silence_s}")
+        if not 0 <= config_number(cfg.augment.get("leading_silence_fraction", 0.0),
+                                  "task.augment.leading_silence_fraction") <= 1:
+            raise UserError("task.augment.leading_silence_fraction must be in [0, 1], "
+                            f"got {cfg.augment.leading_silence_fraction}")
         if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.speeds):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
@@ -177,9 +184,12 @@ class SpeechTask(TaskPlugin):
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
         """A split's utterances whose transcripts the model can write, featurised (by default with the state's
-        normalisation); with `augment` (training), plus their speed-perturbed copies."""
+        normalisation); with `augment` (training), plus their speed-perturbed copies, and with
+        `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`."""
         featurizer = featurizer or self.featurizer()
-        raw, targets, texts = [], [], []
+        raw, targets, texts, tones = [], [], [], []
+        silence_s = float(self.cfg.augment.get("leading_silence_s", 0.0)) if augment else 0.0
+        rng = np.random.default_rng(0)
         utterances = self.split(name)
         for u in utterances + (self._speed_copies(utterances) if augment else []):
             text = normalize_text(u.text or "")
@@ -201,9 +211,11 @@ class SpeechTask(TaskPlugin):
             raw.append(frames)
             targets.append(ids)
             texts.append(text)
+            if silence_s:
+                tones.append(featurizer.raw(room_tone(u, silence_s, rng)))
         if not raw:
             raise UserError(f"no usable {name} utterances (see the warnings above)")
-        return TranscribedSet(raw, targets, texts, featurizer, augment)
+        return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
 
     def _fit_normalizer(self, train: TranscribedSet) -> None:
         frames = torch.cat(train.raw)
@@ -231,7 +243,7 @@ class SpeechTask(TaskPlugin):
         aug = self.cfg.augment
         augment = Augment(float(aug.gain_db), int(aug.freq_masks), int(aug.freq_width), int(aug.time_masks),
                           int(aug.time_width), float(aug.get("warp", 0.0)), self.features.sample_rate,
-                          self.features.n_mels)
+                          self.features.n_mels, float(aug.get("leading_silence_fraction", 0.0)))
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
