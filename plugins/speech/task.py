@@ -64,9 +64,9 @@ class Scores:
 class SpeechTask(TaskPlugin):
     """A GRU-CTC recogniser of characters (or of words or subwords, `text.tokens`).
 
-    The state holds the vocabulary (alphabet or tokenizer), the feature settings and (with
-    `features.normalize=global`) the training set's per-bin log-mel mean and
-    standard deviation, so a checkpoint transcribes without the training data.
+    The state holds the vocabulary (alphabet or tokenizer), the feature and endpointer
+    settings and (with `features.normalize=global`) the training set's per-bin log-mel
+    mean and standard deviation, so a checkpoint transcribes without the training data.
     Logs `loss` (CTC, per target character, averaged over utterances) and, for
     validation and test, `wer`, `cer` and `accuracy` (isolated words only).
     """
