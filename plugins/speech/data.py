@@ -162,18 +162,22 @@ class TranscribedSet(Dataset):
 class AudioSet(Dataset):
     """Utterances to transcribe, as batch dicts: `features` (from just before the speech onset), `lengths`,
     `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s) and `references`
-    (transcripts, None where unknown)."""
+    (transcripts, None where unknown). `speech` holds each utterance's `Featurizer.speech` when already
+    computed."""
 
-    def __init__(self, utterances: list[Utterance], featurizer: Featurizer) -> None:
+    def __init__(self, utterances: list[Utterance], featurizer: Featurizer,
+                 speech: list[tuple[Tensor, int]] | None = None) -> None:
         self.utterances = utterances
         self.featurizer = featurizer
+        self.speech = speech
 
     def __len__(self) -> int:
         return len(self.utterances)
 
     def __getitems__(self, indices: Sequence[int]) -> dict:
         items = [self.utterances[i] for i in indices]
-        speech = [self.featurizer.speech(u.samples) for u in items]
+        speech = ([self.speech[i] for i in indices] if self.speech is not None
+                  else [self.featurizer.speech(u.samples) for u in items])
         features, lengths = pad_frames([self.featurizer.normalize(raw) for raw, _ in speech])
         return {"features": features, "lengths": lengths, "skipped": [skip for _, skip in speech],
                 "samples": [u.samples for u in items],

@@ -228,16 +228,18 @@ class SpeechTask(TaskPlugin):
         source = self.cfg.predict.get("input")
         rate = self.features.sample_rate
         utterances = read_source(source, rate, need_text=False) if source else self.split("test")
-        featurizer, usable = self.featurizer(), []
+        featurizer, usable, speech = self.featurizer(), [], []
         for u in utterances:
-            if len(featurizer.speech(u.samples)[0]) < int(self.cfg.model.subsample):
+            frames, skipped = featurizer.speech(u.samples)
+            if len(frames) < int(self.cfg.model.subsample):
                 log.warning("skipping %s: %.3f s is too short to transcribe (from the speech onset on)", u.where,
                             u.seconds)
             else:
                 usable.append(u)
+                speech.append((frames, skipped))
         if not usable:
             raise UserError(f"nothing to transcribe in {source or 'the test split'} (see the warnings above)")
-        return AudioSet(usable, featurizer)
+        return AudioSet(usable, featurizer, speech)
 
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
