@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
@@ -70,6 +71,29 @@ def test_log_mel_frames_and_chunked_features_equal_the_whole() -> None:
     assert config.frames(config.n_fft - 1) == 0 and config.frames(config.n_fft) == 1
     first = LogMel(config)(samples[: 30 * config.hop_length + config.n_fft])
     assert torch.allclose(first, features[:31], atol=1e-5)
+
+
+def test_cepstra_are_torchaudios_mfccs_and_stream_like_the_whole() -> None:
+    config = FeatureConfig(sample_rate=RATE, n_mels=40, win_ms=25, hop_ms=10, cepstra=13)
+    samples = torch.from_numpy(speak(["seven", "two"], seed=3))
+    mfcc = torchaudio.transforms.MFCC(RATE, n_mfcc=13, log_mels=True, melkwargs={
+        "n_fft": config.n_fft, "win_length": config.win_length, "hop_length": config.hop_length, "n_mels": 40,
+        "center": False})(samples).T
+    featurizer = Featurizer(config, torch.zeros(13), torch.ones(13), online_prior=5)
+    raw = featurizer.raw(samples)
+    assert config.size == 13 and featurizer.model_features(raw).shape == (len(raw), 13)
+    assert torch.allclose(featurizer.model_features(raw), mfcc, atol=1e-3)
+    whole = featurizer.normalize(raw)
+    first, carry = featurizer.normalize_chunk(raw[:17], None)
+    assert torch.allclose(torch.cat([first, featurizer.normalize_chunk(raw[17:], carry)[0]]), whole, atol=1e-5)
+    torch.manual_seed(0)
+    model = SpeechModel(partial(GRUBackbone, hidden_size=8), config.size, len(ALPHABET), lookahead=2).eval()
+    stream = StreamingRecognizer(model, featurizer, ALPHABET)
+    with torch.no_grad():
+        for i in range(0, len(samples), 333):
+            stream.accept(samples[i:i + 333])
+        stream.finish()
+        assert torch.allclose(stream.emissions(), model(whole[None])[0][0], atol=1e-5)
 
 
 # decoding and timing
@@ -501,6 +525,8 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.features.endpoint.preroll_ms=-5", "task.features.endpoint.preroll_ms must be at least 0"),
     ("task.features.endpoint.margin_db=loud", "task.features.endpoint.margin_db must be a number, got 'loud'"),
     ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
+    ("task.features.cepstra=41", "task.features.cepstra must be between 1 and n_mels (40) or null, got 41"),
+    ("task.features.cepstra=many", "task.features.cepstra must be an integer, got 'many'"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train_config("speech", [override], tmp_path / "run")

@@ -53,12 +53,19 @@ def change_speed(samples: Tensor, factor: float, sample_rate: int) -> Tensor:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """Log-mel filterbank settings; frames are `hop_ms` apart and never padded across the edges."""
+    """Log-mel filterbank settings; frames are `hop_ms` apart and never padded across the edges. With
+    `cepstra`, the model sees that many cepstral coefficients of each frame (MFCCs) instead of its log-mels."""
 
     sample_rate: int = 8000
     n_mels: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
+    cepstra: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Features per frame the model sees."""
+        return self.cepstra or self.n_mels
 
     @property
     def win_length(self) -> int:
@@ -97,6 +104,12 @@ class LogMel:
             return torch.zeros(0, self.config.n_mels)
         with torch.no_grad():
             return torch.log(self.mel(samples) + LOG_FLOOR).T.contiguous()
+
+
+def cepstral(config: FeatureConfig) -> Tensor | None:
+    """The (n_mels, cepstra) DCT-II (orthonormal) that turns log-mel frames into their first `cepstra`
+    cepstral coefficients, as an MFCC does; None without `cepstra`."""
+    return torchaudio.functional.create_dct(config.cepstra, config.n_mels, "ortho") if config.cepstra else None
 
 
 RunningSum = tuple[Tensor, Tensor]

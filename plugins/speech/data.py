@@ -13,16 +13,16 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.text import pad_ids
-from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, normalize, normalize_online
+from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, cepstral, normalize, normalize_online
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.sources import Utterance
 
 
 class Featurizer:
-    """Samples -> log-mel frames -> (with an `endpointer`, from just before the speech onset) -> standardised
-    frames: by the global `mean`/`std`; with `online_prior` frames, by a running mean of the utterance so far
-    that starts from `mean` (`normalize_online`); or, without `mean`/`std`, by the utterance's own statistics
-    (offline only)."""
+    """Samples -> log-mel frames -> (with an `endpointer`, from just before the speech onset) -> (with
+    `config.cepstra`, their cepstral coefficients) -> standardised frames: by the global `mean`/`std`; with
+    `online_prior` frames, by a running mean of the utterance so far that starts from `mean`
+    (`normalize_online`); or, without `mean`/`std`, by the utterance's own statistics (offline only)."""
 
     def __init__(self, config: FeatureConfig, mean: Tensor | None = None, std: Tensor | None = None,
                  online_prior: int | None = None, endpointer: Endpointer | None = None) -> None:
@@ -32,6 +32,7 @@ class Featurizer:
         self.std = std
         self.online_prior = online_prior
         self.endpointer = endpointer
+        self.dct = cepstral(config)
 
     @property
     def streamable(self) -> bool:
@@ -46,15 +47,20 @@ class Featurizer:
         raw = self.raw(samples)
         return self.endpointer.trim(raw) if self.endpointer else (raw, 0)
 
+    def model_features(self, raw: Tensor) -> Tensor:
+        """Raw log-mel frames as the model sees them before normalisation: themselves, or their cepstra."""
+        return raw if self.dct is None else raw @ self.dct
+
     def normalize(self, raw: Tensor) -> Tensor:
         """A whole utterance's raw frames, normalised."""
         return self.normalize_chunk(raw, None)[0]
 
     def normalize_chunk(self, raw: Tensor, carry: RunningSum | None) -> tuple[Tensor, RunningSum | None]:
         """The next raw frames of a stream, normalised, and the running sum to carry to the next chunk."""
+        features = self.model_features(raw)
         if self.online_prior is None:
-            return normalize(raw, self.mean, self.std), None
-        return normalize_online(raw, self.mean, self.std, self.online_prior, carry)
+            return normalize(features, self.mean, self.std), None
+        return normalize_online(features, self.mean, self.std, self.online_prior, carry)
 
     def __call__(self, samples: Tensor) -> Tensor:
         return self.normalize(self.speech(samples)[0])

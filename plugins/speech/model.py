@@ -37,7 +37,7 @@ class Lookahead(nn.Module):
 
 
 class SpeechModel(nn.Module):
-    """Log-mel frames (B, T, n_mels) -> per-output-frame log-probabilities over blank + tokens.
+    """Feature frames (B, T, features: log-mels or cepstra) -> per-output-frame log-probabilities over blank + tokens.
 
     The front-end is a convolution whose kernel equals its stride (`subsample`
     frames in, one out), so it never looks across a group of frames: fed group by
@@ -48,7 +48,7 @@ class SpeechModel(nn.Module):
     def __init__(
         self,
         backbone: BackboneFactory,
-        n_mels: int,
+        features: int,
         classes: int,
         subsample: int = 2,
         frontend_size: int = 128,
@@ -59,7 +59,7 @@ class SpeechModel(nn.Module):
         if subsample < 1:
             raise ValueError(f"subsample must be at least 1, got {subsample}")
         self.subsample = subsample
-        self.frontend = nn.Conv1d(n_mels, frontend_size, kernel_size=subsample, stride=subsample)
+        self.frontend = nn.Conv1d(features, frontend_size, kernel_size=subsample, stride=subsample)
         self.backbone = backbone(input_size=frontend_size)
         self.lookahead = Lookahead(self.backbone.output_size, lookahead)
         self.dropout = nn.Dropout(dropout)

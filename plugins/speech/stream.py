@@ -39,7 +39,7 @@ class StreamingRecognizer:
         self.pending = torch.zeros(0)
         self.leading: Tensor | None = torch.zeros(0, config.n_mels) if featurizer.endpointer else None
         self.quietest = math.inf
-        self.frames = torch.zeros(0, config.n_mels)
+        self.frames = torch.zeros(0, config.size)
         self.running: RunningSum | None = None
         self.state: State | None = None
         self.waiting = torch.zeros(0, model.backbone.output_size)

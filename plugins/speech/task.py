@@ -83,7 +83,8 @@ class SpeechTask(TaskPlugin):
             self.state["vocab"] = {"kind": "chars",
                                    "alphabet": normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " "}
         self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
-                                           "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms)})
+                                           "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms),
+                                           "cepstra": self._cepstra(feats)})
         self.state.setdefault("normalize", str(feats.normalize))
         if self.state["normalize"] == "online":
             self.state.setdefault("online_prior", int(feats.online_prior_frames))
@@ -110,6 +111,15 @@ class SpeechTask(TaskPlugin):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
+
+    @staticmethod
+    def _cepstra(feats: DictConfig) -> int | None:
+        cepstra = feats.get("cepstra")
+        if cepstra is None:
+            return None
+        if not 1 <= config_number(cepstra, "task.features.cepstra", int) <= int(feats.n_mels):
+            raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, got {cepstra}")
+        return int(cepstra)
 
     @staticmethod
     def _endpoint_settings(endpoint: DictConfig | None) -> dict[str, float] | None:
@@ -218,7 +228,7 @@ class SpeechTask(TaskPlugin):
         return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
 
     def _fit_normalizer(self, train: TranscribedSet) -> None:
-        frames = torch.cat(train.raw)
+        frames = train.featurizer.model_features(torch.cat(train.raw))
         self.state["mean"] = frames.mean(0).tolist()
         self.state["std"] = frames.std(0, unbiased=False).tolist()
         train.featurizer = self.featurizer()
@@ -266,7 +276,7 @@ class SpeechTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
-        return SpeechModel(backbone, self.features.n_mels, len(self.vocab), int(model.subsample),
+        return SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
                            int(model.frontend_size), float(model.dropout), int(model.lookahead))
 
     @property
