@@ -527,6 +527,8 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
     ("task.features.cepstra=41", "task.features.cepstra must be between 1 and n_mels (40) or null, got 41"),
     ("task.features.cepstra=many", "task.features.cepstra must be an integer, got 'many'"),
+    ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
+    ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train_config("speech", [override], tmp_path / "run")
@@ -534,8 +536,28 @@ def test_bad_model_and_feature_settings_name_the_field(override: str, message: s
         run.build_task(cfg.task)
 
 
-def test_vocal_tract_warp_moves_a_tone_to_the_stretched_frequency() -> None:
-    log_mel, augment = LogMel(FeatureConfig()), Augment(warp=0.2)
+def test_mel_filters_start_at_f_min_so_a_hum_below_it_is_not_heard() -> None:
+    hum = 0.5 * torch.sin(2 * math.pi * 50 * torch.arange(4000) / 8000)
+    full, high_passed = LogMel(FeatureConfig())(hum), LogMel(FeatureConfig(f_min_hz=100.0))(hum)
+    assert torch.logsumexp(full, 1).mean() - torch.logsumexp(high_passed, 1).mean() > 30 * math.log(10) / 10
+
+
+def test_spectral_tilt_is_linear_in_the_mel_bin_and_spans_the_drawn_decibels() -> None:
+    raw = torch.zeros(5, 40)
+    tilted = Augment().tilt(raw, 12.0)
+    span_db = (tilted[:, -1] - tilted[:, 0]) * 10 / math.log(10)
+    assert torch.allclose(span_db, torch.full((5,), 12.0), atol=1e-4)
+    assert torch.allclose(tilted[0].diff(), tilted[0].diff()[:1].expand(39), atol=1e-6)  # linear in the bin
+    assert Augment().tilt(raw) is raw  # off by default
+    torch.manual_seed(0)
+    draws = [(Augment(tilt_db=6.0).tilt(raw)[0, -1] * 2 * 10 / math.log(10)).item() for _ in range(200)]
+    assert max(draws) <= 6.0 + 1e-4 and min(draws) >= -6.0 - 1e-4 and max(draws) - min(draws) > 10
+
+
+@pytest.mark.parametrize("f_min_hz", [0.0, 120.0])
+def test_vocal_tract_warp_moves_a_tone_to_the_stretched_frequency(f_min_hz: float) -> None:
+    config = FeatureConfig(f_min_hz=f_min_hz)
+    log_mel, augment = LogMel(config), Augment(warp=0.2, features=config)
     tone = lambda hz: torch.sin(2 * math.pi * hz * torch.arange(4000) / 8000)  # noqa: E731
     peak = lambda frames: frames.mean(0).argmax().item()  # noqa: E731
     for hz, factor in ((600, 1.2), (1500, 0.85), (2500, 1.1)):

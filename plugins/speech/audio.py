@@ -54,13 +54,15 @@ def change_speed(samples: Tensor, factor: float, sample_rate: int) -> Tensor:
 @dataclass(frozen=True)
 class FeatureConfig:
     """Log-mel filterbank settings; frames are `hop_ms` apart and never padded across the edges. With
-    `cepstra`, the model sees that many cepstral coefficients of each frame (MFCCs) instead of its log-mels."""
+    `cepstra`, the model sees that many cepstral coefficients of each frame (MFCCs) instead of its log-mels.
+    The mel filters span `f_min_hz` to half the sample rate."""
 
     sample_rate: int = 8000
     n_mels: int = 40
     win_ms: float = 25.0
     hop_ms: float = 10.0
     cepstra: int | None = None
+    f_min_hz: float = 0.0
 
     @property
     def size(self) -> int:
@@ -96,7 +98,7 @@ class LogMel:
         self.config = config
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate, n_fft=config.n_fft, win_length=config.win_length,
-            hop_length=config.hop_length, n_mels=config.n_mels, center=False, power=2.0,
+            hop_length=config.hop_length, n_mels=config.n_mels, f_min=config.f_min_hz, center=False, power=2.0,
         )
 
     def __call__(self, samples: Tensor) -> Tensor:

@@ -68,22 +68,24 @@ class Featurizer:
 
 class Augment:
     """Training augmentation: at a `silence_fraction` of draws, a random stretch of the utterance's room
-    tone before it (`lead`); a random level change within +-`gain_db`, a random vocal tract length
+    tone before it (`lead`); a random level change within +-`gain_db`, a random spectral tilt within
+    +-`tilt_db` from the lowest to the highest mel bin (`tilt`: a microphone's colour), a random vocal tract length
     warp of the spectrum by a factor within 1 +- `warp` (VTLP, Jaitly & Hinton 2013), then SpecAugment
     masks (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width`
-    frames). `sample_rate` and `n_mels` place the mel bins for the warp."""
+    frames). `features` places the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
-                 time_width: int = 0, warp: float = 0.0, sample_rate: int = 8000, n_mels: int = 40,
-                 silence_fraction: float = 0.0) -> None:
+                 time_width: int = 0, warp: float = 0.0, features: FeatureConfig = FeatureConfig(),
+                 silence_fraction: float = 0.0, tilt_db: float = 0.0) -> None:
         self.silence_fraction = silence_fraction
+        self.tilt_db = tilt_db
         self.gain_db = gain_db
         self.freq_masks = freq_masks if freq_width else 0
         self.time_masks = time_masks if time_width else 0
         self.warp = warp
         self._freq = torchaudio.transforms.FrequencyMasking(freq_width)
         self._time = torchaudio.transforms.TimeMasking(time_width)
-        self._centres_hz = mel_centres_hz(sample_rate, n_mels)
+        self._centres_hz = mel_centres_hz(features.sample_rate, features.n_mels, features.f_min_hz)
 
     def lead(self, raw: Tensor, tone: Tensor) -> Tensor:
         """Log-mel frames `raw` after the first k frames of `tone` (its room tone's frames), k uniform in
@@ -98,6 +100,15 @@ class Augment:
             return raw
         db = (torch.rand(()) * 2 - 1) * self.gain_db
         return raw + db * math.log(10) / 10
+
+    def tilt(self, raw: Tensor, db: float | None = None) -> Tensor:
+        """The spectrum tilted as a microphone or room colours it: the highest mel bin `db` louder than the
+        lowest (drawn within +-`tilt_db` when None), the gain in dB linear in the bin's index between them."""
+        if db is None:
+            if not self.tilt_db:
+                return raw
+            db = (torch.rand(()).item() * 2 - 1) * self.tilt_db
+        return raw + db * math.log(10) / 10 * torch.linspace(-0.5, 0.5, raw.size(-1))
 
     def stretch(self, raw: Tensor, factor: float | None = None) -> Tensor:
         """Log-mel frames (T, n_mels) of the same voice with its spectrum stretched by `factor` (drawn
@@ -122,10 +133,10 @@ class Augment:
         return spec.T
 
 
-def mel_centres_hz(sample_rate: int, n_mels: int) -> Tensor:
+def mel_centres_hz(sample_rate: int, n_mels: int, f_min_hz: float = 0.0) -> Tensor:
     """Centre frequency (Hz) of each triangular filter of torchaudio's (htk) mel filterbank."""
-    top = 2595.0 * math.log10(1.0 + sample_rate / 2 / 700.0)
-    mels = torch.linspace(0.0, top, n_mels + 2)[1:-1]
+    mel = lambda hz: 2595.0 * math.log10(1.0 + hz / 700.0)  # noqa: E731
+    mels = torch.linspace(mel(f_min_hz), mel(sample_rate / 2), n_mels + 2)[1:-1]
     return 700.0 * (10 ** (mels / 2595.0) - 1.0)
 
 
@@ -155,7 +166,7 @@ class TranscribedSet(Dataset):
         if self.augment is None:
             return self.featurizer.normalize(self.raw[index])
         raw = self.raw[index] if self.tones is None else self.augment.lead(self.raw[index], self.tones[index])
-        raw = self.augment.stretch(self.augment.level(raw))
+        raw = self.augment.stretch(self.augment.tilt(self.augment.level(raw)))
         return self.augment.mask(self.featurizer.normalize(raw))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:

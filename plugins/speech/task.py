@@ -84,7 +84,7 @@ class SpeechTask(TaskPlugin):
                                    "alphabet": normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " "}
         self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
                                            "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms),
-                                           "cepstra": self._cepstra(feats)})
+                                           "cepstra": self._cepstra(feats), "f_min_hz": self._f_min_hz(feats)})
         self.state.setdefault("normalize", str(feats.normalize))
         if self.state["normalize"] == "online":
             self.state.setdefault("online_prior", int(feats.online_prior_frames))
@@ -99,6 +99,8 @@ class SpeechTask(TaskPlugin):
                 raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
         if config_number(feats.online_prior_frames, "task.features.online_prior_frames", int) < 0:
             raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
+        if config_number(cfg.augment.get("tilt_db", 0.0), "task.augment.tilt_db") < 0:
+            raise UserError(f"task.augment.tilt_db must be at least 0, got {cfg.augment.tilt_db}")
         if not 0 <= config_number(cfg.augment.get("warp", 0.0), "task.augment.warp") < 1:
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
         if config_number(cfg.augment.get("leading_silence_s", 0.0), "task.augment.leading_silence_s") < 0:
@@ -120,6 +122,13 @@ class SpeechTask(TaskPlugin):
         if not 1 <= config_number(cepstra, "task.features.cepstra", int) <= int(feats.n_mels):
             raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, got {cepstra}")
         return int(cepstra)
+
+    @staticmethod
+    def _f_min_hz(feats: DictConfig) -> float:
+        f_min = config_number(feats.get("f_min_hz", 0.0), "task.features.f_min_hz")
+        if not 0 <= f_min < int(feats.sample_rate) / 2:
+            raise UserError(f"task.features.f_min_hz must be in [0, sample_rate / 2), got {f_min:g}")
+        return f_min
 
     @staticmethod
     def _endpoint_settings(endpoint: DictConfig | None) -> dict[str, float] | None:
@@ -254,8 +263,8 @@ class SpeechTask(TaskPlugin):
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
         augment = Augment(float(aug.gain_db), int(aug.freq_masks), int(aug.freq_width), int(aug.time_masks),
-                          int(aug.time_width), float(aug.get("warp", 0.0)), self.features.sample_rate,
-                          self.features.n_mels, float(aug.get("leading_silence_fraction", 0.0)))
+                          int(aug.time_width), float(aug.get("warp", 0.0)), self.features,
+                          float(aug.get("leading_silence_fraction", 0.0)), float(aug.get("tilt_db", 0.0)))
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
