@@ -71,8 +71,8 @@ class Augment:
     tone before it (`lead`); a random level change within +-`gain_db`, a random spectral tilt within
     +-`tilt_db` from the lowest to the highest mel bin (`tilt`: a microphone's colour), a random vocal tract length
     warp of the spectrum by a factor within 1 +- `warp` (VTLP, Jaitly & Hinton 2013), then SpecAugment
-    masks (`freq_masks` bands of up to `freq_width` mel bins, `time_masks` spans of up to `time_width`
-    frames). `features` places the mel bins for the warp."""
+    masks (`freq_masks` bands of up to `freq_width` feature bins, mel bins or cepstra, `time_masks` spans of up
+    to `time_width` frames). `features` places the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
                  time_width: int = 0, warp: float = 0.0, features: FeatureConfig = FeatureConfig(),
