@@ -21,7 +21,7 @@ from gru_suite.errors import UserError
 from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
-from gru_suite_plugins.speech.data import Augment, Featurizer, pad_frames
+from gru_suite_plugins.speech.data import Augment, Featurizer, mel_centres_hz, pad_frames
 from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeechModel
@@ -560,6 +560,8 @@ def test_vocal_tract_warp_moves_a_tone_to_the_stretched_frequency(f_min_hz: floa
     log_mel, augment = LogMel(config), Augment(warp=0.2, features=config)
     tone = lambda hz: torch.sin(2 * math.pi * hz * torch.arange(4000) / 8000)  # noqa: E731
     peak = lambda frames: frames.mean(0).argmax().item()  # noqa: E731
+    centres = mel_centres_hz(config.sample_rate, config.n_mels, f_min_hz)
+    assert [peak(log_mel(tone(float(centres[i])))) for i in (8, 17, 30)] == [8, 17, 30]
     for hz, factor in ((600, 1.2), (1500, 0.85), (2500, 1.1)):
         stretched = augment.stretch(log_mel(tone(hz)), factor)
         assert abs(peak(stretched) - peak(log_mel(tone(hz * factor)))) <= 1, (hz, factor)
