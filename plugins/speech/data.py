@@ -75,7 +75,7 @@ class Augment:
     to `time_width` frames). `features` places the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
-                 time_width: int = 0, warp: float = 0.0, features: FeatureConfig = FeatureConfig(),
+                 time_width: int = 0, warp: float = 0.0, features: FeatureConfig | None = None,
                  silence_fraction: float = 0.0, tilt_db: float = 0.0) -> None:
         self.silence_fraction = silence_fraction
         self.tilt_db = tilt_db
@@ -85,6 +85,7 @@ class Augment:
         self.warp = warp
         self._freq = torchaudio.transforms.FrequencyMasking(freq_width)
         self._time = torchaudio.transforms.TimeMasking(time_width)
+        features = features or FeatureConfig()
         self._centres_hz = mel_centres_hz(features.sample_rate, features.n_mels, features.f_min_hz)
 
     def lead(self, raw: Tensor, tone: Tensor) -> Tensor:
@@ -135,7 +136,9 @@ class Augment:
 
 def mel_centres_hz(sample_rate: int, n_mels: int, f_min_hz: float = 0.0) -> Tensor:
     """Centre frequency (Hz) of each triangular filter of torchaudio's (htk) mel filterbank."""
-    mel = lambda hz: 2595.0 * math.log10(1.0 + hz / 700.0)  # noqa: E731
+    def mel(hz: float) -> float:
+        return 2595.0 * math.log10(1.0 + hz / 700.0)
+
     mels = torch.linspace(mel(f_min_hz), mel(sample_rate / 2), n_mels + 2)[1:-1]
     return 700.0 * (10 ** (mels / 2595.0) - 1.0)
 
