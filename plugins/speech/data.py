@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 from gru_suite.data import SplitDataModule
 from gru_suite.text import pad_ids
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, cepstral, normalize, normalize_online
-from gru_suite_plugins.speech.endpoint import Endpointer
+from gru_suite_plugins.speech.endpoint import DB, Endpointer
 from gru_suite_plugins.speech.sources import Utterance
 
 
@@ -100,7 +100,7 @@ class Augment:
         if not self.gain_db:
             return raw
         db = (torch.rand(()) * 2 - 1) * self.gain_db
-        return raw + db * math.log(10) / 10
+        return raw + db * DB
 
     def tilt(self, raw: Tensor, db: float | None = None) -> Tensor:
         """The spectrum tilted as a microphone or room colours it: the highest mel bin `db` louder than the
@@ -109,7 +109,7 @@ class Augment:
             if not self.tilt_db:
                 return raw
             db = (torch.rand(()).item() * 2 - 1) * self.tilt_db
-        return raw + db * math.log(10) / 10 * torch.linspace(-0.5, 0.5, raw.size(-1))
+        return raw + db * DB * torch.linspace(-0.5, 0.5, raw.size(-1))
 
     def stretch(self, raw: Tensor, factor: float | None = None) -> Tensor:
         """Log-mel frames (T, n_mels) of the same voice with its spectrum stretched by `factor` (drawn
