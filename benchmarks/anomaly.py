@@ -304,7 +304,8 @@ def label_free(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
 
 
 def label_tuned(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
-    """One threshold per profile tuned on the labels; rows the range check flags stay flagged."""
+    """One threshold per profile tuned on the labels; rows the range check flags stay flagged. The
+    cooldown is not applied: the exact sweep needs flags that only grow as the threshold falls."""
     streams = {s.name: s for s in task.streams if s.windows is not None}
     scores = {}
     for name in streams:

@@ -55,7 +55,8 @@ def test_streaming_raw_scores_equal_batch(model):
 @pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
                                       dict(score="raw", threshold="spot", spot_q=1e-2, spot_level=0.9),
                                       dict(score="raw", threshold="quantile", quantile=0.95),
-                                      dict(score="likelihood", threshold="fixed", range_tolerance=0.05)])
+                                      dict(score="likelihood", threshold="fixed", range_tolerance=0.05),
+                                      dict(score="raw", threshold="quantile", quantile=0.95, cooldown=4)])
 def test_anomaly_stream_equals_batch_flagging(settings):
     model = detectors()[0]
     rng = np.random.default_rng(1)
@@ -75,11 +76,21 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     assert not batch.flags[:probation].any() and batch.flags[300]
 
 
+def test_cooldown_keeps_the_first_flag_of_each_burst():
+    raw = np.array([9, 9, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1], dtype=float)
+    flags = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=3).run(raw, probation=2).flags
+    assert np.flatnonzero(flags).tolist() == [2, 6, 12]  # 3-5 and 8 fall within 3 rows of a kept flag
+    assert np.flatnonzero(Flagger(score="raw", threshold="fixed", fixed=0.5).run(raw, 2).flags).tolist() == [
+        2, 3, 4, 5, 6, 8, 12]
+
+
 def test_flagger_rejects_bad_settings():
     with pytest.raises(ValueError, match="set task.scoring.score=raw"):
         Flagger(score="likelihood", threshold="spot")
     with pytest.raises(ValueError, match="task.scoring.range_tolerance must be at least 0"):
         Flagger(range_tolerance=-0.1)
+    with pytest.raises(ValueError, match="task.scoring.cooldown must be at least 0"):
+        Flagger(cooldown=-1)
     with pytest.raises(ValueError, match="needs the series values"):
         Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
 

@@ -42,7 +42,8 @@ class Flagger:
     `threshold`: `fixed` (the value `fixed`), `quantile` (the `quantile` of the probationary
     scores) or `spot` (peaks-over-threshold at risk `spot_q`, calibrated on the probationary
     scores and updated as the stream goes on). With `range_tolerance`, a value that leaves the
-    range seen so far by more than that share of it is flagged too (`RangeCheck`).
+    range seen so far by more than that share of it is flagged too (`RangeCheck`). With `cooldown`,
+    a flag mutes the flags of the next `cooldown` observations (one alert per event, not one per row).
     """
 
     score: str = "likelihood"
@@ -55,6 +56,7 @@ class Flagger:
     skip: int = 0
     """Probationary scores left out of calibration (the detector's burn-in)."""
     range_tolerance: float | None = None
+    cooldown: int = 0
 
     def __post_init__(self) -> None:
         if self.score not in ("likelihood", "raw"):
@@ -69,6 +71,9 @@ class Flagger:
         if self.range_tolerance is not None and self.range_tolerance < 0:
             raise UserError(f"task.scoring.range_tolerance must be at least 0 or null, got {self.range_tolerance}")
         self._range = RangeCheck(self.range_tolerance) if self.range_tolerance is not None else None
+        if self.cooldown < 0:
+            raise UserError(f"task.scoring.cooldown must be at least 0 (observations), got {self.cooldown}")
+        self._quiet = 0  # observations still muted by the last flag
 
     def normalise(self, raw: float) -> float:
         return self._likelihood.update(raw) if self._likelihood else raw
@@ -96,6 +101,15 @@ class Flagger:
             return flagged
         return score > self.value
 
+    def settle(self, flagged: bool) -> bool:
+        """The flag of one scored observation after the cooldown: False while the last flag's mutes last."""
+        if self._quiet:
+            self._quiet -= 1
+            return False
+        if flagged:
+            self._quiet = self.cooldown
+        return flagged
+
     def run(self, raw: np.ndarray, probation: int, values: np.ndarray | None = None) -> ScoredSeries:
         """Scores and flags for a whole series (equal to streaming it); `values` (T, F), the series
         itself, are needed with `range_tolerance`."""
@@ -113,6 +127,8 @@ class Flagger:
                 raise ValueError("Flagger.run needs the series values when range_tolerance is set")
             beyond = self._range.run(values, probation)
             flags |= beyond
+        if self.cooldown:
+            flags[probation:] = [self.settle(flag) for flag in flags[probation:]]
         return ScoredSeries(raw, score, flags, float(self.value), beyond)
 
 
@@ -142,7 +158,7 @@ class AnomalyStream:
         scaled = torch.from_numpy(self.scaler.transform(x[None])[0])
         score = self.flagger.normalise(self.scorer.update(scaled))
         flagged = self.flagger.flag(score)
-        return score, self.flagger.beyond_range(x) or flagged
+        return score, self.flagger.settle(self.flagger.beyond_range(x) or flagged)
 
     def _end_probation(self) -> tuple[float, bool]:
         history = np.stack(self._warmup)

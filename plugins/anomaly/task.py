@@ -70,6 +70,7 @@ class AnomalyTask(TaskPlugin):
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
             skip=self.cfg.detector.burn_in, range_tolerance=tolerance,
+            cooldown=config_number(scoring.get("cooldown", 0), "task.scoring.cooldown", int),
         )
 
     def retraining(self) -> Retraining | None:
