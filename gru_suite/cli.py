@@ -30,6 +30,16 @@ def _user_error_in(err: BaseException | None) -> UserError | None:
     return err
 
 
+def _log_to_run_files(message: str) -> None:
+    """Write `message` to the run's log files (Hydra's `<command>.log`), not to the console again."""
+    import logging
+
+    record = logging.LogRecord("gru_suite", logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def _no_task_message() -> str:
     from gru_suite.registry import format_task_list
 
@@ -63,6 +73,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             if user_error is None:
                 raise
             print(f"error: {user_error}", file=sys.stderr)
+            _log_to_run_files(f"error: {user_error}")
             sys.exit(2)
 
     _require_task_for_task_overrides()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import gzip
-import warnings
+import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,6 +22,10 @@ from torch.nn.utils.rnn import pad_sequence
 from gru_suite.errors import UserError
 
 TokenizerKind = Literal["bpe", "unigram", "word"]
+log = logging.getLogger(__name__)
+
+REPLACED_LINES_NAMED = 5
+"""Lines with bytes replaced by U+FFFD named one by one in the log; the rest are counted."""
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 """Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
 
@@ -49,16 +53,20 @@ def decode_lines(
     raw_lines: Iterable[bytes], source: str, encoding_errors: Literal["error", "replace"] = "error"
 ) -> list[str]:
     """UTF-8 `raw_lines` (from a file or stdin named `source`) as text, with `read_lines`'s error rule."""
-    lines = []
+    lines, replaced = [], 0
     for number, raw in enumerate(raw_lines, start=1):
         try:
-            lines.append(raw.decode("utf-8"))
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a byte-order mark is not text
         except UnicodeDecodeError as err:
             where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
             if encoding_errors == "error":
                 raise UserError(f"{where}; fix the file or set encoding_errors=replace") from err
-            warnings.warn(f"{where}; bad bytes replaced with U+FFFD", stacklevel=3)
+            replaced += 1
+            if replaced <= REPLACED_LINES_NAMED:
+                log.warning("%s; bad bytes replaced with U+FFFD", where)
             lines.append(raw.decode("utf-8", errors="replace"))
+    if replaced > REPLACED_LINES_NAMED:
+        log.warning("%s: %d lines in all had bytes replaced with U+FFFD", source, replaced)
     return lines
 
 
@@ -71,14 +79,16 @@ def read_table(
     """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row.
 
     The delimiter is a tab for `.tsv`/`.tsv.gz` (no quoting, as in GLUE) and a comma
-    otherwise (standard CSV quoting). A missing column raises a `UserError` listing
-    the columns that exist; a row with too few fields one naming its line.
+    otherwise (standard CSV quoting; a quoted field may span lines). A missing column
+    raises a `UserError` listing the columns that exist; a row with more or fewer
+    fields than the header, or a quote left open, one naming the row's first line.
     """
     path = Path(path)
     tab = delimiter == "\t" or (delimiter is None and ".tsv" in path.suffixes)
-    lines = read_lines(path, encoding_errors)
+    lines = [line + "\n" for line in read_lines(path, encoding_errors)]
     quoting = csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL
     reader = csv.reader(lines, delimiter="\t" if tab else (delimiter or ","), quoting=quoting, strict=not tab)
+    start = 1
     try:
         header = next(reader, None)
         if not header:
@@ -92,12 +102,13 @@ def read_table(
         start = reader.line_num + 1
         for row in reader:
             if row:
-                if len(row) <= max(where):
-                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header})")
+                if len(row) != len(header):
+                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header})"
+                                    + ("" if tab else "; quote a text that holds a comma"))
                 rows.append((start, [row[i] for i in where]))
             start = reader.line_num + 1
     except csv.Error as err:
-        raise UserError(f"{path}:{reader.line_num}: not valid CSV ({err})") from err
+        raise UserError(f"{path}:{start}: not valid CSV ({err})") from err
     return rows
 
 

@@ -133,3 +133,4 @@ def test_unreadable_checkpoint(tmp_path):
     assert result.returncode == 2
     assert f"cannot read checkpoint {bad}" in result.stderr
     assert not (tmp_path / "o" / "forecast.csv").exists()
+    assert f"error: cannot read checkpoint {bad}" in (tmp_path / "o" / "predict.log").read_text()  # the run's log too

@@ -20,7 +20,7 @@ from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import train_tokenizer
 from gru_suite_plugins.sentiment.data import read_labelled, read_texts
-from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, word_weights
+from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
 from conftest import run_cli
@@ -220,6 +220,13 @@ def test_highlighting_marks_the_heaviest_words_and_escapes() -> None:
     assert "&lt;i&gt;not&lt;/i&gt;" in page and "rgba(255, 170, 0, 1.00)" in page and "<i>" not in page
 
 
+def test_top_words_are_distinct_words_without_punctuation() -> None:
+    text = "awful script , script ."
+    words = [Word(0, 5, 0.5), Word(6, 12, 0.9), Word(13, 14, 0.8), Word(15, 21, 0.7), Word(22, 23, 0.6)]
+    assert top_words(text, words, 3) == ["script", "awful"]
+    assert top_words(text, words, 1) == ["script"]
+
+
 def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "stsa.train"
     path.write_text("1 a fine film\n0 a weak plot\n\n10\n2 more\n", encoding="utf-8")
@@ -233,6 +240,12 @@ def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.
     task = run.build_task(cfg.task)
     data = task.datamodule()
     assert task.labels == ["0", "2", "10"]  # integer labels in numeric order
+    assert "occurs only once" not in caplog.text
+    with path.open("a") as lines:
+        lines.write("the sentence lost its label\n")
+    with caplog.at_level(logging.WARNING):
+        run.build_task(cfg.task).datamodule()
+    assert f"{path}:31: label 'the' occurs only once in training" in caplog.text
     assert len(data.dataset("train")) == 24 and len(data.dataset("val")) == len(data.dataset("test")) == 6
 
 

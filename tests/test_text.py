@@ -65,13 +65,15 @@ def test_read_lines_plain_and_gzip(tmp_path):
     assert read_lines(plain) == read_lines(packed) == ["eins", "zwei", "", "drei"]
 
 
-def test_read_lines_names_the_line_that_is_not_utf8(tmp_path):
+def test_read_lines_names_the_line_that_is_not_utf8(tmp_path, caplog):
     path = tmp_path / "bad.txt"
-    path.write_bytes(b"fine\nalso fine\nbad \xff byte\n")
+    path.write_bytes(b"fine\nalso fine\nbad \xff byte\n" + b"\xfe\n" * 6)
     with pytest.raises(UserError, match=r"bad\.txt:3: not UTF-8"):
         read_lines(path)
-    with pytest.warns(UserWarning, match=r"bad\.txt:3"):
-        assert read_lines(path, encoding_errors="replace")[2] == "bad \ufffd byte"
+    assert read_lines(path, encoding_errors="replace")[2] == "bad \ufffd byte"
+    named = [r.getMessage() for r in caplog.records if "replaced with U+FFFD" in r.getMessage()]
+    assert named[0].startswith(f"{path}:3: not UTF-8") and len(named) == 6  # five lines named, then a count
+    assert named[-1] == f"{path}: 7 lines in all had bytes replaced with U+FFFD"
     with pytest.raises(UserError, match="no such file"):
         read_lines(tmp_path / "missing.txt")
 
@@ -137,3 +139,20 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     short.write_text("text,label\nonly text\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"short\.csv:2: 1 field"):
         read_table(short, ["text", "label"])
+
+
+def test_read_table_rejects_extra_fields_and_names_an_open_quote(tmp_path):
+    extra = tmp_path / "extra.csv"
+    extra.write_text("text,label\ngood,pos\nthe movie was great, really great .,pos\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"extra\.csv:3: 3 field\(s\), expected 2 .*quote a text that holds a comma"):
+        read_table(extra, ["text", "label"])
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('text,label\nfine,pos\n"never closed,neg\nmore,pos\nend,neg\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"unclosed\.csv:3: not valid CSV"):
+        read_table(unclosed, ["text", "label"])
+
+
+def test_read_table_keeps_line_breaks_in_quoted_fields_and_drops_a_byte_order_mark(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes('\ufefftext,label\n"great\nfilm .",pos\nbad,neg\n'.encode("utf-8"))
+    assert read_table(path, ["text", "label"]) == [(2, ["great\nfilm .", "pos"]), (4, ["bad", "neg"])]

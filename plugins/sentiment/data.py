@@ -5,7 +5,9 @@ Rules for bad input, each reported with file and line:
 - a text that is empty (or only whitespace) is skipped with a warning;
 - a labelled row whose label is missing is skipped with a warning;
 - a validation or test label that training never saw is a `UserError`;
-- a missing column is a `UserError` listing the columns that exist;
+- a missing column is a `UserError` listing the columns that exist, a row with more or fewer fields
+  than the header one naming its line;
+- a training label that occurs only once is named in a warning (by the task, when it fits);
 - bytes that are not UTF-8 are a `UserError` (`encoding_errors=replace` decodes them as U+FFFD, with a warning).
 """
 

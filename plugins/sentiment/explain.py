@@ -33,8 +33,14 @@ def word_weights(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | No
 
 
 def top_words(text: str, words: Sequence[Word], k: int) -> list[str]:
-    """The `k` heaviest words, heaviest first."""
-    return [text[w.start:w.end] for w in sorted(words, key=lambda w: -w.weight)[:k]]
+    """The `k` heaviest distinct words, heaviest first; punctuation is left out and a repeated word
+    counts once, at its heaviest."""
+    chosen: dict[str, str] = {}
+    for word in sorted(words, key=lambda w: -w.weight):
+        surface = text[word.start:word.end]
+        if len(chosen) < k and any(c.isalnum() for c in surface):
+            chosen.setdefault(surface.lower(), surface)
+    return list(chosen.values())
 
 
 def highlight_html(text: str, words: Sequence[Word]) -> str:

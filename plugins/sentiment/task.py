@@ -78,6 +78,11 @@ class SentimentTask(TaskPlugin):
             raise UserError(f"{self.cfg.data.train}: every training text has the label {labels[0]!r}; "
                             "a classifier needs at least two labels")
         counts = torch.bincount(torch.tensor(label_ids(train, labels)), minlength=len(labels)).float()
+        for label, count in zip(labels, counts.tolist()):
+            if count == 1:
+                where = next(e.where for e in train if e.label == label)
+                log.warning("%s: label %r occurs only once in training: a row without its label, or in the "
+                            "wrong column?", where, label)
         weights = counts.sum() / (len(labels) * counts) if weighting == "balanced" else torch.ones(len(labels))
         self.tokenizer = train_tokenizer((e.text for e in train), tok.kind, int(tok.vocab_size), bool(tok.lowercase),
                                          int(tok.min_frequency))
