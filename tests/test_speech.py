@@ -353,8 +353,12 @@ def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> N
     with pytest.raises(UserError, match=r"m\.jsonl:2: not a JSON object"):
         read_manifest(manifest, RATE)
     manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "duration": "long"}\n')
-    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'duration' must be a number"):
+    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'duration' must be a positive number"):
         read_manifest(manifest, RATE)
+    for bad in ("-1", "NaN", "0"):
+        manifest.write_text(f'{{"audio_filepath": "a.wav", "text": "one", "duration": {bad}}}\n')
+        with pytest.raises(UserError, match=rf"m\.jsonl:1: field 'duration' must be a positive number.*(?i:{bad})"):
+            read_manifest(manifest, RATE)
 
 
 def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, caplog) -> None:
@@ -364,9 +368,13 @@ def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, cap
     write_wav(tmp_path / "empty.wav", np.zeros(0))
     (tmp_path / "garbage.wav").write_bytes(b"RIFF\x00\x00garbage")
     write_wav(tmp_path / "short.wav", one[:1000])
+    write_wav(tmp_path / "whole.wav", one)
+    whole = (tmp_path / "whole.wav").read_bytes()
+    (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 3])  # its header still announces all of it
     lines = [{"audio_filepath": name, "duration": 0.5, "text": "one"}
              for name in ("good.wav", "missing.wav", "silent.wav", "empty.wav", "garbage.wav")]
     lines.append({"audio_filepath": "short.wav", "duration": len(one) / RATE, "text": "one"})
+    lines.append({"audio_filepath": "cut.wav", "text": "one"})  # no duration: the header tells
     lines[0]["duration"] = len(one) / RATE
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
@@ -375,7 +383,7 @@ def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, cap
     assert [u.path.name for u in utterances] == ["good.wav"]
     messages = [r.getMessage() for r in caplog.records]
     for line, reason in [(2, "no such audio file"), (3, "silent"), (4, "empty"), (5, "not a readable audio file"),
-                         (6, "truncated")]:
+                         (6, "truncated"), (7, "the file is truncated (its header announces")]:
         assert any(f"m.jsonl:{line}" in m and reason in m for m in messages), (line, reason, messages)
     manifest.write_text(json.dumps(lines[1]) + "\n")
     with pytest.raises(UserError, match="no usable utterances"):
@@ -511,6 +519,15 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     messages = [r.getMessage() for r in caplog.records]
     assert any("train.jsonl:2" in m and "outside the vocabulary" in m and "'ö', '2'" in m for m in messages)
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
+
+
+def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
+    write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": ""}) + "\n")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}", "task.data.connected.train=5"], tmp_path / "run")
+    with pytest.raises(UserError, match=r"task.data.connected.train=5: the train split has no transcribed utterances"):
+        run.build_task(cfg.task).datamodule().dataset("train")
 
 
 @pytest.mark.parametrize("override, message", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
         raise UserError(f"{path}: no such audio file")
     try:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
+        shortfall = _missing_data_bytes(sf.info(path).extra_info)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise UserError(f"{path}: not a readable audio file ({err})") from err
+    if shortfall:
+        raise UserError(f"{path}: the file is truncated (its header announces {shortfall[0]} bytes of audio, "
+                        f"it holds {shortfall[1]})")
     if data.size == 0:
         raise UserError(f"{path}: the audio is empty (no samples)")
     if not np.isfinite(data).all():
@@ -41,6 +46,15 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     if rate != sample_rate:
         samples = torchaudio.functional.resample(samples, rate, sample_rate)
     return samples.contiguous()
+
+
+def _missing_data_bytes(extra_info: str) -> tuple[int, int] | None:
+    """(announced, present) bytes of a WAV/AIFF data chunk cut short, from libsndfile's header report
+    (`data : 16000 (should be 5304)`); None when the chunk is whole."""
+    found = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info, re.MULTILINE)
+    if found and int(found[1]) > int(found[2]):
+        return int(found[1]), int(found[2])
+    return None
 
 
 def change_speed(samples: Tensor, factor: float, sample_rate: int) -> Tensor:

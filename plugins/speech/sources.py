@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -61,7 +62,8 @@ def _read_or_skip(path: Path, sample_rate: int, where: str) -> Tensor | None:
 
 def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
     if key not in record:
-        raise UserError(f"{where}: missing field {key!r} (a manifest line needs audio_filepath, duration, text)")
+        raise UserError(f"{where}: missing field {key!r} (a manifest line needs audio_filepath and text; "
+                        "duration is optional)")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool):
         raise UserError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")
@@ -85,8 +87,9 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
         audio = path.parent / str(_field(record, "audio_filepath", str, where))
         text = _field(record, "text", str, where) if need_text else record.get("text")
         duration = record.get("duration")
-        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))):
-            raise UserError(f"{where}: field 'duration' must be a number of seconds, got {duration!r}")
+        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                     or not duration > 0 or math.isinf(duration)):
+            raise UserError(f"{where}: field 'duration' must be a positive number of seconds, got {duration!r}")
         samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})")
         if samples is None:
             continue

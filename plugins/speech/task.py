@@ -191,7 +191,11 @@ class SpeechTask(TaskPlugin):
         if not count:
             return []
         seed = int(joined.seed) + SPLITS.index(name)
-        return list(connect([u for u in pool if u.text], count, tuple(joined.words), tuple(joined.pause_s),
+        transcribed = [u for u in pool if u.text]
+        if not transcribed:
+            raise UserError(f"task.data.connected.{name}={count}: the {name} split has no transcribed utterances "
+                            "to join")
+        return list(connect(transcribed, count, tuple(joined.words), tuple(joined.pause_s),
                             float(joined.gain_db), seed, self.features.sample_rate))
 
     def _speed_copies(self, utterances: list[Utterance]) -> list[Utterance]:
