@@ -161,6 +161,8 @@ def read_source(path: str | Path, sample_rate: int, need_text: bool = True) -> l
     else:
         raise UserError(f"{source}: expected a JSONL manifest or a folder of audio files")
     if not utterances:
+        if source.is_dir() and not _audio_files(source):
+            raise UserError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder or below it")
         raise UserError(f"{source}: no usable utterances (see the warnings above)")
     return utterances
 
