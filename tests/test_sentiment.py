@@ -266,10 +266,14 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
     unseen = write_csv(tmp_path / "val.csv", [("good", "pos"), ("meh", "neutral")])
     train = write_csv(tmp_path / "train.csv", separable(40, 3))
     cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", f"task.data.val={unseen}",
-                                             f"task.data.test={unseen}"], tmp_path)
+                                             "task.data.test=null"], tmp_path)
     data = run.build_task(cfg.task).datamodule()
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training \(the model knows"):
         data.val_dataloader()
+    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", "task.data.val=null",
+                                             f"task.data.test={unseen}"], tmp_path)
+    with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training"):
+        run.build_task(cfg.task).datamodule()  # the test file is checked before training, not after it
 
 
 def test_bundled_corpus_is_deterministic_with_three_labels() -> None:

@@ -64,6 +64,8 @@ class SentimentTask(TaskPlugin):
     def datamodule(self) -> SentimentData:
         if self.tokenizer is None:
             self._fit(self._examples("train"))
+            if self.cfg.data.get("test"):
+                label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
         data = self.cfg.data
         return SentimentData(self._encoded, int(data.batch_size), int(data.get("num_workers", 0)),
                              int(data.get("split_seed", 0)))
