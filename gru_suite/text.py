@@ -21,9 +21,9 @@ from torch.nn.utils.rnn import pad_sequence
 
 from gru_suite.errors import UserError
 
-TokenizerKind = Literal["bpe", "unigram", "word"]
 log = logging.getLogger(__name__)
 
+TokenizerKind = Literal["bpe", "unigram", "word"]
 REPLACED_LINES_NAMED = 5
 """Lines with bytes replaced by U+FFFD named one by one in the log; the rest are counted."""
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
