@@ -116,7 +116,8 @@ def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int,
     if all(isinstance(p, float) and p <= 1.0 for p in split):
         if sum(split) > 1.0 + 1e-9:
             raise UserError(f"split fractions {list(split)} sum to {sum(split):g}, more than 1")
-        sizes = [int(round(p * n)) for p in split]
+        ends = [min(n, round(sum(split[: i + 1]) * n)) for i in range(len(split))]  # rounded once, never past n
+        sizes = [end - start for start, end in zip([0, *ends], ends)]
     elif all(float(p).is_integer() for p in split):
         sizes = [int(p) for p in split]
     else:

@@ -62,6 +62,9 @@ def test_interpolate_fills_gaps(tmp_path):
 
 def test_chronological_split_fractions_and_counts():
     assert chronological_split(100, [0.7, 0.1, 0.2]) == [(0, 70), (70, 80), (80, 100)]
+    for n in (144, 3650):  # each part rounded on its own would ask for one row too many
+        parts = chronological_split(n, [0.7, 0.15, 0.15])
+        assert parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert chronological_split(100, [50, 20, 20]) == [(0, 50), (50, 70), (70, 90)]
     with pytest.raises(UserError, match="asks for 120 rows"):
         chronological_split(100, [60, 60])
