@@ -50,9 +50,10 @@ def _no_task_message() -> str:
 
 
 def _require_task_for_task_overrides() -> None:
-    """`task.*` overrides need the task's config group selected (`task=NAME`)."""
+    """`task.*` overrides need the task's config group selected (`task=NAME`, or an experiment preset's)."""
     args = sys.argv[1:]
-    if any(a.lstrip("+~").startswith("task.") for a in args) and not any(a.startswith("task=") for a in args):
+    chosen = any(a.startswith(("task=", "experiment=")) for a in args)
+    if any(a.lstrip("+~").startswith("task.") for a in args) and not chosen:
         print("error: task.* overrides need the task named too, e.g. task=forecasting task.data.path=...", file=sys.stderr)
         sys.exit(2)
 

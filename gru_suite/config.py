@@ -54,6 +54,37 @@ def config_number(value: Any, field: str, kind: type[int] | type[float] = float)
         raise UserError(f"{field} must be {expected}, got {value!r}") from None
 
 
+NumberField = tuple[str, "type[int] | type[float]", float]
+"""(dotted key, int or float, smallest value allowed)."""
+
+RUN_NUMBERS: tuple[NumberField, ...] = (
+    ("backbone.hidden_size", int, 1),
+    ("backbone.num_layers", int, 1),
+    ("backbone.dropout", float, 0),
+    ("optimizer.lr", float, 0),
+    ("optimizer.weight_decay", float, 0),
+    ("trainer.max_epochs", int, -1),
+    ("trainer.max_steps", int, -1),
+    ("trainer.gradient_clip_val", float, 0),
+    ("trainer.accumulate_grad_batches", int, 1),
+    ("trainer.log_every_n_steps", int, 1),
+    ("trainer.num_nodes", int, 1),
+    ("threads", int, 1),
+)
+"""Numbers of the core's config groups that `check_numbers` checks before a run."""
+
+
+def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> None:
+    """Each of `fields` set in `cfg` (not null) is a number of its kind and at least its minimum; else a
+    `UserError` naming `prefix` + the field, before any work starts."""
+    for field, kind, minimum in fields:
+        value = OmegaConf.select(cfg, field, default=None)
+        if value is None:
+            continue
+        if config_number(value, prefix + field, kind) < minimum:
+            raise UserError(f"{prefix}{field} must be at least {minimum}, got {value!r}")
+
+
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__

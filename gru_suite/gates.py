@@ -85,7 +85,7 @@ def trace_gates(backbone: GRUBackbone, x: Tensor, h0: Tensor | None = None) -> l
     skipped, as in eval mode. The last layer's `hidden` equals `backbone(x)[0]`.
     """
     if backbone.cell != "gru":
-        raise ValueError(f"trace_gates needs a GRU backbone, got cell={backbone.cell!r}")
+        raise UserError(f"gate traces need a GRU backbone; this model's cell is {backbone.cell!r}")
     rnn = backbone.rnn
     dirs = 2 if rnn.bidirectional else 1
     shape = (rnn.num_layers * dirs, x.size(0), rnn.hidden_size)

@@ -15,7 +15,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
-from gru_suite.config import instantiate
+from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import TaskPlugin
@@ -76,6 +76,7 @@ def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.Ligh
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
+    check_numbers(cfg, RUN_NUMBERS)
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)
@@ -101,6 +102,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str, float]:
     """Test a restored model on its task's test split."""
+    check_numbers(cfg, RUN_NUMBERS)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
@@ -111,6 +113,7 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
 
 def predict(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> list[Path]:
     """Write a restored model's artifacts into the run folder."""
+    check_numbers(cfg, RUN_NUMBERS)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
     paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir))

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.config import NumberField, check_numbers
 
 Stage = Literal["train", "val", "test"]
 BackboneFactory = Callable[..., GRUBackbone]
@@ -39,7 +40,12 @@ class TaskPlugin(ABC):
     checkpoint alone rebuilds the task.
     """
 
+    numbers: tuple[NumberField, ...] = (("data.batch_size", int, 1), ("data.num_workers", int, 0))
+    """Numeric fields of the task's config (relative to `task.`) checked when the task is built; a
+    plugin adds its own as `TaskPlugin.numbers + (("data.lookback", int, 1), ...)`."""
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        check_numbers(cfg, self.numbers, prefix="task.")
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 

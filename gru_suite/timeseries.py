@@ -65,11 +65,11 @@ def read_series_csv(
 
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
     numbers = pd.to_numeric(column, errors="coerce")
-    bad = numbers.isna() & column.notna()
+    bad = (numbers.isna() & column.notna()) | np.isinf(numbers)
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
         raise UserError(
-            f"{path}, line {row + 2}, column {column.name!r}: expected a number, got {column.iloc[row]!r}"
+            f"{path}, line {row + 2}, column {column.name!r}: expected a finite number, got {str(column.iloc[row])!r}"
         )
     return numbers.to_numpy(dtype=np.float64)
 

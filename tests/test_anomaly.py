@@ -145,7 +145,7 @@ def load(path, **kwargs):
 def test_bad_inputs_are_named(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("timestamp,value\n2024-01-01 00:00,1\n2024-01-01 01:00,oops\n")
-    with pytest.raises(UserError, match=r"bad.csv, line 3, column 'value': expected a number, got 'oops'"):
+    with pytest.raises(UserError, match=r"bad.csv, line 3, column 'value': expected a finite number, got 'oops'"):
         load(bad)
     bad.write_text("timestamp,value\nyesterday,1\n")
     with pytest.raises(UserError, match="unparseable timestamp 'yesterday'"):

@@ -117,6 +117,8 @@ def test_multirun_sweeps(tmp_path):
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "task.data.split=[0.9,0.9]"], "sum to 1.8, more than 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
+        (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
+        (["task=forecasting", "task.data.lookback=abc"], "task.data.lookback must be an integer, got 'abc'"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):

@@ -1,12 +1,14 @@
 """Every config group option composes and instantiates; presets hold what they promise."""
 
+import re
 from pathlib import Path
 
 import pytest
 from torch import nn
 
 from gru_suite import run
-from gru_suite.config import CONF_DIR
+from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers
+from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug"]
@@ -98,3 +100,21 @@ def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
 def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs, tmp_path):
     assert compose_train_config("speech", overrides, tmp_path).trainer.max_epochs == epochs
     assert compose_train_config("forecasting", [], tmp_path).trainer.max_epochs == 10  # ships none
+
+
+@pytest.mark.parametrize("task,override,message", [
+    ("forecasting", "backbone.hidden_size=abc", "backbone.hidden_size must be an integer, got 'abc'"),
+    ("forecasting", "optimizer.lr=fast", "optimizer.lr must be a number, got 'fast'"),
+    ("forecasting", "trainer.max_epochs=abc", "trainer.max_epochs must be an integer, got 'abc'"),
+    ("forecasting", "task.data.batch_size=0", "task.data.batch_size must be at least 1, got 0"),
+    ("forecasting", "task.data.lookback=-5", "task.data.lookback must be at least 1, got -5"),
+    ("forecasting", "task.data.horizon=0", "task.data.horizon must be at least 1, got 0"),
+    ("anomaly", "task.data.probation=abc", "task.data.probation must be a number, got 'abc'"),
+    ("anomaly", "task.data.crop_length=0", "task.data.crop_length must be at least 2, got 0"),
+    ("anomaly", "task.scoring.quantile=2", "task.scoring.quantile must be between 0 and 1, got 2"),
+])
+def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
+    cfg = compose_train_config(task, [override], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_numbers(cfg, RUN_NUMBERS)
+        run.build_task(cfg.task).datamodule()

@@ -32,7 +32,8 @@ def test_read_series(tmp_path):
     "text,columns,message",
     [
         ("t,a\n1,2\n", ["zz"], r"no column 'zz'; columns are \['t', 'a'\]"),
-        ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a number, got 'x'"),
+        ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a finite number, got 'x'"),
+        ("t,a\n1,2\n2,3\n3,-inf\n", ["a"], r"line 4, column 'a': expected a finite number, got '-inf'"),
         ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),
         ("t,a\n", ["a"], "no data rows"),
     ],

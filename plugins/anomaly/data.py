@@ -98,7 +98,8 @@ def _match_windows(
                 break
     unknown = len(windows) - len(matched)
     if not matched:
-        raise UserError(f"{source}: names none of the {len(files)} series under {root}")
+        raise UserError(f"{source}: names none of the {len(files)} series under {root} "
+                        "(unlabelled data: set task.data.windows_path=null)")
     if unknown:
         log.warning("%s: %d labelled series are not in %s and are ignored", source, unknown, root)
     return matched

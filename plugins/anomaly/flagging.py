@@ -63,6 +63,9 @@ class Flagger:
             raise UserError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
         if self.threshold not in THRESHOLDS:
             raise UserError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        for name in ("quantile", "spot_q", "spot_level"):
+            if not 0 < getattr(self, name) < 1:
+                raise UserError(f"task.scoring.{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.threshold == "spot" and self.score != "raw":
             raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
         self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None

@@ -11,7 +11,6 @@ import torch
 from torch import Tensor, nn
 
 from gru_suite.distributed import gather_dict
-from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
@@ -29,6 +28,12 @@ class AnomalyTask(TaskPlugin):
     Test metrics (when labels are given): point, event and point-adjusted F1 averaged
     over series, and the NAB score of every profile over the whole corpus.
     """
+
+    numbers = (*TaskPlugin.numbers, ("data.probation", float, 0), ("data.probation_max", int, 1),
+               ("data.validation", float, 0), ("data.crop_length", int, 2), ("detector.window", int, 1),
+               ("detector.burn_in", int, 0), ("scoring.fixed", float, 0), ("scoring.quantile", float, 0),
+               ("scoring.spot_q", float, 0), ("scoring.spot_level", float, 0), ("scoring.range_tolerance", float, 0),
+               ("scoring.cooldown", int, 0))
 
     def datamodule(self) -> AnomalyData:
         data = self.cfg.data
@@ -62,15 +67,12 @@ class AnomalyTask(TaskPlugin):
         return build_detector(detector.kind, backbone, self.state["n_features"], detector.window)
 
     def flagger(self) -> Flagger:
-        scoring = self.cfg.scoring
-        tolerance = scoring.get("range_tolerance")
-        if tolerance is not None:
-            tolerance = config_number(tolerance, "task.scoring.range_tolerance")
+        scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
         return Flagger(
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
-            skip=self.cfg.detector.burn_in, range_tolerance=tolerance,
-            cooldown=config_number(scoring.get("cooldown", 0), "task.scoring.cooldown", int),
+            skip=self.cfg.detector.burn_in, range_tolerance=scoring.get("range_tolerance"),
+            cooldown=scoring.get("cooldown", 0),
         )
 
     def retraining(self) -> Retraining | None:

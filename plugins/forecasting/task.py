@@ -24,6 +24,9 @@ class ForecastingTask(TaskPlugin):
     value) and a seasonal-naive baseline computed on the same windows.
     """
 
+    numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
+               ("data.predict_stride", int, 1), ("model.segment_length", int, 1))
+
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data
         targets = list(data.targets)
