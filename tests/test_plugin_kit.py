@@ -15,9 +15,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gru_suite import registry
+from gru_suite import registry, run
+from gru_suite.errors import UserError
 from gru_suite.task import StepOutput
-from gru_suite.testing import check_task_plugin
+from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.forecasting.task import ForecastingTask
 
 TINY_FORECASTING = [
@@ -37,6 +38,13 @@ def test_forecasting_honours_the_contract(tmp_path: Path) -> None:
 def test_example_plugin_honours_the_contract(tmp_path: Path) -> None:
     pytest.importorskip("gru_suite_example")
     check_task_plugin("running_mean", TINY_EXAMPLE, tmp_path)
+
+
+def test_example_plugin_declares_its_numbers(tmp_path: Path) -> None:
+    pytest.importorskip("gru_suite_example")
+    cfg = compose_train_config("running_mean", ["task.data.length=0"], tmp_path)
+    with pytest.raises(UserError, match=r"task.data.length must be at least 1, got 0"):
+        run.build_task(cfg.task)
 
 
 def test_example_plugin_trains_from_the_cli(tmp_path: Path) -> None:

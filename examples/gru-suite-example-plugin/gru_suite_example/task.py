@@ -92,6 +92,8 @@ class RunningMeanTask(TaskPlugin):
     the config and the weights.
     """
 
+    numbers = (*TaskPlugin.numbers, ("data.length", int, 1))
+
     def datamodule(self) -> NoiseData:
         data = self.cfg.data
         return NoiseData(data.seed, list(data.sizes), data.length, data.batch_size)
