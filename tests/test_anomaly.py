@@ -124,6 +124,10 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     assert out.returncode == 0, out.stderr
     streamed = np.array([int(line.split(",")[1]) for line in out.stdout.splitlines()])
     assert set(np.flatnonzero(streamed)) == flagged
+    for bad in ("1.5,2.5", "nan"):  # one value per line is expected, and finite
+        out = subprocess.run([exe, str(ckpt)], input=f"1.0\n{bad}\n", capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2 and out.stderr.strip() == (
+            f"error: stdin, line 2: expected 1 comma-separated finite number(s), got {bad!r}"), out.stderr
 
 
 def test_anomaly_honours_the_plugin_contract(tmp_path):

@@ -8,27 +8,33 @@ at once. The first --probation observations fit the scaler and calibrate the thr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Iterable, Iterator
 
 from gru_suite.errors import UserError
 
 
-def parse_line(line: str, number: int, has_timestamp: bool) -> tuple[str | None, list[float]]:
+def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple[str | None, list[float]]:
+    """The timestamp (with `has_timestamp`) and the `width` finite values of one input line."""
     fields = [f.strip() for f in line.split(",")]
     stamp = fields.pop(0) if has_timestamp else None
+    expected = f"{'a timestamp and ' if has_timestamp else ''}{width} comma-separated finite number(s)"
     try:
-        return stamp, [float(f) for f in fields]
+        values = [float(f) for f in fields]
     except ValueError as err:
-        raise UserError(f"stdin, line {number}: expected comma-separated numbers, got {line.strip()!r}") from err
+        raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}") from err
+    if len(values) != width or not all(math.isfinite(v) for v in values):
+        raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}")
+    return stamp, values
 
 
-def score_lines(stream, lines: Iterable[str], has_timestamp: bool) -> Iterator[str]:
-    """`score,flag` (prefixed by the timestamp when given) for each non-empty line."""
+def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -> Iterator[str]:
+    """`score,flag` (prefixed by the timestamp when given) for each non-empty line of `width` values."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        stamp, values = parse_line(line, number, has_timestamp)
+        stamp, values = parse_line(line, number, has_timestamp, width)
         score, flag = stream.update(values)
         yield f"{stamp + ',' if stamp else ''}{score:.6g},{int(flag)}"
 
@@ -39,13 +45,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probation", type=int, default=300, help="observations learned from before flagging")
     parser.add_argument("--timestamp", action="store_true", help="each line starts with a timestamp")
     args = parser.parse_args(argv)
+    if args.probation < 2:
+        parser.error(f"--probation must be at least 2 observations, got {args.probation}")
     try:
         from gru_suite.checkpoint import load_checkpoint
         from gru_suite_plugins.anomaly.flagging import AnomalyStream
 
         module = load_checkpoint(args.ckpt_path)
+        if not hasattr(module.task, "flagger"):
+            raise UserError(f"{args.ckpt_path}: holds a {module.task.cfg.name!r} model, not an anomaly detector")
         stream = AnomalyStream(module.model, module.task.flagger(), args.probation, module.task.retraining())
-        for out in score_lines(stream, sys.stdin, args.timestamp):
+        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
