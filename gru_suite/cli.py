@@ -58,6 +58,19 @@ def _require_task_for_task_overrides() -> None:
         sys.exit(2)
 
 
+def _require_known_task() -> None:
+    """`task=NAME` names an installed task: one line listing them, not Hydra's search-path dump."""
+    from gru_suite.registry import get_task
+
+    for arg in sys.argv[1:]:
+        if arg.startswith("task=") and "," not in arg:  # a sweep's list is left to Hydra
+            try:
+                get_task(arg.split("=", 1)[1])
+            except UserError as err:
+                print(f"error: {err}", file=sys.stderr)
+                sys.exit(2)
+
+
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     import hydra
 
@@ -78,6 +91,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             sys.exit(2)
 
     _require_task_for_task_overrides()
+    _require_known_task()
     _add_task_configs_to_searchpath()
     app()
 

@@ -15,6 +15,7 @@ from pytorch_lightning.accelerators import CPUAccelerator
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
+from gru_suite.checkpoint import read_checkpoint
 from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
@@ -77,6 +78,8 @@ def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.Ligh
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_numbers(cfg, RUN_NUMBERS)
+    if cfg.get("ckpt_path"):
+        read_checkpoint(cfg.ckpt_path)  # a checkpoint to resume that cannot be read fails before any work
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)

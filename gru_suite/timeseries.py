@@ -55,7 +55,8 @@ def read_series_csv(
     wanted = list(columns) if columns else [c for c in available if c != time_column]
     for name in [*wanted, *([time_column] if time_column else [])]:
         if name not in available:
-            raise UserError(f"{csv_path}: no column {name!r}; columns are {available}")
+            role = "time column (task.data.time_column)" if name == time_column and name not in wanted else "column"
+            raise UserError(f"{csv_path}: no {role} {name!r}; columns are {available}")
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)

@@ -109,7 +109,7 @@ def test_multirun_sweeps(tmp_path):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["task=nope"], "Could not find 'task/nope'"),
+        (["task=nope"], "error: unknown task 'nope'; installed tasks: anomaly, forecasting"),
         (["task=forecasting", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),
         (["task=forecasting", "task.data.features=[load,price]"], "no column 'price'"),
         (["task=forecasting", "task.data.lookback=5000"], "too short for lookback 5000"),
@@ -136,3 +136,6 @@ def test_unreadable_checkpoint(tmp_path):
     assert f"cannot read checkpoint {bad}" in result.stderr
     assert not (tmp_path / "o" / "forecast.csv").exists()
     assert f"error: cannot read checkpoint {bad}" in (tmp_path / "o" / "predict.log").read_text()  # the run's log too
+    resumed = run_cli("gru-suite", "task=forecasting", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 't'}")
+    assert resumed.returncode == 2 and f"cannot read checkpoint {bad}" in resumed.stderr  # resuming, before training
+    assert not (tmp_path / "t" / "checkpoints").exists()

@@ -83,7 +83,7 @@ def test_threads_sets_torch_cpu_threads(tmp_path):
 
 
 def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
-    cfg = compose_train_config("forecasting", ["trainer.precision=bf16-mixed", "+trainer.max_steps=3", "threads=1",
+    cfg = compose_train_config("forecasting", ["trainer.precision=bf16-mixed", "trainer.max_steps=3", "threads=1",
                                                "backbone.hidden_size=8", "logger=none", "callbacks=none"], tmp_path)
     assert cfg.optimizer.fused and cfg.trainer.gradient_clip_val > 0
     task = run.build_task(cfg.task)
