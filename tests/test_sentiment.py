@@ -6,6 +6,7 @@ import csv
 import logging
 import os
 import random
+import re
 import subprocess
 import sys
 from functools import partial
@@ -274,6 +275,11 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
                                              f"task.data.test={unseen}"], tmp_path)
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training"):
         run.build_task(cfg.task).datamodule()  # the test file is checked before training, not after it
+    for override, message in [(f"task.predict.input={tmp_path / 'nope.txt'}", "task.predict.input: no such file"),
+                              ("task.predict.importance=bogus", "task.predict.importance must be one of")]:
+        cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", override], tmp_path)
+        with pytest.raises(UserError, match=re.escape(message)):
+            run.build_task(cfg.task).datamodule()
 
 
 def test_bundled_corpus_is_deterministic_with_three_labels() -> None:

@@ -24,6 +24,7 @@ from gru_suite_plugins.sentiment.data import (
     Batch,
     EncodedTexts,
     Example,
+    STDIN,
     SentimentData,
     label_ids,
     label_order,
@@ -62,6 +63,7 @@ class SentimentTask(TaskPlugin):
     # --- data ---------------------------------------------------------------------------------------------
 
     def datamodule(self) -> SentimentData:
+        self._check_prediction_settings()
         if self.tokenizer is None:
             self._fit(self._examples("train"))
             if self.cfg.data.get("test"):
@@ -69,6 +71,15 @@ class SentimentTask(TaskPlugin):
         data = self.cfg.data
         return SentimentData(self._encoded, int(data.batch_size), int(data.get("num_workers", 0)),
                              int(data.get("split_seed", 0)))
+
+    def _check_prediction_settings(self) -> None:
+        """Prediction's input file and importance, checked before training rather than after it."""
+        predict = self.cfg.predict
+        if predict.importance not in IMPORTANCE:
+            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {predict.importance!r}")
+        source = predict.get("input")
+        if source and str(source) != STDIN and not Path(source).is_file():
+            raise UserError(f"task.predict.input: no such file {source}")
 
     def _fit(self, train: list[Example]) -> None:
         """Tokenizer, label set and class weights from the training examples."""
@@ -199,8 +210,6 @@ class SentimentTask(TaskPlugin):
         (the attention weights, or each token's share of the max-pooled features).
         """
         importance = self.cfg.predict.importance
-        if importance not in IMPORTANCE:
-            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
         explain_with = model.saliency if importance == "gradient" else model.probabilities
         probs, weights = explain_with(batch.ids, batch.lengths)
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
