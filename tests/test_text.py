@@ -135,21 +135,19 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     assert read_table(tsv_path, ["sentence", "label"]) == [(2, ['it "works', "1"])]
     with pytest.raises(UserError, match=r"reviews\.csv:1: no column 'review'; the columns are \['id', 'text', 'label'\]"):
         read_table(csv_path, ["review"])
-    short = tmp_path / "short.csv"
-    short.write_text("text,label\nonly text\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"short\.csv:2: 1 field"):
-        read_table(short, ["text", "label"])
 
 
-def test_read_table_rejects_extra_fields_and_names_an_open_quote(tmp_path):
-    extra = tmp_path / "extra.csv"
-    extra.write_text("text,label\ngood,pos\nthe movie was great, really great .,pos\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"extra\.csv:3: 3 field\(s\), expected 2 .*quote a text that holds a comma"):
-        read_table(extra, ["text", "label"])
-    unclosed = tmp_path / "unclosed.csv"
-    unclosed.write_text('text,label\nfine,pos\n"never closed,neg\nmore,pos\nend,neg\n', encoding="utf-8")
-    with pytest.raises(UserError, match=r"unclosed\.csv:3: not valid CSV"):
-        read_table(unclosed, ["text", "label"])
+@pytest.mark.parametrize("content,message", [
+    ("text,label\nonly text\n", r"bad\.csv:2: 1 field"),
+    ("text,label\ngood,pos\nthe movie was great, really great .,pos\n",
+     r"bad\.csv:3: 3 field\(s\), expected 2 .*quote a text that holds a comma"),
+    ('text,label\nfine,pos\n"never closed,neg\nmore,pos\nend,neg\n', r"bad\.csv:3: not valid CSV"),
+])
+def test_read_table_names_the_row_whose_fields_are_wrong(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(UserError, match=message):
+        read_table(path, ["text", "label"])
 
 
 def test_read_table_keeps_line_breaks_in_quoted_fields_and_drops_a_byte_order_mark(tmp_path):
