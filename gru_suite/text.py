@@ -53,6 +53,8 @@ def decode_lines(
     raw_lines: Iterable[bytes], source: str, encoding_errors: Literal["error", "replace"] = "error"
 ) -> list[str]:
     """UTF-8 `raw_lines` (from a file or stdin named `source`) as text, with `read_lines`'s error rule."""
+    if encoding_errors not in ("error", "replace"):
+        raise UserError(f"task.data.encoding_errors must be 'error' or 'replace', got {encoding_errors!r}")
     lines, replaced = [], 0
     for number, raw in enumerate(raw_lines, start=1):
         try:

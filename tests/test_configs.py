@@ -112,6 +112,9 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("anomaly", "task.data.probation=abc", "task.data.probation must be a number, got 'abc'"),
     ("anomaly", "task.data.crop_length=0", "task.data.crop_length must be at least 2, got 0"),
     ("anomaly", "task.scoring.quantile=2", "task.scoring.quantile must be between 0 and 1, got 2"),
+    ("translation", "task.decode.beam_size=abc", "task.decode.beam_size must be an integer, got 'abc'"),
+    ("music", "task.generate.top_k=abc", "task.generate.top_k must be an integer, got 'abc'"),
+    ("music", "task.generate.pieces=0", "task.generate.pieces must be at least 1, got 0"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
     cfg = compose_train_config(task, [override], tmp_path)

@@ -122,6 +122,8 @@ def test_length_bucket_loader_builds_whole_batches():
 
 def test_decode_lines_names_the_source():
     assert decode_lines([b"ok", b"fine"], "<stdin>") == ["ok", "fine"]
+    with pytest.raises(UserError, match="task.data.encoding_errors must be 'error' or 'replace', got 'foo'"):
+        decode_lines([b"ok"], "<stdin>", "foo")
     with pytest.raises(UserError, match=r"<stdin>:2: not UTF-8"):
         decode_lines([b"ok", b"\xc3("], "<stdin>")
 

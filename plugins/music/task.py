@@ -51,6 +51,10 @@ class MusicTask(TaskPlugin):
     representation's strategy object.
     """
 
+    numbers = (*TaskPlugin.numbers, ("data.crop_steps", int, 1), ("generate.pieces", int, 1),
+               ("generate.length", float, 0), ("generate.tempo", float, 1), ("generate.max_events", int, 1),
+               ("generate.temperature", float, 0), ("generate.top_k", int, 1), ("generate.top_p", float, 0))
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         asked = cfg.model.get("representation", "roll")
