@@ -62,10 +62,14 @@ def _require_known_task() -> None:
     """`task=NAME` names an installed task: one line listing them, not Hydra's search-path dump."""
     from gru_suite.registry import get_task
 
-    for arg in sys.argv[1:]:
-        if arg.startswith("task=") and "," not in arg:  # a sweep's list is left to Hydra
+    args = sys.argv[1:]
+    if any(arg.startswith(SEARCHPATH_KEY) for arg in args):  # the user's own config folders may add tasks
+        return
+    for arg in args:
+        value = arg.partition("=")[2]
+        if arg.startswith("task=") and value != "null" and not any(c in value for c in ",()"):  # sweeps: Hydra's
             try:
-                get_task(arg.split("=", 1)[1])
+                get_task(value)
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -44,13 +45,17 @@ def required(what: str) -> Any:
 
 
 def config_number(value: Any, field: str, kind: type[int] | type[float] = float) -> Any:
-    """`value` as `kind` (int or float); a one-line error naming `field` when it is not one."""
+    """`value` as `kind` (int or float, finite; an int must be whole); a one-line error naming `field`
+    when it is not one."""
     try:
-        if isinstance(value, (bool, str)) and kind is int:
+        if isinstance(value, bool) or (isinstance(value, str) and kind is int):
             raise ValueError
-        return kind(value)
+        number = float(value)
+        if not math.isfinite(number) or (kind is int and not number.is_integer()):
+            raise ValueError
+        return kind(number)
     except (TypeError, ValueError):
-        expected = "an integer" if kind is int else "a number"
+        expected = "an integer" if kind is int else "a finite number"
         raise UserError(f"{field} must be {expected}, got {value!r}") from None
 
 
@@ -67,22 +72,24 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("trainer.max_steps", int, -1),
     ("trainer.gradient_clip_val", float, 0),
     ("trainer.accumulate_grad_batches", int, 1),
-    ("trainer.log_every_n_steps", int, 1),
+    ("trainer.log_every_n_steps", int, 0),
     ("trainer.num_nodes", int, 1),
-    ("threads", int, 1),
+    ("threads", int, 0),
 )
 """Numbers of the core's config groups that `check_numbers` checks before a run."""
 
 
 def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> None:
-    """Each of `fields` set in `cfg` (not null) is a number of its kind and at least its minimum; else a
-    `UserError` naming `prefix` + the field, before any work starts."""
+    """Each of `fields` set in `cfg` (not null) is a number of its kind and at least its minimum, and is
+    stored as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field."""
     for field, kind, minimum in fields:
         value = OmegaConf.select(cfg, field, default=None)
         if value is None:
             continue
-        if config_number(value, prefix + field, kind) < minimum:
+        number = config_number(value, prefix + field, kind)
+        if number < minimum:
             raise UserError(f"{prefix}{field} must be at least {minimum}, got {value!r}")
+        OmegaConf.update(cfg, field, number, merge=False)
 
 
 def _root_cause(err: BaseException) -> BaseException:

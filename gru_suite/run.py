@@ -24,6 +24,8 @@ from gru_suite.task import TaskPlugin
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+"""`ckpt_path` values that Lightning resolves itself when resuming."""
 
 
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
@@ -78,7 +80,7 @@ def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.Ligh
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_numbers(cfg, RUN_NUMBERS)
-    if cfg.get("ckpt_path"):
+    if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
         read_checkpoint(cfg.ckpt_path)  # a checkpoint to resume that cannot be read fails before any work
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)

@@ -95,6 +95,8 @@ def read_table(
         header = next(reader, None)
         if not header:
             raise UserError(f"{path}:1: expected a header row naming the columns, found an empty line")
+        while len(header) > 1 and not header[-1].strip():
+            header.pop()
         header = [name.strip() for name in header]
         missing = [name for name in columns if name not in header]
         if missing:
@@ -103,10 +105,12 @@ def read_table(
         rows = []
         start = reader.line_num + 1
         for row in reader:
+            while len(row) > len(header) and not row[-1]:  # trailing empty fields (a trailing delimiter)
+                row.pop()
             if row:
                 if len(row) != len(header):
-                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header})"
-                                    + ("" if tab else "; quote a text that holds a comma"))
+                    hint = "; quote a text that holds a comma" if len(row) > len(header) and not tab else ""
+                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header}){hint}")
                 rows.append((start, [row[i] for i in where]))
             start = reader.line_num + 1
     except csv.Error as err:

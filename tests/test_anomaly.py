@@ -80,6 +80,8 @@ def test_cooldown_keeps_the_first_flag_of_each_burst():
     raw = np.array([9, 9, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1], dtype=float)
     flags = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=3).run(raw, probation=2).flags
     assert np.flatnonzero(flags).tolist() == [2, 6, 12]  # 3-5 and 8 fall within 3 rows of a kept flag
+    flagger = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=20)
+    assert [np.flatnonzero(flagger.run(raw, 2).flags).tolist() for _ in range(2)] == [[2], [2]]  # each series anew
     assert np.flatnonzero(Flagger(score="raw", threshold="fixed", fixed=0.5).run(raw, 2).flags).tolist() == [
         2, 3, 4, 5, 6, 8, 12]
 
@@ -89,15 +91,18 @@ def test_flagger_rejects_bad_settings():
         Flagger(score="likelihood", threshold="spot")
     with pytest.raises(ValueError, match="task.scoring.range_tolerance must be at least 0"):
         Flagger(range_tolerance=-0.1)
-    with pytest.raises(ValueError, match="task.scoring.cooldown must be at least 0"):
-        Flagger(cooldown=-1)
+    for cooldown in (-1, 2.5):
+        with pytest.raises(ValueError, match="task.scoring.cooldown must be a whole number of observations >= 0"):
+            Flagger(cooldown=cooldown)
+    with pytest.raises(ValueError, match="task.scoring.quantile must be between 0 and 1, got None"):
+        Flagger(threshold="quantile", quantile=None)
     with pytest.raises(ValueError, match="needs the series values"):
         Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
 
 
 def test_a_non_numeric_range_tolerance_names_the_field(tmp_path):
     cfg = compose_train_config("anomaly", ["task.scoring.range_tolerance=abc"], tmp_path)
-    with pytest.raises(UserError, match="task.scoring.range_tolerance must be a number, got 'abc'"):
+    with pytest.raises(UserError, match="task.scoring.range_tolerance must be a finite number, got 'abc'"):
         run.build_task(cfg.task).datamodule()  # before any training
 
 

@@ -109,5 +109,5 @@ def test_weight_dropout_masks_recurrent_weights_once_per_batch(cell):
 def test_weight_dropout_out_of_range_or_not_a_number_is_a_user_error():
     with pytest.raises(UserError, match=r"backbone.weight_dropout must be in \[0, 1\), got 1.0"):
         GRUBackbone(3, weight_dropout=1.0)
-    with pytest.raises(UserError, match=r"backbone.weight_dropout must be a number, got 'abc'"):
+    with pytest.raises(UserError, match=r"backbone.weight_dropout must be a finite number, got 'abc'"):
         GRUBackbone(3, weight_dropout="abc")

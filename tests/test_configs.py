@@ -104,20 +104,24 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
 
 @pytest.mark.parametrize("task,override,message", [
     ("forecasting", "backbone.hidden_size=abc", "backbone.hidden_size must be an integer, got 'abc'"),
-    ("forecasting", "optimizer.lr=fast", "optimizer.lr must be a number, got 'fast'"),
+    ("forecasting", "optimizer.lr=fast", "optimizer.lr must be a finite number, got 'fast'"),
     ("forecasting", "trainer.max_epochs=abc", "trainer.max_epochs must be an integer, got 'abc'"),
     ("forecasting", "task.data.batch_size=0", "task.data.batch_size must be at least 1, got 0"),
     ("forecasting", "task.data.lookback=-5", "task.data.lookback must be at least 1, got -5"),
     ("forecasting", "task.data.horizon=0", "task.data.horizon must be at least 1, got 0"),
-    ("anomaly", "task.data.probation=abc", "task.data.probation must be a number, got 'abc'"),
+    ("anomaly", "task.data.probation=abc", "task.data.probation must be a finite number, got 'abc'"),
     ("anomaly", "task.data.crop_length=0", "task.data.crop_length must be at least 2, got 0"),
-    ("anomaly", "task.scoring.quantile=2", "task.scoring.quantile must be between 0 and 1, got 2"),
+    ("anomaly", "task.scoring.threshold=quantile task.scoring.quantile=2",
+     "task.scoring.quantile must be between 0 and 1, got 2"),
     ("translation", "task.decode.beam_size=abc", "task.decode.beam_size must be an integer, got 'abc'"),
     ("music", "task.generate.top_k=abc", "task.generate.top_k must be an integer, got 'abc'"),
     ("music", "task.generate.pieces=0", "task.generate.pieces must be at least 1, got 0"),
+    ("anomaly", "task.scoring.cooldown=2.5", "task.scoring.cooldown must be an integer, got 2.5"),
+    ("forecasting", "task.data.lookback=inf", "task.data.lookback must be an integer, got inf"),
+    ("forecasting", "optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
-    cfg = compose_train_config(task, [override], tmp_path)
+    cfg = compose_train_config(task, override.split(), tmp_path)
     with pytest.raises(UserError, match=re.escape(message)):
         check_numbers(cfg, RUN_NUMBERS)
         run.build_task(cfg.task).datamodule()

@@ -63,9 +63,10 @@ class Flagger:
             raise UserError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
         if self.threshold not in THRESHOLDS:
             raise UserError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
-        for name in ("quantile", "spot_q", "spot_level"):
-            if not 0 < getattr(self, name) < 1:
-                raise UserError(f"task.scoring.{name} must be between 0 and 1, got {getattr(self, name)}")
+        for name in {"quantile": ("quantile",), "spot": ("spot_q", "spot_level")}.get(self.threshold, ()):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise UserError(f"task.scoring.{name} must be between 0 and 1, got {value}")
         if self.threshold == "spot" and self.score != "raw":
             raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
         self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
@@ -74,8 +75,8 @@ class Flagger:
         if self.range_tolerance is not None and self.range_tolerance < 0:
             raise UserError(f"task.scoring.range_tolerance must be at least 0 or null, got {self.range_tolerance}")
         self._range = RangeCheck(self.range_tolerance) if self.range_tolerance is not None else None
-        if self.cooldown < 0:
-            raise UserError(f"task.scoring.cooldown must be at least 0 (observations), got {self.cooldown}")
+        if isinstance(self.cooldown, bool) or not isinstance(self.cooldown, int) or self.cooldown < 0:
+            raise UserError(f"task.scoring.cooldown must be a whole number of observations >= 0, got {self.cooldown}")
         self._quiet = 0  # observations still muted by the last flag
 
     def normalise(self, raw: float) -> float:
@@ -106,7 +107,7 @@ class Flagger:
 
     def settle(self, flagged: bool) -> bool:
         """The flag of one scored observation after the cooldown: False while the last flag's mutes last."""
-        if self._quiet:
+        if self._quiet > 0:
             self._quiet -= 1
             return False
         if flagged:
@@ -131,6 +132,7 @@ class Flagger:
             beyond = self._range.run(values, probation)
             flags |= beyond
         if self.cooldown:
+            self._quiet = 0  # a new series starts unmuted
             flags[probation:] = [self.settle(flag) for flag in flags[probation:]]
         return ScoredSeries(raw, score, flags, float(self.value), beyond)
 

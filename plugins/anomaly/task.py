@@ -72,7 +72,7 @@ class AnomalyTask(TaskPlugin):
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
             skip=self.cfg.detector.burn_in, range_tolerance=scoring.get("range_tolerance"),
-            cooldown=scoring.get("cooldown", 0),
+            cooldown=scoring.get("cooldown") or 0,
         )
 
     def retraining(self) -> Retraining | None:

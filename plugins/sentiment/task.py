@@ -49,6 +49,11 @@ class SentimentTask(TaskPlugin):
     confusion matrix into `task.report_dir` (default: the Hydra run folder).
     """
 
+    numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
+               ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
+               ("model.dropout", float, 0), ("model.lm_weight", float, 0), ("model.lm_words", int, 1),
+               ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         self.tokenizer = tokenizer_from_state(self.state["tokenizer"]) if "tokenizer" in self.state else None
@@ -63,8 +68,8 @@ class SentimentTask(TaskPlugin):
     # --- data ---------------------------------------------------------------------------------------------
 
     def datamodule(self) -> SentimentData:
-        self._check_prediction_settings()
-        if self.tokenizer is None:
+        if self.tokenizer is None:  # training: what later stages read is checked before it
+            self._check_prediction_settings()
             self._fit(self._examples("train"))
             if self.cfg.data.get("test"):
                 label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
@@ -74,12 +79,16 @@ class SentimentTask(TaskPlugin):
 
     def _check_prediction_settings(self) -> None:
         """Prediction's input file and importance, checked before training rather than after it."""
-        predict = self.cfg.predict
-        if predict.importance not in IMPORTANCE:
-            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {predict.importance!r}")
-        source = predict.get("input")
+        self._importance()
+        source = self.cfg.predict.get("input")
         if source and str(source) != STDIN and not Path(source).is_file():
             raise UserError(f"task.predict.input: no such file {source}")
+
+    def _importance(self) -> str:
+        importance = self.cfg.predict.importance
+        if importance not in IMPORTANCE:
+            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
+        return importance
 
     def _fit(self, train: list[Example]) -> None:
         """Tokenizer, label set and class weights from the training examples."""
@@ -209,7 +218,7 @@ class SentimentTask(TaskPlugin):
         `predict.importance`: `gradient` (gradient x input toward the predicted label) or `pooling`
         (the attention weights, or each token's share of the max-pooled features).
         """
-        importance = self.cfg.predict.importance
+        importance = self._importance()
         explain_with = model.saliency if importance == "gradient" else model.probabilities
         probs, weights = explain_with(batch.ids, batch.lengths)
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),

@@ -18,6 +18,8 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_PEAK = 1e-4
 """Audio whose absolute peak stays below this (about -80 dBFS) is silent."""
 LOG_FLOOR = 1e-6
+PIPE_SIZE = 0xFFFFFFFF
+"""The chunk size a WAV writer leaves when it streams to a pipe and cannot seek back."""
 
 
 def read_audio(path: str | Path, sample_rate: int) -> Tensor:
@@ -49,10 +51,11 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
 
 
 def _missing_data_bytes(extra_info: str) -> tuple[int, int] | None:
-    """(announced, present) bytes of a WAV/AIFF data chunk cut short, from libsndfile's header report
-    (`data : 16000 (should be 5304)`); None when the chunk is whole."""
-    found = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info, re.MULTILINE)
-    if found and int(found[1]) > int(found[2]):
+    """(announced, present) bytes of a WAV/AIFF audio chunk cut short, from libsndfile's header report
+    (`data : 16000 (should be 5304)`, `SSND : ...` for AIFF); None when the chunk is whole, or when its size
+    is the placeholder a writer to a pipe leaves (0 or 0xFFFFFFFF: the size was never known)."""
+    found = re.search(r"^\s*(?:data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info, re.MULTILINE)
+    if found and int(found[1]) > int(found[2]) and int(found[1]) not in (0, PIPE_SIZE, PIPE_SIZE - 8):
         return int(found[1]), int(found[2])
     return None
 

@@ -46,7 +46,8 @@ class TranslationTask(TaskPlugin):
 
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 1), ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
-               ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0), ("decode.max_length", int, 1))
+               ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
+               ("decode.max_length", int, 1))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
