@@ -42,7 +42,7 @@ class TaskPlugin(ABC):
 
     numbers: tuple[NumberField, ...] = (("data.batch_size", int, 1), ("data.num_workers", int, 0))
     """Numeric fields of the task's config (relative to `task.`) checked when the task is built; a
-    plugin adds its own as `TaskPlugin.numbers + (("data.lookback", int, 1), ...)`."""
+    plugin adds its own as `(*TaskPlugin.numbers, ("data.lookback", int, 1), ...)`."""
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         check_numbers(cfg, self.numbers, prefix="task.")
