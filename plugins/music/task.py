@@ -71,6 +71,7 @@ class MusicTask(TaskPlugin):
         return self.representation.primer
 
     def datamodule(self) -> MusicData:
+        self.representation.sampling(), self.representation.unit()  # generation settings fail before training
         return self.representation.datamodule()
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
