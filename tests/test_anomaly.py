@@ -1,5 +1,6 @@
 """The anomaly task: detectors, streaming == batch, flags on injected anomalies, CLI, bad input."""
 
+import io
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
+from gru_suite_plugins.anomaly.stream import main as stream_main
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -106,7 +108,7 @@ def test_a_non_numeric_range_tolerance_names_the_field(tmp_path):
         run.build_task(cfg.task).datamodule()  # before any training
 
 
-def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path):
+def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     result = run_cli("gru-suite", "task=anomaly", f"task.data.path={spiky_csv}", "task.data.windows_path=null",
                      "task.data.label_column=label", "task.data.probation=0.4", "trainer.max_epochs=12", *TINY,
@@ -130,9 +132,10 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     streamed = np.array([int(line.split(",")[1]) for line in out.stdout.splitlines()])
     assert set(np.flatnonzero(streamed)) == flagged
     for bad in ("1.5,2.5", "nan"):  # one value per line is expected, and finite
-        out = subprocess.run([exe, str(ckpt)], input=f"1.0\n{bad}\n", capture_output=True, text=True, timeout=120)
-        assert out.returncode == 2 and out.stderr.strip() == (
-            f"error: stdin, line 2: expected 1 comma-separated finite number(s), got {bad!r}"), out.stderr
+        monkeypatch.setattr(sys, "stdin", io.StringIO(f"1.0\n{bad}\n"))
+        assert stream_main([str(ckpt)]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: stdin, line 2: expected 1 comma-separated finite number(s), got {bad!r}")
 
 
 def test_anomaly_honours_the_plugin_contract(tmp_path):
