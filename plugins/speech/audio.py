@@ -31,8 +31,9 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     if not path.is_file():
         raise UserError(f"{path}: no such audio file")
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
-        shortfall = _missing_data_bytes(sf.info(path).extra_info)
+        with sf.SoundFile(path) as audio:  # one open for the samples and the header report
+            data, rate = audio.read(dtype="float32", always_2d=True), audio.samplerate
+            shortfall = _missing_data_bytes(audio.extra_info)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise UserError(f"{path}: not a readable audio file ({err})") from err
     if shortfall:
