@@ -71,7 +71,8 @@ class MusicTask(TaskPlugin):
         return self.representation.primer
 
     def datamodule(self) -> MusicData:
-        self.representation.sampling(), self.representation.unit()  # generation settings fail before training
+        self.representation.sampling()  # the generation settings fail before training, not after it
+        self.representation.unit()
         return self.representation.datamodule()
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
