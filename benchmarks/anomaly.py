@@ -252,7 +252,7 @@ def score_all(task: Any, model: Any) -> tuple[dict[str, Any], dict[str, float]]:
     for index, stream in enumerate(task.streams):
         t0 = time.perf_counter()
         with torch.no_grad():
-            x = stream.scaled.unsqueeze(0)
+            x = stream.inputs.unsqueeze(0)
             # the task's own path (it adds periodic retraining when task.detector.retrain.every is set)
             raw = task.raw_scores(model, index, x) if hasattr(task, "raw_scores") else model.raw_scores(x)[0]
             raw = raw.float().numpy()
@@ -327,25 +327,24 @@ def label_tuned(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
 def streaming(task: Any, model: Any, nab: Path, name: str, cfg: Any, scored: dict[str, Any]) -> dict[str, Any]:
     """Throughput of AnomalyStream.update over one series, timed after its probationary period."""
     from gru_suite.timeseries import read_series_csv
-    from gru_suite_plugins.anomaly.flagging import AnomalyStream
 
     known = {s.name: s for s in task.streams}
     if name in known:
-        values, probation = known[name].series.values, known[name].probation
+        series, probation = known[name].series, known[name].probation
     else:
         d = cfg.task.data
-        values = read_series_csv(nab / "data" / name, None, d.time_column, d.get("missing", "interpolate")).values
-        probation = min(int(d.probation * len(values)), d.probation_max)
-    retraining = task.retraining() if hasattr(task, "retraining") else None
-    stream = AnomalyStream(model, task.flagger(), probation, *([retraining] if retraining else []))
-    out = [stream.update(row) for row in values[:probation]]
-    rest = values[probation:]
+        series = read_series_csv(nab / "data" / name, None, d.time_column, d.get("missing", "interpolate"))
+        probation = min(int(d.probation * len(series.values)), d.probation_max)
+    stream = task.stream(model, probation)
+    rows = list(zip(series.values, series.timestamps))
+    out = [stream.update(row, stamp) for row, stamp in rows[:probation]]
+    rest = rows[probation:]
     wall, cpu = time.perf_counter(), time.process_time()
-    for row in rest:
-        out.append(stream.update(row))
+    for row, stamp in rest:
+        out.append(stream.update(row, stamp))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     result = {
-        "series": name, "rows": len(values), "probation": probation, "timed_points": len(rest),
+        "series": name, "rows": len(rows), "probation": probation, "timed_points": len(rest),
         "wall_s": wall, "points_per_s": len(rest) / wall, "us_per_point": 1e6 * wall / len(rest),
         "cpu_us_per_point": 1e6 * cpu / len(rest),
     }

@@ -132,6 +132,29 @@ def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int,
     return bounds
 
 
+CALENDAR_PERIODS = {"time_of_day": 86_400.0, "day_of_week": 7 * 86_400.0}
+"""Calendar cycles that `calendar_features` encodes, with their periods in seconds."""
+
+
+def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str = "") -> np.ndarray:
+    """Each cycle of `kinds` as a (sin, cos) pair of the timestamps' phase in it: float32 (T, 2 * len(kinds)).
+
+    Known ahead for every row, these let a model tell 3 a.m. from 3 p.m. (and Sunday from
+    Monday) without learning the cycle from its own inputs.
+    """
+    unknown = [k for k in kinds if k not in CALENDAR_PERIODS]
+    if unknown:
+        raise UserError(f"unknown calendar feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
+    if kinds and not isinstance(stamps, pd.DatetimeIndex):
+        raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
+    if not kinds:
+        return np.zeros((len(stamps), 0), dtype=np.float32)
+    local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are
+    seconds = (local - pd.Timestamp("1970-01-05")).total_seconds().to_numpy()  # 1970-01-05 was a Monday
+    phases = np.stack([2 * np.pi * (seconds % CALENDAR_PERIODS[k]) / CALENDAR_PERIODS[k] for k in kinds], axis=1)
+    return np.concatenate([np.sin(phases), np.cos(phases)], axis=1).astype(np.float32)
+
+
 @dataclass
 class StandardScaler:
     """Per-column z-scoring with statistics from the training part only."""

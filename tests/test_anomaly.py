@@ -142,10 +142,23 @@ def test_anomaly_honours_the_plugin_contract(tmp_path):
     check_task_plugin("anomaly", overrides=TINY, tmp_path=tmp_path)
 
 
-def test_autoencoder_detector_with_periodic_retraining_honours_the_contract(tmp_path):
+def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_streams(tmp_path, monkeypatch, capsys):
     check_task_plugin("anomaly", overrides=[*TINY, "task.detector.kind=autoencoder", "task.detector.window=16",
-                                            "task.detector.retrain.every=400", "task.detector.retrain.steps=2"],
+                                            "task.detector.retrain.every=400", "task.detector.retrain.steps=2",
+                                            "task.data.calendar=[time_of_day]"],
                       tmp_path=tmp_path)
+    ckpt = str(next((tmp_path / "short_run").rglob("last.ckpt")))
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("2024-01-01 00:00,1.0\n"))
+    assert stream_main([ckpt]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {ckpt}: its detector reads calendar features ['time_of_day']; "
+                                               "start each line with its timestamp and pass --timestamp")
+    lines = "".join(f"2024-01-01 {h:02d}:00,{np.sin(h / 4):.3f}\n" for h in range(24))
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "yesterday,1.0\n"))
+    assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 24 and out.startswith("2024-01-01 00:00,")
+    assert err.strip() == "error: stdin, line 25: not a timestamp: 'yesterday'"
 
 
 def load(path, **kwargs):
@@ -189,6 +202,33 @@ def test_constant_series_scores_without_error(tmp_path):
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
     (stream,) = load(flat)
     assert torch.isfinite(stream.scaled).all() and float(stream.scaled.abs().max()) == 0.0
+
+
+def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
+    from gru_suite.timeseries import calendar_features
+
+    stamps = pd.date_range("2024-01-01", periods=300, freq="h")
+    values = (np.sin(np.arange(300) * 2 * np.pi / 24) + (stamps.dayofweek >= 5)).astype(np.float32)[:, None]
+    path = tmp_path / "hourly.csv"
+    pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
+    (data,) = load(path, calendar=["time_of_day", "day_of_week"])
+    assert data.inputs.shape == (300, 5)
+    np.testing.assert_allclose(data.inputs[:, 1:].numpy(), calendar_features(stamps, ["time_of_day", "day_of_week"]))
+    torch.manual_seed(0)
+    model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=1), 1, n_covariates=4).eval()
+    settings = dict(score="raw", threshold="quantile", quantile=0.9)
+    stream = AnomalyStream(model, Flagger(**settings), data.probation, calendar=["time_of_day", "day_of_week"])
+    online = [stream.update(v, t) for v, t in zip(values, stamps.astype(str))]
+    with torch.no_grad():
+        raw = model.raw_scores(data.inputs[None])[0].numpy()
+    batch = Flagger(**settings).run(raw, data.probation, values)
+    start = data.probation - 1  # the stream scores nothing before its probationary period ends
+    np.testing.assert_allclose([s for s, _ in online][start:], batch.score[start:], rtol=1e-4, atol=1e-6)
+    np.testing.assert_array_equal([f for _, f in online], batch.flags)
+    with pytest.raises(UserError, match=r"reads calendar features \['time_of_day', 'day_of_week'\]: give each"):
+        stream.update(values[0])
+    with pytest.raises(UserError, match="not a timestamp: 'soon'"):
+        stream.update(values[0], "soon")
 
 
 def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -114,3 +115,21 @@ def test_batch_loader_yields_whole_batches():
     batches = list(batch_loader(ds, batch_size=16))
     assert [b[0].shape[0] for b in batches] == [16, 16, 13]
     assert batches[0][0].shape == (16, 5, 1) and batches[0][1].shape == (16, 1, 1)
+
+
+def test_calendar_features_encode_the_phase_of_each_cycle():
+    from gru_suite.timeseries import calendar_features
+
+    stamps = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 06:00", "2024-01-04 12:00"])  # Monday, Thursday
+    features = calendar_features(stamps, ["time_of_day", "day_of_week"])
+    assert features.dtype == np.float32 and features.shape == (3, 4)  # sin of each kind, then cos of each
+    np.testing.assert_allclose(features[:, [0, 2]], [[0, 1], [1, 0], [0, -1]], atol=1e-6)  # time of day
+    np.testing.assert_allclose(features[:, [1, 3]], [[0, 1], [np.sin(np.pi / 14), np.cos(np.pi / 14)], [0, -1]],
+                               atol=1e-6)  # day of week: Thursday noon is half way through the week
+    tokyo = calendar_features(stamps.tz_localize("Asia/Tokyo"), ["time_of_day"])  # the local wall clock counts
+    np.testing.assert_allclose(tokyo, features[:, [0, 2]], atol=1e-6)
+    assert calendar_features(stamps, []).shape == (3, 0)
+    with pytest.raises(UserError, match=r"unknown calendar feature\(s\) \['hour'\]"):
+        calendar_features(stamps, ["hour"])
+    with pytest.raises(UserError, match=r"s.csv: calendar features need a time column"):
+        calendar_features(pd.RangeIndex(3), ["time_of_day"], "s.csv")

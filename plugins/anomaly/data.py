@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import Series, StandardScaler, read_series_csv
+from gru_suite.timeseries import Series, StandardScaler, calendar_features, read_series_csv
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -26,17 +26,24 @@ Window = tuple[int, int]
 
 @dataclass
 class StreamData:
-    """One series to score: raw values, its scaler (fitted on its probationary part) and labels."""
+    """One series to score: raw values, its scaler (fitted on its probationary part), labels and
+    calendar covariates (T, C) of its timestamps (C may be 0)."""
 
     name: str
     series: Series
     probation: int
     scaler: StandardScaler
     windows: list[Window] | None
+    covariates: np.ndarray
 
     @property
     def scaled(self) -> Tensor:
         return torch.from_numpy(self.scaler.transform(self.series.values))
+
+    @property
+    def inputs(self) -> Tensor:
+        """What the detector reads: the scaled values, then the covariates (T, F + C)."""
+        return torch.cat([self.scaled, torch.from_numpy(self.covariates)], dim=1)
 
     def labels(self) -> np.ndarray | None:
         """Per-row booleans: inside an anomaly window."""
@@ -115,8 +122,10 @@ def load_streams(
     probation_max: int,
     missing: str,
     min_probation: int,
+    calendar: Sequence[str] = (),
 ) -> list[StreamData]:
-    """Every series under `path`, scaled on its own probationary part, with its labels if any."""
+    """Every series under `path`, scaled on its own probationary part, with its labels if any
+    and the `calendar` features of its timestamps."""
     root, files = csv_files(path)
     windows = read_window_file(windows_path) if windows_path else {}
     matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
@@ -136,7 +145,8 @@ def load_streams(
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
-        streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans))
+        covariates = calendar_features(series.timestamps, calendar, file)
+        streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     widths = {len(s.series.columns) for s in streams}
     if len(widths) > 1:
         raise UserError(f"{root}: the series have different numbers of value columns {sorted(widths)}")
@@ -185,7 +195,7 @@ class AnomalyData(SplitDataModule):
     def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int) -> None:
         super().__init__(batch_size, batch_sizes={"test": 1, "predict": 1})
         self.streams = streams
-        sequences = [s.scaled for s in streams]
+        sequences = [s.inputs for s in streams]
         cut = [int(s.probation * (1 - validation)) for s in streams]
         shortest_val = min(s.probation - c for c, s in zip(cut, streams))
         whole = SeriesDataset(sequences)

@@ -5,14 +5,15 @@
   prediction error. Streaming uses `GRUBackbone.step`, so it equals batch scoring.
 - `WindowAutoencoder` encodes the last `window` observations into the GRU's final
   state and decodes them back; the raw score is the window's reconstruction error.
-  Streaming keeps the last `window` observations in a ring buffer.
+  Streaming keeps the last `window - 1` observations.
 
-Both cost constant time and memory per observation.
+Both cost constant time and memory per observation. Their inputs are the `n_features`
+scaled values of each observation followed by `n_covariates` known covariates (calendar
+features); only the values are predicted, reconstructed and scored.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 import torch
@@ -26,9 +27,10 @@ from gru_suite.task import BackboneFactory
 class NextStepForecaster(nn.Module):
     """Predicts x[t+1] from x[0..t]; `forward(x)` returns predictions aligned with x."""
 
-    def __init__(self, backbone: BackboneFactory, n_features: int) -> None:
+    def __init__(self, backbone: BackboneFactory, n_features: int, n_covariates: int = 0) -> None:
         super().__init__()
-        self.backbone: GRUBackbone = backbone(input_size=n_features)
+        self.n_features = n_features
+        self.backbone: GRUBackbone = backbone(input_size=n_features + n_covariates)
         self.head = nn.Linear(self.backbone.output_size, n_features)
 
     def forward(self, x: Tensor, h0: State | None = None) -> Tensor:
@@ -38,29 +40,36 @@ class NextStepForecaster(nn.Module):
     def loss(self, crops: Tensor, burn_in: int) -> Tensor:
         """Next-step MSE over each crop, after `burn_in` steps of context."""
         pred = self(crops[:, :-1])
-        return (pred[:, burn_in:] - crops[:, 1 + burn_in :]).pow(2).mean()
+        return (pred[:, burn_in:] - crops[:, 1 + burn_in :, : self.n_features]).pow(2).mean()
 
-    def score_next(self, x_t: Tensor, memory: tuple[State, Tensor] | None) -> tuple[float, tuple[State, Tensor]]:
-        """Score `x_t` (F,) against the last prediction, then predict the next one, carrying the state."""
+    def score_chunk(self, x: Tensor, memory: tuple[State, Tensor] | None) -> tuple[Tensor, tuple[State, Tensor]]:
+        """Score the rows of `x` (T, F + C) that follow `memory` (the state and the last prediction;
+        None at the start, where the first row scores 0), carrying the state on."""
         state, prediction = memory if memory is not None else (None, None)
-        score = 0.0 if prediction is None else float((x_t - prediction).pow(2).mean())
-        out, state = self.backbone.step(x_t.unsqueeze(0), state)
-        return score, (state, self.head(out)[0])
+        out, state = self.backbone(x.unsqueeze(0), h0=state)
+        predictions = self.head(out[0])  # row t's prediction of row t + 1
+        values = x[:, : self.n_features]
+        if prediction is None:
+            errors = torch.cat([values.new_zeros(1), (values[1:] - predictions[:-1]).pow(2).mean(-1)])
+        else:
+            errors = (values - torch.cat([prediction.unsqueeze(0), predictions[:-1]])).pow(2).mean(-1)
+        return errors, (state, predictions[-1])
 
     def raw_scores(self, x: Tensor) -> Tensor:
         """Squared error of each observation's prediction (B, T); the first scores 0."""
         pred = self(x[:, :-1])
-        errors = (x[:, 1:] - pred).pow(2).mean(-1)
+        errors = (x[:, 1:, : self.n_features] - pred).pow(2).mean(-1)
         return torch.cat([errors.new_zeros(x.size(0), 1), errors], dim=1)
 
 
 class WindowAutoencoder(nn.Module):
     """Sequence autoencoder over windows of `window` observations."""
 
-    def __init__(self, backbone: BackboneFactory, n_features: int, window: int) -> None:
+    def __init__(self, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0) -> None:
         super().__init__()
         self.window = window
-        self.backbone: GRUBackbone = backbone(input_size=n_features)
+        self.n_features = n_features
+        self.backbone: GRUBackbone = backbone(input_size=n_features + n_covariates)
         self.decoder: GRUBackbone = backbone(input_size=self.backbone.output_size)
         self.head = nn.Linear(self.decoder.output_size, n_features)
 
@@ -72,18 +81,17 @@ class WindowAutoencoder(nn.Module):
 
     def loss(self, crops: Tensor, burn_in: int) -> Tensor:
         windows = crops.unfold(1, self.window, self.window).transpose(2, 3).reshape(-1, self.window, crops.size(-1))
-        return (self(windows) - windows).pow(2).mean()
+        return self.window_errors(windows).mean()
 
     def window_errors(self, windows: Tensor) -> Tensor:
-        return (self(windows) - windows).pow(2).mean(dim=(1, 2))
+        return (self(windows) - windows[..., : self.n_features]).pow(2).mean(dim=(1, 2))
 
-    def score_next(self, x_t: Tensor, memory: deque[Tensor] | None) -> tuple[float, deque[Tensor]]:
-        """Reconstruction error of the window ending at `x_t` (F,); 0 until the window is full."""
-        window = memory if memory is not None else deque(maxlen=self.window)
-        window.append(x_t)
-        if len(window) < self.window:
-            return 0.0, window
-        return float(self.window_errors(torch.stack(list(window)).unsqueeze(0))[0]), window
+    def score_chunk(self, x: Tensor, memory: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Reconstruction errors of the windows ending at the rows of `x` (T, F + C), after the
+        last `window - 1` rows kept in `memory` (0 until a window is full)."""
+        context = torch.cat([memory, x]) if memory is not None else x
+        scores = self.raw_scores(context.unsqueeze(0))[0, len(context) - len(x) :]
+        return scores, context[max(0, len(context) - self.window + 1) :]
 
     def raw_scores(self, x: Tensor) -> Tensor:
         """Reconstruction error of the window ending at each observation (B, T); 0 until one is full."""
@@ -97,10 +105,10 @@ class WindowAutoencoder(nn.Module):
 
 
 class StreamingScorer:
-    """Raw scores one observation at a time, equal to the detector's batch `raw_scores`.
+    """Raw scores of a stream fed in pieces, equal to the detector's batch `raw_scores`.
 
-    The detector's `score_next(x_t, memory) -> (score, memory)` does the work; the
-    memory (GRU state or window buffer) has a fixed size.
+    The detector's `score_chunk(x, memory) -> (scores, memory)` does the work; the
+    memory (GRU state and last prediction, or the last window's rows) has a fixed size.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -108,16 +116,22 @@ class StreamingScorer:
         self._memory: Any = None
 
     @torch.no_grad()
+    def scores(self, x: Tensor) -> Tensor:
+        """Scores of the next rows `x` (T, F + C), already scaled."""
+        scores, self._memory = self.model.score_chunk(x, self._memory)
+        return scores
+
     def update(self, x_t: Tensor) -> float:
-        """Score observation `x_t` (already scaled, shape (F,))."""
-        score, self._memory = self.model.score_next(x_t, self._memory)
-        return score
+        """Score one observation `x_t` (F + C,), already scaled."""
+        return float(self.scores(x_t.unsqueeze(0))[0])
 
 
-def build_detector(kind: str, backbone: BackboneFactory, n_features: int, window: int) -> nn.Module:
+def build_detector(
+    kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0
+) -> nn.Module:
     """`forecaster` or `autoencoder`."""
     if kind == "forecaster":
-        return NextStepForecaster(backbone, n_features)
+        return NextStepForecaster(backbone, n_features, n_covariates)
     if kind == "autoencoder":
-        return WindowAutoencoder(backbone, n_features, window)
+        return WindowAutoencoder(backbone, n_features, window, n_covariates)
     raise UserError(f"task.detector.kind must be 'forecaster' or 'autoencoder', got {kind!r}")

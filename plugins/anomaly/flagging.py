@@ -8,16 +8,17 @@ and `AnomalyStream.update` (one observation at a time) give the same results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import StandardScaler
+from gru_suite.timeseries import StandardScaler, calendar_features
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, RangeCheck, Spot, quantile_threshold
@@ -140,37 +141,60 @@ class Flagger:
 class AnomalyStream:
     """Score a live stream one observation at a time, with constant memory and time per point
     once the probationary period is over (during it, its observations are kept to fit the
-    scaler and calibrate the threshold)."""
+    scaler and calibrate the threshold). A detector trained with `calendar` features needs
+    each observation's timestamp."""
 
-    def __init__(self, model: nn.Module, flagger: Flagger, probation: int, retraining: Retraining | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        flagger: Flagger,
+        probation: int,
+        retraining: Retraining | None = None,
+        calendar: Sequence[str] = (),
+    ) -> None:
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.flagger = flagger
         self.probation = probation
-        self._warmup: list[np.ndarray] | None = []
+        self.calendar = list(calendar)
+        self._warmup: list[tuple[np.ndarray, np.ndarray]] | None = []
         self.scaler: StandardScaler | None = None
 
-    def update(self, values: np.ndarray | list[float]) -> tuple[float, bool]:
-        """Add one observation (one value per column); returns (score, flag)."""
+    def update(self, values: np.ndarray | list[float], timestamp: Any = None) -> tuple[float, bool]:
+        """Add one observation (one value per column, and its timestamp when the detector reads
+        calendar features); returns (score, flag)."""
         x = np.asarray(values, dtype=np.float32).reshape(-1)
+        covariates = self._covariates(timestamp)
         if self._warmup is not None:
-            self._warmup.append(x)
+            self._warmup.append((x, covariates))
             if len(self._warmup) < self.probation:
                 return 0.5 if self.flagger.score == "likelihood" else 0.0, False
             return self._end_probation()
-        return self._score(x)
+        return self._score(x, covariates)
 
-    def _score(self, x: np.ndarray) -> tuple[float, bool]:
-        scaled = torch.from_numpy(self.scaler.transform(x[None])[0])
-        score = self.flagger.normalise(self.scorer.update(scaled))
+    def _covariates(self, timestamp: Any) -> np.ndarray:
+        if not self.calendar:
+            return np.zeros(0, dtype=np.float32)
+        if timestamp is None:
+            raise UserError(f"this detector reads calendar features {self.calendar}: give each observation's timestamp")
+        try:
+            stamp = pd.DatetimeIndex([pd.Timestamp(timestamp)])
+        except (TypeError, ValueError) as err:
+            raise UserError(f"not a timestamp: {timestamp!r}") from err
+        return calendar_features(stamp, self.calendar)[0]
+
+    def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.concatenate([self.scaler.transform(x[None])[0], covariates]))
+
+    def _score(self, x: np.ndarray, covariates: np.ndarray) -> tuple[float, bool]:
+        score = self.flagger.normalise(self.scorer.update(self._inputs(x, covariates)))
         flagged = self.flagger.flag(score)
         return score, self.flagger.settle(self.flagger.beyond_range(x) or flagged)
 
     def _end_probation(self) -> tuple[float, bool]:
-        history = np.stack(self._warmup)
-        self._warmup = None
-        self.scaler = StandardScaler.fit(history)
-        self.flagger.fit_range(history)
-        scores = [self.flagger.normalise(self.scorer.update(torch.from_numpy(row))) for row in
-                  self.scaler.transform(history)]
+        history, self._warmup = self._warmup, None
+        values = np.stack([x for x, _ in history])
+        self.scaler = StandardScaler.fit(values)
+        self.flagger.fit_range(values)
+        scores = [self.flagger.normalise(self.scorer.update(self._inputs(x, c))) for x, c in history]
         self.flagger.calibrate(np.asarray(scores))
         return scores[-1], False

@@ -59,7 +59,7 @@ def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
 
 
 class OnlineScorer:
-    """Raw scores one observation at a time, fine-tuning a private copy of the model on schedule."""
+    """Raw scores of a stream, fine-tuning a private copy of the model on schedule."""
 
     def __init__(self, model: nn.Module, retraining: Retraining, probation: int) -> None:
         with torch.inference_mode(False):
@@ -71,14 +71,25 @@ class OnlineScorer:
         self.seen = 0
 
     def update(self, x_t: Tensor) -> float:
-        score = self.scorer.update(x_t)
-        self.recent.append(x_t)
-        self.seen += 1
+        """Score one scaled observation (F + C,)."""
+        return float(self._advance(x_t.unsqueeze(0))[0])
+
+    def run(self, x: Tensor) -> np.ndarray:
+        """Scores for a whole scaled series (T, F + C), as streaming it would give: the rows between
+        two fine-tunes go through the model in one pass."""
+        scores = []
+        while len(x):
+            scored = self.seen - self.probation
+            next_fine_tune = self.probation + self.retraining.every * (max(scored, 0) // self.retraining.every + 1)
+            chunk, x = x[: next_fine_tune - self.seen], x[next_fine_tune - self.seen :]
+            scores.append(self._advance(chunk))
+        return torch.cat(scores).float().numpy() if scores else np.zeros(0, dtype=np.float32)
+
+    def _advance(self, rows: Tensor) -> Tensor:
+        scores = self.scorer.scores(rows)
+        self.recent.extend(rows)
+        self.seen += len(rows)
         scored = self.seen - self.probation
         if scored > 0 and scored % self.retraining.every == 0 and len(self.recent) > self.retraining.crop_length:
             fine_tune(self.model, torch.stack(list(self.recent)), self.retraining)
-        return score
-
-    def run(self, x: Tensor) -> np.ndarray:
-        """Scores for a whole scaled series (T, F), exactly as streaming it would give."""
-        return np.array([self.update(row) for row in x], dtype=np.float32)
+        return scores

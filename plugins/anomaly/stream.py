@@ -35,7 +35,10 @@ def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -
         if not line.strip():
             continue
         stamp, values = parse_line(line, number, has_timestamp, width)
-        score, flag = stream.update(values)
+        try:
+            score, flag = stream.update(values, stamp)
+        except UserError as err:
+            raise UserError(f"stdin, line {number}: {err}") from err
         yield f"{stamp + ',' if stamp else ''}{score:.6g},{int(flag)}"
 
 
@@ -49,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--probation must be at least 2 observations, got {args.probation}")
     try:
         from gru_suite.checkpoint import load_checkpoint
-        from gru_suite_plugins.anomaly.flagging import AnomalyStream
 
         module = load_checkpoint(args.ckpt_path)
         if not hasattr(module.task, "flagger"):
             raise UserError(f"{args.ckpt_path}: holds a {module.task.cfg.name!r} model, not an anomaly detector")
-        stream = AnomalyStream(module.model, module.task.flagger(), args.probation, module.task.retraining())
+        if module.task.calendar and not args.timestamp:
+            raise UserError(f"{args.ckpt_path}: its detector reads calendar features {module.task.calendar}; "
+                            "start each line with its timestamp and pass --timestamp")
+        stream = module.task.stream(module.model, args.probation)
         for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
     except UserError as err:

@@ -15,7 +15,7 @@ from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import build_detector
-from gru_suite_plugins.anomaly.flagging import Flagger, ScoredSeries
+from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger, ScoredSeries
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
 from gru_suite_plugins.anomaly.thresholds import MIN_PEAKS
@@ -40,11 +40,12 @@ class AnomalyTask(TaskPlugin):
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
-            min_probation=2 * data.crop_length,
+            min_probation=2 * data.crop_length, calendar=self.calendar,
         )
         self.flagger()  # a bad scoring config fails now, not after training
         self._check_spot_calibration()
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
+        self.state.setdefault("n_covariates", self.streams[0].covariates.shape[1])
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
 
@@ -64,7 +65,8 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window)
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window,
+                              self.state.get("n_covariates", 0))
 
     def flagger(self) -> Flagger:
         scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
@@ -81,6 +83,14 @@ class AnomalyTask(TaskPlugin):
             return None
         return Retraining(every=retrain.every, window=retrain.window, steps=retrain.steps, lr=retrain.lr,
                           crop_length=self.cfg.data.crop_length, burn_in=detector.burn_in)
+
+    def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
+        """A live scorer with this task's flagger, retraining and calendar features."""
+        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar)
+
+    @property
+    def calendar(self) -> list[str]:
+        return list(self.cfg.data.get("calendar") or [])
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
         """Raw scores of one whole series (1, T, F), with periodic retraining when configured."""
