@@ -211,6 +211,8 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     values = (np.sin(np.arange(300) * 2 * np.pi / 24) + (stamps.dayofweek >= 5)).astype(np.float32)[:, None]
     path = tmp_path / "hourly.csv"
     pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
+    one = run.build_task(compose_train_config("anomaly", ["task.data.calendar=time_of_day"], tmp_path / "cfg").task)
+    assert one.calendar == ["time_of_day"]  # one name without brackets
     (data,) = load(path, calendar=["time_of_day", "day_of_week"])
     assert data.inputs.shape == (300, 5)
     np.testing.assert_allclose(data.inputs[:, 1:].numpy(), calendar_features(stamps, ["time_of_day", "day_of_week"]))

@@ -90,7 +90,9 @@ class AnomalyTask(TaskPlugin):
 
     @property
     def calendar(self) -> list[str]:
-        return list(self.cfg.data.get("calendar") or [])
+        """The calendar covariates (`task.data.calendar`: a list, or one name)."""
+        kinds = self.cfg.data.get("calendar") or []
+        return [kinds] if isinstance(kinds, str) else list(kinds)
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
         """Raw scores of one whole series (1, T, F), with periodic retraining when configured."""
