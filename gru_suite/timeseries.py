@@ -144,7 +144,7 @@ def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str =
     """
     unknown = [k for k in kinds if k not in CALENDAR_PERIODS]
     if unknown:
-        raise UserError(f"unknown calendar feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
+        raise UserError(f"task.data.calendar: unknown feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
     if kinds and not isinstance(stamps, pd.DatetimeIndex):
         raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
     if not kinds:

@@ -129,7 +129,7 @@ def test_calendar_features_encode_the_phase_of_each_cycle():
     tokyo = calendar_features(stamps.tz_localize("Asia/Tokyo"), ["time_of_day"])  # the local wall clock counts
     np.testing.assert_allclose(tokyo, features[:, [0, 2]], atol=1e-6)
     assert calendar_features(stamps, []).shape == (3, 0)
-    with pytest.raises(UserError, match=r"unknown calendar feature\(s\) \['hour'\]"):
+    with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['hour'\]"):
         calendar_features(stamps, ["hour"])
     with pytest.raises(UserError, match=r"s.csv: calendar features need a time column"):
         calendar_features(pd.RangeIndex(3), ["time_of_day"], "s.csv")
