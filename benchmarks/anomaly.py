@@ -254,7 +254,7 @@ def score_all(task: Any, model: Any) -> tuple[dict[str, Any], dict[str, float]]:
         with torch.no_grad():
             x = stream.inputs.unsqueeze(0)
             # the task's own path (it adds periodic retraining when task.detector.retrain.every is set)
-            raw = task.raw_scores(model, index, x) if hasattr(task, "raw_scores") else model.raw_scores(x)[0]
+            raw = task.raw_scores(model, index, x)
             raw = raw.float().numpy()
         t1 = time.perf_counter()
         scored[stream.name] = task.flagger().run(raw, stream.probation, stream.series.values)

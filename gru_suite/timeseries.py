@@ -149,6 +149,8 @@ def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str =
         raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
     if not kinds:
         return np.zeros((len(stamps), 0), dtype=np.float32)
+    if stamps.hasnans:
+        raise UserError(f"{path}, line {int(np.argmax(stamps.isna())) + 2}: no timestamp, which calendar features need")
     local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are
     seconds = (local - pd.Timestamp("1970-01-05")).total_seconds().to_numpy()  # 1970-01-05 was a Monday
     phases = np.stack([2 * np.pi * (seconds % CALENDAR_PERIODS[k]) / CALENDAR_PERIODS[k] for k in kinds], axis=1)

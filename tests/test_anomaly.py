@@ -10,11 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import run_cli
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite import run
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
@@ -148,6 +150,10 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
                                             "task.data.calendar=[time_of_day]"],
                       tmp_path=tmp_path)
     ckpt = str(next((tmp_path / "short_run").rglob("last.ckpt")))
+    without = compose_train_config("anomaly", [*TINY, "task.detector.kind=autoencoder", "task.detector.window=16"],
+                                   tmp_path / "cfg")  # as when predicting new data, calendar unset
+    OmegaConf.resolve(without)
+    assert load_checkpoint(ckpt, without.task).task.calendar == ["time_of_day"]  # the checkpoint keeps its own
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("2024-01-01 00:00,1.0\n"))
     assert stream_main([ckpt]) == 2
@@ -213,6 +219,10 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
     one = run.build_task(compose_train_config("anomaly", ["task.data.calendar=time_of_day"], tmp_path / "cfg").task)
     assert one.calendar == ["time_of_day"]  # one name without brackets
+    with pytest.raises(UserError, match="task.data.calendar must be a list of names, got 5"):
+        _ = run.build_task(compose_train_config("anomaly", ["task.data.calendar=5"], tmp_path / "cfg").task).calendar
+    with pytest.raises(UserError, match="needs backbone.bidirectional=false"):
+        NextStepForecaster(partial(GRUBackbone, hidden_size=4, bidirectional=True), 1)
     (data,) = load(path, calendar=["time_of_day", "day_of_week"])
     assert data.inputs.shape == (300, 5)
     np.testing.assert_allclose(data.inputs[:, 1:].numpy(), calendar_features(stamps, ["time_of_day", "day_of_week"]))
@@ -229,8 +239,9 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     np.testing.assert_array_equal([f for _, f in online], batch.flags)
     with pytest.raises(UserError, match=r"reads calendar features \['time_of_day', 'day_of_week'\]: give each"):
         stream.update(values[0])
-    with pytest.raises(UserError, match="not a timestamp: 'soon'"):
-        stream.update(values[0], "soon")
+    for bad in ("soon", "NaT", ""):
+        with pytest.raises(UserError, match=f"not a timestamp: '{bad}'"):
+            stream.update(values[0], bad)
 
 
 def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():

@@ -131,5 +131,7 @@ def test_calendar_features_encode_the_phase_of_each_cycle():
     assert calendar_features(stamps, []).shape == (3, 0)
     with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['hour'\]"):
         calendar_features(stamps, ["hour"])
+    with pytest.raises(UserError, match=r"s.csv, line 3: no timestamp, which calendar features need"):
+        calendar_features(pd.DatetimeIndex(["2024-01-01", None]), ["time_of_day"], "s.csv")
     with pytest.raises(UserError, match=r"s.csv: calendar features need a time column"):
         calendar_features(pd.RangeIndex(3), ["time_of_day"], "s.csv")

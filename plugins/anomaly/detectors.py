@@ -2,7 +2,8 @@
 
 - `NextStepForecaster` runs the GRU over the whole stream, carrying its state, and
   predicts the next observation; the raw score of an observation is its squared
-  prediction error. Streaming uses `GRUBackbone.step`, so it equals batch scoring.
+  prediction error. Streaming carries the same state from piece to piece, so it equals
+  batch scoring; the backbone must be unidirectional (a forecaster may not see the future).
 - `WindowAutoencoder` encodes the last `window` observations into the GRU's final
   state and decodes them back; the raw score is the window's reconstruction error.
   Streaming keeps the last `window - 1` observations.
@@ -31,6 +32,9 @@ class NextStepForecaster(nn.Module):
         super().__init__()
         self.n_features = n_features
         self.backbone: GRUBackbone = backbone(input_size=n_features + n_covariates)
+        if self.backbone.bidirectional:
+            raise UserError("task.detector.kind=forecaster needs backbone.bidirectional=false: "
+                            "a next-step forecaster may not see the rows it predicts")
         self.head = nn.Linear(self.backbone.output_size, n_features)
 
     def forward(self, x: Tensor, h0: State | None = None) -> Tensor:

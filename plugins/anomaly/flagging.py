@@ -180,6 +180,8 @@ class AnomalyStream:
             stamp = pd.DatetimeIndex([pd.Timestamp(timestamp)])
         except (TypeError, ValueError) as err:
             raise UserError(f"not a timestamp: {timestamp!r}") from err
+        if stamp.hasnans:
+            raise UserError(f"not a timestamp: {timestamp!r}")
         return calendar_features(stamp, self.calendar)[0]
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """Optional periodic retraining: fine-tune the detector on the most recent observations as a stream goes on.
 
-`OnlineScorer` scores one observation at a time and, every `every` observations after
-the probationary period, fine-tunes its own copy of the detector on the last `window`
-observations it has seen. Batch scoring with retraining runs the same scorer over the
-series, so streaming and batch results stay equal; memory stays constant (a ring buffer).
+`OnlineScorer` scores a stream (one observation, or the rows up to the next fine-tune, at a
+time) and, every `every` observations after the probationary period, fine-tunes its own copy
+of the detector on the last `window` observations it has seen. Batch scoring with retraining
+runs the same scorer over the series, so streaming and batch results stay equal; memory stays
+constant (the last `window` rows).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class Retraining:
 
 
 def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
-    """A few seeded Adam steps on random crops of `recent` (T, F); deterministic for equal input."""
+    """A few seeded Adam steps on random crops of `recent` (T, F + C); deterministic for equal input."""
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     model.train()
@@ -83,7 +84,7 @@ class OnlineScorer:
             next_fine_tune = self.probation + self.retraining.every * (max(scored, 0) // self.retraining.every + 1)
             chunk, x = x[: next_fine_tune - self.seen], x[next_fine_tune - self.seen :]
             scores.append(self._advance(chunk))
-        return torch.cat(scores).float().numpy() if scores else np.zeros(0, dtype=np.float32)
+        return torch.cat(scores).float().cpu().numpy() if scores else np.zeros(0, dtype=np.float32)
 
     def _advance(self, rows: Tensor) -> Tensor:
         scores = self.scorer.scores(rows)

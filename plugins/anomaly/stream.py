@@ -1,7 +1,8 @@
 """`gru-suite-anomaly-stream CKPT`: score observations read from stdin, one per line, as they arrive.
 
 Each input line holds the values of one observation, comma-separated (a leading
-timestamp is allowed with --timestamp); each output line is `score,flag`, flushed
+timestamp is allowed with --timestamp, and required by a detector with calendar
+features); each output line is `score,flag`, flushed
 at once. The first --probation observations fit the scaler and calibrate the threshold.
 """
 
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="an anomaly checkpoint written by `gru-suite task=anomaly`")
     parser.add_argument("--probation", type=int, default=300, help="observations learned from before flagging")
-    parser.add_argument("--timestamp", action="store_true", help="each line starts with a timestamp")
+    parser.add_argument("--timestamp", action="store_true",
+                        help="each line starts with a timestamp (required by a detector with calendar features)")
     args = parser.parse_args(argv)
     if args.probation < 2:
         parser.error(f"--probation must be at least 2 observations, got {args.probation}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ class AnomalyTask(TaskPlugin):
         )
         self.flagger()  # a bad scoring config fails now, not after training
         self._check_spot_calibration()
+        self.state.setdefault("calendar", self.calendar)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self.state.setdefault("n_covariates", self.streams[0].covariates.shape[1])
         self._raw: dict[int, np.ndarray] = {}
@@ -90,12 +92,18 @@ class AnomalyTask(TaskPlugin):
 
     @property
     def calendar(self) -> list[str]:
-        """The calendar covariates (`task.data.calendar`: a list, or one name)."""
+        """The calendar covariates: those a trained detector was trained with, else
+        `task.data.calendar` (a list, or one name)."""
+        if "n_features" in self.state:  # trained: its inputs are fixed (none before calendar features existed)
+            return list(self.state.get("calendar", []))
         kinds = self.cfg.data.get("calendar") or []
-        return [kinds] if isinstance(kinds, str) else list(kinds)
+        kinds = [kinds] if isinstance(kinds, str) else kinds
+        if not isinstance(kinds, Sequence) or not all(isinstance(k, str) for k in kinds):
+            raise UserError(f"task.data.calendar must be a list of names, got {kinds!r}")
+        return list(kinds)
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
-        """Raw scores of one whole series (1, T, F), with periodic retraining when configured."""
+        """Raw scores of one whole series (1, T, F + C), with periodic retraining when configured."""
         retraining = self.retraining()
         if retraining is None:
             return model.raw_scores(x)[0]
