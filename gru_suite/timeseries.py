@@ -98,8 +98,12 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
         return pd.RangeIndex(len(frame))
     try:
         return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
+    except (ValueError, TypeError):
+        pass
+    try:  # UTC offsets that change (daylight saving) or stamps with and without one: one UTC time line
+        return pd.DatetimeIndex(pd.to_datetime(frame[time_column], utc=True))
     except (ValueError, TypeError) as err:
-        parsed = pd.to_datetime(frame[time_column], errors="coerce")
+        parsed = pd.to_datetime(frame[time_column], errors="coerce", utc=True)
         row = int(np.argmax(parsed.isna().to_numpy()))
         raise UserError(
             f"{path}, line {row + 2}, column {time_column!r}: unparseable timestamp {frame[time_column].iloc[row]!r}"

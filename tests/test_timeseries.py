@@ -52,6 +52,15 @@ def test_bad_timestamp_named(tmp_path):
         read_series_csv(path, ["a"], "t")
 
 
+def test_timestamps_whose_utc_offset_changes_are_read_in_utc(tmp_path):
+    path = write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n2024-03-31 03:00+02:00,2\n")  # daylight saving starts
+    stamps = read_series_csv(path, ["a"], "t").timestamps
+    assert list(stamps) == [pd.Timestamp("2024-03-31 00:00", tz="UTC"), pd.Timestamp("2024-03-31 01:00", tz="UTC")]
+    path = write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n2024-03-31 03:00+02:00,2\nsoon,3\n")
+    with pytest.raises(UserError, match=r"line 4, column 't': unparseable timestamp 'soon'"):
+        read_series_csv(path, ["a"], "t")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         read_series_csv(tmp_path / "nope.csv")
