@@ -178,9 +178,9 @@ class AnomalyStream:
             raise UserError(f"this detector reads calendar features {self.calendar}: give each observation's timestamp")
         try:
             stamp = pd.DatetimeIndex([pd.Timestamp(timestamp)])
-        except (TypeError, ValueError) as err:
-            raise UserError(f"not a timestamp: {timestamp!r}") from err
-        if stamp.hasnans:
+        except (TypeError, ValueError):
+            stamp = None
+        if stamp is None or stamp.hasnans:  # unparseable, or NaT ("", "NaT")
             raise UserError(f"not a timestamp: {timestamp!r}")
         return calendar_features(stamp, self.calendar)[0]
 
