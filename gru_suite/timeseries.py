@@ -140,6 +140,11 @@ CALENDAR_PERIODS = {"time_of_day": 86_400.0, "day_of_week": 7 * 86_400.0}
 """Calendar cycles that `calendar_features` encodes, with their periods in seconds."""
 
 
+def calendar_width(kinds: Sequence[str]) -> int:
+    """Columns that `calendar_features` gives for `kinds`: a sine and a cosine per cycle."""
+    return 2 * len(kinds)
+
+
 def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str = "") -> np.ndarray:
     """Each cycle of `kinds` as a (sin, cos) pair of the timestamps' phase in it: float32 (T, 2 * len(kinds)).
 
@@ -149,10 +154,10 @@ def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str =
     unknown = [k for k in kinds if k not in CALENDAR_PERIODS]
     if unknown:
         raise UserError(f"task.data.calendar: unknown feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
-    if kinds and not isinstance(stamps, pd.DatetimeIndex):
-        raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
     if not kinds:
         return np.zeros((len(stamps), 0), dtype=np.float32)
+    if not isinstance(stamps, pd.DatetimeIndex):
+        raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
     if stamps.hasnans:
         raise UserError(f"{path}, line {int(np.argmax(stamps.isna())) + 2}: no timestamp, which calendar features need")
     local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.timeseries import calendar_width
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import build_detector
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger, ScoredSeries
@@ -47,7 +48,6 @@ class AnomalyTask(TaskPlugin):
         self._check_spot_calibration()
         self.state.setdefault("calendar", self.calendar)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
-        self.state.setdefault("n_covariates", self.streams[0].covariates.shape[1])
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
 
@@ -67,8 +67,8 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window,
-                              self.state.get("n_covariates", 0))
+        n_covariates = calendar_width(self.calendar)
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, n_covariates)
 
     def flagger(self) -> Flagger:
         scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
