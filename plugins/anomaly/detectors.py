@@ -1,16 +1,20 @@
 """GRU anomaly detectors and their raw scores, in batch and one observation at a time.
 
 - `NextStepForecaster` runs the GRU over the whole stream, carrying its state, and
-  predicts the next observation; the raw score of an observation is its squared
+  predicts the next observation; the raw score of an observation is its root-mean-square
   prediction error. Streaming carries the same state from piece to piece, so it equals
   batch scoring; the backbone must be unidirectional (a forecaster may not see the future).
 - `WindowAutoencoder` encodes the last `window` observations into the GRU's final
-  state and decodes them back; the raw score is the window's reconstruction error.
+  state and decodes them back; the raw score is the window's root-mean-square
+  reconstruction error.
   Streaming keeps the last `window - 1` observations.
 
-Both cost constant time and memory per observation. Their inputs are the `n_features`
-scaled values of each observation followed by `n_covariates` known covariates (calendar
-features); only the values are predicted, reconstructed and scored.
+Both train on squared errors and score with their square root: the likelihood that
+normalises raw scores fits a Gaussian to them, which suits root-mean-square errors far
+better than their squares (whose rare large values swell its variance and hide the next
+anomaly). Both cost constant time and memory per observation. Their inputs are the
+`n_features` scaled values of each observation followed by `n_covariates` known
+covariates (calendar features); only the values are predicted, reconstructed and scored.
 """
 
 from __future__ import annotations
@@ -23,6 +27,11 @@ from torch import Tensor, nn
 from gru_suite.backbone import GRUBackbone, State
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
+
+
+def _rms(differences: Tensor) -> Tensor:
+    """Root mean square over the last dimension."""
+    return differences.pow(2).mean(-1).sqrt()
 
 
 class NextStepForecaster(nn.Module):
@@ -54,15 +63,14 @@ class NextStepForecaster(nn.Module):
         predictions = self.head(out[0])  # row t's prediction of row t + 1
         values = x[:, : self.n_features]
         if prediction is None:
-            errors = torch.cat([values.new_zeros(1), (values[1:] - predictions[:-1]).pow(2).mean(-1)])
+            errors = torch.cat([values.new_zeros(1), _rms(values[1:] - predictions[:-1])])
         else:
-            errors = (values - torch.cat([prediction.unsqueeze(0), predictions[:-1]])).pow(2).mean(-1)
+            errors = _rms(values - torch.cat([prediction.unsqueeze(0), predictions[:-1]]))
         return errors, (state, predictions[-1])
 
     def raw_scores(self, x: Tensor) -> Tensor:
-        """Squared error of each observation's prediction (B, T); the first scores 0."""
-        pred = self(x[:, :-1])
-        errors = (x[:, 1:, : self.n_features] - pred).pow(2).mean(-1)
+        """Root-mean-square error of each observation's prediction (B, T); the first scores 0."""
+        errors = _rms(x[:, 1:, : self.n_features] - self(x[:, :-1]))
         return torch.cat([errors.new_zeros(x.size(0), 1), errors], dim=1)
 
 
@@ -98,12 +106,13 @@ class WindowAutoencoder(nn.Module):
         return scores, context[max(0, len(context) - self.window + 1) :]
 
     def raw_scores(self, x: Tensor) -> Tensor:
-        """Reconstruction error of the window ending at each observation (B, T); 0 until one is full."""
+        """Root-mean-square reconstruction error of the window ending at each observation (B, T);
+        0 until one is full."""
         batch, steps, features = x.shape
         scores = x.new_zeros(batch, steps)
         if steps >= self.window:
             windows = x.unfold(1, self.window, 1).transpose(2, 3)  # (B, T - w + 1, w, F)
-            errors = self.window_errors(windows.reshape(-1, self.window, features))
+            errors = self.window_errors(windows.reshape(-1, self.window, features)).sqrt()
             scores[:, self.window - 1 :] = errors.reshape(batch, -1)
         return scores
 
