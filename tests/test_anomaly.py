@@ -55,6 +55,7 @@ def test_streaming_raw_scores_equal_batch(model):
     stream = torch.tensor([scorer.update(x[0, t]) for t in range(40)])
     torch.testing.assert_close(stream, batch, atol=1e-5, rtol=1e-4)
 
+
 def test_raw_scores_are_root_mean_square_errors():
     forecaster, autoencoder = detectors()
     x = torch.randn(1, 12, 2)
@@ -66,7 +67,6 @@ def test_raw_scores_are_root_mean_square_errors():
     torch.testing.assert_close(scores[0], torch.cat([torch.zeros(1), expected]))
     torch.testing.assert_close(scores[1][-1], ((x[0, -5:] - rebuilt[0]) ** 2).mean().sqrt())
     assert (scores[1][:4] == 0).all()
-
 
 
 @pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
