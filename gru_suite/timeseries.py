@@ -138,6 +138,8 @@ def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int,
 
 CALENDAR_PERIODS = {"time_of_day": 86_400.0, "day_of_week": 7 * 86_400.0}
 """Calendar cycles that `calendar_features` encodes, with their periods in seconds."""
+CALENDAR_EPOCH = pd.Timestamp("1970-01-05")
+"""Where every cycle's phase is 0: midnight starting a Monday."""
 
 
 def calendar_width(kinds: Sequence[str]) -> int:
@@ -161,7 +163,20 @@ def calendar_features(stamps: pd.Index, kinds: Sequence[str], path: Path | str =
     if stamps.hasnans:
         raise UserError(f"{path}, line {int(np.argmax(stamps.isna())) + 2}: no timestamp, which calendar features need")
     local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are
-    seconds = (local - pd.Timestamp("1970-01-05")).total_seconds().to_numpy()  # 1970-01-05 was a Monday
+    return _cycle_pairs((local - CALENDAR_EPOCH).total_seconds().to_numpy(), kinds)
+
+
+def calendar_row(stamp: pd.Timestamp, kinds: Sequence[str]) -> np.ndarray:
+    """`calendar_features` of one valid timestamp (`kinds` already checked): float32 (2 * len(kinds),).
+
+    For streams: about a tenth of the cost of a one-row index through `calendar_features`.
+    """
+    local = stamp.tz_localize(None) if stamp.tz is not None else stamp
+    return _cycle_pairs(np.array([(local - CALENDAR_EPOCH).total_seconds()]), kinds)[0]
+
+
+def _cycle_pairs(seconds: np.ndarray, kinds: Sequence[str]) -> np.ndarray:
+    """(sin, cos) of the phase of `seconds` since `CALENDAR_EPOCH` in each cycle of `kinds`."""
     phases = np.stack([2 * np.pi * (seconds % CALENDAR_PERIODS[k]) / CALENDAR_PERIODS[k] for k in kinds], axis=1)
     return np.concatenate([np.sin(phases), np.cos(phases)], axis=1).astype(np.float32)
 

@@ -127,7 +127,7 @@ def test_batch_loader_yields_whole_batches():
 
 
 def test_calendar_features_encode_the_phase_of_each_cycle():
-    from gru_suite.timeseries import calendar_features
+    from gru_suite.timeseries import calendar_features, calendar_row
 
     stamps = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 06:00", "2024-01-04 12:00"])  # Monday, Thursday
     features = calendar_features(stamps, ["time_of_day", "day_of_week"])
@@ -137,6 +137,8 @@ def test_calendar_features_encode_the_phase_of_each_cycle():
                                atol=1e-6)  # day of week: Thursday noon is half way through the week
     tokyo = calendar_features(stamps.tz_localize("Asia/Tokyo"), ["time_of_day"])  # the local wall clock counts
     np.testing.assert_allclose(tokyo, features[:, [0, 2]], atol=1e-6)
+    for stamp, row in zip(stamps.tz_localize("Asia/Tokyo"), features):  # one stamp at a time, as streams give them
+        np.testing.assert_allclose(calendar_row(stamp, ["time_of_day", "day_of_week"]), row, atol=1e-6)
     assert calendar_features(stamps, []).shape == (3, 0)
     with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['hour'\]"):
         calendar_features(stamps, ["hour"])

@@ -43,11 +43,16 @@ class StreamData:
     @property
     def inputs(self) -> Tensor:
         """What the detector reads: the scaled values, then the covariates (T, F + C)."""
-        return torch.cat([self.scaled, torch.from_numpy(self.covariates)], dim=1)
+        return torch.from_numpy(detector_inputs(self.scaler, self.series.values, self.covariates))
 
     def labels(self) -> np.ndarray | None:
         """Per-row booleans: inside an anomaly window."""
         return None if self.windows is None else labels_from_windows(self.windows, len(self.series.values))
+
+
+def detector_inputs(scaler: StandardScaler, values: np.ndarray, covariates: np.ndarray) -> np.ndarray:
+    """What a detector reads for rows of raw `values` (T, F): scaled, then their covariates (T, C)."""
+    return np.concatenate([scaler.transform(values), covariates], axis=1)
 
 
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import StandardScaler, calendar_features
+from gru_suite.timeseries import StandardScaler, calendar_row
+from gru_suite_plugins.anomaly.data import detector_inputs
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, RangeCheck, Spot, quantile_threshold
@@ -177,15 +178,15 @@ class AnomalyStream:
         if timestamp is None:
             raise UserError(f"this detector reads calendar features {self.calendar}: give each observation's timestamp")
         try:
-            stamp = pd.DatetimeIndex([pd.Timestamp(timestamp)])
+            stamp = pd.Timestamp(timestamp)
         except (TypeError, ValueError):
-            stamp = None
-        if stamp is None or stamp.hasnans:  # unparseable, or NaT ("", "NaT")
+            stamp = pd.NaT
+        if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
             raise UserError(f"not a timestamp: {timestamp!r}")
-        return calendar_features(stamp, self.calendar)[0]
+        return calendar_row(stamp, self.calendar)
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate([self.scaler.transform(x[None])[0], covariates]))
+        return torch.from_numpy(detector_inputs(self.scaler, x[None], covariates[None])[0])
 
     def _score(self, x: np.ndarray, covariates: np.ndarray) -> tuple[float, bool]:
         score = self.flagger.normalise(self.scorer.update(self._inputs(x, covariates)))
