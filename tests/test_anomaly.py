@@ -160,13 +160,14 @@ def test_anomaly_honours_the_plugin_contract(tmp_path):
 def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_streams(tmp_path, monkeypatch, capsys):
     check_task_plugin("anomaly", overrides=[*TINY, "task.detector.kind=autoencoder", "task.detector.window=16",
                                             "task.detector.retrain.every=400", "task.detector.retrain.steps=2",
-                                            "task.data.calendar=[time_of_day]"],
+                                            "task.data.calendar=[time_of_day]", "task.data.calendar_harmonics=2"],
                       tmp_path=tmp_path)
     ckpt = str(next((tmp_path / "short_run").rglob("last.ckpt")))
     without = compose_train_config("anomaly", [*TINY, "task.detector.kind=autoencoder", "task.detector.window=16"],
                                    tmp_path / "cfg")  # as when predicting new data, calendar unset
     OmegaConf.resolve(without)
-    assert load_checkpoint(ckpt, without.task).task.calendar == ["time_of_day"]  # the checkpoint keeps its own
+    trained = load_checkpoint(ckpt, without.task).task
+    assert (trained.calendar, trained.calendar_harmonics) == (["time_of_day"], 2)  # the checkpoint keeps its own
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("2024-01-01 00:00,1.0\n"))
     assert stream_main([ckpt]) == 2
@@ -236,13 +237,15 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
         _ = run.build_task(compose_train_config("anomaly", ["task.data.calendar=5"], tmp_path / "cfg").task).calendar
     with pytest.raises(UserError, match="needs backbone.bidirectional=false"):
         NextStepForecaster(partial(GRUBackbone, hidden_size=4, bidirectional=True), 1)
-    (data,) = load(path, calendar=["time_of_day", "day_of_week"])
-    assert data.inputs.shape == (300, 5)
-    np.testing.assert_allclose(data.inputs[:, 1:].numpy(), calendar_features(stamps, ["time_of_day", "day_of_week"]))
+    (data,) = load(path, calendar=["time_of_day", "day_of_week"], calendar_harmonics=2)
+    assert data.inputs.shape == (300, 9)
+    np.testing.assert_allclose(data.inputs[:, 1:].numpy(),
+                               calendar_features(stamps, ["time_of_day", "day_of_week"], harmonics=2))
     torch.manual_seed(0)
-    model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=1), 1, n_covariates=4).eval()
+    model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=1), 1, n_covariates=8).eval()
     settings = dict(score="raw", threshold="quantile", quantile=0.9)
-    stream = AnomalyStream(model, Flagger(**settings), data.probation, calendar=["time_of_day", "day_of_week"])
+    stream = AnomalyStream(model, Flagger(**settings), data.probation, calendar=["time_of_day", "day_of_week"],
+                           calendar_harmonics=2)
     online = [stream.update(v, t) for v, t in zip(values, stamps.astype(str))]
     with torch.no_grad():
         raw = model.raw_scores(data.inputs[None])[0].numpy()

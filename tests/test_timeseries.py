@@ -139,6 +139,10 @@ def test_calendar_features_encode_the_phase_of_each_cycle():
     np.testing.assert_allclose(tokyo, features[:, [0, 2]], atol=1e-6)
     for stamp, row in zip(stamps.tz_localize("Asia/Tokyo"), features):  # one stamp at a time, as streams give them
         np.testing.assert_allclose(calendar_row(stamp, ["time_of_day", "day_of_week"]), row, atol=1e-6)
+    harmonics = calendar_features(stamps, ["time_of_day"], harmonics=3)  # sin(phase), sin(2 phase), ..., then cosines
+    assert harmonics.shape == (3, 6)
+    np.testing.assert_allclose(harmonics[1], [1, 0, -1, 0, -1, 0], atol=1e-6)  # 06:00: a quarter of the day
+    np.testing.assert_allclose(calendar_row(stamps[1], ["time_of_day"], 3), harmonics[1], atol=1e-6)
     assert calendar_features(stamps, []).shape == (3, 0)
     with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['hour'\]"):
         calendar_features(stamps, ["hour"])

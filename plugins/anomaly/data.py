@@ -128,6 +128,7 @@ def load_streams(
     missing: str,
     min_probation: int,
     calendar: Sequence[str] = (),
+    calendar_harmonics: int = 1,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
     and the `calendar` features of its timestamps."""
@@ -150,7 +151,7 @@ def load_streams(
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
-        covariates = calendar_features(series.timestamps, calendar, file)
+        covariates = calendar_features(series.timestamps, calendar, file, calendar_harmonics)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     widths = {len(s.series.columns) for s in streams}
     if len(widths) > 1:

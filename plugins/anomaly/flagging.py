@@ -152,11 +152,13 @@ class AnomalyStream:
         probation: int,
         retraining: Retraining | None = None,
         calendar: Sequence[str] = (),
+        calendar_harmonics: int = 1,
     ) -> None:
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.flagger = flagger
         self.probation = probation
         self.calendar = list(calendar)
+        self.calendar_harmonics = calendar_harmonics
         self._warmup: list[tuple[np.ndarray, np.ndarray]] | None = []
         self.scaler: StandardScaler | None = None
 
@@ -183,7 +185,7 @@ class AnomalyStream:
             stamp = pd.NaT
         if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
             raise UserError(f"not a timestamp: {timestamp!r}")
-        return calendar_row(stamp, self.calendar)
+        return calendar_row(stamp, self.calendar, self.calendar_harmonics)
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(detector_inputs(self.scaler, x[None], covariates[None])[0])

@@ -35,18 +35,19 @@ class AnomalyTask(TaskPlugin):
                ("data.validation", float, 0), ("data.crop_length", int, 2), ("detector.window", int, 1),
                ("detector.burn_in", int, 0), ("scoring.fixed", float, 0), ("scoring.quantile", float, 0),
                ("scoring.spot_q", float, 0), ("scoring.spot_level", float, 0), ("scoring.range_tolerance", float, 0),
-               ("scoring.cooldown", int, 0))
+               ("scoring.cooldown", int, 0), ("data.calendar_harmonics", int, 1))
 
     def datamodule(self) -> AnomalyData:
         data = self.cfg.data
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
-            min_probation=2 * data.crop_length, calendar=self.calendar,
+            min_probation=2 * data.crop_length, calendar=self.calendar, calendar_harmonics=self.calendar_harmonics,
         )
         self.flagger()  # a bad scoring config fails now, not after training
         self._check_spot_calibration()
         self.state.setdefault("calendar", self.calendar)
+        self.state.setdefault("calendar_harmonics", self.calendar_harmonics)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
@@ -67,7 +68,7 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        n_covariates = calendar_width(self.calendar)
+        n_covariates = calendar_width(self.calendar, self.calendar_harmonics)
         return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, n_covariates)
 
     def flagger(self) -> Flagger:
@@ -88,7 +89,7 @@ class AnomalyTask(TaskPlugin):
 
     def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
         """A live scorer with this task's flagger, retraining and calendar features."""
-        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar)
+        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar, self.calendar_harmonics)
 
     @property
     def calendar(self) -> list[str]:
@@ -101,6 +102,13 @@ class AnomalyTask(TaskPlugin):
         if not isinstance(kinds, Sequence) or not all(isinstance(k, str) for k in kinds):
             raise UserError(f"task.data.calendar must be a list of names, got {kinds!r}")
         return list(kinds)
+
+    @property
+    def calendar_harmonics(self) -> int:
+        """Harmonics per calendar cycle: those a trained detector was trained with, else `task.data.calendar_harmonics`."""
+        if "n_features" in self.state:
+            return int(self.state.get("calendar_harmonics", 1))  # 1 before harmonics existed
+        return int(self.cfg.data.get("calendar_harmonics") or 1)
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
         """Raw scores of one whole series (1, T, F + C), with periodic retraining when configured."""
