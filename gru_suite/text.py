@@ -28,6 +28,7 @@ REPLACED_LINES_NAMED = 5
 """Lines with bytes replaced by U+FFFD named one by one in the log; the rest are counted."""
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
 """Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
+PAD_ID, UNK_ID = 0, 1
 
 
 def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = "error") -> list[str]:
@@ -179,7 +180,7 @@ def tokenizer_from_state(state: dict[str, str]):
     return PreTrainedTokenizerFast(tokenizer_object=backend, **SPECIAL_TOKENS)
 
 
-def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+def pad_ids(sequences: Sequence[Sequence[int]], pad_id: int = PAD_ID) -> tuple[Tensor, Tensor]:
     """Right-pad token id lists into a `(batch, longest)` tensor; also return the lengths."""
     rows = [torch.as_tensor(ids, dtype=torch.long) for ids in sequences]
     lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)

@@ -151,6 +151,20 @@ def test_language_model_heads_predict_from_the_right_side_only() -> None:
     assert loss.item() < 0.1 * first
 
 
+def test_word_dropout_reads_real_tokens_as_unknown_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, word_dropout=0.25)
+    ids = torch.randint(2, 30, (64, 50))
+    ids[:, 40:] = 0  # padding
+    unknown = model.embedding.weight[1]
+    dropped = (model.embed(ids) == unknown).all(-1)
+    assert not dropped[:, 40:].any()  # padding stays padding
+    assert dropped[:, :40].float().mean().item() == pytest.approx(0.25, abs=0.02)
+    torch.testing.assert_close(model.eval().embed(ids), model.embedding(ids))
+    with pytest.raises(UserError, match="word_dropout"):
+        SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, word_dropout=1.0)
+
+
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     torch.manual_seed(0)
     logits = 4 * torch.randn(4000, 3)

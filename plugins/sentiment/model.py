@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
+from gru_suite.text import PAD_ID, UNK_ID
 
 Pooling = Literal["attention", "max_mean"]
 POOLINGS = ("attention", "max_mean")
@@ -71,8 +72,12 @@ class SentimentModel(nn.Module):
         dropout: float = 0.3,
         bidirectional: bool = True,
         lm_words: int = 0,
+        word_dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0 <= word_dropout < 1:
+            raise UserError(f"task.model.word_dropout must be in [0, 1), got {word_dropout}")
+        self.word_dropout = word_dropout
         if pooling not in POOLINGS:
             raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=0)
@@ -88,7 +93,16 @@ class SentimentModel(nn.Module):
                                       ) if lm_words else None
 
     def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        return self.classify(self.embedding(ids), lengths)
+        return self.classify(self.embed(ids), lengths)
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Token embeddings (B, T, E); in training each real token is read as the unknown token with
+        probability `word_dropout`, so the model learns not to lean on single words and the unknown token
+        (every word missing from the training texts) gets a trained embedding."""
+        if self.training and self.word_dropout:
+            dropped = (torch.rand(ids.shape, device=ids.device) < self.word_dropout) & (ids != PAD_ID)
+            ids = ids.masked_fill(dropped, UNK_ID)
+        return self.embedding(ids)
 
     def states(self, embedded: Tensor, lengths: Tensor) -> Tensor:
         """Backbone outputs (B, T, output_size) for token embeddings (B, T, E)."""
@@ -107,14 +121,14 @@ class SentimentModel(nn.Module):
         token from the backward ones (a bidirectional language model on the same pass); tokens outside the
         `lm_words` most frequent count as unknown."""
         assert self.lm_heads is not None, "lm_words=0: the model has no language-model heads"
-        size, pad, unk = self.backbone.hidden_size, 0, 1
-        targets = torch.where(ids < self.lm_words, ids, torch.full_like(ids, unk))
+        size = self.backbone.hidden_size
+        targets = torch.where(ids < self.lm_words, ids, torch.full_like(ids, UNK_ID))
         follows = valid_mask(lengths.to(ids.device), ids.size(1))[:, 1:]  # steps t >= 1 of each text
         h = self.dropout(h)
         pairs = [(h[:, :-1, :size], targets[:, 1:])]  # forward state at t -> token t + 1
         if len(self.lm_heads) == 2:
             pairs.append((h[:, 1:, size:], targets[:, :-1]))  # backward state at t -> token t - 1
-        losses = [F.cross_entropy(head(states[follows]), target[follows], ignore_index=pad)
+        losses = [F.cross_entropy(head(states[follows]), target[follows], ignore_index=PAD_ID)
                   for head, (states, target) in zip(self.lm_heads, pairs)]
         return torch.stack(losses).mean()
 

@@ -51,8 +51,9 @@ class SentimentTask(TaskPlugin):
 
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
-               ("model.dropout", float, 0), ("model.lm_weight", float, 0), ("model.lm_words", int, 1),
-               ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
+               ("model.dropout", float, 0), ("model.word_dropout", float, 0), ("model.lm_weight", float, 0),
+               ("model.lm_words", int, 1), ("predict.top_words", int, 0), ("predict.html_rows", int, 0),
+               ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -165,12 +166,13 @@ class SentimentTask(TaskPlugin):
         model = self.cfg.model
         lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if model.get("lm_weight") else 0
         self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
-                                    model.pooling, float(model.dropout), bool(model.bidirectional), lm_words)
+                                    model.pooling, float(model.dropout), bool(model.bidirectional), lm_words,
+                                    float(model.get("word_dropout", 0.0)))
         return self.model
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
         """Class-weighted cross-entropy; in training plus `lm_weight` x the language-model loss, if enabled."""
-        embedded = model.embedding(batch.ids)
+        embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
