@@ -221,7 +221,7 @@ def test_constant_series_scores_without_error(tmp_path):
     flat = tmp_path / "flat.csv"
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
     (stream,) = load(flat)
-    assert torch.isfinite(stream.scaled).all() and float(stream.scaled.abs().max()) == 0.0
+    assert torch.isfinite(stream.inputs).all() and float(stream.inputs.abs().max()) == 0.0
 
 
 def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):

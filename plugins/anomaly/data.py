@@ -37,10 +37,6 @@ class StreamData:
     covariates: np.ndarray
 
     @property
-    def scaled(self) -> Tensor:
-        return torch.from_numpy(self.scaler.transform(self.series.values))
-
-    @property
     def inputs(self) -> Tensor:
         """What the detector reads: the scaled values, then the covariates (T, F + C)."""
         return torch.from_numpy(detector_inputs(self.scaler, self.series.values, self.covariates))
