@@ -137,47 +137,54 @@ def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int,
 
 
 CALENDAR_PERIODS = {"time_of_day": 86_400.0, "day_of_week": 7 * 86_400.0}
-"""Calendar cycles that `calendar_features` encodes, with their periods in seconds."""
+"""Calendar cycles that `Calendar` encodes, with their periods in seconds."""
 CALENDAR_EPOCH = pd.Timestamp("1970-01-05")
 """Where every cycle's phase is 0: midnight starting a Monday."""
 
 
-def calendar_width(kinds: Sequence[str], harmonics: int = 1) -> int:
-    """Columns that `calendar_features` gives: a sine and a cosine per cycle and harmonic."""
-    return 2 * len(kinds) * harmonics
-
-
-def calendar_features(
-    stamps: pd.Index, kinds: Sequence[str], path: Path | str = "", harmonics: int = 1
-) -> np.ndarray:
-    """Each cycle of `kinds` as (sin, cos) of the timestamps' phase in it, and of `harmonics` - 1
-    multiples of that phase: float32 (T, `calendar_width(kinds, harmonics)`), all sines first.
+@dataclass(frozen=True)
+class Calendar:
+    """Calendar covariates: each cycle of `kinds` (keys of `CALENDAR_PERIODS`) as (sin, cos) of the
+    timestamps' phase in it, and of `harmonics` - 1 multiples of that phase, all sines first.
 
     Known ahead for every row, these let a model tell 3 a.m. from 3 p.m. (and Sunday from
     Monday) without learning the cycle from its own inputs. One harmonic changes smoothly over a
     day; a few more let a model place an event that starts at the same minute every day
     (a Fourier series of the daily profile, as Prophet models seasonality).
     """
-    unknown = [k for k in kinds if k not in CALENDAR_PERIODS]
-    if unknown:
-        raise UserError(f"task.data.calendar: unknown feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
-    if not kinds:
-        return np.zeros((len(stamps), 0), dtype=np.float32)
-    if not isinstance(stamps, pd.DatetimeIndex):
-        raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
-    if stamps.hasnans:
-        raise UserError(f"{path}, line {int(np.argmax(stamps.isna())) + 2}: no timestamp, which calendar features need")
-    local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are
-    return _cycle_pairs((local - CALENDAR_EPOCH).total_seconds().to_numpy(), kinds, harmonics)
 
+    kinds: tuple[str, ...] = ()
+    harmonics: int = 1
 
-def calendar_row(stamp: pd.Timestamp, kinds: Sequence[str], harmonics: int = 1) -> np.ndarray:
-    """`calendar_features` of one valid timestamp (`kinds` already checked), as a 1-D float32 array.
+    def __post_init__(self) -> None:
+        unknown = [k for k in self.kinds if k not in CALENDAR_PERIODS]
+        if unknown:
+            raise UserError(f"task.data.calendar: unknown feature(s) {unknown}; choose from {list(CALENDAR_PERIODS)}")
 
-    For streams: about a tenth of the cost of a one-row index through `calendar_features`.
-    """
-    local = stamp.tz_localize(None) if stamp.tz is not None else stamp
-    return _cycle_pairs(np.array([(local - CALENDAR_EPOCH).total_seconds()]), kinds, harmonics)[0]
+    @property
+    def width(self) -> int:
+        """Columns per row: a sine and a cosine per cycle and harmonic."""
+        return 2 * len(self.kinds) * self.harmonics
+
+    def features(self, stamps: pd.Index, path: Path | str = "") -> np.ndarray:
+        """float32 (T, `width`) for the timestamps `stamps` of the file `path` (named in errors)."""
+        if not self.kinds:
+            return np.zeros((len(stamps), 0), dtype=np.float32)
+        if not isinstance(stamps, pd.DatetimeIndex):
+            raise UserError(f"{path}: calendar features need a time column of timestamps (task.data.time_column)")
+        if stamps.hasnans:
+            raise UserError(f"{path}, line {int(np.argmax(stamps.isna())) + 2}: no timestamp, which calendar "
+                            "features need")
+        local = stamps.tz_localize(None) if stamps.tz is not None else stamps  # the wall clock, where the cycles are
+        return _cycle_pairs((local - CALENDAR_EPOCH).total_seconds().to_numpy(), self.kinds, self.harmonics)
+
+    def row(self, stamp: pd.Timestamp) -> np.ndarray:
+        """`features` of one valid timestamp, as a 1-D float32 array.
+
+        For streams: about a tenth of the cost of a one-row index through `features`.
+        """
+        local = stamp.tz_localize(None) if stamp.tz is not None else stamp
+        return _cycle_pairs(np.array([(local - CALENDAR_EPOCH).total_seconds()]), self.kinds, self.harmonics)[0]
 
 
 def _cycle_pairs(seconds: np.ndarray, kinds: Sequence[str], harmonics: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from gru_suite.errors import UserError
 from gru_suite import run
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.testing import check_task_plugin, compose_train_config
+from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
@@ -167,7 +168,7 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
                                    tmp_path / "cfg")  # as when predicting new data, calendar unset
     OmegaConf.resolve(without)
     trained = load_checkpoint(ckpt, without.task).task
-    assert (trained.calendar, trained.calendar_harmonics) == (["time_of_day"], 2)  # the checkpoint keeps its own
+    assert trained.calendar == Calendar(("time_of_day",), 2)  # the checkpoint keeps its own
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("2024-01-01 00:00,1.0\n"))
     assert stream_main([ckpt]) == 2
@@ -225,27 +226,24 @@ def test_constant_series_scores_without_error(tmp_path):
 
 
 def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
-    from gru_suite.timeseries import calendar_features
-
     stamps = pd.date_range("2024-01-01", periods=300, freq="h")
     values = (np.sin(np.arange(300) * 2 * np.pi / 24) + (stamps.dayofweek >= 5)).astype(np.float32)[:, None]
     path = tmp_path / "hourly.csv"
     pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
     one = run.build_task(compose_train_config("anomaly", ["task.data.calendar=time_of_day"], tmp_path / "cfg").task)
-    assert one.calendar == ["time_of_day"]  # one name without brackets
+    assert one.calendar == Calendar(("time_of_day",))  # one name without brackets
     with pytest.raises(UserError, match="task.data.calendar must be a list of names, got 5"):
         _ = run.build_task(compose_train_config("anomaly", ["task.data.calendar=5"], tmp_path / "cfg").task).calendar
     with pytest.raises(UserError, match="needs backbone.bidirectional=false"):
         NextStepForecaster(partial(GRUBackbone, hidden_size=4, bidirectional=True), 1)
-    (data,) = load(path, calendar=["time_of_day", "day_of_week"], calendar_harmonics=2)
+    calendar = Calendar(("time_of_day", "day_of_week"), 2)
+    (data,) = load(path, calendar=calendar)
     assert data.inputs.shape == (300, 9)
-    np.testing.assert_allclose(data.inputs[:, 1:].numpy(),
-                               calendar_features(stamps, ["time_of_day", "day_of_week"], harmonics=2))
+    np.testing.assert_allclose(data.inputs[:, 1:].numpy(), calendar.features(stamps))
     torch.manual_seed(0)
     model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=1), 1, n_covariates=8).eval()
     settings = dict(score="raw", threshold="quantile", quantile=0.9)
-    stream = AnomalyStream(model, Flagger(**settings), data.probation, calendar=["time_of_day", "day_of_week"],
-                           calendar_harmonics=2)
+    stream = AnomalyStream(model, Flagger(**settings), data.probation, calendar=calendar)
     online = [stream.update(v, t) for v, t in zip(values, stamps.astype(str))]
     with torch.no_grad():
         raw = model.raw_scores(data.inputs[None])[0].numpy()

@@ -127,26 +127,28 @@ def test_batch_loader_yields_whole_batches():
 
 
 def test_calendar_features_encode_the_phase_of_each_cycle():
-    from gru_suite.timeseries import calendar_features, calendar_row
+    from gru_suite.timeseries import Calendar
 
     stamps = pd.DatetimeIndex(["2024-01-01 00:00", "2024-01-01 06:00", "2024-01-04 12:00"])  # Monday, Thursday
-    features = calendar_features(stamps, ["time_of_day", "day_of_week"])
-    assert features.dtype == np.float32 and features.shape == (3, 4)  # sin of each kind, then cos of each
+    both = Calendar(("time_of_day", "day_of_week"))
+    features = both.features(stamps)
+    assert features.dtype == np.float32 and features.shape == (3, 4) == (3, both.width)  # sines, then cosines
     np.testing.assert_allclose(features[:, [0, 2]], [[0, 1], [1, 0], [0, -1]], atol=1e-6)  # time of day
     np.testing.assert_allclose(features[:, [1, 3]], [[0, 1], [np.sin(np.pi / 14), np.cos(np.pi / 14)], [0, -1]],
                                atol=1e-6)  # day of week: Thursday noon is half way through the week
-    tokyo = calendar_features(stamps.tz_localize("Asia/Tokyo"), ["time_of_day"])  # the local wall clock counts
+    tokyo = Calendar(("time_of_day",)).features(stamps.tz_localize("Asia/Tokyo"))  # the local wall clock counts
     np.testing.assert_allclose(tokyo, features[:, [0, 2]], atol=1e-6)
     for stamp, row in zip(stamps.tz_localize("Asia/Tokyo"), features):  # one stamp at a time, as streams give them
-        np.testing.assert_allclose(calendar_row(stamp, ["time_of_day", "day_of_week"]), row, atol=1e-6)
-    harmonics = calendar_features(stamps, ["time_of_day"], harmonics=3)  # sin(phase), sin(2 phase), ..., then cosines
-    assert harmonics.shape == (3, 6)
+        np.testing.assert_allclose(both.row(stamp), row, atol=1e-6)
+    three = Calendar(("time_of_day",), harmonics=3)
+    harmonics = three.features(stamps)  # sin(phase), sin(2 phase), ..., then cosines
+    assert harmonics.shape == (3, 6) and three.width == 6
     np.testing.assert_allclose(harmonics[1], [1, 0, -1, 0, -1, 0], atol=1e-6)  # 06:00: a quarter of the day
-    np.testing.assert_allclose(calendar_row(stamps[1], ["time_of_day"], 3), harmonics[1], atol=1e-6)
-    assert calendar_features(stamps, []).shape == (3, 0)
+    np.testing.assert_allclose(three.row(stamps[1]), harmonics[1], atol=1e-6)
+    assert Calendar().features(stamps).shape == (3, 0) and Calendar().width == 0
     with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['hour'\]"):
-        calendar_features(stamps, ["hour"])
+        Calendar(("hour",))
     with pytest.raises(UserError, match=r"s.csv, line 3: no timestamp, which calendar features need"):
-        calendar_features(pd.DatetimeIndex(["2024-01-01", None]), ["time_of_day"], "s.csv")
+        Calendar(("time_of_day",)).features(pd.DatetimeIndex(["2024-01-01", None]), "s.csv")
     with pytest.raises(UserError, match=r"s.csv: calendar features need a time column"):
-        calendar_features(pd.RangeIndex(3), ["time_of_day"], "s.csv")
+        Calendar(("time_of_day",)).features(pd.RangeIndex(3), "s.csv")

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import Series, StandardScaler, calendar_features, read_series_csv
+from gru_suite.timeseries import Calendar, Series, StandardScaler, read_series_csv
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -123,8 +123,7 @@ def load_streams(
     probation_max: int,
     missing: str,
     min_probation: int,
-    calendar: Sequence[str] = (),
-    calendar_harmonics: int = 1,
+    calendar: Calendar = Calendar(),
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
     and the `calendar` features of its timestamps."""
@@ -147,7 +146,7 @@ def load_streams(
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
-        covariates = calendar_features(series.timestamps, calendar, file, calendar_harmonics)
+        covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     widths = {len(s.series.columns) for s in streams}
     if len(widths) > 1:

@@ -8,7 +8,7 @@ and `AnomalyStream.update` (one observation at a time) give the same results.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import StandardScaler, calendar_row
+from gru_suite.timeseries import Calendar, StandardScaler
 from gru_suite_plugins.anomaly.data import detector_inputs
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
@@ -151,14 +151,12 @@ class AnomalyStream:
         flagger: Flagger,
         probation: int,
         retraining: Retraining | None = None,
-        calendar: Sequence[str] = (),
-        calendar_harmonics: int = 1,
+        calendar: Calendar = Calendar(),
     ) -> None:
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.flagger = flagger
         self.probation = probation
-        self.calendar = list(calendar)
-        self.calendar_harmonics = calendar_harmonics
+        self.calendar = calendar
         self._warmup: list[tuple[np.ndarray, np.ndarray]] | None = []
         self.scaler: StandardScaler | None = None
 
@@ -175,17 +173,18 @@ class AnomalyStream:
         return self._score(x, covariates)
 
     def _covariates(self, timestamp: Any) -> np.ndarray:
-        if not self.calendar:
+        if not self.calendar.kinds:
             return np.zeros(0, dtype=np.float32)
         if timestamp is None:
-            raise UserError(f"this detector reads calendar features {self.calendar}: give each observation's timestamp")
+            raise UserError(f"this detector reads calendar features {list(self.calendar.kinds)}: "
+                            "give each observation's timestamp")
         try:
             stamp = pd.Timestamp(timestamp)
         except (TypeError, ValueError):
             stamp = pd.NaT
         if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
             raise UserError(f"not a timestamp: {timestamp!r}")
-        return calendar_row(stamp, self.calendar, self.calendar_harmonics)
+        return self.calendar.row(stamp)
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(detector_inputs(self.scaler, x[None], covariates[None])[0])

@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         module = load_checkpoint(args.ckpt_path)
         if not hasattr(module.task, "flagger"):
             raise UserError(f"{args.ckpt_path}: holds a {module.task.cfg.name!r} model, not an anomaly detector")
-        if module.task.calendar and not args.timestamp:
-            raise UserError(f"{args.ckpt_path}: its detector reads calendar features {module.task.calendar}; "
+        if (kinds := list(module.task.calendar.kinds)) and not args.timestamp:
+            raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
         for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import calendar_width
+from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import build_detector
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger, ScoredSeries
@@ -42,12 +42,12 @@ class AnomalyTask(TaskPlugin):
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
-            min_probation=2 * data.crop_length, calendar=self.calendar, calendar_harmonics=self.calendar_harmonics,
+            min_probation=2 * data.crop_length, calendar=self.calendar,
         )
         self.flagger()  # a bad scoring config fails now, not after training
         self._check_spot_calibration()
-        self.state.setdefault("calendar", self.calendar)
-        self.state.setdefault("calendar_harmonics", self.calendar_harmonics)
+        self.state.setdefault("calendar", list(self.calendar.kinds))
+        self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
@@ -68,8 +68,7 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        n_covariates = calendar_width(self.calendar, self.calendar_harmonics)
-        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, n_covariates)
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width)
 
     def flagger(self) -> Flagger:
         scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
@@ -89,26 +88,19 @@ class AnomalyTask(TaskPlugin):
 
     def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
         """A live scorer with this task's flagger, retraining and calendar features."""
-        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar, self.calendar_harmonics)
+        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar)
 
     @property
-    def calendar(self) -> list[str]:
-        """The calendar covariates: those a trained detector was trained with, else
-        `task.data.calendar` (a list, or one name)."""
+    def calendar(self) -> Calendar:
+        """The calendar covariates: those a trained detector was trained with, else `task.data.calendar`
+        (a list, or one name) with `task.data.calendar_harmonics`."""
         if "n_features" in self.state:  # trained: its inputs are fixed (none before calendar features existed)
-            return list(self.state.get("calendar", []))
+            return Calendar(tuple(self.state.get("calendar", [])), int(self.state.get("calendar_harmonics", 1)))
         kinds = self.cfg.data.get("calendar") or []
         kinds = [kinds] if isinstance(kinds, str) else kinds
         if not isinstance(kinds, Sequence) or not all(isinstance(k, str) for k in kinds):
             raise UserError(f"task.data.calendar must be a list of names, got {kinds!r}")
-        return list(kinds)
-
-    @property
-    def calendar_harmonics(self) -> int:
-        """Harmonics per calendar cycle: those a trained detector was trained with, else `task.data.calendar_harmonics`."""
-        if "n_features" in self.state:
-            return int(self.state.get("calendar_harmonics", 1))  # 1 before harmonics existed
-        return int(self.cfg.data.get("calendar_harmonics") or 1)
+        return Calendar(tuple(kinds), int(self.cfg.data.get("calendar_harmonics") or 1))
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:
         """Raw scores of one whole series (1, T, F + C), with periodic retraining when configured."""
