@@ -80,7 +80,7 @@ class SentimentModel(nn.Module):
         self.word_dropout = word_dropout
         if pooling not in POOLINGS:
             raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
-        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=0)
+        self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD_ID)
         self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
         self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(
             self.backbone.output_size)
