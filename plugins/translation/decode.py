@@ -7,10 +7,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gru_suite.text import BOS_ID as BOS
+from gru_suite.text import EOS_ID as EOS
 from gru_suite_plugins.translation.model import Seq2Seq, select_state
-
-BOS, EOS = 2, 3
-"""Ids of `<s>` and `</s>` in every suite tokenizer (see `gru_suite.text.SPECIAL_TOKENS`)."""
 
 
 @dataclass

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from gru_suite.backbone import GRUBackbone, State
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
+from gru_suite.text import PAD_ID
 
 AttentionKind = Literal["luong", "bahdanau"]
 
@@ -89,9 +90,9 @@ class Seq2Seq(nn.Module):
         bidirectional_encoder: bool = True,
     ) -> None:
         super().__init__()
-        self.source_embed = nn.Embedding(source_vocab, embed_size, padding_idx=0)
+        self.source_embed = nn.Embedding(source_vocab, embed_size, padding_idx=PAD_ID)
         self.target_embed = (
-            self.source_embed if share_embeddings else nn.Embedding(target_vocab, embed_size, padding_idx=0)
+            self.source_embed if share_embeddings else nn.Embedding(target_vocab, embed_size, padding_idx=PAD_ID)
         )
         self.encoder: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional_encoder)
         self.input_feeding = input_feeding

@@ -17,7 +17,7 @@ from torch import Tensor
 from gru_suite.distributed import gather_dict, gather_sums
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import PAD_ID, tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.translation.data import (
     Corpus,
     Encoder,
@@ -135,9 +135,9 @@ class TranslationTask(TaskPlugin):
     def step(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage) -> StepOutput:
         logits = model(batch["source"], batch["source_lengths"], batch["target_in"], batch["target_lengths"])
         flat, gold = logits.flatten(0, 1), batch["target_out"].flatten()
-        loss = F.cross_entropy(flat, gold, ignore_index=0, label_smoothing=float(self.cfg.model.label_smoothing))
+        loss = F.cross_entropy(flat, gold, ignore_index=PAD_ID, label_smoothing=float(self.cfg.model.label_smoothing))
         if stage != "train":
-            self._collect(model, batch, stage, F.cross_entropy(flat, gold, ignore_index=0, reduction="sum"))
+            self._collect(model, batch, stage, F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="sum"))
         return StepOutput(loss, len(batch["source"]))
 
     def _collect(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage, nll: Tensor) -> None:
