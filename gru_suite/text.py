@@ -27,8 +27,8 @@ TokenizerKind = Literal["bpe", "unigram", "word"]
 REPLACED_LINES_NAMED = 5
 """Lines with bytes replaced by U+FFFD named one by one in the log; the rest are counted."""
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
-"""Special tokens of every suite tokenizer; pad is id 0, unk 1, bos 2, eos 3."""
-PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+"""Special tokens of every suite tokenizer, given to its trainer in this order, so they take the first ids."""
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 
 
 def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = "error") -> list[str]:

@@ -19,7 +19,7 @@ from gru_suite import run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite.text import train_tokenizer
+from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
 from gru_suite_plugins.sentiment.data import read_labelled, read_texts
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
@@ -101,6 +101,8 @@ def test_tokenizer_round_trips(kind: str) -> None:
     text = "The ending is not dull , but great ."
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tokenizer.unk_token_id not in ids
+    specials = (tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    assert specials == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
     if kind == "word":
         assert tokenizer.convert_ids_to_tokens(ids) == text.lower().split()
     else:
