@@ -162,6 +162,9 @@ class FitTest:
     best_val_loss: float | None
     """The best monitored value (`best_model_score`)."""
     test_metrics: dict[str, float]
+    pretrain_wall_s: float = 0.0
+    """Seconds of the task's pre-training phase (0 without one)."""
+    pretrain_loss: float | None = None
 
 
 def fit_and_test(cfg: Any, seed: int) -> FitTest:
@@ -175,6 +178,10 @@ def fit_and_test(cfg: Any, seed: int) -> FitTest:
     task = run.build_task(cfg.task)
     datamodule = task.datamodule()
     module = run.build_module(cfg, task)
+    pretrain_wall, pretrain_loss = time.perf_counter(), None
+    if (phase := task.pretraining()) is not None:
+        pretrain_loss = run.pretrain(cfg, module, phase)
+    pretrain_wall = time.perf_counter() - pretrain_wall
     trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
     clock = make_clock()
     trainer.callbacks.append(clock)
@@ -199,4 +206,6 @@ def fit_and_test(cfg: Any, seed: int) -> FitTest:
         best_epoch=int(stem) if stem.isdigit() else None,
         best_val_loss=float(ckpt.best_model_score) if ckpt is not None and ckpt.best_model_score is not None else None,
         test_metrics={k: float(v) for k, v in (tested[0] if tested else {}).items()},
+        pretrain_wall_s=pretrain_wall,
+        pretrain_loss=pretrain_loss,
     )

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.precision import MixedPrecision
 from torch import nn
 
-from gru_suite.task import Stage, StepOutput, TaskPlugin
+from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 CHECKPOINT_KEY = "gru_suite"
 
@@ -39,6 +39,8 @@ class TaskModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.samples_seen = 0
+        self.pretraining: Pretraining | None = None
+        """Set by `gru_suite.run.pretrain` while the task's pre-training phase runs."""
         self._train_samples_at_start = 0
         self._train_loss_sum = torch.zeros(())
 
@@ -67,6 +69,10 @@ class TaskModule(pl.LightningModule):
         self._train_samples_at_start = self.samples_seen
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if self.pretraining is not None:
+            loss = self.pretraining.loss(self.model, batch)
+            self.log("pretrain/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            return loss
         # `self.log` costs far more than a tiny model's step, so the epoch mean is summed here
         # and the step loss is logged only as often as the logger writes.
         out = self.task.step(self.model, batch, "train")
@@ -103,7 +109,7 @@ class TaskModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=self.parameters(), **self._unfused_if_clipped_amp())
-        if self.scheduler_factory is None:
+        if self.scheduler_factory is None or self.pretraining is not None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {

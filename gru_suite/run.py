@@ -19,7 +19,7 @@ from gru_suite.checkpoint import read_checkpoint
 from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
-from gru_suite.task import TaskPlugin
+from gru_suite.task import Pretraining, TaskPlugin
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg.task)
     datamodule = task.datamodule()
     module = build_module(cfg, task)
+    if (phase := task.pretraining()) is not None and not cfg.get("ckpt_path"):
+        pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -103,6 +105,25 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining) -> float:
+    """Run the task's pre-training phase with the run's trainer settings; return its last epoch's mean loss.
+
+    No loggers, checkpoints or validation; training then starts with a fresh optimizer (and
+    scheduler). A resumed run (`ckpt_path`) skips this: its weights come from the checkpoint.
+    """
+    log.info("pre-training: %d epoch(s) over %d batches", phase.epochs, len(phase.loader))
+    module.pretraining = phase
+    try:
+        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, max_epochs=phase.epochs,
+                                min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0, num_sanity_val_steps=0)
+        trainer.fit(module, train_dataloaders=phase.loader)
+    finally:
+        module.pretraining = None
+    loss = float(trainer.callback_metrics.get("pretrain/loss", float("nan")))
+    log.info("pre-training done: loss %.4f", loss)
+    return loss
 
 
 def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str, float]:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.config import NumberField, check_numbers
@@ -27,6 +28,16 @@ class StepOutput:
     loss: Tensor
     batch_size: int
     metrics: Mapping[str, Tensor | float] = field(default_factory=dict)
+
+
+@dataclass
+class Pretraining:
+    """A self-supervised phase the core runs before training: `epochs` passes over `loader`,
+    minimising `loss(model, batch)` (logged as `pretrain/loss`); no validation, no checkpoints."""
+
+    epochs: int
+    loader: DataLoader
+    loss: Callable[[nn.Module, Any], Tensor]
 
 
 class TaskPlugin(ABC):
@@ -70,6 +81,10 @@ class TaskPlugin(ABC):
         self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path
     ) -> list[Path]:
         """Write the task's artifacts (atomically) and return their paths."""
+
+    def pretraining(self) -> Pretraining | None:
+        """The task's pre-training phase, if its config asks for one (called after `build_model`)."""
+        return None
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """Metrics that need a whole pass (e.g. over complete series), logged once per epoch."""

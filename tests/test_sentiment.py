@@ -167,6 +167,48 @@ def test_word_dropout_reads_real_tokens_as_unknown_in_training_only() -> None:
         SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, word_dropout=1.0)
 
 
+def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(corpus: dict[str, Path],
+                                                                              tmp_path: Path) -> None:
+    texts = tmp_path / "unlabelled.txt"
+    texts.write_text("".join(f"{text}\n" for text, _ in separable(300, 7)), encoding="utf-8")
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "task.pretrain.epochs=4",
+                                             f"task.pretrain.texts=[{texts}]", "optimizer.lr=1e-2",
+                                             "scheduler=plateau"], tmp_path / "run")
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    module = run.build_module(cfg, task)
+    phase = task.pretraining()
+    assert phase is not None and phase.epochs == 4
+    assert sum(len(batch.ids) for batch in phase.loader) == 300  # the file's texts, not the training texts
+
+    def lm_loss() -> float:
+        module.model.eval()
+        with torch.no_grad():
+            loss = sum(phase.loss(module.model, batch).item() for batch in phase.loader) / len(phase.loader)
+        module.model.train()
+        return loss
+
+    before, head = lm_loss(), module.model.head.weight.detach().clone()
+    last = run.pretrain(cfg, module, phase)
+    assert lm_loss() < 0.9 * before and last < before  # word order is random: the floor is near log(9)
+    torch.testing.assert_close(module.model.head.weight, head)  # only embeddings, GRU and LM heads learn
+    assert module.pretraining is None  # training proper follows with the classification loss
+    assert isinstance(module.configure_optimizers(), dict)  # and with the configured scheduler again
+
+
+def test_pretraining_settings_are_checked(corpus: dict[str, Path], tmp_path: Path) -> None:
+    overrides = [*TINY, *data_overrides(corpus)]
+    with pytest.raises(UserError, match="task.pretrain.epochs"):
+        run.build_task(compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=-1"], tmp_path).task)
+    missing = tmp_path / "missing.txt"
+    cfg = compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=1", f"task.pretrain.texts=[{missing}]"],
+                               tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    with pytest.raises(UserError, match=re.escape(str(missing))):
+        task.pretraining()
+
+
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     torch.manual_seed(0)
     logits = 4 * torch.randn(4000, 3)

@@ -15,9 +15,10 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.atomic import write_text
+from gru_suite.data import length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, Pretraining, Stage, StepOutput, TaskPlugin
 from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.sentiment import explain
 from gru_suite_plugins.sentiment.data import (
@@ -52,8 +53,8 @@ class SentimentTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0), ("model.word_dropout", float, 0), ("model.lm_weight", float, 0),
-               ("model.lm_words", int, 1), ("predict.top_words", int, 0), ("predict.html_rows", int, 0),
-               ("predict.show", int, 0))
+               ("model.lm_words", int, 1), ("pretrain.epochs", int, 0), ("predict.top_words", int, 0),
+               ("predict.html_rows", int, 0), ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -164,7 +165,8 @@ class SentimentTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SentimentModel:
         assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
         model = self.cfg.model
-        lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if model.get("lm_weight") else 0
+        wants_lm = model.get("lm_weight") or self._pretrain_epochs()
+        lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if wants_lm else 0
         self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
                                     model.pooling, float(model.dropout), bool(model.bidirectional), lm_words,
                                     float(model.get("word_dropout", 0.0)))
@@ -178,13 +180,32 @@ class SentimentTask(TaskPlugin):
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
         metrics = {}
-        if stage == "train" and model.lm_heads is not None:
+        if stage == "train" and self.cfg.model.get("lm_weight"):
             metrics["lm_loss"] = model.lm_loss(h, batch.ids, batch.lengths)
             loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
         if stage != "train":
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
         return StepOutput(loss, len(batch.labels), metrics)
+
+    def _pretrain_epochs(self) -> int:
+        return int(self.cfg.get("pretrain", {}).get("epochs") or 0)
+
+    def pretraining(self) -> Pretraining | None:
+        """`pretrain.epochs` of the bidirectional language model (`SentimentModel.lm_loss`) on `pretrain.texts`
+        (files of unlabelled texts, one per line or a table's text column), else on the training texts:
+        embeddings and GRU learn the language before the classifier trains on them."""
+        epochs = self._pretrain_epochs()
+        if not epochs:
+            return None
+        data, files = self.cfg.data, list(self.cfg.pretrain.get("texts") or [])
+        examples = ([e for path in files for e in read_texts(path, "auto", data.text_column, data.encoding_errors)]
+                    if files else self._examples("train"))
+        texts = EncodedTexts(examples, self.encode([e.text for e in examples]), None)
+        log.info("pre-training texts: %d (%d tokens)", len(texts), sum(texts.lengths))
+        loader = length_bucket_loader(texts, texts.lengths, int(data.batch_size), shuffle=True,
+                                      seed=int(data.get("split_seed", 0)), num_workers=int(data.get("num_workers", 0)))
+        return Pretraining(epochs, loader, _language_model_loss)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """Scores over the whole pass; validation first refits the temperature, testing draws the confusion matrix."""
@@ -256,3 +277,7 @@ class SentimentTask(TaskPlugin):
             write_predictions_csv(out_dir / "predictions.csv", rows, self.labels),
             write_text(out_dir / "explanations.html", explain.html_page("Sentiment predictions", page)),
         ]
+
+
+def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
+    return model.lm_loss(model.states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
