@@ -72,6 +72,7 @@ class SentimentTask(TaskPlugin):
     def datamodule(self) -> SentimentData:
         if self.tokenizer is None:  # training: what later stages read is checked before it
             self._check_prediction_settings()
+            self._check_pretrain_texts()
             self._fit(self._examples("train"))
             if self.cfg.data.get("test"):
                 label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
@@ -85,6 +86,11 @@ class SentimentTask(TaskPlugin):
         source = self.cfg.predict.get("input")
         if source and str(source) != STDIN and not Path(source).is_file():
             raise UserError(f"task.predict.input: no such file {source}")
+
+    def _check_pretrain_texts(self) -> None:
+        for path in self.cfg.get("pretrain", {}).get("texts") or []:
+            if not Path(path).is_file():
+                raise UserError(f"task.pretrain.texts: no such file {path}")
 
     def _importance(self) -> str:
         importance = self.cfg.predict.importance
