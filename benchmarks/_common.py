@@ -178,11 +178,12 @@ def fit_and_test(cfg: Any, seed: int) -> FitTest:
     task = run.build_task(cfg.task)
     datamodule = task.datamodule()
     module = run.build_module(cfg, task)
+    quiet_trainer = {"enable_progress_bar": False, "enable_model_summary": False}
     pretrain_wall, pretrain_loss = time.perf_counter(), None
     if (phase := task.pretraining()) is not None:
-        pretrain_loss = run.pretrain(cfg, module, phase)
+        pretrain_loss = run.pretrain(cfg, module, phase, **quiet_trainer)
     pretrain_wall = time.perf_counter() - pretrain_wall
-    trainer = run.build_trainer(cfg, enable_progress_bar=False, enable_model_summary=False)
+    trainer = run.build_trainer(cfg, **quiet_trainer)
     clock = make_clock()
     trainer.callbacks.append(clock)
     wall, cpu = time.perf_counter(), time.process_time()

@@ -107,8 +107,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining) -> float:
-    """Run the task's pre-training phase with the run's trainer settings; return its last epoch's mean loss.
+def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **overrides: Any) -> float:
+    """Run the task's pre-training phase with the run's trainer settings (plus Trainer `overrides`);
+    return its last epoch's mean loss.
 
     No loggers, checkpoints or validation; training then starts with a fresh optimizer (and
     scheduler). A resumed run (`ckpt_path`) skips this: its weights come from the checkpoint.
@@ -117,7 +118,8 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining) -> float:
     module.pretraining = phase
     try:
         trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, max_epochs=phase.epochs,
-                                min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0, num_sanity_val_steps=0)
+                                min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0, num_sanity_val_steps=0,
+                                **overrides)
         trainer.fit(module, train_dataloaders=phase.loader)
     finally:
         module.pretraining = None
