@@ -87,8 +87,11 @@ class SentimentTask(TaskPlugin):
         if source and str(source) != STDIN and not Path(source).is_file():
             raise UserError(f"task.predict.input: no such file {source}")
 
+    def _pretrain_texts(self) -> list[str]:
+        return list(self.cfg.get("pretrain", {}).get("texts") or [])  # checkpoints before the option have no block
+
     def _check_pretrain_texts(self) -> None:
-        for path in self.cfg.get("pretrain", {}).get("texts") or []:
+        for path in self._pretrain_texts():
             if not Path(path).is_file():
                 raise UserError(f"task.pretrain.texts: no such file {path}")
 
@@ -204,7 +207,7 @@ class SentimentTask(TaskPlugin):
         epochs = self._pretrain_epochs()
         if not epochs:
             return None
-        data, files = self.cfg.data, list(self.cfg.pretrain.get("texts") or [])
+        data, files = self.cfg.data, self._pretrain_texts()
         examples = ([e for path in files for e in read_texts(path, "auto", data.text_column, data.encoding_errors)]
                     if files else self._examples("train"))
         texts = EncodedTexts(examples, self.encode([e.text for e in examples]), None)
