@@ -87,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg.task)
     datamodule = task.datamodule()
     module = build_module(cfg, task)
-    if (phase := task.pretraining()) is not None and not cfg.get("ckpt_path"):
+    if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
