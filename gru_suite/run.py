@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.strategies import ParallelStrategy
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
@@ -120,6 +121,8 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
         trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, max_epochs=phase.epochs,
                                 min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0, num_sanity_val_steps=0,
                                 **overrides)
+        if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
+            raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
         trainer.fit(module, train_dataloaders=phase.loader)
     finally:
         module.pretraining = None

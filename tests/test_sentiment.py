@@ -205,6 +205,18 @@ def test_pretraining_settings_are_checked(corpus: dict[str, Path], tmp_path: Pat
                                tmp_path)
     with pytest.raises(UserError, match=f"task.pretrain.texts: no such file {re.escape(str(missing))}"):
         run.build_task(cfg.task).datamodule()  # before the tokenizer is trained
+    two_layers = compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=1", "backbone.num_layers=2"],
+                                      tmp_path)
+    task = run.build_task(two_layers.task)
+    task.datamodule()
+    with pytest.raises(UserError, match="backbone.num_layers=1"):  # layer 2 would see the word it must predict
+        run.build_module(two_layers, task)
+    ddp = compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=1", "trainer=ddp_sim"], tmp_path)
+    task = run.build_task(ddp.task)
+    task.datamodule()
+    module = run.build_module(ddp, task)
+    with pytest.raises(UserError, match="single process"):
+        run.pretrain(ddp, module, task.pretraining())
 
 
 def test_temperature_scaling_recovers_a_known_temperature() -> None:

@@ -82,6 +82,9 @@ class SentimentModel(nn.Module):
             raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD_ID)
         self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
+        if lm_words and bidirectional and self.backbone.num_layers > 1:
+            raise UserError("the language model (task.model.lm_weight, task.pretrain) needs backbone.num_layers=1 "
+                            "when bidirectional: a second layer's forward states already saw the next word")
         self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(
             self.backbone.output_size)
         self.dropout = nn.Dropout(dropout)
