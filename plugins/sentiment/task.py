@@ -87,11 +87,13 @@ class SentimentTask(TaskPlugin):
         if source and str(source) != STDIN and not Path(source).is_file():
             raise UserError(f"task.predict.input: no such file {source}")
 
-    def _pretrain_texts(self) -> list[str]:
-        return list(self.cfg.get("pretrain", {}).get("texts") or [])  # checkpoints before the option have no block
+    def _pretrain(self) -> tuple[int, list[str]]:
+        """`task.pretrain`'s epochs and text files (checkpoints from before the option have no block)."""
+        block = self.cfg.get("pretrain") or {}
+        return int(block.get("epochs") or 0), list(block.get("texts") or [])
 
     def _check_pretrain_texts(self) -> None:
-        for path in self._pretrain_texts():
+        for path in self._pretrain()[1]:
             if not Path(path).is_file():
                 raise UserError(f"task.pretrain.texts: no such file {path}")
 
@@ -174,7 +176,7 @@ class SentimentTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SentimentModel:
         assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
         model = self.cfg.model
-        wants_lm = model.get("lm_weight") or self._pretrain_epochs()
+        wants_lm = model.get("lm_weight") or self._pretrain()[0]
         lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if wants_lm else 0
         self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
                                     model.pooling, float(model.dropout), bool(model.bidirectional), lm_words,
@@ -197,17 +199,14 @@ class SentimentTask(TaskPlugin):
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
         return StepOutput(loss, len(batch.labels), metrics)
 
-    def _pretrain_epochs(self) -> int:
-        return int(self.cfg.get("pretrain", {}).get("epochs") or 0)
-
     def pretraining(self) -> Pretraining | None:
         """`pretrain.epochs` of the bidirectional language model (`SentimentModel.lm_loss`) on `pretrain.texts`
         (files of unlabelled texts, one per line or a table's text column), else on the training texts:
         embeddings and GRU learn the language before the classifier trains on them."""
-        epochs = self._pretrain_epochs()
+        epochs, files = self._pretrain()
         if not epochs:
             return None
-        data, files = self.cfg.data, self._pretrain_texts()
+        data = self.cfg.data
         examples = ([e for path in files for e in read_texts(path, "auto", data.text_column, data.encoding_errors)]
                     if files else self._examples("train"))
         texts = EncodedTexts(examples, self.encode([e.text for e in examples]), None)
