@@ -24,7 +24,7 @@ from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Augment, Featurizer, mel_centres_hz, pad_frames
 from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
-from gru_suite_plugins.speech.model import SpeechModel
+from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
@@ -281,11 +281,12 @@ def test_streaming_equals_offline_after_a_skipped_quiet_start(overfit, chunk: in
         featurizer.endpointer = None
 
 
-@pytest.mark.parametrize("lookahead", [0, 3])
-def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead: int) -> None:
+@pytest.mark.parametrize("lookahead, spectral", [(0, None), (3, None), (3, Spectral(channels=4, kernel=5, pool=3))])
+def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead: int, spectral: Spectral | None) -> None:
     torch.manual_seed(0)
     config = FeatureConfig()
-    model = SpeechModel(partial(GRUBackbone, hidden_size=16), config.n_mels, len(ALPHABET), lookahead=lookahead).eval()
+    model = SpeechModel(partial(GRUBackbone, hidden_size=16), config.n_mels, len(ALPHABET), subsample=3,
+                        lookahead=lookahead, spectral=spectral).eval()
     featurizer = Featurizer(config, torch.zeros(config.n_mels), torch.ones(config.n_mels))
     samples = [torch.randn(4000) * 0.1, torch.randn(2500) * 0.1]
     with torch.no_grad():
@@ -553,9 +554,13 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.features.cepstra=many", "task.features.cepstra must be an integer, got 'many'"),
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
     ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),
+    ("task.model.frontend=cnn", "task.model.frontend must be one of ['linear', 'spectral'], got 'cnn'"),
+    ("task.model.frontend=spectral task.model.spectral.pool=41", "task.model.spectral.pool must be at most n_mels (40)"),
+    ("task.model.frontend=spectral task.model.spectral.kernel=0", "task.model.spectral.kernel must be at least 1, got 0"),
+    ("task.model.frontend=spectral task.features.cepstra=13", "it needs task.features.cepstra=null, got 13"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
-    cfg = compose_train_config("speech", [override], tmp_path / "run")
+    cfg = compose_train_config("speech", override.split(), tmp_path / "run")
     with pytest.raises(UserError, match=re.escape(message)):
         run.build_task(cfg.task)
 

@@ -23,7 +23,7 @@ from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
 from gru_suite_plugins.speech.decode import align_words, blank_frames, decode
 from gru_suite_plugins.speech.endpoint import Endpointer
-from gru_suite_plugins.speech.model import SpeechModel
+from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.vocab import TOKENIZER_KINDS, Alphabet, Tokens, Vocabulary, normalize_text
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 NORMALIZE = ("global", "online", "utterance")
+FRONTENDS = ("linear", "spectral")
 
 
 class Scores:
@@ -97,6 +98,7 @@ class SpeechTask(TaskPlugin):
         for key, least in (("subsample", 1), ("lookahead", 0)):
             if config_number(cfg.model[key], f"task.model.{key}", int) < least:
                 raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
+        self.spectral = self._spectral(cfg.model)
         if config_number(feats.online_prior_frames, "task.features.online_prior_frames", int) < 0:
             raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
         if config_number(cfg.augment.get("tilt_db", 0.0), "task.augment.tilt_db") < 0:
@@ -122,6 +124,26 @@ class SpeechTask(TaskPlugin):
         if not 1 <= config_number(cepstra, "task.features.cepstra", int) <= int(feats.n_mels):
             raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, got {cepstra}")
         return int(cepstra)
+
+    def _spectral(self, model: DictConfig) -> Spectral | None:
+        """The spectral front-end's settings, or None for the linear front-end."""
+        kind = model.get("frontend", "linear")  # checkpoints from before the option have no key
+        if kind not in FRONTENDS:
+            raise UserError(f"task.model.frontend must be one of {list(FRONTENDS)}, got {kind!r}")
+        if kind == "linear":
+            return None
+        if self.features.cepstra is not None:
+            raise UserError("task.model.frontend=spectral slides its filters along the mel bins: "
+                            f"it needs task.features.cepstra=null, got {self.features.cepstra}")
+        settings = {key: config_number(value, f"task.model.spectral.{key}", int)
+                    for key, value in model.spectral.items()}
+        for key, value in settings.items():
+            if value < 1:
+                raise UserError(f"task.model.spectral.{key} must be at least 1, got {value}")
+        if settings["pool"] > self.features.n_mels:
+            raise UserError(f"task.model.spectral.pool must be at most n_mels ({self.features.n_mels}), "
+                            f"got {settings['pool']}")
+        return Spectral(**settings)
 
     @staticmethod
     def _f_min_hz(feats: DictConfig) -> float:
@@ -290,7 +312,7 @@ class SpeechTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
         return SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
-                           int(model.frontend_size), float(model.dropout), int(model.lookahead))
+                           int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral)
 
     @property
     def frame_seconds(self) -> float:
