@@ -24,7 +24,7 @@ from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Augment, Featurizer, mel_centres_hz, pad_frames
 from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
-from gru_suite_plugins.speech.model import Spectral, SpeechModel
+from gru_suite_plugins.speech.model import Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
@@ -305,6 +305,26 @@ def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead
         assert torch.allclose(stream.emissions(), alone[0], atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel, pool", [(5, 3), (1, 4), (4, 3), (5, 40), (1, 3), (3, 7), (6, 9)])
+def test_spectral_front_end_hears_every_mel_bin_or_refuses_the_settings(kernel: int, pool: int) -> None:
+    torch.manual_seed(0)
+    settings = Spectral(channels=8, kernel=kernel, pool=pool)
+    frames = torch.randn(8, 40, 64 * 3, requires_grad=True)  # channels first: (B, mel bins, T)
+    if settings.problem(40):  # max-pooling would drop positions that alone reach the top bins
+        with pytest.raises(ValueError, match="unheard"):
+            SpectralFrontend(40, 16, 3, settings)
+        return
+    out = SpectralFrontend(40, 16, 3, settings)(frames)
+    assert out.shape == (8, 16, 64)
+    out.sum().backward()
+    assert (frames.grad.abs().sum(dim=(0, 2)) > 0).all()
+
+
+def test_spectral_settings_default_where_unset(tmp_path: Path) -> None:
+    cfg = compose_train_config("speech", ["task.model.frontend=spectral", "task.model.spectral=null"], tmp_path / "run")
+    assert run.build_task(cfg.task).spectral == Spectral()
+
+
 def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
     config = FeatureConfig()
     bi = SpeechModel(partial(GRUBackbone, hidden_size=8, bidirectional=True), config.n_mels, len(ALPHABET))
@@ -555,8 +575,11 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
     ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),
     ("task.model.frontend=cnn", "task.model.frontend must be one of ['linear', 'spectral'], got 'cnn'"),
-    ("task.model.frontend=spectral task.model.spectral.pool=41", "task.model.spectral.pool must be at most n_mels (40)"),
+    ("task.model.frontend=spectral task.model.spectral.pool=41", "task.model.spectral.pool must be at most 40"),
     ("task.model.frontend=spectral task.model.spectral.kernel=0", "task.model.spectral.kernel must be at least 1, got 0"),
+    ("task.model.frontend=spectral task.model.spectral.kernel=3 task.model.spectral.pool=7",
+     "task.model.spectral.pool 7 with kernel 3 leaves the top 4 of 40 bins unheard"),
+    ("task.model.frontend=spectral +task.model.spectral.stride=2", "task.model.spectral has no setting 'stride'"),
     ("task.model.frontend=spectral task.features.cepstra=13", "it needs task.features.cepstra=null, got 13"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:

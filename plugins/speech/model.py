@@ -46,6 +46,28 @@ class Spectral:
     kernel: int = 5
     pool: int = 3
 
+    def positions(self, features: int) -> int:
+        """Filter positions along `features` bins (the convolution pads `kernel // 2` bins each side)."""
+        return features + 2 * (self.kernel // 2) - self.kernel + 1
+
+    def problem(self, features: int) -> tuple[str, str] | None:
+        """(setting, what is wrong with it) when these settings cannot front `features` bins, else None.
+
+        Pooling drops the positions past the last whole group of `pool`; that is allowed only while
+        the filters still reach every bin from the positions kept.
+        """
+        for name in ("channels", "kernel", "pool"):
+            if getattr(self, name) < 1:
+                return name, f"must be at least 1, got {getattr(self, name)}"
+        positions = self.positions(features)
+        if self.pool > positions:
+            return "pool", f"must be at most {positions} (filter positions over {features} bins), got {self.pool}"
+        unreached = positions % self.pool - self.kernel // 2
+        if unreached > 0:
+            return "pool", (f"{self.pool} with kernel {self.kernel} leaves the top {unreached} of {features} bins "
+                            f"unheard: use a pool that divides {positions}, or a wider kernel")
+        return None
+
 
 class SpectralFrontend(nn.Module):
     """A CNN acoustic model's front-end (Abdel-Hamid et al. 2014): filters slid along the mel axis, max-pooled
@@ -58,14 +80,12 @@ class SpectralFrontend(nn.Module):
 
     def __init__(self, features: int, size: int, subsample: int, settings: Spectral) -> None:
         super().__init__()
-        if min(settings.channels, settings.kernel, settings.pool) < 1 or settings.pool > features:
-            raise ValueError(f"spectral front-end: channels and kernel must be >= 1 and pool in [1, {features}], "
-                             f"got {settings}")
+        if problem := settings.problem(features):
+            raise ValueError(f"spectral front-end: {' '.join(problem)}")
         self.conv = nn.Conv2d(1, settings.channels, (subsample, settings.kernel), stride=(subsample, 1),
                               padding=(0, settings.kernel // 2))
         self.pool = nn.MaxPool2d((1, settings.pool))
-        bins = (features + 2 * (settings.kernel // 2) - settings.kernel + 1) // settings.pool
-        self.proj = nn.Linear(settings.channels * bins, size)
+        self.proj = nn.Linear(settings.channels * (settings.positions(features) // settings.pool), size)
 
     def forward(self, frames: Tensor) -> Tensor:
         x = self.pool(F.gelu(self.conv(frames.transpose(1, 2).unsqueeze(1))))  # (B, channels, T', bins)

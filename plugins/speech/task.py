@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,15 +135,14 @@ class SpeechTask(TaskPlugin):
         if self.features.cepstra is not None:
             raise UserError("task.model.frontend=spectral slides its filters along the mel bins: "
                             f"it needs task.features.cepstra=null, got {self.features.cepstra}")
-        settings = {key: config_number(value, f"task.model.spectral.{key}", int)
-                    for key, value in model.spectral.items()}
-        for key, value in settings.items():
-            if value < 1:
-                raise UserError(f"task.model.spectral.{key} must be at least 1, got {value}")
-        if settings["pool"] > self.features.n_mels:
-            raise UserError(f"task.model.spectral.pool must be at most n_mels ({self.features.n_mels}), "
-                            f"got {settings['pool']}")
-        return Spectral(**settings)
+        block, defaults = model.get("spectral") or {}, {f.name: f.default for f in fields(Spectral)}
+        if unknown := sorted(set(block) - set(defaults)):
+            raise UserError(f"task.model.spectral has no setting {unknown[0]!r}; it has {list(defaults)}")
+        settings = Spectral(**{name: config_number(block.get(name, default), f"task.model.spectral.{name}", int)
+                               for name, default in defaults.items()})
+        if problem := settings.problem(self.features.n_mels):
+            raise UserError(f"task.model.spectral.{problem[0]} {problem[1]}")
+        return settings
 
     @staticmethod
     def _f_min_hz(feats: DictConfig) -> float:
