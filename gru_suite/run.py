@@ -78,16 +78,32 @@ def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.Ligh
     return paths
 
 
+def check_same_model(state: dict[str, Any], module: TaskModule, path: str) -> None:
+    """A checkpoint to resume must hold the model this config builds: the same parameter names and shapes."""
+    own = module.state_dict()
+    for name in sorted(set(state) | set(own)):
+        stored, built = state.get(name), own.get(name)
+        if stored is None or built is None or stored.shape != built.shape:
+            shape = lambda t: "nothing" if t is None else f"shape {tuple(t.shape)}"  # noqa: E731
+            raise UserError(f"ckpt_path {path} holds another model than this config builds ({name}: "
+                            f"{shape(stored)} in the checkpoint, {shape(built)} here); resume with the settings "
+                            "it was trained with")
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_numbers(cfg, RUN_NUMBERS)
+    resumed = None
     if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
-        read_checkpoint(cfg.ckpt_path)  # a checkpoint to resume that cannot be read fails before any work
+        resumed = read_checkpoint(cfg.ckpt_path)["state_dict"]  # one that cannot be read fails before any work
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)
     datamodule = task.datamodule()
     module = build_module(cfg, task)
+    if resumed is not None:
+        check_same_model(resumed, module, cfg.ckpt_path)
+        del resumed
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)

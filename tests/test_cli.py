@@ -103,6 +103,14 @@ def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     assert list(epochs) == [2]  # only the third epoch ran
 
 
+def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
+    resume = compose_train_config("forecasting", [*TINY, "backbone.hidden_size=9",
+                                                  f"ckpt_path={trained_run}/checkpoints/last.ckpt"], tmp_path / "t")
+    with pytest.raises(UserError, match=r"holds another model than this config builds \(model\.backbone\.rnn\."):
+        run.train(resume)
+    assert not (tmp_path / "t" / "checkpoints").exists()
+
+
 def test_multirun_sweeps(tmp_path):
     result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
                      f"hydra.sweep.dir={tmp_path}")
