@@ -33,6 +33,21 @@ def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
     return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
 
 
+def check_same_model(state: dict[str, Any], module: TaskModule, source: str) -> None:
+    """`state` (a checkpoint's state dict, from `source`) must hold the model `module` is: the same parameter
+    and buffer names and shapes; else a UserError naming the first that differs."""
+    own = module.state_dict()
+    for name in sorted(set(state) | set(own)):
+        stored, built = state.get(name), own.get(name)
+        if stored is None or built is None or stored.shape != built.shape:
+            raise UserError(f"{source} holds another model than this config builds ({name}: {_shape(stored)} in the "
+                            f"checkpoint, {_shape(built)} here); use the settings it was trained with")
+
+
+def _shape(tensor: torch.Tensor | None) -> str:
+    return "nothing" if tensor is None else f"shape {tuple(tensor.shape)}"
+
+
 def restore(checkpoint: dict[str, Any], task_cfg: DictConfig | None = None) -> TaskModule:
     """The trained `TaskModule` in a read checkpoint, in eval mode.
 
@@ -48,6 +63,7 @@ def restore(checkpoint: dict[str, Any], task_cfg: DictConfig | None = None) -> T
         cfg.task = task_cfg
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
+    check_same_model(checkpoint["state_dict"], module, "the checkpoint")
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
 

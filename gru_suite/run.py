@@ -16,7 +16,7 @@ from pytorch_lightning.strategies import ParallelStrategy
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
-from gru_suite.checkpoint import read_checkpoint
+from gru_suite.checkpoint import check_same_model, read_checkpoint
 from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
@@ -78,18 +78,6 @@ def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.Ligh
     return paths
 
 
-def check_same_model(state: dict[str, Any], module: TaskModule, path: str) -> None:
-    """A checkpoint to resume must hold the model this config builds: the same parameter names and shapes."""
-    own = module.state_dict()
-    for name in sorted(set(state) | set(own)):
-        stored, built = state.get(name), own.get(name)
-        if stored is None or built is None or stored.shape != built.shape:
-            shape = lambda t: "nothing" if t is None else f"shape {tuple(t.shape)}"  # noqa: E731
-            raise UserError(f"ckpt_path {path} holds another model than this config builds ({name}: "
-                            f"{shape(stored)} in the checkpoint, {shape(built)} here); resume with the settings "
-                            "it was trained with")
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_numbers(cfg, RUN_NUMBERS)
@@ -102,7 +90,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = task.datamodule()
     module = build_module(cfg, task)
     if resumed is not None:
-        check_same_model(resumed, module, cfg.ckpt_path)
+        check_same_model(resumed, module, f"ckpt_path {cfg.ckpt_path}")
         del resumed
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)

@@ -72,6 +72,15 @@ def test_eval_reports_test_metrics(trained_run, tmp_path):
     assert metrics["test/naive_mse"] == pytest.approx(trained["test/naive_mse"], rel=1e-5)
 
 
+def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp_path):
+    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     "task.data.horizon=3", f"hydra.run.dir={tmp_path}")  # trained with horizon 6
+    assert result.returncode == 2
+    assert "error: the checkpoint holds another model than this config builds (model.head." in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "test_metrics.json").exists()
+
+
 def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     data = pd.read_csv(f"{default_data_dir()}/forecasting/demo_load.csv")
     new = tmp_path / "new.csv"
