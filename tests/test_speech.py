@@ -282,7 +282,8 @@ def test_streaming_equals_offline_after_a_skipped_quiet_start(overfit, chunk: in
 
 
 @pytest.mark.parametrize("lookahead, spectral", [(0, None), (3, None), (3, Spectral(channels=4, kernel=5, pool=3))])
-def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead: int, spectral: Spectral | None) -> None:
+def test_lookahead_waits_for_future_frames_and_sees_zeros_past_the_end(lookahead: int,
+                                                                       spectral: Spectral | None) -> None:
     torch.manual_seed(0)
     config = FeatureConfig()
     model = SpeechModel(partial(GRUBackbone, hidden_size=16), config.n_mels, len(ALPHABET), subsample=3,
@@ -321,8 +322,9 @@ def test_spectral_front_end_hears_every_mel_bin_or_refuses_the_settings(kernel: 
 
 
 def test_spectral_settings_default_where_unset(tmp_path: Path) -> None:
-    cfg = compose_train_config("speech", ["task.model.frontend=spectral", "task.model.spectral=null"], tmp_path / "run")
-    assert run.build_task(cfg.task).spectral == Spectral()
+    for unset in ("task.model.spectral=null", "task.model.spectral.pool=null"):
+        cfg = compose_train_config("speech", ["task.model.frontend=spectral", unset], tmp_path / "run")
+        assert run.build_task(cfg.task).spectral == Spectral()
 
 
 def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
@@ -576,11 +578,14 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),
     ("task.model.frontend=cnn", "task.model.frontend must be one of ['linear', 'spectral'], got 'cnn'"),
     ("task.model.frontend=spectral task.model.spectral.pool=41", "task.model.spectral.pool must be at most 40"),
-    ("task.model.frontend=spectral task.model.spectral.kernel=0", "task.model.spectral.kernel must be at least 1, got 0"),
+    ("task.model.frontend=spectral task.model.spectral.kernel=0",
+     "task.model.spectral.kernel must be at least 1, got 0"),
     ("task.model.frontend=spectral task.model.spectral.kernel=3 task.model.spectral.pool=7",
      "task.model.spectral.pool 7 with kernel 3 leaves the top 4 of 40 bins unheard"),
     ("task.model.frontend=spectral +task.model.spectral.stride=2", "task.model.spectral has no setting 'stride'"),
     ("task.model.frontend=spectral task.features.cepstra=13", "it needs task.features.cepstra=null, got 13"),
+    ("task.model.frontend=spectral task.model.spectral.channels=many",
+     "task.model.spectral.channels must be an integer, got 'many'"),
 ])
 def test_bad_model_and_feature_settings_name_the_field(override: str, message: str, tmp_path: Path) -> None:
     cfg = compose_train_config("speech", override.split(), tmp_path / "run")

@@ -72,6 +72,9 @@ class SpeechTask(TaskPlugin):
     validation and test, `wer`, `cer` and `accuracy` (isolated words only).
     """
 
+    numbers = (*TaskPlugin.numbers, ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
+               ("model.spectral.pool", int, 1))
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         self.restored = "vocab" in self.state
@@ -138,7 +141,8 @@ class SpeechTask(TaskPlugin):
         block, defaults = model.get("spectral") or {}, {f.name: f.default for f in fields(Spectral)}
         if unknown := sorted(set(block) - set(defaults)):
             raise UserError(f"task.model.spectral has no setting {unknown[0]!r}; it has {list(defaults)}")
-        settings = Spectral(**{name: config_number(block.get(name, default), f"task.model.spectral.{name}", int)
+        # each set value is already an integer of at least 1 (`numbers`); an unset one takes its default
+        settings = Spectral(**{name: default if block.get(name) is None else block[name]
                                for name, default in defaults.items()})
         if problem := settings.problem(self.features.n_mels):
             raise UserError(f"task.model.spectral.{problem[0]} {problem[1]}")
