@@ -72,8 +72,12 @@ class SpeechTask(TaskPlugin):
     validation and test, `wer`, `cer` and `accuracy` (isolated words only).
     """
 
-    numbers = (*TaskPlugin.numbers, ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
-               ("model.spectral.pool", int, 1))
+    numbers = (*TaskPlugin.numbers, ("decode.beam_size", int, 1), ("model.subsample", int, 1),
+               ("model.lookahead", int, 0), ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
+               ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
+               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "warp", "leading_silence_s",
+                                                          "leading_silence_fraction")),
+               *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -96,22 +100,11 @@ class SpeechTask(TaskPlugin):
             self.state["endpoint"] = self._endpoint_settings(feats.get("endpoint"))
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
-        if int(cfg.decode.beam_size) < 1:
-            raise UserError(f"task.decode.beam_size must be at least 1, got {cfg.decode.beam_size}")
-        for key, least in (("subsample", 1), ("lookahead", 0)):
-            if config_number(cfg.model[key], f"task.model.{key}", int) < least:
-                raise UserError(f"task.model.{key} must be at least {least}, got {cfg.model[key]}")
         self.spectral = self._spectral(cfg.model)
-        if config_number(feats.online_prior_frames, "task.features.online_prior_frames", int) < 0:
-            raise UserError(f"task.features.online_prior_frames must be at least 0, got {feats.online_prior_frames}")
-        if config_number(cfg.augment.get("tilt_db", 0.0), "task.augment.tilt_db") < 0:
-            raise UserError(f"task.augment.tilt_db must be at least 0, got {cfg.augment.tilt_db}")
-        if not 0 <= config_number(cfg.augment.get("warp", 0.0), "task.augment.warp") < 1:
+        # the minimums and number kinds are `numbers`' (checked first); the upper bounds are these
+        if (cfg.augment.get("warp") or 0.0) >= 1:  # an augment setting that is null is off
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
-        if config_number(cfg.augment.get("leading_silence_s", 0.0), "task.augment.leading_silence_s") < 0:
-            raise UserError(f"task.augment.leading_silence_s must be at least 0, got {cfg.augment.leading_silence_s}")
-        if not 0 <= config_number(cfg.augment.get("leading_silence_fraction", 0.0),
-                                  "task.augment.leading_silence_fraction") <= 1:
+        if (cfg.augment.get("leading_silence_fraction") or 0.0) > 1:
             raise UserError("task.augment.leading_silence_fraction must be in [0, 1], "
                             f"got {cfg.augment.leading_silence_fraction}")
         if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.speeds):
@@ -236,7 +229,7 @@ class SpeechTask(TaskPlugin):
         `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`."""
         featurizer = featurizer or self.featurizer()
         raw, targets, texts, tones = [], [], [], []
-        silence_s = float(self.cfg.augment.get("leading_silence_s", 0.0)) if augment else 0.0
+        silence_s = (self.cfg.augment.get("leading_silence_s") or 0.0) if augment else 0.0
         rng = np.random.default_rng(0)
         utterances = self.split(name)
         for u in utterances + (self._speed_copies(utterances) if augment else []):
@@ -291,9 +284,13 @@ class SpeechTask(TaskPlugin):
 
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
-        augment = Augment(float(aug.gain_db), int(aug.freq_masks), int(aug.freq_width), int(aug.time_masks),
-                          int(aug.time_width), float(aug.get("warp", 0.0)), self.features,
-                          float(aug.get("leading_silence_fraction", 0.0)), float(aug.get("tilt_db", 0.0)))
+
+        def setting(key: str) -> float:  # numbers checked by `numbers`; null (or absent) is off
+            return aug.get(key) or 0
+
+        augment = Augment(setting("gain_db"), setting("freq_masks"), setting("freq_width"), setting("time_masks"),
+                          setting("time_width"), setting("warp"), self.features,
+                          silence_fraction=setting("leading_silence_fraction"), tilt_db=setting("tilt_db"))
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
