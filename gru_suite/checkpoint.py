@@ -15,12 +15,13 @@ from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not."""
+    """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not. Its tensors are memory-mapped:
+    pages are read when a tensor's values are first used (a shape check reads none)."""
     ckpt_path = Path(path)
     if not ckpt_path.is_file():
         raise UserError(f"checkpoint not found: {ckpt_path}")
     try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise UserError(f"cannot read checkpoint {ckpt_path}: {err}") from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:

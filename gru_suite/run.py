@@ -83,7 +83,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     check_numbers(cfg, RUN_NUMBERS)
     resumed = None
     if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
-        resumed = read_checkpoint(cfg.ckpt_path)["state_dict"]  # one that cannot be read fails before any work
+        # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
+        resumed = read_checkpoint(cfg.ckpt_path)["state_dict"]
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)
