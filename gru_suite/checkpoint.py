@@ -18,8 +18,12 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not. Its tensors are memory-mapped:
     pages are read when a tensor's values are first used (a shape check reads none)."""
     ckpt_path = Path(path)
+    if ckpt_path.is_dir():
+        raise UserError(f"{ckpt_path} is a folder: give the checkpoint file in it (for instance checkpoints/last.ckpt)")
     if not ckpt_path.is_file():
         raise UserError(f"checkpoint not found: {ckpt_path}")
+    if not zipfile.is_zipfile(ckpt_path):  # what torch.save writes; a truncated one has lost its end
+        raise UserError(f"{ckpt_path} is not a checkpoint, or is truncated (torch.save writes a zip archive)")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:

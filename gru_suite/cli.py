@@ -67,7 +67,10 @@ def _require_known_task() -> None:
         return
     for arg in args:
         value = arg.partition("=")[2]
-        if arg.startswith("task=") and value != "null" and not any(c in value for c in ",()"):  # sweeps: Hydra's
+        if arg == "task=null":  # no task, not Hydra's "Config group override must be a string" traceback
+            print(_no_task_message(), file=sys.stderr)
+            sys.exit(2)
+        if arg.startswith("task=") and not any(c in value for c in ",()"):  # sweeps: Hydra's
             try:
                 get_task(value)
             except UserError as err:

@@ -59,13 +59,13 @@ def config_number(value: Any, field: str, kind: type[int] | type[float] = float)
         raise UserError(f"{field} must be {expected}, got {value!r}") from None
 
 
-NumberField = tuple[str, "type[int] | type[float]", float]
-"""(dotted key, int or float, smallest value allowed)."""
+NumberField = tuple[str, "type[int] | type[float]", float] | tuple[str, "type[int] | type[float]", float, float]
+"""(dotted key, int or float, smallest value allowed[, largest value allowed])."""
 
 RUN_NUMBERS: tuple[NumberField, ...] = (
     ("backbone.hidden_size", int, 1),
     ("backbone.num_layers", int, 1),
-    ("backbone.dropout", float, 0),
+    ("backbone.dropout", float, 0, 1),
     ("optimizer.lr", float, 0),
     ("optimizer.weight_decay", float, 0),
     ("trainer.max_epochs", int, -1),
@@ -80,13 +80,15 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
 
 
 def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> None:
-    """Each of `fields` set in `cfg` (not null) is a number of its kind and at least its minimum, and is
-    stored as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field."""
-    for field, kind, minimum in fields:
+    """Each of `fields` set in `cfg` (not null) is a number of its kind within its bounds, and is stored
+    as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field."""
+    for field, kind, minimum, *maximum in fields:
         value = OmegaConf.select(cfg, field, default=None)
         if value is None:
             continue
         number = config_number(value, prefix + field, kind)
+        if maximum and not minimum <= number <= maximum[0]:
+            raise UserError(f"{prefix}{field} must be between {minimum} and {maximum[0]}, got {value!r}")
         if number < minimum:
             raise UserError(f"{prefix}{field} must be at least {minimum}, got {value!r}")
         OmegaConf.update(cfg, field, number, merge=False)

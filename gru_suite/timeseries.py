@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.errors import UserError
+
+log = logging.getLogger(__name__)
 
 MissingPolicy = Literal["error", "interpolate"]
 
@@ -42,7 +45,8 @@ def read_series_csv(
     Every problem is a `UserError` naming the file, the column and the line:
     a missing file or column, a non-numeric value, an unparseable timestamp, and
     (with `missing="error"`) an empty cell; `missing="interpolate"` fills gaps
-    linearly in time order instead.
+    linearly in time order instead. Timestamps that do not increase are a warning
+    naming the first such line; rows keep their order in the file.
     """
     csv_path = Path(path)
     if not csv_path.is_file():
@@ -76,6 +80,8 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
 
 
 def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: MissingPolicy) -> np.ndarray:
+    if policy not in ("error", "interpolate"):
+        raise UserError(f"missing must be 'error' or 'interpolate', got {policy!r}")
     gaps = np.isnan(values)
     if not gaps.any():
         return values
@@ -85,8 +91,6 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
             f"{path}, line {row + 2}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
             "set missing=interpolate to fill gaps"
         )
-    if policy != "interpolate":
-        raise UserError(f"missing must be 'error' or 'interpolate', got {policy!r}")
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
         raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
@@ -96,6 +100,17 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
 def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.Index:
     if time_column is None:
         return pd.RangeIndex(len(frame))
+    stamps = _parse_timestamps(frame, time_column, path)
+    later = stamps[1:] > stamps[:-1]
+    if not later.all():  # real logs repeat an hour at a clock change: a warning, and the file's order is kept
+        row = int(np.argmin(later)) + 1
+        log.warning("%s, column %r: %d timestamps are not after the one before them (first: line %d, %s after %s); "
+                    "rows are used in file order", path, time_column, int((~later).sum()), row + 2, stamps[row],
+                    stamps[row - 1])
+    return stamps
+
+
+def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.DatetimeIndex:
     try:
         return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
     except (ValueError, TypeError):
@@ -110,14 +125,17 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
         ) from err
 
 
-def chronological_split(n: int, split: Sequence[float | int]) -> list[tuple[int, int]]:
-    """Row ranges [start, stop) for consecutive parts of `n` rows.
+def chronological_split(n: int, split: Sequence[float | int], parts: int = 3) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) for `parts` consecutive parts of `n` rows (train, val, test by default).
 
     `split` holds fractions summing to at most 1 (e.g. [0.7, 0.1, 0.2]) or row
     counts (e.g. [8640, 2880, 2880]); the parts follow each other in time.
     """
-    if not split or any(part < 0 for part in split):
-        raise UserError(f"split must be non-negative fractions or row counts, got {list(split)}")
+    numbers = isinstance(split, Sequence) and not isinstance(split, str) and all(
+        isinstance(part, int | float) and not isinstance(part, bool) and part >= 0 for part in split)
+    if not numbers or len(split) != parts:
+        shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
+        raise UserError(f"split must be {parts} non-negative fractions or row counts, got {shown}")
     if all(isinstance(p, float) and p <= 1.0 for p in split):
         if sum(split) > 1.0 + 1e-9:
             raise UserError(f"split fractions {list(split)} sum to {sum(split):g}, more than 1")

@@ -120,6 +120,10 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("anomaly", "task.scoring.cooldown=2.5", "task.scoring.cooldown must be an integer, got 2.5"),
     ("forecasting", "task.data.lookback=inf", "task.data.lookback must be an integer, got inf"),
     ("forecasting", "optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
+    ("forecasting", "backbone.dropout=2", "backbone.dropout must be between 0 and 1, got 2"),
+    ("forecasting", "task.model.head_dropout=-1", "task.model.head_dropout must be between 0 and 1, got -1"),
+    ("forecasting", "task.data.season=0", "task.data.season must be at least 1, got 0"),
+    ("forecasting", "task.data.split=[0.5,0.5]", "split must be 3 non-negative fractions or row counts, got [0.5, 0.5]"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
     cfg = compose_train_config(task, override.split(), tmp_path)

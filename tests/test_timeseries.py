@@ -78,7 +78,26 @@ def test_chronological_split_fractions_and_counts():
         assert parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert chronological_split(100, [50, 20, 20]) == [(0, 50), (50, 70), (70, 90)]
     with pytest.raises(UserError, match="asks for 120 rows"):
-        chronological_split(100, [60, 60])
+        chronological_split(100, [60, 60, 0])
+
+
+@pytest.mark.parametrize("split", [[0.5, 0.5], [0.5, 0.2, 0.1, 0.1], "abc", ["a", 0.1, 0.1], [True, 0.1, 0.1]])
+def test_a_split_is_three_numbers(split):
+    with pytest.raises(UserError, match=r"split must be 3 non-negative fractions or row counts, got"):
+        chronological_split(100, split)
+
+
+def test_an_unknown_missing_policy_is_refused_even_without_gaps(tmp_path):
+    with pytest.raises(UserError, match="missing must be 'error' or 'interpolate', got 'foo'"):
+        read_series_csv(write(tmp_path, "t,a\n1,1\n2,2\n"), ["a"], missing="foo")
+
+
+def test_timestamps_out_of_order_are_a_warning_naming_the_first_line(tmp_path, caplog):
+    path = write(tmp_path, "t,a\n2024-01-01 00:00,1\n2024-01-01 02:00,2\n2024-01-01 01:00,3\n2024-01-01 01:00,4\n")
+    series = read_series_csv(path, ["a"], "t")
+    assert series.values[:, 0].tolist() == [1, 2, 3, 4]  # file order kept
+    assert "2 timestamps are not after the one before them (first: line 4, 2024-01-01 01:00:00 after " \
+           "2024-01-01 02:00:00)" in caplog.text
 
 
 def test_scaler_fits_train_only_and_inverts():

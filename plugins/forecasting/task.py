@@ -25,7 +25,8 @@ class ForecastingTask(TaskPlugin):
     """
 
     numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
-               ("data.predict_stride", int, 1), ("model.segment_length", int, 1))
+               ("data.predict_stride", int, 1), ("data.season", int, 1), ("model.segment_length", int, 1),
+               ("model.head_dropout", float, 0, 1))
 
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data
@@ -35,7 +36,7 @@ class ForecastingTask(TaskPlugin):
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
         series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"))
-        bounds = chronological_split(len(series.values), list(data.split))
+        bounds = chronological_split(len(series.values), data.split)
         need = data.lookback + data.horizon
         for stage, (start, stop) in zip(("train", "val", "test"), bounds):
             if stop - max(start, data.lookback) < data.horizon or stop - start < 1:
