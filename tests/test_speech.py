@@ -577,6 +577,8 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
     ("task.augment.freq_masks=two", "task.augment.freq_masks must be an integer, got 'two'"),
     ("task.decode.beam_size=wide", "task.decode.beam_size must be an integer, got 'wide'"),
+    ("task.features.n_mels=0", "task.features.n_mels must be at least 1, got 0"),
+    ("task.features.sample_rate=0", "task.features.sample_rate must be at least 1000, got 0"),
     ("task.features.normalize=online task.features.online_prior_frames=x",
      "task.features.online_prior_frames must be an integer, got 'x'"),
     ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),

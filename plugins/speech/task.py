@@ -75,6 +75,8 @@ class SpeechTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("decode.beam_size", int, 1), ("model.subsample", int, 1),
                ("model.lookahead", int, 0), ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
                ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
+               ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
+               ("features.hop_ms", float, 1),
                *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "warp", "leading_silence_s",
                                                           "leading_silence_fraction")),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
