@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import partial
 from pathlib import Path
 
@@ -250,6 +251,33 @@ def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_p
     cfg = compose_train_config("music", [*TINY, f"task.data.path={path}", "task.data.pitch_range=piano"], tmp_path)
     with pytest.raises(UserError, match=r"valid piece 0, step 0: pitch 10 is out of range \(21-108"):
         run.build_task(cfg.task).datamodule()
+
+
+@pytest.mark.parametrize("pitch", ["C4", 60.5, True])
+def test_json_pitch_that_is_not_an_integer_is_named(pitch: object, tmp_path: Path) -> None:
+    path = tmp_path / "rolls.json"
+    path.write_text(json.dumps({"train": [[[60], [pitch]]], "valid": [[[60]]]}))
+    message = f"rolls.json: train piece 0, step 1: expected an integer MIDI pitch 0-127, got {pitch!r}"
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("task.data.steps_per_beat=0", "task.data.steps_per_beat must be at least 1, got 0"),
+    ("task.data.transpose=-1", "task.data.transpose must be at least 0, got -1"),
+    ("task.generate.program=300", "task.generate.program must be between 0 and 127, got 300"),
+    ("task.generate.program=-1", "task.generate.program must be between 0 and 127, got -1"),
+    ("task.generate.velocity=200", "task.generate.velocity must be between 1 and 127, got 200"),
+    ("task.generate.velocity=0", "task.generate.velocity must be between 1 and 127, got 0"),
+])
+def test_a_setting_outside_its_midi_range_fails_when_the_task_is_built(
+    override: str, message: str, music_installed: None, tmp_path: Path
+) -> None:
+    cfg = compose_train_config("music", [*TINY, override], tmp_path)
+    state = {"representation": "roll", "low": 60, "high": 72, "steps_per_beat": 2}  # as a checkpoint restores it
+    for restored in (None, state):
+        with pytest.raises(UserError, match=re.escape(message)):
+            run.build_task(cfg.task, restored)
 
 
 def test_music_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:

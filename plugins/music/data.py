@@ -130,7 +130,9 @@ def _json_piece(piece: object, where: str) -> np.ndarray:
         if not isinstance(step, list):
             raise UserError(f"{where}, step {t}: expected a list of MIDI pitches, got {step!r}")
         for pitch in step:
-            if isinstance(pitch, bool) or not isinstance(pitch, int) or not 0 <= pitch < MIDI_PITCHES:
+            if isinstance(pitch, bool) or not isinstance(pitch, int):
+                raise UserError(f"{where}, step {t}: expected an integer MIDI pitch 0-127, got {pitch!r}")
+            if not 0 <= pitch < MIDI_PITCHES:
                 raise UserError(f"{where}, step {t}: pitch {pitch!r} is out of range (MIDI pitches are 0-127)")
             roll[t, pitch] = True
     return roll

@@ -51,9 +51,11 @@ class MusicTask(TaskPlugin):
     representation's strategy object.
     """
 
-    numbers = (*TaskPlugin.numbers, ("data.crop_steps", int, 1), ("generate.pieces", int, 1),
-               ("generate.length", float, 0), ("generate.tempo", float, 1), ("generate.max_events", int, 1),
-               ("generate.temperature", float, 0), ("generate.top_k", int, 1), ("generate.top_p", float, 0))
+    numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
+               ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
+               ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.temperature", float, 0),
+               ("generate.top_k", int, 1), ("generate.top_p", float, 0), ("generate.program", int, 0, 127),
+               ("generate.velocity", int, 1, 127))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -130,8 +132,6 @@ class Representation(ABC):
         gen = self.cfg.generate
         if gen.temperature <= 0:
             raise UserError(f"task.generate.temperature must be positive, got {gen.temperature}")
-        if gen.top_k is not None and gen.top_k < 1:
-            raise UserError(f"task.generate.top_k must be at least 1 (or null), got {gen.top_k}")
         if gen.top_p is not None and not 0 < gen.top_p <= 1:
             raise UserError(f"task.generate.top_p must be in (0, 1] (or null), got {gen.top_p}")
         return Sampling(float(gen.temperature), gen.top_k, gen.top_p)
@@ -268,8 +268,6 @@ class EventRepresentation(Representation):
             return {"max_events": int(gen.length), "seconds": None}
         seconds = float(gen.length) * (60 / gen.tempo if unit == "beats" else 1)
         max_events = int(gen.get("max_events") or DEFAULT_MAX_EVENTS)
-        if max_events < 1:
-            raise UserError(f"task.generate.max_events must be at least 1, got {max_events}")
         return {"max_events": max_events, "seconds": seconds}
 
     def _primer(self) -> list[int]:
