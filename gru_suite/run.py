@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ParallelStrategy
+from pytorch_lightning.utilities import rank_zero_only
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
@@ -53,6 +56,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
     ]
     loggers = [instantiate(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
+    keep_earlier_metrics(loggers)
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
@@ -61,6 +65,17 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         # optimizer step (~0.1 ms each), which a CPU run never needs.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     return trainer
+
+
+@rank_zero_only
+def keep_earlier_metrics(loggers: list[Any]) -> None:
+    """A CSV logger deletes the `metrics.csv` in its folder when it starts (a resumed run's, or the training
+    history when eval writes into the training run's folder): move one that is there to `metrics.N.csv`."""
+    for logger in loggers:
+        if isinstance(logger, CSVLogger) and (earlier := Path(logger.log_dir) / "metrics.csv").is_file():
+            kept = next(path for n in count(1) if not (path := earlier.with_name(f"metrics.{n}.csv")).exists())
+            earlier.rename(kept)
+            log.info("kept the earlier %s as %s", earlier, kept.name)
 
 
 def _write_metrics(metrics: dict[str, Any], path: Path) -> None:

@@ -113,6 +113,15 @@ def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     assert list(epochs) == [2]  # only the third epoch ran
 
 
+def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
+    cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "test_after_training=false",
+                                               "predict_after_training=false"], tmp_path)
+    (tmp_path / "metrics.csv").write_text("epoch,train/loss\n0,1.5\n")  # an earlier run's history
+    run.train(cfg)
+    assert (tmp_path / "metrics.1.csv").read_text() == "epoch,train/loss\n0,1.5\n"
+    assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique().tolist() == [0]  # this run's
+
+
 def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
     resume = compose_train_config("forecasting", [*TINY, "backbone.hidden_size=9",
                                                   f"ckpt_path={trained_run}/checkpoints/last.ckpt"], tmp_path / "t")
