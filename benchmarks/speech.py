@@ -6,7 +6,8 @@
 Two trainings with `experiment=fsdd` (a unidirectional GRU-CTC over word tokens with a 300 ms
 lookahead; add `--override task.text.tokens=chars` for characters, or
 `--override task.features.normalize=online` for online mean normalisation), each
-choosing its checkpoint on validation takes 10-12 (character error rate):
+testing the last epoch's weights (the preset's; `--override callbacks.model_checkpoint.monitor=val/cer`
+picks the epoch with the lowest character error rate on validation takes 10-12 instead):
 
 - `seen`: takes 5-9 of every speaker are held out of training (the test set); reports
   (a) isolated-digit accuracy on them, the same after 1 s of room tone (noise at each
