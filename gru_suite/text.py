@@ -30,13 +30,17 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>"
 """Special tokens of every suite tokenizer, given to its trainer in this order, so they take the first ids."""
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 
+EncodingErrors = Literal["error", "replace"] | None
+"""What a line that is not UTF-8 does: error, replace, or None (an error, for a task without the setting)."""
 
-def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = "error") -> list[str]:
+
+def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list[str]:
     """The lines of a plain or gzip (`.gz`) UTF-8 text file, without line ends.
 
     A line that is not valid UTF-8 raises a `UserError` naming the file and line
-    (`encoding_errors="error"`), or is decoded with U+FFFD in place of the bad
-    bytes and reported in a warning (`"replace"`).
+    (`encoding_errors="error"`, whose message offers the task's `encoding_errors=replace`,
+    or None, for a task without that setting), or is decoded with U+FFFD in place of the
+    bad bytes and reported in a warning (`"replace"`).
     """
     path = Path(path)
     if not path.is_file():
@@ -50,11 +54,9 @@ def read_lines(path: str | Path, encoding_errors: Literal["error", "replace"] = 
     return decode_lines(raw_lines, str(path), encoding_errors)
 
 
-def decode_lines(
-    raw_lines: Iterable[bytes], source: str, encoding_errors: Literal["error", "replace"] = "error"
-) -> list[str]:
+def decode_lines(raw_lines: Iterable[bytes], source: str, encoding_errors: EncodingErrors = None) -> list[str]:
     """UTF-8 `raw_lines` (from a file or stdin named `source`) as text, with `read_lines`'s error rule."""
-    if encoding_errors not in ("error", "replace"):
+    if encoding_errors not in ("error", "replace", None):
         raise UserError(f"task.data.encoding_errors must be 'error' or 'replace', got {encoding_errors!r}")
     lines, replaced = [], 0
     for number, raw in enumerate(raw_lines, start=1):
@@ -62,8 +64,9 @@ def decode_lines(
             lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a byte-order mark is not text
         except UnicodeDecodeError as err:
             where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
-            if encoding_errors == "error":
-                raise UserError(f"{where}; fix the file or set encoding_errors=replace") from err
+            if encoding_errors != "replace":
+                fix = "fix the file or set task.data.encoding_errors=replace" if encoding_errors else "save it as UTF-8"
+                raise UserError(f"{where}; {fix}") from err
             replaced += 1
             if replaced <= REPLACED_LINES_NAMED:
                 log.warning("%s; bad bytes replaced with U+FFFD", where)
@@ -77,7 +80,7 @@ def read_table(
     path: str | Path,
     columns: Sequence[str],
     delimiter: str | None = None,
-    encoding_errors: Literal["error", "replace"] = "error",
+    encoding_errors: EncodingErrors = None,
 ) -> list[tuple[int, list[str]]]:
     """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row.
 

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.errors import UserError
+from gru_suite.text import read_lines
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,10 @@ def read_series_csv(
         raise UserError(f"data file not found: {csv_path}")
     try:
         frame = pd.read_csv(csv_path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        read_lines(csv_path)  # names the first line that is not UTF-8
+        raise UserError(f"{csv_path}: not UTF-8 ({err})") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{csv_path}: not a readable CSV ({err})") from err
     available = list(frame.columns)
     wanted = list(columns) if columns else [c for c in available if c != time_column]

@@ -61,6 +61,13 @@ def test_timestamps_whose_utc_offset_changes_are_read_in_utc(tmp_path):
         read_series_csv(path, ["a"], "t")
 
 
+def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_bytes(b"t,a\n2024-01-01,1\n2024-01-02,\xff2\n")
+    with pytest.raises(UserError, match=r"s\.csv:3: not UTF-8 \(invalid start byte at byte 11\); save it as UTF-8"):
+        read_series_csv(path, ["a"], "t")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         read_series_csv(tmp_path / "nope.csv")
