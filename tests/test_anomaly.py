@@ -277,3 +277,77 @@ def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():
     np.testing.assert_allclose(batch[:151], plain[:151], rtol=1e-4, atol=1e-6)  # first fine-tune after row 149
     assert not np.allclose(batch[151:], plain[151:], rtol=1e-3)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def write_series(path, columns=("value",), rows=200, label=None):
+    """A tiny hourly CSV with the given value columns (and a `label` column holding `label` at row 100)."""
+    frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=rows, freq="h")})
+    for column in columns:
+        frame[column] = np.sin(np.arange(rows) / 5)
+    if label is not None:
+        frame["label"] = np.where(np.arange(rows) == 100, label, 0)
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", r"empty.csv: not a readable CSV \(No columns to parse from file\)"),
+    ("no_values", (r"no_values.csv: no value columns besides the time and label columns; its columns are "
+                   r"\['timestamp'\]")),
+    ("label_2", r"label_2.csv, line 102, column 'label': expected a label of 0 or 1, got 2"),
+    ("renamed", r"b.csv: value columns \['foo'\] differ from \['value'\] of .*a.csv"),
+])
+def test_bad_files_are_named(tmp_path, case, expected):
+    path = tmp_path / f"{case}.csv"
+    if case == "empty":
+        path.write_text("")
+    elif case == "no_values":
+        write_series(path, columns=())
+    elif case == "label_2":
+        write_series(path, label=2)
+    else:
+        path.mkdir()
+        write_series(path / "a.csv")
+        write_series(path / "b.csv", columns=("foo",))
+    with pytest.raises(UserError, match=expected):
+        load(path, label_column="label" if case == "label_2" else None)
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("task.data.validation=1.5", "task.data.validation must be between 0 and 1, got 1.5"),
+    ("task.data.probation=2", "task.data.probation must be between 0 and 1, got 2"),
+    ("task.detector.retrain.every=0", "task.detector.retrain.every must be at least 1, got 0"),
+])
+def test_out_of_range_settings_are_named(tmp_path, override, expected):
+    with pytest.raises(UserError, match=expected):
+        run.build_task(compose_train_config("anomaly", [override], tmp_path).task)
+
+
+def anomaly_task(tmp_path, data, *overrides, state=None):
+    cfg = compose_train_config("anomaly", [*TINY, f"task.data.path={data}", "task.data.windows_path=null",
+                                           "task.data.probation=0.5", *overrides], tmp_path / "cfg")
+    return run.build_task(cfg.task, state)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["task.data.validation=0.9"], (r"s.csv: task.data.validation=0.9 splits its 100-row probationary period into "
+                                    r"9 training and 91 validation rows; needed: at least 32 \(task.data.crop_length\) "
+                                    r"and 10")),
+    (["task.data.validation=0"], "into 100 training and 0 validation rows"),
+    (["task.data.crop_length=5"], "task.data.crop_length=5 is shorter than the 10 rows the detector's loss needs"),
+    (["task.detector.kind=autoencoder", "task.detector.window=40"], "crop_length=32 is shorter than the 40 rows"),
+])
+def test_crops_too_short_for_the_loss_are_named(tmp_path, overrides, expected):
+    datamodule = anomaly_task(tmp_path, write_series(tmp_path / "s.csv"), *overrides).datamodule()
+    with pytest.raises(UserError, match=expected):
+        datamodule.train_dataloader()
+
+
+def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):
+    trained = anomaly_task(tmp_path, write_series(tmp_path / "one.csv"))
+    trained.datamodule()
+    assert trained.state["value_columns"] == ["value"]
+    two = write_series(tmp_path / "two.csv", columns=("a", "b"))
+    with pytest.raises(UserError, match=r"two.csv: has 2 value column\(s\) \['a', 'b'\], but the checkpoint's "
+                                        r"detector reads 1 \['value'\] \(choose them with task.data.value_columns\)"):
+        anomaly_task(tmp_path, two, state=trained.state_dict()).datamodule()

@@ -130,9 +130,12 @@ def load_streams(
     root, files = csv_files(path)
     windows = read_window_file(windows_path) if windows_path else {}
     matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
-    streams = []
+    streams: list[StreamData] = []
     for file in files:
         columns = list(value_columns) if value_columns else _value_columns(file, time_column, label_column)
+        if streams and columns != (first := streams[0].series).columns:
+            raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
+                            "all files must have the same ones (or set task.data.value_columns)")
         series = read_series_csv(file, columns, time_column, missing)
         n_probation = min(int(probation * len(series.values)), probation_max)
         if n_probation < min_probation:
@@ -142,21 +145,53 @@ def load_streams(
             )
         spans: list[Window] | None = None
         if label_column:
-            spans = windows_from_labels(read_series_csv(file, [label_column], time_column, "error").values[:, 0] != 0)
+            spans = _label_windows(file, label_column, time_column)
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
         covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
-    widths = {len(s.series.columns) for s in streams}
-    if len(widths) > 1:
-        raise UserError(f"{root}: the series have different numbers of value columns {sorted(widths)}")
     return streams
 
 
 def _value_columns(file: Path, time_column: str | None, label_column: str | None) -> list[str]:
-    header = pd.read_csv(file, nrows=0).columns
-    return [c for c in header if c not in (time_column, label_column)]
+    """Every column of `file` but its time and label columns; a UserError when it has none."""
+    try:
+        header = list(pd.read_csv(file, nrows=0).columns)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{file}: not a readable CSV ({err})") from err
+    columns = [c for c in header if c not in (time_column, label_column)]
+    if not columns:
+        raise UserError(f"{file}: no value columns besides the time and label columns; its columns are {header}")
+    return columns
+
+
+def _label_windows(file: Path, label_column: str, time_column: str | None) -> list[Window]:
+    """The anomaly windows of a 0/1 label column; a UserError naming the line of any other value."""
+    labels = read_series_csv(file, [label_column], time_column, "error").values[:, 0]
+    bad = ~np.isin(labels, (0, 1))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise UserError(f"{file}, line {row + 2}, column {label_column!r}: expected a label of 0 or 1, "
+                        f"got {labels[row]:g}")
+    return windows_from_labels(labels == 1)
+
+
+def split_probation(streams: list[StreamData], validation: float, crop_length: int, shortest: int) -> list[int]:
+    """Where each series' probationary period ends its training rows and starts its validation rows; a
+    UserError when a crop, or either part, is shorter than the `shortest` crop the detector's loss needs."""
+    if crop_length < shortest:
+        raise UserError(f"task.data.crop_length={crop_length} is shorter than the {shortest} rows the detector's "
+                        "loss needs (task.detector.burn_in + 2 for a forecaster, task.detector.window otherwise)")
+    cuts = [int(s.probation * (1 - validation)) for s in streams]
+    for cut, stream in zip(cuts, streams):
+        if cut < crop_length or stream.probation - cut < shortest:
+            raise UserError(
+                f"{stream.series.path}: task.data.validation={validation} splits its {stream.probation}-row "
+                f"probationary period into {cut} training and {stream.probation - cut} validation rows; "
+                f"needed: at least {crop_length} (task.data.crop_length) and {shortest} (one crop for the loss)"
+            )
+    return cuts
 
 
 class CropDataset(Dataset):
@@ -193,16 +228,20 @@ class AnomalyData(SplitDataModule):
     """Train on crops of each series' early probationary rows, validate on its late ones,
     and score whole series, one per batch, in test and predict."""
 
-    def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int) -> None:
-        super().__init__(batch_size, batch_sizes={"test": 1, "predict": 1})
+    def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int,
+                 shortest: int) -> None:
+        """`shortest`: the fewest rows a crop needs for the detector's loss (`shortest_crop`)."""
+        super().__init__(batch_size, batch_sizes={"test": 1, "predict": 1}, build=self._crops)
         self.streams = streams
-        sequences = [s.inputs for s in streams]
-        cut = [int(s.probation * (1 - validation)) for s in streams]
-        shortest_val = min(s.probation - c for c, s in zip(cut, streams))
-        whole = SeriesDataset(sequences)
-        self.sets.update(
-            train=CropDataset(sequences, [(0, c) for c in cut], crop_length),
-            val=CropDataset(sequences, [(c, s.probation) for c, s in zip(cut, streams)], min(crop_length, shortest_val)),
-            test=whole,
-            predict=whole,
-        )
+        self.crop_length, self.validation, self.shortest = crop_length, validation, shortest
+        self.sequences = [s.inputs for s in streams]
+        whole = SeriesDataset(self.sequences)
+        self.sets.update(test=whole, predict=whole)
+
+    def _crops(self, stage: str) -> CropDataset:
+        """Training or validation crops, split off when first asked for (testing and prediction need none)."""
+        cuts = split_probation(self.streams, self.validation, self.crop_length, self.shortest)
+        if stage == "train":
+            return CropDataset(self.sequences, [(0, c) for c in cuts], self.crop_length)
+        ranges = [(c, s.probation) for c, s in zip(cuts, self.streams)]
+        return CropDataset(self.sequences, ranges, min(self.crop_length, *(hi - lo for lo, hi in ranges)))

@@ -139,6 +139,12 @@ class StreamingScorer:
         return float(self.scores(x_t.unsqueeze(0))[0])
 
 
+def shortest_crop(kind: str, window: int, burn_in: int) -> int:
+    """The fewest rows a crop needs for a defined loss: a window (autoencoder), or `burn_in` rows of context
+    plus an input and the row it predicts (forecaster)."""
+    return window if kind == "autoencoder" else burn_in + 2
+
+
 def build_detector(
     kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0
 ) -> nn.Module:

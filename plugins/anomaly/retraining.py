@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_suite.errors import UserError
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 
 
@@ -35,7 +36,7 @@ class Retraining:
 
     def __post_init__(self) -> None:
         if self.every < 1 or self.window < self.crop_length + 1:
-            raise ValueError(
+            raise UserError(
                 f"task.detector.retrain needs every >= 1 and window > crop_length ({self.crop_length}), "
                 f"got every={self.every}, window={self.window}"
             )

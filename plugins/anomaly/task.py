@@ -14,9 +14,9 @@ from torch import Tensor, nn
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import Calendar
+from gru_suite.timeseries import Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
-from gru_suite_plugins.anomaly.detectors import build_detector
+from gru_suite_plugins.anomaly.detectors import build_detector, shortest_crop
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger, ScoredSeries
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
@@ -31,26 +31,39 @@ class AnomalyTask(TaskPlugin):
     over series, and the NAB score of every profile over the whole corpus.
     """
 
-    numbers = (*TaskPlugin.numbers, ("data.probation", float, 0), ("data.probation_max", int, 1),
-               ("data.validation", float, 0), ("data.crop_length", int, 2), ("detector.window", int, 1),
-               ("detector.burn_in", int, 0), ("scoring.fixed", float, 0), ("scoring.quantile", float, 0),
-               ("scoring.spot_q", float, 0), ("scoring.spot_level", float, 0), ("scoring.range_tolerance", float, 0),
-               ("scoring.cooldown", int, 0), ("data.calendar_harmonics", int, 1))
+    numbers = (*TaskPlugin.numbers, ("data.probation", float, 0, 1), ("data.probation_max", int, 1),
+               ("data.validation", float, 0, 1), ("data.crop_length", int, 2), ("detector.window", int, 1),
+               ("detector.burn_in", int, 0), ("detector.retrain.every", int, 1), ("detector.retrain.window", int, 2),
+               ("detector.retrain.steps", int, 1), ("detector.retrain.lr", float, 0), ("scoring.fixed", float, 0),
+               ("scoring.quantile", float, 0), ("scoring.spot_q", float, 0), ("scoring.spot_level", float, 0),
+               ("scoring.range_tolerance", float, 0), ("scoring.cooldown", int, 0), ("data.calendar_harmonics", int, 1))
 
     def datamodule(self) -> AnomalyData:
-        data = self.cfg.data
+        data, detector = self.cfg.data, self.cfg.detector
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 * data.crop_length, calendar=self.calendar,
         )
-        self.flagger()  # a bad scoring config fails now, not after training
+        self.flagger()  # a bad scoring or retraining config fails now, not after training
+        self.retraining()
         self._check_spot_calibration()
+        self._check_value_columns(self.streams[0].series)
         self.state.setdefault("calendar", list(self.calendar.kinds))
         self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
+        self.state.setdefault("value_columns", list(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
-        return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size)
+        return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size,
+                           shortest_crop(detector.kind, detector.window, detector.burn_in))
+
+    def _check_value_columns(self, series: Series) -> None:
+        """A trained detector reads as many value columns as it was trained on (all files have the same ones)."""
+        trained = self.state.get("n_features")
+        if trained is not None and trained != len(series.columns):
+            names = f" {self.state['value_columns']}" if "value_columns" in self.state else ""
+            raise UserError(f"{series.path}: has {len(series.columns)} value column(s) {series.columns}, but the "
+                            f"checkpoint's detector reads {trained}{names} (choose them with task.data.value_columns)")
 
     def _check_spot_calibration(self) -> None:
         """SPOT needs enough probationary scores above its initial level: fail before training, not after."""
