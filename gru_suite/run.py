@@ -52,10 +52,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    callbacks = [
-        instantiate(c, f"callbacks.{name}") for name, c in (cfg.get("callbacks") or {}).items() if c is not None
-    ]
-    loggers = [instantiate(c, f"logger.{name}") for name, c in (cfg.get("logger") or {}).items() if c is not None]
+    callbacks = [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
+    loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     keep_earlier_metrics(loggers)
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
     kwargs.update(overrides)
@@ -65,6 +63,18 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         # optimizer step (~0.1 ms each), which a CPU run never needs.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     return trainer
+
+
+def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
+    """The entries of `group` (callbacks or logger) that name a class; one that does not is the leftover setting of
+    a preset whose entry another choice (e.g. `callbacks=none`) removed: a warning, and skipped."""
+    entries = []
+    for name, entry in (cfg.get(group) or {}).items():
+        if entry is not None and "_target_" not in entry:
+            log.warning("%s.%s sets %s but names no class (_target_): skipped", group, name, sorted(entry))
+        elif entry is not None:
+            entries.append((name, entry))
+    return entries
 
 
 @rank_zero_only

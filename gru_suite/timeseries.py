@@ -52,13 +52,7 @@ def read_series_csv(
     csv_path = Path(path)
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    try:
-        frame = pd.read_csv(csv_path)
-    except UnicodeDecodeError as err:
-        read_lines(csv_path)  # names the first line that is not UTF-8
-        raise UserError(f"{csv_path}: not UTF-8 ({err})") from err
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"{csv_path}: not a readable CSV ({err})") from err
+    frame = read_csv_frame(csv_path)
     available = list(frame.columns)
     wanted = list(columns) if columns else [c for c in available if c != time_column]
     for name in [*wanted, *([time_column] if time_column else [])]:
@@ -70,6 +64,18 @@ def read_series_csv(
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
     values = _handle_missing(values, wanted, csv_path, missing)
     return Series(csv_path, _timestamps(frame, time_column, csv_path), wanted, values.astype(np.float32))
+
+
+def read_csv_frame(path: Path, **options: Any) -> pd.DataFrame:
+    """`pd.read_csv(path, **options)`, or a UserError naming the file (and the line of bytes that are not UTF-8)."""
+    try:
+        return pd.read_csv(path, **options)
+    except UnicodeDecodeError as err:
+        if path.suffix not in (".bz2", ".xz", ".zip", ".zst", ".tar"):  # pandas unpacks these; read_lines cannot
+            read_lines(path)  # names the first line that is not UTF-8
+        raise UserError(f"{path}: not UTF-8 ({err})") from err
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        raise UserError(f"{path}: not a readable CSV ({err})") from err
 
 
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
@@ -105,6 +111,9 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
     if time_column is None:
         return pd.RangeIndex(len(frame))
     stamps = _parse_timestamps(frame, time_column, path)
+    if stamps.isna().any():
+        row = int(np.argmax(stamps.isna()))
+        raise UserError(f"{path}, line {row + 2}, column {time_column!r}: empty timestamp")
     later = stamps[1:] > stamps[:-1]
     if not later.all():  # real logs repeat an hour at a clock change: a warning, and the file's order is kept
         row = int(np.argmin(later)) + 1

@@ -130,3 +130,15 @@ def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_pa
     with pytest.raises(UserError, match=re.escape(message)):
         check_numbers(cfg, RUN_NUMBERS)
         run.build_task(cfg.task).datamodule()
+
+
+def test_a_preset_setting_for_a_removed_callback_is_skipped_with_a_warning(tmp_path, caplog):
+    cfg = compose_train_config("sentiment", ["experiment=sst2", "callbacks=none"], tmp_path)
+    trainer = run.build_trainer(cfg)  # sst2 sets callbacks.early_stopping.patience; callbacks=none removed the rest
+    assert not any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks)
+    assert "callbacks.early_stopping sets ['patience'] but names no class (_target_): skipped" in caplog.text
+
+
+def test_the_fsdd_preset_keeps_the_last_epoch(tmp_path):
+    cfg = compose_train_config("speech", ["experiment=fsdd"], tmp_path)
+    assert cfg.callbacks.model_checkpoint.monitor is None and cfg.callbacks.model_checkpoint.save_last

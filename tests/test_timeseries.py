@@ -68,6 +68,11 @@ def test_bytes_that_are_not_utf8_are_named_by_line(tmp_path):
         read_series_csv(path, ["a"], "t")
 
 
+def test_an_empty_timestamp_is_named(tmp_path):
+    with pytest.raises(UserError, match=r"line 3, column 't': empty timestamp"):
+        read_series_csv(write(tmp_path, "t,a\n2024-01-01 00:00,1\n,2\n2024-01-01 02:00,3\n"), ["a"], "t")
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         read_series_csv(tmp_path / "nope.csv")

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import Calendar, Series, StandardScaler, read_series_csv
+from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, read_series_csv
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -156,10 +156,7 @@ def load_streams(
 
 def _value_columns(file: Path, time_column: str | None, label_column: str | None) -> list[str]:
     """Every column of `file` but its time and label columns; a UserError when it has none."""
-    try:
-        header = list(pd.read_csv(file, nrows=0).columns)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{file}: not a readable CSV ({err})") from err
+    header = list(read_csv_frame(file, nrows=0).columns)
     columns = [c for c in header if c not in (time_column, label_column)]
     if not columns:
         raise UserError(f"{file}: no value columns besides the time and label columns; its columns are {header}")

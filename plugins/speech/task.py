@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
@@ -81,8 +81,14 @@ class SpeechTask(TaskPlugin):
                                                           "leading_silence_fraction")),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
+    required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
+                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
+    """`numbers` that have no "off": null is an error (`numbers` lets null through)."""
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
+        if unset := [key for key in self.required if OmegaConf.select(cfg, key) is None]:
+            raise UserError(f"task.{unset[0]} must be a number, got null")
         self.restored = "vocab" in self.state
         feats = cfg.features
         if feats.normalize not in NORMALIZE:
@@ -109,7 +115,7 @@ class SpeechTask(TaskPlugin):
         if (cfg.augment.get("leading_silence_fraction") or 0.0) > 1:
             raise UserError("task.augment.leading_silence_fraction must be in [0, 1], "
                             f"got {cfg.augment.leading_silence_fraction}")
-        if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.speeds):
+        if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.get("speeds") or []):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
@@ -222,7 +228,7 @@ class SpeechTask(TaskPlugin):
         """A copy of every utterance at each speed factor of `augment.speeds` (Kaldi's speed perturbation)."""
         rate = self.features.sample_rate
         return [replace(u, samples=change_speed(u.samples, float(factor), rate), where=f"{u.where} at speed {factor}")
-                for factor in self.cfg.augment.speeds for u in utterances]
+                for factor in self.cfg.augment.get("speeds") or [] for u in utterances]
 
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
