@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shlex
@@ -140,8 +141,8 @@ def train_windows(cfg: Any) -> tuple[Any, Any]:
     return x.contiguous(), y.reshape(len(y), -1).contiguous()
 
 
-def plain_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
-    """The hand-written loop: GRU + Linear, Adam, MSE, TensorDataset + shuffling DataLoader."""
+def plain_model(x: Any, y: Any, hidden: int) -> Any:
+    """The class of the hand-written model: GRU + Linear on the last hidden state."""
     import torch
     from torch import nn
 
@@ -155,6 +156,46 @@ def plain_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: i
             _, h_n = self.gru(inputs)
             return self.fc(h_n[-1])
 
+    return PlainGRU
+
+
+def floor_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
+    """Lightning's own floor: the hand-written model in a minimal LightningModule (fused Adam, MSE), trained by a
+    `Trainer(barebones=True)` on batches gathered by one index each (no collation): no suite code at all."""
+    import pytorch_lightning as pl
+    import torch
+    from torch.nn.functional import mse_loss
+
+    class Floor(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = plain_model(x, y, hidden)()
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
+            return mse_loss(self.model(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.Adam(self.parameters(), lr=lr, fused=True)
+
+    class Batches:
+        def __len__(self) -> int:
+            return math.ceil(len(x) / batch_size)
+
+        def __iter__(self) -> Any:
+            order = torch.randperm(len(x))
+            return ((x[i], y[i]) for i in order.split(batch_size))
+
+    pl.seed_everything(seed, verbose=False)
+    clock = make_clock()
+    trainer = pl.Trainer(barebones=True, accelerator="cpu", max_epochs=epochs + 1, callbacks=[clock])
+    os.environ.pop(NVML_CHECK, None)  # as the suite does on CPU
+    trainer.fit(Floor(), train_dataloaders=Batches())
+    return {"wall": clock.wall[1:], "cpu": clock.cpu[1:]}
+
+
+def plain_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
+    """The hand-written loop: GRU + Linear, Adam, MSE, TensorDataset + shuffling DataLoader."""
+    PlainGRU = plain_model(x, y, hidden)
     # Importing Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 for the whole process, which makes
     # every Adam.step() on a machine without CUDA try to dlopen NVML (~0.1 ms). A stand-alone
     # PyTorch script would not pay that, so the plain loop runs without it (restored afterwards).
@@ -225,11 +266,12 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     )
     x, y = train_windows(cfg)
     hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
-    suite_runs, plain_runs = [], []
+    suite_runs, plain_runs, floor_runs = [], [], []
     for rep in range(args.repeats):  # alternate the order so drift and neighbours hit both alike
         order: list[tuple[list, Callable[[], dict]]] = [
             (suite_runs, lambda: suite_fit(cfg, args.epochs, args.seed + rep)),
             (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
+            (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
         ]
         for store, fn in order if rep % 2 == 0 else order[::-1]:
             store.append(fn())
@@ -263,6 +305,11 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "plain_ms_per_step": 1e3 * _med(p_wall) / suite_runs[0]["batches"],
         "suite_params": suite_runs[0]["params"],
         "plain_params": plain_runs[0]["params"],
+        "floor_s_per_epoch": _med(flat(floor_runs, "wall")),
+        "floor_s_per_epoch_min": min(flat(floor_runs, "wall")),
+        "floor_cpu_s_per_epoch": _med(flat(floor_runs, "cpu")),
+        "floor_ms_per_step": 1e3 * _med(flat(floor_runs, "wall")) / suite_runs[0]["batches"],
+        "ratio_floor_over_plain": _med(flat(floor_runs, "wall")) / _med(p_wall),
         "suite_final_train_loss": _med([r["train_loss"] for r in suite_runs]),
         "plain_final_train_loss": _med([r["train_loss"] for r in plain_runs]),
     }
@@ -281,6 +328,9 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
              result["plain_final_train_loss"]],
             ["ratio suite/plain", result["ratio_suite_over_plain"], result["ratio_min"], result["ratio_cpu"],
              "", "", ""],
+            ["Lightning floor (barebones)", result["floor_s_per_epoch"], result["floor_s_per_epoch_min"],
+             result["floor_cpu_s_per_epoch"], result["floor_ms_per_step"], result["plain_params"], ""],
+            ["ratio floor/plain", result["ratio_floor_over_plain"], "", "", "", "", ""],
         ],
     )
     print(

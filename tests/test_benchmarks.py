@@ -36,3 +36,13 @@ def test_music_generation_timing_recomputes_what_generate_carries(head):
     model = MusicModel(partial(GRUBackbone, hidden_size=16), 12, head, embed_size=8, head_units=16, input_skip=True)
     speed = music.generation_speed(SimpleNamespace(model=model), 12, seed=0)
     assert speed["steps"] == 12 and speed["carried_steps_per_s"] > 0 and speed["recomputed_steps_per_s"] > 0
+
+
+def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import forecasting
+    import torch
+
+    x, y = torch.randn(70, 10, 1), torch.randn(70, 3)
+    floor = forecasting.floor_fit(x, y, hidden=8, lr=1e-3, batch_size=32, epochs=2, seed=0)
+    assert len(floor["wall"]) == len(floor["cpu"]) == 2 and min(floor["wall"]) > 0  # the warm-up epoch dropped
