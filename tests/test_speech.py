@@ -415,6 +415,9 @@ def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, cap
     manifest.write_text(json.dumps(lines[1]) + "\n")
     with pytest.raises(UserError, match="no usable utterances"):
         read_source(manifest, RATE)
+    manifest.write_text("\n")
+    with pytest.raises(UserError, match=r"m.jsonl: the manifest is empty \(expected one JSON object per line\)"):
+        read_source(manifest, RATE)
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=r"empty: no audio files \(.wav, .flac, .ogg\) in this folder"):
         read_source(tmp_path / "empty", RATE)

@@ -73,8 +73,10 @@ def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) ->
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
     """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`."""
     path = Path(path)
-    utterances = []
-    for number, line in enumerate(read_lines(path), start=1):
+    utterances, lines = [], read_lines(path)
+    if not any(line.strip() for line in lines):
+        raise UserError(f"{path}: the manifest is empty (expected one JSON object per line)")
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
