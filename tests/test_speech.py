@@ -581,6 +581,7 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.augment.freq_masks=two", "task.augment.freq_masks must be an integer, got 'two'"),
     ("task.decode.beam_size=wide", "task.decode.beam_size must be an integer, got 'wide'"),
     ("task.features.n_mels=0", "task.features.n_mels must be at least 1, got 0"),
+    ("task.text.alphabet=''", "task.text.alphabet holds no characters, got ''"),
     ("task.model.subsample=null", "task.model.subsample must be a number, got null"),
     ("task.features.normalize=online task.features.online_prior_frames=null",
      "task.features.online_prior_frames must be a number, got null"),

@@ -96,8 +96,9 @@ class SpeechTask(TaskPlugin):
         if cfg.text.tokens not in ("chars", *TOKENIZER_KINDS):
             raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {cfg.text.tokens!r}")
         if not self.restored and cfg.text.tokens == "chars":
-            self.state["vocab"] = {"kind": "chars",
-                                   "alphabet": normalize_text(str(cfg.text.alphabet).replace(" ", "")) + " "}
+            if not (letters := normalize_text(str(cfg.text.alphabet or "").replace(" ", ""))):
+                raise UserError(f"task.text.alphabet holds no characters, got {cfg.text.alphabet!r}")
+            self.state["vocab"] = {"kind": "chars", "alphabet": letters + " "}
         self.state.setdefault("features", {"sample_rate": int(feats.sample_rate), "n_mels": int(feats.n_mels),
                                            "win_ms": float(feats.win_ms), "hop_ms": float(feats.hop_ms),
                                            "cepstra": self._cepstra(feats), "f_min_hz": self._f_min_hz(feats)})
