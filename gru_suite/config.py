@@ -94,6 +94,12 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
         OmegaConf.update(cfg, field, number, merge=False)
 
 
+def check_set(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> None:
+    """Each of `fields` (dotted keys) is set in `cfg`: not null, not absent; else a `UserError` naming the first."""
+    if unset := [field for field in fields if OmegaConf.select(cfg, field, default=None) is None]:
+        raise UserError(f"{prefix}{unset[0]} must be set, got null")
+
+
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None:
         err = err.__cause__

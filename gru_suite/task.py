@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.config import NumberField, check_numbers
+from gru_suite.config import NumberField, check_numbers, check_set
 
 Stage = Literal["train", "val", "test"]
 BackboneFactory = Callable[..., GRUBackbone]
@@ -55,7 +55,12 @@ class TaskPlugin(ABC):
     """Numeric fields of the task's config (relative to `task.`) checked when the task is built; a
     plugin adds its own as `(*TaskPlugin.numbers, ("data.lookback", int, 1), ...)`."""
 
+    required: tuple[str, ...] = ()
+    """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
+    "off", so a number without an off is listed here too."""
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
+        check_set(cfg, self.required, prefix="task.")
         check_numbers(cfg, self.numbers, prefix="task.")
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})

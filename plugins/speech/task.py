@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
@@ -77,18 +77,15 @@ class SpeechTask(TaskPlugin):
                ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
                ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
                ("features.hop_ms", float, 1),
-               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "warp", "leading_silence_s",
-                                                          "leading_silence_fraction")),
+               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "warp", "leading_silence_s")),
+               ("augment.leading_silence_fraction", float, 0, 1),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
                 "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
-    """`numbers` that have no "off": null is an error (`numbers` lets null through)."""
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
-        if unset := [key for key in self.required if OmegaConf.select(cfg, key) is None]:
-            raise UserError(f"task.{unset[0]} must be a number, got null")
         self.restored = "vocab" in self.state
         feats = cfg.features
         if feats.normalize not in NORMALIZE:
@@ -110,12 +107,8 @@ class SpeechTask(TaskPlugin):
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         self.spectral = self._spectral(cfg.model)
-        # the minimums and number kinds are `numbers`' (checked first); the upper bounds are these
-        if (cfg.augment.get("warp") or 0.0) >= 1:  # an augment setting that is null is off
+        if (cfg.augment.get("warp") or 0.0) >= 1:  # `numbers` checked its minimum; an augment setting null is off
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
-        if (cfg.augment.get("leading_silence_fraction") or 0.0) > 1:
-            raise UserError("task.augment.leading_silence_fraction must be in [0, 1], "
-                            f"got {cfg.augment.leading_silence_fraction}")
         if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.get("speeds") or []):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.scores: dict[str, Scores] = {}
