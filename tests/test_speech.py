@@ -578,6 +578,9 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.features.cepstra=41", "task.features.cepstra must be between 1 and n_mels (40) or null, got 41"),
     ("task.features.cepstra=many", "task.features.cepstra must be an integer, got 'many'"),
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
+    ("task.augment.colour_db=-1", "task.augment.colour_db must be at least 0, got -1"),
+    ("task.augment.colour_points=1", "task.augment.colour_points must be at least 2, got 1"),
+    ("task.augment.colour_points=null", "task.augment.colour_points must be set, got null"),
     ("task.augment.freq_masks=two", "task.augment.freq_masks must be an integer, got 'two'"),
     ("task.decode.beam_size=wide", "task.decode.beam_size must be an integer, got 'wide'"),
     ("task.features.n_mels=0", "task.features.n_mels must be at least 1, got 0"),
@@ -622,6 +625,20 @@ def test_spectral_tilt_is_linear_in_the_mel_bin_and_spans_the_drawn_decibels() -
     torch.manual_seed(0)
     draws = [(Augment(tilt_db=6.0).tilt(raw)[0, -1] * 2 * 10 / math.log(10)).item() for _ in range(200)]
     assert max(draws) <= 6.0 + 1e-4 and min(draws) >= -6.0 - 1e-4 and max(draws) - min(draws) > 10
+
+
+def test_colour_passes_through_its_gains_and_is_linear_between_them() -> None:
+    raw = torch.zeros(5, 41)
+    coloured = Augment().colour(raw, torch.tensor([0.0, 10.0, -10.0]))
+    in_db = coloured * 10 / math.log(10)
+    assert torch.allclose(in_db[:, [0, 20, 40]], torch.tensor([0.0, 10.0, -10.0]).expand(5, 3), atol=1e-4)
+    assert torch.allclose(in_db[0, 10], torch.tensor(5.0), atol=1e-4)  # halfway between the first two
+    assert torch.allclose(Augment().tilt(raw, 12.0), Augment().colour(raw, torch.tensor([-6.0, 6.0])))
+    assert Augment().colour(raw) is raw  # off by default
+    torch.manual_seed(0)
+    draws = torch.stack([Augment(colour_db=8.0, colour_points=4).colour(raw)[0] for _ in range(200)]) * 10 / math.log(10)
+    assert draws.abs().max() <= 8.0 + 1e-4 and draws.std(0).min() > 2  # every bin moves, within the bound
+    assert not torch.allclose(draws[0], draws[1])
 
 
 @pytest.mark.parametrize("f_min_hz", [0.0, 120.0])

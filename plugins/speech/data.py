@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 import torchaudio
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -69,16 +70,20 @@ class Featurizer:
 class Augment:
     """Training augmentation: at a `silence_fraction` of draws, a random stretch of the utterance's room
     tone before it (`lead`); a random level change within +-`gain_db`, a random spectral tilt within
-    +-`tilt_db` from the lowest to the highest mel bin (`tilt`: a microphone's colour), a random vocal tract length
+    +-`tilt_db` from the lowest to the highest mel bin (`tilt`), a random colour of gains within +-`colour_db`
+    at `colour_points` bins across the band (`colour`: a microphone's and a room's), a random vocal tract length
     warp of the spectrum by a factor within 1 +- `warp` (VTLP, Jaitly & Hinton 2013), then SpecAugment
     masks (`freq_masks` bands of up to `freq_width` feature bins, mel bins or cepstra, `time_masks` spans of up
     to `time_width` frames). `features` places the mel bins for the warp."""
 
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
                  time_width: int = 0, warp: float = 0.0, features: FeatureConfig | None = None,
-                 silence_fraction: float = 0.0, tilt_db: float = 0.0) -> None:
+                 silence_fraction: float = 0.0, tilt_db: float = 0.0, colour_db: float = 0.0,
+                 colour_points: int = 6) -> None:
         self.silence_fraction = silence_fraction
         self.tilt_db = tilt_db
+        self.colour_db = colour_db
+        self.colour_points = colour_points
         self.gain_db = gain_db
         self.freq_masks = freq_masks if freq_width else 0
         self.time_masks = time_masks if time_width else 0
@@ -109,7 +114,17 @@ class Augment:
             if not self.tilt_db:
                 return raw
             db = (torch.rand(()).item() * 2 - 1) * self.tilt_db
-        return raw + db * DB * torch.linspace(-0.5, 0.5, raw.size(-1))
+        return self.colour(raw, torch.tensor([-db / 2, db / 2]))
+
+    def colour(self, raw: Tensor, gains_db: Tensor | None = None) -> Tensor:
+        """The spectrum coloured as a microphone and room colour it: gains in dB at `colour_points` mel bins
+        spread evenly from the lowest to the highest (drawn within +-`colour_db` when None), linear between them."""
+        if gains_db is None:
+            if not self.colour_db:
+                return raw
+            gains_db = (torch.rand(self.colour_points) * 2 - 1) * self.colour_db
+        curve = F.interpolate(gains_db.view(1, 1, -1), size=raw.size(-1), mode="linear", align_corners=True)
+        return raw + curve.view(-1) * DB
 
     def stretch(self, raw: Tensor, factor: float | None = None) -> Tensor:
         """Log-mel frames (T, n_mels) of the same voice with its spectrum stretched by `factor` (drawn
@@ -169,7 +184,7 @@ class TranscribedSet(Dataset):
         if self.augment is None:
             return self.featurizer.normalize(self.raw[index])
         raw = self.raw[index] if self.tones is None else self.augment.lead(self.raw[index], self.tones[index])
-        raw = self.augment.stretch(self.augment.tilt(self.augment.level(raw)))
+        raw = self.augment.stretch(self.augment.colour(self.augment.tilt(self.augment.level(raw))))
         return self.augment.mask(self.featurizer.normalize(raw))
 
     def __getitems__(self, indices: Sequence[int]) -> dict:

@@ -77,12 +77,12 @@ class SpeechTask(TaskPlugin):
                ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
                ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
                ("features.hop_ms", float, 1),
-               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "warp", "leading_silence_s")),
-               ("augment.leading_silence_fraction", float, 0, 1),
+               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "colour_db", "warp", "leading_silence_s")),
+               ("augment.leading_silence_fraction", float, 0, 1), ("augment.colour_points", int, 2),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
-                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
+                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms", "augment.colour_points")
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -292,7 +292,8 @@ class SpeechTask(TaskPlugin):
 
         augment = Augment(setting("gain_db"), setting("freq_masks"), setting("freq_width"), setting("time_masks"),
                           setting("time_width"), setting("warp"), self.features,
-                          silence_fraction=setting("leading_silence_fraction"), tilt_db=setting("tilt_db"))
+                          silence_fraction=setting("leading_silence_fraction"), tilt_db=setting("tilt_db"),
+                          colour_db=setting("colour_db"), colour_points=int(aug.colour_points))
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
