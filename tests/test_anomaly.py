@@ -2,6 +2,7 @@
 
 import io
 import json
+import logging
 import subprocess
 import sys
 from functools import partial
@@ -341,6 +342,22 @@ def test_crops_too_short_for_the_loss_are_named(tmp_path, overrides, expected):
     datamodule = anomaly_task(tmp_path, write_series(tmp_path / "s.csv"), *overrides).datamodule()
     with pytest.raises(UserError, match=expected):
         datamodule.train_dataloader()
+
+
+def test_a_checkpoint_reads_its_value_columns_by_name(tmp_path, caplog):
+    trained = anomaly_task(tmp_path, write_series(tmp_path / "ab.csv", columns=("a", "b")))
+    trained.datamodule()
+    frame = pd.read_csv(tmp_path / "ab.csv")
+    frame["b"] = frame["a"] * 10  # the two columns tell apart
+    frame[["timestamp", "b", "a"]].to_csv(swapped := tmp_path / "ba.csv", index=False)
+    restored = anomaly_task(tmp_path, swapped, state=trained.state_dict())
+    restored.datamodule()
+    series = restored.streams[0].series
+    assert series.columns == ["a", "b"] and np.allclose(series.values[:, 1], 10 * series.values[:, 0])
+    renamed = write_series(tmp_path / "xy.csv", columns=("x", "y"))
+    with caplog.at_level(logging.WARNING):
+        anomaly_task(tmp_path, renamed, state=trained.state_dict()).datamodule()
+    assert "xy.csv: scoring value column(s) ['x', 'y'] with a detector trained on ['a', 'b'], in this order" in caplog.text
 
 
 def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):

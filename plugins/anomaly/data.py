@@ -124,15 +124,24 @@ def load_streams(
     missing: str,
     min_probation: int,
     calendar: Calendar = Calendar(),
+    preferred_columns: Sequence[str] | None = None,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
-    and the `calendar` features of its timestamps."""
+    and the `calendar` features of its timestamps. Without `value_columns`, a file that holds all of
+    `preferred_columns` (a trained detector's) is read by those names, in their order; as many
+    columns by other names are read with a warning."""
     root, files = csv_files(path)
     windows = read_window_file(windows_path) if windows_path else {}
     matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
     streams: list[StreamData] = []
     for file in files:
         columns = list(value_columns) if value_columns else _value_columns(file, time_column, label_column)
+        if not value_columns and preferred_columns:
+            if set(preferred_columns) <= set(columns):
+                columns = list(preferred_columns)
+            elif not streams and len(columns) == len(preferred_columns):
+                log.warning("%s: scoring value column(s) %s with a detector trained on %s, in this order (choose "
+                            "them with task.data.value_columns)", file, columns, list(preferred_columns))
         if streams and columns != (first := streams[0].series).columns:
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")

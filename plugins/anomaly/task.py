@@ -44,6 +44,7 @@ class AnomalyTask(TaskPlugin):
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 * data.crop_length, calendar=self.calendar,
+            preferred_columns=self.state.get("value_columns"),
         )
         self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
