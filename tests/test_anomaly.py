@@ -354,10 +354,15 @@ def test_a_checkpoint_reads_its_value_columns_by_name(tmp_path, caplog):
     restored.datamodule()
     series = restored.streams[0].series
     assert series.columns == ["a", "b"] and np.allclose(series.values[:, 1], 10 * series.values[:, 0])
+    wider = write_series(tmp_path / "abc.csv", columns=("a", "b", "c"))
     renamed = write_series(tmp_path / "xy.csv", columns=("x", "y"))
     with caplog.at_level(logging.WARNING):
+        assert anomaly_task(tmp_path, wider, state=trained.state_dict()).datamodule().streams
         anomaly_task(tmp_path, renamed, state=trained.state_dict()).datamodule()
+        anomaly_task(tmp_path, swapped, "task.data.value_columns=[b,a]", state=trained.state_dict()).datamodule()
+    assert "abc.csv: reading the detector's value columns ['a', 'b']; ignoring ['c']" in caplog.text
     assert "xy.csv: scoring value column(s) ['x', 'y'] with a detector trained on ['a', 'b'], in this order" in caplog.text
+    assert "ba.csv: scoring value column(s) ['b', 'a'] with a detector trained on ['a', 'b']" in caplog.text
 
 
 def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):

@@ -327,6 +327,11 @@ def test_spectral_settings_default_where_unset(tmp_path: Path) -> None:
         assert run.build_task(cfg.task).spectral == Spectral()
 
 
+def test_a_config_from_before_the_colour_option_builds(tmp_path: Path) -> None:
+    cfg = compose_train_config("speech", ["~task.augment.colour_db", "~task.augment.colour_points"], tmp_path / "run")
+    assert run.build_task(cfg.task).colour_points == 6  # the default
+
+
 def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
     config = FeatureConfig()
     bi = SpeechModel(partial(GRUBackbone, hidden_size=8, bidirectional=True), config.n_mels, len(ALPHABET))
@@ -580,7 +585,7 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
     ("task.augment.colour_db=-1", "task.augment.colour_db must be at least 0, got -1"),
     ("task.augment.colour_points=1", "task.augment.colour_points must be at least 2, got 1"),
-    ("task.augment.colour_points=null", "task.augment.colour_points must be set, got null"),
+    ("task.augment.colour_points=41", "task.augment.colour_points must be at most n_mels (40), got 41"),
     ("task.augment.freq_masks=two", "task.augment.freq_masks must be an integer, got 'two'"),
     ("task.decode.beam_size=wide", "task.decode.beam_size must be an integer, got 'wide'"),
     ("task.features.n_mels=0", "task.features.n_mels must be at least 1, got 0"),

@@ -127,21 +127,16 @@ def load_streams(
     preferred_columns: Sequence[str] | None = None,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
-    and the `calendar` features of its timestamps. Without `value_columns`, a file that holds all of
-    `preferred_columns` (a trained detector's) is read by those names, in their order; as many
-    columns by other names are read with a warning."""
+    and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
+    the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`)."""
     root, files = csv_files(path)
     windows = read_window_file(windows_path) if windows_path else {}
     matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
     streams: list[StreamData] = []
     for file in files:
         columns = list(value_columns) if value_columns else _value_columns(file, time_column, label_column)
-        if not value_columns and preferred_columns:
-            if set(preferred_columns) <= set(columns):
-                columns = list(preferred_columns)
-            elif not streams and len(columns) == len(preferred_columns):
-                log.warning("%s: scoring value column(s) %s with a detector trained on %s, in this order (choose "
-                            "them with task.data.value_columns)", file, columns, list(preferred_columns))
+        if preferred_columns:  # warnings for the first file only: the others must have the same columns
+            columns = _trained_columns(file, columns, list(preferred_columns), bool(value_columns), warn=not streams)
         if streams and columns != (first := streams[0].series).columns:
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")
@@ -161,6 +156,20 @@ def load_streams(
         covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     return streams
+
+
+def _trained_columns(file: Path, columns: list[str], trained: list[str], explicit: bool, warn: bool) -> list[str]:
+    """The value columns to read from `file` for a detector trained on `trained`: those names when the file
+    holds them all (unless `columns` were chosen `explicit`ly); else `columns`, with a warning (if `warn`) when
+    they differ from `trained` (a differing count is the task's error)."""
+    if not explicit and set(trained) <= set(columns):
+        if warn and (ignored := [c for c in columns if c not in trained]):
+            log.warning("%s: reading the detector's value columns %s; ignoring %s", file, trained, ignored)
+        return trained
+    if warn and columns != trained and len(columns) == len(trained):
+        log.warning("%s: scoring value column(s) %s with a detector trained on %s, in this order (choose them "
+                    "with task.data.value_columns)", file, columns, trained)
+    return columns
 
 
 def _value_columns(file: Path, time_column: str | None, label_column: str | None) -> list[str]:

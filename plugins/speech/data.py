@@ -67,6 +67,10 @@ class Featurizer:
         return self.normalize(self.speech(samples)[0])
 
 
+COLOUR_POINTS = 6
+"""Mel bins at which `Augment.colour` draws its gains, unless configured."""
+
+
 class Augment:
     """Training augmentation: at a `silence_fraction` of draws, a random stretch of the utterance's room
     tone before it (`lead`); a random level change within +-`gain_db`, a random spectral tilt within
@@ -79,7 +83,7 @@ class Augment:
     def __init__(self, gain_db: float = 0.0, freq_masks: int = 0, freq_width: int = 0, time_masks: int = 0,
                  time_width: int = 0, warp: float = 0.0, features: FeatureConfig | None = None,
                  silence_fraction: float = 0.0, tilt_db: float = 0.0, colour_db: float = 0.0,
-                 colour_points: int = 6) -> None:
+                 colour_points: int = COLOUR_POINTS) -> None:
         self.silence_fraction = silence_fraction
         self.tilt_db = tilt_db
         self.colour_db = colour_db
@@ -117,13 +121,14 @@ class Augment:
         return self.colour(raw, torch.tensor([-db / 2, db / 2]))
 
     def colour(self, raw: Tensor, gains_db: Tensor | None = None) -> Tensor:
-        """The spectrum coloured as a microphone and room colour it: gains in dB at `colour_points` mel bins
-        spread evenly from the lowest to the highest (drawn within +-`colour_db` when None), linear between them."""
+        """The spectrum coloured as a microphone and room colour it: the gains `gains_db` (drawn within
+        +-`colour_db` at `colour_points` bins when None) placed evenly from the lowest mel bin to the highest,
+        in dB, linear between them."""
         if gains_db is None:
             if not self.colour_db:
                 return raw
             gains_db = (torch.rand(self.colour_points) * 2 - 1) * self.colour_db
-        curve = F.interpolate(gains_db.view(1, 1, -1), size=raw.size(-1), mode="linear", align_corners=True)
+        curve = F.interpolate(gains_db.to(raw).view(1, 1, -1), size=raw.size(-1), mode="linear", align_corners=True)
         return raw + curve.view(-1) * DB
 
     def stretch(self, raw: Tensor, factor: float | None = None) -> Tensor:

@@ -20,7 +20,7 @@ from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
-from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
+from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
 from gru_suite_plugins.speech.decode import align_words, blank_frames, decode
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
@@ -77,12 +77,13 @@ class SpeechTask(TaskPlugin):
                ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
                ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
                ("features.hop_ms", float, 1),
-               *((f"augment.{key}", float, 0) for key in ("gain_db", "tilt_db", "colour_db", "warp", "leading_silence_s")),
+               *((f"augment.{key}", float, 0)
+                 for key in ("gain_db", "tilt_db", "colour_db", "warp", "leading_silence_s")),
                ("augment.leading_silence_fraction", float, 0, 1), ("augment.colour_points", int, 2),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
-                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms", "augment.colour_points")
+                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -111,8 +112,17 @@ class SpeechTask(TaskPlugin):
             raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
         if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.get("speeds") or []):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
+        self.colour_points = self._colour_points(cfg.augment)
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
+
+    def _colour_points(self, augment: DictConfig) -> int:
+        """`augment.colour_points` (`numbers` checked its minimum; null or absent, as in older checkpoints, is
+        the default), at most one per mel bin."""
+        points = int(augment.get("colour_points") or COLOUR_POINTS)
+        if points > self.features.n_mels:
+            raise UserError(f"task.augment.colour_points must be at most n_mels ({self.features.n_mels}), got {points}")
+        return points
 
     @staticmethod
     def _cepstra(feats: DictConfig) -> int | None:
@@ -293,7 +303,7 @@ class SpeechTask(TaskPlugin):
         augment = Augment(setting("gain_db"), setting("freq_masks"), setting("freq_width"), setting("time_masks"),
                           setting("time_width"), setting("warp"), self.features,
                           silence_fraction=setting("leading_silence_fraction"), tilt_db=setting("tilt_db"),
-                          colour_db=setting("colour_db"), colour_points=int(aug.colour_points))
+                          colour_db=setting("colour_db"), colour_points=self.colour_points)
         builders = {
             "train": lambda: self._transcribed("train", augment),
             "val": lambda: self._transcribed("val"),
