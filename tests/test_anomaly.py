@@ -344,6 +344,17 @@ def test_crops_too_short_for_the_loss_are_named(tmp_path, overrides, expected):
         datamodule.train_dataloader()
 
 
+def test_a_repeated_timestamp_is_one_warning_with_a_label_column(tmp_path, caplog):
+    path = write_series(tmp_path / "dst.csv", label=1)
+    frame = pd.read_csv(path)
+    frame.loc[150, "timestamp"] = frame.loc[149, "timestamp"]  # a clock change repeats an hour
+    frame.to_csv(path, index=False)
+    with caplog.at_level(logging.WARNING):
+        streams = anomaly_task(tmp_path, path, "task.data.label_column=label").datamodule().streams
+    assert caplog.text.count("timestamps are not after the one before them") == 1
+    assert streams[0].windows == [(100, 100)]
+
+
 def test_a_checkpoint_reads_its_value_columns_by_name(tmp_path, caplog):
     trained = anomaly_task(tmp_path, write_series(tmp_path / "ab.csv", columns=("a", "b")))
     trained.datamodule()

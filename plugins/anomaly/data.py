@@ -149,7 +149,7 @@ def load_streams(
             )
         spans: list[Window] | None = None
         if label_column:
-            spans = _label_windows(file, label_column, time_column)
+            spans = _label_windows(file, label_column)
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
@@ -181,9 +181,10 @@ def _value_columns(file: Path, time_column: str | None, label_column: str | None
     return columns
 
 
-def _label_windows(file: Path, label_column: str, time_column: str | None) -> list[Window]:
-    """The anomaly windows of a 0/1 label column; a UserError naming the line of any other value."""
-    labels = read_series_csv(file, [label_column], time_column, "error").values[:, 0]
+def _label_windows(file: Path, label_column: str) -> list[Window]:
+    """The anomaly windows of a 0/1 label column (rows in file order, as the values'); a UserError naming the
+    line of any other value."""
+    labels = read_series_csv(file, [label_column], None, "error").values[:, 0]
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
