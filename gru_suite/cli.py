@@ -103,8 +103,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     app()
 
 
-def _restore(cfg: Any) -> Any:
-    """The TaskModule in `cfg.ckpt_path`, with the user's `task.*` overrides applied."""
+def _restore(cfg: Any, path: str | None = None) -> Any:
+    """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied."""
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
@@ -112,10 +112,11 @@ def _restore(cfg: Any) -> Any:
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
-    checkpoint = read_checkpoint(cfg.ckpt_path)
+    path = path or cfg.ckpt_path
+    checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
     if cfg.get("task") is not None and cfg.task.name != stored.task.name:
-        raise UserError(f"{cfg.ckpt_path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
+        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
     return restore(checkpoint, task_cfg)
 
@@ -141,8 +142,26 @@ def _predict_body(cfg: Any) -> None:
     from gru_suite.run import predict as run_predict
 
     module = _restore(cfg)
-    for path in run_predict(cfg, module.task, module):
+    ensemble = []
+    for path in _ensemble_paths(cfg):
+        member = _restore(cfg, path)
+        if member.task.cfg.name != module.task.cfg.name:
+            raise UserError(f"ensemble: {path} holds a {member.task.cfg.name!r} model, {cfg.ckpt_path} a "
+                            f"{module.task.cfg.name!r} one: the models of an ensemble must be of one task")
+        ensemble.append((path, member))
+    for path in run_predict(cfg, module.task, module, ensemble):
         print(path)
+
+
+def _ensemble_paths(cfg: Any) -> list[str]:
+    """`ensemble`: one checkpoint path or a list of them (the models predicting beside `ckpt_path`)."""
+    from omegaconf import ListConfig
+
+    paths = cfg.get("ensemble") or []
+    if not isinstance(paths, (str, ListConfig)) or not all(isinstance(p, str) and p for p in paths):
+        raise UserError(f"ensemble: expected a checkpoint path or a list of them, e.g. ensemble=[b.ckpt,c.ckpt], "
+                        f"got {paths!r}")
+    return [paths] if isinstance(paths, str) else list(paths)
 
 
 def _gates_body(cfg: Any) -> None:

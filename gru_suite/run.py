@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from gru_suite.checkpoint import check_same_model, read_checkpoint
 from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
-from gru_suite.task import Pretraining, TaskPlugin
+from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,20 @@ def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
     log.info("metrics written to %s", path)
 
 
-def write_artifacts(trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, out_dir: Path) -> list[Path]:
-    """Run prediction and let the task write its artifacts into `out_dir`."""
+def write_artifacts(
+    trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, out_dir: Path,
+    ensemble: Sequence[tuple[str, TaskModule]] = (), source: str = "the model",
+) -> list[Path]:
+    """Run prediction and let the task write its artifacts into `out_dir`. With `ensemble` (further models
+    of the task, each as (checkpoint path, module), reading the same input through their own data), the
+    artifacts are of the task's `ensemble` of all the models' predictions, `module` (from `source`) first."""
     predictions = trainer.predict(module, datamodule=datamodule) or []
+    if ensemble:
+        members = [EnsembleMember(source, module.task, predictions)]
+        members += [EnsembleMember(path, other.task, trainer.predict(other, datamodule=other.task.datamodule()) or [])
+                    for path, other in ensemble]
+        log.info("ensemble of %d models: %s", len(members), ", ".join(m.source for m in members))
+        predictions = module.task.ensemble(members)
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
     for path in paths:
         log.info("wrote %s", path)
@@ -172,12 +184,15 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     return metrics
 
 
-def predict(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> list[Path]:
-    """Write a restored model's artifacts into the run folder."""
+def predict(
+    cfg: DictConfig, task: TaskPlugin, module: TaskModule, ensemble: Sequence[tuple[str, TaskModule]] = ()
+) -> list[Path]:
+    """Write a restored model's artifacts into the run folder; with `ensemble`, (checkpoint path, module)
+    pairs of the same task, those of all the models together (`TaskPlugin.ensemble`)."""
     check_numbers(cfg, RUN_NUMBERS)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
-    paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir))
+    paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), ensemble, str(cfg.ckpt_path))
     if not paths:
         raise UserError("prediction wrote no artifacts: the prediction split is empty")
     return paths

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.config import NumberField, check_numbers, check_set
+from gru_suite.errors import UserError
 
 Stage = Literal["train", "val", "test"]
 BackboneFactory = Callable[..., GRUBackbone]
@@ -38,6 +39,16 @@ class Pretraining:
     epochs: int
     loader: DataLoader
     loss: Callable[[nn.Module, Any], Tensor]
+
+
+@dataclass
+class EnsembleMember:
+    """One model's predictions over the shared input: where it came from (a checkpoint path), its task, and
+    `predict_step`'s outputs in the order its own loader gave them."""
+
+    source: str
+    task: TaskPlugin
+    predictions: list[Any]
 
 
 class TaskPlugin(ABC):
@@ -86,6 +97,12 @@ class TaskPlugin(ABC):
         self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path
     ) -> list[Path]:
         """Write the task's artifacts (atomically) and return their paths."""
+
+    def ensemble(self, members: Sequence[EnsembleMember]) -> list[Any]:
+        """Combine several models' predictions over the same input (this task's member first) into one list for
+        `write_predictions`. A task that cannot combine models keeps this default, which refuses."""
+        raise UserError(f"task {self.cfg.get('name')!r} does not combine the predictions of several models: "
+                        "give one ckpt_path and no ensemble")
 
     def pretraining(self) -> Pretraining | None:
         """The task's pre-training phase, if its config asks for one (called after `build_model`)."""

@@ -170,3 +170,14 @@ def test_unreadable_checkpoint(tmp_path):
     with pytest.raises(UserError, match=f"{re.escape(str(bad))} is not a checkpoint"):
         run.train(resume)  # resuming from it fails before training
     assert not (tmp_path / "t" / "checkpoints").exists()
+
+
+def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_path):
+    ckpt = f"{trained_run}/checkpoints/last.ckpt"
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{ckpt}]",
+                     f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "task 'forecasting' does not combine the predictions of several models" in result.stderr
+    bad = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", "ensemble=[3]",
+                  f"hydra.run.dir={tmp_path / 'bad'}")
+    assert "ensemble: expected a checkpoint path or a list of them" in bad.stderr

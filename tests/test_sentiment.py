@@ -359,3 +359,47 @@ def test_bundled_corpus_is_deterministic_with_three_labels() -> None:
 
 def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path: Path) -> None:
     check_task_plugin("sentiment", [*TINY, *data_overrides(corpus)], tmp_path)
+
+
+def predicted_probabilities(folder: Path) -> dict[str, float]:
+    """`prob_pos` per text of a `predictions.csv` in `folder`."""
+    with (folder / "predictions.csv").open(newline="", encoding="utf-8") as handle:
+        return {row["text"]: float(row["prob_pos"]) for row in csv.DictReader(handle)}
+
+
+def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, dict[str, float]],
+                                                         corpus: dict[str, Path], tmp_path: Path,
+                                                         one_thread: None) -> None:
+    import pytorch_lightning as pl
+
+    from gru_suite.checkpoint import load_checkpoint
+
+    other = tmp_path / "other"
+    run.train(compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=1", "seed=1",
+                                                 "predict_after_training=false"], other))
+    paths = [trained[0] / "checkpoints" / "last.ckpt", other / "checkpoints" / "last.ckpt"]
+    alone = []
+    for n, path in enumerate(paths):
+        module = load_checkpoint(path)
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        run.write_artifacts(trainer, module, module.task.datamodule(), tmp_path / f"alone{n}")
+        alone.append(predicted_probabilities(tmp_path / f"alone{n}"))
+    assert max(abs(alone[0][t] - alone[1][t]) for t in alone[0]) > 0.05  # two different models
+
+    result = run_cli("gru-suite-predict", "task=sentiment", f"ckpt_path={paths[0]}", f"ensemble=[{paths[1]}]",
+                     f"hydra.run.dir={tmp_path / 'both'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    both = predicted_probabilities(tmp_path / "both")
+    assert list(both) == list(alone[0])
+    assert all(both[t] == pytest.approx((alone[0][t] + alone[1][t]) / 2, abs=2e-6) for t in both)
+
+
+def test_an_ensemble_needs_models_that_know_the_same_labels(trained: tuple[Path, dict[str, float]]) -> None:
+    from gru_suite.checkpoint import load_checkpoint
+    from gru_suite.task import EnsembleMember
+
+    module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    stranger = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    stranger.task.state["labels"] = ["neg", "neutral", "pos"]
+    with pytest.raises(UserError, match=r"b\.ckpt labels \['neg', 'neutral', 'pos'\], a\.ckpt labels \['neg', 'pos'\]"):
+        module.task.ensemble([EnsembleMember("a.ckpt", module.task, []), EnsembleMember("b.ckpt", stranger.task, [])])

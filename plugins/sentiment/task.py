@@ -18,7 +18,7 @@ from gru_suite.atomic import write_text
 from gru_suite.data import length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Pretraining, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
 from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.sentiment import explain
 from gru_suite_plugins.sentiment.data import (
@@ -254,6 +254,26 @@ class SentimentTask(TaskPlugin):
         probs, weights = explain_with(batch.ids, batch.lengths)
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
                 "lengths": batch.lengths.cpu()}
+
+    def ensemble(self, members: Sequence[EnsembleMember]) -> list[dict[str, Tensor]]:
+        """Each text's mean of the members' calibrated probabilities; its word importance stays the first
+        member's (the others may split the text into other tokens). Members must know the same labels."""
+        first, *others = members
+        for member in others:
+            if member.task.labels != self.labels:
+                raise UserError(f"{member.source} labels {member.task.labels}, {first.source} labels {self.labels}: "
+                                "an ensemble's models must know the same labels")
+        by_text = [{int(i): p for batch in m.predictions for i, p in zip(batch["index"], batch["probs"])}
+                   for m in members]
+        for member, probs in zip(others, by_text[1:]):
+            if probs.keys() != by_text[0].keys():
+                raise UserError(f"{member.source} labelled other texts than {first.source}: "
+                                "the members must read the same input")
+        combined = []
+        for batch in first.predictions:
+            mean = torch.stack([torch.stack([probs[int(i)] for i in batch["index"]]) for probs in by_text]).mean(0)
+            combined.append({**batch, "probs": mean})
+        return combined
 
     def write_predictions(self, predictions: list[Any], datamodule: SentimentData, out_dir: Path) -> list[Path]:
         """`predictions.csv` (every text) and `explanations.html` (the first `predict.html_rows`), in input order."""
