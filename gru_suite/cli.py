@@ -103,8 +103,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     app()
 
 
-def _restore(cfg: Any, path: str | None = None) -> Any:
-    """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied."""
+def _restore(cfg: Any, path: str | None = None, task: str | None = None) -> Any:
+    """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied; it must
+    hold a model of `task` (default: the `task=` chosen, if any)."""
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
@@ -113,10 +114,11 @@ def _restore(cfg: Any, path: str | None = None) -> Any:
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
     path = path or cfg.ckpt_path
+    task = task or (cfg.task.name if cfg.get("task") is not None else None)
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
-    if cfg.get("task") is not None and cfg.task.name != stored.task.name:
-        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
+    if task is not None and task != stored.task.name:
+        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={task}")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
     return restore(checkpoint, task_cfg)
 
@@ -141,27 +143,27 @@ def _eval_body(cfg: Any) -> None:
 def _predict_body(cfg: Any) -> None:
     from gru_suite.run import predict as run_predict
 
+    paths = _ensemble_paths(cfg)
     module = _restore(cfg)
-    ensemble = []
-    for path in _ensemble_paths(cfg):
-        member = _restore(cfg, path)
-        if member.task.cfg.name != module.task.cfg.name:
-            raise UserError(f"ensemble: {path} holds a {member.task.cfg.name!r} model, {cfg.ckpt_path} a "
-                            f"{module.task.cfg.name!r} one: the models of an ensemble must be of one task")
-        ensemble.append((path, member))
+    ensemble = [(path, _restore(cfg, path, module.task.cfg.name)) for path in paths]
     for path in run_predict(cfg, module.task, module, ensemble):
         print(path)
 
 
 def _ensemble_paths(cfg: Any) -> list[str]:
-    """`ensemble`: one checkpoint path or a list of them (the models predicting beside `ckpt_path`)."""
+    """`ensemble`: one checkpoint path or a list of them, the models predicting beside `ckpt_path`."""
     from omegaconf import ListConfig
 
-    paths = cfg.get("ensemble") or []
+    paths = cfg.get("ensemble")
+    if paths is None:
+        return []
     if not isinstance(paths, (str, ListConfig)) or not all(isinstance(p, str) and p for p in paths):
         raise UserError(f"ensemble: expected a checkpoint path or a list of them, e.g. ensemble=[b.ckpt,c.ckpt], "
                         f"got {paths!r}")
-    return [paths] if isinstance(paths, str) else list(paths)
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    if repeated := sorted({p for p in paths if [*paths, str(cfg.get("ckpt_path"))].count(p) > 1}):
+        raise UserError(f"ensemble: {repeated} given twice (ckpt_path is the first model; list each model once)")
+    return paths
 
 
 def _gates_body(cfg: Any) -> None:

@@ -97,22 +97,31 @@ def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
 
 def write_artifacts(
     trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, out_dir: Path,
-    ensemble: Sequence[tuple[str, TaskModule]] = (), source: str = "the model",
+    predictions: list[Any] | None = None,
 ) -> list[Path]:
-    """Run prediction and let the task write its artifacts into `out_dir`. With `ensemble` (further models
-    of the task, each as (checkpoint path, module), reading the same input through their own data), the
-    artifacts are of the task's `ensemble` of all the models' predictions, `module` (from `source`) first."""
-    predictions = trainer.predict(module, datamodule=datamodule) or []
-    if ensemble:
-        members = [EnsembleMember(source, module.task, predictions)]
-        members += [EnsembleMember(path, other.task, trainer.predict(other, datamodule=other.task.datamodule()) or [])
-                    for path, other in ensemble]
-        log.info("ensemble of %d models: %s", len(members), ", ".join(m.source for m in members))
-        predictions = module.task.ensemble(members)
+    """Let the task write its artifacts into `out_dir`: of `predictions`, else of running prediction now."""
+    if predictions is None:
+        predictions = trainer.predict(module, datamodule=datamodule) or []
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
     for path in paths:
         log.info("wrote %s", path)
     return paths
+
+
+def ensemble_predictions(
+    trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, source: str,
+    others: Sequence[tuple[str, TaskModule]],
+) -> list[Any]:
+    """What the task makes of its models' predictions together (`TaskPlugin.ensemble`): `module`'s (read
+    from `source`) over `datamodule`, then each other (checkpoint path, module)'s over the same input."""
+    if trainer.world_size > 1:
+        raise UserError("ensemble: predict in one process (trainer=cpu, or trainer=gpu with one device)")
+    inputs = [(path, other, other.task.ensemble_input(datamodule)) for path, other in others]  # refusals come first
+    members = [EnsembleMember(source, module.task, trainer.predict(module, datamodule=datamodule) or [])]
+    members += [EnsembleMember(path, other.task, trainer.predict(other, datamodule=data) or [])
+                for path, other, data in inputs]
+    log.info("ensemble of %d models: %s", len(members), ", ".join(m.source for m in members))
+    return module.task.ensemble(members)
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -192,7 +201,8 @@ def predict(
     check_numbers(cfg, RUN_NUMBERS)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
-    paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), ensemble, str(cfg.ckpt_path))
+    predictions = ensemble_predictions(trainer, module, datamodule, str(cfg.ckpt_path), ensemble) if ensemble else None
+    paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
     if not paths:
         raise UserError("prediction wrote no artifacts: the prediction split is empty")
     return paths

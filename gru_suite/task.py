@@ -43,8 +43,8 @@ class Pretraining:
 
 @dataclass
 class EnsembleMember:
-    """One model's predictions over the shared input: where it came from (a checkpoint path), its task, and
-    `predict_step`'s outputs in the order its own loader gave them."""
+    """One model of an ensemble: where it came from (a checkpoint path), its task, and its `predict_step`
+    outputs over the shared input (the first member's data, or its own `ensemble_input`), in loader order."""
 
     source: str
     task: TaskPlugin
@@ -98,11 +98,16 @@ class TaskPlugin(ABC):
     ) -> list[Path]:
         """Write the task's artifacts (atomically) and return their paths."""
 
-    def ensemble(self, members: Sequence[EnsembleMember]) -> list[Any]:
-        """Combine several models' predictions over the same input (this task's member first) into one list for
-        `write_predictions`. A task that cannot combine models keeps this default, which refuses."""
+    def ensemble_input(self, datamodule: pl.LightningDataModule) -> pl.LightningDataModule:
+        """For an ensemble (`gru-suite-predict ensemble=[...]`): this model's data over the prediction input
+        that `datamodule`, the first model's, has read, so that every model sees the same items. A task that
+        combines models overrides this and `ensemble`; the default refuses, before any prediction."""
         raise UserError(f"task {self.cfg.get('name')!r} does not combine the predictions of several models: "
                         "give one ckpt_path and no ensemble")
+
+    def ensemble(self, members: Sequence[EnsembleMember]) -> list[Any]:
+        """Combine the members' predictions (this task's first) into one list for `write_predictions`."""
+        raise NotImplementedError("a task that overrides ensemble_input combines its members in ensemble()")
 
     def pretraining(self) -> Pretraining | None:
         """The task's pre-training phase, if its config asks for one (called after `build_model`)."""

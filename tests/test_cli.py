@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -174,10 +175,16 @@ def test_unreadable_checkpoint(tmp_path):
 
 def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_path):
     ckpt = f"{trained_run}/checkpoints/last.ckpt"
-    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{ckpt}]",
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble={ckpt}",
                      f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "ensemble: ['" in result.stderr and "given twice" in result.stderr
+    copy = tmp_path / "copy.ckpt"
+    copy.write_bytes(Path(ckpt).read_bytes())
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{copy}]",
+                     f"hydra.run.dir={tmp_path / 'two'}")
     assert result.returncode != 0
     assert "task 'forecasting' does not combine the predictions of several models" in result.stderr
     bad = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", "ensemble=[3]",
                   f"hydra.run.dir={tmp_path / 'bad'}")
-    assert "ensemble: expected a checkpoint path or a list of them" in bad.stderr
+    assert bad.returncode != 0 and "ensemble: expected a checkpoint path or a list of them" in bad.stderr

@@ -374,20 +374,24 @@ def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, di
 
     from gru_suite.checkpoint import load_checkpoint
 
-    other = tmp_path / "other"
+    other = tmp_path / "other"  # another tokenizer: the two models split the texts into different tokens
     run.train(compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=1", "seed=1",
+                                                 "task.tokenizer.kind=bpe", "task.tokenizer.vocab_size=60",
                                                  "predict_after_training=false"], other))
     paths = [trained[0] / "checkpoints" / "last.ckpt", other / "checkpoints" / "last.ckpt"]
-    alone = []
+    alone, tokens = [], []
     for n, path in enumerate(paths):
         module = load_checkpoint(path)
         trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
         run.write_artifacts(trainer, module, module.task.datamodule(), tmp_path / f"alone{n}")
         alone.append(predicted_probabilities(tmp_path / f"alone{n}"))
+        tokens.append([len(ids) for ids in module.task.encode(list(alone[0]))])
+    assert tokens[0] != tokens[1]
     assert max(abs(alone[0][t] - alone[1][t]) for t in alone[0]) > 0.05  # two different models
 
-    result = run_cli("gru-suite-predict", "task=sentiment", f"ckpt_path={paths[0]}", f"ensemble=[{paths[1]}]",
-                     f"hydra.run.dir={tmp_path / 'both'}")
+    texts = [text for text, _ in separable(80, 2)]  # the test corpus again, read once from stdin
+    result = run_with_stdin("gru-suite-predict", "task=sentiment", f"ckpt_path={paths[0]}", f"ensemble=[{paths[1]}]",
+                            "task.predict.input=-", f"hydra.run.dir={tmp_path / 'both'}", text="\n".join(texts))
     assert result.returncode == 0, result.stderr[-3000:]
     both = predicted_probabilities(tmp_path / "both")
     assert list(both) == list(alone[0])

@@ -62,6 +62,7 @@ class SentimentTask(TaskPlugin):
         self.model: SentimentModel | None = None
         self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
+        self._ensemble_member = False  # set by `ensemble_input`
 
     @property
     def labels(self) -> list[str]:
@@ -98,6 +99,8 @@ class SentimentTask(TaskPlugin):
                 raise UserError(f"task.pretrain.texts: no such file {path}")
 
     def _importance(self) -> str:
+        if self._ensemble_member:
+            return "pooling"
         importance = self.cfg.predict.importance
         if importance not in IMPORTANCE:
             raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
@@ -255,9 +258,19 @@ class SentimentTask(TaskPlugin):
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
                 "lengths": batch.lengths.cpu()}
 
+    def ensemble_input(self, datamodule: SentimentData) -> SentimentData:
+        """The texts `datamodule` (the first model's) has read for prediction, in this model's tokens. As an
+        ensemble member this model's word importance goes unused, so it predicts with the pooling weights."""
+        examples = datamodule.dataset("predict").examples
+        self._ensemble_member = True
+        data = self.cfg.data
+        return SentimentData(lambda stage: EncodedTexts(examples, self.encode([e.text for e in examples]), None),
+                             int(data.batch_size), int(data.get("num_workers", 0)))
+
     def ensemble(self, members: Sequence[EnsembleMember]) -> list[dict[str, Tensor]]:
         """Each text's mean of the members' calibrated probabilities; its word importance stays the first
-        member's (the others may split the text into other tokens). Members must know the same labels."""
+        member's, which explains that model's label (it may differ from the ensemble's). Members must know the
+        same labels."""
         first, *others = members
         for member in others:
             if member.task.labels != self.labels:
@@ -265,10 +278,6 @@ class SentimentTask(TaskPlugin):
                                 "an ensemble's models must know the same labels")
         by_text = [{int(i): p for batch in m.predictions for i, p in zip(batch["index"], batch["probs"])}
                    for m in members]
-        for member, probs in zip(others, by_text[1:]):
-            if probs.keys() != by_text[0].keys():
-                raise UserError(f"{member.source} labelled other texts than {first.source}: "
-                                "the members must read the same input")
         combined = []
         for batch in first.predictions:
             mean = torch.stack([torch.stack([probs[int(i)] for i in batch["index"]]) for probs in by_text]).mean(0)
