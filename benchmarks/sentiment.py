@@ -13,6 +13,11 @@ before and after temperature scaling. Prediction speed is sentences per second t
 model (batches of 256, in length order) on the CPU, with each kind of word importance. Prints the
 tables, then one JSON line.
 
+`--seed S` may be repeated: one model per seed, trained one after another, each with its own held-out
+10%; their ensemble (each sentence's mean of the models' calibrated probabilities, `SentimentTask.ensemble`,
+as `gru-suite-predict ensemble=[...]` computes it) is then scored on `--dev` too. The JSON line is then
+`{"runs": [one per seed], "ensemble": {...}}` instead of the single run's object.
+
 `--pretrain-epochs N` first pre-trains embeddings and GRU as a bidirectional language model
 (`task.pretrain`) for N epochs on unlabelled text: the training sentences (not the held-out ones), plus
 the lines of each `--unlabelled` file (e.g. Multi30k's English `train.en.gz`).
@@ -72,6 +77,12 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
     return stats
 
 
+def length_sorted_chunks(ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of `ids` in batches of `batch_size`, shortest texts first."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    return [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
+
+
 def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: str, batch_size: int = 256) -> float:
     """Sentences per second: tokenize, pad in length-sorted batches, calibrated probabilities and word
     importance (`gradient`: gradient x input, one backward pass; `pooling`: the pooling's weights)."""
@@ -84,29 +95,23 @@ def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: st
     start = time.perf_counter()
     with torch.inference_mode():
         ids = task.encode(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        for first in range(0, len(order), batch_size):
-            batch, lengths = pad_ids([ids[i] for i in order[first:first + batch_size]])
-            explain(batch, lengths)
+        for chunk in length_sorted_chunks(ids, batch_size):
+            explain(*pad_ids([ids[i] for i in chunk]))
     return len(texts) / (time.perf_counter() - start)
 
 
-def dev_predictions(task: Any, model: Any, texts: Sequence[str], batch_size: int = 256) -> list[dict[str, Any]]:
-    """`task.predict_step` over `texts` (pooling importance), in length-sorted batches: what
-    `gru-suite-predict` computes for them."""
+def dev_probabilities(task: Any, model: Any, texts: Sequence[str], batch_size: int = 256) -> list[dict[str, Any]]:
+    """Calibrated probabilities of `texts` by length-sorted batch, as `predict_step` gives them
+    (`index`, `probs`): what `gru-suite-predict` computes for them."""
     import torch
 
     from gru_suite.text import pad_ids
-    from gru_suite_plugins.sentiment.data import Batch
 
     ids = task.encode(texts)
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    task.cfg.predict.importance = "pooling"
     model.eval()
     with torch.inference_mode():
-        return [task.predict_step(model, Batch(*pad_ids([ids[i] for i in chunk]), torch.full((len(chunk),), -1),
-                                               torch.tensor(chunk)))
-                for chunk in (order[i:i + batch_size] for i in range(0, len(order), batch_size))]
+        return [{"index": torch.tensor(chunk), "probs": model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]}
+                for chunk in length_sorted_chunks(ids, batch_size)]
 
 
 def scores(predictions: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict[str, float]:
@@ -145,7 +150,7 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
     dev_texts = [example.text for example in dev]
     speed = {importance: prediction_speed(run.task, run.module.model, dev_texts, importance)
              for importance in ("pooling", "gradient")}
-    member = EnsembleMember(f"seed {seed}", run.task, dev_predictions(run.task, run.module.model, dev_texts))
+    member = EnsembleMember(f"seed {seed}", run.task, dev_probabilities(run.task, run.module.model, dev_texts))
     epochs = len(run.clock.wall)
     result = {
         "data": {"train": str(args.train), "dev": str(args.dev), "phrases": str(args.phrases) if args.phrases else None,
@@ -158,9 +163,9 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
                      "wall_s": run.pretrain_wall_s, "final_loss": run.pretrain_loss},
         "predict_sentences_per_s": speed, "parameters": sum(p.numel() for p in run.module.model.parameters()),
     }
-    rescored = scores(member.predictions, label_ids(dev, run.task.labels))
-    if abs(rescored["acc"] - result["dev"]["acc"]) > 1e-6:  # predict_step and the test stage should agree
-        print(f"warning: seed {seed}: dev accuracy {rescored['acc']} through predict_step, "
+    result["dev_predict_acc"] = scores(member.predictions, label_ids(dev, run.task.labels))["acc"]
+    if abs(result["dev_predict_acc"] - result["dev"]["acc"]) > 1e-6:  # prediction and the test stage should agree
+        print(f"warning: seed {seed}: dev accuracy {result['dev_predict_acc']} through prediction, "
               f"{result['dev']['acc']} through the test stage", file=sys.stderr)
     return result, member
 
@@ -186,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=256")
     args = parser.parse_args(argv)
     args.seed = args.seed or [42]
+    if len(set(args.seed)) < len(args.seed):
+        parser.error(f"--seed: each seed once (got {args.seed})")
     for path in (args.train, args.dev, args.phrases, *args.unlabelled):
         if path is not None and not path.is_file():
             print(f"error: {path} not found", file=sys.stderr)
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(members) > 1:
         combined = members[0].task.ensemble(members)
         ensemble = {"seeds": args.seed, **scores(combined, label_ids(dev, members[0].task.labels)),
-                    "mean_member_acc": sum(r["dev"]["acc"] for r in results) / len(results),
+                    "mean_member_acc": sum(r["dev_predict_acc"] for r in results) / len(results),
                     "predict_sentences_per_s": 1 / sum(1 / r["predict_sentences_per_s"]["pooling"] for r in results)}
         table(f"ensemble of {len(members)} (mean of calibrated probabilities, as gru-suite-predict ensemble=[...])",
               ["accuracy", "macro F1", "ECE", "mean member accuracy", "sentences/s (pooling)"],
