@@ -52,7 +52,17 @@ def read_series_csv(
     csv_path = Path(path)
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    frame = read_csv_frame(csv_path)
+    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing)
+
+
+def series_from_frame(
+    frame: pd.DataFrame,
+    csv_path: Path,
+    columns: Sequence[str] | None = None,
+    time_column: str | None = None,
+    missing: MissingPolicy = "error",
+) -> Series:
+    """`read_series_csv` of a CSV already read into `frame` (from `csv_path`, which the errors name)."""
     available = list(frame.columns)
     wanted = list(columns) if columns else [c for c in available if c != time_column]
     for name in [*wanted, *([time_column] if time_column else [])]:

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, read_series_csv
+from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,14 @@ def load_streams(
     matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
     streams: list[StreamData] = []
     for file in files:
-        columns = list(value_columns) if value_columns else _value_columns(file, time_column, label_column)
+        frame = read_csv_frame(file)
+        columns = list(value_columns) if value_columns else _value_columns(file, frame, time_column, label_column)
         if preferred_columns:  # warnings for the first file only: the others must have the same columns
             columns = _trained_columns(file, columns, list(preferred_columns), bool(value_columns), warn=not streams)
         if streams and columns != (first := streams[0].series).columns:
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")
-        series = read_series_csv(file, columns, time_column, missing)
+        series = series_from_frame(frame, file, columns, time_column, missing)
         n_probation = min(int(probation * len(series.values)), probation_max)
         if n_probation < min_probation:
             raise UserError(
@@ -149,7 +150,7 @@ def load_streams(
             )
         spans: list[Window] | None = None
         if label_column:
-            spans = _label_windows(file, label_column)
+            spans = _label_windows(file, frame, label_column)
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
@@ -172,19 +173,19 @@ def _trained_columns(file: Path, columns: list[str], trained: list[str], explici
     return columns
 
 
-def _value_columns(file: Path, time_column: str | None, label_column: str | None) -> list[str]:
-    """Every column of `file` but its time and label columns; a UserError when it has none."""
-    header = list(read_csv_frame(file, nrows=0).columns)
+def _value_columns(file: Path, frame: pd.DataFrame, time_column: str | None, label_column: str | None) -> list[str]:
+    """Every column of `file` (read into `frame`) but its time and label columns; a UserError when it has none."""
+    header = list(frame.columns)
     columns = [c for c in header if c not in (time_column, label_column)]
     if not columns:
         raise UserError(f"{file}: no value columns besides the time and label columns; its columns are {header}")
     return columns
 
 
-def _label_windows(file: Path, label_column: str) -> list[Window]:
-    """The anomaly windows of a 0/1 label column (rows in file order, as the values'); a UserError naming the
-    line of any other value."""
-    labels = read_series_csv(file, [label_column], None, "error").values[:, 0]
+def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[Window]:
+    """The anomaly windows of a 0/1 label column of `file` (read into `frame`; rows in file order, as the
+    values'); a UserError naming the line of any other value."""
+    labels = series_from_frame(frame, file, [label_column], None, "error").values[:, 0]
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
