@@ -15,7 +15,8 @@ tables, then one JSON line.
 
 `--seed S` may be repeated: one model per seed, trained one after another, each with its own held-out
 10%; their ensemble (each sentence's mean of the models' calibrated probabilities, `SentimentTask.ensemble`,
-as `gru-suite-predict ensemble=[...]` computes it) is then scored on `--dev` too. The JSON line is then
+as `gru-suite-predict ensemble=[...]` computes it) is then scored on `--dev` too; `--keep-checkpoints DIR`
+keeps each model's best checkpoint for that command. The JSON line is then
 `{"runs": [one per seed], "ensemble": {...}}` instead of the single run's object.
 
 `--pretrain-epochs N` first pre-trains embeddings and GRU as a bidirectional language model
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -147,6 +149,9 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
             f"task.report_dir={quote(folder)}", *pretrain, *args.overrides,
         ]
         run = fit_and_test(compose_train_config("sentiment", overrides, folder / "run"), seed)
+        if args.keep_checkpoints:
+            args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(run.trainer.checkpoint_callback.best_model_path, args.keep_checkpoints / f"seed{seed}.ckpt")
     dev_texts = [example.text for example in dev]
     speed = {importance: prediction_speed(run.task, run.module.model, dev_texts, importance)
              for importance in ("pooling", "gradient")}
@@ -188,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="language-model pre-training epochs on the unlabelled text first (default 0: none)")
     parser.add_argument("--unlabelled", type=Path, action="append", default=[],
                         help="one more unlabelled text file (a text per line, .gz too) for the pre-training; repeatable")
+    parser.add_argument("--keep-checkpoints", type=Path,
+                        help="copy each seed's best checkpoint here as seed<S>.ckpt (for gru-suite-predict ensemble=)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=256")
     args = parser.parse_args(argv)
     args.seed = args.seed or [42]
