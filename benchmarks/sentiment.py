@@ -150,7 +150,6 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
         ]
         run = fit_and_test(compose_train_config("sentiment", overrides, folder / "run"), seed)
         if args.keep_checkpoints:
-            args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run.trainer.checkpoint_callback.best_model_path, args.keep_checkpoints / f"seed{seed}.ckpt")
     dev_texts = [example.text for example in dev]
     speed = {importance: prediction_speed(run.task, run.module.model, dev_texts, importance)
@@ -204,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         if path is not None and not path.is_file():
             print(f"error: {path} not found", file=sys.stderr)
             return 2
+    if args.keep_checkpoints:
+        args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
     quiet()
     import torch
 

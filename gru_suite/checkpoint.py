@@ -53,8 +53,10 @@ def _shape(tensor: torch.Tensor | None) -> str:
     return "nothing" if tensor is None else f"shape {tuple(tensor.shape)}"
 
 
-def restore(checkpoint: dict[str, Any], task_cfg: DictConfig | None = None) -> TaskModule:
-    """The trained `TaskModule` in a read checkpoint, in eval mode.
+def restore(
+    checkpoint: dict[str, Any], task_cfg: DictConfig | None = None, source: str = "the checkpoint"
+) -> TaskModule:
+    """The trained `TaskModule` in a read checkpoint, in eval mode; errors name it as `source`.
 
     `task_cfg`, if given, replaces the stored task config (for instance to point
     the task at new data); it must name the same task.
@@ -64,15 +66,15 @@ def restore(checkpoint: dict[str, Any], task_cfg: DictConfig | None = None) -> T
     cfg = stored_config(checkpoint)
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
-            raise UserError(f"the checkpoint holds a {cfg.task.name!r} model, not {task_cfg.name!r}")
+            raise UserError(f"{source} holds a {cfg.task.name!r} model, not {task_cfg.name!r}")
         cfg.task = task_cfg
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
-    check_same_model(checkpoint["state_dict"], module, "the checkpoint")
+    check_same_model(checkpoint["state_dict"], module, source)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
 
 
 def load_checkpoint(path: str | Path, task_cfg: DictConfig | None = None) -> TaskModule:
     """Read and restore the checkpoint at `path` (see `restore`)."""
-    return restore(read_checkpoint(path), task_cfg)
+    return restore(read_checkpoint(path), task_cfg, str(path))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
@@ -103,9 +104,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     app()
 
 
-def _restore(cfg: Any, path: str | None = None, task: str | None = None) -> Any:
+def _restore(cfg: Any, path: str | None = None, task_name: str | None = None) -> Any:
     """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied; it must
-    hold a model of `task` (default: the `task=` chosen, if any)."""
+    hold a model of the `task=` chosen, if any, or of `task_name` (an ensemble's first model's task)."""
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
@@ -113,14 +114,15 @@ def _restore(cfg: Any, path: str | None = None, task: str | None = None) -> Any:
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
-    path = path or cfg.ckpt_path
-    task = task or (cfg.task.name if cfg.get("task") is not None else None)
+    path = cfg.ckpt_path if path is None else path
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
-    if task is not None and task != stored.task.name:
-        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={task}")
+    if cfg.get("task") is not None and cfg.task.name != stored.task.name:
+        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
+    if task_name is not None and task_name != stored.task.name:
+        raise UserError(f"ensemble: {path} holds a {stored.task.name!r} model, {cfg.ckpt_path} a {task_name!r} one")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
-    return restore(checkpoint, task_cfg)
+    return restore(checkpoint, task_cfg, str(path))
 
 
 def _train_body(cfg: Any) -> Any:
@@ -151,18 +153,21 @@ def _predict_body(cfg: Any) -> None:
 
 
 def _ensemble_paths(cfg: Any) -> list[str]:
-    """`ensemble`: one checkpoint path or a list of them, the models predicting beside `ckpt_path`."""
+    """`ensemble`: one checkpoint path or a list of them, the models predicting beside `ckpt_path` (an empty
+    value is none)."""
     from omegaconf import ListConfig
 
     paths = cfg.get("ensemble")
-    if paths is None:
+    if paths is None or paths == "":
         return []
     if not isinstance(paths, (str, ListConfig)) or not all(isinstance(p, str) and p for p in paths):
-        raise UserError(f"ensemble: expected a checkpoint path or a list of them, e.g. ensemble=[b.ckpt,c.ckpt], "
+        raise UserError(f"ensemble: expected a checkpoint path or a list of them, e.g. 'ensemble=[b.ckpt,c.ckpt]', "
                         f"got {paths!r}")
     paths = [paths] if isinstance(paths, str) else list(paths)
-    if repeated := sorted({p for p in paths if [*paths, str(cfg.get("ckpt_path"))].count(p) > 1}):
-        raise UserError(f"ensemble: {repeated} given twice (ckpt_path is the first model; list each model once)")
+    files = [Path(p).resolve() for p in [*paths, str(cfg.get("ckpt_path") or "")]]
+    if repeated := sorted({p for p, file in zip(paths, files) if files.count(file) > 1}):
+        raise UserError(f"ensemble: {repeated} given more than once (ckpt_path is the first model; list each "
+                        "model once)")
     return paths
 
 

@@ -116,12 +116,20 @@ def ensemble_predictions(
     from `source`) over `datamodule`, then each other (checkpoint path, module)'s over the same input."""
     if trainer.world_size > 1:
         raise UserError("ensemble: predict in one process (trainer=cpu, or trainer=gpu with one device)")
-    inputs = [(path, other, other.task.ensemble_input(datamodule)) for path, other in others]  # refusals come first
+    inputs = [(path, other, _member_input(path, other, module, datamodule)) for path, other in others]
     members = [EnsembleMember(source, module.task, trainer.predict(module, datamodule=datamodule) or [])]
     members += [EnsembleMember(path, other.task, trainer.predict(other, datamodule=data) or [])
                 for path, other, data in inputs]
     log.info("ensemble of %d models: %s", len(members), ", ".join(m.source for m in members))
     return module.task.ensemble(members)
+
+
+def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: pl.LightningDataModule) -> Any:
+    """`member`'s data over `first`'s input (`TaskPlugin.ensemble_input`); its refusal names `path`."""
+    try:
+        return member.task.ensemble_input(first.task, datamodule)
+    except UserError as err:
+        raise UserError(f"ensemble: {path}: {err}") from err
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

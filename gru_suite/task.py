@@ -98,10 +98,11 @@ class TaskPlugin(ABC):
     ) -> list[Path]:
         """Write the task's artifacts (atomically) and return their paths."""
 
-    def ensemble_input(self, datamodule: pl.LightningDataModule) -> pl.LightningDataModule:
-        """For an ensemble (`gru-suite-predict ensemble=[...]`): this model's data over the prediction input
-        that `datamodule`, the first model's, has read, so that every model sees the same items. A task that
-        combines models overrides this and `ensemble`; the default refuses, before any prediction."""
+    def ensemble_input(self, first: TaskPlugin, datamodule: pl.LightningDataModule) -> pl.LightningDataModule:
+        """For an ensemble (`gru-suite-predict ensemble=[...]`): this model's data over the prediction input that
+        `datamodule`, the `first` model's, has read, so that every model sees the same items; an error if this
+        model cannot join `first`'s. A task that combines models overrides this and `ensemble`; the default
+        refuses. Called for every other model before any of them predicts."""
         raise UserError(f"task {self.cfg.get('name')!r} does not combine the predictions of several models: "
                         "give one ckpt_path and no ensemble")
 

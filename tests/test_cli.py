@@ -78,7 +78,8 @@ def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp
     result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
                      "task.data.horizon=3", f"hydra.run.dir={tmp_path}")  # trained with horizon 6
     assert result.returncode == 2
-    assert "error: the checkpoint holds another model than this config builds (model.head." in result.stderr
+    assert (f"error: {trained_run}/checkpoints/last.ckpt holds another model than this config builds (model.head."
+            in result.stderr)
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "test_metrics.json").exists()
 
@@ -178,7 +179,7 @@ def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_pa
     result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble={ckpt}",
                      f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
-    assert "ensemble: ['" in result.stderr and "given twice" in result.stderr
+    assert f"ensemble: ['{ckpt}'] given more than once" in result.stderr
     copy = tmp_path / "copy.ckpt"
     copy.write_bytes(Path(ckpt).read_bytes())
     result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{copy}]",
@@ -188,3 +189,15 @@ def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_pa
     bad = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", "ensemble=[3]",
                   f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "ensemble: expected a checkpoint path or a list of them" in bad.stderr
+
+
+def test_ensemble_paths_are_checked_before_any_model_loads(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from gru_suite.cli import _ensemble_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert _ensemble_paths(OmegaConf.create({"ckpt_path": "a.ckpt", "ensemble": ""})) == []
+    assert _ensemble_paths(OmegaConf.create({"ckpt_path": "a.ckpt", "ensemble": "b.ckpt"})) == ["b.ckpt"]
+    with pytest.raises(UserError, match=r"ensemble: \['./a.ckpt'\] given more than once"):
+        _ensemble_paths(OmegaConf.create({"ckpt_path": "a.ckpt", "ensemble": ["b.ckpt", "./a.ckpt"]}))

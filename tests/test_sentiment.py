@@ -398,12 +398,16 @@ def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, di
     assert all(both[t] == pytest.approx((alone[0][t] + alone[1][t]) / 2, abs=2e-6) for t in both)
 
 
-def test_an_ensemble_needs_models_that_know_the_same_labels(trained: tuple[Path, dict[str, float]]) -> None:
+def test_an_ensemble_member_reads_the_first_models_texts_and_needs_its_labels(trained: tuple[Path, dict[str, float]]) -> None:
     from gru_suite.checkpoint import load_checkpoint
-    from gru_suite.task import EnsembleMember
 
     module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
     stranger = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
     stranger.task.state["labels"] = ["neg", "neutral", "pos"]
-    with pytest.raises(UserError, match=r"b\.ckpt labels \['neg', 'neutral', 'pos'\], a\.ckpt labels \['neg', 'pos'\]"):
-        module.task.ensemble([EnsembleMember("a.ckpt", module.task, []), EnsembleMember("b.ckpt", stranger.task, [])])
+    with pytest.raises(UserError, match=r"its labels \['neg', 'neutral', 'pos'\] differ from the first model's "
+                                        r"\['neg', 'pos'\]"):
+        stranger.task.ensemble_input(module.task, module.task.datamodule())
+    member = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    data = member.task.ensemble_input(module.task, module.task.datamodule())
+    assert member.task.cfg.predict.importance == "pooling"  # an ensemble member skips the backward pass
+    assert data.dataset("predict").examples == module.task.datamodule().dataset("predict").examples

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,6 @@ class SentimentTask(TaskPlugin):
         self.model: SentimentModel | None = None
         self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
-        self._ensemble_member = False  # set by `ensemble_input`
 
     @property
     def labels(self) -> list[str]:
@@ -77,8 +76,11 @@ class SentimentTask(TaskPlugin):
             self._fit(self._examples("train"))
             if self.cfg.data.get("test"):
                 label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
+        return self._data(self._encoded)
+
+    def _data(self, load: Callable[[str], EncodedTexts]) -> SentimentData:
         data = self.cfg.data
-        return SentimentData(self._encoded, int(data.batch_size), int(data.get("num_workers", 0)),
+        return SentimentData(load, int(data.batch_size), int(data.get("num_workers", 0)),
                              int(data.get("split_seed", 0)))
 
     def _check_prediction_settings(self) -> None:
@@ -99,8 +101,6 @@ class SentimentTask(TaskPlugin):
                 raise UserError(f"task.pretrain.texts: no such file {path}")
 
     def _importance(self) -> str:
-        if self._ensemble_member:
-            return "pooling"
         importance = self.cfg.predict.importance
         if importance not in IMPORTANCE:
             raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
@@ -171,7 +171,9 @@ class SentimentTask(TaskPlugin):
 
     def _encoded(self, stage: str) -> EncodedTexts:
         examples = self._examples(stage)
-        labels = None if stage == "predict" else label_ids(examples, self.labels)
+        return self._texts(examples, None if stage == "predict" else label_ids(examples, self.labels))
+
+    def _texts(self, examples: list[Example], labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(examples, self.encode([e.text for e in examples]), labels)
 
     # --- model, loss and scores ---------------------------------------------------------------------------
@@ -258,24 +260,22 @@ class SentimentTask(TaskPlugin):
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
                 "lengths": batch.lengths.cpu()}
 
-    def ensemble_input(self, datamodule: SentimentData) -> SentimentData:
-        """The texts `datamodule` (the first model's) has read for prediction, in this model's tokens. As an
-        ensemble member this model's word importance goes unused, so it predicts with the pooling weights."""
+    def ensemble_input(self, first: TaskPlugin, datamodule: SentimentData) -> SentimentData:
+        """The texts `datamodule` (the `first` model's) has read for prediction, in this model's tokens; this
+        model must know `first`'s labels. Its word importance goes unused, so it predicts with the pooling
+        weights (no backward pass)."""
+        if first.state.get("labels") != self.labels:
+            raise UserError(f"its labels {self.labels} differ from the first model's {first.state.get('labels')}; "
+                            "an ensemble's models must know the same labels")
+        self.cfg.predict.importance = "pooling"
         examples = datamodule.dataset("predict").examples
-        self._ensemble_member = True
-        data = self.cfg.data
-        return SentimentData(lambda stage: EncodedTexts(examples, self.encode([e.text for e in examples]), None),
-                             int(data.batch_size), int(data.get("num_workers", 0)))
+        return self._data(lambda stage: self._texts(examples, None))
 
     def ensemble(self, members: Sequence[EnsembleMember]) -> list[dict[str, Tensor]]:
-        """Each text's mean of the members' calibrated probabilities; its word importance stays the first
-        member's, which explains that model's label (it may differ from the ensemble's). Members must know the
-        same labels."""
-        first, *others = members
-        for member in others:
-            if member.task.labels != self.labels:
-                raise UserError(f"{member.source} labels {member.task.labels}, {first.source} labels {self.labels}: "
-                                "an ensemble's models must know the same labels")
+        """Each text's mean of the members' calibrated probabilities (members of the same labels, as
+        `ensemble_input` checks); its word importance stays the first member's, which explains that model's
+        label (it may differ from the ensemble's)."""
+        first = members[0]
         by_text = [{int(i): p for batch in m.predictions for i, p in zip(batch["index"], batch["probs"])}
                    for m in members]
         combined = []
