@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pretrain-epochs", type=int, default=0,
                         help="language-model pre-training epochs on the unlabelled text first (default 0: none)")
     parser.add_argument("--unlabelled", type=Path, action="append", default=[],
-                        help="one more unlabelled text file (a text per line, .gz too) for the pre-training; repeatable")
+                        help="one more unlabelled text file (a text per line, .gz too) for the pre-training; "
+                             "repeatable")
     parser.add_argument("--keep-checkpoints", type=Path,
                         help="copy each seed's best checkpoint here as seed<S>.ckpt (for gru-suite-predict ensemble=)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=256")

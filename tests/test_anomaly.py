@@ -372,7 +372,8 @@ def test_a_checkpoint_reads_its_value_columns_by_name(tmp_path, caplog):
         anomaly_task(tmp_path, renamed, state=trained.state_dict()).datamodule()
         anomaly_task(tmp_path, swapped, "task.data.value_columns=[b,a]", state=trained.state_dict()).datamodule()
     assert "abc.csv: reading the detector's value columns ['a', 'b']; ignoring ['c']" in caplog.text
-    assert "xy.csv: scoring value column(s) ['x', 'y'] with a detector trained on ['a', 'b'], in this order" in caplog.text
+    assert ("xy.csv: scoring value column(s) ['x', 'y'] with a detector trained on ['a', 'b'], in this order"
+            in caplog.text)
     assert "ba.csv: scoring value column(s) ['b', 'a'] with a detector trained on ['a', 'b']" in caplog.text
 
 

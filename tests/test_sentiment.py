@@ -398,7 +398,8 @@ def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, di
     assert all(both[t] == pytest.approx((alone[0][t] + alone[1][t]) / 2, abs=2e-6) for t in both)
 
 
-def test_an_ensemble_member_reads_the_first_models_texts_and_needs_its_labels(trained: tuple[Path, dict[str, float]]) -> None:
+def test_an_ensemble_member_reads_the_first_models_texts_and_needs_its_labels(
+        trained: tuple[Path, dict[str, float]]) -> None:
     from gru_suite.checkpoint import load_checkpoint
 
     module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
