@@ -121,8 +121,9 @@ def scores(predictions: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict
     import torch
 
     from gru_suite_plugins.sentiment.scores import classification_scores
+    from gru_suite_plugins.sentiment.task import probabilities_by_text
 
-    probs = {int(i): p for batch in predictions for i, p in zip(batch["index"], batch["probs"])}
+    probs = probabilities_by_text(predictions)
     logits = torch.stack([probs[i] for i in range(len(labels))]).log()  # softmax(log p) = p
     found = classification_scores(logits, torch.tensor(labels), 1.0)
     return {k: found[k] for k in ("acc", "f1", "ece")}

@@ -276,8 +276,7 @@ class SentimentTask(TaskPlugin):
         `ensemble_input` checks); its word importance stays the first member's, which explains that model's
         label (it may differ from the ensemble's)."""
         first = members[0]
-        by_text = [{int(i): p for batch in m.predictions for i, p in zip(batch["index"], batch["probs"])}
-                   for m in members]
+        by_text = [probabilities_by_text(m.predictions) for m in members]
         combined = []
         for batch in first.predictions:
             mean = torch.stack([torch.stack([probs[int(i)] for i in batch["index"]]) for probs in by_text]).mean(0)
@@ -314,6 +313,11 @@ class SentimentTask(TaskPlugin):
             write_predictions_csv(out_dir / "predictions.csv", rows, self.labels),
             write_text(out_dir / "explanations.html", explain.html_page("Sentiment predictions", page)),
         ]
+
+
+def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int, Tensor]:
+    """Each text's probabilities in `predict_step` outputs, by its example index."""
+    return {int(i): p for batch in predictions for i, p in zip(batch["index"], batch["probs"])}
 
 
 def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
