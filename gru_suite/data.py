@@ -47,6 +47,11 @@ class SplitDataModule(pl.LightningDataModule):
         self.seed = seed
         self.sets: dict[str, Dataset] = {}
 
+    def setup(self, stage: str) -> None:
+        """Lightning's hook; prediction reads its input here, before any model runs."""
+        if stage == "predict" and self.build is not None:
+            self.dataset("predict")
+
     def dataset(self, stage: str) -> Dataset:
         if stage not in self.sets and self.build is not None:
             self.sets[stage] = self.build(stage)

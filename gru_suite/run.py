@@ -116,6 +116,7 @@ def ensemble_predictions(
     from `source`) over `datamodule`, then each other (checkpoint path, module)'s over the same input."""
     if trainer.world_size > 1:
         raise UserError("ensemble: predict in one process (trainer=cpu, or trainer=gpu with one device)")
+    datamodule.setup("predict")  # the input's own errors come before any member is asked to join
     inputs = [(path, other, _member_input(path, other, module, datamodule)) for path, other in others]
     members = [EnsembleMember(source, module.task, trainer.predict(module, datamodule=datamodule) or [])]
     members += [EnsembleMember(path, other.task, trainer.predict(other, datamodule=data) or [])

@@ -412,3 +412,17 @@ def test_an_ensemble_member_reads_the_first_models_texts_and_needs_its_labels(
     data = member.task.ensemble_input(module.task, module.task.datamodule())
     assert member.task.cfg.predict.importance == "pooling"  # an ensemble member skips the backward pass
     assert data.dataset("predict").examples == module.task.datamodule().dataset("predict").examples
+
+
+def test_an_ensembles_bad_input_is_named_as_the_inputs_fault(trained: tuple[Path, dict[str, float]],
+                                                            tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    from gru_suite.checkpoint import load_checkpoint
+
+    (bad := tmp_path / "bad.txt").write_bytes(b"a fine film\n\xff\xfe awful\n")
+    first, member = (load_checkpoint(trained[0] / "checkpoints" / "last.ckpt") for _ in range(2))
+    first.task.cfg.predict.input = str(bad)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(bad))}:2: not UTF-8"):  # not the member's: no prefix
+        run.ensemble_predictions(trainer, first, first.task.datamodule(), "a.ckpt", [("b.ckpt", member)])
