@@ -75,22 +75,40 @@ class GRUBackbone(nn.Module):
         Returns the outputs (B, T, output_size) and the final state, which for
         packed input is taken at each sequence's own last step.
         """
+        return self._encode(x, lengths, h0)
+
+    def first_layer(self, x: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Outputs (B, T, output_size) of the first layer alone, run with the stack's own first-layer weights
+        through the fused kernel. Each direction's states here have seen only their own side of the sequence,
+        which a bidirectional stack's upper layers have not, so a language model can learn on them."""
+        if self.num_layers == 1:
+            return self._encode(x, lengths, None)[0]
+        layer = _CELLS[self.cell](self.input_size, self.hidden_size, batch_first=True,
+                                  bidirectional=self.bidirectional, device="meta")
+        return self._encode(x, lengths, None, layer)[0]
+
+    def _encode(
+        self, x: Tensor, lengths: Tensor | None, h0: State | None, layer: nn.RNNBase | None = None
+    ) -> tuple[Tensor, State]:
         if lengths is None:
-            return self._run(x, h0)
+            return self._run(x, h0, layer)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, h_n = self._run(packed, h0)
+        out, h_n = self._run(packed, h0, layer)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
         return out, h_n
 
-    def _run(self, x: Tensor | PackedSequence, h0: State | None) -> tuple[Any, State]:
-        if not (self.training and self.weight_dropout):
+    def _run(self, x: Tensor | PackedSequence, h0: State | None, layer: nn.RNNBase | None) -> tuple[Any, State]:
+        """`self.rnn` on `x`, or `layer` (a shape template on the meta device) with `self.rnn`'s weights of
+        the same names; hidden-to-hidden weights dropped in training when `weight_dropout` is set."""
+        dropping = self.training and self.weight_dropout
+        if layer is None and not dropping:
             return self.rnn(x, h0)
-        dropped = {
-            name: F.dropout(weight, self.weight_dropout)
-            for name, weight in self.rnn.named_parameters()
-            if name.startswith("weight_hh")
-        }
-        return torch.func.functional_call(self.rnn, dropped, (x, h0))
+        names = [name for name, _ in (layer or self.rnn).named_parameters()]
+        weights = {name: getattr(self.rnn, name) for name in names}
+        if dropping:
+            weights = {name: F.dropout(weight, self.weight_dropout) if name.startswith("weight_hh") else weight
+                       for name, weight in weights.items()}
+        return torch.func.functional_call(layer or self.rnn, weights, (x, h0))
 
     def step(self, x_t: Tensor, h: State | None = None) -> tuple[Tensor, State]:
         """Advance one step: `x_t` (B, input_size) -> output (B, output_size), new state.

@@ -47,6 +47,18 @@ def test_packed_batch_matches_each_sequence_alone(cell):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_first_layer_is_the_stack_s_first_layer_alone(cell):
+    net = GRUBackbone(3, hidden_size=5, num_layers=2, bidirectional=True, cell=cell).eval()
+    alone = GRUBackbone(3, hidden_size=5, num_layers=1, bidirectional=True, cell=cell).eval()
+    alone.rnn.load_state_dict({name: value for name, value in net.rnn.state_dict().items() if "_l0" in name})
+    x, lengths = torch.randn(3, 6, 3), torch.tensor([6, 2, 4])
+    torch.testing.assert_close(net.first_layer(x, lengths), alone(x, lengths)[0])
+    torch.testing.assert_close(alone.first_layer(x, lengths), alone(x, lengths)[0])
+    net.first_layer(x, lengths).sum().backward()
+    assert net.rnn.weight_ih_l0.grad.abs().sum() > 0 and net.rnn.weight_ih_l1.grad is None
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_step_equals_forward(cell):
     net = GRUBackbone(4, hidden_size=7, num_layers=3, dropout=0.2, cell=cell).eval()
     x = torch.randn(2, 9, 4)

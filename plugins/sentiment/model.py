@@ -82,9 +82,6 @@ class SentimentModel(nn.Module):
             raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD_ID)
         self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
-        if lm_words and bidirectional and self.backbone.num_layers > 1:
-            raise UserError("the language model (task.model.lm_weight, task.pretrain) needs backbone.num_layers=1 "
-                            "when bidirectional: a second layer's forward states already saw the next word")
         self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(
             self.backbone.output_size)
         self.dropout = nn.Dropout(dropout)
@@ -112,6 +109,13 @@ class SentimentModel(nn.Module):
         h, _ = self.backbone(self.dropout(embedded), lengths)
         return h
 
+    def language_states(self, embedded: Tensor, lengths: Tensor, h: Tensor | None = None) -> Tensor:
+        """The states `lm_loss` reads: the backbone's outputs (`h`, when already computed), but for a stack of
+        bidirectional layers its first layer's (above it each direction has seen the other's side)."""
+        if self.backbone.bidirectional and self.backbone.num_layers > 1:
+            return self.backbone.first_layer(self.dropout(embedded), lengths)
+        return self.states(embedded, lengths) if h is None else h
+
     def classify(self, embedded: Tensor, lengths: Tensor, h: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Logits (B, C) and the pooling's token weights (B, T) from token embeddings (B, T, E)
         (or from their backbone outputs `h`, when already computed)."""
@@ -120,9 +124,9 @@ class SentimentModel(nn.Module):
         return self.head(self.dropout(pooled)), weights
 
     def lm_loss(self, h: Tensor, ids: Tensor, lengths: Tensor) -> Tensor:
-        """Mean cross-entropy of predicting each next token from the forward outputs and each previous
-        token from the backward ones (a bidirectional language model on the same pass); tokens outside the
-        `lm_words` most frequent count as unknown."""
+        """Mean cross-entropy of predicting each next token from the forward states `h` (`language_states`)
+        and each previous token from the backward ones (a bidirectional language model on the same pass);
+        tokens outside the `lm_words` most frequent count as unknown."""
         assert self.lm_heads is not None, "lm_words=0: the model has no language-model heads"
         size = self.backbone.hidden_size
         targets = torch.where(ids < self.lm_words, ids, torch.full_like(ids, UNK_ID))

@@ -197,7 +197,8 @@ class SentimentTask(TaskPlugin):
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
         metrics = {}
         if stage == "train" and self.cfg.model.get("lm_weight"):
-            metrics["lm_loss"] = model.lm_loss(h, batch.ids, batch.lengths)
+            states = model.language_states(embedded, batch.lengths, h)
+            metrics["lm_loss"] = model.lm_loss(states, batch.ids, batch.lengths)
             loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
         if stage != "train":
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
@@ -321,4 +322,4 @@ def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int,
 
 
 def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
-    return model.lm_loss(model.states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
+    return model.lm_loss(model.language_states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
