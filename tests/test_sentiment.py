@@ -24,6 +24,7 @@ from gru_suite_plugins.sentiment.data import read_labelled, read_texts
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
+from gru_suite_plugins.sentiment.task import adversarial_loss
 from conftest import run_cli
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",
@@ -167,6 +168,24 @@ def test_word_dropout_reads_real_tokens_as_unknown_in_training_only() -> None:
     torch.testing.assert_close(model.eval().embed(ids), model.embedding(ids))
     with pytest.raises(UserError, match="word_dropout"):
         SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, word_dropout=1.0)
+
+
+def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8, num_layers=2), 30, 2, 8, dropout=0.0)
+    ids, lengths, labels = torch.randint(2, 30, (6, 7)), torch.tensor([7, 6, 5, 4, 3, 2]), torch.tensor([0, 1] * 3)
+    embedded, weights = model.embed(ids), torch.ones(2)
+    loss = torch.nn.functional.cross_entropy(model.classify(embedded, lengths)[0], labels, weight=weights)
+    assert adversarial_loss(model, embedded, lengths, labels, loss, 0.0, weights).item() == pytest.approx(loss.item())
+    adversarial = adversarial_loss(model, embedded, lengths, labels, loss, 1.0, weights)
+    randoms = []
+    for _ in range(20):
+        move = torch.randn_like(embedded) * (ids != PAD_ID)[..., None]
+        move = move / move.flatten(1).norm(dim=1)[:, None, None]  # the same norm per text
+        randoms.append(torch.nn.functional.cross_entropy(model.classify(embedded + move, lengths)[0], labels).item())
+    assert adversarial.item() > max(randoms)
+    adversarial.backward()
+    assert model.embedding.weight.grad.abs().sum() > 0  # it trains the model, through the moved embeddings
 
 
 def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(corpus: dict[str, Path],
@@ -354,7 +373,8 @@ def test_bundled_corpus_is_deterministic_with_three_labels() -> None:
 
 
 def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path: Path) -> None:
-    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus)], tmp_path)
+    # with adversarial training on, so its training step runs through Lightning too
+    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1"], tmp_path)
 
 
 def predicted_probabilities(folder: Path) -> dict[str, float]:

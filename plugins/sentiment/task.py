@@ -53,7 +53,7 @@ class SentimentTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0), ("model.word_dropout", float, 0), ("model.lm_weight", float, 0),
-               ("model.lm_words", int, 1), ("pretrain.epochs", int, 0), ("predict.top_words", int, 0),
+               ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0), ("predict.top_words", int, 0),
                ("predict.html_rows", int, 0), ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
@@ -189,17 +189,23 @@ class SentimentTask(TaskPlugin):
         return self.model
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
-        """Class-weighted cross-entropy; in training plus `lm_weight` x the language-model loss, if enabled."""
+        """Class-weighted cross-entropy; in training plus `lm_weight` x the language-model loss, and the loss
+        of the texts' adversarial copies (`adversarial_eps`), if enabled."""
         embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
         metrics = {}
+        eps = float(self.cfg.model.get("adversarial_eps") or 0.0)
+        if stage == "train" and eps and embedded.requires_grad:  # a training loss computed without gradients skips it
+            metrics["adv_loss"] = adversarial_loss(model, embedded, batch.lengths, batch.labels, loss, eps, weights)
         if stage == "train" and self.cfg.model.get("lm_weight"):
             states = model.language_states(embedded, batch.lengths, h)
             metrics["lm_loss"] = model.lm_loss(states, batch.ids, batch.lengths)
             loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
+        if "adv_loss" in metrics:  # its direction came from the classification loss alone
+            loss = loss + metrics["adv_loss"]
         if stage != "train":
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
@@ -323,3 +329,14 @@ def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int,
 
 def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
     return model.lm_loss(model.language_states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
+
+
+def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, labels: Tensor, loss: Tensor,
+                     eps: float, weights: Tensor) -> Tensor:
+    """Cross-entropy of each text's embeddings moved by `eps` (L2 norm over the whole text) in the direction
+    that raises `loss` most (adversarial training, Miyato et al. 2017): the label must not hinge on a
+    small change of the words' embeddings."""
+    (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
+    step = eps * F.normalize(grad.detach().flatten(1), dim=1).view_as(grad)
+    logits, _ = model.classify(embedded + step, lengths)
+    return F.cross_entropy(logits, labels, weight=weights)
