@@ -53,8 +53,8 @@ class SentimentTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0), ("model.word_dropout", float, 0), ("model.lm_weight", float, 0),
-               ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0), ("predict.top_words", int, 0),
-               ("predict.html_rows", int, 0), ("predict.show", int, 0))
+               ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
+               ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -198,7 +198,7 @@ class SentimentTask(TaskPlugin):
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
         metrics = {}
         eps = float(self.cfg.model.get("adversarial_eps") or 0.0)
-        if stage == "train" and eps and embedded.requires_grad:  # a training loss computed without gradients skips it
+        if stage == "train" and eps and embedded.requires_grad:  # a loss computed without gradients skips it
             metrics["adv_loss"] = adversarial_loss(model, embedded, batch.lengths, batch.labels, loss, eps, weights)
         if stage == "train" and self.cfg.model.get("lm_weight"):
             states = model.language_states(embedded, batch.lengths, h)
