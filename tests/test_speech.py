@@ -573,7 +573,7 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.model.subsample=0", "task.model.subsample must be at least 1"),
     ("task.features.online_prior_frames=-5", "task.features.online_prior_frames must be at least 0"),
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
-    ("task.augment.warp=1.5", "task.augment.warp must be in [0, 1)"),
+    ("task.augment.warp=0.6", "task.augment.warp must be between 0 and 0.5"),
     ("task.augment.warp=abc", "task.augment.warp must be a finite number, got 'abc'"),
     ("task.augment.leading_silence_s=-1", "task.augment.leading_silence_s must be at least 0"),
     ("task.augment.leading_silence_fraction=1.5", "task.augment.leading_silence_fraction must be between 0 and 1"),

@@ -78,8 +78,8 @@ class SpeechTask(TaskPlugin):
                ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
                ("features.hop_ms", float, 1),
                *((f"augment.{key}", float, 0)
-                 for key in ("gain_db", "tilt_db", "colour_db", "warp", "leading_silence_s")),
-               ("augment.leading_silence_fraction", float, 0, 1), ("augment.colour_points", int, 2),
+                 for key in ("gain_db", "tilt_db", "colour_db", "leading_silence_s")),
+               ("augment.warp", float, 0, 0.5), ("augment.leading_silence_fraction", float, 0, 1), ("augment.colour_points", int, 2),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
@@ -108,8 +108,6 @@ class SpeechTask(TaskPlugin):
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         self.spectral = self._spectral(cfg.model)
-        if (cfg.augment.get("warp") or 0.0) >= 1:  # `numbers` checked its minimum; an augment setting null is off
-            raise UserError(f"task.augment.warp must be in [0, 1), got {cfg.augment.warp}")
         if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.get("speeds") or []):
             raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
         self.colour_points = self._colour_points(cfg.augment)
