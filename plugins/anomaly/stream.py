@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
-        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.n_features):
+        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -52,6 +52,7 @@ class AnomalyTask(TaskPlugin):
         self._check_value_columns(self.streams[0].series)
         self.state.setdefault("calendar", list(self.calendar.kinds))
         self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
+        self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self.state.setdefault("value_columns", list(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size,
@@ -59,11 +60,11 @@ class AnomalyTask(TaskPlugin):
 
     def _check_value_columns(self, series: Series) -> None:
         """A trained detector reads as many value columns as it was trained on (all files have the same ones)."""
-        trained = self.state.get("value_columns")
-        if trained is not None and len(trained) != len(series.columns):
+        trained = self.state.get("n_features")
+        if trained is not None and trained != len(series.columns):
+            names = f" {self.state['value_columns']}" if "value_columns" in self.state else ""
             raise UserError(f"{series.path}: has {len(series.columns)} value column(s) {series.columns}, but the "
-                            f"checkpoint's detector reads {len(trained)} {trained} "
-                            "(choose them with task.data.value_columns)")
+                            f"checkpoint's detector reads {trained}{names} (choose them with task.data.value_columns)")
 
     def _check_spot_calibration(self) -> None:
         """SPOT needs enough probationary scores above its initial level: fail before training, not after."""
@@ -81,7 +82,7 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        return build_detector(detector.kind, backbone, self.n_features, detector.window, self.calendar.width)
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width)
 
     def flagger(self) -> Flagger:
         scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
@@ -104,15 +105,10 @@ class AnomalyTask(TaskPlugin):
         return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar)
 
     @property
-    def n_features(self) -> int:
-        """How many value columns the detector reads (known once the data is loaded or a checkpoint restored)."""
-        return len(self.state["value_columns"])
-
-    @property
     def calendar(self) -> Calendar:
         """The calendar covariates: those a trained detector was trained with, else `task.data.calendar`
         (a list, or one name) with `task.data.calendar_harmonics`."""
-        if "value_columns" in self.state:  # trained: its inputs are fixed
+        if "n_features" in self.state:  # trained: its inputs are fixed (none before calendar features existed)
             return Calendar(tuple(self.state.get("calendar", [])), int(self.state.get("calendar_harmonics", 1)))
         kinds = self.cfg.data.get("calendar") or []
         kinds = [kinds] if isinstance(kinds, str) else kinds
