@@ -103,12 +103,12 @@ class GRUBackbone(nn.Module):
         dropping = self.training and self.weight_dropout
         if layer is None and not dropping:
             return self.rnn(x, h0)
-        names = [name for name, _ in (layer or self.rnn).named_parameters()]
-        weights = {name: getattr(self.rnn, name) for name in names}
+        module = self.rnn if layer is None else layer
+        weights = {name: getattr(self.rnn, name) for name, _ in module.named_parameters()}
         if dropping:
             weights = {name: F.dropout(weight, self.weight_dropout) if name.startswith("weight_hh") else weight
                        for name, weight in weights.items()}
-        return torch.func.functional_call(layer or self.rnn, weights, (x, h0))
+        return torch.func.functional_call(module, weights, (x, h0))
 
     def step(self, x_t: Tensor, h: State | None = None) -> tuple[Tensor, State]:
         """Advance one step: `x_t` (B, input_size) -> output (B, output_size), new state.

@@ -374,7 +374,10 @@ def test_bundled_corpus_is_deterministic_with_three_labels() -> None:
 
 def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path: Path) -> None:
     # with adversarial training on, so its training step runs through Lightning too
-    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1"], tmp_path)
+    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1", "logger=csv"],
+                      tmp_path)
+    logged = {name for path in tmp_path.rglob("metrics.csv") for name in path.read_text().splitlines()[0].split(",")}
+    assert "train/adv_loss" in logged  # the adversarial loss ran (it is skipped where no gradient flows)
 
 
 def predicted_probabilities(folder: Path) -> dict[str, float]:

@@ -79,7 +79,8 @@ class SpeechTask(TaskPlugin):
                ("features.hop_ms", float, 1),
                *((f"augment.{key}", float, 0)
                  for key in ("gain_db", "tilt_db", "colour_db", "leading_silence_s")),
-               ("augment.warp", float, 0, 0.5), ("augment.leading_silence_fraction", float, 0, 1), ("augment.colour_points", int, 2),
+               ("augment.warp", float, 0, 0.5), ("augment.leading_silence_fraction", float, 0, 1),
+               ("augment.colour_points", int, 2),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
