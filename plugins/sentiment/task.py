@@ -339,6 +339,6 @@ def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, l
     draws its own dropout masks (moving the dropped-out embeddings, as Miyato et al.'s code does, made the
     SST-2 preset fail to learn at eps 5)."""
     (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
-    step = eps * F.normalize(grad.detach().flatten(1), dim=1).view_as(grad)
+    step = eps * F.normalize(grad.flatten(1), dim=1).view_as(grad)  # grad carries no graph (no create_graph)
     logits, _ = model.classify(embedded + step, lengths)
     return F.cross_entropy(logits, labels, weight=weights)
