@@ -79,41 +79,30 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
     return stats
 
 
-def length_sorted_chunks(ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    """Indices of `ids` in batches of `batch_size`, shortest texts first."""
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    return [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
-
-
 def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: str, batch_size: int = 256) -> float:
     """Sentences per second: tokenize, pad in length-sorted batches, calibrated probabilities and word
     importance (`gradient`: gradient x input, one backward pass; `pooling`: the pooling's weights)."""
     import torch
 
     from gru_suite.text import pad_ids
+    from gru_suite_plugins.sentiment.data import length_sorted_chunks
 
     model.eval()
     explain = model.saliency if importance == "gradient" else model.probabilities
     start = time.perf_counter()
     with torch.inference_mode():
         ids = task.encode(texts)
-        for chunk in length_sorted_chunks(ids, batch_size):
+        for chunk in length_sorted_chunks([len(row) for row in ids], batch_size):
             explain(*pad_ids([ids[i] for i in chunk]))
     return len(texts) / (time.perf_counter() - start)
 
 
-def dev_probabilities(task: Any, model: Any, texts: Sequence[str], batch_size: int = 256) -> list[dict[str, Any]]:
-    """Calibrated probabilities of `texts` by length-sorted batch, as `predict_step` gives them
-    (`index`, `probs`): what `gru-suite-predict` computes for them."""
+def dev_probabilities(task: Any, texts: Sequence[str]) -> list[dict[str, Any]]:
+    """Calibrated probabilities of `texts` as one batch of `predict_step` outputs (`index`, `probs`): what
+    `gru-suite-predict` computes for them."""
     import torch
 
-    from gru_suite.text import pad_ids
-
-    ids = task.encode(texts)
-    model.eval()
-    with torch.inference_mode():
-        return [{"index": torch.tensor(chunk), "probs": model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]}
-                for chunk in length_sorted_chunks(ids, batch_size)]
+    return [{"index": torch.arange(len(texts)), "probs": task.probabilities(texts)}]
 
 
 def scores(predictions: Sequence[dict[str, Any]], labels: Sequence[int]) -> dict[str, float]:
@@ -155,7 +144,7 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
     dev_texts = [example.text for example in dev]
     speed = {importance: prediction_speed(run.task, run.module.model, dev_texts, importance)
              for importance in ("pooling", "gradient")}
-    member = EnsembleMember(f"seed {seed}", run.task, dev_probabilities(run.task, run.module.model, dev_texts))
+    member = EnsembleMember(f"seed {seed}", run.task, dev_probabilities(run.task, dev_texts))
     epochs = len(run.clock.wall)
     result = {
         "data": {"train": str(args.train), "dev": str(args.dev), "phrases": str(args.phrases) if args.phrases else None,

@@ -19,7 +19,7 @@ from gru_suite.data import length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
-from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import pad_ids, tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.sentiment import explain
 from gru_suite_plugins.sentiment.data import (
     Batch,
@@ -29,6 +29,7 @@ from gru_suite_plugins.sentiment.data import (
     SentimentData,
     label_ids,
     label_order,
+    length_sorted_chunks,
     read_labelled,
     read_texts,
 )
@@ -175,6 +176,21 @@ class SentimentTask(TaskPlugin):
 
     def _texts(self, examples: list[Example], labels: list[int] | None) -> EncodedTexts:
         return EncodedTexts(examples, self.encode([e.text for e in examples]), labels)
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 256) -> Tensor:
+        """Calibrated class probabilities (N, C) of `texts`, in their order, from the model in eval mode (on the
+        CPU, in batches of similar length; the model's mode is restored afterwards)."""
+        assert self.model is not None, "build_model() first"
+        ids, probs = self.encode(texts), torch.empty(len(texts), len(self.labels))
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                for chunk in length_sorted_chunks([len(row) for row in ids], batch_size):
+                    probs[chunk] = self.model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]
+        finally:
+            self.model.train(training)
+        return probs
 
     # --- model, loss and scores ---------------------------------------------------------------------------
 
