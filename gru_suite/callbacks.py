@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EMAWeightAveraging
 
 
 class EpochThroughput(pl.Callback):
@@ -33,3 +35,24 @@ class EpochThroughput(pl.Callback):
         samples = getattr(pl_module, "samples_seen", 0) - self._samples
         pl_module.log("train/epoch_time_s", elapsed, sync_dist=True)
         pl_module.log("train/samples_per_s", samples / max(elapsed, 1e-9), reduce_fx="sum", sync_dist=True)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """An exponential moving average of the weights (Lightning's `EMAWeightAveraging`, parameters only) that
+    validation, checkpoints, testing and prediction use, kept in the model until validation has ended, so
+    what a task fits at the end of the validation pass (the sentiment task's temperature) is fitted to the
+    averaged weights and saved with them. Lightning's callback swaps the raw weights back before the
+    model's `on_validation_epoch_end`, and its `use_buffers` would average such a buffer with stale values.
+    """
+
+    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+        super().__init__(decay=decay, use_buffers=False, **kwargs)
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Keep the averaged weights in the model until `on_validation_end`."""
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Swap the raw weights back; Lightning runs checkpoint callbacks after this one, so they save the
+        averaged weights with what the validation pass fitted to them."""
+        if self._average_model is not None:
+            self._swap_models(pl_module)

@@ -14,6 +14,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
@@ -154,6 +155,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    end_weight_averaging(trainer)
     if cfg.get("test_after_training"):
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(results[0] if results else {})
@@ -166,6 +168,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+def end_weight_averaging(trainer: pl.Trainer) -> None:
+    """Drop `trainer`'s weight-averaging callbacks (`callbacks.ema`) once fitting is over. Their checkpoints hold
+    the averaged weights, which testing and prediction must read, but while fitting's callback is attached,
+    loading a checkpoint puts the raw weights back (`WeightAveraging.on_load_checkpoint`)."""
+    trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
 
 
 def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **overrides: Any) -> float:

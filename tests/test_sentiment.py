@@ -19,7 +19,7 @@ from gru_suite import run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, train_tokenizer
+from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_ids, train_tokenizer
 from gru_suite_plugins.sentiment.data import read_labelled, read_texts
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
@@ -445,3 +445,34 @@ def test_an_ensembles_bad_input_is_named_as_the_inputs_fault(trained: tuple[Path
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     with pytest.raises(UserError, match=rf"^{re.escape(str(bad))}:2: not UTF-8"):  # not the member's: no prefix
         run.ensemble_predictions(trainer, first, first.task.datamodule(), "a.ckpt", [("b.ckpt", member)])
+
+
+def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path], tmp_path: Path) -> None:
+    from gru_suite.checkpoint import load_checkpoint
+
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=3",
+                                             "optimizer.lr=1e-2", "predict_after_training=false",
+                                             "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.9}"],
+                               tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = run.train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+    path = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
+    stored = torch.load(path, map_location="cpu", weights_only=False)
+    averaged, raw = stored["state_dict"], stored["current_model_state"]
+    assert not torch.equal(averaged["model.head.weight"], raw["model.head.weight"])
+    temperature = float(averaged["model.temperature"])
+    assert temperature != pytest.approx(float(raw["model.temperature"]))
+    assert metrics["test/temperature"] == pytest.approx(temperature)  # testing read the averaged weights
+
+    module = load_checkpoint(path)  # as gru-suite-predict reads it
+    val = read_labelled(corpus["val"])
+    with torch.inference_mode():
+        logits, _ = module.model(*pad_ids(module.task.encode([e.text for e in val])))
+    labels = torch.tensor([module.task.labels.index(e.label) for e in val])
+    assert fit_temperature(logits, labels) == pytest.approx(temperature, rel=1e-4)  # fitted to the averaged weights
+    probs = module.task.probabilities([e.text for e in val])
+    assert torch.allclose(probs, (logits / temperature).softmax(-1), atol=1e-6)
