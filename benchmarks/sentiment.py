@@ -84,15 +84,15 @@ def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: st
     importance (`gradient`: gradient x input, one backward pass; `pooling`: the pooling's weights)."""
     import torch
 
+    from gru_suite.data import LengthBucketSampler
     from gru_suite.text import pad_ids
-    from gru_suite_plugins.sentiment.data import length_sorted_chunks
 
     model.eval()
     explain = model.saliency if importance == "gradient" else model.probabilities
     start = time.perf_counter()
     with torch.inference_mode():
         ids = task.encode(texts)
-        for chunk in length_sorted_chunks([len(row) for row in ids], batch_size):
+        for chunk in LengthBucketSampler(range(len(ids)), batch_size, lengths=[len(row) for row in ids]):
             explain(*pad_ids([ids[i] for i in chunk]))
     return len(texts) / (time.perf_counter() - start)
 

@@ -187,12 +187,6 @@ class EncodedTexts(Dataset):
         return Batch(ids, lengths, labels, torch.as_tensor(list(indices), dtype=torch.long))
 
 
-def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
-    """Indices of texts of `lengths` in batches of `batch_size`, shortest texts first."""
-    order = sorted(range(len(lengths)), key=lengths.__getitem__)
-    return [order[first:first + batch_size] for first in range(0, len(order), batch_size)]
-
-
 class SentimentData(SplitDataModule):
     """Loaders over `EncodedTexts` built lazily by `load(stage)`, in batches of similar length.
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.atomic import write_text
-from gru_suite.data import length_bucket_loader
+from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
@@ -29,7 +29,6 @@ from gru_suite_plugins.sentiment.data import (
     SentimentData,
     label_ids,
     label_order,
-    length_sorted_chunks,
     read_labelled,
     read_texts,
 )
@@ -186,7 +185,7 @@ class SentimentTask(TaskPlugin):
         self.model.eval()
         try:
             with torch.inference_mode():
-                for chunk in length_sorted_chunks([len(row) for row in ids], batch_size):
+                for chunk in LengthBucketSampler(range(len(ids)), batch_size, lengths=[len(row) for row in ids]):
                     probs[chunk] = self.model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]
         finally:
             self.model.train(training)
