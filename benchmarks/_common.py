@@ -191,9 +191,9 @@ def fit_and_test(cfg: Any, seed: int) -> FitTest:
     fit_wall, fit_cpu = time.perf_counter() - wall, time.process_time() - cpu
     ckpt = trainer.checkpoint_callback
     best = ckpt.best_model_path if ckpt else ""
-    run.end_weight_averaging(trainer)
     wall = time.perf_counter()  # testing the best checkpoint also loads its weights into `module`
-    tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    with run.weight_averaging_ended(trainer):
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
     test_wall = time.perf_counter() - wall
     stem = Path(best).stem.split("-")[-1] if best else ""
     return FitTest(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -155,10 +157,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    end_weight_averaging(trainer)
-    if cfg.get("test_after_training"):
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(results[0] if results else {})
+    with weight_averaging_ended(trainer):
+        if cfg.get("test_after_training"):
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update(results[0] if results else {})
     if trainer.is_global_zero:
         _write_metrics(metrics, out_dir / "metrics.json")
         if best:
@@ -170,11 +172,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def end_weight_averaging(trainer: pl.Trainer) -> None:
-    """Drop `trainer`'s weight-averaging callbacks (`callbacks.ema`) once fitting is over. Their checkpoints hold
-    the averaged weights, which testing and prediction must read, but while fitting's callback is attached,
-    loading a checkpoint puts the raw weights back (`WeightAveraging.on_load_checkpoint`)."""
-    trainer.callbacks = [callback for callback in trainer.callbacks if not isinstance(callback, WeightAveraging)]
+@contextmanager
+def weight_averaging_ended(trainer: pl.Trainer) -> Iterator[None]:
+    """Drop `trainer`'s weight-averaging callbacks (`callbacks.ema`) for the test after fitting. Their checkpoints
+    hold the averaged weights, which testing must read, but while fitting's callback is attached, loading a
+    checkpoint puts the raw weights back (`WeightAveraging.on_load_checkpoint`). Inside the block Lightning's
+    warning that callbacks of the checkpoint are missing is silenced: the dropped ones are the only ones."""
+    dropped = [callback for callback in trainer.callbacks if isinstance(callback, WeightAveraging)]
+    trainer.callbacks = [callback for callback in trainer.callbacks if callback not in dropped]
+    with warnings.catch_warnings():
+        if dropped:
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used to create")
+        yield
 
 
 def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **overrides: Any) -> float:

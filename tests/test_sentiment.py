@@ -9,6 +9,7 @@ import random
 import re
 import subprocess
 import sys
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -457,9 +458,12 @@ def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        metrics = run.train(cfg)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            metrics = run.train(cfg)
     finally:
         torch.set_num_threads(threads)
+    assert not [w for w in caught if "callbacks used to create the checkpoint" in str(w.message)]
     path = next((tmp_path / "checkpoints").glob("best-*.ckpt"))
     stored = torch.load(path, map_location="cpu", weights_only=False)
     averaged, raw = stored["state_dict"], stored["current_model_state"]
