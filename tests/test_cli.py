@@ -149,8 +149,8 @@ def test_multirun_sweeps(tmp_path):
         (["task=forecasting", "backbone._target_=gru_suite.nope.Backbone"], "cannot build backbone"),
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: bogus}"],
-         "cannot build callbacks.ema (_target_=gru_suite.callbacks.EMAWeights): ValueError: decay must be a number in "
-         "[0, 1], got 'bogus'"),
+         ("cannot build callbacks.ema (_target_=gru_suite.callbacks.EMAWeights): ValueError: decay must be a number "
+          "in [0, 1], got 'bogus'")),
         (["task=forecasting", "task.data.split=[0.9,0.9,0.1]"], "sum to 1.9, more than 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
