@@ -114,6 +114,9 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
         raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
+    row, col = map(int, np.argwhere(gaps)[0])
+    log.warning("%s: %d missing value(s) interpolated, the first on line %d, column %r", path, int(gaps.sum()),
+                row + 2, names[col])
     return filled
 
 
@@ -235,6 +238,18 @@ def _cycle_pairs(seconds: np.ndarray, kinds: Sequence[str], harmonics: int) -> n
     return np.concatenate([np.sin(phases), np.cos(phases)], axis=1).astype(np.float32)
 
 
+def constant_columns(values: np.ndarray) -> np.ndarray:
+    """Which columns of `values` (rows, columns) hold one value only. Their float32 standard deviation need not
+    be 0 (8.3985 repeated gives about 1e-6), and scaling by it would blow the next values up a millionfold."""
+    return np.ptp(values, axis=0) == 0
+
+
+def warn_constant(values: np.ndarray, columns: Sequence[str], where: str) -> None:
+    """Warn, naming `where`, about the `columns` of `values` that are constant (see `StandardScaler.fit`)."""
+    if (flat := [name for name, constant in zip(columns, constant_columns(values)) if constant]):
+        log.warning("%s: column(s) %s constant; centred, not scaled", where, flat)
+
+
 @dataclass
 class StandardScaler:
     """Per-column z-scoring with statistics from the training part only."""
@@ -244,8 +259,9 @@ class StandardScaler:
 
     @classmethod
     def fit(cls, values: np.ndarray) -> StandardScaler:
+        """Statistics of `values` (rows, columns); a column constant there is only centred (its std is 1)."""
         std = values.std(axis=0)
-        return cls(values.mean(axis=0), np.where(std > 1e-12, std, 1.0))
+        return cls(values.mean(axis=0), np.where(constant_columns(values) | ~(std > 1e-12), 1.0, std))
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.mean) / self.std).astype(np.float32)

@@ -216,7 +216,7 @@ def test_labels_file_naming_no_series_fails_and_unknown_ones_are_ignored(tmp_pat
         load(data, windows_path=windows)
     windows.write_text(json.dumps({"a.csv": [[str(stamps[100]), str(stamps[110])]], "b.csv": []}))
     (stream,) = load(data, windows_path=windows)
-    assert stream.windows == [(100, 110)] and "are ignored" in caplog.text
+    assert stream.windows == [(100, 110)] and f"1 labelled series are not in {data} and are ignored: b.csv" in caplog.text
 
 
 def test_constant_series_scores_without_error(tmp_path):
@@ -224,6 +224,15 @@ def test_constant_series_scores_without_error(tmp_path):
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
     (stream,) = load(flat)
     assert torch.isfinite(stream.inputs).all() and float(stream.inputs.abs().max()) == 0.0
+
+
+def test_a_flat_probationary_period_is_centred_not_blown_up(tmp_path, caplog):
+    step = tmp_path / "step.csv"  # 8.3985 has no exact float32 value: its float32 std over the period is ~1e-6
+    pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"),
+                  "value": [8.3985] * 200 + [9.3985] * 100}).to_csv(step, index=False)
+    (stream,) = load(step)
+    assert float(stream.inputs.abs().max()) == pytest.approx(1.0, abs=1e-3)
+    assert f"{step}: the probationary period (45 rows): column(s) ['value'] constant; centred" in caplog.text
 
 
 def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):

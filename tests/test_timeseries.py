@@ -78,9 +78,11 @@ def test_missing_file(tmp_path):
         read_series_csv(tmp_path / "nope.csv")
 
 
-def test_interpolate_fills_gaps(tmp_path):
-    path = write(tmp_path, "t,a\n1,1\n2,\n3,3\n")
-    np.testing.assert_allclose(read_series_csv(path, ["a"], missing="interpolate").values[:, 0], [1, 2, 3])
+def test_interpolate_fills_gaps_and_says_how_many(tmp_path, caplog):
+    path = write(tmp_path, "t,a,b\n1,1,5\n2,,6\n3,3,NaN\n4,NA,8\n")  # pandas reads NaN and NA as missing
+    values = read_series_csv(path, ["a", "b"], missing="interpolate").values
+    np.testing.assert_allclose(values, [[1, 5], [2, 6], [3, 7], [3, 8]])
+    assert f"{path}: 3 missing value(s) interpolated, the first on line 3, column 'a'" in caplog.text
 
 
 def test_chronological_split_fractions_and_counts():
@@ -121,6 +123,14 @@ def test_scaler_fits_train_only_and_inverts():
     np.testing.assert_allclose(back.numpy()[:, 0], [20, 50])
     restored = StandardScaler.from_state(scaler.state_dict())
     np.testing.assert_allclose(restored.mean, scaler.mean)
+
+
+def test_a_constant_column_is_centred_not_blown_up():
+    values = np.array([[8.3985, 1.0], [8.3985, 2.0], [8.3985, 3.0]] * 200, dtype=np.float32)
+    assert values[:, 0].std() > 1e-12  # float32 rounding: not 0 although every value is the same
+    scaler = StandardScaler.fit(values)
+    assert scaler.std.tolist() == [1.0, pytest.approx(values[:, 1].std())]
+    assert scaler.transform(np.array([[9.3985, 2.0]]))[0, 0] == pytest.approx(1.0, abs=1e-3)  # not 1e6
 
 
 def test_windows_are_lazy_views_with_correct_content():

@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, series_from_frame
+from gru_suite.timeseries import (Calendar, Series, StandardScaler, read_csv_frame, series_from_frame,
+                                  warn_constant)
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -97,19 +98,21 @@ def _match_windows(
 ) -> dict[Path, list]:
     """Window lists by file: keys are paths relative to the data root, or to one of its parents."""
     matched: dict[Path, list] = {}
+    used: set[str] = set()
     for file in files:
         parts = file.relative_to(root.parent if root.parent != root else root).parts
         for depth in range(len(parts)):
             key = "/".join(parts[depth:])
             if key in windows:
                 matched[file] = windows[key]
+                used.add(key)
                 break
-    unknown = len(windows) - len(matched)
     if not matched:
         raise UserError(f"{source}: names none of the {len(files)} series under {root} "
                         "(unlabelled data: set task.data.windows_path=null)")
-    if unknown:
-        log.warning("%s: %d labelled series are not in %s and are ignored", source, unknown, root)
+    if unknown := sorted(set(windows) - used):
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        log.warning("%s: %d labelled series are not in %s and are ignored: %s", source, len(unknown), root, shown)
     return matched
 
 
@@ -154,6 +157,7 @@ def load_streams(
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
+        warn_constant(series.values[:n_probation], series.columns, f"{file}: the probationary period ({n_probation} rows)")
         covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     return streams
