@@ -1,5 +1,32 @@
-"""Errors meant for the user: the CLI prints them as one line and exits non-zero."""
+"""Errors meant for the user: the CLI prints them as one line and exits non-zero; and the log of skipped input."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+SKIPS_NAMED = 5
+"""Skipped items named one by one in the log; the rest are counted."""
 
 
 class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
+
+
+class Skips:
+    """Input items skipped by a documented rule, logged as warnings: the first `SKIPS_NAMED` by where they are
+    and why, then (`report`) how many in all."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.count = 0
+
+    def add(self, where: str, why: str) -> None:
+        self.count += 1
+        if self.count <= SKIPS_NAMED:
+            log.warning("%s: %s; skipped", where, why)
+
+    def report(self, kept: int) -> None:
+        if self.count > SKIPS_NAMED:
+            log.warning("%s: skipped %d in all (%d kept)", self.source, self.count, kept)

@@ -559,6 +559,21 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
 
 
+def test_skipped_utterances_are_named_five_then_counted(tmp_path: Path, caplog) -> None:
+    write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
+    manifest = tmp_path / "train.jsonl"
+    lines = [{"audio_filepath": "a.wav", "text": "one"}] + [{"audio_filepath": "a.wav", "text": "ö"}] * 7
+    manifest.write_text("\n".join(map(json.dumps, lines)) + "\n")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}"], tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        assert run.build_task(cfg.task).datamodule().dataset("train").texts == ["one"]
+    assert sum("outside the vocabulary" in m for m in caplog.messages) == 5
+    assert f"{manifest}: skipped 7 in all (1 kept)" in caplog.messages
+    manifest.write_text("\n".join(map(json.dumps, lines[1:])) + "\n")
+    with pytest.raises(UserError, match=f"^{re.escape(str(manifest))}: no usable train utterances"):
+        run.build_task(cfg.task).datamodule().dataset("train")
+
+
 def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     manifest = tmp_path / "train.jsonl"

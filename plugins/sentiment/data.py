@@ -13,7 +13,6 @@ Rules for bad input, each reported with file and line:
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,16 +24,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
-from gru_suite.errors import UserError
+from gru_suite.errors import Skips, UserError
 from gru_suite.text import decode_lines, pad_ids, read_lines, read_table
-
-log = logging.getLogger(__name__)
 
 Format = Literal["auto", "csv", "tsv", "lines"]
 EncodingErrors = Literal["error", "replace"]
 STDIN = "-"
-WARNINGS_PER_FILE = 5
-"""Skipped rows named one by one in the log; the rest are counted."""
 
 
 @dataclass(frozen=True)
@@ -56,23 +51,6 @@ def table_format(path: str | Path, fmt: Format) -> Format:
     return "tsv" if ".tsv" in suffixes else "csv" if ".csv" in suffixes else "lines"
 
 
-class _Skips:
-    """Collects skipped rows of one file and logs them as warnings (the first few by line, then a count)."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.count = 0
-
-    def add(self, where: str, why: str) -> None:
-        self.count += 1
-        if self.count <= WARNINGS_PER_FILE:
-            log.warning("%s: %s; skipped", where, why)
-
-    def report(self, kept: int) -> None:
-        if self.count > WARNINGS_PER_FILE:
-            log.warning("%s: skipped %d rows in all (%d kept)", self.source, self.count, kept)
-
-
 def read_labelled(
     path: str | Path,
     fmt: Format = "auto",
@@ -86,7 +64,7 @@ def read_labelled(
         rows = [(n, _label_sentence(line)) for n, line in enumerate(read_lines(path, encoding_errors), 1)]
     else:
         rows = read_table(path, [text_column, label_column], "\t" if fmt == "tsv" else ",", encoding_errors)
-    skips, examples = _Skips(str(path)), []
+    skips, examples = Skips(str(path)), []
     for number, (text, label) in rows:
         where = f"{path}:{number}"
         if not text.strip():
@@ -125,7 +103,7 @@ def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
     else:
         rows = [(n, values[0]) for n, values in read_table(source, [column], "\t" if fmt == "tsv" else ",",
                                                            encoding_errors)]
-    skips, examples = _Skips(str(source)), []
+    skips, examples = Skips(str(source)), []
     for number, text in rows:
         if text.strip():
             examples.append(Example(text.strip(), None, f"{source}:{number}"))

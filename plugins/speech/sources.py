@@ -62,8 +62,8 @@ def _read_or_skip(path: Path, sample_rate: int, where: str) -> Tensor | None:
 
 def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) -> object:
     if key not in record:
-        raise UserError(f"{where}: missing field {key!r} (a manifest line needs audio_filepath and text; "
-                        "duration is optional)")
+        raise UserError(f"{where}: missing field {key!r} (a manifest line needs audio_filepath, and text "
+                        "for training and testing; duration is optional)")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool):
         raise UserError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")

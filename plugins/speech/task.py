@@ -17,7 +17,7 @@ from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
 from gru_suite.config import config_number
-from gru_suite.errors import UserError
+from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
@@ -214,6 +214,11 @@ class SpeechTask(TaskPlugin):
                 self._splits[key] = utterances + self._connected(key, utterances)
         return self._splits[name]
 
+    def _source(self, name: str) -> str:
+        """Where the split `name` is read from, for messages."""
+        data = self.cfg.data
+        return f"{data.fsdd} ({name} split)" if data.get("fsdd") else str(data[name])
+
     def _connected(self, name: str, pool: list[Utterance]) -> list[Utterance]:
         joined = self.cfg.data.connected
         count = int(joined.get(name) or 0)
@@ -243,30 +248,31 @@ class SpeechTask(TaskPlugin):
         silence_s = (self.cfg.augment.get("leading_silence_s") or 0.0) if augment else 0.0
         rng = np.random.default_rng(0)
         utterances = self.split(name)
+        skips = Skips(self._source(name))
         for u in utterances + (self._speed_copies(utterances) if augment else []):
             text = normalize_text(u.text or "")
             if not text:
-                log.warning("skipping %s: empty transcript", u.where)
+                skips.add(u.where, "empty transcript")
                 continue
             unknown = self.vocab.unknown(text)
             if unknown:
-                log.warning("skipping %s: transcript %r has %s outside the vocabulary: %s", u.where, text,
-                            "characters" if isinstance(self.vocab, Alphabet) else "words", unknown)
+                kind = "characters" if isinstance(self.vocab, Alphabet) else "words"
+                skips.add(u.where, f"transcript {text!r} has {kind} outside the vocabulary: {unknown}")
                 continue
             frames = featurizer.speech(u.samples)[0]
             ids = self.vocab.encode(text)
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
-                log.warning("skipping %s: %.2f s of audio is too short for the %d CTC tokens of %r",
-                            u.where, u.seconds, len(ids), text)
+                skips.add(u.where, f"{u.seconds:.2f} s of audio is too short for the {len(ids)} CTC tokens of {text!r}")
                 continue
             raw.append(frames)
             targets.append(ids)
             texts.append(text)
             if silence_s:
                 tones.append(featurizer.raw(room_tone(u, silence_s, rng)))
+        skips.report(len(raw))
         if not raw:
-            raise UserError(f"no usable {name} utterances (see the warnings above)")
+            raise UserError(f"{skips.source}: no usable {name} utterances (see the warnings above)")
         return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
 
     def _fit_normalizer(self, train: TranscribedSet) -> None:
