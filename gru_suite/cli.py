@@ -79,6 +79,16 @@ def _require_known_task() -> None:
                 sys.exit(2)
 
 
+def _refuse_model_overrides() -> None:
+    """A checkpoint's own backbone, optimizer and scheduler are used: one line rather than Hydra's 'not in
+    struct' (or, with `+`, an override silently ignored)."""
+    for arg in sys.argv[1:]:
+        if arg.lstrip("+~").partition("=")[0].split(".")[0] in ("backbone", "optimizer", "scheduler"):
+            print(f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; only task.* settings "
+                  "can be changed here", file=sys.stderr)
+            sys.exit(2)
+
+
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     import hydra
 
@@ -100,6 +110,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     _require_task_for_task_overrides()
     _require_known_task()
+    if config_name != "train":
+        _refuse_model_overrides()
     _add_task_configs_to_searchpath()
     app()
 

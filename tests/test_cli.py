@@ -163,6 +163,14 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("arg", ["backbone.hidden_size=7", "+optimizer.lr=0.1"])
+def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, arg):
+    result = run_cli("gru-suite-predict", "task=forecasting", "ckpt_path=x.ckpt", arg, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; "
+                                     "only task.* settings can be changed here")
+
+
 def test_unreadable_checkpoint(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
