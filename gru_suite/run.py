@@ -32,6 +32,16 @@ from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 log = logging.getLogger(__name__)
 
 MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
+
+
+class _NoLitLoggerTip(logging.Filter):
+    """Drops the advertisement for Lightning's cloud logger that every Trainer logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoLitLoggerTip())
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """`ckpt_path` values that Lightning resolves itself when resuming."""
 

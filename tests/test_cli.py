@@ -49,6 +49,7 @@ def test_cli_module_does_not_import_torch():
 def test_train_writes_a_complete_run_folder(trained_run):
     assert (trained_run / ".hydra" / "config.yaml").is_file()
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
+    assert "litlogger" not in (trained_run / "train.log").read_text()  # no advertisement in the run's log
     assert list((trained_run / "checkpoints").glob("best-*.ckpt"))
     metrics = pd.read_csv(trained_run / "metrics.csv")
     for column in ["train/loss", "val/loss", "val/naive_mse", "val/seasonal_naive_mae_original",
