@@ -295,7 +295,7 @@ def write_series(path, columns=("value",), rows=200, label=None):
     for column in columns:
         frame[column] = np.sin(np.arange(rows) / 5)
     if label is not None:
-        frame["label"] = np.where(np.arange(rows) == 100, label, 0)
+        frame["label"] = [label if row == 100 else 0 for row in range(rows)]
     frame.to_csv(path, index=False)
     return path
 
@@ -304,7 +304,8 @@ def write_series(path, columns=("value",), rows=200, label=None):
     ("empty", r"empty.csv: not a readable CSV \(No columns to parse from file\)"),
     ("no_values", (r"no_values.csv: no value columns besides the time and label columns; its columns are "
                    r"\['timestamp'\]")),
-    ("label_2", r"label_2.csv, line 102, column 'label': expected a label of 0 or 1, got 2"),
+    ("label_2", r"label_2.csv, line 102, column 'label': expected a label of 0 or 1, got '2'"),
+    ("label_yes", r"label_yes.csv, line 102, column 'label': expected a label of 0 or 1, got 'yes'"),
     ("renamed", r"b.csv: value columns \['foo'\] differ from \['value'\] of .*a.csv"),
 ])
 def test_bad_files_are_named(tmp_path, case, expected):
@@ -313,14 +314,14 @@ def test_bad_files_are_named(tmp_path, case, expected):
         path.write_text("")
     elif case == "no_values":
         write_series(path, columns=())
-    elif case == "label_2":
-        write_series(path, label=2)
+    elif case.startswith("label_"):
+        write_series(path, label={"label_2": 2, "label_yes": "yes"}[case])
     else:
         path.mkdir()
         write_series(path / "a.csv")
         write_series(path / "b.csv", columns=("foo",))
     with pytest.raises(UserError, match=expected):
-        load(path, label_column="label" if case == "label_2" else None)
+        load(path, label_column="label" if case.startswith("label_") else None)
 
 
 @pytest.mark.parametrize("override, expected", [

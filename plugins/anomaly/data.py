@@ -189,12 +189,13 @@ def _value_columns(file: Path, frame: pd.DataFrame, time_column: str | None, lab
 def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[Window]:
     """The anomaly windows of a 0/1 label column of `file` (read into `frame`; rows in file order, as the
     values'); a UserError naming the line of any other value."""
-    labels = series_from_frame(frame, file, [label_column], None, "error").values[:, 0]
+    column = frame[label_column]
+    labels = pd.to_numeric(column, errors="coerce").to_numpy()
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
         raise UserError(f"{file}, line {row + 2}, column {label_column!r}: expected a label of 0 or 1, "
-                        f"got {labels[row]:g}")
+                        f"got {str(column.iloc[row])!r}")
     return windows_from_labels(labels == 1)
 
 
