@@ -94,12 +94,18 @@ def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
 @rank_zero_only
 def keep_earlier_metrics(loggers: list[Any]) -> None:
     """A CSV logger deletes the `metrics.csv` in its folder when it starts (a resumed run's, or the training
-    history when eval writes into the training run's folder): move one that is there to `metrics.N.csv`."""
+    history when eval writes into the training run's folder): move one that is there to `metrics.N.csv`, then
+    start the logger without its warning that earlier logs in the (run's, never empty) folder will be deleted."""
     for logger in loggers:
-        if isinstance(logger, CSVLogger) and (earlier := Path(logger.log_dir) / "metrics.csv").is_file():
+        if not isinstance(logger, CSVLogger):
+            continue
+        if (earlier := Path(logger.log_dir) / "metrics.csv").is_file():
             kept = next(path for n in count(1) if not (path := earlier.with_name(f"metrics.{n}.csv")).exists())
             earlier.rename(kept)
             log.info("kept the earlier %s as %s", earlier, kept.name)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
+            _ = logger.experiment
 
 
 def _write_metrics(metrics: dict[str, Any], path: Path) -> None:

@@ -4,6 +4,7 @@ import csv
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -120,7 +121,10 @@ def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "test_after_training=false",
                                                "predict_after_training=false"], tmp_path)
     (tmp_path / "metrics.csv").write_text("epoch,train/loss\n0,1.5\n")  # an earlier run's history
-    run.train(cfg)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.train(cfg)
+    assert not [w for w in caught if "Experiment logs directory" in str(w.message)]  # "will be deleted": not so
     assert (tmp_path / "metrics.1.csv").read_text() == "epoch,train/loss\n0,1.5\n"
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique().tolist() == [0]  # this run's
 
