@@ -139,9 +139,10 @@ def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
 
 def test_multirun_sweeps(tmp_path):
     result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
-                     f"hydra.sweep.dir={tmp_path}")
+                     cwd=tmp_path)  # the default sweep folder: multirun/<task>/<time>
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["0", "1"]
+    (sweep,) = (tmp_path / "multirun" / "forecasting").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
 
 
 @pytest.mark.parametrize(
