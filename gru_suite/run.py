@@ -34,14 +34,14 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
 
 
-class _NoLitLoggerTip(logging.Filter):
-    """Drops the advertisement for Lightning's cloud logger that every Trainer logs."""
+class _NoCloudTips(logging.Filter):
+    """Drops Lightning's advertisements for its cloud logger and model registry, logged by every Trainer."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
+        return not str(record.msg).startswith("💡 Tip: For seamless cloud")
 
 
-logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoLitLoggerTip())
+logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """`ckpt_path` values that Lightning resolves itself when resuming."""
 
