@@ -219,6 +219,22 @@ def test_labels_file_naming_no_series_fails_and_unknown_ones_are_ignored(tmp_pat
     assert stream.windows == [(100, 110)] and f"1 labelled series are not in {data} and are ignored: b.csv" in caplog.text
 
 
+def test_auto_windows_are_the_data_folders_own(tmp_path, caplog):
+    data = tmp_path / "data"
+    data.mkdir()
+    stamps = pd.date_range("2024-01-01", periods=200, freq="h")
+    pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(200))}).to_csv(data / "a.csv", index=False)
+    (stream,) = load(data / "a.csv", windows_path="auto")  # no windows file there: unlabelled
+    assert stream.windows is None
+    (data / "windows.json").write_text(json.dumps({"a.csv": [[str(stamps[100]), str(stamps[110])]]}))
+    for path in (data, data / "a.csv"):
+        (stream,) = load(path, windows_path="auto")
+        assert stream.windows == [(100, 110)]
+    (data / "windows.json").write_text(json.dumps({"other.csv": []}))  # a folder's file of other series: a warning
+    (stream,) = load(data, windows_path="auto")
+    assert stream.windows is None and "names none of the 1 series" in caplog.text
+
+
 def test_constant_series_scores_without_error(tmp_path):
     flat = tmp_path / "flat.csv"
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)

@@ -52,6 +52,10 @@ def detector_inputs(scaler: StandardScaler, values: np.ndarray, covariates: np.n
     return np.concatenate([scaler.transform(values), covariates], axis=1)
 
 
+WINDOW_FILES = ("windows.json", "combined_windows.json")
+"""Files of anomaly windows that `windows_path: auto` looks for in the data's folder."""
+
+
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
     """The data root and its CSV files (a single file, or every *.csv below a folder)."""
     root = Path(path)
@@ -94,9 +98,10 @@ def _position(stamps: pd.DatetimeIndex, stamp: pd.Timestamp, side: str) -> int:
 
 
 def _match_windows(
-    root: Path, files: list[Path], windows: dict[str, list], source: Path
+    root: Path, files: list[Path], windows: dict[str, list], source: Path, required: bool = True
 ) -> dict[Path, list]:
-    """Window lists by file: keys are paths relative to the data root, or to one of its parents."""
+    """Window lists by file: keys are paths relative to the data root, or to one of its parents. A file of
+    windows that names none of the series is an error if `required`, else a warning (the data unlabelled)."""
     matched: dict[Path, list] = {}
     used: set[str] = set()
     for file in files:
@@ -107,6 +112,10 @@ def _match_windows(
                 matched[file] = windows[key]
                 used.add(key)
                 break
+    if not matched and not required:
+        log.warning("%s names none of the %d series under %s: they are scored without labels", source, len(files),
+                    root)
+        return matched
     if not matched:
         raise UserError(f"{source}: names none of the {len(files)} series under {root} "
                         "(unlabelled data: set task.data.windows_path=null)")
@@ -133,8 +142,11 @@ def load_streams(
     and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
     the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`)."""
     root, files = csv_files(path)
+    beside = windows_path == "auto"
+    if beside:
+        windows_path = None if label_column else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None)
     windows = read_window_file(windows_path) if windows_path else {}
-    matched = _match_windows(root, files, windows, Path(windows_path)) if windows else {}
+    matched = _match_windows(root, files, windows, Path(windows_path), required=not beside) if windows else {}
     streams: list[StreamData] = []
     for file in files:
         frame = read_csv_frame(file)
