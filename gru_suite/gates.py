@@ -161,4 +161,4 @@ def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -
         x = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
     if not 0 <= sample < x.size(0):
         raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
-    return plot_gates(trace_gates(module.model.backbone, x[sample : sample + 1]), Path(out_dir))
+    return plot_gates(trace_gates(module.model.backbone, x), Path(out_dir), sample=sample)

@@ -109,7 +109,7 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
         row, col = map(int, np.argwhere(gaps)[0])
         raise UserError(
             f"{path}, line {row + 2}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
-            "set missing=interpolate to fill gaps"
+            "set task.data.missing=interpolate to fill gaps"
         )
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():

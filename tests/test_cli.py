@@ -7,6 +7,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -107,6 +108,22 @@ def test_gates_command_plots_trained_model(trained_run, tmp_path):
     result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
+    from gru_suite import gates
+    from gru_suite.checkpoint import load_checkpoint
+
+    module, drawn = load_checkpoint(trained_run / "checkpoints" / "last.ckpt"), []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    gates.plot_model_gates(module, tmp_path, sample=3)
+    assert drawn[0].get_suptitle() == "GRU gates: layer 0, sample 3"
+    data = module.task.datamodule()
+    data.setup("predict")
+    batch = next(iter(data.predict_dataloader()))
+    inputs = gates.capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    expected = gates.trace_gates(module.model.backbone, inputs[3:4])[0].update[0].numpy().T  # sequence 3 alone
+    np.testing.assert_allclose(drawn[0].axes[0].images[0].get_array(), expected, atol=1e-6)
 
 
 def test_resume_continues_from_checkpoint(trained_run, tmp_path):
