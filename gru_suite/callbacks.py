@@ -46,8 +46,8 @@ class EMAWeights(EMAWeightAveraging):
     """
 
     def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay <= 1:
-            raise ValueError(f"decay must be a number in [0, 1], got {decay!r}")
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ValueError(f"decay must be a number in [0, 1), got {decay!r}")
         super().__init__(decay=decay, use_buffers=False, **kwargs)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

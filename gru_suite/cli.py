@@ -83,9 +83,10 @@ def _refuse_model_overrides() -> None:
     """A checkpoint's own backbone, optimizer and scheduler are used: one line rather than Hydra's 'not in
     struct' (or, with `+`, an override silently ignored)."""
     for arg in sys.argv[1:]:
-        if arg.lstrip("+~").partition("=")[0].split(".")[0] in ("backbone", "optimizer", "scheduler"):
-            print(f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; only task.* settings "
-                  "can be changed here", file=sys.stderr)
+        if ("=" in arg or arg.startswith("~")) and \
+                arg.lstrip("+~").partition("=")[0].split(".")[0] in ("backbone", "optimizer", "scheduler"):
+            print(f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; only task.* and run "
+                  "settings (trainer, threads, paths, ...) can be changed here", file=sys.stderr)
             sys.exit(2)
 
 

@@ -152,7 +152,7 @@ def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -
     """Plot a trained task model's gates on one sequence of its prediction data.
 
     The first prediction batch runs through the task as usual; the backbone's
-    input for sequence `sample` is captured and replayed through `trace_gates`.
+    input is captured and replayed through `trace_gates`, and sequence `sample` is drawn.
     """
     datamodule = module.task.datamodule()
     datamodule.setup("predict")

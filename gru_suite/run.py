@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
 
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+"""`ckpt_path` values that Lightning resolves itself when resuming."""
+
 
 class _NoCloudTips(logging.Filter):
     """Drops Lightning's advertisements for its cloud logger and model registry, logged by every Trainer."""
@@ -42,8 +45,6 @@ class _NoCloudTips(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
-LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
-"""`ckpt_path` values that Lightning resolves itself when resuming."""
 
 
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
@@ -190,10 +191,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @contextmanager
 def weight_averaging_ended(trainer: pl.Trainer) -> Iterator[None]:
-    """Drop `trainer`'s weight-averaging callbacks (`callbacks.ema`) for the test after fitting. Their checkpoints
-    hold the averaged weights, which testing must read, but while fitting's callback is attached, loading a
-    checkpoint puts the raw weights back (`WeightAveraging.on_load_checkpoint`). Inside the block Lightning's
-    warning that callbacks of the checkpoint are missing is silenced: the dropped ones are the only ones."""
+    """Drop `trainer`'s weight-averaging callbacks (`callbacks.ema`) for good once fitting is over. Their
+    checkpoints hold the averaged weights, which testing and prediction must read, but while fitting's callback
+    is attached, loading a checkpoint puts the raw weights back (`WeightAveraging.on_load_checkpoint`). Inside
+    the block Lightning's warning that callbacks of the checkpoint are missing is silenced (the dropped ones are
+    the only ones; a `ddp_spawn` strategy's test processes would not inherit the filter)."""
     dropped = [callback for callback in trainer.callbacks if isinstance(callback, WeightAveraging)]
     trainer.callbacks = [callback for callback in trainer.callbacks if callback not in dropped]
     with warnings.catch_warnings():

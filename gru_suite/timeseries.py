@@ -105,8 +105,8 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     gaps = np.isnan(values)
     if not gaps.any():
         return values
+    row, col = map(int, np.argwhere(gaps)[0])
     if policy == "error":
-        row, col = map(int, np.argwhere(gaps)[0])
         raise UserError(
             f"{path}, line {row + 2}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
             "set task.data.missing=interpolate to fill gaps"
@@ -114,7 +114,6 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
         raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
-    row, col = map(int, np.argwhere(gaps)[0])
     log.warning("%s: %d missing value(s) interpolated, the first on line %d, column %r", path, int(gaps.sum()),
                 row + 2, names[col])
     return filled
@@ -260,8 +259,9 @@ class StandardScaler:
     @classmethod
     def fit(cls, values: np.ndarray) -> StandardScaler:
         """Statistics of `values` (rows, columns); a column constant there is only centred (its std is 1)."""
-        std = values.std(axis=0)
-        return cls(values.mean(axis=0), np.where(constant_columns(values) | ~(std > 1e-12), 1.0, std))
+        std, constant = values.std(axis=0), constant_columns(values)
+        mean = np.where(constant, values[0], values.mean(axis=0))  # the float32 mean of a constant is rounded
+        return cls(mean, np.where(constant | ~(std > 1e-12), 1.0, std))  # ~(>): also a NaN std
 
     def transform(self, values: np.ndarray) -> np.ndarray:
         return ((values - self.mean) / self.std).astype(np.float32)

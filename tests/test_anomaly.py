@@ -216,7 +216,8 @@ def test_labels_file_naming_no_series_fails_and_unknown_ones_are_ignored(tmp_pat
         load(data, windows_path=windows)
     windows.write_text(json.dumps({"a.csv": [[str(stamps[100]), str(stamps[110])]], "b.csv": []}))
     (stream,) = load(data, windows_path=windows)
-    assert stream.windows == [(100, 110)] and f"1 labelled series are not in {data} and are ignored: b.csv" in caplog.text
+    assert stream.windows == [(100, 110)]
+    assert f"1 labelled series are not in {data} and are ignored: b.csv" in caplog.text
 
 
 def test_auto_windows_are_the_data_folders_own(tmp_path, caplog):
@@ -322,6 +323,7 @@ def write_series(path, columns=("value",), rows=200, label=None):
                    r"\['timestamp'\]")),
     ("label_2", r"label_2.csv, line 102, column 'label': expected a label of 0 or 1, got '2'"),
     ("label_yes", r"label_yes.csv, line 102, column 'label': expected a label of 0 or 1, got 'yes'"),
+    ("label_missing", r"label_missing.csv, line 102, column 'label': expected a label of 0 or 1, got a missing value"),
     ("renamed", r"b.csv: value columns \['foo'\] differ from \['value'\] of .*a.csv"),
 ])
 def test_bad_files_are_named(tmp_path, case, expected):
@@ -331,7 +333,7 @@ def test_bad_files_are_named(tmp_path, case, expected):
     elif case == "no_values":
         write_series(path, columns=())
     elif case.startswith("label_"):
-        write_series(path, label={"label_2": 2, "label_yes": "yes"}[case])
+        write_series(path, label={"label_2": 2, "label_yes": "yes", "label_missing": ""}[case])
     else:
         path.mkdir()
         write_series(path / "a.csv")

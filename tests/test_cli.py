@@ -157,10 +157,10 @@ def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
 
 def test_multirun_sweeps(tmp_path):
     result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
-                     cwd=tmp_path)  # the default sweep folder: multirun/<task>/<time>
+                     cwd=tmp_path)  # the default sweep folder: multirun/<time>/<job>_<task>
     assert result.returncode == 0, result.stderr[-2000:]
-    (sweep,) = (tmp_path / "multirun" / "forecasting").iterdir()
-    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    (sweep,) = (tmp_path / "multirun").iterdir()
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_forecasting", "1_forecasting"]
 
 
 @pytest.mark.parametrize(
@@ -174,7 +174,7 @@ def test_multirun_sweeps(tmp_path):
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: bogus}"],
          ("cannot build callbacks.ema (_target_=gru_suite.callbacks.EMAWeights): ValueError: decay must be a number "
-          "in [0, 1], got 'bogus'")),
+          "in [0, 1), got 'bogus'")),
         (["task=forecasting", "task.data.split=[0.9,0.9,0.1]"], "sum to 1.9, more than 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
@@ -187,12 +187,15 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("arg", ["backbone.hidden_size=7", "+optimizer.lr=0.1"])
-def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, arg):
-    result = run_cli("gru-suite-predict", "task=forecasting", "ckpt_path=x.ckpt", arg, f"hydra.run.dir={tmp_path}")
+@pytest.mark.parametrize("command, arg", [("gru-suite-predict", "backbone.hidden_size=7"),
+                                          ("gru-suite-eval", "+optimizer.lr=0.1")])
+def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, command, arg):
+    result = run_cli(command, "task=forecasting", "ckpt_path=x.ckpt", arg, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert result.stderr.strip() == (f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; "
-                                     "only task.* settings can be changed here")
+                                     "only task.* and run settings (trainer, threads, paths, ...) can be changed here")
+    shown = run_cli(command, "task=forecasting", "--cfg", "job", "-p", "backbone")  # a flag's value is no override
+    assert shown.returncode != 2 and "error: backbone" not in shown.stderr
 
 
 def test_unreadable_checkpoint(tmp_path):

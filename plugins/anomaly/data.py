@@ -118,7 +118,7 @@ def _match_windows(
         return matched
     if not matched:
         raise UserError(f"{source}: names none of the {len(files)} series under {root} "
-                        "(unlabelled data: set task.data.windows_path=null)")
+                        "(unlabelled data: set task.data.windows_path=null, or auto for the data folder's own file)")
     if unknown := sorted(set(windows) - used):
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         log.warning("%s: %d labelled series are not in %s and are ignored: %s", source, len(unknown), root, shown)
@@ -169,7 +169,8 @@ def load_streams(
         elif file in matched:
             spans = _index_windows(series, matched[file])
         scaler = StandardScaler.fit(series.values[:n_probation])
-        warn_constant(series.values[:n_probation], series.columns, f"{file}: the probationary period ({n_probation} rows)")
+        warn_constant(series.values[:n_probation], series.columns,
+                      f"{file}: the probationary period ({n_probation} rows)")
         covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     return streams
@@ -206,8 +207,9 @@ def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[W
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
-        raise UserError(f"{file}, line {row + 2}, column {label_column!r}: expected a label of 0 or 1, "
-                        f"got {str(column.iloc[row])!r}")
+        value = column.iloc[row]
+        got = "a missing value" if pd.isna(value) else repr(str(value))
+        raise UserError(f"{file}, line {row + 2}, column {label_column!r}: expected a label of 0 or 1, got {got}")
     return windows_from_labels(labels == 1)
 
 
