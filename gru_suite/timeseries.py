@@ -237,18 +237,6 @@ def _cycle_pairs(seconds: np.ndarray, kinds: Sequence[str], harmonics: int) -> n
     return np.concatenate([np.sin(phases), np.cos(phases)], axis=1).astype(np.float32)
 
 
-def constant_columns(values: np.ndarray) -> np.ndarray:
-    """Which columns of `values` (rows, columns) hold one value only. Their float32 standard deviation need not
-    be 0 (8.3985 repeated gives about 1e-6), and scaling by it would blow the next values up a millionfold."""
-    return np.ptp(values, axis=0) == 0
-
-
-def warn_constant(values: np.ndarray, columns: Sequence[str], where: str) -> None:
-    """Warn, naming `where`, about the `columns` of `values` that are constant (see `StandardScaler.fit`)."""
-    if (flat := [name for name, constant in zip(columns, constant_columns(values)) if constant]):
-        log.warning("%s: column(s) %s constant; centred, not scaled", where, flat)
-
-
 @dataclass
 class StandardScaler:
     """Per-column z-scoring with statistics from the training part only."""
@@ -257,9 +245,16 @@ class StandardScaler:
     std: np.ndarray
 
     @classmethod
-    def fit(cls, values: np.ndarray) -> StandardScaler:
-        """Statistics of `values` (rows, columns); a column constant there is only centred (its std is 1)."""
-        std, constant = values.std(axis=0), constant_columns(values)
+    def fit(cls, values: np.ndarray, where: str | None = None, columns: Sequence[str] = ()) -> StandardScaler:
+        """Statistics of `values` (rows, columns). A column holding one value only is centred, not scaled (its
+        std is 1), with a warning naming `where` (if given) and the column (`columns`, else its number): its
+        float32 std need not be 0 (8.3985 repeated gives ~1e-6), and scaling by that would blow the next values
+        up a millionfold."""
+        std, constant = values.std(axis=0), np.ptp(values, axis=0) == 0
+        if where is not None and constant.any():
+            names = list(columns) or [str(i) for i in range(values.shape[1])]
+            flat = [name for name, is_constant in zip(names, constant) if is_constant]
+            log.warning("%s: column(s) %s constant; centred, not scaled", where, flat)
         mean = np.where(constant, values[0], values.mean(axis=0))  # the float32 mean of a constant is rounded
         return cls(mean, np.where(constant | ~(std > 1e-12), 1.0, std))  # ~(>): also a NaN std
 

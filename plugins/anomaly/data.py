@@ -15,8 +15,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
-from gru_suite.timeseries import (Calendar, Series, StandardScaler, read_csv_frame, series_from_frame,
-                                  warn_constant)
+from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -168,9 +167,8 @@ def load_streams(
             spans = _label_windows(file, frame, label_column)
         elif file in matched:
             spans = _index_windows(series, matched[file])
-        scaler = StandardScaler.fit(series.values[:n_probation])
-        warn_constant(series.values[:n_probation], series.columns,
-                      f"{file}: the probationary period ({n_probation} rows)")
+        where = f"{file}: the probationary period ({n_probation} rows)"
+        scaler = StandardScaler.fit(series.values[:n_probation], where, series.columns)
         covariates = calendar.features(series.timestamps, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     return streams

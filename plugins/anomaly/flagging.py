@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import Calendar, StandardScaler, warn_constant
+from gru_suite.timeseries import Calendar, StandardScaler
 from gru_suite_plugins.anomaly.data import detector_inputs
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
@@ -197,8 +197,7 @@ class AnomalyStream:
     def _end_probation(self) -> tuple[float, bool]:
         history, self._warmup = self._warmup, None
         values = np.stack([x for x, _ in history])
-        self.scaler = StandardScaler.fit(values)
-        warn_constant(values, [str(i) for i in range(values.shape[1])], "the stream's probationary period")
+        self.scaler = StandardScaler.fit(values, "the stream's probationary period")
         self.flagger.fit_range(values)
         scores = [self.flagger.normalise(self.scorer.update(self._inputs(x, c))) for x, c in history]
         self.flagger.calibrate(np.asarray(scores))

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import StandardScaler, chronological_split, read_series_csv, warn_constant
+from gru_suite.timeseries import StandardScaler, chronological_split, read_series_csv
 from gru_suite_plugins.forecasting.data import ForecastingData, WindowSpec
 from gru_suite_plugins.forecasting.model import Forecaster
 from gru_suite_plugins.forecasting.writer import write_forecasts
@@ -46,10 +46,9 @@ class ForecastingTask(TaskPlugin):
                 )
         if "scaler" not in self.state:
             train_start, train_stop = bounds[0]
-            warn_constant(series.values[train_start:train_stop], series.columns,
-                          f"{series.path}: the training split (rows {train_start + 1}-{train_stop})")
+            where = f"{series.path}: the training split (rows {train_start + 1}-{train_stop})"
             self.state.update(
-                scaler=StandardScaler.fit(series.values[train_start:train_stop]).state_dict(),
+                scaler=StandardScaler.fit(series.values[train_start:train_stop], where, series.columns).state_dict(),
                 features=features,
                 targets=targets,
             )
