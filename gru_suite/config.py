@@ -12,6 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from gru_suite.errors import UserError
 
 CONF_DIR = Path(__file__).parent / "conf"
+MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
+"""The config a checkpoint stores and rebuilds its model from."""
 
 
 def default_data_dir() -> str:

@@ -24,14 +24,12 @@ from pytorch_lightning.utilities import rank_zero_only
 from gru_suite import registry
 from gru_suite.atomic import write_text
 from gru_suite.checkpoint import check_same_model, read_checkpoint
-from gru_suite.config import RUN_NUMBERS, check_numbers, instantiate
+from gru_suite.config import MODEL_CONFIG_KEYS, RUN_NUMBERS, check_numbers, instantiate
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 
 log = logging.getLogger(__name__)
-
-MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """`ckpt_path` values that Lightning resolves itself when resuming."""
