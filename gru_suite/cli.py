@@ -92,6 +92,18 @@ def _refuse_model_overrides() -> None:
             sys.exit(2)
 
 
+def _warn_undeclared_task_settings(cfg: Any) -> None:
+    import logging
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from gru_suite.config import undeclared_settings
+
+    if cfg.get("task") is not None:
+        for message in undeclared_settings(list(HydraConfig.get().overrides.task), cfg):
+            logging.getLogger("gru_suite").warning(message)
+
+
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     import hydra
 
@@ -101,6 +113,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
+        _warn_undeclared_task_settings(cfg)
         try:
             return body(cfg)
         except Exception as err:

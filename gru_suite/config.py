@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from pathlib import Path
@@ -135,3 +136,25 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
         if key.startswith(prefix + "."):
             OmegaConf.update(merged, key[len(prefix) + 1 :], OmegaConf.select(composed, key), merge=False)
     return merged
+
+
+def _leaf_keys(node: Any, prefix: str) -> list[str]:
+    if not isinstance(node, DictConfig):
+        return [prefix]
+    return [key for name in node for key in _leaf_keys(node._get_node(name), f"{prefix}.{name}")]
+
+
+def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "task") -> list[str]:
+    """A warning for each `+prefix.key=value` override: with a single `+`, Hydra only lets a key that the
+    config does not hold be added, so `key` is no setting of the task, and a misspelt one would be ignored."""
+    added = [o[1:].partition("=")[0] for o in overrides if o.startswith(f"+{prefix}.") and not o.startswith("++")]
+    if not added:
+        return []
+    declared = [key for key in _leaf_keys(cfg[prefix], prefix) if key not in added]
+    messages = []
+    for key in added:
+        close = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)
+        hint = f"did you mean {close[0]}? " if close else ""
+        messages.append(f"+{key}: task {cfg[prefix].get('name')!r} declares no such setting ({hint}"
+                        "a setting the task does not read has no effect)")
+    return messages

@@ -43,6 +43,8 @@ class _NoCloudTips(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
+# Lightning 2.6 still tests `isinstance(spec, LeafSpec)`, which newer torch deprecates (a warning per test or predict run)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
@@ -83,6 +85,8 @@ def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
     a preset whose entry another choice (e.g. `callbacks=none`) removed: a warning, and skipped."""
     entries = []
     for name, entry in (cfg.get(group) or {}).items():
+        if entry is not None and not isinstance(entry, DictConfig):
+            raise UserError(f"{group}.{name} must be a block with a _target_ class, got {entry!r}")
         if entry is not None and "_target_" not in entry:
             log.warning("%s.%s sets %s but names no class (_target_): skipped", group, name, sorted(entry))
         elif entry is not None:

@@ -69,9 +69,12 @@ def test_train_writes_a_complete_run_folder(trained_run):
 
 def test_eval_reports_test_metrics(trained_run, tmp_path):
     result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                     f"hydra.run.dir={tmp_path}")
+                     "+task.data.lookbak=4", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "💡" not in result.stdout + result.stderr  # no advertisements
+    output = result.stdout + result.stderr
+    assert "💡" not in output and "deprecated" not in output  # no advertisements, no library deprecation notes
+    assert ("+task.data.lookbak: task 'forecasting' declares no such setting (did you mean task.data.lookback? a "
+            "setting the task does not read has no effect)") in output
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     assert {"test/mse", "test/mae", "test/naive_mse", "test/seasonal_naive_mse"} <= set(metrics)
     trained = json.loads((trained_run / "metrics.json").read_text())
@@ -176,6 +179,7 @@ def test_multirun_sweeps(tmp_path):
          ("cannot build callbacks.ema (_target_=gru_suite.callbacks.EMAWeights): ValueError: decay must be a number "
           "in [0, 1), got 'bogus'")),
         (["task=forecasting", "task.data.split=[0.9,0.9,0.1]"], "sum to 1.9, more than 1"),
+        (["task=forecasting", "+callbacks.timer=1"], "error: callbacks.timer must be a block with a _target_ class, got 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
     ],
