@@ -363,6 +363,14 @@ def test_transcript_files_parse(tmp_path: Path) -> None:
     assert (tmp_path / "call.txt").read_text() == "one two nine\n"
 
 
+def test_empty_transcripts_are_named_five_at_a_time_then_counted(tmp_path: Path, caplog) -> None:
+    transcripts = [{"path": f"quiet_{i}.wav", "text": "", "duration": 1.0, "words": []} for i in range(8)]
+    write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [*(f"quiet_{i}.wav: no speech recognised; the transcript is empty" for i in range(5)),
+                        "no speech recognised in 8 of 8 inputs (marked in transcripts.jsonl)"]
+
+
 def test_cues_split_at_pauses_and_word_limits() -> None:
     words = [{"word": str(i), "start": i * 0.3, "end": i * 0.3 + 0.2} for i in range(5)]
     assert [c[2] for c in cues(words, max_gap_s=0.5, max_words=2)] == ["0 1", "2 3", "4"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gru_suite.atomic import write_text
+from gru_suite.errors import SKIPS_NAMED
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,23 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
                       max_words: int) -> list[Path]:
     """`transcripts.jsonl` (one object per input) and `<stem>.txt`, `.srt`, `.vtt` per input.
 
-    An input with an empty transcript gets only its JSONL line (with a `warning`), and a logged warning.
+    An input with an empty transcript gets only its JSONL line (with a `warning`), and a logged warning (the
+    first `SKIPS_NAMED` by name, then how many in all).
     """
     out_dir = Path(out_dir)
-    lines, paths = [], []
+    lines, paths, empty = [], [], 0
     for stem, transcript in zip(_stems([t["path"] for t in transcripts]), transcripts):
         if not transcript["text"]:
             transcript = {**transcript, "warning": "no speech recognised"}
-            log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
+            empty += 1
+            if empty <= SKIPS_NAMED:
+                log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
         else:
             phrases = cues(transcript["words"], max_gap_s, max_words)
             paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n"))
             paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
             paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
         lines.append(json.dumps(transcript, ensure_ascii=False))
+    if empty > SKIPS_NAMED:
+        log.warning("no speech recognised in %d of %d inputs (marked in transcripts.jsonl)", empty, len(transcripts))
     return [write_text(out_dir / "transcripts.jsonl", "\n".join(lines) + "\n"), *paths]
