@@ -73,7 +73,7 @@ def _require_known_task() -> None:
             sys.exit(2)
         if arg.startswith("task=") and not any(c in value for c in ",()"):  # sweeps: Hydra's
             try:
-                get_task(value)
+                get_task(value).require_config_file()
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)

@@ -78,6 +78,7 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("trainer.log_every_n_steps", int, 0),
     ("trainer.num_nodes", int, 1),
     ("threads", int, 0),
+    ("seed", int, 0, 2**32 - 1),
 )
 """Numbers of the core's config groups that `check_numbers` checks before a run."""
 
@@ -97,10 +98,15 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
         OmegaConf.update(cfg, field, number, merge=False)
 
 
+_ABSENT = object()
+
+
 def check_set(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> None:
     """Each of `fields` (dotted keys) is set in `cfg`: not null, not absent; else a `UserError` naming the first."""
     if unset := [field for field in fields if OmegaConf.select(cfg, field, default=None) is None]:
-        raise UserError(f"{prefix}{unset[0]} must be set, got null")
+        absent = OmegaConf.select(cfg, unset[0], default=_ABSENT) is _ABSENT
+        got = "but the config has no such key" if absent else "got null"
+        raise UserError(f"{prefix}{unset[0]} must be set, {got}")
 
 
 def _root_cause(err: BaseException) -> BaseException:

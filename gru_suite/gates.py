@@ -110,8 +110,8 @@ _PANELS = (
 """(GateTrace field, panel title, colormap, colour floor); every panel tops out at 1."""
 
 
-def _layer_figure(trace: GateTrace, sample: int) -> Figure:
-    """Four stacked heat maps (units x time) of one layer for batch item `sample`."""
+def _layer_figure(trace: GateTrace, sample: int, label: int) -> Figure:
+    """Four stacked heat maps (units x time) of one layer for batch item `sample`, titled as sequence `label`."""
     fig = Figure(figsize=(10, 11), layout="constrained")
     axes = fig.subplots(len(_PANELS), 1, sharex=True)
     for ax, (field, title, cmap, vmin) in zip(axes, _PANELS):
@@ -123,22 +123,35 @@ def _layer_figure(trace: GateTrace, sample: int) -> Figure:
         ax.set_title(title)
         ax.set_ylabel("unit")
     axes[-1].set_xlabel("time step")
-    fig.suptitle(f"GRU gates: layer {trace.layer}, sample {sample}")
+    fig.suptitle(f"GRU gates: layer {trace.layer}, sample {label}")
     return fig
 
 
-def plot_gates(trace: list[GateTrace], out_dir: Path, sample: int = 0, prefix: str = "gates") -> list[Path]:
-    """Write one heat-map PNG per layer, `{prefix}_layer{k}.png` in `out_dir`; return the paths."""
+def plot_gates(
+    trace: list[GateTrace], out_dir: Path, sample: int = 0, prefix: str = "gates", label: int | None = None
+) -> list[Path]:
+    """Write one heat-map PNG per layer of batch item `sample` (titled as sequence `label`, default `sample`),
+    `{prefix}_layer{k}.png` in `out_dir`; return the paths."""
+    title = sample if label is None else label
     return [
-        save_figure(_layer_figure(layer, sample), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")
+        save_figure(_layer_figure(layer, sample, title), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")
         for layer in trace
     ]
 
 
-def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Tensor:
-    """The input sequence that `model.backbone` receives while `run()` executes."""
-    captured: list[Tensor] = []
-    handle = model.backbone.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach()))
+def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple[Tensor, Tensor | None]:
+    """The input sequences that `model.backbone` receives while `run()` executes, and their `lengths` (None where
+    the batch is not padded)."""
+    if not isinstance(getattr(model, "backbone", None), GRUBackbone):
+        raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
+                        "plots trace (the task's build_model() must set one)")
+    captured: list[tuple[Tensor, Tensor | None]] = []
+
+    def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
+        lengths = args[1] if len(args) > 1 else kwargs.get("lengths")
+        captured.append((args[0].detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
+
+    handle = model.backbone.register_forward_pre_hook(record, with_kwargs=True)
     try:
         run()
     finally:
@@ -148,17 +161,24 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Tenso
     return captured[0]
 
 
+def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
+    """Sequence `sample` of a batch (B, T, F) as a batch of one, without its padding."""
+    if not 0 <= sample < x.size(0):
+        raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
+    steps = x.size(1) if lengths is None else int(lengths[sample])
+    return x[sample : sample + 1, :steps]
+
+
 def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -> list[Path]:
     """Plot a trained task model's gates on one sequence of its prediction data.
 
-    The first prediction batch runs through the task as usual; the backbone's
-    input is captured and replayed through `trace_gates`, and sequence `sample` is drawn.
+    The first prediction batch runs through the task as usual; the backbone's input is
+    captured, and sequence `sample`, without padding, is replayed through `trace_gates` and drawn.
     """
     datamodule = module.task.datamodule()
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
     with torch.no_grad():
-        x = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
-    if not 0 <= sample < x.size(0):
-        raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
-    return plot_gates(trace_gates(module.model.backbone, x), Path(out_dir), sample=sample)
+        x, lengths = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    sequence = sample_sequence(x, lengths, sample)
+    return plot_gates(trace_gates(module.model.backbone, sequence), Path(out_dir), label=sample)

@@ -53,11 +53,24 @@ class TaskEntry:
         conf = Path(next(iter(spec.submodule_search_locations))) / "conf"
         return conf if conf.is_dir() else None
 
-    def description(self) -> str:
-        """The `description` line of the task's config, read without importing it."""
+    def config_file(self) -> Path | None:
+        """The task's `conf/task/<name>.yaml`, or None where the package ships none."""
         conf = self.config_dir()
         path = conf / "task" / f"{self.name}.yaml" if conf else None
-        if path is None or not path.is_file():
+        return path if path is not None and path.is_file() else None
+
+    def require_config_file(self) -> Path:
+        """`config_file()`, or a UserError naming the file the package must ship."""
+        if (path := self.config_file()) is None:
+            raise UserError(
+                f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
+                f"{self.module}: a plugin's configs must be installed with it (package data)"
+            )
+        return path
+
+    def description(self) -> str:
+        """The `description` line of the task's config, read without importing it."""
+        if (path := self.config_file()) is None:
             return "(no config found)"
         try:
             return str((yaml.safe_load(path.read_text()) or {}).get("description", "")).strip()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
@@ -43,7 +45,7 @@ class _NoCloudTips(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
-# Lightning 2.6 still tests `isinstance(spec, LeafSpec)`, which newer torch deprecates (a warning per test or predict run)
+# Lightning 2.6 tests `isinstance(spec, LeafSpec)`, which newer torch deprecates (a warning per test or predict run)
 warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
 
 
@@ -173,7 +175,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    with monitored_metric_named(trainer, cfg.task.monitor):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     with weight_averaging_ended(trainer):
@@ -189,6 +192,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+@contextmanager
+def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
+    """Lightning's error when a checkpoint, early-stopping or scheduler monitor was never logged becomes one line
+    naming the metric, where it is set, and the metrics that were logged."""
+    try:
+        yield
+    except (MisconfigurationException, RuntimeError) as err:
+        missing = re.search(r"monitor='([^']*)'\)`? could not find|conditioned on metric `?([^`\s]*)`? which", str(err))
+        if missing is None:
+            raise
+        name = missing.group(1) or missing.group(2)
+        where = "task.monitor" if name == monitor else "a callback's monitor"
+        logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
+        raise UserError(f"{where} names {name!r}, a metric that was never logged; logged: {logged}") from err
 
 
 @contextmanager
@@ -251,5 +270,6 @@ def predict(
     predictions = ensemble_predictions(trainer, module, datamodule, str(cfg.ckpt_path), ensemble) if ensemble else None
     paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
     if not paths:
-        raise UserError("prediction wrote no artifacts: the prediction split is empty")
+        raise UserError(f"prediction wrote no artifacts: task {task.cfg.get('name')!r} returned no paths from "
+                        "write_predictions (is its prediction input empty?)")
     return paths

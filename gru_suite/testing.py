@@ -188,8 +188,9 @@ def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
     module = run.build_module(cfg, task)
     _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
     _require(
-        any(isinstance(m, GRUBackbone) for m in module.model.modules()),
-        "build_model() must build its backbone with the factory it is given",
+        isinstance(getattr(module.model, "backbone", None), GRUBackbone),
+        "build_model() must return a module whose `backbone` attribute is the backbone built by the factory it is "
+        "given (the gate plots trace it)",
     )
     module.configure_optimizers()
     run.build_trainer(cfg)

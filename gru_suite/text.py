@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -49,7 +50,7 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     try:
         with opener(path, "rb") as handle:
             raw_lines = handle.read().splitlines()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a .gz whose compressed data is damaged
         raise UserError(f"{path}: cannot read ({err})") from err
     return decode_lines(raw_lines, str(path), encoding_errors)
 

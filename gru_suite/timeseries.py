@@ -79,13 +79,17 @@ def series_from_frame(
 def read_csv_frame(path: Path, **options: Any) -> pd.DataFrame:
     """`pd.read_csv(path, **options)`, or a UserError naming the file (and the line of bytes that are not UTF-8)."""
     try:
-        return pd.read_csv(path, **options)
+        frame = pd.read_csv(path, **options)
     except UnicodeDecodeError as err:
         if path.suffix not in (".bz2", ".xz", ".zip", ".zst", ".tar"):  # pandas unpacks these; read_lines cannot
             read_lines(path)  # names the first line that is not UTF-8
         raise UserError(f"{path}: not UTF-8 ({err})") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path}: not a readable CSV ({err})") from err
+    header = list(pd.read_csv(path, header=None, nrows=1, dtype=str, **options).iloc[0]) if len(frame.columns) else []
+    if repeated := sorted({name for name in header if header.count(name) > 1}, key=str):
+        raise UserError(f"{path}: the header names column(s) {repeated} more than once")
+    return frame
 
 
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:

@@ -124,7 +124,8 @@ def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
     data = module.task.datamodule()
     data.setup("predict")
     batch = next(iter(data.predict_dataloader()))
-    inputs = gates.capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    inputs, lengths = gates.capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    assert lengths is None  # forecasting windows are not padded
     expected = gates.trace_gates(module.model.backbone, inputs[3:4])[0].update[0].numpy().T  # sequence 3 alone
     np.testing.assert_allclose(drawn[0].axes[0].images[0].get_array(), expected, atol=1e-6)
 
@@ -179,7 +180,8 @@ def test_multirun_sweeps(tmp_path):
          ("cannot build callbacks.ema (_target_=gru_suite.callbacks.EMAWeights): ValueError: decay must be a number "
           "in [0, 1), got 'bogus'")),
         (["task=forecasting", "task.data.split=[0.9,0.9,0.1]"], "sum to 1.9, more than 1"),
-        (["task=forecasting", "+callbacks.timer=1"], "error: callbacks.timer must be a block with a _target_ class, got 1"),
+        (["task=forecasting", "+callbacks.timer=1"],
+         "error: callbacks.timer must be a block with a _target_ class, got 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
     ],

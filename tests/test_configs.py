@@ -4,10 +4,11 @@ import re
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 from torch import nn
 
 from gru_suite import run
-from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers
+from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers, check_set
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
@@ -124,6 +125,15 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("forecasting", "task.model.head_dropout=-1", "task.model.head_dropout must be between 0 and 1, got -1"),
     ("forecasting", "task.data.season=0", "task.data.season must be at least 1, got 0"),
     ("forecasting", "task.data.split=[0.5,0.5]", "split must be 3 non-negative fractions or row counts, got [0.5, 0.5]"),
+    ("forecasting", "task.data.targets=[]", "task.data.targets must name at least one column"),
+    ("forecasting", "seed=xyz", "seed must be an integer, got 'xyz'"),
+    ("music", "task.generate.seed=1.7", "task.generate.seed must be an integer, got 1.7"),
+    ("music", "task.generate.temperature=hot", "task.generate.temperature must be a finite number, got 'hot'"),
+    ("music", "task.generate.temperature=-1", "task.generate.temperature must be positive, got -1"),
+    ("translation", "task.model.label_smoothing=1.5", "task.model.label_smoothing must be between 0 and 1, got 1.5"),
+    ("translation", "task.model.dropout=-0.1", "task.model.dropout must be between 0 and 1, got -0.1"),
+    ("translation", "task.tokenizer.vocab_size=-5", "task.tokenizer.vocab_size must be at least 1, got -5"),
+    ("sentiment", "task.model.dropout=2", "task.model.dropout must be between 0 and 1, got 2"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
     cfg = compose_train_config(task, override.split(), tmp_path)
@@ -142,3 +152,24 @@ def test_a_preset_setting_for_a_removed_callback_is_skipped_with_a_warning(tmp_p
 def test_the_fsdd_preset_keeps_the_last_epoch(tmp_path):
     cfg = compose_train_config("speech", ["experiment=fsdd"], tmp_path)
     assert cfg.callbacks.model_checkpoint.monitor is None and cfg.callbacks.model_checkpoint.save_last
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["task.monitor=val/accuracy"], "task.monitor names 'val/accuracy', a metric that was never logged; logged: ["),
+    (["callbacks.model_checkpoint.monitor=val/x"], "a callback's monitor names 'val/x', a metric that was never"),
+    (["task.monitor=val/acc", "callbacks=none", "scheduler=plateau"], "task.monitor names 'val/acc', a metric"),
+])
+def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, message, tmp_path):
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none",
+                                               "++trainer.limit_train_batches=2", *overrides], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)) as raised:
+        run.train(cfg)
+    assert "'val/loss'" in str(raised.value)
+
+
+def test_a_required_setting_that_is_null_or_absent_is_named():
+    cfg = OmegaConf.create({"data": {"window": None}})
+    with pytest.raises(UserError, match=r"^task\.data\.window must be set, got null$"):
+        check_set(cfg, ("data.window",), prefix="task.")
+    with pytest.raises(UserError, match=r"^task\.data\.stride must be set, but the config has no such key$"):
+        check_set(cfg, ("data.stride",), prefix="task.")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.gates import plot_gates, trace_gates
+from gru_suite.errors import UserError
+from gru_suite.gates import capture_backbone_input, plot_gates, sample_sequence, trace_gates
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CASES = {
@@ -61,6 +62,32 @@ def test_gate_ranges_and_shapes(config: dict) -> None:
 def test_lstm_backbone_rejected() -> None:
     with pytest.raises(ValueError, match="GRU"):
         trace_gates(GRUBackbone(input_size=3, hidden_size=5, cell="lstm"), _input())
+
+
+def test_a_model_without_a_backbone_attribute_is_one_clear_error() -> None:
+    model = torch.nn.Sequential(_backbone())
+    with pytest.raises(UserError, match="Sequential has no `backbone` attribute holding its GRUBackbone"):
+        capture_backbone_input(model, lambda: model(_input()))
+
+
+def test_a_padded_sequence_is_traced_without_its_padding() -> None:
+    class Reader(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = _backbone(num_layers=2, bidirectional=True)
+
+        def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            return self.backbone(x, lengths=lengths)[0]
+
+    model, x, lengths = Reader().eval(), _input(), torch.tensor([6, 3, 5, 2])
+    captured, captured_lengths = capture_backbone_input(model, lambda: model(x, lengths))
+    assert torch.equal(captured, x) and torch.equal(captured_lengths, lengths)
+    sequence = sample_sequence(captured, captured_lengths, 1)
+    assert sequence.shape == (1, 3, x.size(-1))
+    trace = trace_gates(model.backbone, sequence)  # backward direction starts at the last real step, not padding
+    torch.testing.assert_close(trace[-1].hidden[0], model(x, lengths)[1, :3], atol=1e-5, rtol=1e-5)
+    with pytest.raises(UserError, match="sample=4 is out of range: the first prediction batch holds 4 sequences"):
+        sample_sequence(captured, captured_lengths, 4)
 
 
 def test_bad_h0_shape_rejected() -> None:

@@ -92,11 +92,27 @@ class CorruptPlotTask(ForecastingTask):
         return paths
 
 
+class UnnamedBackboneTask(ForecastingTask):
+    """Wraps its model, so the backbone is no longer the model's `backbone` attribute."""
+
+    def build_model(self, backbone: Any) -> torch.nn.Module:
+        class Wrapper(torch.nn.Module):
+            def __init__(self, inner: torch.nn.Module) -> None:
+                super().__init__()
+                self.inner = inner
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.inner(x)
+
+        return Wrapper(super().build_model(backbone))
+
+
 BROKEN = {
     "not-a-task": (object, "installation: .* not a subclass of gru_suite.task.TaskPlugin"),
     "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
+    "unnamed-backbone": (UnnamedBackboneTask, "instantiation: build_model\\(\\) must return a module whose `backbone`"),
 }
 
 

@@ -22,6 +22,9 @@ def test_broken_plugin_is_one_line_naming_task_package_and_cause():
     assert "'broken'" in message and "'broken-dist'" in message and "ModuleNotFoundError" in message
     assert broken.config_dir() is None
     assert broken.description() == "(no config found)"
+    with pytest.raises(UserError, match=r"task 'broken' from package 'broken-dist' ships no conf/task/broken\.yaml "
+                       r"beside gru_suite_no_such_pkg\.task: a plugin's configs must be installed with it"):
+        broken.require_config_file()
 
 
 def test_broken_plugin_does_not_hide_the_others(monkeypatch):

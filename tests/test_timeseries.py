@@ -37,6 +37,7 @@ def test_read_series(tmp_path):
         ("t,a\n1,2\n2,3\n3,-inf\n", ["a"], r"line 4, column 'a': expected a finite number, got '-inf'"),
         ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),
         ("t,a\n", ["a"], "no data rows"),
+        ("t,a,a\n1,2,3\n", ["a"], r"the header names column\(s\) \['a'\] more than once"),
     ],
 )
 def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, message):

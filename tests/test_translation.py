@@ -217,6 +217,28 @@ def test_over_long_sentences_follow_the_configured_rule(bundled: Path, tmp_path:
         Encoder(task.source_tokenizer, 4, "error")(sentences, lines, "f.en", "source")
 
 
+def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled: Path, tmp_path: Path) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.data.too_long=skip",
+                                               "task.data.max_tokens=2"], tmp_path)
+    with pytest.raises(UserError, match=r"train\.en \+ train\.toy: no train pairs left \(empty sentences, and "
+                                        r"with task\.data\.too_long=skip those over task\.data\.max_tokens=2, are "
+                                        r"skipped\)"):
+        TranslationTask(cfg.task).datamodule().train_dataloader()
+    (tmp_path / "empty.txt").write_text("")
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY,
+                                               f"task.predict.input={tmp_path / 'empty.txt'}"], tmp_path)
+    datamodule = TranslationTask(cfg.task).datamodule()
+    with pytest.raises(UserError, match=r"empty\.txt: nothing to translate \(no lines\)"):
+        datamodule.predict_dataloader()
+
+
+def test_a_damaged_gzip_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "train.en.gz").write_bytes(gzip.compress(b"a dog\n" * 200)[:25] + b"\x00" * 64)
+    (tmp_path / "train.toy").write_text("x\n")
+    with pytest.raises(UserError, match=r"train\.en\.gz: cannot read \("):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+
+
 def test_unknown_characters_become_unk_with_a_warning(bundled: Path, tmp_path: Path,
                                                       caplog: pytest.LogCaptureFixture) -> None:
     cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)

@@ -30,8 +30,10 @@ class ForecastingTask(TaskPlugin):
 
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data
-        targets = list(data.targets)
-        features = list(data.features) if data.get("features") else targets
+        targets = _columns(data.targets)
+        if not targets:
+            raise UserError("task.data.targets must name at least one column, e.g. task.data.targets=[load]")
+        features = _columns(data.features) if data.get("features") else targets
         missing_targets = [t for t in targets if t not in features]
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
@@ -120,3 +122,8 @@ def _errors(pred: Tensor, target: Tensor, prefix: str, suffix: str = "") -> dict
         f"{prefix}mse{suffix}": F.mse_loss(pred, target),
         f"{prefix}mae{suffix}": F.l1_loss(pred, target),
     }
+
+
+def _columns(value: Any) -> list[str]:
+    """A column list setting: one name, or a list of them."""
+    return [value] if isinstance(value, str) else list(value or [])

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
+from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.music import events as codec
@@ -53,9 +54,9 @@ class MusicTask(TaskPlugin):
 
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
-               ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.temperature", float, 0),
-               ("generate.top_k", int, 1), ("generate.top_p", float, 0), ("generate.program", int, 0, 127),
-               ("generate.velocity", int, 1, 127))
+               ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
+               ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127), ("generate.seed", int, 0))
+    required = ("generate.seed",)
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -130,11 +131,13 @@ class Representation(ABC):
 
     def sampling(self) -> Sampling:
         gen = self.cfg.generate
-        if gen.temperature <= 0:
+        temperature = config_number(gen.temperature, "task.generate.temperature")
+        if temperature <= 0:
             raise UserError(f"task.generate.temperature must be positive, got {gen.temperature}")
-        if gen.top_p is not None and not 0 < gen.top_p <= 1:
+        top_p = None if gen.top_p is None else config_number(gen.top_p, "task.generate.top_p")
+        if top_p is not None and not 0 < top_p <= 1:
             raise UserError(f"task.generate.top_p must be in (0, 1] (or null), got {gen.top_p}")
-        return Sampling(float(gen.temperature), gen.top_k, gen.top_p)
+        return Sampling(temperature, gen.top_k, top_p)
 
     def generator(self, batch: Tensor) -> torch.Generator:
         """A CPU generator seeded by `generate.seed` and the first piece index of `batch`."""

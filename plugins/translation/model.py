@@ -107,6 +107,11 @@ class Seq2Seq(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.embed_size = embed_size
 
+    @property
+    def backbone(self) -> GRUBackbone:
+        """The encoder, the backbone that `gru-suite-gates` traces (it reads the source sentence)."""
+        return self.encoder
+
     def encode(self, source: Tensor, lengths: Tensor) -> Memory:
         """Encode padded source ids (B, S) with their lengths."""
         outputs, final = self.encoder(self.dropout(self.source_embed(source)), lengths)

@@ -44,7 +44,9 @@ class TranslationTask(TaskPlugin):
     `decode.val_beam_size`, test with `decode.beam_size`).
     """
 
-    numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 1), ("decode.beam_size", int, 1),
+    numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 1), ("data.eval_batch_size", int, 1),
+               ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
+               ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
                ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
                ("decode.max_length", int, 1))
@@ -101,6 +103,9 @@ class TranslationTask(TaskPlugin):
         sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
         targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.where, "target")
         keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if s is not None and t is not None]
+        if not keep:
+            raise UserError(f"{corpus.where}: no {stage} pairs left (empty sentences, and with task.data.too_long=skip "
+                            f"those over task.data.max_tokens={self.cfg.data.max_tokens}, are skipped)")
         return PairSet([sources[i] for i in keep], [targets[i] for i in keep],  # type: ignore[misc]
                        [corpus.target[i] for i in keep], BOS)
 
@@ -108,6 +113,8 @@ class TranslationTask(TaskPlugin):
         """The lines of `predict.input` (default: the test split's source side), every line kept."""
         path = self.cfg.predict.get("input")
         corpus = read_source_text(str(path), self.cfg.data.encoding_errors) if path else self._corpus("test")
+        if not corpus.source:
+            raise UserError(f"{corpus.where}: nothing to translate (no lines)")
         self.predict_corpus = corpus
         ids = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
         empty = [i for i, text in enumerate(corpus.source) if not text.strip()]
