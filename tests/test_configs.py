@@ -134,6 +134,7 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("translation", "task.model.dropout=-0.1", "task.model.dropout must be between 0 and 1, got -0.1"),
     ("translation", "task.tokenizer.vocab_size=-5", "task.tokenizer.vocab_size must be at least 1, got -5"),
     ("sentiment", "task.model.dropout=2", "task.model.dropout must be between 0 and 1, got 2"),
+    ("translation", "task.predict.plots=-1", "task.predict.plots must be at least 0, got -1"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
     cfg = compose_train_config(task, override.split(), tmp_path)

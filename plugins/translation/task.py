@@ -49,7 +49,7 @@ class TranslationTask(TaskPlugin):
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
                ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
-               ("decode.max_length", int, 1))
+               ("decode.max_length", int, 1), ("predict.plots", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
