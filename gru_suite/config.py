@@ -51,7 +51,8 @@ def config_number(value: Any, field: str, kind: type[int] | type[float] = float)
     """`value` as `kind` (int or float, finite; an int must be whole); a one-line error naming `field`
     when it is not one."""
     try:
-        if isinstance(value, bool) or (isinstance(value, str) and kind is int):
+        whole_text = isinstance(value, str) and value.strip().lstrip("+-").isdigit()  # e.g. from ${oc.env:SEED}
+        if isinstance(value, bool) or (isinstance(value, str) and kind is int and not whole_text):
             raise ValueError
         number = float(value)
         if not math.isfinite(number) or (kind is int and not number.is_integer()):
@@ -159,8 +160,10 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
     declared = [key for key in _leaf_keys(cfg[prefix], prefix) if key not in added]
     messages = []
     for key in added:
-        close = difflib.get_close_matches(key, declared, n=1, cutoff=0.8)
-        hint = f"did you mean {close[0]}? " if close else ""
-        messages.append(f"+{key}: task {cfg[prefix].get('name')!r} declares no such setting ({hint}"
-                        "a setting the task does not read has no effect)")
+        block, _, name = key.rpartition(".")
+        siblings = {k.rpartition(".")[2]: k for k in declared if k.rpartition(".")[0] == block}
+        close = difflib.get_close_matches(name, list(siblings), n=1, cutoff=0.75)
+        hint = f"did you mean {siblings[close[0]]}? " if close else ""
+        messages.append(f"+{key}: not in task {cfg[prefix].get('name')!r}'s config ({hint}a setting the task "
+                        "does not read is ignored)")
     return messages

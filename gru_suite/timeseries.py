@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,18 +77,24 @@ def series_from_frame(
     return Series(csv_path, _timestamps(frame, time_column, csv_path), wanted, values.astype(np.float32))
 
 
-def read_csv_frame(path: Path, **options: Any) -> pd.DataFrame:
-    """`pd.read_csv(path, **options)`, or a UserError naming the file (and the line of bytes that are not UTF-8)."""
+def read_csv_frame(path: Path) -> pd.DataFrame:
+    """`pd.read_csv(path)`, or a UserError naming the file (and the line of bytes that are not UTF-8, or the column
+    its header names twice)."""
     try:
-        frame = pd.read_csv(path, **options)
+        frame = pd.read_csv(path)
     except UnicodeDecodeError as err:
         if path.suffix not in (".bz2", ".xz", ".zip", ".zst", ".tar"):  # pandas unpacks these; read_lines cannot
             read_lines(path)  # names the first line that is not UTF-8
         raise UserError(f"{path}: not UTF-8 ({err})") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise UserError(f"{path}: not a readable CSV ({err})") from err
-    header = list(pd.read_csv(path, header=None, nrows=1, dtype=str, **options).iloc[0]) if len(frame.columns) else []
-    if repeated := sorted({name for name in header if header.count(name) > 1}, key=str):
+    except (OSError, EOFError, zlib.error) as err:  # e.g. a damaged .csv.gz
+        raise UserError(f"{path}: cannot read ({err})") from err
+    header: list[str] = []
+    if len(frame.columns):  # the names as written: pandas renames a repeated one `load.1`
+        first = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False).iloc[0]
+        header = [name.strip() for name in first if name.strip()]  # blank names are unnamed columns
+    if repeated := sorted({name for name in header if header.count(name) > 1}):
         raise UserError(f"{path}: the header names column(s) {repeated} more than once")
     return frame
 

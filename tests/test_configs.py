@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from gru_suite import run
-from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers, check_set
+from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers, check_set, undeclared_settings
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
@@ -174,3 +174,21 @@ def test_a_required_setting_that_is_null_or_absent_is_named():
         check_set(cfg, ("data.window",), prefix="task.")
     with pytest.raises(UserError, match=r"^task\.data\.stride must be set, but the config has no such key$"):
         check_set(cfg, ("data.stride",), prefix="task.")
+
+
+def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
+    overrides = ["+task.data.lookbak=4", "+task.data.foo=1", "+task.model.lookback=2", "++task.data.bar=1"]
+    cfg = compose_train_config("forecasting", overrides, tmp_path)
+    messages = undeclared_settings(overrides, cfg)
+    assert messages[0].startswith("+task.data.lookbak: not in task 'forecasting''s config (did you mean "
+                                  "task.data.lookback? ")
+    assert "did you mean" not in messages[1] and "did you mean" not in messages[2]  # other blocks are not searched
+    assert len(messages) == 3
+
+
+def test_a_whole_number_in_text_is_a_number_other_text_is_not():
+    cfg = OmegaConf.create({"seed": "7", "threads": "1.5"})
+    check_numbers(cfg, (("seed", int, 0),))
+    assert cfg.seed == 7
+    with pytest.raises(UserError, match=r"threads must be an integer, got '1.5'"):
+        check_numbers(cfg, (("threads", int, 0),))

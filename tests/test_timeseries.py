@@ -1,3 +1,5 @@
+import gzip
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,6 +47,20 @@ def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, m
     with pytest.raises(UserError, match=message) as err:
         read_series_csv(path, columns, "t")
     assert str(path) in str(err.value)
+
+
+def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
+    series = read_series_csv(write(tmp_path, "t,a,,\n1,2,,\n2,3,,\n"), ["a"], "t")  # a spreadsheet's trailing commas
+    assert series.values[:, 0].tolist() == [2.0, 3.0]
+
+
+def test_a_damaged_gzip_csv_is_named(tmp_path):
+    data = bytearray(gzip.compress(b"t,a\n" + b"".join(b"%d,%d\n" % (i, i) for i in range(500))))
+    data[len(data) // 2] ^= 0xFF
+    path = tmp_path / "s.csv.gz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=r"s\.csv\.gz: cannot read \("):
+        read_series_csv(path, ["a"], "t")
 
 
 def test_bad_timestamp_named(tmp_path):

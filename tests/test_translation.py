@@ -233,7 +233,9 @@ def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled
 
 
 def test_a_damaged_gzip_file_is_named(tmp_path: Path) -> None:
-    (tmp_path / "train.en.gz").write_bytes(gzip.compress(b"a dog\n" * 200)[:25] + b"\x00" * 64)
+    data = bytearray(gzip.compress(b"".join(b"dog %d\n" % i for i in range(500))))
+    data[len(data) // 2] ^= 0xFF  # damaged deflate data: zlib.error, not the gzip module's own OSError
+    (tmp_path / "train.en.gz").write_bytes(bytes(data))
     (tmp_path / "train.toy").write_text("x\n")
     with pytest.raises(UserError, match=r"train\.en\.gz: cannot read \("):
         read_parallel(tmp_path, "train", "en", "toy", "error")

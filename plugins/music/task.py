@@ -55,7 +55,8 @@ class MusicTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
-               ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127), ("generate.seed", int, 0))
+               ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127),
+               ("generate.seed", int, -(2**43), 2**43))  # seed * 1_000_003 + piece fits torch's 64-bit seed
     required = ("generate.seed",)
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
