@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import TINY, run_cli
 
@@ -105,6 +106,25 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert len(future) == 6  # one forecast of horizon 6 past the end of the data
     assert future[0]["timestamp"] == "2024-01-26 00:00:00"  # 600 hourly rows from 2024-01-01
     assert all(r["forecast"] for r in rows)
+
+
+def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(trained_run):
+    from matplotlib.dates import ConciseDateFormatter
+
+    from gru_suite.checkpoint import load_checkpoint
+    from gru_suite_plugins.forecasting.writer import forecast_frame, plot_forecasts
+
+    module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    data = module.task.datamodule()
+    data.setup("predict")
+    with torch.no_grad():
+        predictions = [module.task.predict_step(module.model, batch) for batch in data.predict_dataloader()]
+    targets = module.task.state["targets"]
+    figure = plot_forecasts(forecast_frame(predictions, data, targets), data, targets)
+    ax = figure.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "history / truth", "forecasts over the test period", "forecast beyond the data"]
+    assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
 
 
 def test_gates_command_plots_trained_model(trained_run, tmp_path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib import dates as mdates
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
@@ -58,10 +59,15 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
         column = series.columns.index(target)
         ax.plot(stamps, series.values[history_start:, column], color="0.35", lw=1, label="history / truth")
         rows = frame[frame["target"] == target]
-        for origin, window in rows.groupby("origin", sort=True):
+        for number, (origin, window) in enumerate(rows.groupby("origin", sort=True)):
             future = origin == last_origin
+            label = "forecast beyond the data" if future else "forecasts over the test period" if number == 0 else None
             ax.plot(window["timestamp"], window["forecast"], lw=1.6 if future else 1,
-                    color="C3" if future else "C0", label="forecast" if future else None)
+                    color="C3" if future else "C0", label=label)
+        if isinstance(stamps, pd.DatetimeIndex):  # dates that fit: '2024-03-31 2024-04-01' ran together
+            locator = mdates.AutoDateLocator()
+            ax.xaxis.set_major_locator(locator)
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.set_title(target)
         ax.legend(loc="upper left")
     fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)")
