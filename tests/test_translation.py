@@ -232,6 +232,17 @@ def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled
         datamodule.predict_dataloader()
 
 
+def test_settings_and_a_missing_validation_split_fail_before_the_model_is_built(bundled: Path,
+                                                                                 tmp_path: Path) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.data.too_long=cut"], tmp_path)
+    with pytest.raises(UserError, match=r"task\.data\.too_long must be truncate, skip or error, got 'cut'"):
+        TranslationTask(cfg.task)
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.data.splits.val=dev"],
+                               tmp_path)
+    with pytest.raises(UserError, match=r"no dev pairs \(expected dev\.en \+ dev\.toy"):
+        TranslationTask(cfg.task).datamodule()
+
+
 def test_a_damaged_gzip_file_is_named(tmp_path: Path) -> None:
     data = bytearray(gzip.compress(b"".join(b"dog %d\n" % i for i in range(500))))
     data[len(data) // 2] ^= 0xFF  # damaged deflate data: zlib.error, not the gzip module's own OSError

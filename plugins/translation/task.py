@@ -53,6 +53,7 @@ class TranslationTask(TaskPlugin):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
+        self._encoder(None)  # checks too_long and max_tokens before any data is read
         self._corpora: dict[str, Corpus] = {}
         self._scores: dict[str, dict[str, Any]] = {}
         self.blank: set[int] = set()
@@ -63,6 +64,7 @@ class TranslationTask(TaskPlugin):
     def datamodule(self) -> TranslationData:
         data = self.cfg.data
         if "source_tokenizer" not in self.state:
+            self._corpus("val")  # training needs it: a missing one fails now, not after the model is built
             self._fit_tokenizers(self._corpus("train"))
         self.source_tokenizer = tokenizer_from_state(self.state["source_tokenizer"])
         self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
