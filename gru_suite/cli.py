@@ -55,7 +55,8 @@ def _require_task_for_task_overrides() -> None:
     args = sys.argv[1:]
     chosen = any(a.startswith(("task=", "experiment=")) for a in args)
     if any(a.lstrip("+~").startswith("task.") for a in args) and not chosen:
-        print("error: task.* overrides need the task named too, e.g. task=forecasting task.data.path=...", file=sys.stderr)
+        print("error: task.* overrides need the task named too: task=NAME (the checkpoint's task, for eval and "
+              "predict), e.g. task=forecasting task.data.path=...", file=sys.stderr)
         sys.exit(2)
 
 
@@ -201,7 +202,9 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 def _gates_body(cfg: Any) -> None:
     from gru_suite.gates import plot_model_gates
+    from gru_suite.run import apply_threads
 
+    apply_threads(cfg)
     module = _restore(cfg)
     for path in plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample):
         print(path)

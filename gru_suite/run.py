@@ -65,10 +65,16 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     return TaskModule(task, model, model_cfg, optimizer, scheduler)
 
 
-def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
-    """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
+def apply_threads(cfg: DictConfig) -> None:
+    """`cfg.threads` (when set and not 0) becomes torch's intra-op CPU thread count."""
+    check_numbers(cfg, tuple(field for field in RUN_NUMBERS if field[0] == "threads"))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
+
+
+def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
+    """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
+    apply_threads(cfg)
     callbacks = [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     keep_earlier_metrics(loggers)

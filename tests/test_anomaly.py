@@ -24,6 +24,7 @@ from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main
+from gru_suite_plugins.anomaly.writer import flag_reasons
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -119,6 +120,14 @@ def test_flagger_rejects_bad_settings():
         Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
 
 
+def test_each_flag_names_its_reason():
+    values = np.concatenate([np.sin(np.arange(60) / 3), [0.1, 9.0, 0.2, 0.3]])[:, None]
+    raw = np.concatenate([np.full(60, 0.1), [5.0, 0.1, 5.0, 0.1]])
+    scored = Flagger(score="raw", threshold="fixed", fixed=1.0, range_tolerance=0.05).run(raw, 60, values)
+    assert flag_reasons(scored).tolist()[60:] == ["score", "range", "score", ""]
+    assert flag_reasons(scored).tolist()[:60] == [""] * 60
+
+
 def test_a_non_numeric_range_tolerance_names_the_field(tmp_path):
     cfg = compose_train_config("anomaly", ["task.scoring.range_tolerance=abc"], tmp_path)
     with pytest.raises(UserError, match="task.scoring.range_tolerance must be a finite number, got 'abc'"):
@@ -132,8 +141,10 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = pd.read_csv(run / "predictions" / "spiky.csv")
-    assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "flag", "label"]
+    assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "flag", "reason", "label"]
     flagged = set(np.flatnonzero(report["flag"].to_numpy()))
+    assert set(np.flatnonzero(report["reason"].notna().to_numpy())) == flagged  # every flag says why, only flags
+    assert set(report["reason"].dropna()) <= {"score", "range", "score+range"}
     assert all(any(abs(f - s) <= 1 for f in flagged) for s in SPIKES), sorted(flagged)
     assert len(flagged) <= 12  # few false alarms on 660 scored points
     assert (run / "predictions" / "spiky.png").read_bytes()[:4] == b"\x89PNG"

@@ -128,7 +128,8 @@ def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(tr
 
 
 def test_gates_command_plots_trained_model(trained_run, tmp_path):
-    result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", f"hydra.run.dir={tmp_path}")
+    result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=1",
+                     f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -222,6 +223,13 @@ def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, command
                                      "only task.* and run settings (trainer, threads, paths, ...) can be changed here")
     shown = run_cli(command, "task=forecasting", "--cfg", "job", "-p", "backbone")  # a flag's value is no override
     assert shown.returncode != 2 and "error: backbone" not in shown.stderr
+
+
+def test_task_overrides_without_a_task_say_how_to_name_it():
+    result = run_cli("gru-suite-predict", "ckpt_path=x.ckpt", "task.data.path=y.csv")
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: task.* overrides need the task named too: task=NAME (the checkpoint's "
+                                    "task, for eval and predict)")
 
 
 def test_unreadable_checkpoint(tmp_path):

@@ -310,6 +310,13 @@ def test_top_words_are_distinct_words_without_punctuation() -> None:
     words = [Word(0, 5, 0.5), Word(6, 12, 0.9), Word(13, 14, 0.8), Word(15, 21, 0.7), Word(22, 23, 0.6)]
     assert top_words(text, words, 3) == ["script", "awful"]
     assert top_words(text, words, 1) == ["script"]
+    assert highlight_terminal(text, words, 3) == "[awful] [script] , script ."  # the same words as the CSV
+
+
+def test_a_word_against_the_label_is_shaded_in_its_own_colour() -> None:
+    page = highlight_html("dull but fun", [Word(0, 4, -0.8), Word(5, 8, 0.1), Word(9, 12, 0.4)])
+    assert 'rgba(70, 130, 255, 1.00)" title="-0.800">dull' in page
+    assert 'rgba(255, 170, 0, 0.50)" title="0.400">fun' in page
 
 
 def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -34,7 +34,9 @@ class ScoredSeries:
     flags: np.ndarray
     threshold: float
     beyond_range: np.ndarray | None = None
-    """The rows flagged by the range check alone (None without `range_tolerance`)."""
+    """The rows where the range check fired (None without `range_tolerance`)."""
+    over_threshold: np.ndarray | None = None
+    """The rows whose score crossed the threshold (before the cooldown)."""
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Flagger:
             self.value = self._spot.threshold
         else:
             flags[probation:] = score[probation:] > self.value
+        over = flags.copy()
         beyond = None
         if self._range is not None:
             if values is None:
@@ -136,7 +139,7 @@ class Flagger:
         if self.cooldown:
             self._quiet = 0  # a new series starts unmuted
             flags[probation:] = [self.settle(flag) for flag in flags[probation:]]
-        return ScoredSeries(raw, score, flags, float(self.value), beyond)
+        return ScoredSeries(raw, score, flags, float(self.value), beyond, over)
 
 
 class AnomalyStream:

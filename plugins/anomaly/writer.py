@@ -14,7 +14,8 @@ from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 
 def report_frame(stream: StreamData, scored: ScoredSeries) -> pd.DataFrame:
-    """timestamp, one column per value, raw_score, score, flag (and label when labels are known)."""
+    """timestamp, one column per value, raw_score, score, flag, reason (score, range or both; empty when not
+    flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
     for i, column in enumerate(series.columns):
@@ -22,10 +23,21 @@ def report_frame(stream: StreamData, scored: ScoredSeries) -> pd.DataFrame:
     frame["raw_score"] = scored.raw
     frame["score"] = scored.score
     frame["flag"] = scored.flags.astype(int)
+    frame["reason"] = flag_reasons(scored)
     labels = stream.labels()
     if labels is not None:
         frame["label"] = labels.astype(int)
     return frame
+
+
+def flag_reasons(scored: ScoredSeries) -> np.ndarray:
+    """Why each row is flagged: "score" (over the threshold), "range" (beyond the range seen so far), "score+range",
+    or "" (not flagged)."""
+    n = len(scored.flags)
+    over = scored.over_threshold if scored.over_threshold is not None else np.zeros(n, dtype=bool)
+    beyond = scored.beyond_range if scored.beyond_range is not None else np.zeros(n, dtype=bool)
+    reasons = np.array(["", "score", "range", "score+range"], dtype=object)[over.astype(int) + 2 * beyond.astype(int)]
+    return np.where(scored.flags, reasons, "")
 
 
 def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -45,13 +57,18 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     flagged = frame["flag"].to_numpy() == 1
     for start, end in _spans(flagged):
         top.axvspan(x.iloc[start], x.iloc[end], color="tab:red", alpha=0.35, lw=0)
-    top.scatter(x[flagged], frame.loc[flagged, stream.series.columns[0]], color="tab:red", s=12, zorder=3,
-                label="flagged")
+    by_range = flagged & (frame["reason"] == "range").to_numpy()
+    for rows, colour, label in ((flagged & ~by_range, "tab:red", "flagged: score"),
+                                (by_range, "tab:orange", "flagged: beyond the range seen")):
+        if rows.any():
+            top.scatter(x[rows], frame.loc[rows, stream.series.columns[0]], color=colour, s=12, zorder=3, label=label)
     top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
     top.legend(loc="upper left", fontsize=8)
-    top.set_title(f"{stream.name}: labelled windows in green, flags in red")
+    top.set_title(f"{stream.name}: labelled windows in green, flags in red (score) or orange (range)")
     bottom.plot(x, frame["score"], color="tab:purple", lw=0.8, label="anomaly score")
     bottom.axhline(threshold, color="tab:red", ls=":", lw=1, label="threshold")
+    if 0 < threshold < 1 and frame["score"].between(0, 1).all():  # likelihoods: 0.99 and 0.99999 apart
+        bottom.set_yscale("logit", nonpositive="clip")
     bottom.legend(loc="upper left", fontsize=8)
     return fig
 

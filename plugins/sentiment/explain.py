@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from torch import Tensor
 
 HIGHLIGHT = "255, 170, 0"
-"""RGB of the highlight; its opacity is the word's weight relative to the text's heaviest word."""
+"""RGB of a word that weighed toward the label; its opacity is the word's weight relative to the text's heaviest
+word (by size)."""
+AGAINST = "70, 130, 255"
+"""RGB of a word that weighed against the label (a negative weight: gradient x input can be)."""
 
 
 @dataclass(frozen=True)
@@ -32,27 +35,33 @@ def word_weights(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | No
     return [Word(int(s), int(e), w) for s, e, w in (spans[k] for k in sorted(spans))]
 
 
-def top_words(text: str, words: Sequence[Word], k: int) -> list[str]:
+def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:
     """The `k` heaviest distinct words, heaviest first; punctuation is left out and a repeated word
     counts once, at its heaviest."""
-    chosen: dict[str, str] = {}
+    chosen: dict[str, Word] = {}
     for word in sorted(words, key=lambda w: -w.weight):
         surface = text[word.start:word.end]
         if len(chosen) < k and any(c.isalnum() for c in surface):
-            chosen.setdefault(surface.lower(), surface)
+            chosen.setdefault(surface.lower(), word)
     return list(chosen.values())
 
 
+def top_words(text: str, words: Sequence[Word], k: int) -> list[str]:
+    """The surfaces of `heaviest_words`."""
+    return [text[w.start:w.end] for w in heaviest_words(text, words, k)]
+
+
 def highlight_html(text: str, words: Sequence[Word]) -> str:
-    """`text`, escaped, with each word in a span shaded by its weight (title: the weight)."""
-    heaviest = max((w.weight for w in words), default=0.0) or 1.0
+    """`text`, escaped, with each word in a span shaded by its weight, orange toward the label and blue against it
+    (title: the weight)."""
+    heaviest = max((abs(w.weight) for w in words), default=0.0) or 1.0
     parts, cursor = [], 0
     for word in sorted(words, key=lambda w: w.start):
         if word.start < cursor:
             continue
         parts.append(html.escape(text[cursor:word.start]))
-        alpha = max(word.weight, 0.0) / heaviest
-        parts.append(f'<span style="background: rgba({HIGHLIGHT}, {alpha:.2f})" title="{word.weight:.3f}">'
+        colour, alpha = HIGHLIGHT if word.weight >= 0 else AGAINST, abs(word.weight) / heaviest
+        parts.append(f'<span style="background: rgba({colour}, {alpha:.2f})" title="{word.weight:.3f}">'
                      f"{html.escape(text[word.start:word.end])}</span>")
         cursor = word.end
     parts.append(html.escape(text[cursor:]))
@@ -60,8 +69,8 @@ def highlight_html(text: str, words: Sequence[Word]) -> str:
 
 
 def highlight_terminal(text: str, words: Sequence[Word], k: int) -> str:
-    """`text` with its `k` heaviest words in [brackets]."""
-    marked = {(w.start, w.end) for w in sorted(words, key=lambda w: -w.weight)[:k]}
+    """`text` with its `k` heaviest words (`heaviest_words`, as the CSV's `top_words`) in [brackets]."""
+    marked = {(w.start, w.end) for w in heaviest_words(text, words, k)}
     parts, cursor = [], 0
     for word in sorted(words, key=lambda w: w.start):
         if (word.start, word.end) in marked and word.start >= cursor:
@@ -79,7 +88,8 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 0.4em; text-align: left; verti
 td.text {{ line-height: 1.6; }}
 </style></head>
 <body><h1>{title}</h1>
-<p>Each word is shaded by how much it weighed toward the predicted label (hover for the value).</p>
+<p>Each word is shaded by how much it weighed toward the predicted label (orange) or against it (blue);
+hover for the value.</p>
 <table><tr><th>line</th><th>label</th><th>probability</th><th class="text">text</th></tr>
 {rows}
 </table></body></html>
