@@ -146,9 +146,10 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
 
 
 def _leaf_keys(node: Any, prefix: str) -> list[str]:
-    if not isinstance(node, DictConfig):
+    """Dotted keys of the leaves of a plain (unresolved) config container."""
+    if not isinstance(node, dict):
         return [prefix]
-    return [key for name in node for key in _leaf_keys(node._get_node(name), f"{prefix}.{name}")]
+    return [key for name, child in node.items() for key in _leaf_keys(child, f"{prefix}.{name}")]
 
 
 def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "task") -> list[str]:
@@ -157,7 +158,7 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
     added = [o[1:].partition("=")[0] for o in overrides if o.startswith(f"+{prefix}.") and not o.startswith("++")]
     if not added:
         return []
-    declared = [key for key in _leaf_keys(cfg[prefix], prefix) if key not in added]
+    declared = [key for key in _leaf_keys(OmegaConf.to_container(cfg[prefix]), prefix) if key not in added]
     messages = []
     for key in added:
         block, _, name = key.rpartition(".")

@@ -67,7 +67,6 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
 
 def apply_threads(cfg: DictConfig) -> None:
     """`cfg.threads` (when set and not 0) becomes torch's intra-op CPU thread count."""
-    check_numbers(cfg, tuple(field for field in RUN_NUMBERS if field[0] == "threads"))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
 

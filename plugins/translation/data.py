@@ -90,6 +90,13 @@ def read_source_text(path: str, encoding_errors: str) -> Corpus:
     return Corpus("<stdin>" if path == "-" else path, lines, [], list(range(1, len(lines) + 1)))
 
 
+def too_long_rule(value: Any) -> TooLong:
+    """`task.data.too_long`, which must be truncate, skip or error."""
+    if value not in ("truncate", "skip", "error"):
+        raise UserError(f"task.data.too_long must be truncate, skip or error, got {value!r}")
+    return value
+
+
 class Encoder:
     """Turns sentences into token ids under the length and unknown-character rules.
 
@@ -99,13 +106,9 @@ class Encoder:
     """
 
     def __init__(self, tokenizer: Any, max_tokens: int, too_long: TooLong) -> None:
-        if too_long not in ("truncate", "skip", "error"):
-            raise UserError(f"task.data.too_long must be truncate, skip or error, got {too_long!r}")
-        if max_tokens < 2:
-            raise UserError(f"task.data.max_tokens must be at least 2, got {max_tokens}")
         self.tokenizer = tokenizer
         self.max_tokens = max_tokens
-        self.too_long = too_long
+        self.too_long = too_long_rule(too_long)
 
     def __call__(self, sentences: Sequence[str], lines: Sequence[int], where: str, side: str) -> list[list[int] | None]:
         """Ids per sentence; None for one skipped as too long."""

@@ -25,6 +25,7 @@ from gru_suite_plugins.translation.data import (
     TranslationData,
     read_parallel,
     read_source_text,
+    too_long_rule,
     warn_lines,
 )
 from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
@@ -44,7 +45,7 @@ class TranslationTask(TaskPlugin):
     `decode.val_beam_size`, test with `decode.beam_size`).
     """
 
-    numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 1), ("data.eval_batch_size", int, 1),
+    numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
@@ -53,7 +54,7 @@ class TranslationTask(TaskPlugin):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
-        self._encoder(None)  # checks too_long and max_tokens before any data is read
+        too_long_rule(cfg.data.too_long)  # before any data is read
         self._corpora: dict[str, Corpus] = {}
         self._scores: dict[str, dict[str, Any]] = {}
         self.blank: set[int] = set()
