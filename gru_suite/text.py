@@ -170,6 +170,17 @@ def train_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
+def readable_pieces(pieces: Sequence[str]) -> list[str]:
+    """Subword pieces for display: a word's first piece without its "▁" marker, a piece that continues
+    a word prefixed with "##" (`["▁sekv", "at."]` -> `["sekv", "##at."]`); special tokens stay as they are.
+    Pieces of a `word` tokenizer, which carry no marker, are returned unchanged."""
+    if not any(piece.startswith("▁") for piece in pieces):
+        return list(pieces)
+    specials = set(SPECIAL_TOKENS.values())
+    return [piece if piece in specials else piece[1:] if piece.startswith("▁") else f"##{piece}"
+            for piece in pieces]
+
+
 def tokenizer_state(tokenizer) -> dict[str, str]:
     """A tokenizer as plain data for a checkpoint (its `tokenizer.json` text)."""
     return {"tokenizer_json": tokenizer.backend_tokenizer.to_str()}

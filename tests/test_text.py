@@ -16,6 +16,7 @@ from gru_suite.text import (
     pad_ids,
     read_lines,
     read_table,
+    readable_pieces,
     tokenizer_from_state,
     tokenizer_state,
     train_tokenizer,
@@ -43,6 +44,16 @@ def test_word_tokenizer_maps_unseen_words_to_unk():
     tokenizer = train_tokenizer(CORPUS, kind="word", vocab_size=1000, min_frequency=1, lowercase=True)
     ids = tokenizer.encode("The cat sat on the zebra.")
     assert tokenizer.convert_ids_to_tokens(ids) == ["the", "cat", "sat", "on", "the", "<unk>", "."]
+
+
+def test_readable_pieces_mark_word_continuations_not_word_starts():
+    tokenizer = train_tokenizer(CORPUS, vocab_size=60, min_frequency=1)
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode("the frisbee players") + [tokenizer.eos_token_id])
+    shown = readable_pieces(pieces)
+    assert shown[-1] == "</s>" and not any("\u2581" in piece for piece in shown)
+    words = " ".join(shown[:-1]).replace(" ##", "")  # continuations glue back onto their word
+    assert words == "the frisbee players" and any(piece.startswith("##") for piece in shown)
+    assert readable_pieces(["the", "cat", "."]) == ["the", "cat", "."]  # word tokenizer: unchanged
 
 
 def test_tokenizer_travels_as_plain_data_and_saves_the_standard_way(tmp_path):

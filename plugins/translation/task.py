@@ -222,7 +222,7 @@ class TranslationTask(TaskPlugin):
                                 "weights": [[round(float(w), 4) for w in row] for row in weights]})
                 if shown < settings.plots and len(target):
                     png = out_dir / f"attention_{corpus.lines[i]:05d}.png"
-                    paths.append(save_alignment(source, target, weights.numpy(), png))
+                    paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
                     shown += 1
             paths.append(write_attention(records, out_dir / "attention.jsonl"))
         if self.state["joint"]:

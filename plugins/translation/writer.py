@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import save_figure, write_text
+from gru_suite.text import readable_pieces
 
 
 def write_lines(lines: Sequence[str], path: Path) -> Path:
@@ -26,20 +27,23 @@ def write_attention(records: Sequence[dict[str, Any]], path: Path) -> Path:
 
 
 def plot_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, title: str) -> Figure:
-    """The attention matrix: source tokens across, output tokens down, darker = more weight."""
-    fig = Figure(figsize=(2 + 0.35 * len(source), 1.5 + 0.35 * len(target)), layout="constrained")
+    """The attention matrix: source pieces across, output pieces down, darker = more weight, with a colour
+    scale; pieces are drawn readable (`readable_pieces`: "##" marks a piece that continues a word)."""
+    fig = Figure(figsize=(3 + 0.35 * len(source), 1.5 + 0.35 * len(target)), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(source)), source, rotation=90)
-    ax.set_yticks(range(len(target)), target)
+    image = ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(len(source)), readable_pieces(source), rotation=90)
+    ax.set_yticks(range(len(target)), readable_pieces(target))
     ax.set_xlabel("source")
     ax.set_ylabel("output")
     ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
     return fig
 
 
-def save_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, path: Path) -> Path:
-    return save_figure(plot_alignment(source, target, weights, path.stem), path, dpi=100)
+def save_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, line: int, path: Path) -> Path:
+    """The alignment picture of input line `line` as `path` (PNG)."""
+    return save_figure(plot_alignment(source, target, weights, f"input line {line}"), path, dpi=100)
 
 
 def save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
