@@ -21,7 +21,7 @@ from gru_suite.checkpoint import load_checkpoint
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import load_streams
-from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder
+from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main
 from gru_suite_plugins.anomaly.writer import flag_reasons
@@ -70,6 +70,7 @@ def test_raw_scores_are_root_mean_square_errors():
     torch.testing.assert_close(scores[0], torch.cat([torch.zeros(1), expected]))
     torch.testing.assert_close(scores[1][-1], ((x[0, -5:] - rebuilt[0]) ** 2).mean().sqrt())
     assert (scores[1][:4] == 0).all()
+    assert unscored_rows("forecaster", 5) == 1 and unscored_rows("autoencoder", 5) == 4  # the rows scored 0
 
 
 @pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
@@ -142,6 +143,7 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     assert result.returncode == 0, result.stderr[-3000:]
     report = pd.read_csv(run / "predictions" / "spiky.csv")
     assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "flag", "reason", "label"]
+    assert report["raw_score"].isna().tolist()[:3] == [True, False, False]  # nothing predicts the first row
     flagged = set(np.flatnonzero(report["flag"].to_numpy()))
     assert set(np.flatnonzero(report["reason"].notna().to_numpy())) == flagged  # every flag says why, only flags
     assert set(report["reason"].dropna()) <= {"score", "range", "score+range"}

@@ -16,7 +16,7 @@ from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
-from gru_suite_plugins.anomaly.detectors import build_detector, shortest_crop
+from gru_suite_plugins.anomaly.detectors import build_detector, shortest_crop, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger, ScoredSeries
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
@@ -165,9 +165,9 @@ class AnomalyTask(TaskPlugin):
         return index, self.raw_scores(model, index, x).float().cpu().numpy()
 
     def write_predictions(self, predictions: list[Any], datamodule: AnomalyData, out_dir: Path) -> list[Path]:
-        paths = []
+        paths, unscored = [], unscored_rows(self.cfg.detector.kind, self.cfg.detector.window)
         for index, raw in predictions:
             stream = self.streams[index]
             scored = self.flagger().run(raw, stream.probation, stream.series.values)
-            paths += write_series_report(stream, scored, Path(out_dir))
+            paths += write_series_report(stream, scored, Path(out_dir), unscored)
         return paths

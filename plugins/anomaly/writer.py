@@ -13,14 +13,16 @@ from gru_suite_plugins.anomaly.data import StreamData
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 
-def report_frame(stream: StreamData, scored: ScoredSeries) -> pd.DataFrame:
-    """timestamp, one column per value, raw_score, score, flag, reason (score, range or both; empty when not
-    flagged), and label when labels are known."""
+def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
+    """timestamp, one column per value, raw_score (empty for the first `unscored_rows`, which the detector
+    cannot score yet), score, flag, reason (score, range or both; empty when not flagged), and label when
+    labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
     for i, column in enumerate(series.columns):
         frame[column] = series.values[:, i]
     frame["raw_score"] = scored.raw
+    frame.loc[: unscored_rows - 1, "raw_score"] = np.nan
     frame["score"] = scored.score
     frame["flag"] = scored.flags.astype(int)
     frame["reason"] = flag_reasons(scored)
@@ -73,10 +75,10 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     return fig
 
 
-def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path) -> list[Path]:
+def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path, unscored_rows: int = 0) -> list[Path]:
     """Write `<series>.csv` and `<series>.png` (keeping the series' sub-folders) into `out_dir`."""
     stem = out_dir / Path(stream.name).with_suffix("")
-    frame = report_frame(stream, scored)
+    frame = report_frame(stream, scored, unscored_rows)
     csv_path = stem.with_suffix(".csv")
     with atomic_path(csv_path) as tmp:
         frame.to_csv(tmp, index=False)
