@@ -177,8 +177,7 @@ def _predict_body(cfg: Any) -> None:
     paths = _ensemble_paths(cfg)
     module = _restore(cfg)
     ensemble = [(path, _restore(cfg, path, module.task.cfg.name)) for path in paths]
-    for path in run_predict(cfg, module.task, module, ensemble):
-        print(path)
+    run_predict(cfg, module.task, module, ensemble)  # logs what it wrote
 
 
 def _ensemble_paths(cfg: Any) -> list[str]:

@@ -132,9 +132,25 @@ def write_artifacts(
     if predictions is None:
         predictions = trainer.predict(module, datamodule=datamodule) or []
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
-    for path in paths:
-        log.info("wrote %s", path)
+    for line in artifact_lines(paths):
+        log.info("wrote %s", line)
     return paths
+
+
+def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:
+    """The written paths as log lines, in order: each path, or one line for more than `most` files of a
+    kind in one folder (`15 .srt files in out/ (a.srt ... o.srt)`)."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for path in map(Path, paths):
+        groups.setdefault((path.parent, path.suffix), []).append(path)
+    lines = []
+    for (folder, suffix), group in groups.items():
+        if len(group) > most:
+            lines.append(f"{len(group)} {suffix or 'extensionless'} files in {folder}/ "
+                         f"({group[0].name} ... {group[-1].name})")
+        else:
+            lines += [str(path) for path in group]
+    return lines
 
 
 def ensemble_predictions(

@@ -108,6 +108,13 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert all(r["forecast"] for r in rows)
 
 
+def test_many_artifacts_of_a_kind_are_logged_as_one_line():
+    out = Path("out")
+    paths = [out / "transcripts.jsonl", *(out / f"a{i}.srt" for i in range(5)), out / "b.txt", out / "c.txt"]
+    assert run.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}", f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
+                                         f"{out / 'b.txt'}", f"{out / 'c.txt'}"]
+
+
 def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(trained_run):
     from matplotlib.dates import ConciseDateFormatter
 

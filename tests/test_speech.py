@@ -374,6 +374,11 @@ def test_empty_transcripts_are_named_five_at_a_time_then_counted(tmp_path: Path,
 def test_cues_split_at_pauses_and_word_limits() -> None:
     words = [{"word": str(i), "start": i * 0.3, "end": i * 0.3 + 0.2} for i in range(5)]
     assert [c[2] for c in cues(words, max_gap_s=0.5, max_words=2)] == ["0 1", "2 3", "4"]
+    short = [{"word": "one", "start": 1.0, "end": 1.06}, {"word": "two", "start": 1.5, "end": 1.56},
+             {"word": "three", "start": 3.0, "end": 3.06}]
+    shown = cues(short, max_gap_s=0.2, max_words=7, min_s=0.7)  # a 60 ms cue cannot be read
+    assert [(a, round(b, 6)) for a, b, _ in shown] == [(1.0, 1.5), (1.5, 2.2), (3.0, 3.7)]  # up to the next cue
+    assert cues(words, max_gap_s=0.5, max_words=2, min_s=0.1) == cues(words, max_gap_s=0.5, max_words=2)
 
 
 # data sources and bad input

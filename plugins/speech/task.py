@@ -81,7 +81,8 @@ class SpeechTask(TaskPlugin):
                  for key in ("gain_db", "tilt_db", "colour_db", "leading_silence_s")),
                ("augment.warp", float, 0, 0.5), ("augment.leading_silence_fraction", float, 0, 1),
                ("augment.colour_points", int, 2),
-               *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")))
+               *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")),
+               ("predict.cue_gap_s", float, 0), ("predict.cue_words", int, 1), ("predict.cue_min_s", float, 0))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
                 "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
@@ -395,4 +396,5 @@ class SpeechTask(TaskPlugin):
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
         transcripts = [t for batch in predictions for t in batch]
         out = self.cfg.predict
-        return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words))
+        return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words),
+                                 float(out.get("cue_min_s") or 0))

@@ -14,16 +14,21 @@ from gru_suite.errors import SKIPS_NAMED
 log = logging.getLogger(__name__)
 
 
-def cues(words: Sequence[dict[str, Any]], max_gap_s: float, max_words: int) -> list[tuple[float, float, str]]:
+def cues(words: Sequence[dict[str, Any]], max_gap_s: float, max_words: int,
+         min_s: float = 0.0) -> list[tuple[float, float, str]]:
     """Words grouped into subtitle phrases `(start, end, text)`: a phrase ends at a pause longer
-    than `max_gap_s` or after `max_words` words."""
+    than `max_gap_s` or after `max_words` words, and stays on screen at least `min_s` seconds
+    (as long as the next phrase has not started; the words' own times are unchanged)."""
     phrases: list[list[dict[str, Any]]] = []
     for word in words:
         if phrases and len(phrases[-1]) < max_words and word["start"] - phrases[-1][-1]["end"] <= max_gap_s:
             phrases[-1].append(word)
         else:
             phrases.append([word])
-    return [(p[0]["start"], p[-1]["end"], " ".join(w["word"] for w in p)) for p in phrases]
+    starts = [p[0]["start"] for p in phrases]
+    ends = [max(p[-1]["end"], min(start + min_s, next_start))
+            for p, start, next_start in zip(phrases, starts, [*starts[1:], float("inf")])]
+    return [(start, end, " ".join(w["word"] for w in p)) for p, start, end in zip(phrases, starts, ends)]
 
 
 def _clock(seconds: float, separator: str) -> str:
@@ -56,7 +61,7 @@ def _stems(paths: Sequence[str]) -> list[str]:
 
 
 def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_gap_s: float,
-                      max_words: int) -> list[Path]:
+                      max_words: int, min_cue_s: float = 0.0) -> list[Path]:
     """`transcripts.jsonl` (one object per input) and `<stem>.txt`, `.srt`, `.vtt` per input.
 
     An input with an empty transcript gets only its JSONL line (with a `warning`), and a logged warning (the
@@ -71,7 +76,7 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
             if empty <= SKIPS_NAMED:
                 log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
         else:
-            phrases = cues(transcript["words"], max_gap_s, max_words)
+            phrases = cues(transcript["words"], max_gap_s, max_words, min_cue_s)
             paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n"))
             paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
             paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
