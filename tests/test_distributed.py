@@ -2,11 +2,14 @@
 
 import json
 
-import pytest
-
 import pandas as pd
+import pytest
+import torch
 
 from conftest import TINY, run_cli
+from gru_suite import run
+from gru_suite.checkpoint import load_checkpoint
+from gru_suite.testing import compose_train_config
 
 
 def test_ddp_sim_trains_into_one_run_folder(tmp_path):
@@ -36,15 +39,20 @@ WHOLE_PASS = {  # task: (tiny overrides, metrics computed over the whole test pa
 def test_ddp_sim_scores_whole_pass_metrics_over_every_process_share(task, tmp_path):
     """NAB, F1 and calibration need every test item at once: two processes must report what one reports."""
     tiny, names = WHOLE_PASS[task]
-    result = run_cli("gru-suite", f"task={task}", "trainer=cpu", "trainer.max_epochs=1", "threads=1", *tiny,
-                     "test_after_training=false", "predict_after_training=false", f"hydra.run.dir={tmp_path / 'train'}")
+    cfg = compose_train_config(task, ["trainer=cpu", "trainer.max_epochs=1", "threads=1", *tiny,
+                                      "test_after_training=false", "predict_after_training=false"], tmp_path / "train")
+    threads = torch.get_num_threads()
+    try:  # one process, in this one (as the DDP processes below, one thread)
+        run.train(cfg)
+        ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+        eval_cfg = compose_train_config(task, ["trainer=cpu", "threads=1", f"ckpt_path={ckpt}"], tmp_path / "cpu")
+        module = load_checkpoint(ckpt)
+        one = run.evaluate(eval_cfg, module.task, module)
+    finally:
+        torch.set_num_threads(threads)
+    result = run_cli("gru-suite-eval", f"ckpt_path={ckpt}", "trainer=ddp_sim", "threads=1",
+                     f"hydra.run.dir={tmp_path / 'ddp_sim'}")
     assert result.returncode == 0, result.stderr[-3000:]
-    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
-    scores = {}
-    for trainer in ("cpu", "ddp_sim"):
-        out = tmp_path / trainer
-        result = run_cli("gru-suite-eval", f"ckpt_path={ckpt}", f"trainer={trainer}", "threads=1", f"hydra.run.dir={out}")
-        assert result.returncode == 0, result.stderr[-3000:]
-        scores[trainer] = json.loads((out / "test_metrics.json").read_text())
+    two = json.loads((tmp_path / "ddp_sim" / "test_metrics.json").read_text())
     for name in names:
-        assert scores["ddp_sim"][f"test/{name}"] == pytest.approx(scores["cpu"][f"test/{name}"], rel=1e-5), name
+        assert two[f"test/{name}"] == pytest.approx(one[f"test/{name}"], rel=1e-5), name
