@@ -83,6 +83,14 @@ def test_threads_sets_torch_cpu_threads(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_common_trainer_switches_need_no_plus(tmp_path):
+    cfg = compose_train_config("forecasting", ["trainer.accumulate_grad_batches=4", "trainer.limit_train_batches=0.25",
+                                               "trainer.val_check_interval=0.5", "trainer.accelerator=cpu"], tmp_path)
+    trainer = run.build_trainer(cfg)
+    assert trainer.accumulate_grad_batches == 4 and trainer.limit_train_batches == 0.25
+    assert trainer.val_check_interval == 0.5 and trainer.num_sanity_val_steps == 2
+
+
 def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
     cfg = compose_train_config("forecasting", ["trainer.precision=bf16-mixed", "trainer.max_steps=3", "threads=1",
                                                "backbone.hidden_size=8", "logger=none", "callbacks=none"], tmp_path)
