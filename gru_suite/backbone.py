@@ -127,3 +127,12 @@ class GRUBackbone(nn.Module):
         if self.bidirectional:
             return torch.cat([h[-2], h[-1]], dim=-1)
         return h[-1]
+
+
+def require_unidirectional(backbone: GRUBackbone, model: str) -> GRUBackbone:
+    """`backbone`, if it reads one way: a model that predicts each step from the steps before it (`model`
+    names it in the error) must not see the steps it predicts, as a backward direction would."""
+    if backbone.bidirectional:
+        raise UserError(f"{model} needs backbone.bidirectional=false: it predicts each step from the steps before "
+                        "it, and a backward direction would show it the steps it predicts")
+    return backbone

@@ -164,6 +164,13 @@ def test_a_dropout_outside_zero_to_one_is_a_user_error(field: str) -> None:
         tiny_model("independent", 12, **{field: 2})
 
 
+def test_a_bidirectional_backbone_is_refused_before_training() -> None:
+    both_ways = partial(GRUBackbone, hidden_size=8, bidirectional=True)  # it would see the notes it predicts
+    for build in (lambda: MusicModel(both_ways, 12, "independent", embed_size=8), lambda: EventModel(both_ways)):
+        with pytest.raises(UserError, match="task=music needs backbone.bidirectional=false"):
+            build()
+
+
 @pytest.mark.parametrize("head", HEADS)
 def test_generation_with_the_input_skip_feeds_the_head_what_training_does(
     head: str, monkeypatch: pytest.MonkeyPatch

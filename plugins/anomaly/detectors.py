@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gru_suite.backbone import GRUBackbone, State
+from gru_suite.backbone import GRUBackbone, State, require_unidirectional
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
@@ -40,10 +40,8 @@ class NextStepForecaster(nn.Module):
     def __init__(self, backbone: BackboneFactory, n_features: int, n_covariates: int = 0) -> None:
         super().__init__()
         self.n_features = n_features
-        self.backbone: GRUBackbone = backbone(input_size=n_features + n_covariates)
-        if self.backbone.bidirectional:
-            raise UserError("task.detector.kind=forecaster needs backbone.bidirectional=false: "
-                            "a next-step forecaster may not see the rows it predicts")
+        self.backbone = require_unidirectional(backbone(input_size=n_features + n_covariates),
+                                               "task.detector.kind=forecaster")
         self.head = nn.Linear(self.backbone.output_size, n_features)
 
     def forward(self, x: Tensor, h0: State | None = None) -> Tensor:

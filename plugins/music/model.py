@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gru_suite.backbone import GRUBackbone
+from gru_suite.backbone import require_unidirectional
 from gru_suite.config import config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
@@ -139,7 +139,7 @@ class MusicModel(nn.Module):
                 raise UserError(f"task.model.{field} must be in [0, 1), got {p!r}")
         self.pitches = pitches
         self.adapter = nn.Linear(pitches, embed_size)
-        self.backbone: GRUBackbone = backbone(input_size=embed_size)
+        self.backbone = require_unidirectional(backbone(input_size=embed_size), "task=music")
         self.dropout = nn.Dropout(dropout)
         self.input_dropout = nn.Dropout(input_dropout)
         self.input_skip = input_skip
@@ -222,7 +222,7 @@ class EventModel(nn.Module):
         super().__init__()
         self.vocab = vocab
         self.embed = nn.Embedding(vocab + 1, embed_size)
-        self.backbone: GRUBackbone = backbone(input_size=embed_size)
+        self.backbone = require_unidirectional(backbone(input_size=embed_size), "task=music")
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, vocab)
 
