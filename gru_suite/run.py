@@ -45,8 +45,21 @@ class _NoCloudTips(logging.Filter):
 
 
 logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_NoCloudTips())
-# Lightning 2.6 tests `isinstance(spec, LeafSpec)`, which newer torch deprecates (a warning per test or predict run)
-warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
+LIGHTNING_NOISE = (
+    # Lightning 2.6 tests `isinstance(spec, LeafSpec)`, which newer torch deprecates (a warning per test or predict run)
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    # the module logs each epoch's mean training loss itself, so an epoch shorter than the interval loses no log
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
+
+
+def ignore_lightning_noise() -> None:
+    """Hide Lightning's warnings that do not apply to the suite's runs (`LIGHTNING_NOISE`)."""
+    for message in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", message=message)
+
+
+ignore_lightning_noise()
 
 
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
@@ -256,9 +269,9 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
     log.info("pre-training: %d epoch(s) over %d batches", phase.epochs, len(phase.loader))
     module.pretraining = phase
     try:
-        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, max_epochs=phase.epochs,
-                                min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0, num_sanity_val_steps=0,
-                                **overrides)
+        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, enable_model_summary=False,
+                                max_epochs=phase.epochs, min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0,
+                                num_sanity_val_steps=0, **overrides)
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
             raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
         trainer.fit(module, train_dataloaders=phase.loader)
