@@ -230,7 +230,11 @@ def test_labels_file_naming_no_series_fails_and_unknown_ones_are_ignored(tmp_pat
     windows.write_text(json.dumps({"a.csv": [[str(stamps[100]), str(stamps[110])]], "b.csv": []}))
     (stream,) = load(data, windows_path=windows)
     assert stream.windows == [(100, 110)]
-    assert f"1 labelled series are not in {data} and are ignored: b.csv" in caplog.text
+    assert f"1 labelled series are not in the input ({data}) and are ignored: b.csv" in caplog.text
+    (data / "b.csv").write_text((data / "a.csv").read_text())
+    caplog.clear()
+    load(data / "a.csv", windows_path=windows)  # one file of the folder: b.csv is there, but not read
+    assert f"1 labelled series are not in the input ({data / 'a.csv'}) and are ignored: b.csv" in caplog.text
 
 
 def test_auto_windows_are_the_data_folders_own(tmp_path, caplog):

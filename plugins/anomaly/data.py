@@ -97,10 +97,11 @@ def _position(stamps: pd.DatetimeIndex, stamp: pd.Timestamp, side: str) -> int:
 
 
 def _match_windows(
-    root: Path, files: list[Path], windows: dict[str, list], source: Path, required: bool = True
+    root: Path, files: list[Path], windows: dict[str, list], source: Path, data_path: Path, required: bool = True
 ) -> dict[Path, list]:
     """Window lists by file: keys are paths relative to the data root, or to one of its parents. A file of
-    windows that names none of the series is an error if `required`, else a warning (the data unlabelled)."""
+    windows that names none of the series is an error if `required`, else a warning (the data unlabelled);
+    one that names series not read from `data_path` (a file or folder) is a warning."""
     matched: dict[Path, list] = {}
     used: set[str] = set()
     for file in files:
@@ -120,7 +121,8 @@ def _match_windows(
                         "(unlabelled data: set task.data.windows_path=null, or auto for the data folder's own file)")
     if unknown := sorted(set(windows) - used):
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        log.warning("%s: %d labelled series are not in %s and are ignored: %s", source, len(unknown), root, shown)
+        log.warning("%s: %d labelled series are not in the input (%s) and are ignored: %s", source, len(unknown),
+                    data_path, shown)
     return matched
 
 
@@ -145,7 +147,7 @@ def load_streams(
     if beside:
         windows_path = None if label_column else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None)
     windows = read_window_file(windows_path) if windows_path else {}
-    matched = _match_windows(root, files, windows, Path(windows_path), required=not beside) if windows else {}
+    matched = _match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside) if windows else {}
     streams: list[StreamData] = []
     for file in files:
         frame = read_csv_frame(file)
