@@ -66,7 +66,7 @@ def restore(
     cfg = stored_config(checkpoint)
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
-            raise UserError(f"{source} holds a {cfg.task.name!r} model, not {task_cfg.name!r}")
+            raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
         cfg.task = task_cfg
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)

@@ -147,9 +147,10 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None) ->
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
     if cfg.get("task") is not None and cfg.task.name != stored.task.name:
-        raise UserError(f"{path} holds a {stored.task.name!r} model, not task={cfg.task.name}")
+        raise UserError(f"{path} holds a model of task {stored.task.name!r}, not task={cfg.task.name}")
     if task_name is not None and task_name != stored.task.name:
-        raise UserError(f"ensemble: {path} holds a {stored.task.name!r} model, {cfg.ckpt_path} a {task_name!r} one")
+        raise UserError(f"ensemble: {path} holds a model of task {stored.task.name!r}, {cfg.ckpt_path} one of "
+                        f"task {task_name!r}")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
     return restore(checkpoint, task_cfg, str(path))
 
@@ -200,15 +201,17 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 
 def _gates_body(cfg: Any) -> None:
+    import logging
+
     from gru_suite.config import RUN_NUMBERS, check_numbers
     from gru_suite.gates import plot_model_gates
-    from gru_suite.run import apply_threads
+    from gru_suite.run import apply_threads, artifact_lines
 
     check_numbers(cfg, RUN_NUMBERS)  # as train, eval and predict do
     apply_threads(cfg)
     module = _restore(cfg)
-    for path in plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample):
-        print(path)
+    for line in artifact_lines(plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)):
+        logging.getLogger("gru_suite.gates").info("wrote %s", line)  # as train and predict do, into gates.log too
 
 
 def train() -> None:

@@ -165,6 +165,6 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
         siblings = {k.rpartition(".")[2]: k for k in declared if k.rpartition(".")[0] == block}
         close = difflib.get_close_matches(name, list(siblings), n=1, cutoff=0.75)
         hint = f"did you mean {siblings[close[0]]}? " if close else ""
-        messages.append(f"+{key}: not in task {cfg[prefix].get('name')!r}'s config ({hint}a setting the task "
+        messages.append(f"+{key}: not in the config of task {cfg[prefix].get('name')!r} ({hint}a setting the task "
                         "does not read is ignored)")
     return messages

@@ -15,6 +15,7 @@ import torch
 from conftest import TINY, run_cli
 
 from gru_suite import run
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import default_data_dir
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
@@ -74,7 +75,7 @@ def test_eval_reports_test_metrics(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "💡" not in output and "deprecated" not in output  # no advertisements, no library deprecation notes
-    assert ("+task.data.lookbak: not in task 'forecasting''s config (did you mean task.data.lookback? a setting the "
+    assert ("+task.data.lookbak: not in the config of task 'forecasting' (did you mean task.data.lookback? a setting the "
             "task does not read is ignored)") in output
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     assert {"test/mse", "test/mae", "test/naive_mse", "test/seasonal_naive_mse"} <= set(metrics)
@@ -139,6 +140,7 @@ def test_gates_command_plots_trained_model(trained_run, tmp_path):
                      f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"wrote {tmp_path / 'gates_layer0.png'}" in (tmp_path / "gates.log").read_text()
 
 
 def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
@@ -177,6 +179,12 @@ def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     assert not [w for w in caught if "Experiment logs directory" in str(w.message)]  # "will be deleted": not so
     assert (tmp_path / "metrics.1.csv").read_text() == "epoch,train/loss\n0,1.5\n"
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique().tolist() == [0]  # this run's
+
+
+def test_a_checkpoint_of_another_task_is_named_with_its_task(trained_run, tmp_path):
+    sentiment = compose_train_config("sentiment", [], tmp_path).task
+    with pytest.raises(UserError, match=r"last\.ckpt holds a model of task 'forecasting', not 'sentiment'$"):
+        load_checkpoint(trained_run / "checkpoints" / "last.ckpt", sentiment)
 
 
 def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):

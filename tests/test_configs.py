@@ -188,7 +188,7 @@ def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
     overrides = ["+task.data.lookbak=4", "+task.data.foo=1", "+task.model.lookback=2", "++task.data.bar=1"]
     cfg = compose_train_config("forecasting", overrides, tmp_path)
     messages = undeclared_settings(overrides, cfg)
-    assert messages[0].startswith("+task.data.lookbak: not in task 'forecasting''s config (did you mean "
+    assert messages[0].startswith("+task.data.lookbak: not in the config of task 'forecasting' (did you mean "
                                   "task.data.lookback? ")
     assert "did you mean" not in messages[1] and "did you mean" not in messages[2]  # other blocks are not searched
     assert len(messages) == 3
