@@ -75,8 +75,8 @@ def test_eval_reports_test_metrics(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     output = result.stdout + result.stderr
     assert "💡" not in output and "deprecated" not in output  # no advertisements, no library deprecation notes
-    assert ("+task.data.lookbak: not in the config of task 'forecasting' (did you mean task.data.lookback? a setting the "
-            "task does not read is ignored)") in output
+    assert ("+task.data.lookbak: not in the config of task 'forecasting' (did you mean task.data.lookback? "
+            "a setting the task does not read is ignored)") in output
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     assert {"test/mse", "test/mae", "test/naive_mse", "test/seasonal_naive_mse"} <= set(metrics)
     trained = json.loads((trained_run / "metrics.json").read_text())
