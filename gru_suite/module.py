@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +15,7 @@ from torch import nn
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 CHECKPOINT_KEY = "gru_suite"
+log = logging.getLogger(__name__)
 
 
 class TaskModule(pl.LightningModule):
@@ -133,8 +135,47 @@ class TaskModule(pl.LightningModule):
         )
         return {"fused": False} if fused and clips_under_amp else {}
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run keeps its progress through the learning-rate schedule but takes the schedule's
+        settings from this run's config (a cosine schedule's `T_max` follows a new `trainer.max_epochs`)."""
+        states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
+        if self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
+            return
+        base_lrs = states[0].get("base_lrs") or [group["lr"] for group in optimizers[0]["param_groups"]]
+        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs],
+                                       **self._unfused_if_clipped_amp())
+        if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe)):
+            log.info("resuming with this run's learning-rate schedule: %s", ", ".join(changed))
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
         }
+
+
+SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "best", "num_bad_epochs",
+                               "cooldown_counter", "_is_initial", "_get_lr_called_within_step"})
+"""Scheduler state that a run accumulates; the rest of a scheduler's state is its settings."""
+
+
+def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any) -> list[str]:
+    """Give a checkpoint's scheduler `state` the settings of `configured`, a fresh scheduler of the same kind over
+    the same base learning rates, keeping the state's progress; the learning rates in `optimizer_state` move onto
+    the new schedule at the same epoch (but for `ReduceLROnPlateau`, which follows a metric). Returns the changed
+    settings as `name old -> new` (none, and nothing done, for a scheduler of another kind)."""
+    fresh = configured.state_dict()
+    if set(fresh) != set(state):
+        return []
+    changed = [f"{k} {state[k]!r} -> {v!r}" for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and state[k] != v]
+    if not changed:
+        return []
+    state.update({k: v for k, v in fresh.items() if k not in SCHEDULE_PROGRESS})
+    if not isinstance(configured, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        configured.optimizer.step()  # (no gradients: no update) so the scheduler's steps below are in order
+        for _ in range(state["last_epoch"]):
+            configured.step()
+        for group, lr in zip(optimizer_state["param_groups"], configured.get_last_lr()):
+            group["lr"] = lr
+        state["_last_lr"] = configured.get_last_lr()
+    return changed

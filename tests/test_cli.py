@@ -169,6 +169,17 @@ def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     assert list(epochs) == [2]  # only the third epoch ran
 
 
+def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
+    quiet = ["scheduler=cosine", "test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
+    resume = [*TINY, *quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
+    run.train(compose_train_config("forecasting", resume, tmp_path / "a"))  # on in the same folder
+    saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+    schedule, lr = saved["lr_schedulers"][0], saved["optimizer_states"][0]["param_groups"][0]["lr"]
+    assert schedule["T_max"] == 4 and schedule["last_epoch"] == 4
+    assert lr == pytest.approx(0.0, abs=1e-12)  # the end of a 4-epoch cosine (the 2-epoch one would be back at 1e-3)
+
+
 def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "test_after_training=false",
                                                "predict_after_training=false"], tmp_path)
