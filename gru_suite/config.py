@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -167,4 +168,26 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
         hint = f"did you mean {siblings[close[0]]}? " if close else ""
         messages.append(f"+{key}: not in the config of task {cfg[prefix].get('name')!r} ({hint}a setting the task "
                         "does not read is ignored)")
+    return messages
+
+
+def given_keys(overrides: Sequence[str], group: str) -> list[str]:
+    """The keys of `group` that command-line `overrides` set (`backbone.dropout=0.3` -> `dropout`)."""
+    keys = [o.lstrip("+").partition("=")[0] for o in overrides]
+    return [key.partition(".")[2] for key in keys if key.startswith(f"{group}.")]
+
+
+def unused_backbone_settings(cfg: DictConfig, backbone: Any, given: Sequence[str] = ()) -> list[str]:
+    """Warnings for backbone settings that will not act: `dropout` with one layer (it drops between stacked
+    layers), and each `given` key whose value the task's built `backbone` does not have (a task may set, say,
+    `bidirectional` from its own config)."""
+    settings, messages = cfg.backbone, []
+    if settings.get("dropout") and settings.get("num_layers") == 1:
+        messages.append(f"backbone.dropout={settings.dropout} has no effect with backbone.num_layers=1: it drops "
+                        "between stacked layers (the task's own dropout settings act on its inputs and outputs)")
+    for key in given:
+        if hasattr(backbone, key) and getattr(backbone, key) != settings.get(key):
+            shown = [str(v).lower() if isinstance(v, bool) else v for v in (settings.get(key), getattr(backbone, key))]
+            messages.append(f"backbone.{key}={shown[0]} is not what task {cfg.task.name!r} builds: its model's "
+                            f"backbone has {key}={shown[1]}, set by the task's own config")
     return messages

@@ -26,7 +26,14 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from gru_suite import registry
 from gru_suite.atomic import write_text
 from gru_suite.checkpoint import check_same_model, read_checkpoint
-from gru_suite.config import MODEL_CONFIG_KEYS, RUN_NUMBERS, check_numbers, instantiate
+from gru_suite.config import (
+    MODEL_CONFIG_KEYS,
+    RUN_NUMBERS,
+    check_numbers,
+    given_keys,
+    instantiate,
+    unused_backbone_settings,
+)
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
@@ -76,6 +83,13 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
     model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_CONFIG_KEYS if k in cfg})
     return TaskModule(task, model, model_cfg, optimizer, scheduler)
+
+
+def command_line_keys(group: str) -> list[str]:
+    """The keys of config `group` set on the command line of the running Hydra app (none outside one)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return given_keys(list(HydraConfig.get().overrides.task), group) if HydraConfig.initialized() else []
 
 
 def apply_threads(cfg: DictConfig) -> None:
@@ -203,6 +217,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg.task)
     datamodule = task.datamodule()
     module = build_module(cfg, task)
+    backbone = getattr(module.model, "backbone", None)
+    for message in unused_backbone_settings(cfg, backbone, command_line_keys("backbone")):
+        log.warning(message)
     if resumed is not None:
         check_same_model(resumed, module, f"ckpt_path {cfg.ckpt_path}")
         del resumed

@@ -8,7 +8,15 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from gru_suite import run
-from gru_suite.config import CONF_DIR, RUN_NUMBERS, check_numbers, check_set, undeclared_settings
+from gru_suite.config import (
+    CONF_DIR,
+    RUN_NUMBERS,
+    check_numbers,
+    check_set,
+    given_keys,
+    undeclared_settings,
+    unused_backbone_settings,
+)
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
@@ -192,6 +200,22 @@ def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
                                   "task.data.lookback? ")
     assert "did you mean" not in messages[1] and "did you mean" not in messages[2]  # other blocks are not searched
     assert len(messages) == 3
+
+
+def test_backbone_settings_that_would_not_act_are_named(tmp_path):
+    assert given_keys(["task=sentiment", "backbone.bidirectional=false", "++backbone.dropout=0.2", "backbone=lstm"],
+                      "backbone") == ["bidirectional", "dropout"]
+    cfg = compose_train_config("sentiment", ["backbone.bidirectional=false", "backbone.dropout=0.2"], tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()  # fits the tokenizer the model's size needs
+    assert unused_backbone_settings(cfg, run.build_module(cfg, task).model.backbone, ["bidirectional", "dropout"]) == [
+        "backbone.dropout=0.2 has no effect with backbone.num_layers=1: it drops between stacked layers (the task's "
+        "own dropout settings act on its inputs and outputs)",
+        "backbone.bidirectional=false is not what task 'sentiment' builds: its model's backbone has "
+        "bidirectional=true, set by the task's own config",
+    ]
+    two = compose_train_config("sentiment", ["backbone.num_layers=2", "backbone.dropout=0.2"], tmp_path / "two")
+    assert unused_backbone_settings(two, run.build_module(two, task).model.backbone, ["num_layers", "dropout"]) == []
 
 
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
