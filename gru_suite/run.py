@@ -226,7 +226,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
-    with monitored_metric_named(trainer, cfg.task.monitor):
+    with monitored_metric_named(trainer, cfg.task.monitor), warnings.catch_warnings():
+        if cfg.get("ckpt_path"):  # a run resumed in its own folder finds its checkpoints there, as it should
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -291,7 +293,9 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
                                 num_sanity_val_steps=0, **overrides)
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
             raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
-        trainer.fit(module, train_dataloaders=phase.loader)
+        with warnings.catch_warnings():  # the phase has no validation, by design
+            warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+            trainer.fit(module, train_dataloaders=phase.loader)
     finally:
         module.pretraining = None
     loss = float(trainer.callback_metrics.get("pretrain/loss", float("nan")))
