@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,12 +9,13 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.plugins.precision import MixedPrecision
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 CHECKPOINT_KEY = "gru_suite"
-log = logging.getLogger(__name__)
 
 
 class TaskModule(pl.LightningModule):
@@ -139,13 +139,14 @@ class TaskModule(pl.LightningModule):
         """A resumed run keeps its progress through the learning-rate schedule but takes the schedule's
         settings from this run's config (a cosine schedule's `T_max` follows a new `trainer.max_epochs`)."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
-        if self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
+        fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
+        if not fitting or self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
             return
         base_lrs = states[0].get("base_lrs") or [group["lr"] for group in optimizers[0]["param_groups"]]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs],
                                        **self._unfused_if_clipped_amp())
         if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe)):
-            log.info("resuming with this run's learning-rate schedule: %s", ", ".join(changed))
+            rank_zero_info(f"resuming with this run's learning-rate schedule: {', '.join(changed)}")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = {

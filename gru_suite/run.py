@@ -165,8 +165,8 @@ def write_artifacts(
 
 
 def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:
-    """The written paths as log lines, in order: each path, or one line for more than `most` files of a
-    kind in one folder (`15 .srt files in out/ (a.srt ... o.srt)`)."""
+    """The written paths as log lines, grouped by folder and suffix in the order each group first appears: each
+    path, or one line for more than `most` files of a kind in one folder (`15 .srt files in out/ (a.srt ... o.srt)`)."""
     groups: dict[tuple[Path, str], list[Path]] = {}
     for path in map(Path, paths):
         groups.setdefault((path.parent, path.suffix), []).append(path)
@@ -227,7 +227,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
     with monitored_metric_named(trainer, cfg.task.monitor), warnings.catch_warnings():
-        if cfg.get("ckpt_path"):  # a run resumed in its own folder finds its checkpoints there, as it should
+        if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -245,6 +245,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+def resumes_in_own_folder(cfg: DictConfig) -> bool:
+    """Whether the run resumes from a checkpoint of its own folder (`ckpt_path=last`, or a path into
+    `<output_dir>/checkpoints`)."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return False
+    own = (Path(cfg.paths.output_dir) / "checkpoints").resolve()
+    return path in LIGHTNING_CKPT_NAMES or Path(path).resolve().parent == own
 
 
 @contextmanager

@@ -171,14 +171,23 @@ def train_tokenizer(
 
 
 def readable_pieces(pieces: Sequence[str]) -> list[str]:
-    """Subword pieces for display: a word's first piece without its "▁" marker, a piece that continues
-    a word prefixed with "##" (`["▁sekv", "at."]` -> `["sekv", "##at."]`); special tokens stay as they are.
-    Pieces of a `word` tokenizer, which carry no marker, are returned unchanged."""
-    if not any(piece.startswith("▁") for piece in pieces):
+    """Subword pieces for display, one label per piece: a word's first piece without its "▁" mark, a piece
+    that continues a word prefixed with "##" (`["▁sekv", "at."]` -> `["sekv", "##at."]`); a bare "▁" (a word
+    start whose first characters are a piece of their own) stays, and the piece after it starts the word.
+    Padding and sentence marks stay as they are; pieces of a `word` tokenizer, which carry no mark, too."""
+    if not any(piece.startswith("\u2581") for piece in pieces):
         return list(pieces)
-    specials = set(SPECIAL_TOKENS.values())
-    return [piece if piece in specials else piece[1:] if piece.startswith("▁") else f"##{piece}"
-            for piece in pieces]
+    marks = {SPECIAL_TOKENS[key] for key in ("pad_token", "bos_token", "eos_token")}
+    shown, word_start = [], True
+    for piece in pieces:
+        if piece in marks or piece == "\u2581":
+            shown.append(piece)
+        elif piece.startswith("\u2581"):
+            shown.append(piece[1:])
+        else:
+            shown.append(piece if word_start else f"##{piece}")
+        word_start = piece == "\u2581" or piece in marks
+    return shown
 
 
 def tokenizer_state(tokenizer) -> dict[str, str]:

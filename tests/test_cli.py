@@ -173,7 +173,13 @@ def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
     quiet = ["scheduler=cosine", "test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
     resume = [*TINY, *quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
-    run.train(compose_train_config("forecasting", resume, tmp_path / "a"))  # on in the same folder
+    resumed = compose_train_config("forecasting", resume, tmp_path / "a")  # on in the same folder
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.train(resumed)
+    assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # its own checkpoints are expected
+    elsewhere = compose_train_config("forecasting", resume, tmp_path / "b")
+    assert run.resumes_in_own_folder(resumed) and not run.resumes_in_own_folder(elsewhere)
     saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     schedule, lr = saved["lr_schedulers"][0], saved["optimizer_states"][0]["param_groups"][0]["lr"]
     assert schedule["T_max"] == 4 and schedule["last_epoch"] == 4

@@ -378,6 +378,7 @@ def test_cues_split_at_pauses_and_word_limits() -> None:
              {"word": "three", "start": 3.0, "end": 3.06}]
     shown = cues(short, max_gap_s=0.2, max_words=7, min_s=0.7)  # a 60 ms cue cannot be read
     assert [(a, round(b, 6)) for a, b, _ in shown] == [(1.0, 1.5), (1.5, 2.2), (3.0, 3.7)]  # up to the next cue
+    assert cues(short, max_gap_s=0.2, max_words=7, min_s=0.7, duration=3.4)[-1][1] == 3.4  # and the audio's end
     assert cues(words, max_gap_s=0.5, max_words=2, min_s=0.1) == cues(words, max_gap_s=0.5, max_words=2)
 
 

@@ -50,9 +50,12 @@ def test_readable_pieces_mark_word_continuations_not_word_starts():
     tokenizer = train_tokenizer(CORPUS, vocab_size=60, min_frequency=1)
     pieces = tokenizer.convert_ids_to_tokens(tokenizer.encode("the frisbee players") + [tokenizer.eos_token_id])
     shown = readable_pieces(pieces)
-    assert shown[-1] == "</s>" and not any("\u2581" in piece for piece in shown)
-    words = " ".join(shown[:-1]).replace(" ##", "")  # continuations glue back onto their word
-    assert words == "the frisbee players" and any(piece.startswith("##") for piece in shown)
+    assert len(shown) == len(pieces) and shown[-1] == "</s>" and all(shown)  # one label per piece, none empty
+    words = [piece.lstrip("\u2581") for piece in " ".join(shown[:-1]).replace(" ##", "").split()]
+    assert [w for w in words if w] == ["the", "frisbee", "players"]
+    bare = ["\u2581the", "\u2581", "f", "r", "is", "\u2581p", "lay", "<unk>", "</s>"]  # "▁" alone starts a word
+    assert readable_pieces(bare) == ["the", "\u2581", "f", "##r", "##is", "p", "##lay", "##<unk>", "</s>"]
+    assert readable_pieces(["\u2581", "<unk>", "<unk>", "\u2581the"]) == ["\u2581", "<unk>", "##<unk>", "the"]
     assert readable_pieces(["the", "cat", "."]) == ["the", "cat", "."]  # word tokenizer: unchanged
 
 

@@ -147,7 +147,8 @@ def load_streams(
     if beside:
         windows_path = None if label_column else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None)
     windows = read_window_file(windows_path) if windows_path else {}
-    matched = _match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside) if windows else {}
+    matched = (_match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside)
+               if windows else {})
     streams: list[StreamData] = []
     for file in files:
         frame = read_csv_frame(file)

@@ -143,7 +143,6 @@ def shortest_crop(kind: str, window: int, burn_in: int) -> int:
     return window if kind == "autoencoder" else burn_in + 2
 
 
-
 def unscored_rows(kind: str, window: int) -> int:
     """Leading rows of a series that a detector cannot score yet (their raw score is 0): the first, which
     nothing predicts (forecaster), or those before the first full window (autoencoder)."""
