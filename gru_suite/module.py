@@ -164,10 +164,15 @@ def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str,
     """Give a checkpoint's scheduler `state` the settings of `configured`, a fresh scheduler of the same kind over
     the same base learning rates, keeping the state's progress; the learning rates in `optimizer_state` move onto
     the new schedule at the same epoch (but for `ReduceLROnPlateau`, which follows a metric). Returns the changed
-    settings as `name old -> new` (none, and nothing done, for a scheduler of another kind)."""
+    settings as `name old -> new`. A scheduler of another kind (its state holds other keys) starts afresh: the
+    checkpoint's state is replaced by `configured`'s and the learning rates go back to the base ones."""
     fresh = configured.state_dict()
     if set(fresh) != set(state):
-        return []
+        state.clear()
+        state.update(fresh)
+        for group, lr in zip(optimizer_state["param_groups"], configured.get_last_lr()):
+            group["lr"] = lr
+        return [f"a {type(configured).__name__} from its first epoch (the checkpoint's schedule is of another kind)"]
     changed = [f"{k} {state[k]!r} -> {v!r}" for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and state[k] != v]
     if not changed:
         return []

@@ -186,6 +186,18 @@ def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
     assert lr == pytest.approx(0.0, abs=1e-12)  # the end of a 4-epoch cosine (the 2-epoch one would be back at 1e-3)
 
 
+def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
+                                   tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=cosine", "trainer.max_epochs=3",
+                                                   f"ckpt_path={last}"], tmp_path))
+    schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
+    assert schedule["T_max"] == 3 and "patience" not in schedule  # a cosine state, not a hybrid with the plateau's
+    assert schedule["last_epoch"] == 2  # started with the resumed run's two epochs
+
+
 def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "test_after_training=false",
                                                "predict_after_training=false"], tmp_path)
