@@ -224,3 +224,17 @@ def test_a_whole_number_in_text_is_a_number_other_text_is_not():
     assert cfg.seed == 7
     with pytest.raises(UserError, match=r"threads must be an integer, got '1.5'"):
         check_numbers(cfg, (("threads", int, 0),))
+
+
+def test_every_config_folder_ships_in_the_wheel():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    repo = Path(__file__).resolve().parent.parent
+    setuptools = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {name: repo / folder for name, folder in setuptools["package-dir"].items()}
+    folders = {p.parent for p in [*repo.glob("gru_suite/conf/**/*.yaml"), *repo.glob("plugins/*/conf/**/*.yaml")]}
+    shipped = set()
+    for package in setuptools["packages"]:
+        top, *rest = package.split(".")
+        shipped.add(roots[top].joinpath(*rest))
+    assert folders <= shipped, sorted(str(f.relative_to(repo)) for f in folders - shipped)
+    assert setuptools["package-data"]["*"] == ["*.yaml"]
