@@ -129,6 +129,12 @@ def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
 
 
 @rank_zero_only
+def warn_on_rank_zero(message: str) -> None:
+    """Log a warning once per run, not once per DDP process."""
+    log.warning(message)
+
+
+@rank_zero_only
 def keep_earlier_metrics(loggers: list[Any]) -> None:
     """A CSV logger deletes the `metrics.csv` in its folder when it starts (a resumed run's, or the training
     history when eval writes into the training run's folder): move one that is there to `metrics.N.csv`, then
@@ -219,7 +225,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     module = build_module(cfg, task)
     backbone = getattr(module.model, "backbone", None)
     for message in unused_backbone_settings(cfg, backbone, command_line_keys("backbone")):
-        log.warning(message)
+        warn_on_rank_zero(message)
     if resumed is not None:
         check_same_model(resumed, module, f"ckpt_path {cfg.ckpt_path}")
         del resumed
