@@ -83,11 +83,11 @@ def _require_known_task() -> None:
 def _refuse_model_overrides() -> None:
     """A checkpoint's own backbone, optimizer and scheduler are used: one line rather than Hydra's 'not in
     struct' (or, with `+`, an override silently ignored)."""
-    from gru_suite.config import MODEL_CONFIG_KEYS
+    from gru_suite.config import MODEL_CONFIG_KEYS, override_key
 
     fixed = set(MODEL_CONFIG_KEYS) - {"task"}
     for arg in sys.argv[1:]:
-        if ("=" in arg or arg.startswith("~")) and arg.lstrip("+~").partition("=")[0].split(".")[0] in fixed:
+        if ("=" in arg or arg.startswith("~")) and override_key(arg).split(".")[0] in fixed:
             print(f"error: {arg}: the backbone, optimizer and scheduler are the checkpoint's; only task.* and run "
                   "settings (trainer, threads, paths, ...) can be changed here", file=sys.stderr)
             sys.exit(2)

@@ -131,6 +131,12 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
         raise UserError(f"cannot build {what} (_target_={target}): {detail}") from err
 
 
+def override_key(override: str) -> str:
+    """The dotted key a command-line override names (`++backbone.dropout=0.3` -> `backbone.dropout`,
+    `~task.x` -> `task.x`)."""
+    return override.partition("=")[0].lstrip("+~")
+
+
 def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str], prefix: str) -> DictConfig:
     """Copy onto `base` the keys under `prefix.` that the user set on the command line.
 
@@ -140,7 +146,7 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
     merged = base.copy()
     OmegaConf.set_struct(merged, False)
     for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+        key = override_key(override)
         if key.startswith(prefix + "."):
             OmegaConf.update(merged, key[len(prefix) + 1 :], OmegaConf.select(composed, key), merge=False)
     return merged
@@ -156,7 +162,7 @@ def _leaf_keys(node: Any, prefix: str) -> list[str]:
 def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "task") -> list[str]:
     """A warning for each `+prefix.key=value` override: with a single `+`, Hydra only lets a key that the
     config does not hold be added, so `key` is no setting of the task, and a misspelt one would be ignored."""
-    added = [o[1:].partition("=")[0] for o in overrides if o.startswith(f"+{prefix}.") and not o.startswith("++")]
+    added = [override_key(o) for o in overrides if o.startswith(f"+{prefix}.")]
     if not added:
         return []
     declared = [key for key in _leaf_keys(OmegaConf.to_container(cfg[prefix]), prefix) if key not in added]
@@ -173,7 +179,7 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
 
 def given_keys(overrides: Sequence[str], group: str) -> list[str]:
     """The keys of `group` that command-line `overrides` set (`backbone.dropout=0.3` -> `dropout`)."""
-    keys = [o.lstrip("+").partition("=")[0] for o in overrides]
+    keys = [override_key(o) for o in overrides if not o.startswith("~")]  # a deleted key is not set
     return [key.partition(".")[2] for key in keys if key.startswith(f"{group}.")]
 
 
