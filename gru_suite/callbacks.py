@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EMAWeightAveraging
+from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+TRACKED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
 class EpochThroughput(pl.Callback):
@@ -58,3 +61,42 @@ class EMAWeights(EMAWeightAveraging):
         averaged weights with what the validation pass fitted to them."""
         if self._average_model is not None:
             self._swap_models(pl_module)
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` that follows its run folder when the folder is moved or copied.
+
+    Resuming from a moved folder's own checkpoint, Lightning forgets the best and last checkpoints it finds
+    there (their recorded paths name the old place): it then writes `last-v1.ckpt` beside `last.ckpt` and never
+    removes the old best. When every checkpoint the state names is in this callback's folder, the state is
+    read as if it had been saved there. Its state is saved under `ModelCheckpoint`'s key, so either class
+    resumes the other's checkpoints.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if old and self.dirpath and os.path.abspath(old) != os.path.abspath(self.dirpath):
+            state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)
+        super().load_state_dict(state_dict)
+
+
+def moved_checkpoint_state(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:
+    """`state` of a `ModelCheckpoint` with its paths under `old` moved under `new`, when all of them exist
+    there; else `state` unchanged."""
+    paths = [state.get(key) or "" for key in TRACKED_PATHS] + list(state.get("best_k_models", {}))
+    paths = [path for path in paths if path]
+    if not paths or any(os.path.dirname(path) != old for path in paths):
+        return state
+
+    def moved(path: str) -> str:
+        return os.path.join(new, os.path.basename(path)) if path else path
+
+    if not all(os.path.isfile(moved(path)) for path in paths):
+        return state
+    state = {**state, **{key: moved(state.get(key) or "") for key in TRACKED_PATHS}, "dirpath": new}
+    state["best_k_models"] = {moved(path): score for path, score in state.get("best_k_models", {}).items()}
+    return state

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -184,6 +185,20 @@ def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
     schedule, lr = saved["lr_schedulers"][0], saved["optimizer_states"][0]["param_groups"][0]["lr"]
     assert schedule["T_max"] == 4 and schedule["last_epoch"] == 4
     assert lr == pytest.approx(0.0, abs=1e-12)  # the end of a 4-epoch cosine (the 2-epoch one would be back at 1e-3)
+
+
+def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path / "a"))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", f"ckpt_path={last}"],
+                                   tmp_path / "b"))
+    files = sorted(path.name for path in last.parent.iterdir())
+    assert files[-1] == "last.ckpt" and len(files) == 2 and files[0].startswith("best-"), files  # no last-v1.ckpt
+    state = next(value for key, value in torch.load(last, weights_only=False)["callbacks"].items()
+                 if key.startswith("ModelCheckpoint{"))  # the key Lightning's own class reads
+    assert state["dirpath"] == str(last.parent) and state["best_model_path"] == str(last.parent / files[0])
 
 
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
