@@ -79,6 +79,7 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("trainer.accumulate_grad_batches", int, 1),
     ("trainer.log_every_n_steps", int, 0),
     ("trainer.num_nodes", int, 1),
+    ("trainer.num_sanity_val_steps", int, -1),
     ("threads", int, 0),
     ("seed", int, 0, 2**32 - 1),
 )
@@ -97,6 +98,31 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
             raise UserError(f"{prefix}{field} must be between {minimum} and {maximum[0]}, got {value!r}")
         if number < minimum:
             raise UserError(f"{prefix}{field} must be at least {minimum}, got {value!r}")
+        OmegaConf.update(cfg, field, number, merge=False)
+
+
+BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
+                "trainer.limit_predict_batches", "trainer.val_check_interval")
+"""Trainer settings that take a fraction of the batches (a float in [0, 1]) or a number of them (an int)."""
+
+
+def check_batch_limits(cfg: DictConfig) -> None:
+    """Each of `BATCH_LIMITS` set in `cfg` is a fraction in [0, 1] or a whole number of batches, stored as the
+    float or the int Lightning reads it as; else a `UserError` naming the field. `val_check_interval` may also
+    be a duration, which Lightning checks."""
+    for field in BATCH_LIMITS:
+        value = OmegaConf.select(cfg, field, default=None)
+        duration = isinstance(value, DictConfig) or (isinstance(value, str) and ":" in value)
+        if value is None or (duration and field.endswith("val_check_interval")):
+            continue
+        whole = isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit())
+        try:
+            number = config_number(value, field, int if whole else float)
+        except UserError:
+            number = -1
+        if isinstance(value, bool) or number < 0 or (not whole and number > 1):
+            raise UserError(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, "
+                            f"got {value!r}")
         OmegaConf.update(cfg, field, number, merge=False)
 
 

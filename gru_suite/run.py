@@ -29,6 +29,7 @@ from gru_suite.checkpoint import check_same_model, read_checkpoint
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     RUN_NUMBERS,
+    check_batch_limits,
     check_numbers,
     given_keys,
     instantiate,
@@ -101,6 +102,7 @@ def apply_threads(cfg: DictConfig) -> None:
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
     apply_threads(cfg)
+    check_batch_limits(cfg)
     callbacks = [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     keep_earlier_metrics(loggers)

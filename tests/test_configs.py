@@ -112,6 +112,24 @@ def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
     assert trainer.optimizers[0].defaults["fused"] is False  # Lightning cannot clip before a fused step
 
 
+@pytest.mark.parametrize("override", ["trainer.limit_train_batches=abc", "trainer.limit_val_batches=1.5",
+                                      "trainer.limit_test_batches=-2", "trainer.val_check_interval=true"])
+def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_path):
+    cfg = compose_train_config("forecasting", [override, "trainer.accelerator=cpu"], tmp_path)
+    field = override.split("=")[0]
+    with pytest.raises(UserError, match=re.escape(f"{field} must be a fraction of the batches in [0, 1] or a whole")):
+        run.build_trainer(cfg)
+
+
+def test_batch_limits_keep_their_kind(tmp_path):
+    cfg = compose_train_config("forecasting", ["trainer.limit_train_batches='3'", "trainer.limit_val_batches=1.0",
+                                               "trainer.val_check_interval=00:00:01:00", "trainer.accelerator=cpu"],
+                               tmp_path)
+    trainer = run.build_trainer(cfg)
+    assert trainer.limit_train_batches == 3 and isinstance(trainer.limit_train_batches, int)
+    assert trainer.limit_val_batches == 1.0 and isinstance(trainer.limit_val_batches, float)  # all of them
+
+
 @pytest.mark.parametrize("overrides,epochs", [([], 100), (["trainer=ddp_sim"], 100), (["trainer.max_epochs=3"], 3),
                                               (["experiment=fsdd"], 50)])
 def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs, tmp_path):
@@ -143,6 +161,7 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("forecasting", "task.data.split=[0.5,0.5]", "split must be 3 non-negative fractions or row counts, got [0.5, 0.5]"),
     ("forecasting", "task.data.targets=[]", "task.data.targets must name at least one column"),
     ("forecasting", "seed=xyz", "seed must be an integer, got 'xyz'"),
+    ("forecasting", "trainer.num_sanity_val_steps=a", "trainer.num_sanity_val_steps must be an integer, got 'a'"),
     ("music", "task.generate.seed=1.7", "task.generate.seed must be an integer, got 1.7"),
     ("music", "task.generate.temperature=hot", "task.generate.temperature must be a finite number, got 'hot'"),
     ("music", "task.generate.temperature=-1", "task.generate.temperature must be positive, got -1"),
