@@ -11,7 +11,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +21,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
-__all__ = ["FitTest", "clean", "fit_and_test", "make_clock", "quiet", "quote", "table"]
+__all__ = ["FitTest", "clean", "exit_code", "fit_and_test", "make_clock", "quiet", "quote", "table"]
 
 
 def quiet() -> None:
@@ -33,6 +33,17 @@ def quiet() -> None:
     warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval.*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def exit_code(main: Callable[[], int]) -> int:
+    """`main()`, its user error (a missing split, a wrong setting) one line on stderr and exit code 2."""
+    from gru_suite.errors import UserError
+
+    try:
+        return main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 def quote(value: str | Path) -> str:

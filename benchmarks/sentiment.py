@@ -40,7 +40,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
 
 REFERENCES = {"Tree-LSTM (Tai et al. 2015, test)": 0.880, "BiLSTM from scratch (test, typical)": 0.85,
               "goal of issue 7": 0.87}
@@ -232,4 +232,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))

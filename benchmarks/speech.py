@@ -9,7 +9,8 @@ lookahead; add `--override task.text.tokens=chars` for characters, or
 testing the last epoch's weights (the preset's; `--override callbacks.model_checkpoint.monitor=val/cer`
 picks the epoch with the lowest character error rate on validation takes 10-12 instead):
 
-- `seen`: takes 5-9 of every speaker are held out of training (the test set); reports
+- `seen`: takes 5-9 of every speaker (`--test-takes`; with FSDD's full recordings, takes 0-49, the
+  standard test split is `--test-takes 0-4`) are held out of training (the test set); reports
   (a) isolated-digit accuracy on them, the same after 1 s of room tone (noise at each
   recording's quietest level: speech that does not start with the audio), and (c) WER on
   connected digit strings (2-5 digits, random pauses and levels) built from those held-out takes only;
@@ -36,16 +37,25 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
 
 GOALS = {"seen_accuracy": 0.99, "unseen_accuracy": 0.95, "connected_wer": 0.03, "rtf": 0.05}
 
 
-def settings(speaker: str) -> dict[str, list[str]]:
+def settings(speaker: str, test_takes: tuple[int, int]) -> dict[str, list[str]]:
+    first, last = test_takes
     return {
-        "seen": ["task.data.fsdd_split.test_takes=[5,9]", "task.data.fsdd_split.test_speakers=[]"],
+        "seen": [f"task.data.fsdd_split.test_takes=[{first},{last}]", "task.data.fsdd_split.test_speakers=[]"],
         "unseen": ["task.data.fsdd_split.test_takes=null", f"task.data.fsdd_split.test_speakers=[{speaker}]"],
     }
+
+
+def take_range(text: str) -> tuple[int, int]:
+    """`5-9` -> (5, 9)."""
+    first, _, last = text.partition("-")
+    if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+        raise argparse.ArgumentTypeError(f"expected FIRST-LAST take numbers such as 0-4, got {text!r}")
+    return int(first), int(last)
 
 
 def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) -> dict[str, Any]:
@@ -141,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fsdd", type=Path, required=True, help="FSDD folder (holding recordings/)")
     parser.add_argument("--settings", default="seen,unseen", help="comma-separated subset of seen,unseen")
     parser.add_argument("--speaker", default="george", help="the speaker held out in the unseen setting")
+    parser.add_argument("--test-takes", type=take_range, default=(5, 9), metavar="FIRST-LAST",
+                        help="the takes held out in the seen setting (default 5-9; validation takes are 10-12)")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time budget per training (default 20)")
     parser.add_argument("--chunk-ms", type=float, default=100.0)
     parser.add_argument("--train-threads", type=int, default=1)
@@ -157,9 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.fsdd} not found", file=sys.stderr)
         return 2
     quiet()
-    chosen = settings(args.speaker)
+    chosen = settings(args.speaker, args.test_takes)
     results: dict[str, Any] = {"fsdd": str(args.fsdd), "minutes_per_training": args.minutes,
-                               "speaker_held_out": args.speaker, "chunk_ms": args.chunk_ms, "settings": {}}
+                               "speaker_held_out": args.speaker, "test_takes": list(args.test_takes),
+                               "chunk_ms": args.chunk_ms, "settings": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings.split(","):
             results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, args.keep or Path(tmp))
@@ -170,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             same = s["streaming_equals_offline"]
             rows.append([f"{name} / {label}", s["n"], s["accuracy"], s["wer"], s["cer"], s["rtf_offline"],
                          "n/a" if same is None else s["rtf_streaming"], "n/a" if same is None else f"{same}/{s['n']}"])
-    table("FSDD test: seen = takes 5-9 held out, unseen = speaker held out; connected = 2-5 digit strings",
+    first, last = args.test_takes
+    table(f"FSDD test: seen = takes {first}-{last} held out, unseen = speaker held out; connected = 2-5 digit strings",
           ["setting / utterances", "n", "accuracy", "WER", "CER", "RTF offline", "RTF streaming", "stream = offline"],
           rows)
     table("training (1 run per setting, CPU)", ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
@@ -187,4 +201,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))

@@ -6,8 +6,10 @@ and decoding speed (sentences per second) for greedy and beam search on the CPU.
 
 Trains `experiment=multi30k` on `train` for at most `--minutes` of wall time (or its
 `trainer.max_epochs`), keeps the checkpoint with the best greedy BLEU on `val`, and reports `val`
-(the Multi30k test sets are held back) decoded greedily and with beam search: detokenised
-output against the raw references, with sacreBLEU's signatures. Prints tables, then one JSON line.
+decoded greedily and with beam search, and `test` as well when the folder holds `test.<source>` +
+`test.<target>` (the copy in `../shared/data` does not: Multi30k's test sets are held back):
+detokenised output against the raw references, with sacreBLEU's signatures. Prints tables, then one
+JSON line.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
 
 REFERENCES = {"GRU + Bahdanau attention (bentrevett/pytorch-seq2seq)": 28.3, "attention + SentencePiece": 33.5}
 
@@ -79,28 +81,38 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose_train_config("translation", overrides, Path(tmp))
         run = fit_and_test(cfg, args.seed)
     task, model = run.task, run.module.model  # the best checkpoint's weights (loaded by the test stage)
-    val = run.datamodule.dataset("val")
-    decoded = [decode_split(task, model, val, beam, cfg.task.data.eval_batch_size) for beam in (1, args.beam)]
+    from gru_suite_plugins.translation.data import read_parallel
+
+    data = cfg.task.data
+    splits = ["val"] + (["test"] if read_parallel(args.data, data.splits.test, args.source, args.target,
+                                                   data.encoding_errors) else [])
+    decoded = {split: [decode_split(task, model, run.datamodule.dataset(split), beam, data.eval_batch_size)
+                       for beam in (1, args.beam)] for split in splits}
     epochs = len(run.clock.wall)
     results = {
-        "data": str(args.data), "direction": f"{args.source}->{args.target}", "split": "val",
+        "data": str(args.data), "direction": f"{args.source}->{args.target}", "splits": splits,
         "overrides": overrides, "threads": args.threads, "parameters": sum(p.numel() for p in model.parameters()),
         "epochs_run": epochs, "best_epoch": run.best_epoch, "best_val_bleu_greedy": run.best_val_loss,
         "train_s_per_epoch": sum(run.clock.wall) / max(epochs, 1), "fit_wall_s": run.fit_wall_s,
-        "val_perplexity": run.test_metrics.get("test/perplexity"),
-        "decoding": {f"beam{d['beam']}": d for d in decoded},
+        # the test stage's: on `test` when the folder has it, else on `val`
+        f"{splits[-1]}_perplexity": run.test_metrics.get("test/perplexity"),
+        **{("decoding" if split == "val" else f"{split}_decoding"): {f"beam{d['beam']}": d for d in runs}
+           for split, runs in decoded.items()},
     }
     table(
-        f"Multi30k {args.source}->{args.target}, val ({len(val)} pairs), best checkpoint by greedy val BLEU",
-        ["decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
-        [[("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"], d["sentences_per_s"], epochs,
-          results["train_s_per_epoch"], results["val_perplexity"]] for d in decoded]
-        + [[f"{name} (test 2016, reference)", value, "", "", "", "", ""] for name, value in REFERENCES.items()],
+        f"Multi30k {args.source}->{args.target}, best checkpoint by greedy val BLEU",
+        ["split", "decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
+        [[f"{split} ({d['sentences']})", ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
+          d["sentences_per_s"], epochs, results["train_s_per_epoch"],
+          run.test_metrics.get("test/perplexity") if split == splits[-1] else ""]
+         for split, runs in decoded.items() for d in runs]
+        + [["test 2016", f"{name} (reference)", value, "", "", "", "", ""] for name, value in REFERENCES.items()],
     )
-    print(f"sacreBLEU: {decoded[-1]['bleu_signature']} | {decoded[-1]['chrf_signature']}")
+    last = decoded[splits[-1]][-1]
+    print(f"sacreBLEU: {last['bleu_signature']} | {last['chrf_signature']}")
     print(json.dumps(results, default=float, sort_keys=True))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main))
