@@ -7,8 +7,9 @@ Each head trains with its preset (quarter notes, 88 keys: `experiment=jsb_choral
 autoregressive head, `experiment=jsb_chorales_independent` for the independent one) on `train` for at most
 `--minutes` of wall time, keeps the checkpoint with the best `valid` NLL and reports its NLL on
 `test` (negative log-likelihood in nats per time step, each time step weighted equally), or on
-`valid` when the JSON has no test split (the copy in `../shared/data` holds none). Generation speed compares sampling with the
-GRU state carried from step to step against recomputing the whole prefix at every step.
+`valid` when the JSON has no test split (the copy in `../shared/data` holds none). Generation speed
+compares sampling with the GRU state carried from step to step against recomputing the whole prefix
+at every step.
 Prints a table per section, then one JSON line.
 """
 
