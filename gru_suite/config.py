@@ -209,17 +209,22 @@ def given_keys(overrides: Sequence[str], group: str) -> list[str]:
     return [key.partition(".")[2] for key in keys if key.startswith(f"{group}.")]
 
 
-def unused_backbone_settings(cfg: DictConfig, backbone: Any, given: Sequence[str] = ()) -> list[str]:
+def unused_backbone_settings(cfg: DictConfig, model: Any, given: Sequence[str] = ()) -> list[str]:
     """Warnings for backbone settings that will not act: `dropout` with one layer (it drops between stacked
-    layers), and each `given` key whose value the task's built `backbone` does not have (a task may set, say,
-    `bidirectional` from its own config)."""
+    layers), and each `given` key whose value a backbone of the task's built `model` does not have (a task may
+    set, say, `bidirectional` from its own config, or build a one-way decoder beside a two-way encoder)."""
+    from gru_suite.backbone import GRUBackbone
+
     settings, messages = cfg.backbone, []
     if settings.get("dropout") and settings.get("num_layers") == 1:
         messages.append(f"backbone.dropout={settings.dropout} has no effect with backbone.num_layers=1: it drops "
                         "between stacked layers (the task's own dropout settings act on its inputs and outputs)")
+    backbones = [(name, module) for name, module in model.named_modules() if isinstance(module, GRUBackbone)]
     for key in given:
-        if hasattr(backbone, key) and getattr(backbone, key) != settings.get(key):
+        for name, backbone in backbones:
+            if not hasattr(backbone, key) or getattr(backbone, key) == settings.get(key):
+                continue
             shown = [str(v).lower() if isinstance(v, bool) else v for v in (settings.get(key), getattr(backbone, key))]
             messages.append(f"backbone.{key}={shown[0]} is not what task {cfg.task.name!r} builds: its model's "
-                            f"backbone has {key}={shown[1]}, set by the task's own config")
+                            f"{name} has {key}={shown[1]}, set by the task's own config")
     return messages

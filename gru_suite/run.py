@@ -225,8 +225,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg.task)
     datamodule = task.datamodule()
     module = build_module(cfg, task)
-    backbone = getattr(module.model, "backbone", None)
-    for message in unused_backbone_settings(cfg, backbone, command_line_keys("backbone")):
+    for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)
     if resumed is not None:
         check_same_model(resumed, module, f"ckpt_path {cfg.ckpt_path}")

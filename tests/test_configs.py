@@ -227,14 +227,20 @@ def test_backbone_settings_that_would_not_act_are_named(tmp_path):
     cfg = compose_train_config("sentiment", ["backbone.bidirectional=false", "backbone.dropout=0.2"], tmp_path)
     task = run.build_task(cfg.task)
     task.datamodule()  # fits the tokenizer the model's size needs
-    assert unused_backbone_settings(cfg, run.build_module(cfg, task).model.backbone, ["bidirectional", "dropout"]) == [
+    assert unused_backbone_settings(cfg, run.build_module(cfg, task).model, ["bidirectional", "dropout"]) == [
         "backbone.dropout=0.2 has no effect with backbone.num_layers=1: it drops between stacked layers (the task's "
         "own dropout settings act on its inputs and outputs)",
         "backbone.bidirectional=false is not what task 'sentiment' builds: its model's backbone has "
         "bidirectional=true, set by the task's own config",
     ]
     two = compose_train_config("sentiment", ["backbone.num_layers=2", "backbone.dropout=0.2"], tmp_path / "two")
-    assert unused_backbone_settings(two, run.build_module(two, task).model.backbone, ["num_layers", "dropout"]) == []
+    assert unused_backbone_settings(two, run.build_module(two, task).model, ["num_layers", "dropout"]) == []
+    translation = compose_train_config("translation", ["backbone.bidirectional=true"], tmp_path / "translation")
+    task = run.build_task(translation.task)
+    task.datamodule()
+    assert unused_backbone_settings(translation, run.build_module(translation, task).model, ["bidirectional"]) == [
+        "backbone.bidirectional=true is not what task 'translation' builds: its model's decoder has "
+        "bidirectional=false, set by the task's own config"]  # the encoder runs both ways
 
 
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
