@@ -158,6 +158,8 @@ class TaskModule(pl.LightningModule):
 SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "best", "num_bad_epochs",
                                "cooldown_counter", "_is_initial", "_get_lr_called_within_step"})
 """Scheduler state that a run accumulates; the rest of a scheduler's state is its settings."""
+DERIVED_SETTINGS = frozenset({"mode_worse"})
+"""Scheduler settings that follow from others (ReduceLROnPlateau's `mode`), not worth naming."""
 
 
 def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any) -> list[str]:
@@ -173,9 +175,12 @@ def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str,
         for group, lr in zip(optimizer_state["param_groups"], configured.get_last_lr()):
             group["lr"] = lr
         return [f"a {type(configured).__name__} from its first epoch (the checkpoint's schedule is of another kind)"]
-    changed = [f"{k} {state[k]!r} -> {v!r}" for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and state[k] != v]
-    if not changed:
+    settings = {k: v for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and state[k] != v}
+    changed = [f"{k} {state[k]!r} -> {v!r}" for k, v in settings.items() if k not in DERIVED_SETTINGS]
+    if not settings:
         return []
+    if state.get("mode") != fresh.get("mode"):  # ReduceLROnPlateau: the best value so far is a worst one now
+        state.update(best=fresh["best"], num_bad_epochs=0)
     state.update({k: v for k, v in fresh.items() if k not in SCHEDULE_PROGRESS})
     if not isinstance(configured, torch.optim.lr_scheduler.ReduceLROnPlateau):
         configured.optimizer.step()  # (no gradients: no update) so the scheduler's steps below are in order

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import re
 import shutil
 import time
@@ -15,7 +16,7 @@ import torch
 
 from conftest import TINY, run_cli
 
-from gru_suite import run
+from gru_suite import module, run
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import default_data_dir
 from gru_suite.errors import UserError
@@ -185,6 +186,23 @@ def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
     schedule, lr = saved["lr_schedulers"][0], saved["optimizer_states"][0]["param_groups"][0]["lr"]
     assert schedule["T_max"] == 4 and schedule["last_epoch"] == 4
     assert lr == pytest.approx(0.0, abs=1e-12)  # the end of a 4-epoch cosine (the 2-epoch one would be back at 1e-3)
+
+
+def test_a_plateau_schedule_resumed_in_the_other_mode_forgets_its_best():
+    def plateau(mode: str, patience: int) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, patience=patience)
+
+    trained = plateau("min", 2)
+    for loss in (0.5, 0.4, 0.45):
+        trained.step(loss)
+    state, optimizer_state = trained.state_dict(), trained.optimizer.state_dict()
+    changed = module.follow_configured_schedule(state, optimizer_state, plateau("max", 2))
+    assert changed == ["mode 'min' -> 'max'"]
+    assert state["best"] == -math.inf and state["num_bad_epochs"] == 0  # not 0.4, a loss, as the best accuracy
+    same_mode = trained.state_dict()
+    module.follow_configured_schedule(same_mode, optimizer_state, plateau("min", 5))
+    assert same_mode["best"] == 0.4 and same_mode["num_bad_epochs"] == 1 and same_mode["patience"] == 5
 
 
 def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
