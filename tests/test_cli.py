@@ -263,6 +263,11 @@ def test_multirun_sweeps(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_forecasting", "1_forecasting"]
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))  # one per job, ranked by task.monitor
+    assert sorted(row["backbone.hidden_size"] for row in rows) == ["12", "8"]
+    assert float(rows[0]["val/loss"]) <= float(rows[1]["val/loss"]) and "test/mse" in rows[0]
+    best = f"best: {rows[0]['job']} (backbone.hidden_size={rows[0]['backbone.hidden_size']}) val/loss="
+    assert best in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(

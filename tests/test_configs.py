@@ -20,7 +20,7 @@ from gru_suite.config import (
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
-GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug"]
+GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug", "hparams_search"]
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
 PRESETS = sorted((Path(__file__).parents[1] / "plugins").glob("*/conf/experiment/*.yaml"))
 TASK_OF = {path.stem: path.parents[2].name for path in PRESETS}  # plugins/<task>/conf/experiment/<name>.yaml

@@ -1,0 +1,121 @@
+"""A multirun's summary: one row per job (the settings that vary, then its final metrics), ranked by the monitored
+validation metric. Hydra calls `SweepSummary` once the sweep's jobs have run; it imports no torch."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from gru_suite.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_NAME = "summary.csv"
+METRICS_FILES = ("metrics.json", "test_metrics.json")  # what gru-suite and gru-suite-eval write
+
+
+@dataclass
+class Job:
+    """One job folder of a sweep: its overrides, its final metrics (empty when it wrote none) and the metric that
+    ranks it (`task.monitor`, best checkpoint's value when recorded)."""
+
+    folder: Path
+    overrides: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    monitor: str | None = None
+    mode: str = "min"
+
+    @property
+    def score(self) -> float | None:
+        if self.monitor is None:
+            return None
+        return self.metrics.get(f"{self.monitor}_best", self.metrics.get(self.monitor))
+
+
+def read_job(folder: Path) -> Job:
+    """The job in `folder` (a folder holding `.hydra/overrides.yaml`)."""
+    overrides = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
+    settings = dict(str(item).split("=", 1) if "=" in str(item) else (str(item), "") for item in overrides)
+    job = Job(folder, settings)
+    for name in METRICS_FILES:
+        if (metrics := folder / name).is_file():
+            job.metrics = {k: float(v) for k, v in json.loads(metrics.read_text(encoding="utf-8")).items()}
+            break
+    config = folder / ".hydra" / "config.yaml"
+    if config.is_file():
+        task = OmegaConf.load(config).get("task") or {}
+        job.monitor, job.mode = task.get("monitor"), task.get("monitor_mode") or "min"
+    return job
+
+
+def sweep_jobs(sweep_dir: Path) -> list[Job]:
+    """The jobs under `sweep_dir`, in job order."""
+    folders = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    return [read_job(folder) for folder in sorted(folders, key=_job_number)]
+
+
+def _job_number(folder: Path) -> tuple[int, str]:
+    number = folder.name.split("_", 1)[0]
+    return (int(number) if number.isdigit() else math.inf, folder.name)  # type: ignore[return-value]
+
+
+def ranked(jobs: list[Job]) -> list[Job]:
+    """`jobs` best first by their monitored metric when they share one metric and mode; else as given."""
+    if len({(job.monitor, job.mode) for job in jobs}) != 1 or jobs[0].monitor is None:
+        return jobs
+    scored = [job for job in jobs if job.score is not None and math.isfinite(job.score)]
+    scored.sort(key=lambda job: job.score if job.mode == "min" else -job.score)  # type: ignore[operator]
+    return scored + [job for job in jobs if job not in scored]
+
+
+def varying_settings(jobs: list[Job]) -> list[str]:
+    """The override keys whose values differ between `jobs`, in the order the jobs name them."""
+    return [key for key in dict.fromkeys(k for job in jobs for k in job.overrides)
+            if len({job.overrides.get(key) for job in jobs}) > 1]
+
+
+def summary_csv(jobs: list[Job]) -> str:
+    """One row per job: its folder, the overrides that differ between jobs, then every metric (the first job's
+    monitored one first)."""
+    varying = varying_settings(jobs)
+    monitored = [name for job in jobs[:1] if job.monitor for name in (f"{job.monitor}_best", job.monitor)]
+    others = sorted({name for job in jobs for name in job.metrics} - set(monitored))
+    metrics = [name for name in monitored if any(name in job.metrics for job in jobs)] + others
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["job", *varying, *metrics])
+    for job in jobs:
+        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying),
+                         *(_number(job.metrics.get(m)) for m in metrics)])
+    return out.getvalue()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6g}"
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, write `<sweep dir>/summary.csv` and log the best job."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = ranked(sweep_jobs(sweep_dir))
+        if not jobs:
+            return
+        path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
+        best = jobs[0]
+        if best.score is None:
+            log.info("sweep of %d jobs: %s (no job recorded its monitored metric)", len(jobs), path)
+            return
+        settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)
+        log.info("sweep of %d jobs, ranked by %s (%s): %s; best: %s (%s) %s=%.6g", len(jobs), best.monitor,
+                 best.mode, path, best.folder.name, settings or "no varying setting", best.monitor, best.score)

@@ -1,0 +1,43 @@
+"""The multirun summary: jobs read from their folders, ranked by the monitored metric, written as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from gru_suite.sweep import SweepSummary, ranked, summary_csv, sweep_jobs
+
+
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None, mode: str = "max") -> None:
+    folder = sweep / name / ".hydra"
+    folder.mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
+    OmegaConf.save(OmegaConf.create({"task": {"monitor": "val/f1", "monitor_mode": mode}}), folder / "config.yaml")
+    if metrics is not None:
+        (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_jobs_are_ranked_by_their_best_monitored_value_and_a_failed_job_comes_last(tmp_path):
+    _job(tmp_path, "0_sentiment", ["task=sentiment", "optimizer.lr=0.01", "seed=1"],
+         {"val/f1": 0.9, "val/f1_best": 0.7})
+    _job(tmp_path, "1_sentiment", ["task=sentiment", "optimizer.lr=0.001", "seed=1"], None)  # failed: no metrics
+    _job(tmp_path, "2_sentiment", ["task=sentiment", "optimizer.lr=0.0001", "seed=1"], {"val/f1": 0.8})
+    jobs = ranked(sweep_jobs(tmp_path))
+    assert [job.folder.name for job in jobs] == ["2_sentiment", "0_sentiment", "1_sentiment"]  # 0.8 > 0.7 (best)
+    rows = list(csv.reader(io.StringIO(summary_csv(jobs))))
+    assert rows[0] == ["job", "optimizer.lr", "val/f1_best", "val/f1"]  # only the setting that varies
+    assert rows[1:] == [["2_sentiment", "0.0001", "", "0.8"], ["0_sentiment", "0.01", "0.7", "0.9"],
+                        ["1_sentiment", "0.001", "", ""]]
+
+
+def test_the_summary_is_written_into_the_sweep_folder_and_names_the_best_job(tmp_path, caplog):
+    caplog.set_level("INFO")
+    _job(tmp_path, "0_forecasting", ["backbone.hidden_size=8"], {"val/f1": 0.5}, mode="min")
+    _job(tmp_path, "1_forecasting", ["backbone.hidden_size=16"], {"val/f1": 0.25}, mode="min")
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert (tmp_path / "summary.csv").read_text().splitlines()[1] == "1_forecasting,16,0.25"
+    assert "best: 1_forecasting (backbone.hidden_size=16) val/f1=0.25" in caplog.text
