@@ -88,17 +88,26 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
 
 def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> None:
     """Each of `fields` set in `cfg` (not null) is a number of its kind within its bounds, and is stored
-    as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field."""
+    as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field, one line per
+    wrong field (all of them at once)."""
+    wrong = []
     for field, kind, minimum, *maximum in fields:
         value = OmegaConf.select(cfg, field, default=None)
         if value is None:
             continue
-        number = config_number(value, prefix + field, kind)
+        try:
+            number = config_number(value, prefix + field, kind)
+        except UserError as err:
+            wrong.append(str(err))
+            continue
         if maximum and not minimum <= number <= maximum[0]:
-            raise UserError(f"{prefix}{field} must be between {minimum} and {maximum[0]}, got {value!r}")
-        if number < minimum:
-            raise UserError(f"{prefix}{field} must be at least {minimum}, got {value!r}")
-        OmegaConf.update(cfg, field, number, merge=False)
+            wrong.append(f"{prefix}{field} must be between {minimum} and {maximum[0]}, got {value!r}")
+        elif number < minimum:
+            wrong.append(f"{prefix}{field} must be at least {minimum}, got {value!r}")
+        else:
+            OmegaConf.update(cfg, field, number, merge=False)
+    if wrong:
+        raise UserError(wrong[0] if len(wrong) == 1 else f"{len(wrong)} settings are wrong:\n  " + "\n  ".join(wrong))
 
 
 BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",

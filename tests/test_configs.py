@@ -243,6 +243,15 @@ def test_backbone_settings_that_would_not_act_are_named(tmp_path):
         "bidirectional=false, set by the task's own config"]  # the encoder runs both ways
 
 
+def test_every_wrong_number_is_named_at_once(tmp_path):
+    cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "trainer.max_epochs=-5", "seed=x"], tmp_path)
+    with pytest.raises(UserError) as caught:
+        check_numbers(cfg, RUN_NUMBERS)
+    assert str(caught.value).splitlines() == [
+        "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
+        "  trainer.max_epochs must be at least -1, got -5", "  seed must be an integer, got 'x'"]
+
+
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
     cfg = OmegaConf.create({"seed": "7", "threads": "1.5"})
     check_numbers(cfg, (("seed", int, 0),))
