@@ -68,9 +68,14 @@ def _job_number(folder: Path) -> tuple[int, str]:
     return (int(number) if number.isdigit() else math.inf, folder.name)  # type: ignore[return-value]
 
 
+def rankable(jobs: list[Job]) -> bool:
+    """Whether `jobs` monitor one metric in one mode (a sweep over tasks does not)."""
+    return len({(job.monitor, job.mode) for job in jobs}) == 1 and jobs[0].monitor is not None
+
+
 def ranked(jobs: list[Job]) -> list[Job]:
     """`jobs` best first by their monitored metric when they share one metric and mode; else as given."""
-    if len({(job.monitor, job.mode) for job in jobs}) != 1 or jobs[0].monitor is None:
+    if not rankable(jobs):
         return jobs
     scored = [job for job in jobs if job.score is not None and math.isfinite(job.score)]
     scored.sort(key=lambda job: job.score if job.mode == "min" else -job.score)  # type: ignore[operator]
@@ -113,8 +118,9 @@ class SweepSummary(Callback):
             return
         path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
         best = jobs[0]
-        if best.score is None:
-            log.info("sweep of %d jobs: %s (no job recorded its monitored metric)", len(jobs), path)
+        if not rankable(jobs) or best.score is None:
+            why = "no job recorded its monitored metric" if rankable(jobs) else "the jobs monitor different metrics"
+            log.info("sweep of %d jobs: %s (not ranked: %s)", len(jobs), path, why)
             return
         settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)
         log.info("sweep of %d jobs, ranked by %s (%s): %s; best: %s (%s) %s=%.6g", len(jobs), best.monitor,

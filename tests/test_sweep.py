@@ -41,3 +41,12 @@ def test_the_summary_is_written_into_the_sweep_folder_and_names_the_best_job(tmp
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert (tmp_path / "summary.csv").read_text().splitlines()[1] == "1_forecasting,16,0.25"
     assert "best: 1_forecasting (backbone.hidden_size=16) val/f1=0.25" in caplog.text
+
+
+def test_jobs_of_tasks_with_different_monitors_are_not_ranked(tmp_path, caplog):
+    caplog.set_level("INFO")
+    _job(tmp_path, "0_a", ["task=a"], {"val/f1": 0.5}, mode="max")
+    _job(tmp_path, "1_b", ["task=b"], {"val/f1": 0.9}, mode="min")
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert [line.split(",")[0] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]] == ["0_a", "1_b"]
+    assert "(not ranked: the jobs monitor different metrics)" in caplog.text and "best:" not in caplog.text
