@@ -203,11 +203,11 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 def _gates_body(cfg: Any) -> None:
     import logging
 
-    from gru_suite.config import RUN_NUMBERS, check_numbers
+    from gru_suite.config import check_run_settings
     from gru_suite.gates import plot_model_gates
     from gru_suite.run import apply_threads, artifact_lines
 
-    check_numbers(cfg, RUN_NUMBERS)  # as train, eval and predict do
+    check_run_settings(cfg, (("sample", int, 0),))  # as train, eval and predict do
     apply_threads(cfg)
     module = _restore(cfg)
     for line in artifact_lines(plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)):

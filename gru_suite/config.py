@@ -110,6 +110,43 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
         raise UserError(wrong[0] if len(wrong) == 1 else f"{len(wrong)} settings are wrong:\n  " + "\n  ".join(wrong))
 
 
+RUN_SWITCHES = ("backbone.bidirectional", "test_after_training", "predict_after_training")
+"""True/false settings of the core's config that `check_switches` checks before a run."""
+
+
+def check_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> None:
+    """Each of `fields` set in `cfg` (not null) is true or false (a quoted 'true' becomes True); else a
+    `UserError` naming `prefix` + the field, one line per wrong field."""
+    wrong = []
+    for field in fields:
+        value = OmegaConf.select(cfg, field, default=None)
+        if value is None or isinstance(value, bool):
+            continue
+        if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+            OmegaConf.update(cfg, field, value.strip().lower() == "true", merge=False)
+            continue
+        wrong.append(f"{prefix}{field} must be true or false, got {value!r}")
+    if wrong:
+        raise UserError(wrong[0] if len(wrong) == 1 else f"{len(wrong)} settings are wrong:\n  " + "\n  ".join(wrong))
+
+
+def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = ()) -> None:
+    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command) and switches (`RUN_SWITCHES`)."""
+    check_numbers(cfg, RUN_NUMBERS + numbers)
+    check_switches(cfg, RUN_SWITCHES)
+
+
+def switches_of(defaults: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of `defaults` (a config's plain dict) whose value is true or false."""
+    keys = []
+    for key, value in (defaults or {}).items():
+        if isinstance(value, dict):
+            keys += switches_of(value, f"{prefix}{key}.")
+        elif isinstance(value, bool):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
 BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
                 "trainer.limit_predict_batches", "trainer.val_check_interval")
 """Trainer settings that take a fraction of the batches (a float in [0, 1]) or a number of them (an int)."""

@@ -102,6 +102,19 @@ def installed_tasks() -> dict[str, TaskEntry]:
     return dict(sorted(tasks.items()))
 
 
+@cache
+def task_switches(name: str) -> tuple[str, ...]:
+    """The true/false settings of installed task `name` (keys under `task.` whose value in its shipped
+    `conf/task/<name>.yaml` is true or false); none for a task not installed or shipping no config."""
+    from gru_suite.config import switches_of
+
+    entry = installed_tasks().get(name)
+    path = entry.config_file() if entry is not None else None
+    if path is None:
+        return ()
+    return tuple(switches_of(yaml.safe_load(path.read_text(encoding="utf-8"))))
+
+
 def get_task(name: str) -> TaskEntry:
     """The entry for `name`, or a UserError listing the installed tasks."""
     tasks = installed_tasks()

@@ -28,9 +28,8 @@ from gru_suite.atomic import write_text
 from gru_suite.checkpoint import check_same_model, read_checkpoint
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
-    RUN_NUMBERS,
     check_batch_limits,
-    check_numbers,
+    check_run_settings,
     given_keys,
     instantiate,
     unused_backbone_settings,
@@ -215,7 +214,7 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
-    check_numbers(cfg, RUN_NUMBERS)
+    check_run_settings(cfg)
     resumed = None
     if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
@@ -324,7 +323,7 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
 
 def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str, float]:
     """Test a restored model on its task's test split."""
-    check_numbers(cfg, RUN_NUMBERS)
+    check_run_settings(cfg)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
@@ -338,7 +337,7 @@ def predict(
 ) -> list[Path]:
     """Write a restored model's artifacts into the run folder; with `ensemble`, (checkpoint path, module)
     pairs of the same task, those of all the models together (`TaskPlugin.ensemble`)."""
-    check_numbers(cfg, RUN_NUMBERS)
+    check_run_settings(cfg)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
     predictions = ensemble_predictions(trainer, module, datamodule, str(cfg.ckpt_path), ensemble) if ensemble else None

@@ -14,8 +14,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.config import NumberField, check_numbers, check_set
+from gru_suite.config import NumberField, check_numbers, check_set, check_switches
 from gru_suite.errors import UserError
+from gru_suite.registry import task_switches
 
 Stage = Literal["train", "val", "test"]
 BackboneFactory = Callable[..., GRUBackbone]
@@ -73,6 +74,7 @@ class TaskPlugin(ABC):
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         check_set(cfg, self.required, prefix="task.")
         check_numbers(cfg, self.numbers, prefix="task.")
+        check_switches(cfg, task_switches(str(cfg.get("name"))), prefix="task.")  # those its config sets true/false
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 

@@ -12,12 +12,15 @@ from gru_suite.config import (
     CONF_DIR,
     RUN_NUMBERS,
     check_numbers,
+    check_run_settings,
     check_set,
+    check_switches,
     given_keys,
     undeclared_settings,
     unused_backbone_settings,
 )
 from gru_suite.errors import UserError
+from gru_suite.registry import task_switches
 from gru_suite.testing import compose_train_config
 
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug", "hparams_search"]
@@ -162,6 +165,11 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("forecasting", "task.data.targets=[]", "task.data.targets must name at least one column"),
     ("forecasting", "seed=xyz", "seed must be an integer, got 'xyz'"),
     ("forecasting", "trainer.num_sanity_val_steps=a", "trainer.num_sanity_val_steps must be an integer, got 'a'"),
+    ("forecasting", "backbone.bidirectional=maybe", "backbone.bidirectional must be true or false, got 'maybe'"),
+    ("forecasting", "predict_after_training=1", "predict_after_training must be true or false, got 1"),
+    ("translation", "task.predict.attention=nope", "task.predict.attention must be true or false, got 'nope'"),
+    ("speech", "task.predict.streaming=maybe", "task.predict.streaming must be true or false, got 'maybe'"),
+    ("music", "task.data.drums=nope", "task.data.drums must be true or false, got 'nope'"),
     ("music", "task.generate.seed=1.7", "task.generate.seed must be an integer, got 1.7"),
     ("music", "task.generate.temperature=hot", "task.generate.temperature must be a finite number, got 'hot'"),
     ("music", "task.generate.temperature=-1", "task.generate.temperature must be positive, got -1"),
@@ -174,7 +182,7 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
     cfg = compose_train_config(task, override.split(), tmp_path)
     with pytest.raises(UserError, match=re.escape(message)):
-        check_numbers(cfg, RUN_NUMBERS)
+        check_run_settings(cfg)
         run.build_task(cfg.task).datamodule()
 
 
@@ -250,6 +258,13 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
     assert str(caught.value).splitlines() == [
         "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
         "  trainer.max_epochs must be at least -1, got -5", "  seed must be an integer, got 'x'"]
+
+
+def test_a_quoted_true_or_false_is_a_switch():
+    cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False"}}})
+    check_switches(cfg, ["task.model.bidirectional"])
+    assert cfg.task.model.bidirectional is False
+    assert "model.bidirectional" in task_switches("sentiment") and "data.batch_size" not in task_switches("sentiment")
 
 
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
