@@ -342,6 +342,8 @@ def write_series(path, columns=("value",), rows=200, label=None):
     ("label_yes", r"label_yes.csv, line 102, column 'label': expected a label of 0 or 1, got 'yes'"),
     ("label_missing", r"label_missing.csv, line 102, column 'label': expected a label of 0 or 1, got a missing value"),
     ("renamed", r"b.csv: value columns \['foo'\] differ from \['value'\] of .*a.csv"),
+    ("label_absent", r"label_absent.csv: no label column 'label' \(task.data.label_column\); its columns are "
+                     r"\['timestamp', 'value'\]"),
 ])
 def test_bad_files_are_named(tmp_path, case, expected):
     path = tmp_path / f"{case}.csv"
@@ -349,6 +351,8 @@ def test_bad_files_are_named(tmp_path, case, expected):
         path.write_text("")
     elif case == "no_values":
         write_series(path, columns=())
+    elif case == "label_absent":
+        write_series(path)
     elif case.startswith("label_"):
         write_series(path, label={"label_2": 2, "label_yes": "yes", "label_missing": ""}[case])
     else:

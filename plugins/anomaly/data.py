@@ -202,7 +202,10 @@ def _value_columns(file: Path, frame: pd.DataFrame, time_column: str | None, lab
 
 def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[Window]:
     """The anomaly windows of a 0/1 label column of `file` (read into `frame`; rows in file order, as the
-    values'); a UserError naming the line of any other value."""
+    values'); a UserError naming the line of any other value, or the columns when it has no such column."""
+    if label_column not in frame.columns:
+        raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
+                        f"{list(frame.columns)}")
     column = frame[label_column]
     labels = pd.to_numeric(column, errors="coerce").to_numpy()
     bad = ~np.isin(labels, (0, 1))
