@@ -25,7 +25,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
-from gru_suite.checkpoint import check_same_model, read_checkpoint
+from gru_suite.checkpoint import check_same_model, read_checkpoint, stored_config
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     check_batch_limits,
@@ -218,7 +218,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     resumed = None
     if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
-        resumed = read_checkpoint(cfg.ckpt_path)["state_dict"]
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        if (task_name := stored_config(checkpoint).task.name) != cfg.task.name:
+            raise UserError(f"ckpt_path {cfg.ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
+        resumed = checkpoint["state_dict"]
+        del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)

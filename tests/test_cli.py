@@ -255,6 +255,9 @@ def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
     with pytest.raises(UserError, match=r"holds another model than this config builds \(model\.backbone\.rnn\."):
         run.train(resume)
     assert not (tmp_path / "t" / "checkpoints").exists()
+    other_task = compose_train_config("anomaly", [f"ckpt_path={trained_run}/checkpoints/last.ckpt"], tmp_path / "a")
+    with pytest.raises(UserError, match=r"last.ckpt holds a model of task 'forecasting', not task=anomaly$"):
+        run.train(other_task)
 
 
 def test_multirun_sweeps(tmp_path):
