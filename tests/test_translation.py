@@ -295,3 +295,7 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
                for r in records if r["target"])
     assert (out_dir / "attention_00001.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()  # joint vocabulary: one tokenizer
+    swapped = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                      "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
+    assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "
+                                        "task.data.target=en ask for the other direction") in swapped.stderr

@@ -67,6 +67,11 @@ class TranslationTask(TaskPlugin):
         if "source_tokenizer" not in self.state:
             self._corpus("val")  # training needs it: a missing one fails now, not after the model is built
             self._fit_tokenizers(self._corpus("train"))
+            self.state["direction"] = [str(data.source), str(data.target)]
+        elif self.state.get("direction", [])[::-1] == [str(data.source), str(data.target)]:
+            source, target = self.state["direction"]
+            raise UserError(f"the model translates {source} -> {target}; task.data.source={data.source} and "
+                            f"task.data.target={data.target} ask for the other direction")
         self.source_tokenizer = tokenizer_from_state(self.state["source_tokenizer"])
         self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
         return TranslationData(self._build, data.batch_size, data.eval_batch_size, data.get("num_workers", 0))
