@@ -82,7 +82,9 @@ class SpeechTask(TaskPlugin):
                ("augment.warp", float, 0, 0.5), ("augment.leading_silence_fraction", float, 0, 1),
                ("augment.colour_points", int, 2),
                *((f"augment.{key}", int, 0) for key in ("freq_masks", "freq_width", "time_masks", "time_width")),
-               ("predict.cue_gap_s", float, 0), ("predict.cue_words", int, 1), ("predict.cue_min_s", float, 0))
+               ("predict.cue_gap_s", float, 0), ("predict.cue_words", int, 1), ("predict.cue_min_s", float, 0),
+               ("predict.chunk_ms", float, 1), ("data.connected.gain_db", float, 0),
+               *((f"data.connected.{split}", int, 0) for split in ("train", "val", "test")))
 
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
                 "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
