@@ -40,6 +40,7 @@ from gru_suite_plugins.music.model import (
     sample_events,
 )
 from gru_suite_plugins.music.synth import chorale, write_corpus
+from gru_suite_plugins.music.task import RollRepresentation
 from gru_suite_plugins.music.writer import roll_to_midi
 
 HEADS = ["independent", "autoregressive"]
@@ -258,6 +259,17 @@ def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_p
     cfg = compose_train_config("music", [*TINY, f"task.data.path={path}", "task.data.pitch_range=piano"], tmp_path)
     with pytest.raises(UserError, match=r"valid piece 0, step 0: pitch 10 is out of range \(21-108"):
         run.build_task(cfg.task).datamodule()
+
+
+def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_installed: None, tmp_path: Path) -> None:
+    cfg = compose_train_config("music", [*TINY, f"task.data.path={tmp_path / 'high.mid'}"], tmp_path)
+    rolls = RollRepresentation(cfg.task, {"low": 40, "high": 79, "steps_per_beat": 2})
+    roll = np.zeros((4, 128), dtype=np.float32)
+    roll[:, 100] = 1  # four note-steps at pitch 100
+    with pytest.raises(UserError, match=r"high.mid: no notes inside the model's pitch range 40-79 \(all 4 "):
+        rolls._ranged({"test": [roll]})
+    roll[0, 60] = 1
+    assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 1  # the note in range is kept, the rest dropped
 
 
 @pytest.mark.parametrize("pitch", ["C4", 60.5, True])

@@ -183,6 +183,9 @@ class RollRepresentation(Representation):
                                     f"({low}-{high}, task.data.pitch_range={self.cfg.data.pitch_range})")
                 dropped += outside
                 out[split].append(torch.from_numpy(ranged))
+        if dropped and not any(bool(roll.any()) for pieces in out.values() for roll in pieces):
+            raise UserError(f"{source}: no notes inside the model's pitch range {low}-{high} (all {dropped} note-steps "
+                            "lie outside it)")
         if dropped:
             log.warning("%s: dropped %d note-steps outside the pitch range %d-%d", source, dropped, low, high)
         return out
