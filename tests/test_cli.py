@@ -162,6 +162,27 @@ def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
     np.testing.assert_allclose(drawn[0].axes[0].images[0].get_array(), expected, atol=1e-6)
 
 
+def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_named(trained_run, tmp_path):
+    demo = pd.read_csv(Path(default_data_dir()) / "forecasting" / "demo_load.csv")
+    demo.iloc[:40].to_csv(tmp_path / "short.csv", index=False)  # too short to train on (lookback 24), not to use
+    demo.iloc[:20].to_csv(tmp_path / "shorter.csv", index=False)  # shorter than the lookback
+    demo.iloc[:28].to_csv(tmp_path / "short_test.csv", index=False)  # a test split of 4 rows, under the horizon
+    ckpt = f"ckpt_path={trained_run}/checkpoints/last.ckpt"
+    for command, out in (("gru-suite-predict", "p"), ("gru-suite-eval", "e")):
+        result = run_cli(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
+                         f"hydra.run.dir={tmp_path / out}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "p" / "forecast.csv")) > 0
+    assert json.loads((tmp_path / "e" / "test_metrics.json").read_text())["test/mse"] > 0
+    predicted, evaluated = (run_cli(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / name}",
+                                    f"hydra.run.dir={tmp_path / out}") for command, name, out in
+                            (("gru-suite-predict", "shorter.csv", "q"), ("gru-suite-eval", "short_test.csv", "f")))
+    assert predicted.returncode == 2 and evaluated.returncode == 2
+    assert "shorter.csv: 20 rows, fewer than the lookback of 24 rows a forecast starts from" in predicted.stderr
+    assert ("short_test.csv: the test split (rows 25-28 of 28) is too short: it needs at least 6 rows (horizon 6; "
+            "its lookback reaches into the rows before it)") in evaluated.stderr
+
+
 def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     result = run_cli("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=3", "test_after_training=false",
                      "predict_after_training=false", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
@@ -279,7 +300,7 @@ def test_multirun_sweeps(tmp_path):
         (["task=nope"], "error: unknown task 'nope'; installed tasks: anomaly, forecasting"),
         (["task=forecasting", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),
         (["task=forecasting", "task.data.features=[load,price]"], "no column 'price'"),
-        (["task=forecasting", "task.data.lookback=5000"], "too short for lookback 5000"),
+        (["task=forecasting", "task.data.lookback=5000"], "the train split (rows 1-"),
         (["task=forecasting", "backbone._target_=gru_suite.nope.Backbone"], "cannot build backbone"),
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: bogus}"],

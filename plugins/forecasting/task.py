@@ -12,7 +12,7 @@ from torch import Tensor
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import StandardScaler, chronological_split, read_series_csv
-from gru_suite_plugins.forecasting.data import ForecastingData, WindowSpec
+from gru_suite_plugins.forecasting.data import SPLITS, ForecastingData, WindowSpec, check_split_windows
 from gru_suite_plugins.forecasting.model import Forecaster
 from gru_suite_plugins.forecasting.writer import write_forecasts
 
@@ -39,14 +39,10 @@ class ForecastingTask(TaskPlugin):
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
         series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"))
         bounds = chronological_split(len(series.values), data.split)
-        need = data.lookback + data.horizon
-        for stage, (start, stop) in zip(("train", "val", "test"), bounds):
-            if stop - max(start, data.lookback) < data.horizon or stop - start < 1:
-                raise UserError(
-                    f"{series.path}: the {stage} split (rows {start}-{stop}) is too short for "
-                    f"lookback {data.lookback} + horizon {data.horizon} = {need} rows"
-                )
-        if "scaler" not in self.state:
+        self.target_columns = series.column_indices(targets)
+        spec = WindowSpec(data.lookback, data.horizon, self.target_columns)
+        if "scaler" not in self.state:  # training: every split, before any work (a restored model: those it reads)
+            check_split_windows(series, bounds, spec, SPLITS)
             train_start, train_stop = bounds[0]
             where = f"{series.path}: the training split (rows {train_start + 1}-{train_stop})"
             self.state.update(
@@ -57,8 +53,6 @@ class ForecastingTask(TaskPlugin):
         elif self.state["features"] != features:
             raise UserError(f"the model was trained on columns {self.state['features']}, not {features}")
         self.scaler = StandardScaler.from_state(self.state["scaler"])
-        self.target_columns = series.column_indices(targets)
-        spec = WindowSpec(data.lookback, data.horizon, self.target_columns)
         return ForecastingData(
             series, self.scaler, bounds, spec, data.batch_size,
             data.get("predict_stride") or data.horizon, data.get("num_workers", 0),
