@@ -23,7 +23,9 @@ STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)
 """The splits each Lightning stage reads (prediction reads the last rows, whichever split they are in)."""
 
 
-def check_split_windows(series: Series, bounds: list[tuple[int, int]], spec: WindowSpec, splits: tuple[str, ...]) -> None:
+def check_split_windows(
+    series: Series, bounds: list[tuple[int, int]], spec: WindowSpec, splits: tuple[str, ...]
+) -> None:
     """Each of `splits` (of `SPLITS`, rows `bounds`) holds at least one window: `horizon` target rows after
     `lookback` input rows, which may reach back into the rows before the split; else a UserError saying how many
     rows it has and needs."""
