@@ -165,10 +165,33 @@ def write_artifacts(
     """Let the task write its artifacts into `out_dir`: of `predictions`, else of running prediction now."""
     if predictions is None:
         predictions = trainer.predict(module, datamodule=datamodule) or []
+    earlier = files_near(out_dir)
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
+    if stale := stale_artifacts(earlier, paths):
+        log.warning("%s also holds %d file(s) of the kinds this run wrote that it did not write, left by an earlier "
+                    "run: %s (delete them, or choose another hydra.run.dir)", out_dir, len(stale),
+                    "; ".join(artifact_lines(stale)))
     return paths
+
+
+def files_near(folder: Path) -> set[Path]:
+    """The files in `folder` and in its subfolders, one level down (where tasks write artifacts)."""
+    if not folder.is_dir():
+        return set()
+    files = set()
+    for entry in folder.iterdir():
+        children = entry.iterdir() if entry.is_dir() else [entry]
+        files.update(child.resolve() for child in children if child.is_file())
+    return files
+
+
+def stale_artifacts(earlier: set[Path], written: Sequence[Path]) -> list[Path]:
+    """The files of `earlier` that this run did not rewrite, of a kind (folder and suffix) it `written`."""
+    written_now = {Path(path).resolve() for path in written}
+    kinds = {(path.parent, path.suffix) for path in written_now}
+    return sorted(path for path in earlier - written_now if (path.parent, path.suffix) in kinds)
 
 
 def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:

@@ -183,6 +183,16 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
             "its lookback reaches into the rows before it)") in evaluated.stderr
 
 
+def test_artifacts_an_earlier_run_left_beside_this_runs_are_named(tmp_path):
+    for name in ("a.txt", "b.txt", "old.txt", "predict.log", "plots/a.png", "plots/old.png", ".hydra/config.yaml"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("earlier run")
+    earlier = run.files_near(tmp_path)
+    written = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "plots" / "a.png", tmp_path / "c.csv"]
+    stale = run.stale_artifacts(earlier, written)
+    assert [path.relative_to(tmp_path.resolve()).as_posix() for path in stale] == ["old.txt", "plots/old.png"]
+
+
 def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     result = run_cli("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=3", "test_after_training=false",
                      "predict_after_training=false", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
