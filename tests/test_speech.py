@@ -573,6 +573,19 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
 
 
+def test_test_transcripts_outside_the_vocabulary_are_scored_as_written(tmp_path: Path, caplog) -> None:
+    for name, words in [("a.wav", ["one"]), ("b.wav", ["two"])]:
+        write_wav(tmp_path / name, speak(words, seed=len(name)))
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("\n".join(json.dumps({"audio_filepath": n, "duration": 0.1, "text": t})
+                                  for n, t in [("a.wav", "one"), ("b.wav", "two ö")]) + "\n")
+    cfg = compose_train_config("speech", [f"task.data.test={manifest}"], tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        test = run.build_task(cfg.task).datamodule().dataset("test")
+    assert test.texts == ["one", "two ö"]  # the reference keeps what the model cannot write
+    assert "test.jsonl: 1 test utterance(s) have" in caplog.text and "scored as written" in caplog.text
+
+
 def test_skipped_utterances_are_named_five_then_counted(tmp_path: Path, caplog) -> None:
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     manifest = tmp_path / "train.jsonl"

@@ -243,27 +243,30 @@ class SpeechTask(TaskPlugin):
 
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
-        """A split's utterances whose transcripts the model can write, featurised (by default with the state's
+        """A split's transcribed utterances, featurised (by default with the state's
         normalisation); with `augment` (training), plus their speed-perturbed copies, and with
-        `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`."""
+        `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`. Training
+        skips a transcript the vocabulary cannot write; validation and test score it as written."""
         featurizer = featurizer or self.featurizer()
         raw, targets, texts, tones = [], [], [], []
         silence_s = (self.cfg.augment.get("leading_silence_s") or 0.0) if augment else 0.0
         rng = np.random.default_rng(0)
         utterances = self.split(name)
-        skips = Skips(self._source(name))
+        skips, scored_unknown = Skips(self._source(name)), []
+        kind = "characters" if isinstance(self.vocab, Alphabet) else "words"
         for u in utterances + (self._speed_copies(utterances) if augment else []):
             text = normalize_text(u.text or "")
             if not text:
                 skips.add(u.where, "empty transcript")
                 continue
             unknown = self.vocab.unknown(text)
-            if unknown:
-                kind = "characters" if isinstance(self.vocab, Alphabet) else "words"
+            if unknown and name == "train":
                 skips.add(u.where, f"transcript {text!r} has {kind} outside the vocabulary: {unknown}")
                 continue
+            if unknown:
+                scored_unknown.append(f"{u.where} {unknown}")
             frames = featurizer.speech(u.samples)[0]
-            ids = self.vocab.encode(text)
+            ids = self.vocab.encode(without(text, unknown, kind))  # the loss's target; the metrics see `text`
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
                 skips.add(u.where, f"{u.seconds:.2f} s of audio is too short for the {len(ids)} CTC tokens of {text!r}")
@@ -274,6 +277,9 @@ class SpeechTask(TaskPlugin):
             if silence_s:
                 tones.append(featurizer.raw(room_tone(u, silence_s, rng)))
         skips.report(len(raw))
+        if scored_unknown:
+            log.warning("%s: %d %s utterance(s) have %s outside the vocabulary, which the model cannot write; they are "
+                        "scored as written (first: %s)", skips.source, len(scored_unknown), name, kind, scored_unknown[0])
         if not raw:
             raise UserError(f"{skips.source}: no usable {name} utterances (see the warnings above)")
         return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
@@ -400,3 +406,12 @@ class SpeechTask(TaskPlugin):
         out = self.cfg.predict
         return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words),
                                  float(out.get("cue_min_s") or 0))
+
+
+def without(text: str, unknown: list[str], kind: str) -> str:
+    """`text` less its `unknown` characters or words (`kind`), as far as the vocabulary can write it."""
+    if not unknown:
+        return text
+    if kind == "characters":
+        return " ".join("".join(c for c in text if c not in unknown).split())
+    return " ".join(word for word in text.split() if word not in unknown)
