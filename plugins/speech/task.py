@@ -278,8 +278,9 @@ class SpeechTask(TaskPlugin):
                 tones.append(featurizer.raw(room_tone(u, silence_s, rng)))
         skips.report(len(raw))
         if scored_unknown:
-            log.warning("%s: %d %s utterance(s) have %s outside the vocabulary, which the model cannot write; they are "
-                        "scored as written (first: %s)", skips.source, len(scored_unknown), name, kind, scored_unknown[0])
+            log.warning("%s: %d %s utterance(s) have %s outside the vocabulary, which the model cannot write; they "
+                        "are scored as written (first: %s)", skips.source, len(scored_unknown), name, kind,
+                        scored_unknown[0])
         if not raw:
             raise UserError(f"{skips.source}: no usable {name} utterances (see the warnings above)")
         return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
