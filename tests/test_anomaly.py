@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 from functools import partial
@@ -23,7 +24,7 @@ from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
-from gru_suite_plugins.anomaly.stream import main as stream_main
+from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
 from gru_suite_plugins.anomaly.writer import flag_reasons
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
@@ -166,6 +167,20 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
         assert stream_main([str(ckpt)]) == 2
         assert capsys.readouterr().err.strip() == (
             f"error: stdin, line 2: expected 1 comma-separated finite number(s), got {bad!r}")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1.0\n2.0\n"))
+    assert stream_main([str(ckpt)]) == 0  # two observations, both within the probationary period
+    assert "the stream ended after 2 observation(s), within the probationary period of 300" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not-a-time,1.0", "stdin, line 7: not a timestamp: 'not-a-time'"),
+    ("2024-01-01 00:05,\udcff1", "stdin, line 7: not UTF-8"),
+    ("2024-01-01 00:05,1,2", "stdin, line 7: expected a timestamp and 1 comma-separated finite number(s), got"),
+])
+def test_a_streamed_line_is_checked_before_it_is_scored(line, message):
+    assert parse_line("2024-01-01 00:05, 1.5", 7, True, 1) == ("2024-01-01 00:05", [1.5])
+    with pytest.raises(UserError, match=re.escape(message)):
+        parse_line(line, 7, True, 1)
 
 
 def test_anomaly_honours_the_plugin_contract(tmp_path):

@@ -19,9 +19,13 @@ from gru_suite.errors import UserError
 
 def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple[str | None, list[float]]:
     """The timestamp (with `has_timestamp`) and the `width` finite values of one input line."""
+    if any("\udc80" <= char <= "\udcff" for char in line):  # bytes that are not UTF-8, as Python reads them
+        raise UserError(f"stdin, line {number}: not UTF-8")
     fields = [f.strip() for f in line.split(",")]
     stamp = fields.pop(0) if has_timestamp else None
     expected = f"{'a timestamp and ' if has_timestamp else ''}{width} comma-separated finite number(s)"
+    if stamp is not None and not _is_timestamp(stamp):
+        raise UserError(f"stdin, line {number}: not a timestamp: {stamp!r}")
     try:
         values = [float(f) for f in fields]
     except ValueError as err:
@@ -29,6 +33,15 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple
     if len(values) != width or not all(math.isfinite(v) for v in values):
         raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}")
     return stamp, values
+
+
+def _is_timestamp(text: str) -> bool:
+    import pandas as pd
+
+    try:
+        return not pd.isna(pd.Timestamp(text))
+    except (ValueError, TypeError, OverflowError):
+        return False
 
 
 def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -> Iterator[str]:
@@ -63,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
-        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
+        seen = 0
+        for seen, out in enumerate(score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]), 1):
             print(out, flush=True)
+        if seen <= args.probation:
+            print(f"warning: the stream ended after {seen} observation(s), within the probationary period of "
+                  f"{args.probation} (--probation): nothing was scored", file=sys.stderr)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
