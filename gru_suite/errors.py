@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -12,6 +13,13 @@ SKIPS_NAMED = 5
 
 class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
+
+
+def not_a_file(path: str | os.PathLike, what: str = "file") -> UserError:
+    """The error for a `path` that names no file: a folder, or nothing."""
+    if os.path.isdir(path):
+        return UserError(f"{path}: a folder, not a {what}")
+    return UserError(f"{path}: no such {what}")
 
 
 class Skips:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, not_a_file
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such file")
+        raise not_a_file(path)
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as handle:

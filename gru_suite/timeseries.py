@@ -87,7 +87,7 @@ def read_csv_frame(path: Path) -> pd.DataFrame:
             read_lines(path)  # names the first line that is not UTF-8
         raise UserError(f"{path}: not UTF-8 ({err})") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        raise UserError(f"{path}: not a readable CSV ({err})") from err
+        raise UserError(f"{path}: not a readable CSV ({' '.join(str(err).split())})") from err
     except (OSError, EOFError, zlib.error) as err:  # e.g. a damaged .csv.gz
         raise UserError(f"{path}: cannot read ({err})") from err
     header: list[str] = []
@@ -112,7 +112,7 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
 
 def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: MissingPolicy) -> np.ndarray:
     if policy not in ("error", "interpolate"):
-        raise UserError(f"missing must be 'error' or 'interpolate', got {policy!r}")
+        raise UserError(f"task.data.missing must be 'error' or 'interpolate', got {policy!r}")
     gaps = np.isnan(values)
     if not gaps.any():
         return values
@@ -161,28 +161,30 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.D
         ) from err
 
 
-def chronological_split(n: int, split: Sequence[float | int], parts: int = 3) -> list[tuple[int, int]]:
+def chronological_split(
+    n: int, split: Sequence[float | int], parts: int = 3, field: str = "task.data.split"
+) -> list[tuple[int, int]]:
     """Row ranges [start, stop) for `parts` consecutive parts of `n` rows (train, val, test by default).
 
     `split` holds fractions summing to at most 1 (e.g. [0.7, 0.1, 0.2]) or row
-    counts (e.g. [8640, 2880, 2880]); the parts follow each other in time.
+    counts (e.g. [8640, 2880, 2880]); the parts follow each other in time. Errors name `field`.
     """
     numbers = isinstance(split, Sequence) and not isinstance(split, str) and all(
         isinstance(part, int | float) and not isinstance(part, bool) and part >= 0 for part in split)
     if not numbers or len(split) != parts:
         shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
-        raise UserError(f"split must be {parts} non-negative fractions or row counts, got {shown}")
+        raise UserError(f"{field} must be {parts} non-negative fractions or row counts, got {shown}")
     if all(isinstance(p, float) and p <= 1.0 for p in split):
         if sum(split) > 1.0 + 1e-9:
-            raise UserError(f"split fractions {list(split)} sum to {sum(split):g}, more than 1")
+            raise UserError(f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1")
         ends = [min(n, round(sum(split[: i + 1]) * n)) for i in range(len(split))]  # rounded once, never past n
         sizes = [end - start for start, end in zip([0, *ends], ends)]
     elif all(float(p).is_integer() for p in split):
         sizes = [int(p) for p in split]
     else:
-        raise UserError(f"split must be all fractions (<= 1) or all whole row counts, got {list(split)}")
+        raise UserError(f"{field}: must be all fractions (<= 1) or all whole row counts, got {list(split)}")
     if sum(sizes) > n:
-        raise UserError(f"split {list(split)} asks for {sum(sizes)} rows but the series has {n}")
+        raise UserError(f"{field}: {list(split)} asks for {sum(sizes)} rows but the series has {n}")
     bounds, start = [], 0
     for size in sizes:
         bounds.append((start, start + size))

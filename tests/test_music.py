@@ -243,6 +243,9 @@ def test_corrupt_and_empty_midi_files_are_skipped_by_name(
         splits = load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
     assert sum(map(len, splits.values())) == 3
     assert "broken.mid: not a readable MIDI file" in caplog.text and "silent.midi: no notes" in caplog.text
+    with pytest.raises(UserError, match=r"empty.mid: not a readable MIDI file \(EOFError: the file ends too early\)"):
+        (tmp_path / "empty.mid").write_bytes(b"")
+        read_midi(tmp_path / "empty.mid", 2)
     assert "skipped 2 of 5 MIDI files" in caplog.text
     for path in sorted(corpus.glob("*.mid"))[:3]:
         (folder / path.name).unlink()

@@ -225,7 +225,7 @@ def test_pretraining_settings_are_checked(corpus: dict[str, Path], tmp_path: Pat
     missing = tmp_path / "missing.txt"
     cfg = compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=1", f"task.pretrain.texts=[{missing}]"],
                                tmp_path)
-    with pytest.raises(UserError, match=f"task.pretrain.texts: no such file {re.escape(str(missing))}"):
+    with pytest.raises(UserError, match=f"task.pretrain.texts: {re.escape(str(missing))}: no such file"):
         run.build_task(cfg.task).datamodule()  # before the tokenizer is trained
     ddp = compose_train_config("sentiment", [*overrides, "task.pretrain.epochs=1", "trainer=ddp_sim"], tmp_path)
     task = run.build_task(ddp.task)
@@ -366,7 +366,8 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
                                              f"task.data.test={unseen}"], tmp_path)
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training"):
         run.build_task(cfg.task).datamodule()  # the test file is checked before training, not after it
-    for override, message in [(f"task.predict.input={tmp_path / 'nope.txt'}", "task.predict.input: no such file"),
+    for override, message in [(f"task.predict.input={tmp_path / 'nope.txt'}", "nope.txt: no such file"),
+                              (f"task.predict.input={tmp_path}", f"task.predict.input: {tmp_path}: a folder, not a file"),
                               ("task.predict.importance=bogus", "task.predict.importance must be one of")]:
         cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", override], tmp_path)
         with pytest.raises(UserError, match=re.escape(message)):

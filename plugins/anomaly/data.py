@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
+from gru_suite.errors import UserError, not_a_file
 from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
@@ -70,6 +71,8 @@ def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
 
 def read_window_file(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
     """NAB `combined_windows.json`, as a UserError when unreadable."""
+    if not os.path.isfile(path):
+        raise UserError(f"task.data.windows_path: {not_a_file(path, 'windows JSON file')}")
     try:
         return load_nab_windows(path)
     except (OSError, ValueError) as err:

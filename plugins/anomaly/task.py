@@ -40,6 +40,9 @@ class AnomalyTask(TaskPlugin):
 
     def datamodule(self) -> AnomalyData:
         data, detector = self.cfg.data, self.cfg.detector
+        if self.calendar.kinds and not data.get("time_column"):
+            raise UserError(f"calendar features {list(self.calendar.kinds)} need a time column of timestamps: set "
+                            "task.data.time_column (or task.data.calendar=[])")
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -15,8 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from gru_suite.errors import UserError
 from gru_suite.data import SplitDataModule
+from gru_suite.errors import UserError, not_a_file
 from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ def _read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
     try:
         return pretty_midi.PrettyMIDI(str(path))
     except Exception as err:  # mido and pretty_midi raise many types for malformed files
-        raise UserError(f"{path}: not a readable MIDI file ({type(err).__name__}: {err})") from err
+        if not os.path.isfile(path):
+            raise not_a_file(path, "MIDI file") from err
+        detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__}: the file ends too early"
+        raise UserError(f"{path}: not a readable MIDI file ({detail})") from err
 
 
 def _no_notes(path: str | Path, drums: bool) -> UserError:

@@ -45,7 +45,8 @@ def table_format(path: str | Path, fmt: Format) -> Format:
     """`fmt`, with `auto` resolved from the suffix: `.csv` / `.tsv` (also gzipped) are tables, the rest lines."""
     if fmt != "auto":
         if fmt not in ("csv", "tsv", "lines"):
-            raise UserError(f"task data format must be auto, csv, tsv or lines, got {fmt!r}")
+            raise UserError(f"{path}: its format (task.data.format, or task.predict.format for prediction input) must "
+                            f"be auto, csv, tsv or lines, got {fmt!r}")
         return fmt
     suffixes = Path(path).suffixes
     return "tsv" if ".tsv" in suffixes else "csv" if ".csv" in suffixes else "lines"

@@ -17,7 +17,7 @@ from torch import Tensor
 from gru_suite.atomic import write_text
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, not_a_file
 from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
 from gru_suite.text import pad_ids, tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.sentiment import explain
@@ -88,7 +88,7 @@ class SentimentTask(TaskPlugin):
         self._importance()
         source = self.cfg.predict.get("input")
         if source and str(source) != STDIN and not Path(source).is_file():
-            raise UserError(f"task.predict.input: no such file {source}")
+            raise UserError(f"task.predict.input: {not_a_file(source)}")
 
     def _pretrain(self) -> tuple[int, list[str]]:
         """`task.pretrain`'s epochs and text files (checkpoints from before the option have no block)."""
@@ -98,7 +98,7 @@ class SentimentTask(TaskPlugin):
     def _check_pretrain_texts(self) -> None:
         for path in self._pretrain()[1]:
             if not Path(path).is_file():
-                raise UserError(f"task.pretrain.texts: no such file {path}")
+                raise UserError(f"task.pretrain.texts: {not_a_file(path)}")
 
     def _importance(self) -> str:
         importance = self.cfg.predict.importance

@@ -12,7 +12,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, not_a_file
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_PEAK = 1e-4
@@ -29,7 +29,7 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     """
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: no such audio file")
+        raise not_a_file(path, "audio file")
     try:
         with sf.SoundFile(path) as audio:  # one open for the samples and the header report
             data, rate = audio.read(dtype="float32", always_2d=True), audio.samplerate
