@@ -367,7 +367,8 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training"):
         run.build_task(cfg.task).datamodule()  # the test file is checked before training, not after it
     for override, message in [(f"task.predict.input={tmp_path / 'nope.txt'}", "nope.txt: no such file"),
-                              (f"task.predict.input={tmp_path}", f"task.predict.input: {tmp_path}: a folder, not a file"),
+                              (f"task.predict.input={tmp_path}",
+                               f"task.predict.input: {tmp_path}: a folder, not a file"),
                               ("task.predict.importance=bogus", "task.predict.importance must be one of")]:
         cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", override], tmp_path)
         with pytest.raises(UserError, match=re.escape(message)):
