@@ -41,6 +41,13 @@ def _log_to_run_files(message: str) -> None:
             handler.handle(record)
 
 
+def _end_progress_line() -> None:
+    """End the line of a progress bar an error interrupted, so that the error starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
+        print(file=sys.stderr)
+
+
 def _no_task_message() -> str:
     from gru_suite.registry import format_task_list
 
@@ -121,6 +128,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             user_error = _user_error_in(err)
             if user_error is None:
                 raise
+            _end_progress_line()
             print(f"error: {user_error}", file=sys.stderr)
             _log_to_run_files(f"error: {user_error}")
             sys.exit(2)
