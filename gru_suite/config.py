@@ -155,7 +155,7 @@ BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "tra
 def check_batch_limits(cfg: DictConfig) -> None:
     """Each of `BATCH_LIMITS` set in `cfg` is a fraction in [0, 1] or a whole number of batches, stored as the
     float or the int Lightning reads it as; else a `UserError` naming the field. `val_check_interval` may also
-    be a duration, which Lightning checks."""
+    be a duration (`DD:HH:MM:SS`, or a block such as `{minutes: 1}`), which Lightning checks."""
     for field in BATCH_LIMITS:
         value = OmegaConf.select(cfg, field, default=None)
         duration = isinstance(value, DictConfig) or (isinstance(value, str) and ":" in value)
@@ -166,6 +166,8 @@ def check_batch_limits(cfg: DictConfig) -> None:
             number = config_number(value, field, int if whole else float)
         except UserError:
             number = -1
+        if isinstance(number, float) and number > 1 and number.is_integer():  # 2.0 or 1e3 batches, as Lightning reads
+            number, whole = int(number), True
         if isinstance(value, bool) or number < 0 or (not whole and number > 1):
             raise UserError(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, "
                             f"got {value!r}")

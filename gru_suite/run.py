@@ -105,7 +105,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     callbacks = [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     keep_earlier_metrics(loggers)
-    kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    # "partial": a block such as a val_check_interval duration reaches Lightning as the dict it reads
+    kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "_convert_": "partial"}
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
     if isinstance(trainer.accelerator, CPUAccelerator):

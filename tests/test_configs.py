@@ -126,10 +126,14 @@ def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_
 
 def test_batch_limits_keep_their_kind(tmp_path):
     cfg = compose_train_config("forecasting", ["trainer.limit_train_batches='3'", "trainer.limit_val_batches=1.0",
-                                               "trainer.val_check_interval=00:00:01:00", "trainer.accelerator=cpu"],
-                               tmp_path)
+                                               "trainer.val_check_interval=00:00:01:00", "trainer.accelerator=cpu",
+                                               "trainer.limit_test_batches=1e3"], tmp_path)
     trainer = run.build_trainer(cfg)
     assert trainer.limit_train_batches == 3 and isinstance(trainer.limit_train_batches, int)
+    assert trainer.limit_test_batches == 1000 and isinstance(trainer.limit_test_batches, int)
+    block = compose_train_config("forecasting", ["trainer.val_check_interval={minutes:1}", "trainer.accelerator=cpu"],
+                                 tmp_path / "block")
+    run.build_trainer(block)  # a duration block reaches Lightning as the dict it reads
     assert trainer.limit_val_batches == 1.0 and isinstance(trainer.limit_val_batches, float)  # all of them
 
 
