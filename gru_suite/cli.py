@@ -119,8 +119,13 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     register_resolvers()
 
+    failed_jobs: list[str] = []
+
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
         _warn_undeclared_task_settings(cfg)
         try:
             return body(cfg)
@@ -131,7 +136,11 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             _end_progress_line()
             print(f"error: {user_error}", file=sys.stderr)
             _log_to_run_files(f"error: {user_error}")
-            sys.exit(2)
+            if HydraConfig.get().mode != RunMode.MULTIRUN:
+                sys.exit(2)
+            write_job_error(Path(HydraConfig.get().runtime.output_dir), str(user_error))
+            failed_jobs.append(HydraConfig.get().job.num)  # the sweep goes on; its exit code says so at the end
+            return None
 
     _require_task_for_task_overrides()
     _require_known_task()
@@ -139,6 +148,18 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         _refuse_model_overrides()
     _add_task_configs_to_searchpath()
     app()
+    if failed_jobs:
+        print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
+def write_job_error(folder: Path, message: str) -> None:
+    """A failed sweep job's error, as `<job folder>/error.txt` (the sweep summary lists it)."""
+    from gru_suite.atomic import write_text
+    from gru_suite.sweep import ERROR_NAME
+
+    write_text(folder / ERROR_NAME, message + "\n")
 
 
 def _restore(cfg: Any, path: str | None = None, task_name: str | None = None) -> Any:

@@ -20,17 +20,20 @@ from gru_suite.atomic import write_text
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "summary.csv"
+ERROR_NAME = "error.txt"  # a failed job's error (gru_suite.cli)
 METRICS_FILES = ("metrics.json", "test_metrics.json")  # what gru-suite and gru-suite-eval write
 
 
 @dataclass
 class Job:
-    """One job folder of a sweep: its overrides, its final metrics (empty when it wrote none) and the metric that
-    ranks it (`task.monitor`, best checkpoint's value when recorded)."""
+    """One job folder of a sweep: its overrides, its final metrics (empty when it wrote none), its error when it
+    failed, and what ranks it (its task's `task.monitor`, the best checkpoint's value when recorded)."""
 
     folder: Path
     overrides: dict[str, str]
     metrics: dict[str, float] = field(default_factory=dict)
+    error: str = ""
+    task: str | None = None
     monitor: str | None = None
     mode: str = "min"
 
@@ -50,10 +53,12 @@ def read_job(folder: Path) -> Job:
         if (metrics := folder / name).is_file():
             job.metrics = {k: float(v) for k, v in json.loads(metrics.read_text(encoding="utf-8")).items()}
             break
+    if (error := folder / ERROR_NAME).is_file():
+        job.error = error.read_text(encoding="utf-8").strip()
     config = folder / ".hydra" / "config.yaml"
     if config.is_file():
         task = OmegaConf.load(config).get("task") or {}
-        job.monitor, job.mode = task.get("monitor"), task.get("monitor_mode") or "min"
+        job.task, job.monitor, job.mode = task.get("name"), task.get("monitor"), task.get("monitor_mode") or "min"
     return job
 
 
@@ -68,14 +73,20 @@ def _job_number(folder: Path) -> tuple[int, str]:
     return (int(number) if number.isdigit() else math.inf, folder.name)  # type: ignore[return-value]
 
 
-def rankable(jobs: list[Job]) -> bool:
-    """Whether `jobs` monitor one metric in one mode (a sweep over tasks does not)."""
-    return len({(job.monitor, job.mode) for job in jobs}) == 1 and jobs[0].monitor is not None
+def unranked_because(jobs: list[Job]) -> str | None:
+    """Why `jobs` cannot be ranked against each other, or None when they can: one task, one monitored metric."""
+    if any(job.monitor is None for job in jobs):
+        return "a job records no monitored metric (an eval or predict sweep, or a task without task.monitor)"
+    if len({(job.task, job.monitor, job.mode) for job in jobs}) > 1:
+        return "the jobs are of different tasks"
+    if all(job.score is None for job in jobs):
+        return "no job recorded its monitored metric"
+    return None
 
 
 def ranked(jobs: list[Job]) -> list[Job]:
     """`jobs` best first by their monitored metric when they share one metric and mode; else as given."""
-    if not rankable(jobs):
+    if unranked_because(jobs):
         return jobs
     scored = [job for job in jobs if job.score is not None and math.isfinite(job.score)]
     scored.sort(key=lambda job: job.score if job.mode == "min" else -job.score)  # type: ignore[operator]
@@ -97,9 +108,10 @@ def summary_csv(jobs: list[Job]) -> str:
     metrics = [name for name in monitored if any(name in job.metrics for job in jobs)] + others
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["job", *varying, *metrics])
+    errors = ["error"] if any(job.error for job in jobs) else []
+    writer.writerow(["job", *varying, *errors, *metrics])
     for job in jobs:
-        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying),
+        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying), *([job.error] if errors else []),
                          *(_number(job.metrics.get(m)) for m in metrics)])
     return out.getvalue()
 
@@ -118,8 +130,7 @@ class SweepSummary(Callback):
             return
         path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
         best = jobs[0]
-        if not rankable(jobs) or best.score is None:
-            why = "no job recorded its monitored metric" if rankable(jobs) else "the jobs monitor different metrics"
+        if why := unranked_because(jobs):
             log.info("sweep of %d jobs: %s (not ranked: %s)", len(jobs), path, why)
             return
         settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)

@@ -304,6 +304,16 @@ def test_multirun_sweeps(tmp_path):
     assert best in result.stdout + result.stderr
 
 
+def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
+    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[:1], *TINY[2:],
+                     "task.data.lookback=5000,24", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "error: 1 job(s) of the sweep failed: [0]" in result.stderr
+    rows = {row["job"]: row for row in csv.DictReader((tmp_path / "summary.csv").open())}
+    assert "is too short" in rows["0_forecasting"]["error"] and rows["0_forecasting"]["val/loss"] == ""
+    assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
+
+
 @pytest.mark.parametrize(
     "args,message",
     [

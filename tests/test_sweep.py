@@ -12,13 +12,17 @@ from omegaconf import OmegaConf
 from gru_suite.sweep import SweepSummary, ranked, summary_csv, sweep_jobs
 
 
-def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None, mode: str = "max") -> None:
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None, mode: str = "max",
+         task: str = "sentiment") -> None:
     folder = sweep / name / ".hydra"
     folder.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"task": {"monitor": "val/f1", "monitor_mode": mode}}), folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"task": {"name": task, "monitor": "val/f1", "monitor_mode": mode}}),
+                   folder / "config.yaml")
     if metrics is not None:
         (sweep / name / "metrics.json").write_text(json.dumps(metrics))
+    else:  # a failed job: gru_suite.cli writes its error
+        (sweep / name / "error.txt").write_text("task.data.path: no such file\n")
 
 
 def test_jobs_are_ranked_by_their_best_monitored_value_and_a_failed_job_comes_last(tmp_path):
@@ -29,9 +33,9 @@ def test_jobs_are_ranked_by_their_best_monitored_value_and_a_failed_job_comes_la
     jobs = ranked(sweep_jobs(tmp_path))
     assert [job.folder.name for job in jobs] == ["2_sentiment", "0_sentiment", "1_sentiment"]  # 0.8 > 0.7 (best)
     rows = list(csv.reader(io.StringIO(summary_csv(jobs))))
-    assert rows[0] == ["job", "optimizer.lr", "val/f1_best", "val/f1"]  # only the setting that varies
-    assert rows[1:] == [["2_sentiment", "0.0001", "", "0.8"], ["0_sentiment", "0.01", "0.7", "0.9"],
-                        ["1_sentiment", "0.001", "", ""]]
+    assert rows[0] == ["job", "optimizer.lr", "error", "val/f1_best", "val/f1"]  # only the setting that varies
+    assert rows[1:] == [["2_sentiment", "0.0001", "", "", "0.8"], ["0_sentiment", "0.01", "", "0.7", "0.9"],
+                        ["1_sentiment", "0.001", "task.data.path: no such file", "", ""]]
 
 
 def test_the_summary_is_written_into_the_sweep_folder_and_names_the_best_job(tmp_path, caplog):
@@ -43,10 +47,10 @@ def test_the_summary_is_written_into_the_sweep_folder_and_names_the_best_job(tmp
     assert "best: 1_forecasting (backbone.hidden_size=16) val/f1=0.25" in caplog.text
 
 
-def test_jobs_of_tasks_with_different_monitors_are_not_ranked(tmp_path, caplog):
+def test_jobs_of_different_tasks_are_not_ranked_even_by_a_metric_of_one_name(tmp_path, caplog):
     caplog.set_level("INFO")
-    _job(tmp_path, "0_a", ["task=a"], {"val/f1": 0.5}, mode="max")
-    _job(tmp_path, "1_b", ["task=b"], {"val/f1": 0.9}, mode="min")
+    _job(tmp_path, "0_a", ["task=a"], {"val/f1": 0.5}, task="a")
+    _job(tmp_path, "1_b", ["task=b"], {"val/f1": 0.9}, task="b")
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert [line.split(",")[0] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]] == ["0_a", "1_b"]
-    assert "(not ranked: the jobs monitor different metrics)" in caplog.text and "best:" not in caplog.text
+    assert "(not ranked: the jobs are of different tasks)" in caplog.text and "best:" not in caplog.text
