@@ -111,7 +111,8 @@ def summary_csv(jobs: list[Job]) -> str:
     errors = ["error"] if any(job.error for job in jobs) else []
     writer.writerow(["job", *varying, *errors, *metrics])
     for job in jobs:
-        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying), *([job.error] if errors else []),
+        error = [job.error] if errors else []
+        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying), *error,
                          *(_number(job.metrics.get(m)) for m in metrics)])
     return out.getvalue()
 
