@@ -3,6 +3,7 @@
 import io
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -162,6 +163,9 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     assert out.returncode == 0, out.stderr
     streamed = np.array([int(line.split(",")[1]) for line in out.stdout.splitlines()])
     assert set(np.flatnonzero(streamed)) == flagged
+    binary = subprocess.run([exe, str(ckpt)], input=b"1.0\n\xff2\n", capture_output=True, timeout=120,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # stdin that refuses bad bytes
+    assert binary.returncode == 2 and binary.stderr.decode().strip() == "error: stdin, line 2: not UTF-8"
     for bad in ("1.5,2.5", "nan"):  # one value per line is expected, and finite
         monkeypatch.setattr(sys, "stdin", io.StringIO(f"1.0\n{bad}\n"))
         assert stream_main([str(ckpt)]) == 2
@@ -179,6 +183,7 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
 ])
 def test_a_streamed_line_is_checked_before_it_is_scored(line, message):
     assert parse_line("2024-01-01 00:05, 1.5", 7, True, 1) == ("2024-01-01 00:05", [1.5])
+    assert parse_line("1704067200,1.5", 7, True, 1) == ("1704067200", [1.5])  # epoch seconds
     with pytest.raises(UserError, match=re.escape(message)):
         parse_line(line, 7, True, 1)
 

@@ -36,8 +36,14 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple
 
 
 def _is_timestamp(text: str) -> bool:
+    """A date pandas reads, or a number (epoch seconds, say)."""
     import pandas as pd
 
+    try:
+        float(text)
+        return True
+    except ValueError:
+        pass
     try:
         return not pd.isna(pd.Timestamp(text))
     except (ValueError, TypeError, OverflowError):
@@ -76,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
+        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach parse_line, which names them
+            sys.stdin.reconfigure(errors="surrogateescape")
         seen = 0
         for seen, out in enumerate(score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]), 1):
             print(out, flush=True)
