@@ -274,5 +274,5 @@ def unused_backbone_settings(cfg: DictConfig, model: Any, given: Sequence[str] =
                 continue
             shown = [str(v).lower() if isinstance(v, bool) else v for v in (settings.get(key), getattr(backbone, key))]
             messages.append(f"backbone.{key}={shown[0]} is not what task {cfg.task.name!r} builds: its model's "
-                            f"{name} has {key}={shown[1]}, set by the task's own config")
+                            f"{name} has {key}={shown[1]}, which the task sets")
     return messages

@@ -188,11 +188,17 @@ def files_near(folder: Path) -> set[Path]:
     return files
 
 
+RUN_RECORDS = ("metrics*.csv", "metrics.json", "test_metrics.json", "hparams.yaml", "summary.csv", "*.log")
+"""Files a run folder holds beside the artifacts (the loggers', Hydra's, the suite's records): never stale."""
+
+
 def stale_artifacts(earlier: set[Path], written: Sequence[Path]) -> list[Path]:
-    """The files of `earlier` that this run did not rewrite, of a kind (folder and suffix) it `written`."""
+    """The files of `earlier` that this run did not rewrite, of a kind (folder and suffix) it `written`, but for
+    the run's records (`RUN_RECORDS`)."""
     written_now = {Path(path).resolve() for path in written}
     kinds = {(path.parent, path.suffix) for path in written_now}
-    return sorted(path for path in earlier - written_now if (path.parent, path.suffix) in kinds)
+    return sorted(path for path in earlier - written_now if (path.parent, path.suffix) in kinds
+                  and not any(path.match(pattern) for pattern in RUN_RECORDS))
 
 
 def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:

@@ -184,11 +184,12 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
 
 
 def test_artifacts_an_earlier_run_left_beside_this_runs_are_named(tmp_path):
-    for name in ("a.txt", "b.txt", "old.txt", "predict.log", "plots/a.png", "plots/old.png", ".hydra/config.yaml"):
+    for name in ("a.txt", "b.txt", "old.txt", "predict.log", "plots/a.png", "plots/old.png", ".hydra/config.yaml",
+                 "metrics.csv"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("earlier run")
     earlier = run.files_near(tmp_path)
-    written = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "plots" / "a.png", tmp_path / "c.csv"]
+    written = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "plots" / "a.png", tmp_path / "c.csv"]  # and a .csv
     stale = run.stale_artifacts(earlier, written)
     assert [path.relative_to(tmp_path.resolve()).as_posix() for path in stale] == ["old.txt", "plots/old.png"]
 

@@ -245,7 +245,7 @@ def test_backbone_settings_that_would_not_act_are_named(tmp_path):
         "backbone.dropout=0.2 has no effect with backbone.num_layers=1: it drops between stacked layers (the task's "
         "own dropout settings act on its inputs and outputs)",
         "backbone.bidirectional=false is not what task 'sentiment' builds: its model's backbone has "
-        "bidirectional=true, set by the task's own config",
+        "bidirectional=true, which the task sets",
     ]
     two = compose_train_config("sentiment", ["backbone.num_layers=2", "backbone.dropout=0.2"], tmp_path / "two")
     assert unused_backbone_settings(two, run.build_module(two, task).model, ["num_layers", "dropout"]) == []
@@ -254,7 +254,7 @@ def test_backbone_settings_that_would_not_act_are_named(tmp_path):
     task.datamodule()
     assert unused_backbone_settings(translation, run.build_module(translation, task).model, ["bidirectional"]) == [
         "backbone.bidirectional=true is not what task 'translation' builds: its model's decoder has "
-        "bidirectional=false, set by the task's own config"]  # the encoder runs both ways
+        "bidirectional=false, which the task sets"]  # the encoder runs both ways
 
 
 def test_every_wrong_number_is_named_at_once(tmp_path):

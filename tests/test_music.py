@@ -269,8 +269,9 @@ def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_inst
     rolls = RollRepresentation(cfg.task, {"low": 40, "high": 79, "steps_per_beat": 2})
     roll = np.zeros((4, 128), dtype=np.float32)
     roll[:, 100] = 1  # four note-steps at pitch 100
-    with pytest.raises(UserError, match=r"high.mid: no notes inside the model's pitch range 40-79 \(all 4 "):
-        rolls._ranged({"test": [roll]})
+    with pytest.raises(UserError, match=r"high.mid: the test pieces have no notes inside the model's pitch range "
+                                        r"40-79 \(all 4 "):
+        rolls._ranged({"train": [np.eye(4, 128, 60, dtype=np.float32)], "test": [roll]})
     roll[0, 60] = 1
     assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 1  # the note in range is kept, the rest dropped
 

@@ -33,8 +33,11 @@ def check_split_windows(
         need = spec.horizon + max(0, spec.lookback - start)
         if name in splits and stop - start < need:
             rows = f"rows {start + 1}-{stop} of {len(series.values)}" if stop > start else "no rows"
-            reach = (f"lookback {spec.lookback} + horizon {spec.horizon}" if start < spec.lookback else
-                     f"horizon {spec.horizon}; its lookback reaches into the rows before it")
+            if start < spec.lookback:
+                before = f" from the series' start, of which {start} come before the split" if start else ""
+                reach = f"lookback {spec.lookback} + horizon {spec.horizon}{before}"
+            else:
+                reach = f"horizon {spec.horizon}; its lookback reaches into the rows before it"
             raise UserError(f"{series.path}: the {name} split ({rows}) is too short: it needs at least {need} rows "
                             f"({reach}); change task.data.split, or give a longer series")
 

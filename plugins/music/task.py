@@ -174,18 +174,19 @@ class RollRepresentation(Representation):
         source, low, high = str(self.cfg.data.path), self.state["low"], self.state["high"]
         out, dropped = {}, 0
         for split, pieces in corpus.items():
-            out[split] = []
+            out[split], dropped_here = [], 0
             for i, roll in enumerate(pieces):
                 ranged, outside = to_range(roll, low, high)
                 if outside and source.endswith(".json"):
                     t, pitch = map(int, np.argwhere(_outside(roll, low, high))[0])
                     raise UserError(f"{source}: {split} piece {i}, step {t}: pitch {pitch} is out of range "
                                     f"({low}-{high}, task.data.pitch_range={self.cfg.data.pitch_range})")
-                dropped += outside
+                dropped_here += outside
                 out[split].append(torch.from_numpy(ranged))
-        if dropped and not any(bool(roll.any()) for pieces in out.values() for roll in pieces):
-            raise UserError(f"{source}: no notes inside the model's pitch range {low}-{high} (all {dropped} note-steps "
-                            "lie outside it)")
+            if dropped_here and not any(bool(roll.any()) for roll in out[split]):
+                raise UserError(f"{source}: the {split} pieces have no notes inside the model's pitch range "
+                                f"{low}-{high} (all {dropped_here} note-steps lie outside it)")
+            dropped += dropped_here
         if dropped:
             log.warning("%s: dropped %d note-steps outside the pitch range %d-%d", source, dropped, low, high)
         return out

@@ -263,14 +263,14 @@ class SpeechTask(TaskPlugin):
             if unknown and name == "train":
                 skips.add(u.where, f"transcript {text!r} has {kind} outside the vocabulary: {unknown}")
                 continue
-            if unknown:
-                scored_unknown.append(f"{u.where} {unknown}")
             frames = featurizer.speech(u.samples)[0]
             ids = self.vocab.encode(without(text, unknown, kind))  # the loss's target; the metrics see `text`
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
             if len(frames) // int(self.cfg.model.subsample) < needed:
                 skips.add(u.where, f"{u.seconds:.2f} s of audio is too short for the {len(ids)} CTC tokens of {text!r}")
                 continue
+            if unknown:
+                scored_unknown.append(f"{u.where} {unknown}")
             raw.append(frames)
             targets.append(ids)
             texts.append(text)
