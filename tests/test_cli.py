@@ -173,6 +173,9 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
                          f"hydra.run.dir={tmp_path / out}")
         assert result.returncode == 0, result.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "p" / "forecast.csv")) > 0
+    counts = run_cli("gru-suite-predict", "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
+                     "task.data.split=[300,100,100]", f"hydra.run.dir={tmp_path / 'c'}")
+    assert counts.returncode == 2 and "task.data.split=[0.0,0.0,1.0] makes the whole series" in counts.stderr
     assert json.loads((tmp_path / "e" / "test_metrics.json").read_text())["test/mse"] > 0
     predicted, evaluated = (run_cli(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / name}",
                                     f"hydra.run.dir={tmp_path / out}") for command, name, out in

@@ -38,7 +38,13 @@ class ForecastingTask(TaskPlugin):
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
         series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"))
-        bounds = chronological_split(len(series.values), data.split)
+        try:
+            bounds = chronological_split(len(series.values), data.split)
+        except UserError as err:
+            if "scaler" not in self.state:
+                raise
+            raise UserError(f"{series.path}: {err}; a trained model needs no training rows: "
+                            "task.data.split=[0.0,0.0,1.0] makes the whole series its test split") from err
         self.target_columns = series.column_indices(targets)
         spec = WindowSpec(data.lookback, data.horizon, self.target_columns)
         if "scaler" not in self.state:  # training: every split, before any work (a restored model: those it reads)
