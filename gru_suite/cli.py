@@ -188,10 +188,17 @@ def _train_body(cfg: Any) -> Any:
     if cfg.get("task") is None:
         print(_no_task_message(), file=sys.stderr)
         sys.exit(2)
+    from hydra.core.hydra_config import HydraConfig
+
     from gru_suite.run import train as run_train
 
+    chosen, name = HydraConfig.get().runtime.choices.get("task"), cfg.task.get("name")
+    if chosen and name != chosen:  # a plugin's config file that names another task (or none)
+        raise UserError(f"conf/task/{chosen}.yaml of task {chosen!r} sets name: {name!r}; it must be {chosen!r}, "
+                        "the task's entry-point name")
     metrics = run_train(cfg)
-    return metrics.get(cfg.get("optimized_metric") or "")
+    wanted = cfg.get("optimized_metric") or ""
+    return metrics.get(f"{wanted}_best", metrics.get(wanted))  # the tested checkpoint's value, where it was chosen
 
 
 def _eval_body(cfg: Any) -> None:

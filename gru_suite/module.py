@@ -13,6 +13,7 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 
+from gru_suite.errors import UserError
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 CHECKPOINT_KEY = "gru_suite"
@@ -61,7 +62,7 @@ class TaskModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
-        out = self.task.step(self.model, batch, stage)
+        out = check_step_output(self.task.step(self.model, batch, stage), self.task.cfg.get("name"), stage)
         self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size, sync_dist=True)
         self._log_metrics(out, stage)
         return out
@@ -78,6 +79,8 @@ class TaskModule(pl.LightningModule):
         # `self.log` costs far more than a tiny model's step, so the epoch mean is summed here
         # and the step loss is logged only as often as the logger writes.
         out = self.task.step(self.model, batch, "train")
+        if batch_idx == 0:  # a plugin's mistake named once, before Lightning's backward meets it
+            check_step_output(out, self.task.cfg.get("name"), "train")
         self._train_loss_sum += out.loss.detach() * out.batch_size
         self.samples_seen += out.batch_size
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
@@ -153,6 +156,20 @@ class TaskModule(pl.LightningModule):
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
         }
+
+
+def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
+    """`out`, a task's `step` output, if it is a `StepOutput` whose loss is one number (with a gradient when
+    training); else a UserError naming the task and what is wrong."""
+    where = f"task {task!r}: step(..., {stage!r})"
+    if not isinstance(out, StepOutput):
+        raise UserError(f"{where} returned a {type(out).__name__}, not a StepOutput(loss, batch_size, metrics)")
+    if not isinstance(out.loss, torch.Tensor) or out.loss.numel() != 1:
+        shape = tuple(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
+        raise UserError(f"{where} returned a loss of shape {shape}: expected one number (reduce it, e.g. .mean())")
+    if stage == "train" and torch.is_grad_enabled() and not out.loss.requires_grad:
+        raise UserError(f"{where} returned a loss without a gradient (detached, or computed under torch.no_grad())")
+    return out
 
 
 SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "best", "num_bad_epochs",

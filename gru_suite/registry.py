@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from gru_suite.task import TaskPlugin
 
 ENTRY_POINT_GROUP = "gru_suite.tasks"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,9 @@ def installed_tasks() -> dict[str, TaskEntry]:
     tasks: dict[str, TaskEntry] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else "?"
+        if (first := tasks.get(ep.name)) is not None and first.target != ep.value:
+            log.warning("task %r is declared twice: by %s (%s, used) and by %s (%s, ignored); task names must be "
+                        "unique", ep.name, first.distribution, first.target, dist, ep.value)
         tasks.setdefault(ep.name, TaskEntry(ep.name, ep.value, dist))
     return dict(sorted(tasks.items()))
 

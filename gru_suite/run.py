@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -73,6 +74,17 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
     """Import only the selected task and construct it."""
     task_cls = registry.get_task(task_cfg.name).load()
     return task_cls(task_cfg, state)
+
+
+def check_picklable_state(task: TaskPlugin) -> None:
+    """The task's `state_dict()` pickles, as every checkpoint will: a UserError before training, not after an
+    epoch."""
+    try:
+        pickle.dumps(task.state_dict())
+    except Exception as err:  # pickle raises several types
+        raise UserError(f"task {task.cfg.get('name')!r}: state_dict() is not picklable, so no checkpoint could be "
+                        f"saved ({type(err).__name__}: {err}); store plain data (numbers, strings, lists, dicts, "
+                        "tensors)") from err
 
 
 def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
@@ -168,6 +180,9 @@ def write_artifacts(
         predictions = trainer.predict(module, datamodule=datamodule) or []
     earlier = files_near(out_dir)
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
+    if not isinstance(paths, (list, tuple)):
+        raise UserError(f"task {module.task.cfg.get('name')!r}: write_predictions returned a {type(paths).__name__}; "
+                        "it must return the list of paths it wrote")
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
     if stale := stale_artifacts(earlier, paths):
@@ -257,6 +272,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task)
     datamodule = task.datamodule()
+    check_picklable_state(task)
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)

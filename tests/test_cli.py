@@ -325,6 +325,8 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
         (["task=forecasting", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),
         (["task=forecasting", "task.data.features=[load,price]"], "no column 'price'"),
         (["task=forecasting", "task.data.lookback=5000"], "the train split (rows 1-"),
+        (["task=forecasting", "task.name=anomaly"], "conf/task/forecasting.yaml of task 'forecasting' sets name: "
+                                                     "'anomaly'; it must be 'forecasting'"),
         (["task=forecasting", "backbone._target_=gru_suite.nope.Backbone"], "cannot build backbone"),
         (["task=forecasting", "trainer.precision=banana"], "cannot build trainer"),
         (["task=forecasting", "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: bogus}"],

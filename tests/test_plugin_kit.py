@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,3 +129,57 @@ def test_broken_plugin_is_caught(
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: task_cls)
     with pytest.raises(AssertionError, match=message):
         check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
+
+
+class DetachedLossTask(ForecastingTask):
+    """Returns its loss detached from the graph."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss.detach(), out.batch_size, out.metrics)
+
+
+class PerItemLossTask(ForecastingTask):
+    """Returns one loss per window instead of their mean."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss.repeat(3), out.batch_size, out.metrics)
+
+
+class SilentWriterTask(ForecastingTask):
+    """Writes its artifacts but does not return their paths."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        super().write_predictions(predictions, datamodule, out_dir)
+        return None  # type: ignore[return-value]
+
+
+class UnpicklableStateTask(ForecastingTask):
+    """Keeps a function in its state."""
+
+    def datamodule(self) -> Any:
+        data = super().datamodule()
+        self.state["transform"] = lambda x: x
+        return data
+
+
+MISTAKES = {
+    "detached-loss": (DetachedLossTask, "task 'forecasting': step(..., 'train') returned a loss without a gradient"),
+    "per-item-loss": (PerItemLossTask, "task 'forecasting': step(..., 'val') returned a loss of shape (3,): "
+                                       "expected one number"),
+    "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
+                                        "the list of paths it wrote"),
+    "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict() is not picklable, so no checkpoint "
+                                                "could be saved"),
+}
+
+
+@pytest.mark.parametrize(("task_cls", "message"), MISTAKES.values(), ids=MISTAKES.keys())
+def test_a_plugins_mistake_is_one_line_naming_it_before_or_at_the_first_batch(
+    task_cls: type, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: task_cls)
+    cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=1", "threads=1"], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run.train(cfg)
