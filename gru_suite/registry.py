@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import traceback
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -89,9 +90,19 @@ class TaskEntry:
         except Exception as err:  # a broken plugin must not take the others down
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} failed to load "
-                f"({self.target}): {type(err).__name__}: {err}"
+                f"({self.target}): {type(err).__name__}: {err}{_raised_at(err)}"
             ) from err
         return obj  # type: ignore[return-value]
+
+
+def _raised_at(err: BaseException) -> str:
+    """` (at file:line)` of the innermost frame that raised `err`, or "" when it has none (a missing module or
+    attribute is raised by the import machinery, and its message says enough)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    inner = frames[-1] if frames else None
+    if inner is None or "importlib" in inner.filename or inner.filename == __file__:
+        return ""
+    return f" (at {inner.filename}:{inner.lineno})"
 
 
 @cache

@@ -27,6 +27,34 @@ def test_broken_plugin_is_one_line_naming_task_package_and_cause():
         broken.require_config_file()
 
 
+def test_a_plugin_failing_inside_its_own_code_is_named_with_file_and_line(tmp_path, monkeypatch):
+    package = tmp_path / "half_written_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "task.py").write_text("from half_written_plugin import helper\n\nclass Task:\n    pass\n")
+    (package / "helper.py").write_text("\nvalue = undefined_name\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as err:
+        registry.TaskEntry("half", "half_written_plugin.task:Task", "half-dist").load()
+    assert str(err.value).endswith(f"NameError: name 'undefined_name' is not defined (at {package / 'helper.py'}:2)")
+
+
+def test_a_task_name_declared_twice_is_a_warning_naming_both_packages(monkeypatch, caplog):
+    class Point:
+        def __init__(self, name: str, value: str, dist: str) -> None:
+            self.name, self.value, self.dist = name, value, type("Dist", (), {"name": dist})()
+
+    points = [Point("forecasting", "gru_suite_plugins.forecasting.task:ForecastingTask", "gru-suite"),
+              Point("forecasting", "other.task:Task", "other-dist")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: points)
+    registry.installed_tasks.cache_clear()
+    try:
+        assert registry.installed_tasks()["forecasting"].distribution == "gru-suite"
+    finally:
+        registry.installed_tasks.cache_clear()
+    assert "task 'forecasting' is declared twice: by gru-suite" in caplog.text and "other-dist" in caplog.text
+
+
 def test_broken_plugin_does_not_hide_the_others(monkeypatch):
     broken = registry.TaskEntry("broken", "gru_suite_no_such_pkg.task:Task", "broken-dist")
     tasks = {**registry.installed_tasks(), "broken": broken}
