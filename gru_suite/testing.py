@@ -24,6 +24,8 @@ and data so that a small task is checked in seconds.
 from __future__ import annotations
 
 import csv
+import importlib
+import importlib.metadata
 import json
 import math
 import pickle
@@ -106,6 +108,8 @@ def _check(task: str, overrides: list[str], root: Path) -> None:
 def _check_contract(task: str, overrides: list[str], root: Path) -> None:
     with _contract(task, "installation"):
         _installed_class(task)
+        if (elsewhere := imported_copy_elsewhere(registry.get_task(task))) is not None:
+            warnings.warn(elsewhere, stacklevel=2)
         _check_task_config_file(task)
     with _contract(task, "config composition"):
         cfg = compose_train_config(task, overrides, root / "instantiate")
@@ -147,6 +151,27 @@ def _installed_class(task: str) -> type[TaskPlugin]:
         f"the entry point names {task_cls!r}, which is not a subclass of gru_suite.task.TaskPlugin",
     )
     return task_cls
+
+
+def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:
+    """A warning when the task's module is imported from another place than its installed distribution (a test
+    run beside a plugin's source folder imports the source, so a file left out of the package goes unseen);
+    None when it is the installed copy, or the install is editable (it is the source, by design)."""
+    installs = [dist for dist in importlib.metadata.distributions(name=entry.distribution)
+                if dist.read_text("RECORD")]  # pip's installs; a source folder's egg-info has no RECORD
+    module = importlib.import_module(entry.module)
+    origin = Path(getattr(module, "__file__", None) or ".").resolve()
+    for dist in installs:
+        if json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"):
+            return None
+        if origin.is_relative_to(Path(str(dist.locate_file(""))).resolve()):
+            return None
+    if not installs:
+        return None
+    where = Path(str(installs[0].locate_file(""))).resolve()
+    return (f"task {entry.name!r}: {entry.module} is imported from {origin}, not from the installed "
+            f"{entry.distribution} in {where}: the check sees the source folder, not what users install (run it "
+            "from another folder, or use a src/ layout)")
 
 
 def _check_task_config_file(task: str) -> None:

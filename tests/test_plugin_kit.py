@@ -183,3 +183,34 @@ def test_a_plugins_mistake_is_one_line_naming_it_before_or_at_the_first_batch(
     cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=1", "threads=1"], tmp_path)
     with pytest.raises(UserError, match=re.escape(message)):
         run.train(cfg)
+
+
+class FakeInstall:
+    """A pip install of a distribution, as `importlib.metadata` sees it."""
+
+    def __init__(self, location: Path, editable: bool) -> None:
+        self.location, self.editable = location, editable
+
+    def read_text(self, name: str) -> str | None:
+        if name == "direct_url.json":
+            return '{"dir_info": {"editable": %s}}' % str(self.editable).lower()
+        return "RECORD lines" if name == "RECORD" else None
+
+    def locate_file(self, path: str) -> Path:
+        return self.location / path
+
+
+@pytest.mark.parametrize("editable, warned", [(False, True), (True, False)])
+def test_a_check_that_imports_the_source_instead_of_the_install_warns(
+    editable: bool, warned: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.metadata
+
+    from gru_suite.testing import imported_copy_elsewhere
+
+    install = FakeInstall(tmp_path / "site-packages", editable)  # the module itself comes from this repository
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda name: [install])
+    message = imported_copy_elsewhere(registry.get_task("forecasting"))
+    assert (message is not None) == warned
+    if warned:
+        assert "is imported from" in message and "not from the installed gru-suite" in message
