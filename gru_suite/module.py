@@ -58,8 +58,10 @@ class TaskModule(pl.LightningModule):
 
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
         sync = stage != "train"  # epoch means over every DDP process; per-step train metrics stay local
+        monitor = self.task.cfg.get("monitor")  # shown in the progress bar beside the loss
         for name, value in out.metrics.items():
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync)
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync,
+                     prog_bar=f"{stage}/{name}" == monitor)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
         out = check_step_output(self.task.step(self.model, batch, stage), self.task.cfg.get("name"), stage)
@@ -100,8 +102,9 @@ class TaskModule(pl.LightningModule):
         self._run(batch, "test")
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
+        monitor = self.task.cfg.get("monitor")
         for name, value in self.task.epoch_end(stage).items():
-            self.log(f"{stage}/{name}", value, sync_dist=True)
+            self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=f"{stage}/{name}" == monitor)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
