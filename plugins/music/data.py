@@ -181,7 +181,8 @@ def split_pieces(pieces: list[np.ndarray], split: Sequence[float], source: Path)
         raise UserError(f"task.data.split must be three shares summing to at most 1, got {list(split)}")
     n = len(pieces)
     if n < 3:
-        log.warning("%s: only %d piece(s), so training, validation and test all use them", source, n)
+        log.warning("%s: only %d piece(s), so the train, valid and test splits (those this run reads) are all of "
+                    "them", source, n)
         return {s: pieces for s in SPLITS}
     order = np.random.default_rng(0).permutation(n)
     n_valid, n_test = (max(1, round(share * n)) for share in split[1:])
