@@ -46,6 +46,8 @@ class TaskModule(pl.LightningModule):
         """Set by `gru_suite.run.pretrain` while the task's pre-training phase runs."""
         self._train_samples_at_start = 0
         self._train_loss_sum = torch.zeros(())
+        self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
+        self._monitor = task.cfg.get("monitor")
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` (a string) around every hook call, about 40 times per
@@ -58,13 +60,12 @@ class TaskModule(pl.LightningModule):
 
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
         sync = stage != "train"  # epoch means over every DDP process; per-step train metrics stay local
-        monitor = self.task.cfg.get("monitor")  # shown in the progress bar beside the loss
-        for name, value in out.metrics.items():
+        for name, value in out.metrics.items():  # the monitored metric shows in the progress bar beside the loss
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync,
-                     prog_bar=f"{stage}/{name}" == monitor)
+                     prog_bar=f"{stage}/{name}" == self._monitor)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
-        out = check_step_output(self.task.step(self.model, batch, stage), self.task.cfg.get("name"), stage)
+        out = check_step_output(self.task.step(self.model, batch, stage), self._task_name, stage)
         self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size, sync_dist=True)
         self._log_metrics(out, stage)
         return out
@@ -82,7 +83,7 @@ class TaskModule(pl.LightningModule):
         # and the step loss is logged only as often as the logger writes.
         out = self.task.step(self.model, batch, "train")
         if batch_idx == 0:  # a plugin's mistake named once, before Lightning's backward meets it
-            check_step_output(out, self.task.cfg.get("name"), "train")
+            check_step_output(out, self._task_name, "train")
         self._train_loss_sum += out.loss.detach() * out.batch_size
         self.samples_seen += out.batch_size
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
@@ -102,9 +103,8 @@ class TaskModule(pl.LightningModule):
         self._run(batch, "test")
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
-        monitor = self.task.cfg.get("monitor")
         for name, value in self.task.epoch_end(stage).items():
-            self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=f"{stage}/{name}" == monitor)
+            self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=f"{stage}/{name}" == self._monitor)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")

@@ -28,7 +28,6 @@ import importlib
 import importlib.metadata
 import json
 import math
-import pickle
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -213,10 +212,7 @@ def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
         isinstance(datamodule, pl.LightningDataModule),
         f"datamodule() returned {type(datamodule).__name__}, not a LightningDataModule",
     )
-    try:
-        pickle.dumps(task.state_dict())
-    except Exception as err:
-        raise AssertionError(f"state_dict() is not picklable ({type(err).__name__}: {err})") from err
+    run.check_picklable_state(task)
     module = run.build_module(cfg, task)
     _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
     _require(
