@@ -90,6 +90,11 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
     """Each of `fields` set in `cfg` (not null) is a number of its kind within its bounds, and is stored
     as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field, one line per
     wrong field (all of them at once)."""
+    raise_all(wrong_numbers(cfg, fields, prefix))
+
+
+def wrong_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> list[str]:
+    """`check_numbers`' messages, one per wrong field (the right ones are stored as numbers)."""
     wrong = []
     for field, kind, minimum, *maximum in fields:
         value = OmegaConf.select(cfg, field, default=None)
@@ -106,6 +111,11 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
             wrong.append(f"{prefix}{field} must be at least {minimum}, got {value!r}")
         else:
             OmegaConf.update(cfg, field, number, merge=False)
+    return wrong
+
+
+def raise_all(wrong: Sequence[str]) -> None:
+    """One UserError for the `wrong` settings' messages: the message itself for one, a line each for more."""
     if wrong:
         raise UserError(wrong[0] if len(wrong) == 1 else f"{len(wrong)} settings are wrong:\n  " + "\n  ".join(wrong))
 
@@ -117,6 +127,11 @@ RUN_SWITCHES = ("backbone.bidirectional", "test_after_training", "predict_after_
 def check_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> None:
     """Each of `fields` set in `cfg` (not null) is true or false (a quoted 'true' becomes True); else a
     `UserError` naming `prefix` + the field, one line per wrong field."""
+    raise_all(wrong_switches(cfg, fields, prefix))
+
+
+def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> list[str]:
+    """`check_switches`' messages, one per wrong field (a quoted 'true' or 'false' is stored as the bool)."""
     wrong = []
     for field in fields:
         value = OmegaConf.select(cfg, field, default=None)
@@ -126,25 +141,18 @@ def check_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> 
             OmegaConf.update(cfg, field, value.strip().lower() == "true", merge=False)
             continue
         wrong.append(f"{prefix}{field} must be true or false, got {value!r}")
-    if wrong:
-        raise UserError(wrong[0] if len(wrong) == 1 else f"{len(wrong)} settings are wrong:\n  " + "\n  ".join(wrong))
+    return wrong
 
 
 def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = ()) -> None:
-    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command) and switches (`RUN_SWITCHES`)."""
-    check_numbers(cfg, RUN_NUMBERS + numbers)
-    check_switches(cfg, RUN_SWITCHES)
+    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command) and switches (`RUN_SWITCHES`), every
+    wrong one named at once."""
+    raise_all(wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES))
 
 
-def switches_of(defaults: Any, prefix: str = "") -> list[str]:
+def switches_of(defaults: Any) -> list[str]:
     """The dotted keys of `defaults` (a config's plain dict) whose value is true or false."""
-    keys = []
-    for key, value in (defaults or {}).items():
-        if isinstance(value, dict):
-            keys += switches_of(value, f"{prefix}{key}.")
-        elif isinstance(value, bool):
-            keys.append(f"{prefix}{key}")
-    return keys
+    return [key for key, value in _leaves(defaults or {}, "") if isinstance(value, bool)]
 
 
 BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches",
@@ -226,11 +234,11 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
     return merged
 
 
-def _leaf_keys(node: Any, prefix: str) -> list[str]:
-    """Dotted keys of the leaves of a plain (unresolved) config container."""
+def _leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
+    """(dotted key, value) of the leaves of a plain (unresolved) config container, keys under `prefix`."""
     if not isinstance(node, dict):
-        return [prefix]
-    return [key for name, child in node.items() for key in _leaf_keys(child, f"{prefix}.{name}")]
+        return [(prefix, node)]
+    return [leaf for name, child in node.items() for leaf in _leaves(child, f"{prefix}.{name}" if prefix else name)]
 
 
 def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "task") -> list[str]:
@@ -239,7 +247,7 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
     added = [override_key(o) for o in overrides if o.startswith(f"+{prefix}.")]
     if not added:
         return []
-    declared = [key for key in _leaf_keys(OmegaConf.to_container(cfg[prefix]), prefix) if key not in added]
+    declared = [key for key, _ in _leaves(OmegaConf.to_container(cfg[prefix]), prefix) if key not in added]
     messages = []
     for key in added:
         block, _, name = key.rpartition(".")

@@ -16,6 +16,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
+from gru_suite.config import override_key
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Job:
 def read_job(folder: Path) -> Job:
     """The job in `folder` (a folder holding `.hydra/overrides.yaml`)."""
     overrides = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
-    settings = dict(str(item).split("=", 1) if "=" in str(item) else (str(item), "") for item in overrides)
+    settings = {override_key(str(item)): str(item).partition("=")[2] for item in overrides}
     job = Job(folder, settings)
     for name in METRICS_FILES:
         if (metrics := folder / name).is_file():

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.config import NumberField, check_numbers, check_set, check_switches
+from gru_suite.config import NumberField, check_set, raise_all, wrong_numbers, wrong_switches
 from gru_suite.errors import UserError
 from gru_suite.registry import task_switches
 
@@ -73,8 +73,8 @@ class TaskPlugin(ABC):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         check_set(cfg, self.required, prefix="task.")
-        check_numbers(cfg, self.numbers, prefix="task.")
-        check_switches(cfg, task_switches(str(cfg.get("name"))), prefix="task.")  # those its config sets true/false
+        switches = task_switches(str(cfg.get("name")))  # the keys its shipped config sets true or false
+        raise_all(wrong_numbers(cfg, self.numbers, "task.") + wrong_switches(cfg, switches, "task."))
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 

@@ -30,8 +30,8 @@ def check_split_windows(
     `lookback` input rows, which may reach back into the rows before the split; else a UserError saying how many
     rows it has and needs."""
     for name, (start, stop) in zip(SPLITS, bounds):
-        need = spec.horizon + max(0, spec.lookback - start)
-        if name in splits and stop - start < need:
+        if name in splits and not window_origins(start, stop, spec.lookback, spec.horizon):
+            need = spec.horizon + max(0, spec.lookback - start)
             rows = f"rows {start + 1}-{stop} of {len(series.values)}" if stop > start else "no rows"
             if start < spec.lookback:
                 before = f" from the series' start, of which {start} come before the split" if start else ""
