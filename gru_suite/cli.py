@@ -87,6 +87,18 @@ def _require_known_task() -> None:
                 sys.exit(2)
 
 
+def _require_sweeper_plugin() -> None:
+    """`hparams_search=optuna` (or `hydra/sweeper=optuna`) needs Hydra's Optuna sweeper installed: one line
+    naming the extra to install, not Hydra's search-path dump."""
+    from importlib.util import find_spec
+
+    if {"hparams_search=optuna", "hydra/sweeper=optuna"} & set(sys.argv[1:]) and \
+            find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        print("error: hparams_search=optuna needs Hydra's Optuna sweeper: pip install \"gru-suite[optuna]\" "
+              "(or hydra-optuna-sweeper)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _refuse_model_overrides() -> None:
     """A checkpoint's own backbone, optimizer and scheduler are used: one line rather than Hydra's 'not in
     struct' (or, with `+`, an override silently ignored)."""
@@ -144,6 +156,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     _require_task_for_task_overrides()
     _require_known_task()
+    _require_sweeper_plugin()
     if config_name != "train":
         _refuse_model_overrides()
     _add_task_configs_to_searchpath()

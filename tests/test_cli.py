@@ -1,10 +1,12 @@
 """The three commands end to end, through real subprocesses."""
 
 import csv
+import importlib.util
 import json
 import math
 import re
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -13,10 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import TINY, run_cli
 
-from gru_suite import module, run
+from gru_suite import cli, module, run
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import default_data_dir
 from gru_suite.errors import UserError
@@ -316,6 +319,29 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     rows = {row["job"]: row for row in csv.DictReader((tmp_path / "summary.csv").open())}
     assert "is too short" in rows["0_forecasting"]["error"] and rows["0_forecasting"]["val/loss"] == ""
     assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
+
+
+def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tmp_path):
+    result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                     "debug=fdr", *TINY[1:], "test_after_training=false", "predict_after_training=false",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert len(rows) == 3 and len({row["optimizer.lr"] for row in rows}) == 3  # three sampled trials
+    assert all(1e-4 <= float(row["optimizer.lr"]) <= 1e-2 for row in rows)
+    best = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(float(row["val/loss"]) for row in rows))  # task.monitor_mode: min
+    assert best.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
+
+
+def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["gru-suite", "task=forecasting", "hparams_search=optuna"])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(SystemExit) as exit_info:
+        cli._require_sweeper_plugin()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == ("error: hparams_search=optuna needs Hydra's Optuna sweeper: pip install "
+                                       "\"gru-suite[optuna]\" (or hydra-optuna-sweeper)\n")
 
 
 @pytest.mark.parametrize(
