@@ -66,12 +66,14 @@ class TaskModule(pl.LightningModule):
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
         out = check_step_output(self.task.step(self.model, batch, stage), self._task_name, stage)
-        self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=out.batch_size, sync_dist=True)
+        weight = out.batch_size if out.loss_weight is None else out.loss_weight
+        self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=weight, sync_dist=True)
         self._log_metrics(out, stage)
         return out
 
     def on_train_epoch_start(self) -> None:
         self._train_loss_sum = torch.zeros((), device=self.device)
+        self._train_loss_weight = torch.zeros((), device=self.device)
         self._train_samples_at_start = self.samples_seen
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -84,7 +86,9 @@ class TaskModule(pl.LightningModule):
         out = self.task.step(self.model, batch, "train")
         if batch_idx == 0:  # a plugin's mistake named once, before Lightning's backward meets it
             check_step_output(out, self._task_name, "train")
-        self._train_loss_sum += out.loss.detach() * out.batch_size
+        weight = out.batch_size if out.loss_weight is None else out.loss_weight
+        self._train_loss_sum += out.loss.detach() * weight
+        self._train_loss_weight += weight
         self.samples_seen += out.batch_size
         if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", out.loss, prog_bar=True)
@@ -92,9 +96,8 @@ class TaskModule(pl.LightningModule):
         return out.loss
 
     def on_train_epoch_end(self) -> None:
-        samples = self.samples_seen - self._train_samples_at_start
-        if samples:
-            self.log("train/loss", self._train_loss_sum / samples, prog_bar=True, sync_dist=True)
+        if self.samples_seen > self._train_samples_at_start:
+            self.log("train/loss", self._train_loss_sum / self._train_loss_weight, prog_bar=True, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._run(batch, "val")
@@ -172,6 +175,11 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
         raise UserError(f"{where} returned a loss of shape {shape}: expected one number (reduce it, e.g. .mean())")
     if stage == "train" and torch.is_grad_enabled() and not out.loss.requires_grad:
         raise UserError(f"{where} returned a loss without a gradient (detached, or computed under torch.no_grad())")
+    weight = out.loss_weight
+    if weight is not None and not (isinstance(weight, (int, float)) and weight > 0 or
+                                   isinstance(weight, torch.Tensor) and weight.numel() == 1):
+        raise UserError(f"{where} returned loss_weight={weight!r}: expected a positive number (what the epoch's mean "
+                        "loss weighs this batch by) or None")
     return out
 
 

@@ -25,11 +25,14 @@ BackboneFactory = Callable[..., GRUBackbone]
 
 @dataclass
 class StepOutput:
-    """What a task returns for one batch: the loss and metrics to log (epoch means)."""
+    """What a task returns for one batch: the loss and metrics to log (epoch means, each batch weighed by its
+    `batch_size` samples, the loss by `loss_weight` where it is a mean over something else: the target tokens of
+    a per-token loss, the time steps of a per-step one, the sum of class weights of a class-weighted one)."""
 
     loss: Tensor
     batch_size: int
     metrics: Mapping[str, Tensor | float] = field(default_factory=dict)
+    loss_weight: float | Tensor | None = None
 
 
 @dataclass

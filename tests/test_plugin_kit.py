@@ -147,6 +147,14 @@ class PerItemLossTask(ForecastingTask):
         return StepOutput(out.loss.repeat(3), out.batch_size, out.metrics)
 
 
+class ZeroWeightTask(ForecastingTask):
+    """Weighs its loss by nothing."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, out.batch_size, out.metrics, loss_weight=0)
+
+
 class SilentWriterTask(ForecastingTask):
     """Writes its artifacts but does not return their paths."""
 
@@ -168,6 +176,8 @@ MISTAKES = {
     "detached-loss": (DetachedLossTask, "task 'forecasting': step(..., 'train') returned a loss without a gradient"),
     "per-item-loss": (PerItemLossTask, "task 'forecasting': step(..., 'val') returned a loss of shape (3,): "
                                        "expected one number"),
+    "zero-loss-weight": (ZeroWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=0: expected a "
+                                         "positive number"),
     "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
                                         "the list of paths it wrote"),
     "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict() is not picklable, so no checkpoint "

@@ -6,15 +6,18 @@ import gzip
 import io
 import json
 import logging
+import math
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_cli
 from gru_suite.backbone import GRUBackbone
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import pad_ids
@@ -263,6 +266,23 @@ def test_unknown_characters_become_unk_with_a_warning(bundled: Path, tmp_path: P
     assert "in.txt: source characters unknown to the tokenizer, kept as <unk> on line(s) 2" in caplog.text
 
 
+def per_token_scores(checkpoint: Path) -> tuple[float, float]:
+    """The test split's label-smoothed cross-entropy and perplexity per target token, pair by pair."""
+    module = load_checkpoint(checkpoint).eval()
+    dataset = module.task.datamodule().dataset("test")
+    smoothing = float(module.task.cfg.model.label_smoothing)
+    smoothed, nll, tokens = 0.0, 0.0, 0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            pair = dataset.__getitems__([i])
+            logits = module.model(pair["source"], pair["source_lengths"], pair["target_in"], pair["target_lengths"])
+            flat, gold = logits.flatten(0, 1), pair["target_out"].flatten()
+            smoothed += float(F.cross_entropy(flat, gold, label_smoothing=smoothing, reduction="sum"))
+            nll += float(F.cross_entropy(flat, gold, reduction="sum"))
+            tokens += len(gold)
+    return smoothed / tokens, math.exp(nll / tokens)
+
+
 def test_plugin_contract(bundled: Path, tmp_path: Path) -> None:
     check_task_plugin("translation", overrides=[f"task.data.path={bundled}", *TINY], tmp_path=tmp_path)
 
@@ -272,11 +292,15 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread per process is fastest
     run_dir = tmp_path / "run"
     trained = run_cli("gru-suite", "task=translation", f"task.data.path={bundled}", *TINY, "trainer.max_epochs=1",
+                      "task.data.eval_batch_size=16",  # test batches of 16, 16 and 8 pairs
                       "predict_after_training=false", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/bleu", "test/bleu", "test/chrf", "test/perplexity"} <= set(metrics)
     assert "BLEU" in trained.stdout and "tok:13a" in trained.stdout  # the sacreBLEU signature is logged
+    loss, perplexity = per_token_scores(run_dir / "checkpoints" / "last.ckpt")  # one epoch: last is the best
+    assert metrics["test/loss"] == pytest.approx(loss, rel=1e-4)  # batches weighed by their tokens
+    assert metrics["test/perplexity"] == pytest.approx(perplexity, rel=1e-4)
     source = tmp_path / "input.txt"
     source.write_text("A dog sees the cat.\n\nSome 狗 watch the river.\n" + "The big dog " * 60 + "\n")
     out_dir = tmp_path / "predicted"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from gru_suite.config import config_number
+from gru_suite.distributed import gather_sums
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.music import events as codec
@@ -222,8 +224,8 @@ class RollRepresentation(Representation):
 
     def step(self, model: MusicModel, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
         roll, lengths = batch
-        steps = int(lengths.sum())
-        return StepOutput(model.nll(roll, lengths).sum() / steps, steps)
+        steps = lengths.sum()
+        return StepOutput(model.nll(roll, lengths).sum() / steps, len(lengths), loss_weight=steps)
 
     def predict_step(self, model: MusicModel, batch: Tensor) -> dict[str, Tensor]:
         """Pieces `batch` (indices), sampled with a generator seeded by `generate.seed` and the first index."""
@@ -248,7 +250,7 @@ class EventRepresentation(Representation):
         vocab = self.state.setdefault("vocab_size", codec.VOCAB)
         if vocab != codec.VOCAB:
             raise UserError(f"the checkpoint's model has {vocab} events, this event codec {codec.VOCAB}")
-        self._sums: dict[str, tuple[Tensor, int]] = {}
+        self._sums: dict[str, tuple[float, int]] = {}
 
     def datamodule(self) -> MusicData:
         data = self.cfg.data
@@ -302,16 +304,16 @@ class EventRepresentation(Representation):
         count = int(lengths.sum())
         total = model.nll(events, lengths).sum()
         if stage != "train":  # for the epoch's perplexity
-            nll, seen = self._sums.get(stage, (torch.zeros(()), 0))
-            self._sums[stage] = (nll.to(total.device) + total.detach(), seen + count)
-        return StepOutput(total / count, count)
+            nll, seen = self._sums.get(stage, (0.0, 0))
+            self._sums[stage] = (nll + float(total), seen + count)
+        return StepOutput(total / count, len(lengths), loss_weight=count)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
-        """`perplexity`: exp of the mean NLL per event over the epoch."""
+        """`perplexity`: exp of the mean NLL per event over the epoch, over every DDP process's pieces."""
         if stage not in self._sums:
             return {}
-        nll, seen = self._sums.pop(stage)
-        return {"perplexity": float(torch.exp(nll / seen))}
+        nll, seen = gather_sums(*self._sums.pop(stage))
+        return {"perplexity": math.exp(nll / seen)}
 
     def predict_step(self, model: EventModel, batch: Tensor) -> dict[str, Tensor]:
         """Pieces `batch` (indices): events (B, T) padded with -1, and their lengths."""

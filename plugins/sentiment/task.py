@@ -224,7 +224,7 @@ class SentimentTask(TaskPlugin):
         if stage != "train":
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
-        return StepOutput(loss, len(batch.labels), metrics)
+        return StepOutput(loss, len(batch.labels), metrics, loss_weight=weights[batch.labels].sum())
 
     def pretraining(self) -> Pretraining | None:
         """`pretrain.epochs` of the bidirectional language model (`SentimentModel.lm_loss`) on `pretrain.texts`

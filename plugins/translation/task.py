@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from gru_suite.distributed import gather_dict, gather_sums
+from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
 from gru_suite.text import PAD_ID, tokenizer_from_state, tokenizer_state, train_tokenizer
@@ -56,7 +56,7 @@ class TranslationTask(TaskPlugin):
         super().__init__(cfg, state)
         too_long_rule(cfg.data.too_long)  # before any data is read
         self._corpora: dict[str, Corpus] = {}
-        self._scores: dict[str, dict[str, Any]] = {}
+        self._scores: dict[str, dict[int, tuple[str, str, float, int]]] = {}
         self.blank: set[int] = set()
         """Predict lines written empty: empty input, or skipped as too long."""
         self.predict_corpus: Corpus | None = None
@@ -152,28 +152,28 @@ class TranslationTask(TaskPlugin):
         flat, gold = logits.flatten(0, 1), batch["target_out"].flatten()
         loss = F.cross_entropy(flat, gold, ignore_index=PAD_ID, label_smoothing=float(self.cfg.model.label_smoothing))
         if stage != "train":
-            self._collect(model, batch, stage, F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="sum"))
-        return StepOutput(loss, len(batch["source"]))
+            nll = F.cross_entropy(flat, gold, ignore_index=PAD_ID, reduction="none").view(len(logits), -1).sum(1)
+            self._collect(model, batch, stage, nll)
+        return StepOutput(loss, len(batch["source"]), loss_weight=(gold != PAD_ID).sum())
 
     def _collect(self, model: Seq2Seq, batch: dict[str, Any], stage: Stage, nll: Tensor) -> None:
+        """Each pair's translation, reference, target NLL (`nll`, summed over its tokens) and token count, by index."""
         decode = self.cfg.decode
         beam = decode.val_beam_size if stage == "val" else decode.beam_size
-        scores = self._scores.setdefault(stage, {"nll": 0.0, "tokens": 0, "pairs": {}})
-        scores["nll"] += float(nll)
-        scores["tokens"] += int(batch["target_lengths"].sum())
         hypotheses = [self.detokenize(h.tokens) for h in self.translate(model, batch, beam)]
-        scores["pairs"].update(zip(batch["index"].tolist(), zip(hypotheses, batch["references"])))
+        rows = zip(hypotheses, batch["references"], nll.tolist(), batch["target_lengths"].tolist())
+        self._scores.setdefault(stage, {}).update(zip(batch["index"].tolist(), rows))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """sacreBLEU `bleu` and `chrf` of the epoch's translations, and `perplexity` per target token."""
         if stage == "train":
             return {}
-        scores = self._scores.pop(stage, {"nll": 0.0, "tokens": 0, "pairs": {}})
-        pairs = gather_dict(scores["pairs"])  # corpus scores over every DDP process's sentences
-        nll, tokens = gather_sums(scores["nll"], scores["tokens"])
+        # corpus scores over every DDP process's sentences, each once (a sampler pads shares with repeats)
+        pairs = gather_dict(self._scores.pop(stage, {}))
         if not pairs:
             return {}
-        hypotheses, references = zip(*(pairs[i] for i in sorted(pairs)))
+        hypotheses, references, nlls, lengths = zip(*(pairs[i] for i in sorted(pairs)))
+        nll, tokens = sum(nlls), sum(lengths)
         result = corpus_scores(list(hypotheses), list(references))
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
