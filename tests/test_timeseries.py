@@ -1,4 +1,5 @@
 import gzip
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,7 @@ from gru_suite.timeseries import (
     read_series_csv,
     window_origins,
 )
+from gru_suite_plugins.forecasting.writer import future_timestamps
 
 
 def write(tmp_path, text, name="s.csv"):
@@ -211,3 +213,12 @@ def test_calendar_features_encode_the_phase_of_each_cycle():
         Calendar(("time_of_day",)).features(pd.DatetimeIndex(["2024-01-01", None]), "s.csv")
     with pytest.raises(UserError, match=r"s.csv: calendar features need a time column"):
         Calendar(("time_of_day",)).features(pd.RangeIndex(3), "s.csv")
+
+
+def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missing():
+    hourly = pd.date_range("2024-01-01", periods=60, freq="h")
+    gappy = SimpleNamespace(timestamps=hourly.delete(-2))  # 58 hourly steps and one of two hours at the end
+    future = future_timestamps(gappy, np.arange(59, 62))
+    assert list(future) == list(pd.date_range(hourly[-1] + pd.Timedelta(hours=1), periods=3, freq="h"))
+    month_ends = SimpleNamespace(timestamps=pd.date_range("2020-01-31", periods=12, freq="ME"))
+    assert future_timestamps(month_ends, np.array([12]))[0] == pd.Timestamp("2021-01-31")

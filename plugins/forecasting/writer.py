@@ -17,12 +17,14 @@ MAX_PLOTTED_TARGETS = 4
 
 
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
-    """Timestamps for row numbers, extrapolating past the end at the series' own frequency."""
+    """Timestamps for row numbers, extrapolating past the end at the series' own frequency (the one pandas
+    infers from the last 50 rows, else their most common step: a missing row does not double it)."""
     stamps, n = series.timestamps, len(series.timestamps)
-    if not isinstance(stamps, pd.DatetimeIndex):
+    if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
         return pd.Index(rows)
-    freq = pd.infer_freq(stamps[-min(n, 50):]) if n >= 3 else None
-    step = pd.tseries.frequencies.to_offset(freq) if freq else stamps[-1] - stamps[-2]
+    recent = stamps[-min(n, 50):]
+    freq = pd.infer_freq(recent) if n >= 3 else None
+    step = pd.tseries.frequencies.to_offset(freq) if freq else pd.Series(recent).diff().mode().iloc[0]
     extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
     return stamps.append(extra)[rows]
 
