@@ -350,8 +350,11 @@ def test_transcript_files_parse(tmp_path: Path) -> None:
              for w, s, e in [("one", 0.1, 0.4), ("two", 0.5, 0.8), ("nine", 2.0, 2.5)]]
     transcripts = [{"path": "a/call.wav", "text": "one two nine", "duration": 3.0, "words": words},
                    {"path": "b/call.wav", "text": "", "duration": 1.0, "words": []}]
+    (tmp_path / "call_2.txt").write_text("zero\n")  # an earlier run's transcript of another call.wav
     paths = write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
-    assert sorted(p.name for p in paths) == ["call.srt", "call.txt", "call.vtt", "transcripts.jsonl"]
+    assert sorted(p.name for p in paths) == ["call.srt", "call.txt", "call.vtt", "call_2.srt", "call_2.txt",
+                                             "call_2.vtt", "transcripts.jsonl"]
+    assert [(tmp_path / f"call_2.{kind}").read_text() for kind in ("txt", "srt", "vtt")] == ["", "", "WEBVTT\n\n"]
     lines = [json.loads(line) for line in (tmp_path / "transcripts.jsonl").read_text().splitlines()]
     assert lines[0]["words"] == words and lines[1]["warning"] == "no speech recognised"
     srt = (tmp_path / "call.srt").read_text()

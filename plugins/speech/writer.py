@@ -66,8 +66,9 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
                       max_words: int, min_cue_s: float = 0.0) -> list[Path]:
     """`transcripts.jsonl` (one object per input) and `<stem>.txt`, `.srt`, `.vtt` per input.
 
-    An input with an empty transcript gets only its JSONL line (with a `warning`), and a logged warning (the
-    first `SKIPS_NAMED` by name, then how many in all).
+    An input with an empty transcript gets a `warning` in its JSONL line, an empty `.txt` and `.srt` and a `.vtt`
+    without cues (so no file of an earlier run stands in for it), and a logged warning (the first `SKIPS_NAMED` by
+    name, then how many in all).
     """
     out_dir = Path(out_dir)
     lines, paths, empty = [], [], 0
@@ -77,11 +78,10 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
             empty += 1
             if empty <= SKIPS_NAMED:
                 log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
-        else:
-            phrases = cues(transcript["words"], max_gap_s, max_words, min_cue_s, transcript.get("duration") or math.inf)
-            paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n"))
-            paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
-            paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
+        phrases = cues(transcript["words"], max_gap_s, max_words, min_cue_s, transcript.get("duration") or math.inf)
+        paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n" if transcript["text"] else ""))
+        paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
+        paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
         lines.append(json.dumps(transcript, ensure_ascii=False))
     if empty > SKIPS_NAMED:
         log.warning("no speech recognised in %d of %d inputs (marked in transcripts.jsonl)", empty, len(transcripts))
