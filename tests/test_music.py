@@ -358,6 +358,8 @@ def test_decode_closes_dangling_notes_and_transposition_shifts_pitches() -> None
     notes = decode(events).instruments[0].notes
     assert [(n.pitch, n.start, n.end, velocity_bin(n.velocity)) for n in notes] == [
         (60, 0.0, 0.5, 20), (125, 0.0, 1.5, 20), (3, 0.5, 1.5, 20)]  # 125 and 3 closed at the end
+    capped = decode(events, max_note_s=1.2).instruments[0].notes  # a note never released stops after 1.2 s
+    assert [(n.pitch, n.start, n.end) for n in capped] == [(60, 0.0, 0.5), (125, 0.0, 1.2), (3, 0.5, 1.5)]
     up = transpose(events, 5)
     assert up.tolist() == [SET_VELOCITY + 20, NOTE_ON + 65, TIME_SHIFT + 49, NOTE_OFF + 65, NOTE_ON + 8,
                            TIME_SHIFT + 99]  # 125 + 5 is no MIDI pitch: dropped
@@ -465,3 +467,14 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
 
 def test_music_events_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
     check_task_plugin("music", [*EVENTS, f"task.data.path={corpus}"], tmp_path)
+
+
+def test_a_silent_generated_piece_is_written_with_a_warning(music_installed: None, corpus: Path, tmp_path: Path,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    task = run.build_task(compose_train_config("music", [*TINY, f"task.data.path={corpus}"], tmp_path).task)
+    task.datamodule()
+    rolls = torch.zeros(2, 16, task.state["high"] - task.state["low"] + 1, dtype=torch.bool)
+    rolls[1, 0, 0] = True
+    paths = task.write_predictions([{"index": torch.tensor([0, 1]), "roll": rolls}], None, tmp_path / "out")
+    assert len(paths) == 4  # each piece's .mid and .png, the silent one too
+    assert [r.getMessage()[:26] for r in caplog.records if r.levelname == "WARNING"] == ["piece 0 has no notes: the "]

@@ -14,6 +14,7 @@ quantised to 10 ms. `encode` merges every non-drum instrument (drums too if aske
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -108,25 +109,30 @@ def encode(pm: pretty_midi.PrettyMIDI, drums: bool = False) -> list[int]:
 
 
 def decode(
-    events: Sequence[int], program: int = 0, tempo: float = 120.0, end: float | None = None
+    events: Sequence[int], program: int = 0, tempo: float = 120.0, end: float | None = None,
+    max_note_s: float | None = None,
 ) -> pretty_midi.PrettyMIDI:
     """One instrument (General MIDI `program`) playing `events`.
 
     A NOTE_ON of a sounding pitch restarts it; a NOTE_OFF of a silent pitch does
     nothing; notes still sounding at the end stop there (zero-length notes are
-    dropped). The file lasts until the last time shift, or `end` seconds if later
-    (a sustain-off control change marks it). `tempo` only sets the file's beat grid.
+    dropped), and a note held longer than `max_note_s` seconds stops then (as
+    Magenta's performance decoding cuts notes a model never released). The file
+    lasts until the last time shift, or `end` seconds if later (a sustain-off
+    control change marks it). `tempo` only sets the file's beat grid.
     """
     pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
     instrument = pretty_midi.Instrument(program=program, name=pretty_midi.program_to_instrument_name(program))
     now, velocity = 0, DEFAULT_VELOCITY
     sounding: dict[int, tuple[int, int]] = {}
+    longest = math.inf if max_note_s is None else round(max_note_s * STEPS_PER_SECOND)
 
     def stop(pitch: int) -> None:
         start, vel = sounding.pop(pitch)
-        if now > start:
+        stop_at = min(now, start + longest)
+        if stop_at > start:
             instrument.notes.append(
-                pretty_midi.Note(vel, pitch, start / STEPS_PER_SECOND, now / STEPS_PER_SECOND))
+                pretty_midi.Note(vel, pitch, start / STEPS_PER_SECOND, stop_at / STEPS_PER_SECOND))
 
     for event in map(int, events):
         if NOTE_ON <= event < NOTE_OFF:
@@ -138,6 +144,8 @@ def decode(
                 stop(event - NOTE_OFF)
         elif event < SET_VELOCITY:
             now += shift_steps(event)
+            for pitch in [p for p, (start, _) in sounding.items() if now - start >= longest]:
+                stop(pitch)
         elif event < VOCAB:
             velocity = bin_velocity(event - SET_VELOCITY)
     for pitch in list(sounding):

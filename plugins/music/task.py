@@ -34,6 +34,8 @@ from gru_suite_plugins.music.model import EventModel, MusicModel, Sampling
 from gru_suite_plugins.music.writer import write_performance, write_piece
 
 log = logging.getLogger(__name__)
+SILENT_PIECE = ("piece %d has no notes: the model sampled silence throughout (a low task.generate.temperature or a "
+                "model trained briefly does; raise the temperature, give a primer, or train longer)")
 
 UNITS = ("steps", "beats", "seconds")
 DEFAULT_MAX_EVENTS = 20000
@@ -236,6 +238,8 @@ class RollRepresentation(Representation):
         gen, paths = self.cfg.generate, []
         for batch in predictions:
             for index, roll in zip(batch["index"].tolist(), batch["roll"].numpy()):
+                if not roll.any():
+                    log.warning(SILENT_PIECE, index)
                 paths += write_piece(roll, Path(out_dir) / f"piece_{index:03d}", self.state["low"],
                                      self.state["steps_per_beat"], gen.tempo, gen.program, gen.velocity)
         return paths
@@ -332,9 +336,18 @@ class EventRepresentation(Representation):
                 if seconds is not None and codec.duration(events) < seconds:
                     log.warning("piece %d: stopped at task.generate.max_events=%d events after %.2f of %.2f s; "
                                 "the rest is silence", index, n, codec.duration(events), seconds)
-                pm = codec.decode(events, gen.program, gen.tempo, end=seconds)
+                pm = codec.decode(events, gen.program, gen.tempo, end=seconds, max_note_s=self.max_note_s())
+                if not pm.instruments[0].notes:
+                    log.warning(SILENT_PIECE, index)
                 paths += write_performance(pm, Path(out_dir) / f"piece_{index:03d}", self.state["steps_per_beat"])
         return paths
+
+
+    def max_note_s(self) -> float | None:
+        value = self.cfg.generate.get("max_note_s")
+        if value is not None and config_number(value, "task.generate.max_note_s") <= 0:
+            raise UserError(f"task.generate.max_note_s must be positive (or null), got {value}")
+        return None if value is None else float(value)
 
 
 REPRESENTATIONS: dict[str, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
