@@ -311,6 +311,8 @@ def test_top_words_are_distinct_words_without_punctuation() -> None:
     assert top_words(text, words, 3) == ["script", "awful"]
     assert top_words(text, words, 1) == ["script"]
     assert highlight_terminal(text, words, 3) == "[awful] [script] , script ."  # the same words as the CSV
+    against = [Word(0, 5, -0.5), Word(6, 12, 0.9)]  # a word that weighs against the label is not listed
+    assert top_words(text, against, 3) == ["script"]
 
 
 def test_a_word_against_the_label_is_shaded_in_its_own_colour() -> None:

@@ -36,12 +36,12 @@ def word_weights(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | No
 
 
 def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:
-    """The `k` heaviest distinct words, heaviest first; punctuation is left out and a repeated word
-    counts once, at its heaviest."""
+    """The `k` heaviest distinct words that support the label (weight above 0), heaviest first; punctuation is
+    left out and a repeated word counts once, at its heaviest."""
     chosen: dict[str, Word] = {}
     for word in sorted(words, key=lambda w: -w.weight):
         surface = text[word.start:word.end]
-        if len(chosen) < k and any(c.isalnum() for c in surface):
+        if len(chosen) < k and word.weight > 0 and any(c.isalnum() for c in surface):
             chosen.setdefault(surface.lower(), word)
     return list(chosen.values())
 
