@@ -144,7 +144,10 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
                      f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = pd.read_csv(run / "predictions" / "spiky.csv")
-    assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "flag", "reason", "label"]
+    assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "threshold", "flag", "reason",
+                                    "label"]
+    over = report["score"] > report["threshold"]  # a score flag is a score over the threshold
+    assert (~report["reason"].fillna("").str.startswith("score") | over).all()
     assert report["raw_score"].isna().tolist()[:3] == [True, False, False]  # nothing predicts the first row
     flagged = set(np.flatnonzero(report["flag"].to_numpy()))
     assert set(np.flatnonzero(report["reason"].notna().to_numpy())) == flagged  # every flag says why, only flags

@@ -15,8 +15,8 @@ from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
     """timestamp, one column per value, raw_score (empty for the first `unscored_rows`, which the detector
-    cannot score yet), score, flag, reason (score, range or both; empty when not flagged), and label when
-    labels are known."""
+    cannot score yet), score, threshold (the series' own), flag, reason (score, range or both; empty when not
+    flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
     for i, column in enumerate(series.columns):
@@ -24,6 +24,7 @@ def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 
     frame["raw_score"] = scored.raw
     frame.loc[: unscored_rows - 1, "raw_score"] = np.nan
     frame["score"] = scored.score
+    frame["threshold"] = scored.threshold
     frame["flag"] = scored.flags.astype(int)
     frame["reason"] = flag_reasons(scored)
     labels = stream.labels()
