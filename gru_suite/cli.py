@@ -141,6 +141,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         _warn_undeclared_task_settings(cfg)
         try:
             return body(cfg)
+        except SystemExit as stop:
+            _stop_on_sigterm(stop, Path(HydraConfig.get().runtime.output_dir))
+            raise
         except Exception as err:
             user_error = _user_error_in(err)
             if user_error is None:
@@ -165,6 +168,21 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",
               file=sys.stderr)
         sys.exit(2)
+
+
+def _stop_on_sigterm(stop: SystemExit, out_dir: Path) -> None:
+    """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0: one line (where to
+    resume from, if a checkpoint was saved) and exit code 143 (128 + SIGTERM), which also ends a sweep."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    if not isinstance(stop, SIGTERMException):
+        return
+    _end_progress_line()
+    last = out_dir / "checkpoints" / "last.ckpt"
+    resume = f"; resume with ckpt_path={last}" if last.is_file() else ""
+    print(f"error: stopped by SIGTERM{resume}", file=sys.stderr)
+    _log_to_run_files(f"error: stopped by SIGTERM{resume}")
+    sys.exit(143)
 
 
 def write_job_error(folder: Path, message: str) -> None:

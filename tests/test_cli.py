@@ -4,8 +4,11 @@ import csv
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import time
 import warnings
@@ -255,6 +258,22 @@ def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
     state = next(value for key, value in torch.load(last, weights_only=False)["callbacks"].items()
                  if key.startswith("ModelCheckpoint{"))  # the key Lightning's own class reads
     assert state["dirpath"] == str(last.parent) and state["best_model_path"] == str(last.parent / files[0])
+
+
+def test_sigterm_stops_training_with_its_exit_code_and_names_the_checkpoint_to_resume_from(tmp_path):
+    command = [str(Path(sys.executable).parent / "gru-suite"), "task=forecasting", *TINY, "threads=1",
+               "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TQDM_DISABLE": "1"})
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-2000:]  # not 0: the run did not finish
+    assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
+    assert torch.load(last, weights_only=False)["epoch"] >= 0  # the checkpoint it names is whole
 
 
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
