@@ -1,4 +1,4 @@
-"""Callbacks the suite adds to Lightning's own."""
+"""Callbacks (and the checkpoint writer) the suite adds to Lightning's own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import time
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.plugins import TorchCheckpointIO
+
+from gru_suite.atomic import atomic_path
 
 TRACKED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
@@ -61,6 +65,18 @@ class EMAWeights(EMAWeightAveraging):
         averaged weights with what the validation pass fitted to them."""
         if self._average_model is not None:
             self._swap_models(pl_module)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, with a local checkpoint written to a temporary file beside it and renamed onto
+    it. Lightning's own goes through the system's temporary folder, and when that is another filesystem (a tmpfs
+    `/tmp`) its final move is a copy that a kill can leave half-written over the previous checkpoint."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):  # remote storage: Lightning's transaction
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 class RunFolderCheckpoint(ModelCheckpoint):

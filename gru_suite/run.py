@@ -26,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
+from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import check_same_model, read_checkpoint, stored_config
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
@@ -119,6 +120,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     keep_earlier_metrics(loggers)
     # "partial": a block such as a val_check_interval duration reaches Lightning as the dict it reads
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "_convert_": "partial"}
+    if cfg.trainer.get("plugins") is None:  # a checkpoint is whole or absent, also from a tmpfs /tmp
+        kwargs["plugins"] = [AtomicCheckpointIO()]
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
     if isinstance(trainer.accelerator, CPUAccelerator):

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from conftest import TINY, run_cli
 
 from gru_suite import cli, module, run
+from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import default_data_dir
 from gru_suite.errors import UserError
@@ -274,6 +275,17 @@ def test_sigterm_stops_training_with_its_exit_code_and_names_the_checkpoint_to_r
     assert process.returncode == 143, stderr[-2000:]  # not 0: the run did not finish
     assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
     assert torch.load(last, weights_only=False)["epoch"] >= 0  # the checkpoint it names is whole
+
+
+def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+    trainer = run.build_trainer(compose_train_config("forecasting", ["trainer.accelerator=cpu"], tmp_path))
+    writer = trainer.strategy.checkpoint_io
+    assert isinstance(writer, AtomicCheckpointIO)  # every run's checkpoints go through it
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    writer.save_checkpoint({"epoch": 3}, path)
+    with pytest.raises(Exception):  # torch.save fails after writing part of the file
+        writer.save_checkpoint({"epoch": 4, "weights": torch.zeros(1000), "unpicklable": lambda: None}, path)
+    assert torch.load(path)["epoch"] == 3 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
