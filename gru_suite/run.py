@@ -37,7 +37,7 @@ from gru_suite.config import (
     unused_backbone_settings,
 )
 from gru_suite.errors import UserError
-from gru_suite.module import TaskModule
+from gru_suite.module import CHECKPOINT_KEY, TaskModule
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 
 log = logging.getLogger(__name__)
@@ -263,24 +263,24 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_run_settings(cfg)
-    resumed = None
-    if cfg.get("ckpt_path") and cfg.ckpt_path not in LIGHTNING_CKPT_NAMES:
+    resumed, task_state = None, None
+    if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
-        checkpoint = read_checkpoint(cfg.ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path)
         if (task_name := stored_config(checkpoint).task.name) != cfg.task.name:
-            raise UserError(f"ckpt_path {cfg.ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
-        resumed = checkpoint["state_dict"]
+            raise UserError(f"ckpt_path {ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
+        resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         del checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    task = build_task(cfg.task)
+    task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task.datamodule()
     check_picklable_state(task)
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)
     if resumed is not None:
-        check_same_model(resumed, module, f"ckpt_path {cfg.ckpt_path}")
+        check_same_model(resumed, module, f"ckpt_path {ckpt_path}")
         del resumed
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
@@ -306,6 +306,16 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run folder's
+    `checkpoints/last.ckpt` when it is there (Lightning's other names are left to Lightning)."""
+    path = cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if path == "last" and last.is_file():
+        return str(last)
+    return None if not path or path in LIGHTNING_CKPT_NAMES else str(path)
 
 
 def resumes_in_own_folder(cfg: DictConfig) -> bool:

@@ -288,6 +288,14 @@ def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_checkpoint_whol
     assert torch.load(path)["epoch"] == 3 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
+def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"PK\x03\x04 cut short")  # a checkpoint an earlier crash truncated
+    with pytest.raises(UserError, match=f"{re.escape(str(last))} is not a checkpoint, or is truncated"):
+        run.train(compose_train_config("forecasting", [*TINY, "ckpt_path=last"], tmp_path))
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],

@@ -491,3 +491,21 @@ def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path
     assert fit_temperature(logits, labels) == pytest.approx(temperature, rel=1e-4)  # fitted to the averaged weights
     probs = module.task.probabilities([e.text for e in val])
     assert torch.allclose(probs, (logits / temperature).softmax(-1), atol=1e-6)
+
+
+def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp_path: Path) -> None:
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false",
+             "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    train = write_csv(tmp_path / "a.csv", separable(64, seed=0))
+    val = write_csv(tmp_path / "val.csv", separable(32, seed=1))
+    data = [f"task.data.val={val}", f"task.data.test={val}"]
+    run.train(compose_train_config("sentiment", [*quiet, *data, f"task.data.train={train}", "trainer.max_epochs=1"],
+                                   tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    before = torch.load(last, weights_only=False)["gru_suite"]["task_state"]
+    other = write_csv(tmp_path / "b.csv", [(f"{text} nothing else matters here", label)
+                                           for text, label in separable(64, seed=2)])  # new words
+    run.train(compose_train_config("sentiment", [*quiet, *data, f"task.data.train={other}", "trainer.max_epochs=2",
+                                                 f"ckpt_path={last}"], tmp_path / "run"))
+    after = torch.load(last, weights_only=False)
+    assert after["epoch"] >= 1 and after["gru_suite"]["task_state"] == before  # token ids still mean their words
