@@ -284,6 +284,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         del resumed
     if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
+    keep_earlier_checkpoints(cfg)
     trainer = build_trainer(cfg)
     with monitored_metric_named(trainer, cfg.task.monitor), warnings.catch_warnings():
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
@@ -306,6 +307,19 @@ def train(cfg: DictConfig) -> dict[str, float]:
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
+
+
+@rank_zero_only
+def keep_earlier_checkpoints(cfg: DictConfig) -> None:
+    """A run that does not resume from its own folder's checkpoints, into a folder that holds an earlier run's
+    (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/`: Lightning would write
+    `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
+    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    if resumes_in_own_folder(cfg) or not any(folder.glob("*.ckpt")):
+        return
+    kept = next(path for n in count(1) if not (path := folder.with_name(f"checkpoints.{n}")).exists())
+    folder.rename(kept)
+    log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
 
 
 def resume_path(cfg: DictConfig) -> str | None:

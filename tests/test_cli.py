@@ -296,6 +296,16 @@ def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_p
         run.train(compose_train_config("forecasting", [*TINY, "ckpt_path=last"], tmp_path))
 
 
+def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run, tmp_path):
+    shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")  # an earlier (interrupted) run's
+    earlier = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "trainer.max_epochs=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet], tmp_path))
+    assert sorted(path.name for path in (tmp_path / "checkpoints.1").iterdir()) == earlier
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # this run's
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
