@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
+from pytorch_lightning.utilities import rank_zero_only
 
 from gru_suite.atomic import atomic_path
 
@@ -80,13 +82,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunFolderCheckpoint(ModelCheckpoint):
-    """Lightning's `ModelCheckpoint` that follows its run folder when the folder is moved or copied.
+    """Lightning's `ModelCheckpoint` that follows its run folder when the folder is moved or copied, and carries
+    the best checkpoints into a new folder.
 
     Resuming from a moved folder's own checkpoint, Lightning forgets the best and last checkpoints it finds
     there (their recorded paths name the old place): it then writes `last-v1.ckpt` beside `last.ckpt` and never
     removes the old best. When every checkpoint the state names is in this callback's folder, the state is
-    read as if it had been saved there. Its state is saved under `ModelCheckpoint`'s key, so either class
-    resumes the other's checkpoints.
+    read as if it had been saved there. Resuming into another folder, Lightning forgets the best score, so the
+    new run's first epoch became its best whatever the earlier ones scored: the best checkpoints, where they
+    still exist, are copied into the new folder and tracked there. Its state is saved under `ModelCheckpoint`'s
+    key, so either class resumes the other's checkpoints.
     """
 
     @property
@@ -97,7 +102,30 @@ class RunFolderCheckpoint(ModelCheckpoint):
         old = state_dict.get("dirpath")
         if old and self.dirpath and os.path.abspath(old) != os.path.abspath(self.dirpath):
             state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)
+            if state_dict.get("dirpath") == old:
+                state_dict = carried_best_state(state_dict, self.dirpath)
         super().load_state_dict(state_dict)
+
+
+def carried_best_state(state: dict[str, Any], new: str) -> dict[str, Any]:
+    """`state` of a `ModelCheckpoint` with its best checkpoints copied into `new` (by the first process) and
+    tracked there, and no last checkpoint (the new run writes its own); `state` unchanged if any is gone."""
+    best = list(state.get("best_k_models", {}))
+    if not best or not all(os.path.isfile(path) for path in best):
+        return state
+
+    def carried(path: str) -> str:
+        return os.path.join(new, os.path.basename(path)) if path else path
+
+    if rank_zero_only.rank == 0:
+        os.makedirs(new, exist_ok=True)
+        for path in best:
+            with atomic_path(carried(path)) as tmp:
+                shutil.copyfile(path, tmp)
+    state = {**state, **{key: carried(state.get(key) or "") for key in TRACKED_PATHS}, "dirpath": new}
+    state["last_model_path"] = ""
+    state["best_k_models"] = {carried(path): score for path, score in state["best_k_models"].items()}
+    return state
 
 
 def moved_checkpoint_state(state: dict[str, Any], old: str, new: str) -> dict[str, Any]:

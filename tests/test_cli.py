@@ -306,6 +306,25 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # this run's
 
 
+def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    key = next(key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint{"))
+    state = checkpoint["callbacks"][key]
+    best = state["best_model_path"]
+    state["best_model_score"] = state["best_k_models"][best] = torch.tensor(1e-9)  # an epoch no later one beats
+    torch.save(checkpoint, last)
+    metrics = run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3",
+                                                             f"ckpt_path={last}"], tmp_path / "b"))
+    carried = tmp_path / "b" / "checkpoints" / Path(best).name
+    assert sorted(path.name for path in carried.parent.iterdir()) == [carried.name, "last.ckpt"]
+    assert metrics["val/loss_best"] == pytest.approx(1e-9)  # the earlier best still stands, and is tested
+    assert torch.equal(torch.load(carried, weights_only=False)["state_dict"]["model.backbone.rnn.weight_hh_l0"],
+                       torch.load(best, weights_only=False)["state_dict"]["model.backbone.rnn.weight_hh_l0"])
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
