@@ -146,9 +146,12 @@ class TaskModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A resumed run keeps its progress through the learning-rate schedule but takes the schedule's
-        settings from this run's config (a cosine schedule's `T_max` follows a new `trainer.max_epochs`)."""
+        settings from this run's config (a cosine schedule's `T_max` follows a new `trainer.max_epochs`), and its
+        learning rates scaled to this run's `optimizer.lr`."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
+        if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
+            rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
         if not fitting or self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
             return
         base_lrs = states[0].get("base_lrs") or [group["lr"] for group in optimizers[0]["param_groups"]]
@@ -188,6 +191,22 @@ SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lr
 """Scheduler state that a run accumulates; the rest of a scheduler's state is its settings."""
 DERIVED_SETTINGS = frozenset({"mode_worse"})
 """Scheduler settings that follow from others (ReduceLROnPlateau's `mode`), not worth naming."""
+
+
+def follow_configured_lr(checkpoint: dict[str, Any], lr: Any) -> float | None:
+    """Scale a checkpoint's learning rates (its optimizers' groups, its schedulers' base and last rates) by `lr`
+    over the `optimizer.lr` it was trained with, keeping the schedule's progress; returns the factor, or None
+    where `lr` is the same (or either is unknown)."""
+    trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {}).get("lr")
+    if lr is None or not trained or float(lr) == float(trained):
+        return None
+    scale = float(lr) / float(trained)
+    for optimizer in checkpoint.get("optimizer_states") or []:
+        for group in optimizer["param_groups"]:
+            group.update({key: group[key] * scale for key in ("lr", "initial_lr") if key in group})
+    for state in checkpoint.get("lr_schedulers") or []:
+        state.update({key: [rate * scale for rate in state[key]] for key in ("base_lrs", "_last_lr") if key in state})
+    return scale
 
 
 def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any) -> list[str]:

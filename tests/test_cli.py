@@ -325,6 +325,23 @@ def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
                        torch.load(best, weights_only=False)["state_dict"]["model.backbone.rnn.weight_hh_l0"])
 
 
+@pytest.mark.parametrize("scheduler", ["none", "cosine"])
+def test_resuming_with_another_learning_rate_uses_it(scheduler, tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", f"scheduler={scheduler}"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.lr=0.01", "trainer.max_epochs=1"],
+                                   tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.lr=0.001", "trainer.max_epochs=2",
+                                                   f"ckpt_path={last}"], tmp_path))
+    checkpoint = torch.load(last, weights_only=False)
+    (group,) = checkpoint["optimizer_states"][0]["param_groups"]
+    if scheduler == "none":
+        assert group["lr"] == pytest.approx(0.001)
+    else:  # the cosine schedule over two epochs from the new base rate, its progress kept
+        assert checkpoint["lr_schedulers"][0]["base_lrs"] == pytest.approx([0.001])
+        assert group["lr"] == pytest.approx(0.0) and group["initial_lr"] == pytest.approx(0.001)
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
