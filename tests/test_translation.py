@@ -21,11 +21,11 @@ from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import pad_ids
-from gru_suite_plugins.translation.data import Encoder, read_parallel, read_source_text
+from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, read_source_text
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
-from gru_suite_plugins.translation.task import TranslationTask
+from gru_suite_plugins.translation.task import TranslationTask, split_sentences
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
         "task.decode.beam_size=2", "task.decode.max_length=20", "task.data.batch_size=32"]
@@ -283,6 +283,15 @@ def per_token_scores(checkpoint: Path) -> tuple[float, float]:
     return smoothed / tokens, math.exp(nll / tokens)
 
 
+def test_lines_split_into_sentences_at_their_ends_only() -> None:
+    corpus = Corpus("x", ["A boy runs. Some girls watch a ball!", "", 'He said "Hi." 3 dogs? ok.', "Ein Hund läuft. Über"],
+                    [], [1, 2, 3, 4])
+    sentences, rows = split_sentences(corpus)
+    assert sentences.source == ["A boy runs.", "Some girls watch a ball!", "", 'He said "Hi."', "3 dogs? ok.",
+                                "Ein Hund läuft.", "Über"]
+    assert sentences.lines == [1, 1, 2, 3, 3, 4, 4] and rows == [0, 0, 1, 2, 2, 3, 3]
+
+
 def test_plugin_contract(bundled: Path, tmp_path: Path) -> None:
     check_task_plugin("translation", overrides=[f"task.data.path={bundled}", *TINY], tmp_path=tmp_path)
 
@@ -302,19 +311,20 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     assert metrics["test/loss"] == pytest.approx(loss, rel=1e-4)  # batches weighed by their tokens
     assert metrics["test/perplexity"] == pytest.approx(perplexity, rel=1e-4)
     source = tmp_path / "input.txt"
-    source.write_text("A dog sees the cat.\n\nSome 狗 watch the river.\n" + "The big dog " * 60 + "\n")
+    source.write_text("A dog sees the cat.\n\nSome 狗 watch the river.\n" + "The big dog " * 60 + "\n"
+                      "A dog runs. The cat sleeps.\n")
     out_dir = tmp_path / "predicted"
     predicted = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                         f"task.predict.input={source}", "task.data.path=/nonexistent", "task.data.max_tokens=30",
                         f"hydra.run.dir={out_dir}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = (out_dir / "translations.txt").read_text(encoding="utf-8").split("\n")
-    assert len(lines) == 5 and lines[-1] == "" and lines[1] == ""  # four lines, the empty one kept empty
+    assert len(lines) == 6 and lines[-1] == "" and lines[1] == ""  # five lines, the empty one kept empty
     logged = predicted.stdout + predicted.stderr
     assert "input.txt: empty line, written as an empty line on line(s) 2" in logged
     assert "unknown to the tokenizer" in logged and "truncated on line(s) 4" in logged
     records = [json.loads(r) for r in (out_dir / "attention.jsonl").read_text().splitlines()]
-    assert [r["line"] for r in records] == [1, 3, 4]
+    assert [r["line"] for r in records] == [1, 3, 4, 5, 5]  # line 5's two sentences, each translated
     assert all(len(r["weights"]) == len(r["target"]) and len(r["weights"][0]) == len(r["source"])
                for r in records if r["target"])
     assert (out_dir / "attention_00001.png").read_bytes()[:4] == b"\x89PNG"

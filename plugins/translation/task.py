@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,8 @@ class TranslationTask(TaskPlugin):
         self.blank: set[int] = set()
         """Predict lines written empty: empty input, or skipped as too long."""
         self.predict_corpus: Corpus | None = None
+        self.input_rows = 0  # lines of the predict input
+        self.row_of: list[int] = []  # the input line (row) of each sentence of `predict_corpus`
 
     # data -----------------------------------------------------------------------------------
     def datamodule(self) -> TranslationData:
@@ -123,6 +126,11 @@ class TranslationTask(TaskPlugin):
         corpus = read_source_text(str(path), self.cfg.data.encoding_errors) if path else self._corpus("test")
         if not corpus.source:
             raise UserError(f"{corpus.where}: nothing to translate (no lines)")
+        self.input_rows = len(corpus.source)
+        if self.cfg.predict.get("split_sentences", False):
+            corpus, self.row_of = split_sentences(corpus)
+        else:
+            self.row_of = list(range(len(corpus.source)))
         self.predict_corpus = corpus
         ids = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
         empty = [i for i, text in enumerate(corpus.source) if not text.strip()]
@@ -215,8 +223,11 @@ class TranslationTask(TaskPlugin):
         assert corpus is not None
         by_index = {int(i): (t, a, float(s)) for p in predictions
                     for i, t, a, s in zip(p["index"], p["tokens"], p["attention"], p["score"])}
-        lines = ["" if i in self.blank else self.detokenize(by_index[i][0]) for i in range(len(corpus.source))]
-        paths = [write_lines(lines, out_dir / settings.output)]
+        rows: list[list[str]] = [[] for _ in range(self.input_rows)]  # each input line's translated sentences
+        for i, row in enumerate(self.row_of):
+            if i not in self.blank:
+                rows[row].append(self.detokenize(by_index[i][0]))
+        paths = [write_lines([" ".join(row) for row in rows], out_dir / settings.output)]
         if settings.attention:
             records, shown = [], 0
             for i in sorted(set(by_index) - self.blank):
@@ -226,7 +237,8 @@ class TranslationTask(TaskPlugin):
                 records.append({"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
                                 "weights": [[round(float(w), 4) for w in row] for row in weights]})
                 if shown < settings.plots and len(target):
-                    png = out_dir / f"attention_{corpus.lines[i]:05d}.png"
+                    later = i > 0 and self.row_of[i - 1] == self.row_of[i]  # a line's second sentence, or later
+                    png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{i}' if later else ''}.png"
                     paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
                     shown += 1
             paths.append(write_attention(records, out_dir / "attention.jsonl"))
@@ -236,6 +248,23 @@ class TranslationTask(TaskPlugin):
             paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer" / "source")
             paths += save_tokenizer(self.target_tokenizer, out_dir / "tokenizer" / "target")
         return paths
+
+
+SENTENCE_END = re.compile(r"[.!?][\"'”’)]*(?=\s+[\"'“‘(]*[A-Z0-9\u00C0-\u00DE])")
+"""A sentence's end: . ! or ? (and closing quotes or brackets) before a space and a capital or digit."""
+
+
+def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
+    """`corpus` with each line's sentences as sentences of their own (same line numbers), and the input row each
+    came from."""
+    sentences, lines, rows = [], [], []
+    for row, (text, line) in enumerate(zip(corpus.source, corpus.lines)):
+        ends = [0, *(end.end() for end in SENTENCE_END.finditer(text)), len(text)]
+        parts = [part for start, end in zip(ends, ends[1:]) if (part := text[start:end].strip())] or [""]
+        sentences += parts
+        lines += [line] * len(parts)
+        rows += [row] * len(parts)
+    return Corpus(corpus.where, sentences, [], lines), rows
 
 
 def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
