@@ -284,8 +284,8 @@ def per_token_scores(checkpoint: Path) -> tuple[float, float]:
 
 
 def test_lines_split_into_sentences_at_their_ends_only() -> None:
-    corpus = Corpus("x", ["A boy runs. Some girls watch a ball!", "", 'He said "Hi." 3 dogs? ok.', "Ein Hund läuft. Über"],
-                    [], [1, 2, 3, 4])
+    lines = ["A boy runs. Some girls watch a ball!", "", 'He said "Hi." 3 dogs? ok.', "Ein Hund läuft. Über"]
+    corpus = Corpus("x", lines, [], [1, 2, 3, 4])
     sentences, rows = split_sentences(corpus)
     assert sentences.source == ["A boy runs.", "Some girls watch a ball!", "", 'He said "Hi."', "3 dogs? ok.",
                                 "Ein Hund läuft.", "Über"]
