@@ -159,11 +159,32 @@ class TaskModule(pl.LightningModule):
                                        **self._unfused_if_clipped_amp())
         if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe)):
             rank_zero_info(f"resuming with this run's learning-rate schedule: {', '.join(changed)}")
+        self._catch_up_plateau(states[0], optimizers[0], checkpoint)
+
+    def _catch_up_plateau(self, state: dict[str, Any], optimizer_state: dict[str, Any],
+                          checkpoint: dict[str, Any]) -> None:
+        """Step a `ReduceLROnPlateau` state with the monitored value of the checkpoint's epoch: Lightning saves the
+        checkpoint at the end of validation and steps the schedule after it, and on resume never does, so the
+        schedule would miss that epoch."""
+        monitored = checkpoint.get(CHECKPOINT_KEY, {}).get("monitored")
+        if monitored is None or "num_bad_epochs" not in state or state.get("last_epoch") != checkpoint.get("epoch"):
+            return
+        groups = optimizer_state["param_groups"]
+        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
+                                               for group in groups], **self._unfused_if_clipped_amp())
+        schedule = self.scheduler_factory(optimizer=probe)
+        schedule.load_state_dict(state)
+        schedule.step(monitored)
+        state.update(schedule.state_dict())
+        for group, stepped in zip(groups, probe.param_groups):
+            group["lr"] = stepped["lr"]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        monitored = self._trainer.callback_metrics.get(self._monitor) if self._trainer is not None else None
         checkpoint[CHECKPOINT_KEY] = {
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
+            "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
         }
 
 

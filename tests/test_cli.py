@@ -342,6 +342,19 @@ def test_resuming_with_another_learning_rate_uses_it(scheduler, tmp_path):
         assert group["lr"] == pytest.approx(0.0) and group["initial_lr"] == pytest.approx(0.001)
 
 
+def test_a_resumed_plateau_schedule_sees_the_checkpoints_epoch(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=plateau"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["lr_schedulers"][0]["last_epoch"] == 1  # saved before Lightning steps it with epoch 1's value
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", f"ckpt_path={last}"],
+                                   tmp_path))
+    schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
+    assert schedule["last_epoch"] == 2  # epochs 0 and 1, as an uninterrupted run's at this point
+    assert schedule["best"] <= first["gru_suite"]["monitored"]
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
