@@ -144,6 +144,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except SystemExit as stop:
             _stop_on_sigterm(stop, Path(HydraConfig.get().runtime.output_dir))
             raise
+        except KeyboardInterrupt:  # outside Lightning's loops (which end in SystemExit(1) with their own line)
+            stopped("interrupted", Path(HydraConfig.get().runtime.output_dir), 130)
         except Exception as err:
             user_error = _user_error_in(err)
             if user_error is None:
@@ -175,14 +177,19 @@ def _stop_on_sigterm(stop: SystemExit, out_dir: Path) -> None:
     resume from, if a checkpoint was saved) and exit code 143 (128 + SIGTERM), which also ends a sweep."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    if not isinstance(stop, SIGTERMException):
-        return
+    if isinstance(stop, SIGTERMException):
+        stopped("stopped by SIGTERM", out_dir, 143)
+
+
+def stopped(why: str, out_dir: Path, code: int) -> None:
+    """End a stopped command with one line, naming the checkpoint to resume from if the run saved one, and exit
+    with `code`."""
     _end_progress_line()
     last = out_dir / "checkpoints" / "last.ckpt"
-    resume = f"; resume with ckpt_path={last}" if last.is_file() else ""
-    print(f"error: stopped by SIGTERM{resume}", file=sys.stderr)
-    _log_to_run_files(f"error: stopped by SIGTERM{resume}")
-    sys.exit(143)
+    message = f"error: {why}" + (f"; resume with ckpt_path={last}" if last.is_file() else "")
+    print(message, file=sys.stderr)
+    _log_to_run_files(message)
+    sys.exit(code)
 
 
 def write_job_error(folder: Path, message: str) -> None:

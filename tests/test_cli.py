@@ -355,6 +355,17 @@ def test_a_resumed_plateau_schedule_sees_the_checkpoints_epoch(tmp_path):
     assert schedule["best"] <= first["gru_suite"]["monitored"]
 
 
+def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.stopped("interrupted", tmp_path, 130)
+    assert exit_info.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        cli.stopped("interrupted", tmp_path, 130)
+    assert capsys.readouterr().err == f"error: interrupted; resume with ckpt_path={tmp_path}/checkpoints/last.ckpt\n"
+
+
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
