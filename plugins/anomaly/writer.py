@@ -55,8 +55,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     x = frame["timestamp"]
     for column in stream.series.columns:
         top.plot(x, frame[column], lw=0.8, label=column)
-    for start, end in stream.windows or []:
-        top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2)
+    for number, (start, end) in enumerate(stream.windows or []):
+        top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2, label=None if number else "labelled window")
     flagged = frame["flag"].to_numpy() == 1
     for start, end in _spans(flagged):
         top.axvspan(x.iloc[start], x.iloc[end], color="tab:red", alpha=0.35, lw=0)
@@ -67,12 +67,15 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
             top.scatter(x[rows], frame.loc[rows, stream.series.columns[0]], color=colour, s=12, zorder=3, label=label)
     top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
     top.legend(loc="upper left", fontsize=8)
-    top.set_title(f"{stream.name}: labelled windows in green, flags in red (score) or orange (range)")
+    top.set_ylabel("value")
+    labelled = "labelled windows in green, " if stream.windows else ""
+    top.set_title(f"{stream.name}: {labelled}flags in red (score) or orange (range)")
     bottom.plot(x, frame["score"], color="tab:purple", lw=0.8, label="anomaly score")
     bottom.axhline(threshold, color="tab:red", ls=":", lw=1, label="threshold")
     if 0 < threshold < 1 and frame["score"].between(0, 1).all():  # likelihoods: 0.99 and 0.99999 apart
         bottom.set_yscale("logit", nonpositive="clip")
     bottom.legend(loc="upper left", fontsize=8)
+    bottom.set_ylabel("anomaly score")
     return fig
 
 

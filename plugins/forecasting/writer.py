@@ -71,7 +71,8 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
             ax.xaxis.set_major_locator(locator)
             ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
         ax.set_title(target)
-        ax.legend(loc="upper left")
+        ax.set_ylabel(target)
+        ax.legend(loc="best", fontsize=8)
     fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)")
     return fig
 
