@@ -152,6 +152,10 @@ class TaskModule(pl.LightningModule):
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
         if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
             rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
+        if fitting and self.scheduler_factory is None and states and (lr := self.config.optimizer.get("lr")):
+            for optimizer in optimizers:  # no schedule now: the schedule's last rates give way to optimizer.lr
+                for group in optimizer["param_groups"]:
+                    group["lr"] = float(lr)
         if not fitting or self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
             return
         base_lrs = states[0].get("base_lrs") or [group["lr"] for group in optimizers[0]["param_groups"]]

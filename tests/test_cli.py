@@ -376,6 +376,10 @@ def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
     assert schedule["T_max"] == 3 and "patience" not in schedule  # a cosine state, not a hybrid with the plateau's
     assert schedule["last_epoch"] == 2  # started with the resumed run's two epochs
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=none", "trainer.max_epochs=4",
+                                                   f"ckpt_path={last}"], tmp_path))
+    (group,) = torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert group["lr"] == pytest.approx(1e-3)  # no schedule: the base rate, not the cosine's last (0 at its end)
 
 
 def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
