@@ -17,7 +17,7 @@ def write_predictions_csv(
     """Columns `line, text, label, prob_<label>... , top_words` (words separated by spaces, heaviest first)."""
     fields = ["line", "text", "label", *(f"prob_{label}" for label in labels), "top_words"]
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")  # as the other tasks' CSVs
         writer.writeheader()
         writer.writerows(rows)
     return path
