@@ -46,6 +46,7 @@ class TaskModule(pl.LightningModule):
         """Set by `gru_suite.run.pretrain` while the task's pre-training phase runs."""
         self._train_samples_at_start = 0
         self._train_loss_sum = torch.zeros(())
+        self._train_loss_weight: float | torch.Tensor = 0  # a number unless a task weighs by tensors: no per-step op
         self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
         self._monitor = task.cfg.get("monitor")
 
@@ -73,7 +74,7 @@ class TaskModule(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_loss_sum = torch.zeros((), device=self.device)
-        self._train_loss_weight = torch.zeros((), device=self.device)
+        self._train_loss_weight = 0
         self._train_samples_at_start = self.samples_seen
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
