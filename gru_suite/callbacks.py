@@ -98,7 +98,17 @@ class RunFolderCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
 
+    _trainer: pl.Trainer | None = None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._trainer = trainer  # its ckpt_path is set by the time `load_state_dict` runs
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        resumed_from = self._trainer.ckpt_path if self._trainer is not None else None
+        if state_dict.get("dirpath") and resumed_from:  # the files beside the checkpoint resumed from
+            state_dict = moved_checkpoint_state(state_dict, state_dict["dirpath"],
+                                                os.path.dirname(os.path.abspath(resumed_from)))
         old = state_dict.get("dirpath")
         if old and self.dirpath and os.path.abspath(old) != os.path.abspath(self.dirpath):
             state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)

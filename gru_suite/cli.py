@@ -92,7 +92,7 @@ def _require_sweeper_plugin() -> None:
     naming the extra to install, not Hydra's search-path dump."""
     from importlib.util import find_spec
 
-    if {"hparams_search=optuna", "hydra/sweeper=optuna"} & set(sys.argv[1:]) and \
+    if {"hparams_search=optuna", "hydra/sweeper=optuna"} & {arg.lstrip("+") for arg in sys.argv[1:]} and \
             find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
         print("error: hparams_search=optuna needs Hydra's Optuna sweeper: pip install \"gru-suite[optuna]\" "
               "(or hydra-optuna-sweeper)", file=sys.stderr)
@@ -142,9 +142,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         try:
             return body(cfg)
         except SystemExit as stop:
-            _stop_on_sigterm(stop, Path(HydraConfig.get().runtime.output_dir))
+            _stop_on_signal(stop, Path(HydraConfig.get().runtime.output_dir))
             raise
-        except KeyboardInterrupt:  # outside Lightning's loops (which end in SystemExit(1) with their own line)
+        except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", Path(HydraConfig.get().runtime.output_dir), 130)
         except Exception as err:
             user_error = _user_error_in(err)
@@ -172,13 +172,16 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         sys.exit(2)
 
 
-def _stop_on_sigterm(stop: SystemExit, out_dir: Path) -> None:
-    """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0: one line (where to
-    resume from, if a checkpoint was saved) and exit code 143 (128 + SIGTERM), which also ends a sweep."""
+def _stop_on_signal(stop: SystemExit, out_dir: Path) -> None:
+    """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0, and one interrupted
+    by Ctrl-C with exit code 1: one line (where to resume from, if a checkpoint was saved) and exit code 143 or 130
+    (128 + the signal), which also ends a sweep."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     if isinstance(stop, SIGTERMException):
         stopped("stopped by SIGTERM", out_dir, 143)
+    if isinstance(stop.__context__, KeyboardInterrupt):
+        stopped("interrupted", out_dir, 130)
 
 
 def stopped(why: str, out_dir: Path, code: int) -> None:

@@ -88,6 +88,8 @@ class TaskModule(pl.LightningModule):
         if batch_idx == 0:  # a plugin's mistake named once, before Lightning's backward meets it
             check_step_output(out, self._task_name, "train")
         weight = out.batch_size if out.loss_weight is None else out.loss_weight
+        if isinstance(weight, torch.Tensor):  # summed over the epoch: no graph kept
+            weight = weight.detach()
         self._train_loss_sum += out.loss.detach() * weight
         self._train_loss_weight += weight
         self.samples_seen += out.batch_size
@@ -172,7 +174,9 @@ class TaskModule(pl.LightningModule):
         checkpoint at the end of validation and steps the schedule after it, and on resume never does, so the
         schedule would miss that epoch."""
         monitored = checkpoint.get(CHECKPOINT_KEY, {}).get("monitored")
-        if monitored is None or "num_bad_epochs" not in state or state.get("last_epoch") != checkpoint.get("epoch"):
+        epoch_ended = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+        if monitored is None or "num_bad_epochs" not in state or state.get("last_epoch") != checkpoint.get("epoch") \
+                or not epoch_ended.get("is_last_batch"):  # mid-epoch: Lightning steps it at the epoch's end
             return
         groups = optimizer_state["param_groups"]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}

@@ -271,6 +271,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             raise UserError(f"ckpt_path {ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         del checkpoint
+    keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
@@ -282,14 +283,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resumed is not None:
         check_same_model(resumed, module, f"ckpt_path {ckpt_path}")
         del resumed
-    if not cfg.get("ckpt_path") and (phase := task.pretraining()) is not None:
+    if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
-    keep_earlier_checkpoints(cfg)
     trainer = build_trainer(cfg)
     with monitored_metric_named(trainer, cfg.task.monitor), warnings.catch_warnings():
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
@@ -315,7 +315,7 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/`: Lightning would write
     `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
     folder = Path(cfg.paths.output_dir) / "checkpoints"
-    if resumes_in_own_folder(cfg) or not any(folder.glob("*.ckpt")):
+    if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     kept = next(path for n in count(1) if not (path := folder.with_name(f"checkpoints.{n}")).exists())
     folder.rename(kept)

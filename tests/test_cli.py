@@ -261,7 +261,9 @@ def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
     assert state["dirpath"] == str(last.parent) and state["best_model_path"] == str(last.parent / files[0])
 
 
-def test_sigterm_stops_training_with_its_exit_code_and_names_the_checkpoint_to_resume_from(tmp_path):
+@pytest.mark.parametrize(("sent", "code", "why"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
+                                                   (signal.SIGINT, 130, "interrupted")])
+def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_resume_from(sent, code, why, tmp_path):
     command = [str(Path(sys.executable).parent / "gru-suite"), "task=forecasting", *TINY, "threads=1",
                "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -270,19 +272,24 @@ def test_sigterm_stops_training_with_its_exit_code_and_names_the_checkpoint_to_r
     deadline = time.monotonic() + 120
     while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 143, stderr[-2000:]  # not 0: the run did not finish
-    assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
+    assert process.returncode == code, stderr[-2000:]  # not 0 (SIGTERM) or 1 (Ctrl-C, Lightning's): 128 + signal
+    assert f"error: {why}; resume with ckpt_path={last}" in stderr
     assert torch.load(last, weights_only=False)["epoch"] >= 0  # the checkpoint it names is whole
 
 
-def test_a_checkpoint_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path):
+def test_a_checkpoint_is_written_beside_its_name_and_a_failed_save_leaves_the_previous_whole(tmp_path,
+                                                                                             monkeypatch):
     trainer = run.build_trainer(compose_train_config("forecasting", ["trainer.accelerator=cpu"], tmp_path))
     writer = trainer.strategy.checkpoint_io
     assert isinstance(writer, AtomicCheckpointIO)  # every run's checkpoints go through it
     path = tmp_path / "checkpoints" / "last.ckpt"
+    renames, replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda source, target: renames.append((Path(source), Path(target)))
+                        or replace(source, target))
     writer.save_checkpoint({"epoch": 3}, path)
+    assert [(source.parent, target) for source, target in renames] == [(path.parent, path)]  # one rename, same folder
     with pytest.raises(Exception):  # torch.save fails after writing part of the file
         writer.save_checkpoint({"epoch": 4, "weights": torch.zeros(1000), "unpicklable": lambda: None}, path)
     assert torch.load(path)["epoch"] == 3 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
@@ -364,6 +371,23 @@ def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(t
     with pytest.raises(SystemExit):
         cli.stopped("interrupted", tmp_path, 130)
     assert capsys.readouterr().err == f"error: interrupted; resume with ckpt_path={tmp_path}/checkpoints/last.ckpt\n"
+
+
+def test_resuming_from_a_moved_aside_checkpoint_tracks_its_best_checkpoint(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path))
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path))  # afresh
+    last = tmp_path / "checkpoints.1" / "last.ckpt"  # the first run's, moved aside
+    checkpoint = torch.load(last, weights_only=False)
+    state = next(value for key, value in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint{"))
+    best = Path(state["best_model_path"])
+    assert best.parent == tmp_path / "checkpoints"  # as it was saved
+    state["best_model_score"] = state["best_k_models"][str(best)] = torch.tensor(1e-9)
+    torch.save(checkpoint, last)
+    metrics = run.train(compose_train_config("forecasting", [*TINY, "threads=1", "trainer.max_epochs=3",
+                                                             "predict_after_training=false", f"ckpt_path={last}"],
+                                             tmp_path))  # tests the best checkpoint, which lies in checkpoints.1
+    assert metrics["val/loss_best"] == pytest.approx(1e-9) and "test/mse" in metrics
 
 
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):

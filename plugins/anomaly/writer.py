@@ -56,7 +56,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     for column in stream.series.columns:
         top.plot(x, frame[column], lw=0.8, label=column)
     for number, (start, end) in enumerate(stream.windows or []):
-        top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2, label=None if number else "labelled window")
+        top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2,
+                    label=None if number else "labelled window")
     flagged = frame["flag"].to_numpy() == 1
     for start, end in _spans(flagged):
         top.axvspan(x.iloc[start], x.iloc[end], color="tab:red", alpha=0.35, lw=0)

@@ -314,10 +314,8 @@ class EventRepresentation(Representation):
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """`perplexity`: exp of the mean NLL per event over the epoch, over every DDP process's pieces."""
-        if stage not in self._sums:
-            return {}
-        nll, seen = gather_sums(*self._sums.pop(stage))
-        return {"perplexity": math.exp(nll / seen)}
+        nll, seen = gather_sums(*self._sums.pop(stage, (0.0, 0)))  # every process joins, with pieces or none
+        return {"perplexity": math.exp(nll / seen)} if seen else {}
 
     def predict_step(self, model: EventModel, batch: Tensor) -> dict[str, Tensor]:
         """Pieces `batch` (indices): events (B, T) padded with -1, and their lengths."""
@@ -342,9 +340,9 @@ class EventRepresentation(Representation):
                 paths += write_performance(pm, Path(out_dir) / f"piece_{index:03d}", self.state["steps_per_beat"])
         return paths
 
-
     def max_note_s(self) -> float | None:
-        value = self.cfg.generate.get("max_note_s")
+        """`generate.max_note_s`: seconds after which a note never released stops (None: at the piece's end)."""
+        value = self.cfg.generate.get("max_note_s", 5.0)  # checkpoints from before the setting: its default
         if value is not None and config_number(value, "task.generate.max_note_s") <= 0:
             raise UserError(f"task.generate.max_note_s must be positive (or null), got {value}")
         return None if value is None else float(value)

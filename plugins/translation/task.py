@@ -7,6 +7,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ class TranslationTask(TaskPlugin):
         if not corpus.source:
             raise UserError(f"{corpus.where}: nothing to translate (no lines)")
         self.input_rows = len(corpus.source)
-        if self.cfg.predict.get("split_sentences", False):
+        if self.cfg.predict.get("split_sentences", True):  # checkpoints from before the setting: its default
             corpus, self.row_of = split_sentences(corpus)
         else:
             self.row_of = list(range(len(corpus.source)))
@@ -215,7 +216,7 @@ class TranslationTask(TaskPlugin):
 
     def write_predictions(self, predictions: list[Any], datamodule: TranslationData, out_dir: Path) -> list[Path]:
         """`predict.output` (one translation per input line), `attention.jsonl` (tokens, score, weights per
-        line) and the first `predict.plots` alignment PNGs when `predict.attention`, and the tokenizers
+        sentence) and the first `predict.plots` alignment PNGs when `predict.attention`, and the tokenizers
         (`save_pretrained` into `tokenizer/`, or `tokenizer/source` and `tokenizer/target` if separate)."""
         out_dir, settings = Path(out_dir), self.cfg.predict
         dataset: PairSet = datamodule.dataset("predict")  # type: ignore[assignment]
@@ -237,8 +238,8 @@ class TranslationTask(TaskPlugin):
                 records.append({"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
                                 "weights": [[round(float(w), 4) for w in row] for row in weights]})
                 if shown < settings.plots and len(target):
-                    later = i > 0 and self.row_of[i - 1] == self.row_of[i]  # a line's second sentence, or later
-                    png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{i}' if later else ''}.png"
+                    number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
+                    png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
                     paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
                     shown += 1
             paths.append(write_attention(records, out_dir / "attention.jsonl"))
@@ -260,7 +261,7 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     sentences, lines, rows = [], [], []
     for row, (text, line) in enumerate(zip(corpus.source, corpus.lines)):
         ends = [0, *(end.end() for end in SENTENCE_END.finditer(text)), len(text)]
-        parts = [part for start, end in zip(ends, ends[1:]) if (part := text[start:end].strip())] or [""]
+        parts = [part for start, end in pairwise(ends) if (part := text[start:end].strip())] or [""]
         sentences += parts
         lines += [line] * len(parts)
         rows += [row] * len(parts)
