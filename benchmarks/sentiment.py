@@ -22,6 +22,11 @@ keeps each model's best checkpoint for that command. The JSON line is then
 `--pretrain-epochs N` first pre-trains embeddings and GRU as a bidirectional language model
 (`task.pretrain`) for N epochs on unlabelled text: the training sentences (not the held-out ones), plus
 the lines of each `--unlabelled` file (e.g. Multi30k's English `train.en.gz`).
+
+`--teacher CKPT` (repeatable) distils those models into each one trained (`task.distill`): the training loss
+mixes the labels with the teachers' mean calibrated probabilities for each training text, by
+`task.distill.weight` (an override, default 0.5). With the checkpoints an earlier run kept
+(`--keep-checkpoints`), the ensemble of several seeds is taught to one model.
 """
 
 from __future__ import annotations
@@ -131,12 +136,14 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
         texts = [folder / "sentences.txt", *(path.resolve() for path in args.unlabelled)]
         pretrain = [f"task.pretrain.epochs={args.pretrain_epochs}",
                     f"task.pretrain.texts=[{','.join(quote(path) for path in texts)}]"] if args.pretrain_epochs else []
+        teachers = [f"task.distill.teachers=[{','.join(quote(path.resolve()) for path in args.teacher)}]"] \
+            if args.teacher else []
         overrides = [
             "experiment=sst2", f"task.data.train={quote(folder / 'train.txt')}",
             f"task.data.val={quote(folder / 'val.txt')}", f"task.data.test={quote(args.dev)}",
             f"++trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}",
             "trainer.accelerator=cpu", "logger=none", "callbacks.progress_bar=null", "predict_after_training=false",
-            f"task.report_dir={quote(folder)}", *pretrain, *args.overrides,
+            f"task.report_dir={quote(folder)}", *pretrain, *teachers, *args.overrides,
         ]
         run = fit_and_test(compose_train_config("sentiment", overrides, folder / "run"), seed)
         if args.keep_checkpoints:
@@ -155,6 +162,7 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
         "train_s_per_epoch": sum(run.clock.wall) / max(epochs, 1), "fit_wall_s": run.fit_wall_s,
         "pretrain": {"epochs": args.pretrain_epochs, "unlabelled": [str(p) for p in args.unlabelled],
                      "wall_s": run.pretrain_wall_s, "final_loss": run.pretrain_loss},
+        "teachers": [str(path) for path in args.teacher],
         "predict_sentences_per_s": speed, "parameters": sum(p.numel() for p in run.module.model.parameters()),
     }
     result["dev_predict_acc"] = scores(member.predictions, label_ids(dev, run.task.labels))["acc"]
@@ -183,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unlabelled", type=Path, action="append", default=[],
                         help="one more unlabelled text file (a text per line, .gz too) for the pre-training; "
                              "repeatable")
+    parser.add_argument("--teacher", type=Path, action="append", default=[],
+                        help="a trained sentiment checkpoint to distil into each model (task.distill); repeatable")
     parser.add_argument("--keep-checkpoints", type=Path,
                         help="copy each seed's best checkpoint here as seed<S>.ckpt (for gru-suite-predict ensemble=)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=256")
@@ -190,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     args.seed = args.seed or [42]
     if len(set(args.seed)) < len(args.seed):
         parser.error(f"--seed: each seed once (got {args.seed})")
-    for path in (args.train, args.dev, args.phrases, *args.unlabelled):
+    for path in (args.train, args.dev, args.phrases, *args.unlabelled, *args.teacher):
         if path is not None and not path.is_file():
             print(f"error: {path} not found", file=sys.stderr)
             return 2

@@ -459,6 +459,49 @@ def test_an_ensembles_bad_input_is_named_as_the_inputs_fault(trained: tuple[Path
         run.ensemble_predictions(trainer, first, first.task.datamodule(), "a.ckpt", [("b.ckpt", member)])
 
 
+def test_a_distilled_model_follows_its_teachers_over_the_labels(trained: tuple[Path, dict[str, float]],
+                                                               corpus: dict[str, Path], tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    teacher = trained[0] / "checkpoints" / "last.ckpt"
+    flipped = write_csv(tmp_path / "flipped.csv", [(text, {"pos": "neg", "neg": "pos"}[label])
+                                                   for text, label in separable(400, 0)])
+    common = [*TINY, *data_overrides(corpus), f"task.data.train={flipped}", "trainer.max_epochs=4",
+              "optimizer.lr=1e-2", "predict_after_training=false", f"task.report_dir={tmp_path}"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = run.train(compose_train_config("sentiment", common, tmp_path / "alone"))
+        with caplog.at_level(logging.INFO):
+            taught = run.train(compose_train_config("sentiment", [*common, f"task.distill.teachers=[{teacher}]",
+                                                                  "task.distill.weight=1.0"], tmp_path / "taught"))
+    finally:
+        torch.set_num_threads(threads)
+    assert alone["test/acc"] < 0.1  # the flipped labels, learned
+    assert taught["test/acc"] > 0.9  # the teacher's labels, learned instead
+    agreement = re.search(r"distilling 1 teachers: their mean probabilities pick the given label of ([\d.]+)% "
+                          r"of the 400 training texts", caplog.text)
+    assert agreement and float(agreement[1]) < 5  # the teacher learned the true labels
+
+
+def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, float]], corpus: dict[str, Path],
+                                              tmp_path: Path) -> None:
+    teacher, missing = trained[0] / "checkpoints" / "last.ckpt", tmp_path / "missing.ckpt"
+    other_labels = write_csv(tmp_path / "abc.csv", [(text, {"pos": "a", "neg": "b"}[label])
+                                                    for text, label in separable(60, 3)])
+    base = [*TINY, *data_overrides(corpus)]
+    for overrides, message in (
+        ([f"task.distill.teachers=[{missing}]"], f"task.distill.teachers: {missing}: no such file"),
+        ([f"task.distill.teachers=[{teacher}]", f"task.data.train={other_labels}", "task.data.val=null",
+          "task.data.test=null"],
+         (rf"task.distill.teachers: {teacher} holds a sentiment model of labels \['neg', 'pos'\]; a teacher must "
+          rf"be a sentiment model of the training labels \['a', 'b'\]")),
+        (["task.distill.weight=1.5"], "task.distill.weight"),
+    ):
+        with pytest.raises(UserError, match=message):
+            run.build_task(compose_train_config("sentiment", [*base, *overrides], tmp_path).task).datamodule().dataset(
+                "train")
+
+
 def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path], tmp_path: Path) -> None:
     from gru_suite.checkpoint import load_checkpoint
 

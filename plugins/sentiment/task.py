@@ -54,6 +54,7 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),
                ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
+               ("distill.weight", float, 0, 1),
                ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
@@ -62,6 +63,7 @@ class SentimentTask(TaskPlugin):
         self.model: SentimentModel | None = None
         self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
+        self._soft_targets: Tensor | None = None  # the teachers' probabilities per training text (`task.distill`)
 
     @property
     def labels(self) -> list[str]:
@@ -72,7 +74,7 @@ class SentimentTask(TaskPlugin):
     def datamodule(self) -> SentimentData:
         if self.tokenizer is None:  # training: what later stages read is checked before it
             self._check_prediction_settings()
-            self._check_pretrain_texts()
+            self._check_input_files()
             self._fit(self._examples("train"))
             if self.cfg.data.get("test"):
                 label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
@@ -95,10 +97,39 @@ class SentimentTask(TaskPlugin):
         block = self.cfg.get("pretrain") or {}
         return int(block.get("epochs") or 0), list(block.get("texts") or [])
 
-    def _check_pretrain_texts(self) -> None:
-        for path in self._pretrain()[1]:
-            if not Path(path).is_file():
-                raise UserError(f"task.pretrain.texts: {not_a_file(path)}")
+    def _teachers(self) -> list[str]:
+        """`task.distill.teachers` (checkpoints from before the option have no block)."""
+        return list((self.cfg.get("distill") or {}).get("teachers") or [])
+
+    def _teacher_probabilities(self, examples: list[Example]) -> Tensor:
+        """Each example's mean of the teachers' calibrated probabilities (N, C): the soft targets of knowledge
+        distillation (Hinton et al. 2015), here from an ensemble into one model. Each teacher must be a
+        sentiment model of this task's labels; it reads the texts with its own tokenizer."""
+        from gru_suite.checkpoint import load_checkpoint
+
+        texts, total = [e.text for e in examples], torch.zeros(len(examples), len(self.labels))
+        for path in self._teachers():
+            try:
+                teacher = load_checkpoint(path).task
+            except UserError as err:
+                raise UserError(f"task.distill.teachers: {err}") from err
+            if teacher.cfg.name != self.cfg.name or teacher.state.get("labels") != self.labels:
+                raise UserError(f"task.distill.teachers: {path} holds a {teacher.cfg.name} model of labels "
+                                f"{teacher.state.get('labels')}; a teacher must be a {self.cfg.name} model of the "
+                                f"training labels {self.labels}")
+            total += teacher.probabilities(texts)
+        mean = total / len(self._teachers())
+        agree = (mean.argmax(1) == torch.tensor(label_ids(examples, self.labels))).float().mean()
+        log.info("distilling %d teachers: their mean probabilities pick the given label of %.1f%% of the %d "
+                 "training texts", len(self._teachers()), 100 * float(agree), len(examples))
+        return mean
+
+    def _check_input_files(self) -> None:
+        """The pre-training texts and the teachers' checkpoints exist, before the tokenizer is trained."""
+        for field, paths in (("pretrain.texts", self._pretrain()[1]), ("distill.teachers", self._teachers())):
+            for path in paths:
+                if not Path(path).is_file():
+                    raise UserError(f"task.{field}: {not_a_file(path)}")
 
     def _importance(self) -> str:
         importance = self.cfg.predict.importance
@@ -171,6 +202,8 @@ class SentimentTask(TaskPlugin):
 
     def _encoded(self, stage: str) -> EncodedTexts:
         examples = self._examples(stage)
+        if stage == "train" and self._teachers():
+            self._soft_targets = self._teacher_probabilities(examples)
         return self._texts(examples, None if stage == "predict" else label_ids(examples, self.labels))
 
     def _texts(self, examples: list[Example], labels: list[int] | None) -> EncodedTexts:
@@ -204,14 +237,22 @@ class SentimentTask(TaskPlugin):
         return self.model
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
-        """Class-weighted cross-entropy; in training plus `lm_weight` x the language-model loss, and the loss
-        of the texts' adversarial copies (`adversarial_eps`), if enabled."""
+        """Class-weighted cross-entropy; in training, with teachers (`distill`), mixed with the cross-entropy
+        against their probabilities by `distill.weight`, plus `lm_weight` x the language-model loss, and the
+        loss of the texts' adversarial copies (`adversarial_eps`), if enabled."""
         embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
         loss = F.cross_entropy(logits, batch.labels, weight=weights)
         metrics = {}
+        if stage == "train" and self._soft_targets is not None:
+            self._soft_targets = self._soft_targets.to(logits.device)
+            example_weights = weights[batch.labels]
+            soft = -(self._soft_targets[batch.index] * logits.log_softmax(-1)).sum(-1)
+            metrics["distill_loss"] = (example_weights * soft).sum() / example_weights.sum()
+            share = float(self.cfg.distill.weight)
+            loss = (1 - share) * loss + share * metrics["distill_loss"]
         eps = float(self.cfg.model.get("adversarial_eps") or 0.0)
         if stage == "train" and eps and embedded.requires_grad:  # a loss computed without gradients skips it
             metrics["adv_loss"] = adversarial_loss(model, embedded, batch.lengths, batch.labels, loss, eps, weights)
