@@ -25,7 +25,7 @@ from gru_suite_plugins.sentiment.data import read_labelled, read_texts
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
-from gru_suite_plugins.sentiment.task import adversarial_loss
+from gru_suite_plugins.sentiment.task import adversarial_loss, altered_copy
 from conftest import run_cli
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",
@@ -481,6 +481,36 @@ def test_a_distilled_model_follows_its_teachers_over_the_labels(trained: tuple[P
     agreement = re.search(r"distilling 1 teachers: their mean probabilities pick the given label of ([\d.]+)% "
                           r"of the 400 training texts", caplog.text)
     assert agreement and float(agreement[1]) < 5  # the teacher learned the true labels
+
+
+def test_altered_copies_drop_words_or_keep_a_short_run_of_them() -> None:
+    rng, text = random.Random(0), "one two three four five six seven eight"
+    assert altered_copy(text, 0.0, 0.0, rng) == text
+    assert altered_copy(text, 1.0, 0.0, rng) in text.split()  # never empty
+    runs = [altered_copy(text, 0.0, 1.0, rng) for _ in range(200)]
+    assert all(run in text and 1 <= len(run.split()) <= 5 for run in runs)
+    assert {len(run.split()) for run in runs} == {1, 2, 3, 4, 5}
+    dropped = [altered_copy(text, 0.5, 0.0, rng).split() for _ in range(200)]
+    assert all(words == [w for w in text.split() if w in words] for words in dropped)  # order kept
+    assert 3 < sum(map(len, dropped)) / len(dropped) < 5
+
+
+def test_teachers_label_the_altered_copies(trained: tuple[Path, dict[str, float]], corpus: dict[str, Path],
+                                           tmp_path: Path) -> None:
+    teacher = trained[0] / "checkpoints" / "last.ckpt"
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), f"task.distill.teachers=[{teacher}]",
+                                             "task.distill.copies=2", "task.distill.ngram=0.5"], tmp_path)
+    task = run.build_task(cfg.task)
+    texts = task.datamodule().dataset("train")
+    assert len(texts) == 3 * 400 and task._soft_targets.shape == (1200, 2)
+    copies = texts.examples[400:]
+    assert copies[0].where.endswith("train.csv:2 (copy 1)") and copies[400].where.endswith("train.csv:2 (copy 2)")
+    assert [e.text for e in copies] != [e.text for e in texts.examples[:400]] * 2
+    assert texts.labels[400:] == task._soft_targets[400:].argmax(1).tolist()  # the teachers' choice
+    torch.testing.assert_close(task._soft_targets.sum(1), torch.ones(1200))
+    polar = [e.label == ("pos" if set(e.text.split()) & set(GOOD) else "neg") for e in copies
+             if set(e.text.split()) & set(GOOD + BAD)]
+    assert sum(polar) / len(polar) > 0.95  # copies that kept their polar word keep its label
 
 
 def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, float]], corpus: dict[str, Path],

@@ -54,7 +54,8 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),
                ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
-               ("distill.weight", float, 0, 1),
+               ("distill.weight", float, 0, 1), ("distill.copies", int, 0), ("distill.word_drop", float, 0, 1),
+               ("distill.ngram", float, 0, 1),
                ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
@@ -101,13 +102,19 @@ class SentimentTask(TaskPlugin):
         """`task.distill.teachers` (checkpoints from before the option have no block)."""
         return list((self.cfg.get("distill") or {}).get("teachers") or [])
 
-    def _teacher_probabilities(self, examples: list[Example]) -> Tensor:
-        """Each example's mean of the teachers' calibrated probabilities (N, C): the soft targets of knowledge
-        distillation (Hinton et al. 2015), here from an ensemble into one model. Each teacher must be a
-        sentiment model of this task's labels; it reads the texts with its own tokenizer."""
+    def _distillation_set(self, examples: list[Example]) -> tuple[list[Example], Tensor]:
+        """The training examples plus `distill.copies` altered copies of each (`altered_copy`), and each one's
+        mean of the teachers' calibrated probabilities (N, C): the soft targets of knowledge distillation
+        (Hinton et al. 2015), here from an ensemble into one model. A copy's label is the teachers' choice.
+        Each teacher must be a sentiment model of this task's labels; it reads the texts with its own tokenizer."""
         from gru_suite.checkpoint import load_checkpoint
 
-        texts, total = [e.text for e in examples], torch.zeros(len(examples), len(self.labels))
+        distill = self.cfg.distill
+        rng = random.Random(int(self.cfg.data.get("split_seed", 0)))
+        copies = [Example(altered_copy(e.text, float(distill.word_drop), float(distill.ngram), rng), None,
+                          f"{e.where} (copy {n + 1})") for n in range(int(distill.get("copies", 0))) for e in examples]
+        texts = [e.text for e in (*examples, *copies)]
+        total = torch.zeros(len(texts), len(self.labels))
         for path in self._teachers():
             try:
                 teacher = load_checkpoint(path).task
@@ -119,10 +126,12 @@ class SentimentTask(TaskPlugin):
                                 f"training labels {self.labels}")
             total += teacher.probabilities(texts)
         mean = total / len(self._teachers())
-        agree = (mean.argmax(1) == torch.tensor(label_ids(examples, self.labels))).float().mean()
+        chosen = mean.argmax(1).tolist()
+        agree = sum(c == i for c, i in zip(chosen, label_ids(examples, self.labels))) / len(examples)
         log.info("distilling %d teachers: their mean probabilities pick the given label of %.1f%% of the %d "
-                 "training texts", len(self._teachers()), 100 * float(agree), len(examples))
-        return mean
+                 "training texts; %d altered copies", len(self._teachers()), 100 * agree, len(examples), len(copies))
+        labelled = [Example(e.text, self.labels[c], e.where) for e, c in zip(copies, chosen[len(examples):])]
+        return [*examples, *labelled], mean
 
     def _check_input_files(self) -> None:
         """The pre-training texts and the teachers' checkpoints exist, before the tokenizer is trained."""
@@ -203,7 +212,7 @@ class SentimentTask(TaskPlugin):
     def _encoded(self, stage: str) -> EncodedTexts:
         examples = self._examples(stage)
         if stage == "train" and self._teachers():
-            self._soft_targets = self._teacher_probabilities(examples)
+            examples, self._soft_targets = self._distillation_set(examples)
         return self._texts(examples, None if stage == "predict" else label_ids(examples, self.labels))
 
     def _texts(self, examples: list[Example], labels: list[int] | None) -> EncodedTexts:
@@ -385,6 +394,18 @@ def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int,
 
 def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
     return model.lm_loss(model.language_states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
+
+
+def altered_copy(text: str, word_drop: float, ngram: float, rng: random.Random) -> str:
+    """`text` with each word left out with probability `word_drop`, then, with probability `ngram`, cut to a
+    random run of 1-5 of its words (the augmentation of Tang et al. 2019 for distillation); never empty."""
+    words = text.split()
+    kept = [word for word in words if rng.random() >= word_drop] or [rng.choice(words)]
+    if rng.random() < ngram:
+        size = min(rng.randint(1, 5), len(kept))
+        start = rng.randint(0, len(kept) - size)
+        kept = kept[start:start + size]
+    return " ".join(kept)
 
 
 def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, labels: Tensor, loss: Tensor,
