@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {path} not found", file=sys.stderr)
             return 2
     if args.keep_checkpoints:
+        kept = {(args.keep_checkpoints / f"seed{seed}.ckpt").resolve() for seed in args.seed}
+        if overwritten := [str(path) for path in args.teacher if path.resolve() in kept]:
+            parser.error(f"--keep-checkpoints would overwrite the teacher(s) {overwritten}; keep them elsewhere")
         args.keep_checkpoints.mkdir(parents=True, exist_ok=True)
     quiet()
     import torch

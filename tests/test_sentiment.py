@@ -177,8 +177,9 @@ def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> No
     ids, lengths, labels = torch.randint(2, 30, (6, 7)), torch.tensor([7, 6, 5, 4, 3, 2]), torch.tensor([0, 1] * 3)
     embedded, weights = model.embed(ids), torch.ones(2)
     loss = torch.nn.functional.cross_entropy(model.classify(embedded, lengths)[0], labels, weight=weights)
-    assert adversarial_loss(model, embedded, lengths, labels, loss, 0.0, weights).item() == pytest.approx(loss.item())
-    adversarial = adversarial_loss(model, embedded, lengths, labels, loss, 1.0, weights)
+    loss_of = partial(torch.nn.functional.cross_entropy, target=labels, weight=weights)
+    assert adversarial_loss(model, embedded, lengths, loss, 0.0, loss_of).item() == pytest.approx(loss.item())
+    adversarial = adversarial_loss(model, embedded, lengths, loss, 1.0, loss_of)
     randoms = []
     for _ in range(20):
         move = torch.randn_like(embedded) * (ids != PAD_ID)[..., None]
@@ -472,12 +473,13 @@ def test_a_distilled_model_follows_its_teachers_over_the_labels(trained: tuple[P
     try:
         alone = run.train(compose_train_config("sentiment", common, tmp_path / "alone"))
         with caplog.at_level(logging.INFO):
-            taught = run.train(compose_train_config("sentiment", [*common, f"task.distill.teachers=[{teacher}]",
-                                                                  "task.distill.weight=1.0"], tmp_path / "taught"))
+            taught = run.train(compose_train_config("sentiment", [*common, f"task.distill.teachers={teacher}",
+                                                                  "task.distill.weight=1.0",
+                                                                  "task.model.adversarial_eps=1"], tmp_path / "taught"))
     finally:
         torch.set_num_threads(threads)
     assert alone["test/acc"] < 0.1  # the flipped labels, learned
-    assert taught["test/acc"] > 0.9  # the teacher's labels, learned instead
+    assert taught["test/acc"] > 0.9  # the teacher's labels, learned instead, by the adversarial copies too
     agreement = re.search(r"distilling 1 teachers: their mean probabilities pick the given label of ([\d.]+)% "
                           r"of the 400 training texts", caplog.text)
     assert agreement and float(agreement[1]) < 5  # the teacher learned the true labels
@@ -513,6 +515,24 @@ def test_teachers_label_the_altered_copies(trained: tuple[Path, dict[str, float]
     assert sum(polar) / len(polar) > 0.95  # copies that kept their polar word keep its label
 
 
+def test_adversarial_copies_are_scored_against_the_teachers_too(trained: tuple[Path, dict[str, float]],
+                                                                corpus: dict[str, Path], tmp_path: Path) -> None:
+    teacher = trained[0] / "checkpoints" / "last.ckpt"
+    flipped = write_csv(tmp_path / "flipped.csv", [(text, {"pos": "neg", "neg": "pos"}[label])
+                                                   for text, label in separable(100, 0)])
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), f"task.data.train={flipped}",
+                                             f"task.distill.teachers=[{teacher}]", "task.distill.weight=1.0",
+                                             "task.model.adversarial_eps=1e-6", "task.model.dropout=0"], tmp_path)
+    task = run.build_task(cfg.task)
+    data = task.datamodule()
+    module = run.build_module(cfg, task)
+    batch = data.dataset("train").__getitems__(list(range(16)))
+    out = task.step(module.model, batch, "train")
+    # a vanishing move: the copies' loss is the texts' own, against the teachers (not the flipped labels)
+    assert out.metrics["adv_loss"].item() == pytest.approx(out.metrics["distill_loss"].item(), rel=1e-4)
+    assert out.loss.item() == pytest.approx(2 * out.metrics["distill_loss"].item(), rel=1e-4)
+
+
 def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, float]], corpus: dict[str, Path],
                                               tmp_path: Path) -> None:
     teacher, missing = trained[0] / "checkpoints" / "last.ckpt", tmp_path / "missing.ckpt"
@@ -526,10 +546,10 @@ def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, flo
          (rf"task.distill.teachers: {teacher} holds a sentiment model of labels \['neg', 'pos'\]; a teacher must "
           rf"be a sentiment model of the training labels \['a', 'b'\]")),
         (["task.distill.weight=1.5"], "task.distill.weight"),
+        (["task.distill.copies=1"], "task.distill.copies: altered copies are labelled by teachers"),
     ):
         with pytest.raises(UserError, match=message):
-            run.build_task(compose_train_config("sentiment", [*base, *overrides], tmp_path).task).datamodule().dataset(
-                "train")
+            run.build_task(compose_train_config("sentiment", [*base, *overrides], tmp_path).task).datamodule()
 
 
 def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path], tmp_path: Path) -> None:

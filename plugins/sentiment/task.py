@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,7 @@ class SentimentTask(TaskPlugin):
             self._check_prediction_settings()
             self._check_input_files()
             self._fit(self._examples("train"))
+            self._check_teachers()
             if self.cfg.data.get("test"):
                 label_ids(self._read(self.cfg.data.test), self.labels)  # an unseen test label fails before training
         return self._data(self._encoded)
@@ -96,35 +98,44 @@ class SentimentTask(TaskPlugin):
     def _pretrain(self) -> tuple[int, list[str]]:
         """`task.pretrain`'s epochs and text files (checkpoints from before the option have no block)."""
         block = self.cfg.get("pretrain") or {}
-        return int(block.get("epochs") or 0), list(block.get("texts") or [])
+        return int(block.get("epochs") or 0), path_list(block.get("texts"))
 
     def _teachers(self) -> list[str]:
         """`task.distill.teachers` (checkpoints from before the option have no block)."""
-        return list((self.cfg.get("distill") or {}).get("teachers") or [])
+        return path_list((self.cfg.get("distill") or {}).get("teachers"))
+
+    def _teacher_checkpoint(self, path: str) -> dict[str, Any]:
+        """The checkpoint of the teacher at `path`, read (its tensors mapped, not loaded) and checked: a model of
+        this task and of the training labels."""
+        from gru_suite.checkpoint import read_checkpoint, stored_config
+        from gru_suite.module import CHECKPOINT_KEY
+
+        try:
+            checkpoint = read_checkpoint(path)
+        except UserError as err:
+            raise UserError(f"task.distill.teachers: {err}") from err
+        name, labels = stored_config(checkpoint).task.name, checkpoint[CHECKPOINT_KEY]["task_state"].get("labels")
+        if name != self.cfg.name or labels != self.labels:
+            raise UserError(f"task.distill.teachers: {path} holds a {name} model of labels {labels}; a teacher must "
+                            f"be a {self.cfg.name} model of the training labels {self.labels}")
+        return checkpoint
 
     def _distillation_set(self, examples: list[Example]) -> tuple[list[Example], Tensor]:
         """The training examples plus `distill.copies` altered copies of each (`altered_copy`), and each one's
         mean of the teachers' calibrated probabilities (N, C): the soft targets of knowledge distillation
         (Hinton et al. 2015), here from an ensemble into one model. A copy's label is the teachers' choice.
         Each teacher must be a sentiment model of this task's labels; it reads the texts with its own tokenizer."""
-        from gru_suite.checkpoint import load_checkpoint
+        from gru_suite.checkpoint import restore
 
         distill = self.cfg.distill
         rng = random.Random(int(self.cfg.data.get("split_seed", 0)))
-        copies = [Example(altered_copy(e.text, float(distill.word_drop), float(distill.ngram), rng), None,
-                          f"{e.where} (copy {n + 1})") for n in range(int(distill.get("copies", 0))) for e in examples]
+        drop, ngram = float(distill.get("word_drop") or 0), float(distill.get("ngram") or 0)
+        copies = [Example(altered_copy(e.text, drop, ngram, rng), None, f"{e.where} (copy {n + 1})")
+                  for n in range(int(distill.get("copies") or 0)) for e in examples]
         texts = [e.text for e in (*examples, *copies)]
         total = torch.zeros(len(texts), len(self.labels))
         for path in self._teachers():
-            try:
-                teacher = load_checkpoint(path).task
-            except UserError as err:
-                raise UserError(f"task.distill.teachers: {err}") from err
-            if teacher.cfg.name != self.cfg.name or teacher.state.get("labels") != self.labels:
-                raise UserError(f"task.distill.teachers: {path} holds a {teacher.cfg.name} model of labels "
-                                f"{teacher.state.get('labels')}; a teacher must be a {self.cfg.name} model of the "
-                                f"training labels {self.labels}")
-            total += teacher.probabilities(texts)
+            total += restore(self._teacher_checkpoint(path), source=path).task.probabilities(texts)
         mean = total / len(self._teachers())
         chosen = mean.argmax(1).tolist()
         agree = sum(c == i for c, i in zip(chosen, label_ids(examples, self.labels))) / len(examples)
@@ -132,6 +143,14 @@ class SentimentTask(TaskPlugin):
                  "training texts; %d altered copies", len(self._teachers()), 100 * agree, len(examples), len(copies))
         labelled = [Example(e.text, self.labels[c], e.where) for e, c in zip(copies, chosen[len(examples):])]
         return [*examples, *labelled], mean
+
+    def _check_teachers(self) -> None:
+        """Every teacher is readable and fits (`_teacher_checkpoint`), before any training; copies ask for them."""
+        for path in self._teachers():
+            self._teacher_checkpoint(path)
+        if int((self.cfg.get("distill") or {}).get("copies") or 0) and not self._teachers():
+            raise UserError("task.distill.copies: altered copies are labelled by teachers; set task.distill.teachers "
+                            "too, or copies=0")
 
     def _check_input_files(self) -> None:
         """The pre-training texts and the teachers' checkpoints exist, before the tokenizer is trained."""
@@ -248,23 +267,22 @@ class SentimentTask(TaskPlugin):
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
         """Class-weighted cross-entropy; in training, with teachers (`distill`), mixed with the cross-entropy
         against their probabilities by `distill.weight`, plus `lm_weight` x the language-model loss, and the
-        loss of the texts' adversarial copies (`adversarial_eps`), if enabled."""
+        same classification loss of the texts' adversarial copies (`adversarial_eps`), if enabled."""
         embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
         weights = torch.tensor(self.state["class_weights"], device=logits.device)
-        loss = F.cross_entropy(logits, batch.labels, weight=weights)
-        metrics = {}
+        targets, metrics = None, {}
         if stage == "train" and self._soft_targets is not None:
             self._soft_targets = self._soft_targets.to(logits.device)
-            example_weights = weights[batch.labels]
-            soft = -(self._soft_targets[batch.index] * logits.log_softmax(-1)).sum(-1)
-            metrics["distill_loss"] = (example_weights * soft).sum() / example_weights.sum()
-            share = float(self.cfg.distill.weight)
-            loss = (1 - share) * loss + share * metrics["distill_loss"]
+            targets = self._soft_targets[batch.index]
+            metrics["distill_loss"] = soft_cross_entropy(logits.detach(), targets, weights[batch.labels])
+        loss_of = partial(classification_loss, labels=batch.labels, weights=weights, targets=targets,
+                          share=float(self.cfg.distill.get("weight") or 0) if targets is not None else 0.0)
+        loss = loss_of(logits)
         eps = float(self.cfg.model.get("adversarial_eps") or 0.0)
         if stage == "train" and eps and embedded.requires_grad:  # a loss computed without gradients skips it
-            metrics["adv_loss"] = adversarial_loss(model, embedded, batch.lengths, batch.labels, loss, eps, weights)
+            metrics["adv_loss"] = adversarial_loss(model, embedded, batch.lengths, loss, eps, loss_of)
         if stage == "train" and self.cfg.model.get("lm_weight"):
             states = model.language_states(embedded, batch.lengths, h)
             metrics["lm_loss"] = model.lm_loss(states, batch.ids, batch.lengths)
@@ -408,9 +426,28 @@ def altered_copy(text: str, word_drop: float, ngram: float, rng: random.Random) 
     return " ".join(kept)
 
 
-def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, labels: Tensor, loss: Tensor,
-                     eps: float, weights: Tensor) -> Tensor:
-    """Cross-entropy of each text's embeddings moved by `eps` (L2 norm over the whole text) in the direction
+def path_list(value: Any) -> list[str]:
+    """A config's list of paths; one path given alone is a list of one."""
+    return [value] if isinstance(value, str) else [str(path) for path in value or []]
+
+
+def soft_cross_entropy(logits: Tensor, targets: Tensor, example_weights: Tensor) -> Tensor:
+    """Cross-entropy of `logits` (B, C) against probabilities `targets` (B, C), the mean weighted by
+    `example_weights` (B,)."""
+    return (example_weights * -(targets * logits.log_softmax(-1)).sum(-1)).sum() / example_weights.sum()
+
+
+def classification_loss(logits: Tensor, labels: Tensor, weights: Tensor, targets: Tensor | None = None,
+                        share: float = 0.0) -> Tensor:
+    """Class-weighted cross-entropy with `labels`; with soft `targets` (distillation), `1 - share` of it plus
+    `share` x the cross-entropy with them, each text weighted by its label's weight."""
+    hard = F.cross_entropy(logits, labels, weight=weights)
+    return hard if targets is None else (1 - share) * hard + share * soft_cross_entropy(logits, targets, weights[labels])
+
+
+def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, loss: Tensor, eps: float,
+                     loss_of: Callable[[Tensor], Tensor]) -> Tensor:
+    """`loss_of` the logits of each text's embeddings moved by `eps` (L2 norm over the whole text) in the direction
     that raises `loss` most (adversarial training, Miyato et al. 2017): the label must not hinge on a
     small change of the words' embeddings. The move is made before the model's dropout, and the moved copy
     draws its own dropout masks (moving the dropped-out embeddings, as Miyato et al.'s code does, made the
@@ -418,4 +455,4 @@ def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, l
     (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
     step = eps * F.normalize(grad.flatten(1), dim=1).view_as(grad)  # grad carries no graph (no create_graph)
     logits, _ = model.classify(embedded + step, lengths)
-    return F.cross_entropy(logits, labels, weight=weights)
+    return loss_of(logits)
