@@ -17,6 +17,10 @@ picks the epoch with the lowest character error rate on validation takes 10-12 i
 - `unseen`: every recording of `--speaker` is held out; reports (b) its isolated-digit
   accuracy (and WER on strings built from its recordings).
 
+`--ensemble A.ckpt --ensemble B.ckpt ...` trains nothing: it scores the ensemble of models kept by
+earlier runs of one setting (`--keep`; each checkpoint must hold that setting's split), decoding
+the mean of their per-frame probabilities, as `gru-suite-predict ensemble=[...]` does.
+
 Speed: real-time factor (processing seconds per audio second, one utterance at a time,
 one CPU thread) of offline transcription (features, network, greedy decoding, word
 timestamps) and of streaming in `--chunk-ms` chunks (partial transcript after every chunk),
@@ -58,20 +62,22 @@ def take_range(text: str) -> tuple[int, int]:
     return int(first), int(last)
 
 
-def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) -> dict[str, Any]:
-    """Offline and (for a streamable model) streamed transcripts of `utterances`, one at a time, with their
-    processing times; `streamed` and `rtf_streaming` are None for an offline-only model."""
+def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: float) -> dict[str, Any]:
+    """Offline and (for one streamable model) streamed transcripts of `utterances`, one at a time, with their
+    processing times; `members` are (task, model) pairs, several for an ensemble (the mean of their per-frame
+    probabilities, decoded once). `streamed` and `rtf_streaming` are None for an offline-only model or an ensemble."""
     import torch
 
     from gru_suite.errors import UserError
     from gru_suite_plugins.speech.data import AudioSet
-    from gru_suite_plugins.speech.decode import align_words, decode
+    from gru_suite_plugins.speech.decode import align_words, decode, mean_emissions
     from gru_suite_plugins.speech.stream import StreamingRecognizer
 
-    featurizer = task.featurizer()
+    task, model = members[0]
+    featurizers = [member.featurizer() for member, _ in members]
     try:  # the recogniser itself says whether this model can stream
-        StreamingRecognizer(model, featurizer, task.vocab)
-        streams = True
+        StreamingRecognizer(model, featurizers[0], task.vocab)
+        streams = len(members) == 1
     except UserError:
         streams = False
     chunk = round(chunk_ms * task.features.sample_rate / 1000)
@@ -79,7 +85,8 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
     with torch.inference_mode():
         for u in utterances:
             start = time.perf_counter()
-            log_probs = task.emissions(model, AudioSet([u], featurizer).__getitems__([0]))[0][0]
+            log_probs = mean_emissions([member.emissions(net, AudioSet([u], featurizer).__getitems__([0]))[0][0]
+                                        for (member, net), featurizer in zip(members, featurizers)])
             tokens = decode(log_probs)
             words = align_words(log_probs, tokens, task.vocab, task.frame_seconds, u.seconds)
             offline.append(" ".join(w.word for w in words))
@@ -87,7 +94,7 @@ def transcribe(task: Any, model: Any, utterances: list[Any], chunk_ms: float) ->
             if not streams:
                 continue
             start = time.perf_counter()
-            stream = StreamingRecognizer(model, featurizer, task.vocab)
+            stream = StreamingRecognizer(model, featurizers[0], task.vocab)
             for i in range(0, len(u.samples), chunk):
                 stream.accept(u.samples[i:i + chunk])
             streamed.append(stream.finish())
@@ -111,6 +118,7 @@ KINDS = {"isolated": "isolated", "after_silence": f"isolated after {SILENCE_S:g}
 
 
 def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train (or, with `--ensemble`, load) the setting's model(s), then transcribe its test utterances."""
     import numpy as np
     import torch
 
@@ -123,19 +131,21 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
         "callbacks.progress_bar=null", "predict_after_training=false",
         f"++trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", *args.override,
     ], out / name)
-    torch.set_num_threads(args.train_threads)
-    run = fit_and_test(cfg, args.seed)
+    if args.ensemble:
+        members, test, result = ensemble_members(cfg, args.ensemble)
+    else:
+        torch.set_num_threads(args.train_threads)
+        run = fit_and_test(cfg, args.seed)
+        members, test = [(run.task, run.module.model.eval())], run.task.split("test")
+        result = {"fit_wall_s": run.fit_wall_s, "epochs_run": len(run.clock.wall), "best_epoch": run.best_epoch,
+                  "best_val_cer": run.best_val_loss, "test_metrics": run.test_metrics,
+                  "train_utterances": len(run.task.split("train"))}
     torch.set_num_threads(1)
-    model = run.module.model.eval()
-    test = run.task.split("test")
-    result: dict[str, Any] = {"fit_wall_s": run.fit_wall_s, "epochs_run": len(run.clock.wall),
-                              "best_epoch": run.best_epoch, "best_val_cer": run.best_val_loss,
-                              "test_metrics": run.test_metrics, "train_utterances": len(run.task.split("train"))}
     isolated = [u for u in test if " " not in u.text]
     rng = np.random.default_rng(args.seed)
     for kind, items in [("isolated", isolated), ("after_silence", [after_silence(u, SILENCE_S, rng) for u in isolated]),
                         ("connected", [u for u in test if " " in u.text])]:
-        out_ = transcribe(run.task, model, items, args.chunk_ms)
+        out_ = transcribe(members, items, args.chunk_ms)
         wrong = [{"where": u.where, "reference": u.text, "hypothesis": h}
                  for u, h in zip(items, out_["offline"]) if h != u.text]
         result[kind] = {**scores([u.text for u in items], out_["offline"]), "errors": wrong[: args.show_errors],
@@ -144,6 +154,26 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
                         "streaming_equals_offline": None if out_["streamed"] is None
                         else sum(a == b for a, b in zip(out_["offline"], out_["streamed"]))}
     return result
+
+
+def ensemble_members(cfg: Any, paths: list[Path]) -> tuple[list[tuple[Any, Any]], list[Any], dict[str, Any]]:
+    """The kept models at `paths` as (task, model) pairs, the setting's test utterances, and the members'
+    paths for the report; each model must have been trained on this setting's split (its test set unseen)."""
+    from omegaconf import OmegaConf
+
+    from gru_suite import run
+    from gru_suite.checkpoint import load_checkpoint, read_checkpoint, stored_config
+
+    wanted = {key: OmegaConf.to_container(cfg.task.data[key], resolve=True) for key in ("fsdd_split", "connected")}
+    members = []
+    for path in paths:
+        stored = stored_config(read_checkpoint(path)).task.data
+        held = {key: OmegaConf.to_container(stored[key], resolve=True) for key in wanted}
+        if held != wanted:
+            raise SystemExit(f"error: {path} was trained on another split ({held}), not this setting's ({wanted})")
+        module = load_checkpoint(path)
+        members.append((module.task, module.model.eval()))
+    return members, run.build_task(cfg.task).split("test"), {"members": [str(p) for p in paths]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,11 +190,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--keep", type=Path, default=None,
                         help="keep each setting's run folder (checkpoints) under this folder (default: a temporary one)")
+    parser.add_argument("--ensemble", type=Path, action="append", default=[], metavar="CKPT",
+                        help="no training: score the ensemble of these kept models (repeat, at least 2; each "
+                             "trained on the one setting named by --settings, e.g. kept by --keep)")
     parser.add_argument("--show-errors", type=int, default=20,
                         help="misrecognised test utterances listed per setting and kind (default 20)")
     args = parser.parse_args(argv)
     if args.show_errors < 0:
         parser.error(f"--show-errors must be at least 0, got {args.show_errors}")
+    if args.ensemble and (len(args.ensemble) < 2 or "," in args.settings):
+        parser.error("--ensemble takes at least two checkpoints and one setting (--settings seen or unseen)")
+    if missing := [str(p) for p in args.ensemble if not p.is_file()]:
+        parser.error(f"--ensemble: no checkpoint at {', '.join(missing)}")
     if not args.fsdd.is_dir():
         print(f"error: {args.fsdd} not found", file=sys.stderr)
         return 2
@@ -187,9 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     table(f"FSDD test: seen = takes {first}-{last} held out, unseen = speaker held out; connected = 2-5 digit strings",
           ["setting / utterances", "n", "accuracy", "WER", "CER", "RTF offline", "RTF streaming", "stream = offline"],
           rows)
-    table("training (1 run per setting, CPU)", ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
-          [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
-           for n, r in results["settings"].items()])
+    if args.ensemble:
+        table("ensemble (mean per-frame probabilities, greedy decoding)", ["setting", "models"],
+              [[n, ", ".join(r["members"])] for n, r in results["settings"].items()])
+    else:
+        table("training (1 run per setting, CPU)",
+              ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
+              [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
+               for n, r in results["settings"].items()])
     errors = [[f"{n} / {label}", e["where"], e["reference"], e["hypothesis"]]
               for n, r in results["settings"].items() for kind, label in KINDS.items() for e in r[kind]["errors"]]
     if errors:

@@ -6,6 +6,8 @@ import json
 import logging
 import math
 import re
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import Augment, Featurizer, mel_centres_hz, pad_frames
-from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, prefix_beam_search
+from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, mean_emissions, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
@@ -116,6 +118,16 @@ def test_prefix_beam_search_sums_paths_that_greedy_misses() -> None:
 def test_beam_search_equals_greedy_on_confident_frames() -> None:
     frames = [[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
     assert prefix_beam_search(probs(frames), beam_size=8) == greedy(probs(frames)) == [1, 1, 2]
+
+
+def test_an_ensemble_averages_probabilities_and_pads_the_shorter_member_with_blanks() -> None:
+    unsure = probs([[0.2, 0.45, 0.35], [0.9, 0.05, 0.05]])  # (blank, a, b): "a", narrowly
+    sure = probs([[0.1, 0.2, 0.7], [0.8, 0.1, 0.1], [0.4, 0.3, 0.3]])  # "b", surely (one frame longer)
+    mean = mean_emissions([unsure, sure])
+    expected = torch.tensor([[0.15, 0.325, 0.525], [0.85, 0.075, 0.075], [0.7, 0.15, 0.15]])
+    assert torch.allclose(mean.exp(), expected, atol=1e-6)
+    assert greedy(unsure) == [1] and greedy(sure) == [2] and greedy(mean) == [2]
+    assert torch.equal(mean_emissions([sure]), sure)
 
 
 def test_word_times_follow_the_alignment_and_stay_inside_the_audio() -> None:
@@ -544,6 +556,55 @@ def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:
         assert t["reference"] and 0 <= t["duration"]
         times = [x for w in t["words"] for x in (w["start"], w["end"])]
         assert times == sorted(times) and all(0 <= x <= t["duration"] for x in times)
+
+
+def test_predict_cli_transcribes_with_an_ensemble(checked: Path, tmp_path: Path) -> None:
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
+    twin = tmp_path / "twin.ckpt"
+    twin.write_bytes(ckpt.read_bytes())
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name, words in (("a", ["four", "two"]), ("b", ["seven"])):
+        write_wav(inbox / f"{name}.wav", speak(words, seed=3), 16000)
+    outputs = {}
+    for name, extra in (("alone", []), ("ensemble", [f"ensemble=[{twin}]"])):
+        result = run_cli("gru-suite-predict", "task=speech", f"ckpt_path={ckpt}", f"task.predict.input={inbox}",
+                         f"hydra.run.dir={tmp_path / name}", *extra)
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[name] = [json.loads(x) for x in (tmp_path / name / "transcripts.jsonl").read_text().splitlines()]
+    assert "ensemble of 2 models" in (tmp_path / "ensemble" / "predict.log").read_text()
+    assert len(outputs["ensemble"]) == 2
+    for alone, together in zip(outputs["alone"], outputs["ensemble"]):  # a model and its twin agree with it
+        assert together["path"] == alone["path"] and together["text"] == alone["text"]
+        assert [w["word"] for w in together["words"]] == [w["word"] for w in alone["words"]]
+        assert [w["start"] for w in together["words"]] == [w["start"] for w in alone["words"]]
+
+
+def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(checked: Path) -> None:
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
+    first, member = load_checkpoint(ckpt), load_checkpoint(ckpt)
+    data = first.task.datamodule()
+    data.setup("predict")
+    member.task.cfg.model.subsample = 2 * int(member.task.cfg.model.subsample)
+    with pytest.raises(UserError, match="frames are .* ms apart"):
+        member.task.ensemble_input(first.task, data)
+    member.task.cfg.model.subsample = first.task.cfg.model.subsample
+    member.task.cfg.predict.streaming = True
+    with pytest.raises(UserError, match="offline"):
+        member.task.ensemble_input(first.task, data)
+    member.task.cfg.predict.streaming = False
+    member.task.state["vocab"] = {"kind": "chars", "alphabet": "xyz "}
+    with pytest.raises(UserError, match="vocabulary differs"):
+        member.task.ensemble_input(first.task, data)
+
+
+def test_speech_benchmark_ensemble_refuses_models_of_another_split(checked: Path, tmp_path: Path) -> None:
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"  # trained on the bundled data, not an FSDD split
+    (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speech.py"), "--fsdd", str(tmp_path / "fsdd"),
+                             "--settings", "unseen", "--ensemble", str(ckpt), "--ensemble", str(ckpt)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and f"{ckpt} was trained on another split" in result.stderr, result.stderr[-2000:]
 
 
 def test_audio_whose_speech_starts_in_its_last_frame_is_skipped_not_crashed_on(tmp_path: Path, caplog) -> None:

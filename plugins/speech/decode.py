@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,6 +24,14 @@ def blank_frames(frames: int, classes: int) -> Tensor:
     rows = torch.full((frames, classes), -math.inf)
     rows[:, BLANK] = 0.0
     return rows
+
+
+def mean_emissions(members: Sequence[Tensor]) -> Tensor:
+    """One utterance's log-probabilities (T, V) from several models' (T_i, V) of one vocabulary and frame rate:
+    the log of their mean per-frame probabilities, shorter ones padded with blank frames at the end."""
+    frames = max(len(lp) for lp in members)
+    padded = [torch.cat([lp, blank_frames(frames - len(lp), lp.size(-1))]) for lp in members]
+    return torch.logsumexp(torch.stack(padded), 0) - math.log(len(members))
 
 
 def greedy(log_probs: Tensor) -> list[int]:

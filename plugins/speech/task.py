@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -18,10 +18,10 @@ from torchmetrics.functional.text import char_error_rate, word_error_rate
 from gru_suite.distributed import gather_dict
 from gru_suite.config import config_number
 from gru_suite.errors import Skips, UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, EnsembleMember, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
-from gru_suite_plugins.speech.decode import align_words, blank_frames, decode
+from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, mean_emissions
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
@@ -117,6 +117,8 @@ class SpeechTask(TaskPlugin):
         self.colour_points = self._colour_points(cfg.augment)
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
+        self.ensembling = False
+        """Set by `ensemble_input`: `predict_step` returns emissions for `ensemble` to decode together."""
 
     def _colour_points(self, augment: DictConfig) -> int:
         """`augment.colour_points` (`numbers` checked its minimum; null or absent, as in older checkpoints, is
@@ -295,7 +297,11 @@ class SpeechTask(TaskPlugin):
         """`predict.input` (a folder, a manifest or an audio file), or else the test split."""
         source = self.cfg.predict.get("input")
         rate = self.features.sample_rate
-        utterances = read_source(source, rate, need_text=False) if source else self.split("test")
+        return self._audio_set(read_source(source, rate, need_text=False) if source else self.split("test"),
+                               source or "the test split")
+
+    def _audio_set(self, utterances: list[Utterance], source: str) -> AudioSet:
+        """The `utterances` long enough to transcribe from their speech onset on (a warning names each other)."""
         featurizer, usable, speech = self.featurizer(), [], []
         for u in utterances:
             frames, skipped = featurizer.speech(u.samples)
@@ -306,7 +312,7 @@ class SpeechTask(TaskPlugin):
                 usable.append(u)
                 speech.append((frames, skipped))
         if not usable:
-            raise UserError(f"nothing to transcribe in {source or 'the test split'} (see the warnings above)")
+            raise UserError(f"nothing to transcribe in {source} (see the warnings above)")
         return AudioSet(usable, featurizer, speech)
 
     def datamodule(self) -> SpeechData:
@@ -399,8 +405,36 @@ class SpeechTask(TaskPlugin):
         return result
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
-        return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r
-                in zip(self.emissions(model, batch), batch["paths"], batch["durations"], batch["references"])]
+        items = zip(self.emissions(model, batch), batch["paths"], batch["durations"], batch["references"])
+        if self.ensembling:  # the ensemble decodes its members' emissions together
+            return [{"path": p, "duration": d, "reference": r, "log_probs": e} for (e, _), p, d, r in items]
+        return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r in items]
+
+    def ensemble_input(self, first: TaskPlugin, datamodule: SpeechData) -> SpeechData:
+        """The utterances `datamodule` (the `first` model's) has read for prediction, in this model's features.
+        The models must write the same tokens at the same frame rate, and transcribe offline (a streamed
+        partial transcript is one model's)."""
+        assert isinstance(first, SpeechTask)
+        if self.state["vocab"] != first.state["vocab"]:
+            raise UserError("its vocabulary differs from the first model's; an ensemble's models must write the same "
+                            "tokens (train them with the same task.text settings on the same transcripts)")
+        if self.frame_seconds != first.frame_seconds:
+            raise UserError(f"its output frames are {self.frame_seconds * 1000:g} ms apart, the first model's "
+                            f"{first.frame_seconds * 1000:g} ms; an ensemble's models must share the frame rate")
+        if self.cfg.predict.get("streaming") or first.cfg.predict.get("streaming"):
+            raise UserError("an ensemble transcribes offline: drop task.predict.streaming")
+        self.ensembling = first.ensembling = True
+        utterances = datamodule.dataset("predict").utterances
+        return SpeechData({"predict": lambda: self._audio_set(utterances, "the first model's input")},
+                          int(self.cfg.data.batch_size))
+
+    def ensemble(self, members: Sequence[EnsembleMember]) -> list[list[dict[str, Any]]]:
+        """Each utterance's transcript decoded from the members' mean per-frame probabilities."""
+        by_path = [{item["path"]: item["log_probs"] for batch in m.predictions for item in batch} for m in members]
+        return [[self.transcript(mean_emissions([emitted[item["path"]] for emitted in by_path
+                                                 if item["path"] in emitted]),
+                                 item["path"], item["duration"], item["reference"]) for item in batch]
+                for batch in members[0].predictions]
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
         transcripts = [t for batch in predictions for t in batch]
