@@ -68,18 +68,13 @@ def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: 
     probabilities, decoded once). `streamed` and `rtf_streaming` are None for an offline-only model or an ensemble."""
     import torch
 
-    from gru_suite.errors import UserError
     from gru_suite_plugins.speech.data import AudioSet
     from gru_suite_plugins.speech.decode import align_words, decode, mean_emissions
     from gru_suite_plugins.speech.stream import StreamingRecognizer
 
     task, model = members[0]
     featurizers = [member.featurizer() for member, _ in members]
-    try:  # the recogniser itself says whether this model can stream
-        StreamingRecognizer(model, featurizers[0], task.vocab)
-        streams = len(members) == 1
-    except UserError:
-        streams = False
+    streams = len(members) == 1 and can_stream(task, model, featurizers[0])
     chunk = round(chunk_ms * task.features.sample_rate / 1000)
     offline, streamed, offline_s, stream_s = [], [], 0.0, 0.0
     with torch.inference_mode():
@@ -104,6 +99,18 @@ def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: 
             "rtf_offline": offline_s / audio_s, "rtf_streaming": stream_s / audio_s if streams else None}
 
 
+def can_stream(task: Any, model: Any, featurizer: Any) -> bool:
+    """Whether `model` can transcribe chunk by chunk: the streaming recogniser itself says."""
+    from gru_suite.errors import UserError
+    from gru_suite_plugins.speech.stream import StreamingRecognizer
+
+    try:
+        StreamingRecognizer(model, featurizer, task.vocab)
+    except UserError:
+        return False
+    return True
+
+
 def scores(references: list[str], hypotheses: list[str]) -> dict[str, float]:
     import jiwer
 
@@ -122,6 +129,7 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
     import numpy as np
     import torch
 
+    from gru_suite.run import build_task
     from gru_suite.testing import compose_train_config
     from gru_suite_plugins.speech.sources import after_silence
 
@@ -132,7 +140,8 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
         f"++trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", *args.override,
     ], out / name)
     if args.ensemble:
-        members, test, result = ensemble_members(cfg, args.ensemble)
+        members, result = ensemble_members(cfg, args.ensemble), {"members": [str(p) for p in args.ensemble]}
+        test = build_task(cfg.task).split("test")
     else:
         torch.set_num_threads(args.train_threads)
         run = fit_and_test(cfg, args.seed)
@@ -156,24 +165,36 @@ def run_setting(fsdd: Path, name: str, overrides: list[str], args: argparse.Name
     return result
 
 
-def ensemble_members(cfg: Any, paths: list[Path]) -> tuple[list[tuple[Any, Any]], list[Any], dict[str, Any]]:
-    """The kept models at `paths` as (task, model) pairs, the setting's test utterances, and the members'
-    paths for the report; each model must have been trained on this setting's split (its test set unseen)."""
+def ensemble_members(cfg: Any, paths: list[Path]) -> list[tuple[Any, Any]]:
+    """The kept models at `paths` as (task, model) pairs: speech models trained on this setting's split (its test
+    set unseen), each able to join the first (`SpeechTask.check_member`), at the sample rate of `cfg`'s test audio."""
     from omegaconf import OmegaConf
 
-    from gru_suite import run
-    from gru_suite.checkpoint import load_checkpoint, read_checkpoint, stored_config
+    from gru_suite.checkpoint import read_checkpoint, restore, stored_config
+    from gru_suite.errors import UserError
 
     wanted = {key: OmegaConf.to_container(cfg.task.data[key], resolve=True) for key in ("fsdd_split", "connected")}
     members = []
     for path in paths:
-        stored = stored_config(read_checkpoint(path)).task.data
-        held = {key: OmegaConf.to_container(stored[key], resolve=True) for key in wanted}
+        checkpoint = read_checkpoint(path)
+        stored = stored_config(checkpoint).task
+        if stored.get("name") != "speech":
+            raise UserError(f"{path} holds a model of task {stored.get('name')!r}, not speech")
+        held = {key: OmegaConf.to_container(stored.data[key], resolve=True) if stored.data.get(key) is not None
+                else None for key in wanted}
         if held != wanted:
-            raise SystemExit(f"error: {path} was trained on another split ({held}), not this setting's ({wanted})")
-        module = load_checkpoint(path)
+            raise UserError(f"{path} was trained on another split ({held}), not this setting's ({wanted})")
+        module = restore(checkpoint, source=str(path))
+        if members:
+            try:
+                module.task.check_member(members[0][0])
+            except UserError as err:
+                raise UserError(f"{path}: {err}") from err
         members.append((module.task, module.model.eval()))
-    return members, run.build_task(cfg.task).split("test"), {"members": [str(p) for p in paths]}
+    if (rate := int(cfg.task.features.sample_rate)) != members[0][0].features.sample_rate:
+        raise UserError(f"the models read audio at {members[0][0].features.sample_rate} Hz, this setting at {rate} Hz: "
+                        "give the training's --override task.features.sample_rate")
+    return members
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from gru_suite.errors import UserError
 from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
-from gru_suite_plugins.speech.data import Augment, Featurizer, mel_centres_hz, pad_frames
+from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, mel_centres_hz, pad_frames
 from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, mean_emissions, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpectralFrontend, SpeechModel
@@ -580,11 +581,47 @@ def test_predict_cli_transcribes_with_an_ensemble(checked: Path, tmp_path: Path)
         assert [w["start"] for w in together["words"]] == [w["start"] for w in alone["words"]]
 
 
+def test_an_ensemble_transcribes_the_mean_of_its_members_own_emissions(checked: Path) -> None:
+    import pytorch_lightning as pl
+
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
+    first, member = load_checkpoint(ckpt), load_checkpoint(ckpt)
+    torch.manual_seed(0)
+    with torch.no_grad():  # another model, with another endpointer
+        for weight in member.model.parameters():
+            weight.add_(0.3 * torch.randn_like(weight))
+    member.task.state["endpoint"] = {**first.task.state["endpoint"], "preroll_ms": 80.0}
+    data = first.task.datamodule()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    together = [t for batch in run.ensemble_predictions(trainer, first, data, "a.ckpt", [("b.ckpt", member)])
+                for t in batch]
+    assert not first.task.ensembling and not member.task.ensembling  # each transcribes alone again
+
+    def alone(module, u):
+        with torch.no_grad():
+            return module.task.emissions(module.model, AudioSet([u], module.task.featurizer()).__getitems__([0]))[0][0]
+
+    utterances = data.dataset("predict").utterances
+    assert len(together) == len(utterances) > 1
+    differ = 0
+    for u, got in zip(utterances, together):
+        own = [alone(first, u), alone(member, u)]
+        differ += not torch.allclose(own[0], own[1])
+        expected = first.task.transcript(mean_emissions(own), str(u.path), u.seconds, u.text)
+        assert got["path"] == expected["path"] and got["text"] == expected["text"]
+        assert got["words"] == expected["words"]
+    assert differ == len(utterances)
+
+
 def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(checked: Path) -> None:
     ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
     first, member = load_checkpoint(ckpt), load_checkpoint(ckpt)
     data = first.task.datamodule()
     data.setup("predict")
+    member.task.features = replace(first.task.features, sample_rate=2 * first.task.features.sample_rate)
+    with pytest.raises(UserError, match="at 16000 Hz, the first model at 8000 Hz"):
+        member.task.ensemble_input(first.task, data)
+    member.task.features = first.task.features
     member.task.cfg.model.subsample = 2 * int(member.task.cfg.model.subsample)
     with pytest.raises(UserError, match="frames are .* ms apart"):
         member.task.ensemble_input(first.task, data)

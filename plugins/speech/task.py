@@ -410,11 +410,12 @@ class SpeechTask(TaskPlugin):
             return [{"path": p, "duration": d, "reference": r, "log_probs": e} for (e, _), p, d, r in items]
         return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r in items]
 
-    def ensemble_input(self, first: TaskPlugin, datamodule: SpeechData) -> SpeechData:
-        """The utterances `datamodule` (the `first` model's) has read for prediction, in this model's features.
-        The models must write the same tokens at the same frame rate, and transcribe offline (a streamed
-        partial transcript is one model's)."""
-        assert isinstance(first, SpeechTask)
+    def check_member(self, first: SpeechTask) -> None:
+        """Refuse to join `first` in an ensemble unless this model hears audio at its sample rate and writes the
+        same tokens at the same frame rate, offline (a streamed partial transcript is one model's)."""
+        if self.features.sample_rate != first.features.sample_rate:
+            raise UserError(f"it reads audio at {self.features.sample_rate} Hz, the first model at "
+                            f"{first.features.sample_rate} Hz; an ensemble's models must share the sample rate")
         if self.state["vocab"] != first.state["vocab"]:
             raise UserError("its vocabulary differs from the first model's; an ensemble's models must write the same "
                             "tokens (train them with the same task.text settings on the same transcripts)")
@@ -423,18 +424,31 @@ class SpeechTask(TaskPlugin):
                             f"{first.frame_seconds * 1000:g} ms; an ensemble's models must share the frame rate")
         if self.cfg.predict.get("streaming") or first.cfg.predict.get("streaming"):
             raise UserError("an ensemble transcribes offline: drop task.predict.streaming")
+
+    def ensemble_input(self, first: SpeechTask, datamodule: SpeechData) -> SpeechData:
+        """The utterances `datamodule` (the `first` model's) has read for prediction, in this model's features
+        (`check_member` first). Until `ensemble` has combined them, both models predict emissions, not transcripts
+        (each utterance's (T, V) log-probabilities are kept in memory)."""
+        self.check_member(first)
         self.ensembling = first.ensembling = True
         utterances = datamodule.dataset("predict").utterances
         return SpeechData({"predict": lambda: self._audio_set(utterances, "the first model's input")},
-                          int(self.cfg.data.batch_size))
+                          int(self.cfg.data.batch_size), int(self.cfg.data.get("num_workers", 0)))
 
     def ensemble(self, members: Sequence[EnsembleMember]) -> list[list[dict[str, Any]]]:
-        """Each utterance's transcript decoded from the members' mean per-frame probabilities."""
+        """Each utterance's transcript decoded from the members' mean per-frame probabilities; one that a member
+        skipped (too short from its speech onset on) is averaged over the others, with a warning."""
         by_path = [{item["path"]: item["log_probs"] for batch in m.predictions for item in batch} for m in members]
-        return [[self.transcript(mean_emissions([emitted[item["path"]] for emitted in by_path
-                                                 if item["path"] in emitted]),
-                                 item["path"], item["duration"], item["reference"]) for item in batch]
-                for batch in members[0].predictions]
+        for member in members:
+            member.task.ensembling = False  # the models transcribe alone again
+        return [[self._ensemble_transcript(item, by_path) for item in batch] for batch in members[0].predictions]
+
+    def _ensemble_transcript(self, item: dict[str, Any], by_path: list[dict[str, Tensor]]) -> dict[str, Any]:
+        emitted = [member[item["path"]] for member in by_path if item["path"] in member]
+        if len(emitted) < len(by_path):
+            log.warning("%s: transcribed by %d of the ensemble's %d models (the others skipped it)", item["path"],
+                        len(emitted), len(by_path))
+        return self.transcript(mean_emissions(emitted), item["path"], item["duration"], item["reference"])
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
         transcripts = [t for batch in predictions for t in batch]
