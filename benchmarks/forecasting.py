@@ -159,9 +159,12 @@ def plain_model(x: Any, y: Any, hidden: int) -> Any:
     return PlainGRU
 
 
-def floor_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
+def floor_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int,
+              manual: bool = False) -> dict[str, Any]:
     """Lightning's own floor: the hand-written model in a minimal LightningModule (fused Adam, MSE), trained by a
-    `Trainer(barebones=True)` on batches gathered by one index each (no collation): no suite code at all."""
+    `Trainer(barebones=True)` on batches gathered by one index each (no collation): no suite code at all.
+    `manual`: Lightning's manual optimisation, the step written in `training_step` (no closure, no
+    optimiser-step hooks; gradient clipping, accumulation and scheduler steps would be the module's own work)."""
     import pytorch_lightning as pl
     import torch
     from torch.nn.functional import mse_loss
@@ -170,9 +173,17 @@ def floor_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: i
         def __init__(self) -> None:
             super().__init__()
             self.model = plain_model(x, y, hidden)()
+            self.automatic_optimization = not manual
 
-        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor:
-            return mse_loss(self.model(batch[0]), batch[1])
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], index: int) -> torch.Tensor | None:
+            loss = mse_loss(self.model(batch[0]), batch[1])
+            if not manual:
+                return loss
+            optimizer = self.optimizers(use_pl_optimizer=False)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return None
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.Adam(self.parameters(), lr=lr, fused=True)
@@ -189,8 +200,9 @@ def floor_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: i
     clock = make_clock()
     trainer = pl.Trainer(barebones=True, accelerator="cpu", max_epochs=epochs + 1, callbacks=[clock])
     os.environ.pop(NVML_CHECK, None)  # as the suite does on CPU
-    trainer.fit(Floor(), train_dataloaders=Batches())
-    return {"wall": clock.wall[1:], "cpu": clock.cpu[1:]}
+    module = Floor()
+    trainer.fit(module, train_dataloaders=Batches())
+    return {"wall": clock.wall[1:], "cpu": clock.cpu[1:], "weights": module.model.state_dict()}
 
 
 def plain_fit(x: Any, y: Any, hidden: int, lr: float, batch_size: int, epochs: int, seed: int) -> dict[str, Any]:
@@ -266,12 +278,13 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     )
     x, y = train_windows(cfg)
     hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
-    suite_runs, plain_runs, floor_runs = [], [], []
+    suite_runs, plain_runs, floor_runs, manual_runs = [], [], [], []
     for rep in range(args.repeats):  # alternate the order so drift and neighbours hit both alike
         order: list[tuple[list, Callable[[], dict]]] = [
             (suite_runs, lambda: suite_fit(cfg, args.epochs, args.seed + rep)),
             (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
             (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
+            (manual_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep, manual=True)),
         ]
         for store, fn in order if rep % 2 == 0 else order[::-1]:
             store.append(fn())
@@ -310,6 +323,9 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "floor_cpu_s_per_epoch": _med(flat(floor_runs, "cpu")),
         "floor_ms_per_step": 1e3 * _med(flat(floor_runs, "wall")) / suite_runs[0]["batches"],
         "ratio_floor_over_plain": _med(flat(floor_runs, "wall")) / _med(p_wall),
+        "manual_floor_s_per_epoch": _med(flat(manual_runs, "wall")),
+        "manual_floor_ms_per_step": 1e3 * _med(flat(manual_runs, "wall")) / suite_runs[0]["batches"],
+        "ratio_manual_floor_over_plain": _med(flat(manual_runs, "wall")) / _med(p_wall),
         "suite_final_train_loss": _med([r["train_loss"] for r in suite_runs]),
         "plain_final_train_loss": _med([r["train_loss"] for r in plain_runs]),
     }
@@ -331,6 +347,10 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             ["Lightning floor (barebones)", result["floor_s_per_epoch"], result["floor_s_per_epoch_min"],
              result["floor_cpu_s_per_epoch"], result["floor_ms_per_step"], result["plain_params"], ""],
             ["ratio floor/plain", result["ratio_floor_over_plain"], "", "", "", "", ""],
+            ["Lightning floor, manual optimisation", result["manual_floor_s_per_epoch"],
+             min(flat(manual_runs, "wall")), _med(flat(manual_runs, "cpu")), result["manual_floor_ms_per_step"],
+             result["plain_params"], ""],
+            ["ratio manual floor/plain", result["ratio_manual_floor_over_plain"], "", "", "", "", ""],
         ],
     )
     print(

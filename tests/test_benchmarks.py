@@ -46,3 +46,8 @@ def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
     x, y = torch.randn(70, 10, 1), torch.randn(70, 3)
     floor = forecasting.floor_fit(x, y, hidden=8, lr=1e-3, batch_size=32, epochs=2, seed=0)
     assert len(floor["wall"]) == len(floor["cpu"]) == 2 and min(floor["wall"]) > 0  # the warm-up epoch dropped
+    manual = forecasting.floor_fit(x, y, hidden=8, lr=1e-3, batch_size=32, epochs=2, seed=0, manual=True)
+    untrained = forecasting.floor_fit(x, y, hidden=8, lr=1e-3, batch_size=32, epochs=-1, seed=0)
+    for name, weight in floor["weights"].items():  # manual optimisation does the same work, step for step
+        assert torch.equal(manual["weights"][name], weight)
+    assert not all(torch.equal(untrained["weights"][n], w) for n, w in floor["weights"].items())
