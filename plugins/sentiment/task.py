@@ -65,6 +65,7 @@ class SentimentTask(TaskPlugin):
         self.model: SentimentModel | None = None
         self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
+        self._warned: set[str] = set()
         self._soft_targets: Tensor | None = None  # the teachers' probabilities per training text (`task.distill`)
 
     @property
@@ -194,6 +195,11 @@ class SentimentTask(TaskPlugin):
                                               data.encoding_errors)
         return self._files[path]
 
+    def _warn_once(self, message: str) -> None:
+        if message not in self._warned:
+            self._warned.add(message)
+            log.warning(message)
+
     def _examples(self, stage: str) -> list[Example]:
         """A split's examples: its own file, else a held-out share of train (val), else val (test)."""
         data = self.cfg.data
@@ -203,10 +209,10 @@ class SentimentTask(TaskPlugin):
             return self._read(data.test)
         if data.get("val"):
             if stage == "test":
-                log.warning("no task.data.test: testing on the validation texts %s", data.val)
+                self._warn_once(f"no task.data.test: testing on the validation texts {data.val}")
             return self._read(data.train if stage == "train" else data.val)
         if stage == "test":
-            log.warning("no task.data.test or task.data.val: testing on the validation share of %s", data.train)
+            self._warn_once(f"no task.data.test or task.data.val: testing on the validation share of {data.train}")
         train = self._read(data.train)
         if not 0 < data.val_fraction < 1:
             raise UserError(f"task.data.val_fraction must be between 0 and 1, got {data.val_fraction}")
