@@ -144,10 +144,10 @@ def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> 
     return wrong
 
 
-def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = ()) -> None:
+def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = (), task: Sequence[str] = ()) -> None:
     """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command) and switches (`RUN_SWITCHES`), every
-    wrong one named at once."""
-    raise_all(wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES))
+    wrong one named at once with the task's own wrong settings, `task` (`TaskPlugin.wrong_settings`)."""
+    raise_all(wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES) + list(task))
 
 
 def switches_of(defaults: Any) -> list[str]:

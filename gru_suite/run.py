@@ -262,7 +262,7 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
-    check_run_settings(cfg)
+    check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
     resumed, task_state = None, None
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it

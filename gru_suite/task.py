@@ -76,10 +76,16 @@ class TaskPlugin(ABC):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         check_set(cfg, self.required, prefix="task.")
-        switches = task_switches(str(cfg.get("name")))  # the keys its shipped config sets true or false
-        raise_all(wrong_numbers(cfg, self.numbers, "task.") + wrong_switches(cfg, switches, "task."))
+        raise_all(self.wrong_settings(cfg))
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
+
+    @classmethod
+    def wrong_settings(cls, cfg: DictConfig) -> list[str]:
+        """One message per wrong setting of the task's config `cfg` among `numbers` and the switches its shipped
+        config sets true or false (the right ones are stored as numbers and booleans)."""
+        switches = task_switches(str(cfg.get("name")))
+        return wrong_numbers(cfg, cls.numbers, "task.") + wrong_switches(cfg, switches, "task.")
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:

@@ -266,6 +266,17 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
         "  trainer.max_epochs must be at least -1, got -5", "  seed must be an integer, got 'x'"]
 
 
+def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path):
+    cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "task.data.lookback=-5",
+                                               "task.data.batch_size=2.5"], tmp_path)
+    with pytest.raises(UserError) as caught:
+        run.train(cfg)
+    assert str(caught.value).splitlines() == [
+        "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
+        "  task.data.batch_size must be an integer, got 2.5", "  task.data.lookback must be at least 1, got -5"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_a_quoted_true_or_false_is_a_switch():
     cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False"}}})
     check_switches(cfg, ["task.model.bidirectional"])
