@@ -28,7 +28,10 @@ def blank_frames(frames: int, classes: int) -> Tensor:
 
 def mean_emissions(members: Sequence[Tensor]) -> Tensor:
     """One utterance's log-probabilities (T, V) from several models' (T_i, V) of one vocabulary and frame rate:
-    the log of their mean per-frame probabilities, shorter ones padded with blank frames at the end."""
+    the log of their mean per-frame probabilities, shorter ones padded with blank frames at the end (one model's
+    are returned as they are)."""
+    if len(members) == 1:
+        return members[0]
     frames = max(len(lp) for lp in members)
     padded = [torch.cat([lp, blank_frames(frames - len(lp), lp.size(-1))]) for lp in members]
     return torch.logsumexp(torch.stack(padded), 0) - math.log(len(members))
