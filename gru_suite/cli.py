@@ -87,13 +87,20 @@ def _require_known_task() -> None:
                 sys.exit(2)
 
 
+def _optuna_sweeper_installed() -> bool:
+    from importlib.util import find_spec
+
+    try:
+        return find_spec("hydra_plugins.hydra_optuna_sweeper") is not None
+    except ModuleNotFoundError:  # no Hydra plugin installed at all: `hydra_plugins` itself is missing
+        return False
+
+
 def _require_sweeper_plugin() -> None:
     """`hparams_search=optuna` (or `hydra/sweeper=optuna`) needs Hydra's Optuna sweeper installed: one line
     naming the extra to install, not Hydra's search-path dump."""
-    from importlib.util import find_spec
-
     if {"hparams_search=optuna", "hydra/sweeper=optuna"} & {arg.lstrip("+") for arg in sys.argv[1:]} and \
-            find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+            not _optuna_sweeper_installed():
         print("error: hparams_search=optuna needs Hydra's Optuna sweeper: pip install \"gru-suite[optuna]\" "
               "(or hydra-optuna-sweeper)", file=sys.stderr)
         sys.exit(2)

@@ -8,12 +8,23 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parent.parent
 # The expected values here come from CPU runs (CI has no GPU), and CLI commands pick a GPU when
 # they see one, so a GPU machine would train different models: the tests and every command they
-# start see no GPU. `benchmarks/accelerators.py` is the GPU check.
-os.environ["CUDA_VISIBLE_DEVICES"] = ""
+# start see no GPU, unless GRU_SUITE_TEST_GPU=1 asks for it, to run the tests marked `gpu`
+# (`GRU_SUITE_TEST_GPU=1 python -m pytest -m gpu`). `benchmarks/accelerators.py` is the CLI's GPU check.
+if not os.environ.get("GRU_SUITE_TEST_GPU"):
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+
+def needs_gpu(test):
+    """Mark `test` as a `gpu` test, skipped where no CUDA device is visible."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs GRU_SUITE_TEST_GPU=1 and a "
+                                              "CUDA device")(test))
+
+
 TINY = [
     "backbone.hidden_size=16",
     "task.data.lookback=24",

@@ -474,9 +474,15 @@ def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tm
     assert best.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
 
 
-def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch, capsys):
+def _no_hydra_plugins(name: str) -> None:
+    raise ModuleNotFoundError("No module named 'hydra_plugins'")  # what find_spec raises without the namespace
+
+
+@pytest.mark.parametrize("find_spec", [lambda name: None, _no_hydra_plugins],
+                         ids=["other-hydra-plugins-only", "no-hydra-plugins"])
+def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch, capsys, find_spec):
     monkeypatch.setattr(sys, "argv", ["gru-suite", "task=forecasting", "hparams_search=optuna"])
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     with pytest.raises(SystemExit) as exit_info:
         cli._require_sweeper_plugin()
     assert exit_info.value.code == 2

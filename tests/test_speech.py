@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
 from gru_suite_plugins.speech.writer import cues, write_transcripts
 
-from conftest import REPO, run_cli
+from conftest import REPO, needs_gpu, run_cli
 
 BUNDLED = REPO / "data" / "speech"
 RATE = 8000
@@ -239,6 +240,20 @@ def test_streaming_equals_offline(overfit, chunk: int) -> None:
             assert torch.allclose(stream.emissions(), offline, atol=1e-4)
             assert partials[-1] == stream.text() == ALPHABET.decode(greedy(offline)) == text
             assert all(text.startswith(p.rstrip()) or len(partials) == 1 for p in partials[:-1])
+
+
+@needs_gpu
+def test_streaming_a_model_on_the_gpu_equals_its_offline_pass(overfit) -> None:
+    model, featurizer, utterances, texts = overfit
+    gpu = copy.deepcopy(model).cuda()
+    with torch.no_grad():
+        for u, text in zip(utterances, texts):
+            offline = gpu(featurizer(u.samples)[None].cuda())[0][0].cpu()
+            stream = StreamingRecognizer(gpu, featurizer, ALPHABET)
+            for start in range(0, len(u.samples), 800):
+                stream.accept(u.samples[start:start + 800])
+            assert stream.finish() == text
+            assert torch.allclose(stream.emissions(), offline, atol=1e-4)
 
 
 def room_tone_before(samples: torch.Tensor, seconds: float, level: float = 0.001) -> torch.Tensor:

@@ -23,7 +23,9 @@ class StreamingRecognizer:
     endpointer finds the speech onset (or the stream ends) and then until they fill a
     front-end group of `subsample`, encoder outputs until the model's lookahead has
     arrived, so each network input is what the offline pass sees; only the GRU state
-    crosses chunk boundaries. Call under `torch.no_grad()` with the model in eval mode.
+    crosses chunk boundaries. Features are computed on the CPU; the network runs on the
+    model's device and its emissions come back to the CPU. Call under `torch.no_grad()`
+    with the model in eval mode.
     """
 
     def __init__(self, model: SpeechModel, featurizer: Featurizer, vocab: Vocabulary) -> None:
@@ -33,6 +35,7 @@ class StreamingRecognizer:
             raise UserError("streaming needs task.features.normalize=global or online (per-utterance statistics "
                             "see the future)")
         self.model = model
+        self.device = next(model.parameters()).device
         self.featurizer = featurizer
         self.vocab = vocab
         config = featurizer.config
@@ -42,7 +45,7 @@ class StreamingRecognizer:
         self.frames = torch.zeros(0, config.size)
         self.running: RunningSum | None = None
         self.state: State | None = None
-        self.waiting = torch.zeros(0, model.backbone.output_size)
+        self.waiting = torch.zeros(0, model.backbone.output_size, device=self.device)
         self.emitted: list[Tensor] = []
 
     def accept(self, samples: Tensor) -> str:
@@ -78,12 +81,12 @@ class StreamingRecognizer:
         self.frames = torch.cat([self.frames, normalized])
         ready = len(self.frames) // self.model.subsample * self.model.subsample
         if ready:
-            hidden, _, self.state = self.model.encode(self.frames[None, :ready], None, self.state)
+            hidden, _, self.state = self.model.encode(self.frames[None, :ready].to(self.device), None, self.state)
             self.frames = self.frames[ready:]
             self.waiting = torch.cat([self.waiting, hidden[0]])
             context = self.model.lookahead.context
             if len(self.waiting) > context:
-                self.emitted.append(self.model.emit(self.waiting[None], complete=False)[0])
+                self.emitted.append(self.model.emit(self.waiting[None], complete=False)[0].cpu())
                 self.waiting = self.waiting[len(self.waiting) - context:]
 
     def finish(self) -> str:
@@ -93,7 +96,7 @@ class StreamingRecognizer:
             held, self.leading = self.leading, None
             self._feed(held)
         if len(self.waiting):
-            self.emitted.append(self.model.emit(self.waiting[None])[0])
+            self.emitted.append(self.model.emit(self.waiting[None])[0].cpu())
             self.waiting = self.waiting[:0]
         return self.text()
 
