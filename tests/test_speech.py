@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import torch.nn.functional as F
 import torchaudio
 
 from gru_suite.backbone import GRUBackbone
@@ -28,7 +29,7 @@ from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, mel_centres_hz, pad_frames
 from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, mean_emissions, prefix_beam_search
 from gru_suite_plugins.speech.endpoint import Endpointer
-from gru_suite_plugins.speech.model import Spectral, SpectralFrontend, SpeechModel
+from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
@@ -242,6 +243,52 @@ def test_streaming_equals_offline(overfit, chunk: int) -> None:
             assert all(text.startswith(p.rstrip()) or len(partials) == 1 for p in partials[:-1])
 
 
+def test_the_speaker_adversary_scores_known_speakers_frames_and_reverses_the_encoders_gradient() -> None:
+    torch.manual_seed(0)
+    adversary = SpeakerAdversary(4, 3, scale=0.5)
+    hidden = torch.randn(3, 5, 4, requires_grad=True)
+    lengths, speakers = torch.tensor([5, 2, 4]), torch.tensor([0, 2, -1])  # the third speaker unknown
+    loss, accuracy = adversary(hidden, lengths, speakers)
+    loss.backward()
+    direct = hidden.detach().requires_grad_()  # the same frames without the reversal
+    logits = torch.cat([adversary.classifier(direct[0]), adversary.classifier(direct[1, :2])])
+    labels = torch.tensor([0] * 5 + [2] * 2)
+    expected = F.cross_entropy(logits, labels)
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item())
+    assert accuracy.item() == pytest.approx((logits.argmax(-1) == labels).float().mean().item())
+    assert torch.allclose(hidden.grad, -0.5 * direct.grad) and hidden.grad[2].abs().sum() == 0
+    nobody, _ = adversary(hidden, lengths, torch.full((3,), -1))
+    assert nobody.item() == 0
+
+
+def _speakers_manifest(folder: Path, split: str, count: int) -> Path:
+    folder.mkdir(exist_ok=True)
+    lines = []
+    for i in range(count):
+        word = ("two", "six", "nine")[i % 3]
+        write_wav(folder / f"{split}_{i}.wav", speak([word], seed=100 * len(split) + i))
+        lines.append(json.dumps({"audio_filepath": f"{split}_{i}.wav", "text": word, "speaker": "ab"[i % 2]}))
+    (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder / f"{split}.jsonl"
+
+
+def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_path: Path) -> None:
+    data = [f"task.data.{split}={_speakers_manifest(tmp_path / 'data', split, n)}"
+            for split, n in (("train", 12), ("val", 4), ("test", 4))]
+    cfg = compose_train_config("speech", [*TINY, *data, "task.model.speaker_adversary=1.0", "trainer.max_epochs=2",
+                                          "predict_after_training=false"], tmp_path / "run")
+    metrics = run.train(cfg)
+    assert 0 < metrics["train/speaker_loss"] and 0 <= metrics["train/speaker_accuracy"] <= 1
+    assert metrics["train/loss"] == pytest.approx(metrics["train/ctc_loss"] + metrics["train/speaker_loss"], rel=1e-4)
+    module = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert module.task.state["speakers"] == ["a", "b"] and module.model.adversary is not None
+    without = compose_train_config("speech", [*TINY, "task.model.speaker_adversary=1.0"], tmp_path / "bundled")
+    with pytest.raises(UserError, match=r"speaker_adversary needs training utterances of at least two speakers, "
+                                        r"found none"):
+        run.build_task(without.task).datamodule()
+
+
 @needs_gpu
 def test_streaming_a_model_on_the_gpu_equals_its_offline_pass(overfit) -> None:
     model, featurizer, utterances, texts = overfit
@@ -432,6 +479,18 @@ def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> N
         manifest.write_text(f'{{"audio_filepath": "a.wav", "text": "one", "duration": {bad}}}\n')
         with pytest.raises(UserError, match=rf"m\.jsonl:1: field 'duration' must be a positive number.*(?i:{bad})"):
             read_manifest(manifest, RATE)
+
+
+def test_a_manifest_names_each_lines_speaker_or_none(tmp_path: Path) -> None:
+    write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "speaker": "ann"}\n'
+                        '{"audio_filepath": "a.wav", "text": "one", "speaker": 7}\n'
+                        '{"audio_filepath": "a.wav", "text": "one"}\n')
+    assert [u.speaker for u in read_manifest(manifest, RATE)] == ["ann", "7", None]
+    manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "speaker": ["ann"]}\n')
+    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'speaker' must be a string or an integer, got \['ann'\]"):
+        read_manifest(manifest, RATE)
 
 
 def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, caplog) -> None:

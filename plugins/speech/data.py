@@ -170,13 +170,16 @@ def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 class TranscribedSet(Dataset):
     """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
-    `target_lengths`, `texts`. Log-mels are computed once; `augment` applies per draw, with each
-    utterance's room-tone frames `tones` (for `Augment.lead`) when given."""
+    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given).
+    Log-mels are computed once; `augment` applies per draw, with each utterance's room-tone frames `tones`
+    (for `Augment.lead`) when given."""
 
     def __init__(self, raw: list[Tensor], targets: list[list[int]], texts: list[str], featurizer: Featurizer,
-                 augment: Augment | None = None, tones: list[Tensor] | None = None) -> None:
+                 augment: Augment | None = None, tones: list[Tensor] | None = None,
+                 speakers: list[int] | None = None) -> None:
         self.raw = raw
         self.tones = tones
+        self.speakers = torch.tensor(speakers if speakers is not None else [-1] * len(raw))
         self.targets = targets
         self.texts = texts
         self.featurizer = featurizer
@@ -196,7 +199,8 @@ class TranscribedSet(Dataset):
         features, lengths = pad_frames([self._features(i) for i in indices])
         targets, target_lengths = pad_ids([self.targets[i] for i in indices])
         return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": target_lengths,
-                "texts": [self.texts[i] for i in indices], "index": list(indices)}
+                "texts": [self.texts[i] for i in indices], "index": list(indices),
+                "speakers": self.speakers[list(indices)]}
 
 
 class AudioSet(Dataset):

@@ -4,7 +4,9 @@ CTC head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -92,6 +94,41 @@ class SpectralFrontend(nn.Module):
         return self.proj(x.permute(0, 2, 1, 3).flatten(2)).transpose(1, 2)
 
 
+class ReverseGradient(torch.autograd.Function):
+    """The identity forward; backward, the gradient times -`scale` (Ganin & Lempitsky 2015)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return -ctx.scale * grad, None
+
+
+class SpeakerAdversary(nn.Module):
+    """Guesses the speaker of each encoder frame through a gradient reversal: the classifier learns to tell the
+    training voices apart while the encoder, receiving its gradient times -`scale`, learns to hide them
+    (speaker-invariant training, Meng et al. 2018)."""
+
+    def __init__(self, size: int, speakers: int, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+        self.classifier = nn.Sequential(nn.Linear(size, size), nn.ReLU(), nn.Linear(size, speakers))
+
+    def forward(self, hidden: Tensor, lengths: Tensor, speakers: Tensor) -> tuple[Tensor, Tensor]:
+        """Cross-entropy (mean over the valid frames of utterances whose speaker is known, `speakers` >= 0;
+        zero where there are none) and the share of those frames whose speaker it guessed."""
+        logits = self.classifier(ReverseGradient.apply(hidden, self.scale))
+        steps = torch.arange(hidden.size(1), device=hidden.device)
+        labels = speakers[:, None].expand(-1, hidden.size(1)).masked_fill(steps >= lengths[:, None], -1)
+        known = (labels >= 0).sum().clamp(min=1)
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1, reduction="sum") / known
+        right = ((logits.argmax(-1) == labels) & (labels >= 0)).sum() / known
+        return loss, right.detach()
+
+
 class SpeechModel(nn.Module):
     """Feature frames (B, T, features: log-mels or cepstra) -> per-output-frame log-probabilities over blank + tokens.
 
@@ -99,7 +136,8 @@ class SpeechModel(nn.Module):
     frames in, one out), so it never looks across a group of frames: fed group by
     group it gives the same outputs, which lets a unidirectional model stream. With
     `spectral` settings it is a `SpectralFrontend` instead. With `lookahead` > 0
-    each output also sees that many later encoder frames.
+    each output also sees that many later encoder frames. With `speakers` > 0 and
+    `adversary_scale` > 0 a `SpeakerAdversary` over the encoder outputs joins training.
     """
 
     def __init__(
@@ -112,6 +150,8 @@ class SpeechModel(nn.Module):
         dropout: float = 0.1,
         lookahead: int = 0,
         spectral: Spectral | None = None,
+        speakers: int = 0,
+        adversary_scale: float = 0.0,
     ) -> None:
         super().__init__()
         if subsample < 1:
@@ -123,6 +163,8 @@ class SpeechModel(nn.Module):
         self.lookahead = Lookahead(self.backbone.output_size, lookahead)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, classes)
+        self.adversary = (SpeakerAdversary(self.backbone.output_size, speakers, adversary_scale)
+                          if speakers and adversary_scale > 0 else None)
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Output frames for `lengths` input frames (a partial last group is dropped)."""

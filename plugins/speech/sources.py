@@ -71,7 +71,8 @@ def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) ->
 
 
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
-    """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`."""
+    """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`, and
+    optionally `speaker` (a string or integer naming the voice)."""
     path = Path(path)
     utterances, lines = [], read_lines(path)
     if not any(line.strip() for line in lines):
@@ -92,6 +93,9 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
                                      or not duration > 0 or math.isinf(duration)):
             raise UserError(f"{where}: field 'duration' must be a positive number of seconds, got {duration!r}")
+        speaker = record.get("speaker")
+        if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
+            raise UserError(f"{where}: field 'speaker' must be a string or an integer, got {speaker!r}")
         samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})")
         if samples is None:
             continue
@@ -100,7 +104,8 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
             log.warning("skipping %s (%s): %.3f s of audio, but the manifest says %.3f s (truncated file?)",
                         where, audio, seconds, duration)
             continue
-        utterances.append(Utterance(samples, sample_rate, text if isinstance(text, str) else None, audio, where))
+        utterances.append(Utterance(samples, sample_rate, text if isinstance(text, str) else None, audio, where,
+                                    None if speaker is None else str(speaker)))
     return utterances
 
 

@@ -74,7 +74,8 @@ class SpeechTask(TaskPlugin):
 
     numbers = (*TaskPlugin.numbers, ("decode.beam_size", int, 1), ("model.subsample", int, 1),
                ("model.lookahead", int, 0), ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
-               ("model.spectral.pool", int, 1), ("features.online_prior_frames", int, 0),
+               ("model.spectral.pool", int, 1), ("model.speaker_adversary", float, 0),
+               ("features.online_prior_frames", int, 0),
                ("features.sample_rate", int, 1000), ("features.n_mels", int, 1), ("features.win_ms", float, 1),
                ("features.hop_ms", float, 1),
                *((f"augment.{key}", float, 0)
@@ -187,6 +188,14 @@ class SpeechTask(TaskPlugin):
         self.state["vocab"] = tokens.state()
         self.vocab = tokens
 
+    def _fit_speakers(self) -> None:
+        """The training speakers, for `model.speaker_adversary`."""
+        speakers = sorted({u.speaker for u in self.split("train") if u.speaker})
+        if len(speakers) < 2:
+            raise UserError(f"task.model.speaker_adversary needs training utterances of at least two speakers, found "
+                            f"{speakers or 'none'} (FSDD file names give them; a manifest line its 'speaker' field)")
+        self.state["speakers"] = speakers
+
     # data
 
     def endpointer(self) -> Endpointer | None:
@@ -250,7 +259,8 @@ class SpeechTask(TaskPlugin):
         `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`. Training
         skips a transcript the vocabulary cannot write; validation and test score it as written."""
         featurizer = featurizer or self.featurizer()
-        raw, targets, texts, tones = [], [], [], []
+        raw, targets, texts, tones, speakers = [], [], [], [], []
+        speaker_index = {name: i for i, name in enumerate(self.state.get("speakers") or [])}
         silence_s = (self.cfg.augment.get("leading_silence_s") or 0.0) if augment else 0.0
         rng = np.random.default_rng(0)
         utterances = self.split(name)
@@ -274,6 +284,7 @@ class SpeechTask(TaskPlugin):
             if unknown:
                 scored_unknown.append(f"{u.where} {unknown}")
             raw.append(frames)
+            speakers.append(speaker_index.get(u.speaker, -1))
             targets.append(ids)
             texts.append(text)
             if silence_s:
@@ -285,7 +296,7 @@ class SpeechTask(TaskPlugin):
                         scored_unknown[0])
         if not raw:
             raise UserError(f"{skips.source}: no usable {name} utterances (see the warnings above)")
-        return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None)
+        return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None, speakers)
 
     def _fit_normalizer(self, train: TranscribedSet) -> None:
         frames = train.featurizer.model_features(torch.cat(train.raw))
@@ -334,6 +345,8 @@ class SpeechTask(TaskPlugin):
         if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
             if self.vocab is None:
                 self._fit_tokens()
+            if self._adversary_scale() > 0:
+                self._fit_speakers()
             train = self._transcribed("train", augment, Featurizer(self.features, endpointer=self.endpointer()))
             if self.state["normalize"] != "utterance":
                 self._fit_normalizer(train)
@@ -346,7 +359,11 @@ class SpeechTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
         return SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
-                           int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral)
+                           int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral,
+                           len(self.state.get("speakers") or []), self._adversary_scale())
+
+    def _adversary_scale(self) -> float:
+        return float(self.cfg.model.get("speaker_adversary") or 0)
 
     @property
     def frame_seconds(self) -> float:
@@ -354,9 +371,15 @@ class SpeechTask(TaskPlugin):
         return self.features.hop_length * int(self.cfg.model.subsample) / self.features.sample_rate
 
     def step(self, model: SpeechModel, batch: dict, stage: Stage) -> StepOutput:
-        log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
+        hidden, out_lengths, _ = model.encode(batch["features"], batch["lengths"])
+        log_probs = model.emit(hidden)
         loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
                           blank=0, zero_infinity=True)
+        if stage == "train" and model.adversary is not None:
+            speaker_loss, speaker_accuracy = model.adversary(hidden, out_lengths, batch["speakers"])
+            return StepOutput(loss + speaker_loss, len(batch["texts"]),
+                              {"ctc_loss": loss.detach(), "speaker_loss": speaker_loss.detach(),
+                               "speaker_accuracy": speaker_accuracy})
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
             hypotheses = [self.vocab.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
