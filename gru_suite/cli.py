@@ -88,6 +88,7 @@ def _require_known_task() -> None:
 
 
 def _optuna_sweeper_installed() -> bool:
+    """Whether hydra-optuna-sweeper is importable (False also where no Hydra plugin at all is installed)."""
     from importlib.util import find_spec
 
     try:

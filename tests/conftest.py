@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,10 +20,10 @@ if not os.environ.get("GRU_SUITE_TEST_GPU"):
     os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 
-def needs_gpu(test):
+def needs_gpu(test: Callable) -> Callable:
     """Mark `test` as a `gpu` test, skipped where no CUDA device is visible."""
-    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs GRU_SUITE_TEST_GPU=1 and a "
-                                              "CUDA device")(test))
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs GRU_SUITE_TEST_GPU=1 and a CUDA device")
+    return pytest.mark.gpu(skip(test))
 
 
 TINY = [

@@ -13,6 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import pandas as pd
@@ -474,7 +475,7 @@ def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tm
     assert best.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
 
 
-def _no_hydra_plugins(name: str) -> None:
+def _no_hydra_plugins(name: str) -> NoReturn:
     raise ModuleNotFoundError("No module named 'hydra_plugins'")  # what find_spec raises without the namespace
 
 

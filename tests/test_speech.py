@@ -19,6 +19,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 import torchaudio
+from hydra.utils import instantiate
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
@@ -33,6 +34,7 @@ from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralF
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
+from gru_suite_plugins.speech.task import SpeechTask
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
 from gru_suite_plugins.speech.writer import cues, write_transcripts
@@ -283,6 +285,17 @@ def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_pat
     assert metrics["train/loss"] == pytest.approx(metrics["train/ctc_loss"] + metrics["train/speaker_loss"], rel=1e-4)
     module = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert module.task.state["speakers"] == ["a", "b"] and module.model.adversary is not None
+    off = module.task.cfg.copy()
+    off.model.speaker_adversary = 0.0  # its weights still load; it no longer trains
+    task = SpeechTask(off, module.task.state)
+    rebuilt = task.build_model(instantiate(module.config.backbone, _partial_=True))
+    rebuilt.load_state_dict(module.model.state_dict())
+    batch = next(iter(task.datamodule().train_dataloader()))
+    assert set(task.step(rebuilt, batch, "train").metrics) == set()
+    on = module.task.cfg.copy()  # speaker-adversarial training cannot start from a model trained without it
+    state = {key: value for key, value in module.task.state.items() if key != "speakers"}
+    with pytest.raises(UserError, match="speaker_adversary needs a model trained with it from the start"):
+        SpeechTask(on, state).build_model(partial(GRUBackbone, hidden_size=32))
     without = compose_train_config("speech", [*TINY, "task.model.speaker_adversary=1.0"], tmp_path / "bundled")
     with pytest.raises(UserError, match=r"speaker_adversary needs training utterances of at least two speakers, "
                                         r"found none"):
@@ -290,7 +303,8 @@ def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_pat
 
 
 @needs_gpu
-def test_streaming_a_model_on_the_gpu_equals_its_offline_pass(overfit) -> None:
+def test_streaming_a_model_on_the_gpu_equals_its_offline_pass(overfit, monkeypatch) -> None:
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # full fp32 both ways, as on the CPU
     model, featurizer, utterances, texts = overfit
     gpu = copy.deepcopy(model).cuda()
     with torch.no_grad():

@@ -126,7 +126,7 @@ class SpeakerAdversary(nn.Module):
         known = (labels >= 0).sum().clamp(min=1)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1, reduction="sum") / known
         right = ((logits.argmax(-1) == labels) & (labels >= 0)).sum() / known
-        return loss, right.detach()
+        return loss, right
 
 
 class SpeechModel(nn.Module):
@@ -136,8 +136,8 @@ class SpeechModel(nn.Module):
     frames in, one out), so it never looks across a group of frames: fed group by
     group it gives the same outputs, which lets a unidirectional model stream. With
     `spectral` settings it is a `SpectralFrontend` instead. With `lookahead` > 0
-    each output also sees that many later encoder frames. With `speakers` > 0 and
-    `adversary_scale` > 0 a `SpeakerAdversary` over the encoder outputs joins training.
+    each output also sees that many later encoder frames. With `speakers` > 0 it holds a
+    `SpeakerAdversary` over the encoder outputs, which trains with it while `adversary_scale` > 0.
     """
 
     def __init__(
@@ -163,8 +163,7 @@ class SpeechModel(nn.Module):
         self.lookahead = Lookahead(self.backbone.output_size, lookahead)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(self.backbone.output_size, classes)
-        self.adversary = (SpeakerAdversary(self.backbone.output_size, speakers, adversary_scale)
-                          if speakers and adversary_scale > 0 else None)
+        self.adversary = SpeakerAdversary(self.backbone.output_size, speakers, adversary_scale) if speakers else None
 
     def output_lengths(self, lengths: Tensor) -> Tensor:
         """Output frames for `lengths` input frames (a partial last group is dropped)."""

@@ -66,9 +66,11 @@ class SpeechTask(TaskPlugin):
     """A GRU-CTC recogniser of characters (or of words or subwords, `text.tokens`).
 
     The state holds the vocabulary (alphabet or tokenizer), the feature and endpointer
-    settings and (with `features.normalize=global`) the training set's per-bin log-mel
-    mean and standard deviation, so a checkpoint transcribes without the training data.
-    Logs `loss` (CTC, per target character, averaged over utterances) and, for
+    settings, (with `features.normalize=global`) the training set's per-bin log-mel
+    mean and standard deviation, so a checkpoint transcribes without the training data,
+    and (with `model.speaker_adversary`) the training speakers. Logs `loss` (CTC, per
+    target character, averaged over utterances; in training with the speaker adversary,
+    plus its `speaker_loss`, beside `ctc_loss` and `speaker_accuracy`) and, for
     validation and test, `wer`, `cer` and `accuracy` (isolated words only).
     """
 
@@ -358,11 +360,15 @@ class SpeechTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> SpeechModel:
         model = self.cfg.model
+        if self._adversary_scale() > 0 and not self.state.get("speakers"):
+            raise UserError("task.model.speaker_adversary needs a model trained with it from the start: this "
+                            "checkpoint has no speaker classifier (train a new model, or set it to 0)")
         return SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
                            int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral,
                            len(self.state.get("speakers") or []), self._adversary_scale())
 
     def _adversary_scale(self) -> float:
+        """`model.speaker_adversary` (absent or null, as in older checkpoints: 0, off)."""
         return float(self.cfg.model.get("speaker_adversary") or 0)
 
     @property
@@ -375,11 +381,12 @@ class SpeechTask(TaskPlugin):
         log_probs = model.emit(hidden)
         loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
                           blank=0, zero_infinity=True)
-        if stage == "train" and model.adversary is not None:
+        if stage == "train" and model.adversary is not None and model.adversary.scale > 0:
             speaker_loss, speaker_accuracy = model.adversary(hidden, out_lengths, batch["speakers"])
-            return StepOutput(loss + speaker_loss, len(batch["texts"]),
-                              {"ctc_loss": loss.detach(), "speaker_loss": speaker_loss.detach(),
-                               "speaker_accuracy": speaker_accuracy})
+            metrics = {"ctc_loss": loss.detach()}
+            if bool((batch["speakers"] >= 0).any()):  # the epoch means cover batches with a known speaker
+                metrics |= {"speaker_loss": speaker_loss.detach(), "speaker_accuracy": speaker_accuracy}
+            return StepOutput(loss + speaker_loss, len(batch["texts"]), metrics)
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
             hypotheses = [self.vocab.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
