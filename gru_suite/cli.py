@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gru_suite.errors import UserError
+
+if TYPE_CHECKING:
+    from gru_suite.config import NumberField
 
 SEARCHPATH_KEY = "hydra.searchpath="
 
@@ -211,13 +214,17 @@ def write_job_error(folder: Path, message: str) -> None:
     write_text(folder / ERROR_NAME, message + "\n")
 
 
-def _restore(cfg: Any, path: str | None = None, task_name: str | None = None) -> Any:
+def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
+             numbers: tuple[NumberField, ...] = ()) -> Any:
     """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied; it must
-    hold a model of the `task=` chosen, if any, or of `task_name` (an ensemble's first model's task)."""
+    hold a model of the `task=` chosen, if any, or of `task_name` (an ensemble's first model's task). For the
+    first model, the run's wrong settings (the core's, the command's `numbers` and the task's) are named at once
+    before it is built."""
     from hydra.core.hydra_config import HydraConfig
 
+    from gru_suite import registry
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
-    from gru_suite.config import apply_overrides
+    from gru_suite.config import apply_overrides, check_run_settings
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
@@ -230,6 +237,8 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None) ->
         raise UserError(f"ensemble: {path} holds a model of task {stored.task.name!r}, {cfg.ckpt_path} one of "
                         f"task {task_name!r}")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
+    if task_name is None:
+        check_run_settings(cfg, numbers, task=registry.get_task(task_cfg.name).load().wrong_settings(task_cfg))
     return restore(checkpoint, task_cfg, str(path))
 
 
@@ -288,13 +297,11 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 def _gates_body(cfg: Any) -> None:
     import logging
 
-    from gru_suite.config import check_run_settings
     from gru_suite.gates import plot_model_gates
     from gru_suite.run import apply_threads, artifact_lines
 
-    check_run_settings(cfg, (("sample", int, 0),))  # as train, eval and predict do
+    module = _restore(cfg, numbers=(("sample", int, 0),))  # names wrong settings as train, eval and predict do
     apply_threads(cfg)
-    module = _restore(cfg)
     for line in artifact_lines(plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)):
         logging.getLogger("gru_suite.gates").info("wrote %s", line)  # as train and predict do, into gates.log too
 

@@ -103,6 +103,19 @@ def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp
     assert not (tmp_path / "test_metrics.json").exists()
 
 
+@pytest.mark.parametrize("command,extra", [("gru-suite-eval", []), ("gru-suite-predict", []),
+                                           ("gru-suite-gates", ["sample=-1"])])
+def test_restoring_commands_name_the_cores_and_the_tasks_wrong_settings_together(trained_run, tmp_path, command,
+                                                                               extra):
+    result = run_cli(command, "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=x",
+                     "task.data.batch_size=2.5", *extra, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    wrong = ["threads must be an integer, got 'x'", *(["sample must be at least 0, got -1"] if extra else []),
+             "task.data.batch_size must be an integer, got 2.5"]
+    assert result.stderr.splitlines()[-len(wrong) - 1:] == [f"error: {len(wrong)} settings are wrong:",
+                                                           *(f"  {line}" for line in wrong)]
+
+
 def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     data = pd.read_csv(f"{default_data_dir()}/forecasting/demo_load.csv")
     new = tmp_path / "new.csv"
