@@ -241,8 +241,6 @@ def ensemble_predictions(
 ) -> list[Any]:
     """What the task makes of its models' predictions together (`TaskPlugin.ensemble`): `module`'s (read
     from `source`) over `datamodule`, then each other (checkpoint path, module)'s over the same input."""
-    if trainer.world_size > 1:
-        raise UserError("ensemble: predict in one process (trainer=cpu, or trainer=gpu with one device)")
     datamodule.setup("predict")  # the input's own errors come before any member is asked to join
     inputs = [(path, other, _member_input(path, other, module, datamodule)) for path, other in others]
     members = [EnsembleMember(source, module.task, trainer.predict(module, datamodule=datamodule) or [])]
@@ -417,6 +415,9 @@ def predict(
     check_run_settings(cfg)
     datamodule = task.datamodule()
     trainer = build_trainer(cfg)
+    if trainer.world_size > 1:  # each process would predict its share of the input and write it over the others'
+        raise UserError(f"prediction runs in one process, not {trainer.world_size}: trainer=cpu, or trainer=gpu "
+                        "with trainer.devices=1")
     predictions = ensemble_predictions(trainer, module, datamodule, str(cfg.ckpt_path), ensemble) if ensemble else None
     paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
     if not paths:

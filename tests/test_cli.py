@@ -132,6 +132,16 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert all(r["forecast"] for r in rows)
 
 
+def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
+    # Each process would predict its share of the input and write it over the other's files.
+    out = tmp_path / "pred"
+    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     "trainer=ddp_sim", f"hydra.run.dir={out}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "prediction runs in one process, not 2: trainer=cpu" in result.stderr
+    assert not (out / "forecast.csv").exists()
+
+
 def test_many_artifacts_of_a_kind_are_logged_as_one_line():
     out = Path("out")
     paths = [out / "transcripts.jsonl", *(out / f"a{i}.srt" for i in range(5)), out / "b.txt", out / "c.txt"]
