@@ -93,14 +93,18 @@ class TaskModule(pl.LightningModule):
         self._train_loss_sum += out.loss.detach() * weight
         self._train_loss_weight += weight
         self.samples_seen += out.batch_size
-        if (batch_idx + 1) % self.trainer.log_every_n_steps == 0:
+        every = self.trainer.log_every_n_steps  # 0: no step logging
+        if every and (batch_idx + 1) % every == 0:
             self.log("train/loss_step", out.loss, prog_bar=True)
         self._log_metrics(out, "train")
         return out.loss
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's training loss, weighted by what each step weighed (samples, tokens, steps): under DDP
+        Lightning sums value x weight and the weights over the processes, so the loss is the whole epoch's mean."""
         if self.samples_seen > self._train_samples_at_start:
-            self.log("train/loss", self._train_loss_sum / self._train_loss_weight, prog_bar=True, sync_dist=True)
+            self.log("train/loss", self._train_loss_sum / self._train_loss_weight, prog_bar=True,
+                     batch_size=self._train_loss_weight, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._run(batch, "val")

@@ -1,0 +1,68 @@
+"""The core module's and callbacks' bookkeeping: the epoch's training loss, step logging, epoch time."""
+
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import TINY
+
+from gru_suite import run
+from gru_suite.callbacks import EpochThroughput
+from gru_suite.testing import compose_train_config
+
+
+def test_the_epoch_training_loss_is_logged_with_its_weight(tmp_path, monkeypatch):
+    """Under DDP Lightning syncs an epoch value logged with `batch_size` as sum(value x weight) / sum(weight) over
+    the processes: logged with the epoch's weight, the training loss is the mean over every process's share."""
+    cfg = compose_train_config("forecasting", TINY, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()  # the task learns its data's shape
+    module = run.build_module(cfg, task)
+    logged: dict[str, tuple[float, dict]] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: (float(value), kwargs)}))
+    module.on_train_epoch_start()
+    module._train_loss_sum += 2.0 * 1000  # a loss of 2.0 over a weight of 1,000 (tokens, say)
+    module._train_loss_weight += 1000
+    module.samples_seen += 1000
+    module.on_train_epoch_end()
+    value, kwargs = logged["train/loss"]
+    assert value == pytest.approx(2.0)
+    assert kwargs["batch_size"] == 1000 and kwargs["sync_dist"]
+
+
+def test_training_with_step_logging_off(tmp_path):
+    cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "trainer.log_every_n_steps=0",
+                                               "test_after_training=false", "predict_after_training=false"], tmp_path)
+    assert run.train(cfg)["train/loss"] > 0
+
+
+class Sleepy(pl.LightningModule):
+    """Training steps of at least 20 ms, validation steps of 50 ms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.samples_seen = 0
+
+    def training_step(self, batch: torch.Tensor, index: int) -> torch.Tensor:
+        time.sleep(0.02)
+        self.samples_seen += len(batch)
+        return (self.weight - batch).pow(2).mean()
+
+    def validation_step(self, batch: torch.Tensor, index: int) -> None:
+        time.sleep(0.05)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_epoch_time_leaves_out_validation_within_the_epoch():
+    data = torch.utils.data.DataLoader(torch.ones(8, 1), batch_size=1)
+    trainer = pl.Trainer(max_epochs=1, val_check_interval=0.25, limit_val_batches=2, num_sanity_val_steps=0,
+                         callbacks=[EpochThroughput()], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    trainer.fit(Sleepy(), data, data)  # validation after every 2 training batches: 4 passes of 0.1 s
+    epoch_time = float(trainer.callback_metrics["train/epoch_time_s"])
+    assert 8 * 0.02 <= epoch_time < 8 * 0.02 + 0.2  # every training batch, no validation pass
+    assert float(trainer.callback_metrics["train/samples_per_s"]) == pytest.approx(8 / epoch_time)
