@@ -52,7 +52,7 @@ def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, m
 
 
 def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
-    series = read_series_csv(write(tmp_path, "t,a,,\n1,2,,\n2,3,,\n"), ["a"], "t")  # a spreadsheet's trailing commas
+    series = read_series_csv(write(tmp_path, "t,a,,\n2024-01-01,2,,\n2024-01-02,3,,\n"), ["a"], "t")  # a spreadsheet's trailing commas
     assert series.values[:, 0].tolist() == [2.0, 3.0]
 
 
@@ -68,6 +68,13 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
 def test_bad_timestamp_named(tmp_path):
     path = write(tmp_path, "t,a\n2024-01-01,1\nnot a date,2\n")
     with pytest.raises(UserError, match=r"line 3, column 't': unparseable timestamp 'not a date'"):
+        read_series_csv(path, ["a"], "t")
+
+
+def test_a_time_column_of_numbers_is_refused_by_name(tmp_path):
+    # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated in 1970, calendar features constant
+    path = write(tmp_path, "t,a\n1700000000,1\n1700003600,2\n")
+    with pytest.raises(UserError, match=r"column 't': numbers \(1700000000 on line 2\), not dates; .*time_column=null"):
         read_series_csv(path, ["a"], "t")
 
 
