@@ -6,6 +6,7 @@ import logging
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,13 +78,26 @@ def series_from_frame(
     return Series(csv_path, _timestamps(frame, time_column, csv_path), wanted, values.astype(np.float32))
 
 
+ARCHIVE_SUFFIXES = (".bz2", ".xz", ".zip", ".zst", ".tar")  # pandas unpacks these; read_lines cannot
+
+
+def data_line(path: Path, row: int) -> int:
+    """The line of the CSV `path` that holds data row `row` (from 0) as pandas reads it: blank lines are skipped,
+    so after one it is not `row + 2`. Archives other than .gz are taken to have none."""
+    if Path(path).suffix in ARCHIVE_SUFFIXES or not Path(path).is_file():
+        return row + 2
+    filled = (number for number, line in enumerate(read_lines(path), start=1) if line.strip())
+    next(filled, None)  # the header
+    return next(islice(filled, row, None), row + 2)
+
+
 def read_csv_frame(path: Path) -> pd.DataFrame:
     """`pd.read_csv(path)`, or a UserError naming the file (and the line of bytes that are not UTF-8, or the column
     its header names twice)."""
     try:
         frame = pd.read_csv(path)
     except UnicodeDecodeError as err:
-        if path.suffix not in (".bz2", ".xz", ".zip", ".zst", ".tar"):  # pandas unpacks these; read_lines cannot
+        if path.suffix not in ARCHIVE_SUFFIXES:
             read_lines(path)  # names the first line that is not UTF-8
         raise UserError(f"{path}: not UTF-8 ({err})") from err
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as err:
@@ -105,7 +119,8 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
         raise UserError(
-            f"{path}, line {row + 2}, column {column.name!r}: expected a finite number, got {str(column.iloc[row])!r}"
+            f"{path}, line {data_line(path, row)}, column {column.name!r}: expected a finite number, "
+            f"got {str(column.iloc[row])!r}"
         )
     return numbers.to_numpy(dtype=np.float64)
 
@@ -119,14 +134,14 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     row, col = map(int, np.argwhere(gaps)[0])
     if policy == "error":
         raise UserError(
-            f"{path}, line {row + 2}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
+            f"{path}, line {data_line(path, row)}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
             "set task.data.missing=interpolate to fill gaps"
         )
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
         raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
     log.warning("%s: %d missing value(s) interpolated, the first on line %d, column %r", path, int(gaps.sum()),
-                row + 2, names[col])
+                data_line(path, row), names[col])
     return filled
 
 
@@ -136,21 +151,21 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
     stamps = _parse_timestamps(frame, time_column, path)
     if stamps.isna().any():
         row = int(np.argmax(stamps.isna()))
-        raise UserError(f"{path}, line {row + 2}, column {time_column!r}: empty timestamp")
+        raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: empty timestamp")
     later = stamps[1:] > stamps[:-1]
     if not later.all():  # real logs repeat an hour at a clock change: a warning, and the file's order is kept
         row = int(np.argmin(later)) + 1
         log.warning("%s, column %r: %d timestamps are not after the one before them (first: line %d, %s after %s); "
-                    "rows are used in file order", path, time_column, int((~later).sum()), row + 2, stamps[row],
-                    stamps[row - 1])
+                    "rows are used in file order", path, time_column, int((~later).sum()), data_line(path, row),
+                    stamps[row], stamps[row - 1])
     return stamps
 
 
 def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.DatetimeIndex:
     if pd.api.types.is_numeric_dtype(frame[time_column]):  # pandas would read 1700000000 as 1.7 s after 1970
-        raise UserError(f"{path}, column {time_column!r}: numbers ({frame[time_column].iloc[0]} on line 2), not "
-                        "dates; write dates (2024-01-01 00:00:00), or set task.data.time_column=null to number the "
-                        "rows instead")
+        raise UserError(f"{path}, column {time_column!r}: numbers ({frame[time_column].iloc[0]} on line "
+                        f"{data_line(path, 0)}), not dates; write dates (2024-01-01 00:00:00), or set "
+                        "task.data.time_column=null to number the rows instead")
     try:
         return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
     except (ValueError, TypeError):
@@ -161,7 +176,8 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.D
         parsed = pd.to_datetime(frame[time_column], errors="coerce", utc=True)
         row = int(np.argmax(parsed.isna().to_numpy()))
         raise UserError(
-            f"{path}, line {row + 2}, column {time_column!r}: unparseable timestamp {frame[time_column].iloc[row]!r}"
+            f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
+            f"{frame[time_column].iloc[row]!r}"
         ) from err
 
 

@@ -78,6 +78,17 @@ def test_a_time_column_of_numbers_is_refused_by_name(tmp_path):
         read_series_csv(path, ["a"], "t")
 
 
+def test_lines_are_named_as_in_the_file_after_blank_ones(tmp_path):
+    # pandas skips blank (and blank-looking) lines: the third data row is on line 7 of the file
+    path = write(tmp_path, "\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n")
+    with pytest.raises(UserError, match=r"line 7, column 'a': expected a finite number, got 'x'"):
+        read_series_csv(path, ["a"], "t")
+    gz = tmp_path / "s.csv.gz"
+    gz.write_bytes(gzip.compress(b"t,a\n2024-01-01,1\n\n2024-01-02,\n"))
+    with pytest.raises(UserError, match=r"s\.csv\.gz, line 4, column 'a': missing value"):
+        read_series_csv(gz, ["a"], "t")
+
+
 def test_timestamps_whose_utc_offset_changes_are_read_in_utc(tmp_path):
     path = write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n2024-03-31 03:00+02:00,2\n")  # daylight saving starts
     stamps = read_series_csv(path, ["a"], "t").timestamps

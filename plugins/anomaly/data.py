@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError, not_a_file
-from gru_suite.timeseries import Calendar, Series, StandardScaler, read_csv_frame, series_from_frame
+from gru_suite.timeseries import Calendar, Series, StandardScaler, data_line, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[W
         row = int(np.argmax(bad))
         value = column.iloc[row]
         got = "a missing value" if pd.isna(value) else repr(str(value))
-        raise UserError(f"{file}, line {row + 2}, column {label_column!r}: expected a label of 0 or 1, got {got}")
+        raise UserError(f"{file}, line {data_line(file, row)}, column {label_column!r}: expected a label of 0 or 1, "
+                        f"got {got}")
     return windows_from_labels(labels == 1)
 
 
