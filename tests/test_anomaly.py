@@ -99,6 +99,25 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     assert not batch.flags[:probation].any() and batch.flags[300]
 
 
+def test_a_quantile_of_likelihoods_leaves_out_the_placeholders():
+    # The likelihood's first learning_period + estimation_samples scores are 0.5 whatever the error: a quantile
+    # over them was 0.5, which about half of all later scores exceed.
+    raw = np.abs(np.random.default_rng(0).normal(size=3000))
+    likelihood = dict(learning_period=100, estimation_samples=100, historic_window=500)
+    scored = Flagger(score="likelihood", threshold="quantile", quantile=0.99, likelihood=likelihood).run(raw, 600)
+    assert scored.threshold > 0.9
+    assert scored.flags[600:].mean() < 0.05
+    with pytest.raises(UserError, match="the probationary period's 150 scores are all within the first 200"):
+        Flagger(score="likelihood", threshold="quantile", likelihood=likelihood).run(raw, 150)
+
+
+def test_a_quantile_without_enough_probationary_scores_is_refused_before_training(tmp_path):
+    cfg = compose_train_config("anomaly", ["task.scoring.threshold=quantile", "task.scoring.quantile=0.9999"], tmp_path)
+    with pytest.raises(UserError, match=r"threshold=quantile at quantile=0.9999 needs probationary periods of >= "
+                                        r"10200 rows; too short: .*lower task.scoring.quantile"):
+        run.build_task(cfg.task).datamodule()
+
+
 def test_cooldown_keeps_the_first_flag_of_each_burst():
     raw = np.array([9, 9, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1], dtype=float)
     flags = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=3).run(raw, probation=2).flags

@@ -86,9 +86,19 @@ class Flagger:
     def normalise(self, raw: float) -> float:
         return self._likelihood.update(raw) if self._likelihood else raw
 
+    @property
+    def calibration_start(self) -> int:
+        """The first probationary score calibration uses: after the detector's burn-in and the likelihood's
+        placeholders (its first scores are 0.5 whatever the error, and would pull a quantile down to 0.5)."""
+        return max(self.skip, self._likelihood.placeholders if self._likelihood else 0)
+
     def calibrate(self, probationary_scores: np.ndarray) -> None:
-        calibration = probationary_scores[self.skip :]
+        calibration = probationary_scores[self.calibration_start :]
         if self.threshold == "quantile":
+            if not len(calibration):
+                raise UserError(f"task.scoring.threshold=quantile: the probationary period's {len(probationary_scores)} "
+                                f"scores are all within the first {self.calibration_start} (burn-in and the "
+                                "likelihood's placeholders); give a longer probationary period")
             self.value = quantile_threshold(calibration, self.quantile)
         elif self.threshold == "spot":
             self._spot = Spot(q=self.spot_q, level=self.spot_level).fit(calibration)

@@ -51,7 +51,7 @@ class AnomalyTask(TaskPlugin):
         )
         self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
-        self._check_spot_calibration()
+        self._check_calibration()
         self._check_value_columns(self.streams[0].series)
         self.state.setdefault("calendar", list(self.calendar.kinds))
         self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
@@ -69,18 +69,24 @@ class AnomalyTask(TaskPlugin):
             raise UserError(f"{series.path}: has {len(series.columns)} value column(s) {series.columns}, but the "
                             f"checkpoint's detector reads {trained}{names} (choose them with task.data.value_columns)")
 
-    def _check_spot_calibration(self) -> None:
-        """SPOT needs enough probationary scores above its initial level: fail before training, not after."""
+    def _check_calibration(self) -> None:
+        """A label-free threshold needs enough probationary scores past the burn-in and the likelihood's
+        placeholders (SPOT: enough above its initial level): fail before training, not after."""
         scoring = self.cfg.scoring
-        if scoring.threshold != "spot":
+        if scoring.threshold == "spot":
+            needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + self.cfg.detector.burn_in
+            setting, advice = f"spot_level={scoring.spot_level}", "lower task.scoring.spot_level"
+        elif scoring.threshold == "quantile":
+            needed = self.flagger().calibration_start + math.ceil(round(1 / (1 - scoring.quantile), 6))
+            setting, advice = f"quantile={scoring.quantile}", "lower task.scoring.quantile"
+        else:
             return
-        needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + self.cfg.detector.burn_in
         short = [s.name for s in self.streams if s.probation < needed]
         if short:
             raise UserError(
-                f"task.scoring.threshold=spot at spot_level={scoring.spot_level} needs probationary periods of "
+                f"task.scoring.threshold={scoring.threshold} at {setting} needs probationary periods of "
                 f">= {needed} rows; too short: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''} "
-                "(lower task.scoring.spot_level or use another threshold)"
+                f"({advice} or use another threshold)"
             )
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:

@@ -125,6 +125,11 @@ class AnomalyLikelihood:
         self._replaced = 0  # replacements since the last exact recomputation
         self._prev_red = False
 
+    @property
+    def placeholders(self) -> int:
+        """The first steps, whose likelihood is 0.5 whatever the score (nothing is estimated yet)."""
+        return self.learning_period + self.estimation_samples
+
     def update(self, raw: float) -> float:
         """Likelihood in [0, 1] that `raw` is anomalous given the scores seen so far."""
         raw = _finite_scalar("raw", raw)
