@@ -132,6 +132,14 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert all(r["forecast"] for r in rows)
 
 
+def test_a_restored_forecaster_refuses_other_targets(trained_run, tmp_path):
+    # trained to forecast load from [load, temperature]: temperature would be scored against load's forecasts
+    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                     "task.data.targets=[temperature]", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the model was trained to forecast ['load'], not ['temperature'] (task.data.targets)" in result.stderr
+
+
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     # Each process would predict its share of the input and write it over the other's files.
     out = tmp_path / "pred"

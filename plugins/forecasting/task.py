@@ -58,6 +58,9 @@ class ForecastingTask(TaskPlugin):
             )
         elif self.state["features"] != features:
             raise UserError(f"the model was trained on columns {self.state['features']}, not {features}")
+        elif self.state["targets"] != targets:
+            raise UserError(f"the model was trained to forecast {self.state['targets']}, not {targets} "
+                            "(task.data.targets)")
         self.scaler = StandardScaler.from_state(self.state["scaler"])
         return ForecastingData(
             series, self.scaler, bounds, spec, data.batch_size,
