@@ -174,7 +174,7 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.D
         return pd.DatetimeIndex(pd.to_datetime(frame[time_column], utc=True))
     except (ValueError, TypeError) as err:
         parsed = pd.to_datetime(frame[time_column], errors="coerce", utc=True)
-        row = int(np.argmax(parsed.isna().to_numpy()))
+        row = int(np.argmax(parsed.isna().to_numpy() & frame[time_column].notna().to_numpy()))  # not an empty cell
         raise UserError(
             f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
             f"{frame[time_column].iloc[row]!r}"

@@ -69,6 +69,9 @@ def test_bad_timestamp_named(tmp_path):
     path = write(tmp_path, "t,a\n2024-01-01,1\nnot a date,2\n")
     with pytest.raises(UserError, match=r"line 3, column 't': unparseable timestamp 'not a date'"):
         read_series_csv(path, ["a"], "t")
+    path = write(tmp_path, "t,a\n2024-01-01,1\n,2\n2024-01-03,3\nyesterday,4\n")  # an empty one first
+    with pytest.raises(UserError, match=r"line 5, column 't': unparseable timestamp 'yesterday'"):
+        read_series_csv(path, ["a"], "t")
 
 
 def test_a_time_column_of_numbers_is_refused_by_name(tmp_path):
