@@ -295,6 +295,20 @@ def test_auto_windows_are_the_data_folders_own(tmp_path, caplog):
     assert stream.windows is None and "names none of the 1 series" in caplog.text
 
 
+def test_windows_and_series_with_and_without_utc_offsets_meet_on_one_clock(tmp_path):
+    stamps = pd.date_range("2024-01-01", periods=200, freq="h")
+    aware = tmp_path / "aware.csv"
+    pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%dT%H:%M:%SZ"), "value": np.sin(np.arange(200))}).to_csv(
+        aware, index=False)
+    windows = tmp_path / "windows.json"
+    windows.write_text(json.dumps({"aware.csv": [[str(stamps[100]), str(stamps[110])]]}))  # NAB's: no offset
+    assert load(aware, windows_path=windows)[0].windows == [(100, 110)]
+    naive = tmp_path / "naive.csv"
+    pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(200))}).to_csv(naive, index=False)
+    windows.write_text(json.dumps({"naive.csv": [["2024-01-05T05:00:00+01:00", "2024-01-05T15:00:00+01:00"]]}))
+    assert load(naive, windows_path=windows)[0].windows == [(100, 110)]  # 04:00-14:00 UTC: rows 100-110
+
+
 def test_constant_series_scores_without_error(tmp_path):
     flat = tmp_path / "flat.csv"
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)

@@ -52,7 +52,8 @@ def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, m
 
 
 def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
-    series = read_series_csv(write(tmp_path, "t,a,,\n2024-01-01,2,,\n2024-01-02,3,,\n"), ["a"], "t")  # a spreadsheet's trailing commas
+    # a spreadsheet's trailing commas
+    series = read_series_csv(write(tmp_path, "t,a,,\n2024-01-01,2,,\n2024-01-02,3,,\n"), ["a"], "t")
     assert series.values[:, 0].tolist() == [2.0, 3.0]
 
 

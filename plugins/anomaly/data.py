@@ -85,10 +85,21 @@ def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timest
         raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
     out = []
     for start, end in spans:
+        start, end = _on_clock(start, stamps), _on_clock(end, stamps)
         a, b = _position(stamps, start, "left"), _position(stamps, end, "right") - 1
         if a <= b:
             out.append((a, b))
     return out
+
+
+def _on_clock(stamp: pd.Timestamp, stamps: pd.DatetimeIndex) -> pd.Timestamp:
+    """A window bound on the series' clock: one without a UTC offset is read in the series' time zone (UTC when
+    its offsets change), one with an offset against a series without them in UTC."""
+    if stamps.tz is not None and stamp.tz is None:
+        return stamp.tz_localize(stamps.tz)
+    if stamps.tz is None and stamp.tz is not None:
+        return stamp.tz_convert("UTC").tz_localize(None)
+    return stamp
 
 
 def _position(stamps: pd.DatetimeIndex, stamp: pd.Timestamp, side: str) -> int:
