@@ -455,6 +455,14 @@ def test_transcript_files_parse(tmp_path: Path) -> None:
     assert (tmp_path / "call.txt").read_text() == "one two nine\n"
 
 
+def test_each_input_gets_its_own_transcript_files(tmp_path: Path) -> None:
+    # two take.wav and a take_2.wav: the second take.wav must not be written over the third input's files
+    transcripts = [{"path": path, "text": path[0], "duration": 1.0, "words": []}
+                   for path in ("a/take.wav", "b/take.wav", "c/take_2.wav")]
+    write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
+    assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["a\n", "b\n", "c\n"]
+
+
 def test_empty_transcripts_are_named_five_at_a_time_then_counted(tmp_path: Path, caplog) -> None:
     transcripts = [{"path": f"quiet_{i}.wav", "text": "", "duration": 1.0, "words": []} for i in range(8)]
     write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)

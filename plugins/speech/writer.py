@@ -52,13 +52,15 @@ def to_vtt(phrases: Sequence[tuple[float, float, str]]) -> str:
 
 
 def _stems(paths: Sequence[str]) -> list[str]:
-    """A distinct file stem per input (`name`, `name_2`, ... when names repeat)."""
-    seen: dict[str, int] = {}
-    stems = []
+    """A distinct file stem per input: its own, or the first of `name_2`, `name_3`, ... no other input has."""
+    stems: list[str] = []
     for path in paths:
-        stem = Path(path).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem]}")
+        stem = candidate = Path(path).stem
+        copy = 1
+        while candidate in stems:
+            copy += 1
+            candidate = f"{stem}_{copy}"
+        stems.append(candidate)
     return stems
 
 
