@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 from functools import partial
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
-from gru_suite_plugins.anomaly.writer import flag_reasons
+from gru_suite_plugins.anomaly.writer import flag_reasons, report_frame
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -116,6 +117,17 @@ def test_a_quantile_without_enough_probationary_scores_is_refused_before_trainin
     with pytest.raises(UserError, match=r"threshold=quantile at quantile=0.9999 needs probationary periods of >= "
                                         r"10200 rows; too short: .*lower task.scoring.quantile"):
         run.build_task(cfg.task).datamodule()
+
+
+def test_spot_reports_the_threshold_each_row_was_compared_with():
+    raw = np.abs(np.random.default_rng(3).standard_t(3, size=3000))
+    scored = Flagger(score="raw", threshold="spot", spot_q=1e-3, spot_level=0.9).run(raw, 1000)
+    compared = scored.score[1000:] > scored.thresholds[1000:]
+    np.testing.assert_array_equal(compared, scored.flags[1000:])  # the threshold moves as SPOT refits
+    assert len(np.unique(scored.thresholds)) > 10 and scored.flags[1000:].any()
+    frame = report_frame(SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(3000), columns=["v"],
+                                                                values=raw[:, None]), labels=lambda: None), scored)
+    np.testing.assert_array_equal(frame["threshold"], scored.thresholds)
 
 
 def test_cooldown_keeps_the_first_flag_of_each_burst():

@@ -37,6 +37,8 @@ class ScoredSeries:
     """The rows where the range check fired (None without `range_tolerance`)."""
     over_threshold: np.ndarray | None = None
     """The rows whose score crossed the threshold (before the cooldown)."""
+    thresholds: np.ndarray | None = None
+    """Each row's threshold where it moves as the series is scored (SPOT); None where it is `threshold` throughout."""
 
 
 @dataclass
@@ -134,8 +136,12 @@ class Flagger:
         score = self._likelihood.transform(raw) if self._likelihood else raw.copy()
         self.calibrate(score[:probation])
         flags = np.zeros(len(raw), dtype=bool)
-        if self._spot is not None:
-            flags[probation:] = self._spot.run(score[probation:])
+        thresholds = None
+        if self._spot is not None:  # each row is compared with the threshold of the rows before it
+            thresholds = np.full(len(raw), self._spot.threshold)
+            for row in range(probation, len(raw)):
+                thresholds[row] = self._spot.threshold
+                flags[row] = self._spot.step(score[row])
             self.value = self._spot.threshold
         else:
             flags[probation:] = score[probation:] > self.value
@@ -149,7 +155,7 @@ class Flagger:
         if self.cooldown:
             self._quiet = 0  # a new series starts unmuted
             flags[probation:] = [self.settle(flag) for flag in flags[probation:]]
-        return ScoredSeries(raw, score, flags, float(self.value), beyond, over)
+        return ScoredSeries(raw, score, flags, float(self.value), beyond, over, thresholds)
 
 
 class AnomalyStream:

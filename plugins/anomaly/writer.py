@@ -15,7 +15,7 @@ from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
     """timestamp, one column per value, raw_score (empty for the first `unscored_rows`, which the detector
-    cannot score yet), score, threshold (the series' own), flag, reason (score, range or both; empty when not
+    cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason (score, range or both; empty when not
     flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
@@ -24,7 +24,7 @@ def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 
     frame["raw_score"] = scored.raw
     frame.loc[: unscored_rows - 1, "raw_score"] = np.nan
     frame["score"] = scored.score
-    frame["threshold"] = scored.threshold
+    frame["threshold"] = scored.thresholds if scored.thresholds is not None else scored.threshold
     frame["flag"] = scored.flags.astype(int)
     frame["reason"] = flag_reasons(scored)
     labels = stream.labels()
@@ -72,7 +72,7 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     labelled = "labelled windows in green, " if stream.windows else ""
     top.set_title(f"{stream.name}: {labelled}flags in red (score) or orange (range)")
     bottom.plot(x, frame["score"], color="tab:purple", lw=0.8, label="anomaly score")
-    bottom.axhline(threshold, color="tab:red", ls=":", lw=1, label="threshold")
+    bottom.plot(x, frame["threshold"], color="tab:red", ls=":", lw=1, label="threshold")
     if 0 < threshold < 1 and frame["score"].between(0, 1).all():  # likelihoods: 0.99 and 0.99999 apart
         bottom.set_yscale("logit", nonpositive="clip")
     bottom.legend(loc="upper left", fontsize=8)
