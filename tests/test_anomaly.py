@@ -27,7 +27,7 @@ from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
-from gru_suite_plugins.anomaly.writer import flag_reasons, report_frame
+from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -128,6 +128,19 @@ def test_spot_reports_the_threshold_each_row_was_compared_with():
     frame = report_frame(SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(3000), columns=["v"],
                                                                 values=raw[:, None]), labels=lambda: None), scored)
     np.testing.assert_array_equal(frame["threshold"], scored.thresholds)
+
+
+def test_spot_without_enough_probationary_peaks_is_one_clear_error():
+    with pytest.raises(UserError, match=r"task.scoring.threshold=spot: calibration gives \d+ values above"):
+        Flagger(score="raw", threshold="spot", spot_level=0.95).calibrate(np.arange(40.0))
+
+
+def test_a_series_all_probation_is_plotted():
+    raw = np.random.default_rng(0).normal(size=50)
+    scored = Flagger(score="raw", threshold="fixed", fixed=3.0).run(raw, 50)
+    stream = SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(50), columns=["v"], values=raw[:, None]),
+                             labels=lambda: None, probation=50, windows=None, name="short")
+    plot_report(stream, report_frame(stream, scored), scored.threshold)
 
 
 def test_cooldown_keeps_the_first_flag_of_each_burst():

@@ -103,7 +103,10 @@ class Flagger:
                                 "likelihood's placeholders); give a longer probationary period")
             self.value = quantile_threshold(calibration, self.quantile)
         elif self.threshold == "spot":
-            self._spot = Spot(q=self.spot_q, level=self.spot_level).fit(calibration)
+            try:
+                self._spot = Spot(q=self.spot_q, level=self.spot_level).fit(calibration)
+            except ValueError as err:  # too few probationary scores above the level
+                raise UserError(f"task.scoring.threshold=spot: {err} (a longer probationary period)") from err
             self.value = self._spot.threshold
 
     def fit_range(self, probationary_values: np.ndarray) -> None:

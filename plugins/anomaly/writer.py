@@ -66,7 +66,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
                                 (by_range, "tab:orange", "flagged: beyond the range seen")):
         if rows.any():
             top.scatter(x[rows], frame.loc[rows, stream.series.columns[0]], color=colour, s=12, zorder=3, label=label)
-    top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
+    if stream.probation < len(x):  # a series all probation has nothing scored
+        top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
     top.legend(loc="upper left", fontsize=8)
     top.set_ylabel("value")
     labelled = "labelled windows in green, " if stream.windows else ""
