@@ -299,11 +299,20 @@ def test_eval_cli_writes_metrics_and_the_confusion_matrix(trained: tuple[Path, d
 
 def test_highlighting_marks_the_heaviest_words_and_escapes() -> None:
     text = "<i>not</i> good"
-    words = word_weights([(0, 3), (3, 6), (6, 10), (11, 15)], [0, 0, 0, 1], torch.tensor([0.1, 0.1, 0.1, 0.7]))
+    words = word_weights(text, [(0, 3), (3, 6), (6, 10), (11, 15)], [0, 0, 0, 1], torch.tensor([0.1, 0.1, 0.1, 0.7]))
     assert words == [Word(0, 10, pytest.approx(0.3)), Word(11, 15, pytest.approx(0.7))]
     assert highlight_terminal(text, words, 1) == "<i>not</i> [good]"
     page = highlight_html(text, words)
     assert "&lt;i&gt;not&lt;/i&gt;" in page and "rgba(255, 170, 0, 1.00)" in page and "<i>" not in page
+
+
+def test_subword_words_leave_out_the_space_before_them() -> None:
+    # a byte-level BPE or unigram tokenizer counts the space before a word as its first character
+    text = "Great movie, great fun"
+    words = word_weights(text, [(0, 5), (5, 11), (11, 12), (12, 18), (18, 22)], [0, 1, 2, 3, 4],
+                         torch.tensor([0.9, 0.1, 0.0, 0.8, 0.2]))
+    assert [text[w.start:w.end] for w in words] == ["Great", "movie", ",", "great", "fun"]
+    assert top_words(text, words, 3) == ["Great", "fun", "movie"]  # "great" is "Great" again
 
 
 def test_top_words_are_distinct_words_without_punctuation() -> None:

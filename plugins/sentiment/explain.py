@@ -24,15 +24,23 @@ class Word:
     weight: float
 
 
-def word_weights(offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None], weights: Tensor) -> list[Word]:
-    """Sum the token `weights` of each word (tokenizer `word_ids`), spanning its tokens' character `offsets`."""
+def word_weights(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None],
+                 weights: Tensor) -> list[Word]:
+    """Sum the token `weights` of each word (tokenizer `word_ids`) of `text`, spanning its tokens' character
+    `offsets` less the spaces a subword tokenizer counts as the word's first characters."""
     spans: dict[int, list[float]] = {}
     for (start, end), word, weight in zip(offsets, word_ids, weights.tolist()):
         if word is None:
             continue
         span = spans.setdefault(word, [start, end, 0.0])
         span[0], span[1], span[2] = min(span[0], start), max(span[1], end), span[2] + weight
-    return [Word(int(s), int(e), w) for s, e, w in (spans[k] for k in sorted(spans))]
+    words = []
+    for start, end, weight in (spans[k] for k in sorted(spans)):
+        surface = text[int(start):int(end)]
+        start += len(surface) - len(surface.lstrip())
+        end -= len(surface) - len(surface.rstrip())
+        words.append(Word(int(start), int(max(start, end)), weight))
+    return words
 
 
 def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:

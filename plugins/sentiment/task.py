@@ -393,9 +393,10 @@ class SentimentTask(TaskPlugin):
         predict, rows, page = self.cfg.predict, [], []
         for row, i in enumerate(order):
             probs, weights = found[i]
-            words = explain.word_weights(encoding["offset_mapping"][row], encoding.word_ids(row), weights)
+            text = texts[row]
+            words = explain.word_weights(text, encoding["offset_mapping"][row], encoding.word_ids(row), weights)
             best = int(probs.argmax())
-            text, label = texts[row], self.labels[best]
+            label = self.labels[best]
             rows.append({"line": examples[i].where, "text": text, "label": label,
                          **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(self.labels, probs)},
                          "top_words": " ".join(explain.top_words(text, words, int(predict.top_words)))})
