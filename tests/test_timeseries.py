@@ -66,27 +66,23 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
         read_series_csv(path, ["a"], "t")
 
 
-def test_bad_timestamp_named(tmp_path):
-    path = write(tmp_path, "t,a\n2024-01-01,1\nnot a date,2\n")
-    with pytest.raises(UserError, match=r"line 3, column 't': unparseable timestamp 'not a date'"):
-        read_series_csv(path, ["a"], "t")
-    path = write(tmp_path, "t,a\n2024-01-01,1\n,2\n2024-01-03,3\nyesterday,4\n")  # an empty one first
-    with pytest.raises(UserError, match=r"line 5, column 't': unparseable timestamp 'yesterday'"):
-        read_series_csv(path, ["a"], "t")
-
-
-def test_a_time_column_of_numbers_is_refused_by_name(tmp_path):
-    # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated in 1970, calendar features constant
-    path = write(tmp_path, "t,a\n1700000000,1\n1700003600,2\n")
-    with pytest.raises(UserError, match=r"column 't': numbers \(1700000000 on line 2\), not dates; .*time_column=null"):
-        read_series_csv(path, ["a"], "t")
-
-
-def test_lines_are_named_as_in_the_file_after_blank_ones(tmp_path):
+@pytest.mark.parametrize("content,message", [
+    ("t,a\n2024-01-01,1\nnot a date,2\n", r"line 3, column 't': unparseable timestamp 'not a date'"),
+    # an empty timestamp first: the unparseable one is named, at its own line
+    ("t,a\n2024-01-01,1\n,2\n2024-01-03,3\nyesterday,4\n", r"line 5, column 't': unparseable timestamp 'yesterday'"),
+    # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated 1970, calendar features constant
+    ("t,a\n1700000000,1\n1700003600,2\n",
+     r"column 't': numbers \(1700000000 on line 2\), not dates; .*time_column=null"),
     # pandas skips blank (and blank-looking) lines: the third data row is on line 7 of the file
-    path = write(tmp_path, "\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n")
-    with pytest.raises(UserError, match=r"line 7, column 'a': expected a finite number, got 'x'"):
-        read_series_csv(path, ["a"], "t")
+    ("\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n",
+     r"line 7, column 'a': expected a finite number, got 'x'"),
+], ids=["unparseable", "after-an-empty-one", "numbers", "after-blank-lines"])
+def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message):
+    with pytest.raises(UserError, match=message):
+        read_series_csv(write(tmp_path, content), ["a"], "t")
+
+
+def test_lines_after_blank_ones_are_counted_in_a_gzip_csv_too(tmp_path):
     gz = tmp_path / "s.csv.gz"
     gz.write_bytes(gzip.compress(b"t,a\n2024-01-01,1\n\n2024-01-02,\n"))
     with pytest.raises(UserError, match=r"s\.csv\.gz, line 4, column 'a': missing value"):
