@@ -80,6 +80,15 @@ class ConstantLossTask(ForecastingTask):
         return StepOutput(frozen, out.batch_size, out.metrics)
 
 
+class NegativeStuckLossTask(ForecastingTask):
+    """A loss below zero (as a density's negative log-likelihood may be) that training barely moves."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        stuck = -1.0 + 1e-9 * sum(p.sum() for p in model.parameters())
+        return StepOutput(stuck, out.batch_size, out.metrics)
+
+
 class ForgetfulTask(ForecastingTask):
     """Leaves its scaler and columns out of checkpoints: a checkpoint cannot rebuild it."""
 
@@ -116,6 +125,8 @@ class UnnamedBackboneTask(ForecastingTask):
 BROKEN = {
     "not-a-task": (object, "installation: .* not a subclass of gru_suite.task.TaskPlugin"),
     "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
+    "negative-stuck-loss": (NegativeStuckLossTask, r"overfitting one batch: the loss on one batch went from -1 to -1 "
+                                                   r".*expected below -1\.5"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
     "unnamed-backbone": (UnnamedBackboneTask, "instantiation: build_model\\(\\) must return a module whose `backbone`"),
