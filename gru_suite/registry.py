@@ -65,6 +65,10 @@ class TaskEntry:
     def require_config_file(self) -> Path:
         """`config_file()`, or a UserError naming the file the package must ship."""
         if (path := self.config_file()) is None:
+            try:
+                importlib.util.find_spec(self.package)
+            except Exception:  # a parent package that fails to import, not a missing config: its own error says why
+                self.load()
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"
@@ -76,9 +80,12 @@ class TaskEntry:
         if (path := self.config_file()) is None:
             return "(no config found)"
         try:
-            return str((yaml.safe_load(path.read_text()) or {}).get("description", "")).strip()
-        except yaml.YAMLError as err:
-            return f"(unreadable config {path}: {err})"
+            config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+            return f"(unreadable config {path}: {' '.join(str(err).split())})"
+        if not isinstance(config, dict):
+            return f"(config {path} is not a mapping of keys)"
+        return str(config.get("description") or "").strip()
 
     def load(self) -> type[TaskPlugin]:
         """Import the task class; any failure becomes one line naming task and package."""

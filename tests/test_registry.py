@@ -39,6 +39,35 @@ def test_a_plugin_failing_inside_its_own_code_is_named_with_file_and_line(tmp_pa
     assert str(err.value).endswith(f"NameError: name 'undefined_name' is not defined (at {package / 'helper.py'}:2)")
 
 
+def test_a_parent_package_that_fails_to_import_is_named_not_taken_for_a_missing_config(tmp_path, monkeypatch):
+    tasks = tmp_path / "parent_fails" / "tasks"
+    (tasks / "conf" / "task").mkdir(parents=True)
+    (tasks / "conf" / "task" / "foo.yaml").write_text("name: foo\n")
+    (tasks / "__init__.py").write_text("")
+    (tasks / "foo.py").write_text("class Task:\n    pass\n")
+    (tmp_path / "parent_fails" / "__init__.py").write_text("import not_installed_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"task 'foo' from package 'foo-dist' failed to load .*ModuleNotFoundError: "
+                                        r"No module named 'not_installed_dependency'"):
+        registry.TaskEntry("foo", "parent_fails.tasks.foo:Task", "foo-dist").require_config_file()
+
+
+def test_a_task_config_that_is_not_a_mapping_does_not_break_the_task_list(tmp_path, monkeypatch):
+    conf = tmp_path / "listed_plugin" / "conf" / "task"
+    conf.mkdir(parents=True)
+    (tmp_path / "listed_plugin" / "__init__.py").write_text("")
+    (conf / "odd.yaml").write_text("- a list\n- not a mapping\n")
+    (conf / "bare.yaml").write_text("name: bare\ndescription:\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    odd = registry.TaskEntry("odd", "listed_plugin.task:Task", "odd-dist")
+    bare = registry.TaskEntry("bare", "listed_plugin.task:Task", "bare-dist")
+    tasks = {**registry.installed_tasks(), "odd": odd, "bare": bare}
+    monkeypatch.setattr(registry, "installed_tasks", lambda: tasks)
+    listing = registry.format_task_list()
+    assert "forecasting" in listing and "is not a mapping of keys" in listing
+    assert bare.description() == ""
+
+
 def test_a_task_name_declared_twice_is_a_warning_naming_both_packages(monkeypatch, caplog):
     class Point:
         def __init__(self, name: str, value: str, dist: str) -> None:
