@@ -19,8 +19,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0o600, as a plain open() would create it
         yield Path(tmp)
         os.replace(tmp, target)
     except BaseException:
