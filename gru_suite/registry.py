@@ -97,18 +97,21 @@ class TaskEntry:
         except Exception as err:  # a broken plugin must not take the others down
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} failed to load "
-                f"({self.target}): {type(err).__name__}: {err}{_raised_at(err)}"
+                f"({self.target}): {type(err).__name__}: {err}{_raised_at(err, self.module.partition('.')[0])}"
             ) from err
         return obj  # type: ignore[return-value]
 
 
-def _raised_at(err: BaseException) -> str:
-    """` (at file:line)` of the innermost frame that raised `err`, or "" when it has none (a missing module or
-    attribute is raised by the import machinery, and its message says enough)."""
-    frames = traceback.extract_tb(err.__traceback__)
-    inner = frames[-1] if frames else None
-    if inner is None or "importlib" in inner.filename or inner.filename == __file__:
+def _raised_at(err: BaseException, package: str) -> str:
+    """` (at file:line)` of the innermost frame of the plugin's own `package` that raised `err` (else the
+    innermost frame), or "" when it has none (a missing module or attribute is raised by the import machinery,
+    and its message says enough)."""
+    frames = [frame for frame in traceback.extract_tb(err.__traceback__)
+              if "importlib" not in frame.filename and frame.filename != __file__]
+    own = [frame for frame in frames if package in Path(frame.filename).parts]
+    if not frames:
         return ""
+    inner = (own or frames)[-1]
     return f" (at {inner.filename}:{inner.lineno})"
 
 

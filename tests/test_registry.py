@@ -39,6 +39,17 @@ def test_a_plugin_failing_inside_its_own_code_is_named_with_file_and_line(tmp_pa
     assert str(err.value).endswith(f"NameError: name 'undefined_name' is not defined (at {package / 'helper.py'}:2)")
 
 
+def test_a_plugin_failing_inside_a_library_is_named_at_its_own_line(tmp_path, monkeypatch):
+    package = tmp_path / "library_calling_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "task.py").write_text("import json\n\nSETTINGS = json.loads('{not json')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError) as err:
+        registry.TaskEntry("lib", "library_calling_plugin.task:Task", "lib-dist").load()
+    assert str(err.value).endswith(f"(at {package / 'task.py'}:3)")  # not json's decoder.py
+
+
 def test_a_parent_package_that_fails_to_import_is_named_not_taken_for_a_missing_config(tmp_path, monkeypatch):
     tasks = tmp_path / "parent_fails" / "tasks"
     (tasks / "conf" / "task").mkdir(parents=True)
