@@ -129,12 +129,14 @@ def train_tokenizer(
     vocab_size: int = 8000,
     lowercase: bool = False,
     min_frequency: int = 2,
+    split_punctuation: bool = True,
 ):
     """Train a tokenizer on `texts` and return it as a `PreTrainedTokenizerFast`.
 
     `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
     `decode(encode(text))` gives back the (NFKC-normalised) text; `word` keeps
-    whole words (split at whitespace and punctuation) seen `min_frequency` times.
+    whole words seen `min_frequency` times, split at whitespace and punctuation ("don't": three tokens, decoded
+    "don ' t"), or with `split_punctuation=False` at whitespace alone, which decodes exactly (transcripts).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -160,9 +162,12 @@ def train_tokenizer(
         raise UserError(f"tokenizer kind must be bpe, unigram or word, not {kind!r}")
     steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
     tokenizer.normalizer = normalizers.Sequence(steps)
-    if kind == "word":
+    if kind == "word" and split_punctuation:
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
         tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    elif kind == "word":
+        tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tokenizer.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         tokenizer.decoder = decoders.Metaspace()

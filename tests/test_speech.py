@@ -159,6 +159,9 @@ def test_word_and_subword_tokens_group_into_words() -> None:
     assert words.decode(ids) == "two one nine" and words.word_ranges(ids) == [(0, 1), (1, 2), (2, 3)]
     assert words.unknown("one eleven one") == ["eleven"]
     assert Tokens.from_state(words.state()).encode("two one nine") == ids
+    contractions = Tokens.train(["i don't know", "it's here"], "word", 100)  # a word is one token, as written
+    ids = contractions.encode("it's i don't")
+    assert len(ids) == 3 and contractions.decode(ids) == "it's i don't"
     bpe = Tokens.train(texts * 5, "bpe", 30)
     ids = bpe.encode("one two nine")
     assert [bpe.decode(ids[a:b]) for a, b in bpe.word_ranges(ids)] == ["one", "two", "nine"]

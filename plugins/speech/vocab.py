@@ -76,7 +76,10 @@ class Tokens:
     def train(cls, texts: Iterable[str], kind: str, vocab_size: int) -> Tokens:
         if kind not in TOKENIZER_KINDS:
             raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {kind!r}")
-        return cls(train_tokenizer(texts, kind, vocab_size, min_frequency=1), kind)  # type: ignore[arg-type]
+        # `word`: a transcript's word is one token, apostrophe and all ("don't" decodes as written, not "don ' t")
+        tokenizer = train_tokenizer(texts, kind, vocab_size, min_frequency=1,  # type: ignore[arg-type]
+                                    split_punctuation=False)
+        return cls(tokenizer, kind)
 
     def state(self) -> dict[str, str]:
         return {"kind": self.kind, **tokenizer_state(self.tokenizer)}
