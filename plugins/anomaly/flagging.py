@@ -98,9 +98,9 @@ class Flagger:
         calibration = probationary_scores[self.calibration_start :]
         if self.threshold == "quantile":
             if not len(calibration):
-                raise UserError(f"task.scoring.threshold=quantile: the probationary period's {len(probationary_scores)} "
-                                f"scores are all within the first {self.calibration_start} (burn-in and the "
-                                "likelihood's placeholders); give a longer probationary period")
+                raise UserError(f"task.scoring.threshold=quantile: the probationary period's "
+                                f"{len(probationary_scores)} scores are all within the first {self.calibration_start} "
+                                "(burn-in and the likelihood's placeholders); give a longer probationary period")
             self.value = quantile_threshold(calibration, self.quantile)
         elif self.threshold == "spot":
             try:
@@ -140,11 +140,9 @@ class Flagger:
         self.calibrate(score[:probation])
         flags = np.zeros(len(raw), dtype=bool)
         thresholds = None
-        if self._spot is not None:  # each row is compared with the threshold of the rows before it
+        if self._spot is not None:
             thresholds = np.full(len(raw), self._spot.threshold)
-            for row in range(probation, len(raw)):
-                thresholds[row] = self._spot.threshold
-                flags[row] = self._spot.step(score[row])
+            flags[probation:], thresholds[probation:] = self._spot.run_with_thresholds(score[probation:])
             self.value = self._spot.threshold
         else:
             flags[probation:] = score[probation:] > self.value

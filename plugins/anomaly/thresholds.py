@@ -365,9 +365,18 @@ class Spot:
 
     def run(self, values: ArrayLike) -> np.ndarray:
         """`step` over a 1-D array (validated first, so a bad value changes no state)."""
+        return self.run_with_thresholds(values)[0]
+
+    def run_with_thresholds(self, values: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """`run`'s flags, and the threshold each value was compared with (it moves as SPOT refits)."""
         self._require_fit()
         array = _finite_array("values", values, min_size=0)
-        return np.array([self.step(value) for value in array], dtype=bool)
+        thresholds = np.empty(len(array))
+        flags = np.empty(len(array), dtype=bool)
+        for i, value in enumerate(array):
+            thresholds[i] = self.threshold
+            flags[i] = self.step(value)
+        return flags, thresholds
 
     @property
     def threshold(self) -> float:

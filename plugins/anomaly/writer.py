@@ -15,8 +15,8 @@ from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
     """timestamp, one column per value, raw_score (empty for the first `unscored_rows`, which the detector
-    cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason (score, range or both; empty when not
-    flagged), and label when labels are known."""
+    cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason
+    (score, range or both; empty when not flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
     for i, column in enumerate(series.columns):
