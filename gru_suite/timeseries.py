@@ -162,10 +162,12 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
 
 
 def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.DatetimeIndex:
-    if pd.api.types.is_numeric_dtype(frame[time_column]):  # pandas would read 1700000000 as 1.7 s after 1970
-        raise UserError(f"{path}, column {time_column!r}: numbers ({frame[time_column].iloc[0]} on line "
-                        f"{data_line(path, 0)}), not dates; write dates (2024-01-01 00:00:00), or set "
-                        "task.data.time_column=null to number the rows instead")
+    column = frame[time_column]
+    if pd.api.types.is_numeric_dtype(column) and column.notna().any():  # pandas reads 1700000000 as 1.7 s after 1970
+        row = int(np.argmax(column.notna().to_numpy()))
+        raise UserError(f"{path}, column {time_column!r}: numbers ({column.iloc[row]} on line {data_line(path, row)}), "
+                        "not dates; write dates (2024-01-01 00:00:00), or set task.data.time_column=null to number "
+                        "the rows instead")
     try:
         return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
     except (ValueError, TypeError):

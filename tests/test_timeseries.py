@@ -73,10 +73,11 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
     # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated 1970, calendar features constant
     ("t,a\n1700000000,1\n1700003600,2\n",
      r"column 't': numbers \(1700000000 on line 2\), not dates; .*time_column=null"),
+    ("t,a\n,1\n,2\n", r"line 2, column 't': empty timestamp"),  # a column of empty cells is not one of numbers
     # pandas skips blank (and blank-looking) lines: the third data row is on line 7 of the file
     ("\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n",
      r"line 7, column 'a': expected a finite number, got 'x'"),
-], ids=["unparseable", "after-an-empty-one", "numbers", "after-blank-lines"])
+], ids=["unparseable", "after-an-empty-one", "numbers", "all-empty", "after-blank-lines"])
 def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         read_series_csv(write(tmp_path, content), ["a"], "t")
