@@ -54,12 +54,14 @@ def to_vtt(phrases: Sequence[tuple[float, float, str]]) -> str:
 def _stems(paths: Sequence[str]) -> list[str]:
     """A distinct file stem per input: its own, or the first of `name_2`, `name_3`, ... no other input has."""
     stems: list[str] = []
+    taken: set[str] = set()
     for path in paths:
         stem = candidate = Path(path).stem
         copy = 1
-        while candidate in stems:
+        while candidate in taken:
             copy += 1
             candidate = f"{stem}_{copy}"
+        taken.add(candidate)
         stems.append(candidate)
     return stems
 
