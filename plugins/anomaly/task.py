@@ -49,9 +49,9 @@ class AnomalyTask(TaskPlugin):
             min_probation=2 * data.crop_length, calendar=self.calendar,
             preferred_columns=self.state.get("value_columns"),
         )
-        self.flagger()  # a bad scoring or retraining config fails now, not after training
+        flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
-        self._check_calibration()
+        self._check_calibration(flagger)
         self._check_value_columns(self.streams[0].series)
         self.state.setdefault("calendar", list(self.calendar.kinds))
         self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
@@ -69,7 +69,7 @@ class AnomalyTask(TaskPlugin):
             raise UserError(f"{series.path}: has {len(series.columns)} value column(s) {series.columns}, but the "
                             f"checkpoint's detector reads {trained}{names} (choose them with task.data.value_columns)")
 
-    def _check_calibration(self) -> None:
+    def _check_calibration(self, flagger: Flagger) -> None:
         """A label-free threshold needs enough probationary scores past the burn-in and the likelihood's
         placeholders (SPOT: enough above its initial level): fail before training, not after."""
         scoring = self.cfg.scoring
@@ -77,7 +77,7 @@ class AnomalyTask(TaskPlugin):
             needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + self.cfg.detector.burn_in
             setting, advice = f"spot_level={scoring.spot_level}", "lower task.scoring.spot_level"
         elif scoring.threshold == "quantile":
-            needed = self.flagger().calibration_start + math.ceil(round(1 / (1 - scoring.quantile), 6))
+            needed = flagger.calibration_start + math.ceil(round(1 / (1 - scoring.quantile), 6))
             setting, advice = f"quantile={scoring.quantile}", "lower task.scoring.quantile"
         else:
             return
