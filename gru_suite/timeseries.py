@@ -26,12 +26,20 @@ MissingPolicy = Literal["error", "interpolate"]
 
 @dataclass
 class Series:
-    """A table read from CSV: timestamps (or row numbers) and float32 values (T, F)."""
+    """A table read from CSV: timestamps (or row numbers) and float32 values (T, F).
+
+    `clock` holds each row's local wall-clock time (where daily and weekly cycles are): the timestamps
+    themselves, but for a file whose UTC offset changes (daylight saving), whose `timestamps` are in UTC."""
 
     path: Path
     timestamps: pd.Index
     columns: list[str]
     values: np.ndarray
+    clock: pd.Index | None = None
+
+    def __post_init__(self) -> None:
+        if self.clock is None:
+            self.clock = self.timestamps
 
     def column_indices(self, names: Sequence[str]) -> list[int]:
         return [self.columns.index(name) for name in names]
@@ -75,7 +83,8 @@ def series_from_frame(
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
     values = _handle_missing(values, wanted, csv_path, missing)
-    return Series(csv_path, _timestamps(frame, time_column, csv_path), wanted, values.astype(np.float32))
+    stamps, clock = _timestamps(frame, time_column, csv_path)
+    return Series(csv_path, stamps, wanted, values.astype(np.float32), clock)
 
 
 ARCHIVE_SUFFIXES = (".bz2", ".xz", ".zip", ".zst", ".tar")  # pandas unpacks these; read_lines cannot
@@ -145,10 +154,11 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     return filled
 
 
-def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.Index:
+def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> tuple[pd.Index, pd.Index | None]:
+    """The rows' timestamps (row numbers without `time_column`) and, where they differ, their wall clock."""
     if time_column is None:
-        return pd.RangeIndex(len(frame))
-    stamps = _parse_timestamps(frame, time_column, path)
+        return pd.RangeIndex(len(frame)), None
+    stamps, clock = _parse_timestamps(frame, time_column, path)
     if stamps.isna().any():
         row = int(np.argmax(stamps.isna()))
         raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: empty timestamp")
@@ -158,10 +168,10 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> pd.
         log.warning("%s, column %r: %d timestamps are not after the one before them (first: line %d, %s after %s); "
                     "rows are used in file order", path, time_column, int((~later).sum()), data_line(path, row),
                     stamps[row], stamps[row - 1])
-    return stamps
+    return stamps, clock
 
 
-def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.DatetimeIndex:
+def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tuple[pd.DatetimeIndex, pd.Index | None]:
     column = frame[time_column]
     if pd.api.types.is_numeric_dtype(column) and column.notna().any():  # pandas reads 1700000000 as 1.7 s after 1970
         row = int(np.argmax(column.notna().to_numpy()))
@@ -169,18 +179,25 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> pd.D
                         "not dates; write dates (2024-01-01 00:00:00), or set task.data.time_column=null to number "
                         "the rows instead")
     try:
-        return pd.DatetimeIndex(pd.to_datetime(frame[time_column], errors="raise"))
+        return pd.DatetimeIndex(pd.to_datetime(column, errors="raise")), None
     except (ValueError, TypeError):
         pass
     try:  # UTC offsets that change (daylight saving) or stamps with and without one: one UTC time line
-        return pd.DatetimeIndex(pd.to_datetime(frame[time_column], utc=True))
+        stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=True))
     except (ValueError, TypeError) as err:
-        parsed = pd.to_datetime(frame[time_column], errors="coerce", utc=True)
-        row = int(np.argmax(parsed.isna().to_numpy() & frame[time_column].notna().to_numpy()))  # not an empty cell
+        parsed = pd.to_datetime(column, errors="coerce", utc=True)
+        row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
         raise UserError(
-            f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
-            f"{frame[time_column].iloc[row]!r}"
+            f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}"
         ) from err
+    # and each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
+    return stamps, pd.DatetimeIndex([wall_clock(pd.Timestamp(text)) if isinstance(text, str) else pd.NaT
+                                     for text in column])
+
+
+def wall_clock(stamp: pd.Timestamp) -> pd.Timestamp:
+    """`stamp`'s local time without its UTC offset (the time on the wall clock where it was taken)."""
+    return stamp.tz_localize(None) if stamp.tz is not None else stamp
 
 
 def chronological_split(
@@ -261,8 +278,8 @@ class Calendar:
 
         For streams: about a tenth of the cost of a one-row index through `features`.
         """
-        local = stamp.tz_localize(None) if stamp.tz is not None else stamp
-        return _cycle_pairs(np.array([(local - CALENDAR_EPOCH).total_seconds()]), self.kinds, self.harmonics)[0]
+        seconds = (wall_clock(stamp) - CALENDAR_EPOCH).total_seconds()
+        return _cycle_pairs(np.array([seconds]), self.kinds, self.harmonics)[0]
 
 
 def _cycle_pairs(seconds: np.ndarray, kinds: Sequence[str], harmonics: int) -> np.ndarray:

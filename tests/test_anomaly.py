@@ -350,6 +350,18 @@ def test_a_flat_probationary_period_is_centred_not_blown_up(tmp_path, caplog):
     assert f"{step}: the probationary period (45 rows): column(s) ['value'] constant; centred" in caplog.text
 
 
+def test_calendar_features_of_a_file_whose_utc_offset_changes_are_those_a_stream_computes(tmp_path):
+    local = pd.date_range("2024-11-02", periods=300, freq="h", tz="America/New_York")  # daylight saving ends
+    texts = [stamp.isoformat() for stamp in local]  # -04:00, then -05:00
+    path = tmp_path / "dst.csv"
+    path.write_text("timestamp,value\n" + "".join(f"{text},{i % 24}\n" for i, text in enumerate(texts)))
+    calendar = Calendar(("time_of_day",))
+    (data,) = load(path, calendar=calendar)
+    streamed = np.stack([calendar.row(pd.Timestamp(text)) for text in texts])  # as AnomalyStream.update reads them
+    np.testing.assert_allclose(data.inputs[:, 1:].numpy(), streamed, atol=1e-6)
+    np.testing.assert_allclose(streamed, calendar.features(local.tz_localize(None)), atol=1e-6)  # the local hour
+
+
 def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     stamps = pd.date_range("2024-01-01", periods=300, freq="h")
     values = (np.sin(np.arange(300) * 2 * np.pi / 24) + (stamps.dayofweek >= 5)).astype(np.float32)[:, None]

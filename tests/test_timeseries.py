@@ -90,10 +90,14 @@ def test_lines_after_blank_ones_are_counted_in_a_gzip_csv_too(tmp_path):
         read_series_csv(gz, ["a"], "t")
 
 
-def test_timestamps_whose_utc_offset_changes_are_read_in_utc(tmp_path):
+def test_timestamps_whose_utc_offset_changes_are_read_in_utc_and_keep_their_wall_clock(tmp_path):
     path = write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n2024-03-31 03:00+02:00,2\n")  # daylight saving starts
-    stamps = read_series_csv(path, ["a"], "t").timestamps
-    assert list(stamps) == [pd.Timestamp("2024-03-31 00:00", tz="UTC"), pd.Timestamp("2024-03-31 01:00", tz="UTC")]
+    series = read_series_csv(path, ["a"], "t")
+    assert list(series.timestamps) == [pd.Timestamp("2024-03-31 00:00", tz="UTC"),
+                                       pd.Timestamp("2024-03-31 01:00", tz="UTC")]
+    assert list(series.clock) == [pd.Timestamp("2024-03-31 01:00"), pd.Timestamp("2024-03-31 03:00")]
+    steady = read_series_csv(write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n"), ["a"], "t")
+    assert steady.clock is steady.timestamps  # one offset: the timestamps are the wall clock already
     path = write(tmp_path, "t,a\n2024-03-31 01:00+01:00,1\n2024-03-31 03:00+02:00,2\nsoon,3\n")
     with pytest.raises(UserError, match=r"line 4, column 't': unparseable timestamp 'soon'"):
         read_series_csv(path, ["a"], "t")

@@ -186,7 +186,7 @@ def load_streams(
             spans = _index_windows(series, matched[file])
         where = f"{file}: the probationary period ({n_probation} rows)"
         scaler = StandardScaler.fit(series.values[:n_probation], where, series.columns)
-        covariates = calendar.features(series.timestamps, file)
+        covariates = calendar.features(series.clock, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     return streams
 
