@@ -22,6 +22,8 @@ from gru_suite.text import read_lines
 log = logging.getLogger(__name__)
 
 MissingPolicy = Literal["error", "interpolate"]
+TIME_UNITS = ("s", "ms", "us", "ns")
+"""Units of a time column of numbers (Unix time: since 1970-01-01 UTC), as `task.data.time_unit`."""
 
 
 @dataclass
@@ -50,6 +52,7 @@ def read_series_csv(
     columns: Sequence[str] | None = None,
     time_column: str | None = None,
     missing: MissingPolicy = "error",
+    time_unit: str | None = None,
 ) -> Series:
     """Read numeric `columns` (default: every column but the time column) from a CSV.
 
@@ -57,12 +60,13 @@ def read_series_csv(
     a missing file or column, a non-numeric value, an unparseable timestamp, and
     (with `missing="error"`) an empty cell; `missing="interpolate"` fills gaps
     linearly in time order instead. Timestamps that do not increase are a warning
-    naming the first such line; rows keep their order in the file.
+    naming the first such line; rows keep their order in the file. A time column of numbers is Unix time
+    in `time_unit` (one of `TIME_UNITS`), and refused without one.
     """
     csv_path = Path(path)
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing)
+    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit)
 
 
 def series_from_frame(
@@ -71,6 +75,7 @@ def series_from_frame(
     columns: Sequence[str] | None = None,
     time_column: str | None = None,
     missing: MissingPolicy = "error",
+    time_unit: str | None = None,
 ) -> Series:
     """`read_series_csv` of a CSV already read into `frame` (from `csv_path`, which the errors name)."""
     available = list(frame.columns)
@@ -83,7 +88,7 @@ def series_from_frame(
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
     values = _handle_missing(values, wanted, csv_path, missing)
-    stamps, clock = _timestamps(frame, time_column, csv_path)
+    stamps, clock = _timestamps(frame, time_column, csv_path, time_unit)
     return Series(csv_path, stamps, wanted, values.astype(np.float32), clock)
 
 
@@ -154,11 +159,15 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
     return filled
 
 
-def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path) -> tuple[pd.Index, pd.Index | None]:
+def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path,
+                unit: str | None) -> tuple[pd.Index, pd.Index | None]:
     """The rows' timestamps (row numbers without `time_column`) and, where they differ, their wall clock."""
     if time_column is None:
         return pd.RangeIndex(len(frame)), None
-    stamps, clock = _parse_timestamps(frame, time_column, path)
+    if unit is None:
+        stamps, clock = _parse_timestamps(frame, time_column, path)
+    else:
+        stamps, clock = _unix_times(frame[time_column], path, unit), None
     if stamps.isna().any():
         row = int(np.argmax(stamps.isna()))
         raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: empty timestamp")
@@ -176,8 +185,8 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
     if pd.api.types.is_numeric_dtype(column) and column.notna().any():  # pandas reads 1700000000 as 1.7 s after 1970
         row = int(np.argmax(column.notna().to_numpy()))
         raise UserError(f"{path}, column {time_column!r}: numbers ({column.iloc[row]} on line {data_line(path, row)}), "
-                        "not dates; write dates (2024-01-01 00:00:00), or set task.data.time_column=null to number "
-                        "the rows instead")
+                        "not dates; for Unix time set task.data.time_unit (s, ms, us or ns), or write dates "
+                        "(2024-01-01 00:00:00), or set task.data.time_column=null to number the rows instead")
     try:
         return pd.DatetimeIndex(pd.to_datetime(column, errors="raise")), None
     except (ValueError, TypeError):
@@ -193,6 +202,32 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
     # and each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
     return stamps, pd.DatetimeIndex([wall_clock(pd.Timestamp(text)) if isinstance(text, str) else pd.NaT
                                      for text in column])
+
+
+def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:
+    """`column` of numbers as Unix time in `unit` (UTC); a cell that is no number is named by its line."""
+    if unit not in TIME_UNITS:
+        raise UserError(f"task.data.time_unit must be one of {list(TIME_UNITS)} (or null for dates), not {unit!r}")
+    numbers = pd.to_numeric(column, errors="coerce")
+    if (bad := numbers.isna() & column.notna()).any():
+        row = int(np.argmax(bad.to_numpy()))
+        raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {column.iloc[row]!r} is not a "
+                        f"number (Unix time in {unit}: task.data.time_unit={unit})")
+    try:
+        return pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True))
+    except (ValueError, OverflowError) as err:  # out of pandas' range (years 1677-2262)
+        raise UserError(f"{path}, column {column.name!r}: Unix times in {unit} out of range ({err})") from err
+
+
+def parse_timestamp(value: Any, unit: str | None = None) -> pd.Timestamp:
+    """One timestamp as `read_series_csv` reads a time column: a date, or with `unit` a number of Unix time (UTC);
+    NaT for anything else (an empty or unparseable value)."""
+    try:
+        if unit is None:
+            return pd.Timestamp(value)
+        return pd.to_datetime(pd.to_numeric(value), unit=unit, utc=True)
+    except (TypeError, ValueError, OverflowError):
+        return pd.NaT
 
 
 def wall_clock(stamp: pd.Timestamp) -> pd.Timestamp:

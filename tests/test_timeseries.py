@@ -7,11 +7,14 @@ import pytest
 import torch
 
 from gru_suite.errors import UserError
+from gru_suite import run
+from gru_suite.testing import compose_train_config
 from gru_suite.timeseries import (
     StandardScaler,
     WindowDataset,
     batch_loader,
     chronological_split,
+    parse_timestamp,
     read_series_csv,
     window_origins,
 )
@@ -72,7 +75,8 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
     ("t,a\n2024-01-01,1\n,2\n2024-01-03,3\nyesterday,4\n", r"line 5, column 't': unparseable timestamp 'yesterday'"),
     # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated 1970, calendar features constant
     ("t,a\n1700000000,1\n1700003600,2\n",
-     r"column 't': numbers \(1700000000 on line 2\), not dates; .*time_column=null"),
+     r"column 't': numbers \(1700000000 on line 2\), not dates; for Unix time set task.data.time_unit .*"
+     r"time_column=null"),
     ("t,a\n,1\n,2\n", r"line 2, column 't': empty timestamp"),  # a column of empty cells is not one of numbers
     # pandas skips blank (and blank-looking) lines: the third data row is on line 7 of the file
     ("\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n",
@@ -81,6 +85,23 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
 def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         read_series_csv(write(tmp_path, content), ["a"], "t")
+
+
+def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
+    path = write(tmp_path, "t,a\n1700000000,1\n\n1700003600.5,2\n")
+    stamps = read_series_csv(path, ["a"], "t", time_unit="s").timestamps
+    assert list(stamps) == [pd.Timestamp("2023-11-14 22:13:20", tz="UTC"), pd.Timestamp("2023-11-14 23:13:20.5", tz="UTC")]
+    assert [parse_timestamp(text, "s") for text in ("1700000000", "1700003600.5")] == list(stamps)  # as streams read them
+    milliseconds = read_series_csv(write(tmp_path, "t,a\n1700000000000,1\n"), ["a"], "t", time_unit="ms")
+    assert milliseconds.timestamps[0] == stamps[0]
+    with pytest.raises(UserError, match=r"line 4, column 't': '2023-11-15' is not a number \(Unix time in s"):
+        read_series_csv(write(tmp_path, "t,a\n1700000000,1\n\n2023-11-15,2\n"), ["a"], "t", time_unit="s")
+    with pytest.raises(UserError, match=r"time_unit must be one of \['s', 'ms', 'us', 'ns'\] \(or null for dates\), "
+                                        r"not 'h'"):
+        read_series_csv(path, ["a"], "t", time_unit="h")
+    with pytest.raises(UserError, match=r"column 't': Unix times in s out of range"):
+        read_series_csv(write(tmp_path, "t,a\n1e30,1\n"), ["a"], "t", time_unit="s")
+    assert parse_timestamp("soon", "s") is pd.NaT and parse_timestamp("soon") is pd.NaT
 
 
 def test_lines_after_blank_ones_are_counted_in_a_gzip_csv_too(tmp_path):
@@ -245,3 +266,11 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     assert list(future) == list(pd.date_range(hourly[-1] + pd.Timedelta(hours=1), periods=3, freq="h"))
     month_ends = SimpleNamespace(timestamps=pd.date_range("2020-01-31", periods=12, freq="ME"))
     assert future_timestamps(month_ends, np.array([12]))[0] == pd.Timestamp("2021-01-31")
+
+
+def test_the_forecasting_task_reads_a_unix_time_column_in_its_time_unit(tmp_path):
+    path = write(tmp_path, "timestamp,load\n" + "".join(f"{1_700_000_000 + 3600 * i},{i % 24}\n" for i in range(200)))
+    overrides = [f"task.data.path={path}", "task.data.targets=[load]", "task.data.features=null",
+                 "task.data.time_unit=s", "task.data.lookback=8", "task.data.horizon=2"]
+    task = run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task)
+    assert task.datamodule().series.timestamps[0] == pd.Timestamp("2023-11-14 22:13:20", tz="UTC")

@@ -152,10 +152,12 @@ def load_streams(
     min_probation: int,
     calendar: Calendar = Calendar(),
     preferred_columns: Sequence[str] | None = None,
+    time_unit: str | None = None,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
     and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
-    the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`)."""
+    the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`);
+    a time column of numbers is Unix time in `time_unit`."""
     root, files = csv_files(path)
     beside = windows_path == "auto"
     if beside:
@@ -172,7 +174,7 @@ def load_streams(
         if streams and columns != (first := streams[0].series).columns:
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")
-        series = series_from_frame(frame, file, columns, time_column, missing)
+        series = series_from_frame(frame, file, columns, time_column, missing, time_unit)
         n_probation = min(int(probation * len(series.values)), probation_max)
         if n_probation < min_probation:
             raise UserError(

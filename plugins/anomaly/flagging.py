@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from gru_suite.errors import UserError
-from gru_suite.timeseries import Calendar, StandardScaler
+from gru_suite.timeseries import Calendar, StandardScaler, parse_timestamp
 from gru_suite_plugins.anomaly.data import detector_inputs
 from gru_suite_plugins.anomaly.detectors import StreamingScorer
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
@@ -163,7 +163,7 @@ class AnomalyStream:
     """Score a live stream one observation at a time, with constant memory and time per point
     once the probationary period is over (during it, its observations are kept to fit the
     scaler and calibrate the threshold). A detector trained with `calendar` features needs
-    each observation's timestamp."""
+    each observation's timestamp (a number: Unix time in `time_unit`, as `task.data.time_unit` reads them)."""
 
     def __init__(
         self,
@@ -172,11 +172,13 @@ class AnomalyStream:
         probation: int,
         retraining: Retraining | None = None,
         calendar: Calendar = Calendar(),
+        time_unit: str | None = None,
     ) -> None:
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.flagger = flagger
         self.probation = probation
         self.calendar = calendar
+        self.time_unit = time_unit
         self._warmup: list[tuple[np.ndarray, np.ndarray]] | None = []
         self.scaler: StandardScaler | None = None
 
@@ -198,12 +200,10 @@ class AnomalyStream:
         if timestamp is None:
             raise UserError(f"this detector reads calendar features {list(self.calendar.kinds)}: "
                             "give each observation's timestamp")
-        try:
-            stamp = pd.Timestamp(timestamp)
-        except (TypeError, ValueError):
-            stamp = pd.NaT
+        stamp = parse_timestamp(timestamp, self.time_unit)
         if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
-            raise UserError(f"not a timestamp: {timestamp!r}")
+            unit = f" (a number: Unix time in {self.time_unit})" if self.time_unit else ""
+            raise UserError(f"not a timestamp{unit}: {timestamp!r}")
         return self.calendar.row(stamp)
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:

@@ -47,7 +47,7 @@ class AnomalyTask(TaskPlugin):
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 * data.crop_length, calendar=self.calendar,
-            preferred_columns=self.state.get("value_columns"),
+            preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
         )
         flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
@@ -111,7 +111,8 @@ class AnomalyTask(TaskPlugin):
 
     def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
         """A live scorer with this task's flagger, retraining and calendar features."""
-        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar)
+        return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar,
+                             self.cfg.data.get("time_unit"))
 
     @property
     def calendar(self) -> Calendar:

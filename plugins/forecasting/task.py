@@ -37,7 +37,8 @@ class ForecastingTask(TaskPlugin):
         missing_targets = [t for t in targets if t not in features]
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
-        series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"))
+        series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"),
+                                 data.get("time_unit"))
         try:
             bounds = chronological_split(len(series.values), data.split)
         except UserError as err:
