@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -185,6 +186,17 @@ def test_empty_lines_are_skipped_with_their_line_named(tmp_path: Path, caplog: p
         corpus = read_parallel(tmp_path, "val", "en", "toy", "error")
     assert corpus is not None and corpus.source == ["one", "four"] and corpus.lines == [1, 4]
     assert "val.en" in caplog.text and "line(s) 2, 3" in caplog.text
+
+
+def test_predicting_on_the_test_split_keeps_every_source_line(bundled: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(bundled, data)
+    lines = (data / "test.toy").read_text(encoding="utf-8").splitlines(keepends=True)
+    (data / "test.toy").write_text("".join(["\n", *lines[1:]]), encoding="utf-8")  # a reference left empty
+    task = TranslationTask(compose_train_config("translation", [f"task.data.path={data}", *TINY], tmp_path).task)
+    task.datamodule().predict_dataloader()
+    assert task.input_rows == len(lines) and task.predict_corpus.lines[0] == 1  # translations.txt stays aligned
+    assert len(task._corpus("test").source) == len(lines) - 1  # scoring still skips the pair
 
 
 def test_stdin_lines_are_read_with_their_line_numbers(monkeypatch: pytest.MonkeyPatch) -> None:

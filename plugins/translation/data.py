@@ -44,12 +44,14 @@ def _existing(folder: Path, name: str) -> Path | None:
     return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
 
 
-def read_parallel(folder: str | Path, split: str, source: str, target: str, encoding_errors: str) -> Corpus | None:
+def read_parallel(folder: str | Path, split: str, source: str, target: str, encoding_errors: str,
+                  keep_empty: bool = False) -> Corpus | None:
     """The split's pairs from `<split>.<source>` + `<split>.<target>` (each optionally `.gz`) or from
     `<split>.tsv[.gz]` whose header names the languages; None if the split has no files.
 
     Files of different lengths are a `UserError` naming both; pairs with an empty side
-    are dropped with a warning naming their lines.
+    are dropped with a warning naming their lines (kept with `keep_empty`, as a text to translate keeps
+    every line).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -70,7 +72,7 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
         raise UserError(f"{found} has no aligned {missing}[.gz] beside it in {folder}")
     else:
         return None
-    return _without_empty(corpus)
+    return corpus if keep_empty else _without_empty(corpus)
 
 
 def _without_empty(corpus: Corpus) -> Corpus:

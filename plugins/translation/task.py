@@ -80,19 +80,23 @@ class TranslationTask(TaskPlugin):
         self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
         return TranslationData(self._build, data.batch_size, data.eval_batch_size, data.get("num_workers", 0))
 
-    def _corpus(self, stage: str) -> Corpus:
-        if stage not in self._corpora:
+    def _corpus(self, stage: str, keep_empty: bool = False) -> Corpus:
+        """The pairs of `stage`'s split (the test split falls back to the validation one), without those with an
+        empty side unless `keep_empty`."""
+        key = f"{stage}+empty" if keep_empty else stage
+        if key not in self._corpora:
             data = self.cfg.data
-            corpus = read_parallel(data.path, data.splits[stage], data.source, data.target, data.encoding_errors)
+            corpus = read_parallel(data.path, data.splits[stage], data.source, data.target, data.encoding_errors,
+                                   keep_empty)
             if corpus is None and stage == "test":
                 log.info("%s has no %s split: testing on the validation split", data.path, data.splits.test)
-                corpus = self._corpus("val")
+                corpus = self._corpus("val", keep_empty)
             if corpus is None or not corpus.source:
                 raise UserError(f"{data.path}: no {data.splits[stage]} pairs (expected {data.splits[stage]}."
                                 f"{data.source} + {data.splits[stage]}.{data.target}, optionally .gz, or "
                                 f"{data.splits[stage]}.tsv with columns {data.source} and {data.target})")
-            self._corpora[stage] = corpus
-        return self._corpora[stage]
+            self._corpora[key] = corpus
+        return self._corpora[key]
 
     def _fit_tokenizers(self, train: Corpus) -> None:
         tok = self.cfg.tokenizer
@@ -124,7 +128,7 @@ class TranslationTask(TaskPlugin):
     def _predict_set(self) -> PairSet:
         """The lines of `predict.input` (default: the test split's source side), every line kept."""
         path = self.cfg.predict.get("input")
-        corpus = read_source_text(str(path), self.cfg.data.encoding_errors) if path else self._corpus("test")
+        corpus = read_source_text(str(path), self.cfg.data.encoding_errors) if path else self._corpus("test", True)
         if not corpus.source:
             raise UserError(f"{corpus.where}: nothing to translate (no lines)")
         self.input_rows = len(corpus.source)
