@@ -26,7 +26,7 @@ from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, r
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
-from gru_suite_plugins.translation.task import TranslationTask, split_sentences
+from gru_suite_plugins.translation.task import TranslationTask, corpus_scores, split_sentences
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
         "task.decode.beam_size=2", "task.decode.max_length=20", "task.data.batch_size=32"]
@@ -60,6 +60,20 @@ def test_tokenizers_round_trip_the_text_and_ride_in_the_state(bundled: Path, tmp
     assert task.state["source_tokenizer"] == task.state["target_tokenizer"]  # joint vocabulary by default
     model = task.build_model(partial(GRUBackbone, hidden_size=8))
     assert model.source_embed is model.target_embed and model.out.weight is model.target_embed.weight
+
+
+def test_a_lowercasing_tokenizer_is_scored_case_insensitively(bundled: Path, tmp_path: Path) -> None:
+    for lowercase in (False, True):
+        cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY,
+                                                   f"task.tokenizer.lowercase={lowercase}"], tmp_path)
+        task = TranslationTask(cfg.task)
+        task.datamodule()
+        reference = "Some green old women know a green farmer."
+        hypothesis = task.detokenize(task.target_tokenizer(reference, add_special_tokens=False)["input_ids"])
+        assert task.lowercase == lowercase and (hypothesis == reference) != lowercase
+        task._scores["val"] = {0: (hypothesis, reference, 1.0, 9)}  # what a validation epoch collects
+        assert task.epoch_end("val")["bleu"] == pytest.approx(100)  # a perfect translation
+        assert ("case:lc" in corpus_scores([hypothesis], [reference], lowercase)["bleu_signature"]) == lowercase
 
 
 def test_separate_vocabularies_give_separate_embeddings(bundled: Path, tmp_path: Path) -> None:

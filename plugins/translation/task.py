@@ -187,7 +187,7 @@ class TranslationTask(TaskPlugin):
             return {}
         hypotheses, references, nlls, lengths = zip(*(pairs[i] for i in sorted(pairs)))
         nll, tokens = sum(nlls), sum(lengths)
-        result = corpus_scores(list(hypotheses), list(references))
+        result = corpus_scores(list(hypotheses), list(references), self.lowercase)
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
         return {**result, "perplexity": math.exp(nll / max(tokens, 1))}
@@ -208,6 +208,11 @@ class TranslationTask(TaskPlugin):
             return beam_search(model, source, lengths, limit, beam, decode.length_penalty, decode.early_stopping)
         finally:
             model.train(was_training)
+
+    @property
+    def lowercase(self) -> bool:
+        """Whether the target tokenizer lowercases (then its translations are scored case-insensitively)."""
+        return self.target_tokenizer.backend_tokenizer.normalizer.normalize_str("A") == "a"
 
     def detokenize(self, ids: list[int]) -> str:
         return self.target_tokenizer.decode(ids, skip_special_tokens=True)
@@ -272,10 +277,11 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     return Corpus(corpus.where, sentences, [], lines), rows
 
 
-def corpus_scores(hypotheses: list[str], references: list[str]) -> dict[str, Any]:
-    """sacreBLEU corpus BLEU and chrF (0-100) with their signatures."""
+def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU and chrF (0-100) with their signatures; `lowercase`: case-insensitive (a model whose
+    tokenizer lowercases cannot write the references' capitals)."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, chrf = BLEU(), CHRF()
+    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
     return {"bleu": bleu.corpus_score(hypotheses, [references]).score, "bleu_signature": str(bleu.get_signature()),
             "chrf": chrf.corpus_score(hypotheses, [references]).score, "chrf_signature": str(chrf.get_signature())}
