@@ -23,6 +23,7 @@ from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import pad_ids
 from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, read_source_text
+from gru_suite_plugins.translation import decode
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
@@ -128,6 +129,22 @@ def test_beam_search_with_one_beam_is_greedy() -> None:
     assert all(len(h.tokens) <= n for h, n in zip(got, limit.tolist()))
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.attention, e.attention)
+
+
+def test_beam_search_without_early_stopping_runs_on_while_a_longer_beam_could_win(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    source, lengths = pad_ids([[4, 5, 6, 7, EOS]])
+    limit = torch.tensor([8])
+    for seed in range(100, 110):
+        torch.manual_seed(seed)
+        model = Seq2Seq(partial(GRUBackbone, hidden_size=16), 8, 8, 8).eval()
+        with torch.no_grad():
+            model.out.weight.mul_(3)  # peaked distributions: hypotheses end early, some longer ones score better
+        stopped = beam_search(model, source, lengths, limit, 2, length_penalty=1.0, early_stopping=False)[0]
+        with monkeypatch.context() as patch:  # the same search never stopping before max_len
+            patch.setattr(decode, "_complete", lambda finished, k, early_stopping, *rest: False)
+            full = beam_search(model, source, lengths, limit, 2, length_penalty=1.0, early_stopping=False)[0]
+        assert stopped.tokens == full.tokens and stopped.score == pytest.approx(full.score), seed
 
 
 def test_beam_search_finds_a_likelier_translation_than_greedy_or_the_same() -> None:

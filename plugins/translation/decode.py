@@ -113,7 +113,8 @@ def beam_search(
                 rows_attention = attention[row] if is_eos else torch.cat([attention[row], weights[row : row + 1]])
                 finished[b].append(Hypothesis(ids, rows_attention[:, : limits[b][0]], score / steps**length_penalty))
             finished[b] = sorted(finished[b], key=lambda h: -h.score)[:k]
-            if last or _complete(finished[b], k, early_stopping, top_scores[b], word[b], steps, length_penalty):
+            if last or _complete(finished[b], k, early_stopping, top_scores[b], word[b], steps, limits[b][1],
+                                 length_penalty):
                 done[b] = True
         if all(done):
             break
@@ -130,15 +131,18 @@ def beam_search(
 
 def _complete(
     finished: list[Hypothesis], k: int, early_stopping: bool, top_scores: Tensor, words: Tensor, steps: int,
-    length_penalty: float,
+    max_len: int, length_penalty: float,
 ) -> bool:
-    """Whether a sentence with `finished` hypotheses needs no more steps."""
+    """Whether a sentence with `finished` hypotheses needs no more steps: with `early_stopping` once it has `k`,
+    else once the best live beam cannot beat the worst of them at any length up to `max_len` (its log-probability
+    only falls, but with `length_penalty` > 0 a longer hypothesis is divided by more)."""
     if len(finished) < k:
         return False
     if early_stopping:
         return True
     live = top_scores.masked_fill(words == EOS, float("-inf")).max()
-    return float(live) / steps**length_penalty <= finished[-1].score
+    best_length = max_len if length_penalty > 0 else steps
+    return float(live) / best_length**length_penalty <= finished[-1].score
 
 
 def _stack(rows: list[Tensor], source_length: int) -> Tensor:
