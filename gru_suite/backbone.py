@@ -114,7 +114,7 @@ class GRUBackbone(nn.Module):
         """Advance one step: `x_t` (B, input_size) -> output (B, output_size), new state.
 
         Only unidirectional backbones can stream; a bidirectional one needs the
-        whole sequence.
+        whole sequence. No hidden-to-hidden weights are dropped here (`weight_dropout` acts in `forward`).
         """
         if self.bidirectional:
             raise RuntimeError("step() needs a unidirectional backbone; bidirectional=True sees the future")

@@ -120,6 +120,12 @@ def test_carried_decoder_state_gives_the_teacher_forced_logits(input_feeding: bo
     torch.testing.assert_close(torch.stack(steps, 1), forced)
 
 
+def test_weight_dropout_with_input_feeding_is_refused() -> None:
+    with pytest.raises(UserError, match=r"backbone.weight_dropout needs task.model.input_feeding=false"):
+        Seq2Seq(partial(GRUBackbone, hidden_size=8, weight_dropout=0.3), 20, 20, 8, input_feeding=True)
+    Seq2Seq(partial(GRUBackbone, hidden_size=8, weight_dropout=0.3), 20, 20, 8)  # the decoder runs whole sequences
+
+
 def test_beam_search_with_one_beam_is_greedy() -> None:
     model = tiny_model(40, seed=3)
     source, lengths = pad_ids([[5, 6, 7, 8, EOS], [9, EOS], [10, 11, 12, EOS]])

@@ -97,6 +97,9 @@ class Seq2Seq(nn.Module):
         self.encoder: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional_encoder)
         self.input_feeding = input_feeding
         self.decoder: GRUBackbone = backbone(input_size=embed_size * (2 if input_feeding else 1), bidirectional=False)
+        if input_feeding and self.decoder.weight_dropout:
+            raise UserError("backbone.weight_dropout needs task.model.input_feeding=false: with input feeding the "
+                            "decoder runs one step at a time, where no hidden-to-hidden weights are dropped")
         hidden = self.decoder.hidden_size
         self.bridge = nn.Linear(self.encoder.output_size, hidden)
         self.attention = Attention(attention, hidden, self.encoder.output_size)
