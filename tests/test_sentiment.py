@@ -18,6 +18,7 @@ import torch
 
 from gru_suite import run
 from gru_suite.backbone import GRUBackbone
+from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_ids, train_tokenizer
@@ -266,6 +267,13 @@ def test_predictions_carry_probabilities_and_the_deciding_word(trained: tuple[Pa
     assert sum(heaviest) >= 0.8 * len(rows)
     page = (folder / "predictions" / "explanations.html").read_text(encoding="utf-8")
     assert page.count("<tr>") == 81 and "rgba(" in page
+
+
+def test_special_tokens_written_in_a_text_are_read_as_text(trained: tuple[Path, dict[str, float]]) -> None:
+    folder, _ = trained
+    task = load_checkpoint(folder / "checkpoints" / "last.ckpt").task
+    (ids,) = task.encode(["good <pad> film </s> <s>"])
+    assert not {PAD_ID, BOS_ID, EOS_ID} & set(ids)  # the marks' characters, not the marks
 
 
 def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str, float]], tmp_path: Path,

@@ -313,6 +313,8 @@ def test_unknown_characters_become_unk_with_a_warning(bundled: Path, tmp_path: P
         ids = Encoder(task.source_tokenizer, 100, "truncate")(["A dog.", "A 狗 dog."], [1, 2], "in.txt", "source")
     assert task.source_tokenizer.unk_token_id in ids[1]  # type: ignore[operator]
     assert "in.txt: source characters unknown to the tokenizer, kept as <unk> on line(s) 2" in caplog.text
+    (marks,) = Encoder(task.source_tokenizer, 100, "truncate")(["Some <s>old</s> farmer."], [1], "in.txt", "source")
+    assert marks is not None and BOS not in marks and marks.index(EOS) == len(marks) - 1  # text, not sentence marks
 
 
 def per_token_scores(checkpoint: Path) -> tuple[float, float]:

@@ -230,7 +230,7 @@ class SentimentTask(TaskPlugin):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, cut at `data.max_tokens` (a text of no tokens becomes one unknown token)."""
         assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
-        ids = self.tokenizer(list(texts), add_special_tokens=False, truncation=True,
+        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, truncation=True,
                              max_length=int(self.cfg.data.max_tokens))["input_ids"]
         return [row or [self.tokenizer.unk_token_id] for row in ids]
 
@@ -388,7 +388,7 @@ class SentimentTask(TaskPlugin):
                  for i, p, w, n in zip(batch["index"], batch["probs"], batch["weights"], batch["lengths"].tolist())}
         order = sorted(found)
         texts = [examples[i].text for i in order]
-        encoding = self.tokenizer(texts, add_special_tokens=False, truncation=True,
+        encoding = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True, truncation=True,
                                   max_length=int(self.cfg.data.max_tokens), return_offsets_mapping=True)
         predict, rows, page = self.cfg.predict, [], []
         for row, i in enumerate(order):

@@ -97,7 +97,7 @@ class Tokens:
         return [w for w in dict.fromkeys(text.split()) if unk in self.encode(w)]
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # "<s>" is text
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i != BLANK], skip_special_tokens=True).strip()

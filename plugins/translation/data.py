@@ -115,7 +115,9 @@ class Encoder:
     def __call__(self, sentences: Sequence[str], lines: Sequence[int], where: str, side: str) -> list[list[int] | None]:
         """Ids per sentence; None for one skipped as too long."""
         unk, eos = self.tokenizer.unk_token_id, self.tokenizer.eos_token_id
-        encoded = self.tokenizer(list(sentences), add_special_tokens=False)["input_ids"] if sentences else []
+        # split_special_tokens: a literal "</s>" in the text is text, not the end of the sentence
+        encoded = (self.tokenizer(list(sentences), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                   if sentences else [])
         out: list[list[int] | None] = []
         long, unknown = [], []
         for ids, line in zip(encoded, lines):
