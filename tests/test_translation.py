@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -75,6 +76,17 @@ def test_a_lowercasing_tokenizer_is_scored_case_insensitively(bundled: Path, tmp
         task._scores["val"] = {0: (hypothesis, reference, 1.0, 9)}  # what a validation epoch collects
         assert task.epoch_end("val")["bleu"] == pytest.approx(100)  # a perfect translation
         assert ("case:lc" in corpus_scores([hypothesis], [reference], lowercase)["bleu_signature"]) == lowercase
+
+
+def test_the_runs_seed_draws_the_training_batches(bundled: Path, tmp_path: Path) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
+    first = {}
+    for seed in (1, 2, 1):
+        pl.seed_everything(seed, verbose=False)
+        batch = next(iter(TranslationTask(cfg.task).datamodule().train_dataloader()))
+        first.setdefault(seed, batch["index"].tolist())
+        assert first[seed] == batch["index"].tolist()  # the same seed, the same batches
+    assert first[1] != first[2]
 
 
 def test_separate_vocabularies_give_separate_embeddings(bundled: Path, tmp_path: Path) -> None:

@@ -78,7 +78,9 @@ class TranslationTask(TaskPlugin):
                             f"task.data.target={data.target} ask for the other direction")
         self.source_tokenizer = tokenizer_from_state(self.state["source_tokenizer"])
         self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
-        return TranslationData(self._build, data.batch_size, data.eval_batch_size, data.get("num_workers", 0))
+        # batches drawn with the run's `seed` (torch's, set by seed_everything): a seed sweep varies the order too
+        return TranslationData(self._build, data.batch_size, data.eval_batch_size, data.get("num_workers", 0),
+                               seed=torch.initial_seed())
 
     def _corpus(self, stage: str, keep_empty: bool = False) -> Corpus:
         """The pairs of `stage`'s split (the test split falls back to the validation one), without those with an
