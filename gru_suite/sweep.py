@@ -80,8 +80,8 @@ def unranked_because(jobs: list[Job]) -> str | None:
         return "a job records no monitored metric (an eval or predict sweep, or a task without task.monitor)"
     if len({(job.task, job.monitor, job.mode) for job in jobs}) > 1:
         return "the jobs are of different tasks"
-    if all(job.score is None for job in jobs):
-        return "no job recorded its monitored metric"
+    if not any(job.score is not None and math.isfinite(job.score) for job in jobs):
+        return "no job recorded a finite value of its monitored metric"
     return None
 
 

@@ -54,3 +54,12 @@ def test_jobs_of_different_tasks_are_not_ranked_even_by_a_metric_of_one_name(tmp
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert [line.split(",")[0] for line in (tmp_path / "summary.csv").read_text().splitlines()[1:]] == ["0_a", "1_b"]
     assert "(not ranked: the jobs are of different tasks)" in caplog.text and "best:" not in caplog.text
+
+
+def test_a_sweep_without_a_finite_score_names_no_best_job(tmp_path, caplog):
+    caplog.set_level("INFO")
+    _job(tmp_path, "0_t", ["optimizer.lr=10"], None)  # failed
+    _job(tmp_path, "1_t", ["optimizer.lr=1"], {"val/f1": float("nan")})  # diverged
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "(not ranked: no job recorded a finite value of its monitored metric)" in caplog.text
+    assert "best:" not in caplog.text and "Logging error" not in caplog.text
