@@ -200,8 +200,7 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
             f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}"
         ) from err
     # and each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
-    return stamps, pd.DatetimeIndex([wall_clock(pd.Timestamp(text)) if isinstance(text, str) else pd.NaT
-                                     for text in column])
+    return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(text)) for text in column])
 
 
 def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:
