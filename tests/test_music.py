@@ -89,6 +89,17 @@ def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(midi_to_roll(back, 4)[:, 40:80], roll[:, 40:80])
 
 
+@pytest.mark.parametrize("numerator,denominator", [(4, 4), (6, 8), (2, 2), (3, 8)])
+def test_the_grid_counts_quarter_notes_whatever_the_time_signature(numerator: int, denominator: int) -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)  # pretty_midi's beats: dotted quarters in 6/8, halves in 2/2
+    pm.time_signature_changes.append(pretty_midi.TimeSignature(numerator, denominator, 0))
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(80, 60 + i % 2, i * 0.25, (i + 1) * 0.25) for i in range(12)]  # eighths
+    pm.instruments.append(piano)
+    roll = midi_to_roll(pm, steps_per_beat=4)
+    assert len(roll) == 24 and np.flatnonzero(roll[:, 60]).tolist() == [s for i in range(0, 24, 4) for s in (i, i + 1)]
+
+
 def test_bundled_corpus_is_deterministic_chorales(tmp_path: Path) -> None:
     first, second = write_corpus(tmp_path / "a", 2), write_corpus(tmp_path / "b", 2)
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]

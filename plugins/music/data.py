@@ -32,19 +32,15 @@ Piece = TypeVar("Piece")
 
 
 def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = False) -> np.ndarray:
-    """A boolean roll (steps, 128) on a grid of `steps_per_beat` steps per beat, following the file's tempo map.
+    """A boolean roll (steps, 128) on a grid of `steps_per_beat` steps per quarter note, following the file's
+    tempo map (whatever its time signature: pretty_midi's beats are dotted quarters in 6/8, halves in 2/2).
 
     Onsets and offsets snap to the nearest step; every note lasts at least one step.
     The roll ends at the file's end time, so trailing silence is kept.
     """
-    beats = pm.get_beats()
-    period = beats[-1] - beats[-2] if len(beats) > 1 else 0.5
-
     def steps_at(times: np.ndarray) -> np.ndarray:
-        position = np.interp(times, beats, np.arange(len(beats)), left=0.0)
-        beyond = times > beats[-1]
-        position[beyond] = len(beats) - 1 + (times[beyond] - beats[-1]) / period
-        return np.rint(position * steps_per_beat).astype(int)
+        quarters = np.array([pm.time_to_tick(t) for t in times]) / pm.resolution
+        return np.rint(quarters * steps_per_beat).astype(int)
 
     notes = [n for inst in pm.instruments if drums or not inst.is_drum for n in inst.notes]
     if not notes:
