@@ -18,7 +18,15 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite_plugins.music.data import EventDataset, load_corpus, midi_to_roll, read_events, read_midi, to_range
+from gru_suite_plugins.music.data import (
+    EventDataset,
+    load_corpus,
+    midi_to_roll,
+    read_events,
+    read_midi,
+    split_pieces,
+    to_range,
+)
 from gru_suite_plugins.music.events import (
     NOTE_OFF,
     NOTE_ON,
@@ -36,6 +44,7 @@ from gru_suite_plugins.music.model import (
     EventModel,
     MusicModel,
     Sampling,
+    _draw,
     filter_logits,
     sample_events,
 )
@@ -241,6 +250,20 @@ def test_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, t
         run.build_task(cfg.task).datamodule()
 
 
+def test_a_primer_on_a_drum_track_is_read_when_drums_are(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    kit = pretty_midi.Instrument(0, is_drum=True)
+    kit.notes += [pretty_midi.Note(80, 60, i * 0.5, i * 0.5 + 0.25) for i in range(4)]
+    pm.instruments.append(kit)
+    pm.write(str(primer := tmp_path / "drums.mid"))
+    overrides = [*TINY, f"task.data.path={corpus}", f"task.generate.primer={primer}"]
+    task = run.build_task(compose_train_config("music", [*overrides, "task.data.drums=true"], tmp_path).task)
+    task.datamodule()
+    assert task.primer.any()
+    with pytest.raises(UserError, match=r"drums.mid: no notes \(drum tracks are ignored\)"):
+        run.build_task(compose_train_config("music", overrides, tmp_path).task).datamodule()
+
+
 def test_corrupt_and_empty_midi_files_are_skipped_by_name(
     corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -262,6 +285,31 @@ def test_corrupt_and_empty_midi_files_are_skipped_by_name(
         (folder / path.name).unlink()
     with pytest.raises(UserError, match=r"no usable MIDI files \(2 unusable: broken.mid, silent.midi\)"):
         load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
+
+
+def test_the_splits_take_their_shares_of_the_pieces() -> None:
+    pieces = [np.full((1, 128), i % 2, bool) for i in range(20)]
+    sizes = lambda split: {k: len(v) for k, v in split_pieces(pieces, split, Path("p")).items()}  # noqa: E731
+    assert sizes([0.8, 0.1, 0.1]) == {"train": 16, "valid": 2, "test": 2}
+    assert sizes([0.5, 0.1, 0.1]) == {"train": 10, "valid": 2, "test": 2}  # six pieces left out
+    with pytest.raises(UserError, match=r"p: 20 pieces leave none for training with split \[0.01, 0.1, 0.1\]"):
+        sizes([0.01, 0.1, 0.1])
+
+
+def test_json_rolls_without_a_note_are_one_clear_error(music_installed: None, tmp_path: Path) -> None:
+    path = tmp_path / "rests.json"
+    path.write_text(json.dumps({"train": [[[], []]], "valid": [[[]]], "test": [[[]]]}))
+    task = run.build_task(compose_train_config("music", [*TINY, f"task.data.path={path}"], tmp_path).task)
+    with pytest.raises(UserError, match=r"rests.json: no piece holds a note"):
+        task.datamodule()
+
+
+def test_roll_top_p_keeps_a_notes_likelier_outcome_once_it_holds_p() -> None:
+    prob = torch.tensor([0.6, 0.69, 0.4, 0.2, 0.8]).repeat(2000, 1)
+    greedy = _draw(prob, Sampling(top_p=0.3), torch.Generator().manual_seed(0)).mean(0)
+    assert greedy.tolist() == [1, 1, 0, 0, 1]  # below 0.5 the likelier outcome always holds p
+    nucleus = _draw(prob, Sampling(top_p=0.75), torch.Generator().manual_seed(0)).mean(0)
+    assert nucleus[[3, 4]].tolist() == [0, 1] and torch.allclose(nucleus[:3], torch.tensor([0.6, 0.69, 0.4]), atol=0.05)
 
 
 def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_path: Path) -> None:

@@ -172,7 +172,8 @@ def _load_midi(source: Path, read: Callable[[Path], np.ndarray], split: Sequence
 
 
 def split_pieces(pieces: list[np.ndarray], split: Sequence[float], source: Path) -> Corpus:
-    """Train/valid/test by `split` shares of the pieces (a fixed shuffle), at least one piece each."""
+    """Train/valid/test by `split` shares of the pieces (a fixed shuffle), at least one piece each; shares summing to
+    less than 1 leave pieces out."""
     if len(split) != 3 or any(s < 0 for s in split) or sum(split) > 1 + 1e-9:
         raise UserError(f"task.data.split must be three shares summing to at most 1, got {list(split)}")
     n = len(pieces)
@@ -182,16 +183,19 @@ def split_pieces(pieces: list[np.ndarray], split: Sequence[float], source: Path)
         return {s: pieces for s in SPLITS}
     order = np.random.default_rng(0).permutation(n)
     n_valid, n_test = (max(1, round(share * n)) for share in split[1:])
-    n_train = n - n_valid - n_test
+    n_train = n - n_valid - n_test  # shares summing to 1: training takes the rest, else its own share
+    n_train = n_train if sum(split) > 1 - 1e-9 else min(n_train, round(split[0] * n))
     if n_train < 1:
         raise UserError(f"{source}: {n} pieces leave none for training with split {list(split)}")
     chosen = [pieces[i] for i in order]
-    return {"train": chosen[:n_train], "valid": chosen[n_train:n_train + n_valid], "test": chosen[n_train + n_valid:]}
+    return {"train": chosen[:n_train], "valid": chosen[n_train:n_train + n_valid], "test": chosen[n_train + n_valid:n_train + n_valid + n_test]}
 
 
-def pitch_bounds(corpus: Corpus) -> tuple[int, int]:
-    """Lowest and highest pitch sounding anywhere in the corpus."""
+def pitch_bounds(corpus: Corpus, source: str | Path) -> tuple[int, int]:
+    """Lowest and highest pitch sounding anywhere in the corpus (read from `source`, which an error names)."""
     used = np.flatnonzero(np.any([roll.any(0) for pieces in corpus.values() for roll in pieces], axis=0))
+    if not len(used):
+        raise UserError(f"{source}: no piece holds a note")
     return int(used[0]), int(used[-1])
 
 

@@ -4,8 +4,9 @@ or, for the event representation, event embedding, shared backbone and a softmax
 Sampling controls of the roll heads, the same for both:
 
 - `temperature` divides every note's logit (below 1: safer, above 1: wilder);
-- `top_p` is nucleus sampling of each note's on/off decision: an outcome less likely
-  than `1 - top_p` is never drawn, so a note is decided by its likelier outcome;
+- `top_p` is nucleus sampling of each note's on/off decision: when the likelier outcome alone
+  has probability `top_p` or more it is always drawn (so below 0.5 every note is decided by its likelier
+  outcome), otherwise both stay possible;
 - `top_k` caps polyphony at k notes: the independent head only lets its k likeliest
   pitches sound; the autoregressive head (low to high) keeps the rest off once k sound.
 
@@ -43,8 +44,8 @@ class Sampling:
 def _draw(prob: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
     """Bernoulli draws from `prob` after the nucleus cut, with uniforms from a CPU generator
     (the same seed gives the same notes on any device)."""
-    if sampling.top_p is not None:
-        prob = torch.where(prob < 1 - sampling.top_p, 0.0, torch.where(prob > sampling.top_p, 1.0, prob))
+    if sampling.top_p is not None:  # the nucleus of {on, off}: the likelier outcome alone once it holds top_p
+        prob = torch.where(torch.maximum(prob, 1 - prob) >= sampling.top_p, (prob >= 0.5).to(prob.dtype), prob)
     uniform = torch.rand(prob.shape, generator=generator).to(prob.device)
     return (uniform < prob).float()
 

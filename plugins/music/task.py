@@ -161,7 +161,7 @@ class RollRepresentation(Representation):
             if data.pitch_range not in ("data", "piano"):
                 raise UserError(f"task.data.pitch_range must be 'data' or 'piano', got {data.pitch_range!r}")
             corpus = self._read()
-            low, high = pitch_bounds(corpus) if data.pitch_range == "data" else PIANO_RANGE
+            low, high = pitch_bounds(corpus, data.path) if data.pitch_range == "data" else PIANO_RANGE
             self.state.update(low=low, high=high)
             ranged = self._ranged(corpus)
             load = lambda: ranged  # noqa: E731
@@ -201,7 +201,8 @@ class RollRepresentation(Representation):
         steps = self.generate_steps()
         if not path:
             return None
-        roll, outside = to_range(read_midi(path, self.state["steps_per_beat"]), self.state["low"], self.state["high"])
+        roll = read_midi(path, self.state["steps_per_beat"], self.cfg.data.drums)
+        roll, outside = to_range(roll, self.state["low"], self.state["high"])
         if outside:
             log.warning("primer %s: dropped %d note-steps outside the model's pitch range", path, outside)
         if len(roll) > steps:
