@@ -34,7 +34,7 @@ from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralF
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
-from gru_suite_plugins.speech.task import SpeechTask
+from gru_suite_plugins.speech.task import Scores, SpeechTask
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
 from gru_suite_plugins.speech.writer import cues, write_transcripts
@@ -771,6 +771,12 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     messages = [r.getMessage() for r in caplog.records]
     assert any("train.jsonl:2" in m and "outside the vocabulary" in m and "'ö', '2'" in m for m in messages)
     assert any("train.jsonl:3" in m and "empty transcript" in m for m in messages)
+
+
+def test_a_hypothesis_is_scored_spaced_as_its_transcript_is_written() -> None:
+    scores = Scores()
+    scores.update([0, 1], [" one ", "two  three"], ["one", "two three"])  # spaces a character decoder may leave
+    assert scores.compute() == {"wer": 0.0, "cer": 0.0, "accuracy": 1.0}
 
 
 def test_test_transcripts_outside_the_vocabulary_are_scored_as_written(tmp_path: Path, caplog) -> None:

@@ -47,7 +47,9 @@ class Scores:
         self.pairs: dict[int, tuple[str, str]] = {}
 
     def update(self, indices: list[int], hypotheses: list[str], references: list[str]) -> None:
-        self.pairs.update(zip(indices, zip(hypotheses, references)))
+        """Add each utterance's hypothesis, spaced as transcripts are written (decoding may leave spaces at the
+        ends or doubled), and its reference."""
+        self.pairs.update(zip(indices, zip(map(normalize_text, hypotheses), references)))
 
     def compute(self) -> dict[str, float]:
         pairs = gather_dict(self.pairs)
