@@ -37,7 +37,7 @@ from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.task import Scores, SpeechTask
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
-from gru_suite_plugins.speech.writer import cues, write_transcripts
+from gru_suite_plugins.speech.writer import cues, to_vtt, write_transcripts
 
 from conftest import REPO, needs_gpu, run_cli
 
@@ -464,6 +464,13 @@ def test_each_input_gets_its_own_transcript_files(tmp_path: Path) -> None:
                    for path in ("a/take.wav", "b/take.wav", "c/take_2.wav")]
     write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
     assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["a\n", "b\n", "c\n"]
+    assert (tmp_path / "take_2.txt").read_text() == "c\n"  # take_2.wav's transcript under its own name
+
+
+def test_vtt_cue_text_escapes_markup() -> None:
+    words = [{"word": w, "start": s, "end": s + 0.2, "confidence": 0.9} for w, s in [("<noise>", 0.1), ("&", 0.4)]]
+    vtt = to_vtt(cues(words, max_gap_s=0.5, max_words=7))
+    assert vtt.endswith("\n&lt;noise&gt; &amp;\n")
 
 
 def test_empty_transcripts_are_named_five_at_a_time_then_counted(tmp_path: Path, caplog) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import math
@@ -47,18 +48,20 @@ def to_srt(phrases: Sequence[tuple[float, float, str]]) -> str:
 
 
 def to_vtt(phrases: Sequence[tuple[float, float, str]]) -> str:
-    blocks = [f"{_clock(a, '.')} --> {_clock(b, '.')}\n{text}\n" for a, b, text in phrases]
+    # cue text is markup in WebVTT: &, < and > are written as entities
+    blocks = [f"{_clock(a, '.')} --> {_clock(b, '.')}\n{html.escape(text, quote=False)}\n" for a, b, text in phrases]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
 def _stems(paths: Sequence[str]) -> list[str]:
-    """A distinct file stem per input: its own, or the first of `name_2`, `name_3`, ... no other input has."""
+    """A distinct file stem per input: its own for the first input of each name, else the first of `name_2`,
+    `name_3`, ... that no other input has or is given."""
+    own = [Path(path).stem for path in paths]
+    taken, first = set(own), {stem: i for i, stem in reversed(list(enumerate(own)))}
     stems: list[str] = []
-    taken: set[str] = set()
-    for path in paths:
-        stem = candidate = Path(path).stem
-        copy = 1
-        while candidate in taken:
+    for i, stem in enumerate(own):
+        candidate, copy = stem, 1
+        while first[stem] != i and candidate in taken:
             copy += 1
             candidate = f"{stem}_{copy}"
         taken.add(candidate)
