@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
@@ -717,6 +718,27 @@ def test_an_ensemble_transcribes_the_mean_of_its_members_own_emissions(checked: 
         assert got["path"] == expected["path"] and got["text"] == expected["text"]
         assert got["words"] == expected["words"]
     assert differ == len(utterances)
+
+
+def test_an_ensemble_transcribes_a_file_its_first_model_skips(checked: Path, tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    noise = np.random.default_rng(0).normal(0, 1e-3, 16000)
+    write_wav(inbox / "click.wav", np.concatenate([noise, np.full(200, 0.5)]), 16000)  # speech in its last frame only
+    write_wav(inbox / "six.wav", speak(["six"], seed=2), 16000)
+    ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
+    first, member = load_checkpoint(ckpt), load_checkpoint(ckpt)
+    for module, preroll in ((first, 0.0), (member, 300.0)):  # the first model finds too little audio in the click
+        module.task.state["endpoint"] = {**module.task.state["endpoint"], "preroll_ms": preroll}
+        OmegaConf.update(module.task.cfg, "predict.input", str(inbox))
+    data = first.task.datamodule()
+    assert [u.path.name for u in data.dataset("predict").utterances] == ["six.wav"]
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    together = [t for batch in run.ensemble_predictions(trainer, first, data, "a.ckpt", [("b.ckpt", member)])
+                for t in batch]
+    assert sorted(Path(t["path"]).name for t in together) == ["click.wav", "six.wav"]
 
 
 def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(checked: Path) -> None:

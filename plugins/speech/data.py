@@ -207,13 +207,14 @@ class AudioSet(Dataset):
     """Utterances to transcribe, as batch dicts: `features` (from just before the speech onset), `lengths`,
     `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s) and `references`
     (transcripts, None where unknown). `speech` holds each utterance's `Featurizer.speech` when already
-    computed."""
+    computed; `read`, every utterance read for it, those left out too (default: `utterances`)."""
 
     def __init__(self, utterances: list[Utterance], featurizer: Featurizer,
-                 speech: list[tuple[Tensor, int]] | None = None) -> None:
+                 speech: list[tuple[Tensor, int]] | None = None, read: list[Utterance] | None = None) -> None:
         self.utterances = utterances
         self.featurizer = featurizer
         self.speech = speech
+        self.read = utterances if read is None else read
 
     def __len__(self) -> int:
         return len(self.utterances)

@@ -328,7 +328,7 @@ class SpeechTask(TaskPlugin):
                 speech.append((frames, skipped))
         if not usable:
             raise UserError(f"nothing to transcribe in {source} (see the warnings above)")
-        return AudioSet(usable, featurizer, speech)
+        return AudioSet(usable, featurizer, speech, read=utterances)
 
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
@@ -458,12 +458,12 @@ class SpeechTask(TaskPlugin):
             raise UserError("an ensemble transcribes offline: drop task.predict.streaming")
 
     def ensemble_input(self, first: SpeechTask, datamodule: SpeechData) -> SpeechData:
-        """The utterances `datamodule` (the `first` model's) has read for prediction, in this model's features
-        (`check_member` first). Until `ensemble` has combined them, both models predict emissions, not transcripts
-        (each utterance's (T, V) log-probabilities are kept in memory)."""
+        """The utterances `datamodule` (the `first` model's) has read for prediction, those it skipped too, in this
+        model's features (`check_member` first). Until `ensemble` has combined them, both models predict emissions,
+        not transcripts (each utterance's (T, V) log-probabilities are kept in memory)."""
         self.check_member(first)
         self.ensembling = first.ensembling = True
-        utterances = datamodule.dataset("predict").utterances
+        utterances = datamodule.dataset("predict").read
         return SpeechData({"predict": lambda: self._audio_set(utterances, "the first model's input")},
                           int(self.cfg.data.batch_size), int(self.cfg.data.get("num_workers", 0)))
 
@@ -473,7 +473,8 @@ class SpeechTask(TaskPlugin):
         by_path = [{item["path"]: item["log_probs"] for batch in m.predictions for item in batch} for m in members]
         for member in members:
             member.task.ensembling = False  # the models transcribe alone again
-        return [[self._ensemble_transcript(item, by_path) for item in batch] for batch in members[0].predictions]
+        items = {item["path"]: item for m in members for batch in m.predictions for item in batch}  # the first's first
+        return [[self._ensemble_transcript(item, by_path) for item in items.values()]]
 
     def _ensemble_transcript(self, item: dict[str, Any], by_path: list[dict[str, Tensor]]) -> dict[str, Any]:
         emitted = [member[item["path"]] for member in by_path if item["path"] in member]
