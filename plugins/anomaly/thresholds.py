@@ -86,7 +86,10 @@ class AnomalyLikelihood:
     (0.02 * typical score)^2 otherwise). `two_sided=True` is Numenta's symmetric tail
     (scores far *below* the mean also score high); the default one-sided tail suits errors,
     where low is never anomalous, and gives likelihoods below 0.5 for below-average scores.
-    `suppress_repeats` is Numenta's red-zone filter (see `_RED_TAIL`).
+    `suppress_repeats` is Numenta's red-zone filter (see `_RED_TAIL`). Two of Numenta's rules are not
+    taken over: its floor of 0.03 under the fitted mean (HTM scores are fractions of columns; these are
+    prediction errors of any scale), and its broad null distribution for a metric whose own values barely
+    vary (the likelihood sees scores, not values; the range check and a constant column's scaling cover it).
     """
 
     def __init__(
