@@ -27,7 +27,7 @@ from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
-from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame
+from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, write_series_report
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -141,6 +141,21 @@ def test_a_series_all_probation_is_plotted():
     stream = SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(50), columns=["v"], values=raw[:, None]),
                              labels=lambda: None, probation=50, windows=None, name="short")
     plot_report(stream, report_frame(stream, scored), scored.threshold)
+
+
+def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_the_score(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for version, level in (("v1", 1.0), ("v2", 100.0)):
+        pd.DataFrame({"timestamp": pd.date_range("2024", periods=200, freq="h"),
+                      "score": level + np.sin(np.arange(200))}).to_csv(data / f"sensor.{version}.csv", index=False)
+    for stream in load(data):
+        raw = np.abs(np.random.default_rng(0).normal(size=200))
+        write_series_report(stream, Flagger(score="raw", threshold="fixed", fixed=3.0).run(raw, 30), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sensor.v1.csv", "sensor.v1.png", "sensor.v2.csv",
+                                                                    "sensor.v2.png"]
+    report = pd.read_csv(tmp_path / "out" / "sensor.v2.csv")
+    assert list(report.columns[:3]) == ["timestamp", "value_score", "raw_score"] and report["value_score"][0] == 100.0
 
 
 def test_cooldown_keeps_the_first_flag_of_each_burst():

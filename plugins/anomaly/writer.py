@@ -12,14 +12,22 @@ from gru_suite.atomic import atomic_path, save_figure
 from gru_suite_plugins.anomaly.data import StreamData
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
+REPORT_COLUMNS = ("timestamp", "raw_score", "score", "threshold", "flag", "reason", "label")
+
+
+def value_columns(columns: list[str]) -> list[str]:
+    """The report's names for the series' value `columns`: their own, or `value_<name>` for one named like a
+    report column (a series with a `score` column keeps it beside the anomaly score)."""
+    return [f"value_{name}" if name in REPORT_COLUMNS else name for name in columns]
+
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
-    """timestamp, one column per value, raw_score (empty for the first `unscored_rows`, which the detector
+    """timestamp, one column per value (`value_columns`), raw_score (empty for the first `unscored_rows`, which the detector
     cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason
     (score, range or both; empty when not flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
-    for i, column in enumerate(series.columns):
+    for i, column in enumerate(value_columns(series.columns)):
         frame[column] = series.values[:, i]
     frame["raw_score"] = scored.raw
     frame.loc[: unscored_rows - 1, "raw_score"] = np.nan
@@ -53,7 +61,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     fig = Figure(figsize=(12, 5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     x = frame["timestamp"]
-    for column in stream.series.columns:
+    shown = value_columns(stream.series.columns)
+    for column in shown:
         top.plot(x, frame[column], lw=0.8, label=column)
     for number, (start, end) in enumerate(stream.windows or []):
         top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2,
@@ -65,7 +74,7 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     for rows, colour, label in ((flagged & ~by_range, "tab:red", "flagged: score"),
                                 (by_range, "tab:orange", "flagged: beyond the range seen")):
         if rows.any():
-            top.scatter(x[rows], frame.loc[rows, stream.series.columns[0]], color=colour, s=12, zorder=3, label=label)
+            top.scatter(x[rows], frame.loc[rows, shown[0]], color=colour, s=12, zorder=3, label=label)
     if stream.probation < len(x):  # a series all probation has nothing scored
         top.axvline(x.iloc[stream.probation], color="0.4", ls="--", lw=1, label="end of probation")
     top.legend(loc="upper left", fontsize=8)
@@ -82,11 +91,15 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
 
 
 def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path, unscored_rows: int = 0) -> list[Path]:
-    """Write `<series>.csv` and `<series>.png` (keeping the series' sub-folders) into `out_dir`."""
-    stem = out_dir / Path(stream.name).with_suffix("")
+    """Write `<series>.csv` and `<series>.png` (keeping the series' sub-folders) into `out_dir`; `<series>` is the
+    file's name without its .csv (or .csv.gz), dots before it kept (`sensor.v1.csv` -> `sensor.v1.csv`)."""
+    name = Path(stream.name)
+    stem = name.name
+    for suffix in (".gz", ".csv"):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
     frame = report_frame(stream, scored, unscored_rows)
-    csv_path = stem.with_suffix(".csv")
+    csv_path = out_dir / name.parent / f"{stem}.csv"
     with atomic_path(csv_path) as tmp:
         frame.to_csv(tmp, index=False)
-    png_path = save_figure(plot_report(stream, frame, scored.threshold), stem.with_suffix(".png"), dpi=100)
+    png_path = save_figure(plot_report(stream, frame, scored.threshold), csv_path.with_suffix(".png"), dpi=100)
     return [csv_path, png_path]
