@@ -158,6 +158,17 @@ def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_t
     assert list(report.columns[:3]) == ["timestamp", "value_score", "raw_score"] and report["value_score"][0] == 100.0
 
 
+def test_the_stream_api_refuses_a_missing_value_or_a_wrong_width():
+    model = NextStepForecaster(partial(GRUBackbone, hidden_size=4, num_layers=1), 2).eval()
+    stream = AnomalyStream(model, Flagger(score="raw", threshold="quantile", quantile=0.9), 20)
+    for i in range(25):
+        stream.update([np.sin(i), np.cos(i)])
+    for bad in ([float("nan"), 1.0], [1.0]):  # a NaN would poison the GRU state and every later score
+        with pytest.raises(UserError, match=r"expected 2 finite value\(s\) per observation, got \["):
+            stream.update(bad)
+    assert np.isfinite(stream.update([0.0, 1.0])[0])
+
+
 def test_cooldown_keeps_the_first_flag_of_each_burst():
     raw = np.array([9, 9, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1], dtype=float)
     flags = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=3).run(raw, probation=2).flags

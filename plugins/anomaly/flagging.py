@@ -186,6 +186,9 @@ class AnomalyStream:
         """Add one observation (one value per column, and its timestamp when the detector reads
         calendar features); returns (score, flag)."""
         x = np.asarray(values, dtype=np.float32).reshape(-1)
+        width = len(self.scaler.mean) if self.scaler is not None else len(self._warmup[0][0]) if self._warmup else None
+        if not np.isfinite(x).all() or (width is not None and len(x) != width):
+            raise UserError(f"expected {width or 'one or more'} finite value(s) per observation, got {list(values)}")
         covariates = self._covariates(timestamp)
         if self._warmup is not None:
             self._warmup.append((x, covariates))
