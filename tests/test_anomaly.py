@@ -169,6 +169,14 @@ def test_the_stream_api_refuses_a_missing_value_or_a_wrong_width():
     assert np.isfinite(stream.update([0.0, 1.0])[0])
 
 
+def test_calibration_leaves_out_the_rows_a_detector_cannot_score(tmp_path):
+    settings = ["task.scoring.score=raw", "task.scoring.threshold=quantile", "task.detector.burn_in=8"]
+    for kind, window, start in (("autoencoder", 32, 31), ("forecaster", 32, 8)):  # the autoencoder's first 31 are 0
+        cfg = compose_train_config("anomaly", [*settings, f"task.detector.kind={kind}",
+                                               f"task.detector.window={window}"], tmp_path / kind)
+        assert run.build_task(cfg.task).flagger().calibration_start == start
+
+
 def test_cooldown_keeps_the_first_flag_of_each_burst():
     raw = np.array([9, 9, 1, 1, 1, 1, 1, 0, 1, 0, 0, 0, 1], dtype=float)
     flags = Flagger(score="raw", threshold="fixed", fixed=0.5, cooldown=3).run(raw, probation=2).flags

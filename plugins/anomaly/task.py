@@ -74,7 +74,7 @@ class AnomalyTask(TaskPlugin):
         placeholders (SPOT: enough above its initial level): fail before training, not after."""
         scoring = self.cfg.scoring
         if scoring.threshold == "spot":
-            needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + self.cfg.detector.burn_in
+            needed = math.ceil(MIN_PEAKS / (1 - scoring.spot_level)) + flagger.calibration_start
             setting, advice = f"spot_level={scoring.spot_level}", "lower task.scoring.spot_level"
         elif scoring.threshold == "quantile":
             needed = flagger.calibration_start + math.ceil(round(1 / (1 - scoring.quantile), 6))
@@ -94,11 +94,13 @@ class AnomalyTask(TaskPlugin):
         return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width)
 
     def flagger(self) -> Flagger:
-        scoring = self.cfg.scoring  # its numbers are checked when the task is built (`numbers`)
+        scoring, detector = self.cfg.scoring, self.cfg.detector  # numbers checked when the task is built (`numbers`)
         return Flagger(
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
-            skip=self.cfg.detector.burn_in, range_tolerance=scoring.get("range_tolerance"),
+            # calibration leaves out the burn-in and the rows the detector cannot score (0 placeholders)
+            skip=max(detector.burn_in, unscored_rows(detector.kind, detector.window)),
+            range_tolerance=scoring.get("range_tolerance"),
             cooldown=scoring.get("cooldown") or 0,
         )
 
