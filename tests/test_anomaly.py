@@ -475,6 +475,22 @@ def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_retraining_with_dropout_streams_like_batch_whatever_the_global_seed():
+    from gru_suite.timeseries import StandardScaler
+    from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
+
+    torch.manual_seed(0)
+    model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=2, dropout=0.5), 1).eval()
+    values = np.sin(np.arange(300) / 4)[:, None].astype(np.float32)
+    retraining = Retraining(every=50, window=100, steps=3, crop_length=32, batch_size=4)
+    torch.manual_seed(1)
+    batch = OnlineScorer(model, retraining, 100).run(torch.from_numpy(StandardScaler.fit(values[:100]).transform(values)))
+    stream = AnomalyStream(model, Flagger(score="raw", threshold="fixed", fixed=9.0), 100, retraining)
+    torch.manual_seed(2)  # another draw of dropout masks, were they taken from the global generator
+    online = np.array([stream.update(v)[0] for v in values])
+    np.testing.assert_allclose(online[151:], batch[151:], rtol=1e-4, atol=1e-6)
+
+
 def write_series(path, columns=("value",), rows=200, label=None):
     """A tiny hourly CSV with the given value columns (and a `label` column holding `label` at row 100)."""
     frame = pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=rows, freq="h")})

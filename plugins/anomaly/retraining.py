@@ -43,12 +43,15 @@ class Retraining:
 
 
 def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
-    """A few seeded Adam steps on random crops of `recent` (T, F + C); deterministic for equal input."""
+    """A few seeded Adam steps on random crops of `recent` (T, F + C); deterministic for equal input (dropout
+    draws from torch's generator seeded here, restored afterwards, so a stream and a batch run agree)."""
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     model.train()
     # scoring may run under Lightning's inference mode; learning needs autograd and normal tensors
-    with torch.inference_mode(False), torch.enable_grad():
+    devices = [recent.device.index or 0] if recent.is_cuda else []
+    with torch.inference_mode(False), torch.enable_grad(), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(settings.seed)
         recent = recent.clone()
         for _ in range(settings.steps):
             starts = torch.randint(0, len(recent) - settings.crop_length + 1, (settings.batch_size,), generator=generator)
