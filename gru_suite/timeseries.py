@@ -365,7 +365,8 @@ class WindowDataset(Dataset):
     """Sliding windows over one series, sliced lazily (memory grows with the series, not the windows).
 
     Window `i` takes inputs `values[o - lookback : o]` and targets
-    `values[o : o + horizon, target_columns]` with origin `o = first_origin + i * stride`.
+    `values[o : o + horizon, target_columns]` (NaN for rows past the series' end) with origin
+    `o = first_origin + i * stride`.
     Fetching a list of indices (`__getitems__`) gathers the whole batch in one
     indexing op, so loaders need no per-item collation.
     """
@@ -384,8 +385,9 @@ class WindowDataset(Dataset):
         self.target_columns = list(target_columns)
         self.origins = origins
         self._inputs = values.unfold(0, lookback, 1)  # view: (T - lookback + 1, F, lookback)
-        targets = values[:, self.target_columns]
-        self._targets = targets.unfold(0, horizon, 1) if len(targets) >= horizon else None
+        targets = values[:, self.target_columns]  # a copy, padded with the unknown rows past the end (NaN)
+        padded = torch.cat([targets, targets.new_full((horizon, len(self.target_columns)), float("nan"))])
+        self._targets = padded.unfold(0, horizon, 1)  # view: (T + 1, targets, horizon)
 
     def __len__(self) -> int:
         return len(self.origins)
@@ -397,13 +399,7 @@ class WindowDataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         origins = self.origin_tensor(indices)
         x = self._inputs[origins - self.lookback].transpose(1, 2)
-        if self._targets is not None and len(indices) and self.origins[max(indices)] + self.horizon <= len(self.values):
-            return x, self._targets[origins].transpose(1, 2)  # every target known (origins grow with the index)
-        y = torch.full((len(origins), self.horizon, len(self.target_columns)), float("nan"))
-        known = origins + self.horizon <= len(self.values)
-        if self._targets is not None and bool(known.any()):
-            y[known] = self._targets[origins[known]].transpose(1, 2)
-        return x, y
+        return x, self._targets[origins].transpose(1, 2)  # NaN where a target lies past the series' end
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.__getitems__([index])

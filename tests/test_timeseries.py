@@ -274,3 +274,12 @@ def test_the_forecasting_task_reads_a_unix_time_column_in_its_time_unit(tmp_path
                  "task.data.time_unit=s", "task.data.lookback=8", "task.data.horizon=2"]
     task = run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task)
     assert task.datamodule().series.timestamps[0] == pd.Timestamp("2023-11-14 22:13:20", tz="UTC")
+
+
+def test_a_window_running_past_the_end_keeps_the_targets_that_exist():
+    values = torch.arange(60, dtype=torch.float32)[:, None]
+    windows = WindowDataset(values, lookback=8, horizon=4, target_columns=[0], origins=range(55, 61))
+    _, y = windows.__getitems__([0, 2, 5])
+    assert y[:, :, 0].tolist()[0] == [55, 56, 57, 58]
+    assert np.array_equal(y[1, :, 0].numpy(), [57, 58, 59, np.nan], equal_nan=True)  # the rows that exist
+    assert torch.isnan(y[2]).all()  # from the last row: all future
