@@ -1,4 +1,5 @@
 import gzip
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -283,3 +284,22 @@ def test_a_window_running_past_the_end_keeps_the_targets_that_exist():
     assert y[:, :, 0].tolist()[0] == [55, 56, 57, 58]
     assert np.array_equal(y[1, :, 0].numpy(), [57, 58, 59, np.nan], equal_nan=True)  # the rows that exist
     assert torch.isnan(y[2]).all()  # from the last row: all future
+
+
+def test_future_timestamps_step_forward_past_repeated_timestamps():
+    from gru_suite.timeseries import Series
+    from gru_suite_plugins.forecasting.writer import future_timestamps
+
+    hours = pd.date_range("2024-01-01", periods=30, freq="h")
+    twice = Series(Path("x.csv"), pd.DatetimeIndex(np.repeat(hours.values, 2)), ["v"], np.zeros((60, 1), np.float32))
+    assert list(future_timestamps(twice, np.arange(59, 62))) == [hours[-1], hours[-1] + pd.Timedelta("1h"),
+                                                               hours[-1] + pd.Timedelta("2h")]
+
+
+def test_a_season_longer_than_the_lookback_is_named(tmp_path, caplog):
+    path = write(tmp_path, "timestamp,load\n" + "".join(f"2024-01-01 {i // 4:02d}:{15 * (i % 4):02d},{i}\n"
+                                                         for i in range(96)))
+    overrides = [f"task.data.path={path}", "task.data.targets=[load]", "task.data.features=null",
+                 "task.data.lookback=8", "task.data.horizon=2", "task.data.season=24"]
+    run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()
+    assert "task.data.season=24 is longer than the lookback of 8 rows a forecast sees: no seasonal-naive" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ from gru_suite.timeseries import StandardScaler, chronological_split, read_serie
 from gru_suite_plugins.forecasting.data import SPLITS, ForecastingData, WindowSpec, check_split_windows
 from gru_suite_plugins.forecasting.model import Forecaster
 from gru_suite_plugins.forecasting.writer import write_forecasts
+
+log = logging.getLogger(__name__)
 
 
 class ForecastingTask(TaskPlugin):
@@ -47,6 +50,9 @@ class ForecastingTask(TaskPlugin):
             raise UserError(f"{series.path}: {err}; a trained model needs no training rows: "
                             "task.data.split=[0.0,0.0,1.0] makes the whole series its test split") from err
         self.target_columns = series.column_indices(targets)
+        if (season := data.get("season")) and season > data.lookback:
+            log.warning("task.data.season=%d is longer than the lookback of %d rows a forecast sees: no seasonal-naive "
+                        "baseline (raise task.data.lookback, or set task.data.season=null)", season, data.lookback)
         spec = WindowSpec(data.lookback, data.horizon, self.target_columns)
         if "scaler" not in self.state:  # training: every split, before any work (a restored model: those it reads)
             check_split_windows(series, bounds, spec, SPLITS)
