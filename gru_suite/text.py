@@ -46,7 +46,7 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)
-    opener = gzip.open if path.suffix == ".gz" else open
+    opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
         with opener(path, "rb") as handle:
             raw_lines = handle.read().splitlines()
@@ -91,10 +91,18 @@ def read_table(
     fields than the header, or a quote left open, one naming the row's first line.
     """
     path = Path(path)
-    tab = delimiter == "\t" or (delimiter is None and ".tsv" in path.suffixes)
-    lines = [line + "\n" for line in read_lines(path, encoding_errors)]
+    tab = delimiter == "\t" or (delimiter is None and ".tsv" in [suffix.lower() for suffix in path.suffixes])
+    return parse_table(read_lines(path, encoding_errors), columns, str(path), "\t" if tab else delimiter or ",")
+
+
+def parse_table(
+    lines: Sequence[str], columns: Sequence[str], path: str, delimiter: str = ","
+) -> list[tuple[int, list[str]]]:
+    """`read_table` of text `lines` already read (from `path`, e.g. `<stdin>`, which errors name)."""
+    tab = delimiter == "\t"
+    lines = [line + "\n" for line in lines]
     quoting = csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL
-    reader = csv.reader(lines, delimiter="\t" if tab else (delimiter or ","), quoting=quoting, strict=not tab)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=not tab)
     start = 1
     try:
         header = next(reader, None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import logging
 import os
 import random
@@ -10,6 +12,7 @@ import re
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -22,7 +25,7 @@ from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_ids, train_tokenizer
-from gru_suite_plugins.sentiment.data import read_labelled, read_texts
+from gru_suite_plugins.sentiment.data import label_order, read_labelled, read_texts
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
@@ -359,6 +362,33 @@ def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.
         run.build_task(cfg.task).datamodule()
     assert f"{path}:31: label 'the' occurs only once in training" in caplog.text
     assert len(data.dataset("train")) == 24 and len(data.dataset("val")) == len(data.dataset("test")) == 6
+
+
+def test_tables_are_known_by_suffix_in_any_case_and_texts_are_read_as_one_line(tmp_path: Path) -> None:
+    (tmp_path / "UP.CSV").write_text('text,label\n"great\tfilm,\nreally",positive\nawful film,negative\n')
+    examples = read_labelled(tmp_path / "UP.CSV")
+    assert [(e.text, e.label) for e in examples] == [("great film, really", "positive"), ("awful film", "negative")]
+    (tmp_path / "Z.CSV.GZ").write_bytes(gzip.compress((tmp_path / "UP.CSV").read_bytes()))
+    assert read_labelled(tmp_path / "Z.CSV.GZ") == [replace(e, where=e.where.replace("UP.CSV", "Z.CSV.GZ"))
+                                                   for e in examples]
+
+
+def test_stdin_is_read_as_a_table_when_its_format_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'id,review\n1,"a superb, moving film"\n2,dull\n')))
+    assert [e.text for e in read_texts("-", "csv", "review")] == ["a superb, moving film", "dull"]
+
+
+def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_texts(tmp_path: Path) -> None:
+    assert label_order(["1", "01", "2", "0"]) == ["0", "01", "1", "2"] and label_order(["1", "\u00b2"]) == ["1", "\u00b2"]
+    path = tmp_path / "two.txt"
+    path.write_text("1 good\n0 bad\n")
+    overrides = [*TINY, f"task.data.train={path}", "task.data.val=null", "task.data.test=null"]
+    with pytest.raises(UserError, match=r"two.txt: every training text has the label"):  # one of two held out
+        run.build_task(compose_train_config("sentiment", [*overrides, "task.data.val_fraction=0.9"],
+                                            tmp_path).task).datamodule()
+    path.write_text("1 good\n")
+    with pytest.raises(UserError, match=r"two.txt: one labelled text, too few to hold out a validation share"):
+        run.build_task(compose_train_config("sentiment", overrides, tmp_path).task).datamodule()
 
 
 def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

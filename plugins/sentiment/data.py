@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import Skips, UserError
-from gru_suite.text import decode_lines, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, pad_ids, parse_table, read_lines, read_table
 
 Format = Literal["auto", "csv", "tsv", "lines"]
 EncodingErrors = Literal["error", "replace"]
@@ -48,7 +48,7 @@ def table_format(path: str | Path, fmt: Format) -> Format:
             raise UserError(f"{path}: its format (task.data.format, or task.predict.format for prediction input) must "
                             f"be auto, csv, tsv or lines, got {fmt!r}")
         return fmt
-    suffixes = Path(path).suffixes
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes]
     return "tsv" if ".tsv" in suffixes else "csv" if ".csv" in suffixes else "lines"
 
 
@@ -73,11 +73,17 @@ def read_labelled(
         elif not label.strip():
             skips.add(where, f"no label for {text.strip()[:40]!r}")
         else:
-            examples.append(Example(text.strip(), label.strip(), where))
+            examples.append(Example(one_line(text), label.strip(), where))
     skips.report(len(examples))
     if not examples:
         raise UserError(f"{path}: no labelled texts (expected {_expected(fmt, text_column, label_column)})")
     return examples
+
+
+def one_line(text: str) -> str:
+    """`text` with each run of whitespace (a quoted CSV text's line breaks, tabs) as one space: subword
+    tokenizers split words at spaces alone."""
+    return " ".join(text.split())
 
 
 def _label_sentence(line: str) -> list[str]:
@@ -94,11 +100,12 @@ def _expected(fmt: Format, text_column: str, label_column: str) -> str:
 
 def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
                encoding_errors: EncodingErrors = "error") -> list[Example]:
-    """Unlabelled texts: a CSV/TSV column, one text per line of a file, or stdin lines (`source="-"`)."""
+    """Unlabelled texts: a CSV/TSV column or one text per line, of a file or of stdin (`source="-"`; `auto`: lines)."""
     if str(source) == STDIN:
         lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)
-        rows = list(enumerate(lines, 1))
-        source = "<stdin>"
+        source, fmt = "<stdin>", "lines" if fmt == "auto" else table_format("<stdin>", fmt)
+        rows = (list(enumerate(lines, 1)) if fmt == "lines" else
+                [(n, values[0]) for n, values in parse_table(lines, [column], source, "\t" if fmt == "tsv" else ",")])
     elif (fmt := table_format(source, fmt)) == "lines":
         rows = list(enumerate(read_lines(source, encoding_errors), 1))
     else:
@@ -107,7 +114,7 @@ def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
     skips, examples = Skips(str(source)), []
     for number, text in rows:
         if text.strip():
-            examples.append(Example(text.strip(), None, f"{source}:{number}"))
+            examples.append(Example(one_line(text), None, f"{source}:{number}"))
         else:
             skips.add(f"{source}:{number}", "empty text")
     skips.report(len(examples))
@@ -117,10 +124,11 @@ def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
 
 
 def label_order(labels: Sequence[str]) -> list[str]:
-    """The distinct labels, numerically if they are all integers, else alphabetically."""
+    """The distinct labels, numerically if they are all integers (equal numbers, "01" and "1", by their text), else
+    alphabetically."""
     distinct = set(labels)
-    if all(label.lstrip("-").isdigit() for label in distinct):
-        return sorted(distinct, key=int)
+    if all(label.lstrip("-").isdecimal() for label in distinct):
+        return sorted(distinct, key=lambda label: (int(label), label))
     return sorted(distinct)
 
 
