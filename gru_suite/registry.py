@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from gru_suite.task import TaskPlugin
 
 ENTRY_POINT_GROUP = "gru_suite.tasks"
+CORE_DISTRIBUTION = "gru-suite"
+"""The distribution of the core and its built-in tasks, whose task names no other package can take."""
+
 log = logging.getLogger(__name__)
 
 
@@ -117,10 +120,13 @@ def _raised_at(err: BaseException, package: str) -> str:
 
 @cache
 def installed_tasks() -> dict[str, TaskEntry]:
-    """All tasks declared by installed distributions, by name."""
+    """All tasks declared by installed distributions, by name. A name declared twice is the core's built-in if it
+    is one, else the first distribution's by name (not the order site-packages happens to list them in)."""
     tasks: dict[str, TaskEntry] = {}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
+    dist_of = lambda ep: ep.dist.name if ep.dist is not None else "?"  # noqa: E731
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (dist_of(ep) != CORE_DISTRIBUTION,
+                                                                             dist_of(ep))):
+        dist = dist_of(ep)
         if (first := tasks.get(ep.name)) is not None and first.target != ep.value:
             log.warning("task %r is declared twice: by %s (%s, used) and by %s (%s, ignored); task names must be "
                         "unique", ep.name, first.distribution, first.target, dist, ep.value)

@@ -84,8 +84,8 @@ def test_a_task_name_declared_twice_is_a_warning_naming_both_packages(monkeypatc
         def __init__(self, name: str, value: str, dist: str) -> None:
             self.name, self.value, self.dist = name, value, type("Dist", (), {"name": dist})()
 
-    points = [Point("forecasting", "gru_suite_plugins.forecasting.task:ForecastingTask", "gru-suite"),
-              Point("forecasting", "other.task:Task", "other-dist")]
+    points = [Point("forecasting", "other.task:Task", "other-dist"),  # listed first: the built-in still wins
+              Point("forecasting", "gru_suite_plugins.forecasting.task:ForecastingTask", "gru-suite")]
     monkeypatch.setattr(registry, "entry_points", lambda group: points)
     registry.installed_tasks.cache_clear()
     try:
