@@ -590,8 +590,8 @@ def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, flo
         ([f"task.distill.teachers=[{missing}]"], f"task.distill.teachers: {missing}: no such file"),
         ([f"task.distill.teachers=[{teacher}]", f"task.data.train={other_labels}", "task.data.val=null",
           "task.data.test=null"],
-         (rf"task.distill.teachers: {teacher} holds a sentiment model of labels \['neg', 'pos'\]; a teacher must "
-          rf"be a sentiment model of the training labels \['a', 'b'\]")),
+         (rf"task.distill.teachers: {teacher} holds a model of labels \['neg', 'pos'\]; a teacher must know the "
+          rf"training labels \['a', 'b'\]")),
         (["task.distill.weight=1.5"], "task.distill.weight"),
         (["task.distill.copies=1"], "task.distill.copies: altered copies are labelled by teachers"),
     ):

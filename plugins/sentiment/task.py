@@ -116,9 +116,12 @@ class SentimentTask(TaskPlugin):
         except UserError as err:
             raise UserError(f"task.distill.teachers: {err}") from err
         name, labels = stored_config(checkpoint).task.name, checkpoint[CHECKPOINT_KEY]["task_state"].get("labels")
-        if name != self.cfg.name or labels != self.labels:
-            raise UserError(f"task.distill.teachers: {path} holds a {name} model of labels {labels}; a teacher must "
-                            f"be a {self.cfg.name} model of the training labels {self.labels}")
+        if name != self.cfg.name:
+            raise UserError(f"task.distill.teachers: {path} holds a {name} model; a teacher must be a {self.cfg.name} "
+                            f"model of the training labels {self.labels}")
+        if labels != self.labels:
+            raise UserError(f"task.distill.teachers: {path} holds a model of labels {labels}; a teacher must know "
+                            f"the training labels {self.labels}")
         return checkpoint
 
     def _distillation_set(self, examples: list[Example]) -> tuple[list[Example], Tensor]:
