@@ -166,7 +166,8 @@ def read_source(path: str | Path, sample_rate: int, need_text: bool = True) -> l
     elif not source.exists():
         raise UserError(f"speech data not found: {source}")
     else:
-        raise UserError(f"{source}: expected a JSONL manifest or a folder of audio files")
+        one = "" if need_text else f", or one audio file ({', '.join(sorted(AUDIO_SUFFIXES))})"
+        raise UserError(f"{source}: expected a JSONL manifest or a folder of audio files{one}")
     if not utterances:
         if source.is_dir() and not _audio_files(source):
             raise UserError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder or below it")
