@@ -10,7 +10,6 @@ import re
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from gru_suite.config import (
 )
 from gru_suite.errors import UserError
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
+from gru_suite.run_folder import set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,7 @@ def keep_earlier_metrics(loggers: list[Any]) -> None:
         if not isinstance(logger, CSVLogger):
             continue
         if (earlier := Path(logger.log_dir) / "metrics.csv").is_file():
-            kept = next(path for n in count(1) if not (path := earlier.with_name(f"metrics.{n}.csv")).exists())
-            earlier.rename(kept)
-            log.info("kept the earlier %s as %s", earlier, kept.name)
+            log.info("kept the earlier %s as %s", earlier, set_aside(earlier).name)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             _ = logger.experiment
@@ -315,9 +313,7 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
-    kept = next(path for n in count(1) if not (path := folder.with_name(f"checkpoints.{n}")).exists())
-    folder.rename(kept)
-    log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
+    log.warning("%s held an earlier run's checkpoints: moved to %s", folder, set_aside(folder))
 
 
 def resume_path(cfg: DictConfig) -> str | None:

@@ -453,6 +453,16 @@ def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     assert pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique().tolist() == [0]  # this run's
 
 
+def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run, folder)
+    trained = (folder / ".hydra" / "config.yaml").read_text()
+    result = run_cli("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (folder / ".hydra.1" / "config.yaml").read_text() == trained  # set aside, as metrics.csv is
+    assert (folder / ".hydra" / "config.yaml").read_text() != trained and (folder / "metrics.1.csv").is_file()
+
+
 def test_a_checkpoint_of_another_task_is_named_with_its_task(trained_run, tmp_path):
     sentiment = compose_train_config("sentiment", [], tmp_path).task
     with pytest.raises(UserError, match=r"last\.ckpt holds a model of task 'forecasting', not 'sentiment'$"):
