@@ -303,3 +303,10 @@ def test_a_season_longer_than_the_lookback_is_named(tmp_path, caplog):
                  "task.data.lookback=8", "task.data.horizon=2", "task.data.season=24"]
     run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()
     assert "task.data.season=24 is longer than the lookback of 8 rows a forecast sees: no seasonal-naive" in caplog.text
+
+
+def test_a_misspelt_forecasting_target_is_named_as_a_missing_column(tmp_path):
+    path = write(tmp_path, "timestamp,load,temperature\n" + "".join(f"2024-01-01 {i:02d}:00,{i},{i}\n" for i in range(24)))
+    overrides = [f"task.data.path={path}", "task.data.targets=[lod]", "task.data.features=[load,temperature]"]
+    with pytest.raises(UserError, match=r"no column 'lod'; columns are \['timestamp', 'load', 'temperature'\]"):
+        run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()

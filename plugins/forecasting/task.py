@@ -37,11 +37,11 @@ class ForecastingTask(TaskPlugin):
         if not targets:
             raise UserError("task.data.targets must name at least one column, e.g. task.data.targets=[load]")
         features = _columns(data.features) if data.get("features") else targets
+        series = read_series_csv(data.path, list(dict.fromkeys([*features, *targets])), data.get("time_column"),
+                                 data.get("missing", "error"), data.get("time_unit"))  # a missing column is named
         missing_targets = [t for t in targets if t not in features]
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
-        series = read_series_csv(data.path, features, data.get("time_column"), data.get("missing", "error"),
-                                 data.get("time_unit"))
         try:
             bounds = chronological_split(len(series.values), data.split)
         except UserError as err:
