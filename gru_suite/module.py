@@ -93,9 +93,8 @@ class TaskModule(pl.LightningModule):
         self._train_loss_sum += out.loss.detach() * weight
         self._train_loss_weight += weight
         self.samples_seen += out.batch_size
-        every = self.trainer.log_every_n_steps  # 0: no step logging
-        if every and (batch_idx + 1) % every == 0:
-            self.log("train/loss_step", out.loss, prog_bar=True)
+        if self.trainer.log_every_n_steps and self.trainer._logger_connector.should_update_logs:  # 0: none
+            self.log("train/loss_step", out.loss, prog_bar=True)  # on the steps the logger writes (run-wide count)
         self._log_metrics(out, "train")
         return out.loss
 
@@ -130,9 +129,13 @@ class TaskModule(pl.LightningModule):
         if self.scheduler_factory is None or self.pretraining is not None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
+        # a plateau schedule reads the monitored validation metric: stepped only on epochs that validate
+        plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        every = (self.trainer.check_val_every_n_epoch or 1) if plateau else 1
         return {
             "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.cfg.monitor, "interval": "epoch"},
+            "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.cfg.monitor, "interval": "epoch",
+                             "frequency": every},
         }
 
     def _unfused_if_clipped_amp(self) -> dict[str, Any]:

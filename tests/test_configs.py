@@ -304,3 +304,8 @@ def test_every_config_folder_ships_in_the_wheel():
         shipped.add(roots[top].joinpath(*rest))
     assert folders <= shipped, sorted(str(f.relative_to(repo)) for f in folders - shipped)
     assert setuptools["package-data"]["*"] == ["*.yaml"]
+
+
+def test_a_debug_preset_wins_over_an_experiments_trainer_settings(tmp_path):
+    cfg = compose_train_config("sentiment", ["experiment=sst2", "debug=overfit"], tmp_path)
+    assert cfg.trainer.overfit_batches == 2 and cfg.trainer.max_epochs == cfg.trainer.check_val_every_n_epoch == 60

@@ -2,6 +2,7 @@
 
 import time
 
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -35,6 +36,22 @@ def test_training_with_step_logging_off(tmp_path):
     cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "trainer.log_every_n_steps=0",
                                                "test_after_training=false", "predict_after_training=false"], tmp_path)
     assert run.train(cfg)["train/loss"] > 0
+
+
+def test_the_step_loss_is_logged_on_every_step_the_logger_writes(tmp_path):
+    cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=4", "trainer.limit_train_batches=7",
+                                               "trainer.log_every_n_steps=5", "task.data.batch_size=32",
+                                               "test_after_training=false", "predict_after_training=false"], tmp_path)
+    run.train(cfg)
+    steps = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["train/loss_step"])["step"].tolist()
+    assert steps == [4, 9, 14, 19, 24]  # 28 steps over four epochs of 7 (the count does not restart each epoch)
+
+
+def test_a_plateau_schedule_steps_on_the_epochs_that_validate(tmp_path):
+    cfg = compose_train_config("forecasting", [*TINY, "scheduler=plateau", "trainer.max_epochs=4",
+                                               "trainer.check_val_every_n_epoch=2", "test_after_training=false",
+                                               "predict_after_training=false"], tmp_path)
+    assert run.train(cfg)["val/loss"] > 0  # Lightning refused a plateau step on an epoch without validation
 
 
 class Sleepy(pl.LightningModule):
