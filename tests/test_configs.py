@@ -309,3 +309,16 @@ def test_every_config_folder_ships_in_the_wheel():
 def test_a_debug_preset_wins_over_an_experiments_trainer_settings(tmp_path):
     cfg = compose_train_config("sentiment", ["experiment=sst2", "debug=overfit"], tmp_path)
     assert cfg.trainer.overfit_batches == 2 and cfg.trainer.max_epochs == cfg.trainer.check_val_every_n_epoch == 60
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["scheduler=plateau", "scheduler.factor=2"], "scheduler settings: Factor should be < 1.0"),
+    (["+optimizer.bogus=1"], "optimizer settings: .*unexpected keyword argument 'bogus'"),
+    (["scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=12"], r"scheduler settings: T_max=-1: a cosine"),
+])
+def test_bad_optimizer_and_scheduler_settings_are_named_before_training(tmp_path, overrides, message):
+    cfg = compose_train_config("forecasting", overrides, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    with pytest.raises(UserError, match=message):
+        run.build_module(cfg, task)
