@@ -92,9 +92,13 @@ class GRUBackbone(nn.Module):
     ) -> tuple[Tensor, State]:
         if lengths is None:
             return self._run(x, h0, layer)
-        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        empty = lengths.cpu() == 0  # packing refuses them: run one step, then give them zeros and their h0
+        packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
         out, h_n = self._run(packed, h0, layer)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
+        if empty.any():
+            out = out.masked_fill(empty.to(out.device)[:, None, None], 0.0)
+            h_n = _with_state(h_n, empty.to(out.device), h0)
         return out, h_n
 
     def _run(self, x: Tensor | PackedSequence, h0: State | None, layer: nn.RNNBase | None) -> tuple[Any, State]:
@@ -127,6 +131,14 @@ class GRUBackbone(nn.Module):
         if self.bidirectional:
             return torch.cat([h[-2], h[-1]], dim=-1)
         return h[-1]
+
+
+def _with_state(h_n: State, rows: Tensor, h0: State | None) -> State:
+    """`h_n` with the batch `rows` set back to their initial state (`h0`, else zeros): items of length 0."""
+    if isinstance(h_n, tuple):
+        return tuple(_with_state(h, rows, None if h0 is None else start) for h, start in zip(h_n, h0 or (None,) * 2))
+    start = torch.zeros_like(h_n) if h0 is None else h0
+    return torch.where(rows[None, :, None], start, h_n)
 
 
 def require_unidirectional(backbone: GRUBackbone, model: str) -> GRUBackbone:

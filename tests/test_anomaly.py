@@ -484,7 +484,8 @@ def test_retraining_with_dropout_streams_like_batch_whatever_the_global_seed():
     values = np.sin(np.arange(300) / 4)[:, None].astype(np.float32)
     retraining = Retraining(every=50, window=100, steps=3, crop_length=32, batch_size=4)
     torch.manual_seed(1)
-    batch = OnlineScorer(model, retraining, 100).run(torch.from_numpy(StandardScaler.fit(values[:100]).transform(values)))
+    scaled = torch.from_numpy(StandardScaler.fit(values[:100]).transform(values))
+    batch = OnlineScorer(model, retraining, 100).run(scaled)
     stream = AnomalyStream(model, Flagger(score="raw", threshold="fixed", fixed=9.0), 100, retraining)
     torch.manual_seed(2)  # another draw of dropout masks, were they taken from the global generator
     online = np.array([stream.update(v)[0] for v in values])

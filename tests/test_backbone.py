@@ -47,6 +47,24 @@ def test_packed_batch_matches_each_sequence_alone(cell):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_an_item_of_length_zero_outputs_zeros_and_keeps_its_initial_state(cell, bidirectional):
+    net = GRUBackbone(3, hidden_size=5, num_layers=2, cell=cell, bidirectional=bidirectional).eval()
+    x, lengths = torch.randn(3, 4, 3), torch.tensor([4, 0, 2])
+    states = 2 * (2 if bidirectional else 1)
+    h0 = torch.randn(states, 3, 5)
+    h0 = (h0, torch.randn(states, 3, 5)) if cell == "lstm" else h0
+    out, h = net(x, lengths, h0)
+    kept = tuple(s[:, [0, 2]] for s in h0) if cell == "lstm" else h0[:, [0, 2]]
+    others, h_others = net(x[[0, 2]], lengths[[0, 2]], kept)
+    assert torch.all(out[1] == 0)
+    torch.testing.assert_close(out[[0, 2]], others)
+    for state, start, other in zip(*((h, h0, h_others) if cell == "lstm" else ((h,), (h0,), (h_others,)))):
+        torch.testing.assert_close(state[:, 1], start[:, 1])  # nothing read: its initial state
+        torch.testing.assert_close(state[:, [0, 2]], other)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_first_layer_is_the_stack_s_first_layer_alone(cell):
     net = GRUBackbone(3, hidden_size=5, num_layers=2, bidirectional=True, cell=cell).eval()
     alone = GRUBackbone(3, hidden_size=5, num_layers=1, bidirectional=True, cell=cell).eval()

@@ -91,8 +91,10 @@ def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message)
 def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
     path = write(tmp_path, "t,a\n1700000000,1\n\n1700003600.5,2\n")
     stamps = read_series_csv(path, ["a"], "t", time_unit="s").timestamps
-    assert list(stamps) == [pd.Timestamp("2023-11-14 22:13:20", tz="UTC"), pd.Timestamp("2023-11-14 23:13:20.5", tz="UTC")]
-    assert [parse_timestamp(text, "s") for text in ("1700000000", "1700003600.5")] == list(stamps)  # as streams read them
+    assert list(stamps) == [pd.Timestamp("2023-11-14 22:13:20", tz="UTC"),
+                            pd.Timestamp("2023-11-14 23:13:20.5", tz="UTC")]
+    streamed = [parse_timestamp(text, "s") for text in ("1700000000", "1700003600.5")]  # as streams read them
+    assert streamed == list(stamps)
     milliseconds = read_series_csv(write(tmp_path, "t,a\n1700000000000,1\n"), ["a"], "t", time_unit="ms")
     assert milliseconds.timestamps[0] == stamps[0]
     with pytest.raises(UserError, match=r"line 4, column 't': '2023-11-15' is not a number \(Unix time in s"):
@@ -306,7 +308,8 @@ def test_a_season_longer_than_the_lookback_is_named(tmp_path, caplog):
 
 
 def test_a_misspelt_forecasting_target_is_named_as_a_missing_column(tmp_path):
-    path = write(tmp_path, "timestamp,load,temperature\n" + "".join(f"2024-01-01 {i:02d}:00,{i},{i}\n" for i in range(24)))
+    rows = "".join(f"2024-01-01 {i:02d}:00,{i},{i}\n" for i in range(24))
+    path = write(tmp_path, "timestamp,load,temperature\n" + rows)
     overrides = [f"task.data.path={path}", "task.data.targets=[lod]", "task.data.features=[load,temperature]"]
     with pytest.raises(UserError, match=r"no column 'lod'; columns are \['timestamp', 'load', 'temperature'\]"):
         run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()

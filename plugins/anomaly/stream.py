@@ -2,9 +2,10 @@
 
 Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
-features: a date, or Unix time in the checkpoint's task.data.time_unit); each output line is `score,flag` (`timestamp,score,flag` with
---timestamp), flushed at once; blank lines are skipped. The first --probation
-observations fit the scaler and calibrate the threshold.
+features: a date, or Unix time in the checkpoint's task.data.time_unit); each output
+line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
+lines are skipped. The first --probation observations fit the scaler and calibrate the
+threshold.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ def value_columns(columns: list[str]) -> list[str]:
 
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
-    """timestamp, one column per value (`value_columns`), raw_score (empty for the first `unscored_rows`, which the detector
-    cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason
+    """timestamp, one column per value (`value_columns`), raw_score (empty for the first `unscored_rows`, which the
+    detector cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason
     (score, range or both; empty when not flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})

@@ -188,7 +188,8 @@ def split_pieces(pieces: list[np.ndarray], split: Sequence[float], source: Path)
     if n_train < 1:
         raise UserError(f"{source}: {n} pieces leave none for training with split {list(split)}")
     chosen = [pieces[i] for i in order]
-    return {"train": chosen[:n_train], "valid": chosen[n_train:n_train + n_valid], "test": chosen[n_train + n_valid:n_train + n_valid + n_test]}
+    ends = np.cumsum([n_train, n_valid, n_test])
+    return {"train": chosen[:ends[0]], "valid": chosen[ends[0]:ends[1]], "test": chosen[ends[1]:ends[2]]}
 
 
 def pitch_bounds(corpus: Corpus, source: str | Path) -> tuple[int, int]:

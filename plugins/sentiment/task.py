@@ -220,7 +220,8 @@ class SentimentTask(TaskPlugin):
         if not 0 < data.val_fraction < 1:
             raise UserError(f"task.data.val_fraction must be between 0 and 1, got {data.val_fraction}")
         if len(train) < 2:
-            raise UserError(f"{data.train}: one labelled text, too few to hold out a validation share (give task.data.val)")
+            raise UserError(f"{data.train}: one labelled text, too few to hold out a validation share "
+                            "(give task.data.val)")
         count = min(len(train) - 1, max(1, round(data.val_fraction * len(train))))  # each side keeps a text
         held = set(random.Random(data.get("split_seed", 0)).sample(range(len(train)), count))
         return [e for i, e in enumerate(train) if (i in held) == (stage != "train")]
