@@ -16,12 +16,17 @@ SEARCHPATH_KEY = "hydra.searchpath="
 
 
 def _add_task_configs_to_searchpath() -> None:
-    """Let Hydra see every installed task's config folder (found via entry points)."""
+    """Let Hydra see every installed task's config folder (found via entry points), after the user's own
+    `hydra.searchpath=[...]` folders when given."""
     from gru_suite.registry import config_search_path
 
     args = sys.argv[1:]
-    if any(arg.startswith(SEARCHPATH_KEY) for arg in args):
-        return
+    for i, arg in enumerate(args, 1):
+        if arg.startswith(SEARCHPATH_KEY):
+            own = arg.removeprefix(SEARCHPATH_KEY).strip().removeprefix("[").removesuffix("]")
+            folders = [folder.strip() for folder in own.split(",") if folder.strip()]
+            sys.argv[i] = f"{SEARCHPATH_KEY}[{','.join([*folders, *config_search_path()])}]"
+            return
     # beside the other overrides: argparse rejects positionals split by options
     first_override = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
     sys.argv.insert(1 + first_override, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")

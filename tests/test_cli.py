@@ -619,3 +619,12 @@ def test_ensemble_paths_are_checked_before_any_model_loads(tmp_path, monkeypatch
     assert _ensemble_paths(OmegaConf.create({"ckpt_path": "a.ckpt", "ensemble": "b.ckpt"})) == ["b.ckpt"]
     with pytest.raises(UserError, match=r"ensemble: \['./a.ckpt'\] given more than once"):
         _ensemble_paths(OmegaConf.create({"ckpt_path": "a.ckpt", "ensemble": ["b.ckpt", "./a.ckpt"]}))
+
+
+def test_a_users_own_config_folder_adds_to_the_installed_tasks(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /task: forecasting\nbackbone:\n  hidden_size: 12\n")
+    result = run_cli("gru-suite", "experiment=mine", f"hydra.searchpath=[file://{tmp_path}]", "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hidden_size: 12" in result.stdout and "name: forecasting" in result.stdout  # the task's own config too
