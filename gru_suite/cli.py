@@ -173,6 +173,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 sys.exit(2)
             write_job_error(Path(HydraConfig.get().runtime.output_dir), str(user_error))
             failed_jobs.append(HydraConfig.get().job.num)  # the sweep goes on; its exit code says so at the end
+            if len(failed_jobs) == HydraConfig.get().sweeper.get("n_trials"):  # an optimizing sweeper's last trial
+                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs)
             return None
 
     _require_task_for_task_overrides()
@@ -186,6 +188,18 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",
               file=sys.stderr)
         sys.exit(2)
+
+
+def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str]) -> None:
+    """Every trial of an optimizing sweeper (Optuna) failed: it would then fail asking for its best trial, with a
+    traceback and no summary. Write the summary, say so in one line, exit 2."""
+    from omegaconf import OmegaConf
+
+    from gru_suite.sweep import SweepSummary
+
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": sweep_dir}}}))
+    print(f"error: all {len(failed_jobs)} trials of the sweep failed (each one's error.txt)", file=sys.stderr)
+    sys.exit(2)
 
 
 def _stop_on_signal(stop: SystemExit, out_dir: Path) -> None:

@@ -516,6 +516,14 @@ def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tm
     assert best.best_params["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
 
 
+def test_an_optuna_search_whose_trials_all_fail_ends_in_one_line_and_a_summary(tmp_path):
+    result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                     "task.data.lookback=100000", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().endswith("error: all 2 trials of the sweep failed (each one's error.txt)")
+    assert len(list(csv.DictReader((tmp_path / "summary.csv").open()))) == 2
+
+
 def _no_hydra_plugins(name: str) -> NoReturn:
     raise ModuleNotFoundError("No module named 'hydra_plugins'")  # what find_spec raises without the namespace
 
