@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +15,8 @@ if TYPE_CHECKING:
     from gru_suite.config import NumberField
 
 SEARCHPATH_KEY = "hydra.searchpath="
+LAUNCH_TIME = "GRU_SUITE_LAUNCH_TIME"
+"""Environment variable with the command's start time, naming a sweep's folder in every process it starts."""
 
 
 def _add_task_configs_to_searchpath() -> None:
@@ -183,6 +187,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     if config_name != "train":
         _refuse_model_overrides()
     _add_task_configs_to_searchpath()
+    os.environ.setdefault(LAUNCH_TIME, time.strftime("%Y-%m-%d_%H-%M-%S"))  # a DDP job's processes: one sweep folder
     app()
     if failed_jobs:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",

@@ -636,3 +636,13 @@ def test_a_users_own_config_folder_adds_to_the_installed_tasks(tmp_path):
     result = run_cli("gru-suite", "experiment=mine", f"hydra.searchpath=[file://{tmp_path}]", "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hidden_size: 12" in result.stdout and "name: forecasting" in result.stdout  # the task's own config too
+
+
+def test_a_sweep_folder_is_named_by_the_launch_time_its_processes_share(tmp_path):
+    env_run = subprocess.run(
+        [str(Path(sys.executable).parent / "gru-suite"), "-m", "task=forecasting", "debug=fdr", *TINY[1:],
+         "backbone.hidden_size=8", "test_after_training=false", "predict_after_training=false"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+        env={**os.environ, "TQDM_DISABLE": "1", "GRU_SUITE_LAUNCH_TIME": "2026-01-02_03-04-05"})  # as DDP ranks get it
+    assert env_run.returncode == 0, env_run.stderr[-2000:]
+    assert [p.name for p in (tmp_path / "multirun").iterdir()] == ["2026-01-02_03-04-05"]
