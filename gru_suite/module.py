@@ -131,7 +131,7 @@ class TaskModule(pl.LightningModule):
         scheduler = self.scheduler_factory(optimizer=optimizer)
         # a plateau schedule reads the monitored validation metric: stepped only on epochs that validate
         plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-        every = (self.trainer.check_val_every_n_epoch or 1) if plateau else 1
+        every = (self._trainer.check_val_every_n_epoch or 1) if plateau and self._trainer is not None else 1
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.task.cfg.monitor, "interval": "epoch",
