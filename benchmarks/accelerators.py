@@ -50,10 +50,13 @@ def _tail(log: Path, lines: int = 6) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
 
 
-def run_setup(task: str, setup: str, epochs: int, restore: bool, root: Path) -> dict[str, Any]:
-    """Train `task` under `setup` ("accelerator:precision"); optionally eval and predict from its last.ckpt."""
+def run_setup(task: str, setup: str, epochs: int, restore: bool, root: Path,
+              threads: int | None = None) -> dict[str, Any]:
+    """Train `task` under `setup` ("accelerator:precision"); optionally eval and predict from its last.ckpt. `threads`:
+    torch's CPU threads per command (default: its own, one per core)."""
     accelerator, precision = setup.split(":", 1)
-    device = [f"trainer.accelerator={accelerator}", f"trainer.precision={precision}"]
+    device = [f"trainer.accelerator={accelerator}", f"trainer.precision={precision}",
+              *([f"threads={threads}"] if threads else [])]
     run_dir = root / f"{task}-{accelerator}-{precision}"
     row: dict[str, Any] = {"task": task, "setup": setup}
     code, wall = _cli("gru-suite", [f"task={task}", *device, f"trainer.max_epochs={epochs}", "logger=csv",
@@ -99,6 +102,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (default 3)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; timings are then shared)")
     parser.add_argument("--out-dir", default=None, help="keep the run folders and logs here (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per command (default: torch's, one per core; 1 on a shared CPU)")
     return parser.parse_args(argv)
 
 
@@ -109,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.out_dir or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        jobs = [(task, setup, args.epochs, i == 0, root) for task in tasks for i, setup in enumerate(setups)]
+        jobs = [(task, setup, args.epochs, i == 0, root, args.threads) for task in tasks
+                for i, setup in enumerate(setups)]
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             rows = list(pool.map(lambda job: run_setup(*job), jobs))
     table(

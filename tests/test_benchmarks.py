@@ -16,7 +16,7 @@ from gru_suite_plugins.music.model import MusicModel
 def test_accelerators_benchmark_trains_restores_and_reports(tmp_path):
     result = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "accelerators.py"), "--setups", "cpu:32-true,cpu:bf16-mixed",
-         "--tasks", "forecasting", "--epochs", "1", "--out-dir", str(tmp_path)],
+         "--tasks", "forecasting", "--epochs", "1", "--threads", "1", "--out-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
