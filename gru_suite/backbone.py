@@ -92,13 +92,14 @@ class GRUBackbone(nn.Module):
     ) -> tuple[Tensor, State]:
         if lengths is None:
             return self._run(x, h0, layer)
-        empty = lengths.cpu() == 0  # packing refuses them: run one step, then give them zeros and their h0
-        packed = pack_padded_sequence(x, lengths.cpu().clamp(min=1), batch_first=True, enforce_sorted=False)
+        lengths = lengths.cpu()  # one copy from the device, for packing and the check below
+        packed = pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
         out, h_n = self._run(packed, h0, layer)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))
-        if empty.any():
-            out = out.masked_fill(empty.to(out.device)[:, None, None], 0.0)
-            h_n = _with_state(h_n, empty.to(out.device), h0)
+        if (lengths == 0).any():  # packing refuses them: run one step, then give them zeros and their h0
+            empty = (lengths == 0).to(out.device)
+            out = out.masked_fill(empty[:, None, None], 0.0)
+            h_n = _with_state(h_n, empty, h0)
         return out, h_n
 
     def _run(self, x: Tensor | PackedSequence, h0: State | None, layer: nn.RNNBase | None) -> tuple[Any, State]:

@@ -186,7 +186,8 @@ class AnomalyStream:
         """Add one observation (one value per column, and its timestamp when the detector reads
         calendar features); returns (score, flag)."""
         x = np.asarray(values, dtype=np.float32).reshape(-1)
-        width = len(self.scaler.mean) if self.scaler is not None else len(self._warmup[0][0]) if self._warmup else None
+        seen = self._warmup[0][0] if self._warmup else self.scaler.mean if self.scaler is not None else None
+        width = None if seen is None else len(seen)  # the first observation's, until the scaler has its own
         if not np.isfinite(x).all() or (width is not None and len(x) != width):
             raise UserError(f"expected {width or 'one or more'} finite value(s) per observation, got {list(values)}")
         covariates = self._covariates(timestamp)
