@@ -41,6 +41,10 @@ class Example:
     where: str
 
 
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+"""The field delimiter of each table format."""
+
+
 def table_format(path: str | Path, fmt: Format) -> Format:
     """`fmt`, with `auto` resolved from the suffix: `.csv` / `.tsv` (also gzipped) are tables, the rest lines."""
     if fmt != "auto":
@@ -64,7 +68,7 @@ def read_labelled(
     if fmt == "lines":
         rows = [(n, _label_sentence(line)) for n, line in enumerate(read_lines(path, encoding_errors), 1)]
     else:
-        rows = read_table(path, [text_column, label_column], "\t" if fmt == "tsv" else ",", encoding_errors)
+        rows = read_table(path, [text_column, label_column], DELIMITERS[fmt], encoding_errors)
     skips, examples = Skips(str(path)), []
     for number, (text, label) in rows:
         where = f"{path}:{number}"
@@ -105,11 +109,11 @@ def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
         lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)
         source, fmt = "<stdin>", "lines" if fmt == "auto" else table_format("<stdin>", fmt)
         rows = (list(enumerate(lines, 1)) if fmt == "lines" else
-                [(n, values[0]) for n, values in parse_table(lines, [column], source, "\t" if fmt == "tsv" else ",")])
+                [(n, values[0]) for n, values in parse_table(lines, [column], source, DELIMITERS[fmt])])
     elif (fmt := table_format(source, fmt)) == "lines":
         rows = list(enumerate(read_lines(source, encoding_errors), 1))
     else:
-        rows = [(n, values[0]) for n, values in read_table(source, [column], "\t" if fmt == "tsv" else ",",
+        rows = [(n, values[0]) for n, values in read_table(source, [column], DELIMITERS[fmt],
                                                            encoding_errors)]
     skips, examples = Skips(str(source)), []
     for number, text in rows:
