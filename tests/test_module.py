@@ -1,4 +1,5 @@
-"""The core module's and callbacks' bookkeeping: the epoch's training loss, step logging, epoch time."""
+"""The core module's and callbacks' bookkeeping: the epoch's training loss, step logging, epoch time,
+the last checkpoint."""
 
 import time
 
@@ -7,9 +8,10 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY
+from torch.utils.data import DataLoader, TensorDataset
 
 from gru_suite import run
-from gru_suite.callbacks import EpochThroughput
+from gru_suite.callbacks import EpochThroughput, RunFolderCheckpoint
 from gru_suite.testing import compose_train_config
 
 
@@ -83,3 +85,33 @@ def test_epoch_time_leaves_out_validation_within_the_epoch():
     epoch_time = float(trainer.callback_metrics["train/epoch_time_s"])
     assert 8 * 0.02 <= epoch_time < 8 * 0.02 + 0.2  # every training batch, no validation pass
     assert float(trainer.callback_metrics["train/samples_per_s"]) == pytest.approx(8 / epoch_time)
+
+
+class _WorseningModel(pl.LightningModule):
+    """Four training steps an epoch; its validation metric is the epoch index, so only the first epoch is best."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return (self.weight - batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("val/score", float(self.current_epoch))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize(("epochs", "validate_every"), [(3, 1), (3, 2)])
+def test_the_last_checkpoint_holds_the_last_step_when_the_best_is_earlier(epochs, validate_every, tmp_path):
+    loader = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=2)
+    checkpoint = RunFolderCheckpoint(dirpath=tmp_path, filename="best-{epoch}", monitor="val/score", mode="min",
+                                     auto_insert_metric_name=False, save_last=True, save_top_k=1)
+    trainer = pl.Trainer(max_epochs=epochs, check_val_every_n_epoch=validate_every, callbacks=[checkpoint],
+                         logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(_WorseningModel(), loader, loader)
+    first_validated = validate_every - 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"best-{first_validated}.ckpt", "last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4 * epochs
