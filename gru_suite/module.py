@@ -60,9 +60,8 @@ class TaskModule(pl.LightningModule):
             super().__setattr__(name, value)
 
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
-        sync = stage != "train"  # epoch means over every DDP process; per-step train metrics stay local
-        for name, value in out.metrics.items():  # the monitored metric shows in the progress bar beside the loss
-            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=sync,
+        for name, value in out.metrics.items():  # epoch means over every DDP process's share
+            self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=True,
                      prog_bar=f"{stage}/{name}" == self._monitor)
 
     def _run(self, batch: Any, stage: Stage) -> StepOutput:
@@ -166,14 +165,33 @@ class TaskModule(pl.LightningModule):
             for optimizer in optimizers:  # no schedule now: the schedule's last rates give way to optimizer.lr
                 for group in optimizer["param_groups"]:
                     group["lr"] = float(lr)
+        if fitting and len(optimizers) == 1:
+            self._follow_configured_optimizer(optimizers[0], checkpoint)
         if not fitting or self.scheduler_factory is None or len(states) != 1 or len(optimizers) != 1:
             return
-        base_lrs = states[0].get("base_lrs") or [group["lr"] for group in optimizers[0]["param_groups"]]
+        configured_lr = self.config.optimizer.get("lr")  # a plateau schedule keeps no base rates
+        base_lrs = states[0].get("base_lrs") or [float(configured_lr) if configured_lr else group["lr"]
+                                                 for group in optimizers[0]["param_groups"]]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs],
                                        **self._unfused_if_clipped_amp())
         if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe)):
             rank_zero_info(f"resuming with this run's learning-rate schedule: {', '.join(changed)}")
         self._catch_up_plateau(states[0], optimizers[0], checkpoint)
+
+    def _follow_configured_optimizer(self, optimizer_state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's optimizer takes this run's settings (weight decay, betas, ...) and keeps its learning
+        rates; an optimizer of another kind than the checkpoint's starts with fresh per-parameter state."""
+        groups = optimizer_state["param_groups"]
+        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
+                                               for group in groups], **self._unfused_if_clipped_amp())
+        trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {}).get("_target_")
+        configured = self.config.optimizer.get("_target_")
+        if trained and configured and trained != configured:
+            optimizer_state["state"] = {}
+            rank_zero_info(f"resuming with this run's optimizer {configured} (the checkpoint's {trained}): "
+                           "its state starts afresh")
+        if changed := follow_configured_optimizer(groups, probe):
+            rank_zero_info(f"resuming with this run's optimizer settings: {', '.join(changed)}")
 
     def _catch_up_plateau(self, state: dict[str, Any], optimizer_state: dict[str, Any],
                           checkpoint: dict[str, Any]) -> None:
@@ -244,6 +262,22 @@ def follow_configured_lr(checkpoint: dict[str, Any], lr: Any) -> float | None:
     for state in checkpoint.get("lr_schedulers") or []:
         state.update({key: [rate * scale for rate in state[key]] for key in ("base_lrs", "_last_lr") if key in state})
     return scale
+
+
+def follow_configured_optimizer(groups: list[dict[str, Any]], configured: torch.optim.Optimizer) -> list[str]:
+    """Give a checkpoint's optimizer parameter `groups` the settings of `configured` (an optimizer with as many
+    groups), keeping each group's parameters and learning rates; returns the changed settings as `name old -> new`.
+    Settings `configured` does not have (those of another kind of optimizer) are dropped."""
+    kept = ("params", "lr", "initial_lr")
+    changed: dict[str, str] = {}
+    for group, fresh in zip(groups, configured.param_groups):
+        settings = {key: value for key, value in fresh.items() if key not in kept}
+        changed.update({key: f"{key} {group.get(key)!r} -> {value!r}" for key, value in settings.items()
+                        if group.get(key) != value})
+        for key in [key for key in group if key not in kept]:
+            del group[key]
+        group.update(settings)
+    return list(changed.values())
 
 
 def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any) -> list[str]:

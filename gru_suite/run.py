@@ -190,11 +190,12 @@ def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
 
 def write_artifacts(
     trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, out_dir: Path,
-    predictions: list[Any] | None = None,
+    predictions: list[Any] | None = None, ckpt_path: str | None = None,
 ) -> list[Path]:
-    """Let the task write its artifacts into `out_dir`: of `predictions`, else of running prediction now."""
+    """Let the task write its artifacts into `out_dir`: of `predictions`, else of running prediction now (with the
+    weights of `ckpt_path`, when given)."""
     if predictions is None:
-        predictions = trainer.predict(module, datamodule=datamodule) or []
+        predictions = trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path) or []
     earlier = files_near(out_dir)
     paths = module.task.write_predictions(predictions, datamodule, out_dir)
     if not isinstance(paths, (list, tuple)):
@@ -298,7 +299,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
-    with monitored_metric_named(trainer, cfg.task.monitor), warnings.catch_warnings():
+    with monitored_metric_named(trainer, cfg.task.monitor), val_check_interval_named(), warnings.catch_warnings():
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
@@ -315,7 +316,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if best:
             log.info("best checkpoint: %s", best)
     if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
-        write_artifacts(trainer, module, datamodule, out_dir / "predictions")
+        write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None)  # as tested
     elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
         log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
@@ -337,6 +338,9 @@ def resume_path(cfg: DictConfig) -> str | None:
     `checkpoints/last.ckpt` when it is there (Lightning's other names are left to Lightning)."""
     path = cfg.get("ckpt_path")
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
+        raise UserError(f"ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is {last}, or give "
+                        "the path of a best-*.ckpt")
     if path == "last" and last.is_file():
         return str(last)
     return None if not path or path in LIGHTNING_CKPT_NAMES else str(path)
@@ -366,6 +370,17 @@ def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
         where = "task.monitor" if name == monitor else "a callback's monitor"
         logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
         raise UserError(f"{where} names {name!r}, a metric that was never logged; logged: {logged}") from err
+
+
+@contextmanager
+def val_check_interval_named() -> Iterator[None]:
+    """Lightning's error for a `val_check_interval` of more batches than a training epoch has, as one line."""
+    try:
+        yield
+    except ValueError as err:
+        if "`val_check_interval` (" not in str(err):
+            raise
+        raise UserError(f"trainer.val_check_interval: {' '.join(str(err).split())}") from err
 
 
 @contextmanager

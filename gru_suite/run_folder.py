@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import suppress
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -23,9 +25,17 @@ def set_aside(path: Path) -> Path:
 class KeepEarlierConfig(Callback):
     """Hydra callback: a run into a folder that already holds a `.hydra/` (eval or predict into a training run's
     folder, a resumed run) first moves it to `.hydra.N/`, as `metrics.csv` moves to `metrics.N.csv`, so the
-    earlier run's composed config is not written over."""
+    earlier run's composed config is not written over. Where every process of a multi-process run starts the
+    command (torchrun, SLURM), the first process alone does it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         subdir = config.hydra.output_subdir
-        if subdir and (folder := Path(config.hydra.run.dir) / subdir).is_dir():
+        if not subdir or launch_rank() != 0 or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
+            return
+        with suppress(FileNotFoundError):  # another process of the run moved it first
             log.info("kept the earlier %s as %s", folder, set_aside(folder).name)
+
+
+def launch_rank() -> int:
+    """This process's global rank as torchrun (`RANK`) or SLURM (`SLURM_PROCID`) started it; 0 for one process."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)

@@ -27,6 +27,7 @@ from gru_suite import cli, module, run
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import default_data_dir
+from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 
@@ -430,15 +431,36 @@ def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
                                    tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
+    cut = torch.load(last, weights_only=False)
+    cut["optimizer_states"][0]["param_groups"][0]["lr"] = 1.25e-4  # as the plateau would after cuts
+    torch.save(cut, last)
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=cosine", "trainer.max_epochs=3",
                                                    f"ckpt_path={last}"], tmp_path))
     schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
     assert schedule["T_max"] == 3 and "patience" not in schedule  # a cosine state, not a hybrid with the plateau's
+    assert schedule["base_lrs"] == pytest.approx([1e-3])  # optimizer.lr, not the plateau's last rate
     assert schedule["last_epoch"] == 2  # started with the resumed run's two epochs
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=none", "trainer.max_epochs=4",
                                                    f"ckpt_path={last}"], tmp_path))
     (group,) = torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"]
     assert group["lr"] == pytest.approx(1e-3)  # no schedule: the base rate, not the cosine's last (0 at its end)
+
+
+def test_a_resumed_run_takes_this_runs_optimizer_settings(tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=none"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    steps = torch.load(last, weights_only=False)["global_step"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.weight_decay=0.1", "optimizer.lr=2e-3",
+                                                   "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path))
+    optimizer = torch.load(last, weights_only=False)["optimizer_states"][0]
+    assert optimizer["param_groups"][0]["weight_decay"] == 0.1 and optimizer["param_groups"][0]["lr"] == 2e-3
+    assert {float(state["step"]) for state in optimizer["state"].values()} == {2 * steps}  # Adam's moments kept
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer=adamw", "optimizer.lr=2e-3",
+                                                   "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path))
+    optimizer = torch.load(last, weights_only=False)["optimizer_states"][0]
+    assert optimizer["param_groups"][0]["weight_decay"] == 1e-2  # adamw's, not the checkpoint's 0.1
+    assert {float(state["step"]) for state in optimizer["state"].values()} == {steps}  # AdamW's own, from its start
 
 
 def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
@@ -461,6 +483,29 @@ def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_
     assert result.returncode == 0, result.stderr[-2000:]
     assert (folder / ".hydra.1" / "config.yaml").read_text() == trained  # set aside, as metrics.csv is
     assert (folder / ".hydra" / "config.yaml").read_text() != trained and (folder / "metrics.1.csv").is_file()
+
+
+@pytest.mark.parametrize(("environment", "moved"), [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
+                                                    ({"SLURM_PROCID": "2"}, False)])
+def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp_path, monkeypatch):
+    for name in ("RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / ".hydra").mkdir()
+    config = OmegaConf.create({"hydra": {"output_subdir": ".hydra", "run": {"dir": str(tmp_path)}}})
+    KeepEarlierConfig().on_run_start(config)
+    assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("ckpt_path=best", "ckpt_path=best: training resumes from a checkpoint file"),
+    ("trainer.val_check_interval=100000", "trainer.val_check_interval: `val_check_interval` (100000) must be less"),
+])
+def test_training_settings_lightning_refuses_are_one_line(setting, message, tmp_path):
+    cfg = compose_train_config("forecasting", [*TINY, "threads=1", setting], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run.train(cfg)
 
 
 def test_a_checkpoint_of_another_task_is_named_with_its_task(trained_run, tmp_path):

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from gru_suite import run
 from gru_suite.callbacks import EpochThroughput, RunFolderCheckpoint
+from gru_suite.task import StepOutput
 from gru_suite.testing import compose_train_config
 
 
@@ -32,6 +33,31 @@ def test_the_epoch_training_loss_is_logged_with_its_weight(tmp_path, monkeypatch
     value, kwargs = logged["train/loss"]
     assert value == pytest.approx(2.0)
     assert kwargs["batch_size"] == 1000 and kwargs["sync_dist"]
+
+
+@pytest.mark.parametrize("stage", ["train", "val", "test"])
+def test_task_metrics_are_means_over_every_process_share(stage, tmp_path, monkeypatch):
+    cfg = compose_train_config("forecasting", TINY, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    module = run.build_module(cfg, task)
+    logged: dict[str, dict] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: kwargs}))
+    module._log_metrics(StepOutput(torch.tensor(1.0), 4, {"mse": torch.tensor(0.5)}), stage)
+    assert logged[f"{stage}/mse"]["sync_dist"] and not logged[f"{stage}/mse"]["on_step"]
+
+
+@pytest.mark.parametrize("tested", [True, False])
+def test_artifacts_after_training_come_from_the_best_checkpoint(tested, tmp_path, monkeypatch):
+    weights = []
+    predict = pl.Trainer.predict
+    monkeypatch.setattr(pl.Trainer, "predict", lambda trainer, *args, **kwargs: weights.append(kwargs.get("ckpt_path"))
+                        or predict(trainer, *args, **kwargs))
+    cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=2", f"test_after_training={tested}"],
+                               tmp_path)
+    run.train(cfg)
+    (best,) = (tmp_path / "checkpoints").glob("best-*.ckpt")
+    assert weights == [str(best)] and (tmp_path / "predictions" / "forecast.csv").is_file()
 
 
 def test_training_with_step_logging_off(tmp_path):
