@@ -183,6 +183,17 @@ def train_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
+def encode_as_text(tokenizer, texts: Sequence[str], **kwargs):
+    """`tokenizer(texts, **kwargs)` (a `BatchEncoding`) without sentence marks, reading a special token's string
+    in a text as text: a unigram model holds the special tokens as pieces and may still match one there, which
+    then becomes the unknown token."""
+    encoding = tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, **kwargs)
+    marks = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    unk = tokenizer.unk_token_id
+    encoding["input_ids"] = [[unk if i in marks else i for i in ids] for ids in encoding["input_ids"]]
+    return encoding
+
+
 def readable_pieces(pieces: Sequence[str]) -> list[str]:
     """Subword pieces for display, one label per piece: a word's first piece without its "▁" mark, a piece
     that continues a word prefixed with "##" (`["▁sekv", "at."]` -> `["sekv", "##at."]`); a bare "▁" (a word

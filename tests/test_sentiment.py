@@ -336,6 +336,13 @@ def test_top_words_are_distinct_words_without_punctuation() -> None:
     assert top_words(text, against, 3) == ["script"]
 
 
+def test_top_words_of_a_subword_tokenizer_leave_out_the_punctuation_around_them() -> None:
+    text = 'great, really "great" film. Great!'  # a subword tokenizer's words: the space-separated chunks
+    words = [Word(0, 6, 0.9), Word(7, 13, 0.1), Word(14, 21, 0.8), Word(22, 27, 0.5), Word(28, 34, 0.7)]
+    assert top_words(text, words, 3) == ["great", "film", "really"]
+    assert highlight_terminal(text, words, 2) == '[great], really "great" [film]. Great!'
+
+
 def test_a_word_against_the_label_is_shaded_in_its_own_colour() -> None:
     page = highlight_html("dull but fun", [Word(0, 4, -0.8), Word(5, 8, 0.1), Word(9, 12, 0.4)])
     assert 'rgba(70, 130, 255, 1.00)" title="-0.800">dull' in page

@@ -13,6 +13,7 @@ from gru_suite.errors import UserError
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.text import (
     decode_lines,
+    encode_as_text,
     pad_ids,
     read_lines,
     read_table,
@@ -38,6 +39,16 @@ def test_subword_tokenizer_round_trips(kind):
     assert tokenizer.decode(tokenizer.encode("Qatar")) == "<unk>atar"  # characters never seen in training
     ids = [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id]
     assert ids == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", ["bpe", "unigram", "word"])
+def test_special_tokens_written_in_a_text_are_text(kind):
+    tokenizer = train_tokenizer(CORPUS, kind=kind, vocab_size=120, min_frequency=1)
+    (ids,) = encode_as_text(tokenizer, ["the cat <pad> sat </s> on <s> the mat."])["input_ids"]
+    marks = {tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id}
+    assert not marks & set(ids) and tokenizer.unk_token_id in ids  # a unigram model holds the marks as pieces
+    plain = "the cat sat on the mat."
+    assert encode_as_text(tokenizer, [plain])["input_ids"][0] == tokenizer.encode(plain, add_special_tokens=False)
 
 
 def test_word_tokenizer_maps_unseen_words_to_unk():

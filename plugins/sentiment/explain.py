@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ from torch import Tensor
 HIGHLIGHT = "255, 170, 0"
 """RGB of a word that weighed toward the label; its opacity is the word's weight relative to the text's heaviest
 word (by size)."""
+EDGE_PUNCTUATION = re.compile(r"[^\w]*(\w(?:.*\w)?)[^\w]*", re.DOTALL)
+"""A word with the punctuation around it; group 1 is the word (from its first to its last letter or digit)."""
 AGAINST = "70, 130, 255"
 """RGB of a word that weighed against the label (a negative weight: gradient x input can be)."""
 
@@ -44,13 +47,14 @@ def word_weights(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequen
 
 
 def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:
-    """The `k` heaviest distinct words that support the label (weight above 0), heaviest first; punctuation is
-    left out and a repeated word counts once, at its heaviest."""
+    """The `k` heaviest distinct words that support the label (weight above 0), heaviest first, without the
+    punctuation around them (a subword tokenizer's words are the text's space-separated chunks: "great,");
+    punctuation alone is left out and a repeated word counts once, at its heaviest."""
     chosen: dict[str, Word] = {}
     for word in sorted(words, key=lambda w: -w.weight):
-        surface = text[word.start:word.end]
-        if len(chosen) < k and word.weight > 0 and any(c.isalnum() for c in surface):
-            chosen.setdefault(surface.lower(), word)
+        bare = EDGE_PUNCTUATION.fullmatch(text, word.start, word.end)
+        if len(chosen) < k and word.weight > 0 and bare is not None:
+            chosen.setdefault(bare.group(1).lower(), Word(bare.start(1), bare.end(1), word.weight))
     return list(chosen.values())
 
 
@@ -78,12 +82,10 @@ def highlight_html(text: str, words: Sequence[Word]) -> str:
 
 def highlight_terminal(text: str, words: Sequence[Word], k: int) -> str:
     """`text` with its `k` heaviest words (`heaviest_words`, as the CSV's `top_words`) in [brackets]."""
-    marked = {(w.start, w.end) for w in heaviest_words(text, words, k)}
     parts, cursor = [], 0
-    for word in sorted(words, key=lambda w: w.start):
-        if (word.start, word.end) in marked and word.start >= cursor:
-            parts += [text[cursor:word.start], f"[{text[word.start:word.end]}]"]
-            cursor = word.end
+    for word in sorted(heaviest_words(text, words, k), key=lambda w: w.start):
+        parts += [text[cursor:word.start], f"[{text[word.start:word.end]}]"]
+        cursor = word.end
     return "".join(parts) + text[cursor:]
 
 

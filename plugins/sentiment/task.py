@@ -20,7 +20,13 @@ from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
 from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
-from gru_suite.text import pad_ids, tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import (
+    encode_as_text,
+    pad_ids,
+    tokenizer_from_state,
+    tokenizer_state,
+    train_tokenizer,
+)
 from gru_suite_plugins.sentiment import explain
 from gru_suite_plugins.sentiment.data import (
     Batch,
@@ -236,8 +242,8 @@ class SentimentTask(TaskPlugin):
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, cut at `data.max_tokens` (a text of no tokens becomes one unknown token)."""
         assert self.tokenizer is not None, "datamodule() fits the tokenizer first"
-        ids = self.tokenizer(list(texts), add_special_tokens=False, split_special_tokens=True, truncation=True,
-                             max_length=int(self.cfg.data.max_tokens))["input_ids"]
+        limit = int(self.cfg.data.max_tokens)
+        ids = encode_as_text(self.tokenizer, texts, truncation=True, max_length=limit)["input_ids"]
         return [row or [self.tokenizer.unk_token_id] for row in ids]
 
     def _encoded(self, stage: str) -> EncodedTexts:
@@ -394,8 +400,8 @@ class SentimentTask(TaskPlugin):
                  for i, p, w, n in zip(batch["index"], batch["probs"], batch["weights"], batch["lengths"].tolist())}
         order = sorted(found)
         texts = [examples[i].text for i in order]
-        encoding = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True, truncation=True,
-                                  max_length=int(self.cfg.data.max_tokens), return_offsets_mapping=True)
+        encoding = encode_as_text(self.tokenizer, texts, truncation=True, max_length=int(self.cfg.data.max_tokens),
+                                  return_offsets_mapping=True)
         predict, rows, page = self.cfg.predict, [], []
         for row, i in enumerate(order):
             probs, weights = found[i]

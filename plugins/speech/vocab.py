@@ -10,7 +10,12 @@ from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
 from gru_suite.errors import UserError
-from gru_suite.text import tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import (
+    encode_as_text,
+    tokenizer_from_state,
+    tokenizer_state,
+    train_tokenizer,
+)
 
 BLANK = 0
 TOKENIZER_KINDS = ("word", "bpe", "unigram")
@@ -97,7 +102,7 @@ class Tokens:
         return [w for w in dict.fromkeys(text.split()) if unk in self.encode(w)]
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)  # "<s>" is text
+        return encode_as_text(self.tokenizer, [text])["input_ids"][0]  # "<s>" is text
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i != BLANK], skip_special_tokens=True).strip()

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError
-from gru_suite.text import decode_lines, pad_ids, read_lines, read_table
+from gru_suite.text import decode_lines, encode_as_text, pad_ids, read_lines, read_table
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,8 @@ class Encoder:
     def __call__(self, sentences: Sequence[str], lines: Sequence[int], where: str, side: str) -> list[list[int] | None]:
         """Ids per sentence; None for one skipped as too long."""
         unk, eos = self.tokenizer.unk_token_id, self.tokenizer.eos_token_id
-        # split_special_tokens: a literal "</s>" in the text is text, not the end of the sentence
-        encoded = (self.tokenizer(list(sentences), add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                   if sentences else [])
+        # a literal "</s>" in the text is text, not the end of the sentence
+        encoded = encode_as_text(self.tokenizer, sentences)["input_ids"] if sentences else []
         out: list[list[int] | None] = []
         long, unknown = [], []
         for ids, line in zip(encoded, lines):
