@@ -233,6 +233,9 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
         raise UserError(f"{where} returned a loss of shape {shape}: expected one number (reduce it, e.g. .mean())")
     if stage == "train" and torch.is_grad_enabled() and not out.loss.requires_grad:
         raise UserError(f"{where} returned a loss without a gradient (detached, or computed under torch.no_grad())")
+    if "loss" in out.metrics:
+        raise UserError(f"{where} returned a metric named 'loss', which {stage}/loss already is (the loss it returns): "
+                        "rename the metric")
     weight = out.loss_weight
     if weight is not None and not (isinstance(weight, (int, float)) and weight > 0 or
                                    isinstance(weight, torch.Tensor) and weight.numel() == 1):

@@ -9,6 +9,7 @@ from itertools import count
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
@@ -29,8 +30,11 @@ class KeepEarlierConfig(Callback):
     command (torchrun, SLURM), the first process alone does it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if launch_rank() != 0:
+            return
+        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: run.dir may read ${hydra:...}
         subdir = config.hydra.output_subdir
-        if not subdir or launch_rank() != 0 or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
+        if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
             return
         with suppress(FileNotFoundError):  # another process of the run moved it first
             log.info("kept the earlier %s as %s", folder, set_aside(folder).name)

@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import TINY, run_cli
 
-from gru_suite import cli, module, run
+from gru_suite import cli, module, registry, run
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint
-from gru_suite.config import default_data_dir
+from gru_suite.config import CONF_DIR, default_data_dir
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
@@ -485,6 +485,19 @@ def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_
     assert (folder / ".hydra" / "config.yaml").read_text() != trained and (folder / "metrics.1.csv").is_file()
 
 
+def hydra_run_config(run_dir: str) -> DictConfig:
+    """The train config with its `hydra` node, as a command's Hydra callbacks get it, running into `run_dir`."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        config = compose("train", overrides=["task=forecasting",
+                                             f"hydra.searchpath=[{','.join(registry.config_search_path())}]"],
+                         return_hydra_config=True)
+    with open_dict(config):
+        config.hydra.run.dir = run_dir
+    return config
+
+
 @pytest.mark.parametrize(("environment", "moved"), [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
                                                     ({"SLURM_PROCID": "2"}, False)])
 def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp_path, monkeypatch):
@@ -492,20 +505,26 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+    from hydra.core.hydra_config import HydraConfig
+
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test (the hook sets it)
     (tmp_path / ".hydra").mkdir()
-    config = OmegaConf.create({"hydra": {"output_subdir": ".hydra", "run": {"dir": str(tmp_path)}}})
-    KeepEarlierConfig().on_run_start(config)
+    KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path)))
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("ckpt_path=best", "ckpt_path=best: training resumes from a checkpoint file"),
-    ("trainer.val_check_interval=100000", "trainer.val_check_interval: `val_check_interval` (100000) must be less"),
-])
-def test_training_settings_lightning_refuses_are_one_line(setting, message, tmp_path):
-    cfg = compose_train_config("forecasting", [*TINY, "threads=1", setting], tmp_path)
-    with pytest.raises(UserError, match=re.escape(message)):
-        run.train(cfg)
+def test_the_earlier_config_is_kept_in_the_default_run_folder(tmp_path, monkeypatch):
+    """The default `hydra.run.dir` reads `${hydra:runtime.choices.task}`, which resolves only once Hydra's config
+    is set: after the callback's hook, in Hydra's own order."""
+    from hydra.core.hydra_config import HydraConfig
+
+    config = hydra_run_config("outputs/${hydra:runtime.choices.task}/the-time")
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # a command's state when the hook runs
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "outputs" / "forecasting" / "the-time"
+    (folder / ".hydra").mkdir(parents=True)
+    KeepEarlierConfig().on_run_start(config)
+    assert (folder / ".hydra.1").is_dir() and not (folder / ".hydra").exists()
 
 
 def test_a_checkpoint_of_another_task_is_named_with_its_task(trained_run, tmp_path):

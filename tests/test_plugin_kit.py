@@ -166,6 +166,14 @@ class ZeroWeightTask(ForecastingTask):
         return StepOutput(out.loss, out.batch_size, out.metrics, loss_weight=0)
 
 
+class LossMetricTask(ForecastingTask):
+    """Reports its loss again as a metric named `loss`."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, out.batch_size, {**out.metrics, "loss": out.loss.detach()})
+
+
 class SilentWriterTask(ForecastingTask):
     """Writes its artifacts but does not return their paths."""
 
@@ -189,6 +197,8 @@ MISTAKES = {
                                        "expected one number"),
     "zero-loss-weight": (ZeroWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=0: expected a "
                                          "positive number"),
+    "loss-metric": (LossMetricTask, "task 'forecasting': step(..., 'val') returned a metric named 'loss', which "
+                                    "val/loss already is"),
     "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
                                         "the list of paths it wrote"),
     "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict() is not picklable, so no checkpoint "

@@ -435,6 +435,17 @@ def test_streaming_refuses_bidirectional_or_per_utterance_models() -> None:
         StreamingRecognizer(uni, Featurizer(config), ALPHABET)
 
 
+@pytest.mark.parametrize(("setting", "message"), [("backbone.bidirectional=true", "unidirectional"),
+                                                   ("task.features.normalize=utterance", "normalize=global")])
+def test_streaming_predictions_of_an_unstreamable_model_are_refused_before_training(setting, message,
+                                                                                    tmp_path: Path) -> None:
+    cfg = compose_train_config("speech", ["task.predict.streaming=true", "backbone.bidirectional=false", setting,
+                                          "threads=1"], tmp_path)
+    with pytest.raises(UserError, match=message):
+        run.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 # artifacts
 
 

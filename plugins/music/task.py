@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from gru_suite.config import config_number
@@ -41,6 +41,28 @@ UNITS = ("steps", "beats", "seconds")
 DEFAULT_MAX_EVENTS = 20000
 
 
+def wrong_generation(gen: DictConfig) -> list[str]:
+    """One message per wrong `task.generate` setting of those `MusicTask.numbers` cannot express: a positive
+    `temperature`, a `top_p` in (0, 1] or null, a `unit` of UNITS; the right numbers are stored as floats."""
+    unit = gen.get("unit")
+    wrong = [] if unit in UNITS else [f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}"]
+    for field, fits, expected in (("temperature", lambda t: t > 0, "positive"),
+                                  ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)")):
+        value = gen.get(field)
+        if value is None and field == "top_p":
+            continue
+        try:
+            number = config_number(value, f"task.generate.{field}")
+        except UserError as err:
+            wrong.append(str(err))
+            continue
+        if fits(number):
+            OmegaConf.update(gen, field, number, merge=False)
+        else:
+            wrong.append(f"task.generate.{field} must be {expected}, got {value}")
+    return wrong
+
+
 class MusicTask(TaskPlugin):
     """Model music as a sequence and generate by sampling it one step at a time.
 
@@ -63,6 +85,11 @@ class MusicTask(TaskPlugin):
                ("generate.seed", int, -(2**43), 2**43))  # seed * 1_000_003 + piece fits torch's 64-bit seed
     required = ("generate.seed",)
 
+    @classmethod
+    def wrong_settings(cls, cfg: DictConfig) -> list[str]:
+        """`numbers` and switches, then the generation settings they cannot express."""
+        return super().wrong_settings(cfg) + wrong_generation(cfg.generate)
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         asked = cfg.model.get("representation", "roll")
@@ -79,8 +106,6 @@ class MusicTask(TaskPlugin):
         return self.representation.primer
 
     def datamodule(self) -> MusicData:
-        self.representation.sampling()  # the generation settings fail before training, not after it
-        self.representation.unit()
         return self.representation.datamodule()
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
@@ -129,20 +154,11 @@ class Representation(ABC):
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]: ...
 
     def unit(self) -> str:
-        unit = self.cfg.generate.unit
-        if unit not in UNITS:
-            raise UserError(f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}")
-        return unit
+        return self.cfg.generate.unit  # one of UNITS (`wrong_generation`)
 
     def sampling(self) -> Sampling:
         gen = self.cfg.generate
-        temperature = config_number(gen.temperature, "task.generate.temperature")
-        if temperature <= 0:
-            raise UserError(f"task.generate.temperature must be positive, got {gen.temperature}")
-        top_p = None if gen.top_p is None else config_number(gen.top_p, "task.generate.top_p")
-        if top_p is not None and not 0 < top_p <= 1:
-            raise UserError(f"task.generate.top_p must be in (0, 1] (or null), got {gen.top_p}")
-        return Sampling(temperature, gen.top_k, top_p)
+        return Sampling(gen.temperature, gen.top_k, gen.top_p)
 
     def generator(self, batch: Tensor) -> torch.Generator:
         """A CPU generator seeded by `generate.seed` and the first piece index of `batch`."""

@@ -16,6 +16,15 @@ from gru_suite_plugins.speech.model import SpeechModel
 from gru_suite_plugins.speech.vocab import Vocabulary
 
 
+def check_streamable(model: SpeechModel, featurizer: Featurizer) -> None:
+    """A UserError unless `model` over `featurizer`'s features can transcribe chunk by chunk."""
+    if model.backbone.bidirectional:
+        raise UserError("streaming needs a unidirectional model (backbone.bidirectional=false)")
+    if not featurizer.streamable:
+        raise UserError("streaming needs task.features.normalize=global or online (per-utterance statistics "
+                        "see the future)")
+
+
 class StreamingRecognizer:
     """Feeds a unidirectional model chunk by chunk; after `finish()` its emissions equal the offline model's.
 
@@ -29,11 +38,7 @@ class StreamingRecognizer:
     """
 
     def __init__(self, model: SpeechModel, featurizer: Featurizer, vocab: Vocabulary) -> None:
-        if model.backbone.bidirectional:
-            raise UserError("streaming needs a unidirectional model (backbone.bidirectional=false)")
-        if not featurizer.streamable:
-            raise UserError("streaming needs task.features.normalize=global or online (per-utterance statistics "
-                            "see the future)")
+        check_streamable(model, featurizer)
         self.model = model
         self.device = next(model.parameters()).device
         self.featurizer = featurizer

@@ -25,7 +25,7 @@ from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, m
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
-from gru_suite_plugins.speech.stream import StreamingRecognizer
+from gru_suite_plugins.speech.stream import StreamingRecognizer, check_streamable
 from gru_suite_plugins.speech.vocab import TOKENIZER_KINDS, Alphabet, Tokens, Vocabulary, normalize_text
 from gru_suite_plugins.speech.writer import write_transcripts
 
@@ -365,9 +365,12 @@ class SpeechTask(TaskPlugin):
         if self._adversary_scale() > 0 and not self.state.get("speakers"):
             raise UserError("task.model.speaker_adversary needs a model trained with it from the start: this "
                             "checkpoint has no speaker classifier (train a new model, or set it to 0)")
-        return SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
-                           int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral,
-                           len(self.state.get("speakers") or []), self._adversary_scale())
+        speech_model = SpeechModel(backbone, self.features.size, len(self.vocab), int(model.subsample),
+                                   int(model.frontend_size), float(model.dropout), int(model.lookahead), self.spectral,
+                                   len(self.state.get("speakers") or []), self._adversary_scale())
+        if self.cfg.predict.get("streaming"):  # refused now, not after training
+            check_streamable(speech_model, self.featurizer())
+        return speech_model
 
     def _adversary_scale(self) -> float:
         """`model.speaker_adversary` (absent or null, as in older checkpoints: 0, off)."""
