@@ -174,7 +174,11 @@ class TaskModule(pl.LightningModule):
                                                  for group in optimizers[0]["param_groups"]]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs],
                                        **self._unfused_if_clipped_amp())
-        if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe)):
+        trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("scheduler", {}).get("_target_")
+        configured = self.config.get("scheduler", {}).get("_target_")
+        same_kind = trained == configured if trained and configured else None
+        if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe),
+                                                 same_kind):
             rank_zero_info(f"resuming with this run's learning-rate schedule: {', '.join(changed)}")
         self._catch_up_plateau(states[0], optimizers[0], checkpoint)
 
@@ -198,10 +202,14 @@ class TaskModule(pl.LightningModule):
         """Step a `ReduceLROnPlateau` state with the monitored value of the checkpoint's epoch: Lightning saves the
         checkpoint at the end of validation and steps the schedule after it, and on resume never does, so the
         schedule would miss that epoch."""
-        monitored = checkpoint.get(CHECKPOINT_KEY, {}).get("monitored")
-        epoch_ended = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
-        if monitored is None or "num_bad_epochs" not in state or state.get("last_epoch") != checkpoint.get("epoch") \
-                or not epoch_ended.get("is_last_batch"):  # mid-epoch: Lightning steps it at the epoch's end
+        saved = checkpoint.get(CHECKPOINT_KEY, {})
+        monitored = saved.get("monitored")
+        if "plateau_step_pending" in saved:
+            pending = saved["plateau_step_pending"]
+        else:  # a checkpoint from before that key: one step an epoch, none mid-epoch
+            epoch_ended = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+            pending = state.get("last_epoch") == checkpoint.get("epoch") and epoch_ended.get("is_last_batch")
+        if monitored is None or "num_bad_epochs" not in state or not pending:
             return
         groups = optimizer_state["param_groups"]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
@@ -213,9 +221,19 @@ class TaskModule(pl.LightningModule):
         for group, stepped in zip(groups, probe.param_groups):
             group["lr"] = stepped["lr"]
 
+    def _plateau_step_pending(self) -> bool:
+        """Whether Lightning steps a plateau schedule after this point: an epoch whose training batches are done but
+        which has not ended, on an epoch the schedule steps (`configure_optimizers`' frequency)."""
+        trainer = self._trainer
+        if trainer is None or not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return False
+        epochs, every = trainer.fit_loop.epoch_progress.current, trainer.check_val_every_n_epoch or 1
+        return epochs.completed < epochs.started and (trainer.current_epoch + 1) % every == 0
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         monitored = self._trainer.callback_metrics.get(self._monitor) if self._trainer is not None else None
         checkpoint[CHECKPOINT_KEY] = {
+            "plateau_step_pending": self._plateau_step_pending(),
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
@@ -283,20 +301,22 @@ def follow_configured_optimizer(groups: list[dict[str, Any]], configured: torch.
     return list(changed.values())
 
 
-def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any) -> list[str]:
+def follow_configured_schedule(state: dict[str, Any], optimizer_state: dict[str, Any], configured: Any,
+                               same_kind: bool | None = None) -> list[str]:
     """Give a checkpoint's scheduler `state` the settings of `configured`, a fresh scheduler of the same kind over
     the same base learning rates, keeping the state's progress; the learning rates in `optimizer_state` move onto
     the new schedule at the same epoch (but for `ReduceLROnPlateau`, which follows a metric). Returns the changed
-    settings as `name old -> new`. A scheduler of another kind (its state holds other keys) starts afresh: the
-    checkpoint's state is replaced by `configured`'s and the learning rates go back to the base ones."""
+    settings as `name old -> new`. A scheduler of another kind (`same_kind` false; unknown, None: its state holds
+    other keys) starts afresh: the checkpoint's state is replaced by `configured`'s and the learning rates go back
+    to the base ones. Of the same kind, a key only one side has (another torch release's) is no setting."""
     fresh = configured.state_dict()
-    if set(fresh) != set(state):
+    if same_kind is False or (same_kind is None and set(fresh) != set(state)):
         state.clear()
         state.update(fresh)
         for group, lr in zip(optimizer_state["param_groups"], configured.get_last_lr()):
             group["lr"] = lr
         return [f"a {type(configured).__name__} from its first epoch (the checkpoint's schedule is of another kind)"]
-    settings = {k: v for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and state[k] != v}
+    settings = {k: v for k, v in fresh.items() if k not in SCHEDULE_PROGRESS and k in state and state[k] != v}
     changed = [f"{k} {state[k]!r} -> {v!r}" for k, v in settings.items() if k not in DERIVED_SETTINGS]
     if not settings:
         return []

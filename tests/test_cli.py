@@ -280,6 +280,25 @@ def test_a_plateau_schedule_resumed_in_the_other_mode_forgets_its_best():
     assert same_mode["best"] == 0.4 and same_mode["num_bad_epochs"] == 1 and same_mode["patience"] == 5
 
 
+def test_a_schedule_saved_by_another_torch_release_keeps_its_progress():
+    def cosine(t_max: int) -> torch.optim.lr_scheduler.CosineAnnealingLR:
+        optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=t_max)
+
+    trained = cosine(4)
+    for _ in range(2):
+        trained.optimizer.step()
+        trained.step()
+    older = {k: v for k, v in trained.state_dict().items() if k != "_is_initial"} | {"verbose": False}
+    optimizer_state = trained.optimizer.state_dict()
+    assert module.follow_configured_schedule(older, optimizer_state, cosine(4), same_kind=True) == []
+    assert older["last_epoch"] == 2 and optimizer_state["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    assert module.follow_configured_schedule(older, optimizer_state, cosine(8), same_kind=True) == ["T_max 4 -> 8"]
+    assert older["last_epoch"] == 2 and optimizer_state["param_groups"][0]["lr"] == pytest.approx(8.5355e-4, rel=1e-4)
+    module.follow_configured_schedule(older, optimizer_state, cosine(8), same_kind=False)  # another kind: afresh
+    assert older["last_epoch"] == 0 and optimizer_state["param_groups"][0]["lr"] == pytest.approx(1e-3)
+
+
 def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path / "a"))
@@ -396,6 +415,20 @@ def test_a_resumed_plateau_schedule_sees_the_checkpoints_epoch(tmp_path):
     schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
     assert schedule["last_epoch"] == 2  # epochs 0 and 1, as an uninterrupted run's at this point
     assert schedule["best"] <= first["gru_suite"]["monitored"]
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_a_plateau_schedule_resumed_steps_as_often_as_an_uninterrupted_one(every, tmp_path):
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=plateau",
+             f"trainer.check_val_every_n_epoch={every}"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=6"], tmp_path / "whole"))
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=4"], tmp_path / "cut"))
+    last = tmp_path / "cut" / "checkpoints" / "last.ckpt"
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=6", f"ckpt_path={last}"],
+                                   tmp_path / "cut"))
+    steps = [torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]["last_epoch"]
+             for folder in (tmp_path / "whole", tmp_path / "cut")]
+    assert steps == [6 // every - 1] * 2  # saved after the last validation, before the schedule's step after it
 
 
 def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(tmp_path, capsys):
