@@ -11,9 +11,10 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success rename it onto `path`.
+    """Yield a temporary path beside `path`; on success flush it to disk and rename it onto `path`.
 
-    On error the temporary file is removed and `path` keeps its old content.
+    On error the temporary file is removed and `path` keeps its old content; flushed before the rename, a power
+    cut cannot leave `path` renamed onto data still in the page cache (an empty file on ext4 and others).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -22,10 +23,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0o600, as a plain open() would create it
         yield Path(tmp)
+        _flush_to_disk(tmp)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _flush_to_disk(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

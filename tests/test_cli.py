@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import TINY, run_cli
 
 from gru_suite import cli, module, registry, run
+from gru_suite.atomic import write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import CONF_DIR, default_data_dir
@@ -348,6 +349,18 @@ def test_a_checkpoint_is_written_beside_its_name_and_a_failed_save_leaves_the_pr
     with pytest.raises(Exception):  # torch.save fails after writing part of the file
         writer.save_checkpoint({"epoch": 4, "weights": torch.zeros(1000), "unpicklable": lambda: None}, path)
     assert torch.load(path)["epoch"] == 3 and sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, monkeypatch):
+    done = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: done.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+                        or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda source, target: done.append(("replace", str(source))) or
+                        replace(source, target))
+    path = write_text(tmp_path / "report.csv", "a,b\n")
+    assert path.read_text() == "a,b\n"
+    assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
 
 
 def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_path):
