@@ -40,9 +40,9 @@ def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
 
 def check_same_model(state: dict[str, Any], module: TaskModule, source: str) -> None:
     """`state` (a checkpoint's state dict, from `source`) must hold the model `module` is: the same parameter
-    and buffer names and shapes; else a UserError naming the first that differs."""
+    and buffer names and shapes; else a UserError naming the first that differs, in the model's order."""
     own = module.state_dict()
-    for name in sorted(set(state) | set(own)):
+    for name in [*own, *(name for name in state if name not in own)]:
         stored, built = state.get(name), own.get(name)
         if stored is None or built is None or stored.shape != built.shape:
             raise UserError(f"{source} holds another model than this config builds ({name}: {_shape(stored)} in the "
