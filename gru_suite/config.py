@@ -27,8 +27,8 @@ def default_data_dir() -> str:
 
 
 def register_resolvers() -> None:
-    """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`
-    and `${gru_suite.task_groups:}` (help)."""
+    """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`,
+    `${gru_suite.rank_suffix:}` and `${gru_suite.task_groups:}` (help)."""
     from gru_suite.registry import format_task_config_groups
 
     if not OmegaConf.has_resolver("gru_suite.data_dir"):
@@ -37,6 +37,16 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("gru_suite.task_groups", format_task_config_groups)
     if not OmegaConf.has_resolver("gru_suite.required"):
         OmegaConf.register_new_resolver("gru_suite.required", required)
+    if not OmegaConf.has_resolver("gru_suite.rank_suffix"):
+        OmegaConf.register_new_resolver("gru_suite.rank_suffix", rank_suffix)
+
+
+def rank_suffix() -> str:
+    """`${gru_suite.rank_suffix:}`: "" in the first (or only) process that torchrun or SLURM started, `_rank<N>` in
+    the others, so that each writes a log of its own."""
+    from gru_suite.run_folder import launch_rank
+
+    return f"_rank{rank}" if (rank := launch_rank()) else ""
 
 
 def required(what: str) -> Any:

@@ -27,7 +27,7 @@ from gru_suite import cli, module, registry, run
 from gru_suite.atomic import write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint
-from gru_suite.config import CONF_DIR, default_data_dir
+from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
@@ -535,6 +535,7 @@ def hydra_run_config(run_dir: str) -> DictConfig:
     """The train config with its `hydra` node, as a command's Hydra callbacks get it, running into `run_dir`."""
     from hydra import compose, initialize_config_dir
 
+    register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = compose("train", overrides=["task=forecasting",
                                              f"hydra.searchpath=[{','.join(registry.config_search_path())}]"],
@@ -557,6 +558,20 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     (tmp_path / ".hydra").mkdir()
     KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path)))
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
+
+
+@pytest.mark.parametrize(("environment", "log"), [({}, "train.log"), ({"RANK": "0"}, "train.log"),
+                                                  ({"RANK": "3"}, "train_rank3.log"),
+                                                  ({"SLURM_PROCID": "1"}, "train_rank1.log")])
+def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(environment, log, monkeypatch):
+    for name in ("RANK", "SLURM_PROCID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    hydra = OmegaConf.to_container(hydra_run_config("out").hydra, resolve=False)
+    filename = hydra["job_logging"]["handlers"]["file"]["filename"]
+    outside_a_run = {"hydra": {"runtime": {"output_dir": "out"}, "job": {"name": "train"}}, "filename": filename}
+    assert OmegaConf.create(outside_a_run).filename == f"out/{log}"
 
 
 def test_the_earlier_config_is_kept_in_the_default_run_folder(tmp_path, monkeypatch):
