@@ -103,15 +103,16 @@ def check_optimization(optimizer: Any, scheduler: Any | None) -> None:
     """Build the optimizer and scheduler once on a probe parameter, so that a bad setting (an unknown key, a plateau
     `factor` of 2, a cosine `T_max` below 1) is one line naming its group now, not a traceback after the trainer
     has started."""
-    group = "optimizer"
+    group, factory = "optimizer", optimizer
     try:
         built = optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
-        group = "scheduler"
+        group, factory = "scheduler", scheduler
         if scheduler is not None and getattr(schedule := scheduler(optimizer=built), "T_max", 1) < 1:
             raise ValueError(f"T_max={schedule.T_max}: a cosine schedule needs a length of at least one epoch (set "
                              "scheduler.T_max when training is limited by trainer.max_steps)")
     except (TypeError, ValueError) as err:
-        raise UserError(f"{group} settings: {err}") from err
+        given = ", ".join(f"{key}={value!r}" for key, value in getattr(factory, "keywords", {}).items())
+        raise UserError(f"{group} settings ({given}): {err}") from err
 
 
 def command_line_keys(group: str) -> list[str]:

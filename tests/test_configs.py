@@ -312,9 +312,11 @@ def test_a_debug_preset_wins_over_an_experiments_trainer_settings(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["scheduler=plateau", "scheduler.factor=2"], "scheduler settings: Factor should be < 1.0"),
-    (["+optimizer.bogus=1"], "optimizer settings: .*unexpected keyword argument 'bogus'"),
-    (["scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=12"], r"scheduler settings: T_max=-1: a cosine"),
+    (["scheduler=plateau", "scheduler.factor=2"], r"scheduler settings \(mode='min', factor=2, patience=2\): Factor "
+                                                  "should be < 1.0"),
+    (["+optimizer.bogus=1"], r"optimizer settings \(lr=.*, bogus=1\): .*unexpected keyword argument 'bogus'"),
+    (["scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=12"],
+     r"scheduler settings \(T_max=-1, eta_min=0.0\): T_max=-1: a cosine"),
 ])
 def test_bad_optimizer_and_scheduler_settings_are_named_before_training(tmp_path, overrides, message):
     cfg = compose_train_config("forecasting", overrides, tmp_path)
