@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import WeightAveraging
+from pytorch_lightning.callbacks import ProgressBar, WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
@@ -132,7 +132,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
     apply_threads(cfg)
     check_batch_limits(cfg)
-    callbacks = [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
+    callbacks = configured_callbacks(cfg)
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     keep_earlier_metrics(loggers)
     # "partial": a block such as a val_check_interval duration reaches Lightning as the dict it reads
@@ -146,6 +146,11 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         # optimizer step (~0.1 ms each), which a CPU run never needs.
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     return trainer
+
+
+def configured_callbacks(cfg: DictConfig) -> list[pl.Callback]:
+    """The callbacks of `cfg.callbacks`, built."""
+    return [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
 
 
 def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
@@ -409,7 +414,8 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
     log.info("pre-training: %d epoch(s) over %d batches", phase.epochs, len(phase.loader))
     module.pretraining = phase
     try:
-        trainer = build_trainer(cfg, callbacks=[], logger=False, enable_checkpointing=False, enable_model_summary=False,
+        bars = [callback for callback in configured_callbacks(cfg) if isinstance(callback, ProgressBar)]
+        trainer = build_trainer(cfg, callbacks=bars, logger=False, enable_checkpointing=False, enable_model_summary=False,
                                 max_epochs=phase.epochs, min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0,
                                 num_sanity_val_steps=0, **overrides)
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP

@@ -17,7 +17,9 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
 
 from gru_suite import run
 from gru_suite.backbone import GRUBackbone
@@ -194,11 +196,13 @@ def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> No
     assert model.embedding.weight.grad.abs().sum() > 0  # it trains the model, through the moved embeddings
 
 
-def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(corpus: dict[str, Path],
-                                                                              tmp_path: Path) -> None:
+def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(
+    corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     texts = tmp_path / "unlabelled.txt"
     texts.write_text("".join(f"{text}\n" for text, _ in separable(300, 7)), encoding="utf-8")
-    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "task.pretrain.epochs=4",
+    with_bar = [setting for setting in TINY if not setting.startswith("callbacks.progress_bar")]
+    cfg = compose_train_config("sentiment", [*with_bar, *data_overrides(corpus), "task.pretrain.epochs=4",
                                              f"task.pretrain.texts=[{texts}]", "optimizer.lr=1e-2",
                                              "scheduler=plateau"], tmp_path / "run")
     task = run.build_task(cfg.task)
@@ -216,7 +220,12 @@ def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(
         return loss
 
     before, head = lm_loss(), module.model.head.weight.detach().clone()
+    bars = []
+    fit = pl.Trainer.fit
+    monkeypatch.setattr(pl.Trainer, "fit", lambda trainer, *args, **kwargs: bars.append(trainer.progress_bar_callback)
+                        or fit(trainer, *args, **kwargs))
     last = run.pretrain(cfg, module, phase)
+    assert [type(bar) for bar in bars] == [TQDMProgressBar]  # the configured bar, as in training
     assert lm_loss() < 0.9 * before and last < before  # word order is random: the floor is near log(9)
     torch.testing.assert_close(module.model.head.weight, head)  # only embeddings, GRU and LM heads learn
     assert module.pretraining is None  # training proper follows with the classification loss
