@@ -415,8 +415,8 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
     module.pretraining = phase
     try:
         bars = [callback for callback in configured_callbacks(cfg) if isinstance(callback, ProgressBar)]
-        trainer = build_trainer(cfg, callbacks=bars, logger=False, enable_checkpointing=False, enable_model_summary=False,
-                                max_epochs=phase.epochs, min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0,
+        trainer = build_trainer(cfg, callbacks=bars, logger=False, enable_checkpointing=False,
+                                enable_model_summary=False, max_epochs=phase.epochs, min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0,
                                 num_sanity_val_steps=0, **overrides)
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
             raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
