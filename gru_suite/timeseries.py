@@ -187,20 +187,21 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
         raise UserError(f"{path}, column {time_column!r}: numbers ({column.iloc[row]} on line {data_line(path, row)}), "
                         "not dates; for Unix time set task.data.time_unit (s, ms, us or ns), or write dates "
                         "(2024-01-01 00:00:00), or set task.data.time_column=null to number the rows instead")
-    try:
-        return pd.DatetimeIndex(pd.to_datetime(column, errors="raise")), None
-    except (ValueError, TypeError):
-        pass
-    try:  # UTC offsets that change (daylight saving) or stamps with and without one: one UTC time line
-        stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=True))
-    except (ValueError, TypeError) as err:
-        parsed = pd.to_datetime(column, errors="coerce", utc=True)
-        row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
-        raise UserError(
-            f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}"
-        ) from err
-    # and each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
-    return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(text)) for text in column])
+    # utc: UTC offsets that change (daylight saving) or stamps with and without one, on one UTC time line;
+    # formats: the one pandas infers from the first stamp, else ISO 8601 forms mixed (midnight as a bare date,
+    # seconds with and without fractions), else each stamp its own, as a stream reads them (`parse_timestamp`)
+    for utc in (False, True):
+        for form in (None, "ISO8601", "mixed"):
+            try:
+                stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=utc, format=form))
+            except (ValueError, TypeError):
+                continue
+            # with UTC, also each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
+            return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(text)) for text in column]) if utc else None
+    parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
+    row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
+    raise UserError(
+        f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}")
 
 
 def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:

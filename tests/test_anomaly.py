@@ -27,6 +27,7 @@ from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
+from gru_suite_plugins.anomaly.scoring import nab_score
 from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, write_series_report
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
@@ -161,6 +162,8 @@ def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_t
 def test_the_stream_api_refuses_a_missing_value_or_a_wrong_width():
     model = NextStepForecaster(partial(GRUBackbone, hidden_size=4, num_layers=1), 2).eval()
     stream = AnomalyStream(model, Flagger(score="raw", threshold="quantile", quantile=0.9), 20)
+    with pytest.raises(UserError, match=r"expected 2 finite value\(s\) per observation, got \[1.0\]"):
+        stream.update([1.0])  # the first observation already: the model reads two columns
     for i in range(25):
         stream.update([np.sin(i), np.cos(i)])
     for bad in ([float("nan"), 1.0], [1.0]):  # a NaN would poison the GRU state and every later score
@@ -199,6 +202,19 @@ def test_flagger_rejects_bad_settings():
         Flagger(threshold="quantile", quantile=None)
     with pytest.raises(ValueError, match="needs the series values"):
         Flagger(range_tolerance=0.05).run(np.zeros(20), 10)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("task.scoring.likelihood.historic_window=50",
+     "task.scoring.likelihood.historic_window (50) must be >= estimation_samples (100)"),
+    ("+task.scoring.likelihood.window=5", "task.scoring.likelihood: AnomalyLikelihood.__init__() got an unexpected"),
+    ("task.scoring.spot_q=0.2", "task.scoring.spot_q must be in (0, 0.05), got 0.2"),  # below 1 - spot_level
+])
+def test_likelihood_and_spot_settings_are_one_line_before_training(setting, message, tmp_path):
+    spot = ["task.scoring.score=raw", "task.scoring.threshold=spot"] if "spot" in setting else []
+    cfg = compose_train_config("anomaly", [*spot, setting], tmp_path)
+    with pytest.raises(UserError, match=re.escape(message)):
+        run.build_task(cfg.task).datamodule()  # before any training
 
 
 def test_each_flag_names_its_reason():
@@ -366,6 +382,19 @@ def test_windows_and_series_with_and_without_utc_offsets_meet_on_one_clock(tmp_p
     pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(200))}).to_csv(naive, index=False)
     windows.write_text(json.dumps({"naive.csv": [["2024-01-05T05:00:00+01:00", "2024-01-05T15:00:00+01:00"]]}))
     assert load(naive, windows_path=windows)[0].windows == [(100, 110)]  # 04:00-14:00 UTC: rows 100-110
+
+
+def test_windows_out_of_order_or_overlapping_are_ordered_and_merged(tmp_path, caplog):
+    stamps = pd.date_range("2024-01-01", periods=400, freq="h")
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(400))}).to_csv(path, index=False)
+    windows = tmp_path / "windows.json"
+    spans = [(300, 310), (250, 260), (255, 270), (270, 280)]  # out of order, overlapping, sharing row 270
+    windows.write_text(json.dumps({"s.csv": [[str(stamps[a]), str(stamps[b])] for a, b in spans]}))
+    (stream,) = load(path, windows_path=windows)
+    assert stream.windows == [(250, 280), (300, 310)]
+    assert f"{path}: 4 labelled windows overlap or share a row: scored as 2" in caplog.text
+    nab_score({"s": np.zeros(400, dtype=bool)}, None, {"s": stream.windows})  # the scorer takes them
 
 
 def test_constant_series_scores_without_error(tmp_path):

@@ -88,6 +88,18 @@ def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message)
         read_series_csv(write(tmp_path, content), ["a"], "t")
 
 
+@pytest.mark.parametrize("stamps", [
+    ["2024-01-01", "2024-01-01 01:00:00"],  # midnight written as a bare date
+    ["2024-01-01 00:00:00", "2024-01-01 00:00:00.500"],  # as str(datetime) writes zero and other microseconds
+    ["2024-01-01T00:00:00", "2024-01-01 00:00:01"],
+    ["2024-01-01 00:00", "2024-01-01 00:01:30"],
+])
+def test_iso_timestamps_in_mixed_forms_are_read_as_a_stream_reads_them(tmp_path, stamps):
+    series = read_series_csv(write(tmp_path, "t,a\n" + "".join(f"{stamp},{i}\n" for i, stamp in enumerate(stamps))),
+                             ["a"], "t")
+    assert list(series.timestamps) == [parse_timestamp(stamp) for stamp in stamps]
+
+
 def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
     path = write(tmp_path, "t,a\n1700000000,1\n\n1700003600.5,2\n")
     stamps = read_series_csv(path, ["a"], "t", time_unit="s").timestamps

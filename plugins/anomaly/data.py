@@ -83,13 +83,21 @@ def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timest
     stamps = series.timestamps
     if not isinstance(stamps, pd.DatetimeIndex):
         raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
-    out = []
+    rows = []
     for start, end in spans:
         start, end = _on_clock(start, stamps), _on_clock(end, stamps)
         a, b = _position(stamps, start, "left"), _position(stamps, end, "right") - 1
         if a <= b:
-            out.append((a, b))
-    return out
+            rows.append((a, b))
+    merged: list[Window] = []
+    for a, b in sorted(rows):  # NAB's scorer needs ordered windows that share no row
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+        else:
+            merged.append((a, b))
+    if len(merged) < len(rows):
+        log.warning("%s: %d labelled windows overlap or share a row: scored as %d", series.path, len(rows), len(merged))
+    return merged
 
 
 def _on_clock(stamp: pd.Timestamp, stamps: pd.DatetimeIndex) -> pd.Timestamp:

@@ -75,7 +75,17 @@ class Flagger:
                 raise UserError(f"task.scoring.{name} must be between 0 and 1, got {value}")
         if self.threshold == "spot" and self.score != "raw":
             raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
-        self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
+        try:
+            self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
+        except TypeError as err:  # a key it does not take
+            raise UserError(f"task.scoring.likelihood: {err}") from err
+        except ValueError as err:  # the message starts with the setting's name
+            raise UserError(f"task.scoring.likelihood.{err}") from err
+        if self.threshold == "spot":
+            try:
+                Spot(q=self.spot_q, level=self.spot_level)
+            except ValueError as err:  # "q must be in (0, 0.05), ...": spot_q must be below 1 - spot_level
+                raise UserError(f"task.scoring.spot_{err}") from err
         self._spot: Spot | None = None
         self.value = self.fixed
         if self.range_tolerance is not None and self.range_tolerance < 0:
@@ -175,6 +185,7 @@ class AnomalyStream:
         time_unit: str | None = None,
     ) -> None:
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
+        self.width: int = model.n_features  # values per observation
         self.flagger = flagger
         self.probation = probation
         self.calendar = calendar
@@ -186,10 +197,8 @@ class AnomalyStream:
         """Add one observation (one value per column, and its timestamp when the detector reads
         calendar features); returns (score, flag)."""
         x = np.asarray(values, dtype=np.float32).reshape(-1)
-        seen = self._warmup[0][0] if self._warmup else self.scaler.mean if self.scaler is not None else None
-        width = None if seen is None else len(seen)  # the first observation's, until the scaler has its own
-        if not np.isfinite(x).all() or (width is not None and len(x) != width):
-            raise UserError(f"expected {width or 'one or more'} finite value(s) per observation, got {list(values)}")
+        if not np.isfinite(x).all() or len(x) != self.width:
+            raise UserError(f"expected {self.width} finite value(s) per observation, got {list(values)}")
         covariates = self._covariates(timestamp)
         if self._warmup is not None:
             self._warmup.append((x, covariates))
