@@ -414,10 +414,14 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
     log.info("pre-training: %d epoch(s) over %d batches", phase.epochs, len(phase.loader))
     module.pretraining = phase
     try:
-        bars = [callback for callback in configured_callbacks(cfg) if isinstance(callback, ProgressBar)]
-        trainer = build_trainer(cfg, callbacks=bars, logger=False, enable_checkpointing=False,
-                                enable_model_summary=False, max_epochs=phase.epochs, min_epochs=phase.epochs, max_steps=-1, limit_val_batches=0,
-                                num_sanity_val_steps=0, **overrides)
+        settings: dict[str, Any] = {
+            "logger": False, "enable_checkpointing": False, "enable_model_summary": False, "max_epochs": phase.epochs,
+            "min_epochs": phase.epochs, "max_steps": -1, "limit_val_batches": 0, "num_sanity_val_steps": 0,
+            **overrides,
+        }
+        if settings.get("enable_progress_bar", True):  # the configured bar, as training shows it
+            settings.setdefault("callbacks", [c for c in configured_callbacks(cfg) if isinstance(c, ProgressBar)])
+        trainer = build_trainer(cfg, **{"callbacks": [], **settings})
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
             raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
         with warnings.catch_warnings():  # the phase has no validation, by design

@@ -6,6 +6,7 @@ import csv
 import gzip
 import io
 import logging
+import math
 import os
 import random
 import re
@@ -230,6 +231,17 @@ def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(
     torch.testing.assert_close(module.model.head.weight, head)  # only embeddings, GRU and LM heads learn
     assert module.pretraining is None  # training proper follows with the classification loss
     assert isinstance(module.configure_optimizers(), dict)  # and with the configured scheduler again
+
+
+def test_pretraining_takes_trainer_settings_as_the_benchmarks_pass_them(corpus: dict[str, Path],
+                                                                        tmp_path: Path) -> None:
+    with_bar = [setting for setting in TINY if not setting.startswith("callbacks.progress_bar")]
+    cfg = compose_train_config("sentiment", [*with_bar, *data_overrides(corpus), "task.pretrain.epochs=1"], tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    module = run.build_module(cfg, task)
+    loss = run.pretrain(cfg, module, task.pretraining(), enable_progress_bar=False, enable_model_summary=False)
+    assert math.isfinite(loss)
 
 
 def test_pretraining_settings_are_checked(corpus: dict[str, Path], tmp_path: Path) -> None:
