@@ -471,6 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             raise UserError(f"unknown groups {unknown}; {nab / 'data'} holds {all_groups}")
         groups = sorted(groups)
+        if args.stream_series and not (nab / "data" / args.stream_series).is_file():  # checked before the work
+            missing = nab / "data" / args.stream_series
+            if args.stream_series != DEFAULT_STREAM_SERIES:
+                raise UserError(f"--stream-series: no {missing}")
+            print(f"note: no {missing}: streaming throughput skipped (--stream-series names another series)",
+                  file=sys.stderr)
+            args.stream_series = ""
         with tempfile.TemporaryDirectory(prefix="gru_suite_anomaly_bench_") as scratch:
             tmp = Path(scratch)
             out_dir = Path(args.out_dir).resolve() if args.out_dir else tmp / "run"

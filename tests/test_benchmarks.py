@@ -28,6 +28,40 @@ def test_accelerators_benchmark_trains_restores_and_reports(tmp_path):
     assert all(r["test/loss"] > 0 for r in report["runs"])
 
 
+def nab_like(root, series: int = 2, rows: int = 1200):
+    """A NAB-layout corpus (data/<group>/<name>.csv, labels/combined_windows.json) of sines, each with one spike."""
+    import numpy as np
+    import pandas as pd
+
+    stamps = pd.date_range("2024-01-01", periods=rows, freq="5min")
+    (root / "data" / "grp").mkdir(parents=True)
+    (root / "labels").mkdir()
+    windows = {}
+    for i in range(series):
+        values = np.sin(np.arange(rows) / 10) + np.random.default_rng(i).normal(0, 0.05, rows)
+        values[rows * 3 // 4] += 5
+        frame = pd.DataFrame({"timestamp": stamps.strftime("%Y-%m-%d %H:%M:%S"), "value": values})
+        frame.to_csv(root / "data" / "grp" / f"s{i}.csv", index=False)
+        windows[f"grp/s{i}.csv"] = [[str(stamps[rows * 3 // 4 - 10]), str(stamps[rows * 3 // 4 + 10])]]
+    (root / "labels" / "combined_windows.json").write_text(json.dumps(windows))
+    return root
+
+
+def test_the_anomaly_benchmark_runs_on_a_nab_subset_without_its_streaming_series(tmp_path):
+    nab = nab_like(tmp_path / "nab")
+    command = [sys.executable, str(REPO / "benchmarks" / "anomaly.py"), "--nab", str(nab), "--no-tuned",
+               "--overrides", "trainer.max_epochs=1 task.detector.retrain.every=null backbone.hidden_size=8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "realKnownCause/nyc_taxi.csv: streaming throughput skipped" in result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["corpus"] == {"files": 2, "labelled_files": 2, "windows": 2} and "streaming" not in report
+    named = subprocess.run([*command, "--stream-series", "grp/missing.csv"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert named.returncode == 2 and named.stderr.strip().endswith(f"--stream-series: no {nab}/data/grp/missing.csv")
+    assert "training" not in named.stdout  # refused before the work
+
+
 @pytest.mark.parametrize("head", ["independent", "autoregressive"])
 def test_music_generation_timing_recomputes_what_generate_carries(head):
     sys.path.insert(0, str(REPO / "benchmarks"))
