@@ -57,22 +57,34 @@ def _spans(sentence: str, min_tokens: int) -> set[str]:
     return {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + min_tokens, len(words) + 1)}
 
 
+def read_sst(path: Path) -> list[Any]:
+    """The labelled examples of an SST-2 file: `label sentence` lines, or a table whose text column is `text` or,
+    as in GLUE's files, `sentence`."""
+    from gru_suite.errors import UserError
+    from gru_suite_plugins.sentiment.data import read_labelled
+
+    try:
+        return read_labelled(path)
+    except UserError as err:
+        if "no column 'text'" not in str(err):
+            raise
+        return read_labelled(path, text_column="sentence")
+
+
 def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_tokens: int, seed: int,
                          folder: Path) -> dict[str, Any]:
     """`train.txt` and `val.txt` (`label sentence` lines): held-out sentences, and the rest plus clean phrases."""
-    from gru_suite_plugins.sentiment.data import read_labelled
-
-    sentences = read_labelled(train)
+    sentences = read_sst(train)
     held = set(random.Random(seed).sample(range(len(sentences)), round(VAL_FRACTION * len(sentences))))
     val = [e for i, e in enumerate(sentences) if i in held]
     rows = [e for i, e in enumerate(sentences) if i not in held]
     stats: dict[str, Any] = {"train_sentences": len(rows), "val_sentences": len(val), "phrases_added": 0}
     if phrases is not None:
-        protected = [e.text for e in val] + [e.text for e in read_labelled(dev)]
+        protected = [e.text for e in val] + [e.text for e in read_sst(dev)]
         whole = set(protected)
         leaks = set().union(*(_spans(text, leak_tokens) for text in protected)) | whole
         seen = {e.text for e in rows}
-        candidates = read_labelled(phrases, text_column="sentence", label_column="label")
+        candidates = read_sst(phrases)
         clean = [e for e in candidates if e.text not in leaks and e.text not in seen]
         stats.update(phrases_read=len(candidates), phrases_equal_to_protected=sum(e.text in whole for e in candidates),
                      phrases_dropped_as_leaks=sum(e.text in leaks for e in candidates), phrases_added=len(clean))
@@ -82,6 +94,18 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
     (folder / "sentences.txt").write_text("".join(f"{e.text}\n" for i, e in enumerate(sentences) if i not in held),
                                           encoding="utf-8")
     return stats
+
+
+def test_file(dev: Path, folder: Path) -> Path:
+    """`dev` for the task's test split: as it is in the `label sentence` layout, else (a table, whose text column
+    the task would look for as `text`) rewritten in that layout into `folder`."""
+    from gru_suite_plugins.sentiment.data import table_format
+
+    if table_format(dev, "auto") == "lines":
+        return dev
+    lines = folder / "test.txt"
+    lines.write_text("".join(f"{e.label} {e.text}\n" for e in read_sst(dev)), encoding="utf-8")
+    return lines
 
 
 def prediction_speed(task: Any, model: Any, texts: Sequence[str], importance: str, batch_size: int = 256) -> float:
@@ -140,7 +164,7 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
             if args.teacher else []
         overrides = [
             "experiment=sst2", f"task.data.train={quote(folder / 'train.txt')}",
-            f"task.data.val={quote(folder / 'val.txt')}", f"task.data.test={quote(args.dev)}",
+            f"task.data.val={quote(folder / 'val.txt')}", f"task.data.test={quote(test_file(args.dev, folder))}",
             f"++trainer.max_time=00:{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}",
             "trainer.accelerator=cpu", "logger=none", "callbacks.progress_bar=null", "predict_after_training=false",
             f"task.report_dir={quote(folder)}", *pretrain, *teachers, *args.overrides,
@@ -174,8 +198,9 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=Path, required=True, help="stsa.binary.train (`label sentence` lines)")
-    parser.add_argument("--dev", type=Path, required=True, help="stsa.binary.dev, the reported split")
+    parser.add_argument("--train", type=Path, required=True,
+                        help="stsa.binary.train (`label sentence` lines, or a CSV/TSV with text or sentence and label)")
+    parser.add_argument("--dev", type=Path, required=True, help="stsa.binary.dev, the reported split (same layouts)")
     parser.add_argument("--phrases", type=Path, help="GLUE SST-2 train.tsv (sentence<TAB>label phrases), optional")
     parser.add_argument("--leak-tokens", type=int, default=4,
                         help="drop phrases that are spans of this many words or more of a dev/held-out sentence")
@@ -212,13 +237,13 @@ def main(argv: list[str] | None = None) -> int:
     quiet()
     import torch
 
-    from gru_suite_plugins.sentiment.data import label_ids, read_labelled
+    from gru_suite_plugins.sentiment.data import label_ids
 
     torch.set_num_threads(args.threads)
-    dev = read_labelled(args.dev)
+    dev = read_sst(args.dev)
     results, members = zip(*(train_one(args, seed, dev) for seed in args.seed))
     table(
-        "SST-2 sentence level, stsa.binary.dev (best checkpoint by held-out macro F1)",
+        f"SST-2 sentence level, {args.dev.name} (best checkpoint by held-out macro F1)",
         ["model", "seed", "accuracy", "macro F1", "ECE", "ECE raw", "T", "epochs", "s/epoch", "fit s", "pre-train s"],
         [["bi-GRU", r["seed"], r["dev"].get("acc"), r["dev"].get("f1"), r["dev"].get("ece"), r["dev"].get("ece_raw"),
           r["dev"].get("temperature"), r["epochs_run"], r["train_s_per_epoch"], r["fit_wall_s"],

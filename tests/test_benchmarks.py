@@ -62,6 +62,28 @@ def test_the_anomaly_benchmark_runs_on_a_nab_subset_without_its_streaming_series
     assert "training" not in named.stdout  # refused before the work
 
 
+def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    words = {"1": ["good", "great", "superb"], "0": ["bad", "dull", "awful"]}
+
+    def glue(path, rows):
+        lines = [f"{' '.join(rng.choice(words[label]) for _ in range(4))} film\t{label}\n"
+                 for label in (rng.choice("01") for _ in range(rows))]
+        path.write_text("sentence\tlabel\n" + "".join(lines), encoding="utf-8")
+        return path
+
+    train, dev = glue(tmp_path / "train.tsv", 200), glue(tmp_path / "dev.tsv", 40)
+    command = [sys.executable, str(REPO / "benchmarks" / "sentiment.py"), "--train", str(train), "--dev", str(dev),
+               "--phrases", str(train), "--minutes", "0.05", "backbone.hidden_size=8", "task.model.embed_size=8"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "SST-2 sentence level, dev.tsv" in result.stdout
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report["data"]["val_sentences"] == 20 and 0 <= report["dev"]["acc"] <= 1
+
+
 @pytest.mark.parametrize("head", ["independent", "autoregressive"])
 def test_music_generation_timing_recomputes_what_generate_carries(head):
     sys.path.insert(0, str(REPO / "benchmarks"))
