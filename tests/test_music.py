@@ -281,6 +281,9 @@ def test_corrupt_and_empty_midi_files_are_skipped_by_name(
         (tmp_path / "empty.mid").write_bytes(b"")
         read_midi(tmp_path / "empty.mid", 2)
     assert "skipped 2 of 5 MIDI files" in caplog.text
+    (tmp_path / "rolls.pickle").write_bytes(b"\x80\x04")  # JSB Chorales as first published: a Python pickle
+    with pytest.raises(UserError, match=r"rolls.pickle: neither MIDI nor piano rolls in JSON \(a .json file"):
+        load_corpus(tmp_path / "rolls.pickle", 2, drums=False, split=[0.6, 0.2, 0.2])
     for path in sorted(corpus.glob("*.mid"))[:3]:
         (folder / path.name).unlink()
     with pytest.raises(UserError, match=r"no usable MIDI files \(2 unusable: broken.mid, silent.midi\)"):

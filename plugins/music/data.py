@@ -163,7 +163,13 @@ def load_event_corpus(path: str | Path, drums: bool, split: Sequence[float]) -> 
 
 def _load_midi(source: Path, read: Callable[[Path], np.ndarray], split: Sequence[float]) -> Corpus:
     if source.is_file():
-        pieces = [read(source)]
+        try:
+            pieces = [read(source)]
+        except UserError as err:
+            if source.suffix.lower() in MIDI_SUFFIXES:
+                raise
+            raise UserError(f"{source}: neither MIDI nor piano rolls in JSON (a .json file: {{\"train\": [...], "
+                            f"\"valid\": [...]}}, each piece a list of steps, each a list of MIDI pitches): {err}") from err
     elif source.is_dir():
         pieces = read_folder(source, read)
     else:
