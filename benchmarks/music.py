@@ -65,7 +65,8 @@ def train_head(jsb: Path, head: str, minutes: float, seed: int, out_dir: Path) -
 
 
 def generation_speed(module: Any, steps: int, seed: int) -> dict[str, float]:
-    """Steps/s of `generate` (state carried) vs. re-running the backbone over the prefix each step."""
+    """Steps/s of `generate` (state carried) vs. re-running the backbone over the prefix each step; `same_notes`:
+    whether both drew the same piece (they should, from the same seed)."""
     import torch
 
     from gru_suite_plugins.music.model import Sampling
@@ -74,7 +75,7 @@ def generation_speed(module: Any, steps: int, seed: int) -> dict[str, float]:
     sampling = Sampling()
     with torch.no_grad():
         start = time.perf_counter()
-        model.generate(1, steps, sampling, torch.Generator().manual_seed(seed))
+        piece = model.generate(1, steps, sampling, torch.Generator().manual_seed(seed))
         carried = time.perf_counter() - start
         rolls, next_step = torch.zeros(1, 0, model.pitches), torch.zeros(1, 1, model.pitches)
         generator = torch.Generator().manual_seed(seed)
@@ -84,7 +85,7 @@ def generation_speed(module: Any, steps: int, seed: int) -> dict[str, float]:
             rolls = torch.cat([rolls, model.head.sample(head_input, sampling, generator).unsqueeze(1)], 1)
         recomputed = time.perf_counter() - start
     return {"steps": steps, "carried_steps_per_s": steps / carried, "recomputed_steps_per_s": steps / recomputed,
-            "speedup": recomputed / carried}
+            "speedup": recomputed / carried, "same_notes": bool(torch.equal(piece, rolls))}
 
 
 def main(argv: list[str] | None = None) -> int:

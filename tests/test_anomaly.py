@@ -141,7 +141,10 @@ def test_a_series_all_probation_is_plotted():
     scored = Flagger(score="raw", threshold="fixed", fixed=3.0).run(raw, 50)
     stream = SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(50), columns=["v"], values=raw[:, None]),
                              labels=lambda: None, probation=50, windows=None, name="short")
-    plot_report(stream, report_frame(stream, scored), scored.threshold)
+    fig = plot_report(stream, report_frame(stream, scored), scored.threshold)
+    top, bottom = fig.axes
+    np.testing.assert_allclose(top.lines[0].get_ydata(), raw)  # the series, and no end-of-probation line after it
+    assert len(top.lines) == 1 and bottom.lines[1].get_label() == "threshold"
 
 
 def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_the_score(tmp_path):

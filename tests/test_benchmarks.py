@@ -92,6 +92,7 @@ def test_music_generation_timing_recomputes_what_generate_carries(head):
     model = MusicModel(partial(GRUBackbone, hidden_size=16), 12, head, embed_size=8, head_units=16, input_skip=True)
     speed = music.generation_speed(SimpleNamespace(model=model), 12, seed=0)
     assert speed["steps"] == 12 and speed["carried_steps_per_s"] > 0 and speed["recomputed_steps_per_s"] > 0
+    assert speed["same_notes"]  # the recomputation reads the whole prefix and draws what generate drew
 
 
 def test_the_lightning_floor_times_each_epoch_after_the_warm_up():

@@ -80,6 +80,8 @@ def test_a_plateau_schedule_steps_on_the_epochs_that_validate(tmp_path):
                                                "trainer.check_val_every_n_epoch=2", "test_after_training=false",
                                                "predict_after_training=false"], tmp_path)
     assert run.train(cfg)["val/loss"] > 0  # Lightning refused a plateau step on an epoch without validation
+    schedule = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"][0]
+    assert schedule["last_epoch"] == 1  # stepped after epoch 1's validation; saved before epoch 3's step
 
 
 class Sleepy(pl.LightningModule):

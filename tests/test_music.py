@@ -221,7 +221,7 @@ def test_task_trains_and_predict_writes_midi_like_the_data(
                                          "trainer.max_epochs=25", "optimizer.lr=1e-2", "logger=none",
                                          "callbacks.progress_bar=null", "task.generate.tempo=120",
                                          "task.generate.pieces=3"], tmp_path / "run")
-    run.train(cfg)
+    assert run.train(cfg)["val/loss"] < 11  # about 9.9; a model blind to the past stays above 12
     pieces = sorted((tmp_path / "run" / "predictions").glob("piece_*.mid"))
     assert [p.name for p in pieces] == ["piece_000.mid", "piece_001.mid", "piece_002.mid"]
     assert all(p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" for p in pieces)
@@ -512,7 +512,7 @@ def test_event_task_trains_and_predict_writes_midi_of_the_requested_seconds(
                                          "task.generate.program=19"], tmp_path / "run")
     metrics = run.train(cfg)
     assert metrics["test/perplexity"] == pytest.approx(np.exp(metrics["test/loss"]), rel=1e-4)
-    assert metrics["val/loss"] < np.log(388)
+    assert metrics["val/loss"] < 5.0  # under log(388), uniform; and under 5.8, which a model blind to the past reaches
     pieces = sorted((tmp_path / "run" / "predictions").glob("piece_*.mid"))
     assert [p.name for p in pieces] == ["piece_000.mid", "piece_001.mid"]
     assert all(p.with_suffix(".png").read_bytes()[:4] == b"\x89PNG" for p in pieces)
