@@ -104,7 +104,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out-dir", default=None, help="keep the run folders and logs here (default: a temp dir)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads per command (default: torch's, one per core; 1 on a shared CPU)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if malformed := [s for s in args.setups.split(",") if s and (":" not in s or "" in s.split(":", 1))]:
+        parser.error(f"--setups takes accelerator:precision pairs (e.g. cpu:32-true), got {', '.join(malformed)}")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--generate-steps", type=int, default=512)
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
+    if unknown := [head for head in args.heads.split(",") if head not in HEADS]:
+        parser.error(f"--heads takes {', '.join(HEADS)}, got {', '.join(unknown)}")
     if not args.jsb.is_file():
         print(f"error: {args.jsb} not found", file=sys.stderr)
         return 2

@@ -217,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-errors", type=int, default=20,
                         help="misrecognised test utterances listed per setting and kind (default 20)")
     args = parser.parse_args(argv)
+    if unknown := [name for name in args.settings.split(",") if name not in ("seen", "unseen")]:
+        parser.error(f"--settings takes seen and/or unseen, got {', '.join(unknown)}")
     if args.show_errors < 0:
         parser.error(f"--show-errors must be at least 0, got {args.show_errors}")
     if args.ensemble and (len(args.ensemble) < 2 or "," in args.settings):

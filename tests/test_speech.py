@@ -592,6 +592,9 @@ def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
     assert {u.take for u in seen["val"]} == {10} and {u.take for u in seen["train"]} == {20}
     unseen = split_fsdd(utterances, None, [10, 12], ["bob"])
     assert {u.speaker for u in unseen["test"]} == {"bob"} and {u.speaker for u in unseen["train"]} == {"ann"}
+    with pytest.raises(UserError, match=re.escape("test speaker(s) ['george'] have no recordings here; the speakers "
+                                                  "are ['ann', 'bob']")):
+        split_fsdd(utterances, None, [10, 12], ["bob", "george"])
 
 
 def test_connected_utterances_join_words_with_pauses() -> None:

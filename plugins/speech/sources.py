@@ -191,6 +191,10 @@ def split_fsdd(utterances: list[Utterance], test_takes: list[int] | None, val_ta
             split["val"].append(u)
         else:
             split["train"].append(u)
+    if missing := sorted(set(test_speakers) - {u.speaker for u in utterances}):
+        speakers = sorted({str(u.speaker) for u in utterances})
+        raise UserError(f"task.data.fsdd_split: test speaker(s) {missing} have no recordings here; the speakers are "
+                        f"{speakers}")
     for name, items in split.items():
         if not items:
             raise UserError(f"the FSDD split leaves no {name} recordings (check task.data.fsdd_split)")
