@@ -406,6 +406,28 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def per_step_split(path: Path, overrides: list[str]) -> list[str]:
+    """The standard 12/4/4-month split and the daily season in rows of `path`'s time step, where it is not hourly
+    (ETTm1/ETTm2: 15 minutes) and `overrides` do not set them; the preset's rows are hours."""
+    import pandas as pd
+
+    try:
+        stamps = pd.to_datetime(pd.read_csv(path, usecols=["date"], nrows=2)["date"])
+    except (OSError, ValueError):  # no such file or column, or no dates: the task's own reading names it
+        return []
+    step = stamps.iloc[1] - stamps.iloc[0] if len(stamps) == 2 else pd.Timedelta(hours=1)
+    per_hour = pd.Timedelta(hours=1) / step if step > pd.Timedelta(0) else 1.0
+    if per_hour <= 1 or not float(per_hour).is_integer():
+        return []
+    rows = int(per_hour)
+    added = [setting for key, setting in (("task.data.split", f"task.data.split=[{8640 * rows},{2880 * rows},"
+                                                               f"{2880 * rows}]"),
+                                          ("task.data.season", f"task.data.season={24 * rows}"))
+             if not any(o.startswith(f"{key}=") for o in overrides)]
+    print(f"note: {path.name} has {rows} rows an hour: {' '.join(added)}", file=sys.stderr)
+    return added
+
+
 def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     import torch
 
@@ -413,6 +435,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
     extra = shlex.split(args.etth1_overrides)
     path = Path(args.etth1).resolve()
+    extra = [*per_step_split(path, extra), *extra]
     cfg = compose_train_config(
         "forecasting",
         [

@@ -95,6 +95,25 @@ def test_music_generation_timing_recomputes_what_generate_carries(head):
     assert speed["same_notes"]  # the recomputation reads the whole prefix and draws what generate drew
 
 
+def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import forecasting
+
+    def ett(name, step):
+        path = tmp_path / name
+        path.write_text("date,OT\n2016-07-01 00:00:00,1\n2016-07-01 00:%02d:00,2\n" % step)
+        return path
+
+    assert forecasting.per_step_split(ett("repeated.csv", 0), []) == []  # no step: the task names the stamps
+    hourly = tmp_path / "ETTh2.csv"
+    hourly.write_text("date,OT\n2016-07-01 00:00:00,1\n2016-07-01 01:00:00,2\n")
+    assert forecasting.per_step_split(hourly, []) == []  # the preset's rows are hours
+    quarter = ett("ETTm1.csv", 15)
+    assert forecasting.per_step_split(quarter, []) == ["task.data.split=[34560,11520,11520]", "task.data.season=96"]
+    assert forecasting.per_step_split(quarter, ["task.data.season=48"]) == ["task.data.split=[34560,11520,11520]"]
+    assert forecasting.per_step_split(tmp_path / "missing.csv", []) == []
+
+
 def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import forecasting
