@@ -277,6 +277,10 @@ def test_over_long_sentences_follow_the_configured_rule(bundled: Path, tmp_path:
         truncated = Encoder(task.source_tokenizer, 4, "truncate")(sentences, lines, "f.en", "source")
     assert [len(ids) for ids in truncated] == [4, 4] and truncated[0][-1] == EOS  # type: ignore[index]
     assert "f.en: source sentence over task.data.max_tokens=4 tokens, truncated on line(s) 7" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # two long sentences of line 7, then line 8: each line named once
+        Encoder(task.source_tokenizer, 2, "truncate")([*sentences, "Some dogs."], [7, 8, 7], "f.en", "source")
+    assert "truncated on line(s) 7, 8\n" in caplog.text + "\n"
     assert Encoder(task.source_tokenizer, 4, "skip")(sentences, lines, "f.en", "source")[0] is None
     with pytest.raises(UserError, match=r"f\.en:7: source sentence has \d+ tokens"):
         Encoder(task.source_tokenizer, 4, "error")(sentences, lines, "f.en", "source")

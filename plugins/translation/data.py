@@ -34,7 +34,9 @@ class Corpus:
 
 
 def warn_lines(where: str, lines: Sequence[int], what: str) -> None:
-    """One warning naming the first few lines of `where` with the problem `what`, and how many there are."""
+    """One warning naming the first few lines of `where` with the problem `what`, and how many there are (a line
+    of several sentences once)."""
+    lines = list(dict.fromkeys(lines))
     if lines:
         shown = ", ".join(map(str, lines[:SHOWN])) + (f" and {len(lines) - SHOWN} more" if len(lines) > SHOWN else "")
         log.warning("%s: %s on line(s) %s", where, what, shown)
