@@ -383,6 +383,12 @@ def test_wrong_generation_settings_are_named_together_when_the_task_is_built(mus
     assert sampling.temperature == 0.5 and sampling.top_p is None  # the quoted number is stored as one
 
 
+def test_an_event_length_under_one_event_is_refused(music_installed: None, tmp_path: Path) -> None:
+    cfg = compose_train_config("music", [*EVENTS, "task.generate.unit=steps", "task.generate.length=0.5"], tmp_path)
+    with pytest.raises(UserError, match=re.escape("task.generate.length=0.5 steps is less than one event")):
+        run.build_task(cfg.task).representation.length()  # not 0 events, written as a silent piece
+
+
 def test_music_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
     check_task_plugin("music", [*TINY, f"task.data.path={corpus}"], tmp_path)
 

@@ -296,6 +296,8 @@ class EventRepresentation(Representation):
         if gen.length <= 0:
             raise UserError(f"task.generate.length must be positive, got {gen.length}")
         if unit == "steps":
+            if int(gen.length) < 1:
+                raise UserError(f"task.generate.length={gen.length} {gen.unit} is less than one event")
             return {"max_events": int(gen.length), "seconds": None}
         seconds = float(gen.length) * (60 / gen.tempo if unit == "beats" else 1)
         max_events = int(gen.get("max_events") or DEFAULT_MAX_EVENTS)
