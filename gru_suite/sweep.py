@@ -46,15 +46,17 @@ class Job:
 
 
 def read_job(folder: Path) -> Job:
-    """The job in `folder` (a folder holding `.hydra/overrides.yaml`)."""
+    """The job in `folder` (a folder holding `.hydra/overrides.yaml`); its metrics and error files count only when
+    written since the job started (`.hydra/` is written then), not left by an earlier run into the folder."""
+    started = (folder / ".hydra" / "overrides.yaml").stat().st_mtime_ns
     overrides = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
     settings = {override_key(str(item)): str(item).partition("=")[2] for item in overrides}
     job = Job(folder, settings)
     for name in METRICS_FILES:
-        if (metrics := folder / name).is_file():
+        if _written_since(metrics := folder / name, started):
             job.metrics = {k: float(v) for k, v in json.loads(metrics.read_text(encoding="utf-8")).items()}
             break
-    if (error := folder / ERROR_NAME).is_file():
+    if _written_since(error := folder / ERROR_NAME, started):
         job.error = error.read_text(encoding="utf-8").strip()
     config = folder / ".hydra" / "config.yaml"
     if config.is_file():
@@ -64,9 +66,14 @@ def read_job(folder: Path) -> Job:
 
 
 def sweep_jobs(sweep_dir: Path) -> list[Job]:
-    """The jobs under `sweep_dir`, in job order."""
-    folders = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml")]
+    """The jobs under `sweep_dir` that this sweep ran (started since its `multirun.yaml`), in job order."""
+    start = (sweep_dir / "multirun.yaml").stat().st_mtime_ns if (sweep_dir / "multirun.yaml").is_file() else 0
+    folders = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml") if _written_since(p, start)]
     return [read_job(folder) for folder in sorted(folders, key=_job_number)]
+
+
+def _written_since(path: Path, time_ns: int) -> bool:
+    return path.is_file() and path.stat().st_mtime_ns >= time_ns
 
 
 def _job_number(folder: Path) -> tuple[int, str]:

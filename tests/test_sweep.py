@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -63,3 +64,24 @@ def test_a_sweep_without_a_finite_score_names_no_best_job(tmp_path, caplog):
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "(not ranked: no job recorded a finite value of its monitored metric)" in caplog.text
     assert "best:" not in caplog.text and "Logging error" not in caplog.text
+
+
+def test_a_rerun_into_a_sweep_folder_reads_only_what_this_sweep_wrote(tmp_path):
+    old = 1_000_000_000  # an earlier sweep's files, from long ago
+    _job(tmp_path, "0_sentiment", ["task=sentiment", "optimizer.lr=0.01"], None)  # failed then
+    _job(tmp_path, "1_sentiment", ["task=sentiment", "optimizer.lr=0.001"], {"val/f1": 0.9})
+    _job(tmp_path, "2_sentiment", ["task=sentiment", "optimizer.lr=0.0001"], {"val/f1": 0.5})  # not rerun
+    for path in tmp_path.rglob("*"):
+        os.utime(path, (old, old))
+    (tmp_path / "multirun.yaml").write_text("hydra: {}\n")  # this sweep starts
+    for name, metrics in (("0_sentiment", {"val/f1": 0.7}), ("1_sentiment", None)):  # now 0 runs, 1 fails
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text((tmp_path / name / ".hydra" /
+                                                                     "overrides.yaml").read_text())
+        if metrics:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+        else:
+            (tmp_path / name / "error.txt").write_text("task.data.path: no such file\n")
+    jobs = {job.folder.name: job for job in sweep_jobs(tmp_path)}
+    assert sorted(jobs) == ["0_sentiment", "1_sentiment"]  # job 2 is the earlier sweep's
+    assert jobs["0_sentiment"].error == "" and jobs["0_sentiment"].metrics == {"val/f1": 0.7}
+    assert jobs["1_sentiment"].error and jobs["1_sentiment"].metrics == {}  # not the earlier run's 0.9
