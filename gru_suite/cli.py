@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -278,9 +279,16 @@ def _train_body(cfg: Any) -> Any:
     if chosen and name != chosen:  # a plugin's config file that names another task (or none)
         raise UserError(f"conf/task/{chosen}.yaml of task {chosen!r} sets name: {name!r}; it must be {chosen!r}, "
                         "the task's entry-point name")
-    metrics = run_train(cfg)
-    wanted = cfg.get("optimized_metric") or ""
-    return metrics.get(f"{wanted}_best", metrics.get(wanted))  # the tested checkpoint's value, where it was chosen
+    return sweep_value(run_train(cfg), cfg.get("optimized_metric") or "", cfg.task.get("monitor_mode", "min"))
+
+
+def sweep_value(metrics: dict[str, float], wanted: str, mode: str) -> float | None:
+    """What a run returns to a sweeper: `wanted` at the tested checkpoint (`<wanted>_best`, where it was chosen),
+    else its last value; NaN (a diverged run) becomes the worst value for `mode`, which a search can rank."""
+    value = metrics.get(f"{wanted}_best", metrics.get(wanted))
+    if value is not None and math.isnan(value):
+        return math.inf if mode == "min" else -math.inf
+    return value
 
 
 def _eval_body(cfg: Any) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from gru_suite.cli import sweep_value
 from gru_suite.sweep import SweepSummary, ranked, summary_csv, sweep_jobs
 
 
@@ -85,3 +86,10 @@ def test_a_rerun_into_a_sweep_folder_reads_only_what_this_sweep_wrote(tmp_path):
     assert sorted(jobs) == ["0_sentiment", "1_sentiment"]  # job 2 is the earlier sweep's
     assert jobs["0_sentiment"].error == "" and jobs["0_sentiment"].metrics == {"val/f1": 0.7}
     assert jobs["1_sentiment"].error and jobs["1_sentiment"].metrics == {}  # not the earlier run's 0.9
+
+
+def test_a_diverged_run_returns_the_worst_value_to_a_search():
+    assert sweep_value({"val/loss": 0.5, "val/loss_best": 0.25}, "val/loss", "min") == 0.25  # the tested one's
+    assert sweep_value({"val/loss": float("nan")}, "val/loss", "min") == float("inf")  # Optuna refuses NaN
+    assert sweep_value({"val/f1": float("nan")}, "val/f1", "max") == -float("inf")
+    assert sweep_value({}, "val/loss", "min") is None
