@@ -397,6 +397,13 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
                for r in records if r["target"])
     assert (out_dir / "attention_00001.png").read_bytes()[:4] == b"\x89PNG"
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()  # joint vocabulary: one tokenizer
+    source.write_text("A dog runs. " + "The big dog " * 60 + "\nThe cat sleeps.\n")
+    skipped = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                      f"task.predict.input={source}", "task.data.max_tokens=30", "task.data.too_long=skip",
+                      f"hydra.run.dir={tmp_path / 'skipped'}")
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    first, second, end = (tmp_path / "skipped" / "translations.txt").read_text(encoding="utf-8").split("\n")
+    assert first == "" and second and end == ""  # the line with a skipped sentence is empty, not half translated
     swapped = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                       "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
     assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "

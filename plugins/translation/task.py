@@ -60,6 +60,7 @@ class TranslationTask(TaskPlugin):
         self._corpora: dict[str, Corpus] = {}
         self._scores: dict[str, dict[int, tuple[str, str, float, int]]] = {}
         self.blank: set[int] = set()
+        self.skipped_rows: set[int] = set()
         """Predict lines written empty: empty input, or skipped as too long."""
         self.predict_corpus: Corpus | None = None
         self.input_rows = 0  # lines of the predict input
@@ -143,6 +144,8 @@ class TranslationTask(TaskPlugin):
         empty = [i for i, text in enumerate(corpus.source) if not text.strip()]
         warn_lines(corpus.where, [corpus.lines[i] for i in empty], "empty line, written as an empty line")
         self.blank = set(empty) | {i for i, x in enumerate(ids) if x is None}
+        # a line with a sentence skipped as too long (too_long=skip) is written empty, not with a sentence missing
+        self.skipped_rows = {self.row_of[i] for i, x in enumerate(ids) if x is None}
         eos = self.source_tokenizer.eos_token_id
         return PairSet([x if x is not None else [eos] for x in ids], None, None, BOS)
 
@@ -239,7 +242,8 @@ class TranslationTask(TaskPlugin):
         for i, row in enumerate(self.row_of):
             if i not in self.blank:
                 rows[row].append(self.detokenize(by_index[i][0]))
-        paths = [write_lines([" ".join(row) for row in rows], out_dir / settings.output)]
+        lines = ["" if r in self.skipped_rows else " ".join(row) for r, row in enumerate(rows)]
+        paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
             records, shown = [], 0
             for i in sorted(set(by_index) - self.blank):
