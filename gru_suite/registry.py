@@ -156,9 +156,12 @@ def get_task(name: str) -> TaskEntry:
 
 
 def config_search_path() -> list[str]:
-    """Hydra search-path entries for every installed task's config folder."""
-    dirs = (entry.config_dir() for entry in installed_tasks().values())
-    return sorted({f"file://{d}" for d in dirs if d is not None})
+    """Hydra search-path entries for every installed task's config folder: the core's built-in tasks' first, so
+    that a file another package also ships under a built-in's name (`conf/task/translation.yaml`) is not the one
+    Hydra finds, then the other packages' by package name."""
+    entries = sorted(installed_tasks().values(), key=lambda e: (e.distribution != CORE_DISTRIBUTION, e.distribution))
+    dirs = (entry.config_dir() for entry in entries)
+    return list(dict.fromkeys(f"file://{d}" for d in dirs if d is not None))
 
 
 # config groups a task's own config pulls in; nobody selects them on the command line

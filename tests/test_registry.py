@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import pytest
 
 from gru_suite import registry
@@ -93,6 +95,19 @@ def test_a_task_name_declared_twice_is_a_warning_naming_both_packages(monkeypatc
     finally:
         registry.installed_tasks.cache_clear()
     assert "task 'forecasting' is declared twice: by gru-suite" in caplog.text and "other-dist" in caplog.text
+
+
+def test_the_built_in_tasks_configs_come_first_on_the_search_path(monkeypatch):
+    def entry(distribution: str, folder: str) -> SimpleNamespace:
+        return SimpleNamespace(distribution=distribution, config_dir=lambda: folder)
+
+    tasks = {"dupextra": entry("aaa-dup", "/site/aaa_dup/conf"),  # ships its own conf/task/translation.yaml too
+             "translation": entry("gru-suite", "/venv/site/gru_suite_plugins/translation/conf"),
+             "mine": entry("zzz-mine", "/site/zzz_mine/conf"), "other": entry("aaa-dup", "/site/aaa_dup/conf")}
+    monkeypatch.setattr(registry, "installed_tasks", lambda: tasks)
+    assert registry.config_search_path() == ["file:///venv/site/gru_suite_plugins/translation/conf",
+                                             "file:///site/aaa_dup/conf",
+                                             "file:///site/zzz_mine/conf"]
 
 
 def test_broken_plugin_does_not_hide_the_others(monkeypatch):
