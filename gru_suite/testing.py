@@ -289,7 +289,8 @@ def _check_gradients(model: nn.Module) -> None:
 
 
 def _check_checkpoint_round_trip(cfg: DictConfig) -> TaskModule:
-    """Train briefly, reload `last.ckpt`, and compare predictions on one batch."""
+    """Train briefly, reload `last.ckpt`, and compare predictions on the first prediction batch, each model's
+    built by its own task (so state the checkpoint lost, a scaler refitted differently, shows)."""
     pl.seed_everything(cfg.seed, verbose=False)
     task = run.build_task(cfg.task)
     datamodule = task.datamodule()
@@ -303,17 +304,19 @@ def _check_checkpoint_round_trip(cfg: DictConfig) -> TaskModule:
     _require(bool(callback.best_model_path), f"no best checkpoint: the monitor {callback.monitor!r} was not logged")
     try:
         restored = load_checkpoint(last)
-        restored.task.datamodule()  # rebuilds data-dependent objects (scalers...) as the CLI does
+        restored_data = restored.task.datamodule()  # rebuilds data-dependent objects (scalers...) as the CLI does
     except Exception as err:
         raise AssertionError(
             f"cannot rebuild the task from {last.name} ({type(err).__name__}: {err}); "
             "state_dict() must hold everything build_model() and the writers need"
         ) from err
-    datamodule.setup("predict")
-    batch = next(iter(datamodule.predict_dataloader()))
+    batches = []
+    for data in (datamodule, restored_data):
+        data.setup("predict")
+        batches.append(next(iter(data.predict_dataloader())))
     module.eval()
     with torch.no_grad():
-        expected, got = module.predict_step(batch, 0), restored.predict_step(batch, 0)
+        expected, got = module.predict_step(batches[0], 0), restored.predict_step(batches[1], 0)
     _require(_same(expected, got), f"predictions of the model reloaded from {last} differ from the trained model's")
     return restored
 

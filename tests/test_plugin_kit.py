@@ -46,6 +46,25 @@ def test_example_plugin_honours_the_contract(tmp_path: Path) -> None:
     assert not noise, noise[:2]
 
 
+def test_the_kit_catches_data_state_a_checkpoint_does_not_carry(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    example = pytest.importorskip("gru_suite_example.task")
+
+    class UnsavedScaleTask(example.RunningMeanTask):
+        """Scales its inputs by a factor drawn when its data is built, which its checkpoints do not hold."""
+
+        def datamodule(self) -> Any:
+            data = super().datamodule()
+            scale = 1 + float(torch.rand(1))
+            for dataset in data.sets.values():
+                dataset.inputs = dataset.inputs * scale
+            return data
+
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: UnsavedScaleTask)
+    with pytest.raises(AssertionError, match="checkpoint round trip: predictions of the model reloaded from"):
+        check_task_plugin("running_mean", TINY_EXAMPLE, tmp_path)
+
+
 def test_example_plugin_declares_its_numbers(tmp_path: Path) -> None:
     pytest.importorskip("gru_suite_example")
     cfg = compose_train_config("running_mean", ["task.data.length=0"], tmp_path)
