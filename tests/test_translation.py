@@ -358,6 +358,9 @@ def test_lines_split_into_sentences_at_their_ends_only() -> None:
     assert sentences.source == ["A boy runs.", "Some girls watch a ball!", "", 'He said "Hi."', "3 dogs? ok.",
                                 "Ein Hund läuft.", "Über"]
     assert sentences.lines == [1, 1, 2, 3, 3, 4, 4] and rows == [0, 0, 1, 2, 2, 3, 3]
+    others = ["Он пришёл. Она ушла.", "Ήρθε. Έφυγε.", "Przyszedł. Łukasz też.", "Dr. med. arzt"]
+    split, _ = split_sentences(Corpus("y", others, [], [1, 2, 3, 4]))  # capitals of any script; not before "med"
+    assert split.source == ["Он пришёл.", "Она ушла.", "Ήρθε.", "Έφυγε.", "Przyszedł.", "Łukasz też.", "Dr. med. arzt"]
 
 
 def test_plugin_contract(bundled: Path, tmp_path: Path) -> None:

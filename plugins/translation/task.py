@@ -266,8 +266,15 @@ class TranslationTask(TaskPlugin):
         return paths
 
 
-SENTENCE_END = re.compile(r"[.!?][\"'”’)]*(?=\s+[\"'“‘(]*[A-Z0-9\u00C0-\u00DE])")
-"""A sentence's end: . ! or ? (and closing quotes or brackets) before a space and a capital or digit."""
+SENTENCE_END = re.compile(r"[.!?][\"'”’)]*(?=\s+[\"'“‘(]*([^\W_]))")
+"""A sentence's end, where group 1 is a capital or digit (`sentence_ends`): . ! or ? (and closing quotes or
+brackets) before a space and a letter or digit."""
+
+
+def sentence_ends(text: str) -> list[int]:
+    """Where `text`'s sentences end: at a `SENTENCE_END` whose next letter is a capital in any script (Latin,
+    Cyrillic, Greek, ...) or a digit."""
+    return [end.end() for end in SENTENCE_END.finditer(text) if end.group(1).isupper() or end.group(1).isdigit()]
 
 
 def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
@@ -275,7 +282,7 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     came from."""
     sentences, lines, rows = [], [], []
     for row, (text, line) in enumerate(zip(corpus.source, corpus.lines)):
-        ends = [0, *(end.end() for end in SENTENCE_END.finditer(text)), len(text)]
+        ends = [0, *sentence_ends(text), len(text)]
         parts = [part for start, end in pairwise(ends) if (part := text[start:end].strip())] or [""]
         sentences += parts
         lines += [line] * len(parts)
