@@ -46,8 +46,8 @@ def decode_split(task: Any, model: Any, dataset: Any, beam: int, batch_size: int
             hypotheses += [task.detokenize(h.tokens) for h in task.translate(model, batch, beam)]
             references += batch["references"]
     seconds = time.perf_counter() - start
-    return {"beam": beam, **corpus_scores(hypotheses, references, task.lowercase), "sentences": len(order),
-            "seconds": seconds, "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
+    scores = corpus_scores(hypotheses, references, task.lowercase, str(task.cfg.data.target))
+    return {"beam": beam, **scores, "sentences": len(order), "seconds": seconds, "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,6 +78,17 @@ def test_a_lowercasing_tokenizer_is_scored_case_insensitively(bundled: Path, tmp
         assert ("case:lc" in corpus_scores([hypothesis], [reference], lowercase)["bleu_signature"]) == lowercase
 
 
+def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(caplog: pytest.LogCaptureFixture) -> None:
+    hypothesis, reference = "我们今天去公园玩了", "我们今天去公园玩"  # Chinese is written without spaces
+    assert corpus_scores([hypothesis], [reference])["bleu"] == 0  # 13a: one word each, and they differ
+    chinese = corpus_scores([hypothesis], [reference], language="zh")
+    assert chinese["bleu"] > 50 and "tok:zh" in chinese["bleu_signature"]
+    assert "tok:13a" in corpus_scores([hypothesis], [reference], language="en")["bleu_signature"]
+    with caplog.at_level(logging.WARNING):  # Japanese needs MeCab (sacrebleu[ja]), not installed here
+        japanese = corpus_scores(["今日は公園に行った"], ["今日は公園に行く"], language="ja")
+    assert "tok:char" in japanese["bleu_signature"] or "tok:ja-mecab" in japanese["bleu_signature"]
+
+
 def test_the_runs_seed_draws_the_training_batches(bundled: Path, tmp_path: Path) -> None:
     cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
     first = {}

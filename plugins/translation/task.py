@@ -192,7 +192,7 @@ class TranslationTask(TaskPlugin):
             return {}
         hypotheses, references, nlls, lengths = zip(*(pairs[i] for i in sorted(pairs)))
         nll, tokens = sum(nlls), sum(lengths)
-        result = corpus_scores(list(hypotheses), list(references), self.lowercase)
+        result = corpus_scores(list(hypotheses), list(references), self.lowercase, str(self.cfg.data.target))
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
         return {**result, "perplexity": math.exp(nll / max(tokens, 1))}
@@ -290,11 +290,20 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     return Corpus(corpus.where, sentences, [], lines), rows
 
 
-def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False) -> dict[str, Any]:
+def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False,
+                  language: str | None = None) -> dict[str, Any]:
     """sacreBLEU corpus BLEU and chrF (0-100) with their signatures; `lowercase`: case-insensitive (a model whose
-    tokenizer lowercases cannot write the references' capitals)."""
+    tokenizer lowercases cannot write the references' capitals); `language`, the target's code: BLEU tokenizes
+    as sacreBLEU does for it (`zh` by character, `ja`/`ko` with MeCab, installed by `sacrebleu[ja]`/`[ko]`;
+    without it, by character, with a warning; 13a for languages written with spaces)."""
     from sacrebleu.metrics import BLEU, CHRF
 
-    bleu, chrf = BLEU(lowercase=lowercase), CHRF(lowercase=lowercase)
+    try:
+        bleu = BLEU(lowercase=lowercase, trg_lang=language or "")
+    except RuntimeError as err:  # MeCab missing
+        log.warning("BLEU of %s by character, not sacreBLEU's tokenizer for it: %s", language,
+                    " ".join(str(err).split()))
+        bleu = BLEU(lowercase=lowercase, tokenize="char")
+    chrf = CHRF(lowercase=lowercase)
     return {"bleu": bleu.corpus_score(hypotheses, [references]).score, "bleu_signature": str(bleu.get_signature()),
             "chrf": chrf.corpus_score(hypotheses, [references]).score, "chrf_signature": str(chrf.get_signature())}
