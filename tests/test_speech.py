@@ -665,6 +665,7 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stderr + (out / "predict.log").read_text()
     assert "quiet.wav" in log and "silent" in log and "broken.flac" in log
+    assert f"skipping {inbox / 'quiet.wav'}: the audio is silent" in log  # the file named once
     (line,) = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
     assert line["text"] or line["warning"]

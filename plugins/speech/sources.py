@@ -55,8 +55,8 @@ class Utterance:
 def _read_or_skip(path: Path, sample_rate: int, where: str) -> Tensor | None:
     try:
         return read_audio(path, sample_rate)
-    except UserError as err:
-        log.warning("skipping %s: %s", where, err)
+    except UserError as err:  # its message names the file: `where` too where it is another place (a manifest line)
+        log.warning("skipping %s", err if str(err).startswith(f"{where}:") else f"{where}: {err}")
         return None
 
 

@@ -349,7 +349,7 @@ class SpeechTask(TaskPlugin):
         for u in utterances:
             frames, skipped = featurizer.speech(u.samples)
             if len(frames) < int(self.cfg.model.subsample):
-                log.warning("skipping %s: %.3f s is too short to transcribe (from the speech onset on)", u.where,
+                log.warning("skipping %s: %.3g s is too short to transcribe (from the speech onset on)", u.where,
                             u.seconds)
             else:
                 usable.append(u)
