@@ -420,9 +420,8 @@ def per_step_split(path: Path, overrides: list[str]) -> list[str]:
     if per_hour <= 1 or not float(per_hour).is_integer():
         return []
     rows = int(per_hour)
-    added = [setting for key, setting in (("task.data.split", f"task.data.split=[{8640 * rows},{2880 * rows},"
-                                                               f"{2880 * rows}]"),
-                                          ("task.data.season", f"task.data.season={24 * rows}"))
+    standard = {"task.data.split": f"[{8640 * rows},{2880 * rows},{2880 * rows}]", "task.data.season": f"{24 * rows}"}
+    added = [f"{key}={value}" for key, value in standard.items()
              if not any(o.startswith(f"{key}=") for o in overrides)]
     print(f"note: {path.name} has {rows} rows an hour: {' '.join(added)}", file=sys.stderr)
     return added

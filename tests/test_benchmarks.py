@@ -101,7 +101,7 @@ def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_
 
     def ett(name, step):
         path = tmp_path / name
-        path.write_text("date,OT\n2016-07-01 00:00:00,1\n2016-07-01 00:%02d:00,2\n" % step)
+        path.write_text(f"date,OT\n2016-07-01 00:00:00,1\n2016-07-01 00:{step:02d}:00,2\n")
         return path
 
     assert forecasting.per_step_split(ett("repeated.csv", 0), []) == []  # no step: the task names the stamps

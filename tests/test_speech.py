@@ -421,12 +421,12 @@ def test_spectral_settings_default_where_unset(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("setting", "message"), [
-    ("task.data.connected.words=[3,2]", "task.data.connected.words must be [low, high], ints with 1 <= low <= high, "
-                                        "got [3, 2]"),
-    ("task.data.connected.pause_s=0.2", "task.data.connected.pause_s must be [low, high], floats with 0 <= low <= "
-                                        "high, got 0.2"),
-    ("task.data.fsdd_split.test_takes=5", "task.data.fsdd_split.test_takes must be [low, high], ints with 0 <= low "
-                                          "<= high (or null), got 5"),
+    ("task.data.connected.words=[3,2]",
+     "task.data.connected.words must be [low, high], ints with 1 <= low <= high, got [3, 2]"),
+    ("task.data.connected.pause_s=0.2",
+     "task.data.connected.pause_s must be [low, high], floats with 0 <= low <= high, got 0.2"),
+    ("task.data.fsdd_split.test_takes=5",
+     "task.data.fsdd_split.test_takes must be [low, high], ints with 0 <= low <= high (or null), got 5"),
 ])
 def test_range_settings_are_one_line_when_the_task_is_built(setting: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=re.escape(message)):
