@@ -91,10 +91,11 @@ class RunFolderCheckpoint(ModelCheckpoint):
     """Lightning's `ModelCheckpoint` that follows its run folder when the folder is moved or copied, and carries
     the best checkpoints into a new folder.
 
-    `last.ckpt` holds the latest weights: Lightning 2.6 rewrites it only when it saves a best checkpoint, so that
-    after an epoch that is not the best it held an earlier epoch, and resuming from it ran epochs again; here it is
-    written at every point where Lightning could save (each validation or training epoch's end) and when training
-    ends. Resuming from a moved folder's own checkpoint, Lightning forgets the best and last checkpoints it finds
+    `last.ckpt` holds the latest weights saved at an epoch's end: Lightning 2.6 rewrites it only when it saves a
+    best checkpoint, so that after an epoch that is not the best it held an earlier epoch, and resuming from it ran
+    epochs again; here it is written at every point where Lightning could save (each validation or training epoch's
+    end; not when training stops, where it could mark an unfinished epoch done, or hold weights averaged for use,
+    `callbacks.ema`, as those to train on). Resuming from a moved folder's own checkpoint, Lightning forgets the best and last checkpoints it finds
     there (their recorded paths name the old place): it then writes `last-v1.ckpt` beside `last.ckpt` and never
     removes the old best. When every checkpoint the state names is in this callback's folder, the state is
     read as if it had been saved there. Resuming into another folder, Lightning forgets the best score, so the
@@ -122,10 +123,6 @@ class RunFolderCheckpoint(ModelCheckpoint):
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_unless_saved(trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        self._save_last_unless_saved(trainer)  # epochs after the last validation (`check_val_every_n_epoch` > 1)
 
     def _save_last_unless_saved(self, trainer: pl.Trainer) -> None:
         """Write `last.ckpt` unless a checkpoint was saved at this step already (or saving is off now)."""

@@ -189,16 +189,17 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
                         "(2024-01-01 00:00:00), or set task.data.time_column=null to number the rows instead")
     # utc: UTC offsets that change (daylight saving) or stamps with and without one, on one UTC time line;
     # formats: the one pandas infers from the first stamp, else ISO 8601 forms mixed (midnight as a bare date,
-    # seconds with and without fractions), else each stamp its own, as a stream reads them (`parse_timestamp`)
+    # seconds with and without fractions); not each stamp its own ("mixed"), which reads 13/02 day-first dates
+    # month-first wherever it can
     for utc in (False, True):
-        for form in (None, "ISO8601", "mixed"):
+        for form in (None, "ISO8601"):
             try:
                 stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=utc, format=form))
             except (ValueError, TypeError):
                 continue
             # with UTC, also each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
             return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(text)) for text in column]) if utc else None
-    parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
+    parsed = pd.to_datetime(column, errors="coerce", utc=True)
     row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
     raise UserError(
         f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}")

@@ -72,6 +72,8 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
 
 @pytest.mark.parametrize("content,message", [
     ("t,a\n2024-01-01,1\nnot a date,2\n", r"line 3, column 't': unparseable timestamp 'not a date'"),
+    # day-first dates: an error, not dates read month-first where they can be
+    ("t,a\n01/02/2024,1\n02/02/2024,2\n13/02/2024,3\n", r"line 4, column 't': unparseable timestamp '13/02/2024'"),
     # an empty timestamp first: the unparseable one is named, at its own line
     ("t,a\n2024-01-01,1\n,2\n2024-01-03,3\nyesterday,4\n", r"line 5, column 't': unparseable timestamp 'yesterday'"),
     # pandas would read Unix seconds as nanoseconds after 1970: forecasts dated 1970, calendar features constant
@@ -82,7 +84,7 @@ def test_a_damaged_gzip_csv_is_named(tmp_path):
     # pandas skips blank (and blank-looking) lines: the third data row is on line 7 of the file
     ("\nt,a\n2024-01-01,1\n\n   \n2024-01-02,2\n2024-01-03,x\n",
      r"line 7, column 'a': expected a finite number, got 'x'"),
-], ids=["unparseable", "after-an-empty-one", "numbers", "all-empty", "after-blank-lines"])
+], ids=["unparseable", "day-first", "after-an-empty-one", "numbers", "all-empty", "after-blank-lines"])
 def test_a_bad_cell_is_named_at_its_line_in_the_file(tmp_path, content, message):
     with pytest.raises(UserError, match=message):
         read_series_csv(write(tmp_path, content), ["a"], "t")
