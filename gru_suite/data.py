@@ -119,16 +119,6 @@ class LengthBucketSampler(BatchSampler):
             self.epoch += 1
         return iter(batches)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Lightning calls this before each training epoch: a resumed run's epoch `epoch` draws the batches an
-        uninterrupted run's does (the item order's generator skips the orders of the epochs before it; a
-        `DistributedSampler` orders by its own epoch)."""
-        if self.shuffle_batches and not hasattr(self.sampler, "set_epoch"):
-            for _ in range(epoch - self.epoch):
-                for _ in self.sampler:  # type: ignore[attr-defined]
-                    pass
-        self.epoch = epoch
-
     def __len__(self) -> int:
         items = len(self.sampler)  # type: ignore[arg-type]
         size = self.pool_size or max(items, 1)

@@ -122,26 +122,6 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
         assert list(sampler) != batches  # a new order each epoch
 
 
-def test_a_resumed_epoch_draws_the_batches_of_the_uninterrupted_run():
-    lengths = [(i * 37) % 101 for i in range(200)]
-
-    def sampler() -> LengthBucketSampler:
-        order = RandomSampler(lengths, generator=torch.Generator().manual_seed(5))
-        return LengthBucketSampler(order, 16, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
-
-    plain = sampler()
-    unset = [list(plain) for _ in range(3)]  # before set_epoch existed: one new order per pass
-    whole = sampler()
-    epochs = []
-    for epoch in range(3):
-        whole.set_epoch(epoch)  # as Lightning calls it before each training epoch
-        epochs.append(list(whole))
-    assert epochs == unset  # an uninterrupted run's batches are unchanged
-    resumed = sampler()
-    resumed.set_epoch(2)
-    assert list(resumed) == epochs[2] != epochs[0]
-
-
 def test_length_buckets_shard_under_a_distributed_sampler():
     from torch.utils.data import DistributedSampler
 
