@@ -188,13 +188,17 @@ class TaskModule(pl.LightningModule):
         groups = optimizer_state["param_groups"]
         probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
                                                for group in groups], **self._unfused_if_clipped_amp())
-        trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {}).get("_target_")
-        configured = self.config.optimizer.get("_target_")
+        trained_config = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {})
+        configured_config = OmegaConf.to_container(self.config.optimizer)
+        trained, configured = trained_config.get("_target_"), configured_config.get("_target_")
         if trained and configured and trained != configured:
             optimizer_state["state"] = {}
             rank_zero_info(f"resuming with this run's optimizer {configured} (the checkpoint's {trained}): "
                            "its state starts afresh")
-        if changed := follow_configured_optimizer(groups, probe):
+        # the settings this run's config changes, and `fused` (off under mixed precision with clipping); not those
+        # a schedule manages in the groups (OneCycleLR's betas and max_lr)
+        given = {key for key, value in configured_config.items() if trained_config.get(key) != value} | {"fused"}
+        if changed := follow_configured_optimizer(groups, probe, given - {"_target_", "lr"}):
             rank_zero_info(f"resuming with this run's optimizer settings: {', '.join(changed)}")
 
     def _catch_up_plateau(self, state: dict[str, Any], optimizer_state: dict[str, Any],
@@ -285,18 +289,17 @@ def follow_configured_lr(checkpoint: dict[str, Any], lr: Any) -> float | None:
     return scale
 
 
-def follow_configured_optimizer(groups: list[dict[str, Any]], configured: torch.optim.Optimizer) -> list[str]:
-    """Give a checkpoint's optimizer parameter `groups` the settings of `configured` (an optimizer with as many
-    groups), keeping each group's parameters and learning rates; returns the changed settings as `name old -> new`.
-    Settings `configured` does not have (those of another kind of optimizer) are dropped."""
-    kept = ("params", "lr", "initial_lr")
+def follow_configured_optimizer(groups: list[dict[str, Any]], configured: torch.optim.Optimizer,
+                                given: set[str]) -> list[str]:
+    """Give a checkpoint's optimizer parameter `groups` the `given` settings of `configured` (an optimizer with as
+    many groups), and those it lacks (another kind of optimizer's); other keys stay (learning rates, what a
+    schedule keeps there). Returns the changed settings as `name old -> new`."""
     changed: dict[str, str] = {}
     for group, fresh in zip(groups, configured.param_groups):
-        settings = {key: value for key, value in fresh.items() if key not in kept}
+        settings = {key: value for key, value in fresh.items()
+                    if key != "params" and (key in given or key not in group)}
         changed.update({key: f"{key} {group.get(key)!r} -> {value!r}" for key, value in settings.items()
                         if group.get(key) != value})
-        for key in [key for key in group if key not in kept]:
-            del group[key]
         group.update(settings)
     return list(changed.values())
 

@@ -511,6 +511,16 @@ def test_a_resumed_run_takes_this_runs_optimizer_settings(tmp_path):
     assert {float(state["step"]) for state in optimizer["state"].values()} == {steps}  # AdamW's own, from its start
 
 
+def test_a_resumed_optimizer_keeps_what_a_schedule_keeps_in_its_groups():
+    cycled = {"params": [0], "lr": 4e-3, "initial_lr": 1e-3, "max_lr": 1e-2, "betas": (0.85, 0.999), "eps": 1e-8,
+              "weight_decay": 0.0}  # OneCycleLR's keys and its cycled momentum
+    configured = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 4e-3}], weight_decay=0.1)
+    changed = module.follow_configured_optimizer([cycled], configured, {"weight_decay"})
+    assert changed[0] == "weight_decay 0.0 -> 0.1" and cycled["weight_decay"] == 0.1  # the setting this run changes
+    assert cycled["max_lr"] == 1e-2 and cycled["betas"] == (0.85, 0.999) and cycled["initial_lr"] == 1e-3
+    assert cycled["lr"] == 4e-3 and "amsgrad" in cycled  # a key the checkpoint's groups lack is added
+
+
 def test_a_run_into_a_folder_with_metrics_keeps_them(tmp_path):
     cfg = compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "test_after_training=false",
                                                "predict_after_training=false"], tmp_path)
