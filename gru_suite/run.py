@@ -313,18 +313,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
-    with weight_averaging_ended(trainer):
+    with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(results[0] if results else {})
-    if trainer.is_global_zero:
-        _write_metrics(metrics, out_dir / "metrics.json")
-        if best:
-            log.info("best checkpoint: %s", best)
-    if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
-        write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None)  # as tested
-    elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
-        log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
+        if trainer.is_global_zero:
+            _write_metrics(metrics, out_dir / "metrics.json")
+            if best:
+                log.info("best checkpoint: %s", best)
+        if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
+            write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None)
+        elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
+            log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
 
 

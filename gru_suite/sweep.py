@@ -8,6 +8,8 @@ import io
 import json
 import logging
 import math
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
+from gru_suite.cli import LAUNCH_TIME
 from gru_suite.config import override_key
 
 log = logging.getLogger(__name__)
@@ -65,11 +68,25 @@ def read_job(folder: Path) -> Job:
     return job
 
 
-def sweep_jobs(sweep_dir: Path) -> list[Job]:
-    """The jobs under `sweep_dir` that this sweep ran (started since its `multirun.yaml`), in job order."""
-    start = (sweep_dir / "multirun.yaml").stat().st_mtime_ns if (sweep_dir / "multirun.yaml").is_file() else 0
+def sweep_jobs(sweep_dir: Path, started_ns: int | None = None) -> list[Job]:
+    """The jobs under `sweep_dir` that this sweep ran, in job order: those started since `started_ns` (else since
+    its `multirun.yaml` was written, else since the command's launch time; Optuna's sweeper writes no
+    `multirun.yaml`), not an earlier sweep's left in the folder."""
+    start = started_ns if started_ns is not None else sweep_start_ns(sweep_dir)
     folders = [p.parent.parent for p in sweep_dir.glob("*/.hydra/overrides.yaml") if _written_since(p, start)]
     return [read_job(folder) for folder in sorted(folders, key=_job_number)]
+
+
+def sweep_start_ns(sweep_dir: Path) -> int:
+    """When the sweep in `sweep_dir` started, as a file time: its `multirun.yaml`'s, else the command's launch time
+    (`GRU_SUITE_LAUNCH_TIME`, a second early for file times kept to the second), else 0 (every job counts)."""
+    if (manifest := sweep_dir / "multirun.yaml").is_file():
+        return manifest.stat().st_mtime_ns
+    try:
+        launched = time.mktime(time.strptime(os.environ.get(LAUNCH_TIME, ""), "%Y-%m-%d_%H-%M-%S"))
+    except ValueError:
+        return 0
+    return int((launched - 1) * 1e9)
 
 
 def _written_since(path: Path, time_ns: int) -> bool:
@@ -132,9 +149,14 @@ def _number(value: float | None) -> str:
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, write `<sweep dir>/summary.csv` and log the best job."""
 
+    _started_ns: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._started_ns = time.time_ns() - 1_000_000_000  # a second early, for file times kept to the second
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = ranked(sweep_jobs(sweep_dir))
+        jobs = ranked(sweep_jobs(sweep_dir, self._started_ns))
         if not jobs:
             return
         path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))

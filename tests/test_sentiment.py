@@ -632,7 +632,7 @@ def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path
     from gru_suite.checkpoint import load_checkpoint
 
     cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=3",
-                                             "optimizer.lr=1e-2", "predict_after_training=false",
+                                             "optimizer.lr=1e-2",  # and predictions after training, as by default
                                              "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.9}"],
                                tmp_path)
     threads = torch.get_num_threads()

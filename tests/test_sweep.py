@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -93,3 +94,17 @@ def test_a_diverged_run_returns_the_worst_value_to_a_search():
     assert sweep_value({"val/loss": float("nan")}, "val/loss", "min") == float("inf")  # Optuna refuses NaN
     assert sweep_value({"val/f1": float("nan")}, "val/f1", "max") == -float("inf")
     assert sweep_value({}, "val/loss", "min") is None
+
+
+def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp_path, monkeypatch):
+    _job(tmp_path, "0_sentiment", ["task=sentiment", "optimizer.lr=0.01"], {"val/f1": 0.9})
+    _job(tmp_path, "1_sentiment", ["task=sentiment", "optimizer.lr=0.001"], {"val/f1": 0.5})
+    for path in (tmp_path / "1_sentiment").rglob("*"):
+        os.utime(path, (1_000_000_000, 1_000_000_000))  # an earlier sweep's job
+    monkeypatch.setenv("GRU_SUITE_LAUNCH_TIME", "2020-01-01_00-00-00")  # Optuna's sweeper writes no multirun.yaml
+    assert [job.folder.name for job in sweep_jobs(tmp_path)] == ["0_sentiment"]
+    for path in (tmp_path / "0_sentiment").rglob("*"):
+        os.utime(path, (time.time() - 10, time.time() - 10))
+    summary = SweepSummary()
+    summary.on_multirun_start(OmegaConf.create({}))
+    assert sweep_jobs(tmp_path, summary._started_ns) == []  # both older than the sweep the callback saw start
