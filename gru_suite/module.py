@@ -172,9 +172,8 @@ class TaskModule(pl.LightningModule):
         configured_lr = self.config.optimizer.get("lr")  # a plateau schedule keeps no base rates
         base_lrs = states[0].get("base_lrs") or [float(configured_lr) if configured_lr else group["lr"]
                                                  for group in optimizers[0]["param_groups"]]
-        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in base_lrs],
-                                       **self._unfused_if_clipped_amp())
-        trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("scheduler", {}).get("_target_")
+        probe = self._probe_optimizer(base_lrs)
+        trained = trained_config(checkpoint, "scheduler").get("_target_")
         configured = self.config.get("scheduler", {}).get("_target_")
         same_kind = trained == configured if trained and configured else None
         if changed := follow_configured_schedule(states[0], optimizers[0], self.scheduler_factory(optimizer=probe),
@@ -182,22 +181,27 @@ class TaskModule(pl.LightningModule):
             rank_zero_info(f"resuming with this run's learning-rate schedule: {', '.join(changed)}")
         self._catch_up_plateau(states[0], optimizers[0], checkpoint)
 
+    def _probe_optimizer(self, lrs: list[float]) -> torch.optim.Optimizer:
+        """This run's optimizer over one probe parameter per group, at the learning rates `lrs`: its settings, and a
+        scheduler's to step on it, without the model's parameters."""
+        return self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs],
+                                      **self._unfused_if_clipped_amp())
+
     def _follow_configured_optimizer(self, optimizer_state: dict[str, Any], checkpoint: dict[str, Any]) -> None:
         """The checkpoint's optimizer takes this run's settings (weight decay, betas, ...) and keeps its learning
         rates; an optimizer of another kind than the checkpoint's starts with fresh per-parameter state."""
         groups = optimizer_state["param_groups"]
-        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
-                                               for group in groups], **self._unfused_if_clipped_amp())
-        trained_config = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {})
-        configured_config = OmegaConf.to_container(self.config.optimizer)
-        trained, configured = trained_config.get("_target_"), configured_config.get("_target_")
+        probe = self._probe_optimizer([group["lr"] for group in groups])
+        trained_settings = trained_config(checkpoint, "optimizer")
+        configured_settings = OmegaConf.to_container(self.config.optimizer)
+        trained, configured = trained_settings.get("_target_"), configured_settings.get("_target_")
         if trained and configured and trained != configured:
             optimizer_state["state"] = {}
             rank_zero_info(f"resuming with this run's optimizer {configured} (the checkpoint's {trained}): "
                            "its state starts afresh")
         # the settings this run's config changes, and `fused` (off under mixed precision with clipping); not those
         # a schedule manages in the groups (OneCycleLR's betas and max_lr)
-        given = {key for key, value in configured_config.items() if trained_config.get(key) != value} | {"fused"}
+        given = {key for key, value in configured_settings.items() if trained_settings.get(key) != value} | {"fused"}
         if changed := follow_configured_optimizer(groups, probe, given - {"_target_", "lr"}):
             rank_zero_info(f"resuming with this run's optimizer settings: {', '.join(changed)}")
 
@@ -216,8 +220,7 @@ class TaskModule(pl.LightningModule):
         if monitored is None or "num_bad_epochs" not in state or not pending:
             return
         groups = optimizer_state["param_groups"]
-        probe = self.optimizer_factory(params=[{"params": [nn.Parameter(torch.zeros(1))], "lr": group["lr"]}
-                                               for group in groups], **self._unfused_if_clipped_amp())
+        probe = self._probe_optimizer([group["lr"] for group in groups])
         schedule = self.scheduler_factory(optimizer=probe)
         schedule.load_state_dict(state)
         schedule.step(monitored)
@@ -273,11 +276,16 @@ DERIVED_SETTINGS = frozenset({"mode_worse"})
 """Scheduler settings that follow from others (ReduceLROnPlateau's `mode`), not worth naming."""
 
 
+def trained_config(checkpoint: dict[str, Any], group: str) -> dict[str, Any]:
+    """The config `group` (optimizer, scheduler) a checkpoint was trained with; empty where it records none."""
+    return checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get(group) or {}
+
+
 def follow_configured_lr(checkpoint: dict[str, Any], lr: Any) -> float | None:
     """Scale a checkpoint's learning rates (its optimizers' groups, its schedulers' base and last rates) by `lr`
     over the `optimizer.lr` it was trained with, keeping the schedule's progress; returns the factor, or None
     where `lr` is the same (or either is unknown)."""
-    trained = checkpoint.get(CHECKPOINT_KEY, {}).get("config", {}).get("optimizer", {}).get("lr")
+    trained = trained_config(checkpoint, "optimizer").get("lr")
     if lr is None or not trained or float(lr) == float(trained):
         return None
     scale = float(lr) / float(trained)
