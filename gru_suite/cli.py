@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from gru_suite.config import NumberField
 
 SEARCHPATH_KEY = "hydra.searchpath="
-LAUNCH_TIME = "GRU_SUITE_LAUNCH_TIME"
-"""Environment variable with the command's start time, naming a sweep's folder in every process it starts."""
 
 
 def _add_task_configs_to_searchpath() -> None:
@@ -188,7 +186,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     if config_name != "train":
         _refuse_model_overrides()
     _add_task_configs_to_searchpath()
-    os.environ.setdefault(LAUNCH_TIME, time.strftime("%Y-%m-%d_%H-%M-%S"))  # a DDP job's processes: one sweep folder
+    from gru_suite.sweep import LAUNCH_FORMAT, LAUNCH_TIME
+
+    os.environ.setdefault(LAUNCH_TIME, time.strftime(LAUNCH_FORMAT))  # a DDP job's processes: one sweep folder
     app()
     if failed_jobs:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",

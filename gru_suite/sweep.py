@@ -18,7 +18,6 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
-from gru_suite.cli import LAUNCH_TIME
 from gru_suite.config import override_key
 
 log = logging.getLogger(__name__)
@@ -68,6 +67,12 @@ def read_job(folder: Path) -> Job:
     return job
 
 
+LAUNCH_TIME = "GRU_SUITE_LAUNCH_TIME"
+"""Environment variable with the command's start time (`LAUNCH_FORMAT`), naming a sweep's folder in every process
+it starts (`hydra.sweep.dir`) and bounding which job folders are this sweep's."""
+LAUNCH_FORMAT = "%Y-%m-%d_%H-%M-%S"
+
+
 def sweep_jobs(sweep_dir: Path, started_ns: int | None = None) -> list[Job]:
     """The jobs under `sweep_dir` that this sweep ran, in job order: those started since `started_ns` (else since
     its `multirun.yaml` was written, else since the command's launch time; Optuna's sweeper writes no
@@ -83,7 +88,7 @@ def sweep_start_ns(sweep_dir: Path) -> int:
     if (manifest := sweep_dir / "multirun.yaml").is_file():
         return manifest.stat().st_mtime_ns
     try:
-        launched = time.mktime(time.strptime(os.environ.get(LAUNCH_TIME, ""), "%Y-%m-%d_%H-%M-%S"))
+        launched = time.mktime(time.strptime(os.environ.get(LAUNCH_TIME, ""), LAUNCH_FORMAT))
     except ValueError:
         return 0
     return int((launched - 1) * 1e9)
