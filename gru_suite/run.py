@@ -419,9 +419,10 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
             "min_epochs": phase.epochs, "max_steps": -1, "limit_val_batches": 0, "num_sanity_val_steps": 0,
             **overrides,
         }
-        if settings.get("enable_progress_bar", True):  # the configured bar, as training shows it
-            settings.setdefault("callbacks", [c for c in configured_callbacks(cfg) if isinstance(c, ProgressBar)])
-        trainer = build_trainer(cfg, **{"callbacks": [], **settings})
+        if "callbacks" not in settings:  # the configured progress bar, as training shows it, where one is shown
+            shown = settings.get("enable_progress_bar", True)
+            settings["callbacks"] = [c for c in configured_callbacks(cfg) if shown and isinstance(c, ProgressBar)]
+        trainer = build_trainer(cfg, **settings)
         if isinstance(trainer.strategy, ParallelStrategy):  # its loader is not sharded; unused heads break DDP
             raise UserError("pre-training runs in a single process: use trainer=cpu or trainer=gpu with it")
         with warnings.catch_warnings():  # the phase has no validation, by design

@@ -168,8 +168,8 @@ def _load_midi(source: Path, read: Callable[[Path], np.ndarray], split: Sequence
         except UserError as err:
             if source.suffix.lower() in MIDI_SUFFIXES:
                 raise
-            raise UserError(f"{source}: neither MIDI nor piano rolls in JSON (a .json file: {{\"train\": [...], "
-                            f"\"valid\": [...]}}, each piece a list of steps, each a list of MIDI pitches): {err}") from err
+            rolls = '{"train": [...], "valid": [...]}, each piece a list of steps, each a list of MIDI pitches'
+            raise UserError(f"{source}: neither MIDI nor piano rolls in JSON (a .json file: {rolls}): {err}") from err
     elif source.is_dir():
         pieces = read_folder(source, read)
     else:
