@@ -124,6 +124,33 @@ def wrong_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
     return wrong
 
 
+RangeField = tuple[str, "type[int] | type[float]", float, bool]
+"""(dotted key of a `[low, high]` setting, the kind of both bounds, the least low bound, whether null is allowed)."""
+
+
+def wrong_ranges(cfg: DictConfig, fields: tuple[RangeField, ...], prefix: str = "") -> list[str]:
+    """One message per field of `fields` that is not `[low, high]` of its kind with least <= low <= high (or null,
+    where allowed); the right bounds are stored as that kind."""
+    wrong = []
+    for field, kind, least, optional in fields:
+        value = OmegaConf.select(cfg, field, default=None)
+        if value is None and optional:
+            continue
+        expected = f"{prefix}{field} must be [low, high], {kind.__name__}s with {least} <= low <= high"
+        if not OmegaConf.is_list(value) or len(value) != 2:
+            wrong.append(f"{expected}{' (or null)' if optional else ''}, got {value!r}")
+            continue
+        try:
+            low, high = (config_number(bound, prefix + field, kind) for bound in value)
+        except UserError:
+            low, high = math.nan, math.nan
+        if not least <= low <= high:
+            wrong.append(f"{expected}, got {list(value)}")
+        else:
+            OmegaConf.update(cfg, field, [low, high], merge=False)
+    return wrong
+
+
 def raise_all(wrong: Sequence[str]) -> None:
     """One UserError for the `wrong` settings' messages: the message itself for one, a line each for more."""
     if wrong:

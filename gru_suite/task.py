@@ -14,7 +14,15 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.config import NumberField, check_set, raise_all, wrong_numbers, wrong_switches
+from gru_suite.config import (
+    NumberField,
+    RangeField,
+    check_set,
+    raise_all,
+    wrong_numbers,
+    wrong_ranges,
+    wrong_switches,
+)
 from gru_suite.errors import UserError
 from gru_suite.registry import task_switches
 
@@ -70,6 +78,10 @@ class TaskPlugin(ABC):
     """Numeric fields of the task's config (relative to `task.`) checked when the task is built; a
     plugin adds its own as `(*TaskPlugin.numbers, ("data.lookback", int, 1), ...)`."""
 
+    ranges: tuple[RangeField, ...] = ()
+    """`[low, high]` fields of the task's config (relative to `task.`) checked when the task is built, e.g.
+    `(("data.words", int, 1, False),)`: both bounds whole, 1 <= low <= high, null not allowed."""
+
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
     "off", so a number without an off is listed here too."""
@@ -82,10 +94,11 @@ class TaskPlugin(ABC):
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
-        """One message per wrong setting of the task's config `cfg` among `numbers` and the switches its shipped
-        config sets true or false (the right ones are stored as numbers and booleans)."""
+        """One message per wrong setting of the task's config `cfg` among `numbers`, `ranges` and the switches its
+        shipped config sets true or false (the right ones are stored as numbers and booleans)."""
         switches = task_switches(str(cfg.get("name")))
-        return wrong_numbers(cfg, cls.numbers, "task.") + wrong_switches(cfg, switches, "task.")
+        return (wrong_numbers(cfg, cls.numbers, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
+                + wrong_switches(cfg, switches, "task."))
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:

@@ -21,6 +21,7 @@ from gru_suite.config import (
 )
 from gru_suite.errors import UserError
 from gru_suite.registry import task_switches
+from gru_suite.task import TaskPlugin
 from gru_suite.testing import compose_train_config
 
 GROUPS = ["backbone", "trainer", "logger", "callbacks", "optimizer", "scheduler", "debug", "hparams_search"]
@@ -275,6 +276,21 @@ def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path
         "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
         "  task.data.batch_size must be an integer, got 2.5", "  task.data.lookback must be at least 1, got -5"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
+    class Ranged(TaskPlugin):
+        ranges = (("data.words", int, 1, False), ("data.pause_s", float, 0, True), ("data.takes", int, 0, True))
+
+    cfg = OmegaConf.create({"name": "forecasting", "data": {"batch_size": 0, "words": [3, 2], "pause_s": ["0.1", 1],
+                                                            "takes": 4}})
+    assert Ranged.wrong_settings(cfg) == [
+        "task.data.batch_size must be at least 1, got 0",
+        "task.data.words must be [low, high], ints with 1 <= low <= high, got [3, 2]",
+        "task.data.takes must be [low, high], ints with 0 <= low <= high (or null), got 4"]
+    assert cfg.data.pause_s == [0.1, 1.0] and isinstance(cfg.data.pause_s[1], float)
+    cfg.data.words, cfg.data.takes = ["x", 2], None
+    assert Ranged.wrong_settings(cfg)[1:] == ["task.data.words must be [low, high], ints with 1 <= low <= high, got ['x', 2]"]
 
 
 def test_a_quoted_true_or_false_is_a_switch():

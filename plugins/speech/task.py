@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
@@ -64,25 +64,6 @@ class Scores:
         return scores
 
 
-def wrong_range(cfg: DictConfig, field: str, kind: type, least: float, optional: bool) -> str | None:
-    """A message unless `cfg`'s `field` is `[low, high]` of `kind` with `least` <= low <= high (or null, where
-    `optional`); the right bounds are stored as `kind`."""
-    value = OmegaConf.select(cfg, field, default=None)
-    if value is None and optional:
-        return None
-    expected = f"task.{field} must be [low, high], {kind.__name__}s with {least} <= low <= high"
-    if not OmegaConf.is_list(value) or len(value) != 2:
-        return f"{expected}{' (or null)' if optional else ''}, got {value!r}"
-    try:
-        low, high = (config_number(bound, f"task.{field}", kind) for bound in value)
-    except UserError:
-        return f"{expected}, got {list(value)}"
-    if not least <= low <= high:
-        return f"{expected}, got {list(value)}"
-    OmegaConf.update(cfg, field, [low, high], merge=False)
-    return None
-
-
 class SpeechTask(TaskPlugin):
     """A GRU-CTC recogniser of characters (or of words or subwords, `text.tokens`).
 
@@ -114,13 +95,6 @@ class SpeechTask(TaskPlugin):
                 "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),
               ("data.fsdd_split.test_takes", int, 0, True), ("data.fsdd_split.val_takes", int, 0, True))
-    """[low, high] settings: the kind of both bounds, the least low bound, and whether null (none) is allowed."""
-
-    @classmethod
-    def wrong_settings(cls, cfg: DictConfig) -> list[str]:
-        """`numbers` and switches, then the [low, high] `ranges`."""
-        return super().wrong_settings(cfg) + [message for field, kind, least, optional in cls.ranges
-                                              if (message := wrong_range(cfg, field, kind, least, optional))]
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
