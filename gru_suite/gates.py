@@ -87,6 +87,8 @@ def trace_gates(backbone: GRUBackbone, x: Tensor, h0: Tensor | None = None) -> l
     if backbone.cell != "gru":
         raise UserError(f"gate traces need a GRU backbone; this model's cell is {backbone.cell!r}")
     rnn = backbone.rnn
+    if x.dim() != 3 or x.size(1) < 1 or x.size(2) != rnn.input_size:
+        raise ValueError(f"x must have shape (batch, time >= 1, {rnn.input_size}), got {tuple(x.shape)}")
     dirs = 2 if rnn.bidirectional else 1
     shape = (rnn.num_layers * dirs, x.size(0), rnn.hidden_size)
     if h0 is None:
@@ -166,6 +168,8 @@ def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
     if not 0 <= sample < x.size(0):
         raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
     steps = x.size(1) if lengths is None else int(lengths[sample])
+    if steps < 1:
+        raise UserError(f"sample={sample} is an empty sequence (no time steps): there are no gates to draw")
     return x[sample : sample + 1, :steps]
 
 

@@ -290,7 +290,8 @@ def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
         "task.data.takes must be [low, high], ints with 0 <= low <= high (or null), got 4"]
     assert cfg.data.pause_s == [0.1, 1.0] and isinstance(cfg.data.pause_s[1], float)
     cfg.data.words, cfg.data.takes = ["x", 2], None
-    assert Ranged.wrong_settings(cfg)[1:] == ["task.data.words must be [low, high], ints with 1 <= low <= high, got ['x', 2]"]
+    assert Ranged.wrong_settings(cfg)[1:] == [
+        "task.data.words must be [low, high], ints with 1 <= low <= high, got ['x', 2]"]
 
 
 def test_a_quoted_true_or_false_is_a_switch():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -94,6 +96,16 @@ def test_bad_h0_shape_rejected() -> None:
     backbone = _backbone(num_layers=2)
     with pytest.raises(ValueError, match="h0"):
         trace_gates(backbone, _input(), torch.zeros(1, 4, 5))
+
+
+def test_an_input_without_time_steps_or_of_another_width_is_named() -> None:
+    backbone = _backbone()
+    for x in (torch.zeros(2, 0, 3), torch.zeros(2, 6, 4), torch.zeros(6, 3)):
+        expected = f"x must have shape (batch, time >= 1, 3), got {tuple(x.shape)}"
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            trace_gates(backbone, x)
+    with pytest.raises(UserError, match="sample=1 is an empty sequence"):
+        sample_sequence(torch.zeros(2, 6, 3), torch.tensor([6, 0]), 1)
 
 
 def test_plot_gates_writes_one_png_per_layer(tmp_path) -> None:
