@@ -32,6 +32,7 @@ mixes the labels with the teachers' mean calibrated probabilities for each train
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import random
 import shutil
@@ -60,15 +61,14 @@ def _spans(sentence: str, min_tokens: int) -> set[str]:
 def read_sst(path: Path) -> list[Any]:
     """The labelled examples of an SST-2 file: `label sentence` lines, or a table whose text column is `text` or,
     as in GLUE's files, `sentence`."""
-    from gru_suite.errors import UserError
-    from gru_suite_plugins.sentiment.data import read_labelled
+    from gru_suite.text import read_lines
+    from gru_suite_plugins.sentiment.data import DELIMITERS, read_labelled, table_format
 
-    try:
+    fmt = table_format(path, "auto")
+    if fmt == "lines":
         return read_labelled(path)
-    except UserError as err:
-        if "no column 'text'" not in str(err):
-            raise
-        return read_labelled(path, text_column="sentence")
+    header = next(csv.reader(read_lines(path)[:1], delimiter=DELIMITERS[fmt]), [])
+    return read_labelled(path, text_column="sentence" if "sentence" in header and "text" not in header else "text")
 
 
 def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_tokens: int, seed: int,

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 from gru_suite.backbone import GRUBackbone
+from gru_suite.errors import UserError
 from gru_suite_plugins.music.model import MusicModel
 
 
@@ -82,6 +83,21 @@ def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_p
     assert "SST-2 sentence level, dev.tsv" in result.stdout
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["data"]["val_sentences"] == 20 and 0 <= report["dev"]["acc"] <= 1
+
+
+def test_the_sentiment_benchmark_takes_the_text_column_a_tables_header_names(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import sentiment
+
+    (tmp_path / "glue.tsv").write_text("sentence\tlabel\na fine film\t1\n", encoding="utf-8")
+    (tmp_path / "both.csv").write_text("sentence,text,label\nignored,a dull film,0\n", encoding="utf-8")
+    (tmp_path / "lines.txt").write_text("1 a fine film\n", encoding="utf-8")
+    assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "glue.tsv")] == [("a fine film", "1")]
+    assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "both.csv")] == [("a dull film", "0")]
+    assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "lines.txt")] == [("a fine film", "1")]
+    (tmp_path / "other.csv").write_text("review,label\nfine,1\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"no column 'text'.*review"):
+        sentiment.read_sst(tmp_path / "other.csv")
 
 
 @pytest.mark.parametrize("head", ["independent", "autoregressive"])
