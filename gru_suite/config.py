@@ -138,7 +138,8 @@ def wrong_ranges(cfg: DictConfig, fields: tuple[RangeField, ...], prefix: str = 
             continue
         expected = f"{prefix}{field} must be [low, high], {kind.__name__}s with {least} <= low <= high"
         if not OmegaConf.is_list(value) or len(value) != 2:
-            wrong.append(f"{expected}{' (or null)' if optional else ''}, got {value!r}")
+            got = "null" if value is None else repr(value)
+            wrong.append(f"{expected}{' (or null)' if optional else ''}, got {got}")
             continue
         try:
             low, high = (config_number(bound, prefix + field, kind) for bound in value)
@@ -222,12 +223,16 @@ def check_batch_limits(cfg: DictConfig) -> None:
 _ABSENT = object()
 
 
-def check_set(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> None:
-    """Each of `fields` (dotted keys) is set in `cfg`: not null, not absent; else a `UserError` naming the first."""
-    if unset := [field for field in fields if OmegaConf.select(cfg, field, default=None) is None]:
-        absent = OmegaConf.select(cfg, unset[0], default=_ABSENT) is _ABSENT
-        got = "but the config has no such key" if absent else "got null"
-        raise UserError(f"{prefix}{unset[0]} must be set, {got}")
+def wrong_unset(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> list[str]:
+    """One message per field of `fields` (dotted keys) that `cfg` leaves null or lacks."""
+    wrong = []
+    for field in fields:
+        value = OmegaConf.select(cfg, field, default=_ABSENT)
+        if value is _ABSENT:
+            wrong.append(f"{prefix}{field} must be set, but the config has no such key")
+        elif value is None:
+            wrong.append(f"{prefix}{field} must be set, got null")
+    return wrong
 
 
 def _root_cause(err: BaseException) -> BaseException:

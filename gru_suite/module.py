@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
+from torchmetrics import Metric
 
 from gru_suite.errors import UserError
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
@@ -261,6 +263,12 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
     if "loss" in out.metrics:
         raise UserError(f"{where} returned a metric named 'loss', which {stage}/loss already is (the loss it returns): "
                         "rename the metric")
+    for name, value in out.metrics.items():
+        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) or isinstance(value, Metric)
+                or isinstance(value, torch.Tensor) and value.numel() == 1):
+            what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+            raise UserError(f"{where} returned metric {name!r} as {what}: expected one number per batch (the core "
+                            "logs its epoch mean; a metric of a whole pass goes in epoch_end)")
     weight = out.loss_weight
     if weight is not None and not (isinstance(weight, (int, float)) and weight > 0 or
                                    isinstance(weight, torch.Tensor) and weight.numel() == 1):

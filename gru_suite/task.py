@@ -17,11 +17,11 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.config import (
     NumberField,
     RangeField,
-    check_set,
     raise_all,
     wrong_numbers,
     wrong_ranges,
     wrong_switches,
+    wrong_unset,
 )
 from gru_suite.errors import UserError
 from gru_suite.registry import task_switches
@@ -87,18 +87,20 @@ class TaskPlugin(ABC):
     "off", so a number without an off is listed here too."""
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
-        check_set(cfg, self.required, prefix="task.")
         raise_all(self.wrong_settings(cfg))
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
-        """One message per wrong setting of the task's config `cfg` among `numbers`, `ranges` and the switches its
-        shipped config sets true or false (the right ones are stored as numbers and booleans)."""
+        """One message per wrong setting of the task's config `cfg` among `required`, `numbers`, `ranges` and the
+        switches its shipped config sets true or false (the right ones are stored as numbers and booleans). A plugin
+        with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own messages]`."""
         switches = task_switches(str(cfg.get("name")))
-        return (wrong_numbers(cfg, cls.numbers, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
-                + wrong_switches(cfg, switches, "task."))
+        mode = cfg.get("monitor_mode")
+        modes = [] if mode in ("min", "max") else [f"task.monitor_mode must be min or max, got {mode!r}"]
+        return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, cls.numbers, "task.")
+                + wrong_ranges(cfg, cls.ranges, "task.") + wrong_switches(cfg, switches, "task.") + modes)
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:

@@ -13,11 +13,11 @@ from gru_suite.config import (
     RUN_NUMBERS,
     check_numbers,
     check_run_settings,
-    check_set,
     check_switches,
     given_keys,
     undeclared_settings,
     unused_backbone_settings,
+    wrong_unset,
 )
 from gru_suite.errors import UserError
 from gru_suite.registry import task_switches
@@ -219,11 +219,9 @@ def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, m
 
 
 def test_a_required_setting_that_is_null_or_absent_is_named():
-    cfg = OmegaConf.create({"data": {"window": None}})
-    with pytest.raises(UserError, match=r"^task\.data\.window must be set, got null$"):
-        check_set(cfg, ("data.window",), prefix="task.")
-    with pytest.raises(UserError, match=r"^task\.data\.stride must be set, but the config has no such key$"):
-        check_set(cfg, ("data.stride",), prefix="task.")
+    cfg = OmegaConf.create({"data": {"window": None, "lookback": 3}})
+    assert wrong_unset(cfg, ("data.window", "data.stride", "data.lookback"), prefix="task.") == [
+        "task.data.window must be set, got null", "task.data.stride must be set, but the config has no such key"]
 
 
 def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
@@ -278,18 +276,28 @@ def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_wrong_monitor_mode_is_named_before_training(tmp_path):
+    cfg = compose_train_config("forecasting", ["task.monitor_mode=maximum"], tmp_path)
+    with pytest.raises(UserError, match=r"^task\.monitor_mode must be min or max, got 'maximum'$"):
+        run.train(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
     class Ranged(TaskPlugin):
         ranges = (("data.words", int, 1, False), ("data.pause_s", float, 0, True), ("data.takes", int, 0, True))
+        required = ("data.size",)
 
     cfg = OmegaConf.create({"name": "forecasting", "data": {"batch_size": 0, "words": [3, 2], "pause_s": ["0.1", 1],
-                                                            "takes": 4}})
-    assert Ranged.wrong_settings(cfg) == [
+                                                            "takes": 4, "size": None}})
+    assert Ranged.wrong_settings(cfg) == [  # every kind named at once
+        "task.data.size must be set, got null",
         "task.data.batch_size must be at least 1, got 0",
         "task.data.words must be [low, high], ints with 1 <= low <= high, got [3, 2]",
-        "task.data.takes must be [low, high], ints with 0 <= low <= high (or null), got 4"]
+        "task.data.takes must be [low, high], ints with 0 <= low <= high (or null), got 4",
+        "task.monitor_mode must be min or max, got None"]
     assert cfg.data.pause_s == [0.1, 1.0] and isinstance(cfg.data.pause_s[1], float)
-    cfg.data.words, cfg.data.takes = ["x", 2], None
+    cfg.data.words, cfg.data.takes, cfg.data.size, cfg.monitor_mode = ["x", 2], None, 1, "min"
     assert Ranged.wrong_settings(cfg)[1:] == [
         "task.data.words must be [low, high], ints with 1 <= low <= high, got ['x', 2]"]
 

@@ -193,6 +193,14 @@ class LossMetricTask(ForecastingTask):
         return StepOutput(out.loss, out.batch_size, {**out.metrics, "loss": out.loss.detach()})
 
 
+class VectorMetricTask(ForecastingTask):
+    """Reports a metric of one value per window."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, out.batch_size, {**out.metrics, "errors": torch.ones(out.batch_size)})
+
+
 class SilentWriterTask(ForecastingTask):
     """Writes its artifacts but does not return their paths."""
 
@@ -218,6 +226,8 @@ MISTAKES = {
                                          "positive number"),
     "loss-metric": (LossMetricTask, "task 'forecasting': step(..., 'val') returned a metric named 'loss', which "
                                     "val/loss already is"),
+    "vector-metric": (VectorMetricTask, "task 'forecasting': step(..., 'val') returned metric 'errors' as a tensor "
+                                        "of shape (32,): expected one number per batch"),
     "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
                                         "the list of paths it wrote"),
     "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict() is not picklable, so no checkpoint "
