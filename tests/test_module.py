@@ -143,3 +143,28 @@ def test_the_last_checkpoint_holds_the_last_step_when_the_best_is_earlier(epochs
     first_validated, last_validated = validate_every - 1, epochs // validate_every * validate_every
     assert sorted(path.name for path in tmp_path.iterdir()) == [f"best-{first_validated}.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4 * last_validated
+
+
+def test_metrics_csv_is_replaced_whole_when_a_column_appears(tmp_path, monkeypatch):
+    import csv
+
+    from gru_suite.loggers import AtomicCSVLogger
+
+    logger = AtomicCSVLogger(tmp_path, name="", version="")
+    logger.log_metrics({"train/loss": 1.5}, step=0)
+    logger.save()
+    before = (tmp_path / "metrics.csv").read_text()
+    logger.log_metrics({"val/loss": 2.5}, step=1)  # a new column: Lightning's writer empties the file to add it
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        logger.save()
+    assert (tmp_path / "metrics.csv").read_text() == before and not list(tmp_path.glob(".metrics*"))
+    monkeypatch.undo()
+    logger.save()
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert rows["step"].tolist() == [0, 1] and rows["train/loss"].tolist()[0] == 1.5
+    assert rows["val/loss"].tolist()[1] == 2.5
