@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
 
 from gru_suite.atomic import atomic_path
 
@@ -108,7 +108,10 @@ class RunFolderCheckpoint(ModelCheckpoint):
     def state_key(self) -> str:
         return ModelCheckpoint.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
 
-    _trainer: pl.Trainer | None = None
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._trainer: pl.Trainer | None = None
+        self._replaced: list[str] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -118,11 +121,22 @@ class RunFolderCheckpoint(ModelCheckpoint):
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._save_last_unless_saved(trainer)
+        self._remove_replaced(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._save_last_unless_saved(trainer)
+        self._remove_replaced(trainer)
+
+    def _remove_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Held until `last.ckpt` names what replaced it (`_remove_replaced`): Lightning removed the previous best
+        before writing `last.ckpt`, so a kill in between left a `last.ckpt` whose best was gone."""
+        self._replaced.append(filepath)
+
+    def _remove_replaced(self, trainer: pl.Trainer) -> None:
+        while self._replaced:
+            super()._remove_checkpoint(trainer, self._replaced.pop(0))
 
     def _save_last_unless_saved(self, trainer: pl.Trainer) -> None:
         """Write `last.ckpt` unless a checkpoint was saved at this step already (or saving is off now)."""
@@ -140,6 +154,21 @@ class RunFolderCheckpoint(ModelCheckpoint):
             if state_dict.get("dirpath") == old:
                 state_dict = carried_best_state(state_dict, self.dirpath)
         super().load_state_dict(state_dict)
+        self._forget_missing_best()
+
+    def _forget_missing_best(self) -> None:
+        """Resuming, the best checkpoints the state names that no longer exist (removed by a run killed before it
+        wrote `last.ckpt`) are forgotten with a warning, so that testing does not fail on them at the end."""
+        if not (self.best_model_path and not os.path.isfile(self.best_model_path)):
+            return
+        rank_zero_warn(f"the best checkpoint this run recorded, {self.best_model_path}, is gone (an earlier run was "
+                       "stopped while replacing it): its score is forgotten, and the next validation saves a new best")
+        self.best_k_models = {path: score for path, score in self.best_k_models.items() if os.path.isfile(path)}
+        self.best_model_path, self.best_model_score = "", None
+        self.kth_best_model_path, self.kth_value = "", torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
+        if self.best_k_models:
+            self.best_model_path = (min if self.mode == "min" else max)(self.best_k_models, key=self.best_k_models.get)
+            self.best_model_score = self.best_k_models[self.best_model_path]
 
 
 def carried_best_state(state: dict[str, Any], new: str) -> dict[str, Any]:

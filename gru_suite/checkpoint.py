@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{ckpt_path} is not a checkpoint, or is truncated (torch.save writes a zip archive)")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise UserError(f"cannot read checkpoint {ckpt_path}: {err}") from err
+    except Exception as err:  # a damaged pickle raises almost any type (UnicodeDecodeError, AttributeError, ...)
+        raise UserError(f"cannot read checkpoint {ckpt_path} (damaged?): {type(err).__name__}: {err}") from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise UserError(f"{ckpt_path} is not a GRU Suite checkpoint (no '{CHECKPOINT_KEY}' entry)")
     return checkpoint

@@ -73,6 +73,14 @@ class TaskModule(pl.LightningModule):
         self._log_metrics(out, stage)
         return out
 
+    def on_train_start(self) -> None:
+        """A run resumed from a checkpoint that early stopping ended trains no further (Lightning would go on)."""
+        for callback in self.trainer.early_stopping_callbacks:
+            if callback.stopped_epoch > 0:
+                rank_zero_info(f"early stopping ended this run at epoch {callback.stopped_epoch} ({callback.monitor} "
+                               f"did not improve for {callback.patience} checks): nothing left to train")
+                self.trainer.should_stop = True
+
     def on_train_epoch_start(self) -> None:
         self._train_loss_sum = torch.zeros((), device=self.device)
         self._train_loss_weight = 0

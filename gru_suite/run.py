@@ -188,6 +188,18 @@ def keep_earlier_metrics(loggers: list[Any]) -> None:
             _ = logger.experiment
 
 
+def _resumed_run_metrics(out_dir: Path) -> dict[str, float]:
+    """The `metrics.json` in `out_dir` of the run that a run resumes there: one that trains no further (ended by its
+    epochs or early stopping) logs no train/val values, and keeps the last epoch's this way."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {key: float(value) for key, value in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
+
+
 def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
     clean = {k: float(v) for k, v in metrics.items()}
     write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
@@ -293,6 +305,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
+    resumed_metrics = _resumed_run_metrics(out_dir) if ckpt_path is not None and resumes_in_own_folder(cfg) else {}
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task.datamodule()
     check_picklable_state(task)
@@ -309,8 +322,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = {**resumed_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best:
+        read_checkpoint(best)  # a damaged one is one line here, not Lightning's traceback when testing
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
@@ -359,6 +374,8 @@ def resumes_in_own_folder(cfg: DictConfig) -> bool:
     if not path:
         return False
     own = (Path(cfg.paths.output_dir) / "checkpoints").resolve()
+    if path == "last":  # without a last checkpoint there, Lightning starts afresh
+        return any(not file.name.startswith(".") for file in own.glob("last*.ckpt"))
     return path in LIGHTNING_CKPT_NAMES or Path(path).resolve().parent == own
 
 

@@ -26,7 +26,7 @@ from conftest import TINY, run_cli
 from gru_suite import cli, module, registry, run
 from gru_suite.atomic import write_text
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import load_checkpoint
+from gru_suite.checkpoint import load_checkpoint, read_checkpoint
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
@@ -373,6 +373,21 @@ def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_p
         run.train(compose_train_config("forecasting", [*TINY, "ckpt_path=last"], tmp_path))
 
 
+def test_a_checkpoint_with_damaged_pickled_data_is_one_line(tmp_path):
+    import zipfile
+
+    whole = tmp_path / "whole.ckpt"
+    torch.save({"a": 1}, whole)
+    damaged = tmp_path / "damaged.ckpt"
+    with zipfile.ZipFile(whole) as source, zipfile.ZipFile(damaged, "w") as target:
+        for item in source.infolist():  # data.pkl now names a class that does not exist
+            data = b"\x80\x02cgru_suite.checkpoint\nNoSuchClass\nq\x00." if item.filename.endswith("data.pkl") else None
+            target.writestr(item, data if data is not None else source.read(item))
+    with pytest.raises(UserError, match=rf"^cannot read checkpoint {re.escape(str(damaged))} \(damaged\?\): "
+                                        "AttributeError: .*NoSuchClass"):
+        read_checkpoint(damaged)
+
+
 def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run, tmp_path):
     shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")  # an earlier (interrupted) run's
     earlier = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
@@ -381,6 +396,29 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run
     assert sorted(path.name for path in (tmp_path / "checkpoints.1").iterdir()) == earlier
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # this run's
+
+
+def test_a_restart_with_ckpt_path_last_that_finds_no_last_checkpoint_moves_earlier_ones_aside(trained_run, tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "best-007.ckpt")  # killed early
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "trainer.max_epochs=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "ckpt_path=last"], tmp_path))
+    assert [path.name for path in (tmp_path / "checkpoints.1").iterdir()] == ["best-007.ckpt"]
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
+
+
+def test_a_run_that_early_stopping_ended_trains_no_further_when_resumed(tmp_path):
+    stopping = ["callbacks=early_stopping", "callbacks.early_stopping.patience=1", "optimizer.lr=0", "threads=1",
+                "test_after_training=false", "predict_after_training=false"]  # no change: stops after 2 epochs
+    run.train(compose_train_config("forecasting", [*TINY, *stopping, "trainer.max_epochs=6"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    stopped, metrics = torch.load(last, weights_only=False), json.loads((tmp_path / "metrics.json").read_text())
+    assert stopped["epoch"] == 1
+    run.train(compose_train_config("forecasting", [*TINY, *stopping, "trainer.max_epochs=6", "ckpt_path=last"],
+                                   tmp_path))
+    assert torch.load(last, weights_only=False)["global_step"] == stopped["global_step"]  # not one batch more
+    kept = json.loads((tmp_path / "metrics.json").read_text())  # the last epoch's train/val, though none was logged
+    assert [kept[key] for key in ("train/loss", "val/loss")] == [metrics[key] for key in ("train/loss", "val/loss")]
 
 
 def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):

@@ -145,6 +145,50 @@ def test_the_last_checkpoint_holds_the_last_step_when_the_best_is_earlier(epochs
     assert torch.load(tmp_path / "last.ckpt", weights_only=False)["global_step"] == 4 * last_validated
 
 
+class _ImprovingModel(_WorseningModel):
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("val/score", -float(self.current_epoch))  # every epoch a new best
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_kill_before_the_last_checkpoint_leaves_the_best_it_names(tmp_path, monkeypatch):
+    loader = DataLoader(TensorDataset(torch.ones(8, 1)), batch_size=2)
+    checkpoint = RunFolderCheckpoint(dirpath=tmp_path, filename="best-{epoch}", monitor="val/score", mode="min",
+                                     auto_insert_metric_name=False, save_last=True, save_top_k=1)
+    save_last = RunFolderCheckpoint._save_last_checkpoint
+
+    def killed_in_epoch_2(self, trainer, candidates):
+        if trainer.current_epoch == 2:  # after the epoch's new best is saved
+            raise _Killed
+        save_last(self, trainer, candidates)
+
+    monkeypatch.setattr(RunFolderCheckpoint, "_save_last_checkpoint", killed_in_epoch_2)
+    trainer = pl.Trainer(max_epochs=4, callbacks=[checkpoint], logger=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    with pytest.raises(_Killed):
+        trainer.fit(_ImprovingModel(), loader, loader)
+    last = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    state = next(value for value in last["callbacks"].values() if "best_model_path" in value)
+    assert last["epoch"] == 1 and state["best_model_path"] == str(tmp_path / "best-1.ckpt")
+    assert (tmp_path / "best-1.ckpt").is_file() and (tmp_path / "best-2.ckpt").is_file()
+
+
+def test_a_resumed_best_that_is_gone_is_forgotten_with_a_warning(tmp_path):
+    kept, gone = str(tmp_path / "best-1.ckpt"), str(tmp_path / "best-3.ckpt")
+    (tmp_path / "best-1.ckpt").write_bytes(b"")
+    checkpoint = RunFolderCheckpoint(dirpath=tmp_path, monitor="val/score", mode="min", save_top_k=2)
+    state = {"dirpath": str(tmp_path), "best_model_path": gone, "best_model_score": torch.tensor(0.1),
+             "best_k_models": {gone: torch.tensor(0.1), kept: torch.tensor(0.5)}, "kth_best_model_path": kept,
+             "kth_value": torch.tensor(0.5), "last_model_path": ""}
+    with pytest.warns(UserWarning, match=f"the best checkpoint this run recorded, {gone}, is gone"):
+        checkpoint.load_state_dict(state)
+    assert checkpoint.best_model_path == kept and float(checkpoint.best_model_score) == 0.5
+    assert list(checkpoint.best_k_models) == [kept]
+
+
 def test_metrics_csv_is_replaced_whole_when_a_column_appears(tmp_path, monkeypatch):
     import csv
 
