@@ -346,12 +346,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
 @rank_zero_only
 def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     """A run that does not resume from its own folder's checkpoints, into a folder that holds an earlier run's
-    (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/`: Lightning would write
+    (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its `metrics.json` to
+    `metrics.N.json`): Lightning would write
     `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, set_aside(folder))
+    if (metrics := folder.parent / "metrics.json").is_file():  # its final figures go with them
+        log.info("kept the earlier run's %s as %s", metrics, set_aside(metrics).name)
 
 
 def resume_path(cfg: DictConfig) -> str | None:
