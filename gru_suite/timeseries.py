@@ -127,15 +127,22 @@ def read_csv_frame(path: Path) -> pd.DataFrame:
     return frame
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+"""The largest magnitude a value may have: values are held as 32-bit floats, where a larger one is infinite."""
+
+
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(column):  # pandas reads a column of true/false as booleans, which cast to 1/0
+        raise UserError(f"{path}, column {column.name!r}: expected numbers, got true/false values")
     numbers = pd.to_numeric(column, errors="coerce")
-    bad = (numbers.isna() & column.notna()) | np.isinf(numbers)
+    bad = (numbers.isna() & column.notna()) | ~(numbers.abs() <= FLOAT32_MAX) & numbers.notna()
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
-        raise UserError(
-            f"{path}, line {data_line(path, row)}, column {column.name!r}: expected a finite number, "
-            f"got {str(column.iloc[row])!r}"
-        )
+        huge = bool(np.isfinite(numbers.iloc[row]))  # a number, but past what a 32-bit float holds
+        expected = f"a number of at most {FLOAT32_MAX:.3g} in size (values are held as 32-bit floats)" if huge \
+            else "a finite number"
+        raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: expected {expected}, "
+                        f"got {str(column.iloc[row])!r}")
     return numbers.to_numpy(dtype=np.float64)
 
 
@@ -153,7 +160,8 @@ def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: Mi
         )
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
-        raise UserError(f"{path}: a column has no values at all, nothing to interpolate from")
+        empty = names[int(np.argwhere(np.isnan(filled))[0][1])]
+        raise UserError(f"{path}, column {empty!r}: no values at all, nothing to interpolate from")
     log.warning("%s: %d missing value(s) interpolated, the first on line %d, column %r", path, int(gaps.sum()),
                 data_line(path, row), names[col])
     return filled

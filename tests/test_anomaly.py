@@ -507,6 +507,17 @@ def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_a_spike_of_any_size_gets_a_finite_score_and_a_flag_in_a_stream_that_retrains():
+    from gru_suite_plugins.anomaly.retraining import Retraining
+
+    values = np.stack([np.sin(np.arange(300) / 4), np.cos(np.arange(300) / 7)], 1).astype(np.float32)
+    values[200, 0] = 1e20  # its square overflows 32-bit floats; the fine-tune after row 249 trains on it
+    retraining = Retraining(every=50, window=100, steps=3, crop_length=32, batch_size=4)
+    stream = AnomalyStream(detectors()[0], Flagger(score="raw", threshold="quantile", quantile=0.99), 100, retraining)
+    scored = [stream.update(row) for row in values]
+    assert all(np.isfinite(score) for score, _ in scored) and scored[200][1]
+
+
 def test_retraining_with_dropout_streams_like_batch_whatever_the_global_seed():
     from gru_suite.timeseries import StandardScaler
     from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining

@@ -43,6 +43,9 @@ def test_read_series(tmp_path):
         ("t,a\n1,2\n", ["zz"], r"no column 'zz'; columns are \['t', 'a'\]"),
         ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a finite number, got 'x'"),
         ("t,a\n1,2\n2,3\n3,-inf\n", ["a"], r"line 4, column 'a': expected a finite number, got '-inf'"),
+        # finite as read, infinite as the 32-bit float it is held as
+        ("t,a\n1,2\n2,1e40\n", ["a"], r"line 3, column 'a': expected a number of at most 3.4e\+38 in size .*got '1e\+40'"),
+        ("t,a\n1,true\n2,false\n", ["a"], r"column 'a': expected numbers, got true/false values"),
         ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),
         ("t,a\n", ["a"], "no data rows"),
         ("t,a,a\n1,2,3\n", ["a"], r"the header names column\(s\) \['a'\] more than once"),
@@ -156,6 +159,11 @@ def test_an_empty_timestamp_is_named(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         read_series_csv(tmp_path / "nope.csv")
+
+
+def test_interpolate_names_a_column_without_values(tmp_path):
+    with pytest.raises(UserError, match=r"column 'b': no values at all, nothing to interpolate from"):
+        read_series_csv(write(tmp_path, "a,b\n1,\n2,\n"), ["a", "b"], missing="interpolate")
 
 
 def test_interpolate_fills_gaps_and_says_how_many(tmp_path, caplog):

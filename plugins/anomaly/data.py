@@ -47,9 +47,15 @@ class StreamData:
         return None if self.windows is None else labels_from_windows(self.windows, len(self.series.values))
 
 
+INPUT_LIMIT = 1e6
+"""Scaled values are clipped to this many standard deviations: one further out is an anomaly whatever its size,
+and its square would overflow the detector's 32-bit floats (NAB's largest is about 180)."""
+
+
 def detector_inputs(scaler: StandardScaler, values: np.ndarray, covariates: np.ndarray) -> np.ndarray:
-    """What a detector reads for rows of raw `values` (T, F): scaled, then their covariates (T, C)."""
-    return np.concatenate([scaler.transform(values), covariates], axis=1)
+    """What a detector reads for rows of raw `values` (T, F): scaled (clipped to +-`INPUT_LIMIT`), then their
+    covariates (T, C)."""
+    return np.concatenate([np.clip(scaler.transform(values), -INPUT_LIMIT, INPUT_LIMIT), covariates], axis=1)
 
 
 WINDOW_FILES = ("windows.json", "combined_windows.json")
