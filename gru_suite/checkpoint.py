@@ -29,6 +29,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"cannot read checkpoint {ckpt_path} (damaged?): {type(err).__name__}: {err}") from err
     if not isinstance(checkpoint, dict) or CHECKPOINT_KEY not in checkpoint:
         raise UserError(f"{ckpt_path} is not a GRU Suite checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"{ckpt_path} holds no model weights (no 'state_dict' entry)")
     return checkpoint
 
 

@@ -386,6 +386,10 @@ def test_a_checkpoint_with_damaged_pickled_data_is_one_line(tmp_path):
     with pytest.raises(UserError, match=rf"^cannot read checkpoint {re.escape(str(damaged))} \(damaged\?\): "
                                         "AttributeError: .*NoSuchClass"):
         read_checkpoint(damaged)
+    checkpoint = torch.load(whole, weights_only=False) | {module.CHECKPOINT_KEY: {}}
+    torch.save(checkpoint, damaged)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))} holds no model weights \(no 'state_dict'"):
+        read_checkpoint(damaged)
 
 
 def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run, tmp_path):

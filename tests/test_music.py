@@ -368,15 +368,16 @@ def test_a_setting_outside_its_midi_range_fails_when_the_task_is_built(
 def test_wrong_generation_settings_are_named_together_when_the_task_is_built(music_installed: None,
                                                                             tmp_path: Path) -> None:
     wrong = ["task.generate.program=200", "task.generate.temperature=0", "task.generate.top_p=1.5",
-             "task.generate.unit=bars"]
+             "task.generate.unit=bars", "task.generate.max_note_s=-1"]
     cfg = compose_train_config("music", [*TINY, *wrong], tmp_path)
     with pytest.raises(UserError) as caught:
         run.build_task(cfg.task)
     assert str(caught.value).splitlines() == [
-        "4 settings are wrong:", "  task.generate.program must be between 0 and 127, got 200",
+        "5 settings are wrong:", "  task.generate.program must be between 0 and 127, got 200",
         "  task.generate.unit must be one of ['steps', 'beats', 'seconds'], got 'bars'",
         "  task.generate.temperature must be positive, got 0",
-        "  task.generate.top_p must be in (0, 1] (or null), got 1.5"]
+        "  task.generate.top_p must be in (0, 1] (or null), got 1.5",
+        "  task.generate.max_note_s must be positive (or null), got -1"]
     fine = compose_train_config("music", [*TINY, "task.generate.temperature='0.5'", "task.generate.top_p=null"],
                                 tmp_path)
     sampling = run.build_task(fine.task).representation.sampling()

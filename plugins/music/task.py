@@ -43,13 +43,15 @@ DEFAULT_MAX_EVENTS = 20000
 
 def wrong_generation(gen: DictConfig) -> list[str]:
     """One message per wrong `task.generate` setting of those `MusicTask.numbers` cannot express: a positive
-    `temperature`, a `top_p` in (0, 1] or null, a `unit` of UNITS; the right numbers are stored as floats."""
+    `temperature`, a `top_p` in (0, 1] or null, a positive `max_note_s` or null, a `unit` of UNITS; the right
+    numbers are stored as floats."""
     unit = gen.get("unit")
     wrong = [] if unit in UNITS else [f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}"]
     for field, fits, expected in (("temperature", lambda t: t > 0, "positive"),
-                                  ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)")):
+                                  ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)"),
+                                  ("max_note_s", lambda s: s > 0, "positive (or null)")):
         value = gen.get(field)
-        if value is None and field == "top_p":
+        if value is None and field != "temperature":
             continue
         try:
             number = config_number(value, f"task.generate.{field}")
@@ -362,9 +364,7 @@ class EventRepresentation(Representation):
     def max_note_s(self) -> float | None:
         """`generate.max_note_s`: seconds after which a note never released stops (None: at the piece's end)."""
         value = self.cfg.generate.get("max_note_s", 5.0)  # checkpoints from before the setting: its default
-        if value is not None and config_number(value, "task.generate.max_note_s") <= 0:
-            raise UserError(f"task.generate.max_note_s must be positive (or null), got {value}")
-        return None if value is None else float(value)
+        return None if value is None else float(value)  # checked with the other generation settings
 
 
 REPRESENTATIONS: dict[str, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
