@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import run_cli
+from gru_suite import run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
@@ -221,6 +222,16 @@ def test_the_model_learns_to_reverse_tokens_exactly(one_thread: None) -> None:
     hypotheses = greedy(model.eval(), source, lengths, max_lengths(lengths, 1.0, 2, 20))
     exact = sum(h.tokens == w[::-1] for h, w in zip(hypotheses, words)) / len(words)
     assert exact >= 0.95, f"exact-match accuracy {exact:.3f} on reversing unseen sequences"
+
+
+def test_a_test_split_that_cannot_be_read_fails_before_training(bundled: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(bundled, data)
+    (data / "test.toy").unlink()
+    cfg = compose_train_config("translation", [f"task.data.path={data}", *TINY], tmp_path / "run")
+    with pytest.raises(UserError, match=r"test\.en has no aligned test\.toy\[\.gz\] beside it"):
+        run.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_misaligned_files_name_both_files(tmp_path: Path) -> None:

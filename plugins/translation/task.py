@@ -70,7 +70,8 @@ class TranslationTask(TaskPlugin):
     def datamodule(self) -> TranslationData:
         data = self.cfg.data
         if "source_tokenizer" not in self.state:
-            self._corpus("val")  # training needs it: a missing one fails now, not after the model is built
+            for stage in ("val", "test"):  # a missing or unreadable one fails now, not after training
+                self._corpus(stage)
             self._fit_tokenizers(self._corpus("train"))
             self.state["direction"] = [str(data.source), str(data.target)]
         elif self.state.get("direction", [])[::-1] == [str(data.source), str(data.target)]:
