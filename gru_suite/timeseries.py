@@ -64,6 +64,8 @@ def read_series_csv(
     in `time_unit` (one of `TIME_UNITS`), and refused without one.
     """
     csv_path = Path(path)
+    if csv_path.is_dir():
+        raise UserError(f"{csv_path} is a folder: expected a CSV file")
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
     return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit)

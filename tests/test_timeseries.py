@@ -1,4 +1,5 @@
 import gzip
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -159,6 +160,8 @@ def test_an_empty_timestamp_is_named(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(UserError, match="data file not found"):
         read_series_csv(tmp_path / "nope.csv")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))} is a folder: expected a CSV file"):
+        read_series_csv(tmp_path)
 
 
 def test_interpolate_names_a_column_without_values(tmp_path):
