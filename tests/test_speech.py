@@ -71,6 +71,12 @@ def test_stereo_44k_audio_is_downmixed_and_resampled(tmp_path: Path) -> None:
     assert abs(int(spectrum.argmax()) - 440) <= 1  # one second at 8 kHz: bin = Hz
 
 
+def test_audio_at_a_rate_below_any_speech_is_refused_not_resampled(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "slow.wav", 0.5 * np.sin(np.arange(4000) / 3), 1)  # 67 minutes at 1 Hz
+    with pytest.raises(UserError, match=r"slow\.wav: its sample rate is 1 Hz; speech audio has at least 1000 Hz"):
+        read_audio(path, RATE)
+
+
 def test_log_mel_frames_and_chunked_features_equal_the_whole() -> None:
     config = FeatureConfig(sample_rate=RATE, n_mels=40, win_ms=25, hop_ms=10)
     samples = torch.from_numpy(speak(["seven", "two"], seed=3))

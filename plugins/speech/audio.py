@@ -22,6 +22,10 @@ PIPE_SIZE = 0xFFFFFFFF
 """The chunk size a WAV writer leaves when it streams to a pipe and cannot seek back."""
 
 
+LOWEST_RATE = 1000
+"""The lowest sample rate read as audio (Hz), as `features.sample_rate` is at least this."""
+
+
 def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     """The samples of `path` as float32 (N,), downmixed to mono and resampled to `sample_rate`.
 
@@ -46,6 +50,8 @@ def read_audio(path: str | Path, sample_rate: int) -> Tensor:
     samples = torch.from_numpy(data.mean(axis=1))
     if float(samples.abs().max()) < SILENCE_PEAK:
         raise UserError(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})")
+    if rate < LOWEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
+        raise UserError(f"{path}: its sample rate is {rate} Hz; speech audio has at least {LOWEST_RATE} Hz")
     if rate != sample_rate:
         samples = torchaudio.functional.resample(samples, rate, sample_rate)
     return samples.contiguous()
