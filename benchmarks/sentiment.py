@@ -67,7 +67,7 @@ def read_sst(path: Path) -> list[Any]:
     fmt = table_format(path, "auto")
     if fmt == "lines":
         return read_labelled(path)
-    header = next(csv.reader(read_lines(path)[:1], delimiter=DELIMITERS[fmt]), [])
+    header = [name.strip() for name in next(csv.reader(read_lines(path)[:1], delimiter=DELIMITERS[fmt]), [])]
     return read_labelled(path, text_column="sentence" if "sentence" in header and "text" not in header else "text")
 
 

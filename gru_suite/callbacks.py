@@ -158,12 +158,15 @@ class RunFolderCheckpoint(ModelCheckpoint):
 
     def _forget_missing_best(self) -> None:
         """Resuming, the best checkpoints the state names that no longer exist (removed by a run killed before it
-        wrote `last.ckpt`) are forgotten with a warning, so that testing does not fail on them at the end."""
-        if not (self.best_model_path and not os.path.isfile(self.best_model_path)):
+        wrote `last.ckpt`) are forgotten with a warning, so that testing does not fail on them at the end. The
+        first process decides for all (`file_exists`), so that every process keeps the same state."""
+        trainer = self._trainer
+        if trainer is None or not self.best_model_path or self.file_exists(self.best_model_path, trainer):
             return
         rank_zero_warn(f"the best checkpoint this run recorded, {self.best_model_path}, is gone (an earlier run was "
                        "stopped while replacing it): its score is forgotten, and the next validation saves a new best")
-        self.best_k_models = {path: score for path, score in self.best_k_models.items() if os.path.isfile(path)}
+        self.best_k_models = {path: score for path, score in self.best_k_models.items()
+                              if self.file_exists(path, trainer)}
         self.best_model_path, self.best_model_score = "", None
         self.kth_best_model_path, self.kth_value = "", torch.tensor(torch.inf if self.mode == "min" else -torch.inf)
         if self.best_k_models:

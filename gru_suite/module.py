@@ -9,6 +9,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
@@ -76,9 +77,10 @@ class TaskModule(pl.LightningModule):
     def on_train_start(self) -> None:
         """A run resumed from a checkpoint that early stopping ended trains no further (Lightning would go on)."""
         for callback in self.trainer.early_stopping_callbacks:
-            if callback.stopped_epoch > 0:
-                rank_zero_info(f"early stopping ended this run at epoch {callback.stopped_epoch} ({callback.monitor} "
-                               f"did not improve for {callback.patience} checks): nothing left to train")
+            if callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
+                rank_zero_info(f"early stopping ended this run at epoch {callback.stopped_epoch} "
+                               f"({callback.stopping_reason_message or callback.stopping_reason.value}): nothing "
+                               "left to train")
                 self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:

@@ -189,8 +189,8 @@ def keep_earlier_metrics(loggers: list[Any]) -> None:
 
 
 def _resumed_run_metrics(out_dir: Path) -> dict[str, float]:
-    """The `metrics.json` in `out_dir` of the run that a run resumes there: one that trains no further (ended by its
-    epochs or early stopping) logs no train/val values, and keeps the last epoch's this way."""
+    """The `metrics.json` in `out_dir` of the run that a run resumed there and did not train further (ended by its
+    epochs or early stopping): it logs no train/val values, and keeps the last epoch's this way."""
     path = out_dir / "metrics.json"
     if not path.is_file():
         return {}
@@ -294,18 +294,18 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
-    resumed, task_state = None, None
+    resumed, task_state, resumed_step = None, None, None
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
         checkpoint = read_checkpoint(ckpt_path)
         if (task_name := stored_config(checkpoint).task.name) != cfg.task.name:
             raise UserError(f"ckpt_path {ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
+        resumed_step = checkpoint.get("global_step")
         del checkpoint
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
-    resumed_metrics = _resumed_run_metrics(out_dir) if ckpt_path is not None and resumes_in_own_folder(cfg) else {}
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task.datamodule()
     check_picklable_state(task)
@@ -322,10 +322,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
-    metrics = {**resumed_metrics, **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+    trained_none = resumed_step is not None and trainer.global_step == resumed_step and resumes_in_own_folder(cfg)
+    metrics = {**(_resumed_run_metrics(out_dir) if trained_none else {}),
+               **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best:
-        read_checkpoint(best)  # a damaged one is one line here, not Lightning's traceback when testing
+    if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
+        read_checkpoint(best)
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
@@ -352,9 +354,13 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
-    log.warning("%s held an earlier run's checkpoints: moved to %s", folder, set_aside(folder))
-    if (metrics := folder.parent / "metrics.json").is_file():  # its final figures go with them
-        log.info("kept the earlier run's %s as %s", metrics, set_aside(metrics).name)
+    kept = set_aside(folder)
+    log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
+    metrics = folder.parent / "metrics.json"
+    beside = metrics.with_name(f"metrics{kept.suffix}.json")  # checkpoints.N/ and metrics.N.json
+    if metrics.is_file() and not beside.exists():  # its final figures go with them
+        metrics.rename(beside)
+        log.info("kept the earlier run's %s as %s", metrics, beside.name)
 
 
 def resume_path(cfg: DictConfig) -> str | None:

@@ -134,7 +134,7 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
-    if pd.api.types.is_bool_dtype(column):  # pandas reads a column of true/false as booleans, which cast to 1/0
+    if pd.api.types.infer_dtype(column, skipna=True) == "boolean":  # true/false cells, read as bools: cast to 1/0
         raise UserError(f"{path}, column {column.name!r}: expected numbers, got true/false values")
     numbers = pd.to_numeric(column, errors="coerce")
     bad = (numbers.isna() & column.notna()) | ~(numbers.abs() <= FLOAT32_MAX) & numbers.notna()

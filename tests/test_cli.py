@@ -427,6 +427,15 @@ def test_a_run_that_early_stopping_ended_trains_no_further_when_resumed(tmp_path
     assert [kept[key] for key in ("train/loss", "val/loss")] == [metrics[key] for key in ("train/loss", "val/loss")]
 
 
+def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):
+    quiet = [*TINY, "threads=1", "predict_after_training=false"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
+    assert "test/loss" in json.loads((tmp_path / "metrics.json").read_text())
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", "ckpt_path=last",
+                                                   "test_after_training=false"], tmp_path))
+    assert "test/loss" not in json.loads((tmp_path / "metrics.json").read_text())  # the first model's score
+
+
 def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))

@@ -183,6 +183,7 @@ def test_a_resumed_best_that_is_gone_is_forgotten_with_a_warning(tmp_path):
     state = {"dirpath": str(tmp_path), "best_model_path": gone, "best_model_score": torch.tensor(0.1),
              "best_k_models": {gone: torch.tensor(0.1), kept: torch.tensor(0.5)}, "kth_best_model_path": kept,
              "kth_value": torch.tensor(0.5), "last_model_path": ""}
+    checkpoint._trainer = pl.Trainer(logger=False, enable_progress_bar=False)  # as `setup` sets it: one process
     with pytest.warns(UserWarning, match=f"the best checkpoint this run recorded, {gone}, is gone"):
         checkpoint.load_state_dict(state)
     assert checkpoint.best_model_path == kept and float(checkpoint.best_model_score) == 0.5
@@ -209,6 +210,11 @@ def test_metrics_csv_is_replaced_whole_when_a_column_appears(tmp_path, monkeypat
     assert (tmp_path / "metrics.csv").read_text() == before and not list(tmp_path.glob(".metrics*"))
     monkeypatch.undo()
     logger.save()
+    import gru_suite.loggers
+
+    monkeypatch.setattr(gru_suite.loggers, "atomic_path", killed)  # the same columns again: appended in place
+    logger.log_metrics({"train/loss": 0.5}, step=2)
+    logger.save()
     rows = pd.read_csv(tmp_path / "metrics.csv")
-    assert rows["step"].tolist() == [0, 1] and rows["train/loss"].tolist()[0] == 1.5
+    assert rows["step"].tolist() == [0, 1, 2] and rows["train/loss"].tolist()[0::2] == [1.5, 0.5]
     assert rows["val/loss"].tolist()[1] == 2.5

@@ -75,9 +75,9 @@ class Flagger:
                 raise UserError(f"task.scoring.{name} must be between 0 and 1, got {value}")
         if self.threshold == "spot" and self.score != "raw":
             raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
-        if self.threshold == "fixed" and self.score == "likelihood" and not 0 < self.fixed < 1:
-            raise UserError(f"task.scoring.fixed must be between 0 and 1 for likelihood scores (which lie between "
-                            f"them), got {self.fixed}")
+        if self.threshold == "fixed" and self.score == "likelihood" and not self.fixed < 1:
+            raise UserError(f"task.scoring.fixed must be below 1 for likelihood scores (which lie between 0 and 1), "
+                            f"got {self.fixed}")
         try:
             self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
         except TypeError as err:  # a key it does not take
