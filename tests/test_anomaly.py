@@ -212,7 +212,9 @@ def test_flagger_rejects_bad_settings():
      "task.scoring.likelihood.historic_window (50) must be >= estimation_samples (100)"),
     ("+task.scoring.likelihood.window=5", "task.scoring.likelihood: AnomalyLikelihood.__init__() got an unexpected"),
     ("task.scoring.spot_q=0.2", "task.scoring.spot_q must be in (0, 0.05), got 0.2"),  # below 1 - spot_level
-    ("task.scoring.fixed=2", "task.scoring.fixed must be below 1 for likelihood scores"),  # none could be flagged
+    ("task.scoring.fixed=2", "task.scoring.fixed must be a number below 1 for likelihood scores"),  # none flagged
+    ("task.scoring.fixed=null", "task.scoring.fixed must be a number below 1 for likelihood scores (which lie "
+                                "between 0 and 1), got None"),
 ])
 def test_likelihood_and_spot_settings_are_one_line_before_training(setting, message, tmp_path):
     spot = ["task.scoring.score=raw", "task.scoring.threshold=spot"] if "spot" in setting else []

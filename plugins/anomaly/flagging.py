@@ -75,9 +75,11 @@ class Flagger:
                 raise UserError(f"task.scoring.{name} must be between 0 and 1, got {value}")
         if self.threshold == "spot" and self.score != "raw":
             raise UserError("task.scoring.threshold=spot models the tail of raw scores: set task.scoring.score=raw")
-        if self.threshold == "fixed" and self.score == "likelihood" and not self.fixed < 1:
-            raise UserError(f"task.scoring.fixed must be below 1 for likelihood scores (which lie between 0 and 1), "
-                            f"got {self.fixed}")
+        likelihood = self.score == "likelihood"  # a fixed threshold at 1 or above could flag none of its scores
+        if self.threshold == "fixed" and not (isinstance(self.fixed, (int, float))
+                                              and (self.fixed < 1 or not likelihood)):
+            bound = " below 1 for likelihood scores (which lie between 0 and 1)" if likelihood else ""
+            raise UserError(f"task.scoring.fixed must be a number{bound}, got {self.fixed}")
         try:
             self._likelihood = AnomalyLikelihood(**self.likelihood) if self.score == "likelihood" else None
         except TypeError as err:  # a key it does not take
