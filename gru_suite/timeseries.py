@@ -137,7 +137,7 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
     if pd.api.types.infer_dtype(column, skipna=True) == "boolean":  # true/false cells, read as bools: cast to 1/0
         raise UserError(f"{path}, column {column.name!r}: expected numbers, got true/false values")
     numbers = pd.to_numeric(column, errors="coerce")
-    bad = (numbers.isna() & column.notna()) | ~(numbers.abs() <= FLOAT32_MAX) & numbers.notna()
+    bad = (numbers.isna() & column.notna()) | (numbers.abs() > FLOAT32_MAX)  # infinite ones too
     if bad.any():
         row = int(np.argmax(bad.to_numpy()))
         huge = bool(np.isfinite(numbers.iloc[row]))  # a number, but past what a 32-bit float holds
