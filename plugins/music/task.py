@@ -47,11 +47,11 @@ def wrong_generation(gen: DictConfig) -> list[str]:
     numbers are stored as floats."""
     unit = gen.get("unit")
     wrong = [] if unit in UNITS else [f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}"]
-    for field, fits, expected in (("temperature", lambda t: t > 0, "positive"),
-                                  ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)"),
-                                  ("max_note_s", lambda s: s > 0, "positive (or null)")):
+    for field, fits, expected, nullable in (("temperature", lambda t: t > 0, "positive", False),
+                                            ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)", True),
+                                            ("max_note_s", lambda s: s > 0, "positive (or null)", True)):
         value = gen.get(field)
-        if value is None and field != "temperature":
+        if value is None and nullable:
             continue
         try:
             number = config_number(value, f"task.generate.{field}")
