@@ -283,6 +283,8 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     ("not-a-time,1.0", "stdin, line 7: not a timestamp: 'not-a-time'"),
     ("2024-01-01 00:05,\udcff1", "stdin, line 7: not UTF-8"),
     ("2024-01-01 00:05,1,2", "stdin, line 7: expected a timestamp and 1 comma-separated finite number(s), got"),
+    ("2024-01-01 00:05,-1e39", "stdin, line 7: expected numbers of at most 3.4e+38 in size (values are held as "
+                               "32-bit floats), got '2024-01-01 00:05,-1e39'"),
 ])
 def test_a_streamed_line_is_checked_before_it_is_scored(line, message):
     assert parse_line("2024-01-01 00:05, 1.5", 7, True, 1) == ("2024-01-01 00:05", [1.5])
