@@ -17,6 +17,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from gru_suite.errors import UserError
+from gru_suite.rng import rng_states, set_rng_states
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 CHECKPOINT_KEY = "gru_suite"
@@ -166,11 +167,14 @@ class TaskModule(pl.LightningModule):
         return {"fused": False} if fused and clips_under_amp else {}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A resumed run keeps its progress through the learning-rate schedule but takes the schedule's
+        """A resumed run continues the checkpoint's random number generators (the batch order and dropout masks
+        of a run never stopped) and its progress through the learning-rate schedule, but takes the schedule's
         settings from this run's config (a cosine schedule's `T_max` follows a new `trainer.max_epochs`), and its
         learning rates scaled to this run's `optimizer.lr`."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
+        if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")) is not None:
+            set_rng_states(rng)
         if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
             rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
         if fitting and self.scheduler_factory is None and states and (lr := self.config.optimizer.get("lr")):
@@ -256,6 +260,7 @@ class TaskModule(pl.LightningModule):
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
+            "rng": rng_states(),  # a resumed run draws the batches and dropout masks the uninterrupted run would
         }
 
 

@@ -50,3 +50,19 @@ def trained_run(tmp_path_factory) -> Path:
     result = run_cli("gru-suite", "task=forecasting", "trainer.max_epochs=2", *TINY, f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     return run_dir
+
+
+def resumed_and_uninterrupted(task: str, overrides: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """The last weights of a run of two epochs, and of a run stopped after one and resumed for the second."""
+    from gru_suite import run
+    from gru_suite.testing import compose_train_config
+
+    quiet = [*overrides, "test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config(task, [*quiet, "trainer.max_epochs=2"], tmp_path / "whole"))
+    run.train(compose_train_config(task, [*quiet, "trainer.max_epochs=1"], tmp_path / "parts"))
+    run.train(compose_train_config(task, [*quiet, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "parts"))
+    last = [torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=False)
+            for folder in ("parts", "whole")]
+    assert [checkpoint["epoch"] for checkpoint in last] == [1, 1]
+    return last[0]["state_dict"], last[1]["state_dict"]
+

@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import TINY, run_cli
+from conftest import TINY, resumed_and_uninterrupted, run_cli
 
 from gru_suite import cli, module, registry, run
 from gru_suite.atomic import write_text
@@ -425,6 +425,12 @@ def test_a_run_that_early_stopping_ended_trains_no_further_when_resumed(tmp_path
     assert torch.load(last, weights_only=False)["global_step"] == stopped["global_step"]  # not one batch more
     kept = json.loads((tmp_path / "metrics.json").read_text())  # the last epoch's train/val, though none was logged
     assert [kept[key] for key in ("train/loss", "val/loss")] == [metrics[key] for key in ("train/loss", "val/loss")]
+
+
+def test_a_resumed_run_trains_on_as_if_it_had_never_stopped(tmp_path):
+    dropout = ["backbone.num_layers=2", "backbone.dropout=0.5"]  # masks drawn from the generator the batches use
+    resumed, uninterrupted = resumed_and_uninterrupted("forecasting", [*TINY, *dropout], tmp_path)
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
 
 
 def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):

@@ -33,7 +33,7 @@ from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
 from gru_suite_plugins.sentiment.task import adversarial_loss, altered_copy
-from conftest import run_cli
+from conftest import resumed_and_uninterrupted, run_cli
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",
         "callbacks.progress_bar=null"]
@@ -660,6 +660,14 @@ def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path
     assert fit_temperature(logits, labels) == pytest.approx(temperature, rel=1e-4)  # fitted to the averaged weights
     probs = module.task.probabilities([e.text for e in val])
     assert torch.allclose(probs, (logits / temperature).softmax(-1), atol=1e-6)
+
+
+def test_a_resumed_run_draws_the_length_buckets_of_a_run_never_stopped(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "a.csv", separable(96, seed=0))
+    val = write_csv(tmp_path / "val.csv", separable(32, seed=1))
+    data = [f"task.data.train={train}", f"task.data.val={val}", f"task.data.test={val}"]
+    resumed, uninterrupted = resumed_and_uninterrupted("sentiment", [*TINY, *data], tmp_path)
+    assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
 
 
 def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from gru_suite.errors import UserError
-from gru_suite.data import LengthBucketSampler, length_bucket_loader
+from gru_suite.data import LengthBucketSampler, SeededRandomSampler, length_bucket_loader
 from gru_suite.text import (
     decode_lines,
     encode_as_text,
@@ -120,6 +120,19 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
     assert spread < 15  # random batches of 16 would spread over ~90
     if shuffle:
         assert list(sampler) != batches  # a new order each epoch
+
+
+def test_a_seeded_sampler_draws_the_orders_of_a_run_from_its_first_epoch():
+    items = range(50)
+    plain = RandomSampler(items, generator=torch.Generator().manual_seed(7))
+    orders = [list(plain) for _ in range(4)]  # one generator drawn epoch after epoch, as fresh runs always drew
+    sampler = SeededRandomSampler(items, seed=7)
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        assert list(sampler) == orders[epoch]
+    assert list(SeededRandomSampler(items, seed=7, epoch=2)) == orders[2]  # a run resumed at its third epoch
+    sampler.set_epoch(1)  # sent back
+    assert [list(sampler), list(sampler)] == orders[1:3]  # and on from there without set_epoch
 
 
 def test_length_buckets_shard_under_a_distributed_sampler():
