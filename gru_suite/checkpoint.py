@@ -14,8 +14,8 @@ from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not. Its tensors are memory-mapped:
-    pages are read when a tensor's values are first used (a shape check reads none)."""
+    """Load a GRU Suite checkpoint onto the CPU, or raise a UserError saying why not. Its entries' checksums are
+    verified (one pass over the file), and its tensors are memory-mapped."""
     ckpt_path = Path(path)
     if ckpt_path.is_dir():
         raise UserError(f"{ckpt_path} is a folder: give the checkpoint file in it (for instance checkpoints/last.ckpt)")
@@ -23,6 +23,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise UserError(f"checkpoint not found: {ckpt_path}")
     if not zipfile.is_zipfile(ckpt_path):  # what torch.save writes; a truncated one has lost its end
         raise UserError(f"{ckpt_path} is not a checkpoint, or is truncated (torch.save writes a zip archive)")
+    if (damaged := _damaged_entry(ckpt_path)) is not None:  # torch.load would read damaged weights as they are
+        raise UserError(f"{ckpt_path} is damaged: {damaged}")
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # a damaged pickle raises almost any type (UnicodeDecodeError, AttributeError, ...)
@@ -32,6 +34,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(checkpoint.get("state_dict"), dict):
         raise UserError(f"{ckpt_path} holds no model weights (no 'state_dict' entry)")
     return checkpoint
+
+
+def _damaged_entry(path: Path) -> str | None:
+    """What is wrong with the zip archive at `path`: the first entry whose data fails its checksum, or None."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entry = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None if entry is None else f"its entry {entry} does not match its checksum"
 
 
 def stored_config(checkpoint: dict[str, Any]) -> DictConfig:

@@ -392,6 +392,21 @@ def test_a_checkpoint_with_damaged_pickled_data_is_one_line(tmp_path):
         read_checkpoint(damaged)
 
 
+def test_a_checkpoint_whose_weights_were_damaged_is_refused(trained_run, tmp_path):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    weight = torch.load(last, weights_only=False)["state_dict"]["model.head.1.weight"]
+    data = bytearray(last.read_bytes())
+    at = data.find(weight.numpy().tobytes())  # the stored values, which torch.load would return flipped
+    data[at] ^= 0x40
+    damaged = tmp_path / "damaged.ckpt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))} is damaged: its entry .*/data/\d+ does not "
+                                        "match its checksum$"):
+        read_checkpoint(damaged)
+    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={damaged}", f"hydra.run.dir={tmp_path / 'ev'}")
+    assert result.returncode != 0 and "is damaged: its entry" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run, tmp_path):
     shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")  # an earlier (interrupted) run's
     shutil.copy(trained_run / "metrics.json", tmp_path / "metrics.json")
