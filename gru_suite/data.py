@@ -60,10 +60,8 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         dataset, size, shuffle = self.dataset(stage), self.batch_sizes.get(stage, self.batch_size), stage == "train"
-        if self.lengths is not None:  # a resumed run starts with its epoch's order (what Lightning passes set_epoch)
-            epoch = self.trainer.fit_loop.epoch_progress.current.processed if shuffle and self.trainer else 0
-            return length_bucket_loader(dataset, self.lengths(dataset), size, shuffle, self.seed, self.num_workers,
-                                        epoch)
+        if self.lengths is not None:
+            return length_bucket_loader(dataset, self.lengths(dataset), size, shuffle, self.seed, self.num_workers)
         return batch_loader(dataset, size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
@@ -109,6 +107,8 @@ class LengthBucketSampler(BatchSampler):
         self.epoch = 0
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator, so the order is drawn at the first batch: Lightning makes the first epoch's iterator before it
+        # calls `set_epoch`, which a resumed run needs first
         epoch = getattr(self.sampler, "epoch", self.epoch)  # a seeded or distributed sampler's, which Lightning sets
         order = list(self.sampler)
         size = self.pool_size or max(len(order), 1)
@@ -121,7 +121,7 @@ class LengthBucketSampler(BatchSampler):
         if self.shuffle_batches:
             random.Random(self.seed + epoch).shuffle(batches)
             self.epoch = epoch + 1
-        return iter(batches)
+        yield from batches
 
     def __len__(self) -> int:
         items = len(self.sampler)  # type: ignore[arg-type]
@@ -134,15 +134,14 @@ class LengthBucketSampler(BatchSampler):
 
 class SeededRandomSampler(RandomSampler):
     """A `RandomSampler` drawing a new order every epoch from its own generator seeded with `seed`. `epoch` is the
-    epoch of the next order, which `set_epoch` sets (Lightning calls it before each training epoch, but after it has
-    drawn the first epoch's first batch, so a resumed run passes its first `epoch`): the order of epoch `e` is the
-    one a run started at epoch 0 draws `e`-th, so a run resumed from a checkpoint trains on the batches of the
-    uninterrupted run."""
+    epoch of the next order, which `set_epoch` sets (Lightning calls it before each training epoch): the order of
+    epoch `e` is the one a run started at epoch 0 draws `e`-th, so a run resumed from a checkpoint trains on the
+    batches of the uninterrupted run."""
 
-    def __init__(self, data_source: Sized, seed: int, epoch: int = 0) -> None:
+    def __init__(self, data_source: Sized, seed: int) -> None:
         super().__init__(data_source, generator=torch.Generator().manual_seed(seed))
         self.seed = seed
-        self.epoch = epoch
+        self.epoch = 0
         self._drawn = 0  # orders drawn from the generator
 
     def set_epoch(self, epoch: int) -> None:
@@ -153,20 +152,18 @@ class SeededRandomSampler(RandomSampler):
             self.generator.manual_seed(self.seed)
             for _ in range(self.epoch):
                 deque(super().__iter__(), maxlen=0)
-        order = list(super().__iter__())
         self.epoch = self._drawn = self.epoch + 1
-        return iter(order)
+        yield from super().__iter__()
 
 
 def length_bucket_loader(
-    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
-    epoch: int = 0,
+    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
 ) -> DataLoader:
     """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
 
-    `shuffle` draws a new item order and batch order every epoch (seeded), starting with those of `epoch`.
+    `shuffle` draws a new item order and batch order every epoch (seeded).
     """
-    order = SeededRandomSampler(dataset, seed, epoch) if shuffle else SequentialSampler(dataset)
+    order = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,

@@ -32,3 +32,13 @@ def gather_sums(*values: float) -> tuple[float, ...]:
     shares: list[tuple[float, ...] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(shares, values)
     return tuple(sum(column) for column in zip(*(share or () for share in shares)))
+
+
+def gather_objects(item: Any) -> list[Any]:
+    """Every DDP process's `item`, in rank order, on every process (`[item]` outside a multi-process run)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [item]
+    items: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(items, item)
+    return items
+

@@ -16,6 +16,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import Metric
 
+from gru_suite.distributed import gather_objects
 from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
@@ -173,8 +174,8 @@ class TaskModule(pl.LightningModule):
         learning rates scaled to this run's `optimizer.lr`."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
-        if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")) is not None:
-            set_rng_states(rng)
+        if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")):
+            set_rng_states(rng[self.global_rank % len(rng)])
         if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
             rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
         if fitting and self.scheduler_factory is None and states and (lr := self.config.optimizer.get("lr")):
@@ -260,7 +261,8 @@ class TaskModule(pl.LightningModule):
             "config": OmegaConf.to_container(self.config),
             "task_state": self.task.state_dict(),
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
-            "rng": rng_states(),  # a resumed run draws the batches and dropout masks the uninterrupted run would
+            # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
+            "rng": gather_objects(rng_states()),
         }
 
 

@@ -37,6 +37,23 @@ WHOLE_PASS = {  # task: (tiny overrides, metrics computed over the whole test pa
 }
 
 
+def test_a_resumed_ddp_run_trains_on_as_if_it_had_never_stopped(tmp_path):
+    """Each process continues its own generators (sentiment's processes batch texts of other lengths, so their dropout
+    draws differ) and its share of the epoch's length-bucketed order."""
+    quiet = [*WHOLE_PASS["sentiment"][0], "trainer=ddp_sim", "threads=1", "test_after_training=false",
+             "predict_after_training=false"]
+    for folder, epochs, resume in (("whole", 2, []), ("parts", 1, []), ("parts", 2, ["ckpt_path=last"])):
+        result = run_cli("gru-suite", "task=sentiment", *quiet, f"trainer.max_epochs={epochs}", *resume,
+                         f"hydra.run.dir={tmp_path / folder}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    whole, parts = (torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=False)
+                    for folder in ("whole", "parts"))
+    states = whole["gru_suite"]["rng"]
+    assert len(states) == 2 and states[0]["torch"] != states[1]["torch"]
+    assert parts["epoch"] == whole["epoch"] == 1
+    assert all(torch.equal(parts["state_dict"][name], weights) for name, weights in whole["state_dict"].items())
+
+
 def odd_test_split(folder: Path) -> Path:
     """The bundled translation corpus with 299 test pairs (it has 300)."""
     folder.mkdir()
