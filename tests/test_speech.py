@@ -285,6 +285,17 @@ def _speakers_manifest(folder: Path, split: str, count: int) -> Path:
     return folder / f"{split}.jsonl"
 
 
+def test_without_a_test_split_testing_uses_the_validation_split(tmp_path: Path) -> None:
+    data = [f"task.data.{split}={_speakers_manifest(tmp_path / 'data', split, n)}"
+            for split, n in (("train", 8), ("val", 4))]
+    quiet = [*TINY, *data, "trainer.max_epochs=1", "threads=1"]
+    metrics = run.train(compose_train_config("speech", [*quiet, "task.data.test=null"], tmp_path / "run"))
+    assert 0 <= metrics["test/cer"] and (tmp_path / "run" / "predictions" / "transcripts.jsonl").is_file()
+    with pytest.raises(UserError, match=r"^task.data.val is not set: give the val split \(a manifest or a folder of "
+                                        r"audio\), or task.data.fsdd$"):
+        run.train(compose_train_config("speech", [*quiet, "task.data.val=null"], tmp_path / "no_val"))
+
+
 def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_path: Path) -> None:
     data = [f"task.data.{split}={_speakers_manifest(tmp_path / 'data', split, n)}"
             for split, n in (("train", 12), ("val", 4), ("test", 4))]

@@ -228,6 +228,12 @@ class SpeechTask(TaskPlugin):
                 split = data.fsdd_split
                 read = split_fsdd(read_fsdd(data.fsdd, rate), split.get("test_takes"), split.get("val_takes"),
                                   list(split.get("test_speakers") or []))
+            elif data.get(name) is None and name == "test":
+                log.info("no task.data.test: testing on the validation split %s", data.val)
+                read = {name: self.split("val")}
+            elif data.get(name) is None:
+                raise UserError(f"task.data.{name} is not set: give the {name} split (a manifest or a folder of "
+                                "audio), or task.data.fsdd")
             else:
                 read = {name: read_source(data[name], rate)}
             for key, utterances in read.items():
@@ -237,7 +243,9 @@ class SpeechTask(TaskPlugin):
     def _source(self, name: str) -> str:
         """Where the split `name` is read from, for messages."""
         data = self.cfg.data
-        return f"{data.fsdd} ({name} split)" if data.get("fsdd") else str(data[name])
+        if data.get("fsdd"):
+            return f"{data.fsdd} ({name} split)"
+        return str(data.val if data.get(name) is None else data[name])  # testing falls back on val
 
     def _connected(self, name: str, pool: list[Utterance]) -> list[Utterance]:
         joined = self.cfg.data.connected
