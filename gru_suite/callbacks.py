@@ -153,6 +153,10 @@ class RunFolderCheckpoint(ModelCheckpoint):
             state_dict = moved_checkpoint_state(state_dict, old, self.dirpath)
             if state_dict.get("dirpath") == old:
                 state_dict = carried_best_state(state_dict, self.dirpath)
+                if resumed_from and os.path.basename(resumed_from).startswith("last") and \
+                        os.path.dirname(os.path.abspath(resumed_from)) == os.path.abspath(self.dirpath):
+                    # this folder's own last checkpoint (a copied run folder's): replaced, not left beside a new one
+                    state_dict["last_model_path"] = os.path.abspath(resumed_from)
         super().load_state_dict(state_dict)
         self._forget_missing_best()
 

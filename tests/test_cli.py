@@ -476,6 +476,17 @@ def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
                        torch.load(best, weights_only=False)["state_dict"]["model.backbone.rnn.weight_hh_l0"])
 
 
+def test_a_copied_run_folder_without_its_best_checkpoint_resumes_into_its_own_last_checkpoint(trained_run, tmp_path):
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    for best in (copy / "checkpoints").glob("best-*.ckpt"):
+        best.unlink()  # the copied last.ckpt names the original folder's best, which is carried over
+    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
+    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", "ckpt_path=last"], copy))
+    names = sorted(path.name for path in (copy / "checkpoints").iterdir())
+    assert names[-1] == "last.ckpt" and all(name.startswith("best-") for name in names[:-1])  # no last-v1.ckpt
+    assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
+
+
 @pytest.mark.parametrize("scheduler", ["none", "cosine"])
 def test_resuming_with_another_learning_rate_uses_it(scheduler, tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", f"scheduler={scheduler}"]
