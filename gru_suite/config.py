@@ -81,6 +81,7 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("backbone.hidden_size", int, 1),
     ("backbone.num_layers", int, 1),
     ("backbone.dropout", float, 0, 1),
+    ("backbone.weight_dropout", float, 0, 1),  # below 1 too, which the backbone checks
     ("optimizer.lr", float, 0),
     ("optimizer.weight_decay", float, 0),
     ("trainer.max_epochs", int, -1),

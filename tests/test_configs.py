@@ -257,12 +257,14 @@ def test_backbone_settings_that_would_not_act_are_named(tmp_path):
 
 
 def test_every_wrong_number_is_named_at_once(tmp_path):
-    cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "trainer.max_epochs=-5", "seed=x"], tmp_path)
+    cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "trainer.max_epochs=-5", "seed=x",
+                                               "backbone.weight_dropout=-1"], tmp_path)
     with pytest.raises(UserError) as caught:
         check_numbers(cfg, RUN_NUMBERS)
     assert str(caught.value).splitlines() == [
-        "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
-        "  trainer.max_epochs must be at least -1, got -5", "  seed must be an integer, got 'x'"]
+        "4 settings are wrong:", "  backbone.weight_dropout must be between 0 and 1, got -1",
+        "  optimizer.lr must be a finite number, got 'fast'", "  trainer.max_epochs must be at least -1, got -5",
+        "  seed must be an integer, got 'x'"]
 
 
 def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path):
