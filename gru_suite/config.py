@@ -129,6 +129,20 @@ RangeField = tuple[str, "type[int] | type[float]", float, bool]
 """(dotted key of a `[low, high]` setting, the kind of both bounds, the least low bound, whether null is allowed)."""
 
 
+ChoiceField = tuple[str, Sequence[Any]]
+"""(dotted key of a setting, the values it may take)."""
+
+
+def wrong_choices(cfg: DictConfig, fields: tuple[ChoiceField, ...], prefix: str = "") -> list[str]:
+    """One message per field of `fields` set in `cfg` to none of its values (a field `cfg` lacks is not checked)."""
+    wrong = []
+    for field, values in fields:
+        value = OmegaConf.select(cfg, field, default=_ABSENT)
+        if value is not _ABSENT and value not in values:
+            wrong.append(f"{prefix}{field} must be one of {list(values)}, got {value!r}")
+    return wrong
+
+
 def wrong_ranges(cfg: DictConfig, fields: tuple[RangeField, ...], prefix: str = "") -> list[str]:
     """One message per field of `fields` that is not `[low, high]` of its kind with least <= low <= high (or null,
     where allowed); the right bounds are stored as that kind."""

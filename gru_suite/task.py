@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader
 
 from gru_suite.backbone import GRUBackbone
 from gru_suite.config import (
+    ChoiceField,
     NumberField,
     RangeField,
     raise_all,
+    wrong_choices,
     wrong_numbers,
     wrong_ranges,
     wrong_switches,
@@ -78,6 +80,10 @@ class TaskPlugin(ABC):
     """Numeric fields of the task's config (relative to `task.`) checked when the task is built; a
     plugin adds its own as `(*TaskPlugin.numbers, ("data.lookback", int, 1), ...)`."""
 
+    choices: tuple[ChoiceField, ...] = ()
+    """Fields of the task's config (relative to `task.`) that take one of a few values, checked when the task is
+    built, e.g. `(("model.pooling", ("max", "mean")),)`."""
+
     ranges: tuple[RangeField, ...] = ()
     """`[low, high]` fields of the task's config (relative to `task.`) checked when the task is built, e.g.
     `(("data.words", int, 1, False),)`: both bounds whole, 1 <= low <= high, null not allowed."""
@@ -93,14 +99,15 @@ class TaskPlugin(ABC):
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
-        """One message per wrong setting of the task's config `cfg` among `required`, `numbers`, `ranges` and the
-        switches its shipped config sets true or false (the right ones are stored as numbers and booleans). A plugin
-        with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own messages]`."""
+        """One message per wrong setting of the task's config `cfg` among `required`, `numbers`, `choices`, `ranges`
+        and the switches its shipped config sets true or false (the right ones are stored as numbers and booleans). A
+        plugin with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own messages]`."""
         switches = task_switches(str(cfg.get("name")))
         mode = cfg.get("monitor_mode")
         modes = [] if mode in ("min", "max") else [f"task.monitor_mode must be min or max, got {mode!r}"]
         return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, cls.numbers, "task.")
-                + wrong_ranges(cfg, cls.ranges, "task.") + wrong_switches(cfg, switches, "task.") + modes)
+                + wrong_choices(cfg, cls.choices, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
+                + wrong_switches(cfg, switches, "task.") + modes)
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:

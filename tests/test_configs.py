@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 from torch import nn
 
-from gru_suite import run
+from gru_suite import registry, run
 from gru_suite.config import (
     CONF_DIR,
     RUN_NUMBERS,
@@ -276,6 +276,20 @@ def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path
         "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
         "  task.data.batch_size must be an integer, got 2.5", "  task.data.lookback must be at least 1, got -5"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("task", ["anomaly", "forecasting", "music", "sentiment", "speech", "translation"])
+def test_every_settings_choice_is_named_with_the_other_wrong_settings(task, tmp_path):
+    choices = registry.get_task(task).load().choices
+    assert choices  # each built-in task declares its settings that take one of a few values
+    cfg = compose_train_config(task, ["optimizer.lr=fast", *(f"task.{field}=bogus" for field, _ in choices)], tmp_path)
+    with pytest.raises(UserError) as caught:
+        run.train(cfg)
+    lines = str(caught.value).splitlines()
+    assert lines[0] == f"{len(choices) + 1} settings are wrong:"
+    assert sorted(lines[1:]) == sorted(["  optimizer.lr must be a finite number, got 'fast'",
+                                        *(f"  task.{field} must be one of {list(values)}, got 'bogus'"
+                                          for field, values in choices)])
 
 
 def test_a_wrong_monitor_mode_is_named_before_training(tmp_path):

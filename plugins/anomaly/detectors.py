@@ -149,6 +149,9 @@ def unscored_rows(kind: str, window: int) -> int:
     return window - 1 if kind == "autoencoder" else 1
 
 
+DETECTORS = ("forecaster", "autoencoder")
+
+
 def build_detector(
     kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0
 ) -> nn.Module:
@@ -157,4 +160,4 @@ def build_detector(
         return NextStepForecaster(backbone, n_features, n_covariates)
     if kind == "autoencoder":
         return WindowAutoencoder(backbone, n_features, window, n_covariates)
-    raise UserError(f"task.detector.kind must be 'forecaster' or 'autoencoder', got {kind!r}")
+    raise UserError(f"task.detector.kind must be one of {list(DETECTORS)}, got {kind!r}")

@@ -25,6 +25,7 @@ from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.thresholds import AnomalyLikelihood, RangeCheck, Spot, quantile_threshold
 
 THRESHOLDS = ("fixed", "quantile", "spot")
+SCORES = ("likelihood", "raw")
 
 
 @dataclass
@@ -65,8 +66,8 @@ class Flagger:
     cooldown: int = 0
 
     def __post_init__(self) -> None:
-        if self.score not in ("likelihood", "raw"):
-            raise UserError(f"task.scoring.score must be 'likelihood' or 'raw', got {self.score!r}")
+        if self.score not in SCORES:
+            raise UserError(f"task.scoring.score must be one of {list(SCORES)}, got {self.score!r}")
         if self.threshold not in THRESHOLDS:
             raise UserError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
         for name in {"quantile": ("quantile",), "spot": ("spot_q", "spot_level")}.get(self.threshold, ()):

@@ -12,6 +12,10 @@ from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
 
+NORMALIZE = ("none", "last")
+"""`task.model.normalize`: none, or each window taken relative to its last value."""
+
+
 class Forecaster(nn.Module):
     """Maps a lookback window (B, L, F) to a forecast (B, horizon, targets), all scaled.
 
@@ -38,8 +42,8 @@ class Forecaster(nn.Module):
         super().__init__()
         if lookback % segment_length:
             raise UserError(f"task.model.segment_length={segment_length} must divide task.data.lookback={lookback}")
-        if normalize not in ("none", "last"):
-            raise UserError(f"task.model.normalize must be 'none' or 'last', got {normalize!r}")
+        if normalize not in NORMALIZE:
+            raise UserError(f"task.model.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
         self.target_columns = list(target_columns)
         self.horizon = horizon
         self.segment_length = segment_length

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -133,8 +133,8 @@ class MusicModel(nn.Module):
         input_skip: bool = False,
     ) -> None:
         super().__init__()
-        if head not in ("independent", "autoregressive"):
-            raise UserError(f"task.model.head must be 'independent' or 'autoregressive', got {head!r}")
+        if head not in get_args(HeadKind):
+            raise UserError(f"task.model.head must be one of {list(get_args(HeadKind))}, got {head!r}")
         for field, p in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= config_number(p, f"task.model.{field}") < 1.0:
                 raise UserError(f"task.model.{field} must be in [0, 1), got {p!r}")

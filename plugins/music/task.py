@@ -7,7 +7,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from gru_suite_plugins.music.data import (
     read_midi,
     to_range,
 )
-from gru_suite_plugins.music.model import EventModel, MusicModel, Sampling
+from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Sampling
 from gru_suite_plugins.music.writer import write_performance, write_piece
 
 log = logging.getLogger(__name__)
@@ -38,15 +38,15 @@ SILENT_PIECE = ("piece %d has no notes: the model sampled silence throughout (a 
                 "model trained briefly does; raise the temperature, give a primer, or train longer)")
 
 UNITS = ("steps", "beats", "seconds")
+PITCH_RANGES = ("data", "piano")
 DEFAULT_MAX_EVENTS = 20000
 
 
 def wrong_generation(gen: DictConfig) -> list[str]:
     """One message per wrong `task.generate` setting of those `MusicTask.numbers` cannot express: a positive
-    `temperature`, a `top_p` in (0, 1] or null, a positive `max_note_s` or null, a `unit` of UNITS; the right
-    numbers are stored as floats."""
-    unit = gen.get("unit")
-    wrong = [] if unit in UNITS else [f"task.generate.unit must be one of {list(UNITS)}, got {unit!r}"]
+    `temperature`, a `top_p` in (0, 1] or null, a positive `max_note_s` or null; the right numbers are stored as
+    floats."""
+    wrong = []
     for field, fits, expected, nullable in (("temperature", lambda t: t > 0, "positive", False),
                                             ("top_p", lambda p: 0 < p <= 1, "in (0, 1] (or null)", True),
                                             ("max_note_s", lambda s: s > 0, "positive (or null)", True)):
@@ -80,6 +80,7 @@ class MusicTask(TaskPlugin):
     representation's strategy object.
     """
 
+    choices = (("generate.unit", UNITS), ("model.head", get_args(HeadKind)), ("data.pitch_range", PITCH_RANGES))
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
@@ -156,7 +157,7 @@ class Representation(ABC):
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]: ...
 
     def unit(self) -> str:
-        return self.cfg.generate.unit  # one of UNITS (`wrong_generation`)
+        return self.cfg.generate.unit  # one of UNITS (`choices`)
 
     def sampling(self) -> Sampling:
         gen = self.cfg.generate
@@ -176,8 +177,8 @@ class RollRepresentation(Representation):
         if "low" in self.state:  # restored: read the pieces only if training or testing asks for them
             load: Callable[[], dict[str, list[Tensor]]] = lambda: self._ranged(self._read())
         else:
-            if data.pitch_range not in ("data", "piano"):
-                raise UserError(f"task.data.pitch_range must be 'data' or 'piano', got {data.pitch_range!r}")
+            if data.pitch_range not in PITCH_RANGES:
+                raise UserError(f"task.data.pitch_range must be one of {list(PITCH_RANGES)}, got {data.pitch_range!r}")
             corpus = self._read()
             low, high = pitch_bounds(corpus, data.path) if data.pitch_range == "data" else PIANO_RANGE
             self.state.update(low=low, high=high)

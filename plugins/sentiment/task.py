@@ -39,7 +39,7 @@ from gru_suite_plugins.sentiment.data import (
     read_labelled,
     read_texts,
 )
-from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
+from gru_suite_plugins.sentiment.model import POOLINGS, SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.scores import classification_scores, confusion
 from gru_suite_plugins.sentiment.writer import plot_confusion, write_predictions_csv
 
@@ -57,6 +57,7 @@ class SentimentTask(TaskPlugin):
     confusion matrix into `task.report_dir` (default: the Hydra run folder).
     """
 
+    choices = (("model.pooling", POOLINGS), ("predict.importance", IMPORTANCE), ("model.class_weights", CLASS_WEIGHTS))
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),

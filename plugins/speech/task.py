@@ -91,6 +91,8 @@ class SpeechTask(TaskPlugin):
                ("predict.chunk_ms", float, 1), ("data.connected.gain_db", float, 0),
                *((f"data.connected.{split}", int, 0) for split in ("train", "val", "test")))
 
+    choices = (("features.normalize", NORMALIZE), ("text.tokens", ("chars", *TOKENIZER_KINDS)),
+               ("model.frontend", FRONTENDS))
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
                 "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch.utils.data import Dataset
@@ -95,9 +95,9 @@ def read_source_text(path: str, encoding_errors: str) -> Corpus:
 
 
 def too_long_rule(value: Any) -> TooLong:
-    """`task.data.too_long`, which must be truncate, skip or error."""
-    if value not in ("truncate", "skip", "error"):
-        raise UserError(f"task.data.too_long must be truncate, skip or error, got {value!r}")
+    """`task.data.too_long`, which must be one of `TooLong`."""
+    if value not in get_args(TooLong):
+        raise UserError(f"task.data.too_long must be one of {list(get_args(TooLong))}, got {value!r}")
     return value
 
 

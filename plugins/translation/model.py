@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +43,8 @@ class Attention(nn.Module):
 
     def __init__(self, kind: AttentionKind, query_size: int, memory_size: int) -> None:
         super().__init__()
-        if kind not in ("luong", "bahdanau"):
-            raise UserError(f"task.model.attention must be luong or bahdanau, got {kind!r}")
+        if kind not in get_args(AttentionKind):
+            raise UserError(f"task.model.attention must be one of {list(get_args(AttentionKind))}, got {kind!r}")
         self.kind = kind
         self.key = nn.Linear(memory_size, query_size, bias=kind == "bahdanau")
         if kind == "bahdanau":

@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ from gru_suite_plugins.translation.data import (
     Corpus,
     Encoder,
     PairSet,
+    TooLong,
     TranslationData,
     read_parallel,
     read_source_text,
@@ -31,7 +32,7 @@ from gru_suite_plugins.translation.data import (
     warn_lines,
 )
 from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
-from gru_suite_plugins.translation.model import Seq2Seq
+from gru_suite_plugins.translation.model import AttentionKind, Seq2Seq
 from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer, write_attention, write_lines
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class TranslationTask(TaskPlugin):
     `decode.val_beam_size`, test with `decode.beam_size`).
     """
 
+    choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)))
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
