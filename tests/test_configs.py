@@ -37,6 +37,8 @@ STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the preset
     "jsb_chorales_independent": ["task.data.path=${paths.data_dir}/music"],
     "multi30k": ["task.data.path=${paths.data_dir}/translation", "task.data.source=en", "task.data.target=toy"],
     "fsdd": ["task.data.connected.train=20"],  # bundled manifests; fewer connected utterances to build
+    "sst2": ["task.data.train=${paths.data_dir}/sentiment/train.csv",
+             "task.data.test=${paths.data_dir}/sentiment/test.csv"],
 }
 
 
@@ -194,7 +196,7 @@ def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_pa
 
 
 def test_a_preset_setting_for_a_removed_callback_is_skipped_with_a_warning(tmp_path, caplog):
-    cfg = compose_train_config("sentiment", ["experiment=sst2", "callbacks=none"], tmp_path)
+    cfg = compose_train_config("sentiment", ["experiment=sst2", *STAND_IN_DATA["sst2"], "callbacks=none"], tmp_path)
     trainer = run.build_trainer(cfg)  # sst2 sets callbacks.early_stopping.patience; callbacks=none removed the rest
     assert not any(type(c).__name__ == "EarlyStopping" for c in trainer.callbacks)
     assert "callbacks.early_stopping sets ['patience'] but names no class (_target_): skipped" in caplog.text
@@ -348,7 +350,7 @@ def test_every_config_folder_ships_in_the_wheel():
 
 
 def test_a_debug_preset_wins_over_an_experiments_trainer_settings(tmp_path):
-    cfg = compose_train_config("sentiment", ["experiment=sst2", "debug=overfit"], tmp_path)
+    cfg = compose_train_config("sentiment", ["experiment=sst2", *STAND_IN_DATA["sst2"], "debug=overfit"], tmp_path)
     assert cfg.trainer.overfit_batches == 2 and cfg.trainer.max_epochs == cfg.trainer.check_val_every_n_epoch == 60
 
 
