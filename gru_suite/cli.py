@@ -131,16 +131,20 @@ def _refuse_model_overrides() -> None:
             sys.exit(2)
 
 
-def _warn_undeclared_task_settings(cfg: Any) -> None:
+def _warn_undeclared_settings(cfg: Any) -> None:
     import logging
 
     from hydra.core.hydra_config import HydraConfig
 
-    from gru_suite.config import undeclared_settings
+    from gru_suite.config import undeclared_run_settings, undeclared_settings
 
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    messages = undeclared_run_settings(overrides, cfg, list(hydra_cfg.runtime.choices), Path(sys.argv[0]).name)
     if cfg.get("task") is not None:
-        for message in undeclared_settings(list(HydraConfig.get().overrides.task), cfg):
-            logging.getLogger("gru_suite").warning(message)
+        messages += undeclared_settings(overrides, cfg)
+    for message in messages:
+        logging.getLogger("gru_suite").warning(message)
 
 
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
@@ -157,7 +161,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        _warn_undeclared_task_settings(cfg)
+        _warn_undeclared_settings(cfg)
         try:
             return body(cfg)
         except SystemExit as stop:

@@ -316,6 +316,20 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
     return messages
 
 
+def undeclared_run_settings(overrides: list[str], cfg: DictConfig, groups: Sequence[str], command: str) -> list[str]:
+    """A warning for each `+key=value` override of a top-level `key` that is not a config group (`groups`): the
+    command's config does not hold it, so the command does not read it (`+ensemble=[...]` to gru-suite-eval)."""
+    added = [override_key(o) for o in overrides if o.startswith("+") and not o.startswith("++")]
+    added = [key for key in added if "." not in key and key not in groups]
+    declared = [key for key in cfg if key not in added]
+    messages = []
+    for key in added:
+        close = difflib.get_close_matches(key, declared, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]}? " if close else ""
+        messages.append(f"+{key}: not a setting of {command} ({hint}a setting the command does not read is ignored)")
+    return messages
+
+
 def given_keys(overrides: Sequence[str], group: str) -> list[str]:
     """The keys of `group` that command-line `overrides` set (`backbone.dropout=0.3` -> `dropout`)."""
     keys = [override_key(o) for o in overrides if not o.startswith("~")]  # a deleted key is not set

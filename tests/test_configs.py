@@ -15,6 +15,7 @@ from gru_suite.config import (
     check_run_settings,
     check_switches,
     given_keys,
+    undeclared_run_settings,
     undeclared_settings,
     unused_backbone_settings,
     wrong_unset,
@@ -234,6 +235,14 @@ def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
                                   "task.data.lookback? ")
     assert "did you mean" not in messages[1] and "did you mean" not in messages[2]  # other blocks are not searched
     assert len(messages) == 3
+
+
+def test_an_added_top_level_key_is_flagged_unless_it_is_a_config_group(tmp_path):
+    overrides = ["+ensemble=[a.ckpt]", "+thread=2", "+experiment=etth1", "++extra=1", "+task.data.foo=1"]
+    messages = undeclared_run_settings(overrides, compose_train_config("forecasting", [], tmp_path), ["experiment", "task", "backbone"], "gru-suite-eval")
+    assert messages == ["+ensemble: not a setting of gru-suite-eval (a setting the command does not read is ignored)",
+                        "+thread: not a setting of gru-suite-eval (did you mean threads? a setting the command does "
+                        "not read is ignored)"]
 
 
 def test_backbone_settings_that_would_not_act_are_named(tmp_path):
