@@ -245,9 +245,11 @@ def test_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, t
     model = run.build_module(compose_train_config("music", overrides, tmp_path), task).model.eval()
     rolls = task.predict_step(model, torch.tensor([0, 1]))["roll"]
     assert rolls.shape[1] == 128 and torch.equal(rolls[:, :96], task.primer.bool().expand(2, -1, -1))
-    cfg = compose_train_config("music", [*overrides, "task.generate.length=30"], tmp_path)
-    with pytest.raises(UserError, match=r"primer .*chorale_00.mid is 96 steps long, longer than .* 60 steps"):
-        run.build_task(cfg.task).datamodule()
+    for beats, steps in ((30, 60), (48, 96)):  # as long as the primer: nothing left to generate
+        cfg = compose_train_config("music", [*overrides, f"task.generate.length={beats}"], tmp_path)
+        with pytest.raises(UserError, match=rf"primer .*chorale_00.mid is 96 steps long, not shorter than the "
+                                            rf"requested length of {beats} beats \({steps} steps\), so nothing"):
+            run.build_task(cfg.task).datamodule()
 
 
 def test_a_primer_on_a_drum_track_is_read_when_drums_are(music_installed: None, corpus: Path, tmp_path: Path) -> None:
@@ -545,7 +547,8 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
     for events, n in zip(out["events"], out["lengths"].tolist()):
         assert events[:len(expected)].tolist() == expected and duration(events[:n].tolist()) == pytest.approx(31)
     short = compose_train_config("music", [*overrides, "task.generate.length=20"], tmp_path)
-    with pytest.raises(UserError, match=r"primer .*chorale_00.mid lasts 30.00 s, longer than .* 20.00 s"):
+    with pytest.raises(UserError, match=r"primer .*chorale_00.mid lasts 30.00 s, not shorter than .* 20.00 s, so "
+                                        "nothing would be generated"):
         run.build_task(short.task).datamodule()
     json_data = compose_train_config("music", [*EVENTS, f"task.data.path={tmp_path / 'rolls.json'}"], tmp_path)
     with pytest.raises(UserError, match=r"rolls.json: task.model.representation=events reads MIDI files"):

@@ -224,9 +224,11 @@ class RollRepresentation(Representation):
         roll, outside = to_range(roll, self.state["low"], self.state["high"])
         if outside:
             log.warning("primer %s: dropped %d note-steps outside the model's pitch range", path, outside)
-        if len(roll) > steps:
-            raise UserError(f"primer {path} is {len(roll)} steps long, longer than the requested length of {steps} "
-                            "steps (raise task.generate.length)")
+        if len(roll) >= steps:  # the piece would be the primer alone
+            gen = self.cfg.generate
+            raise UserError(f"primer {path} is {len(roll)} steps long, not shorter than the requested length of "
+                            f"{gen.length:g} {self.unit()} ({steps} steps), so nothing would be generated (raise "
+                            "task.generate.length)")
         return torch.from_numpy(roll)
 
     def generate_steps(self) -> int:
@@ -313,12 +315,14 @@ class EventRepresentation(Representation):
         if not path:
             return []
         events = read_events(path, self.cfg.data.drums).tolist()
-        if length["seconds"] is None and len(events) > length["max_events"]:
-            raise UserError(f"primer {path} is {len(events)} events long, longer than the requested length of "
-                            f"{length['max_events']} events (raise task.generate.length)")
-        if length["seconds"] is not None and codec.duration(events) > length["seconds"]:
-            raise UserError(f"primer {path} lasts {codec.duration(events):.2f} s, longer than the requested length "
-                            f"of {length['seconds']:.2f} s (raise task.generate.length)")
+        if length["seconds"] is None and len(events) >= length["max_events"]:  # the piece would be the primer alone
+            raise UserError(f"primer {path} is {len(events)} events long, not shorter than the requested length of "
+                            f"{length['max_events']} events, so nothing would be generated (raise "
+                            "task.generate.length)")
+        if length["seconds"] is not None and codec.duration(events) >= length["seconds"]:
+            raise UserError(f"primer {path} lasts {codec.duration(events):.2f} s, not shorter than the requested "
+                            f"length of {length['seconds']:.2f} s, so nothing would be generated (raise "
+                            "task.generate.length)")
         return events
 
     def build_model(self, backbone: BackboneFactory) -> EventModel:
