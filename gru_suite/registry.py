@@ -66,7 +66,8 @@ class TaskEntry:
         return path if path is not None and path.is_file() else None
 
     def require_config_file(self) -> Path:
-        """`config_file()`, or a UserError naming the file the package must ship."""
+        """`config_file()`, or a UserError naming the file the package must ship, or the first of the package's
+        configs that is no YAML (Hydra would fail on it with a traceback)."""
         if (path := self.config_file()) is None:
             try:
                 importlib.util.find_spec(self.package)
@@ -76,6 +77,12 @@ class TaskEntry:
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"
             )
+        for config in sorted(path.parents[1].rglob("*.yaml")):
+            try:
+                yaml.safe_load(config.read_text(encoding="utf-8"))
+            except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+                raise UserError(f"task {self.name!r} from package {self.distribution!r}: its config {config} cannot "
+                                f"be read: {' '.join(str(err).split())}") from err
         return path
 
     def description(self) -> str:
