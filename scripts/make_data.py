@@ -102,9 +102,12 @@ GENERATORS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("tasks", nargs="*", help="datasets to write (default: all)")
+    parser.add_argument("tasks", nargs="*", metavar="TASK",
+                        help=f"datasets to write, of {', '.join(GENERATORS)} (default: all)")
     parser.add_argument("--out", type=Path, default=DATA_DIR, help="data folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    if unknown := [task for task in args.tasks if task not in GENERATORS]:
+        parser.error(f"no dataset named {', '.join(unknown)}: choose from {', '.join(GENERATORS)}")
     for task in args.tasks or GENERATORS:
         folder = args.out / task
         folder.mkdir(parents=True, exist_ok=True)
