@@ -567,4 +567,5 @@ def test_a_silent_generated_piece_is_written_with_a_warning(music_installed: Non
     rolls[1, 0, 0] = True
     paths = task.write_predictions([{"index": torch.tensor([0, 1]), "roll": rolls}], None, tmp_path / "out")
     assert len(paths) == 4  # each piece's .mid and .png, the silent one too
-    assert [r.getMessage()[:26] for r in caplog.records if r.levelname == "WARNING"] == ["piece 0 has no notes: the "]
+    assert [r.getMessage()[:34] for r in caplog.records if r.levelname == "WARNING"] == [
+        "piece_000.mid has no notes: the mo"]

@@ -34,7 +34,7 @@ from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Samp
 from gru_suite_plugins.music.writer import write_performance, write_piece
 
 log = logging.getLogger(__name__)
-SILENT_PIECE = ("piece %d has no notes: the model sampled silence throughout (a low task.generate.temperature or a "
+SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature or a "
                 "model trained briefly does; raise the temperature, give a primer, or train longer)")
 
 UNITS = ("steps", "beats", "seconds")
@@ -358,7 +358,7 @@ class EventRepresentation(Representation):
             for index, events, n in zip(batch["index"].tolist(), batch["events"], batch["lengths"].tolist()):
                 events = events[:n].tolist()
                 if seconds is not None and codec.duration(events) < seconds:
-                    log.warning("piece %d: stopped at task.generate.max_events=%d events after %.2f of %.2f s; "
+                    log.warning("piece_%03d.mid: stopped at task.generate.max_events=%d events after %.2f of %.2f s; "
                                 "the rest is silence", index, n, codec.duration(events), seconds)
                 pm = codec.decode(events, gen.program, gen.tempo, end=seconds, max_note_s=self.max_note_s())
                 if not pm.instruments[0].notes:
