@@ -138,6 +138,17 @@ class RunFolderCheckpoint(ModelCheckpoint):
         while self._replaced:
             super()._remove_checkpoint(trainer, self._replaced.pop(0))
 
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        """Every process saves here at the same point, so the module may gather every process's generator states
+        into the checkpoint (`TaskModule.gather_rng`); a save by one process alone (a signal handler's, say) must
+        not wait for the others."""
+        module = trainer.lightning_module
+        module.gather_rng = True
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            module.gather_rng = False
+
     def _save_last_unless_saved(self, trainer: pl.Trainer) -> None:
         """Write `last.ckpt` unless a checkpoint was saved at this step already (or saving is off now)."""
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):

@@ -136,11 +136,15 @@ def _warn_undeclared_settings(cfg: Any) -> None:
 
     from hydra.core.hydra_config import HydraConfig
 
-    from gru_suite.config import undeclared_run_settings, undeclared_settings
+    import yaml
+
+    from gru_suite.config import CONF_DIR, undeclared_run_settings, undeclared_settings
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
-    messages = undeclared_run_settings(overrides, cfg, list(hydra_cfg.runtime.choices), Path(sys.argv[0]).name)
+    own = yaml.safe_load((CONF_DIR / f"{hydra_cfg.job.config_name}.yaml").read_text(encoding="utf-8"))
+    declared = [*own, *hydra_cfg.runtime.choices, "hydra"]  # the command's own settings, and config groups
+    messages = undeclared_run_settings(overrides, declared, Path(sys.argv[0]).name)
     if cfg.get("task") is not None:
         messages += undeclared_settings(overrides, cfg)
     for message in messages:

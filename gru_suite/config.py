@@ -316,12 +316,11 @@ def undeclared_settings(overrides: list[str], cfg: DictConfig, prefix: str = "ta
     return messages
 
 
-def undeclared_run_settings(overrides: list[str], cfg: DictConfig, groups: Sequence[str], command: str) -> list[str]:
-    """A warning for each `+key=value` override of a top-level `key` that is not a config group (`groups`): the
-    command's config does not hold it, so the command does not read it (`+ensemble=[...]` to gru-suite-eval)."""
+def undeclared_run_settings(overrides: list[str], declared: Sequence[str], command: str) -> list[str]:
+    """A warning for each `+key=value` override of a top-level `key` that is not among the command's settings and
+    config groups (`declared`), so the command does not read it (`+ensemble=[...]` to gru-suite-eval)."""
     added = [override_key(o) for o in overrides if o.startswith("+") and not o.startswith("++")]
-    added = [key for key in added if "." not in key and key not in groups]
-    declared = [key for key in cfg if key not in added]
+    added = [key for key in added if "." not in key and key not in declared]
     messages = []
     for key in added:
         close = difflib.get_close_matches(key, declared, n=1, cutoff=0.75)

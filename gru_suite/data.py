@@ -60,8 +60,10 @@ class SplitDataModule(pl.LightningDataModule):
 
     def _loader(self, stage: str) -> DataLoader:
         dataset, size, shuffle = self.dataset(stage), self.batch_sizes.get(stage, self.batch_size), stage == "train"
-        if self.lengths is not None:
-            return length_bucket_loader(dataset, self.lengths(dataset), size, shuffle, self.seed, self.num_workers)
+        if self.lengths is not None:  # a resumed run starts at its epoch: worker processes draw before set_epoch
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if shuffle and self.trainer else 0
+            return length_bucket_loader(dataset, self.lengths(dataset), size, shuffle, self.seed, self.num_workers,
+                                        epoch)
         return batch_loader(dataset, size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
@@ -157,13 +159,16 @@ class SeededRandomSampler(RandomSampler):
 
 
 def length_bucket_loader(
-    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0
+    dataset: Dataset, lengths: Sequence[int], batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0,
+    epoch: int = 0,
 ) -> DataLoader:
     """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
 
-    `shuffle` draws a new item order and batch order every epoch (seeded).
+    `shuffle` draws a new item order and batch order every epoch (seeded), starting with those of `epoch`.
     """
     order = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
+    if shuffle:
+        order.set_epoch(epoch)
     sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,

@@ -54,6 +54,9 @@ class TaskModule(pl.LightningModule):
         self._train_loss_weight: float | torch.Tensor = 0  # a number unless a task weighs by tensors: no per-step op
         self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
         self._monitor = task.cfg.get("monitor")
+        self.gather_rng = False
+        """Set by `RunFolderCheckpoint` while every process saves together: checkpoints then hold each process's
+        generator states; other saves hold the saving process's alone."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` (a string) around every hook call, about 40 times per
@@ -262,7 +265,7 @@ class TaskModule(pl.LightningModule):
             "task_state": self.task.state_dict(),
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
             # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
-            "rng": gather_objects(rng_states()),
+            "rng": gather_objects(rng_states()) if self.gather_rng else [rng_states()],
         }
 
 

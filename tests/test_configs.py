@@ -238,9 +238,9 @@ def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):
 
 
 def test_an_added_top_level_key_is_flagged_unless_it_is_a_config_group(tmp_path):
-    overrides = ["+ensemble=[a.ckpt]", "+thread=2", "+experiment=etth1", "++extra=1", "+task.data.foo=1"]
-    cfg = compose_train_config("forecasting", [], tmp_path)
-    messages = undeclared_run_settings(overrides, cfg, ["experiment", "task", "backbone"], "gru-suite-eval")
+    overrides = ["+ensemble=[a.ckpt]", "+thread=2", "+experiment=etth1", "++extra=1", "+task.data.foo=1",
+                 "+ckpt_path=a.ckpt"]  # Hydra lets + set a null key
+    messages = undeclared_run_settings(overrides, ["threads", "ckpt_path", "experiment", "task"], "gru-suite-eval")
     assert messages == ["+ensemble: not a setting of gru-suite-eval (a setting the command does not read is ignored)",
                         "+thread: not a setting of gru-suite-eval (did you mean threads? a setting the command does "
                         "not read is ignored)"]
