@@ -50,6 +50,22 @@ def decode_split(task: Any, model: Any, dataset: Any, beam: int, batch_size: int
     return {"beam": beam, **scores, "sentences": len(order), "seconds": seconds, "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
 
 
+def test_stem(folder: Path, source: str, target: str, overrides: list[str]) -> list[str]:
+    """`task.data.splits.test=<stem>` for the folder's test set when the overrides name none: `test`, else Multi30k's
+    own name for the 2016 test set that the references score (`test_2016_flickr`), else the first other `test_*`."""
+    if any(o.startswith("task.data.splits.test=") for o in overrides):
+        return []
+    stems = sorted({path.name.split(".")[0] for path in folder.glob("test*")})
+    paired = [stem for stem in stems if all(any(folder.glob(f"{stem}.{lang}*")) for lang in (source, target))]
+    for stem in ("test", "test_2016_flickr", *paired):
+        if stem in paired:
+            others = [other for other in paired if other != stem]
+            print(f"note: reporting test set {stem}" + (f" (also in the folder: {', '.join(others)}; name one with "
+                  "task.data.splits.test=STEM)" if others else ""), file=sys.stderr)
+            return [f"task.data.splits.test={stem}"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with {train,val}.{de,en}[.gz]")
@@ -75,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         "experiment=multi30k", f"task.data.path={quote(args.data)}", f"task.data.source={args.source}",
         f"task.data.target={args.target}", f"task.decode.beam_size={args.beam}",
         f"++trainer.max_time=00:{hours:02d}:{rest // 60:02d}:{rest % 60:02d}", "trainer.accelerator=cpu",
-        "logger=none", "callbacks.progress_bar=null", "predict_after_training=false", *args.overrides,
+        "logger=none", "callbacks.progress_bar=null", "predict_after_training=false",
+        *test_stem(args.data, args.source, args.target, args.overrides), *args.overrides,
     ]
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_train_config("translation", overrides, Path(tmp))
@@ -91,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     epochs = len(run.clock.wall)
     results = {
         "data": str(args.data), "direction": f"{args.source}->{args.target}", "splits": splits,
+        "test_set": data.splits.test if "test" in splits else None,
         "overrides": overrides, "threads": args.threads, "parameters": sum(p.numel() for p in model.parameters()),
         "epochs_run": epochs, "best_epoch": run.best_epoch, "best_val_bleu_greedy": run.best_val_loss,
         "train_s_per_epoch": sum(run.clock.wall) / max(epochs, 1), "fit_wall_s": run.fit_wall_s,
@@ -102,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     table(
         f"Multi30k {args.source}->{args.target}, best checkpoint by greedy val BLEU",
         ["split", "decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
-        [[f"{split} ({d['sentences']})", ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
+        [[f"{data.splits.test if split == 'test' else split} ({d['sentences']})", ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
           d["sentences_per_s"], epochs, results["train_s_per_epoch"],
           run.test_metrics.get("test/perplexity") if split == splits[-1] else ""]
          for split, runs in decoded.items() for d in runs]
