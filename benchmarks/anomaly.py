@@ -485,6 +485,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             seed = cfg.seed if args.seed is None else args.seed
             trained = train(cfg, seed)
             task, model = trained["task"], trained["module"].model
+            if unlabelled := [s.name for s in task.streams if s.windows is None]:
+                print(f"warning: {len(unlabelled)} series have no entry in the labels and are left out of the NAB "
+                      f"scores and F1s (their seconds count): {', '.join(unlabelled)}", file=sys.stderr)
             scored, scoring = score_all(task, model)
             report: dict[str, Any] = {
                 "meta": {"torch": torch.__version__, "pytorch_lightning": pl.__version__,

@@ -349,6 +349,13 @@ def test_json_pitch_that_is_not_an_integer_is_named(pitch: object, tmp_path: Pat
         load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
 
 
+def test_json_pitches_written_as_whole_floats_are_read(tmp_path: Path) -> None:
+    path = tmp_path / "rolls.json"  # as the 16th-note JSB Chorales file writes some of them
+    path.write_text(json.dumps({"train": [[[60.0], [64, 67.0]]], "valid": [[[60]]]}))
+    corpus = load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
+    assert [tuple(map(int, step)) for step in zip(*corpus["train"][0].nonzero())] == [(0, 60), (1, 64), (1, 67)]
+
+
 @pytest.mark.parametrize("override,message", [
     ("task.data.steps_per_beat=0", "task.data.steps_per_beat must be at least 1, got 0"),
     ("task.data.transpose=-1", "task.data.transpose must be at least 0, got -1"),

@@ -130,6 +130,8 @@ def _json_piece(piece: object, where: str) -> np.ndarray:
         if not isinstance(step, list):
             raise UserError(f"{where}, step {t}: expected a list of MIDI pitches, got {step!r}")
         for pitch in step:
+            if isinstance(pitch, float) and pitch.is_integer():  # 67.0, as some JSB Chorales copies write pitches
+                pitch = int(pitch)
             if isinstance(pitch, bool) or not isinstance(pitch, int):
                 raise UserError(f"{where}, step {t}: expected an integer MIDI pitch 0-127, got {pitch!r}")
             if not 0 <= pitch < MIDI_PITCHES:
