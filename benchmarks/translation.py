@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     table(
         f"Multi30k {args.source}->{args.target}, best checkpoint by greedy val BLEU",
         ["split", "decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
-        [[f"{data.splits.test if split == 'test' else split} ({d['sentences']})", ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
+        [[f"{data.splits.test if split == 'test' else split} ({d['sentences']})",
+          ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
           d["sentences_per_s"], epochs, results["train_s_per_epoch"],
           run.test_metrics.get("test/perplexity") if split == splits[-1] else ""]
          for split, runs in decoded.items() for d in runs]

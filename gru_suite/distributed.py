@@ -41,4 +41,3 @@ def gather_objects(item: Any) -> list[Any]:
     items: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(items, item)
     return items
-

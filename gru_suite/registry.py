@@ -66,8 +66,8 @@ class TaskEntry:
         return path if path is not None and path.is_file() else None
 
     def require_config_file(self) -> Path:
-        """`config_file()`, or a UserError naming the file the package must ship, or the first of the package's
-        configs that is no YAML (Hydra would fail on it with a traceback)."""
+        """`config_file()`, or a UserError naming the file the package must ship, or naming it (or the task's
+        trainer defaults) when it is no YAML (Hydra would fail on it with a traceback)."""
         if (path := self.config_file()) is None:
             try:
                 importlib.util.find_spec(self.package)
@@ -77,7 +77,9 @@ class TaskEntry:
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"
             )
-        for config in sorted(path.parents[1].rglob("*.yaml")):
+        for config in (path, path.parents[1] / "task_trainer" / path.name):  # what selecting the task reads
+            if not config.is_file():
+                continue
             try:
                 yaml.safe_load(config.read_text(encoding="utf-8"))
             except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:

@@ -19,14 +19,14 @@ from omegaconf import OmegaConf
 from conftest import run_cli
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
-from gru_suite import run
+from gru_suite import run, timeseries
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
-from gru_suite_plugins.anomaly.stream import main as stream_main, parse_line
+from gru_suite_plugins.anomaly.stream import FLOAT32_MAX, main as stream_main, parse_line
 from gru_suite_plugins.anomaly.scoring import nab_score
 from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, write_series_report
 
@@ -287,6 +287,7 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
                                "32-bit floats), got '2024-01-01 00:05,-1e39'"),
 ])
 def test_a_streamed_line_is_checked_before_it_is_scored(line, message):
+    assert FLOAT32_MAX == timeseries.FLOAT32_MAX  # the stream's limit is the files' one
     assert parse_line("2024-01-01 00:05, 1.5", 7, True, 1) == ("2024-01-01 00:05", [1.5])
     assert parse_line("1704067200,1.5", 7, True, 1) == ("1704067200", [1.5])  # epoch seconds
     with pytest.raises(UserError, match=re.escape(message)):

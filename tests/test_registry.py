@@ -83,15 +83,18 @@ def test_a_task_config_that_is_not_a_mapping_does_not_break_the_task_list(tmp_pa
 
 def test_a_task_whose_config_is_no_yaml_is_one_line_naming_the_file(tmp_path, monkeypatch):
     conf = tmp_path / "yaml_slip_plugin" / "conf"
-    (conf / "task").mkdir(parents=True)
-    (conf / "experiment").mkdir()
+    for group in ("task", "task_trainer", "experiment"):
+        (conf / group).mkdir(parents=True)
     (tmp_path / "yaml_slip_plugin" / "__init__.py").write_text("")
     (conf / "task" / "slip.yaml").write_text("name: slip\n")
-    (conf / "experiment" / "fast.yaml").write_text("task:\n  data: [unclosed\n")
+    (conf / "experiment" / "fast.yaml").write_text("task:\n  data: [unclosed\n")  # read only when chosen
     monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(UserError, match=rf"^task 'slip' from package 'slip-dist': its config {conf / 'experiment'}"
-                                        r"/fast\.yaml cannot be read: while parsing a flow sequence"):
-        registry.TaskEntry("slip", "yaml_slip_plugin.task:Task", "slip-dist").require_config_file()
+    entry = registry.TaskEntry("slip", "yaml_slip_plugin.task:Task", "slip-dist")
+    assert entry.require_config_file() == conf / "task" / "slip.yaml"
+    (conf / "task_trainer" / "slip.yaml").write_text("trainer:\n  max_epochs: [1\n")
+    with pytest.raises(UserError, match=rf"^task 'slip' from package 'slip-dist': its config {conf / 'task_trainer'}"
+                                        r"/slip\.yaml cannot be read: while parsing a flow sequence"):
+        entry.require_config_file()
 
 
 def test_a_task_name_declared_twice_is_a_warning_naming_both_packages(monkeypatch, caplog):

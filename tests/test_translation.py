@@ -326,7 +326,8 @@ def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled
 def test_settings_and_a_missing_validation_split_fail_before_the_model_is_built(bundled: Path,
                                                                                  tmp_path: Path) -> None:
     cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.data.too_long=cut"], tmp_path)
-    with pytest.raises(UserError, match=r"task\.data\.too_long must be one of \['truncate', 'skip', 'error'\], got 'cut'"):
+    with pytest.raises(UserError, match=r"task\.data\.too_long must be one of \['truncate', 'skip', 'error'\], "
+                                        "got 'cut'"):
         TranslationTask(cfg.task)
     cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.data.splits.val=dev"],
                                tmp_path)

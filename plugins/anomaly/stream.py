@@ -17,6 +17,10 @@ from collections.abc import Iterable, Iterator
 
 from gru_suite.errors import UserError
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest magnitude a value may have, as `gru_suite.timeseries.FLOAT32_MAX` (a file's cells); that module
+imports torch, which `--help` does without."""
+
 
 def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple[str | None, list[float]]:
     """The timestamp (with `has_timestamp`) and the `width` finite values of one input line."""
@@ -33,8 +37,6 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple
         raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}") from err
     if len(values) != width or not all(math.isfinite(v) for v in values):
         raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}")
-    from gru_suite.timeseries import FLOAT32_MAX  # here: --help needs no torch
-
     if any(abs(v) > FLOAT32_MAX for v in values):  # as a file's cells: infinite as the 32-bit floats they become
         raise UserError(f"stdin, line {number}: expected numbers of at most {FLOAT32_MAX:.3g} in size (values are "
                         f"held as 32-bit floats), got {line.strip()!r}")

@@ -34,8 +34,8 @@ from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Samp
 from gru_suite_plugins.music.writer import write_performance, write_piece
 
 log = logging.getLogger(__name__)
-SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature or a "
-                "model trained briefly does; raise the temperature, give a primer, or train longer)")
+SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature "
+                "or a model trained briefly does; raise the temperature, give a primer, or train longer)")
 
 UNITS = ("steps", "beats", "seconds")
 PITCH_RANGES = ("data", "piano")
