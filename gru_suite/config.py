@@ -139,8 +139,20 @@ def wrong_choices(cfg: DictConfig, fields: tuple[ChoiceField, ...], prefix: str 
     for field, values in fields:
         value = OmegaConf.select(cfg, field, default=_ABSENT)
         if value is not _ABSENT and value not in values:
-            wrong.append(f"{prefix}{field} must be one of {list(values)}, got {value!r}")
+            wrong.append(_not_a_choice(prefix + field, values, value))
     return wrong
+
+
+def check_choice(value: Any, values: Sequence[Any], field: str) -> Any:
+    """`value`, if it is one of `values`; else a UserError naming `field` (as a user writes it, `task.model.head`)
+    and the values, worded as `wrong_choices` words it."""
+    if value not in values:
+        raise UserError(_not_a_choice(field, values, value))
+    return value
+
+
+def _not_a_choice(field: str, values: Sequence[Any], value: Any) -> str:
+    return f"{field} must be one of {list(values)}, got {value!r}"
 
 
 def wrong_ranges(cfg: DictConfig, fields: tuple[RangeField, ...], prefix: str = "") -> list[str]:

@@ -9,6 +9,7 @@ from torch import nn
 
 from gru_suite import registry, run
 from gru_suite.config import (
+    check_choice,
     CONF_DIR,
     RUN_NUMBERS,
     check_numbers,
@@ -288,6 +289,12 @@ def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path
         "3 settings are wrong:", "  optimizer.lr must be a finite number, got 'fast'",
         "  task.data.batch_size must be an integer, got 2.5", "  task.data.lookback must be at least 1, got -5"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_choice_checked_where_it_is_used_is_worded_as_the_config_check_words_it():
+    assert check_choice("luong", ("luong", "bahdanau"), "task.model.attention") == "luong"
+    with pytest.raises(UserError, match=r"^task\.model\.attention must be one of \['luong', 'bahdanau'\], got 'dot'$"):
+        check_choice("dot", ("luong", "bahdanau"), "task.model.attention")
 
 
 @pytest.mark.parametrize("task", ["anomaly", "forecasting", "music", "sentiment", "speech", "translation"])

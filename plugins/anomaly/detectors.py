@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone, State, require_unidirectional
-from gru_suite.errors import UserError
+from gru_suite.config import check_choice
 from gru_suite.task import BackboneFactory
 
 
@@ -155,9 +155,7 @@ DETECTORS = ("forecaster", "autoencoder")
 def build_detector(
     kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0
 ) -> nn.Module:
-    """`forecaster` or `autoencoder`."""
-    if kind == "forecaster":
+    """`forecaster` or `autoencoder` (`DETECTORS`)."""
+    if check_choice(kind, DETECTORS, "task.detector.kind") == "forecaster":
         return NextStepForecaster(backbone, n_features, n_covariates)
-    if kind == "autoencoder":
-        return WindowAutoencoder(backbone, n_features, window, n_covariates)
-    raise UserError(f"task.detector.kind must be one of {list(DETECTORS)}, got {kind!r}")
+    return WindowAutoencoder(backbone, n_features, window, n_covariates)

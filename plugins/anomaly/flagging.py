@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gru_suite.config import check_choice
 from gru_suite.errors import UserError
 from gru_suite.timeseries import Calendar, StandardScaler, parse_timestamp
 from gru_suite_plugins.anomaly.data import detector_inputs
@@ -66,10 +67,8 @@ class Flagger:
     cooldown: int = 0
 
     def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise UserError(f"task.scoring.score must be one of {list(SCORES)}, got {self.score!r}")
-        if self.threshold not in THRESHOLDS:
-            raise UserError(f"task.scoring.threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        check_choice(self.score, SCORES, "task.scoring.score")
+        check_choice(self.threshold, THRESHOLDS, "task.scoring.threshold")
         for name in {"quantile": ("quantile",), "spot": ("spot_q", "spot_level")}.get(self.threshold, ()):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < 1):

@@ -8,6 +8,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.config import check_choice
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 
@@ -42,8 +43,7 @@ class Forecaster(nn.Module):
         super().__init__()
         if lookback % segment_length:
             raise UserError(f"task.model.segment_length={segment_length} must divide task.data.lookback={lookback}")
-        if normalize not in NORMALIZE:
-            raise UserError(f"task.model.normalize must be one of {list(NORMALIZE)}, got {normalize!r}")
+        check_choice(normalize, NORMALIZE, "task.model.normalize")
         self.target_columns = list(target_columns)
         self.horizon = horizon
         self.segment_length = segment_length

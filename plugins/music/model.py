@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gru_suite.backbone import require_unidirectional
-from gru_suite.config import config_number
+from gru_suite.config import check_choice, config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 from gru_suite_plugins.music.events import STEPS_PER_SECOND, TIME_SHIFT, VOCAB, shift_steps
@@ -133,8 +133,7 @@ class MusicModel(nn.Module):
         input_skip: bool = False,
     ) -> None:
         super().__init__()
-        if head not in get_args(HeadKind):
-            raise UserError(f"task.model.head must be one of {list(get_args(HeadKind))}, got {head!r}")
+        check_choice(head, get_args(HeadKind), "task.model.head")
         for field, p in (("dropout", dropout), ("input_dropout", input_dropout)):
             if not 0.0 <= config_number(p, f"task.model.{field}") < 1.0:
                 raise UserError(f"task.model.{field} must be in [0, 1), got {p!r}")

@@ -177,8 +177,6 @@ class RollRepresentation(Representation):
         if "low" in self.state:  # restored: read the pieces only if training or testing asks for them
             load: Callable[[], dict[str, list[Tensor]]] = lambda: self._ranged(self._read())
         else:
-            if data.pitch_range not in PITCH_RANGES:
-                raise UserError(f"task.data.pitch_range must be one of {list(PITCH_RANGES)}, got {data.pitch_range!r}")
             corpus = self._read()
             low, high = pitch_bounds(corpus, data.path) if data.pitch_range == "data" else PIANO_RANGE
             self.state.update(low=low, high=high)

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
+from gru_suite.config import check_choice
 from gru_suite.errors import UserError
 from gru_suite.text import decode_lines, encode_as_text, pad_ids, read_lines, read_table
 
@@ -96,9 +97,7 @@ def read_source_text(path: str, encoding_errors: str) -> Corpus:
 
 def too_long_rule(value: Any) -> TooLong:
     """`task.data.too_long`, which must be one of `TooLong`."""
-    if value not in get_args(TooLong):
-        raise UserError(f"task.data.too_long must be one of {list(get_args(TooLong))}, got {value!r}")
-    return value
+    return check_choice(value, get_args(TooLong), "task.data.too_long")
 
 
 class Encoder:

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone, State
+from gru_suite.config import check_choice
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 from gru_suite.text import PAD_ID
@@ -43,8 +44,7 @@ class Attention(nn.Module):
 
     def __init__(self, kind: AttentionKind, query_size: int, memory_size: int) -> None:
         super().__init__()
-        if kind not in get_args(AttentionKind):
-            raise UserError(f"task.model.attention must be one of {list(get_args(AttentionKind))}, got {kind!r}")
+        check_choice(kind, get_args(AttentionKind), "task.model.attention")
         self.kind = kind
         self.key = nn.Linear(memory_size, query_size, bias=kind == "bahdanau")
         if kind == "bahdanau":
