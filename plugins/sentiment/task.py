@@ -171,16 +171,11 @@ class SentimentTask(TaskPlugin):
                     raise UserError(f"task.{field}: {not_a_file(path)}")
 
     def _importance(self) -> str:
-        importance = self.cfg.predict.importance
-        if importance not in IMPORTANCE:
-            raise UserError(f"task.predict.importance must be one of {list(IMPORTANCE)}, got {importance!r}")
-        return importance
+        return self.cfg.predict.importance  # one of IMPORTANCE (`choices`)
 
     def _fit(self, train: list[Example]) -> None:
         """Tokenizer, label set and class weights from the training examples."""
-        tok, weighting = self.cfg.tokenizer, self.cfg.model.class_weights
-        if weighting not in CLASS_WEIGHTS:
-            raise UserError(f"task.model.class_weights must be one of {list(CLASS_WEIGHTS)}, got {weighting!r}")
+        tok, weighting = self.cfg.tokenizer, self.cfg.model.class_weights  # one of CLASS_WEIGHTS (`choices`)
         labels = label_order([e.label for e in train])
         if len(labels) < 2:
             raise UserError(f"{self.cfg.data.train}: every training text has the label {labels[0]!r}; "

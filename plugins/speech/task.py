@@ -101,11 +101,7 @@ class SpeechTask(TaskPlugin):
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         self.restored = "vocab" in self.state
-        feats = cfg.features
-        if feats.normalize not in NORMALIZE:
-            raise UserError(f"task.features.normalize must be one of {list(NORMALIZE)}, got {feats.normalize!r}")
-        if cfg.text.tokens not in ("chars", *TOKENIZER_KINDS):
-            raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {cfg.text.tokens!r}")
+        feats = cfg.features  # its choices are checked with the other settings (`choices`)
         if not self.restored and cfg.text.tokens == "chars":
             if not (letters := normalize_text(str(cfg.text.alphabet or "").replace(" ", ""))):
                 raise UserError(f"task.text.alphabet holds no characters, got {cfg.text.alphabet!r}")
