@@ -74,14 +74,15 @@ def config_number(value: Any, field: str, kind: type[int] | type[float] = float)
         raise UserError(f"{field} must be {expected}, got {value!r}") from None
 
 
-NumberField = tuple[str, "type[int] | type[float]", float] | tuple[str, "type[int] | type[float]", float, float]
-"""(dotted key, int or float, smallest value allowed[, largest value allowed])."""
+NumberField = (tuple[str, "type[int] | type[float]", float] | tuple[str, "type[int] | type[float]", float, float]
+               | tuple[str, "type[int] | type[float]", float, float, bool])
+"""(dotted key, int or float, smallest value allowed[, largest value[, whether the largest is excluded]])."""
 
 RUN_NUMBERS: tuple[NumberField, ...] = (
     ("backbone.hidden_size", int, 1),
     ("backbone.num_layers", int, 1),
     ("backbone.dropout", float, 0, 1),
-    ("backbone.weight_dropout", float, 0, 1),  # below 1 too, which the backbone checks
+    ("backbone.weight_dropout", float, 0, 1, True),
     ("optimizer.lr", float, 0),
     ("optimizer.weight_decay", float, 0),
     ("trainer.max_epochs", int, -1),
@@ -107,7 +108,7 @@ def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
 def wrong_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> list[str]:
     """`check_numbers`' messages, one per wrong field (the right ones are stored as numbers)."""
     wrong = []
-    for field, kind, minimum, *maximum in fields:
+    for field, kind, minimum, *bound in fields:
         value = OmegaConf.select(cfg, field, default=None)
         if value is None:
             continue
@@ -116,8 +117,10 @@ def wrong_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str 
         except UserError as err:
             wrong.append(str(err))
             continue
-        if maximum and not minimum <= number <= maximum[0]:
-            wrong.append(f"{prefix}{field} must be between {minimum} and {maximum[0]}, got {value!r}")
+        if len(bound) == 2 and bound[1] and not minimum <= number < bound[0]:
+            wrong.append(f"{prefix}{field} must be in [{minimum}, {bound[0]}), got {value!r}")
+        elif bound and not minimum <= number <= bound[0]:
+            wrong.append(f"{prefix}{field} must be between {minimum} and {bound[0]}, got {value!r}")
         elif number < minimum:
             wrong.append(f"{prefix}{field} must be at least {minimum}, got {value!r}")
         else:

@@ -14,7 +14,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from gru_suite.errors import UserError, not_a_file
 log = logging.getLogger(__name__)
 
 TokenizerKind = Literal["bpe", "unigram", "word"]
+TOKENIZER_KINDS: tuple[str, ...] = get_args(TokenizerKind)
 REPLACED_LINES_NAMED = 5
 """Lines with bytes replaced by U+FFFD named one by one in the log; the rest are counted."""
 SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
@@ -33,6 +34,8 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 
 EncodingErrors = Literal["error", "replace"] | None
 """What a line that is not UTF-8 does: error, replace, or None (an error, for a task without the setting)."""
+ENCODING_ERRORS = ("error", "replace")
+"""The values of a task's `data.encoding_errors`."""
 
 
 def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list[str]:

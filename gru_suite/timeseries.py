@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from gru_suite.text import read_lines
 log = logging.getLogger(__name__)
 
 MissingPolicy = Literal["error", "interpolate"]
+MISSING_POLICIES: tuple[str, ...] = get_args(MissingPolicy)
 TIME_UNITS = ("s", "ms", "us", "ns")
 """Units of a time column of numbers (Unix time: since 1970-01-01 UTC), as `task.data.time_unit`."""
 

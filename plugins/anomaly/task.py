@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import Calendar, Series
+from gru_suite.timeseries import MISSING_POLICIES, Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import DETECTORS, build_detector, shortest_crop, unscored_rows
 from gru_suite_plugins.anomaly.flagging import SCORES, THRESHOLDS, AnomalyStream, Flagger, ScoredSeries
@@ -31,7 +31,8 @@ class AnomalyTask(TaskPlugin):
     over series, and the NAB score of every profile over the whole corpus.
     """
 
-    choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS))
+    choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
+               ("data.missing", MISSING_POLICIES))
     numbers = (*TaskPlugin.numbers, ("data.probation", float, 0, 1), ("data.probation_max", int, 1),
                ("data.validation", float, 0, 1), ("data.crop_length", int, 2), ("detector.window", int, 1),
                ("detector.burn_in", int, 0), ("detector.retrain.every", int, 1), ("detector.retrain.window", int, 2),

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import StandardScaler, chronological_split, read_series_csv
+from gru_suite.timeseries import MISSING_POLICIES, StandardScaler, chronological_split, read_series_csv
 from gru_suite_plugins.forecasting.data import SPLITS, ForecastingData, WindowSpec, check_split_windows
 from gru_suite_plugins.forecasting.model import NORMALIZE, Forecaster
 from gru_suite_plugins.forecasting.writer import write_forecasts
@@ -27,7 +27,7 @@ class ForecastingTask(TaskPlugin):
     value) and a seasonal-naive baseline computed on the same windows.
     """
 
-    choices = (("model.normalize", NORMALIZE),)
+    choices = (("model.normalize", NORMALIZE), ("data.missing", MISSING_POLICIES))
     numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
                ("data.predict_stride", int, 1), ("data.season", int, 1), ("model.segment_length", int, 1),
                ("model.head_dropout", float, 0, 1))

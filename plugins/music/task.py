@@ -7,7 +7,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence througho
 
 UNITS = ("steps", "beats", "seconds")
 PITCH_RANGES = ("data", "piano")
+RepresentationName = Literal["roll", "events"]
 DEFAULT_MAX_EVENTS = 20000
 
 
@@ -80,7 +81,8 @@ class MusicTask(TaskPlugin):
     representation's strategy object.
     """
 
-    choices = (("generate.unit", UNITS), ("model.head", get_args(HeadKind)), ("data.pitch_range", PITCH_RANGES))
+    choices = (("generate.unit", UNITS), ("model.head", get_args(HeadKind)), ("data.pitch_range", PITCH_RANGES),
+               ("model.representation", get_args(RepresentationName)))
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
@@ -100,8 +102,6 @@ class MusicTask(TaskPlugin):
         if name != asked:
             raise UserError(f"the checkpoint's model uses representation {name!r}; "
                             f"task.model.representation={asked} cannot change it")
-        if name not in REPRESENTATIONS:
-            raise UserError(f"task.model.representation must be one of {list(REPRESENTATIONS)}, got {name!r}")
         self.representation: Representation = REPRESENTATIONS[name](cfg, self.state)
 
     @property
@@ -370,7 +370,7 @@ class EventRepresentation(Representation):
         return None if value is None else float(value)  # checked with the other generation settings
 
 
-REPRESENTATIONS: dict[str, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
+REPRESENTATIONS: dict[RepresentationName, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
 
 
 def _outside(roll: np.ndarray, low: int, high: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
 from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
 from gru_suite.text import (
+    ENCODING_ERRORS,
+    TOKENIZER_KINDS,
     encode_as_text,
     pad_ids,
     tokenizer_from_state,
@@ -32,6 +34,7 @@ from gru_suite_plugins.sentiment.data import (
     Batch,
     EncodedTexts,
     Example,
+    Format,
     STDIN,
     SentimentData,
     label_ids,
@@ -57,7 +60,9 @@ class SentimentTask(TaskPlugin):
     confusion matrix into `task.report_dir` (default: the Hydra run folder).
     """
 
-    choices = (("model.pooling", POOLINGS), ("predict.importance", IMPORTANCE), ("model.class_weights", CLASS_WEIGHTS))
+    choices = (("model.pooling", POOLINGS), ("predict.importance", IMPORTANCE), ("model.class_weights", CLASS_WEIGHTS),
+               ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)), ("predict.format", get_args(Format)),
+               ("data.encoding_errors", ENCODING_ERRORS))
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),

@@ -19,6 +19,7 @@ from gru_suite.distributed import gather_dict
 from gru_suite.config import config_number
 from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, Stage, StepOutput, TaskPlugin
+from gru_suite.text import TOKENIZER_KINDS
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
 from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, mean_emissions
@@ -26,7 +27,7 @@ from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
 from gru_suite_plugins.speech.stream import StreamingRecognizer, check_streamable
-from gru_suite_plugins.speech.vocab import TOKENIZER_KINDS, Alphabet, Tokens, Vocabulary, normalize_text
+from gru_suite_plugins.speech.vocab import Alphabet, Tokens, Vocabulary, normalize_text
 from gru_suite_plugins.speech.writer import write_transcripts
 
 log = logging.getLogger(__name__)

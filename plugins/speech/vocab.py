@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from gru_suite.errors import UserError
 from gru_suite.text import (
+    TOKENIZER_KINDS,
     encode_as_text,
     tokenizer_from_state,
     tokenizer_state,
@@ -18,7 +19,6 @@ from gru_suite.text import (
 )
 
 BLANK = 0
-TOKENIZER_KINDS = ("word", "bpe", "unigram")
 
 
 def normalize_text(text: str) -> str:

@@ -19,7 +19,7 @@ from torch import Tensor
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.text import PAD_ID, tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import ENCODING_ERRORS, PAD_ID, TOKENIZER_KINDS, tokenizer_from_state, tokenizer_state, train_tokenizer
 from gru_suite_plugins.translation.data import (
     Corpus,
     Encoder,
@@ -48,7 +48,8 @@ class TranslationTask(TaskPlugin):
     `decode.val_beam_size`, test with `decode.beam_size`).
     """
 
-    choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)))
+    choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)),
+               ("tokenizer.kind", TOKENIZER_KINDS), ("data.encoding_errors", ENCODING_ERRORS))
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
