@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -11,10 +12,11 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
 from pytorch_lightning.plugins import TorchCheckpointIO
-from pytorch_lightning.utilities import rank_zero_only, rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_only
 
 from gru_suite.atomic import atomic_path
 
+log = logging.getLogger(__name__)
 TRACKED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
 
 
@@ -178,8 +180,9 @@ class RunFolderCheckpoint(ModelCheckpoint):
         trainer = self._trainer
         if trainer is None or not self.best_model_path or self.file_exists(self.best_model_path, trainer):
             return
-        rank_zero_warn(f"the best checkpoint this run recorded, {self.best_model_path}, is gone (an earlier run was "
-                       "stopped while replacing it): its score is forgotten, and the next validation saves a new best")
+        if trainer.is_global_zero:
+            log.warning("the best checkpoint this run recorded, %s, is gone (an earlier run was stopped while replacing "
+                        "it): its score is forgotten, and the next validation saves a new best", self.best_model_path)
         self.best_k_models = {path: score for path, score in self.best_k_models.items()
                               if self.file_exists(path, trainer)}
         self.best_model_path, self.best_model_score = "", None

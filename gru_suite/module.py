@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +22,7 @@ from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
+log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "gru_suite"
 
 
@@ -179,6 +181,10 @@ class TaskModule(pl.LightningModule):
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
         if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")):
             set_rng_states(rng[self.global_rank % len(rng)])
+            if len(rng) != self.trainer.world_size and self.trainer.is_global_zero:
+                log.warning("the checkpoint holds the random generators of %d training process(es) and this run has "
+                            "%d: each process goes on from saved ones in turn, so batch order and dropout masks are not "
+                            "those of a run never stopped", len(rng), self.trainer.world_size)
         if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
             rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
         if fitting and self.scheduler_factory is None and states and (lr := self.config.optimizer.get("lr")):

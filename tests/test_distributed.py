@@ -52,6 +52,12 @@ def test_a_resumed_ddp_run_trains_on_as_if_it_had_never_stopped(tmp_path):
     assert len(states) == 2 and states[0]["torch"] != states[1]["torch"]
     assert parts["epoch"] == whole["epoch"] == 1
     assert all(torch.equal(parts["state_dict"][name], weights) for name, weights in whole["state_dict"].items())
+    one = [arg for arg in quiet if arg != "trainer=ddp_sim"]  # two processes' generators, one process to take them
+    result = run_cli("gru-suite", "task=sentiment", *one, "trainer.max_epochs=3", "ckpt_path=last",
+                     f"hydra.run.dir={tmp_path / 'parts'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("the checkpoint holds the random generators of 2 training process(es) and this run has 1"
+            in (tmp_path / "parts" / "train.log").read_text())
 
 
 def odd_test_split(folder: Path) -> Path:
