@@ -42,11 +42,11 @@ def register_resolvers() -> None:
 
 
 def rank_suffix() -> str:
-    """`${gru_suite.rank_suffix:}`: "" in the first (or only) process that torchrun or SLURM started, `_rank<N>` in
-    the others, so that each writes a log of its own."""
+    """`${gru_suite.rank_suffix:}`: "" in the first (or only) process, `_rank<N>` in the others (by the rank torchrun
+    or SLURM gave it, or the local rank of a process Lightning started), so that each writes a log of its own."""
     from gru_suite.run_folder import launch_rank
 
-    return f"_rank{rank}" if (rank := launch_rank()) else ""
+    return f"_rank{rank}" if (rank := launch_rank() or int(os.environ.get("LOCAL_RANK") or 0)) else ""
 
 
 def required(what: str) -> Any:

@@ -657,17 +657,20 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
 
 
-@pytest.mark.parametrize(("environment", "log"), [({}, "train.log"), ({"RANK": "0"}, "train.log"),
-                                                  ({"RANK": "3"}, "train_rank3.log"),
-                                                  ({"SLURM_PROCID": "1"}, "train_rank1.log")])
-def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(environment, log, monkeypatch):
-    for name in ("RANK", "SLURM_PROCID"):
+@pytest.mark.parametrize(("environment", "command", "job", "log"), [
+    ({}, "train", "train", "train.log"), ({"RANK": "0"}, "train", "train", "train.log"),
+    ({"RANK": "3"}, "train", "train", "train_rank3.log"), ({"SLURM_PROCID": "1"}, "train", "train", "train_rank1.log"),
+    ({"LOCAL_RANK": "0"}, "eval", "eval", "eval.log"),
+    ({"LOCAL_RANK": "1"}, "eval", "train_ddp_process_1", "eval_rank1.log")])  # as Lightning names its own processes
+def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(environment, command, job, log, monkeypatch):
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     hydra = OmegaConf.to_container(hydra_run_config("out").hydra, resolve=False)
     filename = hydra["job_logging"]["handlers"]["file"]["filename"]
-    outside_a_run = {"hydra": {"runtime": {"output_dir": "out"}, "job": {"name": "train"}}, "filename": filename}
+    outside_a_run = {"hydra": {"runtime": {"output_dir": "out"}, "job": {"name": job, "config_name": command}},
+                     "filename": filename}
     assert OmegaConf.create(outside_a_run).filename == f"out/{log}"
 
 
