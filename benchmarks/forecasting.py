@@ -270,12 +270,14 @@ def _series_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    from gru_suite import run
     from gru_suite.testing import compose_train_config
 
     extra = shlex.split(args.speed_overrides)
     cfg = compose_train_config(
         "forecasting", ["experiment=seed_keras_example", *_series_overrides(args), *extra], tmp / "speed"
     )
+    run.check_train_settings(cfg)  # its numbers are read here, before the suite's own training checks them
     x, y = train_windows(cfg)
     hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
     suite_runs, plain_runs, floor_runs, manual_runs = [], [], [], []

@@ -291,9 +291,15 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
         raise UserError(f"ensemble: {path}: {err}") from err
 
 
+def check_train_settings(cfg: DictConfig) -> None:
+    """Every wrong setting of a `train` config, the core's and its task's, named at once in one `UserError`; the right
+    numbers and switches are stored as such."""
+    check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
-    check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
+    check_train_settings(cfg)
     resumed, task_state, resumed_step = None, None, None
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it

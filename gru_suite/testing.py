@@ -46,6 +46,7 @@ from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import CONF_DIR, register_resolvers
+from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import StepOutput, TaskPlugin
 
@@ -191,14 +192,19 @@ def compose_train_config(task: str, overrides: list[str], output_dir: Path) -> D
     """The `train` config as the CLI composes it, writing into `output_dir`.
 
     `${hydra:runtime.output_dir}` exists only inside a Hydra run, so
-    `paths.output_dir` is set directly; everything else must resolve.
+    `paths.output_dir` is set directly; everything else must resolve. An override Hydra cannot apply (an unknown
+    key, a bad group option, bad syntax) is a `UserError` of one line, as on the command line.
     """
     from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
 
     register_resolvers()
     searchpath = f"hydra.searchpath=[{','.join(registry.config_search_path())}]"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"task={task}", searchpath, *BASE_OVERRIDES, *overrides])
+        try:
+            cfg = compose("train", overrides=[f"task={task}", searchpath, *BASE_OVERRIDES, *overrides])
+        except HydraException as err:
+            raise UserError(" ".join(str(err).split())) from err
     cfg.paths.output_dir = str(output_dir)
     OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)  # every value must resolve
     return cfg

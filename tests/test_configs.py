@@ -397,3 +397,11 @@ def test_bad_optimizer_and_scheduler_settings_are_named_before_training(tmp_path
     task.datamodule()
     with pytest.raises(UserError, match=message):
         run.build_module(cfg, task)
+
+
+def test_an_override_hydra_cannot_apply_is_one_line_when_composing(tmp_path):
+    """Benchmarks and plugin authors compose through `compose_train_config`: a typo is a `UserError`, as on the CLI."""
+    with pytest.raises(UserError, match=r"^Could not override 'task\.bogus'\. To append to your config use \+task"):
+        compose_train_config("forecasting", ["task.bogus=1"], tmp_path)
+    with pytest.raises(UserError, match=r"^In 'train': Could not find 'backbone/gruu'"):
+        compose_train_config("forecasting", ["backbone=gruu"], tmp_path)
