@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from functools import partial
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -128,6 +129,15 @@ def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_
     assert forecasting.per_step_split(quarter, []) == ["task.data.split=[34560,11520,11520]", "task.data.season=96"]
     assert forecasting.per_step_split(quarter, ["task.data.season=48"]) == ["task.data.split=[34560,11520,11520]"]
     assert forecasting.per_step_split(tmp_path / "missing.csv", []) == []
+
+
+def test_the_etth1_sections_reference_row_is_shown_only_beside_the_work_it_was_published_for():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import forecasting
+
+    assert forecasting.segrnn_reference(Path("data/ETTh1.csv"), 96, 96) == (0.368, 0.395)
+    assert forecasting.segrnn_reference(Path("data/ETTm1.csv"), 96, 96) is None
+    assert forecasting.segrnn_reference(Path("data/ETTh1.csv"), 336, 96) is None
 
 
 def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
