@@ -343,8 +343,15 @@ def test_subword_words_leave_out_the_space_before_them() -> None:
     text = "Great movie, great fun"
     words = word_weights(text, [(0, 5), (5, 11), (11, 12), (12, 18), (18, 22)], [0, 1, 2, 3, 4],
                          torch.tensor([0.9, 0.1, 0.0, 0.8, 0.2]))
-    assert [text[w.start:w.end] for w in words] == ["Great", "movie", ",", "great", "fun"]
+    assert [text[w.start:w.end] for w in words] == ["Great", "movie,", "great", "fun"]  # "movie" and "," touch
     assert top_words(text, words, 3) == ["Great", "fun", "movie"]  # "great" is "Great" again
+
+
+def test_a_word_the_tokenizer_splits_at_its_apostrophe_is_one_word() -> None:
+    text = "it's dull"  # the word tokenizer's words: it ' s dull
+    words = word_weights(text, [(0, 2), (2, 3), (3, 4), (5, 9)], [0, 1, 2, 3], torch.tensor([0.1, 0.1, 0.5, 0.2]))
+    assert words == [Word(0, 4, pytest.approx(0.7)), Word(5, 9, pytest.approx(0.2))]
+    assert top_words(text, words, 1) == ["it's"]
 
 
 def test_top_words_are_distinct_words_without_punctuation() -> None:

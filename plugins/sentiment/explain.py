@@ -29,8 +29,9 @@ class Word:
 
 def word_weights(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequence[int | None],
                  weights: Tensor) -> list[Word]:
-    """Sum the token `weights` of each word (tokenizer `word_ids`) of `text`, spanning its tokens' character
-    `offsets` less the spaces a subword tokenizer counts as the word's first characters."""
+    """Sum the token `weights` of each word of `text`, spanning its tokens' character `offsets` less the spaces a
+    subword tokenizer counts as the word's first characters. A word is a chunk of the text between spaces: the
+    tokenizer's words (`word_ids`) that touch are one ("it's", which the word tokenizer splits as it ' s)."""
     spans: dict[int, list[float]] = {}
     for (start, end), word, weight in zip(offsets, word_ids, weights.tolist()):
         if word is None:
@@ -42,7 +43,10 @@ def word_weights(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequen
         surface = text[int(start):int(end)]
         start += len(surface) - len(surface.lstrip())
         end -= len(surface) - len(surface.rstrip())
-        words.append(Word(int(start), int(max(start, end)), weight))
+        word = Word(int(start), int(max(start, end)), weight)
+        if words and words[-1].end == word.start:
+            word = Word(words[-1].start, word.end, words.pop().weight + word.weight)
+        words.append(word)
     return words
 
 
