@@ -343,7 +343,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if trainer.is_global_zero:
             _write_metrics(metrics, out_dir / "metrics.json")
             if best:
-                log.info("best checkpoint: %s", best)
+                chosen = "best" if trainer.checkpoint_callback.monitor else "last epoch's"
+                log.info("%s checkpoint: %s", chosen, best)
         if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
             write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None)
         elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:

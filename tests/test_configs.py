@@ -1,5 +1,6 @@
 """Every config group option composes and instantiates; presets hold what they promise."""
 
+import logging
 import re
 from pathlib import Path
 
@@ -207,6 +208,16 @@ def test_a_preset_setting_for_a_removed_callback_is_skipped_with_a_warning(tmp_p
 def test_the_fsdd_preset_keeps_the_last_epoch(tmp_path):
     cfg = compose_train_config("speech", ["experiment=fsdd"], tmp_path)
     assert cfg.callbacks.model_checkpoint.monitor is None and cfg.callbacks.model_checkpoint.save_last
+
+
+def test_a_checkpoint_no_metric_chose_is_named_after_its_epoch_not_best(tmp_path, caplog):
+    cfg = compose_train_config("forecasting", ["callbacks=last_epoch", "backbone.hidden_size=8", "trainer.max_epochs=2",
+                                               "logger=none", "++trainer.limit_train_batches=2",
+                                               "predict_after_training=false"], tmp_path)
+    caplog.set_level(logging.INFO, logger="gru_suite.run")
+    run.train(cfg)
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["epoch-001.ckpt", "last.ckpt"]
+    assert f"last epoch's checkpoint: {tmp_path / 'checkpoints' / 'epoch-001.ckpt'}" in caplog.text
 
 
 @pytest.mark.parametrize("overrides, message", [
