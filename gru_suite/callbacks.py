@@ -181,8 +181,9 @@ class RunFolderCheckpoint(ModelCheckpoint):
         if trainer is None or not self.best_model_path or self.file_exists(self.best_model_path, trainer):
             return
         if trainer.is_global_zero:
-            log.warning("the best checkpoint this run recorded, %s, is gone (an earlier run was stopped while replacing "
-                        "it): its score is forgotten, and the next validation saves a new best", self.best_model_path)
+            log.warning("the best checkpoint this run recorded, %s, is gone (an earlier run was stopped while "
+                        "replacing it): its score is forgotten, and the next validation saves a new best",
+                        self.best_model_path)
         self.best_k_models = {path: score for path, score in self.best_k_models.items()
                               if self.file_exists(path, trainer)}
         self.best_model_path, self.best_model_score = "", None

@@ -6,6 +6,7 @@ import difflib
 import math
 import os
 from collections.abc import Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,44 @@ def wrong_choices(cfg: DictConfig, fields: tuple[ChoiceField, ...], prefix: str 
         value = OmegaConf.select(cfg, field, default=_ABSENT)
         if value is not _ABSENT and value not in values:
             wrong.append(_not_a_choice(prefix + field, values, value))
+    return wrong
+
+
+def wrong_declarations(numbers: Any, choices: Any, ranges: Any, required: Any) -> list[str]:
+    """One message per malformed entry of a task's `numbers`, `choices`, `ranges` and `required` declarations (a
+    plugin author's mistake, which would otherwise be a traceback, or a check that never fails)."""
+    def real(value: Any) -> bool:
+        return isinstance(value, Real) and not isinstance(value, bool)
+
+    def number_field(entry: Any) -> bool:
+        if not isinstance(entry, tuple) or not 3 <= len(entry) <= 5 or not isinstance(entry[0], str):
+            return False
+        kind, least, *bound = entry[1:]
+        return (kind in (int, float) and real(least) and (not bound or real(bound[0]) and bound[0] >= least)
+                and (len(bound) < 2 or isinstance(bound[1], bool)))
+
+    def choice_field(entry: Any) -> bool:
+        return (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+                and isinstance(entry[1], Sequence) and not isinstance(entry[1], str) and len(entry[1]) > 0)
+
+    def range_field(entry: Any) -> bool:
+        return (isinstance(entry, tuple) and len(entry) == 4 and isinstance(entry[0], str)
+                and entry[1] in (int, float) and real(entry[2]) and isinstance(entry[3], bool))
+
+    shapes = (("numbers", numbers, number_field, "(key, int or float, least[, most[, whether most is excluded]]), "
+               "least <= most"),
+              ("choices", choices, choice_field, "(key, a tuple of the values it may take)"),
+              ("ranges", ranges, range_field, "(key, int or float, least low bound, whether null is allowed)"),
+              ("required", required, lambda entry: isinstance(entry, str), "a key"))
+    wrong = []
+    for name, declared, fits, expected in shapes:
+        if not isinstance(declared, tuple):
+            wrong.append(f"{name} must be a tuple of entries, each {expected}; got {declared!r}")
+            continue
+        if name != "required" and declared and isinstance(declared[0], str):
+            wrong.append(f"{name} is one entry, not a tuple of them: write ({declared!r},) (the trailing comma)")
+            continue
+        wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]
     return wrong
 
 

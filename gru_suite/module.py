@@ -183,8 +183,8 @@ class TaskModule(pl.LightningModule):
             set_rng_states(rng[self.global_rank % len(rng)])
             if len(rng) != self.trainer.world_size and self.trainer.is_global_zero:
                 log.warning("the checkpoint holds the random generators of %d training process(es) and this run has "
-                            "%d: each process goes on from saved ones in turn, so batch order and dropout masks are not "
-                            "those of a run never stopped", len(rng), self.trainer.world_size)
+                            "%d: each process goes on from saved ones in turn, so batch order and dropout masks are "
+                            "not those of a run never stopped", len(rng), self.trainer.world_size)
         if fitting and (scale := follow_configured_lr(checkpoint, self.config.optimizer.get("lr"))):
             rank_zero_info(f"resuming with this run's optimizer.lr: the checkpoint's learning rates x {scale:g}")
         if fitting and self.scheduler_factory is None and states and (lr := self.config.optimizer.get("lr")):
@@ -284,6 +284,9 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
     if not isinstance(out.loss, torch.Tensor) or out.loss.numel() != 1:
         shape = tuple(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
         raise UserError(f"{where} returned a loss of shape {shape}: expected one number (reduce it, e.g. .mean())")
+    if not isinstance(out.batch_size, numbers.Integral) or isinstance(out.batch_size, bool) or out.batch_size < 1:
+        raise UserError(f"{where} returned batch_size={out.batch_size!r}: expected a whole number of samples, at least "
+                        "1 (what the batch's metrics weigh in their epoch mean)")
     if stage == "train" and torch.is_grad_enabled() and not out.loss.requires_grad:
         raise UserError(f"{where} returned a loss without a gradient (detached, or computed under torch.no_grad())")
     if "loss" in out.metrics:

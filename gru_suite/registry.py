@@ -70,8 +70,10 @@ class TaskEntry:
         trainer defaults) when it is no YAML (Hydra would fail on it with a traceback)."""
         if (path := self.config_file()) is None:
             try:
-                importlib.util.find_spec(self.package)
+                found = importlib.util.find_spec(self.package)
             except Exception:  # a parent package that fails to import, not a missing config: its own error says why
+                found = None
+            if found is None:  # no such package (a misspelt entry point) or a broken one: loading it says which
                 self.load()
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
@@ -111,7 +113,23 @@ class TaskEntry:
                 f"task {self.name!r} from package {self.distribution!r} failed to load "
                 f"({self.target}): {type(err).__name__}: {err}{_raised_at(err, self.module.partition('.')[0])}"
             ) from err
-        return obj  # type: ignore[return-value]
+        return self._checked(obj)
+
+    def _checked(self, obj: object) -> type[TaskPlugin]:
+        """`obj`, if it is a task class the core can build: a TaskPlugin subclass with every abstract method
+        defined and well-formed declarations; else one line naming the task and what is wrong."""
+        from gru_suite.config import wrong_declarations
+        from gru_suite.task import TaskPlugin
+
+        where = f"task {self.name!r} from package {self.distribution!r} ({self.target})"
+        if not (isinstance(obj, type) and issubclass(obj, TaskPlugin)):
+            raise UserError(f"{where} names {obj!r}, which is not a subclass of gru_suite.task.TaskPlugin")
+        if obj.__abstractmethods__:
+            raise UserError(f"{where} does not define {', '.join(sorted(obj.__abstractmethods__))}, which every "
+                            "TaskPlugin must")
+        if wrong := wrong_declarations(obj.numbers, obj.choices, obj.ranges, obj.required):
+            raise UserError(f"{where} declares settings it cannot check: {'; '.join(wrong)}")
+        return obj
 
 
 def _raised_at(err: BaseException, package: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.atomic import write_text
+from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import check_same_model, read_checkpoint, stored_config
 from gru_suite.config import (
@@ -78,20 +80,41 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
 
 
 def check_picklable_state(task: TaskPlugin) -> None:
-    """The task's `state_dict()` pickles, as every checkpoint will: a UserError before training, not after an
-    epoch."""
+    """The task's `state_dict()` goes into a checkpoint and comes back as Lightning reads one to test or resume
+    (`torch.load(weights_only=True)`): a UserError naming the entry before training, not a traceback after it."""
+    state = task.state_dict()
+    if (why := _not_checkpointable(state)) is None:
+        return
+    entries = state.items() if isinstance(state, dict) else []
+    key = next((f"[{key!r}]" for key, value in entries if _not_checkpointable({key: value}) is not None), "")
+    raise UserError(f"task {task.cfg.get('name')!r}: state_dict(){key} cannot go into a checkpoint ({why}); store "
+                    "plain data: numbers, strings, lists, dicts, tensors (a numpy array's .tolist(), float() of a "
+                    "numpy number, OmegaConf.to_container() of a config node)")
+
+
+def _not_checkpointable(value: Any) -> str | None:
+    """Why `value` does not survive `torch.save` and a weights-only `torch.load`, or None."""
+    buffer = io.BytesIO()
     try:
-        pickle.dumps(task.state_dict())
-    except Exception as err:  # pickle raises several types
-        raise UserError(f"task {task.cfg.get('name')!r}: state_dict() is not picklable, so no checkpoint could be "
-                        f"saved ({type(err).__name__}: {err}); store plain data (numbers, strings, lists, dicts, "
-                        "tensors)") from err
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        return f"a weights-only load refuses its {refused.group(1)}" if refused else "a weights-only load refuses it"
+    except (pickle.PicklingError, TypeError, AttributeError) as err:  # what pickling raises for what it cannot
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     """The task's model around the configured backbone, with its optimiser settings."""
     backbone = instantiate(cfg.backbone, "backbone", _partial_=True)
     model = task.build_model(backbone)
+    if not isinstance(found := getattr(model, "backbone", None), GRUBackbone):  # backbone.* settings would do nothing
+        raise UserError(f"task {task.cfg.get('name')!r}: build_model() must return a module whose `backbone` "
+                        "attribute is the backbone built by the factory it is given (the backbone settings, the gate "
+                        f"plots and checkpoints rely on it); its model's is a {type(found).__name__}")
     optimizer = instantiate(cfg.optimizer, "optimizer", _partial_=True)
     scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
     check_optimization(optimizer, scheduler)
@@ -219,6 +242,9 @@ def write_artifacts(
     if not isinstance(paths, (list, tuple)):
         raise UserError(f"task {module.task.cfg.get('name')!r}: write_predictions returned a {type(paths).__name__}; "
                         "it must return the list of paths it wrote")
+    if missing := [str(path) for path in paths if not Path(path).is_file()]:
+        raise UserError(f"task {module.task.cfg.get('name')!r}: write_predictions returned {len(missing)} path(s) it "
+                        f"did not write: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
     if stale := stale_artifacts(earlier, paths):
@@ -346,7 +372,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 chosen = "best" if trainer.checkpoint_callback.monitor else "last epoch's"
                 log.info("%s checkpoint: %s", chosen, best)
         if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
-            write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None)
+            if not write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None):
+                log.warning("task %r wrote no artifacts: write_predictions returned no paths", cfg.task.name)
         elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
             log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
     return metrics
@@ -494,5 +521,6 @@ def predict(
     paths = write_artifacts(trainer, module, datamodule, Path(cfg.paths.output_dir), predictions)
     if not paths:
         raise UserError(f"prediction wrote no artifacts: task {task.cfg.get('name')!r} returned no paths from "
-                        "write_predictions (is its prediction input empty?)")
+                        "write_predictions (an empty prediction input, or a writer that wrote nothing or did not "
+                        "return the paths it wrote)")
     return paths

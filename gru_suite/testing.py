@@ -57,6 +57,7 @@ OVERFIT_RATIO = 0.5
 """The one-batch loss must fall below this fraction of its starting value."""
 
 TASK_CONFIG_KEYS = ("name", "description", "monitor", "monitor_mode")
+_MISSING = object()
 MAGIC_BYTES = {
     ".png": b"\x89PNG\r\n\x1a\n",
     ".jpg": b"\xff\xd8\xff",
@@ -107,12 +108,13 @@ def _check(task: str, overrides: list[str], root: Path) -> None:
 
 def _check_contract(task: str, overrides: list[str], root: Path) -> None:
     with _contract(task, "installation"):
-        _installed_class(task)
+        task_cls = _installed_class(task)
         if (elsewhere := imported_copy_elsewhere(registry.get_task(task))) is not None:
             warnings.warn(elsewhere, stacklevel=2)
         _check_task_config_file(task)
     with _contract(task, "config composition"):
         cfg = compose_train_config(task, overrides, root / "instantiate")
+        _check_declared_settings(task_cls, cfg.task)
     with _contract(task, "instantiation"):
         module, datamodule = _instantiate(cfg)
     with _contract(task, "fast_dev_run training"):
@@ -174,6 +176,16 @@ def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:
             "from another folder, or use a src/ layout)")
 
 
+def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -> None:
+    """Every setting the class declares beyond TaskPlugin's own is in its config: the check skips a setting the
+    config lacks, so a misspelt key would never be checked."""
+    declared = [entry[0] for entry in (*task_cls.numbers, *task_cls.choices, *task_cls.ranges)
+                if entry not in TaskPlugin.numbers] + list(task_cls.required)
+    missing = [key for key in declared if OmegaConf.select(task_cfg, key, default=_MISSING) is _MISSING]
+    _require(not missing, f"{task_cls.__name__} declares settings its config lacks (so they are never checked; "
+                          f"misspelt?): {', '.join(f'task.{key}' for key in missing)}")
+
+
 def _check_task_config_file(task: str) -> None:
     """`conf/task/<name>.yaml` beside the task's module declares the keys the core reads."""
     conf = registry.get_task(task).config_dir()
@@ -221,11 +233,6 @@ def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
     run.check_picklable_state(task)
     module = run.build_module(cfg, task)
     _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
-    _require(
-        isinstance(getattr(module.model, "backbone", None), GRUBackbone),
-        "build_model() must return a module whose `backbone` attribute is the backbone built by the factory it is "
-        "given (the gate plots trace it)",
-    )
     module.configure_optimizers()
     run.build_trainer(cfg)
     return module, datamodule

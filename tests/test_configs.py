@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from gru_suite import registry, run
@@ -354,9 +354,11 @@ def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
         "task.data.batch_size must be at least 1, got 0",
         "task.data.words must be [low, high], ints with 1 <= low <= high, got [3, 2]",
         "task.data.takes must be [low, high], ints with 0 <= low <= high (or null), got 4",
-        "task.monitor_mode must be min or max, got None"]
+        "task.monitor_mode must be min or max, got None",
+        "task.monitor is missing: the task's config must name the metric that picks the best checkpoint (e.g. "
+        "val/loss), or null for the last epoch's"]
     assert cfg.data.pause_s == [0.1, 1.0] and isinstance(cfg.data.pause_s[1], float)
-    cfg.data.words, cfg.data.takes, cfg.data.size, cfg.monitor_mode = ["x", 2], None, 1, "min"
+    cfg.data.words, cfg.data.takes, cfg.data.size, cfg.monitor_mode, cfg.monitor = ["x", 2], None, 1, "min", None
     assert Ranged.wrong_settings(cfg)[1:] == [
         "task.data.words must be [low, high], ints with 1 <= low <= high, got ['x', 2]"]
 
@@ -416,3 +418,11 @@ def test_an_override_hydra_cannot_apply_is_one_line_when_composing(tmp_path):
         compose_train_config("forecasting", ["task.bogus=1"], tmp_path)
     with pytest.raises(UserError, match=r"^In 'train': Could not find 'backbone/gruu'"):
         compose_train_config("forecasting", ["backbone=gruu"], tmp_path)
+
+
+def test_a_task_config_without_a_monitor_is_named_before_the_callbacks_read_it(tmp_path):
+    cfg = compose_train_config("forecasting", [], tmp_path)
+    with open_dict(cfg):
+        del cfg.task["monitor"]
+    with pytest.raises(UserError, match=r"^task\.monitor is missing: the task's config must name the metric"):
+        run.train(cfg)

@@ -13,13 +13,14 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from gru_suite import registry, run
 from gru_suite.errors import UserError
-from gru_suite.task import StepOutput
+from gru_suite.task import StepOutput, TaskPlugin
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.forecasting.task import ForecastingTask
 
@@ -148,7 +149,8 @@ BROKEN = {
                                                    r".*expected below -1\.5"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
-    "unnamed-backbone": (UnnamedBackboneTask, "instantiation: build_model\\(\\) must return a module whose `backbone`"),
+    "unnamed-backbone": (UnnamedBackboneTask, "instantiation: UserError: task 'forecasting': build_model\\(\\) must "
+                                              "return a module whose `backbone` attribute is the backbone"),
 }
 
 
@@ -175,6 +177,14 @@ class PerItemLossTask(ForecastingTask):
     def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
         out = super().step(model, batch, stage)
         return StepOutput(out.loss.repeat(3), out.batch_size, out.metrics)
+
+
+class ShapeAsBatchSizeTask(ForecastingTask):
+    """Gives its targets' shape as the batch size."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, batch[1].shape, out.metrics)
 
 
 class ZeroWeightTask(ForecastingTask):
@@ -209,6 +219,13 @@ class SilentWriterTask(ForecastingTask):
         return None  # type: ignore[return-value]
 
 
+class ClaimingWriterTask(ForecastingTask):
+    """Returns the path of an artifact it never writes."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        return [out_dir / "forecast.csv"]
+
+
 class UnpicklableStateTask(ForecastingTask):
     """Keeps a function in its state."""
 
@@ -218,10 +235,21 @@ class UnpicklableStateTask(ForecastingTask):
         return data
 
 
+class NumpyStateTask(ForecastingTask):
+    """Keeps a numpy number in its state, which pickles but which Lightning's weights-only loading refuses."""
+
+    def datamodule(self) -> Any:
+        data = super().datamodule()
+        self.state["spread"] = np.float64(0.5)
+        return data
+
+
 MISTAKES = {
     "detached-loss": (DetachedLossTask, "task 'forecasting': step(..., 'train') returned a loss without a gradient"),
     "per-item-loss": (PerItemLossTask, "task 'forecasting': step(..., 'val') returned a loss of shape (3,): "
                                        "expected one number"),
+    "shape-batch-size": (ShapeAsBatchSizeTask, "task 'forecasting': step(..., 'val') returned "
+                                               "batch_size=torch.Size([32, "),
     "zero-loss-weight": (ZeroWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=0: expected a "
                                          "positive number"),
     "loss-metric": (LossMetricTask, "task 'forecasting': step(..., 'val') returned a metric named 'loss', which "
@@ -230,8 +258,14 @@ MISTAKES = {
                                         "of shape (32,): expected one number per batch"),
     "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
                                         "the list of paths it wrote"),
-    "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict() is not picklable, so no checkpoint "
-                                                "could be saved"),
+    "unnamed-backbone": (UnnamedBackboneTask, "task 'forecasting': build_model() must return a module whose "
+                                              "`backbone` attribute is the backbone built by the factory it is given"),
+    "claiming-writer": (ClaimingWriterTask, "task 'forecasting': write_predictions returned 1 path(s) it did not "
+                                            "write: "),
+    "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict()['transform'] cannot go into a "
+                                                "checkpoint (AttributeError: Can't pickle local object"),
+    "numpy-state": (NumpyStateTask, "task 'forecasting': state_dict()['spread'] cannot go into a checkpoint (a "
+                                    "weights-only load refuses its numpy._core.multiarray.scalar)"),
 }
 
 
@@ -274,3 +308,44 @@ def test_a_check_that_imports_the_source_instead_of_the_install_warns(
     assert (message is not None) == warned
     if warned:
         assert "is imported from" in message and "not from the installed gru-suite" in message
+
+
+class Misdeclared(ForecastingTask):
+    numbers = (("data.lookback", "int", 1), ("model.head_dropout", float, 1, 0))
+    choices = ("model.normalize", ("none", "last"))
+    required = "data.path"
+
+
+class Abstract(TaskPlugin):
+    def datamodule(self) -> Any:
+        raise NotImplementedError
+
+
+@pytest.mark.parametrize(("target", "message"), [
+    ("builtins:int", "names <class 'int'>, which is not a subclass of gru_suite.task.TaskPlugin"),
+    (f"{__name__}:Abstract", "does not define build_model, predict_step, step, write_predictions, which every "
+                             "TaskPlugin must"),
+    (f"{__name__}:Misdeclared", "declares settings it cannot check: numbers entry ('data.lookback', 'int', 1): "
+                                "expected (key, int or float, least[, most[, whether most is excluded]]), least <= "
+                                "most; numbers entry ('model.head_dropout', <class 'float'>, 1, 0): expected"),
+    (f"{__name__}:Misdeclared", "; choices is one entry, not a tuple of them: write (('model.normalize', ('none', "
+                                "'last')),) (the trailing comma); required must be a tuple of entries, each a key; "
+                                "got 'data.path'"),
+])
+def test_an_entry_point_naming_a_class_the_core_cannot_build_is_one_line(target, message):
+    entry = registry.TaskEntry("mine", target, "my-plugin")
+    with pytest.raises(UserError, match=f"^task 'mine' from package 'my-plugin' \\({re.escape(target)}\\) .*"
+                                        f"{re.escape(message)}"):
+        entry.load()
+
+
+
+class MisspeltSetting(ForecastingTask):
+    numbers = (*ForecastingTask.numbers, ("data.lookbak", int, 1))
+
+
+def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: MisspeltSetting)
+    with pytest.raises(AssertionError, match=r"config composition: MisspeltSetting declares settings its config lacks "
+                                             r"\(so they are never checked; misspelt\?\): task\.data\.lookbak$"):
+        check_task_plugin("forecasting", tmp_path=tmp_path)

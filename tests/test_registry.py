@@ -24,9 +24,18 @@ def test_broken_plugin_is_one_line_naming_task_package_and_cause():
     assert "'broken'" in message and "'broken-dist'" in message and "ModuleNotFoundError" in message
     assert broken.config_dir() is None
     assert broken.description() == "(no config found)"
-    with pytest.raises(UserError, match=r"task 'broken' from package 'broken-dist' ships no conf/task/broken\.yaml "
-                       r"beside gru_suite_no_such_pkg\.task: a plugin's configs must be installed with it"):
+    with pytest.raises(UserError, match=r"^task 'broken' from package 'broken-dist' failed to load "
+                       r"\(gru_suite_no_such_pkg\.task:Task\): ModuleNotFoundError"):  # misspelt, not "no configs"
         broken.require_config_file()
+
+
+def test_a_plugin_package_without_configs_is_told_to_ship_them(tmp_path, monkeypatch):
+    (tmp_path / "configless_plugin").mkdir()
+    (tmp_path / "configless_plugin" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"^task 'bare' from package 'bare-dist' ships no conf/task/bare\.yaml beside "
+                       r"configless_plugin\.task: a plugin's configs must be installed with it"):
+        registry.TaskEntry("bare", "configless_plugin.task:Task", "bare-dist").require_config_file()
 
 
 def test_a_plugin_failing_inside_its_own_code_is_named_with_file_and_line(tmp_path, monkeypatch):
