@@ -39,7 +39,7 @@ STAND_IN_DATA = {  # bundled data in place of the benchmark data sets the preset
     "jsb_chorales": ["task.data.path=${paths.data_dir}/music"],
     "jsb_chorales_independent": ["task.data.path=${paths.data_dir}/music"],
     "multi30k": ["task.data.path=${paths.data_dir}/translation", "task.data.source=en", "task.data.target=toy"],
-    "fsdd": ["task.data.connected.train=20"],  # bundled manifests; fewer connected utterances to build
+    "fsdd": ["task.data.fsdd=null", "task.data.connected.train=20"],  # bundled manifests; fewer strings to build
     "sst2": ["task.data.train=${paths.data_dir}/sentiment/train.csv",
              "task.data.test=${paths.data_dir}/sentiment/test.csv"],
 }
@@ -144,7 +144,7 @@ def test_batch_limits_keep_their_kind(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,epochs", [([], 100), (["trainer=ddp_sim"], 100), (["trainer.max_epochs=3"], 3),
-                                              (["experiment=fsdd"], 50)])
+                                              (["experiment=fsdd", "task.data.fsdd=null"], 50)])
 def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs, tmp_path):
     assert compose_train_config("speech", overrides, tmp_path).trainer.max_epochs == epochs
     assert compose_train_config("forecasting", [], tmp_path).trainer.max_epochs == 10  # ships none
@@ -206,7 +206,7 @@ def test_a_preset_setting_for_a_removed_callback_is_skipped_with_a_warning(tmp_p
 
 
 def test_the_fsdd_preset_keeps_the_last_epoch(tmp_path):
-    cfg = compose_train_config("speech", ["experiment=fsdd"], tmp_path)
+    cfg = compose_train_config("speech", ["experiment=fsdd", *STAND_IN_DATA["fsdd"]], tmp_path)
     assert cfg.callbacks.model_checkpoint.monitor is None and cfg.callbacks.model_checkpoint.save_last
 
 
@@ -237,6 +237,14 @@ def test_a_required_setting_that_is_null_or_absent_is_named():
     cfg = OmegaConf.create({"data": {"window": None, "lookback": 3}})
     assert wrong_unset(cfg, ("data.window", "data.stride", "data.lookback"), prefix="task.") == [
         "task.data.window must be set, got null", "task.data.stride must be set, but the config has no such key"]
+
+
+@pytest.mark.parametrize("task, data", [("anomaly", "path"), ("forecasting", "path"), ("music", "path"),
+                                        ("sentiment", "train"), ("translation", "path")])
+def test_a_null_data_path_is_named_not_a_traceback(task, data, tmp_path):
+    cfg = compose_train_config(task, [f"task.data.{data}=null"], tmp_path)
+    with pytest.raises(UserError, match=rf"^task\.data\.{data} must be set, got null$"):
+        run.train(cfg)
 
 
 def test_an_added_task_key_is_flagged_with_a_sibling_it_may_mean(tmp_path):

@@ -33,6 +33,7 @@ class AnomalyTask(TaskPlugin):
 
     choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
                ("data.missing", MISSING_POLICIES))
+    required = ("data.path",)
     numbers = (*TaskPlugin.numbers, ("data.probation", float, 0, 1), ("data.probation_max", int, 1),
                ("data.validation", float, 0, 1), ("data.crop_length", int, 2), ("detector.window", int, 1),
                ("detector.burn_in", int, 0), ("detector.retrain.every", int, 1), ("detector.retrain.window", int, 2),

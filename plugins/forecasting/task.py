@@ -28,6 +28,7 @@ class ForecastingTask(TaskPlugin):
     """
 
     choices = (("model.normalize", NORMALIZE), ("data.missing", MISSING_POLICIES))
+    required = ("data.path",)
     numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
                ("data.predict_stride", int, 1), ("data.season", int, 1), ("model.segment_length", int, 1),
                ("model.head_dropout", float, 0, 1))

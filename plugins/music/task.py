@@ -88,7 +88,7 @@ class MusicTask(TaskPlugin):
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
                ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127),
                ("generate.seed", int, -(2**43), 2**43))  # seed * 1_000_003 + piece fits torch's 64-bit seed
-    required = ("generate.seed",)
+    required = ("data.path", "generate.seed")
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:

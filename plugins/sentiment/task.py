@@ -63,6 +63,7 @@ class SentimentTask(TaskPlugin):
     choices = (("model.pooling", POOLINGS), ("predict.importance", IMPORTANCE), ("model.class_weights", CLASS_WEIGHTS),
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)), ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
+    required = ("data.train",)
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),

@@ -50,6 +50,7 @@ class TranslationTask(TaskPlugin):
 
     choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)),
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.encoding_errors", ENCODING_ERRORS))
+    required = ("data.path",)
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
