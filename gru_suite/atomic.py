@@ -8,16 +8,25 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gru_suite.errors import UserError
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success flush it to disk and rename it onto `path`.
 
     On error the temporary file is removed and `path` keeps its old content; flushed before the rename, a power
-    cut cannot leave `path` renamed onto data still in the page cache (an empty file on ext4 and others).
+    cut cannot leave `path` renamed onto data still in the page cache (an empty file on ext4 and others). A folder
+    in the way, at `path` or among its parents, is a UserError naming it.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_dir():
+        raise UserError(f"{target} is a folder: cannot write the file of that name")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocking = next((p for p in (target.parent, *target.parent.parents) if p.is_file()), target.parent)
+        raise UserError(f"{blocking} is a file: cannot write {target} inside it") from err
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
     os.close(fd)
     try:

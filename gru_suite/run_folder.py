@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import suppress
 from itertools import count
 from pathlib import Path
@@ -30,9 +31,13 @@ class KeepEarlierConfig(Callback):
     command (torchrun, SLURM), the first process alone does it."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: run.dir may read ${hydra:...}
+        run_dir = Path(config.hydra.run.dir)
+        if blocking := next((p for p in (run_dir, *run_dir.parents) if p.is_file()), None):
+            print(f"error: hydra.run.dir={run_dir}: {blocking} is a file, not a folder", file=sys.stderr)
+            raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
         if launch_rank() != 0:
             return
-        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: run.dir may read ${hydra:...}
         subdir = config.hydra.output_subdir
         if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
             return

@@ -365,6 +365,19 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
 
 
+def test_a_folder_or_file_in_the_way_of_an_output_is_one_line(tmp_path):
+    (tmp_path / "report.csv").mkdir()
+    with pytest.raises(UserError, match=r"report\.csv is a folder: cannot write the file of that name$"):
+        write_text(tmp_path / "report.csv", "a,b\n")
+    (tmp_path / "plots").write_text("")
+    with pytest.raises(UserError, match=r"plots is a file: cannot write .*plots/a/report\.csv inside it$"):
+        write_text(tmp_path / "plots" / "a" / "report.csv", "a,b\n")
+    result = run_cli("gru-suite", "task=forecasting", f"hydra.run.dir={tmp_path / 'plots' / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: hydra.run.dir={tmp_path / 'plots' / 'run'}: {tmp_path / 'plots'} is a " \
+                                    "file, not a folder"
+
+
 def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
