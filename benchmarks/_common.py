@@ -21,7 +21,20 @@ import numpy as np
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
-__all__ = ["FitTest", "clean", "exit_code", "fit_and_test", "make_clock", "quiet", "quote", "table"]
+__all__ = ["FitTest", "clean", "exit_code", "fit_and_test", "make_clock", "positive_int", "quiet", "quote", "table"]
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a thread count, say)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
 
 
 def quiet() -> None:
@@ -185,6 +198,7 @@ def fit_and_test(cfg: Any, seed: int) -> FitTest:
 
     from gru_suite import run
 
+    run.check_train_settings(cfg)  # every wrong setting named in one line, as `gru-suite` names them
     pl.seed_everything(seed, workers=True, verbose=False)
     task = run.build_task(cfg.task)
     datamodule = task.datamodule()

@@ -31,7 +31,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import clean, table  # noqa: E402
+from _common import clean, positive_int, table  # noqa: E402
 
 REPORTED = ("train/epoch_time_s", "train/samples_per_s", "train/loss", "val/loss", "test/loss")
 
@@ -102,7 +102,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per run (default 3)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1; timings are then shared)")
     parser.add_argument("--out-dir", default=None, help="keep the run folders and logs here (default: a temp dir)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads per command (default: torch's, one per core; 1 on a shared CPU)")
     args = parser.parse_args(argv)
     if malformed := [s for s in args.setups.split(",") if s and (":" not in s or "" in s.split(":", 1))]:

@@ -53,7 +53,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a script, the folder is sys.path[0] already; imported otherwise, it is not
     sys.path.insert(0, str(HERE))
 
-from _common import clean, fit_and_test, quiet, quote, table  # noqa: E402
+from _common import clean, fit_and_test, positive_int, quiet, quote, table  # noqa: E402
 
 # The task's yaml defaults were chosen on artificialWithAnomaly + realAdExchange, 3 seeds
 # (see benchmarks/README.md); extra Hydra overrides go on top.
@@ -444,7 +444,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"series for the streaming throughput, relative to data/ (default {DEFAULT_STREAM_SERIES}; "
                              "'' skips it)")
     parser.add_argument("--no-tuned", action="store_true", help="skip the label-tuned (leaderboard protocol) section")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed)")
     parser.add_argument("--out-dir", default=None, help="keep the run folder (checkpoints) here; default: temporary")
     return parser.parse_args(argv)

@@ -40,7 +40,7 @@ HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:  # run as a script, the folder is sys.path[0] already; imported otherwise, it is not
     sys.path.insert(0, str(HERE))
 
-from _common import fit_and_test, make_clock, quiet, quote, table  # noqa: E402
+from _common import fit_and_test, make_clock, positive_int, quiet, quote, table  # noqa: E402
 
 REPO = HERE.parent
 DEFAULT_SERIES = REPO / "data" / "forecasting" / "demo_load.csv"
@@ -536,12 +536,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--etth1-overrides", default=DEFAULT_ETTH1_OVERRIDES,
                         help=f"Hydra overrides on top of experiment=etth1, one string (default: {DEFAULT_ETTH1_OVERRIDES!r};"
                              " pass '' for the yaml as it is)")
-    parser.add_argument("--etth1-threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--etth1-threads", type=positive_int, default=os.cpu_count() or 1,
                         help="torch threads for the etth1 section (default: all cores)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per run, after one untimed warm-up epoch")
     parser.add_argument("--repeats", type=int, default=3, help="runs per loop in speed/cells, alternating order")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for speed and cells (default 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch.set_num_threads for speed and cells (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None,
                         help="keep run folders (etth1 checkpoints) here; default: a temporary folder, removed")

@@ -46,7 +46,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, positive_int, quiet, quote, table  # noqa: E402
 
 REFERENCES = {"Tree-LSTM (Tai et al. 2015, test)": 0.880, "BiLSTM from scratch (test, typical)": 0.85,
               "goal of issue 7": 0.87}
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="drop phrases that are spans of this many words or more of a dev/held-out sentence")
     parser.add_argument("--minutes", type=float, default=40.0,
                         help="wall-time budget for training each model (default 40)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch intra-op threads (default 1: fastest on a shared CPU)")
     parser.add_argument("--seed", type=int, action="append",
                         help="one model per seed, trained one after another (each holds out its own 10%%); "

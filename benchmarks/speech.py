@@ -41,7 +41,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, positive_int, quiet, quote, table  # noqa: E402
 
 GOALS = {"seen_accuracy": 0.99, "unseen_accuracy": 0.95, "connected_wer": 0.03, "rtf": 0.05}
 
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                              "folder has them, else 5-9; validation takes are 10-12)")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time budget per training (default 20)")
     parser.add_argument("--chunk-ms", type=float, default=100.0)
-    parser.add_argument("--train-threads", type=int, default=1)
+    parser.add_argument("--train-threads", type=positive_int, default=1)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--keep", type=Path, default=None,

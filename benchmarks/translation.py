@@ -25,7 +25,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, positive_int, quiet, quote, table  # noqa: E402
 
 REFERENCES = {"GRU + Bahdanau attention (bentrevett/pytorch-seq2seq)": 28.3, "attention + SentencePiece": 33.5}
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", default="en")
     parser.add_argument("--minutes", type=float, default=110.0, help="training wall-time budget (default 110)")
     parser.add_argument("--beam", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. backbone.hidden_size=512")
     args = parser.parse_args(argv)

@@ -153,3 +153,21 @@ def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
     for name, weight in floor["weights"].items():  # manual optimisation does the same work, step for step
         assert torch.equal(manual["weights"][name], weight)
     assert not all(torch.equal(untrained["weights"][n], w) for n, w in floor["weights"].items())
+
+
+def test_benchmarks_name_every_wrong_setting_and_refuse_thread_counts_below_one(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import argparse
+
+    import _common
+
+    from gru_suite.errors import UserError
+    from gru_suite.testing import compose_train_config
+
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=abc", "optimizer.lr=fast"], tmp_path)
+    with pytest.raises(UserError, match=r"^2 settings are wrong:\n  backbone\.hidden_size must be an integer"):
+        _common.fit_and_test(cfg, seed=0)  # before anything is built (torch's own TypeError otherwise)
+    assert _common.positive_int("2") == 2
+    for text in ("0", "-2", "two"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _common.positive_int(text)
