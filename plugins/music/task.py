@@ -370,7 +370,8 @@ class EventRepresentation(Representation):
         return None if value is None else float(value)  # checked with the other generation settings
 
 
-REPRESENTATIONS: dict[RepresentationName, type[Representation]] = {"roll": RollRepresentation, "events": EventRepresentation}
+REPRESENTATIONS: dict[RepresentationName, type[Representation]] = {"roll": RollRepresentation,
+                                                                    "events": EventRepresentation}
 
 
 def _outside(roll: np.ndarray, low: int, high: int) -> np.ndarray:

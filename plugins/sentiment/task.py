@@ -61,7 +61,8 @@ class SentimentTask(TaskPlugin):
     """
 
     choices = (("model.pooling", POOLINGS), ("predict.importance", IMPORTANCE), ("model.class_weights", CLASS_WEIGHTS),
-               ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)), ("predict.format", get_args(Format)),
+               ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)),
+               ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
     required = ("data.train",)
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
