@@ -229,9 +229,15 @@ def test_a_test_split_that_cannot_be_read_fails_before_training(bundled: Path, t
     shutil.copytree(bundled, data)
     (data / "test.toy").unlink()
     cfg = compose_train_config("translation", [f"task.data.path={data}", *TINY], tmp_path / "run")
-    with pytest.raises(UserError, match=r"test\.en has no aligned test\.toy\[\.gz\] beside it"):
+    with pytest.raises(UserError, match=r"test\.en has no aligned test\.toy\[\.gz\] beside it in .*: missing\)$"):
         run.train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
+    (data / "test.toy").mkdir()
+    with pytest.raises(UserError, match=r"test\.toy: a folder, not a file\)$"):
+        run.train(cfg)
+    cfg.task.data.path = str(data / "test.en")
+    with pytest.raises(UserError, match=r"test\.en: a file, not the translation data folder"):
+        run.train(cfg)
 
 
 def test_misaligned_files_name_both_files(tmp_path: Path) -> None:

@@ -57,6 +57,9 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
     every line).
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder}: a file, not the translation data folder (task.data.path names the folder that "
+                        "holds the <split>.<language> files)")
     if not folder.is_dir():
         raise UserError(f"translation data folder not found: {folder}")
     src_path, tgt_path = _existing(folder, f"{split}.{source}"), _existing(folder, f"{split}.{target}")
@@ -72,7 +75,8 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
     elif src_path or tgt_path:
         found = src_path or tgt_path
         missing = f"{split}.{target if found == src_path else source}"
-        raise UserError(f"{found} has no aligned {missing}[.gz] beside it in {folder}")
+        what = "a folder, not a file" if (folder / missing).is_dir() else "missing"
+        raise UserError(f"{found} has no aligned {missing}[.gz] beside it in {folder} ({folder / missing}: {what})")
     else:
         return None
     return corpus if keep_empty else _without_empty(corpus)
