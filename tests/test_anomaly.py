@@ -406,6 +406,17 @@ def test_windows_out_of_order_or_overlapping_are_ordered_and_merged(tmp_path, ca
     nab_score({"s": np.zeros(400, dtype=bool)}, None, {"s": stream.windows})  # the scorer takes them
 
 
+def test_windows_that_hold_none_of_the_series_rows_are_named(tmp_path, caplog):
+    stamps = pd.date_range("2024-01-01", periods=100, freq="h")
+    path = tmp_path / "s.csv"
+    pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(100))}).to_csv(path, index=False)
+    windows = tmp_path / "windows.json"
+    windows.write_text(json.dumps({"s.csv": [["2023-01-01", "2023-01-02"], [str(stamps[10]), str(stamps[20])]]}))
+    (stream,) = load(path, windows_path=windows)
+    assert stream.windows == [(10, 20)]
+    assert f"{path}: 1 of its 2 labelled windows hold none of its rows (2024-01-01 00:00:00" in caplog.text
+
+
 def test_constant_series_scores_without_error(tmp_path):
     flat = tmp_path / "flat.csv"
     pd.DataFrame({"timestamp": pd.date_range("2024", periods=300, freq="h"), "value": 5.0}).to_csv(flat, index=False)
@@ -579,6 +590,13 @@ def test_bad_files_are_named(tmp_path, case, expected):
         write_series(path / "b.csv", columns=("foo",))
     with pytest.raises(UserError, match=expected):
         load(path, label_column="label" if case.startswith("label_") else None)
+
+
+def test_a_label_column_the_file_lacks_is_named_before_its_other_columns_are_read_as_values(tmp_path):
+    path = write_series(tmp_path / "s.csv", label="yes")  # its own label column holds words: no value column
+    with pytest.raises(UserError, match=r"s\.csv: no label column 'flag' \(task\.data\.label_column\); its columns "
+                                        r"are \['timestamp', 'value', 'label'\]$"):
+        load(path, label_column="flag")
 
 
 @pytest.mark.parametrize("override, expected", [

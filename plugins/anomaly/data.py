@@ -95,6 +95,9 @@ def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timest
         a, b = _position(stamps, start, "left"), _position(stamps, end, "right") - 1
         if a <= b:
             rows.append((a, b))
+    if outside := len(spans) - len(rows):  # a window of another series, or of the wrong dates
+        log.warning("%s: %d of its %d labelled windows hold none of its rows (%s to %s): left out of the scores",
+                    series.path, outside, len(spans), stamps[0], stamps[-1])
     merged: list[Window] = []
     for a, b in sorted(rows):  # NAB's scorer needs ordered windows that share no row
         if merged and a <= merged[-1][1]:
@@ -182,6 +185,9 @@ def load_streams(
     streams: list[StreamData] = []
     for file in files:
         frame = read_csv_frame(file)
+        if label_column and label_column not in frame.columns:  # before its values: which column is which
+            raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
+                            f"{list(frame.columns)}")
         columns = list(value_columns) if value_columns else _value_columns(file, frame, time_column, label_column)
         if preferred_columns:  # warnings for the first file only: the others must have the same columns
             columns = _trained_columns(file, columns, list(preferred_columns), bool(value_columns), warn=not streams)
@@ -232,10 +238,7 @@ def _value_columns(file: Path, frame: pd.DataFrame, time_column: str | None, lab
 
 def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[Window]:
     """The anomaly windows of a 0/1 label column of `file` (read into `frame`; rows in file order, as the
-    values'); a UserError naming the line of any other value, or the columns when it has no such column."""
-    if label_column not in frame.columns:
-        raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
-                        f"{list(frame.columns)}")
+    values'); a UserError naming the line of any other value."""
     column = frame[label_column]
     labels = pd.to_numeric(column, errors="coerce").to_numpy()
     bad = ~np.isin(labels, (0, 1))
