@@ -293,14 +293,14 @@ _ABSENT = object()
 
 
 def wrong_unset(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> list[str]:
-    """One message per field of `fields` (dotted keys) that `cfg` leaves null or lacks."""
+    """One message per field of `fields` (dotted keys) that `cfg` leaves null or empty, or lacks."""
     wrong = []
     for field in fields:
         value = OmegaConf.select(cfg, field, default=_ABSENT)
         if value is _ABSENT:
             wrong.append(f"{prefix}{field} must be set, but the config has no such key")
-        elif value is None:
-            wrong.append(f"{prefix}{field} must be set, got null")
+        elif value is None or value == "":
+            wrong.append(f"{prefix}{field} must be set, got {'null' if value is None else repr(value)}")
     return wrong
 
 

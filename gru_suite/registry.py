@@ -99,7 +99,7 @@ class TaskEntry:
             return f"(unreadable config {path}: {' '.join(str(err).split())})"
         if not isinstance(config, dict):
             return f"(config {path} is not a mapping of keys)"
-        return str(config.get("description") or "").strip()
+        return str(config.get("description") or "").strip() or f"(no description in {path})"
 
     def load(self) -> type[TaskPlugin]:
         """Import the task class; any failure becomes one line naming task and package."""

@@ -86,7 +86,9 @@ def series_from_frame(
     for name in [*wanted, *([time_column] if time_column else [])]:
         if name not in available:
             role = "time column (task.data.time_column)" if name == time_column and name not in wanted else "column"
-            raise UserError(f"{csv_path}: no {role} {name!r}; columns are {available}")
+            other = next((d for d in (";", "\t", "|") if len(available) == 1 and d in str(available[0])), None)
+            hint = f" (its fields look separated by {other!r}: the suite reads comma-separated files)" if other else ""
+            raise UserError(f"{csv_path}: no {role} {name!r}; columns are {available}{hint}")
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)

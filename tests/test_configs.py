@@ -237,6 +237,7 @@ def test_a_required_setting_that_is_null_or_absent_is_named():
     cfg = OmegaConf.create({"data": {"window": None, "lookback": 3}})
     assert wrong_unset(cfg, ("data.window", "data.stride", "data.lookback"), prefix="task.") == [
         "task.data.window must be set, got null", "task.data.stride must be set, but the config has no such key"]
+    assert wrong_unset(OmegaConf.create({"data": {"path": ""}}), ("data.path",)) == ["data.path must be set, got ''"]
 
 
 @pytest.mark.parametrize("task, data", [("anomaly", "path"), ("forecasting", "path"), ("music", "path"),

@@ -87,7 +87,7 @@ def test_a_task_config_that_is_not_a_mapping_does_not_break_the_task_list(tmp_pa
     monkeypatch.setattr(registry, "installed_tasks", lambda: tasks)
     listing = registry.format_task_list()
     assert "forecasting" in listing and "is not a mapping of keys" in listing
-    assert bare.description() == ""
+    assert bare.description() == f"(no description in {conf / 'bare.yaml'})"
 
 
 def test_a_task_whose_config_is_no_yaml_is_one_line_naming_the_file(tmp_path, monkeypatch):
