@@ -249,6 +249,22 @@ def wall_clock(stamp: pd.Timestamp) -> pd.Timestamp:
     return stamp.tz_localize(None) if stamp.tz is not None else stamp
 
 
+def wrong_split(split: Any, parts: int = 3, field: str = "task.data.split") -> str | None:
+    """Why `split` is not `parts` fractions summing to at most 1 or `parts` whole row counts (a message naming
+    `field`), or None: what `chronological_split` checks before it knows the series' length."""
+    numbers = isinstance(split, Sequence) and not isinstance(split, str) and all(
+        isinstance(part, int | float) and not isinstance(part, bool) and part >= 0 for part in split)
+    if not numbers or len(split) != parts:
+        shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
+        return f"{field} must be {parts} non-negative fractions or row counts, got {shown}"
+    if all(isinstance(p, float) and p <= 1.0 for p in split):
+        return f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1" if sum(split) > 1.0 + 1e-9 \
+            else None
+    if not all(float(p).is_integer() for p in split):
+        return f"{field}: must be all fractions (<= 1) or all whole row counts, got {list(split)}"
+    return None
+
+
 def chronological_split(
     n: int, split: Sequence[float | int], parts: int = 3, field: str = "task.data.split"
 ) -> list[tuple[int, int]]:
@@ -257,20 +273,13 @@ def chronological_split(
     `split` holds fractions summing to at most 1 (e.g. [0.7, 0.1, 0.2]) or row
     counts (e.g. [8640, 2880, 2880]); the parts follow each other in time. Errors name `field`.
     """
-    numbers = isinstance(split, Sequence) and not isinstance(split, str) and all(
-        isinstance(part, int | float) and not isinstance(part, bool) and part >= 0 for part in split)
-    if not numbers or len(split) != parts:
-        shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
-        raise UserError(f"{field} must be {parts} non-negative fractions or row counts, got {shown}")
+    if (wrong := wrong_split(split, parts, field)) is not None:
+        raise UserError(wrong)
     if all(isinstance(p, float) and p <= 1.0 for p in split):
-        if sum(split) > 1.0 + 1e-9:
-            raise UserError(f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1")
         ends = [min(n, round(sum(split[: i + 1]) * n)) for i in range(len(split))]  # rounded once, never past n
         sizes = [end - start for start, end in zip([0, *ends], ends)]
-    elif all(float(p).is_integer() for p in split):
-        sizes = [int(p) for p in split]
     else:
-        raise UserError(f"{field}: must be all fractions (<= 1) or all whole row counts, got {list(split)}")
+        sizes = [int(p) for p in split]
     if sum(sizes) > n:
         raise UserError(f"{field}: {list(split)} asks for {sum(sizes)} rows but the series has {n}")
     bounds, start = [], 0

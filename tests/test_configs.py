@@ -435,3 +435,13 @@ def test_a_task_config_without_a_monitor_is_named_before_the_callbacks_read_it(t
         del cfg.task["monitor"]
     with pytest.raises(UserError, match=r"^task\.monitor is missing: the task's config must name the metric"):
         run.train(cfg)
+
+
+def test_a_malformed_split_is_named_before_an_earlier_run_in_the_folder_is_set_aside(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
+    cfg = compose_train_config("forecasting", ["task.data.split=[0.5,0.5]"], tmp_path)
+    with pytest.raises(UserError, match=r"^task\.data\.split must be 3 non-negative fractions or row counts, got "
+                                        r"\[0\.5, 0\.5\]$"):
+        run.train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/

@@ -8,11 +8,18 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import MISSING_POLICIES, StandardScaler, chronological_split, read_series_csv
+from gru_suite.timeseries import (
+    MISSING_POLICIES,
+    StandardScaler,
+    chronological_split,
+    read_series_csv,
+    wrong_split,
+)
 from gru_suite_plugins.forecasting.data import SPLITS, ForecastingData, WindowSpec, check_split_windows
 from gru_suite_plugins.forecasting.model import NORMALIZE, Forecaster
 from gru_suite_plugins.forecasting.writer import write_forecasts
@@ -29,6 +36,11 @@ class ForecastingTask(TaskPlugin):
 
     choices = (("model.normalize", NORMALIZE), ("data.missing", MISSING_POLICIES))
     required = ("data.path",)
+
+    @classmethod
+    def wrong_settings(cls, cfg: DictConfig) -> list[str]:
+        """The declared settings, and `data.split`'s shape (checked again against the series' length when read)."""
+        return super().wrong_settings(cfg) + [wrong for wrong in [wrong_split(cfg.data.get("split"))] if wrong]
     numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
                ("data.predict_stride", int, 1), ("data.season", int, 1), ("model.segment_length", int, 1),
                ("model.head_dropout", float, 0, 1))
