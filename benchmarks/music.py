@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := [head for head in args.heads.split(",") if head not in HEADS]:
         parser.error(f"--heads takes {', '.join(HEADS)}, got {', '.join(unknown)}")
     if not args.jsb.is_file():
-        print(f"error: {args.jsb}: {'a folder, not' if args.jsb.is_dir() else 'no such file:'} the JSB Chorales "
-              "JSON file", file=sys.stderr)
+        from gru_suite.errors import not_a_file
+
+        print(f"error: {not_a_file(args.jsb, 'JSB Chorales JSON file')}", file=sys.stderr)
         return 2
     quiet()
     split = reported_split(args.jsb)

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, user_error_in
 
 if TYPE_CHECKING:
     from gru_suite.config import NumberField
@@ -33,13 +33,6 @@ def _add_task_configs_to_searchpath() -> None:
     # beside the other overrides: argparse rejects positionals split by options
     first_override = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
     sys.argv.insert(1 + first_override, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
-
-
-def _user_error_in(err: BaseException | None) -> UserError | None:
-    """The UserError behind `err`, also when OmegaConf wrapped one raised by a resolver."""
-    while err is not None and not isinstance(err, UserError):
-        err = err.__cause__ or err.__context__
-    return err
 
 
 def _log_to_run_files(message: str) -> None:
@@ -174,7 +167,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", Path(HydraConfig.get().runtime.output_dir), 130)
         except Exception as err:
-            user_error = _user_error_in(err)
+            user_error = user_error_in(err)
             if user_error is None:
                 raise
             _end_progress_line()

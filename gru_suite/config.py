@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -147,41 +147,55 @@ def wrong_choices(cfg: DictConfig, fields: tuple[ChoiceField, ...], prefix: str 
     return wrong
 
 
-def wrong_declarations(numbers: Any, choices: Any, ranges: Any, required: Any) -> list[str]:
-    """One message per malformed entry of a task's `numbers`, `choices`, `ranges` and `required` declarations (a
-    plugin author's mistake, which would otherwise be a traceback, or a check that never fails)."""
-    def real(value: Any) -> bool:
-        return isinstance(value, Real) and not isinstance(value, bool)
+def _real(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
 
-    def number_field(entry: Any) -> bool:
-        if not isinstance(entry, tuple) or not 3 <= len(entry) <= 5 or not isinstance(entry[0], str):
-            return False
-        kind, least, *bound = entry[1:]
-        return (kind in (int, float) and real(least) and (not bound or real(bound[0]) and bound[0] >= least)
-                and (len(bound) < 2 or isinstance(bound[1], bool)))
 
-    def choice_field(entry: Any) -> bool:
-        return (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-                and isinstance(entry[1], Sequence) and not isinstance(entry[1], str) and len(entry[1]) > 0)
+def _entry(value: Any, size: range) -> bool:
+    """`value` is a sequence of `size` items whose first is a key."""
+    return (isinstance(value, Sequence) and not isinstance(value, str) and len(value) in size
+            and isinstance(value[0], str))
 
-    def range_field(entry: Any) -> bool:
-        return (isinstance(entry, tuple) and len(entry) == 4 and isinstance(entry[0], str)
-                and entry[1] in (int, float) and real(entry[2]) and isinstance(entry[3], bool))
 
-    shapes = (("numbers", numbers, number_field, "(key, int or float, least[, most[, whether most is excluded]]), "
-               "least <= most"),
-              ("choices", choices, choice_field, "(key, a tuple of the values it may take)"),
-              ("ranges", ranges, range_field, "(key, int or float, least low bound, whether null is allowed)"),
-              ("required", required, lambda entry: isinstance(entry, str), "a key"))
+def _number_field(entry: Any) -> bool:
+    if not _entry(entry, range(3, 6)):
+        return False
+    kind, least, *bound = entry[1:]
+    excluded = len(bound) == 2 and bound[1] is True
+    most_fits = not bound or _real(bound[0]) and _real(least) and (bound[0] > least if excluded else bound[0] >= least)
+    return kind in (int, float) and _real(least) and most_fits and (len(bound) < 2 or isinstance(bound[1], bool))
+
+
+def _choice_field(entry: Any) -> bool:
+    values = entry[1] if _entry(entry, range(2, 3)) else None
+    return isinstance(values, Collection) and not isinstance(values, str) and len(values) > 0
+
+
+def _range_field(entry: Any) -> bool:
+    return _entry(entry, range(4, 5)) and entry[1] in (int, float) and _real(entry[2]) and isinstance(entry[3], bool)
+
+
+DECLARATION_SHAPES = (
+    ("numbers", _number_field, "(key, int or float, least[, most[, whether most is excluded]]), least <= most"),
+    ("choices", _choice_field, "(key, the values it may take)"),
+    ("ranges", _range_field, "(key, int or float, least low bound, whether null is allowed)"),
+    ("required", lambda entry: isinstance(entry, str), "a key"),
+)
+"""Each declaration of a task class, the test of one entry, and the shape the test wants."""
+
+
+def wrong_declarations(task_cls: type) -> list[str]:
+    """One message per malformed entry of a task class's `numbers`, `choices`, `ranges` and `required` (a plugin
+    author's mistake, which would otherwise be a traceback, or a check that never fails)."""
     wrong = []
-    for name, declared, fits, expected in shapes:
-        if not isinstance(declared, tuple):
+    for name, fits, expected in DECLARATION_SHAPES:
+        declared = getattr(task_cls, name)
+        if not isinstance(declared, Sequence) or isinstance(declared, str):
             wrong.append(f"{name} must be a tuple of entries, each {expected}; got {declared!r}")
-            continue
-        if name != "required" and declared and isinstance(declared[0], str):
-            wrong.append(f"{name} is one entry, not a tuple of them: write ({declared!r},) (the trailing comma)")
-            continue
-        wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]
+        elif name != "required" and declared and isinstance(declared[0], str):
+            wrong.append(f"{name} is one entry, not a tuple of them: write ({tuple(declared)!r},) (the trailing comma)")
+        else:
+            wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]
     return wrong
 
 

@@ -15,6 +15,13 @@ class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
 
 
+def user_error_in(err: BaseException | None) -> UserError | None:
+    """The UserError behind `err`, also when OmegaConf wrapped one raised by a resolver."""
+    while err is not None and not isinstance(err, UserError):
+        err = err.__cause__ or err.__context__
+    return err
+
+
 def not_a_file(path: str | os.PathLike, what: str = "file") -> UserError:
     """The error for a `path` that names no file: a folder, or nothing."""
     if os.path.isdir(path):

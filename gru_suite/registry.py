@@ -127,7 +127,7 @@ class TaskEntry:
         if obj.__abstractmethods__:
             raise UserError(f"{where} does not define {', '.join(sorted(obj.__abstractmethods__))}, which every "
                             "TaskPlugin must")
-        if wrong := wrong_declarations(obj.numbers, obj.choices, obj.ranges, obj.required):
+        if wrong := wrong_declarations(obj):
             raise UserError(f"{where} declares settings it cannot check: {'; '.join(wrong)}")
         return obj
 

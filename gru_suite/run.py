@@ -17,6 +17,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import ProgressBar, WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
@@ -37,7 +38,7 @@ from gru_suite.config import (
     instantiate,
     unused_backbone_settings,
 )
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, user_error_in
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 from gru_suite.run_folder import set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
@@ -319,7 +320,13 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
 
 def check_train_settings(cfg: DictConfig) -> None:
     """Every wrong setting of a `train` config, the core's and its task's, named at once in one `UserError`; the right
-    numbers and switches are stored as such."""
+    numbers and switches are stored as such. A value a preset requires (`${gru_suite.required:...}`) and nobody
+    set is named first, before any work."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:  # it wraps what a resolver raises; other holes are the checks' below to name
+        if (unset := user_error_in(err)) is not None:
+            raise unset from None
     check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
 
 
@@ -404,7 +411,7 @@ def resume_path(cfg: DictConfig) -> str | None:
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
         raise UserError(f"ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is {last}, or give "
-                        "the path of a best-*.ckpt")
+                        "the path of a best-*.ckpt (epoch-*.ckpt with callbacks=last_epoch)")
     if path == "last" and last.is_file():
         return str(last)
     return None if not path or path in LIGHTNING_CKPT_NAMES else str(path)

@@ -104,13 +104,13 @@ class TaskPlugin(ABC):
         plugin with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own messages]`."""
         switches = task_switches(str(cfg.get("name")))
         mode = cfg.get("monitor_mode")
-        modes = [] if mode in ("min", "max") else [f"task.monitor_mode must be min or max, got {mode!r}"]
+        monitoring = [] if mode in ("min", "max") else [f"task.monitor_mode must be min or max, got {mode!r}"]
         if "monitor" not in cfg:  # the callbacks' ${task.monitor} would fail to resolve, in a traceback
-            modes.append("task.monitor is missing: the task's config must name the metric that picks the best "
+            monitoring.append("task.monitor is missing: the task's config must name the metric that picks the best "
                          "checkpoint (e.g. val/loss), or null for the last epoch's")
         return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, cls.numbers, "task.")
                 + wrong_choices(cfg, cls.choices, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
-                + wrong_switches(cfg, switches, "task.") + modes)
+                + wrong_switches(cfg, switches, "task.") + monitoring)
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:

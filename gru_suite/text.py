@@ -32,10 +32,11 @@ SPECIAL_TOKENS = {"pad_token": "<pad>", "unk_token": "<unk>", "bos_token": "<s>"
 """Special tokens of every suite tokenizer, given to its trainer in this order, so they take the first ids."""
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(len(SPECIAL_TOKENS))
 
-EncodingErrors = Literal["error", "replace"] | None
-"""What a line that is not UTF-8 does: error, replace, or None (an error, for a task without the setting)."""
-ENCODING_ERRORS = ("error", "replace")
+EncodingErrorRule = Literal["error", "replace"]
+ENCODING_ERRORS: tuple[str, ...] = get_args(EncodingErrorRule)
 """The values of a task's `data.encoding_errors`."""
+EncodingErrors = EncodingErrorRule | None
+"""What a line that is not UTF-8 does: error, replace, or None (an error, for a task without the setting)."""
 
 
 def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list[str]:

@@ -445,3 +445,13 @@ def test_a_malformed_split_is_named_before_an_earlier_run_in_the_folder_is_set_a
                                         r"\[0\.5, 0\.5\]$"):
         run.train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/
+
+
+def test_a_value_a_preset_requires_is_named_before_an_earlier_run_in_the_folder_is_set_aside(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
+    cfg = compose_train_config("speech", ["experiment=fsdd", "task.data.fsdd=null"], tmp_path)
+    cfg.task.data.fsdd = '${gru_suite.required:"task.data.fsdd (the FSDD recordings folder)"}'  # as the preset has it
+    with pytest.raises(UserError, match=r"^task\.data\.fsdd \(the FSDD recordings folder\) is required"):
+        run.train(cfg)
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/

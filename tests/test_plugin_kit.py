@@ -187,6 +187,14 @@ class ShapeAsBatchSizeTask(ForecastingTask):
         return StepOutput(out.loss, batch[1].shape, out.metrics)
 
 
+class NoSamplesTask(ForecastingTask):
+    """Says its batches hold no samples."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, 0, out.metrics)
+
+
 class ZeroWeightTask(ForecastingTask):
     """Weighs its loss by nothing."""
 
@@ -250,6 +258,8 @@ MISTAKES = {
                                        "expected one number"),
     "shape-batch-size": (ShapeAsBatchSizeTask, "task 'forecasting': step(..., 'val') returned "
                                                "batch_size=torch.Size([32, "),
+    "no-samples": (NoSamplesTask, "task 'forecasting': step(..., 'val') returned batch_size=0: expected a whole "
+                                  "number of samples, at least 1"),
     "zero-loss-weight": (ZeroWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=0: expected a "
                                          "positive number"),
     "loss-metric": (LossMetricTask, "task 'forecasting': step(..., 'val') returned a metric named 'loss', which "
@@ -349,3 +359,13 @@ def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path
     with pytest.raises(AssertionError, match=r"config composition: MisspeltSetting declares settings its config lacks "
                                              r"\(so they are never checked; misspelt\?\): task\.data\.lookbak$"):
         check_task_plugin("forecasting", tmp_path=tmp_path)
+
+
+class ListDeclared(ForecastingTask):
+    numbers = [*ForecastingTask.numbers, ("model.head_dropout", float, 0, 1, True)]
+    choices = [("model.normalize", frozenset({"none", "last"}))]
+    required = ["data.path"]
+
+
+def test_declarations_in_lists_or_sets_load_as_tuples_do():
+    assert registry.TaskEntry("mine", f"{__name__}:ListDeclared", "my-plugin").load() is ListDeclared

@@ -44,6 +44,7 @@ def test_read_series(tmp_path):
         ("t,a\n1,2\n", ["zz"], r"no column 'zz'; columns are \['t', 'a'\]$"),
         ("t;a\n1;2\n", ["a"], r"no column 'a'; columns are \['t;a'\] \(its fields look separated by ';': the suite "
                              r"reads comma-separated files\)$"),
+        ("t\ta\n1\t2\n", ["a"], r"columns are \['t\\ta'\] \(its fields look separated by '\\t'"),
         ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a finite number, got 'x'"),
         ("t,a\n1,2\n2,3\n3,-inf\n", ["a"], r"line 4, column 'a': expected a finite number, got '-inf'"),
         # finite as read, infinite as the 32-bit float it is held as

@@ -19,7 +19,14 @@ from torch import Tensor
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.text import ENCODING_ERRORS, PAD_ID, TOKENIZER_KINDS, tokenizer_from_state, tokenizer_state, train_tokenizer
+from gru_suite.text import (
+    ENCODING_ERRORS,
+    PAD_ID,
+    TOKENIZER_KINDS,
+    tokenizer_from_state,
+    tokenizer_state,
+    train_tokenizer,
+)
 from gru_suite_plugins.translation.data import (
     Corpus,
     Encoder,
