@@ -108,7 +108,8 @@ class TaskPlugin(ABC):
         if "monitor" not in cfg:  # the callbacks' ${task.monitor} would fail to resolve, in a traceback
             monitoring.append("task.monitor is missing: the task's config must name the metric that picks the best "
                          "checkpoint (e.g. val/loss), or null for the last epoch's")
-        return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, cls.numbers, "task.")
+        numbers = (*cls.numbers, *(field for field in TaskPlugin.numbers if field not in cls.numbers))  # the core's too
+        return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, numbers, "task.")
                 + wrong_choices(cfg, cls.choices, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
                 + wrong_switches(cfg, switches, "task.") + monitoring)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from gru_suite import registry, run
 from gru_suite.errors import UserError
@@ -369,3 +370,13 @@ class ListDeclared(ForecastingTask):
 
 def test_declarations_in_lists_or_sets_load_as_tuples_do():
     assert registry.TaskEntry("mine", f"{__name__}:ListDeclared", "my-plugin").load() is ListDeclared
+
+
+class OwnNumbersOnly(TaskPlugin):
+    numbers = (("data.lookback", int, 1),)  # without *TaskPlugin.numbers
+
+
+def test_the_cores_own_task_numbers_are_checked_when_a_plugin_leaves_them_out():
+    cfg = OmegaConf.create({"name": "forecasting", "monitor": "val/loss", "monitor_mode": "min",
+                            "data": {"lookback": 3, "batch_size": 0}})
+    assert OwnNumbersOnly.wrong_settings(cfg) == ["task.data.batch_size must be at least 1, got 0"]
