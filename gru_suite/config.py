@@ -43,11 +43,15 @@ def register_resolvers() -> None:
 
 
 def rank_suffix() -> str:
-    """`${gru_suite.rank_suffix:}`: "" in the first (or only) process, `_rank<N>` in the others (by the rank torchrun
-    or SLURM gave it, or the local rank of a process Lightning started), so that each writes a log of its own."""
+    """`${gru_suite.rank_suffix:}`: "" in the first (or only) process, `_rank<N>` in the others, so that each writes a
+    log of its own: N is the rank torchrun or SLURM gave it, or the local rank of a process Lightning started
+    (`_node<M>_rank<N>`, `_node<M>` on the M-th node of a multi-node run that Lightning launches itself)."""
     from gru_suite.run_folder import launch_rank
 
-    return f"_rank{rank}" if (rank := launch_rank() or int(os.environ.get("LOCAL_RANK") or 0)) else ""
+    if rank := launch_rank():
+        return f"_rank{rank}"
+    node, local = int(os.environ.get("NODE_RANK") or 0), int(os.environ.get("LOCAL_RANK") or 0)
+    return (f"_node{node}" if node else "") + (f"_rank{local}" if local else "")
 
 
 def required(what: str) -> Any:

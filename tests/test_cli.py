@@ -674,9 +674,11 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     ({}, "train", "train", "train.log"), ({"RANK": "0"}, "train", "train", "train.log"),
     ({"RANK": "3"}, "train", "train", "train_rank3.log"), ({"SLURM_PROCID": "1"}, "train", "train", "train_rank1.log"),
     ({"LOCAL_RANK": "0"}, "eval", "eval", "eval.log"),
-    ({"LOCAL_RANK": "1"}, "eval", "train_ddp_process_1", "eval_rank1.log")])  # as Lightning names its own processes
+    ({"LOCAL_RANK": "1"}, "eval", "train_ddp_process_1", "eval_rank1.log"),  # as Lightning names its own processes
+    ({"NODE_RANK": "1"}, "train", "train", "train_node1.log"),  # Lightning's multi-node launch, the second node
+    ({"NODE_RANK": "1", "LOCAL_RANK": "2"}, "train", "train_ddp_process_2", "train_node1_rank2.log")])
 def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(environment, command, job, log, monkeypatch):
-    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK"):
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
