@@ -158,13 +158,13 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     check_batch_limits(cfg)
     callbacks = configured_callbacks(cfg)
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
-    keep_earlier_metrics(loggers)
     # "partial": a block such as a val_check_interval duration reaches Lightning as the dict it reads
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "_convert_": "partial"}
     if cfg.trainer.get("plugins") is None:  # a checkpoint is whole or absent, also from a tmpfs /tmp
         kwargs["plugins"] = [AtomicCheckpointIO()]
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
+    keep_earlier_metrics(loggers)  # once the trainer's settings are known good: a wrong one moves nothing
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Lightning sets this at import; with it, torch re-probes NVML for CUDA on every
         # optimizer step (~0.1 ms each), which a CPU run never needs.

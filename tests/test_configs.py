@@ -455,3 +455,11 @@ def test_a_value_a_preset_requires_is_named_before_an_earlier_run_in_the_folder_
     with pytest.raises(UserError, match=r"^task\.data\.fsdd \(the FSDD recordings folder\) is required"):
         run.train(cfg)
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/
+
+
+def test_a_wrong_trainer_setting_leaves_an_earlier_runs_metrics_where_they_are(tmp_path):
+    (tmp_path / "metrics.csv").write_text("epoch,train/loss\n0,1.5\n")
+    cfg = compose_train_config("forecasting", ["trainer.devices=abc", "logger=csv"], tmp_path)
+    with pytest.raises(UserError):
+        run.build_trainer(cfg)
+    assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "metrics.1.csv").exists()
