@@ -66,8 +66,8 @@ def _require_task_for_task_overrides() -> None:
     args = sys.argv[1:]
     chosen = any(a.startswith(("task=", "experiment=")) for a in args)
     if any(a.lstrip("+~").startswith("task.") for a in args) and not chosen:
-        print("error: task.* overrides need the task named too: task=NAME (the checkpoint's task, for eval and "
-              "predict), e.g. task=forecasting task.data.path=...", file=sys.stderr)
+        print("error: task.* overrides need the task named too: task=NAME (the checkpoint's task, for eval, "
+              "predict and gates), e.g. task=forecasting task.data.path=...", file=sys.stderr)
         sys.exit(2)
 
 
@@ -89,6 +89,26 @@ def _require_known_task() -> None:
             except UserError as err:
                 print(f"error: {err}", file=sys.stderr)
                 sys.exit(2)
+
+
+def _refuse_another_tasks_preset() -> None:
+    """`experiment=NAME` with `task=OTHER`: the preset holds its own task's settings, which the other task would not
+    read (it trained silently on them); one line naming the preset's task."""
+    from gru_suite.registry import installed_tasks
+
+    chosen = {}
+    for key, _, value in (arg.partition("=") for arg in sys.argv[1:]):
+        if key in ("task", "experiment") and value and not any(c in value for c in ",()"):  # sweeps: left alone
+            chosen[key] = value
+    task, experiment = chosen.get("task"), chosen.get("experiment")
+    if not task or not experiment:
+        return
+    owners = [name for name, entry in installed_tasks().items()
+              if (conf := entry.config_dir()) is not None and (conf / "experiment" / f"{experiment}.yaml").is_file()]
+    if owners and task not in owners:
+        print(f"error: experiment={experiment} is a preset of task {' and '.join(owners)}, not of task={task}: drop "
+              f"task={task} (the preset selects its task), or choose a preset of task {task}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _optuna_sweeper_installed() -> bool:
@@ -183,6 +203,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     _require_task_for_task_overrides()
     _require_known_task()
+    _refuse_another_tasks_preset()
     _require_sweeper_plugin()
     if config_name != "train":
         _refuse_model_overrides()

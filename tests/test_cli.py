@@ -365,6 +365,14 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
 
 
+def test_a_preset_of_another_task_is_refused_not_merged_into_the_chosen_one():
+    result = run_cli("gru-suite", "task=sentiment", "experiment=seed_keras_example")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: experiment=seed_keras_example is a preset of task forecasting, not of "
+                                     "task=sentiment: drop task=sentiment (the preset selects its task), or choose a "
+                                     "preset of task sentiment")
+
+
 def test_a_folder_or_file_in_the_way_of_an_output_is_one_line(tmp_path):
     (tmp_path / "report.csv").mkdir()
     with pytest.raises(UserError, match=r"report\.csv is a folder: cannot write the file of that name$"):
