@@ -832,7 +832,7 @@ def test_task_overrides_without_a_task_say_how_to_name_it():
     result = run_cli("gru-suite-predict", "ckpt_path=x.ckpt", "task.data.path=y.csv")
     assert result.returncode == 2
     assert result.stderr.startswith("error: task.* overrides need the task named too: task=NAME (the checkpoint's "
-                                    "task, for eval and predict)")
+                                    "task, for eval, predict and gates)")
 
 
 def test_unreadable_checkpoint(tmp_path):
