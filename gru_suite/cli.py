@@ -78,17 +78,21 @@ def _require_known_task() -> None:
     args = sys.argv[1:]
     if any(arg.startswith(SEARCHPATH_KEY) for arg in args):  # the user's own config folders may add tasks
         return
-    for arg in args:
-        value = arg.partition("=")[2]
-        if arg == "task=null":  # no task, not Hydra's "Config group override must be a string" traceback
-            print(_no_task_message(), file=sys.stderr)
+    if "task=null" in args:  # no task, not Hydra's "Config group override must be a string" traceback
+        print(_no_task_message(), file=sys.stderr)
+        sys.exit(2)
+    if task := _chosen("task"):
+        try:
+            get_task(task).require_config_file()
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
-        if arg.startswith("task=") and not any(c in value for c in ",()"):  # sweeps: Hydra's
-            try:
-                get_task(value).require_config_file()
-            except UserError as err:
-                print(f"error: {err}", file=sys.stderr)
-                sys.exit(2)
+
+
+def _chosen(group: str) -> str | None:
+    """The option `group=NAME` picks on the command line; None where it picks none, or sweeps several (Hydra's)."""
+    values = [arg.partition("=")[2] for arg in sys.argv[1:] if arg.startswith(f"{group}=")]
+    return values[-1] if values and values[-1] and not any(c in values[-1] for c in ",()") else None
 
 
 def _refuse_another_tasks_preset() -> None:
@@ -96,11 +100,7 @@ def _refuse_another_tasks_preset() -> None:
     read (it trained silently on them); one line naming the preset's task."""
     from gru_suite.registry import installed_tasks
 
-    chosen = {}
-    for key, _, value in (arg.partition("=") for arg in sys.argv[1:]):
-        if key in ("task", "experiment") and value and not any(c in value for c in ",()"):  # sweeps: left alone
-            chosen[key] = value
-    task, experiment = chosen.get("task"), chosen.get("experiment")
+    task, experiment = _chosen("task"), _chosen("experiment")
     if not task or not experiment:
         return
     owners = [name for name, entry in installed_tasks().items()

@@ -165,9 +165,10 @@ def _number_field(entry: Any) -> bool:
     if not _entry(entry, range(3, 6)):
         return False
     kind, least, *bound = entry[1:]
-    excluded = len(bound) == 2 and bound[1] is True
-    most_fits = not bound or _real(bound[0]) and _real(least) and (bound[0] > least if excluded else bound[0] >= least)
-    return kind in (int, float) and _real(least) and most_fits and (len(bound) < 2 or isinstance(bound[1], bool))
+    if kind not in (int, float) or not _real(least) or len(bound) == 2 and not isinstance(bound[1], bool):
+        return False
+    excluded = len(bound) == 2 and bound[1]
+    return not bound or _real(bound[0]) and (bound[0] > least if excluded else bound[0] >= least)
 
 
 def _choice_field(entry: Any) -> bool:
@@ -308,6 +309,11 @@ def check_batch_limits(cfg: DictConfig) -> None:
 
 
 _ABSENT = object()
+
+
+def lacks(cfg: DictConfig, field: str) -> bool:
+    """Whether `cfg` has no key `field` (dotted); a key set to null is there."""
+    return OmegaConf.select(cfg, field, default=_ABSENT) is _ABSENT
 
 
 def wrong_unset(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> list[str]:

@@ -80,7 +80,7 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
     return task_cls(task_cfg, state)
 
 
-def check_picklable_state(task: TaskPlugin) -> None:
+def check_checkpointable_state(task: TaskPlugin) -> None:
     """The task's `state_dict()` goes into a checkpoint and comes back as Lightning reads one to test or resume
     (`torch.load(weights_only=True)`): a UserError naming the entry before training, not a traceback after it."""
     state = task.state_dict()
@@ -347,7 +347,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task.datamodule()
-    check_picklable_state(task)
+    check_checkpointable_state(task)
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)

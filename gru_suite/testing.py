@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
-from gru_suite.config import CONF_DIR, register_resolvers
+from gru_suite.config import CONF_DIR, lacks, register_resolvers
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import StepOutput, TaskPlugin
@@ -57,7 +57,6 @@ OVERFIT_RATIO = 0.5
 """The one-batch loss must fall below this fraction of its starting value."""
 
 TASK_CONFIG_KEYS = ("name", "description", "monitor", "monitor_mode")
-_MISSING = object()
 MAGIC_BYTES = {
     ".png": b"\x89PNG\r\n\x1a\n",
     ".jpg": b"\xff\xd8\xff",
@@ -181,7 +180,7 @@ def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -
     config lacks, so a misspelt key would never be checked."""
     declared = [entry[0] for entry in (*task_cls.numbers, *task_cls.choices, *task_cls.ranges)
                 if entry not in TaskPlugin.numbers] + list(task_cls.required)
-    missing = [key for key in declared if OmegaConf.select(task_cfg, key, default=_MISSING) is _MISSING]
+    missing = [key for key in declared if lacks(task_cfg, key)]
     _require(not missing, f"{task_cls.__name__} declares settings its config lacks (so they are never checked; "
                           f"misspelt?): {', '.join(f'task.{key}' for key in missing)}")
 
@@ -230,7 +229,7 @@ def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
         isinstance(datamodule, pl.LightningDataModule),
         f"datamodule() returned {type(datamodule).__name__}, not a LightningDataModule",
     )
-    run.check_picklable_state(task)
+    run.check_checkpointable_state(task)
     module = run.build_module(cfg, task)
     _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
     module.configure_optimizers()

@@ -258,8 +258,7 @@ def wrong_split(split: Any, parts: int = 3, field: str = "task.data.split") -> s
         shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
         return f"{field} must be {parts} non-negative fractions or row counts, got {shown}"
     if all(isinstance(p, float) and p <= 1.0 for p in split):
-        return f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1" if sum(split) > 1.0 + 1e-9 \
-            else None
+        return f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1" if sum(split) > 1 + 1e-9 else None
     if not all(float(p).is_integer() for p in split):
         return f"{field}: must be all fractions (<= 1) or all whole row counts, got {list(split)}"
     return None
