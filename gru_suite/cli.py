@@ -356,8 +356,12 @@ def _gates_body(cfg: Any) -> None:
 
     module = _restore(cfg, numbers=(("sample", int, 0),))  # names wrong settings as train, eval and predict do
     apply_threads(cfg)
-    for line in artifact_lines(plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)):
-        logging.getLogger("gru_suite.gates").info("wrote %s", line)  # as train and predict do, into gates.log too
+    log = logging.getLogger("gru_suite.gates")  # as train and predict do, into gates.log too
+    view, paths = plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)
+    if view is not None:
+        log.info("sample %d is %s", cfg.sample, view.title)
+    for line in artifact_lines(paths):
+        log.info("wrote %s", line)
 
 
 def train() -> None:

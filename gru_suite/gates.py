@@ -8,19 +8,23 @@ the candidate state n and the hidden state h that the fused kernel hides.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import textwrap
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
 from gru_suite.atomic import save_figure
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
+from gru_suite.task import SequenceView
 
 if TYPE_CHECKING:
     from gru_suite.module import TaskModule
@@ -111,9 +115,23 @@ _PANELS = (
 )
 """(GateTrace field, panel title, colormap, colour floor); every panel tops out at 1."""
 
+_MAX_STEP_LABELS = 60
+"""At most this many time-step labels on the axis; a longer sequence labels every k-th step."""
 
-def _layer_figure(trace: GateTrace, sample: int, label: int) -> Figure:
-    """Four stacked heat maps (units x time) of one layer for batch item `sample`, titled as sequence `label`."""
+
+def _label_steps(ax: Axes, steps: Sequence[str]) -> None:
+    """Label the time axis with `steps` (tokens, say), thinned to at most `_MAX_STEP_LABELS`."""
+    every = math.ceil(len(steps) / _MAX_STEP_LABELS)
+    shown = range(0, len(steps), every)
+    ax.set_xticks(list(shown), [steps[t] for t in shown], rotation=90, fontsize=8 if len(shown) > 30 else 10)
+    ax.set_xlabel("time step" if every == 1 else f"time step (one in {every} labelled)")
+
+
+def _layer_figure(trace: GateTrace, sample: int, view: SequenceView) -> Figure:
+    """Four stacked heat maps (units x time) of one layer for batch item `sample`, titled and labelled by `view`."""
+    steps = trace.update.size(1)
+    if view.steps is not None and len(view.steps) != steps:
+        raise ValueError(f"{len(view.steps)} time-step labels for a sequence of {steps} steps")
     fig = Figure(figsize=(10, 11), layout="constrained")
     axes = fig.subplots(len(_PANELS), 1, sharex=True)
     for ax, (field, title, cmap, vmin) in zip(axes, _PANELS):
@@ -124,19 +142,22 @@ def _layer_figure(trace: GateTrace, sample: int, label: int) -> Figure:
         fig.colorbar(image, ax=ax)
         ax.set_title(title)
         ax.set_ylabel("unit")
-    axes[-1].set_xlabel("time step")
-    fig.suptitle(f"GRU gates: layer {trace.layer}, sample {label}")
+    if view.steps is None:
+        axes[-1].set_xlabel("time step")
+    else:
+        _label_steps(axes[-1], view.steps)
+    fig.suptitle(f"GRU gates: layer {trace.layer}, {textwrap.shorten(view.title, 100, placeholder=' ...')}")
     return fig
 
 
 def plot_gates(
-    trace: list[GateTrace], out_dir: Path, sample: int = 0, prefix: str = "gates", label: int | None = None
+    trace: list[GateTrace], out_dir: Path, sample: int = 0, prefix: str = "gates", view: SequenceView | None = None
 ) -> list[Path]:
-    """Write one heat-map PNG per layer of batch item `sample` (titled as sequence `label`, default `sample`),
-    `{prefix}_layer{k}.png` in `out_dir`; return the paths."""
-    title = sample if label is None else label
+    """Write one heat-map PNG per layer of batch item `sample`, `{prefix}_layer{k}.png` in `out_dir`, titled and
+    labelled by `view` (default: "sample {sample}" over numbered steps); return the paths."""
+    view = view or SequenceView(f"sample {sample}")
     return [
-        save_figure(_layer_figure(layer, sample, title), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")
+        save_figure(_layer_figure(layer, sample, view), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")
         for layer in trace
     ]
 
@@ -173,8 +194,11 @@ def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
     return x[sample : sample + 1, :steps]
 
 
-def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -> list[Path]:
-    """Plot a trained task model's gates on one sequence of its prediction data.
+def plot_model_gates(
+    module: TaskModule, out_dir: str | Path, sample: int = 0
+) -> tuple[SequenceView | None, list[Path]]:
+    """Plot a trained task model's gates on one sequence of its prediction data; return what the task says the
+    sequence is (its `describe_sequence`) and the PNGs' paths.
 
     The first prediction batch runs through the task as usual; the backbone's input is
     captured, and sequence `sample`, without padding, is replayed through `trace_gates` and drawn.
@@ -185,4 +209,6 @@ def plot_model_gates(module: TaskModule, out_dir: str | Path, sample: int = 0) -
     with torch.no_grad():
         x, lengths = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
     sequence = sample_sequence(x, lengths, sample)
-    return plot_gates(trace_gates(module.model.backbone, sequence), Path(out_dir), label=sample)
+    view = module.task.describe_sequence(datamodule, batch, sample)
+    shown = view or SequenceView(f"sample {sample}")  # the traced batch holds that one sequence
+    return view, plot_gates(trace_gates(module.model.backbone, sequence), Path(out_dir), view=shown)

@@ -55,6 +55,15 @@ class Pretraining:
     loss: Callable[[nn.Module, Any], Tensor]
 
 
+@dataclass(frozen=True)
+class SequenceView:
+    """How the gate plots show one input sequence: a `title` naming it (a text, a file) and, where its time steps
+    are readable, one label per step (`steps`, e.g. its tokens) for the time axis."""
+
+    title: str
+    steps: Sequence[str] | None = None
+
+
 @dataclass
 class EnsembleMember:
     """One model of an ensemble: where it came from (a checkpoint path), its task, and its `predict_step`
@@ -146,6 +155,11 @@ class TaskPlugin(ABC):
     def ensemble(self, members: Sequence[EnsembleMember]) -> list[Any]:
         """Combine the members' predictions (this task's first) into one list for `write_predictions`."""
         raise NotImplementedError("a task that overrides ensemble_input combines its members in ensemble()")
+
+    def describe_sequence(self, datamodule: pl.LightningDataModule, batch: Any, sample: int) -> SequenceView | None:
+        """What sequence `sample` of the prediction `batch` is, for `gru-suite-gates` (its plots' title and time
+        axis, its log); None: it is shown as "sample N" over numbered time steps."""
+        return None
 
     def pretraining(self) -> Pretraining | None:
         """The task's pre-training phase, if its config asks for one (called after `build_model`)."""

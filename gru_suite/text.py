@@ -218,6 +218,11 @@ def readable_pieces(pieces: Sequence[str]) -> list[str]:
     return shown
 
 
+def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
+    """The pieces of token `ids` as `readable_pieces` shows them, one label per id."""
+    return readable_pieces(tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
+
+
 def tokenizer_state(tokenizer) -> dict[str, str]:
     """A tokenizer as plain data for a checkpoint (its `tokenizer.json` text)."""
     return {"tokenizer_json": tokenizer.backend_tokenizer.to_str()}

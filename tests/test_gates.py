@@ -10,6 +10,7 @@ import torch
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite.gates import capture_backbone_input, plot_gates, sample_sequence, trace_gates
+from gru_suite.task import SequenceView
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CASES = {
@@ -116,3 +117,25 @@ def test_plot_gates_writes_one_png_per_layer(tmp_path) -> None:
     for path in paths:
         assert path.read_bytes().startswith(PNG_MAGIC)
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["demo_layer0.png", "demo_layer1.png"]
+
+
+def test_plots_label_time_steps_thinned_and_refuse_a_wrong_count(tmp_path, monkeypatch) -> None:
+    from gru_suite import gates
+
+    drawn: list = []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    backbone = _backbone()
+    words = [f"w{t}" for t in range(7)]
+    plot_gates(trace_gates(backbone, _input()), tmp_path, view=SequenceView("a text", words))
+    axis = drawn[-1].axes[3].xaxis  # the 4th (last) heat map's
+    assert [label.get_text() for label in axis.get_ticklabels()] == words and axis.get_label_text() == "time step"
+    assert drawn[-1].get_suptitle() == "GRU gates: layer 0, a text"
+    long = torch.randn(1, 130, 3)
+    plot_gates(trace_gates(backbone, long), tmp_path, view=SequenceView("long", [str(t) for t in range(130)]))
+    axis = drawn[-1].axes[3].xaxis
+    assert [label.get_text() for label in axis.get_ticklabels()] == [str(t) for t in range(0, 130, 3)]
+    assert axis.get_label_text() == "time step (one in 3 labelled)"
+    with pytest.raises(ValueError, match="6 time-step labels for a sequence of 7 steps"):
+        plot_gates(trace_gates(backbone, _input()), tmp_path, view=SequenceView("a text", words[:6]))
+    plot_gates(trace_gates(backbone, _input()), tmp_path, sample=2)
+    assert drawn[-1].get_suptitle() == "GRU gates: layer 0, sample 2"

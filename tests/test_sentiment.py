@@ -693,3 +693,21 @@ def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp
                                                  f"ckpt_path={last}"], tmp_path / "run"))
     after = torch.load(last, weights_only=False)
     assert after["epoch"] >= 1 and after["gru_suite"]["task_state"] == before  # token ids still mean their words
+
+
+def test_gate_plots_name_the_text_and_label_its_tokens(trained, tmp_path: Path, monkeypatch) -> None:
+    from gru_suite import gates
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a dull lifeless sequel\nthe ending is great and the film was good\n", encoding="utf-8")
+    module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    module.task.cfg.predict.input = str(texts)
+    drawn: list = []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    view, _ = gates.plot_model_gates(module, tmp_path, sample=1)
+    line, text = next((f"{texts}:{n}", t) for n, t in enumerate(texts.read_text().splitlines(), 1) if t in view.title)
+    assert view.title == f"{line}: {text}"
+    assert drawn[0].get_suptitle().startswith(f"GRU gates: layer 0, {line}: ")  # long titles are shortened
+    tokens = module.task.tokenizer.convert_ids_to_tokens(module.task.tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert list(view.steps) == tokens
+    assert [label.get_text() for label in drawn[0].axes[3].get_xticklabels()] == tokens  # the 4th (last) heat map

@@ -1036,3 +1036,23 @@ def test_per_utterance_normalisation_standardises_each_bin() -> None:
     features = Featurizer(FeatureConfig())(samples)
     assert torch.allclose(features.mean(0), torch.zeros(40), atol=1e-4)
     assert torch.allclose(features.std(0, unbiased=False), torch.ones(40), atol=1e-2)
+
+
+def test_gate_plots_name_the_file_and_label_frames_in_seconds(checked: Path, tmp_path: Path, monkeypatch) -> None:
+    from gru_suite import gates
+
+    write_wav(tmp_path / "call.wav", speak(["four", "two"], seed=5), 16000)
+    module = load_checkpoint(checked / "short_run" / "checkpoints" / "last.ckpt")
+    module.task.cfg.predict.input = str(tmp_path / "call.wav")
+    drawn: list = []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    view, _ = gates.plot_model_gates(module, tmp_path)
+    assert view.title.startswith(f"{tmp_path / 'call.wav'} (")
+    frames = drawn[0].axes[0].images[0].get_array().shape[1]
+    seconds = [float(step.removesuffix(" s")) for step in view.steps]
+    assert len(seconds) == frames and seconds == sorted(seconds)
+    assert seconds[1] - seconds[0] == pytest.approx(module.task.frame_seconds, abs=0.006)
+    assert 0 <= seconds[0] and seconds[-1] < len(speak(["four", "two"], seed=5)) / 16000
+    module.task.cfg.predict.streaming = True
+    streamed, _ = gates.plot_model_gates(module, tmp_path)
+    assert streamed.steps is None and streamed.title.endswith("ms chunk (streamed)")

@@ -23,7 +23,7 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite.text import pad_ids
+from gru_suite.text import pad_ids, readable_pieces
 from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, read_source_text
 from gru_suite_plugins.translation import decode
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
@@ -440,3 +440,28 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
                       "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
     assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "
                                         "task.data.target=en ask for the other direction") in swapped.stderr
+
+
+def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path, tmp_path: Path, monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from gru_suite import gates
+
+    source = tmp_path / "source.txt"
+    source.write_text("Kelka donas virdas vetas konant.\nKelka donas.\n", encoding="utf-8")
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, f"task.predict.input={source}"],
+                               tmp_path)
+    fitted = TranslationTask(cfg.task)
+    fitted.datamodule()
+    task = TranslationTask(cfg.task, state=fitted.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=8)).eval())
+    drawn: list = []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    for sample in (0, 1):
+        view, _ = gates.plot_model_gates(module, tmp_path, sample=sample)
+        line, text = next((n, t) for n, t in enumerate(source.read_text().splitlines(), 1) if view.title.endswith(t))
+        assert view.title == f"{source}:{line}: {text}"
+        tokenizer = task.source_tokenizer  # the encoder reads the sentence's pieces and its end mark
+        ids = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        assert list(view.steps) == readable_pieces(tokenizer.convert_ids_to_tokens(ids))
+        assert [label.get_text() for label in drawn[-1].axes[3].get_xticklabels()] == list(view.steps)

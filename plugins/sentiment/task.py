@@ -19,12 +19,21 @@ from gru_suite.atomic import write_text
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
-from gru_suite.task import BackboneFactory, EnsembleMember, Pretraining, Stage, StepOutput, TaskPlugin
+from gru_suite.task import (
+    BackboneFactory,
+    EnsembleMember,
+    Pretraining,
+    SequenceView,
+    Stage,
+    StepOutput,
+    TaskPlugin,
+)
 from gru_suite.text import (
     ENCODING_ERRORS,
     TOKENIZER_KINDS,
     encode_as_text,
     pad_ids,
+    token_labels,
     tokenizer_from_state,
     tokenizer_state,
     train_tokenizer,
@@ -370,6 +379,12 @@ class SentimentTask(TaskPlugin):
         probs, weights = explain_with(batch.ids, batch.lengths)
         return {"index": batch.index.cpu(), "probs": probs.cpu(), "weights": weights.cpu(),
                 "lengths": batch.lengths.cpu()}
+
+    def describe_sequence(self, datamodule: SentimentData, batch: Batch, sample: int) -> SequenceView:
+        """The text (and its line) and its tokens."""
+        example = datamodule.dataset("predict").examples[int(batch.index[sample])]
+        ids = batch.ids[sample, : int(batch.lengths[sample])]
+        return SequenceView(f"{example.where}: {example.text}", token_labels(self.tokenizer, ids))
 
     def ensemble_input(self, first: TaskPlugin, datamodule: SentimentData) -> SentimentData:
         """The texts `datamodule` (the `first` model's) has read for prediction, in this model's tokens; this

@@ -18,7 +18,7 @@ from torchmetrics.functional.text import char_error_rate, word_error_rate
 from gru_suite.distributed import gather_dict
 from gru_suite.config import config_number
 from gru_suite.errors import Skips, UserError
-from gru_suite.task import BackboneFactory, EnsembleMember, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import TOKENIZER_KINDS
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
@@ -435,6 +435,16 @@ class SpeechTask(TaskPlugin):
                     partials.append({"time": round(end / rate, 3), "text": text})
             results.append((stream.emissions(), partials))
         return results
+
+    def describe_sequence(self, datamodule: SpeechData, batch: dict, sample: int) -> SequenceView:
+        """The audio file and each encoder frame's time in it (seconds, after the silence the endpointer skipped);
+        streamed prediction feeds the encoder chunk by chunk, so its plots show the first chunk, unlabelled."""
+        title = f"{batch['paths'][sample]} ({batch['durations'][sample]:.2f} s)"
+        if self.cfg.predict.get("streaming"):
+            return SequenceView(f"{title}, first {float(self.cfg.predict.chunk_ms):g} ms chunk (streamed)")
+        subsample = int(self.cfg.model.subsample)
+        start, frames = int(batch["skipped"][sample]) // subsample, int(batch["lengths"][sample]) // subsample
+        return SequenceView(title, [f"{(start + t) * self.frame_seconds:.2f} s" for t in range(frames)])
 
     def transcript(self, log_probs: Tensor, path: str, duration: float, reference: str | None = None,
                    partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:

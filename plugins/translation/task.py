@@ -18,11 +18,12 @@ from torch import Tensor
 
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import (
     ENCODING_ERRORS,
     PAD_ID,
     TOKENIZER_KINDS,
+    token_labels,
     tokenizer_from_state,
     tokenizer_state,
     train_tokenizer,
@@ -239,6 +240,14 @@ class TranslationTask(TaskPlugin):
         return {"index": batch["index"].cpu(), "tokens": [h.tokens for h in hypotheses],
                 "attention": [h.attention.cpu() for h in hypotheses],
                 "score": torch.tensor([h.score for h in hypotheses])}
+
+    def describe_sequence(self, datamodule: TranslationData, batch: dict[str, Any], sample: int) -> SequenceView:
+        """The source sentence (and its line) and its tokens, which the encoder reads."""
+        corpus, i = self.predict_corpus, int(batch["index"][sample])
+        assert corpus is not None, "datamodule() reads the prediction input first"
+        ids = batch["source"][sample, : int(batch["source_lengths"][sample])]
+        return SequenceView(f"{corpus.where}:{corpus.lines[i]}: {corpus.source[i]}",
+                            token_labels(self.source_tokenizer, ids))
 
     def write_predictions(self, predictions: list[Any], datamodule: TranslationData, out_dir: Path) -> list[Path]:
         """`predict.output` (one translation per input line), `attention.jsonl` (tokens, score, weights per
