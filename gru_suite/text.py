@@ -13,6 +13,7 @@ import gzip
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
+from itertools import zip_longest
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -86,21 +87,24 @@ def read_table(
     columns: Sequence[str],
     delimiter: str | None = None,
     encoding_errors: EncodingErrors = None,
+    settings: Sequence[str] = (),
 ) -> list[tuple[int, list[str]]]:
     """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row.
 
     The delimiter is a tab for `.tsv`/`.tsv.gz` (no quoting, as in GLUE) and a comma
     otherwise (standard CSV quoting; a quoted field may span lines). A missing column
-    raises a `UserError` listing the columns that exist; a row with more or fewer
-    fields than the header, or a quote left open, one naming the row's first line.
+    raises a `UserError` listing the columns that exist (and naming the setting that chose it, where
+    `settings` gives one per column); a row with more or fewer fields than the header, or a quote left
+    open, one naming the row's first line.
     """
     path = Path(path)
     tab = delimiter == "\t" or (delimiter is None and ".tsv" in [suffix.lower() for suffix in path.suffixes])
-    return parse_table(read_lines(path, encoding_errors), columns, str(path), "\t" if tab else delimiter or ",")
+    return parse_table(read_lines(path, encoding_errors), columns, str(path), "\t" if tab else delimiter or ",",
+                       settings)
 
 
 def parse_table(
-    lines: Sequence[str], columns: Sequence[str], path: str, delimiter: str = ","
+    lines: Sequence[str], columns: Sequence[str], path: str, delimiter: str = ",", settings: Sequence[str] = ()
 ) -> list[tuple[int, list[str]]]:
     """`read_table` of text `lines` already read (from `path`, e.g. `<stdin>`, which errors name)."""
     tab = delimiter == "\t"
@@ -115,9 +119,11 @@ def parse_table(
         while len(header) > 1 and not header[-1].strip():
             header.pop()
         header = [name.strip() for name in header]
-        missing = [name for name in columns if name not in header]
+        missing = [(name, setting) for name, setting in zip_longest(columns, settings[: len(columns)])
+                   if name not in header]
         if missing:
-            raise UserError(f"{path}:1: no column {', '.join(map(repr, missing))}; the columns are {header}")
+            named = ", ".join(f"{name!r}" + (f" ({setting})" if setting else "") for name, setting in missing)
+            raise UserError(f"{path}:1: no column {named}; the columns are {header}")
         where = [header.index(name) for name in columns]
         rows = []
         start = reader.line_num + 1

@@ -432,9 +432,10 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
     with caplog.at_level(logging.WARNING):
         assert [e.text for e in read_labelled(table)] == ["good", "bad"]
     assert f"{table}:3: empty text; skipped" in caplog.text and f"{table}:4: no label for 'dull'" in caplog.text
-    with pytest.raises(UserError, match=r"t.csv:1: no column 'sentence'; the columns are \['text', 'label'\]"):
+    expected = r"t.csv:1: no column 'sentence' \(task.data.text_column\); the columns are \['text', 'label'\]"
+    with pytest.raises(UserError, match=expected):
         read_labelled(table, text_column="sentence")
-    with pytest.raises(UserError, match=r"t.csv:1: no column 'review'"):
+    with pytest.raises(UserError, match=r"t.csv:1: no column 'review' \(task.data.text_column\); the columns are"):
         read_texts(table, column="review")
     broken = tmp_path / "broken.tsv"
     broken.write_bytes(b"sentence\tlabel\nfine\t1\nbad \xff byte\t0\n")
@@ -708,6 +709,19 @@ def test_gate_plots_name_the_text_and_label_its_tokens(trained, tmp_path: Path, 
     line, text = next((f"{texts}:{n}", t) for n, t in enumerate(texts.read_text().splitlines(), 1) if t in view.title)
     assert view.title == f"{line}: {text}"
     assert drawn[0].get_suptitle().startswith(f"GRU gates: layer 0, {line}: ")  # long titles are shortened
-    tokens = module.task.tokenizer.convert_ids_to_tokens(module.task.tokenizer(text, add_special_tokens=False)["input_ids"])
+    tokenizer = module.task.tokenizer
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert list(view.steps) == tokens
     assert [label.get_text() for label in drawn[0].axes[3].get_xticklabels()] == tokens  # the 4th (last) heat map
+
+
+def test_a_missing_prediction_column_names_the_setting_that_chose_it(trained, tmp_path: Path) -> None:
+    reviews = write_csv(tmp_path / "reviews.csv", [("x", "a superb film")], header=("id", "review"))
+    task = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt").task
+    task.cfg.predict.input = str(reviews)
+    for column, named in ((None, "'text' (task.data.text_column; task.predict.column chooses the prediction input's)"),
+                          ("stars", "'stars' (task.predict.column)")):
+        task.cfg.predict.column = column
+        expected = f"{reviews}:1: no column {named}; the columns are ['id', 'review']"
+        with pytest.raises(UserError, match=re.escape(expected)):
+            task.datamodule().setup("predict")

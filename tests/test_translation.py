@@ -291,7 +291,8 @@ def test_tsv_pairs_pick_columns_by_language(tmp_path: Path) -> None:
     corpus = read_parallel(tmp_path, "train", "en", "de", "error")
     assert corpus is not None and corpus.source == ["a dog", "two"] and corpus.target == ["ein Hund", "zwei"]
     assert corpus.lines == [2, 3]
-    with pytest.raises(UserError, match=r"train\.tsv:1: no column 'fr'"):
+    expected = r"train\.tsv:1: no column 'fr' \(task\.data\.source\); the columns are \['de', 'en'\]"
+    with pytest.raises(UserError, match=expected):
         read_parallel(tmp_path, "train", "fr", "de", "error")
 
 

@@ -68,7 +68,8 @@ def read_labelled(
     if fmt == "lines":
         rows = [(n, _label_sentence(line)) for n, line in enumerate(read_lines(path, encoding_errors), 1)]
     else:
-        rows = read_table(path, [text_column, label_column], DELIMITERS[fmt], encoding_errors)
+        rows = read_table(path, [text_column, label_column], DELIMITERS[fmt], encoding_errors,
+                          ("task.data.text_column", "task.data.label_column"))
     skips, examples = Skips(str(path)), []
     for number, (text, label) in rows:
         where = f"{path}:{number}"
@@ -103,18 +104,20 @@ def _expected(fmt: Format, text_column: str, label_column: str) -> str:
 
 
 def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
-               encoding_errors: EncodingErrors = "error") -> list[Example]:
-    """Unlabelled texts: a CSV/TSV column or one text per line, of a file or of stdin (`source="-"`; `auto`: lines)."""
+               encoding_errors: EncodingErrors = "error", setting: str = "task.data.text_column") -> list[Example]:
+    """Unlabelled texts: a CSV/TSV column (chosen by `setting`, which a missing column's error names) or one text
+    per line, of a file or of stdin (`source="-"`; `auto`: lines)."""
     if str(source) == STDIN:
         lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)
         source, fmt = "<stdin>", "lines" if fmt == "auto" else table_format("<stdin>", fmt)
         rows = (list(enumerate(lines, 1)) if fmt == "lines" else
-                [(n, values[0]) for n, values in parse_table(lines, [column], source, DELIMITERS[fmt])])
+                [(n, values[0]) for n, values in parse_table(lines, [column], source, DELIMITERS[fmt],
+                                                                        [setting])])
     elif (fmt := table_format(source, fmt)) == "lines":
         rows = list(enumerate(read_lines(source, encoding_errors), 1))
     else:
         rows = [(n, values[0]) for n, values in read_table(source, [column], DELIMITERS[fmt],
-                                                           encoding_errors)]
+                                                           encoding_errors, [setting])]
     skips, examples = Skips(str(source)), []
     for number, text in rows:
         if text.strip():

@@ -248,8 +248,10 @@ class SentimentTask(TaskPlugin):
         predict, data = self.cfg.predict, self.cfg.data
         if not predict.get("input"):
             return self._examples("test")
+        setting = ("task.predict.column" if predict.get("column")
+                   else "task.data.text_column; task.predict.column chooses the prediction input's")
         return read_texts(predict.input, predict.format, predict.get("column") or data.text_column,
-                          data.encoding_errors)
+                          data.encoding_errors, setting)
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of each text, cut at `data.max_tokens` (a text of no tokens becomes one unknown token)."""

@@ -70,7 +70,8 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
                             "the files must be aligned line by line")
         corpus = Corpus(f"{src_path} + {tgt_path.name}", src, tgt, list(range(1, len(src) + 1)))
     elif tsv := _existing(folder, f"{split}.tsv"):
-        rows = read_table(tsv, [source, target], delimiter="\t", encoding_errors=encoding_errors)
+        rows = read_table(tsv, [source, target], delimiter="\t", encoding_errors=encoding_errors,
+                          settings=("task.data.source", "task.data.target"))
         corpus = Corpus(str(tsv), [r[0] for _, r in rows], [r[1] for _, r in rows], [n for n, _ in rows])
     elif src_path or tgt_path:
         found = src_path or tgt_path
