@@ -100,18 +100,12 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("threads", int, 0),
     ("seed", int, 0, 2**32 - 1),
 )
-"""Numbers of the core's config groups that `check_numbers` checks before a run."""
-
-
-def check_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> None:
-    """Each of `fields` set in `cfg` (not null) is a number of its kind within its bounds, and is stored
-    as that number (a quoted '0.5' becomes 0.5); else a `UserError` naming `prefix` + the field, one line per
-    wrong field (all of them at once)."""
-    raise_all(wrong_numbers(cfg, fields, prefix))
+"""Numbers of the core's config groups that `check_run_settings` checks before a run."""
 
 
 def wrong_numbers(cfg: DictConfig, fields: tuple[NumberField, ...], prefix: str = "") -> list[str]:
-    """`check_numbers`' messages, one per wrong field (the right ones are stored as numbers)."""
+    """One message naming `prefix` + the field for each of `fields` set in `cfg` (not null) that is not a number
+    of its kind within its bounds; the right ones are stored as that number (a quoted '0.5' becomes 0.5)."""
     wrong = []
     for field, kind, minimum, *bound in fields:
         value = OmegaConf.select(cfg, field, default=None)
@@ -247,17 +241,12 @@ def raise_all(wrong: Sequence[str]) -> None:
 
 
 RUN_SWITCHES = ("backbone.bidirectional", "test_after_training", "predict_after_training")
-"""True/false settings of the core's config that `check_switches` checks before a run."""
-
-
-def check_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> None:
-    """Each of `fields` set in `cfg` (not null) is true or false (a quoted 'true' becomes True); else a
-    `UserError` naming `prefix` + the field, one line per wrong field."""
-    raise_all(wrong_switches(cfg, fields, prefix))
+"""True/false settings of the core's config that `check_run_settings` checks before a run."""
 
 
 def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> list[str]:
-    """`check_switches`' messages, one per wrong field (a quoted 'true' or 'false' is stored as the bool)."""
+    """One message naming `prefix` + the field for each of `fields` set in `cfg` (not null) that is not true or
+    false; the right ones are stored as the bool (a quoted 'true' becomes True)."""
     wrong = []
     for field in fields:
         value = OmegaConf.select(cfg, field, default=None)

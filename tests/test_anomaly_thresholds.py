@@ -9,7 +9,6 @@ from gru_suite_plugins.anomaly.thresholds import (
     AnomalyLikelihood,
     Spot,
     fit_gpd,
-    log_likelihood,
     quantile_threshold,
 )
 
@@ -92,11 +91,6 @@ def test_likelihood_state_round_trip_continues_identically():
     head = first.transform(raw[:700])
     resumed = AnomalyLikelihood.from_state(_json_round_trip(first.state_dict()))
     np.testing.assert_array_equal(np.concatenate([head, resumed.transform(raw[700:])]), reference)
-
-
-def test_log_likelihood_scale():
-    np.testing.assert_allclose(log_likelihood([0.5, 0.999, 0.99999]), [0.0301, 0.3, 0.5], atol=1e-3)
-    assert isinstance(log_likelihood(0.5), float)
 
 
 @pytest.mark.parametrize(

@@ -13,13 +13,14 @@ from gru_suite.config import (
     check_choice,
     CONF_DIR,
     RUN_NUMBERS,
-    check_numbers,
     check_run_settings,
-    check_switches,
     given_keys,
+    raise_all,
     undeclared_run_settings,
     undeclared_settings,
     unused_backbone_settings,
+    wrong_numbers,
+    wrong_switches,
     wrong_unset,
 )
 from gru_suite.errors import UserError
@@ -293,7 +294,7 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
     cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "trainer.max_epochs=-5", "seed=x",
                                                "backbone.weight_dropout=1", "backbone.dropout=-1"], tmp_path)
     with pytest.raises(UserError) as caught:
-        check_numbers(cfg, RUN_NUMBERS)
+        raise_all(wrong_numbers(cfg, RUN_NUMBERS))
     assert str(caught.value).splitlines() == [
         "5 settings are wrong:", "  backbone.dropout must be between 0 and 1, got -1",
         "  backbone.weight_dropout must be in [0, 1), got 1",  # the backbone refuses 1: every recurrent weight gone
@@ -374,17 +375,15 @@ def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
 
 def test_a_quoted_true_or_false_is_a_switch():
     cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False"}}})
-    check_switches(cfg, ["task.model.bidirectional"])
+    assert wrong_switches(cfg, ["task.model.bidirectional"]) == []
     assert cfg.task.model.bidirectional is False
     assert "model.bidirectional" in task_switches("sentiment") and "data.batch_size" not in task_switches("sentiment")
 
 
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
     cfg = OmegaConf.create({"seed": "7", "threads": "1.5"})
-    check_numbers(cfg, (("seed", int, 0),))
-    assert cfg.seed == 7
-    with pytest.raises(UserError, match=r"threads must be an integer, got '1.5'"):
-        check_numbers(cfg, (("threads", int, 0),))
+    assert wrong_numbers(cfg, (("seed", int, 0),)) == [] and cfg.seed == 7
+    assert wrong_numbers(cfg, (("threads", int, 0),)) == ["threads must be an integer, got '1.5'"]
 
 
 def test_every_config_folder_ships_in_the_wheel():

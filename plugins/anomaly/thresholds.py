@@ -28,9 +28,6 @@ from numpy.typing import ArrayLike
 # so a sustained anomaly is flagged red once, at its onset (nupic `_filterLikelihoods`).
 _RED_TAIL = 1e-5
 _YELLOW_TAIL = 1e-3
-# Numenta's log scale: log(1.0000000001 - L) / log(1.0 - 0.9999999999), computed in floats.
-_LOG_EPS = 1.0000000001
-_LOG_SCALE = math.log(1.0 - 0.9999999999)
 # Fewest excesses over the initial threshold that SPOT accepts for a GPD fit.
 MIN_PEAKS = 10
 
@@ -61,12 +58,6 @@ def _check_int(name: str, value: int, minimum: int) -> None:
 def _check_open_unit(name: str, value: float, upper: float = 1.0) -> None:
     if not 0.0 < value < upper:
         raise ValueError(f"{name} must be in (0, {upper:g}), got {value!r}")
-
-
-def log_likelihood(likelihood: ArrayLike) -> np.ndarray | float:
-    """Numenta's display scale: 0.5 -> 0.03, 0.999 -> 0.3, 0.99999 -> 0.5, 1 -> ~1."""
-    result = np.log(_LOG_EPS - np.asarray(likelihood, dtype=np.float64)) / _LOG_SCALE
-    return float(result) if result.ndim == 0 else result
 
 
 class AnomalyLikelihood:

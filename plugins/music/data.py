@@ -83,11 +83,6 @@ def read_events(path: str | Path, drums: bool = False) -> np.ndarray:
     return events
 
 
-def read_midi_folder(folder: Path, steps_per_beat: int, drums: bool = False) -> list[np.ndarray]:
-    """Rolls of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
-    return read_folder(folder, partial(read_midi, steps_per_beat=steps_per_beat, drums=drums))
-
-
 def read_folder(folder: Path, read: Callable[[Path], Piece]) -> list[Piece]:
     """`read` of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
