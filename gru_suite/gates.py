@@ -142,6 +142,9 @@ def _layer_figure(trace: GateTrace, sample: int, view: SequenceView) -> Figure:
         fig.colorbar(image, ax=ax)
         ax.set_title(title)
         ax.set_ylabel("unit")
+        if trace.directions == 2:  # forward units below the line, backward ones above
+            ax.axhline(values.shape[0] / 2 - 0.5, color="black", linewidth=1)
+            ax.set_ylabel("unit (forward | backward)")
     if view.steps is None:
         axes[-1].set_xlabel("time step")
     else:

@@ -139,3 +139,16 @@ def test_plots_label_time_steps_thinned_and_refuse_a_wrong_count(tmp_path, monke
         plot_gates(trace_gates(backbone, _input()), tmp_path, view=SequenceView("a text", words[:6]))
     plot_gates(trace_gates(backbone, _input()), tmp_path, sample=2)
     assert drawn[-1].get_suptitle() == "GRU gates: layer 0, sample 2"
+
+
+def test_a_bidirectional_layer_draws_a_line_between_its_directions(tmp_path, monkeypatch) -> None:
+    from gru_suite import gates
+
+    drawn: list = []
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    plot_gates(trace_gates(_backbone(bidirectional=True), _input()), tmp_path)
+    ax = drawn[0].axes[0]
+    assert [line.get_ydata()[0] for line in ax.get_lines()] == [4.5]  # 5 forward units, then 5 backward
+    assert ax.get_ylabel() == "unit (forward | backward)"
+    plot_gates(trace_gates(_backbone(), _input()), tmp_path)
+    assert drawn[1].axes[0].get_lines() == [] and drawn[1].axes[0].get_ylabel() == "unit"
