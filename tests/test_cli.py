@@ -194,15 +194,38 @@ def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
 
     module, drawn = load_checkpoint(trained_run / "checkpoints" / "last.ckpt"), []
     monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
-    gates.plot_model_gates(module, tmp_path, sample=3)
-    assert drawn[0].get_suptitle() == "GRU gates: layer 0, sample 3"
+    view, _ = gates.plot_model_gates(module, tmp_path, sample=3)
     data = module.task.datamodule()
     data.setup("predict")
+    origin, lookback = data.sets["predict"].origins[3], data.spec.lookback
+    window = data.series.timestamps[origin - lookback : origin]
+    assert view.title == f"{data.series.path}: the {lookback} rows up to {window[-1]}"
+    assert drawn[0].get_suptitle().startswith("GRU gates: layer 0, ") and list(view.steps) == list(map(str, window))
     batch = next(iter(data.predict_dataloader()))
     inputs, lengths = gates.capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
     assert lengths is None  # forecasting windows are not padded
     expected = gates.trace_gates(module.model.backbone, inputs[3:4])[0].update[0].numpy().T  # sequence 3 alone
     np.testing.assert_allclose(drawn[0].axes[0].images[0].get_array(), expected, atol=1e-6)
+
+
+def test_gates_of_a_channel_independent_segmented_forecaster_name_the_column_and_segment_times(tmp_path):
+    from functools import partial
+    from types import SimpleNamespace
+
+    from gru_suite import gates
+    from gru_suite.backbone import GRUBackbone
+
+    cfg = compose_train_config("forecasting", ["task.model.channel_independent=true", "task.model.segment_length=4",
+                                               "task.data.features=[load,temperature]"], tmp_path)
+    fitted = run.build_task(cfg.task)
+    data = fitted.datamodule()
+    task = run.build_task(cfg.task, fitted.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
+    view, _ = gates.plot_model_gates(module, tmp_path, sample=3)  # window 1's second column
+    origin, lookback = data.sets["predict"].origins[1], cfg.task.data.lookback
+    window = data.series.timestamps[origin - lookback : origin]
+    assert view.title == f"{data.series.path}: the {lookback} rows up to {window[-1]}, column 'temperature'"
+    assert list(view.steps) == list(map(str, window[3::4]))  # each segment of 4 rows at its last row
 
 
 def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_named(trained_run, tmp_path):

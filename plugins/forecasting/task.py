@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import (
     MISSING_POLICIES,
     StandardScaler,
@@ -136,6 +136,20 @@ class ForecastingTask(TaskPlugin):
             "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
             "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
         }
+
+    def describe_sequence(self, datamodule: ForecastingData, batch: tuple[Tensor, Tensor], sample: int) -> SequenceView:
+        """The file, the window's rows (and its column, for a channel-independent model, whose GRU reads each
+        column of a window as a sequence of its own), and each GRU step's time: its segment's last row's."""
+        series, lookback = datamodule.series, datamodule.spec.lookback
+        model = self.cfg.model
+        channels = len(series.columns) if model.channel_independent else 1
+        window, channel = divmod(sample, channels)
+        origin = datamodule.sets["predict"].origins[window]
+        stamps = series.timestamps[origin - lookback : origin]
+        segment = int(model.segment_length)
+        column = f", column {series.columns[channel]!r}" if model.channel_independent else ""
+        return SequenceView(f"{series.path}: the {lookback} rows up to {stamps[-1]}{column}",
+                            [str(stamps[t]) for t in range(segment - 1, lookback, segment)])
 
     def write_predictions(self, predictions: list[Any], datamodule: ForecastingData, out_dir: Path) -> list[Path]:
         return write_forecasts(predictions, datamodule, self.state["targets"], out_dir)
