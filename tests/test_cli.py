@@ -840,6 +840,26 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["backbone=gruu"], "backbone=gruu: no such option; the backbone options are gru, lstm"),
+    (["-m", "trainer=cpu,gpuu"], "trainer=gpuu: no such option; the trainer options are cpu, ddp, ddp_sim, default, "),
+    (["+debug=fdrr"], "debug=fdrr: no such option; the debug options are fdr, overfit, profiler"),
+    (["experiment=nosuch"], "experiment=nosuch: no such option; the experiment options are etth1, fsdd, "),
+])
+def test_an_unknown_option_of_a_config_group_is_one_line_listing_the_options(tmp_path, args, message):
+    result = run_cli("gru-suite", "task=forecasting", *args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {message}")
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / ".hydra").exists()
+
+
+def test_a_users_own_config_folder_may_add_options_so_hydra_answers_for_them(tmp_path):
+    (tmp_path / "backbone").mkdir()
+    (tmp_path / "backbone" / "mine.yaml").write_text("defaults:\n  - gru\nhidden_size: 9\n")
+    result = run_cli("gru-suite", "task=forecasting", "backbone=mine", f"hydra.searchpath=[file://{tmp_path}]",
+                     "--cfg", "job", "-p", "backbone.hidden_size")
+    assert result.returncode == 0 and result.stdout.strip() == "9", result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("command, arg", [("gru-suite-predict", "backbone.hidden_size=7"),
                                           ("gru-suite-eval", "+optimizer.lr=0.1")])
 def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, command, arg):
