@@ -18,6 +18,7 @@ from gru_suite.config import (
     ChoiceField,
     NumberField,
     RangeField,
+    lacks,
     raise_all,
     wrong_choices,
     wrong_numbers,
@@ -99,7 +100,8 @@ class TaskPlugin(ABC):
 
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
-    "off", so a number without an off is listed here too."""
+    "off", so a number without an off is listed here too (a number the config lacks is let through, as `numbers`
+    lets it: an older checkpoint's config). The core's `data.batch_size` and `data.num_workers` are required."""
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         raise_all(self.wrong_settings(cfg))
@@ -118,7 +120,10 @@ class TaskPlugin(ABC):
             monitoring.append("task.monitor is missing: the task's config must name the metric that picks the best "
                          "checkpoint (e.g. val/loss), or null for the last epoch's")
         numbers = (*cls.numbers, *(field for field in TaskPlugin.numbers if field not in cls.numbers))  # the core's too
-        return (wrong_unset(cfg, cls.required, "task.") + wrong_numbers(cfg, numbers, "task.")
+        number_keys = {field for field, *_ in numbers}
+        required = dict.fromkeys((*cls.required, *(field for field, *_ in TaskPlugin.numbers)))
+        unset = tuple(field for field in required if field not in number_keys or not lacks(cfg, field))
+        return (wrong_unset(cfg, unset, "task.") + wrong_numbers(cfg, numbers, "task.")
                 + wrong_choices(cfg, cls.choices, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
                 + wrong_switches(cfg, switches, "task.") + monitoring)
 

@@ -15,6 +15,7 @@ from gru_suite.config import (
     RUN_NUMBERS,
     check_run_settings,
     given_keys,
+    lacks,
     raise_all,
     undeclared_run_settings,
     undeclared_settings,
@@ -462,3 +463,34 @@ def test_a_wrong_trainer_setting_leaves_an_earlier_runs_metrics_where_they_are(t
     with pytest.raises(UserError):
         run.build_trainer(cfg)
     assert (tmp_path / "metrics.csv").is_file() and not (tmp_path / "metrics.1.csv").exists()
+
+
+NULL_IS_OFF = {  # a number set to null means "off" or "the default" here, or the task's own check names it
+    "forecasting": {"data.predict_stride", "data.season"},
+    "anomaly": {"data.calendar_harmonics", "detector.retrain.every", "scoring.cooldown", "scoring.fixed",
+                "scoring.quantile", "scoring.range_tolerance", "scoring.spot_level", "scoring.spot_q"},
+    "music": {"data.crop_steps", "data.transpose", "generate.max_events", "generate.top_k"},
+    "speech": {*(f"augment.{key}" for key in ("colour_db", "colour_points", "freq_masks", "freq_width", "gain_db",
+                                             "leading_silence_fraction", "leading_silence_s", "tilt_db",
+                                             "time_masks", "time_width", "warp")),
+               "data.connected.gain_db", "data.connected.test", "data.connected.train", "data.connected.val",
+               "model.speaker_adversary", "model.spectral.channels", "model.spectral.kernel", "model.spectral.pool",
+               "predict.cue_min_s"},
+    "translation": {"decode.max_length"},
+    "sentiment": {"data.val_fraction", "distill.copies", "distill.ngram", "distill.weight", "distill.word_drop",
+                  "model.adversarial_eps", "model.lm_weight", "pretrain.epochs"},
+}
+
+
+@pytest.mark.parametrize("task", sorted(NULL_IS_OFF))
+def test_every_number_is_required_unless_null_is_off(task, tmp_path):
+    """A number whose null has no meaning was a TypeError deep in the task (e.g. task.data.lookback=null): each is in
+    `required`, named in one line; a new number must be put there or, where null means off, here."""
+    cls = registry.get_task(task).load()
+    numbers = {field for field, *_ in (*cls.numbers, *TaskPlugin.numbers)}
+    assert numbers - set(cls.required) - {"data.batch_size", "data.num_workers"} == NULL_IS_OFF[task]
+    cfg = compose_train_config(task, [], tmp_path).task
+    nulled = sorted(numbers - NULL_IS_OFF[task] - {field for field in numbers if lacks(cfg, field)})
+    for field in nulled:
+        OmegaConf.update(cfg, field, None, merge=False)
+    assert {f"task.{field} must be set, got null" for field in nulled} <= set(cls.wrong_settings(cfg))

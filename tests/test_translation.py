@@ -466,3 +466,22 @@ def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path,
         ids = [*tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
         assert list(view.steps) == readable_pieces(tokenizer.convert_ids_to_tokens(ids))
         assert [label.get_text() for label in drawn[-1].axes[3].get_xticklabels()] == list(view.steps)
+
+
+def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled: Path, tmp_path: Path, caplog) -> None:
+    source = tmp_path / "source.txt"
+    source.write_text("Kelka donas.\nVirdas vetas. Kelka konant.\n", encoding="utf-8")
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, f"task.predict.input={source}"],
+                               tmp_path)
+    fitted = TranslationTask(cfg.task)
+    fitted.datamodule()
+    task = TranslationTask(cfg.task, state=fitted.state_dict())
+    data = task.datamodule()
+    data.setup("predict")
+    tokens = task.target_tokenizer("a dog", add_special_tokens=False)["input_ids"]
+    only_first = [{"index": torch.tensor([0]), "tokens": [tokens], "attention": [torch.full((len(tokens), 3), 1 / 3)],
+                   "score": torch.tensor([-1.0])}]  # as if trainer.limit_predict_batches stopped after it
+    with caplog.at_level(logging.WARNING):
+        task.write_predictions(only_first, data, tmp_path / "out")
+    assert (tmp_path / "out" / "translations.txt").read_text(encoding="utf-8").splitlines() == ["a dog", ""]
+    assert "2 of 3 sentences were not translated" in caplog.text

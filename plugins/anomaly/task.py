@@ -33,7 +33,9 @@ class AnomalyTask(TaskPlugin):
 
     choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
                ("data.missing", MISSING_POLICIES))
-    required = ("data.path",)
+    required = ("data.path", "data.probation", "data.probation_max", "data.validation", "data.crop_length",
+                "detector.window", "detector.burn_in", "detector.retrain.window", "detector.retrain.steps",
+                "detector.retrain.lr")
     numbers = (*TaskPlugin.numbers, ("data.probation", float, 0, 1), ("data.probation_max", int, 1),
                ("data.validation", float, 0, 1), ("data.crop_length", int, 2), ("detector.window", int, 1),
                ("detector.burn_in", int, 0), ("detector.retrain.every", int, 1), ("detector.retrain.window", int, 2),

@@ -35,7 +35,7 @@ class ForecastingTask(TaskPlugin):
     """
 
     choices = (("model.normalize", NORMALIZE), ("data.missing", MISSING_POLICIES))
-    required = ("data.path",)
+    required = ("data.path", "data.lookback", "data.horizon", "model.segment_length", "model.head_dropout")
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:

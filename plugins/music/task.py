@@ -88,7 +88,8 @@ class MusicTask(TaskPlugin):
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
                ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127),
                ("generate.seed", int, -(2**43), 2**43))  # seed * 1_000_003 + piece fits torch's 64-bit seed
-    required = ("data.path", "generate.seed")
+    required = ("data.path", "data.steps_per_beat", "generate.seed", "generate.pieces", "generate.length",
+                "generate.tempo", "generate.program", "generate.velocity")
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:

@@ -95,7 +95,8 @@ class SpeechTask(TaskPlugin):
     choices = (("features.normalize", NORMALIZE), ("text.tokens", ("chars", *TOKENIZER_KINDS)),
                ("model.frontend", FRONTENDS))
     required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
-                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms")
+                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms", "predict.cue_gap_s",
+                "predict.cue_words", "predict.chunk_ms")
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),
               ("data.fsdd_split.test_takes", int, 0, True), ("data.fsdd_split.val_takes", int, 0, True))
 

@@ -58,7 +58,10 @@ class TranslationTask(TaskPlugin):
 
     choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)),
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.encoding_errors", ENCODING_ERRORS))
-    required = ("data.path",)
+    required = ("data.path", "data.max_tokens", "data.eval_batch_size", "tokenizer.vocab_size",
+                "tokenizer.min_frequency", "model.embed_size", "model.dropout", "model.label_smoothing",
+                "decode.beam_size", "decode.val_beam_size", "decode.length_penalty", "decode.max_length_ratio",
+                "decode.max_length_extra", "predict.plots")
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
@@ -259,11 +262,16 @@ class TranslationTask(TaskPlugin):
         assert corpus is not None
         by_index = {int(i): (t, a, float(s)) for p in predictions
                     for i, t, a, s in zip(p["index"], p["tokens"], p["attention"], p["score"])}
+        unread = [i for i in range(len(self.row_of)) if i not in self.blank and i not in by_index]
+        if unread:  # trainer.limit_predict_batches stopped prediction early
+            log.warning("%d of %d sentences were not translated (prediction stopped early, e.g. by "
+                        "trainer.limit_predict_batches); their lines are written empty", len(unread), len(self.row_of))
+        empty_rows = self.skipped_rows | {self.row_of[i] for i in unread}
         rows: list[list[str]] = [[] for _ in range(self.input_rows)]  # each input line's translated sentences
         for i, row in enumerate(self.row_of):
-            if i not in self.blank:
+            if i in by_index and i not in self.blank:
                 rows[row].append(self.detokenize(by_index[i][0]))
-        lines = ["" if r in self.skipped_rows else " ".join(row) for r, row in enumerate(rows)]
+        lines = ["" if r in empty_rows else " ".join(row) for r, row in enumerate(rows)]
         paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
             records, shown = [], 0
