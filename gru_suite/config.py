@@ -245,12 +245,15 @@ RUN_SWITCHES = ("backbone.bidirectional", "test_after_training", "predict_after_
 
 
 def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> list[str]:
-    """One message naming `prefix` + the field for each of `fields` set in `cfg` (not null) that is not true or
-    false; the right ones are stored as the bool (a quoted 'true' becomes True)."""
+    """One message naming `prefix` + the field for each of `fields` in `cfg` that is not true or false; the right
+    ones are stored as the bool (a quoted 'true' becomes True, null False: off)."""
     wrong = []
     for field in fields:
-        value = OmegaConf.select(cfg, field, default=None)
-        if value is None or isinstance(value, bool):
+        value = OmegaConf.select(cfg, field, default=_ABSENT)
+        if value is _ABSENT or isinstance(value, bool):
+            continue
+        if value is None:  # nn.GRU(bidirectional=None) is a TypeError deep in the first batch
+            OmegaConf.update(cfg, field, False, merge=False)
             continue
         if isinstance(value, str) and value.strip().lower() in ("true", "false"):
             OmegaConf.update(cfg, field, value.strip().lower() == "true", merge=False)

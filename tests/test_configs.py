@@ -378,6 +378,9 @@ def test_a_quoted_true_or_false_is_a_switch():
     cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False"}}})
     assert wrong_switches(cfg, ["task.model.bidirectional"]) == []
     assert cfg.task.model.bidirectional is False
+    cfg.task.model.bidirectional = None  # null is off: nn.GRU(bidirectional=None) was a TypeError at the first batch
+    assert wrong_switches(cfg, ["task.model.bidirectional", "task.model.absent"]) == []
+    assert cfg.task.model.bidirectional is False and "absent" not in cfg.task.model
     assert "model.bidirectional" in task_switches("sentiment") and "data.batch_size" not in task_switches("sentiment")
 
 
