@@ -73,10 +73,11 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)),
                ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
-    required = ("data.train", "data.max_tokens", "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size",
-                "model.dropout", "model.word_dropout", "model.lm_words", "predict.top_words", "predict.html_rows",
-                "predict.show")
+    required = ("data.train", "data.text_column", "data.label_column", "data.split_seed", "data.max_tokens",
+                "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size", "model.dropout",
+                "model.word_dropout", "model.lm_words", "predict.top_words", "predict.html_rows", "predict.show")
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
+               ("data.split_seed", int, 0),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),
                ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),

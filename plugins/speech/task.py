@@ -78,6 +78,7 @@ class SpeechTask(TaskPlugin):
     """
 
     numbers = (*TaskPlugin.numbers, ("decode.beam_size", int, 1), ("model.subsample", int, 1),
+               ("model.frontend_size", int, 1), ("model.dropout", float, 0, 1),
                ("model.lookahead", int, 0), ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
                ("model.spectral.pool", int, 1), ("model.speaker_adversary", float, 0),
                ("features.online_prior_frames", int, 0),
@@ -94,9 +95,9 @@ class SpeechTask(TaskPlugin):
 
     choices = (("features.normalize", NORMALIZE), ("text.tokens", ("chars", *TOKENIZER_KINDS)),
                ("model.frontend", FRONTENDS))
-    required = ("decode.beam_size", "model.subsample", "model.lookahead", "features.online_prior_frames",
-                "features.sample_rate", "features.n_mels", "features.win_ms", "features.hop_ms", "predict.cue_gap_s",
-                "predict.cue_words", "predict.chunk_ms")
+    required = ("decode.beam_size", "model.subsample", "model.frontend_size", "model.dropout", "model.lookahead",
+                "features.online_prior_frames", "features.sample_rate", "features.n_mels", "features.win_ms",
+                "features.hop_ms", "predict.cue_gap_s", "predict.cue_words", "predict.chunk_ms")
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),
               ("data.fsdd_split.test_takes", int, 0, True), ("data.fsdd_split.val_takes", int, 0, True))
 

@@ -58,10 +58,11 @@ class TranslationTask(TaskPlugin):
 
     choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)),
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.encoding_errors", ENCODING_ERRORS))
-    required = ("data.path", "data.max_tokens", "data.eval_batch_size", "tokenizer.vocab_size",
-                "tokenizer.min_frequency", "model.embed_size", "model.dropout", "model.label_smoothing",
-                "decode.beam_size", "decode.val_beam_size", "decode.length_penalty", "decode.max_length_ratio",
-                "decode.max_length_extra", "predict.plots")
+    required = ("data.path", "data.source", "data.target", "data.splits.train", "data.splits.val", "data.max_tokens",
+                "data.eval_batch_size", "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size",
+                "model.dropout", "model.label_smoothing", "decode.beam_size", "decode.val_beam_size",
+                "decode.length_penalty", "decode.max_length_ratio", "decode.max_length_extra", "predict.plots",
+                "predict.output")
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
