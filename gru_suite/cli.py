@@ -112,27 +112,13 @@ def _refuse_another_tasks_preset() -> None:
 
 
 def _require_known_options() -> None:
-    """`group=NAME` (also `+group=NAME`, or a sweep's `group=a,b`) names a config of that group: one line listing
-    the group's options, not Hydra's search-path dump. `task=` is `_require_known_task`'s; where the user's own
-    config folders (`hydra.searchpath`, `--config-dir`) may add options, Hydra answers."""
-    from gru_suite.config import CONF_DIR
-    from gru_suite.registry import installed_tasks
+    """`group=NAME` names a config of that group: one line listing the group's options (`unknown_group_option`),
+    not Hydra's search-path dump (nor, for `group=null`, its ValueError traceback)."""
+    from gru_suite.config import unknown_group_option
 
-    args = sys.argv[1:]
-    if any(arg.startswith((SEARCHPATH_KEY, "--config-dir", "-cd")) for arg in args):
-        return
-    folders = [CONF_DIR, *(conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None)]
-    for arg in args:
-        group, is_choice, value = arg.removeprefix("+").partition("=")
-        if not is_choice or group in ("task", "hydra") or not group.isidentifier() or "(" in value:
-            continue  # a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function
-        found = [folder / group for folder in folders if (folder / group).is_dir()]
-        options = sorted({path.relative_to(dir_).with_suffix("").as_posix() for dir_ in found
-                          for path in dir_.rglob("*.yaml")})
-        if unknown := [option for option in value.split(",") if option not in (*options, "", "null")] if found else []:
-            print(f"error: {group}={unknown[0]}: no such option; the {group} options are {', '.join(options)}",
-                  file=sys.stderr)
-            sys.exit(2)
+    if message := unknown_group_option(sys.argv[1:]):
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _optuna_sweeper_installed() -> bool:

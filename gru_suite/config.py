@@ -99,6 +99,7 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("trainer.num_sanity_val_steps", int, -1),
     ("threads", int, 0),
     ("seed", int, 0, 2**32 - 1),
+    ("callbacks.progress_bar.refresh_rate", int, 0),
 )
 """Numbers of the core's config groups that `check_run_settings` checks before a run."""
 
@@ -262,10 +263,41 @@ def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> 
     return wrong
 
 
+RUN_REQUIRED = ("backbone.hidden_size", "backbone.num_layers", "optimizer.lr", "optimizer.weight_decay",
+                "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.num_nodes",
+                "callbacks.progress_bar.refresh_rate")
+"""Numbers of `RUN_NUMBERS` without an "off": null is named (where the config has the key) rather than reaching
+torch or Lightning as None."""
+
+
+def unknown_group_option(args: Sequence[str]) -> str | None:
+    """What is wrong with the first `group=NAME` of command-line `args` (also `+group=NAME`, or a sweep's `group=a,b`)
+    that names no config of that group, with the group's options; None where all are known. `task=` is checked
+    apart; where the user's own config folders (`hydra.searchpath`, `--config-dir`) may add options, Hydra answers."""
+    from gru_suite.registry import installed_tasks
+
+    if any(arg.startswith(("hydra.searchpath=", "--config-dir", "-cd")) for arg in args):
+        return None
+    folders = [CONF_DIR, *(conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None)]
+    for arg in args:
+        group, is_choice, value = arg.removeprefix("+").partition("=")
+        if not is_choice or group in ("task", "hydra") or not group.isidentifier() or "(" in value:
+            continue  # a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function
+        found = [folder / group for folder in folders if (folder / group).is_dir()]
+        options = sorted({path.relative_to(dir_).with_suffix("").as_posix() for dir_ in found
+                          for path in dir_.rglob("*.yaml")})
+        if unknown := [option for option in value.split(",") if option not in (*options, "")] if found else []:
+            return f"{group}={unknown[0]}: no such option; the {group} options are {', '.join(options)}"
+    return None
+
+
 def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = (), task: Sequence[str] = ()) -> None:
-    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command) and switches (`RUN_SWITCHES`), every
-    wrong one named at once with the task's own wrong settings, `task` (`TaskPlugin.wrong_settings`)."""
-    raise_all(wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES) + list(task))
+    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command), required values (`RUN_REQUIRED`) and
+    switches (`RUN_SWITCHES`), every wrong one named at once with the task's own wrong settings, `task`
+    (`TaskPlugin.wrong_settings`)."""
+    required = tuple(field for field in RUN_REQUIRED if not lacks(cfg, field))
+    raise_all(wrong_unset(cfg, required) + wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES)
+              + list(task))
 
 
 def switches_of(defaults: Any) -> list[str]:

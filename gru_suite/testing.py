@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
-from gru_suite.config import CONF_DIR, lacks, register_resolvers
+from gru_suite.config import CONF_DIR, lacks, register_resolvers, unknown_group_option
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import StepOutput, TaskPlugin
@@ -210,6 +210,8 @@ def compose_train_config(task: str, overrides: list[str], output_dir: Path) -> D
     from hydra.errors import HydraException
 
     register_resolvers()
+    if message := unknown_group_option(overrides):
+        raise UserError(message)
     searchpath = f"hydra.searchpath=[{','.join(registry.config_search_path())}]"
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:

@@ -845,6 +845,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, args, message):
     (["-m", "trainer=cpu,gpuu"], "trainer=gpuu: no such option; the trainer options are cpu, ddp, ddp_sim, default, "),
     (["+debug=fdrr"], "debug=fdrr: no such option; the debug options are fdr, overfit, profiler"),
     (["experiment=nosuch"], "experiment=nosuch: no such option; the experiment options are etth1, fsdd, "),
+    (["logger=null"], "logger=null: no such option; the logger options are csv, many, none, tensorboard"),
 ])
 def test_an_unknown_option_of_a_config_group_is_one_line_listing_the_options(tmp_path, args, message):
     result = run_cli("gru-suite", "task=forecasting", *args, f"hydra.run.dir={tmp_path}")

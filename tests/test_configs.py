@@ -13,6 +13,7 @@ from gru_suite.config import (
     check_choice,
     CONF_DIR,
     RUN_NUMBERS,
+    RUN_REQUIRED,
     check_run_settings,
     given_keys,
     lacks,
@@ -428,8 +429,10 @@ def test_an_override_hydra_cannot_apply_is_one_line_when_composing(tmp_path):
     """Benchmarks and plugin authors compose through `compose_train_config`: a typo is a `UserError`, as on the CLI."""
     with pytest.raises(UserError, match=r"^Could not override 'task\.bogus'\. To append to your config use \+task"):
         compose_train_config("forecasting", ["task.bogus=1"], tmp_path)
-    with pytest.raises(UserError, match=r"^In 'train': Could not find 'backbone/gruu'"):
+    with pytest.raises(UserError, match=r"^backbone=gruu: no such option; the backbone options are gru, lstm$"):
         compose_train_config("forecasting", ["backbone=gruu"], tmp_path)
+    with pytest.raises(UserError, match=r"^scheduler=null: no such option; the scheduler options are "):
+        compose_train_config("forecasting", ["scheduler=null"], tmp_path)  # was Hydra's ValueError traceback
 
 
 def test_a_task_config_without_a_monitor_is_named_before_the_callbacks_read_it(tmp_path):
@@ -497,3 +500,10 @@ def test_every_number_is_required_unless_null_is_off(task, tmp_path):
     for field in nulled:
         OmegaConf.update(cfg, field, None, merge=False)
     assert {f"task.{field} must be set, got null" for field in nulled} <= set(cls.wrong_settings(cfg))
+
+
+def test_a_null_core_number_without_an_off_is_named(tmp_path):
+    cfg = compose_train_config("forecasting", [f"{field}=null" for field in RUN_REQUIRED], tmp_path)
+    with pytest.raises(UserError) as caught:
+        check_run_settings(cfg)
+    assert {f"  {field} must be set, got null" for field in RUN_REQUIRED} <= set(str(caught.value).splitlines())
