@@ -83,7 +83,7 @@ def series_from_frame(
     """`read_series_csv` of a CSV already read into `frame` (from `csv_path`, which the errors name)."""
     available = list(frame.columns)
     wanted = list(columns) if columns else [c for c in available if c != time_column]
-    for name in [*wanted, *([time_column] if time_column else [])]:
+    for name in [*wanted, *([time_column] if time_column is not None else [])]:
         if name not in available:
             role = "time column (task.data.time_column)" if name == time_column and name not in wanted else "column"
             other = next((d for d in (";", "\t", "|") if len(available) == 1 and d in str(available[0])), None)

@@ -342,3 +342,8 @@ def test_a_misspelt_forecasting_target_is_named_as_a_missing_column(tmp_path):
     overrides = [f"task.data.path={path}", "task.data.targets=[lod]", "task.data.features=[load,temperature]"]
     with pytest.raises(UserError, match=r"no column 'lod'; columns are \['timestamp', 'load', 'temperature'\]"):
         run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()
+
+
+def test_an_empty_time_column_name_is_named_not_a_pandas_key_error(tmp_path):
+    with pytest.raises(UserError, match=r"no time column \(task.data.time_column\) ''; columns are \['t', 'a'\]"):
+        read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n"), ["a"], "")
