@@ -294,6 +294,8 @@ def test_without_a_test_split_testing_uses_the_validation_split(tmp_path: Path) 
     with pytest.raises(UserError, match=r"^task.data.val is not set: give the val split \(a manifest or a folder of "
                                         r"audio\), or task.data.fsdd$"):
         run.train(compose_train_config("speech", [*quiet, "task.data.val=null"], tmp_path / "no_val"))
+    with pytest.raises(UserError, match=r"^task.data.val is not set"):  # not the working folder read as audio
+        run.train(compose_train_config("speech", [*quiet, "task.data.val=''"], tmp_path / "empty_val"))
 
 
 def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_path: Path) -> None:

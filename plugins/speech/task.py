@@ -229,11 +229,11 @@ class SpeechTask(TaskPlugin):
                 split = data.fsdd_split
                 read = split_fsdd(read_fsdd(data.fsdd, rate), split.get("test_takes"), split.get("val_takes"),
                                   list(split.get("test_speakers") or []))
-            elif data.get(name) is None and name == "test":  # the validation split as it is, connected ones too
+            elif data.get(name) in (None, "") and name == "test":  # the validation split as it is, connected too
                 log.info("no task.data.test: testing on the validation split %s", data.val)
                 self._splits[name] = self.split("val")
                 return self._splits[name]
-            elif data.get(name) is None:
+            elif data.get(name) in (None, ""):  # "" would read the working folder
                 raise UserError(f"task.data.{name} is not set: give the {name} split (a manifest or a folder of "
                                 "audio), or task.data.fsdd")
             else:
