@@ -276,13 +276,13 @@ def unknown_group_option(args: Sequence[str]) -> str | None:
     apart; where the user's own config folders (`hydra.searchpath`, `--config-dir`) may add options, Hydra answers."""
     from gru_suite.registry import installed_tasks
 
-    if any(arg.startswith(("hydra.searchpath=", "--config-dir", "-cd")) for arg in args):
+    # not a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function (range(...))
+    choices = [(group, value) for group, is_choice, value in (arg.removeprefix("+").partition("=") for arg in args)
+               if is_choice and group not in ("task", "hydra") and group.isidentifier() and "(" not in value]
+    if not choices or any(arg.startswith(("hydra.searchpath=", "--config-dir", "-cd")) for arg in args):
         return None
     folders = [CONF_DIR, *(conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None)]
-    for arg in args:
-        group, is_choice, value = arg.removeprefix("+").partition("=")
-        if not is_choice or group in ("task", "hydra") or not group.isidentifier() or "(" in value:
-            continue  # a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function
+    for group, value in choices:
         found = [folder / group for folder in folders if (folder / group).is_dir()]
         options = sorted({path.relative_to(dir_).with_suffix("").as_posix() for dir_ in found
                           for path in dir_.rglob("*.yaml")})
