@@ -443,6 +443,15 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
                                         "task.data.target=en ask for the other direction") in swapped.stderr
 
 
+def restored_task(bundled: Path, source: Path, tmp_path: Path) -> TranslationTask:
+    """A task restored from the state of one fitted on `bundled`, translating the lines of `source`."""
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, f"task.predict.input={source}"],
+                               tmp_path)
+    fitted = TranslationTask(cfg.task)
+    fitted.datamodule()
+    return TranslationTask(cfg.task, state=fitted.state_dict())
+
+
 def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path, tmp_path: Path, monkeypatch) -> None:
     from types import SimpleNamespace
 
@@ -450,11 +459,7 @@ def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path,
 
     source = tmp_path / "source.txt"
     source.write_text("Kelka donas virdas vetas konant.\nKelka donas.\n", encoding="utf-8")
-    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, f"task.predict.input={source}"],
-                               tmp_path)
-    fitted = TranslationTask(cfg.task)
-    fitted.datamodule()
-    task = TranslationTask(cfg.task, state=fitted.state_dict())
+    task = restored_task(bundled, source, tmp_path)
     module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=8)).eval())
     drawn: list = []
     monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
@@ -471,11 +476,7 @@ def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path,
 def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "source.txt"
     source.write_text("Kelka donas.\nVirdas vetas. Kelka konant.\n", encoding="utf-8")
-    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, f"task.predict.input={source}"],
-                               tmp_path)
-    fitted = TranslationTask(cfg.task)
-    fitted.datamodule()
-    task = TranslationTask(cfg.task, state=fitted.state_dict())
+    task = restored_task(bundled, source, tmp_path)
     data = task.datamodule()
     data.setup("predict")
     tokens = task.target_tokenizer("a dog", add_special_tokens=False)["input_ids"]
