@@ -263,7 +263,8 @@ def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> 
     return wrong
 
 
-RUN_REQUIRED = ("backbone.hidden_size", "backbone.num_layers", "optimizer.lr", "optimizer.weight_decay",
+RUN_REQUIRED = ("backbone.hidden_size", "backbone.num_layers", "backbone.dropout", "backbone.weight_dropout",
+                "optimizer.lr", "optimizer.weight_decay",
                 "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.num_nodes",
                 "callbacks.progress_bar.refresh_rate")
 """Numbers of `RUN_NUMBERS` without an "off": null is named (where the config has the key) rather than reaching
@@ -276,17 +277,21 @@ def unknown_group_option(args: Sequence[str]) -> str | None:
     apart; where the user's own config folders (`hydra.searchpath`, `--config-dir`) may add options, Hydra answers."""
     from gru_suite.registry import installed_tasks
 
-    # not a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function (range(...))
+    # not a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function (range(...)), a
+    # merged block (backbone={hidden_size: 9}), a list of options or a quoted value: Hydra's to read
     choices = [(group, value) for group, is_choice, value in (arg.removeprefix("+").partition("=") for arg in args)
-               if is_choice and group not in ("task", "hydra") and group.isidentifier() and "(" not in value]
-    if not choices or any(arg.startswith(("hydra.searchpath=", "--config-dir", "-cd")) for arg in args):
+               if is_choice and group not in ("task", "hydra") and group.isidentifier()
+               and not any(mark in value for mark in "()[]{}'\"")]
+    own_folders = ("hydra.searchpath=", "--config-dir", "-cd", "--config-path", "-cp")
+    if not choices or any(arg.startswith(own_folders) for arg in args):
         return None
     folders = [CONF_DIR, *(conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None)]
     for group, value in choices:
         found = [folder / group for folder in folders if (folder / group).is_dir()]
         options = sorted({path.relative_to(dir_).with_suffix("").as_posix() for dir_ in found
                           for path in dir_.rglob("*.yaml")})
-        if unknown := [option for option in value.split(",") if option not in (*options, "")] if found else []:
+        picked = [option.strip() for option in value.split(",")] if found else []
+        if unknown := [option for option in picked if option not in (*options, "")]:
             return f"{group}={unknown[0]}: no such option; the {group} options are {', '.join(options)}"
     return None
 

@@ -123,7 +123,8 @@ def _label_steps(ax: Axes, steps: Sequence[str]) -> None:
     """Label the time axis with `steps` (tokens, say), thinned to at most `_MAX_STEP_LABELS`."""
     every = math.ceil(len(steps) / _MAX_STEP_LABELS)
     shown = range(0, len(steps), every)
-    ax.set_xticks(list(shown), [steps[t] for t in shown], rotation=90, fontsize=8 if len(shown) > 30 else 10)
+    ax.set_xticks(list(shown), [steps[t] for t in shown], rotation=90, fontsize=8 if len(shown) > 30 else 10,
+                  parse_math=False)  # a "$" in a token is a dollar sign, not mathtext
     ax.set_xlabel("time step" if every == 1 else f"time step (one in {every} labelled)")
 
 
@@ -149,7 +150,8 @@ def _layer_figure(trace: GateTrace, sample: int, view: SequenceView) -> Figure:
         axes[-1].set_xlabel("time step")
     else:
         _label_steps(axes[-1], view.steps)
-    fig.suptitle(f"GRU gates: layer {trace.layer}, {textwrap.shorten(view.title, 100, placeholder=' ...')}")
+    title = textwrap.shorten(view.title, 100, placeholder=" ...")
+    fig.suptitle(f"GRU gates: layer {trace.layer}, {title}", parse_math=False)  # user text: "$5 and $10" stays
     return fig
 
 

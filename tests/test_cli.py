@@ -221,10 +221,10 @@ def test_gates_of_a_channel_independent_segmented_forecaster_name_the_column_and
     data = fitted.datamodule()
     task = run.build_task(cfg.task, fitted.state_dict())
     module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
-    view, _ = gates.plot_model_gates(module, tmp_path, sample=3)  # window 1's second column
+    view, _ = gates.plot_model_gates(module, tmp_path, sample=2)  # window 1's first column
     origin, lookback = data.sets["predict"].origins[1], cfg.task.data.lookback
     window = data.series.timestamps[origin - lookback : origin]
-    assert view.title == f"{data.series.path}: the {lookback} rows up to {window[-1]}, column 'temperature'"
+    assert view.title == f"{data.series.path}: the {lookback} rows up to {window[-1]}, column 'load'"
     assert list(view.steps) == list(map(str, window[3::4]))  # each segment of 4 rows at its last row
 
 

@@ -19,6 +19,7 @@ from gru_suite.config import (
     lacks,
     raise_all,
     undeclared_run_settings,
+    unknown_group_option,
     undeclared_settings,
     unused_backbone_settings,
     wrong_numbers,
@@ -507,3 +508,19 @@ def test_a_null_core_number_without_an_off_is_named(tmp_path):
     with pytest.raises(UserError) as caught:
         check_run_settings(cfg)
     assert {f"  {field} must be set, got null" for field in RUN_REQUIRED} <= set(str(caught.value).splitlines())
+
+
+def test_group_options_hydra_reads_itself_are_left_to_it():
+    assert unknown_group_option(["backbone=lstm", "-m", "trainer=cpu, default", "experiment=nab", "seed=1"]) is None
+    for args in (["hydra/launcher=basic"], ["backbone={hidden_size: 9}"], ["callbacks=[default,none]"],
+                 ["+backbone=\"gruu\""], ["backbone=gruu", "-cp", "/mine"], ["backbone=gruu", "--config-dir=/mine"],
+                 ["backbone=gruu", "hydra.searchpath=[file:///mine]"], ["backbone.hidden_size=9", "task.x=gruu"]):
+        assert unknown_group_option(args) is None, args
+    assert unknown_group_option(["++backbone=gruu"]) is None  # "+backbone" is no identifier: Hydra's to name
+    assert unknown_group_option(["-m", "backbone=gru,gruu"]).startswith("backbone=gruu: no such option")
+
+
+def test_every_core_number_is_required_unless_null_is_off():
+    null_is_off = {"trainer.max_epochs", "trainer.gradient_clip_val", "trainer.log_every_n_steps",
+                   "trainer.num_sanity_val_steps", "threads", "seed"}
+    assert {field for field, *_ in RUN_NUMBERS} - set(RUN_REQUIRED) == null_is_off

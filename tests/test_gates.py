@@ -152,3 +152,9 @@ def test_a_bidirectional_layer_draws_a_line_between_its_directions(tmp_path, mon
     assert ax.get_ylabel() == "unit (forward | backward)"
     plot_gates(trace_gates(_backbone(), _input()), tmp_path)
     assert drawn[1].axes[0].get_lines() == [] and drawn[1].axes[0].get_ylabel() == "unit"
+
+
+def test_dollar_signs_in_a_title_or_a_token_are_drawn_as_text(tmp_path) -> None:
+    view = SequenceView("it costs $x_$ now", [f"$x{t}_$" for t in range(7)])  # pairs of $ are mathtext
+    paths = plot_gates(trace_gates(_backbone(), _input()), tmp_path, view=view)  # mathtext: ValueError at save
+    assert paths[0].read_bytes().startswith(PNG_MAGIC)

@@ -1057,4 +1057,4 @@ def test_gate_plots_name_the_file_and_label_frames_in_seconds(checked: Path, tmp
     assert 0 <= seconds[0] and seconds[-1] < len(speak(["four", "two"], seed=5)) / 16000
     module.task.cfg.predict.streaming = True
     streamed, _ = gates.plot_model_gates(module, tmp_path)
-    assert streamed.steps is None and streamed.title.endswith("ms chunk (streamed)")
+    assert streamed.steps is None and streamed.title.endswith("the first stretch streamed to the encoder")

@@ -440,10 +440,11 @@ class SpeechTask(TaskPlugin):
 
     def describe_sequence(self, datamodule: SpeechData, batch: dict, sample: int) -> SequenceView:
         """The audio file and each encoder frame's time in it (seconds, after the silence the endpointer skipped);
-        streamed prediction feeds the encoder chunk by chunk, so its plots show the first chunk, unlabelled."""
+        streamed prediction feeds the encoder chunk by chunk (one file a batch), so its plots show the first stretch
+        the encoder read, from just before the speech onset, unlabelled."""
         title = f"{batch['paths'][sample]} ({batch['durations'][sample]:.2f} s)"
         if self.cfg.predict.get("streaming"):
-            return SequenceView(f"{title}, first {float(self.cfg.predict.chunk_ms):g} ms chunk (streamed)")
+            return SequenceView(f"{title}, the first stretch streamed to the encoder")
         subsample = int(self.cfg.model.subsample)
         start, frames = int(batch["skipped"][sample]) // subsample, int(batch["lengths"][sample]) // subsample
         return SequenceView(title, [f"{(start + t) * self.frame_seconds:.2f} s" for t in range(frames)])
