@@ -275,7 +275,7 @@ def unknown_group_option(args: Sequence[str]) -> str | None:
     """What is wrong with the first `group=NAME` of command-line `args` (also `+group=NAME`, or a sweep's `group=a,b`)
     that names no config of that group, with the group's options; None where all are known. `task=` is checked
     apart; where the user's own config folders (`hydra.searchpath`, `--config-dir`) may add options, Hydra answers."""
-    from gru_suite.registry import installed_tasks
+    from gru_suite.registry import group_options, task_config_dirs
 
     # not a setting (group.key=...), Hydra's own groups (hydra/launcher=...), a sweep function (range(...)), a
     # merged block (backbone={hidden_size: 9}), a list of options or a quoted value: Hydra's to read
@@ -285,13 +285,11 @@ def unknown_group_option(args: Sequence[str]) -> str | None:
     own_folders = ("hydra.searchpath=", "--config-dir", "-cd", "--config-path", "-cp")
     if not choices or any(arg.startswith(own_folders) for arg in args):
         return None
-    folders = [CONF_DIR, *(conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None)]
+    folders = [CONF_DIR, *task_config_dirs()]
     for group, value in choices:
-        found = [folder / group for folder in folders if (folder / group).is_dir()]
-        options = sorted({path.relative_to(dir_).with_suffix("").as_posix() for dir_ in found
-                          for path in dir_.rglob("*.yaml")})
-        picked = [option.strip() for option in value.split(",")] if found else []
-        if unknown := [option for option in picked if option not in (*options, "")]:
+        if not (options := group_options(group, folders)):
+            continue  # not a config group
+        if unknown := [option.strip() for option in value.split(",") if option.strip() not in (*options, "")]:
             return f"{group}={unknown[0]}: no such option; the {group} options are {', '.join(options)}"
     return None
 

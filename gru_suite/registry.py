@@ -195,15 +195,24 @@ def config_search_path() -> list[str]:
 TASK_INTERNAL_GROUPS = frozenset({"task_trainer"})
 
 
+def task_config_dirs() -> list[Path]:
+    """The `conf/` folders of the installed tasks that have one."""
+    return [conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None]
+
+
+def group_options(group: str, folders: list[Path]) -> list[str]:
+    """The options of config group `group` in `folders`: its YAML files' paths below the group's folder, without
+    the suffix (`experiment=sub/name` for a file in a subfolder), sorted."""
+    return sorted({path.relative_to(folder / group).with_suffix("").as_posix()
+                   for folder in folders if (folder / group).is_dir() for path in (folder / group).rglob("*.yaml")})
+
+
 def format_task_config_groups() -> str:
     """One line per selectable config group that installed tasks add (`task`, `experiment`, ...), with its options."""
-    options: dict[str, set[str]] = {}
-    for entry in installed_tasks().values():
-        conf = entry.config_dir()
-        for path in conf.glob("*/*.yaml") if conf else ():
-            if path.parent.name not in TASK_INTERNAL_GROUPS:
-                options.setdefault(path.parent.name, set()).add(path.stem)
-    return "\n".join(f"{group}: {', '.join(sorted(names))}" for group, names in sorted(options.items()))
+    folders = task_config_dirs()
+    groups = sorted({path.name for folder in folders for path in folder.iterdir()
+                     if path.is_dir() and path.name not in TASK_INTERNAL_GROUPS})
+    return "\n".join(f"{group}: {', '.join(options)}" for group in groups if (options := group_options(group, folders)))
 
 
 def format_task_list() -> str:
