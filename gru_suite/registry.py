@@ -182,22 +182,21 @@ def get_task(name: str) -> TaskEntry:
     return tasks[name]
 
 
-def config_search_path() -> list[str]:
-    """Hydra search-path entries for every installed task's config folder: the core's built-in tasks' first, so
-    that a file another package also ships under a built-in's name (`conf/task/translation.yaml`) is not the one
-    Hydra finds, then the other packages' by package name."""
+def task_config_dirs() -> list[Path]:
+    """The `conf/` folders of the installed tasks that have one, each once: the core's built-in tasks' first, so that
+    a file another package also ships under a built-in's name (`conf/task/translation.yaml`) is not the one Hydra
+    finds, then the other packages' by package name."""
     entries = sorted(installed_tasks().values(), key=lambda e: (e.distribution != CORE_DISTRIBUTION, e.distribution))
-    dirs = (entry.config_dir() for entry in entries)
-    return list(dict.fromkeys(f"file://{d}" for d in dirs if d is not None))
+    return list(dict.fromkeys(conf for entry in entries if (conf := entry.config_dir()) is not None))
+
+
+def config_search_path() -> list[str]:
+    """Hydra search-path entries for every installed task's config folder, in `task_config_dirs`' order."""
+    return [f"file://{folder}" for folder in task_config_dirs()]
 
 
 # config groups a task's own config pulls in; nobody selects them on the command line
 TASK_INTERNAL_GROUPS = frozenset({"task_trainer"})
-
-
-def task_config_dirs() -> list[Path]:
-    """The `conf/` folders of the installed tasks that have one."""
-    return [conf for entry in installed_tasks().values() if (conf := entry.config_dir()) is not None]
 
 
 def group_options(group: str, folders: list[Path]) -> list[str]:

@@ -13,7 +13,6 @@ import gzip
 import logging
 import zlib
 from collections.abc import Iterable, Sequence
-from itertools import zip_longest
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -119,10 +118,9 @@ def parse_table(
         while len(header) > 1 and not header[-1].strip():
             header.pop()
         header = [name.strip() for name in header]
-        missing = [(name, setting) for name, setting in zip_longest(columns, settings[: len(columns)])
-                   if name not in header]
-        if missing:
-            named = ", ".join(f"{name!r}" + (f" ({setting})" if setting else "") for name, setting in missing)
+        chosen_by = dict(zip(columns, settings))
+        if missing := [name for name in columns if name not in header]:
+            named = ", ".join(f"{name!r}" + (f" ({chosen_by[name]})" if name in chosen_by else "") for name in missing)
             raise UserError(f"{path}:1: no column {named}; the columns are {header}")
         where = [header.index(name) for name in columns]
         rows = []
