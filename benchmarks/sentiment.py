@@ -72,13 +72,15 @@ def read_sst(path: Path) -> list[Any]:
 
 
 def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_tokens: int, seed: int,
-                         folder: Path) -> dict[str, Any]:
-    """`train.txt` and `val.txt` (`label sentence` lines): held-out sentences, and the rest plus clean phrases."""
+                         folder: Path, sentence_copies: int = 1) -> dict[str, Any]:
+    """`train.txt` and `val.txt` (`label sentence` lines): held-out sentences, and the rest (each
+    `sentence_copies` times) plus clean phrases."""
     sentences = read_sst(train)
     held = set(random.Random(seed).sample(range(len(sentences)), round(VAL_FRACTION * len(sentences))))
     val = [e for i, e in enumerate(sentences) if i in held]
     rows = [e for i, e in enumerate(sentences) if i not in held]
-    stats: dict[str, Any] = {"train_sentences": len(rows), "val_sentences": len(val), "phrases_added": 0}
+    stats: dict[str, Any] = {"train_sentences": len(rows), "sentence_copies": sentence_copies,
+                             "val_sentences": len(val), "phrases_added": 0}
     if phrases is not None:
         protected = [e.text for e in val] + [e.text for e in read_sst(dev)]
         whole = set(protected)
@@ -88,7 +90,9 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
         clean = [e for e in candidates if e.text not in leaks and e.text not in seen]
         stats.update(phrases_read=len(candidates), phrases_equal_to_protected=sum(e.text in whole for e in candidates),
                      phrases_dropped_as_leaks=sum(e.text in leaks for e in candidates), phrases_added=len(clean))
-        rows += clean
+    else:
+        clean = []
+    rows = rows * sentence_copies + clean
     for name, examples in (("train.txt", rows), ("val.txt", val)):
         (folder / name).write_text("".join(f"{e.label} {e.text}\n" for e in examples), encoding="utf-8")
     (folder / "sentences.txt").write_text("".join(f"{e.text}\n" for i, e in enumerate(sentences) if i not in held),
@@ -155,7 +159,8 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        data = build_training_files(args.train, args.dev, args.phrases, args.leak_tokens, seed, folder)
+        data = build_training_files(args.train, args.dev, args.phrases, args.leak_tokens, seed, folder,
+                                    args.sentence_copies)
         seconds = int(args.minutes * 60)
         texts = [folder / "sentences.txt", *(path.resolve() for path in args.unlabelled)]
         pretrain = [f"task.pretrain.epochs={args.pretrain_epochs}",
@@ -204,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phrases", type=Path, help="GLUE SST-2 train.tsv (sentence<TAB>label phrases), optional")
     parser.add_argument("--leak-tokens", type=int, default=4,
                         help="drop phrases that are spans of this many words or more of a dev/held-out sentence")
+    parser.add_argument("--sentence-copies", type=positive_int, default=1,
+                        help="put each training sentence this many times into an epoch, beside the phrases "
+                             "(default 1)")
     parser.add_argument("--minutes", type=float, default=40.0,
                         help="wall-time budget for training each model (default 40)")
     parser.add_argument("--threads", type=positive_int, default=1,
