@@ -58,6 +58,8 @@ def test_the_anomaly_benchmark_runs_on_a_nab_subset_without_its_streaming_series
     assert "realKnownCause/nyc_taxi.csv: streaming throughput skipped" in result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["corpus"] == {"files": 2, "labelled_files": 2, "windows": 2} and "streaming" not in report
+    # the figures are those of the task's own test stage, which scored each series once
+    assert report["task_test_check"]["agrees"] and report["scoring"]["series"] == 2
     named = subprocess.run([*command, "--stream-series", "grp/missing.csv"], capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
     assert named.returncode == 2 and named.stderr.strip().endswith(f"--stream-series: no {nab}/data/grp/missing.csv")

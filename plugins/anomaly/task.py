@@ -28,7 +28,8 @@ class AnomalyTask(TaskPlugin):
     """Learn normal behaviour from each series' probationary period, then score the rest.
 
     Test metrics (when labels are given): point, event and point-adjusted F1 averaged
-    over series, and the NAB score of every profile over the whole corpus.
+    over series, and the NAB score of every profile over the whole corpus. The test stage's scored
+    series stay in `test_scored` (by series name) until the next test.
     """
 
     choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
@@ -63,6 +64,7 @@ class AnomalyTask(TaskPlugin):
         self.state.setdefault("n_features", len(self.streams[0].series.columns))
         self.state.setdefault("value_columns", list(self.streams[0].series.columns))
         self._raw: dict[int, np.ndarray] = {}
+        self.test_scored: dict[str, ScoredSeries] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size,
                            shortest_crop(detector.kind, detector.window, detector.burn_in))
 
@@ -159,6 +161,7 @@ class AnomalyTask(TaskPlugin):
         scored = {i: self.flagger().run(raw, self.streams[i].probation, self.streams[i].series.values)
                   for i, raw in sorted(raw_scores.items())}
         self._raw = {}
+        self.test_scored = {self.streams[i].name: series for i, series in scored.items()}
         return self._metrics(scored)
 
     def _metrics(self, scored: dict[int, ScoredSeries]) -> dict[str, float]:
