@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -46,6 +46,12 @@ class Series:
 
     def column_indices(self, names: Sequence[str]) -> list[int]:
         return [self.columns.index(name) for name in names]
+
+    def row_names(self, rows: Iterable[int]) -> list[str]:
+        """How plots name rows: by their timestamps, or as "row N" (counted from 1) in a series without them."""
+        if isinstance(self.timestamps, pd.RangeIndex):
+            return [f"row {row + 1}" for row in rows]
+        return [str(self.timestamps[row]) for row in rows]
 
 
 def read_series_csv(

@@ -670,3 +670,40 @@ def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):
     with pytest.raises(UserError, match=r"two.csv: has 2 value column\(s\) \['a', 'b'\], but the checkpoint's "
                                         r"detector reads 1 \['value'\] \(choose them with task.data.value_columns\)"):
         anomaly_task(tmp_path, two, state=trained.state_dict()).datamodule()
+
+
+@pytest.mark.parametrize("overrides, sample, rows", [
+    ([], 0, range(199)),  # the whole series but its last row, which nothing is predicted from
+    (["task.detector.retrain.every=20"], 0, range(120)),  # the probation's 100 rows and 20 more, up to a fine-tune
+    (["task.detector.kind=autoencoder", "task.detector.window=8"], 3, range(3, 11)),  # the window at sample 3
+    (["task.detector.kind=autoencoder", "task.detector.window=8", "task.detector.retrain.every=20"], 3, range(3, 11)),
+])
+def test_gate_plots_name_the_file_and_label_each_row_the_backbone_read(tmp_path, monkeypatch, overrides, sample, rows):
+    from gru_suite import gates
+
+    data = write_series(tmp_path / "s.csv")
+    state = anomaly_task(tmp_path, data, *overrides)
+    state.datamodule()
+    task = anomaly_task(tmp_path, data, *overrides, state=state.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
+    traced, trace = [], gates.trace_gates
+    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x: traced.append(x) or trace(backbone, x))
+    view, _ = gates.plot_model_gates(module, tmp_path / "gates", sample=sample)  # as many labels as steps, or raises
+    stamps = [str(stamp) for stamp in pd.date_range("2024-01-01", periods=200, freq="h")]
+    assert view.title == f"{data}: the {len(rows)} rows from {stamps[rows[0]]} to {stamps[rows[-1]]}"
+    assert list(view.steps) == stamps[rows[0] : rows[-1] + 1]
+    torch.testing.assert_close(traced[0][0, :, :1], task.streams[0].inputs[rows[0] : rows[-1] + 1, :1])
+
+
+def test_gate_plots_of_a_series_without_timestamps_count_its_rows_from_1(tmp_path):
+    from gru_suite import gates
+
+    data = tmp_path / "s.csv"
+    pd.DataFrame({"value": np.sin(np.arange(200) / 5)}).to_csv(data, index=False)
+    overrides = ["task.data.time_column=null", "task.detector.kind=autoencoder", "task.detector.window=8"]
+    state = anomaly_task(tmp_path, data, *overrides)
+    state.datamodule()
+    task = anomaly_task(tmp_path, data, *overrides, state=state.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
+    view, _ = gates.plot_model_gates(module, tmp_path / "gates")
+    assert view.title == f"{data}: the 8 rows from row 1 to row 8" and view.steps[-1] == "row 8"

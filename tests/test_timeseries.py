@@ -110,6 +110,12 @@ def test_iso_timestamps_in_mixed_forms_are_read_as_a_stream_reads_them(tmp_path,
     assert list(series.timestamps) == [parse_timestamp(stamp) for stamp in stamps]
 
 
+def test_plots_name_rows_by_timestamp_or_count_them_from_1(tmp_path):
+    stamped = read_series_csv(write(tmp_path, "t,a\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n"), ["a"], "t")
+    assert stamped.row_names([1]) == ["2024-01-01 01:00:00"]
+    assert read_series_csv(write(tmp_path, "a\n1\n2\n"), ["a"]).row_names(range(2)) == ["row 1", "row 2"]
+
+
 def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
     path = write(tmp_path, "t,a\n1700000000,1\n\n1700003600.5,2\n")
     stamps = read_series_csv(path, ["a"], "t", time_unit="s").timestamps

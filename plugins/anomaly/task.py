@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import MISSING_POLICIES, Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
 from gru_suite_plugins.anomaly.detectors import DETECTORS, build_detector, shortest_crop, unscored_rows
@@ -142,6 +142,20 @@ class AnomalyTask(TaskPlugin):
             return model.raw_scores(x)[0]
         online = OnlineScorer(model, retraining, self.streams[index].probation)
         return torch.from_numpy(online.run(x[0]))
+
+    def describe_sequence(self, datamodule: AnomalyData, batch: tuple[int, Tensor], sample: int) -> SequenceView:
+        """The file and the rows of what its backbone read first, each step's row: an autoencoder's window
+        `sample`; a forecaster's series from its start, up to its first fine-tune when it retrains (the stretch
+        scored in one pass), else all but the last row (which nothing is predicted from)."""
+        stream = self.streams[batch[0]]
+        if self.cfg.detector.kind == "autoencoder":
+            rows = range(sample, sample + self.cfg.detector.window)
+        else:
+            retraining, length = self.retraining(), len(stream.series.values)
+            rows = range(length - 1 if retraining is None else min(length, stream.probation + retraining.every))
+        first, last = stream.series.row_names([rows[0], rows[-1]])
+        return SequenceView(f"{stream.series.path}: the {len(rows)} rows from {first} to {last}",
+                            stream.series.row_names(rows))
 
     def step(self, model: nn.Module, batch: Any, stage: Stage) -> StepOutput:
         if stage in ("train", "val"):

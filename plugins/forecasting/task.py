@@ -145,11 +145,11 @@ class ForecastingTask(TaskPlugin):
         channels = len(series.columns) if model.channel_independent else 1
         window, channel = divmod(sample, channels)
         origin = datamodule.sets["predict"].origins[window]
-        stamps = series.timestamps[origin - lookback : origin]
         segment = int(model.segment_length)
         column = f", column {series.columns[channel]!r}" if model.channel_independent else ""
-        return SequenceView(f"{series.path}: the {lookback} rows up to {stamps[-1]}{column}",
-                            [str(stamps[t]) for t in range(segment - 1, lookback, segment)])
+        last = series.row_names([origin - 1])[0]
+        return SequenceView(f"{series.path}: the {lookback} rows up to {last}{column}",
+                            series.row_names(range(origin - lookback + segment - 1, origin, segment)))
 
     def write_predictions(self, predictions: list[Any], datamodule: ForecastingData, out_dir: Path) -> list[Path]:
         return write_forecasts(predictions, datamodule, self.state["targets"], out_dir)
