@@ -167,26 +167,64 @@ def plot_gates(
     ]
 
 
+@dataclass
+class _RNNCall:
+    """One call of a backbone's `nn.GRU`: its input (None where packed), the state given and the state returned,
+    and which weights ran it (the module and its parameters' versions, which in-place updates raise)."""
+
+    x: Tensor | None
+    h0: Tensor | None
+    h_n: Tensor
+    weights: tuple[int, ...]
+
+
 def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple[Tensor, Tensor | None]:
-    """The input sequences that `model.backbone` receives while `run()` executes, and their `lengths` (None where
-    the batch is not padded)."""
+    """The input sequences that `model.backbone` first receives while `run()` executes, and their `lengths` (None
+    where the batch is not padded). Where the calls after it carry its state on (generation: `step` after step, or
+    a stream read chunk by chunk), with the same weights, their inputs follow on the time axis: the whole
+    sequence the backbone read from that first state."""
     if not isinstance(getattr(model, "backbone", None), GRUBackbone):
         raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
                         "plots trace (the task's build_model() must set one)")
     captured: list[tuple[Tensor, Tensor | None]] = []
+    calls: list[_RNNCall] = []
 
     def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
         lengths = args[1] if len(args) > 1 else kwargs.get("lengths")
         captured.append((args[0].detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
 
-    handle = model.backbone.register_forward_pre_hook(record, with_kwargs=True)
+    def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
+        x, h0 = args[0], args[1] if len(args) > 1 else None
+        weights = (id(rnn), *(p._version for p in rnn.parameters()))
+        calls.append(_RNNCall(x.detach() if isinstance(x, Tensor) else None, h0, output[1], weights))
+
+    handles = [model.backbone.register_forward_pre_hook(record, with_kwargs=True),
+               model.backbone.rnn.register_forward_hook(record_rnn)]
     try:
         run()
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
     if not captured:
         raise RuntimeError("the model's backbone was not called")
-    return captured[0]
+    x, lengths = captured[0]
+    return (x, lengths) if lengths is not None else (_carried_on(x, calls), None)
+
+
+def _carried_on(x: Tensor, calls: list[_RNNCall]) -> Tensor:
+    """`x` (the first call's input) followed by the inputs of the later calls that carried its state on, up to a
+    change of the weights; calls of another module (a copy) or from another state are passed over."""
+    if not calls or calls[0].x is None or not torch.equal(calls[0].x, x):
+        return x
+    chain = [calls[0]]
+    for call in calls[1:]:
+        if call.weights[0] != chain[0].weights[0]:
+            continue
+        if call.weights != chain[0].weights:
+            break
+        if call.x is not None and call.h0 is chain[-1].h_n:
+            chain.append(call)
+    return torch.cat([call.x for call in chain], dim=1) if len(chain) > 1 else x
 
 
 def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:

@@ -158,3 +158,24 @@ def test_dollar_signs_in_a_title_or_a_token_are_drawn_as_text(tmp_path) -> None:
     view = SequenceView("it costs $x_$ now", [f"$x{t}_$" for t in range(7)])  # pairs of $ are mathtext
     paths = plot_gates(trace_gates(_backbone(), _input()), tmp_path, view=view)  # mathtext: ValueError at save
     assert paths[0].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_captured_input_follows_the_calls_that_carry_its_state_with_the_same_weights() -> None:
+    from types import SimpleNamespace
+
+    model = SimpleNamespace(backbone=_backbone())
+    x, more, again = _input(), _input(2)[:, :2], _input(3)[:, :1]
+
+    def stream(change_weights: bool) -> None:
+        _, h = model.backbone(x)
+        _, h = model.backbone(more, h0=h)  # a second chunk, carrying the state on
+        model.backbone(x)  # a fresh start: not part of the stream
+        if change_weights:
+            with torch.no_grad():
+                model.backbone.rnn.weight_hh_l0.add_(0.1)  # as a fine-tune in between would
+        model.backbone.step(again[:, 0], h)
+
+    captured, lengths = capture_backbone_input(model, lambda: stream(change_weights=False))
+    assert lengths is None and torch.equal(captured, torch.cat([x, more, again], dim=1))  # the step follows too
+    captured, _ = capture_backbone_input(model, lambda: stream(change_weights=True))
+    assert torch.equal(captured, torch.cat([x, more], dim=1))  # other weights: the trace stops before them

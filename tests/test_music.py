@@ -576,3 +576,49 @@ def test_a_silent_generated_piece_is_written_with_a_warning(music_installed: Non
     assert len(paths) == 4  # each piece's .mid and .png, the silent one too
     assert [r.getMessage()[:34] for r in caplog.records if r.levelname == "WARNING"] == [
         "piece_000.mid has no notes: the mo"]
+
+
+def _traced_gates(task, model, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sample: int):
+    """`plot_model_gates` on the task's model: the view and the sequence it traced."""
+    from types import SimpleNamespace
+
+    from gru_suite import gates
+
+    traced, trace = [], gates.trace_gates
+    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x: traced.append(x) or trace(backbone, x))
+    view, _ = gates.plot_model_gates(SimpleNamespace(task=task, model=model), tmp_path, sample=sample)
+    return view, traced[0][0]
+
+
+def test_gate_plots_follow_a_generated_roll_step_by_step_by_beat(music_installed: None, corpus: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    primer = sorted(corpus.glob("*.mid"))[0]  # 96 steps
+    cfg = compose_train_config("music", [*TINY, f"task.data.path={corpus}", f"task.generate.primer={primer}",
+                                         "task.generate.length=64", "task.generate.pieces=2"], tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    model = run.build_module(cfg, task).model.eval()
+    view, traced = _traced_gates(task, model, monkeypatch, tmp_path, sample=1)
+    assert view.title == ("piece_001.mid as generated: a silent start, then its first 127 steps as fed back (the first "
+                          "96 the primer's), by beat")
+    assert list(view.steps[:4]) == ["start", "1", "1.5", "2"] and len(view.steps) == 128
+    roll = task.predict_step(model, torch.tensor([0, 1]))["roll"][1].float()  # the same seed: the same piece
+    with torch.no_grad():
+        fed = model.adapter(torch.cat([torch.zeros(1, roll.size(1)), roll[:-1]]))
+    torch.testing.assert_close(traced, fed)  # the silent start, the primer, then each sampled step
+
+
+def test_gate_plots_follow_generated_events_as_they_were_fed_back(music_installed: None, corpus: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_train_config("music", [*EVENTS, f"task.data.path={corpus}", "task.generate.unit=steps",
+                                         "task.generate.length=12", "task.generate.pieces=2"], tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    model = run.build_module(cfg, task).model.eval()
+    view, traced = _traced_gates(task, model, monkeypatch, tmp_path, sample=0)
+    assert view.title == ("piece_000.mid as generated: the start token, then each event fed back (until the batch's "
+                          "last piece ended)") and view.steps is None
+    events = task.predict_step(model, torch.tensor([0, 1]))["events"][0]
+    with torch.no_grad():
+        fed = model.embed(torch.tensor([VOCAB, *events[:11].tolist()]))
+    torch.testing.assert_close(traced, fed)  # 12 events: the start token and the first 11 were fed back

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from gru_suite.config import config_number
 from gru_suite.distributed import gather_sums
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.music import events as codec
 from gru_suite_plugins.music.data import (
     PIANO_RANGE,
@@ -129,6 +129,11 @@ class MusicTask(TaskPlugin):
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
         return self.representation.write_predictions(predictions, datamodule, out_dir)
 
+    def describe_sequence(self, datamodule: MusicData, batch: Tensor, sample: int) -> SequenceView:
+        """Generated piece `sample` of the batch as the GRU read it: a start step, the primer, then each step
+        sampled and fed back."""
+        return self.representation.describe_generation(int(batch[sample]))
+
 
 class Representation(ABC):
     """What a step of a piece is, with its data, model, loss, generation and writers.
@@ -158,6 +163,9 @@ class Representation(ABC):
 
     @abstractmethod
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]: ...
+
+    @abstractmethod
+    def describe_generation(self, piece: int) -> SequenceView: ...
 
     def unit(self) -> str:
         return self.cfg.generate.unit  # one of UNITS (`choices`)
@@ -257,6 +265,14 @@ class RollRepresentation(Representation):
         rolls = model.generate(len(batch), self.generate_steps(), self.sampling(), self.generator(batch), self.primer)
         return {"index": batch.cpu(), "roll": rolls.bool().cpu()}
 
+    def describe_generation(self, piece: int) -> SequenceView:
+        """The silent start step, then the first `steps - 1` steps (the last is sampled, never fed back), by
+        their beat."""
+        spb, steps = self.state["steps_per_beat"], self.generate_steps()
+        primed = f" (the first {len(self.primer)} the primer's)" if self.primer is not None else ""
+        return SequenceView(f"piece_{piece:03d}.mid as generated: a silent start, then its first {steps - 1} steps "
+                            f"as fed back{primed}, by beat", ["start", *(f"{1 + t / spb:g}" for t in range(steps - 1))])
+
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
         gen, paths = self.cfg.generate, []
         for batch in predictions:
@@ -352,6 +368,13 @@ class EventRepresentation(Representation):
         for b, sequence in enumerate(sequences):
             events[b, :len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         return {"index": batch.cpu(), "events": events, "lengths": lengths}
+
+    def describe_generation(self, piece: int) -> SequenceView:
+        """The start token, the primer, then each event sampled and fed back, unlabelled: the batch's pieces are
+        all fed until the last one ends, so a piece that ended sooner is followed by events it did not keep."""
+        primed = f", the primer's {len(self.primer)} events" if self.primer else ""
+        return SequenceView(f"piece_{piece:03d}.mid as generated: the start token{primed}, then each event fed back "
+                            "(until the batch's last piece ended)")
 
     def write_predictions(self, predictions: list[Any], datamodule: MusicData, out_dir: Path) -> list[Path]:
         gen, seconds, paths = self.cfg.generate, self.length()["seconds"], []
