@@ -14,7 +14,7 @@ training     epochs, seconds, val/loss of the best checkpoint.
 label-free   NAB score (normalised, 0 = null detector, 100 = perfect) of each profile,
              overall and per group, and point / event / point-adjusted F1, from the flags
              the task's test stage produced with its label-free threshold (``task.scoring``);
-             the metrics that stage logged must equal these, computed again here.
+             the totals, recomputed here from those flags, must equal the metrics the stage logged.
 per-series   rows, probation, windows, flags, windows hit, F1s and raw NAB score.
 label-tuned  "label-tuned threshold (NAB leaderboard protocol)": one global threshold on
              the anomaly score per profile, chosen on the labels to maximise the corpus
@@ -396,7 +396,8 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
           v["pa_f1"], v["nab_standard_raw"]] for n, v in ps.items()],
     )
     check = report["task_test_check"]
-    print(f"the metrics the task's test stage logged agree with this report's: {check['agrees']} "
+    print(f"this report's totals, recomputed from the test stage's flags, equal the metrics it logged: "
+          f"{check['agrees']} "
           f"(max |diff| {check['max_abs_diff']:.2g}); {PROTOCOL_NOTE}")
     if "label_tuned" in report:
         lt = report["label_tuned"]

@@ -169,20 +169,21 @@ def plot_gates(
 
 @dataclass
 class _RNNCall:
-    """One call of a backbone's `nn.GRU`: its input (None where packed), the state given and the state returned,
-    and which weights ran it (the module and its parameters' versions, which in-place updates raise)."""
+    """One call of a backbone's `nn.GRU`: its input, the state given and the state returned (None where it cannot
+    continue a stream: packed, bidirectional, or learning), and which weights ran it (the module and its
+    parameters' versions, which in-place updates raise)."""
 
     x: Tensor | None
     h0: Tensor | None
-    h_n: Tensor
+    h_n: Tensor | None
     weights: tuple[int, ...]
 
 
 def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple[Tensor, Tensor | None]:
     """The input sequences that `model.backbone` first receives while `run()` executes, and their `lengths` (None
-    where the batch is not padded). Where the calls after it carry its state on (generation: `step` after step, or
-    a stream read chunk by chunk), with the same weights, their inputs follow on the time axis: the whole
-    sequence the backbone read from that first state."""
+    where the batch is not padded). Where the calls after it carry its state on (a unidirectional GRU's generation,
+    `step` after step, or a stream read chunk by chunk) with the same weights, their inputs follow on the time
+    axis: the whole sequence the backbone read from that first state."""
     if not isinstance(getattr(model, "backbone", None), GRUBackbone):
         raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
                         "plots trace (the task's build_model() must set one)")
@@ -194,9 +195,12 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple
         captured.append((args[0].detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
 
     def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
-        x, h0 = args[0], args[1] if len(args) > 1 else None
         weights = (id(rnn), *(p._version for p in rnn.parameters()))
-        calls.append(_RNNCall(x.detach() if isinstance(x, Tensor) else None, h0, output[1], weights))
+        x, h0 = args[0], args[1] if len(args) > 1 else None
+        if torch.is_grad_enabled() or rnn.bidirectional or not isinstance(x, Tensor):  # learning (a fine-tune
+            calls.append(_RNNCall(None, None, None, weights))  # between chunks), both directions, or packed
+        else:
+            calls.append(_RNNCall(x.detach(), h0, output[1], weights))
 
     handles = [model.backbone.register_forward_pre_hook(record, with_kwargs=True),
                model.backbone.rnn.register_forward_hook(record_rnn)]

@@ -175,7 +175,19 @@ def test_captured_input_follows_the_calls_that_carry_its_state_with_the_same_wei
                 model.backbone.rnn.weight_hh_l0.add_(0.1)  # as a fine-tune in between would
         model.backbone.step(again[:, 0], h)
 
-    captured, lengths = capture_backbone_input(model, lambda: stream(change_weights=False))
-    assert lengths is None and torch.equal(captured, torch.cat([x, more, again], dim=1))  # the step follows too
-    captured, _ = capture_backbone_input(model, lambda: stream(change_weights=True))
-    assert torch.equal(captured, torch.cat([x, more], dim=1))  # other weights: the trace stops before them
+    with torch.no_grad():
+        captured, lengths = capture_backbone_input(model, lambda: stream(change_weights=False))
+        assert lengths is None and torch.equal(captured, torch.cat([x, more, again], dim=1))  # the step follows too
+        captured, _ = capture_backbone_input(model, lambda: stream(change_weights=True))
+        assert torch.equal(captured, torch.cat([x, more], dim=1))  # other weights: the trace stops before them
+
+
+def test_captured_input_is_the_first_call_alone_when_learning_or_bidirectional() -> None:
+    from types import SimpleNamespace
+
+    x, more = _input(), _input(2)[:, :2]
+    for backbone, grad in ((_backbone(), True), (_backbone(bidirectional=True), False)):
+        model = SimpleNamespace(backbone=backbone)
+        with torch.set_grad_enabled(grad):  # learning keeps no inputs (a fine-tune's would pile up); a
+            captured, _ = capture_backbone_input(model, lambda b=backbone: b(more, h0=b(x)[1]))
+        assert torch.equal(captured, x)  # bidirectional chunk is no continuation of a whole sequence

@@ -1057,5 +1057,8 @@ def test_gate_plots_name_the_file_and_label_frames_in_seconds(checked: Path, tmp
     assert seconds[1] - seconds[0] == pytest.approx(module.task.frame_seconds, abs=0.006)
     assert 0.3 < seconds[0] < 0.5 < seconds[-1] < 0.5 + len(call) / 16000  # the endpointer skipped the silence
     module.task.cfg.predict.streaming = True
-    streamed, _ = gates.plot_model_gates(module, tmp_path)
-    assert streamed.steps is None and streamed.title.endswith("the first stretch streamed to the encoder")
+    streamed, _ = gates.plot_model_gates(module, tmp_path)  # chunk after chunk, the state carried on: the same
+    assert streamed.title == f"{view.title}, streamed in chunks of {module.task.cfg.predict.chunk_ms} ms"
+    assert streamed.steps == view.steps
+    np.testing.assert_allclose(drawn[1].axes[0].images[0].get_array(), drawn[0].axes[0].images[0].get_array(),
+                               atol=1e-5)

@@ -439,12 +439,11 @@ class SpeechTask(TaskPlugin):
         return results
 
     def describe_sequence(self, datamodule: SpeechData, batch: dict, sample: int) -> SequenceView:
-        """The audio file and each encoder frame's time in it (seconds, after the silence the endpointer skipped);
-        streamed prediction feeds the encoder chunk by chunk (one file a batch), so its plots show the first stretch
-        the encoder read, from just before the speech onset, unlabelled."""
+        """The audio file and each encoder frame's time in it (seconds, after the silence the endpointer skipped).
+        A streamed prediction feeds the encoder the same frames chunk by chunk, carrying its state."""
         title = f"{batch['paths'][sample]} ({batch['durations'][sample]:.2f} s)"
         if self.cfg.predict.get("streaming"):
-            return SequenceView(f"{title}, the first stretch streamed to the encoder")
+            title += f", streamed in chunks of {self.cfg.predict.chunk_ms} ms"
         subsample = int(self.cfg.model.subsample)
         start, frames = int(batch["skipped"][sample]) // subsample, int(batch["lengths"][sample]) // subsample
         return SequenceView(title, [f"{(start + t) * self.frame_seconds:.2f} s" for t in range(frames)])
