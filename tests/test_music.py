@@ -578,27 +578,29 @@ def test_a_silent_generated_piece_is_written_with_a_warning(music_installed: Non
         "piece_000.mid has no notes: the mo"]
 
 
-def _traced_gates(task, model, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sample: int):
-    """`plot_model_gates` on the task's model: the view and the sequence it traced."""
+def _traced_gates(overrides: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sample: int):
+    """`plot_model_gates` on an untrained model of `overrides`: its task and model, the view and the traced
+    sequence."""
     from types import SimpleNamespace
 
     from gru_suite import gates
 
+    cfg = compose_train_config("music", overrides, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    model = run.build_module(cfg, task).model.eval()
     traced, trace = [], gates.trace_gates
     monkeypatch.setattr(gates, "trace_gates", lambda backbone, x: traced.append(x) or trace(backbone, x))
     view, _ = gates.plot_model_gates(SimpleNamespace(task=task, model=model), tmp_path, sample=sample)
-    return view, traced[0][0]
+    return task, model, view, traced[0][0]
 
 
 def test_gate_plots_follow_a_generated_roll_step_by_step_by_beat(music_installed: None, corpus: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     primer = sorted(corpus.glob("*.mid"))[0]  # 96 steps
-    cfg = compose_train_config("music", [*TINY, f"task.data.path={corpus}", f"task.generate.primer={primer}",
-                                         "task.generate.length=64", "task.generate.pieces=2"], tmp_path)
-    task = run.build_task(cfg.task)
-    task.datamodule()
-    model = run.build_module(cfg, task).model.eval()
-    view, traced = _traced_gates(task, model, monkeypatch, tmp_path, sample=1)
+    overrides = [*TINY, f"task.data.path={corpus}", f"task.generate.primer={primer}", "task.generate.length=64",
+                 "task.generate.pieces=2"]
+    task, model, view, traced = _traced_gates(overrides, monkeypatch, tmp_path, sample=1)
     assert view.title == ("piece_001.mid as generated: a silent start, then its first 127 steps as fed back (the first "
                           "96 the primer's), by beat")
     assert list(view.steps[:4]) == ["start", "1", "1.5", "2"] and len(view.steps) == 128
@@ -610,12 +612,9 @@ def test_gate_plots_follow_a_generated_roll_step_by_step_by_beat(music_installed
 
 def test_gate_plots_follow_generated_events_as_they_were_fed_back(music_installed: None, corpus: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = compose_train_config("music", [*EVENTS, f"task.data.path={corpus}", "task.generate.unit=steps",
-                                         "task.generate.length=12", "task.generate.pieces=2"], tmp_path)
-    task = run.build_task(cfg.task)
-    task.datamodule()
-    model = run.build_module(cfg, task).model.eval()
-    view, traced = _traced_gates(task, model, monkeypatch, tmp_path, sample=0)
+    overrides = [*EVENTS, f"task.data.path={corpus}", "task.generate.unit=steps", "task.generate.length=12",
+                 "task.generate.pieces=2"]
+    task, model, view, traced = _traced_gates(overrides, monkeypatch, tmp_path, sample=0)
     assert view.title == ("piece_000.mid as generated: the start token, then each event fed back (until the batch's "
                           "last piece ended)") and view.steps is None
     events = task.predict_step(model, torch.tensor([0, 1]))["events"][0]
