@@ -674,9 +674,10 @@ def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):
 
 @pytest.mark.parametrize("overrides, sample, rows", [
     ([], 0, range(199)),  # the whole series but its last row, which nothing is predicted from
-    (["task.detector.retrain.every=20"], 0, range(120)),  # the probation's 100 rows and 20 more, up to a fine-tune
+    (["task.detector.retrain.every=20", "task.detector.retrain.steps=2"], 0, range(120)),  # the probation's 100 rows and 20 more, up to a fine-tune
     (["task.detector.kind=autoencoder", "task.detector.window=8"], 3, range(3, 11)),  # the window at sample 3
-    (["task.detector.kind=autoencoder", "task.detector.window=8", "task.detector.retrain.every=20"], 3, range(3, 11)),
+    (["task.detector.kind=autoencoder", "task.detector.window=8", "task.detector.retrain.every=20",
+      "task.detector.retrain.steps=2"], 3, range(3, 11)),
 ])
 def test_gate_plots_name_the_file_and_label_each_row_the_backbone_read(tmp_path, monkeypatch, overrides, sample, rows):
     from gru_suite import gates
