@@ -26,7 +26,7 @@ from typing import Any
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import exit_code, fit_and_test, quiet, quote, table  # noqa: E402
+from _common import exit_code, fit_and_test, positive_int, quiet, quote, table  # noqa: E402
 
 PRESETS = {"autoregressive": "jsb_chorales", "independent": "jsb_chorales_independent"}  # head -> experiment
 HEADS = tuple(PRESETS)
@@ -95,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=8.0, help="wall-time budget per head (default 8)")
     parser.add_argument("--generate-steps", type=int, default=512)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=positive_int,
+                        help="torch intra-op threads (default: torch's own, one per core; give 1 beside other jobs)")
     args = parser.parse_args(argv)
     if unknown := [head for head in args.heads.split(",") if head not in HEADS]:
         parser.error(f"--heads takes {', '.join(HEADS)}, got {', '.join(unknown)}")
@@ -104,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {not_a_file(args.jsb, 'JSB Chorales JSON file')}", file=sys.stderr)
         return 2
     quiet()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     split = reported_split(args.jsb)
     results: dict[str, Any] = {"jsb": str(args.jsb), "split": split, "minutes_per_head": args.minutes, "heads": {}}
     with tempfile.TemporaryDirectory() as tmp:
