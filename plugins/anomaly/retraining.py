@@ -41,6 +41,11 @@ class Retraining:
                 f"got every={self.every}, window={self.window}"
             )
 
+    def next_fine_tune(self, seen: int, probation: int) -> int:
+        """How many observations a stream has seen when the next fine-tune after its first `seen` falls: every
+        `every` observations scored after its `probation` ones."""
+        return probation + self.every * (max(seen - probation, 0) // self.every + 1)
+
 
 def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
     """A few seeded Adam steps on random crops of `recent` (T, F + C); deterministic for equal input (dropout
@@ -84,8 +89,7 @@ class OnlineScorer:
         two fine-tunes go through the model in one pass."""
         scores = []
         while len(x):
-            scored = self.seen - self.probation
-            next_fine_tune = self.probation + self.retraining.every * (max(scored, 0) // self.retraining.every + 1)
+            next_fine_tune = self.retraining.next_fine_tune(self.seen, self.probation)
             chunk, x = x[: next_fine_tune - self.seen], x[next_fine_tune - self.seen :]
             scores.append(self._advance(chunk))
         return torch.cat(scores).float().cpu().numpy() if scores else np.zeros(0, dtype=np.float32)

@@ -152,7 +152,8 @@ class AnomalyTask(TaskPlugin):
             rows = range(sample, sample + self.cfg.detector.window)
         else:
             retraining, length = self.retraining(), len(stream.series.values)
-            rows = range(length - 1 if retraining is None else min(length, stream.probation + retraining.every))
+            first_pass = length - 1 if retraining is None else retraining.next_fine_tune(0, stream.probation)
+            rows = range(min(length, first_pass))
         first, last = stream.series.row_names([rows[0], rows[-1]])
         return SequenceView(f"{stream.series.path}: the {len(rows)} rows from {first} to {last}",
                             stream.series.row_names(rows))
