@@ -361,6 +361,11 @@ def _f1_cell(entry: dict[str, float] | None, key: str) -> str:
     return "-" if math.isnan(mean) else f"{mean:.3f}"
 
 
+def _nab_cell(nab: dict[str, Any], column: str, key: str) -> Any:
+    """One group's (or "all"'s) NAB figure, "-" for a group none of whose series has labelled windows."""
+    return nab[column][key] if column in nab else "-"
+
+
 def print_report(report: dict[str, Any], groups: list[str]) -> None:
     tr, cfg = report["training"], report["config"]
     table(
@@ -378,9 +383,9 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
     table(
         f"label-free NAB score (normalised; threshold {scoring}) - NOT the leaderboard protocol",
         ["profile", *cols],
-        [[p, *[lf["nab"][p][c]["normalized"] for c in cols]] for p in PROFILES]
-        + [["FP (standard)", *[lf["nab"]["standard"][c]["fp"] for c in cols]],
-           ["raw (standard)", *[lf["nab"]["standard"][c]["raw"] for c in cols]]],
+        [[p, *[_nab_cell(lf["nab"][p], c, "normalized") for c in cols]] for p in PROFILES]
+        + [["FP (standard)", *[_nab_cell(lf["nab"]["standard"], c, "fp") for c in cols]],
+           ["raw (standard)", *[_nab_cell(lf["nab"]["standard"], c, "raw") for c in cols]]],
     )
     table(
         "label-free F1: mean over series with anomaly windows (the task's test metric)",
@@ -396,16 +401,18 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
           v["pa_f1"], v["nab_standard_raw"]] for n, v in ps.items()],
     )
     check = report["task_test_check"]
-    print(f"this report's totals, recomputed from the test stage's flags, equal the metrics it logged: "
-          f"{check['agrees']} "
-          f"(max |diff| {check['max_abs_diff']:.2g}); {PROTOCOL_NOTE}")
+    agrees = ("n/a (no labelled windows to score)" if check["agrees"] is None
+              else f"{check['agrees']} (max |diff| {check['max_abs_diff']:.2g})")
+    print(f"this report's totals, recomputed from the test stage's flags, equal the metrics it logged: {agrees}; "
+          f"{PROTOCOL_NOTE}")
     if "label_tuned" in report:
         lt = report["label_tuned"]
         rows = []
         for p in PROFILES:
             t = lt[p]["threshold"]
-            shown = f"{t:.6g}" if cfg["score"] != "likelihood" or t >= 1 else f"1-{1 - t:.3g}"
-            rows.append([p, shown, *[lt[p]["nab"][c]["normalized"] for c in cols]])
+            shown = ("-" if not math.isfinite(t)  # no live window to tune on
+                     else f"{t:.6g}" if cfg["score"] != "likelihood" or t >= 1 else f"1-{1 - t:.3g}")
+            rows.append([p, shown, *[_nab_cell(lt[p]["nab"], c, "normalized") for c in cols]])
         table(
             f"label-tuned threshold (NAB leaderboard protocol): one global threshold on the {cfg['score']} score "
             "per profile, chosen on these labels",
@@ -512,7 +519,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          for k in ("point_f1", "event_f1", "pa_f1")})
             diffs = [abs(v - trained["task_test_metrics"][k]) for k, v in mine.items()
                      if k in trained["task_test_metrics"] and math.isfinite(v)]
-            report["task_test_check"] = {"agrees": bool(diffs) and max(diffs) < 1e-4,
+            report["task_test_check"] = {"agrees": max(diffs) < 1e-4 if diffs else None,
                                          "max_abs_diff": max(diffs) if diffs else math.nan}
             if not args.no_tuned:
                 report["label_tuned"] = label_tuned(task, scored)
@@ -523,9 +530,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     report["meta"]["wall_s"] = time.perf_counter() - start
     report["meta"]["cpu_s"] = time.process_time()
-    print_report(report, groups)
-    print(f"[total {report['meta']['wall_s']:.1f} s wall, {report['meta']['cpu_s']:.1f} s CPU]")
-    print(json.dumps(clean(report), sort_keys=True))
+    try:
+        print_report(report, groups)
+        print(f"[total {report['meta']['wall_s']:.1f} s wall, {report['meta']['cpu_s']:.1f} s CPU]")
+    finally:  # a long run's figures survive a fault in the tables
+        print(json.dumps(clean(report), sort_keys=True))
     return 0
 
 

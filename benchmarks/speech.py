@@ -57,8 +57,10 @@ def settings(speaker: str, test_takes: tuple[int, int]) -> dict[str, list[str]]:
 def default_test_takes(fsdd: Path) -> tuple[int, int]:
     """FSDD's own test split, takes 0-4, where the folder holds them (the full dataset), else takes 5-9 (the copy in
     ../shared/data starts at take 5); said on stderr."""
-    full = any(int(path.stem.rsplit("_", 1)[-1]) <= 4 for path in (fsdd / "recordings").glob("*_*_*.wav")
-               if path.stem.rsplit("_", 1)[-1].isdigit())
+    from gru_suite_plugins.speech.sources import FSDD_NAME, fsdd_recordings
+
+    full = any(int(match[3]) <= 4 for path in fsdd_recordings(fsdd).glob("*.wav")
+               if (match := FSDD_NAME.match(path.stem)))
     takes = (0, 4) if full else (5, 9)
     print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if full else
           " (the folder has no takes 0-4)"), file=sys.stderr)

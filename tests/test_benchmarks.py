@@ -51,15 +51,19 @@ def nab_like(root, series: int = 2, rows: int = 1200):
 
 def test_the_anomaly_benchmark_runs_on_a_nab_subset_without_its_streaming_series(tmp_path):
     nab = nab_like(tmp_path / "nab")
+    (nab / "data" / "unlabelled").mkdir()  # a group the labels do not name: scored, shown as "-" in the tables
+    (nab / "data" / "unlabelled" / "u.csv").write_text((nab / "data" / "grp" / "s0.csv").read_text())
     command = [sys.executable, str(REPO / "benchmarks" / "anomaly.py"), "--nab", str(nab), "--no-tuned",
                "--overrides", "trainer.max_epochs=1 task.detector.retrain.every=null backbone.hidden_size=8"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "realKnownCause/nyc_taxi.csv: streaming throughput skipped" in result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
-    assert report["corpus"] == {"files": 2, "labelled_files": 2, "windows": 2} and "streaming" not in report
+    assert report["corpus"] == {"files": 3, "labelled_files": 2, "windows": 2} and "streaming" not in report
     # the figures are those of the task's own test stage, which scored each series once
-    assert report["task_test_check"]["agrees"] and report["scoring"]["series"] == 2
+    assert report["task_test_check"]["agrees"] and report["scoring"]["series"] == 3
+    standard = next(line.split() for line in result.stdout.splitlines() if line.startswith("standard "))
+    assert standard[1] == standard[2] and standard[3] == "-"  # all = grp; the unlabelled group has no score
     named = subprocess.run([*command, "--stream-series", "grp/missing.csv"], capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
     assert named.returncode == 2 and named.stderr.strip().endswith(f"--stream-series: no {nab}/data/grp/missing.csv")
@@ -112,6 +116,20 @@ def test_music_generation_timing_recomputes_what_generate_carries(head):
     speed = music.generation_speed(SimpleNamespace(model=model), 12, seed=0)
     assert speed["steps"] == 12 and speed["carried_steps_per_s"] > 0 and speed["recomputed_steps_per_s"] > 0
     assert speed["same_notes"]  # the recomputation reads the whole prefix and draws what generate drew
+
+
+def test_the_speech_benchmark_tests_fsdds_own_test_takes_given_the_dataset_or_its_recordings(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speech
+
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for take in (5, 10):  # names are all it reads
+        (recordings / f"0_ann_{take}.wav").touch()
+    assert speech.default_test_takes(tmp_path / "fsdd") == speech.default_test_takes(recordings) == (5, 9)
+    (recordings / "0_ann_4.wav").touch()
+    (recordings / "notes_0.wav").touch()
+    assert speech.default_test_takes(tmp_path / "fsdd") == speech.default_test_takes(recordings) == (0, 4)
 
 
 def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_path):

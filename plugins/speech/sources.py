@@ -131,10 +131,16 @@ def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True) ->
     return utterances
 
 
+def fsdd_recordings(folder: str | Path) -> Path:
+    """The folder of FSDD's wav files: `folder/recordings` (the dataset's layout) or `folder` itself."""
+    folder = Path(folder)
+    return folder / "recordings" if (folder / "recordings").is_dir() else folder
+
+
 def read_fsdd(folder: str | Path, sample_rate: int) -> list[Utterance]:
     """The Free Spoken Digit Dataset: `recordings/{digit}_{speaker}_{take}.wav`, transcripts the digit words."""
     folder = Path(folder)
-    recordings = folder / "recordings" if (folder / "recordings").is_dir() else folder
+    recordings = fsdd_recordings(folder)
     if not recordings.is_dir():
         raise UserError(f"FSDD folder not found: {folder}")
     utterances = []
