@@ -8,6 +8,7 @@ checkpoint as plain data.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import logging
@@ -65,17 +66,19 @@ def decode_lines(raw_lines: Iterable[bytes], source: str, encoding_errors: Encod
         raise UserError(f"task.data.encoding_errors must be 'error' or 'replace', got {encoding_errors!r}")
     lines, replaced = [], 0
     for number, raw in enumerate(raw_lines, start=1):
+        codec = "utf-8-sig" if number == 1 else "utf-8"  # a byte-order mark is not text
         try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8"))  # a byte-order mark is not text
+            lines.append(raw.decode(codec))
         except UnicodeDecodeError as err:
-            where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {err.start})"
+            byte = err.start + (len(codecs.BOM_UTF8) if codec == "utf-8-sig" and raw.startswith(codecs.BOM_UTF8) else 0)
+            where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {byte})"
             if encoding_errors != "replace":
                 fix = "fix the file or set task.data.encoding_errors=replace" if encoding_errors else "save it as UTF-8"
                 raise UserError(f"{where}; {fix}") from err
             replaced += 1
             if replaced <= REPLACED_LINES_NAMED:
                 log.warning("%s; bad bytes replaced with U+FFFD", where)
-            lines.append(raw.decode("utf-8", errors="replace"))
+            lines.append(raw.decode(codec, errors="replace"))
     if replaced > REPLACED_LINES_NAMED:
         log.warning("%s: %d lines in all had bytes replaced with U+FFFD", source, replaced)
     return lines
@@ -151,7 +154,7 @@ def train_tokenizer(
 
     `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
     `decode(encode(text))` gives back the (NFKC-normalised) text; `word` keeps
-    whole words seen `min_frequency` times, split at whitespace and punctuation ("don't": three tokens, decoded
+    whole words seen `min_frequency` times (bpe: merges seen that often; unigram ignores it), split at whitespace and punctuation ("don't": three tokens, decoded
     "don ' t"), or with `split_punctuation=False` at whitespace alone, which decodes exactly (transcripts).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -187,7 +190,10 @@ def train_tokenizer(
     else:
         tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
         tokenizer.decoder = decoders.Metaspace()
-    tokenizer.train_from_iterator(texts, trainer=trainer)
+    try:
+        tokenizer.train_from_iterator(texts, trainer=trainer)
+    except Exception as err:  # tokenizers raises a bare Exception, e.g. a unigram vocabulary smaller than the alphabet
+        raise UserError(f"cannot train the {kind} tokenizer with vocab_size={vocab_size} on these texts: {err}") from err
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 

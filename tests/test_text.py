@@ -51,6 +51,11 @@ def test_special_tokens_written_in_a_text_are_text(kind):
     assert encode_as_text(tokenizer, [plain])["input_ids"][0] == tokenizer.encode(plain, add_special_tokens=False)
 
 
+def test_a_vocabulary_too_small_for_the_texts_is_a_user_error():
+    with pytest.raises(UserError, match="cannot train the unigram tokenizer with vocab_size=5 on these texts: "):
+        train_tokenizer(CORPUS, kind="unigram", vocab_size=5)
+
+
 def test_word_tokenizer_maps_unseen_words_to_unk():
     tokenizer = train_tokenizer(CORPUS, kind="word", vocab_size=1000, min_frequency=1, lowercase=True)
     ids = tokenizer.encode("The cat sat on the zebra.")
@@ -101,6 +106,11 @@ def test_read_lines_names_the_line_that_is_not_utf8(tmp_path, caplog):
     assert named[-1] == f"{path}: 7 lines in all had bytes replaced with U+FFFD"
     with pytest.raises(UserError, match="no such file"):
         read_lines(tmp_path / "missing.txt")
+    marked = tmp_path / "bom.txt"  # a byte-order mark goes, also from a line whose bytes are replaced
+    marked.write_bytes(b"\xef\xbb\xbfhello \xff\n")
+    with pytest.raises(UserError, match=r"bom\.txt:1: not UTF-8 \(invalid start byte at byte 9\)"):
+        read_lines(marked)
+    assert read_lines(marked, encoding_errors="replace") == ["hello \ufffd"]
 
 
 def test_pad_ids():

@@ -85,6 +85,8 @@ def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(caplog: pytest
     chinese = corpus_scores([hypothesis], [reference], language="zh")
     assert chinese["bleu"] > 50 and "tok:zh" in chinese["bleu_signature"]
     assert "tok:13a" in corpus_scores([hypothesis], [reference], language="en")["bleu_signature"]
+    for code in ("ZH", "zh-CN", "zh_Hant"):  # a region or script: still Chinese
+        assert corpus_scores([hypothesis], [reference], language=code) == chinese
     with caplog.at_level(logging.WARNING):  # Japanese needs MeCab (sacrebleu[ja]), not installed here
         japanese = corpus_scores(["今日は公園に行った"], ["今日は公園に行く"], language="ja")
     assert "tok:char" in japanese["bleu_signature"] or "tok:ja-mecab" in japanese["bleu_signature"]
@@ -437,6 +439,8 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     first, second, end = (tmp_path / "skipped" / "translations.txt").read_text(encoding="utf-8").split("\n")
     assert first == "" and second and end == ""  # the line with a skipped sentence is empty, not half translated
+    attention = (tmp_path / "skipped" / "attention.jsonl").read_text().splitlines()
+    assert [json.loads(r)["line"] for r in attention] == [2]  # nor do its other sentences' alignments appear
     swapped = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                       "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
     assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "

@@ -276,7 +276,7 @@ class TranslationTask(TaskPlugin):
         paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
             records, shown = [], 0
-            for i in sorted(set(by_index) - self.blank):
+            for i in sorted(i for i in set(by_index) - self.blank if self.row_of[i] not in empty_rows):
                 tokens, weights, score = by_index[i]
                 source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
                 target = self.target_tokenizer.convert_ids_to_tokens(tokens)
@@ -325,11 +325,13 @@ def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool 
     """sacreBLEU corpus BLEU and chrF (0-100) with their signatures; `lowercase`: case-insensitive (a model whose
     tokenizer lowercases cannot write the references' capitals); `language`, the target's code: BLEU tokenizes
     as sacreBLEU does for it (`zh` by character, `ja`/`ko` with MeCab, installed by `sacrebleu[ja]`/`[ko]`;
-    without it, by character, with a warning; 13a for languages written with spaces)."""
+    without it, by character, with a warning; 13a for languages written with spaces). A region or script
+    (`zh-CN`, `ZH_hant`) does not change the choice."""
     from sacrebleu.metrics import BLEU, CHRF
 
+    base = (language or "").lower().replace("_", "-").split("-")[0]
     try:
-        bleu = BLEU(lowercase=lowercase, trg_lang=language or "")
+        bleu = BLEU(lowercase=lowercase, trg_lang=base)
     except RuntimeError as err:  # MeCab missing
         log.warning("BLEU of %s by character, not sacreBLEU's tokenizer for it: %s", language,
                     " ".join(str(err).split()))
