@@ -154,8 +154,9 @@ def train_tokenizer(
 
     `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
     `decode(encode(text))` gives back the (NFKC-normalised) text; `word` keeps
-    whole words seen `min_frequency` times (bpe: merges seen that often; unigram ignores it), split at whitespace and punctuation ("don't": three tokens, decoded
-    "don ' t"), or with `split_punctuation=False` at whitespace alone, which decodes exactly (transcripts).
+    whole words seen `min_frequency` times (bpe: merges seen that often; unigram ignores it), split at
+    whitespace and punctuation ("don't": three tokens, decoded "don ' t"), or with `split_punctuation=False` at
+    whitespace alone, which decodes exactly (transcripts).
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -193,7 +194,8 @@ def train_tokenizer(
     try:
         tokenizer.train_from_iterator(texts, trainer=trainer)
     except Exception as err:  # tokenizers raises a bare Exception, e.g. a unigram vocabulary smaller than the alphabet
-        raise UserError(f"cannot train the {kind} tokenizer with vocab_size={vocab_size} on these texts: {err}") from err
+        raise UserError(f"cannot train the {kind} tokenizer with vocab_size={vocab_size} on these texts: "
+                        f"{err}") from err
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
