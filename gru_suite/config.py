@@ -97,6 +97,7 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("trainer.log_every_n_steps", int, 0),
     ("trainer.num_nodes", int, 1),
     ("trainer.num_sanity_val_steps", int, -1),
+    ("trainer.check_val_every_n_epoch", int, 1),
     ("threads", int, 0),
     ("seed", int, 0, 2**32 - 1),
     ("callbacks.progress_bar.refresh_rate", int, 0),
@@ -263,6 +264,19 @@ def wrong_switches(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> 
     return wrong
 
 
+def wrong_determinism(cfg: DictConfig) -> list[str]:
+    """`trainer.deterministic` as Lightning reads it: true, false, null or "warn" (stored as the bool or "warn"); any
+    other word would count as true for cuDNN yet leave PyTorch's deterministic algorithms off."""
+    value = OmegaConf.select(cfg, "trainer.deterministic", default=None)
+    if value is None or isinstance(value, bool):
+        return []
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word not in ("true", "false", "warn"):
+        return [f"trainer.deterministic must be true, false or warn, got {value!r}"]
+    OmegaConf.update(cfg, "trainer.deterministic", word if word == "warn" else word == "true", merge=False)
+    return []
+
+
 RUN_REQUIRED = ("backbone.hidden_size", "backbone.num_layers", "backbone.dropout", "backbone.weight_dropout",
                 "optimizer.lr", "optimizer.weight_decay",
                 "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.num_nodes",
@@ -296,11 +310,11 @@ def unknown_group_option(args: Sequence[str]) -> str | None:
 
 def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = (), task: Sequence[str] = ()) -> None:
     """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command), required values (`RUN_REQUIRED`) and
-    switches (`RUN_SWITCHES`), every wrong one named at once with the task's own wrong settings, `task`
-    (`TaskPlugin.wrong_settings`)."""
+    switches (`RUN_SWITCHES`, `trainer.deterministic`), every wrong one named at once with the task's own wrong
+    settings, `task` (`TaskPlugin.wrong_settings`)."""
     required = tuple(field for field in RUN_REQUIRED if not lacks(cfg, field))
     raise_all(wrong_unset(cfg, required) + wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES)
-              + list(task))
+              + wrong_determinism(cfg) + list(task))
 
 
 def switches_of(defaults: Any) -> list[str]:
@@ -332,6 +346,9 @@ def check_batch_limits(cfg: DictConfig) -> None:
         if isinstance(value, bool) or number < 0 or (not whole and number > 1):
             raise UserError(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, "
                             f"got {value!r}")
+        if field.endswith("val_check_interval") and whole and number < 1:  # Lightning divides by it
+            raise UserError(f"{field} must be a fraction of the batches in [0, 1], a whole number of batches of at "
+                            f"least 1 or a duration, got {value!r}")
         OmegaConf.update(cfg, field, number, merge=False)
 
 

@@ -191,8 +191,9 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple
     calls: list[_RNNCall] = []
 
     def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
+        x = args[0] if args else kwargs["x"]
         lengths = args[1] if len(args) > 1 else kwargs.get("lengths")
-        captured.append((args[0].detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
+        captured.append((x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
 
     def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
         weights = (id(rnn), *(p._version for p in rnn.parameters()))

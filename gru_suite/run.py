@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import io
 import json
 import logging
@@ -111,6 +113,7 @@ def _not_checkpointable(value: Any) -> str | None:
 def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     """The task's model around the configured backbone, with its optimiser settings."""
     backbone = instantiate(cfg.backbone, "backbone", _partial_=True)
+    check_backbone(backbone)
     model = task.build_model(backbone)
     if not isinstance(found := getattr(model, "backbone", None), GRUBackbone):  # backbone.* settings would do nothing
         raise UserError(f"task {task.cfg.get('name')!r}: build_model() must return a module whose `backbone` "
@@ -121,6 +124,17 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     check_optimization(optimizer, scheduler)
     model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_CONFIG_KEYS if k in cfg})
     return TaskModule(task, model, model_cfg, optimizer, scheduler)
+
+
+def check_backbone(factory: functools.partial) -> None:
+    """The backbone's settings against its class's signature, so that an unknown key (`+backbone.hiden_size`) is one
+    line naming it now, not a TypeError when the task builds its model."""
+    signature = inspect.signature(factory.func)
+    try:
+        signature.bind_partial(*factory.args, **factory.keywords)
+    except TypeError as err:
+        known = ", ".join(name for name in signature.parameters if name != "input_size")
+        raise UserError(f"backbone settings: {err} (the keys of {factory.func.__name__}: {known})") from err
 
 
 def check_optimization(optimizer: Any, scheduler: Any | None) -> None:

@@ -134,6 +134,17 @@ def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_
         run.build_trainer(cfg)
 
 
+def test_validation_every_zero_batches_or_epochs_is_named_before_the_trainer_is_built(tmp_path):
+    cfg = compose_train_config("forecasting", ["trainer.val_check_interval=0", "trainer.accelerator=cpu"], tmp_path)
+    with pytest.raises(UserError, match=re.escape("trainer.val_check_interval must be a fraction of the batches in "
+                                                  "[0, 1], a whole number of batches of at least 1 or a duration, "
+                                                  "got 0")):
+        run.build_trainer(cfg)  # Lightning's modulo by zero after the first batch
+    cfg = compose_train_config("forecasting", ["trainer.check_val_every_n_epoch=0"], tmp_path)
+    with pytest.raises(UserError, match=re.escape("trainer.check_val_every_n_epoch must be at least 1, got 0")):
+        check_run_settings(cfg)
+
+
 def test_batch_limits_keep_their_kind(tmp_path):
     cfg = compose_train_config("forecasting", ["trainer.limit_train_batches='3'", "trainer.limit_val_batches=1.0",
                                                "trainer.val_check_interval=00:00:01:00", "trainer.accelerator=cpu",
@@ -181,6 +192,7 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("forecasting", "trainer.num_sanity_val_steps=a", "trainer.num_sanity_val_steps must be an integer, got 'a'"),
     ("forecasting", "backbone.bidirectional=maybe", "backbone.bidirectional must be true or false, got 'maybe'"),
     ("forecasting", "predict_after_training=1", "predict_after_training must be true or false, got 1"),
+    ("forecasting", "trainer.deterministic=ture", "trainer.deterministic must be true, false or warn, got 'ture'"),
     ("translation", "task.predict.attention=nope", "task.predict.attention must be true or false, got 'nope'"),
     ("speech", "task.predict.streaming=maybe", "task.predict.streaming must be true or false, got 'maybe'"),
     ("speech", "task.predict.chunk_ms=-5", "task.predict.chunk_ms must be at least 1, got -5"),
@@ -415,6 +427,8 @@ def test_a_debug_preset_wins_over_an_experiments_trainer_settings(tmp_path):
     (["scheduler=plateau", "scheduler.factor=2"], r"scheduler settings \(mode='min', factor=2, patience=2\): Factor "
                                                   "should be < 1.0"),
     (["+optimizer.bogus=1"], r"optimizer settings \(lr=.*, bogus=1\): .*unexpected keyword argument 'bogus'"),
+    (["+backbone.hiden_size=8"], r"backbone settings: got an unexpected keyword argument 'hiden_size' \(the keys of "
+                                 r"GRUBackbone: hidden_size, num_layers, "),
     (["scheduler=cosine", "trainer.max_epochs=-1", "trainer.max_steps=12"],
      r"scheduler settings \(T_max=-1, eta_min=0.0\): T_max=-1: a cosine"),
 ])

@@ -80,7 +80,7 @@ def test_a_padded_sequence_is_traced_without_its_padding() -> None:
             self.backbone = _backbone(num_layers=2, bidirectional=True)
 
         def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-            return self.backbone(x, lengths=lengths)[0]
+            return self.backbone(x=x, lengths=lengths)[0]  # by keyword, as a plugin may call it
 
     model, x, lengths = Reader().eval(), _input(), torch.tensor([6, 3, 5, 2])
     captured, captured_lengths = capture_backbone_input(model, lambda: model(x, lengths))
