@@ -499,7 +499,8 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     d = cfg.task.data
     m = cfg.task.model
     table(
-        f"etth1: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, segment {m.segment_length}, "
+        f"etth1 section on {path.name}: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, "
+        f"segment {m.segment_length}, "
         f"embed {m.embed_size}, hidden {cfg.backbone.hidden_size}, {result['epochs_run']} epochs "
         f"(best {best_epoch}), {result['threads']} thread(s); test windows {result['test_windows']}",
         ["model (test, scaled)", "MSE", "MAE"],

@@ -118,12 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             module = result.pop("module")
             result["generation"] = generation_speed(module, args.generate_steps, args.seed)
             results["heads"][head] = result
+    references = REFERENCES.items() if args.jsb.name.lower().startswith("jsb") else ()  # published for JSB alone
     table(
-        f"JSB Chorales, quarter notes, 88 keys: NLL per time step on {split} (best checkpoint by valid NLL)",
+        f"{args.jsb.name}, quarter notes, 88 keys: NLL per time step on {split} (best checkpoint by valid NLL)",
         ["head", f"{split} NLL", "best epoch", "epochs", "s/epoch", "fit s"],
         [[h, r["nll"], r["best_epoch"], r["epochs_run"], r["train_s_per_epoch"], r["fit_wall_s"]]
          for h, r in results["heads"].items()]
-        + [[f"{name} (test, reference)", value, "", "", "", ""] for name, value in REFERENCES.items()],
+        + [[f"{name} (JSB test, reference)", value, "", "", "", ""] for name, value in references],
     )
     table(
         f"generation, {args.generate_steps} steps, 1 piece",

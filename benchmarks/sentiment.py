@@ -205,7 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, required=True,
                         help="stsa.binary.train (`label sentence` lines, or a CSV/TSV with text or sentence and label)")
-    parser.add_argument("--dev", type=Path, required=True, help="stsa.binary.dev, the reported split (same layouts)")
+    parser.add_argument("--dev", type=Path, required=True,
+                        help="stsa.binary.dev, the reported split (same layouts; a held-out test file too: its figures "
+                             "go under the JSON key 'dev', the option's name, with its path in data.dev)")
     parser.add_argument("--phrases", type=Path, help="GLUE SST-2 train.tsv (sentence<TAB>label phrases), optional")
     parser.add_argument("--leak-tokens", type=int, default=4,
                         help="drop phrases that are spans of this many words or more of a dev/held-out sentence")
@@ -255,11 +257,11 @@ def main(argv: list[str] | None = None) -> int:
         ["model", "seed", "accuracy", "macro F1", "ECE", "ECE raw", "T", "epochs", "s/epoch", "fit s", "pre-train s"],
         [["bi-GRU", r["seed"], r["dev"].get("acc"), r["dev"].get("f1"), r["dev"].get("ece"), r["dev"].get("ece_raw"),
           r["dev"].get("temperature"), r["epochs_run"], r["train_s_per_epoch"], r["fit_wall_s"],
-          r["pretrain"]["wall_s"]] for r in results]
+          r["pretrain"]["wall_s"] if r["pretrain"]["epochs"] else "-"] for r in results]
         + [[name, "", value, "", "", "", "", "", "", "", ""] for name, value in REFERENCES.items()],
     )
     table("training data (first seed)", ["item", "count"], [[k, v] for k, v in results[0]["data"].items()])
-    table(f"prediction on CPU ({args.threads} thread(s)), {len(dev)} dev sentences",
+    table(f"prediction on CPU ({args.threads} thread(s)), the {len(dev)} sentences of {args.dev.name}",
           ["word importance", *(f"seed {r['seed']}" for r in results)],
           [[name, *(r["predict_sentences_per_s"][name] for r in results)] for name in ("pooling", "gradient")])
     output: dict[str, Any] = dict(results[0]) if len(results) == 1 else {"runs": list(results)}

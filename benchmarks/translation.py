@@ -117,15 +117,16 @@ def main(argv: list[str] | None = None) -> int:
         **{("decoding" if split == "val" else f"{split}_decoding"): {f"beam{d['beam']}": d for d in runs}
            for split, runs in decoded.items()},
     }
+    references = REFERENCES.items() if "multi30k" in str(args.data.resolve()).lower() else ()  # Multi30k's own
     table(
-        f"Multi30k {args.source}->{args.target}, best checkpoint by greedy val BLEU",
+        f"{args.data.name} {args.source}->{args.target}, best checkpoint by greedy val BLEU",
         ["split", "decoding", "BLEU", "chrF", "sentences/s", "epochs", "s/epoch", "perplexity"],
         [[f"{data.splits.test if split == 'test' else split} ({d['sentences']})",
           ("greedy" if d["beam"] == 1 else f"beam {d['beam']}"), d["bleu"], d["chrf"],
           d["sentences_per_s"], epochs, results["train_s_per_epoch"],
           run.test_metrics.get("test/perplexity") if split == splits[-1] else ""]
          for split, runs in decoded.items() for d in runs]
-        + [["test 2016", f"{name} (reference)", value, "", "", "", "", ""] for name, value in REFERENCES.items()],
+        + [["Multi30k test 2016", f"{name} (reference)", value, "", "", "", "", ""] for name, value in references],
     )
     last = decoded[splits[-1]][-1]
     print(f"sacreBLEU: {last['bleu_signature']} | {last['chrf_signature']}")

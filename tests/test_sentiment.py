@@ -416,6 +416,8 @@ def test_stdin_is_read_as_a_table_when_its_format_says_so(monkeypatch: pytest.Mo
 def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_texts(tmp_path: Path) -> None:
     assert label_order(["1", "01", "2", "0"]) == ["0", "01", "1", "2"]
     assert label_order(["1", "\u00b2"]) == ["1", "\u00b2"]  # a superscript is no integer: text order
+    assert label_order(["-1", "--1", "1"]) == ["--1", "-1", "1"]  # nor is "--1" (it was int()'s ValueError)
+    assert label_order(["-1", "-2", "0"]) == ["-2", "-1", "0"]
     path = tmp_path / "two.txt"
     path.write_text("1 good\n0 bad\n")
     overrides = [*TINY, f"task.data.train={path}", "task.data.val=null", "task.data.test=null"]

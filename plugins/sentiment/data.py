@@ -134,7 +134,7 @@ def label_order(labels: Sequence[str]) -> list[str]:
     """The distinct labels, numerically if they are all integers (equal numbers, "01" and "1", by their text), else
     alphabetically."""
     distinct = set(labels)
-    if all(label.lstrip("-").isdecimal() for label in distinct):
+    if all(label.removeprefix("-").isdecimal() for label in distinct):
         return sorted(distinct, key=lambda label: (int(label), label))
     return sorted(distinct)
 
