@@ -347,6 +347,10 @@ def check_train_settings(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit, then test the best checkpoint and write artifacts; return the final metrics."""
     check_train_settings(cfg)
+    for limit in ("max_epochs", "max_steps"):
+        if cfg.trainer.get(limit) == 0:
+            warn_on_rank_zero(f"trainer.{limit}=0: nothing is trained; the test metrics and artifacts are those of the "
+                              "untrained (or resumed) model")
     resumed, task_state, resumed_step = None, None, None
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
