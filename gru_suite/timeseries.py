@@ -364,8 +364,13 @@ class StandardScaler:
         """Statistics of `values` (rows, columns). A column holding one value only is centred, not scaled (its
         std is 1), with a warning naming `where` (if given) and the column (`columns`, else its number): its
         float32 std need not be 0 (8.3985 repeated gives ~1e-6), and scaling by that would blow the next values
-        up a millionfold."""
-        std, constant = values.std(axis=0), np.ptp(values, axis=0) == 0
+        up a millionfold. Statistics whose float32 squares overflow (values past ~1.8e19) are taken in float64."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            std = values.std(axis=0)
+        if not np.isfinite(std).all() and np.isfinite(values).all():
+            values = values.astype(np.float64)
+            std = values.std(axis=0)
+        constant = np.ptp(values, axis=0) == 0
         if where is not None and constant.any():
             names = list(columns) or [str(i) for i in range(values.shape[1])]
             flat = [name for name, is_constant in zip(names, constant) if is_constant]

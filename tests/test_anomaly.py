@@ -277,6 +277,12 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     monkeypatch.setattr(sys, "stdin", io.StringIO("1.0\n2.0\n"))
     assert stream_main([str(ckpt)]) == 0  # two observations, both within the probationary period
     assert "the stream ended after 2 observation(s), within the probationary period of 300" in capsys.readouterr().err
+    short = tmp_path / "short.csv"  # 150 rows: a 60-row probation, under the 64 that training would need
+    pd.read_csv(spiky_csv).head(150).to_csv(short, index=False)
+    scored = run_cli("gru-suite-predict", "task=anomaly", f"ckpt_path={ckpt}", f"task.data.path={short}",
+                     f"hydra.run.dir={tmp_path / 'short'}")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "short" / "short.csv")) == 150
 
 
 @pytest.mark.parametrize("line, message", [

@@ -235,6 +235,15 @@ def test_a_constant_column_is_centred_not_blown_up():
     assert scaler.transform(values[:1])[0, 0] == 0.0
 
 
+def test_values_whose_squares_overflow_float32_are_scaled_finitely():
+    values = np.array([[1.0], [2e19], [-3.4e38], [3.4e38]], dtype=np.float32)  # all within float32
+    scaler = StandardScaler.fit(values)
+    z = scaler.transform(values)
+    assert np.isfinite(scaler.std).all() and np.isfinite(z).all()
+    np.testing.assert_allclose(z[:, 0], (values[:, 0] - values[:, 0].astype(np.float64).mean())
+                               / values[:, 0].astype(np.float64).std(), rtol=1e-6)
+
+
 def test_windows_are_lazy_views_with_correct_content():
     values = torch.arange(40, dtype=torch.float32).reshape(20, 2)
     ds = WindowDataset(values, lookback=4, horizon=3, target_columns=[1], origins=window_origins(0, 20, 4, 3))
@@ -304,6 +313,10 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     assert list(future) == list(pd.date_range(hourly[-1] + pd.Timedelta(hours=1), periods=3, freq="h"))
     month_ends = SimpleNamespace(timestamps=pd.date_range("2020-01-31", periods=12, freq="ME"))
     assert future_timestamps(month_ends, np.array([12]))[0] == pd.Timestamp("2021-01-31")
+    trading = SimpleNamespace(timestamps=pd.bdate_range("2024-01-01", periods=60).delete(55))  # with a holiday
+    assert list(future_timestamps(trading, np.arange(59, 62))) == list(pd.bdate_range("2024-03-25", periods=3))
+    newest_first = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=30, freq="D")[::-1])
+    assert list(future_timestamps(newest_first, np.arange(29, 32))) == [29, 30, 31]  # no future to name
 
 
 def test_the_forecasting_task_reads_a_unix_time_column_in_its_time_unit(tmp_path):

@@ -199,7 +199,8 @@ def load_streams(
         if n_probation < min_probation:
             raise UserError(
                 f"{file}: {len(series.values)} rows give a probationary period of {n_probation} rows "
-                f"(task.data.probation={probation}); at least {min_probation} are needed to train and calibrate"
+                f"(task.data.probation={probation}); at least {min_probation} are needed (twice "
+                "task.data.crop_length to train a detector, 2 to score with a trained one)"
             )
         spans: list[Window] | None = None
         if label_column:

@@ -49,10 +49,11 @@ class AnomalyTask(TaskPlugin):
         if self.calendar.kinds and not data.get("time_column"):
             raise UserError(f"calendar features {list(self.calendar.kinds)} need a time column of timestamps: set "
                             "task.data.time_column (or task.data.calendar=[])")
+        trained = "n_features" in self.state  # a restored detector scores: its probation only scales and calibrates
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
-            min_probation=2 * data.crop_length, calendar=self.calendar,
+            min_probation=2 if trained else 2 * data.crop_length, calendar=self.calendar,
             preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
         )
         flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training

@@ -19,16 +19,19 @@ MAX_PLOTTED_TARGETS = 4
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     """Timestamps for row numbers, extrapolating past the end at the series' own frequency (the one pandas
     infers from the last 50 rows, else their most common step forward: a missing row does not double it, a
-    repeated timestamp does not make it zero). Row numbers where the recent rows never move forward."""
+    repeated timestamp does not make it zero; a day on weekdays alone is a business day, so a holiday does not
+    put forecasts on weekends). Row numbers where the recent rows never move forward (newest first, say)."""
     stamps, n = series.timestamps, len(series.timestamps)
     if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
         return pd.Index(rows)
     recent = stamps[-min(n, 50):]
     freq = pd.infer_freq(recent) if n >= 3 else None
     steps = pd.Series(recent).diff()
-    if not freq and not (steps > pd.Timedelta(0)).any():
+    if (freq and freq.startswith("-")) or not (steps > pd.Timedelta(0)).any():
         return pd.Index(rows)
     step = pd.tseries.frequencies.to_offset(freq) if freq else steps[steps > pd.Timedelta(0)].mode().iloc[0]
+    if step == pd.Timedelta(days=1) and (recent.dayofweek < 5).all():
+        step = pd.offsets.BDay()
     extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
     return stamps.append(extra)[rows]
 
