@@ -785,7 +785,16 @@ def test_an_ensemble_transcribes_a_file_its_first_model_skips(checked: Path, tmp
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     together = [t for batch in run.ensemble_predictions(trainer, first, data, "a.ckpt", [("b.ckpt", member)])
                 for t in batch]
-    assert sorted(Path(t["path"]).name for t in together) == ["click.wav", "six.wav"]
+    assert [Path(t["path"]).name for t in together] == ["click.wav", "six.wav"]  # in input order
+    manifest = tmp_path / "twice.jsonl"  # one file named by two lines: two transcripts, each with its reference
+    manifest.write_text("".join(json.dumps({"audio_filepath": str(inbox / "six.wav"), "text": text}) + "\n"
+                                for text in ("six", "six six")))
+    for module in (first, member):
+        OmegaConf.update(module.task.cfg, "predict.input", str(manifest))
+    data = first.task.datamodule()
+    together = [t for batch in run.ensemble_predictions(trainer, first, data, "a.ckpt", [("b.ckpt", member)])
+                for t in batch]
+    assert [t["reference"] for t in together] == ["six", "six six"]
 
 
 def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(checked: Path) -> None:

@@ -205,9 +205,10 @@ class TranscribedSet(Dataset):
 
 class AudioSet(Dataset):
     """Utterances to transcribe, as batch dicts: `features` (from just before the speech onset), `lengths`,
-    `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s) and `references`
-    (transcripts, None where unknown). `speech` holds each utterance's `Featurizer.speech` when already
-    computed; `read`, every utterance read for it, those left out too (default: `utterances`)."""
+    `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s), `references`
+    (transcripts, None where unknown) and `positions` (each utterance's place in `read`: inputs may share a path).
+    `speech` holds each utterance's `Featurizer.speech` when already computed; `read`, every utterance read for
+    it, those left out too (default: `utterances`)."""
 
     def __init__(self, utterances: list[Utterance], featurizer: Featurizer,
                  speech: list[tuple[Tensor, int]] | None = None, read: list[Utterance] | None = None) -> None:
@@ -215,6 +216,7 @@ class AudioSet(Dataset):
         self.featurizer = featurizer
         self.speech = speech
         self.read = utterances if read is None else read
+        self.position = {id(u): i for i, u in enumerate(self.read)}
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -227,7 +229,7 @@ class AudioSet(Dataset):
         return {"features": features, "lengths": lengths, "skipped": [skip for _, skip in speech],
                 "samples": [u.samples for u in items],
                 "paths": [str(u.path) for u in items], "durations": [u.seconds for u in items],
-                "references": [u.text for u in items]}
+                "references": [u.text for u in items], "positions": [self.position[id(u)] for u in items]}
 
 
 class SpeechData(SplitDataModule):

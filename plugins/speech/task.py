@@ -462,9 +462,11 @@ class SpeechTask(TaskPlugin):
         return result
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
-        items = zip(self.emissions(model, batch), batch["paths"], batch["durations"], batch["references"])
+        emitted = self.emissions(model, batch)
         if self.ensembling:  # the ensemble decodes its members' emissions together
-            return [{"path": p, "duration": d, "reference": r, "log_probs": e} for (e, _), p, d, r in items]
+            return [{"position": n, "path": p, "duration": d, "reference": r, "log_probs": e} for (e, _), n, p, d, r
+                    in zip(emitted, batch["positions"], batch["paths"], batch["durations"], batch["references"])]
+        items = zip(emitted, batch["paths"], batch["durations"], batch["references"])
         return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r in items]
 
     def check_member(self, first: SpeechTask) -> None:
@@ -495,17 +497,20 @@ class SpeechTask(TaskPlugin):
     def ensemble(self, members: Sequence[EnsembleMember]) -> list[list[dict[str, Any]]]:
         """Each utterance's transcript decoded from the members' mean per-frame probabilities; one that a member
         skipped (too short from its speech onset on) is averaged over the others, with a warning."""
-        by_path = [{item["path"]: item["log_probs"] for batch in m.predictions for item in batch} for m in members]
+        by_input = [{item["position"]: item["log_probs"] for batch in m.predictions for item in batch}
+                    for m in members]  # by place in the input, not path: two inputs may name one file
         for member in members:
             member.task.ensembling = False  # the models transcribe alone again
-        items = {item["path"]: item for m in members for batch in m.predictions for item in batch}  # the first's first
-        return [[self._ensemble_transcript(item, by_path) for item in items.values()]]
+        items: dict[int, dict[str, Any]] = {}
+        for item in (item for m in members for batch in m.predictions for item in batch):
+            items.setdefault(item["position"], item)  # the first model's, where it transcribed that input
+        return [[self._ensemble_transcript(items[n], by_input) for n in sorted(items)]]  # in input order
 
-    def _ensemble_transcript(self, item: dict[str, Any], by_path: list[dict[str, Tensor]]) -> dict[str, Any]:
-        emitted = [member[item["path"]] for member in by_path if item["path"] in member]
-        if len(emitted) < len(by_path):
+    def _ensemble_transcript(self, item: dict[str, Any], by_input: list[dict[int, Tensor]]) -> dict[str, Any]:
+        emitted = [member[item["position"]] for member in by_input if item["position"] in member]
+        if len(emitted) < len(by_input):
             log.warning("%s: transcribed by %d of the ensemble's %d models (the others skipped it)", item["path"],
-                        len(emitted), len(by_path))
+                        len(emitted), len(by_input))
         return self.transcript(mean_emissions(emitted), item["path"], item["duration"], item["reference"])
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
