@@ -569,6 +569,31 @@ def test_a_manifest_names_each_lines_speaker_or_none(tmp_path: Path) -> None:
         read_manifest(manifest, RATE)
 
 
+def test_a_manifest_reads_segments_of_a_longer_recording_by_offset_and_duration(tmp_path: Path, caplog) -> None:
+    samples = np.random.default_rng(0).uniform(-0.5, 0.5, 3 * RATE)  # 3 s of noise, each second distinct
+    written = sf.read(write_wav(tmp_path / "long.wav", samples), dtype="float32")[0]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"audio_filepath": "long.wav", "offset": 1.0, "duration": 0.5, "text": "one"}\n'
+                        '{"audio_filepath": "long.wav", "offset": 2.5, "text": "two"}\n'
+                        '{"audio_filepath": "long.wav", "duration": 1.0, "text": "three"}\n'  # NeMo's cut
+                        '{"audio_filepath": "long.wav", "duration": 2.99, "text": "four"}\n'  # within its slack
+                        '{"audio_filepath": "long.wav", "offset": 2.8, "duration": 1.0, "text": "five"}\n')
+    with caplog.at_level(logging.WARNING):
+        read = read_manifest(manifest, RATE)
+    expected = [written[RATE:RATE * 3 // 2], written[RATE * 5 // 2:], written[:RATE], written]
+    assert [u.text for u in read] == ["one", "two", "three", "four"]  # five runs past the end: skipped
+    for u, part in zip(read, expected):
+        np.testing.assert_array_equal(u.samples.numpy(), part)
+    assert "m.jsonl:5 (" in caplog.text
+    assert "0.200 s of audio from 2.8 s on, but the manifest says 1.000 s" in caplog.text
+    manifest.write_text('{"audio_filepath": "long.wav", "offset": 3.5, "text": "six"}\n'
+                        '{"audio_filepath": "long.wav", "offset": -1, "text": "seven"}\n')
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(UserError, match=r"m\.jsonl:2: field 'offset' must be a number of seconds from 0 on"):
+            read_manifest(manifest, RATE)
+    assert "long.wav: offset 3.5 s is past the end of its 3.000 s" in caplog.text
+
+
 def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, caplog) -> None:
     one = speak(["one"], seed=1)
     write_wav(tmp_path / "good.wav", one)

@@ -26,17 +26,22 @@ LOWEST_RATE = 1000
 """The lowest sample rate read as audio (Hz), as `features.sample_rate` is at least this."""
 
 
-def read_audio(path: str | Path, sample_rate: int) -> Tensor:
-    """The samples of `path` as float32 (N,), downmixed to mono and resampled to `sample_rate`.
+def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> Tensor:
+    """The samples of `path` as float32 (N,), downmixed to mono and resampled to `sample_rate`; with `offset`
+    and `duration` (s), only that stretch (to the end when `duration` is None).
 
-    An unreadable, truncated, empty or silent file raises a `UserError` naming the file.
+    An unreadable, truncated, empty or silent file (or stretch) raises a `UserError` naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path, "audio file")
     try:
         with sf.SoundFile(path) as audio:  # one open for the samples and the header report
-            data, rate = audio.read(dtype="float32", always_2d=True), audio.samplerate
+            rate, start = audio.samplerate, round(offset * audio.samplerate)
+            if start >= audio.frames > 0:
+                raise UserError(f"{path}: offset {offset:g} s is past the end of its {audio.frames / rate:.3f} s")
+            audio.seek(start)
+            data = audio.read(-1 if duration is None else round(duration * rate), dtype="float32", always_2d=True)
             shortfall = _missing_data_bytes(audio.extra_info)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise UserError(f"{path}: not a readable audio file ({err})") from err

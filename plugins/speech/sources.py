@@ -52,9 +52,10 @@ class Utterance:
         return len(self.samples) / self.sample_rate
 
 
-def _read_or_skip(path: Path, sample_rate: int, where: str) -> Tensor | None:
+def _read_or_skip(path: Path, sample_rate: int, where: str, offset: float = 0.0,
+                  duration: float | None = None) -> Tensor | None:
     try:
-        return read_audio(path, sample_rate)
+        return read_audio(path, sample_rate, offset, duration)
     except UserError as err:  # its message names the file: `where` too where it is another place (a manifest line)
         log.warning("skipping %s", err if str(err).startswith(f"{where}:") else f"{where}: {err}")
         return None
@@ -72,7 +73,9 @@ def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) ->
 
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
     """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`, and
-    optionally `speaker` (a string or integer naming the voice)."""
+    optionally `speaker` (a string or integer naming the voice) and `offset` (s): with it, the utterance is the
+    `duration` seconds of the file from `offset` on (a segment of a longer recording, as NeMo reads it); without
+    it, the whole file, cut to `duration` where the file runs on past it."""
     path = Path(path)
     utterances, lines = [], read_lines(path)
     if not any(line.strip() for line in lines):
@@ -93,17 +96,24 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
                                      or not duration > 0 or math.isinf(duration)):
             raise UserError(f"{where}: field 'duration' must be a positive number of seconds, got {duration!r}")
+        offset = record.get("offset")
+        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
+                                   or not offset >= 0 or math.isinf(offset)):
+            raise UserError(f"{where}: field 'offset' must be a number of seconds from 0 on, got {offset!r}")
         speaker = record.get("speaker")
         if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
             raise UserError(f"{where}: field 'speaker' must be a string or an integer, got {speaker!r}")
-        samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})")
+        samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})", offset or 0.0,
+                                duration if offset is not None else None)
         if samples is None:
             continue
-        seconds = len(samples) / sample_rate
-        if duration is not None and seconds < duration - max(0.05, 0.02 * duration):
-            log.warning("skipping %s (%s): %.3f s of audio, but the manifest says %.3f s (truncated file?)",
-                        where, audio, seconds, duration)
+        seconds, slack = len(samples) / sample_rate, max(0.05, 0.02 * (duration or 0))
+        if duration is not None and seconds < duration - slack:
+            log.warning("skipping %s (%s): %.3f s of audio%s, but the manifest says %.3f s (truncated file?)",
+                        where, audio, seconds, f" from {offset:g} s on" if offset else "", duration)
             continue
+        if duration is not None and seconds > duration + slack:  # a segment given without its offset: NeMo's cut
+            samples = samples[: round(duration * sample_rate)]
         utterances.append(Utterance(samples, sample_rate, text if isinstance(text, str) else None, audio, where,
                                     None if speaker is None else str(speaker)))
     return utterances
