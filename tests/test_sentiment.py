@@ -84,11 +84,24 @@ def data_overrides(corpus: dict[str, Path]) -> list[str]:
     return [f"task.data.{split}={path}" for split, path in corpus.items()]
 
 
+def test_the_runs_seed_draws_the_training_batches(corpus: dict[str, Path], tmp_path: Path) -> None:
+    import pytorch_lightning as pl
+
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus)], tmp_path)
+    first = {}
+    for seed in (1, 2, 1):
+        pl.seed_everything(seed, verbose=False)
+        batch = next(iter(run.build_task(cfg.task).datamodule().train_dataloader()))
+        first.setdefault(seed, batch.index.tolist())
+        assert first[seed] == batch.index.tolist()  # the same seed, the same batches
+    assert first[1] != first[2]
+
+
 @pytest.fixture(scope="module")
 def trained(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """A run folder (checkpoints, predictions, confusion matrix) trained on the separable corpus, and its metrics."""
     folder = tmp_path_factory.mktemp("trained")
-    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=8",
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=8", "seed=1",
                                              "optimizer.lr=1e-2", f"task.report_dir={folder}"], folder)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

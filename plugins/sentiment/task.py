@@ -112,8 +112,8 @@ class SentimentTask(TaskPlugin):
 
     def _data(self, load: Callable[[str], EncodedTexts]) -> SentimentData:
         data = self.cfg.data
-        return SentimentData(load, int(data.batch_size), int(data.get("num_workers", 0)),
-                             int(data.get("split_seed", 0)))
+        # batches drawn with the run's `seed` (torch's, set by seed_everything): a seed sweep varies the order too
+        return SentimentData(load, int(data.batch_size), int(data.get("num_workers", 0)), torch.initial_seed())
 
     def _check_prediction_settings(self) -> None:
         """Prediction's input file and importance, checked before training rather than after it."""
@@ -342,7 +342,7 @@ class SentimentTask(TaskPlugin):
         texts = EncodedTexts(examples, self.encode([e.text for e in examples]), None)
         log.info("pre-training texts: %d (%d tokens)", len(texts), sum(texts.lengths))
         loader = length_bucket_loader(texts, texts.lengths, int(data.batch_size), shuffle=True,
-                                      seed=int(data.get("split_seed", 0)), num_workers=int(data.get("num_workers", 0)))
+                                      seed=torch.initial_seed(), num_workers=int(data.get("num_workers", 0)))
         return Pretraining(epochs, loader, _language_model_loss)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
