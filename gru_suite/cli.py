@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -37,7 +38,6 @@ def _add_task_configs_to_searchpath() -> None:
 
 def _log_to_run_files(message: str) -> None:
     """Write `message` to the run's log files (Hydra's `<command>.log`), not to the console again."""
-    import logging
 
     record = logging.LogRecord("gru_suite", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
@@ -155,8 +155,6 @@ def _refuse_model_overrides() -> None:
 
 
 def _warn_undeclared_settings(cfg: Any) -> None:
-    import logging
-
     from hydra.core.hydra_config import HydraConfig
 
     import yaml
@@ -279,6 +277,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     first model, the run's wrong settings (the core's, the command's `numbers` and the task's) are named at once
     before it is built."""
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
 
     from gru_suite import registry
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
@@ -295,8 +294,13 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
         raise UserError(f"ensemble: {path} holds a model of task {stored.task.name!r}, {cfg.ckpt_path} one of "
                         f"task {task_name!r}")
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
+    task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
-        check_run_settings(cfg, numbers, task=registry.get_task(task_cfg.name).load().wrong_settings(task_cfg))
+        check_run_settings(cfg, numbers, task=task_cls.wrong_settings(task_cfg))
+    if ignored := [f"task.{key}" for key in task_cls.trained_settings
+                   if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored.task, key, default=None)]:
+        logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
+                                               "the override(s)", path, ", ".join(ignored))
     return restore(checkpoint, task_cfg, str(path))
 
 
@@ -360,7 +364,6 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 
 def _gates_body(cfg: Any) -> None:
-    import logging
 
     from gru_suite.gates import plot_model_gates
     from gru_suite.run import apply_threads, artifact_lines

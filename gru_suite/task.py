@@ -98,6 +98,11 @@ class TaskPlugin(ABC):
     """`[low, high]` fields of the task's config (relative to `task.`) checked when the task is built, e.g.
     `(("data.words", int, 1, False),)`: both bounds whole, 1 <= low <= high, null not allowed."""
 
+    trained_settings: tuple[str, ...] = ()
+    """Fields of the task's config (relative to `task.`) that training fixes in the model or its state (a
+    tokenizer's vocabulary, audio features): a restored model keeps its checkpoint's, and `gru-suite-eval`,
+    `-predict` and `-gates` name an override of one in a warning rather than ignore it silently."""
+
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
     "off", so a number without an off is listed here too (a number the config lacks is let through, as `numbers`

@@ -327,8 +327,11 @@ def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str
     assert [(r["line"], r["label"]) for r in rows] == [(f"{reviews}:2", "pos"), (f"{reviews}:4", "neg")]
 
     stdin = run_with_stdin("gru-suite-predict", "task=sentiment", f"ckpt_path={ckpt}", "task.predict.input=-",
-                             f"hydra.run.dir={tmp_path / 'stdin'}", text="so dull\n<b>lovely</b> & fine\n")
+                             f"hydra.run.dir={tmp_path / 'stdin'}", "task.tokenizer.kind=bpe",
+                             text="so dull\n<b>lovely</b> & fine\n")
     assert stdin.returncode == 0, stdin.stderr[-3000:]
+    assert (f"{ckpt}: task.tokenizer fixed by training: the checkpoint's settings are used, not the override(s)"
+            in stdin.stdout + stdin.stderr)  # the model's own word tokenizer reads the texts
     page = (tmp_path / "stdin" / "explanations.html").read_text(encoding="utf-8")
     assert "<b>" not in page and "&lt;" in page and "&amp;" in page
 

@@ -73,6 +73,7 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)),
                ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
+    trained_settings = ("tokenizer",)
     required = ("data.train", "data.text_column", "data.label_column", "data.split_seed", "data.max_tokens",
                 "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size", "model.dropout",
                 "model.word_dropout", "model.lm_words", "predict.top_words", "predict.html_rows", "predict.show")

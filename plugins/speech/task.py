@@ -101,6 +101,8 @@ class SpeechTask(TaskPlugin):
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),
               ("data.fsdd_split.test_takes", int, 0, True), ("data.fsdd_split.val_takes", int, 0, True))
 
+    trained_settings = ("features", "text")
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         self.restored = "vocab" in self.state
