@@ -297,8 +297,8 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
         check_run_settings(cfg, numbers, task=task_cls.wrong_settings(task_cfg))
-    if ignored := [f"task.{key}" for key in task_cls.trained_settings
-                   if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored.task, key, default=None)]:
+    if ignored := [f"task.{key}" for key in task_cls.trained_settings  # the state holds the trained ones
+                   if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored.task, key)]:
         logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
                                                "the override(s)", path, ", ".join(ignored))
     return restore(checkpoint, task_cfg, str(path))
