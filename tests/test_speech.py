@@ -548,6 +548,9 @@ def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> N
     manifest.write_text('{"audio_filepath": "a.wav", "text": "one"}\nnot json\n')
     with pytest.raises(UserError, match=r"m\.jsonl:2: not a JSON object"):
         read_manifest(manifest, RATE)
+    manifest.write_text('{"audio_filepath": "a.wav", "text": 5}\n')  # a reference, when given, is text
+    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'text' must be a str, got 5"):
+        read_manifest(manifest, RATE, need_text=False)
     manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "duration": "long"}\n')
     with pytest.raises(UserError, match=r"m\.jsonl:1: field 'duration' must be a positive number"):
         read_manifest(manifest, RATE)

@@ -91,7 +91,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
         audio = path.parent / str(_field(record, "audio_filepath", str, where))
-        text = _field(record, "text", str, where) if need_text else record.get("text")
+        text = _field(record, "text", str, where) if need_text or record.get("text") is not None else None
         duration = record.get("duration")
         if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
                                      or not duration > 0 or math.isinf(duration)):
@@ -114,7 +114,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
             continue
         if duration is not None and seconds > duration + slack:  # a segment given without its offset: NeMo's cut
             samples = samples[: round(duration * sample_rate)]
-        utterances.append(Utterance(samples, sample_rate, text if isinstance(text, str) else None, audio, where,
+        utterances.append(Utterance(samples, sample_rate, text, audio, where,
                                     None if speaker is None else str(speaker)))
     return utterances
 
