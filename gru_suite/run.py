@@ -360,6 +360,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         resumed_step = checkpoint.get("global_step")
         del checkpoint
+    keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
@@ -371,9 +372,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if resumed is not None:
         check_same_model(resumed, module, f"ckpt_path {ckpt_path}")
         del resumed
-    # once the data and model are built (a mistake there leaves the folder as it was), before any training: a
-    # stop during it must not leave an earlier run's checkpoints to be resumed as this run's
-    keep_earlier_checkpoints(cfg)
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)

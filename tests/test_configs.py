@@ -477,15 +477,6 @@ def test_a_malformed_split_is_named_before_an_earlier_run_in_the_folder_is_set_a
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/
 
 
-def test_a_missing_data_file_is_named_before_an_earlier_run_in_the_folder_is_set_aside(tmp_path):
-    (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
-    cfg = compose_train_config("forecasting", [f"task.data.path={tmp_path / 'missing.csv'}"], tmp_path)
-    with pytest.raises(UserError, match="missing.csv"):
-        run.train(cfg)
-    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()  # not moved to checkpoints.1/
-
-
 def test_a_value_a_preset_requires_is_named_before_an_earlier_run_in_the_folder_is_set_aside(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"an earlier run's")
