@@ -216,7 +216,8 @@ class AudioSet(Dataset):
         self.featurizer = featurizer
         self.speech = speech
         self.read = utterances if read is None else read
-        self.position = {id(u): i for i, u in enumerate(self.read)}
+        place = {id(u): i for i, u in enumerate(self.read)}
+        self.positions = [place[id(u)] for u in utterances]  # plain numbers: a worker process gets copies
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -229,7 +230,7 @@ class AudioSet(Dataset):
         return {"features": features, "lengths": lengths, "skipped": [skip for _, skip in speech],
                 "samples": [u.samples for u in items],
                 "paths": [str(u.path) for u in items], "durations": [u.seconds for u in items],
-                "references": [u.text for u in items], "positions": [self.position[id(u)] for u in items]}
+                "references": [u.text for u in items], "positions": [self.positions[i] for i in indices]}
 
 
 class SpeechData(SplitDataModule):
