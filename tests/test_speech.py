@@ -587,7 +587,7 @@ def test_a_manifest_reads_segments_of_a_longer_recording_by_offset_and_duration(
     assert [u.text for u in read] == ["one", "two", "three", "four"]  # five runs past the end: skipped
     for u, part in zip(read, expected):
         np.testing.assert_array_equal(u.samples.numpy(), part)
-    assert "m.jsonl:5 (" in caplog.text
+    assert "m.jsonl:5 (" in caplog.text and "m.jsonl:3 (" in caplog.text  # five runs short, three long
     assert "0.200 s of audio from 2.8 s on, but the manifest says 1.000 s" in caplog.text
     manifest.write_text('{"audio_filepath": "long.wav", "offset": 3.5, "text": "six"}\n'
                         '{"audio_filepath": "long.wav", "offset": -1, "text": "seven"}\n')
@@ -789,7 +789,8 @@ def test_an_ensemble_transcribes_the_mean_of_its_members_own_emissions(checked: 
     for u, got in zip(utterances, together):
         own = [alone(first, u), alone(member, u)]
         differ += not torch.allclose(own[0], own[1])
-        expected = first.task.transcript(mean_emissions(own), str(u.path), u.seconds, u.text)
+        expected = first.task.transcript(mean_emissions(own), {"path": str(u.path), "duration": u.seconds,
+                                                                 "reference": u.text})
         assert got["path"] == expected["path"] and got["text"] == expected["text"]
         assert got["words"] == expected["words"]
     assert differ == len(utterances)
@@ -823,6 +824,24 @@ def test_an_ensemble_transcribes_a_file_its_first_model_skips(checked: Path, tmp
     together = [t for batch in run.ensemble_predictions(trainer, first, data, "a.ckpt", [("b.ckpt", member)])
                 for t in batch]
     assert [t["reference"] for t in together] == ["six", "six six"]
+
+
+def test_a_segments_words_are_timed_from_the_start_of_its_file(checked: Path, tmp_path: Path) -> None:
+    module = load_checkpoint(checked / "short_run" / "checkpoints" / "last.ckpt")
+    rate = module.task.features.sample_rate
+    six = speak(["six"], seed=2)
+    write_wav(tmp_path / "long.wav", np.concatenate([six, six]), rate)
+    manifest = tmp_path / "m.jsonl"
+    seconds = len(six) / rate
+    manifest.write_text(json.dumps({"audio_filepath": "long.wav", "duration": seconds, "text": "six"}) + "\n"
+                        + json.dumps({"audio_filepath": "long.wav", "offset": seconds, "text": "six"}) + "\n")
+    utterances = read_manifest(manifest, rate)
+    with torch.no_grad():
+        first, second = module.task.predict_step(module.model, AudioSet(utterances, module.task.featurizer())
+                                                 .__getitems__([0, 1]))
+    assert first["words"] and "offset" not in first and second["offset"] == round(seconds, 3)
+    assert second["text"] == first["text"]
+    assert [w["start"] for w in second["words"]] == [round(w["start"] + seconds, 3) for w in first["words"]]
 
 
 def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(checked: Path) -> None:

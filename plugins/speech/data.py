@@ -206,7 +206,8 @@ class TranscribedSet(Dataset):
 class AudioSet(Dataset):
     """Utterances to transcribe, as batch dicts: `features` (from just before the speech onset), `lengths`,
     `skipped` (frames before them), `samples` (list of (N,)), `paths`, `durations` (s), `references`
-    (transcripts, None where unknown) and `positions` (each utterance's place in `read`: inputs may share a path).
+    (transcripts, None where unknown), `offsets` (s, where each starts in its file) and `positions` (each
+    utterance's place in `read`: inputs may share a path).
     `speech` holds each utterance's `Featurizer.speech` when already computed; `read`, every utterance read for
     it, those left out too (default: `utterances`)."""
 
@@ -230,7 +231,8 @@ class AudioSet(Dataset):
         return {"features": features, "lengths": lengths, "skipped": [skip for _, skip in speech],
                 "samples": [u.samples for u in items],
                 "paths": [str(u.path) for u in items], "durations": [u.seconds for u in items],
-                "references": [u.text for u in items], "positions": [self.positions[i] for i in indices]}
+                "references": [u.text for u in items], "offsets": [u.offset for u in items],
+                "positions": [self.positions[i] for i in indices]}
 
 
 class SpeechData(SplitDataModule):

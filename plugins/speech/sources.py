@@ -46,6 +46,8 @@ class Utterance:
     """`manifest:line` or the audio path, for messages."""
     speaker: str | None = None
     take: int | None = None
+    offset: float = 0.0
+    """Where the samples start in the file (s): a manifest's segment of a longer recording."""
 
     @property
     def seconds(self) -> float:
@@ -113,9 +115,11 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
                         where, audio, seconds, f" from {offset:g} s on" if offset else "", duration)
             continue
         if duration is not None and seconds > duration + slack:  # a segment given without its offset: NeMo's cut
+            log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: its first %.3f s are read, as NeMo "
+                        "reads them", where, audio, seconds, duration, duration)
             samples = samples[: round(duration * sample_rate)]
         utterances.append(Utterance(samples, sample_rate, text, audio, where,
-                                    None if speaker is None else str(speaker)))
+                                    None if speaker is None else str(speaker), offset=float(offset or 0)))
     return utterances
 
 

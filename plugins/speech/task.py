@@ -450,26 +450,32 @@ class SpeechTask(TaskPlugin):
         start, frames = int(batch["skipped"][sample]) // subsample, int(batch["lengths"][sample]) // subsample
         return SequenceView(title, [f"{(start + t) * self.frame_seconds:.2f} s" for t in range(frames)])
 
-    def transcript(self, log_probs: Tensor, path: str, duration: float, reference: str | None = None,
+    def transcript(self, log_probs: Tensor, source: dict[str, Any],
                    partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """Text and timed words of one utterance's emissions, with its reference and partials when known."""
+        """Text and timed words of one utterance's emissions, with its reference and partials when known.
+        `source`: its `path`, `duration` (s), `reference` (or None) and `offset` (s) in its file, from which the
+        times count (a manifest's segment of a longer recording)."""
         tokens = decode(log_probs, int(self.cfg.decode.beam_size))
-        words = align_words(log_probs, tokens, self.vocab, self.frame_seconds, duration)
-        result: dict[str, Any] = {"path": path, "text": " ".join(w.word for w in words),
-                                  "duration": round(duration, 3), "words": [w.as_dict() for w in words]}
-        if reference is not None:
-            result["reference"] = normalize_text(reference)
+        offset = float(source.get("offset") or 0)
+        words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
+                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"])]
+        result: dict[str, Any] = {"path": source["path"], "text": " ".join(w.word for w in words),
+                                  "duration": round(source["duration"], 3), "words": [w.as_dict() for w in words]}
+        if offset:
+            result["offset"] = round(offset, 3)
+        if source.get("reference") is not None:
+            result["reference"] = normalize_text(source["reference"])
         if partials is not None:
-            result["partials"] = partials
+            result["partials"] = [{**p, "time": round(p["time"] + offset, 3)} for p in partials]
         return result
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
         emitted = self.emissions(model, batch)
+        sources = [{"path": p, "duration": d, "reference": r, "offset": o} for p, d, r, o
+                   in zip(batch["paths"], batch["durations"], batch["references"], batch["offsets"])]
         if self.ensembling:  # the ensemble decodes its members' emissions together
-            return [{"position": n, "path": p, "duration": d, "reference": r, "log_probs": e} for (e, _), n, p, d, r
-                    in zip(emitted, batch["positions"], batch["paths"], batch["durations"], batch["references"])]
-        items = zip(emitted, batch["paths"], batch["durations"], batch["references"])
-        return [self.transcript(e, p, d, r, partials) for (e, partials), p, d, r in items]
+            return [{**s, "position": n, "log_probs": e} for (e, _), s, n in zip(emitted, sources, batch["positions"])]
+        return [self.transcript(e, s, partials) for (e, partials), s in zip(emitted, sources)]
 
     def check_member(self, first: SpeechTask) -> None:
         """Refuse to join `first` in an ensemble unless this model hears audio at its sample rate and writes the
@@ -513,7 +519,7 @@ class SpeechTask(TaskPlugin):
         if len(emitted) < len(by_input):
             log.warning("%s: transcribed by %d of the ensemble's %d models (the others skipped it)", item["path"],
                         len(emitted), len(by_input))
-        return self.transcript(mean_emissions(emitted), item["path"], item["duration"], item["reference"])
+        return self.transcript(mean_emissions(emitted), item)
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
         transcripts = [t for batch in predictions for t in batch]
