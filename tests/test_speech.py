@@ -591,9 +591,9 @@ def test_a_manifest_reads_segments_of_a_longer_recording_by_offset_and_duration(
     assert "0.200 s of audio from 2.8 s on, but the manifest says 1.000 s" in caplog.text
     manifest.write_text('{"audio_filepath": "long.wav", "offset": 3.5, "text": "six"}\n'
                         '{"audio_filepath": "long.wav", "offset": -1, "text": "seven"}\n')
-    with caplog.at_level(logging.WARNING):
-        with pytest.raises(UserError, match=r"m\.jsonl:2: field 'offset' must be a number of seconds from 0 on"):
-            read_manifest(manifest, RATE)
+    with caplog.at_level(logging.WARNING), pytest.raises(UserError, match=r"m\.jsonl:2: field 'offset' must be "
+                                                                          r"a number of seconds from 0 on"):
+        read_manifest(manifest, RATE)
     assert "long.wav: offset 3.5 s is past the end of its 3.000 s" in caplog.text
 
 
