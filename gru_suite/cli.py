@@ -38,7 +38,6 @@ def _add_task_configs_to_searchpath() -> None:
 
 def _log_to_run_files(message: str) -> None:
     """Write `message` to the run's log files (Hydra's `<command>.log`), not to the console again."""
-
     record = logging.LogRecord("gru_suite", logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
@@ -275,7 +274,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied; it must
     hold a model of the `task=` chosen, if any, or of `task_name` (an ensemble's first model's task). For the
     first model, the run's wrong settings (the core's, the command's `numbers` and the task's) are named at once
-    before it is built."""
+    before it is built, and overrides of settings training fixed (`TaskPlugin.trained_settings`) in a warning."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -364,7 +363,6 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 
 def _gates_body(cfg: Any) -> None:
-
     from gru_suite.gates import plot_model_gates
     from gru_suite.run import apply_threads, artifact_lines
 

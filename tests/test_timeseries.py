@@ -315,6 +315,8 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     assert future_timestamps(month_ends, np.array([12]))[0] == pd.Timestamp("2021-01-31")
     trading = SimpleNamespace(timestamps=pd.bdate_range("2024-01-01", periods=60).delete(55))  # with a holiday
     assert list(future_timestamps(trading, np.arange(59, 62))) == list(pd.bdate_range("2024-03-25", periods=3))
+    two_days = SimpleNamespace(timestamps=pd.DatetimeIndex(["2024-03-21", "2024-03-22"]))  # Thursday, Friday
+    assert future_timestamps(two_days, np.array([2]))[0] == pd.Timestamp("2024-03-23")  # too few to call weekdays
     newest_first = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=30, freq="D")[::-1])
     assert list(future_timestamps(newest_first, np.arange(29, 32))) == [29, 30, 31]  # no future to name
 

@@ -14,6 +14,8 @@ from gru_suite.atomic import atomic_path, save_figure
 from gru_suite.timeseries import Series
 
 MAX_PLOTTED_TARGETS = 4
+WEEKDAYS_SEEN = 10
+"""Daily rows on this many weekdays and no weekend day (two weeks) make a series of business days."""
 
 
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
@@ -27,10 +29,11 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     recent = stamps[-min(n, 50):]
     freq = pd.infer_freq(recent) if n >= 3 else None
     steps = pd.Series(recent).diff()
-    if (freq and freq.startswith("-")) or not (steps > pd.Timedelta(0)).any():
+    offset = pd.tseries.frequencies.to_offset(freq) if freq else None
+    if (offset is not None and offset.n < 0) or not (steps > pd.Timedelta(0)).any():
         return pd.Index(rows)
-    step = pd.tseries.frequencies.to_offset(freq) if freq else steps[steps > pd.Timedelta(0)].mode().iloc[0]
-    if step == pd.Timedelta(days=1) and (recent.dayofweek < 5).all():
+    step = offset if offset is not None else steps[steps > pd.Timedelta(0)].mode().iloc[0]
+    if step == pd.Timedelta(days=1) and len(recent) >= WEEKDAYS_SEEN and (recent.dayofweek < 5).all():
         step = pd.offsets.BDay()
     extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
     return stamps.append(extra)[rows]
