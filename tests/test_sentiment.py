@@ -527,6 +527,7 @@ def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, di
     result = run_with_stdin("gru-suite-predict", "task=sentiment", f"ckpt_path={paths[0]}", f"ensemble=[{paths[1]}]",
                             "task.predict.input=-", f"hydra.run.dir={tmp_path / 'both'}", text="\n".join(texts))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "fixed by training" not in result.stdout + result.stderr  # nothing overridden, nothing to warn about
     both = predicted_probabilities(tmp_path / "both")
     assert list(both) == list(alone[0])
     assert all(both[t] == pytest.approx((alone[0][t] + alone[1][t]) / 2, abs=2e-6) for t in both)
