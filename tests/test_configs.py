@@ -545,5 +545,5 @@ def test_group_options_hydra_reads_itself_are_left_to_it():
 
 def test_every_core_number_is_required_unless_null_is_off():
     null_is_off = {"trainer.max_epochs", "trainer.gradient_clip_val", "trainer.log_every_n_steps",
-                   "trainer.num_sanity_val_steps", "threads", "seed"}
+                   "trainer.num_sanity_val_steps", "trainer.check_val_every_n_epoch", "threads", "seed"}
     assert {field for field, *_ in RUN_NUMBERS} - set(RUN_REQUIRED) == null_is_off
