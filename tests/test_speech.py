@@ -578,12 +578,12 @@ def test_a_manifest_reads_segments_of_a_longer_recording_by_offset_and_duration(
     manifest = tmp_path / "m.jsonl"
     manifest.write_text('{"audio_filepath": "long.wav", "offset": 1.0, "duration": 0.5, "text": "one"}\n'
                         '{"audio_filepath": "long.wav", "offset": 2.5, "text": "two"}\n'
-                        '{"audio_filepath": "long.wav", "duration": 1.0, "text": "three"}\n'  # NeMo's cut
+                        '{"audio_filepath": "long.wav", "duration": 1.0, "text": "three"}\n'  # whole, warned
                         '{"audio_filepath": "long.wav", "duration": 2.99, "text": "four"}\n'  # within its slack
                         '{"audio_filepath": "long.wav", "offset": 2.8, "duration": 1.0, "text": "five"}\n')
     with caplog.at_level(logging.WARNING):
         read = read_manifest(manifest, RATE)
-    expected = [written[RATE:RATE * 3 // 2], written[RATE * 5 // 2:], written[:RATE], written]
+    expected = [written[RATE:RATE * 3 // 2], written[RATE * 5 // 2:], written, written]
     assert [u.text for u in read] == ["one", "two", "three", "four"]  # five runs past the end: skipped
     for u, part in zip(read, expected):
         np.testing.assert_array_equal(u.samples.numpy(), part)
@@ -833,7 +833,8 @@ def test_a_segments_words_are_timed_from_the_start_of_its_file(checked: Path, tm
     write_wav(tmp_path / "long.wav", np.concatenate([six, six]), rate)
     manifest = tmp_path / "m.jsonl"
     seconds = len(six) / rate
-    manifest.write_text(json.dumps({"audio_filepath": "long.wav", "duration": seconds, "text": "six"}) + "\n"
+    manifest.write_text(json.dumps({"audio_filepath": "long.wav", "offset": 0, "duration": seconds, "text": "six"})
+                        + "\n"
                         + json.dumps({"audio_filepath": "long.wav", "offset": seconds, "text": "six"}) + "\n")
     utterances = read_manifest(manifest, rate)
     with torch.no_grad():

@@ -77,7 +77,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
     """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`, and
     optionally `speaker` (a string or integer naming the voice) and `offset` (s): with it, the utterance is the
     `duration` seconds of the file from `offset` on (a segment of a longer recording, as NeMo reads it); without
-    it, the whole file, cut to `duration` where the file runs on past it."""
+    it, the whole file (with a warning where it runs well past `duration`)."""
     path = Path(path)
     utterances, lines = [], read_lines(path)
     if not any(line.strip() for line in lines):
@@ -114,10 +114,9 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
             log.warning("skipping %s (%s): %.3f s of audio%s, but the manifest says %.3f s (truncated file?)",
                         where, audio, seconds, f" from {offset:g} s on" if offset else "", duration)
             continue
-        if duration is not None and seconds > duration + slack:  # a segment given without its offset: NeMo's cut
-            log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: its first %.3f s are read, as NeMo "
-                        "reads them", where, audio, seconds, duration, duration)
-            samples = samples[: round(duration * sample_rate)]
+        if duration is not None and offset is None and seconds > duration + slack:  # a segment without its offset?
+            log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "
+                        "a segment)", where, audio, seconds, duration)
         utterances.append(Utterance(samples, sample_rate, text, audio, where,
                                     None if speaker is None else str(speaker), offset=float(offset or 0)))
     return utterances
