@@ -14,7 +14,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -73,6 +73,15 @@ def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) ->
     return value
 
 
+def _seconds(record: dict, key: str, where: str, expected: str, allowed: Callable[[float], bool]) -> float | None:
+    """Optional field `key` of a manifest line: a finite number of seconds that is `allowed`, or None."""
+    value = record.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not allowed(value) or math.isinf(value)):
+        raise UserError(f"{where}: field {key!r} must be {expected}, got {value!r}")
+    return value
+
+
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
     """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`, and
     optionally `speaker` (a string or integer naming the voice) and `offset` (s): with it, the utterance is the
@@ -94,14 +103,8 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
         audio = path.parent / str(_field(record, "audio_filepath", str, where))
         text = _field(record, "text", str, where) if need_text or record.get("text") is not None else None
-        duration = record.get("duration")
-        if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
-                                     or not duration > 0 or math.isinf(duration)):
-            raise UserError(f"{where}: field 'duration' must be a positive number of seconds, got {duration!r}")
-        offset = record.get("offset")
-        if offset is not None and (isinstance(offset, bool) or not isinstance(offset, (int, float))
-                                   or not offset >= 0 or math.isinf(offset)):
-            raise UserError(f"{where}: field 'offset' must be a number of seconds from 0 on, got {offset!r}")
+        duration = _seconds(record, "duration", where, "a positive number of seconds", lambda s: s > 0)
+        offset = _seconds(record, "offset", where, "a number of seconds from 0 on", lambda s: s >= 0)
         speaker = record.get("speaker")
         if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
             raise UserError(f"{where}: field 'speaker' must be a string or an integer, got {speaker!r}")
