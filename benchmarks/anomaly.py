@@ -20,12 +20,16 @@ label-tuned  "label-tuned threshold (NAB leaderboard protocol)": one global thre
              the anomaly score per profile, chosen on the labels to maximise the corpus
              score (exact sweep over every distinct score, as NAB's optimizer does).
              This, not the label-free figure, is what NAB's leaderboard reports.
+published    NAB's published detectors (ARTime, Numenta HTM, CAD OSE, Random Cut Forest) on the same files:
+             the per-file raw scores NAB's repository lists for them (references/nab_published_scores.csv), summed
+             over the files scored here and normalised over their windows, beside this run's figures ("-" where
+             a file is not in that table, e.g. a corpus other than NAB's).
 speed        the test stage's seconds per series (model forward with retraining + flagger) and the
              streaming throughput of ``AnomalyStream.update`` after the probationary period.
 
-The label-free figures are NOT the leaderboard protocol. Even the label-tuned ones are
-comparable with the leaderboard (Numenta HTM 70.5, ARTime 74.9, standard profile) only on
-the full 58-file corpus; the groups scored here are printed with every figure.
+The label-free figures are NOT the leaderboard protocol. The leaderboard's own figures (Numenta HTM
+70.5, ARTime 74.9, standard profile) are of the full 58-file corpus; the `published` table gives those
+detectors' figures on the files scored here.
 
 ``--groups`` trains and scores only some groups (through a temporary folder of symbolic
 links; the data are never copied). The last line of stdout is one JSON object with all
@@ -61,6 +65,11 @@ DEFAULT_OVERRIDES = ""
 
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
 LEADERBOARD = {"Numenta HTM": 70.5, "ARTime": 74.9}  # NAB scoreboard, standard profile, 58 files
+# NAB's published per-file raw scores (numenta/NAB results/<detector>/<detector>_<profile>_scores.csv, the versions
+# whose totals give results/final_results.json; see references/README.md), columns named as there.
+PUBLISHED_SCORES = HERE / "references" / "nab_published_scores.csv"
+PUBLISHED = {"ARTime": "ARTime", "numenta": "Numenta HTM", "contextOSE": "CAD OSE",
+             "randomCutForest": "Random Cut Forest"}
 DEFAULT_STREAM_SERIES = "realKnownCause/nyc_taxi.csv"
 PROTOCOL_NOTE = (
     "Label-free thresholds (task.scoring): NAB's official leaderboard instead tunes one threshold per profile "
@@ -298,6 +307,33 @@ def label_free(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
     return {"nab": nab, "f1": f1, "per_series": per_series}
 
 
+def published_detectors(files: Sequence[str], baselines: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """NAB's published detectors scored on `files`: their per-file raw scores (thresholds NAB tuned on the labels
+    of all 58 files) summed over all the files and over each group's, normalised with the null and perfect scores
+    in `baselines` (profile -> "all" or group -> {"null", "perfect"}, as `nab_by_group` gives them for these files).
+    None for a sum that would need a file the published table lacks."""
+    import pandas as pd
+
+    published = pd.read_csv(PUBLISHED_SCORES).set_index(["profile", "file"])
+    groups = sorted({_group(n) for n in files})
+    keys = [("all", list(files)), *[(g, [n for n in files if _group(n) == g]) for g in groups]]
+    out: dict[str, Any] = {}
+    for column, name in PUBLISHED.items():
+        out[name] = {}
+        for profile in PROFILES:
+            by_key: dict[str, float | None] = {}
+            for key, names in keys:
+                rows = [(profile, n) for n in names]
+                if key not in baselines[profile] or not all(r in published.index for r in rows):
+                    by_key[key] = None
+                    continue
+                raw = float(published.loc[rows, column].sum())
+                null, perfect = baselines[profile][key]["null"], baselines[profile][key]["perfect"]
+                by_key[key] = 100.0 * (raw - null) / (perfect - null) if perfect != null else math.nan
+            out[name][profile] = by_key
+    return out
+
+
 def label_tuned(task: Any, scored: dict[str, Any]) -> dict[str, Any]:
     """One threshold per profile tuned on the labels; rows the range check flags stay flagged. The
     cooldown is not applied: the exact sweep needs flags that only grow as the threshold falls."""
@@ -421,7 +457,9 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
         )
         board = ", ".join(f"{k} {v}" for k, v in LEADERBOARD.items())
         print(f"leaderboard (standard, full 58-file NAB): {board}; this corpus: {report['corpus']['files']} files in "
-              f"{len(groups)} groups ({', '.join(groups)}), so only indicative.")
+              f"{len(groups)} groups ({', '.join(groups)}), so only indicative; the next table scores NAB's published "
+              "detectors on these files.")
+    print_published(report, groups)
     sc, st = report["scoring"], report.get("streaming")
     rows = [["test stage (model + flagger)", sc["s_per_series"], sc["model_s_per_series"],
              sc["flagger_s_per_series"], sc["points_per_s"], f"{sc['series']} series, {sc['rows']:,} rows"]]
@@ -431,6 +469,25 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
                      f"{st['us_per_point']:.1f} us/pt, {st['cpu_us_per_point']:.1f} CPU us/pt, {st['timed_points']:,} pts"
                      + ("" if same is None else f", == batch: {same}")])
     table("speed", ["what", "s/series", "model s/series", "flagger s/series", "points/s", "notes"], rows)
+
+
+def _score_cell(value: float | None) -> Any:
+    return "-" if value is None or not math.isfinite(value) else value
+
+
+def print_published(report: dict[str, Any], groups: list[str]) -> None:
+    """NAB's published detectors beside this run's detector, on the same files and windows."""
+    ours = {"GRU Suite, label-free (this run)": report["label_free"]["nab"]}
+    if "label_tuned" in report:
+        ours["GRU Suite, label-tuned (this run)"] = {p: report["label_tuned"][p]["nab"] for p in PROFILES}
+    rows = [[name, *[_score_cell(by[p]["all"]) for p in PROFILES], *[_score_cell(by["standard"].get(g)) for g in groups]]
+            for name, by in report["published"].items()]
+    rows += [[name, *[_score_cell(nab[p]["all"]["normalized"]) for p in PROFILES],
+              *[_score_cell(nab["standard"].get(g, {}).get("normalized")) for g in groups]]
+             for name, nab in ours.items()]
+    table("NAB's published detectors on these files: their per-file raw scores (numenta/NAB results/, thresholds "
+          "NAB tuned on all 58 files' labels), summed and normalised over these files' windows",
+          ["detector", *PROFILES, *[f"{g} (standard)" for g in groups]], rows)
 
 
 # --------------------------------------------------------------------------- main
@@ -523,6 +580,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                          "max_abs_diff": max(diffs) if diffs else math.nan}
             if not args.no_tuned:
                 report["label_tuned"] = label_tuned(task, scored)
+            report["published"] = published_detectors(
+                list(report["label_free"]["per_series"]), report["label_free"]["nab"])
             if args.stream_series:
                 report["streaming"] = streaming(task, model, nab, args.stream_series, cfg, scored)
     except UserError as err:

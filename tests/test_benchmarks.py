@@ -64,10 +64,44 @@ def test_the_anomaly_benchmark_runs_on_a_nab_subset_without_its_streaming_series
     assert report["task_test_check"]["agrees"] and report["scoring"]["series"] == 3
     standard = next(line.split() for line in result.stdout.splitlines() if line.startswith("standard "))
     assert standard[1] == standard[2] and standard[3] == "-"  # all = grp; the unlabelled group has no score
+    # NAB's published detectors have no scores for files outside NAB's corpus
+    assert report["published"]["ARTime"]["standard"] == {"all": None, "grp": None}
+    assert next(line for line in result.stdout.splitlines() if line.startswith("ARTime ")).split()[1:] == ["-"] * 5
     named = subprocess.run([*command, "--stream-series", "grp/missing.csv"], capture_output=True, text=True,
                            timeout=300, cwd=tmp_path)
     assert named.returncode == 2 and named.stderr.strip().endswith(f"--stream-series: no {nab}/data/grp/missing.csv")
     assert "training" not in named.stdout  # refused before the work
+
+
+def test_nabs_published_per_file_scores_give_nabs_published_corpus_figures():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import anomaly
+    import pandas as pd
+
+    files = pd.read_csv(anomaly.PUBLISHED_SCORES)["file"].unique().tolist()
+    assert len(files) == 58
+    # the whole corpus: 116 windows; null = -116 * fnWeight (nab/runner.py normalize with the null detector's score)
+    whole = {p: {"all": {"null": -116.0 * (2 if p == "reward_low_FN_rate" else 1), "perfect": 116.0}}
+             for p in anomaly.PROFILES}
+    figures = anomaly.published_detectors(files, whole)
+    final_results = {  # numenta/NAB results/final_results.json (commit 5a98e4f)
+        "ARTime": (74.85377223215792, 65.15400017974811, 80.36228493638114),
+        "Numenta HTM": (70.10105611943965, 63.11684160219828, 74.3202443095115),
+        "CAD OSE": (69.89956896844828, 66.97713919047413, 73.18167250416667),
+        "Random Cut Forest": (51.717054557073276, 38.360772142413786, 59.74876476310345),
+    }
+    for name, expected in final_results.items():
+        assert [figures[name][p]["all"] for p in anomaly.PROFILES] == pytest.approx(expected, abs=1e-9)
+        assert all(figures[name][p][g] is None for p in anomaly.PROFILES for g in figures[name][p] if g != "all")
+    # one group's files alone, normalised by that group's own baselines
+    group = [f for f in files if f.startswith("realAdExchange/")]
+    some = anomaly.published_detectors(group, {p: {"all": {"null": -14.0, "perfect": 14.0},
+                                                   "realAdExchange": {"null": -14.0, "perfect": 14.0}}
+                                               for p in anomaly.PROFILES})
+    assert some["CAD OSE"]["standard"]["all"] == some["CAD OSE"]["standard"]["realAdExchange"] == pytest.approx(
+        100 * (0.832350327444 - 0.245878346979 + 2.48872770811 + 0.862098587352 + 0.622257696424 + 1.60471036268
+               + 14) / 28)
+    assert anomaly.published_detectors(["grp/other.csv"], whole)["ARTime"]["standard"]["all"] is None
 
 
 def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_path):
