@@ -480,8 +480,8 @@ def print_published(report: dict[str, Any], groups: list[str]) -> None:
     ours = {"GRU Suite, label-free (this run)": report["label_free"]["nab"]}
     if "label_tuned" in report:
         ours["GRU Suite, label-tuned (this run)"] = {p: report["label_tuned"][p]["nab"] for p in PROFILES}
-    rows = [[name, *[_score_cell(by[p]["all"]) for p in PROFILES], *[_score_cell(by["standard"].get(g)) for g in groups]]
-            for name, by in report["published"].items()]
+    rows = [[name, *[_score_cell(by[p]["all"]) for p in PROFILES],
+             *[_score_cell(by["standard"].get(g)) for g in groups]] for name, by in report["published"].items()]
     rows += [[name, *[_score_cell(nab[p]["all"]["normalized"]) for p in PROFILES],
               *[_score_cell(nab["standard"].get(g, {}).get("normalized")) for g in groups]]
              for name, nab in ours.items()]
