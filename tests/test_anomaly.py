@@ -147,6 +147,17 @@ def test_a_series_all_probation_is_plotted():
     assert len(top.lines) == 1 and bottom.lines[1].get_label() == "threshold"
 
 
+def test_the_score_panel_shows_the_threshold_and_saturated_likelihoods():
+    score = np.r_[np.linspace(0.2, 0.8, 98), 0.999991, 1.0]  # a likelihood of exactly 1 on its logit axis
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(100), "v": score, "score": score, "threshold": 0.99999,
+                          "flag": (score > 0.99999).astype(int), "reason": np.where(score > 0.99999, "score", "")})
+    stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=10, windows=None, name="s")
+    bottom = plot_report(stream, frame, 0.99999).axes[1]
+    low, high = bottom.get_ylim()
+    assert bottom.get_yscale() == "logit" and low < 0.2 and high > 1 - 1e-9
+    assert bottom.lines[0].get_ydata().max() == 1 - 1e-9  # drawn at the edge, not lost at infinity
+
+
 def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_the_score(tmp_path):
     data = tmp_path / "data"
     data.mkdir()

@@ -256,6 +256,7 @@ def test_load_nab_windows(tmp_path):
         ({"a.csv": "2014-11-01"}, "key 'a.csv': expected a list of"),
         ({"a.csv": [["not a date", "2014-11-01"]]}, "key 'a.csv': unreadable timestamp"),
         ({"a.csv": [["2014-11-02", "2014-11-01"]]}, "key 'a.csv': every window needs start <= end"),
+        ({"a.csv": [["2014-11-01 00:00:00+00:00", "2014-11-02"]]}, "key 'a.csv': a window's start and end must both"),
         ([["2014-11-01", "2014-11-02"]], "expected an object"),
     ],
 )

@@ -343,6 +343,9 @@ def load_nab_windows(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.
             parsed = [(pd.Timestamp(start), pd.Timestamp(end)) for start, end in pairs]
         except ValueError as error:
             raise ValueError(f"{path}: key {key!r}: unreadable timestamp ({error})") from error
+        if any((start.tz is None) != (end.tz is None) for start, end in parsed if not (pd.isna(start) or pd.isna(end))):
+            raise ValueError(f"{path}: key {key!r}: a window's start and end must both have a UTC offset or both have "
+                             f"none, got {value!r}")
         if any(pd.isna(start) or pd.isna(end) or start > end for start, end in parsed):
             raise ValueError(f"{path}: key {key!r}: every window needs start <= end, got {value!r}")
         windows[key] = parsed

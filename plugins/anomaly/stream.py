@@ -97,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             print(out, flush=True)
         if seen <= args.probation:
             print(f"warning: the stream ended after {seen} observation(s), within the probationary period of "
-                  f"{args.probation} (--probation): nothing was scored", file=sys.stderr)
+                  f"{args.probation} (--probation): no observation came after it, so none could be flagged",
+                  file=sys.stderr)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -56,6 +56,9 @@ def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2] - 1))
 
 
+LOGIT_EDGE = 1e-9  # likelihoods of exactly 0 or 1 are drawn this close to them
+
+
 def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Figure:
     """The series with labelled windows (green) and flags (red); below, the score and threshold."""
     fig = Figure(figsize=(12, 5), layout="constrained")
@@ -81,10 +84,15 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     top.set_ylabel("value")
     labelled = "labelled windows in green, " if stream.windows else ""
     top.set_title(f"{stream.name}: {labelled}flags in red (score) or orange (range)")
-    bottom.plot(x, frame["score"], color="tab:purple", lw=0.8, label="anomaly score")
+    score = frame["score"]
+    logit = 0 < threshold < 1 and score.between(0, 1).all()  # likelihoods: 0.99 and 0.99999 apart
+    if logit:  # 0 and 1 lie at infinity on a logit axis, and one of them narrows matplotlib's view to the middle
+        score = score.clip(LOGIT_EDGE, 1 - LOGIT_EDGE)
+    bottom.plot(x, score, color="tab:purple", lw=0.8, label="anomaly score")
     bottom.plot(x, frame["threshold"], color="tab:red", ls=":", lw=1, label="threshold")
-    if 0 < threshold < 1 and frame["score"].between(0, 1).all():  # likelihoods: 0.99 and 0.99999 apart
-        bottom.set_yscale("logit", nonpositive="clip")
+    if logit:
+        bottom.set_yscale("logit")
+        bottom.set_ylim(min(score.min(), threshold) / 2, 1 - (1 - max(score.max(), threshold)) / 2)
     bottom.legend(loc="upper left", fontsize=8)
     bottom.set_ylabel("anomaly score")
     return fig
