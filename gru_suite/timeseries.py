@@ -21,7 +21,7 @@ from gru_suite.text import read_lines
 
 log = logging.getLogger(__name__)
 
-MissingPolicy = Literal["error", "interpolate"]
+MissingPolicy = Literal["error", "interpolate", "skip"]
 MISSING_POLICIES: tuple[str, ...] = get_args(MissingPolicy)
 TIME_UNITS = ("s", "ms", "us", "ns")
 """Units of a time column of numbers (Unix time: since 1970-01-01 UTC), as `task.data.time_unit`."""
@@ -32,13 +32,17 @@ class Series:
     """A table read from CSV: timestamps (or row numbers) and float32 values (T, F).
 
     `clock` holds each row's local wall-clock time (where daily and weekly cycles are): the timestamps
-    themselves, but for a file whose UTC offset changes (daylight saving), whose `timestamps` are in UTC."""
+    themselves, but for a file whose UTC offset changes (daylight saving), whose `timestamps` are in UTC.
+    `skipped`: the rows `missing="skip"` left out (their values NaN where missing); `rows`: where each row stands
+    among the file's data rows (from 0), for a series with rows left out (None: every row, in file order)."""
 
     path: Path
     timestamps: pd.Index
     columns: list[str]
     values: np.ndarray
     clock: pd.Index | None = None
+    skipped: Series | None = None
+    rows: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.clock is None:
@@ -49,8 +53,8 @@ class Series:
 
     def row_names(self, rows: Iterable[int]) -> list[str]:
         """How plots name rows: by their timestamps, or as "row N" (counted from 1) in a series without them."""
-        if isinstance(self.timestamps, pd.RangeIndex):
-            return [f"row {row + 1}" for row in rows]
+        if not isinstance(self.timestamps, pd.DatetimeIndex):  # row numbers (from 0), some left out with `skipped`
+            return [f"row {self.timestamps[row] + 1}" for row in rows]
         return [str(self.timestamps[row]) for row in rows]
 
 
@@ -66,9 +70,9 @@ def read_series_csv(
     Every problem is a `UserError` naming the file, the column and the line:
     a missing file or column, a non-numeric value, an unparseable timestamp, and
     (with `missing="error"`) an empty cell; `missing="interpolate"` fills gaps
-    linearly in time order instead. Timestamps that do not increase are a warning
-    naming the first such line; rows keep their order in the file. A time column of numbers is Unix time
-    in `time_unit` (one of `TIME_UNITS`), and refused without one.
+    linearly in time order instead, `missing="skip"` leaves their rows out (into `Series.skipped`). Timestamps
+    that do not increase are a warning naming the first such line; rows keep their order in the file. A time
+    column of numbers is Unix time in `time_unit` (one of `TIME_UNITS`), and refused without one.
     """
     csv_path = Path(path)
     if csv_path.is_dir():
@@ -98,9 +102,15 @@ def series_from_frame(
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
-    values = _handle_missing(values, wanted, csv_path, missing)
+    values, left_out = _handle_missing(values, wanted, csv_path, missing)
     stamps, clock = _timestamps(frame, time_column, csv_path, time_unit)
-    return Series(csv_path, stamps, wanted, values.astype(np.float32), clock)
+    if left_out is None:
+        return Series(csv_path, stamps, wanted, values.astype(np.float32), clock)
+    clock, kept = stamps if clock is None else clock, ~left_out
+    skipped = Series(csv_path, stamps[left_out], wanted, values[left_out].astype(np.float32), clock[left_out],
+                     rows=np.flatnonzero(left_out))
+    return Series(csv_path, stamps[kept], wanted, values[kept].astype(np.float32), clock[kept], skipped,
+                  np.flatnonzero(kept))
 
 
 ARCHIVE_SUFFIXES = (".bz2", ".xz", ".zip", ".zst", ".tar")  # pandas unpacks these; read_lines cannot
@@ -157,25 +167,35 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
     return numbers.to_numpy(dtype=np.float64)
 
 
-def _handle_missing(values: np.ndarray, names: list[str], path: Path, policy: MissingPolicy) -> np.ndarray:
-    if policy not in ("error", "interpolate"):
-        raise UserError(f"task.data.missing must be 'error' or 'interpolate', got {policy!r}")
+def _handle_missing(
+    values: np.ndarray, names: list[str], path: Path, policy: MissingPolicy
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """`values` with their gaps filled (`interpolate`), and with `skip` the mask of rows to leave out (else None)."""
+    if policy not in MISSING_POLICIES:
+        raise UserError(f"task.data.missing must be one of {list(MISSING_POLICIES)}, got {policy!r}")
     gaps = np.isnan(values)
     if not gaps.any():
-        return values
+        return values, None
     row, col = map(int, np.argwhere(gaps)[0])
     if policy == "error":
         raise UserError(
             f"{path}, line {data_line(path, row)}, column {names[col]!r}: missing value ({int(gaps.sum())} in all); "
-            "set task.data.missing=interpolate to fill gaps"
+            "set task.data.missing=interpolate to fill gaps (or skip, where the task allows it)"
         )
+    if policy == "skip":
+        left_out = gaps.any(axis=1)
+        if left_out.all():
+            raise UserError(f"{path}: every row misses a value (task.data.missing=skip leaves none)")
+        log.warning("%s: %d row(s) with a missing value skipped, the first on line %d, column %r", path,
+                    int(left_out.sum()), data_line(path, row), names[col])
+        return values, left_out
     filled = pd.DataFrame(values).interpolate(limit_direction="both").to_numpy()
     if np.isnan(filled).any():
         empty = names[int(np.argwhere(np.isnan(filled))[0][1])]
         raise UserError(f"{path}, column {empty!r}: no values at all, nothing to interpolate from")
     log.warning("%s: %d missing value(s) interpolated, the first on line %d, column %r", path, int(gaps.sum()),
                 data_line(path, row), names[col])
-    return filled
+    return filled, None
 
 
 def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path,

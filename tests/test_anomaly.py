@@ -186,6 +186,46 @@ def test_the_stream_api_refuses_a_missing_value_or_a_wrong_width():
     assert np.isfinite(stream.update([0.0, 1.0])[0])
 
 
+def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
+    model = NextStepForecaster(partial(GRUBackbone, hidden_size=4, num_layers=1), 2).eval()
+    flagger = partial(Flagger, score="raw", threshold="quantile", quantile=0.9)
+    skipping, plain = AnomalyStream(model, flagger(), 20, skip_missing=True), AnomalyStream(model, flagger(), 20)
+    for i in range(40):
+        if i in (5, 30):  # one in the probationary period, one after it
+            assert np.isnan(skipping.update([float("nan"), 1.0])[0])
+        assert skipping.update([np.sin(i), np.cos(i)]) == plain.update([np.sin(i), np.cos(i)])
+    with pytest.raises(UserError, match="finite value"):
+        skipping.update([float("inf"), 1.0])  # only a missing value is skipped
+    stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
+    assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
+    with pytest.raises(UserError, match="stdin, line 3: expected 2 comma-separated finite"):
+        parse_line(",1", 3, False, 2)
+
+
+def test_skipped_rows_are_left_out_of_the_scores_and_marked_in_the_report(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    frame = pd.read_csv(write_series(data / "s.csv", label=1))
+    frame["label"] = [1 if 99 <= row <= 101 else 0 for row in range(200)]
+    frame.loc[[10, 100, 150], "value"] = np.nan  # one in probation, one inside the labelled window
+    frame.loc[150, "label"] = np.nan  # a skipped row's label is not read
+    frame.to_csv(data / "s.csv", index=False)
+    task = anomaly_task(tmp_path, data, "task.data.missing=skip", "task.data.label_column=label")
+    task.datamodule()
+    (stream,) = task.streams
+    assert len(stream.series.values) == 197 and list(stream.series.skipped.rows) == [10, 100, 150]
+    assert stream.windows == [(98, 99)] and stream.probation == 98  # rows 99 and 101 of the file
+    raw = np.abs(np.random.default_rng(0).normal(size=197))
+    write_series_report(stream, Flagger(score="raw", threshold="fixed", fixed=0.1).run(raw, 98), tmp_path / "out")
+    report = pd.read_csv(tmp_path / "out" / "s.csv", keep_default_na=False)
+    assert len(report) == 200 and list(report["timestamp"]) == list(frame["timestamp"])
+    marked = report.loc[[10, 100, 150]]
+    assert list(marked["reason"]) == ["missing"] * 3 and list(marked["flag"]) == [0] * 3
+    assert list(marked["score"]) == list(marked["value"]) == list(marked["label"]) == [""] * 3
+    assert (report.drop([10, 100, 150])["reason"] != "missing").all()
+    assert list(report.loc[[99, 101], "label"]) == ["1", "1"]
+
+
 def test_calibration_leaves_out_the_rows_a_detector_cannot_score(tmp_path):
     settings = ["task.scoring.score=raw", "task.scoring.threshold=quantile", "task.detector.burn_in=8"]
     for kind, window, start in (("autoencoder", 32, 31), ("forecaster", 32, 8)):  # the autoencoder's first 31 are 0

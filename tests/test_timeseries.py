@@ -203,8 +203,25 @@ def test_a_split_is_three_numbers(split):
 
 
 def test_an_unknown_missing_policy_is_refused_even_without_gaps(tmp_path):
-    with pytest.raises(UserError, match="missing must be 'error' or 'interpolate', got 'foo'"):
+    with pytest.raises(UserError, match=r"missing must be one of \['error', 'interpolate', 'skip'\], got 'foo'"):
         read_series_csv(write(tmp_path, "t,a\n1,1\n2,2\n"), ["a"], missing="foo")
+
+
+def test_skipping_leaves_rows_with_a_missing_value_out_and_keeps_them_apart(tmp_path, caplog):
+    path = write(tmp_path, "t,a,b\n2024-01-01,1,5\n2024-01-02,,6\n2024-01-03,3,7\n2024-01-04,4,NaN\n2024-01-05,5,9\n")
+    series = read_series_csv(path, time_column="t", missing="skip")
+    np.testing.assert_array_equal(series.values, [[1, 5], [3, 7], [5, 9]])
+    assert list(series.timestamps.day) == list(series.clock.day) == [1, 3, 5] and list(series.rows) == [0, 2, 4]
+    assert list(series.skipped.timestamps.day) == [2, 4] and list(series.skipped.rows) == [1, 3]
+    np.testing.assert_array_equal(series.skipped.values, [[np.nan, 6], [4, np.nan]])
+    assert "2 row(s) with a missing value skipped, the first on line 3, column 'a'" in caplog.text
+    numbered = read_series_csv(path, ["a"], missing="skip")  # no time column: the rows keep their numbers
+    assert list(numbered.timestamps) == [0, 2, 3, 4] and numbered.row_names([1]) == ["row 3"]
+    with pytest.raises(UserError, match="every row misses a value"):
+        read_series_csv(write(tmp_path, "a\n\n\nNaN\n"), ["a"], missing="skip")
+    from gru_suite_plugins.forecasting.task import ForecastingTask
+
+    assert dict(ForecastingTask.choices)["data.missing"] == ("error", "interpolate")  # a window must not span a gap
 
 
 def test_timestamps_out_of_order_are_a_warning_naming_the_first_line(tmp_path, caplog):

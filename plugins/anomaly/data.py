@@ -204,7 +204,7 @@ def load_streams(
             )
         spans: list[Window] | None = None
         if label_column:
-            spans = _label_windows(file, frame, label_column)
+            spans = _label_windows(file, frame, label_column, series.rows)
         elif file in matched:
             spans = _index_windows(series, matched[file])
         where = f"{file}: the probationary period ({n_probation} rows)"
@@ -237,18 +237,19 @@ def _value_columns(file: Path, frame: pd.DataFrame, time_column: str | None, lab
     return columns
 
 
-def _label_windows(file: Path, frame: pd.DataFrame, label_column: str) -> list[Window]:
-    """The anomaly windows of a 0/1 label column of `file` (read into `frame`; rows in file order, as the
-    values'); a UserError naming the line of any other value."""
-    column = frame[label_column]
+def _label_windows(file: Path, frame: pd.DataFrame, label_column: str, rows: np.ndarray | None) -> list[Window]:
+    """The anomaly windows of a 0/1 label column of `file` (read into `frame`) over its data `rows` that the series
+    holds (None: all, in file order); a UserError naming the line of any value other than 0 or 1 there."""
+    rows = np.arange(len(frame)) if rows is None else rows
+    column = frame[label_column].iloc[rows]
     labels = pd.to_numeric(column, errors="coerce").to_numpy()
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
         value = column.iloc[row]
         got = "a missing value" if pd.isna(value) else repr(str(value))
-        raise UserError(f"{file}, line {data_line(file, row)}, column {label_column!r}: expected a label of 0 or 1, "
-                        f"got {got}")
+        raise UserError(f"{file}, line {data_line(file, int(rows[row]))}, column {label_column!r}: expected a label "
+                        f"of 0 or 1, got {got}")
     return windows_from_labels(labels == 1)
 
 

@@ -8,6 +8,7 @@ and `AnomalyStream.update` (one observation at a time) give the same results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -188,7 +189,9 @@ class AnomalyStream:
         retraining: Retraining | None = None,
         calendar: Calendar = Calendar(),
         time_unit: str | None = None,
+        skip_missing: bool = False,
     ) -> None:
+        self.skip_missing = skip_missing
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.width: int = model.n_features  # values per observation
         self.flagger = flagger
@@ -200,8 +203,11 @@ class AnomalyStream:
 
     def update(self, values: np.ndarray | list[float], timestamp: Any = None) -> tuple[float, bool]:
         """Add one observation (one value per column, and its timestamp when the detector reads
-        calendar features); returns (score, flag)."""
+        calendar features); returns (score, flag). With `skip_missing`, an observation with a NaN value is
+        skipped: (NaN, False), and the stream goes on as if it had not come."""
         x = np.asarray(values, dtype=np.float32).reshape(-1)
+        if self.skip_missing and len(x) == self.width and np.isnan(x).any():
+            return math.nan, False
         if not np.isfinite(x).all() or len(x) != self.width:
             raise UserError(f"expected {self.width} finite value(s) per observation, got {list(values)}")
         covariates = self._covariates(timestamp)

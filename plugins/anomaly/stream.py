@@ -4,8 +4,9 @@ Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
 features: a date, or Unix time in the checkpoint's task.data.time_unit); each output
 line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
-lines are skipped. The first --probation observations fit the scaler and calibrate the
-threshold.
+lines are skipped. A detector trained with task.data.missing=skip skips an observation with a
+missing value (an empty field, or nan, na, n/a, null), answering `nan,0`. The first --probation
+observations fit the scaler and calibrate the threshold.
 """
 
 from __future__ import annotations
@@ -22,8 +23,14 @@ FLOAT32_MAX = 3.4028234663852886e38
 imports torch, which `--help` does without."""
 
 
-def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple[str | None, list[float]]:
-    """The timestamp (with `has_timestamp`) and the `width` finite values of one input line."""
+MISSING_WORDS = frozenset({"", "nan", "na", "n/a", "null"})
+"""Fields read as a missing value (NaN) by a stream that skips them (case ignored)."""
+
+
+def parse_line(line: str, number: int, has_timestamp: bool, width: int,
+               skip_missing: bool = False) -> tuple[str | None, list[float]]:
+    """The timestamp (with `has_timestamp`) and the `width` finite values of one input line; with `skip_missing`,
+    a value may also be missing (NaN)."""
     if any("\udc80" <= char <= "\udcff" for char in line):  # bytes that are not UTF-8, as Python reads them
         raise UserError(f"stdin, line {number}: not UTF-8")
     fields = [f.strip() for f in line.split(",")]
@@ -32,10 +39,11 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int) -> tuple
     if stamp is not None and not _is_timestamp(stamp):
         raise UserError(f"stdin, line {number}: not a timestamp: {stamp!r}")
     try:
-        values = [float(f) for f in fields]
+        values = [math.nan if skip_missing and f.lower() in MISSING_WORDS else float(f) for f in fields]
     except ValueError as err:
         raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}") from err
-    if len(values) != width or not all(math.isfinite(v) for v in values):
+    allowed = (lambda v: math.isfinite(v) or math.isnan(v)) if skip_missing else math.isfinite
+    if len(values) != width or not all(allowed(v) for v in values):
         raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}")
     if any(abs(v) > FLOAT32_MAX for v in values):  # as a file's cells: infinite as the 32-bit floats they become
         raise UserError(f"stdin, line {number}: expected numbers of at most {FLOAT32_MAX:.3g} in size (values are "
@@ -63,7 +71,7 @@ def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        stamp, values = parse_line(line, number, has_timestamp, width)
+        stamp, values = parse_line(line, number, has_timestamp, width, stream.skip_missing)
         try:
             score, flag = stream.update(values, stamp)
         except UserError as err:

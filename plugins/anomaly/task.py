@@ -122,7 +122,7 @@ class AnomalyTask(TaskPlugin):
     def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
         """A live scorer with this task's flagger, retraining and calendar features."""
         return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar,
-                             self.cfg.data.get("time_unit"))
+                             self.cfg.data.get("time_unit"), skip_missing=self.cfg.data.get("missing") == "skip")
 
     @property
     def calendar(self) -> Calendar:

@@ -9,6 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
+from gru_suite.timeseries import Series
 from gru_suite_plugins.anomaly.data import StreamData
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
@@ -39,6 +40,22 @@ def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 
     if labels is not None:
         frame["label"] = labels.astype(int)
     return frame
+
+
+def with_skipped_rows(frame: pd.DataFrame, series: Series) -> pd.DataFrame:
+    """`report_frame`'s `frame` with the rows `task.data.missing=skip` left out put back in file order, marked
+    `reason` "missing": their values as read (empty where missing), no scores, flag 0, no label."""
+    skipped = series.skipped
+    if skipped is None:
+        return frame
+    marked = pd.DataFrame({"timestamp": skipped.timestamps})
+    for i, column in enumerate(value_columns(series.columns)):
+        marked[column] = skipped.values[:, i]
+    marked["flag"], marked["reason"] = 0, "missing"
+    merged = pd.concat([frame.set_axis(series.rows), marked.set_axis(skipped.rows)]).sort_index()
+    if "label" in merged:
+        merged["label"] = merged["label"].astype("Int64")  # empty for the marked rows
+    return merged.reset_index(drop=True)
 
 
 def flag_reasons(scored: ScoredSeries) -> np.ndarray:
@@ -108,6 +125,6 @@ def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path,
     frame = report_frame(stream, scored, unscored_rows)
     csv_path = out_dir / name.parent / f"{stem}.csv"
     with atomic_path(csv_path) as tmp:
-        frame.to_csv(tmp, index=False)
+        with_skipped_rows(frame, stream.series).to_csv(tmp, index=False)
     png_path = save_figure(plot_report(stream, frame, scored.threshold), csv_path.with_suffix(".png"), dpi=100)
     return [csv_path, png_path]

@@ -34,7 +34,8 @@ class ForecastingTask(TaskPlugin):
     value) and a seasonal-naive baseline computed on the same windows.
     """
 
-    choices = (("model.normalize", NORMALIZE), ("data.missing", MISSING_POLICIES))
+    # no `skip`: a forecast's windows would join the rows either side of a gap as if they were consecutive
+    choices = (("model.normalize", NORMALIZE), ("data.missing", tuple(p for p in MISSING_POLICIES if p != "skip")))
     required = ("data.path", "data.lookback", "data.horizon", "model.segment_length", "model.head_dropout")
 
     @classmethod
