@@ -192,6 +192,7 @@ class AnomalyStream:
         skip_missing: bool = False,
     ) -> None:
         self.skip_missing = skip_missing
+        self.observations = 0  # taken so far, skipped ones not counted
         self.scorer = OnlineScorer(model, retraining, probation) if retraining else StreamingScorer(model)
         self.width: int = model.n_features  # values per observation
         self.flagger = flagger
@@ -211,6 +212,7 @@ class AnomalyStream:
         if not np.isfinite(x).all() or len(x) != self.width:
             raise UserError(f"expected {self.width} finite value(s) per observation, got {list(values)}")
         covariates = self._covariates(timestamp)
+        self.observations += 1
         if self._warmup is not None:
             self._warmup.append((x, covariates))
             if len(self._warmup) < self.probation:

@@ -100,10 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         stream = module.task.stream(module.model, args.probation)
         if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach parse_line, which names them
             sys.stdin.reconfigure(errors="surrogateescape")
-        seen = 0
-        for seen, out in enumerate(score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]), 1):
+        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
-        if seen <= args.probation:
+        if (seen := stream.observations) <= args.probation:
             print(f"warning: the stream ended after {seen} observation(s), within the probationary period of "
                   f"{args.probation} (--probation): no observation came after it, so none could be flagged",
                   file=sys.stderr)
