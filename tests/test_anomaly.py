@@ -203,7 +203,7 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
         parse_line(",1", 3, False, 2)
 
 
-def test_skipped_rows_are_left_out_of_the_scores_and_marked_in_the_report(tmp_path):
+def test_skipped_rows_are_left_out_of_the_scores_and_marked_in_the_report(tmp_path, caplog):
     data = tmp_path / "data"
     data.mkdir()
     frame = pd.read_csv(write_series(data / "s.csv", label=1))
@@ -213,6 +213,12 @@ def test_skipped_rows_are_left_out_of_the_scores_and_marked_in_the_report(tmp_pa
     frame.to_csv(data / "s.csv", index=False)
     task = anomaly_task(tmp_path, data, "task.data.missing=skip", "task.data.label_column=label")
     task.datamodule()
+    assert "wholly in rows skipped" not in caplog.text
+    frame.loc[[180], "label"] = 1  # a window of one row, skipped
+    frame.loc[[180], "value"] = np.nan
+    frame.to_csv(data / "s.csv", index=False)
+    anomaly_task(tmp_path, data, "task.data.missing=skip", "task.data.label_column=label").datamodule()
+    assert "s.csv: 1 labelled window(s) lie wholly in rows skipped for a missing value" in caplog.text
     (stream,) = task.streams
     assert len(stream.series.values) == 197 and list(stream.series.skipped.rows) == [10, 100, 150]
     assert stream.windows == [(98, 99)] and stream.probation == 98  # rows 99 and 101 of the file

@@ -250,6 +250,13 @@ def _label_windows(file: Path, frame: pd.DataFrame, label_column: str, rows: np.
         got = "a missing value" if pd.isna(value) else repr(str(value))
         raise UserError(f"{file}, line {data_line(file, int(rows[row]))}, column {label_column!r}: expected a label "
                         f"of 0 or 1, got {got}")
+    if len(rows) < len(frame):  # rows left out (task.data.missing=skip): a window may have lost every row
+        kept = np.zeros(len(frame), dtype=bool)
+        kept[rows] = True
+        everywhere = pd.to_numeric(frame[label_column], errors="coerce").to_numpy() == 1
+        if lost := sum(not kept[a : b + 1].any() for a, b in windows_from_labels(everywhere)):
+            log.warning("%s: %d labelled window(s) lie wholly in rows skipped for a missing value: left out of the "
+                        "scores", file, lost)
     return windows_from_labels(labels == 1)
 
 
