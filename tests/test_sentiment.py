@@ -437,9 +437,16 @@ def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_te
     path = tmp_path / "two.txt"
     path.write_text("1 good\n0 bad\n")
     overrides = [*TINY, f"task.data.train={path}", "task.data.val=null", "task.data.test=null"]
-    with pytest.raises(UserError, match=r"two.txt: every training text has the label"):  # one of two held out
+    with pytest.raises(UserError, match=r"two.txt: 2 labelled texts, too few to hold out a validation share and "
+                                        r"keep every label in training"):  # one of two held out: one label lost
         run.build_task(compose_train_config("sentiment", [*overrides, "task.data.val_fraction=0.9"],
                                             tmp_path).task).datamodule()
+    path.write_text("".join(f"{label} text {i}\n" for i, label in enumerate(["1"] * 5 + ["0"] * 4 + ["2"])))
+    for seed in range(5):  # 9 of the 10 held out: a rare label drawn wholly into them keeps one training text
+        task = run.build_task(compose_train_config(
+            "sentiment", [*overrides, "task.data.val_fraction=0.9", f"task.data.split_seed={seed}"], tmp_path).task)
+        task.datamodule()  # a label missing from training would be "not seen in training" in the validation share
+        assert task.state["labels"] == ["0", "1", "2"]
     path.write_text("1 good\n")
     with pytest.raises(UserError, match=r"two.txt: one labelled text, too few to hold out a validation share"):
         run.build_task(compose_train_config("sentiment", overrides, tmp_path).task).datamodule()

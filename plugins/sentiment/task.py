@@ -246,6 +246,15 @@ class SentimentTask(TaskPlugin):
                             "(give task.data.val)")
         count = min(len(train) - 1, max(1, round(data.val_fraction * len(train))))  # each side keeps a text
         held = set(random.Random(data.get("split_seed", 0)).sample(range(len(train)), count))
+        by_label: dict[str | None, list[int]] = {}
+        for i, example in enumerate(train):
+            by_label.setdefault(example.label, []).append(i)
+        for label, rows in by_label.items():
+            if held.issuperset(rows):  # a rare label drawn wholly into the validation share: one text trains on it
+                held.discard(rows[0])
+        if not held:
+            raise UserError(f"{data.train}: {len(train)} labelled texts, too few to hold out a validation share and "
+                            "keep every label in training (give task.data.val)")
         return [e for i, e in enumerate(train) if (i in held) == (stage != "train")]
 
     def _predict_examples(self) -> list[Example]:
