@@ -532,8 +532,15 @@ def test_cues_split_at_pauses_and_word_limits() -> None:
              {"word": "three", "start": 3.0, "end": 3.06}]
     shown = cues(short, max_gap_s=0.2, max_words=7, min_s=0.7)  # a 60 ms cue cannot be read
     assert [(a, round(b, 6)) for a, b, _ in shown] == [(1.0, 1.5), (1.5, 2.2), (3.0, 3.7)]  # up to the next cue
-    assert cues(short, max_gap_s=0.2, max_words=7, min_s=0.7, duration=3.4)[-1][1] == 3.4  # and the audio's end
+    assert cues(short, max_gap_s=0.2, max_words=7, min_s=0.7, audio_end=3.4)[-1][1] == 3.4  # and the audio's end
     assert cues(words, max_gap_s=0.5, max_words=2, min_s=0.1) == cues(words, max_gap_s=0.5, max_words=2)
+
+
+def test_a_segments_cues_last_until_the_segment_ends_on_the_files_clock(tmp_path) -> None:
+    words = [{"word": "one", "start": 0.35, "end": 0.38, "confidence": 0.9}]  # timed from the file's start
+    segment = {"path": "a.wav", "text": "one", "duration": 0.5, "offset": 0.25, "words": words}
+    write_transcripts([segment], tmp_path, max_gap_s=0.5, max_words=7, min_cue_s=0.7)
+    assert "00:00:00,350 --> 00:00:00,750" in (tmp_path / "a.srt").read_text()  # the segment ends at 0.25 + 0.5
 
 
 # data sources and bad input

@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def cues(words: Sequence[dict[str, Any]], max_gap_s: float, max_words: int, min_s: float = 0.0,
-         duration: float = math.inf) -> list[tuple[float, float, str]]:
+         audio_end: float = math.inf) -> list[tuple[float, float, str]]:
     """Words grouped into subtitle phrases `(start, end, text)`: a phrase ends at a pause longer
     than `max_gap_s` or after `max_words` words, and stays on screen at least `min_s` seconds
-    (as long as the next phrase has not started and the audio, `duration` seconds, lasts; the words'
-    own times are unchanged)."""
+    (as long as the next phrase has not started and the audio lasts: until `audio_end`, on the words'
+    clock; the words' own times are unchanged)."""
     phrases: list[list[dict[str, Any]]] = []
     for word in words:
         if phrases and len(phrases[-1]) < max_words and word["start"] - phrases[-1][-1]["end"] <= max_gap_s:
@@ -30,7 +30,7 @@ def cues(words: Sequence[dict[str, Any]], max_gap_s: float, max_words: int, min_
             phrases.append([word])
     starts = [p[0]["start"] for p in phrases]
     ends = [max(p[-1]["end"], min(start + min_s, next_start))
-            for p, start, next_start in zip(phrases, starts, [*starts[1:], duration])]
+            for p, start, next_start in zip(phrases, starts, [*starts[1:], audio_end])]
     return [(start, end, " ".join(w["word"] for w in p)) for p, start, end in zip(phrases, starts, ends)]
 
 
@@ -85,7 +85,8 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
             empty += 1
             if empty <= SKIPS_NAMED:
                 log.warning("%s: no speech recognised; the transcript is empty", transcript["path"])
-        phrases = cues(transcript["words"], max_gap_s, max_words, min_cue_s, transcript.get("duration") or math.inf)
+        audio_end = (transcript.get("offset") or 0) + (transcript.get("duration") or math.inf)  # a segment's end
+        phrases = cues(transcript["words"], max_gap_s, max_words, min_cue_s, audio_end)
         paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n" if transcript["text"] else ""))
         paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
         paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
