@@ -408,18 +408,18 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     """A run that does not resume from its own folder's checkpoints, into a folder that holds an earlier run's
     (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its `metrics.json` to
-    `metrics.N.json`): Lightning would write
+    `metrics.N.json`, its `predictions/` to `predictions.N/`): Lightning would write
     `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
     folder = Path(cfg.paths.output_dir) / "checkpoints"
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     kept = set_aside(folder)
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
-    metrics = folder.parent / "metrics.json"
-    beside = metrics.with_name(f"metrics{kept.suffix}.json")  # checkpoints.N/ and metrics.N.json
-    if metrics.is_file() and not beside.exists():  # its final figures go with them
-        metrics.rename(beside)
-        log.info("kept the earlier run's %s as %s", metrics, beside.name)
+    for earlier in (folder.parent / "metrics.json", folder.parent / "predictions"):  # its figures and artifacts
+        beside = earlier.with_name(f"{earlier.stem}{kept.suffix}{earlier.suffix}")  # checkpoints.N/: metrics.N.json
+        if earlier.exists() and not beside.exists():
+            earlier.rename(beside)
+            log.info("kept the earlier run's %s as %s", earlier, beside.name)
 
 
 def resume_path(cfg: DictConfig) -> str | None:

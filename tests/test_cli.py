@@ -454,6 +454,8 @@ def test_a_checkpoint_whose_weights_were_damaged_is_refused(trained_run, tmp_pat
 def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run, tmp_path):
     shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")  # an earlier (interrupted) run's
     shutil.copy(trained_run / "metrics.json", tmp_path / "metrics.json")
+    (tmp_path / "predictions").mkdir()
+    (tmp_path / "predictions" / "forecast.csv").write_text("its artifacts\n")
     earlier = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "trainer.max_epochs=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet], tmp_path))
@@ -461,6 +463,8 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # this run's
     assert (tmp_path / "metrics.1.json").read_text() == (trained_run / "metrics.json").read_text()
+    assert (tmp_path / "predictions.1" / "forecast.csv").read_text() == "its artifacts\n"  # not taken for this run's
+    assert not (tmp_path / "predictions").exists()
 
 
 def test_a_restart_with_ckpt_path_last_that_finds_no_last_checkpoint_moves_earlier_ones_aside(trained_run, tmp_path):

@@ -382,6 +382,17 @@ def test_a_misspelt_forecasting_target_is_named_as_a_missing_column(tmp_path):
         run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()
 
 
+@pytest.mark.parametrize("columns, message", [
+    (["task.data.features=[load,load]"], r"^task.data.features names column\(s\) \['load'\] more than once$"),
+    (["task.data.targets=[load,load]", "task.data.features=null"], r"^task.data.targets names column\(s\) \['load'\]"),
+])
+def test_a_forecasting_column_named_twice_is_one_line(tmp_path, columns, message):
+    path = write(tmp_path, "timestamp,load\n" + "".join(f"2024-01-01 {i:02d}:00,{i}\n" for i in range(24)))
+    with pytest.raises(UserError, match=message):  # was a shape error inside the GRU
+        run.build_task(compose_train_config("forecasting", [f"task.data.path={path}", *columns], tmp_path / "cfg")
+                       .task).datamodule()
+
+
 def test_an_empty_time_column_name_is_named_not_a_pandas_key_error(tmp_path):
     with pytest.raises(UserError, match=r"no time column \(task.data.time_column\) ''; columns are \['t', 'a'\]"):
         read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n"), ["a"], "")

@@ -48,10 +48,10 @@ class ForecastingTask(TaskPlugin):
 
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data
-        targets = _columns(data.targets)
+        targets = _columns(data.targets, "task.data.targets")
         if not targets:
             raise UserError("task.data.targets must name at least one column, e.g. task.data.targets=[load]")
-        features = _columns(data.features) if data.get("features") else targets
+        features = _columns(data.features, "task.data.features") if data.get("features") else targets
         series = read_series_csv(data.path, list(dict.fromkeys([*features, *targets])), data.get("time_column"),
                                  data.get("missing", "error"), data.get("time_unit"))  # a missing column is named
         missing_targets = [t for t in targets if t not in features]
@@ -163,6 +163,9 @@ def _errors(pred: Tensor, target: Tensor, prefix: str, suffix: str = "") -> dict
     }
 
 
-def _columns(value: Any) -> list[str]:
-    """A column list setting: one name, or a list of them."""
-    return [value] if isinstance(value, str) else list(value or [])
+def _columns(value: Any, setting: str) -> list[str]:
+    """A column list setting: one name, or a list of them, each named once."""
+    columns = [value] if isinstance(value, str) else list(value or [])
+    if repeated := sorted({str(c) for c in columns if columns.count(c) > 1}):
+        raise UserError(f"{setting} names column(s) {repeated} more than once")
+    return columns
