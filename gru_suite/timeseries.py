@@ -283,11 +283,17 @@ def wrong_split(split: Any, parts: int = 3, field: str = "task.data.split") -> s
     if not numbers or len(split) != parts:
         shown = list(split) if isinstance(split, Sequence) and not isinstance(split, str) else repr(split)
         return f"{field} must be {parts} non-negative fractions or row counts, got {shown}"
-    if all(isinstance(p, float) and p <= 1.0 for p in split):
+    if _fractions(split):
         return f"{field}: fractions {list(split)} sum to {sum(split):g}, more than 1" if sum(split) > 1 + 1e-9 else None
     if not all(float(p).is_integer() for p in split):
         return f"{field}: must be all fractions (<= 1) or all whole row counts, got {list(split)}"
     return None
+
+
+def _fractions(split: Sequence[float | int]) -> bool:
+    """Whether `split` is fractions: numbers <= 1 with a decimal point, where a 0 may lack one ([0.9, 0.1, 0])."""
+    return any(isinstance(p, float) for p in split) and all(
+        (isinstance(p, float) and p <= 1.0) or p == 0 for p in split)
 
 
 def chronological_split(
@@ -300,7 +306,7 @@ def chronological_split(
     """
     if (wrong := wrong_split(split, parts, field)) is not None:
         raise UserError(wrong)
-    if all(isinstance(p, float) and p <= 1.0 for p in split):
+    if _fractions(split):
         ends = [min(n, round(sum(split[: i + 1]) * n)) for i in range(len(split))]  # rounded once, never past n
         sizes = [end - start for start, end in zip([0, *ends], ends)]
     else:

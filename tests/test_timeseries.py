@@ -192,6 +192,9 @@ def test_chronological_split_fractions_and_counts():
         parts = chronological_split(n, [0.7, 0.15, 0.15])
         assert parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
     assert chronological_split(100, [50, 20, 20]) == [(0, 50), (50, 70), (70, 90)]
+    assert chronological_split(100, [0.9, 0.1, 0]) == [(0, 90), (90, 100), (100, 100)]  # a 0 among fractions
+    with pytest.raises(UserError, match=r"must be all fractions \(<= 1\) or all whole row counts, got \[0.5, 20, 0\]"):
+        chronological_split(100, [0.5, 20, 0])
     with pytest.raises(UserError, match="asks for 120 rows"):
         chronological_split(100, [60, 60, 0])
 
