@@ -82,7 +82,7 @@ def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: 
     import torch
 
     from gru_suite_plugins.speech.data import AudioSet
-    from gru_suite_plugins.speech.decode import align_words, decode, mean_emissions
+    from gru_suite_plugins.speech.decode import mean_emissions
     from gru_suite_plugins.speech.stream import StreamingRecognizer
 
     task, model = members[0]
@@ -95,9 +95,8 @@ def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: 
             start = time.perf_counter()
             log_probs = mean_emissions([member.emissions(net, AudioSet([u], featurizer).__getitems__([0]))[0][0]
                                         for (member, net), featurizer in zip(members, featurizers)])
-            tokens = decode(log_probs)
-            words = align_words(log_probs, tokens, task.vocab, task.frame_seconds, u.seconds)
-            offline.append(" ".join(w.word for w in words))
+            source = {"path": str(u.path), "samples": u.samples, "duration": u.seconds, "reference": None}
+            offline.append(task.transcript(log_probs, source)["text"])  # decoded and timed as gru-suite-predict does
             offline_s += time.perf_counter() - start
             if not streams:
                 continue

@@ -29,7 +29,14 @@ from gru_suite import run
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, read_audio
 from gru_suite_plugins.speech.data import AudioSet, Augment, Featurizer, mel_centres_hz, pad_frames
-from gru_suite_plugins.speech.decode import align_words, blank_frames, greedy, mean_emissions, prefix_beam_search
+from gru_suite_plugins.speech.decode import (
+    align_words,
+    blank_frames,
+    greedy,
+    mean_emissions,
+    prefix_beam_search,
+    sounding_frames,
+)
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
@@ -183,6 +190,25 @@ def test_word_tokens_are_timed_one_word_per_token() -> None:
         log_probs[t, token] = math.log(0.99)
     timed = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.35)
     assert [(w.word, w.start, w.end) for w in timed] == [("one", 0.05, 0.15), ("two", 0.25, 0.3)]
+
+
+def test_a_word_of_one_spike_lasts_while_its_sound_does() -> None:
+    words = Tokens.train(["one two"], "word", 100)
+    one, two = words.encode("one two")
+    path = [0, one, 0, 0, 0, 0, 0, 0, 0, two, 0, 0, 0, 0, 0, 0]  # CTC spikes: one frame per word
+    log_probs = torch.full((len(path), len(words)), 0.01 / (len(words) - 1)).log()
+    for t, token in enumerate(path):
+        log_probs[t, token] = math.log(0.99)
+    hop = 10
+    loud = torch.zeros(len(path) * hop)
+    for first, last in ((1, 4), (5, 7), (9, 13)):  # "one": frames 1-6 with a one-frame stop at 4; "two": 9-12
+        loud[first * hop : last * hop] = torch.sin(torch.arange((last - first) * hop) * 0.7)
+    sound = sounding_frames(loud + 1e-4 * torch.randn(len(loud), generator=torch.Generator().manual_seed(0)),
+                            hop, len(path))
+    timed = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.8, sound=sound)
+    assert [(w.word, w.start, w.end) for w in timed] == [("one", 0.05, 0.35), ("two", 0.45, 0.65)]
+    spiky = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.8)
+    assert [(w.start, w.end) for w in spiky] == [(0.05, 0.1), (0.45, 0.5)]  # without the sound: one frame each
 
 
 # learning and streaming
@@ -796,8 +822,8 @@ def test_an_ensemble_transcribes_the_mean_of_its_members_own_emissions(checked: 
     for u, got in zip(utterances, together):
         own = [alone(first, u), alone(member, u)]
         differ += not torch.allclose(own[0], own[1])
-        expected = first.task.transcript(mean_emissions(own), {"path": str(u.path), "duration": u.seconds,
-                                                                 "reference": u.text})
+        expected = first.task.transcript(mean_emissions(own), {"path": str(u.path), "samples": u.samples,
+                                                                 "duration": u.seconds, "reference": u.text})
         assert got["path"] == expected["path"] and got["text"] == expected["text"]
         assert got["words"] == expected["words"]
     assert differ == len(utterances)

@@ -97,25 +97,58 @@ class Word:
         return asdict(self)
 
 
-def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s: float, duration: float) -> list[Word]:
+SOUND_MARGIN_DB = 6.0
+"""A frame holds sound when its energy is this far above that of the utterance's quietest tenth of frames."""
+PAUSE_FRAMES = 3
+"""Quiet output frames in a row that end a word's sound (shorter pauses, a stop consonant's, are bridged)."""
+
+
+def sounding_frames(samples: Tensor, hop: int, frames: int) -> Tensor:
+    """Whether each of `frames` output frames (`hop` samples each, from the start of `samples`) holds sound:
+    energy `SOUND_MARGIN_DB` above the quietest tenth of them (silence past the audio's end counts as quiet)."""
+    x = samples.detach().float().reshape(-1)[: frames * hop].cpu()
+    x = torch.nn.functional.pad(x, (0, frames * hop - len(x)))
+    level = 10 * torch.log10(x.reshape(frames, hop).pow(2).mean(1) + 1e-12)
+    return level >= torch.quantile(level, 0.1) + SOUND_MARGIN_DB
+
+
+def _through_sound(start: int, limit: int, sound: Tensor) -> int:
+    """The frame after the sound that goes on from `start` (pauses shorter than `PAUSE_FRAMES` bridged), before
+    `limit`; `start` itself when none does."""
+    end, quiet = start, 0
+    for frame in range(start, limit):
+        quiet = 0 if sound[frame] else quiet + 1
+        if quiet >= PAUSE_FRAMES:
+            break
+        if not quiet:
+            end = frame + 1
+    return end
+
+
+def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s: float, duration: float,
+                sound: Tensor | None = None) -> list[Word]:
     """Words of `tokens` timed by the CTC forced alignment of `tokens` to `log_probs` (T, V).
 
     A word spans its first token's first frame to its last token's last frame, clipped
-    to `duration`; its confidence is the mean probability of those tokens' frames.
+    to `duration`; its confidence is the mean probability of those tokens' frames. With `sound`
+    (`sounding_frames`), a word goes on while the sound after its tokens does, up to the next word: CTC
+    emits a token as a spike of a frame or two, so a word of one token would otherwise end 1-2 frames in.
     """
     if not tokens or len(log_probs) == 0:
         return []
     targets = torch.tensor([tokens], dtype=torch.int32)
     path, scores = torchaudio.functional.forced_align(log_probs[None].float().cpu(), targets, blank=BLANK)
     spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=BLANK)
-    words = []
+    found = []
     for first, end in vocab.word_ranges([s.token for s in spans]):
         pieces = spans[first:end]
-        text = vocab.decode([s.token for s in pieces])
-        if not text:
-            continue
-        frames = sum(s.end - s.start for s in pieces)
-        confidence = sum(s.score * (s.end - s.start) for s in pieces) / frames
-        start, stop = min(pieces[0].start * frame_s, duration), min(pieces[-1].end * frame_s, duration)
+        if text := vocab.decode([s.token for s in pieces]):
+            confidence = sum(s.score * (s.end - s.start) for s in pieces) / sum(s.end - s.start for s in pieces)
+            found.append((text, pieces[0].start, pieces[-1].end, confidence))
+    words = []
+    for i, (text, first, last, confidence) in enumerate(found):
+        if sound is not None:
+            last = _through_sound(last, found[i + 1][1] if i + 1 < len(found) else len(sound), sound)
+        start, stop = min(first * frame_s, duration), min(last * frame_s, duration)
         words.append(Word(text, round(start, 3), round(stop, 3), round(float(confidence), 4)))
     return words

@@ -22,7 +22,7 @@ from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage,
 from gru_suite.text import TOKENIZER_KINDS
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
-from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, mean_emissions
+from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, mean_emissions, sounding_frames
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
@@ -453,12 +453,14 @@ class SpeechTask(TaskPlugin):
     def transcript(self, log_probs: Tensor, source: dict[str, Any],
                    partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Text and timed words of one utterance's emissions, with its reference and partials when known.
-        `source`: its `path`, `duration` (s), `reference` (or None) and `offset` (s) in its file, from which the
-        times count (a manifest's segment of a longer recording)."""
+        `source`: its `path`, `samples` (at the model's rate), `duration` (s), `reference` (or None) and `offset` (s)
+        in its file, from which the times count (a manifest's segment of a longer recording)."""
         tokens = decode(log_probs, int(self.cfg.decode.beam_size))
         offset = float(source.get("offset") or 0)
+        hop = round(self.frame_seconds * self.features.sample_rate)
+        sound = sounding_frames(source["samples"], hop, len(log_probs)) if tokens else None
         words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
-                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"])]
+                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"], sound)]
         result: dict[str, Any] = {"path": source["path"], "text": " ".join(w.word for w in words),
                                   "duration": round(source["duration"], 3), "words": [w.as_dict() for w in words]}
         if offset:
@@ -471,8 +473,8 @@ class SpeechTask(TaskPlugin):
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
         emitted = self.emissions(model, batch)
-        sources = [{"path": p, "duration": d, "reference": r, "offset": o} for p, d, r, o
-                   in zip(batch["paths"], batch["durations"], batch["references"], batch["offsets"])]
+        sources = [{"path": p, "samples": x, "duration": d, "reference": r, "offset": o} for p, x, d, r, o
+                   in zip(batch["paths"], batch["samples"], batch["durations"], batch["references"], batch["offsets"])]
         if self.ensembling:  # the ensemble decodes its members' emissions together
             return [{**s, "position": n, "log_probs": e} for (e, _), s, n in zip(emitted, sources, batch["positions"])]
         return [self.transcript(e, s, partials) for (e, partials), s in zip(emitted, sources)]
