@@ -95,7 +95,8 @@ def transcribe(members: list[tuple[Any, Any]], utterances: list[Any], chunk_ms: 
             start = time.perf_counter()
             log_probs = mean_emissions([member.emissions(net, AudioSet([u], featurizer).__getitems__([0]))[0][0]
                                         for (member, net), featurizer in zip(members, featurizers)])
-            source = {"path": str(u.path), "samples": u.samples, "duration": u.seconds, "reference": None}
+            source = {"path": str(u.path), "sound": task.sounding(u.samples, len(log_probs)), "duration": u.seconds,
+                      "reference": None}
             offline.append(task.transcript(log_probs, source)["text"])  # decoded and timed as gru-suite-predict does
             offline_s += time.perf_counter() - start
             if not streams:

@@ -207,6 +207,10 @@ def test_a_word_of_one_spike_lasts_while_its_sound_does() -> None:
                             hop, len(path))
     timed = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.8, sound=sound)
     assert [(w.word, w.start, w.end) for w in timed] == [("one", 0.05, 0.35), ("two", 0.45, 0.65)]
+    noisy = loud + 1e-4 * torch.randn(len(loud), generator=torch.Generator().manual_seed(0))
+    noisy[14 * hop :] = 0  # digital silence: not the quiet level the noise is measured against
+    assert torch.equal(sounding_frames(noisy, hop, len(path)), sound)
+    assert not sounding_frames(torch.zeros(len(loud)), hop, len(path)).any()
     spiky = align_words(log_probs, greedy(log_probs), words, frame_s=0.05, duration=0.8)
     assert [(w.start, w.end) for w in spiky] == [(0.05, 0.1), (0.45, 0.5)]  # without the sound: one frame each
 
@@ -822,7 +826,8 @@ def test_an_ensemble_transcribes_the_mean_of_its_members_own_emissions(checked: 
     for u, got in zip(utterances, together):
         own = [alone(first, u), alone(member, u)]
         differ += not torch.allclose(own[0], own[1])
-        expected = first.task.transcript(mean_emissions(own), {"path": str(u.path), "samples": u.samples,
+        sound = first.task.sounding(u.samples, len(own[0]))  # the first model's, as the ensemble's transcript takes
+        expected = first.task.transcript(mean_emissions(own), {"path": str(u.path), "sound": sound,
                                                                  "duration": u.seconds, "reference": u.text})
         assert got["path"] == expected["path"] and got["text"] == expected["text"]
         assert got["words"] == expected["words"]

@@ -99,17 +99,23 @@ class Word:
 
 SOUND_MARGIN_DB = 6.0
 """A frame holds sound when its energy is this far above that of the utterance's quietest tenth of frames."""
+SILENT_DB = -90.0
+"""Frames quieter than this (in dB of full scale, digital silence) are quiet and left out of that tenth."""
 PAUSE_FRAMES = 3
 """Quiet output frames in a row that end a word's sound (shorter pauses, a stop consonant's, are bridged)."""
 
 
 def sounding_frames(samples: Tensor, hop: int, frames: int) -> Tensor:
     """Whether each of `frames` output frames (`hop` samples each, from the start of `samples`) holds sound:
-    energy `SOUND_MARGIN_DB` above the quietest tenth of them (silence past the audio's end counts as quiet)."""
+    energy `SOUND_MARGIN_DB` above the quietest tenth of those above `SILENT_DB` (digital silence, and the
+    silence past the audio's end, is quiet and does not lower that tenth)."""
     x = samples.detach().float().reshape(-1)[: frames * hop].cpu()
     x = torch.nn.functional.pad(x, (0, frames * hop - len(x)))
     level = 10 * torch.log10(x.reshape(frames, hop).pow(2).mean(1) + 1e-12)
-    return level >= torch.quantile(level, 0.1) + SOUND_MARGIN_DB
+    heard = level > SILENT_DB
+    if not heard.any():
+        return heard
+    return heard & (level >= torch.quantile(level[heard], 0.1) + SOUND_MARGIN_DB)
 
 
 def _through_sound(start: int, limit: int, sound: Tensor) -> int:
@@ -148,7 +154,7 @@ def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s
     words = []
     for i, (text, first, last, confidence) in enumerate(found):
         if sound is not None:
-            last = _through_sound(last, found[i + 1][1] if i + 1 < len(found) else len(sound), sound)
+            last = _through_sound(last, min(found[i + 1][1] if i + 1 < len(found) else len(sound), len(sound)), sound)
         start, stop = min(first * frame_s, duration), min(last * frame_s, duration)
         words.append(Word(text, round(start, 3), round(stop, 3), round(float(confidence), 4)))
     return words

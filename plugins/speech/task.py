@@ -450,17 +450,21 @@ class SpeechTask(TaskPlugin):
         start, frames = int(batch["skipped"][sample]) // subsample, int(batch["lengths"][sample]) // subsample
         return SequenceView(title, [f"{(start + t) * self.frame_seconds:.2f} s" for t in range(frames)])
 
+    def sounding(self, samples: Tensor, frames: int) -> Tensor:
+        """Which of an utterance's `frames` output frames hold sound (`sounding_frames`), from its `samples`."""
+        return sounding_frames(samples, round(self.frame_seconds * self.features.sample_rate), frames)
+
     def transcript(self, log_probs: Tensor, source: dict[str, Any],
                    partials: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Text and timed words of one utterance's emissions, with its reference and partials when known.
-        `source`: its `path`, `samples` (at the model's rate), `duration` (s), `reference` (or None) and `offset` (s)
-        in its file, from which the times count (a manifest's segment of a longer recording)."""
+        `source`: its `path`, `sound` (`sounding`; None: words end with their tokens), `duration` (s), `reference`
+        (or None) and `offset` (s) in its file, from which the times count (a manifest's segment of a longer
+        recording)."""
         tokens = decode(log_probs, int(self.cfg.decode.beam_size))
         offset = float(source.get("offset") or 0)
-        hop = round(self.frame_seconds * self.features.sample_rate)
-        sound = sounding_frames(source["samples"], hop, len(log_probs)) if tokens else None
         words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
-                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"], sound)]
+                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"],
+                                      source.get("sound"))]
         result: dict[str, Any] = {"path": source["path"], "text": " ".join(w.word for w in words),
                                   "duration": round(source["duration"], 3), "words": [w.as_dict() for w in words]}
         if offset:
@@ -473,8 +477,9 @@ class SpeechTask(TaskPlugin):
 
     def predict_step(self, model: SpeechModel, batch: dict) -> list[dict[str, Any]]:
         emitted = self.emissions(model, batch)
-        sources = [{"path": p, "samples": x, "duration": d, "reference": r, "offset": o} for p, x, d, r, o
-                   in zip(batch["paths"], batch["samples"], batch["durations"], batch["references"], batch["offsets"])]
+        sources = [{"path": p, "sound": self.sounding(x, len(e)), "duration": d, "reference": r, "offset": o}
+                   for p, x, (e, _), d, r, o in zip(batch["paths"], batch["samples"], emitted, batch["durations"],
+                                                    batch["references"], batch["offsets"])]
         if self.ensembling:  # the ensemble decodes its members' emissions together
             return [{**s, "position": n, "log_probs": e} for (e, _), s, n in zip(emitted, sources, batch["positions"])]
         return [self.transcript(e, s, partials) for (e, partials), s in zip(emitted, sources)]
