@@ -13,6 +13,7 @@ import pretty_midi
 import pytest
 import torch
 
+from conftest import run_cli
 from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
@@ -235,6 +236,13 @@ def test_task_trains_and_predict_writes_midi_like_the_data(
         used = np.flatnonzero(roll.any(0))
         assert pitches[0] <= used[0] and used[-1] <= pitches[-1]
         assert 0.25 < roll.sum(1).mean() / data.sum(1).mean() < 4
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    other_grid = run_cli("gru-suite-predict", "task=music", f"ckpt_path={ckpt}", "task.data.steps_per_beat=1",
+                         "task.generate.pieces=1", f"hydra.run.dir={tmp_path / 'grid'}")
+    assert other_grid.returncode == 0, other_grid.stderr[-2000:]
+    assert (f"{ckpt}: task.data.steps_per_beat fixed by training: the checkpoint's settings are used, not the "
+            "override(s)") in other_grid.stdout + other_grid.stderr  # was silently ignored
+    assert midi_to_roll(pretty_midi.PrettyMIDI(str(tmp_path / "grid" / "piece_000.mid")), 2).shape[0] == 16
 
 
 def test_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:

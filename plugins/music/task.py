@@ -83,6 +83,7 @@ class MusicTask(TaskPlugin):
 
     choices = (("generate.unit", UNITS), ("model.head", get_args(HeadKind)), ("data.pitch_range", PITCH_RANGES),
                ("model.representation", get_args(RepresentationName)))
+    trained_settings = ("data.steps_per_beat", "data.pitch_range")  # the grid and the pitches a model was built on
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
