@@ -16,6 +16,7 @@ import torch
 import torchaudio
 from torch import Tensor
 
+from gru_suite_plugins.speech.audio import SILENCE_PEAK
 from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 
 
@@ -99,8 +100,9 @@ class Word:
 
 SOUND_MARGIN_DB = 6.0
 """A frame holds sound when its energy is this far above that of the utterance's quietest tenth of frames."""
-SILENT_DB = -90.0
-"""Frames quieter than this (in dB of full scale, digital silence) are quiet and left out of that tenth."""
+SILENT_DB = 20 * math.log10(SILENCE_PEAK) - 10
+"""Frames quieter than this (dB of full scale; -90) are silent and left out of that tenth: digital silence. It is the
+level of noise whose peaks stay under `SILENCE_PEAK`, a silent file's (noise peaks about 10 dB above its level)."""
 PAUSE_FRAMES = 3
 """Quiet output frames in a row that end a word's sound (shorter pauses, a stop consonant's, are bridged)."""
 
