@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import re
+import warnings
 from functools import partial
 from pathlib import Path
 
+import mido
 import numpy as np
 import pretty_midi
 import pytest
@@ -21,9 +23,11 @@ from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.music.data import (
     EventDataset,
+    MidiWarning,
     load_corpus,
     midi_to_roll,
     read_events,
+    read_folder,
     read_midi,
     split_pieces,
     to_range,
@@ -298,6 +302,24 @@ def test_corrupt_and_empty_midi_files_are_skipped_by_name(
         (folder / path.name).unlink()
     with pytest.raises(UserError, match=r"no usable MIDI files \(2 unusable: broken.mid, silent.midi\)"):
         load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
+
+
+def test_pretty_midis_warnings_name_their_files(corpus: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "tunes"
+    folder.mkdir()
+    for index, path in enumerate(sorted(corpus.glob("*.mid"))[:3]):
+        tune = mido.MidiFile(path)
+        if index:  # a tempo on the second track: pretty_midi warns that the tempo may be wrong
+            tune.tracks[1].insert(0, mido.MetaMessage("set_tempo", tempo=600_000))
+        tune.save(folder / path.name)
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("error")  # none escapes the folder's report
+        assert len(read_folder(folder, partial(read_midi, steps_per_beat=2))) == 3
+    names = sorted(p.name for p in folder.glob("*.mid"))
+    assert f"{folder}: 2 of 3 MIDI files: Tempo, Key or Time signature change events found on non-zero tracks." \
+        in caplog.text and f"({names[1]}, {names[2]})" in caplog.text
+    with pytest.warns(MidiWarning, match=f"{names[1]}: Tempo, Key or Time signature"):
+        read_midi(folder / names[1], 2)
 
 
 def test_the_splits_take_their_shares_of_the_pieces() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
-from gru_suite.errors import UserError, not_a_file
+from gru_suite.errors import SKIPS_NAMED, UserError, not_a_file
 from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,27 @@ def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = 
 
 
 def _read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
+    """`path` read by pretty_midi; its warnings (say, tempo events on a track other than the first) name the file."""
     try:
-        return pretty_midi.PrettyMIDI(str(path))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pm = pretty_midi.PrettyMIDI(str(path))
+        for warning in caught:
+            warnings.warn(MidiWarning(path, str(warning.message)), stacklevel=2)
+        return pm
     except Exception as err:  # mido and pretty_midi raise many types for malformed files
         if not os.path.isfile(path):
             raise not_a_file(path, "MIDI file") from err
         detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__}: the file ends too early"
         raise UserError(f"{path}: not a readable MIDI file ({detail})") from err
+
+
+class MidiWarning(UserWarning):
+    """What pretty_midi warns of one MIDI file, with the file's path."""
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = Path(path), message
 
 
 def _no_notes(path: str | Path, drums: bool) -> UserError:
@@ -87,18 +102,36 @@ def read_folder(folder: Path, read: Callable[[Path], Piece]) -> list[Piece]:
     """`read` of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
     pieces, skipped = [], []
-    for path in files:
-        try:
-            pieces.append(read(path))
-        except UserError as err:
-            log.warning("skipping %s", err)
-            skipped.append(path.name)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", MidiWarning)
+        for path in files:
+            try:
+                pieces.append(read(path))
+            except UserError as err:
+                log.warning("skipping %s", err)
+                skipped.append(path.name)
+    _report_midi_warnings(folder, [w.message for w in caught], len(files))
     if skipped:
         log.warning("skipped %d of %d MIDI files in %s", len(skipped), len(files), folder)
     if not pieces:
         detail = f"{len(skipped)} unusable: {', '.join(skipped)}" if skipped else "no .mid or .midi files"
         raise UserError(f"{folder}: no usable MIDI files ({detail})")
     return pieces
+
+
+def _report_midi_warnings(folder: Path, caught: list[Warning | str], files: int) -> None:
+    """One line per distinct MIDI warning of a folder's files, naming how many files and the first few of them;
+    other warnings are warned again as they came."""
+    paths_by_message: dict[str, list[str]] = {}
+    for warning in caught:
+        if isinstance(warning, MidiWarning):
+            paths_by_message.setdefault(warning.message, []).append(str(warning.path.relative_to(folder)))
+        else:
+            warnings.warn(warning, stacklevel=3)
+    for message, paths in paths_by_message.items():
+        more = f" and {len(paths) - SKIPS_NAMED} more" if len(paths) > SKIPS_NAMED else ""
+        log.warning("%s: %d of %d MIDI files: %s (%s%s)", folder, len(paths), files, " ".join(message.split()),
+                    ", ".join(paths[:SKIPS_NAMED]), more)
 
 
 def read_json_rolls(path: Path) -> Corpus:
