@@ -34,8 +34,11 @@ from gru_suite_plugins.speech.decode import (
     blank_frames,
     greedy,
     mean_emissions,
+    GAP_FRAMES,
     prefix_beam_search,
+    recognize_words,
     sounding_frames,
+    speech_stretches,
 )
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
@@ -163,6 +166,23 @@ def test_word_times_follow_the_alignment_and_stay_inside_the_audio() -> None:
     assert all(0.9 < w.confidence <= 1 for w in words)
     clipped = align_words(log_probs, tokens, alphabet, frame_s=0.1, duration=1.0)
     assert clipped[-1].end == 1.0
+
+
+def test_long_audio_is_decoded_and_aligned_between_its_pauses() -> None:
+    alphabet = Alphabet("ab ")
+    rows = {0: [0.9997, 0.0001, 0.0001, 0.0001], 1: [0.01, 0.97, 0.01, 0.01], 2: [0.01, 0.01, 0.97, 0.01],
+            3: [0.01, 0.01, 0.01, 0.97]}
+    phrase = [1, 1, 0, 2, 3, 0, 0, 2, 2, 0, 1, 3] + [0] * 12  # "ab ba ", then a pause of 12 certain blanks
+    split = [1, 2] + [0] * 12 + [2, 3, 1]  # "ab", a pause, "b a": the pause comes inside the word "abb"
+    log_probs = probs([rows[i] for i in phrase * 3 + split])
+    assert speech_stretches(log_probs) == [(0, 24), (24, 48), (48, 72), (72, 86), (86, 89)]
+    whole = align_words(log_probs, greedy(log_probs), alphabet, frame_s=0.1, duration=8.9)
+    pieces = recognize_words(log_probs, 1, alphabet, frame_s=0.1, duration=8.9)
+    assert pieces == whole and " ".join(w.word for w in pieces) == "ab ba ab ba ab ba abb a"
+    assert (pieces[-2].start, pieces[-2].end) == (7.2, 8.7)  # "abb" from before the pause to after it
+    hour = probs(([rows[1]] * 2 + [rows[0]] * GAP_FRAMES + [rows[3]] + [rows[0]] * GAP_FRAMES) * 3000)
+    words = recognize_words(hour, 4, alphabet, frame_s=0.03, duration=len(hour) * 0.03)  # 40 min, 3000 words
+    assert len(words) == 3000 and words[-1].start == round((len(hour) - 2 * GAP_FRAMES - 3) * 0.03, 3)
 
 
 def test_word_and_subword_tokens_group_into_words() -> None:

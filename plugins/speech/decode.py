@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from itertools import pairwise
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torchaudio
 from torch import Tensor
+from torchaudio.functional import TokenSpan
 
 from gru_suite_plugins.speech.audio import SILENCE_PEAK
 from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
@@ -105,6 +107,10 @@ SILENT_DB = 20 * math.log10(SILENCE_PEAK) - 10
 level of noise whose peaks stay under `SILENCE_PEAK`, a silent file's (noise peaks about 10 dB above its level)."""
 PAUSE_FRAMES = 3
 """Quiet output frames in a row that end a word's sound (shorter pauses, a stop consonant's, are bridged)."""
+GAP_FRAMES = 10
+"""Output frames in a row, certainly blank, that part an utterance into stretches decoded and aligned one by one."""
+BLANK_CERTAIN = 0.999
+"""The probability of blank from which a frame is certainly blank."""
 
 
 def sounding_frames(samples: Tensor, hop: int, frames: int) -> Tensor:
@@ -133,20 +139,54 @@ def _through_sound(start: int, limit: int, sound: Tensor) -> int:
     return end
 
 
-def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s: float, duration: float,
-                sound: Tensor | None = None) -> list[Word]:
-    """Words of `tokens` timed by the CTC forced alignment of `tokens` to `log_probs` (T, V).
+def speech_stretches(log_probs: Tensor) -> list[tuple[int, int]]:
+    """(first, end) frames of the stretches that cover `log_probs` (T, V), cut after every run of at least
+    `GAP_FRAMES` frames that are blank with probability `BLANK_CERTAIN` or more (the run ends its stretch)."""
+    certain = (log_probs[:, BLANK] >= math.log(BLANK_CERTAIN)).tolist()
+    cuts, run = [0], 0
+    for frame, blank in enumerate(certain):
+        if not blank and run >= GAP_FRAMES and frame > cuts[-1]:
+            cuts.append(frame)
+        run = run + 1 if blank else 0
+    return list(pairwise([*cuts, len(certain)]))
 
-    A word spans its first token's first frame to its last token's last frame, clipped
-    to `duration`; its confidence is the mean probability of those tokens' frames. With `sound`
-    (`sounding_frames`), a word goes on while the sound after its tokens does, up to the next word: CTC
-    emits a token as a spike of a frame or two, so a word of one token would otherwise end 1-2 frames in.
-    """
+
+def token_spans(log_probs: Tensor, tokens: list[int]) -> list[TokenSpan]:
+    """The frames of each of `tokens` in the CTC forced alignment of `tokens` to `log_probs` (T, V), with the
+    mean probability of its frames (memory: T x 2 len(tokens) bytes)."""
     if not tokens or len(log_probs) == 0:
         return []
     targets = torch.tensor([tokens], dtype=torch.int32)
     path, scores = torchaudio.functional.forced_align(log_probs[None].float().cpu(), targets, blank=BLANK)
-    spans = torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=BLANK)
+    return torchaudio.functional.merge_tokens(path[0], scores[0].exp(), blank=BLANK)
+
+
+def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s: float, duration: float,
+                sound: Tensor | None = None) -> list[Word]:
+    """Words of `tokens` timed by the CTC forced alignment of `tokens` to `log_probs` (T, V) (`timed_words`)."""
+    return timed_words(token_spans(log_probs, tokens), vocab, frame_s, duration, sound)
+
+
+def recognize_words(log_probs: Tensor, beam_size: int, vocab: Vocabulary, frame_s: float, duration: float,
+                    sound: Tensor | None = None) -> list[Word]:
+    """The timed words (`timed_words`) of an utterance's `log_probs` (T, V), decoded (`decode`) and aligned
+    stretch by stretch (`speech_stretches`), so that an hour of audio needs the memory of its longest stretch
+    between pauses, not of the whole (forced alignment's grows with frames x tokens)."""
+    spans: list[TokenSpan] = []
+    for first, end in speech_stretches(log_probs):
+        piece = log_probs[first:end]
+        spans += [replace(s, start=s.start + first, end=s.end + first)
+                  for s in token_spans(piece, decode(piece, beam_size))]
+    return timed_words(spans, vocab, frame_s, duration, sound)
+
+
+def timed_words(spans: list[TokenSpan], vocab: Vocabulary, frame_s: float, duration: float,
+                sound: Tensor | None = None) -> list[Word]:
+    """The words of aligned tokens (`token_spans`), each from its first token's first frame to its last token's
+    last frame, clipped to `duration`; its confidence is the mean probability of those tokens' frames. With
+    `sound` (`sounding_frames`), a word goes on while the sound after its tokens does, up to the next word: CTC
+    emits a token as a spike of a frame or two, so a word of one token would otherwise end 1-2 frames in.
+    """
     found = []
     for first, end in vocab.word_ranges([s.token for s in spans]):
         pieces = spans[first:end]

@@ -22,7 +22,13 @@ from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage,
 from gru_suite.text import TOKENIZER_KINDS
 from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
-from gru_suite_plugins.speech.decode import align_words, blank_frames, decode, mean_emissions, sounding_frames
+from gru_suite_plugins.speech.decode import (
+    blank_frames,
+    decode,
+    mean_emissions,
+    recognize_words,
+    sounding_frames,
+)
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
 from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
@@ -460,11 +466,10 @@ class SpeechTask(TaskPlugin):
         `source`: its `path`, `sound` (`sounding`; None: words end with their tokens), `duration` (s), `reference`
         (or None) and `offset` (s) in its file, from which the times count (a manifest's segment of a longer
         recording)."""
-        tokens = decode(log_probs, int(self.cfg.decode.beam_size))
         offset = float(source.get("offset") or 0)
         words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
-                 for w in align_words(log_probs, tokens, self.vocab, self.frame_seconds, source["duration"],
-                                      source.get("sound"))]
+                 for w in recognize_words(log_probs, int(self.cfg.decode.beam_size), self.vocab, self.frame_seconds,
+                                          source["duration"], source.get("sound"))]
         result: dict[str, Any] = {"path": source["path"], "text": " ".join(w.word for w in words),
                                   "duration": round(source["duration"], 3), "words": [w.as_dict() for w in words]}
         if offset:
