@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -198,6 +198,21 @@ def wrong_declarations(task_cls: type) -> list[str]:
         else:
             wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]
     return wrong
+
+
+def name_list(value: Any, field: str) -> list[str]:
+    """A setting of one name (a column, a file) or a list of them, as a list of names each given once; None or
+    empty is an empty list. Anything else is a `UserError` naming `field`."""
+    if value is None:
+        return []
+    listed = isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
+    names = list(value) if listed else [value]
+    if not all(isinstance(name, (str, int)) and not isinstance(name, bool) and str(name) for name in names):
+        raise UserError(f"{field}: expected a name or a list of names, got {value!r}")
+    names = [str(name) for name in names]
+    if repeated := sorted({name for name in names if names.count(name) > 1}):
+        raise UserError(f"{field} names {repeated} more than once")
+    return names
 
 
 def check_choice(value: Any, values: Sequence[Any], field: str) -> Any:

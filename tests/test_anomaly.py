@@ -541,7 +541,7 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
     one = run.build_task(compose_train_config("anomaly", ["task.data.calendar=time_of_day"], tmp_path / "cfg").task)
     assert one.calendar == Calendar(("time_of_day",))  # one name without brackets
-    with pytest.raises(UserError, match="task.data.calendar must be a list of names, got 5"):
+    with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['5'\]"):
         _ = run.build_task(compose_train_config("anomaly", ["task.data.calendar=5"], tmp_path / "cfg").task).calendar
     with pytest.raises(UserError, match="needs backbone.bidirectional=false"):
         NextStepForecaster(partial(GRUBackbone, hidden_size=4, bidirectional=True), 1)
@@ -734,6 +734,9 @@ def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):
     with pytest.raises(UserError, match=r"two.csv: has 2 value column\(s\) \['a', 'b'\], but the checkpoint's "
                                         r"detector reads 1 \['value'\] \(choose them with task.data.value_columns\)"):
         anomaly_task(tmp_path, two, state=trained.state_dict()).datamodule()
+    named = write_series(tmp_path / "named.csv", columns=("cpu", "memory"))
+    one = anomaly_task(tmp_path, named, "task.data.value_columns=memory").datamodule()  # one name, no brackets
+    assert one.streams[0].series.columns == ["memory"]
 
 
 @pytest.mark.parametrize("overrides, sample, rows", [

@@ -1012,6 +1012,8 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.model.subsample=0", "task.model.subsample must be at least 1"),
     ("task.features.online_prior_frames=-5", "task.features.online_prior_frames must be at least 0"),
     ("task.augment.speeds=[1.1,0]", "task.augment.speeds must be positive"),
+    ("task.augment.speeds=-0.9", "task.augment.speeds must be positive factors, got [-0.9]"),  # was a TypeError
+    ("task.augment.speeds=[fast]", "task.augment.speeds must be a finite number, got 'fast'"),
     ("task.augment.warp=0.6", "task.augment.warp must be between 0 and 0.5"),
     ("task.augment.warp=abc", "task.augment.warp must be a finite number, got 'abc'"),
     ("task.augment.leading_silence_s=-1", "task.augment.leading_silence_s must be at least 0"),
@@ -1051,6 +1053,10 @@ def test_bad_model_and_feature_settings_name_the_field(override: str, message: s
     cfg = compose_train_config("speech", override.split(), tmp_path / "run")
     with pytest.raises(UserError, match=re.escape(message)):
         run.build_task(cfg.task)
+
+
+def test_one_speed_factor_is_a_list_of_one(tmp_path: Path) -> None:
+    assert SpeechTask(compose_train_config("speech", ["task.augment.speeds=1.1"], tmp_path / "run").task).speeds == [1.1]
 
 
 def test_mel_filters_start_at_f_min_so_a_hum_below_it_is_not_heard() -> None:

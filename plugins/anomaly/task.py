@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_suite.config import name_list
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
@@ -51,7 +51,8 @@ class AnomalyTask(TaskPlugin):
                             "task.data.time_column (or task.data.calendar=[])")
         trained = "n_features" in self.state  # a restored detector scores: its probation only scales and calibrates
         self.streams: list[StreamData] = load_streams(
-            data.path, data.get("time_column"), data.get("value_columns"), data.get("label_column"),
+            data.path, data.get("time_column"), name_list(data.get("value_columns"), "task.data.value_columns"),
+            data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 if trained else 2 * data.crop_length, calendar=self.calendar,
             preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
@@ -130,10 +131,7 @@ class AnomalyTask(TaskPlugin):
         (a list, or one name) with `task.data.calendar_harmonics`."""
         if "n_features" in self.state:  # trained: its inputs are fixed (none before calendar features existed)
             return Calendar(tuple(self.state.get("calendar", [])), int(self.state.get("calendar_harmonics", 1)))
-        kinds = self.cfg.data.get("calendar") or []
-        kinds = [kinds] if isinstance(kinds, str) else kinds
-        if not isinstance(kinds, Sequence) or not all(isinstance(k, str) for k in kinds):
-            raise UserError(f"task.data.calendar must be a list of names, got {kinds!r}")
+        kinds = name_list(self.cfg.data.get("calendar"), "task.data.calendar")
         return Calendar(tuple(kinds), int(self.cfg.data.get("calendar_harmonics") or 1))
 
     def raw_scores(self, model: nn.Module, index: int, x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from gru_suite.config import name_list
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import (
@@ -48,10 +49,10 @@ class ForecastingTask(TaskPlugin):
 
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data
-        targets = _columns(data.targets, "task.data.targets")
+        targets = name_list(data.targets, "task.data.targets")
         if not targets:
             raise UserError("task.data.targets must name at least one column, e.g. task.data.targets=[load]")
-        features = _columns(data.features, "task.data.features") if data.get("features") else targets
+        features = name_list(data.features, "task.data.features") if data.get("features") else targets
         series = read_series_csv(data.path, list(dict.fromkeys([*features, *targets])), data.get("time_column"),
                                  data.get("missing", "error"), data.get("time_unit"))  # a missing column is named
         missing_targets = [t for t in targets if t not in features]
@@ -162,10 +163,3 @@ def _errors(pred: Tensor, target: Tensor, prefix: str, suffix: str = "") -> dict
         f"{prefix}mae{suffix}": F.l1_loss(pred, target),
     }
 
-
-def _columns(value: Any, setting: str) -> list[str]:
-    """A column list setting: one name, or a list of them, each named once."""
-    columns = [value] if isinstance(value, str) else list(value or [])
-    if repeated := sorted({str(c) for c in columns if columns.count(c) > 1}):
-        raise UserError(f"{setting} names column(s) {repeated} more than once")
-    return columns

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.atomic import write_text
+from gru_suite.config import name_list
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
@@ -126,11 +127,11 @@ class SentimentTask(TaskPlugin):
     def _pretrain(self) -> tuple[int, list[str]]:
         """`task.pretrain`'s epochs and text files (checkpoints from before the option have no block)."""
         block = self.cfg.get("pretrain") or {}
-        return int(block.get("epochs") or 0), path_list(block.get("texts"))
+        return int(block.get("epochs") or 0), name_list(block.get("texts"), "task.pretrain.texts")
 
     def _teachers(self) -> list[str]:
         """`task.distill.teachers` (checkpoints from before the option have no block)."""
-        return path_list((self.cfg.get("distill") or {}).get("teachers"))
+        return name_list((self.cfg.get("distill") or {}).get("teachers"), "task.distill.teachers")
 
     def _teacher_checkpoint(self, path: str) -> dict[str, Any]:
         """The checkpoint of the teacher at `path`, read (its tensors mapped, not loaded) and checked: a model of
@@ -476,11 +477,6 @@ def altered_copy(text: str, word_drop: float, ngram: float, rng: random.Random) 
         start = rng.randint(0, len(kept) - size)
         kept = kept[start:start + size]
     return " ".join(kept)
-
-
-def path_list(value: Any) -> list[str]:
-    """A config's list of paths; one path given alone is a list of one."""
-    return [value] if isinstance(value, str) else [str(path) for path in value or []]
 
 
 def soft_cross_entropy(logits: Tensor, targets: Tensor, example_weights: Tensor) -> Tensor:

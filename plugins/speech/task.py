@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,7 @@ class SpeechTask(TaskPlugin):
         self.vocab: Vocabulary | None = self._vocabulary() if "vocab" in self.state else None
         self.features = FeatureConfig(**self.state["features"])
         self.spectral = self._spectral(cfg.model)
-        if any(config_number(f, "task.augment.speeds") <= 0 for f in cfg.augment.get("speeds") or []):
-            raise UserError(f"task.augment.speeds must be positive factors, got {list(cfg.augment.speeds)}")
+        self.speeds = self._speeds(cfg.augment.get("speeds"))
         self.colour_points = self._colour_points(cfg.augment)
         self.scores: dict[str, Scores] = {}
         self._splits: dict[str, list[Utterance]] = {}
@@ -270,11 +269,22 @@ class SpeechTask(TaskPlugin):
         return list(connect(transcribed, count, tuple(joined.words), tuple(joined.pause_s),
                             float(joined.gain_db), seed, self.features.sample_rate))
 
+    @staticmethod
+    def _speeds(value: Any) -> list[float]:
+        """The factors of `augment.speeds` (a list, or one number), each positive."""
+        if value is None:
+            return []
+        factors = list(value) if isinstance(value, Iterable) and not isinstance(value, (str, Mapping)) else [value]
+        speeds = [config_number(f, "task.augment.speeds") for f in factors]
+        if any(speed <= 0 for speed in speeds):
+            raise UserError(f"task.augment.speeds must be positive factors, got {speeds}")
+        return speeds
+
     def _speed_copies(self, utterances: list[Utterance]) -> list[Utterance]:
         """A copy of every utterance at each speed factor of `augment.speeds` (Kaldi's speed perturbation)."""
         rate = self.features.sample_rate
-        return [replace(u, samples=change_speed(u.samples, float(factor), rate), where=f"{u.where} at speed {factor}")
-                for factor in self.cfg.augment.get("speeds") or [] for u in utterances]
+        return [replace(u, samples=change_speed(u.samples, factor, rate), where=f"{u.where} at speed {factor:g}")
+                for factor in self.speeds for u in utterances]
 
     def _transcribed(self, name: str, augment: Augment | None = None,
                      featurizer: Featurizer | None = None) -> TranscribedSet:
