@@ -1056,7 +1056,8 @@ def test_bad_model_and_feature_settings_name_the_field(override: str, message: s
 
 
 def test_one_speed_factor_is_a_list_of_one(tmp_path: Path) -> None:
-    assert SpeechTask(compose_train_config("speech", ["task.augment.speeds=1.1"], tmp_path / "run").task).speeds == [1.1]
+    cfg = compose_train_config("speech", ["task.augment.speeds=1.1"], tmp_path / "run")
+    assert SpeechTask(cfg.task).speeds == [1.1]
 
 
 def test_mel_filters_start_at_f_min_so_a_hum_below_it_is_not_heard() -> None:
