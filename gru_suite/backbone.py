@@ -42,9 +42,9 @@ class GRUBackbone(nn.Module):
         super().__init__()
         if cell not in _CELLS:
             raise UserError(f"backbone.cell must be one of {sorted(_CELLS)}, got {cell!r}")
-        if not 0.0 <= config_number(weight_dropout, "backbone.weight_dropout") < 1.0:
+        self.weight_dropout = config_number(weight_dropout, "backbone.weight_dropout")
+        if not 0.0 <= self.weight_dropout < 1.0:
             raise UserError(f"backbone.weight_dropout must be in [0, 1), got {weight_dropout!r}")
-        self.weight_dropout = weight_dropout
         self.cell = cell
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -140,6 +140,11 @@ def _with_state(h_n: State, rows: Tensor, h0: State | None) -> State:
         return tuple(_with_state(h, rows, None if h0 is None else start) for h, start in zip(h_n, h0 or (None,) * 2))
     start = torch.zeros_like(h_n) if h0 is None else h0
     return torch.where(rows[None, :, None], start, h_n)
+
+
+def valid_mask(lengths: Tensor, steps: int) -> Tensor:
+    """(B, `steps`) True at each padded sequence's real steps (those before its length), on `lengths`' device."""
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def require_unidirectional(backbone: GRUBackbone, model: str) -> GRUBackbone:

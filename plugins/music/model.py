@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gru_suite.backbone import require_unidirectional
+from gru_suite.backbone import require_unidirectional, valid_mask
 from gru_suite.config import check_choice, config_number
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
@@ -161,8 +161,7 @@ class MusicModel(nn.Module):
     def nll(self, roll: Tensor, lengths: Tensor) -> Tensor:
         """Negative log-likelihood (nats) of each step (B, T); zero past each piece's length."""
         nll = self.head.nll(self.hidden(roll, lengths), roll)
-        valid = torch.arange(roll.size(1), device=roll.device)[None, :] < lengths.to(roll.device)[:, None]
-        return nll * valid
+        return nll * valid_mask(lengths.to(roll.device), roll.size(1))
 
     @torch.no_grad()
     def generate(
@@ -236,8 +235,7 @@ class EventModel(nn.Module):
         """Negative log-likelihood (nats) of each event (B, T); zero past each piece's length."""
         logits = self.head(self.hidden(events, lengths))
         nll = F.cross_entropy(logits.transpose(1, 2), events, reduction="none")
-        valid = torch.arange(events.size(1), device=events.device)[None, :] < lengths.to(events.device)[:, None]
-        return nll * valid
+        return nll * valid_mask(lengths.to(events.device), events.size(1))
 
     @torch.no_grad()
     def generate(

@@ -9,18 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gru_suite.backbone import GRUBackbone
+from gru_suite.backbone import GRUBackbone, valid_mask
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 from gru_suite.text import PAD_ID, UNK_ID
 
 Pooling = Literal["attention", "max_mean"]
 POOLINGS = ("attention", "max_mean")
-
-
-def valid_mask(lengths: Tensor, steps: int) -> Tensor:
-    """(B, T) True at each sequence's real tokens."""
-    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
 
 
 class AttentionPool(nn.Module):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gru_suite.backbone import State
+from gru_suite.backbone import State, valid_mask
 from gru_suite.task import BackboneFactory
 
 
@@ -121,8 +121,8 @@ class SpeakerAdversary(nn.Module):
         """Cross-entropy (mean over the valid frames of utterances whose speaker is known, `speakers` >= 0;
         zero where there are none) and the share of those frames whose speaker it guessed."""
         logits = self.classifier(ReverseGradient.apply(hidden, self.scale))
-        steps = torch.arange(hidden.size(1), device=hidden.device)
-        labels = speakers[:, None].expand(-1, hidden.size(1)).masked_fill(steps >= lengths[:, None], -1)
+        frames = valid_mask(lengths.to(hidden.device), hidden.size(1))
+        labels = speakers[:, None].expand(-1, hidden.size(1)).masked_fill(~frames, -1)
         known = (labels >= 0).sum().clamp(min=1)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-1, reduction="sum") / known
         right = ((logits.argmax(-1) == labels) & (labels >= 0)).sum() / known

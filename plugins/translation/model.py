@@ -8,7 +8,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from gru_suite.backbone import GRUBackbone, State
+from gru_suite.backbone import GRUBackbone, State, valid_mask
 from gru_suite.config import check_choice
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
@@ -118,7 +118,7 @@ class Seq2Seq(nn.Module):
     def encode(self, source: Tensor, lengths: Tensor) -> Memory:
         """Encode padded source ids (B, S) with their lengths."""
         outputs, final = self.encoder(self.dropout(self.source_embed(source)), lengths)
-        mask = torch.arange(source.size(1), device=source.device) < lengths.to(source.device).unsqueeze(1)
+        mask = valid_mask(lengths.to(source.device), source.size(1))
         return Memory(outputs, self.attention.keys(outputs), mask, final)
 
     def initial_state(self, memory: Memory) -> State:
