@@ -149,30 +149,17 @@ def nab_by_group(flags: dict[str, np.ndarray], windows: dict[str, list], profile
 
 
 def _point_weights(length: int, windows: list[tuple[int, int]], profile: str):
-    """Per row: the NAB sweep score it adds when detected (nab/sweeper.py calcSweepScore), its
-    window (-1 outside) and whether it is scored, following scoring._nab_file row by row."""
-    from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, nab_probationary_length, nab_scaled_sigmoid
+    """Per row: the NAB sweep score it adds when detected (`scoring.nab_row_scores`), its window (-1 outside)
+    and whether it is scored; and the windows that are scored."""
+    from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, nab_probationary_length, nab_row_scores
 
-    cost = NAB_PROFILES[profile]
-    rows = np.arange(length)
-    scored = rows >= nab_probationary_length(length)
+    scored = np.arange(length) >= nab_probationary_length(length)
     win = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
     window_id = np.full(length, -1)
-    weight = np.zeros(length)
     for k, (start, end) in enumerate(win):
-        i = rows[start : end + 1]
         window_id[start : end + 1] = k
-        weight[start : end + 1] = cost.tp * nab_scaled_sigmoid(-(end - i + 1) / (end - start + 1)) / nab_scaled_sigmoid(-1.0)
-    outside = np.flatnonzero(window_id < 0)
-    previous = np.searchsorted(win[:, 1], outside) - 1
-    position = np.full(outside.size, np.inf)
-    after = previous >= 0
-    distance = outside[after] - win[previous[after], 1]
-    prev_width = win[previous[after], 1] - win[previous[after], 0] + 1
-    position[after] = np.divide(distance, prev_width - 1, out=np.full(distance.shape, np.inf), where=prev_width > 1)
-    weight[outside] = cost.fp * nab_scaled_sigmoid(position)
     live_windows = [k for k, (_, end) in enumerate(win) if scored[end]]
-    return weight, window_id, scored, live_windows
+    return nab_row_scores(length, win, NAB_PROFILES[profile]), window_id, scored, live_windows
 
 
 def tune_threshold(scores: dict[str, np.ndarray], windows: dict[str, list], profile: str) -> dict[str, Any]:

@@ -238,6 +238,29 @@ def _nab_windows(name: str, windows: Sequence[Sequence[Any]], timestamps: Any, l
     return array
 
 
+def nab_row_scores(length: int, windows: np.ndarray, cost: NabProfile) -> np.ndarray:
+    """Per row of a file of `length` rows with index `windows` (K, 2), the score a detection there earns
+    (nab/sweeper.py Sweeper.calcSweepScore): in a window, tp * S(-(right - i + 1) / width) / S(-1); outside,
+    fp * S((i - prevRight) / (prevWidth - 1)) after a window and fp * -1 before the first."""
+    rows = np.arange(length)
+    scores = np.empty(length)
+    in_window = labels_from_windows(windows.tolist(), length)
+    max_tp = nab_scaled_sigmoid(-1.0)
+    for start, end in windows:
+        inside = rows[start : end + 1]
+        scores[inside] = cost.tp * nab_scaled_sigmoid(-(end - inside + 1) / (end - start + 1)) / max_tp
+    outside = np.flatnonzero(~in_window)
+    ends, widths = windows[:, 1], windows[:, 1] - windows[:, 0] + 1
+    previous = np.searchsorted(ends, outside) - 1
+    position = np.full(outside.size, np.inf)
+    after = previous >= 0
+    distance, prev_width = outside[after] - ends[previous[after]], widths[previous[after]]
+    # A one-row window would divide by zero in NAB; its limit (an infinite position) is S = -1.
+    position[after] = np.divide(distance, prev_width - 1, out=np.full(distance.shape, np.inf), where=prev_width > 1)
+    scores[outside] = cost.fp * nab_scaled_sigmoid(position)
+    return scores
+
+
 def _nab_file(flags: np.ndarray, windows: np.ndarray, cost: NabProfile) -> NabFileScore:
     """One file's NAB score for detections `flags` (nab/sweeper.py Sweeper.calcSweepScore and
     Sweeper.calcScoreByThreshold at the threshold whose detections are `flags`)."""
@@ -245,7 +268,7 @@ def _nab_file(flags: np.ndarray, windows: np.ndarray, cost: NabProfile) -> NabFi
     scored = np.arange(length) >= nab_probationary_length(length)  # 'probationary' rows are dropped
     in_window = labels_from_windows(windows.tolist(), length)
     detections = flags & scored
-    max_tp = nab_scaled_sigmoid(-1.0)
+    row_scores = nab_row_scores(length, windows, cost)
 
     raw = 0.0
     for start, end in windows:
@@ -253,25 +276,12 @@ def _nab_file(flags: np.ndarray, windows: np.ndarray, cost: NabProfile) -> NabFi
             continue  # no scored row carries this window's name, so it gets no score part at all
         # _prepareScoreByThresholdParts: each window starts at -fnWeight; calcScoreByThreshold
         # keeps the max sweep score of its detections, which is the earliest one (S decreases).
-        # calcSweepScore: position = -(right - i + 1) / width, score = tp * S(position) / S(-1).
-        hits = np.flatnonzero(detections[start : end + 1]) + start
-        part = -cost.fn
-        if hits.size:
-            width = end - start + 1
-            part = max(part, float(np.max(cost.tp * nab_scaled_sigmoid(-(end - hits + 1) / width) / max_tp)))
-        raw += part
+        hits = row_scores[start : end + 1][detections[start : end + 1]]
+        raw += max(-cost.fn, float(hits.max())) if hits.size else -cost.fn
 
-    # calcSweepScore, outside windows: fp * S(|prevRight - i| / (prevWidth - 1)) after a window,
-    # fp * -1 when no window precedes; every such detection adds its score.
+    # Outside windows every detection adds its score.
     false = np.flatnonzero(detections & ~in_window)
-    ends, widths = windows[:, 1], windows[:, 1] - windows[:, 0] + 1
-    previous = np.searchsorted(ends, false) - 1
-    position = np.full(false.size, np.inf)
-    after = previous >= 0
-    distance, prev_width = false[after] - ends[previous[after]], widths[previous[after]]
-    # A one-row window would divide by zero in NAB; its limit (an infinite position) is S = -1.
-    position[after] = np.divide(distance, prev_width - 1, out=np.full(distance.shape, np.inf), where=prev_width > 1)
-    raw += cost.fp * float(np.sum(nab_scaled_sigmoid(position)))
+    raw += float(np.sum(row_scores[false]))
 
     return NabFileScore(
         raw=raw,
