@@ -15,6 +15,7 @@ import numpy as np
 import pretty_midi
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
@@ -242,55 +243,12 @@ def to_range(roll: np.ndarray, low: int, high: int) -> tuple[np.ndarray, int]:
     return roll[:, low:high + 1], outside
 
 
-class RollDataset(Dataset):
-    """Pieces as padded batches `(roll (B, T, P) float, lengths (B,))` with `__getitems__`.
+class CroppedPieces(Dataset):
+    """Pieces as padded batches `(pieces (B, T, ...) of `dtype`, lengths (B,))` with `__getitems__`, zeros past
+    each length. Training batches take random crops of `crop_steps` (a piece of n steps gives ceil(n / crop_steps)
+    of them per epoch), each then `_transposed` by a random shift of up to `transpose` semitones."""
 
-    Training batches take random crops of `crop_steps` (a piece of n steps gives
-    ceil(n / crop_steps) of them per epoch) and transpose each by a random shift of
-    up to `transpose` semitones that keeps its notes in range.
-    """
-
-    def __init__(self, pieces: list[Tensor], crop_steps: int | None = None, transpose: int = 0) -> None:
-        self.pieces = pieces
-        self.crop_steps = crop_steps
-        self.transpose = transpose
-        used = [p.any(0).nonzero().flatten() for p in pieces]
-        self.room = [(int(u[0]), p.size(1) - 1 - int(u[-1])) if len(u) else (0, 0) for u, p in zip(used, pieces)]
-        crops = [-(-len(p) // crop_steps) if crop_steps else 1 for p in pieces]
-        self.owner = [i for i, n in enumerate(crops) for _ in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.owner)
-
-    def _sample(self, index: int) -> Tensor:
-        index = self.owner[index]
-        roll = self.pieces[index]
-        if self.crop_steps and len(roll) > self.crop_steps:
-            start = int(torch.randint(len(roll) - self.crop_steps + 1, ()))
-            roll = roll[start:start + self.crop_steps]
-        if self.transpose:
-            below, above = self.room[index]
-            low, high = -min(self.transpose, below), min(self.transpose, above)
-            roll = torch.roll(roll, int(torch.randint(low, high + 1, ())), dims=1)
-        return roll
-
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
-        rolls = [self._sample(i) for i in indices]
-        lengths = torch.tensor([len(r) for r in rolls])
-        batch = torch.zeros(len(rolls), int(lengths.max()), rolls[0].size(1))
-        for b, roll in enumerate(rolls):
-            batch[b, : len(roll)] = roll
-        return batch, lengths
-
-
-class EventDataset(Dataset):
-    """Event sequences as padded batches `(events (B, T) int64, lengths (B,))` with `__getitems__`.
-
-    Padding is event 0 past each length. Training batches take random crops of
-    `crop_steps` events (a piece of n events gives ceil(n / crop_steps) of them per
-    epoch) and transpose each by a random shift of up to `transpose` semitones,
-    dropping the note events that leave 0..127.
-    """
+    dtype = torch.float32
 
     def __init__(self, pieces: list[Tensor], crop_steps: int | None = None, transpose: int = 0) -> None:
         self.pieces = pieces
@@ -302,24 +260,48 @@ class EventDataset(Dataset):
     def __len__(self) -> int:
         return len(self.owner)
 
+    def _transposed(self, piece: Tensor, owner: int) -> Tensor:
+        """`piece` (a crop of piece `owner`) shifted by a random number of semitones."""
+        raise NotImplementedError
+
     def _sample(self, index: int) -> Tensor:
-        events = self.pieces[self.owner[index]]
-        if self.crop_steps and len(events) > self.crop_steps:
-            start = int(torch.randint(len(events) - self.crop_steps + 1, ()))
-            events = events[start:start + self.crop_steps]
-        if self.transpose:
-            shifted = transpose(events.numpy(), int(torch.randint(-self.transpose, self.transpose + 1, ())))
-            if len(shifted):
-                events = torch.from_numpy(shifted)
-        return events
+        owner = self.owner[index]
+        piece = self.pieces[owner]
+        if self.crop_steps and len(piece) > self.crop_steps:
+            start = int(torch.randint(len(piece) - self.crop_steps + 1, ()))
+            piece = piece[start:start + self.crop_steps]
+        return self._transposed(piece, owner) if self.transpose else piece
 
     def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
         pieces = [self._sample(i) for i in indices]
         lengths = torch.tensor([len(p) for p in pieces])
-        batch = torch.zeros(len(pieces), int(lengths.max()), dtype=torch.long)
-        for b, events in enumerate(pieces):
-            batch[b, : len(events)] = events
-        return batch, lengths
+        return pad_sequence(pieces, batch_first=True).to(self.dtype), lengths
+
+
+class RollDataset(CroppedPieces):
+    """Piano rolls (steps, P) as padded batches `(roll (B, T, P) float, lengths (B,))`; a transposition keeps
+    every note of the piece in range."""
+
+    def __init__(self, pieces: list[Tensor], crop_steps: int | None = None, transpose: int = 0) -> None:
+        super().__init__(pieces, crop_steps, transpose)
+        used = [p.any(0).nonzero().flatten() for p in pieces]
+        self.room = [(int(u[0]), p.size(1) - 1 - int(u[-1])) if len(u) else (0, 0) for u, p in zip(used, pieces)]
+
+    def _transposed(self, piece: Tensor, owner: int) -> Tensor:
+        below, above = self.room[owner]
+        low, high = -min(self.transpose, below), min(self.transpose, above)
+        return torch.roll(piece, int(torch.randint(low, high + 1, ())), dims=1)
+
+
+class EventDataset(CroppedPieces):
+    """Event sequences as padded batches `(events (B, T) int64, lengths (B,))`, event 0 past each length; a
+    transposition drops the note events that leave 0..127."""
+
+    dtype = torch.long
+
+    def _transposed(self, piece: Tensor, owner: int) -> Tensor:
+        shifted = transpose(piece.numpy(), int(torch.randint(-self.transpose, self.transpose + 1, ())))
+        return torch.from_numpy(shifted) if len(shifted) else piece
 
 
 class PieceIndices(Dataset):
