@@ -12,6 +12,7 @@ import codecs
 import csv
 import gzip
 import logging
+import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,14 +41,25 @@ EncodingErrors = EncodingErrorRule | None
 """What a line that is not UTF-8 does: error, replace, or None (an error, for a task without the setting)."""
 
 
+STDIN = "-"
+"""The path that names standard input (`read_lines`, `read_table`); errors call it `<stdin>`."""
+
+
+def source_name(path: str | Path) -> str:
+    """How errors and warnings name `path`: `<stdin>` for `STDIN`."""
+    return "<stdin>" if str(path) == STDIN else str(path)
+
+
 def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list[str]:
-    """The lines of a plain or gzip (`.gz`) UTF-8 text file, without line ends.
+    """The lines of a plain or gzip (`.gz`) UTF-8 text file, or of stdin (`STDIN`), without line ends.
 
     A line that is not valid UTF-8 raises a `UserError` naming the file and line
     (`encoding_errors="error"`, whose message offers the task's `encoding_errors=replace`,
     or None, for a task without that setting), or is decoded with U+FFFD in place of the
     bad bytes and reported in a warning (`"replace"`).
     """
+    if str(path) == STDIN:
+        return decode_lines(sys.stdin.buffer.read().splitlines(), source_name(path), encoding_errors)
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)
@@ -101,7 +113,7 @@ def read_table(
     """
     path = Path(path)
     tab = delimiter == "\t" or (delimiter is None and ".tsv" in [suffix.lower() for suffix in path.suffixes])
-    return parse_table(read_lines(path, encoding_errors), columns, str(path), "\t" if tab else delimiter or ",",
+    return parse_table(read_lines(path, encoding_errors), columns, source_name(path), "\t" if tab else delimiter or ",",
                        settings)
 
 

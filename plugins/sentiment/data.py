@@ -13,7 +13,6 @@ Rules for bad input, each reported with file and line:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,10 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import Skips, UserError
-from gru_suite.text import decode_lines, pad_ids, parse_table, read_lines, read_table
+from gru_suite.text import STDIN, pad_ids, read_lines, read_table, source_name
 
 Format = Literal["auto", "csv", "tsv", "lines"]
 EncodingErrors = Literal["error", "replace"]
-STDIN = "-"
 
 
 @dataclass(frozen=True)
@@ -107,17 +105,13 @@ def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
                encoding_errors: EncodingErrors = "error", setting: str = "task.data.text_column") -> list[Example]:
     """Unlabelled texts: a CSV/TSV column (chosen by `setting`, which a missing column's error names) or one text
     per line, of a file or of stdin (`source="-"`; `auto`: lines)."""
-    if str(source) == STDIN:
-        lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)
-        source, fmt = "<stdin>", "lines" if fmt == "auto" else table_format("<stdin>", fmt)
-        rows = (list(enumerate(lines, 1)) if fmt == "lines" else
-                [(n, values[0]) for n, values in parse_table(lines, [column], source, DELIMITERS[fmt],
-                                                                        [setting])])
-    elif (fmt := table_format(source, fmt)) == "lines":
+    fmt = "lines" if str(source) == STDIN and fmt == "auto" else table_format(source_name(source), fmt)
+    if fmt == "lines":
         rows = list(enumerate(read_lines(source, encoding_errors), 1))
     else:
         rows = [(n, values[0]) for n, values in read_table(source, [column], DELIMITERS[fmt],
                                                            encoding_errors, [setting])]
+    source = source_name(source)
     skips, examples = Skips(str(source)), []
     for number, text in rows:
         if text.strip():

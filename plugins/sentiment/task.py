@@ -31,6 +31,7 @@ from gru_suite.task import (
 )
 from gru_suite.text import (
     ENCODING_ERRORS,
+    STDIN,
     TOKENIZER_KINDS,
     encode_as_text,
     pad_ids,
@@ -45,7 +46,6 @@ from gru_suite_plugins.sentiment.data import (
     EncodedTexts,
     Example,
     Format,
-    STDIN,
     SentimentData,
     label_ids,
     label_order,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +14,7 @@ from torch.utils.data import Dataset
 from gru_suite.data import SplitDataModule
 from gru_suite.config import check_choice
 from gru_suite.errors import UserError
-from gru_suite.text import decode_lines, encode_as_text, pad_ids, read_lines, read_table
+from gru_suite.text import encode_as_text, pad_ids, read_lines, read_table, source_name
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +92,8 @@ def _without_empty(corpus: Corpus) -> Corpus:
 
 def read_source_text(path: str, encoding_errors: str) -> Corpus:
     """Sentences to translate, one per line, from a file (optionally `.gz`) or `-` (stdin); every line kept."""
-    if path == "-":
-        lines = decode_lines(sys.stdin.buffer.read().splitlines(), "<stdin>", encoding_errors)  # type: ignore[arg-type]
-    else:
-        lines = read_lines(path, encoding_errors)  # type: ignore[arg-type]
-    return Corpus("<stdin>" if path == "-" else path, lines, [], list(range(1, len(lines) + 1)))
+    lines = read_lines(path, encoding_errors)  # type: ignore[arg-type]
+    return Corpus(source_name(path), lines, [], list(range(1, len(lines) + 1)))
 
 
 def too_long_rule(value: Any) -> TooLong:
