@@ -6,6 +6,7 @@ import logging
 import os
 import shutil
 import time
+from functools import partial
 from typing import Any
 
 import pytorch_lightning as pl
@@ -199,10 +200,7 @@ def carried_best_state(state: dict[str, Any], new: str) -> dict[str, Any]:
     best = list(state.get("best_k_models", {}))
     if not best or not all(os.path.isfile(path) for path in best):
         return state
-
-    def carried(path: str) -> str:
-        return os.path.join(new, os.path.basename(path)) if path else path
-
+    carried = partial(_in_folder, new)
     if rank_zero_only.rank == 0:
         os.makedirs(new, exist_ok=True)
         for path in best:
@@ -221,12 +219,14 @@ def moved_checkpoint_state(state: dict[str, Any], old: str, new: str) -> dict[st
     paths = [path for path in paths if path]
     if not paths or any(os.path.dirname(path) != old for path in paths):
         return state
-
-    def moved(path: str) -> str:
-        return os.path.join(new, os.path.basename(path)) if path else path
-
+    moved = partial(_in_folder, new)
     if not all(os.path.isfile(moved(path)) for path in paths):
         return state
     state = {**state, **{key: moved(state.get(key) or "") for key in TRACKED_PATHS}, "dirpath": new}
     state["best_k_models"] = {moved(path): score for path, score in state.get("best_k_models", {}).items()}
     return state
+
+
+def _in_folder(folder: str, path: str) -> str:
+    """The file of `path`'s name in `folder`; an empty path stays empty (none tracked)."""
+    return os.path.join(folder, os.path.basename(path)) if path else path

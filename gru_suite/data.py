@@ -12,11 +12,6 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
-from gru_suite.timeseries import batch_loader
-
-STAGES = ("train", "val", "test", "predict")
-
-
 T = TypeVar("T")
 
 
@@ -172,6 +167,18 @@ def length_bucket_loader(
     sampler = LengthBucketSampler(order, batch_size, lengths=lengths, shuffle_batches=shuffle, seed=seed)
     return DataLoader(
         dataset, batch_sampler=sampler, collate_fn=_whole_batch, num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=_whole_batch,
         persistent_workers=num_workers > 0,
     )
 

@@ -107,7 +107,7 @@ def _check(task: str, overrides: list[str], root: Path) -> None:
 
 def _check_contract(task: str, overrides: list[str], root: Path) -> None:
     with _contract(task, "installation"):
-        task_cls = _installed_class(task)
+        task_cls = registry.get_task(task).load()  # a TaskPlugin subclass, or a UserError saying what it is
         if (elsewhere := imported_copy_elsewhere(registry.get_task(task))) is not None:
             warnings.warn(elsewhere, stacklevel=2)
         _check_task_config_file(task)
@@ -143,15 +143,6 @@ def _contract(task: str, point: str) -> Iterator[None]:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise AssertionError(message)
-
-
-def _installed_class(task: str) -> type[TaskPlugin]:
-    task_cls = registry.get_task(task).load()
-    _require(
-        isinstance(task_cls, type) and issubclass(task_cls, TaskPlugin),
-        f"the entry point names {task_cls!r}, which is not a subclass of gru_suite.task.TaskPlugin",
-    )
-    return task_cls
 
 
 def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from gru_suite.errors import UserError
 from gru_suite.text import read_lines
@@ -471,17 +471,3 @@ def window_origins(start: int, stop: int, lookback: int, horizon: int, stride: i
     return range(max(start, lookback), stop - horizon + 1, stride)
 
 
-def _batch_as_is(batch: Any) -> Any:
-    return batch
-
-
-def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=num_workers,
-        collate_fn=_batch_as_is,
-        persistent_workers=num_workers > 0,
-    )

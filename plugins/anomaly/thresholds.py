@@ -1,6 +1,6 @@
 """Label-free anomaly flags from raw scores (e.g. a GRU's prediction error per step).
 
-Three tools, each usable in batch (numpy arrays) and streaming (one value at a time, O(1)
+Four tools, each usable in batch (numpy arrays) and streaming (one value at a time, O(1)
 memory and amortised O(1) time per point) with identical results in both modes:
 
 - `AnomalyLikelihood`: Numenta's anomaly likelihood (nupic `anomaly_likelihood.py`), made
@@ -12,7 +12,8 @@ memory and amortised O(1) time per point) with identical results in both modes:
 - `RangeCheck`: the spatial anomaly of NAB's Numenta detector: a value beyond the range
   seen so far by more than a share of that range (a flag of its own, from the values).
 
-Every stateful object has `state_dict()` (plain JSON-able data) and `from_state()`.
+`AnomalyLikelihood` and `Spot` save their state with `state_dict()` (plain JSON-able data) and resume from it
+with `from_state()`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A complete third-party task in one module. It relies on the core for the shared
 pieces: the backbone comes from the factory `build_model` receives, batches are
-served by `gru_suite.timeseries.batch_loader`, and the artifact is written with
+served by `gru_suite.data.batch_loader`, and the artifact is written with
 `gru_suite.atomic`, so an interrupted run never leaves half a CSV behind.
 """
 
@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gru_suite.atomic import atomic_path
 from gru_suite.task import BackboneFactory, Stage, StepOutput, TaskPlugin
-from gru_suite.timeseries import batch_loader
+from gru_suite.data import batch_loader
 
 STAGES = ("train", "val", "test")
 CSV_COLUMNS = ("sequence", "step", "input", "target", "prediction")
