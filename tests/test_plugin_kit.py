@@ -144,7 +144,6 @@ class UnnamedBackboneTask(ForecastingTask):
 
 
 BROKEN = {
-    "not-a-task": (object, "installation: .* not a subclass of gru_suite.task.TaskPlugin"),
     "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
     "negative-stuck-loss": (NegativeStuckLossTask, r"overfitting one batch: the loss on one batch went from -1 to -1 "
                                                    r".*expected below -1\.5"),
@@ -161,6 +160,15 @@ def test_broken_plugin_is_caught(
 ) -> None:
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: task_cls)
     with pytest.raises(AssertionError, match=message):
+        check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
+
+
+def test_an_entry_point_naming_no_task_class_fails_the_installation_check(tmp_path, monkeypatch) -> None:
+    installed = registry.installed_tasks()
+    wrong = registry.TaskEntry("forecasting", "builtins:object", "gru-suite")
+    monkeypatch.setattr(registry, "installed_tasks", lambda: {**installed, "forecasting": wrong})
+    with pytest.raises(AssertionError, match=r"^task 'forecasting', installation: UserError: .*names <class 'object'>, "
+                                             r"which is not a subclass of gru_suite.task.TaskPlugin"):
         check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
 
 

@@ -8,13 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
+from gru_suite.data import batch_loader
 from gru_suite.errors import UserError
 from gru_suite import run
 from gru_suite.testing import compose_train_config
 from gru_suite.timeseries import (
     StandardScaler,
     WindowDataset,
-    batch_loader,
     chronological_split,
     parse_timestamp,
     read_series_csv,
