@@ -7,10 +7,12 @@ import io
 import json
 import logging
 import math
+import re
 import shutil
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -30,6 +32,7 @@ from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, 
 from gru_suite_plugins.translation.model import Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
 from gru_suite_plugins.translation.task import TranslationTask, corpus_scores, split_sentences
+from gru_suite_plugins.translation.writer import LABELLED_PIECES, MAX_INCHES, plot_alignment
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
         "task.decode.beam_size=2", "task.decode.max_length=20", "task.data.batch_size=32"]
@@ -159,6 +162,11 @@ def test_beam_search_with_one_beam_is_greedy() -> None:
     expected, got = greedy(model, source, lengths, limit), beam_search(model, source, lengths, limit, beam=1)
     assert [h.tokens for h in got] == [h.tokens for h in expected]
     assert all(len(h.tokens) <= n for h, n in zip(got, limit.tolist()))
+    assert [h.ended for h in got] == [h.ended for h in expected] == [len(h.tokens) < n for h, n in zip(got, limit)]
+    with torch.no_grad():
+        model.out.bias[EOS] = -1e4  # an end of sentence it never emits: every sentence stops at its limit
+    for decoded in greedy(model, source, lengths, limit), beam_search(model, source, lengths, limit, beam=3):
+        assert [(len(h.tokens), h.ended) for h in decoded] == [(n, False) for n in limit.tolist()]
     for g, e in zip(got, expected):
         torch.testing.assert_close(g.attention, e.attention)
 
@@ -288,11 +296,13 @@ def test_stdin_lines_are_read_with_their_line_numbers(monkeypatch: pytest.Monkey
     assert corpus.source == ["Ein Hund.", "", "Zwei."] and corpus.lines == [1, 2, 3]
 
 
-def test_tsv_pairs_pick_columns_by_language(tmp_path: Path) -> None:
-    (tmp_path / "train.tsv").write_text("de\ten\nein Hund\ta dog\nzwei\ttwo\n")
-    corpus = read_parallel(tmp_path, "train", "en", "de", "error")
+def test_tsv_pairs_pick_columns_by_language(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "train.tsv").write_text("de\ten\nein Hund\ta dog\n\nzwei\ttwo\n")
+    with caplog.at_level(logging.WARNING):
+        corpus = read_parallel(tmp_path, "train", "en", "de", "error")
     assert corpus is not None and corpus.source == ["a dog", "two"] and corpus.target == ["ein Hund", "zwei"]
-    assert corpus.lines == [2, 3]
+    assert corpus.lines == [2, 4]
+    assert "train.tsv: empty sentence, pair skipped on line(s) 3" in caplog.text  # a blank row was dropped unsaid
     expected = r"train\.tsv:1: no column 'fr' \(task\.data\.source\); the columns are \['de', 'en'\]"
     with pytest.raises(UserError, match=expected):
         read_parallel(tmp_path, "train", "fr", "de", "error")
@@ -315,6 +325,18 @@ def test_over_long_sentences_follow_the_configured_rule(bundled: Path, tmp_path:
     assert Encoder(task.source_tokenizer, 4, "skip")(sentences, lines, "f.en", "source")[0] is None
     with pytest.raises(UserError, match=r"f\.en:7: source sentence has \d+ tokens"):
         Encoder(task.source_tokenizer, 4, "error")(sentences, lines, "f.en", "source")
+
+
+def test_a_message_about_one_side_names_its_file(bundled: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(bundled, folder)
+    lines = (folder / "val.toy").read_text(encoding="utf-8").splitlines()
+    lines[4] = " ".join([lines[4]] * 40)  # line 5 of the target side only is over-long
+    (folder / "val.toy").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = compose_train_config("translation", [f"task.data.path={folder}", *TINY, "task.data.too_long=error",
+                                               "task.data.max_tokens=60"], tmp_path / "run")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder / 'val.toy'))}:5: target sentence has"):
+        TranslationTask(cfg.task).datamodule().dataset("val")  # was named ".../val.en + val.toy:5"
 
 
 def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled: Path, tmp_path: Path) -> None:
@@ -490,3 +512,31 @@ def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled:
         task.write_predictions(only_first, data, tmp_path / "out")
     assert (tmp_path / "out" / "translations.txt").read_text(encoding="utf-8").splitlines() == ["a dog", ""]
     assert "2 of 3 sentences were not translated" in caplog.text
+
+
+def test_a_long_sentences_alignment_picture_stays_small() -> None:
+    source, target = [f"w{i}" for i in range(3000)], [f"v{i}" for i in range(2000)]
+    figure = plot_alignment(source, target, np.full((2000, 3000), 1 / 3000), "input line 1")
+    assert tuple(figure.get_size_inches()) == (MAX_INCHES, MAX_INCHES)  # was 1,053 x 701 inches: 7 GB of pixels
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "source (3000 pieces)" and len(axes.get_xticklabels()) < 20  # positions, not pieces
+    short = plot_alignment(source[:LABELLED_PIECES], target[:3], np.zeros((3, LABELLED_PIECES)), "input line 2")
+    assert [t.get_text() for t in short.axes[0].get_yticklabels()] == ["v0", "v1", "v2"]
+
+
+def test_a_test_split_named_but_missing_is_an_error(bundled: Path, tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    folder = tmp_path / "data"
+    shutil.copytree(bundled, folder)
+    named = compose_train_config("translation", [f"task.data.path={folder}", *TINY, "task.data.splits.test=nosuch"],
+                                 tmp_path / "named")
+    with pytest.raises(UserError, match=r"no nosuch pairs \(expected nosuch.en \+ nosuch.toy"):
+        TranslationTask(named.task).datamodule()  # was a silent fallback to the validation split
+    for path in folder.glob("test.*"):
+        path.unlink()
+    default = compose_train_config("translation", [f"task.data.path={folder}", *TINY], tmp_path / "default")
+    with caplog.at_level(logging.WARNING):
+        task = TranslationTask(default.task)
+        task.datamodule()
+    assert "has no test split: testing on the validation split" in caplog.text
+    assert task._corpus("test").source == task._corpus("val").source

@@ -26,16 +26,26 @@ def write_attention(records: Sequence[dict[str, Any]], path: Path) -> Path:
     return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
+MAX_INCHES = 40.0
+"""The longest side of an alignment picture (4,000 pixels at 100 dpi): a longer sentence's pieces are drawn smaller."""
+LABELLED_PIECES = 150
+"""Pieces along an axis up to which each is labelled; past that, the axis counts positions."""
+
+
 def plot_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, title: str) -> Figure:
     """The attention matrix: source pieces across, output pieces down, darker = more weight, with a colour
-    scale; pieces are drawn readable (`readable_pieces`: "##" marks a piece that continues a word)."""
-    fig = Figure(figsize=(3 + 0.35 * len(source), 1.5 + 0.35 * len(target)), layout="constrained")
+    scale; pieces are drawn readable (`readable_pieces`: "##" marks a piece that continues a word), up to
+    `LABELLED_PIECES` along an axis, and the picture is at most `MAX_INCHES` a side."""
+    size = (min(3 + 0.35 * len(source), MAX_INCHES), min(1.5 + 0.35 * len(target), MAX_INCHES))
+    fig = Figure(figsize=size, layout="constrained")
     ax = fig.subplots()
     image = ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
-    ax.set_xticks(range(len(source)), readable_pieces(source), rotation=90)
-    ax.set_yticks(range(len(target)), readable_pieces(target))
-    ax.set_xlabel("source")
-    ax.set_ylabel("output")
+    if len(source) <= LABELLED_PIECES:
+        ax.set_xticks(range(len(source)), readable_pieces(source), rotation=90)
+    if len(target) <= LABELLED_PIECES:
+        ax.set_yticks(range(len(target)), readable_pieces(target))
+    ax.set_xlabel(f"source ({len(source)} pieces)" if len(source) > LABELLED_PIECES else "source")
+    ax.set_ylabel(f"output ({len(target)} pieces)" if len(target) > LABELLED_PIECES else "output")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="attention weight", shrink=0.8)
     return fig
