@@ -59,17 +59,27 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     bad bytes and reported in a warning (`"replace"`).
     """
     if str(path) == STDIN:
-        return decode_lines(sys.stdin.buffer.read().splitlines(), source_name(path), encoding_errors)
+        return decode_lines(split_lines(sys.stdin.buffer.read()), source_name(path), encoding_errors)
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw_lines = handle.read().splitlines()
+            raw_lines = split_lines(handle.read())
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a .gz whose compressed data is damaged
         raise UserError(f"{path}: cannot read ({err})") from err
     return decode_lines(raw_lines, str(path), encoding_errors)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """The lines of `data` without their ends: "\\n" or "\\r\\n" ends a line, and a lone "\\r" inside one is part of it
+    (bytes.splitlines would cut there, and shift every later line of a file aligned with another); a file with
+    no "\\n" at all has old Mac line ends, "\\r"."""
+    lines = data.split(b"\n") if b"\n" in data or b"\r" not in data else data.split(b"\r")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
 
 
 def decode_lines(raw_lines: Iterable[bytes], source: str, encoding_errors: EncodingErrors = None) -> list[str]:
@@ -103,7 +113,8 @@ def read_table(
     encoding_errors: EncodingErrors = None,
     settings: Sequence[str] = (),
 ) -> list[tuple[int, list[str]]]:
-    """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row.
+    """The `columns` of a CSV/TSV file with a header row, as `(line number, values)` per data row (a blank line is
+    a row of empty values).
 
     The delimiter is a tab for `.tsv`/`.tsv.gz` (no quoting, as in GLUE) and a comma
     otherwise (standard CSV quoting; a quoted field may span lines). A missing column
@@ -143,10 +154,12 @@ def parse_table(
         for row in reader:
             while len(row) > len(header) and not row[-1]:  # trailing empty fields (a trailing delimiter)
                 row.pop()
-            if row:
-                if len(row) != len(header):
-                    hint = "; quote a text that holds a comma" if len(row) > len(header) and not tab else ""
-                    raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header}){hint}")
+            if not row:  # a blank line: a row of empty fields, for the task's rule on empty ones to name
+                rows.append((start, [""] * len(columns)))
+            elif len(row) != len(header):
+                hint = "; quote a text that holds a comma" if len(row) > len(header) and not tab else ""
+                raise UserError(f"{path}:{start}: {len(row)} field(s), expected {len(header)} ({header}){hint}")
+            else:
                 rows.append((start, [row[i] for i in where]))
             start = reader.line_num + 1
     except csv.Error as err:

@@ -95,6 +95,17 @@ def test_read_lines_plain_and_gzip(tmp_path):
     assert read_lines(plain) == read_lines(packed) == ["eins", "zwei", "", "drei"]
 
 
+@pytest.mark.parametrize("data, lines", [
+    (b"one\r\ntwo\r\n", ["one", "two"]),  # Windows line ends
+    (b"one \r two\nthree\n", ["one \r two", "three"]),  # a lone carriage return inside a line is not a line end
+    (b"one\rtwo\r", ["one", "two"]),  # old Mac line ends, in a file without any "\n"
+    (b"one\n\nlast", ["one", "", "last"]),
+])
+def test_lines_end_at_line_feeds(tmp_path, data, lines):
+    (path := tmp_path / "a.txt").write_bytes(data)
+    assert read_lines(path) == lines
+
+
 def test_read_lines_names_the_line_that_is_not_utf8(tmp_path, caplog):
     path = tmp_path / "bad.txt"
     path.write_bytes(b"fine\nalso fine\nbad \xff byte\n" + b"\xfe\n" * 6)
