@@ -6,8 +6,9 @@ and decoding speed (sentences per second) for greedy and beam search on the CPU.
 
 Trains `experiment=multi30k` on `train` for at most `--minutes` of wall time (or its
 `trainer.max_epochs`), keeps the checkpoint with the best greedy BLEU on `val`, and reports `val`
-decoded greedily and with beam search, and `test` as well when the folder holds `test.<source>` +
-`test.<target>` (the copy in `../shared/data` does not: Multi30k's test sets are held back):
+decoded greedily and with beam search, and a test split as well when the folder holds one (`test.<source>` +
+`test.<target>`, else Multi30k's `test_2016_flickr`, else another `test_*` pair, or the stem that
+`task.data.splits.test=STEM` names; the copy in `../shared/data` holds none: Multi30k's test sets are held back):
 detokenised output against the raw references, with sacreBLEU's signatures. Prints tables, then one
 JSON line.
 """

@@ -86,7 +86,7 @@ NumberField = (tuple[str, "type[int] | type[float]", float] | tuple[str, "type[i
 RUN_NUMBERS: tuple[NumberField, ...] = (
     ("backbone.hidden_size", int, 1),
     ("backbone.num_layers", int, 1),
-    ("backbone.dropout", float, 0, 1),
+    ("backbone.dropout", float, 0, 1, True),  # 1 would zero every layer's output
     ("backbone.weight_dropout", float, 0, 1, True),
     ("optimizer.lr", float, 0),
     ("optimizer.weight_decay", float, 0),

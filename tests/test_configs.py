@@ -183,8 +183,8 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("anomaly", "task.scoring.cooldown=2.5", "task.scoring.cooldown must be an integer, got 2.5"),
     ("forecasting", "task.data.lookback=inf", "task.data.lookback must be an integer, got inf"),
     ("forecasting", "optimizer.lr=nan", "optimizer.lr must be a finite number, got nan"),
-    ("forecasting", "backbone.dropout=2", "backbone.dropout must be between 0 and 1, got 2"),
-    ("forecasting", "task.model.head_dropout=-1", "task.model.head_dropout must be between 0 and 1, got -1"),
+    ("forecasting", "backbone.dropout=2", "backbone.dropout must be in [0, 1), got 2"),
+    ("forecasting", "task.model.head_dropout=-1", "task.model.head_dropout must be in [0, 1), got -1"),
     ("forecasting", "task.data.season=0", "task.data.season must be at least 1, got 0"),
     ("forecasting", "task.data.split=[0.5,0.5]", "split must be 3 non-negative fractions or row counts, got [0.5, 0.5]"),
     ("forecasting", "task.data.targets=[]", "task.data.targets must name at least one column"),
@@ -201,10 +201,12 @@ def test_a_task_trainer_entry_sets_the_tasks_trainer_defaults(overrides, epochs,
     ("music", "task.generate.seed=1.7", "task.generate.seed must be an integer, got 1.7"),
     ("music", "task.generate.temperature=hot", "task.generate.temperature must be a finite number, got 'hot'"),
     ("music", "task.generate.temperature=-1", "task.generate.temperature must be positive, got -1"),
-    ("translation", "task.model.label_smoothing=1.5", "task.model.label_smoothing must be between 0 and 1, got 1.5"),
-    ("translation", "task.model.dropout=-0.1", "task.model.dropout must be between 0 and 1, got -0.1"),
+    ("translation", "task.model.label_smoothing=1.5", "task.model.label_smoothing must be in [0, 1), got 1.5"),
+    ("translation", "task.model.dropout=1", "task.model.dropout must be in [0, 1), got 1"),  # trained nothing
+    ("sentiment", "task.model.word_dropout=1", "task.model.word_dropout must be in [0, 1), got 1"),
+    ("translation", "task.model.dropout=-0.1", "task.model.dropout must be in [0, 1), got -0.1"),
     ("translation", "task.tokenizer.vocab_size=-5", "task.tokenizer.vocab_size must be at least 1, got -5"),
-    ("sentiment", "task.model.dropout=2", "task.model.dropout must be between 0 and 1, got 2"),
+    ("sentiment", "task.model.dropout=2", "task.model.dropout must be in [0, 1), got 2"),
     ("translation", "task.predict.plots=-1", "task.predict.plots must be at least 0, got -1"),
 ])
 def test_a_wrong_number_is_named_before_any_work(task, override, message, tmp_path):
@@ -320,7 +322,7 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
     with pytest.raises(UserError) as caught:
         raise_all(wrong_numbers(cfg, RUN_NUMBERS))
     assert str(caught.value).splitlines() == [
-        "5 settings are wrong:", "  backbone.dropout must be between 0 and 1, got -1",
+        "5 settings are wrong:", "  backbone.dropout must be in [0, 1), got -1",
         "  backbone.weight_dropout must be in [0, 1), got 1",  # the backbone refuses 1: every recurrent weight gone
         "  optimizer.lr must be a finite number, got 'fast'", "  trainer.max_epochs must be at least -1, got -5",
         "  seed must be an integer, got 'x'"]

@@ -85,7 +85,7 @@ def read_window_file(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.
         raise UserError(f"cannot read anomaly windows: {err}") from err
 
 
-def _index_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timestamp]]) -> list[Window]:
+def _rows_of_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Timestamp]]) -> list[Window]:
     stamps = series.timestamps
     if not isinstance(stamps, pd.DatetimeIndex):
         raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
@@ -206,7 +206,7 @@ def load_streams(
         if label_column:
             spans = _label_windows(file, frame, label_column, series.rows)
         elif file in matched:
-            spans = _index_windows(series, matched[file])
+            spans = _rows_of_windows(series, matched[file])
         where = f"{file}: the probationary period ({n_probation} rows)"
         scaler = StandardScaler.fit(series.values[:n_probation], where, series.columns)
         covariates = calendar.features(series.clock, file)

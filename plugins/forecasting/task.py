@@ -45,7 +45,7 @@ class ForecastingTask(TaskPlugin):
         return super().wrong_settings(cfg) + [wrong for wrong in [wrong_split(cfg.data.get("split"))] if wrong]
     numbers = (*TaskPlugin.numbers, ("data.lookback", int, 1), ("data.horizon", int, 1),
                ("data.predict_stride", int, 1), ("data.season", int, 1), ("model.segment_length", int, 1),
-               ("model.head_dropout", float, 0, 1))
+               ("model.head_dropout", float, 0, 1, True))
 
     def datamodule(self) -> ForecastingData:
         data = self.cfg.data

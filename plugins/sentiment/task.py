@@ -81,7 +81,7 @@ class SentimentTask(TaskPlugin):
     numbers = (*TaskPlugin.numbers, ("data.val_fraction", float, 0), ("data.max_tokens", int, 1),
                ("data.split_seed", int, 0),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
-               ("model.dropout", float, 0, 1), ("model.word_dropout", float, 0, 1), ("model.lm_weight", float, 0),
+               ("model.dropout", float, 0, 1, True), ("model.word_dropout", float, 0, 1, True), ("model.lm_weight", float, 0),
                ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
                ("distill.weight", float, 0, 1), ("distill.copies", int, 0), ("distill.word_drop", float, 0, 1),
                ("distill.ngram", float, 0, 1),

@@ -84,7 +84,7 @@ class SpeechTask(TaskPlugin):
     """
 
     numbers = (*TaskPlugin.numbers, ("decode.beam_size", int, 1), ("model.subsample", int, 1),
-               ("model.frontend_size", int, 1), ("model.dropout", float, 0, 1),
+               ("model.frontend_size", int, 1), ("model.dropout", float, 0, 1, True),
                ("model.lookahead", int, 0), ("model.spectral.channels", int, 1), ("model.spectral.kernel", int, 1),
                ("model.spectral.pool", int, 1), ("model.speaker_adversary", float, 0),
                ("features.online_prior_frames", int, 0),

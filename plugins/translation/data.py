@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -31,6 +31,12 @@ class Corpus:
     source: list[str]
     target: list[str] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
+    files: tuple[str, str] | None = None
+    """The source and target files where they are two (aligned text files); None: `where` holds both sides."""
+
+    def side_file(self, side: str) -> str:
+        """Where the `side` ("source" or "target") sentences were read, for a message that names one's line."""
+        return self.where if self.files is None else self.files[side == "target"]
 
 
 def warn_lines(where: str, lines: Sequence[int], what: str) -> None:
@@ -67,7 +73,8 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
         if len(src) != len(tgt):
             raise UserError(f"{src_path} has {len(src)} lines but {tgt_path} has {len(tgt)}: "
                             "the files must be aligned line by line")
-        corpus = Corpus(f"{src_path} + {tgt_path.name}", src, tgt, list(range(1, len(src) + 1)))
+        corpus = Corpus(f"{src_path} + {tgt_path.name}", src, tgt, list(range(1, len(src) + 1)),
+                        (str(src_path), str(tgt_path)))
     elif tsv := _existing(folder, f"{split}.tsv"):
         rows = read_table(tsv, [source, target], delimiter="\t", encoding_errors=encoding_errors,
                           settings=("task.data.source", "task.data.target"))
@@ -86,8 +93,8 @@ def _without_empty(corpus: Corpus) -> Corpus:
     empty = {i for i, (s, t) in enumerate(zip(corpus.source, corpus.target)) if not (s.strip() and t.strip())}
     warn_lines(corpus.where, [corpus.lines[i] for i in sorted(empty)], "empty sentence, pair skipped")
     keep = [i for i in range(len(corpus.source)) if i not in empty]
-    return Corpus(corpus.where, [corpus.source[i] for i in keep], [corpus.target[i] for i in keep],
-                  [corpus.lines[i] for i in keep])
+    return replace(corpus, source=[corpus.source[i] for i in keep], target=[corpus.target[i] for i in keep],
+                   lines=[corpus.lines[i] for i in keep])
 
 
 def read_source_text(path: str, encoding_errors: str) -> Corpus:

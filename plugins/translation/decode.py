@@ -17,12 +17,13 @@ class Hypothesis:
     """A decoded sentence: token ids (no BOS/EOS), its attention (tokens, source length) and score.
 
     `score` is the summed log-probability (EOS included when emitted), divided by
-    `length ** length_penalty` in beam search.
+    `length ** length_penalty` in beam search; `ended` is False for one stopped at its length limit before EOS.
     """
 
     tokens: list[int]
     attention: Tensor
     score: float
+    ended: bool = True
 
 
 def max_lengths(source_lengths: Tensor, ratio: float, extra: int, cap: int) -> Tensor:
@@ -40,6 +41,7 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
     out: list[list[int]] = [[] for _ in range(batch)]
     attention: list[list[Tensor]] = [[] for _ in range(batch)]
     scores = [0.0] * batch
+    ended = [False] * batch
     active = set(range(batch))
     limits = list(zip(lengths.tolist(), max_len.tolist()))
     for t in range(int(max_len.max())):
@@ -49,6 +51,7 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
         for b in sorted(active):
             scores[b] += step_logp[b]
             if step_tokens[b] == EOS:
+                ended[b] = True
                 active.discard(b)
                 continue
             out[b].append(step_tokens[b])
@@ -57,7 +60,7 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
                 active.discard(b)
         if not active:
             break
-    return [Hypothesis(o, _stack(a, int(n)), s) for o, a, n, s in zip(out, attention, lengths, scores)]
+    return [Hypothesis(o, _stack(a, int(n)), s, e) for o, a, n, s, e in zip(out, attention, lengths, scores, ended)]
 
 
 @torch.no_grad()
@@ -111,7 +114,8 @@ def beam_search(
                 row = b * k + beam_of
                 ids = history[row].tolist() + ([] if is_eos else [token])
                 rows_attention = attention[row] if is_eos else torch.cat([attention[row], weights[row : row + 1]])
-                finished[b].append(Hypothesis(ids, rows_attention[:, : limits[b][0]], score / steps**length_penalty))
+                finished[b].append(Hypothesis(ids, rows_attention[:, : limits[b][0]], score / steps**length_penalty,
+                                              is_eos))
             finished[b] = sorted(finished[b], key=lambda h: -h.score)[:k]
             if last or _complete(finished[b], k, early_stopping, top_scores[b], word[b], steps, limits[b][1],
                                  length_penalty):

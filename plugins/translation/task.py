@@ -45,6 +45,9 @@ from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer,
 
 log = logging.getLogger(__name__)
 
+DEFAULT_TEST_STEM = "test"
+"""The test split's file stem by default; without such files, testing uses the validation split."""
+
 class TranslationTask(TaskPlugin):
     """Translate `task.data.source` sentences into `task.data.target`.
 
@@ -66,7 +69,7 @@ class TranslationTask(TaskPlugin):
                 "predict.output")
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
-               ("model.dropout", float, 0, 1), ("model.label_smoothing", float, 0, 1), ("decode.beam_size", int, 1),
+               ("model.dropout", float, 0, 1, True), ("model.label_smoothing", float, 0, 1, True), ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
                ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
                ("decode.max_length", int, 1), ("predict.plots", int, 0))
@@ -102,15 +105,15 @@ class TranslationTask(TaskPlugin):
                                seed=torch.initial_seed())
 
     def _corpus(self, stage: str, keep_empty: bool = False) -> Corpus:
-        """The pairs of `stage`'s split (the test split falls back to the validation one), without those with an
-        empty side unless `keep_empty`."""
+        """The pairs of `stage`'s split (a missing test split of the default stem, `test`, falls back to the validation
+        one; a stem the config names otherwise must exist), without those with an empty side unless `keep_empty`."""
         key = f"{stage}+empty" if keep_empty else stage
         if key not in self._corpora:
             data = self.cfg.data
             corpus = read_parallel(data.path, data.splits[stage], data.source, data.target, data.encoding_errors,
                                    keep_empty)
-            if corpus is None and stage == "test":
-                log.info("%s has no %s split: testing on the validation split", data.path, data.splits.test)
+            if corpus is None and stage == "test" and data.splits.test == DEFAULT_TEST_STEM:
+                log.warning("%s has no %s split: testing on the validation split", data.path, data.splits.test)
                 corpus = self._corpus("val", keep_empty)
             if corpus is None or not corpus.source:
                 raise UserError(f"{data.path}: no {data.splits[stage]} pairs (expected {data.splits[stage]}."
@@ -137,8 +140,8 @@ class TranslationTask(TaskPlugin):
         if stage == "predict":
             return self._predict_set()
         corpus = self._corpus(stage)
-        sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
-        targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.where, "target")
+        sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.side_file("source"), "source")
+        targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.side_file("target"), "target")
         keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if s is not None and t is not None]
         if not keep:
             raise UserError(f"{corpus.where}: no {stage} pairs left (empty sentences, and with task.data.too_long=skip "
@@ -244,7 +247,7 @@ class TranslationTask(TaskPlugin):
         hypotheses = self.translate(model, batch, int(self.cfg.decode.beam_size))
         return {"index": batch["index"].cpu(), "tokens": [h.tokens for h in hypotheses],
                 "attention": [h.attention.cpu() for h in hypotheses],
-                "score": torch.tensor([h.score for h in hypotheses])}
+                "score": torch.tensor([h.score for h in hypotheses]), "ended": [h.ended for h in hypotheses]}
 
     def describe_sequence(self, datamodule: TranslationData, batch: dict[str, Any], sample: int) -> SequenceView:
         """The source sentence (and its line) and its tokens, which the encoder reads."""
@@ -264,6 +267,9 @@ class TranslationTask(TaskPlugin):
         assert corpus is not None
         by_index = {int(i): (t, a, float(s)) for p in predictions
                     for i, t, a, s in zip(p["index"], p["tokens"], p["attention"], p["score"])}
+        cut = sorted(corpus.lines[int(i)] for p in predictions for i, e in zip(p["index"], p["ended"]) if not e)
+        warn_lines(corpus.where, cut, "translation stopped at its length limit (task.decode.max_length, "
+                   "max_length_ratio, max_length_extra) before its end")
         unread = [i for i in range(len(self.row_of)) if i not in self.blank and i not in by_index]
         if unread:  # trainer.limit_predict_batches stopped prediction early
             log.warning("%d of %d sentences were not translated (prediction stopped early, e.g. by "
