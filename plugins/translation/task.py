@@ -69,7 +69,8 @@ class TranslationTask(TaskPlugin):
                 "predict.output")
     numbers = (*TaskPlugin.numbers, ("data.max_tokens", int, 2), ("data.eval_batch_size", int, 1),
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
-               ("model.dropout", float, 0, 1, True), ("model.label_smoothing", float, 0, 1, True), ("decode.beam_size", int, 1),
+               ("model.dropout", float, 0, 1, True), ("model.label_smoothing", float, 0, 1, True),
+               ("decode.beam_size", int, 1),
                ("decode.val_beam_size", int, 1), ("decode.length_penalty", float, 0),
                ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
                ("decode.max_length", int, 1), ("predict.plots", int, 0))
@@ -140,8 +141,10 @@ class TranslationTask(TaskPlugin):
         if stage == "predict":
             return self._predict_set()
         corpus = self._corpus(stage)
-        sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.side_file("source"), "source")
-        targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.side_file("target"), "target")
+        sources = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.side_file("source"),
+                                                       "source")
+        targets = self._encoder(self.target_tokenizer)(corpus.target, corpus.lines, corpus.side_file("target"),
+                                                       "target")
         keep = [i for i, (s, t) in enumerate(zip(sources, targets)) if s is not None and t is not None]
         if not keep:
             raise UserError(f"{corpus.where}: no {stage} pairs left (empty sentences, and with task.data.too_long=skip "
