@@ -192,7 +192,7 @@ def test_decode_lines_names_the_source():
 def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     csv_path = tmp_path / "reviews.csv"
     csv_path.write_text('id,text,label\n1,"good, really",pos\n\n2,bad,neg\n', encoding="utf-8")
-    assert read_table(csv_path, ["text", "label"]) == [(2, ["good, really", "pos"]), (4, ["bad", "neg"])]
+    assert read_table(csv_path, ["text", "label"]) == [(2, ["good, really", "pos"]), (3, ["", ""]), (4, ["bad", "neg"])]
     tsv_path = tmp_path / "glue.tsv"
     tsv_path.write_text('sentence\tlabel\nit "works\t1\n', encoding="utf-8")
     assert read_table(tsv_path, ["sentence", "label"]) == [(2, ['it "works', "1"])]

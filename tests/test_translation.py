@@ -507,11 +507,13 @@ def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled:
     data.setup("predict")
     tokens = task.target_tokenizer("a dog", add_special_tokens=False)["input_ids"]
     only_first = [{"index": torch.tensor([0]), "tokens": [tokens], "attention": [torch.full((len(tokens), 3), 1 / 3)],
-                   "score": torch.tensor([-1.0])}]  # as if trainer.limit_predict_batches stopped after it
+                   "score": torch.tensor([-1.0]), "ended": [False]}]  # as if limit_predict_batches stopped after it
     with caplog.at_level(logging.WARNING):
         task.write_predictions(only_first, data, tmp_path / "out")
     assert (tmp_path / "out" / "translations.txt").read_text(encoding="utf-8").splitlines() == ["a dog", ""]
     assert "2 of 3 sentences were not translated" in caplog.text
+    assert "source.txt: translation stopped at its length limit (task.decode.max_length" in caplog.text
+    assert "before its end on line(s) 1\n" in caplog.text
 
 
 def test_a_long_sentences_alignment_picture_stays_small() -> None:
