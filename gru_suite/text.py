@@ -88,11 +88,10 @@ def decode_lines(raw_lines: Iterable[bytes], source: str, encoding_errors: Encod
         raise UserError(f"task.data.encoding_errors must be 'error' or 'replace', got {encoding_errors!r}")
     lines, replaced = [], 0
     for number, raw in enumerate(raw_lines, start=1):
-        codec = "utf-8-sig" if number == 1 else "utf-8"  # a byte-order mark is not text
-        try:
-            lines.append(raw.decode(codec))
+        try:  # utf-8-sig: a byte-order mark is not text (the file's, or one inside it from files put together)
+            lines.append(raw.decode("utf-8-sig"))
         except UnicodeDecodeError as err:
-            byte = err.start + (len(codecs.BOM_UTF8) if codec == "utf-8-sig" and raw.startswith(codecs.BOM_UTF8) else 0)
+            byte = err.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
             where = f"{source}:{number}: not UTF-8 ({err.reason} at byte {byte})"
             if encoding_errors != "replace":
                 fix = "fix the file or set task.data.encoding_errors=replace" if encoding_errors else "save it as UTF-8"
@@ -100,7 +99,7 @@ def decode_lines(raw_lines: Iterable[bytes], source: str, encoding_errors: Encod
             replaced += 1
             if replaced <= REPLACED_LINES_NAMED:
                 log.warning("%s; bad bytes replaced with U+FFFD", where)
-            lines.append(raw.decode(codec, errors="replace"))
+            lines.append(raw.decode("utf-8-sig", errors="replace"))
     if replaced > REPLACED_LINES_NAMED:
         log.warning("%s: %d lines in all had bytes replaced with U+FFFD", source, replaced)
     return lines

@@ -122,6 +122,8 @@ def test_read_lines_names_the_line_that_is_not_utf8(tmp_path, caplog):
     with pytest.raises(UserError, match=r"bom\.txt:1: not UTF-8 \(invalid start byte at byte 9\)"):
         read_lines(marked)
     assert read_lines(marked, encoding_errors="replace") == ["hello \ufffd"]
+    marked.write_bytes(b"\xef\xbb\xbfone\n\xef\xbb\xbftwo\n")  # two files put together with `cat`
+    assert read_lines(marked) == ["one", "two"]
 
 
 def test_pad_ids():
