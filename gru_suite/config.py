@@ -203,7 +203,7 @@ def wrong_declarations(task_cls: type) -> list[str]:
 def name_list(value: Any, field: str) -> list[str]:
     """A setting of one name (a column, a file) or a list of them, as a list of names each given once; None or
     empty is an empty list. Anything else is a `UserError` naming `field`."""
-    if value is None:
+    if value is None or (isinstance(value, str) and not value.strip()):  # `key=` on the command line: none
         return []
     listed = isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
     names = list(value) if listed else [value]

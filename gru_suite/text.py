@@ -75,8 +75,8 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
 def split_lines(data: bytes) -> list[bytes]:
     """The lines of `data` without their ends: "\\n" or "\\r\\n" ends a line, and a lone "\\r" inside one is part of it
     (bytes.splitlines would cut there, and shift every later line of a file aligned with another); a file with
-    no "\\n" at all has old Mac line ends, "\\r"."""
-    lines = data.split(b"\n") if b"\n" in data or b"\r" not in data else data.split(b"\r")
+    no "\\n" that ends in "\\r" has old Mac line ends, "\\r"."""
+    lines = data.split(b"\r") if b"\n" not in data and data.endswith(b"\r") else data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from gru_suite.data import batch_loader  # noqa: F401  (moved to gru_suite.data; kept for plugins importing it here)
 from gru_suite.errors import UserError
 from gru_suite.text import read_lines
 
@@ -469,5 +470,3 @@ class WindowDataset(Dataset):
 def window_origins(start: int, stop: int, lookback: int, horizon: int, stride: int = 1) -> range:
     """Origins whose targets fall in rows [start, stop); inputs may reach back before `start`."""
     return range(max(start, lookback), stop - horizon + 1, stride)
-
-

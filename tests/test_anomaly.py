@@ -541,6 +541,8 @@ def test_calendar_features_reach_the_detector_and_stream_like_batch(tmp_path):
     pd.DataFrame({"timestamp": stamps, "value": values[:, 0]}).to_csv(path, index=False)
     one = run.build_task(compose_train_config("anomaly", ["task.data.calendar=time_of_day"], tmp_path / "cfg").task)
     assert one.calendar == Calendar(("time_of_day",))  # one name without brackets
+    none = run.build_task(compose_train_config("anomaly", ["task.data.calendar="], tmp_path / "cfg").task)
+    assert none.calendar == Calendar(())  # `key=`: none
     with pytest.raises(UserError, match=r"task.data.calendar: unknown feature\(s\) \['5'\]"):
         _ = run.build_task(compose_train_config("anomaly", ["task.data.calendar=5"], tmp_path / "cfg").task).calendar
     with pytest.raises(UserError, match="needs backbone.bidirectional=false"):

@@ -99,6 +99,7 @@ def test_read_lines_plain_and_gzip(tmp_path):
     (b"one\r\ntwo\r\n", ["one", "two"]),  # Windows line ends
     (b"one \r two\nthree\n", ["one \r two", "three"]),  # a lone carriage return inside a line is not a line end
     (b"one\rtwo\r", ["one", "two"]),  # old Mac line ends, in a file without any "\n"
+    (b"one \r two", ["one \r two"]),  # one line, without an end
     (b"one\n\nlast", ["one", "", "last"]),
 ])
 def test_lines_end_at_line_feeds(tmp_path, data, lines):

@@ -337,6 +337,14 @@ def test_a_message_about_one_side_names_its_file(bundled: Path, tmp_path: Path) 
                                                "task.data.max_tokens=60"], tmp_path / "run")
     with pytest.raises(UserError, match=rf"^{re.escape(str(folder / 'val.toy'))}:5: target sentence has"):
         TranslationTask(cfg.task).datamodule().dataset("val")  # was named ".../val.en + val.toy:5"
+    (folder / "val.toy").write_text("\n".join(lines[:4] + lines[5:]) + "\n", encoding="utf-8")
+    (folder / "val.en").write_text("\n".join((folder / "val.en").read_text().splitlines()[:4] +
+                                             (folder / "val.en").read_text().splitlines()[5:]) + "\n")
+    test = (folder / "test.en").read_text(encoding="utf-8").splitlines()
+    long_line = " ".join([test[1].rstrip(".")] * 40)  # one sentence (no full stops to split it at)
+    (folder / "test.en").write_text("\n".join([test[0], long_line, *test[2:]]) + "\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(folder / 'test.en'))}:2: source sentence has"):
+        TranslationTask(cfg.task).datamodule().dataset("predict")  # the test split's source side, to translate
 
 
 def test_a_split_left_without_pairs_or_an_empty_input_is_one_clear_error(bundled: Path, tmp_path: Path) -> None:
@@ -501,17 +509,18 @@ def test_gate_plots_name_the_source_sentence_and_label_its_tokens(bundled: Path,
 
 def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled: Path, tmp_path: Path, caplog) -> None:
     source = tmp_path / "source.txt"
-    source.write_text("Kelka donas.\nVirdas vetas. Kelka konant.\n", encoding="utf-8")
+    source.write_text("Kelka donas.\n\nVirdas vetas. Kelka konant.\n", encoding="utf-8")
     task = restored_task(bundled, source, tmp_path)
     data = task.datamodule()
     data.setup("predict")
     tokens = task.target_tokenizer("a dog", add_special_tokens=False)["input_ids"]
-    only_first = [{"index": torch.tensor([0]), "tokens": [tokens], "attention": [torch.full((len(tokens), 3), 1 / 3)],
-                   "score": torch.tensor([-1.0]), "ended": [False]}]  # as if limit_predict_batches stopped after it
+    first_two = [{"index": torch.tensor([0, 1]), "tokens": [tokens, []],  # the empty line's "translation" too
+                  "attention": [torch.full((len(tokens), 3), 1 / 3), torch.zeros(0, 1)],
+                  "score": torch.tensor([-1.0, -9.0]), "ended": [False, False]}]  # as if limit_predict_batches stopped
     with caplog.at_level(logging.WARNING):
-        task.write_predictions(only_first, data, tmp_path / "out")
-    assert (tmp_path / "out" / "translations.txt").read_text(encoding="utf-8").splitlines() == ["a dog", ""]
-    assert "2 of 3 sentences were not translated" in caplog.text
+        task.write_predictions(first_two, data, tmp_path / "out")
+    assert (tmp_path / "out" / "translations.txt").read_text(encoding="utf-8").splitlines() == ["a dog", "", ""]
+    assert "2 of 4 sentences were not translated" in caplog.text
     assert "source.txt: translation stopped at its length limit (task.decode.max_length" in caplog.text
     assert "before its end on line(s) 1\n" in caplog.text
 

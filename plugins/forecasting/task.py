@@ -162,4 +162,3 @@ def _errors(pred: Tensor, target: Tensor, prefix: str, suffix: str = "") -> dict
         f"{prefix}mse{suffix}": F.mse_loss(pred, target),
         f"{prefix}mae{suffix}": F.l1_loss(pred, target),
     }
-

@@ -61,22 +61,26 @@ def _read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pm = pretty_midi.PrettyMIDI(str(path))
-        for warning in caught:
-            warnings.warn(MidiWarning(path, str(warning.message)), stacklevel=2)
-        return pm
     except Exception as err:  # mido and pretty_midi raise many types for malformed files
         if not os.path.isfile(path):
             raise not_a_file(path, "MIDI file") from err
         detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__}: the file ends too early"
         raise UserError(f"{path}: not a readable MIDI file ({detail})") from err
+    for warning in caught:  # what pretty_midi says of the file; a library's deprecation notice stays as it was
+        deprecation = issubclass(warning.category, DeprecationWarning)
+        warnings.warn(warning.message if deprecation else MidiWarning(path, str(warning.message)), stacklevel=2)
+    return pm
 
 
 class MidiWarning(UserWarning):
     """What pretty_midi warns of one MIDI file, with the file's path."""
 
     def __init__(self, path: str | Path, message: str) -> None:
-        super().__init__(f"{path}: {message}")
+        super().__init__(path, message)  # the arguments, so that it pickles (a warning may cross processes)
         self.path, self.message = Path(path), message
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
 
 
 def _no_notes(path: str | Path, drums: bool) -> UserError:

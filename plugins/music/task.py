@@ -89,7 +89,8 @@ class MusicTask(TaskPlugin):
                ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
                ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127),
                ("generate.seed", int, -(2**43), 2**43),  # seed * 1_000_003 + piece fits torch's 64-bit seed
-               ("model.embed_size", int, 1), ("model.head_units", int, 1))
+               ("model.embed_size", int, 1), ("model.head_units", int, 1), ("model.dropout", float, 0, 1, True),
+               ("model.input_dropout", float, 0, 1, True))
     required = ("data.path", "data.split", "data.steps_per_beat", "model.embed_size", "model.head_units",
                 "generate.seed", "generate.pieces", "generate.length", "generate.tempo", "generate.program",
                 "generate.velocity")

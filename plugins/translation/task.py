@@ -7,6 +7,7 @@ import logging
 import math
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 from typing import Any, get_args
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TEST_STEM = "test"
 """The test split's file stem by default; without such files, testing uses the validation split."""
+
 
 class TranslationTask(TaskPlugin):
     """Translate `task.data.source` sentences into `task.data.target`.
@@ -114,7 +116,8 @@ class TranslationTask(TaskPlugin):
             corpus = read_parallel(data.path, data.splits[stage], data.source, data.target, data.encoding_errors,
                                    keep_empty)
             if corpus is None and stage == "test" and data.splits.test == DEFAULT_TEST_STEM:
-                log.warning("%s has no %s split: testing on the validation split", data.path, data.splits.test)
+                if not {"test", "test+empty"} & set(self._corpora):  # once, for either reading
+                    log.warning("%s has no %s split: testing on the validation split", data.path, data.splits.test)
                 corpus = self._corpus("val", keep_empty)
             if corpus is None or not corpus.source:
                 raise UserError(f"{data.path}: no {data.splits[stage]} pairs (expected {data.splits[stage]}."
@@ -164,7 +167,7 @@ class TranslationTask(TaskPlugin):
         else:
             self.row_of = list(range(len(corpus.source)))
         self.predict_corpus = corpus
-        ids = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.where, "source")
+        ids = self._encoder(self.source_tokenizer)(corpus.source, corpus.lines, corpus.side_file("source"), "source")
         empty = [i for i, text in enumerate(corpus.source) if not text.strip()]
         warn_lines(corpus.where, [corpus.lines[i] for i in empty], "empty line, written as an empty line")
         self.blank = set(empty) | {i for i, x in enumerate(ids) if x is None}
@@ -270,7 +273,8 @@ class TranslationTask(TaskPlugin):
         assert corpus is not None
         by_index = {int(i): (t, a, float(s)) for p in predictions
                     for i, t, a, s in zip(p["index"], p["tokens"], p["attention"], p["score"])}
-        cut = sorted(corpus.lines[int(i)] for p in predictions for i, e in zip(p["index"], p["ended"]) if not e)
+        cut = sorted(corpus.lines[int(i)] for p in predictions for i, e in zip(p["index"], p["ended"])
+                     if not e and int(i) not in self.blank)
         warn_lines(corpus.where, cut, "translation stopped at its length limit (task.decode.max_length, "
                    "max_length_ratio, max_length_extra) before its end")
         unread = [i for i in range(len(self.row_of)) if i not in self.blank and i not in by_index]
@@ -327,7 +331,7 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
         sentences += parts
         lines += [line] * len(parts)
         rows += [row] * len(parts)
-    return Corpus(corpus.where, sentences, [], lines), rows
+    return replace(corpus, source=sentences, target=[], lines=lines), rows
 
 
 def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False,
