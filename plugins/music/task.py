@@ -93,7 +93,7 @@ class MusicTask(TaskPlugin):
                ("model.input_dropout", float, 0, 1, True))
     required = ("data.path", "data.split", "data.steps_per_beat", "model.embed_size", "model.head_units",
                 "generate.seed", "generate.pieces", "generate.length", "generate.tempo", "generate.program",
-                "generate.velocity")
+                "generate.velocity", "model.dropout", "model.input_dropout")
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
