@@ -65,9 +65,23 @@ def _require_task_for_task_overrides() -> None:
     args = sys.argv[1:]
     chosen = any(a.startswith(("task=", "experiment=")) for a in args)
     if any(a.lstrip("+~").startswith("task.") for a in args) and not chosen:
+        held = _checkpoint_task(_chosen("ckpt_path"))
+        example = f"this checkpoint's: task={held}" if held else "e.g. task=forecasting task.data.path=..."
         print("error: task.* overrides need the task named too: task=NAME (the checkpoint's task, for eval, "
-              "predict and gates), e.g. task=forecasting task.data.path=...", file=sys.stderr)
+              f"predict and gates), {example}", file=sys.stderr)
         sys.exit(2)
+
+
+def _checkpoint_task(path: str | None) -> str | None:
+    """The task of the checkpoint at `path`, for an error's hint; None if there is none to read."""
+    if not path or not Path(path).is_file():
+        return None
+    from gru_suite.checkpoint import read_checkpoint, stored_config
+
+    try:
+        return str(stored_config(read_checkpoint(path)).task.name)
+    except (UserError, KeyError, AttributeError):
+        return None
 
 
 def _require_known_task() -> None:
@@ -171,6 +185,17 @@ def _warn_undeclared_settings(cfg: Any) -> None:
         logging.getLogger("gru_suite").warning(message)
 
 
+def _unset_key_read(err: BaseException) -> UserError | None:
+    """A setting the code read that the composed config lacks (OmegaConf's "Key 'x' is not in struct"), as one
+    line naming it: a plugin whose code reads a key its shipped config does not declare."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if not isinstance(err, (ConfigAttributeError, ConfigKeyError)) or "is not in struct" not in str(err):
+        return None
+    return UserError(f"{err.full_key}: the code reads this setting, but the config has none (a task's code reads only "
+                     "keys its conf/task/<name>.yaml declares; check_task_plugin names the missing ones)")
+
+
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     import hydra
 
@@ -194,7 +219,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", Path(HydraConfig.get().runtime.output_dir), 130)
         except Exception as err:
-            user_error = user_error_in(err)
+            user_error = user_error_in(err) or _unset_key_read(err)
             if user_error is None:
                 raise
             _end_progress_line()

@@ -281,9 +281,12 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
     where = f"task {task!r}: step(..., {stage!r})"
     if not isinstance(out, StepOutput):
         raise UserError(f"{where} returned a {type(out).__name__}, not a StepOutput(loss, batch_size, metrics)")
-    if not isinstance(out.loss, torch.Tensor) or out.loss.numel() != 1:
-        shape = tuple(out.loss.shape) if isinstance(out.loss, torch.Tensor) else type(out.loss).__name__
-        raise UserError(f"{where} returned a loss of shape {shape}: expected one number (reduce it, e.g. .mean())")
+    if not isinstance(out.loss, torch.Tensor):
+        raise UserError(f"{where} returned a loss of type {type(out.loss).__name__}, not a tensor: return the loss "
+                        "tensor itself (not .item()), so that it carries its gradient")
+    if out.loss.numel() != 1:
+        raise UserError(f"{where} returned a loss of shape {tuple(out.loss.shape)}: expected one number (reduce it, "
+                        "e.g. .mean())")
     if not isinstance(out.batch_size, numbers.Integral) or isinstance(out.batch_size, bool) or out.batch_size < 1:
         raise UserError(f"{where} returned batch_size={out.batch_size!r}: expected a whole number of samples, at least "
                         "1 (what the batch's metrics weigh in their epoch mean)")

@@ -835,6 +835,8 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
          "error: callbacks.timer must be a block with a _target_ class, got 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
+        (["task=forecasting", "~task.data.lookback"],  # as a plugin whose code reads a key its config lacks
+         "error: task.data.lookback: the code reads this setting, but the config has none"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
@@ -876,11 +878,13 @@ def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, command
     assert shown.returncode != 2 and "error: backbone" not in shown.stderr
 
 
-def test_task_overrides_without_a_task_say_how_to_name_it():
+def test_task_overrides_without_a_task_say_how_to_name_it(trained_run):
     result = run_cli("gru-suite-predict", "ckpt_path=x.ckpt", "task.data.path=y.csv")
     assert result.returncode == 2
     assert result.stderr.startswith("error: task.* overrides need the task named too: task=NAME (the checkpoint's "
-                                    "task, for eval, predict and gates)")
+                                    "task, for eval, predict and gates), e.g. task=forecasting")
+    named = run_cli("gru-suite-predict", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "task.data.path=y")
+    assert named.returncode == 2 and named.stderr.strip().endswith("gates), this checkpoint's: task=forecasting")
 
 
 def test_unreadable_checkpoint(tmp_path):

@@ -180,6 +180,14 @@ class DetachedLossTask(ForecastingTask):
         return StepOutput(out.loss.detach(), out.batch_size, out.metrics)
 
 
+class FloatLossTask(ForecastingTask):
+    """Returns its loss as a Python number (`.item()`)."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss.item(), out.batch_size, out.metrics)
+
+
 class PerItemLossTask(ForecastingTask):
     """Returns one loss per window instead of their mean."""
 
@@ -263,6 +271,8 @@ class NumpyStateTask(ForecastingTask):
 
 MISTAKES = {
     "detached-loss": (DetachedLossTask, "task 'forecasting': step(..., 'train') returned a loss without a gradient"),
+    "float-loss": (FloatLossTask, "task 'forecasting': step(..., 'val') returned a loss of type float, not a "
+                                  "tensor: return the loss tensor itself (not .item())"),
     "per-item-loss": (PerItemLossTask, "task 'forecasting': step(..., 'val') returned a loss of shape (3,): "
                                        "expected one number"),
     "shape-batch-size": (ShapeAsBatchSizeTask, "task 'forecasting': step(..., 'val') returned "
