@@ -389,7 +389,8 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 def _gates_body(cfg: Any) -> None:
     from gru_suite.gates import plot_model_gates
-    from gru_suite.run import apply_threads, artifact_lines
+    from gru_suite.artifacts import artifact_lines
+    from gru_suite.run import apply_threads
 
     module = _restore(cfg, numbers=(("sample", int, 0),))  # names wrong settings as train, eval and predict do
     apply_threads(cfg)

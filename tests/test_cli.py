@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import TINY, resumed_and_uninterrupted, run_cli
 
-from gru_suite import cli, module, registry, run
+from gru_suite import artifacts, cli, module, registry, run
 from gru_suite.atomic import write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint, read_checkpoint
@@ -157,7 +157,7 @@ def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
 def test_many_artifacts_of_a_kind_are_logged_as_one_line():
     out = Path("out")
     paths = [out / "transcripts.jsonl", *(out / f"a{i}.srt" for i in range(5)), out / "b.txt", out / "c.txt"]
-    assert run.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}", f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
+    assert artifacts.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}", f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
                                          f"{out / 'b.txt'}", f"{out / 'c.txt'}"]
 
 
@@ -257,9 +257,9 @@ def test_artifacts_an_earlier_run_left_beside_this_runs_are_named(tmp_path):
                  "metrics.csv"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("earlier run")
-    earlier = run.files_near(tmp_path)
+    earlier = artifacts.files_near(tmp_path)
     written = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "plots" / "a.png", tmp_path / "c.csv"]  # and a .csv
-    stale = run.stale_artifacts(earlier, written)
+    stale = artifacts.stale_artifacts(earlier, written)
     assert [path.relative_to(tmp_path.resolve()).as_posix() for path in stale] == ["old.txt", "plots/old.png"]
 
 

@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 
-from gru_suite import run
+from gru_suite import artifacts, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
@@ -524,7 +524,7 @@ def test_predict_cli_averages_an_ensemble_of_checkpoints(trained: tuple[Path, di
     for n, path in enumerate(paths):
         module = load_checkpoint(path)
         trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
-        run.write_artifacts(trainer, module, module.task.datamodule(), tmp_path / f"alone{n}")
+        artifacts.write_artifacts(trainer, module, module.task.datamodule(), tmp_path / f"alone{n}")
         alone.append(predicted_probabilities(tmp_path / f"alone{n}"))
         tokens.append([len(ids) for ids in module.task.encode(list(alone[0]))])
     assert tokens[0] != tokens[1]
