@@ -32,7 +32,8 @@ from gru_suite_plugins.sentiment.data import label_order, read_labelled, read_te
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
-from gru_suite_plugins.sentiment.task import adversarial_loss, altered_copy
+from gru_suite_plugins.sentiment.losses import adversarial_loss
+from gru_suite_plugins.sentiment.task import altered_copy
 from conftest import resumed_and_uninterrupted, run_cli
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, get_args
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
@@ -51,6 +50,12 @@ from gru_suite_plugins.sentiment.data import (
     label_order,
     read_labelled,
     read_texts,
+)
+from gru_suite_plugins.sentiment.losses import (
+    adversarial_loss,
+    classification_loss,
+    language_model_loss,
+    soft_cross_entropy,
 )
 from gru_suite_plugins.sentiment.model import POOLINGS, SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.scores import classification_scores, confusion
@@ -355,7 +360,7 @@ class SentimentTask(TaskPlugin):
         log.info("pre-training texts: %d (%d tokens)", len(texts), sum(texts.lengths))
         loader = length_bucket_loader(texts, texts.lengths, int(data.batch_size), shuffle=True,
                                       seed=torch.initial_seed(), num_workers=int(data.get("num_workers", 0)))
-        return Pretraining(epochs, loader, _language_model_loss)
+        return Pretraining(epochs, loader, language_model_loss)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """Scores over the whole pass; validation first refits the temperature, testing draws the confusion matrix."""
@@ -464,10 +469,6 @@ def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int,
     return {int(i): p for batch in predictions for i, p in zip(batch["index"], batch["probs"])}
 
 
-def _language_model_loss(model: SentimentModel, batch: Batch) -> Tensor:
-    return model.lm_loss(model.language_states(model.embed(batch.ids), batch.lengths), batch.ids, batch.lengths)
-
-
 def altered_copy(text: str, word_drop: float, ngram: float, rng: random.Random) -> str:
     """`text` with each word left out with probability `word_drop`, then, with probability `ngram`, cut to a
     random run of 1-5 of its words (the augmentation of Tang et al. 2019 for distillation); never empty."""
@@ -478,30 +479,3 @@ def altered_copy(text: str, word_drop: float, ngram: float, rng: random.Random) 
         start = rng.randint(0, len(kept) - size)
         kept = kept[start:start + size]
     return " ".join(kept)
-
-
-def soft_cross_entropy(logits: Tensor, targets: Tensor, example_weights: Tensor) -> Tensor:
-    """Cross-entropy of `logits` (B, C) against probabilities `targets` (B, C), the mean weighted by
-    `example_weights` (B,)."""
-    return (example_weights * -(targets * logits.log_softmax(-1)).sum(-1)).sum() / example_weights.sum()
-
-
-def classification_loss(logits: Tensor, labels: Tensor, weights: Tensor, targets: Tensor | None = None,
-                        share: float = 0.0) -> Tensor:
-    """Class-weighted cross-entropy with `labels`; with soft `targets` (distillation), `1 - share` of it plus
-    `share` x the cross-entropy with them, each text weighted by its label's weight."""
-    hard = F.cross_entropy(logits, labels, weight=weights)
-    return hard if targets is None else (1 - share) * hard + share * soft_cross_entropy(logits, targets, weights[labels])
-
-
-def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, loss: Tensor, eps: float,
-                     loss_of: Callable[[Tensor], Tensor]) -> Tensor:
-    """`loss_of` the logits of each text's embeddings moved by `eps` (L2 norm over the whole text) in the direction
-    that raises `loss` most (adversarial training, Miyato et al. 2017): the label must not hinge on a
-    small change of the words' embeddings. The move is made before the model's dropout, and the moved copy
-    draws its own dropout masks (moving the dropped-out embeddings, as Miyato et al.'s code does, made the
-    SST-2 preset fail to learn at eps 5)."""
-    (grad,) = torch.autograd.grad(loss, embedded, retain_graph=True)
-    step = eps * F.normalize(grad.flatten(1), dim=1).view_as(grad)  # grad carries no graph (no create_graph)
-    logits, _ = model.classify(embedded + step, lengths)
-    return loss_of(logits)
