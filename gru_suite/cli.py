@@ -127,7 +127,7 @@ def _refuse_another_tasks_preset() -> None:
 def _require_known_options() -> None:
     """`group=NAME` names a config of that group: one line listing the group's options (`unknown_group_option`),
     not Hydra's search-path dump (nor, for `group=null`, its ValueError traceback)."""
-    from gru_suite.config import unknown_group_option
+    from gru_suite.overrides import unknown_group_option
 
     if message := unknown_group_option(sys.argv[1:]):
         print(f"error: {message}", file=sys.stderr)
@@ -157,7 +157,8 @@ def _require_sweeper_plugin() -> None:
 def _refuse_model_overrides() -> None:
     """A checkpoint's own backbone, optimizer and scheduler are used: one line rather than Hydra's 'not in
     struct' (or, with `+`, an override silently ignored)."""
-    from gru_suite.config import MODEL_CONFIG_KEYS, override_key
+    from gru_suite.config import MODEL_CONFIG_KEYS
+    from gru_suite.overrides import override_key
 
     fixed = set(MODEL_CONFIG_KEYS) - {"task"}
     for arg in sys.argv[1:]:
@@ -172,7 +173,8 @@ def _warn_undeclared_settings(cfg: Any) -> None:
 
     import yaml
 
-    from gru_suite.config import CONF_DIR, undeclared_run_settings, undeclared_settings
+    from gru_suite.config import CONF_DIR
+    from gru_suite.overrides import undeclared_run_settings, undeclared_settings
 
     hydra_cfg = HydraConfig.get()
     overrides = list(hydra_cfg.overrides.task)
@@ -305,7 +307,8 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
 
     from gru_suite import registry
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
-    from gru_suite.config import apply_overrides, check_run_settings
+    from gru_suite.config import check_run_settings
+    from gru_suite.overrides import apply_overrides
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")

@@ -37,12 +37,12 @@ from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     check_batch_limits,
     check_run_settings,
-    given_keys,
     instantiate,
     unused_backbone_settings,
 )
 from gru_suite.errors import UserError, user_error_in
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
+from gru_suite.overrides import given_keys
 from gru_suite.run_folder import set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
 

@@ -18,7 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
-from gru_suite.config import override_key
+from gru_suite.overrides import override_key
 
 log = logging.getLogger(__name__)
 

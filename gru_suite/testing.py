@@ -45,7 +45,8 @@ from torch import Tensor, nn
 from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
-from gru_suite.config import CONF_DIR, lacks, register_resolvers, unknown_group_option
+from gru_suite.config import CONF_DIR, lacks, register_resolvers
+from gru_suite.overrides import unknown_group_option
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
 from gru_suite.task import StepOutput, TaskPlugin

@@ -15,18 +15,15 @@ from gru_suite.config import (
     RUN_NUMBERS,
     RUN_REQUIRED,
     check_run_settings,
-    given_keys,
     lacks,
     raise_all,
-    undeclared_run_settings,
-    unknown_group_option,
-    undeclared_settings,
     unused_backbone_settings,
     wrong_numbers,
     wrong_switches,
     wrong_unset,
 )
 from gru_suite.errors import UserError
+from gru_suite.overrides import given_keys, undeclared_run_settings, undeclared_settings, unknown_group_option
 from gru_suite.registry import task_switches
 from gru_suite.task import TaskPlugin
 from gru_suite.testing import compose_train_config
