@@ -394,13 +394,17 @@ def test_a_word_against_the_label_is_shaded_in_its_own_colour() -> None:
     assert 'rgba(255, 170, 0, 0.50)" title="0.400">fun' in page
 
 
-def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "stsa.train"
     path.write_text("1 a fine film\n0 a weak plot\n\n10\n2 more\n", encoding="utf-8")
     with caplog.at_level(logging.WARNING):
         examples = read_labelled(path)
     assert [(e.label, e.text) for e in examples] == [("1", "a fine film"), ("0", "a weak plot"), ("2", "more")]
     assert f"{path}:3: empty text; skipped" in caplog.text and f"{path}:4: empty text; skipped" in caplog.text
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"1 a fine film\n0\n")))
+    assert [e.where for e in read_labelled("-")] == ["<stdin>:1"]  # stdin is named so (was "-:1")
+    assert "<stdin>:2: empty text; skipped" in caplog.text
     path.write_text("".join(f"{label} text number {i}\n" for i in range(10) for label in (10, 2, 0)))
     cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={path}", "task.data.val=null",
                                              "task.data.test=null", "task.data.val_fraction=0.2"], tmp_path)

@@ -68,9 +68,10 @@ def read_labelled(
     else:
         rows = read_table(path, [text_column, label_column], DELIMITERS[fmt], encoding_errors,
                           ("task.data.text_column", "task.data.label_column"))
-    skips, examples = Skips(str(path)), []
+    name = source_name(path)  # `<stdin>` for "-"
+    skips, examples = Skips(name), []
     for number, (text, label) in rows:
-        where = f"{path}:{number}"
+        where = f"{name}:{number}"
         if not text.strip():
             skips.add(where, "empty text")
         elif not label.strip():
@@ -79,7 +80,7 @@ def read_labelled(
             examples.append(Example(one_line(text), label.strip(), where))
     skips.report(len(examples))
     if not examples:
-        raise UserError(f"{path}: no labelled texts (expected {_expected(fmt, text_column, label_column)})")
+        raise UserError(f"{name}: no labelled texts (expected {_expected(fmt, text_column, label_column)})")
     return examples
 
 
