@@ -36,6 +36,7 @@ from gru_suite_plugins.speech.decode import (
     mean_emissions,
     GAP_FRAMES,
     prefix_beam_search,
+    recognize,
     recognize_words,
     sounding_frames,
     speech_stretches,
@@ -180,6 +181,9 @@ def test_long_audio_is_decoded_and_aligned_between_its_pauses() -> None:
     pieces = recognize_words(log_probs, 1, alphabet, frame_s=0.1, duration=8.9)
     assert pieces == whole and " ".join(w.word for w in pieces) == "ab ba ab ba ab ba abb a"
     assert (pieces[-2].start, pieces[-2].end) == (7.2, 8.7)  # "abb" from before the pause to after it
+    assert recognize(log_probs) == greedy(log_probs)  # the text the test metrics score is the transcript's
+    assert recognize(log_probs, 3) == [t for a, b in speech_stretches(log_probs)
+                                       for t in prefix_beam_search(log_probs[a:b], 3)]
     hour = probs(([rows[1]] * 2 + [rows[0]] * GAP_FRAMES + [rows[3]] + [rows[0]] * GAP_FRAMES) * 3000)
     words = recognize_words(hour, 4, alphabet, frame_s=0.03, duration=len(hour) * 0.03)  # 40 min, 3000 words
     assert len(words) == 3000 and words[-1].start == round((len(hour) - 2 * GAP_FRAMES - 3) * 0.03, 3)

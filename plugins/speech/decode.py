@@ -167,16 +167,27 @@ def align_words(log_probs: Tensor, tokens: list[int], vocab: Vocabulary, frame_s
     return timed_words(token_spans(log_probs, tokens), vocab, frame_s, duration, sound)
 
 
+def decode_stretches(log_probs: Tensor, beam_size: int = 1) -> list[tuple[int, int, list[int]]]:
+    """(first frame, end frame, tokens `decode`d) of each stretch of `log_probs` (T, V) between pauses
+    (`speech_stretches`)."""
+    return [(first, end, decode(log_probs[first:end], beam_size)) for first, end in speech_stretches(log_probs)]
+
+
+def recognize(log_probs: Tensor, beam_size: int = 1) -> list[int]:
+    """The tokens of an utterance's `log_probs` (T, V), decoded stretch by stretch as `recognize_words` times them
+    (greedy: the same as decoding the whole; a beam search sees one stretch at a time)."""
+    return [token for _, _, tokens in decode_stretches(log_probs, beam_size) for token in tokens]
+
+
 def recognize_words(log_probs: Tensor, beam_size: int, vocab: Vocabulary, frame_s: float, duration: float,
                     sound: Tensor | None = None) -> list[Word]:
-    """The timed words (`timed_words`) of an utterance's `log_probs` (T, V), decoded (`decode`) and aligned
-    stretch by stretch (`speech_stretches`), so that an hour of audio needs the memory of its longest stretch
-    between pauses, not of the whole (forced alignment's grows with frames x tokens)."""
+    """The timed words (`timed_words`) of an utterance's `log_probs` (T, V), decoded and aligned stretch by
+    stretch (`decode_stretches`), so that an hour of audio needs the memory of its longest stretch between
+    pauses, not of the whole (forced alignment's grows with frames x tokens)."""
     spans: list[TokenSpan] = []
-    for first, end in speech_stretches(log_probs):
-        piece = log_probs[first:end]
+    for first, end, tokens in decode_stretches(log_probs, beam_size):
         spans += [replace(s, start=s.start + first, end=s.end + first)
-                  for s in token_spans(piece, decode(piece, beam_size))]
+                  for s in token_spans(log_probs[first:end], tokens)]
     return timed_words(spans, vocab, frame_s, duration, sound)
 
 

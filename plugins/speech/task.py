@@ -24,8 +24,8 @@ from gru_suite_plugins.speech.audio import FeatureConfig, change_speed
 from gru_suite_plugins.speech.data import COLOUR_POINTS, AudioSet, Augment, Featurizer, SpeechData, TranscribedSet
 from gru_suite_plugins.speech.decode import (
     blank_frames,
-    decode,
     mean_emissions,
+    recognize,
     recognize_words,
     sounding_frames,
 )
@@ -424,7 +424,7 @@ class SpeechTask(TaskPlugin):
             return StepOutput(loss + speaker_loss, len(batch["texts"]), metrics)
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
-            hypotheses = [self.vocab.decode(decode(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
+            hypotheses = [self.vocab.decode(recognize(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
             self.scores.setdefault(stage, Scores()).update(batch["index"], hypotheses, batch["texts"])
         return StepOutput(loss, len(batch["texts"]))
 
