@@ -13,10 +13,11 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 from torch import nn
 from torchmetrics import Metric
 
+from gru_suite.backbone import GRUBackbone
 from gru_suite.distributed import gather_objects
 from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
@@ -56,6 +57,7 @@ class TaskModule(pl.LightningModule):
         self._train_loss_weight: float | torch.Tensor = 0  # a number unless a task weighs by tensors: no per-step op
         self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
         self._monitor = task.cfg.get("monitor")
+        self._backbone_checked = False
         self.gather_rng = False
         """Set by `RunFolderCheckpoint` while every process saves together: checkpoints then hold each process's
         generator states; other saves hold the saving process's alone."""
@@ -115,6 +117,19 @@ class TaskModule(pl.LightningModule):
             self.log("train/loss_step", out.loss, prog_bar=True)  # on the steps the logger writes (run-wide count)
         self._log_metrics(out, "train")
         return out.loss
+
+    def on_after_backward(self) -> None:
+        """After the run's first backward pass, a warning when no backbone got a gradient (its output detached, or
+        computed under torch.no_grad()): its weights would not train. Frozen on purpose (requires_grad off): none."""
+        if self._backbone_checked:
+            return
+        self._backbone_checked = True
+        trainable = [p for m in self.model.modules() if isinstance(m, GRUBackbone) for p in m.parameters()
+                     if p.requires_grad]
+        if trainable and all(p.grad is None for p in trainable):
+            _warn_on_rank_zero(f"task {self._task_name!r}: the first batch's loss gave the backbone no gradient, so "
+                               "its weights will not train (is its output detached, or computed under "
+                               "torch.no_grad()?)")
 
     def on_train_epoch_end(self) -> None:
         """Log the epoch's training loss, weighted by what each step weighed (samples, tokens, steps): under DDP
@@ -273,6 +288,11 @@ class TaskModule(pl.LightningModule):
             # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
             "rng": gather_objects(rng_states()) if self.gather_rng else [rng_states()],
         }
+
+
+@rank_zero_only
+def _warn_on_rank_zero(message: str) -> None:
+    log.warning(message)
 
 
 def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:

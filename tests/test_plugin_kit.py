@@ -4,6 +4,7 @@ the example third-party plugin trains through the real CLI."""
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 import shutil
@@ -306,6 +307,34 @@ def test_a_plugins_mistake_is_one_line_naming_it_before_or_at_the_first_batch(
     cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=1", "threads=1"], tmp_path)
     with pytest.raises(UserError, match=re.escape(message)):
         run.train(cfg)
+
+
+class NoGradBackboneTask(ForecastingTask):
+    """Runs its backbone under torch.no_grad(): only the head trains."""
+
+    def build_model(self, backbone: Any) -> Any:
+        model = super().build_model(backbone)
+        forward = model.backbone.forward
+
+        def without_gradient(*args: Any, **kwargs: Any) -> Any:
+            with torch.no_grad():
+                return forward(*args, **kwargs)
+
+        model.backbone.forward = without_gradient
+        return model
+
+
+@pytest.mark.parametrize("task_cls, warned", [(NoGradBackboneTask, True), (ForecastingTask, False)])
+def test_a_backbone_that_gets_no_gradient_is_a_warning(task_cls: type, warned: bool, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: task_cls)
+    cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=1", "threads=1",
+                                               "test_after_training=false", "predict_after_training=false"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        run.train(cfg)  # the head still trains, so the loss has a gradient: no error
+    message = "task 'forecasting': the first batch's loss gave the backbone no gradient, so its weights will not train"
+    assert (message in caplog.text) == warned
 
 
 class FakeInstall:
