@@ -199,13 +199,19 @@ def wrong_declarations(task_cls: type) -> list[str]:
     return wrong
 
 
-def name_list(value: Any, field: str) -> list[str]:
-    """A setting of one name (a column, a file) or a list of them, as a list of names each given once; None or
-    empty is an empty list. Anything else is a `UserError` naming `field`."""
-    if value is None or (isinstance(value, str) and not value.strip()):  # `key=` on the command line: none
+def as_list(value: Any) -> list[Any]:
+    """A setting that takes one value or a list of them, as a list: None, or an empty `key=` from the command line,
+    is an empty one."""
+    if value is None or (isinstance(value, str) and not value.strip()):
         return []
     listed = isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping))
-    names = list(value) if listed else [value]
+    return list(value) if listed else [value]
+
+
+def name_list(value: Any, field: str) -> list[str]:
+    """A setting of one name (a column, a file) or a list of them (`as_list`), as a list of names each given once.
+    Anything else is a `UserError` naming `field`."""
+    names = as_list(value)
     if not all(isinstance(name, (str, int)) and not isinstance(name, bool) and str(name) for name in names):
         raise UserError(f"{field}: expected a name or a list of names, got {value!r}")
     names = [str(name) for name in names]

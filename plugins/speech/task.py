@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
-from gru_suite.config import config_number
+from gru_suite.config import as_list, config_number
 from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import TOKENIZER_KINDS
@@ -272,10 +272,7 @@ class SpeechTask(TaskPlugin):
     @staticmethod
     def _speeds(value: Any) -> list[float]:
         """The factors of `augment.speeds` (a list, or one number), each positive."""
-        if value is None:
-            return []
-        factors = list(value) if isinstance(value, Iterable) and not isinstance(value, (str, Mapping)) else [value]
-        speeds = [config_number(f, "task.augment.speeds") for f in factors]
+        speeds = [config_number(f, "task.augment.speeds") for f in as_list(value)]
         if any(speed <= 0 for speed in speeds):
             raise UserError(f"task.augment.speeds must be positive factors, got {speeds}")
         return speeds
