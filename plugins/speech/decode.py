@@ -10,8 +10,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from itertools import pairwise
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 
 import torch
 import torchaudio
@@ -175,7 +175,9 @@ def decode_stretches(log_probs: Tensor, beam_size: int = 1) -> list[tuple[int, i
 
 def recognize(log_probs: Tensor, beam_size: int = 1) -> list[int]:
     """The tokens of an utterance's `log_probs` (T, V), decoded stretch by stretch as `recognize_words` times them
-    (greedy: the same as decoding the whole; a beam search sees one stretch at a time)."""
+    (greedy: the same as decoding the whole, so it does; a beam search sees one stretch at a time)."""
+    if beam_size <= 1:
+        return greedy(log_probs)
     return [token for _, _, tokens in decode_stretches(log_probs, beam_size) for token in tokens]
 
 
