@@ -46,9 +46,9 @@ from gru_suite import registry, run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import CONF_DIR, lacks, register_resolvers
-from gru_suite.overrides import unknown_group_option
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
+from gru_suite.overrides import unknown_group_option
 from gru_suite.task import StepOutput, TaskPlugin
 
 OVERFIT_STEPS = 200
@@ -108,8 +108,9 @@ def _check(task: str, overrides: list[str], root: Path) -> None:
 
 def _check_contract(task: str, overrides: list[str], root: Path) -> None:
     with _contract(task, "installation"):
-        task_cls = registry.get_task(task).load()  # a TaskPlugin subclass, or a UserError saying what it is
-        if (elsewhere := imported_copy_elsewhere(registry.get_task(task))) is not None:
+        entry = registry.get_task(task)
+        task_cls = entry.load()  # a TaskPlugin subclass, or a UserError saying what it is
+        if (elsewhere := imported_copy_elsewhere(entry)) is not None:
             warnings.warn(elsewhere, stacklevel=2)
         _check_task_config_file(task)
     with _contract(task, "config composition"):
