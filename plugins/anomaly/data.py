@@ -241,20 +241,19 @@ def _label_windows(file: Path, frame: pd.DataFrame, label_column: str, rows: np.
     """The anomaly windows of a 0/1 label column of `file` (read into `frame`) over its data `rows` that the series
     holds (None: all, in file order); a UserError naming the line of any value other than 0 or 1 there."""
     rows = np.arange(len(frame)) if rows is None else rows
-    column = frame[label_column].iloc[rows]
-    labels = pd.to_numeric(column, errors="coerce").to_numpy()
+    every_label = pd.to_numeric(frame[label_column], errors="coerce").to_numpy()  # parsed once, all rows
+    labels = every_label[rows]
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         row = int(np.argmax(bad))
-        value = column.iloc[row]
+        value = frame[label_column].iloc[rows[row]]
         got = "a missing value" if pd.isna(value) else repr(str(value))
         raise UserError(f"{file}, line {data_line(file, int(rows[row]))}, column {label_column!r}: expected a label "
                         f"of 0 or 1, got {got}")
     if len(rows) < len(frame):  # rows left out (task.data.missing=skip): a window may have lost every row
         kept = np.zeros(len(frame), dtype=bool)
         kept[rows] = True
-        everywhere = pd.to_numeric(frame[label_column], errors="coerce").to_numpy() == 1
-        if lost := sum(not kept[a : b + 1].any() for a, b in windows_from_labels(everywhere)):
+        if lost := sum(not kept[a : b + 1].any() for a, b in windows_from_labels(every_label == 1)):
             log.warning("%s: %d labelled window(s) lie wholly in rows skipped for a missing value: left out of the "
                         "scores", file, lost)
     return windows_from_labels(labels == 1)
