@@ -104,6 +104,18 @@ def test_nabs_published_per_file_scores_give_nabs_published_corpus_figures():
     assert anomaly.published_detectors(["grp/other.csv"], whole)["ARTime"]["standard"]["all"] is None
 
 
+def test_the_label_tuned_threshold_counts_the_rows_the_range_check_flags_at_every_threshold():
+    import numpy as np
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import anomaly
+
+    score = np.zeros(400)
+    score[200] = np.inf  # a range-check flag outside the window: a false positive whatever the threshold
+    tuned = anomaly.tune_threshold({"s.csv": score}, {"s.csv": [(300, 320)]}, "standard")
+    assert tuned["threshold"] == np.inf and tuned["flags"]["s.csv"].tolist() == (score == np.inf).tolist()
+
+
 def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_path):
     import random
 
