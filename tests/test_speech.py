@@ -987,6 +987,28 @@ def test_test_transcripts_outside_the_vocabulary_are_scored_as_written(tmp_path:
     assert "test.jsonl: 1 test utterance(s) have" in caplog.text and "scored as written" in caplog.text
 
 
+def test_test_audio_too_short_for_its_transcript_is_scored_and_left_out_of_the_loss(tmp_path: Path, caplog) -> None:
+    write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
+    long_text = " ".join(["seven"] * 30)  # more characters than the clip has output frames
+    manifest = tmp_path / "test.jsonl"
+    manifest.write_text("\n".join(json.dumps({"audio_filepath": "a.wav", "text": t}) for t in ["one", long_text]) + "\n")
+    cfg = compose_train_config("speech", [f"task.data.test={manifest}", *TINY], tmp_path / "run")
+    task = run.build_task(cfg.task)
+    with caplog.at_level(logging.WARNING):
+        test = task.datamodule().dataset("test")
+    assert test.texts == ["one", long_text] and test.in_loss.tolist() == [True, False]
+    assert "test.jsonl: 1 test utterance(s) are too short for their CTC tokens" in caplog.text
+    model = run.build_module(cfg, task).model.eval()
+    with torch.no_grad():
+        both = task.step(model, test.__getitems__([0, 1]), "test")
+        alone = task.step(model, test.__getitems__([0]), "test")
+    assert both.loss.item() == pytest.approx(alone.loss.item()) and int(both.loss_weight) == 1
+    assert task.scores["test"].pairs.keys() == {0, 1}  # the short one counts in WER/CER as the model's error
+    manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": long_text}) + "\n")
+    with pytest.raises(UserError, match="no usable test utterances"):
+        run.build_task(cfg.task).datamodule().dataset("test")
+
+
 def test_skipped_utterances_are_named_five_then_counted(tmp_path: Path, caplog) -> None:
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     manifest = tmp_path / "train.jsonl"

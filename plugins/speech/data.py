@@ -170,16 +170,18 @@ def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 class TranscribedSet(Dataset):
     """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
-    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given).
+    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given),
+    `in_loss` (B,) (False for an utterance too short for its CTC tokens: scored, but no loss can be computed).
     Log-mels are computed once; `augment` applies per draw, with each utterance's room-tone frames `tones`
     (for `Augment.lead`) when given."""
 
     def __init__(self, raw: list[Tensor], targets: list[list[int]], texts: list[str], featurizer: Featurizer,
                  augment: Augment | None = None, tones: list[Tensor] | None = None,
-                 speakers: list[int] | None = None) -> None:
+                 speakers: list[int] | None = None, in_loss: list[bool] | None = None) -> None:
         self.raw = raw
         self.tones = tones
         self.speakers = torch.tensor(speakers if speakers is not None else [-1] * len(raw))
+        self.in_loss = torch.tensor(in_loss if in_loss is not None else [True] * len(raw))
         self.targets = targets
         self.texts = texts
         self.featurizer = featurizer
@@ -200,7 +202,7 @@ class TranscribedSet(Dataset):
         targets, target_lengths = pad_ids([self.targets[i] for i in indices])
         return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": target_lengths,
                 "texts": [self.texts[i] for i in indices], "index": list(indices),
-                "speakers": self.speakers[list(indices)]}
+                "speakers": self.speakers[list(indices)], "in_loss": self.in_loss[list(indices)]}
 
 
 class AudioSet(Dataset):

@@ -288,9 +288,10 @@ class SpeechTask(TaskPlugin):
         """A split's transcribed utterances, featurised (by default with the state's
         normalisation); with `augment` (training), plus their speed-perturbed copies, and with
         `augment.leading_silence_s`, each one's room tone (drawn once, seeded) for `Augment.lead`. Training
-        skips a transcript the vocabulary cannot write; validation and test score it as written."""
+        skips a transcript the vocabulary cannot write and audio too short for its CTC tokens; validation and
+        test score both as written (the latter left out of the loss, which cannot be computed for it)."""
         featurizer = featurizer or self.featurizer()
-        raw, targets, texts, tones, speakers = [], [], [], [], []
+        raw, targets, texts, tones, speakers, in_loss, too_short = [], [], [], [], [], [], []
         speaker_index = {name: i for i, name in enumerate(self.state.get("speakers") or [])}
         silence_s = (self.cfg.augment.get("leading_silence_s") or 0.0) if augment else 0.0
         rng = np.random.default_rng(0)
@@ -309,9 +310,13 @@ class SpeechTask(TaskPlugin):
             frames = featurizer.speech(u.samples)[0]
             ids = self.vocab.encode(without(text, unknown, kind))  # the loss's target; the metrics see `text`
             needed = len(ids) + sum(a == b for a, b in zip(ids, ids[1:]))
-            if len(frames) // int(self.cfg.model.subsample) < needed:
+            short = len(frames) // int(self.cfg.model.subsample) < needed
+            if short and name == "train":
                 skips.add(u.where, f"{u.seconds:.2f} s of audio is too short for the {len(ids)} CTC tokens of {text!r}")
                 continue
+            if short:
+                too_short.append(f"{u.where} ({u.seconds:.2f} s, {len(ids)} tokens)")
+            in_loss.append(not short)
             if unknown:
                 scored_unknown.append(f"{u.where} {unknown}")
             raw.append(frames)
@@ -325,9 +330,14 @@ class SpeechTask(TaskPlugin):
             log.warning("%s: %d %s utterance(s) have %s outside the vocabulary, which the model cannot write; they "
                         "are scored as written (first: %s)", skips.source, len(scored_unknown), name, kind,
                         scored_unknown[0])
-        if not raw:
+        if too_short:
+            log.warning("%s: %d %s utterance(s) are too short for their CTC tokens, so the model cannot write them; "
+                        "they are scored as written and left out of the loss (first: %s)", skips.source,
+                        len(too_short), name, too_short[0])
+        if not any(in_loss):
             raise UserError(f"{skips.source}: no usable {name} utterances (see the warnings above)")
-        return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None, speakers)
+        return TranscribedSet(raw, targets, texts, featurizer, augment, tones if silence_s else None, speakers,
+                              in_loss)
 
     def _fit_normalizer(self, train: TranscribedSet) -> None:
         frames = train.featurizer.model_features(torch.cat(train.raw))
@@ -411,8 +421,13 @@ class SpeechTask(TaskPlugin):
     def step(self, model: SpeechModel, batch: dict, stage: Stage) -> StepOutput:
         hidden, out_lengths, _ = model.encode(batch["features"], batch["lengths"])
         log_probs = model.emit(hidden)
-        loss = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
-                          blank=0, zero_infinity=True)
+        losses = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
+                            blank=0, reduction="none", zero_infinity=True) / batch["target_lengths"].clamp(min=1)
+        if stage == "train":  # every training utterance is long enough for its tokens (the others are skipped)
+            loss = losses.mean()
+        else:
+            in_loss = batch["in_loss"]
+            loss = (losses * in_loss).sum() / in_loss.sum().clamp(min=1)
         if stage == "train" and model.adversary is not None and model.adversary.scale > 0:
             speaker_loss, speaker_accuracy = model.adversary(hidden, out_lengths, batch["speakers"])
             metrics = {"ctc_loss": loss.detach()}
@@ -423,6 +438,7 @@ class SpeechTask(TaskPlugin):
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
             hypotheses = [self.vocab.decode(recognize(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
             self.scores.setdefault(stage, Scores()).update(batch["index"], hypotheses, batch["texts"])
+            return StepOutput(loss, len(batch["texts"]), loss_weight=batch["in_loss"].sum())
         return StepOutput(loss, len(batch["texts"]))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
