@@ -991,7 +991,8 @@ def test_test_audio_too_short_for_its_transcript_is_scored_and_left_out_of_the_l
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     long_text = " ".join(["seven"] * 30)  # more characters than the clip has output frames
     manifest = tmp_path / "test.jsonl"
-    manifest.write_text("\n".join(json.dumps({"audio_filepath": "a.wav", "text": t}) for t in ["one", long_text]) + "\n")
+    lines = [json.dumps({"audio_filepath": "a.wav", "text": text}) for text in ["one", long_text]]
+    manifest.write_text("\n".join(lines) + "\n")
     cfg = compose_train_config("speech", [f"task.data.test={manifest}", *TINY], tmp_path / "run")
     task = run.build_task(cfg.task)
     with caplog.at_level(logging.WARNING):
