@@ -11,7 +11,8 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.callbacks import EarlyStopping, EMAWeightAveraging, ModelCheckpoint
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -53,6 +54,24 @@ class EpochThroughput(pl.Callback):
         samples = getattr(pl_module, "samples_seen", 0) - self._samples
         pl_module.log("train/epoch_time_s", elapsed, sync_dist=True)
         pl_module.log("train/samples_per_s", samples / max(elapsed, 1e-9), reduce_fx="sum", sync_dist=True)
+
+
+class PatientEarlyStopping(EarlyStopping):
+    """Lightning's `EarlyStopping` that keeps this run's `patience` when resuming (Lightning takes the checkpoint's,
+    silently), as the suite keeps a run's optimizer and schedule settings: a run that early stopping ended, resumed
+    with a patience above its count of epochs without improvement, trains on."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        patience = self.patience
+        super().load_state_dict(state_dict)
+        if patience == self.patience:
+            return
+        log.info("early stopping: patience %d (the checkpoint's was %d), %d epoch(s) without improvement so far",
+                 patience, self.patience, self.wait_count)
+        self.patience = patience
+        if self.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED and self.wait_count < patience:
+            self.stopping_reason, self.stopping_reason_message = EarlyStoppingReason.NOT_STOPPED, None
+            self.stopped_epoch = 0
 
 
 class EMAWeights(EMAWeightAveraging):

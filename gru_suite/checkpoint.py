@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ def _damaged_entry(path: Path) -> str | None:
 def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
     """The model-defining config (task, backbone, optimizer, scheduler) of a read checkpoint."""
     return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
+
+
+def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, stored_task: DictConfig) -> list[str]:
+    """The keys of `trained_settings` (a task's `TaskPlugin.trained_settings`, e.g. its tokenizer's) whose value in
+    `task_cfg` differs from the checkpoint's `stored_task`: the checkpoint's state holds what training made of them."""
+    return [key for key in trained_settings
+            if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored_task, key, default=None)]
 
 
 def check_same_model(state: dict[str, Any], module: TaskModule, source: str) -> None:

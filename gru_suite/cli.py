@@ -303,10 +303,9 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     first model, the run's wrong settings (the core's, the command's `numbers` and the task's) are named at once
     before it is built, and overrides of settings training fixed (`TaskPlugin.trained_settings`) in a warning."""
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
 
     from gru_suite import registry
-    from gru_suite.checkpoint import read_checkpoint, restore, stored_config
+    from gru_suite.checkpoint import fixed_by_training, read_checkpoint, restore, stored_config
     from gru_suite.config import check_run_settings
     from gru_suite.overrides import apply_overrides
 
@@ -324,10 +323,9 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
         check_run_settings(cfg, numbers, task=task_cls.wrong_settings(task_cfg))
-    if ignored := [f"task.{key}" for key in task_cls.trained_settings  # the state holds the trained ones
-                   if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored.task, key)]:
+    if ignored := fixed_by_training(task_cls.trained_settings, task_cfg, stored.task):
         logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
-                                               "the override(s)", path, ", ".join(ignored))
+                                               "the override(s)", path, ", ".join(f"task.{key}" for key in ignored))
     return restore(checkpoint, task_cfg, str(path))
 
 

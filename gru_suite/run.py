@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import re
+import shutil
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -29,10 +30,10 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.artifacts import write_artifacts
-from gru_suite.atomic import write_text
+from gru_suite.atomic import atomic_path, write_text
 from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import check_same_model, read_checkpoint, stored_config
+from gru_suite.checkpoint import check_same_model, fixed_by_training, read_checkpoint, stored_config
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     check_batch_limits,
@@ -227,10 +228,54 @@ def keep_earlier_metrics(loggers: list[Any]) -> None:
             _ = logger.experiment
 
 
-def _resumed_run_metrics(out_dir: Path) -> dict[str, float]:
-    """The `metrics.json` in `out_dir` of the run that a run resumed there and did not train further (ended by its
-    epochs or early stopping): it logs no train/val values, and keeps the last epoch's this way."""
-    path = out_dir / "metrics.json"
+def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> None:
+    """`trainer.max_epochs` must not be below the epochs the checkpoint has trained (Lightning checks a looser
+    bound, later, with a traceback, after the run folder has been tidied for the run)."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    trained = progress.get("processed", checkpoint.get("epoch", 0))
+    if max_epochs not in (None, -1) and trained > max_epochs:
+        raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: trainer.max_epochs={max_epochs} is below "
+                        f"that; give at least {trained} (exactly {trained} trains no further)")
+
+
+def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:
+    """Settings training fixed (`TaskPlugin.trained_settings`: a tokenizer's, a grid's) that differ from the
+    checkpoint's take the checkpoint's values, with a warning: its state (vocabulary, grid) holds what training made
+    of them, and the run's checkpoints then record the settings that made it."""
+    trained = registry.get_task(cfg.task.name).load().trained_settings
+    if ignored := fixed_by_training(trained, cfg.task, stored_task):
+        warn_on_rank_zero(f"ckpt_path {ckpt_path}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: "
+                          "the checkpoint's settings are used, not this run's")
+        for key in ignored:
+            OmegaConf.update(cfg.task, key, OmegaConf.select(stored_task, key), merge=False)
+
+
+def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str, out_dir: Path) -> None:
+    """A resumed run that trained nothing (its epochs were done) into a folder without a `last.ckpt` gets a copy of
+    the checkpoint it resumed from there, so that a later `ckpt_path=last` in that folder resumes it too."""
+    callback = trainer.checkpoint_callback
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if callback is None or not callback.save_last or last.exists() or Path(ckpt_path).resolve() == last.resolve():
+        return
+    last.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(last) as tmp:
+        shutil.copyfile(ckpt_path, tmp)
+    log.info("%s: the checkpoint this run resumed from, which it trained no further", last)
+
+
+@rank_zero_only
+def keep_earlier_artifacts(folder: Path) -> None:
+    """Artifacts an earlier run left in `folder` (the run resumed here, or stopped while writing them) move to
+    `<folder>.N/`, so that the folder never mixes two models' files."""
+    if folder.is_dir() and any(folder.iterdir()):
+        log.info("kept the earlier run's %s as %s", folder, set_aside(folder).name)
+
+
+def _resumed_run_metrics(run_dir: Path) -> dict[str, float]:
+    """The `metrics.json` in `run_dir` of the run that a resumed run that did not train further (ended by its epochs
+    or early stopping) resumed: it logs no train/val values, and keeps that run's last epoch's this way."""
+    path = run_dir / "metrics.json"
     if not path.is_file():
         return {}
     try:
@@ -293,6 +338,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = read_checkpoint(ckpt_path)
         if (task_name := stored_config(checkpoint).task.name) != cfg.task.name:
             raise UserError(f"ckpt_path {ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
+        check_epochs_left(checkpoint, cfg, ckpt_path)
+        keep_trained_settings(stored_config(checkpoint).task, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         resumed_step = checkpoint.get("global_step")
         del checkpoint
@@ -315,8 +362,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
-    trained_none = resumed_step is not None and trainer.global_step == resumed_step and resumes_in_own_folder(cfg)
-    metrics = {**(_resumed_run_metrics(out_dir) if trained_none else {}),
+    trained_none = resumed_step is not None and trainer.global_step == resumed_step
+    if trained_none and trainer.is_global_zero:
+        keep_resumed_as_last(trainer, ckpt_path, out_dir)
+    metrics = {**(_resumed_run_metrics(Path(ckpt_path).resolve().parents[1]) if trained_none else {}),
                **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
@@ -333,6 +382,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 chosen = "best" if trainer.checkpoint_callback.monitor else "last epoch's"
                 log.info("%s checkpoint: %s", chosen, best)
         if cfg.get("predict_after_training") and trainer.world_size == 1 and not trainer.fast_dev_run:
+            keep_earlier_artifacts(out_dir / "predictions")
             if not write_artifacts(trainer, module, datamodule, out_dir / "predictions", ckpt_path=best or None):
                 log.warning("task %r wrote no artifacts: write_predictions returned no paths", cfg.task.name)
         elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:

@@ -490,6 +490,44 @@ def test_a_run_that_early_stopping_ended_trains_no_further_when_resumed(tmp_path
     assert [kept[key] for key in ("train/loss", "val/loss")] == [metrics[key] for key in ("train/loss", "val/loss")]
 
 
+def test_a_resumed_run_takes_this_runs_early_stopping_patience(tmp_path):
+    stopping = ["callbacks=early_stopping", "optimizer.lr=0", "threads=1", "test_after_training=false",
+                "predict_after_training=false", "trainer.max_epochs=6"]  # no change: one epoch more each time
+    run.train(compose_train_config("forecasting", [*TINY, *stopping, "callbacks.early_stopping.patience=1"], tmp_path))
+    run.train(compose_train_config("forecasting", [*TINY, *stopping, "callbacks.early_stopping.patience=3",
+                                                   "ckpt_path=last"], tmp_path))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    state = next(value for key, value in checkpoint["callbacks"].items() if key.startswith("PatientEarlyStopping"))
+    assert checkpoint["epoch"] == 3 and state["patience"] == 3 and state["wait_count"] == 3  # stopped at 3, not 1
+
+
+def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_error(trained_run, tmp_path):
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    before = sorted(path.name for path in copy.iterdir())
+    with pytest.raises(UserError, match=r"has trained 2 epochs: trainer.max_epochs=1 is below that; give at least 2"):
+        run.train(compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "ckpt_path=last"], copy))
+    assert sorted(path.name for path in copy.iterdir()) == before  # nothing moved aside (metrics.csv stays)
+
+
+def test_a_resumed_run_moves_the_artifacts_it_replaces_aside(trained_run, tmp_path):
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    run.train(compose_train_config("forecasting", [*TINY, "threads=1", "trainer.max_epochs=3", "ckpt_path=last"], copy))
+    earlier, now = copy / "predictions.1" / "forecast.csv", copy / "predictions" / "forecast.csv"
+    assert earlier.read_text() == (trained_run / "predictions" / "forecast.csv").read_text() != now.read_text()
+
+
+def test_a_finished_run_resumed_into_a_new_folder_can_be_resumed_there_again(trained_run, tmp_path):
+    quiet = [*TINY, "test_after_training=false", "predict_after_training=false", "threads=1"]
+    source = trained_run / "checkpoints" / "last.ckpt"
+    metrics = run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={source}"],
+                                             tmp_path))
+    assert metrics["train/loss"] == json.loads((trained_run / "metrics.json").read_text())["train/loss"]
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == torch.load(source, weights_only=False)["global_step"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
+    assert torch.load(last, weights_only=False)["epoch"] == 2 and not (tmp_path / "checkpoints.1").exists()
+
+
 def test_a_resumed_run_trains_on_as_if_it_had_never_stopped(tmp_path):
     dropout = ["backbone.num_layers=2", "backbone.dropout=0.5"]  # masks drawn from the generator the batches use
     resumed, uninterrupted = resumed_and_uninterrupted("forecasting", [*TINY, *dropout], tmp_path)

@@ -709,7 +709,7 @@ def test_a_resumed_run_draws_the_length_buckets_of_a_run_never_stopped(tmp_path:
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
 
 
-def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp_path: Path) -> None:
+def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp_path: Path, caplog) -> None:
     quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false",
              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
     train = write_csv(tmp_path / "a.csv", separable(64, seed=0))
@@ -721,10 +721,15 @@ def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp
     before = torch.load(last, weights_only=False)["gru_suite"]["task_state"]
     other = write_csv(tmp_path / "b.csv", [(f"{text} nothing else matters here", label)
                                            for text, label in separable(64, seed=2)])  # new words
-    run.train(compose_train_config("sentiment", [*quiet, *data, f"task.data.train={other}", "trainer.max_epochs=2",
-                                                 f"ckpt_path={last}"], tmp_path / "run"))
+    trained_tokenizer = dict(torch.load(last, weights_only=False)["gru_suite"]["config"]["task"]["tokenizer"])
+    with caplog.at_level(logging.WARNING):
+        run.train(compose_train_config("sentiment", [*quiet, *data, f"task.data.train={other}", "trainer.max_epochs=2",
+                                                     "task.tokenizer.vocab_size=50", f"ckpt_path={last}"],
+                                       tmp_path / "run"))
     after = torch.load(last, weights_only=False)
     assert after["epoch"] >= 1 and after["gru_suite"]["task_state"] == before  # token ids still mean their words
+    assert "task.tokenizer fixed by training: the checkpoint's settings are used, not this run's" in caplog.text
+    assert dict(after["gru_suite"]["config"]["task"]["tokenizer"]) == trained_tokenizer  # what made the vocabulary
 
 
 def test_gate_plots_name_the_text_and_label_its_tokens(trained, tmp_path: Path, monkeypatch) -> None:
