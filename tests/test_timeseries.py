@@ -349,6 +349,30 @@ def test_the_forecasting_task_reads_a_unix_time_column_in_its_time_unit(tmp_path
     assert task.datamodule().series.timestamps[0] == pd.Timestamp("2023-11-14 22:13:20", tz="UTC")
 
 
+def test_the_forecasting_scaler_is_fitted_on_the_training_rows_only(tmp_path):
+    levels = [10.0] * 70 + [1000.0] * 30  # the validation and test rows lie far from the training rows
+    path = write(tmp_path, "timestamp,load\n" + "".join(f"{1_700_000_000 + 3600 * i},{v + i % 3}\n"
+                                                        for i, v in enumerate(levels)))
+    overrides = [f"task.data.path={path}", "task.data.targets=[load]", "task.data.features=null",
+                 "task.data.time_unit=s", "task.data.lookback=8", "task.data.horizon=2", "task.data.split=[70,15,15]"]
+    task = run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task)
+    task.datamodule()
+    train = np.array([v + i % 3 for i, v in enumerate(levels[:70])])
+    assert task.scaler.mean.tolist() == pytest.approx([train.mean()])
+    assert task.scaler.std.tolist() == pytest.approx([train.std()])
+
+
+def test_the_baselines_forecast_the_last_value_and_repeat_the_last_season(tmp_path):
+    path = write(tmp_path, "timestamp,load\n" + "".join(f"{1_700_000_000 + 3600 * i},{i}\n" for i in range(60)))
+    overrides = [f"task.data.path={path}", "task.data.targets=[load]", "task.data.features=null",
+                 "task.data.time_unit=s", "task.data.lookback=8", "task.data.horizon=5", "task.data.season=3"]
+    task = run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task)
+    task.datamodule()
+    x = torch.arange(8, dtype=torch.float32).view(1, 8, 1)
+    assert task._naive(x).flatten().tolist() == [7, 7, 7, 7, 7]
+    assert task._seasonal_naive(x).flatten().tolist() == [5, 6, 7, 5, 6]
+
+
 def test_a_window_running_past_the_end_keeps_the_targets_that_exist():
     values = torch.arange(60, dtype=torch.float32)[:, None]
     windows = WindowDataset(values, lookback=8, horizon=4, target_columns=[0], origins=range(55, 61))
