@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import TINY, resumed_and_uninterrupted, run_cli
 
 from gru_suite import artifacts, cli, module, registry, run
-from gru_suite.atomic import write_text
+from gru_suite.atomic import atomic_path, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint, read_checkpoint
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
@@ -386,6 +386,14 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     path = write_text(tmp_path / "report.csv", "a,b\n")
     assert path.read_text() == "a,b\n"
     assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
+
+
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
+    path = write_text(tmp_path / "report.csv", "old\n")
+    with pytest.raises(RuntimeError, match="disk full"), atomic_path(path) as tmp:
+        tmp.write_text("half a new re")
+        raise RuntimeError("disk full")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["report.csv"]
 
 
 def test_a_preset_of_another_task_is_refused_not_merged_into_the_chosen_one():
