@@ -242,11 +242,12 @@ def test_task_trains_and_predict_writes_midi_like_the_data(
         assert 0.25 < roll.sum(1).mean() / data.sum(1).mean() < 4
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     other_grid = run_cli("gru-suite-predict", "task=music", f"ckpt_path={ckpt}", "task.data.steps_per_beat=1",
-                         "task.generate.pieces=1", f"hydra.run.dir={tmp_path / 'grid'}")
+                         "task.generate.pieces=1", "task.generate.program=19", f"hydra.run.dir={tmp_path / 'grid'}")
     assert other_grid.returncode == 0, other_grid.stderr[-2000:]
     assert (f"{ckpt}: task.data.steps_per_beat fixed by training: the checkpoint's settings are used, not the "
             "override(s)") in other_grid.stdout + other_grid.stderr  # was silently ignored
-    assert midi_to_roll(pretty_midi.PrettyMIDI(str(tmp_path / "grid" / "piece_000.mid")), 2).shape[0] == 16
+    organ = pretty_midi.PrettyMIDI(str(tmp_path / "grid" / "piece_000.mid"))
+    assert midi_to_roll(organ, 2).shape[0] == 16 and [i.program for i in organ.instruments] == [19]  # church organ
 
 
 def test_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:
