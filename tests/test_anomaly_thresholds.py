@@ -250,3 +250,11 @@ def test_range_check_multivariate_run_equals_step_and_ignores_flat_columns():
 def test_range_check_bad_tolerance():
     with pytest.raises(ValueError, match="tolerance"):
         RangeCheck(-0.1)
+
+
+def test_a_score_is_judged_against_the_averages_before_it_not_with_it():
+    likelihood = AnomalyLikelihood(learning_period=0, estimation_samples=4, historic_window=4, averaging_window=1,
+                                   suppress_repeats=False)
+    assert likelihood.transform([1.0, 2.0, 3.0, 4.0]).tolist() == [0.5] * 4  # the estimation samples
+    z = (5.0 - 2.5) / math.sqrt(1.25)  # against the mean and variance of 1, 2, 3 and 4
+    assert likelihood.update(5.0) == pytest.approx(1 - 0.5 * math.erfc(z / math.sqrt(2)))
