@@ -138,6 +138,19 @@ def test_prefix_beam_search_sums_paths_that_greedy_misses() -> None:
     assert prefix_beam_search(frames, beam_size=1) == []  # a one-prefix beam keeps the likelier first frame
 
 
+def test_an_unpruned_prefix_beam_finds_the_label_sequence_all_paths_make_likeliest() -> None:
+    import itertools
+
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        log_probs = torch.randn(5, 3, generator=generator).log_softmax(-1)  # blank and two tokens, 5 frames
+        totals: dict[tuple[int, ...], float] = {}
+        for path in itertools.product(range(3), repeat=5):  # every alignment, collapsed as CTC does
+            labels = tuple(int(t) for t in torch.unique_consecutive(torch.tensor(path)) if t != 0)
+            totals[labels] = totals.get(labels, 0.0) + math.exp(sum(log_probs[i, t].item() for i, t in enumerate(path)))
+        assert prefix_beam_search(log_probs, beam_size=64) == list(max(totals, key=totals.get))
+
+
 def test_beam_search_equals_greedy_on_confident_frames() -> None:
     frames = [[0.05, 0.9, 0.05], [0.9, 0.05, 0.05], [0.05, 0.9, 0.05], [0.05, 0.05, 0.9]]
     assert prefix_beam_search(probs(frames), beam_size=8) == greedy(probs(frames)) == [1, 1, 2]
