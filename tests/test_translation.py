@@ -73,7 +73,8 @@ def test_a_lowercasing_tokenizer_is_scored_case_insensitively(bundled: Path, tmp
         cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY,
                                                    f"task.tokenizer.lowercase={lowercase}"], tmp_path)
         task = TranslationTask(cfg.task)
-        task.datamodule()
+        references = task.datamodule().dataset("val").references  # scored as written, not as tokenized
+        assert references == (bundled / f"val.{cfg.task.data.target}").read_text(encoding="utf-8").splitlines()
         reference = "Some green old women know a green farmer."
         hypothesis = task.detokenize(task.target_tokenizer(reference, add_special_tokens=False)["input_ids"])
         assert task.lowercase == lowercase and (hypothesis == reference) != lowercase
