@@ -251,6 +251,20 @@ def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: s
             OmegaConf.update(cfg.task, key, OmegaConf.select(stored_task, key), merge=False)
 
 
+def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> bool:
+    """Whether `task.monitor` (or its mode) differs from the one that chose the checkpoint's best, said in a warning:
+    Lightning then forgets the best checkpoint (its state is kept by monitor), so the best is chosen afresh among
+    this run's epochs."""
+    before = (stored_task.get("monitor"), stored_task.get("monitor_mode"))
+    now = (cfg.task.get("monitor"), cfg.task.get("monitor_mode"))
+    if before != now and None not in before:
+        warn_on_rank_zero(f"ckpt_path {ckpt_path} chose its best checkpoint by {before[0]} ({before[1]}), this run by "
+                          f"{now[0]} ({now[1]}): the best is chosen afresh among this run's epochs, and the earlier "
+                          "best-*.ckpt stays beside them, untracked")
+        return True
+    return False
+
+
 def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str, out_dir: Path) -> None:
     """A resumed run that trained nothing (its epochs were done) into a folder without a `last.ckpt` gets a copy of
     the checkpoint it resumed from there, so that a later `ckpt_path=last` in that folder resumes it too."""
@@ -332,14 +346,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if cfg.trainer.get(limit) == 0:
             warn_on_rank_zero(f"trainer.{limit}=0: nothing is trained; the test metrics and artifacts are those of the "
                               "untrained (or resumed) model")
-    resumed, task_state, resumed_step = None, None, None
+    resumed, task_state, resumed_step, monitor_changed = None, None, None, False
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
         checkpoint = read_checkpoint(ckpt_path)
-        if (task_name := stored_config(checkpoint).task.name) != cfg.task.name:
-            raise UserError(f"ckpt_path {ckpt_path} holds a model of task {task_name!r}, not task={cfg.task.name}")
+        if (stored := stored_config(checkpoint).task).name != cfg.task.name:
+            raise UserError(f"ckpt_path {ckpt_path} holds a model of task {stored.name!r}, not task={cfg.task.name}")
         check_epochs_left(checkpoint, cfg, ckpt_path)
-        keep_trained_settings(stored_config(checkpoint).task, cfg, ckpt_path)
+        keep_trained_settings(stored, cfg, ckpt_path)
+        monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         resumed_step = checkpoint.get("global_step")
         del checkpoint
@@ -361,6 +376,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with monitored_metric_named(trainer, cfg.task.monitor), val_check_interval_named(), warnings.catch_warnings():
         if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if monitor_changed:  # said above, in this run's words
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:

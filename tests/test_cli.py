@@ -509,6 +509,17 @@ def test_a_resumed_run_takes_this_runs_early_stopping_patience(tmp_path):
     assert checkpoint["epoch"] == 3 and state["patience"] == 3 and state["wait_count"] == 3  # stopped at 3, not 1
 
 
+def test_a_run_resumed_with_another_monitor_says_so_and_keeps_one_last_checkpoint(tmp_path, caplog):
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", "task.monitor=val/mae",
+                                                   "ckpt_path=last"], tmp_path))
+    assert "chose its best checkpoint by val/loss (min), this run by val/mae (min)" in caplog.text
+    names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best-000.ckpt", "best-001.ckpt", "last.ckpt"]  # not last-v1.ckpt beside the first run's
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
 def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_error(trained_run, tmp_path):
     copy = shutil.copytree(trained_run, tmp_path / "copy")
     before = sorted(path.name for path in copy.iterdir())
