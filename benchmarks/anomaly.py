@@ -196,7 +196,7 @@ def tune_threshold(scores: dict[str, np.ndarray], windows: dict[str, list], prof
     last_of_tie = np.flatnonzero(np.r_[values[1:] != values[:-1], True])  # flags = score >= values[j]
     candidates = np.r_[-cost.fn * n_live, total[last_of_tie]]
     thresholds = np.r_[np.inf, values[last_of_tie]]
-    if values.size and np.isinf(values[0]):  # rows the range check flags: no threshold leaves them unflagged
+    if values.size and np.isposinf(values[0]):  # rows the range check flags: no threshold leaves them unflagged
         candidates, thresholds = candidates[1:], thresholds[1:]
     k = int(np.argmax(candidates))
     threshold = float(thresholds[k])

@@ -59,7 +59,12 @@ class EpochThroughput(pl.Callback):
 class PatientEarlyStopping(EarlyStopping):
     """Lightning's `EarlyStopping` that keeps this run's `patience` when resuming (Lightning takes the checkpoint's,
     silently), as the suite keeps a run's optimizer and schedule settings: a run that early stopping ended, resumed
-    with a patience above its count of epochs without improvement, trains on."""
+    with a patience above its count of epochs without improvement, trains on. Its state is saved under
+    `EarlyStopping`'s key, so either class resumes the other's checkpoints."""
+
+    @property
+    def state_key(self) -> str:
+        return EarlyStopping.__qualname__ + super().state_key.removeprefix(type(self).__qualname__)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         patience = self.patience

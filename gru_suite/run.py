@@ -236,19 +236,21 @@ def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
     trained = progress.get("processed", checkpoint.get("epoch", 0))
     if max_epochs not in (None, -1) and trained > max_epochs:
         raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: trainer.max_epochs={max_epochs} is below "
-                        f"that; give at least {trained} (exactly {trained} trains no further)")
+                        f"that; give at least {trained} (exactly {trained} trains no further; gru-suite-eval and "
+                        "gru-suite-predict use a checkpoint without training)")
 
 
 def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:
     """Settings training fixed (`TaskPlugin.trained_settings`: a tokenizer's, a grid's) that differ from the
     checkpoint's take the checkpoint's values, with a warning: its state (vocabulary, grid) holds what training made
     of them, and the run's checkpoints then record the settings that made it."""
-    trained = registry.get_task(cfg.task.name).load().trained_settings
+    trained = [key for key in registry.get_task(cfg.task.name).load().trained_settings
+               if OmegaConf.select(stored_task, key, default=None) is not None]  # an older checkpoint may lack one
     if ignored := fixed_by_training(trained, cfg.task, stored_task):
         warn_on_rank_zero(f"ckpt_path {ckpt_path}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: "
                           "the checkpoint's settings are used, not this run's")
-        for key in ignored:
-            OmegaConf.update(cfg.task, key, OmegaConf.select(stored_task, key), merge=False)
+        for key in ignored:  # merged: a block keeps the keys a newer config has and the checkpoint's lacks
+            OmegaConf.update(cfg.task, key, OmegaConf.select(stored_task, key), merge=True)
 
 
 def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> bool:
@@ -286,10 +288,10 @@ def keep_earlier_artifacts(folder: Path) -> None:
         log.info("kept the earlier run's %s as %s", folder, set_aside(folder).name)
 
 
-def _resumed_run_metrics(run_dir: Path) -> dict[str, float]:
-    """The `metrics.json` in `run_dir` of the run that a resumed run that did not train further (ended by its epochs
-    or early stopping) resumed: it logs no train/val values, and keeps that run's last epoch's this way."""
-    path = run_dir / "metrics.json"
+def _resumed_run_metrics(out_dir: Path) -> dict[str, float]:
+    """The `metrics.json` in `out_dir` of the run that a run resumed there and did not train further (ended by its
+    epochs or early stopping): it logs no train/val values, and keeps the last epoch's this way."""
+    path = out_dir / "metrics.json"
     if not path.is_file():
         return {}
     try:
@@ -382,7 +384,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:
         keep_resumed_as_last(trainer, ckpt_path, out_dir)
-    metrics = {**(_resumed_run_metrics(Path(ckpt_path).resolve().parents[1]) if trained_none else {}),
+    metrics = {**(_resumed_run_metrics(out_dir) if trained_none and resumes_in_own_folder(cfg) else {}),
                **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
@@ -420,9 +422,9 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
     for earlier in (folder.parent / "metrics.json", folder.parent / "predictions"):  # its figures and artifacts
         beside = earlier.with_name(f"{earlier.stem}{kept.suffix}{earlier.suffix}")  # checkpoints.N/: metrics.N.json
-        if earlier.exists() and not beside.exists():
-            earlier.rename(beside)
-            log.info("kept the earlier run's %s as %s", earlier, beside.name)
+        if earlier.exists():  # as checkpoints.N/, unless that name is taken (predictions.N/ of a resumed run)
+            kept_as = set_aside(earlier) if beside.exists() else earlier.rename(beside)
+            log.info("kept the earlier run's %s as %s", earlier, kept_as.name)
 
 
 def resume_path(cfg: DictConfig) -> str | None:

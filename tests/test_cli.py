@@ -487,7 +487,8 @@ def test_a_restart_with_ckpt_path_last_that_finds_no_last_checkpoint_moves_earli
 def test_a_run_that_early_stopping_ended_trains_no_further_when_resumed(tmp_path):
     stopping = ["callbacks=early_stopping", "callbacks.early_stopping.patience=1", "optimizer.lr=0", "threads=1",
                 "test_after_training=false", "predict_after_training=false"]  # no change: stops after 2 epochs
-    run.train(compose_train_config("forecasting", [*TINY, *stopping, "trainer.max_epochs=6"], tmp_path))
+    lightnings = "callbacks.early_stopping._target_=pytorch_lightning.callbacks.EarlyStopping"  # checkpoints before
+    run.train(compose_train_config("forecasting", [*TINY, *stopping, lightnings, "trainer.max_epochs=6"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     stopped, metrics = torch.load(last, weights_only=False), json.loads((tmp_path / "metrics.json").read_text())
     assert stopped["epoch"] == 1
@@ -505,7 +506,7 @@ def test_a_resumed_run_takes_this_runs_early_stopping_patience(tmp_path):
     run.train(compose_train_config("forecasting", [*TINY, *stopping, "callbacks.early_stopping.patience=3",
                                                    "ckpt_path=last"], tmp_path))
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    state = next(value for key, value in checkpoint["callbacks"].items() if key.startswith("PatientEarlyStopping"))
+    state = next(value for key, value in checkpoint["callbacks"].items() if key.startswith("EarlyStopping{"))
     assert checkpoint["epoch"] == 3 and state["patience"] == 3 and state["wait_count"] == 3  # stopped at 3, not 1
 
 
@@ -535,12 +536,20 @@ def test_a_resumed_run_moves_the_artifacts_it_replaces_aside(trained_run, tmp_pa
     assert earlier.read_text() == (trained_run / "predictions" / "forecast.csv").read_text() != now.read_text()
 
 
+def test_a_fresh_run_moves_an_earlier_runs_files_aside_before_it_trains_whatever_numbers_are_taken(tmp_path):
+    for name in ("checkpoints/last.ckpt", "predictions/forecast.csv", "predictions.1/forecast.csv", "metrics.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(name)
+    run.keep_earlier_checkpoints(compose_train_config("forecasting", [], tmp_path))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints.1", "metrics.1.json", "predictions.1",
+                                                                 "predictions.2"]
+    assert (tmp_path / "predictions.2" / "forecast.csv").read_text() == "predictions/forecast.csv"
+
+
 def test_a_finished_run_resumed_into_a_new_folder_can_be_resumed_there_again(trained_run, tmp_path):
     quiet = [*TINY, "test_after_training=false", "predict_after_training=false", "threads=1"]
     source = trained_run / "checkpoints" / "last.ckpt"
-    metrics = run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={source}"],
-                                             tmp_path))
-    assert metrics["train/loss"] == json.loads((trained_run / "metrics.json").read_text())["train/loss"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={source}"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == torch.load(source, weights_only=False)["global_step"]
     run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
