@@ -1,12 +1,22 @@
-"""Helpers for task state that must see every DDP process's share of the data."""
+"""Helpers for multi-process (DDP) runs: task state that must see every process's share of the data, and
+messages said once per run."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeVar
 
 import torch.distributed as dist
+from pytorch_lightning.utilities import rank_zero_only
 
 Key = TypeVar("Key")
+log = logging.getLogger("gru_suite")
+
+
+@rank_zero_only
+def warn_on_rank_zero(message: str) -> None:
+    """Log a warning once per run, not once per DDP process."""
+    log.warning(message)
 
 
 def gather_dict(items: dict[Key, Any]) -> dict[Key, Any]:

@@ -13,12 +13,12 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from pytorch_lightning.plugins.precision import MixedPrecision
 from pytorch_lightning.trainer.states import TrainerFn
-from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info
 from torch import nn
 from torchmetrics import Metric
 
 from gru_suite.backbone import GRUBackbone
-from gru_suite.distributed import gather_objects
+from gru_suite.distributed import gather_objects, warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
 from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
@@ -127,7 +127,7 @@ class TaskModule(pl.LightningModule):
         trainable = [p for m in self.model.modules() if isinstance(m, GRUBackbone) for p in m.parameters()
                      if p.requires_grad]
         if trainable and all(p.grad is None for p in trainable):
-            _warn_on_rank_zero(f"task {self._task_name!r}: the first batch's loss gave the backbone no gradient, so "
+            warn_on_rank_zero(f"task {self._task_name!r}: the first batch's loss gave the backbone no gradient, so "
                                "its weights will not train (is its output detached, or computed under "
                                "torch.no_grad()?)")
 
@@ -288,11 +288,6 @@ class TaskModule(pl.LightningModule):
             # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
             "rng": gather_objects(rng_states()) if self.gather_rng else [rng_states()],
         }
-
-
-@rank_zero_only
-def _warn_on_rank_zero(message: str) -> None:
-    log.warning(message)
 
 
 def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:

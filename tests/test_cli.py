@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import TINY, resumed_and_uninterrupted, run_cli
 
-from gru_suite import artifacts, cli, module, registry, run
+from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import load_checkpoint, read_checkpoint
@@ -275,14 +275,14 @@ def test_resume_continues_from_checkpoint(trained_run, tmp_path):
 def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
     quiet = ["scheduler=cosine", "test_after_training=false", "predict_after_training=false", "threads=1"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
-    resume = [*TINY, *quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
-    resumed = compose_train_config("forecasting", resume, tmp_path / "a")  # on in the same folder
+    again = [*TINY, *quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
+    resumed = compose_train_config("forecasting", again, tmp_path / "a")  # on in the same folder
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run.train(resumed)
     assert not [w for w in caught if "exists and is not empty" in str(w.message)]  # its own checkpoints are expected
-    elsewhere = compose_train_config("forecasting", resume, tmp_path / "b")
-    assert run.resumes_in_own_folder(resumed) and not run.resumes_in_own_folder(elsewhere)
+    elsewhere = compose_train_config("forecasting", again, tmp_path / "b")
+    assert resume.resumes_in_own_folder(resumed) and not resume.resumes_in_own_folder(elsewhere)
     saved = torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
     schedule, lr = saved["lr_schedulers"][0], saved["optimizer_states"][0]["param_groups"][0]["lr"]
     assert schedule["T_max"] == 4 and schedule["last_epoch"] == 4

@@ -239,7 +239,7 @@ def test_a_checkpoint_no_metric_chose_is_named_after_its_epoch_not_best(tmp_path
 def test_a_run_limited_to_no_training_says_its_figures_are_the_untrained_models(tmp_path, caplog):
     cfg = compose_train_config("forecasting", ["trainer.max_epochs=0", "backbone.hidden_size=8", "logger=none",
                                                "predict_after_training=false"], tmp_path)
-    caplog.set_level(logging.WARNING, logger="gru_suite.run")
+    caplog.set_level(logging.WARNING, logger="gru_suite")
     metrics = run.train(cfg)
     assert "trainer.max_epochs=0: nothing is trained; the test metrics and artifacts are those of the " in caplog.text
     assert "test/mse" in metrics

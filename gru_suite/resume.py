@@ -1,0 +1,113 @@
+"""Resuming training from a checkpoint: which file, whether it is the run folder's own, and the checks and
+housekeeping around it (epochs left, settings training fixed, another monitor, the folder's last checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+
+from gru_suite import registry
+from gru_suite.atomic import atomic_path
+from gru_suite.checkpoint import fixed_by_training
+from gru_suite.distributed import warn_on_rank_zero
+from gru_suite.errors import UserError
+
+log = logging.getLogger(__name__)
+
+LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+"""`ckpt_path` values that Lightning resolves itself when resuming."""
+
+
+def resume_path(cfg: DictConfig) -> str | None:
+    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run folder's
+    `checkpoints/last.ckpt` when it is there (Lightning's other names are left to Lightning)."""
+    path = cfg.get("ckpt_path")
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
+        raise UserError(f"ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is {last}, or give "
+                        "the path of a best-*.ckpt (epoch-*.ckpt with callbacks=last_epoch)")
+    if path == "last" and last.is_file():
+        return str(last)
+    return None if not path or path in LIGHTNING_CKPT_NAMES else str(path)
+
+
+def resumes_in_own_folder(cfg: DictConfig) -> bool:
+    """Whether the run resumes from a checkpoint of its own folder (`ckpt_path=last`, or a path into
+    `<output_dir>/checkpoints`)."""
+    path = cfg.get("ckpt_path")
+    if not path:
+        return False
+    own = (Path(cfg.paths.output_dir) / "checkpoints").resolve()
+    if path == "last":  # without a last checkpoint there, Lightning starts afresh
+        return any(not file.name.startswith(".") for file in own.glob("last*.ckpt"))
+    return path in LIGHTNING_CKPT_NAMES or Path(path).resolve().parent == own
+
+
+def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> None:
+    """`trainer.max_epochs` must not be below the epochs the checkpoint has trained (Lightning checks a looser
+    bound, later, with a traceback, after the run folder has been tidied for the run)."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    trained = progress.get("processed", checkpoint.get("epoch", 0))
+    if max_epochs not in (None, -1) and trained > max_epochs:
+        raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: trainer.max_epochs={max_epochs} is below "
+                        f"that; give at least {trained} (exactly {trained} trains no further; gru-suite-eval and "
+                        "gru-suite-predict use a checkpoint without training)")
+
+
+def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:
+    """Settings training fixed (`TaskPlugin.trained_settings`: a tokenizer's, a grid's) that differ from the
+    checkpoint's take the checkpoint's values, with a warning: its state (vocabulary, grid) holds what training made
+    of them, and the run's checkpoints then record the settings that made it."""
+    trained = [key for key in registry.get_task(cfg.task.name).load().trained_settings
+               if OmegaConf.select(stored_task, key, default=None) is not None]  # an older checkpoint may lack one
+    if ignored := fixed_by_training(trained, cfg.task, stored_task):
+        warn_on_rank_zero(f"ckpt_path {ckpt_path}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: "
+                          "the checkpoint's settings are used, not this run's")
+        for key in ignored:  # merged: a block keeps the keys a newer config has and the checkpoint's lacks
+            OmegaConf.update(cfg.task, key, OmegaConf.select(stored_task, key), merge=True)
+
+
+def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> bool:
+    """Whether `task.monitor` (or its mode) differs from the one that chose the checkpoint's best, said in a warning:
+    Lightning then forgets the best checkpoint (its state is kept by monitor), so the best is chosen afresh among
+    this run's epochs."""
+    before = (stored_task.get("monitor"), stored_task.get("monitor_mode"))
+    now = (cfg.task.get("monitor"), cfg.task.get("monitor_mode"))
+    if before != now and None not in before:
+        warn_on_rank_zero(f"ckpt_path {ckpt_path} chose its best checkpoint by {before[0]} ({before[1]}), this run by "
+                          f"{now[0]} ({now[1]}): the best is chosen afresh among this run's epochs, and the earlier "
+                          "best-*.ckpt stays beside them, untracked")
+        return True
+    return False
+
+
+def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str, out_dir: Path) -> None:
+    """A resumed run that trained nothing (its epochs were done) into a folder without a `last.ckpt` gets a copy of
+    the checkpoint it resumed from there, so that a later `ckpt_path=last` in that folder resumes it too."""
+    callback = trainer.checkpoint_callback
+    last = out_dir / "checkpoints" / "last.ckpt"
+    if callback is None or not callback.save_last or last.exists() or Path(ckpt_path).resolve() == last.resolve():
+        return
+    last.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(last) as tmp:
+        shutil.copyfile(ckpt_path, tmp)
+    log.info("%s: the checkpoint this run resumed from, which it trained no further", last)
+
+
+def resumed_run_metrics(out_dir: Path) -> dict[str, float]:
+    """The `metrics.json` in `out_dir` of the run that a run resumed there and did not train further (ended by its
+    epochs or early stopping): it logs no train/val values, and keeps the last epoch's this way."""
+    path = out_dir / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        return {key: float(value) for key, value in json.loads(path.read_text()).items()}
+    except (ValueError, TypeError, AttributeError):
+        return {}
