@@ -6,6 +6,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -42,11 +43,13 @@ def test_bare_command_lists_tasks_and_fails(args):
 
 
 def test_help_is_fast_and_imports_no_torch():
-    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run_cli("gru-suite", "--help")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     assert result.returncode == 0
     assert "Configuration groups" in result.stdout
-    assert time.perf_counter() - start < 3.0
+    # CPU seconds, what the command costs (about 1 s), whatever else a busy machine runs beside it
+    assert (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) < 3.0
     task_line = next(line for line in result.stdout.splitlines() if line.startswith("task: "))
     assert {"forecasting", "anomaly", "music", "running_mean"} <= set(task_line[6:].split(", "))
     assert "seed_keras_example" in next(line for line in result.stdout.splitlines() if line.startswith("experiment: "))
