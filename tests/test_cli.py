@@ -42,6 +42,13 @@ def test_bare_command_lists_tasks_and_fails(args):
     assert "forecasting" in result.stderr and "Forecast numeric time series" in result.stderr
 
 
+def test_python_dash_m_gru_suite_is_the_training_command(tmp_path):
+    bare = subprocess.run([sys.executable, "-m", "gru_suite"], capture_output=True, text=True, cwd=tmp_path)
+    assert bare.returncode == 2 and "no task selected" in bare.stderr and "forecasting" in bare.stderr
+    helped = subprocess.run([sys.executable, "-m", "gru_suite", "--help"], capture_output=True, text=True, cwd=tmp_path)
+    assert helped.returncode == 0 and "GRU Suite (train)" in helped.stdout
+
+
 def test_help_is_fast_and_imports_no_torch():
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     result = run_cli("gru-suite", "--help")
