@@ -41,6 +41,7 @@ from gru_suite_plugins.music.events import (
     decode,
     duration,
     encode,
+    bin_velocity,
     transpose,
     velocity_bin,
 )
@@ -101,6 +102,20 @@ def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
     assert sorted((n.pitch, round(n.start, 4), round(n.end, 4)) for n in back.instruments[0].notes) == expected
     assert back.get_end_time() == pytest.approx(16 * sixteenth)
     np.testing.assert_array_equal(midi_to_roll(back, 4)[:, 40:80], roll[:, 40:80])
+
+
+def test_a_roll_that_ends_in_rests_keeps_its_length_in_the_midi_file() -> None:
+    roll = np.zeros((16, 8), dtype=bool)
+    roll[:4, 3] = True  # notes in the first beat, then three beats of rest
+    pm = roll_to_midi(roll, low=60, steps_per_beat=4, tempo=120)
+    assert pm.get_end_time() == pytest.approx(16 * 0.125)  # 16 sixteenths at 120 bpm, not the last note's end
+
+
+def test_velocity_bins_hold_four_velocities_each_and_decode_inside_their_bin() -> None:
+    for velocity in range(1, 128):
+        index = velocity_bin(velocity)
+        assert 4 * index + 1 <= velocity <= 4 * index + 4
+        assert velocity_bin(bin_velocity(index)) == index
 
 
 @pytest.mark.parametrize("numerator,denominator", [(4, 4), (6, 8), (2, 2), (3, 8)])

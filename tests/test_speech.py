@@ -49,7 +49,7 @@ from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech.task import Scores, SpeechTask
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
-from gru_suite_plugins.speech.writer import cues, to_vtt, write_transcripts
+from gru_suite_plugins.speech.writer import cues, to_srt, to_vtt, write_transcripts
 
 from conftest import REPO, needs_gpu, run_cli
 
@@ -576,6 +576,12 @@ def test_each_input_gets_its_own_transcript_files(tmp_path: Path) -> None:
     write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
     assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["a\n", "b\n", "c\n"]
     assert (tmp_path / "take_2.txt").read_text() == "c\n"  # take_2.wav's transcript under its own name
+
+
+def test_subtitle_times_are_hours_minutes_seconds_and_rounded_milliseconds() -> None:
+    srt = to_srt([(1.0006, 1.2854, "one"), (400.0, 3725.5, "two")])
+    assert srt == "1\n00:00:01,001 --> 00:00:01,285\none\n\n2\n00:06:40,000 --> 01:02:05,500\ntwo\n"
+    assert to_vtt([(59.9996, 61.0, "x")]) == "WEBVTT\n\n00:01:00.000 --> 00:01:01.000\nx\n"
 
 
 def test_vtt_cue_text_escapes_markup() -> None:

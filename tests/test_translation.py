@@ -156,6 +156,11 @@ def test_weight_dropout_with_input_feeding_is_refused() -> None:
     Seq2Seq(partial(GRUBackbone, hidden_size=8, weight_dropout=0.3), 20, 20, 8)  # the decoder runs whole sequences
 
 
+def test_the_length_limit_is_ratio_times_source_plus_extra_within_one_and_the_cap() -> None:
+    assert max_lengths(torch.tensor([100, 10, 0]), 1.5, 3, 50).tolist() == [50, 18, 3]
+    assert max_lengths(torch.tensor([0]), 1.0, 0, 50).tolist() == [1]
+
+
 def test_beam_search_with_one_beam_is_greedy() -> None:
     model = tiny_model(40, seed=3)
     source, lengths = pad_ids([[5, 6, 7, 8, EOS], [9, EOS], [10, 11, 12, EOS]])
