@@ -14,6 +14,7 @@ import numpy as np
 import pretty_midi
 import pytest
 import torch
+from omegaconf import DictConfig
 
 from conftest import run_cli
 from gru_suite import registry, run
@@ -55,7 +56,7 @@ from gru_suite_plugins.music.model import (
     sample_events,
 )
 from gru_suite_plugins.music.synth import chorale, write_corpus
-from gru_suite_plugins.music.task import RollRepresentation
+from gru_suite_plugins.music.task import EventRepresentation, RollRepresentation
 from gru_suite_plugins.music.writer import roll_to_midi
 
 HEADS = ["independent", "autoregressive"]
@@ -384,6 +385,18 @@ def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_inst
         rolls._ranged({"train": [np.eye(4, 128, 60, dtype=np.float32)], "test": [roll]})
     roll[0, 60] = 1
     assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 1  # the note in range is kept, the rest dropped
+
+
+def test_a_generated_length_in_seconds_or_beats_is_read_at_the_generation_tempo(music_installed: None,
+                                                                                 tmp_path: Path) -> None:
+    def at(*settings: str) -> DictConfig:
+        return compose_train_config("music", [*TINY, "task.generate.tempo=120", *settings], tmp_path).task
+
+    rolls = RollRepresentation(at("task.generate.unit=seconds", "task.generate.length=2"), {"steps_per_beat": 4})
+    assert rolls.generate_steps() == 16  # 2 s at 120 bpm: 4 beats of 4 steps
+    events = EventRepresentation(at("task.model.representation=events", "task.generate.unit=beats",
+                                    "task.generate.length=4"), {})
+    assert events.length()["seconds"] == 2.0  # 4 beats at 120 bpm
 
 
 @pytest.mark.parametrize("pitch", ["C4", 60.5, True])
