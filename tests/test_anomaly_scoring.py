@@ -148,6 +148,12 @@ def test_null_detector_may_flag_everything():
     assert result.null == pytest.approx(1 - 0.11 * math.tanh(2.5 / 15))
 
 
+def test_a_window_that_starts_in_the_probationary_period_and_ends_after_it_is_scored():
+    # 100 rows: rows 0-14 are probationary. Window (10, 20) ends in scored rows, so it counts; a detection at
+    # row 18 sits at position -(20 - 18 + 1) / 11: S = tanh(7.5 / 11), divided by maxTP.
+    assert one_file(flags_at(100, 18), [(10, 20)]).raw == pytest.approx(math.tanh(7.5 / 11) / S_MINUS_1)
+
+
 def test_detection_at_window_start_scores_full_tp():
     # position -(49 - 40 + 1) / 10 = -1: S(-1) = 0.9866, divided by maxTP = S(-1) -> exactly tp.
     result = one_file(flags_at(100, 40), [(40, 49)])
