@@ -101,6 +101,21 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     assert not batch.flags[:probation].any() and batch.flags[300]
 
 
+def test_a_row_flagged_by_its_score_still_widens_the_streams_range_as_in_batch():
+    model = detectors()[0]
+    values = np.stack([np.sin(np.arange(400) / 5), np.zeros(400)], 1).astype(np.float32)
+    values[300, 0] += 8  # far out: flagged by its score, and it widens the range seen so far
+    values[350, 0] += 4  # out of the probationary range, inside the widened one
+    from gru_suite.timeseries import StandardScaler
+    with torch.no_grad():
+        raw = model.raw_scores(torch.from_numpy(StandardScaler.fit(values[:150]).transform(values))[None])[0].numpy()
+    settings = dict(score="raw", threshold="fixed", fixed=float(raw[301:].max() + raw[300]) / 2, range_tolerance=0.05)
+    batch = Flagger(**settings).run(raw, 150, values)
+    assert raw[300] > settings["fixed"] and batch.flags[300] and not batch.beyond_range[350] and not batch.flags[350]
+    stream = AnomalyStream(model, Flagger(**settings), 150)
+    np.testing.assert_array_equal([stream.update(row)[1] for row in values], batch.flags)
+
+
 def test_a_quantile_of_likelihoods_leaves_out_the_placeholders():
     # The likelihood's first learning_period + estimation_samples scores are 0.5 whatever the error: a quantile
     # over them was 0.5, which about half of all later scores exceed.
