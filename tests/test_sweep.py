@@ -41,6 +41,14 @@ def test_jobs_are_ranked_by_their_best_monitored_value_and_a_failed_job_comes_la
                         ["1_sentiment", "0.001", "task.data.path: no such file", "", ""]]
 
 
+def test_jobs_are_read_in_job_number_order_and_equal_scores_keep_it(tmp_path):
+    for number in range(12):
+        _job(tmp_path, f"{number}_sentiment", ["task=sentiment", f"seed={number}"], {"val/f1": 0.5})
+    expected = [f"{number}_sentiment" for number in range(12)]  # 10 and 11 after 9, not after 1
+    assert [job.folder.name for job in sweep_jobs(tmp_path)] == expected
+    assert [job.folder.name for job in ranked(sweep_jobs(tmp_path))] == expected
+
+
 def test_the_summary_is_written_into_the_sweep_folder_and_names_the_best_job(tmp_path, caplog):
     caplog.set_level("INFO")
     _job(tmp_path, "0_forecasting", ["backbone.hidden_size=8"], {"val/f1": 0.5}, mode="min")
