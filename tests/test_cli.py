@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import NoReturn
 
 import numpy as np
@@ -280,6 +281,25 @@ def test_resume_continues_from_checkpoint(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     epochs = pd.read_csv(tmp_path / "metrics.csv")["epoch"].dropna().unique()
     assert list(epochs) == [2]  # only the third epoch ran
+
+
+def test_a_relative_checkpoint_path_into_the_runs_folder_is_its_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train_config("forecasting", ["ckpt_path=run/checkpoints/last.ckpt"], tmp_path / "run")
+    assert resume.resumes_in_own_folder(cfg)  # its checkpoints are not moved aside before Lightning reads one
+
+
+def test_a_finished_run_resumed_from_an_older_checkpoint_of_its_folder_keeps_its_last_checkpoint(tmp_path):
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_bytes(b"the latest epoch")
+    (tmp_path / "checkpoints" / "best-000.ckpt").write_bytes(b"an older epoch")
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(save_last=True))
+    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"), tmp_path)
+    assert last.read_bytes() == b"the latest epoch"
+    last.unlink()
+    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"), tmp_path)
+    assert last.read_bytes() == b"an older epoch"  # none there: the resumed checkpoint becomes the folder's last
 
 
 def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
