@@ -177,17 +177,18 @@ def test_a_kill_before_the_last_checkpoint_leaves_the_best_it_names(tmp_path, mo
 
 
 def test_a_resumed_best_that_is_gone_is_forgotten_with_a_warning(tmp_path, caplog):
-    kept, gone = str(tmp_path / "best-1.ckpt"), str(tmp_path / "best-3.ckpt")
-    (tmp_path / "best-1.ckpt").write_bytes(b"")
-    checkpoint = RunFolderCheckpoint(dirpath=tmp_path, monitor="val/score", mode="min", save_top_k=2)
+    kept, worse, gone = (str(tmp_path / f"best-{epoch}.ckpt") for epoch in (1, 2, 3))
+    for name in "best-1.ckpt", "best-2.ckpt":
+        (tmp_path / name).write_bytes(b"")
+    checkpoint = RunFolderCheckpoint(dirpath=tmp_path, monitor="val/score", mode="min", save_top_k=3)
     state = {"dirpath": str(tmp_path), "best_model_path": gone, "best_model_score": torch.tensor(0.1),
-             "best_k_models": {gone: torch.tensor(0.1), kept: torch.tensor(0.5)}, "kth_best_model_path": kept,
-             "kth_value": torch.tensor(0.5), "last_model_path": ""}
+             "best_k_models": {gone: torch.tensor(0.1), worse: torch.tensor(0.5), kept: torch.tensor(0.3)},
+             "kth_best_model_path": worse, "kth_value": torch.tensor(0.5), "last_model_path": ""}
     checkpoint._trainer = pl.Trainer(logger=False, enable_progress_bar=False)  # as `setup` sets it: one process
     checkpoint.load_state_dict(state)
     assert f"the best checkpoint this run recorded, {gone}, is gone" in caplog.text  # logged: train.log keeps it
-    assert checkpoint.best_model_path == kept and float(checkpoint.best_model_score) == 0.5
-    assert list(checkpoint.best_k_models) == [kept]
+    assert checkpoint.best_model_path == kept and float(checkpoint.best_model_score) == pytest.approx(0.3)
+    assert list(checkpoint.best_k_models) == [worse, kept]  # the best of those left, by the monitor's mode
 
 
 def test_metrics_csv_is_replaced_whole_when_a_column_appears(tmp_path, monkeypatch):
