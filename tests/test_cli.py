@@ -28,7 +28,7 @@ from conftest import TINY, resumed_and_uninterrupted, run_cli
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import load_checkpoint, read_checkpoint
+from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
@@ -838,6 +838,14 @@ def test_a_checkpoint_of_another_task_is_named_with_its_task(trained_run, tmp_pa
     sentiment = compose_train_config("sentiment", [], tmp_path).task
     with pytest.raises(UserError, match=r"last\.ckpt holds a model of task 'forecasting', not 'sentiment'$"):
         load_checkpoint(trained_run / "checkpoints" / "last.ckpt", sentiment)
+
+
+def test_a_checkpoint_with_a_layer_more_than_the_config_builds_is_named_by_that_layer():
+    built = torch.nn.GRU(2, 3, num_layers=1)
+    stored = torch.nn.GRU(2, 3, num_layers=2).state_dict()  # resumed with backbone.num_layers=1, say
+    with pytest.raises(UserError, match=r"another model than this config builds \(weight_ih_l1: shape \(9, 3\) in the "
+                                        r"checkpoint, nothing here\)"):
+        check_same_model(stored, built, "ckpt_path x.ckpt")
 
 
 def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
