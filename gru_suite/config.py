@@ -26,6 +26,19 @@ def default_data_dir() -> str:
     return str(bundled if bundled.is_dir() else Path.cwd() / "data")
 
 
+def check_own_splits(data: DictConfig, bundled: Mapping[str, str], instead: str) -> None:
+    """Training on data of one's own (`data.train`) while other splits still name the bundled demo files (`bundled`:
+    split -> its file under the bundled data folder) would validate or test on data never given: a UserError naming
+    those splits and what to give `instead`."""
+    root = Path(default_data_dir()).resolve()
+    given = {split: data.get(split) for split in bundled if data.get(split) not in (None, "")}
+    demo = [split for split, path in given.items() if Path(path).resolve() == root / bundled[split]]
+    if "train" in given and "train" not in demo and demo:
+        keys = ", ".join(f"task.data.{split}" for split in demo)
+        raise UserError(f"task.data.train is data of your own ({given['train']}), but {keys} still "
+                        f"{'names' if len(demo) == 1 else 'name'} the bundled demo data in {root}: {instead}")
+
+
 def register_resolvers() -> None:
     """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`,
     `${gru_suite.rank_suffix:}` and `${gru_suite.task_groups:}` (help)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import io
@@ -376,7 +377,9 @@ def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
         name = missing.group(1) or missing.group(2)
         where = "task.monitor" if name == monitor else "a callback's monitor"
         logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
-        raise UserError(f"{where} names {name!r}, a metric that was never logged; logged: {logged}") from err
+        close = difflib.get_close_matches(name, logged, n=1, cutoff=0.75)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(f"{where} names {name!r}, a metric that was never logged; {hint}logged: {logged}") from err
 
 
 @contextmanager

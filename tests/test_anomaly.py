@@ -388,6 +388,11 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
     OmegaConf.resolve(without)
     trained = load_checkpoint(ckpt, without.task).task
     assert trained.calendar == Calendar(("time_of_day",), 2)  # the checkpoint keeps its own
+    no_clock = run_cli("gru-suite-predict", "task=anomaly", f"ckpt_path={ckpt}", "task.data.calendar=[]",
+                       "task.data.time_column=null", f"hydra.run.dir={tmp_path / 'no_clock'}")
+    assert no_clock.returncode == 2 and "task.data.calendar fixed by training" in no_clock.stdout + no_clock.stderr
+    assert ("calendar features ['time_of_day'] need a time column of timestamps: set task.data.time_column (the "
+            "detector was trained with them)") in no_clock.stderr  # not a hint to drop them, which it cannot
     capsys.readouterr()
     monkeypatch.setattr(sys, "stdin", io.StringIO("2024-01-01 00:00,1.0\n"))
     assert stream_main([ckpt]) == 2
@@ -678,6 +683,17 @@ def test_a_label_column_the_file_lacks_is_named_before_its_other_columns_are_rea
     with pytest.raises(UserError, match=r"s\.csv: no label column 'flag' \(task\.data\.label_column\); its columns "
                                         r"are \['timestamp', 'value', 'label'\]$"):
         load(path, label_column="flag")
+
+
+def test_a_trained_detector_scores_files_without_its_label_column_unlabelled(tmp_path, caplog):
+    write_series(tmp_path / "labelled.csv", label=1)
+    write_series(tmp_path / "new.csv")  # new data to score: no label column
+    streams = load(tmp_path, label_column="label", labels_optional=True)
+    assert [(s.name, s.windows) for s in streams] == [("labelled.csv", [(100, 100)]), ("new.csv", None)]
+    assert "no label column 'label' (task.data.label_column) in 1 file(s), scored without labels: new.csv" in \
+        caplog.text
+    with pytest.raises(UserError, match=r"new\.csv: no label column 'label'"):
+        load(tmp_path, label_column="label")  # training: the column named is the data's, or a typo
 
 
 @pytest.mark.parametrize("override, expected", [

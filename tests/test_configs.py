@@ -249,6 +249,8 @@ def test_a_run_limited_to_no_training_says_its_figures_are_the_untrained_models(
     (["task.monitor=val/accuracy"], "task.monitor names 'val/accuracy', a metric that was never logged; logged: ["),
     (["callbacks.model_checkpoint.monitor=val/x"], "a callback's monitor names 'val/x', a metric that was never"),
     (["task.monitor=val/acc", "callbacks=none", "scheduler=plateau"], "task.monitor names 'val/acc', a metric"),
+    (["task.monitor=val/los"], "task.monitor names 'val/los', a metric that was never logged; did you mean 'val/loss'? "
+                               "logged: ["),
 ])
 def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, message, tmp_path):
     cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none",

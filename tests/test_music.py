@@ -291,7 +291,8 @@ def test_a_primer_on_a_drum_track_is_read_when_drums_are(music_installed: None, 
     task = run.build_task(compose_train_config("music", [*overrides, "task.data.drums=true"], tmp_path).task)
     task.datamodule()
     assert task.primer.any()
-    with pytest.raises(UserError, match=r"drums.mid: no notes \(drum tracks are ignored\)"):
+    with pytest.raises(UserError, match=r"drums.mid: no notes \(drum tracks are ignored; task.data.drums=true reads "
+                                        r"them\)"):
         run.build_task(compose_train_config("music", overrides, tmp_path).task).datamodule()
 
 

@@ -487,7 +487,8 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
                               (f"task.predict.input={tmp_path}",
                                f"task.predict.input: {tmp_path}: a folder, not a file"),
                               ("task.predict.importance=bogus", "task.predict.importance must be one of")]:
-        cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", override], tmp_path)
+        own = [f"task.data.train={train}", "task.data.val=null", "task.data.test=null"]
+        cfg = compose_train_config("sentiment", [*TINY, *own, override], tmp_path)
         with pytest.raises(UserError, match=re.escape(message)):
             run.build_task(cfg.task).datamodule()
 
@@ -749,6 +750,19 @@ def test_gate_plots_name_the_text_and_label_its_tokens(trained, tmp_path: Path, 
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(text, add_special_tokens=False)["input_ids"])
     assert list(view.steps) == tokens
     assert [label.get_text() for label in drawn[0].axes[3].get_xticklabels()] == tokens  # the 4th (last) heat map
+
+
+def test_own_training_texts_beside_the_bundled_validation_and_test_files_are_refused(tmp_path: Path) -> None:
+    own = tmp_path / "reviews.csv"
+    own.write_text("review,stars\n" + "fine,1\nawful,0\n" * 5)  # the bundled files lack these columns
+    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={own}", "task.data.text_column=review",
+                                             "task.data.label_column=stars"], tmp_path)
+    with pytest.raises(UserError, match=r"task.data.train is data of your own \(.*reviews.csv\), but task.data.val, "
+                                        r"task.data.test still name the bundled demo data in .*: give your own, or "
+                                        r"null"):
+        run.build_task(cfg.task).datamodule()
+    cfg.task.data.val = cfg.task.data.test = None  # a held-out share of the own texts, and testing on it
+    run.build_task(cfg.task).datamodule()
 
 
 def test_a_missing_prediction_column_names_the_setting_that_chose_it(trained, tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralF
 from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
+from gru_suite_plugins.speech import task as speech_task
 from gru_suite_plugins.speech.task import Scores, SpeechTask
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
@@ -57,6 +58,7 @@ BUNDLED = REPO / "data" / "speech"
 RATE = 8000
 ALPHABET = Alphabet("abcdefghijklmnopqrstuvwxyz' ")
 TINY = ["backbone.hidden_size=32", "task.model.frontend_size=32", "task.data.batch_size=8"]
+NO_EVAL_SPLITS = ["task.data.val=null", "task.data.test=null"]  # a training split alone, not the bundled ones
 SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d) --> (\d\d):(\d\d):(\d\d),(\d\d\d)"
 
 
@@ -360,9 +362,11 @@ def test_without_a_test_split_testing_uses_the_validation_split(tmp_path: Path) 
     assert 0 <= metrics["test/cer"] and (tmp_path / "run" / "predictions" / "transcripts.jsonl").is_file()
     with pytest.raises(UserError, match=r"^task.data.val is not set: give the val split \(a manifest or a folder of "
                                         r"audio\), or task.data.fsdd$"):
-        run.train(compose_train_config("speech", [*quiet, "task.data.val=null"], tmp_path / "no_val"))
+        run.train(compose_train_config("speech", [*quiet, "task.data.val=null", "task.data.test=null"],
+                                       tmp_path / "no_val"))
     with pytest.raises(UserError, match=r"^task.data.val is not set"):  # not the working folder read as audio
-        run.train(compose_train_config("speech", [*quiet, "task.data.val=''"], tmp_path / "empty_val"))
+        run.train(compose_train_config("speech", [*quiet, "task.data.val=''", "task.data.test=null"],
+                                       tmp_path / "empty_val"))
 
 
 def test_speaker_adversarial_training_logs_the_adversary_and_restores_it(tmp_path: Path) -> None:
@@ -619,6 +623,14 @@ def test_a_segments_cues_last_until_the_segment_ends_on_the_files_clock(tmp_path
 # data sources and bad input
 
 
+def test_own_training_data_beside_the_bundled_test_split_is_refused_before_training(tmp_path: Path) -> None:
+    own = ["task.data.train=my/train.jsonl", "task.data.val=my/val.jsonl"]  # checked before any file is read
+    cfg = compose_train_config("speech", [*TINY, *own], tmp_path)
+    with pytest.raises(UserError, match=r"task.data.train is data of your own \(my/train.jsonl\), but task.data.test "
+                                        r"still names the bundled demo data in .*task.data.test=null tests on"):
+        run.build_task(cfg.task).datamodule()
+
+
 def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     manifest = tmp_path / "m.jsonl"
@@ -665,6 +677,7 @@ def test_a_manifest_reads_segments_of_a_longer_recording_by_offset_and_duration(
         read = read_manifest(manifest, RATE)
     expected = [written[RATE:RATE * 3 // 2], written[RATE * 5 // 2:], written, written]
     assert [u.text for u in read] == ["one", "two", "three", "four"]  # five runs past the end: skipped
+    assert [u.offset for u in read] == [1.0, 2.5, None, None]  # None: the whole file
     for u, part in zip(read, expected):
         np.testing.assert_array_equal(u.samples.numpy(), part)
     assert "m.jsonl:5 (" in caplog.text and "m.jsonl:3 (" in caplog.text  # five runs short, three long
@@ -801,6 +814,29 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
         assert line["partials"][-1]["text"].split() == line["text"].split()
 
 
+def test_partial_transcripts_are_timed_at_the_end_of_the_chunk_that_changed_them(checked: Path, monkeypatch) -> None:
+    class OneWordAChunk:  # a recognizer whose text grows by a word with every chunk it accepts
+        def __init__(self, *args: object) -> None:
+            self.words: list[str] = []
+
+        def accept(self, samples: torch.Tensor) -> str:
+            self.words.append("six")
+            return " ".join(self.words)
+
+        def finish(self) -> str:
+            return " ".join(self.words)
+
+        def emissions(self) -> torch.Tensor:
+            return torch.zeros(0)
+
+    monkeypatch.setattr(speech_task, "StreamingRecognizer", OneWordAChunk)
+    task = load_checkpoint(checked / "short_run" / "checkpoints" / "last.ckpt").task
+    task.cfg.predict.streaming, task.cfg.predict.chunk_ms = True, 250
+    samples = torch.zeros(task.features.sample_rate * 3 // 4)  # 0.75 s: three chunks of 250 ms
+    ((_, partials),) = task.emissions(None, {"samples": [samples]})
+    assert [p["time"] for p in partials] == [0.25, 0.5, 0.75] and partials[-1]["text"] == "six six six"
+
+
 def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:
     module = load_checkpoint(checked / "short_run" / "checkpoints" / "last.ckpt")
     task = module.task
@@ -921,7 +957,12 @@ def test_a_segments_words_are_timed_from_the_start_of_its_file(checked: Path, tm
     with torch.no_grad():
         first, second = module.task.predict_step(module.model, AudioSet(utterances, module.task.featurizer())
                                                  .__getitems__([0, 1]))
-    assert first["words"] and "offset" not in first and second["offset"] == round(seconds, 3)
+    assert first["words"] and first["offset"] == 0 and second["offset"] == round(seconds, 3)  # a segment at 0 too
+    module.task.cfg.predict.streaming = True
+    with torch.no_grad():
+        _, streamed = module.task.predict_step(module.model, AudioSet(utterances, module.task.featurizer())
+                                               .__getitems__([0, 1]))
+    assert streamed["partials"] and all(seconds < p["time"] <= 2 * seconds + 1e-3 for p in streamed["partials"])
     assert second["text"] == first["text"]
     assert [w["start"] for w in second["words"]] == [round(w["start"] + seconds, 3) for w in first["words"]]
 
@@ -978,7 +1019,7 @@ def test_transcripts_outside_the_alphabet_are_skipped_naming_the_line(tmp_path: 
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("\n".join(json.dumps({"audio_filepath": n, "duration": 0.1, "text": t})
                                   for n, t in [("a.wav", "One"), ("b.wav", "twö 2"), ("c.wav", "  ")]) + "\n")
-    cfg = compose_train_config("speech", [f"task.data.train={manifest}"], tmp_path / "run")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}", *NO_EVAL_SPLITS], tmp_path / "run")
     with caplog.at_level(logging.WARNING):
         data = run.build_task(cfg.task).datamodule()
     assert data.dataset("train").texts == ["one"]
@@ -1034,7 +1075,7 @@ def test_skipped_utterances_are_named_five_then_counted(tmp_path: Path, caplog) 
     manifest = tmp_path / "train.jsonl"
     lines = [{"audio_filepath": "a.wav", "text": "one"}] + [{"audio_filepath": "a.wav", "text": "ö"}] * 7
     manifest.write_text("\n".join(map(json.dumps, lines)) + "\n")
-    cfg = compose_train_config("speech", [f"task.data.train={manifest}"], tmp_path / "run")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}", *NO_EVAL_SPLITS], tmp_path / "run")
     with caplog.at_level(logging.WARNING):
         assert run.build_task(cfg.task).datamodule().dataset("train").texts == ["one"]
     assert sum("outside the vocabulary" in m for m in caplog.messages) == 5
@@ -1048,7 +1089,8 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     write_wav(tmp_path / "a.wav", speak(["one"], seed=1))
     manifest = tmp_path / "train.jsonl"
     manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": ""}) + "\n")
-    cfg = compose_train_config("speech", [f"task.data.train={manifest}", "task.data.connected.train=5"], tmp_path / "run")
+    cfg = compose_train_config("speech", [f"task.data.train={manifest}", *NO_EVAL_SPLITS,
+                                          "task.data.connected.train=5"], tmp_path / "run")
     with pytest.raises(UserError, match=r"task.data.connected.train=5: the train split has no transcribed utterances"):
         run.build_task(cfg.task).datamodule().dataset("train")
 

@@ -170,11 +170,13 @@ def load_streams(
     calendar: Calendar = Calendar(),
     preferred_columns: Sequence[str] | None = None,
     time_unit: str | None = None,
+    labels_optional: bool = False,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
     and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
     the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`);
-    a time column of numbers is Unix time in `time_unit`."""
+    a time column of numbers is Unix time in `time_unit`. With `labels_optional` (a trained detector scoring),
+    a file without `label_column` is scored without labels, with a warning; else it is an error."""
     root, files = csv_files(path)
     beside = windows_path == "auto"
     if beside:
@@ -183,12 +185,16 @@ def load_streams(
     matched = (_match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside)
                if windows else {})
     streams: list[StreamData] = []
+    unlabelled: list[str] = []
     for file in files:
         frame = read_csv_frame(file)
-        if label_column and label_column not in frame.columns:  # before its values: which column is which
-            raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
-                            f"{list(frame.columns)}")
-        columns = list(value_columns) if value_columns else _value_columns(file, frame, time_column, label_column)
+        labels = label_column if label_column in frame.columns else None
+        if label_column and labels is None:  # before its values: which column is which
+            if not labels_optional:
+                raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
+                                f"{list(frame.columns)}")
+            unlabelled.append(file.name)
+        columns = list(value_columns) if value_columns else _value_columns(file, frame, time_column, labels)
         if preferred_columns:  # warnings for the first file only: the others must have the same columns
             columns = _trained_columns(file, columns, list(preferred_columns), bool(value_columns), warn=not streams)
         if streams and columns != (first := streams[0].series).columns:
@@ -203,14 +209,18 @@ def load_streams(
                 "task.data.crop_length to train a detector, 2 to score with a trained one)"
             )
         spans: list[Window] | None = None
-        if label_column:
-            spans = _label_windows(file, frame, label_column, series.rows)
+        if labels:
+            spans = _label_windows(file, frame, labels, series.rows)
         elif file in matched:
             spans = _rows_of_windows(series, matched[file])
         where = f"{file}: the probationary period ({n_probation} rows)"
         scaler = StandardScaler.fit(series.values[:n_probation], where, series.columns)
         covariates = calendar.features(series.clock, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
+    if unlabelled:
+        shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
+        log.warning("%s: no label column %r (task.data.label_column) in %d file(s), scored without labels: %s",
+                    path, label_column, len(unlabelled), shown)
     return streams
 
 

@@ -34,6 +34,7 @@ class AnomalyTask(TaskPlugin):
 
     choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
                ("data.missing", MISSING_POLICIES))
+    trained_settings = ("data.calendar", "data.calendar_harmonics")  # the detector's inputs
     required = ("data.path", "data.probation", "data.probation_max", "data.validation", "data.crop_length",
                 "detector.window", "detector.burn_in", "detector.retrain.window", "detector.retrain.steps",
                 "detector.retrain.lr")
@@ -46,16 +47,17 @@ class AnomalyTask(TaskPlugin):
 
     def datamodule(self) -> AnomalyData:
         data, detector = self.cfg.data, self.cfg.detector
+        trained = "n_features" in self.state  # a restored detector scores: its probation only scales and calibrates
         if self.calendar.kinds and not data.get("time_column"):
             raise UserError(f"calendar features {list(self.calendar.kinds)} need a time column of timestamps: set "
-                            "task.data.time_column (or task.data.calendar=[])")
-        trained = "n_features" in self.state  # a restored detector scores: its probation only scales and calibrates
+                            "task.data.time_column" + (" (the detector was trained with them)" if trained else
+                                                       " (or task.data.calendar=[])"))
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), name_list(data.get("value_columns"), "task.data.value_columns"),
             data.get("label_column"),
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 if trained else 2 * data.crop_length, calendar=self.calendar,
-            preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
+            preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"), labels_optional=trained,
         )
         flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()

@@ -84,7 +84,8 @@ class MidiWarning(UserWarning):
 
 
 def _no_notes(path: str | Path, drums: bool) -> UserError:
-    return UserError(f"{path}: no notes{'' if drums else ' (drum tracks are ignored)'}")
+    ignored = " (drum tracks are ignored; task.data.drums=true reads them)"
+    return UserError(f"{path}: no notes{'' if drums else ignored}")
 
 
 def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.ndarray:

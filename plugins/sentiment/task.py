@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from gru_suite.atomic import write_text
-from gru_suite.config import name_list
+from gru_suite.config import check_own_splits, name_list
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
@@ -110,6 +110,9 @@ class SentimentTask(TaskPlugin):
 
     def datamodule(self) -> SentimentData:
         if self.tokenizer is None:  # training: what later stages read is checked before it
+            check_own_splits(self.cfg.data, {split: f"sentiment/{split}.csv" for split in ("train", "val", "test")},
+                             "give your own, or null (task.data.val=null holds out task.data.val_fraction of the "
+                             "training texts; task.data.test=null tests on the validation texts)")
             self._check_prediction_settings()
             self._check_input_files()
             self._fit(self._examples("train"))

@@ -46,8 +46,8 @@ class Utterance:
     """`manifest:line` or the audio path, for messages."""
     speaker: str | None = None
     take: int | None = None
-    offset: float = 0.0
-    """Where the samples start in the file (s): a manifest's segment of a longer recording."""
+    offset: float | None = None
+    """Where the samples start in the file (s): a manifest's segment of a longer recording (None: the whole file)."""
 
     @property
     def seconds(self) -> float:
@@ -121,7 +121,8 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
             log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "
                         "a segment)", where, audio, seconds, duration)
         utterances.append(Utterance(samples, sample_rate, text, audio, where,
-                                    None if speaker is None else str(speaker), offset=float(offset or 0)))
+                                    None if speaker is None else str(speaker),
+                                    offset=None if offset is None else float(offset)))
     return utterances
 
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
-from gru_suite.config import as_list, config_number
+from gru_suite.config import as_list, check_own_splits, config_number
 from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import TOKENIZER_KINDS
@@ -384,6 +384,9 @@ class SpeechTask(TaskPlugin):
             "predict": self._predict_set,
         }
         if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
+            if not self.cfg.data.get("fsdd"):
+                check_own_splits(self.cfg.data, {split: f"speech/{split}.jsonl" for split in SPLITS},
+                                 "give your own (task.data.test=null tests on the validation split)")
             if self.vocab is None:
                 self._fit_tokens()
             if self._adversary_scale() > 0:
@@ -488,14 +491,15 @@ class SpeechTask(TaskPlugin):
         """Text and timed words of one utterance's emissions, with its reference and partials when known.
         `source`: its `path`, `sound` (`sounding`; None: words end with their tokens), `duration` (s), `reference`
         (or None) and `offset` (s) in its file, from which the times count (a manifest's segment of a longer
-        recording)."""
-        offset = float(source.get("offset") or 0)
+        recording; None: the whole file)."""
+        segment_start = source.get("offset")
+        offset = float(segment_start or 0)
         words = [replace(w, start=round(w.start + offset, 3), end=round(w.end + offset, 3))
                  for w in recognize_words(log_probs, int(self.cfg.decode.beam_size), self.vocab, self.frame_seconds,
                                           source["duration"], source.get("sound"))]
         result: dict[str, Any] = {"path": source["path"], "text": " ".join(w.word for w in words),
                                   "duration": round(source["duration"], 3), "words": [w.as_dict() for w in words]}
-        if offset:
+        if segment_start is not None:
             result["offset"] = round(offset, 3)
         if source.get("reference") is not None:
             result["reference"] = normalize_text(source["reference"])
