@@ -455,7 +455,7 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     out_dir = tmp_path / "predicted"
     predicted = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
                         f"task.predict.input={source}", "task.data.path=/nonexistent", "task.data.max_tokens=30",
-                        f"hydra.run.dir={out_dir}")
+                        "task.predict.plots=5", f"hydra.run.dir={out_dir}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = (out_dir / "translations.txt").read_text(encoding="utf-8").split("\n")
     assert len(lines) == 6 and lines[-1] == "" and lines[1] == ""  # five lines, the empty one kept empty
@@ -467,6 +467,10 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     assert all(len(r["weights"]) == len(r["target"]) and len(r["weights"][0]) == len(r["source"])
                for r in records if r["target"])
     assert (out_dir / "attention_00001.png").read_bytes()[:4] == b"\x89PNG"
+    places = [sum(r["line"] == record["line"] for r in records[:i + 1]) for i, record in enumerate(records)]
+    plotted = [f"attention_{r['line']:05d}{f'_{place}' if place > 1 else ''}.png"
+               for r, place in zip(records, places) if r["target"]]  # a sentence's place in its line names it
+    assert sorted(path.name for path in out_dir.glob("attention_*.png")) == sorted(plotted)
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()  # joint vocabulary: one tokenizer
     source.write_text("A dog runs. " + "The big dog " * 60 + "\nThe cat sleeps.\n")
     skipped = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
