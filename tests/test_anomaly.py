@@ -211,6 +211,8 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
         assert skipping.update([np.sin(i), np.cos(i)]) == plain.update([np.sin(i), np.cos(i)])
     with pytest.raises(UserError, match="finite value"):
         skipping.update([float("inf"), 1.0])  # only a missing value is skipped
+    with pytest.raises(UserError, match=r"expected 2 finite value\(s\) per observation"):
+        skipping.update([float("nan"), 1.0, 2.0])  # a row of the wrong width, not a missing value
     assert skipping.observations == plain.observations == 40  # what the stream CLI's end-of-probation check counts
     stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
     assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
