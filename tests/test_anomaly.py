@@ -352,6 +352,10 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     monkeypatch.setattr(sys, "stdin", io.StringIO("1.0\n2.0\n"))
     assert stream_main([str(ckpt)]) == 0  # two observations, both within the probationary period
     assert "the stream ended after 2 observation(s), within the probationary period of 300" in capsys.readouterr().err
+    for lines, warned in (("1.0\n2.0\n", True), ("1.0\n2.0\n3.0\n", False)):  # the third is the first flaggable
+        monkeypatch.setattr(sys, "stdin", io.StringIO(lines))
+        assert stream_main([str(ckpt), "--probation", "2"]) == 0
+        assert ("within the probationary period of 2" in capsys.readouterr().err) == warned
     short = tmp_path / "short.csv"  # 150 rows: a 60-row probation, under the 64 that training would need
     pd.read_csv(spiky_csv).head(150).to_csv(short, index=False)
     scored = run_cli("gru-suite-predict", "task=anomaly", f"ckpt_path={ckpt}", f"task.data.path={short}",
