@@ -19,24 +19,32 @@ MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
 
 
 def default_data_dir() -> str:
-    """`$GRU_SUITE_DATA_DIR`, else the project's bundled `data/`, else `./data`."""
-    if env := os.environ.get("GRU_SUITE_DATA_DIR"):
-        return env
+    """`$GRU_SUITE_DATA_DIR`, else the bundled data folder (`bundled_data_dir`)."""
+    return os.environ.get("GRU_SUITE_DATA_DIR") or str(bundled_data_dir())
+
+
+def bundled_data_dir() -> Path:
+    """The project's bundled `data/`, else `./data` (where `scripts/make_data.py` writes it)."""
     bundled = Path(__file__).resolve().parent.parent / "data"
-    return str(bundled if bundled.is_dir() else Path.cwd() / "data")
+    return bundled if bundled.is_dir() else Path.cwd() / "data"
 
 
-def check_own_splits(data: DictConfig, bundled: Mapping[str, str], instead: str) -> None:
-    """Training on data of one's own (`data.train`) while other splits still name the bundled demo files (`bundled`:
-    split -> its file under the bundled data folder) would validate or test on data never given: a UserError naming
-    those splits and what to give `instead`."""
-    root = Path(default_data_dir()).resolve()
-    given = {split: data.get(split) for split in bundled if data.get(split) not in (None, "")}
-    demo = [split for split, path in given.items() if Path(path).resolve() == root / bundled[split]]
-    if "train" in given and "train" not in demo and demo:
+def check_own_splits(data: DictConfig, instead: Mapping[str, str]) -> None:
+    """Training on data of one's own (`data.train` given) while other splits (the keys of `instead`) are left at
+    their defaults, files of the bundled demo data, would validate or test on data never given: a UserError naming
+    those splits and, for each, what to give instead."""
+    root = bundled_data_dir().resolve()
+
+    def left_at_demo(split: str) -> bool:  # an explicit path is the user's choice, even to a bundled file
+        return (OmegaConf.is_interpolation(data, split) and data.get(split) not in (None, "")
+                and Path(data[split]).resolve().is_relative_to(root))
+
+    demo = [split for split in instead if left_at_demo(split)]
+    if data.get("train") not in (None, "") and not left_at_demo("train") and demo:
         keys = ", ".join(f"task.data.{split}" for split in demo)
-        raise UserError(f"task.data.train is data of your own ({given['train']}), but {keys} still "
-                        f"{'names' if len(demo) == 1 else 'name'} the bundled demo data in {root}: {instead}")
+        raise UserError(f"task.data.train is data of your own ({data.train}), but {keys} "
+                        f"{'is' if len(demo) == 1 else 'are'} left at the bundled demo data in {root}: give "
+                        + "; ".join(instead[split] for split in demo))
 
 
 def register_resolvers() -> None:

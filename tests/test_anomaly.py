@@ -691,15 +691,29 @@ def test_a_label_column_the_file_lacks_is_named_before_its_other_columns_are_rea
         load(path, label_column="flag")
 
 
-def test_a_trained_detector_scores_files_without_its_label_column_unlabelled(tmp_path, caplog):
+def test_a_trained_detector_scores_files_without_its_label_column_by_the_windows_file_or_unlabelled(tmp_path,
+                                                                                                     caplog):
     write_series(tmp_path / "labelled.csv", label=1)
     write_series(tmp_path / "new.csv")  # new data to score: no label column
     streams = load(tmp_path, label_column="label", labels_optional=True)
     assert [(s.name, s.windows) for s in streams] == [("labelled.csv", [(100, 100)]), ("new.csv", None)]
-    assert "no label column 'label' (task.data.label_column) in 1 file(s), scored without labels: new.csv" in \
-        caplog.text
+    assert ("no label column 'label' (task.data.label_column) in 1 file(s) and no windows file naming them, scored "
+            "without labels: new.csv") in caplog.text
     with pytest.raises(UserError, match=r"new\.csv: no label column 'label'"):
         load(tmp_path, label_column="label")  # training: the column named is the data's, or a typo
+    (tmp_path / "windows.json").write_text(json.dumps({"new.csv": [["2024-01-02 00:00", "2024-01-02 02:00"]]}))
+    streams = load(tmp_path, label_column="label", labels_optional=True, windows_path="auto")
+    assert [s.windows for s in streams] == [[(100, 100)], [(24, 26)]]  # the label column, else the windows beside
+
+
+def test_a_resumed_training_run_still_refuses_a_label_column_its_files_lack(tmp_path):
+    write_series(tmp_path / "a.csv", rows=600, label=1)
+    quiet = [*TINY, f"task.data.path={tmp_path / 'a.csv'}", "task.data.label_column=label", "threads=1",
+             "test_after_training=false", "predict_after_training=false", "trainer.max_epochs=1"]
+    run.train(compose_train_config("anomaly", quiet, tmp_path / "run"))
+    resumed = [*quiet, "task.data.label_column=lable", "trainer.max_epochs=2", "ckpt_path=last"]
+    with pytest.raises(UserError, match=r"a\.csv: no label column 'lable'"):
+        run.train(compose_train_config("anomaly", resumed, tmp_path / "run"))
 
 
 @pytest.mark.parametrize("override, expected", [

@@ -758,8 +758,8 @@ def test_own_training_texts_beside_the_bundled_validation_and_test_files_are_ref
     cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={own}", "task.data.text_column=review",
                                              "task.data.label_column=stars"], tmp_path)
     with pytest.raises(UserError, match=r"task.data.train is data of your own \(.*reviews.csv\), but task.data.val, "
-                                        r"task.data.test still name the bundled demo data in .*: give your own, or "
-                                        r"null"):
+                                        r"task.data.test are left at the bundled demo data in .*: give task.data.val, "
+                                        r"or null to hold out .*; task.data.test, or null to test on the validation"):
         run.build_task(cfg.task).datamodule()
     cfg.task.data.val = cfg.task.data.test = None  # a held-out share of the own texts, and testing on it
     run.build_task(cfg.task).datamodule()

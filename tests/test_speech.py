@@ -627,8 +627,13 @@ def test_own_training_data_beside_the_bundled_test_split_is_refused_before_train
     own = ["task.data.train=my/train.jsonl", "task.data.val=my/val.jsonl"]  # checked before any file is read
     cfg = compose_train_config("speech", [*TINY, *own], tmp_path)
     with pytest.raises(UserError, match=r"task.data.train is data of your own \(my/train.jsonl\), but task.data.test "
-                                        r"still names the bundled demo data in .*task.data.test=null tests on"):
+                                        r"is left at the bundled demo data in .*: give task.data.test, or null to test "
+                                        r"on the validation split$"):
         run.build_task(cfg.task).datamodule()
+    bundled_test = compose_train_config("speech", [], tmp_path).task.data.test  # an explicit path is a choice
+    chosen = compose_train_config("speech", [*TINY, *own, f"task.data.test={bundled_test}"], tmp_path)
+    with pytest.raises(UserError, match=r"^(?!.*left at).*my/train\.jsonl"):  # past the check: reading the data
+        run.build_task(chosen.task).datamodule()
 
 
 def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> None:

@@ -176,11 +176,13 @@ def load_streams(
     and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
     the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`);
     a time column of numbers is Unix time in `time_unit`. With `labels_optional` (a trained detector scoring),
-    a file without `label_column` is scored without labels, with a warning; else it is an error."""
+    a file without `label_column` takes its labels from the windows file beside the data, if any, else is scored
+    without labels, with a warning; else it is an error."""
     root, files = csv_files(path)
     beside = windows_path == "auto"
     if beside:
-        windows_path = None if label_column else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None)
+        windows_path = (None if label_column and not labels_optional
+                        else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None))
     windows = read_window_file(windows_path) if windows_path else {}
     matched = (_match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside)
                if windows else {})
@@ -193,7 +195,8 @@ def load_streams(
             if not labels_optional:
                 raise UserError(f"{file}: no label column {label_column!r} (task.data.label_column); its columns are "
                                 f"{list(frame.columns)}")
-            unlabelled.append(file.name)
+            if file not in matched:
+                unlabelled.append(file.name)
         columns = list(value_columns) if value_columns else _value_columns(file, frame, time_column, labels)
         if preferred_columns:  # warnings for the first file only: the others must have the same columns
             columns = _trained_columns(file, columns, list(preferred_columns), bool(value_columns), warn=not streams)
@@ -219,8 +222,8 @@ def load_streams(
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     if unlabelled:
         shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
-        log.warning("%s: no label column %r (task.data.label_column) in %d file(s), scored without labels: %s",
-                    path, label_column, len(unlabelled), shown)
+        log.warning("%s: no label column %r (task.data.label_column) in %d file(s) and no windows file naming them, "
+                    "scored without labels: %s", path, label_column, len(unlabelled), shown)
     return streams
 
 

@@ -48,21 +48,25 @@ class AnomalyTask(TaskPlugin):
     def datamodule(self) -> AnomalyData:
         data, detector = self.cfg.data, self.cfg.detector
         trained = "n_features" in self.state  # a restored detector scores: its probation only scales and calibrates
+        labels = data.get("label_column")
+        labels_optional = trained and labels == self.state.get("label_column", labels)  # the column trained with
         if self.calendar.kinds and not data.get("time_column"):
             raise UserError(f"calendar features {list(self.calendar.kinds)} need a time column of timestamps: set "
                             "task.data.time_column" + (" (the detector was trained with them)" if trained else
                                                        " (or task.data.calendar=[])"))
         self.streams: list[StreamData] = load_streams(
             data.path, data.get("time_column"), name_list(data.get("value_columns"), "task.data.value_columns"),
-            data.get("label_column"),
+            labels,
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 if trained else 2 * data.crop_length, calendar=self.calendar,
-            preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"), labels_optional=trained,
+            preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
+            labels_optional=labels_optional,
         )
         flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
         self._check_calibration(flagger)
         self._check_value_columns(self.streams[0].series)
+        self.state.setdefault("label_column", labels)
         self.state.setdefault("calendar", list(self.calendar.kinds))
         self.state.setdefault("calendar_harmonics", self.calendar.harmonics)
         self.state.setdefault("n_features", len(self.streams[0].series.columns))

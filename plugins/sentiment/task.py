@@ -110,9 +110,9 @@ class SentimentTask(TaskPlugin):
 
     def datamodule(self) -> SentimentData:
         if self.tokenizer is None:  # training: what later stages read is checked before it
-            check_own_splits(self.cfg.data, {split: f"sentiment/{split}.csv" for split in ("train", "val", "test")},
-                             "give your own, or null (task.data.val=null holds out task.data.val_fraction of the "
-                             "training texts; task.data.test=null tests on the validation texts)")
+            check_own_splits(self.cfg.data, {
+                "val": "task.data.val, or null to hold out task.data.val_fraction of the training texts",
+                "test": "task.data.test, or null to test on the validation texts"})
             self._check_prediction_settings()
             self._check_input_files()
             self._fit(self._examples("train"))

@@ -385,8 +385,8 @@ class SpeechTask(TaskPlugin):
         }
         if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
             if not self.cfg.data.get("fsdd"):
-                check_own_splits(self.cfg.data, {split: f"speech/{split}.jsonl" for split in SPLITS},
-                                 "give your own (task.data.test=null tests on the validation split)")
+                check_own_splits(self.cfg.data, {"val": "task.data.val (required)",
+                                                 "test": "task.data.test, or null to test on the validation split"})
             if self.vocab is None:
                 self._fit_tokens()
             if self._adversary_scale() > 0:
