@@ -11,6 +11,12 @@ SKIPS_NAMED = 5
 """Skipped items named one by one in the log; the rest are counted."""
 
 
+def first_named(items: list, separator: str = ", ") -> str:
+    """The first `SKIPS_NAMED` of `items` joined, and how many more there are: "a, b, c, d, e and 3 more"."""
+    more = f" and {len(items) - SKIPS_NAMED} more" if len(items) > SKIPS_NAMED else ""
+    return separator.join(map(str, items[:SKIPS_NAMED])) + more
+
+
 class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
 

@@ -22,7 +22,7 @@ from gru_suite.config import (
     wrong_switches,
     wrong_unset,
 )
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, first_named
 from gru_suite.overrides import given_keys, undeclared_run_settings, undeclared_settings, unknown_group_option
 from gru_suite.registry import task_switches
 from gru_suite.task import TaskPlugin
@@ -549,3 +549,8 @@ def test_every_core_number_is_required_unless_null_is_off():
     null_is_off = {"trainer.max_epochs", "trainer.gradient_clip_val", "trainer.log_every_n_steps",
                    "trainer.num_sanity_val_steps", "trainer.check_val_every_n_epoch", "threads", "seed"}
     assert {field for field, *_ in RUN_NUMBERS} - set(RUN_REQUIRED) == null_is_off
+
+
+def test_a_list_in_a_message_names_five_then_counts_the_rest():
+    assert first_named(list(range(1, 9))) == "1, 2, 3, 4, 5 and 3 more"
+    assert first_named(["a.csv", "b.csv"]) == "a.csv, b.csv"

@@ -15,7 +15,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
-from gru_suite.errors import UserError, not_a_file
+from gru_suite.errors import UserError, first_named, not_a_file
 from gru_suite.timeseries import Calendar, Series, StandardScaler, data_line, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
@@ -151,9 +151,8 @@ def _match_windows(
         raise UserError(f"{source}: names none of the {len(files)} series under {root} "
                         "(unlabelled data: set task.data.windows_path=null, or auto for the data folder's own file)")
     if unknown := sorted(set(windows) - used):
-        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         log.warning("%s: %d labelled series are not in the input (%s) and are ignored: %s", source, len(unknown),
-                    data_path, shown)
+                    data_path, first_named(unknown))
     return matched
 
 
@@ -221,9 +220,8 @@ def load_streams(
         covariates = calendar.features(series.clock, file)
         streams.append(StreamData(str(file.relative_to(root)), series, n_probation, scaler, spans, covariates))
     if unlabelled:
-        shown = ", ".join(unlabelled[:5]) + (f" and {len(unlabelled) - 5} more" if len(unlabelled) > 5 else "")
         log.warning("%s: no label column %r (task.data.label_column) in %d file(s) and no windows file naming them, "
-                    "scored without labels: %s", path, label_column, len(unlabelled), shown)
+                    "scored without labels: %s", path, label_column, len(unlabelled), first_named(unlabelled))
     return streams
 
 

@@ -19,7 +19,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
-from gru_suite.errors import SKIPS_NAMED, UserError, not_a_file
+from gru_suite.errors import UserError, first_named, not_a_file
 from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,8 @@ def _report_midi_warnings(folder: Path, caught: list[Warning | str], files: int)
         else:
             warnings.warn(warning, stacklevel=3)
     for message, paths in paths_by_message.items():
-        more = f" and {len(paths) - SKIPS_NAMED} more" if len(paths) > SKIPS_NAMED else ""
-        log.warning("%s: %d of %d MIDI files: %s (%s%s)", folder, len(paths), files, " ".join(message.split()),
-                    ", ".join(paths[:SKIPS_NAMED]), more)
+        log.warning("%s: %d of %d MIDI files: %s (%s)", folder, len(paths), files, " ".join(message.split()),
+                    first_named(paths))
 
 
 def read_json_rolls(path: Path) -> Corpus:

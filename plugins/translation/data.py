@@ -13,14 +13,12 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.config import check_choice
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, first_named
 from gru_suite.text import encode_as_text, pad_ids, read_lines, read_table, source_name
 
 log = logging.getLogger(__name__)
 
 TooLong = Literal["truncate", "skip", "error"]
-SHOWN = 5
-"""Lines named in a warning before the rest are only counted."""
 
 
 @dataclass
@@ -44,8 +42,7 @@ def warn_lines(where: str, lines: Sequence[int], what: str) -> None:
     of several sentences once)."""
     lines = list(dict.fromkeys(lines))
     if lines:
-        shown = ", ".join(map(str, lines[:SHOWN])) + (f" and {len(lines) - SHOWN} more" if len(lines) > SHOWN else "")
-        log.warning("%s: %s on line(s) %s", where, what, shown)
+        log.warning("%s: %s on line(s) %s", where, what, first_named(lines))
 
 
 def _existing(folder: Path, name: str) -> Path | None:
