@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, first_named
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
 
@@ -59,15 +59,40 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
             if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored_task, key, default=None)]
 
 
-def check_same_model(state: dict[str, Any], module: TaskModule, source: str) -> None:
+def check_same_model(state: dict[str, Any], module: TaskModule, source: str, changed: Sequence[str] = ()) -> None:
     """`state` (a checkpoint's state dict, from `source`) must hold the model `module` is: the same parameter
-    and buffer names and shapes; else a UserError naming the first that differs, in the model's order."""
+    and buffer names and shapes; else a UserError naming the first that differs, in the model's order, and the
+    `changed` settings (`settings_apart`), among which is the cause."""
     own = module.state_dict()
     for name in [*own, *(name for name in state if name not in own)]:
         stored, built = state.get(name), own.get(name)
         if stored is None or built is None or stored.shape != built.shape:
+            differing = f" (set otherwise here: {first_named(list(changed), '; ')})" if changed else ""
             raise UserError(f"{source} holds another model than this config builds ({name}: {_shape(stored)} in the "
-                            f"checkpoint, {_shape(built)} here); use the settings it was trained with")
+                            f"checkpoint, {_shape(built)} here); use the settings it was trained with{differing}")
+
+
+def settings_apart(stored: DictConfig, given: DictConfig, prefix: str) -> list[str]:
+    """The settings under `prefix` (a config block, e.g. "task") whose values differ between a checkpoint's
+    `stored` block and the `given` one, each as 'task.data.horizon=3 (trained with 6)', in the given block's order."""
+    before = _leaves(OmegaConf.to_container(stored, resolve=True))
+    now = _leaves(OmegaConf.to_container(given, resolve=True))
+    return [f"{prefix}.{key}={_shown(now.get(key))} (trained with {_shown(before.get(key))})"
+            for key in [*now, *(key for key in before if key not in now)] if now.get(key) != before.get(key)]
+
+
+def _leaves(block: Any, key: str = "") -> dict[str, Any]:
+    """A nested config container's values by dotted key (a list or an empty block is one value)."""
+    if not isinstance(block, dict) or not block:
+        return {key: block}
+    leaves: dict[str, Any] = {}
+    for name, child in block.items():
+        leaves.update(_leaves(child, f"{key}.{name}" if key else str(name)))
+    return leaves
+
+
+def _shown(value: Any) -> str:
+    return "null" if value is None else str(value)
 
 
 def _shape(tensor: torch.Tensor | None) -> str:
@@ -85,13 +110,15 @@ def restore(
     from gru_suite.run import build_module, build_task
 
     cfg = stored_config(checkpoint)
+    changed: list[str] = []
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
+        changed = settings_apart(cfg.task, task_cfg, "task")
         cfg.task = task_cfg
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
-    check_same_model(checkpoint["state_dict"], module, source)
+    check_same_model(checkpoint["state_dict"], module, source, changed)
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
 

@@ -33,7 +33,12 @@ from gru_suite.artifacts import write_artifacts
 from gru_suite.atomic import write_text
 from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import check_same_model, read_checkpoint, stored_config
+from gru_suite.checkpoint import (
+    check_same_model,
+    read_checkpoint,
+    settings_apart,
+    stored_config,
+)
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     check_batch_limits,
@@ -286,6 +291,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warn_on_rank_zero(f"trainer.{limit}=0: nothing is trained; the test metrics and artifacts are those of the "
                               "untrained (or resumed) model")
     resumed, task_state, resumed_step, monitor_changed = None, None, None, False
+    changed: list[str] = []  # settings of a resumed run that differ from its checkpoint's
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
         checkpoint = read_checkpoint(ckpt_path)
@@ -295,6 +301,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         keep_trained_settings(stored, cfg, ckpt_path)
         monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
+        changed = [*settings_apart(stored, cfg.task, "task"),
+                   *settings_apart(stored_config(checkpoint).backbone, cfg.backbone, "backbone")]
         resumed_step = checkpoint.get("global_step")
         del checkpoint
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
@@ -307,7 +315,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)
     if resumed is not None:
-        check_same_model(resumed, module, f"ckpt_path {ckpt_path}")
+        check_same_model(resumed, module, f"ckpt_path {ckpt_path}", changed)
         del resumed
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)

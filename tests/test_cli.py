@@ -114,6 +114,8 @@ def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp
     assert result.returncode == 2
     assert (f"error: {trained_run}/checkpoints/last.ckpt holds another model than this config builds (model.head."
             in result.stderr)
+    assert "use the settings it was trained with (set otherwise here: task.data.horizon=3 (trained with 6))" \
+        in result.stderr  # the cause, not only the tensor it shaped
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "test_metrics.json").exists()
 
@@ -852,8 +854,9 @@ def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
     resume = compose_train_config("forecasting", [*TINY, "backbone.hidden_size=9",
                                                   f"ckpt_path={trained_run}/checkpoints/last.ckpt"], tmp_path / "t")
     first = r"\(model\.backbone\.rnn\.weight_ih_l0: "  # the model's first parameter that differs, not bias_hh_l0
-    with pytest.raises(UserError, match=r"holds another model than this config builds " + first):
+    with pytest.raises(UserError, match=r"holds another model than this config builds " + first) as raised:
         run.train(resume)
+    assert str(raised.value).endswith("(set otherwise here: backbone.hidden_size=9 (trained with 16))")
     assert not (tmp_path / "t" / "checkpoints").exists()
     other_task = compose_train_config("anomaly", [f"ckpt_path={trained_run}/checkpoints/last.ckpt"], tmp_path / "a")
     with pytest.raises(UserError, match=r"last.ckpt holds a model of task 'forecasting', not task=anomaly$"):
