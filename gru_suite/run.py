@@ -385,9 +385,17 @@ def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
         name = missing.group(1) or missing.group(2)
         where = "task.monitor" if name == monitor else "a callback's monitor"
         logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
-        close = difflib.get_close_matches(name, logged, n=1, cutoff=0.75)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = f"did you mean {meant!r}? " if (meant := _metric_meant(name, logged)) else ""
         raise UserError(f"{where} names {name!r}, a metric that was never logged; {hint}logged: {logged}") from err
+
+
+def _metric_meant(name: str, logged: list[str]) -> str | None:
+    """The logged metric a monitor's `name` most likely meant: a close spelling of one, else the same name (or a close
+    one) under a stage prefix, validation's first (`loss` or `test/loss` for `val/loss`)."""
+    for wanted in (name, *(stage + name.rsplit("/", 1)[-1] for stage in ("val/", "train/"))):
+        if close := difflib.get_close_matches(wanted, logged, n=1, cutoff=0.75):
+            return close[0]
+    return None
 
 
 @contextmanager

@@ -251,6 +251,9 @@ def test_a_run_limited_to_no_training_says_its_figures_are_the_untrained_models(
     (["task.monitor=val/acc", "callbacks=none", "scheduler=plateau"], "task.monitor names 'val/acc', a metric"),
     (["task.monitor=val/los"], "task.monitor names 'val/los', a metric that was never logged; did you mean 'val/loss'? "
                                "logged: ["),
+    (["task.monitor=loss"], "task.monitor names 'loss', a metric that was never logged; did you mean 'val/loss'? "),
+    (["task.monitor=test/mae"], "task.monitor names 'test/mae', a metric that was never logged; did you mean "
+                                "'val/mae'? "),
 ])
 def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, message, tmp_path):
     cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none",
