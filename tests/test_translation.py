@@ -29,7 +29,7 @@ from gru_suite.text import pad_ids, readable_pieces
 from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, read_source_text
 from gru_suite_plugins.translation import decode
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
-from gru_suite_plugins.translation.model import Seq2Seq
+from gru_suite_plugins.translation.model import Memory, Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
 from gru_suite_plugins.translation.task import TranslationTask, corpus_scores, split_sentences
 from gru_suite_plugins.translation.writer import LABELLED_PIECES, MAX_INCHES, plot_alignment
@@ -191,6 +191,46 @@ def test_beam_search_without_early_stopping_runs_on_while_a_longer_beam_could_wi
             patch.setattr(decode, "_complete", lambda finished, k, early_stopping, *rest: False)
             full = beam_search(model, source, lengths, limit, 2, length_penalty=1.0, early_stopping=False)[0]
         assert stopped.tokens == full.tokens and stopped.score == pytest.approx(full.score), seed
+
+
+class MarkovDecoder:
+    """A stand-in for Seq2Seq in decoding whose next token depends only on the previous one: `table[prev][next]` is
+    its probability (any other next token: about e^-30)."""
+
+    def __init__(self, table: dict[int, dict[int, float]], vocab: int) -> None:
+        self.log_probs = torch.full((vocab, vocab), -30.0)
+        for previous, nexts in table.items():
+            for token, probability in nexts.items():
+                self.log_probs[previous, token] = math.log(probability)
+
+    def encode(self, source: torch.Tensor, lengths: torch.Tensor) -> Memory:
+        batch, length = source.shape
+        return Memory(torch.zeros(batch, length, 1), torch.zeros(batch, length, 1),
+                      torch.ones(batch, length, dtype=torch.bool), torch.zeros(1, batch, 1))
+
+    def initial_state(self, memory: Memory) -> torch.Tensor:
+        return memory.final
+
+    def initial_feed(self, memory: Memory) -> torch.Tensor:
+        return memory.outputs[:, 0]
+
+    def decode_step(self, tokens: torch.Tensor, state: torch.Tensor, feed: torch.Tensor,
+                    memory: Memory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.log_probs[tokens], state, feed, torch.full(memory.mask.shape, 1 / memory.mask.size(1))
+
+
+def test_beam_search_without_early_stopping_keeps_a_longer_hypothesis_that_ends_better() -> None:
+    a, c, d, e, b = 4, 5, 6, 7, 8  # after BOS and EOS (2, 3)
+    model = MarkovDecoder({BOS: {EOS: 0.5, a: 0.45, b: 0.05}, a: {EOS: 0.55, c: 0.45}, c: {d: 0.99, EOS: 0.01},
+                           d: {e: 0.99, EOS: 0.01}, e: {EOS: 0.99, e: 0.01}, b: {b: 0.99, EOS: 0.01}}, vocab=9)
+    source, lengths = torch.tensor([[4, 5, EOS]]), torch.tensor([3])
+    # two beams: "" and "a" end at steps 1 and 2 (log 0.5 / 1 and log 0.2475 / 2), then "a c d e" at step 5
+    best = beam_search(model, source, lengths, torch.tensor([6]), 2, length_penalty=1.0, early_stopping=False)[0]
+    assert best.tokens == [a, c, d, e] and best.ended
+    expected = math.log(0.45 * 0.45 * 0.99 * 0.99 * 0.99) / 5  # the length counts the EOS
+    assert best.score == pytest.approx(expected, abs=1e-4)
+    first = beam_search(model, source, lengths, torch.tensor([6]), 2, length_penalty=1.0)[0]  # stops at two ended
+    assert first.tokens == [] and first.score == pytest.approx(math.log(0.5), abs=1e-4)
 
 
 def test_beam_search_finds_a_likelier_translation_than_greedy_or_the_same() -> None:
