@@ -57,6 +57,7 @@ from gru_suite_plugins.music.model import (
 )
 from gru_suite_plugins.music.synth import chorale, write_corpus
 from gru_suite_plugins.music.task import EventRepresentation, RollRepresentation
+from gru_suite_plugins.music import writer
 from gru_suite_plugins.music.writer import roll_to_midi
 
 HEADS = ["independent", "autoregressive"]
@@ -681,3 +682,22 @@ def test_gate_plots_follow_generated_events_as_they_were_fed_back(music_installe
     with torch.no_grad():
         fed = model.embed(torch.tensor([VOCAB, *events[:11].tolist()]))
     torch.testing.assert_close(traced, fed)  # 12 events: the start token and the first 11 were fed back
+
+
+def test_a_performances_piano_roll_spans_its_lowest_to_its_highest_pitch(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(90, 60, 0.0, 0.5), pretty_midi.Note(90, 67, 0.5, 1.0)]  # a beat is 0.5 s
+    pm.instruments.append(piano)
+    original, drawn = writer.plot_roll, {}
+
+    def plot_roll(roll: np.ndarray, low: int, *rest: object) -> object:
+        drawn.update(roll=roll, low=low)
+        return original(roll, low, *rest)
+
+    monkeypatch.setattr(writer, "plot_roll", plot_roll)
+    paths = writer.write_performance(pm, tmp_path / "piece", steps_per_beat=2)
+    assert [p.suffix for p in paths] == [".mid", ".png"] and all(p.stat().st_size > 0 for p in paths)
+    assert drawn["low"] == 60 and drawn["roll"].shape == (4, 8)  # pitches 60-67, four half-beat steps
+    assert drawn["roll"][:2, 0].all() and drawn["roll"][2:, 7].all()  # the top pitch is drawn too
