@@ -375,18 +375,41 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
 @contextmanager
 def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
     """Lightning's error when a checkpoint, early-stopping or scheduler monitor was never logged becomes one line
-    naming the metric, where it is set, and the metrics that were logged."""
+    naming the metric, where it is set, and the metrics that were logged; a validation metric is named so right
+    after the validation Lightning runs before training (its sanity check), not after the first epoch."""
+    trainer.callbacks.append(MonitorsLogged(monitor))
     try:
         yield
     except (MisconfigurationException, RuntimeError) as err:
         missing = re.search(r"monitor='([^']*)'\)`? could not find|conditioned on metric `?([^`\s]*)`? which", str(err))
         if missing is None:
             raise
-        name = missing.group(1) or missing.group(2)
-        where = "task.monitor" if name == monitor else "a callback's monitor"
-        logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
-        hint = f"did you mean {meant!r}? " if (meant := _metric_meant(name, logged)) else ""
-        raise UserError(f"{where} names {name!r}, a metric that was never logged; {hint}logged: {logged}") from err
+        raise never_logged(trainer, missing.group(1) or missing.group(2), monitor) from err
+
+
+class MonitorsLogged(pl.Callback):
+    """After Lightning's sanity check, every monitor of a checkpoint, early-stopping or plateau-scheduler that is not
+    a training metric must name a metric that validation logged (`never_logged` otherwise)."""
+
+    def __init__(self, monitor: str) -> None:
+        self.monitor = monitor  # task.monitor
+
+    def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        callbacks = [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
+        plateaus = [s.monitor for s in trainer.lr_scheduler_configs if s.reduce_on_plateau]
+        monitors = [*(c.monitor for c in callbacks), *plateaus]
+        for name in monitors:
+            if name and not name.startswith("train/") and name not in trainer.callback_metrics:
+                raise never_logged(trainer, name, self.monitor)
+
+
+def never_logged(trainer: pl.Trainer, name: str, monitor: str) -> UserError:
+    """The error for a monitor `name` that `trainer` never logged, saying where it is set (`monitor`: task.monitor's)
+    and what was logged."""
+    where = "task.monitor" if name == monitor else "a callback's monitor"
+    logged = sorted(k for k in trainer.callback_metrics if k.startswith(("val/", "train/")))
+    hint = f"did you mean {meant!r}? " if (meant := _metric_meant(name, logged)) else ""
+    return UserError(f"{where} names {name!r}, a metric that was never logged; {hint}logged: {logged}")
 
 
 def _metric_meant(name: str, logged: list[str]) -> str | None:

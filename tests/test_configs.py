@@ -252,15 +252,24 @@ def test_a_run_limited_to_no_training_says_its_figures_are_the_untrained_models(
     (["task.monitor=val/los"], "task.monitor names 'val/los', a metric that was never logged; did you mean 'val/loss'? "
                                "logged: ["),
     (["task.monitor=loss"], "task.monitor names 'loss', a metric that was never logged; did you mean 'val/loss'? "),
-    (["task.monitor=test/mae"], "task.monitor names 'test/mae', a metric that was never logged; did you mean "
-                                "'val/mae'? "),
+    (["task.monitor=test/mae"], ("task.monitor names 'test/mae', a metric that was never logged; did you mean "
+                                 "'val/mae'? ")),
 ])
 def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, message, tmp_path):
-    cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none",
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=csv",
                                                "++trainer.limit_train_batches=2", *overrides], tmp_path)
     with pytest.raises(UserError, match=re.escape(message)) as raised:
         run.train(cfg)
     assert "'val/loss'" in str(raised.value)
+    assert not (tmp_path / "metrics.csv").exists()  # named after the sanity check's validation: no epoch trained
+
+
+def test_a_training_metric_as_monitor_is_named_after_the_first_epoch_if_never_logged(tmp_path):
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none",
+                                               "++trainer.limit_train_batches=2", "task.monitor=train/los"], tmp_path)
+    with pytest.raises(UserError, match=re.escape("task.monitor names 'train/los', a metric that was never logged; "
+                                                  "did you mean 'train/loss'? ")):
+        run.train(cfg)
 
 
 def test_a_required_setting_that_is_null_or_absent_is_named():
