@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite.errors import UserError, first_named
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
@@ -59,31 +60,45 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
             if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored_task, key, default=None)]
 
 
-def check_same_model(state: dict[str, Any], module: TaskModule, source: str, changed: Sequence[str] = ()) -> None:
+def check_same_model(state: dict[str, Any], module: TaskModule, source: str,
+                     changed: Callable[[], list[str]] = list) -> None:
     """`state` (a checkpoint's state dict, from `source`) must hold the model `module` is: the same parameter
-    and buffer names and shapes; else a UserError naming the first that differs, in the model's order, and the
-    `changed` settings (`settings_apart`), among which is the cause."""
+    and buffer names and shapes; else a UserError naming the first that differs, in the model's order, and as a
+    hint the settings `changed()` lists (`settings_apart`: those given otherwise than in training)."""
     own = module.state_dict()
     for name in [*own, *(name for name in state if name not in own)]:
         stored, built = state.get(name), own.get(name)
         if stored is None or built is None or stored.shape != built.shape:
-            differing = f" (set otherwise here: {first_named(list(changed), '; ')})" if changed else ""
             raise UserError(f"{source} holds another model than this config builds ({name}: {_shape(stored)} in the "
-                            f"checkpoint, {_shape(built)} here); use the settings it was trained with{differing}")
+                            f"checkpoint, {_shape(built)} here); use the settings it was trained with"
+                            f"{_changed_hint(changed(), name)}")
 
 
-def settings_apart(stored: DictConfig, given: DictConfig, prefix: str) -> list[str]:
-    """The settings under `prefix` (a config block, e.g. "task") whose values differ between a checkpoint's
-    `stored` block and the `given` one, each as 'task.data.horizon=3 (trained with 6)', in the given block's order."""
-    before = _leaves(OmegaConf.to_container(stored, resolve=True))
-    now = _leaves(OmegaConf.to_container(given, resolve=True))
-    return [f"{prefix}.{key}={_shown(now.get(key))} (trained with {_shown(before.get(key))})"
-            for key in [*now, *(key for key in before if key not in now)] if now.get(key) != before.get(key)]
+def _changed_hint(changed: list[str], tensor: str) -> str:
+    if ".backbone." in f".{tensor}":  # the backbone's settings first
+        changed = sorted(changed, key=lambda setting: not setting.startswith("backbone."))
+    return f" (set otherwise here: {first_named(changed, '; ')})" if changed else ""
+
+
+def settings_apart(stored: DictConfig | None, given: DictConfig, prefix: str) -> list[str]:
+    """The settings under `prefix` (a config block, e.g. "task") given otherwise than in a checkpoint's `stored`
+    block (resolved when it was saved), in the given block's order, as overrides: 'task.data.horizon=3 (trained
+    with 6)'; those the checkpoint lacks (settings newer than it) last, 'task.data.x=1 (not in the checkpoint)'. A
+    hint only: a config that cannot be resolved gives none."""
+    try:
+        before = _leaves(OmegaConf.to_container(stored, resolve=False)) if stored is not None else {}
+        now = _leaves(OmegaConf.to_container(given, resolve=True))
+    except OmegaConfBaseException:
+        return []
+    differing = [f"{prefix}.{key}={_as_override(now[key])} (trained with {_as_override(before[key])})"
+                 for key in now if key in before and now[key] != before[key]]
+    newer = [f"{prefix}.{key}={_as_override(now[key])} (not in the checkpoint)" for key in now if key not in before]
+    return differing + newer
 
 
 def _leaves(block: Any, key: str = "") -> dict[str, Any]:
-    """A nested config container's values by dotted key (a list or an empty block is one value)."""
-    if not isinstance(block, dict) or not block:
+    """A nested config container's values by dotted key (a list is one value; an empty block has none)."""
+    if not isinstance(block, dict):
         return {key: block}
     leaves: dict[str, Any] = {}
     for name, child in block.items():
@@ -91,8 +106,13 @@ def _leaves(block: Any, key: str = "") -> dict[str, Any]:
     return leaves
 
 
-def _shown(value: Any) -> str:
-    return "null" if value is None else str(value)
+def _as_override(value: Any) -> str:
+    """`value` as a command-line override writes it: null, true, [a,b], {k:v}."""
+    if isinstance(value, list):
+        return f"[{','.join(map(_as_override, value))}]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{key}:{_as_override(item)}" for key, item in value.items()) + "}"
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _shape(tensor: torch.Tensor | None) -> str:
@@ -110,15 +130,14 @@ def restore(
     from gru_suite.run import build_module, build_task
 
     cfg = stored_config(checkpoint)
-    changed: list[str] = []
+    stored_task = cfg.task
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
-        changed = settings_apart(cfg.task, task_cfg, "task")
         cfg.task = task_cfg
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
-    check_same_model(checkpoint["state_dict"], module, source, changed)
+    check_same_model(checkpoint["state_dict"], module, source, lambda: settings_apart(stored_task, cfg.task, "task"))
     module.load_state_dict(checkpoint["state_dict"])
     return module.eval()
 

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.accelerators import CPUAccelerator
-from pytorch_lightning.callbacks import ProgressBar, WeightAveraging
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar, WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.strategies import ParallelStrategy
 from pytorch_lightning.utilities import rank_zero_only
@@ -291,7 +291,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warn_on_rank_zero(f"trainer.{limit}=0: nothing is trained; the test metrics and artifacts are those of the "
                               "untrained (or resumed) model")
     resumed, task_state, resumed_step, monitor_changed = None, None, None, False
-    changed: list[str] = []  # settings of a resumed run that differ from its checkpoint's
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
         checkpoint = read_checkpoint(ckpt_path)
@@ -301,8 +300,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         keep_trained_settings(stored, cfg, ckpt_path)
         monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
-        changed = [*settings_apart(stored, cfg.task, "task"),
-                   *settings_apart(stored_config(checkpoint).backbone, cfg.backbone, "backbone")]
+        stored_backbone = stored_config(checkpoint).get("backbone")
         resumed_step = checkpoint.get("global_step")
         del checkpoint
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
@@ -315,7 +313,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)
     if resumed is not None:
-        check_same_model(resumed, module, f"ckpt_path {ckpt_path}", changed)
+        check_same_model(resumed, module, f"ckpt_path {ckpt_path}", lambda: [
+            *settings_apart(stored, cfg.task, "task"), *settings_apart(stored_backbone, cfg.backbone, "backbone")])
         del resumed
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
@@ -375,8 +374,9 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
 @contextmanager
 def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
     """Lightning's error when a checkpoint, early-stopping or scheduler monitor was never logged becomes one line
-    naming the metric, where it is set, and the metrics that were logged; a validation metric is named so right
-    after the validation Lightning runs before training (its sanity check), not after the first epoch."""
+    naming the metric, where it is set, and the metrics that were logged; one Lightning would stop at is named
+    right after the validation it runs before training (its sanity check) where that can tell (`MonitorsLogged`),
+    not after the first epoch."""
     trainer.callbacks.append(MonitorsLogged(monitor))
     try:
         yield
@@ -388,19 +388,28 @@ def monitored_metric_named(trainer: pl.Trainer, monitor: str) -> Iterator[None]:
 
 
 class MonitorsLogged(pl.Callback):
-    """After Lightning's sanity check, every monitor of a checkpoint, early-stopping or plateau-scheduler that is not
-    a training metric must name a metric that validation logged (`never_logged` otherwise)."""
+    """After Lightning's sanity check, a monitor that Lightning requires (a checkpoint's that keeps its best, a strict
+    early stopping's or plateau schedule's; not `epoch` or `step`, which Lightning adds itself, nor a training metric)
+    and that validation did not log is named (`never_logged`), if the check validated every batch or the name looks
+    like a slip for one that was logged: a metric logged by some batches only may yet come in the first epoch."""
 
     def __init__(self, monitor: str) -> None:
         self.monitor = monitor  # task.monitor
 
     def on_sanity_check_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        callbacks = [*trainer.checkpoint_callbacks, *trainer.early_stopping_callbacks]
-        plateaus = [s.monitor for s in trainer.lr_scheduler_configs if s.reduce_on_plateau]
-        monitors = [*(c.monitor for c in callbacks), *plateaus]
-        for name in monitors:
-            if name and not name.startswith("train/") and name not in trainer.callback_metrics:
+        whole = trainer.num_sanity_val_batches == trainer.num_val_batches
+        logged = sorted(trainer.callback_metrics)
+        for name in required_monitors(trainer):
+            if name not in logged and not name.startswith("train/") and (whole or _metric_meant(name, logged)):
                 raise never_logged(trainer, name, self.monitor)
+
+
+def required_monitors(trainer: pl.Trainer) -> set[str]:
+    """The metrics that Lightning stops a run for at a validation's end if they were not logged."""
+    checkpoints = [c.monitor for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_top_k]
+    stoppers = [c.monitor for c in trainer.early_stopping_callbacks if c.strict]
+    plateaus = [s.monitor for s in trainer.lr_scheduler_configs if s.reduce_on_plateau and s.strict]
+    return {name for name in (*checkpoints, *stoppers, *plateaus) if name and name not in ("epoch", "step")}
 
 
 def never_logged(trainer: pl.Trainer, name: str, monitor: str) -> UserError:

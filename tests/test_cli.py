@@ -28,7 +28,7 @@ from conftest import TINY, resumed_and_uninterrupted, run_cli
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint
+from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint, settings_apart
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
@@ -848,6 +848,18 @@ def test_a_checkpoint_with_a_layer_more_than_the_config_builds_is_named_by_that_
     with pytest.raises(UserError, match=r"another model than this config builds \(weight_ih_l1: shape \(9, 3\) in the "
                                         r"checkpoint, nothing here\)"):
         check_same_model(stored, built, "ckpt_path x.ckpt")
+
+
+def test_the_settings_given_otherwise_than_in_training_are_listed_as_overrides():
+    stored = OmegaConf.create({"description": "costs ${HOME}", "data": {"horizon": 6, "features": ["a", "b"]},
+                               "model": {}, "old": 1})  # as saved: resolved, so "${HOME}" was a literal
+    given = OmegaConf.create({"description": "costs \\${HOME}", "data": {"horizon": 3, "features": ["a"]},
+                              "model": {"head_dropout": 0.0, "flags": {"on": True, "size": None}}, "extra": {}})
+    assert settings_apart(stored, given, "task") == [
+        "task.data.horizon=3 (trained with 6)", "task.data.features=[a] (trained with [a,b])",
+        "task.model.head_dropout=0.0 (not in the checkpoint)", "task.model.flags.on=true (not in the checkpoint)",
+        "task.model.flags.size=null (not in the checkpoint)"]
+    assert settings_apart(None, OmegaConf.create({"x": "${nowhere}"}), "backbone") == []  # a hint only
 
 
 def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):

@@ -257,11 +257,33 @@ def test_a_run_limited_to_no_training_says_its_figures_are_the_untrained_models(
 ])
 def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, message, tmp_path):
     cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=csv",
-                                               "++trainer.limit_train_batches=2", *overrides], tmp_path)
+                                               "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=2",
+                                               *overrides], tmp_path)
     with pytest.raises(UserError, match=re.escape(message)) as raised:
         run.train(cfg)
     assert "'val/loss'" in str(raised.value)
-    assert not (tmp_path / "metrics.csv").exists()  # named after the sanity check's validation: no epoch trained
+    assert not (tmp_path / "metrics.csv").exists()  # the sanity check validated every batch: no epoch trained
+
+
+@pytest.mark.parametrize("monitor, named_early", [("val/los", True), ("val/accuracy", False)])
+def test_a_monitor_missing_from_a_partial_sanity_check_is_named_early_only_if_it_looks_like_a_slip(
+        monitor, named_early, tmp_path):
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=8", "trainer.max_epochs=1", "logger=csv",
+                                               "++trainer.limit_train_batches=2", "++trainer.limit_val_batches=4",
+                                               "++trainer.num_sanity_val_steps=1", f"task.monitor={monitor}"], tmp_path)
+    with pytest.raises(UserError, match=re.escape(f"task.monitor names '{monitor}', a metric that was never logged")):
+        run.train(cfg)  # a metric that some batches log may come later: Lightning's own check names it after the epoch
+    assert (tmp_path / "metrics.csv").exists() is not named_early
+
+
+def test_monitors_lightning_does_not_require_are_not_refused_after_the_sanity_check(tmp_path):
+    cfg = compose_train_config("forecasting", [
+        "backbone.hidden_size=8", "trainer.max_epochs=1", "logger=none", "++trainer.limit_train_batches=2",
+        "++trainer.limit_val_batches=2", "callbacks=early_stopping", "+callbacks.early_stopping.strict=false",
+        "callbacks.early_stopping.monitor=val/nope", "callbacks.model_checkpoint.monitor=step",  # Lightning's own
+        "+callbacks.on_exception._target_=pytorch_lightning.callbacks.OnExceptionCheckpoint",  # no monitor at all
+        f"+callbacks.on_exception.dirpath={tmp_path}"], tmp_path)
+    assert "test/mse" in run.train(cfg)
 
 
 def test_a_training_metric_as_monitor_is_named_after_the_first_epoch_if_never_logged(tmp_path):

@@ -113,9 +113,10 @@ def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp
     assert [job.folder.name for job in sweep_jobs(tmp_path)] == ["0_sentiment"]
     for path in (tmp_path / "0_sentiment").rglob("*"):
         os.utime(path, (time.time() - 10, time.time() - 10))
-    summary, started = SweepSummary(), time.time_ns()
+    summary = SweepSummary()
     summary.on_multirun_start(OmegaConf.create({}))
     assert sweep_jobs(tmp_path, summary._started_ns) == []  # both older than the sweep the callback saw start
+    started = summary._started_ns + 10**9  # when the callback saw it start (it keeps a second's slack)
     whole_second = started // 10**9 * 10**9  # a job written in the sweep's first second, on a file system that keeps
     for path in (tmp_path / "0_sentiment").rglob("*"):  # times to the second
         os.utime(path, ns=(whole_second, whole_second))
