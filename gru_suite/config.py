@@ -201,19 +201,21 @@ DECLARATION_SHAPES = (
     ("choices", _choice_field, "(key, the values it may take)"),
     ("ranges", _range_field, "(key, int or float, least low bound, whether null is allowed)"),
     ("required", lambda entry: isinstance(entry, str), "a key"),
+    ("trained_settings", lambda entry: isinstance(entry, str), "a key or a block (data.vocab, tokenizer)"),
 )
 """Each declaration of a task class, the test of one entry, and the shape the test wants."""
 
 
 def wrong_declarations(task_cls: type) -> list[str]:
-    """One message per malformed entry of a task class's `numbers`, `choices`, `ranges` and `required` (a plugin
-    author's mistake, which would otherwise be a traceback, or a check that never fails)."""
+    """One message per malformed entry of a task class's `numbers`, `choices`, `ranges`, `required` and
+    `trained_settings` (a plugin author's mistake, which would otherwise be a traceback, or a check that never
+    fails)."""
     wrong = []
     for name, fits, expected in DECLARATION_SHAPES:
         declared = getattr(task_cls, name)
         if not isinstance(declared, Sequence) or isinstance(declared, str):
             wrong.append(f"{name} must be a tuple of entries, each {expected}; got {declared!r}")
-        elif name != "required" and declared and isinstance(declared[0], str):
+        elif name not in ("required", "trained_settings") and declared and isinstance(declared[0], str):
             wrong.append(f"{name} is one entry, not a tuple of them: write ({tuple(declared)!r},) (the trailing comma)")
         else:
             wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]

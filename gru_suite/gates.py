@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -242,6 +242,18 @@ def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
     return x[sample : sample + 1, :steps]
 
 
+def checked_view(view: Any, steps: int, task: str | None) -> SequenceView | None:
+    """A task's `describe_sequence` answer for a sequence of `steps` time steps, if it is None or a SequenceView
+    with one label per step (or none); else a UserError naming the task."""
+    where = f"task {task!r}: describe_sequence()"
+    if view is not None and not isinstance(view, SequenceView):
+        raise UserError(f"{where} returned a {type(view).__name__}, not a gru_suite.task.SequenceView (or None)")
+    if view is not None and view.steps is not None and len(view.steps) != steps:
+        raise UserError(f"{where} gave {len(view.steps)} time-step labels for a sequence of {steps} steps (as the "
+                        "backbone reads it): one label per step, or steps=None")
+    return view
+
+
 def plot_model_gates(
     module: TaskModule, out_dir: str | Path, sample: int = 0
 ) -> tuple[SequenceView | None, list[Path]]:
@@ -257,6 +269,7 @@ def plot_model_gates(
     with torch.no_grad():
         x, lengths = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
     sequence = sample_sequence(x, lengths, sample)
-    view = module.task.describe_sequence(datamodule, batch, sample)
+    view = checked_view(module.task.describe_sequence(datamodule, batch, sample), sequence.size(1),
+                        module.task.cfg.get("name"))
     shown = view or SequenceView(f"sample {sample}")  # the traced batch holds that one sequence
     return view, plot_gates(trace_gates(module.model.backbone, sequence), Path(out_dir), view=shown)

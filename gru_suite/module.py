@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import pytorch_lightning as pl
@@ -58,6 +58,7 @@ class TaskModule(pl.LightningModule):
         self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
         self._monitor = task.cfg.get("monitor")
         self._backbone_checked = False
+        self._step_metric_names: dict[str, set[str]] = {}  # an evaluation's, by stage, until its epoch_end
         self.gather_rng = False
         """Set by `RunFolderCheckpoint` while every process saves together: checkpoints then hold each process's
         generator states; other saves hold the saving process's alone."""
@@ -72,6 +73,8 @@ class TaskModule(pl.LightningModule):
             super().__setattr__(name, value)
 
     def _log_metrics(self, out: StepOutput, stage: Stage) -> None:
+        if stage != "train":  # the names an evaluation's epoch_end must not reuse
+            self._step_metric_names.setdefault(stage, set()).update(out.metrics)
         for name, value in out.metrics.items():  # epoch means over every DDP process's share
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=True,
                      prog_bar=f"{stage}/{name}" == self._monitor)
@@ -145,7 +148,9 @@ class TaskModule(pl.LightningModule):
         self._run(batch, "test")
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
-        for name, value in self.task.epoch_end(stage).items():
+        metrics = check_epoch_metrics(self.task.epoch_end(stage), self._task_name, stage,
+                                      self._step_metric_names.pop(stage, set()))
+        for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=f"{stage}/{name}" == self._monitor)
 
     def on_validation_epoch_end(self) -> None:
@@ -311,17 +316,42 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
         raise UserError(f"{where} returned a metric named 'loss', which {stage}/loss already is (the loss it returns): "
                         "rename the metric")
     for name, value in out.metrics.items():
-        if not (isinstance(value, numbers.Real) and not isinstance(value, bool) or isinstance(value, Metric)
-                or isinstance(value, torch.Tensor) and value.numel() == 1):
-            what = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
-            raise UserError(f"{where} returned metric {name!r} as {what}: expected one number per batch (the core "
-                            "logs its epoch mean; a metric of a whole pass goes in epoch_end)")
+        if not (_one_number(value) or isinstance(value, Metric)):
+            raise UserError(f"{where} returned metric {name!r} as {_described(value)}: expected one number per batch "
+                            "(the core logs its epoch mean; a metric of a whole pass goes in epoch_end)")
     weight = out.loss_weight
     if weight is not None and not (isinstance(weight, (int, float)) and weight > 0 or
                                    isinstance(weight, torch.Tensor) and weight.numel() == 1):
         raise UserError(f"{where} returned loss_weight={weight!r}: expected a positive number (what the epoch's mean "
                         "loss weighs this batch by) or None")
     return out
+
+
+def check_epoch_metrics(metrics: Any, task: str | None, stage: Stage, step_names: Collection[str]) -> Mapping:
+    """`metrics`, a task's `epoch_end` output, if it maps names other than `loss` and `step_names` (the metrics its
+    steps returned, logged as epoch means under the same names) to one number each; else a UserError."""
+    where = f"task {task!r}: epoch_end({stage!r})"
+    if not isinstance(metrics, Mapping):
+        raise UserError(f"{where} returned a {type(metrics).__name__}, not a dict of metric names to numbers "
+                        "({} for none)")
+    for name, value in metrics.items():
+        if name == "loss" or name in step_names:
+            what = "the loss step() returns" if name == "loss" else "the epoch mean of a metric step() returns"
+            raise UserError(f"{where} returned a metric named {name!r}, which {stage}/{name} already is ({what}): "
+                            "rename one of them")
+        if not _one_number(value):
+            raise UserError(f"{where} returned metric {name!r} as {_described(value)}: expected one number, the "
+                            "metric of the whole pass")
+    return metrics
+
+
+def _one_number(value: Any) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            or isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _described(value: Any) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
 
 
 SCHEDULE_PROGRESS = frozenset({"last_epoch", "_step_count", "_last_lr", "base_lrs", "best", "num_bad_epochs",

@@ -75,6 +75,12 @@ class TaskEntry:
                 found = None
             if found is None:  # no such package (a misspelt entry point) or a broken one: loading it says which
                 self.load()
+            conf = self.config_dir()
+            shipped = sorted(config.stem for config in conf.glob("task/*.yaml")) if conf else []
+            if shipped:  # the configs are installed: the entry point's name is not theirs
+                raise UserError(f"task {self.name!r} from package {self.distribution!r}: its conf/task/ beside "
+                                f"{self.module} holds {', '.join(f'{s}.yaml' for s in shipped)}, not {self.name}.yaml: "
+                                "an entry point's name is its task config's file name (and the config's `name`)")
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"

@@ -96,6 +96,15 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
     return task_cls(task_cfg, state)
 
 
+def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:
+    """The task's `datamodule()`, which must be a LightningDataModule (a UserError naming the task otherwise)."""
+    datamodule = task.datamodule()
+    if not isinstance(datamodule, pl.LightningDataModule):
+        raise UserError(f"task {task.cfg.get('name')!r}: datamodule() returned a {type(datamodule).__name__}, not a "
+                        "LightningDataModule (gru_suite.data.SplitDataModule is one)")
+    return datamodule
+
+
 def check_checkpointable_state(task: TaskPlugin) -> None:
     """The task's `state_dict()` goes into a checkpoint and comes back as Lightning reads one to test or resume
     (`torch.load(weights_only=True)`): a UserError naming the entry before training, not a traceback after it."""
@@ -124,6 +133,15 @@ def _not_checkpointable(value: Any) -> str | None:
     return None
 
 
+def _found_backbone(model: Any, found: Any, factory: Any) -> str:
+    """What a model holds instead of its backbone, said for `build_module`'s error."""
+    if found is None:
+        return f"its {type(model).__name__} has no `backbone` attribute"
+    if found is factory:
+        return "its `backbone` is the factory itself: call it, backbone(input_size=F), and keep what it returns"
+    return f"its `backbone` is a {type(found).__name__}"
+
+
 def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     """The task's model around the configured backbone, with its optimiser settings."""
     backbone = instantiate(cfg.backbone, "backbone", _partial_=True)
@@ -132,7 +150,7 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     if not isinstance(found := getattr(model, "backbone", None), GRUBackbone):  # backbone.* settings would do nothing
         raise UserError(f"task {task.cfg.get('name')!r}: build_model() must return a module whose `backbone` "
                         "attribute is the backbone built by the factory it is given (the backbone settings, the gate "
-                        f"plots and checkpoints rely on it); its model's is a {type(found).__name__}")
+                        f"plots and checkpoints rely on it); {_found_backbone(model, found, backbone)}")
     optimizer = instantiate(cfg.optimizer, "optimizer", _partial_=True)
     scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
     check_optimization(optimizer, scheduler)
@@ -307,7 +325,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
-    datamodule = task.datamodule()
+    datamodule = task_datamodule(task)
     check_checkpointable_state(task)
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
@@ -490,7 +508,7 @@ def pretrain(cfg: DictConfig, module: TaskModule, phase: Pretraining, **override
 def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str, float]:
     """Test a restored model on its task's test split."""
     check_run_settings(cfg)
-    datamodule = task.datamodule()
+    datamodule = task_datamodule(task)
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -504,7 +522,7 @@ def predict(
     """Write a restored model's artifacts into the run folder; with `ensemble`, (checkpoint path, module)
     pairs of the same task, those of all the models together (`TaskPlugin.ensemble`)."""
     check_run_settings(cfg)
-    datamodule = task.datamodule()
+    datamodule = task_datamodule(task)
     trainer = build_trainer(cfg)
     if trainer.world_size > 1:  # each process would predict its share of the input and write it over the others'
         raise UserError(f"prediction runs in one process, not {trainer.world_size}: trainer=cpu, or trainer=gpu "

@@ -13,7 +13,8 @@ core asks of it and raises an `AssertionError` at the first broken point:
 4. the training loss falls well below its start when overfitting one batch;
 5. a short real run writes `last.ckpt`, and `load_checkpoint` rebuilds a model
    whose predictions equal the trained one's;
-6. predicting from the restored model writes non-empty, parseable artifacts.
+6. predicting from the restored model writes non-empty, parseable artifacts;
+7. the gate plots of its first prediction sequence draw (`describe_sequence` fits the sequence).
 
 Everything runs on the CPU, in one intra-op thread (fastest for the tiny models
 a check trains, and immune to oversubscription when test processes run in
@@ -47,6 +48,7 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.config import CONF_DIR, lacks, register_resolvers
 from gru_suite.errors import UserError
+from gru_suite.gates import plot_model_gates
 from gru_suite.module import TaskModule
 from gru_suite.overrides import unknown_group_option
 from gru_suite.task import StepOutput, TaskPlugin
@@ -129,6 +131,8 @@ def _check_contract(task: str, overrides: list[str], root: Path) -> None:
         predict_cfg = short_run.copy()
         predict_cfg.paths.output_dir = str(root / "predict")
         _check_artifacts(run.predict(predict_cfg, restored.task, restored), root / "predict")
+    with _contract(task, "gate plots"):
+        plot_model_gates(restored, root / "gates")
 
 
 @contextmanager
@@ -172,7 +176,7 @@ def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -
     """Every setting the class declares beyond TaskPlugin's own is in its config: the check skips a setting the
     config lacks, so a misspelt key would never be checked."""
     declared = [entry[0] for entry in (*task_cls.numbers, *task_cls.choices, *task_cls.ranges)
-                if entry not in TaskPlugin.numbers] + list(task_cls.required)
+                if entry not in TaskPlugin.numbers] + list(task_cls.required) + list(task_cls.trained_settings)
     missing = [key for key in declared if lacks(task_cfg, key)]
     _require(not missing, f"{task_cls.__name__} declares settings its config lacks (so they are never checked; "
                           f"misspelt?): {', '.join(f'task.{key}' for key in missing)}")

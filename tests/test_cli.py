@@ -33,6 +33,7 @@ from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
+from gru_suite.task import SequenceView
 
 
 @pytest.mark.parametrize("args", [[], ["task=null"]])
@@ -199,6 +200,22 @@ def test_gates_command_plots_trained_model(trained_run, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
     assert f"wrote {tmp_path / 'gates_layer0.png'}" in (tmp_path / "gates.log").read_text()
+
+
+@pytest.mark.parametrize("view, message", [
+    ("window 3", "task 'forecasting': describe_sequence() returned a str, not a gru_suite.task.SequenceView (or None)"),
+    (SequenceView("window 3", ["a", "b"]), "task 'forecasting': describe_sequence() gave 2 time-step labels for a "
+                                           "sequence of 24 steps (as the backbone reads it)"),
+])
+def test_a_plugins_view_of_a_sequence_that_does_not_fit_it_is_one_line(view, message, trained_run, tmp_path,
+                                                                       monkeypatch):
+    from gru_suite import gates
+    from gru_suite.checkpoint import load_checkpoint
+
+    module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    monkeypatch.setattr(module.task, "describe_sequence", lambda datamodule, batch, sample: view)
+    with pytest.raises(UserError, match=re.escape(message)):
+        gates.plot_model_gates(module, tmp_path, sample=0)
 
 
 def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):

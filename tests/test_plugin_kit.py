@@ -144,6 +144,13 @@ class UnnamedBackboneTask(ForecastingTask):
         return Wrapper(super().build_model(backbone))
 
 
+class TitleOnlyViewTask(ForecastingTask):
+    """Describes a sequence by its title alone, not by a SequenceView."""
+
+    def describe_sequence(self, datamodule: Any, batch: Any, sample: int) -> Any:
+        return f"window {sample}"
+
+
 BROKEN = {
     "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
     "negative-stuck-loss": (NegativeStuckLossTask, r"overfitting one batch: the loss on one batch went from -1 to -1 "
@@ -152,6 +159,8 @@ BROKEN = {
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
     "unnamed-backbone": (UnnamedBackboneTask, "instantiation: UserError: task 'forecasting': build_model\\(\\) must "
                                               "return a module whose `backbone` attribute is the backbone"),
+    "title-only-view": (TitleOnlyViewTask, r"gate plots: UserError: task 'forecasting': describe_sequence\(\) returned "
+                                           r"a str, not a gru_suite\.task\.SequenceView"),
 }
 
 
@@ -237,6 +246,50 @@ class VectorMetricTask(ForecastingTask):
         return StepOutput(out.loss, out.batch_size, {**out.metrics, "errors": torch.ones(out.batch_size)})
 
 
+class EpochLossTask(ForecastingTask):
+    """Reports a metric of the whole pass named `loss`."""
+
+    def epoch_end(self, stage: Any) -> dict[str, float]:
+        return {"loss": 0.5}
+
+
+class EpochStepNameTask(ForecastingTask):
+    """Reports a metric of the whole pass under the name of one its steps return (forecasting's `mse`)."""
+
+    def epoch_end(self, stage: Any) -> dict[str, float]:
+        return {"mse": 0.5}
+
+
+class EpochNothingTask(ForecastingTask):
+    """Returns None from epoch_end instead of an empty dict."""
+
+    def epoch_end(self, stage: Any) -> dict[str, float]:
+        return None  # type: ignore[return-value]
+
+
+class EpochVectorTask(ForecastingTask):
+    """Reports a metric of the whole pass as one value per something."""
+
+    def epoch_end(self, stage: Any) -> dict[str, float]:
+        return {"errors": torch.ones(3)}  # type: ignore[dict-item]
+
+
+class LoaderTask(ForecastingTask):
+    """Returns a DataLoader where a LightningDataModule belongs."""
+
+    def datamodule(self) -> Any:
+        return super().datamodule().train_dataloader()
+
+
+class FactoryBackboneTask(ForecastingTask):
+    """Keeps the backbone factory it is given instead of the backbone it builds."""
+
+    def build_model(self, backbone: Any) -> torch.nn.Module:
+        model = torch.nn.Linear(1, 1)
+        model.backbone = backbone
+        return model
+
+
 class SilentWriterTask(ForecastingTask):
     """Writes its artifacts but does not return their paths."""
 
@@ -286,10 +339,23 @@ MISTAKES = {
                                     "val/loss already is"),
     "vector-metric": (VectorMetricTask, "task 'forecasting': step(..., 'val') returned metric 'errors' as a tensor "
                                         "of shape (32,): expected one number per batch"),
+    "epoch-loss": (EpochLossTask, "task 'forecasting': epoch_end('val') returned a metric named 'loss', which "
+                                  "val/loss already is (the loss step() returns): rename one of them"),
+    "epoch-step-name": (EpochStepNameTask, "task 'forecasting': epoch_end('val') returned a metric named 'mse', "
+                                           "which val/mse already is (the epoch mean of a metric step() returns)"),
+    "epoch-nothing": (EpochNothingTask, "task 'forecasting': epoch_end('val') returned a NoneType, not a dict of "
+                                        "metric names to numbers ({} for none)"),
+    "epoch-vector": (EpochVectorTask, "task 'forecasting': epoch_end('val') returned metric 'errors' as a tensor of "
+                                      "shape (3,): expected one number, the metric of the whole pass"),
+    "loader": (LoaderTask, "task 'forecasting': datamodule() returned a DataLoader, not a LightningDataModule"),
     "silent-writer": (SilentWriterTask, "task 'forecasting': write_predictions returned a NoneType; it must return "
                                         "the list of paths it wrote"),
     "unnamed-backbone": (UnnamedBackboneTask, "task 'forecasting': build_model() must return a module whose "
-                                              "`backbone` attribute is the backbone built by the factory it is given"),
+                                              "`backbone` attribute is the backbone built by the factory it is given "
+                                              "(the backbone settings, the gate plots and checkpoints rely on it); its "
+                                              "Wrapper has no `backbone` attribute"),
+    "factory-backbone": (FactoryBackboneTask, "rely on it); its `backbone` is the factory itself: call it, "
+                                              "backbone(input_size=F), and keep what it returns"),
     "claiming-writer": (ClaimingWriterTask, "task 'forecasting': write_predictions returned 1 path(s) it did not "
                                             "write: "),
     "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict()['transform'] cannot go into a "
@@ -372,6 +438,7 @@ class Misdeclared(ForecastingTask):
     numbers = (("data.lookback", "int", 1), ("model.head_dropout", float, 1, 0))
     choices = ("model.normalize", ("none", "last"))
     required = "data.path"
+    trained_settings = "data.lookback"
 
 
 class Abstract(TaskPlugin):
@@ -388,7 +455,8 @@ class Abstract(TaskPlugin):
                                 "most; numbers entry ('model.head_dropout', <class 'float'>, 1, 0): expected"),
     (f"{__name__}:Misdeclared", "; choices is one entry, not a tuple of them: write (('model.normalize', ('none', "
                                 "'last')),) (the trailing comma); required must be a tuple of entries, each a key; "
-                                "got 'data.path'"),
+                                "got 'data.path'; trained_settings must be a tuple of entries, each a key or a block "
+                                "(data.vocab, tokenizer); got 'data.lookback'"),
 ])
 def test_an_entry_point_naming_a_class_the_core_cannot_build_is_one_line(target, message):
     entry = registry.TaskEntry("mine", target, "my-plugin")
@@ -400,12 +468,14 @@ def test_an_entry_point_naming_a_class_the_core_cannot_build_is_one_line(target,
 
 class MisspeltSetting(ForecastingTask):
     numbers = (*ForecastingTask.numbers, ("data.lookbak", int, 1))
+    trained_settings = ("data.seasn",)
 
 
 def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: MisspeltSetting)
     with pytest.raises(AssertionError, match=r"config composition: MisspeltSetting declares settings its config lacks "
-                                             r"\(so they are never checked; misspelt\?\): task\.data\.lookbak$"):
+                                             r"\(so they are never checked; misspelt\?\): task\.data\.lookbak, "
+                                             r"task\.data\.seasn$"):
         check_task_plugin("forecasting", tmp_path=tmp_path)
 
 

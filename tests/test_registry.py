@@ -38,6 +38,18 @@ def test_a_plugin_package_without_configs_is_told_to_ship_them(tmp_path, monkeyp
         registry.TaskEntry("bare", "configless_plugin.task:Task", "bare-dist").require_config_file()
 
 
+def test_an_entry_point_named_otherwise_than_its_packages_task_config_names_the_config(tmp_path, monkeypatch):
+    package = tmp_path / "renamed_plugin"
+    (package / "conf" / "task").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "conf" / "task" / "freq_trend.yaml").write_text("name: freq_trend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=r"^task 'freqtrend' from package 'freq-dist': its conf/task/ beside "
+                       r"renamed_plugin\.task holds freq_trend\.yaml, not freqtrend\.yaml: an entry point's name is "
+                       r"its task config's file name"):
+        registry.TaskEntry("freqtrend", "renamed_plugin.task:Task", "freq-dist").require_config_file()
+
+
 def test_a_plugin_failing_inside_its_own_code_is_named_with_file_and_line(tmp_path, monkeypatch):
     package = tmp_path / "half_written_plugin"
     package.mkdir()
