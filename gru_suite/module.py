@@ -96,9 +96,22 @@ class TaskModule(pl.LightningModule):
                 self.trainer.should_stop = True
 
     def on_train_epoch_start(self) -> None:
+        if self._trainer is not None:
+            self._stop_if_diverged(self._trainer.callback_metrics.get("train/loss"))
         self._train_loss_sum = torch.zeros((), device=self.device)
         self._train_loss_weight = 0
         self._train_samples_at_start = self.samples_seen
+
+    def _stop_if_diverged(self, last_loss: torch.Tensor | None) -> None:
+        """Stop training, with a warning, where the last epoch's mean loss (over every process: the synced value, the
+        same on each) is not finite: its weights are lost to NaN, and testing and prediction then use the best
+        checkpoint so far."""
+        if last_loss is None or bool(torch.isfinite(last_loss)):
+            return
+        warn_on_rank_zero(f"train/loss is {float(last_loss)} in epoch {self.current_epoch - 1}: training diverged and "
+                          "stops here (testing and prediction use the best checkpoint so far); lower optimizer.lr, or "
+                          "set trainer.gradient_clip_val")
+        self._trainer.should_stop = True
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.pretraining is not None:

@@ -375,6 +375,34 @@ def test_a_plugins_mistake_is_one_line_naming_it_before_or_at_the_first_batch(
         run.train(cfg)
 
 
+class DivergingTask(ForecastingTask):
+    """Its training loss turns NaN from its third training batch on."""
+
+    batches = 0
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        if stage == "train":
+            type(self).batches += 1
+            if type(self).batches > 2:
+                return StepOutput(out.loss * float("nan"), out.batch_size, out.metrics)
+        return out
+
+
+def test_an_epoch_whose_loss_is_not_finite_stops_training_and_the_best_checkpoint_is_tested(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: DivergingTask)
+    cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=5", "threads=1", "logger=csv",
+                                               "++trainer.limit_train_batches=2", "predict_after_training=false"],
+                               tmp_path)
+    with caplog.at_level(logging.WARNING):
+        metrics = run.train(cfg)
+    assert "train/loss is nan in epoch 1: training diverged and stops here" in caplog.text
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [row["epoch"] for row in rows if row["train/loss"]] == ["0", "1"]  # not the five asked for
+    assert np.isfinite(metrics["test/mse"])  # epoch 0's weights, the best
+
+
 class NoGradBackboneTask(ForecastingTask):
     """Runs its backbone under torch.no_grad(): only the head trains."""
 
