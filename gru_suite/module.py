@@ -352,7 +352,7 @@ def check_epoch_metrics(metrics: Any, task: str | None, stage: Stage, step_names
             what = "the loss step() returns" if name == "loss" else "the epoch mean of a metric step() returns"
             raise UserError(f"{where} returned a metric named {name!r}, which {stage}/{name} already is ({what}): "
                             "rename one of them")
-        if not _one_number(value):
+        if not (_one_number(value) or isinstance(value, Metric)):
             raise UserError(f"{where} returned metric {name!r} as {_described(value)}: expected one number, the "
                             "metric of the whole pass")
     return metrics
