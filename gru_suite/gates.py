@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from gru_suite.atomic import save_figure
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
-from gru_suite.task import SequenceView
+from gru_suite.task import SequenceView, task_datamodule
 
 if TYPE_CHECKING:
     from gru_suite.module import TaskModule
@@ -263,7 +263,7 @@ def plot_model_gates(
     The first prediction batch runs through the task as usual; the backbone's input is
     captured, and sequence `sample`, without padding, is replayed through `trace_gates` and drawn.
     """
-    datamodule = module.task.datamodule()
+    datamodule = task_datamodule(module.task)
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
     with torch.no_grad():

@@ -103,14 +103,19 @@ class TaskModule(pl.LightningModule):
         self._train_samples_at_start = self.samples_seen
 
     def _stop_if_diverged(self, last_loss: torch.Tensor | None) -> None:
-        """Stop training, with a warning, where the last epoch's mean loss (over every process: the synced value, the
-        same on each) is not finite: its weights are lost to NaN, and testing and prediction then use the best
-        checkpoint so far."""
-        if last_loss is None or bool(torch.isfinite(last_loss)):
+        """Stop training (once `trainer.min_epochs` allows), with one warning, where the last epoch's mean loss (over
+        every process: the synced value, the same on each) is NaN: its weights are lost. (An inf, a mixed-precision
+        overflow that the gradient scaler skips, is not.)"""
+        if last_loss is None or not bool(torch.isnan(last_loss)) or self._trainer.should_stop:
             return
-        warn_on_rank_zero(f"train/loss is {float(last_loss)} in epoch {self.current_epoch - 1}: training diverged and "
-                          "stops here (testing and prediction use the best checkpoint so far); lower optimizer.lr, or "
-                          "set trainer.gradient_clip_val")
+        min_epochs = self._trainer.fit_loop.min_epochs or 0
+        stops = "stops here" if self.current_epoch >= min_epochs else f"stops after trainer.min_epochs={min_epochs}"
+        kept = self._trainer.checkpoint_callback
+        tested = ("testing and prediction use the best checkpoint so far" if getattr(kept, "monitor", None) else
+                  "the last epoch's weights, which testing and prediction use, are lost: set task.monitor to keep the "
+                  "best")
+        warn_on_rank_zero(f"train/loss is nan in epoch {self.current_epoch - 1}: training diverged and {stops} "
+                          f"({tested}); lower optimizer.lr, or set trainer.gradient_clip_val")
         self._trainer.should_stop = True
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:

@@ -80,7 +80,8 @@ class TaskEntry:
             if shipped:  # the configs are installed: the entry point's name is not theirs
                 raise UserError(f"task {self.name!r} from package {self.distribution!r}: its conf/task/ beside "
                                 f"{self.module} holds {', '.join(f'{s}.yaml' for s in shipped)}, not {self.name}.yaml: "
-                                "an entry point's name is its task config's file name (and the config's `name`)")
+                                "an entry point's name is its task config's file name (and the config's `name`): "
+                                "rename one, or ship the missing config")
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"

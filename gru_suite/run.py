@@ -60,7 +60,7 @@ from gru_suite.resume import (
     warn_of_another_monitor,
 )
 from gru_suite.run_folder import set_aside
-from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin
+from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule
 
 log = logging.getLogger(__name__)
 
@@ -96,15 +96,6 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
     return task_cls(task_cfg, state)
 
 
-def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:
-    """The task's `datamodule()`, which must be a LightningDataModule (a UserError naming the task otherwise)."""
-    datamodule = task.datamodule()
-    if not isinstance(datamodule, pl.LightningDataModule):
-        raise UserError(f"task {task.cfg.get('name')!r}: datamodule() returned a {type(datamodule).__name__}, not a "
-                        "LightningDataModule (gru_suite.data.SplitDataModule is one)")
-    return datamodule
-
-
 def check_checkpointable_state(task: TaskPlugin) -> None:
     """The task's `state_dict()` goes into a checkpoint and comes back as Lightning reads one to test or resume
     (`torch.load(weights_only=True)`): a UserError naming the entry before training, not a traceback after it."""
@@ -135,7 +126,7 @@ def _not_checkpointable(value: Any) -> str | None:
 
 def _found_backbone(model: Any, found: Any, factory: Any) -> str:
     """What a model holds instead of its backbone, said for `build_module`'s error."""
-    if found is None:
+    if not hasattr(model, "backbone"):
         return f"its {type(model).__name__} has no `backbone` attribute"
     if found is factory:
         return "its `backbone` is the factory itself: call it, backbone(input_size=F), and keep what it returns"

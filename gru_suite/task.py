@@ -182,3 +182,12 @@ class TaskPlugin(ABC):
     def state_dict(self) -> dict[str, Any]:
         """Data-dependent state saved in checkpoints (scalers, vocabularies)."""
         return dict(self.state)
+
+
+def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:
+    """The task's `datamodule()`, which must be a LightningDataModule (a UserError naming the task otherwise)."""
+    datamodule = task.datamodule()
+    if not isinstance(datamodule, pl.LightningDataModule):
+        raise UserError(f"task {task.cfg.get('name')!r}: datamodule() returned a {type(datamodule).__name__}, not a "
+                        "LightningDataModule (gru_suite.data.SplitDataModule is one)")
+    return datamodule

@@ -36,8 +36,9 @@ TINY_FORECASTING = [
 TINY_EXAMPLE = ["backbone.hidden_size=16"]
 
 
-def test_forecasting_honours_the_contract(tmp_path: Path) -> None:
-    check_task_plugin("forecasting", TINY_FORECASTING, tmp_path)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])  # an LSTM backbone has no GRU gates to plot: that step is skipped
+def test_forecasting_honours_the_contract(cell: str, tmp_path: Path) -> None:
+    check_task_plugin("forecasting", [*TINY_FORECASTING, f"backbone.cell={cell}"], tmp_path)
 
 
 def test_example_plugin_honours_the_contract(tmp_path: Path) -> None:
@@ -389,18 +390,26 @@ class DivergingTask(ForecastingTask):
         return out
 
 
-def test_an_epoch_whose_loss_is_not_finite_stops_training_and_the_best_checkpoint_is_tested(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("overrides, said, epochs", [
+    ([], "stops here (testing and prediction use the best checkpoint so far)", 2),
+    (["++trainer.min_epochs=3"], "stops after trainer.min_epochs=3 (testing", 3),
+    (["task.monitor=null"], "stops here (the last epoch's weights, which testing and prediction use, are lost: set "
+                            "task.monitor to keep the best)", 2),
+])
+def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_tested(
+        overrides: list[str], said: str, epochs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: DivergingTask)
+    DivergingTask.batches = 0
     cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=5", "threads=1", "logger=csv",
-                                               "++trainer.limit_train_batches=2", "predict_after_training=false"],
-                               tmp_path)
+                                               "++trainer.limit_train_batches=2", "predict_after_training=false",
+                                               *overrides], tmp_path)
     with caplog.at_level(logging.WARNING):
         metrics = run.train(cfg)
-    assert "train/loss is nan in epoch 1: training diverged and stops here" in caplog.text
+    assert caplog.text.count("train/loss is nan in epoch 1: training diverged and " + said) == 1
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
-    assert [row["epoch"] for row in rows if row["train/loss"]] == ["0", "1"]  # not the five asked for
-    assert np.isfinite(metrics["test/mse"])  # epoch 0's weights, the best
+    assert [row["epoch"] for row in rows if row["train/loss"]] == [str(e) for e in range(epochs)]  # not the five
+    assert np.isfinite(metrics["test/mse"]) == ("monitor=null" not in str(overrides))  # epoch 0's weights, the best
 
 
 class NoGradBackboneTask(ForecastingTask):

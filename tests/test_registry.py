@@ -46,7 +46,8 @@ def test_an_entry_point_named_otherwise_than_its_packages_task_config_names_the_
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match=r"^task 'freqtrend' from package 'freq-dist': its conf/task/ beside "
                        r"renamed_plugin\.task holds freq_trend\.yaml, not freqtrend\.yaml: an entry point's name is "
-                       r"its task config's file name"):
+                       r"its task config's file name \(and the config's `name`\): rename one, or ship the missing "
+                       r"config$"):
         registry.TaskEntry("freqtrend", "renamed_plugin.task:Task", "freq-dist").require_config_file()
 
 
