@@ -314,6 +314,9 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     path = cfg.ckpt_path if path is None else path
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
+    if stored.task.name not in (installed := registry.installed_tasks()):
+        raise UserError(f"{path} holds a model of task {stored.task.name!r}, which no installed package provides "
+                        f"(installed tasks: {', '.join(installed) or 'none'}): install the plugin it was trained with")
     if cfg.get("task") is not None and cfg.task.name != stored.task.name:
         raise UserError(f"{path} holds a model of task {stored.task.name!r}, not task={cfg.task.name}")
     if task_name is not None and task_name != stored.task.name:

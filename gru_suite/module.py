@@ -171,6 +171,12 @@ class TaskModule(pl.LightningModule):
         for name, value in metrics.items():
             self.log(f"{stage}/{name}", value, sync_dist=True, prog_bar=f"{stage}/{name}" == self._monitor)
 
+    def on_validation_epoch_start(self) -> None:
+        self._step_metric_names.pop("val", None)  # an interrupted pass's names are not this one's
+
+    def on_test_epoch_start(self) -> None:
+        self._step_metric_names.pop("test", None)
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 

@@ -121,6 +121,17 @@ def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp
     assert not (tmp_path / "test_metrics.json").exists()
 
 
+def test_a_checkpoint_of_a_task_no_installed_package_provides_says_so(trained_run, tmp_path):
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint[module.CHECKPOINT_KEY]["config"]["task"]["name"] = "freq_trend"  # a plugin since uninstalled
+    torch.save(checkpoint, tmp_path / "plugin.ckpt")
+    result = run_cli("gru-suite-eval", f"ckpt_path={tmp_path / 'plugin.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 2
+    assert (f"error: {tmp_path / 'plugin.ckpt'} holds a model of task 'freq_trend', which no installed package "
+            "provides (installed tasks: anomaly, ") in result.stderr
+    assert "install the plugin it was trained with" in result.stderr
+
+
 @pytest.mark.parametrize("command,extra", [("gru-suite-eval", []), ("gru-suite-predict", []),
                                            ("gru-suite-gates", ["sample=-1"])])
 def test_restoring_commands_name_the_cores_and_the_tasks_wrong_settings_together(trained_run, tmp_path, command,

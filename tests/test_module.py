@@ -47,6 +47,20 @@ def test_task_metrics_are_means_over_every_process_share(stage, tmp_path, monkey
     assert logged[f"{stage}/mse"]["sync_dist"] and not logged[f"{stage}/mse"]["on_step"]
 
 
+def test_an_interrupted_validation_pass_leaves_its_metric_names_behind(tmp_path, monkeypatch):
+    cfg = compose_train_config("forecasting", TINY, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    module = run.build_module(cfg, task)
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: float(value)}))
+    module._log_metrics(StepOutput(torch.tensor(1.0), 4, {"score": torch.tensor(0.5)}), "val")  # then interrupted
+    module.on_validation_epoch_start()  # the next pass, whose steps return no `score`
+    monkeypatch.setattr(task, "epoch_end", lambda stage: {"score": 0.75})
+    module.on_validation_epoch_end()
+    assert logged["val/score"] == 0.75
+
+
 @pytest.mark.parametrize("tested", [True, False])
 def test_artifacts_after_training_come_from_the_best_checkpoint(tested, tmp_path, monkeypatch):
     weights = []
