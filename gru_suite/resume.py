@@ -3,7 +3,6 @@ housekeeping around it (epochs left, settings training fixed, another monitor, t
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from gru_suite.atomic import atomic_path
 from gru_suite.checkpoint import fixed_by_training
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError
+from gru_suite.metrics_file import read_metrics
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,6 @@ def resumed_run_metrics(out_dir: Path) -> dict[str, float]:
     if not path.is_file():
         return {}
     try:
-        return {key: float(value) for key, value in json.loads(path.read_text()).items()}
+        return read_metrics(path)
     except (ValueError, TypeError, AttributeError):
         return {}

@@ -6,7 +6,6 @@ import difflib
 import functools
 import inspect
 import io
-import json
 import logging
 import os
 import pickle
@@ -30,7 +29,6 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.artifacts import write_artifacts
-from gru_suite.atomic import write_text
 from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import (
@@ -48,6 +46,7 @@ from gru_suite.config import (
 )
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError, user_error_in
+from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 from gru_suite.overrides import given_keys
 from gru_suite.resume import (
@@ -252,8 +251,7 @@ def keep_earlier_artifacts(folder: Path) -> None:
 
 
 def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
-    clean = {k: float(v) for k, v in metrics.items()}
-    write_text(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    write_metrics(metrics, path)
     log.info("metrics written to %s", path)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
+from gru_suite.metrics_file import read_metrics
 from gru_suite.overrides import override_key
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def read_job(folder: Path) -> Job:
     job = Job(folder, settings)
     for name in METRICS_FILES:
         if _written_since(metrics := folder / name, started):
-            job.metrics = {k: float(v) for k, v in json.loads(metrics.read_text(encoding="utf-8")).items()}
+            job.metrics = read_metrics(metrics)
             break
     if _written_since(error := folder / ERROR_NAME, started):
         job.error = error.read_text(encoding="utf-8").strip()

@@ -4,6 +4,7 @@ the example third-party plugin trains through the real CLI."""
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import re
@@ -410,6 +411,8 @@ def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_te
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [row["epoch"] for row in rows if row["train/loss"]] == [str(e) for e in range(epochs)]  # not the five
     assert np.isfinite(metrics["test/mse"]) == ("monitor=null" not in str(overrides))  # epoch 0's weights, the best
+    written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    assert written["train/loss"] is None  # strict JSON: a NaN metric is null
 
 
 class NoGradBackboneTask(ForecastingTask):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gru_suite.cli import sweep_value
+from gru_suite.metrics_file import read_metrics, write_metrics
 from gru_suite.sweep import SweepSummary, ranked, summary_csv, sweep_jobs
 
 
@@ -121,3 +123,10 @@ def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp
     for path in (tmp_path / "0_sentiment").rglob("*"):  # times to the second
         os.utime(path, ns=(whole_second, whole_second))
     assert [job.folder.name for job in sweep_jobs(tmp_path, summary._started_ns)] == ["0_sentiment"]
+
+
+def test_a_metric_written_as_null_reads_back_as_nan(tmp_path):
+    path = write_metrics({"val/loss": float("nan"), "val/f1": 0.5, "test/x": float("inf")}, tmp_path / "metrics.json")
+    assert json.loads(path.read_text()) == {"test/x": None, "val/f1": 0.5, "val/loss": None}  # strict JSON
+    read = read_metrics(path)
+    assert read["val/f1"] == 0.5 and math.isnan(read["val/loss"]) and math.isnan(read["test/x"])
