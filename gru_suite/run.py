@@ -301,13 +301,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
         checkpoint = read_checkpoint(ckpt_path)
-        if (stored := stored_config(checkpoint).task).name != cfg.task.name:
+        stored_cfg = stored_config(checkpoint)
+        if (stored := stored_cfg.task).name != cfg.task.name:
             raise UserError(f"ckpt_path {ckpt_path} holds a model of task {stored.name!r}, not task={cfg.task.name}")
         check_epochs_left(checkpoint, cfg, ckpt_path)
         keep_trained_settings(stored, cfg, ckpt_path)
         monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
-        stored_backbone = stored_config(checkpoint).get("backbone")
         resumed_step = checkpoint.get("global_step")
         del checkpoint
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
@@ -320,8 +320,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)
     if resumed is not None:
-        check_same_model(resumed, module, f"ckpt_path {ckpt_path}", lambda: [
-            *settings_apart(stored, cfg.task, "task"), *settings_apart(stored_backbone, cfg.backbone, "backbone")])
+        def changed() -> list[str]:  # the model-shaping settings given otherwise than in the checkpoint
+            return [*settings_apart(stored, cfg.task, "task"),
+                    *settings_apart(stored_cfg.get("backbone"), cfg.backbone, "backbone")]
+
+        check_same_model(resumed, module, f"ckpt_path {ckpt_path}", changed)
         del resumed
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
