@@ -250,11 +250,6 @@ def keep_earlier_artifacts(folder: Path) -> None:
         log.info("kept the earlier run's %s as %s", folder, set_aside(folder).name)
 
 
-def _write_metrics(metrics: dict[str, Any], path: Path) -> None:
-    write_metrics(metrics, path)
-    log.info("metrics written to %s", path)
-
-
 def ensemble_predictions(
     trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, source: str,
     others: Sequence[tuple[str, TaskModule]],
@@ -350,7 +345,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
             metrics.update(results[0] if results else {})
         if trainer.is_global_zero:
-            _write_metrics(metrics, out_dir / "metrics.json")
+            write_metrics(metrics, out_dir / "metrics.json")
             if best:
                 chosen = "best" if trainer.checkpoint_callback.monitor else "last epoch's"
                 log.info("%s checkpoint: %s", chosen, best)
@@ -504,7 +499,7 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    _write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
+    write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
     return metrics
 
 
