@@ -211,6 +211,25 @@ def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> No
     assert model.embedding.weight.grad.abs().sum() > 0  # it trains the model, through the moved embeddings
 
 
+def test_standardised_embeddings_have_frequency_weighted_mean_zero_and_variance_one() -> None:
+    torch.manual_seed(0)
+    counts = [5, 0, 40, 30, 20, 10, 1, 0]  # pad (not counted), unknown (never seen), words
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8), 8, 2, 4, word_counts=counts)
+    table = model.lookup(torch.arange(8)[None])[0]
+    share = torch.tensor([0, 0, 40, 30, 20, 10, 1, 0]) / 101
+    mean = share @ table
+    torch.testing.assert_close(mean, torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(share @ (table - mean).square(), torch.ones(4), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        model.embedding.weight.mul_(10).add_(3)  # embeddings that grow (or drift) do not move the model's input
+    torch.testing.assert_close(model.lookup(torch.arange(8)[None])[0], table, atol=1e-4, rtol=0)
+    assert "word_frequencies" not in model.state_dict()  # from the task's state: checkpoints keep their keys
+    plain = SentimentModel(partial(GRUBackbone, hidden_size=8), 8, 2, 4)
+    torch.testing.assert_close(plain.lookup(torch.arange(8)), plain.embedding.weight)
+    with pytest.raises(ValueError, match="7 counts"):
+        SentimentModel(partial(GRUBackbone, hidden_size=8), 8, 2, 4, word_counts=counts[:7])
+
+
 def test_pretraining_teaches_the_language_model_and_leaves_the_classifier_alone(
     corpus: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -502,8 +521,11 @@ def test_bundled_corpus_is_deterministic_with_three_labels() -> None:
 
 def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path: Path) -> None:
     # with adversarial training on, so its training step runs through Lightning too
-    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1", "logger=csv"],
-                      tmp_path)
+    # and standardised embeddings, whose word frequencies the checkpoint's state must carry to its restored model
+    check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1", "logger=csv",
+                                    "task.model.normalize_embeddings=true"], tmp_path)
+    restored = load_checkpoint(next(tmp_path.rglob("last.ckpt"))).task.model
+    assert restored.word_frequencies is not None and restored.word_frequencies.sum().item() == pytest.approx(1)
     logged = {name for path in tmp_path.rglob("metrics.csv") for name in path.read_text().splitlines()[0].split(",")}
     assert "train/adv_loss" in logged  # the adversarial loss ran (it is skipped where no gradient flows)
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -68,6 +69,7 @@ class SentimentModel(nn.Module):
         bidirectional: bool = True,
         lm_words: int = 0,
         word_dropout: float = 0.0,
+        word_counts: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
         if not 0 <= word_dropout < 1:
@@ -76,6 +78,16 @@ class SentimentModel(nn.Module):
         if pooling not in POOLINGS:
             raise UserError(f"task.model.pooling must be one of {list(POOLINGS)}, got {pooling!r}")
         self.embedding = nn.Embedding(vocab_size, embed_size, padding_idx=PAD_ID)
+        frequencies = None
+        if word_counts is not None:  # from the task's state, not the weights: checkpoints keep their keys
+            counts = torch.tensor(word_counts, dtype=torch.float)
+            counts[PAD_ID] = 0
+            if counts.numel() != vocab_size or counts.sum() <= 0:
+                raise ValueError(f"word_counts: {counts.numel()} counts (summing to {counts.sum():g}) for a "
+                                 f"vocabulary of {vocab_size}")
+            frequencies = counts / counts.sum()
+        self.word_frequencies: Tensor | None
+        self.register_buffer("word_frequencies", frequencies, persistent=False)
         self.backbone: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional)
         self.pool = AttentionPool(self.backbone.output_size) if pooling == "attention" else MaxMeanPool(
             self.backbone.output_size)
@@ -97,7 +109,19 @@ class SentimentModel(nn.Module):
         if self.training and self.word_dropout:
             dropped = (torch.rand(ids.shape, device=ids.device) < self.word_dropout) & (ids != PAD_ID)
             ids = ids.masked_fill(dropped, UNK_ID)
-        return self.embedding(ids)
+        return self.lookup(ids)
+
+    def lookup(self, ids: Tensor) -> Tensor:
+        """Token embeddings (B, T, E), standardised where the model has word frequencies: each dimension of the
+        table has mean 0 and variance 1 over the vocabulary weighted by how often each word occurs in training
+        (Miyato et al. 2017), so the embeddings cannot grow until adversarial training's fixed `eps` no longer
+        moves them."""
+        if self.word_frequencies is None:
+            return self.embedding(ids)
+        table = self.embedding.weight
+        mean = self.word_frequencies @ table
+        variance = self.word_frequencies @ (table - mean).square()
+        return F.embedding(ids, (table - mean) * torch.rsqrt(variance + 1e-6), PAD_ID)
 
     def states(self, embedded: Tensor, lengths: Tensor) -> Tensor:
         """Backbone outputs (B, T, output_size) for token embeddings (B, T, E)."""
@@ -147,7 +171,7 @@ class SentimentModel(nn.Module):
         without cuDNN, whose RNN backward exists only in training mode (this runs in eval mode).
         """
         with torch.inference_mode(False), torch.enable_grad(), torch.backends.cudnn.flags(enabled=False):
-            embedded = self.embedding(ids.clone()).detach().requires_grad_()
+            embedded = self.lookup(ids.clone()).detach().requires_grad_()
             logits, _ = self.classify(embedded, lengths.clone())
             (grad,) = torch.autograd.grad(logits.max(-1).values.sum(), embedded)
         importance = (grad * embedded).sum(-1).detach() * valid_mask(lengths.to(ids.device), ids.size(1))

@@ -79,7 +79,7 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)),
                ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
-    trained_settings = ("tokenizer",)
+    trained_settings = ("tokenizer", "model.normalize_embeddings")
     required = ("data.train", "data.text_column", "data.label_column", "data.split_seed", "data.max_tokens",
                 "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size", "model.dropout",
                 "model.word_dropout", "model.lm_words", "predict.top_words", "predict.html_rows", "predict.show")
@@ -220,6 +220,9 @@ class SentimentTask(TaskPlugin):
         self.tokenizer = train_tokenizer((e.text for e in train), tok.kind, int(tok.vocab_size), bool(tok.lowercase),
                                          int(tok.min_frequency))
         self.state.update(tokenizer=tokenizer_state(self.tokenizer), labels=labels, class_weights=weights.tolist())
+        if self.cfg.model.get("normalize_embeddings"):  # the words' frequencies in training, which standardise them
+            ids = torch.tensor([i for row in self.encode([e.text for e in train]) for i in row])
+            self.state["word_counts"] = torch.bincount(ids, minlength=len(self.tokenizer)).tolist()
         log.info("%d training texts, labels %s (counts %s), vocabulary %d", len(train), labels,
                  counts.int().tolist(), len(self.tokenizer))
 
@@ -316,7 +319,7 @@ class SentimentTask(TaskPlugin):
         lm_words = min(int(model.get("lm_words", 0)), len(self.tokenizer)) if wants_lm else 0
         self.model = SentimentModel(backbone, len(self.tokenizer), len(self.labels), int(model.embed_size),
                                     model.pooling, float(model.dropout), bool(model.bidirectional), lm_words,
-                                    float(model.get("word_dropout", 0.0)))
+                                    float(model.get("word_dropout", 0.0)), self.state.get("word_counts"))
         return self.model
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
