@@ -115,13 +115,15 @@ class SentimentModel(nn.Module):
         """Token embeddings (B, T, E), standardised where the model has word frequencies: each dimension of the
         table has mean 0 and variance 1 over the vocabulary weighted by how often each word occurs in training
         (Miyato et al. 2017), so the embeddings cannot grow until adversarial training's fixed `eps` no longer
-        moves them."""
+        moves them. The statistics are taken without gradient (through them every step's gradient would fill the
+        whole table, at about eight times the cost of the embedding's own backward pass)."""
         if self.word_frequencies is None:
             return self.embedding(ids)
-        table = self.embedding.weight
-        mean = self.word_frequencies @ table
-        variance = self.word_frequencies @ (table - mean).square()
-        return F.embedding(ids, (table - mean) * torch.rsqrt(variance + 1e-6), PAD_ID)
+        with torch.no_grad():
+            table = self.embedding.weight
+            mean = self.word_frequencies @ table
+            scale = torch.rsqrt((self.word_frequencies @ table.square() - mean.square()).clamp(min=0) + 1e-6)
+        return (self.embedding(ids) - mean) * scale
 
     def states(self, embedded: Tensor, lengths: Tensor) -> Tensor:
         """Backbone outputs (B, T, output_size) for token embeddings (B, T, E)."""
