@@ -49,6 +49,7 @@ from gru_suite.errors import UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 from gru_suite.overrides import given_keys
+from gru_suite.profilers import QuietProfiler
 from gru_suite.resume import (
     check_epochs_left,
     keep_resumed_as_last,
@@ -198,6 +199,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "_convert_": "partial"}
     if cfg.trainer.get("plugins") is None:  # a checkpoint is whole or absent, also from a tmpfs /tmp
         kwargs["plugins"] = [AtomicCheckpointIO()]
+    if cfg.trainer.get("profiler") is None:
+        kwargs["profiler"] = QuietProfiler()
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
     keep_earlier_metrics(loggers)  # once the trainer's settings are known good: a wrong one moves nothing

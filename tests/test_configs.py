@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
+from pytorch_lightning.profilers import SimpleProfiler
 from torch import nn
 
 from gru_suite import registry, run
@@ -24,6 +25,7 @@ from gru_suite.config import (
 )
 from gru_suite.errors import UserError, first_named
 from gru_suite.overrides import given_keys, undeclared_run_settings, undeclared_settings, unknown_group_option
+from gru_suite.profilers import QuietProfiler
 from gru_suite.registry import task_switches
 from gru_suite.task import TaskPlugin
 from gru_suite.testing import compose_train_config
@@ -107,6 +109,16 @@ def test_common_trainer_switches_need_no_plus(tmp_path):
     trainer = run.build_trainer(cfg)
     assert trainer.accumulate_grad_batches == 4 and trainer.limit_train_batches == 0.25
     assert trainer.val_check_interval == 0.5 and trainer.num_sanity_val_steps == 2
+
+
+def test_the_default_profiler_costs_nothing_and_a_chosen_one_is_kept(tmp_path):
+    quiet = run.build_trainer(compose_train_config("forecasting", ["trainer.accelerator=cpu"], tmp_path)).profiler
+    assert isinstance(quiet, QuietProfiler)
+    with quiet.profile("run_training_batch"), quiet.profile("[LightningModule]TaskModule.training_step"):
+        pass  # nested, as Lightning's loops use it
+    assert quiet.summary() == ""
+    cfg = compose_train_config("forecasting", ["debug=profiler", "trainer.accelerator=cpu"], tmp_path / "simple")
+    assert isinstance(run.build_trainer(cfg).profiler, SimpleProfiler)
 
 
 def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
