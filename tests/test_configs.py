@@ -10,6 +10,7 @@ from pytorch_lightning.profilers import SimpleProfiler
 from torch import nn
 
 from gru_suite import registry, run
+from gru_suite.callbacks import EMAWeights
 from gru_suite.config import (
     check_choice,
     CONF_DIR,
@@ -56,6 +57,14 @@ def test_option_composes_and_instantiates(group, option, tmp_path):
         task = run.build_task(cfg.task)
         task.datamodule()
         run.build_module(cfg, task).configure_optimizers()
+
+
+@pytest.mark.parametrize("option", ["default", "early_stopping", "last_epoch", "none"])
+def test_every_callbacks_option_takes_a_weight_average_without_a_plus(option, tmp_path):
+    cfg = compose_train_config("forecasting", [f"callbacks={option}", "trainer.accelerator=cpu",
+                                               "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.99}"],
+                               tmp_path)
+    assert [type(c) for c in run.build_trainer(cfg).callbacks].count(EMAWeights) == 1
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
