@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, user_error_in
 
 CONF_DIR = Path(__file__).parent / "conf"
 MODEL_CONFIG_KEYS = ("task", "backbone", "optimizer", "scheduler")
@@ -81,6 +82,29 @@ def required(what: str) -> Any:
     experiment preset can demand its data set instead of falling back to the bundled data.
     """
     raise UserError(f"{what} is required: set it on the command line")
+
+
+def unset_required(cfg: DictConfig) -> list[str]:
+    """The message of every value of `cfg` a preset requires (`${gru_suite.required:...}`) that nobody set, in the
+    config's order, so that they are named at once rather than one per try."""
+    keys: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for key, value in items:
+            if isinstance(value, str) and "${gru_suite.required:" in value:
+                keys.append(f"{prefix}{key}")
+            walk(value, f"{prefix}{key}.")
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    messages = []
+    for key in keys:
+        try:
+            OmegaConf.select(cfg, key)
+        except OmegaConfBaseException as err:  # it wraps the resolver's UserError
+            if (unset := user_error_in(err)) is not None:
+                messages.append(str(unset))
+    return messages
 
 
 def config_number(value: Any, field: str, kind: type[int] | type[float] = float) -> Any:

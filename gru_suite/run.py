@@ -42,6 +42,8 @@ from gru_suite.config import (
     check_batch_limits,
     check_run_settings,
     instantiate,
+    raise_all,
+    unset_required,
     unused_backbone_settings,
 )
 from gru_suite.distributed import warn_on_rank_zero
@@ -280,11 +282,13 @@ def check_train_settings(cfg: DictConfig) -> None:
     """Every wrong setting of a `train` config, the core's and its task's, named at once in one `UserError`; the right
     numbers and switches are stored as such. A value a preset requires (`${gru_suite.required:...}`) and nobody
     set is named first, before any work."""
+    unset: list[str] = []
     try:
         OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as err:  # it wraps what a resolver raises; other holes are the checks' below to name
-        if (unset := user_error_in(err)) is not None:
-            raise unset from None
+        if (error := user_error_in(err)) is not None:
+            unset = unset_required(cfg) or [str(error)]
+    raise_all(unset)
     check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
 
 
@@ -332,6 +336,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if monitor_changed:  # said above, in this run's words
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        if cfg.get("ckpt_path") == "last" and not resumes_in_own_folder(cfg):  # Lightning's hint would be no help
+            warn_on_rank_zero(f"ckpt_path=last: no last.ckpt in {out_dir / 'checkpoints'} yet, so training starts "
+                              "afresh")
+            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:

@@ -485,6 +485,15 @@ def test_resuming_from_last_checks_the_run_folders_checkpoint_as_any_other(tmp_p
         run.train(compose_train_config("forecasting", [*TINY, "ckpt_path=last"], tmp_path))
 
 
+def test_resuming_from_last_before_any_checkpoint_says_it_starts_afresh_in_its_own_words(tmp_path, caplog):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.train(compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "ckpt_path=last"], tmp_path))
+    assert f"ckpt_path=last: no last.ckpt in {tmp_path / 'checkpoints'} yet, so training starts afresh" in caplog.text
+    assert not [w for w in caught if "no last checkpoint" in str(w.message)]  # Lightning's, whose hint misleads here
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
 def test_a_checkpoint_with_damaged_pickled_data_is_one_line(tmp_path):
     import zipfile
 
@@ -981,6 +990,8 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
         (["task=forecasting", "+callbacks.timer=1"],
          "error: callbacks.timer must be a block with a _target_ class, got 1"),
         (["task=forecasting", "experiment=etth1"], "task.data.path (ETTh1.csv) is required"),
+        (["experiment=sst2"], ("2 settings are wrong:\n  task.data.train (SST-2's stsa.binary.train) is required: set "
+                               "it on the command line\n  task.data.test (SST-2's stsa.binary.dev) is required")),
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
         (["task=forecasting", "~task.data.lookback"],  # as a plugin whose code reads a key its config lacks
          "error: task.data.lookback: the code reads this setting, but the config has none"),
