@@ -221,8 +221,10 @@ def test_standardised_embeddings_have_frequency_weighted_mean_zero_and_variance_
     torch.testing.assert_close(mean, torch.zeros(4), atol=1e-5, rtol=0)
     torch.testing.assert_close(share @ (table - mean).square(), torch.ones(4), atol=1e-4, rtol=0)
     with torch.no_grad():
-        model.embedding.weight.mul_(10).add_(3)  # embeddings that grow (or drift) do not move the model's input
+        model.embedding.weight.mul_(10).add_(30)  # embeddings that grow (or drift) do not move the model's input
     torch.testing.assert_close(model.lookup(torch.arange(8)[None])[0], table, atol=1e-4, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # nor under mixed precision: the statistics stay in float32
+        torch.testing.assert_close(model.lookup(torch.arange(8)[None])[0], table, atol=1e-4, rtol=0)
     assert "word_frequencies" not in model.state_dict()  # from the task's state: checkpoints keep their keys
     plain = SentimentModel(partial(GRUBackbone, hidden_size=8), 8, 2, 4)
     torch.testing.assert_close(plain.lookup(torch.arange(8)), plain.embedding.weight)

@@ -117,13 +117,14 @@ class SentimentModel(nn.Module):
         (Miyato et al. 2017), so the embeddings cannot grow until adversarial training's fixed `eps` no longer
         moves them. The statistics are taken without gradient (through them every step's gradient would fill the
         whole table, at about eight times the cost of the embedding's own backward pass)."""
+        rows = self.embedding(ids)
         if self.word_frequencies is None:
-            return self.embedding(ids)
-        with torch.no_grad():
-            table = self.embedding.weight
-            mean = self.word_frequencies @ table
-            scale = torch.rsqrt((self.word_frequencies @ table.square() - mean.square()).clamp(min=0) + 1e-6)
-        return (self.embedding(ids) - mean) * scale
+            return rows
+        with torch.no_grad(), torch.autocast(rows.device.type, enabled=False):  # in float32 under mixed precision
+            table, frequencies = self.embedding.weight.float(), self.word_frequencies.float()
+            mean = frequencies @ table
+            scale = torch.rsqrt(frequencies @ (table - mean).square() + 1e-6)
+        return (rows - mean.to(rows.dtype)) * scale.to(rows.dtype)
 
     def states(self, embedded: Tensor, lengths: Tensor) -> Tensor:
         """Backbone outputs (B, T, output_size) for token embeddings (B, T, E)."""
