@@ -87,20 +87,22 @@ def required(what: str) -> Any:
 def unset_required(cfg: DictConfig) -> list[str]:
     """The message of every value of `cfg` a preset requires (`${gru_suite.required:...}`) that nobody set, in the
     config's order, so that they are named at once rather than one per try."""
-    keys: list[str] = []
+    paths: list[tuple[Any, ...]] = []
 
-    def walk(node: Any, prefix: str) -> None:
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
         for key, value in items:
             if isinstance(value, str) and "${gru_suite.required:" in value:
-                keys.append(f"{prefix}{key}")
-            walk(value, f"{prefix}{key}.")
+                paths.append((*path, key))
+            walk(value, (*path, key))
 
-    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    walk(OmegaConf.to_container(cfg, resolve=False), ())
     messages = []
-    for key in keys:
+    for path in paths:  # key by key, not as a dotted name: a key may hold a dot
+        node = cfg
         try:
-            OmegaConf.select(cfg, key)
+            for key in path:
+                node = node[key]
         except OmegaConfBaseException as err:  # it wraps the resolver's UserError
             if (unset := user_error_in(err)) is not None:
                 messages.append(str(unset))

@@ -19,6 +19,8 @@ from gru_suite.config import (
     check_run_settings,
     lacks,
     raise_all,
+    register_resolvers,
+    unset_required,
     unused_backbone_settings,
     wrong_numbers,
     wrong_switches,
@@ -65,6 +67,16 @@ def test_every_callbacks_option_takes_a_weight_average_without_a_plus(option, tm
                                                "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.99}"],
                                tmp_path)
     assert [type(c) for c in run.build_trainer(cfg).callbacks].count(EMAWeights) == 1
+
+
+def test_every_required_value_is_named_wherever_it_sits():
+    register_resolvers()
+    required = "${gru_suite.required:%s}"
+    cfg = OmegaConf.create({"task": {"data": {"train": required % "a", "files.dev": required % "b", 2: required % "c"},
+                                     "texts": ["x", required % "d"], "ok": 3, "copy": "${task.data.train}"}})
+    assert unset_required(cfg) == [f"{what} is required: set it on the command line" for what in "abcd"]
+    assert unset_required(OmegaConf.create({"task": {"copy": "${task.ok}", "ok": required % "e"}})) == [
+        "e is required: set it on the command line"]  # once, where it is required, not where it is read
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
