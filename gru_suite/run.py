@@ -278,6 +278,17 @@ def _member_input(path: str, member: TaskModule, first: TaskModule, datamodule: 
         raise UserError(f"ensemble: {path}: {err}") from err
 
 
+def last_checkpoint_to_come(trainer: pl.Trainer) -> Path | None:
+    """The folder where the trainer's checkpoint callback will write a `last.ckpt` and has none yet (so `ckpt_path=last`
+    starts afresh), else None: one is there, or none will be (Lightning's own callback, `callbacks=none`, keeps no
+    last checkpoint unless told to, as Lightning's warning then says)."""
+    callback = trainer.checkpoint_callback
+    if not getattr(callback, "save_last", False) or not getattr(callback, "dirpath", None):
+        return None
+    folder = Path(callback.dirpath)
+    return None if any(folder.glob("last*.ckpt")) else folder
+
+
 def check_train_settings(cfg: DictConfig) -> None:
     """Every wrong setting of a `train` config, the core's and its task's, named at once in one `UserError`; the right
     numbers and switches are stored as such. A value a preset requires (`${gru_suite.required:...}`) and nobody
@@ -336,10 +347,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
         if monitor_changed:  # said above, in this run's words
             warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
-        if cfg.get("ckpt_path") == "last" and not resumes_in_own_folder(cfg):  # Lightning's hint would be no help
-            warn_on_rank_zero(f"ckpt_path=last: no last.ckpt in {out_dir / 'checkpoints'} yet, so training starts "
-                              "afresh")
-            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")
+        if cfg.get("ckpt_path") == "last" and (folder := last_checkpoint_to_come(trainer)) is not None:
+            warn_on_rank_zero(f"ckpt_path=last: no last.ckpt in {folder} yet, so training starts afresh")
+            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")  # its hint misleads
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:

@@ -492,6 +492,12 @@ def test_resuming_from_last_before_any_checkpoint_says_it_starts_afresh_in_its_o
     assert f"ckpt_path=last: no last.ckpt in {tmp_path / 'checkpoints'} yet, so training starts afresh" in caplog.text
     assert not [w for w in caught if "no last checkpoint" in str(w.message)]  # Lightning's, whose hint misleads here
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    for keeps_no_last in ("callbacks=none", "callbacks.model_checkpoint.save_last=false"):
+        caplog.clear()
+        with pytest.warns(UserWarning, match="no last checkpoint available.*save_last=True"):  # and here it is right
+            run.train(compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "ckpt_path=last",
+                                                           keeps_no_last], tmp_path / keeps_no_last))
+        assert "ckpt_path=last" not in caplog.text  # no last.ckpt is to come
 
 
 def test_a_checkpoint_with_damaged_pickled_data_is_one_line(tmp_path):
