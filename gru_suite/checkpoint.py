@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from gru_suite import registry
 from gru_suite.errors import UserError, first_named
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
@@ -53,11 +54,26 @@ def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
     return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
 
 
+_ABSENT = object()
+
+
 def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, stored_task: DictConfig) -> list[str]:
     """The keys of `trained_settings` (a task's `TaskPlugin.trained_settings`, e.g. its tokenizer's) whose value in
-    `task_cfg` differs from the checkpoint's `stored_task`: the checkpoint's state holds what training made of them."""
+    `task_cfg` differs from the one training used (`trained_value`): the checkpoint's state holds what training made
+    of them."""
     return [key for key in trained_settings
-            if OmegaConf.select(task_cfg, key, default=None) != OmegaConf.select(stored_task, key, default=None)]
+            if OmegaConf.select(task_cfg, key, default=None) != trained_value(stored_task, key)]
+
+
+def trained_value(stored_task: DictConfig, key: str) -> Any:
+    """The value of `key` (relative to `task.`) training used: the checkpoint's config's, or for a setting newer than
+    the checkpoint (its config lacks it) the task's shipped default, which is what its code did before the setting
+    existed."""
+    value = OmegaConf.select(stored_task, key, default=_ABSENT)
+    if value is _ABSENT:
+        value = OmegaConf.select(OmegaConf.create(registry.shipped_task_config(str(stored_task.get("name")))), key,
+                                 default=None)
+    return value
 
 
 def check_same_model(state: dict[str, Any], module: TaskModule, source: str,

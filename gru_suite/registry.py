@@ -169,16 +169,20 @@ def installed_tasks() -> dict[str, TaskEntry]:
 
 
 @cache
+def shipped_task_config(name: str) -> dict:
+    """Installed task `name`'s shipped `conf/task/<name>.yaml`, unresolved; empty for a task not installed or shipping
+    no config."""
+    entry = installed_tasks().get(name)
+    path = entry.config_file() if entry is not None else None
+    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path is not None else {}
+
+
 def task_switches(name: str) -> tuple[str, ...]:
     """The true/false settings of installed task `name` (keys under `task.` whose value in its shipped
     `conf/task/<name>.yaml` is true or false); none for a task not installed or shipping no config."""
     from gru_suite.config import switches_of
 
-    entry = installed_tasks().get(name)
-    path = entry.config_file() if entry is not None else None
-    if path is None:
-        return ()
-    return tuple(switches_of(yaml.safe_load(path.read_text(encoding="utf-8"))))
+    return tuple(switches_of(shipped_task_config(name)))
 
 
 def get_task(name: str) -> TaskEntry:

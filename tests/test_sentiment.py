@@ -24,7 +24,7 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 
 from gru_suite import artifacts, run
 from gru_suite.backbone import GRUBackbone
-from gru_suite.checkpoint import load_checkpoint
+from gru_suite.checkpoint import fixed_by_training, load_checkpoint, stored_config
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_ids, train_tokenizer
@@ -755,6 +755,26 @@ def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp
     assert after["epoch"] >= 1 and after["gru_suite"]["task_state"] == before  # token ids still mean their words
     assert "task.tokenizer fixed by training: the checkpoint's settings are used, not this run's" in caplog.text
     assert dict(after["gru_suite"]["config"]["task"]["tokenizer"]) == trained_tokenizer  # what made the vocabulary
+
+
+def test_a_checkpoint_older_than_a_trained_setting_counts_as_trained_with_its_default(tmp_path: Path, caplog) -> None:
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false",
+             "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"]
+    run.train(compose_train_config("sentiment", [*quiet, "trainer.max_epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=False)
+    del checkpoint["gru_suite"]["config"]["task"]["model"]["normalize_embeddings"]  # saved before the setting existed
+    torch.save(checkpoint, last)
+    stored = stored_config(checkpoint).task
+    default = compose_train_config("sentiment", quiet, tmp_path / "default").task
+    assert fixed_by_training(["model.normalize_embeddings"], default, stored) == []  # the default: nothing to say
+    with caplog.at_level(logging.WARNING):
+        run.train(compose_train_config("sentiment", [*quiet, "trainer.max_epochs=2", "ckpt_path=last",
+                                                     "task.model.normalize_embeddings=true"], tmp_path))
+    assert "task.model.normalize_embeddings fixed by training: the checkpoint's settings are used" in caplog.text
+    after = torch.load(last, weights_only=False)
+    assert after["epoch"] == 1 and "word_counts" not in after["gru_suite"]["task_state"]
+    assert after["gru_suite"]["config"]["task"]["model"]["normalize_embeddings"] is False  # what the model is
 
 
 def test_gate_plots_name_the_text_and_label_its_tokens(trained, tmp_path: Path, monkeypatch) -> None:
