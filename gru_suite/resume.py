@@ -24,11 +24,18 @@ LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """`ckpt_path` values that Lightning resolves itself when resuming."""
 
 
+def checkpoint_folder(cfg: DictConfig) -> Path:
+    """Where the run's checkpoints go: `callbacks.model_checkpoint.dirpath` (by default the run folder's
+    `checkpoints/`), or the run folder's `checkpoints/` where no callback of the suite's says."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
+
+
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run folder's
-    `checkpoints/last.ckpt` when it is there (Lightning's other names are left to Lightning)."""
+    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run's
+    `last.ckpt` (`checkpoint_folder`) when it is there (Lightning's other names are left to Lightning)."""
     path = cfg.get("ckpt_path")
-    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    last = checkpoint_folder(cfg) / "last.ckpt"
     if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
         raise UserError(f"ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is {last}, or give "
                         "the path of a best-*.ckpt (epoch-*.ckpt with callbacks=last_epoch)")
@@ -43,7 +50,7 @@ def resumes_in_own_folder(cfg: DictConfig) -> bool:
     path = cfg.get("ckpt_path")
     if not path:
         return False
-    own = (Path(cfg.paths.output_dir) / "checkpoints").resolve()
+    own = checkpoint_folder(cfg).resolve()
     if path == "last":  # without a last checkpoint there, Lightning starts afresh
         return any(not file.name.startswith(".") for file in own.glob("last*.ckpt"))
     return path in LIGHTNING_CKPT_NAMES or Path(path).resolve().parent == own
@@ -87,12 +94,15 @@ def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path:
     return False
 
 
-def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str, out_dir: Path) -> None:
+def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str) -> None:
     """A resumed run that trained nothing (its epochs were done) into a folder without a `last.ckpt` gets a copy of
-    the checkpoint it resumed from there, so that a later `ckpt_path=last` in that folder resumes it too."""
+    the checkpoint it resumed from there (its checkpoint callback's folder), so that a later `ckpt_path=last` in that
+    folder resumes it too."""
     callback = trainer.checkpoint_callback
-    last = out_dir / "checkpoints" / "last.ckpt"
-    if callback is None or not callback.save_last or last.exists() or Path(ckpt_path).resolve() == last.resolve():
+    if callback is None or not callback.save_last or not callback.dirpath:
+        return
+    last = Path(callback.dirpath) / "last.ckpt"
+    if last.exists() or Path(ckpt_path).resolve() == last.resolve():
         return
     last.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(last) as tmp:

@@ -353,7 +353,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:
-        keep_resumed_as_last(trainer, ckpt_path, out_dir)
+        keep_resumed_as_last(trainer, ckpt_path)
     metrics = {**(resumed_run_metrics(out_dir) if trained_none and resumes_in_own_folder(cfg) else {}),
                **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""

@@ -319,16 +319,28 @@ def test_a_relative_checkpoint_path_into_the_runs_folder_is_its_own(tmp_path, mo
     assert resume.resumes_in_own_folder(cfg)  # its checkpoints are not moved aside before Lightning reads one
 
 
+def test_checkpoints_kept_outside_the_run_folder_are_resumed_by_the_suite(tmp_path):
+    elsewhere = tmp_path / "volume" / "ckpts"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "last.ckpt").write_bytes(b"a checkpoint")
+    cfg = compose_train_config("forecasting", ["ckpt_path=last", f"callbacks.model_checkpoint.dirpath={elsewhere}"],
+                               tmp_path / "run")
+    assert resume.resume_path(cfg) == str(elsewhere / "last.ckpt")  # read, checked and restored as any other
+    assert resume.resumes_in_own_folder(cfg)  # so its folder's checkpoints are not moved aside
+    default = compose_train_config("forecasting", ["ckpt_path=last"], tmp_path / "run")
+    assert resume.checkpoint_folder(default) == tmp_path / "run" / "checkpoints" and resume.resume_path(default) is None
+
+
 def test_a_finished_run_resumed_from_an_older_checkpoint_of_its_folder_keeps_its_last_checkpoint(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     last.write_bytes(b"the latest epoch")
     (tmp_path / "checkpoints" / "best-000.ckpt").write_bytes(b"an older epoch")
-    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(save_last=True))
-    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"), tmp_path)
+    trainer = SimpleNamespace(checkpoint_callback=SimpleNamespace(save_last=True, dirpath=str(last.parent)))
+    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"))
     assert last.read_bytes() == b"the latest epoch"
     last.unlink()
-    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"), tmp_path)
+    resume.keep_resumed_as_last(trainer, str(tmp_path / "checkpoints" / "best-000.ckpt"))
     assert last.read_bytes() == b"an older epoch"  # none there: the resumed checkpoint becomes the folder's last
 
 
