@@ -54,15 +54,34 @@ def settings(speaker: str, test_takes: tuple[int, int]) -> dict[str, list[str]]:
     }
 
 
+def recorded(fsdd: Path) -> tuple[set[str], set[int]]:
+    """The speakers and the takes of the folder's `{digit}_{speaker}_{take}.wav` recordings (read from the names)."""
+    from gru_suite_plugins.speech.sources import FSDD_NAME, fsdd_recordings
+
+    names = [match for path in fsdd_recordings(fsdd).glob("*.wav") if (match := FSDD_NAME.match(path.stem))]
+    return {match[2] for match in names}, {int(match[3]) for match in names}
+
+
+def layout_problem(fsdd: Path, chosen: list[str], speaker: str, test_takes: tuple[int, int]) -> str | None:
+    """What keeps the `chosen` settings from running on the folder's recordings, named before any training (a later
+    setting's failure would lose the earlier ones' figures), else None."""
+    speakers, takes = recorded(fsdd)
+    if not takes:
+        return f"{fsdd}: no {{digit}}_{{speaker}}_{{take}}.wav recordings"
+    if "unseen" in chosen and speaker not in speakers:
+        return f"--speaker {speaker}: no recordings of that speaker in {fsdd}; the speakers are {sorted(speakers)}"
+    first, last = test_takes
+    if "seen" in chosen and not any(first <= take <= last for take in takes):
+        return (f"--test-takes {first}-{last}: no recordings of those takes in {fsdd}; the takes here are "
+                f"{min(takes)}-{max(takes)}")
+    return None
+
+
 def default_test_takes(fsdd: Path) -> tuple[int, int]:
     """FSDD's own test split, takes 0-4, where the folder holds them (the full dataset), else takes 5-9 (the copy in
     ../shared/data starts at take 5); said on stderr."""
-    from gru_suite_plugins.speech.sources import FSDD_NAME, fsdd_recordings
-
-    full = any(int(match[3]) <= 4 for path in fsdd_recordings(fsdd).glob("*.wav")
-               if (match := FSDD_NAME.match(path.stem)))
-    takes = (0, 4) if full else (5, 9)
-    print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if full else
+    takes = (0, 4) if any(take <= 4 for take in recorded(fsdd)[1]) else (5, 9)
+    print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if takes == (0, 4) else
           " (the folder has no takes 0-4)"), file=sys.stderr)
     return takes
 
@@ -219,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speaker", default="george", help="the speaker held out in the unseen setting")
     parser.add_argument("--test-takes", type=take_range, default=None, metavar="FIRST-LAST",
                         help="the takes held out in the seen setting (default: FSDD's test takes 0-4 where the "
-                             "folder has them, else 5-9; validation takes are 10-12)")
+                             "folder has them, else 5-9; validation takes are 10-12: "
+                             "--override 'task.data.fsdd_split.val_takes=[A,B]' moves them)")
     parser.add_argument("--minutes", type=float, default=20.0, help="wall-time budget per training (default 20)")
     parser.add_argument("--chunk-ms", type=float, default=100.0)
     parser.add_argument("--train-threads", type=positive_int, default=1)
@@ -246,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.test_takes is None:
         args.test_takes = default_test_takes(args.fsdd)
+    if problem := layout_problem(args.fsdd, args.settings.split(","), args.speaker, args.test_takes):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     quiet()
     chosen = settings(args.speaker, args.test_takes)
     results: dict[str, Any] = {"fsdd": str(args.fsdd), "minutes_per_training": args.minutes,

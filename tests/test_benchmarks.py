@@ -178,6 +178,25 @@ def test_the_speech_benchmark_tests_fsdds_own_test_takes_given_the_dataset_or_it
     assert speech.default_test_takes(tmp_path / "fsdd") == speech.default_test_takes(recordings) == (0, 4)
 
 
+def test_the_speech_benchmark_names_a_missing_speaker_or_takes_before_any_training(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speech
+
+    recordings = tmp_path / "recordings"
+    recordings.mkdir()
+    for name in ("0_theo_10.wav", "1_spk_02_49.wav", "notes.wav"):  # names are all it reads
+        (recordings / name).touch()
+    assert speech.recorded(tmp_path) == ({"theo", "spk_02"}, {10, 49})
+    assert speech.layout_problem(tmp_path, ["seen", "unseen"], "george", (5, 9)) == (
+        f"--speaker george: no recordings of that speaker in {tmp_path}; the speakers are ['spk_02', 'theo']")
+    assert speech.layout_problem(tmp_path, ["seen"], "george", (5, 9)) == (
+        f"--test-takes 5-9: no recordings of those takes in {tmp_path}; the takes here are 10-49")
+    assert speech.layout_problem(tmp_path, ["seen", "unseen"], "spk_02", (10, 14)) is None
+    assert speech.main(["--fsdd", str(tmp_path), "--speaker", "george"]) == 2  # at once, not after the seen run
+    assert capsys.readouterr().err.endswith("error: --speaker george: no recordings of that speaker in "
+                                            f"{tmp_path}; the speakers are ['spk_02', 'theo']\n")
+
+
 def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import forecasting

@@ -737,13 +737,15 @@ def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, cap
 def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
     recordings = tmp_path / "recordings"
     recordings.mkdir()
-    for speaker in ("ann", "bob"):
+    for speaker in ("ann", "bob", "spk_02"):  # a speaker's name may hold digits and underscores
         for take in (5, 10, 20):
             write_wav(recordings / f"3_{speaker}_{take}.wav", speak(["three"], seed=take))
     write_wav(recordings / "notes.wav", speak(["one"], seed=0))
     with caplog.at_level(logging.WARNING):
         utterances = read_fsdd(tmp_path, RATE)
-    assert len(utterances) == 6 and {u.text for u in utterances} == {"three"}
+    assert len(utterances) == 9 and {u.text for u in utterances} == {"three"}
+    assert {(u.speaker, u.take) for u in utterances if u.speaker == "spk_02"} == {("spk_02", t) for t in (5, 10, 20)}
+    utterances = [u for u in utterances if u.speaker != "spk_02"]
     assert any("notes.wav" in r.getMessage() for r in caplog.records)
     seen = split_fsdd(utterances, [5, 9], [10, 12], [])
     assert {(u.speaker, u.take) for u in seen["test"]} == {("ann", 5), ("bob", 5)}
@@ -753,6 +755,10 @@ def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
     with pytest.raises(UserError, match=re.escape("test speaker(s) ['george'] have no recordings here; the speakers "
                                                   "are ['ann', 'bob']")):
         split_fsdd(utterances, None, [10, 12], ["bob", "george"])
+    with pytest.raises(UserError, match=re.escape("the FSDD split leaves no test recordings: test takes [0, 4], test "
+                                                  "speakers [], validation takes [10, 12], and the recordings here "
+                                                  "have takes 5-20 (check task.data.fsdd_split)")):
+        split_fsdd(utterances, [0, 4], [10, 12], [])
 
 
 def test_connected_utterances_join_words_with_pauses() -> None:

@@ -29,7 +29,7 @@ from gru_suite_plugins.speech.audio import AUDIO_SUFFIXES, read_audio
 log = logging.getLogger(__name__)
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)$")
+FSDD_NAME = re.compile(r"^(\d)_(.+)_(\d+)$")  # a speaker may hold digits and underscores
 PAUSE_NOISE = 1e-4
 """Standard deviation of the faint noise filling the pauses of connected utterances."""
 
@@ -220,7 +220,10 @@ def split_fsdd(utterances: list[Utterance], test_takes: list[int] | None, val_ta
                         f"{speakers}")
     for name, items in split.items():
         if not items:
-            raise UserError(f"the FSDD split leaves no {name} recordings (check task.data.fsdd_split)")
+            takes = sorted({u.take for u in utterances if u.take is not None})
+            raise UserError(f"the FSDD split leaves no {name} recordings: test takes {test_takes}, test speakers "
+                            f"{test_speakers}, validation takes {val_takes}, and the recordings here have takes "
+                            f"{takes[0]}-{takes[-1]} (check task.data.fsdd_split)")
     return split
 
 
