@@ -60,15 +60,17 @@ def _spans(sentence: str, min_tokens: int) -> set[str]:
 
 def read_sst(path: Path) -> list[Any]:
     """The labelled examples of an SST-2 file: `label sentence` lines, or a table whose text column is `text` or,
-    as in GLUE's files, `sentence`."""
+    as in GLUE's files, `sentence` (a GLUE file is known by its `sentence<TAB>label` header whatever its name)."""
     from gru_suite.text import read_lines
     from gru_suite_plugins.sentiment.data import DELIMITERS, read_labelled, table_format
 
-    fmt = table_format(path, "auto")
+    fmt, first = table_format(path, "auto"), read_lines(path)[:1]
+    if fmt == "lines" and first and "label" in [name.strip() for name in first[0].split("\t")]:
+        fmt = "tsv"
     if fmt == "lines":
-        return read_labelled(path)
-    header = [name.strip() for name in next(csv.reader(read_lines(path)[:1], delimiter=DELIMITERS[fmt]), [])]
-    return read_labelled(path, text_column="sentence" if "sentence" in header and "text" not in header else "text")
+        return read_labelled(path, fmt)
+    header = [name.strip() for name in next(csv.reader(first, delimiter=DELIMITERS[fmt]), [])]
+    return read_labelled(path, fmt, "sentence" if "sentence" in header and "text" not in header else "text")
 
 
 def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_tokens: int, seed: int,
@@ -204,7 +206,8 @@ def train_one(args: argparse.Namespace, seed: int, dev: Sequence[Any]) -> tuple[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", type=Path, required=True,
-                        help="stsa.binary.train (`label sentence` lines, or a CSV/TSV with text or sentence and label)")
+                        help="stsa.binary.train (`label sentence` lines, or a CSV/TSV with text or sentence and label: "
+                             "known by its .csv/.tsv name, or by a tab-separated header naming label)")
     parser.add_argument("--dev", type=Path, required=True,
                         help="stsa.binary.dev, the reported split (same layouts; a held-out test file too: its figures "
                              "go under the JSON key 'dev', the option's name, with its path in data.dev)")

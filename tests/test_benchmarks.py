@@ -148,6 +148,8 @@ def test_the_sentiment_benchmark_takes_the_text_column_a_tables_header_names(tmp
     assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "glue.tsv")] == [("a fine film", "1")]
     assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "both.csv")] == [("a dull film", "0")]
     assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "lines.txt")] == [("a fine film", "1")]
+    (tmp_path / "glue.txt").write_text("sentence\tlabel\na fine film\t1\n", encoding="utf-8")  # by its header
+    assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "glue.txt")] == [("a fine film", "1")]
     (tmp_path / "other.csv").write_text("review,label\nfine,1\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"no column 'text'.*review"):
         sentiment.read_sst(tmp_path / "other.csv")
