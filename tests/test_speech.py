@@ -1003,6 +1003,7 @@ def test_an_ensemble_member_must_share_tokens_frame_rate_and_offline_decoding(ch
 def test_speech_benchmark_ensemble_refuses_models_of_another_split(checked: Path, tmp_path: Path) -> None:
     ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"  # trained on the bundled data, not an FSDD split
     (tmp_path / "fsdd" / "recordings").mkdir(parents=True)
+    (tmp_path / "fsdd" / "recordings" / "0_george_5.wav").touch()  # the held-out speaker is there: the models are not
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "speech.py"), "--fsdd", str(tmp_path / "fsdd"),
                              "--settings", "unseen", "--ensemble", str(ckpt), "--ensemble", str(ckpt)],
                             capture_output=True, text=True, timeout=300)
