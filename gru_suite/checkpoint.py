@@ -61,19 +61,26 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
     """The keys of `trained_settings` (a task's `TaskPlugin.trained_settings`, e.g. its tokenizer's) whose value in
     `task_cfg` differs from the one training used (`trained_value`): the checkpoint's state holds what training made
     of them."""
-    return [key for key in trained_settings
-            if OmegaConf.select(task_cfg, key, default=None) != trained_value(stored_task, key)]
+    fixed = []
+    for key in trained_settings:
+        given, trained = OmegaConf.select(task_cfg, key, default=_ABSENT), trained_value(stored_task, key)
+        if given is not _ABSENT and trained is not _ABSENT and given != trained:  # absent: nothing given, or unknown
+            fixed.append(key)
+    return fixed
 
 
 def trained_value(stored_task: DictConfig, key: str) -> Any:
     """The value of `key` (relative to `task.`) training used: the checkpoint's config's, or for a setting newer than
-    the checkpoint (its config lacks it) the task's shipped default, which is what its code did before the setting
-    existed."""
+    the checkpoint (its config lacks it) the task's shipped default as written, which is what its code did before the
+    setting existed; `_ABSENT` where that is not known (the shipped config lacks it too, or its default is an
+    interpolation)."""
     value = OmegaConf.select(stored_task, key, default=_ABSENT)
-    if value is _ABSENT:
-        value = OmegaConf.select(OmegaConf.create(registry.shipped_task_config(str(stored_task.get("name")))), key,
-                                 default=None)
-    return value
+    if value is not _ABSENT:
+        return value
+    value = registry.shipped_task_config(str(stored_task.get("name")))
+    for part in key.split("."):
+        value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+    return _ABSENT if value is _ABSENT or "${" in str(value) else value
 
 
 def check_same_model(state: dict[str, Any], module: TaskModule, source: str,

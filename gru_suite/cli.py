@@ -212,14 +212,16 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from gru_suite.run_folder import checkpoint_folder
+
         _warn_undeclared_settings(cfg)
         try:
             return body(cfg)
         except SystemExit as stop:
-            _stop_on_signal(stop, Path(HydraConfig.get().runtime.output_dir))
+            _stop_on_signal(stop, checkpoint_folder(cfg))
             raise
         except KeyboardInterrupt:  # outside Lightning's loops
-            stopped("interrupted", Path(HydraConfig.get().runtime.output_dir), 130)
+            stopped("interrupted", checkpoint_folder(cfg), 130)
         except Exception as err:
             user_error = user_error_in(err) or _unset_key_read(err)
             if user_error is None:
@@ -265,23 +267,23 @@ def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str]) -> None:
     sys.exit(2)
 
 
-def _stop_on_signal(stop: SystemExit, out_dir: Path) -> None:
+def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:
     """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0, and one interrupted
     by Ctrl-C with exit code 1: one line (where to resume from, if a checkpoint was saved) and exit code 143 or 130
     (128 + the signal), which also ends a sweep."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     if isinstance(stop, SIGTERMException):
-        stopped("stopped by SIGTERM", out_dir, 143)
+        stopped("stopped by SIGTERM", checkpoints, 143)
     if isinstance(stop.__context__, KeyboardInterrupt):
-        stopped("interrupted", out_dir, 130)
+        stopped("interrupted", checkpoints, 130)
 
 
-def stopped(why: str, out_dir: Path, code: int) -> None:
-    """End a stopped command with one line, naming the checkpoint to resume from if the run saved one, and exit
-    with `code`."""
+def stopped(why: str, checkpoints: Path, code: int) -> None:
+    """End a stopped command with one line, naming the checkpoint to resume from if the run saved one (in its folder
+    `checkpoints`), and exit with `code`."""
     _end_progress_line()
-    last = out_dir / "checkpoints" / "last.ckpt"
+    last = checkpoints / "last.ckpt"
     message = f"error: {why}" + (f"; resume with ckpt_path={last}" if last.is_file() else "")
     print(message, file=sys.stderr)
     _log_to_run_files(message)

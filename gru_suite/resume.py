@@ -17,18 +17,12 @@ from gru_suite.checkpoint import fixed_by_training, trained_value
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.metrics_file import read_metrics
+from gru_suite.run_folder import checkpoint_folder
 
 log = logging.getLogger(__name__)
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 """`ckpt_path` values that Lightning resolves itself when resuming."""
-
-
-def checkpoint_folder(cfg: DictConfig) -> Path:
-    """Where the run's checkpoints go: `callbacks.model_checkpoint.dirpath` (by default the run folder's
-    `checkpoints/`), or the run folder's `checkpoints/` where no callback of the suite's says."""
-    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
-    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
 def resume_path(cfg: DictConfig) -> str | None:

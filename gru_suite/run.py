@@ -61,7 +61,7 @@ from gru_suite.resume import (
     resumes_in_own_folder,
     warn_of_another_monitor,
 )
-from gru_suite.run_folder import set_aside
+from gru_suite.run_folder import checkpoint_folder, set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule
 
 log = logging.getLogger(__name__)
@@ -381,16 +381,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @rank_zero_only
 def keep_earlier_checkpoints(cfg: DictConfig) -> None:
-    """A run that does not resume from its own folder's checkpoints, into a folder that holds an earlier run's
-    (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its `metrics.json` to
+    """A run that does not resume from its own folder's checkpoints (`checkpoint_folder`), into one that holds an
+    earlier run's (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its run
+    folder's `metrics.json` to
     `metrics.N.json`, its `predictions/` to `predictions.N/`): Lightning would write
     `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
-    folder = Path(cfg.paths.output_dir) / "checkpoints"
+    folder, out_dir = checkpoint_folder(cfg), Path(cfg.paths.output_dir)
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     kept = set_aside(folder)
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
-    for earlier in (folder.parent / "metrics.json", folder.parent / "predictions"):  # its figures and artifacts
+    for earlier in (out_dir / "metrics.json", out_dir / "predictions"):  # its figures and artifacts
         beside = earlier.with_name(f"{earlier.stem}{kept.suffix}{earlier.suffix}")  # checkpoints.N/: metrics.N.json
         if earlier.exists():  # as checkpoints.N/, unless that name is taken (predictions.N/ of a resumed run)
             kept_as = set_aside(earlier) if beside.exists() else earlier.rename(beside)

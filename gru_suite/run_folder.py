@@ -12,9 +12,16 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+
+def checkpoint_folder(cfg: DictConfig) -> Path:
+    """Where the run's checkpoints go: `callbacks.model_checkpoint.dirpath` (by default the run folder's
+    `checkpoints/`), or the run folder's `checkpoints/` where no callback of the suite's says."""
+    dirpath = OmegaConf.select(cfg, "callbacks.model_checkpoint.dirpath", default=None)
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
 def set_aside(path: Path) -> Path:

@@ -331,6 +331,15 @@ def test_checkpoints_kept_outside_the_run_folder_are_resumed_by_the_suite(tmp_pa
     assert resume.checkpoint_folder(default) == tmp_path / "run" / "checkpoints" and resume.resume_path(default) is None
 
 
+def test_a_run_resumed_from_its_folder_into_checkpoints_kept_elsewhere_moves_nothing_it_reads(tmp_path):
+    quiet = [*TINY, "test_after_training=false", "predict_after_training=false"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path / "run"))
+    last, volume = tmp_path / "run" / "checkpoints" / "last.ckpt", tmp_path / "volume"
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={last}",
+                                                   f"callbacks.model_checkpoint.dirpath={volume}"], tmp_path / "run"))
+    assert last.is_file() and torch.load(volume / "last.ckpt", weights_only=False)["epoch"] == 1
+
+
 def test_a_finished_run_resumed_from_an_older_checkpoint_of_its_folder_keeps_its_last_checkpoint(tmp_path):
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
@@ -411,17 +420,20 @@ def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
     assert state["dirpath"] == str(last.parent) and state["best_model_path"] == str(last.parent / files[0])
 
 
-@pytest.mark.parametrize(("sent", "code", "why"), [(signal.SIGTERM, 143, "stopped by SIGTERM"),
-                                                   (signal.SIGINT, 130, "interrupted")])
-def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_resume_from(sent, code, why, tmp_path):
+@pytest.mark.parametrize(("sent", "code", "why", "elsewhere"), [(signal.SIGTERM, 143, "stopped by SIGTERM", False),
+                                                               (signal.SIGINT, 130, "interrupted", False),
+                                                               (signal.SIGTERM, 143, "stopped by SIGTERM", True)])
+def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_resume_from(sent, code, why, elsewhere,
+                                                                                            tmp_path):
+    folder = tmp_path / "volume" if elsewhere else tmp_path / "checkpoints"  # the checkpoint callback's own folder
     command = [str(Path(sys.executable).parent / "gru-suite"), "task=forecasting", *TINY, "threads=1",
-               "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}"]
+               "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}", f"callbacks.model_checkpoint.dirpath={folder}"]
     # A job started in the background (`pytest &`, a CI runner's shell) inherits SIGINT ignored, as POSIX
     # shells start background jobs, and so would the run: it starts with Ctrl-C's default, as from a terminal.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TQDM_DISABLE": "1"},
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    last = tmp_path / "checkpoints" / "last.ckpt"
+    last = folder / "last.ckpt"
     deadline = time.monotonic() + 120
     while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -734,12 +746,12 @@ def test_a_plateau_schedule_resumed_steps_as_often_as_an_uninterrupted_one(every
 
 def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.stopped("interrupted", tmp_path, 130)
+        cli.stopped("interrupted", tmp_path / "checkpoints", 130)
     assert exit_info.value.code == 130 and capsys.readouterr().err == "error: interrupted\n"
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
     with pytest.raises(SystemExit):
-        cli.stopped("interrupted", tmp_path, 130)
+        cli.stopped("interrupted", tmp_path / "checkpoints", 130)
     assert capsys.readouterr().err == f"error: interrupted; resume with ckpt_path={tmp_path}/checkpoints/last.ckpt\n"
 
 

@@ -768,6 +768,7 @@ def test_a_checkpoint_older_than_a_trained_setting_counts_as_trained_with_its_de
     stored = stored_config(checkpoint).task
     default = compose_train_config("sentiment", quiet, tmp_path / "default").task
     assert fixed_by_training(["model.normalize_embeddings"], default, stored) == []  # the default: nothing to say
+    assert fixed_by_training(["model.normalize_embeddings"], stored, stored) == []  # eval: the stored config, as is
     with caplog.at_level(logging.WARNING):
         run.train(compose_train_config("sentiment", [*quiet, "trainer.max_epochs=2", "ckpt_path=last",
                                                      "task.model.normalize_embeddings=true"], tmp_path))
