@@ -58,18 +58,26 @@ def _spans(sentence: str, min_tokens: int) -> set[str]:
     return {" ".join(words[i:j]) for i in range(len(words)) for j in range(i + min_tokens, len(words) + 1)}
 
 
+def read_format(path: Path) -> str:
+    """`lines` (`label sentence`), `csv` or `tsv`: by the name's suffix, or `tsv` for a file whose first line is a
+    tab-separated header naming `label` (GLUE's `sentence<TAB>label`) whatever its name."""
+    from gru_suite.text import read_lines
+    from gru_suite_plugins.sentiment.data import table_format
+
+    fmt, first = table_format(path, "auto"), read_lines(path)[:1]
+    return "tsv" if fmt == "lines" and first and "label" in [name.strip() for name in first[0].split("\t")] else fmt
+
+
 def read_sst(path: Path) -> list[Any]:
     """The labelled examples of an SST-2 file: `label sentence` lines, or a table whose text column is `text` or,
     as in GLUE's files, `sentence` (a GLUE file is known by its `sentence<TAB>label` header whatever its name)."""
     from gru_suite.text import read_lines
-    from gru_suite_plugins.sentiment.data import DELIMITERS, read_labelled, table_format
+    from gru_suite_plugins.sentiment.data import DELIMITERS, read_labelled
 
-    fmt, first = table_format(path, "auto"), read_lines(path)[:1]
-    if fmt == "lines" and first and "label" in [name.strip() for name in first[0].split("\t")]:
-        fmt = "tsv"
+    fmt = read_format(path)
     if fmt == "lines":
         return read_labelled(path, fmt)
-    header = [name.strip() for name in next(csv.reader(first, delimiter=DELIMITERS[fmt]), [])]
+    header = [name.strip() for name in next(csv.reader(read_lines(path)[:1], delimiter=DELIMITERS[fmt]), [])]
     return read_labelled(path, fmt, "sentence" if "sentence" in header and "text" not in header else "text")
 
 
@@ -105,9 +113,7 @@ def build_training_files(train: Path, dev: Path, phrases: Path | None, leak_toke
 def test_file(dev: Path, folder: Path) -> Path:
     """`dev` for the task's test split: as it is in the `label sentence` layout, else (a table, whose text column
     the task would look for as `text`) rewritten in that layout into `folder`."""
-    from gru_suite_plugins.sentiment.data import table_format
-
-    if table_format(dev, "auto") == "lines":
+    if read_format(dev) == "lines":
         return dev
     lines = folder / "test.txt"
     lines.write_text("".join(f"{e.label} {e.text}\n" for e in read_sst(dev)), encoding="utf-8")

@@ -50,7 +50,7 @@ def settings(speaker: str, test_takes: tuple[int, int]) -> dict[str, list[str]]:
     first, last = test_takes
     return {
         "seen": [f"task.data.fsdd_split.test_takes=[{first},{last}]", "task.data.fsdd_split.test_speakers=[]"],
-        "unseen": ["task.data.fsdd_split.test_takes=null", f"task.data.fsdd_split.test_speakers=[{speaker}]"],
+        "unseen": ["task.data.fsdd_split.test_takes=null", f"task.data.fsdd_split.test_speakers=['{speaker}']"],
     }
 
 

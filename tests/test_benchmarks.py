@@ -150,6 +150,8 @@ def test_the_sentiment_benchmark_takes_the_text_column_a_tables_header_names(tmp
     assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "lines.txt")] == [("a fine film", "1")]
     (tmp_path / "glue.txt").write_text("sentence\tlabel\na fine film\t1\n", encoding="utf-8")  # by its header
     assert [(e.text, e.label) for e in sentiment.read_sst(tmp_path / "glue.txt")] == [("a fine film", "1")]
+    (tmp_path / "out").mkdir()
+    assert sentiment.test_file(tmp_path / "glue.txt", tmp_path / "out").read_text() == "1 a fine film\n"  # as --dev
     (tmp_path / "other.csv").write_text("review,label\nfine,1\n", encoding="utf-8")
     with pytest.raises(UserError, match=r"no column 'text'.*review"):
         sentiment.read_sst(tmp_path / "other.csv")
@@ -194,6 +196,11 @@ def test_the_speech_benchmark_names_a_missing_speaker_or_takes_before_any_traini
     assert speech.layout_problem(tmp_path, ["seen"], "george", (5, 9)) == (
         f"--test-takes 5-9: no recordings of those takes in {tmp_path}; the takes here are 10-49")
     assert speech.layout_problem(tmp_path, ["seen", "unseen"], "spk_02", (10, 14)) is None
+    from gru_suite.testing import compose_train_config
+
+    unseen = speech.settings("12", (5, 9))["unseen"]
+    cfg = compose_train_config("speech", ["experiment=fsdd", "task.data.fsdd=null", *unseen], tmp_path / "run")
+    assert list(cfg.task.data.fsdd_split.test_speakers) == ["12"]  # a speaker named by digits is a name, not a number
     assert speech.main(["--fsdd", str(tmp_path), "--speaker", "george"]) == 2  # at once, not after the seen run
     assert capsys.readouterr().err.endswith("error: --speaker george: no recordings of that speaker in "
                                             f"{tmp_path}; the speakers are ['spk_02', 'theo']\n")
