@@ -97,7 +97,7 @@ def _cell(value: Any) -> str:
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """Print `rows` under `header` as an aligned text table headed `== title` (first column left-aligned)."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(header)]
+    widths = [max([len(str(h)), *(len(r[i]) for r in cells)]) for i, h in enumerate(header)]  # rows may be none
     print(f"\n== {title}")
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))

@@ -25,7 +25,9 @@ Speed: real-time factor (processing seconds per audio second, one utterance at a
 one CPU thread) of offline transcription (features, network, greedy decoding, word
 timestamps) and of streaming in `--chunk-ms` chunks (partial transcript after every chunk),
 with a check that every streamed transcript equals the offline one.
-Prints a table per section, then one JSON line.
+Prints a table per section, then one JSON line. A setting the folder cannot serve (`--speaker` or `--test-takes`
+absent is named before any training; a split left empty, when that setting starts) is an error on stderr: the other
+settings still run and are reported, the JSON lists it under `failed_settings`, and the exit code is 2.
 """
 
 from __future__ import annotations
@@ -77,12 +79,14 @@ def layout_problem(fsdd: Path, chosen: list[str], speaker: str, test_takes: tupl
     return None
 
 
-def default_test_takes(fsdd: Path) -> tuple[int, int]:
+def default_test_takes(fsdd: Path, say: bool = True) -> tuple[int, int]:
     """FSDD's own test split, takes 0-4, where the folder holds them (the full dataset), else takes 5-9 (the copy in
-    ../shared/data starts at take 5); said on stderr."""
+    ../shared/data starts at take 5); said on stderr when `say`."""
     takes = (0, 4) if any(take <= 4 for take in recorded(fsdd)[1]) else (5, 9)
-    print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if takes == (0, 4) else
-          " (the folder has no takes 0-4)"), file=sys.stderr)
+    if say:
+        print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if takes == (0, 4)
+                                                                      else " (the folder has no takes 0-4)"),
+              file=sys.stderr)
     return takes
 
 
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.fsdd} not found", file=sys.stderr)
         return 2
     if args.test_takes is None:
-        args.test_takes = default_test_takes(args.fsdd)
+        args.test_takes = default_test_takes(args.fsdd, say="seen" in args.settings.split(","))
     if problem := layout_problem(args.fsdd, args.settings.split(","), args.speaker, args.test_takes):
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -274,9 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"fsdd": str(args.fsdd), "minutes_per_training": args.minutes,
                                "speaker_held_out": args.speaker, "test_takes": list(args.test_takes),
                                "chunk_ms": args.chunk_ms, "settings": {}}
+    from gru_suite.errors import UserError
+
+    failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.settings.split(","):
-            results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, args.keep or Path(tmp))
+            try:
+                results["settings"][name] = run_setting(args.fsdd, name, chosen[name], args, args.keep or Path(tmp))
+            except UserError as err:  # the other settings' figures are still reported
+                failed[name] = str(err)
+                print(f"error: setting {name}: {err}", file=sys.stderr)
+    if not results["settings"]:
+        return 2
     rows = []
     for name, r in results["settings"].items():
         for kind, label in KINDS.items():
@@ -305,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         table(f"misrecognised test utterances (at most {args.show_errors} per row of the first table)",
               ["setting / utterances", "recording", "reference", "offline transcript"], errors)
     results["goals"] = GOALS
+    if failed:
+        results["failed_settings"] = failed
     print(json.dumps(results, default=float, sort_keys=True))
-    return 0
+    return 2 if failed else 0
 
 
 if __name__ == "__main__":

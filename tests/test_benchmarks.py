@@ -206,6 +206,29 @@ def test_the_speech_benchmark_names_a_missing_speaker_or_takes_before_any_traini
                                             f"{tmp_path}; the speakers are ['spk_02', 'theo']\n")
 
 
+def test_the_speech_benchmark_reports_the_settings_that_ran_when_a_later_one_fails(tmp_path, capsys, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import speech
+
+    (tmp_path / "recordings").mkdir()
+    for name in ("0_ann_5.wav", "0_bob_10.wav"):
+        (tmp_path / "recordings" / name).touch()
+    seen = {"train_utterances": 1, "epochs_run": 1, "best_epoch": 0, "best_val_cer": 0.5, "fit_wall_s": 1.0}
+
+    def run_setting(fsdd, name, overrides, args, folder):
+        if name == "unseen":
+            raise UserError("the FSDD split leaves no val recordings")
+        return seen
+
+    monkeypatch.setattr(speech, "run_setting", run_setting)
+    assert speech.main(["--fsdd", str(tmp_path), "--speaker", "bob"]) == 2
+    out, err = capsys.readouterr()
+    report = json.loads(out.splitlines()[-1])
+    assert report["settings"] == {"seen": seen}  # its figures are not lost
+    assert report["failed_settings"] == {"unseen": "the FSDD split leaves no val recordings"}
+    assert "error: setting unseen: the FSDD split leaves no val recordings" in err
+
+
 def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import forecasting
