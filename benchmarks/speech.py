@@ -64,10 +64,10 @@ def recorded(fsdd: Path) -> tuple[set[str], set[int]]:
     return {match[2] for match in names}, {int(match[3]) for match in names}
 
 
-def layout_problem(fsdd: Path, chosen: list[str], speaker: str, test_takes: tuple[int, int]) -> str | None:
-    """What keeps the `chosen` settings from running on the folder's recordings, named before any training (a later
-    setting's failure would lose the earlier ones' figures), else None."""
-    speakers, takes = recorded(fsdd)
+def layout_problem(fsdd: Path, speakers: set[str], takes: set[int], chosen: list[str], speaker: str,
+                   test_takes: tuple[int, int]) -> str | None:
+    """What keeps the `chosen` settings from running on the `speakers` and `takes` recorded in `fsdd`, named before
+    any training (a later setting's failure would lose the earlier ones' figures), else None."""
     if not takes:
         return f"{fsdd}: no {{digit}}_{{speaker}}_{{take}}.wav recordings"
     if "unseen" in chosen and speaker not in speakers:
@@ -79,10 +79,10 @@ def layout_problem(fsdd: Path, chosen: list[str], speaker: str, test_takes: tupl
     return None
 
 
-def default_test_takes(fsdd: Path, say: bool = True) -> tuple[int, int]:
-    """FSDD's own test split, takes 0-4, where the folder holds them (the full dataset), else takes 5-9 (the copy in
-    ../shared/data starts at take 5); said on stderr when `say`."""
-    takes = (0, 4) if any(take <= 4 for take in recorded(fsdd)[1]) else (5, 9)
+def default_test_takes(recorded_takes: set[int], say: bool = True) -> tuple[int, int]:
+    """FSDD's own test split, takes 0-4, where the recordings hold them (the full dataset), else takes 5-9 (the copy
+    in ../shared/data starts at take 5); said on stderr when `say`."""
+    takes = (0, 4) if any(take <= 4 for take in recorded_takes) else (5, 9)
     if say:
         print(f"note: seen-speaker test takes {takes[0]}-{takes[1]}" + (" (FSDD's test split)" if takes == (0, 4)
                                                                       else " (the folder has no takes 0-4)"),
@@ -268,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.fsdd.is_dir():
         print(f"error: {args.fsdd} not found", file=sys.stderr)
         return 2
+    speakers, takes = recorded(args.fsdd)
     if args.test_takes is None:
-        args.test_takes = default_test_takes(args.fsdd, say="seen" in args.settings.split(","))
-    if problem := layout_problem(args.fsdd, args.settings.split(","), args.speaker, args.test_takes):
+        args.test_takes = default_test_takes(takes, say="seen" in args.settings.split(","))
+    if problem := layout_problem(args.fsdd, speakers, takes, args.settings.split(","), args.speaker, args.test_takes):
         print(f"error: {problem}", file=sys.stderr)
         return 2
     quiet()

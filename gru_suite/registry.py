@@ -174,7 +174,14 @@ def shipped_task_config(name: str) -> dict:
     no config."""
     entry = installed_tasks().get(name)
     path = entry.config_file() if entry is not None else None
-    return (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path is not None else {}
+    return _read_config(path) if path is not None else {}
+
+
+@cache
+def _read_config(path: Path) -> dict:
+    """The YAML file at `path` as a plain dict, read once per process (shipped configs do not change under it;
+    callers only read it)."""
+    return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
 
 
 def task_switches(name: str) -> tuple[str, ...]:

@@ -176,10 +176,11 @@ def test_the_speech_benchmark_tests_fsdds_own_test_takes_given_the_dataset_or_it
     recordings.mkdir(parents=True)
     for take in (5, 10):  # names are all it reads
         (recordings / f"0_ann_{take}.wav").touch()
-    assert speech.default_test_takes(tmp_path / "fsdd") == speech.default_test_takes(recordings) == (5, 9)
+    assert speech.default_test_takes(speech.recorded(tmp_path / "fsdd")[1]) == (5, 9)
+    assert speech.recorded(tmp_path / "fsdd") == speech.recorded(recordings)
     (recordings / "0_ann_4.wav").touch()
     (recordings / "notes_0.wav").touch()
-    assert speech.default_test_takes(tmp_path / "fsdd") == speech.default_test_takes(recordings) == (0, 4)
+    assert speech.default_test_takes(speech.recorded(recordings)[1]) == (0, 4)
 
 
 def test_the_speech_benchmark_names_a_missing_speaker_or_takes_before_any_training(tmp_path, capsys):
@@ -190,12 +191,13 @@ def test_the_speech_benchmark_names_a_missing_speaker_or_takes_before_any_traini
     recordings.mkdir()
     for name in ("0_theo_10.wav", "1_spk_02_49.wav", "notes.wav"):  # names are all it reads
         (recordings / name).touch()
-    assert speech.recorded(tmp_path) == ({"theo", "spk_02"}, {10, 49})
-    assert speech.layout_problem(tmp_path, ["seen", "unseen"], "george", (5, 9)) == (
+    found = speech.recorded(tmp_path)
+    assert found == ({"theo", "spk_02"}, {10, 49})
+    assert speech.layout_problem(tmp_path, *found, ["seen", "unseen"], "george", (5, 9)) == (
         f"--speaker george: no recordings of that speaker in {tmp_path}; the speakers are ['spk_02', 'theo']")
-    assert speech.layout_problem(tmp_path, ["seen"], "george", (5, 9)) == (
+    assert speech.layout_problem(tmp_path, *found, ["seen"], "george", (5, 9)) == (
         f"--test-takes 5-9: no recordings of those takes in {tmp_path}; the takes here are 10-49")
-    assert speech.layout_problem(tmp_path, ["seen", "unseen"], "spk_02", (10, 14)) is None
+    assert speech.layout_problem(tmp_path, *found, ["seen", "unseen"], "spk_02", (10, 14)) is None
     from gru_suite.testing import compose_train_config
 
     unseen = speech.settings("12", (5, 9))["unseen"]
