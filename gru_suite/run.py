@@ -201,7 +201,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     kwargs: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False, "_convert_": "partial"}
     if cfg.trainer.get("plugins") is None:  # a checkpoint is whole or absent, also from a tmpfs /tmp
         kwargs["plugins"] = [AtomicCheckpointIO()]
-    if cfg.trainer.get("profiler") is None:
+    if not cfg.trainer.get("profiler"):  # unset, null or false: no profiling, at no cost per hook
         kwargs["profiler"] = QuietProfiler()
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)

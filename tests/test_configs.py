@@ -138,6 +138,8 @@ def test_the_default_profiler_costs_nothing_and_a_chosen_one_is_kept(tmp_path):
     with quiet.profile("run_training_batch"), quiet.profile("[LightningModule]TaskModule.training_step"):
         pass  # nested, as Lightning's loops use it
     assert quiet.summary() == ""
+    off = compose_train_config("forecasting", ["+trainer.profiler=false", "trainer.accelerator=cpu"], tmp_path / "off")
+    assert isinstance(run.build_trainer(off).profiler, QuietProfiler)
     cfg = compose_train_config("forecasting", ["debug=profiler", "trainer.accelerator=cpu"], tmp_path / "simple")
     assert isinstance(run.build_trainer(cfg).profiler, SimpleProfiler)
 
