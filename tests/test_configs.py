@@ -579,7 +579,7 @@ NULL_IS_OFF = {  # a number set to null means "off" or "the default" here, or th
                "predict.cue_min_s"},
     "translation": {"decode.max_length"},
     "sentiment": {"data.val_fraction", "distill.copies", "distill.ngram", "distill.weight", "distill.word_drop",
-                  "model.adversarial_eps", "model.lm_weight", "pretrain.epochs"},
+                  "model.adversarial_eps", "model.lm_weight", "model.virtual_adversarial_eps", "pretrain.epochs"},
 }
 
 

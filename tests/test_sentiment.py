@@ -32,7 +32,7 @@ from gru_suite_plugins.sentiment.data import label_order, read_labelled, read_te
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
-from gru_suite_plugins.sentiment.losses import adversarial_loss
+from gru_suite_plugins.sentiment.losses import adversarial_loss, virtual_adversarial_loss
 from gru_suite_plugins.sentiment.task import altered_copy
 from conftest import resumed_and_uninterrupted, run_cli
 
@@ -208,6 +208,27 @@ def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> No
         randoms.append(torch.nn.functional.cross_entropy(model.classify(embedded + move, lengths)[0], labels).item())
     assert adversarial.item() > max(randoms)
     adversarial.backward()
+    assert model.embedding.weight.grad.abs().sum() > 0  # it trains the model, through the moved embeddings
+
+
+def test_virtual_adversarial_moves_change_the_probabilities_more_than_random_moves_of_the_same_size() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8, num_layers=2), 30, 2, 8, dropout=0.0)
+    ids, lengths = torch.randint(2, 30, (6, 7)), torch.tensor([7, 6, 5, 4, 3, 2])
+    ids[lengths[:, None] <= torch.arange(7)] = PAD_ID
+    embedded = model.embed(ids)
+    logits = model.classify(embedded, lengths)[0]
+    assert virtual_adversarial_loss(model, embedded, lengths, logits, 0.0).item() == pytest.approx(0, abs=1e-7)
+    found = virtual_adversarial_loss(model, embedded, lengths, logits, 1.0)
+    target = logits.detach().log_softmax(-1)
+    randoms = []
+    for _ in range(20):
+        move = torch.randn_like(embedded) * (ids != PAD_ID)[..., None]
+        move = move / move.flatten(1).norm(dim=1)[:, None, None]  # the same norm per text
+        moved = model.classify(embedded + move, lengths)[0].log_softmax(-1)
+        randoms.append((target.exp() * (target - moved)).sum(-1).mean().item())
+    assert found.item() > 2 * max(randoms) > 0
+    found.backward()
     assert model.embedding.weight.grad.abs().sum() > 0  # it trains the model, through the moved embeddings
 
 
@@ -525,11 +546,12 @@ def test_sentiment_honours_the_plugin_contract(corpus: dict[str, Path], tmp_path
     # with adversarial training on, so its training step runs through Lightning too
     # and standardised embeddings, whose word frequencies the checkpoint's state must carry to its restored model
     check_task_plugin("sentiment", [*TINY, *data_overrides(corpus), "task.model.adversarial_eps=1", "logger=csv",
-                                    "task.model.normalize_embeddings=true"], tmp_path)
+                                    "task.model.normalize_embeddings=true", "task.model.virtual_adversarial_eps=1"],
+                      tmp_path)
     restored = load_checkpoint(next(tmp_path.rglob("last.ckpt"))).task.model
     assert restored.word_frequencies is not None and restored.word_frequencies.sum().item() == pytest.approx(1)
     logged = {name for path in tmp_path.rglob("metrics.csv") for name in path.read_text().splitlines()[0].split(",")}
-    assert "train/adv_loss" in logged  # the adversarial loss ran (it is skipped where no gradient flows)
+    assert {"train/adv_loss", "train/vat_loss"} <= logged  # both ran (they are skipped where no gradient flows)
 
 
 def predicted_probabilities(folder: Path) -> dict[str, float]:
@@ -671,6 +693,19 @@ def test_adversarial_copies_are_scored_against_the_teachers_too(trained: tuple[P
     # a vanishing move: the copies' loss is the texts' own, against the teachers (not the flipped labels)
     assert out.metrics["adv_loss"].item() == pytest.approx(out.metrics["distill_loss"].item(), rel=1e-4)
     assert out.loss.item() == pytest.approx(2 * out.metrics["distill_loss"].item(), rel=1e-4)
+
+
+def test_the_virtual_adversarial_loss_is_added_in_training_only(corpus: dict[str, Path], tmp_path: Path) -> None:
+    cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "task.model.dropout=0"], tmp_path)
+    task = run.build_task(cfg.task)
+    batch = task.datamodule().dataset("train").__getitems__(list(range(16)))
+    module = run.build_module(cfg, task)
+    plain = task.step(module.model, batch, "train")
+    task.cfg.model.virtual_adversarial_eps = 1.0
+    trained, scored = task.step(module.model, batch, "train"), task.step(module.model, batch, "val")
+    assert trained.metrics["vat_loss"].item() > 0 and "vat_loss" not in scored.metrics
+    assert trained.loss.item() == pytest.approx(plain.loss.item() + trained.metrics["vat_loss"].item(), rel=1e-5)
+    assert scored.loss.item() == pytest.approx(plain.loss.item(), rel=1e-5)
 
 
 def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, float]], corpus: dict[str, Path],

@@ -56,6 +56,7 @@ from gru_suite_plugins.sentiment.losses import (
     classification_loss,
     language_model_loss,
     soft_cross_entropy,
+    virtual_adversarial_loss,
 )
 from gru_suite_plugins.sentiment.model import POOLINGS, SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.scores import classification_scores, confusion
@@ -88,7 +89,8 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.vocab_size", int, 1), ("tokenizer.min_frequency", int, 0), ("model.embed_size", int, 1),
                ("model.dropout", float, 0, 1, True), ("model.word_dropout", float, 0, 1, True),
                ("model.lm_weight", float, 0),
-               ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
+               ("model.lm_words", int, 1), ("model.adversarial_eps", float, 0),
+               ("model.virtual_adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
                ("distill.weight", float, 0, 1), ("distill.copies", int, 0), ("distill.word_drop", float, 0, 1),
                ("distill.ngram", float, 0, 1),
                ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
@@ -324,8 +326,9 @@ class SentimentTask(TaskPlugin):
 
     def step(self, model: SentimentModel, batch: Batch, stage: Stage) -> StepOutput:
         """Class-weighted cross-entropy; in training, with teachers (`distill`), mixed with the cross-entropy
-        against their probabilities by `distill.weight`, plus `lm_weight` x the language-model loss, and the
-        same classification loss of the texts' adversarial copies (`adversarial_eps`), if enabled."""
+        against their probabilities by `distill.weight`, plus `lm_weight` x the language-model loss, the same
+        classification loss of the texts' adversarial copies (`adversarial_eps`) and the virtual adversarial loss
+        (`virtual_adversarial_eps`), each if enabled."""
         embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
@@ -347,6 +350,10 @@ class SentimentTask(TaskPlugin):
             loss = loss + float(self.cfg.model.lm_weight) * metrics["lm_loss"]
         if "adv_loss" in metrics:  # its direction came from the classification loss alone
             loss = loss + metrics["adv_loss"]
+        vat_eps = float(self.cfg.model.get("virtual_adversarial_eps") or 0.0)
+        if stage == "train" and vat_eps and embedded.requires_grad:
+            metrics["vat_loss"] = virtual_adversarial_loss(model, embedded, batch.lengths, logits, vat_eps)
+            loss = loss + metrics["vat_loss"]
         if stage != "train":
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
