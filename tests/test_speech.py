@@ -43,7 +43,7 @@ from gru_suite_plugins.speech.decode import (
 )
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
-from gru_suite_plugins.speech.sources import (Utterance, after_silence, connect, noise_floor, read_fsdd,
+from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence, connect, noise_floor, read_fsdd,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech import task as speech_task
@@ -716,9 +716,13 @@ def test_bad_audio_is_skipped_with_a_warning_naming_the_line(tmp_path: Path, cap
     lines[0]["duration"] = len(one) / RATE
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    left_out: list[Skipped] = []
     with caplog.at_level(logging.WARNING):
-        utterances = read_manifest(manifest, RATE)
+        utterances = read_manifest(manifest, RATE, skipped=left_out)
     assert [u.path.name for u in utterances] == ["good.wav", "piped.wav"]
+    assert [(s.path.name, s.reason.split(" ")[0]) for s in left_out] == [
+        (name, f"{manifest}:{line}") for line, name in enumerate(["missing.wav", "silent.wav", "empty.wav",
+                                                                  "garbage.wav", "short.wav", "cut.wav"], start=2)]
     messages = [r.getMessage() for r in caplog.records]
     for line, reason in [(2, "no such audio file"), (3, "silent"), (4, "empty"), (5, "not a readable audio file"),
                          (6, "truncated"), (7, "the file is truncated (its header announces")]:
@@ -810,6 +814,8 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     write_wav(inbox / "quiet.wav", np.zeros(8000))
     (inbox / "broken.flac").write_bytes(b"fLaC broken")
     out = tmp_path / "predict"
+    out.mkdir()
+    (out / "quiet.txt").write_text("five\n")  # an earlier run's transcript of the file now silent
     ckpt = checked / "short_run" / "checkpoints" / "last.ckpt"
     result = run_cli("gru-suite-predict", "task=speech", f"ckpt_path={ckpt}", f"task.predict.input={inbox}",
                      "task.predict.streaming=true", f"hydra.run.dir={out}")
@@ -817,7 +823,11 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     log = result.stderr + (out / "predict.log").read_text()
     assert "quiet.wav" in log and "silent" in log and "broken.flac" in log
     assert f"skipping {inbox / 'quiet.wav'}: the audio is silent" in log  # the file named once
-    (line,) = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    line, *skipped = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
+    assert [(Path(s["path"]).name, s["text"], s["words"]) for s in skipped] == [("broken.flac", "", []),
+                                                                                ("quiet.wav", "", [])]
+    assert skipped[1]["skipped"].startswith(f"{inbox / 'quiet.wav'}: the audio is silent") and skipped[0]["skipped"]
+    assert (out / "quiet.txt").read_text() == (out / "broken.srt").read_text() == ""  # none of an earlier run
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
     assert line["text"] or line["warning"]
     assert all(0 <= w["start"] < w["end"] <= line["duration"] for w in line["words"])
@@ -1020,8 +1030,10 @@ def test_audio_whose_speech_starts_in_its_last_frame_is_skipped_not_crashed_on(t
     task = run.build_task(cfg.task)
     task.datamodule()
     with caplog.at_level(logging.WARNING):
-        usable = task._predict_set().utterances
-    assert [u.path.name for u in usable] == ["six.wav"]
+        audio = task._predict_set()
+    assert [u.path.name for u in audio.utterances] == ["six.wav"]
+    assert [(s.path.name, s.reason.endswith("too short to transcribe (from the speech onset on)"))
+            for s in audio.left_out] == [("click.wav", True)]
     assert any("click.wav" in m and "too short to transcribe" in m for m in caplog.messages)
 
 

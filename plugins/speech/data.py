@@ -16,7 +16,7 @@ from gru_suite.data import SplitDataModule
 from gru_suite.text import pad_ids
 from gru_suite_plugins.speech.audio import FeatureConfig, LogMel, RunningSum, cepstral, normalize, normalize_online
 from gru_suite_plugins.speech.endpoint import DB, Endpointer
-from gru_suite_plugins.speech.sources import Utterance
+from gru_suite_plugins.speech.sources import Skipped, Utterance
 
 
 class Featurizer:
@@ -211,14 +211,16 @@ class AudioSet(Dataset):
     (transcripts, None where unknown), `offsets` (s, where each starts in its file) and `positions` (each
     utterance's place in `read`: inputs may share a path).
     `speech` holds each utterance's `Featurizer.speech` when already computed; `read`, every utterance read for
-    it, those left out too (default: `utterances`)."""
+    it, those left out too (default: `utterances`); `left_out`, the inputs skipped, and why."""
 
     def __init__(self, utterances: list[Utterance], featurizer: Featurizer,
-                 speech: list[tuple[Tensor, int]] | None = None, read: list[Utterance] | None = None) -> None:
+                 speech: list[tuple[Tensor, int]] | None = None, read: list[Utterance] | None = None,
+                 left_out: list[Skipped] | None = None) -> None:
         self.utterances = utterances
         self.featurizer = featurizer
         self.speech = speech
         self.read = utterances if read is None else read
+        self.left_out = left_out or []
         place = {id(u): i for i, u in enumerate(self.read)}
         self.positions = [place[id(u)] for u in utterances]  # plain numbers: a worker process gets copies
 

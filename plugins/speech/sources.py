@@ -55,11 +55,15 @@ class Utterance:
 
 
 def _read_or_skip(path: Path, sample_rate: int, where: str, offset: float = 0.0,
-                  duration: float | None = None) -> Tensor | None:
+                  duration: float | None = None, skipped: list[Skipped] | None = None) -> Tensor | None:
+    """The audio at `path`, or None with a warning (and an entry in `skipped`, where given) if it cannot be read."""
     try:
         return read_audio(path, sample_rate, offset, duration)
     except UserError as err:  # its message names the file: `where` too where it is another place (a manifest line)
-        log.warning("skipping %s", err if str(err).startswith(f"{where}:") else f"{where}: {err}")
+        reason = str(err) if str(err).startswith(f"{where}:") else f"{where}: {err}"
+        log.warning("skipping %s", reason)
+        if skipped is not None:
+            skipped.append(Skipped(path, reason, offset or None))
         return None
 
 
@@ -82,11 +86,22 @@ def _seconds(record: dict, key: str, where: str, expected: str, allowed: Callabl
     return value
 
 
-def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
+@dataclass
+class Skipped:
+    """An input left out (with a warning), and why: prediction still writes a line for it."""
+
+    path: Path
+    reason: str
+    offset: float | None = None
+
+
+def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
+                  skipped: list[Skipped] | None = None) -> list[Utterance]:
     """Utterances of a JSONL manifest: `audio_filepath` (relative to the manifest), `duration` (s), `text`, and
     optionally `speaker` (a string or integer naming the voice) and `offset` (s): with it, the utterance is the
     `duration` seconds of the file from `offset` on (a segment of a longer recording, as NeMo reads it); without
-    it, the whole file (with a warning where it runs well past `duration`)."""
+    it, the whole file (with a warning where it runs well past `duration`). Audio left out is added to
+    `skipped`, where given."""
     path = Path(path)
     utterances, lines = [], read_lines(path)
     if not any(line.strip() for line in lines):
@@ -109,13 +124,16 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True) ->
         if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
             raise UserError(f"{where}: field 'speaker' must be a string or an integer, got {speaker!r}")
         samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})", offset or 0.0,
-                                duration if offset is not None else None)
+                                duration if offset is not None else None, skipped)
         if samples is None:
             continue
         seconds, slack = len(samples) / sample_rate, max(0.05, 0.02 * (duration or 0))
         if duration is not None and seconds < duration - slack:
-            log.warning("skipping %s (%s): %.3f s of audio%s, but the manifest says %.3f s (truncated file?)",
-                        where, audio, seconds, f" from {offset:g} s on" if offset else "", duration)
+            reason = (f"{seconds:.3f} s of audio{f' from {offset:g} s on' if offset else ''}, but the manifest says "
+                      f"{duration:.3f} s (truncated file?)")
+            log.warning("skipping %s (%s): %s", where, audio, reason)
+            if skipped is not None:
+                skipped.append(Skipped(audio, f"{where}: {reason}", offset))
             continue
         if duration is not None and offset is None and seconds > duration + slack:  # a segment without its offset?
             log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "
@@ -130,10 +148,12 @@ def _audio_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
 
 
-def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
+def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
+                skipped: list[Skipped] | None = None) -> list[Utterance]:
     """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` beside it.
 
-    Training skips (with a warning) audio without a transcript; prediction needs none.
+    Training skips (with a warning) audio without a transcript; prediction needs none. Audio that cannot be read is
+    skipped with a warning and added to `skipped`, where given.
     """
     utterances = []
     for audio in _audio_files(Path(folder)):
@@ -142,7 +162,7 @@ def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True) ->
         if need_text and text is None:
             log.warning("skipping %s: no transcript %s beside it", audio, transcript.name)
             continue
-        samples = _read_or_skip(audio, sample_rate, str(audio))
+        samples = _read_or_skip(audio, sample_rate, str(audio), skipped=skipped)
         if samples is not None:
             utterances.append(Utterance(samples, sample_rate, text, audio, str(audio)))
     return utterances
@@ -176,13 +196,15 @@ def read_fsdd(folder: str | Path, sample_rate: int) -> list[Utterance]:
     return utterances
 
 
-def read_source(path: str | Path, sample_rate: int, need_text: bool = True) -> list[Utterance]:
-    """A manifest (.jsonl/.json), a folder of audio, or (for prediction) one audio file."""
+def read_source(path: str | Path, sample_rate: int, need_text: bool = True,
+                skipped: list[Skipped] | None = None) -> list[Utterance]:
+    """A manifest (.jsonl/.json), a folder of audio, or (for prediction) one audio file; the audio left out is added
+    to `skipped`, where given."""
     source = Path(path)
     if source.is_dir():
-        utterances = read_folder(source, sample_rate, need_text)
+        utterances = read_folder(source, sample_rate, need_text, skipped)
     elif source.suffix.lower() in (".jsonl", ".json"):
-        utterances = read_manifest(source, sample_rate, need_text)
+        utterances = read_manifest(source, sample_rate, need_text, skipped)
     elif source.suffix.lower() in AUDIO_SUFFIXES and not need_text:
         samples = read_audio(source, sample_rate)
         utterances = [Utterance(samples, sample_rate, None, source, str(source))]

@@ -31,7 +31,15 @@ from gru_suite_plugins.speech.decode import (
 )
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Spectral, SpeechModel
-from gru_suite_plugins.speech.sources import Utterance, connect, read_fsdd, read_source, room_tone, split_fsdd
+from gru_suite_plugins.speech.sources import (
+    Skipped,
+    Utterance,
+    connect,
+    read_fsdd,
+    read_source,
+    room_tone,
+    split_fsdd,
+)
 from gru_suite_plugins.speech.stream import StreamingRecognizer, check_streamable
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens, Vocabulary, normalize_text
 from gru_suite_plugins.speech.writer import write_transcripts
@@ -347,25 +355,27 @@ class SpeechTask(TaskPlugin):
 
     def _predict_set(self) -> AudioSet:
         """`predict.input` (a folder, a manifest or an audio file), or else the test split."""
-        source = self.cfg.predict.get("input")
+        source, left_out = self.cfg.predict.get("input"), []
         rate = self.features.sample_rate
-        return self._audio_set(read_source(source, rate, need_text=False) if source else self.split("test"),
-                               source or "the test split")
+        utterances = read_source(source, rate, need_text=False, skipped=left_out) if source else self.split("test")
+        return self._audio_set(utterances, source or "the test split", left_out)
 
-    def _audio_set(self, utterances: list[Utterance], source: str) -> AudioSet:
-        """The `utterances` long enough to transcribe from their speech onset on (a warning names each other)."""
-        featurizer, usable, speech = self.featurizer(), [], []
+    def _audio_set(self, utterances: list[Utterance], source: str, left_out: list[Skipped] | None = None) -> AudioSet:
+        """The `utterances` long enough to transcribe from their speech onset on (a warning names each other, and
+        they are added to `left_out`, the inputs skipped before them)."""
+        featurizer, usable, speech, left_out = self.featurizer(), [], [], [] if left_out is None else left_out
         for u in utterances:
             frames, skipped = featurizer.speech(u.samples)
             if len(frames) < int(self.cfg.model.subsample):
-                log.warning("skipping %s: %.3g s is too short to transcribe (from the speech onset on)", u.where,
-                            u.seconds)
+                reason = f"{u.seconds:.3g} s is too short to transcribe (from the speech onset on)"
+                log.warning("skipping %s: %s", u.where, reason)
+                left_out.append(Skipped(u.path, f"{u.where}: {reason}", u.offset))
             else:
                 usable.append(u)
                 speech.append((frames, skipped))
         if not usable:
             raise UserError(f"nothing to transcribe in {source} (see the warnings above)")
-        return AudioSet(usable, featurizer, speech, read=utterances)
+        return AudioSet(usable, featurizer, speech, read=utterances, left_out=left_out)
 
     def datamodule(self) -> SpeechData:
         aug = self.cfg.augment
@@ -564,7 +574,7 @@ class SpeechTask(TaskPlugin):
         transcripts = [t for batch in predictions for t in batch]
         out = self.cfg.predict
         return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words),
-                                 float(out.get("cue_min_s") or 0))
+                                 float(out.get("cue_min_s") or 0), datamodule.dataset("predict").left_out)
 
 
 def without(text: str, unknown: list[str], kind: str) -> str:
