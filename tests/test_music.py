@@ -424,6 +424,8 @@ def test_json_pitches_written_as_whole_floats_are_read(tmp_path: Path) -> None:
     ("task.generate.program=-1", "task.generate.program must be between 0 and 127, got -1"),
     ("task.generate.velocity=200", "task.generate.velocity must be between 1 and 127, got 200"),
     ("task.generate.velocity=0", "task.generate.velocity must be between 1 and 127, got 0"),
+    ("task.generate.tempo=2.5", "task.generate.tempo must be between 3.6 and 60000000, got 2.5"),
+    ("task.generate.tempo=1e8", "task.generate.tempo must be between 3.6 and 60000000, got 100000000.0"),
 ])
 def test_a_setting_outside_its_midi_range_fails_when_the_task_is_built(
     override: str, message: str, music_installed: None, tmp_path: Path

@@ -66,6 +66,10 @@ def wrong_generation(gen: DictConfig) -> list[str]:
     return wrong
 
 
+MIDI_TEMPO_BPM = (3.6, 60_000_000)
+"""The tempi a MIDI file can state (bpm): its tempo is 1 to 16,777,215 microseconds a beat (3.58 to 60,000,000 bpm)."""
+
+
 class MusicTask(TaskPlugin):
     """Model music as a sequence and generate by sampling it one step at a time.
 
@@ -86,7 +90,7 @@ class MusicTask(TaskPlugin):
     trained_settings = ("data.steps_per_beat", "data.pitch_range")  # the grid and the pitches a model was built on
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),
-               ("generate.tempo", float, 1), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
+               ("generate.tempo", float, *MIDI_TEMPO_BPM), ("generate.max_events", int, 1), ("generate.top_k", int, 1),
                ("generate.program", int, 0, 127), ("generate.velocity", int, 1, 127),
                ("generate.seed", int, -(2**43), 2**43),  # seed * 1_000_003 + piece fits torch's 64-bit seed
                ("model.embed_size", int, 1), ("model.head_units", int, 1), ("model.dropout", float, 0, 1, True),
