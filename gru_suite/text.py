@@ -177,12 +177,12 @@ def train_tokenizer(
     """Train a tokenizer on `texts` and return it as a `PreTrainedTokenizerFast`.
 
     `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
-    `decode(encode(text))` gives back the (NFKC-normalised) text; `word` keeps
+    `decode(encode(text))` gives back the (NFKC-normalised, each whitespace character a space) text; `word` keeps
     whole words seen `min_frequency` times (bpe: merges seen that often; unigram ignores it), split at
     whitespace and punctuation ("don't": three tokens, decoded "don ' t"), or with `split_punctuation=False` at
     whitespace alone, which decodes exactly (transcripts).
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = list(SPECIAL_TOKENS.values())
@@ -204,7 +204,9 @@ def train_tokenizer(
         )
     else:
         raise UserError(f"tokenizer kind must be bpe, unigram or word, not {kind!r}")
-    steps = [normalizers.NFKC()] + ([normalizers.Lowercase()] if lowercase else [])
+    # every whitespace character (a tab, U+2028) reads as a space: the subword kinds' Metaspace splits at spaces alone
+    steps = [normalizers.NFKC(), normalizers.Replace(Regex(r"[^\S ]"), " ")]
+    steps += [normalizers.Lowercase()] if lowercase else []
     tokenizer.normalizer = normalizers.Sequence(steps)
     if kind == "word" and split_punctuation:
         tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -37,6 +37,9 @@ def test_subword_tokenizer_round_trips(kind):
     for text in CORPUS[:4] + ["A red cat chasing young dogs in the park, unseen."]:
         assert tokenizer.decode(tokenizer.encode(text)) == text
     assert tokenizer.decode(tokenizer.encode("Qatar")) == "<unk>atar"  # characters never seen in training
+    spaced = "the cat sat on the mat."
+    for odd in ("\t", "\u2028", "\u0085", "\u00a0"):  # read as a space, not as unknown characters
+        assert tokenizer.encode(spaced.replace(" ", odd)) == tokenizer.encode(spaced)
     ids = [tokenizer.pad_token_id, tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id]
     assert ids == [0, 1, 2, 3]
 
