@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from gru_suite.errors import UserError, user_error_in
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     from gru_suite.config import NumberField
 
@@ -206,6 +208,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     register_resolvers()
 
     failed_jobs: list[str] = []
+    crashed_jobs: list[str] = []
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
@@ -224,17 +227,24 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             stopped("interrupted", checkpoint_folder(cfg), 130)
         except Exception as err:
             user_error = user_error_in(err) or _unset_key_read(err)
-            if user_error is None:
+            sweep = HydraConfig.get().mode == RunMode.MULTIRUN
+            if user_error is None and not sweep:
                 raise
             _end_progress_line()
-            print(f"error: {user_error}", file=sys.stderr)
-            _log_to_run_files(f"error: {user_error}")
-            if HydraConfig.get().mode != RunMode.MULTIRUN:
-                sys.exit(2)
-            write_job_error(Path(HydraConfig.get().runtime.output_dir), str(user_error))
-            failed_jobs.append(HydraConfig.get().job.num)  # the sweep goes on; its exit code says so at the end
-            if len(failed_jobs) == HydraConfig.get().sweeper.get("n_trials"):  # an optimizing sweeper's last trial
-                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs)
+            job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)
+            if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
+                log.exception("sweep job %s crashed", job)
+                write_job_error(folder, f"crashed: {type(err).__name__}: {err} (the traceback is in this job's log)")
+                crashed_jobs.append(job)
+            else:
+                print(f"error: {user_error}", file=sys.stderr)
+                _log_to_run_files(f"error: {user_error}")
+                if not sweep:
+                    sys.exit(2)
+                write_job_error(folder, str(user_error))
+                failed_jobs.append(job)  # the sweep goes on; its exit code says so at the end
+            if len(failed_jobs) + len(crashed_jobs) == HydraConfig.get().sweeper.get("n_trials"):
+                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs + crashed_jobs)  # Optuna's last
             return None
 
     _require_task_for_task_overrides()
@@ -249,6 +259,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     os.environ.setdefault(LAUNCH_TIME, time.strftime(LAUNCH_FORMAT))  # a DDP job's processes: one sweep folder
     app()
+    if crashed_jobs:
+        print(f"error: {len(crashed_jobs)} job(s) of the sweep crashed: {crashed_jobs} (each one's error.txt and log)"
+              + (f"; {len(failed_jobs)} failed on bad input: {failed_jobs}" if failed_jobs else ""), file=sys.stderr)
+        sys.exit(1)
     if failed_jobs:
         print(f"error: {len(failed_jobs)} job(s) of the sweep failed: {failed_jobs} (each one's error.txt)",
               file=sys.stderr)

@@ -34,9 +34,10 @@ TINY = [
 ]
 
 
-def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run a gru-suite console script and capture its output."""
-    env = {**os.environ, "TQDM_DISABLE": "1", "HYDRA_FULL_ERROR": "0"}
+def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a gru-suite console script and capture its output (`env`: variables added to the environment)."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "HYDRA_FULL_ERROR": "0", **(env or {})}
     exe = Path(sys.executable).parent / command
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout

@@ -965,6 +965,27 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
 
 
+def test_a_crashed_sweep_job_is_listed_with_its_traceback_logged_and_the_others_run(tmp_path):
+    (tmp_path / "crash_callback.py").write_text(
+        "import pytorch_lightning as pl\n\n"
+        "class Crash(pl.Callback):\n"
+        "    def __init__(self, crash: bool) -> None:\n"
+        "        self.crash = crash\n\n"
+        "    def on_train_start(self, trainer, pl_module) -> None:\n"
+        "        if self.crash:\n"
+        "            raise RuntimeError('a bug in a callback')\n")
+    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "+callbacks.crash._target_="
+                     "crash_callback.Crash", "+callbacks.crash.crash=true,false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+                     env={"PYTHONPATH": str(tmp_path)})
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "error: 1 job(s) of the sweep crashed: [0] (each one's error.txt and log)" in result.stderr
+    rows = {row["job"]: row for row in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())}
+    assert rows["0_forecasting"]["error"] == ("crashed: RuntimeError: a bug in a callback (the traceback is in this "
+                                              "job's log)")
+    assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
+    assert "Traceback" in (tmp_path / "sweep" / "0_forecasting" / "train.log").read_text()
+
+
 def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tmp_path):
     result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                      "debug=fdr", *TINY[1:], "test_after_training=false", "predict_after_training=false",
