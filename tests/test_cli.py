@@ -974,9 +974,9 @@ def test_a_crashed_sweep_job_is_listed_with_its_traceback_logged_and_the_others_
         "    def on_train_start(self, trainer, pl_module) -> None:\n"
         "        if self.crash:\n"
         "            raise RuntimeError('a bug in a callback')\n")
-    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "+callbacks.crash._target_="
-                     "crash_callback.Crash", "+callbacks.crash.crash=true,false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
-                     env={"PYTHONPATH": str(tmp_path)})
+    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:],
+                     "+callbacks.crash._target_=crash_callback.Crash", "+callbacks.crash.crash=true,false",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 1, result.stderr[-2000:]
     assert "error: 1 job(s) of the sweep crashed: [0] (each one's error.txt and log)" in result.stderr
     rows = {row["job"]: row for row in csv.DictReader((tmp_path / "sweep" / "summary.csv").open())}
