@@ -361,6 +361,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         read_checkpoint(best)
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
+    if trainer.is_global_zero and cfg.get("test_after_training"):  # a kill while testing keeps training's figures,
+        write_metrics(metrics, out_dir / "metrics.json")  # which a resumed run that trains no further reads back
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)

@@ -986,6 +986,26 @@ def test_a_crashed_sweep_job_is_listed_with_its_traceback_logged_and_the_others_
     assert "Traceback" in (tmp_path / "sweep" / "0_forecasting" / "train.log").read_text()
 
 
+def test_a_run_killed_while_testing_keeps_its_training_figures_when_resumed(tmp_path):
+    (tmp_path / "kill_callback.py").write_text(
+        "import os, signal\nimport pytorch_lightning as pl\n\n"
+        "class Kill(pl.Callback):\n"
+        "    def on_test_start(self, trainer, pl_module) -> None:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n")
+    run_dir = tmp_path / "run"
+    killed = run_cli("gru-suite", "task=forecasting", "trainer.max_epochs=1", *TINY, f"hydra.run.dir={run_dir}",
+                     "+callbacks.kill._target_=kill_callback.Kill", env={"PYTHONPATH": str(tmp_path)})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert {"train/loss", "val/loss"} <= set(trained) and not any(k.startswith("test/") for k in trained)
+    resumed = run_cli("gru-suite", "task=forecasting", "trainer.max_epochs=1", *TINY, f"hydra.run.dir={run_dir}",
+                      "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = json.loads((run_dir / "metrics.json").read_text())
+    assert final["train/loss"] == trained["train/loss"] and final["val/loss"] == trained["val/loss"]
+    assert "test/loss" in final
+
+
 def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tmp_path):
     result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
                      "debug=fdr", *TINY[1:], "test_after_training=false", "predict_after_training=false",
