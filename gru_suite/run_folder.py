@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import socket
 import sys
 from contextlib import suppress
 from itertools import count
@@ -31,11 +33,71 @@ def set_aside(path: Path) -> Path:
     return kept
 
 
+LOCK_NAME = ".gru-suite.lock"
+"""The file in a run folder naming the process that runs there (`pid host`), while it runs."""
+
+
+def hold_run_folder(run_dir: Path) -> None:
+    """Mark `run_dir` as this process's until it exits (`LOCK_NAME`), or exit 2 with one line if a live process of
+    this host holds it: a second run there would move the first one's checkpoints, metrics and config aside while
+    it writes them. A holder that has died (killed) is taken over; a process started by the holder (a multi-process
+    run's) shares it."""
+    lock = run_dir / LOCK_NAME
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mine = run_dir / f"{LOCK_NAME}.{os.getpid()}"
+    mine.write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
+    try:
+        while True:
+            try:
+                os.link(mine, lock)  # whole or absent: no other process reads it half written
+            except FileExistsError:
+                pass
+            except OSError as err:  # a file system without hard links: the run goes on unguarded
+                log.warning("cannot mark %s as in use (%s): nothing stops a second run there", run_dir, err)
+                return
+            else:
+                atexit.register(_release, lock, os.getpid())
+                return
+            if (holder := _holder(lock)) is not None:
+                break
+            with suppress(FileNotFoundError):  # gone meanwhile, or a dead run's: take it
+                lock.unlink()
+    finally:
+        mine.unlink()
+    if holder not in (os.getpid(), os.getppid()):
+        print(f"error: hydra.run.dir={run_dir} is in use by process {holder}, a run still writing there: wait for it "
+              f"to end or choose another folder (if process {holder} is no gru-suite run, delete {lock})",
+              file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _holder(lock: Path) -> int | None:
+    """The live process of this host that `lock` names; None where the lock is gone, unreadable, another host's
+    (which cannot be checked from here: taken over) or names a process that has ended."""
+    try:
+        pid, host = lock.read_text(encoding="utf-8").split()
+        if host != socket.gethostname():
+            return None
+        os.kill(int(pid), 0)
+    except PermissionError:  # alive, another user's
+        return int(pid)
+    except (OSError, ValueError):
+        return None
+    return int(pid)
+
+
+def _release(lock: Path, pid: int) -> None:
+    with suppress(OSError, ValueError):
+        if int(lock.read_text(encoding="utf-8").split()[0]) == pid:
+            lock.unlink()
+
+
 class KeepEarlierConfig(Callback):
     """Hydra callback: a run into a folder that already holds a `.hydra/` (eval or predict into a training run's
     folder, a resumed run) first moves it to `.hydra.N/`, as `metrics.csv` moves to `metrics.N.csv`, so the
     earlier run's composed config is not written over. Where every process of a multi-process run starts the
-    command (torchrun, SLURM), the first process alone does it."""
+    command (torchrun, SLURM), the first process alone does it. First, the folder is held (`hold_run_folder`): a
+    run still writing there refuses a second one."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: run.dir may read ${hydra:...}
@@ -45,6 +107,7 @@ class KeepEarlierConfig(Callback):
             raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
         if launch_rank() != 0:
             return
+        hold_run_folder(run_dir)
         subdir = config.hydra.output_subdir
         if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
             return

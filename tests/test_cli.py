@@ -9,6 +9,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from gru_suite.atomic import atomic_path, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint, settings_apart
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
+from gru_suite import run_folder
 from gru_suite.run_folder import KeepEarlierConfig
 from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
@@ -868,6 +870,26 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     (tmp_path / ".hydra").mkdir()
     KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path)))
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
+
+
+def test_a_run_folder_in_use_by_a_live_run_is_refused_and_a_dead_runs_is_taken_over(tmp_path, capsys):
+    lock, host = tmp_path / run_folder.LOCK_NAME, socket.gethostname()
+    with subprocess.Popen(["sleep", "60"]) as live:
+        lock.write_text(f"{live.pid} {host}\n")
+        with pytest.raises(SystemExit, match="2"):
+            run_folder.hold_run_folder(tmp_path)
+        live.kill()
+    assert f"hydra.run.dir={tmp_path} is in use by process {live.pid}, a run still writing there" in (
+        capsys.readouterr().err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run_folder.LOCK_NAME]  # its own, not left beside it
+    run_folder.hold_run_folder(tmp_path)  # the holder has ended
+    assert lock.read_text() == f"{os.getpid()} {host}\n"
+    run_folder.hold_run_folder(tmp_path)  # its own again (a second Hydra run in this process)
+    lock.write_text(f"{os.getppid()} {host}\n")
+    run_folder.hold_run_folder(tmp_path)  # a process started by the run holding it, such as a DDP worker
+    lock.write_text(f"{os.getpid()} {host}\n")
+    run_folder._release(lock, os.getpid())
+    assert not lock.exists()
 
 
 @pytest.mark.parametrize(("environment", "command", "job", "log"), [
