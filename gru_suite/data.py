@@ -4,12 +4,15 @@ optionally in batches of similar length."""
 from __future__ import annotations
 
 import random
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 T = TypeVar("T")
@@ -42,6 +45,8 @@ class SplitDataModule(pl.LightningDataModule):
         self.lengths = lengths
         self.seed = seed
         self.sets: dict[str, Dataset] = {}
+        self._train_loader: DataLoader | None = None
+        self._resume_position: dict[str, int] | None = None
 
     def setup(self, stage: str) -> None:
         """Lightning's hook; prediction reads its input here, before any model runs."""
@@ -62,7 +67,35 @@ class SplitDataModule(pl.LightningDataModule):
         return batch_loader(dataset, size, shuffle=shuffle, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        loader = self._train_loader = self._loader("train")
+        position, self._resume_position = self._resume_position, None
+        trainer = self.trainer
+        if position and trainer is not None and position["epoch"] == trainer.current_epoch and \
+                trainer.world_size == 1 and resume_part_way(loader, position["batches"], position["order_seed"]):
+            rank_zero_info(f"resuming part-way through epoch {position['epoch']}: its first {position['batches']} "
+                           "batches were trained, the others follow in their order")
+            # Lightning's warning that the loader cannot resume part-way no longer holds (the filter is this run's:
+            # `run.train` restores the warning filters after fitting)
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch when a checkpoint is saved part-way through one (validation every
+        `trainer.val_check_interval`): the epoch, the batches trained and the seed of the epoch's order, so that a
+        run resumed from it trains the epoch's other batches (Lightning would start the epoch's rest afresh in a
+        new order, training some items twice and others never). Empty at an epoch's end."""
+        trainer, loader = self.trainer, self._train_loader
+        if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or not progress.current.completed:
+            return {}
+        order_seed = getattr(loader.sampler, "order_seed", None)
+        return {"train_position": {"epoch": trainer.current_epoch, "batches": progress.current.completed,
+                                   "order_seed": order_seed}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val")
@@ -102,10 +135,20 @@ class LengthBucketSampler(BatchSampler):
         self.pool_size = batch_size * pool_batches if shuffle_batches else None
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, torch.Tensor] | None = None
+
+    def resume(self, skip: int, rng_state: torch.Tensor) -> None:
+        """Leave out the next pass's first `skip` batches, and set torch's generator to `rng_state` as it starts
+        (a run resumed part-way through an epoch)."""
+        self._resume = (skip, rng_state)
 
     def __iter__(self) -> Iterator[list[int]]:
         # a generator, so the order is drawn at the first batch: Lightning makes the first epoch's iterator before it
         # calls `set_epoch`, which a resumed run needs first
+        skip, rng_state = self._resume or (0, None)
+        if rng_state is not None:
+            torch.set_rng_state(rng_state)
+            self._resume = None
         epoch = getattr(self.sampler, "epoch", self.epoch)  # a seeded or distributed sampler's, which Lightning sets
         order = list(self.sampler)
         size = self.pool_size or max(len(order), 1)
@@ -118,7 +161,7 @@ class LengthBucketSampler(BatchSampler):
         if self.shuffle_batches:
             random.Random(self.seed + epoch).shuffle(batches)
             self.epoch = epoch + 1
-        yield from batches
+        yield from batches[skip:]
 
     def __len__(self) -> int:
         items = len(self.sampler)  # type: ignore[arg-type]
@@ -127,6 +170,44 @@ class LengthBucketSampler(BatchSampler):
         if self.drop_last:
             return sum(pool // self.batch_size for pool in pools)
         return sum(-(-pool // self.batch_size) for pool in pools)
+
+
+class ResumableRandomSampler(RandomSampler):
+    """A `RandomSampler` (each epoch's order drawn as it draws it, number for number) that keeps the seed of its
+    current order (`order_seed`), and whose next order can be one drawn before, from an item on (`resume`)."""
+
+    def __init__(self, data_source: Sized) -> None:
+        super().__init__(data_source)
+        self.order_seed: int | None = None
+        self._resume: tuple[int, int, torch.Tensor] | None = None
+
+    def resume(self, order_seed: int, skip: int, rng_state: torch.Tensor) -> None:
+        """Make the next order the one of `order_seed`, less its first `skip` items, and set torch's generator to
+        `rng_state` as it starts (the loader's iterator draws from it first)."""
+        self._resume = (order_seed, skip, rng_state)
+
+    def __iter__(self) -> Iterator[int]:
+        if self._resume is None:
+            seed, skip = int(torch.empty((), dtype=torch.int64).random_().item()), 0
+        else:
+            (seed, skip, rng_state), self._resume = self._resume, None
+            torch.set_rng_state(rng_state)
+        self.order_seed = seed
+        yield from torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(seed)).tolist()[skip:]
+
+
+def resume_part_way(loader: DataLoader, batches: int, order_seed: int | None) -> bool:
+    """Make `loader`'s next pass (a training loader of `length_bucket_loader` or `batch_loader`) the one of
+    `order_seed` (a `batch_loader`'s; a length-bucketed order is the epoch's own) less its first `batches`
+    batches, with torch's generator as it is now once the pass starts (as it was when the checkpoint resumed was
+    saved: making the pass's iterator draws from it); False where its sampler is neither (nothing is changed)."""
+    if isinstance(loader.batch_sampler, LengthBucketSampler):
+        loader.batch_sampler.resume(batches, torch.get_rng_state())
+        return True
+    if isinstance(loader.sampler, ResumableRandomSampler) and order_seed is not None:
+        loader.sampler.resume(order_seed, batches * int(loader.batch_size or 1), torch.get_rng_state())
+        return True
+    return False
 
 
 class SeededRandomSampler(RandomSampler):
@@ -172,11 +253,12 @@ def length_bucket_loader(
 
 
 def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation."""
+    """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation; shuffled, by a
+    `ResumableRandomSampler`."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        sampler=ResumableRandomSampler(dataset) if shuffle else None,
         num_workers=num_workers,
         collate_fn=_whole_batch,
         persistent_workers=num_workers > 0,

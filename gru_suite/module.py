@@ -53,6 +53,7 @@ class TaskModule(pl.LightningModule):
         self.pretraining: Pretraining | None = None
         """Set by `gru_suite.run.pretrain` while the task's pre-training phase runs."""
         self._train_samples_at_start = 0
+        self._resumed_epoch_sums: tuple[float, float, int] | None = None  # from a checkpoint saved mid-epoch
         self._train_loss_sum = torch.zeros(())
         self._train_loss_weight: float | torch.Tensor = 0  # a number unless a task weighs by tensors: no per-step op
         self._task_name = task.cfg.get("name")  # read once: a DictConfig lookup costs microseconds every step
@@ -87,7 +88,15 @@ class TaskModule(pl.LightningModule):
         return out
 
     def on_train_start(self) -> None:
-        """A run resumed from a checkpoint that early stopping ended trains no further (Lightning would go on)."""
+        """A run resumed from a checkpoint that early stopping ended trains no further (Lightning would go on); one
+        resumed part-way through an epoch (where Lightning starts no epoch, `on_train_epoch_start`) goes on with the
+        epoch's loss sums so far."""
+        self._train_loss_sum = self._train_loss_sum.to(self.device)
+        if self._resumed_epoch_sums is not None:
+            loss_sum, self._train_loss_weight, samples = self._resumed_epoch_sums
+            self._train_loss_sum += loss_sum
+            self._train_samples_at_start = self.samples_seen - samples
+            self._resumed_epoch_sums = None
         for callback in self.trainer.early_stopping_callbacks:
             if callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
                 rank_zero_info(f"early stopping ended this run at epoch {callback.stopped_epoch} "
@@ -223,6 +232,8 @@ class TaskModule(pl.LightningModule):
         learning rates scaled to this run's `optimizer.lr`."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
+        if fitting and (sums := checkpoint.get(CHECKPOINT_KEY, {}).get("epoch_sums")):
+            self._resumed_epoch_sums = (sums["loss_sum"], sums["loss_weight"], sums["samples"])
         if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")):
             set_rng_states(rng[self.global_rank % len(rng)])
             if len(rng) != self.trainer.world_size and self.trainer.is_global_zero:
@@ -316,7 +327,22 @@ class TaskModule(pl.LightningModule):
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
             # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
             "rng": gather_objects(rng_states()) if self.gather_rng else [rng_states()],
+            "epoch_sums": self._epoch_sums_so_far(),
         }
+
+    def _epoch_sums_so_far(self) -> dict[str, float] | None:
+        """Saved part-way through a training epoch (validation every `trainer.val_check_interval`): the epoch's
+        training loss sums and samples so far, which a run resumed there adds to (its `train/loss` is then the whole
+        epoch's mean); None at an epoch's end."""
+        trainer = self._trainer
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.pretraining is not None or \
+                trainer.world_size > 1:  # rank 0 saves: the other processes' sums are not in its checkpoint
+            return None
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch or not progress.current.completed:
+            return None
+        return {"loss_sum": float(self._train_loss_sum), "loss_weight": float(self._train_loss_weight),
+                "samples": self.samples_seen - self._train_samples_at_start}
 
 
 def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:

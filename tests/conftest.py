@@ -67,3 +67,20 @@ def resumed_and_uninterrupted(task: str, overrides: list[str], tmp_path: Path) -
     assert [checkpoint["epoch"] for checkpoint in last] == [1, 1]
     return last[0]["state_dict"], last[1]["state_dict"]
 
+
+def resumed_part_way_and_uninterrupted(task: str, overrides: list[str], tmp_path: Path) -> tuple[dict, dict]:
+    """The last checkpoints of a run of two epochs of 4 batches validated every 2, and of a run stopped after its
+    first validation (part-way through epoch 0) and resumed from the `last.ckpt` saved there."""
+    from gru_suite import run
+    from gru_suite.testing import compose_train_config
+
+    quiet = [*overrides, "test_after_training=false", "predict_after_training=false", "threads=1",
+             "trainer.limit_train_batches=4", "trainer.val_check_interval=2", "trainer.max_epochs=2"]
+    run.train(compose_train_config(task, quiet, tmp_path / "whole"))
+    run.train(compose_train_config(task, [*quiet, "trainer.max_steps=2"], tmp_path / "parts"))
+    part = torch.load(tmp_path / "parts" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (part["epoch"], part["global_step"]) == (0, 2)  # saved at the validation part-way through epoch 0
+    run.train(compose_train_config(task, [*quiet, "ckpt_path=last"], tmp_path / "parts"))
+    return tuple(torch.load(tmp_path / folder / "checkpoints" / "last.ckpt", weights_only=False)
+                 for folder in ("parts", "whole"))
+

@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import logging
 import math
 import os
 import re
@@ -24,7 +25,7 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import TINY, resumed_and_uninterrupted, run_cli
+from conftest import TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
 
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, write_text
@@ -661,6 +662,21 @@ def test_a_resumed_run_trains_on_as_if_it_had_never_stopped(tmp_path):
     dropout = ["backbone.num_layers=2", "backbone.dropout=0.5"]  # masks drawn from the generator the batches use
     resumed, uninterrupted = resumed_and_uninterrupted("forecasting", [*TINY, *dropout], tmp_path)
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+
+
+def test_a_run_resumed_part_way_through_an_epoch_trains_its_other_batches_as_if_never_stopped(tmp_path, caplog):
+    dropout = ["backbone.num_layers=2", "backbone.dropout=0.5", "task.data.batch_size=16"]
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        resumed, uninterrupted = resumed_part_way_and_uninterrupted("forecasting", [*TINY, *dropout], tmp_path)
+    assert resumed["global_step"] == uninterrupted["global_step"] == 8
+    weights = uninterrupted["state_dict"]
+    assert all(torch.equal(resumed["state_dict"][name], weights[name]) for name in weights)
+    assert "resuming part-way through epoch 0: its first 2 batches were trained" in caplog.text
+    assert not [w for w in warned if "dataloader is not resumable" in str(w.message)]  # Lightning's: it is, here
+    losses = [[row["train/loss"] for row in csv.DictReader((tmp_path / folder / name).open()) if row["train/loss"]]
+              for folder, name in (("parts", "metrics.csv"), ("whole", "metrics.csv"))]
+    assert losses[0] == losses[1] and len(losses[0]) == 2  # epoch 0's mean over all four batches, then epoch 1's
 
 
 def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):

@@ -34,7 +34,7 @@ from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
 from gru_suite_plugins.sentiment.losses import adversarial_loss, virtual_adversarial_loss
 from gru_suite_plugins.sentiment.task import altered_copy
-from conftest import resumed_and_uninterrupted, run_cli
+from conftest import resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.data.batch_size=16", "logger=none",
         "callbacks.progress_bar=null"]
@@ -767,6 +767,15 @@ def test_a_resumed_run_draws_the_length_buckets_of_a_run_never_stopped(tmp_path:
     data = [f"task.data.train={train}", f"task.data.val={val}", f"task.data.test={val}"]
     resumed, uninterrupted = resumed_and_uninterrupted("sentiment", [*TINY, *data], tmp_path)
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+
+
+def test_a_run_resumed_part_way_through_an_epoch_trains_the_epochs_other_length_buckets(tmp_path: Path) -> None:
+    train = write_csv(tmp_path / "a.csv", separable(160, seed=0))
+    val = write_csv(tmp_path / "val.csv", separable(32, seed=1))
+    data = [f"task.data.train={train}", f"task.data.val={val}", f"task.data.test={val}", "task.data.batch_size=32"]
+    resumed, uninterrupted = resumed_part_way_and_uninterrupted("sentiment", [*TINY, *data], tmp_path)
+    weights = uninterrupted["state_dict"]
+    assert all(torch.equal(resumed["state_dict"][name], weights[name]) for name in weights)
 
 
 def test_resuming_on_other_texts_keeps_the_checkpoints_vocabulary_and_labels(tmp_path: Path, caplog) -> None:

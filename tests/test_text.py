@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import RandomSampler
 
 from gru_suite.errors import UserError
-from gru_suite.data import LengthBucketSampler, SeededRandomSampler, length_bucket_loader
+from gru_suite.data import LengthBucketSampler, ResumableRandomSampler, SeededRandomSampler, length_bucket_loader
 from gru_suite.text import (
     decode_lines,
     encode_as_text,
@@ -147,6 +147,25 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
     assert spread < 15  # random batches of 16 would spread over ~90
     if shuffle:
         assert list(sampler) != batches  # a new order each epoch
+
+
+def test_the_resumable_sampler_draws_random_samplers_orders_and_resumes_one_part_way():
+    items = range(50)
+    torch.manual_seed(3)
+    plain = [list(RandomSampler(items)) for _ in range(3)]
+    after = torch.rand(2)
+    torch.manual_seed(3)
+    sampler = ResumableRandomSampler(items)
+    orders, seeds = [], []
+    for _ in range(3):
+        orders.append(list(sampler))
+        seeds.append(sampler.order_seed)
+    assert orders == plain and torch.equal(torch.rand(2), after)  # the same draws from torch's generator
+    state = torch.get_rng_state()
+    sampler.resume(seeds[1], 20, state)
+    torch.rand(5)  # drawn meanwhile (the loader's iterator): set back as the resumed order starts
+    assert list(sampler) == plain[1][20:] and torch.equal(torch.get_rng_state(), state)
+    assert list(sampler) != plain[1][20:] and sampler.order_seed != seeds[1]  # the next order is a new one
 
 
 def test_a_seeded_sampler_draws_the_orders_of_a_run_from_its_first_epoch():
