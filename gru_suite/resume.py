@@ -88,6 +88,30 @@ def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path:
     return False
 
 
+def warn_of_a_dropped_weight_average(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> None:
+    """A warning where the checkpoint was trained with a weight average (`callbacks.ema`: its weights are the
+    averaged ones, the raw ones saved beside them) and this run configures none: training would go on from the
+    averaged weights, and the raw ones be dropped."""
+    if "current_model_state" not in checkpoint:
+        return
+    targets = [c.get("_target_") for c in (cfg.get("callbacks") or {}).values() if isinstance(c, DictConfig)]
+    if not any(_averages_weights(target) for target in targets):
+        warn_on_rank_zero(f"ckpt_path {ckpt_path} was trained with a weight average (callbacks.ema) that this run "
+                          "lacks: training goes on from the averaged weights and drops the raw ones; give the "
+                          "callbacks.ema it was trained with to go on from both")
+
+
+def _averages_weights(target: Any) -> bool:
+    """Whether the callback class `target` names is a weight average (a wrong name: no; building it says so)."""
+    from hydra.utils import get_class
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    try:
+        return issubclass(get_class(str(target)), WeightAveraging)
+    except Exception:  # noqa: BLE001 - any import failure: not one, and the trainer's build names it
+        return False
+
+
 def keep_resumed_as_last(trainer: pl.Trainer, ckpt_path: str) -> None:
     """A resumed run that trained nothing (its epochs were done) into a folder without a `last.ckpt` gets a copy of
     the checkpoint it resumed from there (its checkpoint callback's folder), so that a later `ckpt_path=last` in that

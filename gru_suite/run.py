@@ -59,6 +59,7 @@ from gru_suite.resume import (
     resume_path,
     resumed_run_metrics,
     resumes_in_own_folder,
+    warn_of_a_dropped_weight_average,
     warn_of_another_monitor,
 )
 from gru_suite.run_folder import checkpoint_folder, set_aside
@@ -320,6 +321,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_epochs_left(checkpoint, cfg, ckpt_path)
         keep_trained_settings(stored, cfg, ckpt_path)
         monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
+        warn_of_a_dropped_weight_average(checkpoint, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         resumed_step = checkpoint.get("global_step")
         del checkpoint

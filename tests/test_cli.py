@@ -679,6 +679,20 @@ def test_a_run_resumed_part_way_through_an_epoch_trains_its_other_batches_as_if_
     assert losses[0] == losses[1] and len(losses[0]) == 2  # epoch 0's mean over all four batches, then epoch 1's
 
 
+def test_resuming_a_weight_averaged_run_without_its_average_is_a_warning(tmp_path, caplog):
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
+    ema = "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.9}"
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1", ema], tmp_path / "ema"))
+    last = tmp_path / "ema" / "checkpoints" / "last.ckpt"
+    for name, extra in (("with", [ema]), ("without", [])):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={last}",
+                                                           *extra], tmp_path / name))
+        warning = f"ckpt_path {last} was trained with a weight average (callbacks.ema) that this run lacks"
+        assert (warning in caplog.text) == (name == "without")
+
+
 def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):
     quiet = [*TINY, "threads=1", "predict_after_training=false"]
     run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
