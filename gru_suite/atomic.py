@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from gru_suite.errors import UserError
+
+_TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)")
+"""The name of `atomic_path`'s temporary file: `.<name>.<mkstemp's 8 random characters><name's suffix>`."""
+
+
+def unfinished_writes(folder: Path) -> list[Path]:
+    """The temporary files of `atomic_path` writes into `folder` that a killed process left behind (any process
+    still writing there would be cut short: call it where no other is)."""
+    found = [(path, _TEMPORARY.fullmatch(path.name)) for path in Path(folder).glob(".*") if path.is_file()]
+    return sorted(path for path, match in found if match and Path(match["name"]).suffix == match["suffix"])
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from gru_suite import registry
 from gru_suite.artifacts import write_artifacts
+from gru_suite.atomic import unfinished_writes
 from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import (
@@ -62,7 +63,7 @@ from gru_suite.resume import (
     warn_of_a_dropped_weight_average,
     warn_of_another_monitor,
 )
-from gru_suite.run_folder import checkpoint_folder, set_aside
+from gru_suite.run_folder import checkpoint_folder, launch_rank, set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule
 
 log = logging.getLogger(__name__)
@@ -326,6 +327,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resumed_step = checkpoint.get("global_step")
         del checkpoint
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
+    remove_unfinished_checkpoints(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
@@ -400,6 +402,19 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
         if earlier.exists():  # as checkpoints.N/, unless that name is taken (predictions.N/ of a resumed run)
             kept_as = set_aside(earlier) if beside.exists() else earlier.rename(beside)
             log.info("kept the earlier run's %s as %s", earlier, kept_as.name)
+
+
+def remove_unfinished_checkpoints(cfg: DictConfig) -> None:
+    """Remove the partial checkpoints a killed run left in the checkpoint folder (`unfinished_writes`, as large as a
+    whole checkpoint), where that folder is in the run folder, which no other live run writes in (`hold_run_folder`);
+    by the launching process only."""
+    folder, out_dir = checkpoint_folder(cfg), Path(cfg.paths.output_dir)
+    if launch_rank() != 0 or os.environ.get("LOCAL_RANK", "0") != "0" or not folder.resolve().is_relative_to(
+            out_dir.resolve()):
+        return
+    for path in unfinished_writes(folder):
+        path.unlink(missing_ok=True)
+        log.info("removed %s: a checkpoint a killed run did not finish writing", path)
 
 
 @contextmanager

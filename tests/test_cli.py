@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
 
 from gru_suite import artifacts, cli, module, registry, resume, run
-from gru_suite.atomic import atomic_path, write_text
+from gru_suite.atomic import atomic_path, unfinished_writes, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint, settings_apart
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
@@ -691,6 +691,21 @@ def test_resuming_a_weight_averaged_run_without_its_average_is_a_warning(tmp_pat
                                                            *extra], tmp_path / name))
         warning = f"ckpt_path {last} was trained with a weight average (callbacks.ema) that this run lacks"
         assert (warning in caplog.text) == (name == "without")
+
+
+def test_a_checkpoint_a_killed_run_did_not_finish_writing_is_removed_by_the_next_run(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    with pytest.raises(KeyboardInterrupt), atomic_path(checkpoints / "best-000.ckpt") as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert not list(checkpoints.iterdir())  # an exception removes it; a kill cannot, so leave one as a kill would
+    (checkpoints / ".best-000.ckpt.1sftr_fu.ckpt").write_bytes(b"half")
+    (checkpoints / ".notes.txt").write_text("a user's")
+    assert unfinished_writes(checkpoints) == [checkpoints / ".best-000.ckpt.1sftr_fu.ckpt"]
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false", "trainer.max_epochs=1"]
+    run.train(compose_train_config("forecasting", quiet, tmp_path))
+    assert not (checkpoints / ".best-000.ckpt.1sftr_fu.ckpt").exists() and (checkpoints / ".notes.txt").exists()
 
 
 def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):
