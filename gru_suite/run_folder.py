@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import socket
@@ -10,7 +11,7 @@ import sys
 from contextlib import suppress
 from itertools import count
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -34,62 +35,88 @@ def set_aside(path: Path) -> Path:
 
 
 LOCK_NAME = ".gru-suite.lock"
-"""The file in a run folder naming the process that runs there (`pid host`), while it runs."""
+"""The file a run folder's first process holds locked (`flock`) while it runs there, naming it: `pid host job`."""
+
+_held: dict[Path, int] = {}  # run folder -> descriptor of the lock file this process holds there
+
+
+def job_identity() -> str:
+    """What the processes of one multi-process launch share (torchrun's run id and rendezvous address, SLURM's job
+    and step): the same for every process of a launch, different for two launches at once on one host."""
+    env = os.environ
+    return "/".join(env.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "MASTER_ADDR",
+                                                 "MASTER_PORT")) or "-"
 
 
 def hold_run_folder(run_dir: Path) -> None:
-    """Mark `run_dir` as this process's until it exits (`LOCK_NAME`), or exit 2 with one line if a live process of
-    this host holds it: a second run there would move the first one's checkpoints, metrics and config aside while
-    it writes them. A holder that has died (killed) is taken over; a process started by the holder (a multi-process
-    run's) shares it."""
-    lock = run_dir / LOCK_NAME
+    """Hold `run_dir` for this process until `release_run_folder` (or its exit: the lock dies with it), or exit 2
+    with one line if another run holds it: a second run there would move the first one's live checkpoints, metrics
+    and config aside. A process the holder started (Lightning's DDP workers) goes on; so does a run on a file system
+    without locks, with a warning."""
+    if run_dir in _held:
+        return
     run_dir.mkdir(parents=True, exist_ok=True)
-    mine = run_dir / f"{LOCK_NAME}.{os.getpid()}"
-    mine.write_text(f"{os.getpid()} {socket.gethostname()}\n", encoding="utf-8")
-    try:
-        while True:
-            try:
-                os.link(mine, lock)  # whole or absent: no other process reads it half written
-            except FileExistsError:
-                pass
-            except OSError as err:  # a file system without hard links: the run goes on unguarded
-                log.warning("cannot mark %s as in use (%s): nothing stops a second run there", run_dir, err)
+    lock = run_dir / LOCK_NAME
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder_named(os.read(fd, 200).decode("utf-8", "replace"))
+            os.close(fd)
+            if holder is not None and holder[0] == os.getppid():
                 return
-            else:
-                atexit.register(_release, lock, os.getpid())
-                return
-            if (holder := _holder(lock)) is not None:
+            _refuse(run_dir, holder)
+        except OSError as err:
+            os.close(fd)
+            log.warning("cannot lock %s (%s): nothing stops a second run there", lock, err)
+            return
+        with suppress(FileNotFoundError):
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
-            with suppress(FileNotFoundError):  # gone meanwhile, or a dead run's: take it
-                lock.unlink()
-    finally:
-        mine.unlink()
-    if holder not in (os.getpid(), os.getppid()):
-        print(f"error: hydra.run.dir={run_dir} is in use by process {holder}, a run still writing there: wait for it "
-              f"to end or choose another folder (if process {holder} is no gru-suite run, delete {lock})",
-              file=sys.stderr)
-        raise SystemExit(2)
+        os.close(fd)  # its holder removed it between open and lock: lock the file there now
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {socket.gethostname()} {job_identity()}\n".encode())
+    _held[run_dir] = fd
+    atexit.register(release_run_folder, run_dir)
 
 
-def _holder(lock: Path) -> int | None:
-    """The live process of this host that `lock` names; None where the lock is gone, unreadable, another host's
-    (which cannot be checked from here: taken over) or names a process that has ended."""
+def check_run_folder_job(run_dir: Path) -> None:
+    """For a process of a multi-process launch other than its first: exit 2 with one line where a live process of
+    another launch on this host holds `run_dir` (its first process, refused there, cannot stop the others)."""
     try:
-        pid, host = lock.read_text(encoding="utf-8").split()
-        if host != socket.gethostname():
-            return None
-        os.kill(int(pid), 0)
-    except PermissionError:  # alive, another user's
-        return int(pid)
-    except (OSError, ValueError):
-        return None
-    return int(pid)
+        holder = _holder_named((run_dir / LOCK_NAME).read_text(encoding="utf-8"))
+    except OSError:
+        return
+    if holder is None or holder[0] == os.getppid() or holder[2] == job_identity():
+        return
+    with suppress(ProcessLookupError):
+        os.kill(holder[0], 0)
+        _refuse(run_dir, holder)
 
 
-def _release(lock: Path, pid: int) -> None:
-    with suppress(OSError, ValueError):
-        if int(lock.read_text(encoding="utf-8").split()[0]) == pid:
-            lock.unlink()
+def release_run_folder(run_dir: Path) -> None:
+    """Give up `run_dir`, which this process holds (`hold_run_folder`); nothing where it does not."""
+    fd = _held.pop(run_dir, None)
+    if fd is None:
+        return
+    with suppress(OSError):
+        if os.stat(run_dir / LOCK_NAME).st_ino == os.fstat(fd).st_ino:
+            (run_dir / LOCK_NAME).unlink()
+    os.close(fd)
+
+
+def _holder_named(text: str) -> tuple[int, str, str] | None:
+    """(pid, host, job) of a lock file's text; None where it names none."""
+    parts = text.split()
+    return (int(parts[0]), parts[1], parts[2]) if len(parts) == 3 and parts[0].isdigit() else None
+
+
+def _refuse(run_dir: Path, holder: tuple[int, str, str] | None) -> NoReturn:
+    who = f"process {holder[0]} on {holder[1]}" if holder else "another run"
+    print(f"error: hydra.run.dir={run_dir} is in use by {who}, a run still writing there: wait for it to end or "
+          "choose another folder", file=sys.stderr)
+    raise SystemExit(2)
 
 
 class KeepEarlierConfig(Callback):
@@ -105,7 +132,8 @@ class KeepEarlierConfig(Callback):
         if blocking := next((p for p in (run_dir, *run_dir.parents) if p.is_file()), None):
             print(f"error: hydra.run.dir={run_dir}: {blocking} is a file, not a folder", file=sys.stderr)
             raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
-        if launch_rank() != 0:
+        if launch_rank() != 0 or os.environ.get("NODE_RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
+            check_run_folder_job(run_dir)  # not the launch's first process, which holds the folder
             return
         hold_run_folder(run_dir)
         subdir = config.hydra.output_subdir
@@ -113,6 +141,9 @@ class KeepEarlierConfig(Callback):
             return
         with suppress(FileNotFoundError):  # another process of the run moved it first
             log.info("kept the earlier %s as %s", folder, set_aside(folder).name)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_run_folder(Path(config.hydra.run.dir))
 
 
 def launch_rank() -> int:

@@ -917,23 +917,36 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
 
 
-def test_a_run_folder_in_use_by_a_live_run_is_refused_and_a_dead_runs_is_taken_over(tmp_path, capsys):
+HOLD = """
+import fcntl, os, socket, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, f"{os.getpid()} {socket.gethostname()} {sys.argv[2]}\\n".encode())
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_folder_held_by_a_live_run_is_refused_and_is_free_once_it_ends(tmp_path, capsys):
     lock, host = tmp_path / run_folder.LOCK_NAME, socket.gethostname()
-    with subprocess.Popen(["sleep", "60"]) as live:
-        lock.write_text(f"{live.pid} {host}\n")
+    holder = [sys.executable, "-c", HOLD, str(lock), "other-job"]
+    with subprocess.Popen(holder, stdout=subprocess.PIPE, text=True) as live:
+        assert live.stdout.readline() == "held\n"
         with pytest.raises(SystemExit, match="2"):
             run_folder.hold_run_folder(tmp_path)
+        assert f"hydra.run.dir={tmp_path} is in use by process {live.pid} on {host}" in capsys.readouterr().err
+        with pytest.raises(SystemExit, match="2"):  # another launch's process other than its first
+            run_folder.check_run_folder_job(tmp_path)
+        result = run_cli("gru-suite", "task=forecasting", *TINY, f"hydra.run.dir={tmp_path}")
+        assert result.returncode == 2 and f"is in use by process {live.pid}" in result.stderr, result.stderr[-2000:]
         live.kill()
-    assert f"hydra.run.dir={tmp_path} is in use by process {live.pid}, a run still writing there" in (
-        capsys.readouterr().err)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [run_folder.LOCK_NAME]  # its own, not left beside it
-    run_folder.hold_run_folder(tmp_path)  # the holder has ended
-    assert lock.read_text() == f"{os.getpid()} {host}\n"
-    run_folder.hold_run_folder(tmp_path)  # its own again (a second Hydra run in this process)
-    lock.write_text(f"{os.getppid()} {host}\n")
-    run_folder.hold_run_folder(tmp_path)  # a process started by the run holding it, such as a DDP worker
-    lock.write_text(f"{os.getpid()} {host}\n")
-    run_folder._release(lock, os.getpid())
+    run_folder.hold_run_folder(tmp_path)  # the holder is gone (its file stays: the lock died with it)
+    try:
+        assert lock.read_text() == f"{os.getpid()} {host} {run_folder.job_identity()}\n"
+        run_folder.hold_run_folder(tmp_path)  # held already: a second Hydra run in this process
+        run_folder.check_run_folder_job(tmp_path)  # the same launch
+    finally:
+        run_folder.release_run_folder(tmp_path)
     assert not lock.exists()
 
 
