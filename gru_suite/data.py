@@ -71,7 +71,7 @@ class SplitDataModule(pl.LightningDataModule):
         position, self._resume_position = self._resume_position, None
         trainer = self.trainer
         if position and trainer is not None and position["epoch"] == trainer.current_epoch and \
-                trainer.world_size == 1 and resume_part_way(loader, position["batches"], position["order_seed"]):
+                trainer.world_size == 1 and resume_part_way(loader, position):
             rank_zero_info(f"resuming part-way through epoch {position['epoch']}: its first {position['batches']} "
                            "batches were trained, the others follow in their order")
             # Lightning's warning that the loader cannot resume part-way no longer holds (the filter is this run's:
@@ -85,14 +85,14 @@ class SplitDataModule(pl.LightningDataModule):
         run resumed from it trains the epoch's other batches (Lightning would start the epoch's rest afresh in a
         new order, training some items twice and others never). Empty at an epoch's end."""
         trainer, loader = self.trainer, self._train_loader
-        if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING:
-            return {}
+        if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
+            return {}  # under DDP each process trains its own share, which a later run need not split alike
         progress = trainer.fit_loop.epoch_loop.batch_progress
         if progress.is_last_batch or not progress.current.completed:
             return {}
-        order_seed = getattr(loader.sampler, "order_seed", None)
         return {"train_position": {"epoch": trainer.current_epoch, "batches": progress.current.completed,
-                                   "order_seed": order_seed}}
+                                   "batch_size": _batch_size(loader), "items": len(loader.dataset),
+                                   "order_seed": getattr(loader.sampler, "order_seed", None)}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._resume_position = state_dict.get("train_position")
@@ -196,18 +196,28 @@ class ResumableRandomSampler(RandomSampler):
         yield from torch.randperm(len(self.data_source), generator=torch.Generator().manual_seed(seed)).tolist()[skip:]
 
 
-def resume_part_way(loader: DataLoader, batches: int, order_seed: int | None) -> bool:
-    """Make `loader`'s next pass (a training loader of `length_bucket_loader` or `batch_loader`) the one of
-    `order_seed` (a `batch_loader`'s; a length-bucketed order is the epoch's own) less its first `batches`
-    batches, with torch's generator as it is now once the pass starts (as it was when the checkpoint resumed was
-    saved: making the pass's iterator draws from it); False where its sampler is neither (nothing is changed)."""
-    if isinstance(loader.batch_sampler, LengthBucketSampler):
+def resume_part_way(loader: DataLoader, position: Mapping[str, Any]) -> bool:
+    """Make `loader`'s next pass (a training loader of `length_bucket_loader` or `batch_loader`) go on from
+    `position` (`SplitDataModule.state_dict`'s: the batches of `batch_size` trained on `items` items, and a
+    `batch_loader`'s order seed; a length-bucketed order is the epoch's own), with torch's generator as it is now
+    once the pass starts (as it was when the checkpoint was saved: the pass's iterator draws from it first). False,
+    changing nothing, where the items differ in number, a length-bucketed loader's batch size changed, or its
+    sampler is neither."""
+    batches, batch_size = position["batches"], position.get("batch_size")
+    if len(loader.dataset) != position.get("items") or batch_size is None:
+        return False
+    if isinstance(loader.batch_sampler, LengthBucketSampler) and loader.batch_sampler.batch_size == batch_size:
         loader.batch_sampler.resume(batches, torch.get_rng_state())
         return True
-    if isinstance(loader.sampler, ResumableRandomSampler) and order_seed is not None:
-        loader.sampler.resume(order_seed, batches * int(loader.batch_size or 1), torch.get_rng_state())
+    if isinstance(loader.sampler, ResumableRandomSampler) and position.get("order_seed") is not None:
+        loader.sampler.resume(position["order_seed"], batches * batch_size, torch.get_rng_state())
         return True
     return False
+
+
+def _batch_size(loader: DataLoader) -> int | None:
+    """The items in each of `loader`'s batches (but the last)."""
+    return loader.batch_size if loader.batch_size is not None else getattr(loader.batch_sampler, "batch_size", None)
 
 
 class SeededRandomSampler(RandomSampler):

@@ -92,11 +92,11 @@ class TaskModule(pl.LightningModule):
         resumed part-way through an epoch (where Lightning starts no epoch, `on_train_epoch_start`) goes on with the
         epoch's loss sums so far."""
         self._train_loss_sum = self._train_loss_sum.to(self.device)
-        if self._resumed_epoch_sums is not None:
+        if self._resumed_epoch_sums is not None and self.trainer.world_size == 1:  # one process's sums: not for DDP
             loss_sum, self._train_loss_weight, samples = self._resumed_epoch_sums
             self._train_loss_sum += loss_sum
             self._train_samples_at_start = self.samples_seen - samples
-            self._resumed_epoch_sums = None
+        self._resumed_epoch_sums = None
         for callback in self.trainer.early_stopping_callbacks:
             if callback.stopping_reason != EarlyStoppingReason.NOT_STOPPED:
                 rank_zero_info(f"early stopping ended this run at epoch {callback.stopped_epoch} "

@@ -7,10 +7,17 @@ import pickle
 
 import pytest
 import torch
-from torch.utils.data import RandomSampler
+from torch.utils.data import RandomSampler, TensorDataset
 
 from gru_suite.errors import UserError
-from gru_suite.data import LengthBucketSampler, ResumableRandomSampler, SeededRandomSampler, length_bucket_loader
+from gru_suite.data import (
+    LengthBucketSampler,
+    ResumableRandomSampler,
+    SeededRandomSampler,
+    batch_loader,
+    length_bucket_loader,
+    resume_part_way,
+)
 from gru_suite.text import (
     decode_lines,
     encode_as_text,
@@ -166,6 +173,19 @@ def test_the_resumable_sampler_draws_random_samplers_orders_and_resumes_one_part
     torch.rand(5)  # drawn meanwhile (the loader's iterator): set back as the resumed order starts
     assert list(sampler) == plain[1][20:] and torch.equal(torch.get_rng_state(), state)
     assert list(sampler) != plain[1][20:] and sampler.order_seed != seeds[1]  # the next order is a new one
+
+
+def test_a_loader_resumes_part_way_only_through_the_items_and_batches_it_was_saved_with():
+    items = TensorDataset(torch.arange(50))
+    position = {"batches": 2, "batch_size": 8, "items": 50, "order_seed": 123}
+    loader = batch_loader(items, 4, shuffle=True)  # a batch size changed on resuming: the same items are skipped
+    assert resume_part_way(loader, position)
+    assert list(loader.sampler) == torch.randperm(50, generator=torch.Generator().manual_seed(123)).tolist()[16:]
+    assert not resume_part_way(batch_loader(TensorDataset(torch.arange(49)), 8, shuffle=True), position)
+    lengths = [1 + i % 7 for i in range(50)]
+    assert resume_part_way(length_bucket_loader(items, lengths, 8, shuffle=True), position)
+    assert not resume_part_way(length_bucket_loader(items, lengths, 4, shuffle=True), position)  # other buckets
+    assert not resume_part_way(batch_loader(items, 8, shuffle=True), {**position, "batch_size": None})  # older
 
 
 def test_a_seeded_sampler_draws_the_orders_of_a_run_from_its_first_epoch():
