@@ -234,7 +234,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)
             if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
                 log.exception("sweep job %s crashed", job)
-                write_job_error(folder, f"crashed: {type(err).__name__}: {err} (the traceback is in this job's log)")
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+                write_job_error(folder, f"crashed: {type(err).__name__}: {first_line} (the traceback is in this job's "
+                                        "log)")
                 crashed_jobs.append(job)
             else:
                 print(f"error: {user_error}", file=sys.stderr)
@@ -244,7 +246,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 write_job_error(folder, str(user_error))
                 failed_jobs.append(job)  # the sweep goes on; its exit code says so at the end
             if len(failed_jobs) + len(crashed_jobs) == HydraConfig.get().sweeper.get("n_trials"):
-                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs + crashed_jobs)  # Optuna's last
+                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs + crashed_jobs,  # Optuna's last
+                                            1 if crashed_jobs else 2)
             return None
 
     _require_task_for_task_overrides()
@@ -269,16 +272,17 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         sys.exit(2)
 
 
-def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str]) -> None:
+def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str], code: int) -> None:
     """Every trial of an optimizing sweeper (Optuna) failed: it would then fail asking for its best trial, with a
-    traceback and no summary. Write the summary, say so in one line, exit 2."""
+    traceback and no summary. Write the summary, say so in one line, exit with `code` (1 where a trial crashed, 2
+    where all failed on bad input)."""
     from omegaconf import OmegaConf
 
     from gru_suite.sweep import SweepSummary
 
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": sweep_dir}}}))
     print(f"error: all {len(failed_jobs)} trials of the sweep failed (each one's error.txt)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:
