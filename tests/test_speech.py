@@ -812,7 +812,7 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     call = speak(["four", "two"], seed=5)
     write_wav(inbox / "call.wav", np.stack([call, call], axis=1), 16000)
     write_wav(inbox / "quiet.wav", np.zeros(8000))
-    (inbox / "broken.flac").write_bytes(b"fLaC broken")
+    (inbox / "call.flac").write_bytes(b"fLaC broken")  # first of the two named call, in input order
     out = tmp_path / "predict"
     out.mkdir()
     (out / "quiet.txt").write_text("five\n")  # an earlier run's transcript of the file now silent
@@ -821,13 +821,14 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
                      "task.predict.streaming=true", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stderr + (out / "predict.log").read_text()
-    assert "quiet.wav" in log and "silent" in log and "broken.flac" in log
+    assert "quiet.wav" in log and "silent" in log and "call.flac" in log
     assert f"skipping {inbox / 'quiet.wav'}: the audio is silent" in log  # the file named once
-    line, *skipped = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]
-    assert [(Path(s["path"]).name, s["text"], s["words"]) for s in skipped] == [("broken.flac", "", []),
-                                                                                ("quiet.wav", "", [])]
-    assert skipped[1]["skipped"].startswith(f"{inbox / 'quiet.wav'}: the audio is silent") and skipped[0]["skipped"]
-    assert (out / "quiet.txt").read_text() == (out / "broken.srt").read_text() == ""  # none of an earlier run
+    broken, line, quiet = [json.loads(x) for x in (out / "transcripts.jsonl").read_text().splitlines()]  # input order
+    assert [(Path(s["path"]).name, s["text"], s["words"]) for s in (broken, quiet)] == [("call.flac", "", []),
+                                                                                        ("quiet.wav", "", [])]
+    assert quiet["skipped"].startswith(f"{inbox / 'quiet.wav'}: the audio is silent") and broken["skipped"]
+    assert (out / "quiet.txt").read_text() == (out / "call.srt").read_text() == ""  # none of an earlier run
+    assert (out / "call_2.txt").read_text() == (line["text"] + "\n" if line["text"] else "")  # the stem's second
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
     assert line["text"] or line["warning"]
     assert all(0 <= w["start"] < w["end"] <= line["duration"] for w in line["words"])

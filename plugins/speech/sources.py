@@ -54,16 +54,17 @@ class Utterance:
         return len(self.samples) / self.sample_rate
 
 
-def _read_or_skip(path: Path, sample_rate: int, where: str, offset: float = 0.0,
-                  duration: float | None = None, skipped: list[Skipped] | None = None) -> Tensor | None:
-    """The audio at `path`, or None with a warning (and an entry in `skipped`, where given) if it cannot be read."""
+def _read_or_skip(path: Path, sample_rate: int, where: str, offset: float = 0.0, duration: float | None = None,
+                  skipped: list[Skipped] | None = None, position: int = 0) -> Tensor | None:
+    """The audio at `path`, or None with a warning (and an entry in `skipped`, at `position`, where given) if it
+    cannot be read."""
     try:
         return read_audio(path, sample_rate, offset, duration)
     except UserError as err:  # its message names the file: `where` too where it is another place (a manifest line)
         reason = str(err) if str(err).startswith(f"{where}:") else f"{where}: {err}"
         log.warning("skipping %s", reason)
         if skipped is not None:
-            skipped.append(Skipped(path, reason, offset or None))
+            skipped.append(Skipped(path, reason, offset or None, position))
         return None
 
 
@@ -93,6 +94,10 @@ class Skipped:
     path: Path
     reason: str
     offset: float | None = None
+    position: int = 0
+    """Its place among the utterances read: before the one at this index, or (`read`) that one itself."""
+    read: bool = False
+    """Read, then skipped (too short to transcribe): another model of an ensemble may transcribe it."""
 
 
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
@@ -124,7 +129,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
         if speaker is not None and (isinstance(speaker, bool) or not isinstance(speaker, (str, int))):
             raise UserError(f"{where}: field 'speaker' must be a string or an integer, got {speaker!r}")
         samples = _read_or_skip(audio, sample_rate, f"{where} ({audio})", offset or 0.0,
-                                duration if offset is not None else None, skipped)
+                                duration if offset is not None else None, skipped, len(utterances))
         if samples is None:
             continue
         seconds, slack = len(samples) / sample_rate, max(0.05, 0.02 * (duration or 0))
@@ -133,7 +138,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
                       f"{duration:.3f} s (truncated file?)")
             log.warning("skipping %s (%s): %s", where, audio, reason)
             if skipped is not None:
-                skipped.append(Skipped(audio, f"{where}: {reason}", offset))
+                skipped.append(Skipped(audio, f"{where}: {reason}", offset, len(utterances)))
             continue
         if duration is not None and offset is None and seconds > duration + slack:  # a segment without its offset?
             log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "
@@ -162,7 +167,7 @@ def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
         if need_text and text is None:
             log.warning("skipping %s: no transcript %s beside it", audio, transcript.name)
             continue
-        samples = _read_or_skip(audio, sample_rate, str(audio), skipped=skipped)
+        samples = _read_or_skip(audio, sample_rate, str(audio), skipped=skipped, position=len(utterances))
         if samples is not None:
             utterances.append(Utterance(samples, sample_rate, text, audio, str(audio)))
     return utterances

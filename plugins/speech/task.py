@@ -42,7 +42,7 @@ from gru_suite_plugins.speech.sources import (
 )
 from gru_suite_plugins.speech.stream import StreamingRecognizer, check_streamable
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens, Vocabulary, normalize_text
-from gru_suite_plugins.speech.writer import write_transcripts
+from gru_suite_plugins.speech.writer import skipped_line, write_transcripts
 
 log = logging.getLogger(__name__)
 
@@ -364,12 +364,12 @@ class SpeechTask(TaskPlugin):
         """The `utterances` long enough to transcribe from their speech onset on (a warning names each other, and
         they are added to `left_out`, the inputs skipped before them)."""
         featurizer, usable, speech, left_out = self.featurizer(), [], [], [] if left_out is None else left_out
-        for u in utterances:
+        for position, u in enumerate(utterances):
             frames, skipped = featurizer.speech(u.samples)
             if len(frames) < int(self.cfg.model.subsample):
                 reason = f"{u.seconds:.3g} s is too short to transcribe (from the speech onset on)"
                 log.warning("skipping %s: %s", u.where, reason)
-                left_out.append(Skipped(u.path, f"{u.where}: {reason}", u.offset))
+                left_out.append(Skipped(u.path, f"{u.where}: {reason}", u.offset, position, read=True))
             else:
                 usable.append(u)
                 speech.append((frames, skipped))
@@ -524,7 +524,8 @@ class SpeechTask(TaskPlugin):
                                                     batch["references"], batch["offsets"])]
         if self.ensembling:  # the ensemble decodes its members' emissions together
             return [{**s, "position": n, "log_probs": e} for (e, _), s, n in zip(emitted, sources, batch["positions"])]
-        return [self.transcript(e, s, partials) for (e, partials), s in zip(emitted, sources)]
+        return [{**self.transcript(e, s, partials), "position": n}
+                for (e, partials), s, n in zip(emitted, sources, batch["positions"])]
 
     def check_member(self, first: SpeechTask) -> None:
         """Refuse to join `first` in an ensemble unless this model hears audio at its sample rate and writes the
@@ -568,13 +569,19 @@ class SpeechTask(TaskPlugin):
         if len(emitted) < len(by_input):
             log.warning("%s: transcribed by %d of the ensemble's %d models (the others skipped it)", item["path"],
                         len(emitted), len(by_input))
-        return self.transcript(mean_emissions(emitted), item)
+        return {**self.transcript(mean_emissions(emitted), item), "position": item["position"]}
 
     def write_predictions(self, predictions: list[Any], datamodule: SpeechData, out_dir: Path) -> list[Path]:
-        transcripts = [t for batch in predictions for t in batch]
+        """The transcripts, and a line for each input skipped (`skipped_line`), in input order (each transcript's
+        `position` among the utterances read)."""
+        transcribed = {t["position"]: {k: v for k, v in t.items() if k != "position"}
+                       for batch in predictions for t in batch}
+        left_out = [s for s in datamodule.dataset("predict").left_out if not (s.read and s.position in transcribed)]
+        placed = [*((position, 1, t) for position, t in transcribed.items()),
+                  *((s.position, 0, skipped_line(s)) for s in left_out)]  # an unread input goes before its position
         out = self.cfg.predict
-        return write_transcripts(transcripts, out_dir, float(out.cue_gap_s), int(out.cue_words),
-                                 float(out.get("cue_min_s") or 0), datamodule.dataset("predict").left_out)
+        return write_transcripts([line for *_, line in sorted(placed, key=lambda p: p[:2])], out_dir,
+                                 float(out.cue_gap_s), int(out.cue_words), float(out.get("cue_min_s") or 0))
 
 
 def without(text: str, unknown: list[str], kind: str) -> str:

@@ -70,23 +70,25 @@ def _stems(paths: Sequence[str]) -> list[str]:
     return stems
 
 
+def skipped_line(skipped: Skipped) -> dict[str, Any]:
+    """The transcripts.jsonl line of an input skipped: an empty transcript and `skipped`, why."""
+    offset = {"offset": round(skipped.offset, 3)} if skipped.offset is not None else {}
+    return {"path": str(skipped.path), **offset, "text": "", "words": [], "skipped": skipped.reason}
+
+
 def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_gap_s: float,
-                      max_words: int, min_cue_s: float = 0.0, left_out: Sequence[Skipped] = ()) -> list[Path]:
+                      max_words: int, min_cue_s: float = 0.0) -> list[Path]:
     """`transcripts.jsonl` (one object per input) and `<stem>.txt`, `.srt`, `.vtt` per input.
 
     An input with an empty transcript gets a `warning` in its JSONL line, an empty `.txt` and `.srt` and a `.vtt`
     without cues (so no file of an earlier run stands in for it), and a logged warning (the first `SKIPS_NAMED` by
-    name, then how many in all). The inputs `left_out` (skipped, each with a warning already) follow the
-    transcripts in the JSONL, each with an empty transcript and `skipped`: why, and get the same empty files.
+    name, then how many in all). An input skipped (`skipped_line`, warned of when read) gets the same empty files.
     """
     out_dir = Path(out_dir)
-    skipped = [{"path": str(s.path), **({"offset": round(s.offset, 3)} if s.offset is not None else {}),
-                "text": "", "words": [], "skipped": s.reason} for s in left_out]
-    if skipped:
-        log.warning("%d input(s) skipped (see the warnings above): marked in transcripts.jsonl", len(skipped))
+    if skipped := sum("skipped" in t for t in transcripts):
+        log.warning("%d input(s) skipped (see the warnings above): marked in transcripts.jsonl", skipped)
     lines, paths, empty = [], [], 0
-    everything = [*transcripts, *skipped]
-    for stem, transcript in zip(_stems([t["path"] for t in everything]), everything):
+    for stem, transcript in zip(_stems([t["path"] for t in transcripts]), transcripts):
         if not transcript["text"] and "skipped" not in transcript:
             transcript = {**transcript, "warning": "no speech recognised"}
             empty += 1
@@ -99,5 +101,5 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
         paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
         lines.append(json.dumps(transcript, ensure_ascii=False))
     if empty > SKIPS_NAMED:
-        log.warning("no speech recognised in %d of %d inputs (marked in transcripts.jsonl)", empty, len(everything))
+        log.warning("no speech recognised in %d of %d inputs (marked in transcripts.jsonl)", empty, len(transcripts))
     return [write_text(out_dir / "transcripts.jsonl", "\n".join(lines) + "\n"), *paths]
