@@ -231,7 +231,12 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             if user_error is None and not sweep:
                 raise
             _end_progress_line()
-            job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)
+            if user_error is not None:
+                print(f"error: {user_error}", file=sys.stderr)
+                _log_to_run_files(f"error: {user_error}")
+                if not sweep:
+                    sys.exit(2)
+            job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)  # a sweep's job
             if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
                 log.exception("sweep job %s crashed", job)
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
@@ -239,10 +244,6 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                                         "log)")
                 crashed_jobs.append(job)
             else:
-                print(f"error: {user_error}", file=sys.stderr)
-                _log_to_run_files(f"error: {user_error}")
-                if not sweep:
-                    sys.exit(2)
                 write_job_error(folder, str(user_error))
                 failed_jobs.append(job)  # the sweep goes on; its exit code says so at the end
             if len(failed_jobs) + len(crashed_jobs) == HydraConfig.get().sweeper.get("n_trials"):

@@ -666,7 +666,8 @@ def test_a_resumed_run_trains_on_as_if_it_had_never_stopped(tmp_path):
 
 def test_a_run_resumed_part_way_through_an_epoch_trains_its_other_batches_as_if_never_stopped(tmp_path, caplog):
     dropout = ["backbone.num_layers=2", "backbone.dropout=0.5", "task.data.batch_size=16"]
-    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as warned:
+    with caplog.at_level(logging.INFO), caplog.at_level(logging.INFO, logger="pytorch_lightning"), \
+            warnings.catch_warnings(record=True) as warned:  # Lightning's logger may be quietened by another test
         warnings.simplefilter("always")
         resumed, uninterrupted = resumed_part_way_and_uninterrupted("forecasting", [*TINY, *dropout], tmp_path)
     assert resumed["global_step"] == uninterrupted["global_step"] == 8

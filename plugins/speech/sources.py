@@ -138,7 +138,7 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
                       f"{duration:.3f} s (truncated file?)")
             log.warning("skipping %s (%s): %s", where, audio, reason)
             if skipped is not None:
-                skipped.append(Skipped(audio, f"{where}: {reason}", offset, len(utterances)))
+                skipped.append(Skipped(audio, f"{where} ({audio}): {reason}", offset, len(utterances)))
             continue
         if duration is not None and offset is None and seconds > duration + slack:  # a segment without its offset?
             log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "
