@@ -46,7 +46,7 @@ class SplitDataModule(pl.LightningDataModule):
         self.seed = seed
         self.sets: dict[str, Dataset] = {}
         self._train_loader: DataLoader | None = None
-        self._resume_position: dict[str, int] | None = None
+        self._resume_position: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
         """Lightning's hook; prediction reads its input here, before any model runs."""
@@ -81,9 +81,10 @@ class SplitDataModule(pl.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         """Where training stands in its epoch when a checkpoint is saved part-way through one (validation every
-        `trainer.val_check_interval`): the epoch, the batches trained and the seed of the epoch's order, so that a
-        run resumed from it trains the epoch's other batches (Lightning would start the epoch's rest afresh in a
-        new order, training some items twice and others never). Empty at an epoch's end."""
+        `trainer.val_check_interval`): the epoch, the batches trained, their size, the items and the seed of the
+        epoch's order, so that a run resumed from it trains the epoch's other batches (`resume_part_way`; Lightning
+        would start the epoch's rest afresh in a new order, training some items twice and others never). Empty at
+        an epoch's end, and under DDP."""
         trainer, loader = self.trainer, self._train_loader
         if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
             return {}  # under DDP each process trains its own share, which a later run need not split alike
