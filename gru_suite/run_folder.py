@@ -43,9 +43,9 @@ _held: dict[Path, int] = {}  # run folder -> descriptor of the lock file this pr
 def job_identity() -> str:
     """What the processes of one multi-process launch share (torchrun's run id and rendezvous address, SLURM's job
     and step): the same for every process of a launch, different for two launches at once on one host."""
-    env = os.environ
-    return "/".join(env.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "MASTER_ADDR",
-                                                 "MASTER_PORT")) or "-"
+    parts = [os.environ.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "SLURM_STEP_ID", "MASTER_ADDR",
+                                                 "MASTER_PORT")]
+    return "/".join(parts) if any(parts) else "-"
 
 
 def hold_run_folder(run_dir: Path) -> None:
@@ -88,11 +88,15 @@ def check_run_folder_job(run_dir: Path) -> None:
         holder = _holder_named((run_dir / LOCK_NAME).read_text(encoding="utf-8"))
     except OSError:
         return
-    if holder is None or holder[0] == os.getppid() or holder[2] == job_identity():
+    if holder is None or holder[0] == os.getppid() or holder[2] == job_identity() or holder[1] != socket.gethostname():
         return
-    with suppress(ProcessLookupError):
+    try:
         os.kill(holder[0], 0)
-        _refuse(run_dir, holder)
+    except ProcessLookupError:  # a killed run's
+        return
+    except PermissionError:  # alive, another user's
+        pass
+    _refuse(run_dir, holder)
 
 
 def release_run_folder(run_dir: Path) -> None:
