@@ -63,7 +63,7 @@ from gru_suite.resume import (
     warn_of_a_dropped_weight_average,
     warn_of_another_monitor,
 )
-from gru_suite.run_folder import checkpoint_folder, launch_rank, set_aside
+from gru_suite.run_folder import checkpoint_folder, first_process, set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule
 
 log = logging.getLogger(__name__)
@@ -409,8 +409,7 @@ def remove_unfinished_checkpoints(cfg: DictConfig) -> None:
     whole checkpoint), where that folder is in the run folder, which no other live run writes in (`hold_run_folder`);
     by the launching process only."""
     folder, out_dir = checkpoint_folder(cfg), Path(cfg.paths.output_dir)
-    if launch_rank() != 0 or os.environ.get("LOCAL_RANK", "0") != "0" or not folder.resolve().is_relative_to(
-            out_dir.resolve()):
+    if not first_process() or not folder.resolve().is_relative_to(out_dir.resolve()):
         return
     for path in unfinished_writes(folder):
         path.unlink(missing_ok=True)

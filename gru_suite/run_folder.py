@@ -136,8 +136,8 @@ class KeepEarlierConfig(Callback):
         if blocking := next((p for p in (run_dir, *run_dir.parents) if p.is_file()), None):
             print(f"error: hydra.run.dir={run_dir}: {blocking} is a file, not a folder", file=sys.stderr)
             raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
-        if launch_rank() != 0 or os.environ.get("NODE_RANK", "0") != "0" or os.environ.get("LOCAL_RANK", "0") != "0":
-            check_run_folder_job(run_dir)  # not the launch's first process, which holds the folder
+        if not first_process():
+            check_run_folder_job(run_dir)  # the launch's first process holds the folder
             return
         hold_run_folder(run_dir)
         subdir = config.hydra.output_subdir
@@ -148,6 +148,12 @@ class KeepEarlierConfig(Callback):
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         release_run_folder(Path(config.hydra.run.dir))
+
+
+def first_process() -> bool:
+    """Whether this is the first process of its launch: rank 0 as torchrun or SLURM started it, and neither a worker
+    Lightning started (`LOCAL_RANK`) nor the process of a later node (`NODE_RANK`)."""
+    return launch_rank() == 0 and os.environ.get("NODE_RANK", "0") == "0" and os.environ.get("LOCAL_RANK", "0") == "0"
 
 
 def launch_rank() -> int:
