@@ -182,7 +182,8 @@ class FitTest:
     fit_cpu_s: float
     test_wall_s: float
     best_epoch: int | None
-    """The epoch in the best checkpoint's file name, when it ends in one."""
+    """The best checkpoint's epoch, counted from 0 as Lightning counts them (its file name, `best-007.ckpt`, and
+    metrics.csv's `epoch`: 7 is the 8th epoch); None without a number in the name."""
     best_val_loss: float | None
     """The best monitored value (`best_model_score`)."""
     test_metrics: dict[str, float]

@@ -396,7 +396,7 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
     table(
         f"training: {cfg['detector']} detector, hidden {cfg['hidden_size']}, crop {cfg['crop_length']}, "
         f"batch {cfg['batch_size']}, {tr['threads']} thread(s); overrides: {' '.join(cfg['overrides']) or '(none)'}",
-        ["epochs", "best epoch", "best val/loss", "train s/epoch", "train CPU s/epoch", "fit s (wall)",
+        ["epochs", "best epoch (from 0)", "best val/loss", "train s/epoch", "train CPU s/epoch", "fit s (wall)",
          "fit CPU s", "params", "crops", "batches/epoch"],
         [[tr["epochs_run"], tr["best_epoch"], tr["best_val_loss"], tr["train_s_per_epoch"],
           tr["train_cpu_s_per_epoch"], tr["fit_wall_s"], tr["fit_cpu_s"], tr["params"], tr["train_crops"],

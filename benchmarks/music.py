@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     references = REFERENCES.items() if args.jsb.name.lower().startswith("jsb") else ()  # published for JSB alone
     table(
         f"{args.jsb.name}, quarter notes, 88 keys: NLL per time step on {split} (best checkpoint by valid NLL)",
-        ["head", f"{split} NLL", "best epoch", "epochs", "s/epoch", "fit s"],
+        ["head", f"{split} NLL", "best epoch (from 0)", "epochs", "s/epoch", "fit s"],
         [[h, r["nll"], r["best_epoch"], r["epochs_run"], r["train_s_per_epoch"], r["fit_wall_s"]]
          for h, r in results["heads"].items()]
         + [[f"{name} (JSB test, reference)", value, "", "", "", ""] for name, value in references],

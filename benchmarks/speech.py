@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
               [[n, ", ".join(r["members"])] for n, r in results["settings"].items()])
     else:
         table("training (1 run per setting, CPU)",
-              ["setting", "train utts", "epochs", "best epoch", "val CER", "fit s"],
+              ["setting", "train utts", "epochs", "best epoch (from 0)", "val CER", "fit s"],
               [[n, r["train_utterances"], r["epochs_run"], r["best_epoch"], r["best_val_cer"], r["fit_wall_s"]]
                for n, r in results["settings"].items()])
     errors = [[f"{n} / {label}", e["where"], e["reference"], e["hypothesis"]]
