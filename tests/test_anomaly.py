@@ -364,6 +364,32 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     assert len(pd.read_csv(tmp_path / "short" / "short.csv")) == 150
 
 
+def test_the_test_loss_is_the_squared_error_over_every_scored_row_of_every_series(tmp_path):
+    """test/loss is the detector's training loss (squared error) over the rows each test series is scored on after
+    its probationary period, pooled over the series: a long series weighs more than a short one."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, rows in (("short", 300), ("long", 900)):
+        t = np.arange(rows)
+        pd.DataFrame({"timestamp": pd.date_range("2024-01-01", periods=rows, freq="min"),
+                      "value": np.sin(2 * np.pi * t / (20 if name == "short" else 7)) + rng.normal(0, 0.3, rows)},
+                     ).to_csv(folder / f"{name}.csv", index=False)
+    run = tmp_path / "run"
+    result = run_cli("gru-suite", "task=anomaly", f"task.data.path={folder}", "task.data.windows_path=null",
+                     "task.detector.kind=autoencoder", "task.detector.window=16", "task.data.probation=0.3",
+                     "trainer.max_epochs=1", *TINY, f"hydra.run.dir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    squared = []
+    for name, rows in (("short", 300), ("long", 900)):
+        raw = pd.read_csv(run / "predictions" / f"{name}.csv")["raw_score"].to_numpy()
+        assert np.isnan(raw[:15]).all() and not np.isnan(raw[15:]).any()  # the first full window ends at row 15
+        squared.append(raw[int(0.3 * rows):] ** 2)
+    test_loss = json.loads((run / "metrics.json").read_text())["test/loss"]
+    assert test_loss == pytest.approx(np.concatenate(squared).mean(), rel=1e-4)
+    assert test_loss != pytest.approx(np.mean([s.mean() for s in squared]), rel=1e-3)  # not a mean of the series'
+
+
 @pytest.mark.parametrize("line, message", [
     ("not-a-time,1.0", "stdin, line 7: not a timestamp: 'not-a-time'"),
     ("2024-01-01 00:05,\udcff1", "stdin, line 7: not UTF-8"),

@@ -169,8 +169,11 @@ class AnomalyTask(TaskPlugin):
         index, x = batch
         raw = self.raw_scores(model, index, x)
         self._raw[index] = raw.float().cpu().numpy()
-        probation = self.streams[index].probation
-        return StepOutput(raw[probation:].mean(), 1)
+        # the detector's training loss (squared error) over the rows it scores after the probationary period: a mean
+        # over all the test series' rows, as the training loss is over its windows
+        first = max(self.streams[index].probation, unscored_rows(self.cfg.detector.kind, self.cfg.detector.window))
+        scored = raw[first:]
+        return StepOutput(scored.square().mean() if len(scored) else raw.new_zeros(()), 1, loss_weight=len(scored))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         if stage != "test":
