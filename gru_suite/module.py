@@ -25,6 +25,8 @@ from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "gru_suite"
+STEP_LOSS = "train/loss_step"
+"""The training loss of single steps, logged as often as the logger writes (metrics.csv), not a final metric."""
 
 
 class TaskModule(pl.LightningModule):
@@ -144,7 +146,7 @@ class TaskModule(pl.LightningModule):
         self._train_loss_weight += weight
         self.samples_seen += out.batch_size
         if self.trainer.log_every_n_steps and self.trainer._logger_connector.should_update_logs:  # 0: none
-            self.log("train/loss_step", out.loss, prog_bar=True)  # on the steps the logger writes (run-wide count)
+            self.log(STEP_LOSS, out.loss, prog_bar=True)  # on the steps the logger writes (run-wide count)
         self._log_metrics(out, "train")
         return out.loss
 

@@ -50,7 +50,7 @@ from gru_suite.config import (
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
-from gru_suite.module import CHECKPOINT_KEY, TaskModule
+from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule
 from gru_suite.overrides import given_keys
 from gru_suite.profilers import QuietProfiler
 from gru_suite.resume import (
@@ -359,7 +359,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trained_none and trainer.is_global_zero:
         keep_resumed_as_last(trainer, ckpt_path)
     metrics = {**(resumed_run_metrics(out_dir) if trained_none and resumes_in_own_folder(cfg) else {}),
-               **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+               **{k: float(v) for k, v in trainer.callback_metrics.items() if k != STEP_LOSS}}
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
         read_checkpoint(best)

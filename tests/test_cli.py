@@ -91,6 +91,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
     assert per_epoch["train/loss"].iloc[-1] < per_epoch["train/loss"].iloc[0]
     summary = json.loads((trained_run / "metrics.json").read_text())
     assert 0 < summary["test/mse"] < summary["test/naive_mse"]  # the GRU learnt more than the last value
+    assert "train/loss_step" in metrics.columns and "train/loss_step" not in summary  # one step's loss is no result
     forecast = pd.read_csv(trained_run / "predictions" / "forecast.csv")
     assert list(forecast.columns) == ["origin", "timestamp", "step", "target", "actual", "forecast"]
     assert (trained_run / "predictions" / "forecast.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
