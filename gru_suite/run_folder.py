@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class KeepEarlierConfig(Callback):
             raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
         if not first_process():
             check_run_folder_job(run_dir)  # the launch's first process holds the folder
+            with read_write(config.hydra), open_dict(config.hydra):  # and writes its .hydra/, after moving the earlier
+                config.hydra.output_subdir = None
             return
         hold_run_folder(run_dir)
         subdir = config.hydra.output_subdir

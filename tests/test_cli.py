@@ -915,8 +915,10 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
 
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test (the hook sets it)
     (tmp_path / ".hydra").mkdir()
-    KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path)))
+    config = hydra_run_config(str(tmp_path))
+    KeepEarlierConfig().on_run_start(config)
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
+    assert (config.hydra.output_subdir is None) != moved  # the others write no .hydra/ over the earlier run's
 
 
 HOLD = """
