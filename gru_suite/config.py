@@ -50,7 +50,7 @@ def check_own_splits(data: DictConfig, instead: Mapping[str, str]) -> None:
 
 def register_resolvers() -> None:
     """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`,
-    `${gru_suite.rank_suffix:}` and `${gru_suite.task_groups:}` (help)."""
+    `${gru_suite.rank_suffix:}`, `${gru_suite.console_level:}` and `${gru_suite.task_groups:}` (help)."""
     from gru_suite.registry import format_task_config_groups
 
     if not OmegaConf.has_resolver("gru_suite.data_dir"):
@@ -61,6 +61,8 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("gru_suite.required", required)
     if not OmegaConf.has_resolver("gru_suite.rank_suffix"):
         OmegaConf.register_new_resolver("gru_suite.rank_suffix", rank_suffix)
+    if not OmegaConf.has_resolver("gru_suite.console_level"):
+        OmegaConf.register_new_resolver("gru_suite.console_level", console_level)
 
 
 def rank_suffix() -> str:
@@ -73,6 +75,14 @@ def rank_suffix() -> str:
         return f"_rank{rank}"
     node, local = int(os.environ.get("NODE_RANK") or 0), int(os.environ.get("LOCAL_RANK") or 0)
     return (f"_node{node}" if node else "") + (f"_rank{local}" if local else "")
+
+
+def console_level() -> str:
+    """`${gru_suite.console_level:}`: the console's logging level, all messages in the first (or only) process of a
+    run and errors alone in the others, whose warnings repeat the first's (each process's log file has them all)."""
+    from gru_suite.run_folder import first_process
+
+    return "NOTSET" if first_process() else "ERROR"
 
 
 def required(what: str) -> Any:

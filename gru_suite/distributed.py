@@ -1,13 +1,21 @@
-"""Helpers for multi-process (DDP) runs: task state that must see every process's share of the data, and
-messages said once per run."""
+"""Helpers for multi-process (DDP) runs: task state that must see every process's share of the data, messages said
+once per run, a SIGTERM that stops every process, and the sweeps such runs cannot join."""
 
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 from typing import Any, TypeVar
 
+import pytorch_lightning as pl
 import torch.distributed as dist
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities.rank_zero import rank_prefixed_message
+
+from gru_suite.errors import UserError
 
 Key = TypeVar("Key")
 log = logging.getLogger("gru_suite")
@@ -51,3 +59,37 @@ def gather_objects(item: Any) -> list[Any]:
     items: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(items, item)
     return items
+
+
+class SignalConnectorWithoutBroadcast(_SignalConnector):
+    """Lightning's signal handling (2.6) less the broadcast its SIGTERM handler makes. Run from the signal handler, at
+    whatever point of its step the process is, that collective meets another one, or none, on the other processes,
+    and every process hangs (a SLURM job cancelled mid-step). The flag alone is set here: each training step starts
+    with Lightning's broadcast of the first process's flag, so all the processes stop there together, and evaluation
+    stops at its next batch (Lightning also passes the signal on to the processes it started itself)."""
+
+    def _sigterm_notifier_fn(self, signum: int | signal.Signals, _: FrameType | None) -> None:
+        log.info(rank_prefixed_message(f"Received SIGTERM: {signum}", self.trainer.local_rank))
+        if not self.received_sigterm and (launcher := self.trainer.strategy.launcher) is not None:
+            launcher.kill(signum)
+        self.received_sigterm = True
+
+
+def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
+    """A sweep (-m) whose trainer starts its processes itself (`trainer=ddp_sim`, or `trainer=ddp` on several devices of
+    one machine) is refused before it starts any: Lightning starts each by running the command line again, sweep
+    included, so each process would run the whole sweep on its own (its jobs training on their share of the data
+    alone, and writing over the other jobs' folders)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    launcher = trainer.strategy.launcher
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return
+    if isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1 and \
+            not launcher.cluster_environment.creates_processes_externally:
+        raise UserError(f"a sweep (-m) cannot run a trainer that starts its {launcher.num_processes} processes itself "
+                        f"(trainer.strategy={type(trainer.strategy).__name__}, trainer.devices="
+                        f"{launcher.num_processes}): Lightning starts them by running the command again, sweep "
+                        "included. Sweep with one process per job (e.g. trainer=cpu or trainer=gpu), or run each "
+                        "multi-process job on a command line of its own")

@@ -47,7 +47,7 @@ from gru_suite.config import (
     unset_required,
     unused_backbone_settings,
 )
-from gru_suite.distributed import warn_on_rank_zero
+from gru_suite.distributed import SignalConnectorWithoutBroadcast, refuse_launching_in_a_sweep, warn_on_rank_zero
 from gru_suite.errors import UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule
@@ -207,6 +207,8 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
         kwargs["profiler"] = QuietProfiler()
     kwargs.update(overrides)
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
+    trainer._signal_connector = SignalConnectorWithoutBroadcast(trainer)  # SIGTERM under DDP: Lightning's would hang
+    refuse_launching_in_a_sweep(trainer)
     keep_earlier_metrics(loggers)  # once the trainer's settings are known good: a wrong one moves nothing
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Lightning sets this at import; with it, torch re-probes NVML for CUDA on every
@@ -539,7 +541,8 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
+    if trainer.is_global_zero:  # the metrics every process holds, written once
+        write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
     return metrics
 
 

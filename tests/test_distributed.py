@@ -1,6 +1,11 @@
 """The DDP path, simulated with two CPU processes."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -16,8 +21,11 @@ from gru_suite_plugins.translation.synth import corpus_files
 
 def test_ddp_sim_trains_into_one_run_folder(tmp_path):
     result = run_cli("gru-suite", "task=forecasting", "trainer=ddp_sim", "trainer.max_epochs=2", *TINY,
-                     f"hydra.run.dir={tmp_path}")
+                     "+task.data.lookbak=3", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
+    warning = "+task.data.lookbak: not in the config of task"  # said once on the console, and in each process's own log
+    assert (result.stdout + result.stderr).count(warning) == 1, result.stdout + result.stderr
+    assert all(warning in (tmp_path / name).read_text() for name in ("train.log", "train_rank1.log"))
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((tmp_path / "metrics.json").read_text())["test/mse"] > 0
     metrics = pd.read_csv(tmp_path / "metrics.csv")
@@ -90,5 +98,51 @@ def test_ddp_sim_scores_whole_pass_metrics_over_every_process_share(task, tmp_pa
                      f"hydra.run.dir={tmp_path / 'ddp_sim'}")
     assert result.returncode == 0, result.stderr[-3000:]
     two = json.loads((tmp_path / "ddp_sim" / "test_metrics.json").read_text())
+    assert "metrics written to" not in (tmp_path / "ddp_sim" / "eval_rank1.log").read_text()  # by the first alone
     for name in names:
         assert two[f"test/{name}"] == pytest.approx(one[f"test/{name}"], rel=1e-5), name
+
+
+def test_the_sigterm_handler_makes_no_collective_call(tmp_path, monkeypatch):
+    """Lightning's SIGTERM handler broadcast from inside the signal handler: mid-step, that broadcast met the other
+    processes' gradient all-reduce (or nothing) and hung them all. The suite's sets the flag that each training
+    step's start broadcasts."""
+    trainer = run.build_trainer(compose_train_config("forecasting", [], tmp_path))
+    collectives = []
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "broadcast", lambda *args, **kwargs: collectives.append(args))
+    monkeypatch.setattr(type(trainer), "world_size", property(lambda self: 2))
+    trainer._signal_connector._sigterm_notifier_fn(signal.SIGTERM, None)
+    assert trainer.received_sigterm and collectives == []
+
+
+def test_sigterm_stops_every_process_of_a_ddp_run_where_it_can_resume(tmp_path):
+    """One line and exit code 143 (as `scancel` does on SLURM, the signal goes to the first process, which passes
+    it on to the process Lightning started); every process stops at the next step's start."""
+    command = [str(Path(sys.executable).parent / "gru-suite"), "task=forecasting", "trainer=ddp_sim", *TINY,
+               "threads=1", "trainer.max_epochs=100000", f"hydra.run.dir={tmp_path}"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TQDM_DISABLE": "1"}, start_new_session=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 180
+    while not last.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # into the next epoch's steps
+    process.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and the process it started
+        pytest.fail("the DDP run hung after SIGTERM")
+    assert process.returncode == 143, stderr[-2000:]
+    assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
+
+
+def test_a_sweep_refuses_a_trainer_that_starts_its_own_processes(tmp_path):
+    """Lightning starts the other processes by running the command again, `-m` included: each would run the whole
+    sweep. Every job says so in one line (the sweep's exit code 2), before any process is started."""
+    result = run_cli("gru-suite", "-m", "task=forecasting", "trainer=ddp_sim", "seed=1,2", *TINY,
+                     f"hydra.sweep.dir={tmp_path}", timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert result.stderr.count("error: a sweep (-m) cannot run a trainer that starts its 2 processes itself") == 2
+    assert not list(tmp_path.glob("*/checkpoints"))
