@@ -107,8 +107,10 @@ def unranked_because(jobs: list[Job]) -> str | None:
     """Why `jobs` cannot be ranked against each other, or None when they can: one task, one monitored metric."""
     if any(job.monitor is None for job in jobs):
         return "a job records no monitored metric (an eval or predict sweep, or a task without task.monitor)"
-    if len({(job.task, job.monitor, job.mode) for job in jobs}) > 1:
+    if len({job.task for job in jobs}) > 1:
         return "the jobs are of different tasks"
+    if len({(job.monitor, job.mode) for job in jobs}) > 1:
+        return "the jobs monitor different metrics (task.monitor, task.monitor_mode)"
     if not any(job.score is not None and math.isfinite(job.score) for job in jobs):
         return "no job recorded a finite value of its monitored metric"
     return None

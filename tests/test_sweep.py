@@ -69,6 +69,15 @@ def test_jobs_of_different_tasks_are_not_ranked_even_by_a_metric_of_one_name(tmp
     assert "(not ranked: the jobs are of different tasks)" in caplog.text and "best:" not in caplog.text
 
 
+def test_jobs_of_one_task_that_monitor_different_metrics_are_not_ranked_and_say_why(tmp_path, caplog):
+    caplog.set_level("INFO")
+    _job(tmp_path, "0_t", ["task.monitor_mode=max"], {"val/f1": 0.5})
+    _job(tmp_path, "1_t", ["task.monitor_mode=min"], {"val/f1": 0.9}, mode="min")
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert "(not ranked: the jobs monitor different metrics (task.monitor, task.monitor_mode))" in caplog.text
+    assert "best:" not in caplog.text
+
+
 def test_a_sweep_without_a_finite_score_names_no_best_job(tmp_path, caplog):
     caplog.set_level("INFO")
     _job(tmp_path, "0_t", ["optimizer.lr=10"], None)  # failed
