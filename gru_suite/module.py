@@ -372,10 +372,10 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
             raise UserError(f"{where} returned metric {name!r} as {_described(value)}: expected one number per batch "
                             "(the core logs its epoch mean; a metric of a whole pass goes in epoch_end)")
     weight = out.loss_weight
-    if weight is not None and not (isinstance(weight, (int, float)) and weight > 0 or
+    if weight is not None and not (isinstance(weight, (int, float)) and weight >= 0 or
                                    isinstance(weight, torch.Tensor) and weight.numel() == 1):
-        raise UserError(f"{where} returned loss_weight={weight!r}: expected a positive number (what the epoch's mean "
-                        "loss weighs this batch by) or None")
+        raise UserError(f"{where} returned loss_weight={weight!r}: expected a number, 0 or more (what the epoch's mean "
+                        "loss weighs this batch by; 0: nothing), or None")
     return out
 
 

@@ -38,7 +38,8 @@ BackboneFactory = Callable[..., GRUBackbone]
 class StepOutput:
     """What a task returns for one batch: the loss and metrics to log (epoch means, each batch weighed by its
     `batch_size` samples, the loss by `loss_weight` where it is a mean over something else: the target tokens of
-    a per-token loss, the time steps of a per-step one, the sum of class weights of a class-weighted one)."""
+    a per-token loss, the time steps of a per-step one, the sum of class weights of a class-weighted one; 0 for a
+    batch with nothing to count, whose loss must then be finite)."""
 
     loss: Tensor
     batch_size: int

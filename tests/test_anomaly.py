@@ -388,6 +388,12 @@ def test_the_test_loss_is_the_squared_error_over_every_scored_row_of_every_serie
     test_loss = json.loads((run / "metrics.json").read_text())["test/loss"]
     assert test_loss == pytest.approx(np.concatenate(squared).mean(), rel=1e-4)
     assert test_loss != pytest.approx(np.mean([s.mean() for s in squared]), rel=1e-3)  # not a mean of the series'
+    (folder / "short.csv").write_text("".join((folder / "short.csv").read_text().splitlines(True)[:16]))  # 15 rows
+    result = run_cli("gru-suite-eval", "task=anomaly", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                     f"task.data.path={folder}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert result.returncode == 0, result.stderr[-3000:]  # a series with no row scored adds nothing
+    assert json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["test/loss"] == pytest.approx(
+        squared[1].mean(), rel=1e-4)
 
 
 @pytest.mark.parametrize("line, message", [

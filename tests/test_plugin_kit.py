@@ -230,12 +230,12 @@ class NoSamplesTask(ForecastingTask):
         return StepOutput(out.loss, 0, out.metrics)
 
 
-class ZeroWeightTask(ForecastingTask):
-    """Weighs its loss by nothing."""
+class NegativeWeightTask(ForecastingTask):
+    """Weighs its loss by less than nothing."""
 
     def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
         out = super().step(model, batch, stage)
-        return StepOutput(out.loss, out.batch_size, out.metrics, loss_weight=0)
+        return StepOutput(out.loss, out.batch_size, out.metrics, loss_weight=-1)
 
 
 class LossMetricTask(ForecastingTask):
@@ -341,8 +341,8 @@ MISTAKES = {
                                                "batch_size=torch.Size([32, "),
     "no-samples": (NoSamplesTask, "task 'forecasting': step(..., 'val') returned batch_size=0: expected a whole "
                                   "number of samples, at least 1"),
-    "zero-loss-weight": (ZeroWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=0: expected a "
-                                         "positive number"),
+    "negative-loss-weight": (NegativeWeightTask, "task 'forecasting': step(..., 'val') returned loss_weight=-1: "
+                                                 "expected a number, 0 or more"),
     "loss-metric": (LossMetricTask, "task 'forecasting': step(..., 'val') returned a metric named 'loss', which "
                                     "val/loss already is"),
     "vector-metric": (VectorMetricTask, "task 'forecasting': step(..., 'val') returned metric 'errors' as a tensor "
