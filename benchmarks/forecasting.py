@@ -502,7 +502,8 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         f"etth1 section on {path.name}: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, "
         f"segment {m.segment_length}, "
         f"embed {m.embed_size}, hidden {cfg.backbone.hidden_size}, {result['epochs_run']} epochs "
-        f"(best: epoch {best_epoch}, from 0), {result['threads']} thread(s); test windows {result['test_windows']}",
+        f"(best: {'?' if best_epoch is None else f'epoch {best_epoch}, from 0'}), {result['threads']} thread(s); "
+        f"test windows {result['test_windows']}",
         ["model (test, scaled)", "MSE", "MAE"],
         [
             ["GRU suite (best val ckpt)", result["test_mse"], result["test_mae"]],

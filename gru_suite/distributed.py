@@ -64,9 +64,10 @@ def gather_objects(item: Any) -> list[Any]:
 class SignalConnectorWithoutBroadcast(_SignalConnector):
     """Lightning's signal handling (2.6) less the broadcast its SIGTERM handler makes. Run from the signal handler, at
     whatever point of its step the process is, that collective meets another one, or none, on the other processes,
-    and every process hangs (a SLURM job cancelled mid-step). The flag alone is set here: each training step starts
-    with Lightning's broadcast of the first process's flag, so all the processes stop there together, and evaluation
-    stops at its next batch (Lightning also passes the signal on to the processes it started itself)."""
+    and every process hangs (a SLURM job cancelled mid-step). The flag alone is set here, which Lightning reads at
+    the end of each training step and evaluation batch, and broadcasts from the first process at each training
+    step's start: every process that got the signal stops there (the first passes it on to the processes Lightning
+    started itself; `scancel` signals them all)."""
 
     def _sigterm_notifier_fn(self, signum: int | signal.Signals, _: FrameType | None) -> None:
         log.info(rank_prefixed_message(f"Received SIGTERM: {signum}", self.trainer.local_rank))
@@ -88,8 +89,8 @@ def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
         return
     if isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1 and \
             not launcher.cluster_environment.creates_processes_externally:
-        raise UserError(f"a sweep (-m) cannot run a trainer that starts its {launcher.num_processes} processes itself "
-                        f"(trainer.strategy={type(trainer.strategy).__name__}, trainer.devices="
-                        f"{launcher.num_processes}): Lightning starts them by running the command again, sweep "
-                        "included. Sweep with one process per job (e.g. trainer=cpu or trainer=gpu), or run each "
-                        "multi-process job on a command line of its own")
+        raise UserError(f"a sweep (-m, or an hparams_search) cannot run a trainer that starts its "
+                        f"{launcher.num_processes} processes itself (trainer.strategy={type(trainer.strategy).__name__}"
+                        f", trainer.devices={launcher.num_processes}): Lightning starts them by running the command "
+                        "again, sweep included. Sweep with one process per job (e.g. trainer=cpu or trainer=gpu), or "
+                        "run each multi-process job on a command line of its own")

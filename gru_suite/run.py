@@ -361,7 +361,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trained_none and trainer.is_global_zero:
         keep_resumed_as_last(trainer, ckpt_path)
     metrics = {**(resumed_run_metrics(out_dir) if trained_none and resumes_in_own_folder(cfg) else {}),
-               **{k: float(v) for k, v in trainer.callback_metrics.items() if k != STEP_LOSS}}
+               **{k: float(v) for k, v in trainer.callback_metrics.items()}}
+    metrics.pop(STEP_LOSS, None)  # one step's loss (also in an earlier metrics.json read back), not a result
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
         read_checkpoint(best)

@@ -144,5 +144,6 @@ def test_a_sweep_refuses_a_trainer_that_starts_its_own_processes(tmp_path):
     result = run_cli("gru-suite", "-m", "task=forecasting", "trainer=ddp_sim", "seed=1,2", *TINY,
                      f"hydra.sweep.dir={tmp_path}", timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
-    assert result.stderr.count("error: a sweep (-m) cannot run a trainer that starts its 2 processes itself") == 2
+    assert result.stderr.count("error: a sweep (-m, or an hparams_search) cannot run a trainer that starts its 2 "
+                               "processes itself") == 2
     assert not list(tmp_path.glob("*/checkpoints"))
