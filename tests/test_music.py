@@ -604,6 +604,33 @@ def test_event_task_trains_and_predict_writes_midi_of_the_requested_seconds(
     assert isinstance(restored.model, EventModel)
 
 
+@pytest.mark.parametrize("representation, length, at", [([], 16, (0.0, 6.0)), (EVENTS, 8, (0.0, 3.0))],
+                         ids=["roll", "events"])
+def test_a_primers_time_and_key_signatures_are_carried_into_the_pieces(
+        representation: list[str], length: int, at: tuple[float, float], music_installed: None, corpus: Path,
+        tmp_path: Path) -> None:
+    """A waltz primer gives pieces in 3/4 (then its change to 6/8) and in its key: on its beats for rolls (here at
+    60 bpm, the primer's 120), at its seconds for performances."""
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(80, 60 + i % 8, i * 0.5, i * 0.5 + 0.5) for i in range(8)]
+    pm.instruments.append(piano)
+    pm.time_signature_changes += [pretty_midi.TimeSignature(3, 4, 0.0), pretty_midi.TimeSignature(6, 8, 3.0)]
+    pm.key_signature_changes.append(pretty_midi.KeySignature(2, 0.0))  # D major
+    pm.write(str(primer := tmp_path / "waltz.mid"))
+    cfg = compose_train_config("music", [*TINY, *representation, f"task.data.path={corpus}", "task.generate.pieces=1",
+                                         f"task.generate.primer={primer}", "task.generate.tempo=60",
+                                         f"task.generate.length={length}"], tmp_path)
+    task = run.build_task(cfg.task)
+    datamodule = task.datamodule()
+    model = run.build_module(cfg, task).model.eval()
+    task.write_predictions([task.predict_step(model, torch.tensor([0]))], datamodule, tmp_path / "out")
+    piece = pretty_midi.PrettyMIDI(str(tmp_path / "out" / "piece_000.mid"))
+    assert [(s.numerator, s.denominator) for s in piece.time_signature_changes] == [(3, 4), (6, 8)]
+    assert [s.time for s in piece.time_signature_changes] == pytest.approx(at, abs=0.01)
+    assert [(k.key_number, k.time) for k in piece.key_signature_changes] == [(2, 0.0)]
+
+
 def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:
     primer = sorted(corpus.glob("*.mid"))[0]  # 48 beats at 96 bpm: 30 s
     overrides = [*EVENTS, f"task.data.path={corpus}", f"task.generate.primer={primer}", "task.generate.length=31"]

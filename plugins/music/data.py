@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
@@ -94,6 +95,23 @@ def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.
     if not roll.any():
         raise _no_notes(path, drums)
     return roll
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A time or key signature of a MIDI file (a primer's, carried into the pieces that continue it), at its quarter
+    note (on the file's tempo map) and at its second."""
+
+    quarter: float
+    second: float
+    mark: pretty_midi.TimeSignature | pretty_midi.KeySignature
+
+
+def read_signatures(path: str | Path) -> list[Signature]:
+    """The time and key signatures of MIDI file `path`, in time order."""
+    pm = _read_pm(path)
+    marks = sorted([*pm.time_signature_changes, *pm.key_signature_changes], key=lambda mark: mark.time)
+    return [Signature(pm.time_to_tick(mark.time) / pm.resolution, mark.time, mark) for mark in marks]
 
 
 def read_events(path: str | Path, drums: bool = False) -> np.ndarray:

@@ -26,12 +26,14 @@ from gru_suite_plugins.music.data import (
     load_corpus,
     load_event_corpus,
     pitch_bounds,
+    Signature,
     read_events,
     read_midi,
+    read_signatures,
     to_range,
 )
 from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Sampling
-from gru_suite_plugins.music.writer import write_performance, write_piece
+from gru_suite_plugins.music.writer import add_signatures, write_performance, write_piece
 
 log = logging.getLogger(__name__)
 SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature "
@@ -151,6 +153,8 @@ class Representation(ABC):
         self.cfg = cfg
         self.state = state
         self.primer: Any = None
+        self.signatures: list[Signature] = []
+        """The primer's time and key signatures, which the pieces that continue it carry."""
 
     @abstractmethod
     def datamodule(self) -> MusicData: ...
@@ -176,6 +180,15 @@ class Representation(ABC):
     def unit(self) -> str:
         return self.cfg.generate.unit  # one of UNITS (`choices`)
 
+    def read_primer(self) -> None:
+        """`generate.primer` (if any), checked against the requested length, and its time and key signatures."""
+        self.primer = self._primer()
+        path = self.cfg.generate.get("primer")
+        self.signatures = read_signatures(path) if path else []
+
+    @abstractmethod
+    def _primer(self) -> Any: ...
+
     def sampling(self) -> Sampling:
         gen = self.cfg.generate
         return Sampling(gen.temperature, gen.top_k, gen.top_p)
@@ -199,7 +212,7 @@ class RollRepresentation(Representation):
             self.state.update(low=low, high=high)
             ranged = self._ranged(corpus)
             load = lambda: ranged  # noqa: E731
-        self.primer = self._primer()
+        self.read_primer()
         return MusicData(load, self.cfg.generate.pieces, data.batch_size, data.get("crop_steps"),
                          data.transpose, data.get("num_workers", 0))
 
@@ -286,7 +299,8 @@ class RollRepresentation(Representation):
                 if not roll.any():
                     log.warning(SILENT_PIECE, index)
                 paths += write_piece(roll, Path(out_dir) / f"piece_{index:03d}", self.state["low"],
-                                     self.state["steps_per_beat"], gen.tempo, gen.program, gen.velocity)
+                                     self.state["steps_per_beat"], gen.tempo, gen.program, gen.velocity,
+                                     self.signatures)
         return paths
 
 
@@ -308,7 +322,7 @@ class EventRepresentation(Representation):
         if not self.restored:  # a new model: read (and check) the data now
             corpus = self._read()
             load = lambda: corpus  # noqa: E731
-        self.primer = self._primer()
+        self.read_primer()
         return MusicData(load, self.cfg.generate.pieces, data.batch_size, data.get("crop_steps"),
                          data.transpose, data.get("num_workers", 0), dataset=EventDataset)
 
@@ -390,7 +404,8 @@ class EventRepresentation(Representation):
                 if seconds is not None and codec.duration(events) < seconds:
                     log.warning("piece_%03d.mid: stopped at task.generate.max_events=%d events after %.2f of %.2f s; "
                                 "the rest is silence", index, n, codec.duration(events), seconds)
-                pm = codec.decode(events, gen.program, gen.tempo, end=seconds, max_note_s=self.max_note_s())
+                pm = add_signatures(codec.decode(events, gen.program, gen.tempo, end=seconds,
+                                                 max_note_s=self.max_note_s()), self.signatures)
                 if not pm.instruments[0].notes:
                     log.warning(SILENT_PIECE, index)
                 paths += write_performance(pm, Path(out_dir) / f"piece_{index:03d}", self.state["steps_per_beat"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,7 @@ import pretty_midi
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
-from gru_suite_plugins.music.data import midi_to_roll
+from gru_suite_plugins.music.data import Signature, midi_to_roll
 
 SUSTAIN_PEDAL = 64
 
@@ -35,6 +37,18 @@ def roll_to_midi(
     return pm
 
 
+def add_signatures(pm: pretty_midi.PrettyMIDI, signatures: Sequence[Signature],
+                   seconds_per_quarter: float | None = None) -> pretty_midi.PrettyMIDI:
+    """`pm` with `signatures` (a primer's time and key signatures): each at its quarter note at `seconds_per_quarter`
+    (a piece on the primer's beat grid at another tempo), or at its own second (None: a performance, in real time)."""
+    for signature in signatures:
+        mark = copy.copy(signature.mark)
+        mark.time = signature.second if seconds_per_quarter is None else signature.quarter * seconds_per_quarter
+        marks = pm.time_signature_changes if isinstance(mark, pretty_midi.TimeSignature) else pm.key_signature_changes
+        marks.append(mark)
+    return pm
+
+
 def write_midi(pm: pretty_midi.PrettyMIDI, path: Path) -> Path:
     with atomic_path(path) as tmp:
         pm.write(str(tmp))
@@ -55,10 +69,12 @@ def plot_roll(roll: np.ndarray, low: int, steps_per_beat: int, title: str) -> Fi
 
 
 def write_piece(
-    roll: np.ndarray, stem: Path, low: int, steps_per_beat: int, tempo: float, program: int, velocity: int
+    roll: np.ndarray, stem: Path, low: int, steps_per_beat: int, tempo: float, program: int, velocity: int,
+    signatures: Sequence[Signature] = (),
 ) -> list[Path]:
-    """Write `<stem>.mid` and `<stem>.png`."""
-    midi = write_midi(roll_to_midi(roll, low, steps_per_beat, tempo, program, velocity), stem.with_suffix(".mid"))
+    """Write `<stem>.mid` (with a primer's time and key signatures, on its beats) and `<stem>.png`."""
+    pm = add_signatures(roll_to_midi(roll, low, steps_per_beat, tempo, program, velocity), signatures, 60.0 / tempo)
+    midi = write_midi(pm, stem.with_suffix(".mid"))
     png = save_figure(plot_roll(roll, low, steps_per_beat, stem.name), stem.with_suffix(".png"), dpi=100)
     return [midi, png]
 
