@@ -114,10 +114,14 @@ class AnomalyTask(TaskPlugin):
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,
             spot_q=scoring.spot_q, spot_level=scoring.spot_level, likelihood=dict(scoring.likelihood),
             # calibration leaves out the burn-in and the rows the detector cannot score (0 placeholders)
-            skip=max(detector.burn_in, unscored_rows(detector.kind, detector.window)),
+            skip=max(detector.burn_in, self.unscored_rows()),
             range_tolerance=scoring.get("range_tolerance"),
             cooldown=scoring.get("cooldown") or 0,
         )
+
+    def unscored_rows(self) -> int:
+        """The leading rows of each series that the configured detector cannot score (`unscored_rows`)."""
+        return unscored_rows(self.cfg.detector.kind, self.cfg.detector.window)
 
     def retraining(self) -> Retraining | None:
         retrain, detector = self.cfg.detector.get("retrain") or {}, self.cfg.detector
@@ -171,8 +175,7 @@ class AnomalyTask(TaskPlugin):
         self._raw[index] = raw.float().cpu().numpy()
         # the detector's training loss (squared error) over the rows it scores after the probationary period: a mean
         # over all the test series' rows, as the training loss is over its windows
-        first = max(self.streams[index].probation, unscored_rows(self.cfg.detector.kind, self.cfg.detector.window))
-        scored = raw[first:]
+        scored = raw[max(self.streams[index].probation, self.unscored_rows()):]
         return StepOutput(scored.square().mean() if len(scored) else raw.new_zeros(()), 1, loss_weight=len(scored))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
@@ -208,7 +211,7 @@ class AnomalyTask(TaskPlugin):
         return index, self.raw_scores(model, index, x).float().cpu().numpy()
 
     def write_predictions(self, predictions: list[Any], datamodule: AnomalyData, out_dir: Path) -> list[Path]:
-        paths, unscored = [], unscored_rows(self.cfg.detector.kind, self.cfg.detector.window)
+        paths, unscored = [], self.unscored_rows()
         for index, raw in predictions:
             stream = self.streams[index]
             scored = self.flagger().run(raw, stream.probation, stream.series.values)
