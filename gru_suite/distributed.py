@@ -3,13 +3,17 @@ once per run, a SIGTERM that stops every process, and the sweeps such runs canno
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import signal
+import sys
 from types import FrameType
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch.distributed as dist
+from lightning_fabric.plugins.environments import LightningEnvironment
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 from pytorch_lightning.utilities import rank_zero_only
@@ -18,6 +22,8 @@ from pytorch_lightning.utilities.rank_zero import rank_prefixed_message
 from gru_suite.errors import UserError
 
 Key = TypeVar("Key")
+FIRST_PROCESS_VARIABLE = "GRU_SUITE_FIRST_PROCESS"
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
 log = logging.getLogger("gru_suite")
 
 
@@ -76,6 +82,32 @@ class SignalConnectorWithoutBroadcast(_SignalConnector):
         self.received_sigterm = True
 
 
+def starts_its_own_processes(trainer: pl.Trainer) -> bool:
+    """Whether this process starts the run's other processes itself (`trainer=ddp_sim`, `trainer=ddp` on several
+    devices of one machine), by running the command line again; not under torchrun or SLURM, nor in the others."""
+    launcher = trainer.strategy.launcher
+    return isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1 and \
+        not launcher.cluster_environment.creates_processes_externally
+
+
+def tie_started_processes_to_the_first(trainer: pl.Trainer) -> None:
+    """Processes that Lightning starts by running the command again end with the first: on Linux each gets SIGTERM
+    when the first ends, however it ends (a signal before training starts, SIGKILL, a crash), where it would wait
+    for it until killed. The first names itself in the environment they inherit."""
+    if starts_its_own_processes(trainer):
+        os.environ[FIRST_PROCESS_VARIABLE] = str(os.getpid())
+        return
+    first = os.environ.get(FIRST_PROCESS_VARIABLE)
+    launcher = trainer.strategy.launcher
+    if first is None or sys.platform != "linux" or not isinstance(launcher, _SubprocessScriptLauncher) or \
+            type(launcher.cluster_environment) is not LightningEnvironment or \
+            not launcher.cluster_environment.creates_processes_externally:  # the first, or under torchrun or SLURM
+        return
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(first):  # it ended before this process asked
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
     """A sweep (-m) whose trainer starts its processes itself (`trainer=ddp_sim`, or `trainer=ddp` on several devices of
     one machine) is refused before it starts any: Lightning starts each by running the command line again, sweep
@@ -87,8 +119,7 @@ def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
     launcher = trainer.strategy.launcher
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return
-    if isinstance(launcher, _SubprocessScriptLauncher) and launcher.num_processes > 1 and \
-            not launcher.cluster_environment.creates_processes_externally:
+    if starts_its_own_processes(trainer):
         raise UserError(f"a sweep (-m, or an hparams_search) cannot run a trainer that starts its "
                         f"{launcher.num_processes} processes itself (trainer.strategy={type(trainer.strategy).__name__}"
                         f", trainer.devices={launcher.num_processes}): Lightning starts them by running the command "

@@ -47,7 +47,12 @@ from gru_suite.config import (
     unset_required,
     unused_backbone_settings,
 )
-from gru_suite.distributed import SignalConnectorWithoutBroadcast, refuse_launching_in_a_sweep, warn_on_rank_zero
+from gru_suite.distributed import (
+    SignalConnectorWithoutBroadcast,
+    refuse_launching_in_a_sweep,
+    tie_started_processes_to_the_first,
+    warn_on_rank_zero,
+)
 from gru_suite.errors import UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule
@@ -209,6 +214,7 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     trainer = instantiate(cfg.trainer, "trainer", **kwargs)
     trainer._signal_connector = SignalConnectorWithoutBroadcast(trainer)  # SIGTERM under DDP: Lightning's would hang
     refuse_launching_in_a_sweep(trainer)
+    tie_started_processes_to_the_first(trainer)
     keep_earlier_metrics(loggers)  # once the trainer's settings are known good: a wrong one moves nothing
     if isinstance(trainer.accelerator, CPUAccelerator):
         # Lightning sets this at import; with it, torch re-probes NVML for CUDA on every

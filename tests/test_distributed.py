@@ -138,6 +138,55 @@ def test_sigterm_stops_every_process_of_a_ddp_run_where_it_can_resume(tmp_path):
     assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
 
 
+TIED = """
+import os, signal, subprocess, sys, time, types
+from lightning_fabric.plugins.environments import LightningEnvironment
+from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
+from gru_suite.distributed import tie_started_processes_to_the_first
+
+launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
+tie_started_processes_to_the_first(types.SimpleNamespace(strategy=types.SimpleNamespace(launcher=launcher)))
+if sys.argv[1] == "first":
+    started = subprocess.Popen([sys.executable, "-c", __doc__, "started"], env={**os.environ, "LOCAL_RANK": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    started.stdout.readline()  # tied
+    print(started.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+print("tied", flush=True)
+time.sleep(60)
+"""
+
+
+def _without_ranks() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items()
+            if name not in ("LOCAL_RANK", "NODE_RANK", "GRU_SUITE_FIRST_PROCESS")}
+
+
+def test_the_processes_lightning_starts_end_with_the_first():
+    """Killed before Lightning's SIGTERM handler was in place (process start-up, data set-up), or by SIGKILL, the first
+    process ended alone, and the processes it had started waited for it until killed."""
+    script = f"__doc__ = {TIED!r}\n{TIED}"
+    result = subprocess.run([sys.executable, "-c", script, "first"], capture_output=True, text=True, timeout=90, check=False,
+                            env=_without_ranks())
+    assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
+    started = int(result.stdout.split()[0])
+    deadline = time.monotonic() + 20
+    while Path(f"/proc/{started}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if Path(f"/proc/{started}").exists():
+        os.kill(started, signal.SIGKILL)
+        pytest.fail("the process Lightning started outlived the first")
+
+
+def test_a_started_process_whose_first_has_ended_ends_at_once():
+    """The first process may end before the one it started asks to be tied to it."""
+    script = f"__doc__ = {TIED!r}\n{TIED}"
+    env = {**_without_ranks(), "LOCAL_RANK": "1", "GRU_SUITE_FIRST_PROCESS": str(os.getpid() + 10**6)}
+    result = subprocess.run([sys.executable, "-c", script, "started"], capture_output=True, text=True, timeout=90, check=False,
+                            env=env)
+    assert result.returncode == -signal.SIGTERM and "tied" not in result.stdout, result.stderr[-2000:]
+
+
 def test_a_sweep_refuses_a_trainer_that_starts_its_own_processes(tmp_path):
     """Lightning starts the other processes by running the command again, `-m` included: each would run the whole
     sweep. Every job says so in one line (the sweep's exit code 2), before any process is started."""
