@@ -166,8 +166,8 @@ def test_the_processes_lightning_starts_end_with_the_first():
     """Killed before Lightning's SIGTERM handler was in place (process start-up, data set-up), or by SIGKILL, the first
     process ended alone, and the processes it had started waited for it until killed."""
     script = f"__doc__ = {TIED!r}\n{TIED}"
-    result = subprocess.run([sys.executable, "-c", script, "first"], capture_output=True, text=True, timeout=90, check=False,
-                            env=_without_ranks())
+    result = subprocess.run([sys.executable, "-c", script, "first"], capture_output=True, text=True, timeout=90,
+                            check=False, env=_without_ranks())
     assert result.returncode == -signal.SIGKILL, result.stderr[-2000:]
     started = int(result.stdout.split()[0])
     deadline = time.monotonic() + 20
@@ -182,8 +182,8 @@ def test_a_started_process_whose_first_has_ended_ends_at_once():
     """The first process may end before the one it started asks to be tied to it."""
     script = f"__doc__ = {TIED!r}\n{TIED}"
     env = {**_without_ranks(), "LOCAL_RANK": "1", "GRU_SUITE_FIRST_PROCESS": str(os.getpid() + 10**6)}
-    result = subprocess.run([sys.executable, "-c", script, "started"], capture_output=True, text=True, timeout=90, check=False,
-                            env=env)
+    result = subprocess.run([sys.executable, "-c", script, "started"], capture_output=True, text=True, timeout=90,
+                            check=False, env=env)
     assert result.returncode == -signal.SIGTERM and "tied" not in result.stdout, result.stderr[-2000:]
 
 
