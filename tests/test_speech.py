@@ -132,6 +132,15 @@ def test_greedy_merges_repeats_and_keeps_letters_split_by_blank() -> None:
     assert greedy(probs(frames)) == [1, 1, 2]
 
 
+def test_greedy_decodes_a_stream_piece_by_piece_as_a_whole() -> None:
+    """A stream decodes only its newest output frames, after the best token of the frame before them."""
+    frames = [[0.1, 0.8, 0.1], [0.1, 0.8, 0.1], [0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.2, 0.1, 0.7]]
+    whole = probs(frames)
+    for split in range(len(frames) + 1):
+        before = int(whole[split - 1].argmax()) if split else 0
+        assert greedy(whole[:split]) + greedy(whole[split:], after=before) == greedy(whole) == [1, 1, 2], split
+
+
 def test_prefix_beam_search_sums_paths_that_greedy_misses() -> None:
     # per frame blank 0.6, a 0.4: greedy says "", but P("a") = 0.16 + 0.24 + 0.24 = 0.64 > P("") = 0.36
     frames = probs([[0.6, 0.4], [0.6, 0.4]])

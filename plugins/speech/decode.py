@@ -40,11 +40,12 @@ def mean_emissions(members: Sequence[Tensor]) -> Tensor:
     return torch.logsumexp(torch.stack(padded), 0) - math.log(len(members))
 
 
-def greedy(log_probs: Tensor) -> list[int]:
-    """Best token per frame, repeats merged, blanks dropped."""
+def greedy(log_probs: Tensor, after: int = BLANK) -> list[int]:
+    """Best token per frame, repeats merged, blanks dropped. `after`: the best token of the frame before these (one
+    that continues in the first frames is not new)."""
     best = log_probs.argmax(-1)
-    tokens = torch.unique_consecutive(best)
-    return [int(t) for t in tokens if t != BLANK]
+    tokens = torch.unique_consecutive(torch.cat([best.new_tensor([after]), best]))[1:]
+    return tokens[tokens != BLANK].tolist()
 
 
 def _logsumexp(a: float, b: float) -> float:

@@ -13,7 +13,7 @@ from gru_suite_plugins.speech.audio import RunningSum
 from gru_suite_plugins.speech.data import Featurizer
 from gru_suite_plugins.speech.decode import blank_frames, greedy
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.vocab import Vocabulary
+from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 
 
 def check_streamable(model: SpeechModel, featurizer: Featurizer) -> None:
@@ -52,6 +52,9 @@ class StreamingRecognizer:
         self.state: State | None = None
         self.waiting = torch.zeros(0, model.backbone.output_size, device=self.device)
         self.emitted: list[Tensor] = []
+        self.tokens: list[int] = []  # greedy decoding of the emissions so far, kept up to date as they arrive
+        self.last_best = BLANK  # the best class of the last output frame
+        self.transcript = ""
 
     def accept(self, samples: Tensor) -> str:
         """Take the next chunk of samples (N,); return the partial transcript so far."""
@@ -76,7 +79,7 @@ class StreamingRecognizer:
             self.leading = held
             return raw[:0]
         skip = self.featurizer.endpointer.skipped(len(self.leading) + onset)
-        self.emitted.append(blank_frames(skip // self.model.subsample, len(self.vocab)))
+        self._emit(blank_frames(skip // self.model.subsample, len(self.vocab)))
         self.leading = None
         return held[skip:]
 
@@ -91,7 +94,7 @@ class StreamingRecognizer:
             self.waiting = torch.cat([self.waiting, hidden[0]])
             context = self.model.lookahead.context
             if len(self.waiting) > context:
-                self.emitted.append(self.model.emit(self.waiting[None], complete=False)[0].cpu())
+                self._emit(self.model.emit(self.waiting[None], complete=False)[0].cpu())
                 self.waiting = self.waiting[len(self.waiting) - context:]
 
     def finish(self) -> str:
@@ -101,7 +104,7 @@ class StreamingRecognizer:
             held, self.leading = self.leading, None
             self._feed(held)
         if len(self.waiting):
-            self.emitted.append(self.model.emit(self.waiting[None])[0].cpu())
+            self._emit(self.model.emit(self.waiting[None])[0].cpu())
             self.waiting = self.waiting[:0]
         return self.text()
 
@@ -111,6 +114,17 @@ class StreamingRecognizer:
             return torch.zeros(0, len(self.vocab))
         return torch.cat(self.emitted)
 
+    def _emit(self, log_probs: Tensor) -> None:
+        """Add output frames (T, classes), decoding only them: each chunk costs the same, however long the stream."""
+        self.emitted.append(log_probs)
+        if not len(log_probs):
+            return
+        tokens = greedy(log_probs, after=self.last_best)
+        self.last_best = int(log_probs[-1].argmax())
+        if tokens:
+            self.tokens += tokens
+            self.transcript = self.vocab.decode(self.tokens)
+
     def text(self) -> str:
         """Greedy transcript of the emissions so far."""
-        return self.vocab.decode(greedy(self.emissions()))
+        return self.transcript
