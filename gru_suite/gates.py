@@ -13,7 +13,7 @@ import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -179,21 +179,32 @@ class _RNNCall:
     weights: tuple[int, ...]
 
 
-def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple[Tensor, Tensor | None]:
-    """The input sequences that `model.backbone` first receives while `run()` executes, and their `lengths` (None
-    where the batch is not padded). Where the calls after it carry its state on (a unidirectional GRU's generation,
+class BackboneInput(NamedTuple):
+    """What a backbone read: sequences (B, T, input_size), their `lengths` (None where the batch is not padded), and
+    the state it started from (`nn.GRU`'s, (layers * directions, B, H); None: zeros)."""
+
+    x: Tensor
+    lengths: Tensor | None
+    h0: Tensor | None
+
+
+def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> BackboneInput:
+    """The input that `model.backbone` first receives while `run()` executes (through `forward`, or `step` for a
+    model that only streams). Where the calls after it carry its state on (a unidirectional GRU's generation,
     `step` after step, or a stream read chunk by chunk) with the same weights, their inputs follow on the time
     axis: the whole sequence the backbone read from that first state."""
     if not isinstance(getattr(model, "backbone", None), GRUBackbone):
         raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
                         "plots trace (the task's build_model() must set one)")
-    captured: list[tuple[Tensor, Tensor | None]] = []
+    captured: list[BackboneInput] = []
     calls: list[_RNNCall] = []
 
     def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs["x"]
         lengths = args[1] if len(args) > 1 else kwargs.get("lengths")
-        captured.append((x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu()))
+        h0 = args[2] if len(args) > 2 else kwargs.get("h0")
+        captured.append(BackboneInput(x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu(),
+                                      h0.detach() if isinstance(h0, Tensor) else h0))
 
     def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
         weights = (id(rnn), *(p._version for p in rnn.parameters()))
@@ -210,10 +221,13 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> tuple
     finally:
         for handle in handles:
             handle.remove()
-    if not captured:
-        raise RuntimeError("the model's backbone was not called")
-    x, lengths = captured[0]
-    return (x, lengths) if lengths is not None else (_carried_on(x, calls), None)
+    if captured:
+        first = captured[0]
+        return first if first.lengths is not None else first._replace(x=_carried_on(first.x, calls))
+    if calls and calls[0].x is not None:  # `step` alone
+        return BackboneInput(_carried_on(calls[0].x, calls), None, calls[0].h0)
+    raise UserError(f"{type(model).__name__}: the task's predict_step did not run its backbone (neither `backbone(x)` "
+                    "nor `backbone.step`) without learning: there is no sequence to trace")
 
 
 def _carried_on(x: Tensor, calls: list[_RNNCall]) -> Tensor:
@@ -261,15 +275,17 @@ def plot_model_gates(
     sequence is (its `describe_sequence`) and the PNGs' paths.
 
     The first prediction batch runs through the task as usual; the backbone's input is
-    captured, and sequence `sample`, without padding, is replayed through `trace_gates` and drawn.
+    captured, and sequence `sample`, without padding, is replayed through `trace_gates` from the state the model
+    started it from, and drawn.
     """
     datamodule = task_datamodule(module.task)
     datamodule.setup("predict")
     batch = next(iter(datamodule.predict_dataloader()))
     with torch.no_grad():
-        x, lengths = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+        x, lengths, h0 = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
     sequence = sample_sequence(x, lengths, sample)
     view = checked_view(module.task.describe_sequence(datamodule, batch, sample), sequence.size(1),
                         module.task.cfg.get("name"))
     shown = view or SequenceView(f"sample {sample}")  # the traced batch holds that one sequence
-    return view, plot_gates(trace_gates(module.model.backbone, sequence), Path(out_dir), view=shown)
+    start = None if h0 is None else h0[:, sample : sample + 1]  # the state the model started that sequence from
+    return view, plot_gates(trace_gates(module.model.backbone, sequence, start), Path(out_dir), view=shown)

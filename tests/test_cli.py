@@ -247,7 +247,8 @@ def test_gates_plot_the_sample_asked_for(trained_run, tmp_path, monkeypatch):
     assert view.title == f"{data.series.path}: the {lookback} rows up to {window[-1]}"
     assert drawn[0].get_suptitle().startswith("GRU gates: layer 0, ") and list(view.steps) == list(map(str, window))
     batch = next(iter(data.predict_dataloader()))
-    inputs, lengths = gates.capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    inputs, lengths, _ = gates.capture_backbone_input(module.model,
+                                                      lambda: module.task.predict_step(module.model, batch))
     assert lengths is None  # forecasting windows are not padded
     expected = gates.trace_gates(module.model.backbone, inputs[3:4])[0].update[0].numpy().T  # sequence 3 alone
     np.testing.assert_allclose(drawn[0].axes[0].images[0].get_array(), expected, atol=1e-6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,6 +74,13 @@ def test_a_model_without_a_backbone_attribute_is_one_clear_error() -> None:
         capture_backbone_input(model, lambda: model(_input()))
 
 
+def test_a_prediction_that_never_runs_the_backbone_is_one_clear_error() -> None:
+    from types import SimpleNamespace
+
+    with pytest.raises(UserError, match="did not run its backbone"):
+        capture_backbone_input(SimpleNamespace(backbone=_backbone()), lambda: None)
+
+
 def test_a_padded_sequence_is_traced_without_its_padding() -> None:
     class Reader(torch.nn.Module):
         def __init__(self) -> None:
@@ -83,8 +91,8 @@ def test_a_padded_sequence_is_traced_without_its_padding() -> None:
             return self.backbone(x=x, lengths=lengths)[0]  # by keyword, as a plugin may call it
 
     model, x, lengths = Reader().eval(), _input(), torch.tensor([6, 3, 5, 2])
-    captured, captured_lengths = capture_backbone_input(model, lambda: model(x, lengths))
-    assert torch.equal(captured, x) and torch.equal(captured_lengths, lengths)
+    captured, captured_lengths, h0 = capture_backbone_input(model, lambda: model(x, lengths))
+    assert torch.equal(captured, x) and torch.equal(captured_lengths, lengths) and h0 is None
     sequence = sample_sequence(captured, captured_lengths, 1)
     assert sequence.shape == (1, 3, x.size(-1))
     trace = trace_gates(model.backbone, sequence)  # backward direction starts at the last real step, not padding
@@ -176,9 +184,9 @@ def test_captured_input_follows_the_calls_that_carry_its_state_with_the_same_wei
         model.backbone.step(again[:, 0], h)
 
     with torch.no_grad():
-        captured, lengths = capture_backbone_input(model, lambda: stream(change_weights=False))
+        captured, lengths, _ = capture_backbone_input(model, lambda: stream(change_weights=False))
         assert lengths is None and torch.equal(captured, torch.cat([x, more, again], dim=1))  # the step follows too
-        captured, _ = capture_backbone_input(model, lambda: stream(change_weights=True))
+        captured = capture_backbone_input(model, lambda: stream(change_weights=True)).x
         assert torch.equal(captured, torch.cat([x, more], dim=1))  # other weights: the trace stops before them
 
 
@@ -189,5 +197,45 @@ def test_captured_input_is_the_first_call_alone_when_learning_or_bidirectional()
     for backbone, grad in ((_backbone(), True), (_backbone(bidirectional=True), False)):
         model = SimpleNamespace(backbone=backbone)
         with torch.set_grad_enabled(grad):  # learning keeps no inputs (a fine-tune's would pile up); a
-            captured, _ = capture_backbone_input(model, lambda b=backbone: b(more, h0=b(x)[1]))
+            captured = capture_backbone_input(model, lambda b=backbone: b(more, h0=b(x)[1])).x
         assert torch.equal(captured, x)  # bidirectional chunk is no continuation of a whole sequence
+
+
+class _Conditioned(torch.nn.Module):
+    """A model that starts its backbone from a state of its own (a decoder's, say), and may only stream it."""
+
+    def __init__(self, stream: bool) -> None:
+        super().__init__()
+        self.backbone, self.stream = _backbone(num_layers=2), stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = 0.3 * torch.arange(1.0, x.size(0) + 1)[None, :, None].expand(2, x.size(0), 5).contiguous()
+        if not self.stream:
+            return self.backbone(x, h0=h)[0]
+        outputs = []
+        for t in range(x.size(1)):
+            out, h = self.backbone.step(x[:, t], h)
+            outputs.append(out)
+        return torch.stack(outputs, 1)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["forward", "step"])
+def test_gate_plots_replay_a_sequence_from_the_state_the_model_started_it_from(stream: bool, tmp_path,
+                                                                                monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    import pytorch_lightning as pl
+
+    from gru_suite import gates
+
+    model, x, drawn = _Conditioned(stream).eval(), _input(), []
+    datamodule = pl.LightningDataModule()
+    datamodule.predict_dataloader = lambda: [x]
+    task = SimpleNamespace(datamodule=lambda: datamodule, predict_step=lambda m, batch: m(batch),
+                           describe_sequence=lambda *args: None, cfg={"name": "conditioned"})
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    gates.plot_model_gates(SimpleNamespace(task=task, model=model), tmp_path, sample=2)
+    h0 = 0.3 * 3 * torch.ones(2, 1, 5)  # sample 2's
+    trace = trace_gates(model.backbone, x[2:3], h0)
+    torch.testing.assert_close(trace[-1].hidden[0], model(x)[2], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(drawn[-1].axes[0].images[0].get_array(), trace[-1].update[0].numpy().T, atol=1e-6)
