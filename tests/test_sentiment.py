@@ -349,6 +349,18 @@ def test_predictions_carry_probabilities_and_the_deciding_word(trained: tuple[Pa
     assert page.count("<tr>") == 81 and "rgba(" in page
 
 
+def test_prediction_batches_have_a_size_of_their_own(trained: tuple[Path, dict[str, float]], tmp_path: Path) -> None:
+    texts = tmp_path / "texts.txt"
+    texts.write_text("good\nbad film\na good film\nthe film was bad\nit is good\n", encoding="utf-8")
+    module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    module.task.cfg.predict.input = str(texts)
+    for size, expected in ((2, [2, 2, 1]), (None, [5])):  # None: a checkpoint from before the option (batches of 32)
+        module.task.cfg.predict.batch_size = size
+        data = module.task.datamodule()
+        data.setup("predict")
+        assert [len(batch.index) for batch in data.predict_dataloader()] == expected
+
+
 def test_special_tokens_written_in_a_text_are_read_as_text(trained: tuple[Path, dict[str, float]]) -> None:
     folder, _ = trained
     task = load_checkpoint(folder / "checkpoints" / "last.ckpt").task

@@ -180,13 +180,15 @@ class SentimentData(SplitDataModule):
     """Loaders over `EncodedTexts` built lazily by `load(stage)`, in batches of similar length.
 
     Training batches are shuffled within length pools; the other stages run in
-    length order (predictions carry their example indices).
+    length order (predictions carry their example indices), prediction's in batches of `predict_batch_size`.
     """
 
     def __init__(
-        self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0
+        self, load: Callable[[str], EncodedTexts], batch_size: int, num_workers: int = 0, seed: int = 0,
+        predict_batch_size: int | None = None,
     ) -> None:
-        super().__init__(batch_size, num_workers, build=load, lengths=_text_lengths, seed=seed)
+        super().__init__(batch_size, num_workers, {"predict": predict_batch_size or batch_size}, load, _text_lengths,
+                         seed)
 
 
 def _text_lengths(texts: EncodedTexts) -> list[int]:

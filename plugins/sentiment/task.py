@@ -93,7 +93,8 @@ class SentimentTask(TaskPlugin):
                ("model.virtual_adversarial_eps", float, 0), ("pretrain.epochs", int, 0),
                ("distill.weight", float, 0, 1), ("distill.copies", int, 0), ("distill.word_drop", float, 0, 1),
                ("distill.ngram", float, 0, 1),
-               ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0))
+               ("predict.top_words", int, 0), ("predict.html_rows", int, 0), ("predict.show", int, 0),
+               ("predict.batch_size", int, 1))
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
@@ -126,7 +127,9 @@ class SentimentTask(TaskPlugin):
     def _data(self, load: Callable[[str], EncodedTexts]) -> SentimentData:
         data = self.cfg.data
         # batches drawn with the run's `seed` (torch's, set by seed_everything): a seed sweep varies the order too
-        return SentimentData(load, int(data.batch_size), int(data.get("num_workers", 0)), torch.initial_seed())
+        predict_batch = int(self.cfg.predict.get("batch_size") or data.batch_size)  # checkpoints before the option
+        return SentimentData(load, int(data.batch_size), int(data.get("num_workers", 0)), torch.initial_seed(),
+                             predict_batch)
 
     def _check_prediction_settings(self) -> None:
         """Prediction's input file and importance, checked before training rather than after it."""
@@ -456,6 +459,7 @@ class SentimentTask(TaskPlugin):
         encoding = encode_as_text(self.tokenizer, texts, truncation=True, max_length=int(self.cfg.data.max_tokens),
                                   return_offsets_mapping=True)
         predict, rows, page = self.cfg.predict, [], []
+        top_words, html_rows, show = int(predict.top_words), int(predict.html_rows), int(predict.show)
         for row, i in enumerate(order):
             probs, weights = found[i]
             text = texts[row]
@@ -464,12 +468,12 @@ class SentimentTask(TaskPlugin):
             label = self.labels[best]
             rows.append({"line": examples[i].where, "text": text, "label": label,
                          **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(self.labels, probs)},
-                         "top_words": " ".join(explain.top_words(text, words, int(predict.top_words)))})
-            if row < int(predict.html_rows):
+                         "top_words": " ".join(explain.top_words(text, words, top_words))})
+            if row < html_rows:
                 page.append((examples[i].where, label, float(probs[best]), explain.highlight_html(text, words)))
-            if row < int(predict.show):
+            if row < show:
                 log.info("%s  %s %.2f  %s", examples[i].where, label, float(probs[best]),
-                         explain.highlight_terminal(text, words, int(predict.top_words)))
+                         explain.highlight_terminal(text, words, top_words))
         out_dir = Path(out_dir)
         return [
             write_predictions_csv(out_dir / "predictions.csv", rows, self.labels),
