@@ -245,6 +245,25 @@ def test_beam_search_finds_a_likelier_translation_than_greedy_or_the_same() -> N
     assert wide[1].score > narrow[1].score + 1  # here the wide beam finds a far likelier one (-3.1 against -16.6)
 
 
+def test_each_beam_hypothesis_carries_the_attention_of_its_own_tokens() -> None:
+    """Beams swap rows step by step; a finished one's attention is the decoder's along its own tokens."""
+    model = tiny_model(40, seed=4)
+    source, lengths = pad_ids([[5, 6, 7, 8, EOS], [9, 10, EOS], [11, 12, 13, EOS]])
+    with torch.no_grad():
+        model.out.bias[EOS] = -1e4  # no end of sentence: every beam runs to its limit
+    found = beam_search(model, source, lengths, torch.tensor([6, 7, 8]), beam=4, length_penalty=0.0)
+    assert [len(h.tokens) for h in found] == [6, 7, 8]
+    with torch.no_grad():
+        for b, hypothesis in enumerate(found):
+            memory = model.encode(source[b : b + 1], lengths[b : b + 1])
+            state, feed, token, rows = model.initial_state(memory), model.initial_feed(memory), BOS, []
+            for next_token in hypothesis.tokens:
+                _, state, feed, weights = model.decode_step(torch.tensor([token]), state, feed, memory)
+                rows.append(weights[0, : lengths[b]])
+                token = next_token
+            torch.testing.assert_close(hypothesis.attention, torch.stack(rows), atol=1e-6, rtol=1e-5)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models train fastest in one intra-op thread."""

@@ -39,13 +39,14 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
     batch = source.size(0)
     tokens = source.new_full((batch,), BOS)
     out: list[list[int]] = [[] for _ in range(batch)]
-    attention: list[list[Tensor]] = [[] for _ in range(batch)]
+    attention: list[Tensor] = []  # each step's (B, source length): a sentence's tokens are its first steps
     scores = [0.0] * batch
     ended = [False] * batch
     active = set(range(batch))
     limits = list(zip(lengths.tolist(), max_len.tolist()))
     for t in range(int(max_len.max())):
         logits, state, feed, weights = model.decode_step(tokens, state, feed, memory)
+        attention.append(weights)
         logp, tokens = logits.log_softmax(-1).max(-1)
         step_logp, step_tokens = logp.tolist(), tokens.tolist()
         for b in sorted(active):
@@ -55,12 +56,13 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
                 active.discard(b)
                 continue
             out[b].append(step_tokens[b])
-            attention[b].append(weights[b, : limits[b][0]])
             if t + 1 >= limits[b][1]:
                 active.discard(b)
         if not active:
             break
-    return [Hypothesis(o, _stack(a, int(n)), s, e) for o, a, n, s, e in zip(out, attention, lengths, scores, ended)]
+    steps = torch.stack(attention, 1)  # (B, steps, source length)
+    return [Hypothesis(o, steps[b, : len(o), :n], s, e)
+            for b, (o, n, s, e) in enumerate(zip(out, lengths.tolist(), scores, ended))]
 
 
 @torch.no_grad()
@@ -90,8 +92,7 @@ def beam_search(
     tokens = source.new_full((batch * k,), BOS)
     scores = torch.full((batch, k), float("-inf"), device=source.device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis
-    history = source.new_zeros((batch * k, 0))
-    attention = memory.outputs.new_zeros((batch * k, 0, source.size(1)))
+    lineage = _Lineage()
     finished: list[list[Hypothesis]] = [[] for _ in range(batch)]
     done = [False] * batch
     limits = list(zip(lengths.tolist(), max_len.tolist()))
@@ -111,9 +112,7 @@ def beam_search(
                 is_eos = token == EOS
                 if score == float("-inf") or not (is_eos or last):
                     continue
-                row = b * k + beam_of
-                ids = history[row].tolist() + ([] if is_eos else [token])
-                rows_attention = attention[row] if is_eos else torch.cat([attention[row], weights[row : row + 1]])
+                ids, rows_attention = lineage.trace(b * k + beam_of, weights, None if is_eos else token)
                 finished[b].append(Hypothesis(ids, rows_attention[:, : limits[b][0]], score / steps**length_penalty,
                                               is_eos))
             finished[b] = sorted(finished[b], key=lambda h: -h.score)[:k]
@@ -128,9 +127,34 @@ def beam_search(
         beams = (torch.arange(batch, device=source.device).unsqueeze(1) * k + origin.gather(1, pick)).view(-1)
         tokens = word.gather(1, pick).view(-1)
         state, feed = select_state(state, beams), feed[beams]
-        history = torch.cat([history[beams], tokens.unsqueeze(1)], 1)
-        attention = torch.cat([attention[beams], weights[beams].unsqueeze(1)], 1)
+        lineage.add(beams, tokens, weights)
     return [max(f, key=lambda h: h.score) for f in finished]
+
+
+class _Lineage:
+    """Where each beam row came from, step by step (back-pointers, tokens and attention), so that a finished
+    hypothesis is traced back on its own, where copying every row's history at each step costs ever more."""
+
+    def __init__(self) -> None:
+        self.origins: list[list[int]] = []  # per step: each row's row at the step before
+        self.tokens: list[list[int]] = []  # per step: each row's token
+        self.weights: list[Tensor] = []  # per step: attention (rows before that step's reordering, source length)
+
+    def add(self, origins: Tensor, tokens: Tensor, weights: Tensor) -> None:
+        self.origins.append(origins.tolist())
+        self.tokens.append(tokens.tolist())
+        self.weights.append(weights)
+
+    def trace(self, row: int, weights: Tensor, token: int | None) -> tuple[list[int], Tensor]:
+        """Row `row`'s tokens and attention (tokens, source length) so far, plus this step's `token` and its `weights`
+        row where a token is added (None: EOS, which neither adds)."""
+        ids: list[int] = [] if token is None else [token]
+        rows: list[Tensor] = [] if token is None else [weights[row]]
+        for origins, tokens, step_weights in zip(reversed(self.origins), reversed(self.tokens), reversed(self.weights)):
+            ids.append(tokens[row])
+            row = origins[row]
+            rows.append(step_weights[row])
+        return ids[::-1], torch.stack(rows[::-1]) if rows else weights.new_zeros((0, weights.size(1)))
 
 
 def _complete(
@@ -148,6 +172,3 @@ def _complete(
     best_length = max_len if length_penalty > 0 else steps
     return float(live) / best_length**length_penalty <= finished[-1].score
 
-
-def _stack(rows: list[Tensor], source_length: int) -> Tensor:
-    return torch.stack(rows) if rows else torch.zeros(0, source_length)

@@ -295,7 +295,7 @@ class TranslationTask(TaskPlugin):
                 source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
                 target = self.target_tokenizer.convert_ids_to_tokens(tokens)
                 records.append({"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
-                                "weights": [[round(float(w), 4) for w in row] for row in weights]})
+                                "weights": [[round(w, 4) for w in row] for row in weights.tolist()]})
                 if shown < settings.plots and len(target):
                     number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
                     png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
