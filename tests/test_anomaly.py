@@ -840,7 +840,7 @@ def test_gate_plots_name_the_file_and_label_each_row_the_backbone_read(tmp_path,
     task = anomaly_task(tmp_path, data, *overrides, state=state.state_dict())
     module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
     traced, trace = [], gates.trace_gates
-    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x: traced.append(x) or trace(backbone, x))
+    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x, h0: traced.append(x) or trace(backbone, x, h0))
     view, _ = gates.plot_model_gates(module, tmp_path / "gates", sample=sample)  # as many labels as steps, or raises
     stamps = [str(stamp) for stamp in pd.date_range("2024-01-01", periods=200, freq="h")]
     assert view.title == f"{data}: the {len(rows)} rows from {stamps[rows[0]]} to {stamps[rows[-1]]}"

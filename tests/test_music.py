@@ -680,7 +680,7 @@ def _traced_gates(overrides: list[str], monkeypatch: pytest.MonkeyPatch, tmp_pat
     task.datamodule()
     model = run.build_module(cfg, task).model.eval()
     traced, trace = [], gates.trace_gates
-    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x: traced.append(x) or trace(backbone, x))
+    monkeypatch.setattr(gates, "trace_gates", lambda backbone, x, h0: traced.append(x) or trace(backbone, x, h0))
     view, _ = gates.plot_model_gates(SimpleNamespace(task=task, model=model), tmp_path, sample=sample)
     return task, model, view, traced[0][0]
 

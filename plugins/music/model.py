@@ -92,20 +92,27 @@ class AutoregressiveHead(nn.Module):
 
     def logits(self, h: Tensor, notes: Tensor) -> Tensor:
         """Logit of each pitch given `h` and the notes below it (the rest of `notes` is ignored)."""
-        hidden = torch.relu(F.linear(notes, self.notes_in.weight * self.mask_in) + self.context_in(h))
-        return (
-            F.linear(hidden, self.notes_out.weight * self.mask_out)
-            + F.linear(notes, self.direct.weight * self.mask_direct)
-            + self.context_out(h)
-        )
+        return self._logits(notes, *self._given(h))
+
+    def _given(self, h: Tensor) -> tuple[Tensor, ...]:
+        """What the logits of one `h` share whatever the notes: the masked weights and the context terms."""
+        return (self.notes_in.weight * self.mask_in, self.context_in(h), self.notes_out.weight * self.mask_out,
+                self.direct.weight * self.mask_direct, self.context_out(h))
+
+    @staticmethod
+    def _logits(notes: Tensor, weights_in: Tensor, context_in: Tensor, weights_out: Tensor, weights_direct: Tensor,
+                context_out: Tensor) -> Tensor:
+        hidden = torch.relu(F.linear(notes, weights_in) + context_in)
+        return F.linear(hidden, weights_out) + F.linear(notes, weights_direct) + context_out
 
     def nll(self, h: Tensor, notes: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(self.logits(h, notes), notes, reduction="none").sum(-1)
 
     def sample(self, h: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
         notes = torch.zeros(*h.shape[:-1], self.direct.in_features, device=h.device)
+        given = self._given(h)  # once per step, not once per pitch
         for i in range(notes.size(-1)):
-            prob = torch.sigmoid(self.logits(h, notes)[..., i] / sampling.temperature)
+            prob = torch.sigmoid(self._logits(notes, *given)[..., i] / sampling.temperature)
             if sampling.top_k is not None:
                 prob = torch.where(notes.sum(-1) >= sampling.top_k, 0.0, prob)
             notes[..., i] = _draw(prob, sampling, generator)
