@@ -157,6 +157,9 @@ RUN_NUMBERS: tuple[NumberField, ...] = (
     ("threads", int, 0),
     ("seed", int, 0, 2**32 - 1),
     ("callbacks.progress_bar.refresh_rate", int, 0),
+    ("callbacks.early_stopping.patience", int, 0),
+    ("scheduler.patience", int, 0),  # scheduler=plateau's: a negative one cut the rate at every validation
+    ("scheduler.factor", float, 0, 1, True),
 )
 """Numbers of the core's config groups that `check_run_settings` checks before a run."""
 
@@ -359,7 +362,8 @@ def wrong_determinism(cfg: DictConfig) -> list[str]:
 RUN_REQUIRED = ("backbone.hidden_size", "backbone.num_layers", "backbone.dropout", "backbone.weight_dropout",
                 "optimizer.lr", "optimizer.weight_decay",
                 "trainer.max_steps", "trainer.accumulate_grad_batches", "trainer.num_nodes",
-                "callbacks.progress_bar.refresh_rate")
+                "callbacks.progress_bar.refresh_rate", "callbacks.early_stopping.patience", "scheduler.patience",
+                "scheduler.factor")
 """Numbers of `RUN_NUMBERS` without an "off": null is named (where the config has the key) rather than reaching
 torch or Lightning as None."""
 

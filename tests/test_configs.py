@@ -397,6 +397,15 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
         "  seed must be an integer, got 'x'"]
 
 
+def test_a_plateau_schedule_and_early_stopping_refuse_what_would_act_at_every_validation(tmp_path):
+    cfg = compose_train_config("forecasting", ["scheduler=plateau", "scheduler.patience=-1", "scheduler.factor=1",
+                                               "callbacks=early_stopping", "callbacks.early_stopping.patience=-1"],
+                               tmp_path)
+    assert wrong_numbers(cfg, RUN_NUMBERS) == [
+        "callbacks.early_stopping.patience must be at least 0, got -1", "scheduler.patience must be at least 0, got -1",
+        "scheduler.factor must be in [0, 1), got 1"]
+
+
 def test_training_names_the_cores_and_the_tasks_wrong_settings_together(tmp_path):
     cfg = compose_train_config("forecasting", ["optimizer.lr=fast", "task.data.lookback=-5",
                                                "task.data.batch_size=2.5"], tmp_path)
@@ -579,7 +588,8 @@ NULL_IS_OFF = {  # a number set to null means "off" or "the default" here, or th
                "predict.cue_min_s"},
     "translation": {"decode.max_length"},
     "sentiment": {"data.val_fraction", "distill.copies", "distill.ngram", "distill.weight", "distill.word_drop",
-                  "model.adversarial_eps", "model.lm_weight", "model.virtual_adversarial_eps", "pretrain.epochs"},
+                  "model.adversarial_eps", "model.lm_weight", "model.virtual_adversarial_eps", "pretrain.epochs",
+                  "predict.batch_size"},
 }
 
 
@@ -598,7 +608,8 @@ def test_every_number_is_required_unless_null_is_off(task, tmp_path):
 
 
 def test_a_null_core_number_without_an_off_is_named(tmp_path):
-    cfg = compose_train_config("forecasting", [f"{field}=null" for field in RUN_REQUIRED], tmp_path)
+    groups = ["scheduler=plateau", "callbacks=early_stopping"]  # the groups whose options hold the last three
+    cfg = compose_train_config("forecasting", [*groups, *(f"{field}=null" for field in RUN_REQUIRED)], tmp_path)
     with pytest.raises(UserError) as caught:
         check_run_settings(cfg)
     assert {f"  {field} must be set, got null" for field in RUN_REQUIRED} <= set(str(caught.value).splitlines())
