@@ -92,7 +92,10 @@ class GRUBackbone(nn.Module):
     ) -> tuple[Tensor, State]:
         if lengths is None:
             return self._run(x, h0, layer)
-        lengths = lengths.cpu()  # one copy from the device, for packing and the check below
+        lengths = torch.as_tensor(lengths).cpu()  # one copy from the device, for packing and the checks below
+        low, high = (int(bound) for bound in torch.aminmax(lengths)) if len(lengths) else (0, 0)
+        if low < 0 or high > x.size(1):
+            raise ValueError(f"lengths must be within 0..{x.size(1)} (the time steps of x), got {low}..{high}")
         packed = pack_padded_sequence(x, lengths.clamp(min=1), batch_first=True, enforce_sorted=False)
         out, h_n = self._run(packed, h0, layer)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.size(1))

@@ -95,10 +95,12 @@ def trace_gates(backbone: GRUBackbone, x: Tensor, h0: Tensor | None = None) -> l
         raise ValueError(f"x must have shape (batch, time >= 1, {rnn.input_size}), got {tuple(x.shape)}")
     dirs = 2 if rnn.bidirectional else 1
     shape = (rnn.num_layers * dirs, x.size(0), rnn.hidden_size)
+    x = x.to(rnn.weight_ih_l0.dtype)  # float64 input to a float32 model, say: traced in the model's precision
     if h0 is None:
         h0 = x.new_zeros(shape)
     elif tuple(h0.shape) != shape:
         raise ValueError(f"h0 must have shape {shape}, got {tuple(h0.shape)}")
+    h0 = h0.to(x.dtype)
     traces = []
     with torch.no_grad():
         for layer in range(rnn.num_layers):

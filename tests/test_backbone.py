@@ -140,3 +140,12 @@ def test_weight_dropout_out_of_range_or_not_a_number_is_a_user_error():
         GRUBackbone(3, weight_dropout=1.0)
     with pytest.raises(UserError, match=r"backbone.weight_dropout must be a finite number, got 'abc'"):
         GRUBackbone(3, weight_dropout="abc")
+
+
+def test_lengths_outside_the_sequences_are_named() -> None:
+    backbone, x = GRUBackbone(input_size=3, hidden_size=4), torch.zeros(2, 5, 3)
+    for lengths in ([6, 2], [3, -1]):
+        with pytest.raises(ValueError, match=r"lengths must be within 0\.\.5 \(the time steps of x\), got "):
+            backbone(x, torch.tensor(lengths))
+    out, _ = backbone(x, [5, 2])  # a list is read as a tensor
+    assert out.shape == (2, 5, 4) and not out[1, 2:].any()

@@ -101,6 +101,13 @@ def test_a_padded_sequence_is_traced_without_its_padding() -> None:
         sample_sequence(captured, captured_lengths, 4)
 
 
+def test_input_of_another_precision_is_traced_in_the_models() -> None:
+    backbone, x, h0 = _backbone(num_layers=2), _input(), torch.rand(2, 4, 5)
+    traced = trace_gates(backbone, x.double(), h0.double())
+    assert traced[-1].hidden.dtype == torch.float32
+    torch.testing.assert_close(traced[-1].hidden, trace_gates(backbone, x, h0)[-1].hidden)
+
+
 def test_bad_h0_shape_rejected() -> None:
     backbone = _backbone(num_layers=2)
     with pytest.raises(ValueError, match="h0"):
