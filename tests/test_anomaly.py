@@ -63,6 +63,23 @@ def test_streaming_raw_scores_equal_batch(model):
     torch.testing.assert_close(stream, batch, atol=1e-5, rtol=1e-4)
 
 
+def test_autoencoder_scores_a_long_series_a_part_of_its_windows_at_a_time(monkeypatch):
+    """All of a long series' windows at once held hundreds of times the series (4 GB at 100k rows)."""
+    from gru_suite_plugins.anomaly import detectors as module
+
+    _, autoencoder = detectors()
+    x = torch.randn(2, 40, 2)
+    with torch.no_grad():
+        whole = autoencoder.raw_scores(x)
+        calls = []
+        monkeypatch.setattr(module, "WINDOWS_PER_PASS", 14)  # 7 window ends of each of the 2 series per pass
+        monkeypatch.setattr(autoencoder, "window_errors", lambda windows: calls.append(len(windows)) or
+                            WindowAutoencoder.window_errors(autoencoder, windows))
+        parts = autoencoder.raw_scores(x)
+    assert calls == [14] * 5 + [2 * 1]  # 36 window ends
+    torch.testing.assert_close(parts, whole, atol=1e-6, rtol=1e-5)
+
+
 def test_raw_scores_are_root_mean_square_errors():
     forecaster, autoencoder = detectors()
     x = torch.randn(1, 12, 2)

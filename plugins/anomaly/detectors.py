@@ -72,6 +72,9 @@ class NextStepForecaster(nn.Module):
         return torch.cat([errors.new_zeros(x.size(0), 1), errors], dim=1)
 
 
+WINDOWS_PER_PASS = 4096
+
+
 class WindowAutoencoder(nn.Module):
     """Sequence autoencoder over windows of `window` observations."""
 
@@ -105,13 +108,15 @@ class WindowAutoencoder(nn.Module):
 
     def raw_scores(self, x: Tensor) -> Tensor:
         """Root-mean-square reconstruction error of the window ending at each observation (B, T);
-        0 until one is full."""
+        0 until one is full. Windows run through the networks `WINDOWS_PER_PASS` at a time: a long series'
+        windows together would hold hundreds of times the series in memory."""
         batch, steps, features = x.shape
         scores = x.new_zeros(batch, steps)
         if steps >= self.window:
-            windows = x.unfold(1, self.window, 1).transpose(2, 3)  # (B, T - w + 1, w, F)
-            errors = self.window_errors(windows.reshape(-1, self.window, features)).sqrt()
-            scores[:, self.window - 1 :] = errors.reshape(batch, -1)
+            windows = x.unfold(1, self.window, 1).transpose(2, 3)  # (B, T - w + 1, w, F), a view
+            errors = [self.window_errors(part.reshape(-1, self.window, features)).sqrt().reshape(batch, -1)
+                      for part in windows.split(max(1, WINDOWS_PER_PASS // batch), dim=1)]
+            scores[:, self.window - 1 :] = torch.cat(errors, dim=1)
         return scores
 
 
