@@ -202,10 +202,15 @@ def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(tr
     with torch.no_grad():
         predictions = [module.task.predict_step(module.model, batch) for batch in data.predict_dataloader()]
     targets = module.task.state["targets"]
-    figure = plot_forecasts(forecast_frame(predictions, data, targets), data, targets)
+    frame = forecast_frame(predictions, data, targets)
+    figure = plot_forecasts(frame, data, targets)
     ax = figure.axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
         "history / truth", "forecasts over the test period", "forecast beyond the data"]
+    past = frame[(frame["target"] == targets[0]) & (frame["origin"] != frame["origin"].iloc[-1])]
+    drawn = np.asarray(ax.get_lines()[1].get_ydata(), dtype=float)  # every past origin's forecast: one line, broken
+    assert len(ax.get_lines()) == 3 and np.isnan(drawn).sum() == past["origin"].nunique() > 1
+    np.testing.assert_allclose(drawn[~np.isnan(drawn)], past["forecast"])
     assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
 
 

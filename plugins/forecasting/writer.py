@@ -71,11 +71,11 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
         column = series.columns.index(target)
         ax.plot(stamps, series.values[history_start:, column], color="0.35", lw=1, label="history / truth")
         rows = frame[frame["target"] == target]
-        for number, (origin, window) in enumerate(rows.groupby("origin", sort=True)):
-            future = origin == last_origin
-            label = "forecast beyond the data" if future else "forecasts over the test period" if number == 0 else None
-            ax.plot(window["timestamp"], window["forecast"], lw=1.6 if future else 1,
-                    color="C3" if future else "C0", label=label)
+        past = rows[rows["origin"] != last_origin]
+        if len(past):
+            ax.plot(*_one_line_per_origin(past), lw=1, color="C0", label="forecasts over the test period")
+        future = rows[rows["origin"] == last_origin]
+        ax.plot(future["timestamp"], future["forecast"], lw=1.6, color="C3", label="forecast beyond the data")
         if isinstance(stamps, pd.DatetimeIndex):  # dates that fit: '2024-03-31 2024-04-01' ran together
             locator = mdates.AutoDateLocator()
             ax.xaxis.set_major_locator(locator)
@@ -85,6 +85,14 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
         ax.legend(loc="best", fontsize=8)
     fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)")
     return fig
+
+
+def _one_line_per_origin(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Timestamps and forecasts of `rows` (grouped by origin, in order) as one line broken after each origin's last
+    step (a gap, NaN): one artist however many origins (one each took 1.5 ms: minutes for tens of thousands)."""
+    ends = np.flatnonzero(rows["origin"].ne(rows["origin"].shift(-1)).to_numpy()) + 1
+    stamps = np.insert(rows["timestamp"].to_numpy(), ends, rows["timestamp"].to_numpy()[ends - 1])
+    return stamps, np.insert(rows["forecast"].to_numpy(dtype=float), ends, np.nan)
 
 
 def write_forecasts(predictions: list[dict], datamodule, targets: list[str], out_dir: Path) -> list[Path]:
