@@ -47,7 +47,7 @@ from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence,
                                               read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech import task as speech_task
-from gru_suite_plugins.speech.task import Scores, SpeechTask
+from gru_suite_plugins.speech.task import Scores, SpeechTask, partial_change
 from gru_suite_plugins.speech.synth import speak
 from gru_suite_plugins.speech.vocab import Alphabet, Tokens
 from gru_suite_plugins.speech.writer import cues, to_srt, to_vtt, write_transcripts
@@ -841,8 +841,23 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
     assert line["text"] or line["warning"]
     assert all(0 <= w["start"] < w["end"] <= line["duration"] for w in line["words"])
-    if line["text"]:  # streamed: the last partial is the final transcript
-        assert line["partials"][-1]["text"].split() == line["text"].split()
+    if line["text"]:  # streamed: the partials add up to the final transcript
+        assert streamed_text(line["partials"]).split() == line["text"].split()
+
+
+def streamed_text(partials: list[dict]) -> str:
+    """The transcript a stream's partials end with: each adds its `added` text, or rewrites it all (`text`)."""
+    text = ""
+    for partial in partials:
+        text = partial["text"] if "text" in partial else text + partial["added"]
+    return text
+
+
+def test_a_partial_transcript_keeps_what_it_added_or_its_whole_text_where_it_rewrote() -> None:
+    assert partial_change(0.5, "six", "six seven") == {"time": 0.5, "added": " seven"}
+    assert partial_change(0.6, "six", "sex") == {"time": 0.6, "text": "sex"}
+    assert streamed_text([{"time": 0.1, "added": "six"}, {"time": 0.6, "text": "sex"}, {"time": 1, "added": " nine"}]
+                         ) == "sex nine"
 
 
 def test_partial_transcripts_are_timed_at_the_end_of_the_chunk_that_changed_them(checked: Path, monkeypatch) -> None:
@@ -865,7 +880,7 @@ def test_partial_transcripts_are_timed_at_the_end_of_the_chunk_that_changed_them
     task.cfg.predict.streaming, task.cfg.predict.chunk_ms = True, 250
     samples = torch.zeros(task.features.sample_rate * 3 // 4)  # 0.75 s: three chunks of 250 ms
     ((_, partials),) = task.emissions(None, {"samples": [samples]})
-    assert [p["time"] for p in partials] == [0.25, 0.5, 0.75] and partials[-1]["text"] == "six six six"
+    assert partials == [{"time": 0.25, "added": "six"}, {"time": 0.5, "added": " six"}, {"time": 0.75, "added": " six"}]
 
 
 def test_streamed_and_beam_predictions_of_a_checkpoint(checked: Path) -> None:

@@ -79,6 +79,14 @@ class Scores:
         return scores
 
 
+def partial_change(time: float, before: str, now: str) -> dict[str, Any]:
+    """A streamed transcript's change at `time` (s): the text it `added` to the one `before`, or, where it rewrote that,
+    the whole `text` (the whole text each time made an hour's partials hundreds of megabytes)."""
+    if now.startswith(before):
+        return {"time": time, "added": now[len(before):]}
+    return {"time": time, "text": now}
+
+
 class SpeechTask(TaskPlugin):
     """A GRU-CTC recogniser of characters (or of words or subwords, `text.tokens`).
 
@@ -472,13 +480,15 @@ class SpeechTask(TaskPlugin):
         for samples in batch["samples"]:
             stream = StreamingRecognizer(model, self.featurizer(), self.vocab)
             partials: list[dict[str, Any]] = []
+            shown = ""
             for start in range(0, len(samples), chunk):
                 end = min(start + chunk, len(samples))
                 text = stream.accept(samples[start:end].cpu())
                 if end == len(samples):  # the last chunk: emit the frames that waited for lookahead
                     text = stream.finish()
-                if text and (not partials or text != partials[-1]["text"]):
-                    partials.append({"time": round(end / rate, 3), "text": text})
+                if text != shown:
+                    partials.append(partial_change(round(end / rate, 3), shown, text))
+                    shown = text
             results.append((stream.emissions(), partials))
         return results
 
