@@ -877,3 +877,20 @@ def test_gate_plots_of_a_series_without_timestamps_count_its_rows_from_1(tmp_pat
     module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
     view, _ = gates.plot_model_gates(module, tmp_path / "gates")
     assert view.title == f"{data}: the 8 rows from row 1 to row 8" and view.steps[-1] == "row 8"
+
+
+def test_labelled_windows_cover_the_rows_of_their_bounds_and_a_repeated_clock_hours_first():
+    """A window's first row is its start's, its last row its end's; a bound on a clock hour the file repeats (NAB files
+    written in local time, at the change back from daylight saving) is its first occurrence."""
+    from pathlib import Path
+
+    from gru_suite.timeseries import Series
+    from gru_suite_plugins.anomaly.data import _rows_of_windows
+
+    stamps = pd.DatetimeIndex(["2014-11-02 00:00", "2014-11-02 01:00", "2014-11-02 02:00", "2014-11-02 01:00",
+                               "2014-11-02 02:00", "2014-11-02 03:00", "2014-11-02 04:00", "2014-11-02 05:00"])
+    series = Series(Path("local.csv"), stamps, ["value"], np.zeros((len(stamps), 1), np.float32))
+    at = pd.Timestamp
+    assert _rows_of_windows(series, [(at("2014-11-02 01:00"), at("2014-11-02 02:00")),
+                                     (at("2014-11-02 03:00"), at("2014-11-02 03:00")),
+                                     (at("2014-11-02 04:30"), at("2014-11-02 06:00"))]) == [(1, 2), (5, 5), (7, 7)]

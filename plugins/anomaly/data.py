@@ -89,10 +89,10 @@ def _rows_of_windows(series: Series, spans: Sequence[tuple[pd.Timestamp, pd.Time
     stamps = series.timestamps
     if not isinstance(stamps, pd.DatetimeIndex):
         raise UserError(f"{series.path}: timestamp windows need a time column (set task.data.time_column)")
-    rows = []
+    rows, first_rows = [], np.unique(stamps.as_unit("ns").asi8, return_index=True)  # in Timestamp.value's unit
     for start, end in spans:
         start, end = _on_clock(start, stamps), _on_clock(end, stamps)
-        a, b = _position(stamps, start, "left"), _position(stamps, end, "right") - 1
+        a, b = _position(stamps, first_rows, start, "left"), _position(stamps, first_rows, end, "right") - 1
         if a <= b:
             rows.append((a, b))
     if outside := len(spans) - len(rows):  # a window of another series, or of the wrong dates
@@ -119,11 +119,14 @@ def _on_clock(stamp: pd.Timestamp, stamps: pd.DatetimeIndex) -> pd.Timestamp:
     return stamp
 
 
-def _position(stamps: pd.DatetimeIndex, stamp: pd.Timestamp, side: str) -> int:
-    """The row of `stamp` (exact match first: NAB files repeat clock hours at DST changes)."""
-    exact = np.flatnonzero(stamps == stamp)
-    if len(exact):
-        return int(exact[0]) + (side == "right")
+def _position(stamps: pd.DatetimeIndex, first_rows: tuple[np.ndarray, np.ndarray], stamp: pd.Timestamp,
+              side: str) -> int:
+    """The row of `stamp` (exact match first: NAB files repeat clock hours at DST changes); `first_rows`: the
+    distinct timestamps (nanoseconds, sorted) and the first row of each, found by bisection (not a scan per window)."""
+    distinct, first = first_rows
+    at = int(np.searchsorted(distinct, stamp.value))
+    if at < len(distinct) and distinct[at] == stamp.value:
+        return int(first[at]) + (side == "right")
     return int(stamps.searchsorted(stamp, side))
 
 
