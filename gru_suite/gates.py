@@ -194,11 +194,14 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Backb
     """The input that `model.backbone` first receives while `run()` executes (through `forward`, or `step` for a
     model that only streams). Where the calls after it carry its state on (a unidirectional GRU's generation,
     `step` after step, or a stream read chunk by chunk) with the same weights, their inputs follow on the time
-    axis: the whole sequence the backbone read from that first state."""
+    axis: the whole sequence the backbone read from that first state. Where none does, and the weights stay the same,
+    the later calls from no state with inputs of the first's shape follow on the batch axis (a batch read in parts: a
+    long series' windows), so that a sequence number counts through all of them."""
     if not isinstance(getattr(model, "backbone", None), GRUBackbone):
         raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
                         "plots trace (the task's build_model() must set one)")
     captured: list[BackboneInput] = []
+    learning: list[bool] = []
     calls: list[_RNNCall] = []
 
     def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -207,6 +210,7 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Backb
         h0 = args[2] if len(args) > 2 else kwargs.get("h0")
         captured.append(BackboneInput(x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu(),
                                       h0.detach() if isinstance(h0, Tensor) else h0))
+        learning.append(torch.is_grad_enabled())
 
     def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
         weights = (id(rnn), *(p._version for p in rnn.parameters()))
@@ -225,7 +229,13 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Backb
             handle.remove()
     if captured:
         first = captured[0]
-        return first if first.lengths is not None else first._replace(x=_carried_on(first.x, calls))
+        if first.lengths is not None:
+            return first
+        carried = _carried_on(first.x, calls)
+        if carried is first.x and first.h0 is None and not learning[0] and len({call.weights for call in calls}) == 1:
+            carried = torch.cat([c.x for c, learns in zip(captured, learning) if c.h0 is None and c.lengths is None
+                                 and not learns and c.x.shape[1:] == first.x.shape[1:]])
+        return first._replace(x=carried)
     if calls and calls[0].x is not None:  # `step` alone
         return BackboneInput(_carried_on(calls[0].x, calls), None, calls[0].h0)
     raise UserError(f"{type(model).__name__}: the task's predict_step did not run its backbone (neither `backbone(x)` "

@@ -246,3 +246,19 @@ def test_gate_plots_replay_a_sequence_from_the_state_the_model_started_it_from(s
     trace = trace_gates(model.backbone, x[2:3], h0)
     torch.testing.assert_close(trace[-1].hidden[0], model(x)[2], atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(drawn[-1].axes[0].images[0].get_array(), trace[-1].update[0].numpy().T, atol=1e-6)
+
+
+def test_a_batch_read_in_parts_from_no_state_is_traced_as_one() -> None:
+    """A long series' windows scored a part at a time: a sequence number counts through all the parts."""
+    from types import SimpleNamespace
+
+    model, x = SimpleNamespace(backbone=_backbone()), torch.randn(10, 7, 3)
+
+    def score() -> None:
+        for part in x.split(4):
+            model.backbone(part)
+        with torch.enable_grad():
+            model.backbone(torch.randn(2, 7, 3))  # learning in between: not read for the scores
+
+    with torch.no_grad():
+        assert torch.equal(capture_backbone_input(model, score).x, x)
