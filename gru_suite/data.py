@@ -202,16 +202,17 @@ def resume_part_way(loader: DataLoader, position: Mapping[str, Any]) -> bool:
     `position` (`SplitDataModule.state_dict`'s: the batches of `batch_size` trained on `items` items, and a
     `batch_loader`'s order seed; a length-bucketed order is the epoch's own), with torch's generator as it is now
     once the pass starts (as it was when the checkpoint was saved: the pass's iterator draws from it first). False,
-    changing nothing, where the items differ in number, the batch size changed (Lightning counts the batches
-    trained, and would stop the epoch once the loader's length in batches of the new size is reached: items left
-    out), or its sampler is neither."""
+    changing nothing, where the items differ in number, a length-bucketed loader's batch size changed, a
+    `batch_loader`'s grew (Lightning counts the batches trained, and would stop the epoch at the loader's length in
+    batches of the new size: items left out; a smaller size ends the loader first), or its sampler is neither."""
     batches, batch_size = position["batches"], position.get("batch_size")
-    if len(loader.dataset) != position.get("items") or batch_size is None or _batch_size(loader) != batch_size:
+    if len(loader.dataset) != position.get("items") or batch_size is None:
         return False
-    if isinstance(loader.batch_sampler, LengthBucketSampler):
+    if isinstance(loader.batch_sampler, LengthBucketSampler) and loader.batch_sampler.batch_size == batch_size:
         loader.batch_sampler.resume(batches, torch.get_rng_state())
         return True
-    if isinstance(loader.sampler, ResumableRandomSampler) and position.get("order_seed") is not None:
+    if isinstance(loader.sampler, ResumableRandomSampler) and position.get("order_seed") is not None and \
+            _batch_size(loader) <= batch_size:
         loader.sampler.resume(position["order_seed"], batches * batch_size, torch.get_rng_state())
         return True
     return False
