@@ -354,7 +354,8 @@ def test_prediction_batches_have_a_size_of_their_own(trained: tuple[Path, dict[s
     texts.write_text("good\nbad film\na good film\nthe film was bad\nit is good\n", encoding="utf-8")
     module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
     module.task.cfg.predict.input = str(texts)
-    for size, expected in ((2, [2, 2, 1]), (None, [5])):  # None: a checkpoint from before the option (batches of 32)
+    module.task.cfg.data.batch_size = 3
+    for size, expected in ((2, [2, 2, 1]), (None, [3, 2])):  # None: a checkpoint from before the option
         module.task.cfg.predict.batch_size = size
         data = module.task.datamodule()
         data.setup("predict")

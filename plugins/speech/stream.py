@@ -115,7 +115,8 @@ class StreamingRecognizer:
         return torch.cat(self.emitted)
 
     def _emit(self, log_probs: Tensor) -> None:
-        """Add output frames (T, classes), decoding only them: each chunk costs the same, however long the stream."""
+        """Add output frames (T, classes), decoding only them (the text is written anew from the tokens when they
+        change: linear in the stream's length, but no more re-decoding of every frame so far)."""
         self.emitted.append(log_probs)
         if not len(log_probs):
             return
