@@ -13,7 +13,7 @@ from gru_suite_plugins.speech.audio import RunningSum
 from gru_suite_plugins.speech.data import Featurizer
 from gru_suite_plugins.speech.decode import blank_frames, greedy
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
+from gru_suite_plugins.speech.vocab import BLANK, Alphabet, Vocabulary
 
 
 def check_streamable(model: SpeechModel, featurizer: Featurizer) -> None:
@@ -115,8 +115,8 @@ class StreamingRecognizer:
         return torch.cat(self.emitted)
 
     def _emit(self, log_probs: Tensor) -> None:
-        """Add output frames (T, classes), decoding only them (the text is written anew from the tokens when they
-        change: linear in the stream's length, but no more re-decoding of every frame so far)."""
+        """Add output frames (T, classes), decoding only them: characters add their own text, so each chunk costs
+        the same however long the stream; a tokenizer's tokens (which may merge) are decoded anew when they change."""
         self.emitted.append(log_probs)
         if not len(log_probs):
             return
@@ -124,7 +124,10 @@ class StreamingRecognizer:
         self.last_best = int(log_probs[-1].argmax())
         if tokens:
             self.tokens += tokens
-            self.transcript = self.vocab.decode(self.tokens)
+            if isinstance(self.vocab, Alphabet):
+                self.transcript += self.vocab.decode(tokens)
+            else:
+                self.transcript = self.vocab.decode(self.tokens)
 
     def text(self) -> str:
         """Greedy transcript of the emissions so far."""
