@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from gru_suite.atomic import atomic_path
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
@@ -42,7 +43,7 @@ from gru_suite_plugins.translation.data import (
 )
 from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import AttentionKind, Seq2Seq
-from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer, write_attention, write_lines
+from gru_suite_plugins.translation.writer import attention_line, save_alignment, save_tokenizer, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -289,19 +290,21 @@ class TranslationTask(TaskPlugin):
         lines = ["" if r in empty_rows else " ".join(row) for r, row in enumerate(rows)]
         paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
-            records, shown = [], 0
-            for i in sorted(i for i in set(by_index) - self.blank if self.row_of[i] not in empty_rows):
-                tokens, weights, score = by_index[i]
-                source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
-                target = self.target_tokenizer.convert_ids_to_tokens(tokens)
-                records.append({"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
-                                "weights": [[round(w, 4) for w in row] for row in weights.tolist()]})
-                if shown < settings.plots and len(target):
-                    number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
-                    png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
-                    paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
-                    shown += 1
-            paths.append(write_attention(records, out_dir / "attention.jsonl"))
+            shown, jsonl_path = 0, out_dir / "attention.jsonl"
+            with atomic_path(jsonl_path) as tmp, tmp.open("w", encoding="utf-8") as jsonl:  # a line at a time
+                for i in sorted(i for i in set(by_index) - self.blank if self.row_of[i] not in empty_rows):
+                    tokens, weights, score = by_index[i]
+                    source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
+                    target = self.target_tokenizer.convert_ids_to_tokens(tokens)
+                    jsonl.write(attention_line({"line": corpus.lines[i], "source": source, "target": target,
+                                                "score": round(score, 4),
+                                                "weights": [[round(w, 4) for w in row] for row in weights.tolist()]}))
+                    if shown < settings.plots and len(target):
+                        number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
+                        png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
+                        paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
+                        shown += 1
+            paths.append(jsonl_path)
         if self.state["joint"]:
             paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer")
         else:

@@ -21,9 +21,10 @@ def write_lines(lines: Sequence[str], path: Path) -> Path:
     return write_text(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
 
 
-def write_attention(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One JSON object per translated line: `line`, `source` and `target` tokens, `weights` (target x source)."""
-    return write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+def attention_line(record: dict[str, Any]) -> str:
+    """A line of `attention.jsonl`: one translated sentence's JSON object (`line`, `source` and `target` tokens,
+    `score`, `weights` (target x source))."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 MAX_INCHES = 40.0
