@@ -362,6 +362,23 @@ def test_prediction_batches_have_a_size_of_their_own(trained: tuple[Path, dict[s
         assert [len(batch.index) for batch in data.predict_dataloader()] == expected
 
 
+def test_predictions_are_written_the_same_a_part_at_a_time(trained: tuple[Path, dict[str, float]], tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gru_suite_plugins.sentiment import task as sentiment_task
+
+    module = load_checkpoint(trained[0] / "checkpoints" / "last.ckpt")
+    module.task.cfg.predict.html_rows = module.task.cfg.predict.show = 5
+    data = module.task.datamodule()
+    data.setup("predict")
+    predictions = [module.task.predict_step(module.model, batch) for batch in data.predict_dataloader()]
+    written = {}
+    for rows_at_once in (100_000, 3):  # one part; parts of 3 (80 texts)
+        monkeypatch.setattr(sentiment_task, "ROWS_AT_ONCE", rows_at_once)
+        paths = module.task.write_predictions(predictions, data, tmp_path / str(rows_at_once))
+        written[rows_at_once] = [path.read_bytes() for path in paths]
+    assert written[3] == written[100_000] and written[3][1].count(b"<tr>") == 6  # a header row and 5 texts
+
+
 def test_special_tokens_written_in_a_text_are_read_as_text(trained: tuple[Path, dict[str, float]]) -> None:
     folder, _ = trained
     task = load_checkpoint(folder / "checkpoints" / "last.ckpt").task

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, get_args
@@ -63,6 +63,8 @@ from gru_suite_plugins.sentiment.scores import classification_scores, confusion
 from gru_suite_plugins.sentiment.writer import plot_confusion, write_predictions_csv
 
 log = logging.getLogger(__name__)
+ROWS_AT_ONCE = 4096
+"""Predicted texts whose offsets are found together as predictions.csv is written."""
 
 CLASS_WEIGHTS = ("balanced", "none")
 IMPORTANCE = ("gradient", "pooling")
@@ -454,31 +456,35 @@ class SentimentTask(TaskPlugin):
         examples = datamodule.dataset("predict").examples
         found = {int(i): (p, w[:n]) for batch in predictions
                  for i, p, w, n in zip(batch["index"], batch["probs"], batch["weights"], batch["lengths"].tolist())}
-        order = sorted(found)
-        texts = [examples[i].text for i in order]
-        encoding = encode_as_text(self.tokenizer, texts, truncation=True, max_length=int(self.cfg.data.max_tokens),
-                                  return_offsets_mapping=True)
-        predict, rows, page = self.cfg.predict, [], []
-        top_words, html_rows, show = int(predict.top_words), int(predict.html_rows), int(predict.show)
-        for row, i in enumerate(order):
-            probs, weights = found[i]
-            text = texts[row]
-            words = explain.word_weights(text, encoding["offset_mapping"][row], encoding.word_ids(row), weights)
-            best = int(probs.argmax())
-            label = self.labels[best]
-            rows.append({"line": examples[i].where, "text": text, "label": label,
-                         **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(self.labels, probs)},
-                         "top_words": " ".join(explain.top_words(text, words, top_words))})
-            if row < html_rows:
-                page.append((examples[i].where, label, float(probs[best]), explain.highlight_html(text, words)))
-            if row < show:
-                log.info("%s  %s %.2f  %s", examples[i].where, label, float(probs[best]),
-                         explain.highlight_terminal(text, words, top_words))
+        page: list[tuple[str, str, float, str]] = []
+        rows = self._prediction_rows([(examples[i], *found[i]) for i in sorted(found)], page)
         out_dir = Path(out_dir)
-        return [
-            write_predictions_csv(out_dir / "predictions.csv", rows, self.labels),
-            write_text(out_dir / "explanations.html", explain.html_page("Sentiment predictions", page)),
-        ]
+        csv_path = write_predictions_csv(out_dir / "predictions.csv", rows, self.labels)  # made as they are written
+        return [csv_path, write_text(out_dir / "explanations.html", explain.html_page("Sentiment predictions", page))]
+
+    def _prediction_rows(self, predicted: list[tuple[Any, Tensor, Tensor]], page: list) -> Iterator[dict[str, str]]:
+        """predictions.csv's rows of (example, probabilities, token weights), their texts' offsets found
+        `ROWS_AT_ONCE` at a time (all at once held gigabytes for a million texts); the first `predict.html_rows` go
+        to `page` for explanations.html, the first `predict.show` to the log."""
+        predict = self.cfg.predict
+        top_words, html_rows, show = int(predict.top_words), int(predict.html_rows), int(predict.show)
+        for start in range(0, len(predicted), ROWS_AT_ONCE):
+            part = predicted[start : start + ROWS_AT_ONCE]
+            encoding = encode_as_text(self.tokenizer, [example.text for example, _, _ in part], truncation=True,
+                                      max_length=int(self.cfg.data.max_tokens), return_offsets_mapping=True)
+            for at, (example, probs, weights) in enumerate(part):
+                row, text = start + at, example.text
+                words = explain.word_weights(text, encoding["offset_mapping"][at], encoding.word_ids(at), weights)
+                best = int(probs.argmax())
+                label = self.labels[best]
+                yield {"line": example.where, "text": text, "label": label,
+                       **{f"prob_{name}": f"{float(p):.6f}" for name, p in zip(self.labels, probs)},
+                       "top_words": " ".join(explain.top_words(text, words, top_words))}
+                if row < html_rows:
+                    page.append((example.where, label, float(probs[best]), explain.highlight_html(text, words)))
+                if row < show:
+                    log.info("%s  %s %.2f  %s", example.where, label, float(probs[best]),
+                             explain.highlight_terminal(text, words, top_words))
 
 
 def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int, Tensor]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +12,7 @@ from gru_suite.atomic import atomic_path, save_figure
 
 
 def write_predictions_csv(
-    path: Path, rows: Sequence[dict[str, object]], labels: Sequence[str]
+    path: Path, rows: Iterable[dict[str, object]], labels: Sequence[str]
 ) -> Path:
     """Columns `line, text, label, prob_<label>... , top_words` (words separated by spaces, heaviest first)."""
     fields = ["line", "text", "label", *(f"prob_{label}" for label in labels), "top_words"]
