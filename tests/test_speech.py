@@ -229,6 +229,15 @@ def test_word_and_subword_tokens_group_into_words() -> None:
     assert [bpe.decode(ids[a:b]) for a, b in bpe.word_ranges(ids)] == ["one", "two", "nine"]
 
 
+def test_more_tokens_decode_as_the_whole_sequence_would() -> None:
+    """A stream's transcript grows by `decode_more`: characters add their own text, tokens are decoded anew."""
+    words = Tokens.train(["one two", "three one", "nine"], "word", 100)
+    for vocab, text in ((ALPHABET, "one two nine"), (words, "one two nine")):
+        ids = vocab.encode(text)
+        for split in range(len(ids) + 1):
+            assert vocab.decode_more(vocab.decode(ids[:split]), ids[:split], ids[split:]) == vocab.decode(ids), split
+
+
 def test_word_tokens_are_timed_one_word_per_token() -> None:
     words = Tokens.train(["one two"], "word", 100)
     one, two = words.encode("one two")

@@ -13,7 +13,7 @@ from gru_suite_plugins.speech.audio import RunningSum
 from gru_suite_plugins.speech.data import Featurizer
 from gru_suite_plugins.speech.decode import blank_frames, greedy
 from gru_suite_plugins.speech.model import SpeechModel
-from gru_suite_plugins.speech.vocab import BLANK, Alphabet, Vocabulary
+from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 
 
 def check_streamable(model: SpeechModel, featurizer: Featurizer) -> None:
@@ -115,19 +115,16 @@ class StreamingRecognizer:
         return torch.cat(self.emitted)
 
     def _emit(self, log_probs: Tensor) -> None:
-        """Add output frames (T, classes), decoding only them: characters add their own text, so each chunk costs
-        the same however long the stream; a tokenizer's tokens (which may merge) are decoded anew when they change."""
+        """Add output frames (T, classes), decoding only them (`Vocabulary.decode_more`: characters add their own
+        text, so each chunk costs the same however long the stream; a tokenizer's tokens are decoded anew)."""
         self.emitted.append(log_probs)
         if not len(log_probs):
             return
         tokens = greedy(log_probs, after=self.last_best)
         self.last_best = int(log_probs[-1].argmax())
         if tokens:
+            self.transcript = self.vocab.decode_more(self.transcript, self.tokens, tokens)
             self.tokens += tokens
-            if isinstance(self.vocab, Alphabet):
-                self.transcript += self.vocab.decode(tokens)
-            else:
-                self.transcript = self.vocab.decode(self.tokens)
 
     def text(self) -> str:
         """Greedy transcript of the emissions so far."""

@@ -31,6 +31,7 @@ class Vocabulary(Protocol):
     def unknown(self, text: str) -> list[str]: ...
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: Sequence[int]) -> str: ...
+    def decode_more(self, text: str, ids: Sequence[int], more: Sequence[int]) -> str: ...
     def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]: ...
 
 
@@ -56,6 +57,10 @@ class Alphabet:
 
     def decode(self, ids: Sequence[int]) -> str:
         return "".join(self.chars[i - 1] for i in ids if i != BLANK)
+
+    def decode_more(self, text: str, ids: Sequence[int], more: Sequence[int]) -> str:
+        """The text of `ids` + `more`, given `text`, that of `ids`: characters add their own."""
+        return text + self.decode(more)
 
     def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """`(first, end)` index ranges of the words in `ids`, the spaces left out."""
@@ -106,6 +111,10 @@ class Tokens:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode([i for i in ids if i != BLANK], skip_special_tokens=True).strip()
+
+    def decode_more(self, text: str, ids: Sequence[int], more: Sequence[int]) -> str:
+        """The text of `ids` + `more` (`text`, that of `ids`, is not reused: tokens may merge across the join)."""
+        return self.decode([*ids, *more])
 
     def word_ranges(self, ids: Sequence[int]) -> list[tuple[int, int]]:
         """One word per token (`word`), or a word from each token starting with "▁" (subwords)."""
