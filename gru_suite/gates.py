@@ -200,17 +200,16 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Backb
     if not isinstance(getattr(model, "backbone", None), GRUBackbone):
         raise UserError(f"{type(model).__name__} has no `backbone` attribute holding its GRUBackbone, which the gate "
                         "plots trace (the task's build_model() must set one)")
-    captured: list[BackboneInput] = []
-    learning: list[bool] = []
+    captured: list[tuple[BackboneInput, bool]] = []  # each forward call's input, and whether it was learning
     calls: list[_RNNCall] = []
 
     def record(_: nn.Module, args: tuple, kwargs: dict) -> None:
         x = args[0] if args else kwargs["x"]
         lengths = args[1] if len(args) > 1 else kwargs.get("lengths")
         h0 = args[2] if len(args) > 2 else kwargs.get("h0")
-        captured.append(BackboneInput(x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu(),
-                                      h0.detach() if isinstance(h0, Tensor) else h0))
-        learning.append(torch.is_grad_enabled())
+        read = BackboneInput(x.detach(), None if lengths is None else torch.as_tensor(lengths).cpu(),
+                             h0.detach() if isinstance(h0, Tensor) else h0)
+        captured.append((read, torch.is_grad_enabled()))
 
     def record_rnn(rnn: nn.Module, args: tuple, output: tuple[Tensor, Tensor]) -> None:
         weights = (id(rnn), *(p._version for p in rnn.parameters()))
@@ -228,13 +227,13 @@ def capture_backbone_input(model: nn.Module, run: Callable[[], object]) -> Backb
         for handle in handles:
             handle.remove()
     if captured:
-        first = captured[0]
+        first, first_learns = captured[0]
         if first.lengths is not None:
             return first
         carried = _carried_on(first.x, calls)
-        if carried is first.x and first.h0 is None and not learning[0] and len({call.weights for call in calls}) == 1:
-            carried = torch.cat([c.x for c, learns in zip(captured, learning) if c.h0 is None and c.lengths is None
-                                 and not learns and c.x.shape[1:] == first.x.shape[1:]])
+        if carried is first.x and first.h0 is None and not first_learns and len({call.weights for call in calls}) == 1:
+            carried = torch.cat([c.x for c, learns in captured if c.h0 is None and c.lengths is None and not learns
+                                 and c.x.shape[1:] == first.x.shape[1:]])
         return first._replace(x=carried)
     if calls and calls[0].x is not None:  # `step` alone
         return BackboneInput(_carried_on(calls[0].x, calls), None, calls[0].h0)
