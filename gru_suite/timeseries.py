@@ -6,6 +6,7 @@ import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import tzinfo
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -274,6 +275,17 @@ def parse_timestamp(value: Any, unit: str | None = None) -> pd.Timestamp:
 def wall_clock(stamp: pd.Timestamp) -> pd.Timestamp:
     """`stamp`'s local time without its UTC offset (the time on the wall clock where it was taken)."""
     return stamp.tz_localize(None) if stamp.tz is not None else stamp
+
+
+def plotted_times(stamps: pd.Index | pd.Series) -> tuple[pd.Index | pd.Series, tzinfo | None]:
+    """`stamps` for matplotlib, and the time zone to label them in: stamps with a zone as UTC without one (where
+    matplotlib puts them, after converting zoned stamps one at a time: seconds for 100,000) and their zone (give it
+    to the axis, `Axis.axis_date`, or its locator and formatter); other values as they are, and None."""
+    if not isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        return stamps, None
+    utc = pd.DatetimeIndex(stamps).tz_convert("UTC").tz_localize(None)
+    values = utc if isinstance(stamps, pd.Index) else pd.Series(utc, index=stamps.index, name=stamps.name)
+    return values, stamps.dtype.tz
 
 
 def wrong_split(split: Any, parts: int = 3, field: str = "task.data.split") -> str | None:

@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.collections import PolyCollection
+from matplotlib.colors import to_rgb
 from omegaconf import OmegaConf
 
 from conftest import run_cli
@@ -177,6 +179,31 @@ def test_a_series_all_probation_is_plotted():
     top, bottom = fig.axes
     np.testing.assert_allclose(top.lines[0].get_ydata(), raw)  # the series, and no end-of-probation line after it
     assert len(top.lines) == 1 and bottom.lines[1].get_label() == "threshold"
+
+
+def test_flagged_runs_are_shaded_from_first_to_last_row_in_one_artist():
+    flags = np.zeros(3000, dtype=int)
+    runs = [(5, 9), (100, 100), (200, 260)] + [(1000 + 4 * i, 1001 + 4 * i) for i in range(400)]
+    for start, end in runs:
+        flags[start:end + 1] = 1
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(3000) * 10, "v": 0.0, "score": 0.5, "threshold": 1.0,
+                          "flag": flags, "reason": np.where(flags, "score", "")})
+    stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
+    top = plot_report(stream, frame, 1.0).axes[0]
+    shaded = [c for c in top.collections if isinstance(c, PolyCollection)]
+    assert len(shaded) == 1 and not top.patches and np.allclose(shaded[0].get_facecolor()[0][:3], to_rgb("tab:red"))
+    extents = sorted((path.vertices[:, 0].min(), path.vertices[:, 0].max()) for path in shaded[0].get_paths())
+    assert extents == [(10 * start, 10 * end) for start, end in runs]  # a lone row's has no width (its dot shows it)
+
+
+def test_a_zoned_series_is_plotted_at_its_own_times_of_day():
+    stamps = pd.date_range("2024-03-30", periods=3000, freq="min", tz="America/New_York")
+    frame = pd.DataFrame({"timestamp": stamps, "v": 0.0, "score": 0.5, "threshold": 1.0, "flag": 0, "reason": ""})
+    stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
+    top, bottom = plot_report(stream, frame, 1.0).axes
+    assert top.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-30T04:00")  # UTC, as matplotlib places it
+    assert str(bottom.xaxis.get_major_locator().tz) == "America/New_York" == str(top.xaxis.get_units())
+    assert bottom.get_xlabel() == "time (America/New_York)"
 
 
 def test_the_score_panel_shows_the_threshold_and_saturated_likelihoods():

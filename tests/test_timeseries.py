@@ -17,10 +17,11 @@ from gru_suite.timeseries import (
     WindowDataset,
     chronological_split,
     parse_timestamp,
+    plotted_times,
     read_series_csv,
     window_origins,
 )
-from gru_suite_plugins.forecasting.writer import future_timestamps
+from gru_suite_plugins.forecasting.writer import forecast_frame, future_timestamps, plot_forecasts
 
 
 def write(tmp_path, text, name="s.csv"):
@@ -423,3 +424,24 @@ def test_a_forecasting_column_named_twice_is_one_line(tmp_path, columns, message
 def test_an_empty_time_column_name_is_named_not_a_pandas_key_error(tmp_path):
     with pytest.raises(UserError, match=r"no time column \(task.data.time_column\) ''; columns are \['t', 'a'\]"):
         read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n"), ["a"], "")
+
+
+def test_zoned_stamps_are_plotted_as_utc_with_their_zone_and_others_as_they_are():
+    stamps = pd.Series(pd.date_range("2024-10-27 01:30", periods=4, freq="30min", tz="Europe/Berlin"),
+                       index=[5, 6, 7, 8])
+    values, zone = plotted_times(stamps)  # across the night the clocks went back: UTC keeps the order
+    assert str(zone) == "Europe/Berlin" and list(values.index) == [5, 6, 7, 8]
+    assert list(values) == list(pd.date_range("2024-10-26 23:30", periods=4, freq="30min"))
+    for plain in (pd.RangeIndex(4), pd.Series(pd.date_range("2024", periods=3))):
+        assert plotted_times(plain)[0] is plain and plotted_times(plain)[1] is None
+
+
+def test_a_zoned_series_forecasts_are_plotted_at_its_own_times_of_day():
+    stamps = pd.date_range("2024-03-01", periods=200, freq="h", tz="Asia/Tokyo")
+    series = SimpleNamespace(timestamps=stamps, values=np.arange(200.0)[:, None], columns=["y"])
+    data = SimpleNamespace(series=series, sets={"predict": SimpleNamespace(origins=np.arange(150, 201))})
+    predictions = [{"forecast": torch.ones(51, 3, 1), "actual": torch.zeros(51, 3, 1)}]
+    ax = plot_forecasts(forecast_frame(predictions, data, ["y"]), data, ["y"]).axes[0]
+    assert ax.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-06T12:00")  # row 141, 21:00 in Tokyo
+    assert str(ax.xaxis.get_major_locator().tz) == "Asia/Tokyo" == str(ax.xaxis.get_major_formatter()._tz)
+    assert ax.get_xlabel() == "time (Asia/Tokyo)"

@@ -9,7 +9,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
-from gru_suite.timeseries import Series
+from gru_suite.timeseries import Series, plotted_times
 from gru_suite_plugins.anomaly.data import StreamData
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
@@ -68,11 +68,6 @@ def flag_reasons(scored: ScoredSeries) -> np.ndarray:
     return np.where(scored.flags, reasons, "")
 
 
-def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
-    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(int), [0]])))
-    return list(zip(edges[::2], edges[1::2] - 1))
-
-
 LOGIT_EDGE = 1e-9  # likelihoods of exactly 0 or 1 are drawn this close to them
 
 
@@ -80,7 +75,7 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     """The series with labelled windows (green) and flags (red); below, the score and threshold."""
     fig = Figure(figsize=(12, 5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
-    x = frame["timestamp"]
+    x, zone = plotted_times(frame["timestamp"])
     shown = value_columns(stream.series.columns)
     for column in shown:
         top.plot(x, frame[column], lw=0.8, label=column)
@@ -88,8 +83,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
         top.axvspan(x.iloc[start], x.iloc[end], color="tab:green", alpha=0.2,
                     label=None if number else "labelled window")
     flagged = frame["flag"].to_numpy() == 1
-    for start, end in _spans(flagged):
-        top.axvspan(x.iloc[start], x.iloc[end], color="tab:red", alpha=0.35, lw=0)
+    # each run of flagged rows shaded from its first timestamp to its last, all runs in one artist
+    top.fill_between(x, 0, 1, where=flagged, transform=top.get_xaxis_transform(), color="tab:red", alpha=0.35, lw=0)
     by_range = flagged & (frame["reason"] == "range").to_numpy()
     for rows, colour, label in ((flagged & ~by_range, "tab:red", "flagged: score"),
                                 (by_range, "tab:orange", "flagged: beyond the range seen")):
@@ -112,6 +107,9 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
         bottom.set_ylim(min(score.min(), threshold) / 2, 1 - (1 - max(score.max(), threshold)) / 2)
     bottom.legend(loc="upper left", fontsize=8)
     bottom.set_ylabel("anomaly score")
+    if zone is not None:  # ticks at the series' own times of day
+        top.xaxis.axis_date(zone)
+        bottom.set_xlabel(f"time ({zone})")
     return fig
 
 

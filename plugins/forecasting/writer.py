@@ -11,7 +11,7 @@ from matplotlib import dates as mdates
 from matplotlib.figure import Figure
 
 from gru_suite.atomic import atomic_path, save_figure
-from gru_suite.timeseries import Series
+from gru_suite.timeseries import Series, plotted_times
 
 MAX_PLOTTED_TARGETS = 4
 WEEKDAYS_SEEN = 10
@@ -65,7 +65,8 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
     series = datamodule.series
     first_origin = int(datamodule.sets["predict"].origins[0])
     history_start = max(0, first_origin - 3 * int(frame["step"].max()))
-    stamps = future_timestamps(series, np.arange(history_start, len(series.values)))
+    stamps, zone = plotted_times(future_timestamps(series, np.arange(history_start, len(series.values))))
+    frame = frame.assign(timestamp=plotted_times(frame["timestamp"])[0])
     last_origin = frame["origin"].iloc[-1]
     for ax, target in zip(axes, shown):
         column = series.columns.index(target)
@@ -77,9 +78,10 @@ def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figur
         future = rows[rows["origin"] == last_origin]
         ax.plot(future["timestamp"], future["forecast"], lw=1.6, color="C3", label="forecast beyond the data")
         if isinstance(stamps, pd.DatetimeIndex):  # dates that fit: '2024-03-31 2024-04-01' ran together
-            locator = mdates.AutoDateLocator()
+            locator = mdates.AutoDateLocator(tz=zone)  # ticks at the series' own times of day
             ax.xaxis.set_major_locator(locator)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator, tz=zone))
+            ax.set_xlabel("" if zone is None else f"time ({zone})")
         ax.set_title(target)
         ax.set_ylabel(target)
         ax.legend(loc="best", fontsize=8)
