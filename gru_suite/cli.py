@@ -329,6 +329,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     from gru_suite.checkpoint import fixed_by_training, read_checkpoint, restore, stored_config
     from gru_suite.config import check_run_settings
     from gru_suite.overrides import apply_overrides
+    from gru_suite.task import wrong_task_settings
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
@@ -346,7 +347,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
-        check_run_settings(cfg, numbers, task=task_cls.wrong_settings(task_cfg))
+        check_run_settings(cfg, numbers, task=wrong_task_settings(task_cls, task_cfg))
     if ignored := fixed_by_training(task_cls.trained_settings, task_cfg, stored.task):
         logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
                                                "the override(s)", path, ", ".join(f"task.{key}" for key in ignored))

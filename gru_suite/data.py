@@ -15,6 +15,8 @@ from pytorch_lightning.trainer.states import TrainerFn
 from pytorch_lightning.utilities import rank_zero_info
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
+from gru_suite.errors import UserError
+
 T = TypeVar("T")
 
 
@@ -25,7 +27,8 @@ class SplitDataModule(pl.LightningDataModule):
     collation); training batches are shuffled. `batch_sizes` overrides `batch_size`
     per stage. A set missing from `self.sets` is made on first use by `build(stage)`,
     so prediction reads no training data. With `lengths` (item lengths of a set),
-    batches hold items of similar length (`length_bucket_loader`, seeded by `seed`).
+    batches hold items of similar length in every stage (`length_bucket_loader`, seeded by
+    `seed`): validation, test and prediction batches in length order, not the dataset's.
     """
 
     def __init__(
@@ -253,8 +256,10 @@ def length_bucket_loader(
 ) -> DataLoader:
     """A loader of length-bucketed batches; the dataset's `__getitems__` builds each whole batch.
 
-    `shuffle` draws a new item order and batch order every epoch (seeded), starting with those of `epoch`.
+    `shuffle` draws a new item order and batch order every epoch (seeded), starting with those of `epoch`; without
+    it the batches come in length order, not the dataset's.
     """
+    dataset = _batch_gathering(dataset)
     order = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     if shuffle:
         order.set_epoch(epoch)
@@ -269,13 +274,22 @@ def batch_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_w
     """A DataLoader over a dataset with `__getitems__`: whole batches, no per-item collation; shuffled, by a
     `ResumableRandomSampler`."""
     return DataLoader(
-        dataset,
+        _batch_gathering(dataset),
         batch_size=batch_size,
         sampler=ResumableRandomSampler(dataset) if shuffle else None,
         num_workers=num_workers,
         collate_fn=_whole_batch,
         persistent_workers=num_workers > 0,
     )
+
+
+def _batch_gathering(dataset: Dataset) -> Dataset:
+    """`dataset`, checked to gather a whole batch (`__getitems__`), which these loaders hand on as it is: without
+    it a task's `step` would get a list of single items."""
+    if not callable(getattr(dataset, "__getitems__", None)):
+        raise UserError(f"{type(dataset).__name__} has no __getitems__(indices): the suite's loaders hand a task whole "
+                        "batches, each gathered by its dataset in one call (see gru_suite.data.batch_loader)")
+    return dataset
 
 
 def _whole_batch(batch: T) -> T:

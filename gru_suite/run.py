@@ -69,7 +69,7 @@ from gru_suite.resume import (
     warn_of_another_monitor,
 )
 from gru_suite.run_folder import checkpoint_folder, first_process, set_aside
-from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule
+from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule, wrong_task_settings
 
 log = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def check_train_settings(cfg: DictConfig) -> None:
         if (error := user_error_in(err)) is not None:
             unset = unset_required(cfg) or [str(error)]
     raise_all(unset)
-    check_run_settings(cfg, task=registry.get_task(cfg.task.name).load().wrong_settings(cfg.task))
+    check_run_settings(cfg, task=wrong_task_settings(registry.get_task(cfg.task.name).load(), cfg.task))
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

@@ -110,7 +110,7 @@ class TaskPlugin(ABC):
     lets it: an older checkpoint's config). The core's `data.batch_size` and `data.num_workers` are required."""
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
-        raise_all(self.wrong_settings(cfg))
+        raise_all(wrong_task_settings(type(self), cfg))
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 
@@ -192,3 +192,20 @@ def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:
         raise UserError(f"task {task.cfg.get('name')!r}: datamodule() returned a {type(datamodule).__name__}, not a "
                         "LightningDataModule (gru_suite.data.SplitDataModule is one)")
     return datamodule
+
+
+def wrong_task_settings(task_cls: type[TaskPlugin], cfg: DictConfig) -> list[str]:
+    """`task_cls.wrong_settings(cfg)`, checked to be a list of messages (a UserError naming the task otherwise).
+    Where the plugin's own checks raise on a value the core's checks find wrong (a string where a number belongs),
+    the core's messages; where the core's find nothing, the exception goes on (the plugin's bug)."""
+    try:
+        wrong = task_cls.wrong_settings(cfg)
+    except Exception:
+        if core := TaskPlugin.wrong_settings.__func__(task_cls, cfg):
+            return core
+        raise
+    if not isinstance(wrong, list | tuple) or not all(isinstance(message, str) for message in wrong):
+        kind = type(wrong).__name__ if not isinstance(wrong, list | tuple) else \
+            f"a {type(wrong).__name__} holding a {next(type(m).__name__ for m in wrong if not isinstance(m, str))}"
+        raise UserError(f"task {cfg.get('name')!r}: wrong_settings() returned {kind}, not a list of messages (str)")
+    return list(wrong)

@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from gru_suite import registry, run
 from gru_suite.errors import UserError
-from gru_suite.task import StepOutput, TaskPlugin
+from gru_suite.data import batch_loader, length_bucket_loader
+from gru_suite.task import StepOutput, TaskPlugin, wrong_task_settings
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.forecasting.task import ForecastingTask
 
@@ -543,3 +544,45 @@ def test_the_cores_own_task_numbers_are_checked_when_a_plugin_leaves_them_out():
     cfg = OmegaConf.create({"name": "forecasting", "monitor": "val/loss", "monitor_mode": "min",
                             "data": {"lookback": 3, "batch_size": 0}})
     assert OwnNumbersOnly.wrong_settings(cfg) == ["task.data.batch_size must be at least 1, got 0"]
+
+
+class HeadsAtMostSize(TaskPlugin):
+    numbers = (*TaskPlugin.numbers, ("model.heads", int, 1), ("model.size", int, 1))
+
+    @classmethod
+    def wrong_settings(cls, cfg):  # the README's example, which compares values before they are checked
+        return super().wrong_settings(cfg) + ([] if cfg.model.heads <= cfg.model.size else [
+            f"task.model.heads must be at most task.model.size ({cfg.model.size}), got {cfg.model.heads}"])
+
+
+def test_a_plugins_check_that_trips_over_a_value_the_core_names_gives_the_cores_messages():
+    cfg = OmegaConf.create({"name": "forecasting", "monitor": "val/loss", "monitor_mode": "min",
+                            "data": {"batch_size": 4, "num_workers": 0}, "model": {"heads": "abc", "size": 8}})
+    assert wrong_task_settings(HeadsAtMostSize, cfg) == ["task.model.heads must be an integer, got 'abc'"]
+    cfg.model.heads = 9
+    assert wrong_task_settings(HeadsAtMostSize, cfg) == ["task.model.heads must be at most task.model.size (8), got 9"]
+    cfg.model.size = None  # off for `numbers`, so the core names nothing: the plugin's bug, which goes on
+    with pytest.raises(TypeError, match="'<=' not supported"):
+        wrong_task_settings(HeadsAtMostSize, cfg)
+
+
+@pytest.mark.parametrize("returned, kind", [("task.data.x is wrong", "str"), (None, "NoneType"),
+                                            (["fine", 3], "a list holding a int")])
+def test_wrong_settings_that_are_not_a_list_of_messages_are_named(returned, kind):
+    class Sloppy(TaskPlugin):
+        @classmethod
+        def wrong_settings(cls, cfg):
+            return returned
+
+    with pytest.raises(UserError, match=re.escape(f"task 'mine': wrong_settings() returned {kind}, not a list of "
+                                                  "messages (str)")):
+        wrong_task_settings(Sloppy, OmegaConf.create({"name": "mine"}))
+
+
+def test_a_dataset_that_cannot_gather_a_batch_is_named_before_a_step_gets_single_items():
+    from torch.utils.data import TensorDataset
+
+    for make in (lambda data: batch_loader(data, 2, shuffle=True),
+                 lambda data: length_bucket_loader(data, [1, 2], 2, shuffle=False)):
+        with pytest.raises(UserError, match=r"^TensorDataset has no __getitems__\(indices\): the suite's loaders hand"):
+            make(TensorDataset(torch.zeros(2)))
