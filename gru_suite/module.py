@@ -373,7 +373,7 @@ def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:
                             "(the core logs its epoch mean; a metric of a whole pass goes in epoch_end)")
     weight = out.loss_weight
     if weight is not None and not (isinstance(weight, (int, float)) and weight >= 0 or
-                                   isinstance(weight, torch.Tensor) and weight.numel() == 1):
+                                   isinstance(weight, torch.Tensor) and weight.numel() == 1 and float(weight) >= 0):
         raise UserError(f"{where} returned loss_weight={weight!r}: expected a number, 0 or more (what the epoch's mean "
                         "loss weighs this batch by; 0: nothing), or None")
     return out

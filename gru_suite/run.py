@@ -476,11 +476,17 @@ def never_logged(trainer: pl.Trainer, name: str, monitor: str) -> UserError:
 
 
 def _metric_meant(name: str, logged: list[str]) -> str | None:
-    """The logged metric a monitor's `name` most likely meant: a close spelling of one, else the same name (or a close
-    one) under a stage prefix, validation's first (`loss` or `test/loss` for `val/loss`)."""
-    for wanted in (name, *(stage + name.rsplit("/", 1)[-1] for stage in ("val/", "train/"))):
-        if close := difflib.get_close_matches(wanted, logged, n=1, cutoff=0.75):
-            return close[0]
+    """The logged metric a monitor's `name` most likely meant: a close spelling of one, else the same metric (a close
+    spelling, or one it begins: `acc` for `accuracy`) under `name`'s own stage prefix, then validation's, then
+    training's (`loss` or `test/loss` for `val/loss`, `val/acc` for `val/accuracy`, not `train/accuracy`)."""
+    if close := difflib.get_close_matches(name, logged, n=1, cutoff=0.75):
+        return close[0]
+    stage, _, metric = name.rpartition("/")
+    for prefix in dict.fromkeys([f"{stage}/"] * bool(stage) + ["val/", "train/"]):
+        metrics = [key.removeprefix(prefix) for key in logged if key.startswith(prefix)]
+        if close := difflib.get_close_matches(metric, metrics, n=1, cutoff=0.75) or \
+                [known for known in metrics if known.startswith(metric)][:1]:
+            return prefix + close[0]
     return None
 
 

@@ -300,6 +300,14 @@ def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, m
     assert not (tmp_path / "metrics.csv").exists()  # the sanity check validated every batch: no epoch trained
 
 
+@pytest.mark.parametrize("name, meant", [("val/acc", "val/accuracy"), ("train/acc", "train/accuracy"),
+                                         ("val/los", "val/loss"), ("loss", "val/loss"), ("test/accuracy", "val/accuracy"),
+                                         ("accuracy", "val/accuracy"), ("val/recall", None)])
+def test_a_monitors_likely_meaning_keeps_its_own_stage(name, meant):
+    logged = ["train/accuracy", "train/loss", "val/accuracy", "val/loss"]
+    assert run._metric_meant(name, logged) == meant
+
+
 @pytest.mark.parametrize("monitor, named_early", [("val/los", True), ("val/accuracy", False)])
 def test_a_monitor_missing_from_a_partial_sanity_check_is_named_early_only_if_it_looks_like_a_slip(
         monitor, named_early, tmp_path):

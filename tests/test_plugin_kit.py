@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 
 from gru_suite import registry, run
 from gru_suite.errors import UserError
+from gru_suite.module import check_step_output
 from gru_suite.data import batch_loader, length_bucket_loader
 from gru_suite.task import StepOutput, TaskPlugin, wrong_task_settings
 from gru_suite.testing import check_task_plugin, compose_train_config
@@ -586,3 +587,11 @@ def test_a_dataset_that_cannot_gather_a_batch_is_named_before_a_step_gets_single
                  lambda data: length_bucket_loader(data, [1, 2], 2, shuffle=False)):
         with pytest.raises(UserError, match=r"^TensorDataset has no __getitems__\(indices\): the suite's loaders hand"):
             make(TensorDataset(torch.zeros(2)))
+
+
+def test_a_negative_loss_weight_is_refused_as_a_tensor_too():
+    out = StepOutput(torch.tensor(1.0), 2, {}, loss_weight=torch.tensor(-1.0))
+    with pytest.raises(UserError, match=re.escape("task 'mine': step(..., 'val') returned loss_weight=tensor(-1.): "
+                                                  "expected a number, 0 or more")):
+        check_step_output(out, "mine", "val")
+    assert check_step_output(StepOutput(torch.tensor(1.0), 2, {}, loss_weight=torch.tensor(0.0)), "mine", "val")
