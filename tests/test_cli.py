@@ -30,7 +30,8 @@ from conftest import TINY, resumed_and_uninterrupted, resumed_part_way_and_unint
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, unfinished_writes, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint, restore, settings_apart, stored_config
+from gru_suite.checkpoint import (check_same_model, load_checkpoint, read_checkpoint, restore, settings_apart,
+                                  stored_config)
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite import run_folder
 from gru_suite.run_folder import KeepEarlierConfig

@@ -301,8 +301,9 @@ def test_a_monitor_never_logged_is_named_with_the_metrics_that_were(overrides, m
 
 
 @pytest.mark.parametrize("name, meant", [("val/acc", "val/accuracy"), ("train/acc", "train/accuracy"),
-                                         ("val/los", "val/loss"), ("loss", "val/loss"), ("test/accuracy", "val/accuracy"),
-                                         ("accuracy", "val/accuracy"), ("val/recall", None)])
+                                         ("val/los", "val/loss"), ("loss", "val/loss"),
+                                         ("test/accuracy", "val/accuracy"), ("accuracy", "val/accuracy"),
+                                         ("val/recall", None)])
 def test_a_monitors_likely_meaning_keeps_its_own_stage(name, meant):
     logged = ["train/accuracy", "train/loss", "val/accuracy", "val/loss"]
     assert run._metric_meant(name, logged) == meant
