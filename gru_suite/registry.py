@@ -99,7 +99,7 @@ class TaskEntry:
     def description(self) -> str:
         """The `description` line of the task's config, read without importing it."""
         if (path := self.config_file()) is None:
-            return "(no config found)"
+            return f"(no conf/task/{self.name}.yaml found)"
         try:
             config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, OSError, UnicodeDecodeError) as err:

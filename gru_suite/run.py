@@ -102,7 +102,11 @@ ignore_lightning_noise()
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
     """Import only the selected task and construct it."""
     task_cls = registry.get_task(task_cfg.name).load()
-    return task_cls(task_cfg, state)
+    task = task_cls(task_cfg, state)
+    if not (hasattr(task, "cfg") and hasattr(task, "state")):
+        raise UserError(f"task {task_cfg.name!r}: {task_cls.__name__}.__init__ must call super().__init__(cfg, state), "
+                        "which checks the settings and sets self.cfg and self.state")
+    return task
 
 
 def check_checkpointable_state(task: TaskPlugin) -> None:

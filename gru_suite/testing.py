@@ -115,6 +115,7 @@ def _check_contract(task: str, overrides: list[str], root: Path) -> None:
         task_cls = entry.load()  # a TaskPlugin subclass, or a UserError saying what it is
         if (elsewhere := imported_copy_elsewhere(entry)) is not None:
             warnings.warn(elsewhere, stacklevel=2)
+        _check_installed_config(entry)
         _check_task_config_file(task)
     with _contract(task, "config composition"):
         cfg = compose_train_config(task, overrides, root / "instantiate")
@@ -172,6 +173,19 @@ def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:
     return (f"task {entry.name!r}: {entry.module} is imported from {origin}, not from the installed "
             f"{entry.distribution} in {where}: the check sees the source folder, not what users install (run it "
             "from another folder, or use a src/ layout)")
+
+
+def _check_installed_config(entry: registry.TaskEntry) -> None:
+    """Each installed (not editable) copy of the task's distribution holds its `conf/task/<name>.yaml`: a wheel
+    built without its package data passes a check that imports the source folder, and then fails for its users."""
+    wanted = f"conf/task/{entry.name}.yaml"
+    for dist in importlib.metadata.distributions(name=entry.distribution):
+        if not dist.read_text("RECORD") or \
+                json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"):
+            continue
+        _require(any(file.as_posix().endswith(wanted) for file in dist.files or ()),
+                 f"the installed {entry.distribution} {dist.version} lacks {wanted}: the wheel was built without "
+                 "its package data (declare the conf/ files as package data, e.g. [tool.setuptools.package-data])")
 
 
 def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -> None:

@@ -4,6 +4,7 @@ the example third-party plugin trains through the real CLI."""
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import json
 import logging
 import os
@@ -454,8 +455,9 @@ def test_a_backbone_that_gets_no_gradient_is_a_warning(task_cls: type, warned: b
 class FakeInstall:
     """A pip install of a distribution, as `importlib.metadata` sees it."""
 
-    def __init__(self, location: Path, editable: bool) -> None:
-        self.location, self.editable = location, editable
+    def __init__(self, location: Path, editable: bool, files: list[str] = ()) -> None:
+        self.location, self.editable, self.version = location, editable, "1.0"
+        self.files = [importlib.metadata.PackagePath(file) for file in files]
 
     def read_text(self, name: str) -> str | None:
         if name == "direct_url.json":
@@ -475,11 +477,32 @@ def test_a_check_that_imports_the_source_instead_of_the_install_warns(
     from gru_suite.testing import imported_copy_elsewhere
 
     install = FakeInstall(tmp_path / "site-packages", editable)  # the module itself comes from this repository
+    entry = registry.get_task("forecasting")  # found before the installs are faked (not from a warm cache)
     monkeypatch.setattr(importlib.metadata, "distributions", lambda name: [install])
-    message = imported_copy_elsewhere(registry.get_task("forecasting"))
+    message = imported_copy_elsewhere(entry)
     assert (message is not None) == warned
     if warned:
         assert "is imported from" in message and "not from the installed gru-suite" in message
+
+
+@pytest.mark.parametrize("editable, files, refused", [
+    (False, ["gru_suite_plugins/forecasting/task.py"], True),
+    (False, ["gru_suite_plugins/forecasting/task.py", "gru_suite_plugins/forecasting/conf/task/forecasting.yaml"],
+     False),
+    (True, [], False)])  # an editable install is the source folder, config and all
+def test_an_installed_wheel_without_its_task_config_fails_the_check(
+    editable: bool, files: list[str], refused: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gru_suite.testing import _check_installed_config
+
+    entry = registry.get_task("forecasting")
+    monkeypatch.setattr(importlib.metadata, "distributions", lambda name: [FakeInstall(tmp_path, editable, files)])
+    if not refused:
+        _check_installed_config(entry)
+        return
+    with pytest.raises(AssertionError, match=re.escape("the installed gru-suite 1.0 lacks conf/task/forecasting.yaml: "
+                                                       "the wheel was built without its package data")):
+        _check_installed_config(entry)
 
 
 class Misdeclared(ForecastingTask):
@@ -595,3 +618,16 @@ def test_a_negative_loss_weight_is_refused_as_a_tensor_too():
                                                   "expected a number, 0 or more")):
         check_step_output(out, "mine", "val")
     assert check_step_output(StepOutput(torch.tensor(1.0), 2, {}, loss_weight=torch.tensor(0.0)), "mine", "val")
+
+
+class NoSuperInit(ForecastingTask):
+    def __init__(self, cfg: Any, state: Any = None) -> None:
+        self.lookback = cfg.data.lookback  # and nothing else
+
+
+def test_a_task_that_skips_the_base_init_is_named(monkeypatch):
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: NoSuperInit)
+    cfg = OmegaConf.create({"name": "forecasting", "data": {"lookback": 3}})
+    with pytest.raises(UserError, match=re.escape("task 'forecasting': NoSuperInit.__init__ must call "
+                                                  "super().__init__(cfg, state), which checks the settings")):
+        run.build_task(cfg)

@@ -23,7 +23,7 @@ def test_broken_plugin_is_one_line_naming_task_package_and_cause():
     assert "\n" not in message
     assert "'broken'" in message and "'broken-dist'" in message and "ModuleNotFoundError" in message
     assert broken.config_dir() is None
-    assert broken.description() == "(no config found)"
+    assert broken.description() == "(no conf/task/broken.yaml found)"
     with pytest.raises(UserError, match=r"^task 'broken' from package 'broken-dist' failed to load "
                        r"\(gru_suite_no_such_pkg\.task:Task\): ModuleNotFoundError"):  # misspelt, not "no configs"
         broken.require_config_file()
