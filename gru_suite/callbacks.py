@@ -27,20 +27,23 @@ class EpochThroughput(pl.Callback):
 
     `train/epoch_time_s` counts the training batches only (the clock stops while
     validation runs, at the epoch's end or within it); `train/samples_per_s` is
-    summed over DDP processes.
+    summed over DDP processes. An epoch that trains no batch (one stopped as it starts: a diverged run's) logs
+    neither.
     """
 
     def __init__(self) -> None:
         self._started: float | None = None  # when the current stretch of training batches began
         self._elapsed = 0.0
         self._samples = 0
+        self._batches = 0
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._started, self._elapsed = time.perf_counter(), 0.0
+        self._started, self._elapsed, self._batches = time.perf_counter(), 0.0, 0
         self._samples = getattr(pl_module, "samples_seen", 0)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
+        self._batches += 1
         if self._started is None:  # training again after a validation pass within the epoch
             self._started = time.perf_counter()
 
@@ -50,6 +53,8 @@ class EpochThroughput(pl.Callback):
             self._started = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._batches:  # the same on every DDP process: each trains as many batches
+            return
         elapsed = self._elapsed + (time.perf_counter() - self._started if self._started is not None else 0.0)
         samples = getattr(pl_module, "samples_seen", 0) - self._samples
         pl_module.log("train/epoch_time_s", elapsed, sync_dist=True)

@@ -62,6 +62,8 @@ class TaskModule(pl.LightningModule):
         self._monitor = task.cfg.get("monitor")
         self._backbone_checked = False
         self._step_metric_names: dict[str, set[str]] = {}  # an evaluation's, by stage, until its epoch_end
+        self.diverged_in: int | None = None
+        """The epoch whose mean training loss was NaN, once training stopped for it."""
         self.gather_rng = False
         """Set by `RunFolderCheckpoint` while every process saves together: checkpoints then hold each process's
         generator states; other saves hold the saving process's alone."""
@@ -122,12 +124,17 @@ class TaskModule(pl.LightningModule):
         min_epochs = self._trainer.fit_loop.min_epochs or 0
         stops = "stops here" if self.current_epoch >= min_epochs else f"stops after trainer.min_epochs={min_epochs}"
         kept = self._trainer.checkpoint_callback
-        tested = ("testing and prediction use the best checkpoint so far" if getattr(kept, "monitor", None) else
-                  "the last epoch's weights, which testing and prediction use, are lost: set task.monitor to keep the "
-                  "best")
+        best = getattr(kept, "best_model_score", None)  # Lightning keeps a NaN as inf
+        if not getattr(kept, "monitor", None):
+            tested = "its weights are the last epoch's, so nothing is tested: set task.monitor to keep the best epoch's"
+        elif best is not None and bool(torch.isfinite(best)):
+            tested = "testing and prediction use the best checkpoint so far"
+        else:
+            tested = "no epoch before it left a model to test"
         warn_on_rank_zero(f"train/loss is nan in epoch {self.current_epoch - 1}: training diverged and {stops} "
                           f"({tested}); lower optimizer.lr, or set trainer.gradient_clip_val")
         self._trainer.should_stop = True
+        self.diverged_in = self.current_epoch - 1
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         if self.pretraining is not None:

@@ -380,6 +380,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
     if trainer.is_global_zero and cfg.get("test_after_training"):  # a kill while testing keeps training's figures,
         write_metrics(metrics, out_dir / "metrics.json")  # which a resumed run that trains no further reads back
+    refuse_a_diverged_model(trainer, module, cfg, out_dir, metrics)
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -460,6 +461,23 @@ class MonitorsLogged(pl.Callback):
         for name in required_monitors(trainer):
             if name not in logged and not name.startswith("train/") and (whole or _metric_meant(name, logged)):
                 raise never_logged(trainer, name, self.monitor)
+
+
+def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, cfg: DictConfig, out_dir: Path,
+                            metrics: dict[str, float]) -> None:
+    """A UserError (training's metrics written first) where training diverged and left no model worth testing: its
+    best checkpoint's monitored metric is not finite either, or none is monitored (the last epoch's weights are the
+    diverged ones); testing and prediction would report NaN metrics and write empty artifacts with exit code 0."""
+    callback = trainer.checkpoint_callback
+    score = callback.best_model_score if callback is not None and getattr(callback, "monitor", None) else None
+    if module.diverged_in is None or (score is not None and bool(torch.isfinite(score))):  # Lightning keeps NaN as inf
+        return
+    if trainer.is_global_zero:
+        write_metrics(metrics, out_dir / "metrics.json")
+    kept = f" (its checkpoints stay in {callback.dirpath})" if callback is not None and callback.dirpath else ""
+    raise UserError(f"train/loss is nan in epoch {module.diverged_in}: training diverged before any epoch left a model "
+                    f"to test{kept}, so nothing is tested or predicted; lower optimizer.lr, or set "
+                    "trainer.gradient_clip_val")
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:

@@ -3,6 +3,7 @@ the example third-party plugin trains through the real CLI."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib.metadata
 import json
@@ -400,28 +401,37 @@ class DivergingTask(ForecastingTask):
         return out
 
 
-@pytest.mark.parametrize("overrides, said, epochs", [
-    ([], "stops here (testing and prediction use the best checkpoint so far)", 2),
-    (["++trainer.min_epochs=3"], "stops after trainer.min_epochs=3 (testing", 3),
-    (["task.monitor=null"], "stops here (the last epoch's weights, which testing and prediction use, are lost: set "
-                            "task.monitor to keep the best)", 2),
+@pytest.mark.parametrize("overrides, finite_batches, said, epochs", [
+    ([], 2, "1: training diverged and stops here (testing and prediction use the best checkpoint so far)", 2),
+    (["++trainer.min_epochs=3"], 2, "1: training diverged and stops after trainer.min_epochs=3 (testing", 3),
+    (["task.monitor=null"], 2, "1: training diverged and stops here (its weights are the last epoch's, so nothing is "
+                               "tested: set task.monitor to keep the best epoch's)", 2),
+    ([], 0, "0: training diverged and stops here (no epoch before it left a model to test)", 1),
 ])
 def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_tested(
-        overrides: list[str], said: str, epochs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
+        overrides: list[str], finite_batches: int, said: str, epochs: int, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: DivergingTask)
-    DivergingTask.batches = 0
+    DivergingTask.batches = 2 - finite_batches
     cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=5", "threads=1", "logger=csv",
-                                               "++trainer.limit_train_batches=2", "predict_after_training=false",
-                                               *overrides], tmp_path)
-    with caplog.at_level(logging.WARNING):
+                                               "++trainer.limit_train_batches=2", *overrides], tmp_path)
+    tested = "monitor=null" not in str(overrides) and finite_batches
+    with caplog.at_level(logging.WARNING), contextlib.ExitStack() as refusal:
+        if not tested:  # the model left is the diverged one: no NaN test metrics, no empty artifacts, exit code 2
+            refusal.enter_context(pytest.raises(UserError, match=re.escape(
+                f"train/loss is nan in epoch {epochs - 1}: training diverged before any epoch left a model to test "
+                f"(its checkpoints stay in {tmp_path / 'checkpoints'}), so nothing is tested or predicted")))
         metrics = run.train(cfg)
-    assert caplog.text.count("train/loss is nan in epoch 1: training diverged and " + said) == 1
+    assert caplog.text.count("train/loss is nan in epoch " + said) == 1
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
     assert [row["epoch"] for row in rows if row["train/loss"]] == [str(e) for e in range(epochs)]  # not the five
-    assert np.isfinite(metrics["test/mse"]) == ("monitor=null" not in str(overrides))  # epoch 0's weights, the best
+    assert all(row["train/epoch_time_s"] for row in rows if row["train/loss"])  # no row of an epoch that never ran
+    assert len([row for row in rows if row["train/epoch_time_s"]]) == epochs
+    assert (tmp_path / "predictions").exists() == bool(tested)
+    if tested:
+        assert np.isfinite(metrics["test/mse"])  # epoch 0's weights, the best
     written = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=lambda name: pytest.fail(name))
-    assert written["train/loss"] is None  # strict JSON: a NaN metric is null
+    assert written["train/loss"] is None and "test/mse" in written if tested else "test/mse" not in written
 
 
 class NoGradBackboneTask(ForecastingTask):
