@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gru_suite.errors import UserError, user_error_in
+from gru_suite.errors import DivergedRun, UserError, user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 _log_to_run_files(f"error: {user_error}")
                 if not sweep:
                     sys.exit(2)
+                if isinstance(user_error, DivergedRun):  # a result for the sweep, the worst, not bad input
+                    return sweep_value(user_error.metrics, cfg.get("optimized_metric") or "",
+                                       cfg.task.get("monitor_mode", "min"))
             job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)  # a sweep's job
             if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
                 log.exception("sweep job %s crashed", job)

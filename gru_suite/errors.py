@@ -21,6 +21,15 @@ class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
 
 
+class DivergedRun(UserError):
+    """Training diverged before any epoch left a model to test; `metrics` holds what training logged (a sweep
+    ranks the run by them, as the worst)."""
+
+    def __init__(self, message: str, metrics: dict[str, float]) -> None:
+        super().__init__(message)
+        self.metrics = metrics
+
+
 def user_error_in(err: BaseException | None) -> UserError | None:
     """The UserError behind `err`, also when OmegaConf wrapped one raised by a resolver."""
     while err is not None and not isinstance(err, UserError):

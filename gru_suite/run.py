@@ -53,7 +53,7 @@ from gru_suite.distributed import (
     tie_started_processes_to_the_first,
     warn_on_rank_zero,
 )
-from gru_suite.errors import UserError, user_error_in
+from gru_suite.errors import DivergedRun, UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule
 from gru_suite.overrides import given_keys
@@ -470,14 +470,17 @@ def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, cfg: DictCo
     diverged ones); testing and prediction would report NaN metrics and write empty artifacts with exit code 0."""
     callback = trainer.checkpoint_callback
     score = callback.best_model_score if callback is not None and getattr(callback, "monitor", None) else None
-    if module.diverged_in is None or (score is not None and bool(torch.isfinite(score))):  # Lightning keeps NaN as inf
+    last_loss = trainer.callback_metrics.get("train/loss")  # the last epoch's, which no next epoch checked
+    diverged_in = trainer.current_epoch - 1 if last_loss is not None and bool(torch.isnan(last_loss)) else None
+    diverged_in = module.diverged_in if module.diverged_in is not None else diverged_in
+    if diverged_in is None or (score is not None and bool(torch.isfinite(score))):  # Lightning keeps NaN as inf
         return
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir / "metrics.json")
     kept = f" (its checkpoints stay in {callback.dirpath})" if callback is not None and callback.dirpath else ""
-    raise UserError(f"train/loss is nan in epoch {module.diverged_in}: training diverged before any epoch left a model "
-                    f"to test{kept}, so nothing is tested or predicted; lower optimizer.lr, or set "
-                    "trainer.gradient_clip_val")
+    raise DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged before any epoch left a "
+                      f"model to test{kept}, so nothing is tested or predicted; lower optimizer.lr, or set "
+                      "trainer.gradient_clip_val", metrics)
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:
