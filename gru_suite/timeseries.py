@@ -54,9 +54,10 @@ class Series:
         return [self.columns.index(name) for name in names]
 
     def row_names(self, rows: Iterable[int]) -> list[str]:
-        """How plots name rows: by their timestamps, or as "row N" (counted from 1) in a series without them."""
+        """How plots name rows: by their timestamps, or in a series without them as "row N", N the number its rows
+        have in the CSV artifacts (forecast.csv, an anomaly report), counted from 0."""
         if not isinstance(self.timestamps, pd.DatetimeIndex):  # row numbers (from 0), some left out with `skipped`
-            return [f"row {self.timestamps[row] + 1}" for row in rows]
+            return [f"row {self.timestamps[row]}" for row in rows]
         return [str(self.timestamps[row]) for row in rows]
 
 

@@ -892,7 +892,7 @@ def test_gate_plots_name_the_file_and_label_each_row_the_backbone_read(tmp_path,
     torch.testing.assert_close(traced[0][0, :, :1], task.streams[0].inputs[rows[0] : rows[-1] + 1, :1])
 
 
-def test_gate_plots_of_a_series_without_timestamps_count_its_rows_from_1(tmp_path):
+def test_gate_plots_of_a_series_without_timestamps_number_its_rows_as_its_report_does(tmp_path):
     from gru_suite import gates
 
     data = tmp_path / "s.csv"
@@ -903,7 +903,7 @@ def test_gate_plots_of_a_series_without_timestamps_count_its_rows_from_1(tmp_pat
     task = anomaly_task(tmp_path, data, *overrides, state=state.state_dict())
     module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
     view, _ = gates.plot_model_gates(module, tmp_path / "gates")
-    assert view.title == f"{data}: the 8 rows from row 1 to row 8" and view.steps[-1] == "row 8"
+    assert view.title == f"{data}: the 8 rows from row 0 to row 7" and view.steps[-1] == "row 7"
 
 
 def test_labelled_windows_cover_the_rows_of_their_bounds_and_a_repeated_clock_hours_first():

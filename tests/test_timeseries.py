@@ -111,10 +111,10 @@ def test_iso_timestamps_in_mixed_forms_are_read_as_a_stream_reads_them(tmp_path,
     assert list(series.timestamps) == [parse_timestamp(stamp) for stamp in stamps]
 
 
-def test_plots_name_rows_by_timestamp_or_count_them_from_1(tmp_path):
+def test_plots_name_rows_by_timestamp_or_by_their_number_in_the_csv_artifacts(tmp_path):
     stamped = read_series_csv(write(tmp_path, "t,a\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n"), ["a"], "t")
     assert stamped.row_names([1]) == ["2024-01-01 01:00:00"]
-    assert read_series_csv(write(tmp_path, "a\n1\n2\n"), ["a"]).row_names(range(2)) == ["row 1", "row 2"]
+    assert read_series_csv(write(tmp_path, "a\n1\n2\n"), ["a"]).row_names(range(2)) == ["row 0", "row 1"]
 
 
 def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
@@ -220,7 +220,7 @@ def test_skipping_leaves_rows_with_a_missing_value_out_and_keeps_them_apart(tmp_
     np.testing.assert_array_equal(series.skipped.values, [[np.nan, 6], [4, np.nan]])
     assert "2 row(s) with a missing value skipped, the first on line 3, column 'a'" in caplog.text
     numbered = read_series_csv(path, ["a"], missing="skip")  # no time column: the rows keep their numbers
-    assert list(numbered.timestamps) == [0, 2, 3, 4] and numbered.row_names([1]) == ["row 3"]
+    assert list(numbered.timestamps) == [0, 2, 3, 4] and numbered.row_names([1]) == ["row 2"]
     with pytest.raises(UserError, match="every row misses a value"):
         read_series_csv(write(tmp_path, "a\n\n\nNaN\n"), ["a"], missing="skip")
     from gru_suite_plugins.forecasting.task import ForecastingTask
