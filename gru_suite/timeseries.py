@@ -157,7 +157,9 @@ FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
     if pd.api.types.infer_dtype(column, skipna=True) == "boolean":  # true/false cells, read as bools: cast to 1/0
-        raise UserError(f"{path}, column {column.name!r}: expected numbers, got true/false values")
+        row = int(np.argmax(column.notna().to_numpy()))
+        raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: expected numbers, got "
+                        "true/false values (from this line on)")
     numbers = pd.to_numeric(column, errors="coerce")
     bad = (numbers.isna() & column.notna()) | (numbers.abs() > FLOAT32_MAX)  # infinite ones too
     if bad.any():
