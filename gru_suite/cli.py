@@ -426,7 +426,7 @@ def _gates_body(cfg: Any) -> None:
     log = logging.getLogger("gru_suite.gates")  # as train and predict do, into gates.log too
     view, paths = plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)
     log.info("sample %d is %s", cfg.sample, view.title if view is not None else
-             f"sequence {cfg.sample} of the first prediction batch (the task does not describe its sequences)")
+             f"sequence {cfg.sample} of the prediction data (the task does not describe its sequences)")
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
 

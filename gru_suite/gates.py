@@ -259,8 +259,6 @@ def _carried_on(x: Tensor, calls: list[_RNNCall]) -> Tensor:
 
 def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
     """Sequence `sample` of a batch (B, T, F) as a batch of one, without its padding."""
-    if not 0 <= sample < x.size(0):
-        raise UserError(f"sample={sample} is out of range: the first prediction batch holds {x.size(0)} sequences")
     steps = x.size(1) if lengths is None else int(lengths[sample])
     if steps < 1:
         raise UserError(f"sample={sample} is an empty sequence (no time steps): there are no gates to draw")
@@ -285,15 +283,25 @@ def plot_model_gates(
     """Plot a trained task model's gates on one sequence of its prediction data; return what the task says the
     sequence is (its `describe_sequence`) and the PNGs' paths.
 
-    The first prediction batch runs through the task as usual; the backbone's input is
-    captured, and sequence `sample`, without padding, is replayed through `trace_gates` from the state the model
-    started it from, and drawn.
+    Prediction batches run through the task as usual, each one's backbone input captured, until the one that
+    holds sequence `sample` (counted across the batches, as the backbone reads them); that sequence, without
+    padding, is replayed through `trace_gates` from the state the model started it from, and drawn.
     """
     datamodule = task_datamodule(module.task)
     datamodule.setup("predict")
-    batch = next(iter(datamodule.predict_dataloader()))
-    with torch.no_grad():
-        x, lengths, h0 = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+    if sample < 0:
+        raise UserError(f"sample={sample} is out of range: sequences are counted from 0")
+    seen = 0
+    for batch in datamodule.predict_dataloader():
+        with torch.no_grad():
+            x, lengths, h0 = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+        if sample < seen + x.size(0):
+            break
+        seen += x.size(0)
+    else:
+        raise UserError(f"sample={sample} is out of range: the prediction data holds {seen} sequence(s) as the "
+                        "backbone reads them")
+    sample -= seen  # within its batch
     sequence = sample_sequence(x, lengths, sample)
     view = checked_view(module.task.describe_sequence(datamodule, batch, sample), sequence.size(1),
                         module.task.cfg.get("name"))

@@ -892,6 +892,23 @@ def test_gate_plots_name_the_file_and_label_each_row_the_backbone_read(tmp_path,
     torch.testing.assert_close(traced[0][0, :, :1], task.streams[0].inputs[rows[0] : rows[-1] + 1, :1])
 
 
+def test_gate_plots_reach_a_sequence_past_the_first_prediction_batch(tmp_path):
+    from gru_suite import gates
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_series(folder / "a.csv")
+    second = write_series(folder / "b.csv")
+    state = anomaly_task(tmp_path, folder)
+    state.datamodule()
+    task = anomaly_task(tmp_path, folder, state=state.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
+    view, _ = gates.plot_model_gates(module, tmp_path / "gates", sample=1)  # each series a batch of its own
+    assert view.title.startswith(f"{second}: the 199 rows from ")
+    with pytest.raises(UserError, match=r"sample=2 is out of range: the prediction data holds 2 sequence\(s\) as"):
+        gates.plot_model_gates(module, tmp_path / "gates", sample=2)
+
+
 def test_gate_plots_of_a_series_without_timestamps_number_its_rows_as_its_report_does(tmp_path):
     from gru_suite import gates
 

@@ -100,7 +100,7 @@ def test_example_plugin_trains_from_the_cli(tmp_path: Path) -> None:
                             f"hydra.run.dir={tmp_path / 'gates'}"], cwd=tmp_path, capture_output=True, text=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, check=False)
     assert gates.returncode == 0, gates.stderr[-3000:]
-    assert ("sample 0 is sequence 0 of the first prediction batch (the task does not describe its sequences)"
+    assert ("sample 0 is sequence 0 of the prediction data (the task does not describe its sequences)"
             in (tmp_path / "gates" / "gates.log").read_text())  # what the plot shows, also without a description
 
 
