@@ -46,7 +46,8 @@ def _damaged_entry(path: Path) -> str | None:
             entry = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError) as err:
         return f"{type(err).__name__}: {err}"
-    return None if entry is None else f"its entry {entry} does not match its checksum"
+    # torch.save names the archive's top folder after the file as it was written (a temporary name): left out
+    return None if entry is None else f"its entry {entry.split('/', 1)[-1]} does not match its checksum"
 
 
 def stored_config(checkpoint: dict[str, Any]) -> DictConfig:

@@ -575,8 +575,8 @@ def test_a_checkpoint_whose_weights_were_damaged_is_refused(trained_run, tmp_pat
     data[at] ^= 0x40
     damaged = tmp_path / "damaged.ckpt"
     damaged.write_bytes(bytes(data))
-    with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))} is damaged: its entry .*/data/\d+ does not "
-                                        "match its checksum$"):
+    with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))} is damaged: its entry data/\d+ does not "
+                                        "match its checksum$"):  # not the folder torch.save names after the file
         read_checkpoint(damaged)
     result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={damaged}", f"hydra.run.dir={tmp_path / 'ev'}")
     assert result.returncode != 0 and "is damaged: its entry" in result.stderr and "Traceback" not in result.stderr

@@ -506,6 +506,17 @@ def test_stdin_is_read_as_a_table_when_its_format_says_so(monkeypatch: pytest.Mo
     assert [e.text for e in read_texts("-", "csv", "review")] == ["a superb, moving film", "dull"]
 
 
+def test_training_texts_from_stdin_are_named_as_stdin_when_their_share_is_tested(tmp_path: Path, monkeypatch,
+                                                                                 caplog) -> None:
+    lines = "".join(f"{i % 2} {'good' if i % 2 else 'bad'} film {i}\n" for i in range(20))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(lines.encode())))
+    cfg = compose_train_config("sentiment", [*TINY, "task.data.train=-", "task.data.val=null", "task.data.test=null"],
+                               tmp_path)
+    with caplog.at_level(logging.WARNING):
+        run.build_task(cfg.task).datamodule().dataset("test")
+    assert "no task.data.test or task.data.val: testing on the validation share of <stdin>" in caplog.text
+
+
 def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_texts(tmp_path: Path) -> None:
     assert label_order(["1", "01", "2", "0"]) == ["0", "01", "1", "2"]
     assert label_order(["1", "\u00b2"]) == ["1", "\u00b2"]  # a superscript is no integer: text order

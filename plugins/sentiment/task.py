@@ -34,6 +34,7 @@ from gru_suite.text import (
     TOKENIZER_KINDS,
     encode_as_text,
     pad_ids,
+    source_name,
     token_labels,
     tokenizer_from_state,
     tokenizer_state,
@@ -254,10 +255,11 @@ class SentimentTask(TaskPlugin):
             return self._read(data.test)
         if data.get("val"):
             if stage == "test":
-                self._warn_once(f"no task.data.test: testing on the validation texts {data.val}")
+                self._warn_once(f"no task.data.test: testing on the validation texts {source_name(data.val)}")
             return self._read(data.train if stage == "train" else data.val)
         if stage == "test":
-            self._warn_once(f"no task.data.test or task.data.val: testing on the validation share of {data.train}")
+            self._warn_once("no task.data.test or task.data.val: testing on the validation share of "
+                            f"{source_name(data.train)}")
         train = self._read(data.train)
         if not 0 < data.val_fraction < 1:
             raise UserError(f"task.data.val_fraction must be between 0 and 1, got {data.val_fraction}")
