@@ -175,8 +175,15 @@ def test_the_resumable_sampler_draws_random_samplers_orders_and_resumes_one_part
     assert list(sampler) != plain[1][20:] and sampler.order_seed != seeds[1]  # the next order is a new one
 
 
+class Numbers(TensorDataset):
+    """Numbers gathered a batch at a time, as the suite's loaders want."""
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.tensors[0][indices]
+
+
 def test_a_loader_resumes_part_way_only_through_the_items_and_batches_it_was_saved_with():
-    items = TensorDataset(torch.arange(50))
+    items = Numbers(torch.arange(50))
     position = {"batches": 2, "batch_size": 8, "items": 50, "order_seed": 123}
     for size in (8, 4):  # a smaller batch size: the loader ends before Lightning's count of batches does
         loader = batch_loader(items, size, shuffle=True)
@@ -185,7 +192,7 @@ def test_a_loader_resumes_part_way_only_through_the_items_and_batches_it_was_sav
     # a larger one: Lightning, counting 2 batches done, stops at the loader's length in batches of the new size (of
     # 16: 4, so 2 more, 32 of the 34 items left), leaving items out
     assert not resume_part_way(batch_loader(items, 16, shuffle=True), position)
-    assert not resume_part_way(batch_loader(TensorDataset(torch.arange(49)), 8, shuffle=True), position)
+    assert not resume_part_way(batch_loader(Numbers(torch.arange(49)), 8, shuffle=True), position)
     lengths = [1 + i % 7 for i in range(50)]
     assert resume_part_way(length_bucket_loader(items, lengths, 8, shuffle=True), position)
     assert not resume_part_way(length_bucket_loader(items, lengths, 4, shuffle=True), position)  # other buckets
