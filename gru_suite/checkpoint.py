@@ -51,23 +51,8 @@ def _damaged_entry(path: Path) -> str | None:
 
 
 def stored_config(checkpoint: dict[str, Any]) -> DictConfig:
-    """The model-defining config (task, backbone, optimizer, scheduler) of a read checkpoint; a task setting newer
-    than the checkpoint (its task config lacks it) takes the installed task's shipped default as written (not one
-    that is an interpolation), what its code did before the setting existed: a plugin's new key reads alike with
-    older checkpoints."""
-    cfg = OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
-    shipped = registry.shipped_task_config(str(cfg.task.get("name")))
-    cfg.task = OmegaConf.merge(_plain_settings({k: v for k, v in shipped.items() if k != "defaults"}), cfg.task)
-    return cfg
-
-
-def _plain_settings(node: Any) -> Any:
-    """`node` (a shipped config's block) without the settings whose default is an interpolation (`${...}`), which
-    only the whole composed config resolves."""
-    if isinstance(node, dict):
-        return {key: _plain_settings(value) for key, value in node.items() if "${" not in str(value)
-                or isinstance(value, dict)}
-    return node
+    """The model-defining config (task, backbone, optimizer, scheduler) of a read checkpoint."""
+    return OmegaConf.create(checkpoint[CHECKPOINT_KEY]["config"])
 
 
 _ABSENT = object()
@@ -86,10 +71,17 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
 
 
 def trained_value(stored_task: DictConfig, key: str) -> Any:
-    """The value of `key` (relative to `task.`) training used, in a checkpoint's task config (`stored_config`, which
-    gives a setting newer than the checkpoint the task's shipped default); `_ABSENT` where that is not known (the
-    shipped config lacks it too, or its default is an interpolation)."""
-    return OmegaConf.select(stored_task, key, default=_ABSENT)
+    """The value of `key` (relative to `task.`) training used: the checkpoint's config's, or for a setting newer than
+    the checkpoint (its config lacks it) the task's shipped default as written, which is what its code did before the
+    setting existed; `_ABSENT` where that is not known (the shipped config lacks it too, or its default is an
+    interpolation)."""
+    value = OmegaConf.select(stored_task, key, default=_ABSENT)
+    if value is not _ABSENT:
+        return value
+    value = registry.shipped_task_config(str(stored_task.get("name")))
+    for part in key.split("."):
+        value = value.get(part, _ABSENT) if isinstance(value, dict) else _ABSENT
+    return _ABSENT if value is _ABSENT or "${" in str(value) else value
 
 
 def check_same_model(state: dict[str, Any], module: TaskModule, source: str,

@@ -30,8 +30,7 @@ from conftest import TINY, resumed_and_uninterrupted, resumed_part_way_and_unint
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, unfinished_writes, write_text
 from gru_suite.callbacks import AtomicCheckpointIO
-from gru_suite.checkpoint import (check_same_model, load_checkpoint, read_checkpoint, restore, settings_apart,
-                                  stored_config)
+from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpoint, settings_apart
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite import run_folder
 from gru_suite.run_folder import KeepEarlierConfig
@@ -124,19 +123,6 @@ def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp
         in result.stderr  # the cause, not only the tensor it shaped
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "test_metrics.json").exists()
-
-
-def test_a_checkpoint_older_than_a_setting_reads_its_shipped_default(trained_run):
-    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
-    task = checkpoint[module.CHECKPOINT_KEY]["config"]["task"]
-    task["data"]["predict_stride"] = 5
-    del task["model"]["head_dropout"]  # saved before the setting existed
-    path = task["data"].pop("path")
-    stored = stored_config(checkpoint).task
-    assert stored.model.head_dropout == 0.0 and stored.data.predict_stride == 5  # the shipped default; its own
-    assert "path" not in stored.data  # an interpolation, ${paths.data_dir}/...: no default outside a composed run
-    task["data"]["path"] = path
-    assert restore(checkpoint).model.head[0].p == 0.0  # the model builds as before
 
 
 def test_a_checkpoint_of_a_task_no_installed_package_provides_says_so(trained_run, tmp_path):
