@@ -237,8 +237,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 if not sweep:
                     sys.exit(2)
                 if isinstance(user_error, DivergedRun):  # a result for the sweep, the worst, not bad input
-                    return sweep_value(user_error.metrics, cfg.get("optimized_metric") or "",
-                                       cfg.task.get("monitor_mode", "min"))
+                    mode = cfg.task.get("monitor_mode", "min")
+                    value = sweep_value(user_error.metrics, cfg.get("optimized_metric") or "", mode)
+                    return (math.inf if mode == "min" else -math.inf) if value is None else value
             job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)  # a sweep's job
             if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
                 log.exception("sweep job %s crashed", job)

@@ -374,13 +374,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
                **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     metrics.pop(STEP_LOSS, None)  # one step's loss (also in an earlier metrics.json read back), not a result
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    if best and "://" not in best:  # a damaged one is one line here, not Lightning's traceback when testing
-        read_checkpoint(best)
+    # a damaged one is one line here, not Lightning's traceback when testing
+    best_checkpoint = read_checkpoint(best) if best and "://" not in best else None
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
     if trainer.is_global_zero and cfg.get("test_after_training"):  # a kill while testing keeps training's figures,
         write_metrics(metrics, out_dir / "metrics.json")  # which a resumed run that trains no further reads back
-    refuse_a_diverged_model(trainer, module, cfg, out_dir, metrics)
+    if not (best and best_checkpoint is None):  # a remote best checkpoint is not read here
+        refuse_a_diverged_model(trainer, module, best_checkpoint, out_dir, metrics)
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -463,24 +464,28 @@ class MonitorsLogged(pl.Callback):
                 raise never_logged(trainer, name, self.monitor)
 
 
-def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, cfg: DictConfig, out_dir: Path,
-                            metrics: dict[str, float]) -> None:
-    """A UserError (training's metrics written first) where training diverged and left no model worth testing: its
-    best checkpoint's monitored metric is not finite either, or none is monitored (the last epoch's weights are the
-    diverged ones); testing and prediction would report NaN metrics and write empty artifacts with exit code 0."""
-    callback = trainer.checkpoint_callback
-    score = callback.best_model_score if callback is not None and getattr(callback, "monitor", None) else None
+def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, best_checkpoint: dict[str, Any] | None,
+                            out_dir: Path, metrics: dict[str, float]) -> None:
+    """A DivergedRun (training's metrics written first) where an epoch's mean training loss was NaN and the weights
+    testing would read (`best_checkpoint`'s, else the module's own) are not all finite: testing and prediction would
+    report NaN metrics and write empty artifacts with exit code 0. (A NaN mean over weights that stayed finite, a
+    mixed-precision step the gradient scaler skipped, is tested as before.)"""
     last_loss = trainer.callback_metrics.get("train/loss")  # the last epoch's, which no next epoch checked
     diverged_in = trainer.current_epoch - 1 if last_loss is not None and bool(torch.isnan(last_loss)) else None
     diverged_in = module.diverged_in if module.diverged_in is not None else diverged_in
-    if diverged_in is None or (score is not None and bool(torch.isfinite(score))):  # Lightning keeps NaN as inf
+    weights = best_checkpoint["state_dict"] if best_checkpoint is not None else module.state_dict()
+    if diverged_in is None or all(bool(torch.isfinite(w).all()) for w in weights.values()
+                                  if isinstance(w, torch.Tensor) and w.is_floating_point()):
         return
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir / "metrics.json")
-    kept = f" (its checkpoints stay in {callback.dirpath})" if callback is not None and callback.dirpath else ""
-    raise DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged before any epoch left a "
-                      f"model to test{kept}, so nothing is tested or predicted; lower optimizer.lr, or set "
-                      "trainer.gradient_clip_val", metrics)
+    callback = trainer.checkpoint_callback
+    folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
+    kept = f"; its checkpoints stay in {folder}" if folder is not None and any(folder.glob("*.ckpt")) else ""
+    tested = f"{Path(callback.best_model_path).name}'s" if best_checkpoint is not None else "the last epoch's"
+    raise DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged, and the weights to test "
+                      f"({tested}) are not finite, so nothing is tested or predicted{kept}; lower optimizer.lr, or "
+                      "set trainer.gradient_clip_val", metrics)
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:

@@ -419,8 +419,9 @@ def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_te
     with caplog.at_level(logging.WARNING), contextlib.ExitStack() as refusal:
         if not tested:  # the model left is the diverged one: no NaN test metrics, no empty artifacts, exit code 2
             refusal.enter_context(pytest.raises(UserError, match=re.escape(
-                f"train/loss is nan in epoch {epochs - 1}: training diverged before any epoch left a model to test "
-                f"(its checkpoints stay in {tmp_path / 'checkpoints'}), so nothing is tested or predicted")))
+                f"train/loss is nan in epoch {epochs - 1}: training diverged, and the weights to test "
+                f"(best-00{epochs - 1}.ckpt's) are not finite, so nothing is tested or predicted; its checkpoints "
+                f"stay in {tmp_path / 'checkpoints'}; lower optimizer.lr")))
         metrics = run.train(cfg)
     assert caplog.text.count("train/loss is nan in epoch " + said) == 1
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
@@ -641,3 +642,19 @@ def test_a_task_that_skips_the_base_init_is_named(monkeypatch):
     with pytest.raises(UserError, match=re.escape("task 'forecasting': NoSuperInit.__init__ must call "
                                                   "super().__init__(cfg, state), which checks the settings")):
         run.build_task(cfg)
+
+
+class WeightlessTask(ForecastingTask):
+    """Weighs its training loss by nothing: the epoch's mean loss is 0/0, NaN, while the weights stay finite."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss, out.batch_size, out.metrics, loss_weight=0 if stage == "train" else None)
+
+
+def test_a_nan_epoch_mean_over_finite_weights_is_still_tested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: WeightlessTask)
+    cfg = compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=2", "threads=1", "logger=none",
+                                               "++trainer.limit_train_batches=2", "predict_after_training=false"],
+                               tmp_path)
+    assert np.isfinite(run.train(cfg)["test/mse"])
