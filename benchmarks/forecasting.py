@@ -137,7 +137,7 @@ def train_windows(cfg: Any) -> tuple[Any, Any]:
 
     task = run.build_task(cfg.task)
     train = task.datamodule().sets["train"]
-    x, y = train.__getitems__(list(range(len(train))))
+    x, y, _ = train.__getitems__(list(range(len(train))))
     return x.contiguous(), y.reshape(len(y), -1).contiguous()
 
 

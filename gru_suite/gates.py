@@ -259,6 +259,8 @@ def _carried_on(x: Tensor, calls: list[_RNNCall]) -> Tensor:
 
 def sample_sequence(x: Tensor, lengths: Tensor | None, sample: int) -> Tensor:
     """Sequence `sample` of a batch (B, T, F) as a batch of one, without its padding."""
+    if not 0 <= sample < x.size(0):
+        raise IndexError(f"sample {sample} is not in a batch of {x.size(0)} sequences")
     steps = x.size(1) if lengths is None else int(lengths[sample])
     if steps < 1:
         raise UserError(f"sample={sample} is an empty sequence (no time steps): there are no gates to draw")
@@ -294,17 +296,18 @@ def plot_model_gates(
     seen = 0
     for batch in datamodule.predict_dataloader():
         with torch.no_grad():
-            x, lengths, h0 = capture_backbone_input(module.model, lambda: module.task.predict_step(module.model, batch))
+            x, lengths, h0 = capture_backbone_input(
+                module.model, lambda batch=batch: module.task.predict_step(module.model, batch))
         if sample < seen + x.size(0):
             break
         seen += x.size(0)
     else:
         raise UserError(f"sample={sample} is out of range: the prediction data holds {seen} sequence(s) as the "
                         "backbone reads them")
-    sample -= seen  # within its batch
-    sequence = sample_sequence(x, lengths, sample)
-    view = checked_view(module.task.describe_sequence(datamodule, batch, sample), sequence.size(1),
+    within = sample - seen
+    sequence = sample_sequence(x, lengths, within)
+    view = checked_view(module.task.describe_sequence(datamodule, batch, within), sequence.size(1),
                         module.task.cfg.get("name"))
     shown = view or SequenceView(f"sample {sample}")  # the traced batch holds that one sequence
-    start = None if h0 is None else h0[:, sample : sample + 1]  # the state the model started that sequence from
+    start = None if h0 is None else h0[:, within : within + 1]  # the state the model started that sequence from
     return view, plot_gates(trace_gates(module.model.backbone, sequence, start), Path(out_dir), view=shown)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import tzinfo
 from itertools import islice
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import pandas as pd
@@ -437,6 +437,15 @@ class StandardScaler:
         return cls(np.asarray(state["mean"]), np.asarray(state["std"]))
 
 
+class WindowBatch(NamedTuple):
+    """A batch of windows: inputs `x` (B, lookback, F), targets `y` (B, horizon, targets), and each window's origin
+    (B,), the row of its first target, which names the window (a gate plot's title, say)."""
+
+    x: Tensor
+    y: Tensor
+    origins: Tensor
+
+
 class WindowDataset(Dataset):
     """Sliding windows over one series, sliced lazily (memory grows with the series, not the windows).
 
@@ -472,13 +481,13 @@ class WindowDataset(Dataset):
         idx = torch.as_tensor(indices, dtype=torch.long)
         return self.origins.start + idx * self.origins.step
 
-    def __getitems__(self, indices: Sequence[int]) -> tuple[Tensor, Tensor]:
+    def __getitems__(self, indices: Sequence[int]) -> WindowBatch:
         origins = self.origin_tensor(indices)
         x = self._inputs[origins - self.lookback].transpose(1, 2)
-        return x, self._targets[origins].transpose(1, 2)  # NaN where a target lies past the series' end
+        return WindowBatch(x, self._targets[origins].transpose(1, 2), origins)  # y: NaN past the series' end
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        x, y = self.__getitems__([index])
+        x, y, _ = self.__getitems__([index])
         return x[0], y[0]
 
 

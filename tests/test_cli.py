@@ -279,6 +279,28 @@ def test_gates_of_a_channel_independent_segmented_forecaster_name_the_column_and
     assert list(view.steps) == list(map(str, window[3::4]))  # each segment of 4 rows at its last row
 
 
+def test_gates_name_a_window_past_the_first_prediction_batch(tmp_path, monkeypatch):
+    from functools import partial
+    from types import SimpleNamespace
+
+    from gru_suite import gates
+    from gru_suite.backbone import GRUBackbone
+
+    cfg = compose_train_config("forecasting", ["task.data.batch_size=4"], tmp_path)
+    fitted = run.build_task(cfg.task)
+    data = fitted.datamodule()
+    task = run.build_task(cfg.task, fitted.state_dict())
+    module = SimpleNamespace(task=task, model=task.build_model(partial(GRUBackbone, hidden_size=4)).eval())
+    view, _ = gates.plot_model_gates(module, tmp_path, sample=6)  # the second batch's third window
+    origin = data.sets["predict"].origins[6]
+    assert view.title.endswith(f"rows up to {data.series.timestamps[origin - 1]}")
+    drawn = []
+    monkeypatch.setattr(task, "describe_sequence", lambda datamodule, batch, sample: None)
+    monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)
+    gates.plot_model_gates(module, tmp_path, sample=6)
+    assert "sample 6" in drawn[0].get_suptitle()  # counted across the batches, as asked for
+
+
 def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_named(trained_run, tmp_path):
     demo = pd.read_csv(Path(default_data_dir()) / "forecasting" / "demo_load.csv")
     demo.iloc[:40].to_csv(tmp_path / "short.csv", index=False)  # too short to train on (lookback 24), not to use

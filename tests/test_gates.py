@@ -97,6 +97,9 @@ def test_a_padded_sequence_is_traced_without_its_padding() -> None:
     assert sequence.shape == (1, 3, x.size(-1))
     trace = trace_gates(model.backbone, sequence)  # backward direction starts at the last real step, not padding
     torch.testing.assert_close(trace[-1].hidden[0], model(x, lengths)[1, :3], atol=1e-5, rtol=1e-5)
+    for outside in (4, -1):  # not the last sequence counted from the end
+        with pytest.raises(IndexError, match=f"sample {outside} is not in a batch of 4 sequences"):
+            sample_sequence(captured, captured_lengths, outside)
 
 
 def test_input_of_another_precision_is_traced_in_the_models() -> None:

@@ -270,17 +270,18 @@ def test_windows_are_lazy_views_with_correct_content():
     ds = WindowDataset(values, lookback=4, horizon=3, target_columns=[1], origins=window_origins(0, 20, 4, 3))
     assert len(ds) == 14
     assert ds._inputs.untyped_storage().data_ptr() == values.untyped_storage().data_ptr()
-    x, y = ds.__getitems__([0, 13])
+    x, y, origins = ds.__getitems__([0, 13])
     torch.testing.assert_close(x[0], values[0:4])
     torch.testing.assert_close(y[0], values[4:7, 1:])
     torch.testing.assert_close(x[1], values[13:17])
     torch.testing.assert_close(y[1], values[17:20, 1:])
+    assert origins.tolist() == [4, 17]  # each window's first target row
 
 
 def test_future_window_has_unknown_targets():
     values = torch.arange(10, dtype=torch.float32).unsqueeze(1)
     ds = WindowDataset(values, 3, 2, [0], range(8, 11, 2))
-    x, y = ds.__getitems__([0, 1])
+    x, y, _ = ds.__getitems__([0, 1])
     torch.testing.assert_close(y[0], values[8:10])
     assert torch.isnan(y[1]).all()
     torch.testing.assert_close(x[1], values[7:10])
@@ -377,7 +378,7 @@ def test_the_baselines_forecast_the_last_value_and_repeat_the_last_season(tmp_pa
 def test_a_window_running_past_the_end_keeps_the_targets_that_exist():
     values = torch.arange(60, dtype=torch.float32)[:, None]
     windows = WindowDataset(values, lookback=8, horizon=4, target_columns=[0], origins=range(55, 61))
-    _, y = windows.__getitems__([0, 2, 5])
+    _, y, _ = windows.__getitems__([0, 2, 5])
     assert y[:, :, 0].tolist()[0] == [55, 56, 57, 58]
     assert np.array_equal(y[1, :, 0].numpy(), [57, 58, 59, np.nan], equal_nan=True)  # the rows that exist
     assert torch.isnan(y[2]).all()  # from the last row: all future

@@ -17,6 +17,7 @@ from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, Tas
 from gru_suite.timeseries import (
     MISSING_POLICIES,
     StandardScaler,
+    WindowBatch,
     chronological_split,
     read_series_csv,
     wrong_split,
@@ -106,8 +107,8 @@ class ForecastingTask(TaskPlugin):
             head_dropout=model_cfg.head_dropout,
         )
 
-    def step(self, model: Forecaster, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
-        x, y = batch
+    def step(self, model: Forecaster, batch: WindowBatch, stage: Stage) -> StepOutput:
+        x, y, _ = batch
         forecast = model(x)
         loss = F.mse_loss(forecast, y)
         if stage == "train":
@@ -132,21 +133,21 @@ class ForecastingTask(TaskPlugin):
         index = lookback - season + steps % season
         return x[:, index][:, :, self.target_columns]
 
-    def predict_step(self, model: Forecaster, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-        x, y = batch
+    def predict_step(self, model: Forecaster, batch: WindowBatch) -> dict[str, Tensor]:
+        x, y, _ = batch
         return {
             "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
             "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
         }
 
-    def describe_sequence(self, datamodule: ForecastingData, batch: tuple[Tensor, Tensor], sample: int) -> SequenceView:
+    def describe_sequence(self, datamodule: ForecastingData, batch: WindowBatch, sample: int) -> SequenceView:
         """The file, the window's rows (and its column, for a channel-independent model, whose GRU reads each
         column of a window as a sequence of its own), and each GRU step's time: its segment's last row's."""
         series, lookback = datamodule.series, datamodule.spec.lookback
         model = self.cfg.model
         channels = len(series.columns) if model.channel_independent else 1
         window, channel = divmod(sample, channels)
-        origin = datamodule.sets["predict"].origins[window]
+        origin = int(batch.origins[window])
         segment = int(model.segment_length)
         column = f", column {series.columns[channel]!r}" if model.channel_independent else ""
         last = series.row_names([origin - 1])[0]
