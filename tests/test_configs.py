@@ -92,7 +92,7 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
 def test_seed_keras_example_is_the_explainers_model(tmp_path):
     cfg = compose_train_config("forecasting", ["experiment=seed_keras_example"], tmp_path)
     task = run.build_task(cfg.task)
-    x, y = next(iter(task.datamodule().train_dataloader()))
+    x, y, _ = next(iter(task.datamodule().train_dataloader()))
     module = run.build_module(cfg, task)
     assert x.shape == (32, 10, 1) and y.shape == (32, 1, 1)
     gru = module.model.backbone.rnn

@@ -108,7 +108,7 @@ class ForecastingTask(TaskPlugin):
         )
 
     def step(self, model: Forecaster, batch: WindowBatch, stage: Stage) -> StepOutput:
-        x, y, _ = batch
+        x, y = batch[:2]  # a WindowBatch, or (inputs, targets) alone
         forecast = model(x)
         loss = F.mse_loss(forecast, y)
         if stage == "train":
@@ -134,7 +134,7 @@ class ForecastingTask(TaskPlugin):
         return x[:, index][:, :, self.target_columns]
 
     def predict_step(self, model: Forecaster, batch: WindowBatch) -> dict[str, Tensor]:
-        x, y, _ = batch
+        x, y = batch[:2]
         return {
             "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
             "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
