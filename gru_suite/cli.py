@@ -229,6 +229,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             user_error = user_error_in(err) or _unset_key_read(err)
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
             if user_error is None and not sweep:
+                _stop_for_a_lost_peer(err, Path(HydraConfig.get().runtime.output_dir), config_name)
                 raise
             _end_progress_line()
             if user_error is not None:
@@ -288,6 +289,18 @@ def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str], code: in
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": sweep_dir}}}))
     print(f"error: all {len(failed_jobs)} trials of the sweep failed (each one's error.txt)", file=sys.stderr)
     sys.exit(code)
+
+
+def _stop_for_a_lost_peer(err: BaseException, run_dir: Path, command: str) -> None:
+    """End with one line and exit code 1 where `err` is this process's side of another DDP process's failure (whose
+    own error that process prints): a traceback of a closed connection would hide the cause."""
+    from gru_suite.distributed import lost_peer
+
+    if (message := lost_peer(err, run_dir, command)) is not None:
+        _end_progress_line()
+        print(f"error: {message}", file=sys.stderr)
+        _log_to_run_files(f"error: {message}")
+        sys.exit(1)
 
 
 def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -24,6 +25,8 @@ from gru_suite.errors import UserError
 Key = TypeVar("Key")
 FIRST_PROCESS_VARIABLE = "GRU_SUITE_FIRST_PROCESS"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
+PEER_LEFT = ("Connection closed by peer", "Connection reset by peer")
+"""How gloo reports, in a plain RuntimeError, that the process at the other end of a collective has gone."""
 log = logging.getLogger("gru_suite")
 
 
@@ -125,3 +128,15 @@ def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
                         f", trainer.devices={launcher.num_processes}): Lightning starts them by running the command "
                         "again, sweep included. Sweep with one process per job (e.g. trainer=cpu or trainer=gpu), or "
                         "run each multi-process job on a command line of its own")
+
+
+def lost_peer(err: BaseException, run_dir: Path, command: str) -> str | None:
+    """The one line for `err` where it is this process's side of another process's failure (a collective whose
+    peer has gone: gloo's closed connection, a torch.distributed error), naming the run's other logs in `run_dir`
+    (`<command>_rank<N>.log`), which hold that process's own error; None for any other error."""
+    if not (isinstance(err, getattr(dist, "DistError", ())) or any(text in str(err) for text in PEER_LEFT)):
+        return None
+    logs = ", ".join(sorted(path.name for path in Path(run_dir).glob(f"{command}_*.log"))) or f"the logs in {run_dir}"
+    first = next(iter(str(err).strip().splitlines()), "")
+    return (f"another process of this run failed, so this one stopped ({type(err).__name__}: {first}); that "
+            f"process's own error is above and in {logs}")

@@ -45,6 +45,25 @@ WHOLE_PASS = {  # task: (tiny overrides, metrics computed over the whole test pa
 }
 
 
+def test_a_process_that_fails_alone_leaves_the_first_with_one_line_naming_it(tmp_path):
+    (tmp_path / "only_here.py").write_text(
+        "import pytorch_lightning as pl\n"
+        "from gru_suite.errors import UserError\n\n"
+        "class MissingOnRank1(pl.Callback):\n"
+        "    def on_train_start(self, trainer, pl_module):\n"
+        "        if trainer.global_rank == 1:\n"
+        "            raise UserError('data.csv: no such file on this node')\n")
+    result = run_cli("gru-suite", "task=forecasting", "trainer=ddp_sim", "trainer.max_epochs=1", *TINY, "threads=1",
+                     "+callbacks.missing._target_=only_here.MissingOnRank1", f"hydra.run.dir={tmp_path / 'run'}",
+                     env={"PYTHONPATH": str(tmp_path)})
+    # 1, or -9 where Lightning's watch over the processes it started kills the first once one has failed
+    assert result.returncode in (1, -9) and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "error: data.csv: no such file on this node" in result.stderr  # the failed process's own line
+    assert ("error: another process of this run failed, so this one stopped (RuntimeError: " in result.stderr
+            and result.stderr.rstrip().endswith("that process's own error is above and in train_rank1.log"))
+    assert "error: data.csv: no such file on this node" in (tmp_path / "run" / "train_rank1.log").read_text()
+
+
 def test_a_resumed_ddp_run_trains_on_as_if_it_had_never_stopped(tmp_path):
     """Each process continues its own generators (sentiment's processes batch texts of other lengths, so their dropout
     draws differ) and its share of the epoch's length-bucketed order."""
