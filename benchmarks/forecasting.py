@@ -8,6 +8,11 @@ speed   Training seconds per epoch of the suite (``experiment=seed_keras_example
         progress bar off) against a hand-written PyTorch loop over the identical
         pre-windowed train split, the identical model (``nn.GRU(1, 50)`` +
         ``nn.Linear(50, 1)``, lookback 10), Adam 1e-3, MSE, batch 32.
+steps   Where a step's time goes, timed outside any training loop on the speed
+        section's work: gathering a batch (the suite's loader, the plain loop's
+        DataLoader with its per-item collation) and one optimisation step
+        (forward, loss, backward, Adam) of the suite's model and of the plain one;
+        what a loop's ms/step adds to them is its own machinery.
 cells   GRU vs LSTM backbones at the same hidden size: parameter counts and
         training seconds per epoch, on the seed_keras_example work and on a
         larger one (hidden 128, lookback 96).
@@ -44,7 +49,7 @@ from _common import fit_and_test, make_clock, positive_int, quiet, quote, table 
 
 REPO = HERE.parent
 DEFAULT_SERIES = REPO / "data" / "forecasting" / "demo_load.csv"
-SECTIONS = ("speed", "cells", "etth1")
+SECTIONS = ("speed", "steps", "cells", "etth1")
 NVML_CHECK = "PYTORCH_NVML_BASED_CUDA_CHECK"
 
 # Chosen on the validation split (val/loss) within the CPU budget: batch 128 beat the yaml's 256 by more than seed noise.
@@ -365,6 +370,89 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     return result
 
 
+def _ms_per_step(epoch: Callable[[], int], times: int) -> float:
+    """Median milliseconds per step of `epoch` (which runs some steps and returns how many), over `times` runs after
+    one untimed."""
+    epoch()
+    runs = []
+    for _ in range(times):
+        start = time.perf_counter()
+        steps = epoch()
+        runs.append(1e3 * (time.perf_counter() - start) / steps)
+    return _med(runs)
+
+
+def _optimisation_steps(model: Any, loss_of: Callable, batches: list, fused: bool | None) -> Callable[[], int]:
+    """An epoch of optimisation steps of `model` on `batches` (zero the gradients, forward and loss, backward,
+    Adam at 1e-3), as a callable that returns its number of steps."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=fused)
+
+    def epoch() -> int:
+        for batch in batches:
+            optimizer.zero_grad()
+            loss_of(model, batch).backward()
+            optimizer.step()
+        return len(batches)
+
+    return epoch
+
+
+def section_steps(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    import torch
+    from torch.nn.functional import mse_loss
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gru_suite import run
+    from gru_suite.testing import compose_train_config
+
+    cfg = compose_train_config("forecasting", ["experiment=seed_keras_example", *_series_overrides(args),
+                                               *shlex.split(args.speed_overrides)], tmp / "steps")
+    run.check_train_settings(cfg)
+    torch.manual_seed(args.seed)
+    task = run.build_task(cfg.task)
+    loader = task.datamodule().train_dataloader()
+    suite_model = run.build_module(cfg, task).model
+    x, y = train_windows(cfg)
+    plain = plain_model(x, y, int(cfg.backbone.hidden_size))()
+    batch_size = int(cfg.task.data.batch_size)
+    collated = DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True)
+    batches = list(loader)
+    times = args.epochs * args.repeats
+    saved = os.environ.pop(NVML_CHECK, None)  # as the suite on CPU and a stand-alone script run: no NVML probe
+    try:
+        result = {
+            "suite_batches_ms": _ms_per_step(lambda: sum(1 for _ in loader), times),
+            "collated_batches_ms": _ms_per_step(lambda: sum(1 for _ in collated), times),
+            "suite_step_fused_ms": _ms_per_step(_optimisation_steps(
+                suite_model, lambda model, batch: task.step(model, batch, "train").loss, batches, True), times),
+            "plain_step_fused_ms": _ms_per_step(_optimisation_steps(
+                plain, lambda model, batch: mse_loss(model(batch[0]), batch[1].flatten(1)), batches, True), times),
+            "plain_step_unfused_ms": _ms_per_step(_optimisation_steps(
+                plain, lambda model, batch: mse_loss(model(batch[0]), batch[1].flatten(1)), batches, None), times),
+        }
+    finally:
+        if saved is not None:
+            os.environ[NVML_CHECK] = saved
+    result |= {"batches_per_epoch": len(batches), "timed_epochs": times}
+    table(
+        f"steps: where a step's time goes on the speed section's work ({len(batches)} batches/epoch, median of {times} "
+        f"epochs, {args.threads} thread(s)), outside any training loop",
+        ["part of a step", "ms/step"],
+        [
+            ["a batch: the suite's loader (one gather a batch)", result["suite_batches_ms"]],
+            ["a batch: DataLoader over a TensorDataset (per-item collation, the plain loop's)",
+             result["collated_batches_ms"]],
+            ["optimisation: the suite's model and loss, fused Adam (the suite's)", result["suite_step_fused_ms"]],
+            ["optimisation: the plain model, fused Adam", result["plain_step_fused_ms"]],
+            ["optimisation: the plain model, Adam as the plain loop makes it", result["plain_step_unfused_ms"]],
+        ],
+    )
+    print("a loop's ms/step (speed section) less its batch and its optimisation step here: its own machinery")
+    return result
+
+
 def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from gru_suite.testing import compose_train_config
 
@@ -587,7 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             torch.set_num_threads(args.threads)
             start = time.perf_counter()
-            run_section = {"speed": section_speed, "cells": section_cells, "etth1": section_etth1}[section]
+            run_section = {"speed": section_speed, "steps": section_steps, "cells": section_cells,
+                           "etth1": section_etth1}[section]
             try:
                 report[section] = run_section(args, tmp)
             except UserError as err:  # a bad path or config: one line, as the CLI does

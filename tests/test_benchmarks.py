@@ -274,6 +274,18 @@ def test_the_lightning_floor_times_each_epoch_after_the_warm_up():
     assert not all(torch.equal(untrained["weights"][n], w) for n, w in floor["weights"].items())
 
 
+def test_the_steps_section_times_each_part_of_a_step_on_the_speed_sections_work(capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import forecasting
+
+    assert forecasting.main(["--sections", "steps", "--epochs", "1", "--repeats", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"]
+    assert report["batches_per_epoch"] == 53 and report["timed_epochs"] == 2  # the seed_keras_example windows
+    parts = ("suite_batches_ms", "collated_batches_ms", "suite_step_fused_ms", "plain_step_fused_ms",
+             "plain_step_unfused_ms")
+    assert all(report[part] > 0 for part in parts)
+
+
 def test_benchmarks_name_every_wrong_setting_and_refuse_thread_counts_below_one(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import argparse
