@@ -632,7 +632,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3, help="timed epochs per run, after one untimed warm-up epoch")
     parser.add_argument("--repeats", type=int, default=3, help="runs per loop in speed/cells, alternating order")
     parser.add_argument("--threads", type=positive_int, default=1,
-                        help="torch.set_num_threads for speed and cells (default 1)")
+                        help="torch.set_num_threads for speed, steps and cells (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", default=None,
                         help="keep run folders (etth1 checkpoints) here; default: a temporary folder, removed")
