@@ -26,7 +26,8 @@ Key = TypeVar("Key")
 FIRST_PROCESS_VARIABLE = "GRU_SUITE_FIRST_PROCESS"
 PR_SET_PDEATHSIG = 1  # prctl(2): the signal this process gets when its parent ends
 PEER_LEFT = ("Connection closed by peer", "Connection reset by peer")
-"""How gloo reports, in a plain RuntimeError, that the process at the other end of a collective has gone."""
+"""How gloo reports, in a plain RuntimeError naming its own source (`gloo/transport`), that the process at the other
+end of a collective has gone."""
 log = logging.getLogger("gru_suite")
 
 
@@ -134,7 +135,8 @@ def lost_peer(err: BaseException, run_dir: Path, command: str) -> str | None:
     """The one line for `err` where it is this process's side of another process's failure (a collective whose
     peer has gone: gloo's closed connection, a torch.distributed error), naming the run's other logs in `run_dir`
     (`<command>_rank<N>.log`), which hold that process's own error; None for any other error."""
-    if not (isinstance(err, getattr(dist, "DistError", ())) or any(text in str(err) for text in PEER_LEFT)):
+    gloo = "gloo" in str(err) and any(text in str(err) for text in PEER_LEFT)
+    if not (gloo or isinstance(err, getattr(dist, "DistError", ()))):
         return None
     logs = ", ".join(sorted(path.name for path in Path(run_dir).glob(f"{command}_*.log"))) or f"the logs in {run_dir}"
     first = next(iter(str(err).strip().splitlines()), "")

@@ -64,6 +64,16 @@ def test_a_process_that_fails_alone_leaves_the_first_with_one_line_naming_it(tmp
     assert "error: data.csv: no such file on this node" in (tmp_path / "run" / "train_rank1.log").read_text()
 
 
+def test_only_a_collectives_lost_peer_is_told_as_another_processs_failure(tmp_path):
+    from gru_suite.distributed import lost_peer
+
+    (tmp_path / "train_rank1.log").write_text("error: ...\n")
+    gloo = RuntimeError("[/x/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:2758. This ...")
+    assert lost_peer(gloo, tmp_path, "train").endswith("that process's own error is above and in train_rank1.log")
+    assert lost_peer(RuntimeError("reading s3://bucket/x.csv: Connection reset by peer"), tmp_path, "train") is None
+    assert lost_peer(ValueError("bad value"), tmp_path, "train") is None
+
+
 def test_a_resumed_ddp_run_trains_on_as_if_it_had_never_stopped(tmp_path):
     """Each process continues its own generators (sentiment's processes batch texts of other lengths, so their dropout
     draws differ) and its share of the epoch's length-bucketed order."""
