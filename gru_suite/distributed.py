@@ -133,12 +133,16 @@ def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:
 
 def lost_peer(err: BaseException, run_dir: Path, command: str) -> str | None:
     """The one line for `err` where it is this process's side of another process's failure (a collective whose
-    peer has gone: gloo's closed connection, a torch.distributed error), naming the run's other logs in `run_dir`
-    (`<command>_rank<N>.log`), which hold that process's own error; None for any other error."""
-    gloo = "gloo" in str(err) and any(text in str(err) for text in PEER_LEFT)
-    if not (gloo or isinstance(err, getattr(dist, "DistError", ()))):
+    peer has gone: gloo's closed connection), naming the run's other logs in `run_dir` (`<command>.log`,
+    `<command>_rank<N>.log`, not this process's own), which hold that process's own error; None for any other error
+    (a torch.distributed error of this process's own, an address in use, keeps its traceback)."""
+    if not ("gloo" in str(err) and any(text in str(err) for text in PEER_LEFT)):
         return None
-    logs = ", ".join(sorted(path.name for path in Path(run_dir).glob(f"{command}_*.log"))) or f"the logs in {run_dir}"
+    from gru_suite.config import rank_suffix
+
+    own = f"{command}{rank_suffix()}.log"
+    others = sorted(path.name for path in Path(run_dir).glob(f"{command}*.log") if path.name != own)
+    logs = ", ".join(others) or f"the logs in {run_dir}"
     first = next(iter(str(err).strip().splitlines()), "")
     return (f"another process of this run failed, so this one stopped ({type(err).__name__}: {first}); that "
             f"process's own error is above and in {logs}")

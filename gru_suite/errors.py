@@ -22,12 +22,7 @@ class UserError(ValueError):
 
 
 class DivergedRun(UserError):
-    """Training diverged before any epoch left a model to test; `metrics` holds what training logged (a sweep
-    ranks the run by them, as the worst)."""
-
-    def __init__(self, message: str, metrics: dict[str, float]) -> None:
-        super().__init__(message)
-        self.metrics = metrics
+    """Training diverged and left no model to test: a sweep ranks the run as its worst, not as a failed job."""
 
 
 def user_error_in(err: BaseException | None) -> UserError | None:

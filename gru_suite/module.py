@@ -124,13 +124,9 @@ class TaskModule(pl.LightningModule):
         min_epochs = self._trainer.fit_loop.min_epochs or 0
         stops = "stops here" if self.current_epoch >= min_epochs else f"stops after trainer.min_epochs={min_epochs}"
         kept = self._trainer.checkpoint_callback
-        best = getattr(kept, "best_model_score", None)  # Lightning keeps a NaN as inf
-        if not getattr(kept, "monitor", None):
-            tested = "its weights are the last epoch's, so nothing is tested: set task.monitor to keep the best epoch's"
-        elif best is not None and bool(torch.isfinite(best)):
-            tested = "testing and prediction use the best checkpoint so far"
-        else:
-            tested = "no epoch before it left a model to test"
+        tested = ("testing and prediction use the best checkpoint so far, if its weights are finite" if
+                  getattr(kept, "monitor", None) else "the last epoch's weights, which testing would use, are lost: "
+                  "set task.monitor to keep the best")
         warn_on_rank_zero(f"train/loss is nan in epoch {self.current_epoch - 1}: training diverged and {stops} "
                           f"({tested}); lower optimizer.lr, or set trainer.gradient_clip_val")
         self._trainer.should_stop = True

@@ -380,8 +380,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
     if trainer.is_global_zero and cfg.get("test_after_training"):  # a kill while testing keeps training's figures,
         write_metrics(metrics, out_dir / "metrics.json")  # which a resumed run that trains no further reads back
-    if not (best and best_checkpoint is None):  # a remote best checkpoint is not read here
-        refuse_a_diverged_model(trainer, module, best_checkpoint, out_dir, metrics)
+    refuse_a_diverged_model(trainer, module, best, best_checkpoint, out_dir, metrics)
+    del best_checkpoint  # mapped: its weights are read again where testing loads them
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -464,28 +464,36 @@ class MonitorsLogged(pl.Callback):
                 raise never_logged(trainer, name, self.monitor)
 
 
-def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, best_checkpoint: dict[str, Any] | None,
-                            out_dir: Path, metrics: dict[str, float]) -> None:
-    """A DivergedRun (training's metrics written first) where an epoch's mean training loss was NaN and the weights
-    testing would read (`best_checkpoint`'s, else the module's own) are not all finite: testing and prediction would
-    report NaN metrics and write empty artifacts with exit code 0. (A NaN mean over weights that stayed finite, a
-    mixed-precision step the gradient scaler skipped, is tested as before.)"""
+def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, best: str,
+                            best_checkpoint: dict[str, Any] | None, out_dir: Path, metrics: dict[str, float]) -> None:
+    """A DivergedRun (training's metrics written first) where an epoch's mean training loss was NaN and the model to
+    test diverged too: the weights of the best checkpoint (`best`, read as `best_checkpoint`), or the module's where
+    there is none, are not all finite; a remote `best`, not read here, counts as diverged where its monitored score
+    is not finite. Testing and prediction would report NaN metrics and write empty artifacts with exit code 0; a NaN
+    mean over weights that stayed finite (a mixed-precision step the gradient scaler skipped) is tested as before."""
     last_loss = trainer.callback_metrics.get("train/loss")  # the last epoch's, which no next epoch checked
     diverged_in = trainer.current_epoch - 1 if last_loss is not None and bool(torch.isnan(last_loss)) else None
     diverged_in = module.diverged_in if module.diverged_in is not None else diverged_in
-    weights = best_checkpoint["state_dict"] if best_checkpoint is not None else module.state_dict()
-    if diverged_in is None or all(bool(torch.isfinite(w).all()) for w in weights.values()
-                                  if isinstance(w, torch.Tensor) and w.is_floating_point()):
+    if diverged_in is None:
+        return
+    callback = trainer.checkpoint_callback
+    if best and best_checkpoint is None:
+        score = callback.best_model_score  # Lightning keeps a NaN as inf
+        finite = score is not None and bool(torch.isfinite(score))
+    else:
+        weights = best_checkpoint["state_dict"] if best_checkpoint is not None else module.state_dict()
+        finite = all(bool(torch.isfinite(w).all()) for w in weights.values()
+                     if isinstance(w, torch.Tensor) and w.is_floating_point())
+    if finite:
         return
     if trainer.is_global_zero:
         write_metrics(metrics, out_dir / "metrics.json")
-    callback = trainer.checkpoint_callback
     folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
     kept = f"; its checkpoints stay in {folder}" if folder is not None and any(folder.glob("*.ckpt")) else ""
-    tested = f"{Path(callback.best_model_path).name}'s" if best_checkpoint is not None else "the last epoch's"
+    tested = f"{Path(best).name}'s" if best else "the last epoch's"
     raise DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged, and the weights to test "
                       f"({tested}) are not finite, so nothing is tested or predicted{kept}; lower optimizer.lr, or "
-                      "set trainer.gradient_clip_val", metrics)
+                      "set trainer.gradient_clip_val")
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:

@@ -294,6 +294,8 @@ def test_gates_name_a_window_past_the_first_prediction_batch(tmp_path, monkeypat
     view, _ = gates.plot_model_gates(module, tmp_path, sample=6)  # the second batch's third window
     origin = data.sets["predict"].origins[6]
     assert view.title.endswith(f"rows up to {data.series.timestamps[origin - 1]}")
+    first = next(iter(data.predict_dataloader()))  # (x, y) alone, a plugin's own data: the first batch's windows
+    assert task.describe_sequence(data, first[:2], 2) == task.describe_sequence(data, first, 2)
     drawn = []
     monkeypatch.setattr(task, "describe_sequence", lambda datamodule, batch, sample: None)
     monkeypatch.setattr(gates, "save_figure", lambda figure, path: drawn.append(figure) or path)

@@ -64,13 +64,19 @@ def test_a_process_that_fails_alone_leaves_the_first_with_one_line_naming_it(tmp
     assert "error: data.csv: no such file on this node" in (tmp_path / "run" / "train_rank1.log").read_text()
 
 
-def test_only_a_collectives_lost_peer_is_told_as_another_processs_failure(tmp_path):
+def test_only_a_collectives_lost_peer_is_told_as_another_processs_failure(tmp_path, monkeypatch):
     from gru_suite.distributed import lost_peer
 
-    (tmp_path / "train_rank1.log").write_text("error: ...\n")
+    import torch.distributed as dist
+
+    for name in ("train.log", "train_rank1.log"):
+        (tmp_path / name).write_text("error: ...\n")
     gloo = RuntimeError("[/x/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:2758. This ...")
     assert lost_peer(gloo, tmp_path, "train").endswith("that process's own error is above and in train_rank1.log")
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a later process: the first's log, not its own
+    assert lost_peer(gloo, tmp_path, "train").endswith("that process's own error is above and in train.log")
     assert lost_peer(RuntimeError("reading s3://bucket/x.csv: Connection reset by peer"), tmp_path, "train") is None
+    assert lost_peer(dist.DistNetworkError("EADDRINUSE: address already in use"), tmp_path, "train") is None
     assert lost_peer(ValueError("bad value"), tmp_path, "train") is None
 
 

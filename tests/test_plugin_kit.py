@@ -402,11 +402,13 @@ class DivergingTask(ForecastingTask):
 
 
 @pytest.mark.parametrize("overrides, finite_batches, said, epochs", [
-    ([], 2, "1: training diverged and stops here (testing and prediction use the best checkpoint so far)", 2),
+    ([], 2, "1: training diverged and stops here (testing and prediction use the best checkpoint so far, if its "
+            "weights are finite)", 2),
     (["++trainer.min_epochs=3"], 2, "1: training diverged and stops after trainer.min_epochs=3 (testing", 3),
-    (["task.monitor=null"], 2, "1: training diverged and stops here (its weights are the last epoch's, so nothing is "
-                               "tested: set task.monitor to keep the best epoch's)", 2),
-    ([], 0, "0: training diverged and stops here (no epoch before it left a model to test)", 1),
+    (["task.monitor=null"], 2, "1: training diverged and stops here (the last epoch's weights, which testing would "
+                               "use, are lost: set task.monitor to keep the best)", 2),
+    ([], 0, "0: training diverged and stops here (testing and prediction use the best checkpoint so far, if its "
+            "weights are finite)", 1),
 ])
 def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_tested(
         overrides: list[str], finite_batches: int, said: str, epochs: int, tmp_path: Path,
@@ -658,3 +660,21 @@ def test_a_nan_epoch_mean_over_finite_weights_is_still_tested(tmp_path: Path, mo
                                                "++trainer.limit_train_batches=2", "predict_after_training=false"],
                                tmp_path)
     assert np.isfinite(run.train(cfg)["test/mse"])
+
+
+def test_a_diverged_run_whose_best_checkpoint_is_remote_is_judged_by_its_score(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from gru_suite.errors import DivergedRun
+    from gru_suite.run import refuse_a_diverged_model
+
+    def trainer(score: float) -> Any:
+        kept = SimpleNamespace(best_model_score=torch.tensor(score), dirpath="memory://ckpts")
+        return SimpleNamespace(callback_metrics={"train/loss": torch.tensor(float("nan"))}, current_epoch=1,
+                               checkpoint_callback=kept, is_global_zero=True)
+
+    module, best = SimpleNamespace(diverged_in=None), "memory://ckpts/best-000.ckpt"  # not read: not on this machine
+    with pytest.raises(DivergedRun, match=re.escape("epoch 0: training diverged, and the weights to test "
+                                                    "(best-000.ckpt's) are not finite, so nothing is tested")):
+        refuse_a_diverged_model(trainer(float("inf")), module, best, None, tmp_path, {})  # Lightning's NaN
+    refuse_a_diverged_model(trainer(0.5), module, best, None, tmp_path, {})  # an epoch before it kept a model

@@ -147,7 +147,8 @@ class ForecastingTask(TaskPlugin):
         model = self.cfg.model
         channels = len(series.columns) if model.channel_independent else 1
         window, channel = divmod(sample, channels)
-        origin = int(batch.origins[window])
+        origins = getattr(batch, "origins", None)  # a WindowBatch's; (x, y) alone: the first batch's windows
+        origin = int(origins[window]) if origins is not None else datamodule.sets["predict"].origins[window]
         segment = int(model.segment_length)
         column = f", column {series.columns[channel]!r}" if model.channel_independent else ""
         last = series.row_names([origin - 1])[0]
