@@ -56,11 +56,14 @@ def test_a_process_that_fails_alone_leaves_the_first_with_one_line_naming_it(tmp
     result = run_cli("gru-suite", "task=forecasting", "trainer=ddp_sim", "trainer.max_epochs=1", *TINY, "threads=1",
                      "+callbacks.missing._target_=only_here.MissingOnRank1", f"hydra.run.dir={tmp_path / 'run'}",
                      env={"PYTHONPATH": str(tmp_path)})
-    # 1, or -9 where Lightning's watch over the processes it started kills the first once one has failed
+    # 1, or -9 where Lightning's watch over the processes it started (every 5 s) kills the first once one has
+    # failed: on a loaded machine, before the first has seen the closed connection and said so
+    killed = result.returncode == -9
     assert result.returncode in (1, -9) and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "error: data.csv: no such file on this node" in result.stderr  # the failed process's own line
-    assert ("error: another process of this run failed, so this one stopped (RuntimeError: " in result.stderr
+    said = ("error: another process of this run failed, so this one stopped (RuntimeError: " in result.stderr
             and result.stderr.rstrip().endswith("that process's own error is above and in train_rank1.log"))
+    assert said or killed, result.stderr[-3000:]
     assert "error: data.csv: no such file on this node" in (tmp_path / "run" / "train_rank1.log").read_text()
 
 
