@@ -322,6 +322,8 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     logits = 4 * torch.randn(4000, 3)
     labels = torch.multinomial((logits / 2.5).softmax(-1), 1).squeeze(-1)
     assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.1)
+    logits[7, 1] = float("nan")  # a diverged model's: its search stepped by NaN (a RuntimeError in LBFGS)
+    assert fit_temperature(logits, labels) == 1.0
 
 
 def test_model_learns_a_separable_corpus_to_full_accuracy(trained: tuple[Path, dict[str, float]]) -> None:
