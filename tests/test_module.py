@@ -233,3 +233,13 @@ def test_metrics_csv_is_replaced_whole_when_a_column_appears(tmp_path, monkeypat
     rows = pd.read_csv(tmp_path / "metrics.csv")
     assert rows["step"].tolist() == [0, 1, 2] and rows["train/loss"].tolist()[0::2] == [1.5, 0.5]
     assert rows["val/loss"].tolist()[1] == 2.5
+
+
+def test_perplexity_is_infinite_where_it_overflows_a_float():
+    import math
+
+    from gru_suite.perplexity import perplexity
+
+    assert perplexity(2 * math.log(3.0), 2) == pytest.approx(3.0)
+    assert perplexity(1e6, 10) == math.inf  # exp(100000): a diverged model's, math.exp's OverflowError before
+    assert math.isnan(perplexity(float("nan"), 3))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ from torch import Tensor, nn
 from gru_suite.config import config_number
 from gru_suite.distributed import gather_sums
 from gru_suite.errors import UserError
+from gru_suite.perplexity import perplexity
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite_plugins.music import events as codec
 from gru_suite_plugins.music.data import (
@@ -378,7 +378,7 @@ class EventRepresentation(Representation):
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """`perplexity`: exp of the mean NLL per event over the epoch, over every DDP process's pieces."""
         nll, seen = gather_sums(*self._sums.pop(stage, (0.0, 0)))  # every process joins, with pieces or none
-        return {"perplexity": math.exp(nll / seen)} if seen else {}
+        return {"perplexity": perplexity(nll, seen)} if seen else {}
 
     def predict_step(self, model: EventModel, batch: Tensor) -> dict[str, Tensor]:
         """Pieces `batch` (indices): events (B, T) padded with -1, and their lengths."""

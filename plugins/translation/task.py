@@ -4,7 +4,6 @@ greedy or beam-search decoding, sacreBLEU scores, aligned output text and attent
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -19,6 +18,7 @@ from torch import Tensor
 
 from gru_suite.atomic import atomic_path
 from gru_suite.distributed import gather_dict
+from gru_suite.perplexity import perplexity
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import (
@@ -223,7 +223,7 @@ class TranslationTask(TaskPlugin):
         result = corpus_scores(list(hypotheses), list(references), self.lowercase, str(self.cfg.data.target))
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
-        return {**result, "perplexity": math.exp(nll / max(tokens, 1))}
+        return {**result, "perplexity": perplexity(nll, max(tokens, 1))}
 
     # decoding and artifacts -----------------------------------------------------------------
     def translate(self, model: Seq2Seq, batch: dict[str, Any], beam: int) -> list[Hypothesis]:
