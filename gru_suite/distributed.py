@@ -13,8 +13,10 @@ from types import FrameType
 from typing import Any, TypeVar
 
 import pytorch_lightning as pl
+import pytorch_lightning.strategies.launchers.subprocess_script as lightning_launcher
 import torch.distributed as dist
 from lightning_fabric.plugins.environments import LightningEnvironment
+from lightning_fabric.strategies.launchers.subprocess_script import _ChildProcessObserver
 from pytorch_lightning.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnector
 from pytorch_lightning.utilities import rank_zero_only
@@ -97,9 +99,11 @@ def starts_its_own_processes(trainer: pl.Trainer) -> bool:
 def tie_started_processes_to_the_first(trainer: pl.Trainer) -> None:
     """Processes that Lightning starts by running the command again end with the first: on Linux each gets SIGTERM
     when the first ends, however it ends (a signal before training starts, SIGKILL, a crash), where it would wait
-    for it until killed. The first names itself in the environment they inherit."""
+    for it until killed. The first names itself in the environment they inherit, and says which of them ended with
+    an error before Lightning's watch over them kills it (`SayingObserver`)."""
     if starts_its_own_processes(trainer):
         os.environ[FIRST_PROCESS_VARIABLE] = str(os.getpid())
+        lightning_launcher._launch_process_observer = _observe_started_processes  # what launch() starts, by name
         return
     first = os.environ.get(FIRST_PROCESS_VARIABLE)
     launcher = trainer.strategy.launcher
@@ -110,6 +114,25 @@ def tie_started_processes_to_the_first(trainer: pl.Trainer) -> None:
     ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != int(first):  # it ended before this process asked
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SayingObserver(_ChildProcessObserver):
+    """Lightning's watch over the processes it started (every 5 s), which kills them all, the first too, with SIGKILL
+    once one has ended with an error: first one line on stderr naming that process, where the first would otherwise
+    vanish without a word (before it met the closed connection and said so itself: `lost_peer`)."""
+
+    def _terminate_all(self) -> None:
+        ended = next(((rank, process.returncode) for rank, process in enumerate(self._child_processes, start=1)
+                      if process.returncode), None)
+        if ended is not None:
+            rank, code = ended
+            print(f"error: the run's process of local rank {rank} ended with exit code {code} (its own error is above "
+                  f"and in its log, *_rank{rank}.log), so every process of the run stops", file=sys.stderr, flush=True)
+        super()._terminate_all()
+
+
+def _observe_started_processes(child_processes: list[Any]) -> None:
+    SayingObserver(main_pid=os.getpid(), child_processes=child_processes).start()
 
 
 def refuse_launching_in_a_sweep(trainer: pl.Trainer) -> None:

@@ -57,13 +57,14 @@ def test_a_process_that_fails_alone_leaves_the_first_with_one_line_naming_it(tmp
                      "+callbacks.missing._target_=only_here.MissingOnRank1", f"hydra.run.dir={tmp_path / 'run'}",
                      env={"PYTHONPATH": str(tmp_path)})
     # 1, or -9 where Lightning's watch over the processes it started (every 5 s) kills the first once one has
-    # failed: on a loaded machine, before the first has seen the closed connection and said so
-    killed = result.returncode == -9
+    # failed (on a loaded machine, before the first has met the closed connection): it says so first
     assert result.returncode in (1, -9) and "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "error: data.csv: no such file on this node" in result.stderr  # the failed process's own line
     said = ("error: another process of this run failed, so this one stopped (RuntimeError: " in result.stderr
-            and result.stderr.rstrip().endswith("that process's own error is above and in train_rank1.log"))
-    assert said or killed, result.stderr[-3000:]
+            and "that process's own error is above and in train_rank1.log" in result.stderr)
+    watched = ("error: the run's process of local rank 1 ended with exit code 2 (its own error is above and in its "
+               "log, *_rank1.log), so every process of the run stops") in result.stderr
+    assert said or watched and result.returncode == -9, result.stderr[-3000:]
     assert "error: data.csv: no such file on this node" in (tmp_path / "run" / "train_rank1.log").read_text()
 
 
@@ -234,3 +235,31 @@ def test_a_sweep_refuses_a_trainer_that_starts_its_own_processes(tmp_path):
     assert result.stderr.count("error: a sweep (-m, or an hparams_search) cannot run a trainer that starts its 2 "
                                "processes itself") == 2
     assert not list(tmp_path.glob("*/checkpoints"))
+
+
+def test_the_watch_over_started_processes_names_the_one_that_failed_before_it_kills_them(capsys, monkeypatch):
+    from gru_suite.distributed import SayingObserver
+
+    killed = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: killed.append((pid, sig)))
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
+    failed.wait()
+    observer = SayingObserver(main_pid=12345, child_processes=[failed])
+    assert observer._run()  # what its thread does every 5 s
+    assert ("error: the run's process of local rank 1 ended with exit code 2 (its own error is above and in its log, "
+            "*_rank1.log), so every process of the run stops") in capsys.readouterr().err
+    assert killed == [(12345, signal.SIGKILL)]  # then Lightning's own ending
+
+
+def test_a_run_that_starts_its_own_processes_watches_them_with_the_saying_observer(monkeypatch):
+    import pytorch_lightning as pl
+    import pytorch_lightning.strategies.launchers.subprocess_script as lightning_launcher
+
+    from gru_suite import distributed
+
+    monkeypatch.setattr(lightning_launcher, "_launch_process_observer", lightning_launcher._launch_process_observer)
+    monkeypatch.setenv(distributed.FIRST_PROCESS_VARIABLE, "0")  # restored (absent) after the test: the code sets it
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False)
+    distributed.tie_started_processes_to_the_first(trainer)
+    assert lightning_launcher._launch_process_observer is distributed._observe_started_processes
