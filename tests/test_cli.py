@@ -1298,3 +1298,18 @@ def test_a_sweep_folder_is_named_by_the_launch_time_its_processes_share(tmp_path
         env={**os.environ, "TQDM_DISABLE": "1", "GRU_SUITE_LAUNCH_TIME": "2026-01-02_03-04-05"})  # as DDP ranks get it
     assert env_run.returncode == 0, env_run.stderr[-2000:]
     assert [p.name for p in (tmp_path / "multirun").iterdir()] == ["2026-01-02_03-04-05"]
+
+
+def test_jsonl_is_written_a_record_at_a_time_and_never_half(tmp_path):
+    from gru_suite.atomic import write_jsonl
+
+    path = write_jsonl(tmp_path / "out.jsonl", ({"text": word} for word in ("één", "twee")))
+    assert path.read_text(encoding="utf-8") == '{"text": "één"}\n{"text": "twee"}\n'
+
+    def broken():
+        yield {"text": "one"}
+        raise RuntimeError("stopped")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(tmp_path / "half.jsonl", broken())
+    assert not (tmp_path / "half.jsonl").exists() and not unfinished_writes(tmp_path)

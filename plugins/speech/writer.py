@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import html
-import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gru_suite.atomic import write_text
+from gru_suite.atomic import write_jsonl, write_text
 from gru_suite.errors import SKIPS_NAMED
 from gru_suite_plugins.speech.sources import Skipped
 
@@ -87,7 +86,7 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
     out_dir = Path(out_dir)
     if skipped := sum("skipped" in t for t in transcripts):
         log.warning("%d input(s) skipped (see the warnings above): marked in transcripts.jsonl", skipped)
-    lines, paths, empty = [], [], 0
+    records, paths, empty = [], [], 0
     for stem, transcript in zip(_stems([t["path"] for t in transcripts]), transcripts):
         if not transcript["text"] and "skipped" not in transcript:
             transcript = {**transcript, "warning": "no speech recognised"}
@@ -99,7 +98,7 @@ def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_
         paths.append(write_text(out_dir / f"{stem}.txt", transcript["text"] + "\n" if transcript["text"] else ""))
         paths.append(write_text(out_dir / f"{stem}.srt", to_srt(phrases)))
         paths.append(write_text(out_dir / f"{stem}.vtt", to_vtt(phrases)))
-        lines.append(json.dumps(transcript, ensure_ascii=False))
+        records.append(transcript)
     if empty > SKIPS_NAMED:
         log.warning("no speech recognised in %d of %d inputs (marked in transcripts.jsonl)", empty, len(transcripts))
-    return [write_text(out_dir / "transcripts.jsonl", "\n".join(lines) + "\n"), *paths]
+    return [write_jsonl(out_dir / "transcripts.jsonl", records), *paths]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from gru_suite.atomic import atomic_path
+from gru_suite.atomic import write_jsonl
 from gru_suite.distributed import gather_dict
 from gru_suite.perplexity import perplexity
 from gru_suite.errors import UserError
@@ -43,7 +43,7 @@ from gru_suite_plugins.translation.data import (
 )
 from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import AttentionKind, Seq2Seq
-from gru_suite_plugins.translation.writer import attention_line, save_alignment, save_tokenizer, write_lines
+from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +264,23 @@ class TranslationTask(TaskPlugin):
         return SequenceView(f"{corpus.where}:{corpus.lines[i]}: {corpus.source[i]}",
                             token_labels(self.source_tokenizer, ids))
 
+    def _attention_records(self, kept: list[int], by_index: dict[int, tuple[Any, Tensor, float]], dataset: PairSet,
+                           out_dir: Path, plots: list[Path]) -> Iterator[dict[str, Any]]:
+        """attention.jsonl's records of sentences `kept` (tokens, score, weights: target x source), made one at a
+        time; the first `predict.plots` with a translation are drawn, their PNGs appended to `plots`."""
+        corpus, shown = self.predict_corpus, 0
+        for i in kept:
+            tokens, weights, score = by_index[i]
+            source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
+            target = self.target_tokenizer.convert_ids_to_tokens(tokens)
+            yield {"line": corpus.lines[i], "source": source, "target": target, "score": round(score, 4),
+                   "weights": [[round(w, 4) for w in row] for row in weights.tolist()]}
+            if shown < self.cfg.predict.plots and len(target):
+                number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
+                png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
+                plots.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
+                shown += 1
+
     def write_predictions(self, predictions: list[Any], datamodule: TranslationData, out_dir: Path) -> list[Path]:
         """`predict.output` (one translation per input line), `attention.jsonl` (tokens, score, weights per
         sentence) and the first `predict.plots` alignment PNGs when `predict.attention`, and the tokenizers
@@ -290,21 +307,9 @@ class TranslationTask(TaskPlugin):
         lines = ["" if r in empty_rows else " ".join(row) for r, row in enumerate(rows)]
         paths = [write_lines(lines, out_dir / settings.output)]
         if settings.attention:
-            shown, jsonl_path = 0, out_dir / "attention.jsonl"
-            with atomic_path(jsonl_path) as tmp, tmp.open("w", encoding="utf-8") as jsonl:  # a line at a time
-                for i in sorted(i for i in set(by_index) - self.blank if self.row_of[i] not in empty_rows):
-                    tokens, weights, score = by_index[i]
-                    source = self.source_tokenizer.convert_ids_to_tokens(dataset.source[i])
-                    target = self.target_tokenizer.convert_ids_to_tokens(tokens)
-                    jsonl.write(attention_line({"line": corpus.lines[i], "source": source, "target": target,
-                                                "score": round(score, 4),
-                                                "weights": [[round(w, 4) for w in row] for row in weights.tolist()]}))
-                    if shown < settings.plots and len(target):
-                        number = i - self.row_of.index(self.row_of[i]) + 1  # the sentence's place in its line
-                        png = out_dir / f"attention_{corpus.lines[i]:05d}{f'_{number}' if number > 1 else ''}.png"
-                        paths.append(save_alignment(source, target, weights.numpy(), corpus.lines[i], png))
-                        shown += 1
-            paths.append(jsonl_path)
+            kept = sorted(i for i in set(by_index) - self.blank if self.row_of[i] not in empty_rows)
+            records = self._attention_records(kept, by_index, dataset, out_dir, paths)  # plots as it goes
+            paths.append(write_jsonl(out_dir / "attention.jsonl", records))
         if self.state["joint"]:
             paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer")
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -21,10 +20,6 @@ def write_lines(lines: Sequence[str], path: Path) -> Path:
     return write_text(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
 
 
-def attention_line(record: dict[str, Any]) -> str:
-    """A line of `attention.jsonl`: one translated sentence's JSON object (`line`, `source` and `target` tokens,
-    `score`, `weights` (target x source))."""
-    return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 MAX_INCHES = 40.0
