@@ -158,12 +158,11 @@ def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:
     """A warning when the task's module is imported from another place than its installed distribution (a test
     run beside a plugin's source folder imports the source, so a file left out of the package goes unseen);
     None when it is the installed copy, or the install is editable (it is the source, by design)."""
-    installs = [dist for dist in importlib.metadata.distributions(name=entry.distribution)
-                if dist.read_text("RECORD")]  # pip's installs; a source folder's egg-info has no RECORD
+    installs = _pip_installs(entry)
     module = importlib.import_module(entry.module)
     origin = Path(getattr(module, "__file__", None) or ".").resolve()
     for dist in installs:
-        if json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"):
+        if _editable(dist):
             return None
         if origin.is_relative_to(Path(str(dist.locate_file(""))).resolve()):
             return None
@@ -175,14 +174,21 @@ def imported_copy_elsewhere(entry: registry.TaskEntry) -> str | None:
             "from another folder, or use a src/ layout)")
 
 
+def _pip_installs(entry: registry.TaskEntry) -> list[importlib.metadata.Distribution]:
+    """The task's distribution as pip installed it (a source folder's egg-info has no RECORD)."""
+    return [dist for dist in importlib.metadata.distributions(name=entry.distribution) if dist.read_text("RECORD")]
+
+
+def _editable(dist: importlib.metadata.Distribution) -> bool:
+    """Whether `dist` is an editable install (`pip install -e`): the source folder itself."""
+    return bool(json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"))
+
+
 def _check_installed_config(entry: registry.TaskEntry) -> None:
     """Each installed (not editable) copy of the task's distribution holds its `conf/task/<name>.yaml`: a wheel
     built without its package data passes a check that imports the source folder, and then fails for its users."""
     wanted = f"conf/task/{entry.name}.yaml"
-    for dist in importlib.metadata.distributions(name=entry.distribution):
-        if not dist.read_text("RECORD") or \
-                json.loads(dist.read_text("direct_url.json") or "{}").get("dir_info", {}).get("editable"):
-            continue
+    for dist in (dist for dist in _pip_installs(entry) if not _editable(dist)):
         _require(any(file.as_posix().endswith(wanted) for file in dist.files or ()),
                  f"the installed {entry.distribution} {dist.version} lacks {wanted}: the wheel was built without "
                  "its package data (declare the conf/ files as package data, e.g. [tool.setuptools.package-data])")
