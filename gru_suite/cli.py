@@ -237,9 +237,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 _log_to_run_files(f"error: {user_error}")
                 if not sweep:
                     sys.exit(2)
-                if isinstance(user_error, DivergedRun):  # a result for the sweep, the worst (whatever a diverged
-                    worst = math.inf if cfg.task.get("monitor_mode", "min") == "min" else -math.inf  # model scored)
-                    return worst
+                if isinstance(user_error, DivergedRun):  # a result for the sweep: the worst, whatever it scored
+                    return math.inf if cfg.task.get("monitor_mode", "min") == "min" else -math.inf
             job, folder = HydraConfig.get().job.num, Path(HydraConfig.get().runtime.output_dir)  # a sweep's job
             if user_error is None:  # a crash (a bug, out of memory): the sweep's other jobs still run, summed up
                 log.exception("sweep job %s crashed", job)

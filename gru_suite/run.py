@@ -378,10 +378,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     best_checkpoint = read_checkpoint(best) if best and "://" not in best else None
     if best and (score := trainer.checkpoint_callback.best_model_score) is not None:
         metrics[f"{trainer.checkpoint_callback.monitor}_best"] = float(score)  # the tested checkpoint's
-    if trainer.is_global_zero and cfg.get("test_after_training"):  # a kill while testing keeps training's figures,
-        write_metrics(metrics, out_dir / "metrics.json")  # which a resumed run that trains no further reads back
-    refuse_a_diverged_model(trainer, module, best, best_checkpoint, out_dir, metrics)
+    diverged = diverged_model(trainer, module, best, best_checkpoint)
     del best_checkpoint  # mapped: its weights are read again where testing loads them
+    if trainer.is_global_zero and (cfg.get("test_after_training") or diverged):  # a kill while testing keeps
+        write_metrics(metrics, out_dir / "metrics.json")  # training's figures, which a resumed run reads back
+    if diverged:
+        raise diverged
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -464,18 +466,19 @@ class MonitorsLogged(pl.Callback):
                 raise never_logged(trainer, name, self.monitor)
 
 
-def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, best: str,
-                            best_checkpoint: dict[str, Any] | None, out_dir: Path, metrics: dict[str, float]) -> None:
-    """A DivergedRun (training's metrics written first) where an epoch's mean training loss was NaN and the model to
-    test diverged too: the weights of the best checkpoint (`best`, read as `best_checkpoint`), or the module's where
-    there is none, are not all finite; a remote `best`, not read here, counts as diverged where its monitored score
-    is not finite. Testing and prediction would report NaN metrics and write empty artifacts with exit code 0; a NaN
-    mean over weights that stayed finite (a mixed-precision step the gradient scaler skipped) is tested as before."""
+def diverged_model(trainer: pl.Trainer, module: TaskModule, best: str,
+                   best_checkpoint: dict[str, Any] | None) -> DivergedRun | None:
+    """The DivergedRun to end the run with (after writing training's metrics) where an epoch's mean training loss was
+    NaN and the model to test diverged too: the weights of the best checkpoint (`best`, read as `best_checkpoint`),
+    or the module's where there is none, are not all finite; a remote `best`, not read here, counts as diverged where
+    its monitored score is not finite. Testing and prediction would report NaN metrics and write empty artifacts with
+    exit code 0; a NaN mean over weights that stayed finite (a mixed-precision step the gradient scaler skipped) is
+    tested as before."""
     last_loss = trainer.callback_metrics.get("train/loss")  # the last epoch's, which no next epoch checked
     diverged_in = trainer.current_epoch - 1 if last_loss is not None and bool(torch.isnan(last_loss)) else None
     diverged_in = module.diverged_in if module.diverged_in is not None else diverged_in
     if diverged_in is None:
-        return
+        return None
     callback = trainer.checkpoint_callback
     if best and best_checkpoint is None:
         score = callback.best_model_score  # Lightning keeps a NaN as inf
@@ -485,15 +488,13 @@ def refuse_a_diverged_model(trainer: pl.Trainer, module: TaskModule, best: str,
         finite = all(bool(torch.isfinite(w).all()) for w in weights.values()
                      if isinstance(w, torch.Tensor) and w.is_floating_point())
     if finite:
-        return
-    if trainer.is_global_zero:
-        write_metrics(metrics, out_dir / "metrics.json")
+        return None
     folder = Path(callback.dirpath) if callback is not None and callback.dirpath else None
     kept = f"; its checkpoints stay in {folder}" if folder is not None and any(folder.glob("*.ckpt")) else ""
     tested = f"{Path(best).name}'s" if best else "the last epoch's"
-    raise DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged, and the weights to test "
-                      f"({tested}) are not finite, so nothing is tested or predicted{kept}; lower optimizer.lr, or "
-                      "set trainer.gradient_clip_val")
+    return DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged, and the weights to test "
+                       f"({tested}) are not finite, so nothing is tested or predicted{kept}; lower optimizer.lr, or "
+                       "set trainer.gradient_clip_val")
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:

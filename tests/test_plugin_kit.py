@@ -666,7 +666,7 @@ def test_a_diverged_run_whose_best_checkpoint_is_remote_is_judged_by_its_score(t
     from types import SimpleNamespace
 
     from gru_suite.errors import DivergedRun
-    from gru_suite.run import refuse_a_diverged_model
+    from gru_suite.run import diverged_model
 
     def trainer(score: float) -> Any:
         kept = SimpleNamespace(best_model_score=torch.tensor(score), dirpath="memory://ckpts")
@@ -674,7 +674,7 @@ def test_a_diverged_run_whose_best_checkpoint_is_remote_is_judged_by_its_score(t
                                checkpoint_callback=kept, is_global_zero=True)
 
     module, best = SimpleNamespace(diverged_in=None), "memory://ckpts/best-000.ckpt"  # not read: not on this machine
-    with pytest.raises(DivergedRun, match=re.escape("epoch 0: training diverged, and the weights to test "
-                                                    "(best-000.ckpt's) are not finite, so nothing is tested")):
-        refuse_a_diverged_model(trainer(float("inf")), module, best, None, tmp_path, {})  # Lightning's NaN
-    refuse_a_diverged_model(trainer(0.5), module, best, None, tmp_path, {})  # an epoch before it kept a model
+    error = diverged_model(trainer(float("inf")), module, best, None)  # Lightning's NaN
+    assert isinstance(error, DivergedRun) and ("epoch 0: training diverged, and the weights to test (best-000.ckpt's) "
+                                               "are not finite, so nothing is tested") in str(error)
+    assert diverged_model(trainer(0.5), module, best, None) is None  # an epoch before it kept a model
