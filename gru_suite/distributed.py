@@ -22,6 +22,7 @@ from pytorch_lightning.trainer.connectors.signal_connector import _SignalConnect
 from pytorch_lightning.utilities import rank_zero_only
 from pytorch_lightning.utilities.rank_zero import rank_prefixed_message
 
+from gru_suite.config import rank_suffix
 from gru_suite.errors import UserError
 
 Key = TypeVar("Key")
@@ -161,8 +162,6 @@ def lost_peer(err: BaseException, run_dir: Path, command: str) -> str | None:
     (a torch.distributed error of this process's own, an address in use, keeps its traceback)."""
     if not ("gloo" in str(err) and any(text in str(err) for text in PEER_LEFT)):
         return None
-    from gru_suite.config import rank_suffix
-
     own = f"{command}{rank_suffix()}.log"
     others = sorted(path.name for path in Path(run_dir).glob(f"{command}*.log") if path.name != own)
     logs = ", ".join(others) or f"the logs in {run_dir}"
