@@ -84,8 +84,10 @@ class TaskModule(pl.LightningModule):
             self.log(f"{stage}/{name}", value, on_step=False, on_epoch=True, batch_size=out.batch_size, sync_dist=True,
                      prog_bar=f"{stage}/{name}" == self._monitor)
 
-    def _run(self, batch: Any, stage: Stage) -> StepOutput:
-        out = check_step_output(self.task.step(self.model, batch, stage), self._task_name, stage)
+    def _run(self, batch: Any, batch_idx: int, stage: Stage) -> StepOutput:
+        out = self.task.step(self.model, batch, stage)
+        if batch_idx == 0:  # once a pass: checking a tensor loss weight's sign reads it (a device sync on a GPU)
+            check_step_output(out, self._task_name, stage)
         weight = out.batch_size if out.loss_weight is None else out.loss_weight
         self.log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, batch_size=weight, sync_dist=True)
         self._log_metrics(out, stage)
@@ -174,10 +176,10 @@ class TaskModule(pl.LightningModule):
                      batch_size=self._train_loss_weight, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._run(batch, "val")
+        self._run(batch, batch_idx, "val")
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._run(batch, "test")
+        self._run(batch, batch_idx, "test")
 
     def _log_epoch_metrics(self, stage: Stage) -> None:
         metrics = check_epoch_metrics(self.task.epoch_end(stage), self._task_name, stage,
