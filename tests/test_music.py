@@ -652,6 +652,24 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
         run.build_task(json_data.task).datamodule()
 
 
+@pytest.mark.parametrize("settings", [[*TINY, "task.generate.length=64"], [*EVENTS, "task.generate.length=31"]],
+                         ids=["roll", "events"])
+def test_a_primers_file_is_read_once(settings: list[str], music_installed: None, corpus: Path,
+                                     tmp_path: Path) -> None:
+    """Its notes and its signatures come from one read, so what pretty_midi says of the file is said once."""
+    tune = mido.MidiFile(sorted(corpus.glob("*.mid"))[0])
+    tune.tracks[1].insert(0, mido.MetaMessage("set_tempo", tempo=600_000))
+    tune.save(primer := tmp_path / "primer.mid")
+    cfg = compose_train_config("music", [*settings, f"task.data.path={corpus}", f"task.generate.primer={primer}"],
+                               tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run.build_task(cfg.task).datamodule()
+    said = [str(w.message) for w in caught if issubclass(w.category, MidiWarning)]
+    assert said == [f"{primer}: Tempo, Key or Time signature change events found on non-zero tracks.  This is not a "
+                    "valid type 0 or type 1 MIDI file.  Tempo, Key or Time Signature may be wrong."]
+
+
 def test_music_events_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:
     check_task_plugin("music", [*EVENTS, f"task.data.path={corpus}"], tmp_path)
 

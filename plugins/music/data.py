@@ -56,7 +56,7 @@ def midi_to_roll(pm: pretty_midi.PrettyMIDI, steps_per_beat: int, drums: bool = 
     return roll
 
 
-def _read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
+def read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
     """`path` read by pretty_midi; its warnings (say, tempo events on a track other than the first) name the file."""
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -89,9 +89,12 @@ def _no_notes(path: str | Path, drums: bool) -> UserError:
     return UserError(f"{path}: no notes{'' if drums else ignored}")
 
 
-def read_midi(path: str | Path, steps_per_beat: int, drums: bool = False) -> np.ndarray:
-    """The roll of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
-    roll = midi_to_roll(_read_pm(path), steps_per_beat, drums)
+def read_midi(
+    path: str | Path, steps_per_beat: int, drums: bool = False, pm: pretty_midi.PrettyMIDI | None = None
+) -> np.ndarray:
+    """The roll of one MIDI file (`pm`, where it has been read already); a corrupt file or one without notes is a
+    UserError naming it."""
+    roll = midi_to_roll(read_pm(path) if pm is None else pm, steps_per_beat, drums)
     if not roll.any():
         raise _no_notes(path, drums)
     return roll
@@ -107,16 +110,16 @@ class Signature:
     mark: pretty_midi.TimeSignature | pretty_midi.KeySignature
 
 
-def read_signatures(path: str | Path) -> list[Signature]:
-    """The time and key signatures of MIDI file `path`, in time order."""
-    pm = _read_pm(path)
+def signatures(pm: pretty_midi.PrettyMIDI) -> list[Signature]:
+    """The time and key signatures of a MIDI file, in time order."""
     marks = sorted([*pm.time_signature_changes, *pm.key_signature_changes], key=lambda mark: mark.time)
     return [Signature(pm.time_to_tick(mark.time) / pm.resolution, mark.time, mark) for mark in marks]
 
 
-def read_events(path: str | Path, drums: bool = False) -> np.ndarray:
-    """The events (int64) of one MIDI file; a corrupt file or one without notes is a UserError naming it."""
-    events = np.asarray(encode(_read_pm(path), drums), dtype=np.int64)
+def read_events(path: str | Path, drums: bool = False, pm: pretty_midi.PrettyMIDI | None = None) -> np.ndarray:
+    """The events (int64) of one MIDI file (`pm`, where it has been read already); a corrupt file or one without
+    notes is a UserError naming it."""
+    events = np.asarray(encode(read_pm(path) if pm is None else pm, drums), dtype=np.int64)
     if not (events < NOTE_OFF).any():
         raise _no_notes(path, drums)
     return events

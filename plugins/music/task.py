@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import numpy as np
+import pretty_midi
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -29,7 +30,8 @@ from gru_suite_plugins.music.data import (
     pitch_bounds,
     read_events,
     read_midi,
-    read_signatures,
+    read_pm,
+    signatures,
     to_range,
 )
 from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Sampling
@@ -182,12 +184,14 @@ class Representation(ABC):
 
     def read_primer(self) -> None:
         """`generate.primer` (if any), checked against the requested length, and its time and key signatures."""
-        self.primer = self._primer()
         path = self.cfg.generate.get("primer")
-        self.signatures = read_signatures(path) if path else []
+        pm = read_pm(path) if path else None  # read once: its warnings said once
+        self.primer = self._primer(pm)
+        self.signatures = signatures(pm) if pm is not None else []
 
     @abstractmethod
-    def _primer(self) -> Any: ...
+    def _primer(self, pm: pretty_midi.PrettyMIDI | None) -> Any:
+        """The primer `pm` (of the file `generate.primer`) as the model reads it; None: no primer."""
 
     def sampling(self) -> Sampling:
         gen = self.cfg.generate
@@ -242,13 +246,13 @@ class RollRepresentation(Representation):
             log.warning("%s: dropped %d note-steps outside the pitch range %d-%d", source, dropped, low, high)
         return out
 
-    def _primer(self) -> Tensor | None:
+    def _primer(self, pm: pretty_midi.PrettyMIDI | None) -> Tensor | None:
         """The primer's roll in the model's range, checked against the requested length."""
         path = self.cfg.generate.get("primer")
         steps = self.generate_steps()
-        if not path:
+        if pm is None:
             return None
-        roll = read_midi(path, self.state["steps_per_beat"], self.cfg.data.drums)
+        roll = read_midi(path, self.state["steps_per_beat"], self.cfg.data.drums, pm)
         roll, outside = to_range(roll, self.state["low"], self.state["high"])
         if outside:
             log.warning("primer %s: dropped %d note-steps outside the model's pitch range", path, outside)
@@ -345,13 +349,13 @@ class EventRepresentation(Representation):
         max_events = int(gen.get("max_events") or DEFAULT_MAX_EVENTS)
         return {"max_events": max_events, "seconds": seconds}
 
-    def _primer(self) -> list[int]:
+    def _primer(self, pm: pretty_midi.PrettyMIDI | None) -> list[int]:
         """The primer's events, checked against the requested length."""
         path = self.cfg.generate.get("primer")
         length = self.length()
-        if not path:
+        if pm is None:
             return []
-        events = read_events(path, self.cfg.data.drums).tolist()
+        events = read_events(path, self.cfg.data.drums, pm).tolist()
         if length["seconds"] is None and len(events) >= length["max_events"]:  # the piece would be the primer alone
             raise UserError(f"primer {path} is {len(events)} events long, not shorter than the requested length of "
                             f"{length['max_events']} events, so nothing would be generated (raise "
