@@ -317,7 +317,7 @@ class EventRepresentation(Representation):
         vocab = self.state.setdefault("vocab_size", codec.VOCAB)
         if vocab != codec.VOCAB:
             raise UserError(f"the checkpoint's model has {vocab} events, this event codec {codec.VOCAB}")
-        self._sums: dict[str, tuple[float, int]] = {}
+        self._sums: dict[str, tuple[Tensor, Tensor]] = {}
 
     def datamodule(self) -> MusicData:
         data = self.cfg.data
@@ -372,16 +372,16 @@ class EventRepresentation(Representation):
 
     def step(self, model: EventModel, batch: tuple[Tensor, Tensor], stage: Stage) -> StepOutput:
         events, lengths = batch
-        count = int(lengths.sum())
+        count = lengths.sum()  # a tensor: read on the device at the epoch's end, not each step
         total = model.nll(events, lengths).sum()
         if stage != "train":  # for the epoch's perplexity
             nll, seen = self._sums.get(stage, (0.0, 0))
-            self._sums[stage] = (nll + float(total), seen + count)
+            self._sums[stage] = (nll + total.detach(), seen + count)
         return StepOutput(total / count, len(lengths), loss_weight=count)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         """`perplexity`: exp of the mean NLL per event over the epoch, over every DDP process's pieces."""
-        nll, seen = gather_sums(*self._sums.pop(stage, (0.0, 0)))  # every process joins, with pieces or none
+        nll, seen = gather_sums(*map(float, self._sums.pop(stage, (0.0, 0))))  # every process joins, pieces or none
         return {"perplexity": perplexity(nll, seen)} if seen else {}
 
     def predict_step(self, model: EventModel, batch: Tensor) -> dict[str, Tensor]:

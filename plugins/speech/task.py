@@ -457,7 +457,8 @@ class SpeechTask(TaskPlugin):
             return StepOutput(loss + speaker_loss, len(batch["texts"]), metrics)
         if stage != "train":
             beam = 1 if stage == "val" else int(self.cfg.decode.beam_size)
-            hypotheses = [self.vocab.decode(recognize(lp[:n].cpu(), beam)) for lp, n in zip(log_probs, out_lengths)]
+            on_cpu = zip(log_probs.cpu(), out_lengths.tolist())  # one copy a batch, not one per utterance
+            hypotheses = [self.vocab.decode(recognize(lp[:n], beam)) for lp, n in on_cpu]
             self.scores.setdefault(stage, Scores()).update(batch["index"], hypotheses, batch["texts"])
             return StepOutput(loss, len(batch["texts"]), loss_weight=batch["in_loss"].sum())
         return StepOutput(loss, len(batch["texts"]))
@@ -472,8 +473,9 @@ class SpeechTask(TaskPlugin):
         `predict.chunk_ms` chunks, with the partial transcripts (`time` at the chunk's end, `text`) as they changed."""
         if not self.cfg.predict.get("streaming"):
             log_probs, out_lengths, _ = model(batch["features"], batch["lengths"])
-            return [(torch.cat([blank_frames(skip // model.subsample, len(self.vocab)), lp[:n].cpu()]), None)
-                    for lp, n, skip in zip(log_probs, out_lengths, batch["skipped"])]
+            on_cpu = zip(log_probs.cpu(), out_lengths.tolist(), batch["skipped"])  # one copy a batch
+            return [(torch.cat([blank_frames(skip // model.subsample, len(self.vocab)), lp[:n]]), None)
+                    for lp, n, skip in on_cpu]
         rate = self.features.sample_rate
         chunk = max(1, round(float(self.cfg.predict.chunk_ms) * rate / 1000))
         results = []
