@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gru_suite.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.figure import Figure
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)")
 """The name of `atomic_path`'s temporary file: `.<name>.<mkstemp's 8 random characters><name's suffix>`."""
@@ -73,6 +78,27 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
+def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
+    """Write `frame` as CSV (its columns, not its index) atomically and return the path."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def write_files(folder: str | os.PathLike, save: Callable[[Path], Iterable[str | os.PathLike]]) -> list[Path]:
+    """Let `save` write files into a temporary folder beside `folder` and return their paths (as
+    `save_pretrained` does), then move each into `folder`, flushed to disk first (each file whole or absent, as
+    `atomic_path` makes it); their paths in `folder`."""
+    target = Path(folder)
+    target.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
+        written = [Path(name) for name in save(Path(tmp)) if Path(name).is_file()]
+        for path in written:
+            _flush_to_disk(str(path))
+            os.replace(path, target / path.name)
+    return [target / path.name for path in written]
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     """Write one JSON object per line (UTF-8 as it is, not escaped) atomically, each as `records` yields it (a
     generator's records are never all held), and return the path."""
@@ -82,11 +108,10 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
     return Path(path)
 
 
-def save_figure(fig, path: str | os.PathLike, **kwargs) -> Path:
-    """Save a matplotlib figure atomically, close it, and return the path."""
-    import matplotlib.pyplot as plt
-
+def save_figure(fig: Figure, path: str | os.PathLike, **kwargs) -> Path:
+    """Save a matplotlib figure atomically, close it (if pyplot holds it), and return the path."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
-    plt.close(fig)
+    if (pyplot := sys.modules.get("matplotlib.pyplot")) is not None:  # a plain Figure is held by no one
+        pyplot.close(fig)
     return Path(path)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -183,6 +184,18 @@ class TaskPlugin(ABC):
     def state_dict(self) -> dict[str, Any]:
         """Data-dependent state saved in checkpoints (scalers, vocabularies)."""
         return dict(self.state)
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """`model` in eval mode (no dropout) inside the block, back in the mode it was in after it (a task decoding or
+    scoring during training, say)."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
 
 
 def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:

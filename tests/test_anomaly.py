@@ -25,7 +25,7 @@ from gru_suite import run, timeseries
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.timeseries import Calendar
-from gru_suite_plugins.anomaly.data import load_streams
+from gru_suite_plugins.anomaly.data import csv_files, load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import FLOAT32_MAX, main as stream_main, parse_line
@@ -800,6 +800,21 @@ def test_a_resumed_training_run_still_refuses_a_label_column_its_files_lack(tmp_
 def test_out_of_range_settings_are_named(tmp_path, override, expected):
     with pytest.raises(UserError, match=expected):
         run.build_task(compose_train_config("anomaly", [override], tmp_path).task)
+
+
+def test_a_folders_csv_files_are_found_below_it_whatever_the_case_of_their_suffix(tmp_path):
+    (tmp_path / "group" / "more.csv").mkdir(parents=True)  # a folder of that name is not a file
+    for name in ("a.csv", "group/B.CSV", "notes.txt"):
+        (tmp_path / name).write_text("timestamp,value\n")
+    assert csv_files(tmp_path) == (tmp_path, [tmp_path / "a.csv", tmp_path / "group" / "B.CSV"])
+
+
+def test_training_loaders_take_the_configured_worker_processes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    write_series(data / "s.csv")
+    loader = anomaly_task(tmp_path, data, "task.data.num_workers=2").datamodule().train_dataloader()
+    assert loader.num_workers == 2
 
 
 def anomaly_task(tmp_path, data, *overrides, state=None):

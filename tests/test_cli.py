@@ -214,6 +214,23 @@ def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(tr
     assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
 
 
+def test_a_forecast_holds_the_windows_predicted_when_prediction_stops_early(trained_run):
+    """`trainer.limit_predict_batches` leaves later windows unpredicted: the frame holds the predicted ones."""
+    from gru_suite.checkpoint import load_checkpoint
+    from gru_suite.timeseries import WindowBatch
+    from gru_suite_plugins.forecasting.writer import forecast_frame, future_timestamps
+
+    module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    data = module.task.datamodule()
+    data.setup("predict")
+    first = WindowBatch(*(part[:3] for part in next(iter(data.predict_dataloader()))))
+    with torch.no_grad():
+        frame = forecast_frame([module.task.predict_step(module.model, first)], data, module.task.state["targets"])
+    origins = data.sets["predict"].origins
+    assert len(origins) > 3 and list(frame["origin"].unique()) == list(future_timestamps(data.series,
+                                                                                         np.asarray(origins[:3]) - 1))
+
+
 def test_gates_command_plots_trained_model(trained_run, tmp_path):
     result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=1",
                      f"hydra.run.dir={tmp_path}")
@@ -504,6 +521,28 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     path = write_text(tmp_path / "report.csv", "a,b\n")
     assert path.read_text() == "a,b\n"
     assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
+
+
+def test_files_a_library_saves_are_each_on_disk_before_they_are_moved_into_place(tmp_path, monkeypatch):
+    from gru_suite.atomic import write_files
+
+    def save(folder):  # as save_pretrained: the paths it wrote (a folder among them is not moved)
+        (folder / "sub").mkdir()
+        for name in ("a.json", "b.txt"):
+            (folder / name).write_text(name)
+        return [str(folder / "a.json"), folder / "b.txt", folder / "sub"]
+
+    done = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: done.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+                        or fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda source, target: done.append(("replace", Path(source).name)) or
+                        replace(source, target))
+    write_text(tmp_path / "tok" / "a.json", "old")
+    done.clear()
+    assert write_files(tmp_path / "tok", save) == [tmp_path / "tok" / "a.json", tmp_path / "tok" / "b.txt"]
+    assert (tmp_path / "tok" / "a.json").read_text() == "a.json" and sorted(os.listdir(tmp_path)) == ["tok"]
+    assert done == [("fsync", "a.json"), ("replace", "a.json"), ("fsync", "b.txt"), ("replace", "b.txt")]
 
 
 def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):

@@ -610,6 +610,7 @@ def test_every_number_is_required_unless_null_is_off(task, tmp_path):
     numbers = {field for field, *_ in (*cls.numbers, *TaskPlugin.numbers)}
     assert numbers - set(cls.required) - {"data.batch_size", "data.num_workers"} == NULL_IS_OFF[task]
     cfg = compose_train_config(task, [], tmp_path).task
+    assert [field for field in ("data.batch_size", "data.num_workers") if lacks(cfg, field)] == []  # the core's
     nulled = sorted(numbers - NULL_IS_OFF[task] - {field for field in numbers if lacks(cfg, field)})
     for field in nulled:
         OmegaConf.update(cfg, field, None, merge=False)

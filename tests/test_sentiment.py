@@ -411,6 +411,20 @@ def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str
     assert "<b>" not in page and "&lt;" in page and "&amp;" in page
 
 
+def test_the_confusion_matrix_leaves_matplotlibs_backend_as_it_is(tmp_path: Path, monkeypatch) -> None:
+    import matplotlib
+    import numpy as np
+
+    from gru_suite_plugins.sentiment.writer import plot_confusion
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a writer switched matplotlib's backend (a notebook's, say)")
+
+    monkeypatch.setattr(matplotlib, "use", refused)
+    path = plot_confusion(np.array([[3, 1], [0, 4]]), ["neg", "pos"], tmp_path / "c.png", "test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_eval_cli_writes_metrics_and_the_confusion_matrix(trained: tuple[Path, dict[str, float]],
                                                           tmp_path: Path, one_thread: None) -> None:
     result = run_cli("gru-suite-eval", "task=sentiment", f"ckpt_path={trained[0] / 'checkpoints' / 'last.ckpt'}",

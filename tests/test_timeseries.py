@@ -441,7 +441,8 @@ def test_a_zoned_series_forecasts_are_plotted_at_its_own_times_of_day():
     stamps = pd.date_range("2024-03-01", periods=200, freq="h", tz="Asia/Tokyo")
     series = SimpleNamespace(timestamps=stamps, values=np.arange(200.0)[:, None], columns=["y"])
     data = SimpleNamespace(series=series, sets={"predict": SimpleNamespace(origins=np.arange(150, 201))})
-    predictions = [{"forecast": torch.ones(51, 3, 1), "actual": torch.zeros(51, 3, 1)}]
+    predictions = [{"origin": torch.arange(150, 201), "forecast": torch.ones(51, 3, 1),
+                    "actual": torch.zeros(51, 3, 1)}]
     ax = plot_forecasts(forecast_frame(predictions, data, ["y"]), data, ["y"]).axes[0]
     assert ax.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-06T12:00")  # row 141, 21:00 in Tokyo
     assert str(ax.xaxis.get_major_locator().tz) == "Asia/Tokyo" == str(ax.xaxis.get_major_formatter()._tz)

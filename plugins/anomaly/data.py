@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError, first_named, not_a_file
+from gru_suite.files import files_below
 from gru_suite.timeseries import Calendar, Series, StandardScaler, data_line, read_csv_frame, series_from_frame
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
@@ -63,13 +64,13 @@ WINDOW_FILES = ("windows.json", "combined_windows.json")
 
 
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
-    """The data root and its CSV files (a single file, or every *.csv below a folder)."""
+    """The data root and its CSV files (a single file, or every .csv below a folder, in any case)."""
     root = Path(path)
     if root.is_file():
         return root.parent, [root]
     if not root.is_dir():
         raise UserError(f"data path not found: {root}")
-    files = sorted(root.rglob("*.csv"))
+    files = files_below(root, {".csv"})
     if not files:
         raise UserError(f"{root}: no .csv files found")
     return root, files
@@ -325,9 +326,9 @@ class AnomalyData(SplitDataModule):
     and score whole series, one per batch, in test and predict."""
 
     def __init__(self, streams: list[StreamData], crop_length: int, validation: float, batch_size: int,
-                 shortest: int) -> None:
+                 shortest: int, num_workers: int = 0) -> None:
         """`shortest`: the fewest rows a crop needs for the detector's loss (`shortest_crop`)."""
-        super().__init__(batch_size, batch_sizes={"test": 1, "predict": 1}, build=self._crops)
+        super().__init__(batch_size, num_workers, batch_sizes={"test": 1, "predict": 1}, build=self._crops)
         self.streams = streams
         self.crop_length, self.validation, self.shortest = crop_length, validation, shortest
         self.sequences = [s.inputs for s in streams]

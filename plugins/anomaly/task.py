@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from gru_suite.config import name_list
 from gru_suite.distributed import gather_dict
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, first_named
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import MISSING_POLICIES, Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
@@ -74,7 +74,7 @@ class AnomalyTask(TaskPlugin):
         self._raw: dict[int, np.ndarray] = {}
         self.test_scored: dict[str, ScoredSeries] = {}
         return AnomalyData(self.streams, data.crop_length, data.validation, data.batch_size,
-                           shortest_crop(detector.kind, detector.window, detector.burn_in))
+                           shortest_crop(detector.kind, detector.window, detector.burn_in), data.get("num_workers", 0))
 
     def _check_value_columns(self, series: Series) -> None:
         """A trained detector reads as many value columns as it was trained on (all files have the same ones)."""
@@ -100,7 +100,7 @@ class AnomalyTask(TaskPlugin):
         if short:
             raise UserError(
                 f"task.scoring.threshold={scoring.threshold} at {setting} needs probationary periods of "
-                f">= {needed} rows; too short: {', '.join(short[:5])}{' ...' if len(short) > 5 else ''} "
+                f">= {needed} rows; too short: {first_named(short)} "
                 f"({advice} or use another threshold)"
             )
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from gru_suite.atomic import atomic_path, save_figure
+from gru_suite.atomic import save_figure, write_csv
 from gru_suite.timeseries import Series, plotted_times
 from gru_suite_plugins.anomaly.data import StreamData
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
@@ -121,8 +121,6 @@ def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path,
     for suffix in (".gz", ".csv"):
         stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
     frame = report_frame(stream, scored, unscored_rows)
-    csv_path = out_dir / name.parent / f"{stem}.csv"
-    with atomic_path(csv_path) as tmp:
-        with_skipped_rows(frame, stream.series).to_csv(tmp, index=False)
+    csv_path = write_csv(out_dir / name.parent / f"{stem}.csv", with_skipped_rows(frame, stream.series))
     png_path = save_figure(plot_report(stream, frame, scored.threshold), csv_path.with_suffix(".png"), dpi=100)
     return [csv_path, png_path]

@@ -114,12 +114,12 @@ class ForecastingTask(TaskPlugin):
         if stage == "train":
             return StepOutput(loss, len(x))
         metrics: dict[str, Tensor] = {}
+        y_original = self.scaler.inverse(y, self.target_columns)
         for name, pred in (("", forecast), ("naive_", self._naive(x)), ("seasonal_naive_", self._seasonal_naive(x))):
             if pred is None:
                 continue
             metrics |= _errors(pred, y, name)
-            original = self.scaler.inverse(pred, self.target_columns)
-            metrics |= _errors(original, self.scaler.inverse(y, self.target_columns), name, "_original")
+            metrics |= _errors(self.scaler.inverse(pred, self.target_columns), y_original, name, "_original")
         return StepOutput(loss, len(x), metrics)
 
     def _naive(self, x: Tensor) -> Tensor:
@@ -134,8 +134,9 @@ class ForecastingTask(TaskPlugin):
         return x[:, index][:, :, self.target_columns]
 
     def predict_step(self, model: Forecaster, batch: WindowBatch) -> dict[str, Tensor]:
-        x, y = batch[:2]
+        x, y, origins = batch
         return {
+            "origin": origins.cpu(),
             "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
             "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
         }

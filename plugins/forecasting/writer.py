@@ -10,7 +10,7 @@ import torch
 from matplotlib import dates as mdates
 from matplotlib.figure import Figure
 
-from gru_suite.atomic import atomic_path, save_figure
+from gru_suite.atomic import save_figure, write_csv
 from gru_suite.timeseries import Series, plotted_times
 
 MAX_PLOTTED_TARGETS = 4
@@ -40,10 +40,10 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
 
 
 def forecast_frame(predictions: list[dict], datamodule, targets: list[str]) -> pd.DataFrame:
-    """One row per (forecast origin, step, target): origin, timestamp, step, target, actual, forecast."""
+    """One row per (forecast origin, step, target) predicted: origin, timestamp, step, target, actual, forecast."""
     forecast = torch.cat([p["forecast"] for p in predictions]).numpy()
     actual = torch.cat([p["actual"] for p in predictions]).numpy()
-    origins = np.asarray(datamodule.sets["predict"].origins)
+    origins = torch.cat([p["origin"] for p in predictions]).numpy()
     horizon = forecast.shape[1]
     o, h, t = np.meshgrid(origins, np.arange(horizon), np.arange(len(targets)), indexing="ij")
     rows = (o + h).ravel()
@@ -100,8 +100,6 @@ def _one_line_per_origin(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 def write_forecasts(predictions: list[dict], datamodule, targets: list[str], out_dir: Path) -> list[Path]:
     """Write `forecast.csv` and `forecast.png` into `out_dir`."""
     frame = forecast_frame(predictions, datamodule, targets)
-    csv_path = Path(out_dir) / "forecast.csv"
-    with atomic_path(csv_path) as tmp:
-        frame.to_csv(tmp, index=False)
+    csv_path = write_csv(Path(out_dir) / "forecast.csv", frame)
     png_path = save_figure(plot_forecasts(frame, datamodule, targets), Path(out_dir) / "forecast.png", dpi=110)
     return [csv_path, png_path]

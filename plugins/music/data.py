@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError, first_named, not_a_file
+from gru_suite.files import files_below
 from gru_suite_plugins.music.events import NOTE_OFF, encode, transpose
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def read_events(path: str | Path, drums: bool = False, pm: pretty_midi.PrettyMID
 
 def read_folder(folder: Path, read: Callable[[Path], Piece]) -> list[Piece]:
     """`read` of every .mid/.midi below `folder` (sorted by path); unusable files are skipped with a warning."""
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in MIDI_SUFFIXES and p.is_file())
+    files = files_below(folder, MIDI_SUFFIXES)
     pieces, skipped = [], []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", MidiWarning)

@@ -24,10 +24,9 @@ from torch.utils.data import Dataset
 
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import Skips, UserError
-from gru_suite.text import STDIN, pad_ids, read_lines, read_table, source_name
+from gru_suite.text import STDIN, EncodingErrorRule, pad_ids, read_lines, read_table, source_name
 
 Format = Literal["auto", "csv", "tsv", "lines"]
-EncodingErrors = Literal["error", "replace"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ def read_labelled(
     fmt: Format = "auto",
     text_column: str = "text",
     label_column: str = "label",
-    encoding_errors: EncodingErrors = "error",
+    encoding_errors: EncodingErrorRule = "error",
 ) -> list[Example]:
     """Labelled examples from a CSV/TSV with a header (text and label columns) or `label sentence` lines."""
     fmt = table_format(path, fmt)
@@ -103,7 +102,7 @@ def _expected(fmt: Format, text_column: str, label_column: str) -> str:
 
 
 def read_texts(source: str | Path, fmt: Format = "auto", column: str = "text",
-               encoding_errors: EncodingErrors = "error", setting: str = "task.data.text_column") -> list[Example]:
+               encoding_errors: EncodingErrorRule = "error", setting: str = "task.data.text_column") -> list[Example]:
     """Unlabelled texts: a CSV/TSV column (chosen by `setting`, which a missing column's error names) or one text
     per line, of a file or of stdin (`source="-"`; `auto`: lines)."""
     fmt = "lines" if str(source) == STDIN and fmt == "auto" else table_format(source_name(source), fmt)

@@ -27,6 +27,7 @@ from gru_suite.task import (
     Stage,
     StepOutput,
     TaskPlugin,
+    eval_mode,
 )
 from gru_suite.text import (
     ENCODING_ERRORS,
@@ -309,14 +310,9 @@ class SentimentTask(TaskPlugin):
         CPU, in batches of similar length; the model's mode is restored afterwards)."""
         assert self.model is not None, "build_model() first"
         ids, probs = self.encode(texts), torch.empty(len(texts), len(self.labels))
-        training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                for chunk in LengthBucketSampler(range(len(ids)), batch_size, lengths=[len(row) for row in ids]):
-                    probs[chunk] = self.model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]
-        finally:
-            self.model.train(training)
+        with eval_mode(self.model), torch.inference_mode():
+            for chunk in LengthBucketSampler(range(len(ids)), batch_size, lengths=[len(row) for row in ids]):
+                probs[chunk] = self.model.probabilities(*pad_ids([ids[i] for i in chunk]))[0]
         return probs
 
     # --- model, loss and scores ---------------------------------------------------------------------------

@@ -24,14 +24,13 @@ def write_predictions_csv(
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, title: str) -> Path:
-    """Counts per (true, predicted) label, annotated, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Counts per (true, predicted) label, annotated, as a PNG (a figure of its own: matplotlib's backend and pyplot's
+    figures are left as they are)."""
+    from matplotlib.figure import Figure
 
     size = 1.6 + 0.7 * len(labels)
-    fig, ax = plt.subplots(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size))
+    ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
     ticks = range(len(labels))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from gru_suite.errors import UserError
+from gru_suite.files import files_below
 from gru_suite.text import read_lines
 from gru_suite_plugins.speech.audio import AUDIO_SUFFIXES, read_audio
 
@@ -149,10 +150,6 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
     return utterances
 
 
-def _audio_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-
-
 def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
                 skipped: list[Skipped] | None = None) -> list[Utterance]:
     """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` beside it.
@@ -161,7 +158,7 @@ def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
     skipped with a warning and added to `skipped`, where given.
     """
     utterances = []
-    for audio in _audio_files(Path(folder)):
+    for audio in files_below(Path(folder), AUDIO_SUFFIXES):
         transcript = audio.with_suffix(".txt")
         text = " ".join(read_lines(transcript)) if transcript.is_file() else None
         if need_text and text is None:
@@ -219,7 +216,7 @@ def read_source(path: str | Path, sample_rate: int, need_text: bool = True,
         one = "" if need_text else f", or one audio file ({', '.join(sorted(AUDIO_SUFFIXES))})"
         raise UserError(f"{source}: expected a JSONL manifest or a folder of audio files{one}")
     if not utterances:
-        if source.is_dir() and not _audio_files(source):
+        if source.is_dir() and not files_below(source, AUDIO_SUFFIXES):
             raise UserError(f"{source}: no audio files ({', '.join(AUDIO_SUFFIXES)}) in this folder or below it")
         raise UserError(f"{source}: no usable utterances (see the warnings above)")
     return utterances

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
-from gru_suite.atomic import write_jsonl
+from gru_suite.atomic import write_files, write_jsonl
 from gru_suite.distributed import gather_dict
 from gru_suite.perplexity import perplexity
 from gru_suite.errors import UserError
-from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
+from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin, eval_mode
 from gru_suite.text import (
     ENCODING_ERRORS,
     PAD_ID,
@@ -43,7 +43,7 @@ from gru_suite_plugins.translation.data import (
 )
 from gru_suite_plugins.translation.decode import BOS, Hypothesis, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import AttentionKind, Seq2Seq
-from gru_suite_plugins.translation.writer import save_alignment, save_tokenizer, write_lines
+from gru_suite_plugins.translation.writer import save_alignment, write_lines
 
 log = logging.getLogger(__name__)
 
@@ -229,18 +229,12 @@ class TranslationTask(TaskPlugin):
     def translate(self, model: Seq2Seq, batch: dict[str, Any], beam: int) -> list[Hypothesis]:
         """Decode a batch: greedy for `beam` 1, else beam search, under the `decode` length rules."""
         decode = self.cfg.decode
-        if beam < 1:
-            raise UserError(f"task.decode beam sizes must be at least 1, got {beam}")
         source, lengths = batch["source"], batch["source_lengths"]
         limit = max_lengths(lengths, decode.max_length_ratio, decode.max_length_extra, decode.max_length)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             if beam == 1:
                 return greedy(model, source, lengths, limit)
             return beam_search(model, source, lengths, limit, beam, decode.length_penalty, decode.early_stopping)
-        finally:
-            model.train(was_training)
 
     @property
     def lowercase(self) -> bool:
@@ -311,10 +305,10 @@ class TranslationTask(TaskPlugin):
             records = self._attention_records(kept, by_index, dataset, out_dir, paths)  # plots as it goes
             paths.append(write_jsonl(out_dir / "attention.jsonl", records))
         if self.state["joint"]:
-            paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer")
+            paths += write_files(out_dir / "tokenizer", self.source_tokenizer.save_pretrained)
         else:
-            paths += save_tokenizer(self.source_tokenizer, out_dir / "tokenizer" / "source")
-            paths += save_tokenizer(self.target_tokenizer, out_dir / "tokenizer" / "target")
+            paths += write_files(out_dir / "tokenizer" / "source", self.source_tokenizer.save_pretrained)
+            paths += write_files(out_dir / "tokenizer" / "target", self.target_tokenizer.save_pretrained)
         return paths
 
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -18,8 +15,6 @@ from gru_suite.text import readable_pieces
 def write_lines(lines: Sequence[str], path: Path) -> Path:
     """One output line per input line (line breaks inside a translation become spaces)."""
     return write_text(path, "".join(" ".join(line.splitlines()) + "\n" for line in lines))
-
-
 
 
 MAX_INCHES = 40.0
@@ -52,13 +47,3 @@ def save_alignment(source: Sequence[str], target: Sequence[str], weights: np.nda
     return save_figure(plot_alignment(source, target, weights, f"input line {line}"), path, dpi=100)
 
 
-def save_tokenizer(tokenizer: Any, folder: Path) -> list[Path]:
-    """`tokenizer.save_pretrained(folder)`, each file moved into place atomically."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=folder.parent, prefix=f".{folder.name}.") as tmp:
-        paths = []
-        for name in tokenizer.save_pretrained(tmp):
-            if Path(name).is_file():
-                os.replace(name, folder / Path(name).name)
-                paths.append(folder / Path(name).name)
-    return paths
