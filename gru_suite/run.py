@@ -358,15 +358,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if ckpt_path is None and (phase := task.pretraining()) is not None:
         pretrain(cfg, module, phase)
     trainer = build_trainer(cfg)
-    with monitored_metric_named(trainer, cfg.task.monitor), val_check_interval_named(), warnings.catch_warnings():
-        if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
-            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-        if monitor_changed:  # said above, in this run's words
-            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
-        if cfg.get("ckpt_path") == "last" and (folder := last_checkpoint_to_come(trainer)) is not None:
-            warn_on_rank_zero(f"ckpt_path=last: no last.ckpt in {folder} yet, so training starts afresh")
-            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")  # its hint misleads
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
+    fit(cfg, trainer, module, datamodule, ckpt_path, monitor_changed)
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:
         keep_resumed_as_last(trainer, ckpt_path)
@@ -384,6 +376,34 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_metrics(metrics, out_dir / "metrics.json")  # training's figures, which a resumed run reads back
     if diverged:
         raise diverged
+    evaluate_and_write(cfg, trainer, module, datamodule, best, metrics)
+    return metrics
+
+
+def fit(
+    cfg: DictConfig, trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule,
+    ckpt_path: str | None, monitor_changed: bool,
+) -> None:
+    """`trainer.fit`, from `ckpt_path` (a resumed run's) or the config's `ckpt_path`, without Lightning's warnings
+    that this run has already put in its own words or that do not apply to it."""
+    with monitored_metric_named(trainer, cfg.task.monitor), val_check_interval_named(), warnings.catch_warnings():
+        if resumes_in_own_folder(cfg):  # it finds its checkpoints there, as it should
+            warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+        if monitor_changed:  # said when the checkpoint was read, in this run's words
+            warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+        if cfg.get("ckpt_path") == "last" and (folder := last_checkpoint_to_come(trainer)) is not None:
+            warn_on_rank_zero(f"ckpt_path=last: no last.ckpt in {folder} yet, so training starts afresh")
+            warnings.filterwarnings("ignore", message=r".*there is no last checkpoint available")  # its hint misleads
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path or cfg.get("ckpt_path"))
+
+
+def evaluate_and_write(
+    cfg: DictConfig, trainer: pl.Trainer, module: TaskModule, datamodule: pl.LightningDataModule, best: str,
+    metrics: dict[str, float],
+) -> None:
+    """After fitting: test the `best` checkpoint (else the last weights) into `metrics`, write them to the run's
+    `metrics.json`, and the artifacts into its `predictions/`, as the config asks."""
+    out_dir = Path(cfg.paths.output_dir)
     with weight_averaging_ended(trainer):  # testing and prediction read the best checkpoint's (averaged) weights
         if cfg.get("test_after_training"):
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
@@ -399,7 +419,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.warning("task %r wrote no artifacts: write_predictions returned no paths", cfg.task.name)
         elif cfg.get("predict_after_training") and trainer.world_size > 1 and trainer.is_global_zero:
             log.info("multi-process run: write artifacts with gru-suite-predict ckpt_path=%s", best or "<ckpt>")
-    return metrics
 
 
 @rank_zero_only

@@ -16,13 +16,16 @@ import sys
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from gru_suite.errors import UserError, not_a_file
+
+if TYPE_CHECKING:  # transformers is imported where a tokenizer is made: a cold import costs seconds
+    from transformers import BatchEncoding, PreTrainedTokenizerFast
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +176,7 @@ def train_tokenizer(
     lowercase: bool = False,
     min_frequency: int = 2,
     split_punctuation: bool = True,
-):
+) -> PreTrainedTokenizerFast:
     """Train a tokenizer on `texts` and return it as a `PreTrainedTokenizerFast`.
 
     `bpe` and `unigram` split into subwords over a Metaspace pre-tokenizer, so
@@ -225,7 +228,7 @@ def train_tokenizer(
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, **SPECIAL_TOKENS)
 
 
-def encode_as_text(tokenizer, texts: Sequence[str], **kwargs):
+def encode_as_text(tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], **kwargs: object) -> BatchEncoding:
     """`tokenizer(texts, **kwargs)` (a `BatchEncoding`) without sentence marks, reading a special token's string
     in a text as text: a unigram model holds the special tokens as pieces and may still match one there, which
     then becomes the unknown token."""
@@ -256,17 +259,17 @@ def readable_pieces(pieces: Sequence[str]) -> list[str]:
     return shown
 
 
-def token_labels(tokenizer, ids: Sequence[int]) -> list[str]:
+def token_labels(tokenizer: PreTrainedTokenizerFast, ids: Sequence[int]) -> list[str]:
     """The pieces of token `ids` as `readable_pieces` shows them, one label per id."""
     return readable_pieces(tokenizer.convert_ids_to_tokens([int(i) for i in ids]))
 
 
-def tokenizer_state(tokenizer) -> dict[str, str]:
+def tokenizer_state(tokenizer: PreTrainedTokenizerFast) -> dict[str, str]:
     """A tokenizer as plain data for a checkpoint (its `tokenizer.json` text)."""
     return {"tokenizer_json": tokenizer.backend_tokenizer.to_str()}
 
 
-def tokenizer_from_state(state: dict[str, str]):
+def tokenizer_from_state(state: dict[str, str]) -> PreTrainedTokenizerFast:
     """Rebuild a `PreTrainedTokenizerFast` saved with `tokenizer_state`."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast

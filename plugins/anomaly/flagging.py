@@ -111,6 +111,8 @@ class Flagger:
         return max(self.skip, self._likelihood.placeholders if self._likelihood else 0)
 
     def calibrate(self, probationary_scores: np.ndarray) -> None:
+        """Fit the `quantile` or `spot` threshold to a series' probationary scores (from `calibration_start`); a
+        UserError where too few are left to fit it."""
         calibration = probationary_scores[self.calibration_start :]
         if self.threshold == "quantile":
             if not len(calibration):

@@ -148,12 +148,11 @@ def evaluate_flags(flags: Any, labels_or_windows: Any) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class NabProfile:
-    """A NAB cost matrix (config/profiles.json "CostMatrix"); NAB's scorer never uses tn."""
+    """A NAB cost matrix (config/profiles.json "CostMatrix") less its tn weight, which NAB's scorer never uses."""
 
     tp: float
     fp: float
     fn: float
-    tn: float = 1.0
 
 
 # config/profiles.json

@@ -15,8 +15,12 @@ import argparse
 import math
 import sys
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from gru_suite.errors import UserError
+
+if TYPE_CHECKING:
+    from gru_suite_plugins.anomaly.flagging import AnomalyStream
 
 FLOAT32_MAX = 3.4028234663852886e38
 """The largest magnitude a value may have, as `gru_suite.timeseries.FLOAT32_MAX` (a file's cells); that module
@@ -66,7 +70,7 @@ def _is_timestamp(text: str) -> bool:
         return False
 
 
-def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -> Iterator[str]:
+def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool, width: int) -> Iterator[str]:
     """`score,flag` (prefixed by the timestamp when given) for each non-empty line of `width` values."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -80,6 +84,8 @@ def score_lines(stream, lines: Iterable[str], has_timestamp: bool, width: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`gru-suite-anomaly-stream`: each observation on stdin scored and flagged on stdout as it comes; the exit
+    code (2: bad input, named on stderr)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt_path", help="an anomaly checkpoint written by `gru-suite task=anomaly`")
     parser.add_argument("--probation", type=int, default=300, help="observations learned from before flagging")

@@ -109,6 +109,7 @@ class AnomalyTask(TaskPlugin):
         return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width)
 
     def flagger(self) -> Flagger:
+        """A fresh `Flagger` of the `scoring` settings, for one series (it learns the series' scores as it goes)."""
         scoring, detector = self.cfg.scoring, self.cfg.detector  # numbers checked when the task is built (`numbers`)
         return Flagger(
             score=scoring.score, threshold=scoring.threshold, fixed=scoring.fixed, quantile=scoring.quantile,

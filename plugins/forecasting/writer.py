@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,6 +13,9 @@ from matplotlib.figure import Figure
 
 from gru_suite.atomic import save_figure, write_csv
 from gru_suite.timeseries import Series, plotted_times
+
+if TYPE_CHECKING:
+    from gru_suite_plugins.forecasting.data import ForecastingData
 
 MAX_PLOTTED_TARGETS = 4
 WEEKDAYS_SEEN = 10
@@ -39,7 +43,7 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     return stamps.append(extra)[rows]
 
 
-def forecast_frame(predictions: list[dict], datamodule, targets: list[str]) -> pd.DataFrame:
+def forecast_frame(predictions: list[dict], datamodule: ForecastingData, targets: list[str]) -> pd.DataFrame:
     """One row per (forecast origin, step, target) predicted: origin, timestamp, step, target, actual, forecast."""
     forecast = torch.cat([p["forecast"] for p in predictions]).numpy()
     actual = torch.cat([p["actual"] for p in predictions]).numpy()
@@ -58,7 +62,9 @@ def forecast_frame(predictions: list[dict], datamodule, targets: list[str]) -> p
     })
 
 
-def plot_forecasts(frame: pd.DataFrame, datamodule, targets: list[str]) -> Figure:
+def plot_forecasts(frame: pd.DataFrame, datamodule: ForecastingData, targets: list[str]) -> Figure:
+    """The first `MAX_PLOTTED_TARGETS` targets, a panel each: the series from three horizons before the first
+    forecast on (history, then truth), every forecast over the test period, and the last one, beyond the data."""
     shown = targets[:MAX_PLOTTED_TARGETS]
     fig = Figure(figsize=(11, 3.2 * len(shown)), layout="constrained")
     axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
@@ -97,7 +103,9 @@ def _one_line_per_origin(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return stamps, np.insert(rows["forecast"].to_numpy(dtype=float), ends, np.nan)
 
 
-def write_forecasts(predictions: list[dict], datamodule, targets: list[str], out_dir: Path) -> list[Path]:
+def write_forecasts(
+    predictions: list[dict], datamodule: ForecastingData, targets: list[str], out_dir: Path
+) -> list[Path]:
     """Write `forecast.csv` and `forecast.png` into `out_dir`."""
     frame = forecast_frame(predictions, datamodule, targets)
     csv_path = write_csv(Path(out_dir) / "forecast.csv", frame)

@@ -109,6 +109,8 @@ class AutoregressiveHead(nn.Module):
         return F.binary_cross_entropy_with_logits(self.logits(h, notes), notes, reduction="none").sum(-1)
 
     def sample(self, h: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
+        """Notes (0/1) of one time step drawn pitch by pitch from the lowest, each given `h` and the notes drawn
+        below it."""
         notes = torch.zeros(*h.shape[:-1], self.direct.in_features, device=h.device)
         given = self._given(h)  # once per step, not once per pitch
         for i in range(notes.size(-1)):

@@ -67,6 +67,7 @@ class Scores:
         self.pairs.update(zip(indices, zip(map(normalize_text, hypotheses), references)))
 
     def compute(self) -> dict[str, float]:
+        """`wer`, `cer` and (with single-word references) `accuracy` over every DDP process's utterances."""
         pairs = gather_dict(self.pairs)
         if not pairs:
             return {}

@@ -84,6 +84,7 @@ class Tokens:
 
     @classmethod
     def train(cls, texts: Iterable[str], kind: str, vocab_size: int) -> Tokens:
+        """A `kind` tokenizer (`TOKENIZER_KINDS`) of at most `vocab_size` tokens trained on transcripts `texts`."""
         if kind not in TOKENIZER_KINDS:
             raise UserError(f"task.text.tokens must be chars or one of {list(TOKENIZER_KINDS)}, got {kind!r}")
         # `word`: a transcript's word is one token, apostrophe and all ("don't" decodes as written, not "don ' t")
