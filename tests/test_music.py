@@ -310,9 +310,13 @@ def test_corrupt_and_empty_midi_files_are_skipped_by_name(
         splits = load_corpus(folder, 2, drums=False, split=[0.6, 0.2, 0.2])
     assert sum(map(len, splits.values())) == 3
     assert "broken.mid: not a readable MIDI file" in caplog.text and "silent.midi: no notes" in caplog.text
-    with pytest.raises(UserError, match=r"empty.mid: not a readable MIDI file \(EOFError: the file ends too early\)"):
-        (tmp_path / "empty.mid").write_bytes(b"")
-        read_midi(tmp_path / "empty.mid", 2)
+    for name, content, expected in (
+            ("cut.mid", b"MThd\x00\x00", r"not a readable MIDI file \(EOFError: the file ends too early\)"),
+            ("empty.mid", b"", r"not a MIDI file \(it does not start with a MIDI header, MThd\)"),
+            ("notes.mid", b"C E G\n", r"not a MIDI file \(it does not start with a MIDI header, MThd\)")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(UserError, match=rf"{name}: {expected}"):
+            read_midi(tmp_path / name, 2)
     assert "skipped 2 of 5 MIDI files" in caplog.text
     (tmp_path / "rolls.pickle").write_bytes(b"\x80\x04")  # JSB Chorales as first published: a Python pickle
     with pytest.raises(UserError, match=r"rolls.pickle: neither MIDI nor piano rolls in JSON \(a .json file"):
@@ -511,6 +515,15 @@ def test_events_round_trip_keeps_the_notes() -> None:
     assert [n.pitch for n in decode(encode(pm, drums=True)).instruments[0].notes].count(36) == 1
 
 
+def test_a_written_performance_keeps_its_times(tmp_path: Path) -> None:
+    events = [NOTE_ON + 60, TIME_SHIFT + 99, TIME_SHIFT + 24, NOTE_OFF + 60, NOTE_ON + 62, TIME_SHIFT + 0]
+    decode(events, tempo=90).write(str(path := tmp_path / "performance.mid"))
+    notes = pretty_midi.PrettyMIDI(str(path)).instruments[0].notes  # the tempo is whole microseconds a beat
+    assert [(n.pitch, n.start, n.end) for n in notes] == [(60, 0.0, pytest.approx(1.25, abs=1e-5)),
+                                                          (62, pytest.approx(1.25, abs=1e-5),
+                                                           pytest.approx(1.26, abs=1e-5))]
+
+
 def test_decode_closes_dangling_notes_and_transposition_shifts_pitches() -> None:
     events = [SET_VELOCITY + 20, NOTE_ON + 60, NOTE_ON + 125, TIME_SHIFT + 49, NOTE_OFF + 60, NOTE_ON + 3,
               TIME_SHIFT + 99]
@@ -654,20 +667,22 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
 
 @pytest.mark.parametrize("settings", [[*TINY, "task.generate.length=64"], [*EVENTS, "task.generate.length=31"]],
                          ids=["roll", "events"])
-def test_a_primers_file_is_read_once(settings: list[str], music_installed: None, corpus: Path,
-                                     tmp_path: Path) -> None:
-    """Its notes and its signatures come from one read, so what pretty_midi says of the file is said once."""
+def test_a_primers_file_is_read_once(settings: list[str], music_installed: None, corpus: Path, tmp_path: Path,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Its notes and its signatures come from one read, so what pretty_midi says of the file is said once, in one
+    line of the run's log."""
     tune = mido.MidiFile(sorted(corpus.glob("*.mid"))[0])
     tune.tracks[1].insert(0, mido.MetaMessage("set_tempo", tempo=600_000))
     tune.save(primer := tmp_path / "primer.mid")
     cfg = compose_train_config("music", [*settings, f"task.data.path={corpus}", f"task.generate.primer={primer}"],
                                tmp_path)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")
         run.build_task(cfg.task).datamodule()
-    said = [str(w.message) for w in caught if issubclass(w.category, MidiWarning)]
-    assert said == [f"{primer}: Tempo, Key or Time signature change events found on non-zero tracks.  This is not a "
-                    "valid type 0 or type 1 MIDI file.  Tempo, Key or Time Signature may be wrong."]
+    assert not [w for w in caught if issubclass(w.category, MidiWarning)]
+    assert [r.getMessage() for r in caplog.records if str(primer) in r.getMessage()] == [
+        f"{primer}: Tempo, Key or Time signature change events found on non-zero tracks. This is not a valid type 0 "
+        "or type 1 MIDI file. Tempo, Key or Time Signature may be wrong."]
 
 
 def test_music_events_honours_the_plugin_contract(music_installed: None, corpus: Path, tmp_path: Path) -> None:

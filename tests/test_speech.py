@@ -845,6 +845,7 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
     assert [(Path(s["path"]).name, s["text"], s["words"]) for s in (broken, quiet)] == [("call.flac", "", []),
                                                                                         ("quiet.wav", "", [])]
     assert quiet["skipped"].startswith(f"{inbox / 'quiet.wav'}: the audio is silent") and broken["skipped"]
+    assert (broken["duration"], quiet["duration"]) == (None, round(8000 / RATE, 3))  # read, then found silent
     assert (out / "quiet.txt").read_text() == (out / "call.srt").read_text() == ""  # none of an earlier run
     assert (out / "call_2.txt").read_text() == (line["text"] + "\n" if line["text"] else "")  # the stem's second
     assert line["path"].endswith("call.wav") and line["duration"] == pytest.approx(len(call) / 16000, abs=1e-3)
@@ -1066,8 +1067,8 @@ def test_audio_whose_speech_starts_in_its_last_frame_is_skipped_not_crashed_on(t
     with caplog.at_level(logging.WARNING):
         audio = task._predict_set()
     assert [u.path.name for u in audio.utterances] == ["six.wav"]
-    assert [(s.path.name, s.reason.endswith("too short to transcribe (from the speech onset on)"))
-            for s in audio.left_out] == [("click.wav", True)]
+    assert [(s.path.name, s.reason.endswith("too short to transcribe (from the speech onset on)"), s.duration)
+            for s in audio.left_out] == [("click.wav", True, pytest.approx(8100 / RATE))]
     assert any("click.wav" in m and "too short to transcribe" in m for m in caplog.messages)
 
 

@@ -25,6 +25,9 @@ SHIFT_BINS = 100
 VELOCITY_BINS = 32
 STEPS_PER_SECOND = 100
 """Time resolution: one TIME_SHIFT step is 10 ms."""
+RESOLUTION = 1200
+"""Ticks per beat of a written performance: 10 ms is a whole number of ticks at any tempo in steps of 5 bpm (18 at
+90 bpm; at pretty_midi's 220, 3.3, so a note at 1.25 s was written at 1.248 s)."""
 
 NOTE_ON = 0
 NOTE_OFF = NOTE_ON + PITCHES
@@ -119,9 +122,9 @@ def decode(
     dropped), and a note held longer than `max_note_s` seconds stops then (as
     Magenta's performance decoding cuts notes a model never released). The file
     lasts until the last time shift, or `end` seconds if later (a sustain-off
-    control change marks it). `tempo` only sets the file's beat grid.
+    control change marks it). `tempo` only sets the file's beat grid (`RESOLUTION`).
     """
-    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    pm = pretty_midi.PrettyMIDI(resolution=RESOLUTION, initial_tempo=tempo)
     instrument = pretty_midi.Instrument(program=program, name=pretty_midi.program_to_instrument_name(program))
     now, velocity = 0, DEFAULT_VELOCITY
     sounding: dict[int, tuple[int, int]] = {}

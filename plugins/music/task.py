@@ -30,7 +30,7 @@ from gru_suite_plugins.music.data import (
     pitch_bounds,
     read_events,
     read_midi,
-    read_pm,
+    read_pm_logged,
     signatures,
     to_range,
 )
@@ -38,8 +38,9 @@ from gru_suite_plugins.music.model import EventModel, HeadKind, MusicModel, Samp
 from gru_suite_plugins.music.writer import add_signatures, write_performance, write_piece
 
 log = logging.getLogger(__name__)
-SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature "
-                "or a model trained briefly does; raise the temperature, give a primer, or train longer)")
+SILENT_PIECE = ("piece_%03d.mid has no notes: the model sampled silence throughout (a low task.generate.temperature, "
+                "a task.generate.top_p of 0.5 or less for piano rolls, or a model trained briefly does; raise them, "
+                "give a primer, or train longer)")
 
 UNITS = ("steps", "beats", "seconds")
 PITCH_RANGES = ("data", "piano")
@@ -185,7 +186,7 @@ class Representation(ABC):
     def read_primer(self) -> None:
         """`generate.primer` (if any), checked against the requested length, and its time and key signatures."""
         path = self.cfg.generate.get("primer")
-        pm = read_pm(path) if path else None  # read once: its warnings said once
+        pm = read_pm_logged(path) if path else None  # read once: its warnings said once
         self.primer = self._primer(pm)
         self.signatures = signatures(pm) if pm is not None else []
 
@@ -376,7 +377,7 @@ class EventRepresentation(Representation):
         total = model.nll(events, lengths).sum()
         if stage != "train":  # for the epoch's perplexity
             nll, seen = self._sums.get(stage, (0.0, 0))
-            self._sums[stage] = (nll + total.detach(), seen + count)
+            self._sums[stage] = (nll + total.detach().double(), seen + count)  # float64: many batches
         return StepOutput(total / count, len(lengths), loss_weight=count)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:

@@ -26,6 +26,17 @@ LOWEST_RATE = 1000
 """The lowest sample rate read as audio (Hz), as `features.sample_rate` is at least this."""
 
 
+class SilentAudio(UserError):
+    """Audio read whole that holds no sound: its `seconds` are known."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple:  # pickled whole (an error may cross processes)
+        return type(self), (str(self), self.seconds)
+
+
 def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> Tensor:
     """The samples of `path` as float32 (N,), downmixed to mono and resampled to `sample_rate`; with `offset`
     and `duration` (s), only that stretch (to the end when `duration` is None).
@@ -54,7 +65,7 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
         raise UserError(f"{path}: the audio holds NaN or infinite samples")
     samples = torch.from_numpy(data.mean(axis=1))
     if float(samples.abs().max()) < SILENCE_PEAK:
-        raise UserError(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})")
+        raise SilentAudio(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})", len(samples) / rate)
     if rate < LOWEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
         raise UserError(f"{path}: its sample rate is {rate} Hz; speech audio has at least {LOWEST_RATE} Hz")
     if rate != sample_rate:

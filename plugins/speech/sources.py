@@ -65,7 +65,7 @@ def _read_or_skip(path: Path, sample_rate: int, where: str, offset: float = 0.0,
         reason = str(err) if str(err).startswith(f"{where}:") else f"{where}: {err}"
         log.warning("skipping %s", reason)
         if skipped is not None:
-            skipped.append(Skipped(path, reason, offset or None, position))
+            skipped.append(Skipped(path, reason, offset or None, position, duration=getattr(err, "seconds", None)))
         return None
 
 
@@ -99,6 +99,8 @@ class Skipped:
     """Its place among the utterances read: before the one at this index, or (`read`) that one itself."""
     read: bool = False
     """Read, then skipped (too short to transcribe): another model of an ensemble may transcribe it."""
+    duration: float | None = None
+    """Its seconds, where they are known (audio read, then found silent or too short)."""
 
 
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,

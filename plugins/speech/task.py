@@ -378,7 +378,8 @@ class SpeechTask(TaskPlugin):
             if len(frames) < int(self.cfg.model.subsample):
                 reason = f"{u.seconds:.3g} s is too short to transcribe (from the speech onset on)"
                 log.warning("skipping %s: %s", u.where, reason)
-                left_out.append(Skipped(u.path, f"{u.where}: {reason}", u.offset, position, read=True))
+                left_out.append(Skipped(u.path, f"{u.where}: {reason}", u.offset, position, read=True,
+                                        duration=u.seconds))
             else:
                 usable.append(u)
                 speech.append((frames, skipped))

@@ -70,9 +70,12 @@ def _stems(paths: Sequence[str]) -> list[str]:
 
 
 def skipped_line(skipped: Skipped) -> dict[str, Any]:
-    """The transcripts.jsonl line of an input skipped: an empty transcript and `skipped`, why."""
+    """The transcripts.jsonl line of an input skipped: an empty transcript, its `duration` (null where the audio
+    could not be read) and `skipped`, why."""
     offset = {"offset": round(skipped.offset, 3)} if skipped.offset is not None else {}
-    return {"path": str(skipped.path), **offset, "text": "", "words": [], "skipped": skipped.reason}
+    duration = round(skipped.duration, 3) if skipped.duration is not None else None
+    return {"path": str(skipped.path), **offset, "text": "", "duration": duration, "words": [],
+            "skipped": skipped.reason}
 
 
 def write_transcripts(transcripts: Sequence[dict[str, Any]], out_dir: Path, max_gap_s: float,
