@@ -40,11 +40,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     target = Path(path)
     if target.is_dir():
         raise UserError(f"{target} is a folder: cannot write the file of that name")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError) as err:
-        blocking = next((p for p in (target.parent, *target.parent.parents) if p.is_file()), target.parent)
-        raise UserError(f"{blocking} is a file: cannot write {target} inside it") from err
+    _make_folder(target.parent, target)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
     os.close(fd)
     try:
@@ -55,6 +51,15 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _make_folder(folder: Path, writing: Path) -> None:
+    """`folder` and its parents made where missing; a file in the way is a UserError naming it and `writing`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocking = next((p for p in (folder, *folder.parents) if p.is_file()), folder)
+        raise UserError(f"{blocking} is a file: cannot write {writing} inside it") from err
 
 
 def _flush_to_disk(path: str) -> None:
@@ -87,12 +92,15 @@ def write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> Path:
 
 def write_files(folder: str | os.PathLike, save: Callable[[Path], Iterable[str | os.PathLike]]) -> list[Path]:
     """Let `save` write files into a temporary folder beside `folder` and return their paths (as
-    `save_pretrained` does), then move each into `folder`, flushed to disk first (each file whole or absent, as
-    `atomic_path` makes it); their paths in `folder`."""
+    `save_pretrained` does), then move each file it wrote there into `folder`, flushed to disk first (each file
+    whole or absent, as `atomic_path` makes it); their paths in `folder`. A `save` that fails leaves `folder` as it
+    was."""
     target = Path(folder)
-    target.mkdir(parents=True, exist_ok=True)
+    _make_folder(target.parent, target)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as tmp:
-        written = [Path(name) for name in save(Path(tmp)) if Path(name).is_file()]
+        returned = dict.fromkeys(Path(name).resolve() for name in save(Path(tmp)))  # once each, in order
+        written = [path for path in returned if path.parent == Path(tmp).resolve() and path.is_file()]
+        _make_folder(target, target / (written[0].name if written else ""))
         for path in written:
             _flush_to_disk(str(path))
             os.replace(path, target / path.name)

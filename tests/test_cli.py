@@ -215,20 +215,31 @@ def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(tr
 
 
 def test_a_forecast_holds_the_windows_predicted_when_prediction_stops_early(trained_run):
-    """`trainer.limit_predict_batches` leaves later windows unpredicted: the frame holds the predicted ones."""
+    """`trainer.limit_predict_batches` leaves later windows unpredicted: the frame holds the predicted ones, and the
+    plot draws none of them as the forecast beyond the data. Batches of (inputs, targets) alone, a plugin's own
+    data, are the windows in order from the first."""
     from gru_suite.checkpoint import load_checkpoint
     from gru_suite.timeseries import WindowBatch
-    from gru_suite_plugins.forecasting.writer import forecast_frame, future_timestamps
+    from gru_suite_plugins.forecasting.writer import forecast_frame, future_timestamps, plot_forecasts
 
     module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
     data = module.task.datamodule()
     data.setup("predict")
     first = WindowBatch(*(part[:3] for part in next(iter(data.predict_dataloader()))))
+    targets = module.task.state["targets"]
     with torch.no_grad():
-        frame = forecast_frame([module.task.predict_step(module.model, first)], data, module.task.state["targets"])
+        frame = forecast_frame([module.task.predict_step(module.model, first)], data, targets)
+        alone = forecast_frame([module.task.predict_step(module.model, first[:2])], data, targets)
     origins = data.sets["predict"].origins
     assert len(origins) > 3 and list(frame["origin"].unique()) == list(future_timestamps(data.series,
                                                                                          np.asarray(origins[:3]) - 1))
+    pd.testing.assert_frame_equal(alone, frame)
+    figure = plot_forecasts(frame, data, targets)
+    assert [t.get_text() for t in figure.axes[0].get_legend().get_texts()] == [
+        "history / truth", "forecasts over the test period"]
+    assert "stopped before the forecast beyond the data" in figure.get_suptitle()
+    drawn = np.asarray(figure.axes[0].get_lines()[1].get_ydata(), dtype=float)  # one line, broken after each origin
+    assert np.isnan(drawn).sum() == 3
 
 
 def test_gates_command_plots_trained_model(trained_run, tmp_path):
@@ -530,7 +541,7 @@ def test_files_a_library_saves_are_each_on_disk_before_they_are_moved_into_place
         (folder / "sub").mkdir()
         for name in ("a.json", "b.txt"):
             (folder / name).write_text(name)
-        return [str(folder / "a.json"), folder / "b.txt", folder / "sub"]
+        return [str(folder / "a.json"), folder / "b.txt", folder / "a.json", folder / "sub"]  # a name twice
 
     done = []
     fsync, replace = os.fsync, os.replace
@@ -543,6 +554,18 @@ def test_files_a_library_saves_are_each_on_disk_before_they_are_moved_into_place
     assert write_files(tmp_path / "tok", save) == [tmp_path / "tok" / "a.json", tmp_path / "tok" / "b.txt"]
     assert (tmp_path / "tok" / "a.json").read_text() == "a.json" and sorted(os.listdir(tmp_path)) == ["tok"]
     assert done == [("fsync", "a.json"), ("replace", "a.json"), ("fsync", "b.txt"), ("replace", "b.txt")]
+
+    def failing(folder):
+        (folder / "a.json").write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_files(tmp_path / "new" / "tok", failing)
+    assert sorted(os.listdir(tmp_path)) == ["new", "tok"] and os.listdir(tmp_path / "new") == []  # no tok/, no temp
+    (tmp_path / "file").write_text("")
+    blocked = f"{tmp_path / 'file'} is a file: cannot write {tmp_path / 'file' / 'a.json'}"
+    with pytest.raises(UserError, match=blocked):
+        write_files(tmp_path / "file", save)
 
 
 def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):

@@ -106,6 +106,15 @@ def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
     np.testing.assert_array_equal(midi_to_roll(back, 4)[:, 40:80], roll[:, 40:80])
 
 
+def test_a_written_roll_keeps_its_steps_in_triplets(tmp_path: Path) -> None:
+    roll = np.zeros((6, 1), dtype=bool)
+    roll[1:2, 0] = roll[4:6, 0] = True  # eighth-note triplets at 100 bpm: 0.2 s a step
+    roll_to_midi(roll, low=60, steps_per_beat=3, tempo=100).write(str(path := tmp_path / "triplets.mid"))
+    notes = pretty_midi.PrettyMIDI(str(path)).instruments[0].notes  # the tempo is whole microseconds a beat
+    assert [(n.start, n.end) for n in notes] == [pytest.approx((0.2, 0.4), abs=1e-5),
+                                                 pytest.approx((0.8, 1.2), abs=1e-5)]
+
+
 def test_a_roll_that_ends_in_rests_keeps_its_length_in_the_midi_file() -> None:
     roll = np.zeros((16, 8), dtype=bool)
     roll[:4, 3] = True  # notes in the first beat, then three beats of rest

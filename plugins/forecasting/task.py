@@ -134,9 +134,10 @@ class ForecastingTask(TaskPlugin):
         return x[:, index][:, :, self.target_columns]
 
     def predict_step(self, model: Forecaster, batch: WindowBatch) -> dict[str, Tensor]:
-        x, y, origins = batch
+        x, y = batch[:2]  # a WindowBatch, or (inputs, targets) alone: the windows in order from the first
+        origins = getattr(batch, "origins", None)
         return {
-            "origin": origins.cpu(),
+            **({"origin": origins.cpu()} if origins is not None else {}),
             "forecast": self.scaler.inverse(model(x), self.target_columns).float().cpu(),
             "actual": self.scaler.inverse(y, self.target_columns).float().cpu(),
         }

@@ -47,7 +47,10 @@ def forecast_frame(predictions: list[dict], datamodule: ForecastingData, targets
     """One row per (forecast origin, step, target) predicted: origin, timestamp, step, target, actual, forecast."""
     forecast = torch.cat([p["forecast"] for p in predictions]).numpy()
     actual = torch.cat([p["actual"] for p in predictions]).numpy()
-    origins = torch.cat([p["origin"] for p in predictions]).numpy()
+    if "origin" in predictions[0]:
+        origins = torch.cat([p["origin"] for p in predictions]).numpy()
+    else:  # batches of (inputs, targets) alone: the windows in order from the first
+        origins = np.asarray(datamodule.sets["predict"].origins)[: len(forecast)]
     horizon = forecast.shape[1]
     o, h, t = np.meshgrid(origins, np.arange(horizon), np.arange(len(targets)), indexing="ij")
     rows = (o + h).ravel()
@@ -64,25 +67,28 @@ def forecast_frame(predictions: list[dict], datamodule: ForecastingData, targets
 
 def plot_forecasts(frame: pd.DataFrame, datamodule: ForecastingData, targets: list[str]) -> Figure:
     """The first `MAX_PLOTTED_TARGETS` targets, a panel each: the series from three horizons before the first
-    forecast on (history, then truth), every forecast over the test period, and the last one, beyond the data."""
+    forecast on (history, then truth), every forecast over the test period, and the last one, beyond the data
+    (where prediction was not stopped before it: `trainer.limit_predict_batches`)."""
     shown = targets[:MAX_PLOTTED_TARGETS]
     fig = Figure(figsize=(11, 3.2 * len(shown)), layout="constrained")
     axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
     series = datamodule.series
     first_origin = int(datamodule.sets["predict"].origins[0])
-    history_start = max(0, first_origin - 3 * int(frame["step"].max()))
+    horizon = int(frame["step"].max())
+    history_start = max(0, first_origin - 3 * horizon)
     stamps, zone = plotted_times(future_timestamps(series, np.arange(history_start, len(series.values))))
     frame = frame.assign(timestamp=plotted_times(frame["timestamp"])[0])
-    last_origin = frame["origin"].iloc[-1]
+    whole = len(frame) == len(datamodule.sets["predict"].origins) * horizon * len(targets)  # the last window too
+    beyond = frame["origin"] == frame["origin"].iloc[-1] if whole else np.zeros(len(frame), bool)
     for ax, target in zip(axes, shown):
         column = series.columns.index(target)
         ax.plot(stamps, series.values[history_start:, column], color="0.35", lw=1, label="history / truth")
-        rows = frame[frame["target"] == target]
-        past = rows[rows["origin"] != last_origin]
-        if len(past):
+        own = frame["target"] == target
+        if len(past := frame[own & ~beyond]):
             ax.plot(*_one_line_per_origin(past), lw=1, color="C0", label="forecasts over the test period")
-        future = rows[rows["origin"] == last_origin]
-        ax.plot(future["timestamp"], future["forecast"], lw=1.6, color="C3", label="forecast beyond the data")
+        if whole:
+            future = frame[own & beyond]
+            ax.plot(future["timestamp"], future["forecast"], lw=1.6, color="C3", label="forecast beyond the data")
         if isinstance(stamps, pd.DatetimeIndex):  # dates that fit: '2024-03-31 2024-04-01' ran together
             locator = mdates.AutoDateLocator(tz=zone)  # ticks at the series' own times of day
             ax.xaxis.set_major_locator(locator)
@@ -91,7 +97,8 @@ def plot_forecasts(frame: pd.DataFrame, datamodule: ForecastingData, targets: li
         ax.set_title(target)
         ax.set_ylabel(target)
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)")
+    fig.suptitle("Forecasts over the test period (blue) and beyond the data (red)" if whole else
+                 "Forecasts over the test period (prediction stopped before the forecast beyond the data)")
     return fig
 
 

@@ -66,15 +66,23 @@ def read_pm(path: str | Path) -> pretty_midi.PrettyMIDI:
     except Exception as err:  # mido and pretty_midi raise many types for malformed files
         if not os.path.isfile(path):
             raise not_a_file(path, "MIDI file") from err
-        with open(path, "rb") as handle:
-            if handle.read(4) != b"MThd":
-                raise UserError(f"{path}: not a MIDI file (it does not start with a MIDI header, MThd)") from err
+        if _header(path) not in (b"MThd", None):
+            raise UserError(f"{path}: not a MIDI file (it does not start with a MIDI header, MThd)") from err
         detail = f"{type(err).__name__}: {err}" if str(err) else f"{type(err).__name__}: the file ends too early"
         raise UserError(f"{path}: not a readable MIDI file ({detail})") from err
     for warning in caught:  # what pretty_midi says of the file; a library's deprecation notice stays as it was
         deprecation = issubclass(warning.category, DeprecationWarning)
         warnings.warn(warning.message if deprecation else MidiWarning(path, str(warning.message)), stacklevel=2)
     return pm
+
+
+def _header(path: str | Path) -> bytes | None:
+    """The first 4 bytes of file `path`; None where it cannot be read."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4)
+    except OSError:
+        return None
 
 
 def read_pm_logged(path: str | Path) -> pretty_midi.PrettyMIDI:

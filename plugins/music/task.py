@@ -377,7 +377,8 @@ class EventRepresentation(Representation):
         total = model.nll(events, lengths).sum()
         if stage != "train":  # for the epoch's perplexity
             nll, seen = self._sums.get(stage, (0.0, 0))
-            self._sums[stage] = (nll + total.detach().double(), seen + count)  # float64: many batches
+            precise = torch.float32 if total.device.type == "mps" else torch.float64  # many batches; MPS: no float64
+            self._sums[stage] = (nll + total.detach().to(precise), seen + count)
         return StepOutput(total / count, len(lengths), loss_weight=count)
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:

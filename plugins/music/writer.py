@@ -16,6 +16,11 @@ from gru_suite_plugins.music.data import Signature, midi_to_roll
 SUSTAIN_PEDAL = 64
 
 
+TICKS_PER_STEP = 240
+"""Ticks per step of a written roll: its steps on whole ticks whatever its steps per beat (pretty_midi's 220 a beat
+split 3, 8 or 16 ways did not)."""
+
+
 def roll_to_midi(
     roll: np.ndarray, low: int, steps_per_beat: int, tempo: float, program: int = 0, velocity: int = 80
 ) -> pretty_midi.PrettyMIDI:
@@ -24,7 +29,7 @@ def roll_to_midi(
     A sustain-off event at the end makes the file last exactly `steps` steps.
     """
     step = 60.0 / tempo / steps_per_beat
-    pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
+    pm = pretty_midi.PrettyMIDI(resolution=TICKS_PER_STEP * steps_per_beat, initial_tempo=tempo)
     instrument = pretty_midi.Instrument(program=program, name=pretty_midi.program_to_instrument_name(program))
     padded = np.pad(roll.astype(np.int8), ((1, 1), (0, 0)))
     for p in range(roll.shape[1]):

@@ -27,14 +27,14 @@ LOWEST_RATE = 1000
 
 
 class SilentAudio(UserError):
-    """Audio read whole that holds no sound: its `seconds` are known."""
+    """Audio (a file, or a manifest's segment of one) read, that holds no sound: its `seconds` are known."""
 
     def __init__(self, message: str, seconds: float) -> None:
         super().__init__(message)
         self.seconds = seconds
 
     def __reduce__(self) -> tuple:  # pickled whole (an error may cross processes)
-        return type(self), (str(self), self.seconds)
+        return type(self), (str(self), self.seconds), self.__dict__
 
 
 def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration: float | None = None) -> Tensor:

@@ -100,7 +100,7 @@ class Skipped:
     read: bool = False
     """Read, then skipped (too short to transcribe): another model of an ensemble may transcribe it."""
     duration: float | None = None
-    """Its seconds, where they are known (audio read, then found silent or too short)."""
+    """Its seconds, where they are known (audio read, then found silent, truncated or too short)."""
 
 
 def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
@@ -141,7 +141,8 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
                       f"{duration:.3f} s (truncated file?)")
             log.warning("skipping %s (%s): %s", where, audio, reason)
             if skipped is not None:
-                skipped.append(Skipped(audio, f"{where} ({audio}): {reason}", offset, len(utterances)))
+                skipped.append(Skipped(audio, f"{where} ({audio}): {reason}", offset, len(utterances),
+                                       duration=seconds))
             continue
         if duration is not None and offset is None and seconds > duration + slack:  # a segment without its offset?
             log.warning("%s (%s): %.3f s of audio, the manifest says %.3f s: the whole file is read (an offset reads "

@@ -45,5 +45,3 @@ def plot_alignment(source: Sequence[str], target: Sequence[str], weights: np.nda
 def save_alignment(source: Sequence[str], target: Sequence[str], weights: np.ndarray, line: int, path: Path) -> Path:
     """The alignment picture of input line `line` as `path` (PNG)."""
     return save_figure(plot_alignment(source, target, weights, f"input line {line}"), path, dpi=100)
-
-
