@@ -324,12 +324,14 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
     assert fit_temperature(logits, labels) == pytest.approx(2.5, rel=0.1)
     logits[7, 1] = float("nan")  # a diverged model's: its search stepped by NaN (a RuntimeError in LBFGS)
     assert fit_temperature(logits, labels) == 1.0
+    right = torch.tensor([[2.0, -1.0], [-0.5, 0.5], [1.0, 0.0]])  # every label predicted: no temperature to fit
+    assert fit_temperature(right, torch.tensor([0, 1, 0])) == 1.0
 
 
 def test_model_learns_a_separable_corpus_to_full_accuracy(trained: tuple[Path, dict[str, float]]) -> None:
     folder, metrics = trained
     assert metrics["test/acc"] == 1.0 and metrics["test/f1"] == 1.0
-    assert 0 <= metrics["test/ece"] < 0.1 and metrics["test/temperature"] > 0
+    assert 0 <= metrics["test/ece"] < 0.1 and metrics["test/temperature"] == 1.0  # all right: none to fit
     assert (folder / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +18,7 @@ from gru_suite.timeseries import Series, plotted_times
 if TYPE_CHECKING:
     from gru_suite_plugins.forecasting.data import ForecastingData
 
+log = logging.getLogger(__name__)
 MAX_PLOTTED_TARGETS = 4
 WEEKDAYS_SEEN = 10
 """Daily rows on this many weekdays and no weekend day (two weeks) make a series of business days."""
@@ -70,6 +72,9 @@ def plot_forecasts(frame: pd.DataFrame, datamodule: ForecastingData, targets: li
     forecast on (history, then truth), every forecast over the test period, and the last one, beyond the data
     (where prediction was not stopped before it: `trainer.limit_predict_batches`)."""
     shown = targets[:MAX_PLOTTED_TARGETS]
+    if len(targets) > len(shown):
+        log.info("forecast.png shows the first %d of the %d targets (forecast.csv holds them all): %s",
+                 len(shown), len(targets), ", ".join(shown))
     fig = Figure(figsize=(11, 3.2 * len(shown)), layout="constrained")
     axes = fig.subplots(len(shown), 1, squeeze=False)[:, 0]
     series = datamodule.series

@@ -183,8 +183,10 @@ class SentimentModel(nn.Module):
 
 def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """The temperature T minimising the NLL of softmax(logits / T) on held-out `labels` (Guo et al. 2017); 1 (none)
-    for logits that are not all finite (a diverged model's), on which the search would step by NaN."""
-    if not bool(torch.isfinite(logits).all()):
+    for logits that are not all finite (a diverged model's), on which the search would step by NaN, and where every
+    held-out label is predicted right: the NLL then falls without end as T shrinks, so the texts give no temperature
+    to fit (the search ran to the lower bound, and every probability was 0 or 1, unseen words' too)."""
+    if not bool(torch.isfinite(logits).all()) or bool((logits.argmax(-1) == labels).all()):
         return 1.0
     with torch.inference_mode(False), torch.enable_grad():
         logits, labels = logits.detach().float().cpu().clone(), labels.detach().cpu().clone()
