@@ -389,10 +389,10 @@ class SentimentTask(TaskPlugin):
         if stage == "val":
             with torch.inference_mode(False):
                 self.model.temperature.fill_(fit_temperature(logits, labels))
-            if bool((logits.argmax(-1) == labels).all()):
-                log.warning("every text of this validation pass (%d) is classified right, so they calibrate nothing: "
-                            "the probabilities stay the model's own (temperature 1); hold out more or harder texts "
-                            "(task.data.val or task.data.val_fraction) to calibrate them", len(labels))
+            if bool((logits.argmax(-1) == labels).all()):  # said once a run, not every epoch
+                self._warn_once("every validation text is classified right, so they calibrate nothing: the "
+                                "probabilities stay the model's own (temperature 1); hold out more or harder texts "
+                                "(task.data.val or task.data.val_fraction) to calibrate them")
         scores = classification_scores(logits, labels, float(self.model.temperature))
         if stage == "test" and (folder := self.report_dir()) is not None:
             path = plot_confusion(confusion(logits, labels).numpy(), self.labels, folder / "confusion_matrix.png",
