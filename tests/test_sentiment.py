@@ -789,6 +789,10 @@ def test_teachers_are_checked_before_training(trained: tuple[Path, dict[str, flo
 def test_averaged_weights_are_calibrated_saved_and_tested(corpus: dict[str, Path], tmp_path: Path) -> None:
     from gru_suite.checkpoint import load_checkpoint
 
+    # every tenth validation label wrong: texts a model cannot all get right leave a temperature to fit
+    noisy = [(text, {"pos": "neg", "neg": "pos"}[label] if i % 10 == 0 else label)
+             for i, (text, label) in enumerate(separable(80, 1))]
+    corpus = {**corpus, "val": write_csv(tmp_path / "val.csv", noisy)}
     cfg = compose_train_config("sentiment", [*TINY, *data_overrides(corpus), "trainer.max_epochs=3",
                                              "optimizer.lr=1e-2",  # and predictions after training, as by default
                                              "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.9}"],
