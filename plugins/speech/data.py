@@ -170,7 +170,8 @@ def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 class TranscribedSet(Dataset):
     """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
-    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given),
+    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given), `any_speaker` (whether one is
+    known: a Python bool, read without waiting for the device),
     `in_loss` (B,) (False for an utterance too short for its CTC tokens: scored, but no loss can be computed).
     Log-mels are computed once; `augment` applies per draw, with each utterance's room-tone frames `tones`
     (for `Augment.lead`) when given."""
@@ -200,9 +201,10 @@ class TranscribedSet(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> dict:
         features, lengths = pad_frames([self._features(i) for i in indices])
         targets, target_lengths = pad_ids([self.targets[i] for i in indices])
+        speakers = self.speakers[list(indices)]
         return {"features": features, "lengths": lengths, "targets": targets, "target_lengths": target_lengths,
-                "texts": [self.texts[i] for i in indices], "index": list(indices),
-                "speakers": self.speakers[list(indices)], "in_loss": self.in_loss[list(indices)]}
+                "texts": [self.texts[i] for i in indices], "index": list(indices), "speakers": speakers,
+                "any_speaker": bool((speakers >= 0).any()), "in_loss": self.in_loss[list(indices)]}
 
 
 class AudioSet(Dataset):

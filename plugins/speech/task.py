@@ -454,7 +454,7 @@ class SpeechTask(TaskPlugin):
         if stage == "train" and model.adversary is not None and model.adversary.scale > 0:
             speaker_loss, speaker_accuracy = model.adversary(hidden, out_lengths, batch["speakers"])
             metrics = {"ctc_loss": loss.detach()}
-            if bool((batch["speakers"] >= 0).any()):  # the epoch means cover batches with a known speaker
+            if batch["any_speaker"]:  # the epoch means cover batches with a known speaker
                 metrics |= {"speaker_loss": speaker_loss.detach(), "speaker_accuracy": speaker_accuracy}
             return StepOutput(loss + speaker_loss, len(batch["texts"]), metrics)
         if stage != "train":
