@@ -98,6 +98,24 @@ def test_the_runs_seed_draws_the_training_batches(corpus: dict[str, Path], tmp_p
     assert first[1] != first[2]
 
 
+def test_balanced_class_weights_weigh_each_text_by_its_labels_rarity(tmp_path: Path) -> None:
+    rows = [row for row in separable(400, 3) if row[1] == "pos"][:30] + [(f"awful {i}", "neg") for i in range(10)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", f"task.data.val={train}",
+                                             "task.data.test=null", "task.model.class_weights=balanced"], tmp_path / "run")
+    task = run.build_task(cfg.task)
+    batch = next(iter(task.datamodule().val_dataloader()))
+    assert task.labels == ["neg", "pos"] and task.state["class_weights"] == pytest.approx([2.0, 40 / 60])
+    model = task.build_model(partial(GRUBackbone, hidden_size=8)).eval()
+    with torch.no_grad():
+        out = task.step(model, batch, "val")
+        logits, _ = model(batch.ids, batch.lengths)
+    weights = torch.tensor([2.0, 40 / 60])[batch.labels]
+    losses = torch.nn.functional.cross_entropy(logits, batch.labels, reduction="none")
+    torch.testing.assert_close(out.loss, (weights * losses).sum() / weights.sum())
+    torch.testing.assert_close(out.loss_weight, weights.sum())
+
+
 @pytest.fixture(scope="module")
 def trained(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """A run folder (checkpoints, predictions, confusion matrix) trained on the separable corpus, and its metrics."""
@@ -176,6 +194,16 @@ def test_language_model_heads_predict_from_the_right_side_only(layers: int) -> N
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.1 * first
+
+
+def test_the_language_model_loss_ignores_the_states_at_padding() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, dropout=0.0, lm_words=20).eval()
+    ids, lengths = torch.tensor([[4, 25, 9, 2, 7, 3], [5, 6, 8, 0, 0, 0]]), torch.tensor([6, 3])
+    h = model.language_states(model.embedding(ids), lengths)
+    garbage = h.clone()
+    garbage[1, 3:] = torch.randn_like(garbage[1, 3:])  # the backward state at step 3 must not predict token 2
+    torch.testing.assert_close(model.lm_loss(garbage, ids, lengths), model.lm_loss(h, ids, lengths))
 
 
 def test_word_dropout_reads_real_tokens_as_unknown_in_training_only() -> None:

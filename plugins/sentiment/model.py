@@ -157,7 +157,8 @@ class SentimentModel(nn.Module):
         pairs = [(h[:, :-1, :size], targets[:, 1:])]  # forward state at t -> token t + 1
         if len(self.lm_heads) == 2:
             pairs.append((h[:, 1:, size:], targets[:, :-1]))  # backward state at t -> token t - 1
-        losses = [F.cross_entropy(head(states[follows]), target[follows], ignore_index=PAD_ID)
+        losses = [F.cross_entropy(head(states).flatten(0, 1), target.masked_fill(~follows, PAD_ID).flatten(),
+                                  ignore_index=PAD_ID)  # a mask, not a boolean index: no wait for the device
                   for head, (states, target) in zip(self.lm_heads, pairs)]
         return torch.stack(losses).mean()
 

@@ -108,6 +108,7 @@ class SentimentTask(TaskPlugin):
         self._files: dict[str, list[Example]] = {}
         self._warned: set[str] = set()
         self._soft_targets: Tensor | None = None  # the teachers' probabilities per training text (`task.distill`)
+        self._class_weights: Tensor | None = None  # state["class_weights"] on the model's device, built once
 
     @property
     def labels(self) -> list[str]:
@@ -335,7 +336,7 @@ class SentimentTask(TaskPlugin):
         embedded = model.embed(batch.ids)
         h = model.states(embedded, batch.lengths)
         logits, _ = model.classify(embedded, batch.lengths, h)
-        weights = torch.tensor(self.state["class_weights"], device=logits.device)
+        weights = self._class_weights_on(logits.device)
         targets, metrics = None, {}
         if stage == "train" and self._soft_targets is not None:
             self._soft_targets = self._soft_targets.to(logits.device)
@@ -361,6 +362,11 @@ class SentimentTask(TaskPlugin):
             rows = zip(batch.index.tolist(), logits.detach().cpu(), batch.labels.cpu())
             self._outputs.setdefault(stage, {}).update((index, (row, label)) for index, row, label in rows)
         return StepOutput(loss, len(batch.labels), metrics, loss_weight=weights[batch.labels].sum())
+
+    def _class_weights_on(self, device: torch.device) -> Tensor:
+        if self._class_weights is None or self._class_weights.device != device:
+            self._class_weights = torch.tensor(self.state["class_weights"], device=device)
+        return self._class_weights
 
     def pretraining(self) -> Pretraining | None:
         """`pretrain.epochs` of the bidirectional language model (`SentimentModel.lm_loss`) on `pretrain.texts`
