@@ -497,6 +497,11 @@ def test_top_words_are_distinct_words_without_punctuation() -> None:
     assert highlight_terminal(text, words, 3) == "[awful] [script] , script ."  # the same words as the CSV
     against = [Word(0, 5, -0.5), Word(6, 12, 0.9)]  # a word that weighs against the label is not listed
     assert top_words(text, against, 3) == ["script"]
+    markup = "a <b>wonderful</b> well-made film.</p><p>It's 3.5 stars"  # markup and inner punctuation
+    chunks = [Word(m.start(), m.end(), 1.0 / (i + 1)) for i, m in enumerate(re.finditer(r"\S+", markup))]
+    assert top_words(markup, chunks, 6) == ["a", "wonderful", "well-made", "film", "3.5", "stars"]
+    assert top_words("It's IT'S", [Word(0, 4, 0.5), Word(5, 9, 0.9)], 2) == ["IT'S"]  # one word, at its heaviest
+    assert highlight_terminal(markup, chunks[1:2], 1) == "a <b>[wonderful]</b> well-made film.</p><p>It's 3.5 stars"
 
 
 def test_top_words_of_a_subword_tokenizer_leave_out_the_punctuation_around_them() -> None:

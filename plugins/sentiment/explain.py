@@ -12,8 +12,9 @@ from torch import Tensor
 HIGHLIGHT = "255, 170, 0"
 """RGB of a word that weighed toward the label; its opacity is the word's weight relative to the text's heaviest
 word (by size)."""
-EDGE_PUNCTUATION = re.compile(r"[^\w]*(\w(?:.*\w)?)[^\w]*", re.DOTALL)
-"""A word with the punctuation around it; group 1 is the word (from its first to its last letter or digit)."""
+BARE_WORD = re.compile(r"\w+(?:['\u2019.\-]\w+)*")
+"""Letters and digits, joined by apostrophes, points or hyphens ("it's", "well-made", "3.5"): a chunk's longest such
+run is the word it names ("wonderful" in "<b>wonderful</b>", "movie" in "movie,")."""
 AGAINST = "70, 130, 255"
 """RGB of a word that weighed against the label (a negative weight: gradient x input can be)."""
 
@@ -51,14 +52,15 @@ def word_weights(text: str, offsets: Sequence[tuple[int, int]], word_ids: Sequen
 
 
 def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:
-    """The `k` heaviest distinct words that support the label (weight above 0), heaviest first, without the
-    punctuation around them (a subword tokenizer's words are the text's space-separated chunks: "great,");
-    punctuation alone is left out and a repeated word counts once, at its heaviest."""
+    """The `k` heaviest distinct words that support the label (weight above 0), heaviest first, each its chunk's
+    `BARE_WORD` (the words are the text's space-separated chunks: "great,", "<b>great</b>"); punctuation alone is
+    left out and a repeated word counts once, at its heaviest."""
     chosen: dict[str, Word] = {}
     for word in sorted(words, key=lambda w: -w.weight):
-        bare = EDGE_PUNCTUATION.fullmatch(text, word.start, word.end)
-        if len(chosen) < k and word.weight > 0 and bare is not None:
-            chosen.setdefault(bare.group(1).lower(), Word(bare.start(1), bare.end(1), word.weight))
+        runs = list(BARE_WORD.finditer(text, word.start, word.end))
+        if len(chosen) < k and word.weight > 0 and runs:
+            bare = max(runs, key=lambda run: run.end() - run.start())  # the first of the longest
+            chosen.setdefault(bare.group().lower(), Word(bare.start(), bare.end(), word.weight))
     return list(chosen.values())
 
 
