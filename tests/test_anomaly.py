@@ -181,13 +181,24 @@ def test_a_series_all_probation_is_plotted():
     assert len(top.lines) == 1 and bottom.lines[1].get_label() == "threshold"
 
 
+def test_the_rows_a_detector_cannot_score_yet_have_no_score_line():
+    raw = np.r_[np.zeros(4), np.random.default_rng(0).normal(size=46)]  # an autoencoder of window 5: 4 rows unscored
+    scored = Flagger(score="raw", threshold="fixed", fixed=3.0).run(raw, 10)
+    stream = SimpleNamespace(series=SimpleNamespace(timestamps=pd.RangeIndex(50), columns=["v"], values=raw[:, None]),
+                             labels=lambda: None, probation=10, windows=None, name="warm-up")
+    frame = report_frame(stream, scored, unscored_rows=4)
+    drawn = plot_report(stream, frame, scored.threshold).axes[1].lines[0].get_ydata()
+    assert np.isnan(drawn[:4]).all() and np.isnan(frame["raw_score"][:4]).all()
+    np.testing.assert_allclose(drawn[4:], scored.score[4:])
+
+
 def test_flagged_runs_are_shaded_from_first_to_last_row_in_one_artist():
     flags = np.zeros(3000, dtype=int)
     runs = [(5, 9), (100, 100), (200, 260)] + [(1000 + 4 * i, 1001 + 4 * i) for i in range(400)]
     for start, end in runs:
         flags[start:end + 1] = 1
-    frame = pd.DataFrame({"timestamp": pd.RangeIndex(3000) * 10, "v": 0.0, "score": 0.5, "threshold": 1.0,
-                          "flag": flags, "reason": np.where(flags, "score", "")})
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(3000) * 10, "v": 0.0, "raw_score": 0.5, "score": 0.5,
+                          "threshold": 1.0, "flag": flags, "reason": np.where(flags, "score", "")})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
     top = plot_report(stream, frame, 1.0).axes[0]
     shaded = [c for c in top.collections if isinstance(c, PolyCollection)]
@@ -198,7 +209,8 @@ def test_flagged_runs_are_shaded_from_first_to_last_row_in_one_artist():
 
 def test_a_zoned_series_is_plotted_at_its_own_times_of_day():
     stamps = pd.date_range("2024-03-30", periods=3000, freq="min", tz="America/New_York")
-    frame = pd.DataFrame({"timestamp": stamps, "v": 0.0, "score": 0.5, "threshold": 1.0, "flag": 0, "reason": ""})
+    frame = pd.DataFrame({"timestamp": stamps, "v": 0.0, "raw_score": 0.5, "score": 0.5,
+                          "threshold": 1.0, "flag": 0, "reason": ""})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
     top, bottom = plot_report(stream, frame, 1.0).axes
     assert top.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-30T04:00")  # UTC, as matplotlib places it
@@ -208,7 +220,8 @@ def test_a_zoned_series_is_plotted_at_its_own_times_of_day():
 
 def test_the_score_panel_shows_the_threshold_and_saturated_likelihoods():
     score = np.r_[np.linspace(0.2, 0.8, 98), 0.999991, 1.0]  # a likelihood of exactly 1 on its logit axis
-    frame = pd.DataFrame({"timestamp": pd.RangeIndex(100), "v": score, "score": score, "threshold": 0.99999,
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(100), "v": score, "raw_score": score, "score": score,
+                          "threshold": 0.99999,
                           "flag": (score > 0.99999).astype(int), "reason": np.where(score > 0.99999, "score", "")})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=10, windows=None, name="s")
     bottom = plot_report(stream, frame, 0.99999).axes[1]

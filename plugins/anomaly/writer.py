@@ -72,7 +72,8 @@ LOGIT_EDGE = 1e-9  # likelihoods of exactly 0 or 1 are drawn this close to them
 
 
 def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Figure:
-    """The series with labelled windows (green) and flags (red); below, the score and threshold."""
+    """The series with labelled windows (green) and flags (red); below, the score (where `raw_score` has one) and
+    threshold."""
     fig = Figure(figsize=(12, 5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
     x, zone = plotted_times(frame["timestamp"])
@@ -96,8 +97,8 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     top.set_ylabel("value")
     labelled = "labelled windows in green, " if stream.windows else ""
     top.set_title(f"{stream.name}: {labelled}flags in red (score) or orange (range)")
-    score = frame["score"]
-    logit = 0 < threshold < 1 and score.between(0, 1).all()  # likelihoods: 0.99 and 0.99999 apart
+    score = frame["score"].where(frame["raw_score"].notna())  # no line over the rows the detector cannot score yet
+    logit = 0 < threshold < 1 and score.notna().any() and score.dropna().between(0, 1).all()  # 0.99 and 0.99999 apart
     if logit:  # 0 and 1 lie at infinity on a logit axis, and one of them narrows matplotlib's view to the middle
         score = score.clip(LOGIT_EDGE, 1 - LOGIT_EDGE)
     bottom.plot(x, score, color="tab:purple", lw=0.8, label="anomaly score")
