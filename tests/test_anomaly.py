@@ -556,6 +556,15 @@ def test_auto_windows_are_the_data_folders_own(tmp_path, caplog):
     (data / "windows.json").write_text(json.dumps({"other.csv": []}))  # a folder's file of other series: a warning
     (stream,) = load(data, windows_path="auto")
     assert stream.windows is None and "names none of the 1 series" in caplog.text
+    nab = tmp_path / "NAB"  # NAB's own layout: data/<group>/<series>.csv, labels/combined_windows.json
+    (nab / "data" / "group").mkdir(parents=True)
+    (nab / "labels").mkdir()
+    (data / "a.csv").rename(nab / "data" / "group" / "a.csv")
+    (nab / "labels" / "combined_windows.json").write_text(json.dumps({"group/a.csv": [[str(stamps[5]),
+                                                                                      str(stamps[9])]]}))
+    for path in (nab / "data", nab / "data" / "group", nab / "data" / "group" / "a.csv"):
+        (stream,) = load(path, windows_path="auto")
+        assert stream.windows == [(5, 9)]
 
 
 def test_windows_and_series_with_and_without_utc_offsets_meet_on_one_clock(tmp_path):

@@ -61,6 +61,17 @@ def detector_inputs(scaler: StandardScaler, values: np.ndarray, covariates: np.n
 
 WINDOW_FILES = ("windows.json", "combined_windows.json")
 """Files of anomaly windows that `windows_path: auto` looks for in the data's folder."""
+NAB_WINDOWS = Path("labels", "combined_windows.json")
+"""Where NAB's repository keeps the windows of the series under its `data` folder, relative to that folder's parent."""
+
+
+def windows_beside(root: Path) -> Path | None:
+    """The windows file `windows_path: auto` reads for data under `root`: one of `WINDOW_FILES` in it, else, in
+    NAB's layout, the `NAB_WINDOWS` beside the `data` folder that holds it; None where there is neither."""
+    if found := next((path for name in WINDOW_FILES if (path := root / name).is_file()), None):
+        return found
+    return next((nab for folder in (root.absolute(), *root.absolute().parents)
+                 if folder.name == "data" and (nab := folder.parent / NAB_WINDOWS).is_file()), None)
 
 
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
@@ -184,8 +195,7 @@ def load_streams(
     root, files = csv_files(path)
     beside = windows_path == "auto"
     if beside:
-        windows_path = (None if label_column and not labels_optional
-                        else next((p for n in WINDOW_FILES if (p := root / n).is_file()), None))
+        windows_path = None if label_column and not labels_optional else windows_beside(root)
     windows = read_window_file(windows_path) if windows_path else {}
     matched = (_match_windows(root, files, windows, Path(windows_path), Path(path), required=not beside)
                if windows else {})
