@@ -28,7 +28,7 @@ from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import csv_files, load_streams
 from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingScorer, WindowAutoencoder, unscored_rows
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
-from gru_suite_plugins.anomaly.stream import FLOAT32_MAX, main as stream_main, parse_line
+from gru_suite_plugins.anomaly.stream import FLOAT32_MAX, is_header, main as stream_main, parse_line
 from gru_suite_plugins.anomaly.scoring import nab_score
 from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, write_series_report
 
@@ -271,6 +271,9 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
     with pytest.raises(UserError, match=r"expected 2 finite value\(s\) per observation"):
         skipping.update([float("nan"), 1.0, 2.0])  # a row of the wrong width, not a missing value
     assert skipping.observations == plain.observations == 40  # what the stream CLI's end-of-probation check counts
+    assert is_header("value", False) and is_header("time,a,b", True) and is_header("a,b", False)
+    assert not any(is_header(line, stamped) for line, stamped in (("2024-01-01,", True), (",", False), ("a,nan", False),
+                                                                  ("level,1e3", False), ("2024-01-01", True)))
     stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
     assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
     with pytest.raises(UserError, match="stdin, line 3: expected 2 comma-separated finite"):
@@ -494,11 +497,14 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
     assert capsys.readouterr().err.strip() == (f"error: {ckpt}: its detector reads calendar features ['time_of_day']; "
                                                "start each line with its timestamp and pass --timestamp")
     lines = "".join(f"2024-01-01 {h:02d}:00,{np.sin(h / 4):.3f}\n" for h in range(24))
-    monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "yesterday,1.0\n"))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ntimestamp,value\n" + lines + "yesterday,1.0\n"))  # a header
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 24 and out.startswith("2024-01-01 00:00,")
-    assert err.strip() == "error: stdin, line 25: not a timestamp: 'yesterday'"
+    assert err.strip() == "error: stdin, line 27: not a timestamp: 'yesterday'"
+    monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "timestamp,value\n"))  # column names after the first line
+    assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
+    assert capsys.readouterr().err.strip() == "error: stdin, line 25: not a timestamp: 'timestamp'"
 
 
 def load(path, **kwargs):
