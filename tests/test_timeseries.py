@@ -339,6 +339,9 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     assert list(future_timestamps(trading, np.arange(59, 62))) == list(pd.bdate_range("2024-03-25", periods=3))
     two_days = SimpleNamespace(timestamps=pd.DatetimeIndex(["2024-03-21", "2024-03-22"]))  # Thursday, Friday
     assert future_timestamps(two_days, np.array([2]))[0] == pd.Timestamp("2024-03-23")  # too few to call weekdays
+    jitter = pd.to_timedelta(np.random.default_rng(0).uniform(-1, 1, size=60), unit="s")  # a clock up to 1 s off
+    steps = np.diff(future_timestamps(SimpleNamespace(timestamps=hourly + jitter), np.arange(59, 63)))
+    assert (abs(steps - pd.Timedelta(hours=1)) < pd.Timedelta(seconds=0.5)).all()
     newest_first = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=30, freq="D")[::-1])
     assert list(future_timestamps(newest_first, np.arange(29, 32))) == [29, 30, 31]  # no future to name
 

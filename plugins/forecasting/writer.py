@@ -26,8 +26,8 @@ WEEKDAYS_SEEN = 10
 
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     """Timestamps for row numbers, extrapolating past the end at the series' own frequency (the one pandas
-    infers from the last 50 rows, else their most common step forward: a missing row does not double it, a
-    repeated timestamp does not make it zero; a day on weekdays alone is a business day, so a holiday does not
+    infers from the last 50 rows, else their median step forward: a missing row does not double it, a
+    repeated timestamp does not make it zero, clock jitter of a few seconds does not lengthen it; a day on weekdays alone is a business day, so a holiday does not
     put forecasts on weekends). Row numbers where the recent rows never move forward (newest first, say)."""
     stamps, n = series.timestamps, len(series.timestamps)
     if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
@@ -38,7 +38,7 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     offset = pd.tseries.frequencies.to_offset(freq) if freq else None
     if (offset is not None and offset.n < 0) or not (steps > pd.Timedelta(0)).any():
         return pd.Index(rows)
-    step = offset if offset is not None else steps[steps > pd.Timedelta(0)].mode().iloc[0]
+    step = offset if offset is not None else steps[steps > pd.Timedelta(0)].median()
     if step == pd.Timedelta(days=1) and len(recent) >= WEEKDAYS_SEEN and (recent.dayofweek < 5).all():
         step = pd.offsets.BDay()
     extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
