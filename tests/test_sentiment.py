@@ -101,8 +101,9 @@ def test_the_runs_seed_draws_the_training_batches(corpus: dict[str, Path], tmp_p
 def test_balanced_class_weights_weigh_each_text_by_its_labels_rarity(tmp_path: Path) -> None:
     rows = [row for row in separable(400, 3) if row[1] == "pos"][:30] + [(f"awful {i}", "neg") for i in range(10)]
     train = write_csv(tmp_path / "train.csv", rows)
-    cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", f"task.data.val={train}",
-                                             "task.data.test=null", "task.model.class_weights=balanced"], tmp_path / "run")
+    settings = [f"task.data.train={train}", f"task.data.val={train}", "task.data.test=null",
+                "task.model.class_weights=balanced"]
+    cfg = compose_train_config("sentiment", [*TINY, *settings], tmp_path / "run")
     task = run.build_task(cfg.task)
     batch = next(iter(task.datamodule().val_dataloader()))
     assert task.labels == ["neg", "pos"] and task.state["class_weights"] == pytest.approx([2.0, 40 / 60])

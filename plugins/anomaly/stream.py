@@ -4,9 +4,10 @@ Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
 features: a date, or Unix time in the checkpoint's task.data.time_unit); each output
 line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
-lines are skipped, and so is a first line of column names (a CSV's header: no value a number). A detector trained with task.data.missing=skip skips an observation with a
-missing value (an empty field, or nan, na, n/a, null), answering `nan,0`. The first --probation
-observations fit the scaler and calibrate the threshold.
+lines are skipped, and so is a first line of column names (a CSV's header: no value a number).
+A detector trained with task.data.missing=skip skips an observation with a missing value (an
+empty field, or nan, na, n/a, null), answering `nan,0`. The first --probation observations fit
+the scaler and calibrate the threshold.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ WEEKDAYS_SEEN = 10
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     """Timestamps for row numbers, extrapolating past the end at the series' own frequency (the one pandas
     infers from the last 50 rows, else their median step forward: a missing row does not double it, a
-    repeated timestamp does not make it zero, clock jitter of a few seconds does not lengthen it; a day on weekdays alone is a business day, so a holiday does not
-    put forecasts on weekends). Row numbers where the recent rows never move forward (newest first, say)."""
+    repeated timestamp does not make it zero, a clock's jitter does not lengthen it; a day on weekdays alone is a
+    business day, so a holiday does not put forecasts on weekends). Row numbers where the recent rows never move
+    forward (newest first, say)."""
     stamps, n = series.timestamps, len(series.timestamps)
     if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
         return pd.Index(rows)

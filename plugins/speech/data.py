@@ -170,9 +170,9 @@ def pad_frames(features: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
 
 class TranscribedSet(Dataset):
     """Utterances with token targets, as batch dicts: `features` (B, T, F), `lengths`, `targets` (B, L),
-    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given), `any_speaker` (whether one is
-    known: a Python bool, read without waiting for the device),
-    `in_loss` (B,) (False for an utterance too short for its CTC tokens: scored, but no loss can be computed).
+    `target_lengths`, `texts`, `speakers` (B,) (each utterance's speaker index, -1 where unknown or not given),
+    `any_speaker` (whether one is known: a Python bool, read without waiting for the device), `in_loss` (B,)
+    (False for an utterance too short for its CTC tokens: scored, but no loss can be computed).
     Log-mels are computed once; `augment` applies per draw, with each utterance's room-tone frames `tones`
     (for `Augment.lead`) when given."""
 
