@@ -858,8 +858,8 @@ def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, t
 def streamed_text(partials: list[dict]) -> str:
     """The transcript a stream's partials end with: each adds its `added` text, or rewrites it all (`text`)."""
     text = ""
-    for partial in partials:
-        text = partial["text"] if "text" in partial else text + partial["added"]
+    for update in partials:
+        text = update["text"] if "text" in update else text + update["added"]
     return text
 
 
