@@ -274,6 +274,11 @@ def _series_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def timing_seed(args: argparse.Namespace) -> int:
+    """The seed of the speed, steps and cells sections: `--seed`, else 0."""
+    return 0 if args.seed is None else args.seed
+
+
 def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from gru_suite import run
     from gru_suite.testing import compose_train_config
@@ -288,10 +293,10 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     suite_runs, plain_runs, floor_runs, manual_runs = [], [], [], []
     for rep in range(args.repeats):  # alternate the order so drift and neighbours hit both alike
         order: list[tuple[list, Callable[[], dict]]] = [
-            (suite_runs, lambda: suite_fit(cfg, args.epochs, args.seed + rep)),
-            (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
-            (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep)),
-            (manual_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, args.seed + rep, manual=True)),
+            (suite_runs, lambda: suite_fit(cfg, args.epochs, timing_seed(args) + rep)),
+            (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep)),
+            (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep)),
+            (manual_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep, manual=True)),
         ]
         for store, fn in order if rep % 2 == 0 else order[::-1]:
             store.append(fn())
@@ -410,7 +415,7 @@ def section_steps(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     cfg = compose_train_config("forecasting", ["experiment=seed_keras_example", *_series_overrides(args),
                                                *shlex.split(args.speed_overrides)], tmp / "steps")
     run.check_train_settings(cfg)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(timing_seed(args))
     task = run.build_task(cfg.task)
     loader = task.datamodule().train_dataloader()
     suite_model = run.build_module(cfg, task).model
@@ -466,7 +471,7 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         }
         for rep in range(args.repeats):
             for cell in ("gru", "lstm") if rep % 2 == 0 else ("lstm", "gru"):
-                runs[cell].append(suite_fit(cfgs[cell], args.epochs, args.seed + rep))
+                runs[cell].append(suite_fit(cfgs[cell], args.epochs, timing_seed(args) + rep))
         entry = {}
         for cell, cell_runs in runs.items():
             wall = [v for r in cell_runs for v in r["wall"]]
@@ -544,6 +549,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "logger=none",
             "callbacks.progress_bar=null",
             "predict_after_training=false",
+            *([] if args.seed is None else [f"seed={args.seed}"]),
             *extra,
         ],
         tmp / "etth1",
@@ -558,6 +564,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     result = {
         "path": str(path),
         "overrides": extra,
+        "seed": int(cfg.seed),
         "threads": torch.get_num_threads(),
         "accelerator": type(trainer.accelerator).__name__,
         "epochs_run": int(trainer.current_epoch),
@@ -588,7 +595,7 @@ def section_etth1(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     m = cfg.task.model
     table(
         f"etth1 section on {path.name}: lookback {d.lookback}, horizon {d.horizon}, split {list(d.split)}, "
-        f"segment {m.segment_length}, "
+        f"segment {m.segment_length}, seed {cfg.seed}, "
         f"embed {m.embed_size}, hidden {cfg.backbone.hidden_size}, {result['epochs_run']} epochs "
         f"(best: {'?' if best_epoch is None else f'epoch {best_epoch}, from 0'}), {result['threads']} thread(s); "
         f"test windows {result['test_windows']}",
@@ -633,7 +640,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3, help="runs per loop in speed/cells, alternating order")
     parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch.set_num_threads for speed, steps and cells (default 1)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of speed, steps and cells (default 0) and of etth1 (default: the preset's, 42)")
     parser.add_argument("--out-dir", default=None,
                         help="keep run folders (etth1 checkpoints) here; default: a temporary folder, removed")
     args = parser.parse_args(argv)

@@ -250,6 +250,28 @@ def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_
     assert forecasting.per_step_split(tmp_path / "missing.csv", []) == []
 
 
+def test_the_etth1_section_trains_at_the_seed_given_else_at_the_presets(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import forecasting
+
+    class Trained(Exception):
+        pass
+
+    seeds = []
+
+    def fit_and_test(cfg, seed):
+        seeds.append((cfg.seed, seed))
+        raise Trained
+
+    monkeypatch.setattr(forecasting, "fit_and_test", fit_and_test)
+    path = tmp_path / "ETTh1.csv"
+    path.write_text("date,OT\n2016-07-01 00:00:00,1\n2016-07-01 01:00:00,2\n")
+    for seed in ([], ["--seed", "7"]):
+        with pytest.raises(Trained):
+            forecasting.main(["--sections", "etth1", "--etth1", str(path), *seed])
+    assert seeds == [(42, 42), (7, 7)]
+
+
 def test_the_etth1_sections_reference_row_is_shown_only_beside_the_work_it_was_published_for():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import forecasting
