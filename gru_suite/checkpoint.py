@@ -70,6 +70,15 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
     return fixed
 
 
+def use_trained_settings(trained_settings: Sequence[str], task_cfg: DictConfig, stored_task: DictConfig) -> list[str]:
+    """Set each of `trained_settings` that `task_cfg` gives otherwise (`fixed_by_training`) back to the value training
+    used, in place (merged: a block keeps the keys a newer config has and the checkpoint's lacks); the keys reset."""
+    fixed = fixed_by_training(trained_settings, task_cfg, stored_task)
+    for key in fixed:
+        OmegaConf.update(task_cfg, key, trained_value(stored_task, key), merge=True)
+    return fixed
+
+
 def trained_value(stored_task: DictConfig, key: str) -> Any:
     """The value of `key` (relative to `task.`) training used: the checkpoint's config's, or for a setting newer than
     the checkpoint (its config lacks it) the task's shipped default as written, which is what its code did before the

@@ -337,11 +337,12 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     """The TaskModule in `path` (default `cfg.ckpt_path`), with the user's `task.*` overrides applied; it must
     hold a model of the `task=` chosen, if any, or of `task_name` (an ensemble's first model's task). For the
     first model, the run's wrong settings (the core's, the command's `numbers` and the task's) are named at once
-    before it is built, and overrides of settings training fixed (`TaskPlugin.trained_settings`) in a warning."""
+    before it is built; overrides of settings training fixed (`TaskPlugin.trained_settings`) take the checkpoint's
+    values back, with a warning."""
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite import registry
-    from gru_suite.checkpoint import fixed_by_training, read_checkpoint, restore, stored_config
+    from gru_suite.checkpoint import read_checkpoint, restore, stored_config, use_trained_settings
     from gru_suite.config import check_run_settings
     from gru_suite.overrides import apply_overrides
     from gru_suite.task import wrong_task_settings
@@ -363,7 +364,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
         check_run_settings(cfg, numbers, task=wrong_task_settings(task_cls, task_cfg))
-    if ignored := fixed_by_training(task_cls.trained_settings, task_cfg, stored.task):
+    if ignored := use_trained_settings(task_cls.trained_settings, task_cfg, stored.task):
         logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
                                                "the override(s)", path, ", ".join(f"task.{key}" for key in ignored))
     return restore(checkpoint, task_cfg, str(path))

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from gru_suite import registry
 from gru_suite.atomic import atomic_path
-from gru_suite.checkpoint import fixed_by_training, trained_value
+from gru_suite.checkpoint import use_trained_settings
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.metrics_file import read_metrics
@@ -67,11 +67,9 @@ def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: s
     checkpoint's take the checkpoint's values, with a warning: its state (vocabulary, grid) holds what training made
     of them, and the run's checkpoints then record the settings that made it."""
     trained = registry.get_task(cfg.task.name).load().trained_settings
-    if ignored := fixed_by_training(trained, cfg.task, stored_task):
+    if ignored := use_trained_settings(trained, cfg.task, stored_task):
         warn_on_rank_zero(f"ckpt_path {ckpt_path}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: "
                           "the checkpoint's settings are used, not this run's")
-        for key in ignored:  # merged: a block keeps the keys a newer config has and the checkpoint's lacks
-            OmegaConf.update(cfg.task, key, trained_value(stored_task, key), merge=True)
 
 
 def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> bool:

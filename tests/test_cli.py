@@ -173,6 +173,24 @@ def test_a_restored_forecaster_refuses_other_targets(trained_run, tmp_path):
     assert "the model was trained to forecast ['load'], not ['temperature'] (task.data.targets)" in result.stderr
 
 
+def test_eval_and_predict_keep_the_settings_training_fixed(trained_run, tmp_path, monkeypatch, caplog):
+    from hydra.core.hydra_config import HydraConfig
+
+    from gru_suite_plugins.forecasting.task import ForecastingTask
+
+    monkeypatch.setattr(ForecastingTask, "trained_settings", ("model.head_dropout",))  # as a plugin may declare one
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test
+    config = hydra_run_config(str(tmp_path))
+    with open_dict(config):
+        config.ckpt_path = str(trained_run / "checkpoints" / "last.ckpt")
+        config.hydra.overrides.task = ["task.model.head_dropout=0.3"]
+        config.task.model.head_dropout = 0.3
+    HydraConfig.instance().set_config(config)
+    restored = cli._restore(config)
+    assert restored.task.cfg.model.head_dropout == 0.0  # the checkpoint's, as the warning says
+    assert "task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
+
+
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     # Each process would predict its share of the input and write it over the other's files.
     out = tmp_path / "pred"
