@@ -54,12 +54,9 @@ def _end_progress_line() -> None:
 
 
 def _no_task_message() -> str:
-    from gru_suite.registry import format_task_list
+    from gru_suite.registry import no_task_message
 
-    return (
-        "error: no task selected. Choose one with task=NAME, e.g. `gru-suite task=forecasting`.\n"
-        f"Installed tasks:\n{format_task_list()}"
-    )
+    return no_task_message()
 
 
 def _require_task_for_task_overrides() -> None:
@@ -371,9 +368,6 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
 
 
 def _train_body(cfg: Any) -> Any:
-    if cfg.get("task") is None:
-        print(_no_task_message(), file=sys.stderr)
-        sys.exit(2)
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.run import train as run_train

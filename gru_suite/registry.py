@@ -232,6 +232,12 @@ def format_task_config_groups() -> str:
     return "\n".join(f"{group}: {', '.join(options)}" for group in groups if (options := group_options(group, folders)))
 
 
+def no_task_message() -> str:
+    """What `gru-suite` without a task says: how to choose one, and the installed tasks."""
+    return ("error: no task selected. Choose one with task=NAME, e.g. `gru-suite task=forecasting`.\n"
+            f"Installed tasks:\n{format_task_list()}")
+
+
 def format_task_list() -> str:
     """One line per installed task: name, description, package."""
     tasks = installed_tasks()

@@ -17,6 +17,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from gru_suite.registry import no_task_message
+
 log = logging.getLogger(__name__)
 
 
@@ -121,6 +123,19 @@ def _refuse(run_dir: Path, holder: tuple[int, str, str] | None) -> NoReturn:
     print(f"error: hydra.run.dir={run_dir} is in use by {who}, a run still writing there: wait for it to end or "
           "choose another folder", file=sys.stderr)
     raise SystemExit(2)
+
+
+class RequireTask(Callback):
+    """Hydra callback of `gru-suite`: a command that selects no task (overrides, but no `task=` or experiment) ends
+    with the installed tasks before Hydra makes a run or sweep folder for it (`outputs/None/...`)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("task") is None:
+            print(no_task_message(), file=sys.stderr)
+            raise SystemExit(2)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.on_run_start(config)
 
 
 class KeepEarlierConfig(Callback):

@@ -39,12 +39,13 @@ from gru_suite.testing import compose_train_config
 from gru_suite.task import SequenceView
 
 
-@pytest.mark.parametrize("args", [[], ["task=null"]])
-def test_bare_command_lists_tasks_and_fails(args):
-    result = run_cli("gru-suite", *args)
+@pytest.mark.parametrize("args", [[], ["task=null"], ["trainer.max_epochs=1"], ["-m", "trainer.max_epochs=1,2"]])
+def test_a_command_without_a_task_lists_tasks_and_fails_leaving_no_folder(args, tmp_path):
+    result = run_cli("gru-suite", *args, cwd=tmp_path)
     assert result.returncode == 2
     assert "no task selected" in result.stderr
     assert "forecasting" in result.stderr and "Forecast numeric time series" in result.stderr
+    assert not list(tmp_path.iterdir())  # no outputs/None/<time>/ nor a sweep folder
 
 
 def test_python_dash_m_gru_suite_is_the_training_command(tmp_path):
