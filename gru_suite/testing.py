@@ -216,6 +216,23 @@ def _check_task_config_file(task: str) -> None:
     _require(data["name"] == task, f"{path}: name is {data['name']!r}, but the entry point is {task!r}")
     _require(bool(str(data["description"]).strip()), f"{path}: description is empty")
     _require(data["monitor_mode"] in ("min", "max"), f"{path}: monitor_mode must be min or max")
+    if shadowed := keys_named_like_methods(data):
+        warnings.warn(f"{path}: {', '.join(shadowed)} named like DictConfig methods: `cfg.{shadowed[0]}` reads the "
+                      f"method, not the setting (rename, or read it as cfg[...])", stacklevel=2)
+
+
+def keys_named_like_methods(data: Any, prefix: str = "") -> list[str]:
+    """The dotted keys of a config's `data` that DictConfig attributes shadow (`items`, `keys`, `values`, `get`,
+    `pop`, ...)."""
+    if not isinstance(data, dict):
+        return []
+    methods = {name for name in dir(DictConfig) if not name.startswith("_")}
+    found = []
+    for name, value in data.items():
+        if name in methods:
+            found.append(f"{prefix}{name}")
+        found += keys_named_like_methods(value, f"{prefix}{name}.")
+    return found
 
 
 def compose_train_config(task: str, overrides: list[str], output_dir: Path) -> DictConfig:

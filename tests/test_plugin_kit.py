@@ -563,6 +563,22 @@ def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path
         check_task_plugin("forecasting", tmp_path=tmp_path)
 
 
+def test_a_task_config_key_that_a_dictconfig_method_shadows_is_a_warning(tmp_path, monkeypatch):
+    import yaml
+
+    from gru_suite.testing import _check_task_config_file, keys_named_like_methods
+
+    assert keys_named_like_methods({"data": {"items": 3, "size": 2}, "keys": 1, "model": None}) == ["data.items", "keys"]
+    shipped = yaml.safe_load((registry.get_task("forecasting").config_dir() / "task" / "forecasting.yaml").read_text())
+    (tmp_path / "task").mkdir()
+    (tmp_path / "task" / "forecasting.yaml").write_text(yaml.safe_dump({**shipped, "data": {**shipped["data"],
+                                                                                           "items": 512}}))
+    monkeypatch.setattr(registry.TaskEntry, "config_dir", lambda self: tmp_path)
+    with pytest.warns(UserWarning, match=r"forecasting.yaml: data.items named like DictConfig methods: `cfg.data.items` "
+                                         r"reads the method, not the setting"):
+        _check_task_config_file("forecasting")
+
+
 class ListDeclared(ForecastingTask):
     numbers = [*ForecastingTask.numbers, ("model.head_dropout", float, 0, 1, True)]
     choices = [("model.normalize", frozenset({"none", "last"}))]
