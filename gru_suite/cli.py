@@ -53,12 +53,6 @@ def _end_progress_line() -> None:
         print(file=sys.stderr)
 
 
-def _no_task_message() -> str:
-    from gru_suite.registry import no_task_message
-
-    return no_task_message()
-
-
 def _require_task_for_task_overrides() -> None:
     """`task.*` overrides need the task's config group selected (`task=NAME`, or an experiment preset's)."""
     args = sys.argv[1:]
@@ -85,13 +79,13 @@ def _checkpoint_task(path: str | None) -> str | None:
 
 def _require_known_task() -> None:
     """`task=NAME` names an installed task: one line listing them, not Hydra's search-path dump."""
-    from gru_suite.registry import get_task
+    from gru_suite.registry import get_task, no_task_message
 
     args = sys.argv[1:]
     if any(arg.startswith(SEARCHPATH_KEY) for arg in args):  # the user's own config folders may add tasks
         return
     if "task=null" in args:  # no task, not Hydra's "Config group override must be a string" traceback
-        print(_no_task_message(), file=sys.stderr)
+        print(no_task_message(), file=sys.stderr)
         sys.exit(2)
     if task := _chosen("task"):
         try:
@@ -368,6 +362,11 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
 
 
 def _train_body(cfg: Any) -> Any:
+    if cfg.get("task") is None:  # RequireTask refuses first; a callback's failure is only Hydra's warning
+        from gru_suite.registry import no_task_message
+
+        print(no_task_message(), file=sys.stderr)
+        sys.exit(2)
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.run import train as run_train
@@ -441,7 +440,9 @@ def _gates_body(cfg: Any) -> None:
 def train() -> None:
     """`gru-suite`: train a task. Bare, it lists the installed tasks and exits non-zero."""
     if len(sys.argv) == 1:
-        print(_no_task_message(), file=sys.stderr)
+        from gru_suite.registry import no_task_message
+
+        print(no_task_message(), file=sys.stderr)
         sys.exit(2)
     _run_app("train", _train_body)
 

@@ -127,15 +127,25 @@ def _refuse(run_dir: Path, holder: tuple[int, str, str] | None) -> NoReturn:
 
 class RequireTask(Callback):
     """Hydra callback of `gru-suite`: a command that selects no task (overrides, but no `task=` or experiment) ends
-    with the installed tasks before Hydra makes a run or sweep folder for it (`outputs/None/...`)."""
+    with the installed tasks before Hydra makes a run or sweep folder for it (`outputs/None/...`). A sweep's config
+    lacks its swept options, so a sweep passes when an override selects a task or an experiment."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.get("task") is None:
-            print(no_task_message(), file=sys.stderr)
-            raise SystemExit(2)
+            _exit_without_task()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.on_run_start(config)
+        chosen = (o.lstrip("+~").startswith(("task=", "experiment=")) for o in config.hydra.overrides.task)
+        if config.get("task") is None and not any(chosen):
+            _exit_without_task()
+
+
+def _exit_without_task() -> NoReturn:
+    """The no-task message and exit code 2 (Hydra turns a callback's other exceptions into warnings and goes on)."""
+    try:
+        print(no_task_message(), file=sys.stderr)
+    finally:
+        raise SystemExit(2)
 
 
 class KeepEarlierConfig(Callback):

@@ -48,6 +48,20 @@ def test_a_command_without_a_task_lists_tasks_and_fails_leaving_no_folder(args, 
     assert not list(tmp_path.iterdir())  # no outputs/None/<time>/ nor a sweep folder
 
 
+def test_a_sweep_over_tasks_is_not_refused_as_selecting_none(tmp_path):
+    from gru_suite.run_folder import RequireTask
+
+    config = hydra_run_config(str(tmp_path))
+    with open_dict(config):
+        config.task = None  # as Hydra hands a sweep's config to the callback: without its swept options
+        config.hydra.overrides.task = ["task=forecasting,running_mean", "trainer.max_epochs=1"]
+    RequireTask().on_multirun_start(config)  # goes on
+    with open_dict(config):
+        config.hydra.overrides.task = ["trainer.max_epochs=1,2"]
+    with pytest.raises(SystemExit):
+        RequireTask().on_multirun_start(config)
+
+
 def test_python_dash_m_gru_suite_is_the_training_command(tmp_path):
     bare = subprocess.run([sys.executable, "-m", "gru_suite"], capture_output=True, text=True, cwd=tmp_path)
     assert bare.returncode == 2 and "no task selected" in bare.stderr and "forecasting" in bare.stderr
