@@ -342,6 +342,9 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     jitter = pd.to_timedelta(np.random.default_rng(0).uniform(-1, 1, size=60), unit="s")  # a clock up to 1 s off
     steps = np.diff(future_timestamps(SimpleNamespace(timestamps=hourly + jitter), np.arange(59, 63)))
     assert (abs(steps - pd.Timedelta(hours=1)) < pd.Timedelta(seconds=0.5)).all()
+    kept = np.sort(np.random.default_rng(1).choice(200, 90, replace=False))  # a sensor that lost over half its rows
+    lossy = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=200, freq="10min")[kept])
+    assert (np.diff(future_timestamps(lossy, np.arange(89, 92))) == pd.Timedelta(minutes=10)).all()
     newest_first = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=30, freq="D")[::-1])
     assert list(future_timestamps(newest_first, np.arange(29, 32))) == [29, 30, 31]  # no future to name
 

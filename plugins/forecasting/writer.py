@@ -26,9 +26,10 @@ WEEKDAYS_SEEN = 10
 
 def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     """Timestamps for row numbers, extrapolating past the end at the series' own frequency (the one pandas
-    infers from the last 50 rows, else their median step forward: a missing row does not double it, a
-    repeated timestamp does not make it zero, a clock's jitter does not lengthen it; a day on weekdays alone is a
-    business day, so a holiday does not put forecasts on weekends). Row numbers where the recent rows never move
+    infers from the last 50 rows, else the median of their most common step forward, steps within 1% of each
+    other counting as one: a missing row does not double it, a repeated timestamp does not make it zero, a clock's
+    jitter does not move it; a day on weekdays alone is a business day, so a holiday does not put forecasts on
+    weekends). Row numbers where the recent rows never move
     forward (newest first, say)."""
     stamps, n = series.timestamps, len(series.timestamps)
     if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
@@ -39,11 +40,18 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     offset = pd.tseries.frequencies.to_offset(freq) if freq else None
     if (offset is not None and offset.n < 0) or not (steps > pd.Timedelta(0)).any():
         return pd.Index(rows)
-    step = offset if offset is not None else steps[steps > pd.Timedelta(0)].median()
+    step = offset if offset is not None else _most_common_step(steps[steps > pd.Timedelta(0)])
     if step == pd.Timedelta(days=1) and len(recent) >= WEEKDAYS_SEEN and (recent.dayofweek < 5).all():
         step = pd.offsets.BDay()
     extra = pd.date_range(stamps[-1], periods=max(int(rows.max()) - n + 2, 1), freq=step)[1:]
     return stamps.append(extra)[rows]
+
+
+def _most_common_step(steps: pd.Series) -> pd.Timedelta:
+    """The median of the most common of `steps` (positive), those within 1% of their median's length of each other
+    counting as one (the shortest where two are as common)."""
+    lengths = (steps / (steps.median() / 100)).round()
+    return steps[lengths == lengths.mode().iloc[0]].median()
 
 
 def forecast_frame(predictions: list[dict], datamodule: ForecastingData, targets: list[str]) -> pd.DataFrame:
