@@ -188,7 +188,7 @@ def test_the_rows_a_detector_cannot_score_yet_have_no_score_line():
                              labels=lambda: None, probation=10, windows=None, name="warm-up")
     frame = report_frame(stream, scored, unscored_rows=4)
     drawn = plot_report(stream, frame, scored.threshold).axes[1].lines[0].get_ydata()
-    assert np.isnan(drawn[:4]).all() and np.isnan(frame["raw_score"][:4]).all()
+    assert np.isnan(drawn[:4]).all() and frame.loc[:3, ["raw_score", "score"]].isna().all(axis=None)
     np.testing.assert_allclose(drawn[4:], scored.score[4:])
 
 
@@ -197,8 +197,8 @@ def test_flagged_runs_are_shaded_from_first_to_last_row_in_one_artist():
     runs = [(5, 9), (100, 100), (200, 260)] + [(1000 + 4 * i, 1001 + 4 * i) for i in range(400)]
     for start, end in runs:
         flags[start:end + 1] = 1
-    frame = pd.DataFrame({"timestamp": pd.RangeIndex(3000) * 10, "v": 0.0, "raw_score": 0.5, "score": 0.5,
-                          "threshold": 1.0, "flag": flags, "reason": np.where(flags, "score", "")})
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(3000) * 10, "v": 0.0, "score": 0.5, "threshold": 1.0,
+                          "flag": flags, "reason": np.where(flags, "score", "")})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
     top = plot_report(stream, frame, 1.0).axes[0]
     shaded = [c for c in top.collections if isinstance(c, PolyCollection)]
@@ -209,8 +209,7 @@ def test_flagged_runs_are_shaded_from_first_to_last_row_in_one_artist():
 
 def test_a_zoned_series_is_plotted_at_its_own_times_of_day():
     stamps = pd.date_range("2024-03-30", periods=3000, freq="min", tz="America/New_York")
-    frame = pd.DataFrame({"timestamp": stamps, "v": 0.0, "raw_score": 0.5, "score": 0.5,
-                          "threshold": 1.0, "flag": 0, "reason": ""})
+    frame = pd.DataFrame({"timestamp": stamps, "v": 0.0, "score": 0.5, "threshold": 1.0, "flag": 0, "reason": ""})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=0, windows=None, name="s")
     top, bottom = plot_report(stream, frame, 1.0).axes
     assert top.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-30T04:00")  # UTC, as matplotlib places it
@@ -220,8 +219,7 @@ def test_a_zoned_series_is_plotted_at_its_own_times_of_day():
 
 def test_the_score_panel_shows_the_threshold_and_saturated_likelihoods():
     score = np.r_[np.linspace(0.2, 0.8, 98), 0.999991, 1.0]  # a likelihood of exactly 1 on its logit axis
-    frame = pd.DataFrame({"timestamp": pd.RangeIndex(100), "v": score, "raw_score": score, "score": score,
-                          "threshold": 0.99999,
+    frame = pd.DataFrame({"timestamp": pd.RangeIndex(100), "v": score, "score": score, "threshold": 0.99999,
                           "flag": (score > 0.99999).astype(int), "reason": np.where(score > 0.99999, "score", "")})
     stream = SimpleNamespace(series=SimpleNamespace(columns=["v"]), probation=10, windows=None, name="s")
     bottom = plot_report(stream, frame, 0.99999).axes[1]
@@ -271,9 +269,10 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
     with pytest.raises(UserError, match=r"expected 2 finite value\(s\) per observation"):
         skipping.update([float("nan"), 1.0, 2.0])  # a row of the wrong width, not a missing value
     assert skipping.observations == plain.observations == 40  # what the stream CLI's end-of-probation check counts
-    assert is_header("value", False) and is_header("time,a,b", True) and is_header("a,b", False)
-    assert not any(is_header(line, stamped) for line, stamped in (("2024-01-01,", True), (",", False), ("a,nan", False),
-                                                                  ("level,1e3", False), ("2024-01-01", True)))
+    assert is_header("value", False, 1) and is_header("time,a,b", True, 2) and is_header("a,b", False, 2)
+    assert not any(is_header(line, stamped, width) for line, stamped, width in (  # nor a malformed line of values
+        ("2024-01-01,", True, 1), (",", False, 2), ("a,nan", False, 2), ("level,1e3", False, 2),
+        ("2024-01-01", True, 1), ("1;2", False, 2), ("a,b", False, 1), ("21.5 22.0", False, 2)))
     stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
     assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
     with pytest.raises(UserError, match="stdin, line 3: expected 2 comma-separated finite"):
@@ -501,7 +500,8 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 24 and out.startswith("2024-01-01 00:00,")
-    assert err.strip() == "error: stdin, line 27: not a timestamp: 'yesterday'"
+    assert err.strip().splitlines() == ["stdin, line 2: read as the column names 'timestamp,value', not an observation",
+                                        "error: stdin, line 27: not a timestamp: 'yesterday'"]
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "timestamp,value\n"))  # column names after the first line
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
     assert capsys.readouterr().err.strip() == "error: stdin, line 25: not a timestamp: 'timestamp'"

@@ -4,7 +4,7 @@ Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
 features: a date, or Unix time in the checkpoint's task.data.time_unit); each output
 line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
-lines are skipped, and so is a first line of column names (a CSV's header: no value a number).
+lines are skipped, and so is a first line of column names (a CSV's header: a word a column).
 A detector trained with task.data.missing=skip skips an observation with a missing value (an
 empty field, or nan, na, n/a, null), answering `nan,0`. The first --probation observations fit
 the scaler and calibrate the threshold.
@@ -56,11 +56,11 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
     return stamp, values
 
 
-def is_header(line: str, has_timestamp: bool) -> bool:
-    """Whether `line` names columns (`timestamp,value`): each of its value fields a word, none a number or
-    a missing value's word."""
+def is_header(line: str, has_timestamp: bool, width: int) -> bool:
+    """Whether `line` names the `width` value columns (`timestamp,value`): as many fields as a line of values, each
+    a word, none a number or a missing value's word."""
     fields = [f.strip() for f in line.split(",")][1 if has_timestamp else 0:]
-    return bool(fields) and all(f and f.lower() not in MISSING_WORDS and not _is_number(f) for f in fields)
+    return len(fields) == width and all(f and f.lower() not in MISSING_WORDS and not _is_number(f) for f in fields)
 
 
 def _is_number(text: str) -> bool:
@@ -90,8 +90,10 @@ def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        header, first = first and is_header(line, has_timestamp), False
+        header, first = first and is_header(line, has_timestamp, width), False
         if header:
+            print(f"stdin, line {number}: read as the column names {line.strip()!r}, not an observation",
+                  file=sys.stderr)
             continue
         stamp, values = parse_line(line, number, has_timestamp, width, stream.skip_missing)
         try:

@@ -23,16 +23,16 @@ def value_columns(columns: list[str]) -> list[str]:
 
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
-    """timestamp, one column per value (`value_columns`), raw_score (empty for the first `unscored_rows`, which the
-    detector cannot score yet), score, threshold (the series' own, or the row's where it moves: SPOT), flag, reason
+    """timestamp, one column per value (`value_columns`), raw_score and score (empty for the first `unscored_rows`,
+    which the detector cannot score yet), threshold (the series' own, or the row's where it moves: SPOT), flag, reason
     (score, range or both; empty when not flagged), and label when labels are known."""
     series = stream.series
     frame = pd.DataFrame({"timestamp": series.timestamps})
     for i, column in enumerate(value_columns(series.columns)):
         frame[column] = series.values[:, i]
     frame["raw_score"] = scored.raw
-    frame.loc[: unscored_rows - 1, "raw_score"] = np.nan
     frame["score"] = scored.score
+    frame.loc[: unscored_rows - 1, ["raw_score", "score"]] = np.nan
     frame["threshold"] = scored.thresholds if scored.thresholds is not None else scored.threshold
     frame["flag"] = scored.flags.astype(int)
     frame["reason"] = flag_reasons(scored)
@@ -72,7 +72,7 @@ LOGIT_EDGE = 1e-9  # likelihoods of exactly 0 or 1 are drawn this close to them
 
 
 def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Figure:
-    """The series with labelled windows (green) and flags (red); below, the score (where `raw_score` has one) and
+    """The series with labelled windows (green) and flags (red); below, the score (a gap where there is none) and
     threshold."""
     fig = Figure(figsize=(12, 5), layout="constrained")
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[3, 2])
@@ -97,7 +97,7 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
     top.set_ylabel("value")
     labelled = "labelled windows in green, " if stream.windows else ""
     top.set_title(f"{stream.name}: {labelled}flags in red (score) or orange (range)")
-    score = frame["score"].where(frame["raw_score"].notna())  # no line over the rows the detector cannot score yet
+    score = frame["score"]
     logit = 0 < threshold < 1 and score.notna().any() and score.dropna().between(0, 1).all()  # 0.99 and 0.99999 apart
     if logit:  # 0 and 1 lie at infinity on a logit axis, and one of them narrows matplotlib's view to the middle
         score = score.clip(LOGIT_EDGE, 1 - LOGIT_EDGE)
