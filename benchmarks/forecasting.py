@@ -291,12 +291,13 @@ def section_speed(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     x, y = train_windows(cfg)
     hidden, lr, batch = int(cfg.backbone.hidden_size), float(cfg.optimizer.lr), int(cfg.task.data.batch_size)
     suite_runs, plain_runs, floor_runs, manual_runs = [], [], [], []
+    seed = timing_seed(args)
     for rep in range(args.repeats):  # alternate the order so drift and neighbours hit both alike
         order: list[tuple[list, Callable[[], dict]]] = [
-            (suite_runs, lambda: suite_fit(cfg, args.epochs, timing_seed(args) + rep)),
-            (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep)),
-            (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep)),
-            (manual_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, timing_seed(args) + rep, manual=True)),
+            (suite_runs, lambda: suite_fit(cfg, args.epochs, seed + rep)),
+            (plain_runs, lambda: plain_fit(x, y, hidden, lr, batch, args.epochs, seed + rep)),
+            (floor_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, seed + rep)),
+            (manual_runs, lambda: floor_fit(x, y, hidden, lr, batch, args.epochs, seed + rep, manual=True)),
         ]
         for store, fn in order if rep % 2 == 0 else order[::-1]:
             store.append(fn())

@@ -223,7 +223,9 @@ def _check_task_config_file(task: str) -> None:
 
 def keys_named_like_methods(data: Any, prefix: str = "") -> list[str]:
     """The dotted keys of a config's `data` that DictConfig attributes shadow (`items`, `keys`, `values`, `get`,
-    `pop`, ...)."""
+    `pop`, ...), in blocks within lists too (`list.0.items`)."""
+    if isinstance(data, list):
+        return [key for i, item in enumerate(data) for key in keys_named_like_methods(item, f"{prefix}{i}.")]
     if not isinstance(data, dict):
         return []
     methods = {name for name in dir(DictConfig) if not name.startswith("_")}

@@ -568,14 +568,15 @@ def test_a_task_config_key_that_a_dictconfig_method_shadows_is_a_warning(tmp_pat
 
     from gru_suite.testing import _check_task_config_file, keys_named_like_methods
 
-    assert keys_named_like_methods({"data": {"items": 3, "size": 2}, "keys": 1, "model": None}) == ["data.items", "keys"]
+    found = keys_named_like_methods({"data": {"items": 3, "size": 2}, "keys": 1, "model": None, "all": [{"pop": 1}]})
+    assert found == ["data.items", "keys", "all.0.pop"]
     shipped = yaml.safe_load((registry.get_task("forecasting").config_dir() / "task" / "forecasting.yaml").read_text())
     (tmp_path / "task").mkdir()
     (tmp_path / "task" / "forecasting.yaml").write_text(yaml.safe_dump({**shipped, "data": {**shipped["data"],
                                                                                            "items": 512}}))
     monkeypatch.setattr(registry.TaskEntry, "config_dir", lambda self: tmp_path)
-    with pytest.warns(UserWarning, match=r"forecasting.yaml: data.items named like DictConfig methods: `cfg.data.items` "
-                                         r"reads the method, not the setting"):
+    with pytest.warns(UserWarning, match=r"forecasting.yaml: data.items named like DictConfig methods: "
+                                         r"`cfg.data.items` reads the method, not the setting"):
         _check_task_config_file("forecasting")
 
 

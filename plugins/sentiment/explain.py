@@ -57,8 +57,9 @@ def heaviest_words(text: str, words: Sequence[Word], k: int) -> list[Word]:
     left out and a repeated word counts once, at its heaviest."""
     chosen: dict[str, Word] = {}
     for word in sorted(words, key=lambda w: -w.weight):
-        runs = list(BARE_WORD.finditer(text, word.start, word.end))
-        if len(chosen) < k and word.weight > 0 and runs:
+        if len(chosen) == k or word.weight <= 0:
+            break
+        if runs := list(BARE_WORD.finditer(text, word.start, word.end)):
             bare = max(runs, key=lambda run: run.end() - run.start())  # the first of the longest
             chosen.setdefault(bare.group().lower(), Word(bare.start(), bare.end(), word.weight))
     return list(chosen.values())

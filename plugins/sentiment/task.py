@@ -230,6 +230,7 @@ class SentimentTask(TaskPlugin):
         self.tokenizer = train_tokenizer((e.text for e in train), tok.kind, int(tok.vocab_size), bool(tok.lowercase),
                                          int(tok.min_frequency))
         self.state.update(tokenizer=tokenizer_state(self.tokenizer), labels=labels, class_weights=weights.tolist())
+        self._class_weights = None  # built again from these on the next step
         if self.cfg.model.get("normalize_embeddings"):  # the words' frequencies in training, which standardise them
             ids = torch.tensor([i for row in self.encode([e.text for e in train]) for i in row])
             self.state["word_counts"] = torch.bincount(ids, minlength=len(self.tokenizer)).tolist()
