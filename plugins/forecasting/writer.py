@@ -29,8 +29,7 @@ def future_timestamps(series: Series, rows: np.ndarray) -> pd.Index:
     infers from the last 50 rows, else the median of their most common step forward, steps within 1% of each
     other counting as one: a missing row does not double it, a repeated timestamp does not make it zero, a clock's
     jitter does not move it; a day on weekdays alone is a business day, so a holiday does not put forecasts on
-    weekends). Row numbers where the recent rows never move
-    forward (newest first, say)."""
+    weekends). Row numbers where the recent rows never move forward (newest first, say)."""
     stamps, n = series.timestamps, len(series.timestamps)
     if not isinstance(stamps, pd.DatetimeIndex) or n < 2:
         return pd.Index(rows)
