@@ -52,14 +52,21 @@ def resumes_in_own_folder(cfg: DictConfig) -> bool:
 
 def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> None:
     """`trainer.max_epochs` must not be below the epochs the checkpoint has trained (Lightning checks a looser
-    bound, later, with a traceback, after the run folder has been tidied for the run)."""
-    max_epochs = cfg.trainer.get("max_epochs")
+    bound, later, with a traceback, after the run folder has been tidied for the run); a warning where the trainer's
+    limits leave nothing to train."""
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
     progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
     trained = progress.get("processed", checkpoint.get("epoch", 0))
     if max_epochs not in (None, -1) and trained > max_epochs:
         raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: trainer.max_epochs={max_epochs} is below "
                         f"that; give at least {trained} (exactly {trained} trains no further; gru-suite-eval and "
                         "gru-suite-predict use a checkpoint without training)")
+    steps = checkpoint.get("global_step", 0)
+    if trained == max_epochs or (max_steps not in (None, -1) and steps >= max_steps):
+        limit = f"trainer.max_epochs={max_epochs}" if trained == max_epochs else f"trainer.max_steps={max_steps}"
+        warn_on_rank_zero(f"ckpt_path {ckpt_path} has trained {trained} epochs ({steps} steps), all that {limit} "
+                          "allows: this run trains no further (it tests and predicts with the checkpoint as it is); "
+                          "raise the limit to train on")
 
 
 def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:

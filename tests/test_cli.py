@@ -757,6 +757,19 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_err
     assert sorted(path.name for path in copy.iterdir()) == before  # nothing moved aside (metrics.csv stays)
 
 
+@pytest.mark.parametrize(("limits", "named"), [
+    (["trainer.max_epochs=2"], "trainer.max_epochs=2"),
+    (["trainer.max_epochs=3", "trainer.max_steps=1"], "trainer.max_steps=1"),
+])
+def test_resuming_a_checkpoint_with_no_training_left_says_so(trained_run, tmp_path, caplog, limits, named):
+    copy = shutil.copytree(trained_run, tmp_path / "copy")
+    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
+    run.train(compose_train_config("forecasting", [*quiet, *limits, "ckpt_path=last"], copy))
+    assert re.search(rf"has trained 2 epochs \(\d+ steps\), all that {named} allows: this run trains no further",
+                     caplog.text)
+    assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # still the second
+
+
 def test_a_resumed_run_moves_the_artifacts_it_replaces_aside(trained_run, tmp_path):
     copy = shutil.copytree(trained_run, tmp_path / "copy")
     run.train(compose_train_config("forecasting", [*TINY, "threads=1", "trainer.max_epochs=3", "ckpt_path=last"], copy))
