@@ -22,6 +22,17 @@ def test_shapes(cell, layers, bidirectional):
     assert net.last_hidden(h).shape == (3, net.output_size)
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_dropout_acts_between_stacked_layers_in_training_only(cell):
+    x = torch.randn(2, 5, 4)
+    stacked = GRUBackbone(4, hidden_size=6, num_layers=2, dropout=0.5, cell=cell)
+    assert not torch.equal(stacked(x)[0], stacked(x)[0])  # a new mask each pass
+    stacked.eval()
+    assert torch.equal(stacked(x)[0], stacked(x)[0])
+    single = GRUBackbone(4, hidden_size=6, num_layers=1, dropout=0.5, cell=cell)
+    assert torch.equal(single(x)[0], single(x)[0])  # no layer after the only one: nothing to drop (no nn.GRU warning)
+
+
 def test_bidirectional_last_hidden_joins_both_directions():
     net = GRUBackbone(4, hidden_size=6, bidirectional=True)
     x = torch.randn(2, 5, 4)

@@ -11,6 +11,7 @@ import resource
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -565,6 +566,21 @@ def test_an_atomic_write_is_on_disk_before_it_replaces_the_old_file(tmp_path, mo
     path = write_text(tmp_path / "report.csv", "a,b\n")
     assert path.read_text() == "a,b\n"
     assert [step for step, _ in done] == ["fsync", "replace"] and done[0][1] == done[1][1]  # the new file's data
+
+
+def test_an_atomic_write_gets_the_permissions_a_plain_open_would_give(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = write_text(tmp_path / "metrics.csv", "a\n")  # mkstemp's own 0o600 would hide it from a group
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_unfinished_writes_are_only_the_temporary_files_of_atomic_writes(tmp_path):
+    for name in (".last.ckpt.abc_1234.ckpt", ".notes.txt.20240101", ".last.ckpt.abcdefgh.tmp", "best.ckpt"):
+        (tmp_path / name).write_text("x")
+    assert unfinished_writes(tmp_path) == [tmp_path / ".last.ckpt.abc_1234.ckpt"]  # a user's hidden files stay
 
 
 def test_files_a_library_saves_are_each_on_disk_before_they_are_moved_into_place(tmp_path, monkeypatch):

@@ -375,6 +375,7 @@ def test_an_added_top_level_key_is_flagged_unless_it_is_a_config_group(tmp_path)
 def test_backbone_settings_that_would_not_act_are_named(tmp_path):
     assert given_keys(["task=sentiment", "backbone.bidirectional=false", "++backbone.dropout=0.2", "backbone=lstm"],
                       "backbone") == ["bidirectional", "dropout"]
+    assert given_keys(["~backbone.dropout", "backbone.hidden_size=8"], "backbone") == ["hidden_size"]  # deleted: unset
     cfg = compose_train_config("sentiment", ["backbone.bidirectional=false", "backbone.dropout=0.2"], tmp_path)
     task = run.build_task(cfg.task)
     task.datamodule()  # fits the tokenizer the model's size needs

@@ -137,5 +137,6 @@ def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp
 def test_a_metric_written_as_null_reads_back_as_nan(tmp_path):
     path = write_metrics({"val/loss": float("nan"), "val/f1": 0.5, "test/x": float("inf")}, tmp_path / "metrics.json")
     assert json.loads(path.read_text()) == {"test/x": None, "val/f1": 0.5, "val/loss": None}  # strict JSON
+    assert list(json.loads(path.read_text())) == ["test/x", "val/f1", "val/loss"]  # by name: runs diff line by line
     read = read_metrics(path)
     assert read["val/f1"] == 0.5 and math.isnan(read["val/loss"]) and math.isnan(read["test/x"])

@@ -156,6 +156,16 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
         assert list(sampler) != batches  # a new order each epoch
 
 
+def test_length_buckets_are_shuffled_anew_each_epoch_over_a_fixed_item_order():
+    lengths = [(i * 37) % 101 for i in range(200)]
+    sampler = LengthBucketSampler(range(200), 8, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
+    epochs = [list(sampler) for _ in range(3)]
+    assert epochs[0] != epochs[1] != epochs[2] != epochs[0]
+    assert sorted(map(tuple, epochs[0])) == sorted(map(tuple, epochs[1]))  # the same buckets, in another order
+    again = LengthBucketSampler(range(200), 8, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
+    assert [list(again) for _ in range(3)] == epochs  # drawn from the seed and the epoch
+
+
 def test_the_resumable_sampler_draws_random_samplers_orders_and_resumes_one_part_way():
     items = range(50)
     torch.manual_seed(3)
@@ -256,6 +266,9 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     assert read_table(tsv_path, ["sentence", "label"]) == [(2, ["fine", "1"])]
     with pytest.raises(UserError, match=r"reviews\.csv:1: no column 'review'; the columns are \['id', 'text', 'label'\]"):
         read_table(csv_path, ["review"])
+    gz_path = tmp_path / "glue.TSV.gz"  # gzipped, upper case: still tab-separated
+    gz_path.write_bytes(gzip.compress("sentence\tlabel\na, b\t1\n".encode("utf-8")))
+    assert read_table(gz_path, ["sentence", "label"]) == [(2, ["a, b", "1"])]
 
 
 @pytest.mark.parametrize("content,message", [

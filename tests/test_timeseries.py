@@ -184,6 +184,8 @@ def test_interpolate_fills_gaps_and_says_how_many(tmp_path, caplog):
     path = write(tmp_path, "t,a,b\n1,1,5\n2,,6\n3,3,NaN\n4,NA,8\n")  # pandas reads NaN and NA as missing
     values = read_series_csv(path, ["a", "b"], missing="interpolate").values
     np.testing.assert_allclose(values, [[1, 5], [2, 6], [3, 7], [3, 8]])
+    opening_gap = write(tmp_path, "t,a\n1,\n2,2\n3,3\n")  # the first row takes the first value there is
+    np.testing.assert_allclose(read_series_csv(opening_gap, ["a"], missing="interpolate").values, [[2], [2], [3]])
     assert f"{path}: 3 missing value(s) interpolated, the first on line 3, column 'a'" in caplog.text
 
 
@@ -192,6 +194,7 @@ def test_chronological_split_fractions_and_counts():
     for n in (144, 3650):  # each part rounded on its own would ask for one row too many
         parts = chronological_split(n, [0.7, 0.15, 0.15])
         assert parts[-1][1] == n and all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+    assert chronological_split(144, [0.7, 0.15, 0.15]) == [(0, 101), (101, 122), (122, 144)]  # 100.8 rows: 101
     assert chronological_split(100, [50, 20, 20]) == [(0, 50), (50, 70), (70, 90)]
     assert chronological_split(100, [0.9, 0.1, 0]) == [(0, 90), (90, 100), (100, 100)]  # a 0 among fractions
     with pytest.raises(UserError, match=r"must be all fractions \(<= 1\) or all whole row counts, got \[0.5, 20, 0\]"):
