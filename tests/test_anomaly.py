@@ -189,6 +189,7 @@ def test_the_rows_a_detector_cannot_score_yet_have_no_score_line():
     frame = report_frame(stream, scored, unscored_rows=4)
     drawn = plot_report(stream, frame, scored.threshold).axes[1].lines[0].get_ydata()
     assert np.isnan(drawn[:4]).all() and frame.loc[:3, ["raw_score", "score"]].isna().all(axis=None)
+    assert frame.loc[4:, ["raw_score", "score"]].notna().all(axis=None)  # the first scored row keeps its score
     np.testing.assert_allclose(drawn[4:], scored.score[4:])
 
 

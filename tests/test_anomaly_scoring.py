@@ -68,6 +68,8 @@ def test_event_prf():
     # Windows hit: (1, 3) by 2 and (6, 7) by 6, (10, 10) missed -> R = 2/3.
     # Flagged events (2, 2), (5, 6), (8, 8): the first two overlap a window -> P = 2/3; F1 = 2/3.
     assert event_prf(FLAGS, WINDOWS) == pytest.approx((2 / 3, 2 / 3, 2 / 3))
+    # Flagged events (0, 0), (5, 5), (8, 8), one in the only window (0, 1): P = 1/3, R = 1, F1 = 1/2.
+    assert event_prf(np.array([1, 0, 0, 0, 0, 1, 0, 0, 1, 0], dtype=bool), [(0, 1)]) == pytest.approx((1 / 3, 1, 0.5))
 
 
 def test_point_adjusted_prf():

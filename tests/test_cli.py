@@ -248,6 +248,30 @@ def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(tr
     assert isinstance(ax.xaxis.get_major_formatter(), ConciseDateFormatter)
 
 
+def test_predicted_actual_values_and_original_unit_metrics_are_in_the_files_units(trained_run):
+    from gru_suite.checkpoint import load_checkpoint
+
+    module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    task, data = module.task, module.task.datamodule()
+    data.setup("predict")
+    data.setup("test")
+    targets = task.state["targets"]
+    columns = [data.series.columns.index(target) for target in targets]
+    assert len(columns) == 1  # one target: its errors in the file's units are the scaled ones times its variance
+    batch = next(iter(data.predict_dataloader()))
+    with torch.no_grad():
+        actual = task.predict_step(module.model, batch)["actual"]
+        metrics = task.step(module.model, next(iter(data.test_dataloader())), "test").metrics
+    rows = batch.origins[:, None] + torch.arange(actual.shape[1])
+    known = rows < len(data.series.values)  # windows reaching past the file's end have no actual values there
+    torch.testing.assert_close(actual[known], torch.as_tensor(data.series.values[rows[known]][:, columns]))
+    variance = float(task.scaler.std[columns[0]]) ** 2
+    assert variance > 2  # scaled and original units tell apart
+    for name in ("mse", "naive_mse"):
+        assert float(metrics[f"{name}_original"]) == pytest.approx(float(metrics[name]) * variance, rel=1e-4)
+    assert float(metrics["mae_original"]) == pytest.approx(float(metrics["mae"]) * variance ** 0.5, rel=1e-4)
+
+
 def test_a_forecast_holds_the_windows_predicted_when_prediction_stops_early(trained_run):
     """`trainer.limit_predict_batches` leaves later windows unpredicted: the frame holds the predicted ones, and the
     plot draws none of them as the forecast beyond the data. Batches of (inputs, targets) alone, a plugin's own

@@ -25,6 +25,7 @@ from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite_plugins.music.data import (
     EventDataset,
     MidiWarning,
+    RollDataset,
     load_corpus,
     midi_to_roll,
     read_events,
@@ -120,6 +121,34 @@ def test_a_roll_that_ends_in_rests_keeps_its_length_in_the_midi_file() -> None:
     roll[:4, 3] = True  # notes in the first beat, then three beats of rest
     pm = roll_to_midi(roll, low=60, steps_per_beat=4, tempo=120)
     assert pm.get_end_time() == pytest.approx(16 * 0.125)  # 16 sixteenths at 120 bpm, not the last note's end
+
+
+def test_a_piece_that_ends_in_silence_keeps_it_as_events_and_as_a_roll() -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)
+    piano = pretty_midi.Instrument(0)
+    piano.notes.append(pretty_midi.Note(80, 60, 0.0, 0.5))
+    piano.control_changes.append(pretty_midi.ControlChange(7, 100, 2.0))  # the file ends 1.5 s after the note
+    pm.instruments.append(piano)
+    assert pm.get_end_time() == 2.0
+    events = encode(pm)
+    assert duration(events) == pytest.approx(2.0) and decode(events).get_end_time() == pytest.approx(2.0)
+    roll = midi_to_roll(pm, 4)  # 120 bpm: 8 sixteenths a second
+    assert roll.shape == (16, 128) and roll[:4, 60].all() and not roll[4:].any()
+
+
+def test_a_transposed_roll_keeps_every_note_in_range() -> None:
+    full, inner = torch.zeros(4, 8), torch.zeros(4, 8)
+    full[:, [0, 7]] = 1  # the lowest and highest pitch: no room to move
+    inner[:, [2, 5]] = 1  # two semitones of room each way
+    data = RollDataset([full, inner], transpose=3)
+    torch.manual_seed(0)
+    shifts = set()
+    for _ in range(40):
+        rolls, _ = data.__getitems__([0, 1])
+        shift = int(rolls[1].any(0).nonzero()[0]) - 2
+        assert torch.equal(rolls[0], full) and torch.equal(rolls[1], torch.roll(inner, shift, dims=1))
+        shifts.add(shift)
+    assert shifts == {-2, -1, 0, 1, 2}
 
 
 def test_velocity_bins_hold_four_velocities_each_and_decode_inside_their_bin() -> None:
@@ -359,6 +388,8 @@ def test_the_splits_take_their_shares_of_the_pieces() -> None:
     sizes = lambda split: {k: len(v) for k, v in split_pieces(pieces, split, Path("p")).items()}  # noqa: E731
     assert sizes([0.8, 0.1, 0.1]) == {"train": 16, "valid": 2, "test": 2}
     assert sizes([0.5, 0.1, 0.1]) == {"train": 10, "valid": 2, "test": 2}  # six pieces left out
+    split = split_pieces([np.zeros((i + 1, 128), bool) for i in range(20)], [0.8, 0.1, 0.1], Path("p"))
+    assert sorted(len(piece) for part in split.values() for piece in part) == list(range(1, 21))  # each piece once
     with pytest.raises(UserError, match=r"p: 20 pieces leave none for training with split \[0.01, 0.1, 0.1\]"):
         sizes([0.01, 0.1, 0.1])
 

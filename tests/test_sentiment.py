@@ -442,6 +442,13 @@ def test_predict_cli_labels_stdin_and_a_csv_column(trained: tuple[Path, dict[str
     assert "<b>" not in page and "&lt;" in page and "&amp;" in page
 
 
+def test_the_confusion_matrix_counts_true_labels_in_rows_and_predictions_in_columns() -> None:
+    from gru_suite_plugins.sentiment.scores import confusion
+
+    always_second = torch.tensor([[0.1, 0.9]]).repeat(3, 1)
+    assert confusion(always_second, torch.tensor([0, 0, 1])).tolist() == [[0, 2], [0, 1]]
+
+
 def test_the_confusion_matrix_leaves_matplotlibs_backend_as_it_is(tmp_path: Path, monkeypatch) -> None:
     import matplotlib
     import numpy as np
@@ -587,6 +594,8 @@ def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_te
             "sentiment", [*overrides, "task.data.val_fraction=0.9", f"task.data.split_seed={seed}"], tmp_path).task)
         task.datamodule()  # a label missing from training would be "not seen in training" in the validation share
         assert task.state["labels"] == ["0", "1", "2"]
+        trained, held = ({e.text for e in task._examples(stage)} for stage in ("train", "val"))
+        assert not trained & held and len(trained | held) == 10  # each text on one side only
     path.write_text("1 good\n")
     with pytest.raises(UserError, match=r"two.txt: one labelled text, too few to hold out a validation share"):
         run.build_task(compose_train_config("sentiment", overrides, tmp_path).task).datamodule()
