@@ -455,7 +455,8 @@ def print_report(report: dict[str, Any], groups: list[str]) -> None:
     if st:
         same = st.get("flags_equal_batch")
         rows.append([f"AnomalyStream.update ({st['series']})", "", "", "", st["points_per_s"],
-                     f"{st['us_per_point']:.1f} us/pt, {st['cpu_us_per_point']:.1f} CPU us/pt, {st['timed_points']:,} pts"
+                     f"{st['us_per_point']:.1f} us/pt, {st['cpu_us_per_point']:.1f} CPU us/pt, "
+                     f"{st['timed_points']:,} pts"
                      + ("" if same is None else f", == batch: {same}")])
     table("speed", ["what", "s/series", "model s/series", "flagger s/series", "points/s", "notes"], rows)
 
@@ -484,14 +485,15 @@ def print_published(report: dict[str, Any], groups: list[str]) -> None:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nab", required=True, help="NAB root holding data/<group>/*.csv and labels/combined_windows.json")
+    parser.add_argument("--nab", required=True,
+                        help="NAB root holding data/<group>/*.csv and labels/combined_windows.json")
     parser.add_argument("--overrides", default=DEFAULT_OVERRIDES,
                         help=f"Hydra overrides on top of experiment=nab, one string (default: {DEFAULT_OVERRIDES!r}; "
                              "pass '' for the yaml as it is)")
     parser.add_argument("--groups", default="", help="comma-separated NAB groups to train and score (default: all)")
     parser.add_argument("--stream-series", default=DEFAULT_STREAM_SERIES,
-                        help=f"series for the streaming throughput, relative to data/ (default {DEFAULT_STREAM_SERIES}; "
-                             "'' skips it)")
+                        help="series for the streaming throughput, relative to data/ "
+                             f"(default {DEFAULT_STREAM_SERIES}; '' skips it)")
     parser.add_argument("--no-tuned", action="store_true", help="skip the label-tuned (leaderboard protocol) section")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1)")
     parser.add_argument("--seed", type=int, default=None, help="seed (default: the config's seed)")

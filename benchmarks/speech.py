@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--override", action="append", default=[], help="extra Hydra override (repeatable)")
     parser.add_argument("--keep", type=Path, default=None,
-                        help="keep each setting's run folder (checkpoints) under this folder (default: a temporary one)")
+                        help="keep each setting's run folder (checkpoints) under this folder "
+                             "(default: a temporary one)")
     parser.add_argument("--ensemble", type=Path, action="append", default=[], metavar="CKPT",
                         help="no training: score the ensemble of these kept models (repeat, at least 2; each "
                              "trained on the one setting named by --settings, e.g. kept by --keep)")

@@ -48,7 +48,8 @@ def decode_split(task: Any, model: Any, dataset: Any, beam: int, batch_size: int
             references += batch["references"]
     seconds = time.perf_counter() - start
     scores = corpus_scores(hypotheses, references, task.lowercase, str(task.cfg.data.target))
-    return {"beam": beam, **scores, "sentences": len(order), "seconds": seconds, "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
+    return {"beam": beam, **scores, "sentences": len(order), "seconds": seconds,
+            "sentences_per_s": len(order) / seconds, "examples": hypotheses[200:203]}
 
 
 def test_stem(folder: Path, source: str, target: str, overrides: list[str]) -> list[str]:

@@ -127,13 +127,13 @@ class RunFolderCheckpoint(ModelCheckpoint):
     best checkpoint, so that after an epoch that is not the best it held an earlier epoch, and resuming from it ran
     epochs again; here it is written at every point where Lightning could save (each validation or training epoch's
     end; not when training stops, where it could mark an unfinished epoch done, or hold weights averaged for use,
-    `callbacks.ema`, as those to train on). Resuming from a moved folder's own checkpoint, Lightning forgets the best and last checkpoints it finds
-    there (their recorded paths name the old place): it then writes `last-v1.ckpt` beside `last.ckpt` and never
-    removes the old best. When every checkpoint the state names is in this callback's folder, the state is
-    read as if it had been saved there. Resuming into another folder, Lightning forgets the best score, so the
-    new run's first epoch became its best whatever the earlier ones scored: the best checkpoints, where they
-    still exist, are copied into the new folder and tracked there. Its state is saved under `ModelCheckpoint`'s
-    key, so either class resumes the other's checkpoints.
+    `callbacks.ema`, as those to train on). Resuming from a moved folder's own checkpoint, Lightning forgets the best
+    and last checkpoints it finds there (their recorded paths name the old place): it then writes `last-v1.ckpt`
+    beside `last.ckpt` and never removes the old best. When every checkpoint the state names is in this callback's
+    folder, the state is read as if it had been saved there. Resuming into another folder, Lightning forgets the
+    best score, so the new run's first epoch became its best whatever the earlier ones scored: the best checkpoints,
+    where they still exist, are copied into the new folder and tracked there. Its state is saved under
+    `ModelCheckpoint`'s key, so either class resumes the other's checkpoints.
     """
 
     @property

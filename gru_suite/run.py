@@ -158,7 +158,8 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     optimizer = instantiate(cfg.optimizer, "optimizer", _partial_=True)
     scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
     check_optimization(optimizer, scheduler)
-    model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True) for k in MODEL_CONFIG_KEYS if k in cfg})
+    model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True)
+                                  for k in MODEL_CONFIG_KEYS if k in cfg})
     return TaskModule(task, model, model_cfg, optimizer, scheduler)
 
 
@@ -326,7 +327,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
                               "untrained (or resumed) model")
     resumed, task_state, resumed_step, monitor_changed = None, None, None, False
     if (ckpt_path := resume_path(cfg)) is not None:
-        # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning reads it
+        # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning
+        # reads it
         checkpoint = read_checkpoint(ckpt_path)
         stored_cfg = stored_config(checkpoint)
         if (stored := stored_cfg.task).name != cfg.task.name:

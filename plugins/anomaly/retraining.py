@@ -59,7 +59,8 @@ def fine_tune(model: nn.Module, recent: Tensor, settings: Retraining) -> None:
         torch.manual_seed(settings.seed)
         recent = recent.clone()
         for _ in range(settings.steps):
-            starts = torch.randint(0, len(recent) - settings.crop_length + 1, (settings.batch_size,), generator=generator)
+            starts = torch.randint(0, len(recent) - settings.crop_length + 1, (settings.batch_size,),
+                                   generator=generator)
             crops = torch.stack([recent[s : s + settings.crop_length] for s in starts.tolist()])
             loss = model.loss(crops, settings.burn_in)
             optimizer.zero_grad()

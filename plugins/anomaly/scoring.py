@@ -226,7 +226,8 @@ def _nab_windows(name: str, windows: Sequence[Sequence[Any]], timestamps: Any, l
         for bound in (convert(bound) for window in windows for bound in window):
             matches = np.flatnonzero(index == bound)
             if matches.size != 1:
-                raise ValueError(f"{name}: window bound {bound} occurs {matches.size} times in the timestamps, not once")
+                raise ValueError(f"{name}: window bound {bound} occurs {matches.size} times in the timestamps, "
+                                 "not once")
             positions.append(int(matches[0]))
         pairs = list(zip(positions[::2], positions[1::2]))
         if any(start > end for start, end in pairs):
@@ -346,7 +347,8 @@ def load_nab_windows(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.
     windows: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
     for key, value in content.items():
         pairs = value if isinstance(value, list) else [None]
-        if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(b, str) for b in pair) for pair in pairs):
+        if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(b, str) for b in pair)
+                   for pair in pairs):
             raise ValueError(f"{path}: key {key!r}: expected a list of [start, end] timestamp strings, got {value!r}")
         try:
             parsed = [(pd.Timestamp(start), pd.Timestamp(end)) for start, end in pairs]

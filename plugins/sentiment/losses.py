@@ -25,7 +25,9 @@ def classification_loss(logits: Tensor, labels: Tensor, weights: Tensor, targets
     """Class-weighted cross-entropy with `labels`; with soft `targets` (distillation), `1 - share` of it plus
     `share` x the cross-entropy with them, each text weighted by its label's weight."""
     hard = F.cross_entropy(logits, labels, weight=weights)
-    return hard if targets is None else (1 - share) * hard + share * soft_cross_entropy(logits, targets, weights[labels])
+    if targets is None:
+        return hard
+    return (1 - share) * hard + share * soft_cross_entropy(logits, targets, weights[labels])
 
 
 def adversarial_loss(model: SentimentModel, embedded: Tensor, lengths: Tensor, loss: Tensor, eps: float,

@@ -169,7 +169,9 @@ class SpeechModel(nn.Module):
         """Output frames for `lengths` input frames (a partial last group is dropped)."""
         return lengths // self.subsample
 
-    def encode(self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None) -> tuple[Tensor, Tensor | None, State]:
+    def encode(
+        self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None
+    ) -> tuple[Tensor, Tensor | None, State]:
         """Encoder outputs (B, T // subsample, H) (zeros past each length), their lengths and the final state."""
         x = F.gelu(self.frontend(frames.transpose(1, 2))).transpose(1, 2)
         out_lengths = None if lengths is None else self.output_lengths(lengths)
@@ -181,7 +183,9 @@ class SpeechModel(nn.Module):
         wait for later audio (see `Lookahead`)."""
         return self.head(self.dropout(self.lookahead(hidden, complete))).log_softmax(-1)
 
-    def forward(self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None) -> tuple[Tensor, Tensor | None, State]:
+    def forward(
+        self, frames: Tensor, lengths: Tensor | None = None, h0: State | None = None
+    ) -> tuple[Tensor, Tensor | None, State]:
         """Log-probabilities (B, T // subsample, classes), their lengths, and the encoder's final state.
 
         Without `lengths` every sequence is taken as complete.

@@ -166,7 +166,8 @@ class SpeechTask(TaskPlugin):
         if cepstra is None:
             return None
         if not 1 <= config_number(cepstra, "task.features.cepstra", int) <= int(feats.n_mels):
-            raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, got {cepstra}")
+            raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, "
+                            f"got {cepstra}")
         return int(cepstra)
 
     def _spectral(self, model: DictConfig) -> Spectral | None:

@@ -118,7 +118,9 @@ class RunningMeanTask(TaskPlugin):
         x, y = batch
         return {"input": x.cpu(), "target": y.cpu(), "prediction": model(x).float().cpu()}
 
-    def write_predictions(self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path) -> list[Path]:
+    def write_predictions(
+        self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path
+    ) -> list[Path]:
         """Write `running_mean.csv`: one row per (sequence, step)."""
         columns = {key: torch.cat([p[key] for p in predictions]).squeeze(-1) for key in CSV_COLUMNS[2:]}
         n_sequences, length = columns["input"].shape
