@@ -220,8 +220,11 @@ def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
 def test_many_artifacts_of_a_kind_are_logged_as_one_line():
     out = Path("out")
     paths = [out / "transcripts.jsonl", *(out / f"a{i}.srt" for i in range(5)), out / "b.txt", out / "c.txt"]
-    assert artifacts.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}", f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
-                                         f"{out / 'b.txt'}", f"{out / 'c.txt'}"]
+    assert artifacts.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}",
+                                               f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
+                                               f"{out / 'b.txt'}", f"{out / 'c.txt'}"]
+    three = [out / f"a{i}.srt" for i in range(3)]
+    assert artifacts.artifact_lines(three) == [str(path) for path in three]  # up to three: each named
 
 
 def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(trained_run):
@@ -778,6 +781,14 @@ def test_a_resumed_run_takes_this_runs_early_stopping_patience(tmp_path):
     assert checkpoint["epoch"] == 3 and state["patience"] == 3 and state["wait_count"] == 3  # stopped at 3, not 1
 
 
+def test_a_monitor_resumed_in_the_other_mode_is_another_monitor(caplog):
+    stored = OmegaConf.create({"monitor": "val/loss", "monitor_mode": "min"})
+    same, other = ({"task": {"monitor": "val/loss", "monitor_mode": mode}} for mode in ("min", "max"))
+    assert not resume.warn_of_another_monitor(stored, OmegaConf.create(same), "a.ckpt")
+    assert resume.warn_of_another_monitor(stored, OmegaConf.create(other), "a.ckpt")
+    assert "chose its best checkpoint by val/loss (min), this run by val/loss (max)" in caplog.text
+
+
 def test_a_run_resumed_with_another_monitor_says_so_and_keeps_one_last_checkpoint(tmp_path, caplog):
     quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
     run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
@@ -797,12 +808,12 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_err
     assert sorted(path.name for path in copy.iterdir()) == before  # nothing moved aside (metrics.csv stays)
 
 
-@pytest.mark.parametrize(("limits", "named"), [
-    (["trainer.max_epochs=2"], "trainer.max_epochs=2"),
-    (["trainer.max_epochs=3", "trainer.max_steps=1"], "trainer.max_steps=1"),
-])
-def test_resuming_a_checkpoint_with_no_training_left_says_so(trained_run, tmp_path, caplog, limits, named):
+@pytest.mark.parametrize("reached", ["epochs", "steps"])
+def test_resuming_a_checkpoint_with_no_training_left_says_so(trained_run, tmp_path, caplog, reached):
     copy = shutil.copytree(trained_run, tmp_path / "copy")
+    steps = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    named = "trainer.max_epochs=2" if reached == "epochs" else f"trainer.max_steps={steps}"  # just reached
+    limits = [named] if reached == "epochs" else ["trainer.max_epochs=3", named]
     quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
     run.train(compose_train_config("forecasting", [*quiet, *limits, "ckpt_path=last"], copy))
     assert re.search(rf"has trained 2 epochs \(\d+ steps\), all that {named} allows: this run trains no further",

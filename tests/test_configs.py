@@ -405,6 +405,8 @@ def test_every_wrong_number_is_named_at_once(tmp_path):
         "  backbone.weight_dropout must be in [0, 1), got 1",  # the backbone refuses 1: every recurrent weight gone
         "  optimizer.lr must be a finite number, got 'fast'", "  trainer.max_epochs must be at least -1, got -5",
         "  seed must be an integer, got 'x'"]
+    too_large = compose_train_config("forecasting", ["seed=4294967296"], tmp_path)  # numpy's seeds: 32 bits
+    assert wrong_numbers(too_large, RUN_NUMBERS) == ["seed must be between 0 and 4294967295, got 4294967296"]
 
 
 def test_a_plateau_schedule_and_early_stopping_refuse_what_would_act_at_every_validation(tmp_path):
