@@ -721,6 +721,19 @@ def test_periodic_retraining_streams_like_batch_and_leaves_the_model_alone():
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_each_fine_tune_trains_on_the_windows_last_rows(monkeypatch):
+    from gru_suite_plugins.anomaly import retraining as retraining_module
+
+    tuned = []
+    monkeypatch.setattr(retraining_module, "fine_tune", lambda model, recent, settings: tuned.append(recent.clone()))
+    scaled = torch.randn(300, 2)
+    settings = retraining_module.Retraining(every=50, window=100, steps=3, crop_length=32, batch_size=4)
+    retraining_module.OnlineScorer(detectors()[0], settings, 100).run(scaled)
+    assert len(tuned) == 4  # after 50, 100, 150 and 200 scored rows
+    for recent, seen in zip(tuned, (150, 200, 250, 300)):
+        torch.testing.assert_close(recent, scaled[seen - 100 : seen])
+
+
 def test_a_spike_of_any_size_gets_a_finite_score_and_a_flag_in_a_stream_that_retrains():
     from gru_suite_plugins.anomaly.retraining import Retraining
 

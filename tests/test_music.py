@@ -50,6 +50,7 @@ from gru_suite_plugins.music.events import (
 from gru_suite_plugins.music.model import (
     AutoregressiveHead,
     EventModel,
+    IndependentHead,
     MusicModel,
     Sampling,
     _draw,
@@ -596,6 +597,16 @@ def test_event_model_overfits_a_tiny_piece() -> None:
         loss.backward()
         optimizer.step()
     assert first > 5 and loss.item() < 0.1 * first
+
+
+def test_roll_top_k_keeps_the_likeliest_pitches() -> None:
+    head = IndependentHead(1, 4)
+    with torch.no_grad():
+        head.linear.weight.zero_()
+        head.linear.bias.copy_(torch.logit(torch.tensor([0.9, 0.8, 0.1, 0.05])))
+    notes = head.sample(torch.zeros(500, 1), Sampling(top_k=2), torch.Generator().manual_seed(0))
+    assert notes[:, 2:].sum() == 0
+    torch.testing.assert_close(notes[:, :2].mean(0), torch.tensor([0.9, 0.8]), atol=0.06, rtol=0)
 
 
 def test_event_sampling_is_seeded_and_top_k_top_p_restrict_the_choice() -> None:

@@ -32,7 +32,7 @@ from gru_suite_plugins.sentiment.data import label_order, read_labelled, read_te
 from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
-from gru_suite_plugins.sentiment.losses import adversarial_loss, virtual_adversarial_loss
+from gru_suite_plugins.sentiment.losses import adversarial_loss, classification_loss, virtual_adversarial_loss
 from gru_suite_plugins.sentiment.task import altered_copy
 from conftest import resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
 
@@ -219,6 +219,15 @@ def test_word_dropout_reads_real_tokens_as_unknown_in_training_only() -> None:
     torch.testing.assert_close(model.eval().embed(ids), model.embedding(ids))
     with pytest.raises(UserError, match="word_dropout"):
         SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, word_dropout=1.0)
+
+
+def test_the_loss_weighs_each_text_by_its_labels_weight() -> None:
+    logits, labels, weights = torch.tensor([[2.0, 0.0], [2.0, 0.0]]), torch.tensor([0, 1]), torch.tensor([3.0, 1.0])
+    each = torch.nn.functional.cross_entropy(logits, labels, reduction="none")  # 0.127 and 2.127
+    expected = float((3 * each[0] + each[1]) / 4)
+    assert float(classification_loss(logits, labels, weights)) == pytest.approx(expected)
+    one_hot = torch.eye(2)[labels]  # soft targets equal to the labels: the same loss at any share
+    assert float(classification_loss(logits, labels, weights, one_hot, share=0.7)) == pytest.approx(expected)
 
 
 def test_adversarial_copies_lose_more_than_random_moves_of_the_same_size() -> None:

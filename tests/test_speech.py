@@ -77,11 +77,19 @@ def probs(rows: list[list[float]]) -> torch.Tensor:
 def test_stereo_44k_audio_is_downmixed_and_resampled(tmp_path: Path) -> None:
     t = np.arange(44100) / 44100
     tone = 0.5 * np.sin(2 * np.pi * 440 * t)
-    path = write_wav(tmp_path / "stereo.wav", np.stack([tone, -tone * 0 + tone], axis=1), 44100)
+    path = write_wav(tmp_path / "stereo.wav", np.stack([tone, np.zeros_like(tone)], axis=1), 44100)
     samples = read_audio(path, RATE)
     assert samples.shape == (8000,) and samples.dtype == torch.float32
+    assert float(samples.abs().max()) == pytest.approx(0.25, abs=0.01)  # the mean of the two channels
     spectrum = np.abs(np.fft.rfft(samples.numpy()))
     assert abs(int(spectrum.argmax()) - 440) <= 1  # one second at 8 kHz: bin = Hz
+
+
+def test_an_offset_and_duration_are_seconds_whatever_the_files_rate(tmp_path: Path) -> None:
+    quiet_then_loud = np.r_[np.full(16000, 0.1), np.full(16000, 0.5)] * np.sign(np.sin(np.arange(32000) / 5))
+    path = write_wav(tmp_path / "16k.wav", quiet_then_loud, 16000)  # two seconds at 16 kHz
+    samples = read_audio(path, RATE, offset=1.25, duration=0.5)
+    assert samples.shape == (4000,) and float(samples.abs().max()) > 0.4  # half a second of the loud one, at 8 kHz
 
 
 def test_audio_at_a_rate_below_any_speech_is_refused_not_resampled(tmp_path: Path) -> None:

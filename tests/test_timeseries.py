@@ -1,5 +1,6 @@
 import gzip
 import re
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -8,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from gru_suite.backbone import GRUBackbone
 from gru_suite.data import batch_loader
 from gru_suite.errors import UserError
 from gru_suite import run
@@ -21,6 +23,7 @@ from gru_suite.timeseries import (
     read_series_csv,
     window_origins,
 )
+from gru_suite_plugins.forecasting.model import Forecaster
 from gru_suite_plugins.forecasting.writer import forecast_frame, future_timestamps, plot_forecasts
 
 
@@ -456,3 +459,29 @@ def test_a_zoned_series_forecasts_are_plotted_at_its_own_times_of_day():
     assert ax.get_lines()[0].get_xdata()[0] == np.datetime64("2024-03-06T12:00")  # row 141, 21:00 in Tokyo
     assert str(ax.xaxis.get_major_locator().tz) == "Asia/Tokyo" == str(ax.xaxis.get_major_formatter()._tz)
     assert ax.get_xlabel() == "time (Asia/Tokyo)"
+
+
+def test_a_channel_independent_forecast_of_a_column_does_not_depend_on_the_others():
+    torch.manual_seed(0)
+    shape = dict(lookback=12, horizon=4, segment_length=3, embed_size=6, channel_independent=True)
+    together = Forecaster(partial(GRUBackbone, hidden_size=8), n_features=3, target_columns=[0, 2], **shape).eval()
+    alone = Forecaster(partial(GRUBackbone, hidden_size=8), n_features=1, target_columns=[0], **shape).eval()
+    alone.load_state_dict(together.state_dict())  # the same weights serve every column
+    x = torch.randn(5, 12, 3)
+    with torch.no_grad():
+        out = together(x)
+        assert out.shape == (5, 4, 2)
+        torch.testing.assert_close(out[:, :, 0:1], alone(x[:, :, 0:1]))
+        torch.testing.assert_close(out[:, :, 1:2], alone(x[:, :, 2:3]))
+
+
+def test_a_forecast_relative_to_the_last_value_moves_with_the_window():
+    torch.manual_seed(0)
+    model = Forecaster(partial(GRUBackbone, hidden_size=4), n_features=3, target_columns=[1], lookback=6, horizon=2,
+                       normalize="last").eval()
+    x = torch.randn(4, 6, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x + 5.0), model(x) + 5.0)  # a level shift of the window shifts its forecast
+        model.head[1].weight.zero_()
+        model.head[1].bias.zero_()
+        torch.testing.assert_close(model(x), x[:, -1:, [1]].expand(-1, 2, -1))  # no change: the target's last value
