@@ -55,18 +55,29 @@ def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
     bound, later, with a traceback, after the run folder has been tidied for the run); a warning where the trainer's
     limits leave nothing to train."""
     max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps")
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
-    trained = progress.get("processed", checkpoint.get("epoch", 0))
+    trained = epochs_trained(checkpoint)
     if max_epochs not in (None, -1) and trained > max_epochs:
         raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: trainer.max_epochs={max_epochs} is below "
                         f"that; give at least {trained} (exactly {trained} trains no further; gru-suite-eval and "
                         "gru-suite-predict use a checkpoint without training)")
+    if cfg.trainer.get("fast_dev_run"):  # its own one step, whatever the checkpoint holds
+        return
     steps = checkpoint.get("global_step", 0)
     if trained == max_epochs or (max_steps not in (None, -1) and steps >= max_steps):
         limit = f"trainer.max_epochs={max_epochs}" if trained == max_epochs else f"trainer.max_steps={max_steps}"
-        warn_on_rank_zero(f"ckpt_path {ckpt_path} has trained {trained} epochs ({steps} steps), all that {limit} "
-                          "allows: this run trains no further (it tests and predicts with the checkpoint as it is); "
-                          "raise the limit to train on")
+        warn_on_rank_zero(f"ckpt_path {ckpt_path} has trained {trained} epoch(s) ({steps} steps), all that {limit} "
+                          "allows: this run trains no further; raise the limit to train on")
+
+
+def epochs_trained(checkpoint: dict[str, Any]) -> int:
+    """The epochs a checkpoint has trained: Lightning's count of processed epochs, and the last one too where the
+    checkpoint was saved after its last batch but before Lightning counted it (at a validation within the epoch,
+    `trainer.val_check_interval` < 1), which Lightning then does not train again."""
+    fit_loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = fit_loop.get("epoch_progress", {}).get("current", {})
+    processed = progress.get("processed", checkpoint.get("epoch", 0))
+    last_batch_done = fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
+    return processed + 1 if last_batch_done and progress.get("started", 0) > processed else processed
 
 
 def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:

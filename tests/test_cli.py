@@ -39,6 +39,9 @@ from gru_suite.errors import UserError
 from gru_suite.testing import compose_train_config
 from gru_suite.task import SequenceView
 
+QUIET = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
+"""A tiny training run that neither tests nor predicts after training."""
+
 
 @pytest.mark.parametrize("args", [[], ["task=null"], ["trainer.max_epochs=1"], ["-m", "trainer.max_epochs=1,2"]])
 def test_a_command_without_a_task_lists_tasks_and_fails_leaving_no_folder(args, tmp_path):
@@ -223,8 +226,9 @@ def test_many_artifacts_of_a_kind_are_logged_as_one_line():
     assert artifacts.artifact_lines(paths) == [f"{out / 'transcripts.jsonl'}",
                                                f"5 .srt files in {out}/ (a0.srt ... a4.srt)",
                                                f"{out / 'b.txt'}", f"{out / 'c.txt'}"]
-    three = [out / f"a{i}.srt" for i in range(3)]
+    three, four = ([out / f"a{i}.srt" for i in range(n)] for n in (3, 4))
     assert artifacts.artifact_lines(three) == [str(path) for path in three]  # up to three: each named
+    assert artifacts.artifact_lines(four) == [f"4 .srt files in {out}/ (a0.srt ... a3.srt)"]
 
 
 def test_forecast_plot_names_both_kinds_of_forecast_and_writes_dates_that_fit(trained_run):
@@ -781,6 +785,15 @@ def test_a_resumed_run_takes_this_runs_early_stopping_patience(tmp_path):
     assert checkpoint["epoch"] == 3 and state["patience"] == 3 and state["wait_count"] == 3  # stopped at 3, not 1
 
 
+def test_a_checkpoint_saved_at_a_validation_within_its_last_epoch_counts_that_epoch(tmp_path, caplog):
+    within = [*QUIET, "trainer.val_check_interval=0.5", "++trainer.limit_train_batches=4"]  # validating at 2 and 4
+    run.train(compose_train_config("forecasting", [*within, "trainer.max_epochs=2"], tmp_path))
+    run.train(compose_train_config("forecasting", [*within, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path))
+    assert "has trained 2 epoch(s)" in caplog.text
+    with pytest.raises(UserError, match=r"has trained 2 epochs: trainer.max_epochs=1 is below that"):
+        run.train(compose_train_config("forecasting", [*within, "trainer.max_epochs=1", "ckpt_path=last"], tmp_path))
+
+
 def test_a_monitor_resumed_in_the_other_mode_is_another_monitor(caplog):
     stored = OmegaConf.create({"monitor": "val/loss", "monitor_mode": "min"})
     same, other = ({"task": {"monitor": "val/loss", "monitor_mode": mode}} for mode in ("min", "max"))
@@ -790,9 +803,8 @@ def test_a_monitor_resumed_in_the_other_mode_is_another_monitor(caplog):
 
 
 def test_a_run_resumed_with_another_monitor_says_so_and_keeps_one_last_checkpoint(tmp_path, caplog):
-    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
-    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
-    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", "task.monitor=val/mae",
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=1"], tmp_path))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2", "task.monitor=val/mae",
                                                    "ckpt_path=last"], tmp_path))
     assert "chose its best checkpoint by val/loss (min), this run by val/mae (min)" in caplog.text
     names = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
@@ -808,16 +820,17 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_err
     assert sorted(path.name for path in copy.iterdir()) == before  # nothing moved aside (metrics.csv stays)
 
 
-@pytest.mark.parametrize("reached", ["epochs", "steps"])
+@pytest.mark.parametrize("reached", ["epochs", "steps", "epochs under fast_dev_run"])
 def test_resuming_a_checkpoint_with_no_training_left_says_so(trained_run, tmp_path, caplog, reached):
     copy = shutil.copytree(trained_run, tmp_path / "copy")
     steps = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-    named = "trainer.max_epochs=2" if reached == "epochs" else f"trainer.max_steps={steps}"  # just reached
-    limits = [named] if reached == "epochs" else ["trainer.max_epochs=3", named]
-    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
-    run.train(compose_train_config("forecasting", [*quiet, *limits, "ckpt_path=last"], copy))
-    assert re.search(rf"has trained 2 epochs \(\d+ steps\), all that {named} allows: this run trains no further",
-                     caplog.text)
+    named = f"trainer.max_steps={steps}" if reached == "steps" else "trainer.max_epochs=2"  # just reached
+    limits = {"epochs": [named], "steps": ["trainer.max_epochs=3", named],
+              "epochs under fast_dev_run": [named, "debug=fdr"]}
+    run.train(compose_train_config("forecasting", [*QUIET, *limits[reached], "ckpt_path=last"], copy))
+    said = re.search(rf"has trained 2 epoch\(s\) \(\d+ steps\), all that {re.escape(named)} allows: this run trains "
+                     "no further", caplog.text)
+    assert bool(said) == (reached != "epochs under fast_dev_run")  # which runs its one step whatever the limits
     assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # still the second
 
 
@@ -871,14 +884,13 @@ def test_a_run_resumed_part_way_through_an_epoch_trains_its_other_batches_as_if_
 
 
 def test_resuming_a_weight_averaged_run_without_its_average_is_a_warning(tmp_path, caplog):
-    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false"]
     ema = "callbacks.ema={_target_: gru_suite.callbacks.EMAWeights, decay: 0.9}"
-    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1", ema], tmp_path / "ema"))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=1", ema], tmp_path / "ema"))
     last = tmp_path / "ema" / "checkpoints" / "last.ckpt"
     for name, extra in (("with", [ema]), ("without", [])):
         caplog.clear()
         with caplog.at_level(logging.WARNING):
-            run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={last}",
+            run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2", f"ckpt_path={last}",
                                                            *extra], tmp_path / name))
         warning = f"ckpt_path {last} was trained with a weight average (callbacks.ema) that this run lacks"
         assert (warning in caplog.text) == (name == "without")

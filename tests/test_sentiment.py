@@ -601,9 +601,9 @@ def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_te
     for seed in range(5):  # 9 of the 10 held out: a rare label drawn wholly into them keeps one training text
         task = run.build_task(compose_train_config(
             "sentiment", [*overrides, "task.data.val_fraction=0.9", f"task.data.split_seed={seed}"], tmp_path).task)
-        task.datamodule()  # a label missing from training would be "not seen in training" in the validation share
+        data = task.datamodule()  # a label missing from training: "not seen in training" in the validation share
         assert task.state["labels"] == ["0", "1", "2"]
-        trained, held = ({e.text for e in task._examples(stage)} for stage in ("train", "val"))
+        trained, held = ({e.text for e in data.dataset(stage).examples} for stage in ("train", "val"))
         assert not trained & held and len(trained | held) == 10  # each text on one side only
     path.write_text("1 good\n")
     with pytest.raises(UserError, match=r"two.txt: one labelled text, too few to hold out a validation share"):

@@ -187,7 +187,7 @@ def test_interpolate_fills_gaps_and_says_how_many(tmp_path, caplog):
     path = write(tmp_path, "t,a,b\n1,1,5\n2,,6\n3,3,NaN\n4,NA,8\n")  # pandas reads NaN and NA as missing
     values = read_series_csv(path, ["a", "b"], missing="interpolate").values
     np.testing.assert_allclose(values, [[1, 5], [2, 6], [3, 7], [3, 8]])
-    opening_gap = write(tmp_path, "t,a\n1,\n2,2\n3,3\n")  # the first row takes the first value there is
+    opening_gap = write(tmp_path, "t,a\n1,\n2,2\n3,3\n", name="gap.csv")  # the first row takes the first value
     np.testing.assert_allclose(read_series_csv(opening_gap, ["a"], missing="interpolate").values, [[2], [2], [3]])
     assert f"{path}: 3 missing value(s) interpolated, the first on line 3, column 'a'" in caplog.text
 
@@ -482,6 +482,6 @@ def test_a_forecast_relative_to_the_last_value_moves_with_the_window():
     x = torch.randn(4, 6, 3)
     with torch.no_grad():
         torch.testing.assert_close(model(x + 5.0), model(x) + 5.0)  # a level shift of the window shifts its forecast
-        model.head[1].weight.zero_()
-        model.head[1].bias.zero_()
+        model.head[-1].weight.zero_()
+        model.head[-1].bias.zero_()
         torch.testing.assert_close(model(x), x[:, -1:, [1]].expand(-1, 2, -1))  # no change: the target's last value
