@@ -967,6 +967,17 @@ def test_resuming_with_another_learning_rate_uses_it(scheduler, tmp_path):
         assert group["lr"] == pytest.approx(0.0) and group["initial_lr"] == pytest.approx(0.001)
 
 
+def test_a_run_resumed_without_its_schedule_trains_at_optimizer_lr(tmp_path):
+    run.train(compose_train_config("forecasting", [*QUIET, "scheduler=cosine", "optimizer.lr=0.01",
+                                                   "trainer.max_epochs=1"], tmp_path))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"][0]["lr"] < 0.005  # annealed
+    run.train(compose_train_config("forecasting", [*QUIET, "scheduler=none", "optimizer.lr=0.01",
+                                                   "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path))
+    (group,) = torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"]
+    assert group["lr"] == pytest.approx(0.01)  # not the schedule's last rate
+
+
 def test_a_resumed_plateau_schedule_sees_the_checkpoints_epoch(tmp_path):
     quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=plateau"]
     run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path))
