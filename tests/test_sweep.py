@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from gru_suite.cli import sweep_value
 from gru_suite.metrics_file import read_metrics, write_metrics
-from gru_suite.sweep import SweepSummary, ranked, summary_csv, sweep_jobs
+from gru_suite.sweep import LAUNCH_FORMAT, SweepSummary, ranked, summary_csv, sweep_jobs
 
 
 def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None, mode: str = "max",
@@ -122,6 +122,12 @@ def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp
         os.utime(path, (1_000_000_000, 1_000_000_000))  # an earlier sweep's job
     monkeypatch.setenv("GRU_SUITE_LAUNCH_TIME", "2020-01-01_00-00-00")  # Optuna's sweeper writes no multirun.yaml
     assert [job.folder.name for job in sweep_jobs(tmp_path)] == ["0_sentiment"]
+    launched = time.mktime(time.strptime("2030-01-01_00-00-00", LAUNCH_FORMAT))
+    monkeypatch.setenv("GRU_SUITE_LAUNCH_TIME", "2030-01-01_00-00-00")
+    for before, listed in ((0.5, ["0_sentiment"]), (1.5, [])):  # a second's slack: file times kept to the second
+        for path in (tmp_path / "0_sentiment").rglob("*"):
+            os.utime(path, (launched - before, launched - before))
+        assert [job.folder.name for job in sweep_jobs(tmp_path)] == listed
     for path in (tmp_path / "0_sentiment").rglob("*"):
         os.utime(path, (time.time() - 10, time.time() - 10))
     summary = SweepSummary()
