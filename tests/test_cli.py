@@ -259,6 +259,7 @@ def test_predicted_actual_values_and_original_unit_metrics_are_in_the_files_unit
     from gru_suite.checkpoint import load_checkpoint
 
     module = load_checkpoint(trained_run / "checkpoints" / "last.ckpt")
+    assert not any(part.training for part in module.modules())  # restored for inference: no dropout
     task, data = module.task, module.task.datamodule()
     data.setup("predict")
     data.setup("test")
