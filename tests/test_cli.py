@@ -1117,10 +1117,12 @@ def hydra_run_config(run_dir: str) -> DictConfig:
     return config
 
 
-@pytest.mark.parametrize(("environment", "moved"), [({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False),
-                                                    ({"SLURM_PROCID": "2"}, False)])
+@pytest.mark.parametrize(("environment", "moved"), [
+    ({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False), ({"SLURM_PROCID": "2"}, False),
+    ({"NODE_RANK": "1"}, False), ({"LOCAL_RANK": "1"}, False),  # a later node's process, a worker Lightning started
+])
 def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp_path, monkeypatch):
-    for name in ("RANK", "SLURM_PROCID"):
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
