@@ -114,6 +114,14 @@ class ConstantLossTask(ForecastingTask):
         return StepOutput(frozen, out.batch_size, out.metrics)
 
 
+class NanLossTask(ForecastingTask):
+    """A training loss that is NaN (a log of zero, say): nothing trains."""
+
+    def step(self, model: Any, batch: Any, stage: Any) -> StepOutput:
+        out = super().step(model, batch, stage)
+        return StepOutput(out.loss * float("nan"), out.batch_size, out.metrics) if stage == "train" else out
+
+
 class NegativeStuckLossTask(ForecastingTask):
     """A loss below zero (as a density's negative log-likelihood may be) that training barely moves."""
 
@@ -165,6 +173,7 @@ class TitleOnlyViewTask(ForecastingTask):
 
 BROKEN = {
     "constant-loss": (ConstantLossTask, "overfitting one batch: .*does not depend on the model's parameters"),
+    "nan-loss": (NanLossTask, r"fast_dev_run training: DivergedRun: train/loss is nan in epoch 0"),
     "negative-stuck-loss": (NegativeStuckLossTask, r"overfitting one batch: the loss on one batch went from -1 to -1 "
                                                    r".*expected below -1\.5"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
