@@ -47,6 +47,20 @@ def test_task_metrics_are_means_over_every_process_share(stage, tmp_path, monkey
     assert logged[f"{stage}/mse"]["sync_dist"] and not logged[f"{stage}/mse"]["on_step"]
 
 
+@pytest.mark.parametrize(("loss_weight", "weight"), [(torch.tensor(37), 37), (None, 4)])
+def test_the_evaluation_loss_is_a_mean_weighted_by_the_step_loss_weight(loss_weight, weight, tmp_path, monkeypatch):
+    """A step's `loss_weight` (tokens, say), else its batch size, weighs its loss in the epoch's `val/loss`."""
+    cfg = compose_train_config("forecasting", TINY, tmp_path)
+    task = run.build_task(cfg.task)
+    task.datamodule()
+    module = run.build_module(cfg, task)
+    logged: dict[str, dict] = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: kwargs}))
+    monkeypatch.setattr(task, "step", lambda *args: StepOutput(torch.tensor(1.0), 4, loss_weight=loss_weight))
+    module._run(None, 1, "val")
+    assert int(logged["val/loss"]["batch_size"]) == weight
+
+
 def test_an_interrupted_validation_pass_leaves_its_metric_names_behind(tmp_path, monkeypatch):
     cfg = compose_train_config("forecasting", TINY, tmp_path)
     task = run.build_task(cfg.task)
