@@ -8,10 +8,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from conftest import TINY
+from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch.utils.data import DataLoader, TensorDataset
 
 from gru_suite import callbacks, run
-from gru_suite.callbacks import EMAWeights, EpochThroughput, RunFolderCheckpoint
+from gru_suite.callbacks import EMAWeights, EpochThroughput, PatientEarlyStopping, RunFolderCheckpoint
 from gru_suite.task import StepOutput
 from gru_suite.testing import compose_train_config
 
@@ -144,6 +145,17 @@ def test_epoch_time_leaves_out_validation_within_the_epoch(monkeypatch):
     trainer.fit(module, data, data)  # validation after every 2 training batches: 4 passes of 0.1 s an epoch
     assert float(trainer.callback_metrics["train/epoch_time_s"]) == pytest.approx(8 * 0.02)  # no validation pass
     assert float(trainer.callback_metrics["train/samples_per_s"]) == pytest.approx(8 / (8 * 0.02))  # this epoch's 8
+
+
+@pytest.mark.parametrize(("patience", "stopped"), [(3, True), (4, False)])
+def test_a_resumed_patience_reopens_a_stopped_run_only_above_its_epochs_without_improvement(patience, stopped):
+    ended = PatientEarlyStopping(monitor="val/loss", patience=1)
+    ended.wait_count, ended.stopped_epoch, ended.stopping_reason = 3, 5, EarlyStoppingReason.PATIENCE_EXHAUSTED
+    resumed = PatientEarlyStopping(monitor="val/loss", patience=patience)
+    resumed.load_state_dict(ended.state_dict())
+    assert resumed.patience == patience and resumed.wait_count == 3
+    assert (resumed.stopping_reason == EarlyStoppingReason.PATIENCE_EXHAUSTED) == stopped
+    assert resumed.stopped_epoch == (5 if stopped else 0)
 
 
 def test_a_weight_average_that_would_never_move_is_refused():
