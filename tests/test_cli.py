@@ -1447,7 +1447,8 @@ def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_pa
     result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{copy}]",
                      f"hydra.run.dir={tmp_path / 'two'}")
     assert result.returncode == 2
-    assert "task 'forecasting' does not combine the predictions of several models" in result.stderr
+    assert f"error: ensemble: {copy}: task 'forecasting' does not combine the predictions of several models" in \
+        result.stderr  # the refusal names the member
 
 
 def test_ensemble_paths_are_checked_before_any_model_loads(tmp_path, monkeypatch):
