@@ -210,6 +210,16 @@ def test_eval_and_predict_keep_the_settings_training_fixed(trained_run, tmp_path
     assert "task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
 
 
+def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unless_that_is_an_interpolation():
+    from omegaconf import OmegaConf
+
+    from gru_suite.checkpoint import fixed_by_training
+
+    stored = OmegaConf.create({"name": "forecasting", "data": {}, "model": {}})  # saved before both settings existed
+    given = OmegaConf.create({"data": {"path": "mine.csv"}, "model": {"head_dropout": 0.3}})
+    assert fixed_by_training(["data.path", "model.head_dropout"], given, stored) == ["model.head_dropout"]
+
+
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     # Each process would predict its share of the input and write it over the other's files.
     out = tmp_path / "pred"
