@@ -12,7 +12,13 @@ from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 from torch.utils.data import DataLoader, TensorDataset
 
 from gru_suite import callbacks, run
-from gru_suite.callbacks import EMAWeights, EpochThroughput, PatientEarlyStopping, RunFolderCheckpoint
+from gru_suite.callbacks import (
+    EMAWeights,
+    EpochThroughput,
+    PatientEarlyStopping,
+    RunFolderCheckpoint,
+    carried_best_state,
+)
 from gru_suite.task import StepOutput
 from gru_suite.testing import compose_train_config
 
@@ -222,6 +228,25 @@ def test_a_kill_before_the_last_checkpoint_leaves_the_best_it_names(tmp_path, mo
     state = next(value for value in last["callbacks"].values() if "best_model_path" in value)
     assert last["epoch"] == 1 and state["best_model_path"] == str(tmp_path / "best-1.ckpt")
     assert (tmp_path / "best-1.ckpt").is_file() and (tmp_path / "best-2.ckpt").is_file()
+
+
+def test_a_runs_best_checkpoints_are_carried_into_a_new_folder_without_its_last(tmp_path):
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    for name in ("best-1.ckpt", "best-2.ckpt", "last.ckpt"):
+        (old / name).write_text(name)
+    state = {"dirpath": str(old), "best_model_path": str(old / "best-2.ckpt"),
+             "kth_best_model_path": str(old / "best-1.ckpt"), "last_model_path": str(old / "last.ckpt"),
+             "best_k_models": {str(old / "best-1.ckpt"): 0.5, str(old / "best-2.ckpt"): 0.25}}
+    carried = carried_best_state(state, str(new))
+    assert sorted(p.name for p in new.iterdir()) == ["best-1.ckpt", "best-2.ckpt"]
+    assert (new / "best-2.ckpt").read_text() == "best-2.ckpt" and (old / "best-2.ckpt").is_file()
+    assert carried == {"dirpath": str(new), "best_model_path": str(new / "best-2.ckpt"),
+                       "kth_best_model_path": str(new / "best-1.ckpt"), "last_model_path": "",
+                       "best_k_models": {str(new / "best-1.ckpt"): 0.5, str(new / "best-2.ckpt"): 0.25}}
+    (old / "best-1.ckpt").unlink()
+    assert carried_best_state(state, str(tmp_path / "elsewhere")) is state  # one is gone: nothing carried
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_a_resumed_best_that_is_gone_is_forgotten_with_a_warning(tmp_path, caplog):
