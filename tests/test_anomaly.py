@@ -859,6 +859,15 @@ def test_training_loaders_take_the_configured_worker_processes(tmp_path):
     assert loader.num_workers == 2
 
 
+def test_training_crops_end_where_the_validation_rows_begin(tmp_path):
+    datamodule = anomaly_task(tmp_path, write_series(tmp_path / "s.csv"), "task.data.validation=0.25",
+                              "task.data.crop_length=32").datamodule()
+    train, val = datamodule.train_dataloader().dataset, datamodule.val_dataloader().dataset
+    assert datamodule.streams[0].probation == 100  # 75 training rows, then 25 validation rows
+    assert [start for _, start in train.index] == list(range(75 - 32 + 1)) and train.length == 32
+    assert val.index == [(0, 75)] and val.length == 25
+
+
 def anomaly_task(tmp_path, data, *overrides, state=None):
     cfg = compose_train_config("anomaly", [*TINY, f"task.data.path={data}", "task.data.windows_path=null",
                                            "task.data.probation=0.5", *overrides], tmp_path / "cfg")
