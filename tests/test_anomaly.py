@@ -96,6 +96,14 @@ def test_raw_scores_are_root_mean_square_errors():
     assert unscored_rows("forecaster", 5) == 1 and unscored_rows("autoencoder", 5) == 4  # the rows scored 0
 
 
+def test_the_forecasters_loss_is_its_mean_squared_score_after_the_burn_in():
+    forecaster = detectors()[0]
+    crops = torch.randn(3, 12, 2)
+    with torch.no_grad():
+        scores = torch.stack([forecaster.raw_scores(crop.unsqueeze(0))[0] for crop in crops])  # row t + 1's error
+        torch.testing.assert_close(forecaster.loss(crops, burn_in=4), scores[:, 5:].pow(2).mean())
+
+
 @pytest.mark.parametrize("settings", [dict(score="likelihood", threshold="fixed", fixed=0.99),
                                       dict(score="raw", threshold="spot", spot_q=1e-2, spot_level=0.9),
                                       dict(score="raw", threshold="quantile", quantile=0.95),
