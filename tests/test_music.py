@@ -599,6 +599,33 @@ def test_event_model_overfits_a_tiny_piece() -> None:
     assert first > 5 and loss.item() < 0.1 * first
 
 
+@pytest.mark.parametrize("build", [lambda: tiny_model("independent", 12), lambda: tiny_model("autoregressive", 12),
+                                   lambda: tiny_event_model()], ids=["independent", "autoregressive", "events"])
+def test_a_padded_pieces_loss_is_zero_past_its_length_and_its_own_before(build) -> None:
+    model = build().eval()
+    pieces = (torch.rand(2, 10, 12) > 0.7).float() if isinstance(model, MusicModel) else torch.randint(0, 20, (2, 10))
+    with torch.no_grad():
+        nll = model.nll(pieces, torch.tensor([10, 6]))
+        alone = model.nll(pieces[1:, :6], torch.tensor([6]))
+    assert (nll[1, 6:] == 0).all() and (nll[0] > 0).all()
+    torch.testing.assert_close(nll[1, :6], alone[0])
+
+
+def test_the_autoregressive_heads_temperature_divides_its_logits() -> None:
+    torch.manual_seed(0)
+    head = AutoregressiveHead(4, 6, 16)
+    h = torch.randn(3, 4)
+    greedy = torch.zeros(3, 6)
+    with torch.no_grad():
+        for i in range(6):  # pitch by pitch from the lowest, each given the notes chosen below it
+            greedy[:, i] = (head.logits(h, greedy)[:, i] > 0).float()
+        for seed in range(3):  # a cold draw is the likeliest note at every pitch
+            assert head.sample(h, Sampling(temperature=1e-6), torch.Generator().manual_seed(seed)).equal(greedy)
+        lowest = torch.sigmoid(head.logits(h[:1], greedy[:1])[0, 0] / 2)  # the lowest pitch depends on h alone
+        warm = head.sample(h[:1].expand(4000, -1), Sampling(temperature=2.0), torch.Generator().manual_seed(0))
+    assert warm[:, 0].mean().item() == pytest.approx(lowest.item(), abs=0.03)
+
+
 def test_roll_top_k_keeps_the_likeliest_pitches() -> None:
     head = IndependentHead(1, 4)
     with torch.no_grad():
