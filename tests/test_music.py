@@ -647,6 +647,9 @@ def test_event_sampling_is_seeded_and_top_k_top_p_restrict_the_choice() -> None:
     assert set(draws.tolist()) == {1, 3}
     draws = sample_events(logits.expand(500, -1), Sampling(temperature=0.5, top_k=3), generator)
     assert set(draws.tolist()) == {1, 2, 3}
+    draws = sample_events(logits.expand(8000, -1), Sampling(temperature=2.0), generator)  # flatter: logits / 2
+    shares = torch.bincount(draws, minlength=4) / 8000
+    torch.testing.assert_close(shares, (logits[0] / 2).softmax(-1), atol=0.02, rtol=0)
 
     model = tiny_event_model().eval()
 
