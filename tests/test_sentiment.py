@@ -355,6 +355,17 @@ def test_pretraining_settings_are_checked(corpus: dict[str, Path], tmp_path: Pat
         run.pretrain(ddp, module, task.pretraining())
 
 
+def test_the_temperature_divides_the_logits_of_both_kinds_of_probabilities() -> None:
+    model = tiny_model("max_mean")
+    model.temperature.fill_(2.5)
+    ids, lengths = torch.randint(4, 30, (4, 7)), torch.tensor([7, 5, 3, 1])
+    with torch.no_grad():
+        logits, _ = model(ids, lengths)
+        calibrated = (logits / 2.5).softmax(-1)
+        torch.testing.assert_close(model.probabilities(ids, lengths)[0], calibrated)
+    torch.testing.assert_close(model.saliency(ids, lengths)[0], calibrated)
+
+
 def test_temperature_scaling_recovers_a_known_temperature() -> None:
     torch.manual_seed(0)
     logits = 4 * torch.randn(4000, 3)
