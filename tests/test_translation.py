@@ -118,6 +118,16 @@ def test_separate_vocabularies_give_separate_embeddings(bundled: Path, tmp_path:
     assert model.target_embed.num_embeddings == len(task.target_tokenizer)
 
 
+def test_tied_and_shared_embeddings_are_one_parameter_with_the_output_layer() -> None:
+    def size(model: Seq2Seq) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    tied = Seq2Seq(partial(GRUBackbone, hidden_size=8), 20, 20, 8, share_embeddings=True)
+    untied = Seq2Seq(partial(GRUBackbone, hidden_size=8), 20, 20, 8, tie_embeddings=False, share_embeddings=False)
+    assert tied.out.weight is tied.target_embed.weight is tied.source_embed.weight
+    assert size(untied) - size(tied) == 2 * 20 * 8  # one matrix of 20 x 8 where the untied model has three
+
+
 @pytest.mark.parametrize("attention", ["luong", "bahdanau"])
 def test_attention_gives_padding_no_weight_and_padding_changes_nothing(attention: str) -> None:
     model = tiny_model(30, attention=attention)
