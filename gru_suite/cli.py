@@ -206,7 +206,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from gru_suite.run_folder import checkpoint_folder
+        from gru_suite.run_folder import checkpoint_folder, restore_earlier_config
 
         _warn_undeclared_settings(cfg)
         try:
@@ -227,6 +227,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 print(f"error: {user_error}", file=sys.stderr)
                 _log_to_run_files(f"error: {user_error}")
                 if not sweep:
+                    restore_earlier_config()
                     sys.exit(2)
                 if isinstance(user_error, DivergedRun):  # a result for the sweep: the worst, whatever it scored
                     return math.inf if cfg.task.get("monitor_mode", "min") == "min" else -math.inf

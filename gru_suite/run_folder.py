@@ -6,6 +6,7 @@ import atexit
 import fcntl
 import logging
 import os
+import shutil
 import socket
 import sys
 from contextlib import suppress
@@ -148,12 +149,35 @@ def _exit_without_task() -> NoReturn:
         raise SystemExit(2)
 
 
+_set_aside_configs: dict[Path, tuple[Path, dict[str, int]]] = {}
+"""This run's `.hydra/` -> where `KeepEarlierConfig` moved the earlier run's, and the folder's work then."""
+
+
+def _work_in(run_dir: Path) -> dict[str, int]:
+    """The modification time of each entry of `run_dir` but the composed configs, logs and lock: what a run's work
+    adds or changes (a checkpoint replaced changes its folder's time)."""
+    return {entry.name: entry.stat().st_mtime_ns for entry in run_dir.iterdir()
+            if not (entry.name.startswith(".hydra") or entry.suffix == ".log" or entry.name == LOCK_NAME)}
+
+
+def restore_earlier_config() -> None:
+    """After this run was refused (a wrong setting, bad input) before it wrote anything into its folder: its
+    `.hydra/` goes and the earlier run's, which `KeepEarlierConfig` moved aside, comes back. A run that wrote
+    anything keeps its own, its work's record."""
+    while _set_aside_configs:
+        config, (earlier, work) = _set_aside_configs.popitem()
+        if _work_in(config.parent) == work:
+            shutil.rmtree(config, ignore_errors=True)
+            earlier.rename(config)
+
+
 class KeepEarlierConfig(Callback):
     """Hydra callback: a run into a folder that already holds a `.hydra/` (eval or predict into a training run's
     folder, a resumed run) first moves it to `.hydra.N/`, as `metrics.csv` moves to `metrics.N.csv`, so the
-    earlier run's composed config is not written over. Where every process of a multi-process run starts the
-    command (torchrun, SLURM), the first process alone does it. First, the folder is held (`hold_run_folder`): a
-    run still writing there refuses a second one."""
+    earlier run's composed config is not written over; a run refused before it wrote anything moves it back
+    (`restore_earlier_config`). Where every process of a multi-process run starts the command (torchrun, SLURM),
+    the first process alone does it. First, the folder is held (`hold_run_folder`): a run still writing there
+    refuses a second one."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: run.dir may read ${hydra:...}
@@ -170,8 +194,11 @@ class KeepEarlierConfig(Callback):
         subdir = config.hydra.output_subdir
         if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
             return
+        work = _work_in(folder.parent)
         with suppress(FileNotFoundError):  # another process of the run moved it first
-            log.info("kept the earlier %s as %s", folder, set_aside(folder).name)
+            earlier = set_aside(folder)
+            _set_aside_configs[folder] = (earlier, work)
+            log.info("kept the earlier %s as %s", folder, earlier.name)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         release_run_folder(Path(config.hydra.run.dir))

@@ -1107,6 +1107,10 @@ def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_
     folder = tmp_path / "run"
     shutil.copytree(trained_run, folder)
     trained = (folder / ".hydra" / "config.yaml").read_text()
+    refused = run_cli("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}",
+                      "task=forecasting", "task.data.batch_size=0")
+    assert refused.returncode == 2 and "task.data.batch_size must be" in refused.stderr, refused.stderr[-2000:]
+    assert (folder / ".hydra" / "config.yaml").read_text() == trained and not (folder / ".hydra.1").exists()
     result = run_cli("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (folder / ".hydra.1" / "config.yaml").read_text() == trained  # set aside, as metrics.csv is
@@ -1144,6 +1148,35 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     KeepEarlierConfig().on_run_start(config)
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
     assert (config.hydra.output_subdir is None) != moved  # the others write no .hydra/ over the earlier run's
+
+
+@pytest.mark.parametrize("work", ["none", "a new folder", "a file replaced"])
+def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(work, tmp_path, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+
+    from gru_suite.run_folder import restore_earlier_config
+
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test (the hook sets it)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("earlier")
+    (tmp_path / "metrics.csv").write_text("epoch\n0\n")
+    config = hydra_run_config(str(tmp_path))
+    keeper = KeepEarlierConfig()
+    keeper.on_run_start(config)
+    (tmp_path / ".hydra").mkdir()  # as Hydra writes the run's own, then its log
+    (tmp_path / ".hydra" / "config.yaml").write_text("refused")
+    (tmp_path / "train.log").write_text("error: ...")
+    if work == "a new folder":
+        (tmp_path / "checkpoints").mkdir()
+    elif work == "a file replaced":
+        written = (tmp_path / "metrics.csv").stat().st_mtime_ns
+        os.utime(tmp_path / "metrics.csv", ns=(written, written + 10**9))
+    restore_earlier_config()
+    keeper.on_run_end(config)
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == ("earlier" if work == "none" else "refused")
+    assert (tmp_path / ".hydra.1").is_dir() == (work != "none")
 
 
 HOLD = """
