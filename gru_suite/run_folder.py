@@ -166,9 +166,10 @@ def restore_earlier_config() -> None:
     anything keeps its own, its work's record."""
     while _set_aside_configs:
         config, (earlier, work) = _set_aside_configs.popitem()
-        if _work_in(config.parent) == work:
-            shutil.rmtree(config, ignore_errors=True)
-            earlier.rename(config)
+        with suppress(OSError):  # the folder is gone, or not ours to change: nothing to give back
+            if _work_in(config.parent) == work:
+                shutil.rmtree(config, ignore_errors=True)
+                earlier.rename(config)
 
 
 class KeepEarlierConfig(Callback):
@@ -201,6 +202,7 @@ class KeepEarlierConfig(Callback):
             log.info("kept the earlier %s as %s", folder, earlier.name)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _set_aside_configs.clear()  # the run has ended: what it wrote stays
         release_run_folder(Path(config.hydra.run.dir))
 
 
