@@ -601,11 +601,12 @@ def test_windows_out_of_order_or_overlapping_are_ordered_and_merged(tmp_path, ca
     path = tmp_path / "s.csv"
     pd.DataFrame({"timestamp": stamps, "value": np.sin(np.arange(400))}).to_csv(path, index=False)
     windows = tmp_path / "windows.json"
-    spans = [(300, 310), (250, 260), (255, 270), (270, 280)]  # out of order, overlapping, sharing row 270
+    # out of order, overlapping, sharing row 270, the last nested in an earlier one
+    spans = [(300, 310), (250, 260), (255, 270), (270, 280), (302, 305)]
     windows.write_text(json.dumps({"s.csv": [[str(stamps[a]), str(stamps[b])] for a, b in spans]}))
     (stream,) = load(path, windows_path=windows)
     assert stream.windows == [(250, 280), (300, 310)]
-    assert f"{path}: 4 labelled windows overlap or share a row: scored as 2" in caplog.text
+    assert f"{path}: 5 labelled windows overlap or share a row: scored as 2" in caplog.text
     nab_score({"s": np.zeros(400, dtype=bool)}, None, {"s": stream.windows})  # the scorer takes them
 
 
