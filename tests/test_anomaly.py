@@ -743,6 +743,15 @@ def test_each_fine_tune_trains_on_the_windows_last_rows(monkeypatch):
         torch.testing.assert_close(recent, scaled[seen - 100 : seen])
 
 
+def test_detector_inputs_are_the_scaled_values_clipped_both_ways_then_the_covariates():
+    from gru_suite.timeseries import StandardScaler
+    from gru_suite_plugins.anomaly.data import INPUT_LIMIT, detector_inputs
+
+    scaler = StandardScaler.fit(np.array([[1.0], [3.0]]))  # mean 2, standard deviation 1
+    inputs = detector_inputs(scaler, np.array([[0.0], [2.5], [1e20], [-1e20]]), np.array([[5.0], [6], [7], [8]]))
+    assert inputs.tolist() == [[-2.0, 5.0], [0.5, 6.0], [INPUT_LIMIT, 7.0], [-INPUT_LIMIT, 8.0]]
+
+
 def test_a_spike_of_any_size_gets_a_finite_score_and_a_flag_in_a_stream_that_retrains():
     from gru_suite_plugins.anomaly.retraining import Retraining
 
