@@ -29,7 +29,14 @@ from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import BOS_ID, EOS_ID, PAD_ID, UNK_ID, pad_ids, train_tokenizer
 from gru_suite_plugins.sentiment.data import label_order, read_labelled, read_texts
-from gru_suite_plugins.sentiment.explain import Word, highlight_html, highlight_terminal, top_words, word_weights
+from gru_suite_plugins.sentiment.explain import (
+    Word,
+    highlight_html,
+    highlight_terminal,
+    html_page,
+    top_words,
+    word_weights,
+)
 from gru_suite_plugins.sentiment.model import SentimentModel, fit_temperature
 from gru_suite_plugins.sentiment.synth import corpus_files
 from gru_suite_plugins.sentiment.losses import adversarial_loss, classification_loss, virtual_adversarial_loss
@@ -523,7 +530,7 @@ def test_top_words_are_distinct_words_without_punctuation() -> None:
     assert top_words(text, words, 3) == ["script", "awful"]
     assert top_words(text, words, 1) == ["script"]
     assert highlight_terminal(text, words, 3) == "[awful] [script] , script ."  # the same words as the CSV
-    against = [Word(0, 5, -0.5), Word(6, 12, 0.9)]  # a word that weighs against the label is not listed
+    against = [Word(0, 5, -1.5), Word(6, 12, 0.9)]  # a word that weighs against the label is not listed
     assert top_words(text, against, 3) == ["script"]
     markup = "a <b>wonderful</b> well-made film.</p><p>It's 3.5 stars"  # markup and inner punctuation
     chunks = [Word(m.start(), m.end(), 1.0 / (i + 1)) for i, m in enumerate(re.finditer(r"\S+", markup))]
@@ -543,6 +550,14 @@ def test_a_word_against_the_label_is_shaded_in_its_own_colour() -> None:
     page = highlight_html("dull but fun", [Word(0, 4, -0.8), Word(5, 8, 0.1), Word(9, 12, 0.4)])
     assert 'rgba(70, 130, 255, 1.00)" title="-0.800">dull' in page
     assert 'rgba(255, 170, 0, 0.50)" title="0.400">fun' in page
+
+
+def test_the_explanation_page_escapes_its_title_lines_labels_and_texts() -> None:
+    shown = highlight_html("a <b>great</b> & fun", [Word(2, 14, 0.8), Word(17, 20, 0.4)])
+    assert shown.startswith("a <span") and "</span> &amp; <span" in shown and "<b>" not in shown
+    page = html_page("<stdin> & more", [("<stdin>:1", "<pos>", 0.9, shown)])
+    assert "<stdin>" not in page and page.count("&lt;stdin&gt; &amp; more") == 2  # the title and the heading
+    assert "<td>&lt;stdin&gt;:1</td><td>&lt;pos&gt;</td><td>0.900</td>" in page and shown in page
 
 
 def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.LogCaptureFixture,
