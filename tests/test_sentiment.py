@@ -587,7 +587,8 @@ def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.
 
 
 def test_tables_are_known_by_suffix_in_any_case_and_texts_are_read_as_one_line(tmp_path: Path) -> None:
-    (tmp_path / "UP.CSV").write_text('text,label\n"great\tfilm,\nreally",positive\nawful film,negative\n')
+    # and a label's surrounding spaces are not part of it
+    (tmp_path / "UP.CSV").write_text('text,label\n"great\tfilm,\nreally",positive\nawful film, negative \n')
     examples = read_labelled(tmp_path / "UP.CSV")
     assert [(e.text, e.label) for e in examples] == [("great film, really", "positive"), ("awful film", "negative")]
     (tmp_path / "Z.CSV.GZ").write_bytes(gzip.compress((tmp_path / "UP.CSV").read_bytes()))
