@@ -204,6 +204,17 @@ def test_language_model_heads_predict_from_the_right_side_only(layers: int) -> N
     assert loss.item() < 0.1 * first
 
 
+def test_the_language_model_loss_asks_each_state_for_a_word_it_has_not_read() -> None:
+    torch.manual_seed(0)
+    model = SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, dropout=0.0, lm_words=20).eval()
+    ids, lengths = torch.tensor([[4, 25, 9, 2, 7, 3]]), torch.tensor([6])
+    h = model.language_states(model.embedding(ids), lengths).detach().requires_grad_()
+    (grad,) = torch.autograd.grad(model.lm_loss(h, ids, lengths), h)
+    # the forward state at t has read up to word t and predicts t + 1; the backward one, from t on, predicts t - 1
+    assert (grad[0, :, :8].abs().sum(-1) > 0).tolist() == [True] * 5 + [False]  # the last word has no next
+    assert (grad[0, :, 8:].abs().sum(-1) > 0).tolist() == [False] + [True] * 5  # the first has no previous
+
+
 def test_the_language_model_loss_ignores_the_states_at_padding() -> None:
     torch.manual_seed(0)
     model = SentimentModel(partial(GRUBackbone, hidden_size=8), 30, 2, 8, dropout=0.0, lm_words=20).eval()
