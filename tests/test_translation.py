@@ -25,14 +25,14 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
 from gru_suite.errors import UserError
 from gru_suite.testing import check_task_plugin, compose_train_config
-from gru_suite.text import pad_ids, readable_pieces
-from gru_suite_plugins.translation.data import Corpus, Encoder, read_parallel, read_source_text
+from gru_suite.text import PAD_ID, pad_ids, readable_pieces
+from gru_suite_plugins.translation.data import Corpus, Encoder, PairSet, read_parallel, read_source_text
 from gru_suite_plugins.translation import decode
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import Memory, Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
 from gru_suite_plugins.translation.task import TranslationTask, corpus_scores, split_sentences
-from gru_suite_plugins.translation.writer import LABELLED_PIECES, MAX_INCHES, plot_alignment
+from gru_suite_plugins.translation.writer import LABELLED_PIECES, MAX_INCHES, plot_alignment, write_lines
 
 TINY = ["backbone.hidden_size=16", "task.model.embed_size=16", "task.tokenizer.vocab_size=200",
         "task.decode.beam_size=2", "task.decode.max_length=20", "task.data.batch_size=32"]
@@ -79,8 +79,36 @@ def test_a_lowercasing_tokenizer_is_scored_case_insensitively(bundled: Path, tmp
         hypothesis = task.detokenize(task.target_tokenizer(reference, add_special_tokens=False)["input_ids"])
         assert task.lowercase == lowercase and (hypothesis == reference) != lowercase
         task._scores["val"] = {0: (hypothesis, reference, 1.0, 9)}  # what a validation epoch collects
-        assert task.epoch_end("val")["bleu"] == pytest.approx(100)  # a perfect translation
+        scores = task.epoch_end("val")
+        assert scores["bleu"] == pytest.approx(100) and scores["chrf"] == pytest.approx(100)  # a perfect translation
         assert ("case:lc" in corpus_scores([hypothesis], [reference], lowercase)["bleu_signature"]) == lowercase
+
+
+def test_validation_and_testing_decode_with_their_own_beams(bundled: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY, "task.decode.val_beam_size=1",
+                                               "task.decode.beam_size=3"], tmp_path)
+    task = TranslationTask(cfg.task)
+    batch = task.datamodule().dataset("val").__getitems__([0, 1])
+    model = task.build_model(partial(GRUBackbone, hidden_size=8))
+    beams: list[int] = []
+    monkeypatch.setattr(task, "translate", lambda model, batch, beam: beams.append(beam) or [])
+    task.step(model, batch, "val")
+    task.step(model, batch, "test")
+    assert beams == [1, 3]
+
+
+def test_a_batch_feeds_the_decoder_each_target_token_after_the_one_it_predicts() -> None:
+    pairs = PairSet([[5, 6, EOS], [7, EOS]], [[8, 9, 10, EOS], [11, EOS]], ["a b c", "d"], BOS)
+    batch = pairs.__getitems__([0, 1])
+    assert batch["target_in"].tolist() == [[BOS, 8, 9, 10], [BOS, 11, PAD_ID, PAD_ID]]
+    assert batch["target_out"].tolist() == [[8, 9, 10, EOS], [11, EOS, PAD_ID, PAD_ID]]
+    assert batch["target_lengths"].tolist() == [4, 2] and batch["references"] == ["a b c", "d"]
+
+
+def test_a_translation_holding_a_line_break_stays_on_its_input_line(tmp_path: Path) -> None:
+    path = write_lines(["one\ntwo", "", "three\r\nfour"], tmp_path / "out.txt")
+    assert path.read_text(encoding="utf-8") == "one two\n\nthree four\n"
 
 
 def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(caplog: pytest.LogCaptureFixture) -> None:
