@@ -43,8 +43,8 @@ from gru_suite_plugins.speech.decode import (
 )
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
-from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence, connect, noise_floor, read_fsdd,
-                                              read_manifest, read_source, split_fsdd)
+from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence, connect, in_range, noise_floor,
+                                              read_fsdd, read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech import task as speech_task
 from gru_suite_plugins.speech.task import Scores, SpeechTask, partial_change
@@ -802,6 +802,20 @@ def test_connected_utterances_join_words_with_pauses() -> None:
         assert 2 <= len(words) <= 4 and set(words) <= {p.text for p in pool}
         assert len(u.samples) > sum(0.1 * RATE for _ in range(len(words) + 1))
     assert [u.text for u in made] == [u.text for u in connect(pool, 5, (2, 4), (0.1, 0.2), 6.0, 1, RATE)]
+
+
+def test_connected_utterances_draw_every_word_count_and_level_within_their_bounds() -> None:
+    pool = [Utterance(torch.ones(400), RATE, word, Path(f"{word}.wav"), f"{word}.wav") for word in ("one", "two")]
+    made = list(connect(pool, 60, (2, 4), (0.01, 0.02), 6.0, seed=1, sample_rate=RATE))
+    assert {len(u.text.split()) for u in made} == {2, 3, 4}
+    levels = torch.cat([u.samples[u.samples.abs() > 0.1] for u in made])  # the words' samples, not the pauses'
+    low, high = 10 ** (-6 / 20), 10 ** (6 / 20)  # +-6 dB of amplitude
+    assert low - 1e-6 <= levels.min() < 10 ** (-5 / 20) and 10 ** (5 / 20) < levels.max() <= high + 1e-6
+
+
+def test_a_take_range_holds_both_its_ends() -> None:
+    assert [take for take in range(10) if in_range(take, [3, 5])] == [3, 4, 5]
+    assert not in_range(3, None) and not in_range(3, [])
 
 
 def test_leading_silence_is_room_tone_at_the_recordings_own_level() -> None:
