@@ -639,6 +639,8 @@ def test_cues_split_at_pauses_and_word_limits() -> None:
     assert cues(words, max_gap_s=0.5, max_words=2, min_s=0.1) == cues(words, max_gap_s=0.5, max_words=2)
     long_then_short = [{"word": "seven", "start": 0.0, "end": 0.5}, {"word": "two", "start": 0.6, "end": 0.7}]
     assert [c[2] for c in cues(long_then_short, max_gap_s=0.2, max_words=7)] == ["seven two"]  # a pause of 0.1 s
+    at_the_limit = [{"word": "one", "start": 0.0, "end": 0.5}, {"word": "two", "start": 1.0, "end": 1.5}]
+    assert [c[2] for c in cues(at_the_limit, max_gap_s=0.5, max_words=7)] == ["one two"]  # longer than 0.5 s ends it
 
 
 def test_a_segments_cues_last_until_the_segment_ends_on_the_files_clock(tmp_path) -> None:
