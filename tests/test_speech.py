@@ -40,9 +40,10 @@ from gru_suite_plugins.speech.decode import (
     recognize_words,
     sounding_frames,
     speech_stretches,
+    timed_words,
 )
 from gru_suite_plugins.speech.endpoint import Endpointer
-from gru_suite_plugins.speech.model import SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
+from gru_suite_plugins.speech.model import Lookahead, SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence, connect, in_range, noise_floor,
                                               read_fsdd, read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
@@ -244,6 +245,18 @@ def test_more_tokens_decode_as_the_whole_sequence_would() -> None:
         ids = vocab.encode(text)
         for split in range(len(ids) + 1):
             assert vocab.decode_more(vocab.decode(ids[:split]), ids[:split], ids[split:]) == vocab.decode(ids), split
+
+
+def test_a_words_confidence_is_the_mean_probability_of_its_tokens_frames() -> None:
+    span = torchaudio.functional.TokenSpan
+    spans = [span(token=1, start=0, end=1, score=0.5), span(token=2, start=1, end=4, score=0.9)]
+    (word,) = timed_words(spans, Alphabet("ab "), frame_s=0.1, duration=1.0)
+    assert word.word == "ab" and word.confidence == pytest.approx((0.5 * 1 + 0.9 * 3) / 4)
+
+
+def test_a_lookahead_starts_as_the_identity() -> None:
+    hidden = torch.randn(2, 7, 4)
+    torch.testing.assert_close(Lookahead(4, 3)(hidden), hidden)
 
 
 def test_word_tokens_are_timed_one_word_per_token() -> None:
