@@ -576,6 +576,7 @@ def test_decode_closes_dangling_notes_and_transposition_shifts_pitches() -> None
     up = transpose(events, 5)
     assert up.tolist() == [SET_VELOCITY + 20, NOTE_ON + 65, TIME_SHIFT + 49, NOTE_OFF + 65, NOTE_ON + 8,
                            TIME_SHIFT + 99]  # 125 + 5 is no MIDI pitch: dropped
+    assert transpose([NOTE_ON + 125], 2).tolist() == [NOTE_ON + 127] and transpose([NOTE_ON + 125], 3).size == 0
     assert transpose(events, -4).tolist() == [SET_VELOCITY + 20, NOTE_ON + 56, NOTE_ON + 121, TIME_SHIFT + 49,
                                               NOTE_OFF + 56, TIME_SHIFT + 99]
     piece = torch.from_numpy(transpose(encode(performance()), 0))

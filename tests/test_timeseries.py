@@ -351,6 +351,11 @@ def test_future_timestamps_keep_the_series_step_when_a_row_near_the_end_is_missi
     kept = np.sort(np.random.default_rng(1).choice(200, 90, replace=False))  # a sensor that lost over half its rows
     lossy = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=200, freq="10min")[kept])
     assert (np.diff(future_timestamps(lossy, np.arange(89, 92))) == pd.Timedelta(minutes=10)).all()
+    daily = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=60, freq="D").delete(55))  # weekends too
+    assert list(future_timestamps(daily, np.arange(59, 62))) == list(pd.date_range("2024-03-01", periods=3))
+    hours = np.cumsum([0] + [1, 2] * 20)  # steps of one and two hours, as many of each: the shorter
+    uneven = SimpleNamespace(timestamps=pd.Timestamp("2024-01-01") + pd.to_timedelta(hours, unit="h"))
+    assert np.diff(future_timestamps(uneven, np.arange(40, 43))).tolist() == [pd.Timedelta(hours=1)] * 2
     newest_first = SimpleNamespace(timestamps=pd.date_range("2024-01-01", periods=30, freq="D")[::-1])
     assert list(future_timestamps(newest_first, np.arange(29, 32))) == [29, 30, 31]  # no future to name
 
