@@ -87,6 +87,26 @@ def tiny_model(head: str, pitches: int, hidden: int = 32, **options: float | boo
     return MusicModel(partial(GRUBackbone, hidden_size=hidden), pitches, head, embed_size=16, head_units=32, **options)
 
 
+def test_a_note_shorter_than_a_step_keeps_one_step_of_the_roll() -> None:
+    pm = pretty_midi.PrettyMIDI(initial_tempo=120)  # sixteenths of 0.125 s
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(80, 60, 0.25, 0.27), pretty_midi.Note(80, 64, 0.5, 1.0)]
+    pm.instruments.append(piano)
+    roll = midi_to_roll(pm, 4)
+    assert roll[:, 60].nonzero()[0].tolist() == [2] and roll[:, 64].nonzero()[0].tolist() == [4, 5, 6, 7]
+
+
+def test_two_onsets_of_a_pitch_in_one_event_step_are_one_note_and_decode_lasts_as_asked() -> None:
+    pm = pretty_midi.PrettyMIDI()
+    piano = pretty_midi.Instrument(0)
+    piano.notes += [pretty_midi.Note(80, 60, 0.0, 0.5), pretty_midi.Note(80, 60, 0.003, 0.5)]  # both on at 10 ms step 0
+    pm.instruments.append(piano)
+    events = encode(pm)
+    assert events.count(NOTE_ON + 60) == 1 and events.count(NOTE_OFF + 60) == 1
+    assert decode(events).get_end_time() == pytest.approx(0.5)
+    assert decode(events, end=3.0).get_end_time() == pytest.approx(3.0)  # a piece asked to last 3 s does
+
+
 def test_midi_roll_midi_round_trip_keeps_the_notes(tmp_path: Path) -> None:
     pm = pretty_midi.PrettyMIDI(initial_tempo=90)
     piano, drums = pretty_midi.Instrument(0), pretty_midi.Instrument(0, is_drum=True)
