@@ -87,6 +87,14 @@ def tiny_model(head: str, pitches: int, hidden: int = 32, **options: float | boo
     return MusicModel(partial(GRUBackbone, hidden_size=hidden), pitches, head, embed_size=16, head_units=32, **options)
 
 
+def test_training_crops_cover_each_piece_to_its_last_step() -> None:
+    dataset = EventDataset([torch.arange(10), torch.arange(16), torch.arange(3)], crop_steps=8)
+    assert len(dataset) == 2 + 2 + 1  # ceil(n / 8) crops of each piece an epoch; a short piece gives itself
+    torch.manual_seed(0)
+    batch, lengths = dataset.__getitems__([0] * 200)
+    assert set(batch[:, 0].tolist()) == {0, 1, 2} and lengths.tolist() == [8] * 200  # the last ends at step 9
+
+
 def test_a_note_shorter_than_a_step_keeps_one_step_of_the_roll() -> None:
     pm = pretty_midi.PrettyMIDI(initial_tempo=120)  # sixteenths of 0.125 s
     piano = pretty_midi.Instrument(0)
