@@ -169,15 +169,18 @@ def test_a_transposed_roll_keeps_every_note_in_range() -> None:
     full, inner = torch.zeros(4, 8), torch.zeros(4, 8)
     full[:, [0, 7]] = 1  # the lowest and highest pitch: no room to move
     inner[:, [2, 5]] = 1  # two semitones of room each way
-    data = RollDataset([full, inner], transpose=3)
+    low = torch.zeros(4, 8)
+    low[:, 1] = 1  # one semitone of room below, six above
+    data = RollDataset([full, inner, low], transpose=3)
     torch.manual_seed(0)
-    shifts = set()
+    shifts, lows = set(), set()
     for _ in range(40):
-        rolls, _ = data.__getitems__([0, 1])
+        rolls, _ = data.__getitems__([0, 1, 2])
         shift = int(rolls[1].any(0).nonzero()[0]) - 2
         assert torch.equal(rolls[0], full) and torch.equal(rolls[1], torch.roll(inner, shift, dims=1))
         shifts.add(shift)
-    assert shifts == {-2, -1, 0, 1, 2}
+        lows.add(int(rolls[2].any(0).nonzero()[0]) - 1)
+    assert shifts == {-2, -1, 0, 1, 2} and lows == {-1, 0, 1, 2, 3}
 
 
 def test_velocity_bins_hold_four_velocities_each_and_decode_inside_their_bin() -> None:
@@ -417,8 +420,10 @@ def test_the_splits_take_their_shares_of_the_pieces() -> None:
     sizes = lambda split: {k: len(v) for k, v in split_pieces(pieces, split, Path("p")).items()}  # noqa: E731
     assert sizes([0.8, 0.1, 0.1]) == {"train": 16, "valid": 2, "test": 2}
     assert sizes([0.5, 0.1, 0.1]) == {"train": 10, "valid": 2, "test": 2}  # six pieces left out
+    assert sizes([0.9, 0.02, 0.02]) == {"train": 18, "valid": 1, "test": 1}  # at least one piece each
     split = split_pieces([np.zeros((i + 1, 128), bool) for i in range(20)], [0.8, 0.1, 0.1], Path("p"))
     assert sorted(len(piece) for part in split.values() for piece in part) == list(range(1, 21))  # each piece once
+    assert [len(piece) for piece in split["train"]] != list(range(1, 17))  # a shuffle, not the files' order
     with pytest.raises(UserError, match=r"p: 20 pieces leave none for training with split \[0.01, 0.1, 0.1\]"):
         sizes([0.01, 0.1, 0.1])
 
@@ -458,8 +463,9 @@ def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_inst
     with pytest.raises(UserError, match=r"high.mid: the test pieces have no notes inside the model's pitch range "
                                         r"40-79 \(all 4 "):
         rolls._ranged({"train": [np.eye(4, 128, 60, dtype=np.float32)], "test": [roll]})
-    roll[0, 60] = 1
-    assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 1  # the note in range is kept, the rest dropped
+    roll[0, 60] = roll[1, 79] = roll[2, 40] = 1
+    assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 3  # the notes in range are kept, the rest dropped
+    assert to_range(roll, 40, 79)[1] == 4  # the four at pitch 100 fell outside, none at the range's ends
 
 
 def test_a_generated_length_in_seconds_or_beats_is_read_at_the_generation_tempo(music_installed: None,
