@@ -640,6 +640,10 @@ def test_a_long_sentences_alignment_picture_stays_small() -> None:
     assert axes.get_xlabel() == "source (3000 pieces)" and len(axes.get_xticklabels()) < 20  # positions, not pieces
     short = plot_alignment(source[:LABELLED_PIECES], target[:3], np.zeros((3, LABELLED_PIECES)), "input line 2")
     assert [t.get_text() for t in short.axes[0].get_yticklabels()] == ["v0", "v1", "v2"]
+    assert len(short.axes[0].get_xticklabels()) == LABELLED_PIECES and short.axes[0].get_xlabel() == "source"
+    small = plot_alignment(source[:6], target[:3], np.full((3, 6), 0.1), "input line 3")
+    assert tuple(small.get_size_inches()) == pytest.approx((3 + 0.35 * 6, 1.5 + 0.35 * 3))  # source across
+    assert small.axes[0].images[0].get_clim() == (0.0, 1.0)  # weights of 0.1 drawn light, not at full scale
 
 
 def test_a_test_split_named_but_missing_is_an_error(bundled: Path, tmp_path: Path,
