@@ -632,6 +632,18 @@ def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled:
     assert "before its end on line(s) 1\n" in caplog.text
 
 
+def test_a_sentence_is_complete_once_its_best_live_beam_cannot_beat_its_worst_finished_one() -> None:
+    finished = [decode.Hypothesis([5], torch.zeros(1, 2), -1.0), decode.Hypothesis([6], torch.zeros(1, 2), -3.0)]
+    live, words = torch.tensor([-2.0, -5.0]), torch.tensor([7, EOS])
+
+    def complete(kept: list[decode.Hypothesis], early_stopping: bool = False) -> bool:
+        return decode._complete(kept, 2, early_stopping, live, words, steps=4, max_len=10, length_penalty=0.0)
+
+    assert not complete(finished)  # -2 could still replace the worst (-3)
+    assert complete(finished[:1] + [decode.Hypothesis([6], torch.zeros(1, 2), -1.5)])  # -2 cannot beat -1.5
+    assert complete(finished, early_stopping=True) and not complete(finished[:1], early_stopping=True)
+
+
 def test_a_long_sentences_alignment_picture_stays_small() -> None:
     source, target = [f"w{i}" for i in range(3000)], [f"v{i}" for i in range(2000)]
     figure = plot_alignment(source, target, np.full((2000, 3000), 1 / 3000), "input line 1")
