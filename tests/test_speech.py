@@ -210,6 +210,9 @@ def test_long_audio_is_decoded_and_aligned_between_its_pauses() -> None:
     split = [1, 2] + [0] * 12 + [2, 3, 1]  # "ab", a pause, "b a": the pause comes inside the word "abb"
     log_probs = probs([rows[i] for i in phrase * 3 + split])
     assert speech_stretches(log_probs) == [(0, 24), (24, 48), (48, 72), (72, 86), (86, 89)]
+    exactly, one_short = ([1] + [0] * gap + [2] for gap in (GAP_FRAMES, GAP_FRAMES - 1))
+    assert speech_stretches(probs([rows[i] for i in exactly])) == [(0, GAP_FRAMES + 1), (GAP_FRAMES + 1, GAP_FRAMES + 2)]
+    assert speech_stretches(probs([rows[i] for i in one_short])) == [(0, GAP_FRAMES + 1)]
     whole = align_words(log_probs, greedy(log_probs), alphabet, frame_s=0.1, duration=8.9)
     pieces = recognize_words(log_probs, 1, alphabet, frame_s=0.1, duration=8.9)
     assert pieces == whole and " ".join(w.word for w in pieces) == "ab ba ab ba ab ba abb a"
@@ -252,6 +255,13 @@ def test_a_words_confidence_is_the_mean_probability_of_its_tokens_frames() -> No
     spans = [span(token=1, start=0, end=1, score=0.5), span(token=2, start=1, end=4, score=0.9)]
     (word,) = timed_words(spans, Alphabet("ab "), frame_s=0.1, duration=1.0)
     assert word.word == "ab" and word.confidence == pytest.approx((0.5 * 1 + 0.9 * 3) / 4)
+
+
+def test_a_words_sound_bridges_pauses_shorter_than_pause_frames() -> None:
+    span = torchaudio.functional.TokenSpan(token=1, start=1, end=2, score=0.9)  # "a" spikes at frame 1
+    sound = torch.tensor([0, 1, 1, 0, 0, 1, 1, 0, 0, 0, 1, 0], dtype=torch.bool)  # pauses of 2, then 3 frames
+    (word,) = timed_words([span], Alphabet("ab "), frame_s=0.1, duration=1.2, sound=sound)
+    assert (word.start, word.end) == (0.1, 0.7)  # through the pause of 2, up to the pause of 3 (PAUSE_FRAMES)
 
 
 def test_a_lookahead_starts_as_the_identity() -> None:
