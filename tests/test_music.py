@@ -57,7 +57,7 @@ from gru_suite_plugins.music.model import (
     filter_logits,
     sample_events,
 )
-from gru_suite_plugins.music.synth import chorale, write_corpus
+from gru_suite_plugins.music.synth import MAJOR, chorale, write_corpus
 from gru_suite_plugins.music.task import EventRepresentation, RollRepresentation
 from gru_suite_plugins.music import writer
 from gru_suite_plugins.music.writer import roll_to_midi
@@ -206,6 +206,17 @@ def test_bundled_corpus_is_deterministic_chorales(tmp_path: Path) -> None:
     assert [p.read_bytes() for p in first] == [p.read_bytes() for p in second]
     roll = read_midi(first[0], steps_per_beat=2)
     assert len(roll) == 96 and set(roll.sum(1)) == {4}  # four voices throughout, passing tones in eighths
+
+
+@pytest.mark.parametrize(("seed", "key"), [(1, 60), (2, 62), (3, 70), (4, 69)])
+def test_a_bundled_chorale_stays_in_its_key_and_cadences_every_eight_beats(seed: int, key: int) -> None:
+    notes = chorale(seed, key, beats=32, tempo=60.0).instruments[0].notes  # a beat a second
+    assert all((note.pitch - key) % 12 in MAJOR for note in notes)  # passing tones too
+    def bass(beat: float) -> int:
+        return min(n.pitch for n in notes if n.start <= beat < n.end)
+
+    for phrase in range(4):  # V on beat 6 of 8, then I on beats 7 and 8
+        assert [(bass(8.0 * phrase + beat) - key) % 12 for beat in (5, 6, 7)] == [7, 0, 0]
 
 
 @pytest.mark.parametrize("head", HEADS)

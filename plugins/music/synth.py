@@ -54,7 +54,8 @@ def _progression(rng: np.random.Generator, beats: int) -> list[int]:
 
 
 def chorale(seed: int, key: int, beats: int = 48, tempo: float = 96.0) -> pretty_midi.PrettyMIDI:
-    """One piece: a chord per beat, cadences held two beats, soprano passing tones in eighths."""
+    """One piece: a chord per beat, cadences held two beats, soprano passing tones in eighths (the scale's step
+    between two chord tones a third apart)."""
     rng = np.random.default_rng(seed)
     beat = 60.0 / tempo
     pm = pretty_midi.PrettyMIDI(initial_tempo=tempo)
@@ -70,7 +71,7 @@ def chorale(seed: int, key: int, beats: int = 48, tempo: float = 96.0) -> pretty
         following = chords[runs[n + 1][0]] if n + 1 < len(runs) else chord
         for voice, (pitch, nxt) in enumerate(zip(chord, following)):
             if voice == 3 and length == 1 and abs(nxt - pitch) in (3, 4) and rng.random() < 0.6:
-                passing = pitch + (1 if nxt > pitch else -1) * (2 if abs(nxt - pitch) == 4 else 1)
+                passing = next(p for p in range(min(pitch, nxt) + 1, max(pitch, nxt)) if (p - key) % 12 in MAJOR)
                 piano.notes.append(pretty_midi.Note(84, pitch, start, start + beat / 2))
                 piano.notes.append(pretty_midi.Note(72, passing, start + beat / 2, end))
             else:
