@@ -146,6 +146,17 @@ def test_separate_vocabularies_give_separate_embeddings(bundled: Path, tmp_path:
     assert model.target_embed.num_embeddings == len(task.target_tokenizer)
 
 
+def test_the_decoders_first_state_is_the_tanh_of_the_bridged_encoder_state_in_every_layer() -> None:
+    torch.manual_seed(0)
+    model = Seq2Seq(partial(GRUBackbone, hidden_size=8, num_layers=2), 20, 20, 8).eval()
+    memory = model.encode(*pad_ids([[4, 5, EOS], [6, EOS]]))
+    with torch.no_grad():
+        model.bridge.bias.fill_(100.0)  # far past where tanh saturates
+        state = model.initial_state(memory)
+    assert state.shape == (2, 2, 8) and torch.equal(state[0], state[1])
+    torch.testing.assert_close(state, torch.ones_like(state))
+
+
 def test_tied_and_shared_embeddings_are_one_parameter_with_the_output_layer() -> None:
     def size(model: Seq2Seq) -> int:
         return sum(p.numel() for p in model.parameters())
