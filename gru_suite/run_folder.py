@@ -149,27 +149,43 @@ def _exit_without_task() -> NoReturn:
         raise SystemExit(2)
 
 
-_set_aside_configs: dict[Path, tuple[Path, dict[str, int]]] = {}
-"""This run's `.hydra/` -> where `KeepEarlierConfig` moved the earlier run's, and the folder's work then."""
+Work = dict[str, tuple[int, int, int]]
+"""A run folder's entries, each with its inode, size and modification time (`_work_in`)."""
+
+_set_aside_configs: dict[Path, tuple[Path, Work]] = {}
+"""This run's config folder (`.hydra/`, absolute) -> where `KeepEarlierConfig` moved the earlier run's, and the run
+folder's work then."""
 
 
-def _work_in(run_dir: Path) -> dict[str, int]:
-    """The modification time of each entry of `run_dir` but the composed configs, logs and lock: what a run's work
-    adds or changes (a checkpoint replaced changes its folder's time)."""
-    return {entry.name: entry.stat().st_mtime_ns for entry in run_dir.iterdir()
-            if not (entry.name.startswith(".hydra") or entry.suffix == ".log" or entry.name == LOCK_NAME)}
+def _work_in(run_dir: Path, *skipped: str) -> Work | None:
+    """The entries of `run_dir` but those `skipped` (the composed configs), logs and the lock, each with its inode,
+    size and modification time (a link's own): what a run's work adds or changes there (a checkpoint replaced
+    changes its folder's time); None where the folder cannot be listed."""
+    try:
+        entries = list(run_dir.iterdir())
+    except OSError:
+        return None
+    work = {}
+    for entry in entries:
+        if entry.name in skipped or entry.suffix == ".log" or entry.name == LOCK_NAME:
+            continue
+        with suppress(OSError):  # gone since the listing
+            stat = entry.lstat()
+            work[entry.name] = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    return work
 
 
 def restore_earlier_config() -> None:
-    """After this run was refused (a wrong setting, bad input) before it wrote anything into its folder: its
-    `.hydra/` goes and the earlier run's, which `KeepEarlierConfig` moved aside, comes back. A run that wrote
-    anything keeps its own, its work's record."""
+    """After this run was refused (a wrong setting, bad input) having changed nothing in its folder but its log:
+    its own `.hydra/` goes and the earlier run's, which `KeepEarlierConfig` moved aside, comes back. A run that
+    changed anything else there keeps its own, the record of what it did."""
     while _set_aside_configs:
         config, (earlier, work) = _set_aside_configs.popitem()
+        if _work_in(config.parent, config.name, earlier.name) != work:
+            continue
         with suppress(OSError):  # the folder is gone, or not ours to change: nothing to give back
-            if _work_in(config.parent) == work:
-                shutil.rmtree(config, ignore_errors=True)
-                earlier.rename(config)
+            shutil.rmtree(config)
+            earlier.rename(config)
 
 
 class KeepEarlierConfig(Callback):
@@ -195,10 +211,12 @@ class KeepEarlierConfig(Callback):
         subdir = config.hydra.output_subdir
         if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
             return
-        work = _work_in(folder.parent)
+        folder = folder.absolute()  # the run may change directory (hydra.job.chdir)
+        work = _work_in(run_dir.absolute(), folder.name) if folder.parent == run_dir.absolute() else None
         with suppress(FileNotFoundError):  # another process of the run moved it first
             earlier = set_aside(folder)
-            _set_aside_configs[folder] = (earlier, work)
+            if work is not None:  # a config in a subfolder of the run folder (output_subdir=a/b) stays aside
+                _set_aside_configs[folder] = (earlier, work)
             log.info("kept the earlier %s as %s", folder, earlier.name)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:

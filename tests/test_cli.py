@@ -1131,18 +1131,25 @@ def hydra_run_config(run_dir: str) -> DictConfig:
     return config
 
 
+@pytest.fixture
+def run_start(monkeypatch):
+    """A command's state when Hydra's run-start hooks run: one process, no Hydra config set (unset again after the
+    test, as is what `KeepEarlierConfig` set aside)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
+    monkeypatch.setattr(run_folder, "_set_aside_configs", {})
+
+
 @pytest.mark.parametrize(("environment", "moved"), [
     ({}, True), ({"RANK": "0"}, True), ({"RANK": "1"}, False), ({"SLURM_PROCID": "2"}, False),
     ({"NODE_RANK": "1"}, False), ({"LOCAL_RANK": "1"}, False),  # a later node's process, a worker Lightning started
 ])
-def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp_path, monkeypatch):
-    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
+def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp_path, monkeypatch, run_start):
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    from hydra.core.hydra_config import HydraConfig
-
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test (the hook sets it)
     (tmp_path / ".hydra").mkdir()
     config = hydra_run_config(str(tmp_path))
     KeepEarlierConfig().on_run_start(config)
@@ -1150,18 +1157,12 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     assert (config.hydra.output_subdir is None) != moved  # the others write no .hydra/ over the earlier run's
 
 
-@pytest.mark.parametrize("work", ["none", "a new folder", "a file replaced"])
-def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(work, tmp_path, monkeypatch):
-    from hydra.core.hydra_config import HydraConfig
-
-    from gru_suite.run_folder import restore_earlier_config
-
-    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # unset again after the test (the hook sets it)
+@pytest.mark.parametrize("work", ["none", "a new folder", "a file replaced", "a file rewritten", "the run ended"])
+def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(work, tmp_path, run_start):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("earlier")
     (tmp_path / "metrics.csv").write_text("epoch\n0\n")
+    (tmp_path / "data.csv").symlink_to(tmp_path / "gone.csv")  # a link to nothing (its own times count)
     config = hydra_run_config(str(tmp_path))
     keeper = KeepEarlierConfig()
     keeper.on_run_start(config)
@@ -1170,13 +1171,35 @@ def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(wor
     (tmp_path / "train.log").write_text("error: ...")
     if work == "a new folder":
         (tmp_path / "checkpoints").mkdir()
-    elif work == "a file replaced":
+    elif work in ("a file replaced", "a file rewritten"):  # at the same modification time (a coarse clock's tick)
         written = (tmp_path / "metrics.csv").stat().st_mtime_ns
-        os.utime(tmp_path / "metrics.csv", ns=(written, written + 10**9))
-    restore_earlier_config()
+        if work == "a file replaced":  # another file under the name: another inode
+            (tmp_path / "metrics.new").write_text("epoch\n0\n")
+            (tmp_path / "metrics.new").replace(tmp_path / "metrics.csv")
+        else:  # another size
+            (tmp_path / "metrics.csv").write_text("epoch\n0\n1\n")
+        os.utime(tmp_path / "metrics.csv", ns=(written, written))
+    elif work == "the run ended":
+        keeper.on_run_end(config)
+    run_folder.restore_earlier_config()
     keeper.on_run_end(config)
     assert (tmp_path / ".hydra" / "config.yaml").read_text() == ("earlier" if work == "none" else "refused")
     assert (tmp_path / ".hydra.1").is_dir() == (work != "none")
+
+
+def test_a_refused_runs_folder_gone_or_a_config_in_a_subfolder_is_left_as_it_is(tmp_path, run_start):
+    (tmp_path / "gone" / ".hydra").mkdir(parents=True)
+    KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path / "gone")))
+    shutil.rmtree(tmp_path / "gone")
+    run_folder.restore_earlier_config()  # nothing to give back, and no error
+    (tmp_path / "run" / "meta" / ".hydra").mkdir(parents=True)
+    config = hydra_run_config(str(tmp_path / "run"))
+    with open_dict(config):
+        config.hydra.output_subdir = "meta/.hydra"
+    KeepEarlierConfig().on_run_start(config)
+    (tmp_path / "run" / "meta" / ".hydra").mkdir()
+    run_folder.restore_earlier_config()
+    assert (tmp_path / "run" / "meta" / ".hydra.1").is_dir()  # the run folder's work is not watched there: kept aside
 
 
 HOLD = """
@@ -1231,13 +1254,10 @@ def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(enviro
     assert OmegaConf.create(outside_a_run).filename == f"out/{log}"
 
 
-def test_the_earlier_config_is_kept_in_the_default_run_folder(tmp_path, monkeypatch):
+def test_the_earlier_config_is_kept_in_the_default_run_folder(tmp_path, monkeypatch, run_start):
     """The default `hydra.run.dir` reads `${hydra:runtime.choices.task}`, which resolves only once Hydra's config
     is set: after the callback's hook, in Hydra's own order."""
-    from hydra.core.hydra_config import HydraConfig
-
     config = hydra_run_config("outputs/${hydra:runtime.choices.task}/the-time")
-    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # a command's state when the hook runs
     monkeypatch.chdir(tmp_path)
     folder = tmp_path / "outputs" / "forecasting" / "the-time"
     (folder / ".hydra").mkdir(parents=True)

@@ -212,6 +212,7 @@ def test_bundled_corpus_is_deterministic_chorales(tmp_path: Path) -> None:
 def test_a_bundled_chorale_stays_in_its_key_and_cadences_every_eight_beats(seed: int, key: int) -> None:
     notes = chorale(seed, key, beats=32, tempo=60.0).instruments[0].notes  # a beat a second
     assert all((note.pitch - key) % 12 in MAJOR for note in notes)  # passing tones too
+
     def bass(beat: float) -> int:
         return min(n.pitch for n in notes if n.start <= beat < n.end)
 
@@ -435,6 +436,8 @@ def test_the_splits_take_their_shares_of_the_pieces() -> None:
     split = split_pieces([np.zeros((i + 1, 128), bool) for i in range(20)], [0.8, 0.1, 0.1], Path("p"))
     assert sorted(len(piece) for part in split.values() for piece in part) == list(range(1, 21))  # each piece once
     assert [len(piece) for piece in split["train"]] != list(range(1, 17))  # a shuffle, not the files' order
+    again = split_pieces([np.zeros((i + 1, 128), bool) for i in range(20)], [0.8, 0.1, 0.1], Path("p"))
+    assert {k: [len(p) for p in v] for k, v in again.items()} == {k: [len(p) for p in v] for k, v in split.items()}
     with pytest.raises(UserError, match=r"p: 20 pieces leave none for training with split \[0.01, 0.1, 0.1\]"):
         sizes([0.01, 0.1, 0.1])
 

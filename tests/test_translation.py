@@ -149,12 +149,15 @@ def test_separate_vocabularies_give_separate_embeddings(bundled: Path, tmp_path:
 def test_the_decoders_first_state_is_the_tanh_of_the_bridged_encoder_state_in_every_layer() -> None:
     torch.manual_seed(0)
     model = Seq2Seq(partial(GRUBackbone, hidden_size=8, num_layers=2), 20, 20, 8).eval()
-    memory = model.encode(*pad_ids([[4, 5, EOS], [6, EOS]]))
     with torch.no_grad():
-        model.bridge.bias.fill_(100.0)  # far past where tanh saturates
+        memory = model.encode(*pad_ids([[4, 5, EOS], [6, EOS]]))
         state = model.initial_state(memory)
-    assert state.shape == (2, 2, 8) and torch.equal(state[0], state[1])
-    torch.testing.assert_close(state, torch.ones_like(state))
+        assert state.shape == (2, 2, 8) and torch.equal(state[0], state[1])  # every layer
+        assert not torch.equal(state[0, 0], state[0, 1])  # each sentence its own
+        bridged = model.bridge(model.encoder.last_hidden(memory.final))
+        torch.testing.assert_close(state[0], torch.tanh(bridged))
+        model.bridge.bias.fill_(-100.0)  # far past where tanh saturates
+        torch.testing.assert_close(model.initial_state(memory), -torch.ones_like(state))
 
 
 def test_tied_and_shared_embeddings_are_one_parameter_with_the_output_layer() -> None:
@@ -644,15 +647,21 @@ def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled:
 
 
 def test_a_sentence_is_complete_once_its_best_live_beam_cannot_beat_its_worst_finished_one() -> None:
-    finished = [decode.Hypothesis([5], torch.zeros(1, 2), -1.0), decode.Hypothesis([6], torch.zeros(1, 2), -3.0)]
-    live, words = torch.tensor([-2.0, -5.0]), torch.tensor([7, EOS])
+    def hypotheses(*scores: float) -> list[decode.Hypothesis]:
+        return [decode.Hypothesis([5], torch.zeros(1, 2), score) for score in scores]
 
-    def complete(kept: list[decode.Hypothesis], early_stopping: bool = False) -> bool:
-        return decode._complete(kept, 2, early_stopping, live, words, steps=4, max_len=10, length_penalty=0.0)
+    def complete(kept: list[decode.Hypothesis], live: list[float], words: list[int], early_stopping: bool = False,
+                 length_penalty: float = 0.0) -> bool:
+        return decode._complete(kept, 2, early_stopping, torch.tensor(live), torch.tensor(words), steps=4, max_len=10,
+                                length_penalty=length_penalty)
 
-    assert not complete(finished)  # -2 could still replace the worst (-3)
-    assert complete(finished[:1] + [decode.Hypothesis([6], torch.zeros(1, 2), -1.5)])  # -2 cannot beat -1.5
-    assert complete(finished, early_stopping=True) and not complete(finished[:1], early_stopping=True)
+    assert not complete(hypotheses(-1.0, -3.0), [-2.0, -5.0], [7, EOS])  # -2 could still replace the worst, -3
+    assert complete(hypotheses(-1.0, -1.5), [-2.0, -5.0], [7, EOS])  # it cannot beat -1.5
+    assert complete(hypotheses(-1.0, -3.0), [-2.0, -5.0], [EOS, 7])  # the -2 beam has ended: -5 is the best live one
+    assert complete(hypotheses(-1.0, -3.0), [-2.0], [7], early_stopping=True)  # early stopping: k finished are enough
+    assert not complete(hypotheses(-1.0), [-2.0], [7], early_stopping=True)
+    # with a length penalty, the live beam might end at max_len: -2 / 10 beats -0.3 (scores divided by length)
+    assert not complete(hypotheses(-0.1, -0.3), [-2.0], [7], length_penalty=1.0)
 
 
 def test_a_long_sentences_alignment_picture_stays_small() -> None:
@@ -665,7 +674,10 @@ def test_a_long_sentences_alignment_picture_stays_small() -> None:
     assert [t.get_text() for t in short.axes[0].get_yticklabels()] == ["v0", "v1", "v2"]
     assert len(short.axes[0].get_xticklabels()) == LABELLED_PIECES and short.axes[0].get_xlabel() == "source"
     small = plot_alignment(source[:6], target[:3], np.full((3, 6), 0.1), "input line 3")
-    assert tuple(small.get_size_inches()) == pytest.approx((3 + 0.35 * 6, 1.5 + 0.35 * 3))  # source across
+    wide, tall = (plot_alignment(source[:s], target[:t], np.full((t, s), 0.1), "input line 3").get_size_inches()
+                  for s, t in ((12, 3), (6, 9)))
+    assert wide[0] > small.get_size_inches()[0] and tall[1] > small.get_size_inches()[1]  # source across, output down
+    assert tuple(wide)[1] == tuple(small.get_size_inches())[1] and tall[0] == small.get_size_inches()[0]
     assert small.axes[0].images[0].get_clim() == (0.0, 1.0)  # weights of 0.1 drawn light, not at full scale
 
 
