@@ -19,19 +19,26 @@ from gru_suite.callbacks import (
     RunFolderCheckpoint,
     carried_best_state,
 )
-from gru_suite.task import StepOutput
+from gru_suite.module import TaskModule
+from gru_suite.task import StepOutput, TaskPlugin
 from gru_suite.testing import compose_train_config
 
 
-def test_the_epoch_training_loss_is_logged_with_its_weight(tmp_path, monkeypatch):
-    """Under DDP Lightning syncs an epoch value logged with `batch_size` as sum(value x weight) / sum(weight) over
-    the processes: logged with the epoch's weight, the training loss is the mean over every process's share."""
+def logging_module(tmp_path, monkeypatch) -> tuple[TaskPlugin, TaskModule, dict[str, tuple[float, dict]]]:
+    """A tiny forecasting task, its module, and what the module logs: name -> (value, keyword arguments)."""
     cfg = compose_train_config("forecasting", TINY, tmp_path)
     task = run.build_task(cfg.task)
     task.datamodule()  # the task learns its data's shape
     module = run.build_module(cfg, task)
     logged: dict[str, tuple[float, dict]] = {}
     monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: (float(value), kwargs)}))
+    return task, module, logged
+
+
+def test_the_epoch_training_loss_is_logged_with_its_weight(tmp_path, monkeypatch):
+    """Under DDP Lightning syncs an epoch value logged with `batch_size` as sum(value x weight) / sum(weight) over
+    the processes: logged with the epoch's weight, the training loss is the mean over every process's share."""
+    _, module, logged = logging_module(tmp_path, monkeypatch)
     module.on_train_epoch_start()
     module._train_loss_sum += 2.0 * 1000  # a loss of 2.0 over a weight of 1,000 (tokens, say)
     module._train_loss_weight += 1000
@@ -44,42 +51,28 @@ def test_the_epoch_training_loss_is_logged_with_its_weight(tmp_path, monkeypatch
 
 @pytest.mark.parametrize("stage", ["train", "val", "test"])
 def test_task_metrics_are_means_over_every_process_share(stage, tmp_path, monkeypatch):
-    cfg = compose_train_config("forecasting", TINY, tmp_path)
-    task = run.build_task(cfg.task)
-    task.datamodule()
-    module = run.build_module(cfg, task)
-    logged: dict[str, dict] = {}
-    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: kwargs}))
+    _, module, logged = logging_module(tmp_path, monkeypatch)
     module._log_metrics(StepOutput(torch.tensor(1.0), 4, {"mse": torch.tensor(0.5)}), stage)
-    assert logged[f"{stage}/mse"]["sync_dist"] and not logged[f"{stage}/mse"]["on_step"]
+    _, kwargs = logged[f"{stage}/mse"]
+    assert kwargs["sync_dist"] and not kwargs["on_step"]
 
 
 @pytest.mark.parametrize(("loss_weight", "weight"), [(torch.tensor(37), 37), (None, 4)])
 def test_the_evaluation_loss_is_a_mean_weighted_by_the_step_loss_weight(loss_weight, weight, tmp_path, monkeypatch):
     """A step's `loss_weight` (tokens, say), else its batch size, weighs its loss in the epoch's `val/loss`."""
-    cfg = compose_train_config("forecasting", TINY, tmp_path)
-    task = run.build_task(cfg.task)
-    task.datamodule()
-    module = run.build_module(cfg, task)
-    logged: dict[str, dict] = {}
-    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: kwargs}))
+    task, module, logged = logging_module(tmp_path, monkeypatch)
     monkeypatch.setattr(task, "step", lambda *args: StepOutput(torch.tensor(1.0), 4, loss_weight=loss_weight))
     module.validation_step(None, 1)  # a later batch: the first's contract checks are the plugin kit's tests
-    assert int(logged["val/loss"]["batch_size"]) == weight
+    assert int(logged["val/loss"][1]["batch_size"]) == weight
 
 
 def test_an_interrupted_validation_pass_leaves_its_metric_names_behind(tmp_path, monkeypatch):
-    cfg = compose_train_config("forecasting", TINY, tmp_path)
-    task = run.build_task(cfg.task)
-    task.datamodule()
-    module = run.build_module(cfg, task)
-    logged: dict[str, float] = {}
-    monkeypatch.setattr(module, "log", lambda name, value, **kwargs: logged.update({name: float(value)}))
+    task, module, logged = logging_module(tmp_path, monkeypatch)
     module._log_metrics(StepOutput(torch.tensor(1.0), 4, {"score": torch.tensor(0.5)}), "val")  # then interrupted
     module.on_validation_epoch_start()  # the next pass, whose steps return no `score`
     monkeypatch.setattr(task, "epoch_end", lambda stage: {"score": 0.75})
     module.on_validation_epoch_end()
-    assert logged["val/score"] == 0.75
+    assert logged["val/score"][0] == 0.75
 
 
 @pytest.mark.parametrize("tested", [True, False])
