@@ -156,6 +156,14 @@ def test_length_buckets_cover_every_item_once_in_similar_lengths(shuffle):
         assert list(sampler) != batches  # a new order each epoch
 
 
+def test_unshuffled_length_buckets_are_one_pool_in_length_order_and_drop_last_drops_the_short_batch():
+    lengths = [5, 1, 4, 2, 3, 9, 7]
+    sampler = LengthBucketSampler(range(7), 3, lengths=lengths)
+    assert list(sampler) == [[1, 3, 4], [2, 0, 6], [5]] and len(sampler) == 3
+    dropping = LengthBucketSampler(range(7), 3, drop_last=True, lengths=lengths)
+    assert list(dropping) == [[1, 3, 4], [2, 0, 6]] and len(dropping) == 2
+
+
 def test_length_buckets_are_shuffled_anew_each_epoch_over_a_fixed_item_order():
     lengths = [(i * 37) % 101 for i in range(200)]
     sampler = LengthBucketSampler(range(200), 8, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
