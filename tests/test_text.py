@@ -111,6 +111,7 @@ def test_read_lines_plain_and_gzip(tmp_path):
     (b"one\rtwo\r", ["one", "two"]),  # old Mac line ends, in a file without any "\n"
     (b"one \r two", ["one \r two"]),  # one line, without an end
     (b"one\n\nlast", ["one", "", "last"]),
+    (b"one\n\n", ["one", ""]),  # an empty last line is a line
 ])
 def test_lines_end_at_line_feeds(tmp_path, data, lines):
     (path := tmp_path / "a.txt").write_bytes(data)
