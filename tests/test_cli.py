@@ -492,9 +492,9 @@ def test_a_finished_run_resumed_from_an_older_checkpoint_of_its_folder_keeps_its
 
 
 def test_a_resumed_cosine_schedule_follows_the_new_epoch_count(tmp_path):
-    quiet = ["scheduler=cosine", "test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
-    again = [*TINY, *quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
+    quiet = [*QUIET, "scheduler=cosine"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2"], tmp_path / "a"))
+    again = [*quiet, "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"]
     resumed = compose_train_config("forecasting", again, tmp_path / "a")  # on in the same folder
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -545,11 +545,10 @@ def test_a_schedule_saved_by_another_torch_release_keeps_its_progress():
 
 
 def test_resume_in_a_copied_run_folder_keeps_tracking_its_checkpoints(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path / "a"))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=1"], tmp_path / "a"))
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", f"ckpt_path={last}"],
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=3", f"ckpt_path={last}"],
                                    tmp_path / "b"))
     files = sorted(path.name for path in last.parent.iterdir())
     assert files[-1] == "last.ckpt" and len(files) == 2 and files[0].startswith("best-"), files  # no last-v1.ckpt
@@ -751,8 +750,8 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run
     (tmp_path / "predictions").mkdir()
     (tmp_path / "predictions" / "forecast.csv").write_text("its artifacts\n")
     earlier = sorted(path.name for path in (tmp_path / "checkpoints").iterdir())
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "trainer.max_epochs=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet], tmp_path))
+    quiet = [*QUIET, "trainer.max_epochs=1"]
+    run.train(compose_train_config("forecasting", quiet, tmp_path))
     assert sorted(path.name for path in (tmp_path / "checkpoints.1").iterdir()) == earlier
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 0  # this run's
@@ -764,8 +763,8 @@ def test_a_fresh_run_into_a_folder_with_checkpoints_moves_them_aside(trained_run
 def test_a_restart_with_ckpt_path_last_that_finds_no_last_checkpoint_moves_earlier_ones_aside(trained_run, tmp_path):
     (tmp_path / "checkpoints").mkdir()
     shutil.copy(trained_run / "checkpoints" / "last.ckpt", tmp_path / "checkpoints" / "best-007.ckpt")  # killed early
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "trainer.max_epochs=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "ckpt_path=last"], tmp_path))
+    quiet = [*QUIET, "trainer.max_epochs=1"]
+    run.train(compose_train_config("forecasting", [*quiet, "ckpt_path=last"], tmp_path))
     assert [path.name for path in (tmp_path / "checkpoints.1").iterdir()] == ["best-007.ckpt"]
     assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["best-000.ckpt", "last.ckpt"]
 
@@ -863,12 +862,11 @@ def test_a_fresh_run_moves_an_earlier_runs_files_aside_before_it_trains_whatever
 
 
 def test_a_finished_run_resumed_into_a_new_folder_can_be_resumed_there_again(trained_run, tmp_path):
-    quiet = [*TINY, "test_after_training=false", "predict_after_training=false", "threads=1"]
     source = trained_run / "checkpoints" / "last.ckpt"
-    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2", f"ckpt_path={source}"], tmp_path))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2", f"ckpt_path={source}"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=False)["global_step"] == torch.load(source, weights_only=False)["global_step"]
-    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=3", "ckpt_path=last"], tmp_path))
     assert torch.load(last, weights_only=False)["epoch"] == 2 and not (tmp_path / "checkpoints.1").exists()
 
 
@@ -917,7 +915,7 @@ def test_a_checkpoint_a_killed_run_did_not_finish_writing_is_removed_by_the_next
     (checkpoints / ".best-000.ckpt.1sftr_fu.ckpt").write_bytes(b"half")
     (checkpoints / ".notes.txt").write_text("a user's")
     assert unfinished_writes(checkpoints) == [checkpoints / ".best-000.ckpt.1sftr_fu.ckpt"]
-    quiet = [*TINY, "threads=1", "test_after_training=false", "predict_after_training=false", "trainer.max_epochs=1"]
+    quiet = [*QUIET, "trainer.max_epochs=1"]
     run.train(compose_train_config("forecasting", quiet, tmp_path))
     assert not (checkpoints / ".best-000.ckpt.1sftr_fu.ckpt").exists() and (checkpoints / ".notes.txt").exists()
 
@@ -932,8 +930,7 @@ def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):
 
 
 def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path / "a"))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     checkpoint = torch.load(last, weights_only=False)
     key = next(key for key in checkpoint["callbacks"] if key.startswith("ModelCheckpoint{"))
@@ -941,7 +938,7 @@ def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
     best = state["best_model_path"]
     state["best_model_score"] = state["best_k_models"][best] = torch.tensor(1e-9)  # an epoch no later one beats
     torch.save(checkpoint, last)
-    metrics = run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3",
+    metrics = run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=3",
                                                              f"ckpt_path={last}"], tmp_path / "b"))
     carried = tmp_path / "b" / "checkpoints" / Path(best).name
     assert sorted(path.name for path in carried.parent.iterdir()) == [carried.name, "last.ckpt"]
@@ -954,8 +951,7 @@ def test_a_copied_run_folder_without_its_best_checkpoint_resumes_into_its_own_la
     copy = shutil.copytree(trained_run, tmp_path / "copy")
     for best in (copy / "checkpoints").glob("best-*.ckpt"):
         best.unlink()  # the copied last.ckpt names the original folder's best, which is carried over
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", "ckpt_path=last"], copy))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=3", "ckpt_path=last"], copy))
     names = sorted(path.name for path in (copy / "checkpoints").iterdir())
     assert names[-1] == "last.ckpt" and all(name.startswith("best-") for name in names[:-1])  # no last-v1.ckpt
     assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2
@@ -963,11 +959,11 @@ def test_a_copied_run_folder_without_its_best_checkpoint_resumes_into_its_own_la
 
 @pytest.mark.parametrize("scheduler", ["none", "cosine"])
 def test_resuming_with_another_learning_rate_uses_it(scheduler, tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", f"scheduler={scheduler}"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.lr=0.01", "trainer.max_epochs=1"],
+    quiet = [*QUIET, f"scheduler={scheduler}"]
+    run.train(compose_train_config("forecasting", [*quiet, "optimizer.lr=0.01", "trainer.max_epochs=1"],
                                    tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.lr=0.001", "trainer.max_epochs=2",
+    run.train(compose_train_config("forecasting", [*quiet, "optimizer.lr=0.001", "trainer.max_epochs=2",
                                                    f"ckpt_path={last}"], tmp_path))
     checkpoint = torch.load(last, weights_only=False)
     (group,) = checkpoint["optimizer_states"][0]["param_groups"]
@@ -990,12 +986,12 @@ def test_a_run_resumed_without_its_schedule_trains_at_optimizer_lr(tmp_path):
 
 
 def test_a_resumed_plateau_schedule_sees_the_checkpoints_epoch(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=plateau"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path))
+    quiet = [*QUIET, "scheduler=plateau"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=2"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     first = torch.load(last, weights_only=False)
     assert first["lr_schedulers"][0]["last_epoch"] == 1  # saved before Lightning steps it with epoch 1's value
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=3", f"ckpt_path={last}"],
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=3", f"ckpt_path={last}"],
                                    tmp_path))
     schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
     assert schedule["last_epoch"] == 2  # epochs 0 and 1, as an uninterrupted run's at this point
@@ -1028,9 +1024,8 @@ def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(t
 
 
 def test_resuming_from_a_moved_aside_checkpoint_tracks_its_best_checkpoint(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=2"], tmp_path))
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path))  # afresh
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2"], tmp_path))
+    run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=1"], tmp_path))  # afresh
     last = tmp_path / "checkpoints.1" / "last.ckpt"  # the first run's, moved aside
     checkpoint = torch.load(last, weights_only=False)
     state = next(value for key, value in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint{"))
@@ -1045,36 +1040,35 @@ def test_resuming_from_a_moved_aside_checkpoint_tracks_its_best_checkpoint(tmp_p
 
 
 def test_a_schedule_of_another_kind_starts_afresh_on_resume(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=plateau", "trainer.max_epochs=1"],
+    run.train(compose_train_config("forecasting", [*QUIET, "scheduler=plateau", "trainer.max_epochs=1"],
                                    tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     cut = torch.load(last, weights_only=False)
     cut["optimizer_states"][0]["param_groups"][0]["lr"] = 1.25e-4  # as the plateau would after cuts
     torch.save(cut, last)
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=cosine", "trainer.max_epochs=3",
+    run.train(compose_train_config("forecasting", [*QUIET, "scheduler=cosine", "trainer.max_epochs=3",
                                                    f"ckpt_path={last}"], tmp_path))
     schedule = torch.load(last, weights_only=False)["lr_schedulers"][0]
     assert schedule["T_max"] == 3 and "patience" not in schedule  # a cosine state, not a hybrid with the plateau's
     assert schedule["base_lrs"] == pytest.approx([1e-3])  # optimizer.lr, not the plateau's last rate
     assert schedule["last_epoch"] == 2  # started with the resumed run's two epochs
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "scheduler=none", "trainer.max_epochs=4",
+    run.train(compose_train_config("forecasting", [*QUIET, "scheduler=none", "trainer.max_epochs=4",
                                                    f"ckpt_path={last}"], tmp_path))
     (group,) = torch.load(last, weights_only=False)["optimizer_states"][0]["param_groups"]
     assert group["lr"] == pytest.approx(1e-3)  # no schedule: the base rate, not the cosine's last (0 at its end)
 
 
 def test_a_resumed_run_takes_this_runs_optimizer_settings(tmp_path):
-    quiet = ["test_after_training=false", "predict_after_training=false", "threads=1", "scheduler=none"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "trainer.max_epochs=1"], tmp_path))
+    quiet = [*QUIET, "scheduler=none"]
+    run.train(compose_train_config("forecasting", [*quiet, "trainer.max_epochs=1"], tmp_path))
     last = tmp_path / "checkpoints" / "last.ckpt"
     steps = torch.load(last, weights_only=False)["global_step"]
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer.weight_decay=0.1", "optimizer.lr=2e-3",
+    run.train(compose_train_config("forecasting", [*quiet, "optimizer.weight_decay=0.1", "optimizer.lr=2e-3",
                                                    "trainer.max_epochs=2", f"ckpt_path={last}"], tmp_path))
     optimizer = torch.load(last, weights_only=False)["optimizer_states"][0]
     assert optimizer["param_groups"][0]["weight_decay"] == 0.1 and optimizer["param_groups"][0]["lr"] == 2e-3
     assert {float(state["step"]) for state in optimizer["state"].values()} == {2 * steps}  # Adam's moments kept
-    run.train(compose_train_config("forecasting", [*TINY, *quiet, "optimizer=adamw", "optimizer.lr=2e-3",
+    run.train(compose_train_config("forecasting", [*quiet, "optimizer=adamw", "optimizer.lr=2e-3",
                                                    "trainer.max_epochs=3", f"ckpt_path={last}"], tmp_path))
     optimizer = torch.load(last, weights_only=False)["optimizer_states"][0]
     assert optimizer["param_groups"][0]["weight_decay"] == 1e-2  # adamw's, not the checkpoint's 0.1
