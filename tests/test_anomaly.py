@@ -123,7 +123,8 @@ def test_anomaly_stream_equals_batch_flagging(settings):
     with torch.no_grad():
         raw = model.raw_scores(torch.from_numpy(scaler.transform(values))[None])[0].numpy()
     batch = Flagger(**settings, likelihood=likelihood).run(raw, probation, values)
-    np.testing.assert_allclose([s for s, _ in online][probation - 1:], batch.score[probation - 1:], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose([s for s, _ in online][probation - 1:], batch.score[probation - 1:],
+                               rtol=1e-4, atol=1e-5)
     np.testing.assert_array_equal([f for _, f in online], batch.flags)
     assert not batch.flags[:probation].any() and batch.flags[300]
 
@@ -954,7 +955,8 @@ def test_a_checkpoint_names_the_value_columns_it_reads(tmp_path):
 
 @pytest.mark.parametrize("overrides, sample, rows", [
     ([], 0, range(199)),  # the whole series but its last row, which nothing is predicted from
-    (["task.detector.retrain.every=20", "task.detector.retrain.steps=2"], 0, range(120)),  # the probation's 100 rows and 20 more, up to a fine-tune
+    # the probation's 100 rows and 20 more, up to a fine-tune
+    (["task.detector.retrain.every=20", "task.detector.retrain.steps=2"], 0, range(120)),
     (["task.detector.kind=autoencoder", "task.detector.window=8"], 3, range(3, 11)),  # the window at sample 3
     (["task.detector.kind=autoencoder", "task.detector.window=8", "task.detector.retrain.every=20",
       "task.detector.retrain.steps=2"], 3, range(3, 11)),

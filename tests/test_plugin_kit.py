@@ -88,7 +88,8 @@ def test_example_plugin_trains_from_the_cli(tmp_path: Path) -> None:
     result = subprocess.run(
         [exe, "task=running_mean", "trainer.max_epochs=2", "trainer.accelerator=cpu", *TINY_EXAMPLE,
          f"hydra.run.dir={tmp_path}"],
-        cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300,
+        cwd=tmp_path, env={**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

@@ -273,7 +273,8 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     assert read_table(tsv_path, ["sentence", "label"]) == [(2, ['it "works', "1"])]
     tsv_path.write_text("sentence\tlabel\t\nfine\t1\t\t\n", encoding="utf-8")  # trailing tabs
     assert read_table(tsv_path, ["sentence", "label"]) == [(2, ["fine", "1"])]
-    with pytest.raises(UserError, match=r"reviews\.csv:1: no column 'review'; the columns are \['id', 'text', 'label'\]"):
+    columns = r"\['id', 'text', 'label'\]"
+    with pytest.raises(UserError, match=rf"reviews\.csv:1: no column 'review'; the columns are {columns}"):
         read_table(csv_path, ["review"])
     gz_path = tmp_path / "glue.TSV.gz"  # gzipped, upper case: still tab-separated
     gz_path.write_bytes(gzip.compress("sentence\tlabel\na, b\t1\n".encode("utf-8")))

@@ -52,7 +52,8 @@ def test_read_series(tmp_path):
         ("t,a\n1,2\n2,x\n", ["a"], r"line 3, column 'a': expected a finite number, got 'x'"),
         ("t,a\n1,2\n2,3\n3,-inf\n", ["a"], r"line 4, column 'a': expected a finite number, got '-inf'"),
         # finite as read, infinite as the 32-bit float it is held as
-        ("t,a\n1,2\n2,1e40\n", ["a"], r"line 3, column 'a': expected a number of at most 3.4e\+38 in size .*got '1e\+40'"),
+        ("t,a\n1,2\n2,1e40\n", ["a"],
+         r"line 3, column 'a': expected a number of at most 3.4e\+38 in size .*got '1e\+40'"),
         ("t,a\n1,true\n2,false\n", ["a"], r"line 2, column 'a': expected numbers, got true/false values"),
         ("t,a\n1,\n2,true\n3,false\n", ["a"], r"line 3, column 'a': expected numbers, got true/false values"),
         ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),

@@ -210,13 +210,16 @@ class RollRepresentation(Representation):
         data = self.cfg.data
         self.state.setdefault("steps_per_beat", int(data.steps_per_beat))
         if "low" in self.state:  # restored: read the pieces only if training or testing asks for them
-            load: Callable[[], dict[str, list[Tensor]]] = lambda: self._ranged(self._read())
+            def load() -> dict[str, list[Tensor]]:
+                return self._ranged(self._read())
         else:
             corpus = self._read()
             low, high = pitch_bounds(corpus, data.path) if data.pitch_range == "data" else PIANO_RANGE
             self.state.update(low=low, high=high)
             ranged = self._ranged(corpus)
-            load = lambda: ranged  # noqa: E731
+
+            def load() -> dict[str, list[Tensor]]:
+                return ranged
         self.read_primer()
         return MusicData(load, self.cfg.generate.pieces, data.batch_size, data.get("crop_steps"),
                          data.transpose, data.get("num_workers", 0))
