@@ -16,13 +16,16 @@ from gru_suite.config import (
     CONF_DIR,
     RUN_NUMBERS,
     RUN_REQUIRED,
+    bundled_data_dir,
     check_run_settings,
     lacks,
     raise_all,
     register_resolvers,
     unset_required,
     unused_backbone_settings,
+    wrong_determinism,
     wrong_numbers,
+    wrong_ranges,
     wrong_switches,
     wrong_unset,
 )
@@ -492,9 +495,9 @@ def test_a_tasks_ranges_are_named_with_its_numbers_and_stored_as_numbers():
 
 
 def test_a_quoted_true_or_false_is_a_switch():
-    cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False"}}})
-    assert wrong_switches(cfg, ["task.model.bidirectional"]) == []
-    assert cfg.task.model.bidirectional is False
+    cfg = OmegaConf.create({"task": {"name": "sentiment", "model": {"bidirectional": "False", "tied": " True "}}})
+    assert wrong_switches(cfg, ["task.model.bidirectional", "task.model.tied"]) == []
+    assert cfg.task.model.bidirectional is False and cfg.task.model.tied is True
     cfg.task.model.bidirectional = None  # null is off: nn.GRU(bidirectional=None) was a TypeError at the first batch
     assert wrong_switches(cfg, ["task.model.bidirectional", "task.model.absent"]) == []
     assert cfg.task.model.bidirectional is False and "absent" not in cfg.task.model
@@ -502,9 +505,45 @@ def test_a_quoted_true_or_false_is_a_switch():
 
 
 def test_a_whole_number_in_text_is_a_number_other_text_is_not():
-    cfg = OmegaConf.create({"seed": "7", "threads": "1.5"})
-    assert wrong_numbers(cfg, (("seed", int, 0),)) == [] and cfg.seed == 7
+    cfg = OmegaConf.create({"seed": "7", "threads": "1.5", "epochs": "-1", "steps": " +3"})
+    assert wrong_numbers(cfg, (("seed", int, 0), ("epochs", int, -1), ("steps", int, 0))) == []
+    assert (cfg.seed, cfg.epochs, cfg.steps) == (7, -1, 3)
     assert wrong_numbers(cfg, (("threads", int, 0),)) == ["threads must be an integer, got '1.5'"]
+
+
+def test_true_or_false_is_not_a_number():
+    cfg = OmegaConf.create({"lr": True, "layers": False})
+    assert wrong_numbers(cfg, (("lr", float, 0), ("layers", int, 0))) == [
+        "lr must be a finite number, got True", "layers must be an integer, got False"]
+
+
+def test_a_number_at_its_largest_allowed_value_is_taken_one_above_it_is_named():
+    fields = (("seed", int, 0, 2**32 - 1), ("quantile", float, 0, 1))
+    cfg = OmegaConf.create({"seed": 2**32 - 1, "quantile": 1})
+    assert wrong_numbers(cfg, fields) == [] and (cfg.seed, cfg.quantile) == (2**32 - 1, 1.0)
+    cfg = OmegaConf.create({"seed": 2**32, "quantile": 1.5})
+    assert wrong_numbers(cfg, fields) == ["seed must be between 0 and 4294967295, got 4294967296",
+                                          "quantile must be between 0 and 1, got 1.5"]
+
+
+def test_a_null_range_is_named_unless_null_is_allowed():
+    fields = (("data.words", int, 1, False), ("data.pause_s", float, 0, True))
+    cfg = OmegaConf.create({"data": {"words": None, "pause_s": None}})
+    assert wrong_ranges(cfg, fields, "task.") == [
+        "task.data.words must be [low, high], ints with 1 <= low <= high, got null"]
+
+
+@pytest.mark.parametrize(("value", "stored"), [("warn", "warn"), (" WARN", "warn"), ("True", True), ("false", False)])
+def test_determinism_in_any_case_is_stored_as_lightning_reads_it(value, stored):
+    cfg = OmegaConf.create({"trainer": {"deterministic": value}})
+    assert wrong_determinism(cfg) == [] and cfg.trainer.deterministic == stored
+
+
+def test_the_data_folder_is_gru_suite_data_dir_when_set(tmp_path, monkeypatch):
+    monkeypatch.delenv("GRU_SUITE_DATA_DIR", raising=False)
+    assert compose_train_config("forecasting", [], tmp_path).paths.data_dir == str(bundled_data_dir())
+    monkeypatch.setenv("GRU_SUITE_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert compose_train_config("forecasting", [], tmp_path).paths.data_dir == str(tmp_path / "elsewhere")
 
 
 def test_every_config_folder_ships_in_the_wheel():

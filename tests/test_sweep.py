@@ -17,13 +17,13 @@ from gru_suite.metrics_file import read_metrics, write_metrics
 from gru_suite.sweep import LAUNCH_FORMAT, SweepSummary, ranked, summary_csv, sweep_jobs
 
 
-def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None, mode: str = "max",
-         task: str = "sentiment") -> None:
+def _job(sweep: Path, name: str, overrides: list[str], metrics: dict[str, float] | None,
+         mode: str | None = "max", task: str = "sentiment") -> None:
     folder = sweep / name / ".hydra"
     folder.mkdir(parents=True)
     OmegaConf.save(OmegaConf.create(overrides), folder / "overrides.yaml")
-    OmegaConf.save(OmegaConf.create({"task": {"name": task, "monitor": "val/f1", "monitor_mode": mode}}),
-                   folder / "config.yaml")
+    monitoring = {"monitor": "val/f1"} if mode is None else {"monitor": "val/f1", "monitor_mode": mode}
+    OmegaConf.save(OmegaConf.create({"task": {"name": task, **monitoring}}), folder / "config.yaml")
     if metrics is not None:
         (sweep / name / "metrics.json").write_text(json.dumps(metrics))
     else:  # a failed job: gru_suite.cli writes its error
@@ -85,6 +85,21 @@ def test_a_sweep_without_a_finite_score_names_no_best_job(tmp_path, caplog):
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert "(not ranked: no job recorded a finite value of its monitored metric)" in caplog.text
     assert "best:" not in caplog.text and "Logging error" not in caplog.text
+
+
+def test_a_job_config_without_a_monitor_mode_is_ranked_lowest_first(tmp_path):
+    _job(tmp_path, "0_sentiment", ["seed=1"], {"val/f1": 0.5}, mode=None)
+    _job(tmp_path, "1_sentiment", ["seed=2"], {"val/f1": 0.25}, mode=None)
+    assert [job.folder.name for job in ranked(sweep_jobs(tmp_path))] == ["1_sentiment", "0_sentiment"]
+
+
+def test_a_metrics_file_written_in_its_jobs_first_clock_tick_is_the_jobs(tmp_path):
+    _job(tmp_path, "0_sentiment", ["seed=1"], {"val/f1": 0.5})
+    started = (tmp_path / "0_sentiment" / ".hydra" / "overrides.yaml").stat().st_mtime_ns
+    os.utime(tmp_path / "0_sentiment" / "metrics.json", ns=(started, started))
+    assert sweep_jobs(tmp_path, 0)[0].metrics == {"val/f1": 0.5}
+    os.utime(tmp_path / "0_sentiment" / "metrics.json", ns=(started - 1, started - 1))  # an earlier run's
+    assert sweep_jobs(tmp_path, 0)[0].metrics == {}
 
 
 def test_a_rerun_into_a_sweep_folder_reads_only_what_this_sweep_wrote(tmp_path):

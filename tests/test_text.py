@@ -165,6 +165,34 @@ def test_unshuffled_length_buckets_are_one_pool_in_length_order_and_drop_last_dr
     assert list(dropping) == [[1, 3, 4], [2, 0, 6]] and len(dropping) == 2
 
 
+def test_shuffled_length_buckets_sort_each_pool_of_pool_batches_batches():
+    lengths = [5, 0, 1, 2, 3, 4] * 4  # each pool of 6 sorted puts its first item last
+    sampler = LengthBucketSampler(range(24), 2, lengths=lengths, shuffle_batches=True, pool_batches=3)
+    expected = [batch for s in range(0, 24, 6) for batch in ((s + 1, s + 2), (s + 3, s + 4), (s + 5, s))]
+    assert sorted(map(tuple, sampler)) == sorted(expected) and len(sampler) == 12
+
+
+def test_unshuffled_length_buckets_of_more_than_a_pools_items_stay_one_pool():
+    lengths = torch.randperm(500, generator=torch.Generator().manual_seed(0)).tolist()
+    sampler = LengthBucketSampler(range(500), 4, lengths=lengths)  # 50 batches of 4 would be a shuffled pool
+    assert [i for batch in sampler for i in batch] == sorted(range(500), key=lengths.__getitem__)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_length_buckets_of_no_items_are_no_batches(shuffle):
+    sampler = LengthBucketSampler(range(0), 4, lengths=[], shuffle_batches=shuffle)
+    assert list(sampler) == [] and len(sampler) == 0
+
+
+def test_a_length_bucket_loader_started_at_an_epoch_draws_that_epochs_batches_first():
+    items, lengths = Numbers(torch.arange(40)), [i % 7 for i in range(40)]
+    fresh = length_bucket_loader(items, lengths, 4, shuffle=True, seed=5)
+    epochs = [list(fresh.batch_sampler) for _ in range(3)]
+    assert epochs[0] != epochs[2]
+    resumed = length_bucket_loader(items, lengths, 4, shuffle=True, seed=5, epoch=2)  # no set_epoch before it draws
+    assert list(resumed.batch_sampler) == epochs[2]
+
+
 def test_length_buckets_are_shuffled_anew_each_epoch_over_a_fixed_item_order():
     lengths = [(i * 37) % 101 for i in range(200)]
     sampler = LengthBucketSampler(range(200), 8, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
