@@ -4,7 +4,8 @@ run left beside them)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytorch_lightning as pl
 
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
+from gru_suite.run_folder import set_aside
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +23,13 @@ def write_artifacts(
     predictions: list[Any] | None = None, ckpt_path: str | None = None,
 ) -> list[Path]:
     """Let the task write its artifacts into `out_dir`: of `predictions`, else of running prediction now (with the
-    weights of `ckpt_path`, when given)."""
+    weights of `ckpt_path`, when given); they move in once all are written, beside an earlier run's
+    (`written_in_place`)."""
     if predictions is None:
         predictions = trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path) or []
     earlier = files_near(out_dir)
-    paths = module.task.write_predictions(predictions, datamodule, out_dir)
-    if not isinstance(paths, (list, tuple)):
-        raise UserError(f"task {module.task.cfg.get('name')!r}: write_predictions returned a {type(paths).__name__}; "
-                        "it must return the list of paths it wrote")
-    if missing := [str(path) for path in paths if not Path(path).is_file()]:
-        raise UserError(f"task {module.task.cfg.get('name')!r}: write_predictions returned {len(missing)} path(s) it "
-                        f"did not write: {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    paths = written_in_place(Path(out_dir), lambda staging: checked_paths(
+        module.task.write_predictions(predictions, datamodule, staging), module.task.cfg.get("name")))
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
     if stale := stale_artifacts(earlier, paths):
@@ -39,6 +37,42 @@ def write_artifacts(
                     "run: %s (delete them, or choose another hydra.run.dir)", out_dir, len(stale),
                     "; ".join(artifact_lines(stale)))
     return paths
+
+
+def checked_paths(paths: Any, task: str | None) -> list[Path]:
+    """What a task's `write_predictions` returned, checked to be a list of the paths of files it wrote."""
+    if not isinstance(paths, (list, tuple)):
+        raise UserError(f"task {task!r}: write_predictions returned a {type(paths).__name__}; it must return the "
+                        "list of paths it wrote")
+    if missing := [str(path) for path in paths if not Path(path).is_file()]:
+        raise UserError(f"task {task!r}: write_predictions returned {len(missing)} path(s) it did not write: "
+                        f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
+    return [Path(path) for path in paths]
+
+
+STAGING = ".artifacts.partial"
+"""The hidden folder in an artifact folder where files are written before they move in (`written_in_place`)."""
+
+
+def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
+    """Let `write(folder)` write files into a hidden folder in `out_dir` and return their paths; then move each
+    entry it made into `out_dir`, an earlier file or folder of its name set aside (`forecast.csv` to
+    `forecast.1.csv`), and return the paths as they are named there. So the files appear together, once all are
+    written, and never over an earlier run's."""
+    staging = out_dir / STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # a killed run's, never complete
+    staging.mkdir(parents=True)
+    try:
+        written, staged = write(staging), staging.resolve()
+        placed = [out_dir / path.resolve().relative_to(staged) if path.resolve().is_relative_to(staged) else path
+                  for path in written]
+        for entry in sorted(staging.iterdir()):
+            if (place := out_dir / entry.name).exists() or place.is_symlink():
+                log.info("kept the earlier %s as %s", place, set_aside(place).name)
+            entry.rename(place)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return placed
 
 
 def files_near(folder: Path) -> set[Path]:

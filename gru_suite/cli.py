@@ -206,7 +206,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from gru_suite.run_folder import checkpoint_folder, restore_earlier_config
+        from gru_suite.run_folder import checkpoint_folder, restore_earlier_work
 
         _warn_undeclared_settings(cfg)
         try:
@@ -227,7 +227,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 print(f"error: {user_error}", file=sys.stderr)
                 _log_to_run_files(f"error: {user_error}")
                 if not sweep:
-                    restore_earlier_config()
+                    restore_earlier_work()
                     sys.exit(2)
                 if isinstance(user_error, DivergedRun):  # a result for the sweep: the worst, whatever it scored
                     return math.inf if cfg.task.get("monitor_mode", "min") == "min" else -math.inf
@@ -425,13 +425,20 @@ def _ensemble_paths(cfg: Any) -> list[str]:
 
 def _gates_body(cfg: Any) -> None:
     from gru_suite.gates import plot_model_gates
-    from gru_suite.artifacts import artifact_lines
+    from gru_suite.artifacts import artifact_lines, written_in_place
     from gru_suite.run import apply_threads
 
     module = _restore(cfg, numbers=(("sample", int, 0),))  # names wrong settings as train, eval and predict do
     apply_threads(cfg)
     log = logging.getLogger("gru_suite.gates")  # as train and predict do, into gates.log too
-    view, paths = plot_model_gates(module, cfg.paths.output_dir, sample=cfg.sample)
+    view = None
+
+    def plot(folder: Path) -> list[Path]:
+        nonlocal view
+        view, paths = plot_model_gates(module, folder, sample=cfg.sample)
+        return paths
+
+    paths = written_in_place(Path(cfg.paths.output_dir), plot)  # beside an earlier run's, never over them
     log.info("sample %d is %s", cfg.sample, view.title if view is not None else
              f"sequence {cfg.sample} of the prediction data (the task does not describe its sequences)")
     for line in artifact_lines(paths):

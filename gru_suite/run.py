@@ -68,7 +68,7 @@ from gru_suite.resume import (
     warn_of_a_dropped_weight_average,
     warn_of_another_monitor,
 )
-from gru_suite.run_folder import checkpoint_folder, first_process, set_aside
+from gru_suite.run_folder import checkpoint_folder, first_process, move_aside, set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule, wrong_task_settings
 
 log = logging.getLogger(__name__)
@@ -438,7 +438,7 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     for earlier in (out_dir / "metrics.json", out_dir / "predictions"):  # its figures and artifacts
         beside = earlier.with_name(f"{earlier.stem}{kept.suffix}{earlier.suffix}")  # checkpoints.N/: metrics.N.json
         if earlier.exists():  # as checkpoints.N/, unless that name is taken (predictions.N/ of a resumed run)
-            kept_as = set_aside(earlier) if beside.exists() else earlier.rename(beside)
+            kept_as = set_aside(earlier) if beside.exists() else move_aside(earlier, beside)
             log.info("kept the earlier run's %s as %s", earlier, kept_as.name)
 
 
@@ -614,8 +614,10 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
-    if trainer.is_global_zero:  # the metrics every process holds, written once
-        write_metrics(metrics, Path(cfg.paths.output_dir) / "test_metrics.json")
+    if trainer.is_global_zero:  # the metrics every process holds, written once, beside an earlier eval's
+        if (path := Path(cfg.paths.output_dir) / "test_metrics.json").exists():
+            log.info("kept the earlier %s as %s", path, set_aside(path).name)
+        write_metrics(metrics, path)
     return metrics
 
 

@@ -32,8 +32,19 @@ def checkpoint_folder(cfg: DictConfig) -> Path:
 
 def set_aside(path: Path) -> Path:
     """Rename `path` to the first free `<stem>.N<suffix>` (N = 1, 2, ...) beside it; returns the new path."""
-    kept = next(new for n in count(1) if not (new := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists())
+    return move_aside(path, next(new for n in count(1)
+                                 if not (new := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists()))
+
+
+_moved_aside: list[tuple[Path, Path]] = []
+"""What this process moved aside (`move_aside`) during its run: (the place, where it went), absolute, in order."""
+
+
+def move_aside(path: Path, kept: Path) -> Path:
+    """Rename an earlier run's `path` to `kept`, remembered so that a refused run gives it back
+    (`restore_earlier_work`); returns `kept`."""
     path.rename(kept)
+    _moved_aside.append((path.absolute(), kept.absolute()))
     return kept
 
 
@@ -152,9 +163,9 @@ def _exit_without_task() -> NoReturn:
 Work = dict[str, tuple[int, int, int]]
 """A run folder's entries, each with its inode, size and modification time (`_work_in`)."""
 
-_set_aside_configs: dict[Path, tuple[Path, Work]] = {}
-"""This run's config folder (`.hydra/`, absolute) -> where `KeepEarlierConfig` moved the earlier run's, and the run
-folder's work then."""
+_run_start: tuple[Path, Work, tuple[str, ...], Path | None] | None = None
+"""This process's run folder (absolute) with its work when the run started (`KeepEarlierConfig`), the entry there
+not counted as work (the one holding the composed config) and the config folder (`.hydra/`)."""
 
 
 def _work_in(run_dir: Path, *skipped: str) -> Work | None:
@@ -175,24 +186,47 @@ def _work_in(run_dir: Path, *skipped: str) -> Work | None:
     return work
 
 
-def restore_earlier_config() -> None:
-    """After this run was refused (a wrong setting, bad input) having changed nothing in its folder but its log:
-    its own `.hydra/` goes and the earlier run's, which `KeepEarlierConfig` moved aside, comes back. A run that
-    changed anything else there keeps its own, the record of what it did."""
-    while _set_aside_configs:
-        config, (earlier, work) = _set_aside_configs.popitem()
-        if _work_in(config.parent, config.name, earlier.name) != work:
-            continue
-        with suppress(OSError):  # the folder is gone, or not ours to change: nothing to give back
-            shutil.rmtree(config)
-            earlier.rename(config)
+def restore_earlier_work() -> None:
+    """After this run was refused (a wrong setting, bad input) having written nothing of its own in its folder but
+    its log, its config and empty folders: what it moved aside there (`move_aside`: the earlier run's `.hydra/`,
+    checkpoints, metrics, artifacts) comes back in their place. A run that wrote anything else keeps its own, the
+    record of what it did, and the earlier run's stays aside."""
+    moved, start = list(_moved_aside), _run_start
+    _moved_aside.clear()
+    if start is None or not moved:
+        return
+    run_dir, work, skipped, config = start
+    expected = dict(work)
+    for place, kept in moved:
+        if place.parent == run_dir and kept.parent == run_dir and place.name in expected:
+            expected[kept.name] = expected.pop(place.name)
+    now = _work_in(run_dir, *skipped, *(kept.name for place, kept in moved if place == config))
+    if now is None or {name: entry for name, entry in now.items()
+                       if name in expected or not _empty_folder(run_dir / name)} != expected:
+        return
+    places = [place for place, _ in moved if place != config]
+    if any(place.exists() and not _empty_folder(place) for place in places):  # e.g. a checkpoint folder elsewhere
+        return
+    with suppress(OSError):  # the folder is gone, or not ours to change: nothing to give back
+        for place, kept in reversed(moved):
+            if place == config:
+                shutil.rmtree(place, ignore_errors=True)
+            elif place.is_dir():
+                place.rmdir()
+            kept.rename(place)
+    log.info("the earlier run's %s are back in their place", ", ".join(place.name for place, _ in moved))
+
+
+def _empty_folder(path: Path) -> bool:
+    """Whether `path` is a folder (not a link to one) with nothing in it."""
+    return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
 class KeepEarlierConfig(Callback):
     """Hydra callback: a run into a folder that already holds a `.hydra/` (eval or predict into a training run's
     folder, a resumed run) first moves it to `.hydra.N/`, as `metrics.csv` moves to `metrics.N.csv`, so the
     earlier run's composed config is not written over; a run refused before it wrote anything moves it back
-    (`restore_earlier_config`). Where every process of a multi-process run starts the command (torchrun, SLURM),
+    (`restore_earlier_work`). Where every process of a multi-process run starts the command (torchrun, SLURM),
     the first process alone does it. First, the folder is held (`hold_run_folder`): a run still writing there
     refuses a second one."""
 
@@ -208,19 +242,23 @@ class KeepEarlierConfig(Callback):
                 config.hydra.output_subdir = None
             return
         hold_run_folder(run_dir)
-        subdir = config.hydra.output_subdir
-        if not subdir or not (folder := Path(config.hydra.run.dir) / subdir).is_dir():
+        global _run_start
+        run_dir, subdir = run_dir.absolute(), config.hydra.output_subdir  # the run may change directory (job.chdir)
+        folder = run_dir / subdir if subdir else None
+        skipped = (Path(subdir).parts[0],) if subdir and not Path(subdir).is_absolute() else ()
+        _moved_aside.clear()
+        work = _work_in(run_dir, *skipped)
+        _run_start = (run_dir, work, skipped, folder) if work is not None else None
+        if folder is None or not folder.is_dir():
             return
-        folder = folder.absolute()  # the run may change directory (hydra.job.chdir)
-        work = _work_in(run_dir.absolute(), folder.name) if folder.parent == run_dir.absolute() else None
         with suppress(FileNotFoundError):  # another process of the run moved it first
             earlier = set_aside(folder)
-            if work is not None:  # a config in a subfolder of the run folder (output_subdir=a/b) stays aside
-                _set_aside_configs[folder] = (earlier, work)
             log.info("kept the earlier %s as %s", folder, earlier.name)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
-        _set_aside_configs.clear()  # the run has ended: what it wrote stays
+        global _run_start
+        _run_start = None  # the run has ended: what it wrote stays
+        _moved_aside.clear()
         release_run_folder(Path(config.hydra.run.dir))
 
 

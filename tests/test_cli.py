@@ -118,6 +118,7 @@ def test_train_writes_a_complete_run_folder(trained_run):
 
 def test_eval_reports_test_metrics(trained_run, tmp_path):
     (best,) = (trained_run / "checkpoints").glob("best-*.ckpt")  # the checkpoint training tested
+    (tmp_path / "test_metrics.json").write_text('{"test/mse": 1.0}\n')  # an earlier eval's, set aside
     result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={best}",
                      "+task.data.lookbak=4", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -126,6 +127,7 @@ def test_eval_reports_test_metrics(trained_run, tmp_path):
     assert ("+task.data.lookbak: not in the config of task 'forecasting' (did you mean task.data.lookback? "
             "a setting the task does not read is ignored)") in output
     metrics = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert (tmp_path / "test_metrics.1.json").read_text() == '{"test/mse": 1.0}\n'
     assert {"test/mse", "test/mae", "test/naive_mse", "test/seasonal_naive_mse"} <= set(metrics)
     trained = json.loads((trained_run / "metrics.json").read_text())
     for name in ("test/mse", "test/mae", "test/naive_mse"):  # the model's figures too, not only the baselines'
@@ -182,6 +184,14 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert len(future) == 6  # one forecast of horizon 6 past the end of the data
     assert future[0]["timestamp"] == "2024-01-26 00:00:00"  # 600 hourly rows from 2024-01-01
     assert all(r["forecast"] for r in rows)
+    first = (out / "forecast.csv").read_text()
+    data.iloc[:500].to_csv(new, index=False)
+    again = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                    f"task.data.path={new}", f"hydra.run.dir={out}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (out / "forecast.1.csv").read_text() == first != (out / "forecast.csv").read_text()  # set aside, not lost
+    assert sorted(path.name for path in out.iterdir() if path.suffix != ".log") == [
+        ".hydra", ".hydra.1", "forecast.1.csv", "forecast.1.png", "forecast.csv", "forecast.png"]
 
 
 def test_a_restored_forecaster_refuses_other_targets(trained_run, tmp_path):
@@ -228,6 +238,28 @@ def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "prediction runs in one process, not 2: trainer=cpu" in result.stderr
     assert not (out / "forecast.csv").exists()
+
+
+def test_artifacts_appear_only_once_the_task_has_written_them_all(tmp_path):
+    def write(predictions, datamodule, out_dir):
+        (out_dir / "plots").mkdir()
+        (out_dir / "plots" / "a.png").write_text("new")
+        (out_dir / "report.csv").write_text("new")
+        if predictions == ["fails"]:
+            raise UserError("the second report cannot be written")
+        return [out_dir / "report.csv", out_dir / "plots" / "a.png"]
+
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.png").write_text("earlier")
+    module = SimpleNamespace(task=SimpleNamespace(write_predictions=write, cfg={"name": "fake"}))
+    with pytest.raises(UserError, match="the second report"):
+        artifacts.write_artifacts(None, module, None, tmp_path, ["fails"])
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.png", "plots"]  # nothing of the failed run's
+    paths = artifacts.write_artifacts(None, module, None, tmp_path, ["works"])
+    assert paths == [tmp_path / "report.csv", tmp_path / "plots" / "a.png"]
+    assert (tmp_path / "plots" / "a.png").read_text() == "new" and (tmp_path / "plots.1" / "a.png").read_text() == \
+        "earlier"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["plots", "plots.1", "report.csv"]
 
 
 def test_many_artifacts_of_a_kind_are_logged_as_one_line():
@@ -319,10 +351,12 @@ def test_a_forecast_holds_the_windows_predicted_when_prediction_stops_early(trai
 
 
 def test_gates_command_plots_trained_model(trained_run, tmp_path):
+    (tmp_path / "gates_layer0.png").write_bytes(b"an earlier run's")
     result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=1",
                      f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "gates_layer0.1.png").read_bytes() == b"an earlier run's"  # set aside, not written over
     assert f"wrote {tmp_path / 'gates_layer0.png'}" in (tmp_path / "gates.log").read_text()
 
 
@@ -1134,7 +1168,8 @@ def run_start(monkeypatch):
     for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)
-    monkeypatch.setattr(run_folder, "_set_aside_configs", {})
+    monkeypatch.setattr(run_folder, "_run_start", None)
+    monkeypatch.setattr(run_folder, "_moved_aside", [])
 
 
 @pytest.mark.parametrize(("environment", "moved"), [
@@ -1151,7 +1186,8 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     assert (config.hydra.output_subdir is None) != moved  # the others write no .hydra/ over the earlier run's
 
 
-@pytest.mark.parametrize("work", ["none", "a new folder", "a file replaced", "a file rewritten", "the run ended"])
+@pytest.mark.parametrize("work", ["none", "an empty folder", "a new file", "a file replaced", "a file rewritten",
+                                  "the run ended"])
 def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(work, tmp_path, run_start):
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("earlier")
@@ -1163,8 +1199,11 @@ def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(wor
     (tmp_path / ".hydra").mkdir()  # as Hydra writes the run's own, then its log
     (tmp_path / ".hydra" / "config.yaml").write_text("refused")
     (tmp_path / "train.log").write_text("error: ...")
-    if work == "a new folder":
+    if work == "an empty folder":  # made by a logger or checkpoint callback, never filled
         (tmp_path / "checkpoints").mkdir()
+    elif work == "a new file":
+        (tmp_path / "checkpoints").mkdir()
+        (tmp_path / "checkpoints" / "last.ckpt").write_text("")
     elif work in ("a file replaced", "a file rewritten"):  # at the same modification time (a coarse clock's tick)
         written = (tmp_path / "metrics.csv").stat().st_mtime_ns
         if work == "a file replaced":  # another file under the name: another inode
@@ -1175,25 +1214,72 @@ def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(wor
         os.utime(tmp_path / "metrics.csv", ns=(written, written))
     elif work == "the run ended":
         keeper.on_run_end(config)
-    run_folder.restore_earlier_config()
+    run_folder.restore_earlier_work()
     keeper.on_run_end(config)
-    assert (tmp_path / ".hydra" / "config.yaml").read_text() == ("earlier" if work == "none" else "refused")
-    assert (tmp_path / ".hydra.1").is_dir() == (work != "none")
+    given_back = work in ("none", "an empty folder")
+    assert (tmp_path / ".hydra" / "config.yaml").read_text() == ("earlier" if given_back else "refused")
+    assert (tmp_path / ".hydra.1").is_dir() != given_back
 
 
-def test_a_refused_runs_folder_gone_or_a_config_in_a_subfolder_is_left_as_it_is(tmp_path, run_start):
+def test_a_refused_runs_folder_gone_is_left_as_it_is_and_a_config_in_a_subfolder_comes_back(tmp_path, run_start):
     (tmp_path / "gone" / ".hydra").mkdir(parents=True)
     KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path / "gone")))
     shutil.rmtree(tmp_path / "gone")
-    run_folder.restore_earlier_config()  # nothing to give back, and no error
+    run_folder.restore_earlier_work()  # nothing to give back, and no error
     (tmp_path / "run" / "meta" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / "meta" / ".hydra" / "config.yaml").write_text("earlier")
     config = hydra_run_config(str(tmp_path / "run"))
     with open_dict(config):
         config.hydra.output_subdir = "meta/.hydra"
     KeepEarlierConfig().on_run_start(config)
     (tmp_path / "run" / "meta" / ".hydra").mkdir()
-    run_folder.restore_earlier_config()
-    assert (tmp_path / "run" / "meta" / ".hydra.1").is_dir()  # the run folder's work is not watched there: kept aside
+    run_folder.restore_earlier_work()
+    assert (tmp_path / "run" / "meta" / ".hydra" / "config.yaml").read_text() == "earlier"
+    assert not (tmp_path / "run" / "meta" / ".hydra.1").exists()
+
+
+@pytest.mark.parametrize("refused_after", ["nothing", "its own metrics"])
+def test_a_refused_run_gives_back_every_earlier_file_it_moved_aside_unless_it_wrote_its_own(refused_after, tmp_path,
+                                                                                            run_start):
+    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "predictions/forecast.csv", "metrics.json",
+                 "metrics.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(f"earlier {name}")
+    config, keeper = hydra_run_config(str(tmp_path)), KeepEarlierConfig()
+    keeper.on_run_start(config)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("refused")
+    run.keep_earlier_checkpoints(compose_train_config("forecasting", [], tmp_path))
+    run_folder.set_aside(tmp_path / "metrics.csv")  # as the CSV logger's start does
+    (tmp_path / "checkpoints").mkdir()  # made, never filled
+    if refused_after == "its own metrics":
+        (tmp_path / "metrics.csv").write_text("epoch\n0\n")
+    run_folder.restore_earlier_work()
+    keeper.on_run_end(config)
+    names = sorted(path.name for path in tmp_path.iterdir())
+    if refused_after == "nothing":
+        assert names == [".hydra", "checkpoints", "metrics.csv", "metrics.json", "predictions"]
+        assert all((tmp_path / name).read_text() == f"earlier {name}" for name in (
+            ".hydra/config.yaml", "checkpoints/last.ckpt", "predictions/forecast.csv", "metrics.json", "metrics.csv"))
+    else:
+        assert names == [".hydra", ".hydra.1", "checkpoints", "checkpoints.1", "metrics.1.csv", "metrics.1.json",
+                         "metrics.csv", "predictions.1"]
+        assert (tmp_path / ".hydra" / "config.yaml").read_text() == "refused"
+
+
+def test_a_run_refused_for_its_data_leaves_the_earlier_run_resumable(trained_run, tmp_path):
+    folder = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.log"))
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    refused = run_cli("gru-suite", "task=forecasting", *QUIET, f"hydra.run.dir={folder}",
+                      f"task.data.path={tmp_path / 'missing.csv'}")
+    assert refused.returncode == 2 and "data file not found" in refused.stderr, refused.stderr[-2000:]
+    after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file() and path.suffix != ".log"}
+    assert after == before
+    resumed = run_cli("gru-suite", "task=forecasting", *QUIET, "trainer.max_epochs=3", "ckpt_path=last",
+                      f"hydra.run.dir={folder}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2  # on from epoch 1's
+    assert not (folder / "checkpoints.1").exists()
 
 
 HOLD = """
