@@ -69,10 +69,16 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     opener = gzip.open if path.suffix.lower() == ".gz" else open
     try:
         with opener(path, "rb") as handle:
-            raw_lines = split_lines(handle.read())
+            data = handle.read()
     except (OSError, EOFError, zlib.error) as err:  # zlib.error: a .gz whose compressed data is damaged
         raise UserError(f"{path}: cannot read ({err})") from err
-    return decode_lines(raw_lines, str(path), encoding_errors)
+    if opener is open and data.startswith(GZIP_MAGIC):
+        raise UserError(f"{path}: gzip-compressed, but not named .gz: rename it {path.name}.gz, or unpack it")
+    return decode_lines(split_lines(data), str(path), encoding_errors)
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+"""The first two bytes of a gzip file."""
 
 
 def split_lines(data: bytes) -> list[bytes]:

@@ -1,5 +1,6 @@
 """The anomaly task: detectors, streaming == batch, flags on injected anomalies, CLI, bad input."""
 
+import gzip
 import io
 import json
 import logging
@@ -865,9 +866,18 @@ def test_out_of_range_settings_are_named(tmp_path, override, expected):
 
 def test_a_folders_csv_files_are_found_below_it_whatever_the_case_of_their_suffix(tmp_path):
     (tmp_path / "group" / "more.csv").mkdir(parents=True)  # a folder of that name is not a file
-    for name in ("a.csv", "group/B.CSV", "notes.txt"):
+    for name in ("a.csv", "group/B.CSV", "notes.txt", "c.csv.gz", "group/D.CSV.GZ", "e.gz", ".csv", "f.csv.bak"):
         (tmp_path / name).write_text("timestamp,value\n")
-    assert csv_files(tmp_path) == (tmp_path, [tmp_path / "a.csv", tmp_path / "group" / "B.CSV"])
+    assert csv_files(tmp_path) == (tmp_path, [tmp_path / "a.csv", tmp_path / "c.csv.gz", tmp_path / "group" / "B.CSV",
+                                              tmp_path / "group" / "D.CSV.GZ"])
+
+
+def test_a_folder_of_compressed_csv_files_is_read(tmp_path):
+    rows = "".join(f"2024-01-01 {hour:02d}:00,{hour % 5}\n" for hour in range(24))
+    (tmp_path / "a.csv.gz").write_bytes(gzip.compress(f"timestamp,value\n{rows}".encode()))
+    (tmp_path / "b.csv").write_text(f"timestamp,value\n{rows}")
+    streams = load(tmp_path, probation=0.5)
+    assert [(stream.name, len(stream.series.timestamps)) for stream in streams] == [("a.csv.gz", 24), ("b.csv", 24)]
 
 
 def test_training_loaders_take_the_configured_worker_processes(tmp_path):

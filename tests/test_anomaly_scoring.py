@@ -245,12 +245,13 @@ def test_scores_sum_over_files():
 # ------------------------------------------------------- NAB windows file
 
 
-def test_load_nab_windows(tmp_path):
+@pytest.mark.parametrize("mark", ["", "\ufeff"])  # as some editors save UTF-8: with a byte-order mark
+def test_load_nab_windows(mark, tmp_path):
     path = tmp_path / "combined_windows.json"
-    path.write_text(json.dumps({
+    path.write_text(mark + json.dumps({
         "realKnownCause/nyc_taxi.csv": [["2014-11-01 19:00:00.000000", "2014-11-02 20:00:00.000000"]],
         "artificialNoAnomaly/art_flatline.csv": [],
-    }))
+    }), encoding="utf-8")
     assert load_nab_windows(path) == {
         "realKnownCause/nyc_taxi.csv": [(pd.Timestamp("2014-11-01 19:00"), pd.Timestamp("2014-11-02 20:00"))],
         "artificialNoAnomaly/art_flatline.csv": [],

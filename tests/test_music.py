@@ -503,9 +503,10 @@ def test_json_pitch_that_is_not_an_integer_is_named(pitch: object, tmp_path: Pat
         load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
 
 
-def test_json_pitches_written_as_whole_floats_are_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mark", ["", "\ufeff"])  # as some editors save UTF-8: with a byte-order mark
+def test_json_pitches_written_as_whole_floats_are_read(mark: str, tmp_path: Path) -> None:
     path = tmp_path / "rolls.json"  # as the 16th-note JSB Chorales file writes some of them
-    path.write_text(json.dumps({"train": [[[60.0], [64, 67.0]]], "valid": [[[60]]]}))
+    path.write_text(mark + json.dumps({"train": [[[60.0], [64, 67.0]]], "valid": [[[60]]]}), encoding="utf-8")
     corpus = load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
     assert [tuple(map(int, step)) for step in zip(*corpus["train"][0].nonzero())] == [(0, 60), (1, 64), (1, 67)]
 

@@ -18,6 +18,7 @@ from gru_suite.data import (
     length_bucket_loader,
     resume_part_way,
 )
+from gru_suite.timeseries import read_csv_frame
 from gru_suite.text import (
     decode_lines,
     encode_as_text,
@@ -103,6 +104,12 @@ def test_read_lines_plain_and_gzip(tmp_path):
     packed = tmp_path / "a.txt.gz"
     packed.write_bytes(gzip.compress(plain.read_bytes()))
     assert read_lines(plain) == read_lines(packed) == ["eins", "zwei", "", "drei"]
+    unnamed = tmp_path / "b.csv"  # packed, but named as plain text: named so, not as text that is not UTF-8
+    unnamed.write_bytes(packed.read_bytes())
+    with pytest.raises(UserError, match=r"b.csv: gzip-compressed, but not named .gz: rename it b.csv.gz, or unpack"):
+        read_lines(unnamed)
+    with pytest.raises(UserError, match=r"b.csv: gzip-compressed, but not named .gz"):
+        read_csv_frame(unnamed)  # pandas reads a .csv as plain text
 
 
 @pytest.mark.parametrize("data, lines", [

@@ -75,15 +75,15 @@ def windows_beside(root: Path) -> Path | None:
 
 
 def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
-    """The data root and its CSV files (a single file, or every .csv below a folder, in any case)."""
+    """The data root and its CSV files (a single file, or every .csv and .csv.gz below a folder, in any case)."""
     root = Path(path)
     if root.is_file():
         return root.parent, [root]
     if not root.is_dir():
         raise UserError(f"data path not found: {root}")
-    files = files_below(root, {".csv"})
+    files = files_below(root, {".csv", ".csv.gz"})
     if not files:
-        raise UserError(f"{root}: no .csv files found")
+        raise UserError(f"{root}: no .csv or .csv.gz files found")
     return root, files
 
 

@@ -339,7 +339,7 @@ def load_nab_windows(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.
     """Read NAB's labels/combined_windows.json: data file -> list of (start, end) timestamps."""
     path = Path(path)
     try:
-        content = json.loads(path.read_text())
+        content = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark too, as CSVs may have
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(content, dict):

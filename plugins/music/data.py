@@ -190,7 +190,7 @@ def read_json_rolls(path: Path) -> Corpus:
     """Piano rolls in the JSB Chorales layout: `{"train": [...], "valid": [...], "test": [...]}`,
     each piece a list of steps, each step a list of MIDI pitches."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark too
     except (OSError, ValueError) as err:
         raise UserError(f"{path}: not a readable JSON file ({err})") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), list) or not raw["train"]:
