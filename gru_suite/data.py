@@ -20,6 +20,10 @@ from gru_suite.errors import UserError
 T = TypeVar("T")
 
 
+STAGE_SETS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+"""The datasets each of Lightning's stages reads."""
+
+
 class SplitDataModule(pl.LightningDataModule):
     """Loaders for the datasets in `self.sets` ("train", "val", "test", "predict").
 
@@ -52,9 +56,10 @@ class SplitDataModule(pl.LightningDataModule):
         self._resume_position: dict[str, Any] | None = None
 
     def setup(self, stage: str) -> None:
-        """Lightning's hook; prediction reads its input here, before any model runs."""
-        if stage == "predict" and self.build is not None:
-            self.dataset("predict")
+        """Lightning's hook: the stage's input is read here, before any model runs (for "fit", the training and
+        validation sets)."""
+        for name in STAGE_SETS.get(stage, ()) if self.build is not None else ():
+            self.dataset(name)
 
     def dataset(self, stage: str) -> Dataset:
         if stage not in self.sets and self.build is not None:

@@ -346,6 +346,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task_datamodule(task)
+    datamodule.setup("fit")  # the input's own errors before the model's and the trainer's work
     check_checkpointable_state(task)
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
@@ -611,6 +612,7 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     """Test a restored model on its task's test split."""
     check_run_settings(cfg)
     datamodule = task_datamodule(task)
+    datamodule.setup("test")  # the input's own errors before the trainer's lines
     trainer = build_trainer(cfg)
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
@@ -628,6 +630,7 @@ def predict(
     pairs of the same task, those of all the models together (`TaskPlugin.ensemble`)."""
     check_run_settings(cfg)
     datamodule = task_datamodule(task)
+    datamodule.setup("predict")  # the input's own errors before the trainer's lines and any model's work
     trainer = build_trainer(cfg)
     if trainer.world_size > 1:  # each process would predict its share of the input and write it over the others'
         raise UserError(f"prediction runs in one process, not {trainer.world_size}: trainer=cpu, or trainer=gpu "

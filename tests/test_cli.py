@@ -460,6 +460,8 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
                                     f"hydra.run.dir={tmp_path / out}") for command, name, out in
                             (("gru-suite-predict", "shorter.csv", "q"), ("gru-suite-eval", "short_test.csv", "f")))
     assert predicted.returncode == 2 and evaluated.returncode == 2
+    shown = predicted.stdout + predicted.stderr + evaluated.stdout + evaluated.stderr
+    assert "GPU available" not in shown  # the input's errors come before the trainer's lines
     assert "shorter.csv: 20 rows, fewer than the lookback of 24 rows a forecast starts from" in predicted.stderr
     assert ("short_test.csv: the test split (rows 25-28 of 28) is too short: it needs at least 6 rows (horizon 6; "
             "its lookback reaches into the rows before it)") in evaluated.stderr

@@ -669,7 +669,7 @@ def test_bad_input_is_named_by_file_and_line(tmp_path: Path, caplog: pytest.LogC
                                              "task.data.test=null"], tmp_path)
     data = run.build_task(cfg.task).datamodule()
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training \(the model knows"):
-        data.val_dataloader()
+        data.setup("fit")  # as training starts: before the model summary and any model's work
     cfg = compose_train_config("sentiment", [*TINY, f"task.data.train={train}", "task.data.val=null",
                                              f"task.data.test={unseen}"], tmp_path)
     with pytest.raises(UserError, match=r"val.csv:3: label 'neutral' was not seen in training"):
