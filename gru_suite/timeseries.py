@@ -105,8 +105,9 @@ def series_from_frame(
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
+    stamps, clock = _timestamps(frame, time_column, csv_path, time_unit)  # its errors before any warning
     values, left_out = _handle_missing(values, wanted, csv_path, missing)
-    stamps, clock = _timestamps(frame, time_column, csv_path, time_unit)
+    _warn_of_unordered(stamps, csv_path, time_column)
     if left_out is None:
         return Series(csv_path, stamps, wanted, values.astype(np.float32), clock)
     clock, kept = stamps if clock is None else clock, ~left_out
@@ -215,13 +216,18 @@ def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path,
     if stamps.isna().any():
         row = int(np.argmax(stamps.isna()))
         raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: empty timestamp")
+    return stamps, clock
+
+
+def _warn_of_unordered(stamps: pd.Index, path: Path, time_column: str | None) -> None:
+    """A warning naming the first timestamp not after the one before it: real logs repeat an hour at a clock
+    change, and the file's order is kept."""
     later = stamps[1:] > stamps[:-1]
-    if not later.all():  # real logs repeat an hour at a clock change: a warning, and the file's order is kept
+    if not later.all():
         row = int(np.argmin(later)) + 1
         log.warning("%s, column %r: %d timestamps are not after the one before them (first: line %d, %s after %s); "
                     "rows are used in file order", path, time_column, int((~later).sum()), data_line(path, row),
                     stamps[row], stamps[row - 1])
-    return stamps, clock
 
 
 def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tuple[pd.DatetimeIndex, pd.Index | None]:

@@ -56,7 +56,7 @@ def test_read_series(tmp_path):
          r"line 3, column 'a': expected a number of at most 3.4e\+38 in size .*got '1e\+40'"),
         ("t,a\n1,true\n2,false\n", ["a"], r"line 2, column 'a': expected numbers, got true/false values"),
         ("t,a\n1,\n2,true\n3,false\n", ["a"], r"line 3, column 'a': expected numbers, got true/false values"),
-        ("t,a\n1,2\n2,\n", ["a"], r"line 3, column 'a': missing value"),
+        ("t,a\n2024-01-01,2\n2024-01-02,\n", ["a"], r"line 3, column 'a': missing value"),
         ("t,a\n", ["a"], "no data rows"),
         ("t,a,a\n1,2,3\n", ["a"], r"the header names column\(s\) \['a'\] more than once"),
     ],
@@ -191,6 +191,17 @@ def test_interpolate_fills_gaps_and_says_how_many(tmp_path, caplog):
     opening_gap = write(tmp_path, "t,a\n1,\n2,2\n3,3\n", name="gap.csv")  # the first row takes the first value
     np.testing.assert_allclose(read_series_csv(opening_gap, ["a"], missing="interpolate").values, [[2], [2], [3]])
     assert f"{path}: 3 missing value(s) interpolated, the first on line 3, column 'a'" in caplog.text
+
+
+def test_a_bad_timestamp_is_named_before_any_warning_of_the_rows_it_spoils(tmp_path, caplog):
+    path = write(tmp_path, "t,a\n2024-01-02,1\n2024-01-01,\n# end of export\n")  # a comment line: no value
+    with pytest.raises(UserError, match=r"line 4, column 't': unparseable timestamp '# end of export'"):
+        read_series_csv(path, ["a"], "t", missing="interpolate")
+    assert caplog.text == ""  # no gap interpolated, no order warned of, for a file that is refused
+    path = write(tmp_path, "t,a\n2024-01-02,1\n2024-01-01,\n", name="gap.csv")
+    with pytest.raises(UserError, match=r"line 3, column 'a': missing value"):
+        read_series_csv(path, ["a"], "t")
+    assert caplog.text == ""
 
 
 def test_chronological_split_fractions_and_counts():
