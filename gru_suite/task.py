@@ -154,7 +154,8 @@ class TaskPlugin(ABC):
     def write_predictions(
         self, predictions: list[Any], datamodule: pl.LightningDataModule, out_dir: Path
     ) -> list[Path]:
-        """Write the task's artifacts (atomically) and return their paths."""
+        """Write the task's artifacts (atomically) into `out_dir`, a fresh folder whose entries then move into
+        place, and return their paths."""
 
     def ensemble_input(self, first: TaskPlugin, datamodule: pl.LightningDataModule) -> pl.LightningDataModule:
         """For an ensemble (`gru-suite-predict ensemble=[...]`): this model's data over the prediction input that
