@@ -503,10 +503,12 @@ def test_the_confusion_matrix_leaves_matplotlibs_backend_as_it_is(tmp_path: Path
 
 def test_eval_cli_writes_metrics_and_the_confusion_matrix(trained: tuple[Path, dict[str, float]],
                                                           tmp_path: Path, one_thread: None) -> None:
+    (tmp_path / "confusion_matrix.png").write_bytes(b"an earlier evaluation's")
     result = run_cli("gru-suite-eval", "task=sentiment", f"ckpt_path={trained[0] / 'checkpoints' / 'last.ckpt'}",
                      f"hydra.run.dir={tmp_path}", "task.report_dir=null")
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "confusion_matrix.1.png").read_bytes() == b"an earlier evaluation's"  # set aside
     assert '"test/acc": 1.0' in (tmp_path / "test_metrics.json").read_text()
 
 

@@ -10,8 +10,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, get_args
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
+from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
 from gru_suite.atomic import write_text
@@ -19,6 +21,7 @@ from gru_suite.config import check_own_splits, name_list
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
+from gru_suite.run_folder import set_aside
 from gru_suite.task import (
     BackboneFactory,
     EnsembleMember,
@@ -402,10 +405,16 @@ class SentimentTask(TaskPlugin):
                                 "(task.data.val or task.data.val_fraction) to calibrate them")
         scores = classification_scores(logits, labels, float(self.model.temperature))
         if stage == "test" and (folder := self.report_dir()) is not None:
-            path = plot_confusion(confusion(logits, labels).numpy(), self.labels, folder / "confusion_matrix.png",
-                                  f"test: accuracy {scores['acc']:.3f}, macro F1 {scores['f1']:.3f}")
-            log.info("wrote %s", path)
+            self._draw_confusion(confusion(logits, labels).numpy(), folder / "confusion_matrix.png",
+                                 f"test: accuracy {scores['acc']:.3f}, macro F1 {scores['f1']:.3f}")
         return scores
+
+    @rank_zero_only
+    def _draw_confusion(self, matrix: np.ndarray, path: Path, title: str) -> None:
+        """The confusion matrix as a PNG at `path`, an earlier one there set aside (as eval's `test_metrics.json`)."""
+        if path.exists():
+            log.info("kept the earlier %s as %s", path, set_aside(path).name)
+        log.info("wrote %s", plot_confusion(matrix, self.labels, path, title))
 
     def report_dir(self) -> Path | None:
         """`task.report_dir`, else the Hydra run folder; None outside a Hydra run."""
