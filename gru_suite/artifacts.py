@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
-from gru_suite.run_folder import set_aside
+from gru_suite.run_folder import STAGING, absolute, set_aside
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,6 @@ def checked_paths(paths: Any, task: str | None) -> list[Path]:
     return [Path(path) for path in paths]
 
 
-STAGING = ".artifacts.partial"
-"""The hidden folder in an artifact folder where files are written before they move in (`written_in_place`)."""
-
-
 def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
     """Let `write(folder)` write files into a hidden folder in `out_dir` and return their paths; then move each
     entry it made into `out_dir`, an earlier file or folder of its name set aside (`forecast.csv` to
@@ -63,9 +59,9 @@ def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's, never complete
     staging.mkdir(parents=True)
     try:
-        written, staged = write(staging), staging.resolve()
-        placed = [out_dir / path.resolve().relative_to(staged) if path.resolve().is_relative_to(staged) else path
-                  for path in written]
+        written, staged = write(staging), absolute(staging)
+        placed = [out_dir / path.relative_to(staged) if path.is_relative_to(staged) else path
+                  for path in map(absolute, written)]  # by name: a link is named as itself
         for entry in sorted(staging.iterdir()):
             if (place := out_dir / entry.name).exists() or place.is_symlink():
                 log.info("kept the earlier %s as %s", place, set_aside(place).name)
@@ -92,11 +88,17 @@ RUN_RECORDS = ("metrics*.csv", "metrics.json", "test_metrics.json", "hparams.yam
 
 def stale_artifacts(earlier: set[Path], written: Sequence[Path]) -> list[Path]:
     """The files of `earlier` that this run did not rewrite, of a kind (folder and suffix) it `written`, but for
-    the run's records (`RUN_RECORDS`)."""
+    the run's records (`RUN_RECORDS`) and the earlier copies of what it wrote, set aside (`forecast.1.csv`)."""
     written_now = {Path(path).resolve() for path in written}
     kinds = {(path.parent, path.suffix) for path in written_now}
+    names = {(path.parent, path.stem, path.suffix) for path in written_now}
+
+    def set_aside_copy(path: Path) -> bool:
+        stem, _, number = path.stem.rpartition(".")
+        return number.isdigit() and (path.parent, stem, path.suffix) in names
+
     return sorted(path for path in earlier - written_now if (path.parent, path.suffix) in kinds
-                  and not any(path.match(pattern) for pattern in RUN_RECORDS))
+                  and not any(path.match(pattern) for pattern in RUN_RECORDS) and not set_aside_copy(path))
 
 
 def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:

@@ -44,9 +44,18 @@ def move_aside(path: Path, kept: Path) -> Path:
     """Rename an earlier run's `path` to `kept`, remembered so that a refused run gives it back
     (`restore_earlier_work`); returns `kept`."""
     path.rename(kept)
-    _moved_aside.append((path.absolute(), kept.absolute()))
+    _moved_aside.append((absolute(path), absolute(kept)))
     return kept
 
+
+def absolute(path: Path) -> Path:
+    """`path` from the root, `..` taken away by name (as Hydra's run folders are), links not followed."""
+    return Path(os.path.abspath(path))
+
+
+STAGING = ".artifacts.partial"
+"""The hidden folder in an artifact folder where files are written before they move in
+(`gru_suite.artifacts.written_in_place`)."""
 
 LOCK_NAME = ".gru-suite.lock"
 """The file a run folder's first process holds locked (`flock`) while it runs there, naming it: `pid host job`."""
@@ -169,7 +178,8 @@ not counted as work (the one holding the composed config) and the config folder 
 
 
 def _work_in(run_dir: Path, *skipped: str) -> Work | None:
-    """The entries of `run_dir` but those `skipped` (the composed configs), logs and the lock, each with its inode,
+    """The entries of `run_dir` but those `skipped` (the composed configs), logs, the lock and a staging folder for
+    artifacts (`STAGING`, removed when artifacts are written: a killed run's), each with its inode,
     size and modification time (a link's own): what a run's work adds or changes there (a checkpoint replaced
     changes its folder's time); None where the folder cannot be listed."""
     try:
@@ -178,7 +188,7 @@ def _work_in(run_dir: Path, *skipped: str) -> Work | None:
         return None
     work = {}
     for entry in entries:
-        if entry.name in skipped or entry.suffix == ".log" or entry.name == LOCK_NAME:
+        if entry.name in (*skipped, LOCK_NAME, STAGING) or entry.suffix == ".log":
             continue
         with suppress(OSError):  # gone since the listing
             stat = entry.lstat()
@@ -196,13 +206,18 @@ def restore_earlier_work() -> None:
     if start is None or not moved:
         return
     run_dir, work, skipped, config = start
-    expected = dict(work)
+    expected, holding = dict(work), set()  # holding: entries with a moved one deeper inside (ck/ of ck/main)
     for place, kept in moved:
         if place.parent == run_dir and kept.parent == run_dir and place.name in expected:
             expected[kept.name] = expected.pop(place.name)
+        elif place.is_relative_to(run_dir) and place.parent != run_dir:
+            holding.add(place.relative_to(run_dir).parts[0])
     now = _work_in(run_dir, *skipped, *(kept.name for place, kept in moved if place == config))
-    if now is None or {name: entry for name, entry in now.items()
-                       if name in expected or not _empty_folder(run_dir / name)} != expected:
+    if now is None:
+        return
+    now = {name: entry for name, entry in now.items() if name in expected or not _empty_folder(run_dir / name)}
+    if now.keys() != expected.keys() or any(now[name] != expected[name] if name not in holding else
+                                            now[name][0] != expected[name][0] for name in now):
         return
     places = [place for place, _ in moved if place != config]
     if any(place.exists() and not _empty_folder(place) for place in places):  # e.g. a checkpoint folder elsewhere
@@ -244,7 +259,7 @@ class KeepEarlierConfig(Callback):
             return
         hold_run_folder(run_dir)
         global _run_start
-        run_dir, subdir = run_dir.absolute(), config.hydra.output_subdir  # the run may change directory (job.chdir)
+        run_dir, subdir = absolute(run_dir), config.hydra.output_subdir  # the run may change directory (job.chdir)
         folder = run_dir / subdir if subdir else None
         skipped = (Path(subdir).parts[0],) if subdir and not Path(subdir).is_absolute() else ()
         _moved_aside.clear()

@@ -247,7 +247,8 @@ def test_artifacts_appear_only_once_the_task_has_written_them_all(tmp_path):
         (out_dir / "report.csv").write_text("new")
         if predictions == ["fails"]:
             raise UserError("the second report cannot be written")
-        return [out_dir / "report.csv", out_dir / "plots" / "a.png"]
+        (out_dir / "latest.csv").symlink_to("report.csv")  # a link between artifacts, named as itself
+        return [out_dir / "report.csv", out_dir / "plots" / "a.png", out_dir / "latest.csv"]
 
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "a.png").write_text("earlier")
@@ -256,10 +257,11 @@ def test_artifacts_appear_only_once_the_task_has_written_them_all(tmp_path):
         artifacts.write_artifacts(None, module, None, tmp_path, ["fails"])
     assert sorted(path.name for path in tmp_path.rglob("*")) == ["a.png", "plots"]  # nothing of the failed run's
     paths = artifacts.write_artifacts(None, module, None, tmp_path, ["works"])
-    assert paths == [tmp_path / "report.csv", tmp_path / "plots" / "a.png"]
+    assert paths == [tmp_path / "report.csv", tmp_path / "plots" / "a.png", tmp_path / "latest.csv"]
     assert (tmp_path / "plots" / "a.png").read_text() == "new" and (tmp_path / "plots.1" / "a.png").read_text() == \
         "earlier"
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["plots", "plots.1", "report.csv"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["latest.csv", "plots", "plots.1", "report.csv"]
+    assert (tmp_path / "latest.csv").read_text() == "new"
 
 
 def test_many_artifacts_of_a_kind_are_logged_as_one_line():
@@ -469,13 +471,14 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
 
 def test_artifacts_an_earlier_run_left_beside_this_runs_are_named(tmp_path):
     for name in ("a.txt", "b.txt", "old.txt", "predict.log", "plots/a.png", "plots/old.png", ".hydra/config.yaml",
-                 "metrics.csv"):
+                 "metrics.csv", "a.1.txt", "plots/a.12.png", "old.1.txt", "a.x.txt"):  # a.1.txt: a.txt set aside
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("earlier run")
     earlier = artifacts.files_near(tmp_path)
     written = [tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "plots" / "a.png", tmp_path / "c.csv"]  # and a .csv
     stale = artifacts.stale_artifacts(earlier, written)
-    assert [path.relative_to(tmp_path.resolve()).as_posix() for path in stale] == ["old.txt", "plots/old.png"]
+    assert [path.relative_to(tmp_path.resolve()).as_posix() for path in stale] == ["a.x.txt", "old.1.txt", "old.txt",
+                                                                                  "plots/old.png"]
 
 
 def test_resume_continues_from_checkpoint(trained_run, tmp_path):
@@ -1240,33 +1243,43 @@ def test_a_refused_runs_folder_gone_is_left_as_it_is_and_a_config_in_a_subfolder
     assert not (tmp_path / "run" / "meta" / ".hydra.1").exists()
 
 
-@pytest.mark.parametrize("refused_after", ["nothing", "its own metrics"])
-def test_a_refused_run_gives_back_every_earlier_file_it_moved_aside_unless_it_wrote_its_own(refused_after, tmp_path,
-                                                                                            run_start):
-    for name in (".hydra/config.yaml", "checkpoints/last.ckpt", "predictions/forecast.csv", "metrics.json",
-                 "metrics.csv"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+@pytest.mark.parametrize(("refused_after", "named", "checkpoints"), [
+    ("nothing", "plainly", "checkpoints"), ("nothing", "through ..", "checkpoints"),  # Hydra's output_dir has no ..
+    ("nothing", "plainly", "ck/main"),  # a checkpoint folder deeper in: moving it changes its parent's time
+    ("its own metrics", "plainly", "checkpoints"),
+])
+def test_a_refused_run_gives_back_every_earlier_file_it_moved_aside_unless_it_wrote_its_own(
+        refused_after, named, checkpoints, tmp_path, run_start):
+    for name in (".hydra/config.yaml", f"{checkpoints}/last.ckpt", "predictions/forecast.csv", "metrics.json",
+                 "metrics.csv", f"{run_folder.STAGING}/forecast.csv"):  # and a killed run's unfinished artifacts
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(f"earlier {name}")
-    config, keeper = hydra_run_config(str(tmp_path)), KeepEarlierConfig()
+    run_dir = tmp_path / ".." / tmp_path.name if named == "through .." else tmp_path
+    config, keeper = hydra_run_config(str(run_dir)), KeepEarlierConfig()
     keeper.on_run_start(config)
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "config.yaml").write_text("refused")
-    run.keep_earlier_checkpoints(compose_train_config("forecasting", [], tmp_path))
+    shutil.rmtree(tmp_path / run_folder.STAGING)  # as writing artifacts starts
+    run.keep_earlier_checkpoints(compose_train_config(
+        "forecasting", [f"callbacks.model_checkpoint.dirpath={tmp_path / checkpoints}"], tmp_path))
     run_folder.set_aside(tmp_path / "metrics.csv")  # as the CSV logger's start does
-    (tmp_path / "checkpoints").mkdir()  # made, never filled
+    (tmp_path / checkpoints).mkdir()  # made, never filled
     if refused_after == "its own metrics":
         (tmp_path / "metrics.csv").write_text("epoch\n0\n")
     run_folder.restore_earlier_work()
     keeper.on_run_end(config)
-    names = sorted(path.name for path in tmp_path.iterdir())
+    names = sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*")
+                   if path.is_file() and path.parent != tmp_path)
     if refused_after == "nothing":
-        assert names == [".hydra", "checkpoints", "metrics.csv", "metrics.json", "predictions"]
+        assert names == [".hydra/config.yaml", f"{checkpoints}/last.ckpt", "predictions/forecast.csv"]
         assert all((tmp_path / name).read_text() == f"earlier {name}" for name in (
-            ".hydra/config.yaml", "checkpoints/last.ckpt", "predictions/forecast.csv", "metrics.json", "metrics.csv"))
+            ".hydra/config.yaml", f"{checkpoints}/last.ckpt", "predictions/forecast.csv", "metrics.json",
+            "metrics.csv"))
     else:
-        assert names == [".hydra", ".hydra.1", "checkpoints", "checkpoints.1", "metrics.1.csv", "metrics.1.json",
-                         "metrics.csv", "predictions.1"]
+        assert names == [".hydra.1/config.yaml", ".hydra/config.yaml", "checkpoints.1/last.ckpt",
+                         "predictions.1/forecast.csv"]
         assert (tmp_path / ".hydra" / "config.yaml").read_text() == "refused"
+        assert (tmp_path / "metrics.1.json").is_file() and (tmp_path / "metrics.1.csv").is_file()
 
 
 def test_a_run_refused_for_its_data_leaves_the_earlier_run_resumable(trained_run, tmp_path):
