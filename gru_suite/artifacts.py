@@ -3,6 +3,7 @@ run left beside them)."""
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import shutil
 from collections.abc import Callable, Sequence
@@ -99,6 +100,19 @@ def stale_artifacts(earlier: set[Path], written: Sequence[Path]) -> list[Path]:
 
     return sorted(path for path in earlier - written_now if (path.parent, path.suffix) in kinds
                   and not any(path.match(pattern) for pattern in RUN_RECORDS) and not set_aside_copy(path))
+
+
+def wrong_artifact_name(name: Any, setting: str, taken: Sequence[str] = ()) -> list[str]:
+    """A message where `name`, the value of `setting`, is not a file name for an artifact of its own in the run
+    folder: a path (`a/b.txt`, `../x`), or the name of a run record (`RUN_RECORDS`, `.hydra`), of the staging
+    folder or of another artifact the task writes (`taken`: names or shell patterns)."""
+    if not isinstance(name, str) or not name.strip() or name != Path(name).name or name in (".", ".."):
+        return [f"{setting} must be a file name, written into the run folder (not a path), got {name!r}"]
+    if name.startswith((".hydra", STAGING)) or any(fnmatch.fnmatch(name, pattern)
+                                                   for pattern in (*RUN_RECORDS, *taken)):
+        return [f"{setting}={name} is the name of another file the run writes ({', '.join((*taken, *RUN_RECORDS))}, "
+                ".hydra): choose another"]
+    return []
 
 
 def artifact_lines(paths: Sequence[Path], most: int = 3) -> list[str]:

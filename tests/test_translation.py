@@ -596,6 +596,19 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
                       "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
     assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "
                                         "task.data.target=en ask for the other direction") in swapped.stderr
+    (renamed := tmp_path / "renamed").mkdir()  # the test files under other language names: read, with a warning
+    for side, language in (("en", "eng"), ("toy", "toi")):
+        (renamed / f"test.{language}").write_text((bundled / f"test.{side}").read_text(encoding="utf-8"))
+    other = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                    f"task.data.path={renamed}", "task.data.source=eng", "task.data.target=toi",
+                    f"hydra.run.dir={tmp_path / 'other'}")
+    assert other.returncode == 0, other.stderr[-3000:]
+    assert ("the model translates en -> toy; the files of task.data.source=eng and task.data.target=toi are read as "
+            "those languages") in other.stdout + other.stderr
+    clash = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                    "task.predict.output=attention.jsonl", f"hydra.run.dir={tmp_path / 'clash'}")
+    assert clash.returncode == 2 and "task.predict.output=attention.jsonl is the name of another file the run " \
+        "writes" in clash.stderr and "Predicting" not in clash.stdout + clash.stderr  # refused before any work
 
 
 def restored_task(bundled: Path, source: Path, tmp_path: Path) -> TranslationTask:

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor
 
+from gru_suite.artifacts import wrong_artifact_name
 from gru_suite.atomic import write_files, write_jsonl
-from gru_suite.distributed import gather_dict
+from gru_suite.distributed import gather_dict, warn_on_rank_zero
 from gru_suite.perplexity import perplexity
 from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin, eval_mode
@@ -78,6 +79,12 @@ class TranslationTask(TaskPlugin):
                ("decode.max_length_ratio", float, 0), ("decode.max_length_extra", int, 0),
                ("decode.max_length", int, 1), ("predict.plots", int, 0))
 
+    @classmethod
+    def wrong_settings(cls, cfg: DictConfig) -> list[str]:
+        """The declared settings, and `predict.output`, a file name of its own in the run folder."""
+        return super().wrong_settings(cfg) + wrong_artifact_name(cfg.predict.get("output"), "task.predict.output",
+                                                                 OTHER_ARTIFACTS)
+
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         super().__init__(cfg, state)
         too_long_rule(cfg.data.too_long)  # before any data is read
@@ -98,10 +105,14 @@ class TranslationTask(TaskPlugin):
                 self._corpus(stage)
             self._fit_tokenizers(self._corpus("train"))
             self.state["direction"] = [str(data.source), str(data.target)]
-        elif self.state.get("direction", [])[::-1] == [str(data.source), str(data.target)]:
-            source, target = self.state["direction"]
-            raise UserError(f"the model translates {source} -> {target}; task.data.source={data.source} and "
-                            f"task.data.target={data.target} ask for the other direction")
+        elif (trained := self.state.get("direction", [])) != (asked := [str(data.source), str(data.target)]) \
+                and len(trained) == 2:
+            source, target = trained
+            if trained[::-1] == asked:
+                raise UserError(f"the model translates {source} -> {target}; task.data.source={data.source} and "
+                                f"task.data.target={data.target} ask for the other direction")
+            warn_on_rank_zero(f"the model translates {source} -> {target}; the files of task.data.source="
+                              f"{data.source} and task.data.target={data.target} are read as those languages")
         self.source_tokenizer = tokenizer_from_state(self.state["source_tokenizer"])
         self.target_tokenizer = tokenizer_from_state(self.state["target_tokenizer"])
         # batches drawn with the run's `seed` (torch's, set by seed_everything): a seed sweep varies the order too
@@ -311,6 +322,9 @@ class TranslationTask(TaskPlugin):
             paths += write_files(out_dir / "tokenizer" / "target", self.target_tokenizer.save_pretrained)
         return paths
 
+
+OTHER_ARTIFACTS = ("attention.jsonl", "attention_*.png", "tokenizer")
+"""What prediction writes beside `predict.output` (`TranslationTask.write_predictions`)."""
 
 SENTENCE_END = re.compile(r"[.!?][\"'”’)]*(?=\s+[\"'“‘(]*([^\W_]))")
 """A sentence's end, where group 1 is a capital or digit (`sentence_ends`): . ! or ? (and closing quotes or
