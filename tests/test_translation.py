@@ -491,6 +491,26 @@ def test_settings_and_a_missing_validation_split_fail_before_the_model_is_built(
         TranslationTask(cfg.task).datamodule()
 
 
+def test_a_split_in_two_forms_or_without_a_full_pair_is_one_error(tmp_path: Path) -> None:
+    (tmp_path / "train.en").write_text("a dog\n")
+    (tmp_path / "train.toy").write_text("dog a\n")
+    (tmp_path / "train.tsv").write_text("en\ttoy\nthe cat\tcat the\n")
+    with pytest.raises(UserError, match=r"both train.en \+ train.toy and train.tsv hold the train split: keep one"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+    (tmp_path / "train.tsv").unlink()
+    (tmp_path / "train.en.gz").write_bytes(gzip.compress(b"a cat\n"))  # which one is meant?
+    with pytest.raises(UserError, match=r"both train.en and train.en.gz: keep the one to read"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+    (tmp_path / "train.en.gz").unlink()
+    (tmp_path / "train.toy").write_text("\n")
+    with pytest.raises(UserError, match=r"train.en \+ train.toy: no pair with both sides non-empty \(of 1\)"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+    (tmp_path / "train.en").write_text("")
+    (tmp_path / "train.toy").write_text("")
+    with pytest.raises(UserError, match=r"train.en \+ train.toy: no sentence pairs \(empty\)"):
+        read_parallel(tmp_path, "train", "en", "toy", "error")
+
+
 def test_a_damaged_gzip_file_is_named(tmp_path: Path) -> None:
     data = bytearray(gzip.compress(b"".join(b"dog %d\n" % i for i in range(500))))
     data[len(data) // 2] ^= 0xFF  # damaged deflate data: zlib.error, not the gzip module's own OSError

@@ -46,7 +46,11 @@ def warn_lines(where: str, lines: Sequence[int], what: str) -> None:
 
 
 def _existing(folder: Path, name: str) -> Path | None:
-    return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+    """`name` or `name.gz` in `folder`, whichever is there; both are an error (which would be read?)."""
+    found = [path for path in (folder / name, folder / f"{name}.gz") if path.is_file()]
+    if len(found) > 1:
+        raise UserError(f"{folder}: both {name} and {name}.gz: keep the one to read")
+    return found[0] if found else None
 
 
 def read_parallel(folder: str | Path, split: str, source: str, target: str, encoding_errors: str,
@@ -65,6 +69,9 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
     if not folder.is_dir():
         raise UserError(f"translation data folder not found: {folder}")
     src_path, tgt_path = _existing(folder, f"{split}.{source}"), _existing(folder, f"{split}.{target}")
+    if src_path and tgt_path and (tsv := _existing(folder, f"{split}.tsv")):
+        raise UserError(f"{folder}: both {src_path.name} + {tgt_path.name} and {tsv.name} hold the {split} split: "
+                        "keep one layout")
     if src_path and tgt_path:
         src, tgt = read_lines(src_path, encoding_errors), read_lines(tgt_path, encoding_errors)
         if len(src) != len(tgt):
@@ -87,7 +94,11 @@ def read_parallel(folder: str | Path, split: str, source: str, target: str, enco
 
 
 def _without_empty(corpus: Corpus) -> Corpus:
+    """`corpus` without its pairs with an empty side, named in a warning; none left is an error."""
     empty = {i for i, (s, t) in enumerate(zip(corpus.source, corpus.target)) if not (s.strip() and t.strip())}
+    if len(empty) == len(corpus.source):
+        raise UserError(f"{corpus.where}: " + (f"no pair with both sides non-empty (of {len(empty)})" if empty
+                                               else "no sentence pairs (empty)"))
     warn_lines(corpus.where, [corpus.lines[i] for i in sorted(empty)], "empty sentence, pair skipped")
     keep = [i for i in range(len(corpus.source)) if i not in empty]
     return replace(corpus, source=[corpus.source[i] for i in keep], target=[corpus.target[i] for i in keep],
