@@ -45,7 +45,7 @@ from gru_suite_plugins.speech.decode import (
 from gru_suite_plugins.speech.endpoint import Endpointer
 from gru_suite_plugins.speech.model import Lookahead, SpeakerAdversary, Spectral, SpectralFrontend, SpeechModel
 from gru_suite_plugins.speech.sources import (Skipped, Utterance, after_silence, connect, in_range, noise_floor,
-                                              read_fsdd, read_manifest, read_source, split_fsdd)
+                                              read_folder, read_fsdd, read_manifest, read_source, split_fsdd)
 from gru_suite_plugins.speech.stream import StreamingRecognizer
 from gru_suite_plugins.speech import task as speech_task
 from gru_suite_plugins.speech.task import Scores, SpeechTask, partial_change
@@ -873,6 +873,17 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_speech_plugin_passes_the_contract_check(checked: Path) -> None:
     assert (checked / "short_run" / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_a_folders_transcripts_are_found_whatever_the_case_of_their_suffix(tmp_path: Path, caplog) -> None:
+    tone = (0.1 * np.sin(np.arange(RATE // 2) * 0.3)).astype(np.float32)
+    for stem, transcript in (("a", "a.TXT"), ("b", "b.txt"), ("c", None)):
+        write_wav(tmp_path / f"{stem}.WAV", tone)
+        if transcript:
+            (tmp_path / transcript).write_text(f"{stem} one\n")
+    utterances = read_folder(tmp_path, RATE)
+    assert [(Path(u.path).name, u.text) for u in utterances] == [("a.WAV", "a one"), ("b.WAV", "b one")]
+    assert "skipping" in caplog.text and "c.WAV: no transcript c.txt beside it" in caplog.text
 
 
 def test_cli_transcribes_a_folder_streaming_and_skips_bad_files(checked: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ line (or the file); a source left with no usable audio is a `UserError`.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -153,16 +154,23 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
     return utterances
 
 
+def transcript_beside(audio: Path) -> Path:
+    """`<stem>.txt` beside `audio`, its suffix in any case (`.TXT` too); `<stem>.txt` where there is none."""
+    named = audio.with_suffix(".txt")
+    return next((path for path in (named, *sorted(audio.parent.glob(f"{glob.escape(audio.stem)}.*")))
+                 if path.suffix.lower() == ".txt" and path.is_file()), named)
+
+
 def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
                 skipped: list[Skipped] | None = None) -> list[Utterance]:
-    """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` beside it.
+    """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` (or `.TXT`) beside it.
 
     Training skips (with a warning) audio without a transcript; prediction needs none. Audio that cannot be read is
     skipped with a warning and added to `skipped`, where given.
     """
     utterances = []
     for audio in files_below(Path(folder), AUDIO_SUFFIXES):
-        transcript = audio.with_suffix(".txt")
+        transcript = transcript_beside(audio)
         text = " ".join(read_lines(transcript)) if transcript.is_file() else None
         if need_text and text is None:
             log.warning("skipping %s: no transcript %s beside it", audio, transcript.name)
