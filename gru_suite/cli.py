@@ -224,10 +224,11 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 raise
             _end_progress_line()
             if user_error is not None:
+                if not sweep:  # first: the error is the last line
+                    restore_earlier_work()
                 print(f"error: {user_error}", file=sys.stderr)
                 _log_to_run_files(f"error: {user_error}")
                 if not sweep:
-                    restore_earlier_work()
                     sys.exit(2)
                 if isinstance(user_error, DivergedRun):  # a result for the sweep: the worst, whatever it scored
                     return math.inf if cfg.task.get("monitor_mode", "min") == "min" else -math.inf

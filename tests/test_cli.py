@@ -1288,6 +1288,7 @@ def test_a_run_refused_for_its_data_leaves_the_earlier_run_resumable(trained_run
     refused = run_cli("gru-suite", "task=forecasting", *QUIET, f"hydra.run.dir={folder}",
                       f"task.data.path={tmp_path / 'missing.csv'}")
     assert refused.returncode == 2 and "data file not found" in refused.stderr, refused.stderr[-2000:]
+    assert "put back the earlier run's checkpoints, metrics.json, predictions" in refused.stdout + refused.stderr
     after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file() and path.suffix != ".log"}
     assert after == before
     resumed = run_cli("gru-suite", "task=forecasting", *QUIET, "trainer.max_epochs=3", "ckpt_path=last",
