@@ -469,7 +469,8 @@ def test_json_pitch_out_of_range_is_one_clear_error(music_installed: None, tmp_p
         run.build_task(cfg.task).datamodule()
 
 
-def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_installed: None, tmp_path: Path) -> None:
+def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_installed: None, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
     cfg = compose_train_config("music", [*TINY, f"task.data.path={tmp_path / 'high.mid'}"], tmp_path)
     rolls = RollRepresentation(cfg.task, {"low": 40, "high": 79, "steps_per_beat": 2})
     roll = np.zeros((4, 128), dtype=np.float32)
@@ -477,8 +478,15 @@ def test_midi_whose_notes_all_lie_outside_the_models_range_is_refused(music_inst
     with pytest.raises(UserError, match=r"high.mid: the test pieces have no notes inside the model's pitch range "
                                         r"40-79 \(all 4 "):
         rolls._ranged({"train": [np.eye(4, 128, 60, dtype=np.float32)], "test": [roll]})
+    shared = [roll]  # fewer than three pieces: every split reads the same ones
+    with pytest.raises(UserError, match=r"high.mid: the pieces have no notes inside the model's pitch range "
+                                        r"40-79 \(all 4 "):  # not "the train pieces", in an evaluation
+        rolls._ranged({"train": shared, "valid": shared, "test": shared})
     roll[0, 60] = roll[1, 79] = roll[2, 40] = 1
     assert int(rolls._ranged({"test": [roll]})["test"][0].sum()) == 3  # the notes in range are kept, the rest dropped
+    with caplog.at_level(logging.WARNING):
+        rolls._ranged({"train": shared, "valid": shared, "test": shared})
+    assert "high.mid: dropped 4 note-steps outside the pitch range 40-79" in caplog.text  # counted once, not thrice
     assert to_range(roll, 40, 79)[1] == 4  # the four at pitch 100 fell outside, none at the range's ends
 
 

@@ -231,7 +231,7 @@ class RollRepresentation(Representation):
     def _ranged(self, corpus: dict[str, list[np.ndarray]]) -> dict[str, list[Tensor]]:
         """Rolls cut to the model's pitch range: out-of-range notes are an error in JSON, dropped from MIDI."""
         source, low, high = str(self.cfg.data.path), self.state["low"], self.state["high"]
-        out, dropped = {}, 0
+        out, dropped, counted = {}, 0, set()  # counted: the pieces whose notes are counted (one in several splits)
         for split, pieces in corpus.items():
             out[split], dropped_here = [], 0
             for i, roll in enumerate(pieces):
@@ -240,10 +240,12 @@ class RollRepresentation(Representation):
                     t, pitch = map(int, np.argwhere(_outside(roll, low, high))[0])
                     raise UserError(f"{source}: {split} piece {i}, step {t}: pitch {pitch} is out of range "
                                     f"({low}-{high}, task.data.pitch_range={self.cfg.data.pitch_range})")
-                dropped_here += outside
+                dropped_here += 0 if id(roll) in counted else outside
+                counted.add(id(roll))
                 out[split].append(torch.from_numpy(ranged))
             if dropped_here and not any(bool(roll.any()) for roll in out[split]):
-                raise UserError(f"{source}: the {split} pieces have no notes inside the model's pitch range "
+                which = "" if sum(other is pieces for other in corpus.values()) > 1 else f"{split} "  # all splits'
+                raise UserError(f"{source}: the {which}pieces have no notes inside the model's pitch range "
                                 f"{low}-{high} (all {dropped_here} note-steps lie outside it)")
             dropped += dropped_here
         if dropped:
