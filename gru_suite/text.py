@@ -54,7 +54,8 @@ def source_name(path: str | Path) -> str:
 
 
 def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list[str]:
-    """The lines of a plain or gzip (`.gz`) UTF-8 text file, or of stdin (`STDIN`), without line ends.
+    """The lines of a plain or gzip (`.gz`) UTF-8 text file, or of stdin (`STDIN`, gzip data unpacked), without
+    line ends.
 
     A line that is not valid UTF-8 raises a `UserError` naming the file and line
     (`encoding_errors="error"`, whose message offers the task's `encoding_errors=replace`,
@@ -62,7 +63,13 @@ def read_lines(path: str | Path, encoding_errors: EncodingErrors = None) -> list
     bad bytes and reported in a warning (`"replace"`).
     """
     if str(path) == STDIN:
-        return decode_lines(split_lines(sys.stdin.buffer.read()), source_name(path), encoding_errors)
+        data = sys.stdin.buffer.read()
+        if data.startswith(GZIP_MAGIC):  # `cat text.gz | ...`: read as the file would be
+            try:
+                data = gzip.decompress(data)
+            except (OSError, EOFError, zlib.error) as err:
+                raise UserError(f"{source_name(path)}: gzip-compressed, but cannot be unpacked ({err})") from err
+        return decode_lines(split_lines(data), source_name(path), encoding_errors)
     path = Path(path)
     if not path.is_file():
         raise not_a_file(path)

@@ -511,6 +511,13 @@ def test_json_pitch_that_is_not_an_integer_is_named(pitch: object, tmp_path: Pat
         load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
 
 
+def test_a_midi_file_named_json_is_named_so(tmp_path: Path) -> None:
+    path = tmp_path / "song.json"
+    pretty_midi.PrettyMIDI().write(str(path))
+    with pytest.raises(UserError, match=r"song.json: a MIDI file, named .json: name it .mid"):
+        load_corpus(path, 1, drums=False, split=[0.8, 0.1, 0.1])
+
+
 @pytest.mark.parametrize("mark", ["", "\ufeff"])  # as some editors save UTF-8: with a byte-order mark
 def test_json_pitches_written_as_whole_floats_are_read(mark: str, tmp_path: Path) -> None:
     path = tmp_path / "rolls.json"  # as the 16th-note JSB Chorales file writes some of them

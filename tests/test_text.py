@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
+import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -110,6 +113,16 @@ def test_read_lines_plain_and_gzip(tmp_path):
         read_lines(unnamed)
     with pytest.raises(UserError, match=r"b.csv: gzip-compressed, but not named .gz"):
         read_csv_frame(unnamed)  # pandas reads a .csv as plain text
+
+
+def test_gzip_data_on_stdin_is_unpacked(monkeypatch):
+    lines = "eins\nzwei\n".encode()
+    for data, expected in ((gzip.compress(lines), ["eins", "zwei"]), (lines, ["eins", "zwei"])):
+        monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(data)))
+        assert read_lines("-") == expected
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=io.BytesIO(gzip.compress(lines)[:-6])))
+    with pytest.raises(UserError, match=r"<stdin>: gzip-compressed, but cannot be unpacked"):
+        read_lines("-")
 
 
 @pytest.mark.parametrize("data, lines", [

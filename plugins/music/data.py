@@ -190,8 +190,14 @@ def read_json_rolls(path: Path) -> Corpus:
     """Piano rolls in the JSB Chorales layout: `{"train": [...], "valid": [...], "test": [...]}`,
     each piece a list of steps, each step a list of MIDI pitches."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark too
-    except (OSError, ValueError) as err:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"{path}: not a readable JSON file ({err})") from err
+    if data.startswith(b"MThd"):
+        raise UserError(f"{path}: a MIDI file, named .json: name it .mid")
+    try:
+        raw = json.loads(data.decode("utf-8-sig"))  # a byte-order mark too
+    except ValueError as err:
         raise UserError(f"{path}: not a readable JSON file ({err})") from err
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), list) or not raw["train"]:
         raise UserError(f'{path}: expected {{"train": [...], "valid": [...], "test": [...]}} with training pieces')
