@@ -229,8 +229,9 @@ def restore_earlier_work() -> None:
             elif place.is_dir():
                 place.rmdir()
             kept.rename(place)
-    if places:  # the config's return goes without saying, as its moving did
-        log.info("put back the earlier run's %s, which this run had moved aside", ", ".join(p.name for p in places))
+        if places:  # the config's return goes without saying, as its moving did
+            log.info("put back the earlier run's %s, which this run had moved aside",
+                     ", ".join(p.name for p in places))
 
 
 def _empty_folder(path: Path) -> bool:
