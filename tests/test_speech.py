@@ -877,12 +877,13 @@ def test_speech_plugin_passes_the_contract_check(checked: Path) -> None:
 
 def test_a_folders_transcripts_are_found_whatever_the_case_of_their_suffix(tmp_path: Path, caplog) -> None:
     tone = (0.1 * np.sin(np.arange(RATE // 2) * 0.3)).astype(np.float32)
-    for stem, transcript in (("a", "a.TXT"), ("b", "b.txt"), ("c", None)):
+    for stem, transcript in (("a", "a.TXT"), ("b", "b.txt"), ("c", None), ("c.old", "c.old.txt")):
         write_wav(tmp_path / f"{stem}.WAV", tone)
         if transcript:
             (tmp_path / transcript).write_text(f"{stem} one\n")
     utterances = read_folder(tmp_path, RATE)
-    assert [(Path(u.path).name, u.text) for u in utterances] == [("a.WAV", "a one"), ("b.WAV", "b one")]
+    assert [(Path(u.path).name, u.text) for u in utterances] == [("a.WAV", "a one"), ("b.WAV", "b one"),
+                                                                 ("c.old.WAV", "c.old one")]  # not c.WAV's
     assert "skipping" in caplog.text and "c.WAV: no transcript c.txt beside it" in caplog.text
 
 

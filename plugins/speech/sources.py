@@ -10,7 +10,6 @@ line (or the file); a source left with no usable audio is a `UserError`.
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -154,13 +153,6 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
     return utterances
 
 
-def transcript_beside(audio: Path) -> Path:
-    """`<stem>.txt` beside `audio`, its suffix in any case (`.TXT` too); `<stem>.txt` where there is none."""
-    named = audio.with_suffix(".txt")
-    return next((path for path in (named, *sorted(audio.parent.glob(f"{glob.escape(audio.stem)}.*")))
-                 if path.suffix.lower() == ".txt" and path.is_file()), named)
-
-
 def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
                 skipped: list[Skipped] | None = None) -> list[Utterance]:
     """Every .wav/.flac/.ogg below `folder`, its transcript in `<stem>.txt` (or `.TXT`) beside it.
@@ -169,8 +161,9 @@ def read_folder(folder: str | Path, sample_rate: int, need_text: bool = True,
     skipped with a warning and added to `skipped`, where given.
     """
     utterances = []
+    transcripts = {(path.parent, path.stem): path for path in files_below(Path(folder), {".txt"})}  # .txt over .TXT
     for audio in files_below(Path(folder), AUDIO_SUFFIXES):
-        transcript = transcript_beside(audio)
+        transcript = transcripts.get((audio.parent, audio.stem), audio.with_suffix(".txt"))
         text = " ".join(read_lines(transcript)) if transcript.is_file() else None
         if need_text and text is None:
             log.warning("skipping %s: no transcript %s beside it", audio, transcript.name)
