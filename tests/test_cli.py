@@ -867,6 +867,15 @@ def test_resuming_with_fewer_epochs_than_the_checkpoint_trained_is_one_clear_err
     with pytest.raises(UserError, match=r"has trained 2 epochs: trainer.max_epochs=1 is below that; give at least 2"):
         run.train(compose_train_config("forecasting", [*TINY, "trainer.max_epochs=1", "ckpt_path=last"], copy))
     assert sorted(path.name for path in copy.iterdir()) == before  # nothing moved aside (metrics.csv stays)
+    checkpoint = torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)
+    checkpoint["epoch"] = 2  # as a third epoch's
+    checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] = 3
+    torch.save(checkpoint, copy / "checkpoints" / "last.ckpt")
+    before = sorted(path.name for path in copy.iterdir())
+    with pytest.raises(UserError, match=r"has trained 3 epochs: debug=fdr \(trainer.fast_dev_run\) runs as one "
+                                        r"epoch, which cannot resume it"):  # Lightning's traceback, after the moves
+        run.train(compose_train_config("forecasting", [*TINY, "debug=fdr", "ckpt_path=last"], copy))
+    assert sorted(path.name for path in copy.iterdir()) == before
 
 
 @pytest.mark.parametrize("reached", ["epochs", "steps", "epochs under fast_dev_run"])
