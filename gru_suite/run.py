@@ -428,15 +428,16 @@ def evaluate_and_write(
 def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     """A run that does not resume from its own folder's checkpoints (`checkpoint_folder`), into one that holds an
     earlier run's (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its run
-    folder's `metrics.json` to
-    `metrics.N.json`, its `predictions/` to `predictions.N/`): Lightning would write
+    folder's `metrics.json` to `metrics.N.json`, its `predictions/` to `predictions.N/`, its `tensorboard/` to
+    `tensorboard.N/`): Lightning would write
     `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
     folder, out_dir = checkpoint_folder(cfg), Path(cfg.paths.output_dir)
     if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     kept = set_aside(folder)
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)
-    for earlier in (out_dir / "metrics.json", out_dir / "predictions"):  # its figures and artifacts
+    # its figures, artifacts and curves (`logger=tensorboard`'s folder: TensorBoard would draw both runs as one)
+    for earlier in (out_dir / "metrics.json", out_dir / "predictions", out_dir / "tensorboard"):
         beside = earlier.with_name(f"{earlier.stem}{kept.suffix}{earlier.suffix}")  # checkpoints.N/: metrics.N.json
         if earlier.exists():  # as checkpoints.N/, unless that name is taken (predictions.N/ of a resumed run)
             kept_as = set_aside(earlier) if beside.exists() else move_aside(earlier, beside)

@@ -900,12 +900,13 @@ def test_a_resumed_run_moves_the_artifacts_it_replaces_aside(trained_run, tmp_pa
 
 
 def test_a_fresh_run_moves_an_earlier_runs_files_aside_before_it_trains_whatever_numbers_are_taken(tmp_path):
-    for name in ("checkpoints/last.ckpt", "predictions/forecast.csv", "predictions.1/forecast.csv", "metrics.json"):
+    for name in ("checkpoints/last.ckpt", "predictions/forecast.csv", "predictions.1/forecast.csv", "metrics.json",
+                 "tensorboard/events.out.tfevents.1"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text(name)
     run.keep_earlier_checkpoints(compose_train_config("forecasting", [], tmp_path))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoints.1", "metrics.1.json", "predictions.1",
-                                                                 "predictions.2"]
+                                                                 "predictions.2", "tensorboard.1"]
     assert (tmp_path / "predictions.2" / "forecast.csv").read_text() == "predictions/forecast.csv"
 
 
