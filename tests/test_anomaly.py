@@ -281,9 +281,12 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
         skipping.update([float("nan"), 1.0, 2.0])  # a row of the wrong width, not a missing value
     assert skipping.observations == plain.observations == 40  # what the stream CLI's end-of-probation check counts
     assert is_header("value", False, 1) and is_header("time,a,b", True, 2) and is_header("a,b", False, 2)
+    assert is_header('"timestamp","cpu (%)"', True, 1) and is_header("_load", False, 1)
     assert not any(is_header(line, stamped, width) for line, stamped, width in (  # nor a malformed line of values
         ("2024-01-01,", True, 1), (",", False, 2), ("a,nan", False, 2), ("level,1e3", False, 2),
-        ("2024-01-01", True, 1), ("1;2", False, 2), ("a,b", False, 1), ("21.5 22.0", False, 2)))
+        ("2024-01-01", True, 1), ("1;2", False, 2), ("a,b", False, 1), ("21.5 22.0", False, 2),
+        ("10 C", False, 1), ("21.5°C", False, 1), ("12a", False, 1), ("$3.50", False, 1), ("0x1F", False, 1),
+        ("1.2.3", False, 1)))  # values written wrong: an error on line 1, not a header skipped
     stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
     assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
     with pytest.raises(UserError, match="stdin, line 3: expected 2 comma-separated finite"):
@@ -513,6 +516,10 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
     assert len(out.splitlines()) == 24 and out.startswith("2024-01-01 00:00,")
     assert err.strip().splitlines() == ["stdin, line 2: read as the column names 'timestamp,value', not an observation",
                                         "error: stdin, line 27: not a timestamp: 'yesterday'"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\ufefftimestamp,value\n" + lines))  # a byte-order mark first
+    assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 24 and "line 1: read as the column names 'timestamp,value'" in err
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "timestamp,value\n"))  # column names after the first line
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
     assert capsys.readouterr().err.strip() == "error: stdin, line 25: not a timestamp: 'timestamp'"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
@@ -58,9 +59,13 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
 
 def is_header(line: str, has_timestamp: bool, width: int) -> bool:
     """Whether `line` names the `width` value columns (`timestamp,value`): as many fields as a line of values, each
-    a word, none a number or a missing value's word."""
+    a name (a letter or `_` first, optionally in quotes: not `10 C` or `$3.50`), none a missing value's word."""
     fields = [f.strip() for f in line.split(",")][1 if has_timestamp else 0:]
-    return len(fields) == width and all(f and f.lower() not in MISSING_WORDS and not _is_number(f) for f in fields)
+    return len(fields) == width and all(COLUMN_NAME.fullmatch(f) and f.lower() not in MISSING_WORDS for f in fields)
+
+
+COLUMN_NAME = re.compile(r'"?[^\W\d][^",]*"?')
+"""A column's name in a header line: a letter or `_` first (after an opening quote)."""
 
 
 def _is_number(text: str) -> bool:
@@ -88,6 +93,7 @@ def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool
     line that `is_header` is skipped."""
     first = True
     for number, line in enumerate(lines, start=1):
+        line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark, as files may start with
         if not line.strip():
             continue
         header, first = first and is_header(line, has_timestamp, width), False
