@@ -307,11 +307,21 @@ def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:
 
 
 def stopped(why: str, checkpoints: Path, code: int) -> None:
-    """End a stopped command with one line, naming the checkpoint to resume from if the run saved one (in its folder
-    `checkpoints`), and exit with `code`."""
+    """End a stopped command with one line, saying how to resume if the run saved a checkpoint (in its folder
+    `checkpoints`): the same command with `ckpt_path=last` in the same run folder (a sweep: the same sweep folder);
+    exit with `code`."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     _end_progress_line()
-    last = checkpoints / "last.ckpt"
-    message = f"error: {why}" + (f"; resume with ckpt_path={last}" if last.is_file() else "")
+    last, message = checkpoints / "last.ckpt", f"error: {why}"
+    if last.is_file() and not HydraConfig.initialized():
+        message += f"; resume with ckpt_path={last}"
+    elif last.is_file():
+        hydra_cfg = HydraConfig.get()
+        folder = f"hydra.sweep.dir={hydra_cfg.sweep.dir}" if hydra_cfg.mode == RunMode.MULTIRUN else \
+            f"hydra.run.dir={hydra_cfg.runtime.output_dir}"
+        message += f"; resume: the same command with ckpt_path=last {folder}"
     print(message, file=sys.stderr)
     _log_to_run_files(message)
     sys.exit(code)

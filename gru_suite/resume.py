@@ -64,8 +64,8 @@ def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: st
         if checkpoint.get("epoch", 0) > 1:  # max_epochs=1, below a checkpoint past its second epoch (a traceback)
             raise UserError(f"ckpt_path {ckpt_path} has trained {trained} epochs: debug=fdr (trainer.fast_dev_run) "
                             "runs as one epoch, which cannot resume it; for a quick look at resuming it, give "
-                            f"trainer.max_epochs={trained + 1} trainer.limit_train_batches=1 trainer.limit_val_batches=1 "
-                            "instead")
+                            f"trainer.max_epochs={trained + 1} trainer.limit_train_batches=1 "
+                            "trainer.limit_val_batches=1 instead")
         return
     steps = checkpoint.get("global_step", 0)
     if trained == max_epochs or (max_steps not in (None, -1) and steps >= max_steps):

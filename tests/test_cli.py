@@ -616,7 +616,7 @@ def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_
     process.send_signal(sent)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr[-2000:]  # not 0 (SIGTERM) or 1 (Ctrl-C, Lightning's): 128 + signal
-    assert f"error: {why}; resume with ckpt_path={last}" in stderr
+    assert f"error: {why}; resume: the same command with ckpt_path=last hydra.run.dir={tmp_path}" in stderr
     assert torch.load(last, weights_only=False)["epoch"] >= 0  # the checkpoint it names is whole
 
 
@@ -1070,6 +1070,25 @@ def test_a_stopped_command_names_the_checkpoint_to_resume_from_if_there_is_one(t
     with pytest.raises(SystemExit):
         cli.stopped("interrupted", tmp_path / "checkpoints", 130)
     assert capsys.readouterr().err == f"error: interrupted; resume with ckpt_path={tmp_path}/checkpoints/last.ckpt\n"
+
+
+@pytest.mark.parametrize("mode", ["run", "sweep"])
+def test_a_stopped_command_says_which_command_resumes_it(mode, tmp_path, capsys, run_start):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    (tmp_path / "job" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "job" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    config = hydra_run_config(str(tmp_path / "job"))
+    with open_dict(config):
+        config.hydra.mode = RunMode.MULTIRUN if mode == "sweep" else RunMode.RUN
+        config.hydra.runtime.output_dir, config.hydra.sweep.dir = str(tmp_path / "job"), str(tmp_path)
+    HydraConfig.instance().set_config(config)
+    with pytest.raises(SystemExit):
+        cli.stopped("stopped by SIGTERM", tmp_path / "job" / "checkpoints", 143)
+    folder = f"hydra.sweep.dir={tmp_path}" if mode == "sweep" else f"hydra.run.dir={tmp_path / 'job'}"
+    said = capsys.readouterr().err
+    assert said == f"error: stopped by SIGTERM; resume: the same command with ckpt_path=last {folder}\n"
 
 
 def test_resuming_from_a_moved_aside_checkpoint_tracks_its_best_checkpoint(tmp_path):

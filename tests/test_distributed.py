@@ -174,7 +174,8 @@ def test_sigterm_stops_every_process_of_a_ddp_run_where_it_can_resume(tmp_path):
         os.killpg(process.pid, signal.SIGKILL)  # the run and the process it started
         pytest.fail("the DDP run hung after SIGTERM")
     assert process.returncode == 143, stderr[-2000:]
-    assert f"error: stopped by SIGTERM; resume with ckpt_path={last}" in stderr
+    assert f"error: stopped by SIGTERM; resume: the same command with ckpt_path=last hydra.run.dir={tmp_path}" \
+        in stderr
 
 
 TIED = """
