@@ -206,9 +206,12 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from gru_suite.run_folder import checkpoint_folder, restore_earlier_work
+        from gru_suite.run_folder import checkpoint_folder, keep_earlier_file, restore_earlier_work
+        from gru_suite.sweep import ERROR_NAME
 
         _warn_undeclared_settings(cfg)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep rerun into its folder: this job's own error, if any
+            keep_earlier_file(Path(HydraConfig.get().runtime.output_dir) / ERROR_NAME)
         try:
             return body(cfg)
         except SystemExit as stop:

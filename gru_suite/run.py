@@ -68,7 +68,7 @@ from gru_suite.resume import (
     warn_of_a_dropped_weight_average,
     warn_of_another_monitor,
 )
-from gru_suite.run_folder import checkpoint_folder, first_process, move_aside, set_aside
+from gru_suite.run_folder import checkpoint_folder, first_process, keep_earlier_file, move_aside, set_aside
 from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule, wrong_task_settings
 
 log = logging.getLogger(__name__)
@@ -618,8 +618,7 @@ def evaluate(cfg: DictConfig, task: TaskPlugin, module: TaskModule) -> dict[str,
     results = trainer.test(module, datamodule=datamodule)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:  # the metrics every process holds, written once, beside an earlier eval's
-        if (path := Path(cfg.paths.output_dir) / "test_metrics.json").exists():
-            log.info("kept the earlier %s as %s", path, set_aside(path).name)
+        keep_earlier_file(path := Path(cfg.paths.output_dir) / "test_metrics.json")
         write_metrics(metrics, path)
     return metrics
 

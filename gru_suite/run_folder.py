@@ -36,6 +36,12 @@ def set_aside(path: Path) -> Path:
                                  if not (new := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists()))
 
 
+def keep_earlier_file(path: Path) -> None:
+    """Set aside an earlier run's `path` (`summary.csv` to `summary.1.csv`) before this run writes its own there."""
+    if path.exists():
+        log.info("kept the earlier %s as %s", path, set_aside(path).name)
+
+
 _moved_aside: list[tuple[Path, Path]] = []
 """What this process moved aside (`move_aside`) during its run: (the place, where it went), absolute, in order."""
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from gru_suite.atomic import write_text
 from gru_suite.metrics_file import read_metrics
 from gru_suite.overrides import override_key
+from gru_suite.run_folder import keep_earlier_file
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,7 @@ class SweepSummary(Callback):
         jobs = ranked(sweep_jobs(sweep_dir, self._started_ns))
         if not jobs:
             return
+        keep_earlier_file(sweep_dir / SUMMARY_NAME)  # a sweep rerun into its folder: the earlier ranking stays
         path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
         best = jobs[0]
         if why := unranked_because(jobs):

@@ -1443,6 +1443,9 @@ def test_multirun_sweeps(tmp_path):
 
 
 def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
+    (tmp_path / "1_forecasting").mkdir()  # a rerun into an earlier sweep's folder, where job 1 had failed
+    (tmp_path / "1_forecasting" / "error.txt").write_text("an earlier failure\n")
+    (tmp_path / "summary.csv").write_text("job,error\n1_forecasting,an earlier failure\n")
     result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[:1], *TINY[2:],
                      "task.data.lookback=5000,24", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]
@@ -1450,6 +1453,9 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     rows = {row["job"]: row for row in csv.DictReader((tmp_path / "summary.csv").open())}
     assert "is too short" in rows["0_forecasting"]["error"] and rows["0_forecasting"]["val/loss"] == ""
     assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
+    assert not (tmp_path / "1_forecasting" / "error.txt").exists()  # set aside: no stale error beside a result
+    assert (tmp_path / "1_forecasting" / "error.1.txt").read_text() == "an earlier failure\n"
+    assert (tmp_path / "summary.1.csv").read_text() == "job,error\n1_forecasting,an earlier failure\n"
 
 
 def test_a_sweep_job_that_diverges_is_ranked_last_not_failed(tmp_path):

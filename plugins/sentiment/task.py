@@ -21,7 +21,7 @@ from gru_suite.config import check_own_splits, name_list
 from gru_suite.data import LengthBucketSampler, length_bucket_loader
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, not_a_file
-from gru_suite.run_folder import set_aside
+from gru_suite.run_folder import keep_earlier_file
 from gru_suite.task import (
     BackboneFactory,
     EnsembleMember,
@@ -412,8 +412,7 @@ class SentimentTask(TaskPlugin):
     @rank_zero_only
     def _draw_confusion(self, matrix: np.ndarray, path: Path, title: str) -> None:
         """The confusion matrix as a PNG at `path`, an earlier one there set aside (as eval's `test_metrics.json`)."""
-        if path.exists():
-            log.info("kept the earlier %s as %s", path, set_aside(path).name)
+        keep_earlier_file(path)
         log.info("wrote %s", plot_confusion(matrix, self.labels, path, title))
 
     def report_dir(self) -> Path | None:
