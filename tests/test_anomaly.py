@@ -287,6 +287,7 @@ def test_a_stream_that_skips_missing_values_goes_on_as_if_they_had_not_come():
         ("2024-01-01", True, 1), ("1;2", False, 2), ("a,b", False, 1), ("21.5 22.0", False, 2),
         ("10 C", False, 1), ("21.5°C", False, 1), ("12a", False, 1), ("$3.50", False, 1), ("0x1F", False, 1),
         ("1.2.3", False, 1)))  # values written wrong: an error on line 1, not a header skipped
+    assert parse_line('"2024-01-01 00:00","1.5"', 2, True, 1) == ("2024-01-01 00:00", [1.5])  # a quoted CSV's line
     stamp, values = parse_line("2024-01-01, ,NaN", 3, True, 2, skip_missing=True)
     assert stamp == "2024-01-01" and np.isnan(values).all() and np.isnan(parse_line(",n/a", 3, False, 2, True)[1]).all()
     with pytest.raises(UserError, match="stdin, line 3: expected 2 comma-separated finite"):

@@ -13,6 +13,7 @@ the scaler and calibrate the threshold.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import re
 import sys
@@ -39,7 +40,7 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
     a value may also be missing (NaN)."""
     if any("\udc80" <= char <= "\udcff" for char in line):  # bytes that are not UTF-8, as Python reads them
         raise UserError(f"stdin, line {number}: not UTF-8")
-    fields = [f.strip() for f in line.split(",")]
+    fields = csv_fields(line)
     stamp = fields.pop(0) if has_timestamp else None
     expected = f"{'a timestamp and ' if has_timestamp else ''}{width} comma-separated finite number(s)"
     if stamp is not None and not _is_timestamp(stamp):
@@ -60,12 +61,17 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
 def is_header(line: str, has_timestamp: bool, width: int) -> bool:
     """Whether `line` names the `width` value columns (`timestamp,value`): as many fields as a line of values, each
     a name (a letter or `_` first, optionally in quotes: not `10 C` or `$3.50`), none a missing value's word."""
-    fields = [f.strip() for f in line.split(",")][1 if has_timestamp else 0:]
+    fields = csv_fields(line)[1 if has_timestamp else 0:]
     return len(fields) == width and all(COLUMN_NAME.fullmatch(f) and f.lower() not in MISSING_WORDS for f in fields)
 
 
 COLUMN_NAME = re.compile(r'"?[^\W\d][^",]*"?')
 """A column's name in a header line: a letter or `_` first (after an opening quote)."""
+
+
+def csv_fields(line: str) -> list[str]:
+    """The comma-separated fields of `line` as a CSV file's (a quoted one unquoted: `"2024-01-01 00:00"`), stripped."""
+    return [field.strip() for field in next(csv.reader([line]), [""])]
 
 
 def _is_number(text: str) -> bool:
