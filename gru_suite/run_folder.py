@@ -278,6 +278,16 @@ class KeepEarlierConfig(Callback):
             earlier = set_aside(folder)
             log.info("kept the earlier %s as %s", folder, earlier.name)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """A sweep into the folder of an earlier one: each earlier job's `.hydra/` moves to `.hydra.N/` now, since
+        Hydra writes a job's own before any callback of the job runs."""
+        sweep_dir, subdir = Path(config.hydra.sweep.dir), config.hydra.output_subdir
+        if not subdir or Path(subdir).is_absolute() or not sweep_dir.is_dir():
+            return
+        for job in sorted(sweep_dir.iterdir()):
+            if (folder := job / subdir).is_dir() and not folder.is_symlink():
+                log.info("kept the earlier %s as %s", folder, set_aside(folder).name)
+
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _run_start
         _run_start = None  # the run has ended: what it wrote stays

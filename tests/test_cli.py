@@ -1445,6 +1445,8 @@ def test_multirun_sweeps(tmp_path):
 def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     (tmp_path / "1_forecasting").mkdir()  # a rerun into an earlier sweep's folder, where job 1 had failed
     (tmp_path / "1_forecasting" / "error.txt").write_text("an earlier failure\n")
+    (tmp_path / "1_forecasting" / ".hydra").mkdir()
+    (tmp_path / "1_forecasting" / ".hydra" / "overrides.yaml").write_text("- task.data.lookback=6\n")
     (tmp_path / "summary.csv").write_text("job,error\n1_forecasting,an earlier failure\n")
     result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[:1], *TINY[2:],
                      "task.data.lookback=5000,24", f"hydra.sweep.dir={tmp_path}")
@@ -1455,6 +1457,8 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     assert rows["1_forecasting"]["error"] == "" and float(rows["1_forecasting"]["val/loss"]) > 0
     assert not (tmp_path / "1_forecasting" / "error.txt").exists()  # set aside: no stale error beside a result
     assert (tmp_path / "1_forecasting" / "error.1.txt").read_text() == "an earlier failure\n"
+    assert (tmp_path / "1_forecasting" / ".hydra.1" / "overrides.yaml").read_text() == "- task.data.lookback=6\n"
+    assert "task.data.lookback=24" in (tmp_path / "1_forecasting" / ".hydra" / "overrides.yaml").read_text()
     assert (tmp_path / "summary.1.csv").read_text() == "job,error\n1_forecasting,an earlier failure\n"
 
 
