@@ -60,13 +60,14 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
 
 def is_header(line: str, has_timestamp: bool, width: int) -> bool:
     """Whether `line` names the `width` value columns (`timestamp,value`): as many fields as a line of values, each
-    a name (a letter or `_` first, optionally in quotes: not `10 C` or `$3.50`), none a missing value's word."""
+    a name (a letter or `_` first, as `csv_fields` unquotes it: not `10 C` or `$3.50`), none a missing value's
+    word."""
     fields = csv_fields(line)[1 if has_timestamp else 0:]
     return len(fields) == width and all(COLUMN_NAME.fullmatch(f) and f.lower() not in MISSING_WORDS for f in fields)
 
 
-COLUMN_NAME = re.compile(r'"?[^\W\d][^",]*"?')
-"""A column's name in a header line: a letter or `_` first (after an opening quote)."""
+COLUMN_NAME = re.compile(r"[^\W\d].*")
+"""A column's name in a header line: a letter or `_` first."""
 
 
 def csv_fields(line: str) -> list[str]:
