@@ -21,7 +21,7 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.distributed import gather_objects, warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
-from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin
+from gru_suite.task import Pretraining, Stage, StepOutput, TaskPlugin, checkpointable_state
 
 log = logging.getLogger(__name__)
 CHECKPOINT_KEY = "gru_suite"
@@ -330,7 +330,7 @@ class TaskModule(pl.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "plateau_step_pending": self._plateau_step_pending(),
             "config": OmegaConf.to_container(self.config),
-            "task_state": self.task.state_dict(),
+            "task_state": checkpointable_state(self.task),
             "monitored": None if monitored is None else float(monitored),  # this epoch's, for a plateau schedule
             # each process's, so that a resumed run draws the dropout masks (and batches) the uninterrupted run would
             "rng": gather_objects(rng_states()) if self.gather_rng else [rng_states()],

@@ -5,10 +5,8 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
-import io
 import logging
 import os
-import pickle
 import re
 import warnings
 from collections.abc import Iterator, Sequence
@@ -69,7 +67,14 @@ from gru_suite.resume import (
     warn_of_another_monitor,
 )
 from gru_suite.run_folder import checkpoint_folder, first_process, keep_earlier_file, move_aside, set_aside
-from gru_suite.task import EnsembleMember, Pretraining, TaskPlugin, task_datamodule, wrong_task_settings
+from gru_suite.task import (
+    EnsembleMember,
+    Pretraining,
+    TaskPlugin,
+    checkpointable_state,
+    task_datamodule,
+    wrong_task_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,34 +112,6 @@ def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> Tas
         raise UserError(f"task {task_cfg.name!r}: {task_cls.__name__}.__init__ must call super().__init__(cfg, state), "
                         "which checks the settings and sets self.cfg and self.state")
     return task
-
-
-def check_checkpointable_state(task: TaskPlugin) -> None:
-    """The task's `state_dict()` goes into a checkpoint and comes back as Lightning reads one to test or resume
-    (`torch.load(weights_only=True)`): a UserError naming the entry before training, not a traceback after it."""
-    state = task.state_dict()
-    if (why := _not_checkpointable(state)) is None:
-        return
-    entries = state.items() if isinstance(state, dict) else []
-    key = next((f"[{key!r}]" for key, value in entries if _not_checkpointable({key: value}) is not None), "")
-    raise UserError(f"task {task.cfg.get('name')!r}: state_dict(){key} cannot go into a checkpoint ({why}); store "
-                    "plain data: numbers, strings, lists, dicts, tensors (a numpy array's .tolist(), float() of a "
-                    "numpy number, OmegaConf.to_container() of a config node)")
-
-
-def _not_checkpointable(value: Any) -> str | None:
-    """Why `value` does not survive `torch.save` and a weights-only `torch.load`, or None."""
-    buffer = io.BytesIO()
-    try:
-        torch.save(value, buffer)
-        buffer.seek(0)
-        torch.load(buffer, weights_only=True)
-    except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        return f"a weights-only load refuses its {refused.group(1)}" if refused else "a weights-only load refuses it"
-    except (pickle.PicklingError, TypeError, AttributeError) as err:  # what pickling raises for what it cannot
-        return f"{type(err).__name__}: {err}"
-    return None
 
 
 def _found_backbone(model: Any, found: Any, factory: Any) -> str:
@@ -347,7 +324,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task_datamodule(task)
     datamodule.setup("fit")  # the input's own errors before the model's and the trainer's work
-    check_checkpointable_state(task)
+    checkpointable_state(task)  # a state training cannot save, named before any work
     module = build_module(cfg, task)
     for message in unused_backbone_settings(cfg, module.model, command_line_keys("backbone")):
         warn_on_rank_zero(message)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import pickle
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -10,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pytorch_lightning as pl
+import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
@@ -206,6 +210,38 @@ def task_datamodule(task: TaskPlugin) -> pl.LightningDataModule:
         raise UserError(f"task {task.cfg.get('name')!r}: datamodule() returned a {type(datamodule).__name__}, not a "
                         "LightningDataModule (gru_suite.data.SplitDataModule is one)")
     return datamodule
+
+
+def checkpointable_state(task: TaskPlugin) -> dict[str, Any]:
+    """The task's `state_dict()`, checked to go into a checkpoint and come back as Lightning reads one to test or
+    resume (`torch.load(weights_only=True)`): else a UserError naming the entry, before training and at every save
+    (a state that a pass's `epoch_end` fills), not a traceback when the checkpoint is read."""
+    state = task.state_dict()
+    name = task.cfg.get("name")
+    if not isinstance(state, dict):  # a restored task would be built with no state and fit its own again
+        raise UserError(f"task {name!r}: state_dict() returned a {type(state).__name__}, not a dict of the task's "
+                        "data-dependent state (return {} for none)")
+    if (why := _not_checkpointable(state)) is None:
+        return state
+    key = next((f"[{key!r}]" for key, value in state.items() if _not_checkpointable({key: value}) is not None), "")
+    raise UserError(f"task {name!r}: state_dict(){key} cannot go into a checkpoint ({why}); store "
+                    "plain data: numbers, strings, lists, dicts, tensors (a numpy array's .tolist(), float() of a "
+                    "numpy number, OmegaConf.to_container() of a config node)")
+
+
+def _not_checkpointable(value: Any) -> str | None:
+    """Why `value` does not survive `torch.save` and a weights-only `torch.load`, or None."""
+    buffer = io.BytesIO()
+    try:
+        torch.save(value, buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        return f"a weights-only load refuses its {refused.group(1)}" if refused else "a weights-only load refuses it"
+    except (pickle.PicklingError, TypeError, AttributeError) as err:  # what pickling raises for what it cannot
+        return f"{type(err).__name__}: {err}"
+    return None
 
 
 def wrong_task_settings(task_cls: type[TaskPlugin], cfg: DictConfig) -> list[str]:

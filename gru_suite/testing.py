@@ -52,7 +52,7 @@ from gru_suite.errors import UserError
 from gru_suite.gates import plot_model_gates
 from gru_suite.module import TaskModule
 from gru_suite.overrides import unknown_group_option
-from gru_suite.task import StepOutput, TaskPlugin
+from gru_suite.task import StepOutput, TaskPlugin, checkpointable_state
 
 OVERFIT_STEPS = 200
 """Most optimiser steps spent on the one batch."""
@@ -269,7 +269,7 @@ def _instantiate(cfg: DictConfig) -> tuple[TaskModule, pl.LightningDataModule]:
         isinstance(datamodule, pl.LightningDataModule),
         f"datamodule() returned {type(datamodule).__name__}, not a LightningDataModule",
     )
-    run.check_checkpointable_state(task)
+    checkpointable_state(task)
     module = run.build_module(cfg, task)
     _require(isinstance(module.model, nn.Module), f"build_model() returned {type(module.model).__name__}")
     module.configure_optimizers()
@@ -356,12 +356,17 @@ def _check_checkpoint_round_trip(cfg: DictConfig) -> TaskModule:
     _require(bool(callback.best_model_path), f"no best checkpoint: the monitor {callback.monitor!r} was not logged")
     try:
         restored = load_checkpoint(last)
+        saved = set(restored.task.state)
         restored_data = restored.task.datamodule()  # rebuilds data-dependent objects (scalers...) as the CLI does
     except Exception as err:
         raise AssertionError(
             f"cannot rebuild the task from {last.name} ({type(err).__name__}: {err}); "
             "state_dict() must hold everything build_model() and the writers need"
         ) from err
+    # on the same data a refitted value equals the trained one, so the predictions below cannot show it
+    refitted = [key for key in restored.task.state if key not in saved]
+    _require(not refitted, f"the task restored from {last.name} fitted state[{', '.join(map(repr, refitted))}] again "
+             "on the data it was given: state_dict() leaves it out, so a model restored for new data gets another")
     batches = []
     for data in (datamodule, restored_data):
         data.setup("predict")

@@ -139,6 +139,19 @@ class ForgetfulTask(ForecastingTask):
         return {}
 
 
+class RefittingTask(ForecastingTask):
+    """Fits an offset where its state lacks one, but leaves it out of checkpoints: a model restored for new data
+    would fit another, which the same data cannot show."""
+
+    def datamodule(self) -> Any:
+        data = super().datamodule()
+        self.state.setdefault("offset", 0.5)
+        return data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {key: value for key, value in self.state.items() if key != "offset"}
+
+
 class CorruptPlotTask(ForecastingTask):
     """Writes a `.png` that is not a PNG."""
 
@@ -178,6 +191,8 @@ BROKEN = {
     "negative-stuck-loss": (NegativeStuckLossTask, r"overfitting one batch: the loss on one batch went from -1 to -1 "
                                                    r".*expected below -1\.5"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
+    "refitting-state": (RefittingTask, r"checkpoint round trip: the task restored from last\.ckpt fitted "
+                                       r"state\['offset'\] again on the data it was given: state_dict\(\) leaves it out"),
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
     "unnamed-backbone": (UnnamedBackboneTask, "instantiation: UserError: task 'forecasting': build_model\\(\\) must "
                                               "return a module whose `backbone` attribute is the backbone"),
@@ -345,6 +360,23 @@ class NumpyStateTask(ForecastingTask):
         return data
 
 
+class ValidatedNumpyStateTask(ForecastingTask):
+    """Calibrates a numpy number into its state at the end of each validation pass, after the check before
+    training: the first checkpoint saved after it holds what Lightning's weights-only loading refuses."""
+
+    def epoch_end(self, stage: Any) -> dict[str, float]:
+        if stage == "val":
+            self.state["threshold"] = np.float64(0.5)
+        return super().epoch_end(stage)
+
+
+class NoStateTask(ForecastingTask):
+    """Its `state_dict()` forgets its `return`."""
+
+    def state_dict(self) -> Any:
+        dict(self.state)
+
+
 MISTAKES = {
     "detached-loss": (DetachedLossTask, "task 'forecasting': step(..., 'train') returned a loss without a gradient"),
     "float-loss": (FloatLossTask, "task 'forecasting': step(..., 'val') returned a loss of type float, not a "
@@ -384,6 +416,11 @@ MISTAKES = {
                                                 "checkpoint (AttributeError: Can't pickle local object"),
     "numpy-state": (NumpyStateTask, "task 'forecasting': state_dict()['spread'] cannot go into a checkpoint (a "
                                     "weights-only load refuses its numpy._core.multiarray.scalar)"),
+    "numpy-state-after-validation": (ValidatedNumpyStateTask, "task 'forecasting': state_dict()['threshold'] cannot "
+                                                              "go into a checkpoint (a weights-only load refuses its "
+                                                              "numpy._core.multiarray.scalar)"),
+    "no-state": (NoStateTask, "task 'forecasting': state_dict() returned a NoneType, not a dict of the task's "
+                              "data-dependent state (return {} for none)"),
 }
 
 
