@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +16,8 @@ from omegaconf.errors import OmegaConfBaseException
 from gru_suite import registry
 from gru_suite.errors import UserError, first_named
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
+
+log = logging.getLogger(__name__)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -158,7 +162,8 @@ def restore(
     """The trained `TaskModule` in a read checkpoint, in eval mode; errors name it as `source`.
 
     `task_cfg`, if given, replaces the stored task config (for instance to point
-    the task at new data); it must name the same task.
+    the task at new data); it must name the same task, and the settings training fixed
+    (`TaskPlugin.trained_settings`) keep the checkpoint's values, with a warning naming those it gives otherwise.
     """
     from gru_suite.run import build_module, build_task
 
@@ -167,7 +172,11 @@ def restore(
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
-        cfg.task = task_cfg
+        cfg.task = copy.deepcopy(task_cfg)  # the caller's config stays as given
+        trained = registry.get_task(cfg.task.name).load().trained_settings
+        if ignored := use_trained_settings(trained, cfg.task, stored_task):
+            log.warning("%s: %s fixed by training: the checkpoint's settings are used, not the override(s)", source,
+                        ", ".join(f"task.{key}" for key in ignored))
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
     check_same_model(checkpoint["state_dict"], module, source, lambda: settings_apart(stored_task, cfg.task, "task"))

@@ -348,7 +348,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite import registry
-    from gru_suite.checkpoint import read_checkpoint, restore, stored_config, use_trained_settings
+    from gru_suite.checkpoint import read_checkpoint, restore, stored_config
     from gru_suite.config import check_run_settings
     from gru_suite.overrides import apply_overrides
     from gru_suite.task import wrong_task_settings
@@ -370,10 +370,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
         check_run_settings(cfg, numbers, task=wrong_task_settings(task_cls, task_cfg))
-    if ignored := use_trained_settings(task_cls.trained_settings, task_cfg, stored.task):
-        logging.getLogger("gru_suite").warning("%s: %s fixed by training: the checkpoint's settings are used, not "
-                                               "the override(s)", path, ", ".join(f"task.{key}" for key in ignored))
-    return restore(checkpoint, task_cfg, str(path))
+    return restore(checkpoint, task_cfg, str(path))  # the settings training fixed keep its values, with a warning
 
 
 def _train_body(cfg: Any) -> Any:

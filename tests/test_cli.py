@@ -220,6 +220,18 @@ def test_eval_and_predict_keep_the_settings_training_fixed(trained_run, tmp_path
     assert "task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
 
 
+def test_load_checkpoint_keeps_the_settings_training_fixed_too(trained_run, monkeypatch, caplog):
+    from gru_suite_plugins.forecasting.task import ForecastingTask
+
+    monkeypatch.setattr(ForecastingTask, "trained_settings", ("model.head_dropout",))
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    task_cfg = OmegaConf.create(torch.load(ckpt, weights_only=False)["gru_suite"]["config"]["task"])
+    task_cfg.model.head_dropout = 0.3
+    restored = load_checkpoint(ckpt, task_cfg)
+    assert restored.task.cfg.model.head_dropout == 0.0 and task_cfg.model.head_dropout == 0.3  # the caller's stays
+    assert f"{ckpt}: task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
+
+
 def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unless_that_is_an_interpolation():
     from omegaconf import OmegaConf
 
