@@ -82,6 +82,10 @@ class TaskEntry:
                                 f"{self.module} holds {', '.join(f'{s}.yaml' for s in shipped)}, not {self.name}.yaml: "
                                 "an entry point's name is its task config's file name (and the config's `name`): "
                                 "rename one, or ship the missing config")
+            if (elsewhere := self._config_in_a_parent_package()) is not None:
+                raise UserError(f"task {self.name!r} from package {self.distribution!r}: its config is {elsewhere}, "
+                                f"but a task's conf/ folder sits beside its entry point's module {self.module}: move "
+                                f"it to {self.package.replace('.', '/')}/conf/task/{self.name}.yaml")
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"
@@ -95,6 +99,19 @@ class TaskEntry:
                 raise UserError(f"task {self.name!r} from package {self.distribution!r}: its config {config} cannot "
                                 f"be read: {' '.join(str(err).split())}") from err
         return path
+
+    def _config_in_a_parent_package(self) -> Path | None:
+        """The task's `conf/task/<name>.yaml` found in a package above its module's (where it is not read), or None."""
+        parts = self.package.split(".")
+        for depth in range(len(parts) - 1, 0, -1):
+            try:
+                spec = importlib.util.find_spec(".".join(parts[:depth]))
+            except Exception:
+                return None
+            for folder in (spec.submodule_search_locations or []) if spec else []:
+                if (path := Path(folder) / "conf" / "task" / f"{self.name}.yaml").is_file():
+                    return path
+        return None
 
     def description(self) -> str:
         """The `description` line of the task's config, read without importing it."""

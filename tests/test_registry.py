@@ -1,3 +1,4 @@
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -36,6 +37,21 @@ def test_a_plugin_package_without_configs_is_told_to_ship_them(tmp_path, monkeyp
     with pytest.raises(UserError, match=r"^task 'bare' from package 'bare-dist' ships no conf/task/bare\.yaml beside "
                        r"configless_plugin\.task: a plugin's configs must be installed with it"):
         registry.TaskEntry("bare", "configless_plugin.task:Task", "bare-dist").require_config_file()
+
+
+def test_a_config_in_a_package_above_the_entry_points_module_is_named_where_it_must_be(tmp_path, monkeypatch):
+    conf = tmp_path / "nested_plugin" / "conf" / "task"
+    conf.mkdir(parents=True)
+    (tmp_path / "nested_plugin" / "__init__.py").write_text("")
+    (tmp_path / "nested_plugin" / "tasks").mkdir()
+    (tmp_path / "nested_plugin" / "tasks" / "__init__.py").write_text("")
+    (conf / "nest.yaml").write_text("name: nest\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UserError, match=rf"^task 'nest' from package 'nest-dist': its config is "
+                       rf"{re.escape(str(conf / 'nest.yaml'))}, but a task's conf/ folder sits beside its entry "
+                       r"point's module nested_plugin\.tasks\.parity: move it to "
+                       r"nested_plugin/tasks/conf/task/nest\.yaml$"):
+        registry.TaskEntry("nest", "nested_plugin.tasks.parity:Task", "nest-dist").require_config_file()
 
 
 def test_an_entry_point_named_otherwise_than_its_packages_task_config_names_the_config(tmp_path, monkeypatch):
