@@ -30,7 +30,7 @@ def write_artifacts(
         predictions = trainer.predict(module, datamodule=datamodule, ckpt_path=ckpt_path) or []
     earlier = files_near(out_dir)
     paths = written_in_place(Path(out_dir), lambda staging: checked_paths(
-        module.task.write_predictions(predictions, datamodule, staging), module.task.cfg.get("name")))
+        module.task.write_predictions(predictions, datamodule, staging), module.task.cfg.get("name"), staging))
     for line in artifact_lines(paths):
         log.info("wrote %s", line)
     if stale := stale_artifacts(earlier, paths):
@@ -40,11 +40,20 @@ def write_artifacts(
     return paths
 
 
-def checked_paths(paths: Any, task: str | None) -> list[Path]:
-    """What a task's `write_predictions` returned, checked to be a list of the paths of files it wrote."""
+def checked_paths(paths: Any, task: str | None, out_dir: Path) -> list[Path]:
+    """What a task's `write_predictions` returned, checked to be a list of the paths of files it wrote in
+    `out_dir`, the folder it was given."""
     if not isinstance(paths, (list, tuple)):
         raise UserError(f"task {task!r}: write_predictions returned a {type(paths).__name__}; it must return the "
                         "list of paths it wrote")
+    if relative := [str(path) for path in paths if not Path(path).is_absolute()]:
+        raise UserError(f"task {task!r}: write_predictions returned relative path(s) {', '.join(relative[:3])}"
+                        f"{' ...' if len(relative) > 3 else ''}: return the paths in the folder it is given, "
+                        "out_dir / name")
+    if outside := [str(path) for path in paths if not absolute(Path(path)).is_relative_to(absolute(out_dir))]:
+        raise UserError(f"task {task!r}: write_predictions wrote {', '.join(outside[:3])}"
+                        f"{' ...' if len(outside) > 3 else ''} outside the folder it is given ({out_dir}): write "
+                        "every artifact in it, which then moves into the run folder")
     if missing := [str(path) for path in paths if not Path(path).is_file()]:
         raise UserError(f"task {task!r}: write_predictions returned {len(missing)} path(s) it did not write: "
                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
@@ -52,17 +61,16 @@ def checked_paths(paths: Any, task: str | None) -> list[Path]:
 
 
 def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
-    """Let `write(folder)` write files into a hidden folder in `out_dir` and return their paths; then move each
+    """Let `write(folder)` write files into a hidden folder in `out_dir` and return their paths (in it); then move each
     entry it made into `out_dir`, an earlier file or folder of its name set aside (`forecast.csv` to
     `forecast.1.csv`), and return the paths as they are named there. So the files appear together, once all are
     written, and never over an earlier run's."""
-    staging = out_dir / STAGING
+    staging = absolute(out_dir) / STAGING  # so the paths written in it are absolute too
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's, never complete
     staging.mkdir(parents=True)
     try:
-        written, staged = write(staging), absolute(staging)
-        placed = [out_dir / path.relative_to(staged) if path.is_relative_to(staged) else path
-                  for path in map(absolute, written)]  # by name: a link is named as itself
+        # by name: a link is named as itself
+        placed = [out_dir / absolute(path).relative_to(staging) for path in write(staging)]
         for entry in sorted(staging.iterdir()):
             if (place := out_dir / entry.name).exists() or place.is_symlink():
                 log.info("kept the earlier %s as %s", place, set_aside(place).name)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from gru_suite import registry, run
+from gru_suite.atomic import write_text
 from gru_suite.errors import UserError
 from gru_suite.module import check_step_output
 from gru_suite.data import batch_loader, length_bucket_loader
@@ -342,6 +343,21 @@ class ClaimingWriterTask(ForecastingTask):
         return [out_dir / "forecast.csv"]
 
 
+class RelativePathsWriterTask(ForecastingTask):
+    """Writes its artifacts but returns their names alone."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        return [Path(path.name) for path in super().write_predictions(predictions, datamodule, out_dir)]
+
+
+class OutsideWriterTask(ForecastingTask):
+    """Writes one artifact beside the folder it is given, which would never move into the run folder."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        paths = super().write_predictions(predictions, datamodule, out_dir)
+        return [*paths, write_text(out_dir.parent / "outside.txt", "lost")]
+
+
 class UnpicklableStateTask(ForecastingTask):
     """Keeps a function in its state."""
 
@@ -412,6 +428,10 @@ MISTAKES = {
                                               "backbone(input_size=F), and keep what it returns"),
     "claiming-writer": (ClaimingWriterTask, "task 'forecasting': write_predictions returned 1 path(s) it did not "
                                             "write: "),
+    "relative-paths-writer": (RelativePathsWriterTask, "task 'forecasting': write_predictions returned relative "
+                                                       "path(s) forecast.csv, forecast.png: return the paths in the "
+                                                       "folder it is given, out_dir / name"),
+    "outside-writer": (OutsideWriterTask, "/outside.txt outside the folder it is given ("),
     "unpicklable-state": (UnpicklableStateTask, "task 'forecasting': state_dict()['transform'] cannot go into a "
                                                 "checkpoint (AttributeError: Can't pickle local object"),
     "numpy-state": (NumpyStateTask, "task 'forecasting': state_dict()['spread'] cannot go into a checkpoint (a "
