@@ -24,6 +24,16 @@ STAGE_SETS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), 
 """The datasets each of Lightning's stages reads."""
 
 
+def saving_part_way(trainer: pl.Trainer) -> bool:
+    """Whether a checkpoint saved now falls part-way through a training epoch, one process training: some of its
+    batches trained, its end to come (validation every `trainer.val_check_interval`). An epoch that
+    `trainer.max_time` or a stop signal cut short ends where it stopped: not part-way at its end."""
+    if trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
+        return False
+    batches, epochs = trainer.fit_loop.epoch_loop.batch_progress, trainer.fit_loop.epoch_progress.current
+    return not batches.is_last_batch and batches.current.completed > 0 and epochs.processed == epochs.completed
+
+
 class SplitDataModule(pl.LightningDataModule):
     """Loaders for the datasets in `self.sets` ("train", "val", "test", "predict").
 
@@ -94,11 +104,10 @@ class SplitDataModule(pl.LightningDataModule):
         would start the epoch's rest afresh in a new order, training some items twice and others never). Empty at
         an epoch's end, and under DDP."""
         trainer, loader = self.trainer, self._train_loader
-        if trainer is None or loader is None or trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
-            return {}  # under DDP each process trains its own share, which a later run need not split alike
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch or not progress.current.completed:
+        # under DDP each process trains its own share, which a later run need not split alike
+        if trainer is None or loader is None or not saving_part_way(trainer):
             return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress
         return {"train_position": {"epoch": trainer.current_epoch, "batches": progress.current.completed,
                                    "batch_size": _batch_size(loader), "items": len(loader.dataset),
                                    "order_seed": getattr(loader.sampler, "order_seed", None)}}

@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics import Metric
 
 from gru_suite.backbone import GRUBackbone
+from gru_suite.data import saving_part_way
 from gru_suite.distributed import gather_objects, warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.rng import rng_states, set_rng_states
@@ -341,12 +342,8 @@ class TaskModule(pl.LightningModule):
         """Saved part-way through a training epoch (validation every `trainer.val_check_interval`): the epoch's
         training loss sums and samples so far, which a run resumed there adds to (its `train/loss` is then the whole
         epoch's mean); None at an epoch's end."""
-        trainer = self._trainer
-        if trainer is None or trainer.state.fn != TrainerFn.FITTING or self.pretraining is not None or \
-                trainer.world_size > 1:  # rank 0 saves: the other processes' sums are not in its checkpoint
-            return None
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        if progress.is_last_batch or not progress.current.completed:
+        # under DDP rank 0 saves: the other processes' sums are not in its checkpoint
+        if self._trainer is None or self.pretraining is not None or not saving_part_way(self._trainer):
             return None
         return {"loss_sum": float(self._train_loss_sum), "loss_weight": float(self._train_loss_weight),
                 "samples": self.samples_seen - self._train_samples_at_start}

@@ -18,11 +18,12 @@ import time
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 import pytest
+import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -951,6 +952,30 @@ def test_a_run_resumed_part_way_through_an_epoch_trains_its_other_batches_as_if_
     losses = [[row["train/loss"] for row in csv.DictReader((tmp_path / folder / name).open()) if row["train/loss"]]
               for folder, name in (("parts", "metrics.csv"), ("whole", "metrics.csv"))]
     assert losses[0] == losses[1] and len(losses[0]) == 2  # epoch 0's mean over all four batches, then epoch 1's
+
+
+class StopsAsMaxTimeDoes(pl.Callback):
+    """Stops training after the third batch of epoch 1, as `trainer.max_time` does when the time is up."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, outputs: Any, batch: Any, index: int) -> None:
+        if trainer.current_epoch == 1 and index == 2:
+            trainer.should_stop = True
+
+
+def test_a_run_resumed_after_max_time_cut_an_epoch_short_trains_the_next_epoch_whole(tmp_path, monkeypatch, caplog):
+    quiet = [*QUIET, "task.data.batch_size=16", "trainer.limit_train_batches=6", "trainer.max_epochs=3"]
+    configured = run.configured_callbacks
+    monkeypatch.setattr(run, "configured_callbacks", lambda cfg: [*configured(cfg), StopsAsMaxTimeDoes()])
+    run.train(compose_train_config("forecasting", quiet, tmp_path))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6 + 3
+    monkeypatch.setattr(run, "configured_callbacks", configured)
+    with caplog.at_level(logging.INFO):
+        run.train(compose_train_config("forecasting", [*quiet, "ckpt_path=last"], tmp_path))
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 6 + 3 + 6
+    assert "resuming part-way" not in caplog.text  # the cut epoch ended where it stopped
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [(row["epoch"], row["step"]) for row in rows if row["val/loss"]] == [("2", "14")]  # validated, whole
+    assert [(row["epoch"], row["step"]) for row in rows if row["train/loss"]] == [("2", "14")]
 
 
 def test_resuming_a_weight_averaged_run_without_its_average_is_a_warning(tmp_path, caplog):
