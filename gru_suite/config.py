@@ -369,12 +369,12 @@ torch or Lightning as None."""
 
 
 def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = (), task: Sequence[str] = ()) -> None:
-    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command), required values (`RUN_REQUIRED`) and
-    switches (`RUN_SWITCHES`, `trainer.deterministic`), every wrong one named at once with the task's own wrong
-    settings, `task` (`TaskPlugin.wrong_settings`)."""
+    """The core's numbers (`RUN_NUMBERS`, and `numbers` of the command), required values (`RUN_REQUIRED`),
+    switches (`RUN_SWITCHES`, `trainer.deterministic`) and batch limits (`BATCH_LIMITS`), every wrong one named at
+    once with the task's own wrong settings, `task` (`TaskPlugin.wrong_settings`)."""
     required = tuple(field for field in RUN_REQUIRED if not lacks(cfg, field))
     raise_all(wrong_unset(cfg, required) + wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES)
-              + wrong_determinism(cfg) + list(task))
+              + wrong_batch_limits(cfg) + wrong_determinism(cfg) + list(task))
 
 
 def leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
@@ -394,10 +394,11 @@ BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "tra
 """Trainer settings that take a fraction of the batches (a float in [0, 1]) or a number of them (an int)."""
 
 
-def check_batch_limits(cfg: DictConfig) -> None:
-    """Each of `BATCH_LIMITS` set in `cfg` is a fraction in [0, 1] or a whole number of batches, stored as the
-    float or the int Lightning reads it as; else a `UserError` naming the field. `val_check_interval` may also
-    be a duration (`DD:HH:MM:SS`, or a block such as `{minutes: 1}`), which Lightning checks."""
+def wrong_batch_limits(cfg: DictConfig) -> list[str]:
+    """One message per setting of `BATCH_LIMITS` in `cfg` that is neither a fraction in [0, 1] nor a whole number
+    of batches; the right ones are stored as the float or the int Lightning reads them as. `val_check_interval`
+    may also be a duration (`DD:HH:MM:SS`, or a block such as `{minutes: 1}`), which Lightning checks."""
+    wrong = []
     for field in BATCH_LIMITS:
         value = OmegaConf.select(cfg, field, default=None)
         duration = isinstance(value, DictConfig) or (isinstance(value, str) and ":" in value)
@@ -410,13 +411,15 @@ def check_batch_limits(cfg: DictConfig) -> None:
             number = -1
         if isinstance(number, float) and number > 1 and number.is_integer():  # 2.0 or 1e3 batches, as Lightning reads
             number, whole = int(number), True
-        if isinstance(value, bool) or number < 0 or (not whole and number > 1):
-            raise UserError(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, "
-                            f"got {value!r}")
-        if field.endswith("val_check_interval") and whole and number < 1:  # Lightning divides by it
-            raise UserError(f"{field} must be a fraction of the batches in [0, 1], a whole number of batches of at "
-                            f"least 1 or a duration, got {value!r}")
-        OmegaConf.update(cfg, field, number, merge=False)
+        if field.endswith("val_check_interval") and (isinstance(value, bool) or number <= 0):  # Lightning divides
+            wrong.append(f"{field} must be a fraction of the batches in (0, 1], a whole number of batches of at least "
+                         f"1 or a duration, got {value!r}")
+        elif isinstance(value, bool) or number < 0 or (not whole and number > 1):
+            wrong.append(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, got "
+                         f"{value!r}")
+        else:
+            OmegaConf.update(cfg, field, number, merge=False)
+    return wrong
 
 
 _ABSENT = object()

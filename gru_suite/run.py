@@ -38,10 +38,10 @@ from gru_suite.checkpoint import (
 )
 from gru_suite.config import (
     MODEL_CONFIG_KEYS,
-    check_batch_limits,
     check_run_settings,
     instantiate,
     raise_all,
+    wrong_batch_limits,
     unset_required,
     unused_backbone_settings,
 )
@@ -183,7 +183,7 @@ def apply_threads(cfg: DictConfig) -> None:
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The configured Trainer with its callbacks and loggers; `cfg.threads` sets torch's CPU threads."""
     apply_threads(cfg)
-    check_batch_limits(cfg)
+    raise_all(wrong_batch_limits(cfg))  # named with the other settings before; here for a trainer built alone
     callbacks = configured_callbacks(cfg)
     loggers = [instantiate(c, f"logger.{name}") for name, c in _configured(cfg, "logger")]
     # "partial": a block such as a val_check_interval duration reaches Lightning as the dict it reads

@@ -162,7 +162,7 @@ def test_mixed_precision_trains_with_clipping_and_a_fused_optimizer(tmp_path):
 
 
 @pytest.mark.parametrize("override", ["trainer.limit_train_batches=abc", "trainer.limit_val_batches=1.5",
-                                      "trainer.limit_test_batches=-2", "trainer.val_check_interval=true"])
+                                      "trainer.limit_test_batches=-2", "trainer.limit_predict_batches=true"])
 def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_path):
     cfg = compose_train_config("forecasting", [override, "trainer.accelerator=cpu"], tmp_path)
     field = override.split("=")[0]
@@ -170,14 +170,25 @@ def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_
         run.build_trainer(cfg)
 
 
-def test_validation_every_zero_batches_or_epochs_is_named_before_the_trainer_is_built(tmp_path):
-    cfg = compose_train_config("forecasting", ["trainer.val_check_interval=0", "trainer.accelerator=cpu"], tmp_path)
+@pytest.mark.parametrize("value", ["0", "0.0", "true", "-0.5"])
+def test_validation_every_zero_batches_or_epochs_is_named_before_the_trainer_is_built(value, tmp_path):
+    cfg = compose_train_config("forecasting", [f"trainer.val_check_interval={value}", "trainer.accelerator=cpu"],
+                               tmp_path)
     with pytest.raises(UserError, match=re.escape("trainer.val_check_interval must be a fraction of the batches in "
-                                                  "[0, 1], a whole number of batches of at least 1 or a duration, "
-                                                  "got 0")):
-        run.build_trainer(cfg)  # Lightning's modulo by zero after the first batch
+                                                  "(0, 1], a whole number of batches of at least 1 or a duration, "
+                                                  "got ")):
+        run.build_trainer(cfg)  # Lightning's modulo by zero after the first batch (0.0: validation every batch)
     cfg = compose_train_config("forecasting", ["trainer.check_val_every_n_epoch=0"], tmp_path)
     with pytest.raises(UserError, match=re.escape("trainer.check_val_every_n_epoch must be at least 1, got 0")):
+        check_run_settings(cfg)
+
+
+def test_wrong_batch_limits_are_named_with_the_other_wrong_settings(tmp_path):
+    cfg = compose_train_config("forecasting", ["backbone.hidden_size=0", "trainer.limit_train_batches=2.5",
+                                               "trainer.val_check_interval=0"], tmp_path)
+    with pytest.raises(UserError, match=r"^3 settings are wrong:\n  backbone\.hidden_size must be at least 1, got 0\n"
+                                        r"  trainer\.limit_train_batches must be .*got 2\.5\n"
+                                        r"  trainer\.val_check_interval must be .*got 0$"):
         check_run_settings(cfg)
 
 

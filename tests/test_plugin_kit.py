@@ -193,7 +193,8 @@ BROKEN = {
                                                    r".*expected below -1\.5"),
     "forgetful-state": (ForgetfulTask, "checkpoint round trip: cannot rebuild the task from last.ckpt \\(KeyError"),
     "refitting-state": (RefittingTask, r"checkpoint round trip: the task restored from last\.ckpt fitted "
-                                       r"state\['offset'\] again on the data it was given: state_dict\(\) leaves it out"),
+                                       r"state\['offset'\] again on the data it was given: state_dict\(\) leaves "
+                                       r"it out"),
     "corrupt-png": (CorruptPlotTask, r"prediction artifacts: .*forecast\.png: does not start with the \.png"),
     "unnamed-backbone": (UnnamedBackboneTask, "instantiation: UserError: task 'forecasting': build_model\\(\\) must "
                                               "return a module whose `backbone` attribute is the backbone"),
