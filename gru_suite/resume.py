@@ -33,9 +33,22 @@ def resume_path(cfg: DictConfig) -> str | None:
     if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
         raise UserError(f"ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is {last}, or give "
                         "the path of a best-*.ckpt (epoch-*.ckpt with callbacks=last_epoch)")
+    if path == "":  # an unset shell variable, say: Lightning's traceback otherwise
+        raise UserError("ckpt_path is empty: give a checkpoint file, ckpt_path=last, or leave it out to start afresh")
+    if path == "registry":
+        raise UserError("ckpt_path=registry (Lightning's model registry, online) is not supported: give a checkpoint "
+                        "file or ckpt_path=last")
+    if path == "hpc":  # Lightning's SLURM requeue checkpoint, read with this run's checks like any other
+        folder = Path(cfg.trainer.get("default_root_dir") or cfg.paths.output_dir)
+        saved = [(int(number), file) for file in folder.glob("hpc_ckpt_*.ckpt")
+                 if (number := file.stem.removeprefix("hpc_ckpt_")).isdigit()]
+        if not saved:
+            raise UserError(f"ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in {folder} (Lightning writes one there when SLURM "
+                            "signals a requeue, and resumes from it by itself)")
+        return str(max(saved)[1])
     if path == "last" and last.is_file():
         return str(last)
-    return None if not path or path in LIGHTNING_CKPT_NAMES else str(path)
+    return None if not path or path == "last" else str(path)
 
 
 def resumes_in_own_folder(cfg: DictConfig) -> bool:

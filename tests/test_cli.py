@@ -1015,6 +1015,24 @@ def test_a_resumed_run_that_trains_on_reports_only_its_own_metrics(tmp_path):
     assert "test/loss" not in json.loads((tmp_path / "metrics.json").read_text())  # the first model's score
 
 
+@pytest.mark.parametrize("value, error", [
+    ("''", "ckpt_path is empty: give a checkpoint file, ckpt_path=last, or leave it out to start afresh"),
+    ("best", "ckpt_path=best: training resumes from a checkpoint file; ckpt_path=last is "),
+    ("registry", "ckpt_path=registry (Lightning's model registry, online) is not supported"),
+    ("hpc", "ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in "),
+])
+def test_a_ckpt_path_that_names_no_checkpoint_to_resume_is_one_line(value, error, tmp_path):
+    with pytest.raises(UserError, match=re.escape(error)):
+        resume.resume_path(compose_train_config("forecasting", [f"ckpt_path={value}"], tmp_path))
+
+
+def test_ckpt_path_hpc_resumes_from_lightnings_latest_requeue_checkpoint(tmp_path):
+    for number in (2, 10):
+        (tmp_path / f"hpc_ckpt_{number}.ckpt").write_bytes(b"")
+    cfg = compose_train_config("forecasting", ["ckpt_path=hpc"], tmp_path)
+    assert resume.resume_path(cfg) == str(tmp_path / "hpc_ckpt_10.ckpt")  # read and checked as any other
+
+
 def test_resuming_into_a_new_folder_carries_the_best_checkpoint_there(tmp_path):
     run.train(compose_train_config("forecasting", [*QUIET, "trainer.max_epochs=2"], tmp_path / "a"))
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
