@@ -131,7 +131,7 @@ class TaskModule(pl.LightningModule):
                   getattr(kept, "monitor", None) else "the last epoch's weights, which testing would use, are lost: "
                   "set task.monitor to keep the best")
         warn_on_rank_zero(f"train/loss is nan in epoch {self.current_epoch - 1}: training diverged and {stops} "
-                          f"({tested}); lower optimizer.lr, or set trainer.gradient_clip_val")
+                          f"({tested}); {divergence_advice(self._trainer)}")
         self._trainer.should_stop = True
         self.diverged_in = self.current_epoch - 1
 
@@ -347,6 +347,14 @@ class TaskModule(pl.LightningModule):
             return None
         return {"loss_sum": float(self._train_loss_sum), "loss_weight": float(self._train_loss_weight),
                 "samples": self.samples_seen - self._train_samples_at_start}
+
+
+def divergence_advice(trainer: pl.Trainer) -> str:
+    """What to change after a diverged run: a lower learning rate, and gradient clipping where it is off (else a
+    tighter clip)."""
+    clip = trainer.gradient_clip_val
+    return (f"lower optimizer.lr, or trainer.gradient_clip_val (now {clip})" if clip else
+            "lower optimizer.lr, or set trainer.gradient_clip_val")
 
 
 def check_step_output(out: Any, task: str | None, stage: Stage) -> StepOutput:

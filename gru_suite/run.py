@@ -53,7 +53,7 @@ from gru_suite.distributed import (
 )
 from gru_suite.errors import DivergedRun, UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
-from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule
+from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule, divergence_advice
 from gru_suite.overrides import given_keys
 from gru_suite.profilers import QuietProfiler
 from gru_suite.resume import (
@@ -493,8 +493,8 @@ def diverged_model(trainer: pl.Trainer, module: TaskModule, best: str,
     kept = f"; its checkpoints stay in {folder}" if folder is not None and any(folder.glob("*.ckpt")) else ""
     tested = f"{Path(best).name}'s" if best else "the last epoch's"
     return DivergedRun(f"train/loss is nan in epoch {diverged_in}: training diverged, and the weights to test "
-                       f"({tested}) are not finite, so nothing is tested or predicted{kept}; lower optimizer.lr, or "
-                       "set trainer.gradient_clip_val")
+                       f"({tested}) are not finite, so nothing is tested or predicted{kept}; "
+                       f"{divergence_advice(trainer)}")
 
 
 def required_monitors(trainer: pl.Trainer) -> set[str]:

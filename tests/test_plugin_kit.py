@@ -491,7 +491,7 @@ def test_an_epoch_whose_loss_is_nan_stops_training_and_says_which_weights_are_te
             refusal.enter_context(pytest.raises(UserError, match=re.escape(
                 f"train/loss is nan in epoch {epochs - 1}: training diverged, and the weights to test "
                 f"(best-00{epochs - 1}.ckpt's) are not finite, so nothing is tested or predicted; its checkpoints "
-                f"stay in {tmp_path / 'checkpoints'}; lower optimizer.lr")))
+                f"stay in {tmp_path / 'checkpoints'}; lower optimizer.lr, or trainer.gradient_clip_val (now 1.0)")))
         metrics = run.train(cfg)
     assert caplog.text.count("train/loss is nan in epoch " + said) == 1
     rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
