@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -200,6 +201,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     failed_jobs: list[str] = []
     crashed_jobs: list[str] = []
+    sweep_dir: list[str] = []  # once a sweep's first job starts: where a stop between its jobs resumes
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
@@ -209,9 +211,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from gru_suite.run_folder import checkpoint_folder, keep_earlier_file, restore_earlier_work
         from gru_suite.sweep import ERROR_NAME
 
-        _warn_undeclared_settings(cfg)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep rerun into its folder: this job's own error, if any
+            sweep_dir[:] = [HydraConfig.get().sweep.dir]
             keep_earlier_file(Path(HydraConfig.get().runtime.output_dir) / ERROR_NAME)
+        _warn_undeclared_settings(cfg)
         try:
             return body(cfg)
         except SystemExit as stop:
@@ -261,7 +264,13 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     from gru_suite.sweep import LAUNCH_FORMAT, LAUNCH_TIME
 
     os.environ.setdefault(LAUNCH_TIME, time.strftime(LAUNCH_FORMAT))  # a DDP job's processes: one sweep folder
-    app()
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        app()
+    except Terminated:  # outside a job's run: between a sweep's jobs, or as one starts
+        stopped("stopped by SIGTERM", None, 143, next(iter(sweep_dir), None))
+    except KeyboardInterrupt:
+        stopped("interrupted", None, 130, next(iter(sweep_dir), None))
     if crashed_jobs:
         print(f"error: {len(crashed_jobs)} job(s) of the sweep crashed: {crashed_jobs} (each one's error.txt and log)"
               + (f"; {len(failed_jobs)} failed on bad input: {failed_jobs}" if failed_jobs else ""), file=sys.stderr)
@@ -297,30 +306,51 @@ def _stop_for_a_lost_peer(err: BaseException, run_dir: Path, command: str) -> No
         sys.exit(1)
 
 
+class Terminated(SystemExit):
+    """Raised by `_stop_on_sigterm`: the command got SIGTERM outside Lightning's loops."""
+
+
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM outside Lightning's loops (reading the data, between a sweep's jobs) ends the command as one inside
+    them does (`_stop_on_signal`), where Python would end it without a word. Inside them Lightning's handler runs
+    (and calls this one, which then leaves the stop to it, at the step's end); a process Lightning started ends
+    at once, as before, with the first."""
+    from gru_suite.distributed import FIRST_PROCESS_VARIABLE
+
+    if signal.getsignal(signal.SIGTERM) is not _stop_on_sigterm:  # Lightning's, which stops the run itself
+        return
+    if os.environ.get(FIRST_PROCESS_VARIABLE, str(os.getpid())) != str(os.getpid()):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    raise Terminated
+
+
 def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:
-    """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0, and one interrupted
-    by Ctrl-C with exit code 1: one line (where to resume from, if a checkpoint was saved) and exit code 143 or 130
-    (128 + the signal), which also ends a sweep."""
+    """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0 (`_stop_on_sigterm`
+    with a `Terminated` outside its loops), and one interrupted by Ctrl-C with exit code 1: one line (where to
+    resume from, if a checkpoint was saved) and exit code 143 or 130 (128 + the signal), which also ends a sweep."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    if isinstance(stop, SIGTERMException):
+    if isinstance(stop, SIGTERMException | Terminated):
         stopped("stopped by SIGTERM", checkpoints, 143)
     if isinstance(stop.__context__, KeyboardInterrupt):
         stopped("interrupted", checkpoints, 130)
 
 
-def stopped(why: str, checkpoints: Path, code: int) -> None:
+def stopped(why: str, checkpoints: Path | None, code: int, sweep_dir: str | None = None) -> None:
     """End a stopped command with one line, saying how to resume if the run saved a checkpoint (in its folder
     `checkpoints`): the same command with `ckpt_path=last` in the same run folder (a sweep: the same sweep folder);
-    exit with `code`."""
+    or, stopped between the jobs of a sweep in `sweep_dir`, in that folder; exit with `code`."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     _end_progress_line()
-    last, message = checkpoints / "last.ckpt", f"error: {why}"
-    if last.is_file() and not HydraConfig.initialized():
+    last, message = checkpoints / "last.ckpt" if checkpoints else None, f"error: {why}"
+    if sweep_dir is not None:
+        message += f"; resume: the same command with ckpt_path=last hydra.sweep.dir={sweep_dir}"
+    elif last is not None and last.is_file() and not HydraConfig.initialized():
         message += f"; resume with ckpt_path={last}"
-    elif last.is_file():
+    elif last is not None and last.is_file():
         hydra_cfg = HydraConfig.get()
         folder = f"hydra.sweep.dir={hydra_cfg.sweep.dir}" if hydra_cfg.mode == RunMode.MULTIRUN else \
             f"hydra.run.dir={hydra_cfg.runtime.output_dir}"

@@ -633,6 +633,33 @@ def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_
     assert torch.load(last, weights_only=False)["epoch"] >= 0  # the checkpoint it names is whole
 
 
+SIGNALLED_CLI = """
+import os, signal, sys
+from gru_suite import cli
+calls, checked = [], cli._warn_undeclared_settings
+def signalled(cfg):  # a job starting: the sweep's second, or the run's only one before it reads its data
+    calls.append(1)
+    if len(calls) == int(os.environ["SIGNAL_AT_JOB"]):
+        os.kill(os.getpid(), signal.SIGTERM)
+    checked(cfg)
+cli._warn_undeclared_settings = signalled
+sys.argv = ["gru-suite", *sys.argv[1:]]
+cli.train()
+"""
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_sigterm_outside_lightnings_loops_stops_with_one_line_and_its_exit_code(sweep, tmp_path):
+    folder = f"hydra.sweep.dir={tmp_path}" if sweep else f"hydra.run.dir={tmp_path}"
+    overrides = ["-m", "backbone.hidden_size=8,16"] if sweep else []
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_CLI, *overrides, "task=forecasting", *TINY[1:],
+                             "threads=1", "trainer.max_epochs=1", folder], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "TQDM_DISABLE": "1", "SIGNAL_AT_JOB": "2" if sweep else "1"})
+    assert result.returncode == 143, result.stderr[-2000:]  # not killed without a word (-15)
+    said = "error: stopped by SIGTERM" + (f"; resume: the same command with ckpt_path=last {folder}" if sweep else "")
+    assert result.stderr.rstrip().endswith(said) and "Traceback" not in result.stderr
+
+
 def test_a_checkpoint_is_written_beside_its_name_and_a_failed_save_leaves_the_previous_whole(tmp_path,
                                                                                              monkeypatch):
     trainer = run.build_trainer(compose_train_config("forecasting", ["trainer.accelerator=cpu"], tmp_path))
