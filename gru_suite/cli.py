@@ -203,6 +203,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     crashed_jobs: list[str] = []
     sweep_dir: list[str] = []  # once a sweep's first job starts: where a stop between its jobs resumes
 
+    def resumable_sweep() -> str | None:
+        """The folder of the training sweep under way, which a rerun with `ckpt_path=last` resumes; else None."""
+        return next(iter(sweep_dir), None) if config_name == "train" else None
+
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
         from hydra.core.hydra_config import HydraConfig
@@ -218,10 +222,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         try:
             return body(cfg)
         except SystemExit as stop:
-            _stop_on_signal(stop, checkpoint_folder(cfg))
+            _stop_on_signal(stop, checkpoint_folder(cfg), resumable_sweep())
             raise
         except KeyboardInterrupt:  # outside Lightning's loops
-            stopped("interrupted", checkpoint_folder(cfg), 130)
+            stopped("interrupted", checkpoint_folder(cfg), 130, resumable_sweep())
         except Exception as err:
             user_error = user_error_in(err) or _unset_key_read(err)
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -264,13 +268,15 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
     from gru_suite.sweep import LAUNCH_FORMAT, LAUNCH_TIME
 
     os.environ.setdefault(LAUNCH_TIME, time.strftime(LAUNCH_FORMAT))  # a DDP job's processes: one sweep folder
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
     try:
         app()
     except Terminated:  # outside a job's run: between a sweep's jobs, or as one starts
-        stopped("stopped by SIGTERM", None, 143, next(iter(sweep_dir), None))
+        stopped("stopped by SIGTERM", None, 143, resumable_sweep())
     except KeyboardInterrupt:
-        stopped("interrupted", None, 130, next(iter(sweep_dir), None))
+        stopped("interrupted", None, 130, resumable_sweep())
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # for a caller in the same process (a test, a script)
     if crashed_jobs:
         print(f"error: {len(crashed_jobs)} job(s) of the sweep crashed: {crashed_jobs} (each one's error.txt and log)"
               + (f"; {len(failed_jobs)} failed on bad input: {failed_jobs}" if failed_jobs else ""), file=sys.stderr)
@@ -307,7 +313,11 @@ def _stop_for_a_lost_peer(err: BaseException, run_dir: Path, command: str) -> No
 
 
 class Terminated(SystemExit):
-    """Raised by `_stop_on_sigterm`: the command got SIGTERM outside Lightning's loops."""
+    """Raised by `_stop_on_sigterm`: the command got SIGTERM outside Lightning's loops (exit code 143, should it
+    escape)."""
+
+    def __init__(self) -> None:
+        super().__init__(143)
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -325,36 +335,34 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _stop_on_signal(stop: SystemExit, checkpoints: Path) -> None:
+def _stop_on_signal(stop: SystemExit, checkpoints: Path, sweep_dir: str | None) -> None:
     """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0 (`_stop_on_sigterm`
     with a `Terminated` outside its loops), and one interrupted by Ctrl-C with exit code 1: one line (where to
     resume from, if a checkpoint was saved) and exit code 143 or 130 (128 + the signal), which also ends a sweep."""
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     if isinstance(stop, SIGTERMException | Terminated):
-        stopped("stopped by SIGTERM", checkpoints, 143)
+        stopped("stopped by SIGTERM", checkpoints, 143, sweep_dir)
     if isinstance(stop.__context__, KeyboardInterrupt):
-        stopped("interrupted", checkpoints, 130)
+        stopped("interrupted", checkpoints, 130, sweep_dir)
 
 
 def stopped(why: str, checkpoints: Path | None, code: int, sweep_dir: str | None = None) -> None:
     """End a stopped command with one line, saying how to resume if the run saved a checkpoint (in its folder
-    `checkpoints`): the same command with `ckpt_path=last` in the same run folder (a sweep: the same sweep folder);
-    or, stopped between the jobs of a sweep in `sweep_dir`, in that folder; exit with `code`."""
+    `checkpoints`, or for a training sweep in `sweep_dir`, in any of its jobs'): the same command with
+    `ckpt_path=last` in the same run folder (a sweep: the same sweep folder); exit with `code`."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
 
     _end_progress_line()
     last, message = checkpoints / "last.ckpt" if checkpoints else None, f"error: {why}"
-    if sweep_dir is not None:
+    kept = last is not None and last.is_file()
+    if sweep_dir is not None and (kept or any(Path(sweep_dir).rglob("last.ckpt"))):  # the rerun resumes those jobs
         message += f"; resume: the same command with ckpt_path=last hydra.sweep.dir={sweep_dir}"
-    elif last is not None and last.is_file() and not HydraConfig.initialized():
+    elif kept and not HydraConfig.initialized():
         message += f"; resume with ckpt_path={last}"
-    elif last is not None and last.is_file():
-        hydra_cfg = HydraConfig.get()
-        folder = f"hydra.sweep.dir={hydra_cfg.sweep.dir}" if hydra_cfg.mode == RunMode.MULTIRUN else \
-            f"hydra.run.dir={hydra_cfg.runtime.output_dir}"
-        message += f"; resume: the same command with ckpt_path=last {folder}"
+    elif kept and sweep_dir is None:
+        folder = HydraConfig.get().runtime.output_dir
+        message += f"; resume: the same command with ckpt_path=last hydra.run.dir={folder}"
     print(message, file=sys.stderr)
     _log_to_run_files(message)
     sys.exit(code)

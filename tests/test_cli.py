@@ -1167,10 +1167,23 @@ def test_a_stopped_command_says_which_command_resumes_it(mode, tmp_path, capsys,
         config.hydra.runtime.output_dir, config.hydra.sweep.dir = str(tmp_path / "job"), str(tmp_path)
     HydraConfig.instance().set_config(config)
     with pytest.raises(SystemExit):
-        cli.stopped("stopped by SIGTERM", tmp_path / "job" / "checkpoints", 143)
+        cli.stopped("stopped by SIGTERM", tmp_path / "job" / "checkpoints", 143,
+                    str(tmp_path) if mode == "sweep" else None)  # the sweep's folder, for a training sweep
     folder = f"hydra.sweep.dir={tmp_path}" if mode == "sweep" else f"hydra.run.dir={tmp_path / 'job'}"
     said = capsys.readouterr().err
     assert said == f"error: stopped by SIGTERM; resume: the same command with ckpt_path=last {folder}\n"
+
+
+def test_a_sweep_stopped_where_no_job_kept_a_checkpoint_names_none_to_resume(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.stopped("stopped by SIGTERM", tmp_path / "1" / "checkpoints", 143, str(tmp_path))
+    assert exit_info.value.code == 143 and capsys.readouterr().err == "error: stopped by SIGTERM\n"
+    (tmp_path / "0" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "0" / "checkpoints" / "last.ckpt").write_bytes(b"")  # an earlier job's: the rerun resumes it
+    with pytest.raises(SystemExit):
+        cli.stopped("stopped by SIGTERM", tmp_path / "1" / "checkpoints", 143, str(tmp_path))
+    assert capsys.readouterr().err == ("error: stopped by SIGTERM; resume: the same command with ckpt_path=last "
+                                       f"hydra.sweep.dir={tmp_path}\n")
 
 
 def test_resuming_from_a_moved_aside_checkpoint_tracks_its_best_checkpoint(tmp_path):

@@ -756,7 +756,7 @@ def test_a_diverged_run_whose_best_checkpoint_is_remote_is_judged_by_its_score(t
     def trainer(score: float) -> Any:
         kept = SimpleNamespace(best_model_score=torch.tensor(score), dirpath="memory://ckpts")
         return SimpleNamespace(callback_metrics={"train/loss": torch.tensor(float("nan"))}, current_epoch=1,
-                               checkpoint_callback=kept, is_global_zero=True)
+                               checkpoint_callback=kept, is_global_zero=True, gradient_clip_val=1.0)
 
     module, best = SimpleNamespace(diverged_in=None), "memory://ckpts/best-000.ckpt"  # not read: not on this machine
     error = diverged_model(trainer(float("inf")), module, best, None)  # Lightning's NaN
