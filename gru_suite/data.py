@@ -27,7 +27,8 @@ STAGE_SETS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), 
 def saving_part_way(trainer: pl.Trainer) -> bool:
     """Whether a checkpoint saved now falls part-way through a training epoch, one process training: some of its
     batches trained, its end to come (validation every `trainer.val_check_interval`). An epoch that
-    `trainer.max_time` or a stop signal cut short ends where it stopped: not part-way at its end."""
+    `trainer.max_time` cut short ends where it stopped: a checkpoint saved at that end is not part-way (one saved by
+    the validation Lightning runs as it stops, with `val_check_interval` below 1, is)."""
     if trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
         return False
     batches, epochs = trainer.fit_loop.epoch_loop.batch_progress, trainer.fit_loop.epoch_progress.current
@@ -88,8 +89,11 @@ class SplitDataModule(pl.LightningDataModule):
         loader = self._train_loader = self._loader("train")
         position, self._resume_position = self._resume_position, None
         trainer = self.trainer
-        if position and trainer is not None and position["epoch"] == trainer.current_epoch and \
-                trainer.world_size == 1 and resume_part_way(loader, position):
+        # the epochs processed, not `current_epoch`: a checkpoint saved where an epoch that `trainer.max_time` cut
+        # short ended (by earlier versions, with a position) has processed that epoch already
+        processed = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else None
+        if position and position["epoch"] == processed and trainer.world_size == 1 and \
+                resume_part_way(loader, position):
             rank_zero_info(f"resuming part-way through epoch {position['epoch']}: its first {position['batches']} "
                            "batches were trained, the others follow in their order")
             # Lightning's warning that the loader cannot resume part-way no longer holds (the filter is this run's:

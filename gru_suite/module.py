@@ -240,7 +240,9 @@ class TaskModule(pl.LightningModule):
         learning rates scaled to this run's `optimizer.lr`."""
         states, optimizers = checkpoint.get("lr_schedulers") or [], checkpoint.get("optimizer_states") or []
         fitting = self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING  # not when testing
-        if fitting and (sums := checkpoint.get(CHECKPOINT_KEY, {}).get("epoch_sums")):
+        epochs = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+        ended = epochs.get("processed", 0) > epochs.get("completed", 0)  # where a cut epoch ended (earlier versions)
+        if fitting and not ended and (sums := checkpoint.get(CHECKPOINT_KEY, {}).get("epoch_sums")):
             self._resumed_epoch_sums = (sums["loss_sum"], sums["loss_weight"], sums["samples"])
         if fitting and (rng := checkpoint.get(CHECKPOINT_KEY, {}).get("rng")):
             set_rng_states(rng[self.global_rank % len(rng)])
