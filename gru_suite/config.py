@@ -411,12 +411,11 @@ def wrong_batch_limits(cfg: DictConfig) -> list[str]:
             number = -1
         if isinstance(number, float) and number > 1 and number.is_integer():  # 2.0 or 1e3 batches, as Lightning reads
             number, whole = int(number), True
-        if field.endswith("val_check_interval") and (isinstance(value, bool) or number <= 0):  # Lightning divides
+        validation = field.endswith("val_check_interval")  # Lightning divides by it: 0 is wrong too
+        if isinstance(value, bool) or number < 0 or (not whole and number > 1) or (validation and number == 0):
             wrong.append(f"{field} must be a fraction of the batches in (0, 1], a whole number of batches of at least "
-                         f"1 or a duration, got {value!r}")
-        elif isinstance(value, bool) or number < 0 or (not whole and number > 1):
-            wrong.append(f"{field} must be a fraction of the batches in [0, 1] or a whole number of batches, got "
-                         f"{value!r}")
+                         f"1 or a duration, got {value!r}" if validation else f"{field} must be a fraction of the "
+                         f"batches in [0, 1] or a whole number of batches, got {value!r}")
         else:
             OmegaConf.update(cfg, field, number, merge=False)
     return wrong

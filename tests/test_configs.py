@@ -170,7 +170,7 @@ def test_a_wrong_batch_limit_is_named_before_the_trainer_is_built(override, tmp_
         run.build_trainer(cfg)
 
 
-@pytest.mark.parametrize("value", ["0", "0.0", "true", "-0.5"])
+@pytest.mark.parametrize("value", ["0", "0.0", "true", "-0.5", "1.5"])
 def test_validation_every_zero_batches_or_epochs_is_named_before_the_trainer_is_built(value, tmp_path):
     cfg = compose_train_config("forecasting", [f"trainer.val_check_interval={value}", "trainer.accelerator=cpu"],
                                tmp_path)
