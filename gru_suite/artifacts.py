@@ -50,7 +50,8 @@ def checked_paths(paths: Any, task: str | None, out_dir: Path) -> list[Path]:
         raise UserError(f"task {task!r}: write_predictions returned relative path(s) {', '.join(relative[:3])}"
                         f"{' ...' if len(relative) > 3 else ''}: return the paths in the folder it is given, "
                         "out_dir / name")
-    if outside := [str(path) for path in paths if not absolute(Path(path)).is_relative_to(absolute(out_dir))]:
+    if outside := [str(path) for path in paths if not linked_as_named(Path(path)).is_relative_to(
+            linked_as_named(out_dir))]:
         raise UserError(f"task {task!r}: write_predictions wrote {', '.join(outside[:3])}"
                         f"{' ...' if len(outside) > 3 else ''} outside the folder it is given ({out_dir}): write "
                         "every artifact in it, which then moves into the run folder")
@@ -58,6 +59,12 @@ def checked_paths(paths: Any, task: str | None, out_dir: Path) -> list[Path]:
         raise UserError(f"task {task!r}: write_predictions returned {len(missing)} path(s) it did not write: "
                         f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
     return [Path(path) for path in paths]
+
+
+def linked_as_named(path: Path) -> Path:
+    """`path` from the root through the real folders (a run folder under a linked `outputs/` is one place, however
+    named), its own name kept: a link is named as itself."""
+    return Path(path).parent.resolve() / Path(path).name
 
 
 def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list[Path]:
@@ -69,8 +76,7 @@ def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list
     shutil.rmtree(staging, ignore_errors=True)  # a killed run's, never complete
     staging.mkdir(parents=True)
     try:
-        # by name: a link is named as itself
-        placed = [out_dir / absolute(path).relative_to(staging) for path in write(staging)]
+        placed = [out_dir / linked_as_named(path).relative_to(linked_as_named(staging)) for path in write(staging)]
         for entry in sorted(staging.iterdir()):
             if (place := out_dir / entry.name).exists() or place.is_symlink():
                 log.info("kept the earlier %s as %s", place, set_aside(place).name)

@@ -455,6 +455,24 @@ def test_a_plugins_mistake_is_one_line_naming_it_before_or_at_the_first_batch(
         run.train(cfg)
 
 
+class ResolvingWriterTask(ForecastingTask):
+    """Returns its artifacts' paths through the real folders."""
+
+    def write_predictions(self, predictions: list[Any], datamodule: Any, out_dir: Path) -> list[Path]:
+        return [path.resolve() for path in super().write_predictions(predictions, datamodule, out_dir)]
+
+
+def test_artifacts_named_through_the_real_folder_of_a_linked_run_folder_move_in(tmp_path: Path,
+                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "linked").symlink_to(tmp_path / "real")  # outputs/ on another volume, say
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: ResolvingWriterTask)
+    run.train(compose_train_config("forecasting", [*TINY_FORECASTING, "trainer.max_epochs=1", "threads=1"],
+                                   tmp_path / "linked"))
+    assert sorted(path.name for path in (tmp_path / "real" / "predictions").iterdir()) == ["forecast.csv",
+                                                                                         "forecast.png"]
+
+
 class DivergingTask(ForecastingTask):
     """Its training loss turns NaN from its third training batch on."""
 
