@@ -462,8 +462,8 @@ class ResolvingWriterTask(ForecastingTask):
         return [path.resolve() for path in super().write_predictions(predictions, datamodule, out_dir)]
 
 
-def test_artifacts_named_through_the_real_folder_of_a_linked_run_folder_move_in(tmp_path: Path,
-                                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_artifacts_named_through_the_real_folder_of_a_linked_run_folder_move_in(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "linked").symlink_to(tmp_path / "real")  # outputs/ on another volume, say
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: ResolvingWriterTask)
