@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import zipfile
 from collections.abc import Callable, Sequence
@@ -81,6 +80,17 @@ def use_trained_settings(trained_settings: Sequence[str], task_cfg: DictConfig, 
     for key in fixed:
         OmegaConf.update(task_cfg, key, trained_value(stored_task, key), merge=True)
     return fixed
+
+
+def keep_trained_settings(task_cfg: DictConfig, stored_task: DictConfig, source: str, given: str,
+                          warn: Callable[[str], Any]) -> None:
+    """Set the settings training fixed (`TaskPlugin.trained_settings`: a tokenizer's, a grid's) that `task_cfg` gives
+    otherwise back to the checkpoint's values, in place (`use_trained_settings`): its state holds what training made
+    of them. `warn` names them, as `source`'s settings used rather than `given`."""
+    trained = registry.get_task(task_cfg.name).load().trained_settings
+    if ignored := use_trained_settings(trained, task_cfg, stored_task):
+        warn(f"{source}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: the checkpoint's settings "
+             f"are used, not {given}")
 
 
 def trained_value(stored_task: DictConfig, key: str) -> Any:
@@ -172,11 +182,8 @@ def restore(
     if task_cfg is not None:
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
-        cfg.task = copy.deepcopy(task_cfg)  # the caller's config stays as given
-        trained = registry.get_task(cfg.task.name).load().trained_settings
-        if ignored := use_trained_settings(trained, cfg.task, stored_task):
-            log.warning("%s: %s fixed by training: the checkpoint's settings are used, not the override(s)", source,
-                        ", ".join(f"task.{key}" for key in ignored))
+        cfg.task = task_cfg  # a copy: the caller's config stays as given
+        keep_trained_settings(cfg.task, stored_task, source, "the override(s)", log.warning)
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)
     check_same_model(checkpoint["state_dict"], module, source, lambda: settings_apart(stored_task, cfg.task, "task"))

@@ -11,9 +11,7 @@ from typing import Any
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from gru_suite import registry
 from gru_suite.atomic import atomic_path
-from gru_suite.checkpoint import use_trained_settings
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError
 from gru_suite.metrics_file import read_metrics
@@ -22,12 +20,13 @@ from gru_suite.run_folder import checkpoint_folder
 log = logging.getLogger(__name__)
 
 LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
-"""`ckpt_path` values that Lightning resolves itself when resuming."""
+"""`ckpt_path` values that Lightning reads as names, not paths."""
 
 
 def resume_path(cfg: DictConfig) -> str | None:
-    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run's
-    `last.ckpt` (`checkpoint_folder`) when it is there (Lightning's other names are left to Lightning)."""
+    """The checkpoint file training resumes from, if any: `ckpt_path`, with `last` read as the run's `last.ckpt`
+    (`checkpoint_folder`) when it is there (else None: Lightning starts afresh) and `hpc` as Lightning's latest SLURM
+    requeue checkpoint; a UserError for an empty value and for the names that hold nothing to resume from here."""
     path = cfg.get("ckpt_path")
     last = checkpoint_folder(cfg) / "last.ckpt"
     if path == "best":  # Lightning's name for the best checkpoint of the fit that has just ended, not for a resume
@@ -44,7 +43,7 @@ def resume_path(cfg: DictConfig) -> str | None:
                  if (number := file.stem.removeprefix("hpc_ckpt_")).isdigit()]
         if not saved:
             raise UserError(f"ckpt_path=hpc: no hpc_ckpt_<n>.ckpt in {folder} (Lightning writes one there when SLURM "
-                            "signals a requeue, and resumes from it by itself)")
+                            "signals a requeue)")
         return str(max(saved)[1])
     if path == "last" and last.is_file():
         return str(last)
@@ -96,16 +95,6 @@ def epochs_trained(checkpoint: dict[str, Any]) -> int:
     processed = progress.get("processed", checkpoint.get("epoch", 0))
     last_batch_done = fit_loop.get("epoch_loop.batch_progress", {}).get("is_last_batch", False)
     return processed + 1 if last_batch_done and progress.get("started", 0) > processed else processed
-
-
-def keep_trained_settings(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> None:
-    """Settings training fixed (`TaskPlugin.trained_settings`: a tokenizer's, a grid's) that differ from the
-    checkpoint's take the checkpoint's values, with a warning: its state (vocabulary, grid) holds what training made
-    of them, and the run's checkpoints then record the settings that made it."""
-    trained = registry.get_task(cfg.task.name).load().trained_settings
-    if ignored := use_trained_settings(trained, cfg.task, stored_task):
-        warn_on_rank_zero(f"ckpt_path {ckpt_path}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: "
-                          "the checkpoint's settings are used, not this run's")
 
 
 def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path: str) -> bool:

@@ -32,6 +32,7 @@ from gru_suite.backbone import GRUBackbone
 from gru_suite.callbacks import AtomicCheckpointIO
 from gru_suite.checkpoint import (
     check_same_model,
+    keep_trained_settings,
     read_checkpoint,
     settings_apart,
     stored_config,
@@ -59,7 +60,6 @@ from gru_suite.profilers import QuietProfiler
 from gru_suite.resume import (
     check_epochs_left,
     keep_resumed_as_last,
-    keep_trained_settings,
     resume_path,
     resumed_run_metrics,
     resumes_in_own_folder,
@@ -311,7 +311,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         if (stored := stored_cfg.task).name != cfg.task.name:
             raise UserError(f"ckpt_path {ckpt_path} holds a model of task {stored.name!r}, not task={cfg.task.name}")
         check_epochs_left(checkpoint, cfg, ckpt_path)
-        keep_trained_settings(stored, cfg, ckpt_path)
+        keep_trained_settings(cfg.task, stored, f"ckpt_path {ckpt_path}", "this run's", warn_on_rank_zero)
         monitor_changed = warn_of_another_monitor(stored, cfg, ckpt_path)
         warn_of_a_dropped_weight_average(checkpoint, cfg, ckpt_path)
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
