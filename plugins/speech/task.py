@@ -264,7 +264,12 @@ class SpeechTask(TaskPlugin):
             else:
                 read = {name: read_source(data[name], rate)}
             for key, utterances in read.items():
-                self._splits[key] = utterances + self._connected(key, utterances)
+                connected = self._connected(key, utterances)
+                if connected:  # a checkpoint's own count also joins a manifest given at evaluation: said
+                    log.info("the %s split: %d utterances and %d connected ones joined from them "
+                             "(task.data.connected.%s=%d; 0 for none)", key, len(utterances), len(connected), key,
+                             len(connected))
+                self._splits[key] = utterances + connected
         return self._splits[name]
 
     def _source(self, name: str) -> str:
