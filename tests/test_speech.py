@@ -305,6 +305,14 @@ def test_a_word_of_one_spike_lasts_while_its_sound_does() -> None:
     assert [(w.start, w.end) for w in spiky] == [(0.05, 0.1), (0.45, 0.5)]  # without the sound: one frame each
 
 
+def test_a_recording_that_is_speech_throughout_sounds_in_its_louder_frames() -> None:
+    hop, frames = 80, 12
+    gain = 10 ** (torch.linspace(-30, -24, frames) / 20).repeat_interleave(hop)  # 6 dB from start to end: no pause
+    speech = gain * torch.sin(torch.arange(frames * hop) * 0.3) * math.sqrt(2)
+    sound = sounding_frames(speech, hop, frames)
+    assert sound[-5:].all() and not sound[:5].any()  # no frame is 6 dB above the quietest tenth: its louder half
+
+
 # learning and streaming
 
 

@@ -102,7 +102,8 @@ class Word:
 
 
 SOUND_MARGIN_DB = 6.0
-"""A frame holds sound when its energy is this far above that of the utterance's quietest tenth of frames."""
+"""A frame holds sound when its energy is this far above that of the utterance's quietest tenth of frames (or half
+as far above it as the loudest frame, where that is nearer: a recording that is speech throughout)."""
 SILENT_DB = 20 * math.log10(SILENCE_PEAK) - 10
 """Frames quieter than this (dB of full scale; -90) are silent and left out of that tenth: digital silence. It is the
 level of noise whose peaks stay under `SILENCE_PEAK`, a silent file's (noise peaks about 10 dB above its level)."""
@@ -117,14 +118,17 @@ BLANK_CERTAIN = 0.999
 def sounding_frames(samples: Tensor, hop: int, frames: int) -> Tensor:
     """Whether each of `frames` output frames (`hop` samples each, from the start of `samples`) holds sound:
     energy `SOUND_MARGIN_DB` above the quietest tenth of those above `SILENT_DB` (digital silence, and the
-    silence past the audio's end, is quiet and does not lower that tenth)."""
+    silence past the audio's end, is quiet and does not lower that tenth), or half way from that tenth to the
+    loudest frame where that is less (a recording that is speech from start to end has no quiet tenth to stand
+    above: its louder half sounds)."""
     x = samples.detach().float().reshape(-1)[: frames * hop].cpu()
     x = torch.nn.functional.pad(x, (0, frames * hop - len(x)))
     level = 10 * torch.log10(x.reshape(frames, hop).pow(2).mean(1) + 1e-12)
     heard = level > SILENT_DB
     if not heard.any():
         return heard
-    return heard & (level >= torch.quantile(level[heard], 0.1) + SOUND_MARGIN_DB)
+    quiet = torch.quantile(level[heard], 0.1)
+    return heard & (level >= quiet + min(SOUND_MARGIN_DB, float(level[heard].max() - quiet) / 2))
 
 
 def _through_sound(start: int, limit: int, sound: Tensor) -> int:
