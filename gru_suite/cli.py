@@ -207,12 +207,19 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         """The folder of the training sweep under way, which a rerun with `ckpt_path=last` resumes; else None."""
         return next(iter(sweep_dir), None) if config_name == "train" else None
 
+    def resumable_run(cfg: Any) -> Path | None:
+        """The checkpoint folder of a training run, which a rerun with `ckpt_path=last` resumes; else None (eval,
+        predict and gates resume nothing, whatever their folder holds)."""
+        from gru_suite.run_folder import checkpoint_folder
+
+        return checkpoint_folder(cfg) if config_name == "train" else None
+
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def app(cfg: Any) -> Any:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        from gru_suite.run_folder import checkpoint_folder, keep_earlier_file, restore_earlier_work
+        from gru_suite.run_folder import keep_earlier_file, restore_earlier_work
         from gru_suite.sweep import ERROR_NAME
 
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep rerun into its folder: this job's own error, if any
@@ -222,10 +229,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         try:
             return body(cfg)
         except SystemExit as stop:
-            _stop_on_signal(stop, checkpoint_folder(cfg), resumable_sweep())
+            _stop_on_signal(stop, resumable_run(cfg), resumable_sweep())
             raise
         except KeyboardInterrupt:  # outside Lightning's loops
-            stopped("interrupted", checkpoint_folder(cfg), 130, resumable_sweep())
+            stopped("interrupted", resumable_run(cfg), 130, resumable_sweep())
         except Exception as err:
             user_error = user_error_in(err) or _unset_key_read(err)
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
@@ -335,7 +342,7 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated
 
 
-def _stop_on_signal(stop: SystemExit, checkpoints: Path, sweep_dir: str | None) -> None:
+def _stop_on_signal(stop: SystemExit, checkpoints: Path | None, sweep_dir: str | None) -> None:
     """Lightning ends a run that got SIGTERM with a SystemExit without a code, which exits 0 (`_stop_on_sigterm`
     with a `Terminated` outside its loops), and one interrupted by Ctrl-C with exit code 1: one line (where to
     resume from, if a checkpoint was saved) and exit code 143 or 130 (128 + the signal), which also ends a sweep."""
@@ -356,7 +363,7 @@ def stopped(why: str, checkpoints: Path | None, code: int, sweep_dir: str | None
     _end_progress_line()
     last, message = checkpoints / "last.ckpt" if checkpoints else None, f"error: {why}"
     kept = last is not None and last.is_file()
-    if sweep_dir is not None and (kept or any(Path(sweep_dir).rglob("last.ckpt"))):  # the rerun resumes those jobs
+    if sweep_dir is not None and (kept or any(Path(sweep_dir).glob("*/checkpoints/last.ckpt"))):  # the rerun resumes
         message += f"; resume: the same command with ckpt_path=last hydra.sweep.dir={sweep_dir}"
     elif kept and not HydraConfig.initialized():
         message += f"; resume with ckpt_path={last}"

@@ -28,7 +28,8 @@ def saving_part_way(trainer: pl.Trainer) -> bool:
     """Whether a checkpoint saved now falls part-way through a training epoch, one process training: some of its
     batches trained, its end to come (validation every `trainer.val_check_interval`). An epoch that
     `trainer.max_time` cut short ends where it stopped: a checkpoint saved at that end is not part-way (one saved by
-    the validation Lightning runs as it stops, with `val_check_interval` below 1, is)."""
+    the validation Lightning runs as it stops is, where checkpoints are saved at validation: `val_check_interval`
+    other than 1.0, `check_val_every_n_epoch` above 1)."""
     if trainer.state.fn != TrainerFn.FITTING or trainer.world_size > 1:
         return False
     batches, epochs = trainer.fit_loop.epoch_loop.batch_progress, trainer.fit_loop.epoch_progress.current

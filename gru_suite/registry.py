@@ -85,7 +85,8 @@ class TaskEntry:
             if (elsewhere := self._config_in_a_parent_package()) is not None:
                 raise UserError(f"task {self.name!r} from package {self.distribution!r}: its config is {elsewhere}, "
                                 f"but a task's conf/ folder sits beside its entry point's module {self.module}: move "
-                                f"{elsewhere.parents[1]} to {self.package.replace('.', '/')}/conf")
+                                f"its config (and its presets and trainer defaults) into "
+                                f"{self.package.replace('.', '/')}/conf/")
             raise UserError(
                 f"task {self.name!r} from package {self.distribution!r} ships no conf/task/{self.name}.yaml beside "
                 f"{self.module}: a plugin's configs must be installed with it (package data)"

@@ -49,8 +49,8 @@ def test_a_config_in_a_package_above_the_entry_points_module_is_named_where_it_m
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match=rf"^task 'nest' from package 'nest-dist': its config is "
                        rf"{re.escape(str(conf / 'nest.yaml'))}, but a task's conf/ folder sits beside its entry "
-                       rf"point's module nested_plugin\.tasks\.parity: move {re.escape(str(conf.parent))} to "
-                       r"nested_plugin/tasks/conf$"):
+                       r"point's module nested_plugin\.tasks\.parity: move its config \(and its presets and "
+                       r"trainer defaults\) into nested_plugin/tasks/conf/$"):
         registry.TaskEntry("nest", "nested_plugin.tasks.parity:Task", "nest-dist").require_config_file()
 
 
