@@ -636,15 +636,15 @@ def test_a_signal_stops_training_with_its_exit_code_and_names_the_checkpoint_to_
 SIGNALLED_CLI = """
 import os, signal, sys
 from gru_suite import cli
-calls, checked = [], cli._warn_undeclared_settings
-def signalled(cfg):  # a job starting: the sweep's second, or the run's only one before it reads its data
+calls, patched = [], getattr(cli, os.environ["SIGNAL_IN"])
+def signalled(*args, **kwargs):  # e.g. a job starting: the sweep's second, or the run's only one
     calls.append(1)
     if len(calls) == int(os.environ["SIGNAL_AT_JOB"]):
         os.kill(os.getpid(), signal.SIGTERM)
-    checked(cfg)
-cli._warn_undeclared_settings = signalled
+    return patched(*args, **kwargs)
+setattr(cli, os.environ["SIGNAL_IN"], signalled)
 sys.argv = ["gru-suite", *sys.argv[1:]]
-cli.train()
+getattr(cli, os.environ["COMMAND"])()
 """
 
 
@@ -654,10 +654,21 @@ def test_sigterm_outside_lightnings_loops_stops_with_one_line_and_its_exit_code(
     overrides = ["-m", "backbone.hidden_size=8,16"] if sweep else []
     result = subprocess.run([sys.executable, "-c", SIGNALLED_CLI, *overrides, "task=forecasting", *TINY[1:],
                              "threads=1", "trainer.max_epochs=1", folder], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "TQDM_DISABLE": "1", "SIGNAL_AT_JOB": "2" if sweep else "1"})
+                            env={**os.environ, "TQDM_DISABLE": "1", "SIGNAL_AT_JOB": "2" if sweep else "1",
+                                 "SIGNAL_IN": "_warn_undeclared_settings", "COMMAND": "train"})
     assert result.returncode == 143, result.stderr[-2000:]  # not killed without a word (-15)
     said = "error: stopped by SIGTERM" + (f"; resume: the same command with ckpt_path=last {folder}" if sweep else "")
     assert result.stderr.rstrip().endswith(said) and "Traceback" not in result.stderr
+
+
+def test_a_prediction_stopped_in_a_training_folder_names_nothing_to_resume(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "run")  # its checkpoints/last.ckpt is training's, not predict's to resume
+    result = subprocess.run([sys.executable, "-c", SIGNALLED_CLI, f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt",
+                             "threads=1", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TQDM_DISABLE": "1", "SIGNAL_AT_JOB": "1",
+                                              "SIGNAL_IN": "_restore", "COMMAND": "predict"})
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert result.stderr.rstrip().endswith("error: stopped by SIGTERM")  # no "resume: ... ckpt_path=last"
 
 
 def test_a_checkpoint_is_written_beside_its_name_and_a_failed_save_leaves_the_previous_whole(tmp_path,
