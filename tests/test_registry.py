@@ -39,26 +39,28 @@ def test_a_plugin_package_without_configs_is_told_to_ship_them(tmp_path, monkeyp
         registry.TaskEntry("bare", "configless_plugin.task:Task", "bare-dist").require_config_file()
 
 
+def write_files(root, files: dict[str, str]) -> None:
+    """Write each of `files` (path under `root`: text), making its folders."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+
+
 def test_a_config_in_a_package_above_the_entry_points_module_is_named_where_it_must_be(tmp_path, monkeypatch):
-    conf = tmp_path / "nested_plugin" / "conf" / "task"
-    conf.mkdir(parents=True)
-    (tmp_path / "nested_plugin" / "__init__.py").write_text("")
-    (tmp_path / "nested_plugin" / "tasks").mkdir()
-    (tmp_path / "nested_plugin" / "tasks" / "__init__.py").write_text("")
-    (conf / "nest.yaml").write_text("name: nest\n")
+    write_files(tmp_path, {"nested_plugin/__init__.py": "", "nested_plugin/tasks/__init__.py": "",
+                           "nested_plugin/conf/task/nest.yaml": "name: nest\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "nested_plugin" / "conf" / "task" / "nest.yaml"
     with pytest.raises(UserError, match=rf"^task 'nest' from package 'nest-dist': its config is "
-                       rf"{re.escape(str(conf / 'nest.yaml'))}, but a task's conf/ folder sits beside its entry "
+                       rf"{re.escape(str(config))}, but a task's conf/ folder sits beside its entry "
                        r"point's module nested_plugin\.tasks\.parity: move its config \(and its presets and "
                        r"trainer defaults\) into nested_plugin/tasks/conf/$"):
         registry.TaskEntry("nest", "nested_plugin.tasks.parity:Task", "nest-dist").require_config_file()
 
 
 def test_an_entry_point_named_otherwise_than_its_packages_task_config_names_the_config(tmp_path, monkeypatch):
-    package = tmp_path / "renamed_plugin"
-    (package / "conf" / "task").mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    (package / "conf" / "task" / "freq_trend.yaml").write_text("name: freq_trend\n")
+    write_files(tmp_path, {"renamed_plugin/__init__.py": "", "renamed_plugin/conf/task/freq_trend.yaml":
+                           "name: freq_trend\n"})
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match=r"^task 'freqtrend' from package 'freq-dist': its conf/task/ beside "
                        r"renamed_plugin\.task holds freq_trend\.yaml, not freqtrend\.yaml: an entry point's name is "
