@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 
 from gru_suite.errors import UserError
 from gru_suite.module import TaskModule
-from gru_suite.run_folder import STAGING, absolute, set_aside
+from gru_suite.run_folder import STAGING, absolute, keep_earlier_file
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,7 @@ def written_in_place(out_dir: Path, write: Callable[[Path], list[Path]]) -> list
     try:
         placed = [out_dir / linked_as_named(path).relative_to(linked_as_named(staging)) for path in write(staging)]
         for entry in sorted(staging.iterdir()):
-            if (place := out_dir / entry.name).exists() or place.is_symlink():
-                log.info("kept the earlier %s as %s", place, set_aside(place).name)
+            keep_earlier_file(place := out_dir / entry.name)
             entry.rename(place)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

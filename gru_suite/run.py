@@ -232,8 +232,7 @@ def keep_earlier_metrics(loggers: list[Any]) -> None:
     for logger in loggers:
         if not isinstance(logger, CSVLogger):
             continue
-        if (earlier := Path(logger.log_dir) / "metrics.csv").is_file():
-            log.info("kept the earlier %s as %s", earlier, set_aside(earlier).name)
+        keep_earlier_file(Path(logger.log_dir) / "metrics.csv")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r"Experiment logs directory .* exists and is not empty")
             _ = logger.experiment

@@ -37,8 +37,9 @@ def set_aside(path: Path) -> Path:
 
 
 def keep_earlier_file(path: Path) -> None:
-    """Set aside an earlier run's `path` (`summary.csv` to `summary.1.csv`) before this run writes its own there."""
-    if path.exists():
+    """Set aside an earlier run's `path` (`summary.csv` to `summary.1.csv`; a file, a folder or a link) before this
+    run writes its own there."""
+    if path.exists() or path.is_symlink():
         log.info("kept the earlier %s as %s", path, set_aside(path).name)
 
 
@@ -275,8 +276,7 @@ class KeepEarlierConfig(Callback):
         if folder is None or not folder.is_dir():
             return
         with suppress(FileNotFoundError):  # another process of the run moved it first
-            earlier = set_aside(folder)
-            log.info("kept the earlier %s as %s", folder, earlier.name)
+            keep_earlier_file(folder)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A sweep into the folder of an earlier one: each earlier job's `.hydra/` moves to `.hydra.N/` now, since
@@ -286,7 +286,7 @@ class KeepEarlierConfig(Callback):
             return
         for job in sorted(sweep_dir.iterdir()):
             if (folder := job / subdir).is_dir() and not folder.is_symlink():
-                log.info("kept the earlier %s as %s", folder, set_aside(folder).name)
+                keep_earlier_file(folder)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _run_start
