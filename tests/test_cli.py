@@ -661,12 +661,14 @@ def test_sigterm_outside_lightnings_loops_stops_with_one_line_and_its_exit_code(
     assert result.stderr.rstrip().endswith(said) and "Traceback" not in result.stderr
 
 
-def test_a_prediction_stopped_in_a_training_folder_names_nothing_to_resume(trained_run, tmp_path):
-    shutil.copytree(trained_run, tmp_path / "run")  # its checkpoints/last.ckpt is training's, not predict's to resume
+@pytest.mark.parametrize("command", ["evaluate", "predict", "gates"])
+def test_a_command_other_than_training_stopped_in_a_training_folder_names_nothing_to_resume(command, trained_run,
+                                                                                             tmp_path):
+    shutil.copytree(trained_run, tmp_path / "run")  # its checkpoints/last.ckpt is training's, not theirs to resume
     result = subprocess.run([sys.executable, "-c", SIGNALLED_CLI, f"ckpt_path={tmp_path}/run/checkpoints/last.ckpt",
                              "threads=1", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
                             timeout=300, env={**os.environ, "TQDM_DISABLE": "1", "SIGNAL_AT_JOB": "1",
-                                              "SIGNAL_IN": "_restore", "COMMAND": "predict"})
+                                              "SIGNAL_IN": "_restore", "COMMAND": command})
     assert result.returncode == 143, result.stderr[-2000:]
     assert result.stderr.rstrip().endswith("error: stopped by SIGTERM")  # no "resume: ... ckpt_path=last"
 
