@@ -313,6 +313,15 @@ def test_a_recording_that_is_speech_throughout_sounds_in_its_louder_frames() -> 
     assert sound[-5:].all() and not sound[:5].any()  # no frame is 6 dB above the quietest tenth: its louder half
 
 
+
+def test_steady_noise_around_a_word_as_loud_as_it_does_not_sound() -> None:
+    hop, rate = 240, 8000  # 30 ms frames
+    noisy = 0.01 * torch.randn(int(1.5 * rate), generator=torch.Generator().manual_seed(0))
+    tone = 0.01 * math.sqrt(2) * torch.sin(2 * math.pi * 300 * torch.arange(int(0.3 * rate)) / rate)
+    noisy[int(0.2 * rate):int(0.5 * rate)] += tone  # 0 dB SNR: frames 6.7-16.7 hold the word
+    sound = sounding_frames(noisy, hop, len(noisy) // hop)
+    assert sound[7:16].all() and not sound[:6].any() and not sound[17:].any()  # the noise alone stays quiet
+
 # learning and streaming
 
 
