@@ -90,9 +90,14 @@ class GRUBackbone(nn.Module):
     def _encode(
         self, x: Tensor, lengths: Tensor | None, h0: State | None, layer: nn.RNNBase | None = None
     ) -> tuple[Tensor, State]:
+        if x.dim() != 3:
+            raise ValueError(f"x must be (batch, time, {self.input_size}), got shape {tuple(x.shape)}")
         if lengths is None:
             return self._run(x, h0, layer)
         lengths = torch.as_tensor(lengths).cpu()  # one copy from the device, for packing and the checks below
+        if lengths.shape != (x.size(0),) or lengths.is_floating_point() or lengths.dtype == torch.bool:
+            raise ValueError(f"lengths must be whole numbers, one per sequence of x ({x.size(0)}), got "
+                             f"{str(lengths.dtype).removeprefix('torch.')} of shape {tuple(lengths.shape)}")
         low, high = (int(bound) for bound in torch.aminmax(lengths)) if len(lengths) else (0, 0)
         if low < 0 or high > x.size(1):
             raise ValueError(f"lengths must be within 0..{x.size(1)} (the time steps of x), got {low}..{high}")
@@ -126,6 +131,8 @@ class GRUBackbone(nn.Module):
         """
         if self.bidirectional:
             raise RuntimeError("step() needs a unidirectional backbone; bidirectional=True sees the future")
+        if x_t.dim() != 2 or x_t.size(1) != self.input_size:
+            raise ValueError(f"step() takes x_t of shape (batch, {self.input_size}), got {tuple(x_t.shape)}")
         out, h = self.rnn(x_t.unsqueeze(1), h)
         return out.squeeze(1), h
 

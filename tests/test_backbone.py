@@ -1,3 +1,4 @@
+import re
 import warnings
 
 import pytest
@@ -164,3 +165,25 @@ def test_lengths_outside_the_sequences_are_named() -> None:
             backbone(x, torch.tensor(lengths))
     out, _ = backbone(x, [5, 2])  # a list is read as a tensor
     assert out.shape == (2, 5, 4) and not out[1, 2:].any()
+
+
+def test_lengths_that_are_not_one_whole_number_per_sequence_are_named() -> None:
+    backbone, x = GRUBackbone(input_size=3, hidden_size=4), torch.zeros(3, 4, 3)
+    wrong = {"int64 of shape (2,)": torch.tensor([4, 2]),  # would drop the third sequence
+             "int64 of shape (4,)": torch.tensor([4, 2, 1, 1]),
+             "bool of shape (3, 4)": torch.ones(3, 4, dtype=torch.bool),  # a padding mask, not lengths
+             "float32 of shape (3,)": torch.tensor([3.5, 2.0, 1.0])}
+    for said, lengths in wrong.items():
+        with pytest.raises(ValueError, match=re.escape(f"lengths must be whole numbers, one per sequence of x (3), "
+                                                       f"got {said}")):
+            backbone(x, lengths)
+
+
+def test_inputs_of_the_wrong_rank_are_named() -> None:
+    backbone = GRUBackbone(input_size=5, hidden_size=4)
+    with pytest.raises(ValueError, match=re.escape("x must be (batch, time, 5), got shape (4, 5)")):
+        backbone(torch.zeros(4, 5))  # one sequence without its batch axis: not run as if unbatched
+    for x_t in (torch.zeros(5), torch.zeros(3, 1, 5), torch.zeros(3, 4)):
+        said = f"step() takes x_t of shape (batch, 5), got {tuple(x_t.shape)}"
+        with pytest.raises(ValueError, match=re.escape(said)):
+            backbone.step(x_t)
