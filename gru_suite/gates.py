@@ -98,8 +98,9 @@ def trace_gates(backbone: GRUBackbone, x: Tensor, h0: Tensor | None = None) -> l
     x = x.to(rnn.weight_ih_l0.dtype)  # float64 input to a float32 model, say: traced in the model's precision
     if h0 is None:
         h0 = x.new_zeros(shape)
-    elif tuple(h0.shape) != shape:
-        raise ValueError(f"h0 must have shape {shape}, got {tuple(h0.shape)}")
+    elif not isinstance(h0, Tensor) or tuple(h0.shape) != shape:
+        raise ValueError(f"h0 must be a tensor of shape {shape}, got "
+                         f"{tuple(h0.shape) if isinstance(h0, Tensor) else type(h0).__name__}")
     h0 = h0.to(x.dtype)
     traces = []
     with torch.no_grad():
@@ -162,6 +163,9 @@ def plot_gates(
 ) -> list[Path]:
     """Write one heat-map PNG per layer of batch item `sample`, `{prefix}_layer{k}.png` in `out_dir`, titled and
     labelled by `view` (default: "sample {sample}" over numbered steps); return the paths."""
+    batch = trace[0].update.size(0) if trace else 0
+    if not 0 <= sample < batch:
+        raise ValueError(f"sample must be a batch item, 0..{batch - 1}, got {sample}")
     view = view or SequenceView(f"sample {sample}")
     return [
         save_figure(_layer_figure(layer, sample, view), Path(out_dir) / f"{prefix}_layer{layer.layer}.png")

@@ -111,8 +111,10 @@ def test_input_of_another_precision_is_traced_in_the_models() -> None:
 
 def test_bad_h0_shape_rejected() -> None:
     backbone = _backbone(num_layers=2)
-    with pytest.raises(ValueError, match="h0"):
+    with pytest.raises(ValueError, match=re.escape("h0 must be a tensor of shape (2, 4, 5), got (1, 4, 5)")):
         trace_gates(backbone, _input(), torch.zeros(1, 4, 5))
+    with pytest.raises(ValueError, match=re.escape("h0 must be a tensor of shape (2, 4, 5), got tuple")):
+        trace_gates(backbone, _input(), (torch.zeros(2, 4, 5),))  # an LSTM's (h, c) by habit
 
 
 def test_an_input_without_time_steps_or_of_another_width_is_named() -> None:
@@ -155,6 +157,9 @@ def test_plots_label_time_steps_thinned_and_refuse_a_wrong_count(tmp_path, monke
         plot_gates(trace_gates(backbone, _input()), tmp_path, view=SequenceView("a text", words[:6]))
     plot_gates(trace_gates(backbone, _input()), tmp_path, sample=2)
     assert drawn[-1].get_suptitle() == "GRU gates: layer 0, sample 2"
+    for sample in (-1, 4):  # not the last item under another name, nor an IndexError
+        with pytest.raises(ValueError, match=re.escape(f"sample must be a batch item, 0..3, got {sample}")):
+            plot_gates(trace_gates(backbone, _input()), tmp_path, sample=sample)
 
 
 def test_a_bidirectional_layer_draws_a_line_between_its_directions(tmp_path, monkeypatch) -> None:
