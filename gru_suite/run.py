@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,15 +120,31 @@ def _found_backbone(model: Any, found: Any, factory: Any) -> str:
         return f"its {type(model).__name__} has no `backbone` attribute"
     if found is factory:
         return "its `backbone` is the factory itself: call it, backbone(input_size=F), and keep what it returns"
+    if isinstance(found, GRUBackbone):
+        return ("its `backbone` is a GRUBackbone the factory did not build, which the backbone.* settings do not "
+                "reach: build it with backbone(input_size=F)")
     return f"its `backbone` is a {type(found).__name__}"
+
+
+def _recording(factory: functools.partial) -> tuple[Callable[..., GRUBackbone], list[GRUBackbone]]:
+    """`factory` as the task is given it, and the backbones it has built through it."""
+    built: list[GRUBackbone] = []
+
+    def backbone(*args: Any, **kwargs: Any) -> GRUBackbone:
+        built.append(made := factory(*args, **kwargs))
+        return made
+
+    return backbone, built
 
 
 def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     """The task's model around the configured backbone, with its optimiser settings."""
-    backbone = instantiate(cfg.backbone, "backbone", _partial_=True)
-    check_backbone(backbone)
+    factory = instantiate(cfg.backbone, "backbone", _partial_=True)
+    check_backbone(factory)
+    backbone, built = _recording(factory)
     model = task.build_model(backbone)
-    if not isinstance(found := getattr(model, "backbone", None), GRUBackbone):  # backbone.* settings would do nothing
+    found = getattr(model, "backbone", None)
+    if not any(found is made for made in built):  # backbone.* settings would do nothing
         raise UserError(f"task {task.cfg.get('name')!r}: build_model() must return a module whose `backbone` "
                         "attribute is the backbone built by the factory it is given (the backbone settings, the gate "
                         f"plots and checkpoints rely on it); {_found_backbone(model, found, backbone)}")

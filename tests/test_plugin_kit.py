@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 
 from gru_suite import registry, run
 from gru_suite.atomic import write_text
+from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite.module import check_step_output
 from gru_suite.data import batch_loader, length_bucket_loader
@@ -329,6 +330,15 @@ class FactoryBackboneTask(ForecastingTask):
         return model
 
 
+class OwnBackboneTask(ForecastingTask):
+    """Builds a GRUBackbone of its own, which the backbone.* settings never reach, and leaves the factory unused."""
+
+    def build_model(self, backbone: Any) -> torch.nn.Module:
+        model = torch.nn.Linear(1, 1)
+        model.backbone = GRUBackbone(1, 5)
+        return model
+
+
 class SilentWriterTask(ForecastingTask):
     """Writes its artifacts but does not return their paths."""
 
@@ -427,6 +437,8 @@ MISTAKES = {
                                               "Wrapper has no `backbone` attribute"),
     "factory-backbone": (FactoryBackboneTask, "rely on it); its `backbone` is the factory itself: call it, "
                                               "backbone(input_size=F), and keep what it returns"),
+    "own-backbone": (OwnBackboneTask, "rely on it); its `backbone` is a GRUBackbone the factory did not build, which "
+                                      "the backbone.* settings do not reach: build it with backbone(input_size=F)"),
     "claiming-writer": (ClaimingWriterTask, "task 'forecasting': write_predictions returned 1 path(s) it did not "
                                             "write: "),
     "relative-paths-writer": (RelativePathsWriterTask, "task 'forecasting': write_predictions returned relative "
