@@ -180,6 +180,7 @@ def restore(
     cfg = stored_config(checkpoint)
     stored_task = cfg.task
     if task_cfg is not None:
+        task_cfg = _task_block(task_cfg, source)
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
         cfg.task = task_cfg  # a copy: the caller's config stays as given
@@ -191,6 +192,20 @@ def restore(
     return module.eval()
 
 
-def load_checkpoint(path: str | Path, task_cfg: DictConfig | None = None) -> TaskModule:
+def _task_block(task_cfg: Any, source: str) -> DictConfig:
+    """`task_cfg` as a task's config block (a dict is read as one); else an error saying what is expected."""
+    if isinstance(task_cfg, dict):
+        task_cfg = OmegaConf.create(task_cfg)
+    if isinstance(task_cfg, DictConfig) and "name" in task_cfg:
+        return task_cfg
+    given = f"a config with keys {', '.join(map(str, task_cfg))}" if isinstance(task_cfg, DictConfig) else \
+        f"a {type(task_cfg).__name__}"
+    hint = " (this is a run's whole config: pass its `task`)" if isinstance(task_cfg, DictConfig) and \
+        "task" in task_cfg else ""
+    raise UserError(f"the task config for {source} must be a task's config block with its `name`, as a run's "
+                    f"cfg.task; got {given}{hint}")
+
+
+def load_checkpoint(path: str | Path, task_cfg: DictConfig | dict | None = None) -> TaskModule:
     """Read and restore the checkpoint at `path` (see `restore`)."""
     return restore(read_checkpoint(path), task_cfg, str(path))

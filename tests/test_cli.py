@@ -233,6 +233,18 @@ def test_load_checkpoint_keeps_the_settings_training_fixed_too(trained_run, monk
     assert f"{ckpt}: task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
 
 
+def test_load_checkpoint_reads_a_dict_as_the_task_block_and_names_anything_else(trained_run):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    stored = torch.load(ckpt, weights_only=False)["gru_suite"]["config"]
+    assert load_checkpoint(ckpt, stored["task"]).task.cfg.name == "forecasting"  # a plain dict of the task block
+    whole = r"; got a config with keys .*\btask\b.* \(this is a run's whole config: pass its `task`\)$"
+    with pytest.raises(UserError, match=r"last\.ckpt must be a task's config block with its `name`, as a run's "
+                                        r"cfg\.task" + whole):
+        load_checkpoint(ckpt, OmegaConf.create(stored))
+    with pytest.raises(UserError, match=r"as a run's cfg\.task; got a str$"):
+        load_checkpoint(ckpt, "forecasting")
+
+
 def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unless_that_is_an_interpolation():
     from omegaconf import OmegaConf
 
