@@ -790,7 +790,8 @@ def test_a_primers_time_and_key_signatures_are_carried_into_the_pieces(
     assert [(k.key_number, k.time) for k in piece.key_signature_changes] == [(2, 0.0)]
 
 
-def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path) -> None:
+def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     primer = sorted(corpus.glob("*.mid"))[0]  # 48 beats at 96 bpm: 30 s
     overrides = [*EVENTS, f"task.data.path={corpus}", f"task.generate.primer={primer}", "task.generate.length=31"]
     cfg = compose_train_config("music", overrides, tmp_path)
@@ -806,6 +807,17 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
     with pytest.raises(UserError, match=r"primer .*chorale_00.mid lasts 30.00 s, not shorter than .* 20.00 s, so "
                                         "nothing would be generated"):
         run.build_task(short.task).datamodule()
+    capped = compose_train_config("music", [*overrides, f"task.generate.max_events={len(expected)}"], tmp_path)
+    with pytest.raises(UserError, match=rf"primer .*chorale_00.mid is {len(expected)} events long, not shorter than "
+                                        rf"the task.generate.max_events cap of {len(expected)} events, so nothing "
+                                        r"would be generated \(raise task.generate.max_events\)"):
+        run.build_task(capped.task).datamodule()
+    capped = compose_train_config("music", [*overrides, f"task.generate.max_events={len(expected) + 3}"], tmp_path)
+    task = run.build_task(capped.task)
+    datamodule = task.datamodule()
+    with caplog.at_level(logging.WARNING):
+        task.write_predictions([task.predict_step(model, torch.tensor([0]))], datamodule, tmp_path / "capped")
+    assert f"piece_000.mid: stopped at task.generate.max_events={len(expected) + 3} events after" in caplog.text
     json_data = compose_train_config("music", [*EVENTS, f"task.data.path={tmp_path / 'rolls.json'}"], tmp_path)
     with pytest.raises(UserError, match=r"rolls.json: task.model.representation=events reads MIDI files"):
         run.build_task(json_data.task).datamodule()
