@@ -31,7 +31,7 @@ from gru_suite_plugins.anomaly.detectors import NextStepForecaster, StreamingSco
 from gru_suite_plugins.anomaly.flagging import AnomalyStream, Flagger
 from gru_suite_plugins.anomaly.stream import FLOAT32_MAX, is_header, main as stream_main, parse_line
 from gru_suite_plugins.anomaly.scoring import nab_score
-from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, write_series_report
+from gru_suite_plugins.anomaly.writer import flag_reasons, plot_report, report_frame, value_columns, write_series_report
 
 TINY = ["backbone.hidden_size=16", "task.data.crop_length=32", "task.data.batch_size=64"]
 SPIKES = (500, 700, 900)
@@ -252,6 +252,7 @@ def test_reports_keep_dotted_series_names_apart_and_a_value_named_score_beside_t
                                                                     "sensor.v2.png"]
     report = pd.read_csv(tmp_path / "out" / "sensor.v2.csv")
     assert list(report.columns[:3]) == ["timestamp", "value_score", "raw_score"] and report["value_score"][0] == 100.0
+    assert value_columns(["score", "value_score", "flag"]) == ["value_value_score", "value_score", "value_flag"]
 
 
 def test_the_stream_api_refuses_a_missing_value_or_a_wrong_width():
@@ -878,6 +879,13 @@ def test_a_folders_csv_files_are_found_below_it_whatever_the_case_of_their_suffi
         (tmp_path / name).write_text("timestamp,value\n")
     assert csv_files(tmp_path) == (tmp_path, [tmp_path / "a.csv", tmp_path / "c.csv.gz", tmp_path / "group" / "B.CSV",
                                               tmp_path / "group" / "D.CSV.GZ"])
+
+    (tmp_path / "group" / "b.csv.gz").write_text("timestamp,value\n")  # its reports: group/b.csv and .png
+    assert csv_files(tmp_path)[1][2] == tmp_path / "group" / "B.CSV"
+    (tmp_path / "group" / "B.csv.gz").write_text("timestamp,value\n")  # group/B.csv and .png, as B.CSV's
+    with pytest.raises(UserError, match=re.escape(f"{tmp_path}/group/B.CSV and {tmp_path}/group/B.csv.gz would write "
+                                                  "the same reports, group/B.csv and .png: rename or move one")):
+        csv_files(tmp_path)
 
 
 def test_a_folder_of_compressed_csv_files_is_read(tmp_path):

@@ -84,7 +84,21 @@ def csv_files(path: str | Path) -> tuple[Path, list[Path]]:
     files = files_below(root, {".csv", ".csv.gz"})
     if not files:
         raise UserError(f"{root}: no .csv or .csv.gz files found")
+    reported: dict[Path, Path] = {}
+    for file in files:
+        if (first := reported.setdefault(report := file.parent / report_stem(file), file)) != file:
+            raise UserError(f"{first} and {file} would write the same reports, {report.relative_to(root)}.csv and "
+                            ".png: rename or move one of them")
     return root, files
+
+
+def report_stem(file: Path) -> str:
+    """The name of `file`'s series reports: its own without .csv or .csv.gz (any case), dots before it kept
+    (`sensor.v1.csv` -> `sensor.v1`)."""
+    stem = file.name
+    for suffix in (".gz", ".csv"):
+        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
+    return stem
 
 
 def read_window_file(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from gru_suite.atomic import save_figure, write_csv
 from gru_suite.timeseries import Series, plotted_times
-from gru_suite_plugins.anomaly.data import StreamData
+from gru_suite_plugins.anomaly.data import StreamData, report_stem
 from gru_suite_plugins.anomaly.flagging import ScoredSeries
 
 REPORT_COLUMNS = ("timestamp", "raw_score", "score", "threshold", "flag", "reason", "label")
@@ -18,8 +18,17 @@ REPORT_COLUMNS = ("timestamp", "raw_score", "score", "threshold", "flag", "reaso
 
 def value_columns(columns: list[str]) -> list[str]:
     """The report's names for the series' value `columns`: their own, or `value_<name>` for one named like a
-    report column (a series with a `score` column keeps it beside the anomaly score)."""
-    return [f"value_{name}" if name in REPORT_COLUMNS else name for name in columns]
+    report column (a series with a `score` column keeps it beside the anomaly score), prefixed again while another
+    column has that name (`score` beside `value_score`: `value_value_score`)."""
+    taken = {*REPORT_COLUMNS, *columns}
+    names = []
+    for name in columns:
+        if name in REPORT_COLUMNS:
+            while name in taken:
+                name = f"value_{name}"
+            taken.add(name)
+        names.append(name)
+    return names
 
 
 def report_frame(stream: StreamData, scored: ScoredSeries, unscored_rows: int = 0) -> pd.DataFrame:
@@ -116,12 +125,9 @@ def plot_report(stream: StreamData, frame: pd.DataFrame, threshold: float) -> Fi
 
 def write_series_report(stream: StreamData, scored: ScoredSeries, out_dir: Path, unscored_rows: int = 0) -> list[Path]:
     """Write `<series>.csv` and `<series>.png` (keeping the series' sub-folders) into `out_dir`; `<series>` is the
-    file's name without its .csv (or .csv.gz), dots before it kept (`sensor.v1.csv` -> `sensor.v1.csv`)."""
+    file's `report_stem`."""
     name = Path(stream.name)
-    stem = name.name
-    for suffix in (".gz", ".csv"):
-        stem = stem[: -len(suffix)] if stem.lower().endswith(suffix) else stem
     frame = report_frame(stream, scored, unscored_rows)
-    csv_path = write_csv(out_dir / name.parent / f"{stem}.csv", with_skipped_rows(frame, stream.series))
+    csv_path = write_csv(out_dir / name.parent / f"{report_stem(name)}.csv", with_skipped_rows(frame, stream.series))
     png_path = save_figure(plot_report(stream, frame, scored.threshold), csv_path.with_suffix(".png"), dpi=100)
     return [csv_path, png_path]
