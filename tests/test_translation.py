@@ -679,6 +679,22 @@ def test_sentences_prediction_stopped_before_are_written_as_empty_lines(bundled:
     assert "before its end on line(s) 1\n" in caplog.text
 
 
+def test_translations_made_in_bfloat16_write_their_attention(bundled: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source.txt"
+    source.write_text("Kelka donas.\nVirdas vetas.\n", encoding="utf-8")
+    task = restored_task(bundled, source, tmp_path)
+    data = task.datamodule()
+    data.setup("predict")
+    cfg = compose_train_config("translation", [f"task.data.path={bundled}", *TINY], tmp_path)
+    model = run.build_module(cfg, task).model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as trainer.precision=bf16-mixed predicts
+        predicted = task.predict_step(model, next(iter(data.predict_dataloader())))
+    assert all(weights.dtype == torch.float32 for weights in predicted["attention"])
+    task.cfg.predict.plots = 1
+    paths = task.write_predictions([predicted], data, tmp_path / "out")
+    assert (tmp_path / "out" / "attention.jsonl").read_text().count("\n") == 2 and len(paths) >= 3
+
+
 def test_a_sentence_is_complete_once_its_best_live_beam_cannot_beat_its_worst_finished_one() -> None:
     def hypotheses(*scores: float) -> list[decode.Hypothesis]:
         return [decode.Hypothesis([5], torch.zeros(1, 2), score) for score in scores]

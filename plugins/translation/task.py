@@ -258,7 +258,7 @@ class TranslationTask(TaskPlugin):
     def predict_step(self, model: Seq2Seq, batch: dict[str, Any]) -> dict[str, Any]:
         hypotheses = self.translate(model, batch, int(self.cfg.decode.beam_size))
         return {"index": batch["index"].cpu(), "tokens": [h.tokens for h in hypotheses],
-                "attention": [h.attention.cpu() for h in hypotheses],
+                "attention": [h.attention.float().cpu() for h in hypotheses],  # bf16-mixed: no numpy dtype
                 "score": torch.tensor([h.score for h in hypotheses]), "ended": [h.ended for h in hypotheses]}
 
     def describe_sequence(self, datamodule: TranslationData, batch: dict[str, Any], sample: int) -> SequenceView:
