@@ -9,11 +9,14 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gru_suite.atomic import write_text
@@ -35,11 +38,15 @@ class Job:
 
     folder: Path
     overrides: dict[str, str]
+    name: str | None = None  # in the summary; None: the folder's name
     metrics: dict[str, float] = field(default_factory=dict)
     error: str = ""
     task: str | None = None
     monitor: str | None = None
     mode: str = "min"
+
+    def __post_init__(self) -> None:
+        self.name = self.name or self.folder.name
 
     @property
     def score(self) -> float | None:
@@ -48,24 +55,27 @@ class Job:
         return self.metrics.get(f"{self.monitor}_best", self.metrics.get(self.monitor))
 
 
-def read_job(folder: Path) -> Job:
-    """The job in `folder` (a folder holding `.hydra/overrides.yaml`); its metrics and error files count only when
-    written since the job started (`.hydra/` is written then), not left by an earlier run into the folder."""
-    started = (folder / ".hydra" / "overrides.yaml").stat().st_mtime_ns
-    overrides = OmegaConf.load(folder / ".hydra" / "overrides.yaml")
-    settings = {override_key(str(item)): str(item).partition("=")[2] for item in overrides}
-    job = Job(folder, settings)
-    for name in METRICS_FILES:
-        if _written_since(metrics := folder / name, started):
+def job_in(folder: Path, overrides: Sequence[Any], task: Any, started_ns: int, name: str | None = None) -> Job:
+    """The job run in `folder` with `overrides` (`key=value`) and `task`, its task config (None if unknown), named
+    `name` in the summary (default: the folder's name); its metrics and error files count only when written since
+    `started_ns`, not left by an earlier run into the folder."""
+    job = Job(folder, {override_key(str(item)): str(item).partition("=")[2] for item in overrides}, name=name)
+    for file in METRICS_FILES:
+        if _written_since(metrics := folder / file, started_ns):
             job.metrics = read_metrics(metrics)
             break
-    if _written_since(error := folder / ERROR_NAME, started):
+    if _written_since(error := folder / ERROR_NAME, started_ns):
         job.error = error.read_text(encoding="utf-8").strip()
-    config = folder / ".hydra" / "config.yaml"
-    if config.is_file():
-        task = OmegaConf.load(config).get("task") or {}
-        job.task, job.monitor, job.mode = task.get("name"), task.get("monitor"), task.get("monitor_mode") or "min"
+    task = task or {}
+    job.task, job.monitor, job.mode = task.get("name"), task.get("monitor"), task.get("monitor_mode") or "min"
     return job
+
+
+def read_job(folder: Path) -> Job:
+    """The job in `folder` (a folder holding `.hydra/overrides.yaml`), started when its `.hydra/` was written."""
+    overrides, config = folder / ".hydra" / "overrides.yaml", folder / ".hydra" / "config.yaml"
+    task = OmegaConf.load(config).get("task") if config.is_file() else None
+    return job_in(folder, OmegaConf.load(overrides), task, overrides.stat().st_mtime_ns)
 
 
 LAUNCH_TIME = "GRU_SUITE_LAUNCH_TIME"
@@ -145,7 +155,7 @@ def summary_csv(jobs: list[Job]) -> str:
     writer.writerow(["job", *varying, *errors, *metrics])
     for job in jobs:
         error = [job.error] if errors else []
-        writer.writerow([job.folder.name, *(job.overrides.get(k, "") for k in varying), *error,
+        writer.writerow([job.name, *(job.overrides.get(k, "") for k in varying), *error,
                          *(_number(job.metrics.get(m)) for m in metrics)])
     return out.getvalue()
 
@@ -155,16 +165,33 @@ def _number(value: float | None) -> str:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, write `<sweep dir>/summary.csv` and log the best job."""
+    """Hydra callback: after a multirun, write `<sweep dir>/summary.csv` and log the best job. The jobs are those
+    it saw end in this process, wherever `hydra.sweep.subdir` put them and whatever `hydra.output_subdir` says;
+    those of a launcher that runs them elsewhere are found as `<sweep dir>/*/.hydra/` (`sweep_jobs`)."""
 
     _started_ns: int | None = None
+    _job_started_ns: int = 0
+
+    def __init__(self) -> None:
+        self._jobs: list[Job] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._started_ns = time.time_ns() - 1_000_000_000  # a second early, for file times kept to the second
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._job_started_ns = time.time_ns() - 1_000_000_000
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        folder, sweep_dir = Path(config.hydra.runtime.output_dir), Path(config.hydra.sweep.dir)
+        name = str(folder.relative_to(sweep_dir)) if folder.is_relative_to(sweep_dir) else str(folder)
+        task = (job_return.cfg or {}).get("task")
+        self._jobs.append(job_in(folder, job_return.overrides or [], task, self._job_started_ns, name))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = ranked(sweep_jobs(sweep_dir, self._started_ns))
+        jobs = ranked(self._jobs or sweep_jobs(sweep_dir, self._started_ns))
         if not jobs:
             return
         keep_earlier_file(sweep_dir / SUMMARY_NAME)  # a sweep rerun into its folder: the earlier ranking stays
@@ -175,4 +202,4 @@ class SweepSummary(Callback):
             return
         settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)
         log.info("sweep of %d jobs, ranked by %s (%s): %s; best: %s (%s) %s=%.6g", len(jobs), best.monitor,
-                 best.mode, path, best.folder.name, settings or "no varying setting", best.monitor, best.score)
+                 best.mode, path, best.name, settings or "no varying setting", best.monitor, best.score)

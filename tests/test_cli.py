@@ -1562,6 +1562,17 @@ def test_multirun_sweeps(tmp_path):
     assert best in result.stdout + result.stderr
 
 
+def test_a_sweep_summarises_its_jobs_in_folders_of_any_layout(tmp_path):
+    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
+                     "hydra.sweep.subdir=hs${backbone.hidden_size}/${hydra.job.num}", "hydra.output_subdir=cfg",
+                     f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "hs8" / "0" / "cfg" / "overrides.yaml").is_file() and not list(tmp_path.glob("*/.hydra"))
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert sorted((row["job"], row["backbone.hidden_size"]) for row in rows) == [("hs12/1", "12"), ("hs8/0", "8")]
+    assert all(float(row["val/loss"]) > 0 for row in rows) and f"best: {rows[0]['job']} (" in result.stdout
+
+
 def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     (tmp_path / "1_forecasting").mkdir()  # a rerun into an earlier sweep's folder, where job 1 had failed
     (tmp_path / "1_forecasting" / "error.txt").write_text("an earlier failure\n")
