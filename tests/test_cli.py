@@ -1299,13 +1299,13 @@ def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_
     assert (folder / ".hydra" / "config.yaml").read_text() != trained and (folder / "metrics.1.csv").is_file()
 
 
-def hydra_run_config(run_dir: str) -> DictConfig:
+def hydra_run_config(run_dir: str, *overrides: str) -> DictConfig:
     """The train config with its `hydra` node, as a command's Hydra callbacks get it, running into `run_dir`."""
     from hydra import compose, initialize_config_dir
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        config = compose("train", overrides=["task=forecasting",
+        config = compose("train", overrides=["task=forecasting", *overrides,
                                              f"hydra.searchpath=[{','.join(registry.config_search_path())}]"],
                          return_hydra_config=True)
     with open_dict(config):
@@ -1497,6 +1497,13 @@ def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(enviro
     outside_a_run = {"hydra": {"runtime": {"output_dir": "out"}, "job": {"name": job, "config_name": command}},
                      "filename": filename}
     assert OmegaConf.create(outside_a_run).filename == f"out/{log}"
+
+
+@pytest.mark.parametrize("choice", ["stdout", "disabled", "none"])
+def test_hydras_own_logging_choices_are_taken_whole(choice):
+    hydra = OmegaConf.to_container(hydra_run_config("out", f"hydra/job_logging={choice}").hydra, resolve=False)
+    handlers = hydra["job_logging"].get("handlers", {})  # not the suite's file and console settings merged in
+    assert all("class" in handler for handler in handlers.values()) and "file" not in handlers
 
 
 def test_the_earlier_config_is_kept_in_the_default_run_folder(tmp_path, monkeypatch, run_start):
