@@ -222,8 +222,13 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
 
 
 def configured_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    """The callbacks of `cfg.callbacks`, built."""
-    return [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")]
+    """The callbacks of `cfg.callbacks`, built; without the progress bar or the checkpoints where the trainer's own
+    switch (`enable_progress_bar`, `enable_checkpointing`) turns them off, which Lightning refuses beside them."""
+    switched_off = tuple(kind for kind, switch in ((ProgressBar, "enable_progress_bar"),
+                                                   (ModelCheckpoint, "enable_checkpointing"))
+                         if cfg.trainer.get(switch, True) is False)
+    return [callback for name, c in _configured(cfg, "callbacks")
+            if not isinstance(callback := instantiate(c, f"callbacks.{name}"), switched_off)]
 
 
 def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:

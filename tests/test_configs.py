@@ -699,3 +699,13 @@ def test_every_core_number_is_required_unless_null_is_off():
 def test_a_list_in_a_message_names_five_then_counts_the_rest():
     assert first_named(list(range(1, 9))) == "1, 2, 3, 4, 5 and 3 more"
     assert first_named(["a.csv", "b.csv"]) == "a.csv, b.csv"
+
+
+def test_lightnings_own_switches_turn_off_the_progress_bar_and_the_checkpoints(tmp_path):
+    from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
+
+    kinds = {"+trainer.enable_progress_bar=false": ProgressBar, "+trainer.enable_checkpointing=false": ModelCheckpoint}
+    for switch, kind in kinds.items():  # not refused for the suite's own progress bar or checkpoints beside them
+        trainer = run.build_trainer(compose_train_config("forecasting", [switch], tmp_path))
+        assert not any(isinstance(callback, kind) for callback in trainer.callbacks)
+        assert any(isinstance(callback, ({*kinds.values()} - {kind}).pop()) for callback in trainer.callbacks)
