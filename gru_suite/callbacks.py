@@ -17,6 +17,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities import rank_zero_only
 
 from gru_suite.atomic import atomic_path
+from gru_suite.errors import UserError
 
 log = logging.getLogger(__name__)
 TRACKED_PATHS = ("best_model_path", "kth_best_model_path", "last_model_path")
@@ -142,6 +143,9 @@ class RunFolderCheckpoint(ModelCheckpoint):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.save_last == "link":
+            raise UserError("callbacks.model_checkpoint.save_last=link would make last.ckpt a link to the best "
+                            "checkpoint, not the latest epoch that resuming goes on from: use true (or false)")
         self._trainer: pl.Trainer | None = None
         self._replaced: list[str] = []
 

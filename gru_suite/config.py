@@ -457,6 +457,8 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
     except InstantiationException as err:
         target = cfg.get("_target_", "?") if isinstance(cfg, DictConfig) else "?"
         cause = _root_cause(err)
+        if isinstance(cause, UserError):  # the class's own check, naming its setting
+            raise cause from err
         detail = f"{type(cause).__name__}: {cause}" if cause is not err else str(err).splitlines()[0]
         raise UserError(f"cannot build {what} (_target_={target}): {detail}") from err
 

@@ -709,3 +709,11 @@ def test_lightnings_own_switches_turn_off_the_progress_bar_and_the_checkpoints(t
         trainer = run.build_trainer(compose_train_config("forecasting", [switch], tmp_path))
         assert not any(isinstance(callback, kind) for callback in trainer.callbacks)
         assert any(isinstance(callback, ({*kinds.values()} - {kind}).pop()) for callback in trainer.callbacks)
+
+
+def test_a_last_checkpoint_that_would_link_to_the_best_is_refused(tmp_path):
+    cfg = compose_train_config("forecasting", ["callbacks.model_checkpoint.save_last=link"], tmp_path)
+    with pytest.raises(UserError, match=r"^callbacks.model_checkpoint.save_last=link would make last.ckpt a link to "
+                                        r"the best checkpoint, not the latest epoch that resuming goes on from: use "
+                                        r"true \(or false\)$"):
+        run.build_trainer(cfg)
