@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from numbers import Real
 from pathlib import Path
@@ -90,7 +91,10 @@ def required(what: str) -> Any:
 
     Unlike `???`, it also overrides a value the task's own config holds, so an
     experiment preset can demand its data set instead of falling back to the bundled data.
+    A command that only prints its config resolved (`--cfg job --resolve`) shows it as `???`.
     """
+    if "--resolve" in sys.argv and {"--cfg", "-c"} & set(sys.argv):
+        return "???"
     raise UserError(f"{what} is required: set it on the command line")
 
 
@@ -374,7 +378,16 @@ def check_run_settings(cfg: DictConfig, numbers: tuple[NumberField, ...] = (), t
     once with the task's own wrong settings, `task` (`TaskPlugin.wrong_settings`)."""
     required = tuple(field for field in RUN_REQUIRED if not lacks(cfg, field))
     raise_all(wrong_unset(cfg, required) + wrong_numbers(cfg, RUN_NUMBERS + numbers) + wrong_switches(cfg, RUN_SWITCHES)
-              + wrong_batch_limits(cfg) + wrong_determinism(cfg) + list(task))
+              + wrong_batch_limits(cfg) + wrong_determinism(cfg) + settings_without_a_class(cfg) + list(task))
+
+
+def settings_without_a_class(cfg: DictConfig) -> list[str]:
+    """One message per group (`optimizer`, `scheduler`) given settings but no class: `+scheduler.T_max=5` with
+    `scheduler=none`, where the option that takes them was not chosen."""
+    return [f"{group} settings ({', '.join(map(str, block))}) but no {group} chosen: choose one ({group}="
+            f"{' or '.join(sorted(p.stem for p in (CONF_DIR / group).glob('*.yaml') if p.stem != 'none'))}) or name "
+            f"its class ({group}._target_)"
+            for group in ("optimizer", "scheduler") if (block := cfg.get(group)) and "_target_" not in block]
 
 
 def leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:

@@ -2,10 +2,12 @@
 
 import logging
 import re
+import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 from pytorch_lightning.profilers import SimpleProfiler
 from torch import nn
 
@@ -81,6 +83,16 @@ def test_every_required_value_is_named_wherever_it_sits():
     assert unset_required(cfg) == [f"{what} is required: set it on the command line" for what in "abcd"]
     assert unset_required(OmegaConf.create({"task": {"copy": "${task.ok}", "ok": required % "e"}})) == [
         "e is required: set it on the command line"]  # once, where it is required, not where it is read
+
+
+def test_a_required_value_prints_as_unset_in_a_resolved_config_and_fails_a_run(monkeypatch):
+    register_resolvers()
+    cfg = OmegaConf.create({"path": "${gru_suite.required:the path}"})
+    monkeypatch.setattr(sys, "argv", ["gru-suite", "experiment=etth1", "--cfg", "job", "--resolve"])
+    assert OmegaConf.to_yaml(cfg, resolve=True) == "path: ???\n"  # not a traceback: Hydra prints it outside a run
+    monkeypatch.setattr(sys, "argv", ["gru-suite", "experiment=etth1", "--cfg", "job"])
+    with pytest.raises(InterpolationResolutionError, match="the path is required: set it on the command line"):
+        OmegaConf.to_yaml(cfg, resolve=True)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -190,6 +202,14 @@ def test_wrong_batch_limits_are_named_with_the_other_wrong_settings(tmp_path):
                                         r"  trainer\.limit_train_batches must be .*got 2\.5\n"
                                         r"  trainer\.val_check_interval must be .*got 0$"):
         check_run_settings(cfg)
+
+
+def test_scheduler_settings_without_a_scheduler_are_named(tmp_path):
+    cfg = compose_train_config("forecasting", ["+scheduler.T_max=5", "+scheduler.eta_min=0"], tmp_path)
+    with pytest.raises(UserError, match=r"^scheduler settings \(T_max, eta_min\) but no scheduler chosen: choose one "
+                                        r"\(scheduler=cosine or plateau\) or name its class \(scheduler\._target_\)$"):
+        check_run_settings(cfg)  # not "'DictConfig' object is not callable" as the model is built
+    check_run_settings(compose_train_config("forecasting", ["scheduler=cosine", "scheduler.T_max=5"], tmp_path))
 
 
 def test_batch_limits_keep_their_kind(tmp_path):
