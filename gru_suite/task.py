@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -109,6 +109,11 @@ class TaskPlugin(ABC):
     tokenizer's vocabulary, audio features): a restored model keeps its checkpoint's, and `gru-suite-eval`,
     `-predict` and `-gates` name an override of one in a warning rather than ignore it silently."""
 
+    path_settings: tuple[str, ...] = ()
+    """Fields of the task's config (relative to `task.`) that name files or folders to read (or lists of them): one
+    given as a relative path that exists where the command runs is made absolute as the task is built, so that a
+    checkpoint's config finds it from any folder."""
+
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
     "off", so a number without an off is listed here too (a number the config lacks is let through, as `numbers`
@@ -116,6 +121,7 @@ class TaskPlugin(ABC):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         raise_all(wrong_task_settings(type(self), cfg))
+        absolute_paths(cfg, type(self).path_settings)
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 
@@ -259,3 +265,23 @@ def wrong_task_settings(task_cls: type[TaskPlugin], cfg: DictConfig) -> list[str
             f"a {type(wrong).__name__} holding a {next(type(m).__name__ for m in wrong if not isinstance(m, str))}"
         raise UserError(f"task {cfg.get('name')!r}: wrong_settings() returned {kind}, not a list of messages (str)")
     return list(wrong)
+
+
+def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
+    """Each of `fields` of `cfg` (a path, or a list of them) that names an existing file or folder by a relative
+    path, made absolute in place; other values (`-` for stdin, `auto`, a missing file, named later) stay."""
+    for key in fields:
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        if isinstance(value, str):
+            absolute: Any = _absolute(value)
+        elif isinstance(value, ListConfig) and all(isinstance(item, str) for item in value):
+            absolute = [_absolute(item) for item in value]
+        else:
+            continue
+        if absolute != value:
+            OmegaConf.update(cfg, key, absolute, merge=False)
+
+
+def _absolute(path: str) -> str:
+    """`path` made absolute if it is relative and exists ('' is not the working folder, it is unset)."""
+    return str(Path(path).absolute()) if path and not Path(path).is_absolute() and Path(path).exists() else path

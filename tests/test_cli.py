@@ -27,7 +27,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
+from conftest import REPO, TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
 
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, unfinished_writes, write_text
@@ -231,6 +231,31 @@ def test_load_checkpoint_keeps_the_settings_training_fixed_too(trained_run, monk
     restored = load_checkpoint(ckpt, task_cfg)
     assert restored.task.cfg.model.head_dropout == 0.0 and task_cfg.model.head_dropout == 0.3  # the caller's stays
     assert f"{ckpt}: task.model.head_dropout fixed by training: the checkpoint's settings are used" in caplog.text
+
+
+def test_a_forecaster_restored_keeps_how_it_was_trained_to_read_a_window(trained_run, caplog):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    task_cfg = OmegaConf.create(torch.load(ckpt, weights_only=False)["gru_suite"]["config"]["task"])
+    trained = (task_cfg.data.lookback, task_cfg.model.normalize)
+    task_cfg.data.lookback, task_cfg.model.normalize = task_cfg.data.lookback + 6, "none"  # no weights tell them
+    restored = load_checkpoint(ckpt, task_cfg).task.cfg
+    assert (restored.data.lookback, restored.model.normalize) == trained
+    assert "task.data.lookback, task.model.normalize fixed by training" in caplog.text
+
+
+def test_a_relative_data_path_is_stored_absolute_so_eval_finds_it_from_anywhere(trained_run, tmp_path,
+                                                                               monkeypatch):
+    (tmp_path / "data").mkdir()
+    shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "data" / "mine.csv")
+    monkeypatch.chdir(tmp_path)
+    cfg = compose_train_config("forecasting", ["task.data.path=data/mine.csv"], tmp_path / "run")
+    assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "data" / "mine.csv")  # in the config stored
+    missing = compose_train_config("forecasting", ["task.data.path=data/other.csv"], tmp_path / "run")
+    assert run.build_task(missing.task).cfg.data.path == "data/other.csv"  # named as given when it is not found
+    unset = compose_train_config("speech", ["task.data.val=''", "task.predict.input=-"], tmp_path / "run")
+    assert (unset.task.data.val, unset.task.predict.input) == ("", "-")  # not the working folder's path
+    restored = run.build_task(unset.task).cfg
+    assert (restored.data.val, restored.predict.input) == ("", "-")
 
 
 def test_load_checkpoint_reads_a_dict_as_the_task_block_and_names_anything_else(trained_run):

@@ -34,6 +34,7 @@ class AnomalyTask(TaskPlugin):
 
     choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
                ("data.missing", MISSING_POLICIES))
+    path_settings = ("data.path", "data.windows_path")
     trained_settings = ("data.calendar", "data.calendar_harmonics")  # the detector's inputs
     required = ("data.path", "data.probation", "data.probation_max", "data.validation", "data.crop_length",
                 "detector.window", "detector.burn_in", "detector.retrain.window", "detector.retrain.steps",

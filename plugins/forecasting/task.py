@@ -38,6 +38,9 @@ class ForecastingTask(TaskPlugin):
 
     # no `skip`: a forecast's windows would join the rows either side of a gap as if they were consecutive
     choices = (("model.normalize", NORMALIZE), ("data.missing", tuple(p for p in MISSING_POLICIES if p != "skip")))
+    path_settings = ("data.path",)
+    # how the model reads a window: none has weights of its own, so an override would silently change its outputs
+    trained_settings = ("data.lookback", "model.segment_length", "model.channel_independent", "model.normalize")
     required = ("data.path", "data.lookback", "data.horizon", "model.segment_length", "model.head_dropout")
 
     @classmethod

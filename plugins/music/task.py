@@ -92,6 +92,7 @@ class MusicTask(TaskPlugin):
 
     choices = (("generate.unit", UNITS), ("model.head", get_args(HeadKind)), ("data.pitch_range", PITCH_RANGES),
                ("model.representation", get_args(RepresentationName)))
+    path_settings = ("data.path", "generate.primer")
     trained_settings = ("data.steps_per_beat", "data.pitch_range")  # the grid and the pitches a model was built on
     numbers = (*TaskPlugin.numbers, ("data.steps_per_beat", int, 1), ("data.crop_steps", int, 1),
                ("data.transpose", int, 0), ("generate.pieces", int, 1), ("generate.length", float, 0),

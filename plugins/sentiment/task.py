@@ -87,6 +87,7 @@ class SentimentTask(TaskPlugin):
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.format", get_args(Format)),
                ("predict.format", get_args(Format)),
                ("data.encoding_errors", ENCODING_ERRORS))
+    path_settings = ("data.train", "data.val", "data.test", "pretrain.texts", "distill.teachers", "predict.input")
     trained_settings = ("tokenizer", "model.normalize_embeddings")
     required = ("data.train", "data.text_column", "data.label_column", "data.split_seed", "data.max_tokens",
                 "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size", "model.dropout",

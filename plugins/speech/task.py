@@ -124,6 +124,7 @@ class SpeechTask(TaskPlugin):
     ranges = (("data.connected.words", int, 1, False), ("data.connected.pause_s", float, 0, False),
               ("data.fsdd_split.test_takes", int, 0, True), ("data.fsdd_split.val_takes", int, 0, True))
 
+    path_settings = ("data.train", "data.val", "data.test", "data.fsdd", "predict.input")
     trained_settings = ("features", "text")
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:

@@ -65,6 +65,7 @@ class TranslationTask(TaskPlugin):
 
     choices = (("data.too_long", get_args(TooLong)), ("model.attention", get_args(AttentionKind)),
                ("tokenizer.kind", TOKENIZER_KINDS), ("data.encoding_errors", ENCODING_ERRORS))
+    path_settings = ("data.path", "predict.input")
     trained_settings = ("tokenizer",)
     required = ("data.path", "data.source", "data.target", "data.splits.train", "data.splits.val", "data.max_tokens",
                 "data.eval_batch_size", "tokenizer.vocab_size", "tokenizer.min_frequency", "model.embed_size",
