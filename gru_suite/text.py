@@ -163,6 +163,9 @@ def parse_table(
         if missing := [name for name in columns if name not in header]:
             named = ", ".join(f"{name!r}" + (f" ({chosen_by[name]})" if name in chosen_by else "") for name in missing)
             raise UserError(f"{path}:1: no column {named}; the columns are {header}")
+        if twice := sorted({name for name in columns if header.count(name) > 1}):
+            raise UserError(f"{path}:1: the header names column(s) {', '.join(map(repr, twice))} more than once, so "
+                            f"which one to read is unclear; the columns are {header}")
         where = [header.index(name) for name in columns]
         rows = []
         start = reader.line_num + 1

@@ -324,6 +324,11 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     columns = r"\['id', 'text', 'label'\]"
     with pytest.raises(UserError, match=rf"reviews\.csv:1: no column 'review'; the columns are {columns}"):
         read_table(csv_path, ["review"])
+    csv_path.write_text("text,label,text\ngood,pos,OTHER 1\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"reviews\.csv:1: the header names column\(s\) 'text' more than once, so "
+                                        r"which one to read is unclear; the columns are \['text', 'label', 'text'\]"):
+        read_table(csv_path, ["text", "label"])
+    assert read_table(csv_path, ["label"]) == [(2, ["pos"])]  # a column read once is clear
     gz_path = tmp_path / "glue.TSV.gz"  # gzipped, upper case: still tab-separated
     gz_path.write_bytes(gzip.compress("sentence\tlabel\na, b\t1\n".encode("utf-8")))
     assert read_table(gz_path, ["sentence", "label"]) == [(2, ["a, b", "1"])]
