@@ -596,6 +596,14 @@ def test_label_sentence_lines_and_integer_labels(tmp_path: Path, caplog: pytest.
     with caplog.at_level(logging.WARNING):
         run.build_task(cfg.task).datamodule()
     assert f"{path}:31: label 'the' occurs only once in training" in caplog.text
+    caplog.clear()
+    path.write_text("".join(f"{int(i < 3)} text number {i}\n" for i in range(30)))  # label 1 on three lines
+    rare = compose_train_config("sentiment", [*TINY, f"task.data.train={path}", "task.data.val=null",
+                                              "task.data.test=null", "task.data.val_fraction=0.9"], tmp_path)
+    with caplog.at_level(logging.WARNING):
+        held_out = run.build_task(rare.task).datamodule()
+    assert [e.label for e in held_out.dataset("train").examples].count("1") == 1  # the others held out
+    assert "occurs only once" not in caplog.text  # in the file it does not
     assert len(data.dataset("train")) == 24 and len(data.dataset("val")) == len(data.dataset("test")) == 6
 
 
@@ -647,6 +655,11 @@ def test_integer_labels_have_one_order_and_a_validation_share_leaves_training_te
         assert not trained & held and len(trained | held) == 10  # each text on one side only
     path.write_text("1 good\n")
     with pytest.raises(UserError, match=r"two.txt: one labelled text, too few to hold out a validation share"):
+        run.build_task(compose_train_config("sentiment", overrides, tmp_path).task).datamodule()
+    path.write_text("".join(f"{i} text {i}\n" for i in range(30)))  # the label column holds ids
+    with pytest.raises(UserError, match=r"two.txt: 30 labelled texts, too few to hold out a validation share and "
+                                        r"keep every label in training \(give task.data.val\); each has a label of "
+                                        r"its own: is task.data.label_column=label a column of texts or ids\?$"):
         run.build_task(compose_train_config("sentiment", overrides, tmp_path).task).datamodule()
 
 

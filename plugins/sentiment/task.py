@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -225,8 +226,9 @@ class SentimentTask(TaskPlugin):
             raise UserError(f"{self.cfg.data.train}: every training text has the label {labels[0]!r}; "
                             "a classifier needs at least two labels")
         counts = torch.bincount(torch.tensor(label_ids(train, labels)), minlength=len(labels)).float()
-        for label, count in zip(labels, counts.tolist()):
-            if count == 1:
+        in_file = Counter(e.label for e in self._read(self.cfg.data.train))  # not only the share training keeps
+        for label in labels:
+            if in_file[label] == 1:
                 where = next(e.where for e in train if e.label == label)
                 log.warning("%s: label %r occurs only once in training: a row without its label, or in the "
                             "wrong column?", where, label)
@@ -282,8 +284,10 @@ class SentimentTask(TaskPlugin):
             if held.issuperset(rows):  # a rare label drawn wholly into the validation share: one text trains on it
                 held.discard(rows[0])
         if not held:
+            hint = (f"; each has a label of its own: is task.data.label_column={data.label_column} a column of texts "
+                    "or ids?") if len(by_label) == len(train) else ""
             raise UserError(f"{data.train}: {len(train)} labelled texts, too few to hold out a validation share and "
-                            "keep every label in training (give task.data.val)")
+                            f"keep every label in training (give task.data.val){hint}")
         return [e for i, e in enumerate(train) if (i in held) == (stage != "train")]
 
     def _predict_examples(self) -> list[Example]:
