@@ -28,6 +28,7 @@ from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.text import PAD_ID, pad_ids, readable_pieces
 from gru_suite_plugins.translation.data import Corpus, Encoder, PairSet, read_parallel, read_source_text
 from gru_suite_plugins.translation import decode
+from gru_suite_plugins.translation import task as translation_task
 from gru_suite_plugins.translation.decode import BOS, EOS, beam_search, greedy, max_lengths
 from gru_suite_plugins.translation.model import Memory, Seq2Seq
 from gru_suite_plugins.translation.synth import corpus_files
@@ -119,9 +120,12 @@ def test_bleu_tokenizes_as_sacrebleu_does_for_the_target_language(caplog: pytest
     assert "tok:13a" in corpus_scores([hypothesis], [reference], language="en")["bleu_signature"]
     for code in ("ZH", "zh-CN", "zh_Hant"):  # a region or script: still Chinese
         assert corpus_scores([hypothesis], [reference], language=code) == chinese
+    translation_task._warn_of_bleu_by_character.cache_clear()  # warned once per process: not by another test
     with caplog.at_level(logging.WARNING):  # Japanese needs MeCab (sacrebleu[ja]), not installed here
         japanese = corpus_scores(["今日は公園に行った"], ["今日は公園に行く"], language="ja")
+        corpus_scores(["今日は公園に行った"], ["今日は公園に行く"], language="ja")  # the next validation's
     assert "tok:char" in japanese["bleu_signature"] or "tok:ja-mecab" in japanese["bleu_signature"]
+    assert caplog.text.count("BLEU of ja by character") == ("tok:char" in japanese["bleu_signature"])  # once
 
 
 def test_the_runs_seed_draws_the_training_batches(bundled: Path, tmp_path: Path) -> None:
@@ -528,7 +532,7 @@ def test_unknown_characters_become_unk_with_a_warning(bundled: Path, tmp_path: P
     with caplog.at_level(logging.WARNING):
         ids = Encoder(task.source_tokenizer, 100, "truncate")(["A dog.", "A 狗 dog."], [1, 2], "in.txt", "source")
     assert task.source_tokenizer.unk_token_id in ids[1]  # type: ignore[operator]
-    assert "in.txt: source characters unknown to the tokenizer, kept as <unk> on line(s) 2" in caplog.text
+    assert "in.txt: source words or characters unknown to the tokenizer, kept as <unk> on line(s) 2" in caplog.text
     (marks,) = Encoder(task.source_tokenizer, 100, "truncate")(["Some <s>old</s> farmer."], [1], "in.txt", "source")
     assert marks is not None and BOS not in marks and marks.index(EOS) == len(marks) - 1  # text, not sentence marks
 

@@ -149,7 +149,7 @@ class Encoder:
                     continue
                 ids = ids[: self.max_tokens - 1]
             out.append([*ids, eos])
-        warn_lines(where, unknown, f"{side} characters unknown to the tokenizer, kept as <unk>")
+        warn_lines(where, unknown, f"{side} words or characters unknown to the tokenizer, kept as <unk>")
         action = "truncated" if self.too_long == "truncate" else "skipped"
         warn_lines(where, long, f"{side} sentence over task.data.max_tokens={self.max_tokens} tokens, {action}")
         return out

@@ -3,6 +3,7 @@ greedy or beam-search decoding, sacreBLEU scores, aligned output text and attent
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from collections.abc import Iterator, Mapping
@@ -351,6 +352,12 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     return replace(corpus, source=sentences, target=[], lines=lines), rows
 
 
+@functools.cache
+def _warn_of_bleu_by_character(language: str | None, reason: str) -> None:
+    """Once per language and process, not at every validation."""
+    log.warning("BLEU of %s by character, not sacreBLEU's tokenizer for it: %s", language, reason)
+
+
 def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False,
                   language: str | None = None) -> dict[str, Any]:
     """sacreBLEU corpus BLEU and chrF (0-100) with their signatures; `lowercase`: case-insensitive (a model whose
@@ -364,8 +371,7 @@ def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool 
     try:
         bleu = BLEU(lowercase=lowercase, trg_lang=base)
     except RuntimeError as err:  # MeCab missing
-        log.warning("BLEU of %s by character, not sacreBLEU's tokenizer for it: %s", language,
-                    " ".join(str(err).split()))
+        _warn_of_bleu_by_character(language, " ".join(str(err).split()))
         bleu = BLEU(lowercase=lowercase, tokenize="char")
     chrf = CHRF(lowercase=lowercase)
     return {"bleu": bleu.corpus_score(hypotheses, [references]).score, "bleu_signature": str(bleu.get_signature()),
