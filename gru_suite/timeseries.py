@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import tzinfo
 from itertools import islice
@@ -67,8 +67,10 @@ def read_series_csv(
     time_column: str | None = None,
     missing: MissingPolicy = "error",
     time_unit: str | None = None,
+    named_by: Mapping[str, str] | None = None,
 ) -> Series:
-    """Read numeric `columns` (default: every column but the time column) from a CSV.
+    """Read numeric `columns` (default: every column but the time column) from a CSV; `named_by` maps a column to
+    the setting that asked for it, which the error of a missing one names.
 
     Every problem is a `UserError` naming the file, the column and the line:
     a missing file or column, a non-numeric value, an unparseable timestamp, and
@@ -82,7 +84,7 @@ def read_series_csv(
         raise UserError(f"{csv_path} is a folder: expected a CSV file")
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit)
+    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit, named_by)
 
 
 def series_from_frame(
@@ -92,16 +94,19 @@ def series_from_frame(
     time_column: str | None = None,
     missing: MissingPolicy = "error",
     time_unit: str | None = None,
+    named_by: Mapping[str, str] | None = None,
 ) -> Series:
     """`read_series_csv` of a CSV already read into `frame` (from `csv_path`, which the errors name)."""
     available = list(frame.columns)
     wanted = list(columns) if columns else [c for c in available if c != time_column]
     for name in [*wanted, *([time_column] if time_column is not None else [])]:
         if name not in available:
-            role = "time column (task.data.time_column)" if name == time_column and name not in wanted else "column"
+            timed = name == time_column and name not in wanted
+            setting = "task.data.time_column" if timed else (named_by or {}).get(name)
             other = next((d for d in (";", "\t", "|") if len(available) == 1 and d in str(available[0])), None)
             hint = f" (its fields look separated by {other!r}: the suite reads comma-separated files)" if other else ""
-            raise UserError(f"{csv_path}: no {role} {name!r}; columns are {available}{hint}")
+            raise UserError(f"{csv_path}: no {'time column' if timed else 'column'} {name!r}"
+                            f"{f' ({setting})' if setting else ''}; columns are {available}{hint}")
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)

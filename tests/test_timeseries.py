@@ -436,8 +436,14 @@ def test_a_misspelt_forecasting_target_is_named_as_a_missing_column(tmp_path):
     rows = "".join(f"2024-01-01 {i:02d}:00,{i},{i}\n" for i in range(24))
     path = write(tmp_path, "timestamp,load,temperature\n" + rows)
     overrides = [f"task.data.path={path}", "task.data.targets=[lod]", "task.data.features=[load,temperature]"]
-    with pytest.raises(UserError, match=r"no column 'lod'; columns are \['timestamp', 'load', 'temperature'\]"):
+    with pytest.raises(UserError, match=r"no column 'lod' \(task.data.targets\); columns are \['timestamp', 'load', "
+                                        r"'temperature'\]"):
         run.build_task(compose_train_config("forecasting", overrides, tmp_path / "cfg").task).datamodule()
+    default_features = [f"task.data.path={path}", "task.data.targets=[temp]"]  # features [load, temperature] unchanged
+    path.write_text("timestamp,temp\n" + "".join(f"2024-01-01 {i:02d}:00,{i}\n" for i in range(24)))
+    with pytest.raises(UserError, match=r"no column 'load' \(task.data.features\); columns are \['timestamp', "
+                                        r"'temp'\]"):
+        run.build_task(compose_train_config("forecasting", default_features, tmp_path / "cfg").task).datamodule()
 
 
 @pytest.mark.parametrize("columns, message", [
@@ -452,7 +458,7 @@ def test_a_forecasting_column_named_twice_is_one_line(tmp_path, columns, message
 
 
 def test_an_empty_time_column_name_is_named_not_a_pandas_key_error(tmp_path):
-    with pytest.raises(UserError, match=r"no time column \(task.data.time_column\) ''; columns are \['t', 'a'\]"):
+    with pytest.raises(UserError, match=r"no time column '' \(task.data.time_column\); columns are \['t', 'a'\]"):
         read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n"), ["a"], "")
 
 

@@ -230,7 +230,8 @@ def load_streams(
         if streams and columns != (first := streams[0].series).columns:
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")
-        series = series_from_frame(frame, file, columns, time_column, missing, time_unit)
+        series = series_from_frame(frame, file, columns, time_column, missing, time_unit,
+                                   dict.fromkeys(value_columns or (), "task.data.value_columns"))
         n_probation = min(int(probation * len(series.values)), probation_max)
         if n_probation < min_probation:
             raise UserError(
