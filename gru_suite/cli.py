@@ -363,7 +363,7 @@ def stopped(why: str, checkpoints: Path | None, code: int, sweep_dir: str | None
     _end_progress_line()
     last, message = checkpoints / "last.ckpt" if checkpoints else None, f"error: {why}"
     kept = last is not None and last.is_file()
-    if sweep_dir is not None and (kept or any(Path(sweep_dir).glob("*/checkpoints/last.ckpt"))):  # the rerun resumes
+    if sweep_dir is not None and (kept or any(Path(sweep_dir).glob("**/checkpoints/last.ckpt"))):  # the rerun resumes
         message += f"; resume: the same command with ckpt_path=last hydra.sweep.dir={sweep_dir}"
     elif kept and not HydraConfig.initialized():
         message += f"; resume with ckpt_path={last}"

@@ -184,7 +184,8 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        folder, sweep_dir = Path(config.hydra.runtime.output_dir), Path(config.hydra.sweep.dir)
+        folder = Path(config.hydra.runtime.output_dir)  # absolute; the sweep folder may be given relative
+        sweep_dir = Path(config.hydra.runtime.cwd, config.hydra.sweep.dir)
         name = str(folder.relative_to(sweep_dir)) if folder.is_relative_to(sweep_dir) else str(folder)
         task = (job_return.cfg or {}).get("task")
         self._jobs.append(job_in(folder, job_return.overrides or [], task, self._job_started_ns, name))
