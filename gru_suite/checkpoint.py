@@ -167,12 +167,12 @@ def _shape(tensor: torch.Tensor | None) -> str:
 
 
 def restore(
-    checkpoint: dict[str, Any], task_cfg: DictConfig | None = None, source: str = "the checkpoint"
+    checkpoint: dict[str, Any], task_cfg: DictConfig | dict | None = None, source: str = "the checkpoint"
 ) -> TaskModule:
     """The trained `TaskModule` in a read checkpoint, in eval mode; errors name it as `source`.
 
-    `task_cfg`, if given, replaces the stored task config (for instance to point
-    the task at new data); it must name the same task, and the settings training fixed
+    `task_cfg` (a task's config block, or a dict of one), if given, replaces the stored task config (for instance
+    to point the task at new data); it must name the same task, and the settings training fixed
     (`TaskPlugin.trained_settings`) keep the checkpoint's values, with a warning naming those it gives otherwise.
     """
     from gru_suite.run import build_module, build_task

@@ -93,7 +93,7 @@ def required(what: str) -> Any:
     experiment preset can demand its data set instead of falling back to the bundled data.
     A command that only prints its config resolved (`--cfg job --resolve`) shows it as `???`.
     """
-    if "--resolve" in sys.argv and {"--cfg", "-c"} & set(sys.argv):
+    if "--resolve" in sys.argv and any(arg.startswith(("--cfg", "-c")) for arg in sys.argv):  # --cfg=job, -cjob
         return "???"
     raise UserError(f"{what} is required: set it on the command line")
 
@@ -245,20 +245,21 @@ DECLARATION_SHAPES = (
     ("ranges", _range_field, "(key, int or float, least low bound, whether null is allowed)"),
     ("required", lambda entry: isinstance(entry, str), "a key"),
     ("trained_settings", lambda entry: isinstance(entry, str), "a key or a block (data.vocab, tokenizer)"),
+    ("path_settings", lambda entry: isinstance(entry, str), "a key"),
 )
 """Each declaration of a task class, the test of one entry, and the shape the test wants."""
 
 
 def wrong_declarations(task_cls: type) -> list[str]:
-    """One message per malformed entry of a task class's `numbers`, `choices`, `ranges`, `required` and
-    `trained_settings` (a plugin author's mistake, which would otherwise be a traceback, or a check that never
-    fails)."""
+    """One message per malformed entry of a task class's `numbers`, `choices`, `ranges`, `required`,
+    `trained_settings` and `path_settings` (a plugin author's mistake, which would otherwise be a traceback, or a
+    check that never fails)."""
     wrong = []
     for name, fits, expected in DECLARATION_SHAPES:
         declared = getattr(task_cls, name)
         if not isinstance(declared, Sequence) or isinstance(declared, str):
             wrong.append(f"{name} must be a tuple of entries, each {expected}; got {declared!r}")
-        elif name not in ("required", "trained_settings") and declared and isinstance(declared[0], str):
+        elif name in ("numbers", "choices", "ranges") and declared and isinstance(declared[0], str):
             wrong.append(f"{name} is one entry, not a tuple of them: write ({tuple(declared)!r},) (the trailing comma)")
         else:
             wrong += [f"{name} entry {entry!r}: expected {expected}" for entry in declared if not fits(entry)]
@@ -455,13 +456,16 @@ def wrong_unset(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> l
 
 
 def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None:
+    seen = {id(err)}
+    while err.__cause__ is not None and id(err.__cause__) not in seen:
         err = err.__cause__
+        seen.add(id(err))
     return err
 
 
 def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate`, but a failure names the config field and its real cause."""
+    """`hydra.utils.instantiate`, but a failure names the config field and its real cause (a `UserError` the class
+    raises names its own setting, and is raised as it is)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
@@ -471,7 +475,7 @@ def instantiate(cfg: Any, what: str, **kwargs: Any) -> Any:
         target = cfg.get("_target_", "?") if isinstance(cfg, DictConfig) else "?"
         cause = _root_cause(err)
         if isinstance(cause, UserError):  # the class's own check, naming its setting
-            raise cause from err
+            raise cause.with_traceback(cause.__traceback__) from None
         detail = f"{type(cause).__name__}: {cause}" if cause is not err else str(err).splitlines()[0]
         raise UserError(f"cannot build {what} (_target_={target}): {detail}") from err
 

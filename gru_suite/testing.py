@@ -198,7 +198,8 @@ def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -
     """Every setting the class declares beyond TaskPlugin's own is in its config: the check skips a setting the
     config lacks, so a misspelt key would never be checked."""
     declared = [entry[0] for entry in (*task_cls.numbers, *task_cls.choices, *task_cls.ranges)
-                if entry not in TaskPlugin.numbers] + list(task_cls.required) + list(task_cls.trained_settings)
+                if entry not in TaskPlugin.numbers] + [*task_cls.required, *task_cls.trained_settings,
+                                                        *task_cls.path_settings]
     missing = [key for key in declared if lacks(task_cfg, key)]
     _require(not missing, f"{task_cls.__name__} declares settings its config lacks (so they are never checked; "
                           f"misspelt?): {', '.join(f'task.{key}' for key in missing)}")

@@ -20,6 +20,7 @@ from gru_suite.config import (
     RUN_REQUIRED,
     bundled_data_dir,
     check_run_settings,
+    instantiate,
     lacks,
     raise_all,
     register_resolvers,
@@ -90,6 +91,9 @@ def test_a_required_value_prints_as_unset_in_a_resolved_config_and_fails_a_run(m
     cfg = OmegaConf.create({"path": "${gru_suite.required:the path}"})
     monkeypatch.setattr(sys, "argv", ["gru-suite", "experiment=etth1", "--cfg", "job", "--resolve"])
     assert OmegaConf.to_yaml(cfg, resolve=True) == "path: ???\n"  # not a traceback: Hydra prints it outside a run
+    for printing in (["--cfg=job", "--resolve"], ["-cjob", "--resolve"]):
+        monkeypatch.setattr(sys, "argv", ["gru-suite", "experiment=etth1", *printing])
+        assert OmegaConf.to_yaml(cfg, resolve=True) == "path: ???\n"
     monkeypatch.setattr(sys, "argv", ["gru-suite", "experiment=etth1", "--cfg", "job"])
     with pytest.raises(InterpolationResolutionError, match="the path is required: set it on the command line"):
         OmegaConf.to_yaml(cfg, resolve=True)
@@ -737,3 +741,19 @@ def test_a_last_checkpoint_that_would_link_to_the_best_is_refused(tmp_path):
                                         r"the best checkpoint, not the latest epoch that resuming goes on from: use "
                                         r"true \(or false\)$"):
         run.build_trainer(cfg)
+
+
+class Refusing:
+    def __init__(self) -> None:
+        raise UserError("refusing.setting must be 1")
+
+
+class Nesting:
+    def __init__(self) -> None:
+        instantiate(OmegaConf.create({"_target_": f"{__name__}.Refusing"}), "inner")
+
+
+def test_a_classes_own_user_error_surfaces_from_instantiate_as_it_is_however_deep():
+    for target in ("Refusing", "Nesting"):  # nested: no loop in the chain of causes to follow forever
+        with pytest.raises(UserError, match=r"^refusing.setting must be 1$"):
+            instantiate(OmegaConf.create({"_target_": f"{__name__}.{target}"}), "outer")

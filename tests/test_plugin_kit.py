@@ -621,6 +621,7 @@ class Misdeclared(ForecastingTask):
     choices = ("model.normalize", ("none", "last"))
     required = "data.path"
     trained_settings = "data.lookback"
+    path_settings = ("data.path", 3)
 
 
 class Abstract(TaskPlugin):
@@ -638,7 +639,7 @@ class Abstract(TaskPlugin):
     (f"{__name__}:Misdeclared", "; choices is one entry, not a tuple of them: write (('model.normalize', ('none', "
                                 "'last')),) (the trailing comma); required must be a tuple of entries, each a key; "
                                 "got 'data.path'; trained_settings must be a tuple of entries, each a key or a block "
-                                "(data.vocab, tokenizer); got 'data.lookback'"),
+                                "(data.vocab, tokenizer); got 'data.lookback'; path_settings entry 3: expected a key"),
 ])
 def test_an_entry_point_naming_a_class_the_core_cannot_build_is_one_line(target, message):
     entry = registry.TaskEntry("mine", target, "my-plugin")
@@ -651,13 +652,14 @@ def test_an_entry_point_naming_a_class_the_core_cannot_build_is_one_line(target,
 class MisspeltSetting(ForecastingTask):
     numbers = (*ForecastingTask.numbers, ("data.lookbak", int, 1))
     trained_settings = ("data.seasn",)
+    path_settings = ("data.pth",)
 
 
 def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: MisspeltSetting)
     with pytest.raises(AssertionError, match=r"config composition: MisspeltSetting declares settings its config lacks "
                                              r"\(so they are never checked; misspelt\?\): task\.data\.lookbak, "
-                                             r"task\.data\.seasn$"):
+                                             r"task\.data\.seasn, task\.data\.pth$"):
         check_task_plugin("forecasting", tmp_path=tmp_path)
 
 
