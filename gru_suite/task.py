@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import re
 from abc import ABC, abstractmethod
@@ -37,6 +38,8 @@ from gru_suite.registry import task_switches
 Stage = Literal["train", "val", "test"]
 BackboneFactory = Callable[..., GRUBackbone]
 """Builds the configured backbone; the task passes `input_size=`."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -112,7 +115,7 @@ class TaskPlugin(ABC):
     path_settings: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that name files or folders to read (or lists of them): one
     given as a relative path that exists where the command runs is made absolute as the task is built, so that a
-    checkpoint's config finds it from any folder."""
+    checkpoint's config finds it from any folder (`-` for stdin, `auto` and '' stay as given)."""
 
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
@@ -124,6 +127,13 @@ class TaskPlugin(ABC):
         absolute_paths(cfg, type(self).path_settings)
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
+
+    def warn_once(self, message: str) -> None:
+        """Log `message` as a warning the first time this task gives it (not at every epoch, batch or file)."""
+        warned = self.__dict__.setdefault("_warned_messages", set())
+        if message not in warned:
+            warned.add(message)
+            log.warning(message)
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
@@ -269,7 +279,7 @@ def wrong_task_settings(task_cls: type[TaskPlugin], cfg: DictConfig) -> list[str
 
 def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
     """Each of `fields` of `cfg` (a path, or a list of them) that names an existing file or folder by a relative
-    path, made absolute in place; other values (`-` for stdin, `auto`, a missing file, named later) stay."""
+    path, made absolute in place; other values (`NOT_PATHS`, a missing file, named later) stay."""
     for key in fields:
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if isinstance(value, str):
@@ -282,6 +292,14 @@ def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
             OmegaConf.update(cfg, key, absolute, merge=False)
 
 
+NOT_PATHS = ("", "-", "auto")
+"""Values of a path setting that name no file: unset, stdin, found by the task itself."""
+
+
 def _absolute(path: str) -> str:
-    """`path` made absolute if it is relative and exists ('' is not the working folder, it is unset)."""
-    return str(Path(path).absolute()) if path and not Path(path).is_absolute() and Path(path).exists() else path
+    """`path` made absolute if it is relative and exists (`NOT_PATHS`, and a name the system refuses, stay)."""
+    try:
+        found = path not in NOT_PATHS and not Path(path).is_absolute() and Path(path).exists()
+    except OSError:  # a name too long, say: the task names it when it reads it
+        found = False
+    return str(Path(path).absolute()) if found else path

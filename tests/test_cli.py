@@ -243,8 +243,7 @@ def test_a_forecaster_restored_keeps_how_it_was_trained_to_read_a_window(trained
     assert "task.data.lookback, task.model.normalize fixed by training" in caplog.text
 
 
-def test_a_relative_data_path_is_stored_absolute_so_eval_finds_it_from_anywhere(trained_run, tmp_path,
-                                                                               monkeypatch):
+def test_a_relative_data_path_is_made_absolute_as_the_task_is_built(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "data" / "mine.csv")
     monkeypatch.chdir(tmp_path)
@@ -252,10 +251,13 @@ def test_a_relative_data_path_is_stored_absolute_so_eval_finds_it_from_anywhere(
     assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "data" / "mine.csv")  # in the config stored
     missing = compose_train_config("forecasting", ["task.data.path=data/other.csv"], tmp_path / "run")
     assert run.build_task(missing.task).cfg.data.path == "data/other.csv"  # named as given when it is not found
-    unset = compose_train_config("speech", ["task.data.val=''", "task.predict.input=-"], tmp_path / "run")
-    assert (unset.task.data.val, unset.task.predict.input) == ("", "-")  # not the working folder's path
-    restored = run.build_task(unset.task).cfg
-    assert (restored.data.val, restored.predict.input) == ("", "-")
+    (tmp_path / "-").touch(), (tmp_path / "auto").mkdir()  # a file named like stdin, a folder named like a keyword
+    for task, settings in (("speech", ["task.data.val=''", "task.predict.input=-"]),
+                           ("anomaly", ["task.data.windows_path=auto", f"task.data.path={'x' * 300}"])):
+        cfg = compose_train_config(task, settings, tmp_path / "run")
+        given = [setting.split("=", 1)[1].strip("'") for setting in settings]
+        built = run.build_task(cfg.task).cfg  # '' unset, - stdin, auto found by the task, a name too long to look up
+        assert [OmegaConf.select(built, setting.split("=")[0].removeprefix("task.")) for setting in settings] == given
 
 
 def test_load_checkpoint_reads_a_dict_as_the_task_block_and_names_anything_else(trained_run):
@@ -1589,6 +1591,7 @@ def test_multirun_sweeps(tmp_path):
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_forecasting", "1_forecasting"]
     rows = list(csv.DictReader((sweep / "summary.csv").open()))  # one per job, ranked by task.monitor
     assert sorted(row["backbone.hidden_size"] for row in rows) == ["12", "8"]
+    assert sorted(row["job"] for row in rows) == ["0_forecasting", "1_forecasting"]  # in the relative sweep folder
     assert float(rows[0]["val/loss"]) <= float(rows[1]["val/loss"]) and "test/mse" in rows[0]
     best = f"best: {rows[0]['job']} (backbone.hidden_size={rows[0]['backbone.hidden_size']}) val/loss="
     assert best in result.stdout + result.stderr

@@ -111,7 +111,6 @@ class SentimentTask(TaskPlugin):
         self.model: SentimentModel | None = None
         self._outputs: dict[str, dict[int, tuple[Tensor, Tensor]]] = {}  # stage -> example -> (logits, label)
         self._files: dict[str, list[Example]] = {}
-        self._warned: set[str] = set()
         self._soft_targets: Tensor | None = None  # the teachers' probabilities per training text (`task.distill`)
         self._class_weights: Tensor | None = None  # state["class_weights"] on the model's device, built once
 
@@ -250,11 +249,6 @@ class SentimentTask(TaskPlugin):
                                               data.encoding_errors)
         return self._files[path]
 
-    def _warn_once(self, message: str) -> None:
-        if message not in self._warned:
-            self._warned.add(message)
-            log.warning(message)
-
     def _examples(self, stage: str) -> list[Example]:
         """A split's examples: its own file, else a held-out share of train (val), else val (test)."""
         data = self.cfg.data
@@ -264,10 +258,10 @@ class SentimentTask(TaskPlugin):
             return self._read(data.test)
         if data.get("val"):
             if stage == "test":
-                self._warn_once(f"no task.data.test: testing on the validation texts {source_name(data.val)}")
+                self.warn_once(f"no task.data.test: testing on the validation texts {source_name(data.val)}")
             return self._read(data.train if stage == "train" else data.val)
         if stage == "test":
-            self._warn_once("no task.data.test or task.data.val: testing on the validation share of "
+            self.warn_once("no task.data.test or task.data.val: testing on the validation share of "
                             f"{source_name(data.train)}")
         train = self._read(data.train)
         if not 0 < data.val_fraction < 1:
@@ -405,7 +399,7 @@ class SentimentTask(TaskPlugin):
             with torch.inference_mode(False):
                 self.model.temperature.fill_(fit_temperature(logits, labels))
             if bool((logits.argmax(-1) == labels).all()):  # said once a run, not every epoch
-                self._warn_once("every validation text is classified right, so they calibrate nothing: the "
+                self.warn_once("every validation text is classified right, so they calibrate nothing: the "
                                 "probabilities stay the model's own (temperature 1); hold out more or harder texts "
                                 "(task.data.val or task.data.val_fraction) to calibrate them")
         scores = classification_scores(logits, labels, float(self.model.temperature))

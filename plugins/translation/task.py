@@ -3,10 +3,9 @@ greedy or beam-search decoding, sacreBLEU scores, aligned output text and attent
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
@@ -233,7 +232,8 @@ class TranslationTask(TaskPlugin):
             return {}
         hypotheses, references, nlls, lengths = zip(*(pairs[i] for i in sorted(pairs)))
         nll, tokens = sum(nlls), sum(lengths)
-        result = corpus_scores(list(hypotheses), list(references), self.lowercase, str(self.cfg.data.target))
+        result = corpus_scores(list(hypotheses), list(references), self.lowercase, str(self.cfg.data.target),
+                               self.warn_once)  # the fallback once per run, not at every validation
         log.info("%s: BLEU %.2f (%s), chrF %.2f (%s)", stage, result["bleu"], result.pop("bleu_signature"),
                  result["chrf"], result.pop("chrf_signature"))
         return {**result, "perplexity": perplexity(nll, max(tokens, 1))}
@@ -352,26 +352,20 @@ def split_sentences(corpus: Corpus) -> tuple[Corpus, list[int]]:
     return replace(corpus, source=sentences, target=[], lines=lines), rows
 
 
-@functools.cache
-def _warn_of_bleu_by_character(language: str | None, reason: str) -> None:
-    """Once per language and process, not at every validation."""
-    log.warning("BLEU of %s by character, not sacreBLEU's tokenizer for it: %s", language, reason)
-
-
 def corpus_scores(hypotheses: list[str], references: list[str], lowercase: bool = False,
-                  language: str | None = None) -> dict[str, Any]:
+                  language: str | None = None, warn: Callable[[str], None] = log.warning) -> dict[str, Any]:
     """sacreBLEU corpus BLEU and chrF (0-100) with their signatures; `lowercase`: case-insensitive (a model whose
     tokenizer lowercases cannot write the references' capitals); `language`, the target's code: BLEU tokenizes
     as sacreBLEU does for it (`zh` by character, `ja`/`ko` with MeCab, installed by `sacrebleu[ja]`/`[ko]`;
-    without it, by character, with a warning; 13a for languages written with spaces). A region or script
-    (`zh-CN`, `ZH_hant`) does not change the choice."""
+    without it, by character, with a warning through `warn`; 13a for languages written with spaces). A region or
+    script (`zh-CN`, `ZH_hant`) does not change the choice."""
     from sacrebleu.metrics import BLEU, CHRF
 
     base = (language or "").lower().replace("_", "-").split("-")[0]
     try:
         bleu = BLEU(lowercase=lowercase, trg_lang=base)
     except RuntimeError as err:  # MeCab missing
-        _warn_of_bleu_by_character(language, " ".join(str(err).split()))
+        warn(f"BLEU of {language} by character, not sacreBLEU's tokenizer for it: {' '.join(str(err).split())}")
         bleu = BLEU(lowercase=lowercase, tokenize="char")
     chrf = CHRF(lowercase=lowercase)
     return {"bleu": bleu.corpus_score(hypotheses, [references]).score, "bleu_signature": str(bleu.get_signature()),
