@@ -227,8 +227,18 @@ def configured_callbacks(cfg: DictConfig) -> list[pl.Callback]:
     switched_off = tuple(kind for kind, switch in ((ProgressBar, "enable_progress_bar"),
                                                    (ModelCheckpoint, "enable_checkpointing"))
                          if cfg.trainer.get(switch, True) is False)
-    return [callback for name, c in _configured(cfg, "callbacks")
-            if not isinstance(callback := instantiate(c, f"callbacks.{name}"), switched_off)]
+    return [instantiate(c, f"callbacks.{name}") for name, c in _configured(cfg, "callbacks")
+            if not _of_kind(c, switched_off)]
+
+
+def _of_kind(entry: DictConfig, kinds: tuple[type, ...]) -> bool:
+    """Whether the class `entry` names (`_target_`) is one of `kinds`, without building it (a wrong name: no)."""
+    from hydra.utils import get_class
+
+    try:
+        return bool(kinds) and issubclass(get_class(entry._target_), kinds)
+    except Exception:  # noqa: BLE001 - building it names the wrong class
+        return False
 
 
 def _configured(cfg: DictConfig, group: str) -> list[tuple[str, DictConfig]]:
