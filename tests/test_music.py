@@ -807,6 +807,10 @@ def test_event_primer_is_continued_and_must_fit(music_installed: None, corpus: P
     with pytest.raises(UserError, match=r"primer .*chorale_00.mid lasts 30.00 s, not shorter than .* 20.00 s, so "
                                         "nothing would be generated"):
         run.build_task(short.task).datamodule()
+    both = compose_train_config("music", [*overrides, "task.generate.length=20",
+                                          f"task.generate.max_events={len(expected)}"], tmp_path)
+    with pytest.raises(UserError, match=r"lasts 30.00 s, not shorter than .* \(raise task.generate.length\)"):
+        run.build_task(both.task).datamodule()  # what to raise first: the cap would be the next error
     capped = compose_train_config("music", [*overrides, f"task.generate.max_events={len(expected)}"], tmp_path)
     with pytest.raises(UserError, match=rf"primer .*chorale_00.mid is {len(expected)} events long, not shorter than "
                                         rf"the task.generate.max_events cap of {len(expected)} events, so nothing "

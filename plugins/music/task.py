@@ -363,15 +363,15 @@ class EventRepresentation(Representation):
         if pm is None:
             return []
         events = read_events(path, self.cfg.data.drums, pm).tolist()
+        if length["seconds"] is not None and codec.duration(events) >= length["seconds"]:
+            raise UserError(f"primer {path} lasts {codec.duration(events):.2f} s, not shorter than the requested "
+                            f"length of {length['seconds']:.2f} s, so nothing would be generated (raise "
+                            "task.generate.length)")
         if len(events) >= length["max_events"]:  # the piece would be the primer alone
             limit, setting = ("requested length", "task.generate.length") if length["seconds"] is None else \
                 ("task.generate.max_events cap", "task.generate.max_events")
             raise UserError(f"primer {path} is {len(events)} events long, not shorter than the {limit} of "
                             f"{length['max_events']} events, so nothing would be generated (raise {setting})")
-        if length["seconds"] is not None and codec.duration(events) >= length["seconds"]:
-            raise UserError(f"primer {path} lasts {codec.duration(events):.2f} s, not shorter than the requested "
-                            f"length of {length['seconds']:.2f} s, so nothing would be generated (raise "
-                            "task.generate.length)")
         return events
 
     def build_model(self, backbone: BackboneFactory) -> EventModel:
