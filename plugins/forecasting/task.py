@@ -57,10 +57,11 @@ class ForecastingTask(TaskPlugin):
         if not targets:
             raise UserError("task.data.targets must name at least one column, e.g. task.data.targets=[load]")
         features = name_list(data.features, "task.data.features") if data.get("features") else targets
-        named_by = {**{name: "task.data.targets" for name in targets},
-                    **{name: "task.data.features" for name in features if data.get("features")}}
-        series = read_series_csv(data.path, list(dict.fromkeys([*features, *targets])), data.get("time_column"),
-                                 data.get("missing", "error"), data.get("time_unit"), named_by)
+        asked = {"task.data.targets": targets, "task.data.features": features if data.get("features") else []}
+        columns = list(dict.fromkeys([*features, *targets]))
+        named_by = {name: " and ".join(key for key, names in asked.items() if name in names) for name in columns}
+        series = read_series_csv(data.path, columns, data.get("time_column"), data.get("missing", "error"),
+                                 data.get("time_unit"), named_by)
         missing_targets = [t for t in targets if t not in features]
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
