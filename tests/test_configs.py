@@ -733,6 +733,8 @@ def test_lightnings_own_switches_turn_off_the_progress_bar_and_the_checkpoints(t
         trainer = run.build_trainer(compose_train_config("forecasting", [switch], tmp_path))
         assert not any(isinstance(callback, kind) for callback in trainer.callbacks)
         assert any(isinstance(callback, ({*kinds.values()} - {kind}).pop()) for callback in trainer.callbacks)
+    unbuilt = ["+trainer.enable_checkpointing=false", "callbacks.model_checkpoint.save_last=link"]
+    run.build_trainer(compose_train_config("forecasting", unbuilt, tmp_path))  # left out before it could refuse
 
 
 def test_a_last_checkpoint_that_would_link_to_the_best_is_refused(tmp_path):
