@@ -213,6 +213,13 @@ def test_a_length_bucket_loader_started_at_an_epoch_draws_that_epochs_batches_fi
     assert list(resumed.batch_sampler) == epochs[2]
 
 
+def test_item_lengths_not_one_per_item_are_named():
+    for lengths in ([1] * 39, [1] * 41):  # not an IndexError at the first batch, nor items left unbatched
+        with pytest.raises(UserError, match=rf"^{len(lengths)} item lengths for a dataset of 40 items \(Numbers\): "
+                                            r"SplitDataModule\(lengths=...\) must give one length per item$"):
+            length_bucket_loader(Numbers(torch.arange(40)), lengths, 4, shuffle=True)
+
+
 def test_length_buckets_are_shuffled_anew_each_epoch_over_a_fixed_item_order():
     lengths = [(i * 37) % 101 for i in range(200)]
     sampler = LengthBucketSampler(range(200), 8, lengths=lengths, shuffle_batches=True, pool_batches=4, seed=5)
