@@ -175,7 +175,7 @@ def restore(
     to point the task at new data); it must name the same task, and the settings training fixed
     (`TaskPlugin.trained_settings`) keep the checkpoint's values, with a warning naming those it gives otherwise.
     """
-    from gru_suite.run import build_module, build_task
+    from gru_suite.run import absolute_task_paths, build_module, build_task
 
     cfg = stored_config(checkpoint)
     stored_task = cfg.task
@@ -184,6 +184,7 @@ def restore(
         if task_cfg.name != cfg.task.name:
             raise UserError(f"{source} holds a model of task {cfg.task.name!r}, not {task_cfg.name!r}")
         cfg.task = task_cfg  # a copy: the caller's config stays as given
+        absolute_task_paths(cfg.task)  # as the checkpoint stores them, for the comparison below
         keep_trained_settings(cfg.task, stored_task, source, "the override(s)", log.warning)
     task = build_task(cfg.task, state=checkpoint[CHECKPOINT_KEY]["task_state"])
     module = build_module(cfg, task)

@@ -71,6 +71,7 @@ from gru_suite.task import (
     EnsembleMember,
     Pretraining,
     TaskPlugin,
+    absolute_paths,
     checkpointable_state,
     task_datamodule,
     wrong_task_settings,
@@ -105,13 +106,23 @@ ignore_lightning_noise()
 
 
 def build_task(task_cfg: DictConfig, state: dict[str, Any] | None = None) -> TaskPlugin:
-    """Import only the selected task and construct it."""
-    task_cls = registry.get_task(task_cfg.name).load()
+    """Import only the selected task and construct it, its path settings made absolute first
+    (`absolute_task_paths`)."""
+    task_cls = absolute_task_paths(task_cfg)
     task = task_cls(task_cfg, state)
     if not (hasattr(task, "cfg") and hasattr(task, "state")):
         raise UserError(f"task {task_cfg.name!r}: {task_cls.__name__}.__init__ must call super().__init__(cfg, state), "
                         "which checks the settings and sets self.cfg and self.state")
     return task
+
+
+def absolute_task_paths(task_cfg: DictConfig) -> type[TaskPlugin]:
+    """The task class of `task_cfg`, whose `path_settings` in `task_cfg` that name existing files or folders by
+    relative paths are made absolute in place (`gru_suite.task.absolute_paths`): before a checkpoint's stored
+    config is compared with it, and before the task reads them."""
+    task_cls = registry.get_task(task_cfg.name).load()
+    absolute_paths(task_cfg, task_cls.path_settings)
+    return task_cls
 
 
 def _found_backbone(model: Any, found: Any, factory: Any) -> str:
@@ -333,6 +344,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             warn_on_rank_zero(f"trainer.{limit}=0: nothing is trained; the test metrics and artifacts are those of the "
                               "untrained (or resumed) model")
     resumed, task_state, resumed_step, monitor_changed = None, None, None, False
+    absolute_task_paths(cfg.task)  # as the checkpoint resumed stores them
     if (ckpt_path := resume_path(cfg)) is not None:
         # one that cannot be read fails before any work; mapped, so only its shapes are read here, and Lightning
         # reads it

@@ -114,8 +114,9 @@ class TaskPlugin(ABC):
 
     path_settings: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that name files or folders to read (or lists of them): one
-    given as a relative path that exists where the command runs is made absolute as the task is built, so that a
-    checkpoint's config finds it from any folder (`-` for stdin, `auto` and '' stay as given)."""
+    given as a relative path that exists where the command runs is made absolute when the suite builds the task
+    (`gru_suite.run.build_task`), so that a checkpoint's config finds it from any folder (`-` for stdin, `auto` and
+    '' stay as given)."""
 
     required: tuple[str, ...] = ()
     """Fields of the task's config (relative to `task.`) that must not be null: `numbers` lets null through, as
@@ -124,7 +125,6 @@ class TaskPlugin(ABC):
 
     def __init__(self, cfg: DictConfig, state: Mapping[str, Any] | None = None) -> None:
         raise_all(wrong_task_settings(type(self), cfg))
-        absolute_paths(cfg, type(self).path_settings)
         self.cfg = cfg
         self.state: dict[str, Any] = dict(state or {})
 
@@ -284,8 +284,8 @@ def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
         value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
         if isinstance(value, str):
             absolute: Any = _absolute(value)
-        elif isinstance(value, ListConfig) and all(isinstance(item, str) for item in value):
-            absolute = [_absolute(item) for item in value]
+        elif isinstance(value, ListConfig):  # its paths; a null or a nested list among them stays
+            absolute = [_absolute(item) if isinstance(item, str) else item for item in value]
         else:
             continue
         if absolute != value:

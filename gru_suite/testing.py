@@ -203,6 +203,10 @@ def _check_declared_settings(task_cls: type[TaskPlugin], task_cfg: DictConfig) -
     missing = [key for key in declared if lacks(task_cfg, key)]
     _require(not missing, f"{task_cls.__name__} declares settings its config lacks (so they are never checked; "
                           f"misspelt?): {', '.join(f'task.{key}' for key in missing)}")
+    blocks = [key for key in task_cls.path_settings
+              if isinstance(OmegaConf.select(task_cfg, key, throw_on_resolution_failure=False), DictConfig)]
+    _require(not blocks, f"{task_cls.__name__}.path_settings names block(s), not paths, so nothing in them is made "
+                         f"absolute: {', '.join(f'task.{key}' for key in blocks)} (name each path key in them)")
 
 
 def _check_task_config_file(task: str) -> None:

@@ -243,6 +243,19 @@ def test_a_forecaster_restored_keeps_how_it_was_trained_to_read_a_window(trained
     assert "task.data.lookback, task.model.normalize fixed by training" in caplog.text
 
 
+def test_a_trained_path_given_relative_is_the_same_setting_as_the_stored_absolute_one(trained_run, monkeypatch,
+                                                                                       caplog):
+    from gru_suite_plugins.forecasting.task import ForecastingTask
+
+    monkeypatch.setattr(ForecastingTask, "trained_settings", ("data.path",))
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    task_cfg = OmegaConf.create(torch.load(ckpt, weights_only=False)["gru_suite"]["config"]["task"])
+    monkeypatch.chdir(Path(task_cfg.data.path).parent)
+    task_cfg.data.path = Path(task_cfg.data.path).name  # the same file, named from its folder
+    load_checkpoint(ckpt, task_cfg)
+    assert "fixed by training" not in caplog.text
+
+
 def test_a_relative_data_path_is_made_absolute_as_the_task_is_built(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "data" / "mine.csv")

@@ -655,6 +655,32 @@ class MisspeltSetting(ForecastingTask):
     path_settings = ("data.pth",)
 
 
+class BlockPaths(ForecastingTask):
+    path_settings = ("data",)  # a block, as trained_settings may name one
+
+
+def test_a_path_setting_that_names_a_block_is_caught(tmp_path, monkeypatch):
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: BlockPaths)
+    with pytest.raises(AssertionError, match=r"BlockPaths.path_settings names block\(s\), not paths, so nothing in "
+                                             r"them is made absolute: task.data \(name each path key in them\)$"):
+        check_task_plugin("forecasting", tmp_path=tmp_path)
+
+
+class OwnInitTask(ForecastingTask):
+    """Sets its config and state itself instead of calling super().__init__."""
+
+    def __init__(self, cfg: Any, state: Any = None) -> None:
+        self.cfg, self.state = cfg, dict(state or {})
+
+
+def test_a_task_that_skips_the_base_init_still_gets_its_paths_made_absolute(tmp_path, monkeypatch):
+    shutil.copy(Path(__file__).parent.parent / "data" / "forecasting" / "demo_load.csv", tmp_path / "mine.csv")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(registry.TaskEntry, "load", lambda self: OwnInitTask)
+    cfg = compose_train_config("forecasting", ["task.data.path=mine.csv"], tmp_path / "run")
+    assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "mine.csv")
+
+
 def test_a_declared_setting_the_config_lacks_is_caught_as_never_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(registry.TaskEntry, "load", lambda self: MisspeltSetting)
     with pytest.raises(AssertionError, match=r"config composition: MisspeltSetting declares settings its config lacks "
