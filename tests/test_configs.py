@@ -381,7 +381,9 @@ def test_a_training_metric_as_monitor_is_named_after_the_first_epoch_if_never_lo
 def test_a_required_setting_that_is_null_or_absent_is_named():
     cfg = OmegaConf.create({"data": {"window": None, "lookback": 3}})
     assert wrong_unset(cfg, ("data.window", "data.stride", "data.lookback"), prefix="task.") == [
-        "task.data.window must be set, got null", "task.data.stride must be set, but the config has no such key"]
+        "task.data.window must be set, got null",
+        "task.data.stride must be set, but the config has no such key (as in a checkpoint saved before the setting "
+        "existed)"]
     assert wrong_unset(OmegaConf.create({"data": {"path": ""}}), ("data.path",)) == ["data.path must be set, got ''"]
 
 
