@@ -395,12 +395,13 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     from gru_suite import registry
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
     from gru_suite.config import check_run_settings
+    from gru_suite.files import launch_path
     from gru_suite.overrides import apply_overrides
     from gru_suite.task import wrong_task_settings
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
-    path = cfg.ckpt_path if path is None else path
+    path = str(launch_path(cfg.ckpt_path if path is None else path))
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
     if stored.task.name not in (installed := registry.installed_tasks()):

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from gru_suite.atomic import atomic_path
 from gru_suite.distributed import warn_on_rank_zero
 from gru_suite.errors import UserError
+from gru_suite.files import launch_path
 from gru_suite.metrics_file import read_metrics
 from gru_suite.run_folder import checkpoint_folder
 
@@ -47,7 +48,7 @@ def resume_path(cfg: DictConfig) -> str | None:
         return str(max(saved)[1])
     if path == "last" and last.is_file():
         return str(last)
-    return None if not path or path == "last" else str(path)
+    return None if not path or path == "last" else str(launch_path(path))
 
 
 def resumes_in_own_folder(cfg: DictConfig) -> bool:

@@ -33,6 +33,7 @@ from gru_suite.config import (
     wrong_unset,
 )
 from gru_suite.errors import UserError
+from gru_suite.files import launch_path
 from gru_suite.registry import task_switches
 
 Stage = Literal["train", "val", "test"]
@@ -297,9 +298,11 @@ NOT_PATHS = ("", "-", "auto")
 
 
 def _absolute(path: str) -> str:
-    """`path` made absolute if it is relative and exists (`NOT_PATHS`, and a name the system refuses, stay)."""
+    """`path` made absolute if it is relative and exists where the command started (`launch_path`; `NOT_PATHS`,
+    and a name the system refuses, stay)."""
+    given = launch_path(path)
     try:
-        found = path not in NOT_PATHS and not Path(path).is_absolute() and Path(path).exists()
+        found = path not in NOT_PATHS and not Path(path).is_absolute() and given.exists()
     except OSError:  # a name too long, say: the task names it when it reads it
         found = False
-    return str(Path(path).absolute()) if found else path
+    return str(given.absolute()) if found else path

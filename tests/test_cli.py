@@ -1539,6 +1539,27 @@ def test_each_process_of_a_multi_process_launch_logs_to_a_file_of_its_own(enviro
     assert OmegaConf.create(outside_a_run).filename == f"out/{log}"
 
 
+def test_with_job_chdir_paths_are_read_from_the_folder_the_command_started_in(trained_run, tmp_path, monkeypatch,
+                                                                               run_start):
+    from hydra.core.hydra_config import HydraConfig
+
+    from gru_suite.files import launch_path
+    from gru_suite.resume import resume_path
+
+    shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "mine.csv")
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", tmp_path / "trained.ckpt")
+    cfg = compose_train_config("forecasting", ["task.data.path=mine.csv", "ckpt_path=trained.ckpt"], tmp_path / "run")
+    config = hydra_run_config(str(tmp_path / "run"), "hydra.job.chdir=true")
+    with open_dict(config):
+        config.hydra.runtime.cwd = str(tmp_path)  # where the command started; the job runs in its run folder
+    HydraConfig.instance().set_config(config)
+    (tmp_path / "run").mkdir()
+    monkeypatch.chdir(tmp_path / "run")
+    assert launch_path("mine.csv") == tmp_path / "mine.csv" and launch_path("/abs.csv") == Path("/abs.csv")
+    assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "mine.csv")  # not looked up in the run folder
+    assert resume_path(cfg) == str(tmp_path / "trained.ckpt")
+
+
 @pytest.mark.parametrize("choice", ["stdout", "disabled", "none"])
 def test_hydras_own_logging_choices_are_taken_whole(choice):
     hydra = OmegaConf.to_container(hydra_run_config("out", f"hydra/job_logging={choice}").hydra, resolve=False)
