@@ -84,6 +84,9 @@ def test_stereo_44k_audio_is_downmixed_and_resampled(tmp_path: Path) -> None:
     assert float(samples.abs().max()) == pytest.approx(0.25, abs=0.01)  # the mean of the two channels
     spectrum = np.abs(np.fft.rfft(samples.numpy()))
     assert abs(int(spectrum.argmax()) - 440) <= 1  # one second at 8 kHz: bin = Hz
+    antiphase = write_wav(tmp_path / "antiphase.wav", np.stack([tone, -tone], axis=1), 44100)
+    with pytest.raises(UserError, match=r"antiphase\.wav: its channels cancel out in the mono downmix \(peak below"):
+        read_audio(antiphase, RATE)  # a loud file, not called silent
 
 
 def test_an_offset_and_duration_are_seconds_whatever_the_files_rate(tmp_path: Path) -> None:

@@ -65,7 +65,9 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
         raise UserError(f"{path}: the audio holds NaN or infinite samples")
     samples = torch.from_numpy(data.mean(axis=1))
     if float(samples.abs().max()) < SILENCE_PEAK:
-        raise SilentAudio(f"{path}: the audio is silent (peak below {SILENCE_PEAK:g})", len(samples) / rate)
+        cancelled = float(np.abs(data).max()) >= SILENCE_PEAK  # loud channels in opposite phase
+        why = "its channels cancel out in the mono downmix" if cancelled else "the audio is silent"
+        raise SilentAudio(f"{path}: {why} (peak below {SILENCE_PEAK:g})", len(samples) / rate)
     if rate < LOWEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
         raise UserError(f"{path}: its sample rate is {rate} Hz; speech audio has at least {LOWEST_RATE} Hz")
     if rate != sample_rate:
