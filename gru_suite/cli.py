@@ -401,7 +401,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
 
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path is required, e.g. ckpt_path=outputs/.../checkpoints/last.ckpt")
-    path = str(launch_path(cfg.ckpt_path if path is None else path))
+    path = str(launch_path(str(cfg.ckpt_path if path is None else path)))
     checkpoint = read_checkpoint(path)
     stored = stored_config(checkpoint)
     if stored.task.name not in (installed := registry.installed_tasks()):
@@ -466,6 +466,8 @@ def _ensemble_paths(cfg: Any) -> list[str]:
     value is none)."""
     from omegaconf import ListConfig
 
+    from gru_suite.files import launch_path
+
     paths = cfg.get("ensemble")
     if paths is None or paths == "":
         return []
@@ -473,7 +475,7 @@ def _ensemble_paths(cfg: Any) -> list[str]:
         raise UserError(f"ensemble: expected a checkpoint path or a list of them, e.g. 'ensemble=[b.ckpt,c.ckpt]', "
                         f"got {paths!r}")
     paths = [paths] if isinstance(paths, str) else list(paths)
-    files = [Path(p).resolve() for p in [*paths, str(cfg.get("ckpt_path") or "")]]
+    files = [launch_path(p).resolve() for p in [*paths, str(cfg.get("ckpt_path") or "")]]
     if repeated := sorted({p for p, file in zip(paths, files) if files.count(file) > 1}):
         raise UserError(f"ensemble: {repeated} given more than once (ckpt_path is the first model; list each "
                         "model once)")

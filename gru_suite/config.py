@@ -449,8 +449,8 @@ def wrong_unset(cfg: DictConfig, fields: tuple[str, ...], prefix: str = "") -> l
     for field in fields:
         value = OmegaConf.select(cfg, field, default=_ABSENT)
         if value is _ABSENT:
-            wrong.append(f"{prefix}{field} must be set, but the config has no such key (as in a checkpoint saved "
-                         "before the setting existed)")
+            wrong.append(f"{prefix}{field} must be set, but the config has no such key (a checkpoint saved before "
+                         "the setting existed has none)")
         elif value is None or value == "":
             wrong.append(f"{prefix}{field} must be set, got {'null' if value is None else repr(value)}")
     return wrong

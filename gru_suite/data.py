@@ -279,9 +279,11 @@ def length_bucket_loader(
     it the batches come in length order, not the dataset's.
     """
     dataset = _batch_gathering(dataset)
+    lengths = lengths.tolist() if isinstance(lengths, torch.Tensor) else list(lengths)  # a generator too
     if len(lengths) != len(dataset):
         raise UserError(f"{len(lengths)} item lengths for a dataset of {len(dataset)} items "
-                        f"({type(dataset).__name__}): SplitDataModule(lengths=...) must give one length per item")
+                        f"({type(dataset).__name__}): the lengths (SplitDataModule(lengths=...)) must give one "
+                        "per item")
     order = SeededRandomSampler(dataset, seed) if shuffle else SequentialSampler(dataset)
     if shuffle:
         order.set_epoch(epoch)

@@ -48,7 +48,7 @@ def resume_path(cfg: DictConfig) -> str | None:
         return str(max(saved)[1])
     if path == "last" and last.is_file():
         return str(last)
-    return None if not path or path == "last" else str(launch_path(path))
+    return None if not path or path == "last" else str(launch_path(str(path)))
 
 
 def resumes_in_own_folder(cfg: DictConfig) -> bool:
@@ -60,7 +60,7 @@ def resumes_in_own_folder(cfg: DictConfig) -> bool:
     own = checkpoint_folder(cfg).resolve()
     if path == "last":  # without a last checkpoint there, Lightning starts afresh
         return any(not file.name.startswith(".") for file in own.glob("last*.ckpt"))
-    return path in LIGHTNING_CKPT_NAMES or Path(path).resolve().parent == own
+    return path in LIGHTNING_CKPT_NAMES or launch_path(str(path)).resolve().parent == own
 
 
 def check_epochs_left(checkpoint: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> None:

@@ -1544,7 +1544,7 @@ def test_with_job_chdir_paths_are_read_from_the_folder_the_command_started_in(tr
     from hydra.core.hydra_config import HydraConfig
 
     from gru_suite.files import launch_path
-    from gru_suite.resume import resume_path
+    from gru_suite.resume import resume_path, resumes_in_own_folder
 
     shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "mine.csv")
     shutil.copy(trained_run / "checkpoints" / "last.ckpt", tmp_path / "trained.ckpt")
@@ -1558,6 +1558,9 @@ def test_with_job_chdir_paths_are_read_from_the_folder_the_command_started_in(tr
     assert launch_path("mine.csv") == tmp_path / "mine.csv" and launch_path("/abs.csv") == Path("/abs.csv")
     assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "mine.csv")  # not looked up in the run folder
     assert resume_path(cfg) == str(tmp_path / "trained.ckpt")
+    (tmp_path / "run" / "checkpoints").mkdir()
+    cfg.ckpt_path = "run/checkpoints/last.ckpt"  # its own folder's, named from where the command started
+    assert resumes_in_own_folder(cfg)  # so its checkpoints are not moved aside before it is read
 
 
 @pytest.mark.parametrize("choice", ["stdout", "disabled", "none"])

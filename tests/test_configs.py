@@ -382,8 +382,8 @@ def test_a_required_setting_that_is_null_or_absent_is_named():
     cfg = OmegaConf.create({"data": {"window": None, "lookback": 3}})
     assert wrong_unset(cfg, ("data.window", "data.stride", "data.lookback"), prefix="task.") == [
         "task.data.window must be set, got null",
-        "task.data.stride must be set, but the config has no such key (as in a checkpoint saved before the setting "
-        "existed)"]
+        "task.data.stride must be set, but the config has no such key (a checkpoint saved before the setting "
+        "existed has none)"]
     assert wrong_unset(OmegaConf.create({"data": {"path": ""}}), ("data.path",)) == ["data.path must be set, got ''"]
 
 

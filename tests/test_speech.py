@@ -87,6 +87,9 @@ def test_stereo_44k_audio_is_downmixed_and_resampled(tmp_path: Path) -> None:
     antiphase = write_wav(tmp_path / "antiphase.wav", np.stack([tone, -tone], axis=1), 44100)
     with pytest.raises(UserError, match=r"antiphase\.wav: its channels cancel out in the mono downmix \(peak below"):
         read_audio(antiphase, RATE)  # a loud file, not called silent
+    faint = write_wav(tmp_path / "faint.wav", np.stack([np.full(800, 1.5e-4), np.zeros(800)], axis=1), 8000)
+    with pytest.raises(UserError, match=r"faint\.wav: the audio is silent"):
+        read_audio(faint, RATE)  # one faint channel, nothing cancelled
 
 
 def test_an_offset_and_duration_are_seconds_whatever_the_files_rate(tmp_path: Path) -> None:

@@ -216,8 +216,10 @@ def test_a_length_bucket_loader_started_at_an_epoch_draws_that_epochs_batches_fi
 def test_item_lengths_not_one_per_item_are_named():
     for lengths in ([1] * 39, [1] * 41):  # not an IndexError at the first batch, nor items left unbatched
         with pytest.raises(UserError, match=rf"^{len(lengths)} item lengths for a dataset of 40 items \(Numbers\): "
-                                            r"SplitDataModule\(lengths=...\) must give one length per item$"):
+                                            r"the lengths \(SplitDataModule\(lengths=...\)\) must give one per item$"):
             length_bucket_loader(Numbers(torch.arange(40)), lengths, 4, shuffle=True)
+    loader = length_bucket_loader(Numbers(torch.arange(40)), (i % 7 for i in range(40)), 4, shuffle=False)
+    assert sorted(i for batch in loader.batch_sampler for i in batch) == list(range(40))  # a generator of lengths
 
 
 def test_length_buckets_are_shuffled_anew_each_epoch_over_a_fixed_item_order():

@@ -65,7 +65,7 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
         raise UserError(f"{path}: the audio holds NaN or infinite samples")
     samples = torch.from_numpy(data.mean(axis=1))
     if float(samples.abs().max()) < SILENCE_PEAK:
-        cancelled = float(np.abs(data).max()) >= SILENCE_PEAK  # loud channels in opposite phase
+        cancelled = float(np.abs(data).max(axis=0).mean()) >= SILENCE_PEAK  # in phase, they would be heard
         why = "its channels cancel out in the mono downmix" if cancelled else "the audio is silent"
         raise SilentAudio(f"{path}: {why} (peak below {SILENCE_PEAK:g})", len(samples) / rate)
     if rate < LOWEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
