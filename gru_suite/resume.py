@@ -107,7 +107,7 @@ def warn_of_another_monitor(stored_task: DictConfig, cfg: DictConfig, ckpt_path:
     if before != now and None not in before:
         warn_on_rank_zero(f"ckpt_path {ckpt_path} chose its best checkpoint by {before[0]} ({before[1]}), this run by "
                           f"{now[0]} ({now[1]}): the best is chosen afresh among this run's epochs, and the earlier "
-                          "best-*.ckpt stays beside them, untracked")
+                          "best-*.ckpt stays where it is, untracked")
         return True
     return False
 
