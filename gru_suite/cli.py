@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from gru_suite.config import NumberField
+    from gru_suite.sweep import Job
 
 SEARCHPATH_KEY = "hydra.searchpath="
 
@@ -201,6 +202,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
 
     failed_jobs: list[str] = []
     crashed_jobs: list[str] = []
+    unfinished: list[Job] = []  # the failed and crashed jobs, for the summary of a sweep with no result
     sweep_dir: list[str] = []  # once a sweep's first job starts: where a stop between its jobs resumes
 
     def resumable_sweep() -> str | None:
@@ -220,8 +222,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.types import RunMode
 
         from gru_suite.run_folder import keep_earlier_file, restore_earlier_work
-        from gru_suite.sweep import ERROR_NAME
+        from gru_suite.sweep import ERROR_NAME, sweep_job
 
+        started_ns = time.time_ns() - 1_000_000_000  # a second early, for file times kept to the second
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep rerun into its folder: this job's own error, if any
             sweep_dir[:] = [HydraConfig.get().sweep.dir]
             keep_earlier_file(Path(HydraConfig.get().runtime.output_dir) / ERROR_NAME)
@@ -259,9 +262,10 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             else:
                 write_job_error(folder, str(user_error))
                 failed_jobs.append(job)  # the sweep goes on; its exit code says so at the end
-            if len(failed_jobs) + len(crashed_jobs) == HydraConfig.get().sweeper.get("n_trials"):
-                _end_sweep_without_a_result(HydraConfig.get().sweep.dir, failed_jobs + crashed_jobs,  # Optuna's last
-                                            1 if crashed_jobs else 2)
+            unfinished.append(sweep_job(HydraConfig.get(), HydraConfig.get().overrides.task, cfg.get("task"),
+                                        started_ns))
+            if len(unfinished) == HydraConfig.get().sweeper.get("n_trials"):  # Optuna's last trial
+                _end_sweep_without_a_result(Path(HydraConfig.get().sweep.dir), unfinished, 1 if crashed_jobs else 2)
             return None
 
     _require_task_for_task_overrides()
@@ -294,16 +298,14 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         sys.exit(2)
 
 
-def _end_sweep_without_a_result(sweep_dir: str, failed_jobs: list[str], code: int) -> None:
+def _end_sweep_without_a_result(sweep_dir: Path, jobs: list[Job], code: int) -> None:
     """Every trial of an optimizing sweeper (Optuna) failed: it would then fail asking for its best trial, with a
-    traceback and no summary. Write the summary, say so in one line, exit with `code` (1 where a trial crashed, 2
-    where all failed on bad input)."""
-    from omegaconf import OmegaConf
+    traceback and no summary. Write the summary of `jobs`, say so in one line, exit with `code` (1 where a trial
+    crashed, 2 where all failed on bad input). The sweep's own callback never sees the last trial end."""
+    from gru_suite.sweep import write_summary
 
-    from gru_suite.sweep import SweepSummary
-
-    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": sweep_dir}}}))
-    print(f"error: all {len(failed_jobs)} trials of the sweep failed (each one's error.txt)", file=sys.stderr)
+    write_summary(sweep_dir, jobs)
+    print(f"error: all {len(jobs)} trials of the sweep failed (each one's error.txt)", file=sys.stderr)
     sys.exit(code)
 
 

@@ -164,6 +164,31 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def sweep_job(hydra: DictConfig, overrides: Sequence[Any], task: Any, started_ns: int) -> Job:
+    """The sweep job that `hydra` (its `hydra` config node) describes, named by its folder within the sweep's
+    (`hydra.sweep.subdir` may nest it); see `job_in` for the other arguments."""
+    folder = Path(hydra.runtime.output_dir)  # absolute; the sweep folder may be given relative
+    sweep_dir = Path(hydra.runtime.cwd, hydra.sweep.dir)
+    name = str(folder.relative_to(sweep_dir)) if folder.is_relative_to(sweep_dir) else str(folder)
+    return job_in(folder, overrides, task, started_ns, name)
+
+
+def write_summary(sweep_dir: Path, jobs: list[Job]) -> None:
+    """Write `<sweep_dir>/summary.csv` ranking `jobs` (nothing when there are none) and log the best one."""
+    jobs = ranked(jobs)
+    if not jobs:
+        return
+    keep_earlier_file(sweep_dir / SUMMARY_NAME)  # a sweep rerun into its folder: the earlier ranking stays
+    path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
+    best = jobs[0]
+    if why := unranked_because(jobs):
+        log.info("sweep of %d jobs: %s (not ranked: %s)", len(jobs), path, why)
+        return
+    settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)
+    log.info("sweep of %d jobs, ranked by %s (%s): %s; best: %s (%s) %s=%.6g", len(jobs), best.monitor,
+             best.mode, path, best.name, settings or "no varying setting", best.monitor, best.score)
+
+
 class SweepSummary(Callback):
     """Hydra callback: after a multirun, write `<sweep dir>/summary.csv` and log the best job. The jobs are those
     it saw end in this process, wherever `hydra.sweep.subdir` put them and whatever `hydra.output_subdir` says;
@@ -184,23 +209,9 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        folder = Path(config.hydra.runtime.output_dir)  # absolute; the sweep folder may be given relative
-        sweep_dir = Path(config.hydra.runtime.cwd, config.hydra.sweep.dir)
-        name = str(folder.relative_to(sweep_dir)) if folder.is_relative_to(sweep_dir) else str(folder)
         task = (job_return.cfg or {}).get("task")
-        self._jobs.append(job_in(folder, job_return.overrides or [], task, self._job_started_ns, name))
+        self._jobs.append(sweep_job(config.hydra, job_return.overrides or [], task, self._job_started_ns))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = ranked(self._jobs or sweep_jobs(sweep_dir, self._started_ns))
-        if not jobs:
-            return
-        keep_earlier_file(sweep_dir / SUMMARY_NAME)  # a sweep rerun into its folder: the earlier ranking stays
-        path = write_text(sweep_dir / SUMMARY_NAME, summary_csv(jobs))
-        best = jobs[0]
-        if why := unranked_because(jobs):
-            log.info("sweep of %d jobs: %s (not ranked: %s)", len(jobs), path, why)
-            return
-        settings = " ".join(f"{k}={best.overrides[k]}" for k in varying_settings(jobs) if k in best.overrides)
-        log.info("sweep of %d jobs, ranked by %s (%s): %s; best: %s (%s) %s=%.6g", len(jobs), best.monitor,
-                 best.mode, path, best.name, settings or "no varying setting", best.monitor, best.score)
+        write_summary(Path(config.hydra.sweep.dir), self._jobs or sweep_jobs(Path(config.hydra.sweep.dir),
+                                                                             self._started_ns))

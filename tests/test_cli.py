@@ -1732,10 +1732,13 @@ def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tm
 
 def test_an_optuna_search_whose_trials_all_fail_ends_in_one_line_and_a_summary(tmp_path):
     result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                     "task.data.lookback=100000", f"hydra.sweep.dir={tmp_path}")
+                     "task.data.lookback=100000", f"hydra.sweep.dir={tmp_path}",
+                     "hydra.sweep.subdir=trial/${hydra.job.num}", "hydra.output_subdir=meta")  # no <sweep>/*/.hydra
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().endswith("error: all 2 trials of the sweep failed (each one's error.txt)")
-    assert len(list(csv.DictReader((tmp_path / "summary.csv").open()))) == 2
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
+    assert [row["job"] for row in rows] == ["trial/0", "trial/1"]
+    assert all("lookback 100000" in row["error"] for row in rows)
 
 
 def _no_hydra_plugins(name: str) -> NoReturn:
