@@ -51,13 +51,16 @@ def check_own_splits(data: DictConfig, instead: Mapping[str, str]) -> None:
 
 def register_resolvers() -> None:
     """Register the resolvers the configs use: `${gru_suite.data_dir:}`, `${gru_suite.required:...}`,
-    `${gru_suite.rank_suffix:}`, `${gru_suite.console_level:}` and `${gru_suite.task_groups:}` (help)."""
-    from gru_suite.registry import format_task_config_groups
+    `${gru_suite.rank_suffix:}`, `${gru_suite.console_level:}`, and for `--help` `${gru_suite.task_groups:command}`
+    and `${gru_suite.core_groups:command}` (the config groups that command accepts)."""
+    from gru_suite.registry import format_core_config_groups, format_task_config_groups
 
     if not OmegaConf.has_resolver("gru_suite.data_dir"):
         OmegaConf.register_new_resolver("gru_suite.data_dir", default_data_dir)
     if not OmegaConf.has_resolver("gru_suite.task_groups"):
         OmegaConf.register_new_resolver("gru_suite.task_groups", format_task_config_groups)
+    if not OmegaConf.has_resolver("gru_suite.core_groups"):
+        OmegaConf.register_new_resolver("gru_suite.core_groups", format_core_config_groups)
     if not OmegaConf.has_resolver("gru_suite.required"):
         OmegaConf.register_new_resolver("gru_suite.required", required)
     if not OmegaConf.has_resolver("gru_suite.rank_suffix"):

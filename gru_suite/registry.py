@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import logging
 import traceback
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
@@ -242,11 +243,35 @@ def group_options(group: str, folders: list[Path]) -> list[str]:
                    for folder in folders if (folder / group).is_dir() for path in (folder / group).rglob("*.yaml")})
 
 
-def format_task_config_groups() -> str:
-    """One line per selectable config group that installed tasks add (`task`, `experiment`, ...), with its options."""
-    folders = task_config_dirs()
+def format_task_config_groups(command: str = "train") -> str:
+    """One line per config group that installed tasks add (`task`, `experiment`, ...) and `command` (its config's
+    name: train, eval, ...) accepts, with its options."""
+    return _format_groups(task_config_dirs(), TASK_INTERNAL_GROUPS | groups_left_out(command))
+
+
+def format_core_config_groups(command: str = "train") -> str:
+    """One line per config group of the core that `command` accepts (`backbone`, `trainer`, ...), with its
+    options."""
+    from gru_suite.config import CONF_DIR
+
+    return _format_groups([CONF_DIR], {"hydra"} | groups_left_out(command))
+
+
+def groups_left_out(command: str) -> set[str]:
+    """The config groups that training composes and `command` (its config's name) does not, so refuses."""
+    return _composed_groups("train") - _composed_groups(command)
+
+
+def _composed_groups(command: str) -> set[str]:
+    from gru_suite.config import CONF_DIR
+
+    defaults = _read_config(CONF_DIR / f"{command}.yaml").get("defaults", [])
+    return {next(iter(item)) for item in defaults if isinstance(item, dict)}
+
+
+def _format_groups(folders: list[Path], left_out: Collection[str]) -> str:
     groups = sorted({path.name for folder in folders for path in folder.iterdir()
-                     if path.is_dir() and path.name not in TASK_INTERNAL_GROUPS})
+                     if path.is_dir() and path.name not in left_out})
     return "\n".join(f"{group}: {', '.join(options)}" for group in groups if (options := group_options(group, folders)))
 
 

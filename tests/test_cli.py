@@ -88,6 +88,21 @@ def test_help_is_fast_and_imports_no_torch():
     assert "task_trainer" not in result.stdout  # pulled in by a task's own config, not chosen by users
 
 
+@pytest.mark.parametrize("command, groups", [
+    ("gru-suite", {"experiment", "task", "backbone", "callbacks", "debug", "hparams_search", "logger", "optimizer",
+                   "paths", "scheduler", "trainer"}),
+    ("gru-suite-eval", {"task", "logger", "paths", "trainer"}),
+    ("gru-suite-predict", {"task", "paths", "trainer"}),
+    ("gru-suite-gates", {"task", "paths"}),
+])
+def test_help_lists_the_config_groups_its_command_accepts(command, groups):
+    result = run_cli(command, "--help")
+    assert result.returncode == 0, result.stderr[-2000:]
+    listed = {line.partition(":")[0] for line in result.stdout.split("== Config ==")[0].splitlines()
+              if re.fullmatch(r"\w+: [\w/, ]+", line)}
+    assert listed == groups
+
+
 def test_cli_module_does_not_import_torch():
     import subprocess
     import sys
