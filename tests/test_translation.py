@@ -190,25 +190,18 @@ def test_attention_gives_padding_no_weight_and_padding_changes_nothing(attention
     torch.testing.assert_close(batched, alone)
 
 
-@pytest.mark.parametrize("input_feeding", [False, True])
-def test_carried_decoder_state_gives_the_teacher_forced_logits(input_feeding: bool) -> None:
-    model = tiny_model(30, input_feeding=input_feeding)
+def test_carried_decoder_state_gives_the_teacher_forced_logits() -> None:
+    model = tiny_model(30)
     source, lengths = pad_ids([[5, 6, 7, EOS], [8, 9, EOS]])
     target = torch.tensor([[BOS, 11, 12, 13], [BOS, 14, 15, 16]])
     with torch.no_grad():
         forced = model(source, lengths, target, torch.tensor([4, 4]))
         memory = model.encode(source, lengths)
-        state, feed, steps = model.initial_state(memory), model.initial_feed(memory), []
+        state, steps = model.initial_state(memory), []
         for t in range(target.size(1)):
-            logits, state, feed, _ = model.decode_step(target[:, t], state, feed, memory)
+            logits, state, _ = model.decode_step(target[:, t], state, memory)
             steps.append(logits)
     torch.testing.assert_close(torch.stack(steps, 1), forced)
-
-
-def test_weight_dropout_with_input_feeding_is_refused() -> None:
-    with pytest.raises(UserError, match=r"backbone.weight_dropout needs task.model.input_feeding=false"):
-        Seq2Seq(partial(GRUBackbone, hidden_size=8, weight_dropout=0.3), 20, 20, 8, input_feeding=True)
-    Seq2Seq(partial(GRUBackbone, hidden_size=8, weight_dropout=0.3), 20, 20, 8)  # the decoder runs whole sequences
 
 
 def test_the_length_limit_is_ratio_times_source_plus_extra_within_one_and_the_cap() -> None:
@@ -266,12 +259,9 @@ class MarkovDecoder:
     def initial_state(self, memory: Memory) -> torch.Tensor:
         return memory.final
 
-    def initial_feed(self, memory: Memory) -> torch.Tensor:
-        return memory.outputs[:, 0]
-
-    def decode_step(self, tokens: torch.Tensor, state: torch.Tensor, feed: torch.Tensor,
-                    memory: Memory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.log_probs[tokens], state, feed, torch.full(memory.mask.shape, 1 / memory.mask.size(1))
+    def decode_step(self, tokens: torch.Tensor, state: torch.Tensor,
+                    memory: Memory) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.log_probs[tokens], state, torch.full(memory.mask.shape, 1 / memory.mask.size(1))
 
 
 def test_beam_search_without_early_stopping_keeps_a_longer_hypothesis_that_ends_better() -> None:
@@ -311,9 +301,9 @@ def test_each_beam_hypothesis_carries_the_attention_of_its_own_tokens() -> None:
     with torch.no_grad():
         for b, hypothesis in enumerate(found):
             memory = model.encode(source[b : b + 1], lengths[b : b + 1])
-            state, feed, token, rows = model.initial_state(memory), model.initial_feed(memory), BOS, []
+            state, token, rows = model.initial_state(memory), BOS, []
             for next_token in hypothesis.tokens:
-                _, state, feed, weights = model.decode_step(torch.tensor([token]), state, feed, memory)
+                _, state, weights = model.decode_step(torch.tensor([token]), state, memory)
                 rows.append(weights[0, : lengths[b]])
                 token = next_token
             torch.testing.assert_close(hypothesis.attention, torch.stack(rows), atol=1e-6, rtol=1e-5)

@@ -35,7 +35,7 @@ def max_lengths(source_lengths: Tensor, ratio: float, extra: int, cap: int) -> T
 def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> list[Hypothesis]:
     """The most likely next token at each step, until EOS or `max_len` (B,) tokens."""
     memory = model.encode(source, lengths)
-    state, feed = model.initial_state(memory), model.initial_feed(memory)
+    state = model.initial_state(memory)
     batch = source.size(0)
     tokens = source.new_full((batch,), BOS)
     out: list[list[int]] = [[] for _ in range(batch)]
@@ -45,7 +45,7 @@ def greedy(model: Seq2Seq, source: Tensor, lengths: Tensor, max_len: Tensor) -> 
     active = set(range(batch))
     limits = list(zip(lengths.tolist(), max_len.tolist()))
     for t in range(int(max_len.max())):
-        logits, state, feed, weights = model.decode_step(tokens, state, feed, memory)
+        logits, state, weights = model.decode_step(tokens, state, memory)
         attention.append(weights)
         logp, tokens = logits.log_softmax(-1).max(-1)
         step_logp, step_tokens = logp.tolist(), tokens.tolist()
@@ -88,7 +88,7 @@ def beam_search(
     batch, k = source.size(0), beam
     rows = torch.arange(batch, device=source.device).repeat_interleave(k)
     memory = model.encode(source, lengths).select(rows)
-    state, feed = model.initial_state(memory), model.initial_feed(memory)
+    state = model.initial_state(memory)
     tokens = source.new_full((batch * k,), BOS)
     scores = torch.full((batch, k), float("-inf"), device=source.device)
     scores[:, 0] = 0.0  # all beams start as the same empty hypothesis
@@ -97,7 +97,7 @@ def beam_search(
     done = [False] * batch
     limits = list(zip(lengths.tolist(), max_len.tolist()))
     for t in range(int(max_len.max())):
-        logits, state, feed, weights = model.decode_step(tokens, state, feed, memory)
+        logits, state, weights = model.decode_step(tokens, state, memory)
         vocab = logits.size(-1)
         candidates = (scores.unsqueeze(-1) + logits.log_softmax(-1).view(batch, k, vocab)).view(batch, -1)
         top_scores, top_ids = candidates.topk(2 * k, dim=1)
@@ -126,7 +126,7 @@ def beam_search(
         scores, pick = live.topk(k, dim=1)
         beams = (torch.arange(batch, device=source.device).unsqueeze(1) * k + origin.gather(1, pick)).view(-1)
         tokens = word.gather(1, pick).view(-1)
-        state, feed = select_state(state, beams), feed[beams]
+        state = select_state(state, beams)
         lineage.add(beams, tokens, weights)
     return [max(f, key=lambda h: h.score) for f in finished]
 

@@ -10,7 +10,6 @@ from torch import Tensor, nn
 
 from gru_suite.backbone import GRUBackbone, State, valid_mask
 from gru_suite.config import check_choice
-from gru_suite.errors import UserError
 from gru_suite.task import BackboneFactory
 from gru_suite.text import PAD_ID
 
@@ -70,10 +69,9 @@ class Seq2Seq(nn.Module):
 
     Each decoder output `h_t` attends to the source; the attentional vector
     `tanh(W [context; h_t])` (embedding-sized) predicts the next token, through the
-    target embedding matrix when `tie_embeddings`. Without `input_feeding` the
-    decoder GRU runs fused over the whole target (teacher forcing) and attention
-    follows for all steps at once; with it, the previous attentional vector joins
-    each step's input (Luong et al. 2015), which makes training step through time.
+    target embedding matrix when `tie_embeddings`. In training the decoder GRU runs
+    fused over the whole target (teacher forcing) and attention follows for all
+    steps at once; decoding carries the decoder state from step to step.
     """
 
     def __init__(
@@ -83,7 +81,6 @@ class Seq2Seq(nn.Module):
         target_vocab: int,
         embed_size: int,
         attention: AttentionKind = "luong",
-        input_feeding: bool = False,
         dropout: float = 0.0,
         tie_embeddings: bool = True,
         share_embeddings: bool = False,
@@ -95,11 +92,7 @@ class Seq2Seq(nn.Module):
             self.source_embed if share_embeddings else nn.Embedding(target_vocab, embed_size, padding_idx=PAD_ID)
         )
         self.encoder: GRUBackbone = backbone(input_size=embed_size, bidirectional=bidirectional_encoder)
-        self.input_feeding = input_feeding
-        self.decoder: GRUBackbone = backbone(input_size=embed_size * (2 if input_feeding else 1), bidirectional=False)
-        if input_feeding and self.decoder.weight_dropout:
-            raise UserError("backbone.weight_dropout needs task.model.input_feeding=false: with input feeding the "
-                            "decoder runs one step at a time, where no hidden-to-hidden weights are dropped")
+        self.decoder: GRUBackbone = backbone(input_size=embed_size, bidirectional=False)
         hidden = self.decoder.hidden_size
         self.bridge = nn.Linear(self.encoder.output_size, hidden)
         self.attention = Attention(attention, hidden, self.encoder.output_size)
@@ -108,7 +101,6 @@ class Seq2Seq(nn.Module):
         if tie_embeddings:
             self.out.weight = self.target_embed.weight
         self.dropout = nn.Dropout(dropout)
-        self.embed_size = embed_size
 
     @property
     def backbone(self) -> GRUBackbone:
@@ -127,41 +119,22 @@ class Seq2Seq(nn.Module):
         h = h.unsqueeze(0).repeat(self.decoder.num_layers, 1, 1)
         return (h, torch.zeros_like(h)) if self.decoder.cell == "lstm" else h
 
-    def initial_feed(self, memory: Memory) -> Tensor:
-        """The attentional vector fed before the first step (zeros)."""
-        return memory.outputs.new_zeros(memory.outputs.size(0), self.embed_size)
-
-    def _predict(self, decoded: Tensor, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
-        """Logits, attentional vectors and attention weights for decoder outputs (B, T, H)."""
+    def _predict(self, decoded: Tensor, memory: Memory) -> tuple[Tensor, Tensor]:
+        """Logits and attention weights for decoder outputs (B, T, H)."""
         context, weights = self.attention(decoded, memory.keys, memory.outputs, memory.mask)
         attentional = torch.tanh(self.combine(torch.cat([context, decoded], -1)))
-        return self.out(self.dropout(attentional)), attentional, weights
+        return self.out(self.dropout(attentional)), weights
 
     def forward(self, source: Tensor, source_lengths: Tensor, target_in: Tensor, target_lengths: Tensor) -> Tensor:
         """Teacher-forced logits (B, T, V) for target inputs (BOS + tokens)."""
         memory = self.encode(source, source_lengths)
         state = self.initial_state(memory)
-        embedded = self.dropout(self.target_embed(target_in))
-        if not self.input_feeding:
-            decoded, _ = self.decoder(embedded, target_lengths, state)
-            return self._predict(decoded, memory)[0]
-        feed, logits = self.initial_feed(memory), []
-        for t in range(target_in.size(1)):
-            step_logits, state, feed, _ = self._step(embedded[:, t], state, feed, memory)
-            logits.append(step_logits)
-        return torch.stack(logits, 1)
+        decoded, _ = self.decoder(self.dropout(self.target_embed(target_in)), target_lengths, state)
+        return self._predict(decoded, memory)[0]
 
-    def _step(
-        self, embedded: Tensor, state: State, feed: Tensor, memory: Memory
-    ) -> tuple[Tensor, State, Tensor, Tensor]:
-        x = torch.cat([embedded, feed], -1) if self.input_feeding else embedded
-        decoded, state = self.decoder.step(x, state)
-        logits, attentional, weights = self._predict(decoded.unsqueeze(1), memory)
-        return logits.squeeze(1), state, attentional.squeeze(1), weights.squeeze(1)
-
-    def decode_step(
-        self, tokens: Tensor, state: State, feed: Tensor, memory: Memory
-    ) -> tuple[Tensor, State, Tensor, Tensor]:
+    def decode_step(self, tokens: Tensor, state: State, memory: Memory) -> tuple[Tensor, State, Tensor]:
         """One decoding step from the previous tokens (B,) and the carried state:
-        logits (B, V), the new state, the attentional vector to feed, attention weights (B, S)."""
-        return self._step(self.dropout(self.target_embed(tokens)), state, feed, memory)
+        logits (B, V), the new state and the attention weights (B, S)."""
+        decoded, state = self.decoder.step(self.dropout(self.target_embed(tokens)), state)
+        logits, weights = self._predict(decoded.unsqueeze(1), memory)
+        return logits.squeeze(1), state, weights.squeeze(1)

@@ -198,7 +198,6 @@ class TranslationTask(TaskPlugin):
             len(tokenizer_from_state(self.state["target_tokenizer"])),
             model.embed_size,
             attention=model.attention,
-            input_feeding=model.input_feeding,
             dropout=model.dropout,
             tie_embeddings=model.tie_embeddings,
             share_embeddings=self.state["joint"],
