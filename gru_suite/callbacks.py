@@ -88,7 +88,7 @@ class PatientEarlyStopping(EarlyStopping):
 class EMAWeights(EMAWeightAveraging):
     """An exponential moving average of the weights (Lightning's `EMAWeightAveraging`, parameters only) that
     validation, checkpoints, testing and prediction use, kept in the model until validation has ended, so
-    what a task fits at the end of the validation pass (the sentiment task's temperature) is fitted to the
+    what a task fits at the end of the validation pass (a calibration temperature, say) is fitted to the
     averaged weights and saved with them. Lightning's callback swaps the raw weights back before the
     model's `on_validation_epoch_end`, and its `use_buffers` would average such a buffer with stale values.
     """

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite import registry
+from gru_suite.config import leaves
 from gru_suite.errors import UserError, first_named
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
@@ -133,24 +134,14 @@ def settings_apart(stored: DictConfig | None, given: DictConfig, prefix: str) ->
     with 6)'; those the checkpoint lacks (settings newer than it) last, 'task.data.x=1 (not in the checkpoint)'. A
     hint only: a config that cannot be resolved gives none."""
     try:
-        before = _leaves(OmegaConf.to_container(stored, resolve=False)) if stored is not None else {}
-        now = _leaves(OmegaConf.to_container(given, resolve=True))
+        before = dict(leaves(OmegaConf.to_container(stored, resolve=False), "")) if stored is not None else {}
+        now = dict(leaves(OmegaConf.to_container(given, resolve=True), ""))
     except OmegaConfBaseException:
         return []
     differing = [f"{prefix}.{key}={_as_override(now[key])} (trained with {_as_override(before[key])})"
                  for key in now if key in before and now[key] != before[key]]
     newer = [f"{prefix}.{key}={_as_override(now[key])} (not in the checkpoint)" for key in now if key not in before]
     return differing + newer
-
-
-def _leaves(block: Any, key: str = "") -> dict[str, Any]:
-    """A nested config container's values by dotted key (a list is one value; an empty block has none)."""
-    if not isinstance(block, dict):
-        return {key: block}
-    leaves: dict[str, Any] = {}
-    for name, child in block.items():
-        leaves.update(_leaves(child, f"{key}.{name}" if key else str(name)))
-    return leaves
 
 
 def _as_override(value: Any) -> str:

@@ -398,7 +398,7 @@ def leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
     """(dotted key, value) of the leaves of a plain (unresolved) config container, keys under `prefix`."""
     if not isinstance(node, dict):
         return [(prefix, node)]
-    return [leaf for name, child in node.items() for leaf in leaves(child, f"{prefix}.{name}" if prefix else name)]
+    return [leaf for name, child in node.items() for leaf in leaves(child, f"{prefix}.{name}" if prefix else str(name))]
 
 
 def switches_of(defaults: Any) -> list[str]:

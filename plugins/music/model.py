@@ -203,16 +203,16 @@ class MusicModel(nn.Module):
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
-    """`logits` (..., V) with the events outside the top k and outside the nucleus of mass `top_p` at -inf."""
+    """`logits` (..., V) with the events outside the top k and outside the nucleus of mass `top_p` at -inf
+    (transformers' top-k and top-p logits warpers)."""
+    from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
+
+    rows = logits.reshape(-1, logits.size(-1))
     if top_k is not None and top_k < logits.size(-1):
-        kth = logits.topk(top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
+        rows = TopKLogitsWarper(top_k)(None, rows)
     if top_p is not None and top_p < 1:
-        ordered, order = logits.sort(dim=-1, descending=True)
-        prob = ordered.softmax(-1)
-        beyond = prob.cumsum(-1) - prob >= top_p  # the likelier events already reach top_p
-        logits = logits.masked_fill(torch.zeros_like(beyond).scatter(-1, order, beyond), float("-inf"))
-    return logits
+        rows = TopPLogitsWarper(top_p)(None, rows)
+    return rows.view(logits.shape)
 
 
 def sample_events(logits: Tensor, sampling: Sampling, generator: torch.Generator) -> Tensor:
