@@ -504,11 +504,13 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 
 def per_step_split(path: Path, overrides: list[str]) -> list[str]:
     """The standard 12/4/4-month split and the daily season in rows of `path`'s time step, where it is not hourly
-    (ETTm1/ETTm2: 15 minutes) and `overrides` do not set them; the preset's rows are hours."""
+    (ETTm1/ETTm2: 15 minutes) and `overrides` do not set them; the preset's rows are hours. The time column is the
+    preset's, `date`, or the one `task.data.time_column=` names in `overrides`."""
     import pandas as pd
 
+    column = next((o.partition("=")[2] for o in reversed(overrides) if o.startswith("task.data.time_column=")), "date")
     try:
-        stamps = pd.to_datetime(pd.read_csv(path, usecols=["date"], nrows=2)["date"])
+        stamps = pd.to_datetime(pd.read_csv(path, usecols=[column], nrows=2)[column])
     except (OSError, ValueError):  # no such file or column, or no dates: the task's own reading names it
         return []
     step = stamps.iloc[1] - stamps.iloc[0] if len(stamps) == 2 else pd.Timedelta(hours=1)

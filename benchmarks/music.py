@@ -34,12 +34,16 @@ REFERENCES = {"GRU (Chung et al. 2014)": 8.54, "LSTM (Chung et al. 2014)": 8.67,
               "TCN (Bai et al. 2018)": 8.10}
 
 
-def reported_split(jsb: Path) -> str:
-    """`test` when the JSON holds test pieces, else `valid` (which the task then tests on)."""
+def reported_split(jsb: Path) -> str | None:
+    """`test` when the JSON holds test pieces, else `valid` (which the task then tests on); None for a file that
+    is not JSB Chorales JSON (a MIDI file, say), whose pieces have no train/valid/test split to report on."""
     try:
-        return "test" if json.loads(jsb.read_text()).get("test") else "valid"
-    except (ValueError, AttributeError):  # not the JSB layout: the task's own error names what is wrong
-        return "valid"
+        splits = json.loads(jsb.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(splits, dict) or not splits.get("train") or not splits.get("valid"):
+        return None
+    return "test" if splits.get("test") else "valid"
 
 
 def train_head(jsb: Path, head: str, minutes: float, seed: int, out_dir: Path) -> dict[str, Any]:
@@ -110,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    split = reported_split(args.jsb)
+    if (split := reported_split(args.jsb)) is None:
+        print(f"error: {args.jsb}: not JSB Chorales JSON (an object with non-empty \"train\" and \"valid\" lists "
+              "of pieces): the benchmark reports on pieces held out of training", file=sys.stderr)
+        return 2
     results: dict[str, Any] = {"jsb": str(args.jsb), "split": split, "minutes_per_head": args.minutes, "heads": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for head in args.heads.split(","):

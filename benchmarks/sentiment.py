@@ -261,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dev = read_sst(args.dev)
     results, members = zip(*(train_one(args, seed, dev) for seed in args.seed))
+    sst2 = "sst" in str(args.dev.resolve()).lower()  # the published figures are SST-2's, not another corpus's
     table(
-        f"SST-2 sentence level, {args.dev.name} (best checkpoint by held-out macro F1)",
+        f"{'SST-2 sentence level, ' if sst2 else ''}{args.dev.name} (best checkpoint by held-out macro F1)",
         ["model", "seed", "accuracy", "macro F1", "ECE", "ECE raw", "T", "epochs", "s/epoch", "fit s", "pre-train s"],
         [["bi-GRU", r["seed"], r["dev"].get("acc"), r["dev"].get("f1"), r["dev"].get("ece"), r["dev"].get("ece_raw"),
           r["dev"].get("temperature"), r["epochs_run"], r["train_s_per_epoch"], r["fit_wall_s"],
           r["pretrain"]["wall_s"] if r["pretrain"]["epochs"] else "-"] for r in results]
-        + [[name, "", value, "", "", "", "", "", "", "", ""] for name, value in REFERENCES.items()],
+        + [[name, "", value, "", "", "", "", "", "", "", ""] for name, value in REFERENCES.items() if sst2],
     )
     table("training data (first seed)", ["item", "count"], [[k, v] for k, v in results[0]["data"].items()])
     table(f"prediction on CPU ({args.threads} thread(s)), the {len(dev)} sentences of {args.dev.name}",

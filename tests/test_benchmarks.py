@@ -168,6 +168,21 @@ def test_music_generation_timing_recomputes_what_generate_carries(head):
     assert speed["same_notes"]  # the recomputation reads the whole prefix and draws what generate drew
 
 
+def test_the_music_benchmark_refuses_a_file_without_held_out_pieces(tmp_path, capsys):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import music
+
+    midi, one_split = tmp_path / "piece.mid", tmp_path / "train_only.json"
+    midi.write_bytes(b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x01\xe0")
+    one_split.write_text(json.dumps({"train": [[[60, 64]]]}), encoding="utf-8")
+    for path in (midi, one_split):
+        assert music.main(["--jsb", str(path)]) == 2
+        assert f"error: {path}: not JSB Chorales JSON" in capsys.readouterr().err
+    both = tmp_path / "jsb.json"
+    both.write_text(json.dumps({"train": [[[60]]], "valid": [[[62]]]}), encoding="utf-8")
+    assert music.reported_split(both) == "valid"
+
+
 def test_the_speech_benchmark_tests_fsdds_own_test_takes_given_the_dataset_or_its_recordings(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     import speech
@@ -248,6 +263,10 @@ def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_
     assert forecasting.per_step_split(quarter, []) == ["task.data.split=[34560,11520,11520]", "task.data.season=96"]
     assert forecasting.per_step_split(quarter, ["task.data.season=48"]) == ["task.data.split=[34560,11520,11520]"]
     assert forecasting.per_step_split(tmp_path / "missing.csv", []) == []
+    renamed = tmp_path / "ETTm2.csv"
+    renamed.write_text(quarter.read_text().replace("date,", "stamp,", 1))
+    assert forecasting.per_step_split(renamed, ["task.data.time_column=stamp"]) == [
+        "task.data.split=[34560,11520,11520]", "task.data.season=96"]  # the time column the overrides name
 
 
 def test_the_etth1_section_trains_at_the_seed_given_else_at_the_presets(tmp_path, monkeypatch):

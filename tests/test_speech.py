@@ -839,7 +839,7 @@ def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
         split_fsdd(utterances, None, [10, 12], ["bob", "george"])
     with pytest.raises(UserError, match=re.escape("the FSDD split leaves no test recordings: test takes [0, 4], test "
                                                   "speakers [], validation takes [10, 12], and the recordings here "
-                                                  "have takes 5-20 (check task.data.fsdd_split)")):
+                                                  "have takes 5, 10, 20 (check task.data.fsdd_split)")):
         split_fsdd(utterances, [0, 4], [10, 12], [])
 
 

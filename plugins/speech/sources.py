@@ -248,11 +248,18 @@ def split_fsdd(utterances: list[Utterance], test_takes: list[int] | None, val_ta
                         f"{speakers}")
     for name, items in split.items():
         if not items:
-            takes = sorted({u.take for u in utterances if u.take is not None})
+            takes = _as_ranges(sorted({u.take for u in utterances if u.take is not None}))
             raise UserError(f"the FSDD split leaves no {name} recordings: test takes {test_takes}, test speakers "
                             f"{test_speakers}, validation takes {val_takes}, and the recordings here have takes "
-                            f"{takes[0]}-{takes[-1]} (check task.data.fsdd_split)")
+                            f"{takes} (check task.data.fsdd_split)")
     return split
+
+
+def _as_ranges(numbers: list[int]) -> str:
+    """Sorted whole numbers as inclusive ranges: [0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    starts = [n for i, n in enumerate(numbers) if i == 0 or numbers[i - 1] != n - 1]
+    ends = [n for i, n in enumerate(numbers) if i == len(numbers) - 1 or numbers[i + 1] != n + 1]
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in zip(starts, ends))
 
 
 def connect(pool: list[Utterance], count: int, words: tuple[int, int], pause_s: tuple[float, float],
