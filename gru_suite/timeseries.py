@@ -67,6 +67,7 @@ def read_series_csv(
     missing: MissingPolicy = "error",
     time_unit: str | None = None,
     named_by: Mapping[str, str] | None = None,
+    time_format: str | None = None,
 ) -> Series:
     """Read numeric `columns` (default: every column but the time column) from a CSV; `named_by` maps a column to
     the setting that asked for it, which the error of a missing one names.
@@ -76,14 +77,17 @@ def read_series_csv(
     (with `missing="error"`) an empty cell; `missing="interpolate"` fills gaps
     linearly in time order instead, `missing="skip"` leaves their rows out (into `Series.skipped`). Timestamps
     that do not increase are a warning naming the first such line; rows keep their order in the file. A time
-    column of numbers is Unix time in `time_unit` (one of `TIME_UNITS`), and refused without one.
+    column of numbers is Unix time in `time_unit` (one of `TIME_UNITS`), and refused without one. Dates are read
+    in `time_format` (strftime codes, `%d/%m/%Y`), else in the format pandas infers from the first (a warning
+    where every date could be read day-first as well as month-first).
     """
     csv_path = Path(path)
     if csv_path.is_dir():
         raise UserError(f"{csv_path} is a folder: expected a CSV file")
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit, named_by)
+    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit, named_by,
+                             time_format)
 
 
 def series_from_frame(
@@ -94,6 +98,7 @@ def series_from_frame(
     missing: MissingPolicy = "error",
     time_unit: str | None = None,
     named_by: Mapping[str, str] | None = None,
+    time_format: str | None = None,
 ) -> Series:
     """`read_series_csv` of a CSV already read into `frame` (from `csv_path`, which the errors name)."""
     available = list(frame.columns)
@@ -109,7 +114,7 @@ def series_from_frame(
     if frame.empty:
         raise UserError(f"{csv_path}: no data rows")
     values = np.stack([_numeric_column(frame[name], csv_path) for name in wanted], axis=1)
-    stamps, clock = _timestamps(frame, time_column, csv_path, time_unit)  # its errors before any warning
+    stamps, clock = _timestamps(frame, time_column, csv_path, time_unit, time_format)  # its errors before warnings
     values, left_out = _handle_missing(values, wanted, csv_path, missing)
     _warn_of_unordered(stamps, csv_path, time_column)
     if left_out is None:
@@ -208,12 +213,17 @@ def _handle_missing(
     return filled, None
 
 
-def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path,
-                unit: str | None) -> tuple[pd.Index, pd.Index | None]:
+def _timestamps(frame: pd.DataFrame, time_column: str | None, path: Path, unit: str | None,
+                form: str | None = None) -> tuple[pd.Index, pd.Index | None]:
     """The rows' timestamps (row numbers without `time_column`) and, where they differ, their wall clock."""
     if time_column is None:
         return pd.RangeIndex(len(frame)), None
-    if unit is None:
+    if unit is not None and form is not None:
+        raise UserError("task.data.time_unit (Unix time) and task.data.time_format (dates) are both set: set the one "
+                        "that describes the time column")
+    if form is not None:
+        stamps, clock = _formatted_timestamps(frame[time_column], path, form)
+    elif unit is None:
         stamps, clock = _parse_timestamps(frame, time_column, path)
     else:
         stamps, clock = _unix_times(frame[time_column], path, unit), None
@@ -251,12 +261,65 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
                 stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=utc, format=form))
             except (ValueError, TypeError):
                 continue
+            if form is None:
+                _warn_if_day_first_too(column, stamps, path)
             # with UTC, also each stamp's own local time, as a stream reads them one at a time (`Calendar.row`)
             return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(text)) for text in column]) if utc else None
     parsed = pd.to_datetime(column, errors="coerce", utc=True)
     row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
-    raise UserError(
-        f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp {column.iloc[row]!r}")
+    first = _first_text(column)
+    month_first, day_first = _guessed_formats(first)
+    hint = (f" (dates such as {first!r} were read month-first, {month_first!r}; if they are day-first, set "
+            f"task.data.time_format='{day_first}')") if month_first != day_first else ""
+    raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
+                    f"{column.iloc[row]!r}{hint}")
+
+
+def _formatted_timestamps(column: pd.Series, path: Path, form: str) -> tuple[pd.DatetimeIndex, pd.Index | None]:
+    """`column` read in the strftime format `form` (`task.data.time_format`); UTC where the offsets differ."""
+    if not isinstance(form, str) or "%" not in form:
+        raise UserError(f"task.data.time_format must be a date format in strftime codes, such as '%d/%m/%Y %H:%M', "
+                        f"not {form!r}")
+    text = column.astype("string") if not pd.api.types.is_string_dtype(column) else column  # 20240101 read as text
+    for utc in (False, True):
+        try:
+            stamps = pd.DatetimeIndex(pd.to_datetime(text, format=form, utc=utc))
+        except (ValueError, TypeError):
+            continue
+        return stamps, pd.DatetimeIndex([wall_clock(parse_timestamp(t, form=form)) for t in text]) if utc else None
+    try:
+        parsed = pd.to_datetime(text, format=form, errors="coerce", utc=True)
+    except ValueError as err:  # a code strftime does not know
+        raise UserError(f"task.data.time_format {form!r}: {err}") from None
+    row = int(np.argmax(parsed.isna().to_numpy() & text.notna().to_numpy()))
+    raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {column.iloc[row]!r} does not match "
+                    f"task.data.time_format {form!r}")
+
+
+def _first_text(column: pd.Series) -> str:
+    return str(column.dropna().iloc[0]) if column.notna().any() else ""
+
+
+def _guessed_formats(text: str) -> tuple[str | None, str | None]:
+    """The formats pandas guesses for the date `text` read month-first and read day-first (equal: not ambiguous;
+    a date that starts with its year, 2020-01-02, is year-month-day)."""
+    from pandas.tseries.api import guess_datetime_format
+
+    month_first = guess_datetime_format(text)
+    if month_first is None or month_first.startswith("%Y"):
+        return month_first, month_first
+    return month_first, guess_datetime_format(text, dayfirst=True)
+
+
+def _warn_if_day_first_too(column: pd.Series, stamps: pd.DatetimeIndex, path: Path) -> None:
+    """Warn where pandas read the dates of `column` month-first and every one of them reads day-first as well."""
+    first = _first_text(column)
+    month_first, day_first = _guessed_formats(first)
+    if month_first == day_first or month_first is None or day_first is None or not (stamps.day <= 12).all():
+        return
+    log.warning("%s, column %r: dates such as %r read month-first (%s) and would read day-first as well: set "
+                "task.data.time_format='%s' if they are day-first ('%s' to say they are month-first)", path,
+                column.name, first, f"{stamps[0]:%Y-%m-%d}", day_first, month_first)
 
 
 def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:
@@ -274,10 +337,12 @@ def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:
         raise UserError(f"{path}, column {column.name!r}: Unix times in {unit} out of range ({err})") from err
 
 
-def parse_timestamp(value: Any, unit: str | None = None) -> pd.Timestamp:
-    """One timestamp as `read_series_csv` reads a time column: a date, or with `unit` a number of Unix time (UTC);
-    NaT for anything else (an empty or unparseable value)."""
+def parse_timestamp(value: Any, unit: str | None = None, form: str | None = None) -> pd.Timestamp:
+    """One timestamp as `read_series_csv` reads a time column: a date (in the strftime format `form`, if given), or
+    with `unit` a number of Unix time (UTC); NaT for anything else (an empty or unparseable value)."""
     try:
+        if form is not None:
+            return pd.to_datetime(str(value), format=form)
         if unit is None:
             return pd.Timestamp(value)
         return pd.to_datetime(pd.to_numeric(value), unit=unit, utc=True)

@@ -660,12 +660,17 @@ def test_calendar_features_of_a_file_whose_utc_offset_changes_are_those_a_stream
     np.testing.assert_allclose(streamed, calendar.features(local.tz_localize(None)), atol=1e-6)  # the local hour
 
 
-def test_a_unix_time_column_feeds_the_calendar_in_batch_and_in_a_stream_alike(tmp_path):
+@pytest.mark.parametrize("setting, refused", [
+    ("time_unit=s", r"not a timestamp \(a number: Unix time in s\): '2023-11-15'"),
+    ("time_format=%d/%m/%Y %H:%M:%S", r"not a timestamp \(a date written '%d/%m/%Y %H:%M:%S'\): '2023-11-15'"),
+], ids=["unix-time", "day-first-dates"])
+def test_a_time_column_read_as_set_feeds_the_calendar_in_batch_and_in_a_stream_alike(tmp_path, setting, refused):
     seconds = 1_700_000_000 + 3600 * np.arange(300)
     values = np.sin(np.arange(300) * 2 * np.pi / 24).astype(np.float32)[:, None]
-    path = tmp_path / "unix.csv"
-    pd.DataFrame({"timestamp": seconds, "value": values[:, 0]}).to_csv(path, index=False)
-    overrides = [f"task.data.path={path}", "task.data.time_unit=s", "task.data.calendar=[time_of_day]",
+    written = seconds if "unit" in setting else pd.to_datetime(seconds, unit="s").strftime("%d/%m/%Y %H:%M:%S")
+    path = tmp_path / "stamped.csv"
+    pd.DataFrame({"timestamp": written, "value": values[:, 0]}).to_csv(path, index=False)
+    overrides = [f"task.data.path={path}", f"task.data.{setting}", "task.data.calendar=[time_of_day]",
                  "task.data.probation=0.5", "task.data.crop_length=16"]
     task = run.build_task(compose_train_config("anomaly", overrides, tmp_path / "cfg").task)
     task.datamodule()
@@ -675,13 +680,13 @@ def test_a_unix_time_column_feeds_the_calendar_in_batch_and_in_a_stream_alike(tm
     torch.manual_seed(0)
     model = NextStepForecaster(partial(GRUBackbone, hidden_size=8, num_layers=1), 1, n_covariates=2).eval()
     stream = task.stream(model, data.probation)
-    online = [stream.update(v, str(t)) for v, t in zip(values, seconds)]
+    online = [stream.update(v, str(t)) for v, t in zip(values, written)]
     with torch.no_grad():
         raw = task.raw_scores(model, 0, data.inputs[None]).numpy()
     batch = task.flagger().run(raw, data.probation, values)
     start = data.probation - 1
     np.testing.assert_allclose([s for s, _ in online][start:], batch.score[start:], rtol=1e-4, atol=1e-6)
-    with pytest.raises(UserError, match=r"not a timestamp \(a number: Unix time in s\): '2023-11-15'"):
+    with pytest.raises(UserError, match=refused):
         stream.update(values[0], "2023-11-15")
 
 

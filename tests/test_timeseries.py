@@ -121,6 +121,39 @@ def test_plots_name_rows_by_timestamp_or_by_their_number_in_the_csv_artifacts(tm
     assert read_series_csv(write(tmp_path, "a\n1\n2\n"), ["a"]).row_names(range(2)) == ["row 0", "row 1"]
 
 
+def test_dates_are_read_in_the_time_format_given_and_an_ambiguous_month_first_reading_is_warned_of(tmp_path, caplog):
+    monthly = write(tmp_path, "t,a\n01/02/2020,1\n01/03/2020,2\n01/04/2020,3\n")  # day first: 1 Feb, 1 Mar, 1 Apr
+    with caplog.at_level("WARNING"):
+        guessed = read_series_csv(monthly, ["a"], "t").timestamps
+    assert list(guessed) == list(pd.to_datetime(["2020-01-02", "2020-01-03", "2020-01-04"]))
+    assert ("dates such as '01/02/2020' read month-first (2020-01-02) and would read day-first as well: set task.data."
+            "time_format='%d/%m/%Y' if they are day-first ('%m/%d/%Y' to say they are month-first)") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        given = read_series_csv(monthly, ["a"], "t", time_format="%d/%m/%Y").timestamps
+        read_series_csv(write(tmp_path, "t,a\n2020-01-01,1\n2020-02-01,2\n", "iso.csv"), ["a"], "t")
+    assert list(given) == list(pd.to_datetime(["2020-02-01", "2020-03-01", "2020-04-01"])) and not caplog.text
+    assert [parse_timestamp(text, form="%d/%m/%Y") for text in ("01/02/2020", "01/04/2020")] == [given[0], given[2]]
+    day_first = write(tmp_path, "t,a\n01/02/2020 10:00,1\n13/02/2020 10:00,2\n")
+    with pytest.raises(UserError, match=re.escape("line 3, column 't': unparseable timestamp '13/02/2020 10:00' "
+                                                  "(dates such as '01/02/2020 10:00' were read month-first, "
+                                                  "'%m/%d/%Y %H:%M'; if they are day-first, set "
+                                                  "task.data.time_format='%d/%m/%Y %H:%M')")):
+        read_series_csv(day_first, ["a"], "t")
+    with pytest.raises(UserError, match=re.escape("line 3, column 't': '13/02/2020 10:00' does not match "
+                                                  "task.data.time_format '%m/%d/%Y %H:%M'")):
+        read_series_csv(day_first, ["a"], "t", time_format="%m/%d/%Y %H:%M")
+    compact = read_series_csv(write(tmp_path, "t,a\n2024010123,1\n", "compact.csv"), ["a"], "t", time_format="%Y%m%d%H")
+    assert compact.timestamps[0] == pd.Timestamp("2024-01-01 23:00")  # digits read as a date, not as a number
+    with pytest.raises(UserError, match=r"task.data.time_format '%Q': 'Q' is a bad directive"):
+        read_series_csv(day_first, ["a"], "t", time_format="%Q")
+    with pytest.raises(UserError, match=r"time_format must be a date format in strftime codes.*not 'dmy'"):
+        read_series_csv(day_first, ["a"], "t", time_format="dmy")
+    with pytest.raises(UserError, match=r"task.data.time_unit \(Unix time\) and task.data.time_format \(dates\) are "
+                                        r"both set"):
+        read_series_csv(day_first, ["a"], "t", time_unit="s", time_format="%d/%m/%Y %H:%M")
+
+
 def test_a_time_column_of_numbers_is_unix_time_in_the_unit_given(tmp_path):
     path = write(tmp_path, "t,a\n1700000000,1\n\n1700003600.5,2\n")
     stamps = read_series_csv(path, ["a"], "t", time_unit="s").timestamps

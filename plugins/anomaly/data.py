@@ -199,13 +199,14 @@ def load_streams(
     preferred_columns: Sequence[str] | None = None,
     time_unit: str | None = None,
     labels_optional: bool = False,
+    time_format: str | None = None,
 ) -> list[StreamData]:
     """Every series under `path`, scaled on its own probationary part, with its labels if any
     and the `calendar` features of its timestamps. `preferred_columns`, a trained detector's, choose
     the value columns of files that hold them all when `value_columns` are not given (`_trained_columns`);
-    a time column of numbers is Unix time in `time_unit`. With `labels_optional` (a trained detector scoring),
-    a file without `label_column` takes its labels from the windows file beside the data, if any, else is scored
-    without labels, with a warning; else it is an error."""
+    a time column of numbers is Unix time in `time_unit`, dates are in `time_format` if given. With
+    `labels_optional` (a trained detector scoring), a file without `label_column` takes its labels from the windows
+    file beside the data, if any, else is scored without labels, with a warning; else it is an error."""
     root, files = csv_files(path)
     beside = windows_path == "auto"
     if beside:
@@ -231,7 +232,7 @@ def load_streams(
             raise UserError(f"{file}: value columns {columns} differ from {first.columns} of {first.path}; "
                             "all files must have the same ones (or set task.data.value_columns)")
         series = series_from_frame(frame, file, columns, time_column, missing, time_unit,
-                                   dict.fromkeys(value_columns or (), "task.data.value_columns"))
+                                   dict.fromkeys(value_columns or (), "task.data.value_columns"), time_format)
         n_probation = min(int(probation * len(series.values)), probation_max)
         if n_probation < min_probation:
             raise UserError(

@@ -181,7 +181,8 @@ class AnomalyStream:
     """Score a live stream one observation at a time, with constant memory and time per point
     once the probationary period is over (during it, its observations are kept to fit the
     scaler and calibrate the threshold). A detector trained with `calendar` features needs
-    each observation's timestamp (a number: Unix time in `time_unit`, as `task.data.time_unit` reads them)."""
+    each observation's timestamp (a number: Unix time in `time_unit`, as `task.data.time_unit` reads them; a date
+    in `time_format`, as `task.data.time_format`, if given)."""
 
     def __init__(
         self,
@@ -192,6 +193,7 @@ class AnomalyStream:
         calendar: Calendar = Calendar(),
         time_unit: str | None = None,
         skip_missing: bool = False,
+        time_format: str | None = None,
     ) -> None:
         self.skip_missing = skip_missing
         self.observations = 0  # taken so far, skipped ones not counted
@@ -200,7 +202,7 @@ class AnomalyStream:
         self.flagger = flagger
         self.probation = probation
         self.calendar = calendar
-        self.time_unit = time_unit
+        self.time_unit, self.time_format = time_unit, time_format
         self._warmup: list[tuple[np.ndarray, np.ndarray]] | None = []
         self.scaler: StandardScaler | None = None
 
@@ -228,9 +230,10 @@ class AnomalyStream:
         if timestamp is None:
             raise UserError(f"this detector reads calendar features {list(self.calendar.kinds)}: "
                             "give each observation's timestamp")
-        stamp = parse_timestamp(timestamp, self.time_unit)
+        stamp = parse_timestamp(timestamp, self.time_unit, self.time_format)
         if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
-            unit = f" (a number: Unix time in {self.time_unit})" if self.time_unit else ""
+            unit = f" (a number: Unix time in {self.time_unit})" if self.time_unit else \
+                f" (a date written {self.time_format!r})" if self.time_format else ""
             raise UserError(f"not a timestamp{unit}: {timestamp!r}")
         return self.calendar.row(stamp)
 

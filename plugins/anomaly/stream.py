@@ -2,7 +2,8 @@
 
 Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
-features: a date, or Unix time in the checkpoint's task.data.time_unit); each output
+features: a date, written as the checkpoint's task.data.time_format says if it is set,
+or Unix time in its task.data.time_unit); each output
 line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
 lines are skipped, and so is a first line of column names (a CSV's header: a word a column).
 A detector trained with task.data.missing=skip skips an observation with a missing value (an

@@ -61,7 +61,7 @@ class AnomalyTask(TaskPlugin):
             data.get("windows_path"), data.probation, data.probation_max, data.get("missing", "interpolate"),
             min_probation=2 if trained else 2 * data.crop_length, calendar=self.calendar,
             preferred_columns=self.state.get("value_columns"), time_unit=data.get("time_unit"),
-            labels_optional=labels_optional,
+            time_format=data.get("time_format"), labels_optional=labels_optional,
         )
         flagger = self.flagger()  # a bad scoring or retraining config fails now, not after training
         self.retraining()
@@ -135,7 +135,8 @@ class AnomalyTask(TaskPlugin):
     def stream(self, model: nn.Module, probation: int) -> AnomalyStream:
         """A live scorer with this task's flagger, retraining and calendar features."""
         return AnomalyStream(model, self.flagger(), probation, self.retraining(), self.calendar,
-                             self.cfg.data.get("time_unit"), skip_missing=self.cfg.data.get("missing") == "skip")
+                             self.cfg.data.get("time_unit"), skip_missing=self.cfg.data.get("missing") == "skip",
+                             time_format=self.cfg.data.get("time_format"))
 
     @property
     def calendar(self) -> Calendar:

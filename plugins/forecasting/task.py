@@ -61,7 +61,7 @@ class ForecastingTask(TaskPlugin):
         columns = list(dict.fromkeys([*features, *targets]))
         named_by = {name: " and ".join(key for key, names in asked.items() if name in names) for name in columns}
         series = read_series_csv(data.path, columns, data.get("time_column"), data.get("missing", "error"),
-                                 data.get("time_unit"), named_by)
+                                 data.get("time_unit"), named_by, data.get("time_format"))
         missing_targets = [t for t in targets if t not in features]
         if missing_targets:
             raise UserError(f"task.data.targets {missing_targets} must also be in task.data.features {features}")
