@@ -843,6 +843,25 @@ def test_fsdd_layout_and_split(tmp_path: Path, caplog) -> None:
         split_fsdd(utterances, [0, 4], [10, 12], [])
 
 
+def test_a_split_of_ones_own_replaces_that_fsdd_split_and_a_demo_manifest_does_not(tmp_path: Path) -> None:
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for speaker in ("ann", "bob"):
+        for take in (5, 10, 20):
+            write_wav(recordings / f"3_{speaker}_{take}.wav", speak(["three"], seed=take))
+    write_wav(tmp_path / "mine.wav", speak(["seven"], seed=1))
+    (tmp_path / "mine.jsonl").write_text(json.dumps({"audio_filepath": "mine.wav", "text": "seven"}) + "\n")
+    fsdd = [f"task.data.fsdd={tmp_path / 'fsdd'}", "task.data.fsdd_split.test_takes=[5,5]",
+            "task.data.fsdd_split.val_takes=[10,10]", "task.data.connected.train=0", "task.data.connected.val=0",
+            "task.data.connected.test=0"]
+    own_test = run.build_task(compose_train_config("speech", [*fsdd, f"task.data.test={tmp_path / 'mine.jsonl'}"],
+                                                   tmp_path / "cfg").task)
+    assert [u.text for u in own_test.split("test")] == ["seven"]  # as gru-suite-eval task.data.test=... reads it
+    assert {u.take for u in own_test.split("train")} == {20} and {u.take for u in own_test.split("val")} == {10}
+    demo = run.build_task(compose_train_config("speech", fsdd, tmp_path / "cfg").task)  # the bundled manifests
+    assert {(u.speaker, u.take) for u in demo.split("test")} == {("ann", 5), ("bob", 5)}
+
+
 def test_connected_utterances_join_words_with_pauses() -> None:
     pool = read_manifest(BUNDLED / "val.jsonl", RATE)[:10]
     made = list(connect(pool, 5, (2, 4), (0.1, 0.2), 6.0, seed=1, sample_rate=RATE))

@@ -16,7 +16,7 @@ from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
-from gru_suite.config import as_list, check_own_splits, config_number
+from gru_suite.config import as_list, check_own_splits, config_number, in_bundled_data
 from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import TOKENIZER_KINDS
@@ -247,14 +247,16 @@ class SpeechTask(TaskPlugin):
                           self.state.get("online_prior"), self.endpointer())
 
     def split(self, name: str) -> list[Utterance]:
-        """The `train`, `val` or `test` utterances (FSDD split or that split's manifest/folder), plus the
-        connected ones `data.connected` asks for; read on first use."""
+        """The `train`, `val` or `test` utterances (that split's manifest/folder of the user's own, else the FSDD
+        split where `data.fsdd` is set, else the split's manifest/folder), plus the connected ones `data.connected`
+        asks for; read on first use."""
         if name not in self._splits:
             data, rate = self.cfg.data, self.features.sample_rate
-            if data.get("fsdd"):
+            if self._from_fsdd(name):
                 split = data.fsdd_split
-                read = split_fsdd(read_fsdd(data.fsdd, rate), split.get("test_takes"), split.get("val_takes"),
+                fsdd = split_fsdd(read_fsdd(data.fsdd, rate), split.get("test_takes"), split.get("val_takes"),
                                   list(split.get("test_speakers") or []))
+                read = {key: utterances for key, utterances in fsdd.items() if self._from_fsdd(key)}
             elif data.get(name) in (None, "") and name == "test":  # the validation split as it is, connected too
                 log.info("no task.data.test: testing on the validation split %s", data.val)
                 self._splits[name] = self.split("val")
@@ -273,10 +275,16 @@ class SpeechTask(TaskPlugin):
                 self._splits[key] = utterances + connected
         return self._splits[name]
 
+    def _from_fsdd(self, name: str) -> bool:
+        """Whether the split `name` comes from FSDD: `data.fsdd` is set and `data.<name>` names no data of the user's
+        own (unset, or left at the bundled demo manifest; a test manifest given to evaluate an FSDD model is read)."""
+        given = self.cfg.data.get(name)
+        return bool(self.cfg.data.get("fsdd")) and (given in (None, "") or in_bundled_data(given))
+
     def _source(self, name: str) -> str:
         """Where the split `name` is read from, for messages."""
         data = self.cfg.data
-        if data.get("fsdd"):
+        if self._from_fsdd(name):
             return f"{data.fsdd} ({name} split)"
         return str(data.val if data.get(name) is None else data[name])  # testing falls back on val
 
