@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from gru_suite.data import batch_loader  # noqa: F401  (moved to gru_suite.data; kept for plugins importing it here)
 from gru_suite.errors import UserError
 from gru_suite.text import read_lines
 
@@ -86,8 +88,8 @@ def read_series_csv(
         raise UserError(f"{csv_path} is a folder: expected a CSV file")
     if not csv_path.is_file():
         raise UserError(f"data file not found: {csv_path}")
-    return series_from_frame(read_csv_frame(csv_path), csv_path, columns, time_column, missing, time_unit, named_by,
-                             time_format)
+    frame = read_csv_frame(csv_path, [time_column] if time_format is not None and time_column is not None else [])
+    return series_from_frame(frame, csv_path, columns, time_column, missing, time_unit, named_by, time_format)
 
 
 def series_from_frame(
@@ -139,11 +141,11 @@ def data_line(path: Path, row: int) -> int:
     return next(islice(filled, row, None), row + 2)
 
 
-def read_csv_frame(path: Path) -> pd.DataFrame:
-    """`pd.read_csv(path)`, or a UserError naming the file (and the line of bytes that are not UTF-8, or the column
-    its header names twice)."""
+def read_csv_frame(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:
+    """`pd.read_csv(path)`, `text_columns` read as text (dates written as digits keep their leading zeros), or a
+    UserError naming the file (and the line of bytes that are not UTF-8, or the column its header names twice)."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, "string") or None)
     except UnicodeDecodeError as err:
         if path.suffix not in ARCHIVE_SUFFIXES:
             read_lines(path)  # names the first line that is not UTF-8
@@ -258,7 +260,9 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
     for utc in (False, True):
         for form in (None, "ISO8601"):
             try:
-                stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=utc, format=form))
+                with warnings.catch_warnings():  # each date read on its own (01/02/20): said below where it matters
+                    warnings.filterwarnings("ignore", message="Could not infer format")
+                    stamps = pd.DatetimeIndex(pd.to_datetime(column, utc=utc, format=form))
             except (ValueError, TypeError):
                 continue
             if form is None:
@@ -270,9 +274,20 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
     first = _first_text(column)
     month_first, day_first = _guessed_formats(first)
     hint = (f" (dates such as {first!r} were read month-first, {month_first!r}; if they are day-first, set "
-            f"task.data.time_format='{day_first}')") if month_first != day_first else ""
+            f"task.data.time_format='{day_first}')") if _reads(column.iloc[row], day_first, month_first) else ""
     raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
                     f"{column.iloc[row]!r}{hint}")
+
+
+def _reads(text: Any, form: str | None, other: str | None) -> bool:
+    """Whether the date format `form`, another than `other`, reads `text`."""
+    if form is None or form == other:
+        return False
+    try:
+        pd.to_datetime(str(text), format=form)
+    except ValueError:
+        return False
+    return True
 
 
 def _formatted_timestamps(column: pd.Series, path: Path, form: str) -> tuple[pd.DatetimeIndex, pd.Index | None]:
@@ -280,7 +295,7 @@ def _formatted_timestamps(column: pd.Series, path: Path, form: str) -> tuple[pd.
     if not isinstance(form, str) or "%" not in form:
         raise UserError(f"task.data.time_format must be a date format in strftime codes, such as '%d/%m/%Y %H:%M', "
                         f"not {form!r}")
-    text = column.astype("string") if not pd.api.types.is_string_dtype(column) else column  # 20240101 read as text
+    text = column.astype("string")  # a frame read without the column as text: its cells as pandas wrote them
     for utc in (False, True):
         try:
             stamps = pd.DatetimeIndex(pd.to_datetime(text, format=form, utc=utc))
@@ -297,29 +312,42 @@ def _formatted_timestamps(column: pd.Series, path: Path, form: str) -> tuple[pd.
 
 
 def _first_text(column: pd.Series) -> str:
+    """The first cell of `column` that is not empty, as text ("" if none)."""
     return str(column.dropna().iloc[0]) if column.notna().any() else ""
 
 
 def _guessed_formats(text: str) -> tuple[str | None, str | None]:
     """The formats pandas guesses for the date `text` read month-first and read day-first (equal: not ambiguous;
-    a date that starts with its year, 2020-01-02, is year-month-day)."""
+    a date that starts with its year, 2020-01-02, is year-month-day; None: no format pandas can name)."""
     from pandas.tseries.api import guess_datetime_format
 
-    month_first = guess_datetime_format(text)
-    if month_first is None or month_first.startswith("%Y"):
-        return month_first, month_first
-    return month_first, guess_datetime_format(text, dayfirst=True)
+    with warnings.catch_warnings():  # pandas' own "Parsing dates in %m/%d/%Y format when dayfirst=True"
+        warnings.simplefilter("ignore")
+        month_first = guess_datetime_format(text)
+        if month_first is not None and month_first.startswith("%Y"):
+            return month_first, month_first
+        return month_first, guess_datetime_format(text, dayfirst=True)
 
 
 def _warn_if_day_first_too(column: pd.Series, stamps: pd.DatetimeIndex, path: Path) -> None:
     """Warn where pandas read the dates of `column` month-first and every one of them reads day-first as well."""
     first = _first_text(column)
     month_first, day_first = _guessed_formats(first)
-    if month_first == day_first or month_first is None or day_first is None or not (stamps.day <= 12).all():
+    if month_first == day_first and month_first is not None:
         return
-    log.warning("%s, column %r: dates such as %r read month-first (%s) and would read day-first as well: set "
-                "task.data.time_format='%s' if they are day-first ('%s' to say they are month-first)", path,
-                column.name, first, f"{stamps[0]:%Y-%m-%d}", day_first, month_first)
+    if month_first is None:  # pandas read each date on its own (01/02/20): read them day-first too, and compare
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            other = pd.DatetimeIndex(pd.to_datetime(column, dayfirst=True, errors="coerce", utc=stamps.tz is not None))
+        if other.isna().any() or other.equals(stamps):
+            return
+        advice = "set task.data.time_format (strftime codes, such as '%d/%m/%y') to say which"
+    elif day_first is None or not (stamps.day <= 12).all():
+        return
+    else:
+        advice = f"set task.data.time_format='{day_first}' if they are day-first ('{month_first}' if month-first)"
+    log.warning("%s, column %r: dates such as %r read month-first (%s) and would read day-first as well: %s", path,
+                column.name, first, f"{stamps[0]:%Y-%m-%d}", advice)
 
 
 def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:

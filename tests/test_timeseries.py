@@ -127,7 +127,7 @@ def test_dates_are_read_in_the_time_format_given_and_an_ambiguous_month_first_re
         guessed = read_series_csv(monthly, ["a"], "t").timestamps
     assert list(guessed) == list(pd.to_datetime(["2020-01-02", "2020-01-03", "2020-01-04"]))
     assert ("dates such as '01/02/2020' read month-first (2020-01-02) and would read day-first as well: set task.data."
-            "time_format='%d/%m/%Y' if they are day-first ('%m/%d/%Y' to say they are month-first)") in caplog.text
+            "time_format='%d/%m/%Y' if they are day-first ('%m/%d/%Y' if month-first)") in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
         given = read_series_csv(monthly, ["a"], "t", time_format="%d/%m/%Y").timestamps
@@ -143,8 +143,18 @@ def test_dates_are_read_in_the_time_format_given_and_an_ambiguous_month_first_re
     with pytest.raises(UserError, match=re.escape("line 3, column 't': '13/02/2020 10:00' does not match "
                                                   "task.data.time_format '%m/%d/%Y %H:%M'")):
         read_series_csv(day_first, ["a"], "t", time_format="%m/%d/%Y %H:%M")
-    compact = read_series_csv(write(tmp_path, "t,a\n2024010123,1\n", "compact.csv"), ["a"], "t", time_format="%Y%m%d%H")
-    assert compact.timestamps[0] == pd.Timestamp("2024-01-01 23:00")  # digits read as a date, not as a number
+    compact = read_series_csv(write(tmp_path, "t,a\n01022020,1\n15022020,2\n", "compact.csv"), ["a"], "t",
+                              time_format="%d%m%Y")
+    assert list(compact.timestamps) == list(pd.to_datetime(["2020-02-01", "2020-02-15"]))  # digits read as text
+    with pytest.raises(UserError, match=r"line 3, column 't': empty timestamp"):
+        read_series_csv(write(tmp_path, "t,a\n01022020,1\n,2\n", "gap.csv"), ["a"], "t", time_format="%d%m%Y")
+    with pytest.raises(UserError, match=r"unparseable timestamp 'xx'$"):  # day-first would not read it either
+        read_series_csv(write(tmp_path, "t,a\n01/02/2020,1\nxx,2\n", "xx.csv"), ["a"], "t")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        read_series_csv(write(tmp_path, "t,a\n01/02/20,1\n01/03/20,2\n", "yy.csv"), ["a"], "t")  # no format named
+    assert "dates such as '01/02/20' read month-first (2020-01-02) and would read day-first as well: set " \
+           "task.data.time_format (strftime codes, such as '%d/%m/%y') to say which" in caplog.text
     with pytest.raises(UserError, match=r"task.data.time_format '%Q': 'Q' is a bad directive"):
         read_series_csv(day_first, ["a"], "t", time_format="%Q")
     with pytest.raises(UserError, match=r"time_format must be a date format in strftime codes.*not 'dmy'"):

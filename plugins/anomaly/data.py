@@ -217,7 +217,7 @@ def load_streams(
     streams: list[StreamData] = []
     unlabelled: list[str] = []
     for file in files:
-        frame = read_csv_frame(file)
+        frame = read_csv_frame(file, [time_column] if time_format is not None and time_column is not None else [])
         labels = label_column if label_column in frame.columns else None
         if label_column and labels is None:  # before its values: which column is which
             if not labels_optional:
