@@ -31,12 +31,6 @@ def bundled_data_dir() -> Path:
     return bundled if bundled.is_dir() else Path.cwd() / "data"
 
 
-def in_bundled_data(path: str | Path) -> bool:
-    """Whether `path` lies in the demo data folder (`bundled_data_dir`, or `$GRU_SUITE_DATA_DIR`'s)."""
-    return any(Path(path).resolve().is_relative_to(Path(folder).resolve())
-               for folder in {str(bundled_data_dir()), default_data_dir()})
-
-
 def check_own_splits(data: DictConfig, instead: Mapping[str, str]) -> None:
     """Training on data of one's own (`data.train` given) while other splits (the keys of `instead`) are left at
     their defaults, files of the bundled demo data, would validate or test on data never given: a UserError naming
@@ -44,8 +38,8 @@ def check_own_splits(data: DictConfig, instead: Mapping[str, str]) -> None:
     root = bundled_data_dir().resolve()
 
     def left_at_demo(split: str) -> bool:  # an explicit path is the user's choice, even to a bundled file
-        return OmegaConf.is_interpolation(data, split) and data.get(split) not in (None, "") and \
-            in_bundled_data(data[split])
+        return (OmegaConf.is_interpolation(data, split) and data.get(split) not in (None, "")
+                and Path(data[split]).resolve().is_relative_to(root))
 
     demo = [split for split in instead if left_at_demo(split)]
     if data.get("train") not in (None, "") and not left_at_demo("train") and demo:
@@ -401,7 +395,7 @@ def settings_without_a_class(cfg: DictConfig) -> list[str]:
 
 
 def leaves(node: Any, prefix: str) -> list[tuple[str, Any]]:
-    """(dotted key, value) of the leaves of a plain (unresolved) config container, keys under `prefix`."""
+    """(dotted key, value) of the leaves of a plain config container (a dict of dicts), keys under `prefix`."""
     if not isinstance(node, dict):
         return [(prefix, node)]
     return [leaf for name, child in node.items() for leaf in leaves(child, f"{prefix}.{name}" if prefix else str(name))]

@@ -858,8 +858,14 @@ def test_a_split_of_ones_own_replaces_that_fsdd_split_and_a_demo_manifest_does_n
                                                    tmp_path / "cfg").task)
     assert [u.text for u in own_test.split("test")] == ["seven"]  # as gru-suite-eval task.data.test=... reads it
     assert {u.take for u in own_test.split("train")} == {20} and {u.take for u in own_test.split("val")} == {10}
-    demo = run.build_task(compose_train_config("speech", fsdd, tmp_path / "cfg").task)  # the bundled manifests
+    trained = compose_train_config("speech", fsdd, tmp_path / "cfg").task  # left at the bundled manifests
+    demo = run.build_task(trained)
     assert {(u.speaker, u.take) for u in demo.split("test")} == {("ann", 5), ("bob", 5)}
+    demo.datamodule()  # trains: records the splits left at their defaults, as a checkpoint keeps them
+    stored = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))  # as a checkpoint stores its config
+    assert {(u.speaker, u.take) for u in run.build_task(stored, demo.state).split("test")} == {("ann", 5), ("bob", 5)}
+    stored.data.test = str(tmp_path / "mine.jsonl")  # gru-suite-eval ... task.data.test=mine.jsonl
+    assert [u.text for u in run.build_task(stored, demo.state).split("test")] == ["seven"]
 
 
 def test_connected_utterances_join_words_with_pauses() -> None:

@@ -11,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchmetrics.functional.text import char_error_rate, word_error_rate
 
 from gru_suite.distributed import gather_dict
-from gru_suite.config import as_list, check_own_splits, config_number, in_bundled_data
+from gru_suite.config import as_list, check_own_splits, config_number
 from gru_suite.errors import Skips, UserError
 from gru_suite.task import BackboneFactory, EnsembleMember, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.text import TOKENIZER_KINDS
@@ -277,9 +277,18 @@ class SpeechTask(TaskPlugin):
 
     def _from_fsdd(self, name: str) -> bool:
         """Whether the split `name` comes from FSDD: `data.fsdd` is set and `data.<name>` names no data of the user's
-        own (unset, or left at the bundled demo manifest; a test manifest given to evaluate an FSDD model is read)."""
-        given = self.cfg.data.get(name)
-        return bool(self.cfg.data.get("fsdd")) and (given in (None, "") or in_bundled_data(given))
+        own: unset, or left at its default (the demo manifest), in training; left as training had it, restored (a
+        test manifest given to evaluate an FSDD model is read; a checkpoint older than the record reads FSDD)."""
+        data = self.cfg.data
+        given = data.get(name)
+        if not data.get("fsdd"):
+            return False
+        if given in (None, ""):
+            return True
+        if not self.restored:
+            return OmegaConf.is_interpolation(data, name)
+        left = self.state.get("fsdd_left")  # the splits training left at their defaults, as it read them
+        return left is None or name in left and Path(str(given)).resolve() == Path(left[name]).resolve()
 
     def _source(self, name: str) -> str:
         """Where the split `name` is read from, for messages."""
@@ -419,7 +428,10 @@ class SpeechTask(TaskPlugin):
             "predict": self._predict_set,
         }
         if not self.restored:  # a new model: read the data and fit the vocabulary and normaliser now
-            if not self.cfg.data.get("fsdd"):
+            if self.cfg.data.get("fsdd"):
+                self.state["fsdd_left"] = {name: str(self.cfg.data[name]) for name in SPLITS
+                                           if self.cfg.data.get(name) not in (None, "") and self._from_fsdd(name)}
+            else:
                 check_own_splits(self.cfg.data, {"val": "task.data.val (required)",
                                                  "test": "task.data.test, or null to test on the validation split"})
             if self.vocab is None:
