@@ -505,15 +505,23 @@ def section_cells(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def per_step_split(path: Path, overrides: list[str]) -> list[str]:
     """The standard 12/4/4-month split and the daily season in rows of `path`'s time step, where it is not hourly
     (ETTm1/ETTm2: 15 minutes) and `overrides` do not set them; the preset's rows are hours. The time column is the
-    preset's, `date`, or the one `task.data.time_column=` names in `overrides`."""
+    preset's, `date`, or the one `task.data.time_column=` names in `overrides`, read as their `task.data.time_unit=`
+    or `task.data.time_format=` say, as the task reads it."""
     import pandas as pd
 
-    column = next((o.partition("=")[2] for o in reversed(overrides) if o.startswith("task.data.time_column=")), "date")
+    from gru_suite.timeseries import parse_timestamp
+
+    given = {key: value for key, _, value in (o.partition("=") for o in overrides)}  # the last one of a key wins
+    column = given.get("task.data.time_column", "date")
     try:
-        stamps = pd.to_datetime(pd.read_csv(path, usecols=[column], nrows=2)[column])
-    except (OSError, ValueError):  # no such file or column, or no dates: the task's own reading names it
+        cells = pd.read_csv(path, usecols=[column], nrows=2, dtype=str)[column]
+    except (OSError, ValueError):  # no such file or column: the task's own reading names it
         return []
-    step = stamps.iloc[1] - stamps.iloc[0] if len(stamps) == 2 else pd.Timedelta(hours=1)
+    stamps = [parse_timestamp(cell, given.get("task.data.time_unit"), given.get("task.data.time_format"))
+              for cell in cells]
+    if len(stamps) < 2 or pd.NaT in stamps:  # no dates: the task's own reading names them
+        return []
+    step = stamps[1] - stamps[0]
     per_hour = pd.Timedelta(hours=1) / step if step > pd.Timedelta(0) else 1.0
     if per_hour <= 1 or not float(per_hour).is_integer():
         return []

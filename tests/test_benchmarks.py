@@ -119,6 +119,9 @@ def test_the_label_tuned_threshold_counts_the_rows_the_range_check_flags_at_ever
 def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_path):
     import random
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import sentiment
+
     rng = random.Random(0)
     words = {"1": ["good", "great", "superb"], "0": ["bad", "dull", "awful"]}
 
@@ -133,7 +136,8 @@ def test_the_sentiment_benchmark_reads_a_held_back_pair_in_the_glue_layout(tmp_p
                "--phrases", str(train), "--minutes", "0.05", "backbone.hidden_size=8", "task.model.embed_size=8"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "SST-2 sentence level, dev.tsv" in result.stdout
+    assert "\n== dev.tsv (best checkpoint" in result.stdout and "Tree-LSTM" not in result.stdout  # SST-2's figures
+    assert sentiment.is_sst2(Path("sst2/dev.tsv")) and sentiment.is_sst2(Path("kim2014/stsa.binary.dev"))
     report = json.loads(result.stdout.splitlines()[-1])
     assert report["data"]["val_sentences"] == 20 and 0 <= report["dev"]["acc"] <= 1
 
@@ -267,6 +271,12 @@ def test_the_etth1_section_counts_the_standard_split_in_the_files_own_steps(tmp_
     renamed.write_text(quarter.read_text().replace("date,", "stamp,", 1))
     assert forecasting.per_step_split(renamed, ["task.data.time_column=stamp"]) == [
         "task.data.split=[34560,11520,11520]", "task.data.season=96"]  # the time column the overrides name
+    unix = tmp_path / "unix.csv"
+    unix.write_text("date,OT\n1467331200,1\n1467332100,2\n")
+    assert forecasting.per_step_split(unix, ["task.data.time_unit=s"])[1] == "task.data.season=96"
+    day_first = tmp_path / "day_first.csv"
+    day_first.write_text("date,OT\n01/07/2016 23:45,1\n02/07/2016 00:00,2\n")
+    assert forecasting.per_step_split(day_first, ["task.data.time_format=%d/%m/%Y %H:%M"])[1] == "task.data.season=96"
 
 
 def test_the_etth1_section_trains_at_the_seed_given_else_at_the_presets(tmp_path, monkeypatch):
