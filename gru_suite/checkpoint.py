@@ -131,8 +131,9 @@ def _changed_hint(changed: list[str], tensor: str) -> str:
 def settings_apart(stored: DictConfig | None, given: DictConfig, prefix: str) -> list[str]:
     """The settings under `prefix` (a config block, e.g. "task") given otherwise than in a checkpoint's `stored`
     block (resolved when it was saved), in the given block's order, as overrides: 'task.data.horizon=3 (trained
-    with 6)'; those the checkpoint lacks (settings newer than it) last, 'task.data.x=1 (not in the checkpoint)'. A
-    hint only: a config that cannot be resolved gives none."""
+    with 6)'; those the checkpoint lacks (settings newer than it), 'task.data.x=1 (not in the checkpoint)'; last, those
+    only the checkpoint has (settings of an earlier version), 'task.model.y (true in training; no such setting now)'.
+    A hint only: a config that cannot be resolved gives none."""
     try:
         before = dict(leaves(OmegaConf.to_container(stored, resolve=False), "")) if stored is not None else {}
         now = dict(leaves(OmegaConf.to_container(given, resolve=True), ""))
@@ -141,7 +142,9 @@ def settings_apart(stored: DictConfig | None, given: DictConfig, prefix: str) ->
     differing = [f"{prefix}.{key}={_as_override(now[key])} (trained with {_as_override(before[key])})"
                  for key in now if key in before and now[key] != before[key]]
     newer = [f"{prefix}.{key}={_as_override(now[key])} (not in the checkpoint)" for key in now if key not in before]
-    return differing + newer
+    gone = [f"{prefix}.{key} ({_as_override(before[key])} in training; no such setting now)" for key in before
+            if key not in now]
+    return differing + newer + gone
 
 
 def _as_override(value: Any) -> str:

@@ -222,9 +222,9 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.types import RunMode
 
         from gru_suite.run_folder import keep_earlier_file, restore_earlier_work
-        from gru_suite.sweep import ERROR_NAME, sweep_job
+        from gru_suite.sweep import ERROR_NAME, file_time_now_ns, sweep_job
 
-        started_ns = time.time_ns() - 1_000_000_000  # a second early, for file times kept to the second
+        started_ns = file_time_now_ns()
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # a sweep rerun into its folder: this job's own error, if any
             sweep_dir[:] = [HydraConfig.get().sweep.dir]
             keep_earlier_file(Path(HydraConfig.get().runtime.output_dir) / ERROR_NAME)

@@ -164,6 +164,11 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.6g}"
 
 
+def file_time_now_ns() -> int:
+    """Now, a second early, to compare with file times (some file systems keep them to the second)."""
+    return time.time_ns() - 1_000_000_000
+
+
 def sweep_job(hydra: DictConfig, overrides: Sequence[Any], task: Any, started_ns: int) -> Job:
     """The sweep job that `hydra` (its `hydra` config node) describes, named by its folder within the sweep's
     (`hydra.sweep.subdir` may nest it); see `job_in` for the other arguments."""
@@ -201,10 +206,10 @@ class SweepSummary(Callback):
         self._jobs: list[Job] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._started_ns = time.time_ns() - 1_000_000_000  # a second early, for file times kept to the second
+        self._started_ns = file_time_now_ns()
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._job_started_ns = time.time_ns() - 1_000_000_000
+        self._job_started_ns = file_time_now_ns()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:

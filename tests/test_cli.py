@@ -1618,7 +1618,7 @@ def test_the_settings_given_otherwise_than_in_training_are_listed_as_overrides()
     assert settings_apart(stored, given, "task") == [
         "task.data.horizon=3 (trained with 6)", "task.data.features=[a] (trained with [a,b])",
         "task.model.head_dropout=0.0 (not in the checkpoint)", "task.model.flags.on=true (not in the checkpoint)",
-        "task.model.flags.size=null (not in the checkpoint)"]
+        "task.model.flags.size=null (not in the checkpoint)", "task.old (1 in training; no such setting now)"]
     assert settings_apart(None, OmegaConf.create({"x": "${nowhere}"}), "backbone") == []  # a hint only
 
 

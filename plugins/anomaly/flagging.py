@@ -232,9 +232,9 @@ class AnomalyStream:
                             "give each observation's timestamp")
         stamp = parse_timestamp(timestamp, self.time_unit, self.time_format)
         if stamp is pd.NaT:  # unparseable, or empty ("", "NaT")
-            unit = f" (a number: Unix time in {self.time_unit})" if self.time_unit else \
-                f" (a date written {self.time_format!r})" if self.time_format else ""
-            raise UserError(f"not a timestamp{unit}: {timestamp!r}")
+            expected = (f" (a number: Unix time in {self.time_unit})" if self.time_unit
+                        else f" (a date written {self.time_format!r})" if self.time_format else "")
+            raise UserError(f"not a timestamp{expected}: {timestamp!r}")
         return self.calendar.row(stamp)
 
     def _inputs(self, x: np.ndarray, covariates: np.ndarray) -> torch.Tensor:
