@@ -6,9 +6,9 @@ from __future__ import annotations
 import fnmatch
 import logging
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 
@@ -17,6 +17,18 @@ from gru_suite.module import TaskModule
 from gru_suite.run_folder import STAGING, absolute, keep_earlier_file
 
 log = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+MANY = 20
+"""Items a writer goes through with a progress bar (`writing_progress`) from this many on."""
+
+
+def writing_progress(items: Sequence[Item], what: str) -> Iterator[Item]:
+    """`items`, which a task's `write_predictions` writes one by one (a report per series, say), with a progress bar
+    on a terminal where there are `MANY` or more."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(items, desc=f"writing {what}", unit="", leave=False, disable=True if len(items) < MANY else None)
 
 
 def write_artifacts(

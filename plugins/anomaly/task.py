@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gru_suite.artifacts import writing_progress
 from gru_suite.config import name_list
 from gru_suite.distributed import gather_dict
 from gru_suite.errors import UserError, first_named
@@ -215,7 +216,7 @@ class AnomalyTask(TaskPlugin):
 
     def write_predictions(self, predictions: list[Any], datamodule: AnomalyData, out_dir: Path) -> list[Path]:
         paths, unscored = [], self.unscored_rows()
-        for index, raw in predictions:
+        for index, raw in writing_progress(predictions, "reports"):
             stream = self.streams[index]
             scored = self.flagger().run(raw, stream.probation, stream.series.values)
             paths += write_series_report(stream, scored, Path(out_dir), unscored)
