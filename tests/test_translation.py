@@ -686,6 +686,12 @@ def test_translations_made_in_bfloat16_write_their_attention(bundled: Path, tmp_
     task.cfg.predict.plots = 1
     paths = task.write_predictions([predicted], data, tmp_path / "out")
     assert (tmp_path / "out" / "attention.jsonl").read_text().count("\n") == 2 and len(paths) >= 3
+    task.cfg.predict.attention = False  # then no sentence's weights are held until the writing
+    with torch.no_grad():
+        unweighted = task.predict_step(model, next(iter(data.predict_dataloader())))
+    assert unweighted["attention"] == [None, None] and len(unweighted["tokens"]) == 2
+    task.write_predictions([unweighted], data, tmp_path / "plain")
+    assert sorted(p.name for p in (tmp_path / "plain").iterdir()) == ["tokenizer", "translations.txt"]
 
 
 def test_a_sentence_is_complete_once_its_best_live_beam_cannot_beat_its_worst_finished_one() -> None:

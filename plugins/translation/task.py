@@ -258,8 +258,9 @@ class TranslationTask(TaskPlugin):
 
     def predict_step(self, model: Seq2Seq, batch: dict[str, Any]) -> dict[str, Any]:
         hypotheses = self.translate(model, batch, int(self.cfg.decode.beam_size))
+        keep = bool(self.cfg.predict.attention)  # else not held for the whole input (a few KB a sentence)
         return {"index": batch["index"].cpu(), "tokens": [h.tokens for h in hypotheses],
-                "attention": [h.attention.float().cpu() for h in hypotheses],  # bf16-mixed: no numpy dtype
+                "attention": [h.attention.float().cpu() if keep else None for h in hypotheses],  # bf16: no numpy
                 "score": torch.tensor([h.score for h in hypotheses]), "ended": [h.ended for h in hypotheses]}
 
     def describe_sequence(self, datamodule: TranslationData, batch: dict[str, Any], sample: int) -> SequenceView:
