@@ -33,9 +33,10 @@ def unfinished_writes(folder: Path) -> list[Path]:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success flush it to disk and rename it onto `path`.
 
-    On error the temporary file is removed and `path` keeps its old content; flushed before the rename, a power
-    cut cannot leave `path` renamed onto data still in the page cache (an empty file on ext4 and others). A folder
-    in the way, at `path` or among its parents, is a UserError naming it.
+    On error the temporary file is removed and `path` keeps its old content (an OSError that names no file, a full
+    disk, is raised again naming `path`); flushed before the rename, a power cut cannot leave `path` renamed onto data
+    still in the page cache (an empty file on ext4 and others). A folder in the way, at `path` or among its parents,
+    is a UserError naming it.
     """
     target = Path(path)
     if target.is_dir():
@@ -48,6 +49,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         _flush_to_disk(tmp)
         os.replace(tmp, target)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.filename is None and err.errno is not None:
+            raise OSError(err.errno, err.strerror, str(target)) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

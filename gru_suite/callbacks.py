@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -117,7 +118,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):  # remote storage: Lightning's transaction
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as err:  # torch's writer: "iostream error", "unexpected pos": the bytes were refused
+                if shutil.disk_usage(tmp.parent).free < 1 << 20:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
+                raise OSError(errno.EIO, f"torch.save could not write it ({str(err).splitlines()[0]})", str(path)) \
+                    from err
 
 
 class RunFolderCheckpoint(ModelCheckpoint):

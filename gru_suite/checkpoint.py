@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite import registry
 from gru_suite.config import leaves
-from gru_suite.errors import UserError, first_named
+from gru_suite.errors import UserError, first_named, not_a_file
 from gru_suite.module import CHECKPOINT_KEY, TaskModule
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if ckpt_path.is_dir():
         raise UserError(f"{ckpt_path} is a folder: give the checkpoint file in it (for instance checkpoints/last.ckpt)")
     if not ckpt_path.is_file():
+        if os.path.lexists(ckpt_path):  # a broken link, a pipe (which reading would wait on)
+            raise not_a_file(ckpt_path, "checkpoint file")
         raise UserError(f"checkpoint not found: {ckpt_path}")
     if not zipfile.is_zipfile(ckpt_path):  # what torch.save writes; a truncated one has lost its end
         raise UserError(f"{ckpt_path} is not a checkpoint, or is truncated (torch.save writes a zip archive)")

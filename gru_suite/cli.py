@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gru_suite.errors import DivergedRun, UserError, user_error_in
+from gru_suite.errors import DivergedRun, UserError, filesystem_error_in, user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +237,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", resumable_run(cfg), 130, resumable_sweep())
         except Exception as err:
-            user_error = user_error_in(err) or _unset_key_read(err)
+            user_error = user_error_in(err) or _unset_key_read(err) or \
+                filesystem_error_in(err, HydraConfig.get().runtime.output_dir)  # read-only, full, ...
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
             if user_error is None and not sweep:
                 _stop_for_a_lost_peer(err, Path(HydraConfig.get().runtime.output_dir), config_name)

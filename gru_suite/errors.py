@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -32,10 +33,33 @@ def user_error_in(err: BaseException | None) -> UserError | None:
     return err
 
 
+FILESYSTEM_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+                               errno.EISDIR, errno.ENOTDIR, errno.EIO})
+"""Errors of the file system a run reads and writes (no permission, read-only, full), not of the suite's code."""
+
+
+def filesystem_error_in(err: BaseException | None, folder: str | os.PathLike) -> UserError | None:
+    """A file-system failure (`FILESYSTEM_ERRNOS`) behind `err`, as one line naming its file, else `folder` (where
+    the run writes)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in FILESYSTEM_ERRNOS:
+            where = err.filename if err.filename else f"writing in {folder}"
+            return UserError(f"{where}: {err.strerror or os.strerror(err.errno)}")
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def not_a_file(path: str | os.PathLike, what: str = "file") -> UserError:
-    """The error for a `path` that names no file: a folder, or nothing."""
+    """The error for a `path` that names no file: a folder, a broken link, something else than a file (a pipe), or
+    nothing."""
     if os.path.isdir(path):
         return UserError(f"{path}: a folder, not a {what}")
+    if os.path.islink(path) and not os.path.exists(path):
+        return UserError(f"{path}: a broken link (to {os.readlink(path)}), not a {what}")
+    if os.path.exists(path):
+        return UserError(f"{path}: not a regular file (a pipe or a device), not a {what}")
     return UserError(f"{path}: no such {what}")
 
 

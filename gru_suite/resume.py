@@ -4,6 +4,7 @@ housekeeping around it (epochs left, settings training fixed, another monitor, t
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 
 from gru_suite.atomic import atomic_path
 from gru_suite.distributed import warn_on_rank_zero
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, not_a_file
 from gru_suite.files import launch_path
 from gru_suite.metrics_file import read_metrics
 from gru_suite.run_folder import checkpoint_folder
@@ -48,6 +49,8 @@ def resume_path(cfg: DictConfig) -> str | None:
         return str(max(saved)[1])
     if path == "last" and last.is_file():
         return str(last)
+    if path == "last" and os.path.lexists(last):  # Lightning would read it, or start afresh over the run's files
+        raise not_a_file(last, "checkpoint file (remove it to start afresh, or give ckpt_path=<a checkpoint>)")
     return None if not path or path == "last" else str(launch_path(str(path)))
 
 
@@ -59,7 +62,7 @@ def resumes_in_own_folder(cfg: DictConfig) -> bool:
         return False
     own = checkpoint_folder(cfg).resolve()
     if path == "last":  # without a last checkpoint there, Lightning starts afresh
-        return any(not file.name.startswith(".") for file in own.glob("last*.ckpt"))
+        return any(not file.name.startswith(".") and file.is_file() for file in own.glob("last*.ckpt"))
     return path in LIGHTNING_CKPT_NAMES or launch_path(str(path)).resolve().parent == own
 
 

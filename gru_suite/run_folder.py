@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from gru_suite.errors import filesystem_error_in
 from gru_suite.registry import no_task_message
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,23 @@ def _empty_folder(path: Path) -> bool:
     return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
 
 
+def _hold_and_keep_earlier(config: DictConfig, run_dir: Path) -> None:
+    """`KeepEarlierConfig.on_run_start`'s work in a run's first process: hold `run_dir`, note what it holds, and move
+    an earlier `.hydra/` aside."""
+    hold_run_folder(run_dir)
+    global _run_start
+    run_dir, subdir = absolute(run_dir), config.hydra.output_subdir  # the run may change directory (job.chdir)
+    folder = run_dir / subdir if subdir else None
+    skipped = (Path(subdir).parts[0],) if subdir and not Path(subdir).is_absolute() else ()
+    _moved_aside.clear()
+    work = _work_in(run_dir, *skipped)
+    _run_start = (run_dir, work, skipped, folder) if work is not None else None
+    if folder is None or not folder.is_dir():
+        return
+    with suppress(FileNotFoundError):  # another process of the run moved it first
+        keep_earlier_file(folder)
+
+
 class KeepEarlierConfig(Callback):
     """Hydra callback: a run into a folder that already holds a `.hydra/` (eval or predict into a training run's
     folder, a resumed run) first moves it to `.hydra.N/`, as `metrics.csv` moves to `metrics.N.csv`, so the
@@ -265,18 +283,11 @@ class KeepEarlierConfig(Callback):
             with read_write(config.hydra), open_dict(config.hydra):  # and writes its .hydra/, after moving the earlier
                 config.hydra.output_subdir = None
             return
-        hold_run_folder(run_dir)
-        global _run_start
-        run_dir, subdir = absolute(run_dir), config.hydra.output_subdir  # the run may change directory (job.chdir)
-        folder = run_dir / subdir if subdir else None
-        skipped = (Path(subdir).parts[0],) if subdir and not Path(subdir).is_absolute() else ()
-        _moved_aside.clear()
-        work = _work_in(run_dir, *skipped)
-        _run_start = (run_dir, work, skipped, folder) if work is not None else None
-        if folder is None or not folder.is_dir():
-            return
-        with suppress(FileNotFoundError):  # another process of the run moved it first
-            keep_earlier_file(folder)
+        try:
+            _hold_and_keep_earlier(config, run_dir)
+        except OSError as err:  # Hydra would only warn, then write its config over the earlier run's
+            print(f"error: hydra.run.dir={run_dir}: {filesystem_error_in(err, run_dir) or err}", file=sys.stderr)
+            raise SystemExit(2) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         """A sweep into the folder of an earlier one: each earlier job's `.hydra/` moves to `.hydra.N/` now, since

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
@@ -19,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gru_suite.data import batch_loader  # noqa: F401  (moved to gru_suite.data; kept for plugins importing it here)
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, not_a_file
 from gru_suite.text import read_lines
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def read_series_csv(
     if csv_path.is_dir():
         raise UserError(f"{csv_path} is a folder: expected a CSV file")
     if not csv_path.is_file():
+        if os.path.lexists(csv_path):  # a broken link, a pipe
+            raise not_a_file(csv_path, "CSV file")
         raise UserError(f"data file not found: {csv_path}")
     frame = read_csv_frame(csv_path, [time_column] if time_format is not None and time_column is not None else [])
     return series_from_frame(frame, csv_path, columns, time_column, missing, time_unit, named_by, time_format)

@@ -1,6 +1,7 @@
 """The three commands end to end, through real subprocesses."""
 
 import csv
+import errno
 import importlib.util
 import json
 import logging
@@ -36,7 +37,7 @@ from gru_suite.checkpoint import check_same_model, load_checkpoint, read_checkpo
 from gru_suite.config import CONF_DIR, default_data_dir, register_resolvers
 from gru_suite import run_folder
 from gru_suite.run_folder import KeepEarlierConfig
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, filesystem_error_in
 from gru_suite.testing import compose_train_config
 from gru_suite.task import SequenceView
 
@@ -1133,6 +1134,37 @@ def test_a_ckpt_path_that_names_no_checkpoint_to_resume_is_one_line(value, error
         resume.resume_path(compose_train_config("forecasting", [f"ckpt_path={value}"], tmp_path))
 
 
+@pytest.mark.parametrize("entry, said", [("a broken link", "a broken link"), ("a pipe", "not a regular file"),
+                                         ("a folder", "a folder")])
+def test_ckpt_path_last_naming_no_checkpoint_file_is_one_line_before_any_work(entry, said, tmp_path):
+    cfg = compose_train_config("forecasting", ["ckpt_path=last"], tmp_path)
+    last = resume.checkpoint_folder(cfg) / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    {"a broken link": lambda: last.symlink_to(tmp_path / "gone.ckpt"), "a pipe": lambda: os.mkfifo(last),
+     "a folder": last.mkdir}[entry]()
+    (last.parent / "best-000.ckpt").write_bytes(b"an earlier run's")  # which starting afresh here would write over
+    assert not resume.resumes_in_own_folder(cfg)
+    with pytest.raises(UserError, match=re.escape(f"{last}: {said}") + r".*not a checkpoint file \(remove it"):
+        resume.resume_path(cfg)
+
+
+def test_file_system_failures_are_one_line_naming_the_file(tmp_path, monkeypatch):
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    try:
+        raise RuntimeError("Lightning's wrapper") from full
+    except RuntimeError as err:
+        assert str(filesystem_error_in(err, tmp_path)) == f"writing in {tmp_path}: No space left on device"
+    assert filesystem_error_in(ValueError("a bug"), tmp_path) is None
+    with pytest.raises(OSError) as raised, atomic_path(tmp_path / "report.csv"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # a write() names no file
+    assert raised.value.filename == str(tmp_path / "report.csv") and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(torch, "save", lambda *args: (_ for _ in ()).throw(RuntimeError("basic_ios::clear")))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))  # noqa: SLF001
+    with pytest.raises(OSError, match=r"No space left on device: '.*last.ckpt'"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ckpt_path_hpc_resumes_from_lightnings_latest_requeue_checkpoint(tmp_path):
     for number in (2, 10):
         (tmp_path / f"hpc_ckpt_{number}.ckpt").write_bytes(b"")
@@ -1393,6 +1425,22 @@ def test_only_the_first_process_keeps_the_earlier_config(environment, moved, tmp
     KeepEarlierConfig().on_run_start(config)
     assert (tmp_path / ".hydra.1").is_dir() == moved and (tmp_path / ".hydra").is_dir() != moved
     assert (config.hydra.output_subdir is None) != moved  # the others write no .hydra/ over the earlier run's
+
+
+def test_a_run_folder_that_cannot_be_written_stops_the_run_before_hydra_writes_its_config(tmp_path, monkeypatch,
+                                                                                          capsys, run_start):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("the earlier run's\n")
+
+    def read_only(run_dir):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(run_dir / ".gru-suite.lock"))
+
+    monkeypatch.setattr(run_folder, "hold_run_folder", read_only)
+    with pytest.raises(SystemExit) as stop:  # Hydra only warns of a callback's exception, then writes .hydra/
+        KeepEarlierConfig().on_run_start(hydra_run_config(str(tmp_path)))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"error: hydra.run.dir={tmp_path}: {tmp_path / '.gru-suite.lock'}: "
+                                       "Read-only file system\n")
 
 
 @pytest.mark.parametrize("work", ["none", "an empty folder", "a new file", "a file replaced", "a file rewritten",

@@ -1,4 +1,5 @@
 import gzip
+import os
 import re
 from functools import partial
 from pathlib import Path
@@ -220,6 +221,9 @@ def test_missing_file(tmp_path):
         read_series_csv(tmp_path / "nope.csv")
     with pytest.raises(UserError, match=rf"^{re.escape(str(tmp_path))} is a folder: expected a CSV file"):
         read_series_csv(tmp_path)
+    os.mkfifo(tmp_path / "pipe.csv")  # reading it would wait for a writer
+    with pytest.raises(UserError, match=r"pipe.csv: not a regular file \(a pipe or a device\), not a CSV file"):
+        read_series_csv(tmp_path / "pipe.csv")
 
 
 def test_interpolate_names_a_column_without_values(tmp_path):
