@@ -49,10 +49,11 @@ def _log_to_run_files(message: str) -> None:
 
 
 def _end_progress_line() -> None:
-    """End the line of a progress bar an error interrupted, so that the error starts a line of its own."""
+    """Close the progress bars an error interrupted, so that the error starts a line of its own and stays the last
+    (a bar left open redraws itself when the process exits)."""
     tqdm = sys.modules.get("tqdm")
-    if tqdm is not None and getattr(tqdm.tqdm, "_instances", None):
-        print(file=sys.stderr)
+    for bar in list(getattr(tqdm.tqdm, "_instances", None) or ()) if tqdm is not None else ():
+        bar.close()
 
 
 def _require_task_for_task_overrides() -> None:

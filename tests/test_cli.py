@@ -1148,6 +1148,15 @@ def test_ckpt_path_last_naming_no_checkpoint_file_is_one_line_before_any_work(en
         resume.resume_path(cfg)
 
 
+def test_an_error_closes_the_progress_bars_it_interrupted_so_its_line_stays_the_last(capsys):
+    from tqdm import tqdm
+
+    bar = tqdm(total=3, desc="Epoch 0", file=sys.stderr)
+    bar.update(1)
+    cli._end_progress_line()
+    assert bar not in getattr(tqdm, "_instances", ()) and capsys.readouterr().err.endswith("\n")  # none redraws
+
+
 def test_file_system_failures_are_one_line_naming_the_file(tmp_path, monkeypatch):
     full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     try:
