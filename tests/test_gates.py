@@ -50,6 +50,27 @@ def test_trace_matches_nn_gru(config: dict, with_h0: bool) -> None:
         torch.testing.assert_close(t.final_hidden(), h_n[t.layer * dirs : (t.layer + 1) * dirs], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero-h0", "random-h0"])
+def test_each_gate_equals_pytorchs_gru_equations_on_nn_grus_own_states(with_h0: bool) -> None:
+    """r, z and n at every step, from the weights' (r, z, n) chunks and the previous state nn.GRU itself computed."""
+    backbone = _backbone()
+    x = _input()
+    h0 = torch.randn(1, x.size(0), backbone.hidden_size) * 0.5 if with_h0 else torch.zeros(1, x.size(0), 5)
+    rnn = backbone.rnn
+    with torch.no_grad():
+        out, _ = rnn(x, h0)
+        (trace,) = trace_gates(backbone, x, h0)
+        previous = torch.cat([h0.transpose(0, 1), out[:, :-1]], dim=1)  # h_{t-1}, as nn.GRU computed it
+        i_r, i_z, i_n = (x @ w.T + b for w, b in zip(rnn.weight_ih_l0.chunk(3), rnn.bias_ih_l0.chunk(3)))
+        h_r, h_z, h_n = (previous @ w.T + b for w, b in zip(rnn.weight_hh_l0.chunk(3), rnn.bias_hh_l0.chunk(3)))
+        reset, update = torch.sigmoid(i_r + h_r), torch.sigmoid(i_z + h_z)
+        candidate = torch.tanh(i_n + reset * h_n)
+    torch.testing.assert_close(trace.reset, reset, atol=1e-5, rtol=0)
+    torch.testing.assert_close(trace.update, update, atol=1e-5, rtol=0)
+    torch.testing.assert_close(trace.candidate, candidate, atol=1e-5, rtol=0)
+    torch.testing.assert_close((1 - update) * candidate + update * previous, out, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("config", CASES.values(), ids=CASES.keys())
 def test_gate_ranges_and_shapes(config: dict) -> None:
     backbone = _backbone(**config)

@@ -868,6 +868,18 @@ def test_a_split_of_ones_own_replaces_that_fsdd_split_and_a_demo_manifest_does_n
     assert [u.text for u in run.build_task(stored, demo.state).split("test")] == ["seven"]
 
 
+def test_the_global_normaliser_is_fitted_on_the_training_frames_alone(tmp_path: Path) -> None:
+    task = run.build_task(compose_train_config("speech", [*TINY, "task.features.normalize=global"], tmp_path).task)
+    task.datamodule()
+    plain = Featurizer(task.features, endpointer=task.endpointer())  # without normalisation
+
+    def mean_of(split: str) -> torch.Tensor:
+        return plain.model_features(torch.cat(task._transcribed(split, featurizer=plain).raw)).mean(0)
+
+    torch.testing.assert_close(torch.tensor(task.state["mean"]), mean_of("train"))
+    assert not torch.allclose(torch.tensor(task.state["mean"]), mean_of("val"), atol=1e-3)
+
+
 def test_connected_utterances_join_words_with_pauses() -> None:
     pool = read_manifest(BUNDLED / "val.jsonl", RATE)[:10]
     made = list(connect(pool, 5, (2, 4), (0.1, 0.2), 6.0, seed=1, sample_rate=RATE))
