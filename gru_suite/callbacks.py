@@ -123,8 +123,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             except RuntimeError as err:  # torch's writer: "iostream error", "unexpected pos": the bytes were refused
                 if shutil.disk_usage(tmp.parent).free < 1 << 20:
                     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from err
-                raise OSError(errno.EIO, f"torch.save could not write it ({str(err).splitlines()[0]})", str(path)) \
-                    from err
+                why = f"torch.save could not write it ({str(err).splitlines()[0]})"
+                raise OSError(errno.EIO, why, str(path)) from err
 
 
 class RunFolderCheckpoint(ModelCheckpoint):

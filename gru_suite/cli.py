@@ -51,9 +51,9 @@ def _log_to_run_files(message: str) -> None:
 def _end_progress_line() -> None:
     """Close the progress bars an error interrupted, so that the error starts a line of its own and stays the last
     (a bar left open redraws itself when the process exits)."""
-    tqdm = sys.modules.get("tqdm")
-    for bar in list(getattr(tqdm.tqdm, "_instances", None) or ()) if tqdm is not None else ():
-        bar.close()
+    if (tqdm := sys.modules.get("tqdm")) is not None:
+        for bar in list(getattr(tqdm.tqdm, "_instances", None) or ()):
+            bar.close()
 
 
 def _require_task_for_task_overrides() -> None:
@@ -238,8 +238,8 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", resumable_run(cfg), 130, resumable_sweep())
         except Exception as err:
-            user_error = user_error_in(err) or _unset_key_read(err) or \
-                filesystem_error_in(err, HydraConfig.get().runtime.output_dir)  # read-only, full, ...
+            user_error = (user_error_in(err) or _unset_key_read(err)
+                          or filesystem_error_in(err, HydraConfig.get().runtime.output_dir))  # read-only, full, ...
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
             if user_error is None and not sweep:
                 _stop_for_a_lost_peer(err, Path(HydraConfig.get().runtime.output_dir), config_name)

@@ -218,5 +218,5 @@ class SweepSummary(Callback):
         self._jobs.append(sweep_job(config.hydra, job_return.overrides or [], task, self._job_started_ns))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        write_summary(Path(config.hydra.sweep.dir), self._jobs or sweep_jobs(Path(config.hydra.sweep.dir),
-                                                                             self._started_ns))
+        sweep_dir = Path(config.hydra.sweep.dir)
+        write_summary(sweep_dir, self._jobs or sweep_jobs(sweep_dir, self._started_ns))

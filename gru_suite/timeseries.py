@@ -91,7 +91,7 @@ def read_series_csv(
         if os.path.lexists(csv_path):  # a broken link, a pipe
             raise not_a_file(csv_path, "CSV file")
         raise UserError(f"data file not found: {csv_path}")
-    frame = read_csv_frame(csv_path, [time_column] if time_format is not None and time_column is not None else [])
+    frame = read_csv_frame(csv_path, dates_as_text(time_column, time_format))
     return series_from_frame(frame, csv_path, columns, time_column, missing, time_unit, named_by, time_format)
 
 
@@ -142,6 +142,12 @@ def data_line(path: Path, row: int) -> int:
     filled = (number for number, line in enumerate(read_lines(path), start=1) if line.strip())
     next(filled, None)  # the header
     return next(islice(filled, row, None), row + 2)
+
+
+def dates_as_text(time_column: str | None, time_format: str | None) -> list[str]:
+    """The columns `read_csv_frame` reads as text for `series_from_frame`: the time column, where `time_format` reads
+    it (pandas would read 01022020 as a number and drop its zero)."""
+    return [time_column] if time_column is not None and time_format is not None else []
 
 
 def read_csv_frame(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame:

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 from gru_suite.data import SplitDataModule
 from gru_suite.errors import UserError, first_named, not_a_file
 from gru_suite.files import files_below
-from gru_suite.timeseries import Calendar, Series, StandardScaler, data_line, read_csv_frame, series_from_frame
+from gru_suite.timeseries import (Calendar, Series, StandardScaler, data_line, dates_as_text, read_csv_frame,
+                                  series_from_frame)
 from gru_suite_plugins.anomaly.scoring import labels_from_windows, load_nab_windows, windows_from_labels
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def load_streams(
     streams: list[StreamData] = []
     unlabelled: list[str] = []
     for file in files:
-        frame = read_csv_frame(file, [time_column] if time_format is not None and time_column is not None else [])
+        frame = read_csv_frame(file, dates_as_text(time_column, time_format))
         labels = label_column if label_column in frame.columns else None
         if label_column and labels is None:  # before its values: which column is which
             if not labels_optional:
