@@ -1,5 +1,6 @@
 """The anomaly task: detectors, streaming == batch, flags on injected anomalies, CLI, bad input."""
 
+import copy
 import gzip
 import io
 import json
@@ -17,13 +18,14 @@ import pytest
 import torch
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import to_rgb
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
-from conftest import run_cli
+from conftest import run_cli, run_forked
 from gru_suite.backbone import GRUBackbone
 from gru_suite.errors import UserError
 from gru_suite import run, timeseries
 from gru_suite.checkpoint import load_checkpoint
+from gru_suite.module import CHECKPOINT_KEY
 from gru_suite.testing import check_task_plugin, compose_train_config
 from gru_suite.timeseries import Calendar
 from gru_suite_plugins.anomaly.data import csv_files, load_streams
@@ -95,6 +97,31 @@ def test_raw_scores_are_root_mean_square_errors():
     torch.testing.assert_close(scores[1][-1], ((x[0, -5:] - rebuilt[0]) ** 2).mean().sqrt())
     assert (scores[1][:4] == 0).all()
     assert unscored_rows("forecaster", 5) == 1 and unscored_rows("autoencoder", 5) == 4  # the rows scored 0
+
+
+def test_squared_scores_are_the_squares_of_root_mean_square_ones_in_batch_and_streaming():
+    x = torch.randn(1, 12, 2)
+    for rms in detectors():
+        squared = copy.deepcopy(rms)
+        squared.error = "squared"
+        with torch.no_grad():
+            expected = rms.raw_scores(x)[0].square()
+            torch.testing.assert_close(squared.raw_scores(x)[0], expected)
+        scorer = StreamingScorer(squared)
+        torch.testing.assert_close(torch.tensor([scorer.update(x[0, t]) for t in range(12)]), expected)
+
+
+def test_a_checkpoint_trained_before_the_error_setting_scores_squared_errors_as_it_did(tmp_path):
+    cfg = compose_train_config("anomaly", TINY, tmp_path)
+    factory = partial(GRUBackbone, hidden_size=8)
+    assert run.build_task(cfg.task, {"n_features": 1}).build_model(factory).error == "rms"
+    with open_dict(cfg):
+        del cfg.task.detector.error  # as stored by a checkpoint trained before the setting existed
+    assert run.build_task(cfg.task, {"n_features": 1}).build_model(factory).error == "squared"
+    with open_dict(cfg):
+        cfg.task.detector.error = "mse"
+    with pytest.raises(UserError, match=r"task.detector.error must be one of \['rms', 'squared'\], got 'mse'"):
+        run.build_task(cfg.task)
 
 
 def test_the_forecasters_loss_is_its_mean_squared_score_after_the_burn_in():
@@ -469,6 +496,17 @@ def test_the_test_loss_is_the_squared_error_over_every_scored_row_of_every_serie
     assert result.returncode == 0, result.stderr[-3000:]  # a series with no row scored adds nothing
     assert json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["test/loss"] == pytest.approx(
         squared[1].mean(), rel=1e-4)
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    del checkpoint[CHECKPOINT_KEY]["config"]["task"]["detector"]["error"]  # trained before the setting existed
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    for command in ("gru-suite-predict", "gru-suite-eval"):
+        result = run_forked(command, "task=anomaly", f"ckpt_path={tmp_path / 'older.ckpt'}",
+                            f"task.data.path={folder}", f"hydra.run.dir={tmp_path / 'older'}")
+        assert result.returncode == 0, result.stderr[-3000:]
+    older = pd.read_csv(tmp_path / "older" / "long.csv")["raw_score"].to_numpy()
+    np.testing.assert_allclose(older[270:], squared[1], rtol=1e-4)  # squared errors, as that code scored them
+    assert json.loads((tmp_path / "older" / "test_metrics.json").read_text())["test/loss"] == pytest.approx(
+        squared[1].mean(), rel=1e-4)  # the same training loss
 
 
 @pytest.mark.parametrize("line, message", [

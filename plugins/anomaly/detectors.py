@@ -12,9 +12,10 @@
 Both train on squared errors and score with their square root: the likelihood that
 normalises raw scores fits a Gaussian to them, which suits root-mean-square errors far
 better than their squares (whose rare large values swell its variance and hide the next
-anomaly). Both cost constant time and memory per observation. Their inputs are the
-`n_features` scaled values of each observation followed by `n_covariates` known
-covariates (calendar features); only the values are predicted, reconstructed and scored.
+anomaly); `task.detector.error=squared` scores the squares (`ERRORS`). Both cost constant
+time and memory per observation. Their inputs are the `n_features` scaled values of each
+observation followed by `n_covariates` known covariates (calendar features); only the
+values are predicted, reconstructed and scored.
 """
 
 from __future__ import annotations
@@ -29,17 +30,27 @@ from gru_suite.config import check_choice
 from gru_suite.task import BackboneFactory
 
 
-def _rms(differences: Tensor) -> Tensor:
-    """Root mean square over the last dimension."""
-    return differences.pow(2).mean(-1).sqrt()
+ERRORS = ("rms", "squared")
+"""What a raw score is: the root-mean-square error (`rms`) or its square, the mean squared error (`squared`: the raw
+scores of checkpoints trained before `task.detector.error` existed)."""
+
+
+def _scored(mean_squares: Tensor, error: str) -> Tensor:
+    """Mean squared errors as raw scores of the kind `error` (`ERRORS`)."""
+    return mean_squares.sqrt() if error == "rms" else mean_squares
+
+
+def squared_errors(scores: Tensor, error: str) -> Tensor:
+    """Raw scores of the kind `error` back as the mean squared errors they were made from."""
+    return scores.square() if error == "rms" else scores
 
 
 class NextStepForecaster(nn.Module):
     """Predicts x[t+1] from x[0..t]; `forward(x)` returns predictions aligned with x."""
 
-    def __init__(self, backbone: BackboneFactory, n_features: int, n_covariates: int = 0) -> None:
+    def __init__(self, backbone: BackboneFactory, n_features: int, n_covariates: int = 0, error: str = "rms") -> None:
         super().__init__()
-        self.n_features = n_features
+        self.n_features, self.error = n_features, error
         self.backbone = require_unidirectional(backbone(input_size=n_features + n_covariates),
                                                "task.detector.kind=forecaster")
         self.head = nn.Linear(self.backbone.output_size, n_features)
@@ -53,6 +64,9 @@ class NextStepForecaster(nn.Module):
         pred = self(crops[:, :-1])
         return (pred[:, burn_in:] - crops[:, 1 + burn_in :, : self.n_features]).pow(2).mean()
 
+    def _errors(self, differences: Tensor) -> Tensor:
+        return _scored(differences.pow(2).mean(-1), self.error)
+
     def score_chunk(self, x: Tensor, memory: tuple[State, Tensor] | None) -> tuple[Tensor, tuple[State, Tensor]]:
         """Score the rows of `x` (T, F + C) that follow `memory` (the state and the last prediction;
         None at the start, where the first row scores 0), carrying the state on."""
@@ -61,14 +75,14 @@ class NextStepForecaster(nn.Module):
         predictions = self.head(out[0])  # row t's prediction of row t + 1
         values = x[:, : self.n_features]
         if prediction is None:
-            errors = torch.cat([values.new_zeros(1), _rms(values[1:] - predictions[:-1])])
+            errors = torch.cat([values.new_zeros(1), self._errors(values[1:] - predictions[:-1])])
         else:
-            errors = _rms(values - torch.cat([prediction.unsqueeze(0), predictions[:-1]]))
+            errors = self._errors(values - torch.cat([prediction.unsqueeze(0), predictions[:-1]]))
         return errors, (state, predictions[-1])
 
     def raw_scores(self, x: Tensor) -> Tensor:
-        """Root-mean-square error of each observation's prediction (B, T); the first scores 0."""
-        errors = _rms(x[:, 1:, : self.n_features] - self(x[:, :-1]))
+        """Error of each observation's prediction (B, T), of the kind `error`; the first scores 0."""
+        errors = self._errors(x[:, 1:, : self.n_features] - self(x[:, :-1]))
         return torch.cat([errors.new_zeros(x.size(0), 1), errors], dim=1)
 
 
@@ -78,10 +92,10 @@ WINDOWS_PER_PASS = 4096
 class WindowAutoencoder(nn.Module):
     """Sequence autoencoder over windows of `window` observations."""
 
-    def __init__(self, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0) -> None:
+    def __init__(self, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0,
+                 error: str = "rms") -> None:
         super().__init__()
-        self.window = window
-        self.n_features = n_features
+        self.window, self.n_features, self.error = window, n_features, error
         self.backbone: GRUBackbone = backbone(input_size=n_features + n_covariates)
         self.decoder: GRUBackbone = backbone(input_size=self.backbone.output_size)
         self.head = nn.Linear(self.decoder.output_size, n_features)
@@ -107,16 +121,16 @@ class WindowAutoencoder(nn.Module):
         return scores, context[max(0, len(context) - self.window + 1) :]
 
     def raw_scores(self, x: Tensor) -> Tensor:
-        """Root-mean-square reconstruction error of the window ending at each observation (B, T);
+        """Reconstruction error of the window ending at each observation (B, T), of the kind `error`;
         0 until one is full. Windows run through the networks `WINDOWS_PER_PASS` at a time: a long series'
         windows together would hold hundreds of times the series in memory."""
         batch, steps, features = x.shape
         scores = x.new_zeros(batch, steps)
         if steps >= self.window:
             windows = x.unfold(1, self.window, 1).transpose(2, 3)  # (B, T - w + 1, w, F), a view
-            errors = [self.window_errors(part.reshape(-1, self.window, features)).sqrt().reshape(batch, -1)
+            errors = [self.window_errors(part.reshape(-1, self.window, features)).reshape(batch, -1)
                       for part in windows.split(max(1, WINDOWS_PER_PASS // batch), dim=1)]
-            scores[:, self.window - 1 :] = torch.cat(errors, dim=1)
+            scores[:, self.window - 1 :] = _scored(torch.cat(errors, dim=1), self.error)
         return scores
 
 
@@ -158,9 +172,10 @@ DETECTORS = ("forecaster", "autoencoder")
 
 
 def build_detector(
-    kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0
+    kind: str, backbone: BackboneFactory, n_features: int, window: int, n_covariates: int = 0, error: str = "rms"
 ) -> nn.Module:
-    """`forecaster` or `autoencoder` (`DETECTORS`)."""
+    """`forecaster` or `autoencoder` (`DETECTORS`), scoring errors of the kind `error` (`ERRORS`)."""
+    check_choice(error, ERRORS, "task.detector.error")
     if check_choice(kind, DETECTORS, "task.detector.kind") == "forecaster":
-        return NextStepForecaster(backbone, n_features, n_covariates)
-    return WindowAutoencoder(backbone, n_features, window, n_covariates)
+        return NextStepForecaster(backbone, n_features, n_covariates, error)
+    return WindowAutoencoder(backbone, n_features, window, n_covariates, error)

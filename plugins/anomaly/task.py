@@ -17,7 +17,8 @@ from gru_suite.errors import UserError, first_named
 from gru_suite.task import BackboneFactory, SequenceView, Stage, StepOutput, TaskPlugin
 from gru_suite.timeseries import MISSING_POLICIES, Calendar, Series
 from gru_suite_plugins.anomaly.data import AnomalyData, StreamData, load_streams
-from gru_suite_plugins.anomaly.detectors import DETECTORS, build_detector, shortest_crop, unscored_rows
+from gru_suite_plugins.anomaly.detectors import (DETECTORS, ERRORS, build_detector, shortest_crop, squared_errors,
+                                                 unscored_rows)
 from gru_suite_plugins.anomaly.flagging import SCORES, THRESHOLDS, AnomalyStream, Flagger, ScoredSeries
 from gru_suite_plugins.anomaly.retraining import OnlineScorer, Retraining
 from gru_suite_plugins.anomaly.scoring import NAB_PROFILES, evaluate_flags, nab_score
@@ -33,8 +34,8 @@ class AnomalyTask(TaskPlugin):
     series stay in `test_scored` (by series name) until the next test.
     """
 
-    choices = (("detector.kind", DETECTORS), ("scoring.score", SCORES), ("scoring.threshold", THRESHOLDS),
-               ("data.missing", MISSING_POLICIES))
+    choices = (("detector.kind", DETECTORS), ("detector.error", ERRORS), ("scoring.score", SCORES),
+               ("scoring.threshold", THRESHOLDS), ("data.missing", MISSING_POLICIES))
     path_settings = ("data.path", "data.windows_path")
     trained_settings = ("data.calendar", "data.calendar_harmonics")  # the detector's inputs
     required = ("data.path", "data.probation", "data.probation_max", "data.validation", "data.crop_length",
@@ -108,7 +109,8 @@ class AnomalyTask(TaskPlugin):
 
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
-        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width)
+        return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width,
+                              detector.get("error", "squared"))  # older checkpoints scored squared errors
 
     def flagger(self) -> Flagger:
         """A fresh `Flagger` of the `scoring` settings, for one series (it learns the series' scores as it goes)."""
@@ -180,7 +182,8 @@ class AnomalyTask(TaskPlugin):
         # the detector's training loss (squared error) over the rows it scores after the probationary period: a mean
         # over all the test series' rows, as the training loss is over its windows
         scored = raw[max(self.streams[index].probation, self.unscored_rows()):]
-        return StepOutput(scored.square().mean() if len(scored) else raw.new_zeros(()), 1, loss_weight=len(scored))
+        loss = squared_errors(scored, model.error).mean() if len(scored) else raw.new_zeros(())
+        return StepOutput(loss, 1, loss_weight=len(scored))
 
     def epoch_end(self, stage: Stage) -> dict[str, float]:
         if stage != "test":
