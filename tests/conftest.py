@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import io
+import json
 import os
 import subprocess
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +47,45 @@ def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 30
     return subprocess.run(
         [str(exe), *args], capture_output=True, text=True, cwd=cwd or REPO, env=env, timeout=timeout
     )
+
+
+def run_forked(command: str, *args: str) -> subprocess.CompletedProcess:
+    """Run a gru-suite console script as `run_cli` does, but in a fork of this process, with one torch thread: the
+    stack it imports is loaded already (a new process spends ~7 s importing it), and what the run changes in its
+    process (environment, loggers, Hydra's state) does not reach the tests'. For commands that refuse their input or
+    train little; `run_cli` where the process itself is tested (its warnings, signals, console output)."""
+    import gru_suite.run  # noqa: F401  (imported once here, not in every fork)
+    from gru_suite import cli
+
+    entry = {"gru-suite": cli.train, "gru-suite-eval": cli.evaluate, "gru-suite-predict": cli.predict,
+             "gru-suite-gates": cli.gates}[command]
+    readable, writable = os.pipe()
+    if (pid := os.fork()) == 0:  # the child: run, report (exit code, stdout, stderr), end without pytest's exit work
+        try:
+            os.close(readable)
+            torch.set_num_threads(1)  # as DataLoader's forked workers do: the parent's OpenMP threads are not theirs
+            os.environ.update(TQDM_DISABLE="1", HYDRA_FULL_ERROR="0")
+            sys.argv = [command, *args]
+            atexit._clear()  # the parent's are not the child's to run; the command's run as the child ends
+            stdout, stderr, code = io.StringIO(), io.StringIO(), 0
+            with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+                try:
+                    entry()
+                except SystemExit as stop:
+                    code = 0 if stop.code is None else stop.code
+                except BaseException:  # as Python ends a process: the traceback, exit code 1
+                    traceback.print_exc()
+                    code = 1
+                atexit._run_exitfuncs()
+            with os.fdopen(writable, "w") as pipe:
+                json.dump([code, stdout.getvalue(), stderr.getvalue()], pipe)
+        finally:
+            os._exit(0)
+    os.close(writable)
+    with os.fdopen(readable) as pipe:
+        code, stdout, stderr = json.load(pipe)
+    os.waitpid(pid, 0)
+    return subprocess.CompletedProcess([command, *args], code, stdout, stderr)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,8 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from conftest import REPO, TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli
+from conftest import (REPO, TINY, resumed_and_uninterrupted, resumed_part_way_and_uninterrupted, run_cli,
+                      run_forked)
 
 from gru_suite import artifacts, cli, module, registry, resume, run
 from gru_suite.atomic import atomic_path, unfinished_writes, write_text
@@ -152,8 +153,8 @@ def test_eval_reports_test_metrics(trained_run, tmp_path):
 
 
 def test_eval_with_settings_of_another_model_is_one_clear_error(trained_run, tmp_path):
-    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                     "task.data.horizon=3", f"hydra.run.dir={tmp_path}")  # trained with horizon 6
+    result = run_forked("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                        "task.data.horizon=3", f"hydra.run.dir={tmp_path}")  # trained with horizon 6
     assert result.returncode == 2
     assert (f"error: {trained_run}/checkpoints/last.ckpt holds another model than this config builds (model.head."
             in result.stderr)
@@ -167,7 +168,8 @@ def test_a_checkpoint_of_a_task_no_installed_package_provides_says_so(trained_ru
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=False)
     checkpoint[module.CHECKPOINT_KEY]["config"]["task"]["name"] = "freq_trend"  # a plugin since uninstalled
     torch.save(checkpoint, tmp_path / "plugin.ckpt")
-    result = run_cli("gru-suite-eval", f"ckpt_path={tmp_path / 'plugin.ckpt'}", f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_forked("gru-suite-eval", f"ckpt_path={tmp_path / 'plugin.ckpt'}",
+                        f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 2
     assert (f"error: {tmp_path / 'plugin.ckpt'} holds a model of task 'freq_trend', which no installed package "
             "provides (installed tasks: anomaly, ") in result.stderr
@@ -178,8 +180,8 @@ def test_a_checkpoint_of_a_task_no_installed_package_provides_says_so(trained_ru
                                            ("gru-suite-gates", ["sample=-1"])])
 def test_restoring_commands_name_the_cores_and_the_tasks_wrong_settings_together(trained_run, tmp_path, command,
                                                                                extra):
-    result = run_cli(command, "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=x",
-                     "task.data.batch_size=2.5", *extra, f"hydra.run.dir={tmp_path}")
+    result = run_forked(command, "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=x",
+                        "task.data.batch_size=2.5", *extra, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     wrong = ["threads must be an integer, got 'x'", *(["sample must be at least 0, got -1"] if extra else []),
              "task.data.batch_size must be an integer, got 2.5"]
@@ -192,8 +194,8 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     new = tmp_path / "new.csv"
     data.iloc[:600].to_csv(new, index=False)
     out = tmp_path / "pred"
-    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                     f"task.data.path={new}", f"hydra.run.dir={out}")
+    result = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                        f"task.data.path={new}", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
     with open(out / "forecast.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -203,8 +205,8 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
     assert all(r["forecast"] for r in rows)
     first = (out / "forecast.csv").read_text()
     data.iloc[:500].to_csv(new, index=False)
-    again = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                    f"task.data.path={new}", f"hydra.run.dir={out}")
+    again = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                       f"task.data.path={new}", f"hydra.run.dir={out}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert (out / "forecast.1.csv").read_text() == first != (out / "forecast.csv").read_text()  # set aside, not lost
     assert sorted(path.name for path in out.iterdir() if path.suffix != ".log") == [
@@ -213,8 +215,8 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
 
 def test_a_restored_forecaster_refuses_other_targets(trained_run, tmp_path):
     # trained to forecast load from [load, temperature]: temperature would be scored against load's forecasts
-    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                     "task.data.targets=[temperature]", f"hydra.run.dir={tmp_path}")
+    result = run_forked("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                        "task.data.targets=[temperature]", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "the model was trained to forecast ['load'], not ['temperature'] (task.data.targets)" in result.stderr
 
@@ -314,8 +316,8 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unles
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     # Each process would predict its share of the input and write it over the other's files.
     out = tmp_path / "pred"
-    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
-                     "trainer=ddp_sim", f"hydra.run.dir={out}")
+    result = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                        "trainer=ddp_sim", f"hydra.run.dir={out}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "prediction runs in one process, not 2: trainer=cpu" in result.stderr
     assert not (out / "forecast.csv").exists()
@@ -435,8 +437,8 @@ def test_a_forecast_holds_the_windows_predicted_when_prediction_stops_early(trai
 
 def test_gates_command_plots_trained_model(trained_run, tmp_path):
     (tmp_path / "gates_layer0.png").write_bytes(b"an earlier run's")
-    result = run_cli("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=1",
-                     f"hydra.run.dir={tmp_path}")
+    result = run_forked("gru-suite-gates", f"ckpt_path={trained_run}/checkpoints/last.ckpt", "threads=1",
+                        f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "gates_layer0.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "gates_layer0.1.png").read_bytes() == b"an earlier run's"  # set aside, not written over
@@ -531,16 +533,16 @@ def test_a_trained_model_forecasts_a_short_new_series_and_a_too_short_one_is_nam
     demo.iloc[:28].to_csv(tmp_path / "short_test.csv", index=False)  # a test split of 4 rows, under the horizon
     ckpt = f"ckpt_path={trained_run}/checkpoints/last.ckpt"
     for command, out in (("gru-suite-predict", "p"), ("gru-suite-eval", "e")):
-        result = run_cli(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
-                         f"hydra.run.dir={tmp_path / out}")
+        result = run_forked(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
+                            f"hydra.run.dir={tmp_path / out}")
         assert result.returncode == 0, result.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "p" / "forecast.csv")) > 0
-    counts = run_cli("gru-suite-predict", "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
-                     "task.data.split=[300,100,100]", f"hydra.run.dir={tmp_path / 'c'}")
+    counts = run_forked("gru-suite-predict", "task=forecasting", ckpt, f"task.data.path={tmp_path / 'short.csv'}",
+                        "task.data.split=[300,100,100]", f"hydra.run.dir={tmp_path / 'c'}")
     assert counts.returncode == 2 and "task.data.split=[0.0,0.0,1.0] makes the whole series" in counts.stderr
     assert json.loads((tmp_path / "e" / "test_metrics.json").read_text())["test/mse"] > 0
-    predicted, evaluated = (run_cli(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / name}",
-                                    f"hydra.run.dir={tmp_path / out}") for command, name, out in
+    predicted, evaluated = (run_forked(command, "task=forecasting", ckpt, f"task.data.path={tmp_path / name}",
+                                       f"hydra.run.dir={tmp_path / out}") for command, name, out in
                             (("gru-suite-predict", "shorter.csv", "q"), ("gru-suite-eval", "short_test.csv", "f")))
     assert predicted.returncode == 2 and evaluated.returncode == 2
     shown = predicted.stdout + predicted.stderr + evaluated.stdout + evaluated.stderr
@@ -900,7 +902,8 @@ def test_a_checkpoint_whose_weights_were_damaged_is_refused(trained_run, tmp_pat
     with pytest.raises(UserError, match=rf"^{re.escape(str(damaged))} is damaged: its entry data/\d+ does not "
                                         "match its checksum$"):  # not the folder torch.save names after the file
         read_checkpoint(damaged)
-    result = run_cli("gru-suite-eval", "task=forecasting", f"ckpt_path={damaged}", f"hydra.run.dir={tmp_path / 'ev'}")
+    result = run_forked("gru-suite-eval", "task=forecasting", f"ckpt_path={damaged}",
+                        f"hydra.run.dir={tmp_path / 'ev'}")
     assert result.returncode != 0 and "is damaged: its entry" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -1385,11 +1388,11 @@ def test_eval_into_a_training_folder_keeps_the_training_config(trained_run, tmp_
     folder = tmp_path / "run"
     shutil.copytree(trained_run, folder)
     trained = (folder / ".hydra" / "config.yaml").read_text()
-    refused = run_cli("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}",
-                      "task=forecasting", "task.data.batch_size=0")
+    refused = run_forked("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}",
+                         "task=forecasting", "task.data.batch_size=0")
     assert refused.returncode == 2 and "task.data.batch_size must be" in refused.stderr, refused.stderr[-2000:]
     assert (folder / ".hydra" / "config.yaml").read_text() == trained and not (folder / ".hydra.1").exists()
-    result = run_cli("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}")
+    result = run_forked("gru-suite-eval", f"ckpt_path={folder}/checkpoints/last.ckpt", f"hydra.run.dir={folder}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (folder / ".hydra.1" / "config.yaml").read_text() == trained  # set aside, as metrics.csv is
     assert (folder / ".hydra" / "config.yaml").read_text() != trained and (folder / "metrics.1.csv").is_file()
@@ -1546,14 +1549,14 @@ def test_a_refused_run_gives_back_every_earlier_file_it_moved_aside_unless_it_wr
 def test_a_run_refused_for_its_data_leaves_the_earlier_run_resumable(trained_run, tmp_path):
     folder = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.log"))
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
-    refused = run_cli("gru-suite", "task=forecasting", *QUIET, f"hydra.run.dir={folder}",
-                      f"task.data.path={tmp_path / 'missing.csv'}")
+    refused = run_forked("gru-suite", "task=forecasting", *QUIET, f"hydra.run.dir={folder}",
+                         f"task.data.path={tmp_path / 'missing.csv'}")
     assert refused.returncode == 2 and "data file not found" in refused.stderr, refused.stderr[-2000:]
     assert "put back the earlier run's checkpoints, metrics.json, predictions" in refused.stdout + refused.stderr
     after = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file() and path.suffix != ".log"}
     assert after == before
-    resumed = run_cli("gru-suite", "task=forecasting", *QUIET, "trainer.max_epochs=3", "ckpt_path=last",
-                      f"hydra.run.dir={folder}")
+    resumed = run_forked("gru-suite", "task=forecasting", *QUIET, "trainer.max_epochs=3", "ckpt_path=last",
+                         f"hydra.run.dir={folder}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert torch.load(folder / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 2  # on from epoch 1's
     assert not (folder / "checkpoints.1").exists()
@@ -1855,7 +1858,7 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
-    result = run_cli("gru-suite", *args, "debug=fdr", f"hydra.run.dir={tmp_path}")
+    result = run_forked("gru-suite", *args, "debug=fdr", f"hydra.run.dir={tmp_path}")
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -1894,18 +1897,20 @@ def test_eval_and_predict_refuse_settings_the_checkpoint_fixes(tmp_path, command
 
 
 def test_task_overrides_without_a_task_say_how_to_name_it(trained_run):
-    result = run_cli("gru-suite-predict", "ckpt_path=x.ckpt", "task.data.path=y.csv")
+    result = run_forked("gru-suite-predict", "ckpt_path=x.ckpt", "task.data.path=y.csv")
     assert result.returncode == 2
     assert result.stderr.startswith("error: task.* overrides need the task named too: task=NAME (the checkpoint's "
                                     "task, for eval, predict and gates), e.g. task=forecasting")
-    named = run_cli("gru-suite-predict", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}", "task.data.path=y")
+    named = run_forked("gru-suite-predict", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}",
+                       "task.data.path=y")
     assert named.returncode == 2 and named.stderr.strip().endswith("gates), this checkpoint's: task=forecasting")
 
 
 def test_unreadable_checkpoint(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'o'}")
+    result = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={bad}",
+                        f"hydra.run.dir={tmp_path / 'o'}")
     assert result.returncode == 2
     assert f"{bad} is not a checkpoint, or is truncated" in result.stderr
     assert not (tmp_path / "o" / "forecast.csv").exists()
@@ -1920,8 +1925,8 @@ def test_predict_refuses_an_ensemble_the_task_cannot_combine(trained_run, tmp_pa
     ckpt = f"{trained_run}/checkpoints/last.ckpt"
     copy = tmp_path / "copy.ckpt"
     copy.write_bytes(Path(ckpt).read_bytes())
-    result = run_cli("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{copy}]",
-                     f"hydra.run.dir={tmp_path / 'two'}")
+    result = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}", f"ensemble=[{copy}]",
+                        f"hydra.run.dir={tmp_path / 'two'}")
     assert result.returncode == 2
     assert f"error: ensemble: {copy}: task 'forecasting' does not combine the predictions of several models" in \
         result.stderr  # the refusal names the member
