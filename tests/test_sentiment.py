@@ -521,6 +521,18 @@ def test_highlighting_marks_the_heaviest_words_and_escapes() -> None:
     assert "&lt;i&gt;not&lt;/i&gt;" in page and "rgba(255, 170, 0, 1.00)" in page and "<i>" not in page
 
 
+def test_control_characters_of_a_text_reach_neither_the_page_nor_the_terminal_as_they_are() -> None:
+    text = "\x1b]0;title\x07 so \x1b[31mbad\x00\x9b\nreally\tbad"  # a window title, red, NUL, CSI, a new line
+    words = word_weights(text, [(11, 13), (19, 22), (25, 31), (32, 35)], [0, 1, 2, 3],
+                         torch.tensor([0.1, 0.9, 0.1, 0.2]))
+    assert highlight_terminal(text, words, 1) == "\\x1b]0;title\\x07 so \\x1b[31m[bad]\\x00\\x9b\\nreally\tbad"
+    page = html_page("\x1btitle", [("in\x07.txt:1", "neg\x7f", 0.9, highlight_html(text, words))])
+    assert not re.search("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f]", page)  # none HTML allows (tab, new line: kept)
+    assert ">\ufffdtitle<" in page and "in\ufffd.txt:1" in page and "neg\ufffd" in page
+    assert "\ufffd]0;title\ufffd <span" in page and "</span> \ufffd[31m<span" in page
+    assert "bad</span>\ufffd\ufffd\n<span" in page
+
+
 def test_subword_words_leave_out_the_space_before_them() -> None:
     # a byte-level BPE or unigram tokenizer counts the space before a word as its first character
     text = "Great movie, great fun"

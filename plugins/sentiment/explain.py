@@ -17,6 +17,22 @@ BARE_WORD = re.compile(r"\w+(?:['\u2019.\-]\w+)*")
 run is the word it names ("wonderful" in "<b>wonderful</b>", "movie" in "movie,")."""
 AGAINST = "70, 130, 255"
 """RGB of a word that weighed against the label (a negative weight: gradient x input can be)."""
+NOT_IN_HTML = re.compile("[\x00-\x08\x0b\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
+"""Characters an HTML page may not hold, even as references (control characters other than whitespace, and
+noncharacters): a page shows U+FFFD in their place."""
+TERMINAL_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+"""Control characters a terminal acts on (escape sequences, a new line, a bell): terminal text shows them escaped."""
+
+
+def html_text(text: str) -> str:
+    """`text` escaped for an HTML page (`NOT_IN_HTML` replaced by U+FFFD)."""
+    return html.escape(NOT_IN_HTML.sub("\ufffd", text))
+
+
+def terminal_text(text: str) -> str:
+    """`text` with `TERMINAL_CONTROLS` shown as Python escapes (`\\x1b`, `\\n`), which a terminal prints rather
+    than acts on: a text's escape sequence may not recolour the terminal or retitle its window."""
+    return TERMINAL_CONTROLS.sub(lambda control: repr(control.group())[1:-1], text)
 
 
 @dataclass(frozen=True)
@@ -71,29 +87,30 @@ def top_words(text: str, words: Sequence[Word], k: int) -> list[str]:
 
 
 def highlight_html(text: str, words: Sequence[Word]) -> str:
-    """`text`, escaped, with each word in a span shaded by its weight, orange toward the label and blue against it
-    (title: the weight)."""
+    """`text`, escaped (`html_text`), with each word in a span shaded by its weight, orange toward the label and
+    blue against it (title: the weight)."""
     heaviest = max((abs(w.weight) for w in words), default=0.0) or 1.0
     parts, cursor = [], 0
     for word in sorted(words, key=lambda w: w.start):
         if word.start < cursor:
             continue
-        parts.append(html.escape(text[cursor:word.start]))
+        parts.append(html_text(text[cursor:word.start]))
         colour, alpha = HIGHLIGHT if word.weight >= 0 else AGAINST, abs(word.weight) / heaviest
         parts.append(f'<span style="background: rgba({colour}, {alpha:.2f})" title="{word.weight:.3f}">'
-                     f"{html.escape(text[word.start:word.end])}</span>")
+                     f"{html_text(text[word.start:word.end])}</span>")
         cursor = word.end
-    parts.append(html.escape(text[cursor:]))
+    parts.append(html_text(text[cursor:]))
     return "".join(parts)
 
 
 def highlight_terminal(text: str, words: Sequence[Word], k: int) -> str:
-    """`text` with its `k` heaviest words (`heaviest_words`, as the CSV's `top_words`) in [brackets]."""
+    """`text` with its `k` heaviest words (`heaviest_words`, as the CSV's `top_words`) in [brackets], as
+    `terminal_text`."""
     parts, cursor = [], 0
     for word in sorted(heaviest_words(text, words, k), key=lambda w: w.start):
         parts += [text[cursor:word.start], f"[{text[word.start:word.end]}]"]
         cursor = word.end
-    return "".join(parts) + text[cursor:]
+    return terminal_text("".join(parts) + text[cursor:])
 
 
 PAGE = """<!DOCTYPE html>
@@ -114,10 +131,11 @@ hover for the value.</p>
 
 
 def html_page(title: str, rows: Sequence[tuple[str, str, float, str]]) -> str:
-    """A page of `(where, label, probability, highlighted text HTML)` rows; `where` and `label` are escaped here."""
+    """A page of `(where, label, probability, highlighted text HTML)` rows; `where` and `label` are escaped here
+    (`html_text`)."""
     body = "\n".join(
-        f"<tr><td>{html.escape(where)}</td><td>{html.escape(label)}</td><td>{prob:.3f}</td>"
+        f"<tr><td>{html_text(where)}</td><td>{html_text(label)}</td><td>{prob:.3f}</td>"
         f'<td class="text">{text}</td></tr>'
         for where, label, prob, text in rows
     )
-    return PAGE.format(title=html.escape(title), rows=body)
+    return PAGE.format(title=html_text(title), rows=body)

@@ -499,8 +499,8 @@ class SentimentTask(TaskPlugin):
                 if row < html_rows:
                     page.append((example.where, label, float(probs[best]), explain.highlight_html(text, words)))
                 if row < show:
-                    log.info("%s  %s %.2f  %s", example.where, label, float(probs[best]),
-                             explain.highlight_terminal(text, words, top_words))
+                    log.info("%s  %s %.2f  %s", explain.terminal_text(example.where), explain.terminal_text(label),
+                             float(probs[best]), explain.highlight_terminal(text, words, top_words))
 
 
 def probabilities_by_text(predictions: Sequence[dict[str, Tensor]]) -> dict[int, Tensor]:
