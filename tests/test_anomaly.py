@@ -1,6 +1,7 @@
 """The anomaly task: detectors, streaming == batch, flags on injected anomalies, CLI, bad input."""
 
 import copy
+import csv
 import gzip
 import io
 import json
@@ -560,6 +561,13 @@ def test_autoencoder_with_retraining_and_calendar_honours_the_contract_and_strea
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 0
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 24 and "line 1: read as the column names 'timestamp,value'" in err
+    quoted = "".join(f'"Jan 01, 2024 {h:02d}:00",{np.sin(h / 4):.3f}\n' for h in range(24))  # a comma in the date
+    monkeypatch.setattr(sys, "stdin", io.StringIO(quoted))
+    assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 0
+    records = list(csv.reader(io.StringIO(capsys.readouterr().out)))
+    assert len(records) == 24 and {len(record) for record in records} == {3}
+    assert records[0][0] == "Jan 01, 2024 00:00" and [record[1:] for record in records] == [
+        line.split(",")[1:] for line in out.splitlines()]  # as scored with the dates written otherwise
     monkeypatch.setattr(sys, "stdin", io.StringIO(lines + "timestamp,value\n"))  # column names after the first line
     assert stream_main([ckpt, "--timestamp", "--probation", "20"]) == 2
     assert capsys.readouterr().err.strip() == "error: stdin, line 25: not a timestamp: 'timestamp'"

@@ -4,7 +4,8 @@ Each input line holds the values of one observation, comma-separated (a leading
 timestamp is allowed with --timestamp, and required by a detector with calendar
 features: a date, written as the checkpoint's task.data.time_format says if it is set,
 or Unix time in its task.data.time_unit); each output
-line is `score,flag` (`timestamp,score,flag` with --timestamp), flushed at once; blank
+line is `score,flag` (`timestamp,score,flag` with --timestamp, the timestamp quoted as a CSV
+file quotes a field with a comma), flushed at once; blank
 lines are skipped, and so is a first line of column names (a CSV's header: a word a column).
 A detector trained with task.data.missing=skip skips an observation with a missing value (an
 empty field, or nan, na, n/a, null), answering `nan,0`. The first --probation observations fit
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import math
 import re
 import sys
@@ -76,6 +78,14 @@ def csv_fields(line: str) -> list[str]:
     return [field.strip() for field in next(csv.reader([line]), [""])]
 
 
+def csv_line(*fields: str) -> str:
+    """`fields` as one CSV record, without its line end (a field holding a comma or a quote quoted, as it was read:
+    `"Mar 01, 2024 00:00",0.5,0`)."""
+    record = io.StringIO()
+    csv.writer(record, lineterminator="").writerow(fields)
+    return record.getvalue()
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -114,7 +124,7 @@ def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool
             score, flag = stream.update(values, stamp)
         except UserError as err:
             raise UserError(f"stdin, line {number}: {err}") from err
-        yield f"{stamp + ',' if stamp else ''}{score:.6g},{int(flag)}"
+        yield csv_line(*([stamp] if stamp else []), f"{score:.6g}", str(int(flag)))
 
 
 def main(argv: list[str] | None = None) -> int:
