@@ -69,12 +69,20 @@ def fixed_by_training(trained_settings: Sequence[str], task_cfg: DictConfig, sto
     """The keys of `trained_settings` (a task's `TaskPlugin.trained_settings`, e.g. its tokenizer's) whose value in
     `task_cfg` differs from the one training used (`trained_value`): the checkpoint's state holds what training made
     of them."""
-    fixed = []
-    for key in trained_settings:
-        given, trained = OmegaConf.select(task_cfg, key, default=_ABSENT), trained_value(stored_task, key)
-        if given is not _ABSENT and trained is not _ABSENT and given != trained:  # absent: nothing given, or unknown
-            fixed.append(key)
-    return fixed
+    return [key for key in trained_settings
+            if (given := OmegaConf.select(task_cfg, key, default=_ABSENT)) is not _ABSENT  # absent: nothing given
+            and _given_otherwise(given, stored_task, key)]
+
+
+def _given_otherwise(given: Any, stored_task: DictConfig, key: str) -> bool:
+    """Whether `given`, the value of `key`, differs from the one training used (`trained_value`; unknown: no); a block
+    leaf by leaf, so that a setting newer than the checkpoint, left at its shipped default, is no difference."""
+    value = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else given
+    for leaf_key, leaf in leaves(value, key):
+        trained = trained_value(stored_task, leaf_key)
+        if trained is not _ABSENT and leaf != trained:
+            return True
+    return False
 
 
 def use_trained_settings(trained_settings: Sequence[str], task_cfg: DictConfig, stored_task: DictConfig) -> list[str]:

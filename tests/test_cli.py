@@ -313,6 +313,20 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unles
     assert fixed_by_training(["data.path", "model.head_dropout"], given, stored) == ["model.head_dropout"]
 
 
+def test_a_block_whose_only_difference_is_a_setting_newer_than_the_checkpoint_left_at_its_default_is_as_trained(
+        tmp_path):
+    from gru_suite.checkpoint import fixed_by_training
+
+    given = compose_train_config("speech", [], tmp_path).task
+    stored = OmegaConf.create(OmegaConf.to_container(given, resolve=True))
+    del stored.features.cepstra  # a checkpoint saved before task.features.cepstra existed
+    assert fixed_by_training(["features", "text"], given, stored) == []  # nothing to say: nothing given otherwise
+    given.features.cepstra = 13
+    assert fixed_by_training(["features", "text"], given, stored) == ["features"]
+    given.features.cepstra, given.features.n_mels = None, 80
+    assert fixed_by_training(["features", "text"], given, stored) == ["features"]
+
+
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
     # Each process would predict its share of the input and write it over the other's files.
     out = tmp_path / "pred"
