@@ -478,7 +478,7 @@ def test_a_choice_checked_where_it_is_used_is_worded_as_the_config_check_words_i
 
 
 SETTINGS_WITH_CHOICES = {
-    "anomaly": {"detector.kind", "scoring.score", "scoring.threshold", "data.missing"},
+    "anomaly": {"detector.kind", "detector.error", "scoring.score", "scoring.threshold", "data.missing"},
     "forecasting": {"model.normalize", "data.missing"},
     "music": {"generate.unit", "model.head", "data.pitch_range", "model.representation"},
     "sentiment": {"model.pooling", "predict.importance", "model.class_weights", "tokenizer.kind", "data.format",
