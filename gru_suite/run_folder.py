@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite.errors import filesystem_error_in
 from gru_suite.registry import no_task_message
@@ -278,6 +279,10 @@ class KeepEarlierConfig(Callback):
         if blocking := next((p for p in (run_dir, *run_dir.parents) if p.is_file()), None):
             print(f"error: hydra.run.dir={run_dir}: {blocking} is a file, not a folder", file=sys.stderr)
             raise SystemExit(2)  # before Hydra creates the folder, which would fail in a traceback
+        if folder := next((path for path in log_files(config) if path.is_dir()), None):
+            print(f"error: hydra.run.dir={run_dir}: {folder} is a folder, where this run writes its log; move it or "
+                  "run in another folder", file=sys.stderr)
+            raise SystemExit(2)  # before Hydra opens it, which fails in a traceback
         if not first_process():
             check_run_folder_job(run_dir)  # the launch's first process holds the folder
             with read_write(config.hydra), open_dict(config.hydra):  # and writes its .hydra/, after moving the earlier
@@ -304,6 +309,18 @@ class KeepEarlierConfig(Callback):
         _run_start = None  # the run has ended: what it wrote stays
         _moved_aside.clear()
         release_run_folder(Path(config.hydra.run.dir))
+
+
+def log_files(config: DictConfig) -> list[Path]:
+    """The files the logging Hydra sets up for a run (`hydra.job_logging`) writes to (those it can name now)."""
+    probe = OmegaConf.create(OmegaConf.to_container(config, resolve=False))  # a copy: the run's config stays as is
+    probe.hydra.runtime.output_dir = config.hydra.run.dir  # as Hydra sets it before it sets up logging
+    files = []
+    for handler in (probe.hydra.job_logging.get("handlers") or {}).values():
+        with suppress(OmegaConfBaseException):  # a name Hydra resolves later, from what it sets up itself
+            if name := handler.get("filename"):
+                files.append(Path(name))
+    return files
 
 
 def first_process() -> bool:

@@ -1469,6 +1469,18 @@ def test_a_run_folder_that_cannot_be_written_stops_the_run_before_hydra_writes_i
                                        "Read-only file system\n")
 
 
+def test_a_folder_where_the_run_writes_its_log_is_one_line_before_anything_is_written(tmp_path):
+    (tmp_path / "train.log").mkdir()
+    result = run_forked("gru-suite", "task=forecasting", f"hydra.run.dir={tmp_path}")
+    assert (result.returncode, result.stderr) == (2, f"error: hydra.run.dir={tmp_path}: {tmp_path / 'train.log'} is a "
+                                                     "folder, where this run writes its log; move it or run in another "
+                                                     "folder\n")
+    assert [path.name for path in tmp_path.iterdir()] == ["train.log"]
+    logged = run_forked("gru-suite-predict", "task=forecasting", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}",
+                        "hydra/job_logging=stdout")  # Hydra's own logging, to the console only
+    assert "x.ckpt" in logged.stderr and "train.log" not in logged.stderr
+
+
 @pytest.mark.parametrize("work", ["none", "an empty folder", "a new file", "a file replaced", "a file rewritten",
                                   "the run ended"])
 def test_a_refused_run_gives_the_earlier_config_back_unless_it_did_some_work(work, tmp_path, run_start):
