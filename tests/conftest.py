@@ -49,7 +49,7 @@ def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 30
     )
 
 
-def run_forked(command: str, *args: str) -> subprocess.CompletedProcess:
+def run_forked(command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a gru-suite console script as `run_cli` does, but in a fork of this process, with one torch thread: the
     stack it imports is loaded already (a new process spends ~7 s importing it), and what the run changes in its
     process (environment, loggers, Hydra's state) does not reach the tests'. For commands that refuse their input or
@@ -63,6 +63,7 @@ def run_forked(command: str, *args: str) -> subprocess.CompletedProcess:
     if (pid := os.fork()) == 0:  # the child: run, report (exit code, stdout, stderr), end without pytest's exit work
         try:
             os.close(readable)
+            os.chdir(cwd or REPO)
             torch.set_num_threads(1)  # as DataLoader's forked workers do: the parent's OpenMP threads are not theirs
             os.environ.update(TQDM_DISABLE="1", HYDRA_FULL_ERROR="0")
             sys.argv = [command, *args]

@@ -1722,8 +1722,8 @@ def test_resume_with_another_model_is_one_clear_error(trained_run, tmp_path):
 
 
 def test_multirun_sweeps(tmp_path):
-    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
-                     cwd=tmp_path)  # the default sweep folder: multirun/<time>/<job>_<task>
+    result = run_forked("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
+                        cwd=tmp_path)  # the default sweep folder: multirun/<time>/<job>_<task>
     assert result.returncode == 0, result.stderr[-2000:]
     (sweep,) = (tmp_path / "multirun").iterdir()
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0_forecasting", "1_forecasting"]
@@ -1736,9 +1736,9 @@ def test_multirun_sweeps(tmp_path):
 
 
 def test_a_sweep_summarises_its_jobs_in_folders_of_any_layout(tmp_path):
-    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
-                     "hydra.sweep.subdir=hs${backbone.hidden_size}/${hydra.job.num}", "hydra.output_subdir=cfg",
-                     f"hydra.sweep.dir={tmp_path}")
+    result = run_forked("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[1:], "backbone.hidden_size=8,12",
+                        "hydra.sweep.subdir=hs${backbone.hidden_size}/${hydra.job.num}", "hydra.output_subdir=cfg",
+                        f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "hs8" / "0" / "cfg" / "overrides.yaml").is_file() and not list(tmp_path.glob("*/.hydra"))
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
@@ -1752,8 +1752,8 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
     (tmp_path / "1_forecasting" / ".hydra").mkdir()
     (tmp_path / "1_forecasting" / ".hydra" / "overrides.yaml").write_text("- task.data.lookback=6\n")
     (tmp_path / "summary.csv").write_text("job,error\n1_forecasting,an earlier failure\n")
-    result = run_cli("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[:1], *TINY[2:],
-                     "task.data.lookback=5000,24", f"hydra.sweep.dir={tmp_path}")
+    result = run_forked("gru-suite", "-m", "task=forecasting", "debug=fdr", *TINY[:1], *TINY[2:],
+                        "task.data.lookback=5000,24", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "error: 1 job(s) of the sweep failed: [0]" in result.stderr
     rows = {row["job"]: row for row in csv.DictReader((tmp_path / "summary.csv").open())}
@@ -1767,8 +1767,8 @@ def test_a_failed_sweep_job_is_listed_and_the_others_run(tmp_path):
 
 
 def test_a_sweep_job_that_diverges_is_ranked_last_not_failed(tmp_path):
-    result = run_cli("gru-suite", "-m", "task=forecasting", *TINY, "trainer.max_epochs=1", "threads=1",
-                     "predict_after_training=false", "optimizer.lr=1e38,1e-3", f"hydra.sweep.dir={tmp_path}")
+    result = run_forked("gru-suite", "-m", "task=forecasting", *TINY, "trainer.max_epochs=1", "threads=1",
+                        "predict_after_training=false", "optimizer.lr=1e38,1e-3", f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]  # a diverged learning rate is a result, the worst one
     assert ("error: train/loss is nan in epoch 0: training diverged, and the weights to test (best-000.ckpt's) are "
             "not finite") in result.stderr
@@ -1819,9 +1819,9 @@ def test_a_run_killed_while_testing_keeps_its_training_figures_when_resumed(tmp_
 
 
 def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tmp_path):
-    result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
-                     "debug=fdr", *TINY[1:], "test_after_training=false", "predict_after_training=false",
-                     f"hydra.sweep.dir={tmp_path}")
+    result = run_forked("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=3",
+                        "debug=fdr", *TINY[1:], "test_after_training=false", "predict_after_training=false",
+                        f"hydra.sweep.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-2000:]
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
     assert len(rows) == 3 and len({row["optimizer.lr"] for row in rows}) == 3  # three sampled trials
@@ -1832,9 +1832,9 @@ def test_an_optuna_search_minimises_the_monitored_metric_and_ranks_its_trials(tm
 
 
 def test_an_optuna_search_whose_trials_all_fail_ends_in_one_line_and_a_summary(tmp_path):
-    result = run_cli("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
-                     "task.data.lookback=100000", f"hydra.sweep.dir={tmp_path}",
-                     "hydra.sweep.subdir=trial/${hydra.job.num}", "hydra.output_subdir=meta")  # no <sweep>/*/.hydra
+    result = run_forked("gru-suite", "task=forecasting", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                        "task.data.lookback=100000", f"hydra.sweep.dir={tmp_path}",
+                        "hydra.sweep.subdir=trial/${hydra.job.num}", "hydra.output_subdir=meta")  # no <sweep>/*/.hydra
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.stderr.strip().endswith("error: all 2 trials of the sweep failed (each one's error.txt)")
     rows = list(csv.DictReader((tmp_path / "summary.csv").open()))
