@@ -417,9 +417,9 @@ def test_a_non_numeric_range_tolerance_names_the_field(tmp_path):
 
 def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    result = run_cli("gru-suite", "task=anomaly", f"task.data.path={spiky_csv}", "task.data.windows_path=null",
-                     "task.data.label_column=label", "task.data.probation=0.4", "trainer.max_epochs=12", *TINY,
-                     f"hydra.run.dir={run}")
+    result = run_forked("gru-suite", "task=anomaly", f"task.data.path={spiky_csv}", "task.data.windows_path=null",
+                        "task.data.label_column=label", "task.data.probation=0.4", "trainer.max_epochs=12", *TINY,
+                        f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     report = pd.read_csv(run / "predictions" / "spiky.csv")
     assert list(report.columns) == ["timestamp", "value", "raw_score", "score", "threshold", "flag", "reason",
@@ -461,8 +461,8 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
         assert ("within the probationary period of 2" in capsys.readouterr().err) == warned
     short = tmp_path / "short.csv"  # 150 rows: a 60-row probation, under the 64 that training would need
     pd.read_csv(spiky_csv).head(150).to_csv(short, index=False)
-    scored = run_cli("gru-suite-predict", "task=anomaly", f"ckpt_path={ckpt}", f"task.data.path={short}",
-                     f"hydra.run.dir={tmp_path / 'short'}")
+    scored = run_forked("gru-suite-predict", "task=anomaly", f"ckpt_path={ckpt}", f"task.data.path={short}",
+                        f"hydra.run.dir={tmp_path / 'short'}")
     assert scored.returncode == 0, scored.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "short" / "short.csv")) == 150
 
@@ -479,9 +479,9 @@ def test_the_test_loss_is_the_squared_error_over_every_scored_row_of_every_serie
                       "value": np.sin(2 * np.pi * t / (20 if name == "short" else 7)) + rng.normal(0, 0.3, rows)},
                      ).to_csv(folder / f"{name}.csv", index=False)
     run = tmp_path / "run"
-    result = run_cli("gru-suite", "task=anomaly", f"task.data.path={folder}", "task.data.windows_path=null",
-                     "task.detector.kind=autoencoder", "task.detector.window=16", "task.data.probation=0.3",
-                     "trainer.max_epochs=1", *TINY, f"hydra.run.dir={run}")
+    result = run_forked("gru-suite", "task=anomaly", f"task.data.path={folder}", "task.data.windows_path=null",
+                        "task.detector.kind=autoencoder", "task.detector.window=16", "task.data.probation=0.3",
+                        "trainer.max_epochs=1", *TINY, f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     squared = []
     for name, rows in (("short", 300), ("long", 900)):
@@ -492,8 +492,8 @@ def test_the_test_loss_is_the_squared_error_over_every_scored_row_of_every_serie
     assert test_loss == pytest.approx(np.concatenate(squared).mean(), rel=1e-4)
     assert test_loss != pytest.approx(np.mean([s.mean() for s in squared]), rel=1e-3)  # not a mean of the series'
     (folder / "short.csv").write_text("".join((folder / "short.csv").read_text().splitlines(True)[:16]))  # 15 rows
-    result = run_cli("gru-suite-eval", "task=anomaly", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
-                     f"task.data.path={folder}", f"hydra.run.dir={tmp_path / 'eval'}")
+    result = run_forked("gru-suite-eval", "task=anomaly", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                        f"task.data.path={folder}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert result.returncode == 0, result.stderr[-3000:]  # a series with no row scored adds nothing
     assert json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["test/loss"] == pytest.approx(
         squared[1].mean(), rel=1e-4)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import run_cli
+from conftest import run_forked
 from gru_suite import run
 from gru_suite.backbone import GRUBackbone
 from gru_suite.checkpoint import load_checkpoint
@@ -559,13 +559,11 @@ def test_plugin_contract(bundled: Path, tmp_path: Path) -> None:
     check_task_plugin("translation", overrides=[f"task.data.path={bundled}", *TINY], tmp_path=tmp_path)
 
 
-def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny models: one thread per process is fastest
+def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    trained = run_cli("gru-suite", "task=translation", f"task.data.path={bundled}", *TINY, "trainer.max_epochs=1",
-                      "task.data.eval_batch_size=16",  # test batches of 16, 16 and 8 pairs
-                      "predict_after_training=false", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}")
+    trained = run_forked("gru-suite", "task=translation", f"task.data.path={bundled}", *TINY, "trainer.max_epochs=1",
+                         "task.data.eval_batch_size=16",  # test batches of 16, 16 and 8 pairs
+                         "predict_after_training=false", "callbacks.progress_bar=null", f"hydra.run.dir={run_dir}")
     assert trained.returncode == 0, trained.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert {"val/bleu", "test/bleu", "test/chrf", "test/perplexity"} <= set(metrics)
@@ -577,9 +575,10 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     source.write_text("A dog sees the cat.\n\nSome 狗 watch the river.\n" + "The big dog " * 60 + "\n"
                       "A dog runs. The cat sleeps.\n")
     out_dir = tmp_path / "predicted"
-    predicted = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                        f"task.predict.input={source}", "task.data.path=/nonexistent", "task.data.max_tokens=30",
-                        "task.predict.plots=5", f"hydra.run.dir={out_dir}")
+    predicted = run_forked("gru-suite-predict", "task=translation",
+                           f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"task.predict.input={source}",
+                           "task.data.path=/nonexistent", "task.data.max_tokens=30", "task.predict.plots=5",
+                           f"hydra.run.dir={out_dir}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     lines = (out_dir / "translations.txt").read_text(encoding="utf-8").split("\n")
     assert len(lines) == 6 and lines[-1] == "" and lines[1] == ""  # five lines, the empty one kept empty
@@ -597,29 +596,29 @@ def test_cli_trains_then_translates_a_file_one_line_per_line(bundled: Path, tmp_
     assert sorted(path.name for path in out_dir.glob("attention_*.png")) == sorted(plotted)
     assert (out_dir / "tokenizer" / "tokenizer.json").is_file()  # joint vocabulary: one tokenizer
     source.write_text("A dog runs. " + "The big dog " * 60 + "\nThe cat sleeps.\n")
-    skipped = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                      f"task.predict.input={source}", "task.data.max_tokens=30", "task.data.too_long=skip",
-                      f"hydra.run.dir={tmp_path / 'skipped'}")
+    skipped = run_forked("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                         f"task.predict.input={source}", "task.data.max_tokens=30", "task.data.too_long=skip",
+                         f"hydra.run.dir={tmp_path / 'skipped'}")
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     first, second, end = (tmp_path / "skipped" / "translations.txt").read_text(encoding="utf-8").split("\n")
     assert first == "" and second and end == ""  # the line with a skipped sentence is empty, not half translated
     attention = (tmp_path / "skipped" / "attention.jsonl").read_text().splitlines()
     assert [json.loads(r)["line"] for r in attention] == [2]  # nor do its other sentences' alignments appear
-    swapped = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                      "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
+    swapped = run_forked("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                         "task.data.source=toy", "task.data.target=en", f"hydra.run.dir={tmp_path / 'swapped'}")
     assert swapped.returncode == 2 and ("the model translates en -> toy; task.data.source=toy and "
                                         "task.data.target=en ask for the other direction") in swapped.stderr
     (renamed := tmp_path / "renamed").mkdir()  # the test files under other language names: read, with a warning
     for side, language in (("en", "eng"), ("toy", "toi")):
         (renamed / f"test.{language}").write_text((bundled / f"test.{side}").read_text(encoding="utf-8"))
-    other = run_cli("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                    f"task.data.path={renamed}", "task.data.source=eng", "task.data.target=toi",
-                    f"hydra.run.dir={tmp_path / 'other'}")
+    other = run_forked("gru-suite-eval", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                       f"task.data.path={renamed}", "task.data.source=eng", "task.data.target=toi",
+                       f"hydra.run.dir={tmp_path / 'other'}")
     assert other.returncode == 0, other.stderr[-3000:]
     assert ("the model translates en -> toy; the files of task.data.source=eng and task.data.target=toi are read as "
             "those languages") in other.stdout + other.stderr
-    clash = run_cli("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-                    "task.predict.output=attention.jsonl", f"hydra.run.dir={tmp_path / 'clash'}")
+    clash = run_forked("gru-suite-predict", "task=translation", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+                       "task.predict.output=attention.jsonl", f"hydra.run.dir={tmp_path / 'clash'}")
     assert clash.returncode == 2 and "task.predict.output=attention.jsonl is the name of another file the run " \
         "writes" in clash.stderr and "Predicting" not in clash.stdout + clash.stderr  # refused before any work
 
