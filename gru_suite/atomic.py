@@ -19,7 +19,10 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)")
-"""The name of `atomic_path`'s temporary file: `.<name>.<mkstemp's 8 random characters><name's suffix>`."""
+"""The name of `atomic_path`'s temporary file: `.<name>.<mkstemp's 8 random characters><name's suffix>` (the name's
+stem cut short where the whole would pass `NAME_MAX`)."""
+NAME_MAX = 255
+"""The most bytes a file name may have (ext4, XFS, btrfs, tmpfs and most others)."""
 
 
 def unfinished_writes(folder: Path) -> list[Path]:
@@ -42,7 +45,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if target.is_dir():
         raise UserError(f"{target} is a folder: cannot write the file of that name")
     _make_folder(target.parent, target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=target.suffix)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temporary_prefix(target), suffix=target.suffix)
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0o600, as a plain open() would create it
@@ -57,6 +60,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _temporary_prefix(target: Path) -> str:
+    """`.<target's name>.`, its stem cut short (whole characters) where the temporary name would pass `NAME_MAX`."""
+    suffix = target.suffix
+    room = NAME_MAX - len(f"..12345678{suffix}{suffix}".encode())
+    stem = target.stem.encode()[:room].decode("utf-8", "ignore")
+    return f".{stem}{suffix}."
 
 
 def _make_folder(folder: Path, writing: Path) -> None:
