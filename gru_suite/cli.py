@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import time
@@ -170,10 +171,10 @@ def _warn_undeclared_settings(cfg: Any) -> None:
     import yaml
 
     from gru_suite.config import CONF_DIR
-    from gru_suite.overrides import undeclared_run_settings, undeclared_settings
+    from gru_suite.overrides import command_line_overrides, undeclared_run_settings, undeclared_settings
 
     hydra_cfg = HydraConfig.get()
-    overrides = list(hydra_cfg.overrides.task)
+    overrides = command_line_overrides(hydra_cfg)
     own = yaml.safe_load((CONF_DIR / f"{hydra_cfg.job.config_name}.yaml").read_text(encoding="utf-8"))
     declared = [*own, *hydra_cfg.runtime.choices, "hydra"]  # the command's own settings, and config groups
     messages = undeclared_run_settings(overrides, declared, Path(sys.argv[0]).name)
@@ -192,6 +193,17 @@ def _unset_key_read(err: BaseException) -> UserError | None:
         return None
     return UserError(f"{err.full_key}: the code reads this setting, but the config has none (a task's code reads only "
                      "keys its conf/task/<name>.yaml declares; check_task_plugin names the missing ones)")
+
+
+def _unresolvable_value(err: BaseException) -> UserError | None:
+    """A setting whose `${...}` could not be resolved (an unset environment variable, a key that does not exist), as
+    one line naming it."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    if not isinstance(err, InterpolationResolutionError):
+        return None
+    reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", str(err).strip().splitlines()[0])
+    return UserError(f"{err.full_key}: {reason} (a literal '${{' in a value is written '\\${{')")
 
 
 def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
@@ -222,6 +234,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
+        from gru_suite.overrides import command_line_overrides
         from gru_suite.run_folder import keep_earlier_file, restore_earlier_work
         from gru_suite.sweep import ERROR_NAME, file_time_now_ns, sweep_job
 
@@ -238,7 +251,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
         except KeyboardInterrupt:  # outside Lightning's loops
             stopped("interrupted", resumable_run(cfg), 130, resumable_sweep())
         except Exception as err:
-            user_error = (user_error_in(err) or _unset_key_read(err)
+            user_error = (user_error_in(err) or _unset_key_read(err) or _unresolvable_value(err)
                           or filesystem_error_in(err, HydraConfig.get().runtime.output_dir))  # read-only, full, ...
             sweep = HydraConfig.get().mode == RunMode.MULTIRUN
             if user_error is None and not sweep:
@@ -264,7 +277,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
             else:
                 write_job_error(folder, str(user_error))
                 failed_jobs.append(job)  # the sweep goes on; its exit code says so at the end
-            unfinished.append(sweep_job(HydraConfig.get(), HydraConfig.get().overrides.task, cfg.get("task"),
+            unfinished.append(sweep_job(HydraConfig.get(), command_line_overrides(HydraConfig.get()), cfg.get("task"),
                                         started_ns))
             if len(unfinished) == HydraConfig.get().sweeper.get("n_trials"):  # Optuna's last trial
                 _end_sweep_without_a_result(Path(HydraConfig.get().sweep.dir), unfinished, 1 if crashed_jobs else 2)
@@ -400,7 +413,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     from gru_suite.checkpoint import read_checkpoint, restore, stored_config
     from gru_suite.config import check_run_settings
     from gru_suite.files import launch_path
-    from gru_suite.overrides import apply_overrides
+    from gru_suite.overrides import apply_overrides, command_line_overrides
     from gru_suite.task import wrong_task_settings
 
     if not cfg.get("ckpt_path"):
@@ -416,7 +429,7 @@ def _restore(cfg: Any, path: str | None = None, task_name: str | None = None,
     if task_name is not None and task_name != stored.task.name:
         raise UserError(f"ensemble: {path} holds a model of task {stored.task.name!r}, {cfg.ckpt_path} one of "
                         f"task {task_name!r}")
-    task_cfg = apply_overrides(stored.task, cfg, list(HydraConfig.get().overrides.task), "task")
+    task_cfg = apply_overrides(stored.task, cfg, command_line_overrides(HydraConfig.get()), "task")
     task_cls = registry.get_task(task_cfg.name).load()
     if task_name is None:
         check_run_settings(cfg, numbers, task=wrong_task_settings(task_cls, task_cfg))

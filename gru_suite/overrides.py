@@ -11,6 +11,12 @@ from omegaconf import DictConfig, OmegaConf
 from gru_suite.config import CONF_DIR, leaves
 
 
+def command_line_overrides(hydra: DictConfig) -> list[str]:
+    """The running app's command-line overrides (`hydra.overrides.task`) as given: an interpolation in a value
+    (`${oc.env:DATA}`) is left as written, not resolved (which fails where it cannot be, as a value read would)."""
+    return list(OmegaConf.to_container(hydra.overrides.task, resolve=False))
+
+
 def override_key(override: str) -> str:
     """The dotted key a command-line override names (`++backbone.dropout=0.3` -> `backbone.dropout`,
     `~task.x` -> `task.x`)."""

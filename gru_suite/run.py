@@ -55,7 +55,7 @@ from gru_suite.distributed import (
 from gru_suite.errors import DivergedRun, UserError, user_error_in
 from gru_suite.metrics_file import write_metrics
 from gru_suite.module import CHECKPOINT_KEY, STEP_LOSS, TaskModule, divergence_advice
-from gru_suite.overrides import given_keys
+from gru_suite.overrides import command_line_overrides, given_keys
 from gru_suite.profilers import QuietProfiler
 from gru_suite.resume import (
     check_epochs_left,
@@ -198,7 +198,7 @@ def command_line_keys(group: str) -> list[str]:
     """The keys of config `group` set on the command line of the running Hydra app (none outside one)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return given_keys(list(HydraConfig.get().overrides.task), group) if HydraConfig.initialized() else []
+    return given_keys(command_line_overrides(HydraConfig.get()), group) if HydraConfig.initialized() else []
 
 
 def apply_threads(cfg: DictConfig) -> None:

@@ -213,6 +213,14 @@ def test_predict_on_new_data_from_checkpoint_alone(trained_run, tmp_path):
         ".hydra", ".hydra.1", "forecast.1.csv", "forecast.1.png", "forecast.csv", "forecast.png"]
 
 
+def test_a_restoring_command_names_a_setting_whose_interpolation_cannot_be_resolved(trained_run, tmp_path):
+    result = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
+                        "task.data.path=${oc.env:GRU_SUITE_UNSET}/x.csv", f"hydra.run.dir={tmp_path}")
+    assert (result.returncode, result.stderr.splitlines()[-1]) == (2, "error: task.data.path: \"Environment variable "
+                                                                      "'GRU_SUITE_UNSET' not found\" (a literal '${' "
+                                                                      "in a value is written '\\${')")
+
+
 def test_a_restored_forecaster_refuses_other_targets(trained_run, tmp_path):
     # trained to forecast load from [load, temperature]: temperature would be scored against load's forecasts
     result = run_forked("gru-suite-eval", "task=forecasting", f"ckpt_path={trained_run}/checkpoints/last.ckpt",
@@ -1892,6 +1900,11 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
         (["experiment=etth1", "task.data.path=/no/such.csv"], "data file not found: /no/such.csv"),  # preset's task
         (["task=forecasting", "~task.data.lookback"],  # as a plugin whose code reads a key its config lacks
          "error: task.data.lookback: the code reads this setting, but the config has none"),
+        (["task=forecasting", "task.data.path=${oc.env:GRU_SUITE_UNSET}/x.csv"],
+         "error: task.data.path: \"Environment variable 'GRU_SUITE_UNSET' not found\" (a literal '${' in a value is "
+         "written '\\${')"),
+        (["task=forecasting", "task.data.path=/data/${nope}.csv"], "error: task.data.path: Interpolation key 'nope' "
+                                                                   "not found"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
