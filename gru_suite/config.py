@@ -10,7 +10,7 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite.errors import UserError, user_error_in
@@ -201,6 +201,20 @@ RangeField = tuple[str, "type[int] | type[float]", float, bool]
 
 ChoiceField = tuple[str, Sequence[Any]]
 """(dotted key of a setting, the values it may take)."""
+
+
+def wrong_paths(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> list[str]:
+    """One message per field of `fields` (a path setting: a path, a list of them, or null) that `cfg` sets to a
+    number or a boolean: Hydra reads an unquoted `2024` or `1e3` as one."""
+    wrong = []
+    for field in fields:
+        value = OmegaConf.select(cfg, field, default=None, throw_on_resolution_failure=False)
+        items = list(value) if isinstance(value, ListConfig) else [value]
+        if scalar := next((item for item in items if isinstance(item, (bool, int, float))), None):
+            example = f'{prefix}{field}="{scalar}"' if type(scalar) is int else f'{prefix}{field}="..."'
+            wrong.append(f"{prefix}{field} must be a path, got the {type(scalar).__name__} {scalar!r}: quote a name "
+                         f"that reads as a number on the command line, '{example}'")
+    return wrong
 
 
 def wrong_choices(cfg: DictConfig, fields: tuple[ChoiceField, ...], prefix: str = "") -> list[str]:

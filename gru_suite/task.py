@@ -28,6 +28,7 @@ from gru_suite.config import (
     raise_all,
     wrong_choices,
     wrong_numbers,
+    wrong_paths,
     wrong_ranges,
     wrong_switches,
     wrong_unset,
@@ -138,9 +139,10 @@ class TaskPlugin(ABC):
 
     @classmethod
     def wrong_settings(cls, cfg: DictConfig) -> list[str]:
-        """One message per wrong setting of the task's config `cfg` among `required`, `numbers`, `choices`, `ranges`
-        and the switches its shipped config sets true or false (the right ones are stored as numbers and booleans). A
-        plugin with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own messages]`."""
+        """One message per wrong setting of the task's config `cfg` among `required`, `numbers`, `choices`, `ranges`,
+        `path_settings` and the switches its shipped config sets true or false (the right ones are stored as numbers
+        and booleans). A plugin with settings of other kinds extends it: `super().wrong_settings(cfg) + [its own
+        messages]`."""
         switches = task_switches(str(cfg.get("name")))
         mode = cfg.get("monitor_mode")
         monitoring = [] if mode in ("min", "max") else [f"task.monitor_mode must be min or max, got {mode!r}"]
@@ -153,7 +155,7 @@ class TaskPlugin(ABC):
         unset = tuple(field for field in required if field not in number_keys or not lacks(cfg, field))
         return (wrong_unset(cfg, unset, "task.") + wrong_numbers(cfg, numbers, "task.")
                 + wrong_choices(cfg, cls.choices, "task.") + wrong_ranges(cfg, cls.ranges, "task.")
-                + wrong_switches(cfg, switches, "task.") + monitoring)
+                + wrong_switches(cfg, switches, "task.") + wrong_paths(cfg, cls.path_settings, "task.") + monitoring)
 
     @abstractmethod
     def datamodule(self) -> pl.LightningDataModule:
@@ -289,8 +291,15 @@ def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
             absolute = [_absolute(item) if isinstance(item, str) else item for item in value]
         else:
             continue
-        if absolute != value:
-            OmegaConf.update(cfg, key, absolute, merge=False)
+        if absolute != value:  # a `${` in a folder's name is not an interpolation
+            OmegaConf.update(cfg, key, _escaped(absolute), merge=False)
+
+
+def _escaped(value: Any) -> Any:
+    """`value` (a path, or a list of them) as OmegaConf reads it back literally (`${` escaped)."""
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value.replace("${", "\\${") if isinstance(value, str) else value
 
 
 NOT_PATHS = ("", "-", "auto")

@@ -290,6 +290,10 @@ def test_a_relative_data_path_is_made_absolute_as_the_task_is_built(tmp_path, mo
     assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "data" / "mine.csv")  # in the config stored
     missing = compose_train_config("forecasting", ["task.data.path=data/other.csv"], tmp_path / "run")
     assert run.build_task(missing.task).cfg.data.path == "data/other.csv"  # named as given when it is not found
+    (tmp_path / "d${H}").mkdir()  # a folder whose name holds what would be an interpolation
+    shutil.copy(tmp_path / "data" / "mine.csv", tmp_path / "d${H}" / "x.csv")
+    cfg = compose_train_config("forecasting", ['task.data.path="d\\${H}/x.csv"'], tmp_path / "run")
+    assert run.build_task(cfg.task).cfg.data.path == str(tmp_path / "d${H}" / "x.csv")  # still the folder's name
     (tmp_path / "-").touch(), (tmp_path / "auto").mkdir()  # a file named like stdin, a folder named like a keyword
     for task, settings in (("speech", ["task.data.val=''", "task.predict.input=-"]),
                            ("anomaly", ["task.data.windows_path=auto", f"task.data.path={'x' * 300}"])):
@@ -1905,6 +1909,10 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
          "written '\\${')"),
         (["task=forecasting", "task.data.path=/data/${nope}.csv"], "error: task.data.path: Interpolation key 'nope' "
                                                                    "not found"),
+        (["task=anomaly", "task.data.path=2024", "task.data.windows_path=1e3"],  # names that read as numbers
+         "2 settings are wrong:\n  task.data.path must be a path, got the int 2024: quote a name that reads as a "
+         "number on the command line, 'task.data.path=\"2024\"'\n  task.data.windows_path must be a path, got the "
+         "float 1000.0: quote a name that reads as a number on the command line, 'task.data.windows_path=\"...\"'"),
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, message):
