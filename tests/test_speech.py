@@ -1246,6 +1246,11 @@ def test_test_audio_too_short_for_its_transcript_is_scored_and_left_out_of_the_l
         both = task.step(model, test.__getitems__([0, 1]), "test")
         alone = task.step(model, test.__getitems__([0]), "test")
     assert both.loss.item() == pytest.approx(alone.loss.item()) and int(both.loss_weight) == 1
+    batch = test.__getitems__([0])
+    batch["features"] = batch["features"].bfloat16()  # trainer.precision=bf16-true: 16-bit weights and inputs
+    with torch.no_grad():
+        half = task.step(model.to(torch.bfloat16), batch, "test")
+    assert half.loss.dtype == torch.float32 and half.loss.item() == pytest.approx(alone.loss.item(), rel=0.05)
     assert task.scores["test"].pairs.keys() == {0, 1}  # the short one counts in WER/CER as the model's error
     manifest.write_text(json.dumps({"audio_filepath": "a.wav", "text": long_text}) + "\n")
     with pytest.raises(UserError, match="no usable test utterances"):

@@ -470,7 +470,7 @@ class SpeechTask(TaskPlugin):
 
     def step(self, model: SpeechModel, batch: dict, stage: Stage) -> StepOutput:
         hidden, out_lengths, _ = model.encode(batch["features"], batch["lengths"])
-        log_probs = model.emit(hidden)
+        log_probs = model.emit(hidden).float()  # CTC in float32, as autocast runs it: a CPU has no 16-bit CTC
         losses = F.ctc_loss(log_probs.transpose(0, 1), batch["targets"], out_lengths, batch["target_lengths"],
                             blank=0, reduction="none", zero_infinity=True) / batch["target_lengths"].clamp(min=1)
         if stage == "train":  # every training utterance is long enough for its tokens (the others are skipped)
