@@ -121,6 +121,27 @@ def _refuse_another_tasks_preset() -> None:
         sys.exit(2)
 
 
+def _require_readable_overrides() -> None:
+    """Each command-line override reads in Hydra's grammar: else one line naming it, where it stops and how to quote
+    a value, not Hydra's grammar error (which says neither)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    overrides = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
+    parser = OverridesParser.create() if overrides else None
+    for arg in overrides:
+        try:
+            parser.parse_overrides([arg])
+        except OverrideParseException as err:
+            first, *rest = str(err).splitlines()
+            caret = rest[0].find("^") - first.find(arg) if rest and "^" in rest[0] and arg in first else -1
+            where = f"at {arg[caret]!r}" if 0 <= caret < len(arg) else f"({first})"
+            print(f"error: cannot read the override {arg!r} {where}: quote a value holding spaces, quotes, brackets, "
+                  "'#' or letters outside ASCII, as in 'task.data.path=\"/my data/café.csv\"' (the shell's quotes "
+                  "around Hydra's)", file=sys.stderr)
+            sys.exit(2)
+
+
 def _require_known_options() -> None:
     """`group=NAME` names a config of that group: one line listing the group's options (`unknown_group_option`),
     not Hydra's search-path dump (nor, for `group=null`, its ValueError traceback)."""
@@ -283,6 +304,7 @@ def _run_app(config_name: str, body: Callable[[Any], Any]) -> None:
                 _end_sweep_without_a_result(Path(HydraConfig.get().sweep.dir), unfinished, 1 if crashed_jobs else 2)
             return None
 
+    _require_readable_overrides()
     _require_task_for_task_overrides()
     _require_known_task()
     _refuse_another_tasks_preset()

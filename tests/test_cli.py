@@ -1935,6 +1935,19 @@ def test_an_unknown_option_of_a_config_group_is_one_line_listing_the_options(tmp
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / ".hydra").exists()
 
 
+@pytest.mark.parametrize("override, where", [("task.data.path=/data/café.csv", "at 'é'"),
+                                             ("ckpt_path=/runs/(a).ckpt", "(mismatched input '(' expecting <EOF>)")])
+def test_an_override_hydra_cannot_read_is_one_line_saying_how_to_quote(tmp_path, override, where):
+    result = run_forked("gru-suite-predict", "task=forecasting", override, f"hydra.run.dir={tmp_path}")
+    assert (result.returncode, result.stderr) == (2, f"error: cannot read the override {override!r} {where}: quote a "
+                                                     "value holding spaces, quotes, brackets, '#' or letters outside "
+                                                     "ASCII, as in 'task.data.path=\"/my data/café.csv\"' (the "
+                                                     "shell's quotes around Hydra's)\n")
+    quoted = run_forked("gru-suite-predict", "task=forecasting", 'task.data.path="/data/café.csv"', "ckpt_path=x.ckpt",
+                        f"hydra.run.dir={tmp_path}")
+    assert quoted.returncode == 2 and "checkpoint not found: x.ckpt" in quoted.stderr  # read, and on to the next
+
+
 def test_a_users_own_config_folder_may_add_options_so_hydra_answers_for_them(tmp_path):
     (tmp_path / "backbone").mkdir()
     (tmp_path / "backbone" / "mine.yaml").write_text("defaults:\n  - gru\nhidden_size: 9\n")
