@@ -203,6 +203,16 @@ ChoiceField = tuple[str, Sequence[Any]]
 """(dotted key of a setting, the values it may take)."""
 
 
+def literal(node: Any) -> Any:
+    """A plain config container (dicts, lists, scalars) with `${` escaped in its strings, so that `OmegaConf.create`
+    keeps them as they are: a resolved config holds no interpolations, only values such as a folder named `d${H}`."""
+    if isinstance(node, dict):
+        return {key: literal(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [literal(item) for item in node]
+    return node.replace("${", "\\${") if isinstance(node, str) else node
+
+
 def wrong_paths(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> list[str]:
     """One message per field of `fields` (a path setting: a path, a list of them, or null) that `cfg` sets to a
     number or a boolean: Hydra reads an unquoted `2024` or `1e3` as one."""

@@ -41,6 +41,7 @@ from gru_suite.config import (
     MODEL_CONFIG_KEYS,
     check_run_settings,
     instantiate,
+    literal,
     raise_all,
     wrong_batch_limits,
     unset_required,
@@ -162,8 +163,8 @@ def build_module(cfg: DictConfig, task: TaskPlugin) -> TaskModule:
     optimizer = instantiate(cfg.optimizer, "optimizer", _partial_=True)
     scheduler = instantiate(cfg.scheduler, "scheduler", _partial_=True) if cfg.get("scheduler") else None
     check_optimization(optimizer, scheduler)
-    model_cfg = OmegaConf.create({k: OmegaConf.to_container(cfg[k], resolve=True)
-                                  for k in MODEL_CONFIG_KEYS if k in cfg})
+    model_cfg = OmegaConf.create(literal({k: OmegaConf.to_container(cfg[k], resolve=True)
+                                          for k in MODEL_CONFIG_KEYS if k in cfg}))  # stored escaped, read back as is
     return TaskModule(task, model, model_cfg, optimizer, scheduler)
 
 

@@ -25,6 +25,7 @@ from gru_suite.config import (
     NumberField,
     RangeField,
     lacks,
+    literal,
     raise_all,
     wrong_choices,
     wrong_numbers,
@@ -292,14 +293,7 @@ def absolute_paths(cfg: DictConfig, fields: Sequence[str]) -> None:
         else:
             continue
         if absolute != value:  # a `${` in a folder's name is not an interpolation
-            OmegaConf.update(cfg, key, _escaped(absolute), merge=False)
-
-
-def _escaped(value: Any) -> Any:
-    """`value` (a path, or a list of them) as OmegaConf reads it back literally (`${` escaped)."""
-    if isinstance(value, list):
-        return [_escaped(item) for item in value]
-    return value.replace("${", "\\${") if isinstance(value, str) else value
+            OmegaConf.update(cfg, key, literal(absolute), merge=False)
 
 
 NOT_PATHS = ("", "-", "auto")

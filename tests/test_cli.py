@@ -282,6 +282,19 @@ def test_a_trained_path_given_relative_is_the_same_setting_as_the_stored_absolut
     assert "fixed by training" not in caplog.text
 
 
+def test_a_model_trained_on_a_folder_whose_name_holds_an_interpolation_is_restored_with_it(tmp_path):
+    (data := tmp_path / "d${H}").mkdir()
+    shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", data / "x.csv")
+    trained = run_forked("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=1", "predict_after_training=false",
+                         f'task.data.path="{tmp_path}/d\\${{H}}/x.csv"', f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    evaluated = run_forked("gru-suite-eval", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
+                           f"hydra.run.dir={tmp_path / 'eval'}")  # reads the data of the path it stored
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert (json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["test/mse"]
+            == json.loads((tmp_path / "run" / "metrics.json").read_text())["test/mse"])
+
+
 def test_a_relative_data_path_is_made_absolute_as_the_task_is_built(tmp_path, monkeypatch):
     (tmp_path / "data").mkdir()
     shutil.copy(REPO / "data" / "forecasting" / "demo_load.csv", tmp_path / "data" / "mine.csv")
