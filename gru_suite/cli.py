@@ -26,19 +26,22 @@ SEARCHPATH_KEY = "hydra.searchpath="
 
 def _add_task_configs_to_searchpath() -> None:
     """Let Hydra see every installed task's config folder (found via entry points), after the user's own
-    `hydra.searchpath=[...]` folders when given."""
-    from gru_suite.registry import config_search_path
+    `hydra.searchpath=[...]` folders when given; each quoted, as a folder's name may hold a space, a comma or a
+    letter outside ASCII (a project installed under /home/josé)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from gru_suite.registry import config_search_path, searchpath_override
 
     args = sys.argv[1:]
     for i, arg in enumerate(args, 1):
         if arg.startswith(SEARCHPATH_KEY):
-            own = arg.removeprefix(SEARCHPATH_KEY).strip().removeprefix("[").removesuffix("]")
-            folders = [folder.strip() for folder in own.split(",") if folder.strip()]
-            sys.argv[i] = f"{SEARCHPATH_KEY}[{','.join([*folders, *config_search_path()])}]"
+            own = OverridesParser.create().parse_override(arg).value()  # read by now (_require_readable_overrides)
+            sys.argv[i] = searchpath_override([*(own if isinstance(own, list) else [own]), *config_search_path()])
             return
     # beside the other overrides: argparse rejects positionals split by options
     first_override = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
-    sys.argv.insert(1 + first_override, f"{SEARCHPATH_KEY}[{','.join(config_search_path())}]")
+    sys.argv.insert(1 + first_override, searchpath_override(config_search_path()))
+
 
 
 def _log_to_run_files(message: str) -> None:

@@ -232,6 +232,13 @@ def config_search_path() -> list[str]:
     return [f"file://{folder}" for folder in task_config_dirs()]
 
 
+def searchpath_override(folders: list[str]) -> str:
+    """The `hydra.searchpath=[...]` override listing `folders` (`config_search_path`'s entries), each quoted: a
+    folder's name may hold a space, a comma or a letter outside ASCII (a project installed under /home/josé)."""
+    quoted = ('"' + str(folder).replace('"', '\\"') + '"' for folder in folders)
+    return f"hydra.searchpath=[{','.join(quoted)}]"
+
+
 # config groups a task's own config pulls in; nobody selects them on the command line
 TASK_INTERNAL_GROUPS = frozenset({"task_trainer"})
 

@@ -255,7 +255,7 @@ def compose_train_config(task: str, overrides: list[str], output_dir: Path) -> D
     register_resolvers()
     if message := unknown_group_option(overrides):
         raise UserError(message)
-    searchpath = f"hydra.searchpath=[{','.join(registry.config_search_path())}]"
+    searchpath = registry.searchpath_override(registry.config_search_path())
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         try:
             cfg = compose("train", overrides=[f"task={task}", searchpath, *BASE_OVERRIDES, *overrides])

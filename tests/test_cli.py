@@ -1455,7 +1455,7 @@ def hydra_run_config(run_dir: str, *overrides: str) -> DictConfig:
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         config = compose("train", overrides=["task=forecasting", *overrides,
-                                             f"hydra.searchpath=[{','.join(registry.config_search_path())}]"],
+                                             registry.searchpath_override(registry.config_search_path())],
                          return_hydra_config=True)
     with open_dict(config):
         config.hydra.run.dir = run_dir
@@ -2033,12 +2033,21 @@ def test_ensemble_paths_are_checked_before_any_model_loads(tmp_path, monkeypatch
 
 
 def test_a_users_own_config_folder_adds_to_the_installed_tasks(tmp_path):
-    (tmp_path / "experiment").mkdir()
-    (tmp_path / "experiment" / "mine.yaml").write_text(
+    (folder := tmp_path / "my conf, v2 é").mkdir()  # a name Hydra reads quoted only
+    (folder / "experiment").mkdir()
+    (folder / "experiment" / "mine.yaml").write_text(
         "# @package _global_\ndefaults:\n  - override /task: forecasting\nbackbone:\n  hidden_size: 12\n")
-    result = run_cli("gru-suite", "experiment=mine", f"hydra.searchpath=[file://{tmp_path}]", "--cfg", "job")
+    result = run_forked("gru-suite", "experiment=mine", f'hydra.searchpath=["file://{folder}"]', "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hidden_size: 12" in result.stdout and "name: forecasting" in result.stdout  # the task's own config too
+
+
+def test_the_installed_tasks_config_folders_may_be_named_with_any_letters():
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    folders = ["file:///home/josé/venv/conf", 'file:///opt/a "b", c/conf']  # a project installed there
+    override = OverridesParser.create().parse_override(registry.searchpath_override(folders))
+    assert (override.key_or_group, override.value()) == ("hydra.searchpath", folders)
 
 
 def test_a_sweep_folder_is_named_by_the_launch_time_its_processes_share(tmp_path):
