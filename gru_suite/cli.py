@@ -43,7 +43,6 @@ def _add_task_configs_to_searchpath() -> None:
     sys.argv.insert(1 + first_override, searchpath_override(config_search_path()))
 
 
-
 def _log_to_run_files(message: str) -> None:
     """Write `message` to the run's log files (Hydra's `<command>.log`), not to the console again."""
     record = logging.LogRecord("gru_suite", logging.ERROR, __file__, 0, message, None, None)
@@ -131,7 +130,9 @@ def _require_readable_overrides() -> None:
     from hydra.errors import OverrideParseException
 
     overrides = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
-    parser = OverridesParser.create() if overrides else None
+    if not overrides:  # `--help`: Hydra's parser is not built for nothing
+        return
+    parser = OverridesParser.create()
     for arg in overrides:
         try:
             parser.parse_overrides([arg])
