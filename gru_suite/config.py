@@ -220,7 +220,7 @@ def wrong_paths(cfg: DictConfig, fields: Sequence[str], prefix: str = "") -> lis
     for field in fields:
         value = OmegaConf.select(cfg, field, default=None, throw_on_resolution_failure=False)
         items = list(value) if isinstance(value, ListConfig) else [value]
-        if scalar := next((item for item in items if isinstance(item, (bool, int, float))), None):
+        for scalar in [item for item in items if isinstance(item, (bool, int, float))][:1]:  # 0 and false too
             example = f'{prefix}{field}="{scalar}"' if type(scalar) is int else f'{prefix}{field}="..."'
             wrong.append(f"{prefix}{field} must be a path, got the {type(scalar).__name__} {scalar!r}: quote a name "
                          f"that reads as a number on the command line, '{example}'")

@@ -1922,6 +1922,8 @@ def test_an_optuna_search_without_the_sweeper_installed_is_one_line(monkeypatch,
          "written '\\${')"),
         (["task=forecasting", "task.data.path=/data/${nope}.csv"], "error: task.data.path: Interpolation key 'nope' "
                                                                    "not found"),
+        (["task=forecasting", "task.data.path=0"], "task.data.path must be a path, got the int 0: quote a name that "
+                                                    "reads as a number on the command line, 'task.data.path=\"0\"'"),
         (["task=anomaly", "task.data.path=2024", "task.data.windows_path=1e3"],  # names that read as numbers
          "2 settings are wrong:\n  task.data.path must be a path, got the int 2024: quote a name that reads as a "
          "number on the command line, 'task.data.path=\"2024\"'\n  task.data.windows_path must be a path, got the "
