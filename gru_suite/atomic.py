@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -134,9 +135,30 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[Any]) -> Path:
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, **kwargs) -> Path:
-    """Save a matplotlib figure atomically, close it (if pyplot holds it), and return the path."""
-    with atomic_path(path) as tmp:
+    """Save a matplotlib figure atomically, close it (if pyplot holds it), and return the path. Characters that the
+    figure's fonts lack (a series named in Chinese, an emoji) give one warning naming them, not one per character."""
+    with atomic_path(path) as tmp, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         fig.savefig(tmp, format=Path(path).suffix.lstrip(".") or "png", **kwargs)
+    _warn_again(caught, Path(path))
     if (pyplot := sys.modules.get("matplotlib.pyplot")) is not None:  # a plain Figure is held by no one
         pyplot.close(fig)
     return Path(path)
+
+
+def _warn_again(caught: list[warnings.WarningMessage], path: Path) -> None:
+    """Pass on the warnings of a figure's drawing, matplotlib's missing glyphs gathered into one."""
+    missing: dict[str, set[str]] = {}
+    for warning in caught:
+        if glyph := _MISSING_GLYPH.fullmatch(str(warning.message)):
+            missing.setdefault(glyph["fonts"], set()).add(chr(int(glyph["code"])))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    for fonts, characters in missing.items():
+        warnings.warn(f"{path}: font(s) {fonts} have no glyph for {''.join(sorted(characters))!r}, drawn as empty "
+                      "boxes (set matplotlib's font.family, e.g. in a matplotlibrc file, to a font that has them)",
+                      UserWarning, stacklevel=3)
+
+
+_MISSING_GLYPH = re.compile(r"Glyph (?P<code>\d+) \(.*\) missing from font\(s\) (?P<fonts>.+)\.")
+"""matplotlib's warning for a character that the text's fonts lack (once per character and drawing)."""

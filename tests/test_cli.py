@@ -870,6 +870,24 @@ def test_files_a_library_saves_are_each_on_disk_before_they_are_moved_into_place
         write_files(tmp_path / "file", save)
 
 
+def test_characters_a_figures_font_lacks_are_named_in_one_warning_and_other_warnings_pass(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from gru_suite.atomic import save_figure
+
+    draw = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda *args, **kwargs: draw(*args, **kwargs) or warnings.warn("other"))
+    fig = Figure()
+    fig.subplots().set_title("温度 温 \N{THERMOMETER}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert save_figure(fig, tmp_path / "plot.png") == tmp_path / "plot.png"
+    assert [str(warning.message) for warning in caught] == [
+        "other", f"{tmp_path / 'plot.png'}: font(s) DejaVu Sans have no glyph for '度温\N{THERMOMETER}', drawn as "
+        "empty boxes (set matplotlib's font.family, e.g. in a matplotlibrc file, to a font that has them)"]
+    assert caught[1].filename == __file__  # the caller's line
+
+
 def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary_file(tmp_path):
     path = write_text(tmp_path / "report.csv", "old\n")
     with pytest.raises(RuntimeError, match="disk full"), atomic_path(path) as tmp:

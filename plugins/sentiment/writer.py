@@ -29,7 +29,7 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, title:
     from matplotlib.figure import Figure
 
     size = 1.6 + 0.7 * len(labels)
-    fig = Figure(figsize=(size + 1, size))
+    fig = Figure(figsize=(size + 1, size), layout="tight")  # laid out as it is saved
     ax = fig.subplots()
     image = ax.imshow(matrix, cmap="Blues")
     fig.colorbar(image, ax=ax)
@@ -42,5 +42,4 @@ def plot_confusion(matrix: np.ndarray, labels: Sequence[str], path: Path, title:
     threshold = matrix.max() / 2 if matrix.size else 0
     for (row, col), count in np.ndenumerate(matrix):
         ax.text(col, row, str(count), ha="center", va="center", color="white" if count > threshold else "black")
-    fig.tight_layout()
     return save_figure(fig, path, dpi=100)
