@@ -112,13 +112,16 @@ def test_squared_scores_are_the_squares_of_root_mean_square_ones_in_batch_and_st
         torch.testing.assert_close(torch.tensor([scorer.update(x[0, t]) for t in range(12)]), expected)
 
 
-def test_a_checkpoint_trained_before_the_error_setting_scores_squared_errors_as_it_did(tmp_path):
+def test_a_checkpoint_trained_before_the_error_setting_scores_the_errors_it_was_trained_with(tmp_path):
     cfg = compose_train_config("anomaly", TINY, tmp_path)
     factory = partial(GRUBackbone, hidden_size=8)
-    assert run.build_task(cfg.task, {"n_features": 1}).build_model(factory).error == "rms"
+    state = {"n_features": 1, "calendar": [], "calendar_harmonics": 1}  # as stored since 2026-12-01
+    assert run.build_task(cfg.task, state).build_model(factory).error == "rms"
     with open_dict(cfg):
-        del cfg.task.detector.error  # as stored by a checkpoint trained before the setting existed
-    assert run.build_task(cfg.task, {"n_features": 1}).build_model(factory).error == "squared"
+        del cfg.task.detector.error  # as stored by a checkpoint trained before the setting existed (2026-12-07)...
+    assert run.build_task(cfg.task, state).build_model(factory).error == "rms"  # ... that scored rms
+    del state["calendar_harmonics"]  # ... or trained before root-mean-square scores (2026-12-01)
+    assert run.build_task(cfg.task, state).build_model(factory).error == "squared"
     with open_dict(cfg):
         cfg.task.detector.error = "mse"
     with pytest.raises(UserError, match=r"task.detector.error must be one of \['rms', 'squared'\], got 'mse'"):

@@ -110,7 +110,7 @@ class AnomalyTask(TaskPlugin):
     def build_model(self, backbone: BackboneFactory) -> nn.Module:
         detector = self.cfg.detector
         return build_detector(detector.kind, backbone, self.state["n_features"], detector.window, self.calendar.width,
-                              detector.get("error", "squared"))  # older checkpoints scored squared errors
+                              scored_error(detector, self.state))
 
     def flagger(self) -> Flagger:
         """A fresh `Flagger` of the `scoring` settings, for one series (it learns the series' scores as it goes)."""
@@ -224,3 +224,13 @@ class AnomalyTask(TaskPlugin):
             scored = self.flagger().run(raw, stream.probation, stream.series.values)
             paths += write_series_report(stream, scored, Path(out_dir), unscored)
         return paths
+
+
+def scored_error(detector: Any, state: dict[str, Any]) -> str:
+    """The kind of raw score a detector gives (`task.detector.error`, `ERRORS`). A checkpoint trained before that
+    setting existed (2026-12-07) does not name it: those trained before e918ecd (2026-12-01) scored squared errors,
+    later ones root-mean-square errors, and only the later ones keep `calendar_harmonics` in their state (98e6efe,
+    three hours after e918ecd)."""
+    if "error" in detector:
+        return detector.error
+    return "rms" if "calendar_harmonics" in state else "squared"
