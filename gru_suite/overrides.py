@@ -6,9 +6,9 @@ from __future__ import annotations
 import difflib
 from collections.abc import Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gru_suite.config import CONF_DIR, leaves
+from gru_suite.config import CONF_DIR, leaves, literal
 
 
 def command_line_overrides(hydra: DictConfig) -> list[str]:
@@ -34,7 +34,10 @@ def apply_overrides(base: DictConfig, composed: DictConfig, overrides: list[str]
     for override in overrides:
         key = override_key(override)
         if key.startswith(prefix + "."):
-            OmegaConf.update(merged, key[len(prefix) + 1 :], OmegaConf.select(composed, key), merge=False)
+            value = OmegaConf.select(composed, key)  # resolved: a `\${` given is a plain `${` here, escaped again
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = OmegaConf.to_container(value, resolve=True)
+            OmegaConf.update(merged, key[len(prefix) + 1 :], literal(value), merge=False)
     return merged
 
 

@@ -288,11 +288,15 @@ def test_a_model_trained_on_a_folder_whose_name_holds_an_interpolation_is_restor
     trained = run_forked("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=1", "predict_after_training=false",
                          f'task.data.path="{tmp_path}/d\\${{H}}/x.csv"', f"hydra.run.dir={tmp_path / 'run'}")
     assert trained.returncode == 0, trained.stderr[-2000:]
-    evaluated = run_forked("gru-suite-eval", f"ckpt_path={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
-                           f"hydra.run.dir={tmp_path / 'eval'}")  # reads the data of the path it stored
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    evaluated = run_forked("gru-suite-eval", f"ckpt_path={ckpt}", f"hydra.run.dir={tmp_path / 'eval'}")  # its path
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert (json.loads((tmp_path / "eval" / "test_metrics.json").read_text())["test/mse"]
             == json.loads((tmp_path / "run" / "metrics.json").read_text())["test/mse"])
+    predicted = run_forked("gru-suite-predict", "task=forecasting", f"ckpt_path={ckpt}",
+                           f'task.data.path="{tmp_path}/d\\${{H}}/x.csv"', f"hydra.run.dir={tmp_path / 'predict'}")
+    assert predicted.returncode == 0, predicted.stderr[-2000:]  # the folder given again, as training was given it
+    assert (tmp_path / "predict" / "forecast.csv").is_file()
 
 
 def test_a_relative_data_path_is_made_absolute_as_the_task_is_built(tmp_path, monkeypatch):
