@@ -29,6 +29,7 @@ def _add_task_configs_to_searchpath() -> None:
     `hydra.searchpath=[...]` folders when given; each quoted, as a folder's name may hold a space, a comma or a
     letter outside ASCII (a project installed under /home/josé)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep
 
     from gru_suite.registry import config_search_path, searchpath_override
 
@@ -36,7 +37,9 @@ def _add_task_configs_to_searchpath() -> None:
     for i, arg in enumerate(args, 1):
         if arg.startswith(SEARCHPATH_KEY):
             own = OverridesParser.create().parse_override(arg).value()  # read by now (_require_readable_overrides)
-            sys.argv[i] = searchpath_override([*(own if isinstance(own, list) else [own]), *config_search_path()])
+            own = own.list if isinstance(own, ChoiceSweep) else own  # folders split by commas, without brackets
+            if isinstance(own, (str, list)):  # else as given, for Hydra to name
+                sys.argv[i] = searchpath_override([*(own if isinstance(own, list) else [own]), *config_search_path()])
             return
     # beside the other overrides: argparse rejects positionals split by options
     first_override = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))

@@ -2064,6 +2064,13 @@ def test_a_users_own_config_folder_adds_to_the_installed_tasks(tmp_path):
     result = run_forked("gru-suite", "experiment=mine", f'hydra.searchpath=["file://{folder}"]', "--cfg", "job")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hidden_size: 12" in result.stdout and "name: forecasting" in result.stdout  # the task's own config too
+    (plain := tmp_path / "conf").mkdir()
+    (plain / "experiment").mkdir()
+    shutil.copy(folder / "experiment" / "mine.yaml", plain / "experiment" / "mine.yaml")
+    unbracketed = f"hydra.searchpath=file://{plain},file:///nowhere"
+    result = run_forked("gru-suite", "experiment=mine", unbracketed, "--cfg", "job")
+    assert result.returncode == 0, result.stderr[-2000:]  # folders split by commas, without brackets
+    assert "hidden_size: 12" in result.stdout and "name: forecasting" in result.stdout
 
 
 def test_the_installed_tasks_config_folders_may_be_named_with_any_letters():
