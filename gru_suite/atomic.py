@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 _TEMPORARY = re.compile(r"\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>.*)")
 """The name of `atomic_path`'s temporary file: `.<name>.<mkstemp's 8 random characters><name's suffix>` (the name's
-stem cut short where the whole would pass `NAME_MAX`)."""
+stem cut short where the whole would pass `NAME_MAX`; `.tmp.<8 characters>` where its suffix alone would)."""
 NAME_MAX = 255
 """The most bytes a file name may have (ext4, XFS, btrfs, tmpfs and most others)."""
 
@@ -46,7 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     if target.is_dir():
         raise UserError(f"{target} is a folder: cannot write the file of that name")
     _make_folder(target.parent, target)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=_temporary_prefix(target), suffix=target.suffix)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, **_temporary_affixes(target))
     os.close(fd)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0o600, as a plain open() would create it
@@ -63,12 +63,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _temporary_prefix(target: Path) -> str:
-    """`.<target's name>.`, its stem cut short (whole characters) where the temporary name would pass `NAME_MAX`."""
+def _temporary_affixes(target: Path) -> dict[str, str]:
+    """mkstemp's prefix and suffix for `target`: `.<target's name>.` and its suffix (which writers read the format
+    from), the stem cut short (whole characters) where the temporary name would pass `NAME_MAX`; `.tmp.` and none
+    where the suffix alone, twice, would."""
     suffix = target.suffix
     room = NAME_MAX - len(f"..12345678{suffix}{suffix}".encode())
+    if room < 0:
+        return {"prefix": ".tmp.", "suffix": ""}
     stem = target.stem.encode()[:room].decode("utf-8", "ignore")
-    return f".{stem}{suffix}."
+    return {"prefix": f".{stem}{suffix}.", "suffix": suffix}
 
 
 def _make_folder(folder: Path, writing: Path) -> None:

@@ -829,12 +829,14 @@ def test_unfinished_writes_are_only_the_temporary_files_of_atomic_writes(tmp_pat
     assert unfinished_writes(tmp_path) == [tmp_path / ".last.ckpt.abc_1234.ckpt"]  # a user's hidden files stay
 
 
-@pytest.mark.parametrize("stem", ["s" * 251, "音" * 83, "n" * 245 + "音"], ids=["ascii", "cjk", "cut-inside-a-letter"])
+@pytest.mark.parametrize("name", ["s" * 251 + ".csv", "音" * 83 + ".csv", "n" * 245 + "音.csv",
+                                  "x" * 100 + "." + "y" * 130, "a." + "b" * 126],
+                         ids=["ascii", "cjk", "cut-inside-a-letter", "long-suffix", "all-suffix"])
 def test_a_file_whose_name_is_near_the_longest_a_name_may_be_is_written_through_a_shorter_temporary_one(tmp_path,
-                                                                                                     stem):
-    target = tmp_path / f"{stem}.csv"  # 255 bytes at most, as a file name may have
+                                                                                                     name):
+    target = tmp_path / name  # 255 bytes at most, as a file name may have
     with atomic_path(target) as temporary:
-        assert len(temporary.name.encode()) <= 255 and temporary.name.endswith(".csv")
+        assert len(temporary.name.encode()) <= 255 and temporary.name.endswith(".csv" if name.endswith(".csv") else "")
         assert unfinished_writes(tmp_path) == [temporary]  # still found, were the write killed now
         temporary.write_text("a,b\n")
     assert target.read_text() == "a,b\n" and [path.name for path in tmp_path.iterdir()] == [target.name]
