@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gru_suite.atomic import atomic_path
+
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 
 
@@ -112,14 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = args.out / task
         folder.mkdir(parents=True, exist_ok=True)
         for name, content in GENERATORS[task]().items():
-            tmp = folder / f".{name}.tmp"
-            if isinstance(content, pd.DataFrame):
-                content.to_csv(tmp, index=False)
-            elif isinstance(content, bytes):
-                tmp.write_bytes(content)
-            else:
-                tmp.write_text(content)
-            tmp.replace(folder / name)
+            with atomic_path(folder / name) as tmp:  # a temporary name of its own: two runs at once do not clash
+                if isinstance(content, pd.DataFrame):
+                    content.to_csv(tmp, index=False)
+                elif isinstance(content, bytes):
+                    tmp.write_bytes(content)
+                else:
+                    tmp.write_text(content)
             print(folder / name)
     return 0
 
