@@ -80,13 +80,29 @@ def job_identity() -> str:
     return "/".join(parts) if any(parts) else "-"
 
 
-def hold_run_folder(run_dir: Path) -> None:
+def hold_run_folder(run_dir: Path, setting: str = "hydra.run.dir") -> None:
     """Hold `run_dir` for this process until `release_run_folder` (or its exit: the lock dies with it), or exit 2
-    with one line if another run holds it: a second run there would move the first one's live checkpoints, metrics
-    and config aside. A process the holder started (Lightning's DDP workers) goes on; so does a run on a file system
-    without locks, with a warning."""
+    with one line naming `setting` if another run holds it: a second run there would move the first one's live
+    checkpoints, metrics and config aside. A process the holder started (Lightning's DDP workers) goes on; so does a
+    run on a file system without locks, with a warning."""
+    if not try_hold_run_folder(run_dir):
+        _refuse(run_dir, _holder_of(run_dir), setting)
+
+
+def hold_free_run_folder(run_dir: Path) -> Path:
+    """Hold the first of `run_dir`, `<run_dir>_2`, `<run_dir>_3`, ... that no other run holds (`try_hold_run_folder`)
+    and return it: two runs started in the same second, each in a folder named by the time, each get one."""
+    folder, n = run_dir, 1
+    while not try_hold_run_folder(folder):
+        n += 1
+        folder = run_dir.with_name(f"{run_dir.name}_{n}")
+    return folder
+
+
+def try_hold_run_folder(run_dir: Path) -> bool:
+    """Hold `run_dir` as `hold_run_folder` does and say so; False, holding nothing, where another run holds it."""
     if run_dir in _held:
-        return
+        return True
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK_NAME
     while True:
@@ -96,13 +112,11 @@ def hold_run_folder(run_dir: Path) -> None:
         except BlockingIOError:
             holder = _holder_named(os.read(fd, 200).decode("utf-8", "replace"))
             os.close(fd)
-            if holder is not None and holder[0] == os.getppid():
-                return
-            _refuse(run_dir, holder)
+            return holder is not None and holder[0] == os.getppid()
         except OSError as err:
             os.close(fd)
             log.warning("cannot lock %s (%s): nothing stops a second run there", lock, err)
-            return
+            return True
         with suppress(FileNotFoundError):
             if os.stat(lock).st_ino == os.fstat(fd).st_ino:
                 break
@@ -111,15 +125,13 @@ def hold_run_folder(run_dir: Path) -> None:
     os.write(fd, f"{os.getpid()} {socket.gethostname()} {job_identity()}\n".encode())
     _held[run_dir] = fd
     atexit.register(release_run_folder, run_dir)
+    return True
 
 
 def check_run_folder_job(run_dir: Path) -> None:
     """For a process of a multi-process launch other than its first: exit 2 with one line where a live process of
     another launch on this host holds `run_dir` (its first process, refused there, cannot stop the others)."""
-    try:
-        holder = _holder_named((run_dir / LOCK_NAME).read_text(encoding="utf-8"))
-    except OSError:
-        return
+    holder = _holder_of(run_dir)
     if holder is None or holder[0] == os.getppid() or holder[2] == job_identity() or holder[1] != socket.gethostname():
         return
     try:
@@ -142,15 +154,23 @@ def release_run_folder(run_dir: Path) -> None:
     os.close(fd)
 
 
+def _holder_of(run_dir: Path) -> tuple[int, str, str] | None:
+    """(pid, host, job) that `run_dir`'s lock file names; None where it names none or cannot be read."""
+    try:
+        return _holder_named((run_dir / LOCK_NAME).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+
+
 def _holder_named(text: str) -> tuple[int, str, str] | None:
     """(pid, host, job) of a lock file's text; None where it names none."""
     parts = text.split()
     return (int(parts[0]), parts[1], parts[2]) if len(parts) == 3 and parts[0].isdigit() else None
 
 
-def _refuse(run_dir: Path, holder: tuple[int, str, str] | None) -> NoReturn:
+def _refuse(run_dir: Path, holder: tuple[int, str, str] | None, setting: str = "hydra.run.dir") -> NoReturn:
     who = f"process {holder[0]} on {holder[1]}" if holder else "another run"
-    print(f"error: hydra.run.dir={run_dir} is in use by {who}, a run still writing there: wait for it to end or "
+    print(f"error: {setting}={run_dir} is in use by {who}, a run still writing there: wait for it to end or "
           "choose another folder", file=sys.stderr)
     raise SystemExit(2)
 
@@ -289,14 +309,21 @@ class KeepEarlierConfig(Callback):
                 config.hydra.output_subdir = None
             return
         try:
+            if named_by_time(config.hydra.run):  # no one chose it: another run started in the same second gets its own
+                run_dir = hold_free_run_folder(run_dir)
+                with read_write(config.hydra):
+                    config.hydra.run.dir = str(run_dir)
             _hold_and_keep_earlier(config, run_dir)
         except OSError as err:  # Hydra would only warn, then write its config over the earlier run's
             print(f"error: hydra.run.dir={run_dir}: {filesystem_error_in(err, run_dir) or err}", file=sys.stderr)
             raise SystemExit(2) from None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """A sweep into the folder of an earlier one: each earlier job's `.hydra/` moves to `.hydra.N/` now, since
-        Hydra writes a job's own before any callback of the job runs."""
+        """A sweep holds its folder as a run does (`_hold_sweep_folder`). A sweep into the folder of an earlier one:
+        each earlier job's `.hydra/` moves to `.hydra.N/` now, since Hydra writes a job's own before any callback of
+        the job runs."""
+        if first_process():
+            _hold_sweep_folder(config)
         sweep_dir, subdir = Path(config.hydra.sweep.dir), config.hydra.output_subdir
         if not subdir or Path(subdir).is_absolute() or not sweep_dir.is_dir():
             return
@@ -304,11 +331,39 @@ class KeepEarlierConfig(Callback):
             if (folder := job / subdir).is_dir() and not folder.is_symlink():
                 keep_earlier_file(folder)
 
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        release_run_folder(Path(config.hydra.sweep.dir))
+
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         global _run_start
         _run_start = None  # the run has ended: what it wrote stays
         _moved_aside.clear()
         release_run_folder(Path(config.hydra.run.dir))
+
+
+def _hold_sweep_folder(config: DictConfig) -> None:
+    """Hold the sweep's folder (`hold_run_folder`): a sweep, or a run, still at work there refuses this one. One
+    named by the launch time (`GRU_SUITE_LAUNCH_TIME`, the default `multirun/<date_time>`) gives way to
+    `<date_time>_2` (3, ...) instead, another sweep started in the same second's: the launch time is renamed for
+    the jobs' folders, which each job's config names anew."""
+    from gru_suite.sweep import LAUNCH_TIME
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    raw = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
+    if f"${{oc.env:{LAUNCH_TIME}" not in raw or sweep_dir.name != os.environ.get(LAUNCH_TIME):
+        hold_run_folder(sweep_dir, "hydra.sweep.dir")
+        return
+    held = hold_free_run_folder(sweep_dir)
+    if held != sweep_dir:
+        os.environ[LAUNCH_TIME] = held.name
+        with read_write(config.hydra):
+            config.hydra.sweep.dir = str(held)
+
+
+def named_by_time(folder: DictConfig) -> bool:
+    """Whether Hydra's `folder` setting (`hydra.run`, `hydra.sweep`) names its `dir` by the time (`${now:...}`), as the
+    suite's defaults do."""
+    return "${now:" in str(OmegaConf.to_container(folder, resolve=False).get("dir"))
 
 
 def log_files(config: DictConfig) -> list[Path]:

@@ -79,8 +79,9 @@ def read_job(folder: Path) -> Job:
 
 
 LAUNCH_TIME = "GRU_SUITE_LAUNCH_TIME"
-"""Environment variable with the command's start time (`LAUNCH_FORMAT`), naming a sweep's folder in every process
-it starts (`hydra.sweep.dir`) and bounding which job folders are this sweep's."""
+"""Environment variable with the command's start time (`LAUNCH_FORMAT`; `_2`, `_3`, ... after it where another sweep
+started in the same second holds that folder), naming a sweep's folder in every process it starts (`hydra.sweep.dir`)
+and bounding which job folders are this sweep's."""
 LAUNCH_FORMAT = "%Y-%m-%d_%H-%M-%S"
 
 
@@ -99,7 +100,8 @@ def sweep_start_ns(sweep_dir: Path) -> int:
     if (manifest := sweep_dir / "multirun.yaml").is_file():
         return manifest.stat().st_mtime_ns
     try:
-        launched = time.mktime(time.strptime(os.environ.get(LAUNCH_TIME, ""), LAUNCH_FORMAT))
+        launch_time = os.environ.get(LAUNCH_TIME, "")[:len(time.strftime(LAUNCH_FORMAT))]  # without a _2, _3
+        launched = time.mktime(time.strptime(launch_time, LAUNCH_FORMAT))
     except ValueError:
         return 0
     return int((launched - 1) * 1e9)

@@ -1681,6 +1681,42 @@ def test_a_run_folder_held_by_a_live_run_is_refused_and_is_free_once_it_ends(tmp
     assert not lock.exists()
 
 
+def test_a_run_folder_named_by_the_time_that_another_run_holds_gives_way_to_the_next_free_name(tmp_path):
+    held = tmp_path / time.strftime("%Y")  # a run started in the same second (the same year, here)
+    held.mkdir()
+    (tmp_path / f"{held.name}_2").mkdir()  # an earlier run's, free: used
+    holder = [sys.executable, "-c", HOLD, str(held / run_folder.LOCK_NAME), "other-job"]
+    with subprocess.Popen(holder, stdout=subprocess.PIPE, text=True) as live:
+        assert live.stdout.readline() == "held\n"
+        result = run_forked("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=1", "test_after_training=false",
+                            "predict_after_training=false", f"hydra.run.dir={tmp_path}/${{now:%Y}}")
+        live.kill()
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / f"{held.name}_2" / "checkpoints" / "last.ckpt").is_file()
+    assert sorted(path.name for path in held.iterdir()) == [run_folder.LOCK_NAME]  # the live run's, untouched
+
+
+def test_a_sweep_holds_its_folder_and_one_named_by_the_launch_time_gives_way_to_the_next_free_name(tmp_path,
+                                                                                                     monkeypatch):
+    monkeypatch.setenv("GRU_SUITE_LAUNCH_TIME", "2030-01-01_00-00-00")  # the cli's, launched in that second
+    held = tmp_path / "2030-01-01_00-00-00"
+    held.mkdir()
+    sweep = ["-m", "task=forecasting", *TINY, "trainer.max_epochs=1", "test_after_training=false",
+             "predict_after_training=false", "seed=1,2"]
+    holder = [sys.executable, "-c", HOLD, str(held / run_folder.LOCK_NAME), "other-job"]
+    with subprocess.Popen(holder, stdout=subprocess.PIPE, text=True) as live:
+        assert live.stdout.readline() == "held\n"
+        moved = run_forked("gru-suite", *sweep, f"hydra.sweep.dir={tmp_path}/${{oc.env:GRU_SUITE_LAUNCH_TIME}}")
+        refused = run_forked("gru-suite", *sweep, f"hydra.sweep.dir={held}")  # a folder chosen by name
+        live.kill()
+    assert moved.returncode == 0, moved.stderr[-2000:]
+    summary = list(csv.DictReader((tmp_path / f"{held.name}_2" / "summary.csv").open()))
+    assert sorted(row["seed"] for row in summary) == ["1", "2"]  # both jobs, in the sweep's own folder
+    assert sorted(path.name for path in held.iterdir()) == [run_folder.LOCK_NAME]
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert f"hydra.sweep.dir={held} is in use by process {live.pid}" in refused.stderr
+
+
 @pytest.mark.parametrize(("environment", "command", "job", "log"), [
     ({}, "train", "train", "train.log"), ({"RANK": "0"}, "train", "train", "train.log"),
     ({"RANK": "3"}, "train", "train", "train_rank3.log"), ({"SLURM_PROCID": "1"}, "train", "train", "train_rank1.log"),

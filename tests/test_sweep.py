@@ -143,6 +143,8 @@ def test_a_sweep_without_a_manifest_counts_the_jobs_started_since_its_launch(tmp
         for path in (tmp_path / "0_sentiment").rglob("*"):
             os.utime(path, (launched - before, launched - before))
         assert [job.folder.name for job in sweep_jobs(tmp_path)] == listed
+    monkeypatch.setenv("GRU_SUITE_LAUNCH_TIME", "2030-01-01_00-00-00_2")  # another sweep launched in that second
+    assert [job.folder.name for job in sweep_jobs(tmp_path)] == []
     for path in (tmp_path / "0_sentiment").rglob("*"):
         os.utime(path, (time.time() - 10, time.time() - 10))
     summary = SweepSummary()
