@@ -360,10 +360,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         resumed, task_state = checkpoint["state_dict"], checkpoint[CHECKPOINT_KEY]["task_state"]
         resumed_step = checkpoint.get("global_step")
         del checkpoint
+    out_dir = Path(cfg.paths.output_dir)
+    earlier_metrics = resumed_run_metrics(out_dir) if resumes_in_own_folder(cfg) else {}  # before it is set aside
     keep_earlier_checkpoints(cfg)  # first: a stop during the work below must not name an earlier run's checkpoint
     remove_unfinished_checkpoints(cfg)
     pl.seed_everything(cfg.seed, workers=True)
-    out_dir = Path(cfg.paths.output_dir)
     task = build_task(cfg.task, task_state)  # resuming: the checkpoint's vocabulary and scalers, not refitted
     datamodule = task_datamodule(task)
     datamodule.setup("fit")  # the input's own errors before the model's and the trainer's work
@@ -385,7 +386,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trained_none = resumed_step is not None and trainer.global_step == resumed_step
     if trained_none and trainer.is_global_zero:
         keep_resumed_as_last(trainer, ckpt_path)
-    metrics = {**(resumed_run_metrics(out_dir) if trained_none and resumes_in_own_folder(cfg) else {}),
+    metrics = {**(earlier_metrics if trained_none else {}),
                **{k: float(v) for k, v in trainer.callback_metrics.items()}}
     metrics.pop(STEP_LOSS, None)  # one step's loss (also in an earlier metrics.json read back), not a result
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
@@ -450,9 +451,16 @@ def keep_earlier_checkpoints(cfg: DictConfig) -> None:
     earlier run's (an interrupted run started afresh, a sweep rerun), moves them to `checkpoints.N/` (and its run
     folder's `metrics.json` to `metrics.N.json`, its `predictions/` to `predictions.N/`, its `tensorboard/` to
     `tensorboard.N/`): Lightning would write
-    `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best."""
+    `last-v1.ckpt` beside the earlier `last.ckpt`, which later commands would then read, and keep the earlier best.
+    A run that resumes there moves only `metrics.json` and `predictions/` aside (to the next free N): they describe
+    checkpoints it goes on to replace, and a resume killed before it writes its own would leave them as its results."""
     folder, out_dir = checkpoint_folder(cfg), Path(cfg.paths.output_dir)
-    if resumes_in_own_folder(cfg) or not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
+    if resumes_in_own_folder(cfg):
+        for earlier in (out_dir / "metrics.json", out_dir / "predictions"):
+            if earlier.exists():
+                log.info("kept the earlier run's %s as %s", earlier, set_aside(earlier).name)
+        return
+    if not any(not path.name.startswith(".") for path in folder.glob("*.ckpt")):
         return
     kept = set_aside(folder)
     log.warning("%s held an earlier run's checkpoints: moved to %s", folder, kept)

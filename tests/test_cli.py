@@ -1090,11 +1090,21 @@ def test_resuming_a_checkpoint_with_no_training_left_says_so(trained_run, tmp_pa
     assert torch.load(copy / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1  # still the second
 
 
-def test_a_resumed_run_moves_the_artifacts_it_replaces_aside(trained_run, tmp_path):
+def test_a_resumed_run_moves_the_artifacts_it_replaces_aside_as_it_starts(trained_run, tmp_path, monkeypatch):
     copy = shutil.copytree(trained_run, tmp_path / "copy")
     run.train(compose_train_config("forecasting", [*TINY, "threads=1", "trainer.max_epochs=3", "ckpt_path=last"], copy))
     earlier, now = copy / "predictions.1" / "forecast.csv", copy / "predictions" / "forecast.csv"
     assert earlier.read_text() == (trained_run / "predictions" / "forecast.csv").read_text() != now.read_text()
+    now_text = now.read_text()
+    assert (copy / "metrics.1.json").read_text() == (trained_run / "metrics.json").read_text()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(pl.Trainer, "fit", killed)
+    with pytest.raises(KeyboardInterrupt):  # a resume killed as it trains: no results that are not its own
+        run.train(compose_train_config("forecasting", [*TINY, "trainer.max_epochs=5", "ckpt_path=last"], copy))
+    assert not (copy / "metrics.json").exists() and not (copy / "predictions").exists()
+    assert (copy / "metrics.2.json").is_file() and (copy / "predictions.2" / "forecast.csv").read_text() == now_text
 
 
 def test_a_fresh_run_moves_an_earlier_runs_files_aside_before_it_trains_whatever_numbers_are_taken(tmp_path):
