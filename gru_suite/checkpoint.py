@@ -87,10 +87,15 @@ def _given_otherwise(given: Any, stored_task: DictConfig, key: str) -> bool:
 
 def use_trained_settings(trained_settings: Sequence[str], task_cfg: DictConfig, stored_task: DictConfig) -> list[str]:
     """Set each of `trained_settings` that `task_cfg` gives otherwise (`fixed_by_training`) back to the value training
-    used, in place (merged: a block keeps the keys a newer config has and the checkpoint's lacks); the keys reset."""
+    used (`trained_value`), in place, a block leaf by leaf (a setting newer than the checkpoint to its shipped
+    default); the keys reset."""
     fixed = fixed_by_training(trained_settings, task_cfg, stored_task)
     for key in fixed:
-        OmegaConf.update(task_cfg, key, trained_value(stored_task, key), merge=True)
+        given = OmegaConf.select(task_cfg, key)
+        value = OmegaConf.to_container(given, resolve=True) if isinstance(given, DictConfig) else given
+        for leaf_key, leaf in leaves(value, key):
+            if (trained := trained_value(stored_task, leaf_key)) is not _ABSENT and leaf != trained:
+                OmegaConf.update(task_cfg, leaf_key, trained, merge=False)
     return fixed
 
 

@@ -7,6 +7,8 @@ import contextlib
 import io
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 import traceback
@@ -49,11 +51,13 @@ def run_cli(command: str, *args: str, cwd: Path | None = None, timeout: int = 30
     )
 
 
-def run_forked(command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_forked(command: str, *args: str, cwd: Path | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run a gru-suite console script as `run_cli` does, but in a fork of this process, with one torch thread: the
     stack it imports is loaded already (a new process spends ~7 s importing it), and what the run changes in its
     process (environment, loggers, Hydra's state) does not reach the tests'. For commands that refuse their input or
-    train little; `run_cli` where the process itself is tested (its warnings, signals, console output)."""
+    train little; `run_cli` where the process itself is tested (its warnings, signals, console output). A child
+    still at work after `timeout` seconds is killed (subprocess.TimeoutExpired); one that dies without reporting
+    (a signal) returns its exit status, with no output."""
     import gru_suite.run  # noqa: F401  (imported once here, not in every fork)
     from gru_suite import cli
 
@@ -84,8 +88,13 @@ def run_forked(command: str, *args: str, cwd: Path | None = None) -> subprocess.
             os._exit(0)
     os.close(writable)
     with os.fdopen(readable) as pipe:
-        code, stdout, stderr = json.load(pipe)
-    os.waitpid(pid, 0)
+        if not select.select([pipe], [], [], timeout)[0]:  # nothing written, the pipe still open: at work
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise subprocess.TimeoutExpired([command, *args], timeout)
+        report = pipe.read()
+    status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    code, stdout, stderr = json.loads(report) if report else (status, "", "")
     return subprocess.CompletedProcess([command, *args], code, stdout, stderr)
 
 

@@ -344,7 +344,7 @@ def test_a_setting_newer_than_the_checkpoint_counts_as_its_shipped_default_unles
 
 def test_a_block_whose_only_difference_is_a_setting_newer_than_the_checkpoint_left_at_its_default_is_as_trained(
         tmp_path):
-    from gru_suite.checkpoint import fixed_by_training
+    from gru_suite.checkpoint import fixed_by_training, use_trained_settings
 
     given = compose_train_config("speech", [], tmp_path).task
     stored = OmegaConf.create(OmegaConf.to_container(given, resolve=True))
@@ -354,6 +354,11 @@ def test_a_block_whose_only_difference_is_a_setting_newer_than_the_checkpoint_le
     assert fixed_by_training(["features", "text"], given, stored) == ["features"]
     given.features.cepstra, given.features.n_mels = None, 80
     assert fixed_by_training(["features", "text"], given, stored) == ["features"]
+    given.features.cepstra = 13
+    assert use_trained_settings(["features", "text"], given, stored) == ["features"]
+    assert (given.features.cepstra, given.features.n_mels) == (None, 40)  # the newer setting at its shipped default
+    assert OmegaConf.to_container(given.features) == OmegaConf.to_container(compose_train_config(
+        "speech", [], tmp_path).task.features)
 
 
 def test_predict_refuses_more_than_one_process(trained_run, tmp_path):
@@ -1539,6 +1544,17 @@ def test_a_run_folder_that_cannot_be_written_stops_the_run_before_hydra_writes_i
                                        "Read-only file system\n")
 
 
+def test_a_forked_command_that_hangs_is_killed_and_one_that_dies_returns_its_signal(monkeypatch):
+    monkeypatch.setattr(cli, "train", lambda: time.sleep(60))
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_forked("gru-suite", timeout=1)
+    assert time.monotonic() - started < 30
+    monkeypatch.setattr(cli, "train", lambda: os.kill(os.getpid(), signal.SIGKILL))
+    died = run_forked("gru-suite")
+    assert (died.returncode, died.stdout, died.stderr) == (-9, "", "")
+
+
 def test_a_folder_where_the_run_writes_its_log_is_one_line_before_anything_is_written(tmp_path):
     (tmp_path / "train.log").mkdir()
     result = run_forked("gru-suite", "task=forecasting", f"hydra.run.dir={tmp_path}")
@@ -1546,9 +1562,10 @@ def test_a_folder_where_the_run_writes_its_log_is_one_line_before_anything_is_wr
                                                      "folder, where this run writes its log; move it or run in another "
                                                      "folder\n")
     assert [path.name for path in tmp_path.iterdir()] == ["train.log"]
+    (tmp_path / "predict.log").mkdir()
     logged = run_forked("gru-suite-predict", "task=forecasting", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path}",
-                        "hydra/job_logging=stdout")  # Hydra's own logging, to the console only
-    assert "x.ckpt" in logged.stderr and "train.log" not in logged.stderr
+                        "hydra/job_logging=stdout")  # Hydra's own logging, to the console only: no log file
+    assert logged.stderr == "error: checkpoint not found: x.ckpt\n"
 
 
 @pytest.mark.parametrize("work", ["none", "an empty folder", "a new file", "a file replaced", "a file rewritten",
