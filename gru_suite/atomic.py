@@ -66,12 +66,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def _temporary_affixes(target: Path) -> dict[str, str]:
     """mkstemp's prefix and suffix for `target`: `.<target's name>.` and its suffix (which writers read the format
     from), the stem cut short (whole characters) where the temporary name would pass `NAME_MAX`; `.tmp.` and none
-    where the suffix alone, twice, would."""
+    where no letter of the stem fits beside the suffix twice."""
     suffix = target.suffix
     room = NAME_MAX - len(f"..12345678{suffix}{suffix}".encode())
-    if room < 0:
+    stem = target.stem.encode()[:max(room, 0)].decode("utf-8", "ignore")
+    if not stem:  # not a letter of it fits (a temporary name `.<suffix>.` would not read as one)
         return {"prefix": ".tmp.", "suffix": ""}
-    stem = target.stem.encode()[:room].decode("utf-8", "ignore")
     return {"prefix": f".{stem}{suffix}.", "suffix": suffix}
 
 

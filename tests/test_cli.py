@@ -835,8 +835,8 @@ def test_unfinished_writes_are_only_the_temporary_files_of_atomic_writes(tmp_pat
 
 
 @pytest.mark.parametrize("name", ["s" * 251 + ".csv", "音" * 83 + ".csv", "n" * 245 + "音.csv",
-                                  "x" * 100 + "." + "y" * 130, "a." + "b" * 126],
-                         ids=["ascii", "cjk", "cut-inside-a-letter", "long-suffix", "all-suffix"])
+                                  "x" * 100 + "." + "y" * 130, "a." + "b" * 126, "音" + "." + "b" * 121],
+                         ids=["ascii", "cjk", "cut-inside-a-letter", "long-suffix", "all-suffix", "no-letter-fits"])
 def test_a_file_whose_name_is_near_the_longest_a_name_may_be_is_written_through_a_shorter_temporary_one(tmp_path,
                                                                                                      name):
     target = tmp_path / name  # 255 bytes at most, as a file name may have
