@@ -60,6 +60,7 @@ def test_read_series(tmp_path):
         ("t,a\n2024-01-01,2\n2024-01-02,\n", ["a"], r"line 3, column 'a': missing value"),
         ("t,a\n", ["a"], "no data rows"),
         ("t,a,a\n1,2,3\n", ["a"], r"the header names column\(s\) \['a'\] more than once"),
+        ("t,a\n2024-01-01,2,\n2024-01-02,3,4\n", ["a"], r"its rows have a field more than its header names \(t, a\)"),
     ],
 )
 def test_read_series_errors_name_file_line_and_column(tmp_path, text, columns, message):
@@ -73,6 +74,11 @@ def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
     # a spreadsheet's trailing commas
     series = read_series_csv(write(tmp_path, "t,a,,\n2024-01-01,2,,\n2024-01-02,3,,\n"), ["a"], "t")
     assert series.values[:, 0].tolist() == [2.0, 3.0]
+
+
+def test_rows_that_end_in_a_delimiter_the_header_lacks_are_read_without_it(tmp_path):
+    series = read_series_csv(write(tmp_path, "t,a,b\n2024-01-01,2,5,\n2024-01-02,3,6,\n"), ["a", "b"], "t")
+    assert series.values.tolist() == [[2.0, 5.0], [3.0, 6.0]]  # not shifted a column: pandas made t the index
 
 
 def test_a_damaged_gzip_csv_is_named(tmp_path):
