@@ -450,6 +450,11 @@ def test_detector_flags_injected_spikes_and_predict_writes_reports(spiky_csv, tm
     binary = subprocess.run([exe, str(ckpt)], input=b"1.0\n\xff2\n", capture_output=True, timeout=120,
                             env={**os.environ, "PYTHONIOENCODING": "utf-8:strict"})  # stdin that refuses bad bytes
     assert binary.returncode == 2 and binary.stderr.decode().strip() == "error: stdin, line 2: not UTF-8"
+    serial = subprocess.run([exe, str(ckpt), "--probation", "2"], input=b"1.0\r2.0\r3.0\r" + b"1" * 200_000 + b"\r",
+                            capture_output=True, timeout=120)  # lines ended by \r alone, as a serial device's
+    assert len(serial.stdout.splitlines()) == 3 and serial.returncode == 2
+    assert serial.stderr.decode().strip() == ("error: stdin, line 4: not a line of comma-separated values (field "
+                                              "larger than field limit (131072))")
     for bad in ("1.5,2.5", "nan"):  # one value per line is expected, and finite
         monkeypatch.setattr(sys, "stdin", io.StringIO(f"1.0\n{bad}\n"))
         assert stream_main([str(ckpt)]) == 2

@@ -114,12 +114,15 @@ def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool
         line = line.removeprefix("\ufeff") if number == 1 else line  # a byte-order mark, as files may start with
         if not line.strip():
             continue
-        header, first = first and is_header(line, has_timestamp, width), False
-        if header:
-            print(f"stdin, line {number}: read as the column names {line.strip()!r}, not an observation",
-                  file=sys.stderr)
-            continue
-        stamp, values = parse_line(line, number, has_timestamp, width, stream.skip_missing)
+        try:
+            header, first = first and is_header(line, has_timestamp, width), False
+            if header:
+                print(f"stdin, line {number}: read as the column names {line.strip()!r}, not an observation",
+                      file=sys.stderr)
+                continue
+            stamp, values = parse_line(line, number, has_timestamp, width, stream.skip_missing)
+        except csv.Error as err:  # a line of a megabyte, say
+            raise UserError(f"stdin, line {number}: not a line of comma-separated values ({err})") from err
         try:
             score, flag = stream.update(values, stamp)
         except UserError as err:
@@ -148,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
-        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach parse_line, which names them
-            sys.stdin.reconfigure(errors="surrogateescape")
+        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach parse_line, which names them; lines
+            sys.stdin.reconfigure(errors="surrogateescape", newline=None)  # may end in \r alone (a serial device's)
         for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
         if (seen := stream.observations) <= args.probation:
