@@ -91,8 +91,8 @@ GZIP_MAGIC = b"\x1f\x8b"
 def split_lines(data: bytes) -> list[bytes]:
     """The lines of `data` without their ends: "\\n" or "\\r\\n" ends a line, and a lone "\\r" inside one is part of it
     (bytes.splitlines would cut there, and shift every later line of a file aligned with another); a file with
-    no "\\n" that ends in "\\r" has old Mac line ends, "\\r"."""
-    lines = data.split(b"\r") if b"\n" not in data and data.endswith(b"\r") else data.split(b"\n")
+    no "\\n" but a "\\r" has old Mac line ends, "\\r" (its last line, too, may lack one)."""
+    lines = data.split(b"\r") if b"\n" not in data and b"\r" in data else data.split(b"\n")
     if lines[-1] == b"":
         lines.pop()
     return [line[:-1] if line.endswith(b"\r") else line for line in lines]

@@ -129,7 +129,7 @@ def test_gzip_data_on_stdin_is_unpacked(monkeypatch):
     (b"one\r\ntwo\r\n", ["one", "two"]),  # Windows line ends
     (b"one \r two\nthree\n", ["one \r two", "three"]),  # a lone carriage return inside a line is not a line end
     (b"one\rtwo\r", ["one", "two"]),  # old Mac line ends, in a file without any "\n"
-    (b"one \r two", ["one \r two"]),  # one line, without an end
+    (b"one\rtwo", ["one", "two"]),  # old Mac line ends, the last line without one
     (b"one\n\nlast", ["one", "", "last"]),
     (b"one\n\n", ["one", ""]),  # an empty last line is a line
 ])
