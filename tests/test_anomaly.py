@@ -1110,3 +1110,5 @@ def test_labelled_windows_cover_the_rows_of_their_bounds_and_a_repeated_clock_ho
     assert _rows_of_windows(series, [(at("2014-11-02 01:00"), at("2014-11-02 02:00")),
                                      (at("2014-11-02 03:00"), at("2014-11-02 03:00")),
                                      (at("2014-11-02 04:30"), at("2014-11-02 06:00"))]) == [(1, 2), (5, 5), (7, 7)]
+    assert _rows_of_windows(series, [(at("0001-01-01"), at("2014-11-02 00:00")),  # bounds past what nanoseconds hold
+                                     (at("2014-11-02 05:00"), at("9999-12-31"))]) == [(0, 0), (7, 7)]

@@ -275,6 +275,9 @@ def test_load_nab_windows_rejects_malformed(tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as error:
         load_nab_windows(path)
     assert "bad_windows.json" in str(error.value)
+    path.write_text(json.dumps(content), encoding="utf-16")
+    with pytest.raises(ValueError, match=r"bad_windows\.json: not UTF-8 JSON"):
+        load_nab_windows(path)
 
 
 NAB_ROOT = Path("/work/shared/data/anomaly/nab")

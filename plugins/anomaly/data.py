@@ -150,9 +150,13 @@ def _position(stamps: pd.DatetimeIndex, first_rows: tuple[np.ndarray, np.ndarray
               side: str) -> int:
     """The row of `stamp` (exact match first: NAB files repeat clock hours at DST changes); `first_rows`: the
     distinct timestamps (nanoseconds, sorted) and the first row of each, found by bisection (not a scan per window)."""
+    try:
+        value = stamp.as_unit("ns").value
+    except (OverflowError, pd.errors.OutOfBoundsDatetime):  # an open end written 9999-12-31, say: before or after all
+        return len(stamps) if stamp > pd.Timestamp(0, tz=stamp.tz) else 0
     distinct, first = first_rows
-    at = int(np.searchsorted(distinct, stamp.value))
-    if at < len(distinct) and distinct[at] == stamp.value:
+    at = int(np.searchsorted(distinct, value))
+    if at < len(distinct) and distinct[at] == value:
         return int(first[at]) + (side == "right")
     return int(stamps.searchsorted(stamp, side))
 

@@ -342,6 +342,8 @@ def load_nab_windows(path: str | Path) -> dict[str, list[tuple[pd.Timestamp, pd.
         content = json.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark too, as CSVs may have
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 JSON ({error})") from error
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected an object mapping data files to lists of windows")
     windows: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
