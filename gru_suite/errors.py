@@ -18,6 +18,12 @@ def first_named(items: list, separator: str = ", ") -> str:
     return separator.join(map(str, items[:SKIPS_NAMED])) + more
 
 
+def excerpt(text: str, limit: int = 80) -> str:
+    """`text` as an error message shows a value: its repr, cut to about `limit` characters (a cell of a megabyte
+    would make a message of one)."""
+    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 class UserError(ValueError):
     """Bad input or configuration; the message names the file or field and what was expected."""
 

@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from gru_suite.data import batch_loader  # noqa: F401  (moved to gru_suite.data; kept for plugins importing it here)
-from gru_suite.errors import UserError, not_a_file
+from gru_suite.errors import UserError, excerpt, not_a_file
 from gru_suite.text import read_lines
 
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def _numeric_column(column: pd.Series, path: Path) -> np.ndarray:
         expected = f"a number of at most {FLOAT32_MAX:.3g} in size (values are held as 32-bit floats)" if huge \
             else "a finite number"
         raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: expected {expected}, "
-                        f"got {str(column.iloc[row])!r}")
+                        f"got {excerpt(str(column.iloc[row]))}")
     return numbers.to_numpy(dtype=np.float64)
 
 

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, excerpt
 
 if TYPE_CHECKING:
     from gru_suite_plugins.anomaly.flagging import AnomalyStream
@@ -47,17 +47,17 @@ def parse_line(line: str, number: int, has_timestamp: bool, width: int,
     stamp = fields.pop(0) if has_timestamp else None
     expected = f"{'a timestamp and ' if has_timestamp else ''}{width} comma-separated finite number(s)"
     if stamp is not None and not _is_timestamp(stamp):
-        raise UserError(f"stdin, line {number}: not a timestamp: {stamp!r}")
+        raise UserError(f"stdin, line {number}: not a timestamp: {excerpt(stamp)}")
     try:
         values = [math.nan if skip_missing and f.lower() in MISSING_WORDS else float(f) for f in fields]
     except ValueError as err:
-        raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}") from err
+        raise UserError(f"stdin, line {number}: expected {expected}, got {excerpt(line.strip())}") from err
     allowed = (lambda v: math.isfinite(v) or math.isnan(v)) if skip_missing else math.isfinite
     if len(values) != width or not all(allowed(v) for v in values):
-        raise UserError(f"stdin, line {number}: expected {expected}, got {line.strip()!r}")
+        raise UserError(f"stdin, line {number}: expected {expected}, got {excerpt(line.strip())}")
     if any(abs(v) > FLOAT32_MAX for v in values):  # as a file's cells: infinite as the 32-bit floats they become
         raise UserError(f"stdin, line {number}: expected numbers of at most {FLOAT32_MAX:.3g} in size (values are "
-                        f"held as 32-bit floats), got {line.strip()!r}")
+                        f"held as 32-bit floats), got {excerpt(line.strip())}")
     return stamp, values
 
 
