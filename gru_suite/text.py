@@ -152,6 +152,7 @@ def parse_table(
     quoting = csv.QUOTE_NONE if tab else csv.QUOTE_MINIMAL
     reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=not tab)
     start = 1
+    limit = csv.field_size_limit(max(csv.field_size_limit(), sum(map(len, lines))))  # a text of any length
     try:
         header = next(reader, None)
         if not header:
@@ -182,6 +183,8 @@ def parse_table(
             start = reader.line_num + 1
     except csv.Error as err:
         raise UserError(f"{path}:{start}: not valid CSV ({err})") from err
+    finally:
+        csv.field_size_limit(limit)
     return rows
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import pickle
@@ -341,6 +342,10 @@ def test_read_table_picks_columns_by_name_and_lists_them_when_wrong(tmp_path):
     gz_path = tmp_path / "glue.TSV.gz"  # gzipped, upper case: still tab-separated
     gz_path.write_bytes(gzip.compress("sentence\tlabel\na, b\t1\n".encode("utf-8")))
     assert read_table(gz_path, ["sentence", "label"]) == [(2, ["a, b", "1"])]
+    long = "word, " * 40_000  # 240,000 characters, quoted: past the csv module's default field limit
+    csv_path.write_text(f'text,label\n"{long}",pos\n', encoding="utf-8")
+    assert read_table(csv_path, ["text", "label"]) == [(2, [long, "pos"])]
+    assert csv.field_size_limit() == 131_072  # as it was
 
 
 @pytest.mark.parametrize("content,message", [
