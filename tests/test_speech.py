@@ -99,9 +99,31 @@ def test_an_offset_and_duration_are_seconds_whatever_the_files_rate(tmp_path: Pa
     assert samples.shape == (4000,) and float(samples.abs().max()) > 0.4  # half a second of the loud one, at 8 kHz
 
 
-def test_audio_at_a_rate_below_any_speech_is_refused_not_resampled(tmp_path: Path) -> None:
+def test_audio_at_a_rate_outside_any_speech_is_refused_not_resampled(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "slow.wav", 0.5 * np.sin(np.arange(4000) / 3), 1)  # 67 minutes at 1 Hz
-    with pytest.raises(UserError, match=r"slow\.wav: its sample rate is 1 Hz; speech audio has at least 1000 Hz"):
+    with pytest.raises(UserError, match=r"slow\.wav: its sample rate is 1 Hz; speech audio has 1000 to 768000 Hz"):
+        read_audio(path, RATE)
+    path = write_wav(tmp_path / "fast.wav", 0.5 * np.sin(np.arange(4000) / 3), 2_000_000)
+    with pytest.raises(UserError, match=r"fast\.wav: its sample rate is 2000000 Hz; speech audio has 1000 to"):
+        read_audio(path, RATE)
+
+
+def test_a_rate_that_shares_no_large_factor_with_the_models_is_resampled_from_the_nearest_that_does(
+        tmp_path: Path, caplog) -> None:
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(96001) / 96001)  # one second of A, recorded at 96001 Hz
+    with caplog.at_level(logging.WARNING):  # exactly, a kernel of 3 GB
+        samples = read_audio(write_wav(tmp_path / "odd.wav", tone, 96001), RATE)
+    assert samples.shape == (RATE + 1,)  # 96001 samples read as 96000 Hz: 8000.08 at 8 kHz, rounded up
+    spectrum = np.abs(np.fft.rfft(samples.numpy()))
+    assert int(np.argmax(spectrum)) == 440  # still A, to the hertz
+    assert "audio at 96001 Hz is resampled to 8000 Hz as if recorded at 96000 Hz (0.001% slower)" in caplog.text
+
+
+def test_floating_point_audio_far_past_full_scale_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loud.wav"
+    sf.write(path, np.full(4000, 1e38, np.float32), RATE, subtype="FLOAT")  # finite, but its power overflows
+    with pytest.raises(UserError, match=r"loud\.wav: the audio holds samples as large as 1e\+38, where floating-point "
+                                        r"audio holds them in \[-1, 1\]"):
         read_audio(path, RATE)
 
 
@@ -729,10 +751,24 @@ def test_manifest_bad_lines_are_errors_naming_file_and_line(tmp_path: Path) -> N
     manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "duration": "long"}\n')
     with pytest.raises(UserError, match=r"m\.jsonl:1: field 'duration' must be a positive number"):
         read_manifest(manifest, RATE)
-    for bad in ("-1", "NaN", "0"):
+    for bad in ("-1", "NaN", "0", "1" * 400):
         manifest.write_text(f'{{"audio_filepath": "a.wav", "text": "one", "duration": {bad}}}\n')
-        with pytest.raises(UserError, match=rf"m\.jsonl:1: field 'duration' must be a positive number.*(?i:{bad})"):
+        with pytest.raises(UserError, match=rf"m\.jsonl:1: field 'duration' must be a positive number.*(?i:{bad[:9]})"):
             read_manifest(manifest, RATE)
+    manifest.write_text("[" * 100_000 + "\n")
+    with pytest.raises(UserError, match=r"m\.jsonl:1: not a JSON object \(maximum recursion depth"):
+        read_manifest(manifest, RATE)
+    manifest.write_text('{"audio_filepath": "a\\u0000.wav", "text": "one"}\n')
+    with pytest.raises(UserError, match=r"m\.jsonl:1: field 'audio_filepath' holds a NUL character"):
+        read_manifest(manifest, RATE)
+    manifest.write_text('{"audio_filepath": "a.wav", "text": "one", "offset": 1e308, "duration": 1e308}\n'
+                        f'{{"audio_filepath": "a.wav", "text": "one", "offset": 0, "duration": 1e308}}\n'
+                        f'{{"audio_filepath": "{"x" * 5000}.wav", "text": "one"}}\n')
+    left_out: list[Skipped] = []
+    assert read_manifest(manifest, RATE, skipped=left_out) == []
+    assert [skip.reason.rpartition(": ")[2][:46] for skip in left_out] == [
+        "offset 1e+308 s is past the end of its 0.484 s", "0.484 s of audio, but the manifest says 100000",
+        "not a readable audio file (File name too long)"]
 
 
 def test_a_manifest_names_each_lines_speaker_or_none(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +17,8 @@ from torch import Tensor
 
 from gru_suite.errors import UserError, not_a_file
 
+log = logging.getLogger(__name__)
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 SILENCE_PEAK = 1e-4
 """Audio whose absolute peak stays below this (about -80 dBFS) is silent."""
@@ -24,6 +29,14 @@ PIPE_SIZE = 0xFFFFFFFF
 
 LOWEST_RATE = 1000
 """The lowest sample rate read as audio (Hz), as `features.sample_rate` is at least this."""
+HIGHEST_RATE = 768_000
+"""The highest sample rate read as audio (Hz): the highest that audio interfaces record at."""
+LARGEST_KERNEL = 10_000_000
+"""The most entries of an exact resampling kernel (`resample`): two rates that share no large factor (96001 and 8000
+Hz) would need one of gigabytes."""
+LARGEST_PEAK = 1e6
+"""The largest sample magnitude read: floating-point audio holds samples in [-1, 1], and far larger ones (a broken
+writer's) would overflow the features of the whole batch."""
 
 
 class SilentAudio(UserError):
@@ -44,15 +57,20 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
     An unreadable, truncated, empty or silent file (or stretch) raises a `UserError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as err:  # a name too long
+        raise UserError(f"{path}: not a readable audio file ({err.strerror})") from err
+    if not found:
         raise not_a_file(path, "audio file")
     try:
         with sf.SoundFile(path) as audio:  # one open for the samples and the header report
-            rate, start = audio.samplerate, round(offset * audio.samplerate)
-            if start >= audio.frames > 0:
+            rate = audio.samplerate
+            if offset * rate >= audio.frames > 0:
                 raise UserError(f"{path}: offset {offset:g} s is past the end of its {audio.frames / rate:.3f} s")
-            audio.seek(start)
-            data = audio.read(-1 if duration is None else round(duration * rate), dtype="float32", always_2d=True)
+            audio.seek(round(offset * rate))
+            frames = -1 if duration is None else round(min(duration * rate, audio.frames))
+            data = audio.read(frames, dtype="float32", always_2d=True)
             shortfall = _missing_data_bytes(audio.extra_info)
     except (sf.LibsndfileError, RuntimeError, OSError) as err:
         raise UserError(f"{path}: not a readable audio file ({err})") from err
@@ -63,16 +81,42 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
         raise UserError(f"{path}: the audio is empty (no samples)")
     if not np.isfinite(data).all():
         raise UserError(f"{path}: the audio holds NaN or infinite samples")
+    if (peak := float(np.abs(data).max())) > LARGEST_PEAK:
+        raise UserError(f"{path}: the audio holds samples as large as {peak:.3g}, where floating-point audio holds "
+                        "them in [-1, 1]")
     samples = torch.from_numpy(data.mean(axis=1))
     if float(samples.abs().max()) < SILENCE_PEAK:
         cancelled = float(np.abs(data).max(axis=0).mean()) >= SILENCE_PEAK  # in phase, they would be heard
         why = "its channels cancel out in the mono downmix" if cancelled else "the audio is silent"
         raise SilentAudio(f"{path}: {why} (peak below {SILENCE_PEAK:g})", len(samples) / rate)
-    if rate < LOWEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
-        raise UserError(f"{path}: its sample rate is {rate} Hz; speech audio has at least {LOWEST_RATE} Hz")
-    if rate != sample_rate:
-        samples = torchaudio.functional.resample(samples, rate, sample_rate)
-    return samples.contiguous()
+    if not LOWEST_RATE <= rate <= HIGHEST_RATE:  # resampled, 1 s at 1 Hz would become hours of samples
+        raise UserError(f"{path}: its sample rate is {rate} Hz; speech audio has {LOWEST_RATE} to {HIGHEST_RATE} Hz")
+    return resample(samples, rate, sample_rate).contiguous()
+
+
+def resample(samples: Tensor, rate: int, target: int) -> Tensor:
+    """`samples` recorded at `rate` Hz, at `target` Hz (torchaudio's band-limited sinc interpolation); from a rate
+    that shares no large factor with `target` (11127 Hz, a header's 96001 Hz), whose exact kernel would take up to
+    gigabytes, as if recorded at the nearest multiple of 10, 100 or 1000 Hz whose kernel is small: a change of speed
+    under 1% from rates above 1000 Hz, warned of once."""
+    if rate != target and _kernel_size(rate, target) > LARGEST_KERNEL:
+        rate = _nearest_resampled_rate(rate, target)
+    return samples if rate == target else torchaudio.functional.resample(samples, rate, target)
+
+
+def _kernel_size(rate: int, target: int) -> int:
+    common = math.gcd(rate, target)
+    return (rate // common) * (target // common)
+
+
+@functools.cache
+def _nearest_resampled_rate(rate: int, target: int) -> int:
+    nearest = next((near for step in (10, 100) if _kernel_size(near := round(rate / step) * step, target)
+                    <= LARGEST_KERNEL), round(rate / 1000) * 1000)
+    log.warning("audio at %d Hz is resampled to %d Hz as if recorded at %d Hz (%.2g%% %s): the two rates share no "
+                "large factor, which exact resampling needs", rate, target, nearest, 100 * abs(nearest - rate) / rate,
+                "slower" if nearest < rate else "faster")
+    return nearest
 
 
 def _missing_data_bytes(extra_info: str) -> tuple[int, int] | None:

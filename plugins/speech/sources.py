@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gru_suite.errors import UserError
+from gru_suite.errors import UserError, excerpt
 from gru_suite.files import files_below
 from gru_suite.text import read_lines
 from gru_suite_plugins.speech.audio import AUDIO_SUFFIXES, read_audio
@@ -83,9 +83,17 @@ def _seconds(record: dict, key: str, where: str, expected: str, allowed: Callabl
     """Optional field `key` of a manifest line: a finite number of seconds that is `allowed`, or None."""
     value = record.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or not allowed(value) or math.isinf(value)):
-        raise UserError(f"{where}: field {key!r} must be {expected}, got {value!r}")
+                              or not allowed(value) or not _finite(value)):
+        raise UserError(f"{where}: field {key!r} must be {expected}, got {excerpt(repr(value))}")
     return value
+
+
+def _finite(number: float) -> bool:
+    """Whether `number` is finite as a float (an integer of 400 digits is not)."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
 
 
 @dataclass
@@ -120,11 +128,13 @@ def read_manifest(path: str | Path, sample_rate: int, need_text: bool = True,
         where = f"{path}:{number}"
         try:
             record = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # arrays nested a thousand deep, too
             raise UserError(f"{where}: not a JSON object ({err})") from err
         if not isinstance(record, dict):
             raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
         audio = path.parent / str(_field(record, "audio_filepath", str, where))
+        if "\0" in str(audio):
+            raise UserError(f"{where}: field 'audio_filepath' holds a NUL character, which no file name has")
         text = _field(record, "text", str, where) if need_text or record.get("text") is not None else None
         duration = _seconds(record, "duration", where, "a positive number of seconds", lambda s: s > 0)
         offset = _seconds(record, "offset", where, "a number of seconds from 0 on", lambda s: s >= 0)
