@@ -18,10 +18,11 @@ def first_named(items: list, separator: str = ", ") -> str:
     return separator.join(map(str, items[:SKIPS_NAMED])) + more
 
 
-def excerpt(text: str, limit: int = 80) -> str:
-    """`text` as an error message shows a value: its repr, cut to about `limit` characters (a cell of a megabyte
-    would make a message of one)."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text):,} characters)"
+def excerpt(value: object, limit: int = 80) -> str:
+    """`value` as an error message shows it: its repr, cut to `limit` characters (a cell of a megabyte would make a
+    message of one)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class UserError(ValueError):

@@ -309,8 +309,8 @@ class KeepEarlierConfig(Callback):
                 config.hydra.output_subdir = None
             return
         try:
-            if named_by_time(config.hydra.run):  # no one chose it: another run started in the same second gets its own
-                run_dir = hold_free_run_folder(run_dir)
+            if named_by_time(config.hydra.run) and single_process_launch():  # another run started in that second
+                run_dir = hold_free_run_folder(run_dir)  # gets a folder of its own
                 with read_write(config.hydra):
                     config.hydra.run.dir = str(run_dir)
             _hold_and_keep_earlier(config, run_dir)
@@ -344,13 +344,14 @@ class KeepEarlierConfig(Callback):
 def _hold_sweep_folder(config: DictConfig) -> None:
     """Hold the sweep's folder (`hold_run_folder`): a sweep, or a run, still at work there refuses this one. One
     named by the launch time (`GRU_SUITE_LAUNCH_TIME`, the default `multirun/<date_time>`) gives way to
-    `<date_time>_2` (3, ...) instead, another sweep started in the same second's: the launch time is renamed for
-    the jobs' folders, which each job's config names anew."""
+    `<date_time>_2` (3, ...) instead, another sweep started in the same second's, in a `single_process_launch`: the
+    launch time is renamed for the jobs' folders, which each job's config names anew."""
     from gru_suite.sweep import LAUNCH_TIME
 
     sweep_dir = Path(config.hydra.sweep.dir)
     raw = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
-    if f"${{oc.env:{LAUNCH_TIME}" not in raw or sweep_dir.name != os.environ.get(LAUNCH_TIME):
+    if (f"${{oc.env:{LAUNCH_TIME}" not in raw or sweep_dir.name != os.environ.get(LAUNCH_TIME)
+            or not single_process_launch()):
         hold_run_folder(sweep_dir, "hydra.sweep.dir")
         return
     held = hold_free_run_folder(sweep_dir)
@@ -376,6 +377,12 @@ def log_files(config: DictConfig) -> list[Path]:
             if name := handler.get("filename"):
                 files.append(Path(name))
     return files
+
+
+def single_process_launch() -> bool:
+    """Whether this process was started alone, not as one of a multi-process launch (torchrun, SLURM), whose
+    processes must agree on one folder (Lightning's own DDP workers, started later, are handed its run's)."""
+    return os.environ.get("WORLD_SIZE", "1") == "1" and os.environ.get("SLURM_NTASKS", "1") == "1"
 
 
 def first_process() -> bool:

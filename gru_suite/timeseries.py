@@ -154,9 +154,14 @@ def read_csv_frame(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
     """`pd.read_csv(path)`, `text_columns` read as text (dates written as digits keep their leading zeros), or a
     UserError naming the file (and the line of bytes that are not UTF-8, or the column its header names twice)."""
     try:
-        frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, "string") or None)
-        if not frame.index.equals(pd.RangeIndex(len(frame))):  # every row has a field more than the header
-            frame = _without_trailing_delimiters(path, text_columns)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            # index_col=False: rows that end in a delimiter the header lacks are read without it (else pandas makes
+            # their first field the index, every column shifted by one); a real field more is a ParserWarning
+            frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, "string") or None, index_col=False)
+        if any(issubclass(warning.category, pd.errors.ParserWarning) for warning in caught):
+            raise UserError(f"{path}: its rows have a field more than its header names ({', '.join(map(str, frame))})"
+                            ": name every column in the header")
     except UnicodeDecodeError as err:
         if path.suffix not in ARCHIVE_SUFFIXES:
             read_lines(path)  # names the first line that is not UTF-8
@@ -171,19 +176,6 @@ def read_csv_frame(path: Path, text_columns: Sequence[str] = ()) -> pd.DataFrame
         header = [name.strip() for name in first if name.strip()]  # blank names are unnamed columns
     if repeated := sorted({name for name in header if header.count(name) > 1}):
         raise UserError(f"{path}: the header names column(s) {repeated} more than once")
-    return frame
-
-
-def _without_trailing_delimiters(path: Path, text_columns: Sequence[str]) -> pd.DataFrame:
-    """`path` read where each row has one field more than its header: rows that end in a delimiter (an empty last
-    field, as some exporters write), read without it; else (where pandas would make the first column the index and
-    shift every name by one) a UserError."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", pd.errors.ParserWarning)
-        frame = pd.read_csv(path, dtype=dict.fromkeys(text_columns, "string") or None, index_col=False)
-    if any(issubclass(warning.category, pd.errors.ParserWarning) for warning in caught):
-        raise UserError(f"{path}: its rows have a field more than its header names ({', '.join(map(str, frame))}): "
-                        "name every column in the header")
     return frame
 
 

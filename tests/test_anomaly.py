@@ -404,6 +404,19 @@ def test_likelihood_and_spot_settings_are_one_line_before_training(setting, mess
         run.build_task(cfg.task).datamodule()  # before any training
 
 
+def test_a_streamed_line_comes_as_soon_as_its_end_does_whatever_ends_it():
+    from gru_suite_plugins.anomaly.stream import lines_as_they_come
+
+    chunks = [b"1.0\r", b"\n2.0\r", b"3.0\n4", b".0\r\n\xff5\n", b"6.0"]  # "\r\n" split between two reads, too
+    read: list[bytes] = []
+    device = SimpleNamespace(read1=lambda size: (read.append(chunks[len(read)]) or read[-1]) if len(read) < len(chunks)
+                             else b"")
+    lines = lines_as_they_come(device)
+    assert next(lines) == "1.0" and len(read) == 1  # at once: not held until the next byte shows no "\n" follows
+    assert [next(lines), next(lines)] == ["2.0", "3.0"] and len(read) == 3
+    assert list(lines) == ["4.0", "\udcff5", "6.0"]  # bytes that are not UTF-8 come as surrogates, for parse_line
+
+
 def test_each_flag_names_its_reason():
     values = np.concatenate([np.sin(np.arange(60) / 3), [0.1, 9.0, 0.2, 0.3]])[:, None]
     raw = np.concatenate([np.full(60, 0.1), [5.0, 0.1, 5.0, 0.1]])

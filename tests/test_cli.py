@@ -1708,16 +1708,21 @@ def test_a_run_folder_held_by_a_live_run_is_refused_and_is_free_once_it_ends(tmp
     assert not lock.exists()
 
 
-def test_a_run_folder_named_by_the_time_that_another_run_holds_gives_way_to_the_next_free_name(tmp_path):
+def test_a_run_folder_named_by_the_time_that_another_run_holds_gives_way_to_the_next_free_name(tmp_path,
+                                                                                              monkeypatch):
     held = tmp_path / time.strftime("%Y")  # a run started in the same second (the same year, here)
     held.mkdir()
     (tmp_path / f"{held.name}_2").mkdir()  # an earlier run's, free: used
     holder = [sys.executable, "-c", HOLD, str(held / run_folder.LOCK_NAME), "other-job"]
+    run = ["gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=1", "test_after_training=false",
+           "predict_after_training=false", f"hydra.run.dir={tmp_path}/${{now:%Y}}"]
     with subprocess.Popen(holder, stdout=subprocess.PIPE, text=True) as live:
         assert live.stdout.readline() == "held\n"
-        result = run_forked("gru-suite", "task=forecasting", *TINY, "trainer.max_epochs=1", "test_after_training=false",
-                            "predict_after_training=false", f"hydra.run.dir={tmp_path}/${{now:%Y}}")
+        result = run_forked(*run)
+        monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's first process: its others would not follow it to _3
+        torchrun = run_forked(*run)
         live.kill()
+    assert torchrun.returncode == 2 and f"hydra.run.dir={held} is in use by process {live.pid}" in torchrun.stderr
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / f"{held.name}_2" / "checkpoints" / "last.ckpt").is_file()
     assert sorted(path.name for path in held.iterdir()) == [run_folder.LOCK_NAME]  # the live run's, untouched

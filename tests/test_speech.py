@@ -117,6 +117,9 @@ def test_a_rate_that_shares_no_large_factor_with_the_models_is_resampled_from_th
     spectrum = np.abs(np.fft.rfft(samples.numpy()))
     assert int(np.argmax(spectrum)) == 440  # still A, to the hertz
     assert "audio at 96001 Hz is resampled to 8000 Hz as if recorded at 96000 Hz (0.001% slower)" in caplog.text
+    with pytest.raises(UserError, match=r"audio at 96001 Hz cannot be resampled to 8001 Hz in reasonable memory .*: "
+                                        r"set task.features.sample_rate to a multiple of 100 Hz"):
+        read_audio(tmp_path / "odd.wav", 8001)  # a model's odd rate: no nearby rate helps
 
 
 def test_floating_point_audio_far_past_full_scale_is_refused(tmp_path: Path) -> None:

@@ -79,13 +79,15 @@ def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
 def test_a_long_cell_in_an_error_is_cut_short(tmp_path):
     with pytest.raises(UserError) as err:
         read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n2024-01-02," + "x" * 100_000 + "\n"), ["a"], "t")
-    assert str(err.value).endswith(f"line 3, column 'a': expected a finite number, got {'x' * 80!r}... (100,000 "
+    assert str(err.value).endswith(f"line 3, column 'a': expected a finite number, got '{'x' * 79}... (100,002 "
                                    "characters)")
 
 
 def test_rows_that_end_in_a_delimiter_the_header_lacks_are_read_without_it(tmp_path):
     series = read_series_csv(write(tmp_path, "t,a,b\n2024-01-01,2,5,\n2024-01-02,3,6,\n"), ["a", "b"], "t")
     assert series.values.tolist() == [[2.0, 5.0], [3.0, 6.0]]  # not shifted a column: pandas made t the index
+    counted = read_series_csv(write(tmp_path, "step,a,b\n0,2,5,\n1,3,6,\n"), ["a", "b"], None)
+    assert counted.values.tolist() == [[2.0, 5.0], [3.0, 6.0]]  # a first column 0, 1, ... as well
 
 
 def test_a_damaged_gzip_csv_is_named(tmp_path):

@@ -21,7 +21,7 @@ import math
 import re
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from gru_suite.errors import UserError, excerpt
 
@@ -130,6 +130,24 @@ def score_lines(stream: AnomalyStream, lines: Iterable[str], has_timestamp: bool
         yield csv_line(*([stamp] if stamp else []), f"{score:.6g}", str(int(flag)))
 
 
+LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def lines_as_they_come(stream: BinaryIO) -> Iterator[str]:
+    """The lines of `stream`, each as soon as its end arrives: "\\n", "\\r\\n" or "\\r" alone (a serial device's,
+    which Python's own reading holds back until the next byte shows whether "\\n" follows). Bytes that are not UTF-8
+    come as surrogates (`parse_line` names them)."""
+    pending, after_return = b"", False
+    while chunk := stream.read1(1 << 16):
+        if after_return and chunk.startswith(b"\n"):  # the rest of a "\r\n" already ended
+            chunk = chunk[1:]
+        after_return = chunk.endswith(b"\r")
+        *lines, pending = LINE_END.split(pending + chunk)
+        yield from (line.decode("utf-8", "surrogateescape") for line in lines)
+    if pending:
+        yield pending.decode("utf-8", "surrogateescape")
+
+
 def main(argv: list[str] | None = None) -> int:
     """`gru-suite-anomaly-stream`: each observation on stdin scored and flagged on stdout as it comes; the exit
     code (2: bad input, named on stderr)."""
@@ -151,9 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"{args.ckpt_path}: its detector reads calendar features {kinds}; "
                             "start each line with its timestamp and pass --timestamp")
         stream = module.task.stream(module.model, args.probation)
-        if hasattr(sys.stdin, "reconfigure"):  # bytes that are not UTF-8 reach parse_line, which names them; lines
-            sys.stdin.reconfigure(errors="surrogateescape", newline=None)  # may end in \r alone (a serial device's)
-        for out in score_lines(stream, sys.stdin, args.timestamp, module.task.state["n_features"]):
+        lines = lines_as_they_come(sys.stdin.buffer) if hasattr(sys.stdin, "buffer") else sys.stdin
+        for out in score_lines(stream, lines, args.timestamp, module.task.state["n_features"]):
             print(out, flush=True)
         if (seen := stream.observations) <= args.probation:
             print(f"warning: the stream ended after {seen} observation(s), within the probationary period of "

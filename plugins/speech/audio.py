@@ -97,8 +97,8 @@ def read_audio(path: str | Path, sample_rate: int, offset: float = 0.0, duration
 def resample(samples: Tensor, rate: int, target: int) -> Tensor:
     """`samples` recorded at `rate` Hz, at `target` Hz (torchaudio's band-limited sinc interpolation); from a rate
     that shares no large factor with `target` (11127 Hz, a header's 96001 Hz), whose exact kernel would take up to
-    gigabytes, as if recorded at the nearest multiple of 10, 100 or 1000 Hz whose kernel is small: a change of speed
-    under 1% from rates above 1000 Hz, warned of once."""
+    gigabytes, as if recorded at the nearest multiple of 10 or 100 Hz whose kernel is small: a change of speed under
+    1% from rates above 1000 Hz, warned of once."""
     if rate != target and _kernel_size(rate, target) > LARGEST_KERNEL:
         rate = _nearest_resampled_rate(rate, target)
     return samples if rate == target else torchaudio.functional.resample(samples, rate, target)
@@ -112,7 +112,10 @@ def _kernel_size(rate: int, target: int) -> int:
 @functools.cache
 def _nearest_resampled_rate(rate: int, target: int) -> int:
     nearest = next((near for step in (10, 100) if _kernel_size(near := round(rate / step) * step, target)
-                    <= LARGEST_KERNEL), round(rate / 1000) * 1000)
+                    <= LARGEST_KERNEL), None)
+    if nearest is None:
+        raise UserError(f"audio at {rate} Hz cannot be resampled to {target} Hz in reasonable memory (the two share no "
+                        "large factor): set task.features.sample_rate to a multiple of 100 Hz")
     log.warning("audio at %d Hz is resampled to %d Hz as if recorded at %d Hz (%.2g%% %s): the two rates share no "
                 "large factor, which exact resampling needs", rate, target, nearest, 100 * abs(nearest - rate) / rate,
                 "slower" if nearest < rate else "faster")

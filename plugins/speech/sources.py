@@ -75,7 +75,7 @@ def _field(record: dict, key: str, kind: type | tuple[type, ...], where: str) ->
                         "for training and testing; duration is optional)")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise UserError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', 'number')}, got {value!r}")
+        raise UserError(f"{where}: field {key!r} must be a {getattr(kind, '__name__', 'number')}, got {excerpt(value)}")
     return value
 
 
@@ -84,7 +84,7 @@ def _seconds(record: dict, key: str, where: str, expected: str, allowed: Callabl
     value = record.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                               or not allowed(value) or not _finite(value)):
-        raise UserError(f"{where}: field {key!r} must be {expected}, got {excerpt(repr(value))}")
+        raise UserError(f"{where}: field {key!r} must be {expected}, got {excerpt(value)}")
     return value
 
 
