@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gru_suite import registry
@@ -105,9 +105,12 @@ def keep_trained_settings(task_cfg: DictConfig, stored_task: DictConfig, source:
     otherwise back to the checkpoint's values, in place (`use_trained_settings`): its state holds what training made
     of them. `warn` names them, as `source`'s settings used rather than `given`."""
     trained = registry.get_task(task_cfg.name).load().trained_settings
+    values_given = {key: OmegaConf.select(task_cfg, key) for key in trained}
     if ignored := use_trained_settings(trained, task_cfg, stored_task):
+        values = [f"task.{key}: {trained_value(stored_task, key)!r} used, {values_given[key]!r} given"
+                  for key in ignored if not isinstance(values_given[key], (DictConfig, ListConfig))]  # a block's: many
         warn(f"{source}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: the checkpoint's settings "
-             f"are used, not {given}")
+             f"are used, not {given}" + (f" ({'; '.join(values)})" if values else ""))
 
 
 def trained_value(stored_task: DictConfig, key: str) -> Any:

@@ -188,8 +188,9 @@ def check_optimization(optimizer: Any, scheduler: Any | None) -> None:
         built = optimizer(params=[torch.nn.Parameter(torch.zeros(1))])
         group, factory = "scheduler", scheduler
         if scheduler is not None and getattr(schedule := scheduler(optimizer=built), "T_max", 1) < 1:
-            raise ValueError(f"T_max={schedule.T_max}: a cosine schedule needs a length of at least one epoch (set "
-                             "scheduler.T_max when training is limited by trainer.max_steps)")
+            raise ValueError(f"T_max={schedule.T_max}: a cosine schedule needs a length of at least one epoch "
+                             "(scheduler.T_max follows trainer.max_epochs: give that, or set scheduler.T_max where "
+                             "training is limited by trainer.max_steps)")
     except (TypeError, ValueError) as err:
         given = ", ".join(f"{key}={value!r}" for key, value in getattr(factory, "keywords", {}).items())
         raise UserError(f"{group} settings ({given}): {err}") from err

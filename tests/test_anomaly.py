@@ -946,6 +946,14 @@ def test_out_of_range_settings_are_named(tmp_path, override, expected):
         run.build_task(compose_train_config("anomaly", [override], tmp_path).task)
 
 
+def test_a_retraining_window_no_longer_than_a_crop_is_named_with_the_crop_setting():
+    from gru_suite_plugins.anomaly.retraining import Retraining
+
+    with pytest.raises(UserError, match=r"^task.detector.retrain.window must be above task.data.crop_length \(16\), "
+                                        r"got 5$"):
+        Retraining(every=10, window=5, crop_length=16)
+
+
 def test_a_folders_csv_files_are_found_below_it_whatever_the_case_of_their_suffix(tmp_path):
     (tmp_path / "group" / "more.csv").mkdir(parents=True)  # a folder of that name is not a file
     for name in ("a.csv", "group/B.CSV", "notes.txt", "c.csv.gz", "group/D.CSV.GZ", "e.gz", ".csv", "f.csv.bak"):

@@ -267,6 +267,8 @@ def test_a_forecaster_restored_keeps_how_it_was_trained_to_read_a_window(trained
     restored = load_checkpoint(ckpt, task_cfg).task.cfg
     assert (restored.data.lookback, restored.model.normalize) == trained
     assert "task.data.lookback, task.model.normalize fixed by training" in caplog.text
+    assert (f"(task.data.lookback: {trained[0]} used, {trained[0] + 6} given; task.model.normalize: "
+            f"{trained[1]!r} used, 'none' given)") in caplog.text
 
 
 def test_a_trained_path_given_relative_is_the_same_setting_as_the_stored_absolute_one(trained_run, monkeypatch,

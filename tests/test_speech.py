@@ -1335,7 +1335,8 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.features.endpoint.preroll_ms=-5", "task.features.endpoint.preroll_ms must be at least 0"),
     ("task.features.endpoint.margin_db=loud", "task.features.endpoint.margin_db must be a finite number, got 'loud'"),
     ("task.model.lookahead=abc", "task.model.lookahead must be an integer, got 'abc'"),
-    ("task.features.cepstra=41", "task.features.cepstra must be between 1 and n_mels (40) or null, got 41"),
+    ("task.features.cepstra=41", "task.features.cepstra must be between 1 and task.features.n_mels (40) or null, "
+                                 "got 41"),
     ("task.features.cepstra=many", "task.features.cepstra must be an integer, got 'many'"),
     ("task.augment.tilt_db=-3", "task.augment.tilt_db must be at least 0, got -3"),
     ("task.augment.colour_db=-1", "task.augment.colour_db must be at least 0, got -1"),
@@ -1351,7 +1352,8 @@ def test_connected_utterances_need_transcribed_ones(tmp_path: Path) -> None:
     ("task.features.sample_rate=0", "task.features.sample_rate must be at least 1000, got 0"),
     ("task.features.normalize=online task.features.online_prior_frames=x",
      "task.features.online_prior_frames must be an integer, got 'x'"),
-    ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, sample_rate / 2), got 4000"),
+    ("task.features.f_min_hz=4000", "task.features.f_min_hz must be in [0, 4000) (half of "
+                                    "task.features.sample_rate=8000), got 4000"),
     ("task.model.frontend=cnn", "task.model.frontend must be one of ['linear', 'spectral'], got 'cnn'"),
     ("task.model.frontend=spectral task.model.spectral.pool=41", "task.model.spectral.pool must be at most 40"),
     ("task.model.frontend=spectral task.model.spectral.kernel=0",

@@ -35,11 +35,11 @@ class Retraining:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.every < 1 or self.window < self.crop_length + 1:
-            raise UserError(
-                f"task.detector.retrain needs every >= 1 and window > crop_length ({self.crop_length}), "
-                f"got every={self.every}, window={self.window}"
-            )
+        if self.every < 1:
+            raise UserError(f"task.detector.retrain.every must be at least 1, got {self.every}")
+        if self.window < self.crop_length + 1:
+            raise UserError(f"task.detector.retrain.window must be above task.data.crop_length ({self.crop_length}), "
+                            f"got {self.window}")
 
     def next_fine_tune(self, seen: int, probation: int) -> int:
         """How many observations a stream has seen when the next fine-tune after its first `seen` falls: every

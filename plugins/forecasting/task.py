@@ -87,7 +87,8 @@ class ForecastingTask(TaskPlugin):
                 targets=targets,
             )
         elif self.state["features"] != features:
-            raise UserError(f"the model was trained on columns {self.state['features']}, not {features}")
+            raise UserError(f"the model was trained on columns {self.state['features']}, not {features} "
+                            "(task.data.features)")
         elif self.state["targets"] != targets:
             raise UserError(f"the model was trained to forecast {self.state['targets']}, not {targets} "
                             "(task.data.targets)")

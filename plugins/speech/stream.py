@@ -19,10 +19,12 @@ from gru_suite_plugins.speech.vocab import BLANK, Vocabulary
 def check_streamable(model: SpeechModel, featurizer: Featurizer) -> None:
     """A UserError unless `model` over `featurizer`'s features can transcribe chunk by chunk."""
     if model.backbone.bidirectional:
-        raise UserError("streaming needs a unidirectional model (backbone.bidirectional=false)")
+        raise UserError("streaming (task.predict.streaming=true) needs a unidirectional model, one trained with "
+                        "backbone.bidirectional=false; this one reads both ways: transcribe offline with it")
     if not featurizer.streamable:
-        raise UserError("streaming needs task.features.normalize=global or online (per-utterance statistics "
-                        "see the future)")
+        raise UserError("streaming (task.predict.streaming=true) needs a model trained with task.features.normalize="
+                        "global or online; this one normalizes each utterance by its own statistics, which see the "
+                        "future: transcribe offline with it")
 
 
 class StreamingRecognizer:

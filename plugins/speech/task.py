@@ -167,8 +167,8 @@ class SpeechTask(TaskPlugin):
         if cepstra is None:
             return None
         if not 1 <= config_number(cepstra, "task.features.cepstra", int) <= int(feats.n_mels):
-            raise UserError(f"task.features.cepstra must be between 1 and n_mels ({feats.n_mels}) or null, "
-                            f"got {cepstra}")
+            raise UserError(f"task.features.cepstra must be between 1 and task.features.n_mels ({feats.n_mels}) or "
+                            f"null, got {cepstra}")
         return int(cepstra)
 
     def _spectral(self, model: DictConfig) -> Spectral | None:
@@ -195,7 +195,8 @@ class SpeechTask(TaskPlugin):
     def _f_min_hz(feats: DictConfig) -> float:
         f_min = config_number(feats.get("f_min_hz", 0.0), "task.features.f_min_hz")
         if not 0 <= f_min < int(feats.sample_rate) / 2:
-            raise UserError(f"task.features.f_min_hz must be in [0, sample_rate / 2), got {f_min:g}")
+            raise UserError(f"task.features.f_min_hz must be in [0, {int(feats.sample_rate) / 2:g}) (half of "
+                            f"task.features.sample_rate={feats.sample_rate}), got {f_min:g}")
         return f_min
 
     @staticmethod
