@@ -107,10 +107,15 @@ def keep_trained_settings(task_cfg: DictConfig, stored_task: DictConfig, source:
     trained = registry.get_task(task_cfg.name).load().trained_settings
     values_given = {key: OmegaConf.select(task_cfg, key) for key in trained}
     if ignored := use_trained_settings(trained, task_cfg, stored_task):
-        values = [f"task.{key}: {trained_value(stored_task, key)!r} used, {values_given[key]!r} given"
-                  for key in ignored if not isinstance(values_given[key], (DictConfig, ListConfig))]  # a block's: many
+        values = [f"task.{key}: {_shown(trained_value(stored_task, key))} used, {_shown(values_given[key])} given"
+                  for key in ignored if not isinstance(values_given[key], DictConfig)]  # a block's: many
         warn(f"{source}: {', '.join(f'task.{key}' for key in ignored)} fixed by training: the checkpoint's settings "
              f"are used, not {given}" + (f" ({'; '.join(values)})" if values else ""))
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a warning shows it (a list as a plain one)."""
+    return repr(OmegaConf.to_container(value) if isinstance(value, ListConfig) else value)
 
 
 def trained_value(stored_task: DictConfig, key: str) -> Any:

@@ -22,7 +22,8 @@ def excerpt(value: object, limit: int = 80) -> str:
     """`value` as an error message shows it: its repr, cut to `limit` characters (a cell of a megabyte would make a
     message of one)."""
     text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+    size = len(value) if isinstance(value, str) else len(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({size:,} characters)"
 
 
 class UserError(ValueError):

@@ -289,10 +289,10 @@ def _parse_timestamps(frame: pd.DataFrame, time_column: str, path: Path) -> tupl
     row = int(np.argmax(parsed.isna().to_numpy() & column.notna().to_numpy()))  # not an empty cell
     first = _first_text(column)
     month_first, day_first = _guessed_formats(first)
-    hint = (f" (dates such as {first!r} were read month-first, {month_first!r}; if they are day-first, set "
+    hint = (f" (dates such as {excerpt(first)} were read month-first, {month_first!r}; if they are day-first, set "
             f"task.data.time_format='{day_first}')") if _reads(column.iloc[row], day_first, month_first) else ""
     raise UserError(f"{path}, line {data_line(path, row)}, column {time_column!r}: unparseable timestamp "
-                    f"{column.iloc[row]!r}{hint}")
+                    f"{excerpt(column.iloc[row])}{hint}")
 
 
 def _reads(text: Any, form: str | None, other: str | None) -> bool:
@@ -323,8 +323,8 @@ def _formatted_timestamps(column: pd.Series, path: Path, form: str) -> tuple[pd.
     except ValueError as err:  # a code strftime does not know
         raise UserError(f"task.data.time_format {form!r}: {err}") from None
     row = int(np.argmax(parsed.isna().to_numpy() & text.notna().to_numpy()))
-    raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {column.iloc[row]!r} does not match "
-                    f"task.data.time_format {form!r}")
+    raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {excerpt(column.iloc[row])} does "
+                    f"not match task.data.time_format {form!r}")
 
 
 def _first_text(column: pd.Series) -> str:
@@ -373,8 +373,8 @@ def _unix_times(column: pd.Series, path: Path, unit: str) -> pd.DatetimeIndex:
     numbers = pd.to_numeric(column, errors="coerce")
     if (bad := numbers.isna() & column.notna()).any():
         row = int(np.argmax(bad.to_numpy()))
-        raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {column.iloc[row]!r} is not a "
-                        f"number (Unix time in {unit}: task.data.time_unit={unit})")
+        raise UserError(f"{path}, line {data_line(path, row)}, column {column.name!r}: {excerpt(column.iloc[row])} is "
+                        f"not a number (Unix time in {unit}: task.data.time_unit={unit})")
     try:
         return pd.DatetimeIndex(pd.to_datetime(numbers, unit=unit, utc=True))
     except (ValueError, OverflowError) as err:  # out of pandas' range (years 1677-2262)

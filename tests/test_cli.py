@@ -271,6 +271,19 @@ def test_a_forecaster_restored_keeps_how_it_was_trained_to_read_a_window(trained
             f"{trained[1]!r} used, 'none' given)") in caplog.text
 
 
+def test_a_list_setting_fixed_by_training_is_named_with_both_values(tmp_path):
+    from gru_suite.checkpoint import keep_trained_settings
+
+    given = compose_train_config("music", ["task.data.pitch_range=[40,80]"], tmp_path).task
+    trained = compose_train_config("music", ["task.data.pitch_range=[36,84]"], tmp_path).task
+    stored = OmegaConf.create(OmegaConf.to_container(trained, resolve=True))
+    said: list[str] = []
+    keep_trained_settings(given, stored, "x.ckpt", "the override(s)", said.append)
+    assert said == ["x.ckpt: task.data.pitch_range fixed by training: the checkpoint's settings are used, not the "
+                    "override(s) (task.data.pitch_range: [36, 84] used, [40, 80] given)"]
+    assert list(given.data.pitch_range) == [36, 84]
+
+
 def test_a_trained_path_given_relative_is_the_same_setting_as_the_stored_absolute_one(trained_run, monkeypatch,
                                                                                        caplog):
     from gru_suite_plugins.forecasting.task import ForecastingTask

@@ -679,6 +679,11 @@ def test_each_input_gets_its_own_transcript_files(tmp_path: Path) -> None:
     write_transcripts(transcripts, tmp_path, max_gap_s=0.5, max_words=7)
     assert sorted(p.read_text() for p in tmp_path.glob("*.txt")) == ["a\n", "b\n", "c\n"]
     assert (tmp_path / "take_2.txt").read_text() == "c\n"  # take_2.wav's transcript under its own name
+    long = [{"path": path, "text": "", "duration": None, "words": [], "skipped": "unreadable"}
+            for path in (f"a/{'n' * 251}.wav", f"b/{'n' * 251}.wav", f"{'x' * 5000}.wav")]  # the last: a manifest's
+    write_transcripts(long, tmp_path / "long", max_gap_s=0.5, max_words=7)
+    assert len(list((tmp_path / "long").glob("*.txt"))) == 3  # names cut to fit, a copy's number too
+    assert max(len(p.name.encode()) for p in (tmp_path / "long").iterdir()) <= 255
 
 
 def test_subtitle_times_are_hours_minutes_seconds_and_rounded_milliseconds() -> None:

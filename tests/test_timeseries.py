@@ -79,8 +79,12 @@ def test_blank_header_cells_are_unnamed_columns_not_repeated_names(tmp_path):
 def test_a_long_cell_in_an_error_is_cut_short(tmp_path):
     with pytest.raises(UserError) as err:
         read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n2024-01-02," + "x" * 100_000 + "\n"), ["a"], "t")
-    assert str(err.value).endswith(f"line 3, column 'a': expected a finite number, got '{'x' * 79}... (100,002 "
+    assert str(err.value).endswith(f"line 3, column 'a': expected a finite number, got '{'x' * 79}... (100,000 "
                                    "characters)")
+    with pytest.raises(UserError) as err:  # in the time column too
+        read_series_csv(write(tmp_path, "t,a\n2024-01-01,2\n" + "y" * 100_000 + ",3\n"), ["a"], "t")
+    assert f"line 3, column 't': unparseable timestamp '{'y' * 79}... (100,000 characters)" in str(err.value)
+    assert len(str(err.value)) < 1000
 
 
 def test_rows_that_end_in_a_delimiter_the_header_lacks_are_read_without_it(tmp_path):
