@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -28,7 +29,6 @@ def _add_task_configs_to_searchpath() -> None:
     """Let Hydra see every installed task's config folder (found via entry points), after the user's own
     `hydra.searchpath=[...]` folders when given; each quoted, as a folder's name may hold a space, a comma or a
     letter outside ASCII (a project installed under /home/josé)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.core.override_parser.types import ChoiceSweep
 
     from gru_suite.registry import config_search_path, searchpath_override
@@ -36,7 +36,7 @@ def _add_task_configs_to_searchpath() -> None:
     args = sys.argv[1:]
     for i, arg in enumerate(args, 1):
         if arg.startswith(SEARCHPATH_KEY):
-            own = OverridesParser.create().parse_override(arg).value()  # read by now (_require_readable_overrides)
+            own = _override_parser().parse_override(arg).value()  # read by now (_require_readable_overrides)
             own = own.list if isinstance(own, ChoiceSweep) else own  # folders split by commas, without brackets
             if isinstance(own, (str, list)):  # else as given, for Hydra to name
                 sys.argv[i] = searchpath_override([*(own if isinstance(own, list) else [own]), *config_search_path()])
@@ -126,16 +126,23 @@ def _refuse_another_tasks_preset() -> None:
         sys.exit(2)
 
 
+@functools.cache
+def _override_parser() -> Any:
+    """Hydra's override parser, built once per command (it is read by two checks)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
 def _require_readable_overrides() -> None:
     """Each command-line override reads in Hydra's grammar: else one line naming it, where it stops and how to quote
     a value, not Hydra's grammar error (which says neither)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     overrides = [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
     if not overrides:  # `--help`: Hydra's parser is not built for nothing
         return
-    parser = OverridesParser.create()
+    parser = _override_parser()
     for arg in overrides:
         try:
             parser.parse_overrides([arg])

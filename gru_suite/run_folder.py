@@ -349,9 +349,8 @@ def _hold_sweep_folder(config: DictConfig) -> None:
     from gru_suite.sweep import LAUNCH_TIME
 
     sweep_dir = Path(config.hydra.sweep.dir)
-    raw = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
-    if (f"${{oc.env:{LAUNCH_TIME}" not in raw or sweep_dir.name != os.environ.get(LAUNCH_TIME)
-            or not single_process_launch()):
+    by_launch_time = f"${{oc.env:{LAUNCH_TIME}" in _dir_as_written(config.hydra.sweep)
+    if not by_launch_time or sweep_dir.name != os.environ.get(LAUNCH_TIME) or not single_process_launch():
         hold_run_folder(sweep_dir, "hydra.sweep.dir")
         return
     held = hold_free_run_folder(sweep_dir)
@@ -364,7 +363,12 @@ def _hold_sweep_folder(config: DictConfig) -> None:
 def named_by_time(folder: DictConfig) -> bool:
     """Whether Hydra's `folder` setting (`hydra.run`, `hydra.sweep`) names its `dir` by the time (`${now:...}`), as the
     suite's defaults do."""
-    return "${now:" in str(OmegaConf.to_container(folder, resolve=False).get("dir"))
+    return "${now:" in _dir_as_written(folder)
+
+
+def _dir_as_written(folder: DictConfig) -> str:
+    """The `dir` of Hydra's `folder` setting (`hydra.run`, `hydra.sweep`) as written, its interpolations unresolved."""
+    return str(OmegaConf.to_container(folder, resolve=False).get("dir"))
 
 
 def log_files(config: DictConfig) -> list[Path]:
