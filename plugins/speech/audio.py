@@ -137,7 +137,7 @@ def change_speed(samples: Tensor, factor: float, sample_rate: int) -> Tensor:
     perturbation): resampled as if they had been recorded at `factor` x `sample_rate`."""
     if factor <= 0:
         raise UserError(f"a speed factor must be positive, got {factor}")
-    return torchaudio.functional.resample(samples, round(sample_rate * factor), sample_rate)
+    return resample(samples, round(sample_rate * factor), sample_rate)
 
 
 @dataclass(frozen=True)
