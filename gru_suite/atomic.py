@@ -69,10 +69,15 @@ def _temporary_affixes(target: Path) -> dict[str, str]:
     where no letter of the stem fits beside the suffix twice."""
     suffix = target.suffix
     room = NAME_MAX - len(f"..12345678{suffix}{suffix}".encode())
-    stem = target.stem.encode()[:max(room, 0)].decode("utf-8", "ignore")
+    stem = cut_to_bytes(target.stem, room)
     if not stem:  # not a letter of it fits (a temporary name `.<suffix>.` would not read as one)
         return {"prefix": ".tmp.", "suffix": ""}
     return {"prefix": f".{stem}{suffix}.", "suffix": suffix}
+
+
+def cut_to_bytes(text: str, size: int) -> str:
+    """`text` cut to at most `size` bytes of UTF-8 (none for a size below 0), on a whole character: for file names."""
+    return text.encode()[:max(size, 0)].decode("utf-8", "ignore")
 
 
 def _make_folder(folder: Path, writing: Path) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gru_suite.atomic import NAME_MAX, write_jsonl, write_text
+from gru_suite.atomic import NAME_MAX, cut_to_bytes, write_jsonl, write_text
 from gru_suite.errors import SKIPS_NAMED
 from gru_suite_plugins.speech.sources import Skipped
 
@@ -60,7 +60,7 @@ STEM_BYTES = NAME_MAX - len("_999.srt")
 def _stems(paths: Sequence[str]) -> list[str]:
     """A distinct file stem per input: its own (cut to `STEM_BYTES`) for the first input of each name, else the
     first of `name_2`, `name_3`, ... that no other input has or is given."""
-    own = [Path(path).stem.encode()[:STEM_BYTES].decode("utf-8", "ignore") for path in paths]
+    own = [cut_to_bytes(Path(path).stem, STEM_BYTES) for path in paths]
     taken, first = set(own), {stem: i for i, stem in reversed(list(enumerate(own)))}
     stems: list[str] = []
     for i, stem in enumerate(own):
